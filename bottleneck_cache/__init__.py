@@ -1,0 +1,14 @@
+"""On-disk cache of bottleneck vectors (HDF5), with no TensorFlow import.
+
+See `bottleneck_cache.store` for the layout and the crash-safety guarantees.
+"""
+
+from bottleneck_cache.keys import file_digest
+from bottleneck_cache.store import BottleneckStore
+from bottleneck_cache.store import CacheError
+from bottleneck_cache.store import ComputeFn
+from bottleneck_cache.store import Stats
+from bottleneck_cache.store import namespace_id
+
+__all__ = ['BottleneckStore', 'CacheError', 'ComputeFn', 'Stats',
+           'file_digest', 'namespace_id']

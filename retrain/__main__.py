@@ -1,0 +1,138 @@
+"""Command line: `python -m retrain --image_dir DIR` (or the `retrain` script).
+
+The only module that reads flags. It turns them into one immutable Config
+(every default comes from retrain.config.DEFAULTS) and calls
+retrain.pipeline.run. retrain.py's flags are all accepted with their
+meanings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+# TensorFlow's C++ start-up chatter (CUDA probing, CPU feature notes) says
+# nothing useful to a user of a CPU tool; errors still show.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+
+from retrain.config import DEFAULTS  # noqa: E402
+from retrain.config import Config  # noqa: E402
+
+_D = DEFAULTS
+
+flags.DEFINE_string('image_dir', _D.image_dir,
+                    'Folder with one sub-folder of images per class.')
+flags.DEFINE_float('testing_percentage', _D.testing_percentage,
+                   'Percentage of each class used as the test set.')
+flags.DEFINE_float('validation_percentage', _D.validation_percentage,
+                   'Percentage of each class used as the validation set.')
+flags.DEFINE_string(
+    'tfhub_module', _D.tfhub_module,
+    'Feature-vector module: a preset name (see --list_modules), a TF-Hub '
+    'handle (URL, needs a network) or a local TF2 SavedModel folder.')
+flags.DEFINE_integer('image_size', _D.image_size,
+                     'Input height and width, for modules that accept any '
+                     'size.')
+flags.DEFINE_string('module_cache_dir', _D.module_cache_dir,
+                    'Where bundled presets are converted to SavedModels '
+                    '(default: $RETRAIN_MODULE_CACHE or '
+                    '~/.cache/retrain/modules).')
+flags.DEFINE_bool('list_modules', False,
+                  'Print the module presets and exit.')
+flags.DEFINE_string('bottleneck_dir', _D.bottleneck_dir,
+                    'Folder of the bottleneck cache.')
+flags.DEFINE_integer('bottleneck_batch_size', _D.bottleneck_batch_size,
+                     'Images per module call when computing bottlenecks.')
+flags.DEFINE_integer('how_many_training_steps', _D.how_many_training_steps,
+                     'Training steps.')
+flags.DEFINE_float('learning_rate', _D.learning_rate, 'SGD learning rate.')
+flags.DEFINE_integer('train_batch_size', _D.train_batch_size,
+                     'Images per training step.')
+flags.DEFINE_integer('eval_step_interval', _D.eval_step_interval,
+                     'Evaluate every this many steps.')
+flags.DEFINE_integer('validation_batch_size', _D.validation_batch_size,
+                     'Validation images per evaluation; -1 for all.')
+flags.DEFINE_integer('test_batch_size', _D.test_batch_size,
+                     'Test images in the final evaluation; -1 for all.')
+flags.DEFINE_integer('random_seed', _D.random_seed,
+                     'Seed for initialisation and batch sampling.')
+flags.DEFINE_bool('flip_left_right', _D.flip_left_right,
+                  'Randomly mirror training images horizontally.')
+flags.DEFINE_float('random_crop', _D.random_crop,
+                   'Margin percentage to randomly crop training images.')
+flags.DEFINE_float('random_scale', _D.random_scale,
+                   'Percentage to randomly scale up training images.')
+flags.DEFINE_float('random_brightness', _D.random_brightness,
+                   'Percentage to randomly change brightness.')
+flags.DEFINE_string('summaries_dir', _D.summaries_dir,
+                    'Where TensorBoard summaries are written.')
+flags.DEFINE_string('output_labels', _D.output_labels,
+                    'Where the labels file is written (one per line, class '
+                    'id order).')
+flags.DEFINE_string('saved_model_dir', _D.saved_model_dir,
+                    'Where the classifier SavedModel is exported ("" for '
+                    'none).')
+flags.DEFINE_string('final_tensor_name', _D.final_tensor_name,
+                    'Name of the output (probabilities) tensor.')
+flags.DEFINE_bool('print_misclassified_test_images',
+                  _D.print_misclassified_test_images,
+                  'List every misclassified test image.')
+flags.DEFINE_string('output_graph', _D.output_graph,
+                    'Where a frozen GraphDef is written (not supported yet).')
+flags.DEFINE_string('intermediate_output_graphs_dir',
+                    _D.intermediate_output_graphs_dir,
+                    'Where intermediate graphs are written (not supported '
+                    'yet).')
+flags.DEFINE_integer('intermediate_store_frequency',
+                     _D.intermediate_store_frequency,
+                     'Steps between intermediate graphs; 0 for none (not '
+                     'supported yet).')
+flags.DEFINE_string('checkpoint_path', _D.checkpoint_path,
+                    'Where a checkpoint of the head is written (not '
+                    'supported yet).')
+flags.DEFINE_enum('logging_verbosity', 'INFO',
+                  ['DEBUG', 'INFO', 'WARN', 'ERROR', 'FATAL'],
+                  'How much to log.')
+
+FLAGS = flags.FLAGS
+
+
+def config_from_flags() -> Config:
+  """A Config with every field taken from the flag of the same name."""
+  return Config(**{field.name: FLAGS[field.name].value
+                   for field in dataclasses.fields(Config)})
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  logging.set_verbosity(FLAGS.logging_verbosity.lower().replace('warn',
+                                                                'warning'))
+  # Imported here so that --help and flag errors answer without loading
+  # TensorFlow.
+  from retrain import presets  # pylint: disable=g-import-not-at-top
+  from retrain.errors import RetrainError  # pylint: disable=g-import-not-at-top
+  if FLAGS.list_modules:
+    sys.stdout.write(presets.format_module_list() + '\n')
+    return 0
+  from retrain import pipeline  # pylint: disable=g-import-not-at-top
+  try:
+    pipeline.run(config_from_flags())
+  except RetrainError as e:
+    logging.error('%s', e)
+    return 1
+  return 0
+
+
+def run():
+  """Entry point of the `retrain` console script."""
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()

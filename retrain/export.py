@@ -1,0 +1,168 @@
+"""Exporting the classifier: module plus trained head as one SavedModel.
+
+The export folder describes itself, so inference needs no training flags
+and no training data:
+
+  saved_model.pb, variables/     the SavedModel
+  labels.txt                     class names, row i is class id i
+  retrain_metadata.json          labels, input size and value range,
+                                 preprocessing, module identity, signatures
+
+Signature `serving_default`: input `images` float32 [batch, H, W, 3] in
+[0, 1] (decoded RGB, resized to H x W as `retrain.images` does) -> output
+`probabilities` float32 [batch, N], columns in label order.
+
+Nothing a user made is lost: the export is written to a temporary folder
+and renamed into place; an earlier export in the same place is first moved
+to `<dir>.previous-<time>`. A non-empty folder that is not an export of
+ours is never touched: `check_export_dir` refuses it before the run starts.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import time
+from typing import Optional, Sequence
+
+import tensorflow as tf
+from absl import logging
+
+import retrain
+from retrain.errors import OutputError
+from retrain.features import FeatureModule
+from retrain.train import Head
+
+METADATA_FILE = 'retrain_metadata.json'
+LABELS_FILE = 'labels.txt'
+FORMAT_VERSION = 1
+PREPROCESSING = ('decode to RGB (grayscale repeated, alpha dropped, first GIF '
+                 'frame), resize to input_height x input_width with bilinear '
+                 'interpolation and antialiasing, scale to float32 [0, 1]')
+
+
+def is_export(path: str) -> bool:
+  return os.path.isfile(os.path.join(path, METADATA_FILE))
+
+
+def check_export_dir(path: str) -> None:
+  """Raises OutputError if writing an export to `path` would destroy data."""
+  if not path:
+    return
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise OutputError(f'--saved_model_dir {path!r} is a file: give a folder '
+                      'path (it is created).')
+  if os.path.isdir(path) and os.listdir(path) and not is_export(path):
+    raise OutputError(
+        f'--saved_model_dir {path!r} already holds files that are not a '
+        'retrain export; refusing to overwrite them. Give a new or empty '
+        'folder.')
+  parent = os.path.dirname(os.path.abspath(path))
+  os.makedirs(parent, exist_ok=True)
+  if not os.access(parent, os.W_OK):
+    raise OutputError(f'Cannot write in {parent!r}: give a --saved_model_dir '
+                      'in a writable folder.')
+
+
+class Classifier(tf.Module):
+  """Feature module followed by the trained softmax layer."""
+
+  def __init__(self, module: FeatureModule, head: Head, final_tensor_name: str):
+    super().__init__(name='retrained_classifier')
+    self.feature_module = module.obj
+    self.final_weights = tf.Variable(head.weights, trainable=False,
+                                     name='final_weights')
+    self.final_biases = tf.Variable(head.biases, trainable=False,
+                                    name='final_biases')
+    self._final_tensor_name = final_tensor_name
+    height, width = module.input_size
+    self.classify = tf.function(
+        self._classify,
+        input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32,
+                                       name='images')])
+
+  def _classify(self, images):
+    vectors = self.feature_module(images)
+    logits = tf.matmul(vectors, self.final_weights) + self.final_biases
+    return {'probabilities': tf.nn.softmax(logits,
+                                           name=self._final_tensor_name)}
+
+
+def metadata(module: FeatureModule, labels: Sequence[str],
+             final_tensor_name: str, extra: Optional[dict] = None) -> dict:
+  height, width = module.input_size
+  data = {
+      'format_version': FORMAT_VERSION,
+      'retrain_version': retrain.__version__,
+      'created': datetime.datetime.now(datetime.timezone.utc).isoformat(),
+      'labels': list(labels),
+      'input_height': height,
+      'input_width': width,
+      'input_dtype': 'float32',
+      'input_value_range': [0.0, 1.0],
+      'preprocessing': PREPROCESSING,
+      'module': {
+          'handle': module.handle,
+          'resolved': module.resolved,
+          'fingerprint': module.fingerprint,
+          'output_dim': module.output_dim,
+      },
+      'signatures': {
+          'serving_default': {'inputs': {'images': 'float32 [batch, H, W, 3]'},
+                              'outputs': {'probabilities':
+                                          'float32 [batch, N]'}},
+      },
+      'final_tensor_name': final_tensor_name,
+  }
+  data.update(extra or {})
+  return data
+
+
+def write_labels(path: str, labels: Sequence[str]) -> None:
+  """Writes labels one per line (row i is class id i), atomically."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    f.write(''.join(f'{label}\n' for label in labels))
+  os.replace(tmp, path)
+
+
+def export_saved_model(export_dir: str, module: FeatureModule, head: Head,
+                       labels: Sequence[str], final_tensor_name: str,
+                       extra_metadata: Optional[dict] = None) -> str:
+  """Writes the classifier SavedModel to export_dir; returns its path."""
+  check_export_dir(export_dir)
+  export_dir = os.path.abspath(export_dir)
+  tmp = f'{export_dir}.tmp-{os.getpid()}'
+  if os.path.exists(tmp):
+    shutil.rmtree(tmp)
+  classifier = Classifier(module, head, final_tensor_name)
+  tf.saved_model.save(classifier, tmp,
+                      signatures={'serving_default': classifier.classify})
+  write_labels(os.path.join(tmp, LABELS_FILE), labels)
+  with open(os.path.join(tmp, METADATA_FILE), 'w', encoding='utf-8') as f:
+    json.dump(metadata(module, labels, final_tensor_name, extra_metadata), f,
+              indent=2)
+  if os.path.isdir(export_dir):
+    if os.listdir(export_dir):
+      aside = f'{export_dir}.previous-{time.strftime("%Y%m%d-%H%M%S")}'
+      os.rename(export_dir, aside)
+      logging.info('Moved the previous export to %s.', aside)
+    else:
+      os.rmdir(export_dir)
+  os.rename(tmp, export_dir)
+  return export_dir
+
+
+def read_metadata(export_dir: str) -> dict:
+  """The metadata of an export folder (raises OutputError if missing)."""
+  path = os.path.join(export_dir, METADATA_FILE)
+  try:
+    with open(path, encoding='utf-8') as f:
+      return json.load(f)
+  except FileNotFoundError as e:
+    raise OutputError(f'{export_dir!r} is not a retrain export: it has no '
+                      f'{METADATA_FILE}.') from e

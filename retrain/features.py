@@ -1,0 +1,170 @@
+"""Loading an image feature-vector module and describing it.
+
+A module is a TF2 SavedModel in the TF-Hub image feature-vector convention:
+called on float32 images [batch, H, W, 3] in [0, 1] it returns float32
+feature vectors [batch, D]. `--tfhub_module` names it by a preset name (see
+`retrain.presets`), a TF-Hub / Kaggle handle (URL), or a local folder; every
+form is loaded through tensorflow_hub, which caches downloads.
+
+The module's identity for the bottleneck cache is its handle plus a
+fingerprint of its files (saved_model.pb and the variables index, which
+holds a checksum of every variable), so a module replaced under the same
+path never reuses stale vectors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from typing import Callable, Optional, Tuple
+
+import tensorflow as tf
+import tensorflow_hub as hub
+from absl import logging
+
+from retrain import presets
+from retrain.errors import ModuleError
+
+
+@dataclasses.dataclass
+class FeatureModule:
+  """A loaded feature-vector module.
+
+  Attributes:
+    handle: what the user gave (preset name, URL or path).
+    resolved: what was loaded (URL or local path).
+    path: the local folder of the SavedModel.
+    fingerprint: hex digest of the module's files.
+    input_size: (height, width) the images are resized to.
+    output_dim: D, the length of a feature vector.
+    obj: the object returned by hub.load.
+    call: float32 [batch, H, W, 3] in [0, 1] -> float32 [batch, D].
+  """
+  handle: str
+  resolved: str
+  path: str
+  fingerprint: str
+  input_size: Tuple[int, int]
+  output_dim: int
+  obj: object
+  call: Callable
+
+  def identity(self) -> dict:
+    """What a feature vector depends on besides the image (cache namespace)."""
+    return {
+        'module': self.resolved,
+        'module_fingerprint': self.fingerprint,
+        'input_size': list(self.input_size),
+        'output_dim': self.output_dim,
+    }
+
+
+def fingerprint_module(path: str) -> str:
+  """Hex digest of a SavedModel folder's graph and variables index."""
+  digest = hashlib.sha256()
+  for rel in ('saved_model.pb', 'saved_model.pbtxt',
+              os.path.join('variables', 'variables.index')):
+    full = os.path.join(path, rel)
+    if os.path.exists(full):
+      digest.update(rel.encode())
+      with open(full, 'rb') as f:
+        digest.update(f.read())
+  return digest.hexdigest()[:32]
+
+
+def _declared_input_size(obj) -> Optional[Tuple[Optional[int], Optional[int]]]:
+  """(H, W) from the module's call signatures; None entries when variable."""
+  specs = []
+  call = getattr(obj, '__call__', None)
+  for concrete in getattr(call, 'concrete_functions', None) or ():
+    args = concrete.structured_input_signature[0]
+    if args:
+      specs.append(args[0])
+  signatures = getattr(obj, 'signatures', None) or {}
+  if 'serving_default' in signatures:
+    specs.extend(signatures['serving_default'].structured_input_signature[1]
+                 .values())
+  for spec in specs:
+    if isinstance(spec, tf.TensorSpec) and spec.shape.rank == 4:
+      return spec.shape[1], spec.shape[2]
+  return None
+
+
+def _describe_load_failure(handle: str, resolved: str, error: Exception) -> str:
+  if resolved.startswith(('http://', 'https://')) or '://' in resolved:
+    return (f'Could not load module {handle!r} from {resolved} ({error}). '
+            'Downloading needs a network; without one, use a bundled module '
+            f'(the default --tfhub_module={presets.DEFAULT_MODULE}), or a local '
+            'folder holding a TF2 SavedModel. See --list_modules.')
+  if not os.path.exists(resolved):
+    return (f'Module {handle!r} is neither a preset name nor an existing '
+            'folder. Pass a preset (see --list_modules), a TF-Hub handle, or '
+            'the path of a TF2 SavedModel folder.')
+  return (f'Could not load the module in {resolved!r} ({error}). It must be a '
+          'TF2 SavedModel image feature-vector module (TF1 hub.Module format '
+          'is not supported).')
+
+
+def load_module(handle: str, image_size: Optional[int] = None,
+                cache_dir: Optional[str] = None) -> FeatureModule:
+  """Loads a feature-vector module.
+
+  Args:
+    handle: preset name, TF-Hub handle (URL) or local SavedModel folder.
+    image_size: input height and width for modules that accept any size;
+      must match the module's own size when it has one.
+    cache_dir: where bundled presets are converted (None: the default).
+
+  Raises:
+    ModuleError: the module cannot be loaded, has no usable input size, or
+      does not return feature vectors.
+  """
+  resolved = presets.resolve_module(handle, cache_dir)
+  try:
+    obj = hub.load(resolved)
+    path = hub.resolve(resolved)
+  except Exception as e:  # hub raises many types; all mean "not loadable".
+    raise ModuleError(_describe_load_failure(handle, resolved, e)) from e
+
+  declared = _declared_input_size(obj)
+  fixed = declared if declared and None not in declared else None
+  if fixed and image_size and tuple(fixed) != (image_size, image_size):
+    raise ModuleError(
+        f'--image_size={image_size} does not match module {handle!r}, whose '
+        f'input size is fixed at {fixed[0]}x{fixed[1]}: drop --image_size.')
+  if fixed:
+    size = (int(fixed[0]), int(fixed[1]))
+  elif image_size:
+    size = (image_size, image_size)
+  elif presets.preset_input_size(handle):
+    size = (presets.preset_input_size(handle),) * 2
+  else:
+    raise ModuleError(
+        f'Module {handle!r} accepts images of any size and none was given: '
+        'pass --image_size with the size it was trained at (e.g. 224, or 299 '
+        'for Inception V3).')
+
+  if not callable(obj):
+    raise ModuleError(f'Module {handle!r} has no __call__; it must be a TF2 '
+                      'image feature-vector module.')
+
+  @tf.function(input_signature=[tf.TensorSpec([None, size[0], size[1], 3],
+                                              tf.float32)])
+  def call(images):
+    return obj(images)
+
+  probe = call(tf.zeros([1, size[0], size[1], 3], tf.float32))
+  if isinstance(probe, dict) or probe.shape.rank != 2:
+    shape = {k: v.shape for k, v in probe.items()} if isinstance(
+        probe, dict) else probe.shape
+    raise ModuleError(
+        f'Module {handle!r} returns {shape}, not feature vectors [batch, D]: '
+        'use an image *feature_vector* module, not a classification one.')
+  module = FeatureModule(
+      handle=handle, resolved=resolved, path=path,
+      fingerprint=fingerprint_module(path), input_size=size,
+      output_dim=int(probe.shape[1]), obj=obj, call=call)
+  logging.info('Module %s: input %dx%d, %d-d feature vectors.', handle,
+               size[0], size[1], module.output_dim)
+  return module

@@ -1,0 +1,117 @@
+"""Shared fixtures: tiny synthetic image folders and tiny fake feature modules.
+
+Everything here is made on the fly, so the suite runs offline. Real photos
+from ../shared are used only by tests that skip when it is absent.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+SHARED = pathlib.Path(__file__).resolve().parents[2] / 'shared'
+FLOWERS = SHARED / 'datasets' / 'flowers_sample'
+
+# Solid colours, one per class; the fake module's features separate them.
+COLOURS = {
+    'blue': (20, 40, 220),
+    'green': (30, 200, 40),
+    'red': (220, 30, 30),
+}
+FAKE_SIZE = 32
+
+
+def write_image(path, rgb, size=(40, 40), noise=10, seed=0, fmt=None):
+  """Writes a solid-colour image with a little noise; returns the path."""
+  from PIL import Image
+  rng = np.random.default_rng(seed)
+  pixels = np.clip(
+      np.array(rgb, np.float32) + rng.normal(0, noise, size + (3,)), 0, 255)
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(pixels.astype(np.uint8)).save(path, format=fmt)
+  return path
+
+
+def make_colour_dataset(root, per_class=12, colours=COLOURS, ext='.jpg',
+                        start=0):
+  """root/<colour>/img_<k><ext> for each colour; returns root."""
+  root = pathlib.Path(root)
+  for c, (name, rgb) in enumerate(sorted(colours.items())):
+    for k in range(start, start + per_class):
+      write_image(root / name / f'img_{k}{ext}', rgb, seed=1000 * c + k)
+  return root
+
+
+def export_fake_module(path, size=FAKE_SIZE, scale=4.0):
+  """A TF2 SavedModel feature-vector module that average-pools.
+
+  float32 [batch, size, size, 3] in [0, 1] -> float32 [batch, 6]: the mean
+  of each channel and of its complement, times `scale`. With size None the
+  module accepts any input size (and so needs --image_size).
+  """
+  import tensorflow as tf
+
+  class Pool(tf.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.scale = tf.Variable(scale, trainable=False)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3],
+                                                tf.float32)])
+    def __call__(self, images):
+      pooled = tf.reduce_mean(images, axis=[1, 2])
+      return tf.concat([pooled, 1.0 - pooled], axis=1) * self.scale
+
+  module = Pool()
+  tf.saved_model.save(module, str(path))
+  return str(path)
+
+
+@pytest.fixture(scope='session')
+def fake_module(tmp_path_factory):
+  return export_fake_module(tmp_path_factory.mktemp('modules') / 'pool32')
+
+
+@pytest.fixture(scope='session')
+def fake_module_any_size(tmp_path_factory):
+  return export_fake_module(tmp_path_factory.mktemp('modules') / 'pool_any',
+                            size=None)
+
+
+@pytest.fixture
+def colour_dir(tmp_path):
+  return make_colour_dataset(tmp_path / 'images')
+
+
+@pytest.fixture
+def small_config(tmp_path, fake_module):
+  """The default config, shrunk to run in seconds on the fake module."""
+  import dataclasses
+  from retrain.config import DEFAULTS
+  out = tmp_path / 'out'
+  return dataclasses.replace(
+      DEFAULTS,
+      image_dir=str(tmp_path / 'images'),
+      tfhub_module=fake_module,
+      bottleneck_dir=str(out / 'bottlenecks'),
+      summaries_dir=str(out / 'logs'),
+      output_labels=str(out / 'labels.txt'),
+      saved_model_dir=str(out / 'saved_model'),
+      how_many_training_steps=300,
+      learning_rate=0.5,
+      eval_step_interval=50,
+  )
+
+
+def require_shared(path=FLOWERS):
+  if not path.exists():
+    pytest.skip(f'{path} is absent (the shared data sets live beside the '
+                'checkout)')
+  return path

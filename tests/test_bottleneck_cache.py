@@ -1,0 +1,156 @@
+"""The cache, with numpy only: get-or-compute, failures, crash safety."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+
+import bottleneck_cache
+from bottleneck_cache import store as store_lib
+
+NS = {'module': 'fake', 'module_fingerprint': 'abc', 'input_size': [8, 8]}
+
+
+def vec(key, dim=4):
+  """A deterministic vector per key."""
+  seed = int.from_bytes(key.encode(), 'little') % (2**32)
+  return np.random.default_rng(seed).random(dim).astype(np.float32)
+
+
+def make_compute(keys, calls, batch=2, fail=()):
+  """A ComputeFn over `keys` that records the indices it was asked for."""
+  def compute(missing):
+    calls.append(list(missing))
+    for start in range(0, len(missing), batch):
+      part = [i for i in missing[start:start + batch] if keys[i] not in fail]
+      yield part, (np.stack([vec(keys[i]) for i in part]) if part else
+                   np.zeros((0, 4), np.float32))
+  return compute
+
+
+KEYS = [f'k{i}' for i in range(7)]
+
+
+def test_computes_missing_only_and_returns_in_order(tmp_path):
+  s = bottleneck_cache.BottleneckStore(str(tmp_path), NS)
+  calls = []
+  v, ok, stats = s.get_or_compute(KEYS[:3], make_compute(KEYS[:3], calls))
+  assert calls == [[0, 1, 2]]
+  assert ok.all() and stats.computed == 3 and stats.reused == 0
+  np.testing.assert_array_equal(v, np.stack([vec(k) for k in KEYS[:3]]))
+
+  s2 = bottleneck_cache.BottleneckStore(str(tmp_path), NS)
+  calls = []
+  v, ok, stats = s2.get_or_compute(KEYS[::-1], make_compute(KEYS[::-1], calls))
+  # Only the four new keys (indices into the reversed list) are computed.
+  assert calls == [[0, 1, 2, 3]]
+  assert stats.reused == 3 and stats.computed == 4
+  np.testing.assert_array_equal(v, np.stack([vec(k) for k in KEYS[::-1]]))
+
+
+def test_duplicate_keys_computed_once(tmp_path):
+  s = bottleneck_cache.BottleneckStore(str(tmp_path), NS)
+  calls = []
+  keys = ['k1', 'k1', 'k2']
+  v, ok, stats = s.get_or_compute(keys, make_compute(keys, calls))
+  assert calls == [[0, 2]]
+  assert ok.tolist() == [True, True, True]
+  np.testing.assert_array_equal(v[0], v[1])
+
+
+def test_failures_are_reported_not_stored(tmp_path):
+  s = bottleneck_cache.BottleneckStore(str(tmp_path), NS)
+  v, ok, stats = s.get_or_compute(KEYS[:4], make_compute(KEYS[:4], [], fail={'k2'}))
+  assert ok.tolist() == [True, True, False, True]
+  assert v.shape == (3, 4) and stats.failed == 1
+  assert 'k2' not in s
+
+
+def test_namespaces_do_not_share(tmp_path):
+  a = bottleneck_cache.BottleneckStore(str(tmp_path), NS)
+  a.put(['x'], np.ones((1, 4), np.float32))
+  b = bottleneck_cache.BottleneckStore(str(tmp_path), dict(NS, module='other'))
+  assert 'x' not in b and len(b) == 0
+  assert a.directory != b.directory
+
+
+def test_merge_keeps_everything(tmp_path):
+  s = bottleneck_cache.BottleneckStore(str(tmp_path), NS)
+  keys = [f'm{i}' for i in range(40)]
+  def compute(missing):
+    for i in missing:
+      yield [i], vec(keys[i])[None]
+  s.get_or_compute(keys, compute)
+  shards = [n for n in os.listdir(s.directory) if n.endswith('.h5')]
+  assert len(shards) == 1  # 40 one-vector shards were merged
+  again = bottleneck_cache.BottleneckStore(str(tmp_path), NS)
+  np.testing.assert_array_equal(again.get(keys),
+                                np.stack([vec(k) for k in keys]))
+
+
+def test_corrupt_shard_is_set_aside_and_recomputed(tmp_path, caplog):
+  s = bottleneck_cache.BottleneckStore(str(tmp_path), NS)
+  s.put(['a'], vec('a')[None])
+  s.put(['b'], vec('b')[None])
+  shard = sorted(n for n in os.listdir(s.directory) if n.endswith('.h5'))[0]
+  with open(os.path.join(s.directory, shard), 'r+b') as f:
+    f.truncate(100)
+  s2 = bottleneck_cache.BottleneckStore(str(tmp_path), NS)
+  assert 'cannot be read' in caplog.text
+  assert len(s2) == 1
+  assert os.path.exists(os.path.join(s.directory, shard + '.corrupt'))
+  calls = []
+  v, ok, _ = s2.get_or_compute(['a', 'b'], lambda m: (calls.append(m) or [
+      (m, np.stack([vec(['a', 'b'][i]) for i in m]))]))
+  assert calls == [[0]] and ok.all()
+
+
+def test_rejects_bad_vectors(tmp_path):
+  s = bottleneck_cache.BottleneckStore(str(tmp_path), NS)
+  s.put(['a'], np.ones((1, 4), np.float32))
+  with pytest.raises(bottleneck_cache.CacheError, match='length 3'):
+    s.put(['b'], np.ones((1, 3), np.float32))
+  with pytest.raises(bottleneck_cache.CacheError, match='NaN'):
+    s.put(['c'], np.full((1, 4), np.nan, np.float32))
+
+
+def test_no_tensorflow_import():
+  code = ('import sys, bottleneck_cache; '
+          'print("tensorflow" in sys.modules)')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                       text=True, check=True,
+                       cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert out.stdout.strip() == 'False'
+
+
+def test_kill_during_writes_leaves_readable_cache(tmp_path):
+  """SIGKILL a writer at a random moment: whole shards survive, none breaks."""
+  script = textwrap.dedent(f'''
+      import sys, numpy as np
+      sys.path.insert(0, {os.path.dirname(os.path.dirname(__file__))!r})
+      import bottleneck_cache
+      s = bottleneck_cache.BottleneckStore({str(tmp_path)!r}, {NS!r})
+      for i in range(100000):
+          s.put([f"w{{i}}"], np.full((1, 4), i, np.float32))
+          print(i, flush=True)
+  ''')
+  proc = subprocess.Popen([sys.executable, '-c', script],
+                          stdout=subprocess.PIPE, text=True)
+  done = -1
+  for line in proc.stdout:
+    done = int(line)
+    if done >= 150:
+      break
+  proc.kill()
+  proc.wait()
+  s = bottleneck_cache.BottleneckStore(str(tmp_path), NS)
+  assert len(s) >= done + 1
+  keys = [f'w{i}' for i in range(done + 1)]
+  np.testing.assert_array_equal(s.get(keys)[:, 0], np.arange(done + 1))
+  # No temporary file of the dead writer is left behind.
+  assert not [n for n in os.listdir(s.directory)
+              if n.startswith(store_lib.TMP_PREFIX)]

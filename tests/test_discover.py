@@ -1,0 +1,69 @@
+"""Discovery: which files count, label order, and the errors a user sees."""
+
+import os
+
+import pytest
+
+from retrain import discover
+from retrain.errors import DatasetError
+from tests.conftest import write_image
+
+
+def test_labels_sorted_and_files_matched(tmp_path):
+  write_image(tmp_path / 'b_class' / 'one.JPG', (1, 2, 3))
+  write_image(tmp_path / 'b_class' / 'nested' / 'deeper' / 'two.png', (1, 2, 3),
+              fmt='PNG')
+  write_image(tmp_path / 'A class' / 'x.jpeg', (1, 2, 3), fmt='JPEG')
+  write_image(tmp_path / 'A class' / 'y.bmp', (1, 2, 3), fmt='BMP')
+  write_image(tmp_path / 'A class' / 'z.gif', (1, 2, 3), fmt='GIF')
+  (tmp_path / 'A class' / 'notes.txt').write_text('not an image')
+  (tmp_path / 'A class' / '.hidden.jpg').write_bytes(b'')
+  (tmp_path / '.git').mkdir()
+  write_image(tmp_path / '.git' / 'x.jpg', (1, 2, 3))
+
+  data = discover.discover_images(str(tmp_path))
+
+  assert data.labels == ('A class', 'b_class')
+  rels = [(i.rel_path, i.label) for i in data.images]
+  assert rels == [('A class/x.jpeg', 0), ('A class/y.bmp', 0),
+                  ('A class/z.gif', 0), ('b_class/nested/deeper/two.png', 1),
+                  ('b_class/one.JPG', 1)]
+  assert all(os.path.isabs(i.path) and os.path.exists(i.path)
+             for i in data.images)
+  assert data.count_per_class() == [3, 2]
+
+
+def test_missing_dir_names_it(tmp_path):
+  with pytest.raises(DatasetError, match='does not exist.*--image_dir'):
+    discover.discover_images(str(tmp_path / 'nope'))
+
+
+def test_empty_image_dir_flag():
+  with pytest.raises(DatasetError, match='--image_dir'):
+    discover.discover_images('')
+
+
+def test_no_class_folders(tmp_path):
+  write_image(tmp_path / 'loose.jpg', (1, 2, 3))
+  with pytest.raises(DatasetError, match='No class folders.*sub-folder'):
+    discover.discover_images(str(tmp_path))
+
+
+def test_one_class_is_an_error(tmp_path):
+  write_image(tmp_path / 'cats' / 'a.jpg', (1, 2, 3))
+  (tmp_path / 'dogs').mkdir()
+  with pytest.raises(DatasetError, match="only class 'cats'.*at least two"):
+    discover.discover_images(str(tmp_path))
+
+
+def test_empty_class_skipped_with_warning(tmp_path, caplog):
+  write_image(tmp_path / 'cats' / 'a.jpg', (1, 2, 3))
+  write_image(tmp_path / 'dogs' / 'a.jpg', (1, 2, 3))
+  (tmp_path / 'empty').mkdir()
+  (tmp_path / 'empty' / 'readme.txt').write_text('x')
+  data = discover.discover_images(str(tmp_path))
+  assert data.labels == ('cats', 'dogs')
+  assert data.skipped_classes == ('empty',)
+  text = caplog.text
+  assert "'empty' has no images" in text
+  assert "'cats' has only 1 images" in text
