@@ -82,6 +82,8 @@ flags.DEFINE_string('final_tensor_name', _D.final_tensor_name,
 flags.DEFINE_bool('print_misclassified_test_images',
                   _D.print_misclassified_test_images,
                   'List every misclassified test image.')
+flags.DEFINE_string('report_dir', _D.report_dir,
+                    'Where machine-readable reports of the run are written.')
 flags.DEFINE_string('output_graph', _D.output_graph,
                     'Where a frozen GraphDef is written (not supported yet).')
 flags.DEFINE_string('intermediate_output_graphs_dir',

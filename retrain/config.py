@@ -69,6 +69,9 @@ class Config:
   saved_model_dir: str = '/tmp/retrain_saved_model'
   final_tensor_name: str = 'final_result'
   print_misclassified_test_images: bool = False
+  # Machine-readable reports of a run (skipped files, per-class metrics,
+  # confusion matrix, misclassified images).
+  report_dir: str = '/tmp/retrain_report'
   # retrain.py always wrote these three; here they are off until asked for
   # (empty string or 0), because they are not implemented yet and a default
   # must never fail.

