@@ -7,6 +7,8 @@ tests (and other programs) can inspect; it reads no flags.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import time
 from typing import Dict, List, Optional
 
@@ -25,6 +27,9 @@ from retrain import train as train_lib
 from retrain.config import Config
 from retrain.errors import DatasetError
 from retrain.errors import NotSupportedYetError
+
+
+RUN_SUMMARY_FILE = 'run_summary.json'
 
 
 @dataclasses.dataclass
@@ -195,10 +200,34 @@ def run(config: Config) -> RunResult:
   if computed.failures:
     logging.warning('%d images were skipped because they could not be used; '
                     'see the warnings above.', len(computed.failures))
-  return RunResult(
+  result = RunResult(
       labels=labels,
       counts={name: int(len(split.subset(name))) for name in split_lib.SUBSETS},
       test_accuracy=test.accuracy, test_count=test.count,
       bottleneck_stats=stats, skipped=computed.failures,
       history=trained.history, misclassified=misclassified,
       saved_model_dir=saved, timings=timings)
+  write_run_summary(config, result)
+  return result
+
+
+def write_run_summary(config: Config, result: RunResult) -> str:
+  """Writes <report_dir>/run_summary.json (config, counts, accuracy, timings)."""
+  os.makedirs(config.report_dir, exist_ok=True)
+  path = os.path.join(config.report_dir, RUN_SUMMARY_FILE)
+  summary = {
+      'config': dataclasses.asdict(config),
+      'labels': result.labels,
+      'counts': result.counts,
+      'test_accuracy': result.test_accuracy,
+      'test_count': result.test_count,
+      'bottlenecks': dataclasses.asdict(result.bottleneck_stats),
+      'skipped': len(result.skipped),
+      'timings_seconds': result.timings,
+      'saved_model_dir': result.saved_model_dir,
+  }
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(summary, f, indent=2)
+  os.replace(tmp, path)
+  return path

@@ -48,6 +48,12 @@ def test_run_trains_evaluates_exports_and_reuses_cache(small_config):
   assert (out / 'labels.txt').read_text() == 'blue\ngreen\nred\n'
   for run in ('train', 'validation'):
     assert list((pathlib.Path(small_config.summaries_dir) / run).iterdir())
+  summary = json.loads(
+      (pathlib.Path(small_config.report_dir) / 'run_summary.json').read_text())
+  assert summary['test_accuracy'] == 1.0
+  assert summary['bottlenecks']['computed'] == 36
+  assert set(summary['timings_seconds']) >= {'bottlenecks', 'training',
+                                             'export', 'total'}
   # Training history: evaluation at step 0, every 50 steps and the last.
   assert [p.step for p in result.history] == [0, 50, 100, 150, 200, 250, 299]
 
@@ -146,7 +152,8 @@ def _cli(args, **kw):
 def _cli_args(config):
   return ['--image_dir', config.image_dir, '--tfhub_module',
           config.tfhub_module, '--bottleneck_dir', config.bottleneck_dir,
-          '--summaries_dir', config.summaries_dir, '--output_labels',
+          '--summaries_dir', config.summaries_dir, '--report_dir',
+          config.report_dir, '--output_labels',
           config.output_labels, '--saved_model_dir', config.saved_model_dir,
           '--how_many_training_steps', '100', '--learning_rate', '0.5']
 
