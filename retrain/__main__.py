@@ -9,6 +9,7 @@ meanings.
 from __future__ import annotations
 
 import dataclasses
+import logging as std_logging
 import os
 import sys
 
@@ -115,6 +116,9 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   logging.set_verbosity(FLAGS.logging_verbosity.lower().replace('warn',
                                                                 'warning'))
+  if FLAGS.logging_verbosity != 'DEBUG':
+    # TensorFlow's own INFO lines (SavedModel internals) are noise to a user.
+    std_logging.getLogger('tensorflow').setLevel(std_logging.WARNING)
   # Imported here so that --help and flag errors answer without loading
   # TensorFlow.
   from retrain import presets  # pylint: disable=g-import-not-at-top

@@ -1,0 +1,183 @@
+"""Benchmark: how close the pipeline runs to what these cores can do.
+
+Prints one table for an image folder and a module:
+  1. the limit: the module's forward pass alone on pre-decoded tensors, at
+     the best of several batch sizes (images/s);
+  2. the pipeline's bottleneck throughput (decode + resize + module + cache
+     writes) and its ratio to (1);
+  3. cold (empty bottleneck cache) and warm end-to-end wall time of
+     `python -m retrain` with default flags, split into phases;
+  4. training steps per second;
+  5. peak resident memory of the run;
+  6. optionally, the same runs of a retrain.py copy (--retrain_py) and ratios.
+
+Usage (from the repository root):
+  python bench/pipeline_bench.py --image_dir ../shared/datasets/flowers_sample
+
+The bundled module must be converted once before (any run does it); that
+one-off conversion is not part of the cold time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+
+def module_limit(module, batch_sizes, seconds=8.0):
+  """Best images/s of module.call on a fixed random batch, and its batch."""
+  import numpy as np
+  import tensorflow as tf
+  best = (0.0, None)
+  h, w = module.input_size
+  for batch in batch_sizes:
+    x = tf.constant(np.random.default_rng(0).random((batch, h, w, 3)),
+                    tf.float32)
+    module.call(x)  # warm-up (tracing, allocation)
+    module.call(x)
+    n, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+      module.call(x).numpy()
+      n += batch
+    rate = n / (time.perf_counter() - started)
+    print(f'  module alone, batch {batch:3d}: {rate:7.1f} images/s',
+          flush=True)
+    if rate > best[0]:
+      best = (rate, batch)
+  return best
+
+
+def pipeline_throughput(module, image_dir, batch_size):
+  """images/s of compute_bottlenecks over every image into an empty cache."""
+  import bottleneck_cache
+  from retrain import bottlenecks, discover
+  paths = [i.path for i in discover.discover_images(image_dir).images]
+  with tempfile.TemporaryDirectory() as cache:
+    store = bottleneck_cache.BottleneckStore(cache,
+                                             bottlenecks.cache_namespace(module))
+    started = time.perf_counter()
+    result = bottlenecks.compute_bottlenecks(paths, module, store, batch_size,
+                                             progress_interval=1e9)
+    elapsed = time.perf_counter() - started
+  return result.stats.computed / elapsed, len(paths), elapsed
+
+
+def run_cli(args, cwd=ROOT):
+  """Runs a command; returns (wall seconds, peak RSS MiB, stderr)."""
+  started = time.perf_counter()
+  proc = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  stderr = proc.stderr.read()
+  _, status, usage = os.wait4(proc.pid, 0)
+  wall = time.perf_counter() - started
+  if status != 0:
+    raise SystemExit(f'{" ".join(args)} failed:\n{stderr[-3000:]}')
+  return wall, usage.ru_maxrss / 1024.0, stderr
+
+
+def retrain_run(image_dir, module, work, cold):
+  if cold:
+    shutil.rmtree(os.path.join(work, 'bottlenecks'), ignore_errors=True)
+  args = [sys.executable, '-m', 'retrain', '--image_dir', image_dir,
+          '--tfhub_module', module,
+          '--bottleneck_dir', os.path.join(work, 'bottlenecks'),
+          '--summaries_dir', os.path.join(work, 'logs'),
+          '--saved_model_dir', os.path.join(work, 'saved_model'),
+          '--output_labels', os.path.join(work, 'labels.txt'),
+          '--report_dir', os.path.join(work, 'report')]
+  wall, rss, _ = run_cli(args)
+  # Keep no pile of earlier exports and logs from the benchmark itself.
+  for name in os.listdir(work):
+    if '.previous-' in name:
+      shutil.rmtree(os.path.join(work, name), ignore_errors=True)
+  with open(os.path.join(work, 'report', 'run_summary.json')) as f:
+    summary = json.load(f)
+  return wall, rss, summary
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--image_dir', required=True)
+  parser.add_argument('--tfhub_module', default=None,
+                      help='default: the project default module')
+  parser.add_argument('--batch_sizes', default='8,16,32')
+  parser.add_argument('--retrain_py', default=None,
+                      help='path of a retrain.py copy to compare against')
+  parser.add_argument('--work_dir', default=None)
+  args = parser.parse_args()
+
+  from retrain import features
+  from retrain.config import DEFAULTS
+  module_name = args.tfhub_module or DEFAULTS.tfhub_module
+  work = args.work_dir or tempfile.mkdtemp(prefix='retrain_bench_')
+  os.makedirs(work, exist_ok=True)
+
+  print(f'Machine: {os.cpu_count()} cores; module {module_name}; images '
+        f'{args.image_dir}', flush=True)
+  module = features.load_module(module_name)
+  limit, best_batch = module_limit(
+      module, [int(b) for b in args.batch_sizes.split(',')])
+  rate, count, elapsed = pipeline_throughput(module, args.image_dir,
+                                             DEFAULTS.bottleneck_batch_size)
+  del module
+
+  cold_wall, cold_rss, cold = retrain_run(args.image_dir, module_name, work,
+                                          cold=True)
+  warm_wall, warm_rss, warm = retrain_run(args.image_dir, module_name, work,
+                                          cold=False)
+  steps = cold['config']['how_many_training_steps']
+
+  rows = [
+      ('images', f'{count}'),
+      ('1. module alone (best batch %d)' % best_batch, f'{limit:.1f} images/s'),
+      ('2. bottleneck pipeline', f'{rate:.1f} images/s '
+       f'({100 * rate / limit:.0f}% of the limit)'),
+  ]
+  for label, wall, summary, rss in (('cold', cold_wall, cold, cold_rss),
+                                    ('warm', warm_wall, warm, warm_rss)):
+    t = summary['timings_seconds']
+    rows.append((f'3. {label} end to end', f'{wall:.1f} s wall'))
+    rows.append((f'   {label} phases', ', '.join(
+        f'{k} {v:.1f}' for k, v in t.items() if k != 'total')
+                 + f' (in-process total {t["total"]:.1f} s)'))
+    rows.append((f'5. {label} peak RSS', f'{rss:.0f} MiB'))
+  rows.append(('4. training', f'{steps / warm["timings_seconds"]["training"]:.0f}'
+               f' steps/s ({steps} steps in '
+               f'{warm["timings_seconds"]["training"]:.1f} s)'))
+  rows.append(('   test accuracy (warm run)',
+               f'{100 * warm["test_accuracy"]:.1f}% (N={warm["test_count"]})'))
+
+  if args.retrain_py:
+    base = [sys.executable, args.retrain_py, '--image_dir', args.image_dir,
+            '--bottleneck_dir', os.path.join(work, 'rp_bottlenecks'),
+            '--summaries_dir', os.path.join(work, 'rp_logs'),
+            '--output_graph', os.path.join(work, 'rp_graph.pb'),
+            '--output_labels', os.path.join(work, 'rp_labels.txt')]
+    if args.tfhub_module and '://' in args.tfhub_module:
+      base += ['--tfhub_module', args.tfhub_module]
+    shutil.rmtree(os.path.join(work, 'rp_bottlenecks'), ignore_errors=True)
+    rp_cold, rp_cold_rss, _ = run_cli(base)
+    rp_warm, _, _ = run_cli(base)
+    rows.append(('6. retrain.py cold / warm', f'{rp_cold:.1f} s / '
+                 f'{rp_warm:.1f} s; ratio {rp_cold / cold_wall:.1f}x / '
+                 f'{rp_warm / warm_wall:.1f}x faster here'))
+
+  width = max(len(r[0]) for r in rows)
+  print()
+  for name, value in rows:
+    print(f'{name:<{width}}  {value}')
+  print(f'\n(work files in {work})')
+
+
+if __name__ == '__main__':
+  main()
