@@ -49,6 +49,10 @@ flags.DEFINE_string('bottleneck_dir', _D.bottleneck_dir,
                     'Folder of the bottleneck cache.')
 flags.DEFINE_integer('bottleneck_batch_size', _D.bottleneck_batch_size,
                      'Images per module call when computing bottlenecks.')
+flags.DEFINE_enum('bottleneck_runtime', _D.bottleneck_runtime,
+                  ['tf', 'tflite', 'auto'],
+                  'Runtime of the module for bottlenecks: TensorFlow, TFLite '
+                  'with XNNPACK, or auto (TFLite when the module converts).')
 flags.DEFINE_integer('how_many_training_steps', _D.how_many_training_steps,
                      'Training steps.')
 flags.DEFINE_float('learning_rate', _D.learning_rate, 'SGD learning rate.')

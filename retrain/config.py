@@ -44,6 +44,9 @@ class Config:
   # Batch 16 was the fastest per image on a 2-core CPU for EfficientNet-Lite;
   # 32 and 64 were slower.
   bottleneck_batch_size: int = 16
+  # 'tf', 'tflite' (XNNPACK) or 'auto' (TFLite when the module converts and
+  # agrees with TensorFlow); see retrain/tflite_runtime.py and README.
+  bottleneck_runtime: str = 'auto'
 
   # --- Training (retrain.py's defaults) -------------------------------------
   how_many_training_steps: int = 4000

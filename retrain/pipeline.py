@@ -23,6 +23,7 @@ from retrain import export as export_lib
 from retrain import features
 from retrain import split as split_lib
 from retrain import summaries as summaries_lib
+from retrain import tflite_runtime
 from retrain import train as train_lib
 from retrain.config import Config
 from retrain.errors import DatasetError
@@ -119,12 +120,15 @@ def run(config: Config) -> RunResult:
                                 config.module_cache_dir)
   timings['startup_and_module'] = time.monotonic() - started
 
+  runner = tflite_runtime.with_runtime(module, config.bottleneck_runtime,
+                                       config.bottleneck_batch_size,
+                                       config.module_cache_dir)
   phase = time.monotonic()
   store = bottleneck_cache.BottleneckStore(
       config.bottleneck_dir, bottlenecks_lib.cache_namespace(module))
   paths = [image.path for image in dataset.images]
   computed = bottlenecks_lib.compute_bottlenecks(
-      paths, module, store, config.bottleneck_batch_size)
+      paths, runner, store, config.bottleneck_batch_size)
   timings['bottlenecks'] = time.monotonic() - phase
   stats = computed.stats
   logging.info('Bottlenecks: %d reused from the cache, %d computed, %d images '

@@ -1,0 +1,54 @@
+"""The TFLite bottleneck runtime: same vectors, cached conversion, fallback."""
+
+import os
+
+import numpy as np
+import pytest
+
+from retrain import features
+from retrain import tflite_runtime
+from retrain.errors import ModuleError
+from tests.conftest import FAKE_SIZE
+
+
+def test_tflite_vectors_match_tensorflow(fake_module, tmp_path):
+  module = features.load_module(fake_module)
+  fast = tflite_runtime.with_runtime(module, 'tflite', batch_size=4)
+  assert fast.call is not module.call
+  path = tflite_runtime.tflite_file(module)
+  assert os.path.exists(path)
+  images = np.random.default_rng(1).random(
+      (7, FAKE_SIZE, FAKE_SIZE, 3)).astype(np.float32)  # not a multiple of 4
+  np.testing.assert_allclose(fast.call(images).numpy(),
+                             module.call(images).numpy(), atol=1e-5)
+  # A second use loads the converted file instead of converting again.
+  mtime = os.path.getmtime(path)
+  tflite_runtime.with_runtime(module, 'auto', batch_size=4)
+  assert os.path.getmtime(path) == mtime
+
+
+def test_tf_runtime_is_unchanged(fake_module):
+  module = features.load_module(fake_module)
+  assert tflite_runtime.with_runtime(module, 'tf', 16) is module
+
+
+def test_unknown_runtime_is_refused(fake_module):
+  module = features.load_module(fake_module)
+  with pytest.raises(ModuleError, match="--bottleneck_runtime='gpu'"):
+    tflite_runtime.with_runtime(module, 'gpu', 16)
+
+
+def test_module_that_does_not_convert_falls_back(fake_module, monkeypatch,
+                                                 caplog):
+  module = features.load_module(fake_module)
+  def broken(module, path):
+    raise ValueError('unsupported op FancyOp')
+  monkeypatch.setattr(tflite_runtime, 'convert', broken)
+  path = tflite_runtime.tflite_file(module)
+  if os.path.exists(path):
+    os.remove(path)
+  result = tflite_runtime.with_runtime(module, 'tflite', 16)
+  assert result is module
+  assert 'unsupported op FancyOp' in caplog.text
+  assert os.path.exists(path + '.failed')
+  os.remove(path + '.failed')
