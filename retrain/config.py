@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from retrain import presets
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -32,7 +34,7 @@ class Config:
   # retrain.py defaulted to an Inception V3 URL, which fails on machines with
   # no network; the bundled EfficientNet-Lite0 works offline and is both more
   # accurate and about 4x cheaper per image.
-  tfhub_module: str = 'efficientnet_lite0'
+  tfhub_module: str = presets.DEFAULT_MODULE
   # Only needed for modules whose input size is not fixed by the module.
   image_size: Optional[int] = None
   # Where bundled presets are converted to SavedModels (None: the presets'

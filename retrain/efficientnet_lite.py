@@ -187,7 +187,8 @@ def weights_path(variant: Variant) -> str:
         f'{variant.distribution}, which is not installed; install it with '
         f'`{variant.install_command}`.')
   models = importlib.resources.files(variant.package) / 'models'
-  prefix = variant.distribution[:len('efficientnet-liteN-')]
+  # e.g. efficientnet-lite0-57934424.pth: the name carries a hash prefix.
+  prefix = variant.distribution.replace('-pytorch-model', '-')
   found = sorted(p.name for p in models.iterdir()
                  if p.name.startswith(prefix) and p.name.endswith('.pth')
                  ) if models.is_dir() else []
@@ -362,7 +363,8 @@ class EfficientNetLite:
     spec = tf.TensorSpec([None, self.input_size, self.input_size, 3],
                          tf.float32, name='images')
     # No jit_compile: XLA made this graph about 9x slower on a 2-core CPU.
-    self.features = tf.function(self._features, input_signature=[spec])
+    self.features = tf.function(self.compute_features,
+                                input_signature=[spec])
     self.logits = tf.function(self._logits, input_signature=[spec])
 
   def _conv(self, x, name: str, stride: int = 1, relu6: bool = True):
@@ -380,7 +382,8 @@ class EfficientNetLite:
     x = tf.nn.bias_add(x, self._biases[name])
     return tf.nn.relu6(x) if relu6 else x
 
-  def _features(self, images):
+  def compute_features(self, images):
+    """The untraced graph of `features`, for tracing into other functions."""
     import tensorflow as tf
 
     # [0, 1] -> (255 x - 127) / 128, the input scaling the weights expect.
@@ -400,7 +403,8 @@ class EfficientNetLite:
   def _logits(self, images):
     import tensorflow as tf
 
-    return tf.matmul(self._features(images), self._fc_kernel) + self._fc_bias
+    return tf.matmul(self.compute_features(images),
+                     self._fc_kernel) + self._fc_bias
 
 
 def build_model(variant: Union[str, Variant]) -> EfficientNetLite:
@@ -462,7 +466,10 @@ def export_saved_model(model: EfficientNetLite, export_dir: str) -> None:
 
   @tf.function(input_signature=[spec])
   def serve(images):
-    return {'feature_vector': model.features(images)}
+    # Traced inline rather than through the model.features tf.function: a
+    # nested call gives the captured inputs numeric names, which TF renames
+    # in a log message hundreds of names long.
+    return {'feature_vector': model.compute_features(images)}
 
   tf.saved_model.save(root, export_dir, signatures={'serving_default': serve})
 

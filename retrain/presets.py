@@ -188,6 +188,8 @@ def _ensure_converted(name: str, target: str) -> str:
   start = time.monotonic()
   try:
     efficientnet_lite.convert(name, tmp)
+    # mkdtemp makes the folder private (0700); a cache may be shared.
+    os.chmod(tmp, 0o755)
     try:
       os.rename(tmp, target)
       tmp = None
