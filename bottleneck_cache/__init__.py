@@ -3,6 +3,7 @@
 See `bottleneck_cache.store` for the layout and the crash-safety guarantees.
 """
 
+from bottleneck_cache.keys import DigestMemo
 from bottleneck_cache.keys import file_digest
 from bottleneck_cache.store import BottleneckStore
 from bottleneck_cache.store import CacheError
@@ -10,5 +11,5 @@ from bottleneck_cache.store import ComputeFn
 from bottleneck_cache.store import Stats
 from bottleneck_cache.store import namespace_id
 
-__all__ = ['BottleneckStore', 'CacheError', 'ComputeFn', 'Stats',
-           'file_digest', 'namespace_id']
+__all__ = ['BottleneckStore', 'CacheError', 'ComputeFn', 'DigestMemo',
+           'Stats', 'file_digest', 'namespace_id']

@@ -1,10 +1,26 @@
-"""Cache keys from file contents."""
+"""Cache keys from file contents, with a stat-keyed memo of digests.
+
+A vector is keyed by the SHA-256 of its image file's bytes, so renaming a
+file keeps its vector and editing it does not. Hashing means reading every
+image on every run, which for a large folder costs more than the whole
+warm run should; `DigestMemo` remembers each file's digest together with
+its size, modification time (ns) and inode, and re-reads only files where
+any of those changed.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import uuid
+from typing import Optional
+
+from absl import logging
 
 _BLOCK = 1 << 20
+MEMO_FILE = 'file_digests.json'
+_MEMO_VERSION = 1
 
 
 def file_digest(path: str) -> str:
@@ -17,3 +33,52 @@ def file_digest(path: str) -> str:
         break
       digest.update(block)
   return digest.hexdigest()
+
+
+class DigestMemo:
+  """Digests of files, remembered in `<root>/file_digests.json`.
+
+  Thread-safe for concurrent `digest` calls (dict updates are atomic in
+  CPython); call `save` once afterwards.
+  """
+
+  def __init__(self, root: Optional[str]):
+    self.path = os.path.join(root, MEMO_FILE) if root else None
+    self._memo: dict = {}
+    self._dirty = False
+    if self.path and os.path.exists(self.path):
+      try:
+        with open(self.path, encoding='utf-8') as f:
+          data = json.load(f)
+        if data.get('version') == _MEMO_VERSION:
+          self._memo = data['files']
+      except (OSError, ValueError, KeyError, AttributeError) as e:
+        logging.warning('Ignoring unreadable digest memo %s (%s); files will '
+                        'be hashed again.', self.path, e)
+
+  def digest(self, path: str) -> str:
+    """SHA-256 of the file at `path`; raises OSError if it cannot be read."""
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+    entry = self._memo.get(real)
+    if entry is not None and entry[:3] == stamp:
+      return entry[3]
+    value = file_digest(real)
+    self._memo[real] = stamp + [value]
+    self._dirty = True
+    return value
+
+  def save(self) -> None:
+    """Writes the memo atomically if anything changed (best effort)."""
+    if not (self.path and self._dirty):
+      return
+    tmp = f'{self.path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}'
+    try:
+      os.makedirs(os.path.dirname(self.path), exist_ok=True)
+      with open(tmp, 'w', encoding='utf-8') as f:
+        json.dump({'version': _MEMO_VERSION, 'files': self._memo}, f)
+      os.replace(tmp, self.path)
+      self._dirty = False
+    except OSError as e:
+      logging.warning('Could not save the digest memo %s (%s).', self.path, e)

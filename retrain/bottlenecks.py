@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import os
 from typing import Sequence
 
 import numpy as np
@@ -50,15 +51,18 @@ def cache_namespace(module: FeatureModule) -> dict:
   return dict(module.identity(), kind='bottleneck', preprocessing='v1')
 
 
-def _hash_files(paths: Sequence[str]) -> list:
+def _hash_files(paths: Sequence[str], memo: bottleneck_cache.DigestMemo
+                ) -> list:
   """SHA-256 of each file, or an OSError for files that cannot be read."""
   def digest(path):
     try:
-      return bottleneck_cache.file_digest(path)
+      return memo.digest(path)
     except OSError as e:
       return e
   with concurrent.futures.ThreadPoolExecutor(_HASH_THREADS) as pool:
-    return list(pool.map(digest, paths))
+    digests = list(pool.map(digest, paths))
+  memo.save()
+  return digests
 
 
 def _decode_error(path: str, size) -> str:
@@ -110,7 +114,10 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
     batch_size: images per module call.
     progress_interval: seconds between progress lines.
   """
-  digests = _hash_files(paths)
+  # The memo lives at the cache root: file digests do not depend on the
+  # module, so every namespace shares it.
+  digests = _hash_files(paths, bottleneck_cache.DigestMemo(
+      os.path.dirname(store.directory)))
   failures = []
   readable = []
   for i, d in enumerate(digests):

@@ -154,3 +154,37 @@ def test_kill_during_writes_leaves_readable_cache(tmp_path):
   # No temporary file of the dead writer is left behind.
   assert not [n for n in os.listdir(s.directory)
               if n.startswith(store_lib.TMP_PREFIX)]
+
+
+def test_digest_memo_rehashes_only_changed_files(tmp_path, monkeypatch):
+  from bottleneck_cache import keys
+  a, b = tmp_path / 'a.bin', tmp_path / 'b.bin'
+  a.write_bytes(b'aaa')
+  b.write_bytes(b'bbb')
+  memo = keys.DigestMemo(str(tmp_path / 'cache'))
+  assert memo.digest(str(a)) == keys.file_digest(str(a))
+  memo.digest(str(b))
+  memo.save()
+
+  hashed = []
+  real = keys.file_digest
+  monkeypatch.setattr(keys, 'file_digest',
+                      lambda p: hashed.append(p) or real(p))
+  b.write_bytes(b'bbbb')  # edited: size and mtime change
+  memo = keys.DigestMemo(str(tmp_path / 'cache'))
+  assert memo.digest(str(a)) == real(str(a))
+  assert memo.digest(str(b)) == real(str(b))
+  assert hashed == [os.path.realpath(b)]
+
+
+def test_digest_memo_survives_a_corrupt_file(tmp_path, caplog):
+  from bottleneck_cache import keys
+  (tmp_path / keys.MEMO_FILE).write_text('{not json')
+  f = tmp_path / 'x.bin'
+  f.write_bytes(b'x')
+  memo = keys.DigestMemo(str(tmp_path))
+  assert memo.digest(str(f)) == keys.file_digest(str(f))
+  assert 'Ignoring unreadable digest memo' in caplog.text
+  memo.save()
+  assert keys.DigestMemo(str(tmp_path)).digest(str(f)) == keys.file_digest(
+      str(f))
