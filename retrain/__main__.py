@@ -90,18 +90,25 @@ flags.DEFINE_bool('print_misclassified_test_images',
 flags.DEFINE_string('report_dir', _D.report_dir,
                     'Where machine-readable reports of the run are written.')
 flags.DEFINE_string('output_graph', _D.output_graph,
-                    'Where a frozen GraphDef is written (not supported yet).')
+                    'Where a frozen GraphDef (input Placeholder, output '
+                    '--final_tensor_name) is written ("" for none).')
 flags.DEFINE_string('intermediate_output_graphs_dir',
                     _D.intermediate_output_graphs_dir,
-                    'Where intermediate graphs are written (not supported '
-                    'yet).')
+                    'Where intermediate frozen graphs are written.')
 flags.DEFINE_integer('intermediate_store_frequency',
                      _D.intermediate_store_frequency,
-                     'Steps between intermediate graphs; 0 for none (not '
-                     'supported yet).')
+                     'Steps between intermediate frozen graphs; 0 for none.')
 flags.DEFINE_string('checkpoint_path', _D.checkpoint_path,
-                    'Where a checkpoint of the head is written (not '
-                    'supported yet).')
+                    'Where a checkpoint of the trained head is written ("" '
+                    'for none).')
+flags.DEFINE_string('tflite_output_file', _D.tflite_output_file,
+                    'Where a TFLite model is written ("" for none).')
+flags.DEFINE_enum('tflite_quantization', _D.tflite_quantization,
+                  ['none', 'dynamic', 'float16', 'int8'],
+                  'Quantization of the TFLite model.')
+flags.DEFINE_integer('tflite_calibration_images',
+                     _D.tflite_calibration_images,
+                     'Training images that calibrate int8 quantization.')
 flags.DEFINE_enum('logging_verbosity', 'INFO',
                   ['DEBUG', 'INFO', 'WARN', 'ERROR', 'FATAL'],
                   'How much to log.')

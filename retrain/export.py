@@ -11,6 +11,8 @@ and no training data:
 Signature `serving_default`: input `images` float32 [batch, H, W, 3] in
 [0, 1] (decoded RGB, resized to H x W as `retrain.images` does) -> output
 `probabilities` float32 [batch, N], columns in label order.
+Signature `serving_bytes`: input `image_bytes` string [batch] of encoded
+image files -> the same output (see `retrain.signatures`).
 
 Nothing a user made is lost: the export is written to a temporary folder
 and renamed into place; an earlier export in the same place is first moved
@@ -32,6 +34,7 @@ from absl import logging
 
 import retrain
 from retrain.errors import OutputError
+from retrain import signatures as signatures_lib
 from retrain.features import FeatureModule
 from retrain.train import Head
 
@@ -113,6 +116,11 @@ def metadata(module: FeatureModule, labels: Sequence[str],
           'serving_default': {'inputs': {'images': 'float32 [batch, H, W, 3]'},
                               'outputs': {'probabilities':
                                           'float32 [batch, N]'}},
+          signatures_lib.BYTES_SIGNATURE: {
+              'inputs': {signatures_lib.BYTES_INPUT:
+                         'string [batch] (JPEG, PNG, GIF or BMP file '
+                         'contents)'},
+              'outputs': {'probabilities': 'float32 [batch, N]'}},
       },
       'final_tensor_name': final_tensor_name,
   }
@@ -140,8 +148,12 @@ def export_saved_model(export_dir: str, module: FeatureModule, head: Head,
   if os.path.exists(tmp):
     shutil.rmtree(tmp)
   classifier = Classifier(module, head, final_tensor_name)
+  classify_bytes = signatures_lib.bytes_signature(classifier.classify,
+                                                  module.input_size)
   tf.saved_model.save(classifier, tmp,
-                      signatures={'serving_default': classifier.classify})
+                      signatures={'serving_default': classifier.classify,
+                                  signatures_lib.BYTES_SIGNATURE:
+                                  classify_bytes})
   write_labels(os.path.join(tmp, LABELS_FILE), labels)
   with open(os.path.join(tmp, METADATA_FILE), 'w', encoding='utf-8') as f:
     json.dump(metadata(module, labels, final_tensor_name, extra_metadata), f,

@@ -20,6 +20,7 @@ from retrain import bottlenecks as bottlenecks_lib
 from retrain import discover
 from retrain import evaluate as evaluate_lib
 from retrain import export as export_lib
+from retrain import export_formats
 from retrain import features
 from retrain import split as split_lib
 from retrain import summaries as summaries_lib
@@ -66,10 +67,6 @@ _NOT_YET = {
     'random_crop': 'image distortions',
     'random_scale': 'image distortions',
     'random_brightness': 'image distortions',
-    'output_graph': 'frozen graph export',
-    'intermediate_output_graphs_dir': 'intermediate graph export',
-    'intermediate_store_frequency': 'intermediate graph export',
-    'checkpoint_path': 'checkpoint export',
 }
 
 
@@ -95,6 +92,7 @@ def check_config(config: Config) -> None:
     raise DatasetError(f'--learning_rate={config.learning_rate} must be '
                        'positive.')
   export_lib.check_export_dir(config.saved_model_dir)
+  export_formats.check_config(config)
 
 
 def _log_counts(labels, y, split) -> None:
@@ -150,6 +148,7 @@ def run(config: Config) -> RunResult:
 
   phase = time.monotonic()
   writers = summaries_lib.Writers(config.summaries_dir)
+  intermediate = export_formats.intermediate_hook(config, module, labels)
 
   def log_point(p: train_lib.EvalPoint):
     text = (f'Step {p.step}: train accuracy = {100 * p.train_accuracy:.1f}%, '
@@ -168,7 +167,9 @@ def run(config: Config) -> RunResult:
         batch_size=config.train_batch_size,
         eval_step_interval=config.eval_step_interval,
         validation_batch_size=config.validation_batch_size,
-        seed=config.random_seed, writers=writers, on_eval=log_point)
+        seed=config.random_seed, writers=writers, on_eval=log_point,
+        head_every=config.intermediate_store_frequency,
+        on_head=intermediate)
   finally:
     writers.close()
   timings['training'] = time.monotonic() - phase
@@ -189,13 +190,19 @@ def run(config: Config) -> RunResult:
 
   phase = time.monotonic()
   export_lib.write_labels(config.output_labels, labels)
+  other_formats = export_formats.export_other_formats(
+      config, module, trained.head, labels,
+      [dataset.images[usable[i]].path for i in split.train])
+  if intermediate is not None:
+    other_formats['intermediate_graphs'] = intermediate.written
   saved = None
   if config.saved_model_dir:
     saved = export_lib.export_saved_model(
         config.saved_model_dir, module, trained.head, labels,
         config.final_tensor_name,
         extra_metadata={'test_accuracy': test.accuracy,
-                        'test_count': test.count})
+                        'test_count': test.count,
+                        'other_exports': other_formats})
     logging.info('Exported the classifier to %s (labels in %s).', saved,
                  config.output_labels)
   timings['export'] = time.monotonic() - phase

@@ -73,12 +73,21 @@ def eval_steps(total_steps: int, interval: int) -> List[int]:
   return steps
 
 
+def _head_stops(done: int, target: int, every: int) -> List[int]:
+  """Multiples of `every` strictly between `done` and `target`."""
+  if every <= 0:
+    return []
+  return list(range((done // every + 1) * every, target, every))
+
+
 def train_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
                val_x: np.ndarray, val_y: np.ndarray, *, steps: int,
                learning_rate: float, batch_size: int, eval_step_interval: int,
                validation_batch_size: int, seed: int,
                writers: Optional[summaries_lib.Writers] = None,
-               on_eval: Optional[Callable[[EvalPoint], None]] = None
+               on_eval: Optional[Callable[[EvalPoint], None]] = None,
+               head_every: int = 0,
+               on_head: Optional[Callable[[int, Head], None]] = None
                ) -> TrainResult:
   """Trains the head.
 
@@ -94,6 +103,10 @@ def train_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
     seed: makes the initialisation and the batches repeatable.
     writers: TensorBoard writers, or None.
     on_eval: called with each evaluation point.
+    head_every, on_head: if both are set, on_head(steps_done, head) is
+      called after every `head_every` steps (for intermediate exports). It
+      splits training into more compiled stretches, each of which draws
+      one extra (unused) batch, so the batches differ from a run without it.
   """
   train_x = np.asarray(train_x, np.float32)
   train_y = np.asarray(train_y, np.int64)
@@ -174,8 +187,14 @@ def train_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
   history = []
   done = 0
   for step in eval_steps(steps, eval_step_interval):
+    for stop in _head_stops(done, step + 1, head_every if on_head else 0):
+      run(tf.constant(stop - done, tf.int64))
+      done = stop
+      on_head(done, Head(weights.numpy(), biases.numpy()))
     loss, acc, probs = run(tf.constant(step + 1 - done, tf.int64))
     done = step + 1
+    if on_head is not None and head_every > 0 and done % head_every == 0:
+      on_head(done, Head(weights.numpy(), biases.numpy()))
     point = EvalPoint(step, float(acc), float(loss), None, 0)
     if len(val_y):
       v_loss, v_acc, v_n = validate(

@@ -105,6 +105,7 @@ def small_config(tmp_path, fake_module):
       output_labels=str(out / 'labels.txt'),
       saved_model_dir=str(out / 'saved_model'),
       report_dir=str(out / 'report'),
+      output_graph=str(out / 'output_graph.pb'),
       how_many_training_steps=300,
       learning_rate=0.5,
       eval_step_interval=50,

@@ -155,6 +155,7 @@ def _cli_args(config):
           '--summaries_dir', config.summaries_dir, '--report_dir',
           config.report_dir, '--output_labels',
           config.output_labels, '--saved_model_dir', config.saved_model_dir,
+          '--output_graph', config.output_graph,
           '--how_many_training_steps', '100', '--learning_rate', '0.5']
 
 

@@ -1,0 +1,147 @@
+"""Benchmark: each export format's size, speed and agreement on real photos.
+
+  python bench/export_formats.py [--image_dir ../shared/datasets/flowers_sample]
+                                 [--out /tmp/bench_export_formats]
+
+Trains on the photos with the bundled efficientnet_lite0 module (500 steps),
+writes the SavedModel, the frozen graph and a TFLite model of each
+quantization, then runs every format on every photo and prints its size,
+images per second (model only, batch 32, photos decoded beforehand; the
+bytes signature also decodes) and top-1 agreement with the SavedModel's
+float signature. The int8 TFLite model must agree on at least 97 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from retrain import discover, export_formats, features, images, pipeline  # noqa: E402
+from retrain import split as split_lib  # noqa: E402
+from retrain.config import DEFAULTS  # noqa: E402
+from tools import label_image  # noqa: E402
+
+HERE = pathlib.Path(__file__).resolve()
+# The shared data sets live beside the checkout (or beside a worktree's
+# parent folder).
+FLOWERS = next((p / 'shared' / 'datasets' / 'flowers_sample'
+                for p in HERE.parents
+                if (p / 'shared' / 'datasets' / 'flowers_sample').is_dir()),
+               HERE.parents[2] / 'shared' / 'datasets' / 'flowers_sample')
+BATCH = 32
+
+
+def size_mb(path):
+  path = pathlib.Path(path)
+  if path.is_dir():
+    return sum(p.stat().st_size for p in path.rglob('*') if p.is_file()) / 1e6
+  return path.stat().st_size / 1e6
+
+
+def timed(predict, batch):
+  """(probabilities [n, N], images/s), after one warm-up call."""
+  predict(batch[:BATCH])
+  started = time.monotonic()
+  probs = np.concatenate([predict(batch[i:i + BATCH])
+                          for i in range(0, len(batch), BATCH)])
+  return probs, len(batch) / (time.monotonic() - started)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--image_dir', default=str(FLOWERS))
+  parser.add_argument('--out', default='/tmp/bench_export_formats')
+  parser.add_argument('--module_cache_dir', default=None)
+  parser.add_argument('--steps', type=int, default=500)
+  args = parser.parse_args()
+  if not os.path.isdir(args.image_dir):
+    sys.exit(f'{args.image_dir} is absent: pass --image_dir with a folder of '
+             'class sub-folders.')
+  out = pathlib.Path(args.out)
+  config = dataclasses.replace(
+      DEFAULTS, image_dir=args.image_dir,
+      module_cache_dir=args.module_cache_dir,
+      bottleneck_dir=str(out / 'bottlenecks'), summaries_dir=str(out / 'logs'),
+      output_labels=str(out / 'labels.txt'),
+      saved_model_dir=str(out / 'saved_model'), report_dir=str(out / 'report'),
+      output_graph=str(out / 'output_graph.pb'),
+      checkpoint_path=str(out / 'checkpoint' / 'head'),
+      how_many_training_steps=args.steps)
+  started = time.monotonic()
+  result = pipeline.run(config)
+  print(f'Trained in {time.monotonic() - started:.0f} s: test accuracy '
+        f'{100 * result.test_accuracy:.1f} % (N={result.test_count}).')
+
+  module = features.load_module(config.tfhub_module, None,
+                                config.module_cache_dir)
+  head = export_formats.read_checkpoint(config.checkpoint_path)
+  dataset = discover.discover_images(config.image_dir)
+  paths = [image.path for image in dataset.images]
+  # int8 calibration on training images only, as the pipeline does.
+  split = split_lib.split_images(
+      [image.rel_path for image in dataset.images],
+      np.array([image.label for image in dataset.images]),
+      config.validation_percentage, config.testing_percentage)
+  train_paths = [paths[i] for i in split.train]
+  tflite = {}
+  for quantization in export_formats.QUANTIZATIONS:
+    path = str(out / f'model_{quantization}.tflite')
+    tick = time.monotonic()
+    export_formats.write_tflite(path, module, head, result.labels,
+                                quantization, train_paths)
+    tflite[quantization] = path
+    print(f'TFLite {quantization}: converted in {time.monotonic() - tick:.1f} '
+          's')
+
+  batch = np.stack([images.load_image(p, module.input_size).numpy()
+                    for p in paths])
+  saved = label_image.load_model(saved_model_dir=config.saved_model_dir)
+  reference, reference_rate = timed(saved.predict, batch)
+  rows = [('SavedModel serving_default', size_mb(config.saved_model_dir),
+           reference_rate, reference)]
+
+  loaded = tf.saved_model.load(config.saved_model_dir)
+  serve_bytes = loaded.signatures['serving_bytes']
+  contents = np.array([pathlib.Path(p).read_bytes() for p in paths],
+                      dtype=object)
+  by_bytes, bytes_rate = timed(
+      lambda c: serve_bytes(image_bytes=tf.constant(list(c)))[
+          'probabilities'].numpy(), contents)
+  rows.append(('SavedModel serving_bytes (decodes)',
+               size_mb(config.saved_model_dir), bytes_rate, by_bytes))
+  frozen = label_image.load_model(graph=config.output_graph)
+  rows.append(('frozen graph (.pb)', size_mb(config.output_graph),
+               *timed(frozen.predict, batch)[::-1]))
+  for quantization, path in tflite.items():
+    model = label_image.load_model(graph=path)
+    rows.append((f'TFLite {quantization}', size_mb(path),
+                 *timed(model.predict, batch)[::-1]))
+
+  top1 = reference.argmax(1)
+  print(f'\n{len(paths)} photos, {len(result.labels)} classes, '
+        f'batch {BATCH}, {os.cpu_count()} CPU cores\n')
+  print(f'{"format":36} {"size MB":>8} {"images/s":>9} {"x SavedModel":>13} '
+        f'{"top-1 agree":>12} {"max |dp|":>9}')
+  for name, size, rate, probs in rows:
+    agree = np.mean(probs.argmax(1) == top1)
+    print(f'{name:36} {size:8.1f} {rate:9.1f} {rate / reference_rate:13.2f} '
+          f'{100 * agree:11.1f}% {np.abs(probs - reference).max():9.5f}')
+  int8 = next(r for r in rows if r[0] == 'TFLite int8')
+  agree = np.mean(int8[3].argmax(1) == top1)
+  print(f'\nint8 TFLite top-1 agreement {100 * agree:.1f} % (bar: 97 %): '
+        f'{"PASS" if agree >= 0.97 else "FAIL"}')
+  return 0 if agree >= 0.97 else 1
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,363 @@
+"""Export formats besides the SavedModel: frozen graph, TFLite, checkpoint.
+
+Every format computes the same function as the SavedModel's
+`serving_default`: images float32 [batch, H, W, 3] in [0, 1] (decoded and
+resized by `retrain.images`) -> probabilities float32 [batch, N], column j
+is class id j (row j of the labels file).
+
+- Frozen graph (`--output_graph`, retrain.py's format): a GraphDef with the
+  module and the head as constants; input op `Placeholder` float32
+  [None, H, W, 3] in [0, 1], output op `--final_tensor_name` (default
+  `final_result`), so label_image commands from the retrain tutorial work.
+- TFLite (`--tflite_output_file`): one float32 input [batch, H, W, 3] in
+  [0, 1], one float32 output [batch, N], whatever the quantization
+  (`none`, `dynamic`, `float16`, `int8`; int8 is calibrated on a sample of
+  training images and keeps float input and output, so every consumer
+  feeds the same thing).
+- Checkpoint (`--checkpoint_path`): `tf.train.Checkpoint` of the head's
+  `final_weights` [D, N] and `final_biases` [N]; see `read_checkpoint`.
+
+The frozen graph and the TFLite file describe themselves with two files
+beside them (X.pb -> X.labels.txt and X.metadata.json), which
+tools/label_image.py reads, so they need no training flags either.
+
+Nothing a user made is lost: each file is written under a temporary name
+and renamed into place; a file already there is first moved to
+`<name>.previous-<time>`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import time
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+import retrain
+from retrain import export as export_lib
+from retrain import images as images_lib
+from retrain.errors import OutputError
+from retrain.features import FeatureModule
+from retrain.train import Head
+
+INPUT_NAME = 'Placeholder'
+QUANTIZATIONS = ('none', 'dynamic', 'float16', 'int8')
+LABELS_SUFFIX = '.labels.txt'
+METADATA_SUFFIX = '.metadata.json'
+INTERMEDIATE_PATTERN = 'intermediate_{steps}.pb'
+
+
+def sidecar_paths(path: str) -> Dict[str, str]:
+  """The labels and metadata files that travel with a .pb or .tflite file."""
+  stem = os.path.splitext(path)[0]
+  return {'labels': stem + LABELS_SUFFIX, 'metadata': stem + METADATA_SUFFIX}
+
+
+def _stamp() -> str:
+  return time.strftime('%Y%m%d-%H%M%S')
+
+
+def _move_aside(path: str) -> None:
+  if os.path.lexists(path):
+    aside = f'{path}.previous-{_stamp()}'
+    os.replace(path, aside)
+    logging.info('Moved the earlier %s to %s.', path, aside)
+
+
+def _write_file(path: str, data: bytes) -> None:
+  """Writes `data` to `path` atomically, keeping any earlier file aside."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'wb') as f:
+    f.write(data)
+  _move_aside(path)
+  os.replace(tmp, path)
+
+
+def _write_sidecars(path: str, labels: Sequence[str], module: FeatureModule,
+                    info: dict) -> None:
+  height, width = module.input_size
+  data = {
+      'format_version': export_lib.FORMAT_VERSION,
+      'retrain_version': retrain.__version__,
+      'created': datetime.datetime.now(datetime.timezone.utc).isoformat(),
+      'model_file': os.path.basename(path),
+      'labels': list(labels),
+      'input_height': height,
+      'input_width': width,
+      'input_dtype': 'float32',
+      'input_value_range': [0.0, 1.0],
+      'preprocessing': export_lib.PREPROCESSING,
+      'module': {'handle': module.handle, 'resolved': module.resolved,
+                 'fingerprint': module.fingerprint},
+  }
+  data.update(info)
+  files = sidecar_paths(path)
+  _write_file(files['labels'], ''.join(f'{l}\n' for l in labels).encode())
+  _write_file(files['metadata'], json.dumps(data, indent=2).encode())
+
+
+def check_output_file(flag: str, path: str, suffixes: Sequence[str]) -> None:
+  """Raises OutputError when `path` cannot take a model file."""
+  if not path:
+    return
+  if os.path.isdir(path) or path.endswith(('/', os.sep)):
+    raise OutputError(f'--{flag} {path!r} is a folder: give a file path, '
+                      f'e.g. {os.path.join(path, "model" + suffixes[0])}.')
+  if not path.lower().endswith(tuple(suffixes)):
+    raise OutputError(f'--{flag} {path!r} should end in '
+                      f'{" or ".join(suffixes)}, so that tools (and '
+                      'label_image) recognise the format.')
+  parent = os.path.dirname(os.path.abspath(path))
+  if os.path.exists(parent) and not os.access(parent, os.W_OK):
+    raise OutputError(f'Cannot write in {parent!r}: give a --{flag} in a '
+                      'writable folder.')
+
+
+def check_config(config) -> None:
+  """Checks the export-format options of a Config before any slow work."""
+  check_output_file('output_graph', config.output_graph, ('.pb',))
+  check_output_file('tflite_output_file', config.tflite_output_file,
+                    ('.tflite',))
+  if config.tflite_quantization not in QUANTIZATIONS:
+    raise OutputError(f'--tflite_quantization={config.tflite_quantization!r} '
+                      f'is not one of {", ".join(QUANTIZATIONS)}.')
+  if config.intermediate_store_frequency < 0:
+    raise OutputError(f'--intermediate_store_frequency='
+                      f'{config.intermediate_store_frequency} must be 0 '
+                      '(none) or a positive number of steps.')
+  if config.intermediate_store_frequency and not (
+      config.intermediate_output_graphs_dir):
+    raise OutputError('--intermediate_store_frequency needs '
+                      '--intermediate_output_graphs_dir (a folder).')
+  if config.checkpoint_path and os.path.isdir(config.checkpoint_path):
+    raise OutputError(f'--checkpoint_path {config.checkpoint_path!r} is a '
+                      'folder: give a file prefix, e.g. '
+                      f'{os.path.join(config.checkpoint_path, "head")}.')
+
+
+# --- Frozen graph -------------------------------------------------------------
+
+
+def frozen_graph_def(module: FeatureModule, head: Head,
+                     final_tensor_name: str) -> tf.compat.v1.GraphDef:
+  """The classifier as a GraphDef with every variable turned into a constant.
+
+  Input op `Placeholder` float32 [None, H, W, 3] in [0, 1]; output op
+  `final_tensor_name` float32 [None, N] (softmax probabilities).
+  """
+  # convert_variables_to_constants_v2 is the TF2 way to freeze a function;
+  # it lives in tensorflow.python but has been stable since TF 2.0.
+  from tensorflow.python.framework import convert_to_constants  # pylint: disable=g-direct-tensorflow-import,g-import-not-at-top
+  classifier = export_lib.Classifier(module, head, final_tensor_name)
+  height, width = module.input_size
+
+  @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3],
+                                              tf.float32, name=INPUT_NAME)])
+  def classify(images):
+    # _classify names its softmax op `final_tensor_name`; calling it here
+    # (not the tf.function) keeps that op at the top level of the graph.
+    return classifier._classify(images)['probabilities']  # pylint: disable=protected-access
+
+  frozen = convert_to_constants.convert_variables_to_constants_v2(
+      classify.get_concrete_function())
+  graph_def = frozen.graph.as_graph_def()
+  names = {node.name for node in graph_def.node}
+  if INPUT_NAME not in names or final_tensor_name not in names:
+    raise OutputError(f'Freezing the graph lost the ops {INPUT_NAME!r} / '
+                      f'{final_tensor_name!r}; choose another '
+                      '--final_tensor_name.')
+  return graph_def
+
+
+def write_frozen_graph(path: str, module: FeatureModule, head: Head,
+                       labels: Sequence[str], final_tensor_name: str) -> str:
+  """Writes the frozen GraphDef to `path` (plus sidecars); returns path."""
+  graph_def = frozen_graph_def(module, head, final_tensor_name)
+  _write_file(path, graph_def.SerializeToString())
+  _write_sidecars(path, labels, module, {
+      'format': 'frozen_graph',
+      'input_tensor': f'{INPUT_NAME}:0',
+      'output_tensor': f'{final_tensor_name}:0'})
+  return path
+
+
+class IntermediateExports:
+  """The `on_head` hook of train_head: a frozen graph every N steps.
+
+  Writes <dir>/intermediate_<steps>.pb (with sidecars), as retrain.py's
+  --intermediate_store_frequency did.
+  """
+
+  def __init__(self, directory: str, every: int, module: FeatureModule,
+               labels: Sequence[str], final_tensor_name: str):
+    self.directory, self.every = directory, every
+    self.module, self.labels = module, list(labels)
+    self.final_tensor_name = final_tensor_name
+    self.written: List[str] = []
+
+  def __call__(self, steps: int, head: Head) -> None:
+    path = os.path.join(self.directory,
+                        INTERMEDIATE_PATTERN.format(steps=steps))
+    write_frozen_graph(path, self.module, head, self.labels,
+                       self.final_tensor_name)
+    self.written.append(path)
+    logging.info('Step %d: wrote the intermediate graph %s.', steps, path)
+
+
+# --- TFLite -------------------------------------------------------------------
+
+
+def representative_images(paths: Sequence[str], size, count: int
+                          ) -> Callable[[], Iterable[List[np.ndarray]]]:
+  """A TFLite representative dataset: up to `count` of `paths`, decoded.
+
+  The sample is spread evenly over `paths` (which are sorted by class), so
+  every class is seen; files that cannot be decoded are passed over.
+  """
+  if len(paths) > count:
+    picks = np.linspace(0, len(paths) - 1, count).round().astype(int)
+    paths = [paths[i] for i in picks]
+
+  def generate():
+    for path in paths:
+      try:
+        image = images_lib.load_image(path, size)
+      except Exception:  # pylint: disable=broad-except
+        continue  # Already reported by the bottleneck step.
+      yield [image.numpy()[None]]
+
+  return generate
+
+
+def tflite_model(module: FeatureModule, head: Head, quantization: str = 'none',
+                 calibration: Optional[Callable] = None) -> bytes:
+  """The classifier as a TFLite flatbuffer.
+
+  Args:
+    quantization: 'none' (float32), 'dynamic' (int8 weights), 'float16'
+      (float16 weights) or 'int8' (int8 weights and activations, calibrated
+      on `calibration`; input and output stay float32).
+    calibration: a representative dataset (see representative_images);
+      needed for 'int8'.
+  """
+  if quantization not in QUANTIZATIONS:
+    raise OutputError(f'Unknown TFLite quantization {quantization!r}; use one '
+                      f'of {", ".join(QUANTIZATIONS)}.')
+  classifier = export_lib.Classifier(module, head, 'final_result')
+  converter = tf.lite.TFLiteConverter.from_concrete_functions(
+      [classifier.classify.get_concrete_function()], classifier)
+  if quantization != 'none':
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  if quantization == 'float16':
+    converter.target_spec.supported_types = [tf.float16]
+  elif quantization == 'int8':
+    if calibration is None:
+      raise OutputError('int8 TFLite quantization needs calibration images.')
+    converter.representative_dataset = calibration
+    # Integer kernels where they exist, float for the rare op without one,
+    # so conversion never fails on an unusual module.
+    converter.target_spec.supported_ops = [
+        tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+  return converter.convert()
+
+
+def write_tflite(path: str, module: FeatureModule, head: Head,
+                 labels: Sequence[str], quantization: str = 'none',
+                 calibration_paths: Sequence[str] = (),
+                 calibration_count: int = 100) -> str:
+  """Writes the TFLite model to `path` (plus sidecars); returns path."""
+  calibration = None
+  if quantization == 'int8':
+    logging.info('Calibrating int8 quantization on %d training images.',
+                 min(len(calibration_paths), calibration_count))
+    calibration = representative_images(calibration_paths, module.input_size,
+                                        calibration_count)
+  model = tflite_model(module, head, quantization, calibration)
+  _write_file(path, model)
+  _write_sidecars(path, labels, module, {'format': 'tflite',
+                                         'quantization': quantization})
+  return path
+
+
+# --- Checkpoint ---------------------------------------------------------------
+
+
+def write_checkpoint(prefix: str, head: Head) -> str:
+  """Writes the head as a tf.train.Checkpoint at `prefix`; returns prefix.
+
+  Files: <prefix>.index and <prefix>.data-*; earlier ones are moved aside.
+  """
+  directory = os.path.dirname(os.path.abspath(prefix))
+  os.makedirs(directory, exist_ok=True)
+  base = os.path.basename(prefix)
+  for name in sorted(os.listdir(directory)):
+    if name == base + '.index' or name.startswith(base + '.data-'):
+      _move_aside(os.path.join(directory, name))
+  checkpoint = tf.train.Checkpoint(
+      final_weights=tf.Variable(head.weights, name='final_weights'),
+      final_biases=tf.Variable(head.biases, name='final_biases'))
+  checkpoint.write(prefix)
+  return prefix
+
+
+def read_checkpoint(prefix: str) -> Head:
+  """The head written by write_checkpoint."""
+  reader = tf.train.load_checkpoint(prefix)
+  key = '{}/.ATTRIBUTES/VARIABLE_VALUE'
+  return Head(reader.get_tensor(key.format('final_weights')),
+              reader.get_tensor(key.format('final_biases')))
+
+
+# --- All of them, for the pipeline --------------------------------------------
+
+
+def intermediate_hook(config, module: FeatureModule, labels: Sequence[str]
+                      ) -> Optional[IntermediateExports]:
+  """The train_head hook for --intermediate_store_frequency, or None."""
+  if config.intermediate_store_frequency <= 0:
+    return None
+  return IntermediateExports(config.intermediate_output_graphs_dir,
+                             config.intermediate_store_frequency, module,
+                             labels, config.final_tensor_name)
+
+
+def export_other_formats(config, module: FeatureModule, head: Head,
+                         labels: Sequence[str],
+                         calibration_paths: Sequence[str]) -> Dict[str, str]:
+  """Writes every non-SavedModel format the config asks for.
+
+  Returns:
+    {'output_graph': path, 'tflite': path, 'checkpoint': prefix} for the
+    files written.
+  """
+  written = {}
+  if config.checkpoint_path:
+    written['checkpoint'] = os.path.abspath(
+        write_checkpoint(config.checkpoint_path, head))
+    logging.info('Wrote the head checkpoint %s.', config.checkpoint_path)
+  if config.output_graph:
+    started = time.monotonic()
+    written['output_graph'] = os.path.abspath(write_frozen_graph(
+        config.output_graph, module, head, labels, config.final_tensor_name))
+    logging.info('Wrote the frozen graph %s (input %s, output %s) in %.1f s.',
+                 config.output_graph, INPUT_NAME, config.final_tensor_name,
+                 time.monotonic() - started)
+  if config.tflite_output_file:
+    started = time.monotonic()
+    written['tflite'] = os.path.abspath(write_tflite(
+        config.tflite_output_file, module, head, labels,
+        config.tflite_quantization, calibration_paths,
+        config.tflite_calibration_images))
+    logging.info('Wrote the TFLite model %s (%s quantization, %.1f MB) in '
+                 '%.1f s.', config.tflite_output_file,
+                 config.tflite_quantization,
+                 os.path.getsize(config.tflite_output_file) / 1e6,
+                 time.monotonic() - started)
+  return written

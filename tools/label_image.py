@@ -1,0 +1,592 @@
+"""label_image: classify photos with a trained export, from the export alone.
+
+  label_image --saved_model_dir /tmp/retrain_saved_model --image photos/
+  label_image --graph /tmp/output_graph.pb --image a.jpg --image 'b/*.png'
+  label_image --graph model.tflite --image photos/ --output_format csv
+
+It reads only what the export holds: the SavedModel with its labels.txt and
+retrain_metadata.json, or a frozen graph (.pb) or TFLite file (.tflite) with
+the X.labels.txt / X.metadata.json written beside it (or --labels). No
+training flag and no training data are needed: the input size and value
+range come from the model.
+
+Images (files, folders searched recursively, globs; as --image or as
+arguments) are decoded by `retrain.images.load_image`, the same code that
+made the training bottlenecks, and classified in batches. A file that
+cannot be read or decoded is reported with its reason and the rest go on;
+the exit status is 1 if any failed.
+
+The classic flags of TensorFlow's label_image work, with defaults right for
+what retrain exports: --input_layer Placeholder, --output_layer
+final_result, --input_mean 0 and --input_std 255 (our models take pixels in
+[0, 1], i.e. (pixel - 0) / 255), --input_height / --input_width from the
+model. Commands from the retrain tutorial therefore run unchanged.
+
+Also importable: load_model, find_images, classify_files, format_records.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import dataclasses
+import glob
+import io
+import json
+import os
+import re
+import sys
+import time
+import warnings
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+
+if __package__ in (None, ''):  # `python tools/label_image.py`
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+      __file__))))
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import numpy as np  # noqa: E402
+from absl import logging  # noqa: E402
+
+from retrain.errors import RetrainError  # noqa: E402
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')
+# retrain's models take pixels in [0, 1]: (pixel - 0) / 255 with pixels in
+# [0, 255], the convention of TensorFlow's label_image flags.
+DEFAULT_INPUT_MEAN = 0.0
+DEFAULT_INPUT_STD = 255.0
+DEFAULT_INPUT_LAYER = 'Placeholder'
+DEFAULT_OUTPUT_LAYER = 'final_result'
+DEFAULT_TOP_K = 5
+# 32 images keep a 2-core CPU busy without holding much memory
+# (32 x 224 x 224 x 3 float32 = 19 MB).
+DEFAULT_BATCH_SIZE = 32
+OUTPUT_FORMATS = ('table', 'json', 'csv')
+
+
+class LabelImageError(RetrainError, ValueError):
+  """The model or the images cannot be used as given."""
+
+
+@dataclasses.dataclass
+class Model:
+  """A classifier ready to run.
+
+  Attributes:
+    kind: 'saved_model', 'frozen_graph' or 'tflite'.
+    path: the export folder or model file.
+    labels: class names; column j of the output is labels[j].
+    input_size: (height, width) of the input images.
+    predict: float32 [batch, H, W, 3] (in [0, 1] by default) ->
+      float32 [batch, N] probabilities.
+  """
+  kind: str
+  path: str
+  labels: List[str]
+  input_size: Tuple[int, int]
+  predict: Callable[[np.ndarray], np.ndarray]
+
+
+@dataclasses.dataclass
+class Record:
+  """The result for one image: top (label, probability) pairs or an error."""
+  image: str
+  top: List[Tuple[str, float]] = dataclasses.field(default_factory=list)
+  error: Optional[str] = None
+
+
+# --- Loading a model ------------------------------------------------------------
+
+
+def _read_labels(path: str) -> List[str]:
+  try:
+    with open(path, encoding='utf-8') as f:
+      return [line.rstrip('\n') for line in f if line.strip()]
+  except OSError as e:
+    raise LabelImageError(f'Cannot read the labels file {path!r} '
+                          f'({e.strerror or e}): pass --labels with the '
+                          'labels file written by retrain.') from e
+
+
+def _read_json(path: str) -> Optional[dict]:
+  if not os.path.isfile(path):
+    return None
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
+
+
+def _sidecars(path: str) -> Tuple[Optional[dict], Optional[str]]:
+  """(metadata, labels path) written beside a .pb or .tflite file."""
+  stem = os.path.splitext(path)[0]
+  labels = stem + '.labels.txt'
+  return (_read_json(stem + '.metadata.json'),
+          labels if os.path.isfile(labels) else None)
+
+
+def _choose_size(model_size, height: Optional[int], width: Optional[int],
+                 path: str) -> Tuple[int, int]:
+  """The input size: the model's own when fixed, else the flags'."""
+  fixed = tuple(model_size) if model_size and None not in model_size else None
+  asked = (height or (fixed or (None, None))[0],
+           width or (fixed or (None, None))[1])
+  if fixed and asked != fixed:
+    raise LabelImageError(
+        f'{path} takes {fixed[0]}x{fixed[1]} images, not '
+        f'{asked[0]}x{asked[1]}: drop --input_height/--input_width.')
+  if None in asked:
+    raise LabelImageError(f'{path} accepts any image size: pass '
+                          '--input_height and --input_width.')
+  return int(asked[0]), int(asked[1])
+
+
+def _load_saved_model(path: str, height, width) -> Tuple[Callable, tuple]:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  meta = _read_json(os.path.join(path, 'retrain_metadata.json'))
+  if meta is None:
+    raise LabelImageError(
+        f'{path!r} is not a retrain export (no retrain_metadata.json): pass '
+        'the --saved_model_dir that retrain wrote, or use --graph for a .pb '
+        'or .tflite file.')
+  loaded = tf.saved_model.load(path)
+  serve = loaded.signatures['serving_default']
+  size = _choose_size((meta['input_height'], meta['input_width']), height,
+                      width, path)
+
+  def predict(images):
+    return serve(images=tf.constant(images))['probabilities'].numpy()
+
+  predict.keep_alive = loaded  # The signature needs its object alive.
+  return predict, size, meta['labels']
+
+
+def _load_frozen_graph(path: str, input_layer: str, output_layer: str,
+                       height, width) -> Tuple[Callable, tuple]:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  graph_def = tf.compat.v1.GraphDef()
+  with open(path, 'rb') as f:
+    try:
+      graph_def.ParseFromString(f.read())
+    except Exception as e:  # pylint: disable=broad-except
+      raise LabelImageError(f'{path!r} is not a frozen GraphDef ({e}).') from e
+  input_name = input_layer.split(':')[0]
+  output_name = output_layer.split(':')[0]
+  nodes = {node.name: node for node in graph_def.node}
+  for flag, name in (('input_layer', input_name),
+                     ('output_layer', output_name)):
+    if name not in nodes:
+      placeholders = [n.name for n in graph_def.node if n.op == 'Placeholder']
+      raise LabelImageError(
+          f'{path} has no op named {name!r} (--{flag}). Its placeholders: '
+          f'{", ".join(placeholders) or "none"}; its last op: '
+          f'{graph_def.node[-1].name}.')
+  dims = [d.size for d in nodes[input_name].attr['shape'].shape.dim]
+  model_size = (tuple(d if d > 0 else None for d in dims[1:3])
+                if len(dims) == 4 else None)
+  size = _choose_size(model_size, height, width, path)
+
+  def imports():
+    tf.compat.v1.import_graph_def(graph_def, name='')
+
+  wrapped = tf.compat.v1.wrap_function(imports, [])
+  run = wrapped.prune(f'{input_name}:0', f'{output_name}:0')
+
+  def predict(images):
+    return run(tf.constant(images)).numpy()
+
+  return predict, size
+
+
+def _tflite_interpreter(content: bytes):
+  try:  # The LiteRT package, if installed, is TFLite's successor.
+    from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    Interpreter = tf.lite.Interpreter  # pylint: disable=invalid-name
+  with warnings.catch_warnings():
+    # tf.lite.Interpreter warns that it moves to LiteRT; it works in TF 2.21.
+    warnings.simplefilter('ignore')
+    return Interpreter(model_content=content, num_threads=os.cpu_count())
+
+
+def _load_tflite(path: str, height, width) -> Tuple[Callable, tuple]:
+  with open(path, 'rb') as f:
+    content = f.read()
+  try:
+    interpreter = _tflite_interpreter(content)
+  except (ValueError, RuntimeError) as e:
+    raise LabelImageError(f'{path!r} is not a TFLite model ({e}).') from e
+  inp = interpreter.get_input_details()[0]
+  out = interpreter.get_output_details()[0]
+  shape = list(inp['shape_signature'])
+  size = _choose_size(tuple(d if d > 0 else None for d in shape[1:3]),
+                      height, width, path)
+  state = {'batch': None}
+
+  def predict(images):
+    if state['batch'] != len(images):
+      interpreter.resize_tensor_input(inp['index'],
+                                      [len(images), size[0], size[1], 3])
+      interpreter.allocate_tensors()
+      state['batch'] = len(images)
+    interpreter.set_tensor(inp['index'], images.astype(inp['dtype']))
+    interpreter.invoke()
+    result = interpreter.get_tensor(out['index'])
+    if out['dtype'] != np.float32:  # An integer output: dequantize it.
+      scale, zero = out['quantization']
+      result = (result.astype(np.float32) - zero) * scale
+    return result
+
+  return predict, size
+
+
+def load_model(saved_model_dir: Optional[str] = None,
+               graph: Optional[str] = None, labels: Optional[str] = None,
+               input_layer: str = DEFAULT_INPUT_LAYER,
+               output_layer: str = DEFAULT_OUTPUT_LAYER,
+               input_height: Optional[int] = None,
+               input_width: Optional[int] = None) -> Model:
+  """Loads a retrain export: a SavedModel folder, or a .pb / .tflite file.
+
+  Args:
+    saved_model_dir: an export folder written by retrain.
+    graph: a frozen GraphDef (.pb) or TFLite (.tflite) file; used when
+      saved_model_dir is not given.
+    labels: a labels file (one per line, row j is class id j); default: the
+      one in or beside the export.
+    input_layer, output_layer: op names in a frozen graph.
+    input_height, input_width: only for models that accept any size.
+
+  Raises:
+    LabelImageError: the model or its labels cannot be found or used.
+  """
+  if saved_model_dir:
+    if not os.path.isdir(saved_model_dir):
+      raise LabelImageError(f'--saved_model_dir {saved_model_dir!r} is not a '
+                            'folder: pass the folder retrain exported to.')
+    predict, size, meta_labels = _load_saved_model(
+        saved_model_dir, input_height, input_width)
+    kind, path = 'saved_model', saved_model_dir
+    default_labels = os.path.join(saved_model_dir, 'labels.txt')
+  elif graph:
+    if not os.path.isfile(graph):
+      raise LabelImageError(f'--graph {graph!r} does not exist: pass the .pb '
+                            'or .tflite file retrain wrote.')
+    meta, default_labels = _sidecars(graph)
+    meta_labels = (meta or {}).get('labels')
+    path = graph
+    if graph.lower().endswith('.tflite'):
+      kind = 'tflite'
+      predict, size = _load_tflite(graph, input_height, input_width)
+    else:
+      kind = 'frozen_graph'
+      predict, size = _load_frozen_graph(graph, input_layer, output_layer,
+                                         input_height, input_width)
+  else:
+    raise LabelImageError('No model given: pass --saved_model_dir (the '
+                          'export folder) or --graph (a .pb or .tflite '
+                          'file).')
+  if labels:
+    names = _read_labels(labels)
+  elif default_labels and os.path.isfile(default_labels):
+    names = _read_labels(default_labels)
+  elif meta_labels:
+    names = list(meta_labels)
+  else:
+    raise LabelImageError(f'No labels found for {path}: pass --labels with '
+                          'the labels file retrain wrote (--output_labels).')
+  probe = predict(np.zeros([1, size[0], size[1], 3], np.float32))
+  if probe.ndim != 2 or probe.shape[1] != len(names):
+    raise LabelImageError(
+        f'{path} returns {list(probe.shape)} but the labels have '
+        f'{len(names)} classes: pass the --labels of this model (and, for a '
+        '.pb, the right --output_layer).')
+  return Model(kind, path, names, size, predict)
+
+
+# --- Finding the images -----------------------------------------------------------
+
+
+def find_images(specs: Sequence[str],
+                extensions: Sequence[str] = IMAGE_EXTENSIONS
+                ) -> Tuple[List[str], List[Record]]:
+  """Files from files, folders (recursive) and glob patterns.
+
+  Returns:
+    (paths in the order given, folders sorted; Records with an error for
+    specs that match nothing).
+  """
+  paths, problems, seen = [], [], set()
+
+  def add(path):
+    if path not in seen:
+      seen.add(path)
+      paths.append(path)
+
+  def add_folder(folder):
+    for root, dirs, files in os.walk(folder, followlinks=True):
+      dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+      for name in sorted(files):
+        if not name.startswith('.') and name.lower().endswith(
+            tuple(extensions)):
+          add(os.path.join(root, name))
+
+  for spec in specs:
+    if os.path.isdir(spec):
+      before = len(paths)
+      add_folder(spec)
+      if len(paths) == before:
+        problems.append(Record(spec, error='folder holds no images (accepted '
+                               f'endings: {" ".join(extensions)})'))
+    elif os.path.exists(spec):
+      add(spec)  # A file named on purpose is tried whatever its ending.
+    elif glob.has_magic(spec):
+      matches = sorted(glob.glob(spec, recursive=True))
+      for match in matches:
+        if os.path.isdir(match):
+          add_folder(match)
+        else:
+          add(match)
+      if not matches:
+        problems.append(Record(spec, error='pattern matches no file'))
+    else:
+      problems.append(Record(spec, error='no such file or folder'))
+  return paths, problems
+
+
+# --- Classifying ------------------------------------------------------------------
+
+
+def _reason(error: Exception) -> str:
+  """A one-line reason from a TF error, without its op and device noise."""
+  message = (getattr(error, 'message', None) or str(error)).strip()
+  message = re.sub(r'\{\{[^}]*\}\}\s*', '', message)
+  message = re.sub(r'\s*\[Op:[^\]]*\].*$', '', message, flags=re.S)
+  message = message.splitlines()[0].strip() if message else ''
+  return message or type(error).__name__
+
+
+def _load(path: str, size, input_mean: float, input_std: float):
+  """float32 [H, W, 3] ready for the model, or the reason it failed."""
+  from retrain import images  # pylint: disable=g-import-not-at-top
+  try:
+    image = images.load_image(path, size).numpy()
+  except Exception as e:  # pylint: disable=broad-except
+    return _reason(e)
+  if (input_mean, input_std) != (DEFAULT_INPUT_MEAN, DEFAULT_INPUT_STD):
+    image = (image * 255.0 - input_mean) / input_std
+  return image
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+  for start in range(0, len(items), size):
+    yield items[start:start + size]
+
+
+@dataclasses.dataclass
+class Timing:
+  """Where classify_files spent its time (seconds)."""
+  images: int = 0
+  total: float = 0.0
+  model: float = 0.0
+
+
+def classify_files(model: Model, paths: Sequence[str],
+                   top_k: int = DEFAULT_TOP_K,
+                   batch_size: int = DEFAULT_BATCH_SIZE,
+                   input_mean: float = DEFAULT_INPUT_MEAN,
+                   input_std: float = DEFAULT_INPUT_STD,
+                   timing: Optional[Timing] = None) -> List[Record]:
+  """Classifies image files in batches; one Record per path, in order.
+
+  Files are decoded on a thread pool while the model runs on the previous
+  batch. A file that cannot be read or decoded gets a Record with its error.
+  """
+  from retrain.progress import Progress  # pylint: disable=g-import-not-at-top
+  timing = timing if timing is not None else Timing()
+  started = time.monotonic()
+  top_k = max(1, min(top_k, len(model.labels)))
+  records = []
+  progress = Progress('Classified', len(paths), interval=10.0)
+  with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+
+    def submit(chunk):
+      return [pool.submit(_load, p, model.input_size, input_mean, input_std)
+              for p in chunk]
+
+    chunks = list(_chunks(list(paths), max(1, batch_size)))
+    pending = submit(chunks[0]) if chunks else []
+    for k, chunk in enumerate(chunks):
+      loaded = [f.result() for f in pending]
+      pending = submit(chunks[k + 1]) if k + 1 < len(chunks) else []
+      good = [i for i, x in enumerate(loaded) if isinstance(x, np.ndarray)]
+      probs = np.zeros([0, len(model.labels)], np.float32)
+      if good:
+        tick = time.monotonic()
+        probs = model.predict(np.stack([loaded[i] for i in good]))
+        timing.model += time.monotonic() - tick
+      row = dict(zip(good, probs))
+      for i, path in enumerate(chunk):
+        if i in row:
+          order = np.argsort(-row[i], kind='stable')[:top_k]
+          records.append(Record(path, [(model.labels[j], float(row[i][j]))
+                                       for j in order]))
+        else:
+          records.append(Record(path, error=loaded[i]))
+      progress.update(len(chunk))
+  timing.images += len(paths)
+  timing.total += time.monotonic() - started
+  return records
+
+
+# --- Output -----------------------------------------------------------------------
+
+
+def format_records(records: Sequence[Record], output_format: str = 'table'
+                   ) -> str:
+  """Records as a readable table, a JSON array, or CSV (one row per image).
+
+  JSON: [{"image": path, "predictions": [{"label": l, "probability": p},
+  ...]} or {"image": path, "error": reason}]. CSV columns: image, error,
+  label_1, probability_1, ..., label_k, probability_k.
+  """
+  if output_format == 'json':
+    items = []
+    for r in records:
+      if r.error is not None:
+        items.append({'image': r.image, 'error': r.error})
+      else:
+        items.append({'image': r.image, 'predictions': [
+            {'label': l, 'probability': round(p, 6)} for l, p in r.top]})
+    return json.dumps(items, indent=1) + '\n'
+  if output_format == 'csv':
+    k = max((len(r.top) for r in records), default=0)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator='\n')
+    writer.writerow(['image', 'error'] + [
+        f'{name}_{i}' for i in range(1, k + 1)
+        for name in ('label', 'probability')])
+    for r in records:
+      cells = [r.image, r.error or '']
+      for label, p in r.top:
+        cells += [label, f'{p:.6f}']
+      writer.writerow(cells)
+    return out.getvalue()
+  if output_format != 'table':
+    raise LabelImageError(f'Unknown output format {output_format!r}; use one '
+                          f'of {", ".join(OUTPUT_FORMATS)}.')
+  width = max([len(l) for r in records for l, _ in r.top] + [5])
+  lines = []
+  for r in records:
+    lines.append(r.image)
+    if r.error is not None:
+      lines.append(f'  ERROR: {r.error}')
+    for label, p in r.top:
+      lines.append(f'  {label:<{width}}  {p:8.4f}')
+  return '\n'.join(lines) + '\n'
+
+
+# --- Command line -----------------------------------------------------------------
+
+
+def _define_flags():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from retrain.config import DEFAULTS  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string(
+      'saved_model_dir', None,
+      'Export folder written by retrain (default: '
+      f'{DEFAULTS.saved_model_dir} when neither this nor --graph is given).')
+  flags.DEFINE_string('graph', None, 'A frozen graph (.pb) or TFLite '
+                      '(.tflite) file written by retrain.')
+  flags.DEFINE_string('labels', None, 'Labels file (default: the one in or '
+                      'beside the model).')
+  flags.DEFINE_multi_string('image', [], 'Image file, folder (searched '
+                            'recursively) or glob; repeat for more. Images '
+                            'may also be given as arguments.')
+  flags.DEFINE_integer('top_k', DEFAULT_TOP_K, 'Labels shown per image.')
+  flags.DEFINE_integer('batch_size', DEFAULT_BATCH_SIZE,
+                       'Images per model call.')
+  flags.DEFINE_enum('output_format', 'table', list(OUTPUT_FORMATS),
+                    'How results are written.')
+  flags.DEFINE_string('output_file', None, 'Write results here instead of '
+                      'to stdout.')
+  flags.DEFINE_bool('benchmark', False, 'Print images per second.')
+  flags.DEFINE_string('input_layer', DEFAULT_INPUT_LAYER,
+                      'Input op of a frozen graph.')
+  flags.DEFINE_string('output_layer', DEFAULT_OUTPUT_LAYER,
+                      'Output op of a frozen graph.')
+  flags.DEFINE_integer('input_height', None, 'Input height (default: the '
+                       "model's).")
+  flags.DEFINE_integer('input_width', None, 'Input width (default: the '
+                       "model's).")
+  flags.DEFINE_float('input_mean', DEFAULT_INPUT_MEAN, 'Subtracted from '
+                     'pixels in [0, 255]; the default suits retrain models.')
+  flags.DEFINE_float('input_std', DEFAULT_INPUT_STD, 'Divides pixels after '
+                     'the mean; the default gives the [0, 1] retrain models '
+                     'take.')
+
+
+def main(argv) -> int:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from retrain.config import DEFAULTS  # pylint: disable=g-import-not-at-top
+  f = flags.FLAGS
+  specs = list(f.image) + list(argv[1:])
+  if not specs:
+    logging.error('No images given: pass --image FILE_OR_FOLDER (repeatable) '
+                  'or list them after the flags.')
+    return 2
+  saved_model_dir = f.saved_model_dir
+  if not saved_model_dir and not f.graph:
+    saved_model_dir = DEFAULTS.saved_model_dir
+  try:
+    model = load_model(saved_model_dir, f.graph, f.labels, f.input_layer,
+                       f.output_layer, f.input_height, f.input_width)
+    paths, problems = find_images(specs)
+    logging.info('Classifying %d images with %s (%s, %dx%d, %d classes).',
+                 len(paths), model.path, model.kind, model.input_size[0],
+                 model.input_size[1], len(model.labels))
+    if f.benchmark and paths:  # Keep one-off start-up out of the figures.
+      _load(paths[0], model.input_size, f.input_mean, f.input_std)
+      model.predict(np.zeros([min(f.batch_size, len(paths)),
+                              model.input_size[0], model.input_size[1], 3],
+                             np.float32))
+    timing = Timing()
+    records = problems + classify_files(model, paths, f.top_k, f.batch_size,
+                                        f.input_mean, f.input_std, timing)
+    text = format_records(records, f.output_format)
+  except RetrainError as e:
+    logging.error('%s', e)
+    return 1
+  if f.output_file:
+    with open(f.output_file, 'w', encoding='utf-8', newline='') as out:
+      out.write(text)
+    logging.info('Wrote %d results to %s.', len(records), f.output_file)
+  else:
+    sys.stdout.write(text)
+  failed = [r for r in records if r.error is not None]
+  for r in failed:
+    logging.warning('Could not classify %s: %s', r.image, r.error)
+  if f.benchmark and timing.images:
+    print(f'Benchmark: {timing.images} images in {timing.total:.2f} s = '
+          f'{timing.images / timing.total:.1f} images/s end to end '
+          f'(decoding included); model alone '
+          f'{timing.images / max(timing.model, 1e-9):.1f} images/s '
+          f'({model.kind}, batch {f.batch_size}).',
+          # Never mixed into JSON or CSV on stdout.
+          file=(sys.stdout if f.output_file or f.output_format == 'table'
+                else sys.stderr))
+  if failed:
+    logging.error('%d of %d images could not be classified.', len(failed),
+                  len(records))
+    return 1
+  return 0
+
+
+def run():
+  """Entry point of the `label_image` console script."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  _define_flags()
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()
