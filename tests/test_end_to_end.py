@@ -148,6 +148,7 @@ def _cli_args(config):
           config.tfhub_module, '--bottleneck_dir', config.bottleneck_dir,
           '--summaries_dir', config.summaries_dir, '--output_labels',
           config.output_labels, '--saved_model_dir', config.saved_model_dir,
+          '--report_dir', config.report_dir,
           '--how_many_training_steps', '100', '--learning_rate', '0.5']
 
 
