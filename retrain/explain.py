@@ -52,15 +52,16 @@ def write_run_config(writer, config, module, labels: Sequence[str],
 
 class ValidationImages:
   """`on_eval_head` callback: the validation confusion image at evenly spread
-  evaluation steps (the last one always included)."""
+  evaluation steps. The last step is left to `finish`, which draws the
+  final head (after early stopping, the restored best weights)."""
 
   def __init__(self, writer, val_x: np.ndarray, val_y: np.ndarray,
                labels: Sequence[str], eval_steps: Sequence[int]):
     self.writer, self.labels = writer, list(labels)
     self.val_x, self.val_y = val_x, np.asarray(val_y, np.int64)
-    steps = list(eval_steps)
-    if len(steps) > _MAX_EVAL_IMAGES:
-      pick = np.linspace(0, len(steps) - 1, _MAX_EVAL_IMAGES).round()
+    steps = list(eval_steps)[:-1]
+    if len(steps) > _MAX_EVAL_IMAGES - 1:
+      pick = np.linspace(0, len(steps) - 1, _MAX_EVAL_IMAGES - 1).round()
       steps = [steps[int(k)] for k in pick]
     self.steps = set(steps)
 
@@ -95,7 +96,8 @@ def _log_lines(title: str, lines: Sequence[str]) -> None:
 
 def finish(config, labels: Sequence[str], head: Head, vectors: np.ndarray,
            y: np.ndarray, split, paths: Sequence[str],
-           rel_paths: Sequence[str], test, step: int) -> Explained:
+           rel_paths: Sequence[str], test, step: int,
+           best_step: Optional[int] = None) -> Explained:
   """Reports on the trained head.
 
   Args:
@@ -110,6 +112,7 @@ def finish(config, labels: Sequence[str], head: Head, vectors: np.ndarray,
     test: the retrain.evaluate.Evaluation of the test set (rows index
       split.test).
     step: the last training step, where final summaries are written.
+    best_step: the step whose weights early stopping restored, if any.
   """
   metrics, files, wrong = {}, [], []
   summaries = config.summaries_dir
@@ -140,8 +143,10 @@ def finish(config, labels: Sequence[str], head: Head, vectors: np.ndarray,
         wrong = mis
       files += report_lib.write_reports(config.report_dir, subset, m, mis)
       writer = writers[subset]
-      tb.write_confusion_image(writer, m.confusion, labels, step,
-                               title=f'{subset.capitalize()}, final')
+      title = f'{subset.capitalize()}, final'
+      if best_step is not None:
+        title += f' (best weights, step {best_step})'
+      tb.write_confusion_image(writer, m.confusion, labels, step, title=title)
       tb.write_pr_curves(writer, truth, probs, labels, step)
       if subset == 'test':
         tb.write_scalars(writer, {'accuracy': m.accuracy,

@@ -197,7 +197,7 @@ def run(config: Config) -> RunResult:
       config, labels, trained.head, vectors, y_all, split,
       [dataset.images[i].path for i in usable],
       [dataset.images[i].rel_path for i in usable], test,
-      trained.history[-1].step if trained.history else 0)
+      trained.history[-1].step if trained.history else 0, trained.best_step)
   timings['evaluation'] = time.monotonic() - phase
 
   phase = time.monotonic()

@@ -151,6 +151,8 @@ def write_pr_curves(writer, y_true: np.ndarray, probabilities: np.ndarray,
       pb = pr_summary.pb(f'pr_curve/{name}', y_true == i, probabilities[:, i],
                          num_thresholds=num_thresholds,
                          display_name=f'{name} (one vs rest)')
+      # pb() names the tag '<name>/pr_curves'; keep the documented tag.
+      pb.value[0].tag = f'pr_curve/{name}'
       tf.summary.experimental.write_raw_pb(pb.SerializeToString(), step)
 
 
