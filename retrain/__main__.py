@@ -66,6 +66,28 @@ flags.DEFINE_integer('test_batch_size', _D.test_batch_size,
                      'Test images in the final evaluation; -1 for all.')
 flags.DEFINE_integer('random_seed', _D.random_seed,
                      'Seed for initialisation and batch sampling.')
+flags.DEFINE_enum('optimizer', _D.optimizer, ['sgd', 'momentum', 'adam'],
+                  'Optimizer of the head: sgd (retrain.py), momentum (0.9) '
+                  'or adam; all use --learning_rate.')
+flags.DEFINE_float('dropout_rate', _D.dropout_rate,
+                   'Fraction of bottleneck values dropped while training; 0 '
+                   'for none.')
+flags.DEFINE_float('l2_regularizer', _D.l2_regularizer,
+                   'L2 penalty on the head weights; 0 for none.')
+flags.DEFINE_float('label_smoothing', _D.label_smoothing,
+                   'Label smoothing of the training targets, in [0, 1).')
+flags.DEFINE_enum('sampling', _D.sampling, ['classes', 'images'],
+                  'How training batches are drawn: classes (a class '
+                  'uniformly, then one of its images, as retrain.py) or '
+                  'images (every training image equally likely).')
+flags.DEFINE_enum('class_weighting', _D.class_weighting,
+                  ['none', 'balanced'],
+                  'balanced: weight the loss so every class counts the same '
+                  '(only changes anything with --sampling images).')
+flags.DEFINE_integer('early_stopping_patience', _D.early_stopping_patience,
+                     'Stop after this many evaluations without a better '
+                     'validation cross entropy and keep the best weights; 0 '
+                     'never stops early.')
 flags.DEFINE_bool('flip_left_right', _D.flip_left_right,
                   'Randomly mirror training images horizontally.')
 flags.DEFINE_float('random_crop', _D.random_crop,
@@ -89,6 +111,9 @@ flags.DEFINE_bool('print_misclassified_test_images',
                   'List every misclassified test image.')
 flags.DEFINE_string('report_dir', _D.report_dir,
                     'Where machine-readable reports of the run are written.')
+flags.DEFINE_integer('projector_max_images', _D.projector_max_images,
+                     'Images shown in TensorBoard\'s embedding projector; 0 '
+                     'for none.')
 flags.DEFINE_string('output_graph', _D.output_graph,
                     'Where a frozen GraphDef (input Placeholder, output '
                     '--final_tensor_name) is written ("" for none).')

@@ -19,6 +19,7 @@ import bottleneck_cache
 from retrain import bottlenecks as bottlenecks_lib
 from retrain import discover
 from retrain import evaluate as evaluate_lib
+from retrain import explain as explain_lib
 from retrain import export as export_lib
 from retrain import export_formats
 from retrain import features
@@ -26,6 +27,7 @@ from retrain import split as split_lib
 from retrain import summaries as summaries_lib
 from retrain import tflite_runtime
 from retrain import train as train_lib
+from retrain import train_options as train_options_lib
 from retrain.config import Config
 from retrain.errors import DatasetError
 from retrain.errors import NotSupportedYetError
@@ -49,6 +51,8 @@ class RunResult:
     misclassified: lines describing each wrong test prediction.
     saved_model_dir: the export folder, or None.
     timings: seconds per phase.
+    explained: per-class metrics, report files and projector size
+      (retrain/explain.py).
   """
   labels: List[str]
   counts: Dict[str, int]
@@ -60,6 +64,7 @@ class RunResult:
   misclassified: List[str]
   saved_model_dir: Optional[str]
   timings: Dict[str, float]
+  explained: Optional[explain_lib.Explained] = None
 
 
 _NOT_YET = {
@@ -93,6 +98,10 @@ def check_config(config: Config) -> None:
                        'positive.')
   export_lib.check_export_dir(config.saved_model_dir)
   export_formats.check_config(config)
+  train_options_lib.check(train_options_lib.TrainOptions.from_config(config))
+  if config.projector_max_images < 0:
+    raise DatasetError(f'--projector_max_images={config.projector_max_images}'
+                       ' must be 0 (no projector) or more.')
 
 
 def _log_counts(labels, y, split) -> None:
@@ -149,6 +158,8 @@ def run(config: Config) -> RunResult:
   phase = time.monotonic()
   writers = summaries_lib.Writers(config.summaries_dir)
   intermediate = export_formats.intermediate_hook(config, module, labels)
+  explain_lib.write_run_config(writers.train, config, module, labels, y_all,
+                               split, computed.failures)
 
   def log_point(p: train_lib.EvalPoint):
     text = (f'Step {p.step}: train accuracy = {100 * p.train_accuracy:.1f}%, '
@@ -169,7 +180,13 @@ def run(config: Config) -> RunResult:
         validation_batch_size=config.validation_batch_size,
         seed=config.random_seed, writers=writers, on_eval=log_point,
         head_every=config.intermediate_store_frequency,
-        on_head=intermediate)
+        on_head=intermediate,
+        options=train_options_lib.TrainOptions.from_config(config),
+        on_eval_head=explain_lib.ValidationImages(
+            writers.validation, vectors[split.validation],
+            y_all[split.validation], labels,
+            train_lib.eval_steps(config.how_many_training_steps,
+                                 config.eval_step_interval)))
   finally:
     writers.close()
   timings['training'] = time.monotonic() - phase
@@ -186,6 +203,11 @@ def run(config: Config) -> RunResult:
     logging.info('=== MISCLASSIFIED TEST IMAGES ===')
     for line in misclassified:
       logging.info(line)
+  explained = explain_lib.finish(
+      config, labels, trained.head, vectors, y_all, split,
+      [dataset.images[i].path for i in usable],
+      [dataset.images[i].rel_path for i in usable], test,
+      trained.history[-1].step if trained.history else 0, trained.best_step)
   timings['evaluation'] = time.monotonic() - phase
 
   phase = time.monotonic()
@@ -217,7 +239,7 @@ def run(config: Config) -> RunResult:
       test_accuracy=test.accuracy, test_count=test.count,
       bottleneck_stats=stats, skipped=computed.failures,
       history=trained.history, misclassified=misclassified,
-      saved_model_dir=saved, timings=timings)
+      saved_model_dir=saved, timings=timings, explained=explained)
   write_run_summary(config, result)
   return result
 

@@ -18,7 +18,8 @@ import time
 import tensorflow as tf
 from absl import logging
 
-RUNS = ('train', 'validation')
+# test/ and projector/ are written by retrain/explain.py.
+RUNS = ('train', 'validation', 'test', 'projector')
 
 
 def keep_previous_runs(summaries_dir: str) -> None:

@@ -21,6 +21,7 @@ import tensorflow as tf
 from absl import logging
 
 from retrain import summaries as summaries_lib
+from retrain import train_options as options_lib
 
 # retrain.py initialised the weights from a truncated normal of this stddev.
 _INIT_STDDEV = 0.001
@@ -59,8 +60,11 @@ class EvalPoint:
 
 @dataclasses.dataclass
 class TrainResult:
+  """best_step: the evaluation step whose weights `head` holds when early
+  stopping restored them, else None (the weights after the last step)."""
   head: Head
   history: List[EvalPoint]
+  best_step: Optional[int] = None
 
 
 def eval_steps(total_steps: int, interval: int) -> List[int]:
@@ -87,7 +91,9 @@ def train_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
                writers: Optional[summaries_lib.Writers] = None,
                on_eval: Optional[Callable[[EvalPoint], None]] = None,
                head_every: int = 0,
-               on_head: Optional[Callable[[int, Head], None]] = None
+               on_head: Optional[Callable[[int, Head], None]] = None,
+               options: Optional[options_lib.TrainOptions] = None,
+               on_eval_head: Optional[Callable[[int, Head], None]] = None
                ) -> TrainResult:
   """Trains the head.
 
@@ -107,6 +113,9 @@ def train_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
       called after every `head_every` steps (for intermediate exports). It
       splits training into more compiled stretches, each of which draws
       one extra (unused) batch, so the batches differ from a run without it.
+    options: optimizer, regularisation, class balance and early stopping
+      (retrain/train_options.py); None trains exactly as retrain.py.
+    on_eval_head: called with (step, a copy of the head) at each evaluation.
   """
   train_x = np.asarray(train_x, np.float32)
   train_y = np.asarray(train_y, np.int64)
@@ -132,8 +141,19 @@ def train_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
       name='final_weights')
   biases = tf.Variable(tf.zeros([num_classes]), name='final_biases')
   lr = tf.constant(learning_rate, tf.float32)
+  opts = options
+  optimizer = options_lib.Optimizer(opts.optimizer if opts else 'sgd',
+                                    learning_rate, [weights, biases])
+  loss_weights = None
+  if opts and opts.class_weighting != 'none':
+    loss_weights = tf.constant(options_lib.class_weights(
+        counts, opts.class_weighting, opts.sampling))
+  image_sampling = bool(opts and opts.sampling == 'images')
 
   def sample_batch():
+    if image_sampling:  # every training image equally likely
+      idx = gen.uniform([batch_size], 0, len(train_y), dtype=tf.int64)
+      return tf.gather(x, idx), tf.gather(y, idx)
     pick = gen.uniform([batch_size], 0, len(sampled), dtype=tf.int64)
     cls = tf.gather(class_ids, pick)
     within = tf.cast(
@@ -156,10 +176,15 @@ def train_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
     for _ in tf.range(n):
       xb, yb = sample_batch()
       with tf.GradientTape() as tape:
-        loss, _ = loss_and_logits(xb, yb)
+        if opts is None:
+          loss, _ = loss_and_logits(xb, yb)
+        else:
+          xd = options_lib.dropout(xb, opts.dropout_rate, gen)
+          loss = options_lib.objective(
+              tf.matmul(xd, weights) + biases, yb, weights, loss_weights,
+              opts.label_smoothing, opts.l2_regularizer)
       gw, gb = tape.gradient(loss, [weights, biases])
-      weights.assign_sub(lr * gw)
-      biases.assign_sub(lr * gb)
+      optimizer.apply([gw, gb])
     # Metrics on the last training batch, after its update (as retrain.py).
     loss, logits = loss_and_logits(xb, yb)
     probs = tf.nn.softmax(logits)
@@ -186,6 +211,9 @@ def train_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
 
   history = []
   done = 0
+  stopper = None
+  if opts and opts.early_stopping_patience and len(val_y):
+    stopper = options_lib.EarlyStopping(opts.early_stopping_patience)
   for step in eval_steps(steps, eval_step_interval):
     for stop in _head_stops(done, step + 1, head_every if on_head else 0):
       run(tf.constant(stop - done, tf.int64))
@@ -211,4 +239,19 @@ def train_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
     history.append(point)
     if on_eval is not None:
       on_eval(point)
+    if on_eval_head is not None:
+      on_eval_head(step, Head(weights.numpy(), biases.numpy()))
+    if stopper is not None:
+      full_loss = (v_loss if validation_batch_size < 0 else
+                   validate(tf.constant(-1, tf.int64))[0])
+      if stopper.update(step, float(full_loss),
+                        lambda: (weights.numpy(), biases.numpy())):
+        logging.info('Early stopping at step %d: the validation cross '
+                     'entropy has not improved for %d evaluations since '
+                     'step %d.', step, stopper.patience, stopper.best_step)
+        break
+  if stopper is not None and stopper.best is not None:
+    logging.info('Restoring the weights of step %d (best validation cross '
+                 'entropy %.4f).', stopper.best_step, stopper.best_loss)
+    return TrainResult(Head(*stopper.best), history, stopper.best_step)
   return TrainResult(Head(weights.numpy(), biases.numpy()), history)

@@ -1,0 +1,202 @@
+"""The end-of-run report and the TensorBoard views that explain the model.
+
+The pipeline calls three things from here:
+  * `write_run_config` before training: the run's configuration as text in
+    TensorBoard (`train/run_config`);
+  * `ValidationImages` as the trainer's `on_eval_head`: the validation
+    confusion matrix as an image at (at most `_MAX_EVAL_IMAGES`) evaluation
+    steps;
+  * `finish` after the final test evaluation: per-class metrics and
+    confusion matrices in the log and in --report_dir (retrain/report.py),
+    and in TensorBoard the final confusion-matrix images, PR curves, test
+    scalars and the embedding projector (retrain/tensorboard_extras.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from retrain import report as report_lib
+from retrain import tensorboard_extras as tb
+from retrain.train import Head
+
+# A confusion image is 10-40 kB; 4000 steps at retrain.py's interval of 10
+# would be 400 of them. TensorBoard's slider shows how the matrix settles
+# just as well with about this many, evenly spread.
+_MAX_EVAL_IMAGES = 10
+
+
+def class_counts(labels: Sequence[str], y: np.ndarray,
+                 split) -> Dict[str, Dict[str, int]]:
+  """{label: {'train': n, 'validation': n, 'test': n}}."""
+  return {name: {s: int(np.sum(y[split.subset(s)] == i))
+                 for s in ('train', 'validation', 'test')}
+          for i, name in enumerate(labels)}
+
+
+def write_run_config(writer, config, module, labels: Sequence[str],
+                     y: np.ndarray, split, skipped: Sequence) -> str:
+  """Writes text `run_config` at step 0; returns the markdown."""
+  text = tb.config_markdown(config, module.identity(), labels,
+                            class_counts(labels, y, split), skipped)
+  tb.write_text(writer, 'run_config', text, step=0)
+  return text
+
+
+class ValidationImages:
+  """`on_eval_head` callback: the validation confusion image at evenly spread
+  evaluation steps. The last step is left to `finish`, which draws the
+  final head (after early stopping, the restored best weights)."""
+
+  def __init__(self, writer, val_x: np.ndarray, val_y: np.ndarray,
+               labels: Sequence[str], eval_steps: Sequence[int]):
+    self.writer, self.labels = writer, list(labels)
+    self.val_x, self.val_y = val_x, np.asarray(val_y, np.int64)
+    steps = list(eval_steps)[:-1]
+    if len(steps) > _MAX_EVAL_IMAGES - 1:
+      pick = np.linspace(0, len(steps) - 1, _MAX_EVAL_IMAGES - 1).round()
+      steps = [steps[int(k)] for k in pick]
+    self.steps = set(steps)
+
+  def __call__(self, step: int, head: Head) -> None:
+    if step not in self.steps or not len(self.val_y):
+      return
+    pred = head.probabilities(self.val_x).argmax(axis=1)
+    cm = report_lib.confusion_matrix(self.val_y, pred, len(self.labels))
+    tb.write_confusion_image(self.writer, cm, self.labels, step,
+                             title=f'Validation, step {step}')
+
+
+@dataclasses.dataclass
+class Explained:
+  """What `finish` produced.
+
+  Attributes:
+    metrics: {'validation': Metrics, 'test': Metrics} (sets that had images).
+    misclassified: the wrong test predictions, most confident first.
+    report_files: paths written under --report_dir.
+    projector_images: images shown in the projector.
+  """
+  metrics: Dict[str, report_lib.Metrics]
+  misclassified: List[report_lib.Misclassified]
+  report_files: List[str]
+  projector_images: int
+
+
+def _log_lines(title: str, lines: Sequence[str]) -> None:
+  logging.info('%s\n%s', title, '\n'.join(lines))
+
+
+def finish(config, labels: Sequence[str], head: Head, vectors: np.ndarray,
+           y: np.ndarray, split, paths: Sequence[str],
+           rel_paths: Sequence[str], test, step: int,
+           best_step: Optional[int] = None) -> Explained:
+  """Reports on the trained head.
+
+  Args:
+    config: the run's Config (report_dir, summaries_dir,
+      projector_max_images).
+    labels: class names in class id order.
+    head: the trained head.
+    vectors: float32 [n, D] bottlenecks of the usable images; y: int [n].
+    split: index arrays into vectors (train, validation, test).
+    paths, rel_paths: [n] files of the rows of vectors (full and relative to
+      --image_dir).
+    test: the retrain.evaluate.Evaluation of the test set (rows index
+      split.test).
+    step: the last training step, where final summaries are written.
+    best_step: the step whose weights early stopping restored, if any.
+  """
+  metrics, files, wrong = {}, [], []
+  summaries = config.summaries_dir
+  writers = {s: tf.summary.create_file_writer(os.path.join(summaries, s))
+             for s in ('validation', 'test')}
+  try:
+    val_x, val_y = vectors[split.validation], y[split.validation]
+    sets = {
+        'validation': (val_y, head.probabilities(val_x) if len(val_y) else
+                       np.zeros((0, len(labels)), np.float32),
+                       [paths[i] for i in split.validation]),
+        'test': (test.labels, test.probabilities,
+                 [paths[split.test[r]] for r in test.rows]),
+    }
+    for subset, (truth, probs, files_of_rows) in sets.items():
+      if not len(truth):
+        logging.info('The %s set is empty: no %s report.', subset, subset)
+        continue
+      m = report_lib.compute_metrics(truth, probs.argmax(axis=1), labels)
+      metrics[subset] = m
+      _log_lines(f'Per-class metrics, {subset} set (N={m.count}):',
+                 report_lib.format_metrics(m))
+      _log_lines(f'Confusion matrix, {subset} set (rows: true class, '
+                 'columns: predicted):',
+                 report_lib.format_confusion(m.confusion, labels))
+      mis = report_lib.misclassified(files_of_rows, truth, probs, labels)
+      if subset == 'test':
+        wrong = mis
+      files += report_lib.write_reports(config.report_dir, subset, m, mis)
+      writer = writers[subset]
+      title = f'{subset.capitalize()}, final'
+      if best_step is not None:
+        title += f' (best weights, step {best_step})'
+      tb.write_confusion_image(writer, m.confusion, labels, step, title=title)
+      tb.write_pr_curves(writer, truth, probs, labels, step)
+      if subset == 'test':
+        tb.write_scalars(writer, {'accuracy': m.accuracy,
+                                  'precision_macro': m.macro['precision'],
+                                  'recall_macro': m.macro['recall'],
+                                  'f1_macro': m.macro['f1']}, step)
+    if files:
+      logging.info('Wrote the per-class metrics, confusion matrices and '
+                   'misclassified images to %s.', config.report_dir)
+  finally:
+    for w in writers.values():
+      w.close()
+
+  shown = _projector(config, labels, head, vectors, y, split, paths,
+                     rel_paths)
+  return Explained(metrics, wrong, files, shown)
+
+
+def _projector(config, labels, head, vectors, y, split, paths,
+               rel_paths) -> int:
+  """The embedding projector over a capped, evenly spread sample of all
+  usable images (every subset, so mislabelled training images show too)."""
+  rows = tb.sample_rows(len(y), config.projector_max_images)
+  if not len(rows):
+    return 0
+  started = time.monotonic()
+  subset_of = np.empty(len(y), dtype=object)
+  for s in ('train', 'validation', 'test'):
+    subset_of[split.subset(s)] = s
+  pred = head.probabilities(vectors[rows]).argmax(axis=1)
+  run_dir = os.path.join(config.summaries_dir, 'projector')
+  logging.info('Making the embedding projector: %d thumbnails...', len(rows))
+  tb.write_projector(
+      run_dir, vectors[rows],
+      {'label': [labels[y[i]] for i in rows],
+       'predicted': [labels[p] for p in pred],
+       'subset': [subset_of[i] for i in rows],
+       'correct': ['yes' if p == y[i] else 'no' for p, i in zip(pred, rows)],
+       'file': [rel_paths[i] for i in rows]},
+      [paths[i] for i in rows])
+  # An event file makes the folder a run TensorBoard lists, and says what
+  # the projector shows.
+  writer = tf.summary.create_file_writer(run_dir)
+  try:
+    tb.write_text(writer, 'about',
+                  f'{len(rows)} of {len(y)} images: bottleneck vectors, '
+                  'coloured by `label`, `predicted`, `subset` or `correct` '
+                  '(open the PROJECTOR tab).')
+  finally:
+    writer.close()
+  logging.info('Embedding projector written to %s in %.1f s.', run_dir,
+               time.monotonic() - started)
+  return len(rows)

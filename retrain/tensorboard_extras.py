@@ -1,0 +1,311 @@
+"""TensorBoard views that explain the model, beyond scalars and histograms.
+
+Under --summaries_dir (runs are sub-folders; see retrain/summaries.py):
+  validation/  images `confusion_matrix` at evaluation steps and at the end;
+               PR curves `pr_curve/<label>` at the end
+  test/        image `confusion_matrix`, PR curves `pr_curve/<label>`, and
+               scalars `accuracy`, `precision_macro`, `recall_macro`,
+               `f1_macro` at the last training step
+  train/       text `run_config`: module, options, dataset counts, skipped
+               files
+  projector/   the embedding projector: bottleneck vectors of a capped
+               sample of images, `metadata.tsv` (label, predicted, subset,
+               correct, file) and `sprite.png` of thumbnails, so one can see
+               how the classes cluster and spot mislabelled images
+
+The confusion-matrix image is drawn with numpy and Pillow (no plotting
+library): a heat map whose colour is the row-normalised fraction (recall of
+the true class spread over the predictions), labelled with the counts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+# TensorBoard's projector refuses sprites larger than 8192 pixels a side.
+_MAX_SPRITE_SIDE = 8192
+_THUMBNAIL = 64
+_EMBEDDING_NAME = 'bottlenecks'
+
+
+# --- Confusion matrix image ----------------------------------------------------
+
+
+def _font(size: int):
+  from PIL import ImageFont
+  try:
+    return ImageFont.load_default(size=size)
+  except TypeError:  # Pillow < 10.1 has only the fixed bitmap font.
+    return ImageFont.load_default()
+
+
+def _text_size(draw, text: str, font) -> tuple:
+  left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+  return right - left, bottom - top
+
+
+def confusion_image(confusion: np.ndarray, labels: Sequence[str],
+                    title: str = '') -> np.ndarray:
+  """A labelled heat map of a confusion matrix.
+
+  Args:
+    confusion: int [N, N], rows true class, columns predicted class.
+    labels: N class names in class id order.
+    title: drawn above the matrix.
+
+  Returns:
+    uint8 [H, W, 3] RGB. Cell colour goes from white (0) to dark blue (the
+    whole row), i.e. the fraction of the true class's images predicted as
+    the column's class; each cell shows its count.
+  """
+  from PIL import Image, ImageDraw
+  cm = np.asarray(confusion, np.int64)
+  n = len(labels)
+  font = _font(13)
+  probe = ImageDraw.Draw(Image.new('RGB', (1, 1)))
+  names = [str(l) if len(str(l)) <= 24 else str(l)[:23] + '~' for l in labels]
+  label_w = max([_text_size(probe, s, font)[0] for s in names] + [10])
+  count_w = max([_text_size(probe, str(v), font)[0] for v in cm.ravel()] + [8])
+  cell = max(34, count_w + 12)
+  pad = 8
+  axis_h = _text_size(probe, 'Predicted', font)[1] + 2 * pad
+  title_h = (_text_size(probe, title, font)[1] + 2 * pad) if title else pad
+  left = axis_h + label_w + pad
+  top = title_h + axis_h + label_w + pad
+  width = left + n * cell + pad
+  height = top + n * cell + pad
+  img = Image.new('RGB', (max(width, left + 120), height), 'white')
+  draw = ImageDraw.Draw(img)
+  if title:
+    draw.text((pad, pad), title, fill='black', font=font)
+
+  rows = cm.sum(axis=1, keepdims=True)
+  frac = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
+  light, dark = np.array([255, 255, 255]), np.array([8, 48, 107])
+  for i in range(n):
+    for j in range(n):
+      colour = tuple(int(c) for c in light + (dark - light) * frac[i, j])
+      x0, y0 = left + j * cell, top + i * cell
+      draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=colour,
+                     outline=(200, 200, 200))
+      text = str(int(cm[i, j]))
+      tw, th = _text_size(draw, text, font)
+      draw.text((x0 + (cell - tw) / 2, y0 + (cell - th) / 2 - 1), text,
+                fill='white' if frac[i, j] > 0.5 else 'black', font=font)
+  # Row labels (true class), right-aligned against the matrix.
+  for i, name in enumerate(names):
+    tw, th = _text_size(draw, name, font)
+    draw.text((left - pad - tw, top + i * cell + (cell - th) / 2 - 1), name,
+              fill='black', font=font)
+  # Column labels (predicted class), written upwards.
+  for j, name in enumerate(names):
+    tw, th = _text_size(draw, name, font)
+    strip = Image.new('RGB', (tw + 2, th + 4), 'white')
+    ImageDraw.Draw(strip).text((0, 0), name, fill='black', font=font)
+    strip = strip.rotate(90, expand=True)
+    img.paste(strip, (left + j * cell + (cell - strip.width) // 2,
+                      top - pad - strip.height))
+  # Axis titles.
+  draw.text((left, title_h), 'Predicted', fill='black', font=font)
+  tw, th = _text_size(draw, 'True', font)
+  strip = Image.new('RGB', (tw + 2, th + 4), 'white')
+  ImageDraw.Draw(strip).text((0, 0), 'True', fill='black', font=font)
+  strip = strip.rotate(90, expand=True)
+  img.paste(strip, (pad, top + (n * cell - strip.height) // 2))
+  return np.asarray(img, np.uint8)
+
+
+def write_confusion_image(writer, confusion: np.ndarray,
+                          labels: Sequence[str], step: int,
+                          title: str = '') -> None:
+  """Writes tag `confusion_matrix` (an image) to `writer` at `step`."""
+  image = confusion_image(confusion, labels, title)
+  with writer.as_default(step=step):
+    tf.summary.image('confusion_matrix', image[None], max_outputs=1,
+                     description='Rows: true class; columns: predicted '
+                     'class; colour: fraction of the row.')
+
+
+# --- PR curves -------------------------------------------------------------------
+
+
+def write_pr_curves(writer, y_true: np.ndarray, probabilities: np.ndarray,
+                    labels: Sequence[str], step: int,
+                    num_thresholds: int = 101) -> None:
+  """One-vs-rest precision-recall curves, tag `pr_curve/<label>` per class.
+
+  Args:
+    y_true: int [n] class ids; probabilities: float [n, N] in [0, 1].
+  """
+  from tensorboard.plugins.pr_curve import summary as pr_summary
+  y_true = np.asarray(y_true, np.int64)
+  probabilities = np.clip(np.asarray(probabilities, np.float32), 0.0, 1.0)
+  with writer.as_default(step=step):
+    for i, name in enumerate(labels):
+      pb = pr_summary.pb(f'pr_curve/{name}', y_true == i, probabilities[:, i],
+                         num_thresholds=num_thresholds,
+                         display_name=f'{name} (one vs rest)')
+      # pb() names the tag '<name>/pr_curves'; keep the documented tag.
+      pb.value[0].tag = f'pr_curve/{name}'
+      tf.summary.experimental.write_raw_pb(pb.SerializeToString(), step)
+
+
+def write_scalars(writer, values: Dict[str, float], step: int) -> None:
+  with writer.as_default(step=step):
+    for tag, value in values.items():
+      if value == value:  # nan (an empty set) is left out
+        tf.summary.scalar(tag, value)
+
+
+# --- Run configuration text --------------------------------------------------------
+
+
+def _md_escape(value) -> str:
+  return str(value).replace('|', '\\|').replace('\n', ' ')
+
+
+def config_markdown(config, module_identity: Dict, labels: Sequence[str],
+                    class_counts: Dict[str, Dict[str, int]],
+                    skipped: Sequence, max_skipped: int = 20) -> str:
+  """Markdown (TensorBoard's text plugin renders it) describing the run.
+
+  Args:
+    config: the run's retrain.config.Config.
+    module_identity: what identifies the feature module (FeatureModule
+      .identity()).
+    labels: class names in class id order.
+    class_counts: {label: {'train': n, 'validation': n, 'test': n}}.
+    skipped: (path, reason) of every image that could not be used.
+  """
+  import dataclasses
+  lines = ['### Module', '', '| key | value |', '|---|---|']
+  lines += [f'| {_md_escape(k)} | {_md_escape(v)} |'
+            for k, v in sorted(module_identity.items())]
+  lines += ['', '### Options', '', '| flag | value |', '|---|---|']
+  lines += [f'| --{f.name} | {_md_escape(getattr(config, f.name))} |'
+            for f in dataclasses.fields(config)]
+  lines += ['', '### Dataset', '', '| class | train | validation | test |',
+            '|---|---|---|---|']
+  totals = {'train': 0, 'validation': 0, 'test': 0}
+  for name in labels:
+    c = class_counts.get(name, {})
+    lines.append(f'| {_md_escape(name)} | ' + ' | '.join(
+        str(c.get(s, 0)) for s in totals) + ' |')
+    for s in totals:
+      totals[s] += c.get(s, 0)
+  lines.append('| **total** | ' + ' | '.join(str(v) for v in totals.values())
+               + ' |')
+  lines += ['', f'### Skipped files: {len(skipped)}', '']
+  for path, reason in list(skipped)[:max_skipped]:
+    lines.append(f'* `{_md_escape(path)}`: {_md_escape(reason)}')
+  if len(skipped) > max_skipped:
+    lines.append(f'* ... and {len(skipped) - max_skipped} more (see the '
+                 'log).')
+  return '\n'.join(lines) + '\n'
+
+
+def write_text(writer, tag: str, text: str, step: int = 0) -> None:
+  with writer.as_default(step=step):
+    tf.summary.text(tag, text)
+
+
+# --- Embedding projector ---------------------------------------------------------------
+
+
+def sample_rows(count: int, cap: int) -> np.ndarray:
+  """int64 indices of at most `cap` of `count` rows, evenly spread and
+  repeatable (no random generator: the same images are shown every run)."""
+  if cap <= 0 or count <= 0:
+    return np.zeros(0, np.int64)
+  if count <= cap:
+    return np.arange(count, dtype=np.int64)
+  return np.unique(np.linspace(0, count - 1, cap).round().astype(np.int64))
+
+
+def _thumbnail(path: str, size: int) -> np.ndarray:
+  """uint8 [size, size, 3]: the image centre-cropped to a square; grey if it
+  cannot be read (the projector still shows the point)."""
+  from PIL import Image, ImageOps
+  try:
+    with Image.open(path) as img:
+      img.draft('RGB', (size * 2, size * 2))  # fast JPEG decode at low size
+      img = ImageOps.fit(img.convert('RGB'), (size, size))
+      return np.asarray(img, np.uint8)
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning('No thumbnail for %s (%s); a grey square stands in.',
+                    path, e)
+    return np.full((size, size, 3), 128, np.uint8)
+
+
+def sprite(paths: Sequence[str], size: int = _THUMBNAIL) -> tuple:
+  """(uint8 [S, S, 3] sprite sheet, thumbnail size): thumbnails row-major in
+  the order of `paths`, shrunk if needed to keep S within TensorBoard's
+  limit."""
+  cols = max(1, math.ceil(math.sqrt(len(paths))))
+  size = min(size, _MAX_SPRITE_SIDE // cols)
+  sheet = np.full((cols * size, cols * size, 3), 255, np.uint8)
+  for k, path in enumerate(paths):
+    r, c = divmod(k, cols)
+    sheet[r * size:(r + 1) * size, c * size:(c + 1) * size] = _thumbnail(
+        path, size)
+  return sheet, size
+
+
+def write_projector(run_dir: str, vectors: np.ndarray,
+                    columns: Dict[str, Sequence[str]],
+                    image_paths: Optional[Sequence[str]] = None) -> List[str]:
+  """Writes the embedding projector's files into `run_dir`.
+
+  Args:
+    run_dir: a TensorBoard run folder (it should also hold an event file).
+    vectors: float32 [n, D] bottleneck vectors.
+    columns: metadata columns, each a sequence of n strings; the first is
+      the projector's default label.
+    image_paths: n image files for the sprite, or None for no thumbnails.
+
+  Returns:
+    The files written: a checkpoint of variable `bottlenecks`, metadata.tsv,
+    sprite.png (with image_paths) and projector_config.pbtxt.
+  """
+  from PIL import Image
+  from tensorboard.plugins import projector
+  os.makedirs(run_dir, exist_ok=True)
+  vectors = np.asarray(vectors, np.float32)
+  n = len(vectors)
+  # The projector's metadata is TSV: tabs and newlines inside a value would
+  # shift the columns.
+  clean = {k: [str(v).replace('\t', ' ').replace('\n', ' ') for v in vals]
+           for k, vals in columns.items()}
+  for name, vals in clean.items():
+    if len(vals) != n:
+      raise ValueError(f'metadata column {name!r} has {len(vals)} values for '
+                       f'{n} vectors')
+  with open(os.path.join(run_dir, 'metadata.tsv'), 'w',
+            encoding='utf-8') as f:
+    f.write('\t'.join(clean) + '\n')
+    for k in range(n):
+      f.write('\t'.join(vals[k] for vals in clean.values()) + '\n')
+
+  checkpoint = tf.train.Checkpoint(**{_EMBEDDING_NAME: tf.Variable(vectors)})
+  prefix = checkpoint.save(os.path.join(run_dir, 'embedding.ckpt'))
+
+  config = projector.ProjectorConfig()
+  embedding = config.embeddings.add()
+  embedding.tensor_name = f'{_EMBEDDING_NAME}/.ATTRIBUTES/VARIABLE_VALUE'
+  embedding.metadata_path = 'metadata.tsv'
+  written = [prefix, os.path.join(run_dir, 'metadata.tsv')]
+  if image_paths is not None:
+    sheet, size = sprite(image_paths)
+    Image.fromarray(sheet).save(os.path.join(run_dir, 'sprite.png'))
+    embedding.sprite.image_path = 'sprite.png'
+    embedding.sprite.single_image_dim.extend([size, size])
+    written.append(os.path.join(run_dir, 'sprite.png'))
+  projector.visualize_embeddings(run_dir, config)
+  written.append(os.path.join(run_dir, 'projector_config.pbtxt'))
+  return written
