@@ -170,8 +170,29 @@ def train_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
                                                        logits=logits))
     return loss, logits
 
+  val_x = np.asarray(val_x, np.float32).reshape(-1, dim)
+  val_y = np.asarray(val_y, np.int64)
+  vx, vy = tf.constant(val_x), tf.constant(val_y)
+  has_val = len(val_y) > 0
+
+  def validate(sample_size):
+    """(cross entropy, accuracy, count) on validation images; -1: all."""
+    if sample_size < 0:
+      xb, yb = vx, vy
+    else:
+      idx = gen.uniform([sample_size], 0, tf.shape(vy, tf.int64)[0],
+                        dtype=tf.int64)
+      xb, yb = tf.gather(vx, idx), tf.gather(vy, idx)
+    loss, logits = loss_and_logits(xb, yb)
+    acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, 1), yb),
+                                 tf.float32))
+    return loss, acc, tf.shape(yb)[0]
+
+  # One compiled call per evaluation: the training steps since the last one,
+  # the metrics, and the TensorBoard summaries, all inside the graph. Eager
+  # summary writes and per-call overhead used to cost more than the steps.
   @tf.function
-  def run(n):
+  def run(n, step, val_size):
     xb, yb = sample_batch()
     for _ in tf.range(n):
       xb, yb = sample_batch()
@@ -190,60 +211,62 @@ def train_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
     probs = tf.nn.softmax(logits)
     acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, 1), yb),
                                  tf.float32))
-    return loss, acc, probs
-
-  val_x = np.asarray(val_x, np.float32).reshape(-1, dim)
-  val_y = np.asarray(val_y, np.int64)
-  vx, vy = tf.constant(val_x), tf.constant(val_y)
+    if has_val:
+      v_loss, v_acc, v_n = validate(val_size)
+    else:
+      v_loss, v_acc, v_n = tf.constant(0.0), tf.constant(0.0), tf.constant(0)
+    if writers is not None:
+      writers.write_train(step, acc, loss, weights, biases, probs)
+      if has_val:
+        writers.write_validation(step, v_acc, v_loss)
+    return loss, acc, v_loss, v_acc, v_n
 
   @tf.function
-  def validate(sample_size):
-    if sample_size < 0:
-      xb, yb = vx, vy
-    else:
-      idx = gen.uniform([sample_size], 0, tf.shape(vy, tf.int64)[0],
-                        dtype=tf.int64)
-      xb, yb = tf.gather(vx, idx), tf.gather(vy, idx)
-    loss, logits = loss_and_logits(xb, yb)
-    acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, 1), yb),
-                                 tf.float32))
-    return loss, acc, tf.shape(yb)[0]
+  def train_only(n):
+    for _ in tf.range(n):
+      xb, yb = sample_batch()
+      with tf.GradientTape() as tape:
+        if opts is None:
+          loss, _ = loss_and_logits(xb, yb)
+        else:
+          xd = options_lib.dropout(xb, opts.dropout_rate, gen)
+          loss = options_lib.objective(
+              tf.matmul(xd, weights) + biases, yb, weights, loss_weights,
+              opts.label_smoothing, opts.l2_regularizer)
+      gw, gb = tape.gradient(loss, [weights, biases])
+      optimizer.apply([gw, gb])
+
+  full_validation = tf.function(lambda: validate(tf.constant(-1, tf.int64)))
+  val_size = tf.constant(-1 if validation_batch_size < 0 else
+                         validation_batch_size, tf.int64)
 
   history = []
   done = 0
   stopper = None
-  if opts and opts.early_stopping_patience and len(val_y):
+  if opts and opts.early_stopping_patience and has_val:
     stopper = options_lib.EarlyStopping(opts.early_stopping_patience)
   for step in eval_steps(steps, eval_step_interval):
     for stop in _head_stops(done, step + 1, head_every if on_head else 0):
-      run(tf.constant(stop - done, tf.int64))
+      train_only(tf.constant(stop - done, tf.int64))
       done = stop
       on_head(done, Head(weights.numpy(), biases.numpy()))
-    loss, acc, probs = run(tf.constant(step + 1 - done, tf.int64))
+    loss, acc, v_loss, v_acc, v_n = run(
+        tf.constant(step + 1 - done, tf.int64), tf.constant(step, tf.int64),
+        val_size)
     done = step + 1
     if on_head is not None and head_every > 0 and done % head_every == 0:
       on_head(done, Head(weights.numpy(), biases.numpy()))
     point = EvalPoint(step, float(acc), float(loss), None, 0)
-    if len(val_y):
-      v_loss, v_acc, v_n = validate(
-          tf.constant(-1 if validation_batch_size < 0 else
-                      validation_batch_size, tf.int64))
+    if has_val:
       point.validation_accuracy = float(v_acc)
       point.validation_count = int(v_n)
-    if writers is not None:
-      writers.write_train(step, float(acc), float(loss), weights, biases,
-                          probs)
-      if point.validation_accuracy is not None:
-        writers.write_validation(step, point.validation_accuracy,
-                                 float(v_loss))
     history.append(point)
     if on_eval is not None:
       on_eval(point)
     if on_eval_head is not None:
       on_eval_head(step, Head(weights.numpy(), biases.numpy()))
     if stopper is not None:
-      full_loss = (v_loss if validation_batch_size < 0 else
-                   validate(tf.constant(-1, tf.int64))[0])
+      full_loss = v_loss if validation_batch_size < 0 else full_validation()[0]
       if stopper.update(step, float(full_loss),
                         lambda: (weights.numpy(), biases.numpy())):
         logging.info('Early stopping at step %d: the validation cross '

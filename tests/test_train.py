@@ -1,0 +1,70 @@
+"""The head trainer: learns, is repeatable, evaluates where retrain.py did,
+and writes the TensorBoard summaries it promises."""
+
+import numpy as np
+
+from retrain import summaries
+from retrain import train
+
+
+def _blobs(n_per_class=40, dim=16, classes=3, seed=0):
+  rng = np.random.default_rng(seed)
+  centres = rng.normal(0, 3, (classes, dim))
+  y = np.repeat(np.arange(classes), n_per_class)
+  x = centres[y] + rng.normal(0, 0.5, (len(y), dim))
+  return x.astype(np.float32), y
+
+
+def test_eval_steps_match_retrain_py():
+  assert train.eval_steps(4000, 10)[:3] == [0, 10, 20]
+  assert train.eval_steps(4000, 10)[-2:] == [3990, 3999]
+  assert train.eval_steps(25, 10) == [0, 10, 20, 24]
+
+
+def test_learns_and_is_repeatable():
+  x, y = _blobs()
+  kw = dict(steps=200, learning_rate=0.1, batch_size=32, eval_step_interval=50,
+            validation_batch_size=-1, seed=3)
+  a = train.train_head(x, y, 3, x[:30], y[:30], **kw)
+  b = train.train_head(x, y, 3, x[:30], y[:30], **kw)
+  np.testing.assert_array_equal(a.head.weights, b.head.weights)
+  assert a.head.weights.shape == (16, 3) and a.head.biases.shape == (3,)
+  assert a.history[-1].validation_accuracy == 1.0
+  assert a.history[-1].validation_count == 30
+  assert np.mean(a.head.probabilities(x).argmax(1) == y) == 1.0
+  c = train.train_head(x, y, 3, x[:30], y[:30], **dict(kw, seed=4))
+  assert not np.array_equal(a.head.weights, c.head.weights)
+
+
+def test_class_uniform_sampling_ignores_class_size():
+  """retrain.py's sampling: a 10:1 imbalance does not bias the biases."""
+  x, y = _blobs(n_per_class=200, classes=2)
+  keep = np.concatenate([np.arange(200), np.arange(200, 220)])
+  result = train.train_head(x[keep], y[keep], 2, x[:0], y[:0], steps=300,
+                            learning_rate=0.05, batch_size=50,
+                            eval_step_interval=100, validation_batch_size=100,
+                            seed=0)
+  assert result.history[-1].validation_accuracy is None
+  assert abs(result.head.biases[0] - result.head.biases[1]) < 0.2
+
+
+def test_summaries_written_at_each_evaluation(tmp_path):
+  from tensorboard.backend.event_processing import event_accumulator
+  x, y = _blobs()
+  writers = summaries.Writers(str(tmp_path))
+  train.train_head(x, y, 3, x[:20], y[:20], steps=30, learning_rate=0.1,
+                   batch_size=16, eval_step_interval=10,
+                   validation_batch_size=10, seed=0, writers=writers)
+  writers.close()
+  acc = event_accumulator.EventAccumulator(
+      str(tmp_path / 'train'), size_guidance={'tensors': 0})
+  acc.Reload()
+  tags = acc.Tags()['tensors']
+  for tag in ('accuracy', 'cross_entropy', 'final_layer/weights',
+              'final_layer/biases', 'final_layer/activations'):
+    assert tag in tags
+  assert [e.step for e in acc.Tensors('accuracy')] == [0, 10, 20, 29]
+  val = event_accumulator.EventAccumulator(str(tmp_path / 'validation'),
+                                           size_guidance={'tensors': 0})
+  val.Reload()
+  assert [e.step for e in val.Tensors('cross_entropy')] == [0, 10, 20, 29]
