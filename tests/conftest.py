@@ -104,6 +104,7 @@ def small_config(tmp_path, fake_module):
       summaries_dir=str(out / 'logs'),
       output_labels=str(out / 'labels.txt'),
       saved_model_dir=str(out / 'saved_model'),
+      report_dir=str(out / 'reports'),
       how_many_training_steps=300,
       learning_rate=0.5,
       eval_step_interval=50,
