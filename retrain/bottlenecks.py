@@ -54,7 +54,9 @@ class Bottlenecks:
 
 def cache_namespace(module: FeatureModule) -> dict:
   """The cache namespace of plain (undistorted) vectors of a module."""
-  return dict(module.identity(), kind='bottleneck', preprocessing='v1')
+  # v2: JPEGs are turned upright by their EXIF orientation, so vectors of
+  # rotated photos cached by v1 would no longer match inference.
+  return dict(module.identity(), kind='bottleneck', preprocessing='v2')
 
 
 def _hash_files(paths: Sequence[str]) -> list:

@@ -134,8 +134,10 @@ def run(config: Config) -> RunResult:
   if skipped and reports:
     logging.info('The %d skipped files and why are listed in %s.',
                  len(skipped), ' and '.join(reports))
+  # Only usable images: two empty files in two classes are no conflict.
   unusable.warn_conflicting_duplicates(unusable.conflicting_duplicates(
-      computed.digests, [image.label for image in dataset.images],
+      [d if ok else None for d, ok in zip(computed.digests, computed.ok)],
+      [image.label for image in dataset.images],
       [image.path for image in dataset.images]))
 
   # Only usable images from here on; vectors[k] belongs to usable[k].

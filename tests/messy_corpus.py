@@ -78,6 +78,8 @@ def make_messy_corpus(root) -> dict:
   whole = _encode(_solid(RED, size=(64, 64), noise=40), 'JPEG')
   put('red/truncated.jpg', whole[:len(whole) // 2], 'truncated or corrupt JPEG')
   put('red/empty.jpg', b'', 'empty file (0 bytes)')
+  # The same (empty) bytes in the other class: unusable, so no conflict.
+  put('blue/also empty.gif', b'', 'empty file (0 bytes)')
   put('red/page.jpg', b'<!DOCTYPE html><html><body>Not found</body></html>',
       'HTML, not an image')
   put('blue/notes.png', b'just some notes\nsaved as png\n', 'text, not an image')

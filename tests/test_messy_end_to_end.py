@@ -59,7 +59,8 @@ def test_run_over_messy_folder(small_config, messy, caplog):
   assert csv_text.splitlines()[0] == 'path,reason'
   assert len(csv_text.splitlines()) == len(unusable) + 1
   # The same bytes under two classes: a warning naming both files.
-  assert 'same content under two different classes' in caplog.text
+  assert '1 images have the same content under two different classes' in \
+      caplog.text
   assert 'dup.jpg' in caplog.text and 'dup copy.jpg' in caplog.text
   # Clutter is never mentioned.
   assert 'Thumbs.db' not in caplog.text and '.DS_Store' not in caplog.text
