@@ -138,14 +138,32 @@ def _decode_jpeg_upright(contents: tf.Tensor,
       [None, None, 3])
 
 
+def shrink_large(image: tf.Tensor, size: Tuple[int, int]) -> tf.Tensor:
+  """uint8 [H, W, 3] -> uint8 [H/k, W/k, 3], box-averaged by the largest
+  integer k that keeps both sides at least twice the target (k = 1, a
+  plain copy, for images smaller than that).
+
+  For formats without reduced-scale decoding (PNG, WebP, TIFF...): the float
+  copy that the final resize makes would be 4 bytes per channel at full
+  size, about 290 MB for a 6000x4000 photo; area resizing reads the uint8
+  pixels directly, so the peak stays near the decoded image itself.
+  """
+  shape = tf.shape(image)
+  k = tf.maximum(1, tf.minimum(shape[0] // (2 * size[0]),
+                               shape[1] // (2 * size[1])))
+  small = tf.image.resize(image, [shape[0] // k, shape[1] // k],
+                          method='area')
+  return tf.cast(tf.round(tf.clip_by_value(small, 0.0, 255.0)), tf.uint8)
+
+
 def decode_image(contents: tf.Tensor, size: Tuple[int, int]) -> tf.Tensor:
   """uint8 [H', W', 3], H' >= size[0] or the full image; see module doc."""
   return tf.cond(
       tf.io.is_jpeg(contents),
       lambda: _decode_jpeg_upright(contents, size),
-      lambda: tf.ensure_shape(
+      lambda: shrink_large(tf.ensure_shape(
           tf.io.decode_image(contents, channels=3, expand_animations=False,
-                             dtype=tf.uint8), [None, None, 3]))
+                             dtype=tf.uint8), [None, None, 3]), size))
 
 
 def resize_pixels(image: tf.Tensor, size: Tuple[int, int]) -> tf.Tensor:
@@ -216,7 +234,7 @@ def decode_bytes(contents: bytes, size: Tuple[int, int],
     # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError
     # and more for bad input; all mean the same here.
     raise ImageError(name, unusable.decode_failure_reason(contents, e)) from e
-  return resize_pixels(tf.constant(pixels), size)
+  return resize_pixels(shrink_large(tf.constant(pixels), size), size)
 
 
 def load_image(path: str, size: Tuple[int, int]) -> tf.Tensor:

@@ -140,3 +140,57 @@ def test_tiff_needs_the_pillow_fallback(corpus):
 def test_decode_bytes_error_names_the_source():
   with pytest.raises(ImageError, match=r'^upload: empty file \(0 bytes\)$'):
     images.decode_bytes(b'', SIZE, 'upload')
+
+
+def _app1_first_little_endian(jpeg: bytes, orientation: int) -> bytes:
+  """The JPEG with a hand-made little-endian EXIF APP1 as first segment."""
+  import struct
+  tiff = (b'II*\x00' + struct.pack('<I', 8) + struct.pack('<H', 2) +
+          struct.pack('<HHIHH', 0x010F, 2, 4, 0x4141, 0) +  # Make, first
+          struct.pack('<HHIHH', 0x0112, 3, 1, orientation, 0) +
+          struct.pack('<I', 0))
+  body = b'Exif\x00\x00' + tiff
+  return (jpeg[:2] + b'\xff\xe1' + struct.pack('>H', len(body) + 2) + body +
+          jpeg[2:])
+
+
+@pytest.mark.parametrize('orientation', [3, 6, 8])
+def test_exif_little_endian_app1_first(orientation):
+  plain = io.BytesIO()
+  Image.fromarray(quadrants((40, 60))).save(plain, format='JPEG', quality=95)
+  data = _app1_first_little_endian(plain.getvalue(), orientation)
+  assert data[2:4] == b'\xff\xe1'
+  reference = _upright_reference(data)
+  assert int(images.jpeg_orientation(tf.constant(data))) == orientation
+  graph = images.decode_image(tf.constant(data), reference.shape[:2]).numpy()
+  assert graph.shape == reference.shape
+  h, w = reference.shape[:2]
+  np.testing.assert_allclose(graph[h // 4, w // 4], reference[h // 4, w // 4],
+                             atol=6)
+
+
+def test_large_png_is_box_shrunk_before_the_float_resize():
+  ramp = np.linspace(0, 255, 1200, dtype=np.float32)
+  pixels = np.stack([np.broadcast_to(ramp, (800, 1200))] * 3, -1).astype(
+      np.uint8)
+  buffer = io.BytesIO()
+  Image.fromarray(pixels).save(buffer, format='PNG')
+  data = buffer.getvalue()
+  # k = min(800 // 64, 1200 // 64) = 12: both sides stay >= 2x the target.
+  shrunk = images.decode_image(tf.constant(data), SIZE).numpy()
+  assert shrunk.shape == (66, 100, 3)
+  np.testing.assert_allclose(shrunk[0, :, 0], pixels[0, 5::12, 0], atol=1.5)
+  # The Pillow path shrinks the same way, so both give the same result.
+  np.testing.assert_allclose(
+      images.decode_bytes(data, SIZE).numpy(),
+      images.resize_pixels(images.shrink_large(
+          tf.constant(images.decode_with_pillow(data, SIZE)), SIZE),
+                           SIZE).numpy(), atol=1e-6)
+  # Small images are not touched.
+  small = np.asarray(_random_pixels())
+  assert images.shrink_large(tf.constant(small), SIZE).numpy().tolist() == \
+      small.tolist()
+
+
+def _random_pixels():
+  return np.random.default_rng(0).integers(0, 256, (50, 70, 3), np.uint8)
