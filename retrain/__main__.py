@@ -23,6 +23,8 @@ from absl import logging  # noqa: E402
 
 from retrain.config import DEFAULTS  # noqa: E402
 from retrain.config import Config  # noqa: E402
+from retrain.layouts import LABEL_STYLES  # noqa: E402
+from retrain.layouts import LAYOUTS  # noqa: E402
 
 _D = DEFAULTS
 
@@ -32,6 +34,25 @@ flags.DEFINE_float('testing_percentage', _D.testing_percentage,
                    'Percentage of each class used as the test set.')
 flags.DEFINE_float('validation_percentage', _D.validation_percentage,
                    'Percentage of each class used as the validation set.')
+flags.DEFINE_enum('image_layout', _D.image_layout, list(LAYOUTS),
+                  'How --image_dir is laid out: auto detects '
+                  'train/, validation/ (or val/), test/ split folders of '
+                  'class folders; class_folders or split_folders force one.')
+flags.DEFINE_string('image_labels_csv', _D.image_labels_csv,
+                    'CSV of "path, label" rows (paths relative to the CSV), '
+                    'split by the stable hash; replaces --image_dir.')
+flags.DEFINE_string('train_csv', _D.train_csv,
+                    'CSV of "path, label" training rows; with '
+                    '--validation_csv and --test_csv the split is used as '
+                    'given (a missing one is taken from train by hash).')
+flags.DEFINE_string('validation_csv', _D.validation_csv,
+                    'CSV of "path, label" validation rows (needs --train_csv).')
+flags.DEFINE_string('test_csv', _D.test_csv,
+                    'CSV of "path, label" test rows (needs --train_csv).')
+flags.DEFINE_enum('label_style', _D.label_style, list(LABEL_STYLES),
+                  'verbatim keeps folder names / CSV labels; retrain makes '
+                  "retrain.py's labels (lower case, each run of other "
+                  'characters one space).')
 flags.DEFINE_string(
     'tfhub_module', _D.tfhub_module,
     'Feature-vector module: a preset name (see --list_modules), a TF-Hub '

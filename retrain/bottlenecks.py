@@ -7,7 +7,9 @@ tf.data pipeline that decodes in parallel and overlaps decoding with the
 module, so memory stays flat however many images there are.
 
 A file that cannot be read or decoded is reported with its reason and left
-out; the run goes on.
+out; the run goes on. Files TensorFlow's decoder rejects get a second try,
+after the parallel pass, through `retrain.images.load_image` (Pillow
+fallback: TIFF and other rarities), the very function inference uses.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import os
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -23,6 +25,8 @@ from absl import logging
 
 import bottleneck_cache
 from retrain import images as images_lib
+from retrain import unusable
+from retrain.errors import ImageError
 from retrain.features import FeatureModule
 from retrain.progress import Progress
 
@@ -39,16 +43,21 @@ class Bottlenecks:
     ok: bool [n], False for images that could not be used.
     failures: (path, reason) for each image that could not be used.
     stats: what the cache did (reused, computed, failed).
+    digests: content hash of each image (None where unreadable), in the
+      order of the paths.
   """
   vectors: np.ndarray
   ok: np.ndarray
   failures: list
   stats: bottleneck_cache.Stats
+  digests: list = dataclasses.field(default_factory=list)
 
 
 def cache_namespace(module: FeatureModule) -> dict:
   """The cache namespace of plain (undistorted) vectors of a module."""
-  return dict(module.identity(), kind='bottleneck', preprocessing='v1')
+  # v2: JPEGs are turned upright by their EXIF orientation, so vectors of
+  # rotated photos cached by v1 would no longer match inference.
+  return dict(module.identity(), kind='bottleneck', preprocessing='v2')
 
 
 def _hash_files(paths: Sequence[str], memo: bottleneck_cache.DigestMemo
@@ -69,6 +78,8 @@ def _decode_error(path: str, size) -> str:
   """Why one file fails to decode (called only for the rare failures)."""
   try:
     images_lib.load_image(path, size)
+  except ImageError as e:
+    return e.reason
   except Exception as e:  # pylint: disable=broad-except
     message = getattr(e, 'message', None) or str(e)
     return message.strip().splitlines()[0] if message.strip() else type(e).__name__
@@ -76,9 +87,18 @@ def _decode_error(path: str, size) -> str:
 
 
 def make_compute_fn(paths: Sequence[str], module: FeatureModule,
-                    batch_size: int):
-  """A `bottleneck_cache.ComputeFn` that runs `module` on images `paths`."""
+                    batch_size: int, reasons: Optional[dict] = None):
+  """A `bottleneck_cache.ComputeFn` that runs `module` on images `paths`.
+
+  Args:
+    paths: image files.
+    module: the feature module.
+    batch_size: images per module call.
+    reasons: if given, filled with {index into paths: why it is unusable}
+      for the images that no decoder could use.
+  """
   size = module.input_size
+  reasons = {} if reasons is None else reasons
 
   def compute(missing: Sequence[int]):
     missing = np.asarray(missing, dtype=np.int64)
@@ -95,8 +115,30 @@ def make_compute_fn(paths: Sequence[str], module: FeatureModule,
         .ignore_errors()
         .batch(batch_size)
         .prefetch(2))
+    done = set()
     for indices, batch in dataset:
-      yield indices.numpy(), module.call(batch).numpy()
+      indices = indices.numpy()
+      done.update(indices.tolist())
+      yield indices, module.call(batch).numpy()
+
+    # Second chance, one file at a time, for what TensorFlow rejected: few
+    # files, so the parallel pass above stays as fast as before.
+    pending_indices, pending_images = [], []
+    for i in missing.tolist():
+      if i in done:
+        continue
+      try:
+        pending_images.append(images_lib.load_image(paths[i], size))
+        pending_indices.append(i)
+      except ImageError as e:
+        reasons[i] = e.reason
+      if len(pending_indices) == batch_size:
+        yield (np.array(pending_indices),
+               module.call(tf.stack(pending_images)).numpy())
+        pending_indices, pending_images = [], []
+    if pending_indices:
+      yield (np.array(pending_indices),
+             module.call(tf.stack(pending_images)).numpy())
 
   return compute
 
@@ -122,7 +164,7 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
   readable = []
   for i, d in enumerate(digests):
     if isinstance(d, OSError):
-      failures.append((paths[i], f'cannot be read: {d.strerror or d}'))
+      failures.append((paths[i], unusable.os_error_reason(paths[i], d)))
     else:
       readable.append(i)
   keys = [digests[i] for i in readable]
@@ -133,7 +175,9 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
         'is the slow part, done once: later runs read them from the cache.',
         missing_count, len(set(keys)) - missing_count, store.directory)
   progress = Progress('Bottlenecks', missing_count, interval=progress_interval)
-  compute = make_compute_fn([paths[i] for i in readable], module, batch_size)
+  reasons = {}
+  compute = make_compute_fn([paths[i] for i in readable], module, batch_size,
+                            reasons)
   vectors, ok_readable, stats = store.get_or_compute(
       keys, compute, on_batch=progress.update)
   if missing_count:
@@ -141,8 +185,12 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
 
   ok = np.zeros(len(paths), dtype=bool)
   ok[np.asarray(readable, dtype=np.int64)[ok_readable]] = True
-  for i in np.asarray(readable, dtype=np.int64)[~ok_readable]:
-    failures.append((paths[i], _decode_error(paths[i], module.input_size)))
+  for k in np.flatnonzero(~ok_readable):
+    i = readable[k]
+    reason = reasons.get(int(k)) or _decode_error(paths[i], module.input_size)
+    failures.append((paths[i], reason))
   for path, reason in failures:
     logging.warning('Skipping %s: %s', path, reason)
-  return Bottlenecks(vectors=vectors, ok=ok, failures=failures, stats=stats)
+  return Bottlenecks(vectors=vectors, ok=ok, failures=failures, stats=stats,
+                     digests=[None if isinstance(d, OSError) else d
+                              for d in digests])

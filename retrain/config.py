@@ -29,6 +29,22 @@ class Config:
   # path relative to image_dir (retrain.py's defaults).
   testing_percentage: float = 10.0
   validation_percentage: float = 10.0
+  # How image_dir is laid out: 'auto' takes image_dir/{train, validation or
+  # val, test}/<class>/ as a ready-made split when those are its only
+  # folders, else one folder per class; 'class_folders' or 'split_folders'
+  # force one. See retrain/layouts.py.
+  image_layout: str = 'auto'
+  # Labels from CSV files of `path, label` rows instead of folders (paths
+  # relative to the CSV's folder). One CSV is split by the stable hash;
+  # train/validation/test CSVs are used as given.
+  image_labels_csv: str = ''
+  train_csv: str = ''
+  validation_csv: str = ''
+  test_csv: str = ''
+  # 'verbatim' keeps folder names (or CSV labels) as they are; 'retrain'
+  # makes retrain.py's labels (lower case, each run of non-alphanumerics one
+  # space) for code that expects them.
+  label_style: str = 'verbatim'
 
   # --- Feature module ----------------------------------------------------------
   # retrain.py defaulted to an Inception V3 URL, which fails on machines with

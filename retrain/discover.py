@@ -19,7 +19,8 @@ from absl import logging
 from retrain.errors import DatasetError
 
 # Matched case-insensitively against the file name's ending.
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.webp', '.tif',
+                    '.tiff')
 # Fewer images than this in a class gives a warning: the head will still
 # train, but its accuracy for that class is guesswork.
 FEW_IMAGES_WARNING = 20

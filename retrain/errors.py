@@ -24,3 +24,12 @@ class OutputError(RetrainError, ValueError):
 
 class NotSupportedYetError(RetrainError, ValueError):
   """A retrain.py option that this version accepts but does not implement."""
+
+
+class ImageError(RetrainError, ValueError):
+  """One image file cannot be used; `reason` says why (no path in it)."""
+
+  def __init__(self, path: str, reason: str):
+    super().__init__(f'{path}: {reason}')
+    self.path = path
+    self.reason = reason

@@ -42,7 +42,7 @@ METADATA_FILE = 'retrain_metadata.json'
 LABELS_FILE = 'labels.txt'
 FORMAT_VERSION = 1
 PREPROCESSING = ('decode to RGB (grayscale repeated, alpha dropped, first GIF '
-                 'frame), resize to input_height x input_width with bilinear '
+                 'frame, JPEG EXIF orientation applied), resize to input_height x input_width with bilinear '
                  'interpolation and antialiasing, scale to float32 [0, 1]')
 
 

@@ -1,7 +1,7 @@
 """Image decoding and resizing, the same at training and at inference.
 
 Contract: `decode_and_resize(contents, (h, w))` takes the encoded bytes of a
-JPEG, PNG, GIF (first frame) or BMP file and returns float32 [h, w, 3] in
+JPEG, PNG, GIF (first frame), BMP or WebP file and returns float32 [h, w, 3] in
 [0, 1]: grayscale is repeated to 3 channels, alpha is dropped, and the image
 is resized to exactly h x w with bilinear interpolation and antialiasing (no
 aspect-preserving crop, as retrain.py did). The exported SavedModel's bytes
@@ -11,13 +11,28 @@ the same pixels at training and at inference.
 Large JPEGs are decoded at 1/2, 1/4 or 1/8 scale by the JPEG decoder itself
 when the result is still at least the target size: decoding a 12-megapixel
 photo at full size costs far more than running the module on it.
+
+A JPEG's EXIF orientation (how the camera was held) is applied, in graph
+ops, so a portrait photo is upright at training, in the exported bytes
+signature and in label_image alike. WebP is decoded by TensorFlow too.
+
+`load_image(path, size)` (eager, Python) first tries the same graph
+decoder, and only for files TensorFlow cannot decode (TIFF, odd BMP or
+JPEG variants) falls back to Pillow, which produces uint8 RGB pixels that
+then go through the same resize. Anything neither can decode raises
+`retrain.errors.ImageError` with a reason from `retrain.unusable`.
 """
 
 from __future__ import annotations
 
+import io
 from typing import Tuple
 
+import numpy as np
 import tensorflow as tf
+
+from retrain import unusable
+from retrain.errors import ImageError
 
 # The JPEG decoder can scale by 1/2, 1/4 and 1/8 while decoding.
 _JPEG_RATIOS = (1, 2, 4, 8)
@@ -35,24 +50,203 @@ def _decode_jpeg_scaled(contents: tf.Tensor, size: Tuple[int, int]) -> tf.Tensor
       for r in _JPEG_RATIOS])
 
 
+# EXIF: cameras write the APP1 "Exif" segment first or right after the
+# JFIF (APP0) header, its first IFD right after the TIFF header (offset 8),
+# and the orientation tag among the first entries of that IFD, all within
+# the first few hundred bytes. The parse below reads a fixed-size head and
+# indexes it with two constant gathers, with no loop and no branch: in a
+# tf.data map every op costs a few microseconds per image and a tf.cond or
+# tf.while_loop far more, so a segment-by-segment walk cost 15-25% more CPU
+# per image than the JPEG decoding itself (bench/bench_decode.py).
+_EXIF_SEARCH = 512  # where the APP1 segment may start
+_EXIF_MAX_ENTRIES = 16  # IFD entries looked at
+_ORIENTATION_TAG = 0x0112
+# Relative to the TIFF header: byte order (2 bytes), first-IFD offset (4),
+# entry count (2), then per entry the tag (2) and the first 2 value bytes.
+_TIFF_READ = np.array([0, 1, 4, 5, 6, 7, 8, 9] + [
+    10 + 12 * e + k for e in range(_EXIF_MAX_ENTRIES) for k in (0, 1, 8, 9)],
+                      np.int32)
+_EXIF_HEAD = _EXIF_SEARCH + 10 + int(_TIFF_READ[-1]) + 1
+# APP1 marker, any 2-byte length, 'Exif\0\0'; mask 0 where any byte goes.
+_APP1_EXPECTED = np.array([0xFF, 0xE1, 0, 0] + [ord(c) for c in 'Exif'] +
+                          [0, 0], np.int32)
+_APP1_MASK = np.array([1, 1, 0, 0, 1, 1, 1, 1, 1, 1], np.int32)
+_APP1_WINDOWS = (np.arange(_EXIF_SEARCH)[:, None] +
+                 np.arange(10)[None, :]).astype(np.int32)
+
+
+def jpeg_orientation(contents: tf.Tensor) -> tf.Tensor:
+  """int32 scalar in 1..8: the EXIF orientation of a JPEG, 1 when absent."""
+  # Exactly _EXIF_HEAD bytes, zero-padded, so every index below is valid.
+  head = tf.strings.substr(
+      tf.strings.join([tf.strings.substr(contents, 0, _EXIF_HEAD),
+                       b'\x00' * _EXIF_HEAD]), 0, _EXIF_HEAD)
+  head = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int32)
+  windows = tf.gather(head, _APP1_WINDOWS) * _APP1_MASK
+  hits = tf.cast(tf.reduce_all(tf.equal(windows, _APP1_EXPECTED), axis=1),
+                 tf.int32)
+  segment = tf.cast(tf.argmax(hits), tf.int32)  # the first hit, or 0
+  # The TIFF header starts after the 10 bytes matched.
+  b = tf.reshape(tf.gather(head, segment + 10 + _TIFF_READ), [-1, 2])
+  little = tf.equal(b[0, 0], ord('I'))  # 'II' little-endian, 'MM' big
+  u16 = tf.reduce_sum(b * tf.where(little, [1, 256], [256, 1]), axis=1)
+  # u16: byte order, IFD offset (two halves), count, (tag, value) pairs.
+  ifd_at_8 = tf.equal(tf.where(little, u16[1], u16[2]), 8) & tf.equal(
+      u16[1] + u16[2], 8)
+  pairs = tf.reshape(u16[4:], [_EXIF_MAX_ENTRIES, 2])
+  match = (tf.equal(pairs[:, 0], _ORIENTATION_TAG) &
+           (tf.range(_EXIF_MAX_ENTRIES) < u16[3]))
+  value = tf.reduce_max(tf.where(match, pairs[:, 1], 0))
+  valid = (tf.gather(hits, segment) > 0) & ifd_at_8 & (value >= 1) & (
+      value <= 8)
+  return tf.where(valid, value, 1)
+
+
+# Orientation o as upright = flip(transpose(stored)): row o of _PERMS is the
+# transpose permutation, row o of _STRIDES the row and column strides (-1
+# flips). Row 0 is unused.
+_PERMS = np.array([[0, 1, 2]] * 5 + [[1, 0, 2]] * 4, np.int32)
+_STRIDES = np.array([[1, 1, 1], [1, 1, 1], [1, -1, 1], [-1, -1, 1],
+                     [-1, 1, 1], [1, 1, 1], [1, -1, 1], [-1, -1, 1],
+                     [-1, 1, 1]], np.int32)
+
+
+def apply_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+  """[H, W, C] as stored -> upright, for EXIF orientation 1..8.
+
+  Branch-free: a transpose and a full-range strided slice whose
+  permutation and strides come from tables; for orientation 1 both are
+  identities, which TensorFlow passes through without copying.
+  """
+  image = tf.transpose(image, tf.gather(_PERMS, orientation))
+  return tf.strided_slice(image, [0, 0, 0], [0, 0, 0],
+                          tf.gather(_STRIDES, orientation), begin_mask=7,
+                          end_mask=7)
+
+
+def _decode_jpeg_upright(contents: tf.Tensor,
+                         size: Tuple[int, int]) -> tf.Tensor:
+  """uint8 [H', W', 3]: the JPEG decoded at reduced scale, EXIF applied."""
+  orientation = jpeg_orientation(contents)
+  # Orientations 5-8 store the picture turned by 90 degrees: compare the
+  # stored sides with the target's swapped sides when choosing the scale.
+  turned = orientation >= 5
+  stored = (tf.where(turned, size[1], size[0]),
+            tf.where(turned, size[0], size[1]))
+  return tf.ensure_shape(
+      apply_orientation(_decode_jpeg_scaled(contents, stored), orientation),
+      [None, None, 3])
+
+
+def shrink_large(image: tf.Tensor, size: Tuple[int, int]) -> tf.Tensor:
+  """uint8 [H, W, 3] -> uint8 [H/k, W/k, 3], box-averaged by the largest
+  integer k that keeps both sides at least twice the target (k = 1, a
+  plain copy, for images smaller than that).
+
+  For formats without reduced-scale decoding (PNG, WebP, TIFF...): the float
+  copy that the final resize makes would be 4 bytes per channel at full
+  size, about 290 MB for a 6000x4000 photo; area resizing reads the uint8
+  pixels directly, so the peak stays near the decoded image itself.
+  """
+  shape = tf.shape(image)
+  k = tf.maximum(1, tf.minimum(shape[0] // (2 * size[0]),
+                               shape[1] // (2 * size[1])))
+  small = tf.image.resize(image, [shape[0] // k, shape[1] // k],
+                          method='area')
+  return tf.cast(tf.round(tf.clip_by_value(small, 0.0, 255.0)), tf.uint8)
+
+
 def decode_image(contents: tf.Tensor, size: Tuple[int, int]) -> tf.Tensor:
   """uint8 [H', W', 3], H' >= size[0] or the full image; see module doc."""
   return tf.cond(
       tf.io.is_jpeg(contents),
-      lambda: _decode_jpeg_scaled(contents, size),
-      lambda: tf.ensure_shape(
+      lambda: _decode_jpeg_upright(contents, size),
+      lambda: shrink_large(tf.ensure_shape(
           tf.io.decode_image(contents, channels=3, expand_animations=False,
-                             dtype=tf.uint8), [None, None, 3]))
+                             dtype=tf.uint8), [None, None, 3]), size))
 
 
-def decode_and_resize(contents: tf.Tensor, size: Tuple[int, int]) -> tf.Tensor:
-  """Encoded image bytes (scalar string) -> float32 [h, w, 3] in [0, 1]."""
-  image = decode_image(contents, size)
+def resize_pixels(image: tf.Tensor, size: Tuple[int, int]) -> tf.Tensor:
+  """uint8 [H, W, 3] -> float32 [h, w, 3] in [0, 1]; every decoder ends here."""
   image = tf.image.convert_image_dtype(image, tf.float32)
   image = tf.image.resize(image, size, method='bilinear', antialias=True)
   return tf.clip_by_value(image, 0.0, 1.0)
 
 
+def decode_and_resize(contents: tf.Tensor, size: Tuple[int, int]) -> tf.Tensor:
+  """Encoded image bytes (scalar string) -> float32 [h, w, 3] in [0, 1]."""
+  return resize_pixels(decode_image(contents, size), size)
+
+
+def _pillow_to_rgb(image) -> np.ndarray:
+  """uint8 [H, W, 3] from a Pillow image of any mode, alpha dropped."""
+  if image.mode.startswith('I'):
+    # 16-bit grayscale (PNG, TIFF): keep the high byte, as libpng's
+    # 8-bit reduction does in the TensorFlow path.
+    pixels = np.asarray(image).astype(np.int64)
+    pixels = (np.clip(pixels, 0, 65535) >> 8).astype(np.uint8)
+  elif image.mode == 'F':
+    pixels = np.clip(np.asarray(image), 0, 255).astype(np.uint8)
+  else:
+    # Like TensorFlow's channels=3: alpha (RGBA, LA, PA, palette
+    # transparency) is discarded, not blended, and palettes are expanded.
+    pixels = np.asarray(image.convert('RGB'))
+  if pixels.ndim == 2:
+    pixels = np.repeat(pixels[:, :, None], 3, axis=2)
+  return np.ascontiguousarray(pixels[:, :, :3])
+
+
+def decode_with_pillow(contents: bytes, size: Tuple[int, int]) -> np.ndarray:
+  """uint8 [H', W', 3] upright RGB via Pillow; raises Pillow's errors.
+
+  The fallback for files TensorFlow cannot decode. First frame of animated
+  images; EXIF orientation applied; JPEGs decoded at the coarsest scale
+  still >= size (Pillow's draft mode), like the TensorFlow path. Pillow's
+  decompression-bomb limit (about 179 megapixels) turns absurd sizes into
+  an error instead of exhausting memory.
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from PIL import ImageOps  # pylint: disable=g-import-not-at-top
+  with Image.open(io.BytesIO(contents)) as image:
+    if image.format == 'JPEG':
+      height, width = size
+      if image.getexif().get(_ORIENTATION_TAG, 1) >= 5:
+        height, width = width, height
+      image.draft('RGB', (width, height))
+    upright = ImageOps.exif_transpose(image)
+    return _pillow_to_rgb(upright)
+
+
+def decode_bytes(contents: bytes, size: Tuple[int, int],
+                 name: str = 'image') -> tf.Tensor:
+  """Eager: encoded bytes -> float32 [h, w, 3] in [0, 1], or ImageError.
+
+  TensorFlow's decoder (the one the bottleneck pipeline and the export use)
+  first, Pillow only when it fails.
+  """
+  try:
+    return decode_and_resize(tf.constant(contents), size)
+  except tf.errors.OpError:
+    pass
+  try:
+    pixels = decode_with_pillow(contents, size)
+  except Exception as e:  # pylint: disable=broad-except
+    # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError
+    # and more for bad input; all mean the same here.
+    raise ImageError(name, unusable.decode_failure_reason(contents, e)) from e
+  return resize_pixels(shrink_large(tf.constant(pixels), size), size)
+
+
 def load_image(path: str, size: Tuple[int, int]) -> tf.Tensor:
-  """Reads and decodes one file eagerly; raises on an unreadable image."""
-  return decode_and_resize(tf.io.read_file(path), size)
+  """Reads and decodes one file eagerly: float32 [h, w, 3] in [0, 1].
+
+  Raises:
+    ImageError: the file cannot be read or is not a usable image; its
+      `reason` says why.
+  """
+  try:
+    with open(path, 'rb') as f:
+      contents = f.read()
+  except OSError as e:
+    raise ImageError(path, unusable.os_error_reason(path, e)) from e
+  return decode_bytes(contents, size, path)

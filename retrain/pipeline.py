@@ -23,11 +23,13 @@ from retrain import explain as explain_lib
 from retrain import export as export_lib
 from retrain import export_formats
 from retrain import features
+from retrain import layouts
 from retrain import split as split_lib
 from retrain import summaries as summaries_lib
 from retrain import tflite_runtime
 from retrain import train as train_lib
 from retrain import train_options as train_options_lib
+from retrain import unusable
 from retrain.config import Config
 from retrain.errors import DatasetError
 from retrain.errors import NotSupportedYetError
@@ -86,6 +88,7 @@ def check_supported(config: Config) -> None:
 def check_config(config: Config) -> None:
   """Checks values before any slow work starts."""
   check_supported(config)
+  layouts.check_layout_config(config)
   split_lib.check_percentages(config.validation_percentage,
                               config.testing_percentage)
   for name in ('how_many_training_steps', 'train_batch_size',
@@ -118,10 +121,11 @@ def run(config: Config) -> RunResult:
   started = time.monotonic()
   check_config(config)
 
-  dataset = discover.discover_images(config.image_dir)
+  layout = layouts.load_layout(config)
+  dataset = layout.dataset
   labels = list(dataset.labels)
-  logging.info('Found %d images in %d classes under %s.', len(dataset.images),
-               len(labels), dataset.image_dir)
+  logging.info('Found %d images in %d classes: %s.', len(dataset.images),
+               len(labels), layout.description)
 
   module = features.load_module(config.tfhub_module, config.image_size,
                                 config.module_cache_dir)
@@ -141,6 +145,17 @@ def run(config: Config) -> RunResult:
   logging.info('Bottlenecks: %d reused from the cache, %d computed, %d images '
                'skipped.', stats.reused, stats.computed, len(computed.failures))
 
+  skipped = list(layout.skipped) + list(computed.failures)
+  reports = unusable.write_skipped_report(config.report_dir, skipped)
+  if skipped and reports:
+    logging.info('The %d skipped files and why are listed in %s.',
+                 len(skipped), ' and '.join(reports))
+  # Only usable images: two empty files in two classes are no conflict.
+  unusable.warn_conflicting_duplicates(unusable.conflicting_duplicates(
+      [d if ok else None for d, ok in zip(computed.digests, computed.ok)],
+      [image.label for image in dataset.images],
+      [image.path for image in dataset.images]))
+
   # Only usable images from here on; vectors[k] belongs to usable[k].
   usable = np.flatnonzero(computed.ok)
   y_all = np.array([dataset.images[i].label for i in usable], dtype=np.int64)
@@ -149,9 +164,9 @@ def run(config: Config) -> RunResult:
     raise DatasetError(
         f'Only {len(present)} class has usable images after skipping '
         f'{len(computed.failures)} unreadable files; at least two are needed.')
-  split = split_lib.split_images(
-      [dataset.images[i].rel_path for i in usable], y_all,
-      config.validation_percentage, config.testing_percentage)
+  split = layouts.make_split(layout, usable, y_all,
+                             config.validation_percentage,
+                             config.testing_percentage)
   _log_counts(labels, y_all, split)
   vectors = computed.vectors
 
@@ -230,14 +245,15 @@ def run(config: Config) -> RunResult:
   timings['export'] = time.monotonic() - phase
   timings['total'] = time.monotonic() - started
 
-  if computed.failures:
+  if skipped:
     logging.warning('%d images were skipped because they could not be used; '
-                    'see the warnings above.', len(computed.failures))
+                    'see the warnings above and %s.', len(skipped),
+                    reports[0] if reports else 'the log')
   result = RunResult(
       labels=labels,
       counts={name: int(len(split.subset(name))) for name in split_lib.SUBSETS},
       test_accuracy=test.accuracy, test_count=test.count,
-      bottleneck_stats=stats, skipped=computed.failures,
+      bottleneck_stats=stats, skipped=skipped,
       history=trained.history, misclassified=misclassified,
       saved_model_dir=saved, timings=timings, explained=explained)
   write_run_summary(config, result)
