@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -38,11 +38,13 @@ class Bottlenecks:
     ok: bool [n], False for images that could not be used.
     failures: (path, reason) for each image that could not be used.
     stats: what the cache did (reused, computed, failed).
+    keys: [n] each image's content key (file_digest), None if unreadable.
   """
   vectors: np.ndarray
   ok: np.ndarray
   failures: list
   stats: bottleneck_cache.Stats
+  keys: Optional[list] = None
 
 
 def cache_namespace(module: FeatureModule) -> dict:
@@ -138,4 +140,5 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
     failures.append((paths[i], _decode_error(paths[i], module.input_size)))
   for path, reason in failures:
     logging.warning('Skipping %s: %s', path, reason)
-  return Bottlenecks(vectors=vectors, ok=ok, failures=failures, stats=stats)
+  return Bottlenecks(vectors=vectors, ok=ok, failures=failures, stats=stats,
+                     keys=[d if isinstance(d, str) else None for d in digests])

@@ -55,11 +55,19 @@ class Config:
   test_batch_size: int = -1
   random_seed: int = 0
 
-  # --- Distortions (retrain.py flags; implemented by the augmentation work) --
+  # --- Distortions (retrain.py flags; see retrain/distort.py) ---------------
   flip_left_right: bool = False
   random_crop: float = 0.0
   random_scale: float = 0.0
   random_brightness: float = 0.0
+  # Degrees (angle drawn from [-r, r]) and % of width and height; not in
+  # retrain.py.
+  random_rotation: float = 0.0
+  random_shift: float = 0.0
+  # Distorted copies of each training image, computed once and cached (used
+  # only when a distortion is set). 4 was chosen from bench/augmentation.py:
+  # see docs/readme/issue6.md for what it costs and gains.
+  distorted_copies: int = 4
 
   # --- Outputs ---------------------------------------------------------------
   summaries_dir: str = '/tmp/retrain_logs'

@@ -16,6 +16,7 @@ from absl import logging
 import bottleneck_cache
 from retrain import bottlenecks as bottlenecks_lib
 from retrain import discover
+from retrain import distort as distort_lib
 from retrain import evaluate as evaluate_lib
 from retrain import export as export_lib
 from retrain import features
@@ -42,6 +43,8 @@ class RunResult:
     misclassified: lines describing each wrong test prediction.
     saved_model_dir: the export folder, or None.
     timings: seconds per phase.
+    distorted_stats: what the cache did for distorted copies, or None when
+      no distortion was asked for.
   """
   labels: List[str]
   counts: Dict[str, int]
@@ -53,13 +56,10 @@ class RunResult:
   misclassified: List[str]
   saved_model_dir: Optional[str]
   timings: Dict[str, float]
+  distorted_stats: Optional[bottleneck_cache.Stats] = None
 
 
 _NOT_YET = {
-    'flip_left_right': 'image distortions',
-    'random_crop': 'image distortions',
-    'random_scale': 'image distortions',
-    'random_brightness': 'image distortions',
     'output_graph': 'frozen graph export',
     'intermediate_output_graphs_dir': 'intermediate graph export',
     'intermediate_store_frequency': 'intermediate graph export',
@@ -89,6 +89,8 @@ def check_config(config: Config) -> None:
     raise DatasetError(f'--learning_rate={config.learning_rate} must be '
                        'positive.')
   export_lib.check_export_dir(config.saved_model_dir)
+  distort_lib.check_settings(distort_lib.Distortions.from_config(config),
+                             config.distorted_copies)
 
 
 def _log_counts(labels, y, split) -> None:
@@ -139,6 +141,18 @@ def run(config: Config) -> RunResult:
   _log_counts(labels, y_all, split)
   vectors = computed.vectors
 
+  # Distorted copies of the training images only (validation and test stay
+  # as they are); training samples originals and copies alike.
+  phase = time.monotonic()
+  train_x, train_y = vectors[split.train], y_all[split.train]
+  copies = distort_lib.training_copies(
+      config, module, [dataset.images[usable[i]].path for i in split.train],
+      [computed.keys[usable[i]] for i in split.train])
+  if copies is not None:
+    train_x = np.concatenate([train_x, copies.vectors])
+    train_y = np.concatenate([train_y, train_y[copies.source]])
+    timings['distorted_copies'] = time.monotonic() - phase
+
   phase = time.monotonic()
   writers = summaries_lib.Writers(config.summaries_dir)
 
@@ -152,7 +166,7 @@ def run(config: Config) -> RunResult:
 
   try:
     trained = train_lib.train_head(
-        vectors[split.train], y_all[split.train], len(labels),
+        train_x, train_y, len(labels),
         vectors[split.validation], y_all[split.validation],
         steps=config.how_many_training_steps,
         learning_rate=config.learning_rate,
@@ -201,4 +215,5 @@ def run(config: Config) -> RunResult:
       test_accuracy=test.accuracy, test_count=test.count,
       bottleneck_stats=stats, skipped=computed.failures,
       history=trained.history, misclassified=misclassified,
-      saved_model_dir=saved, timings=timings)
+      saved_model_dir=saved, timings=timings,
+      distorted_stats=copies.stats if copies is not None else None)

@@ -110,8 +110,8 @@ def test_corrupt_image_is_skipped_and_run_goes_on(small_config, caplog):
 
 def test_unsupported_flag_is_refused_before_work(small_config):
   make_colour_dataset(small_config.image_dir, per_class=3)
-  with pytest.raises(NotSupportedYetError, match='--flip_left_right'):
-    pipeline.run(dataclasses.replace(small_config, flip_left_right=True))
+  with pytest.raises(NotSupportedYetError, match='--output_graph'):
+    pipeline.run(dataclasses.replace(small_config, output_graph='g.pb'))
   assert not os.path.exists(small_config.bottleneck_dir)
 
 
