@@ -117,6 +117,15 @@ flags.DEFINE_float('random_scale', _D.random_scale,
                    'Percentage to randomly scale up training images.')
 flags.DEFINE_float('random_brightness', _D.random_brightness,
                    'Percentage to randomly change brightness.')
+flags.DEFINE_float('random_rotation', _D.random_rotation,
+                   'Degrees to randomly rotate training images by, either '
+                   'way.')
+flags.DEFINE_float('random_shift', _D.random_shift,
+                   'Percentage of width and height to randomly shift '
+                   'training images by.')
+flags.DEFINE_integer('distorted_copies', _D.distorted_copies,
+                     'Distorted copies of each training image, computed once '
+                     'and cached, when any distortion flag is set.')
 flags.DEFINE_string('summaries_dir', _D.summaries_dir,
                     'Where TensorBoard summaries are written.')
 flags.DEFINE_string('output_labels', _D.output_labels,

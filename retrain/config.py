@@ -92,11 +92,20 @@ class Config:
   # stops and the best weights are restored; 0 never stops early.
   early_stopping_patience: int = 0
 
-  # --- Distortions (retrain.py flags; implemented by the augmentation work) --
+  # --- Distortions (retrain.py flags; see retrain/distort.py) ---------------
   flip_left_right: bool = False
   random_crop: float = 0.0
   random_scale: float = 0.0
   random_brightness: float = 0.0
+  # Degrees (angle drawn from [-r, r]) and % of width and height; not in
+  # retrain.py.
+  random_rotation: float = 0.0
+  random_shift: float = 0.0
+  # Distorted copies of each training image, computed once and cached (used
+  # only when a distortion is set). Each copy costs about one plain
+  # bottleneck; on flowers_sample (bench/augmentation.py) 2 copies gained as
+  # much test accuracy as 4 or 8, so 2 it is.
+  distorted_copies: int = 2
 
   # --- Outputs ---------------------------------------------------------------
   summaries_dir: str = '/tmp/retrain_logs'

@@ -22,10 +22,6 @@ class OutputError(RetrainError, ValueError):
   """An output location cannot be written without losing something."""
 
 
-class NotSupportedYetError(RetrainError, ValueError):
-  """A retrain.py option that this version accepts but does not implement."""
-
-
 class ImageError(RetrainError, ValueError):
   """One image file cannot be used; `reason` says why (no path in it)."""
 

@@ -18,6 +18,7 @@ from absl import logging
 import bottleneck_cache
 from retrain import bottlenecks as bottlenecks_lib
 from retrain import discover
+from retrain import distort as distort_lib
 from retrain import evaluate as evaluate_lib
 from retrain import explain as explain_lib
 from retrain import export as export_lib
@@ -32,7 +33,6 @@ from retrain import train_options as train_options_lib
 from retrain import unusable
 from retrain.config import Config
 from retrain.errors import DatasetError
-from retrain.errors import NotSupportedYetError
 
 
 RUN_SUMMARY_FILE = 'run_summary.json'
@@ -55,6 +55,8 @@ class RunResult:
     timings: seconds per phase.
     explained: per-class metrics, report files and projector size
       (retrain/explain.py).
+    distorted_stats: what the cache did for distorted copies, or None when
+      no distortion was asked for.
   """
   labels: List[str]
   counts: Dict[str, int]
@@ -67,27 +69,11 @@ class RunResult:
   saved_model_dir: Optional[str]
   timings: Dict[str, float]
   explained: Optional[explain_lib.Explained] = None
-
-
-_NOT_YET = {
-    'flip_left_right': 'image distortions',
-    'random_crop': 'image distortions',
-    'random_scale': 'image distortions',
-    'random_brightness': 'image distortions',
-}
-
-
-def check_supported(config: Config) -> None:
-  """Refuses retrain.py options that this version does not implement yet."""
-  for name, feature in _NOT_YET.items():
-    if getattr(config, name):
-      raise NotSupportedYetError(
-          f'--{name} ({feature}) is not supported yet; run without it.')
+  distorted_stats: Optional[bottleneck_cache.Stats] = None
 
 
 def check_config(config: Config) -> None:
   """Checks values before any slow work starts."""
-  check_supported(config)
   layouts.check_layout_config(config)
   split_lib.check_percentages(config.validation_percentage,
                               config.testing_percentage)
@@ -105,6 +91,8 @@ def check_config(config: Config) -> None:
   if config.projector_max_images < 0:
     raise DatasetError(f'--projector_max_images={config.projector_max_images}'
                        ' must be 0 (no projector) or more.')
+  distort_lib.check_settings(distort_lib.Distortions.from_config(config),
+                             config.distorted_copies)
 
 
 def _log_counts(labels, y, split) -> None:
@@ -170,6 +158,18 @@ def run(config: Config) -> RunResult:
   _log_counts(labels, y_all, split)
   vectors = computed.vectors
 
+  # Distorted copies of the training images only (validation and test stay
+  # as they are); training samples originals and copies alike.
+  phase = time.monotonic()
+  train_x, train_y = vectors[split.train], y_all[split.train]
+  copies = distort_lib.training_copies(
+      config, module, [dataset.images[usable[i]].path for i in split.train],
+      [computed.digests[usable[i]] for i in split.train])
+  if copies is not None:
+    train_x = np.concatenate([train_x, copies.vectors])
+    train_y = np.concatenate([train_y, train_y[copies.source]])
+    timings['distorted_copies'] = time.monotonic() - phase
+
   phase = time.monotonic()
   writers = summaries_lib.Writers(config.summaries_dir)
   intermediate = export_formats.intermediate_hook(config, module, labels)
@@ -186,7 +186,7 @@ def run(config: Config) -> RunResult:
 
   try:
     trained = train_lib.train_head(
-        vectors[split.train], y_all[split.train], len(labels),
+        train_x, train_y, len(labels),
         vectors[split.validation], y_all[split.validation],
         steps=config.how_many_training_steps,
         learning_rate=config.learning_rate,
@@ -255,7 +255,8 @@ def run(config: Config) -> RunResult:
       test_accuracy=test.accuracy, test_count=test.count,
       bottleneck_stats=stats, skipped=skipped,
       history=trained.history, misclassified=misclassified,
-      saved_model_dir=saved, timings=timings, explained=explained)
+      saved_model_dir=saved, timings=timings, explained=explained,
+      distorted_stats=copies.stats if copies is not None else None)
   write_run_summary(config, result)
   return result
 

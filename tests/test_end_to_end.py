@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from retrain import pipeline
-from retrain.errors import NotSupportedYetError
+from retrain.errors import DatasetError
 from retrain.errors import OutputError
 from tests.conftest import FAKE_SIZE
 from tests.conftest import make_colour_dataset
@@ -114,10 +114,11 @@ def test_corrupt_image_is_skipped_and_run_goes_on(small_config, caplog):
   assert result.bottleneck_stats.failed == 2
 
 
-def test_unsupported_flag_is_refused_before_work(small_config):
+def test_bad_value_is_refused_before_work(small_config):
   make_colour_dataset(small_config.image_dir, per_class=3)
-  with pytest.raises(NotSupportedYetError, match='--flip_left_right'):
-    pipeline.run(dataclasses.replace(small_config, flip_left_right=True))
+  with pytest.raises(DatasetError, match='leave no images to train'):
+    pipeline.run(dataclasses.replace(small_config, validation_percentage=60,
+                                     testing_percentage=40))
   assert not os.path.exists(small_config.bottleneck_dir)
 
 
