@@ -26,15 +26,15 @@ import datetime
 import json
 import os
 import shutil
-import time
 from typing import Optional, Sequence
 
 import tensorflow as tf
 from absl import logging
 
 import retrain
-from retrain.errors import OutputError
+from retrain import keep
 from retrain import signatures as signatures_lib
+from retrain.errors import OutputError
 from retrain.features import FeatureModule
 from retrain.train import Head
 
@@ -160,9 +160,7 @@ def export_saved_model(export_dir: str, module: FeatureModule, head: Head,
               indent=2)
   if os.path.isdir(export_dir):
     if os.listdir(export_dir):
-      aside = f'{export_dir}.previous-{time.strftime("%Y%m%d-%H%M%S")}'
-      os.rename(export_dir, aside)
-      logging.info('Moved the previous export to %s.', aside)
+      keep.move_aside(export_dir)
     else:
       os.rmdir(export_dir)
   os.rename(tmp, export_dir)

@@ -41,6 +41,7 @@ from absl import logging
 import retrain
 from retrain import export as export_lib
 from retrain import images as images_lib
+from retrain import keep
 from retrain.errors import OutputError
 from retrain.features import FeatureModule
 from retrain.train import Head
@@ -58,17 +59,6 @@ def sidecar_paths(path: str) -> Dict[str, str]:
   return {'labels': stem + LABELS_SUFFIX, 'metadata': stem + METADATA_SUFFIX}
 
 
-def _stamp() -> str:
-  return time.strftime('%Y%m%d-%H%M%S')
-
-
-def _move_aside(path: str) -> None:
-  if os.path.lexists(path):
-    aside = f'{path}.previous-{_stamp()}'
-    os.replace(path, aside)
-    logging.info('Moved the earlier %s to %s.', path, aside)
-
-
 def _write_file(path: str, data: bytes) -> None:
   """Writes `data` to `path` atomically, keeping any earlier file aside."""
   directory = os.path.dirname(os.path.abspath(path))
@@ -76,7 +66,7 @@ def _write_file(path: str, data: bytes) -> None:
   tmp = f'{path}.tmp-{os.getpid()}'
   with open(tmp, 'wb') as f:
     f.write(data)
-  _move_aside(path)
+  keep.move_aside(path)
   os.replace(tmp, path)
 
 
@@ -299,7 +289,7 @@ def write_checkpoint(prefix: str, head: Head) -> str:
   base = os.path.basename(prefix)
   for name in sorted(os.listdir(directory)):
     if name == base + '.index' or name.startswith(base + '.data-'):
-      _move_aside(os.path.join(directory, name))
+      keep.move_aside(os.path.join(directory, name))
   checkpoint = tf.train.Checkpoint(
       final_weights=tf.Variable(head.weights, name='final_weights'),
       final_biases=tf.Variable(head.biases, name='final_biases'))

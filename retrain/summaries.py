@@ -13,10 +13,11 @@ sub-folder, where TensorBoard still shows them as separate runs.
 from __future__ import annotations
 
 import os
-import time
 
 import tensorflow as tf
 from absl import logging
+
+from retrain import keep
 
 # test/ and projector/ are written by retrain/explain.py.
 RUNS = ('train', 'validation', 'test', 'projector')
@@ -27,12 +28,7 @@ def keep_previous_runs(summaries_dir: str) -> None:
   existing = [r for r in RUNS if os.path.isdir(os.path.join(summaries_dir, r))]
   if not existing:
     return
-  aside = os.path.join(summaries_dir,
-                       'previous-' + time.strftime('%Y%m%d-%H%M%S'))
-  suffix = 0
-  while os.path.exists(aside + (f'-{suffix}' if suffix else '')):
-    suffix += 1
-  aside += f'-{suffix}' if suffix else ''
+  aside = keep.stamped(os.path.join(summaries_dir, 'previous-'))
   os.makedirs(aside)
   for run in existing:
     os.rename(os.path.join(summaries_dir, run), os.path.join(aside, run))

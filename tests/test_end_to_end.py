@@ -209,3 +209,16 @@ def test_cli_kill_during_bottlenecks_then_resume(small_config):
   assert result.bottleneck_stats.reused == kept
   assert result.bottleneck_stats.computed == 450 - kept
   assert result.test_accuracy == 1.0
+
+
+def test_exports_within_one_second_keep_every_earlier_one(small_config):
+  """Two runs finishing in the same second must not collide or overwrite."""
+  from retrain import keep
+  target = pathlib.Path(small_config.output_graph)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  for content in (b'first', b'second', b'third'):
+    keep.move_aside(str(target))
+    target.write_bytes(content)
+  asides = sorted(target.parent.glob(target.name + '.previous-*'))
+  assert sorted(p.read_bytes() for p in asides) == [b'first', b'second']
+  assert target.read_bytes() == b'third'
