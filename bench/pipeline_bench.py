@@ -72,17 +72,26 @@ def pipeline_throughput(module, image_dir, batch_size):
   return result.stats.computed / elapsed, len(paths), elapsed
 
 
+# Runs a command and prints its peak RSS (KiB). Linux keeps ru_maxrss across
+# exec, so a child forked straight from this process (which holds
+# TensorFlow and a module) would report this process's size; forking from
+# a small launcher gives the command's own peak.
+_LAUNCHER = ('import os, subprocess, sys; p = subprocess.Popen(sys.argv[1:]); '
+             '_, s, r = os.wait4(p.pid, 0); print(r.ru_maxrss, file=sys.stderr);'
+             ' sys.exit(os.waitstatus_to_exitcode(s))')
+
+
 def run_cli(args, cwd=ROOT):
   """Runs a command; returns (wall seconds, peak RSS MiB, stderr)."""
   started = time.perf_counter()
-  proc = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
-  stderr = proc.stderr.read()
-  _, status, usage = os.wait4(proc.pid, 0)
+  proc = subprocess.run([sys.executable, '-c', _LAUNCHER, *args], cwd=cwd,
+                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                        text=True, check=False)
   wall = time.perf_counter() - started
-  if status != 0:
-    raise SystemExit(f'{" ".join(args)} failed:\n{stderr[-3000:]}')
-  return wall, usage.ru_maxrss / 1024.0, stderr
+  if proc.returncode != 0:
+    raise SystemExit(f'{" ".join(args)} failed:\n{proc.stderr[-3000:]}')
+  peak_kib = int(proc.stderr.strip().splitlines()[-1])
+  return wall, peak_kib / 1024.0, proc.stderr
 
 
 def retrain_run(image_dir, module, work, cold):
@@ -117,6 +126,7 @@ def main():
   args = parser.parse_args()
 
   from retrain import features
+  from retrain import tflite_runtime
   from retrain.config import DEFAULTS
   module_name = args.tfhub_module or DEFAULTS.tfhub_module
   work = args.work_dir or tempfile.mkdtemp(prefix='retrain_bench_')
@@ -125,11 +135,25 @@ def main():
   print(f'Machine: {os.cpu_count()} cores; module {module_name}; images '
         f'{args.image_dir}', flush=True)
   module = features.load_module(module_name)
-  limit, best_batch = module_limit(
-      module, [int(b) for b in args.batch_sizes.split(',')])
-  rate, count, elapsed = pipeline_throughput(module, args.image_dir,
+  batches = [int(b) for b in args.batch_sizes.split(',')]
+  print('TensorFlow runtime:', flush=True)
+  tf_limit, tf_batch = module_limit(module, batches)
+  tflite_limit, tflite_batch = 0.0, None
+  lite = tflite_runtime.with_runtime(module, 'tflite',
+                                     DEFAULTS.bottleneck_batch_size)
+  if lite is not module:
+    print('TFLite runtime (XNNPACK):', flush=True)
+    tflite_limit, tflite_batch = max(
+        (module_limit(tflite_runtime.with_runtime(module, 'tflite', b), [b])
+         for b in batches), key=lambda r: r[0])
+  limit = max(tf_limit, tflite_limit)
+  best = ('TFLite' if tflite_limit > tf_limit else 'TF',
+          tflite_batch if tflite_limit > tf_limit else tf_batch)
+  runner = tflite_runtime.with_runtime(module, DEFAULTS.bottleneck_runtime,
+                                       DEFAULTS.bottleneck_batch_size)
+  rate, count, elapsed = pipeline_throughput(runner, args.image_dir,
                                              DEFAULTS.bottleneck_batch_size)
-  del module
+  del module, lite, runner
 
   cold_wall, cold_rss, cold = retrain_run(args.image_dir, module_name, work,
                                           cold=True)
@@ -139,8 +163,14 @@ def main():
 
   rows = [
       ('images', f'{count}'),
-      ('1. module alone (best batch %d)' % best_batch, f'{limit:.1f} images/s'),
-      ('2. bottleneck pipeline', f'{rate:.1f} images/s '
+      ('1. module alone, TF (best batch %d)' % tf_batch,
+       f'{tf_limit:.1f} images/s'),
+      ('   module alone, TFLite (best batch %s)' % tflite_batch,
+       f'{tflite_limit:.1f} images/s'),
+      ('   limit (%s, batch %s)' % best, f'{limit:.1f} images/s'),
+      ('2. bottleneck pipeline (%s runtime, batch %d)' % (
+          DEFAULTS.bottleneck_runtime, DEFAULTS.bottleneck_batch_size),
+       f'{rate:.1f} images/s '
        f'({100 * rate / limit:.0f}% of the limit)'),
   ]
   for label, wall, summary, rss in (('cold', cold_wall, cold, cold_rss),

@@ -57,7 +57,7 @@ def cache_namespace(module: FeatureModule) -> dict:
   """The cache namespace of plain (undistorted) vectors of a module."""
   # v2: JPEGs are turned upright by their EXIF orientation, so vectors of
   # rotated photos cached by v1 would no longer match inference.
-  return dict(module.identity(), kind='bottleneck', preprocessing='v2')
+  return dict(module.identity(), kind='bottleneck', preprocessing='v3')
 
 
 def _hash_files(paths: Sequence[str], memo: bottleneck_cache.DigestMemo

@@ -63,8 +63,12 @@ class Config:
   # 32 and 64 were slower.
   bottleneck_batch_size: int = 16
   # 'tf', 'tflite' (XNNPACK) or 'auto' (TFLite when the module converts and
-  # agrees with TensorFlow); see retrain/tflite_runtime.py and README.
-  bottleneck_runtime: str = 'auto'
+  # agrees with TensorFlow); see retrain/tflite_runtime.py. On 2 cores the
+  # TFLite module alone ran 1.1-1.2x faster, but inside the pipeline, where
+  # decoding shares the cores, it was no faster (median of 4 interleaved
+  # runs on flowers_sample: TF 102, TFLite 93 images/s), so the exact
+  # runtime with no conversion step is the default.
+  bottleneck_runtime: str = 'tf'
 
   # --- Training (retrain.py's defaults) -------------------------------------
   how_many_training_steps: int = 4000

@@ -42,8 +42,10 @@ METADATA_FILE = 'retrain_metadata.json'
 LABELS_FILE = 'labels.txt'
 FORMAT_VERSION = 1
 PREPROCESSING = ('decode to RGB (grayscale repeated, alpha dropped, first GIF '
-                 'frame, JPEG EXIF orientation applied), resize to input_height x input_width with bilinear '
-                 'interpolation and antialiasing, scale to float32 [0, 1]')
+                 'frame, JPEG EXIF orientation applied), resize to '
+                 'input_height x input_width (area averaging when shrinking '
+                 'both sides, else bilinear with antialiasing), scale to '
+                 'float32 [0, 1]; see retrain/images.py')
 
 
 def is_export(path: str) -> bool:

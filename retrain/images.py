@@ -3,8 +3,8 @@
 Contract: `decode_and_resize(contents, (h, w))` takes the encoded bytes of a
 JPEG, PNG, GIF (first frame), BMP or WebP file and returns float32 [h, w, 3] in
 [0, 1]: grayscale is repeated to 3 channels, alpha is dropped, and the image
-is resized to exactly h x w with bilinear interpolation and antialiasing (no
-aspect-preserving crop, as retrain.py did). The exported SavedModel's bytes
+is resized to exactly h x w (no aspect-preserving crop, as retrain.py did):
+area averaging when shrinking, antialiased bilinear otherwise. The exported SavedModel's bytes
 signature and the label_image tool call this same function, so a photo gets
 the same pixels at training and at inference.
 
@@ -167,9 +167,24 @@ def decode_image(contents: tf.Tensor, size: Tuple[int, int]) -> tf.Tensor:
 
 
 def resize_pixels(image: tf.Tensor, size: Tuple[int, int]) -> tf.Tensor:
-  """uint8 [H, W, 3] -> float32 [h, w, 3] in [0, 1]; every decoder ends here."""
+  """uint8 [H, W, 3] -> float32 [h, w, 3] in [0, 1]; every decoder ends here.
+
+  Shrinking on both sides uses area (box-filter) averaging: as free of
+  aliasing as antialiased bilinear, and about 2.5 times cheaper, which
+  matters because decoding shares the CPU with the module (on 2 cores,
+  antialiased bilinear made decoding a third of the bottleneck phase).
+  Anything else (enlarging a small image, or one side only) uses
+  antialiased bilinear.
+  """
   image = tf.image.convert_image_dtype(image, tf.float32)
-  image = tf.image.resize(image, size, method='bilinear', antialias=True)
+  shape = tf.shape(image)
+  shrinking = tf.logical_and(shape[0] >= size[0], shape[1] >= size[1])
+  image = tf.cond(
+      shrinking,
+      lambda: tf.image.resize(image, size, method='area'),
+      lambda: tf.image.resize(image, size, method='bilinear', antialias=True))
+  if all(isinstance(side, int) for side in size):
+    image = tf.ensure_shape(image, [size[0], size[1], 3])
   return tf.clip_by_value(image, 0.0, 1.0)
 
 

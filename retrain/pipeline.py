@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import resource
+import sys
 import time
 from typing import Dict, List, Optional
 
@@ -53,6 +55,7 @@ class RunResult:
     misclassified: lines describing each wrong test prediction.
     saved_model_dir: the export folder, or None.
     timings: seconds per phase.
+    peak_rss_mib: peak resident memory of the process after each phase.
     explained: per-class metrics, report files and projector size
       (retrain/explain.py).
     distorted_stats: what the cache did for distorted copies, or None when
@@ -70,6 +73,7 @@ class RunResult:
   timings: Dict[str, float]
   explained: Optional[explain_lib.Explained] = None
   distorted_stats: Optional[bottleneck_cache.Stats] = None
+  peak_rss_mib: Optional[Dict[str, float]] = None
 
 
 def check_config(config: Config) -> None:
@@ -103,9 +107,16 @@ def _log_counts(labels, y, split) -> None:
                  int(np.sum(y[split.test] == i)))
 
 
+def _peak_rss_mib() -> float:
+  """The process's peak resident memory so far, in MiB (Linux, macOS)."""
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return peak / (1 << 20) if sys.platform == 'darwin' else peak / 1024.0
+
+
 def run(config: Config) -> RunResult:
   """Runs retraining end to end; see the module docstring."""
   timings = {}
+  peak_rss = {}
   started = time.monotonic()
   check_config(config)
 
@@ -118,6 +129,7 @@ def run(config: Config) -> RunResult:
   module = features.load_module(config.tfhub_module, config.image_size,
                                 config.module_cache_dir)
   timings['startup_and_module'] = time.monotonic() - started
+  peak_rss['startup_and_module'] = _peak_rss_mib()
 
   runner = tflite_runtime.with_runtime(module, config.bottleneck_runtime,
                                        config.bottleneck_batch_size,
@@ -129,6 +141,7 @@ def run(config: Config) -> RunResult:
   computed = bottlenecks_lib.compute_bottlenecks(
       paths, runner, store, config.bottleneck_batch_size)
   timings['bottlenecks'] = time.monotonic() - phase
+  peak_rss['bottlenecks'] = _peak_rss_mib()
   stats = computed.stats
   logging.info('Bottlenecks: %d reused from the cache, %d computed, %d images '
                'skipped.', stats.reused, stats.computed, len(computed.failures))
@@ -169,6 +182,7 @@ def run(config: Config) -> RunResult:
     train_x = np.concatenate([train_x, copies.vectors])
     train_y = np.concatenate([train_y, train_y[copies.source]])
     timings['distorted_copies'] = time.monotonic() - phase
+    peak_rss['distorted_copies'] = _peak_rss_mib()
 
   phase = time.monotonic()
   writers = summaries_lib.Writers(config.summaries_dir)
@@ -205,6 +219,7 @@ def run(config: Config) -> RunResult:
   finally:
     writers.close()
   timings['training'] = time.monotonic() - phase
+  peak_rss['training'] = _peak_rss_mib()
 
   phase = time.monotonic()
   test = evaluate_lib.evaluate(trained.head, vectors[split.test],
@@ -224,6 +239,7 @@ def run(config: Config) -> RunResult:
       [dataset.images[i].rel_path for i in usable], test,
       trained.history[-1].step if trained.history else 0, trained.best_step)
   timings['evaluation'] = time.monotonic() - phase
+  peak_rss['evaluation'] = _peak_rss_mib()
 
   phase = time.monotonic()
   export_lib.write_labels(config.output_labels, labels)
@@ -243,6 +259,7 @@ def run(config: Config) -> RunResult:
     logging.info('Exported the classifier to %s (labels in %s).', saved,
                  config.output_labels)
   timings['export'] = time.monotonic() - phase
+  peak_rss['export'] = _peak_rss_mib()
   timings['total'] = time.monotonic() - started
 
   if skipped:
@@ -256,7 +273,8 @@ def run(config: Config) -> RunResult:
       bottleneck_stats=stats, skipped=skipped,
       history=trained.history, misclassified=misclassified,
       saved_model_dir=saved, timings=timings, explained=explained,
-      distorted_stats=copies.stats if copies is not None else None)
+      distorted_stats=copies.stats if copies is not None else None,
+      peak_rss_mib=peak_rss)
   write_run_summary(config, result)
   return result
 
@@ -274,6 +292,7 @@ def write_run_summary(config: Config, result: RunResult) -> str:
       'bottlenecks': dataclasses.asdict(result.bottleneck_stats),
       'skipped': len(result.skipped),
       'timings_seconds': result.timings,
+      'peak_rss_mib_after_phase': result.peak_rss_mib,
       'saved_model_dir': result.saved_model_dir,
   }
   tmp = f'{path}.tmp-{os.getpid()}'
