@@ -222,3 +222,19 @@ def test_exports_within_one_second_keep_every_earlier_one(small_config):
   asides = sorted(target.parent.glob(target.name + '.previous-*'))
   assert sorted(p.read_bytes() for p in asides) == [b'first', b'second']
   assert target.read_bytes() == b'third'
+
+
+@pytest.mark.parametrize('script,args,expect', [
+    ('retrain', ['--list_modules'], 'efficientnet_lite0 (default)'),
+    ('label_image', ['--help'], '--saved_model_dir'),
+])
+def test_console_scripts(script, args, expect):
+  """The installed `retrain` and `label_image` commands (pip install .)."""
+  path = pathlib.Path(sys.executable).parent / script
+  if not path.exists():
+    pytest.skip(f'{script} is not installed next to {sys.executable} (the '
+                'project is not pip-installed in this environment)')
+  proc = subprocess.run([str(path), *args], capture_output=True, text=True,
+                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert expect in proc.stdout + proc.stderr
