@@ -191,21 +191,26 @@ def train_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
   # One compiled call per evaluation: the training steps since the last one,
   # the metrics, and the TensorBoard summaries, all inside the graph. Eager
   # summary writes and per-call overhead used to cost more than the steps.
+  def sgd_step():
+    """One update on a fresh batch; returns the batch."""
+    xb, yb = sample_batch()
+    with tf.GradientTape() as tape:
+      if opts is None:
+        loss, _ = loss_and_logits(xb, yb)
+      else:
+        xd = options_lib.dropout(xb, opts.dropout_rate, gen)
+        loss = options_lib.objective(
+            tf.matmul(xd, weights) + biases, yb, weights, loss_weights,
+            opts.label_smoothing, opts.l2_regularizer)
+    gw, gb = tape.gradient(loss, [weights, biases])
+    optimizer.apply([gw, gb])
+    return xb, yb
+
   @tf.function
   def run(n, step, val_size):
-    xb, yb = sample_batch()
+    xb, yb = sample_batch()  # Defines the loop variables for autograph.
     for _ in tf.range(n):
-      xb, yb = sample_batch()
-      with tf.GradientTape() as tape:
-        if opts is None:
-          loss, _ = loss_and_logits(xb, yb)
-        else:
-          xd = options_lib.dropout(xb, opts.dropout_rate, gen)
-          loss = options_lib.objective(
-              tf.matmul(xd, weights) + biases, yb, weights, loss_weights,
-              opts.label_smoothing, opts.l2_regularizer)
-      gw, gb = tape.gradient(loss, [weights, biases])
-      optimizer.apply([gw, gb])
+      xb, yb = sgd_step()
     # Metrics on the last training batch, after its update (as retrain.py).
     loss, logits = loss_and_logits(xb, yb)
     probs = tf.nn.softmax(logits)
@@ -224,17 +229,7 @@ def train_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
   @tf.function
   def train_only(n):
     for _ in tf.range(n):
-      xb, yb = sample_batch()
-      with tf.GradientTape() as tape:
-        if opts is None:
-          loss, _ = loss_and_logits(xb, yb)
-        else:
-          xd = options_lib.dropout(xb, opts.dropout_rate, gen)
-          loss = options_lib.objective(
-              tf.matmul(xd, weights) + biases, yb, weights, loss_weights,
-              opts.label_smoothing, opts.l2_regularizer)
-      gw, gb = tape.gradient(loss, [weights, biases])
-      optimizer.apply([gw, gb])
+      sgd_step()
 
   full_validation = tf.function(lambda: validate(tf.constant(-1, tf.int64)))
   val_size = tf.constant(-1 if validation_batch_size < 0 else
