@@ -201,8 +201,21 @@ def main(argv):
   return 0
 
 
+def show_flags_in_help(module_name: str) -> None:
+  """Lists `module_name`'s flags in --help when run as a console script.
+
+  absl's --help shows the flags of the module named by sys.argv[0]; for
+  `python -m retrain` that is this file, but for the installed `retrain`
+  command it is the launcher script, which defines none.
+  """
+  for flag in FLAGS.get_flags_for_module(module_name):
+    FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+
+
 def run():
   """Entry point of the `retrain` console script."""
+  if __name__ != '__main__':
+    show_flags_in_help(__name__)
   app.run(main)
 
 

@@ -585,6 +585,11 @@ def run():
   """Entry point of the `label_image` console script."""
   from absl import app  # pylint: disable=g-import-not-at-top
   _define_flags()
+  if __name__ != '__main__':
+    # List our flags in --help for the installed `label_image` command too.
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    for flag in flags.FLAGS.get_flags_for_module(__name__):
+      flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   app.run(main)
 
 
