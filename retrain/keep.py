@@ -1,17 +1,23 @@
 """Moving earlier outputs aside instead of overwriting them.
 
-Nothing a user made is lost: before an output is replaced, the earlier one
-is renamed to `<path>.previous-<time>` (with `-1`, `-2`, ... added when two
-runs finish within the same second).
+An output is never overwritten: before it is replaced, the earlier one is
+renamed to `<path>.previous-<date>-<time>-<microseconds>`. So that repeated runs with default
+paths do not fill the disk, only the `KEEP_PREVIOUS` newest earlier
+versions of each output are kept; removing an older one is logged.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
 import time
 from typing import Optional
 
 from absl import logging
+
+# Earlier versions kept per output path (the newest ones).
+KEEP_PREVIOUS = 3
 
 
 def unique_path(base: str) -> str:
@@ -24,8 +30,14 @@ def unique_path(base: str) -> str:
 
 
 def stamped(prefix: str) -> str:
-  """A not-yet-existing path `<prefix><YYYYmmdd-HHMMSS>[-n]`."""
-  return unique_path(prefix + time.strftime('%Y%m%d-%H%M%S'))
+  """A not-yet-existing path `<prefix><YYYYmmdd-HHMMSS-microseconds>`.
+
+  Microseconds make names unique in practice and make their sort order the
+  order in which they were made.
+  """
+  now = time.time()
+  return unique_path(prefix + time.strftime('%Y%m%d-%H%M%S', time.localtime(
+      now)) + f'-{int(now * 1e6) % 1000000:06d}')
 
 
 def move_aside(path: str) -> Optional[str]:
@@ -35,7 +47,17 @@ def move_aside(path: str) -> Optional[str]:
   """
   if not os.path.lexists(path):
     return None
-  aside = stamped(f'{path.rstrip(os.sep)}.previous-')
+  prefix = f'{path.rstrip(os.sep)}.previous-'
+  aside = stamped(prefix)
   os.rename(path, aside)
   logging.info('Moved the earlier %s to %s.', path, aside)
+  # Names sort by time (see `stamped`).
+  older = sorted(glob.glob(glob.escape(prefix) + '*'))[:-KEEP_PREVIOUS]
+  for old in older:
+    if os.path.isdir(old) and not os.path.islink(old):
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.remove(old)
+    logging.info('Removed %s (only the %d newest earlier versions are kept).',
+                 old, KEEP_PREVIOUS)
   return aside

@@ -216,12 +216,14 @@ def test_exports_within_one_second_keep_every_earlier_one(small_config):
   from retrain import keep
   target = pathlib.Path(small_config.output_graph)
   target.parent.mkdir(parents=True, exist_ok=True)
-  for content in (b'first', b'second', b'third'):
+  contents = [b'1', b'2', b'3', b'4', b'5', b'6']
+  for content in contents:
     keep.move_aside(str(target))
     target.write_bytes(content)
   asides = sorted(target.parent.glob(target.name + '.previous-*'))
-  assert sorted(p.read_bytes() for p in asides) == [b'first', b'second']
-  assert target.read_bytes() == b'third'
+  # The newest KEEP_PREVIOUS earlier versions are kept, the older removed.
+  assert [p.read_bytes() for p in asides] == contents[-1 - keep.KEEP_PREVIOUS:-1]
+  assert target.read_bytes() == b'6'
 
 
 @pytest.mark.parametrize('script,args,expect,status', [
