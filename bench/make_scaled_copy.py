@@ -46,7 +46,8 @@ def main():
     with Image.open(path) as image:
       image = image.convert('RGB')
       for k in range(args.copies):
-        out = dst / path.parent.name / f'{path.stem}_v{k}.jpg'
+        # '_nohash_' keeps a photo's variants in one set (see retrain/split.py).
+        out = dst / path.parent.name / f'{path.stem}_nohash_{k}.jpg'
         out.parent.mkdir(parents=True, exist_ok=True)
         variant(image, k).save(out, quality=90)
         count += 1
