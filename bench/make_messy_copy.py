@@ -14,7 +14,6 @@ usable and unusable, so a run over DST can be checked against it.
 from __future__ import annotations
 
 import io
-import os
 import pathlib
 import sys
 

@@ -29,7 +29,6 @@ import shutil
 from typing import Optional, Sequence
 
 import tensorflow as tf
-from absl import logging
 
 import retrain
 from retrain import keep

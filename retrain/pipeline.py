@@ -19,7 +19,6 @@ from absl import logging
 
 import bottleneck_cache
 from retrain import bottlenecks as bottlenecks_lib
-from retrain import discover
 from retrain import distort as distort_lib
 from retrain import evaluate as evaluate_lib
 from retrain import explain as explain_lib

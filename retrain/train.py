@@ -140,7 +140,6 @@ def train_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
                                            stddev=_INIT_STDDEV),
       name='final_weights')
   biases = tf.Variable(tf.zeros([num_classes]), name='final_biases')
-  lr = tf.constant(learning_rate, tf.float32)
   opts = options
   optimizer = options_lib.Optimizer(opts.optimizer if opts else 'sgd',
                                     learning_rate, [weights, biases])
