@@ -90,16 +90,14 @@ def colour_dir(tmp_path):
   return make_colour_dataset(tmp_path / 'images')
 
 
-@pytest.fixture
-def small_config(tmp_path, fake_module):
-  """The default config, shrunk to run in seconds on the fake module."""
+def shrunk_config(image_dir, out, module, **overrides):
+  """The default config, shrunk to run in seconds, every output under `out`."""
   import dataclasses
   from retrain.config import DEFAULTS
-  out = tmp_path / 'out'
-  return dataclasses.replace(
-      DEFAULTS,
-      image_dir=str(tmp_path / 'images'),
-      tfhub_module=fake_module,
+  out = pathlib.Path(out)
+  fields = dict(
+      image_dir=str(image_dir),
+      tfhub_module=module,
       bottleneck_dir=str(out / 'bottlenecks'),
       summaries_dir=str(out / 'logs'),
       output_labels=str(out / 'labels.txt'),
@@ -110,6 +108,14 @@ def small_config(tmp_path, fake_module):
       learning_rate=0.5,
       eval_step_interval=50,
   )
+  fields.update(overrides)
+  return dataclasses.replace(DEFAULTS, **fields)
+
+
+@pytest.fixture
+def small_config(tmp_path, fake_module):
+  """The default config, shrunk to run in seconds on the fake module."""
+  return shrunk_config(tmp_path / 'images', tmp_path / 'out', fake_module)
 
 
 def require_shared(path=FLOWERS):

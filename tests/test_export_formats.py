@@ -15,10 +15,10 @@ from retrain import features
 from retrain import images
 from retrain import pipeline
 from retrain import train
-from retrain.config import DEFAULTS
 from retrain.errors import OutputError
 from tests.conftest import FAKE_SIZE
 from tests.conftest import make_colour_dataset
+from tests.conftest import shrunk_config
 from tests.conftest import write_image
 from tools import label_image
 
@@ -30,18 +30,13 @@ def trained(tmp_path_factory, fake_module):
   """One pipeline run writing every format, and extra probe images."""
   root = tmp_path_factory.mktemp('formats')
   out = root / 'out'
-  config = dataclasses.replace(
-      DEFAULTS, image_dir=str(make_colour_dataset(root / 'images')),
-      tfhub_module=fake_module, bottleneck_dir=str(out / 'bottlenecks'),
-      summaries_dir=str(out / 'logs'), output_labels=str(out / 'labels.txt'),
-      saved_model_dir=str(out / 'saved_model'),
-      report_dir=str(out / 'report'),
+  config = shrunk_config(
+      make_colour_dataset(root / 'images'), out, fake_module,
       output_graph=str(out / 'graph.pb'),
       tflite_output_file=str(out / 'model.tflite'),
       checkpoint_path=str(out / 'ckpt' / 'head'),
       intermediate_store_frequency=100,
-      intermediate_output_graphs_dir=str(out / 'intermediate'),
-      how_many_training_steps=300, learning_rate=0.5, eval_step_interval=50)
+      intermediate_output_graphs_dir=str(out / 'intermediate'))
   result = pipeline.run(config)
   # Random colours in every format the bytes signature accepts: they give
   # probabilities far from 0 and 1, where disagreements would show.

@@ -2,7 +2,6 @@
 reports bad files and goes on, and keeps the classic label_image flags."""
 
 import csv
-import dataclasses
 import io
 import json
 import os
@@ -15,8 +14,8 @@ import numpy as np
 import pytest
 
 from retrain import pipeline
-from retrain.config import DEFAULTS
 from tests.conftest import make_colour_dataset
+from tests.conftest import shrunk_config
 from tests.conftest import write_image
 from tools import label_image
 
@@ -28,14 +27,11 @@ def export(tmp_path_factory, fake_module):
   """A trained run's outputs, and a folder of new photos to classify."""
   root = tmp_path_factory.mktemp('label_image')
   out = root / 'out'
-  config = dataclasses.replace(
-      DEFAULTS, image_dir=str(make_colour_dataset(root / 'train')),
-      tfhub_module=fake_module, bottleneck_dir=str(out / 'bottlenecks'),
-      summaries_dir=str(out / 'logs'), output_labels=str(out / 'labels.txt'),
-      saved_model_dir=str(out / 'saved_model'),
-      report_dir=str(out / 'report'), output_graph=str(out / 'graph.pb'),
+  config = shrunk_config(
+      make_colour_dataset(root / 'train'), out, fake_module,
+      output_graph=str(out / 'graph.pb'),
       tflite_output_file=str(out / 'model.tflite'),
-      how_many_training_steps=200, learning_rate=0.5, eval_step_interval=50)
+      how_many_training_steps=200)
   pipeline.run(config)
   # New photos, nested, in several formats; the class is in the file name.
   photos = root / 'photos'
