@@ -1,8 +1,10 @@
 """Makes a larger image folder from a small one, for scaling benchmarks.
 
-Each photo is written K times with a different, cheap variation (mirror,
-small crop, slight brightness change), so every copy has its own content
-hash and the bottleneck cache treats it as a new image:
+Each photo is written K times: as it is, then with a different, cheap
+variation (mirror, small crop, slight brightness change) saved as the
+flower photos are (JPEG 4:4:4, high quality), so every copy has its own
+content hash, the bottleneck cache treats it as a new image, and decoding
+it costs about what decoding the original does:
 
   python bench/make_scaled_copy.py ../shared/datasets/flowers_sample /tmp/flowers_x4 --copies 4
   python bench/pipeline_bench.py --image_dir /tmp/flowers_x4
@@ -49,7 +51,12 @@ def main():
         # '_nohash_' keeps a photo's variants in one set (see retrain/split.py).
         out = dst / path.parent.name / f'{path.stem}_nohash_{k}.jpg'
         out.parent.mkdir(parents=True, exist_ok=True)
-        variant(image, k).save(out, quality=90)
+        if k == 0:  # the photo itself, byte for byte
+          out.write_bytes(path.read_bytes())
+        else:
+          # Full-resolution colour (4:4:4) at high quality, like the flower
+          # photos themselves, so decoding costs what it costs on real data.
+          variant(image, k).save(out, format='JPEG', quality=95, subsampling=0)
         count += 1
   print(f'Wrote {count} images to {dst}')
 

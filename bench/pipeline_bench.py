@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -120,6 +121,8 @@ def main():
   parser.add_argument('--tfhub_module', default=None,
                       help='default: the project default module')
   parser.add_argument('--batch_sizes', default='8,16,32')
+  parser.add_argument('--repeats', type=int, default=3,
+                      help='pipeline runs; the table gives their median')
   parser.add_argument('--retrain_py', default=None,
                       help='path of a retrain.py copy to compare against')
   parser.add_argument('--work_dir', default=None)
@@ -151,8 +154,14 @@ def main():
           tflite_batch if tflite_limit > tf_limit else tf_batch)
   runner = tflite_runtime.with_runtime(module, DEFAULTS.bottleneck_runtime,
                                        DEFAULTS.bottleneck_batch_size)
-  rate, count, elapsed = pipeline_throughput(runner, args.image_dir,
-                                             DEFAULTS.bottleneck_batch_size)
+  runtime = 'TFLite' if runner is not module else 'TF'
+  rates = []
+  for _ in range(args.repeats):
+    rate, count, _ = pipeline_throughput(runner, args.image_dir,
+                                         DEFAULTS.bottleneck_batch_size)
+    print(f'  bottleneck pipeline: {rate:7.1f} images/s', flush=True)
+    rates.append(rate)
+  rate = statistics.median(rates)
   del module, lite, runner
 
   cold_wall, cold_rss, cold = retrain_run(args.image_dir, module_name, work,
@@ -168,10 +177,10 @@ def main():
       ('   module alone, TFLite (best batch %s)' % tflite_batch,
        f'{tflite_limit:.1f} images/s'),
       ('   limit (%s, batch %s)' % best, f'{limit:.1f} images/s'),
-      ('2. bottleneck pipeline (%s runtime, batch %d)' % (
-          DEFAULTS.bottleneck_runtime, DEFAULTS.bottleneck_batch_size),
-       f'{rate:.1f} images/s '
-       f'({100 * rate / limit:.0f}% of the limit)'),
+      ('2. bottleneck pipeline (%s, batch %d, median of %d)' % (
+          runtime, DEFAULTS.bottleneck_batch_size, len(rates)),
+       f'{rate:.1f} images/s ({100 * rate / limit:.0f}% of the limit; '
+       f'runs {min(rates):.0f}-{max(rates):.0f})'),
   ]
   for label, wall, summary, rss in (('cold', cold_wall, cold, cold_rss),
                                     ('warm', warm_wall, warm, warm_rss)):

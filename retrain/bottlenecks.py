@@ -32,6 +32,8 @@ from retrain.progress import Progress
 
 # Content hashing is I/O bound and hashlib releases the GIL.
 _HASH_THREADS = 8
+# Images decoded at once: one per core.
+_DECODE_THREADS = os.cpu_count() or 1
 
 
 @dataclasses.dataclass
@@ -86,6 +88,33 @@ def _decode_error(path: str, size) -> str:
   return 'could not be decoded'
 
 
+def image_batches(items, load, batch_size: int) -> tf.data.Dataset:
+  """Batches of `load(*item)` for the items of `items`, in order.
+
+  Args:
+    items: tensors whose first dimension runs over the items (as for
+      tf.data.Dataset.from_tensor_slices).
+    load: (item tensors...) -> (index, float32 [h, w, 3] image) in graph ops.
+    batch_size: items per batch.
+
+  Items whose `load` fails are left out (their indices are missing from the
+  batches). Decoding runs only a couple of images ahead of the module: no
+  prefetch buffer and no autotuning, which grows buffers and thread counts.
+  On 2 cores the module's threads (XNNPACK splits every layer evenly between
+  them) stall whenever a decoding thread takes one of their cores, so
+  overlapping more made the pipeline slower, not faster: 97-145 images/s
+  with autotuning and a prefetch of 2, 144-153 without (flowers_sample,
+  EfficientNet-Lite0 on TFLite; bench/pipeline_bench.py).
+  """
+  options = tf.data.Options()
+  options.autotune.enabled = False
+  return (tf.data.Dataset.from_tensor_slices(items)
+          .map(load, num_parallel_calls=_DECODE_THREADS, deterministic=True)
+          .ignore_errors()
+          .batch(batch_size)
+          .with_options(options))
+
+
 def make_compute_fn(paths: Sequence[str], module: FeatureModule,
                     batch_size: int, reasons: Optional[dict] = None):
   """A `bottleneck_cache.ComputeFn` that runs `module` on images `paths`.
@@ -102,19 +131,14 @@ def make_compute_fn(paths: Sequence[str], module: FeatureModule,
 
   def compute(missing: Sequence[int]):
     missing = np.asarray(missing, dtype=np.int64)
-    files = tf.constant([paths[i] for i in missing])
+    files = tf.constant([paths[i] for i in missing], tf.string)
 
     def load(index, path):
       return index, images_lib.decode_and_resize(tf.io.read_file(path), size)
 
-    dataset = (
-        tf.data.Dataset.from_tensor_slices((missing, files))
-        .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        # A file that fails to decode is dropped here; the indices that come
-        # out tell which, and its reason is found afterwards.
-        .ignore_errors()
-        .batch(batch_size)
-        .prefetch(2))
+    # A file that fails to decode is dropped; the indices that come out tell
+    # which, and its reason is found afterwards.
+    dataset = image_batches((missing, files), load, batch_size)
     done = set()
     for indices, batch in dataset:
       indices = indices.numpy()

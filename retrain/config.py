@@ -59,16 +59,15 @@ class Config:
 
   # --- Bottlenecks ---------------------------------------------------------------
   bottleneck_dir: str = '/tmp/bottleneck'
-  # Batch 16 was the fastest per image on a 2-core CPU for EfficientNet-Lite;
-  # 32 and 64 were slower.
-  bottleneck_batch_size: int = 16
+  # TFLite/XNNPACK, the default runtime, was fastest at batch 8 on a 2-core
+  # CPU (EfficientNet-Lite0: 188 images/s against 176 at 16 and 169 at 32).
+  bottleneck_batch_size: int = 8
   # 'tf', 'tflite' (XNNPACK) or 'auto' (TFLite when the module converts and
-  # agrees with TensorFlow); see retrain/tflite_runtime.py. On 2 cores the
-  # TFLite module alone ran 1.1-1.2x faster, but inside the pipeline, where
-  # decoding shares the cores, it was no faster (median of 4 interleaved
-  # runs on flowers_sample: TF 102, TFLite 93 images/s), so the exact
-  # runtime with no conversion step is the default.
-  bottleneck_runtime: str = 'tf'
+  # agrees with TensorFlow, else TF); see retrain/tflite_runtime.py. With
+  # decoding kept from competing with the module's threads (see
+  # bottlenecks.image_batches), the pipeline ran 146-153 images/s on TFLite
+  # against 100-123 on TF (flowers_sample and a 4000-image copy, 2 cores).
+  bottleneck_runtime: str = 'auto'
 
   # --- Training (retrain.py's defaults) -------------------------------------
   how_many_training_steps: int = 4000

@@ -228,12 +228,8 @@ def make_compute_fn(paths: Sequence[str], seeds: np.ndarray,
     def load(index, path, seed):
       return index, distort_image(tf.io.read_file(path), size, seed, d)
 
-    dataset = (
-        tf.data.Dataset.from_tensor_slices((missing, files, item_seeds))
-        .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        .ignore_errors()
-        .batch(batch_size)
-        .prefetch(2))
+    dataset = bottlenecks_lib.image_batches((missing, files, item_seeds), load,
+                                            batch_size)
     for indices, batch in dataset:
       yield indices.numpy(), module.call(batch).numpy()
 
