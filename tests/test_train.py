@@ -68,3 +68,25 @@ def test_summaries_written_at_each_evaluation(tmp_path):
                                            size_guidance={'tensors': 0})
   val.Reload()
   assert [e.step for e in val.Tensors('cross_entropy')] == [0, 10, 20, 29]
+
+
+def test_histogram_buckets_match_tf_summary_histogram(tmp_path):
+  from tensorboard.backend.event_processing import event_accumulator
+  import tensorflow as tf
+  rng = np.random.default_rng(0)
+  cases = [rng.normal(size=(40, 7)).astype(np.float32),
+           np.full(5, 3.0, np.float32), rng.random(1000)]
+  writer = tf.summary.create_file_writer(str(tmp_path))
+  with writer.as_default(step=0):
+    for i, data in enumerate(cases):
+      tf.summary.histogram(f'tf{i}', data)
+      summaries.histogram(f'ours{i}', data)
+  writer.close()
+  acc = event_accumulator.EventAccumulator(str(tmp_path),
+                                           size_guidance={'tensors': 0})
+  acc.Reload()
+  for i in range(len(cases)):
+    theirs = tf.make_ndarray(acc.Tensors(f'tf{i}')[0].tensor_proto)
+    ours = tf.make_ndarray(acc.Tensors(f'ours{i}')[0].tensor_proto)
+    np.testing.assert_array_equal(ours, theirs)
+    assert acc.SummaryMetadata(f'ours{i}') == acc.SummaryMetadata(f'tf{i}')
