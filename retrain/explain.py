@@ -53,7 +53,12 @@ def write_run_config(writer, config, module, labels: Sequence[str],
 class ValidationImages:
   """`on_eval_head` callback: the validation confusion image at evenly spread
   evaluation steps. The last step is left to `finish`, which draws the
-  final head (after early stopping, the restored best weights)."""
+  final head (after early stopping, the restored best weights).
+
+  Attributes:
+    steps: the steps it draws; train_head calls it at these only, and runs
+      the steps in between without returning to Python.
+  """
 
   def __init__(self, writer, val_x: np.ndarray, val_y: np.ndarray,
                labels: Sequence[str], eval_steps: Sequence[int]):

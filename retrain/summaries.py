@@ -16,11 +16,15 @@ import os
 
 import tensorflow as tf
 from absl import logging
+from tensorboard.plugins.histogram import metadata as histogram_metadata
 
 from retrain import keep
 
 # test/ and projector/ are written by retrain/explain.py.
 RUNS = ('train', 'validation', 'test', 'projector')
+
+# tf.summary.histogram's default.
+_HISTOGRAM_BUCKETS = 30
 
 
 def keep_previous_runs(summaries_dir: str) -> None:
@@ -36,6 +40,39 @@ def keep_previous_runs(summaries_dir: str) -> None:
                summaries_dir, aside)
 
 
+def histogram_buckets(data) -> tf.Tensor:
+  """float64 [30, 3]: (left edge, right edge, count) of each bucket, the
+  tensor tf.summary.histogram writes for non-empty finite `data`
+  (equal-width buckets from the minimum to the maximum; all values in the
+  last one if they are equal).
+
+  Computed with a bincount and no tf.cond, where tf.summary.histogram uses a
+  one-hot matrix and nested conds that cost more to trace and to run than
+  the training steps between two evaluations.
+  """
+  count = _HISTOGRAM_BUCKETS
+  data = tf.reshape(tf.cast(data, tf.float64), [-1])
+  low, high = tf.reduce_min(data), tf.reduce_max(data)
+  width = (high - low) / count
+  index = tf.where(width > 0, tf.cast(tf.floor((data - low) / width),
+                                      tf.int32), count - 1)
+  # Clipped: NaN (a diverged run) must not make bincount fail.
+  index = tf.clip_by_value(index, 0, count - 1)
+  counts = tf.math.bincount(index, minlength=count, maxlength=count)
+  # The edges tf.linspace(low, high, count + 1) gives, in fewer ops.
+  edges = tf.concat([[low], low + width * tf.range(1, count, dtype=tf.float64),
+                     [high]], 0)
+  return tf.stack([edges[:-1], edges[1:], tf.cast(counts, tf.float64)], 1)
+
+
+def histogram(name: str, data) -> None:
+  """Writes a TensorBoard histogram of non-empty finite `data` like
+  tf.summary.histogram(name, data), at the default writer's step."""
+  tf.summary.write(name, lambda: histogram_buckets(data),
+                   metadata=histogram_metadata.create_summary_metadata(
+                       display_name=None, description=None))
+
+
 class Writers:
   """The train and validation summary writers of one run."""
 
@@ -47,17 +84,21 @@ class Writers:
     self.validation = tf.summary.create_file_writer(
         os.path.join(summaries_dir, 'validation'))
 
+  # The tags are absolute (name_scope('') leaves any enclosing scope, such
+  # as the `while/` of a loop in a tf.function), so they are the same
+  # wherever the summaries are written.
+
   def write_train(self, step, accuracy, cross_entropy, weights, biases,
                   probabilities) -> None:
-    with self.train.as_default(step=step):
+    with tf.name_scope(''), self.train.as_default(step=step):
       tf.summary.scalar('accuracy', accuracy)
       tf.summary.scalar('cross_entropy', cross_entropy)
-      tf.summary.histogram('final_layer/weights', weights)
-      tf.summary.histogram('final_layer/biases', biases)
-      tf.summary.histogram('final_layer/activations', probabilities)
+      histogram('final_layer/weights', weights)
+      histogram('final_layer/biases', biases)
+      histogram('final_layer/activations', probabilities)
 
   def write_validation(self, step, accuracy, cross_entropy) -> None:
-    with self.validation.as_default(step=step):
+    with tf.name_scope(''), self.validation.as_default(step=step):
       tf.summary.scalar('accuracy', accuracy)
       tf.summary.scalar('cross_entropy', cross_entropy)
 

@@ -120,8 +120,9 @@ def objective(logits: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor,
 
   Args:
     logits: float32 [B, N]; labels: int64 [B] class ids.
-    weights: float32 [D, N], the layer's kernel (biases are not
-      regularised, as usual).
+    weights: the layer's kernel, float32 [N, D] in train_head (any layout
+      works: only its squares are summed; biases are not regularised, as
+      usual).
     example_weights: float32 [N] per-class loss weights, or None for 1.
     label_smoothing: eps in [0, 1): the target is (1 - eps) on the true
       class plus eps / N on every class.

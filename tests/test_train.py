@@ -68,3 +68,74 @@ def test_summaries_written_at_each_evaluation(tmp_path):
                                            size_guidance={'tensors': 0})
   val.Reload()
   assert [e.step for e in val.Tensors('cross_entropy')] == [0, 10, 20, 29]
+
+
+def test_plan_returns_to_python_only_where_a_callback_needs_it():
+  points = train.eval_steps(25, 10)  # [0, 10, 20, 24]
+  assert train._plan(points, 25, set(), 0, 500) == [([0, 10, 20, 24], 25)]
+  assert train._plan(points, 25, {10}, 0, 500) == [([0, 10], 11),
+                                                   ([20, 24], 25)]
+  # on_head every 15 steps: a call stops between two evaluations.
+  assert train._plan(points, 25, set(), 15, 500) == [([0, 10], 15),
+                                                     ([20, 24], 25)]
+  # Long runs return at the first evaluation after max_steps steps.
+  assert train._plan(train.eval_steps(40, 10), 40, set(), 0, 10) == [
+      ([0, 10], 11), ([20], 21), ([30], 31), ([39], 40)]
+  assert train._plan([], 0, set(), 0, 500) == []
+
+
+class _StepsCallback:
+  """An on_eval_head callback that wants the head at some steps only."""
+
+  def __init__(self, steps):
+    self.steps = set(steps)
+    self.seen = []
+
+  def __call__(self, step, head):
+    self.seen.append(step)
+
+
+def test_callbacks_and_call_boundaries_do_not_change_training(monkeypatch):
+  x, y = _blobs()
+  kw = dict(steps=95, learning_rate=0.1, batch_size=16, eval_step_interval=10,
+            validation_batch_size=10, seed=5)
+  plain = train.train_head(x, y, 3, x[:20], y[:20], **kw)
+  monkeypatch.setattr(train, '_MAX_CALL_STEPS', 25)
+  heads, every, evaluated = [], [], []
+  some = _StepsCallback([20, 50, 55, 94])
+  called = train.train_head(
+      x, y, 3, x[:20], y[:20], **kw, on_eval=evaluated.append,
+      head_every=30, on_head=lambda step, head: heads.append(step),
+      on_eval_head=lambda step, head: every.append(step))
+  np.testing.assert_array_equal(plain.head.weights, called.head.weights)
+  np.testing.assert_array_equal(plain.head.biases, called.head.biases)
+  assert plain.history == called.history == evaluated
+  assert [p.step for p in evaluated] == train.eval_steps(95, 10)
+  assert heads == [30, 60, 90]
+  assert every == train.eval_steps(95, 10)
+  # A callback with `steps` is called at those of them that are evaluated.
+  again = train.train_head(x, y, 3, x[:20], y[:20], **kw, on_eval_head=some)
+  assert some.seen == [20, 50, 94]
+  np.testing.assert_array_equal(plain.head.weights, again.head.weights)
+
+
+def test_histogram_buckets_match_tf_summary_histogram(tmp_path):
+  from tensorboard.backend.event_processing import event_accumulator
+  import tensorflow as tf
+  rng = np.random.default_rng(0)
+  cases = [rng.normal(size=(40, 7)).astype(np.float32),
+           np.full(5, 3.0, np.float32), rng.random(1000)]
+  writer = tf.summary.create_file_writer(str(tmp_path))
+  with writer.as_default(step=0):
+    for i, data in enumerate(cases):
+      tf.summary.histogram(f'tf{i}', data)
+      summaries.histogram(f'ours{i}', data)
+  writer.close()
+  acc = event_accumulator.EventAccumulator(str(tmp_path),
+                                           size_guidance={'tensors': 0})
+  acc.Reload()
+  for i in range(len(cases)):
+    theirs = tf.make_ndarray(acc.Tensors(f'tf{i}')[0].tensor_proto)
+    ours = tf.make_ndarray(acc.Tensors(f'ours{i}')[0].tensor_proto)
+    np.testing.assert_array_equal(ours, theirs)
+    assert acc.SummaryMetadata(f'ours{i}') == acc.SummaryMetadata(f'tf{i}')

@@ -182,14 +182,15 @@ def test_dropout_changes_training_repeatably():
   assert not np.allclose(a.head.weights, plain.head.weights)
 
 
-def test_early_stopping_restores_the_best_weights():
+@pytest.mark.parametrize('validation_batch_size', [-1, 10])
+def test_early_stopping_restores_the_best_weights(validation_batch_size):
   x, y = _separable()
   # Validation labels rotated: the better the head fits, the worse the
   # validation loss, so the best evaluation is the first.
   vx, vy = x[::3], (y[::3] + 1) % 3
   seen = []
   result = _train(x, y, _opts(early_stopping_patience=3), steps=400,
-                  val=(vx, vy),
+                  val=(vx, vy), validation_batch_size=validation_batch_size,
                   on_eval_head=lambda step, head: seen.append(
                       (step, head)))
   assert [p.step for p in result.history] == [0, 10, 20, 30]
