@@ -244,8 +244,10 @@ def train_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
 
   # The steps run as one XLA computation: it compiles in ~0.3 s, then runs
   # a step ~3x faster than TensorFlow's executor, which spends more on
-  # dispatching a step's ~20 small ops than on their arithmetic.
-  @tf.function(jit_compile=True,
+  # dispatching a step's ~20 small ops than on their arithmetic. Not with
+  # dropout: XLA's random numbers for a [batch, D] mask made 4000 steps
+  # take 8.3-8.7 s instead of 5.0-5.1 s (bench/training_options.py).
+  @tf.function(jit_compile=not (opts and opts.dropout_rate),
                input_signature=[tf.TensorSpec([], tf.int64)])
   def train(n):
     """n >= 1 SGD steps; returns the rows of x of the last batch."""
