@@ -130,9 +130,10 @@ def run(config: Config) -> RunResult:
   timings['startup_and_module'] = time.monotonic() - started
   peak_rss['startup_and_module'] = _peak_rss_mib()
 
-  runner = tflite_runtime.with_runtime(module, config.bottleneck_runtime,
-                                       config.bottleneck_batch_size,
-                                       config.module_cache_dir)
+  # The module as the bottlenecks (plain and distorted) run it.
+  runner = tflite_runtime.deferred(module, config.bottleneck_runtime,
+                                   config.bottleneck_batch_size,
+                                   config.module_cache_dir)
   phase = time.monotonic()
   store = bottleneck_cache.BottleneckStore(
       config.bottleneck_dir, bottlenecks_lib.cache_namespace(module))
@@ -175,7 +176,7 @@ def run(config: Config) -> RunResult:
   phase = time.monotonic()
   train_x, train_y = vectors[split.train], y_all[split.train]
   copies = distort_lib.training_copies(
-      config, module, [dataset.images[usable[i]].path for i in split.train],
+      config, runner, [dataset.images[usable[i]].path for i in split.train],
       [computed.digests[usable[i]] for i in split.train])
   if copies is not None:
     train_x = np.concatenate([train_x, copies.vectors])

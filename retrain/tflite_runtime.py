@@ -162,3 +162,23 @@ def with_runtime(module: FeatureModule, runtime: str, batch_size: int,
   logging.info('Bottlenecks run on TFLite/XNNPACK (max difference from '
                'TensorFlow on a probe batch: %.1g).', diff)
   return dataclasses.replace(module, call=call)
+
+
+def deferred(module: FeatureModule, runtime: str, batch_size: int,
+             cache_dir: Optional[str] = None) -> FeatureModule:
+  """`with_runtime`, done when the module is first called, not before.
+
+  A run whose vectors are all cached never calls the module, so it does not
+  pay for opening the interpreter and checking it on a probe batch.
+  """
+  if runtime not in RUNTIMES:  # a bad value fails now, not mid-run
+    with_runtime(module, runtime, batch_size, cache_dir)
+  chosen = []
+
+  def call(images):
+    if not chosen:
+      chosen.append(with_runtime(module, runtime, batch_size, cache_dir).call)
+    return chosen[0](images)
+
+  return dataclasses.replace(module, call=call)
+

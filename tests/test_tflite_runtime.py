@@ -52,3 +52,27 @@ def test_module_that_does_not_convert_falls_back(fake_module, monkeypatch,
   assert 'unsupported op FancyOp' in caplog.text
   assert os.path.exists(path + '.failed')
   os.remove(path + '.failed')
+
+
+def test_deferred_runtime_is_chosen_at_the_first_call_only(fake_module,
+                                                           monkeypatch):
+  """A run whose vectors are all cached never opens the TFLite model."""
+  module = features.load_module(fake_module)
+  chosen = []
+  real = tflite_runtime.with_runtime
+
+  def spy(*args, **kwargs):
+    chosen.append(args[1])
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(tflite_runtime, 'with_runtime', spy)
+  lazy = tflite_runtime.deferred(module, 'auto', 4)
+  assert chosen == [] and lazy.identity() == module.identity()
+  images = np.random.default_rng(0).random((3,) + module.input_size + (3,),
+                                           np.float32)
+  np.testing.assert_allclose(lazy.call(images).numpy(),
+                             module.call(images).numpy(), atol=1e-4)
+  lazy.call(images)
+  assert chosen == ['auto']
+  with pytest.raises(ModuleError, match="--bottleneck_runtime='gpu'"):
+    tflite_runtime.deferred(module, 'gpu', 16)
