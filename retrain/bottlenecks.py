@@ -198,6 +198,8 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
         'Computing bottlenecks for %d images (%d found in the cache %s). This '
         'is the slow part, done once: later runs read them from the cache.',
         missing_count, len(set(keys)) - missing_count, store.directory)
+  if missing_count and module.prepare is not None:
+    module.prepare()  # before the clock of the progress line starts
   progress = Progress('Bottlenecks', missing_count, interval=progress_interval)
   reasons = {}
   compute = make_compute_fn([paths[i] for i in readable], module, batch_size,

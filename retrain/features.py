@@ -40,6 +40,8 @@ class FeatureModule:
     output_dim: D, the length of a feature vector.
     obj: the object returned by hub.load.
     call: float32 [batch, H, W, 3] in [0, 1] -> float32 [batch, D].
+    prepare: if set, readies `call` (e.g. opens a second runtime) so that
+      the first call does not pay for it; calling it is optional.
   """
   handle: str
   resolved: str
@@ -49,6 +51,7 @@ class FeatureModule:
   output_dim: int
   obj: object
   call: Callable
+  prepare: Optional[Callable[[], None]] = None
 
   def identity(self) -> dict:
     """What a feature vector depends on besides the image (cache namespace)."""

@@ -175,10 +175,13 @@ def deferred(module: FeatureModule, runtime: str, batch_size: int,
     with_runtime(module, runtime, batch_size, cache_dir)
   chosen = []
 
-  def call(images):
+  def prepare():
     if not chosen:
       chosen.append(with_runtime(module, runtime, batch_size, cache_dir).call)
+
+  def call(images):
+    prepare()
     return chosen[0](images)
 
-  return dataclasses.replace(module, call=call)
+  return dataclasses.replace(module, call=call, prepare=prepare)
 

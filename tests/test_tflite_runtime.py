@@ -68,6 +68,8 @@ def test_deferred_runtime_is_chosen_at_the_first_call_only(fake_module,
   monkeypatch.setattr(tflite_runtime, 'with_runtime', spy)
   lazy = tflite_runtime.deferred(module, 'auto', 4)
   assert chosen == [] and lazy.identity() == module.identity()
+  lazy.prepare()
+  assert chosen == ['auto']
   images = np.random.default_rng(0).random((3,) + module.input_size + (3,),
                                            np.float32)
   np.testing.assert_allclose(lazy.call(images).numpy(),
