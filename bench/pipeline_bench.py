@@ -36,20 +36,30 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 
 def module_limit(module, batch_sizes, seconds=8.0):
-  """Best images/s of module.call on a fixed random batch, and its batch."""
+  """Best images/s of module.call on a fixed random batch, and its batch.
+
+  With `module.parallel_calls` > 1 (TFLite: one 1-thread interpreter per
+  core) that many calls run at once, as in the pipeline.
+  """
+  import concurrent.futures
   import numpy as np
   import tensorflow as tf
   best = (0.0, None)
   h, w = module.input_size
+  width = max(1, module.parallel_calls)
   for batch in batch_sizes:
     x = tf.constant(np.random.default_rng(0).random((batch, h, w, 3)),
                     tf.float32)
     module.call(x)  # warm-up (tracing, allocation)
     module.call(x)
     n, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-      module.call(x).numpy()
-      n += batch
+    with concurrent.futures.ThreadPoolExecutor(width) as pool:
+      while time.perf_counter() - started < seconds:
+        calls = [pool.submit(lambda: module.call(x).numpy())
+                 for _ in range(width)]
+        for call in calls:
+          call.result()
+        n += batch * width
     rate = n / (time.perf_counter() - started)
     print(f'  module alone, batch {batch:3d}: {rate:7.1f} images/s',
           flush=True)
@@ -145,7 +155,8 @@ def main():
   lite = tflite_runtime.with_runtime(module, 'tflite',
                                      DEFAULTS.bottleneck_batch_size)
   if lite is not module:
-    print('TFLite runtime (XNNPACK):', flush=True)
+    print(f'TFLite runtime (XNNPACK, {lite.parallel_calls} 1-thread '
+          'interpreters):', flush=True)
     tflite_limit, tflite_batch = max(
         (module_limit(tflite_runtime.with_runtime(module, 'tflite', b), [b])
          for b in batches), key=lambda r: r[0])

@@ -14,6 +14,7 @@ fallback: TIFF and other rarities), the very function inference uses.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import os
@@ -98,13 +99,10 @@ def image_batches(items, load, batch_size: int) -> tf.data.Dataset:
     batch_size: items per batch.
 
   Items whose `load` fails are left out (their indices are missing from the
-  batches). Decoding runs only a couple of images ahead of the module: no
-  prefetch buffer and no autotuning, which grows buffers and thread counts.
-  On 2 cores the module's threads (XNNPACK splits every layer evenly between
-  them) stall whenever a decoding thread takes one of their cores, so
-  overlapping more made the pipeline slower, not faster: 97-145 images/s
-  with autotuning and a prefetch of 2, 144-153 without (flowers_sample,
-  EfficientNet-Lite0 on TFLite; bench/pipeline_bench.py).
+  batches). One decoding call per core, two batches decoded ahead, and no
+  tf.data autotuning: on 2 cores, with the module on two 1-thread TFLite
+  interpreters (see run_module), this ran at 154-158 images/s; autotuning
+  swung between 97 and 156 (bench/pipeline_bench.py, EfficientNet-Lite0).
   """
   options = tf.data.Options()
   options.autotune.enabled = False
@@ -112,7 +110,35 @@ def image_batches(items, load, batch_size: int) -> tf.data.Dataset:
           .map(load, num_parallel_calls=_DECODE_THREADS, deterministic=True)
           .ignore_errors()
           .batch(batch_size)
+          .prefetch(2)
           .with_options(options))
+
+
+def run_module(module: FeatureModule, batches):
+  """(indices, float32 [n, D] vectors) for each (indices, images) batch of
+  `batches`, in order.
+
+  Up to `module.parallel_calls` module calls run at once, each from its own
+  thread (one per core with the TFLite runtime), and one more batch waits
+  decoded, so no core idles while the next batch is being decoded.
+  """
+  if module.prepare is not None:
+    module.prepare()
+  if module.parallel_calls <= 1:
+    for indices, images in batches:
+      yield indices.numpy(), module.call(images).numpy()
+    return
+  with concurrent.futures.ThreadPoolExecutor(module.parallel_calls) as pool:
+    pending = collections.deque()
+    for indices, images in batches:
+      pending.append((indices.numpy(), pool.submit(
+          lambda x: module.call(x).numpy(), images)))
+      if len(pending) > module.parallel_calls:
+        indices, vectors = pending.popleft()
+        yield indices, vectors.result()
+    while pending:
+      indices, vectors = pending.popleft()
+      yield indices, vectors.result()
 
 
 def make_compute_fn(paths: Sequence[str], module: FeatureModule,
@@ -140,10 +166,9 @@ def make_compute_fn(paths: Sequence[str], module: FeatureModule,
     # which, and its reason is found afterwards.
     dataset = image_batches((missing, files), load, batch_size)
     done = set()
-    for indices, batch in dataset:
-      indices = indices.numpy()
+    for indices, vectors in run_module(module, dataset):
       done.update(indices.tolist())
-      yield indices, module.call(batch).numpy()
+      yield indices, vectors
 
     # Second chance, one file at a time, for what TensorFlow rejected: few
     # files, so the parallel pass above stays as fast as before.

@@ -228,10 +228,9 @@ def make_compute_fn(paths: Sequence[str], seeds: np.ndarray,
     def load(index, path, seed):
       return index, distort_image(tf.io.read_file(path), size, seed, d)
 
-    dataset = bottlenecks_lib.image_batches((missing, files, item_seeds), load,
-                                            batch_size)
-    for indices, batch in dataset:
-      yield indices.numpy(), module.call(batch).numpy()
+    yield from bottlenecks_lib.run_module(
+        module, bottlenecks_lib.image_batches((missing, files, item_seeds),
+                                              load, batch_size))
 
   return compute
 

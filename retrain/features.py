@@ -42,6 +42,8 @@ class FeatureModule:
     call: float32 [batch, H, W, 3] in [0, 1] -> float32 [batch, D].
     prepare: if set, readies `call` (e.g. opens a second runtime) so that
       the first call does not pay for it; calling it is optional.
+    parallel_calls: how many calls may run at once, from different threads,
+      to use the cores (1: one at a time; known after `prepare`).
   """
   handle: str
   resolved: str
@@ -52,6 +54,7 @@ class FeatureModule:
   obj: object
   call: Callable
   prepare: Optional[Callable[[], None]] = None
+  parallel_calls: int = 1
 
   def identity(self) -> dict:
     """What a feature vector depends on besides the image (cache namespace)."""

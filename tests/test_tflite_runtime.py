@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from retrain import features
 from retrain import tflite_runtime
@@ -78,3 +79,50 @@ def test_deferred_runtime_is_chosen_at_the_first_call_only(fake_module,
   assert chosen == ['auto']
   with pytest.raises(ModuleError, match="--bottleneck_runtime='gpu'"):
     tflite_runtime.deferred(module, 'gpu', 16)
+
+
+def test_interpreters_run_calls_at_once_with_the_same_vectors(fake_module):
+  """One 1-thread interpreter per core; calls from several threads at once
+  give exactly what one call at a time gives."""
+  import concurrent.futures
+  module = features.load_module(fake_module)
+  fast = tflite_runtime.with_runtime(module, 'tflite', batch_size=4)
+  assert fast.parallel_calls == (os.cpu_count() or 1)
+  batches = [np.random.default_rng(k).random((5,) + module.input_size + (3,),
+                                             np.float32) for k in range(6)]
+  alone = [fast.call(b).numpy() for b in batches]
+  with concurrent.futures.ThreadPoolExecutor(3) as pool:
+    together = list(pool.map(lambda b: fast.call(b).numpy(), batches))
+  for a, t in zip(alone, together):
+    np.testing.assert_array_equal(a, t)
+
+
+def test_run_module_keeps_batch_order_with_parallel_calls(fake_module):
+  import dataclasses
+  import threading
+  import time
+  from retrain import bottlenecks
+  module = features.load_module(fake_module)
+  active, most = [0], [0]
+  lock = threading.Lock()
+
+  def call(images):
+    with lock:
+      active[0] += 1
+      most[0] = max(most[0], active[0])
+    time.sleep(0.02)  # long enough for calls to overlap
+    with lock:
+      active[0] -= 1
+    return module.call(images)
+
+  parallel = dataclasses.replace(module, call=call, parallel_calls=2)
+  batches = [(tf.constant(np.arange(3 * k, 3 * k + 3)),
+              tf.fill((3,) + module.input_size + (3,), k / 10))
+             for k in range(7)]
+  out = list(bottlenecks.run_module(parallel, batches))
+  assert [i.tolist() for i, _ in out] == [[3 * k, 3 * k + 1, 3 * k + 2]
+                                          for k in range(7)]
+  for k, (_, vectors) in enumerate(out):
+    np.testing.assert_allclose(
+        vectors, module.call(batches[k][1]).numpy(), atol=1e-6)
+  assert most[0] == 2
