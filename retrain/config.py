@@ -63,10 +63,9 @@ class Config:
   # CPU (EfficientNet-Lite0: 188 images/s against 176 at 16 and 169 at 32).
   bottleneck_batch_size: int = 8
   # 'tf', 'tflite' (XNNPACK) or 'auto' (TFLite when the module converts and
-  # agrees with TensorFlow, else TF); see retrain/tflite_runtime.py. With
-  # decoding kept from competing with the module's threads (see
-  # bottlenecks.image_batches), the pipeline ran 146-153 images/s on TFLite
-  # against 100-123 on TF (flowers_sample and a 4000-image copy, 2 cores).
+  # agrees with TensorFlow, else TF); see retrain/tflite_runtime.py. On TFLite
+  # (one 1-thread interpreter per core) the pipeline ran 150-154 images/s,
+  # on TF 100-123 (a 4000-image copy of the flower sample, 2 cores).
   bottleneck_runtime: str = 'auto'
 
   # --- Training (retrain.py's defaults) -------------------------------------
