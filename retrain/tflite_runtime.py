@@ -84,7 +84,7 @@ class TFLiteCall:
   core); each call takes a free one, so up to that many calls run at once,
   from different threads, each on its own core. On 2 cores two 1-thread
   interpreters ran the module 7 % faster than one 2-thread interpreter, and
-  inside the pipeline 154-158 against 122-142 images/s: XNNPACK splits every
+  inside the pipeline 150-154 against 124-148 images/s: XNNPACK splits every
   layer evenly between an interpreter's threads, so a decoding thread that
   takes a core from one of them stalls both, while a 1-thread interpreter
   only slows by the time it loses. Each interpreter is sized for
