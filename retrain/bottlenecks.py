@@ -25,6 +25,7 @@ import tensorflow as tf
 from absl import logging
 
 import bottleneck_cache
+from retrain import features
 from retrain import images as images_lib
 from retrain import unusable
 from retrain.errors import ImageError
@@ -34,7 +35,7 @@ from retrain.progress import Progress
 # Content hashing is I/O bound and hashlib releases the GIL.
 _HASH_THREADS = 8
 # Images decoded at once: one per core.
-_DECODE_THREADS = os.cpu_count() or 1
+_DECODE_THREADS = features.usable_cores()
 
 
 @dataclasses.dataclass

@@ -66,6 +66,15 @@ class FeatureModule:
     }
 
 
+def usable_cores() -> int:
+  """The CPU cores this process may run on (its affinity, e.g. a
+  container's cpuset), not all the machine has."""
+  try:
+    return len(os.sched_getaffinity(0)) or 1
+  except AttributeError:  # not on Linux
+    return os.cpu_count() or 1
+
+
 def fingerprint_module(path: str) -> str:
   """Hex digest of a SavedModel folder's graph and variables index."""
   digest = hashlib.sha256()

@@ -87,7 +87,8 @@ def test_interpreters_run_calls_at_once_with_the_same_vectors(fake_module):
   import concurrent.futures
   module = features.load_module(fake_module)
   fast = tflite_runtime.with_runtime(module, 'tflite', batch_size=4)
-  assert fast.parallel_calls == (os.cpu_count() or 1)
+  assert fast.parallel_calls == min(features.usable_cores(),
+                                    tflite_runtime._MAX_INTERPRETERS)
   batches = [np.random.default_rng(k).random((5,) + module.input_size + (3,),
                                              np.float32) for k in range(6)]
   alone = [fast.call(b).numpy() for b in batches]
@@ -126,3 +127,26 @@ def test_run_module_keeps_batch_order_with_parallel_calls(fake_module):
     np.testing.assert_allclose(
         vectors, module.call(batches[k][1]).numpy(), atol=1e-6)
   assert most[0] == 2
+
+
+@pytest.mark.parametrize('cores,interpreters,threads', [
+    (1, 1, 1), (2, 2, 1), (4, 4, 1), (16, 4, 4), (6, 4, 1)])
+def test_cores_are_shared_out_between_interpreters(fake_module, monkeypatch,
+                                                   cores, interpreters,
+                                                   threads):
+  """One 1-thread interpreter per core up to a cap; beyond it, threads."""
+  module = features.load_module(fake_module)
+  path = tflite_runtime.tflite_file(module)
+  tflite_runtime.with_runtime(module, 'tflite', 4)  # converts once
+  made = []
+  real = tflite_runtime._interpreter_class()
+
+  def counting(**kwargs):
+    made.append(kwargs['num_threads'])
+    return real(**kwargs)
+
+  monkeypatch.setattr(features, 'usable_cores', lambda: cores)
+  monkeypatch.setattr(tflite_runtime, '_interpreter_class', lambda: counting)
+  call = tflite_runtime.TFLiteCall(path, module.input_size, 4)
+  assert call.parallel_calls == interpreters
+  assert made == [threads] * interpreters
