@@ -39,9 +39,10 @@ def module_limit(module, batch_sizes, seconds=8.0):
   """Best images/s of module.call on a fixed random batch, and its batch.
 
   With `module.parallel_calls` > 1 (TFLite: one 1-thread interpreter per
-  core) that many calls run at once, as in the pipeline.
+  core) that many threads call the module back to back, each without
+  waiting for the others, as the pipeline keeps them busy.
   """
-  import concurrent.futures
+  import threading
   import numpy as np
   import tensorflow as tf
   best = (0.0, None)
@@ -52,15 +53,21 @@ def module_limit(module, batch_sizes, seconds=8.0):
                     tf.float32)
     module.call(x)  # warm-up (tracing, allocation)
     module.call(x)
-    n, started = 0, time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(width) as pool:
-      while time.perf_counter() - started < seconds:
-        calls = [pool.submit(lambda: module.call(x).numpy())
-                 for _ in range(width)]
-        for call in calls:
-          call.result()
-        n += batch * width
-    rate = n / (time.perf_counter() - started)
+    done = [0] * width
+    started = time.perf_counter()
+    stop = started + seconds
+
+    def work(k, x=x, batch=batch, stop=stop):
+      while time.perf_counter() < stop:
+        module.call(x).numpy()
+        done[k] += batch
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(width)]
+    for t in threads:
+      t.start()
+    for t in threads:
+      t.join()
+    rate = sum(done) / (time.perf_counter() - started)
     print(f'  module alone, batch {batch:3d}: {rate:7.1f} images/s',
           flush=True)
     if rate > best[0]:
@@ -130,7 +137,7 @@ def main():
   parser.add_argument('--image_dir', required=True)
   parser.add_argument('--tfhub_module', default=None,
                       help='default: the project default module')
-  parser.add_argument('--batch_sizes', default='8,16,32')
+  parser.add_argument('--batch_sizes', default='1,2,4,8,16,32')
   parser.add_argument('--repeats', type=int, default=3,
                       help='pipeline runs; the table gives their median')
   parser.add_argument('--retrain_py', default=None,
@@ -152,19 +159,18 @@ def main():
   print('TensorFlow runtime:', flush=True)
   tf_limit, tf_batch = module_limit(module, batches)
   tflite_limit, tflite_batch = 0.0, None
-  lite = tflite_runtime.with_runtime(module, 'tflite',
-                                     DEFAULTS.bottleneck_batch_size)
+  lite = tflite_runtime.with_runtime(module, 'tflite')
   if lite is not module:
     print(f'TFLite runtime (XNNPACK, {lite.parallel_calls} 1-thread '
           'interpreters):', flush=True)
     tflite_limit, tflite_batch = max(
-        (module_limit(tflite_runtime.with_runtime(module, 'tflite', b), [b])
+        (module_limit(tflite_runtime.with_runtime(module, 'tflite',
+                                                  invoke_batch=b), [b])
          for b in batches), key=lambda r: r[0])
   limit = max(tf_limit, tflite_limit)
   best = ('TFLite' if tflite_limit > tf_limit else 'TF',
           tflite_batch if tflite_limit > tf_limit else tf_batch)
-  runner = tflite_runtime.with_runtime(module, DEFAULTS.bottleneck_runtime,
-                                       DEFAULTS.bottleneck_batch_size)
+  runner = tflite_runtime.with_runtime(module, DEFAULTS.bottleneck_runtime)
   runtime = 'TFLite' if runner is not module else 'TF'
   rates = []
   for _ in range(args.repeats):
@@ -188,8 +194,10 @@ def main():
       ('   module alone, TFLite (best batch %s)' % tflite_batch,
        f'{tflite_limit:.1f} images/s'),
       ('   limit (%s, batch %s)' % best, f'{limit:.1f} images/s'),
-      ('2. bottleneck pipeline (%s, batch %d, median of %d)' % (
-          runtime, DEFAULTS.bottleneck_batch_size, len(rates)),
+      ('2. bottleneck pipeline (%s, batch %d%s, median of %d)' % (
+          runtime, DEFAULTS.bottleneck_batch_size,
+          f' invoked {tflite_runtime.INVOKE_BATCH} at a time'
+          if runtime == 'TFLite' else '', len(rates)),
        f'{rate:.1f} images/s ({100 * rate / limit:.0f}% of the limit; '
        f'runs {min(rates):.0f}-{max(rates):.0f})'),
   ]

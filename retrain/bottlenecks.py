@@ -102,7 +102,7 @@ def image_batches(items, load, batch_size: int) -> tf.data.Dataset:
   Items whose `load` fails are left out (their indices are missing from the
   batches). One decoding call per core, two batches decoded ahead, and no
   tf.data autotuning: on 2 cores, with the module on two 1-thread TFLite
-  interpreters (see run_module), this ran at 150-154 images/s on a
+  interpreters (see run_module), this ran at 146-158 images/s on a
   4000-image copy of the flower sample (bench/pipeline_bench.py,
   EfficientNet-Lite0); with autotuning, trial runs swung between 97 and
   156.

@@ -59,12 +59,15 @@ class Config:
 
   # --- Bottlenecks ---------------------------------------------------------------
   bottleneck_dir: str = '/tmp/bottleneck'
-  # TFLite/XNNPACK, the default runtime, was fastest at batch 8 on a 2-core
-  # CPU (EfficientNet-Lite0: 188 images/s against 176 at 16 and 169 at 32).
+  # Images decoded together and handed to the module in one call. TFLite
+  # runs a call's images one at a time (tflite_runtime.INVOKE_BATCH); TF as
+  # one batch. In the pipeline on 2 cores (EfficientNet-Lite0, TFLite),
+  # calls of 8 and 16 images ran at about the same speed (medians 145 and
+  # 149 images/s side by side), calls of 4 slower (136).
   bottleneck_batch_size: int = 8
   # 'tf', 'tflite' (XNNPACK) or 'auto' (TFLite when the module converts and
   # agrees with TensorFlow, else TF); see retrain/tflite_runtime.py. On TFLite
-  # (one 1-thread interpreter per core) the pipeline ran 150-154 images/s,
+  # (one 1-thread interpreter per core) the pipeline ran 146-158 images/s,
   # on TF 100-123 (a 4000-image copy of the flower sample, 2 cores).
   bottleneck_runtime: str = 'auto'
 

@@ -132,7 +132,6 @@ def run(config: Config) -> RunResult:
 
   # The module as the bottlenecks (plain and distorted) run it.
   runner = tflite_runtime.deferred(module, config.bottleneck_runtime,
-                                   config.bottleneck_batch_size,
                                    config.module_cache_dir)
   phase = time.monotonic()
   store = bottleneck_cache.BottleneckStore(

@@ -78,9 +78,19 @@ def convert(module: FeatureModule, path: str) -> None:
   os.replace(tmp, path)
 
 
-# Each interpreter holds its own activations (about 100 MB at batch 8 for
-# EfficientNet-Lite0), so many-core machines get this many, each with
-# several threads, rather than one single-threaded interpreter per core.
+# Images per interpreter invoke. Batch 1 keeps a layer's activations
+# (about 12 MB for EfficientNet-Lite0, against about 100 MB at batch 8)
+# within the CPU's caches: on 2 cores the module alone ran at 202-207
+# images/s at batch 1, 199 at 2, 188 at 4 and 184-186 at 8; inside the
+# pipeline, side by side in one process, 155-164 against 137-145 images/s at
+# batch 8 (bench/pipeline_bench.py). The per-invoke cost is tens of
+# microseconds against 5 ms of work.
+INVOKE_BATCH = 1
+
+# Interpreters at most: beyond this many cores, the cores are shared out
+# between them as threads rather than one 1-thread interpreter per core, so
+# the number of batches in flight (each held decoded, in float32) stays
+# bounded. Only 2 cores could be measured here.
 _MAX_INTERPRETERS = 4
 
 
@@ -95,17 +105,17 @@ class TFLiteCall:
   inside the pipeline 150-154 against 124-148 images/s: XNNPACK splits every
   layer evenly between an interpreter's threads, so a decoding thread that
   takes a core from one of them stalls both, while a 1-thread interpreter
-  only slows by the time it loses. Each interpreter is sized for
-  `batch_size`; shorter batches are padded (a resize would re-plan the
-  whole graph).
+  only slows by the time it loses. A call's images go through its
+  interpreter `invoke_batch` at a time; a shorter last group is padded (a
+  resize would re-plan the whole graph).
   """
 
-  def __init__(self, path: str, input_size, batch_size: int,
+  def __init__(self, path: str, input_size, invoke_batch: int = INVOKE_BATCH,
                interpreters: Optional[int] = None):
     cores = features.usable_cores()
     count = interpreters or min(cores, _MAX_INTERPRETERS)
     threads = max(1, cores // count)
-    self._batch = batch_size
+    self._batch = invoke_batch
     self._free = queue.SimpleQueue()
     for _ in range(count):
       with warnings.catch_warnings():
@@ -114,7 +124,7 @@ class TFLiteCall:
                                            num_threads=threads)
       interpreter.resize_tensor_input(
           interpreter.get_input_details()[0]['index'],
-          [batch_size, input_size[0], input_size[1], 3])
+          [invoke_batch, input_size[0], input_size[1], 3])
       interpreter.allocate_tensors()
       self._free.put(interpreter)
     self.parallel_calls = count
@@ -143,12 +153,15 @@ class TFLiteCall:
         (0, 0), np.float32))
 
 
-def with_runtime(module: FeatureModule, runtime: str, batch_size: int,
-                 cache_dir: Optional[str] = None) -> FeatureModule:
+def with_runtime(module: FeatureModule, runtime: str,
+                 cache_dir: Optional[str] = None,
+                 invoke_batch: int = INVOKE_BATCH) -> FeatureModule:
   """The module with `call` running on `runtime` ('tf', 'tflite' or 'auto').
 
   'auto' and 'tflite' both use TFLite when the module converts and agrees
   with TensorFlow, and TensorFlow otherwise ('tflite' says so as a warning).
+  Calls may pass any number of images; TFLite runs them `invoke_batch` at a
+  time.
   """
   if runtime not in RUNTIMES:
     raise ModuleError(f'--bottleneck_runtime={runtime!r} is not one of '
@@ -169,7 +182,7 @@ def with_runtime(module: FeatureModule, runtime: str, batch_size: int,
       convert(module, path)
       logging.info('TFLite model written to %s in %.1f s.', path,
                    time.monotonic() - started)
-    call = TFLiteCall(path, module.input_size, batch_size)
+    call = TFLiteCall(path, module.input_size, invoke_batch)
     probe = np.random.default_rng(0).random(
         (2, module.input_size[0], module.input_size[1], 3)).astype(np.float32)
     diff = float(np.max(np.abs(call(probe).numpy() -
@@ -195,7 +208,7 @@ def with_runtime(module: FeatureModule, runtime: str, batch_size: int,
                              parallel_calls=call.parallel_calls)
 
 
-def deferred(module: FeatureModule, runtime: str, batch_size: int,
+def deferred(module: FeatureModule, runtime: str,
              cache_dir: Optional[str] = None) -> FeatureModule:
   """`with_runtime`, done when the module is first called, not before.
 
@@ -203,12 +216,12 @@ def deferred(module: FeatureModule, runtime: str, batch_size: int,
   pay for opening the interpreter and checking it on a probe batch.
   """
   if runtime not in RUNTIMES:  # a bad value fails now, not mid-run
-    with_runtime(module, runtime, batch_size, cache_dir)
+    with_runtime(module, runtime, cache_dir)
   chosen = []
 
   def prepare():
     if not chosen:
-      chosen.append(with_runtime(module, runtime, batch_size, cache_dir))
+      chosen.append(with_runtime(module, runtime, cache_dir))
       lazy.parallel_calls = chosen[0].parallel_calls
 
   def call(images):

@@ -12,9 +12,11 @@ from retrain.errors import ModuleError
 from tests.conftest import FAKE_SIZE
 
 
-def test_tflite_vectors_match_tensorflow(fake_module, tmp_path):
+@pytest.mark.parametrize('invoke_batch', [tflite_runtime.INVOKE_BATCH, 4])
+def test_tflite_vectors_match_tensorflow(fake_module, invoke_batch):
   module = features.load_module(fake_module)
-  fast = tflite_runtime.with_runtime(module, 'tflite', batch_size=4)
+  fast = tflite_runtime.with_runtime(module, 'tflite',
+                                     invoke_batch=invoke_batch)
   assert fast.call is not module.call
   path = tflite_runtime.tflite_file(module)
   assert os.path.exists(path)
@@ -24,19 +26,19 @@ def test_tflite_vectors_match_tensorflow(fake_module, tmp_path):
                              module.call(images).numpy(), atol=1e-5)
   # A second use loads the converted file instead of converting again.
   mtime = os.path.getmtime(path)
-  tflite_runtime.with_runtime(module, 'auto', batch_size=4)
+  tflite_runtime.with_runtime(module, 'auto', invoke_batch=4)
   assert os.path.getmtime(path) == mtime
 
 
 def test_tf_runtime_is_unchanged(fake_module):
   module = features.load_module(fake_module)
-  assert tflite_runtime.with_runtime(module, 'tf', 16) is module
+  assert tflite_runtime.with_runtime(module, 'tf') is module
 
 
 def test_unknown_runtime_is_refused(fake_module):
   module = features.load_module(fake_module)
   with pytest.raises(ModuleError, match="--bottleneck_runtime='gpu'"):
-    tflite_runtime.with_runtime(module, 'gpu', 16)
+    tflite_runtime.with_runtime(module, 'gpu')
 
 
 def test_module_that_does_not_convert_falls_back(fake_module, monkeypatch,
@@ -48,7 +50,7 @@ def test_module_that_does_not_convert_falls_back(fake_module, monkeypatch,
   path = tflite_runtime.tflite_file(module)
   if os.path.exists(path):
     os.remove(path)
-  result = tflite_runtime.with_runtime(module, 'tflite', 16)
+  result = tflite_runtime.with_runtime(module, 'tflite')
   assert result is module
   assert 'unsupported op FancyOp' in caplog.text
   assert os.path.exists(path + '.failed')
@@ -67,7 +69,7 @@ def test_deferred_runtime_is_chosen_at_the_first_call_only(fake_module,
     return real(*args, **kwargs)
 
   monkeypatch.setattr(tflite_runtime, 'with_runtime', spy)
-  lazy = tflite_runtime.deferred(module, 'auto', 4)
+  lazy = tflite_runtime.deferred(module, 'auto')
   assert chosen == [] and lazy.identity() == module.identity()
   lazy.prepare()
   assert chosen == ['auto']
@@ -78,7 +80,7 @@ def test_deferred_runtime_is_chosen_at_the_first_call_only(fake_module,
   lazy.call(images)
   assert chosen == ['auto']
   with pytest.raises(ModuleError, match="--bottleneck_runtime='gpu'"):
-    tflite_runtime.deferred(module, 'gpu', 16)
+    tflite_runtime.deferred(module, 'gpu')
 
 
 def test_interpreters_run_calls_at_once_with_the_same_vectors(fake_module):
@@ -86,7 +88,7 @@ def test_interpreters_run_calls_at_once_with_the_same_vectors(fake_module):
   give exactly what one call at a time gives."""
   import concurrent.futures
   module = features.load_module(fake_module)
-  fast = tflite_runtime.with_runtime(module, 'tflite', batch_size=4)
+  fast = tflite_runtime.with_runtime(module, 'tflite', invoke_batch=4)
   assert fast.parallel_calls == min(features.usable_cores(),
                                     tflite_runtime._MAX_INTERPRETERS)
   batches = [np.random.default_rng(k).random((5,) + module.input_size + (3,),
@@ -137,7 +139,7 @@ def test_cores_are_shared_out_between_interpreters(fake_module, monkeypatch,
   """One 1-thread interpreter per core up to a cap; beyond it, threads."""
   module = features.load_module(fake_module)
   path = tflite_runtime.tflite_file(module)
-  tflite_runtime.with_runtime(module, 'tflite', 4)  # converts once
+  tflite_runtime.with_runtime(module, 'tflite')  # converts once
   made = []
   real = tflite_runtime._interpreter_class()
 
