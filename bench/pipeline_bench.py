@@ -9,7 +9,10 @@ Prints one table for an image folder and a module:
      `python -m retrain` with default flags, split into phases;
   4. training steps per second;
   5. peak resident memory of the run;
-  6. optionally, the same runs of a retrain.py copy (--retrain_py) and ratios.
+  6. optionally, the same runs of a retrain.py copy (--retrain_py) and ratios;
+     retrain.py needs a Python with hub.Module (--retrain_py_python) and a
+     TF1 Hub module (--retrain_py_module, from make_tf1_hub_module.py); see
+     the README's Performance section.
 
 Usage (from the repository root):
   python bench/pipeline_bench.py --image_dir ../shared/datasets/flowers_sample
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -112,6 +116,37 @@ def run_cli(args, cwd=ROOT):
   return wall, peak_kib / 1024.0, proc.stderr
 
 
+def retrain_py_phases(log):
+  """retrain.py's bottleneck and training seconds, from its log's times.
+
+  Bottlenecks: from the first "Creating bottleneck" line (or the module
+  load, when all are cached) to the first training step; training: from
+  there to the final test accuracy. '' when the log does not show them.
+  """
+  stamps = {}
+  created = 0
+  # TF1 logs every line twice, once as "INFO:tensorflow:..." and once in
+  # absl's format "I1123 02:18:03.058477 ..."; only the latter has times.
+  for line in log.splitlines():
+    match = re.match(r'I\d{4} (\d+):(\d+):(\d+\.\d+)', line)
+    if not match:
+      continue
+    created += 'Creating bottleneck at' in line
+    h, m, sec = match.groups()
+    t = int(h) * 3600 + int(m) * 60 + float(sec)
+    for key, marker in (('first', ''), ('created', 'Creating bottleneck'),
+                        ('step0', 'Step 0:'), ('final', 'Final test accuracy')):
+      if marker in line and key not in stamps:
+        stamps[key] = t
+  if not {'first', 'step0', 'final'} <= set(stamps):
+    return ''
+  start = stamps.get('created', stamps['first'])
+  bottlenecks = stamps['step0'] - start
+  rate = f' ({created / bottlenecks:.1f} images/s)' if created else ''
+  return (f'bottlenecks {bottlenecks:.1f} s{rate}, training '
+          f'{stamps["final"] - stamps["step0"]:.1f} s')
+
+
 def retrain_run(image_dir, module, work, cold):
   if cold:
     shutil.rmtree(os.path.join(work, 'bottlenecks'), ignore_errors=True)
@@ -141,7 +176,16 @@ def main():
   parser.add_argument('--repeats', type=int, default=3,
                       help='pipeline runs; the table gives their median')
   parser.add_argument('--retrain_py', default=None,
-                      help='path of a retrain.py copy to compare against')
+                      help='path of a retrain.py copy to compare against; '
+                      'it runs through bench/tf1_compat.py')
+  parser.add_argument('--retrain_py_python', default=None,
+                      help='the Python that runs retrain.py (one with '
+                      'tensorflow <= 2.15 and tensorflow-hub <= 0.15); '
+                      'default: this one')
+  parser.add_argument('--retrain_py_module', default=None,
+                      help="retrain.py's --tfhub_module: a TF1 Hub module "
+                      '(bench/make_tf1_hub_module.py makes one of the bundled '
+                      'module); default: --tfhub_module when it is a URL')
   parser.add_argument('--work_dir', default=None)
   args = parser.parse_args()
 
@@ -216,19 +260,38 @@ def main():
                f'{100 * warm["test_accuracy"]:.1f}% (N={warm["test_count"]})'))
 
   if args.retrain_py:
-    base = [sys.executable, args.retrain_py, '--image_dir', args.image_dir,
+    rp_module = args.retrain_py_module or (
+        args.tfhub_module if args.tfhub_module and '://' in args.tfhub_module
+        else None)
+    base = [args.retrain_py_python or sys.executable,
+            os.path.join(ROOT, 'bench', 'tf1_compat.py'), args.retrain_py,
+            '--image_dir', args.image_dir,
             '--bottleneck_dir', os.path.join(work, 'rp_bottlenecks'),
             '--summaries_dir', os.path.join(work, 'rp_logs'),
             '--output_graph', os.path.join(work, 'rp_graph.pb'),
             '--output_labels', os.path.join(work, 'rp_labels.txt')]
-    if args.tfhub_module and '://' in args.tfhub_module:
-      base += ['--tfhub_module', args.tfhub_module]
+    if rp_module:
+      base += ['--tfhub_module', rp_module]
     shutil.rmtree(os.path.join(work, 'rp_bottlenecks'), ignore_errors=True)
-    rp_cold, rp_cold_rss, _ = run_cli(base)
-    rp_warm, _, _ = run_cli(base)
+    rp_cold, rp_cold_rss, rp_cold_log = run_cli(base)
+    rp_warm, rp_warm_rss, rp_warm_log = run_cli(base)
+    for label, log in (('cold', rp_cold_log), ('warm', rp_warm_log)):
+      with open(os.path.join(work, f'retrain_py_{label}.log'), 'w') as f:
+        f.write(log)
     rows.append(('6. retrain.py cold / warm', f'{rp_cold:.1f} s / '
-                 f'{rp_warm:.1f} s; ratio {rp_cold / cold_wall:.1f}x / '
-                 f'{rp_warm / warm_wall:.1f}x faster here'))
+                 f'{rp_warm:.1f} s; this project is {rp_cold / cold_wall:.1f}x'
+                 f' / {rp_warm / warm_wall:.1f}x faster'))
+    for label, log in (('cold', rp_cold_log), ('warm', rp_warm_log)):
+      phases = retrain_py_phases(log)
+      if phases:
+        rows.append((f'   retrain.py {label} phases', phases))
+    rows.append(('   retrain.py peak RSS cold / warm',
+                 f'{rp_cold_rss:.0f} / {rp_warm_rss:.0f} MiB'))
+    accuracy = re.findall(r'Final test accuracy = ([0-9.]+%) \(N=(\d+)\)',
+                          rp_warm_log)
+    if accuracy:
+      rows.append(('   retrain.py test accuracy (warm run)',
+                   f'{accuracy[-1][0]} (N={accuracy[-1][1]})'))
 
   width = max(len(r[0]) for r in rows)
   print()
