@@ -127,6 +127,9 @@ class TFLiteCall:
           [invoke_batch, input_size[0], input_size[1], 3])
       interpreter.allocate_tensors()
       self._free.put(interpreter)
+    # Every interpreter holds the same model, so the same tensor indices.
+    self._source = interpreter.get_input_details()[0]['index']
+    self._target = interpreter.get_output_details()[0]['index']
     self.parallel_calls = count
 
   def __call__(self, images) -> tf.Tensor:
@@ -135,17 +138,15 @@ class TFLiteCall:
     outputs = []
     interpreter = self._free.get()
     try:
-      source = interpreter.get_input_details()[0]['index']
-      target = interpreter.get_output_details()[0]['index']
       for start in range(0, n, self._batch):
         part = images[start:start + self._batch]
         if part.shape[0] < self._batch:
           pad = np.zeros((self._batch - part.shape[0],) + part.shape[1:],
                          np.float32)
           part = np.concatenate([part, pad])
-        interpreter.set_tensor(source, part)
+        interpreter.set_tensor(self._source, part)
         interpreter.invoke()  # releases the GIL
-        outputs.append(interpreter.get_tensor(target)[
+        outputs.append(interpreter.get_tensor(self._target)[
             :min(self._batch, n - start)].copy())
     finally:
       self._free.put(interpreter)
