@@ -58,8 +58,11 @@ def _interleaved_cost_ratio(base, work, reps=3):
   """Seconds per distorted copy / seconds per plain vector, each the best
   of `reps` runs into empty stores, alternated so that other load on the
   machine hits both alike."""
-  from retrain import bottlenecks, discover, distort, features
   import bottleneck_cache
+  from retrain.bottlenecks import compute as bottlenecks
+  from retrain.bottlenecks import distort
+  from retrain.data import discover
+  from retrain.features import modules as features
   module = features.load_module(base.tfhub_module, base.image_size,
                                 base.module_cache_dir)
   paths = [i.path for i in discover.discover_images(base.image_dir).images]

@@ -26,9 +26,15 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from retrain import discover, export_formats, features, images, pipeline  # noqa: E402
-from retrain import split as split_lib  # noqa: E402
+from retrain import (
+  images,  # noqa: E402
+  pipeline,  # noqa: E402
+)
 from retrain.config import DEFAULTS  # noqa: E402
+from retrain.data import discover  # noqa: E402
+from retrain.data import split as split_lib  # noqa: E402
+from retrain.export import formats as export_formats  # noqa: E402
+from retrain.features import modules as features  # noqa: E402
 from tools import label_image  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve()

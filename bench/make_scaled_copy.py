@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-from PIL import Image
-from PIL import ImageEnhance
-from PIL import ImageOps
+from PIL import Image, ImageEnhance, ImageOps
 
 
 def variant(image: Image.Image, k: int) -> Image.Image:

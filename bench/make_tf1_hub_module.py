@@ -3,7 +3,7 @@
 retrain.py loads its module with `hub.Module`, which reads only the TF1 Hub
 format, and no such module of EfficientNet-Lite can be downloaded here. This
 builds one from the same BN-folded weights and graph as the project's own
-module (`retrain.efficientnet_lite`), with the image-module signature
+module (`retrain.features.efficientnet_lite`), with the image-module signature
 retrain.py expects: input `images` float32 [batch, S, S, 3] in [0, 1],
 output `default` float32 [batch, 1280].
 
@@ -29,7 +29,8 @@ def main():
 
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top
-  from retrain import efficientnet_lite  # pylint: disable=g-import-not-at-top
+
+  from retrain.features import efficientnet_lite  # pylint: disable=g-import-not-at-top
   if not hasattr(hub, 'create_module_spec'):
     sys.exit('This needs tensorflow-hub <= 0.15 (the TF1 Hub format).')
   if os.path.exists(args.output_dir):

@@ -47,6 +47,7 @@ def module_limit(module, batch_sizes, seconds=8.0):
   waiting for the others, as the pipeline keeps them busy.
   """
   import threading
+
   import numpy as np
   import tensorflow as tf
   best = (0.0, None)
@@ -82,7 +83,8 @@ def module_limit(module, batch_sizes, seconds=8.0):
 def pipeline_throughput(module, image_dir, batch_size):
   """images/s of compute_bottlenecks over every image into an empty cache."""
   import bottleneck_cache
-  from retrain import bottlenecks, discover
+  from retrain.bottlenecks import compute as bottlenecks
+  from retrain.data import discover
   paths = [i.path for i in discover.discover_images(image_dir).images]
   with tempfile.TemporaryDirectory() as cache:
     store = bottleneck_cache.BottleneckStore(cache,
@@ -189,9 +191,9 @@ def main():
   parser.add_argument('--work_dir', default=None)
   args = parser.parse_args()
 
-  from retrain import features
-  from retrain import tflite_runtime
   from retrain.config import DEFAULTS
+  from retrain.features import modules as features
+  from retrain.features import tflite_runtime
   module_name = args.tfhub_module or DEFAULTS.tfhub_module
   work = args.work_dir or tempfile.mkdtemp(prefix='retrain_bench_')
   os.makedirs(work, exist_ok=True)

@@ -3,13 +3,14 @@
 See `bottleneck_cache.store` for the layout and the crash-safety guarantees.
 """
 
-from bottleneck_cache.keys import DigestMemo
-from bottleneck_cache.keys import file_digest
-from bottleneck_cache.store import BottleneckStore
-from bottleneck_cache.store import CacheError
-from bottleneck_cache.store import ComputeFn
-from bottleneck_cache.store import Stats
-from bottleneck_cache.store import namespace_id
+from bottleneck_cache.keys import DigestMemo, file_digest
+from bottleneck_cache.store import (
+           BottleneckStore,
+           CacheError,
+           ComputeFn,
+           Stats,
+           namespace_id,
+)
 
 __all__ = ['BottleneckStore', 'CacheError', 'ComputeFn', 'DigestMemo',
            'Stats', 'file_digest', 'namespace_id']

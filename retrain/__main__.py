@@ -17,14 +17,20 @@ import sys
 # nothing useful to a user of a CPU tool; errors still show.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
+from absl import (
+  app,  # noqa: E402
+  flags,  # noqa: E402
+  logging,  # noqa: E402
+)
 
-from retrain.config import DEFAULTS  # noqa: E402
-from retrain.config import Config  # noqa: E402
-from retrain.layouts import LABEL_STYLES  # noqa: E402
-from retrain.layouts import LAYOUTS  # noqa: E402
+from retrain.config import (
+  DEFAULTS,  # noqa: E402
+  Config,  # noqa: E402
+)
+from retrain.data.sources import (
+  LABEL_STYLES,  # noqa: E402
+  LAYOUTS,  # noqa: E402
+)
 
 _D = DEFAULTS
 
@@ -187,8 +193,8 @@ def main(argv):
     std_logging.getLogger('tensorflow').setLevel(std_logging.WARNING)
   # Imported here so that --help and flag errors answer without loading
   # TensorFlow.
-  from retrain import presets  # pylint: disable=g-import-not-at-top
   from retrain.errors import RetrainError  # pylint: disable=g-import-not-at-top
+  from retrain.features import presets  # pylint: disable=g-import-not-at-top
   if FLAGS.list_modules:
     sys.stdout.write(presets.format_module_list() + '\n')
     return 0

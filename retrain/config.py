@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from retrain import presets
+from retrain.features import presets
 
 
 @dataclasses.dataclass(frozen=True)

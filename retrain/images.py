@@ -20,18 +20,18 @@ signature and in label_image alike. WebP is decoded by TensorFlow too.
 decoder, and only for files TensorFlow cannot decode (TIFF, odd BMP or
 JPEG variants) falls back to Pillow, which produces uint8 RGB pixels that
 then go through the same resize. Anything neither can decode raises
-`retrain.errors.ImageError` with a reason from `retrain.unusable`.
+`retrain.errors.ImageError` with a reason a user can act on (`decode_failure_reason`).
 """
 
 from __future__ import annotations
 
 import io
+import os
 from typing import Tuple
 
 import numpy as np
 import tensorflow as tf
 
-from retrain import unusable
 from retrain.errors import ImageError
 
 # The JPEG decoder can scale by 1/2, 1/4 and 1/8 while decoding.
@@ -220,8 +220,10 @@ def decode_with_pillow(contents: bytes, size: Tuple[int, int]) -> np.ndarray:
   decompression-bomb limit (about 179 megapixels) turns absurd sizes into
   an error instead of exhausting memory.
   """
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  from PIL import ImageOps  # pylint: disable=g-import-not-at-top
+  from PIL import (
+    Image,  # pylint: disable=g-import-not-at-top
+    ImageOps,  # pylint: disable=g-import-not-at-top
+  )
   with Image.open(io.BytesIO(contents)) as image:
     if image.format == 'JPEG':
       height, width = size
@@ -248,7 +250,7 @@ def decode_bytes(contents: bytes, size: Tuple[int, int],
   except Exception as e:  # pylint: disable=broad-except
     # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError
     # and more for bad input; all mean the same here.
-    raise ImageError(name, unusable.decode_failure_reason(contents, e)) from e
+    raise ImageError(name, decode_failure_reason(contents, e)) from e
   return resize_pixels(shrink_large(tf.constant(pixels), size), size)
 
 
@@ -263,5 +265,81 @@ def load_image(path: str, size: Tuple[int, int]) -> tf.Tensor:
     with open(path, 'rb') as f:
       contents = f.read()
   except OSError as e:
-    raise ImageError(path, unusable.os_error_reason(path, e)) from e
+    raise ImageError(path, os_error_reason(path, e)) from e
   return decode_bytes(contents, size, path)
+
+
+# --- Why a file is not a usable image -------------------------------------
+
+# Leading bytes of the image formats we know; used only to word a reason.
+_SIGNATURES = (
+    (b'\xff\xd8\xff', 'JPEG'),
+    (b'\x89PNG\r\n\x1a\n', 'PNG'),
+    (b'GIF87a', 'GIF'),
+    (b'GIF89a', 'GIF'),
+    (b'BM', 'BMP'),
+    (b'II*\x00', 'TIFF'),
+    (b'MM\x00*', 'TIFF'),
+)
+
+
+def sniff_format(head: bytes) -> str:
+  """'JPEG', 'PNG', 'GIF', 'BMP', 'TIFF', 'WebP' or '' from a file's first bytes."""
+  if head[:4] == b'RIFF' and head[8:12] == b'WEBP':
+    return 'WebP'
+  for signature, name in _SIGNATURES:
+    if head.startswith(signature):
+      return name
+  return ''
+
+
+def _looks_like_text(head: bytes) -> bool:
+  if not head or b'\x00' in head:
+    return False
+  try:
+    head.decode('utf-8')
+  except UnicodeDecodeError as e:
+    # A multi-byte character cut at the end of the sample is still text.
+    if e.start < len(head) - 3:
+      return False
+  return True
+
+
+def _first_line(error: BaseException) -> str:
+  message = getattr(error, 'message', None) or str(error)
+  lines = [line for line in message.strip().splitlines() if line.strip()]
+  # TensorFlow prefixes '{{function_node ...}} '; the useful part follows.
+  text = lines[0] if lines else type(error).__name__
+  return text.split('}} ')[-1].strip()
+
+
+def os_error_reason(path: str, error: OSError) -> str:
+  """Why a file could not be opened: a broken link is named as one."""
+  if os.path.islink(path) and not os.path.exists(path):
+    return (f'broken symbolic link (points to {os.readlink(path)!r}, which '
+            'does not exist)')
+  return f'cannot be read: {error.strerror or error}'
+
+
+def decode_failure_reason(contents: bytes, error: BaseException) -> str:
+  """Why bytes that neither decoder accepted are not an image.
+
+  Args:
+    contents: the file's bytes.
+    error: the last decoder's exception (its first line is quoted).
+  """
+  if not contents:
+    return 'empty file (0 bytes)'
+  head = contents[:512]
+  kind = sniff_format(head)
+  if kind:
+    return f'truncated or corrupt {kind}: {_first_line(error)}'
+  if _looks_like_text(head):
+    stripped = head.lstrip().lower()
+    what = ('HTML' if stripped.startswith((b'<!doctype html', b'<html', b'<'))
+            else 'text')
+    return (f'{what}, not an image (a web page or text saved with an image '
+            'extension)')
+  return ('not an image in any known format (first bytes '
+          f'{contents[:8].hex(" ")}); accepted: JPEG, PNG, GIF, BMP, WebP, '
+          'TIFF')

@@ -18,23 +18,23 @@ import numpy as np
 from absl import logging
 
 import bottleneck_cache
-from retrain import bottlenecks as bottlenecks_lib
-from retrain import distort as distort_lib
-from retrain import evaluate as evaluate_lib
-from retrain import explain as explain_lib
-from retrain import export as export_lib
-from retrain import export_formats
-from retrain import features
-from retrain import layouts
-from retrain import split as split_lib
-from retrain import summaries as summaries_lib
-from retrain import tflite_runtime
-from retrain import train as train_lib
-from retrain import train_options as train_options_lib
-from retrain import unusable
+from retrain.bottlenecks import compute as bottlenecks_lib
+from retrain.bottlenecks import distort as distort_lib
 from retrain.config import Config
+from retrain.data import duplicates
+from retrain.data import sources as layouts
+from retrain.data import split as split_lib
 from retrain.errors import DatasetError
-
+from retrain.export import formats as export_formats
+from retrain.export import saved_model as export_lib
+from retrain.features import modules as features
+from retrain.features import tflite_runtime
+from retrain.head import evaluate as evaluate_lib
+from retrain.head import options as train_options_lib
+from retrain.head import summaries as summaries_lib
+from retrain.head import train as train_lib
+from retrain.report import skipped as skipped_report
+from retrain.report import writer as explain_lib
 
 RUN_SUMMARY_FILE = 'run_summary.json'
 
@@ -146,12 +146,12 @@ def run(config: Config) -> RunResult:
                'skipped.', stats.reused, stats.computed, len(computed.failures))
 
   skipped = list(layout.skipped) + list(computed.failures)
-  reports = unusable.write_skipped_report(config.report_dir, skipped)
+  reports = skipped_report.write_skipped_report(config.report_dir, skipped)
   if skipped and reports:
     logging.info('The %d skipped files and why are listed in %s.',
                  len(skipped), ' and '.join(reports))
   # Only usable images: two empty files in two classes are no conflict.
-  unusable.warn_conflicting_duplicates(unusable.conflicting_duplicates(
+  duplicates.warn_conflicting_duplicates(duplicates.conflicting_duplicates(
       [d if ok else None for d, ok in zip(computed.digests, computed.ok)],
       [image.label for image in dataset.images],
       [image.path for image in dataset.images]))

@@ -93,6 +93,7 @@ def colour_dir(tmp_path):
 def shrunk_config(image_dir, out, module, **overrides):
   """The default config, shrunk to run in seconds, every output under `out`."""
   import dataclasses
+
   from retrain.config import DEFAULTS
   out = pathlib.Path(out)
   fields = dict(

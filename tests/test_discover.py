@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from retrain import discover
+from retrain.data import discover
 from retrain.errors import DatasetError
 from tests.conftest import write_image
 

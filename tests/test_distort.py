@@ -14,12 +14,11 @@ import pytest
 import tensorflow as tf
 
 import bottleneck_cache
-from retrain import bottlenecks
-from retrain import distort
-from retrain import features
-from retrain import images
-from retrain import pipeline
+from retrain import images, pipeline
+from retrain.bottlenecks import compute as bottlenecks
+from retrain.bottlenecks import distort
 from retrain.errors import DatasetError
+from retrain.features import modules as features
 from tests.conftest import make_colour_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

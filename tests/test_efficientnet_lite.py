@@ -1,4 +1,4 @@
-"""Tests for retrain.efficientnet_lite: architecture, folding, golden outputs.
+"""Tests for retrain.features.efficientnet_lite: architecture, folding, golden outputs.
 
 The golden file (../shared/golden/efficientnet_lite.npz) holds photos and the
 features and logits of a reference conversion that matched PyTorch
@@ -17,9 +17,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from retrain import efficientnet_lite
-from retrain import presets
-from retrain.efficientnet_lite import WeightsMismatchError
+from retrain.features import efficientnet_lite, presets
+from retrain.features.efficientnet_lite import WeightsMismatchError
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / 'shared'
 GOLDEN = SHARED / 'golden' / 'efficientnet_lite.npz'

@@ -15,11 +15,8 @@ import numpy as np
 import pytest
 
 from retrain import pipeline
-from retrain.errors import DatasetError
-from retrain.errors import OutputError
-from tests.conftest import FAKE_SIZE
-from tests.conftest import make_colour_dataset
-from tests.conftest import write_image
+from retrain.errors import DatasetError, OutputError
+from tests.conftest import FAKE_SIZE, make_colour_dataset, write_image
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -198,7 +195,8 @@ def test_cli_kill_during_bottlenecks_then_resume(small_config):
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   import bottleneck_cache
-  from retrain import bottlenecks, features
+  from retrain.bottlenecks import compute as bottlenecks
+  from retrain.features import modules as features
   module = features.load_module(small_config.tfhub_module)
   store = bottleneck_cache.BottleneckStore(small_config.bottleneck_dir,
                                            bottlenecks.cache_namespace(module))
@@ -213,7 +211,7 @@ def test_cli_kill_during_bottlenecks_then_resume(small_config):
 
 def test_exports_within_one_second_keep_every_earlier_one(small_config):
   """Two runs finishing in the same second must not collide or overwrite."""
-  from retrain import keep
+  from retrain.common import earlier_outputs as keep
   target = pathlib.Path(small_config.output_graph)
   target.parent.mkdir(parents=True, exist_ok=True)
   contents = [b'1', b'2', b'3', b'4', b'5', b'6']

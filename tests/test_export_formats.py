@@ -10,16 +10,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from retrain import export_formats
-from retrain import features
-from retrain import images
-from retrain import pipeline
-from retrain import train
+from retrain import images, pipeline
 from retrain.errors import OutputError
-from tests.conftest import FAKE_SIZE
-from tests.conftest import make_colour_dataset
-from tests.conftest import shrunk_config
-from tests.conftest import write_image
+from retrain.export import formats as export_formats
+from retrain.features import modules as features
+from retrain.head import train
+from tests.conftest import FAKE_SIZE, make_colour_dataset, shrunk_config, write_image
 from tools import label_image
 
 SIZE = (FAKE_SIZE, FAKE_SIZE)

@@ -6,16 +6,17 @@ import io
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
-from PIL import ImageOps
+from PIL import Image, ImageOps
 
 from retrain import images
 from retrain.errors import ImageError
-from tests.messy_corpus import IGNORED
-from tests.messy_corpus import USABLE
-from tests.messy_corpus import jpeg_with_orientation
-from tests.messy_corpus import make_messy_corpus
-from tests.messy_corpus import quadrants
+from tests.messy_corpus import (
+  IGNORED,
+  USABLE,
+  jpeg_with_orientation,
+  make_messy_corpus,
+  quadrants,
+)
 
 SIZE = (32, 32)
 

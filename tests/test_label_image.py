@@ -14,9 +14,7 @@ import numpy as np
 import pytest
 
 from retrain import pipeline
-from tests.conftest import make_colour_dataset
-from tests.conftest import shrunk_config
-from tests.conftest import write_image
+from tests.conftest import make_colour_dataset, shrunk_config, write_image
 from tools import label_image
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from retrain import layouts
 from retrain.config import DEFAULTS
+from retrain.data import sources as layouts
 from retrain.errors import DatasetError
 from tests.conftest import write_image
 

@@ -13,14 +13,11 @@ import numpy as np
 import pytest
 
 import bottleneck_cache
-from retrain import bottlenecks
-from retrain import features
-from retrain import images
-from retrain import pipeline
+from retrain import images, pipeline
+from retrain.bottlenecks import compute as bottlenecks
+from retrain.features import modules as features
 from tests.conftest import make_colour_dataset
-from tests.messy_corpus import IGNORED
-from tests.messy_corpus import USABLE
-from tests.messy_corpus import make_messy_corpus
+from tests.messy_corpus import IGNORED, USABLE, make_messy_corpus
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

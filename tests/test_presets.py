@@ -1,4 +1,4 @@
-"""Tests for retrain.presets: names, handles, the module cache and its races.
+"""Tests for retrain.features.presets: names, handles, the module cache and its races.
 
 Conversion itself is replaced by a fake that writes the files of a finished
 export, so these tests need no TensorFlow; the real conversion is tested in
@@ -15,9 +15,8 @@ import sys
 
 import pytest
 
-from retrain import efficientnet_lite
-from retrain import presets
 from retrain.errors import ModuleError
+from retrain.features import efficientnet_lite, presets
 
 BUNDLED = ('efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2')
 
@@ -220,7 +219,7 @@ def test_format_module_list(monkeypatch, tmp_path):
 
 def test_presets_import_no_tensorflow():
   # Listing presets must not pay for a TensorFlow import (several seconds).
-  code = ('import sys; import retrain.presets as p; p.format_module_list(); '
+  code = ('import sys; import retrain.features.presets as p; p.format_module_list(); '
           'p.preset_input_size("efficientnet_lite0"); '
           'sys.exit(int("tensorflow" in sys.modules))')
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

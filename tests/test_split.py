@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from retrain import split
+from retrain.data import split
 from retrain.errors import DatasetError
 
 

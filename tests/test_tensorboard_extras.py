@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 
 from retrain import pipeline
-from retrain import tensorboard_extras as tb
-from tests.conftest import make_colour_dataset
-from tests.conftest import write_image
+from retrain.report import tensorboard as tb
+from tests.conftest import make_colour_dataset, write_image
 
 
 def _load(run_dir):

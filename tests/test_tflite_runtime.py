@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from retrain import features
-from retrain import tflite_runtime
 from retrain.errors import ModuleError
+from retrain.features import modules as features
+from retrain.features import tflite_runtime
 from tests.conftest import FAKE_SIZE
 
 
@@ -104,7 +104,8 @@ def test_run_module_keeps_batch_order_with_parallel_calls(fake_module):
   import dataclasses
   import threading
   import time
-  from retrain import bottlenecks
+
+  from retrain.bottlenecks import compute as bottlenecks
   module = features.load_module(fake_module)
   active, most = [0], [0]
   lock = threading.Lock()

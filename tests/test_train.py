@@ -3,8 +3,7 @@ and writes the TensorBoard summaries it promises."""
 
 import numpy as np
 
-from retrain import summaries
-from retrain import train
+from retrain.head import summaries, train
 
 
 def _blobs(n_per_class=40, dim=16, classes=3, seed=0):
@@ -120,8 +119,8 @@ def test_callbacks_and_call_boundaries_do_not_change_training(monkeypatch):
 
 
 def test_histogram_buckets_match_tf_summary_histogram(tmp_path):
-  from tensorboard.backend.event_processing import event_accumulator
   import tensorflow as tf
+  from tensorboard.backend.event_processing import event_accumulator
   rng = np.random.default_rng(0)
   cases = [rng.normal(size=(40, 7)).astype(np.float32),
            np.full(5, 3.0, np.float32), rng.random(1000)]

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from retrain import train
-from retrain import train_options as opts_lib
 from retrain.config import DEFAULTS
 from retrain.errors import DatasetError
+from retrain.head import options as opts_lib
+from retrain.head import train
 
 PLAIN = opts_lib.TrainOptions.from_config(DEFAULTS)
 

@@ -401,7 +401,7 @@ def classify_files(model: Model, paths: Sequence[str],
   Files are decoded on a thread pool while the model runs on the previous
   batch. A file that cannot be read or decoded gets a Record with its error.
   """
-  from retrain.progress import Progress  # pylint: disable=g-import-not-at-top
+  from retrain.common.progress import Progress  # pylint: disable=g-import-not-at-top
   timing = timing if timing is not None else Timing()
   started = time.monotonic()
   top_k = max(1, min(top_k, len(model.labels)))
@@ -490,6 +490,7 @@ def format_records(records: Sequence[Record], output_format: str = 'table'
 
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   from retrain.config import DEFAULTS  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string(
       'saved_model_dir', None,
@@ -527,6 +528,7 @@ def _define_flags():
 
 def main(argv) -> int:
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   from retrain.config import DEFAULTS  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   specs = list(f.image) + list(argv[1:])

@@ -3,7 +3,7 @@
 A module is a TF2 SavedModel in the TF-Hub image feature-vector convention:
 called on float32 images [batch, H, W, 3] in [0, 1] it returns float32
 feature vectors [batch, D]. `--tfhub_module` names it by a preset name (see
-`retrain.presets`), a TF-Hub / Kaggle handle (URL), or a local folder; every
+`retrain.features.presets`), a TF-Hub / Kaggle handle (URL), or a local folder; every
 form is loaded through tensorflow_hub, which caches downloads.
 
 The module's identity for the bottleneck cache is its handle plus a
@@ -23,8 +23,8 @@ import tensorflow as tf
 import tensorflow_hub as hub
 from absl import logging
 
-from retrain import presets
 from retrain.errors import ModuleError
+from retrain.features import presets
 
 
 @dataclasses.dataclass

@@ -45,11 +45,11 @@ import tensorflow as tf
 from absl import logging
 
 import bottleneck_cache
-from retrain import bottlenecks as bottlenecks_lib
 from retrain import images as images_lib
+from retrain.bottlenecks import compute as bottlenecks_lib
+from retrain.common.progress import Progress
 from retrain.errors import DatasetError
-from retrain.features import FeatureModule
-from retrain.progress import Progress
+from retrain.features.modules import FeatureModule
 
 # Bump when the distortion code changes what a copy looks like, so that old
 # copies in users' caches are not mixed with new ones.

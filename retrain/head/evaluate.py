@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from retrain.train import Head
+from retrain.head.train import Head
 
 
 @dataclasses.dataclass

@@ -18,7 +18,7 @@ import tensorflow as tf
 from absl import logging
 from tensorboard.plugins.histogram import metadata as histogram_metadata
 
-from retrain import keep
+from retrain.common import earlier_outputs as keep
 
 # test/ and projector/ are written by retrain/explain.py.
 RUNS = ('train', 'validation', 'test', 'projector')

@@ -39,12 +39,12 @@ import tensorflow as tf
 from absl import logging
 
 import retrain
-from retrain import export as export_lib
 from retrain import images as images_lib
-from retrain import keep
+from retrain.common import earlier_outputs as keep
 from retrain.errors import OutputError
-from retrain.features import FeatureModule
-from retrain.train import Head
+from retrain.export import saved_model as export_lib
+from retrain.features.modules import FeatureModule
+from retrain.head.train import Head
 
 INPUT_NAME = 'Placeholder'
 QUANTIZATIONS = ('none', 'dynamic', 'float16', 'int8')

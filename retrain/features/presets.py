@@ -31,8 +31,8 @@ from typing import Optional
 
 from absl import logging
 
-from retrain import efficientnet_lite
 from retrain.errors import ModuleError
+from retrain.features import efficientnet_lite
 
 DEFAULT_MODULE = 'efficientnet_lite0'
 MODULE_CACHE_ENV = 'RETRAIN_MODULE_CACHE'

@@ -12,7 +12,7 @@ Signature `serving_default`: input `images` float32 [batch, H, W, 3] in
 [0, 1] (decoded RGB, resized to H x W as `retrain.images` does) -> output
 `probabilities` float32 [batch, N], columns in label order.
 Signature `serving_bytes`: input `image_bytes` string [batch] of encoded
-image files -> the same output (see `retrain.signatures`).
+image files -> the same output (see `retrain.export.signatures`).
 
 Nothing a user made is lost: the export is written to a temporary folder
 and renamed into place; an earlier export in the same place is first moved
@@ -31,11 +31,11 @@ from typing import Optional, Sequence
 import tensorflow as tf
 
 import retrain
-from retrain import keep
-from retrain import signatures as signatures_lib
+from retrain.common import earlier_outputs as keep
 from retrain.errors import OutputError
-from retrain.features import FeatureModule
-from retrain.train import Head
+from retrain.export import signatures as signatures_lib
+from retrain.features.modules import FeatureModule
+from retrain.head.train import Head
 
 METADATA_FILE = 'retrain_metadata.json'
 LABELS_FILE = 'labels.txt'

@@ -23,9 +23,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from retrain import report as report_lib
-from retrain import tensorboard_extras as tb
-from retrain.train import Head
+from retrain.head.train import Head
+from retrain.report import metrics as report_lib
+from retrain.report import tensorboard as tb
 
 # A confusion image is 10-40 kB; 4000 steps at retrain.py's interval of 10
 # would be 400 of them. TensorBoard's slider shows how the matrix settles
@@ -114,7 +114,7 @@ def finish(config, labels: Sequence[str], head: Head, vectors: np.ndarray,
     split: index arrays into vectors (train, validation, test).
     paths, rel_paths: [n] files of the rows of vectors (full and relative to
       --image_dir).
-    test: the retrain.evaluate.Evaluation of the test set (rows index
+    test: the retrain.head.evaluate.Evaluation of the test set (rows index
       split.test).
     step: the last training step, where final summaries are written.
     best_step: the step whose weights early stopping restored, if any.

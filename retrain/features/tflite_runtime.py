@@ -30,10 +30,10 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from retrain import features
-from retrain import presets
 from retrain.errors import ModuleError
-from retrain.features import FeatureModule
+from retrain.features import modules as features
+from retrain.features import presets
+from retrain.features.modules import FeatureModule
 
 RUNTIMES = ('tf', 'tflite', 'auto')
 # Largest absolute difference allowed between TF and TFLite vectors on the

@@ -25,12 +25,11 @@ import tensorflow as tf
 from absl import logging
 
 import bottleneck_cache
-from retrain import features
 from retrain import images as images_lib
-from retrain import unusable
+from retrain.common.progress import Progress
 from retrain.errors import ImageError
-from retrain.features import FeatureModule
-from retrain.progress import Progress
+from retrain.features import modules as features
+from retrain.features.modules import FeatureModule
 
 # Content hashing is I/O bound and hashlib releases the GIL.
 _HASH_THREADS = 8
@@ -216,7 +215,7 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
   readable = []
   for i, d in enumerate(digests):
     if isinstance(d, OSError):
-      failures.append((paths[i], unusable.os_error_reason(paths[i], d)))
+      failures.append((paths[i], images_lib.os_error_reason(paths[i], d)))
     else:
       readable.append(i)
   keys = [digests[i] for i in readable]
