@@ -3,7 +3,7 @@
 See `bottleneck_cache.store` for the layout and the crash-safety guarantees.
 """
 
-from bottleneck_cache.keys import DigestMemo, file_digest
+from bottleneck_cache.keys import DigestMemo, file_digest, stream_digest
 from bottleneck_cache.store import (
            BottleneckStore,
            CacheError,
@@ -13,4 +13,4 @@ from bottleneck_cache.store import (
 )
 
 __all__ = ['BottleneckStore', 'CacheError', 'ComputeFn', 'DigestMemo',
-           'Stats', 'file_digest', 'namespace_id']
+           'Stats', 'file_digest', 'namespace_id', 'stream_digest']

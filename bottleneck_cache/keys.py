@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import uuid
-from typing import Optional
+from typing import BinaryIO, Optional
 
 from absl import logging
 
@@ -23,16 +23,23 @@ MEMO_FILE = 'file_digests.json'
 _MEMO_VERSION = 1
 
 
+def stream_digest(f: BinaryIO) -> str:
+  """SHA-256 hex digest of everything left in a binary file object: the
+  cache key of an image (any file system's reader will do, e.g. Beam's
+  FileSystems.open)."""
+  digest = hashlib.sha256()
+  while True:
+    block = f.read(_BLOCK)
+    if not block:
+      break
+    digest.update(block)
+  return digest.hexdigest()
+
+
 def file_digest(path: str) -> str:
   """SHA-256 hex digest of a file's bytes (raises OSError if unreadable)."""
-  digest = hashlib.sha256()
   with open(path, 'rb') as f:
-    while True:
-      block = f.read(_BLOCK)
-      if not block:
-        break
-      digest.update(block)
-  return digest.hexdigest()
+    return stream_digest(f)
 
 
 class DigestMemo:

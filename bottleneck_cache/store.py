@@ -39,9 +39,8 @@ import h5py
 import numpy as np
 from absl import logging
 
-SHARD_PREFIX = 'shard-'
-SHARD_SUFFIX = '.h5'
-TMP_PREFIX = '.tmp-'
+from bottleneck_cache import shards
+from bottleneck_cache.shards import SHARD_PREFIX, SHARD_SUFFIX, TMP_PREFIX
 NAMESPACE_FILE = 'namespace.json'
 # Merge when a computation leaves more than this many shards: few enough
 # files to open quickly, without rewriting the big shard after every run.
@@ -252,10 +251,7 @@ class BottleneckStore:
     token = f'{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}'
     name = f'{SHARD_PREFIX}{token}{SHARD_SUFFIX}'
     tmp = os.path.join(self.directory, f'{TMP_PREFIX}{os.getpid()}-{token}')
-    encoded = np.array([k.encode('utf-8') for k in keys])
-    with h5py.File(tmp, 'w') as f:
-      f.create_dataset('keys', data=encoded)
-      f.create_dataset('vectors', data=vectors, dtype=np.float32)
+    shards.write_shard(tmp, keys, vectors)
     os.replace(tmp, os.path.join(self.directory, name))
     return name
 
