@@ -1,0 +1,104 @@
+"""Training and evaluation from the cache in chunks (retrain.head.streaming,
+bottleneck_cache.chunks)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import bottleneck_cache
+from bottleneck_cache import chunks
+
+
+def _store(tmp_path, n, dim=8, classes=3, seed=0, shard_rows=97):
+  """A cache of n separable vectors in several shards, in label order (the
+  worst case for chunking: storage order is class order)."""
+  rng = np.random.default_rng(seed)
+  labels = np.sort(rng.integers(0, classes, n))
+  centres = rng.normal(0, 3, (classes, dim)).astype(np.float32)
+  x = centres[labels] + rng.normal(0, 0.5, (n, dim)).astype(np.float32)
+  keys = [f'{i:08d}' for i in range(n)]
+  store = bottleneck_cache.BottleneckStore(str(tmp_path / 'bn'), {'kind': 't'})
+  for start in range(0, n, shard_rows):
+    store.put(keys[start:start + shard_rows], x[start:start + shard_rows])
+  return store, keys, x, labels
+
+
+def test_reader_reads_any_subset_in_item_order(tmp_path):
+  store, keys, x, _ = _store(tmp_path, 1000)
+  reader = chunks.ChunkReader(chunks.VectorIndex(store.directory),
+                              keys[::-1] + keys[:5])
+  items = np.array([0, 999, 1000, 1004, 500, 500, 3], np.int64)
+  expected = np.concatenate([x[::-1], x[:5]])[items]
+  np.testing.assert_array_equal(reader.read(items), expected)
+  # Sparse rows (point selection) and dense rows (slices) agree.
+  sparse = np.arange(0, 1000, 37)
+  np.testing.assert_array_equal(reader.read(sparse),
+                                np.concatenate([x[::-1], x[:5]])[sparse])
+  with pytest.raises(KeyError, match='1 keys are not in the cache'):
+    chunks.VectorIndex(store.directory).locate(['nope'])
+
+
+def test_schedule_mixes_blocks_and_covers_every_item():
+  from retrain.head import streaming
+  order = np.arange(10 * streaming.BLOCK_VECTORS, dtype=np.int64)
+  rng = np.random.default_rng(0)
+  schedule = streaming.chunk_schedule(order, 3 * streaming.BLOCK_VECTORS, rng)
+  first_pass = [next(schedule) for _ in range(4)]  # 3 + 3 + 3 + 1 blocks
+  assert [len(c) for c in first_pass] == [3072, 3072, 3072, 1024]
+  np.testing.assert_array_equal(np.sort(np.concatenate(first_pass)), order)
+  # Blocks of a chunk come from all over the storage order, not one run.
+  assert np.ptp(first_pass[0]) > 3 * streaming.BLOCK_VECTORS
+
+
+def test_should_stream_only_past_the_budget():
+  from retrain.head import streaming
+  assert not streaming.should_stream(100, 100)
+  assert streaming.should_stream(101, 100)
+  assert not streaming.should_stream(10**9, 0)
+
+
+def test_streaming_training_learns_and_reads_in_chunks(tmp_path):
+  from retrain.head import streaming
+  store, keys, x, labels = _store(tmp_path, 6000)
+  index = chunks.VectorIndex(store.directory)
+  train, val = np.arange(0, 6000, 2), np.arange(1, 6000, 2)
+  stats = streaming.StreamStats()
+  points = []
+  result = streaming.train_head_streaming(
+      chunks.ChunkReader(index, [keys[i] for i in train]), labels[train], 3,
+      chunks.ChunkReader(index, [keys[i] for i in val]), labels[val],
+      steps=200, learning_rate=0.1, batch_size=50, eval_step_interval=20,
+      validation_batch_size=100, seed=0, max_vectors_in_memory=2048,
+      on_eval=points.append, stats=stats)
+  # 3000 training vectors, chunks of 1024: at least 3 chunks were read and
+  # never more than the budget at once.
+  assert stats.chunks >= 3
+  assert [p.step for p in points] == list(range(0, 200, 20)) + [199]
+  assert points[-1].validation_accuracy > 0.95
+  test = streaming.evaluate_streaming(
+      result.head, chunks.ChunkReader(index, [keys[i] for i in val]),
+      labels[val], max_vectors_in_memory=2048)
+  assert test.count == 3000 and test.accuracy > 0.95
+  np.testing.assert_array_equal(test.labels, labels[val])
+  # The same head, evaluated in memory, gives the same predictions.
+  from retrain.head import evaluate
+  in_memory = evaluate.evaluate(result.head, x[val], labels[val])
+  np.testing.assert_array_equal(in_memory.predictions, test.predictions)
+
+
+def test_streaming_sees_every_class_though_the_cache_is_in_class_order(
+    tmp_path):
+  """Class-balanced sampling per chunk: a chunk of random blocks holds
+  several classes even when the cache stores the classes one after
+  another, so the head learns all of them."""
+  from retrain.head import streaming
+  store, keys, _, labels = _store(tmp_path, 9000, classes=3)
+  index = chunks.ChunkReader(chunks.VectorIndex(store.directory), keys)
+  result = streaming.train_head_streaming(
+      index, labels, 3, index, labels[:0], steps=300, learning_rate=0.1,
+      batch_size=30, eval_step_interval=100, validation_batch_size=-1,
+      seed=1, max_vectors_in_memory=4096)
+  test = streaming.evaluate_streaming(result.head, index, labels, 4096)
+  per_class = [np.mean(test.predictions[labels == c] == c) for c in range(3)]
+  assert min(per_class) > 0.9, per_class
