@@ -132,7 +132,7 @@ class ChunkReader:
     rows = self.row[items][order]
     bounds = np.flatnonzero(np.diff(shard_of)) + 1
     for lo, hi in zip(np.concatenate([[0], bounds]),
-                      np.concatenate([bounds, [len(order)]])):
+                      np.concatenate([bounds, [len(order)]]), strict=True):
       path = self.index.shard_paths[int(shard_of[lo])]
       with h5py.File(path, 'r') as f:
         _read_rows(f['vectors'], rows[lo:hi], out, order[lo:hi])

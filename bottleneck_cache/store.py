@@ -41,6 +41,7 @@ from absl import logging
 
 from bottleneck_cache import shards
 from bottleneck_cache.shards import SHARD_PREFIX, SHARD_SUFFIX, TMP_PREFIX
+
 NAMESPACE_FILE = 'namespace.json'
 # Merge when a computation leaves more than this many shards: few enough
 # files to open quickly, without rewriting the big shard after every run.

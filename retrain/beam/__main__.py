@@ -13,9 +13,6 @@ Beam as pipeline options (--runner, --direct_num_workers,
 
 from __future__ import annotations
 
-import dataclasses
-import sys
-
 from absl import app, flags, logging
 
 from retrain import __main__ as retrain_cli

@@ -66,7 +66,7 @@ class FeatureModuleHandler(base.ModelHandler[np.ndarray, np.ndarray, Any]):
                     ) -> Iterable[base.PredictionResult]:
     vectors = model(np.stack(batch).astype(np.float32, copy=False))
     return [base.PredictionResult(example, vector)
-            for example, vector in zip(batch, vectors)]
+            for example, vector in zip(batch, vectors, strict=True)]
 
   def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
     return sum(example.nbytes for example in batch)

@@ -457,7 +457,7 @@ def run(config: Config, options: BeamOptions,
                type(runner).__name__ if runner else
                pipeline_options.view_as(StandardOptions).runner, plain_dir)
   pipeline = beam.Pipeline(runner=runner, options=pipeline_options)
-  build(pipeline, list(zip((image.path for image in images), copies)),
+  build(pipeline, list(zip((image.path for image in images), copies, strict=True)),
         plain_dir=plain_dir, distorted_dir=distorted_dir,
         module_path=module.path, input_size=module.input_size,
         distortions=distortions if distortions.any() else None,
