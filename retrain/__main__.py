@@ -170,6 +170,13 @@ flags.DEFINE_enum('tflite_quantization', _D.tflite_quantization,
 flags.DEFINE_integer('tflite_calibration_images',
                      _D.tflite_calibration_images,
                      'Training images that calibrate int8 quantization.')
+# --- Scale (docs/scale.md) ---
+flags.DEFINE_integer('max_vectors_in_memory', _D.max_vectors_in_memory,
+                     'Past this many training vectors, training and '
+                     'evaluation stream from the cache in chunks (about half '
+                     'of this many vectors in memory at once); 0 never '
+                     'streams.')
+# --- end scale ---
 flags.DEFINE_enum('logging_verbosity', 'INFO',
                   ['DEBUG', 'INFO', 'WARN', 'ERROR', 'FATAL'],
                   'How much to log.')

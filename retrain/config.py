@@ -145,5 +145,13 @@ class Config:
   tflite_quantization: str = 'none'
   tflite_calibration_images: int = 100
 
+  # --- Scale (docs/scale.md) -----------------------------------------------------
+  # Past this many training vectors (distorted copies included), training and
+  # evaluation read the vectors from the cache in chunks instead of holding
+  # them in one array (retrain/head/streaming.py): 200,000 vectors of 1,280
+  # float32 are about 1 GB, and in memory is the faster path below that.
+  # 0 never streams.
+  max_vectors_in_memory: int = 200_000
+
 
 DEFAULTS = Config()

@@ -128,15 +128,20 @@ class _Trainer:
     self.loss_weights = (tf.constant(loss_weights) if loss_weights is not None
                          else None)
     dropout = bool(opts and opts.dropout_rate)
-    self.run = tf.function(self._run, jit_compile=not dropout)
+    # The batches of a call are gathered from the chunk by numpy and
+    # handed over as [S, B, D] (a few MB): handed the whole chunk, XLA
+    # copied it on every call, and turning a chunk into a tensor cost a
+    # copy of it too (0.1 s per 100 MB, on a busy machine far more).
+    self.run = tf.function(self._steps_on, jit_compile=not dropout)
 
-  def _run(self, x, y, rows):
-    """SGD steps on x[rows[i]] for each i; x float32 [C, D], y int64 [C],
-    rows int64 [S, B]."""
+  def _steps_on(self, xs, ys, n):
+    """SGD steps on batches xs[i], ys[i] for i < n; xs float32 [S, B, D],
+    ys int64 [S, B] (S fixed per run, so XLA compiles once rather than
+    once per segment length)."""
     opts = self.opts
 
     def step(i):
-      xb, yb = tf.gather(x, rows[i]), tf.gather(y, rows[i])
+      xb, yb = xs[i], ys[i]
       with tf.GradientTape() as tape:
         if opts is not None:
           xb = options_lib.dropout(xb, opts.dropout_rate, self.gen)
@@ -148,8 +153,7 @@ class _Trainer:
       self.optimizer.apply(tape.gradient(loss, [self.weights, self.biases]))
       return i + 1
 
-    tf.while_loop(lambda i: i < tf.shape(rows, out_type=tf.int64)[0], step,
-                  [tf.constant(0, tf.int64)])
+    tf.while_loop(lambda i: i < n, step, [tf.constant(0, tf.int64)])
     return tf.constant(0)
 
   def head(self) -> train_lib.Head:
@@ -228,6 +232,8 @@ def train_head_streaming(
   epochs = steps * batch_size / max(1, len(train_y))
   share = min(epochs, 1.0) / batch_size
   points = train_lib.eval_steps(steps, eval_step_interval)
+  # A compiled call trains up to the next evaluation point.
+  segment = max(1, min(eval_step_interval, steps))
   point_set = set(points)
   stopper = (options_lib.EarlyStopping(options.early_stopping_patience)
              if options and options.early_stopping_patience and len(val_y)
@@ -252,12 +258,14 @@ def train_head_streaming(
       visit = min(max(1, int(owed)), steps - done)
       owed -= visit
       sampler = _Sampler(chunk_y, by_class)
-      x, y = tf.constant(chunk_x), tf.constant(chunk_y)
       while visit > 0:
         upcoming = next((p for p in points if p >= done), steps - 1)
         count = min(visit, upcoming + 1 - done)
         rows = sampler.rows(rng, count, batch_size)
-        trainer.run(x, y, tf.constant(rows))
+        padded = np.zeros((segment, batch_size), np.int64)
+        padded[:count] = rows
+        trainer.run(tf.constant(chunk_x[padded]), tf.constant(chunk_y[padded]),
+                    tf.constant(count, tf.int64))
         done += count
         visit -= count
         step = done - 1
