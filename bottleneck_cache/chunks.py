@@ -12,7 +12,7 @@ contiguous slices. No TensorFlow.
 from __future__ import annotations
 
 import os
-from typing import List, Sequence, Tuple
+from typing import List, Sequence, Tuple, Union
 
 import h5py
 import numpy as np
@@ -27,25 +27,29 @@ _DENSE = 4
 
 
 class VectorIndex:
-  """Where each key of one namespace folder lives.
+  """Where each key of one or more namespace folders lives.
 
   Args:
-    directory: a namespace folder (`BottleneckStore.directory`); unreadable
-      shards are skipped (BottleneckStore sets them aside on its next open).
+    directories: a namespace folder (`BottleneckStore.directory`) or a list
+      of them (e.g. plain vectors and distorted copies, whose keys differ);
+      unreadable shards are skipped (BottleneckStore sets them aside on its
+      next open).
 
   Attributes:
     shard_paths: the shard files, indexed by shard number.
     dim: vector length (None when there are no vectors).
   """
 
-  def __init__(self, directory: str):
-    self.directory = directory
-    names = sorted(n for n in os.listdir(directory) if shards.is_shard_name(n))
+  def __init__(self, directories: Union[str, Sequence[str]]):
+    if isinstance(directories, str):
+      directories = [directories]
+    self.directory = ', '.join(directories)
+    paths = [os.path.join(d, n) for d in directories
+             for n in sorted(os.listdir(d)) if shards.is_shard_name(n)]
     self.shard_paths: List[str] = []
     keys, shard_ids, rows = [], [], []
     self.dim = None
-    for name in names:
-      path = os.path.join(directory, name)
+    for path in paths:
       try:
         with h5py.File(path, 'r') as f:
           shard_keys = f['keys'][...]
@@ -76,24 +80,38 @@ class VectorIndex:
   def __len__(self) -> int:
     return len(self._keys)
 
+  def contains(self, keys) -> np.ndarray:
+    """bool [n]: whether each key (str list or bytes array) is indexed."""
+    wanted, too_long = self._encode(keys)
+    if not len(self._keys) or not len(wanted):
+      return np.zeros(len(wanted), bool)
+    pos = np.minimum(np.searchsorted(self._keys, wanted), len(self._keys) - 1)
+    return (self._keys[pos] == wanted) & ~too_long
+
+  def _encode(self, keys) -> Tuple[np.ndarray, np.ndarray]:
+    """(keys as the index's byte width, bool: longer than that width, so
+    absent: cutting them would make false matches)."""
+    if not isinstance(keys, np.ndarray):
+      keys = np.asarray([k.encode('utf-8') if isinstance(k, str) else k
+                         for k in keys], dtype=bytes)
+    if not len(keys):
+      return keys.astype(self._keys.dtype), np.zeros(0, bool)
+    too_long = np.char.str_len(keys) > self._keys.dtype.itemsize
+    return keys.astype(self._keys.dtype), too_long
+
   def locate(self, keys) -> Tuple[np.ndarray, np.ndarray]:
     """(shard int32 [n], row int64 [n]) of each key (str list or bytes array).
 
     Raises:
       KeyError: a key is not in the folder.
     """
-    wanted = np.asarray([k.encode('utf-8') if isinstance(k, str) else k
-                         for k in keys]) if not isinstance(
-                             keys, np.ndarray) else keys
-    wanted = wanted.astype(self._keys.dtype) if len(wanted) else wanted
-    pos = np.searchsorted(self._keys, wanted)
-    pos = np.minimum(pos, max(len(self._keys) - 1, 0))
-    found = (len(self._keys) > 0) & (self._keys[pos] == wanted) if len(
-        wanted) else np.zeros(0, bool)
+    wanted, _ = self._encode(keys)
+    found = self.contains(keys)
     if not np.all(found):
       missing = wanted[~found][0]
       raise KeyError(f'{int(np.sum(~found))} keys are not in the cache '
                      f'{self.directory!r}, e.g. {missing!r}')
+    pos = np.searchsorted(self._keys, wanted)
     return self._shard[pos], self._row[pos]
 
 

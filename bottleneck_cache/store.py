@@ -161,7 +161,8 @@ class BottleneckStore:
       self._index[key] = (name, row)
 
   def get_or_compute(self, keys: Sequence[str], compute: ComputeFn,
-                     on_batch: Optional[Callable[[int], None]] = None
+                     on_batch: Optional[Callable[[int], None]] = None,
+                     load: bool = True
                      ) -> Tuple[np.ndarray, np.ndarray, Stats]:
     """Vectors for all keys, computing and storing only the missing ones.
 
@@ -173,6 +174,9 @@ class BottleneckStore:
         asked for.
       on_batch: called with the number of items of each stored batch
         (progress reporting).
+      load: False returns no vectors (float32 [0, dim]), only the mask and
+        stats: for callers that read them later in chunks (bottleneck_cache
+        .chunks), so a million vectors are never in memory at once.
 
     Returns:
       (vectors, ok, stats): vectors float32 [n_ok, dim] for the items whose
@@ -202,6 +206,8 @@ class BottleneckStore:
     if len(self._shards) > MERGE_THRESHOLD and len(self._shards) > shards_before:
       self.merge()
     ok = np.array([key in self._index for key in keys], dtype=bool)
+    if not load:
+      return np.zeros((0, self._dim or 0), np.float32), ok, stats
     vectors = self.get([k for k, good in zip(keys, ok) if good])
     return vectors, ok, stats
 

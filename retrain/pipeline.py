@@ -133,6 +133,12 @@ def run(config: Config) -> RunResult:
   # The module as the bottlenecks (plain and distorted) run it.
   runner = tflite_runtime.deferred(module, config.bottleneck_runtime,
                                    config.module_cache_dir)
+  # --- Past the memory budget: stream from the cache (docs/scale.md) ---
+  from retrain import streamed  # pylint: disable=g-import-not-at-top
+  if streamed.needed(config, len(dataset.images)):
+    return streamed.run(config, layout, module, runner, timings, peak_rss,
+                        started)
+  # --- end of streaming hand-over ---
   phase = time.monotonic()
   store = bottleneck_cache.BottleneckStore(
       config.bottleneck_dir, bottlenecks_lib.cache_namespace(module))

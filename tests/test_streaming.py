@@ -102,3 +102,70 @@ def test_streaming_sees_every_class_though_the_cache_is_in_class_order(
   test = streaming.evaluate_streaming(result.head, index, labels, 4096)
   per_class = [np.mean(test.predictions[labels == c] == c) for c in range(3)]
   assert min(per_class) > 0.9, per_class
+
+
+@pytest.mark.slow
+def test_pipeline_streams_past_the_budget(tmp_path, fake_module, monkeypatch):
+  """A run whose training vectors exceed --max_vectors_in_memory trains and
+  evaluates from the cache, with distorted copies, and still exports."""
+  import json
+
+  from retrain import pipeline
+  from retrain.head import streaming
+  from tests.conftest import make_colour_dataset, shrunk_config
+  calls = []
+  real = streaming.train_head_streaming
+
+  def recording(train, train_y, *args, **kwargs):
+    calls.append((len(train), kwargs['stats']))
+    return real(train, train_y, *args, **kwargs)
+
+  monkeypatch.setattr(streaming, 'train_head_streaming', recording)
+  images = make_colour_dataset(tmp_path / 'images', per_class=20)
+  config = shrunk_config(images, tmp_path / 'out', fake_module,
+                         max_vectors_in_memory=10, flip_left_right=True,
+                         distorted_copies=1, projector_max_images=0,
+                         output_graph='')
+  result = pipeline.run(config)
+  assert result.bottleneck_stats.computed == 60
+  assert result.distorted_stats.computed == result.counts['train']
+  # Originals and their copies, read in more than one chunk.
+  ((trained_on, stats),) = calls
+  assert trained_on == 2 * result.counts['train']
+  assert stats.chunks > 1
+  assert result.test_accuracy == 1.0 and result.test_count > 0
+  assert result.history[-1].step == config.how_many_training_steps - 1
+  summary = json.loads((tmp_path / 'out' / 'report' /
+                        'run_summary.json').read_text())
+  assert summary['config']['max_vectors_in_memory'] == 10
+  assert (tmp_path / 'out' / 'saved_model' / 'saved_model.pb').exists()
+
+  # Below the budget the same data takes the in-memory path and reuses
+  # every cached vector.
+  again = pipeline.run(dataclasses_replace(config, max_vectors_in_memory=0,
+                                           saved_model_dir=''))
+  assert len(calls) == 1
+  assert again.bottleneck_stats.computed == 0
+  assert again.distorted_stats.computed == 0
+  assert again.test_accuracy == 1.0
+
+
+def dataclasses_replace(config, **changes):
+  import dataclasses
+  return dataclasses.replace(config, **changes)
+
+
+def test_negative_budget_is_a_clear_error(tmp_path, fake_module):
+  from retrain import streamed
+  from retrain.errors import DatasetError
+  from tests.conftest import shrunk_config
+  config = shrunk_config(tmp_path, tmp_path / 'out', fake_module,
+                         max_vectors_in_memory=-1)
+  with pytest.raises(DatasetError, match='--max_vectors_in_memory=-1 must be'):
+    streamed.needed(config, 10)
+  config = shrunk_config(tmp_path, tmp_path / 'out', fake_module,
+                         max_vectors_in_memory=1000, flip_left_right=True,
+                         distorted_copies=2)
+  # 2000 images: 80% train, times 1 + 2 copies = 4800 > 1000.
+  assert streamed.expected_training_vectors(config, 2000) == 4800
+  assert streamed.needed(config, 2000) and not streamed.needed(config, 400)

@@ -197,7 +197,8 @@ def make_compute_fn(paths: Sequence[str], module: FeatureModule,
 def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
                         store: bottleneck_cache.BottleneckStore,
                         batch_size: int,
-                        progress_interval: float = 5.0) -> Bottlenecks:
+                        progress_interval: float = 5.0,
+                        load_vectors: bool = True) -> Bottlenecks:
   """Vectors of `paths`, from the cache where possible.
 
   Args:
@@ -206,6 +207,9 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
     store: the cache namespace for this module (see cache_namespace).
     batch_size: images per module call.
     progress_interval: seconds between progress lines.
+    load_vectors: False leaves `vectors` empty ([0, D]); the caller reads
+      them from the cache later (retrain/streamed.py, past the memory
+      budget).
   """
   # The memo lives at the cache root: file digests do not depend on the
   # module, so every namespace shares it.
@@ -232,7 +236,7 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
   compute = make_compute_fn([paths[i] for i in readable], module, batch_size,
                             reasons)
   vectors, ok_readable, stats = store.get_or_compute(
-      keys, compute, on_batch=progress.update)
+      keys, compute, on_batch=progress.update, load=load_vectors)
   if missing_count:
     progress.finish()
 
