@@ -66,6 +66,10 @@ class DigestMemo:
   def digest(self, path: str) -> str:
     """SHA-256 of the file at `path`; raises OSError if it cannot be read."""
     real = os.path.realpath(path)
+    if real == path:
+      # Keep the caller's string as the memo's key rather than an equal
+      # copy: at a million files that is 100 MB less.
+      real = path
     st = os.stat(real)
     stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
     entry = self._memo.get(real)

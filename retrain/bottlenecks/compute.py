@@ -18,6 +18,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import os
+import time
 from typing import Optional, Sequence
 
 import numpy as np
@@ -33,6 +34,11 @@ from retrain.features.modules import FeatureModule
 
 # Content hashing is I/O bound and hashlib releases the GIL.
 _HASH_THREADS = 8
+# Files hashed between progress lines (at most) and between saves of the
+# digest memo: a killed run resumes from the last save (saving a
+# million-file memo takes a few seconds, so not too often).
+_HASH_PART = 10_000
+_MEMO_SAVE_EVERY = 100_000
 # Images decoded at once: one per core.
 _DECODE_THREADS = features.usable_cores()
 
@@ -65,15 +71,30 @@ def cache_namespace(module: FeatureModule) -> dict:
 
 def _hash_files(paths: Sequence[str], memo: bottleneck_cache.DigestMemo
                 ) -> list:
-  """SHA-256 of each file, or an OSError for files that cannot be read."""
+  """SHA-256 of each file, or an OSError for files that cannot be read.
+
+  Files whose size, mtime and inode the memo knows are not read again, so
+  a re-run (or a run resumed after a kill: the memo is saved every
+  _MEMO_SAVE_EVERY files) only stats them. A progress line every few
+  seconds when that takes long (a million files).
+  """
   def digest(path):
     try:
       return memo.digest(path)
     except OSError as e:
       return e
+  progress = Progress('Hashing', len(paths), unit='files')
+  digests = []
   with concurrent.futures.ThreadPoolExecutor(_HASH_THREADS) as pool:
-    digests = list(pool.map(digest, paths))
+    for start in range(0, len(paths), _HASH_PART):
+      part = paths[start:start + _HASH_PART]
+      digests.extend(pool.map(digest, part))
+      progress.update(len(part))
+      if len(digests) % _MEMO_SAVE_EVERY == 0 and len(digests) < len(paths):
+        memo.save()
   memo.save()
+  if time.monotonic() - progress.started > progress.interval:
+    progress.finish()
   return digests
 
 

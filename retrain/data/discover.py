@@ -26,7 +26,9 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.webp', '.tif',
 FEW_IMAGES_WARNING = 20
 
 
-@dataclasses.dataclass(frozen=True)
+# slots: no per-object __dict__, about 100 bytes less per image (a million
+# images is a million of these).
+@dataclasses.dataclass(frozen=True, slots=True)
 class ImageFile:
   """One image on disk.
 
