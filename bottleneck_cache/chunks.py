@@ -67,15 +67,23 @@ class VectorIndex:
     width = max((k.dtype.itemsize for k in keys), default=1)
     all_keys = (np.concatenate([k.astype(f'S{width}') for k in keys])
                 if keys else np.zeros(0, f'S{width}'))
-    # Later shards win for a key stored twice (as BottleneckStore's index).
-    order = np.argsort(all_keys, kind='stable')[::-1]
-    sorted_keys = all_keys[order]
-    _, first = np.unique(sorted_keys, return_index=True)
-    keep = order[first]
-    self._keys = all_keys[keep]
-    self._shard = np.concatenate(shard_ids)[keep] if keys else np.zeros(
-        0, np.int32)
-    self._row = np.concatenate(rows)[keep] if keys else np.zeros(0, np.int64)
+    del keys
+    shard_ids = (np.concatenate(shard_ids) if shard_ids else
+                 np.zeros(0, np.int32))
+    rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    # One stable sort; of equal keys (a key stored twice) the last, i.e.
+    # the later shard, wins, as in BottleneckStore's index. Peak memory is
+    # about two copies of the keys.
+    order = np.argsort(all_keys, kind='stable')
+    self._keys = all_keys[order]
+    del all_keys
+    keep = np.ones(len(order), bool)
+    if len(order) > 1:
+      keep[:-1] = self._keys[1:] != self._keys[:-1]
+    if not keep.all():
+      self._keys, order = self._keys[keep], order[keep]
+    self._shard = shard_ids[order]
+    self._row = rows[order]
 
   def __len__(self) -> int:
     return len(self._keys)

@@ -39,6 +39,20 @@ def test_reader_reads_any_subset_in_item_order(tmp_path):
     chunks.VectorIndex(store.directory).locate(['nope'])
 
 
+def test_index_takes_the_later_shard_of_a_key_stored_twice(tmp_path):
+  store = bottleneck_cache.BottleneckStore(str(tmp_path), {'kind': 't'})
+  store.put(['b', 'a'], np.array([[1.0], [2.0]]))
+  store.put(['a', 'c'], np.array([[3.0], [4.0]]))
+  index = chunks.VectorIndex(store.directory)
+  assert len(index) == 3
+  assert list(index.contains(['a', 'ab', 'c', 'zz'])) == [True, False, True,
+                                                          False]
+  reader = chunks.ChunkReader(index, ['a', 'b', 'c'])
+  np.testing.assert_array_equal(reader.read([0, 1, 2]).ravel(), [3, 1, 4])
+  np.testing.assert_array_equal(reader.read([0, 1, 2]),
+                                store.get(['a', 'b', 'c']))
+
+
 def test_schedule_mixes_blocks_and_covers_every_item():
   from retrain.head import streaming
   order = np.arange(10 * streaming.BLOCK_VECTORS, dtype=np.int64)
