@@ -106,6 +106,16 @@ def _log_counts(labels, y, split) -> None:
                  int(np.sum(y[split.test] == i)))
 
 
+def log_eval_point(p: train_lib.EvalPoint) -> None:
+  """Logs one evaluation point of training."""
+  text = (f'Step {p.step}: train accuracy = {100 * p.train_accuracy:.1f}%, '
+          f'cross entropy = {p.cross_entropy:.4f}')
+  if p.validation_accuracy is not None:
+    text += (f', validation accuracy = {100 * p.validation_accuracy:.1f}% '
+             f'(N={p.validation_count})')
+  logging.info(text)
+
+
 def _peak_rss_mib() -> float:
   """The process's peak resident memory so far, in MiB (Linux, macOS)."""
   peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -195,14 +205,6 @@ def run(config: Config) -> RunResult:
   explain_lib.write_run_config(writers.train, config, module, labels, y_all,
                                split, computed.failures)
 
-  def log_point(p: train_lib.EvalPoint):
-    text = (f'Step {p.step}: train accuracy = {100 * p.train_accuracy:.1f}%, '
-            f'cross entropy = {p.cross_entropy:.4f}')
-    if p.validation_accuracy is not None:
-      text += (f', validation accuracy = {100 * p.validation_accuracy:.1f}% '
-               f'(N={p.validation_count})')
-    logging.info(text)
-
   try:
     trained = train_lib.train_head(
         train_x, train_y, len(labels),
@@ -212,7 +214,7 @@ def run(config: Config) -> RunResult:
         batch_size=config.train_batch_size,
         eval_step_interval=config.eval_step_interval,
         validation_batch_size=config.validation_batch_size,
-        seed=config.random_seed, writers=writers, on_eval=log_point,
+        seed=config.random_seed, writers=writers, on_eval=log_eval_point,
         head_every=config.intermediate_store_frequency,
         on_head=intermediate,
         options=train_options_lib.TrainOptions.from_config(config),
@@ -247,22 +249,10 @@ def run(config: Config) -> RunResult:
   peak_rss['evaluation'] = _peak_rss_mib()
 
   phase = time.monotonic()
-  export_lib.write_labels(config.output_labels, labels)
-  other_formats = export_formats.export_other_formats(
+  saved = export_classifier(
       config, module, trained.head, labels,
-      [dataset.images[usable[i]].path for i in split.train])
-  if intermediate is not None:
-    other_formats['intermediate_graphs'] = intermediate.written
-  saved = None
-  if config.saved_model_dir:
-    saved = export_lib.export_saved_model(
-        config.saved_model_dir, module, trained.head, labels,
-        config.final_tensor_name,
-        extra_metadata={'test_accuracy': test.accuracy,
-                        'test_count': test.count,
-                        'other_exports': other_formats})
-    logging.info('Exported the classifier to %s (labels in %s).', saved,
-                 config.output_labels)
+      [dataset.images[usable[i]].path for i in split.train], test,
+      intermediate)
   timings['export'] = time.monotonic() - phase
   peak_rss['export'] = _peak_rss_mib()
   timings['total'] = time.monotonic() - started
@@ -282,6 +272,37 @@ def run(config: Config) -> RunResult:
       peak_rss_mib=peak_rss)
   write_run_summary(config, result)
   return result
+
+
+def export_classifier(config: Config, module, head, labels: List[str],
+                      train_paths: List[str], test, intermediate=None
+                      ) -> Optional[str]:
+  """Writes the labels file, the other formats and the SavedModel.
+
+  Args:
+    train_paths: the training images (int8 calibration).
+    test: the test Evaluation (its accuracy goes into the metadata).
+    intermediate: the intermediate-graphs hook, or None.
+
+  Returns:
+    The SavedModel folder, or None when none was asked for.
+  """
+  export_lib.write_labels(config.output_labels, labels)
+  other_formats = export_formats.export_other_formats(
+      config, module, head, labels, train_paths)
+  if intermediate is not None:
+    other_formats['intermediate_graphs'] = intermediate.written
+  saved = None
+  if config.saved_model_dir:
+    saved = export_lib.export_saved_model(
+        config.saved_model_dir, module, head, labels,
+        config.final_tensor_name,
+        extra_metadata={'test_accuracy': test.accuracy,
+                        'test_count': test.count,
+                        'other_exports': other_formats})
+    logging.info('Exported the classifier to %s (labels in %s).', saved,
+                 config.output_labels)
+  return saved
 
 
 def write_run_summary(config: Config, result: RunResult) -> str:

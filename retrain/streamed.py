@@ -38,12 +38,9 @@ from retrain.data import duplicates
 from retrain.data import sources as layouts
 from retrain.data import split as split_lib
 from retrain.errors import DatasetError
-from retrain.export import formats as export_formats
-from retrain.export import saved_model as export_lib
 from retrain.head import evaluate as evaluate_lib
 from retrain.head import options as train_options_lib
 from retrain.head import streaming
-from retrain.head import train as train_lib
 from retrain.report import skipped as skipped_report
 
 
@@ -69,15 +66,6 @@ def needed(config: Config, images: int) -> bool:
         '(never stream) or a number of vectors, e.g. 100000.')
   return streaming.should_stream(expected_training_vectors(config, images),
                                  config.max_vectors_in_memory)
-
-
-def _log_point(p: train_lib.EvalPoint) -> None:
-  text = (f'Step {p.step}: train accuracy = {100 * p.train_accuracy:.1f}%, '
-          f'cross entropy = {p.cross_entropy:.4f}')
-  if p.validation_accuracy is not None:
-    text += (f', validation accuracy = {100 * p.validation_accuracy:.1f}% '
-             f'(N={p.validation_count})')
-  logging.info(text)
 
 
 def run(config: Config, layout, module, runner, timings: Dict[str, float],
@@ -168,7 +156,7 @@ def run(config: Config, layout, module, runner, timings: Dict[str, float],
       validation_batch_size=config.validation_batch_size,
       seed=config.random_seed, max_vectors_in_memory=budget,
       options=train_options_lib.TrainOptions.from_config(config),
-      on_eval=_log_point, stats=stream_stats)
+      on_eval=pipeline.log_eval_point, stats=stream_stats)
   logging.info('Streamed %d chunks (%d vectors read; %.1f s spent waiting '
                'for reads).', stream_stats.chunks, stream_stats.vectors_read,
                stream_stats.wait_seconds)
@@ -191,20 +179,9 @@ def run(config: Config, layout, module, runner, timings: Dict[str, float],
   peak_rss['evaluation'] = pipeline._peak_rss_mib()  # pylint: disable=protected-access
 
   phase = time.monotonic()
-  export_lib.write_labels(config.output_labels, labels)
-  other_formats = export_formats.export_other_formats(
+  saved = pipeline.export_classifier(
       config, module, trained.head, labels,
-      [paths[usable[i]] for i in split.train])
-  saved = None
-  if config.saved_model_dir:
-    saved = export_lib.export_saved_model(
-        config.saved_model_dir, module, trained.head, labels,
-        config.final_tensor_name,
-        extra_metadata={'test_accuracy': test.accuracy,
-                        'test_count': test.count,
-                        'other_exports': other_formats})
-    logging.info('Exported the classifier to %s (labels in %s).', saved,
-                 config.output_labels)
+      [paths[usable[i]] for i in split.train], test)
   timings['export'] = time.monotonic() - phase
   peak_rss['export'] = pipeline._peak_rss_mib()  # pylint: disable=protected-access
   timings['total'] = time.monotonic() - started
