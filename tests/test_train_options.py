@@ -32,8 +32,10 @@ def _train(x, y, options, steps=200, lr=0.1, val=None, **kw):
   vx, vy = val if val is not None else (x[:0], y[:0])
   args = dict(steps=steps, learning_rate=lr, batch_size=32,
               eval_step_interval=10, validation_batch_size=-1, seed=0)
+  hooks = train.Hooks(on_eval_head=kw.pop('on_eval_head', None))
   args.update(kw)
-  return train.train_head(x, y, 3, vx, vy, options=options, **args)
+  return train.train_head(x, y, 3, vx, vy,
+                          train.Settings(options=options, **args), hooks)
 
 
 def test_defaults_are_all_off_and_reproduce_plain_training():

@@ -44,7 +44,7 @@ from retrain.common import earlier_outputs as keep
 from retrain.errors import OutputError
 from retrain.export import saved_model as export_lib
 from retrain.features.modules import FeatureModule
-from retrain.head.train import Head
+from retrain.head.model import Head
 
 INPUT_NAME = 'Placeholder'
 QUANTIZATIONS = ('none', 'dynamic', 'float16', 'int8')

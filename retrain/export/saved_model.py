@@ -35,7 +35,7 @@ from retrain.common import earlier_outputs as keep
 from retrain.errors import OutputError
 from retrain.export import signatures as signatures_lib
 from retrain.features.modules import FeatureModule
-from retrain.head.train import Head
+from retrain.head.model import Head
 
 METADATA_FILE = 'retrain_metadata.json'
 LABELS_FILE = 'labels.txt'

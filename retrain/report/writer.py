@@ -23,7 +23,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from retrain.head.train import Head
+from retrain.head.model import Head
+from retrain.head.train import spread
 from retrain.report import metrics as report_lib
 from retrain.report import tensorboard as tb
 
@@ -64,11 +65,7 @@ class ValidationImages:
                labels: Sequence[str], eval_steps: Sequence[int]):
     self.writer, self.labels = writer, list(labels)
     self.val_x, self.val_y = val_x, np.asarray(val_y, np.int64)
-    steps = list(eval_steps)[:-1]
-    if len(steps) > _MAX_EVAL_IMAGES - 1:
-      pick = np.linspace(0, len(steps) - 1, _MAX_EVAL_IMAGES - 1).round()
-      steps = [steps[int(k)] for k in pick]
-    self.steps = set(steps)
+    self.steps = set(spread(list(eval_steps)[:-1], _MAX_EVAL_IMAGES - 1))
 
   def __call__(self, step: int, head: Head) -> None:
     if step not in self.steps or not len(self.val_y):
