@@ -183,6 +183,12 @@ def config_from_flags() -> Config:
                    for field in dataclasses.fields(Config)})
 
 
+def flag_wording(error) -> str:
+  """A library error's text with each setting it names worded as its flag
+  (`optimizer='x'` -> `--optimizer='x'`)."""
+  return error.worded(lambda field: f'--{field}')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
@@ -202,7 +208,7 @@ def main(argv):
   try:
     pipeline.run(config_from_flags())
   except RetrainError as e:
-    logging.error('%s', e)
+    logging.error('%s', flag_wording(e))
     return 1
   return 0
 

@@ -7,7 +7,6 @@ tests (and other programs) can inspect; it reads no flags.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Dict, List, Optional, Sequence
 
@@ -18,12 +17,13 @@ import bottleneck_cache
 from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.bottlenecks import distort as distort_lib
 from retrain.bottlenecks import usable as usable_lib
+from retrain.common import atomic
 from retrain.common import phases as phases_lib
 from retrain.config import Config
 from retrain.data import duplicates
 from retrain.data import sources as layouts
 from retrain.data import split as split_lib
-from retrain.errors import DatasetError
+from retrain.errors import DatasetError, OutputError
 from retrain.export import formats as export_formats
 from retrain.export import saved_model as export_lib
 from retrain.features import modules as features
@@ -82,17 +82,19 @@ def check_config(config: Config) -> None:
   for name in ('how_many_training_steps', 'train_batch_size',
                'eval_step_interval', 'bottleneck_batch_size'):
     if getattr(config, name) < 1:
-      raise DatasetError(f'--{name}={getattr(config, name)} must be at least '
-                         '1.')
+      raise DatasetError(f'{name}={getattr(config, name)} must be at least '
+                         '1.', fields=(name,))
   if config.learning_rate <= 0:
-    raise DatasetError(f'--learning_rate={config.learning_rate} must be '
-                       'positive.')
+    raise DatasetError(f'learning_rate={config.learning_rate} must be '
+                       'positive.',
+                       fields=('learning_rate',))
   export_lib.check_export_dir(config.saved_model_dir)
   export_formats.check_config(config)
   train_options_lib.check(train_options_lib.TrainOptions.from_config(config))
   if config.projector_max_images < 0:
-    raise DatasetError(f'--projector_max_images={config.projector_max_images}'
-                       ' must be 0 (no projector) or more.')
+    raise DatasetError(f'projector_max_images={config.projector_max_images}'
+                       ' must be 0 (no projector) or more.',
+                       fields=('projector_max_images',))
   distort_lib.check_settings(distort_lib.Distortions.from_config(config),
                              config.distorted_copies)
 
@@ -169,8 +171,12 @@ def bottlenecks(config: Config, dataset, module, runner
                 ) -> bottlenecks_lib.Bottlenecks:
   """The bottleneck vector of every discovered image, cached under the
   module's identity and computed by `runner` (the module on its runtime)."""
-  store = bottleneck_cache.BottleneckStore(
-      config.bottleneck_dir, bottlenecks_lib.cache_namespace(module))
+  try:
+    store = bottleneck_cache.BottleneckStore(
+        config.bottleneck_dir, bottlenecks_lib.cache_namespace(module))
+  except bottleneck_cache.CacheError as e:
+    raise OutputError(f'bottleneck_dir: {e}', fields=('bottleneck_dir',)
+                      ) from e
   computed = bottlenecks_lib.compute_bottlenecks(
       [image.path for image in dataset.images], runner, store,
       config.bottleneck_batch_size)
@@ -325,8 +331,4 @@ def write_run_summary(config: Config, result: RunResult) -> str:
       'peak_rss_mib_after_phase': result.peak_rss_mib,
       'saved_model_dir': result.saved_model_dir,
   }
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(summary, f, indent=2)
-  os.replace(tmp, path)
-  return path
+  return atomic.write_json(path, summary)

@@ -206,7 +206,7 @@ def test_earlier_files_are_moved_aside_not_overwritten(tmp_path, fake_module):
     (dict(tflite_quantization='int4'), 'is not one of none, dynamic'),
     (dict(intermediate_store_frequency=-1), 'must be 0'),
     (dict(intermediate_store_frequency=5, intermediate_output_graphs_dir=''),
-     'needs --intermediate_output_graphs_dir'),
+     'needs intermediate_output_graphs_dir'),
 ])
 def test_bad_export_options_are_refused_before_work(small_config, tmp_path,
                                                     change, message):

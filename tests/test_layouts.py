@@ -142,9 +142,9 @@ def test_train_csv_alone_carves_validation_and_test(tmp_path):
 
 @pytest.mark.parametrize('kw, message', [
     (dict(image_labels_csv='a.csv', train_csv='b.csv'), 'use either one CSV'),
-    (dict(validation_csv='v.csv'), 'needs --train_csv'),
-    (dict(train_csv='t.csv', image_dir='imgs'), 'drop --image_dir'),
-    (dict(label_style='Retrain'), "--label_style='Retrain' is not one of"),
+    (dict(validation_csv='v.csv'), 'needs train_csv'),
+    (dict(train_csv='t.csv', image_dir='imgs'), 'drop image_dir'),
+    (dict(label_style='Retrain'), "label_style='Retrain' is not one of"),
     (dict(image_layout='flat'), 'is not one of auto, class_folders'),
 ])
 def test_flag_combinations_refused(kw, message):

@@ -164,6 +164,6 @@ def test_misclassified_file_lists_each_wrong_test_image(small_config):
 
 def test_bad_projector_cap_is_refused_before_work(small_config):
   from retrain.errors import DatasetError
-  with pytest.raises(DatasetError, match='--projector_max_images=-1'):
+  with pytest.raises(DatasetError, match='projector_max_images=-1'):
     pipeline.run(dataclasses.replace(small_config, projector_max_images=-1))
   assert not pathlib.Path(small_config.bottleneck_dir).exists()

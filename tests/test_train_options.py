@@ -57,16 +57,18 @@ def test_flag_choices_match_the_library():
 
 
 @pytest.mark.parametrize('field,value,match', [
-    ('optimizer', 'rmsprop', "--optimizer='rmsprop' is not one of sgd"),
-    ('dropout_rate', 1.0, r'--dropout_rate=1.0 must be in \[0, 1\)'),
-    ('label_smoothing', -0.1, '--label_smoothing=-0.1 must be'),
-    ('l2_regularizer', -1.0, '--l2_regularizer=-1.0 must be 0'),
+    ('optimizer', 'rmsprop', "optimizer='rmsprop' is not one of sgd"),
+    ('dropout_rate', 1.0, r'dropout_rate=1.0 must be in \[0, 1\)'),
+    ('label_smoothing', -0.1, 'label_smoothing=-0.1 must be'),
+    ('l2_regularizer', -1.0, 'l2_regularizer=-1.0 must be 0'),
     ('class_weighting', 'auto', 'none, balanced'),
-    ('early_stopping_patience', -2, '--early_stopping_patience=-2'),
+    ('early_stopping_patience', -2, 'early_stopping_patience=-2'),
 ])
-def test_bad_values_are_refused_with_the_flag_name(field, value, match):
-  with pytest.raises(DatasetError, match=match):
+def test_bad_values_are_refused_with_the_setting_name(field, value, match):
+  with pytest.raises(DatasetError, match=match) as e:
     opts_lib.check(_opts(**{field: value}))
+  assert e.value.fields == (field,)
+  assert '--' not in str(e.value)
 
 
 def test_momentum_matches_hand_computed_steps():

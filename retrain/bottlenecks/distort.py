@@ -104,15 +104,17 @@ def check_settings(distortions: Distortions, copies: int) -> None:
   for name, low, high, why in _BOUNDS:
     value = getattr(distortions, name)
     if not (math.isfinite(value) and low <= value <= high):
-      raise DatasetError(f'--{name}={value} is out of range: use a value from '
-                         f'{low:g} to {high:g} ({why}).')
+      raise DatasetError(f'{name}={value} is out of range: use a value from '
+                         f'{low:g} to {high:g} ({why}).',
+                         fields=(name,))
   if copies < 0:
-    raise DatasetError(f'--distorted_copies={copies} must be 0 or more.')
+    raise DatasetError(f'distorted_copies={copies} must be 0 or more.',
+                       fields=('distorted_copies',))
   if distortions.any() and copies == 0:
     raise DatasetError(
-        '--distorted_copies=0 with distortion flags set would distort '
-        'nothing: give --distorted_copies 1 or more, or drop the distortion '
-        'flags.')
+        'distorted_copies=0 with distortions set would distort '
+        'nothing: give distorted_copies 1 or more, or set no distortion.',
+        fields=('distorted_copies',))
 
 
 def cache_namespace(module: FeatureModule, distortions: Distortions,

@@ -78,27 +78,33 @@ def retrain_label(name: str) -> str:
 def check_layout_config(config) -> None:
   """Checks the layout flags of a Config before any slow work."""
   if config.image_layout not in LAYOUTS:
-    raise DatasetError(f'--image_layout={config.image_layout!r} is not one '
-                       f'of {", ".join(LAYOUTS)}.')
+    raise DatasetError(f'image_layout={config.image_layout!r} is not one '
+                       f'of {", ".join(LAYOUTS)}.',
+                       fields=('image_layout',))
   if config.label_style not in LABEL_STYLES:
-    raise DatasetError(f'--label_style={config.label_style!r} is not one of '
-                       f'{", ".join(LABEL_STYLES)}.')
+    raise DatasetError(f'label_style={config.label_style!r} is not one of '
+                       f'{", ".join(LABEL_STYLES)}.',
+                       fields=('label_style',))
   given = [name for name in _CSV_FLAGS if getattr(config, name)]
   if not given:
     return
   if config.image_labels_csv and len(given) > 1:
     raise DatasetError(
-        f'--image_labels_csv and --{given[1]} were both given: use either one '
-        'CSV (split by hash) or --train_csv with --validation_csv / '
-        '--test_csv (split as given).')
+        f'image_labels_csv and {given[1]} were both given: use either one '
+        'CSV (split by hash) or train_csv with validation_csv / '
+        'test_csv (split as given).',
+        fields=('image_labels_csv', 'train_csv', 'validation_csv',
+                'test_csv', given[1]))
   if not config.image_labels_csv and not config.train_csv:
-    raise DatasetError(f'--{given[0]} needs --train_csv: the train CSV '
-                       'defines the classes.')
+    raise DatasetError(f'{given[0]} needs train_csv: the train CSV '
+                       'defines the classes.',
+                       fields=('train_csv', given[0]))
   if config.image_dir:
     raise DatasetError(
-        f'--image_dir and --{given[0]} were both given: with CSV labels the '
+        f'image_dir and {given[0]} were both given: with CSV labels the '
         'paths in each CSV are relative to the CSV\'s own folder, so drop '
-        '--image_dir.')
+        'image_dir.',
+        fields=('image_dir', given[0]))
 
 
 def load_layout(config) -> Layout:
@@ -150,9 +156,10 @@ def detect_split_folders(image_dir: str, forced: bool = False) -> Optional[dict]
   if train is None or others or not _subdirs(os.path.join(image_dir, train)):
     if forced:
       raise DatasetError(
-          f'--image_layout split_folders: {image_dir!r} should hold train/ '
+          f'image_layout split_folders: {image_dir!r} should hold train/ '
           'plus validation/ (or val/) and/or test/, each with one sub-folder '
-          f'per class; found folders {names}.')
+          f'per class; found folders {names}.',
+          fields=('image_layout',))
     return None
   if 'val' in by_lower and 'validation' in by_lower:
     raise DatasetError(
@@ -365,9 +372,10 @@ def _apply_label_style(layout: Layout, style: str) -> Layout:
     if label in first:
       raise DatasetError(
           f'Classes {first[label]!r} and {name!r} both become label {label!r} '
-          'with --label_style retrain (lower case, each run of other '
-          'characters one space): rename one of them, or use --label_style '
-          'verbatim.')
+          'with label_style retrain (lower case, each run of other '
+          'characters one space): rename one of them, or use label_style '
+          'verbatim.',
+          fields=('label_style',))
     first[label] = name
     renamed.append(label)
   dataset = dataclasses.replace(layout.dataset, labels=tuple(renamed))

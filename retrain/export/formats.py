@@ -40,6 +40,7 @@ from absl import logging
 
 import retrain
 from retrain import images as images_lib
+from retrain.common import atomic
 from retrain.common import earlier_outputs as keep
 from retrain.errors import OutputError
 from retrain.export import saved_model as export_lib
@@ -61,13 +62,9 @@ def sidecar_paths(path: str) -> Dict[str, str]:
 
 def _write_file(path: str, data: bytes) -> None:
   """Writes `data` to `path` atomically, keeping any earlier file aside."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'wb') as f:
-    f.write(data)
-  keep.move_aside(path)
-  os.replace(tmp, path)
+  with atomic.replacing(path) as tmp:
+    atomic.write_bytes(tmp, data)
+    keep.move_aside(path)
 
 
 def _write_sidecars(path: str, labels: Sequence[str], module: FeatureModule,
@@ -98,16 +95,19 @@ def check_output_file(flag: str, path: str, suffixes: Sequence[str]) -> None:
   if not path:
     return
   if os.path.isdir(path) or path.endswith(('/', os.sep)):
-    raise OutputError(f'--{flag} {path!r} is a folder: give a file path, '
-                      f'e.g. {os.path.join(path, "model" + suffixes[0])}.')
+    raise OutputError(f'{flag} {path!r} is a folder: give a file path, '
+                      f'e.g. {os.path.join(path, "model" + suffixes[0])}.',
+                      fields=(flag,))
   if not path.lower().endswith(tuple(suffixes)):
-    raise OutputError(f'--{flag} {path!r} should end in '
+    raise OutputError(f'{flag} {path!r} should end in '
                       f'{" or ".join(suffixes)}, so that tools (and '
-                      'label_image) recognise the format.')
+                      'label_image) recognise the format.',
+                      fields=(flag,))
   parent = os.path.dirname(os.path.abspath(path))
   if os.path.exists(parent) and not os.access(parent, os.W_OK):
-    raise OutputError(f'Cannot write in {parent!r}: give a --{flag} in a '
-                      'writable folder.')
+    raise OutputError(f'Cannot write in {parent!r}: give a {flag} in a '
+                      'writable folder.',
+                      fields=(flag,))
 
 
 def check_config(config) -> None:
@@ -116,20 +116,25 @@ def check_config(config) -> None:
   check_output_file('tflite_output_file', config.tflite_output_file,
                     ('.tflite',))
   if config.tflite_quantization not in QUANTIZATIONS:
-    raise OutputError(f'--tflite_quantization={config.tflite_quantization!r} '
-                      f'is not one of {", ".join(QUANTIZATIONS)}.')
+    raise OutputError(f'tflite_quantization={config.tflite_quantization!r} '
+                      f'is not one of {", ".join(QUANTIZATIONS)}.',
+                      fields=('tflite_quantization',))
   if config.intermediate_store_frequency < 0:
-    raise OutputError(f'--intermediate_store_frequency='
+    raise OutputError(f'intermediate_store_frequency='
                       f'{config.intermediate_store_frequency} must be 0 '
-                      '(none) or a positive number of steps.')
+                      '(none) or a positive number of steps.',
+                      fields=('intermediate_store_frequency',))
   if config.intermediate_store_frequency and not (
       config.intermediate_output_graphs_dir):
-    raise OutputError('--intermediate_store_frequency needs '
-                      '--intermediate_output_graphs_dir (a folder).')
+    raise OutputError('intermediate_store_frequency needs '
+                      'intermediate_output_graphs_dir (a folder).',
+                      fields=('intermediate_store_frequency',
+                              'intermediate_output_graphs_dir'))
   if config.checkpoint_path and os.path.isdir(config.checkpoint_path):
-    raise OutputError(f'--checkpoint_path {config.checkpoint_path!r} is a '
+    raise OutputError(f'checkpoint_path {config.checkpoint_path!r} is a '
                       'folder: give a file prefix, e.g. '
-                      f'{os.path.join(config.checkpoint_path, "head")}.')
+                      f'{os.path.join(config.checkpoint_path, "head")}.',
+                      fields=('checkpoint_path',))
 
 
 # --- Frozen graph -------------------------------------------------------------
@@ -162,7 +167,8 @@ def frozen_graph_def(module: FeatureModule, head: Head,
   if INPUT_NAME not in names or final_tensor_name not in names:
     raise OutputError(f'Freezing the graph lost the ops {INPUT_NAME!r} / '
                       f'{final_tensor_name!r}; choose another '
-                      '--final_tensor_name.')
+                      'final_tensor_name.',
+                      fields=('final_tensor_name',))
   return graph_def
 
 

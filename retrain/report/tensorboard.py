@@ -28,6 +28,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from retrain.common import atomic
+
 # TensorBoard's projector refuses sprites larger than 8192 pixels a side.
 _MAX_SPRITE_SIDE = 8192
 _THUMBNAIL = 64
@@ -286,11 +288,10 @@ def write_projector(run_dir: str, vectors: np.ndarray,
     if len(vals) != n:
       raise ValueError(f'metadata column {name!r} has {len(vals)} values for '
                        f'{n} vectors')
-  with open(os.path.join(run_dir, 'metadata.tsv'), 'w',
-            encoding='utf-8') as f:
-    f.write('\t'.join(clean) + '\n')
-    for k in range(n):
-      f.write('\t'.join(vals[k] for vals in clean.values()) + '\n')
+  rows = [list(clean)] + [[vals[k] for vals in clean.values()]
+                          for k in range(n)]
+  atomic.write_text(os.path.join(run_dir, 'metadata.tsv'),
+                    ''.join('\t'.join(row) + '\n' for row in rows))
 
   checkpoint = tf.train.Checkpoint(**{_EMBEDDING_NAME: tf.Variable(vectors)})
   prefix = checkpoint.save(os.path.join(run_dir, 'embedding.ckpt'))
