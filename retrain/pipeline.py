@@ -19,7 +19,7 @@ from retrain.bottlenecks import distort as distort_lib
 from retrain.bottlenecks import usable as usable_lib
 from retrain.common import atomic
 from retrain.common import phases as phases_lib
-from retrain.config import Config
+from retrain.config import Config, subset
 from retrain.data import duplicates
 from retrain.data import sources as layouts
 from retrain.data import split as split_lib
@@ -76,7 +76,7 @@ class RunResult:
 
 def check_config(config: Config) -> None:
   """Checks values before any slow work starts."""
-  layouts.check_layout_config(config)
+  layouts.check_layout_options(subset(layouts.LayoutOptions, config))
   split_lib.check_percentages(config.validation_percentage,
                               config.testing_percentage)
   for name in ('how_many_training_steps', 'train_batch_size',
@@ -89,13 +89,13 @@ def check_config(config: Config) -> None:
                        'positive.',
                        fields=('learning_rate',))
   export_lib.check_export_dir(config.saved_model_dir)
-  export_formats.check_config(config)
-  train_options_lib.check(train_options_lib.TrainOptions.from_config(config))
+  export_formats.check_options(subset(export_formats.ExportOptions, config))
+  train_options_lib.check(subset(train_options_lib.TrainOptions, config))
   if config.projector_max_images < 0:
     raise DatasetError(f'projector_max_images={config.projector_max_images}'
                        ' must be 0 (no projector) or more.',
                        fields=('projector_max_images',))
-  distort_lib.check_settings(distort_lib.Distortions.from_config(config),
+  distort_lib.check_settings(subset(distort_lib.Distortions, config),
                              config.distorted_copies)
 
 
@@ -160,7 +160,7 @@ def run(config: Config) -> RunResult:
 
 def discover(config: Config) -> layouts.Layout:
   """The images and their classes (and a given split, if any)."""
-  layout = layouts.load_layout(config)
+  layout = layouts.load_layout(subset(layouts.LayoutOptions, config))
   logging.info('Found %d images in %d classes: %s.',
                len(layout.dataset.images), len(layout.dataset.labels),
                layout.description)
@@ -224,8 +224,9 @@ def training_set(config: Config, runner, images: usable_lib.UsableImages,
   train_x = images.vectors[split.train]
   train_y = images.labels[split.train]
   copies = distort_lib.training_copies(
-      config, runner, images.paths_of(split.train),
-      images.digests_of(split.train))
+      subset(distort_lib.Distortions, config), config.distorted_copies,
+      config.random_seed, config.bottleneck_dir, config.bottleneck_batch_size,
+      runner, images.paths_of(split.train), images.digests_of(split.train))
   if copies is not None:
     train_x = np.concatenate([train_x, copies.vectors])
     train_y = np.concatenate([train_y, train_y[copies.source]])
@@ -238,9 +239,10 @@ def train(config: Config, module, labels: Sequence[str],
   """Trains the head, writing TensorBoard summaries; returns (TrainResult,
   the intermediate-graph hook or None)."""
   writers = summaries_lib.Writers(config.summaries_dir)
-  intermediate = export_formats.intermediate_hook(config, module, labels)
-  explain_lib.write_run_config(writers.train, config, module, labels,
-                               images.labels, split, failures)
+  intermediate = export_formats.intermediate_hook(
+      subset(export_formats.ExportOptions, config), module, labels)
+  explain_lib.write_run_config(writers.train, dataclasses.asdict(config),
+                               module, labels, images.labels, split, failures)
   val_x = images.vectors[split.validation]
   val_y = images.labels[split.validation]
   points = train_lib.eval_steps(config.how_many_training_steps,
@@ -253,7 +255,7 @@ def train(config: Config, module, labels: Sequence[str],
       eval_step_interval=config.eval_step_interval,
       validation_batch_size=config.validation_batch_size,
       seed=config.random_seed,
-      options=train_options_lib.TrainOptions.from_config(config))
+      options=subset(train_options_lib.TrainOptions, config))
   hooks = train_lib.Hooks(
       writers=writers, on_eval=log,
       head_every=config.intermediate_store_frequency, on_head=intermediate,
@@ -285,7 +287,7 @@ def evaluate(config: Config, labels: Sequence[str],
     for line in misclassified:
       logging.info(line)
   explained = explain_lib.finish(
-      config, labels, trained.head, images.vectors, images.labels, split,
+      subset(explain_lib.ReportOptions, config), labels, trained.head, images.vectors, images.labels, split,
       images.paths, images.rel_paths, test,
       trained.history[-1].step if trained.history else 0, trained.best_step)
   return test, misclassified, explained
@@ -299,7 +301,7 @@ def export(config: Config, module, labels: Sequence[str],
   SavedModel folder, or None."""
   export_lib.write_labels(config.output_labels, labels)
   other_formats = export_formats.export_other_formats(
-      config, module, trained.head, labels, images.paths_of(split.train))
+      subset(export_formats.ExportOptions, config), module, trained.head, labels, images.paths_of(split.train))
   if intermediate is not None:
     other_formats['intermediate_graphs'] = intermediate.written
   if not config.saved_model_dir:

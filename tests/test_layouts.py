@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from retrain import config as config_lib
 from retrain.config import DEFAULTS
 from retrain.data import sources as layouts
 from retrain.errors import DatasetError
@@ -13,7 +14,8 @@ from tests.conftest import write_image
 
 
 def _config(**kw):
-  return dataclasses.replace(DEFAULTS, **kw)
+  return config_lib.subset(layouts.LayoutOptions,
+                          dataclasses.replace(DEFAULTS, **kw))
 
 
 def _touch_images(root, rels):
@@ -149,7 +151,7 @@ def test_train_csv_alone_carves_validation_and_test(tmp_path):
 ])
 def test_flag_combinations_refused(kw, message):
   with pytest.raises(DatasetError, match=message):
-    layouts.check_layout_config(_config(**kw))
+    layouts.check_layout_options(_config(**kw))
 
 
 # --- split folders ------------------------------------------------------------

@@ -77,7 +77,7 @@ def test_run_writes_every_tag_report_and_projector(small_config):
           'final_layer/activations'} <= set(train.Tags()['tensors'])
   assert _plugin(train, 'run_config') == 'text'
   text = train.Tensors('run_config')[0].tensor_proto.string_val[0].decode()
-  assert '| --how_many_training_steps | 100 |' in text
+  assert '| how_many_training_steps | 100 |' in text
   assert '| red | ' in text and 'Skipped files: 1' in text
   assert 'broken.jpg' in text
 

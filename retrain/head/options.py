@@ -57,11 +57,6 @@ class TrainOptions:
   sampling: str
   early_stopping_patience: int
 
-  @classmethod
-  def from_config(cls, config) -> 'TrainOptions':
-    return cls(**{f.name: getattr(config, f.name)
-                  for f in dataclasses.fields(cls)})
-
 
 def check(options: TrainOptions) -> None:
   """Raises DatasetError naming the flag and the accepted values."""
