@@ -66,10 +66,14 @@ flags.DEFINE_string(
 flags.DEFINE_integer('image_size', _D.image_size,
                      'Input height and width, for modules that accept any '
                      'size.')
+# Read here, the only module that reads the environment: the module cache
+# when --module_cache_dir is not given.
+MODULE_CACHE_ENV = 'RETRAIN_MODULE_CACHE'
+
 flags.DEFINE_string('module_cache_dir', _D.module_cache_dir,
                     'Where bundled presets are converted to SavedModels '
-                    '(default: $RETRAIN_MODULE_CACHE or '
-                    '~/.cache/retrain/modules).')
+                    f'(default: ${MODULE_CACHE_ENV} if set, else '
+                    f'{_D.module_cache_dir}).')
 flags.DEFINE_bool('list_modules', False,
                   'Print the module presets and exit.')
 flags.DEFINE_string('bottleneck_dir', _D.bottleneck_dir,
@@ -177,10 +181,14 @@ flags.DEFINE_enum('logging_verbosity', 'INFO',
 FLAGS = flags.FLAGS
 
 
-def config_from_flags() -> Config:
-  """A Config with every field taken from the flag of the same name."""
-  return Config(**{field.name: FLAGS[field.name].value
-                   for field in dataclasses.fields(Config)})
+def config_from_flags(environ=os.environ) -> Config:
+  """A Config with every field taken from the flag of the same name (and
+  module_cache_dir from $RETRAIN_MODULE_CACHE when the flag is not given)."""
+  values = {field.name: FLAGS[field.name].value
+            for field in dataclasses.fields(Config)}
+  if not FLAGS['module_cache_dir'].present and environ.get(MODULE_CACHE_ENV):
+    values['module_cache_dir'] = environ[MODULE_CACHE_ENV]
+  return Config(**values)
 
 
 def flag_wording(error) -> str:
@@ -202,7 +210,10 @@ def main(argv):
   from retrain.errors import RetrainError  # pylint: disable=g-import-not-at-top
   from retrain.features import presets  # pylint: disable=g-import-not-at-top
   if FLAGS.list_modules:
-    sys.stdout.write(presets.format_module_list() + '\n')
+    cache_dir = config_from_flags().module_cache_dir
+    sys.stdout.write(presets.format_module_list(cache_dir) + '\n'
+                     f'(Set {MODULE_CACHE_ENV} or --module_cache_dir to move '
+                     'the module cache.)\n')
     return 0
   from retrain import pipeline  # pylint: disable=g-import-not-at-top
   try:

@@ -53,9 +53,10 @@ class Config:
   tfhub_module: str = presets.DEFAULT_MODULE
   # Only needed for modules whose input size is not fixed by the module.
   image_size: Optional[int] = None
-  # Where bundled presets are converted to SavedModels (None: the presets'
-  # default, ~/.cache/retrain/modules or $RETRAIN_MODULE_CACHE).
-  module_cache_dir: Optional[str] = None
+  # Where bundled presets are converted to SavedModels ('~' is expanded).
+  # The command line takes $RETRAIN_MODULE_CACHE, when set, instead of this
+  # default (share one cache between users, or keep it off a small home).
+  module_cache_dir: str = presets.DEFAULT_MODULE_CACHE
 
   # --- Bottlenecks ---------------------------------------------------------------
   bottleneck_dir: str = '/tmp/bottleneck'

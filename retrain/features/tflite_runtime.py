@@ -57,7 +57,7 @@ def tflite_file(module: FeatureModule, cache_dir: Optional[str] = None) -> str:
   beside = os.path.join(module.path, _SUBDIR)
   if os.access(module.path, os.W_OK):
     return os.path.join(beside, name)
-  root = cache_dir or presets.default_module_cache_dir()
+  root = presets.module_cache_dir(cache_dir)
   return os.path.join(root, _SUBDIR, name)
 
 
