@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from retrain.common import names
 from retrain.features import presets
 
 
@@ -119,7 +120,7 @@ class Config:
   # retrain.py wrote no SavedModel unless asked; the SavedModel is this
   # project's main artifact, so it is written by default.
   saved_model_dir: str = '/tmp/retrain_saved_model'
-  final_tensor_name: str = 'final_result'
+  final_tensor_name: str = names.OUTPUT_TENSOR_NAME
   print_misclassified_test_images: bool = False
   # Machine-readable reports of a run (skipped files, per-class metrics,
   # confusion matrix, misclassified images).

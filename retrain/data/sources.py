@@ -37,12 +37,12 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from absl import logging
 
+from retrain import images as images_lib
+from retrain.common.names import LABEL_STYLES, LAYOUTS
 from retrain.data import discover
 from retrain.data import split as split_lib
 from retrain.errors import DatasetError
 
-LAYOUTS = ('auto', 'class_folders', 'split_folders')
-LABEL_STYLES = ('verbatim', 'retrain')
 # Folder names of a ready-made split (matched case-insensitively) and the
 # subset code each stands for: 0 train, 1 validation, 2 test.
 SPLIT_FOLDERS = {'train': 0, 'validation': 1, 'val': 1, 'test': 2}
@@ -195,7 +195,7 @@ def _from_split_folders(image_dir: str, folders: dict) -> Layout:
     for name in _subdirs(os.path.join(image_dir, folder)):
       rel_paths = discover._list_class_images(  # pylint: disable=protected-access
           os.path.join(image_dir, folder, name), image_dir,
-          discover.IMAGE_EXTENSIONS)
+          images_lib.IMAGE_EXTENSIONS)
       if not rel_paths:
         continue
       if name not in labels:
@@ -277,7 +277,7 @@ def read_labels_csv(csv_path: str) -> Tuple[List[CsvRow], list]:
       # A header ("path,label", "filename, class", ...) names no file and
       # has no image extension; a first image row that is missing still
       # has one, and is reported as missing below.
-      if not os.path.lexists(path) and not discover.is_image_file(
+      if not os.path.lexists(path) and not images_lib.is_image_file(
           os.path.basename(fields[0])):
         continue
     if not os.path.lexists(path):

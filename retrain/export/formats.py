@@ -43,13 +43,16 @@ import retrain
 from retrain import images as images_lib
 from retrain.common import atomic
 from retrain.common import earlier_outputs as keep
+from retrain.common.names import (
+  INPUT_TENSOR_NAME,
+  OUTPUT_TENSOR_NAME,
+  QUANTIZATIONS,
+)
 from retrain.errors import OutputError
 from retrain.export import saved_model as export_lib
 from retrain.features.modules import FeatureModule
 from retrain.head.model import Head
 
-INPUT_NAME = 'Placeholder'
-QUANTIZATIONS = ('none', 'dynamic', 'float16', 'int8')
 LABELS_SUFFIX = '.labels.txt'
 METADATA_SUFFIX = '.metadata.json'
 INTERMEDIATE_PATTERN = 'intermediate_{steps}.pb'
@@ -168,8 +171,8 @@ def frozen_graph_def(module: FeatureModule, head: Head,
   classifier = export_lib.Classifier(module, head, final_tensor_name)
   height, width = module.input_size
 
-  @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3],
-                                              tf.float32, name=INPUT_NAME)])
+  @tf.function(input_signature=[tf.TensorSpec(
+      [None, height, width, 3], tf.float32, name=INPUT_TENSOR_NAME)])
   def classify(images):
     # _classify names its softmax op `final_tensor_name`; calling it here
     # (not the tf.function) keeps that op at the top level of the graph.
@@ -179,8 +182,8 @@ def frozen_graph_def(module: FeatureModule, head: Head,
       classify.get_concrete_function())
   graph_def = frozen.graph.as_graph_def()
   names = {node.name for node in graph_def.node}
-  if INPUT_NAME not in names or final_tensor_name not in names:
-    raise OutputError(f'Freezing the graph lost the ops {INPUT_NAME!r} / '
+  if INPUT_TENSOR_NAME not in names or final_tensor_name not in names:
+    raise OutputError(f'Freezing the graph lost the ops {INPUT_TENSOR_NAME!r} / '
                       f'{final_tensor_name!r}; choose another '
                       'final_tensor_name.',
                       fields=('final_tensor_name',))
@@ -194,7 +197,7 @@ def write_frozen_graph(path: str, module: FeatureModule, head: Head,
   _write_file(path, graph_def.SerializeToString())
   _write_sidecars(path, labels, module, {
       'format': 'frozen_graph',
-      'input_tensor': f'{INPUT_NAME}:0',
+      'input_tensor': f'{INPUT_TENSOR_NAME}:0',
       'output_tensor': f'{final_tensor_name}:0'})
   return path
 
@@ -261,7 +264,7 @@ def tflite_model(module: FeatureModule, head: Head, quantization: str = 'none',
   if quantization not in QUANTIZATIONS:
     raise OutputError(f'Unknown TFLite quantization {quantization!r}; use one '
                       f'of {", ".join(QUANTIZATIONS)}.')
-  classifier = export_lib.Classifier(module, head, 'final_result')
+  classifier = export_lib.Classifier(module, head, OUTPUT_TENSOR_NAME)
   converter = tf.lite.TFLiteConverter.from_concrete_functions(
       [classifier.classify.get_concrete_function()], classifier)
   if quantization != 'none':
@@ -358,7 +361,7 @@ def export_other_formats(options: ExportOptions, module: FeatureModule, head: He
     written['output_graph'] = os.path.abspath(write_frozen_graph(
         options.output_graph, module, head, labels, options.final_tensor_name))
     logging.info('Wrote the frozen graph %s (input %s, output %s) in %.1f s.',
-                 options.output_graph, INPUT_NAME, options.final_tensor_name,
+                 options.output_graph, INPUT_TENSOR_NAME, options.final_tensor_name,
                  time.monotonic() - started)
   if options.tflite_output_file:
     started = time.monotonic()
