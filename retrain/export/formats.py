@@ -29,7 +29,6 @@ and renamed into place; a file already there is first moved to
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import os
 import time
@@ -39,7 +38,6 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-import retrain
 from retrain import images as images_lib
 from retrain.common import atomic
 from retrain.common import earlier_outputs as keep
@@ -73,24 +71,11 @@ def _write_file(path: str, data: bytes) -> None:
 
 def _write_sidecars(path: str, labels: Sequence[str], module: FeatureModule,
                     info: dict) -> None:
-  height, width = module.input_size
-  data = {
-      'format_version': export_lib.FORMAT_VERSION,
-      'retrain_version': retrain.__version__,
-      'created': datetime.datetime.now(datetime.timezone.utc).isoformat(),
-      'model_file': os.path.basename(path),
-      'labels': list(labels),
-      'input_height': height,
-      'input_width': width,
-      'input_dtype': 'float32',
-      'input_value_range': [0.0, 1.0],
-      'preprocessing': export_lib.PREPROCESSING,
-      'module': {'handle': module.handle, 'resolved': module.resolved,
-                 'fingerprint': module.fingerprint},
-  }
+  data = export_lib.describe_model(module, labels)
+  data['model_file'] = os.path.basename(path)
   data.update(info)
   files = sidecar_paths(path)
-  _write_file(files['labels'], ''.join(f'{l}\n' for l in labels).encode())
+  _write_file(files['labels'], export_lib.labels_text(labels).encode())
   _write_file(files['metadata'], json.dumps(data, indent=2).encode())
 
 
