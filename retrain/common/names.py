@@ -1,8 +1,9 @@
-"""The accepted values of the settings that take one of a few words.
+"""Names shared by several steps and the command line, each defined once.
 
-One home for each list: the library checks values against these tuples and
-the command line offers them as its flags' names. Kept free of TensorFlow
-so that `--help` and flag errors answer at once.
+The accepted values of the settings that take one of a few words (the
+library checks values against these tuples and the command line offers them
+as its flags' choices), and the tensor names of the exported graphs. Kept
+free of TensorFlow so that `--help` and flag errors answer at once.
 """
 
 # How image_dir is laid out (retrain/data/sources.py).
