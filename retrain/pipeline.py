@@ -20,6 +20,7 @@ from absl import logging
 import bottleneck_cache
 from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.bottlenecks import distort as distort_lib
+from retrain.common.progress import Progress
 from retrain.config import Config
 from retrain.data import duplicates
 from retrain.data import sources as layouts
@@ -197,6 +198,8 @@ def run(config: Config) -> RunResult:
                f'(N={p.validation_count})')
     logging.info(text)
 
+  training_progress = Progress('Training', config.how_many_training_steps,
+                               unit='steps')
   try:
     trained = train_lib.train_head(
         train_x, train_y, len(labels),
@@ -206,7 +209,8 @@ def run(config: Config) -> RunResult:
         batch_size=config.train_batch_size,
         eval_step_interval=config.eval_step_interval,
         validation_batch_size=config.validation_batch_size,
-        seed=config.random_seed, writers=writers, on_eval=log_point,
+        seed=config.random_seed, writers=writers,
+        on_eval=lambda p: (log_point(p), training_progress.update_to(p.step)),
         head_every=config.intermediate_store_frequency,
         on_head=intermediate,
         options=train_options_lib.TrainOptions.from_config(config),
@@ -217,6 +221,7 @@ def run(config: Config) -> RunResult:
                                  config.eval_step_interval)))
   finally:
     writers.close()
+    training_progress.finish()
   timings['training'] = time.monotonic() - phase
   peak_rss['training'] = _peak_rss_mib()
 

@@ -72,7 +72,14 @@ def test_run_trains_evaluates_exports_and_reuses_cache(small_config):
   assert again.bottleneck_stats.reused == 36
   assert again.test_accuracy == 1.0
   assert list(out.parent.glob('saved_model.previous-*'))
-  assert list(pathlib.Path(small_config.summaries_dir).glob('previous-*'))
+  # The earlier TensorBoard runs sit beside --summaries_dir, not inside it,
+  # so TensorBoard on --summaries_dir shows this run only.
+  logs = pathlib.Path(small_config.summaries_dir)
+  beside = list(logs.parent.glob(logs.name + '.previous-*'))
+  assert len(beside) == 1
+  assert {p.name for p in beside[0].iterdir()} >= {'train', 'validation'}
+  assert sorted(p.name for p in logs.iterdir()) == sorted(
+      p.name for p in beside[0].iterdir())
 
 
 def test_renamed_image_reuses_vector_edited_gets_new(small_config):
@@ -226,9 +233,11 @@ def test_exports_within_one_second_keep_every_earlier_one(small_config):
 
 @pytest.mark.parametrize('script,args,expect,status', [
     ('retrain', ['--list_modules'], 'efficientnet_lite0 (default)', 0),
-    # absl exits with status 1 after --help; the flags must be listed.
-    ('retrain', ['--help'], '--bottleneck_dir', 1),
-    ('label_image', ['--help'], '--saved_model_dir', 1),
+    # --help exits 0 and lists the flags; --version says the version.
+    ('retrain', ['--help'], '--bottleneck_dir', 0),
+    ('label_image', ['--help'], '--saved_model_dir', 0),
+    ('retrain', ['--version'], 'retrain 0.1.0', 0),
+    ('label_image', ['--version'], 'label_image 0.1.0', 0),
 ])
 def test_console_scripts(script, args, expect, status):
   """The installed `retrain` and `label_image` commands (pip install .)."""

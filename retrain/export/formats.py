@@ -18,8 +18,10 @@ is class id j (row j of the labels file).
   `final_weights` [D, N] and `final_biases` [N]; see `read_checkpoint`.
 
 The frozen graph and the TFLite file describe themselves with two files
-beside them (X.pb -> X.labels.txt and X.metadata.json), which
-tools/label_image.py reads, so they need no training flags either.
+beside them, named after the whole model file (X.pb -> X.pb.labels.txt and
+X.pb.metadata.json; X.tflite -> X.tflite.labels.txt, ...), so a .pb and a
+.tflite of the same stem never share them; tools/label_image.py reads them,
+so they need no training flags either.
 
 Nothing a user made is lost: each file is written under a temporary name
 and renamed into place; a file already there is first moved to
@@ -38,13 +40,13 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-import retrain
 from retrain import images as images_lib
 from retrain.common import earlier_outputs as keep
 from retrain.errors import OutputError
 from retrain.export import saved_model as export_lib
 from retrain.features.modules import FeatureModule
 from retrain.head.train import Head
+from retrain.version import __version__
 
 INPUT_NAME = 'Placeholder'
 QUANTIZATIONS = ('none', 'dynamic', 'float16', 'int8')
@@ -54,9 +56,13 @@ INTERMEDIATE_PATTERN = 'intermediate_{steps}.pb'
 
 
 def sidecar_paths(path: str) -> Dict[str, str]:
-  """The labels and metadata files that travel with a .pb or .tflite file."""
-  stem = os.path.splitext(path)[0]
-  return {'labels': stem + LABELS_SUFFIX, 'metadata': stem + METADATA_SUFFIX}
+  """The labels and metadata files that travel with a .pb or .tflite file.
+
+  Named after the whole file name (flowers.pb -> flowers.pb.labels.txt), so
+  two models with the same stem (flowers.pb, flowers.tflite) never share
+  them.
+  """
+  return {'labels': path + LABELS_SUFFIX, 'metadata': path + METADATA_SUFFIX}
 
 
 def _write_file(path: str, data: bytes) -> None:
@@ -75,7 +81,7 @@ def _write_sidecars(path: str, labels: Sequence[str], module: FeatureModule,
   height, width = module.input_size
   data = {
       'format_version': export_lib.FORMAT_VERSION,
-      'retrain_version': retrain.__version__,
+      'retrain_version': __version__,
       'created': datetime.datetime.now(datetime.timezone.utc).isoformat(),
       'model_file': os.path.basename(path),
       'labels': list(labels),

@@ -29,7 +29,7 @@ import dataclasses
 import io
 import json
 import os
-import tempfile
+import uuid
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -172,10 +172,12 @@ def _write_atomically(path: str, text: str) -> None:
   sees a half-written report."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-',
-                             suffix=os.path.basename(path))
+  # Not tempfile.mkstemp: it makes the file 0600, where every other file of
+  # the run gets open()'s 0666 less the umask.
+  tmp = os.path.join(directory,
+                     f'.tmp-{uuid.uuid4().hex[:12]}-{os.path.basename(path)}')
   try:
-    with os.fdopen(fd, 'w', newline='', encoding='utf-8') as f:
+    with open(tmp, 'x', newline='', encoding='utf-8') as f:
       f.write(text)
     os.replace(tmp, path)
   except BaseException:
