@@ -11,8 +11,7 @@ names without `--`); each one left out keeps its default from
 
 absl logging prints nothing below WARNING outside `absl.app.run`, so a run
 from Python would be silent; while `run` works, INFO lines go to stderr
-unless the caller has set up logging of their own (a handler on absl's
-logger or the root logger). The run ends with the same summary as the
+unless INFO lines are shown already (the caller set the levels). The run ends with the same summary as the
 command line (test accuracy, wall time, every output path).
 """
 
@@ -59,30 +58,40 @@ def make_config(config: Optional[Config] = None, **options) -> Config:
   return dataclasses.replace(config, **options) if options else config
 
 
-def _has_own_logging() -> bool:
-  """True when the caller set up logging (under absl.app.run, basicConfig,
-  pytest's capture, ...): then their handlers and levels decide."""
-  return bool(logging.get_absl_logger().handlers or std_logging.root.handlers)
+def _info_is_shown() -> bool:
+  """True when absl INFO lines already reach a handler: under absl.app.run
+  (or --logging_verbosity), or when the caller lowered the levels."""
+  return logging.get_absl_logger().getEffectiveLevel() <= std_logging.INFO
 
 
 @contextlib.contextmanager
 def info_to_stderr() -> Iterator[None]:
-  """While active, absl INFO lines go to stderr, unless logging is set up."""
-  if _has_own_logging():
+  """While active, absl INFO lines go to stderr, once each.
+
+  Does nothing when INFO is shown already. Else sets absl's verbosity to
+  INFO through absl's own API (TensorFlow saves and restores that value
+  while it exports, so a plain logger level would be lost) and writes
+  absl's lines with a handler of its own, not also to the root logger's
+  handlers (absl installs a WARNING-level one with basicConfig on its first
+  line, which would print every line twice).
+  """
+  if _info_is_shown():
     yield
     return
   absl_logger = logging.get_absl_logger()
   handler = std_logging.StreamHandler(sys.stderr)
   handler.setFormatter(std_logging.Formatter('%(levelname).1s %(asctime)s '
                                              '%(message)s', '%H:%M:%S'))
-  level = absl_logger.level
+  verbosity, propagate = logging.get_verbosity(), absl_logger.propagate
   absl_logger.addHandler(handler)
-  absl_logger.setLevel(std_logging.INFO)
+  absl_logger.propagate = False
+  logging.set_verbosity(logging.INFO)
   try:
     yield
   finally:
+    logging.set_verbosity(verbosity)
+    absl_logger.propagate = propagate
     absl_logger.removeHandler(handler)
-    absl_logger.setLevel(level)
 
 
 def run(config: Optional[Config] = None, /, **options):
