@@ -62,7 +62,7 @@ def module_limit(module, batch_sizes, seconds=8.0):
     started = time.perf_counter()
     stop = started + seconds
 
-    def work(k, x=x, batch=batch, stop=stop):
+    def work(k, x=x, batch=batch, stop=stop, done=done):
       while time.perf_counter() < stop:
         module.call(x).numpy()
         done[k] += batch

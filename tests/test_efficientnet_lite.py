@@ -115,6 +115,7 @@ def test_weights_of_another_variant_are_rejected():
                                    state)
 
 
+@pytest.mark.slow
 def test_golden_outputs(lite0_dir, lite0_model, tmp_path):
   import tensorflow_hub as hub
   golden = _golden()
@@ -135,6 +136,7 @@ def test_golden_outputs(lite0_dir, lite0_model, tmp_path):
                                rtol=0, err_msg=name)
 
 
+@pytest.mark.slow
 def test_daisy_photos_are_recognised(lite0_model):
   import tensorflow as tf
   if not DAISY.is_dir():
@@ -160,6 +162,7 @@ def test_daisy_photos_are_recognised(lite0_model):
 # --- The exported module. ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_export_loads_with_hub_and_matches_the_model(lite0_dir, lite0_model):
   import tensorflow as tf
   import tensorflow_hub as hub

@@ -21,6 +21,7 @@ from tests.conftest import FAKE_SIZE, make_colour_dataset, write_image
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_run_trains_evaluates_exports_and_reuses_cache(small_config):
   make_colour_dataset(small_config.image_dir)
   out = pathlib.Path(small_config.saved_model_dir)
@@ -82,6 +83,7 @@ def test_run_trains_evaluates_exports_and_reuses_cache(small_config):
       p.name for p in beside[0].iterdir())
 
 
+@pytest.mark.slow
 def test_renamed_image_reuses_vector_edited_gets_new(small_config):
   root = make_colour_dataset(small_config.image_dir, per_class=5)
   pipeline.run(small_config)
@@ -92,6 +94,7 @@ def test_renamed_image_reuses_vector_edited_gets_new(small_config):
   assert result.bottleneck_stats.reused == 14
 
 
+@pytest.mark.slow
 def test_random_labels_do_not_reach_accuracy_bar(small_config, tmp_path):
   """A control: if this passed the bar the test above would prove nothing."""
   rng = np.random.default_rng(0)
@@ -106,6 +109,7 @@ def test_random_labels_do_not_reach_accuracy_bar(small_config, tmp_path):
   assert result.test_accuracy < 0.8
 
 
+@pytest.mark.slow
 def test_corrupt_image_is_skipped_and_run_goes_on(small_config, caplog):
   root = make_colour_dataset(small_config.image_dir)
   (root / 'red' / 'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 not really')
@@ -126,6 +130,7 @@ def test_bad_value_is_refused_before_work(small_config):
   assert not os.path.exists(small_config.bottleneck_dir)
 
 
+@pytest.mark.slow
 def test_foreign_export_dir_is_not_overwritten(small_config):
   make_colour_dataset(small_config.image_dir, per_class=3)
   target = pathlib.Path(small_config.saved_model_dir)
@@ -136,6 +141,7 @@ def test_foreign_export_dir_is_not_overwritten(small_config):
   assert (target / 'precious.txt').read_text() == 'mine'
 
 
+@pytest.mark.slow
 def test_variable_size_module_needs_image_size(small_config,
                                                fake_module_any_size):
   from retrain.errors import ModuleError
@@ -164,6 +170,7 @@ def _cli_args(config):
           '--how_many_training_steps', '100', '--learning_rate', '0.5']
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(small_config):
   make_colour_dataset(small_config.image_dir)
   proc = _cli(_cli_args(small_config) + ['--print_misclassified_test_images'])
@@ -174,6 +181,7 @@ def test_cli_end_to_end(small_config):
                                      'saved_model.pb'))
 
 
+@pytest.mark.slow
 def test_cli_error_is_one_clear_line(tmp_path):
   proc = _cli(['--image_dir', str(tmp_path / 'missing')])
   assert proc.returncode == 1
@@ -181,6 +189,7 @@ def test_cli_error_is_one_clear_line(tmp_path):
   assert 'Traceback' not in proc.stderr
 
 
+@pytest.mark.slow
 def test_cli_kill_during_bottlenecks_then_resume(small_config):
   """SIGKILL during bottlenecks: the cache opens, keeps every finished batch,
   and the next run computes only the rest."""
@@ -231,6 +240,7 @@ def test_exports_within_one_second_keep_every_earlier_one(small_config):
   assert target.read_bytes() == b'6'
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('script,args,expect,status', [
     ('retrain', ['--list_modules'], 'efficientnet_lite0 (default)', 0),
     # --help exits 0 and lists the flags; --version says the version.

@@ -82,6 +82,7 @@ def test_adam_first_step_is_learning_rate_times_sign():
   np.testing.assert_allclose(v.numpy(), [0.99, 1.01], rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['momentum', 'adam'])
 def test_faster_optimizers_beat_sgd_at_a_small_learning_rate(name):
   x, y = _separable()
@@ -129,6 +130,7 @@ def _imbalanced_identical():
   return x, y
 
 
+@pytest.mark.slow
 def test_sampling_and_class_weighting_on_an_imbalanced_fixture():
   x, y = _imbalanced_identical()
   common = x[:1]
@@ -182,6 +184,7 @@ def test_dropout_changes_training_repeatably():
   assert not np.allclose(a.head.weights, plain.head.weights)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('validation_batch_size', [-1, 10])
 def test_early_stopping_restores_the_best_weights(validation_batch_size):
   x, y = _separable()

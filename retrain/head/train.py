@@ -313,7 +313,7 @@ def train_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
       metrics = run(tf.constant(done, tf.int64),
                     tf.constant(evals, tf.int64)).numpy()
       done = evals[-1] + 1
-      for step, (loss, acc, v_loss, v_acc) in zip(evals, metrics.tolist()):
+      for step, (loss, acc, _v_loss, v_acc) in zip(evals, metrics.tolist()):
         point = EvalPoint(step, acc, loss, v_acc if has_val else None,
                           val_count if has_val else 0)
         history.append(point)
