@@ -22,12 +22,20 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _python(args, cwd=ROOT, pythonpath=ROOT, **kw):
+  """Runs `python *args`, or the installed console script args[0] when it
+  is a path, with this checkout first on sys.path."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
   env.pop('PYTHONPATH', None)
   if pythonpath is not None:
     env['PYTHONPATH'] = str(pythonpath)
-  return subprocess.run([sys.executable, *args], capture_output=True,
+  program = [] if os.path.isabs(args[0]) else [sys.executable]
+  return subprocess.run([*program, *args], capture_output=True,
                         text=True, cwd=cwd, env=env, timeout=600, **kw)
+
+
+def _console_script(name):
+  path = pathlib.Path(sys.executable).parent / name
+  return [str(path)] if path.exists() else None
 
 
 # --- --version and --help ------------------------------------------------------
@@ -38,9 +46,14 @@ def _python(args, cwd=ROOT, pythonpath=ROOT, **kw):
     (['-m', 'retrain'], 'retrain'),
     (['tools/label_image.py'], 'label_image'),
     (['-m', 'tools.label_image'], 'label_image'),
+    (_console_script('retrain'), 'retrain'),
+    (_console_script('label_image'), 'label_image'),
 ])
 def test_version_and_help(command, program):
   from retrain.version import __version__
+  if command is None:
+    pytest.skip(f'the {program} command is not installed next to '
+                f'{sys.executable} (the project is not pip-installed here)')
   version = _python([*command, '--version'])
   assert version.returncode == 0, version.stderr[-2000:]
   assert version.stdout == f'{program} {__version__}\n'
@@ -305,13 +318,19 @@ class _Terminal(io.StringIO):
 
 
 def test_progress_bar_on_a_terminal_and_lines_elsewhere(caplog):
+  from absl import logging as absl_logging
+
   from retrain.common.progress import Progress
   caplog.set_level('INFO', logger='absl')
   terminal = _Terminal()
   progress = Progress('Bottlenecks', 10, stream=terminal)
   for _ in range(10):
     progress.update(1)
+  # A line logged while the bar shows erases the bar first (ends in \r).
+  absl_logging.info('a line')
+  assert terminal.getvalue().endswith('\r')
   progress.finish()
+  assert not absl_logging.get_absl_logger().filters
   drawn = terminal.getvalue()
   assert drawn.startswith('\rBottlenecks:') and '/10 [' in drawn
   assert 'images/s' in drawn

@@ -6,11 +6,13 @@ and is redrawn a few times a second; when output goes to a file or a pipe
 left` is logged every `interval` seconds instead, so logs stay readable. In
 both cases one closing line with the total time is logged when the phase
 ends. tqdm is used rather than hand-written carriage returns: it handles
-terminal width, notebooks and slow redraws.
+terminal width, notebooks and slow redraws. While a bar is shown, a line
+logged through absl first erases it, so log lines stay whole.
 """
 
 from __future__ import annotations
 
+import logging as std_logging
 import sys
 import time
 from typing import Optional, TextIO
@@ -28,6 +30,19 @@ def format_duration(seconds: float) -> str:
     return f'{minutes} min {seconds:02d} s'
   hours, minutes = divmod(minutes, 60)
   return f'{hours} h {minutes:02d} min'
+
+
+class _ClearBarFirst(std_logging.Filter):
+  """Erases the bar before a log line is written, so the line does not
+  land after the bar's text; the bar is drawn again on its next update."""
+
+  def __init__(self, bar):
+    super().__init__()
+    self.bar = bar
+
+  def filter(self, record) -> bool:
+    self.bar.clear()
+    return True
 
 
 def _is_terminal(stream: TextIO) -> bool:
@@ -69,6 +84,8 @@ class Progress:
       # line, so the scrollback keeps the figures and no dead bar.
       self._bar = tqdm(total=total, desc=what, unit=f' {unit}', file=stream,
                        leave=False, dynamic_ncols=True, mininterval=0.25)
+      self._clear_first = _ClearBarFirst(self._bar)
+      logging.get_absl_logger().addFilter(self._clear_first)
 
   def line(self) -> str:
     elapsed = max(self._clock() - self.started, 1e-9)
@@ -100,6 +117,7 @@ class Progress:
   def finish(self) -> None:
     """Closes the bar (if any) and logs the closing line."""
     if self._bar is not None:
+      logging.get_absl_logger().removeFilter(self._clear_first)
       self._bar.close()
       self._bar = None
     logging.info(self.line())
