@@ -38,7 +38,8 @@ def make_config(config: Optional[Config] = None, **options) -> Config:
       (the message lists the closest field names).
   """
   if config is None:
-    config = Config()
+    # retrain.run(config=my_config) means the same as retrain.run(my_config).
+    config = options.pop('config', None) or Config()
   if not isinstance(config, Config):
     raise TypeError(f'retrain.run takes a retrain.Config or keyword options, '
                     f'not {type(config).__name__}: use '

@@ -373,6 +373,8 @@ def test_make_config_keeps_defaults_and_replaces_options():
   assert config.image_dir == 'photos' and config.learning_rate == 0.1
   assert config.bottleneck_dir == retrain.DEFAULTS.bottleneck_dir
   assert api.make_config(config) is config
+  assert retrain.run is not api.run  # The lazy wrapper in retrain/__init__.
+  assert api.make_config(config=config) is config
   assert api.make_config(config, image_dir='b').learning_rate == 0.1
 
 
