@@ -64,6 +64,7 @@ def test_run_over_messy_folder(small_config, messy, caplog):
   assert 'Thumbs.db' not in caplog.text and '.DS_Store' not in caplog.text
 
 
+@pytest.mark.slow
 def test_training_and_inference_see_the_same_pixels(small_config, messy):
   """Bottlenecks (tf.data pass plus Pillow fallback) equal the module run on
   `images.load_image`, the inference tools' decoder, for every odd file."""

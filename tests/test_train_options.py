@@ -36,6 +36,7 @@ def _train(x, y, options, steps=200, lr=0.1, val=None, **kw):
   return train.train_head(x, y, 3, vx, vy, options=options, **args)
 
 
+@pytest.mark.slow
 def test_defaults_are_all_off_and_reproduce_plain_training():
   assert PLAIN == opts_lib.TrainOptions('sgd', 0.0, 0.0, 0.0, 'none',
                                         'classes', 0)
@@ -149,6 +150,7 @@ def test_sampling_and_class_weighting_on_an_imbalanced_fixture():
   assert 0.6 < balanced[0] / balanced[1] < 1.6
 
 
+@pytest.mark.slow
 def test_l2_shrinks_the_weights():
   x, y = _separable()
   plain = _train(x, y, PLAIN)
@@ -157,6 +159,7 @@ def test_l2_shrinks_the_weights():
           < 0.6 * np.linalg.norm(plain.head.weights))
 
 
+@pytest.mark.slow
 def test_label_smoothing_keeps_probabilities_off_one():
   x, y = _separable()
   plain = _train(x, y, PLAIN, steps=400, lr=0.5)
@@ -175,6 +178,7 @@ def test_dropout_zeroes_and_rescales():
   assert opts_lib.dropout(tf.ones([3]), 0.0, gen).numpy().tolist() == [1] * 3
 
 
+@pytest.mark.slow
 def test_dropout_changes_training_repeatably():
   x, y = _separable()
   a = _train(x, y, _opts(dropout_rate=0.5), steps=50)
