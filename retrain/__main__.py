@@ -183,6 +183,12 @@ def config_from_flags() -> Config:
                    for field in dataclasses.fields(Config)})
 
 
+def flag_wording(error) -> str:
+  """A library error's text with each setting it names worded as its flag
+  (`optimizer='x'` -> `--optimizer='x'`)."""
+  return error.worded(lambda field: f'--{field}')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
@@ -204,7 +210,7 @@ def main(argv):
   try:
     result = pipeline.run(config)
   except RetrainError as e:
-    logging.error('%s', e)
+    logging.error('%s', flag_wording(e))
     return 1
   summary.log_summary(config, result)
   return 0

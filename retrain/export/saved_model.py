@@ -30,11 +30,12 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
+from retrain.common import atomic
 from retrain.common import earlier_outputs as keep
 from retrain.errors import OutputError
 from retrain.export import signatures as signatures_lib
 from retrain.features.modules import FeatureModule
-from retrain.head.train import Head
+from retrain.head.model import Head
 from retrain.version import __version__
 
 METADATA_FILE = 'retrain_metadata.json'
@@ -56,18 +57,21 @@ def check_export_dir(path: str) -> None:
   if not path:
     return
   if os.path.exists(path) and not os.path.isdir(path):
-    raise OutputError(f'--saved_model_dir {path!r} is a file: give a folder '
-                      'path (it is created).')
+    raise OutputError(f'saved_model_dir {path!r} is a file: give a folder '
+                      'path (it is created).',
+                      fields=('saved_model_dir',))
   if os.path.isdir(path) and os.listdir(path) and not is_export(path):
     raise OutputError(
-        f'--saved_model_dir {path!r} already holds files that are not a '
+        f'saved_model_dir {path!r} already holds files that are not a '
         'retrain export; refusing to overwrite them. Give a new or empty '
-        'folder.')
+        'folder.',
+        fields=('saved_model_dir',))
   parent = os.path.dirname(os.path.abspath(path))
   os.makedirs(parent, exist_ok=True)
   if not os.access(parent, os.W_OK):
-    raise OutputError(f'Cannot write in {parent!r}: give a --saved_model_dir '
-                      'in a writable folder.')
+    raise OutputError(f'Cannot write in {parent!r}: give a saved_model_dir '
+                      'in a writable folder.',
+                      fields=('saved_model_dir',))
 
 
 class Classifier(tf.Module):
@@ -131,12 +135,7 @@ def metadata(module: FeatureModule, labels: Sequence[str],
 
 def write_labels(path: str, labels: Sequence[str]) -> None:
   """Writes labels one per line (row i is class id i), atomically."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    f.write(''.join(f'{label}\n' for label in labels))
-  os.replace(tmp, path)
+  atomic.write_text(path, ''.join(f'{label}\n' for label in labels))
 
 
 def export_saved_model(export_dir: str, module: FeatureModule, head: Head,

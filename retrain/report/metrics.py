@@ -29,10 +29,11 @@ import dataclasses
 import io
 import json
 import os
-import uuid
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+
+from retrain.common import atomic
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray,
@@ -167,25 +168,6 @@ def format_confusion(confusion: np.ndarray,
 # --- Files -------------------------------------------------------------------
 
 
-def _write_atomically(path: str, text: str) -> None:
-  """Writes via a temporary file and a rename, so a reader (or a crash) never
-  sees a half-written report."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  # Not tempfile.mkstemp: it makes the file 0600, where every other file of
-  # the run gets open()'s 0666 less the umask.
-  tmp = os.path.join(directory,
-                     f'.tmp-{uuid.uuid4().hex[:12]}-{os.path.basename(path)}')
-  try:
-    with open(tmp, 'x', newline='', encoding='utf-8') as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def _csv_text(rows: Sequence[Sequence]) -> str:
   out = io.StringIO()
   csv.writer(out, lineterminator='\n').writerows(rows)
@@ -241,7 +223,7 @@ def write_reports(report_dir: str, subset: str, metrics: Metrics,
 
   def put(name, text):
     path = os.path.join(report_dir, name)
-    _write_atomically(path, text)
+    atomic.write_text(path, text)
     written.append(path)
 
   rows = [['class', 'precision', 'recall', 'f1', 'support']]
