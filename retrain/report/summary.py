@@ -22,17 +22,16 @@ from absl import logging
 from retrain.common.progress import format_duration
 from retrain.report import skipped as skipped_report
 
-# Kept in step with retrain.export.formats.sidecar_paths and
-# retrain.pipeline.RUN_SUMMARY_FILE (importing those would load TensorFlow).
-_SIDECARS = ('.labels.txt', '.metadata.json')
-_RUN_SUMMARY_FILE = 'run_summary.json'
-
 
 def _model_files(what: str, path: str) -> List[Tuple[str, str]]:
+  """The model file and the side files named after it."""
   if not path:
     return []
-  return [(what, path)] + [(f'{what} {suffix[1:].split(".")[0]}',
-                            path + suffix) for suffix in _SIDECARS]
+  # Here, not at the top: the formats module loads TensorFlow, which the
+  # pipeline has loaded anyway by the time a summary is made.
+  from retrain.export.formats import sidecar_paths  # pylint: disable=g-import-not-at-top
+  return [(what, path)] + [(f'{what} {kind}', side)
+                           for kind, side in sidecar_paths(path).items()]
 
 
 def output_paths(config, result) -> List[Tuple[str, str]]:
@@ -53,8 +52,9 @@ def output_paths(config, result) -> List[Tuple[str, str]]:
                        config.intermediate_output_graphs_dir))
   reports = list(result.explained.report_files) if result.explained else []
   if config.report_dir:
+    from retrain.pipeline import RUN_SUMMARY_FILE  # pylint: disable=g-import-not-at-top
     reports += [os.path.join(config.report_dir, name) for name in (
-        _RUN_SUMMARY_FILE, skipped_report.SKIPPED_JSON,
+        RUN_SUMMARY_FILE, skipped_report.SKIPPED_JSON,
         skipped_report.SKIPPED_CSV)]
   candidates += [('report', path) for path in reports]
   candidates += [('TensorBoard logs', config.summaries_dir),
