@@ -103,22 +103,22 @@ def measure(root: pathlib.Path, classes: int, steps: int, budget: int) -> dict:
   n_train = len(readers['train'][1])
   stream = streaming.should_stream(n_train, budget)
   d = DEFAULTS
-  common = dict(steps=steps, learning_rate=d.learning_rate,
-                batch_size=d.train_batch_size,
-                eval_step_interval=d.eval_step_interval,
-                validation_batch_size=d.validation_batch_size, seed=0)
+  settings = train_lib.Settings(
+      steps=steps, learning_rate=d.learning_rate,
+      batch_size=d.train_batch_size, eval_step_interval=d.eval_step_interval,
+      validation_batch_size=d.validation_batch_size, seed=0)
   started = time.monotonic()
   stats = streaming.StreamStats()
   if stream:
     trained = streaming.train_head_streaming(
-        *readers['train'], classes, *readers['validation'],
-        max_vectors_in_memory=budget, stats=stats, **common)
+        *readers['train'], classes, *readers['validation'], settings,
+        budget, stats=stats)
   else:
     reader, y = readers['train']
     val_reader, val_y = readers['validation']
     trained = train_lib.train_head(
         reader.read(np.arange(len(y))), y, classes,
-        val_reader.read(np.arange(len(val_y))), val_y, **common)
+        val_reader.read(np.arange(len(val_y))), val_y, settings)
   train_s = time.monotonic() - started
   started = time.monotonic()
   reader, y = readers['test']

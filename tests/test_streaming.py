@@ -10,6 +10,11 @@ import bottleneck_cache
 from bottleneck_cache import chunks
 
 
+def _settings(**fields):
+  from retrain.head import train as train_lib
+  return train_lib.Settings(learning_rate=0.1, **fields)
+
+
 def _store(tmp_path, n, dim=8, classes=3, seed=0, shard_rows=97):
   """A cache of n separable vectors in several shards, in label order (the
   worst case for chunking: storage order is class order)."""
@@ -82,9 +87,9 @@ def test_streaming_training_learns_and_reads_in_chunks(tmp_path):
   result = streaming.train_head_streaming(
       chunks.ChunkReader(index, [keys[i] for i in train]), labels[train], 3,
       chunks.ChunkReader(index, [keys[i] for i in val]), labels[val],
-      steps=200, learning_rate=0.1, batch_size=50, eval_step_interval=20,
-      validation_batch_size=100, seed=0, max_vectors_in_memory=2048,
-      on_eval=points.append, stats=stats)
+      _settings(steps=200, batch_size=50, eval_step_interval=20,
+                validation_batch_size=100, seed=0),
+      max_vectors_in_memory=2048, on_eval=points.append, stats=stats)
   # 3000 training vectors, chunks of 1024: at least 3 chunks were read and
   # never more than the budget at once.
   assert stats.chunks >= 3
@@ -110,9 +115,10 @@ def test_streaming_sees_every_class_though_the_cache_is_in_class_order(
   store, keys, _, labels = _store(tmp_path, 9000, classes=3)
   index = chunks.ChunkReader(chunks.VectorIndex(store.directory), keys)
   result = streaming.train_head_streaming(
-      index, labels, 3, index, labels[:0], steps=300, learning_rate=0.1,
-      batch_size=30, eval_step_interval=100, validation_batch_size=-1,
-      seed=1, max_vectors_in_memory=4096)
+      index, labels, 3, index, labels[:0],
+      _settings(steps=300, batch_size=30, eval_step_interval=100,
+                validation_batch_size=-1, seed=1),
+      max_vectors_in_memory=4096)
   test = streaming.evaluate_streaming(result.head, index, labels, 4096)
   per_class = [np.mean(test.predictions[labels == c] == c) for c in range(3)]
   assert min(per_class) > 0.9, per_class

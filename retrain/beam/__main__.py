@@ -68,15 +68,17 @@ def main(argv):
   try:
     job.run(config, beam_options_from_flags(), argv[1:])
   except RetrainError as e:
-    logging.error('%s', e)
+    logging.error('%s', retrain_cli.flag_wording(e))
     return 1
   return 0
 
 
 def run():
   """Entry point of the `retrain-beam` console script."""
-  if __name__ != '__main__':
-    retrain_cli.show_flags_in_help(__name__)
+  from retrain.common import cli  # pylint: disable=g-import-not-at-top
+  cli.show_flags_in_help([__name__, retrain_cli.__name__])
+  # Not cli.run: flags absl does not know are Beam's, so parsing keeps them
+  # (known_only) instead of failing.
   app.run(main, flags_parser=parse_flags)
 
 

@@ -53,7 +53,7 @@ import bottleneck_cache
 from bottleneck_cache import shards
 from retrain.beam import handler as handler_lib
 from retrain.beam.options import BeamOptions
-from retrain.config import Config
+from retrain.config import Config, subset
 
 FAILURES_FILE = 'beam_failures.tsv'
 _METRICS = 'retrain_beam'
@@ -429,10 +429,11 @@ def run(config: Config, options: BeamOptions,
   from retrain.features import modules as features  # pylint: disable=g-import-not-at-top
   started = time.monotonic()
   options.check()
-  layouts.check_layout_config(config)
-  distortions = distort.Distortions.from_config(config)
+  layout_options = subset(layouts.LayoutOptions, config)
+  layouts.check_layout_options(layout_options)
+  distortions = subset(distort.Distortions, config)
   distort.check_settings(distortions, config.distorted_copies)
-  layout = layouts.load_layout(config)
+  layout = layouts.load_layout(layout_options)
   images = layout.dataset.images
   logging.info('Found %d images: %s.', len(images), layout.description)
 

@@ -18,7 +18,6 @@ import collections
 import concurrent.futures
 import dataclasses
 import os
-import time
 from typing import Optional, Sequence
 
 import numpy as np
@@ -75,25 +74,27 @@ def _hash_files(paths: Sequence[str], memo: bottleneck_cache.DigestMemo
 
   Files whose size, mtime and inode the memo knows are not read again, so
   a re-run (or a run resumed after a kill: the memo is saved every
-  _MEMO_SAVE_EVERY files) only stats them. A progress line every few
-  seconds when that takes long (a million files).
+  _MEMO_SAVE_EVERY files) only stats them. Progress is shown for more than
+  _HASH_PART files (a small folder hashes in a blink).
   """
   def digest(path):
     try:
       return memo.digest(path)
     except OSError as e:
       return e
-  progress = Progress('Hashing', len(paths), unit='files')
+  progress = (Progress('Hashing', len(paths), unit='files')
+              if len(paths) > _HASH_PART else None)
   digests = []
   with concurrent.futures.ThreadPoolExecutor(_HASH_THREADS) as pool:
     for start in range(0, len(paths), _HASH_PART):
       part = paths[start:start + _HASH_PART]
       digests.extend(pool.map(digest, part))
-      progress.update(len(part))
+      if progress is not None:
+        progress.update(len(part))
       if len(digests) % _MEMO_SAVE_EVERY == 0 and len(digests) < len(paths):
         memo.save()
   memo.save()
-  if time.monotonic() - progress.started > progress.interval:
+  if progress is not None:
     progress.finish()
   return digests
 

@@ -47,6 +47,7 @@ from absl import logging
 
 from bottleneck_cache.chunks import ChunkReader
 from retrain.head import evaluate as evaluate_lib
+from retrain.head import model as model_lib
 from retrain.head import options as options_lib
 from retrain.head import train as train_lib
 
@@ -116,15 +117,11 @@ class _Trainer:
                loss_weights: Optional[np.ndarray]):
     tf.random.set_seed(seed)
     self.gen = tf.random.Generator.from_seed(seed)
-    # [N, D], as retrain.head.train stores it, with its initialisation.
-    self.weights = tf.Variable(tf.transpose(
-        tf.random.stateless_truncated_normal([dim, num_classes], [seed, 1],
-                                             stddev=train_lib._INIT_STDDEV)))  # pylint: disable=protected-access
-    self.biases = tf.Variable(tf.zeros([num_classes]))
+    # The layer and initialisation retrain.head.train uses.
+    self.layer = model_lib.HeadVariables(dim, num_classes, seed)
     self.opts = opts
     self.optimizer = options_lib.Optimizer(opts.optimizer if opts else 'sgd',
-                                           learning_rate,
-                                           [self.weights, self.biases])
+                                           learning_rate, self.layer.variables)
     self.loss_weights = (tf.constant(loss_weights) if loss_weights is not None
                          else None)
     dropout = bool(opts and opts.dropout_rate)
@@ -145,23 +142,21 @@ class _Trainer:
       with tf.GradientTape() as tape:
         if opts is not None:
           xb = options_lib.dropout(xb, opts.dropout_rate, self.gen)
-        logits = tf.matmul(xb, self.weights, transpose_b=True) + self.biases
         loss = options_lib.objective(
-            logits, yb, self.weights, self.loss_weights,
+            self.layer.logits(xb), yb, self.layer.weights, self.loss_weights,
             opts.label_smoothing if opts else 0.0,
             opts.l2_regularizer if opts else 0.0)
-      self.optimizer.apply(tape.gradient(loss, [self.weights, self.biases]))
+      self.optimizer.apply(tape.gradient(loss, self.layer.variables))
       return i + 1
 
     tf.while_loop(lambda i: i < n, step, [tf.constant(0, tf.int64)])
     return tf.constant(0)
 
-  def head(self) -> train_lib.Head:
-    return train_lib.Head(np.ascontiguousarray(self.weights.numpy().T),
-                          self.biases.numpy())
+  def head(self) -> model_lib.Head:
+    return self.layer.snapshot()
 
 
-def _loss_and_accuracy(head: train_lib.Head, x: np.ndarray,
+def _loss_and_accuracy(head: model_lib.Head, x: np.ndarray,
                        y: np.ndarray) -> tuple:
   """(mean cross entropy, accuracy) of the head on vectors x, ids y."""
   if not len(y):
@@ -183,10 +178,8 @@ class StreamStats:
 
 def train_head_streaming(
     train: ChunkReader, train_y: np.ndarray, num_classes: int,
-    validation: ChunkReader, val_y: np.ndarray, *, steps: int,
-    learning_rate: float, batch_size: int, eval_step_interval: int,
-    validation_batch_size: int, seed: int, max_vectors_in_memory: int,
-    options: Optional[options_lib.TrainOptions] = None,
+    validation: ChunkReader, val_y: np.ndarray,
+    settings: train_lib.Settings, max_vectors_in_memory: int,
     on_eval: Optional[Callable[[train_lib.EvalPoint], None]] = None,
     stats: Optional[StreamStats] = None) -> train_lib.TrainResult:
   """Trains the head reading training vectors from the cache in chunks.
@@ -196,9 +189,8 @@ def train_head_streaming(
       [n] class ids in [0, num_classes).
     validation: reader of the validation vectors; val_y their ids (may be
       empty).
-    steps, learning_rate, batch_size, eval_step_interval,
-    validation_batch_size, seed, options, on_eval: as
-      retrain.head.train.train_head.
+    settings: what to train, as for retrain.head.train.train_head.
+    on_eval: called with each evaluation point, in order.
     max_vectors_in_memory: the budget; chunks hold half of it each.
     stats: filled with what was read, if given.
 
@@ -207,6 +199,10 @@ def train_head_streaming(
   """
   import time  # pylint: disable=g-import-not-at-top
   stats = stats if stats is not None else StreamStats()
+  steps, batch_size = settings.steps, settings.batch_size
+  eval_step_interval = settings.eval_step_interval
+  validation_batch_size, seed = settings.validation_batch_size, settings.seed
+  options = settings.options
   train_y = np.asarray(train_y, np.int64)
   val_y = np.asarray(val_y, np.int64)
   rng = np.random.default_rng(seed)
@@ -216,7 +212,8 @@ def train_head_streaming(
     loss_weights = options_lib.class_weights(counts, options.class_weighting,
                                              options.sampling)
   by_class = not (options and options.sampling == 'images')
-  trainer = _Trainer(train.dim, num_classes, learning_rate, seed, options,
+  trainer = _Trainer(train.dim, num_classes, settings.learning_rate, seed,
+                     options,
                      loss_weights)
 
   # The validation sample, read once.
@@ -274,14 +271,15 @@ def train_head_streaming(
         head = trainer.head()
         loss, acc = _loss_and_accuracy(head, chunk_x[rows[-1]],
                                        chunk_y[rows[-1]])
-        v_acc, v_count = None, 0
+        v_acc, v_draws = None, 0
         if len(val_sample_y):
           pick = (np.arange(len(val_sample_y)) if validation_batch_size < 0
                   else rng.integers(0, len(val_sample_y),
                                     validation_batch_size))
           _, v_acc = _loss_and_accuracy(head, val_x[pick], val_sample_y[pick])
-          v_count = len(pick)
-        point = train_lib.EvalPoint(step, acc, loss, v_acc, v_count)
+          v_draws = len(pick)
+        point = train_lib.EvalPoint(step, acc, loss, v_acc, len(val_y),
+                                    v_draws)
         history.append(point)
         if on_eval is not None:
           on_eval(point)
@@ -299,7 +297,7 @@ def train_head_streaming(
   return train_lib.TrainResult(trainer.head(), history)
 
 
-def evaluate_streaming(head: train_lib.Head, reader: ChunkReader,
+def evaluate_streaming(head: model_lib.Head, reader: ChunkReader,
                        y: np.ndarray, max_vectors_in_memory: int,
                        batch_size: int = -1,
                        seed: Optional[int] = None) -> evaluate_lib.Evaluation:
