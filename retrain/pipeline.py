@@ -240,6 +240,18 @@ def training_set(config: Config, runner, images: usable_lib.UsableImages,
   return train_x, train_y, copies
 
 
+def train_settings(config: Config) -> train_lib.Settings:
+  """What to train, from the config (also the streaming path's)."""
+  return train_lib.Settings(
+      steps=config.how_many_training_steps,
+      learning_rate=config.learning_rate,
+      batch_size=config.train_batch_size,
+      eval_step_interval=config.eval_step_interval,
+      validation_batch_size=config.validation_batch_size,
+      seed=config.random_seed,
+      options=subset(train_options_lib.TrainOptions, config))
+
+
 def train(config: Config, module, labels: Sequence[str],
           images: usable_lib.UsableImages, split: split_lib.Split,
           train_x: np.ndarray, train_y: np.ndarray, failures):
@@ -255,14 +267,7 @@ def train(config: Config, module, labels: Sequence[str],
   points = train_lib.eval_steps(config.how_many_training_steps,
                                 config.eval_step_interval)
   log = train_lib.EvalLog(points)
-  settings = train_lib.Settings(
-      steps=config.how_many_training_steps,
-      learning_rate=config.learning_rate,
-      batch_size=config.train_batch_size,
-      eval_step_interval=config.eval_step_interval,
-      validation_batch_size=config.validation_batch_size,
-      seed=config.random_seed,
-      options=subset(train_options_lib.TrainOptions, config))
+  settings = train_settings(config)
   # A bar with the steps, the rate and the time left on a terminal.
   progress = Progress('Training', config.how_many_training_steps,
                       unit='steps')
@@ -282,14 +287,12 @@ def train(config: Config, module, labels: Sequence[str],
   return trained, intermediate
 
 
-def evaluate(config: Config, labels: Sequence[str],
-             trained: train_lib.TrainResult, images: usable_lib.UsableImages,
-             split: split_lib.Split):
-  """The test accuracy and the reports; returns (Evaluation, misclassified
-  lines, Explained)."""
-  test = evaluate_lib.evaluate(trained.head, images.vectors[split.test],
-                               images.labels[split.test],
-                               config.test_batch_size, seed=config.random_seed)
+def report_test(config: Config, labels: Sequence[str],
+                test: evaluate_lib.Evaluation,
+                images: usable_lib.UsableImages, split: split_lib.Split
+                ) -> List[str]:
+  """Logs the test accuracy (and each mistake when asked); returns the
+  misclassified lines."""
   logging.info('Final test accuracy = %.1f%% (N=%d)', 100 * test.accuracy,
                test.count)
   misclassified = evaluate_lib.format_misclassified(
@@ -298,6 +301,18 @@ def evaluate(config: Config, labels: Sequence[str],
     logging.info('=== MISCLASSIFIED TEST IMAGES ===')
     for line in misclassified:
       logging.info(line)
+  return misclassified
+
+
+def evaluate(config: Config, labels: Sequence[str],
+             trained: train_lib.TrainResult, images: usable_lib.UsableImages,
+             split: split_lib.Split):
+  """The test accuracy and the reports; returns (Evaluation, misclassified
+  lines, Explained)."""
+  test = evaluate_lib.evaluate(trained.head, images.vectors[split.test],
+                               images.labels[split.test],
+                               config.test_batch_size, seed=config.random_seed)
+  misclassified = report_test(config, labels, test, images, split)
   explained = explain_lib.finish(
       subset(explain_lib.ReportOptions, config), labels, trained.head, images.vectors, images.labels, split,
       images.paths, images.rel_paths, test,

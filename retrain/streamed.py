@@ -35,8 +35,6 @@ from retrain.bottlenecks import usable as usable_lib
 from retrain.config import Config, subset
 from retrain.data import split as split_lib
 from retrain.errors import DatasetError
-from retrain.head import evaluate as evaluate_lib
-from retrain.head import options as train_options_lib
 from retrain.head import streaming
 from retrain.head import train as train_lib
 
@@ -129,14 +127,7 @@ def run(config: Config, layout, module, runner, phases):
     index = chunks.VectorIndex(directories)
     readers = {name: chunks.ChunkReader(index, keys[split.subset(name)])
                for name in ('validation', 'test')}
-    settings = train_lib.Settings(
-        steps=config.how_many_training_steps,
-        learning_rate=config.learning_rate,
-        batch_size=config.train_batch_size,
-        eval_step_interval=config.eval_step_interval,
-        validation_batch_size=config.validation_batch_size,
-        seed=config.random_seed,
-        options=subset(train_options_lib.TrainOptions, config))
+    settings = pipeline.train_settings(config)
     log = train_lib.EvalLog(train_lib.eval_steps(settings.steps,
                                                  settings.eval_step_interval))
     stats = streaming.StreamStats()
@@ -153,13 +144,7 @@ def run(config: Config, layout, module, runner, phases):
     test = streaming.evaluate_streaming(
         trained.head, readers['test'], images.labels[split.test], budget,
         config.test_batch_size, seed=config.random_seed)
-    logging.info('Final test accuracy = %.1f%% (N=%d)', 100 * test.accuracy,
-                 test.count)
-    misclassified = evaluate_lib.format_misclassified(
-        test, images.paths_of(split.test), labels)
-    if config.print_misclassified_test_images:
-      for line in misclassified:
-        logging.info('Misclassified: %s', line)
+    misclassified = pipeline.report_test(config, labels, test, images, split)
   with phases('export'):
     saved = pipeline.export(config, module, labels, trained, test, images,
                             split, None)
