@@ -26,8 +26,8 @@ LEVELS = (
     ('retrain.head',),
     ('retrain.report',),
     ('retrain.export',),
-    ('retrain.config', 'retrain.pipeline'),
-    ('retrain.__main__',),
+    ('retrain.config', 'retrain.pipeline', 'retrain.streamed'),
+    ('retrain.__main__', 'retrain.beam'),
 )
 TOOLS_MAY_IMPORT = ('retrain.images', 'retrain.errors')
 MAX_FUNCTION_LINES = 80

@@ -197,104 +197,133 @@ def train_head_streaming(
   Returns:
     A TrainResult (history of EvalPoints; best_step with early stopping).
   """
-  import time  # pylint: disable=g-import-not-at-top
   stats = stats if stats is not None else StreamStats()
   steps, batch_size = settings.steps, settings.batch_size
-  eval_step_interval = settings.eval_step_interval
-  validation_batch_size, seed = settings.validation_batch_size, settings.seed
   options = settings.options
   train_y = np.asarray(train_y, np.int64)
   val_y = np.asarray(val_y, np.int64)
-  rng = np.random.default_rng(seed)
-  counts = np.bincount(train_y, minlength=num_classes)
-  loss_weights = None
-  if options and options.class_weighting != 'none':
-    loss_weights = options_lib.class_weights(counts, options.class_weighting,
-                                             options.sampling)
+  rng = np.random.default_rng(settings.seed)
+  trainer = _make_trainer(settings, train_y, num_classes, train.dim)
   by_class = not (options and options.sampling == 'images')
-  trainer = _Trainer(train.dim, num_classes, settings.learning_rate, seed,
-                     options,
-                     loss_weights)
-
-  # The validation sample, read once.
-  val_items = np.arange(len(val_y), dtype=np.int64)
-  cap = max(1, max_vectors_in_memory // _VALIDATION_SHARE)
-  if len(val_items) > cap:
-    val_items = np.sort(rng.choice(len(val_items), cap, replace=False))
-  val_x = validation.read(val_items) if len(val_items) else np.zeros(
-      (0, train.dim), np.float32)
-  val_sample_y = val_y[val_items]
-
-  capacity = chunk_capacity(max_vectors_in_memory)
-  epochs = steps * batch_size / max(1, len(train_y))
-  share = min(epochs, 1.0) / batch_size
-  points = train_lib.eval_steps(steps, eval_step_interval)
-  # A compiled call trains up to the next evaluation point.
-  segment = max(1, min(eval_step_interval, steps))
+  validate = _ValidationSample(validation, val_y, max_vectors_in_memory,
+                               settings.validation_batch_size, rng, train.dim)
+  # Steps owed per vector of a chunk (see the module docstring).
+  share = min(steps * batch_size / max(1, len(train_y)), 1.0) / batch_size
+  points = train_lib.eval_steps(steps, settings.eval_step_interval)
   point_set = set(points)
+  # A compiled call trains up to the next evaluation point.
+  segment = max(1, min(settings.eval_step_interval, steps))
   stopper = (options_lib.EarlyStopping(options.early_stopping_patience)
              if options and options.early_stopping_patience and len(val_y)
              else None)
   history: List[train_lib.EvalPoint] = []
-  schedule = chunk_schedule(train.storage_order(), capacity, rng)
+  chunk_list = _read_ahead(
+      train, chunk_schedule(train.storage_order(),
+                            chunk_capacity(max_vectors_in_memory), rng), stats)
   done, owed = 0, 0.0
-  with concurrent.futures.ThreadPoolExecutor(1) as reader:
-    items = next(schedule)
-    pending = reader.submit(train.read, items)
-    stopped = False
-    while done < steps and not stopped:
-      waited = time.monotonic()
-      chunk_x = pending.result()
-      stats.wait_seconds += time.monotonic() - waited
-      stats.chunks += 1
-      stats.vectors_read += len(items)
-      chunk_y = train_y[items]
-      next_items = next(schedule)
-      pending = reader.submit(train.read, next_items)
-      owed += len(items) * share
-      visit = min(max(1, int(owed)), steps - done)
-      owed -= visit
-      sampler = _Sampler(chunk_y, by_class)
-      while visit > 0:
-        upcoming = next((p for p in points if p >= done), steps - 1)
-        count = min(visit, upcoming + 1 - done)
-        rows = sampler.rows(rng, count, batch_size)
-        padded = np.zeros((segment, batch_size), np.int64)
-        padded[:count] = rows
-        trainer.run(tf.constant(chunk_x[padded]), tf.constant(chunk_y[padded]),
-                    tf.constant(count, tf.int64))
-        done += count
-        visit -= count
-        step = done - 1
-        if step not in point_set:
-          continue
-        head = trainer.head()
-        loss, acc = _loss_and_accuracy(head, chunk_x[rows[-1]],
-                                       chunk_y[rows[-1]])
-        v_acc, v_draws = None, 0
-        if len(val_sample_y):
-          pick = (np.arange(len(val_sample_y)) if validation_batch_size < 0
-                  else rng.integers(0, len(val_sample_y),
-                                    validation_batch_size))
-          _, v_acc = _loss_and_accuracy(head, val_x[pick], val_sample_y[pick])
-          v_draws = len(pick)
-        point = train_lib.EvalPoint(step, acc, loss, v_acc, len(val_y),
-                                    v_draws)
-        history.append(point)
-        if on_eval is not None:
-          on_eval(point)
-        if stopper is not None:
-          full_loss, _ = _loss_and_accuracy(head, val_x, val_sample_y)
-          if stopper.update(step, full_loss, trainer.head):
-            logging.info('Early stopping at step %d (validation sample of '
-                         '%d).', step, len(val_sample_y))
-            stopped = True
-            break
-      items = next_items
-    pending.cancel()
+  for items, chunk_x in chunk_list:
+    chunk_y = train_y[items]
+    owed += len(items) * share
+    visit = min(max(1, int(owed)), steps - done)
+    owed -= visit
+    sampler = _Sampler(chunk_y, by_class)
+    while visit > 0:
+      upcoming = next((p for p in points if p >= done), steps - 1)
+      count = min(visit, upcoming + 1 - done)
+      rows = sampler.rows(rng, count, batch_size)
+      padded = np.zeros((segment, batch_size), np.int64)
+      padded[:count] = rows
+      trainer.run(tf.constant(chunk_x[padded]), tf.constant(chunk_y[padded]),
+                  tf.constant(count, tf.int64))
+      done, visit = done + count, visit - count
+      if done - 1 not in point_set:
+        continue
+      head = trainer.head()
+      point = validate.point(done - 1, head, chunk_x[rows[-1]],
+                             chunk_y[rows[-1]])
+      history.append(point)
+      if on_eval is not None:
+        on_eval(point)
+      if stopper is not None and stopper.update(
+          point.step, validate.loss(head), trainer.head):
+        logging.info('Early stopping at step %d (validation sample of %d).',
+                     point.step, len(validate.y))
+        done = steps
+        break
+    if done >= steps:
+      break
+  chunk_list.close()
   if stopper is not None and stopper.best is not None:
     return train_lib.TrainResult(stopper.best, history, stopper.best_step)
   return train_lib.TrainResult(trainer.head(), history)
+
+
+def _make_trainer(settings: train_lib.Settings, train_y: np.ndarray,
+                  num_classes: int, dim: int) -> _Trainer:
+  options = settings.options
+  loss_weights = None
+  if options and options.class_weighting != 'none':
+    loss_weights = options_lib.class_weights(
+        np.bincount(train_y, minlength=num_classes), options.class_weighting,
+        options.sampling)
+  return _Trainer(dim, num_classes, settings.learning_rate, settings.seed,
+                  options, loss_weights)
+
+
+def _read_ahead(reader: ChunkReader, schedule: Iterator[np.ndarray],
+                stats: StreamStats):
+  """Yields (items, float32 [len(items), D]) for the chunks of `schedule`,
+  reading the next chunk in a thread while the caller trains on one."""
+  import time  # pylint: disable=g-import-not-at-top
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    items = next(schedule)
+    pending = pool.submit(reader.read, items)
+    try:
+      while True:
+        waited = time.monotonic()
+        chunk_x = pending.result()
+        stats.wait_seconds += time.monotonic() - waited
+        stats.chunks += 1
+        stats.vectors_read += len(items)
+        next_items = next(schedule)
+        pending = pool.submit(reader.read, next_items)
+        yield items, chunk_x
+        items = next_items
+    finally:
+      pending.cancel()
+
+
+class _ValidationSample:
+  """A fixed random sample of the validation vectors (at most an eighth of
+  the budget), read once; evaluation points are measured on it."""
+
+  def __init__(self, reader: ChunkReader, val_y: np.ndarray, budget: int,
+               batch_size: int, rng: np.random.Generator, dim: int):
+    items = np.arange(len(val_y), dtype=np.int64)
+    cap = max(1, budget // _VALIDATION_SHARE)
+    if len(items) > cap:
+      items = np.sort(rng.choice(len(items), cap, replace=False))
+    self.x = reader.read(items) if len(items) else np.zeros((0, dim),
+                                                            np.float32)
+    self.y = val_y[items]
+    self.count = len(val_y)
+    self.batch_size, self.rng = batch_size, rng
+
+  def point(self, step: int, head: model_lib.Head, batch_x: np.ndarray,
+            batch_y: np.ndarray) -> train_lib.EvalPoint:
+    """The evaluation after `step`: training metrics on the step's batch,
+    validation accuracy on --validation_batch_size draws (or all: -1)."""
+    loss, acc = _loss_and_accuracy(head, batch_x, batch_y)
+    if not len(self.y):
+      return train_lib.EvalPoint(step, acc, loss, None, 0, 0)
+    pick = (np.arange(len(self.y)) if self.batch_size < 0 else
+            self.rng.integers(0, len(self.y), self.batch_size))
+    _, v_acc = _loss_and_accuracy(head, self.x[pick], self.y[pick])
+    return train_lib.EvalPoint(step, acc, loss, v_acc, self.count, len(pick))
+
+  def loss(self, head: model_lib.Head) -> float:
+    """Cross entropy on the whole sample (for early stopping)."""
+    return _loss_and_accuracy(head, self.x, self.y)[0]
 
 
 def evaluate_streaming(head: model_lib.Head, reader: ChunkReader,
