@@ -68,6 +68,15 @@ def test_version_and_help(command, program):
     assert example.strip().startswith(('python -m retrain --image_dir',
                                        'label_image --graph'))
     assert '--[no]version' in shown.stdout
+  # Piped into a reader that stops at once: no traceback, still status 0.
+  program = [] if os.path.isabs(command[0]) else [sys.executable]
+  piped = subprocess.run(
+      ' '.join([*program, *command, '--help', '| true']) +
+      '; exit ${PIPESTATUS[0]}', shell=True, executable='/bin/bash',
+      capture_output=True, text=True, cwd=ROOT, timeout=300,
+      env=dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL='2'))
+  assert piped.returncode == 0 and 'Traceback' not in piped.stderr, (
+      piped.stderr[-2000:])
   # A real usage error still fails.
   assert _python([*command, '--no_such_flag']).returncode != 0
 
