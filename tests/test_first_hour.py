@@ -238,16 +238,23 @@ def test_summary_names_accuracy_time_and_every_output(two_runs):
   assert lines[0].startswith('Done in ')
   assert 'test accuracy 100.0% (N=' in lines[0]
   assert lines[1] == 'Outputs:'
-  listed = [line.split()[-1] for line in lines[2:] if line.startswith('  ')]
+  listed = [line.split()[-1] for line in lines[2:] if line.startswith('  ')
+            and not line.startswith('  reports ')]
   out = pathlib.Path(config.output_graph).parent
   for path in (config.saved_model_dir, config.output_labels,
                out / 'flowers.pb', out / 'flowers.pb.labels.txt',
                out / 'flowers.pb.metadata.json', out / 'flowers.tflite',
                out / 'flowers.tflite.metadata.json',
-               pathlib.Path(config.report_dir) / 'run_summary.json',
                config.summaries_dir, config.bottleneck_dir):
     assert str(path) in listed
   assert all(os.path.exists(path) for path in listed)
+  # The reports: one line for their folder, naming every file.
+  reports = [line for line in lines if line.startswith('  reports ')]
+  assert len(reports) == 1
+  written = sorted(p.name for p in pathlib.Path(config.report_dir).iterdir()
+                   if p.is_file() and '.previous-' not in p.name)
+  assert reports[0].split()[1] == config.report_dir + os.sep
+  assert reports[0].endswith(f'({len(written)} files: {", ".join(written)})')
   assert lines[-1] == (f'See training curves with: tensorboard --logdir '
                        f'{config.summaries_dir}')
 

@@ -5,6 +5,7 @@
     SavedModel          /tmp/retrain_saved_model
     labels              /tmp/output_labels.txt
     frozen graph        /tmp/output_graph.pb
+    reports             /tmp/retrain_report/ (13 files: misclassified_test.csv, ...)
     ...
 
 Printed once by each entry point (`python -m retrain`, `retrain.run`) after
@@ -67,6 +68,27 @@ def output_paths(config, result) -> List[Tuple[str, str]]:
   return found
 
 
+def _group_reports(paths: List[Tuple[str, str]]) -> List[Tuple[str, str]]:
+  """The report files as one line per folder: 'dir/ (n files: a, b)'."""
+  folders = {}
+  for what, path in paths:
+    if what == 'report':
+      folders.setdefault(os.path.dirname(path), []).append(
+          os.path.basename(path))
+  grouped, shown = [], set()
+  for what, path in paths:
+    if what != 'report':
+      grouped.append((what, path))
+      continue
+    folder = os.path.dirname(path)
+    if folder not in shown:
+      shown.add(folder)
+      names = sorted(folders[folder])
+      grouped.append(('reports', f'{os.path.join(folder, "")} '
+                      f'({len(names)} files: {", ".join(names)})'))
+  return grouped
+
+
 def summary_lines(config, result) -> List[str]:
   """The closing lines of a run; see the module docstring."""
   seconds = result.timings.get('total', 0.0)
@@ -76,7 +98,7 @@ def summary_lines(config, result) -> List[str]:
   else:
     outcome = 'no test images, so no test accuracy'
   lines = [f'Done in {format_duration(seconds)}: {outcome}.', 'Outputs:']
-  paths = output_paths(config, result)
+  paths = _group_reports(output_paths(config, result))
   width = max([len(what) for what, _ in paths] + [0])
   lines += [f'  {what:<{width}}  {path}' for what, path in paths]
   if os.path.isdir(config.summaries_dir):
