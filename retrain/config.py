@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from retrain.common import names
 from retrain.features import presets
 
 
@@ -53,9 +54,10 @@ class Config:
   tfhub_module: str = presets.DEFAULT_MODULE
   # Only needed for modules whose input size is not fixed by the module.
   image_size: Optional[int] = None
-  # Where bundled presets are converted to SavedModels (None: the presets'
-  # default, ~/.cache/retrain/modules or $RETRAIN_MODULE_CACHE).
-  module_cache_dir: Optional[str] = None
+  # Where bundled presets are converted to SavedModels ('~' is expanded).
+  # The command line takes $RETRAIN_MODULE_CACHE, when set, instead of this
+  # default (share one cache between users, or keep it off a small home).
+  module_cache_dir: str = presets.DEFAULT_MODULE_CACHE
 
   # --- Bottlenecks ---------------------------------------------------------------
   bottleneck_dir: str = '/tmp/bottleneck'
@@ -118,7 +120,7 @@ class Config:
   # retrain.py wrote no SavedModel unless asked; the SavedModel is this
   # project's main artifact, so it is written by default.
   saved_model_dir: str = '/tmp/retrain_saved_model'
-  final_tensor_name: str = 'final_result'
+  final_tensor_name: str = names.OUTPUT_TENSOR_NAME
   print_misclassified_test_images: bool = False
   # Machine-readable reports of a run (skipped files, per-class metrics,
   # confusion matrix, misclassified images).

@@ -15,7 +15,12 @@ from retrain.errors import OutputError
 from retrain.export import formats as export_formats
 from retrain.features import modules as features
 from retrain.head import model, train
-from tests.conftest import FAKE_SIZE, make_colour_dataset, shrunk_config, write_image
+from tests.conftest import (
+  FAKE_SIZE,
+  exporting_config,
+  make_colour_dataset,
+  write_image,
+)
 from tools import label_image
 
 SIZE = (FAKE_SIZE, FAKE_SIZE)
@@ -26,10 +31,8 @@ def trained(tmp_path_factory, fake_module):
   """One pipeline run writing every format, and extra probe images."""
   root = tmp_path_factory.mktemp('formats')
   out = root / 'out'
-  config = shrunk_config(
-      make_colour_dataset(root / 'images'), out, fake_module,
-      output_graph=str(out / 'graph.pb'),
-      tflite_output_file=str(out / 'model.tflite'),
+  config = exporting_config(
+      root, 'images', fake_module,
       checkpoint_path=str(out / 'ckpt' / 'head'),
       intermediate_store_frequency=100,
       intermediate_output_graphs_dir=str(out / 'intermediate'))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from retrain import pipeline
-from tests.conftest import make_colour_dataset, shrunk_config, write_image
+from tests.conftest import exporting_config, make_colour_dataset, write_image
 from tools import label_image
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -24,12 +24,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def export(tmp_path_factory, fake_module):
   """A trained run's outputs, and a folder of new photos to classify."""
   root = tmp_path_factory.mktemp('label_image')
-  out = root / 'out'
-  config = shrunk_config(
-      make_colour_dataset(root / 'train'), out, fake_module,
-      output_graph=str(out / 'graph.pb'),
-      tflite_output_file=str(out / 'model.tflite'),
-      how_many_training_steps=200)
+  config = exporting_config(root, 'train', fake_module,
+                            how_many_training_steps=200)
   pipeline.run(config)
   # New photos, nested, in several formats; the class is in the file name.
   photos = root / 'photos'

@@ -183,12 +183,17 @@ def test_split_folder_class_missing_from_train(tmp_path):
     layouts.load_layout(_config(image_dir=str(tmp_path)))
 
 
+def _refused(root, match, **settings):
+  """Asserts that loading `root` with `settings` raises a DatasetError
+  matching `match`."""
+  with pytest.raises(DatasetError, match=match):
+    layouts.load_layout(_config(image_dir=str(root), **settings))
+
+
 def test_split_folders_forced_and_ambiguous(tmp_path):
   _touch_images(tmp_path, ['cats/1.jpg', 'dogs/1.jpg'])
-  with pytest.raises(DatasetError, match=r"should hold train/ .* found "
-                     r"folders \['cats', 'dogs'\]"):
-    layouts.load_layout(_config(image_dir=str(tmp_path),
-                                image_layout='split_folders'))
+  _refused(tmp_path, r"should hold train/ .* found folders \['cats', 'dogs'\]",
+           image_layout='split_folders')
   assert layouts.load_layout(_config(image_dir=str(tmp_path))).subsets is None
   both = tmp_path / 'both'
   _touch_images(both, ['train/a/1.jpg', 'train/b/1.jpg', 'val/a/1.jpg',
@@ -230,7 +235,5 @@ def test_retrain_label_style(tmp_path):
 
 def test_retrain_label_style_collision_names_both(tmp_path):
   _touch_images(tmp_path, ['Sun Flowers/1.jpg', 'sun_flowers/1.jpg'])
-  with pytest.raises(DatasetError, match=r"Classes 'Sun Flowers' and "
-                     r"'sun_flowers' both become label 'sun flowers'"):
-    layouts.load_layout(_config(image_dir=str(tmp_path),
-                                label_style='retrain'))
+  _refused(tmp_path, r"Classes 'Sun Flowers' and 'sun_flowers' both become "
+           r"label 'sun flowers'", label_style='retrain')

@@ -50,7 +50,11 @@ from absl import logging  # noqa: E402
 
 from retrain.errors import ImageError, RetrainError  # noqa: E402
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')
+# This tool's own defaults (it reads nothing of retrain but the image
+# decoding and the errors); tests/test_structure.py checks that they agree
+# with retrain's: where retrain writes its SavedModel by default, and the
+# frozen graph's input and output op names.
+DEFAULT_SAVED_MODEL_DIR = '/tmp/retrain_saved_model'
 # retrain's models take pixels in [0, 1]: (pixel - 0) / 255 with pixels in
 # [0, 255], the convention of TensorFlow's label_image flags.
 DEFAULT_INPUT_MEAN = 0.0
@@ -321,14 +325,20 @@ def load_model(saved_model_dir: Optional[str] = None,
 
 
 def find_images(specs: Sequence[str],
-                extensions: Sequence[str] = IMAGE_EXTENSIONS
+                extensions: Optional[Sequence[str]] = None
                 ) -> Tuple[List[str], List[Record]]:
   """Files from files, folders (recursive) and glob patterns.
+
+  Args:
+    extensions: the endings taken in folders (None: the ones training takes,
+      retrain.images.IMAGE_EXTENSIONS).
 
   Returns:
     (paths in the order given, folders sorted; Records with an error for
     specs that match nothing).
   """
+  from retrain import images  # pylint: disable=g-import-not-at-top
+  extensions = tuple(extensions or images.IMAGE_EXTENSIONS)
   paths, problems, seen = [], [], set()
 
   def add(path):
@@ -340,8 +350,7 @@ def find_images(specs: Sequence[str],
     for root, dirs, files in os.walk(folder, followlinks=True):
       dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
       for name in sorted(files):
-        if not name.startswith('.') and name.lower().endswith(
-            tuple(extensions)):
+        if images.is_image_file(name, extensions):
           add(os.path.join(root, name))
 
   for spec in specs:
@@ -420,13 +429,17 @@ def classify_files(model: Model, paths: Sequence[str],
   Files are decoded on a thread pool while the model runs on the previous
   batch. A file that cannot be read or decoded gets a Record with its error.
   """
-  from retrain.common.progress import Progress  # pylint: disable=g-import-not-at-top
+  # tqdm: a live bar with rate and time left on a terminal, nothing when
+  # stderr is not one (disable=None).
+  import tqdm  # pylint: disable=g-import-not-at-top
   timing = timing if timing is not None else Timing()
   started = time.monotonic()
   top_k = max(1, min(top_k, len(model.labels)))
   records = []
-  progress = Progress('Classified', len(paths), interval=10.0)
-  with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+  with tqdm.tqdm(total=len(paths), desc='Classifying', unit='image',
+                 disable=None, leave=False) as progress, (
+                     concurrent.futures.ThreadPoolExecutor(
+                         os.cpu_count() or 2)) as pool:
 
     def submit(chunk):
       return [pool.submit(_load, p, model.input_size, input_mean, input_std)
@@ -511,11 +524,10 @@ def format_records(records: Sequence[Record], output_format: str = 'table'
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
 
-  from retrain.config import DEFAULTS  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string(
       'saved_model_dir', None,
       'Export folder written by retrain (default: '
-      f'{DEFAULTS.saved_model_dir} when neither this nor --graph is given).')
+      f'{DEFAULT_SAVED_MODEL_DIR} when neither this nor --graph is given).')
   flags.DEFINE_string('graph', None, 'A frozen graph (.pb) or TFLite '
                       '(.tflite) file written by retrain.')
   flags.DEFINE_string('labels', None, 'Labels file (default: the one in or '
@@ -549,7 +561,6 @@ def _define_flags():
 def main(argv) -> int:
   from absl import flags  # pylint: disable=g-import-not-at-top
 
-  from retrain.config import DEFAULTS  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   specs = list(f.image) + list(argv[1:])
   if not specs:
@@ -558,7 +569,7 @@ def main(argv) -> int:
     return 2
   saved_model_dir = f.saved_model_dir
   if not saved_model_dir and not f.graph:
-    saved_model_dir = DEFAULTS.saved_model_dir
+    saved_model_dir = DEFAULT_SAVED_MODEL_DIR
   try:
     model = load_model(saved_model_dir, f.graph, f.labels, f.input_layer,
                        f.output_layer, f.input_height, f.input_width)

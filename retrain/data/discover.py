@@ -17,10 +17,8 @@ from typing import Sequence
 from absl import logging
 
 from retrain.errors import DatasetError
+from retrain.images import IMAGE_EXTENSIONS, is_image_file
 
-# Matched case-insensitively against the file name's ending.
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.webp', '.tif',
-                    '.tiff')
 # Fewer images than this in a class gives a warning: the head will still
 # train, but its accuracy for that class is guesswork.
 FEW_IMAGES_WARNING = 20
@@ -61,11 +59,6 @@ class Dataset:
     for image in self.images:
       counts[image.label] += 1
     return counts
-
-
-def is_image_file(name: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> bool:
-  """True for a visible file whose name ends in one of `extensions` (any case)."""
-  return not name.startswith('.') and name.lower().endswith(tuple(extensions))
 
 
 def _list_class_images(class_dir: str, image_dir: str,

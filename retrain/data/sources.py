@@ -37,16 +37,17 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from absl import logging
 
+from retrain import images as images_lib
+from retrain.common.names import LABEL_STYLES, LAYOUTS
 from retrain.data import discover
 from retrain.data import split as split_lib
+from retrain.data.split import SUBSET_CODES, SUBSETS, TEST, TRAIN, VALIDATION
 from retrain.errors import DatasetError
 
-LAYOUTS = ('auto', 'class_folders', 'split_folders')
-LABEL_STYLES = ('verbatim', 'retrain')
 # Folder names of a ready-made split (matched case-insensitively) and the
-# subset code each stands for: 0 train, 1 validation, 2 test.
-SPLIT_FOLDERS = {'train': 0, 'validation': 1, 'val': 1, 'test': 2}
-TRAIN, VALIDATION, TEST = 0, 1, 2
+# set each stands for.
+SPLIT_FOLDERS = {'train': TRAIN, 'validation': VALIDATION, 'val': VALIDATION,
+                 'test': TEST}
 _CSV_SETTINGS = ('image_labels_csv', 'train_csv', 'validation_csv', 'test_csv')
 
 
@@ -57,7 +58,8 @@ class Layout:
   Attributes:
     dataset: the images and labels (see retrain.data.discover.Dataset).
     subsets: None to split every image by the stable hash; else int8 [n],
-      the set of dataset.images[i]: 0 train, 1 validation, 2 test.
+      the set of dataset.images[i] as its split.SUBSET_CODES code (0 train,
+      1 validation, 2 test).
     carve: (validation, test): whether that set was not given and is to be
       taken out of train by the stable hash.
     skipped: (path, reason) of listed files that do not exist.
@@ -154,7 +156,7 @@ def _subdirs(path: str) -> List[str]:
 
 
 def detect_split_folders(image_dir: str, forced: bool = False) -> Optional[dict]:
-  """{subset code: folder name} if image_dir is a ready-made split, else None.
+  """{set name: folder name} if image_dir is a ready-made split, else None.
 
   A ready-made split has a train/ folder of class folders, and no folders
   other than validation/ (or val/) and test/. With `forced`, anything else
@@ -188,14 +190,14 @@ def _from_split_folders(image_dir: str, folders: dict) -> Layout:
   labels = list(train.labels)
   entries = [(TRAIN, image.label, f'{folders[TRAIN]}/{image.rel_path}')
              for image in train.images]
-  for code in (VALIDATION, TEST):
-    if code not in folders:
+  for subset in (VALIDATION, TEST):
+    if subset not in folders:
       continue
-    folder = folders[code]
+    folder = folders[subset]
     for name in _subdirs(os.path.join(image_dir, folder)):
       rel_paths = discover._list_class_images(  # pylint: disable=protected-access
           os.path.join(image_dir, folder, name), image_dir,
-          discover.IMAGE_EXTENSIONS)
+          images_lib.IMAGE_EXTENSIONS)
       if not rel_paths:
         continue
       if name not in labels:
@@ -203,13 +205,13 @@ def _from_split_folders(image_dir: str, folders: dict) -> Layout:
             f'{folder}/{name}/ is a class that {folders[TRAIN]}/ does not '
             f'have (train classes: {", ".join(labels)}): rename it to match '
             f'a train class, or add {folders[TRAIN]}/{name}/ with images.')
-      entries.extend((code, labels.index(name), rel) for rel in rel_paths)
+      entries.extend((subset, labels.index(name), rel) for rel in rel_paths)
   entries.sort(key=lambda e: (e[1], e[2]))
   images = tuple(discover.ImageFile(os.path.join(image_dir, *rel.split('/')),
                                     rel, label) for _, label, rel in entries)
-  subsets = np.array([code for code, _, _ in entries], dtype=np.int8)
+  subsets = _codes([subset for subset, _, _ in entries])
   carve = (VALIDATION not in folders, TEST not in folders)
-  given = ', '.join(folders[c] + '/' for c in sorted(folders))
+  given = ', '.join(folders[s] + '/' for s in SUBSETS if s in folders)
   return Layout(
       discover.Dataset(image_dir, tuple(labels), images,
                        train.skipped_classes),
@@ -277,7 +279,7 @@ def read_labels_csv(csv_path: str) -> Tuple[List[CsvRow], list]:
       # A header ("path,label", "filename, class", ...) names no file and
       # has no image extension; a first image row that is missing still
       # has one, and is reported as missing below.
-      if not os.path.lexists(path) and not discover.is_image_file(
+      if not os.path.lexists(path) and not images_lib.is_image_file(
           os.path.basename(fields[0])):
         continue
     if not os.path.lexists(path):
@@ -298,6 +300,11 @@ def read_labels_csv(csv_path: str) -> Tuple[List[CsvRow], list]:
   return rows, missing
 
 
+def _codes(subsets: Sequence[str]) -> np.ndarray:
+  """int8 [n] SUBSET_CODES of set names."""
+  return np.array([SUBSET_CODES[s] for s in subsets], dtype=np.int8)
+
+
 def _label_order(labels) -> List[str]:
   labels = set(labels)
   if all(re.fullmatch(r'[+-]?\d+', label) for label in labels):
@@ -306,13 +313,13 @@ def _label_order(labels) -> List[str]:
 
 
 def _dataset_from_rows(base: str, coded_rows, labels: Sequence[str]):
-  """(Dataset, subsets) from (subset code, CsvRow) pairs."""
+  """(Dataset, subsets) from (set name, CsvRow) pairs."""
   index = {label: i for i, label in enumerate(labels)}
   coded_rows = sorted(coded_rows,
                       key=lambda cr: (index[cr[1].label], cr[1].rel_path))
   images = tuple(discover.ImageFile(row.path, row.rel_path, index[row.label])
                  for _, row in coded_rows)
-  subsets = np.array([code for code, _ in coded_rows], dtype=np.int8)
+  subsets = _codes([subset for subset, _ in coded_rows])
   return discover.Dataset(base, tuple(labels), images), subsets
 
 
@@ -336,17 +343,17 @@ def _from_one_csv(csv_path: str) -> Layout:
 def _from_split_csvs(train_csv: str, validation_csv: str,
                      test_csv: str) -> Layout:
   coded, missing = [], []
-  for code, path in ((TRAIN, train_csv), (VALIDATION, validation_csv),
+  for subset, path in ((TRAIN, train_csv), (VALIDATION, validation_csv),
                      (TEST, test_csv)):
     if path:
       rows, gone = read_labels_csv(path)
-      coded.extend((code, row) for row in rows)
+      coded.extend((subset, row) for row in rows)
       missing.extend(gone)
-  train_labels = {row.label for code, row in coded if code == TRAIN}
+  train_labels = {row.label for subset, row in coded if subset == TRAIN}
   _check_classes(train_labels, train_csv)
   kept, seen = [], {}
-  for code, row in coded:
-    if code != TRAIN and row.label not in train_labels:
+  for subset, row in coded:
+    if subset != TRAIN and row.label not in train_labels:
       raise DatasetError(
           f'{row.where}: label {row.label!r} does not occur in the train CSV '
           f'{train_csv!r} (its labels: {", ".join(_label_order(train_labels))})'
@@ -361,8 +368,8 @@ def _from_split_csvs(train_csv: str, validation_csv: str,
       logging.warning('%s is listed in %s and again in %s; it is used only '
                       'in the first.', row.path, earlier[1].where, row.where)
       continue
-    seen[row.path] = (code, row)
-    kept.append((code, row))
+    seen[row.path] = (subset, row)
+    kept.append((subset, row))
   labels = _label_order(train_labels)
   dataset, subsets = _dataset_from_rows(
       os.path.dirname(os.path.abspath(train_csv)), kept, labels)
@@ -422,14 +429,14 @@ def make_split(layout: Layout, usable: np.ndarray, labels: np.ndarray,
     carve_validation = validation_percentage if layout.carve[0] else 0.0
     carve_test = testing_percentage if layout.carve[1] else 0.0
     if carve_validation or carve_test:
-      train = np.flatnonzero(codes == TRAIN)
+      train = np.flatnonzero(codes == SUBSET_CODES[TRAIN])
       carved = split_lib.split_images([rel_paths[i] for i in train],
                                       labels[train], carve_validation,
                                       carve_test)
-      codes[train[carved.validation]] = VALIDATION
-      codes[train[carved.test]] = TEST
-    split = split_lib.Split(*(np.flatnonzero(codes == code)
-                              for code in (TRAIN, VALIDATION, TEST)))
+      codes[train[carved.validation]] = SUBSET_CODES[VALIDATION]
+      codes[train[carved.test]] = SUBSET_CODES[TEST]
+    split = split_lib.Split(*(np.flatnonzero(codes == SUBSET_CODES[name])
+                              for name in SUBSETS))
   warn_empty_classes(split, labels, layout.dataset.labels)
   return split
 

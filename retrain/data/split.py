@@ -28,8 +28,11 @@ import numpy as np
 
 from retrain.errors import DatasetError
 
+# The three sets, in this order. Where a set is stored as a number (the
+# int8 arrays of retrain.data.sources.Layout.subsets), it is its index here.
 TRAIN, VALIDATION, TEST = 'train', 'validation', 'test'
 SUBSETS = (TRAIN, VALIDATION, TEST)
+SUBSET_CODES = {name: code for code, name in enumerate(SUBSETS)}
 # retrain.py's constant, kept so percentages map to the same hash buckets.
 _MAX_NUM_IMAGES_PER_CLASS = 2**27 - 1
 _NOHASH = re.compile(r'_nohash_.*$')

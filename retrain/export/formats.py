@@ -31,7 +31,6 @@ and renamed into place; a file already there is first moved to
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import os
 import time
@@ -44,14 +43,16 @@ from absl import logging
 from retrain import images as images_lib
 from retrain.common import atomic
 from retrain.common import earlier_outputs as keep
+from retrain.common.names import (
+  INPUT_TENSOR_NAME,
+  OUTPUT_TENSOR_NAME,
+  QUANTIZATIONS,
+)
 from retrain.errors import OutputError
 from retrain.export import saved_model as export_lib
 from retrain.features.modules import FeatureModule
 from retrain.head.model import Head
-from retrain.version import __version__
 
-INPUT_NAME = 'Placeholder'
-QUANTIZATIONS = ('none', 'dynamic', 'float16', 'int8')
 LABELS_SUFFIX = '.labels.txt'
 METADATA_SUFFIX = '.metadata.json'
 INTERMEDIATE_PATTERN = 'intermediate_{steps}.pb'
@@ -76,24 +77,11 @@ def _write_file(path: str, data: bytes) -> None:
 
 def _write_sidecars(path: str, labels: Sequence[str], module: FeatureModule,
                     info: dict) -> None:
-  height, width = module.input_size
-  data = {
-      'format_version': export_lib.FORMAT_VERSION,
-      'retrain_version': __version__,
-      'created': datetime.datetime.now(datetime.timezone.utc).isoformat(),
-      'model_file': os.path.basename(path),
-      'labels': list(labels),
-      'input_height': height,
-      'input_width': width,
-      'input_dtype': 'float32',
-      'input_value_range': [0.0, 1.0],
-      'preprocessing': export_lib.PREPROCESSING,
-      'module': {'handle': module.handle, 'resolved': module.resolved,
-                 'fingerprint': module.fingerprint},
-  }
+  data = export_lib.describe_model(module, labels)
+  data['model_file'] = os.path.basename(path)
   data.update(info)
   files = sidecar_paths(path)
-  _write_file(files['labels'], ''.join(f'{l}\n' for l in labels).encode())
+  _write_file(files['labels'], export_lib.labels_text(labels).encode())
   _write_file(files['metadata'], json.dumps(data, indent=2).encode())
 
 
@@ -174,8 +162,8 @@ def frozen_graph_def(module: FeatureModule, head: Head,
   classifier = export_lib.Classifier(module, head, final_tensor_name)
   height, width = module.input_size
 
-  @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3],
-                                              tf.float32, name=INPUT_NAME)])
+  @tf.function(input_signature=[tf.TensorSpec(
+      [None, height, width, 3], tf.float32, name=INPUT_TENSOR_NAME)])
   def classify(images):
     # _classify names its softmax op `final_tensor_name`; calling it here
     # (not the tf.function) keeps that op at the top level of the graph.
@@ -185,8 +173,8 @@ def frozen_graph_def(module: FeatureModule, head: Head,
       classify.get_concrete_function())
   graph_def = frozen.graph.as_graph_def()
   names = {node.name for node in graph_def.node}
-  if INPUT_NAME not in names or final_tensor_name not in names:
-    raise OutputError(f'Freezing the graph lost the ops {INPUT_NAME!r} / '
+  if INPUT_TENSOR_NAME not in names or final_tensor_name not in names:
+    raise OutputError(f'Freezing the graph lost the ops {INPUT_TENSOR_NAME!r} / '
                       f'{final_tensor_name!r}; choose another '
                       'final_tensor_name.',
                       fields=('final_tensor_name',))
@@ -200,7 +188,7 @@ def write_frozen_graph(path: str, module: FeatureModule, head: Head,
   _write_file(path, graph_def.SerializeToString())
   _write_sidecars(path, labels, module, {
       'format': 'frozen_graph',
-      'input_tensor': f'{INPUT_NAME}:0',
+      'input_tensor': f'{INPUT_TENSOR_NAME}:0',
       'output_tensor': f'{final_tensor_name}:0'})
   return path
 
@@ -267,7 +255,7 @@ def tflite_model(module: FeatureModule, head: Head, quantization: str = 'none',
   if quantization not in QUANTIZATIONS:
     raise OutputError(f'Unknown TFLite quantization {quantization!r}; use one '
                       f'of {", ".join(QUANTIZATIONS)}.')
-  classifier = export_lib.Classifier(module, head, 'final_result')
+  classifier = export_lib.Classifier(module, head, OUTPUT_TENSOR_NAME)
   converter = tf.lite.TFLiteConverter.from_concrete_functions(
       [classifier.classify.get_concrete_function()], classifier)
   if quantization != 'none':
@@ -364,7 +352,7 @@ def export_other_formats(options: ExportOptions, module: FeatureModule, head: He
     written['output_graph'] = os.path.abspath(write_frozen_graph(
         options.output_graph, module, head, labels, options.final_tensor_name))
     logging.info('Wrote the frozen graph %s (input %s, output %s) in %.1f s.',
-                 options.output_graph, INPUT_NAME, options.final_tensor_name,
+                 options.output_graph, INPUT_TENSOR_NAME, options.final_tensor_name,
                  time.monotonic() - started)
   if options.tflite_output_file:
     started = time.monotonic()

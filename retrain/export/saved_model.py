@@ -98,10 +98,13 @@ class Classifier(tf.Module):
                                            name=self._final_tensor_name)}
 
 
-def metadata(module: FeatureModule, labels: Sequence[str],
-             final_tensor_name: str, extra: Optional[dict] = None) -> dict:
+def describe_model(module: FeatureModule, labels: Sequence[str]) -> dict:
+  """What every export says of itself (the SavedModel's metadata file and
+  the side files of the other formats): labels in class id order, the input
+  (float32 [batch, input_height, input_width, 3] in [0, 1], made as
+  PREPROCESSING says) and the feature module."""
   height, width = module.input_size
-  data = {
+  return {
       'format_version': FORMAT_VERSION,
       'retrain_version': __version__,
       'created': datetime.datetime.now(datetime.timezone.utc).isoformat(),
@@ -117,6 +120,20 @@ def metadata(module: FeatureModule, labels: Sequence[str],
           'fingerprint': module.fingerprint,
           'output_dim': module.output_dim,
       },
+  }
+
+
+def labels_text(labels: Sequence[str]) -> str:
+  """The labels file: one label a line, row i is class id i."""
+  return ''.join(f'{label}\n' for label in labels)
+
+
+def metadata(module: FeatureModule, labels: Sequence[str],
+             final_tensor_name: str, extra: Optional[dict] = None) -> dict:
+  """The SavedModel's metadata file: describe_model, its signatures and
+  `extra`."""
+  data = describe_model(module, labels)
+  data.update({
       'signatures': {
           'serving_default': {'inputs': {'images': 'float32 [batch, H, W, 3]'},
                               'outputs': {'probabilities':
@@ -128,14 +145,14 @@ def metadata(module: FeatureModule, labels: Sequence[str],
               'outputs': {'probabilities': 'float32 [batch, N]'}},
       },
       'final_tensor_name': final_tensor_name,
-  }
+  })
   data.update(extra or {})
   return data
 
 
 def write_labels(path: str, labels: Sequence[str]) -> None:
   """Writes labels one per line (row i is class id i), atomically."""
-  atomic.write_text(path, ''.join(f'{label}\n' for label in labels))
+  atomic.write_text(path, labels_text(labels))
 
 
 def export_saved_model(export_dir: str, module: FeatureModule, head: Head,
@@ -155,9 +172,9 @@ def export_saved_model(export_dir: str, module: FeatureModule, head: Head,
                                   signatures_lib.BYTES_SIGNATURE:
                                   classify_bytes})
   write_labels(os.path.join(tmp, LABELS_FILE), labels)
-  with open(os.path.join(tmp, METADATA_FILE), 'w', encoding='utf-8') as f:
-    json.dump(metadata(module, labels, final_tensor_name, extra_metadata), f,
-              indent=2)
+  atomic.write_json(os.path.join(tmp, METADATA_FILE),
+                    metadata(module, labels, final_tensor_name,
+                             extra_metadata))
   if os.path.isdir(export_dir):
     if os.listdir(export_dir):
       keep.move_aside(export_dir)

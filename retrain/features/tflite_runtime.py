@@ -30,12 +30,12 @@ import tensorflow as tf
 from absl import logging
 
 from retrain.common import atomic
+from retrain.common.names import BOTTLENECK_RUNTIMES
 from retrain.errors import ModuleError
 from retrain.features import modules as features
 from retrain.features import presets
 from retrain.features.modules import FeatureModule
 
-RUNTIMES = ('tf', 'tflite', 'auto')
 # Largest absolute difference allowed between TF and TFLite vectors on the
 # probe batch (measured: about 1.2e-5 for EfficientNet-Lite0).
 TOLERANCE = 1e-3
@@ -57,7 +57,7 @@ def tflite_file(module: FeatureModule, cache_dir: Optional[str] = None) -> str:
   beside = os.path.join(module.path, _SUBDIR)
   if os.access(module.path, os.W_OK):
     return os.path.join(beside, name)
-  root = cache_dir or presets.default_module_cache_dir()
+  root = presets.module_cache_dir(cache_dir)
   return os.path.join(root, _SUBDIR, name)
 
 
@@ -159,9 +159,9 @@ def with_runtime(module: FeatureModule, runtime: str,
   Calls may pass any number of images; TFLite runs them `invoke_batch` at a
   time.
   """
-  if runtime not in RUNTIMES:
+  if runtime not in BOTTLENECK_RUNTIMES:
     raise ModuleError(f'bottleneck_runtime={runtime!r} is not one of '
-                      f'{", ".join(RUNTIMES)}.',
+                      f'{", ".join(BOTTLENECK_RUNTIMES)}.',
                       fields=('bottleneck_runtime',))
   if runtime == 'tf':
     return module
@@ -210,7 +210,7 @@ def deferred(module: FeatureModule, runtime: str,
   A run whose vectors are all cached never calls the module, so it does not
   pay for opening the interpreter and checking it on a probe batch.
   """
-  if runtime not in RUNTIMES:  # a bad value fails now, not mid-run
+  if runtime not in BOTTLENECK_RUNTIMES:  # a bad value fails now, not mid-run
     with_runtime(module, runtime, cache_dir)
   chosen = []
 

@@ -34,11 +34,8 @@ from typing import List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from retrain.common.names import CLASS_WEIGHTINGS, OPTIMIZERS, SAMPLINGS
 from retrain.errors import DatasetError
-
-OPTIMIZERS = ('sgd', 'momentum', 'adam')
-CLASS_WEIGHTINGS = ('none', 'balanced')
-SAMPLINGS = ('classes', 'images')
 
 # The usual constants: heavy-ball momentum 0.9; Adam with Keras' defaults.
 MOMENTUM = 0.9

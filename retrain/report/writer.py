@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from retrain.data import split as split_lib
 from retrain.head.model import Head
 from retrain.head.train import spread
 from retrain.report import metrics as report_lib
@@ -38,7 +39,7 @@ def class_counts(labels: Sequence[str], y: np.ndarray,
                  split) -> Dict[str, Dict[str, int]]:
   """{label: {'train': n, 'validation': n, 'test': n}}."""
   return {name: {s: int(np.sum(y[split.subset(s)] == i))
-                 for s in ('train', 'validation', 'test')}
+                 for s in split_lib.SUBSETS}
           for i, name in enumerate(labels)}
 
 
@@ -184,7 +185,7 @@ def _projector(options: ReportOptions, labels, head, vectors, y, split, paths,
     return 0
   started = time.monotonic()
   subset_of = np.empty(len(y), dtype=object)
-  for s in ('train', 'validation', 'test'):
+  for s in split_lib.SUBSETS:
     subset_of[split.subset(s)] = s
   pred = head.probabilities(vectors[rows]).argmax(axis=1)
   run_dir = os.path.join(options.summaries_dir, 'projector')
