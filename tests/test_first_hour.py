@@ -81,6 +81,25 @@ def test_version_and_help(command, program):
   assert _python([*command, '--no_such_flag']).returncode != 0
 
 
+@pytest.mark.slow
+def test_label_image_cli_helpers_load_no_other_retrain_module():
+  """tools/ may import retrain.common.cli (--help, --version) and
+  .progress because they bring nothing else of retrain (no config, presets
+  or TensorFlow)."""
+  code = textwrap.dedent('''
+      import sys
+      from tools import label_image
+      from retrain.common import cli, progress
+      print(sorted(m for m in sys.modules if m.split('.')[0] in
+                   ('retrain', 'tensorflow')))
+  ''')
+  proc = _python(['-c', code])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.split('\n')[0] == str(sorted([
+      'retrain', 'retrain.common', 'retrain.common.cli',
+      'retrain.common.progress', 'retrain.errors', 'retrain.version']))
+
+
 # --- Running from the folder that holds the clone -------------------------------
 
 
@@ -232,7 +251,7 @@ def test_label_image_reads_old_side_files_only_for_their_model(tmp_path):
 
 @pytest.mark.slow
 def test_summary_names_accuracy_time_and_every_output(two_runs):
-  from retrain.report import summary
+  from retrain import summary
   config, _, second = two_runs
   lines = summary.summary_lines(config, second)
   assert lines[0].startswith('Done in ')
@@ -260,8 +279,8 @@ def test_summary_names_accuracy_time_and_every_output(two_runs):
 
 
 def test_summary_without_test_images(tmp_path):
+  from retrain import summary
   from retrain.config import DEFAULTS
-  from retrain.report import summary
   config = dataclasses.replace(
       DEFAULTS, output_labels=str(tmp_path / 'labels.txt'),
       summaries_dir=str(tmp_path / 'none'), output_graph='',

@@ -10,6 +10,8 @@
 
 Printed once by each entry point (`python -m retrain`, `retrain.run`) after
 `pipeline.run` returns, so the last thing a user reads says where to look.
+It sits beside the pipeline, after every step, because it names the outputs
+of all of them (it loads TensorFlow with the export formats).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import List, Tuple
 from absl import logging
 
 from retrain.common.progress import format_duration
+from retrain.export.formats import sidecar_paths
+from retrain.pipeline import RUN_SUMMARY_FILE
 from retrain.report import skipped as skipped_report
 
 
@@ -28,9 +32,6 @@ def _model_files(what: str, path: str) -> List[Tuple[str, str]]:
   """The model file and the side files named after it."""
   if not path:
     return []
-  # Here, not at the top: the formats module loads TensorFlow, which the
-  # pipeline has loaded anyway by the time a summary is made.
-  from retrain.export.formats import sidecar_paths  # pylint: disable=g-import-not-at-top
   return [(what, path)] + [(f'{what} {kind}', side)
                            for kind, side in sidecar_paths(path).items()]
 
@@ -53,7 +54,6 @@ def output_paths(config, result) -> List[Tuple[str, str]]:
                        config.intermediate_output_graphs_dir))
   reports = list(result.explained.report_files) if result.explained else []
   if config.report_dir:
-    from retrain.pipeline import RUN_SUMMARY_FILE  # pylint: disable=g-import-not-at-top
     reports += [os.path.join(config.report_dir, name) for name in (
         RUN_SUMMARY_FILE, skipped_report.SKIPPED_JSON,
         skipped_report.SKIPPED_CSV)]
