@@ -212,31 +212,35 @@ def main(argv):
                      f'(Set {MODULE_CACHE_ENV} or --module_cache_dir to move '
                      'the module cache.)\n')
     return 0
-  from retrain import pipeline  # pylint: disable=g-import-not-at-top
+  from retrain import pipeline, summary  # pylint: disable=g-import-not-at-top
+  config = config_from_flags()
   try:
-    pipeline.run(config_from_flags())
+    result = pipeline.run(config)
   except RetrainError as e:
     logging.error('%s', flag_wording(e))
     return 1
+  summary.log_summary(config, result)
   return 0
 
 
-def show_flags_in_help(module_name: str) -> None:
-  """Lists `module_name`'s flags in --help when run as a console script.
+USAGE = """retrain: train an image classifier on a folder of photos.
 
-  absl's --help shows the flags of the module named by sys.argv[0]; for
-  `python -m retrain` that is this file, but for the installed `retrain`
-  command it is the launcher script, which defines none.
-  """
-  for flag in FLAGS.get_flags_for_module(module_name):
-    FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+Give it a folder with one sub-folder of images per class; it computes (and
+caches) image features with a pretrained module, trains a small classifier
+on them, reports its test accuracy and exports a model that label_image
+(and TensorFlow, TFLite) can run.
+
+Example:
+  python -m retrain --image_dir flower_photos --output_graph out/flowers.pb
+
+Every flag is explained in docs/flags.md.
+"""
 
 
 def run():
-  """Entry point of the `retrain` console script."""
-  if __name__ != '__main__':
-    show_flags_in_help(__name__)
-  app.run(main)
+  """Entry point of `python -m retrain` and of the `retrain` console script."""
+  from retrain.common import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main, 'retrain', USAGE, [__name__])
 
 
 if __name__ == '__main__':

@@ -22,7 +22,7 @@ from retrain.features import presets
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """Everything a retraining run needs; see README.md for each field."""
+  """Everything a retraining run needs; see docs/flags.md for each field."""
 
   # --- Input -----------------------------------------------------------------
   image_dir: str = ''
@@ -86,7 +86,7 @@ class Config:
   # --- Training options beyond retrain.py (retrain/train_options.py) --------
   # All off, so the defaults train exactly as retrain.py did. Measured on
   # flowers_sample none of them beat the defaults clearly enough to become
-  # one (README, "Training options").
+  # one (docs/training.md, "Training options").
   optimizer: str = 'sgd'  # sgd | momentum | adam
   dropout_rate: float = 0.0  # of the bottleneck inputs, while training
   l2_regularizer: float = 0.0  # times sum(weights**2), added to the loss

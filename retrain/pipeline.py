@@ -19,6 +19,7 @@ from retrain.bottlenecks import distort as distort_lib
 from retrain.bottlenecks import usable as usable_lib
 from retrain.common import atomic
 from retrain.common import phases as phases_lib
+from retrain.common.progress import Progress
 from retrain.config import Config, subset
 from retrain.data import duplicates
 from retrain.data import sources as layouts
@@ -256,8 +257,12 @@ def train(config: Config, module, labels: Sequence[str],
       validation_batch_size=config.validation_batch_size,
       seed=config.random_seed,
       options=subset(train_options_lib.TrainOptions, config))
+  # A bar with the steps, the rate and the time left on a terminal.
+  progress = Progress('Training', config.how_many_training_steps,
+                      unit='steps')
   hooks = train_lib.Hooks(
-      writers=writers, on_eval=log,
+      writers=writers,
+      on_eval=lambda p: (log(p), progress.update_to(p.step + 1)),
       head_every=config.intermediate_store_frequency, on_head=intermediate,
       on_eval_head=explain_lib.ValidationImages(writers.validation, val_x,
                                                 val_y, labels, points))
@@ -266,6 +271,7 @@ def train(config: Config, module, labels: Sequence[str],
                                    val_y, settings, hooks)
   finally:
     writers.close()
+    progress.finish()
   log.finish()
   return trained, intermediate
 

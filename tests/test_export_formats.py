@@ -57,6 +57,7 @@ def _float_signature(config, paths):
       'probabilities'].numpy()
 
 
+@pytest.mark.slow
 def test_all_formats_agree_with_the_float_signature(trained):
   config, result, paths = trained
   assert result.test_accuracy == 1.0
@@ -80,6 +81,7 @@ def test_all_formats_agree_with_the_float_signature(trained):
     np.testing.assert_allclose(probs, expected, atol=tol, err_msg=name)
 
 
+@pytest.mark.slow
 def test_metadata_and_sidecars_describe_every_file(trained):
   config, _, _ = trained
   meta = json.loads((pathlib.Path(config.saved_model_dir) /
@@ -102,6 +104,7 @@ def test_metadata_and_sidecars_describe_every_file(trained):
   assert graph_meta['output_tensor'] == 'final_result:0'
 
 
+@pytest.mark.slow
 def test_frozen_graph_has_retrain_py_tensor_names(trained):
   config, _, _ = trained
   graph_def = tf.compat.v1.GraphDef()
@@ -115,6 +118,7 @@ def test_frozen_graph_has_retrain_py_tensor_names(trained):
                                                     'VariableV2')]
 
 
+@pytest.mark.slow
 def test_intermediate_graphs_and_checkpoint(trained):
   config, _, paths = trained
   folder = pathlib.Path(config.intermediate_output_graphs_dir)

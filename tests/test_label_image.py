@@ -64,6 +64,7 @@ def test_find_images_takes_files_folders_and_globs(tmp_path):
       ('*.gif', 'pattern matches no file')]
 
 
+@pytest.mark.slow
 def test_every_format_classifies_the_photos(export):
   config, photos = export
   paths, problems = label_image.find_images([str(photos)])
@@ -85,6 +86,7 @@ def test_every_format_classifies_the_photos(export):
                              atol=1e-3)
 
 
+@pytest.mark.slow
 def test_cli_json_with_a_bad_file_reports_it_and_goes_on(export, tmp_path):
   config, photos = export
   broken = tmp_path / 'broken.jpg'
@@ -110,6 +112,7 @@ def test_cli_json_with_a_bad_file_reports_it_and_goes_on(export, tmp_path):
           pytest.approx(1.0, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_script_with_classic_tutorial_flags_and_csv(export):
   """The retrain tutorial's label_image command line, on our frozen graph."""
   config, photos = export
@@ -129,6 +132,7 @@ def test_script_with_classic_tutorial_flags_and_csv(export):
   assert 'images/s' in proc.stderr
 
 
+@pytest.mark.slow
 def test_tflite_cli_table_and_benchmark(export):
   config, photos = export
   proc = _run(['-m', 'tools.label_image', '--graph',
@@ -141,6 +145,7 @@ def test_tflite_cli_table_and_benchmark(export):
   assert 'images/s end to end' in proc.stdout
 
 
+@pytest.mark.slow
 def test_wrong_classic_flags_get_clear_errors(export):
   config, _ = export
   with pytest.raises(label_image.LabelImageError,
@@ -154,6 +159,7 @@ def test_wrong_classic_flags_get_clear_errors(export):
     label_image.load_model(saved_model_dir=os.path.dirname(config.output_graph))
 
 
+@pytest.mark.slow
 def test_labels_come_from_the_export_or_must_match(export, tmp_path):
   config, _ = export
   graph = tmp_path / 'alone.pb'
@@ -169,6 +175,7 @@ def test_labels_come_from_the_export_or_must_match(export, tmp_path):
           'blue', 'green', 'red']
 
 
+@pytest.mark.slow
 def test_input_mean_and_std_are_applied(export, tmp_path):
   config, _ = export
   path = str(write_image(tmp_path / 'grey.png', (128, 128, 128), fmt='PNG'))
@@ -196,6 +203,7 @@ def test_format_records_table_and_errors():
   assert rows[2] == ['b.jpg', 'cannot be decoded']
 
 
+@pytest.mark.slow
 def test_bytes_signature_with_saved_model_cli(export, tmp_path):
   config, photos = export
   cli = pathlib.Path(sys.executable).with_name('saved_model_cli')

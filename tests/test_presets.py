@@ -225,6 +225,7 @@ def test_format_module_list(tmp_path):
   assert '299x299' in inception and 'needs network' in inception
 
 
+@pytest.mark.slow
 def test_presets_import_no_tensorflow():
   # Listing presets must not pay for a TensorFlow import (several seconds).
   code = ('import sys; import retrain.features.presets as p; p.format_module_list(); '

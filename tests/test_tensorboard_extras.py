@@ -48,6 +48,7 @@ def test_sample_rows_is_capped_spread_and_repeatable():
   assert len(tb.sample_rows(1000, 0)) == 0
 
 
+@pytest.mark.slow
 def test_sprite_keeps_within_tensorboard_limit(tmp_path):
   paths = [str(write_image(tmp_path / f'{k}.png', (200, 0, 0)))
            for k in range(3)] + [str(tmp_path / 'missing.jpg')]
@@ -58,6 +59,7 @@ def test_sprite_keeps_within_tensorboard_limit(tmp_path):
   assert tb.sprite(['x'] * 40000, size=64)[1] == 8192 // 200
 
 
+@pytest.mark.slow
 def test_run_writes_every_tag_report_and_projector(small_config):
   root = make_colour_dataset(small_config.image_dir, per_class=12)
   (root / 'red' / 'broken.jpg').write_bytes(b'not an image')
@@ -139,6 +141,7 @@ def tf_value(acc, tag):
   return tensor_util.make_ndarray(acc.Tensors(tag)[-1].tensor_proto)
 
 
+@pytest.mark.slow
 def test_misclassified_file_lists_each_wrong_test_image(small_config):
   """Labels that colour cannot predict: every wrong test image is listed,
   and the count matches the test accuracy."""

@@ -2,6 +2,7 @@
 and writes the TensorBoard summaries it promises."""
 
 import numpy as np
+import pytest
 
 from retrain.head import summaries, train
 
@@ -30,6 +31,7 @@ def test_eval_steps_match_retrain_py():
   assert train.eval_steps(25, 10) == [0, 10, 20, 24]
 
 
+@pytest.mark.slow
 def test_learns_and_is_repeatable():
   x, y = _blobs()
   kw = dict(steps=200, learning_rate=0.1, batch_size=32, eval_step_interval=50,
@@ -104,6 +106,7 @@ class _StepsCallback:
     self.seen.append(step)
 
 
+@pytest.mark.slow
 def test_callbacks_and_call_boundaries_do_not_change_training(monkeypatch):
   x, y = _blobs()
   kw = dict(steps=95, learning_rate=0.1, batch_size=16, eval_step_interval=10,

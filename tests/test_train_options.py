@@ -38,6 +38,7 @@ def _train(x, y, options, steps=200, lr=0.1, val=None, **kw):
                           train.Settings(options=options, **args), hooks)
 
 
+@pytest.mark.slow
 def test_defaults_are_all_off_and_reproduce_plain_training():
   assert PLAIN == opts_lib.TrainOptions('sgd', 0.0, 0.0, 0.0, 'none',
                                         'classes', 0)
@@ -86,6 +87,7 @@ def test_adam_first_step_is_learning_rate_times_sign():
   np.testing.assert_allclose(v.numpy(), [0.99, 1.01], rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['momentum', 'adam'])
 def test_faster_optimizers_beat_sgd_at_a_small_learning_rate(name):
   x, y = _separable()
@@ -133,6 +135,7 @@ def _imbalanced_identical():
   return x, y
 
 
+@pytest.mark.slow
 def test_sampling_and_class_weighting_on_an_imbalanced_fixture():
   x, y = _imbalanced_identical()
   common = x[:1]
@@ -151,6 +154,7 @@ def test_sampling_and_class_weighting_on_an_imbalanced_fixture():
   assert 0.6 < balanced[0] / balanced[1] < 1.6
 
 
+@pytest.mark.slow
 def test_l2_shrinks_the_weights():
   x, y = _separable()
   plain = _train(x, y, PLAIN)
@@ -159,6 +163,7 @@ def test_l2_shrinks_the_weights():
           < 0.6 * np.linalg.norm(plain.head.weights))
 
 
+@pytest.mark.slow
 def test_label_smoothing_keeps_probabilities_off_one():
   x, y = _separable()
   plain = _train(x, y, PLAIN, steps=400, lr=0.5)
@@ -177,6 +182,7 @@ def test_dropout_zeroes_and_rescales():
   assert opts_lib.dropout(tf.ones([3]), 0.0, gen).numpy().tolist() == [1] * 3
 
 
+@pytest.mark.slow
 def test_dropout_changes_training_repeatably():
   x, y = _separable()
   a = _train(x, y, _opts(dropout_rate=0.5), steps=50)
@@ -186,6 +192,7 @@ def test_dropout_changes_training_repeatably():
   assert not np.allclose(a.head.weights, plain.head.weights)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('validation_batch_size', [-1, 10])
 def test_early_stopping_restores_the_best_weights(validation_batch_size):
   x, y = _separable()

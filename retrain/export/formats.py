@@ -18,8 +18,10 @@ is class id j (row j of the labels file).
   `final_weights` [D, N] and `final_biases` [N]; see `read_checkpoint`.
 
 The frozen graph and the TFLite file describe themselves with two files
-beside them (X.pb -> X.labels.txt and X.metadata.json), which
-tools/label_image.py reads, so they need no training flags either.
+beside them, named after the whole model file (X.pb -> X.pb.labels.txt and
+X.pb.metadata.json; X.tflite -> X.tflite.labels.txt, ...), so a .pb and a
+.tflite of the same stem never share them; tools/label_image.py reads them,
+so they need no training flags either.
 
 Nothing a user made is lost: each file is written under a temporary name
 and renamed into place; a file already there is first moved to
@@ -57,9 +59,13 @@ INTERMEDIATE_PATTERN = 'intermediate_{steps}.pb'
 
 
 def sidecar_paths(path: str) -> Dict[str, str]:
-  """The labels and metadata files that travel with a .pb or .tflite file."""
-  stem = os.path.splitext(path)[0]
-  return {'labels': stem + LABELS_SUFFIX, 'metadata': stem + METADATA_SUFFIX}
+  """The labels and metadata files that travel with a .pb or .tflite file.
+
+  Named after the whole file name (flowers.pb -> flowers.pb.labels.txt), so
+  two models with the same stem (flowers.pb, flowers.tflite) never share
+  them.
+  """
+  return {'labels': path + LABELS_SUFFIX, 'metadata': path + METADATA_SUFFIX}
 
 
 def _write_file(path: str, data: bytes) -> None:

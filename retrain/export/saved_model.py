@@ -30,13 +30,13 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
-import retrain
 from retrain.common import atomic
 from retrain.common import earlier_outputs as keep
 from retrain.errors import OutputError
 from retrain.export import signatures as signatures_lib
 from retrain.features.modules import FeatureModule
 from retrain.head.model import Head
+from retrain.version import __version__
 
 METADATA_FILE = 'retrain_metadata.json'
 LABELS_FILE = 'labels.txt'
@@ -106,7 +106,7 @@ def describe_model(module: FeatureModule, labels: Sequence[str]) -> dict:
   height, width = module.input_size
   return {
       'format_version': FORMAT_VERSION,
-      'retrain_version': retrain.__version__,
+      'retrain_version': __version__,
       'created': datetime.datetime.now(datetime.timezone.utc).isoformat(),
       'labels': list(labels),
       'input_height': height,

@@ -91,7 +91,7 @@ def fingerprint_module(path: str) -> str:
 def _declared_input_size(obj) -> Optional[Tuple[Optional[int], Optional[int]]]:
   """(H, W) from the module's call signatures; None entries when variable."""
   specs = []
-  call = getattr(obj, '__call__', None)
+  call = getattr(obj, '__call__', None)  # noqa: B004 (the tf.function, not a test)
   for concrete in getattr(call, 'concrete_functions', None) or ():
     args = concrete.structured_input_signature[0]
     if args:
