@@ -9,6 +9,7 @@ meanings.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging as std_logging
 import os
 import sys
@@ -198,12 +199,26 @@ def main(argv):
   if FLAGS.list_modules:
     sys.stdout.write(presets.format_module_list() + '\n')
     return 0
+  import bottleneck_cache  # pylint: disable=g-import-not-at-top
   from retrain import pipeline  # pylint: disable=g-import-not-at-top
   try:
     pipeline.run(config_from_flags())
   except RetrainError as e:
     logging.error('%s', e)
     return 1
+  # --- Issue 14: a cache that cannot be written, a full disk: a message.
+  except bottleneck_cache.CacheError as e:
+    logging.error('%s', e)
+    return 1
+  except OSError as e:
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+      raise
+    logging.error('The disk is full: could not write %s (%s). Free some space '
+                  'there or choose an output folder on another disk; '
+                  'nothing half-written was left.', e.filename or 'an output',
+                  e.strerror)
+    return 1
+  # ---
   return 0
 
 

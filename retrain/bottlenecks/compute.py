@@ -27,7 +27,7 @@ from absl import logging
 import bottleneck_cache
 from retrain import images as images_lib
 from retrain.common.progress import Progress
-from retrain.errors import ImageError
+from retrain.errors import ImageError, OutputError
 from retrain.features import modules as features
 from retrain.features.modules import FeatureModule
 
@@ -225,14 +225,25 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
         'Computing bottlenecks for %d images (%d found in the cache %s). This '
         'is the slow part, done once: later runs read them from the cache.',
         missing_count, len(set(keys)) - missing_count, store.directory)
+  # --- Full disk: checked before, and a clean error if it fills anyway.
+  try:
+    if missing_count:
+      bottleneck_cache.check_free_space(store.directory, bottleneck_cache.bytes_needed(
+          missing_count, module.output_dim, len(store)))
+  except bottleneck_cache.CacheError as e:
+    raise OutputError(str(e)) from e
+  # ---
   if missing_count and module.prepare is not None:
     module.prepare()  # before the clock of the progress line starts
   progress = Progress('Bottlenecks', missing_count, interval=progress_interval)
   reasons = {}
   compute = make_compute_fn([paths[i] for i in readable], module, batch_size,
                             reasons)
-  vectors, ok_readable, stats = store.get_or_compute(
-      keys, compute, on_batch=progress.update)
+  try:
+    vectors, ok_readable, stats = store.get_or_compute(
+        keys, compute, on_batch=progress.update)
+  except bottleneck_cache.CacheError as e:
+    raise OutputError(str(e)) from e
   if missing_count:
     progress.finish()
 
