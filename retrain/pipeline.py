@@ -20,6 +20,7 @@ from absl import logging
 import bottleneck_cache
 from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.bottlenecks import distort as distort_lib
+from retrain.common import leftovers
 from retrain.config import Config
 from retrain.data import duplicates
 from retrain.data import sources as layouts
@@ -118,6 +119,11 @@ def run(config: Config) -> RunResult:
   peak_rss = {}
   started = time.monotonic()
   check_config(config)
+  # --- Issue 14: temporaries of killed runs beside our outputs are removed.
+  leftovers.heal([config.saved_model_dir, config.output_labels,
+                  config.output_graph, config.tflite_output_file,
+                  config.report_dir])
+  # ---
 
   layout = layouts.load_layout(config)
   dataset = layout.dataset
@@ -294,8 +300,5 @@ def write_run_summary(config: Config, result: RunResult) -> str:
       'peak_rss_mib_after_phase': result.peak_rss_mib,
       'saved_model_dir': result.saved_model_dir,
   }
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(summary, f, indent=2)
-  os.replace(tmp, path)
+  leftovers.write_text(path, json.dumps(summary, indent=2))
   return path

@@ -41,6 +41,7 @@ from absl import logging
 import retrain
 from retrain import images as images_lib
 from retrain.common import earlier_outputs as keep
+from retrain.common import leftovers
 from retrain.errors import OutputError
 from retrain.export import saved_model as export_lib
 from retrain.features.modules import FeatureModule
@@ -61,13 +62,11 @@ def sidecar_paths(path: str) -> Dict[str, str]:
 
 def _write_file(path: str, data: bytes) -> None:
   """Writes `data` to `path` atomically, keeping any earlier file aside."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'wb') as f:
-    f.write(data)
-  keep.move_aside(path)
-  os.replace(tmp, path)
+  with leftovers.temporary_for(path) as tmp:
+    with open(tmp, 'wb') as f:
+      f.write(data)
+    keep.move_aside(path)
+    os.replace(tmp, path)
 
 
 def _write_sidecars(path: str, labels: Sequence[str], module: FeatureModule,

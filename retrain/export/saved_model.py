@@ -25,13 +25,13 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import shutil
 from typing import Optional, Sequence
 
 import tensorflow as tf
 
 import retrain
 from retrain.common import earlier_outputs as keep
+from retrain.common import leftovers
 from retrain.errors import OutputError
 from retrain.export import signatures as signatures_lib
 from retrain.features.modules import FeatureModule
@@ -131,12 +131,7 @@ def metadata(module: FeatureModule, labels: Sequence[str],
 
 def write_labels(path: str, labels: Sequence[str]) -> None:
   """Writes labels one per line (row i is class id i), atomically."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    f.write(''.join(f'{label}\n' for label in labels))
-  os.replace(tmp, path)
+  leftovers.write_text(path, ''.join(f'{label}\n' for label in labels))
 
 
 def export_saved_model(export_dir: str, module: FeatureModule, head: Head,
@@ -145,26 +140,26 @@ def export_saved_model(export_dir: str, module: FeatureModule, head: Head,
   """Writes the classifier SavedModel to export_dir; returns its path."""
   check_export_dir(export_dir)
   export_dir = os.path.abspath(export_dir)
-  tmp = f'{export_dir}.tmp-{os.getpid()}'
-  if os.path.exists(tmp):
-    shutil.rmtree(tmp)
   classifier = Classifier(module, head, final_tensor_name)
   classify_bytes = signatures_lib.bytes_signature(classifier.classify,
                                                   module.input_size)
-  tf.saved_model.save(classifier, tmp,
-                      signatures={'serving_default': classifier.classify,
-                                  signatures_lib.BYTES_SIGNATURE:
-                                  classify_bytes})
-  write_labels(os.path.join(tmp, LABELS_FILE), labels)
-  with open(os.path.join(tmp, METADATA_FILE), 'w', encoding='utf-8') as f:
-    json.dump(metadata(module, labels, final_tensor_name, extra_metadata), f,
-              indent=2)
-  if os.path.isdir(export_dir):
-    if os.listdir(export_dir):
-      keep.move_aside(export_dir)
-    else:
-      os.rmdir(export_dir)
-  os.rename(tmp, export_dir)
+  # Assembled under a temporary name that says whose it is (removed if
+  # anything fails; a later run removes it if this process is killed).
+  with leftovers.temporary_for(export_dir) as tmp:
+    tf.saved_model.save(classifier, tmp,
+                        signatures={'serving_default': classifier.classify,
+                                    signatures_lib.BYTES_SIGNATURE:
+                                    classify_bytes})
+    write_labels(os.path.join(tmp, LABELS_FILE), labels)
+    leftovers.write_text(os.path.join(tmp, METADATA_FILE), json.dumps(
+        metadata(module, labels, final_tensor_name, extra_metadata),
+        indent=2))
+    if os.path.isdir(export_dir):
+      if os.listdir(export_dir):
+        keep.move_aside(export_dir)
+      else:
+        os.rmdir(export_dir)
+    os.rename(tmp, export_dir)
   return export_dir
 
 

@@ -29,10 +29,11 @@ import dataclasses
 import io
 import json
 import os
-import tempfile
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+
+from retrain.common import leftovers
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray,
@@ -170,18 +171,7 @@ def format_confusion(confusion: np.ndarray,
 def _write_atomically(path: str, text: str) -> None:
   """Writes via a temporary file and a rename, so a reader (or a crash) never
   sees a half-written report."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-',
-                             suffix=os.path.basename(path))
-  try:
-    with os.fdopen(fd, 'w', newline='', encoding='utf-8') as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  leftovers.write_text(path, text)
 
 
 def _csv_text(rows: Sequence[Sequence]) -> str:

@@ -15,15 +15,14 @@ import json
 import os
 from typing import List, Sequence, Tuple
 
+from retrain.common import leftovers
+
 SKIPPED_JSON = 'skipped_files.json'
 SKIPPED_CSV = 'skipped_files.csv'
 
 
 def _write_atomic(path: str, text: str) -> None:
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8', newline='') as f:
-    f.write(text)
-  os.replace(tmp, path)
+  leftovers.write_text(path, text)
 
 
 def write_skipped_report(report_dir: str,
