@@ -239,6 +239,33 @@ def _load_tflite(path: str, height, width) -> Tuple[Callable, tuple]:
   return predict, size
 
 
+def choose_labels(path: str, labels: Optional[str],
+                  meta_labels: Optional[Sequence[str]],
+                  default_labels: Optional[str]) -> List[str]:
+  """The class names of an export: row j is class id j.
+
+  An explicit --labels file wins (a deliberate renaming). Otherwise the
+  export's metadata (JSON, which holds any label exactly), checked against
+  the labels file beside it; the labels file alone only for exports that
+  have no metadata.
+  """
+  if labels:
+    return _read_labels(labels)
+  file_names = (_read_labels(default_labels)
+                if default_labels and os.path.isfile(default_labels) else None)
+  if meta_labels:
+    names = [str(name) for name in meta_labels]
+    if file_names is not None and file_names != names:
+      logging.warning('The labels file %s disagrees with the metadata of %s '
+                      '(%d vs %d classes); using the metadata\'s labels.',
+                      default_labels, path, len(file_names), len(names))
+    return names
+  if file_names is not None:
+    return file_names
+  raise LabelImageError(f'No labels found for {path}: pass --labels with '
+                        'the labels file retrain wrote (--output_labels).')
+
+
 def load_model(saved_model_dir: Optional[str] = None,
                graph: Optional[str] = None, labels: Optional[str] = None,
                input_layer: str = DEFAULT_INPUT_LAYER,
@@ -285,15 +312,7 @@ def load_model(saved_model_dir: Optional[str] = None,
     raise LabelImageError('No model given: pass --saved_model_dir (the '
                           'export folder) or --graph (a .pb or .tflite '
                           'file).')
-  if labels:
-    names = _read_labels(labels)
-  elif default_labels and os.path.isfile(default_labels):
-    names = _read_labels(default_labels)
-  elif meta_labels:
-    names = list(meta_labels)
-  else:
-    raise LabelImageError(f'No labels found for {path}: pass --labels with '
-                          'the labels file retrain wrote (--output_labels).')
+  names = choose_labels(path, labels, meta_labels, default_labels)
   probe = predict(np.zeros([1, size[0], size[1], 3], np.float32))
   if probe.ndim != 2 or probe.shape[1] != len(names):
     raise LabelImageError(

@@ -16,6 +16,7 @@ from typing import Sequence
 
 from absl import logging
 
+from retrain.data import labels as labels_lib
 from retrain.errors import DatasetError
 
 # Matched case-insensitively against the file name's ending.
@@ -123,6 +124,7 @@ def discover_images(image_dir: str,
                       'skipping it.', name, ' '.join(extensions))
       skipped.append(name)
       continue
+    labels_lib.check_folder_label(name, os.path.join(image_dir, name))
     if len(rel_paths) < FEW_IMAGES_WARNING:
       logging.warning('Class %r has only %d images; at least %d are '
                       'recommended for a usable accuracy.', name,

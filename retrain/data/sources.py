@@ -38,6 +38,7 @@ import numpy as np
 from absl import logging
 
 from retrain.data import discover
+from retrain.data import labels as labels_lib
 from retrain.data import split as split_lib
 from retrain.errors import DatasetError
 
@@ -236,13 +237,19 @@ def read_labels_csv(csv_path: str) -> Tuple[List[CsvRow], list]:
   try:
     # utf-8-sig: spreadsheet programs often start the file with a BOM.
     with open(csv_path, newline='', encoding='utf-8-sig') as f:
-      lines = list(csv.reader(f, skipinitialspace=True))
+      # (first line number, fields) of each row: a quoted field may span
+      # lines, and messages name the line where the row starts.
+      reader = csv.reader(f, skipinitialspace=True)
+      lines, start = [], 1
+      for fields in reader:
+        lines.append((start, fields))
+        start = reader.line_num + 1
   except (UnicodeDecodeError, csv.Error) as e:
     raise DatasetError(f'{csv_path!r} is not a readable CSV text file ({e}): '
                        'save it as UTF-8 CSV with "path, label" rows.') from e
   rows, missing, seen = [], [], {}
   first = True
-  for number, fields in enumerate(lines, 1):
+  for number, fields in lines:
     fields = [field.strip() for field in fields]
     if not any(fields):
       continue
@@ -260,6 +267,7 @@ def read_labels_csv(csv_path: str) -> Tuple[List[CsvRow], list]:
       if not os.path.lexists(path) and not discover.is_image_file(
           os.path.basename(fields[0])):
         continue
+    labels_lib.check_csv_label(fields[1], where)
     if not os.path.lexists(path):
       missing.append((path, f'listed in {where} but the file does not exist'))
       continue
