@@ -22,7 +22,7 @@ from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.bottlenecks import distort as distort_lib
 from retrain.common import leftovers
 from retrain.config import Config
-from retrain.data import duplicates
+from retrain.data import duplicates, leakage
 from retrain.data import sources as layouts
 from retrain.data import split as split_lib
 from retrain.errors import DatasetError
@@ -174,6 +174,11 @@ def run(config: Config) -> RunResult:
                              config.validation_percentage,
                              config.testing_percentage)
   _log_counts(labels, y_all, split)
+  # --- Issue 14: the same bytes in two of train/validation/test is leakage.
+  leakage.report_leakage(leakage.find_leakage(
+      [computed.digests[i] for i in usable], split,
+      [dataset.images[i].path for i in usable]), config.report_dir)
+  # ---
   vectors = computed.vectors
 
   # Distorted copies of the training images only (validation and test stay

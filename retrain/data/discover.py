@@ -3,6 +3,16 @@
 Discovery only lists files; it never opens them (decoding belongs to the
 bottleneck step, where an unreadable file is skipped, not fatal).
 
+Untrusted folders: only regular files are listed. A FIFO, socket or device
+named like an image (also behind a symbolic link) is skipped with its
+reason, never opened: opening a FIFO blocks, /dev/zero never ends. Folder
+links are followed (datasets are often linked from other disks), but each
+real folder is walked once, so a link loop (`a/loop -> .`) cannot multiply
+the data, and a link to `/` or to a folder containing image_dir is refused
+(it would walk the whole disk, or the data set inside itself). One real
+file reached by two paths is listed once, at its first path in sorted
+order, with a warning. Everything skipped is in `Dataset.skipped_files`.
+
 Label order: labels are the class folder names exactly as they are, sorted
 by Python's string order; class id i is `Dataset.labels[i]`, and that order
 is the row order of the exported labels file.
@@ -12,7 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Sequence
+import stat
+from typing import Optional, Sequence
 
 from absl import logging
 
@@ -51,11 +62,14 @@ class Dataset:
     labels: class names, sorted; class id i is labels[i].
     images: every image, sorted by (label, rel_path).
     skipped_classes: class folders that held no image, skipped.
+    skipped_files: (path, reason) of what discovery left out (not regular
+      files, repeated or refused folders, second paths to one file).
   """
   image_dir: str
   labels: tuple
   images: tuple
   skipped_classes: tuple = ()
+  skipped_files: tuple = ()
 
   def count_per_class(self) -> list:
     counts = [0] * len(self.labels)
@@ -69,17 +83,112 @@ def is_image_file(name: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> bo
   return not name.startswith('.') and name.lower().endswith(tuple(extensions))
 
 
+_KINDS = ((stat.S_ISFIFO, 'a FIFO (named pipe)'),
+          (stat.S_ISSOCK, 'a socket'),
+          (stat.S_ISCHR, 'a character device'),
+          (stat.S_ISBLK, 'a block device'),
+          (stat.S_ISDIR, 'a folder'))
+
+
+def not_regular_reason(mode: int) -> str:
+  """Why a file of st_mode `mode` is not read (for a non-regular file)."""
+  for test, name in _KINDS:
+    if test(mode):
+      return f'{name}, not a regular file; never opened'
+  return 'not a regular file; never opened'
+
+
+class Walk:
+  """What a discovery has seen: real folders and files, and what it skipped.
+
+  One Walk shared by several class folders makes a folder or file reached
+  through a link from another class count once.
+  """
+
+  def __init__(self, image_dir: str):
+    self.image_dir = os.path.abspath(image_dir)
+    real = os.path.realpath(image_dir)
+    # image_dir's real folder and every folder containing it, '/' included.
+    self.ancestors = {real}
+    while os.path.dirname(real) != real:
+      real = os.path.dirname(real)
+      self.ancestors.add(real)
+    self.folders: dict = {}  # (st_dev, st_ino) -> first path
+    self.files: dict = {}  # (st_dev, st_ino) -> first path
+    self.skipped: list = []  # (path, reason)
+
+  def skip(self, path: str, reason: str) -> None:
+    logging.warning('Skipping %s: %s', path, reason)
+    self.skipped.append((path, reason))
+
+  def enter(self, folder: str) -> bool:
+    """Whether to walk `folder` (False, with the reason logged, if not)."""
+    real = os.path.realpath(folder)
+    if real in self.ancestors:
+      self.skip(folder, f'links to {real!r}, which contains the image folder '
+                f'{self.image_dir!r}: walking it would list the whole disk '
+                'or the data set twice; link the data folder itself instead')
+      return False
+    try:
+      st = os.stat(folder)
+    except OSError as e:
+      self.skip(folder, f'cannot be listed: {e.strerror or e}')
+      return False
+    first = self.folders.setdefault((st.st_dev, st.st_ino), folder)
+    if first != folder:
+      self.skip(folder, f'the same folder as {first} (a symbolic link loop '
+                'or a second link); listed once')
+      return False
+    return True
+
+
 def _list_class_images(class_dir: str, image_dir: str,
-                       extensions: Sequence[str]) -> list:
-  """Relative paths of the images below class_dir, nested folders included."""
+                       extensions: Sequence[str],
+                       walk: Optional[Walk] = None) -> list:
+  """Relative paths of the images below class_dir, nested folders included.
+
+  Only regular files; see the module doc for links. Skipped entries are
+  added to `walk.skipped`.
+  """
+  walk = walk if walk is not None else Walk(image_dir)
   found = []
-  for root, dirs, files in os.walk(class_dir, followlinks=True):
-    # Hidden folders (.git, .ipynb_checkpoints, ...) are never data.
-    dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
-    for name in sorted(files):
-      if is_image_file(name, extensions):
-        full = os.path.join(root, name)
-        found.append(os.path.relpath(full, image_dir).replace(os.sep, '/'))
+  if not walk.enter(class_dir):
+    return found
+  pending = [class_dir]
+  while pending:
+    folder = pending.pop()
+    try:
+      entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as e:
+      walk.skip(folder, f'cannot be listed: {e.strerror or e}')
+      continue
+    subfolders = []
+    for entry in entries:
+      # Hidden files and folders (.git, .ipynb_checkpoints, ...) are never
+      # data.
+      if entry.name.startswith('.'):
+        continue
+      try:
+        st = os.stat(entry.path)  # follows links; never opens the file
+      except OSError:
+        st = None  # A broken link: the bottleneck step names it.
+      if st is not None and stat.S_ISDIR(st.st_mode):
+        subfolders.append(entry.path)
+        continue
+      if not is_image_file(entry.name, extensions):
+        continue
+      if st is not None and not stat.S_ISREG(st.st_mode):
+        walk.skip(entry.path, not_regular_reason(st.st_mode))
+        continue
+      if st is not None:
+        first = walk.files.setdefault((st.st_dev, st.st_ino), entry.path)
+        if first != entry.path:
+          walk.skip(entry.path, f'the same file as {first} (reached by two '
+                    'paths); used once')
+          continue
+      found.append(os.path.relpath(entry.path, image_dir).replace(os.sep, '/'))
+    # Depth first, in name order; each real folder once.
+    pending.extend(sub for sub in reversed(subfolders) if walk.enter(sub))
   return sorted(found)
 
 
@@ -116,9 +225,10 @@ def discover_images(image_dir: str,
         f'a sub-folder named after the class, e.g. {image_dir}/roses/1.jpg.')
 
   labels, images, skipped = [], [], []
+  walk = Walk(image_dir)
   for name in class_names:
     rel_paths = _list_class_images(os.path.join(image_dir, name), image_dir,
-                                   extensions)
+                                   extensions, walk)
     if not rel_paths:
       logging.warning('Class folder %r has no images (accepted endings: %s); '
                       'skipping it.', name, ' '.join(extensions))
@@ -141,4 +251,5 @@ def discover_images(image_dir: str,
         f'Found {found} in {image_dir!r}; a classifier needs at least two '
         'classes. Add another sub-folder of images (accepted endings: '
         f'{" ".join(extensions)}).')
-  return Dataset(image_dir, tuple(labels), tuple(images), tuple(skipped))
+  return Dataset(image_dir, tuple(labels), tuple(images), tuple(skipped),
+                 tuple(walk.skipped))

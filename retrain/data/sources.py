@@ -32,6 +32,7 @@ import csv
 import dataclasses
 import os
 import re
+import stat
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -118,11 +119,11 @@ def load_layout(config) -> Layout:
       layout = _from_split_folders(config.image_dir, folders)
     else:
       dataset = discover.discover_images(config.image_dir)
-      layout = Layout(dataset, description=(
+      layout = Layout(dataset, skipped=dataset.skipped_files, description=(
           f'one folder per class under {dataset.image_dir}, split by the '
           'stable hash'))
   if layout.skipped:
-    logging.warning('%d listed images do not exist and are skipped (first: '
+    logging.warning('%d listed files are skipped before decoding (first: '
                     '%s: %s).', len(layout.skipped), *layout.skipped[0])
   return _apply_label_style(layout, config.label_style)
 
@@ -169,6 +170,7 @@ def _from_split_folders(image_dir: str, folders: dict) -> Layout:
   labels = list(train.labels)
   entries = [(TRAIN, image.label, f'{folders[TRAIN]}/{image.rel_path}')
              for image in train.images]
+  walk = discover.Walk(image_dir)
   for code in (VALIDATION, TEST):
     if code not in folders:
       continue
@@ -176,7 +178,7 @@ def _from_split_folders(image_dir: str, folders: dict) -> Layout:
     for name in _subdirs(os.path.join(image_dir, folder)):
       rel_paths = discover._list_class_images(  # pylint: disable=protected-access
           os.path.join(image_dir, folder, name), image_dir,
-          discover.IMAGE_EXTENSIONS)
+          discover.IMAGE_EXTENSIONS, walk)
       if not rel_paths:
         continue
       if name not in labels:
@@ -195,6 +197,7 @@ def _from_split_folders(image_dir: str, folders: dict) -> Layout:
       discover.Dataset(image_dir, tuple(labels), images,
                        train.skipped_classes),
       subsets=subsets, carve=carve,
+      skipped=tuple(train.skipped_files) + tuple(walk.skipped),
       description=f'ready-made split folders {given} under {image_dir}')
 
 
@@ -271,6 +274,20 @@ def read_labels_csv(csv_path: str) -> Tuple[List[CsvRow], list]:
     if not os.path.lexists(path):
       missing.append((path, f'listed in {where} but the file does not exist'))
       continue
+    # Only regular files (after links): a FIFO or device is never opened.
+    try:
+      mode = os.stat(path).st_mode
+    except OSError:
+      mode = None  # A broken link: the bottleneck step names it.
+    if mode is not None and not stat.S_ISREG(mode):
+      missing.append((path, f'listed in {where}, but '
+                      f'{discover.not_regular_reason(mode)}'))
+      continue
+    real = os.path.realpath(path)
+    if real != path and real in seen and seen[real].label == fields[1]:
+      logging.warning('%s (%s) is the same file as %s (%s); used once.', path,
+                      where, seen[real].path, seen[real].where)
+      continue
     earlier = seen.get(path)
     if earlier is not None:
       if earlier.label != fields[1]:
@@ -282,6 +299,7 @@ def read_labels_csv(csv_path: str) -> Tuple[List[CsvRow], list]:
     row = CsvRow(path, os.path.relpath(path, base).replace(os.sep, '/'),
                  fields[1], where)
     seen[path] = row
+    seen.setdefault(real, row)
     rows.append(row)
   return rows, missing
 
