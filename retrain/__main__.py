@@ -178,6 +178,18 @@ flags.DEFINE_enum('logging_verbosity', 'INFO',
 FLAGS = flags.FLAGS
 
 
+# --- Untrusted input (docs/robustness.md) ------------------------------------
+flags.DEFINE_integer('max_image_pixels', _D.max_image_pixels,
+                     'Images whose decoded size would exceed this many '
+                     'pixels are skipped (JPEGs count at the 1/2, 1/4 or 1/8 '
+                     'scale they are decoded at); raise it for genuine huge '
+                     'images.')
+flags.DEFINE_bool('trust_module', _D.trust_module,
+                  'Load a local --tfhub_module even if its graph can read or '
+                  'write files or call Python (a SavedModel is code).')
+# ---
+
+
 def config_from_flags() -> Config:
   """A Config with every field taken from the flag of the same name."""
   return Config(**{field.name: FLAGS[field.name].value

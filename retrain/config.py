@@ -145,5 +145,16 @@ class Config:
   tflite_quantization: str = 'none'
   tflite_calibration_images: int = 100
 
+  # --- Untrusted input (docs/robustness.md) ------------------------------------
+  # Images whose decoded size would exceed this many pixels are skipped,
+  # with the declared size (JPEGs count at the reduced scale they are
+  # decoded at, so a 100 MP photo still works). 50 MP is more than any
+  # phone or consumer camera takes and decodes to 150 MB of RGB; a few KB
+  # can declare gigapixels.
+  max_image_pixels: int = 50_000_000
+  # A local SavedModel is code: one whose graph can read or write files or
+  # call Python is refused unless this says it is trusted.
+  trust_module: bool = False
+
 
 DEFAULTS = Config()

@@ -144,7 +144,8 @@ def run(config: Config) -> RunResult:
       config.bottleneck_dir, bottlenecks_lib.cache_namespace(module))
   paths = [image.path for image in dataset.images]
   computed = bottlenecks_lib.compute_bottlenecks(
-      paths, runner, store, config.bottleneck_batch_size)
+      paths, runner, store, config.bottleneck_batch_size,
+      max_pixels=config.max_image_pixels)
   timings['bottlenecks'] = time.monotonic() - phase
   peak_rss['bottlenecks'] = _peak_rss_mib()
   stats = computed.stats

@@ -342,12 +342,15 @@ def find_images(specs: Sequence[str],
       paths.append(path)
 
   def add_folder(folder):
-    for root, dirs, files in os.walk(folder, followlinks=True):
-      dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
-      for name in sorted(files):
-        if not name.startswith('.') and name.lower().endswith(
-            tuple(extensions)):
-          add(os.path.join(root, name))
+    # retrain's discovery walk: regular files only, each real folder once
+    # (a link loop or a link to / cannot make it endless).
+    from retrain.data import discover  # pylint: disable=g-import-not-at-top
+    parent = os.path.dirname(os.path.abspath(folder))
+    walk = discover.Walk(parent)
+    for rel in discover._list_class_images(  # pylint: disable=protected-access
+        os.path.abspath(folder), parent, extensions, walk):
+      add(os.path.join(parent, *rel.split('/')))
+    problems.extend(Record(p, error=r) for p, r in walk.skipped)
 
   for spec in specs:
     if os.path.isdir(spec):
@@ -384,11 +387,19 @@ def _reason(error: Exception) -> str:
   return message or type(error).__name__
 
 
-def _load(path: str, size, input_mean: float, input_std: float):
-  """float32 [H, W, 3] ready for the model, or the reason it failed."""
+def _load(path: str, size, input_mean: float, input_std: float,
+          max_pixels: Optional[int] = None):
+  """float32 [H, W, 3] ready for the model, or the reason it failed.
+
+  Images over `max_pixels` (default: retrain's) or truncated are refused
+  from their header; the decoding threads share one pixel budget
+  (retrain.images), so they never hold one worst-case image each.
+  """
   from retrain import images  # pylint: disable=g-import-not-at-top
+  from retrain.config import DEFAULTS  # pylint: disable=g-import-not-at-top
   try:
-    image = images.load_image(path, size).numpy()
+    image = images.load_image(path, size, max_pixels or
+                              DEFAULTS.max_image_pixels).numpy()
   except Exception as e:  # pylint: disable=broad-except
     return _reason(e)
   if (input_mean, input_std) != (DEFAULT_INPUT_MEAN, DEFAULT_INPUT_STD):
@@ -414,7 +425,8 @@ def classify_files(model: Model, paths: Sequence[str],
                    batch_size: int = DEFAULT_BATCH_SIZE,
                    input_mean: float = DEFAULT_INPUT_MEAN,
                    input_std: float = DEFAULT_INPUT_STD,
-                   timing: Optional[Timing] = None) -> List[Record]:
+                   timing: Optional[Timing] = None,
+                   max_pixels: Optional[int] = None) -> List[Record]:
   """Classifies image files in batches; one Record per path, in order.
 
   Files are decoded on a thread pool while the model runs on the previous
@@ -429,7 +441,8 @@ def classify_files(model: Model, paths: Sequence[str],
   with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 2) as pool:
 
     def submit(chunk):
-      return [pool.submit(_load, p, model.input_size, input_mean, input_std)
+      return [pool.submit(_load, p, model.input_size, input_mean, input_std,
+                          max_pixels)
               for p in chunk]
 
     chunks = list(_chunks(list(paths), max(1, batch_size)))
@@ -523,6 +536,9 @@ def _define_flags():
                             'recursively) or glob; repeat for more. Images '
                             'may also be given as arguments.')
   flags.DEFINE_integer('top_k', DEFAULT_TOP_K, 'Labels shown per image.')
+  flags.DEFINE_integer('max_image_pixels', DEFAULTS.max_image_pixels,
+                       'Images whose decoded size would exceed this many '
+                       'pixels are refused (as in retrain).')
   flags.DEFINE_integer('batch_size', DEFAULT_BATCH_SIZE,
                        'Images per model call.')
   flags.DEFINE_enum('output_format', 'table', list(OUTPUT_FORMATS),
@@ -572,7 +588,8 @@ def main(argv) -> int:
                              np.float32))
     timing = Timing()
     records = problems + classify_files(model, paths, f.top_k, f.batch_size,
-                                        f.input_mean, f.input_std, timing)
+                                        f.input_mean, f.input_std, timing,
+                                        f.max_image_pixels)
     text = format_records(records, f.output_format)
   except RetrainError as e:
     logging.error('%s', e)
