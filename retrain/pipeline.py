@@ -132,7 +132,8 @@ def run(config: Config) -> RunResult:
                len(labels), layout.description)
 
   module = features.load_module(config.tfhub_module, config.image_size,
-                                config.module_cache_dir)
+                                config.module_cache_dir,
+                                trust=config.trust_module)
   timings['startup_and_module'] = time.monotonic() - started
   peak_rss['startup_and_module'] = _peak_rss_mib()
 
