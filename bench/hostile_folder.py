@@ -98,7 +98,7 @@ def main():
       sys.executable, 'tools/label_image.py', '--saved_model_dir',
       str(out / 'saved_model'), '--image', str(bombs), '--output_format',
       'json'])
-  refused = err.count('megapixels, over the limit') // 2
+  refused = err.count('over the limit of')
   print(f'label_image on {args.bombs} image bombs: exit {status} (1: no '
         f'image classified), {refused} refused from their header, '
         f'{wall:.1f} s, peak RSS {rss:.0f} MiB')
