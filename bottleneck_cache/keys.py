@@ -19,7 +19,7 @@ from typing import Optional
 
 from absl import logging
 
-from bottleneck_cache import temporaries
+from bottleneck_cache import atomic, temporaries
 
 _BLOCK = 1 << 20
 MEMO_FILE = 'file_digests.json'
@@ -86,15 +86,10 @@ class DigestMemo:
     try:
       os.makedirs(directory, exist_ok=True)
       temporaries.remove_stale(directory, TMP_PREFIX, 'temporary digest memo')
-      data = json.dumps({'version': _MEMO_VERSION, 'files': self._memo})
-      with open(tmp, 'w', encoding='utf-8') as f:
-        f.write(data)
-      os.replace(tmp, self.path)
+      # Removes the temporary on failure: a full disk costs only re-hashing
+      # next time, never a partial file.
+      atomic.write_json(self.path,
+                        {'version': _MEMO_VERSION, 'files': self._memo}, tmp)
       self._dirty = False
     except OSError as e:
-      # A full disk costs only re-hashing next time; never a partial file.
-      try:
-        os.remove(tmp)
-      except OSError:
-        pass
       logging.warning('Could not save the digest memo %s (%s).', self.path, e)

@@ -1,6 +1,6 @@
 """An on-disk, crash-safe store of feature vectors ("bottlenecks") in HDF5.
 
-Layout under the cache root (retrain's --bottleneck_dir):
+Layout under the cache root (retrain's bottleneck_dir):
 
   <root>/<namespace id>/namespace.json    what the vectors were computed with
   <root>/<namespace id>/shard-*.h5        immutable files of (keys, vectors)
@@ -61,7 +61,7 @@ import os
 import shutil
 import time
 import uuid
-from typing import Callable, Iterable, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Iterable, Optional, Sequence, Tuple
 
 import h5py
 import numpy as np
@@ -126,8 +126,8 @@ class CacheFullError(CacheError):
     super().__init__(
         f'Not enough disk space for the bottleneck cache in {directory!r}: '
         f'about {_mib(needed)} needed{free}{detail}. Free some space on that '
-        'disk, or pass --bottleneck_dir with a folder on a disk with room. '
-        'Every vector already written is kept and reused by the next run.')
+        'disk, or give a cache folder on a disk with room. Every vector '
+        'already written is kept and reused by the next run.')
     self.directory = directory
     self.needed = needed
     self.available = available
@@ -195,7 +195,7 @@ class BottleneckStore:
     except OSError as e:
       raise CacheError(
           f'Cannot create the bottleneck cache folder {self.directory!r} '
-          f'({e.strerror}): pass --bottleneck_dir with a writable folder.'
+          f'({e.strerror}): give a writable folder as the cache root.'
       ) from e
     self._write_description()
     temporaries.remove_stale(self.directory, TMP_PREFIX,
@@ -507,7 +507,7 @@ class BottleneckStore:
         raise CacheFullError(self.directory, 1 << 20) from e
       raise CacheError(
           f'Cannot write to the bottleneck cache folder {self.directory!r} '
-          f'({e.strerror}): pass --bottleneck_dir with a writable folder.'
+          f'({e.strerror}): give a writable folder as the cache root.'
       ) from e
 
   def _write_shard(self, keys: list, vectors: np.ndarray) -> str:
@@ -542,8 +542,8 @@ class BottleneckStore:
             detail=f' to write {len(keys)} more vectors') from e
       raise CacheError(
           f'Cannot write to the bottleneck cache folder {self.directory!r} '
-          f'({e.strerror or e}): pass --bottleneck_dir with a writable '
-          'folder.') from e
+          f'({e.strerror or e}): give a writable folder as the cache '
+          'root.') from e
     return name
 
   def _load_index(self) -> None:
@@ -623,9 +623,3 @@ def _touch(path: str) -> None:
     os.utime(path)
   except OSError:
     pass
-
-
-def iter_batches(items: Sequence, size: int) -> Iterator[Sequence]:
-  """Consecutive slices of at most `size` items."""
-  for start in range(0, len(items), size):
-    yield items[start:start + size]

@@ -93,15 +93,17 @@ def remove_path(path: str) -> bool:
 
 
 def remove_stale(directory: str, prefix: str, what: str = 'temporary',
-                 now: Optional[float] = None) -> List[str]:
+                 now: Optional[float] = None,
+                 only_tagged: bool = False) -> List[str]:
   """Removes entries `<prefix><owner tag>...` of `directory` that are stale.
 
   Args:
     directory: the folder to look in (missing: nothing to do).
-    prefix: the name start of the temporaries, e.g. '.tmp-' or
-      'saved_model.tmp-'.
+    prefix: the name start of the temporaries, e.g. '.tmp-'.
     what: words for the log line.
     now: the time to judge age by (tests).
+    only_tagged: leave entries without an owner tag alone, whatever their
+      age (for folders shared with other programs, such as /tmp).
 
   Returns:
     The paths removed; each is logged.
@@ -113,6 +115,8 @@ def remove_stale(directory: str, prefix: str, what: str = 'temporary',
   removed = []
   for name in names:
     if not name.startswith(prefix):
+      continue
+    if only_tagged and parse_owner(name[len(prefix):])[0] is None:
       continue
     path = os.path.join(directory, name)
     try:

@@ -196,6 +196,12 @@ def config_from_flags() -> Config:
                    for field in dataclasses.fields(Config)})
 
 
+def flag_wording(error) -> str:
+  """A library error's text with each setting it names worded as its flag
+  (`optimizer='x'` -> `--optimizer='x'`)."""
+  return error.worded(lambda field: f'--{field}')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
@@ -216,7 +222,7 @@ def main(argv):
   try:
     pipeline.run(config_from_flags())
   except RetrainError as e:
-    logging.error('%s', e)
+    logging.error('%s', flag_wording(e))
     return 1
   # --- Issue 14: a cache that cannot be written, a full disk: a message.
   except bottleneck_cache.CacheError as e:

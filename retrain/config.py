@@ -158,3 +158,11 @@ class Config:
 
 
 DEFAULTS = Config()
+
+
+def subset(record_type, config: Config):
+  """The option record `record_type` (a dataclass whose fields are named
+  as Config's) filled from `config`, so that library functions take only
+  the settings they use, never the whole Config."""
+  return record_type(**{f.name: getattr(config, f.name)
+                        for f in dataclasses.fields(record_type)})

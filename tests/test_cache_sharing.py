@@ -194,7 +194,7 @@ def test_full_disk_keeps_written_shards_and_names_the_folder(tmp_path,
     s.get_or_compute(keys, one_by_one(keys))
   message = str(raised.value)
   assert s.directory in message and 'MiB needed' in message
-  assert '--bottleneck_dir' in message
+  assert 'cache folder on a disk with room' in message
   names = os.listdir(s.directory)
   assert not [n for n in names if n.startswith(store_lib.TMP_PREFIX)]
   monkeypatch.undo()

@@ -169,11 +169,11 @@ def test_cache_keys_differ_per_copy_image_setting_and_seed(fake_module):
 
 
 @pytest.mark.parametrize('field,value,match', [
-    ('random_brightness', 150.0, '--random_brightness=150.0 is out of range'),
-    ('random_crop', -5.0, '--random_crop=-5.0 is out of range'),
-    ('random_rotation', float('nan'), '--random_rotation=nan'),
+    ('random_brightness', 150.0, 'random_brightness=150.0 is out of range'),
+    ('random_crop', -5.0, 'random_crop=-5.0 is out of range'),
+    ('random_rotation', float('nan'), 'random_rotation=nan'),
     ('random_shift', 80.0, 'from 0 to 50'),
-    ('distorted_copies', -1, '--distorted_copies=-1 must be 0 or more'),
+    ('distorted_copies', -1, 'distorted_copies=-1 must be 0 or more'),
 ])
 def test_bad_values_are_refused_before_work(small_config, field, value,
                                             match):
@@ -186,7 +186,7 @@ def test_bad_values_are_refused_before_work(small_config, field, value,
 def test_zero_copies_with_a_distortion_is_refused(small_config):
   config = dataclasses.replace(small_config, flip_left_right=True,
                                distorted_copies=0)
-  with pytest.raises(DatasetError, match='--distorted_copies 1 or more'):
+  with pytest.raises(DatasetError, match='distorted_copies 1 or more'):
     pipeline.run(config)
 
 

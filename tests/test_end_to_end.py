@@ -134,7 +134,7 @@ def test_variable_size_module_needs_image_size(small_config,
   from retrain.errors import ModuleError
   make_colour_dataset(small_config.image_dir, per_class=4)
   config = dataclasses.replace(small_config, tfhub_module=fake_module_any_size)
-  with pytest.raises(ModuleError, match='--image_size'):
+  with pytest.raises(ModuleError, match='image_size'):
     pipeline.run(config)
   result = pipeline.run(dataclasses.replace(config, image_size=24))
   assert result.test_accuracy == 1.0
@@ -171,6 +171,8 @@ def test_cli_error_is_one_clear_line(tmp_path):
   proc = _cli(['--image_dir', str(tmp_path / 'missing')])
   assert proc.returncode == 1
   assert 'does not exist' in proc.stderr
+  # The library names the setting; the command line words it as its flag.
+  assert '--image_dir' in proc.stderr
   assert 'Traceback' not in proc.stderr
 
 

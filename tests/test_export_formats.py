@@ -14,7 +14,7 @@ from retrain import images, pipeline
 from retrain.errors import OutputError
 from retrain.export import formats as export_formats
 from retrain.features import modules as features
-from retrain.head import train
+from retrain.head import model, train
 from tests.conftest import FAKE_SIZE, make_colour_dataset, shrunk_config, write_image
 from tools import label_image
 
@@ -141,9 +141,11 @@ def test_train_head_calls_on_head_every_n_steps():
   y = (x[:, 0] > 0).astype(np.int64)
   seen = []
   result = train.train_head(
-      x, y, 2, x[:0], y[:0], steps=250, learning_rate=0.1, batch_size=8,
-      eval_step_interval=30, validation_batch_size=-1, seed=0,
-      head_every=100, on_head=lambda step, head: seen.append((step, head)))
+      x, y, 2, x[:0], y[:0],
+      train.Settings(steps=250, learning_rate=0.1, batch_size=8,
+                     eval_step_interval=30, validation_batch_size=-1, seed=0),
+      train.Hooks(head_every=100,
+                  on_head=lambda step, head: seen.append((step, head))))
   assert [s for s, _ in seen] == [100, 200]
   assert all(h.weights.shape == (4, 2) for _, h in seen)
   assert not np.allclose(seen[0][1].weights, result.head.weights)
@@ -152,7 +154,7 @@ def test_train_head_calls_on_head_every_n_steps():
 
 def _random_head(dim=6, classes=3, seed=0):
   rng = np.random.default_rng(seed)
-  return train.Head(rng.normal(0, 3, (dim, classes)).astype(np.float32),
+  return model.Head(rng.normal(0, 3, (dim, classes)).astype(np.float32),
                     rng.normal(0, 1, classes).astype(np.float32))
 
 
@@ -204,7 +206,7 @@ def test_earlier_files_are_moved_aside_not_overwritten(tmp_path, fake_module):
     (dict(tflite_quantization='int4'), 'is not one of none, dynamic'),
     (dict(intermediate_store_frequency=-1), 'must be 0'),
     (dict(intermediate_store_frequency=5, intermediate_output_graphs_dir=''),
-     'needs --intermediate_output_graphs_dir'),
+     'needs intermediate_output_graphs_dir'),
 ])
 def test_bad_export_options_are_refused_before_work(small_config, tmp_path,
                                                     change, message):

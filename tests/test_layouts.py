@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from retrain import config as config_lib
 from retrain.config import DEFAULTS
 from retrain.data import sources as layouts
 from retrain.errors import DatasetError
@@ -13,7 +14,8 @@ from tests.conftest import write_image
 
 
 def _config(**kw):
-  return dataclasses.replace(DEFAULTS, **kw)
+  return config_lib.subset(layouts.LayoutOptions,
+                          dataclasses.replace(DEFAULTS, **kw))
 
 
 def _touch_images(root, rels):
@@ -142,14 +144,14 @@ def test_train_csv_alone_carves_validation_and_test(tmp_path):
 
 @pytest.mark.parametrize('kw, message', [
     (dict(image_labels_csv='a.csv', train_csv='b.csv'), 'use either one CSV'),
-    (dict(validation_csv='v.csv'), 'needs --train_csv'),
-    (dict(train_csv='t.csv', image_dir='imgs'), 'drop --image_dir'),
-    (dict(label_style='Retrain'), "--label_style='Retrain' is not one of"),
+    (dict(validation_csv='v.csv'), 'needs train_csv'),
+    (dict(train_csv='t.csv', image_dir='imgs'), 'drop image_dir'),
+    (dict(label_style='Retrain'), "label_style='Retrain' is not one of"),
     (dict(image_layout='flat'), 'is not one of auto, class_folders'),
 ])
 def test_flag_combinations_refused(kw, message):
   with pytest.raises(DatasetError, match=message):
-    layouts.check_layout_config(_config(**kw))
+    layouts.check_layout_options(_config(**kw))
 
 
 # --- split folders ------------------------------------------------------------

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from bottleneck_cache import temporaries
-from retrain.common import leftovers
+from retrain.common import atomic, leftovers
 
 
 def _dead_pid():
@@ -17,49 +17,57 @@ def _dead_pid():
   return int(out.stdout)
 
 
+def test_temporary_names_say_who_owns_them(tmp_path):
+  name = os.path.basename(atomic.temporary_name(str(tmp_path / 'x.txt')))
+  pid, host = temporaries.parse_owner(name[len(atomic.TMP_PREFIX):])
+  assert (pid, host) == (os.getpid(), temporaries.hostname())
+  assert name.endswith('-x.txt')
+
+
 def test_heal_removes_dead_runs_temporaries_only(tmp_path, caplog):
   caplog.set_level('INFO')
-  export = tmp_path / 'saved_model'
   here = temporaries.hostname()
-  dead = tmp_path / f'saved_model.tmp-{_dead_pid()}@{here}~a'
+  dead = tmp_path / f'.tmp-{_dead_pid()}@{here}~a-saved_model'
   (dead / 'variables').mkdir(parents=True)
   (dead / 'saved_model.pb').write_bytes(b'x' * 1000)
-  live = tmp_path / f'saved_model.tmp-{os.getpid()}@{here}~b'
+  live = tmp_path / f'.tmp-{os.getpid()}@{here}~b-saved_model'
   live.mkdir()
-  other_host = tmp_path / 'saved_model.tmp-1@elsewhere~c'
-  other_host.mkdir()
-  legacy = tmp_path / 'output_graph.pb.tmp-12345'  # the old PID-only name
-  legacy.write_bytes(b'x')
+  other_host = tmp_path / '.tmp-1@elsewhere~c-output_graph.pb'
+  other_host.write_bytes(b'x')
+  old_other_host = tmp_path / '.tmp-1@elsewhere~d-output_graph.pb'
+  old_other_host.write_bytes(b'x')
+  # Not ours (no owner tag): left alone however old, as in a shared /tmp.
+  foreign = tmp_path / '.tmp-something-else'
+  foreign.write_bytes(b'x')
   old = time.time() - 2 * temporaries.STALE_AFTER_SECONDS
-  os.utime(legacy, (old, old))
+  for path in (old_other_host, foreign):
+    os.utime(path, (old, old))
   report = tmp_path / 'report'
   report.mkdir()
-  half = report / f'metrics.json.tmp-{_dead_pid()}@{here}~d'
+  half = report / f'.tmp-{_dead_pid()}@{here}~e-test_metrics.json'
   half.write_text('{')
-  (report / 'metrics.json').write_text('{}')
-  removed = leftovers.heal([str(export), str(tmp_path / 'output_graph.pb'),
-                            str(report), ''])
-  assert sorted(removed) == sorted([str(dead), str(legacy), str(half)])
-  assert not dead.exists() and not legacy.exists()
-  assert live.exists() and other_host.exists()
-  assert sorted(os.listdir(report)) == ['metrics.json']
-  assert 'Removed 1 unfinished output' in caplog.text
+  (report / 'test_metrics.json').write_text('{}')
+  removed = leftovers.heal([str(tmp_path / 'saved_model'),
+                            str(tmp_path / 'output_graph.pb'), str(report),
+                            ''])
+  assert sorted(removed) == sorted([str(dead), str(old_other_host),
+                                    str(half)])
+  assert live.exists() and other_host.exists() and foreign.exists()
+  assert sorted(os.listdir(report)) == ['test_metrics.json']
+  assert 'unfinished output' in caplog.text
 
 
-def test_failed_write_leaves_neither_file_nor_temporary(tmp_path):
-  target = tmp_path / 'labels.txt'
-  target.write_text('old\n')
+def test_failed_folder_output_leaves_no_temporary(tmp_path):
+  target = tmp_path / 'export'
 
   class Boom(Exception):
     pass
 
   with pytest.raises(Boom):
     with leftovers.temporary_for(str(target)) as tmp:
-      with open(tmp, 'w') as f:
-        f.write('half')
+      os.makedirs(os.path.join(tmp, 'variables'))
       raise Boom()
-  assert os.listdir(tmp_path) == ['labels.txt']
-  assert target.read_text() == 'old\n'
+  assert os.listdir(tmp_path) == []
 
 
 def test_failed_saved_model_export_leaves_no_temporary(tmp_path, fake_module,
@@ -69,7 +77,7 @@ def test_failed_saved_model_export_leaves_no_temporary(tmp_path, fake_module,
 
   from retrain.export import saved_model
   from retrain.features import modules
-  from retrain.head.train import Head
+  from retrain.head.model import Head
   module = modules.load_module(fake_module)
   head = Head(np.zeros((6, 2), np.float32), np.zeros(2, np.float32))
 

@@ -34,7 +34,8 @@ def test_module_reading_a_file_is_refused_until_trusted(tmp_path):
   with pytest.raises(ModuleError) as e:
     modules.load_module(path)
   text = str(e.value)
-  assert 'ReadFile (in function' in text and '--trust_module' in text
+  assert 'ReadFile (in function' in text and 'trust_module=True' in text
+  assert e.value.fields == ('trust_module',)
   module = modules.load_module(path, trust=True)
   assert module.output_dim == 3
 

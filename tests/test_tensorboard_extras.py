@@ -77,7 +77,7 @@ def test_run_writes_every_tag_report_and_projector(small_config):
           'final_layer/activations'} <= set(train.Tags()['tensors'])
   assert _plugin(train, 'run_config') == 'text'
   text = train.Tensors('run_config')[0].tensor_proto.string_val[0].decode()
-  assert '| --how_many_training_steps | 100 |' in text
+  assert '| how_many_training_steps | 100 |' in text
   assert '| red | ' in text and 'Skipped files: 1' in text
   assert 'broken.jpg' in text
 
@@ -164,6 +164,6 @@ def test_misclassified_file_lists_each_wrong_test_image(small_config):
 
 def test_bad_projector_cap_is_refused_before_work(small_config):
   from retrain.errors import DatasetError
-  with pytest.raises(DatasetError, match='--projector_max_images=-1'):
+  with pytest.raises(DatasetError, match='projector_max_images=-1'):
     pipeline.run(dataclasses.replace(small_config, projector_max_images=-1))
   assert not pathlib.Path(small_config.bottleneck_dir).exists()

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from retrain.config import DEFAULTS
+from retrain.config import DEFAULTS, subset
 from retrain.errors import DatasetError
 from retrain.head import options as opts_lib
 from retrain.head import train
 
-PLAIN = opts_lib.TrainOptions.from_config(DEFAULTS)
+PLAIN = subset(opts_lib.TrainOptions, DEFAULTS)
 
 
 def _opts(**kw):
@@ -32,8 +32,10 @@ def _train(x, y, options, steps=200, lr=0.1, val=None, **kw):
   vx, vy = val if val is not None else (x[:0], y[:0])
   args = dict(steps=steps, learning_rate=lr, batch_size=32,
               eval_step_interval=10, validation_batch_size=-1, seed=0)
+  hooks = train.Hooks(on_eval_head=kw.pop('on_eval_head', None))
   args.update(kw)
-  return train.train_head(x, y, 3, vx, vy, options=options, **args)
+  return train.train_head(x, y, 3, vx, vy,
+                          train.Settings(options=options, **args), hooks)
 
 
 def test_defaults_are_all_off_and_reproduce_plain_training():
@@ -55,16 +57,18 @@ def test_flag_choices_match_the_library():
 
 
 @pytest.mark.parametrize('field,value,match', [
-    ('optimizer', 'rmsprop', "--optimizer='rmsprop' is not one of sgd"),
-    ('dropout_rate', 1.0, r'--dropout_rate=1.0 must be in \[0, 1\)'),
-    ('label_smoothing', -0.1, '--label_smoothing=-0.1 must be'),
-    ('l2_regularizer', -1.0, '--l2_regularizer=-1.0 must be 0'),
+    ('optimizer', 'rmsprop', "optimizer='rmsprop' is not one of sgd"),
+    ('dropout_rate', 1.0, r'dropout_rate=1.0 must be in \[0, 1\)'),
+    ('label_smoothing', -0.1, 'label_smoothing=-0.1 must be'),
+    ('l2_regularizer', -1.0, 'l2_regularizer=-1.0 must be 0'),
     ('class_weighting', 'auto', 'none, balanced'),
-    ('early_stopping_patience', -2, '--early_stopping_patience=-2'),
+    ('early_stopping_patience', -2, 'early_stopping_patience=-2'),
 ])
-def test_bad_values_are_refused_with_the_flag_name(field, value, match):
-  with pytest.raises(DatasetError, match=match):
+def test_bad_values_are_refused_with_the_setting_name(field, value, match):
+  with pytest.raises(DatasetError, match=match) as e:
     opts_lib.check(_opts(**{field: value}))
+  assert e.value.fields == (field,)
+  assert '--' not in str(e.value)
 
 
 def test_momentum_matches_hand_computed_steps():

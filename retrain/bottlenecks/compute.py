@@ -224,6 +224,11 @@ def make_compute_fn(paths: Sequence[str], module: FeatureModule,
   return compute
 
 
+def _cache_error(error: Exception) -> OutputError:
+  """A cache problem (full disk, unwritable folder) as a user error."""
+  return OutputError(f'bottleneck_dir: {error}', fields=('bottleneck_dir',))
+
+
 def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
                         store: bottleneck_cache.BottleneckStore,
                         batch_size: int,
@@ -261,10 +266,11 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
   # --- Full disk: checked before, and a clean error if it fills anyway.
   try:
     if missing_count:
-      bottleneck_cache.check_free_space(store.directory, bottleneck_cache.bytes_needed(
-          missing_count, module.output_dim, len(store)))
+      bottleneck_cache.check_free_space(
+          store.directory, bottleneck_cache.bytes_needed(
+              missing_count, module.output_dim, len(store)))
   except bottleneck_cache.CacheError as e:
-    raise OutputError(str(e)) from e
+    raise _cache_error(e) from e
   # ---
   if missing_count and module.prepare is not None:
     module.prepare()  # before the clock of the progress line starts
@@ -276,7 +282,7 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
     vectors, ok_readable, stats = store.get_or_compute(
         keys, compute, on_batch=progress.update)
   except bottleneck_cache.CacheError as e:
-    raise OutputError(str(e)) from e
+    raise _cache_error(e) from e
   if missing_count:
     progress.finish()
 

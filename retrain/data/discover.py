@@ -208,13 +208,15 @@ def discover_images(image_dir: str,
       classes with images.
   """
   if not image_dir:
-    raise DatasetError('No image folder given: pass --image_dir DIR, where DIR '
-                       'holds one sub-folder of images per class.')
+    raise DatasetError('No image folder given: pass image_dir DIR, where DIR '
+                       'holds one sub-folder of images per class.',
+                       fields=('image_dir',))
   if not os.path.isdir(image_dir):
     raise DatasetError(
         f'Image folder {image_dir!r} does not exist or is not a folder: pass '
-        '--image_dir with a folder that holds one sub-folder of images per '
-        'class.')
+        'image_dir with a folder that holds one sub-folder of images per '
+        'class.',
+        fields=('image_dir',))
   image_dir = os.path.abspath(image_dir)
   class_names = sorted(
       entry.name for entry in os.scandir(image_dir)

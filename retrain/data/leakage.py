@@ -22,7 +22,7 @@ from typing import List, Optional, Sequence
 
 from absl import logging
 
-from retrain.common import leftovers
+from retrain.common import atomic
 
 LEAKAGE_JSON = 'leakage.json'
 _MAX_LISTED = 10
@@ -77,7 +77,7 @@ def report_leakage(found: Sequence[dict], report_dir: str) -> Optional[str]:
   if not report_dir:
     return None
   path = os.path.join(report_dir, LEAKAGE_JSON)
-  leftovers.write_text(path, json.dumps(
+  atomic.write_text(path, json.dumps(
       {'count': len(found), 'groups': list(found)}, indent=2,
       ensure_ascii=False) + '\n')
   return path

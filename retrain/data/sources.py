@@ -1,6 +1,6 @@
 """Where the images and their labels come from, and which set each is in.
 
-Three layouts, chosen by `load_layout(config)`:
+Three layouts, chosen by `load_layout(options)`:
 
 - Class folders (retrain.py's): `image_dir/<class>/...`; every image is
   assigned to train, validation or test by the stable hash (retrain.data.split).
@@ -49,7 +49,7 @@ LABEL_STYLES = ('verbatim', 'retrain')
 # subset code each stands for: 0 train, 1 validation, 2 test.
 SPLIT_FOLDERS = {'train': 0, 'validation': 1, 'val': 1, 'test': 2}
 TRAIN, VALIDATION, TEST = 0, 1, 2
-_CSV_FLAGS = ('image_labels_csv', 'train_csv', 'validation_csv', 'test_csv')
+_CSV_SETTINGS = ('image_labels_csv', 'train_csv', 'validation_csv', 'test_csv')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,55 +77,74 @@ def retrain_label(name: str) -> str:
   return re.sub(r'[^a-z0-9]+', ' ', name.lower())
 
 
-def check_layout_config(config) -> None:
-  """Checks the layout flags of a Config before any slow work."""
-  if config.image_layout not in LAYOUTS:
-    raise DatasetError(f'--image_layout={config.image_layout!r} is not one '
-                       f'of {", ".join(LAYOUTS)}.')
-  if config.label_style not in LABEL_STYLES:
-    raise DatasetError(f'--label_style={config.label_style!r} is not one of '
-                       f'{", ".join(LABEL_STYLES)}.')
-  given = [name for name in _CSV_FLAGS if getattr(config, name)]
+@dataclasses.dataclass(frozen=True)
+class LayoutOptions:
+  """Where the images and their labels are (retrain.config.Config fields of
+  the same names; the defaults live there)."""
+  image_dir: str
+  image_layout: str
+  image_labels_csv: str
+  train_csv: str
+  validation_csv: str
+  test_csv: str
+  label_style: str
+
+
+def check_layout_options(options: LayoutOptions) -> None:
+  """Checks the layout settings before any slow work."""
+  if options.image_layout not in LAYOUTS:
+    raise DatasetError(f'image_layout={options.image_layout!r} is not one '
+                       f'of {", ".join(LAYOUTS)}.',
+                       fields=('image_layout',))
+  if options.label_style not in LABEL_STYLES:
+    raise DatasetError(f'label_style={options.label_style!r} is not one of '
+                       f'{", ".join(LABEL_STYLES)}.',
+                       fields=('label_style',))
+  given = [name for name in _CSV_SETTINGS if getattr(options, name)]
   if not given:
     return
-  if config.image_labels_csv and len(given) > 1:
+  if options.image_labels_csv and len(given) > 1:
     raise DatasetError(
-        f'--image_labels_csv and --{given[1]} were both given: use either one '
-        'CSV (split by hash) or --train_csv with --validation_csv / '
-        '--test_csv (split as given).')
-  if not config.image_labels_csv and not config.train_csv:
-    raise DatasetError(f'--{given[0]} needs --train_csv: the train CSV '
-                       'defines the classes.')
-  if config.image_dir:
+        f'image_labels_csv and {given[1]} were both given: use either one '
+        'CSV (split by hash) or train_csv with validation_csv / '
+        'test_csv (split as given).',
+        fields=('image_labels_csv', 'train_csv', 'validation_csv',
+                'test_csv', given[1]))
+  if not options.image_labels_csv and not options.train_csv:
+    raise DatasetError(f'{given[0]} needs train_csv: the train CSV '
+                       'defines the classes.',
+                       fields=('train_csv', given[0]))
+  if options.image_dir:
     raise DatasetError(
-        f'--image_dir and --{given[0]} were both given: with CSV labels the '
+        f'image_dir and {given[0]} were both given: with CSV labels the '
         'paths in each CSV are relative to the CSV\'s own folder, so drop '
-        '--image_dir.')
+        'image_dir.',
+        fields=('image_dir', given[0]))
 
 
-def load_layout(config) -> Layout:
+def load_layout(options: LayoutOptions) -> Layout:
   """Lists the images, labels and given split of a run (see module doc)."""
-  if config.image_labels_csv:
-    layout = _from_one_csv(config.image_labels_csv)
-  elif config.train_csv:
-    layout = _from_split_csvs(config.train_csv, config.validation_csv,
-                              config.test_csv)
+  if options.image_labels_csv:
+    layout = _from_one_csv(options.image_labels_csv)
+  elif options.train_csv:
+    layout = _from_split_csvs(options.train_csv, options.validation_csv,
+                              options.test_csv)
   else:
     folders = None
-    if config.image_layout != 'class_folders' and config.image_dir:
-      folders = detect_split_folders(config.image_dir,
-                                     config.image_layout == 'split_folders')
+    if options.image_layout != 'class_folders' and options.image_dir:
+      folders = detect_split_folders(options.image_dir,
+                                     options.image_layout == 'split_folders')
     if folders:
-      layout = _from_split_folders(config.image_dir, folders)
+      layout = _from_split_folders(options.image_dir, folders)
     else:
-      dataset = discover.discover_images(config.image_dir)
+      dataset = discover.discover_images(options.image_dir)
       layout = Layout(dataset, skipped=dataset.skipped_files, description=(
           f'one folder per class under {dataset.image_dir}, split by the '
           'stable hash'))
   if layout.skipped:
     logging.warning('%d listed files are skipped before decoding (first: '
                     '%s: %s).', len(layout.skipped), *layout.skipped[0])
-  return _apply_label_style(layout, config.label_style)
+  return _apply_label_style(layout, options.label_style)
 
 
 # --- Split folders ------------------------------------------------------------
@@ -152,9 +171,10 @@ def detect_split_folders(image_dir: str, forced: bool = False) -> Optional[dict]
   if train is None or others or not _subdirs(os.path.join(image_dir, train)):
     if forced:
       raise DatasetError(
-          f'--image_layout split_folders: {image_dir!r} should hold train/ '
+          f'image_layout split_folders: {image_dir!r} should hold train/ '
           'plus validation/ (or val/) and/or test/, each with one sub-folder '
-          f'per class; found folders {names}.')
+          f'per class; found folders {names}.',
+          fields=('image_layout',))
     return None
   if 'val' in by_lower and 'validation' in by_lower:
     raise DatasetError(
@@ -391,9 +411,10 @@ def _apply_label_style(layout: Layout, style: str) -> Layout:
     if label in first:
       raise DatasetError(
           f'Classes {first[label]!r} and {name!r} both become label {label!r} '
-          'with --label_style retrain (lower case, each run of other '
-          'characters one space): rename one of them, or use --label_style '
-          'verbatim.')
+          'with label_style retrain (lower case, each run of other '
+          'characters one space): rename one of them, or use label_style '
+          'verbatim.',
+          fields=('label_style',))
     first[label] = name
     renamed.append(label)
   dataset = dataclasses.replace(layout.dataset, labels=tuple(renamed))

@@ -62,16 +62,17 @@ class Split:
 
 def check_percentages(validation_percentage: float,
                       testing_percentage: float) -> None:
-  for name, value in (('--validation_percentage', validation_percentage),
-                      ('--testing_percentage', testing_percentage)):
+  for name, value in (('validation_percentage', validation_percentage),
+                      ('testing_percentage', testing_percentage)):
     if not 0 <= value < 100:
       raise DatasetError(f'{name}={value} is out of range: give a percentage '
-                         'from 0 up to (not including) 100.')
+                         'from 0 up to (not including) 100.', fields=(name,))
   if validation_percentage + testing_percentage >= 100:
     raise DatasetError(
-        f'--validation_percentage ({validation_percentage}) plus '
-        f'--testing_percentage ({testing_percentage}) leave no images to '
-        'train on: their sum must be below 100.')
+        f'validation_percentage ({validation_percentage}) plus '
+        f'testing_percentage ({testing_percentage}) leave no images to '
+        'train on: their sum must be below 100.',
+        fields=('validation_percentage', 'testing_percentage'))
 
 
 def split_images(rel_paths: Sequence[str], labels: Sequence[int],

@@ -30,12 +30,12 @@ from typing import Optional, Sequence
 import tensorflow as tf
 
 import retrain
+from retrain.common import atomic, leftovers
 from retrain.common import earlier_outputs as keep
-from retrain.common import leftovers
 from retrain.errors import OutputError
 from retrain.export import signatures as signatures_lib
 from retrain.features.modules import FeatureModule
-from retrain.head.train import Head
+from retrain.head.model import Head
 
 METADATA_FILE = 'retrain_metadata.json'
 LABELS_FILE = 'labels.txt'
@@ -56,18 +56,21 @@ def check_export_dir(path: str) -> None:
   if not path:
     return
   if os.path.exists(path) and not os.path.isdir(path):
-    raise OutputError(f'--saved_model_dir {path!r} is a file: give a folder '
-                      'path (it is created).')
+    raise OutputError(f'saved_model_dir {path!r} is a file: give a folder '
+                      'path (it is created).',
+                      fields=('saved_model_dir',))
   if os.path.isdir(path) and os.listdir(path) and not is_export(path):
     raise OutputError(
-        f'--saved_model_dir {path!r} already holds files that are not a '
+        f'saved_model_dir {path!r} already holds files that are not a '
         'retrain export; refusing to overwrite them. Give a new or empty '
-        'folder.')
+        'folder.',
+        fields=('saved_model_dir',))
   parent = os.path.dirname(os.path.abspath(path))
   os.makedirs(parent, exist_ok=True)
   if not os.access(parent, os.W_OK):
-    raise OutputError(f'Cannot write in {parent!r}: give a --saved_model_dir '
-                      'in a writable folder.')
+    raise OutputError(f'Cannot write in {parent!r}: give a saved_model_dir '
+                      'in a writable folder.',
+                      fields=('saved_model_dir',))
 
 
 class Classifier(tf.Module):
@@ -131,7 +134,7 @@ def metadata(module: FeatureModule, labels: Sequence[str],
 
 def write_labels(path: str, labels: Sequence[str]) -> None:
   """Writes labels one per line (row i is class id i), atomically."""
-  leftovers.write_text(path, ''.join(f'{label}\n' for label in labels))
+  atomic.write_text(path, ''.join(f'{label}\n' for label in labels))
 
 
 def export_saved_model(export_dir: str, module: FeatureModule, head: Head,
@@ -151,9 +154,9 @@ def export_saved_model(export_dir: str, module: FeatureModule, head: Head,
                                     signatures_lib.BYTES_SIGNATURE:
                                     classify_bytes})
     write_labels(os.path.join(tmp, LABELS_FILE), labels)
-    leftovers.write_text(os.path.join(tmp, METADATA_FILE), json.dumps(
-        metadata(module, labels, final_tensor_name, extra_metadata),
-        indent=2))
+    atomic.write_json(os.path.join(tmp, METADATA_FILE),
+                      metadata(module, labels, final_tensor_name,
+                               extra_metadata))
     if os.path.isdir(export_dir):
       if os.listdir(export_dir):
         keep.move_aside(export_dir)

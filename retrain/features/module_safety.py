@@ -105,5 +105,5 @@ def check_module(handle: str, path: str, trust: bool) -> None:
       f'Module {handle!r} ({path}) contains operations that can read or '
       f'write files or run Python: {listed}. A SavedModel is code that runs '
       'with your rights, and a feature extractor needs none of these. Use '
-      'it only if you trust where it came from, and then pass '
-      '--trust_module.')
+      'it only if you trust where it came from, and then set '
+      'trust_module=True.', fields=('trust_module',))

@@ -22,7 +22,6 @@ import dataclasses
 import os
 import queue
 import time
-import uuid
 import warnings
 from typing import Optional
 
@@ -30,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from retrain.common import atomic
 from retrain.errors import ModuleError
 from retrain.features import modules as features
 from retrain.features import presets
@@ -69,13 +69,8 @@ def convert(module: FeatureModule, path: str) -> None:
   converter = tf.lite.TFLiteConverter.from_concrete_functions(
       [fn.get_concrete_function()], module.obj)
   data = converter.convert()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  # Write then rename: two processes converting at once never leave a
-  # half-written file behind.
-  tmp = f'{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}'
-  with open(tmp, 'wb') as f:
-    f.write(data)
-  os.replace(tmp, path)
+  # Two processes converting at once never leave a half-written file.
+  atomic.write_bytes(path, data)
 
 
 # Images per interpreter invoke. Batch 1 keeps a layer's activations
@@ -165,8 +160,9 @@ def with_runtime(module: FeatureModule, runtime: str,
   time.
   """
   if runtime not in RUNTIMES:
-    raise ModuleError(f'--bottleneck_runtime={runtime!r} is not one of '
-                      f'{", ".join(RUNTIMES)}.')
+    raise ModuleError(f'bottleneck_runtime={runtime!r} is not one of '
+                      f'{", ".join(RUNTIMES)}.',
+                      fields=('bottleneck_runtime',))
   if runtime == 'tf':
     return module
   path = tflite_file(module, cache_dir)
@@ -196,9 +192,7 @@ def with_runtime(module: FeatureModule, runtime: str,
     log('Using TensorFlow for bottlenecks: the module does not run on '
         'TFLite (%s).', reason)
     try:  # Remember, so later runs do not try the conversion again.
-      os.makedirs(os.path.dirname(failed_marker), exist_ok=True)
-      with open(failed_marker, 'w', encoding='utf-8') as f:
-        f.write(reason + '\n')
+      atomic.write_text(failed_marker, reason + '\n')
     except OSError:
       pass
     return module

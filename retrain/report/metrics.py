@@ -33,7 +33,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from retrain.common import leftovers
+from retrain.common import atomic
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray,
@@ -168,12 +168,6 @@ def format_confusion(confusion: np.ndarray,
 # --- Files -------------------------------------------------------------------
 
 
-def _write_atomically(path: str, text: str) -> None:
-  """Writes via a temporary file and a rename, so a reader (or a crash) never
-  sees a half-written report."""
-  leftovers.write_text(path, text)
-
-
 def _csv_text(rows: Sequence[Sequence]) -> str:
   out = io.StringIO()
   csv.writer(out, lineterminator='\n').writerows(rows)
@@ -229,7 +223,7 @@ def write_reports(report_dir: str, subset: str, metrics: Metrics,
 
   def put(name, text):
     path = os.path.join(report_dir, name)
-    _write_atomically(path, text)
+    atomic.write_text(path, text)
     written.append(path)
 
   rows = [['class', 'precision', 'recall', 'f1', 'support']]
