@@ -25,7 +25,7 @@ def test_temporary_names_say_who_owns_them(tmp_path):
 
 
 def test_heal_removes_dead_runs_temporaries_only(tmp_path, caplog):
-  caplog.set_level('INFO')
+  caplog.set_level('INFO', logger='absl')
   here = temporaries.hostname()
   dead = tmp_path / f'.tmp-{_dead_pid()}@{here}~a-saved_model'
   (dead / 'variables').mkdir(parents=True)
