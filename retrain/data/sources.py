@@ -244,22 +244,11 @@ class CsvRow:
   where: str
 
 
-def read_labels_csv(csv_path: str) -> Tuple[List[CsvRow], list]:
-  """Reads `path, label` rows.
-
-  Returns:
-    (rows, missing): rows in file order, each image once; missing is
-    (path, reason) for rows whose file does not exist.
-
-  Raises:
-    DatasetError: no such CSV, a row without two fields, or one file listed
-      with two different labels.
-  """
+def _csv_lines(csv_path: str) -> list:
+  """(first line number, fields) of each row of a UTF-8 CSV file."""
   if not os.path.isfile(csv_path):
     raise DatasetError(f'CSV file {csv_path!r} does not exist: give the path '
                        'of a file of "path, label" rows.')
-  base = os.path.dirname(os.path.abspath(csv_path))
-  name = os.path.basename(csv_path)
   try:
     # utf-8-sig: spreadsheet programs often start the file with a BOM.
     with open(csv_path, newline='', encoding='utf-8-sig') as f:
@@ -273,6 +262,23 @@ def read_labels_csv(csv_path: str) -> Tuple[List[CsvRow], list]:
   except (UnicodeDecodeError, csv.Error) as e:
     raise DatasetError(f'{csv_path!r} is not a readable CSV text file ({e}): '
                        'save it as UTF-8 CSV with "path, label" rows.') from e
+  return lines
+
+
+def read_labels_csv(csv_path: str) -> Tuple[List[CsvRow], list]:
+  """Reads `path, label` rows.
+
+  Returns:
+    (rows, missing): rows in file order, each image once; missing is
+    (path, reason) for rows whose file does not exist.
+
+  Raises:
+    DatasetError: no such CSV, a row without two fields, or one file listed
+      with two different labels.
+  """
+  base = os.path.dirname(os.path.abspath(csv_path))
+  name = os.path.basename(csv_path)
+  lines = _csv_lines(csv_path)
   rows, missing, seen = [], [], {}
   first = True
   for number, fields in lines:
@@ -304,7 +310,7 @@ def read_labels_csv(csv_path: str) -> Tuple[List[CsvRow], list]:
       mode = None  # A broken link: the bottleneck step names it.
     if mode is not None and not stat.S_ISREG(mode):
       missing.append((path, f'listed in {where}, but '
-                      f'{discover.not_regular_reason(mode)}'))
+                      f'{walk_lib.not_regular_reason(mode)}'))
       continue
     real = os.path.realpath(path)
     if real != path and real in seen and seen[real].label == fields[1]:
