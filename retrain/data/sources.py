@@ -313,7 +313,7 @@ def read_labels_csv(csv_path: str) -> Tuple[List[CsvRow], list]:
       mode = None  # A broken link: the bottleneck step names it.
     if mode is not None and not stat.S_ISREG(mode):
       missing.append((path, f'listed in {where}, but '
-                      f'{discover.not_regular_reason(mode)}'))
+                      f'{walk_lib.not_regular_reason(mode)}'))
       continue
     real = os.path.realpath(path)
     if real != path and real in seen and seen[real].label == fields[1]:
