@@ -424,10 +424,10 @@ def _load(path: str, size, input_mean: float, input_std: float,
   from their header; the decoding threads share one pixel budget
   (retrain.images), so they never hold one worst-case image each.
   """
-  from retrain import images  # pylint: disable=g-import-not-at-top
+  from retrain import image_header, images  # pylint: disable=g-import-not-at-top
   try:
     image = images.load_image(path, size, max_pixels or
-                              images.MAX_IMAGE_PIXELS).numpy()
+                              image_header.MAX_IMAGE_PIXELS).numpy()
   except Exception as e:  # pylint: disable=broad-except
     return _reason(e)
   if (input_mean, input_std) != (DEFAULT_INPUT_MEAN, DEFAULT_INPUT_STD):

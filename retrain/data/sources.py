@@ -244,16 +244,19 @@ class CsvRow:
   where: str
 
 
-def _csv_lines(csv_path: str) -> list:
-  """(first line number, fields) of each row of a UTF-8 CSV file."""
+def _csv_lines(csv_path: str) -> List[Tuple[int, List[str]]]:
+  """(first line number, fields) of each row of a CSV file: a quoted field
+  may span lines, and messages name the line where the row starts.
+
+  Raises:
+    DatasetError: no such file, or not a readable CSV text file.
+  """
   if not os.path.isfile(csv_path):
     raise DatasetError(f'CSV file {csv_path!r} does not exist: give the path '
                        'of a file of "path, label" rows.')
   try:
     # utf-8-sig: spreadsheet programs often start the file with a BOM.
     with open(csv_path, newline='', encoding='utf-8-sig') as f:
-      # (first line number, fields) of each row: a quoted field may span
-      # lines, and messages name the line where the row starts.
       reader = csv.reader(f, skipinitialspace=True)
       lines, start = [], 1
       for fields in reader:
@@ -276,9 +279,9 @@ def read_labels_csv(csv_path: str) -> Tuple[List[CsvRow], list]:
     DatasetError: no such CSV, a row without two fields, or one file listed
       with two different labels.
   """
+  lines = _csv_lines(csv_path)
   base = os.path.dirname(os.path.abspath(csv_path))
   name = os.path.basename(csv_path)
-  lines = _csv_lines(csv_path)
   rows, missing, seen = [], [], {}
   first = True
   for number, fields in lines:
