@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-import uuid
 from typing import List, Optional, Sequence, Tuple
 
 import apache_beam as beam
@@ -50,7 +49,7 @@ from apache_beam.options.pipeline_options import (
 )
 
 import bottleneck_cache
-from bottleneck_cache import shards
+from bottleneck_cache import shards, temporaries
 from retrain.beam import handler as handler_lib
 from retrain.beam.options import BeamOptions
 from retrain.config import Config, subset
@@ -162,10 +161,10 @@ def write_shard_file(directory: str, keys: Sequence[str],
   final = FileSystems.join(directory, shards.content_shard_name(keys))
   if FileSystems.exists(final):
     return None
-  # The pid makes the temporary file known to BottleneckStore's clean-up,
-  # which removes it only once that process is gone.
+  # The owner tag (pid@host) lets BottleneckStore's clean-up remove it once
+  # that process is gone (or, from another host, once it is an hour old).
   tmp = FileSystems.join(
-      directory, f'{shards.TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}')
+      directory, f'{shards.TMP_PREFIX}{temporaries.owner_tag()}')
   data = shards.encode_shard(keys, np.asarray(vectors, np.float32)[order])
   with FileSystems.create(tmp, compression_type=_RAW) as f:
     f.write(data)
