@@ -145,5 +145,24 @@ class Config:
   tflite_quantization: str = 'none'
   tflite_calibration_images: int = 100
 
+  # --- Deployment: ONNX, quantization check, confidence (issue 19) ----------
+  # An ONNX model ("" for none); needs the [onnx] extra (tf2onnx).
+  onnx_output_file: str = ''
+  # A quantized TFLite model that loses more than this many points of top-1
+  # accuracy against the float model (on the test set) is refused. One
+  # point is about the noise of a few hundred test images; int8 of the
+  # bundled modules measured well under it on flowers_sample.
+  max_quantization_loss: float = 1.0
+  keep_lossy_quantization: bool = False
+  # Temperature scaling of the exported probabilities on the validation set
+  # (changes no prediction, only the confidence).
+  calibrate_confidence: bool = True
+  # The rejection threshold stored in every export is the lowest top
+  # probability at which validation predictions are right this often.
+  target_precision: float = 0.95
+  # Fewer validation images than this and neither temperature nor
+  # threshold is chosen: fitted to a handful of images they would mislead.
+  calibration_min_images: int = 30
+
 
 DEFAULTS = Config()

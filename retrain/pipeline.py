@@ -26,13 +26,16 @@ from retrain.data import sources as layouts
 from retrain.data import split as split_lib
 from retrain.errors import DatasetError
 from retrain.export import formats as export_formats
+from retrain.export import quantization_check
 from retrain.export import saved_model as export_lib
 from retrain.features import modules as features
 from retrain.features import tflite_runtime
+from retrain.head import calibration as calibration_lib
 from retrain.head import evaluate as evaluate_lib
 from retrain.head import options as train_options_lib
 from retrain.head import summaries as summaries_lib
 from retrain.head import train as train_lib
+from retrain.report import deployment as deployment_report
 from retrain.report import skipped as skipped_report
 from retrain.report import writer as explain_lib
 
@@ -73,6 +76,8 @@ class RunResult:
   explained: Optional[explain_lib.Explained] = None
   distorted_stats: Optional[bottleneck_cache.Stats] = None
   peak_rss_mib: Optional[Dict[str, float]] = None
+  # <report_dir>/deployment.json: calibration and quantization checks.
+  deployment_report: Optional[str] = None
 
 
 def check_config(config: Config) -> None:
@@ -237,26 +242,50 @@ def run(config: Config) -> RunResult:
       [dataset.images[i].path for i in usable],
       [dataset.images[i].rel_path for i in usable], test,
       trained.history[-1].step if trained.history else 0, trained.best_step)
+  # --- Confidence and quantization check (issue 19) ---
+  confidence = calibration_lib.calibrate(
+      trained.head, vectors[split.validation], y_all[split.validation],
+      config.target_precision, config.calibration_min_images,
+      config.calibrate_confidence)
+  deployment_report.log_confidence(confidence)
+  deployment_report.write_tensorboard(
+      config.summaries_dir, confidence,
+      trained.history[-1].step if trained.history else 0)
+  # Exports carry the calibrated head (same predictions) and its metadata.
+  export_head = confidence.head
+  deploy_metadata = {'confidence': confidence.metadata()}
+  held_out = 'test' if len(split.test) else 'validation'
+  gate = quantization_check.Gate(
+      [dataset.images[usable[i]].path for i in split.subset(held_out)],
+      y_all[split.subset(held_out)], held_out, config.max_quantization_loss,
+      config.keep_lossy_quantization, config.tflite_calibration_images)
+  # --- End of confidence and quantization check ---
   timings['evaluation'] = time.monotonic() - phase
   peak_rss['evaluation'] = _peak_rss_mib()
 
   phase = time.monotonic()
   export_lib.write_labels(config.output_labels, labels)
   other_formats = export_formats.export_other_formats(
-      config, module, trained.head, labels,
-      [dataset.images[usable[i]].path for i in split.train])
+      config, module, export_head, labels,
+      [dataset.images[usable[i]].path for i in split.train], gate,
+      deploy_metadata)
   if intermediate is not None:
     other_formats['intermediate_graphs'] = intermediate.written
   saved = None
   if config.saved_model_dir:
     saved = export_lib.export_saved_model(
-        config.saved_model_dir, module, trained.head, labels,
+        config.saved_model_dir, module, export_head, labels,
         config.final_tensor_name,
         extra_metadata={'test_accuracy': test.accuracy,
                         'test_count': test.count,
-                        'other_exports': other_formats})
+                        'other_exports': other_formats,
+                        'quantization_checks': [c.metadata()
+                                                for c in gate.results],
+                        **deploy_metadata})
     logging.info('Exported the classifier to %s (labels in %s).', saved,
                  config.output_labels)
+  deployment = deployment_report.write_report(  # Issue 19.
+      config.report_dir, confidence, gate.results, other_formats)
   timings['export'] = time.monotonic() - phase
   peak_rss['export'] = _peak_rss_mib()
   timings['total'] = time.monotonic() - started
@@ -273,7 +302,7 @@ def run(config: Config) -> RunResult:
       history=trained.history, misclassified=misclassified,
       saved_model_dir=saved, timings=timings, explained=explained,
       distorted_stats=copies.stats if copies is not None else None,
-      peak_rss_mib=peak_rss)
+      peak_rss_mib=peak_rss, deployment_report=deployment)
   write_run_summary(config, result)
   return result
 

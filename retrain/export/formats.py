@@ -17,9 +17,17 @@ is class id j (row j of the labels file).
 - Checkpoint (`--checkpoint_path`): `tf.train.Checkpoint` of the head's
   `final_weights` [D, N] and `final_biases` [N]; see `read_checkpoint`.
 
+- ONNX (`--onnx_output_file`, optional extra `[onnx]`): see
+  `retrain.export.onnx_format`; labels and metadata in metadata_props.
+
 The frozen graph and the TFLite file describe themselves with two files
 beside them (X.pb -> X.labels.txt and X.metadata.json), which
-tools/label_image.py reads, so they need no training flags either.
+tools/label_image.py reads, so they need no training flags either. The
+TFLite file also carries its metadata inside (labels, normalisation,
+rejection threshold; `retrain.export.tflite_metadata`) when the optional
+mediapipe package is installed, so MediaPipe Tasks run it as it is. A
+quantised TFLite model is checked against the float model on held-out
+images before it is written (`retrain.export.quantization_check`).
 
 Nothing a user made is lost: each file is written under a temporary name
 and renamed into place; a file already there is first moved to
@@ -42,6 +50,7 @@ import retrain
 from retrain import images as images_lib
 from retrain.common import earlier_outputs as keep
 from retrain.errors import OutputError
+from retrain.export import onnx_format, quantization_check, tflite_metadata
 from retrain.export import saved_model as export_lib
 from retrain.features.modules import FeatureModule
 from retrain.head.train import Head
@@ -70,8 +79,9 @@ def _write_file(path: str, data: bytes) -> None:
   os.replace(tmp, path)
 
 
-def _write_sidecars(path: str, labels: Sequence[str], module: FeatureModule,
-                    info: dict) -> None:
+def _file_metadata(path: str, labels: Sequence[str], module: FeatureModule,
+                   info: dict) -> dict:
+  """The JSON metadata of a model file (sidecar, and embedded in TFLite)."""
   height, width = module.input_size
   data = {
       'format_version': export_lib.FORMAT_VERSION,
@@ -88,6 +98,12 @@ def _write_sidecars(path: str, labels: Sequence[str], module: FeatureModule,
                  'fingerprint': module.fingerprint},
   }
   data.update(info)
+  return data
+
+
+def _write_sidecars(path: str, labels: Sequence[str], module: FeatureModule,
+                    info: dict) -> None:
+  data = _file_metadata(path, labels, module, info)
   files = sidecar_paths(path)
   _write_file(files['labels'], ''.join(f'{l}\n' for l in labels).encode())
   _write_file(files['metadata'], json.dumps(data, indent=2).encode())
@@ -115,6 +131,22 @@ def check_config(config) -> None:
   check_output_file('output_graph', config.output_graph, ('.pb',))
   check_output_file('tflite_output_file', config.tflite_output_file,
                     ('.tflite',))
+  # --- Deployment checks (issue 19) ---
+  check_output_file('onnx_output_file', config.onnx_output_file, ('.onnx',))
+  if config.onnx_output_file:
+    try:
+      import tf2onnx  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    except ImportError as e:
+      raise OutputError('--onnx_output_file needs tf2onnx: pip install '
+                        '"retrain[onnx]" (or leave the flag empty).') from e
+  if config.max_quantization_loss < 0:
+    raise OutputError(f'--max_quantization_loss='
+                      f'{config.max_quantization_loss} must be 0 or more '
+                      '(points of top-1 accuracy).')
+  if not 0 < config.target_precision <= 1:
+    raise OutputError(f'--target_precision={config.target_precision} must be '
+                      'in (0, 1], e.g. 0.95.')
+  # --- End of deployment checks ---
   if config.tflite_quantization not in QUANTIZATIONS:
     raise OutputError(f'--tflite_quantization={config.tflite_quantization!r} '
                       f'is not one of {", ".join(QUANTIZATIONS)}.')
@@ -261,8 +293,23 @@ def tflite_model(module: FeatureModule, head: Head, quantization: str = 'none',
 def write_tflite(path: str, module: FeatureModule, head: Head,
                  labels: Sequence[str], quantization: str = 'none',
                  calibration_paths: Sequence[str] = (),
-                 calibration_count: int = 100) -> str:
-  """Writes the TFLite model to `path` (plus sidecars); returns path."""
+                 calibration_count: int = 100,
+                 gate: Optional[quantization_check.Gate] = None,
+                 extra_metadata: Optional[dict] = None) -> str:
+  """Writes the TFLite model to `path` (plus sidecars); returns path.
+
+  A quantised model is first compared with the float model on `gate`'s
+  images (see retrain.export.quantization_check): its figures go into the
+  metadata and gate.results, and a model that loses too much accuracy is
+  refused (OutputError) before anything is written. The metadata (labels,
+  normalisation, rejection threshold, ours) is embedded in the file when
+  the optional mediapipe package is installed; the sidecars are always
+  written.
+
+  Args:
+    extra_metadata: more JSON-ready fields for the metadata (e.g.
+      'confidence', with the rejection 'threshold').
+  """
   calibration = None
   if quantization == 'int8':
     logging.info('Calibrating int8 quantization on %d training images.',
@@ -270,9 +317,79 @@ def write_tflite(path: str, module: FeatureModule, head: Head,
     calibration = representative_images(calibration_paths, module.input_size,
                                         calibration_count)
   model = tflite_model(module, head, quantization, calibration)
+  info = {'format': 'tflite', 'quantization': quantization}
+  info.update(extra_metadata or {})
+  if quantization != 'none' and gate is not None:
+    info['quantization_check'] = _check_quantized(model, module, head,
+                                                  quantization, gate)
+  model = _with_embedded_metadata(model, path, labels, module, info)
   _write_file(path, model)
-  _write_sidecars(path, labels, module, {'format': 'tflite',
-                                         'quantization': quantization})
+  _write_sidecars(path, labels, module, info)
+  return path
+
+
+def _check_quantized(model: bytes, module: FeatureModule, head: Head,
+                     quantization: str, gate: quantization_check.Gate
+                     ) -> Optional[dict]:
+  """Compares the quantised `model` with the float classifier; see write_tflite."""
+  if not len(gate.paths):
+    logging.warning('No %s images to check the %s TFLite model against the '
+                    'float model; its accuracy is unchecked.', gate.subset,
+                    quantization)
+    return None
+  classifier = export_lib.Classifier(module, head, 'final_result')
+
+  def float_predict(batch):
+    return classifier.classify(tf.constant(batch))['probabilities'].numpy()
+
+  logging.info('Checking the %s TFLite model against the float model on %d '
+               '%s images.', quantization, len(gate.paths), gate.subset)
+  check = quantization_check.compare(
+      quantization, float_predict, quantization_check.tflite_predictor(model),
+      gate, module.input_size)
+  if check is None:
+    return None
+  quantization_check.enforce(check, gate)
+  gate.results.append(check)
+  return check.metadata()
+
+
+def _with_embedded_metadata(model: bytes, path: str, labels: Sequence[str],
+                            module: FeatureModule, info: dict) -> bytes:
+  """`model` with MediaPipe-readable metadata, or as it is without mediapipe."""
+  data = _file_metadata(path, labels, module, info)
+  threshold = float((info.get('confidence') or {}).get('threshold') or 0.0)
+  try:
+    return tflite_metadata.embed(
+        model, labels, data, threshold,
+        description=(f'{len(labels)} classes, module {module.handle}, '
+                     f'{info.get("quantization", "none")} quantization; '
+                     f'input float32 [1, {module.input_size[0]}, '
+                     f'{module.input_size[1]}, 3] in [0, 1]'))
+  except tflite_metadata.MetadataWriterUnavailable as e:
+    logging.info('TFLite metadata not embedded in %s (%s): MediaPipe Tasks '
+                 'need it, so pip install "retrain[mediapipe]" for that; '
+                 'the labels and metadata files beside it are written as '
+                 'always.', path, e)
+    return model
+
+
+# --- ONNX ---------------------------------------------------------------------
+
+
+def write_onnx(path: str, module: FeatureModule, head: Head,
+               labels: Sequence[str],
+               extra_metadata: Optional[dict] = None) -> str:
+  """Writes the classifier as ONNX (metadata in metadata_props); returns path."""
+  info = {'format': 'onnx', 'input_tensor': onnx_format.INPUT_NAME,
+          'output_tensor': onnx_format.OUTPUT_NAME}
+  info.update(extra_metadata or {})
+  try:
+    model = onnx_format.onnx_model(module, head, labels,
+                                   _file_metadata(path, labels, module, info))
+  except onnx_format.OnnxUnavailable as e:
+    raise OutputError(str(e)) from e
+  _write_file(path, model)
   return path
 
 
@@ -320,12 +437,20 @@ def intermediate_hook(config, module: FeatureModule, labels: Sequence[str]
 
 def export_other_formats(config, module: FeatureModule, head: Head,
                          labels: Sequence[str],
-                         calibration_paths: Sequence[str]) -> Dict[str, str]:
+                         calibration_paths: Sequence[str],
+                         gate: Optional[quantization_check.Gate] = None,
+                         extra_metadata: Optional[dict] = None
+                         ) -> Dict[str, str]:
   """Writes every non-SavedModel format the config asks for.
 
+  Args:
+    gate: the held-out images a quantised TFLite model is checked on.
+    extra_metadata: stored in the TFLite and ONNX metadata (e.g. the
+      calibration and rejection threshold).
+
   Returns:
-    {'output_graph': path, 'tflite': path, 'checkpoint': prefix} for the
-    files written.
+    {'output_graph': path, 'tflite': path, 'onnx': path, 'checkpoint':
+    prefix} for the files written.
   """
   written = {}
   if config.checkpoint_path:
@@ -344,10 +469,18 @@ def export_other_formats(config, module: FeatureModule, head: Head,
     written['tflite'] = os.path.abspath(write_tflite(
         config.tflite_output_file, module, head, labels,
         config.tflite_quantization, calibration_paths,
-        config.tflite_calibration_images))
+        config.tflite_calibration_images, gate, extra_metadata))
     logging.info('Wrote the TFLite model %s (%s quantization, %.1f MB) in '
                  '%.1f s.', config.tflite_output_file,
                  config.tflite_quantization,
                  os.path.getsize(config.tflite_output_file) / 1e6,
+                 time.monotonic() - started)
+  if config.onnx_output_file:  # Issue 19.
+    started = time.monotonic()
+    written['onnx'] = os.path.abspath(write_onnx(
+        config.onnx_output_file, module, head, labels, extra_metadata))
+    logging.info('Wrote the ONNX model %s (%.1f MB) in %.1f s.',
+                 config.onnx_output_file,
+                 os.path.getsize(config.onnx_output_file) / 1e6,
                  time.monotonic() - started)
   return written
