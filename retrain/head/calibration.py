@@ -190,7 +190,9 @@ def calibrate(head: Head, x: np.ndarray, y: np.ndarray,
   calibrated = Head((head.weights / temperature).astype(np.float32),
                     (head.biases / temperature).astype(np.float32))
   before = softmax(logits)
-  after = softmax(logits / temperature)
+  # As the exports compute them (float32 W / T, b / T), so the threshold
+  # splits the validation images exactly as a client will.
+  after = calibrated.probabilities(x)
   threshold, precision, coverage, met = rejection_threshold(
       after, y, target_precision)
   return Confidence(
