@@ -48,6 +48,20 @@ def _writer_or_skip():
                 '"retrain[mediapipe]")')
 
 
+def _mediapipe_classifier(model_file, **options):
+  """(MediaPipe ImageClassifier for model_file, mediapipe), or skip."""
+  pytest.importorskip('mediapipe', reason='the [mediapipe] extra is not '
+                      'installed')
+  _writer_or_skip()
+  import mediapipe as mp
+  from mediapipe.tasks.python import vision
+  from mediapipe.tasks.python.core.base_options import BaseOptions
+  return vision.ImageClassifier.create_from_options(
+      vision.ImageClassifierOptions(
+          base_options=BaseOptions(model_asset_path=model_file),
+          **options)), mp
+
+
 def _onnx_or_skip():
   pytest.importorskip('tf2onnx', reason='the [onnx] extra is not installed')
   pytest.importorskip('onnxruntime', reason='the [onnx] extra is not '
@@ -118,18 +132,12 @@ def test_calibration_is_reported_and_stored_in_every_export(deployed):
 
 @pytest.mark.slow
 def test_mediapipe_image_classifier_agrees_with_the_saved_model(deployed):
-  pytest.importorskip('mediapipe', reason='the [mediapipe] extra is not '
-                      'installed')
-  _writer_or_skip()
-  import mediapipe as mp
-  from mediapipe.tasks.python import vision
-  from mediapipe.tasks.python.core.base_options import BaseOptions
   config, result, paths, _, reference = deployed
-  options = vision.ImageClassifierOptions(
-      base_options=BaseOptions(model_asset_path=config.tflite_output_file),
+  classifier, mp = _mediapipe_classifier(
+      config.tflite_output_file,
       # Every class, whatever the stored threshold.
       max_results=len(result.labels), score_threshold=1e-12)
-  with vision.ImageClassifier.create_from_options(options) as classifier:
+  with classifier:
     for path, expected in zip(paths, reference, strict=True):
       categories = classifier.classify(
           mp.Image.create_from_file(path)).classifications[0].categories
@@ -143,22 +151,15 @@ def test_mediapipe_image_classifier_agrees_with_the_saved_model(deployed):
 
 @pytest.mark.slow
 def test_mediapipe_reports_nothing_below_the_stored_threshold(deployed):
-  pytest.importorskip('mediapipe', reason='the [mediapipe] extra is not '
-                      'installed')
-  _writer_or_skip()
-  import mediapipe as mp
-  from mediapipe.tasks.python import vision
-  from mediapipe.tasks.python.core.base_options import BaseOptions
   config, _, paths, _, reference = deployed
+  classifier, mp = _mediapipe_classifier(config.tflite_output_file)
   threshold = label_image.load_model(graph=config.tflite_output_file).threshold
   low = [p for p, r in zip(paths, reference, strict=True)
          if r.max() < threshold - 1e-3]
   high = [p for p, r in zip(paths, reference, strict=True)
           if r.max() > threshold + 1e-3]
   assert low and high, 'the fixture should have images on both sides'
-  options = vision.ImageClassifierOptions(
-      base_options=BaseOptions(model_asset_path=config.tflite_output_file))
-  with vision.ImageClassifier.create_from_options(options) as classifier:
+  with classifier:
     def top(path):
       return classifier.classify(mp.Image.create_from_file(path)
                                  ).classifications[0].categories
@@ -225,16 +226,20 @@ def test_label_image_reads_embedded_metadata_and_says_unknown(deployed,
       model, paths, min_confidence=1.0))
 
 
+def _quantized_variant(config, folder, quantization):
+  """`config` writing a quantized TFLite model and no ONNX under `folder`
+  (the bottleneck cache is shared)."""
+  return dataclasses.replace(
+      config, tflite_output_file=str(folder / f'{quantization}.tflite'),
+      tflite_quantization=quantization, onnx_output_file='',
+      saved_model_dir=str(folder / 'saved_model'),
+      report_dir=str(folder / 'report'), summaries_dir=str(folder / 'logs'))
+
+
 @pytest.mark.slow
-def test_int8_export_is_checked_and_named_by_mediapipe(deployed, tmp_path,
-                                                       fake_module):
+def test_int8_export_is_checked_and_named_by_mediapipe(deployed, tmp_path):
   config, result, paths, _, reference = deployed
-  int8 = dataclasses.replace(
-      config, tflite_output_file=str(tmp_path / 'int8.tflite'),
-      tflite_quantization='int8', onnx_output_file='',
-      saved_model_dir=str(tmp_path / 'saved_model'),
-      report_dir=str(tmp_path / 'report'),
-      summaries_dir=str(tmp_path / 'logs'))
+  int8 = _quantized_variant(config, tmp_path, 'int8')
   run = pipeline.run(int8)
   checks = json.loads(pathlib.Path(run.deployment_report).read_text())[
       'quantization_checks']
@@ -246,19 +251,12 @@ def test_int8_export_is_checked_and_named_by_mediapipe(deployed, tmp_path,
       int8.tflite_output_file)['metadata']).read_text())
   assert side['quantization_check'] == checks[0]
 
-  pytest.importorskip('mediapipe', reason='the [mediapipe] extra is not '
-                      'installed')
-  _writer_or_skip()
+  classifier, mp = _mediapipe_classifier(int8.tflite_output_file,
+                                         max_results=1, score_threshold=1e-12)
   _, embedded = tflite_metadata.read_embedded(
       pathlib.Path(int8.tflite_output_file).read_bytes())
   assert embedded['quantization_check'] == checks[0]
-  import mediapipe as mp
-  from mediapipe.tasks.python import vision
-  from mediapipe.tasks.python.core.base_options import BaseOptions
-  options = vision.ImageClassifierOptions(
-      base_options=BaseOptions(model_asset_path=int8.tflite_output_file),
-      max_results=1, score_threshold=1e-12)
-  with vision.ImageClassifier.create_from_options(options) as classifier:
+  with classifier:
     names = [classifier.classify(mp.Image.create_from_file(p))
              .classifications[0].categories[0].category_name for p in paths]
   expected = [result.labels[i] for i in reference.argmax(1)]
@@ -277,12 +275,7 @@ def test_lossy_quantization_is_refused_before_it_is_written(
   # A stand-in for a quantization that broke the model.
   monkeypatch.setattr(quantization_check, 'tflite_predictor',
                       always_first_class)
-  lossy = dataclasses.replace(
-      config, tflite_output_file=str(tmp_path / 'dynamic.tflite'),
-      tflite_quantization='dynamic', onnx_output_file='',
-      saved_model_dir=str(tmp_path / 'saved_model'),
-      report_dir=str(tmp_path / 'report'),
-      summaries_dir=str(tmp_path / 'logs'))
+  lossy = _quantized_variant(config, tmp_path, 'dynamic')
   with pytest.raises(OutputError, match=r'dynamic TFLite on \d+ test images.*'
                      r'points lost.*--max_quantization_loss=1.*'
                      '--tflite_quantization float16'):
