@@ -326,3 +326,31 @@ def test_bad_deploy_options_are_refused_before_work(small_config, change,
   with pytest.raises(OutputError, match=message):
     pipeline.run(dataclasses.replace(small_config, **change))
   assert not os.path.exists(small_config.bottleneck_dir)
+
+
+def test_without_mediapipe_the_side_files_remain_and_the_log_says_why(
+    tmp_path, fake_module, monkeypatch):
+  from absl import logging as absl_logging
+
+  from retrain.features import modules as features
+  from retrain.head.train import Head
+
+  def unavailable():
+    raise tflite_metadata.MetadataWriterUnavailable(
+        'the mediapipe package is not installed')
+
+  monkeypatch.setattr(tflite_metadata, '_import_metadata_modules',
+                      unavailable)
+  said = []
+  monkeypatch.setattr(absl_logging, 'info',
+                      lambda text, *args: said.append(text % args))
+  module = features.load_module(fake_module)
+  head = Head(np.eye(6, 3, dtype=np.float32), np.zeros(3, np.float32))
+  path = tmp_path / 'plain.tflite'
+  export_formats.write_tflite(str(path), module, head, ['a', 'b', 'c'],
+                              extra_metadata={'confidence': {'threshold':
+                                                             0.7}})
+  assert tflite_metadata.read_embedded(path.read_bytes()) == (None, None)
+  assert any('not embedded' in s and 'retrain[mediapipe]' in s for s in said)
+  model = label_image.load_model(graph=str(path))  # From the side files.
+  assert model.labels == ['a', 'b', 'c'] and model.threshold == 0.7
