@@ -219,11 +219,20 @@ def main():
     rows.append((f'TFLite {quantization}', size_mb(path),
                  *timed(model.predict, batch)[::-1]))
   if tflite_metadata.writer_available()[0]:
+    # MediaPipe gets uint8 pixels: the SavedModel on the same rounded
+    # photos tells rounding apart from the runtime.
+    rounded = saved.predict(np.round(batch * 255).astype(np.float32) / 255)
+    print(f'SavedModel on uint8-rounded photos (what MediaPipe gets): max '
+          f'|dp| {np.abs(rounded - reference).max():.5f} vs the float '
+          'photos.')
     for quantization in ('none', 'int8'):
+      probs, rate = mediapipe_run(tflite[quantization], batch,
+                                  len(result.labels))
       rows.append((f'MediaPipe ImageClassifier ({quantization})',
-                   size_mb(tflite[quantization]),
-                   *mediapipe_run(tflite[quantization], batch,
-                                  len(result.labels))[::-1]))
+                   size_mb(tflite[quantization]), rate, probs))
+      if quantization == 'none':
+        print(f'MediaPipe (none) vs the SavedModel on the same uint8 '
+              f'photos: max |dp| {np.abs(probs - rounded).max():.5f}.')
   if config.onnx_output_file:
     onnx = label_image.load_model(graph=config.onnx_output_file)
     rows.append(('ONNX Runtime', size_mb(config.onnx_output_file),

@@ -47,6 +47,7 @@ def test_temperature_scaling_fixes_an_overconfident_head():
   assert 3.0 < result.temperature < 9.0, result.temperature
   assert result.ece_before > 0.15
   assert result.ece_after < result.ece_before / 3
+  assert result.cross_entropy_after < result.cross_entropy_before
   # Same predictions, softer probabilities; the head is W / T, b / T.
   before, after = head.probabilities(x), result.head.probabilities(x)
   np.testing.assert_array_equal(before.argmax(1), after.argmax(1))
@@ -121,7 +122,7 @@ def test_gate_refuses_a_lossy_model_with_figures_and_alternatives():
     quantization_check.enforce(_check(6.0), gate)
   text = str(e.value)
   for part in ('int8 TFLite on 50 test images', 'top-1 84.0 %',
-               'float model 90.0 %', '+6.0 points lost',
+               'float model 90.0 %', '6.0 points lost',
                '--max_quantization_loss=1', 'more calibration images',
                '--tflite_calibration_images, now 100',
                '--tflite_quantization float16', '--tflite_quantization dynamic',

@@ -72,10 +72,11 @@ class QuantizationCheck:
     return dataclasses.asdict(self)
 
   def summary(self) -> str:
+    change = (f'{self.loss_points:.1f} points lost' if self.loss_points >= 0
+              else f'{-self.loss_points:.1f} points gained')
     return (f'{self.quantization} TFLite on {self.count} {self.subset} '
             f'images: top-1 {100 * self.quantized_accuracy:.1f} % (float '
-            f'model {100 * self.float_accuracy:.1f} %, '
-            f'{self.loss_points:+.1f} points lost), agreement '
+            f'model {100 * self.float_accuracy:.1f} %, {change}), agreement '
             f'{100 * self.agreement:.1f} %, largest probability difference '
             f'{self.max_probability_difference:.4f}')
 
