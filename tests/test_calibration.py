@@ -9,7 +9,7 @@ import pytest
 from retrain.errors import OutputError
 from retrain.export import quantization_check
 from retrain.head import calibration
-from retrain.head.train import Head
+from retrain.head.model import Head
 
 
 def _overconfident(n=600, classes=4, seed=0, sharpness=6.0):
@@ -123,15 +123,19 @@ def test_gate_refuses_a_lossy_model_with_figures_and_alternatives():
   text = str(e.value)
   for part in ('int8 TFLite on 50 test images', 'top-1 84.0 %',
                'float model 90.0 %', '6.0 points lost',
-               '--max_quantization_loss=1', 'more calibration images',
-               '--tflite_calibration_images, now 100',
-               '--tflite_quantization float16', '--tflite_quantization dynamic',
-               '--keep_lossy_quantization'):
+               'max_quantization_loss=1', 'more calibration images',
+               'tflite_calibration_images, now 100',
+               "tflite_quantization='float16'", "tflite_quantization='dynamic'",
+               'keep_lossy_quantization'):
     assert part in text, (part, text)
+  # The command line words the settings as its flags.
+  flags = e.value.worded(lambda field: f'--{field}')
+  assert "--tflite_quantization='float16'" in flags
+  assert '--max_quantization_loss=1' in flags
   with pytest.raises(OutputError) as e:
     quantization_check.enforce(_check(3.0, 'float16'), gate)
   assert 'calibration images' not in str(e.value)
-  assert '--tflite_quantization float16' not in str(e.value)
+  assert "tflite_quantization='float16'" not in str(e.value)
 
   keep = quantization_check.Gate([], [], keep_lossy=True)
   check = _check(6.0)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from retrain import images, pipeline
-from retrain.errors import OutputError
+from retrain.errors import OutputError, RetrainError
 from retrain.export import formats as export_formats
 from retrain.export import quantization_check, tflite_metadata
 from tests.conftest import FAKE_SIZE, shrunk_config, write_image
@@ -279,8 +279,8 @@ def test_lossy_quantization_is_refused_before_it_is_written(
                       always_first_class)
   lossy = _quantized_variant(config, tmp_path, 'dynamic')
   with pytest.raises(OutputError, match=r'dynamic TFLite on \d+ test images.*'
-                     r'points lost.*--max_quantization_loss=1.*'
-                     '--tflite_quantization float16'):
+                     r'points lost.*max_quantization_loss=1.*'
+                     "tflite_quantization='float16'"):
     pipeline.run(lossy)
   assert not os.path.exists(lossy.tflite_output_file)
   assert not os.path.exists(export_formats.sidecar_paths(
@@ -325,7 +325,7 @@ def test_keras_3_and_tf_keras_load_the_saved_model(deployed):
 ])
 def test_bad_deploy_options_are_refused_before_work(small_config, change,
                                                     message):
-  with pytest.raises(OutputError, match=message):
+  with pytest.raises(RetrainError, match=message):
     pipeline.run(dataclasses.replace(small_config, **change))
   assert not os.path.exists(small_config.bottleneck_dir)
 
@@ -335,7 +335,7 @@ def test_without_mediapipe_the_side_files_remain_and_the_log_says_why(
   from absl import logging as absl_logging
 
   from retrain.features import modules as features
-  from retrain.head.train import Head
+  from retrain.head.model import Head
 
   def unavailable():
     raise tflite_metadata.MetadataWriterUnavailable(
@@ -356,3 +356,12 @@ def test_without_mediapipe_the_side_files_remain_and_the_log_says_why(
   assert any('not embedded' in s and 'retrain[mediapipe]' in s for s in said)
   model = label_image.load_model(graph=str(path))  # From the side files.
   assert model.labels == ['a', 'b', 'c'] and model.threshold == 0.7
+
+
+def test_label_image_reads_the_names_the_exports_write():
+  """tools/ may not import retrain.export, so label_image keeps its own
+  copies of the names; they must agree."""
+  from retrain.export import onnx_format
+  assert label_image.EMBEDDED_LABELS_FILE == tflite_metadata.LABELS_FILE
+  assert label_image.EMBEDDED_METADATA_FILE == tflite_metadata.PROJECT_FILE
+  assert label_image.ONNX_METADATA_KEY == onnx_format.METADATA_KEY

@@ -24,7 +24,7 @@ under TF 2.21 and ONNX Runtime matches TensorFlow to 1e-6.
 from __future__ import annotations
 
 import json
-from typing import Optional, Sequence
+from typing import Sequence
 
 from retrain.errors import OutputError
 
@@ -33,6 +33,8 @@ from retrain.errors import OutputError
 OPSET = 17
 INPUT_NAME = 'images'
 OUTPUT_NAME = 'probabilities'
+# The metadata_props key of the full JSON metadata.
+METADATA_KEY = 'retrain_metadata'
 
 
 class OnnxUnavailable(ImportError):
@@ -81,7 +83,7 @@ def onnx_model(module, head, labels: Sequence[str], metadata: dict,
       'input_value_range': json.dumps(metadata.get('input_value_range',
                                                    [0.0, 1.0])),
       'preprocessing': str(metadata.get('preprocessing', '')),
-      'retrain_metadata': json.dumps(metadata),
+      METADATA_KEY: json.dumps(metadata),
   }
   del proto.metadata_props[:]
   for key, value in props.items():
@@ -92,13 +94,3 @@ def onnx_model(module, head, labels: Sequence[str], metadata: dict,
                       'W, 3] in [0, 1] -> probabilities float32 [batch, N]; '
                       'labels in metadata_props')
   return proto.SerializeToString()
-
-
-def read_metadata(session) -> Optional[dict]:
-  """The retrain metadata of an onnxruntime InferenceSession, or None."""
-  props = session.get_modelmeta().custom_metadata_map
-  if 'retrain_metadata' in props:
-    return json.loads(props['retrain_metadata'])
-  if 'labels' in props:
-    return {'labels': json.loads(props['labels'])}
-  return None

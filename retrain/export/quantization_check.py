@@ -154,14 +154,16 @@ def enforce(check: QuantizationCheck, gate: Gate) -> None:
             if q != check.quantization]
   advice = []
   if check.quantization == 'int8':
-    advice.append(f'more calibration images (--tflite_calibration_images, '
+    advice.append(f'more calibration images (tflite_calibration_images, '
                   f'now {gate.calibration_count})')
-  advice += [f'--tflite_quantization {q}' for q in others]
-  text = (f'The {check.summary()}: more than --max_quantization_loss='
+  advice += [f'tflite_quantization={q!r}' for q in others]
+  text = (f'The {check.summary()}: more than max_quantization_loss='
           f'{gate.max_loss_points:g} points. Try {", ".join(advice)}; or '
-          'pass --keep_lossy_quantization to keep this model anyway.')
+          'set keep_lossy_quantization to keep this model anyway.')
+  fields = ('max_quantization_loss', 'tflite_calibration_images',
+            'tflite_quantization', 'keep_lossy_quantization')
   if gate.keep_lossy:
     check.kept_despite_loss = True
-    logging.warning('%s Kept, as --keep_lossy_quantization asks.', text)
+    logging.warning('%s Kept, as keep_lossy_quantization asks.', text)
     return
-  raise OutputError(text)
+  raise OutputError(text, fields=fields)

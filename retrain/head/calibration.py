@@ -28,7 +28,8 @@ from typing import Optional
 
 import numpy as np
 
-from retrain.head.train import Head
+from retrain.errors import DatasetError
+from retrain.head.model import Head
 
 ECE_BINS = 15
 # Temperatures searched (log-spaced, then refined): 1/20 sharpens a
@@ -36,6 +37,27 @@ ECE_BINS = 15
 # the validation set, not the model, is being fitted.
 MIN_TEMPERATURE = 0.05
 MAX_TEMPERATURE = 20.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfidenceOptions:
+  """retrain.config.Config fields of the same names (the defaults live
+  there)."""
+  calibrate_confidence: bool
+  target_precision: float
+  calibration_min_images: int
+
+
+def check_options(options: ConfidenceOptions) -> None:
+  """Raises DatasetError for settings calibrate cannot use."""
+  if not 0 < options.target_precision <= 1:
+    raise DatasetError(f'target_precision={options.target_precision} must '
+                       'be in (0, 1], e.g. 0.95.',
+                       fields=('target_precision',))
+  if options.calibration_min_images < 1:
+    raise DatasetError(f'calibration_min_images='
+                       f'{options.calibration_min_images} must be at least '
+                       '1.', fields=('calibration_min_images',))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -189,7 +211,7 @@ def calibrate(head: Head, x: np.ndarray, y: np.ndarray,
         validation_count=int(len(y)),
         skipped_reason=(f'{len(y)} validation images; at least {min_images} '
                         'are needed to choose a temperature and a threshold '
-                        '(raise --validation_percentage or add images)'))
+                        '(raise validation_percentage or add images)'))
   logits = head.logits(x)
   temperature = fit_temperature(logits, y) if temperature_scaling else 1.0
   calibrated = Head((head.weights / temperature).astype(np.float32),

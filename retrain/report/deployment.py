@@ -14,12 +14,12 @@ TensorBoard, run `validation/`: scalars `calibration/ece_before`,
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional, Sequence
 
 from absl import logging
 
+from retrain.common import atomic
 from retrain.head.calibration import Confidence
 
 REPORT_FILE = 'deployment.json'
@@ -68,15 +68,10 @@ def write_tensorboard(summaries_dir: str, confidence: Confidence,
 def write_report(report_dir: str, confidence: Confidence,
                  checks: Sequence, exports: Optional[dict] = None) -> str:
   """Writes <report_dir>/deployment.json atomically; returns its path."""
-  os.makedirs(report_dir, exist_ok=True)
   path = os.path.join(report_dir, REPORT_FILE)
   data = {
       'calibration': confidence.metadata(),
       'quantization_checks': [c.metadata() for c in checks],
       'exports': exports or {},
   }
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(data, f, indent=2)
-  os.replace(tmp, path)
-  return path
+  return atomic.write_json(path, data)
