@@ -47,12 +47,14 @@ def output_paths(config, result) -> List[Tuple[str, str]]:
                 ('labels', config.output_labels)]
   candidates += _model_files('frozen graph', config.output_graph)
   candidates += _model_files('TFLite model', config.tflite_output_file)
+  candidates.append(('ONNX model', config.onnx_output_file))  # Issue 19.
   if config.checkpoint_path:
     candidates.append(('checkpoint', config.checkpoint_path + '.index'))
   if config.intermediate_store_frequency > 0:
     candidates.append(('intermediate graphs',
                        config.intermediate_output_graphs_dir))
   reports = list(result.explained.report_files) if result.explained else []
+  reports += [getattr(result, 'deployment_report', None) or '']  # Issue 19.
   if config.report_dir:
     reports += [os.path.join(config.report_dir, name) for name in (
         RUN_SUMMARY_FILE, skipped_report.SKIPPED_JSON,
