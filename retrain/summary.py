@@ -24,8 +24,6 @@ from absl import logging
 
 from retrain.common.progress import format_duration
 from retrain.export.formats import sidecar_paths
-from retrain.pipeline import RUN_SUMMARY_FILE
-from retrain.report import skipped as skipped_report
 
 
 def _model_files(what: str, path: str) -> List[Tuple[str, str]]:
@@ -54,11 +52,12 @@ def output_paths(config, result) -> List[Tuple[str, str]]:
     candidates.append(('intermediate graphs',
                        config.intermediate_output_graphs_dir))
   reports = list(result.explained.report_files) if result.explained else []
-  reports += [getattr(result, 'deployment_report', None) or '']  # Issue 19.
-  if config.report_dir:
-    reports += [os.path.join(config.report_dir, name) for name in (
-        RUN_SUMMARY_FILE, skipped_report.SKIPPED_JSON,
-        skipped_report.SKIPPED_CSV)]
+  if config.report_dir and os.path.isdir(config.report_dir):
+    # Every file this run left in the report folder (each report is
+    # rewritten on every run, so none describes an earlier one).
+    reports += sorted(os.path.join(config.report_dir, name)
+                      for name in os.listdir(config.report_dir)
+                      if os.path.isfile(os.path.join(config.report_dir, name)))
   candidates += [('report', path) for path in reports]
   candidates += [('TensorBoard logs', config.summaries_dir),
                  ('bottleneck cache', config.bottleneck_dir)]
