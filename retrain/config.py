@@ -97,6 +97,27 @@ class Config:
   # stops and the best weights are restored; 0 never stops early.
   early_stopping_patience: int = 0
 
+  # --- Head solver (issue 15; retrain/head/solver.py, docs/accuracy.md) ----
+  # auto: the converging solver (lbfgs), unless a retrain.py training flag
+  # was given (then sgd, retrain.py's training exactly; __main__ decides).
+  head_solver: str = 'auto'  # auto | lbfgs | sgd
+  # L2 strengths tried (standardised vectors, mean loss), chosen on
+  # validation. On flowers_sample and sign_language_digits the winners were
+  # 0.01-0.3 (bench/accuracy.py); the grid brackets them with room.
+  solver_l2_grid: tuple = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003)
+  # Label smoothing tried with each L2 strength: (0.0,) for none (it did not
+  # help on either bench set and doubles the grid).
+  solver_label_smoothing_grid: tuple = (0.0,)
+  solver_max_iterations: int = 300
+  solver_tolerance: float = 1e-6
+  # k-fold selection when validation has fewer than this many images in
+  # some class (its accuracy would move in steps of 10 points or more).
+  solver_folds: int = 5
+  solver_min_validation_per_class: int = 10
+  # Refit the chosen setting on training + validation (more data; measured
+  # better in bench/accuracy.py).
+  solver_refit: bool = True
+
   # --- Distortions (retrain.py flags; see retrain/distort.py) ---------------
   flip_left_right: bool = False
   random_crop: float = 0.0
