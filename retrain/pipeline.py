@@ -18,7 +18,6 @@ import numpy as np
 from absl import logging
 
 import bottleneck_cache
-from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.bottlenecks import distort as distort_lib
 from retrain.config import Config
 from retrain.data import duplicates
@@ -27,12 +26,16 @@ from retrain.data import split as split_lib
 from retrain.errors import DatasetError
 from retrain.export import formats as export_formats
 from retrain.export import saved_model as export_lib
-from retrain.features import modules as features
+from retrain.features import ensemble as ensemble_lib
 from retrain.features import tflite_runtime
+from retrain.head import auto as head_auto
 from retrain.head import evaluate as evaluate_lib
 from retrain.head import options as train_options_lib
+from retrain.head import solve as solve_lib
+from retrain.head import solver as solver_lib
 from retrain.head import summaries as summaries_lib
 from retrain.head import train as train_lib
+from retrain.report import confidence
 from retrain.report import skipped as skipped_report
 from retrain.report import writer as explain_lib
 
@@ -91,6 +94,9 @@ def check_config(config: Config) -> None:
   export_lib.check_export_dir(config.saved_model_dir)
   export_formats.check_config(config)
   train_options_lib.check(train_options_lib.TrainOptions.from_config(config))
+  # h15: the head solver's values.
+  head_auto.resolve(config.head_solver, ())
+  solver_lib.check(solver_lib.SolverOptions.from_config(config))
   if config.projector_max_images < 0:
     raise DatasetError(f'--projector_max_images={config.projector_max_images}'
                        ' must be 0 (no projector) or more.')
@@ -125,8 +131,9 @@ def run(config: Config) -> RunResult:
   logging.info('Found %d images in %d classes: %s.', len(dataset.images),
                len(labels), layout.description)
 
-  module = features.load_module(config.tfhub_module, config.image_size,
-                                config.module_cache_dir)
+  # One module, or an ensemble of several (h15: retrain/features/ensemble.py).
+  module = ensemble_lib.load(config.tfhub_module, config.image_size,
+                             config.module_cache_dir)
   timings['startup_and_module'] = time.monotonic() - started
   peak_rss['startup_and_module'] = _peak_rss_mib()
 
@@ -134,11 +141,11 @@ def run(config: Config) -> RunResult:
   runner = tflite_runtime.deferred(module, config.bottleneck_runtime,
                                    config.module_cache_dir)
   phase = time.monotonic()
-  store = bottleneck_cache.BottleneckStore(
-      config.bottleneck_dir, bottlenecks_lib.cache_namespace(module))
   paths = [image.path for image in dataset.images]
-  computed = bottlenecks_lib.compute_bottlenecks(
-      paths, runner, store, config.bottleneck_batch_size)
+  # Each ensemble member in its own cache namespace (h15).
+  computed = ensemble_lib.compute_bottlenecks(
+      paths, module, runner, config.bottleneck_dir, config.bottleneck_runtime,
+      config.bottleneck_batch_size, config.module_cache_dir)
   timings['bottlenecks'] = time.monotonic() - phase
   peak_rss['bottlenecks'] = _peak_rss_mib()
   stats = computed.stats
@@ -198,7 +205,11 @@ def run(config: Config) -> RunResult:
     logging.info(text)
 
   try:
-    trained = train_lib.train_head(
+    # h15: the converging solver (None: this run trains with SGD).
+    solved = solve_lib.maybe_solve(
+        config, train_x, train_y, len(labels), vectors[split.validation],
+        y_all[split.validation], writers, log_point)
+    trained = solved or train_lib.train_head(
         train_x, train_y, len(labels),
         vectors[split.validation], y_all[split.validation],
         steps=config.how_many_training_steps,
@@ -224,8 +235,11 @@ def run(config: Config) -> RunResult:
   test = evaluate_lib.evaluate(trained.head, vectors[split.test],
                                y_all[split.test], config.test_batch_size,
                                seed=config.random_seed)
-  logging.info('Final test accuracy = %.1f%% (N=%d)', 100 * test.accuracy,
-               test.count)
+  # h15: retrain.py's line plus the Wilson 95% interval.
+  logging.info('%s', confidence.format_accuracy(test.accuracy, test.count))
+  hint = confidence.narrowing_hint(test.accuracy, test.count)
+  if hint:
+    logging.info('%s', hint)
   test_paths = [dataset.images[usable[i]].path for i in split.test]
   misclassified = evaluate_lib.format_misclassified(test, test_paths, labels)
   if config.print_misclassified_test_images:
@@ -252,7 +266,8 @@ def run(config: Config) -> RunResult:
     saved = export_lib.export_saved_model(
         config.saved_model_dir, module, trained.head, labels,
         config.final_tensor_name,
-        extra_metadata={'test_accuracy': test.accuracy,
+        extra_metadata={'modules': ensemble_lib.describe_modules(module),
+                        'test_accuracy': test.accuracy,
                         'test_count': test.count,
                         'other_exports': other_formats})
     logging.info('Exported the classifier to %s (labels in %s).', saved,

@@ -119,7 +119,7 @@ class Ensemble(tf.Module):
 
   def _concatenated(self, images):
     vectors = []
-    for obj, size in zip(self.members, self._sizes):
+    for obj, size in zip(self.members, self._sizes, strict=True):
       x = images if size == self.input_size else area_resize(
           images, self.input_size, size)
       vectors.append(obj(x))

@@ -91,13 +91,24 @@ class SolverOptions:
 
   @classmethod
   def from_config(cls, config) -> 'SolverOptions':
-    return cls(l2_grid=tuple(config.solver_l2_grid),
-               label_smoothing_grid=tuple(config.solver_label_smoothing_grid),
+    return cls(l2_grid=_floats('solver_l2_grid', config.solver_l2_grid),
+               label_smoothing_grid=_floats(
+                   'solver_label_smoothing_grid',
+                   config.solver_label_smoothing_grid),
                max_iterations=config.solver_max_iterations,
                tolerance=config.solver_tolerance,
                folds=config.solver_folds,
                min_validation_per_class=config.solver_min_validation_per_class,
                refit=config.solver_refit, seed=config.random_seed)
+
+
+def _floats(name: str, values) -> Tuple[float, ...]:
+  """Numbers (or their strings, from a list flag) as a tuple of floats."""
+  try:
+    return tuple(float(v) for v in values)
+  except (TypeError, ValueError) as e:
+    raise DatasetError(f'--{name}={",".join(map(str, values))} must be '
+                       'numbers separated by commas, e.g. 0.1,0.01.') from e
 
 
 def check(options: SolverOptions) -> None:
@@ -268,7 +279,7 @@ def lbfgs(fun: Callable[[np.ndarray], Tuple[float, np.ndarray]],
       q *= (s @ y) / (y @ y)
     else:  # A first step of length ~1 in theta.
       q /= max(1.0, float(np.linalg.norm(grad)))
-    for (s, y, rho), a in zip(pairs, reversed(alphas)):
+    for (s, y, rho), a in zip(pairs, reversed(alphas), strict=True):
       q += s * (a - rho * (y @ q))
     direction = -q
     slope = grad @ direction
@@ -473,7 +484,7 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
               f'{smallest_class}); the middle of the grid')
   if selection != 'single':
     held = len(val_y) if selection == 'validation' else len(all_y)
-    for c, (correct, ce_sum, iterations) in zip(candidates, scores):
+    for c, (correct, ce_sum, iterations) in zip(candidates, scores, strict=True):
       c.accuracy = float(correct / held)
       c.cross_entropy = float(ce_sum / held)
       c.iterations = int(iterations)
