@@ -126,7 +126,7 @@ def main():
   needed = list(dict.fromkeys(m for c in configs
                               for m in ensemble_lib.member_handles(c)))
   print(f'{args.image_dir}: {len(paths)} images, {classes} classes, '
-        f'{os.cpu_count()} cores')
+        f'{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}')
 
   vectors, per_image = {}, {}
   for name in needed:

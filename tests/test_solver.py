@@ -9,8 +9,7 @@ import pytest
 
 from retrain.config import DEFAULTS
 from retrain.errors import DatasetError
-from retrain.head import auto
-from retrain.head import solver
+from retrain.head import auto, solver
 from retrain.head import train as train_lib
 from retrain.report import confidence
 

@@ -61,6 +61,14 @@ _ARMIJO = 1e-4
 _MAX_HALVINGS = 30
 
 
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+  """a . b of two float64 vectors without BLAS: numpy's `@` calls a
+  threaded BLAS whose threads, on 2 cores busy with other work, made a
+  19,205-long dot product take milliseconds instead of microseconds (the
+  solver spent 45 of 60 s in them)."""
+  return float(np.sum(a * b))
+
+
 @dataclasses.dataclass(frozen=True)
 class SolverOptions:
   """How the converging solver fits and chooses (defaults: config.py).
@@ -219,7 +227,7 @@ class _Problem:
     """float64 [n, N] for standardised weights w [D, N] and biases b [N]."""
     w_in = w / self.scale[:, None]
     z = tf.matmul(tf.constant(w_in.T, tf.float32), self.x, transpose_b=True)
-    return z.numpy().T.astype(np.float64) + (b - self.mean @ w_in)
+    return z.numpy().T.astype(np.float64) + (b - _project(self.mean, w_in))
 
   def __call__(self, theta) -> Tuple[float, np.ndarray]:
     w, b = self.split(theta)
@@ -271,21 +279,21 @@ def lbfgs(fun: Callable[[np.ndarray], Tuple[float, np.ndarray]],
     q = grad.copy()
     alphas = []
     for s, y, rho in reversed(pairs):
-      a = rho * (s @ q)
+      a = rho * _dot(s, q)
       q -= a * y
       alphas.append(a)
     if pairs:
       s, y, _ = pairs[-1]
-      q *= (s @ y) / (y @ y)
+      q *= _dot(s, y) / _dot(y, y)
     else:  # A first step of length ~1 in theta.
       q /= max(1.0, float(np.linalg.norm(grad)))
     for (s, y, rho), a in zip(pairs, reversed(alphas), strict=True):
-      q += s * (a - rho * (y @ q))
+      q += s * (a - rho * _dot(y, q))
     direction = -q
-    slope = grad @ direction
+    slope = _dot(grad, direction)
     if slope >= 0:  # Not a descent direction (round-off): restart.
       pairs.clear()
-      direction, slope = -grad, -(grad @ grad)
+      direction, slope = -grad, -_dot(grad, grad)
     step = 1.0
     for _ in range(_MAX_HALVINGS):
       new_theta = theta + step * direction
@@ -297,7 +305,7 @@ def lbfgs(fun: Callable[[np.ndarray], Tuple[float, np.ndarray]],
       done -= 1
       break  # No step lowers the value: converged to round-off.
     s, y = new_theta - theta, new_grad - grad
-    sy = s @ y
+    sy = _dot(s, y)
     if sy > 1e-12:
       pairs.append((s, y, 1.0 / sy))
       if len(pairs) > _MEMORY:
@@ -311,6 +319,11 @@ def lbfgs(fun: Callable[[np.ndarray], Tuple[float, np.ndarray]],
   return theta, done
 
 
+def _project(v: np.ndarray, m: np.ndarray) -> np.ndarray:
+  """v [D] @ m [D, N] without BLAS (see _dot)."""
+  return np.sum(v[:, None] * m, axis=0)
+
+
 def standardisation(x: np.ndarray, enabled: bool = True
                     ) -> Tuple[np.ndarray, np.ndarray]:
   """(mean float64 [D], scale float64 [D]) of vectors x [n, D]; a constant
@@ -318,8 +331,10 @@ def standardisation(x: np.ndarray, enabled: bool = True
   zeros and ones (the raw vectors)."""
   if not enabled:
     return np.zeros(x.shape[1]), np.ones(x.shape[1])
-  mean = x.mean(axis=0, dtype=np.float64)
-  scale = x.std(axis=0, dtype=np.float64)
+  # TensorFlow's threaded reductions: numpy's took seconds on busy cores.
+  mean, variance = tf.nn.moments(tf.constant(x, tf.float32), axes=[0])
+  mean = mean.numpy().astype(np.float64)
+  scale = np.sqrt(np.maximum(variance.numpy().astype(np.float64), 0.0))
   return mean, np.where(scale > 1e-8, scale, 1.0)
 
 
@@ -333,7 +348,7 @@ class _Fit:
     w, b = self.problem.split(self.theta)
     w_in = w / self.problem.scale[:, None]
     return Head(w_in.astype(np.float32),
-                (b - self.problem.mean @ w_in).astype(np.float32))
+                (b - _project(self.problem.mean, w_in)).astype(np.float32))
 
 
 def _fit_one(x, y, num_classes, l2, label_smoothing, options: SolverOptions,
