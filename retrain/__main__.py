@@ -223,7 +223,11 @@ def main(argv):
   from retrain.errors import RetrainError  # pylint: disable=g-import-not-at-top
   from retrain.features import presets  # pylint: disable=g-import-not-at-top
   if FLAGS.list_modules:
-    sys.stdout.write(presets.format_module_list() + '\n')
+    # h15: ensembles are listed after the single modules.
+    from retrain.features import ensemble_presets  # pylint: disable=g-import-not-at-top
+    sys.stdout.write(presets.format_module_list(DEFAULTS.tfhub_module) +
+                     '\n\n' + ensemble_presets.format_ensemble_list(
+                         DEFAULTS.tfhub_module) + '\n')
     return 0
   from retrain import pipeline  # pylint: disable=g-import-not-at-top
   try:

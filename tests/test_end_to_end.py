@@ -225,7 +225,7 @@ def test_exports_within_one_second_keep_every_earlier_one(small_config):
 
 
 @pytest.mark.parametrize('script,args,expect,status', [
-    ('retrain', ['--list_modules'], 'efficientnet_lite0 (default)', 0),
+    ('retrain', ['--list_modules'], 'efficientnet_lite0+lite1+lite2 (default)', 0),
     # absl exits with status 1 after --help; the flags must be listed.
     ('retrain', ['--help'], '--bottleneck_dir', 1),
     ('label_image', ['--help'], '--saved_model_dir', 1),

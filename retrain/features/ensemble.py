@@ -35,48 +35,14 @@ from absl import logging
 
 import bottleneck_cache
 from retrain.bottlenecks import compute as bottlenecks_lib
-from retrain.errors import ModuleError
 from retrain.features import modules as features
 from retrain.features import tflite_runtime
+from retrain.features.ensemble_presets import (  # noqa: F401 (re-exported)
+  ENSEMBLE_PRESETS,
+  SEPARATOR,
+  member_handles,
+)
 from retrain.features.modules import FeatureModule
-
-SEPARATOR = ','
-
-# Ensembles worth having, by bench/accuracy.py on flowers_sample and
-# sign_language_digits (docs/accuracy.md): more accurate than any single
-# bundled module, at the sum of the members' bottleneck cost.
-ENSEMBLE_PRESETS = {
-    'efficientnet_lite0+lite1': ('efficientnet_lite0', 'efficientnet_lite1'),
-    'efficientnet_lite0+lite2': ('efficientnet_lite0', 'efficientnet_lite2'),
-    'efficientnet_lite0+lite1+lite2': ('efficientnet_lite0',
-                                       'efficientnet_lite1',
-                                       'efficientnet_lite2'),
-}
-
-
-def member_handles(spec: str) -> List[str]:
-  """The module handles named by `--tfhub_module`, in order.
-
-  Args:
-    spec: one handle, an ensemble preset name, or handles separated by
-      commas (each may itself be an ensemble preset).
-
-  Raises:
-    ModuleError: an empty entry, or the same module twice.
-  """
-  handles = []
-  for part in spec.split(SEPARATOR):
-    part = part.strip()
-    if not part:
-      raise ModuleError(f'--tfhub_module={spec!r} has an empty entry: give '
-                        'module names separated by single commas, e.g. '
-                        'efficientnet_lite0,efficientnet_lite2.')
-    handles.extend(ENSEMBLE_PRESETS.get(part, (part,)))
-  repeated = sorted({h for h in handles if handles.count(h) > 1})
-  if repeated:
-    raise ModuleError(f'--tfhub_module={spec!r} names {", ".join(repeated)} '
-                      'more than once; list each module once.')
-  return handles
 
 
 def area_matrix(size_in: int, size_out: int) -> np.ndarray:
