@@ -21,8 +21,9 @@ module and ensemble preset, side by side on one image folder.
 
 Solvers: `lbfgs` (the converging solver, grid and refit as configured in
 retrain/config.py), `lbfgs-norefit` (the same, without refitting on
-training + validation), `lbfgs-raw` (no standardisation: the grid on raw
-vectors), `sgd` (retrain.py's defaults: 4,000 steps of SGD at 0.01).
+training + validation), `lbfgs-std` / `lbfgs-raw` (on standardised / raw
+vectors, whatever the default), `sgd` (retrain.py's defaults: 4,000 steps of
+SGD at 0.01).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from retrain.head import train as train_lib  # noqa: E402
 from retrain.report import confidence  # noqa: E402
 
 MODULES = ('efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2')
-SOLVERS = ('lbfgs', 'lbfgs-norefit', 'lbfgs-raw', 'sgd')
+SOLVERS = ('lbfgs', 'lbfgs-norefit', 'lbfgs-std', 'lbfgs-raw', 'sgd')
 FULL_FLOWERS = 3670
 
 
@@ -97,6 +98,8 @@ def train(solver, x, y, classes, train_rows, val_rows, seed):
   options = solver_lib.SolverOptions.from_config(DEFAULTS)
   if solver == 'lbfgs-norefit':
     options = dataclasses.replace(options, refit=False)
+  if solver == 'lbfgs-std':
+    options = dataclasses.replace(options, standardise=True)
   if solver == 'lbfgs-raw':
     options = dataclasses.replace(options, standardise=False)
   return solver_lib.fit_head(tx, ty, classes, vx, vy, options).head

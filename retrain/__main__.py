@@ -141,6 +141,8 @@ flags.DEFINE_integer('solver_min_validation_per_class',
                      'by k-fold on training + validation instead.')
 flags.DEFINE_bool('solver_refit', _D.solver_refit,
                   'Refit the chosen setting on training + validation.')
+flags.DEFINE_bool('solver_standardise', _D.solver_standardise,
+                  'Standardise each vector dimension before the lbfgs fit.')
 # --- end h15 ---
 flags.DEFINE_bool('flip_left_right', _D.flip_left_right,
                   'Randomly mirror training images horizontally.')
