@@ -41,6 +41,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
 
+from retrain.bottlenecks import ensemble as ensemble_bottlenecks  # noqa: E402
 from retrain.config import DEFAULTS  # noqa: E402
 from retrain.data import sources as layouts  # noqa: E402
 from retrain.features import ensemble as ensemble_lib  # noqa: E402
@@ -62,7 +63,7 @@ def module_vectors(paths, name, bottleneck_dir, cache_dir):
                                    cache_dir)
   runner.prepare()  # TFLite conversion is one-time, not per image
   started = time.monotonic()
-  computed = ensemble_lib.compute_bottlenecks(
+  computed = ensemble_bottlenecks.compute_bottlenecks(
       paths, module, runner, bottleneck_dir, DEFAULTS.bottleneck_runtime,
       DEFAULTS.bottleneck_batch_size, cache_dir)
   seconds = time.monotonic() - started
@@ -90,11 +91,11 @@ def train(solver, x, y, classes, train_rows, val_rows, seed):
   tx, ty, vx, vy = x[train_rows], y[train_rows], x[val_rows], y[val_rows]
   if solver == 'sgd':
     d = DEFAULTS
-    return train_lib.train_head(
-        tx, ty, classes, vx, vy, steps=d.how_many_training_steps,
-        learning_rate=d.learning_rate, batch_size=d.train_batch_size,
+    return train_lib.train_head(tx, ty, classes, vx, vy, train_lib.Settings(
+        steps=d.how_many_training_steps, learning_rate=d.learning_rate,
+        batch_size=d.train_batch_size,
         eval_step_interval=d.how_many_training_steps,
-        validation_batch_size=d.validation_batch_size, seed=seed).head
+        validation_batch_size=d.validation_batch_size, seed=seed)).head
   options = solver_lib.SolverOptions.from_config(DEFAULTS)
   if solver == 'lbfgs-norefit':
     options = dataclasses.replace(options, refit=False)
@@ -145,7 +146,7 @@ def main():
   rows = []
   for name in configs:
     members = ensemble_lib.member_handles(name)
-    combined = ensemble_lib.combine([vectors[m] for m in members])
+    combined = ensemble_bottlenecks.combine([vectors[m] for m in members])
     ok = combined.ok
     x, y = combined.vectors, labels[ok]
     subsets = layout.subsets[ok] if layout.subsets is not None else None

@@ -66,11 +66,11 @@ def test_beats_sgd_defaults_where_they_stop_short():
   tr, va, te = fold >= 2, fold == 1, fold == 0
   lbfgs = solver.fit_head(x[tr], y[tr], 6, x[va], y[va], OPTIONS).head
   d = DEFAULTS
-  sgd = train_lib.train_head(
-      x[tr], y[tr], 6, x[va], y[va], steps=d.how_many_training_steps,
-      learning_rate=d.learning_rate, batch_size=d.train_batch_size,
+  sgd = train_lib.train_head(x[tr], y[tr], 6, x[va], y[va], train_lib.Settings(
+      steps=d.how_many_training_steps, learning_rate=d.learning_rate,
+      batch_size=d.train_batch_size,
       eval_step_interval=d.how_many_training_steps,
-      validation_batch_size=-1, seed=0).head
+      validation_batch_size=-1, seed=0)).head
 
   def acc(head):
     return np.mean(head.logits(x[te]).argmax(axis=1) == y[te])

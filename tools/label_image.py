@@ -6,7 +6,7 @@
 
 It reads only what the export holds: the SavedModel with its labels.txt and
 retrain_metadata.json, or a frozen graph (.pb) or TFLite file (.tflite) with
-the X.labels.txt / X.metadata.json written beside it (or --labels). No
+the X.pb.labels.txt / X.pb.metadata.json written beside it (or --labels). No
 training flag and no training data are needed: the input size and value
 range come from the model.
 
@@ -48,9 +48,13 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
 
-from retrain.errors import RetrainError  # noqa: E402
+from retrain.errors import ImageError, RetrainError  # noqa: E402
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')
+# This tool's own defaults (it reads nothing of retrain but the image
+# decoding and the errors); tests/test_structure.py checks that they agree
+# with retrain's: where retrain writes its SavedModel by default, and the
+# frozen graph's input and output op names.
+DEFAULT_SAVED_MODEL_DIR = '/tmp/retrain_saved_model'
 # retrain's models take pixels in [0, 1]: (pixel - 0) / 255 with pixels in
 # [0, 255], the convention of TensorFlow's label_image flags.
 DEFAULT_INPUT_MEAN = 0.0
@@ -116,11 +120,25 @@ def _read_json(path: str) -> Optional[dict]:
 
 
 def _sidecars(path: str) -> Tuple[Optional[dict], Optional[str]]:
-  """(metadata, labels path) written beside a .pb or .tflite file."""
+  """(metadata, labels path) written beside a .pb or .tflite file.
+
+  X.pb.metadata.json and X.pb.labels.txt (named after the whole file, see
+  retrain.export.formats.sidecar_paths), or X.metadata.json and
+  X.labels.txt as earlier exports named them; those are used only if the
+  metadata names this model file (a .pb and a .tflite of one stem shared
+  them, and the later one won).
+  """
   stem = os.path.splitext(path)[0]
-  labels = stem + '.labels.txt'
-  return (_read_json(stem + '.metadata.json'),
-          labels if os.path.isfile(labels) else None)
+  for base in (path, stem):
+    metadata = _read_json(base + '.metadata.json')
+    if base == stem and metadata is not None and metadata.get(
+        'model_file', os.path.basename(path)) != os.path.basename(path):
+      continue
+    labels = base + '.labels.txt'
+    labels = labels if os.path.isfile(labels) else None
+    if metadata is not None or labels is not None:
+      return metadata, labels
+  return None, None
 
 
 def _choose_size(model_size, height: Optional[int], width: Optional[int],
@@ -239,6 +257,33 @@ def _load_tflite(path: str, height, width) -> Tuple[Callable, tuple]:
   return predict, size
 
 
+def choose_labels(path: str, labels: Optional[str],
+                  meta_labels: Optional[Sequence[str]],
+                  default_labels: Optional[str]) -> List[str]:
+  """The class names of an export: row j is class id j.
+
+  An explicit --labels file wins (a deliberate renaming). Otherwise the
+  export's metadata (JSON, which holds any label exactly), checked against
+  the labels file beside it; the labels file alone only for exports that
+  have no metadata.
+  """
+  if labels:
+    return _read_labels(labels)
+  file_names = (_read_labels(default_labels)
+                if default_labels and os.path.isfile(default_labels) else None)
+  if meta_labels:
+    names = [str(name) for name in meta_labels]
+    if file_names is not None and file_names != names:
+      logging.warning('The labels file %s disagrees with the metadata of %s '
+                      '(%d vs %d classes); using the metadata\'s labels.',
+                      default_labels, path, len(file_names), len(names))
+    return names
+  if file_names is not None:
+    return file_names
+  raise LabelImageError(f'No labels found for {path}: pass --labels with '
+                        'the labels file retrain wrote (--output_labels).')
+
+
 def load_model(saved_model_dir: Optional[str] = None,
                graph: Optional[str] = None, labels: Optional[str] = None,
                input_layer: str = DEFAULT_INPUT_LAYER,
@@ -285,15 +330,7 @@ def load_model(saved_model_dir: Optional[str] = None,
     raise LabelImageError('No model given: pass --saved_model_dir (the '
                           'export folder) or --graph (a .pb or .tflite '
                           'file).')
-  if labels:
-    names = _read_labels(labels)
-  elif default_labels and os.path.isfile(default_labels):
-    names = _read_labels(default_labels)
-  elif meta_labels:
-    names = list(meta_labels)
-  else:
-    raise LabelImageError(f'No labels found for {path}: pass --labels with '
-                          'the labels file retrain wrote (--output_labels).')
+  names = choose_labels(path, labels, meta_labels, default_labels)
   probe = predict(np.zeros([1, size[0], size[1], 3], np.float32))
   if probe.ndim != 2 or probe.shape[1] != len(names):
     raise LabelImageError(
@@ -307,14 +344,21 @@ def load_model(saved_model_dir: Optional[str] = None,
 
 
 def find_images(specs: Sequence[str],
-                extensions: Sequence[str] = IMAGE_EXTENSIONS
+                extensions: Optional[Sequence[str]] = None
                 ) -> Tuple[List[str], List[Record]]:
   """Files from files, folders (recursive) and glob patterns.
+
+  Args:
+    extensions: the endings taken in folders (None: the ones training takes,
+      retrain.images.IMAGE_EXTENSIONS).
 
   Returns:
     (paths in the order given, folders sorted; Records with an error for
     specs that match nothing).
   """
+  from retrain import images  # pylint: disable=g-import-not-at-top
+  from retrain.common import walk as walk_lib  # pylint: disable=g-import-not-at-top
+  extensions = tuple(extensions or images.IMAGE_EXTENSIONS)
   paths, problems, seen = [], [], set()
 
   def add(path):
@@ -323,12 +367,14 @@ def find_images(specs: Sequence[str],
       paths.append(path)
 
   def add_folder(folder):
-    for root, dirs, files in os.walk(folder, followlinks=True):
-      dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
-      for name in sorted(files):
-        if not name.startswith('.') and name.lower().endswith(
-            tuple(extensions)):
-          add(os.path.join(root, name))
+    # retrain's discovery walk: regular files only, each real folder once
+    # (a link loop or a link to / cannot make it endless).
+    parent = os.path.dirname(os.path.abspath(folder))
+    walk = walk_lib.Walk(parent)
+    for rel in walk_lib.list_images(
+        os.path.abspath(folder), parent, extensions, walk):
+      add(os.path.join(parent, *rel.split('/')))
+    problems.extend(Record(p, error=r) for p, r in walk.skipped)
 
   for spec in specs:
     if os.path.isdir(spec):
@@ -357,7 +403,12 @@ def find_images(specs: Sequence[str],
 
 
 def _reason(error: Exception) -> str:
-  """A one-line reason from a TF error, without its op and device noise."""
+  """A one-line reason from a TF error, without its op and device noise.
+
+  No path in it: the record of the image already names it.
+  """
+  if isinstance(error, ImageError):
+    return error.reason
   message = (getattr(error, 'message', None) or str(error)).strip()
   message = re.sub(r'\{\{[^}]*\}\}\s*', '', message)
   message = re.sub(r'\s*\[Op:[^\]]*\].*$', '', message, flags=re.S)
@@ -365,11 +416,18 @@ def _reason(error: Exception) -> str:
   return message or type(error).__name__
 
 
-def _load(path: str, size, input_mean: float, input_std: float):
-  """float32 [H, W, 3] ready for the model, or the reason it failed."""
+def _load(path: str, size, input_mean: float, input_std: float,
+          max_pixels: Optional[int] = None):
+  """float32 [H, W, 3] ready for the model, or the reason it failed.
+
+  Images over `max_pixels` (default: retrain's) or truncated are refused
+  from their header; the decoding threads share one pixel budget
+  (retrain.images), so they never hold one worst-case image each.
+  """
   from retrain import images  # pylint: disable=g-import-not-at-top
   try:
-    image = images.load_image(path, size).numpy()
+    image = images.load_image(path, size, max_pixels or
+                              images.MAX_IMAGE_PIXELS).numpy()
   except Exception as e:  # pylint: disable=broad-except
     return _reason(e)
   if (input_mean, input_std) != (DEFAULT_INPUT_MEAN, DEFAULT_INPUT_STD):
@@ -395,12 +453,15 @@ def classify_files(model: Model, paths: Sequence[str],
                    batch_size: int = DEFAULT_BATCH_SIZE,
                    input_mean: float = DEFAULT_INPUT_MEAN,
                    input_std: float = DEFAULT_INPUT_STD,
-                   timing: Optional[Timing] = None) -> List[Record]:
+                   timing: Optional[Timing] = None,
+                   max_pixels: Optional[int] = None) -> List[Record]:
   """Classifies image files in batches; one Record per path, in order.
 
   Files are decoded on a thread pool while the model runs on the previous
   batch. A file that cannot be read or decoded gets a Record with its error.
   """
+  # A live bar with rate and time left on a terminal, else a log line every
+  # 10 s (the same progress as retrain's long phases).
   from retrain.common.progress import Progress  # pylint: disable=g-import-not-at-top
   timing = timing if timing is not None else Timing()
   started = time.monotonic()
@@ -410,7 +471,8 @@ def classify_files(model: Model, paths: Sequence[str],
   with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 2) as pool:
 
     def submit(chunk):
-      return [pool.submit(_load, p, model.input_size, input_mean, input_std)
+      return [pool.submit(_load, p, model.input_size, input_mean, input_std,
+                          max_pixels)
               for p in chunk]
 
     chunks = list(_chunks(list(paths), max(1, batch_size)))
@@ -433,6 +495,7 @@ def classify_files(model: Model, paths: Sequence[str],
         else:
           records.append(Record(path, error=loaded[i]))
       progress.update(len(chunk))
+  progress.finish()
   timing.images += len(paths)
   timing.total += time.monotonic() - started
   return records
@@ -491,11 +554,12 @@ def format_records(records: Sequence[Record], output_format: str = 'table'
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
 
-  from retrain.config import DEFAULTS  # pylint: disable=g-import-not-at-top
+  from retrain.image_header import MAX_IMAGE_PIXELS  # pylint: disable=g-import-not-at-top
+
   flags.DEFINE_string(
       'saved_model_dir', None,
       'Export folder written by retrain (default: '
-      f'{DEFAULTS.saved_model_dir} when neither this nor --graph is given).')
+      f'{DEFAULT_SAVED_MODEL_DIR} when neither this nor --graph is given).')
   flags.DEFINE_string('graph', None, 'A frozen graph (.pb) or TFLite '
                       '(.tflite) file written by retrain.')
   flags.DEFINE_string('labels', None, 'Labels file (default: the one in or '
@@ -504,6 +568,9 @@ def _define_flags():
                             'recursively) or glob; repeat for more. Images '
                             'may also be given as arguments.')
   flags.DEFINE_integer('top_k', DEFAULT_TOP_K, 'Labels shown per image.')
+  flags.DEFINE_integer('max_image_pixels', MAX_IMAGE_PIXELS,
+                       'Images whose decoded size would exceed this many '
+                       'pixels are refused (as in retrain).')
   flags.DEFINE_integer('batch_size', DEFAULT_BATCH_SIZE,
                        'Images per model call.')
   flags.DEFINE_enum('output_format', 'table', list(OUTPUT_FORMATS),
@@ -529,7 +596,6 @@ def _define_flags():
 def main(argv) -> int:
   from absl import flags  # pylint: disable=g-import-not-at-top
 
-  from retrain.config import DEFAULTS  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   specs = list(f.image) + list(argv[1:])
   if not specs:
@@ -538,14 +604,15 @@ def main(argv) -> int:
     return 2
   saved_model_dir = f.saved_model_dir
   if not saved_model_dir and not f.graph:
-    saved_model_dir = DEFAULTS.saved_model_dir
+    saved_model_dir = DEFAULT_SAVED_MODEL_DIR
   try:
     model = load_model(saved_model_dir, f.graph, f.labels, f.input_layer,
                        f.output_layer, f.input_height, f.input_width)
     paths, problems = find_images(specs)
-    logging.info('Classifying %d images with %s (%s, %dx%d, %d classes).',
-                 len(paths), model.path, model.kind, model.input_size[0],
-                 model.input_size[1], len(model.labels))
+    logging.info('Classifying %d image%s with %s (%s, %dx%d, %d classes).',
+                 len(paths), '' if len(paths) == 1 else 's', model.path,
+                 model.kind, model.input_size[0], model.input_size[1],
+                 len(model.labels))
     if f.benchmark and paths:  # Keep one-off start-up out of the figures.
       _load(paths[0], model.input_size, f.input_mean, f.input_std)
       model.predict(np.zeros([min(f.batch_size, len(paths)),
@@ -553,7 +620,8 @@ def main(argv) -> int:
                              np.float32))
     timing = Timing()
     records = problems + classify_files(model, paths, f.top_k, f.batch_size,
-                                        f.input_mean, f.input_std, timing)
+                                        f.input_mean, f.input_std, timing,
+                                        f.max_image_pixels)
     text = format_records(records, f.output_format)
   except RetrainError as e:
     logging.error('%s', e)
@@ -565,8 +633,11 @@ def main(argv) -> int:
   else:
     sys.stdout.write(text)
   failed = [r for r in records if r.error is not None]
-  for r in failed:
-    logging.warning('Could not classify %s: %s', r.image, r.error)
+  if f.output_file:
+    # The results on stdout already show each failing path with its reason;
+    # only when they went to a file does the console need them.
+    for r in failed:
+      logging.warning('Could not classify %s: %s', r.image, r.error)
   if f.benchmark and timing.images:
     print(f'Benchmark: {timing.images} images in {timing.total:.2f} s = '
           f'{timing.images / timing.total:.1f} images/s end to end '
@@ -577,22 +648,29 @@ def main(argv) -> int:
           file=(sys.stdout if f.output_file or f.output_format == 'table'
                 else sys.stderr))
   if failed:
-    logging.error('%d of %d images could not be classified.', len(failed),
-                  len(records))
+    logging.error('%d of %d image%s could not be classified.', len(failed),
+                  len(records), '' if len(records) == 1 else 's')
     return 1
   return 0
 
 
+USAGE = """label_image: classify photos with a model exported by retrain.
+
+Prints the most likely labels of each image (files, folders, globs), reading
+only the export: the labels and input size come from the model's own files.
+
+Example:
+  label_image --graph out/flowers.pb --image photo.jpg --image more_photos/
+
+Every flag is explained in docs/flags.md.
+"""
+
+
 def run():
   """Entry point of the `label_image` console script."""
-  from absl import app  # pylint: disable=g-import-not-at-top
+  from retrain.common import cli  # pylint: disable=g-import-not-at-top
   _define_flags()
-  if __name__ != '__main__':
-    # List our flags in --help for the installed `label_image` command too.
-    from absl import flags  # pylint: disable=g-import-not-at-top
-    for flag in flags.FLAGS.get_flags_for_module(__name__):
-      flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-  app.run(main)
+  cli.run(main, 'label_image', USAGE, [__name__])
 
 
 if __name__ == '__main__':

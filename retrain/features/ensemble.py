@@ -33,10 +33,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-import bottleneck_cache
-from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.features import modules as features
-from retrain.features import tflite_runtime
 from retrain.features.ensemble_presets import (  # noqa: F401 (re-exported)
   ENSEMBLE_PRESETS,
   SEPARATOR,
@@ -122,13 +119,14 @@ def describe_modules(module: FeatureModule) -> List[dict]:
 
 
 def load(spec: str, image_size: Optional[int] = None,
-         cache_dir: Optional[str] = None) -> FeatureModule:
+         cache_dir: Optional[str] = None, trust: bool = False
+         ) -> FeatureModule:
   """The module(s) `--tfhub_module` names: a FeatureModule for one, an
   EnsembleModule for several (see member_handles and load_module)."""
   handles = member_handles(spec)
   if len(handles) == 1:
-    return features.load_module(handles[0], image_size, cache_dir)
-  members = tuple(features.load_module(h, image_size, cache_dir)
+    return features.load_module(handles[0], image_size, cache_dir, trust)
+  members = tuple(features.load_module(h, image_size, cache_dir, trust)
                   for h in handles)
   obj = Ensemble(members)
   fingerprint = hashlib.sha256(
@@ -144,55 +142,3 @@ def load(spec: str, image_size: Optional[int] = None,
                len(members), module.handle, *module.input_size,
                module.output_dim)
   return module
-
-
-def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
-                        runner: FeatureModule, bottleneck_dir: str,
-                        runtime: str, batch_size: int,
-                        cache_dir: Optional[str] = None
-                        ) -> bottlenecks_lib.Bottlenecks:
-  """bottlenecks_lib.compute_bottlenecks for a module or an ensemble.
-
-  A plain module runs as `runner` in its own namespace (as before). An
-  ensemble runs each member on its own runtime in the member's namespace;
-  an image is usable when every member could use it, and its vector is the
-  members' vectors concatenated (float32 [n_ok, sum of D]).
-  """
-  members = getattr(module, 'members', None)
-  if not members:
-    store = bottleneck_cache.BottleneckStore(
-        bottleneck_dir, bottlenecks_lib.cache_namespace(module))
-    return bottlenecks_lib.compute_bottlenecks(paths, runner, store,
-                                               batch_size)
-  parts = []
-  for member in members:
-    logging.info('Bottlenecks of ensemble member %s:', member.handle)
-    store = bottleneck_cache.BottleneckStore(
-        bottleneck_dir, bottlenecks_lib.cache_namespace(member))
-    parts.append(bottlenecks_lib.compute_bottlenecks(
-        paths, tflite_runtime.deferred(member, runtime, cache_dir), store,
-        batch_size))
-  return combine(parts)
-
-
-def combine(parts: Sequence[bottlenecks_lib.Bottlenecks]
-            ) -> bottlenecks_lib.Bottlenecks:
-  """Members' Bottlenecks of the same paths -> the ensemble's."""
-  ok = np.logical_and.reduce([p.ok for p in parts])
-  vectors = []
-  for p in parts:
-    rows_ok = np.cumsum(p.ok) - 1  # row of each usable path in p.vectors
-    vectors.append(p.vectors[rows_ok[ok]] if len(p.vectors) else
-                   np.zeros((0, p.vectors.shape[-1]), np.float32))
-  failures, seen = [], set()
-  for p in parts:
-    for path, reason in p.failures:
-      if path not in seen:
-        seen.add(path)
-        failures.append((path, reason))
-  stats = bottleneck_cache.Stats(**{
-      f.name: sum(getattr(p.stats, f.name) for p in parts)
-      for f in dataclasses.fields(parts[0].stats)})
-  return bottlenecks_lib.Bottlenecks(
-      vectors=np.concatenate(vectors, axis=1).astype(np.float32), ok=ok,
-      failures=failures, stats=stats, digests=parts[0].digests)

@@ -25,12 +25,10 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from retrain.config import DEFAULTS
 from retrain.head import auto
 from retrain.head import solver as solver_lib
 from retrain.head import summaries as summaries_lib
 from retrain.head import train as train_lib
-from retrain.report import tensorboard as tb
 
 REPORT_FILE = 'head_solver.json'
 
@@ -67,7 +65,8 @@ def write_report(report_dir: str, result: solver_lib.SolverResult) -> str:
 
 def _write_summaries(writers: summaries_lib.Writers,
                      result: solver_lib.SolverResult, probabilities) -> None:
-  tb.write_text(writers.train, 'head_solver', solver_markdown(result))
+  with writers.train.as_default(step=0):
+    tf.summary.text('head_solver', solver_markdown(result))
   for p in result.history:
     with writers.train.as_default(step=p.step):
       tf.summary.scalar('accuracy', p.train_accuracy)
@@ -96,7 +95,9 @@ def maybe_solve(config, train_x: np.ndarray, train_y: np.ndarray,
     writers: TensorBoard writers, or None.
     on_eval: called with each EvalPoint of the final fit (the log lines).
   """
-  explicit = auto.changed_training_fields(config, DEFAULTS)
+  # type(config)() is the default Config (no import of retrain.config,
+  # which comes later in the flow).
+  explicit = auto.changed_training_fields(config, type(config)())
   if auto.resolve(config.head_solver, explicit) != 'lbfgs':
     return None
   if config.intermediate_store_frequency:
@@ -105,11 +106,15 @@ def maybe_solve(config, train_x: np.ndarray, train_y: np.ndarray,
   result = solver_lib.fit_head(
       train_x, train_y, num_classes, val_x, val_y,
       solver_lib.SolverOptions.from_config(config))
-  if on_eval is not None and result.history:
-    # Every iteration is in TensorBoard and the report; the log gets a few.
-    shown = _spread(len(result.history), 10)
-    for k in shown:
-      on_eval(result.history[k])
+  # Every iteration is in TensorBoard and the report; the log gets a few.
+  for k in _spread(len(result.history), 10) if result.history else ():
+    point = result.history[k]
+    if on_eval is not None:
+      on_eval(point)
+    else:
+      logging.info('L-BFGS iteration %d: train accuracy = %.1f%%, cross '
+                   'entropy = %.4f', point.step, 100 * point.train_accuracy,
+                   point.cross_entropy)
   if writers is not None:
     _write_summaries(writers, result,
                      result.head.probabilities(train_x[:1000]))

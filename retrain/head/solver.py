@@ -451,6 +451,64 @@ def _describe(c: Candidate) -> str:
   return text
 
 
+def _choose(train_x, train_y, val_x, val_y, num_classes: int,
+            options: SolverOptions):
+  """Scores the grid (see the module docstring).
+
+  Returns:
+    (selection, candidates scored, chosen, reason, solutions): solutions
+    holds each candidate's parameters fitted on training when validation
+    chose (else empty).
+  """
+  candidates = _grid(options)
+  trained = np.flatnonzero(np.bincount(train_y, minlength=num_classes))
+  val_counts = np.bincount(val_y, minlength=num_classes)[trained]
+  all_x = np.concatenate([train_x, val_x])
+  all_y = np.concatenate([train_y, val_y])
+  smallest_class = int(np.bincount(all_y, minlength=num_classes)[
+      trained].min())
+  solutions: List[np.ndarray] = []
+  if len(candidates) == 1:
+    return 'single', candidates, candidates[0], 'one candidate setting only', []
+  if len(val_y) and val_counts.min() >= options.min_validation_per_class:
+    selection, held = 'validation', len(val_y)
+    scores = _score_grid(candidates, train_x, train_y, num_classes, val_x,
+                         val_y, options, solutions)
+    reason = (f'best validation accuracy of {len(candidates)} settings '
+              f'(N={len(val_y)})')
+  elif smallest_class >= options.folds:
+    selection, held = 'k-fold', len(all_y)
+    fold = stratified_folds(all_y, options.folds, options.seed)
+    totals = np.zeros((len(candidates), 3))
+    for k in range(options.folds):
+      inside = fold != k
+      totals += np.array(_score_grid(
+          candidates, all_x[inside], all_y[inside], num_classes,
+          all_x[~inside], all_y[~inside], options), np.float64)
+    scores = [tuple(t) for t in totals]
+    reason = (f'best {options.folds}-fold cross-validation accuracy on '
+              f'training + validation (N={len(all_y)}) of {len(candidates)} '
+              f'settings: validation has only {int(val_counts.min())} '
+              f'image(s) in its smallest class (fewer than '
+              f'{options.min_validation_per_class})')
+  else:
+    candidates = candidates[len(options.l2_grid) // 2:][:1]
+    return 'single', candidates, candidates[0], (
+        f'too few images to choose on (smallest class: {smallest_class}); '
+        'the middle of the grid'), []
+  for c, (correct, ce_sum, iterations) in zip(candidates, scores,
+                                              strict=True):
+    c.accuracy = float(correct / held)
+    c.cross_entropy = float(ce_sum / held)
+    c.iterations = int(iterations)
+  chosen = _best(candidates)
+  for c in candidates:
+    logging.info('Head solver candidate %-32s %s accuracy %.1f%%, cross '
+                 'entropy %.4f%s', _describe(c), selection, 100 * c.accuracy,
+                 c.cross_entropy, '  <- chosen' if c is chosen else '')
+  return selection, candidates, chosen, reason, solutions
+
+
 def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
              val_x: np.ndarray, val_y: np.ndarray, options: SolverOptions,
              on_iteration: Optional[Callable[[EvalPoint], None]] = None
@@ -474,63 +532,12 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
   check(options)
   train_x, train_y = _as_arrays(train_x, train_y)
   val_x, val_y = _as_arrays(np.reshape(val_x, (-1, train_x.shape[1])), val_y)
-  candidates = _grid(options)
-  trained = np.flatnonzero(np.bincount(train_y, minlength=num_classes))
-  val_counts = np.bincount(val_y, minlength=num_classes)[trained]
-  all_x = np.concatenate([train_x, val_x])
-  all_y = np.concatenate([train_y, val_y])
-  smallest_class = int(np.bincount(all_y, minlength=num_classes)[
-      trained].min())
+  selection, candidates, chosen, reason, solutions = _choose(
+      train_x, train_y, val_x, val_y, num_classes, options)
 
-  # The chosen candidate's fit on training starts the final fit (with
-  # validation added it moves a little): ~30% fewer iterations in all.
-  solutions: List[np.ndarray] = []
-  if len(candidates) == 1:
-    selection = 'single'
-    reason = 'one candidate setting only'
-  elif len(val_y) and val_counts.min() >= options.min_validation_per_class:
-    selection = 'validation'
-    scores = _score_grid(candidates, train_x, train_y, num_classes, val_x,
-                         val_y, options, solutions)
-    reason = (f'best validation accuracy of {len(candidates)} settings '
-              f'(N={len(val_y)})')
-  elif smallest_class >= options.folds:
-    selection = 'k-fold'
-    fold = stratified_folds(all_y, options.folds, options.seed)
-    totals = np.zeros((len(candidates), 3))
-    for k in range(options.folds):
-      inside = fold != k
-      totals += np.array(_score_grid(
-          candidates, all_x[inside], all_y[inside], num_classes,
-          all_x[~inside], all_y[~inside], options), np.float64)
-    scores = [tuple(t) for t in totals]
-    reason = (f'best {options.folds}-fold cross-validation accuracy on '
-              f'training + validation (N={len(all_y)}) of {len(candidates)} '
-              f'settings: validation has only {int(val_counts.min())} '
-              f'image(s) in its smallest class (fewer than '
-              f'{options.min_validation_per_class})')
-  else:
-    selection = 'single'
-    candidates = candidates[len(options.l2_grid) // 2:][:1]
-    reason = (f'too few images to choose on (smallest class: '
-              f'{smallest_class}); the middle of the grid')
-  if selection != 'single':
-    held = len(val_y) if selection == 'validation' else len(all_y)
-    for c, (correct, ce_sum, iterations) in zip(candidates, scores, strict=True):
-      c.accuracy = float(correct / held)
-      c.cross_entropy = float(ce_sum / held)
-      c.iterations = int(iterations)
-    chosen = _best(candidates)
-    for c in candidates:
-      logging.info('Head solver candidate %-32s %s accuracy %.1f%%, cross '
-                   'entropy %.4f%s', _describe(c), selection,
-                   100 * c.accuracy, c.cross_entropy,
-                   '  <- chosen' if c is chosen else '')
-  else:
-    chosen = candidates[0]
-
-  refit = selection == 'k-fold' or options.refit or selection == 'single'
-  fit_x, fit_y = (all_x, all_y) if refit else (train_x, train_y)
+  refit = selection != 'validation' or options.refit
+  fit_x = np.concatenate([train_x, val_x]) if refit else train_x
+  fit_y = np.concatenate([train_y, val_y]) if refit else train_y
   watch_val = not refit and len(val_y) > 0
   history: List[EvalPoint] = []
 
@@ -544,12 +551,13 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
         iteration, float(np.mean(z.argmax(axis=1) == fit_y)),
         problem.cross_entropy(z), val_acc, len(val_y) if watch_val else 0))
 
+  # The chosen candidate's fit on training starts the final fit (with
+  # validation added it moves a little): ~30% fewer iterations in all.
   start = (solutions[candidates.index(chosen)] if solutions and
            options.standardise is False else None)
   fit = _fit_one(fit_x, fit_y, num_classes, chosen.l2,
                  chosen.label_smoothing, options, start=start,
                  callback=record)
-  head = fit.head()
   if on_iteration is not None:
     for point in history:
       on_iteration(point)
@@ -560,6 +568,5 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
   logging.info('Head solver (L-BFGS): %s; final fit %d iterations on %d '
                'images, %.1f s in all.', reason, fit.iterations, len(fit_y),
                seconds)
-  return SolverResult(head, history, list(candidates), chosen, selection,
-                      bool(refit and len(val_y)),
-                      reason, seconds)
+  return SolverResult(fit.head(), history, list(candidates), chosen,
+                      selection, bool(refit and len(val_y)), reason, seconds)
