@@ -121,11 +121,11 @@ class Config:
   solver_folds: int = 5
   solver_min_validation_per_class: int = 10
   # Refit the chosen setting on training + validation (more data): +0.2 to
-  # +0.4 points on sign_language_digits (bench/accuracy.py, lbfgs vs
+  # +0.8 points on sign_language_digits (bench/accuracy.py, lbfgs vs
   # lbfgs-norefit).
   solver_refit: bool = True
   # Fit on the raw vectors, not standardised per dimension: raw was 0.4-1.2
-  # points better for every configuration on flowers_sample and 0.8 on
+  # points better in 12 of 15 configurations on flowers_sample and
   # sign_language_digits (bench/accuracy.py, lbfgs vs lbfgs-raw).
   solver_standardise: bool = False
 
