@@ -125,7 +125,7 @@ class Config:
   # lbfgs-norefit).
   solver_refit: bool = True
   # Fit on the raw vectors, not standardised per dimension: raw was 0.4-1.2
-  # points better in 12 of 15 configurations on flowers_sample and
+  # points better in 9 of 12 configurations on flowers_sample and
   # sign_language_digits (bench/accuracy.py, lbfgs vs lbfgs-raw).
   solver_standardise: bool = False
 
