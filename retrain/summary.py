@@ -24,6 +24,7 @@ from absl import logging
 
 from retrain.common.progress import format_duration
 from retrain.export.formats import sidecar_paths
+from retrain.head import auto as head_auto
 from retrain.pipeline import RUN_SUMMARY_FILE
 from retrain.report import skipped as skipped_report
 
@@ -57,6 +58,10 @@ def output_paths(config, result) -> List[Tuple[str, str]]:
     reports += [os.path.join(config.report_dir, name) for name in (
         RUN_SUMMARY_FILE, skipped_report.SKIPPED_JSON,
         skipped_report.SKIPPED_CSV)]
+    # h15: the head solver's report, when a run of the lbfgs solver wrote it.
+    solver_report = os.path.join(config.report_dir, head_auto.REPORT_FILE)
+    if os.path.exists(solver_report):
+      reports.append(solver_report)
   candidates += [('report', path) for path in reports]
   candidates += [('TensorBoard logs', config.summaries_dir),
                  ('bottleneck cache', config.bottleneck_dir)]

@@ -17,6 +17,8 @@ from absl import logging
 from retrain.errors import DatasetError
 
 SOLVERS = ('auto', 'lbfgs', 'sgd')
+# What the lbfgs solver chose and why, in --report_dir (retrain/head/solve.py).
+REPORT_FILE = 'head_solver.json'
 
 # retrain.py's training flags, and this project's options of the SGD
 # trainer (retrain/head/options.py): each means "train with SGD like this".

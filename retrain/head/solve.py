@@ -30,7 +30,7 @@ from retrain.head import solver as solver_lib
 from retrain.head import summaries as summaries_lib
 from retrain.head import train as train_lib
 
-REPORT_FILE = 'head_solver.json'
+REPORT_FILE = auto.REPORT_FILE
 
 
 def solver_markdown(result: solver_lib.SolverResult) -> str:
