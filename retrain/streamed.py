@@ -49,8 +49,12 @@ def expected_training_vectors(config: Config, images: int) -> int:
   return int(images * share * (1 + copies))
 
 
-def needed(config: Config, images: int) -> bool:
+def needed(config: Config, images: int, module=None) -> bool:
   """True when the run should stream (see the module docstring).
+
+  An ensemble (several modules, their vectors concatenated from several
+  namespaces) is not streamed yet: it keeps the in-memory path, with a
+  warning.
 
   Raises:
     DatasetError: a negative --max_vectors_in_memory.
@@ -59,8 +63,16 @@ def needed(config: Config, images: int) -> bool:
     raise DatasetError(
         f'--max_vectors_in_memory={config.max_vectors_in_memory} must be 0 '
         '(never stream) or a number of vectors, e.g. 100000.')
-  return streaming.should_stream(expected_training_vectors(config, images),
+  past = streaming.should_stream(expected_training_vectors(config, images),
                                  config.max_vectors_in_memory)
+  if past and getattr(module, 'members', None):
+    logging.warning('The training vectors exceed --max_vectors_in_memory=%d, '
+                    'but an ensemble of modules cannot stream from the cache '
+                    'yet; training holds them in memory. Use one module '
+                    '(e.g. --tfhub_module efficientnet_lite0) to stream.',
+                    config.max_vectors_in_memory)
+    return False
+  return past
 
 
 def _copy_keys(config: Config, module, runner, images, split, directories):
@@ -83,6 +95,25 @@ def _copy_keys(config: Config, module, runner, images, split, directories):
   keys = np.array([distort_lib.copy_key(train_digests[s], int(c)).encode()
                    for s, c in zip(copies.source, copies.copy, strict=True)])
   return keys, copies.source, copies.stats
+
+
+def _calibrate(config: Config, head, validation: chunks.ChunkReader,
+               val_y: np.ndarray):
+  """pipeline.calibrate on a random sample of the validation set (at most
+  an eighth of the budget), read from the cache."""
+  from retrain.head import calibration as calibration_lib  # pylint: disable=g-import-not-at-top
+  from retrain.report import deployment as deployment_report  # pylint: disable=g-import-not-at-top
+  rows = np.arange(len(val_y))
+  cap = max(1, config.max_vectors_in_memory // 8)
+  if len(rows) > cap:
+    rows = np.sort(np.random.default_rng(config.random_seed).choice(
+        len(rows), cap, replace=False))
+  options = subset(calibration_lib.ConfidenceOptions, config)
+  confidence = calibration_lib.calibrate(
+      head, validation.read(rows), val_y[rows], options.target_precision,
+      options.calibration_min_images, options.calibrate_confidence)
+  deployment_report.log_confidence(confidence)
+  return confidence
 
 
 def run(config: Config, layout, module, runner, phases):
@@ -128,6 +159,11 @@ def run(config: Config, layout, module, runner, phases):
     readers = {name: chunks.ChunkReader(index, keys[split.subset(name)])
                for name in ('validation', 'test')}
     settings = pipeline.train_settings(config)
+    if config.head_solver != 'sgd':
+      # The converging solver needs every vector on each iteration.
+      logging.info('--head_solver %s: past the memory budget the head is '
+                   'trained with SGD, streaming (docs/scale.md).',
+                   config.head_solver)
     log = train_lib.EvalLog(train_lib.eval_steps(settings.steps,
                                                  settings.eval_step_interval))
     stats = streaming.StreamStats()
@@ -145,9 +181,11 @@ def run(config: Config, layout, module, runner, phases):
         trained.head, readers['test'], images.labels[split.test], budget,
         config.test_batch_size, seed=config.random_seed)
     misclassified = pipeline.report_test(config, labels, test, images, split)
+    confidence = _calibrate(config, trained.head, readers['validation'],
+                            images.labels[split.validation])
   with phases('export'):
-    saved = pipeline.export(config, module, labels, trained, test, images,
-                            split, None)
+    saved, deployment = pipeline.export(config, module, labels, trained, test,
+                                        images, split, None, confidence)
   phases.total()
   if skipped:
     logging.warning('%d images were skipped because they could not be used; '
@@ -161,6 +199,6 @@ def run(config: Config, layout, module, runner, phases):
       history=trained.history, misclassified=misclassified,
       saved_model_dir=saved, timings=phases.timings,
       distorted_stats=copies[2] if copies is not None else None,
-      peak_rss_mib=phases.peak_rss)
+      peak_rss_mib=phases.peak_rss, deployment_report=deployment)
   pipeline.write_run_summary(config, result)
   return result
