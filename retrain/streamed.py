@@ -116,6 +116,29 @@ def _calibrate(config: Config, head, validation: chunks.ChunkReader,
   return confidence
 
 
+def _train(config: Config, train: chunks.ChunkReader, train_y: np.ndarray,
+           num_classes: int, validation: chunks.ChunkReader,
+           val_y: np.ndarray) -> train_lib.TrainResult:
+  """Streaming SGD with the run's settings, logged as the pipeline logs."""
+  from retrain import pipeline  # pylint: disable=g-import-not-at-top
+  settings = pipeline.train_settings(config)
+  if config.head_solver != 'sgd':
+    # The converging solver needs every vector on each iteration.
+    logging.info('--head_solver %s: past the memory budget the head is '
+                 'trained with SGD, streaming (docs/scale.md).',
+                 config.head_solver)
+  log = train_lib.EvalLog(train_lib.eval_steps(settings.steps,
+                                               settings.eval_step_interval))
+  stats = streaming.StreamStats()
+  trained = streaming.train_head_streaming(
+      train, train_y, num_classes, validation, val_y, settings,
+      config.max_vectors_in_memory, on_eval=log, stats=stats)
+  log.finish()
+  logging.info('Streamed %d chunks (%d vectors read; %.1f s waiting for '
+               'reads).', stats.chunks, stats.vectors_read, stats.wait_seconds)
+  return trained
+
+
 def run(config: Config, layout, module, runner, phases):
   """The rest of pipeline.run, streaming; returns a pipeline.RunResult.
 
@@ -158,23 +181,9 @@ def run(config: Config, layout, module, runner, phases):
     index = chunks.VectorIndex(directories)
     readers = {name: chunks.ChunkReader(index, keys[split.subset(name)])
                for name in ('validation', 'test')}
-    settings = pipeline.train_settings(config)
-    if config.head_solver != 'sgd':
-      # The converging solver needs every vector on each iteration.
-      logging.info('--head_solver %s: past the memory budget the head is '
-                   'trained with SGD, streaming (docs/scale.md).',
-                   config.head_solver)
-    log = train_lib.EvalLog(train_lib.eval_steps(settings.steps,
-                                                 settings.eval_step_interval))
-    stats = streaming.StreamStats()
-    trained = streaming.train_head_streaming(
-        chunks.ChunkReader(index, train_keys), train_y, len(labels),
-        readers['validation'], images.labels[split.validation], settings,
-        budget, on_eval=log, stats=stats)
-    log.finish()
-    logging.info('Streamed %d chunks (%d vectors read; %.1f s waiting for '
-                 'reads).', stats.chunks, stats.vectors_read,
-                 stats.wait_seconds)
+    trained = _train(config, chunks.ChunkReader(index, train_keys), train_y,
+                     len(labels), readers['validation'],
+                     images.labels[split.validation])
 
   with phases('evaluation'):
     test = streaming.evaluate_streaming(
