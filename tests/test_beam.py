@@ -211,3 +211,25 @@ def test_kill_9_then_rerun_leaves_whole_unique_shards(tmp_path, fake_module):
   assert done.returncode == 0, done.stderr[-3000:]
   (keys,) = _shard_keys(bn).values()
   assert len(keys) == len(set(keys)) == 120
+
+
+def test_ensemble_members_each_fill_their_own_namespace(tmp_path,
+                                                        fake_module):
+  """An ensemble is computed member by member, into the namespaces that
+  retrain's ensemble bottlenecks read."""
+  from retrain.beam import job
+  from retrain.beam.options import BEAM_DEFAULTS
+  from retrain.bottlenecks import compute
+  from retrain.features import modules
+  from tests.conftest import export_fake_module
+  other = export_fake_module(tmp_path / 'pool32_x2', scale=2.0)
+  images = make_colour_dataset(tmp_path / 'images', per_class=3)
+  config = shrunk_config(images, tmp_path / 'out',
+                         f'{fake_module},{other}')
+  result = job.run(config, BEAM_DEFAULTS, ['--runner', 'DirectRunner'])
+  assert (result.images, result.computed) == (9, 18)
+  for path in (fake_module, other):
+    store = bottleneck_cache.BottleneckStore(
+        config.bottleneck_dir,
+        compute.cache_namespace(modules.load_module(path)))
+    assert len(store) == 9

@@ -52,6 +52,7 @@ import bottleneck_cache
 from bottleneck_cache import shards, temporaries
 from retrain.beam import handler as handler_lib
 from retrain.beam.options import BeamOptions
+from retrain.bottlenecks import distort
 from retrain.config import Config, subset
 
 FAILURES_FILE = 'beam_failures.tsv'
@@ -410,6 +411,37 @@ def _counter(result, name: str) -> int:
 
 def run(config: Config, options: BeamOptions,
         pipeline_args: Sequence[str] = ()) -> BeamResult:
+  """Runs the job to completion; see the module docstring and _run_one.
+
+  An ensemble (--tfhub_module a,b or a preset of several modules) is
+  computed one member at a time, each into the namespace a single-module
+  run of it uses, which is where retrain's ensemble bottlenecks look.
+  Distorted copies of an ensemble are left to retrain (with a warning).
+  """
+  from retrain.features import ensemble as ensemble_lib  # pylint: disable=g-import-not-at-top
+  loaded = ensemble_lib.load(config.tfhub_module, config.image_size,
+                             config.module_cache_dir, trust=config.trust_module)
+  members = getattr(loaded, 'members', None)
+  if not members:
+    return _run_one(config, options, pipeline_args)
+  if subset(distort.Distortions, config).any():
+    logging.warning('Distorted copies of an ensemble are not computed by the '
+                    'Beam job; retrain computes them.')
+  results = [_run_one(dataclasses.replace(
+      config, tfhub_module=member.handle, flip_left_right=False,
+      random_crop=0.0, random_scale=0.0, random_brightness=0.0,
+      random_rotation=0.0, random_shift=0.0), options, pipeline_args)
+             for member in members]
+  return BeamResult(
+      images=results[0].images, present=sum(r.present for r in results),
+      computed=sum(r.computed for r in results),
+      failures=results[0].failures, failures_path=results[0].failures_path,
+      namespaces=[d for r in results for d in r.namespaces],
+      seconds=sum(r.seconds for r in results))
+
+
+def _run_one(config: Config, options: BeamOptions,
+             pipeline_args: Sequence[str] = ()) -> BeamResult:
   """Runs the job to completion; see the module docstring.
 
   Args:
@@ -423,7 +455,6 @@ def run(config: Config, options: BeamOptions,
     RetrainError: bad input or module (before any work starts).
   """
   from retrain.bottlenecks import compute as bottlenecks_lib  # pylint: disable=g-import-not-at-top
-  from retrain.bottlenecks import distort  # pylint: disable=g-import-not-at-top
   from retrain.data import sources as layouts  # pylint: disable=g-import-not-at-top
   from retrain.features import modules as features  # pylint: disable=g-import-not-at-top
   started = time.monotonic()
@@ -437,7 +468,7 @@ def run(config: Config, options: BeamOptions,
   logging.info('Found %d images: %s.', len(images), layout.description)
 
   module = features.load_module(config.tfhub_module, config.image_size,
-                                config.module_cache_dir)
+                                config.module_cache_dir, config.trust_module)
   plain_dir = prepare_namespace(config.bottleneck_dir,
                                 bottlenecks_lib.cache_namespace(module))
   distorted_dir = None
