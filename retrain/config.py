@@ -46,6 +46,23 @@ class Config:
   # space) for code that expects them.
   label_style: str = 'verbatim'
 
+  # --- Crops to annotated boxes (retrain/data/boxes.py, docs/boxes.md) ------
+  # Every annotated box one example, cropped from its photo.
+  crop_to_boxes: bool = False
+  # Where the boxes are: auto | voc | voc_tree | stanford_dogs | csv.
+  boxes: str = 'auto'
+  boxes_csv: str = ''
+  # The CSV's label column when it is not called label/class/name/...
+  boxes_label_column: str = ''
+  # Percent of the box's width and height added as context on each side.
+  # On BCCD (EfficientNet-Lite0, docs/boxes.md) CROP_MARGIN_MEASURED.
+  crop_margin: float = 10.0
+  # Boxes narrower or lower than this many pixels say too little to learn.
+  min_box_size: int = 8
+  # VOC's `difficult` objects are left out of VOC's own evaluation; ours too.
+  boxes_include_difficult: bool = False
+  # --- End of crops to annotated boxes ----------------------------------------
+
   # --- Feature module ----------------------------------------------------------
   # retrain.py defaulted to an Inception V3 URL, which fails on machines with
   # no network; the bundled EfficientNet-Lite0 works offline and is both more

@@ -21,7 +21,8 @@ import bottleneck_cache
 from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.bottlenecks import distort as distort_lib
 from retrain.config import Config
-from retrain.data import duplicates
+from retrain.data import boxes as boxes_lib
+from retrain.data import duplicates, leakage
 from retrain.data import sources as layouts
 from retrain.data import split as split_lib
 from retrain.errors import DatasetError
@@ -119,7 +120,13 @@ def run(config: Config) -> RunResult:
   started = time.monotonic()
   check_config(config)
 
-  layout = layouts.load_layout(config)
+  # --- Crops to annotated boxes (retrain/data/boxes.py) ---
+  crops = None
+  if config.crop_to_boxes:
+    layout, crops = boxes_lib.load_crop_layout(config)
+  else:
+    layout = layouts.load_layout(config)
+  # --- end ---
   dataset = layout.dataset
   labels = list(dataset.labels)
   logging.info('Found %d images in %d classes: %s.', len(dataset.images),
@@ -138,7 +145,9 @@ def run(config: Config) -> RunResult:
       config.bottleneck_dir, bottlenecks_lib.cache_namespace(module))
   paths = [image.path for image in dataset.images]
   computed = bottlenecks_lib.compute_bottlenecks(
-      paths, runner, store, config.bottleneck_batch_size)
+      paths, runner, store, config.bottleneck_batch_size,
+      **({} if crops is None else dict(boxes=crops.boxes,
+                                        key_suffixes=crops.key_suffixes)))
   timings['bottlenecks'] = time.monotonic() - phase
   peak_rss['bottlenecks'] = _peak_rss_mib()
   stats = computed.stats
@@ -168,6 +177,9 @@ def run(config: Config) -> RunResult:
                              config.validation_percentage,
                              config.testing_percentage)
   _log_counts(labels, y_all, split)
+  leakage.warn_cross_set_duplicates(  # one line; retrain.inspect tells more
+      [computed.digests[i] for i in usable], split,
+      [dataset.images[i].rel_path for i in usable])
   vectors = computed.vectors
 
   # Distorted copies of the training images only (validation and test stay
@@ -176,7 +188,8 @@ def run(config: Config) -> RunResult:
   train_x, train_y = vectors[split.train], y_all[split.train]
   copies = distort_lib.training_copies(
       config, runner, [dataset.images[usable[i]].path for i in split.train],
-      [computed.digests[usable[i]] for i in split.train])
+      [computed.digests[usable[i]] for i in split.train],
+      None if crops is None else crops.boxes[usable[split.train]])
   if copies is not None:
     train_x = np.concatenate([train_x, copies.vectors])
     train_y = np.concatenate([train_y, train_y[copies.source]])

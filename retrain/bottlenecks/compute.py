@@ -77,10 +77,10 @@ def _hash_files(paths: Sequence[str], memo: bottleneck_cache.DigestMemo
   return digests
 
 
-def _decode_error(path: str, size) -> str:
+def _decode_error(path: str, size, box=None) -> str:
   """Why one file fails to decode (called only for the rare failures)."""
   try:
-    images_lib.load_image(path, size)
+    images_lib.load_image(path, size, box)
   except ImageError as e:
     return e.reason
   except Exception as e:  # pylint: disable=broad-except
@@ -144,7 +144,8 @@ def run_module(module: FeatureModule, batches):
 
 
 def make_compute_fn(paths: Sequence[str], module: FeatureModule,
-                    batch_size: int, reasons: Optional[dict] = None):
+                    batch_size: int, reasons: Optional[dict] = None,
+                    boxes: Optional[np.ndarray] = None):
   """A `bottleneck_cache.ComputeFn` that runs `module` on images `paths`.
 
   Args:
@@ -153,6 +154,8 @@ def make_compute_fn(paths: Sequence[str], module: FeatureModule,
     batch_size: images per module call.
     reasons: if given, filled with {index into paths: why it is unusable}
       for the images that no decoder could use.
+    boxes: None for whole images, else float32 [len(paths), 4], the crop of
+      each (see images.decode_and_resize).
   """
   size = module.input_size
   reasons = {} if reasons is None else reasons
@@ -161,12 +164,22 @@ def make_compute_fn(paths: Sequence[str], module: FeatureModule,
     missing = np.asarray(missing, dtype=np.int64)
     files = tf.constant([paths[i] for i in missing], tf.string)
 
-    def load(index, path):
-      return index, images_lib.decode_and_resize(tf.io.read_file(path), size)
+    if boxes is None:
+      items = (missing, files)
+
+      def load(index, path):
+        return index, images_lib.decode_and_resize(tf.io.read_file(path),
+                                                   size)
+    else:
+      items = (missing, files, tf.constant(boxes[missing], tf.float32))
+
+      def load(index, path, box):
+        return index, images_lib.decode_and_resize(tf.io.read_file(path),
+                                                   size, box)
 
     # A file that fails to decode is dropped; the indices that come out tell
     # which, and its reason is found afterwards.
-    dataset = image_batches((missing, files), load, batch_size)
+    dataset = image_batches(items, load, batch_size)
     done = set()
     for indices, vectors in run_module(module, dataset):
       done.update(indices.tolist())
@@ -179,7 +192,8 @@ def make_compute_fn(paths: Sequence[str], module: FeatureModule,
       if i in done:
         continue
       try:
-        pending_images.append(images_lib.load_image(paths[i], size))
+        pending_images.append(images_lib.load_image(
+            paths[i], size, None if boxes is None else boxes[i]))
         pending_indices.append(i)
       except ImageError as e:
         reasons[i] = e.reason
@@ -197,7 +211,10 @@ def make_compute_fn(paths: Sequence[str], module: FeatureModule,
 def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
                         store: bottleneck_cache.BottleneckStore,
                         batch_size: int,
-                        progress_interval: float = 5.0) -> Bottlenecks:
+                        progress_interval: float = 5.0,
+                        boxes: Optional[np.ndarray] = None,
+                        key_suffixes: Optional[Sequence[str]] = None
+                        ) -> Bottlenecks:
   """Vectors of `paths`, from the cache where possible.
 
   Args:
@@ -206,6 +223,10 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
     store: the cache namespace for this module (see cache_namespace).
     batch_size: images per module call.
     progress_interval: seconds between progress lines.
+    boxes: None for whole images, else float32 [n, 4], the crop of each
+      path (--crop_to_boxes; retrain.data.boxes).
+    key_suffixes: with boxes, n strings naming each crop (box and margin),
+      appended to the file's content hash in its cache key and in `digests`.
   """
   # The memo lives at the cache root: file digests do not depend on the
   # module, so every namespace shares it.
@@ -218,6 +239,9 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
       failures.append((paths[i], images_lib.os_error_reason(paths[i], d)))
     else:
       readable.append(i)
+  if key_suffixes is not None:
+    digests = [d if isinstance(d, OSError) else d + suffix
+               for d, suffix in zip(digests, key_suffixes, strict=True)]
   keys = [digests[i] for i in readable]
   missing_count = len({k for k in keys if k not in store})
   if missing_count:
@@ -230,7 +254,8 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
   progress = Progress('Bottlenecks', missing_count, interval=progress_interval)
   reasons = {}
   compute = make_compute_fn([paths[i] for i in readable], module, batch_size,
-                            reasons)
+                            reasons,
+                            None if boxes is None else boxes[readable])
   vectors, ok_readable, stats = store.get_or_compute(
       keys, compute, on_batch=progress.update)
   if missing_count:
@@ -240,7 +265,8 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
   ok[np.asarray(readable, dtype=np.int64)[ok_readable]] = True
   for k in np.flatnonzero(~ok_readable):
     i = readable[k]
-    reason = reasons.get(int(k)) or _decode_error(paths[i], module.input_size)
+    reason = reasons.get(int(k)) or _decode_error(
+        paths[i], module.input_size, None if boxes is None else boxes[i])
     failures.append((paths[i], reason))
   for path, reason in failures:
     logging.warning('Skipping %s: %s', path, reason)

@@ -166,7 +166,7 @@ def rotate_and_shift(image: tf.Tensor, angle, dx, dy) -> tf.Tensor:
 
 
 def distort_image(contents: tf.Tensor, size: Tuple[int, int], seed: tf.Tensor,
-                  d: Distortions) -> tf.Tensor:
+                  d: Distortions, box=None) -> tf.Tensor:
   """One distorted copy of an encoded image.
 
   Args:
@@ -174,6 +174,8 @@ def distort_image(contents: tf.Tensor, size: Tuple[int, int], seed: tf.Tensor,
     size: (h, w), the module's input size.
     seed: int64 [2], from copy_seed.
     d: the settings; distortions that are off cost nothing.
+    box: None, or the crop (--crop_to_boxes) the copy is made of, float32
+      [4] as for images.decode_and_resize.
 
   Returns:
     float32 [h, w, 3] in [0, 1]. With every setting off it equals
@@ -190,10 +192,10 @@ def distort_image(contents: tf.Tensor, size: Tuple[int, int], seed: tf.Tensor,
     big_w = tf.maximum(w, tf.cast(tf.round(enlarge * w), tf.int32))
     # Decoded straight at the enlarged size (antialiased), as retrain.py
     # resized the full image before cropping, so the window keeps detail.
-    image = images_lib.decode_and_resize(contents, (big_h, big_w))
+    image = images_lib.decode_and_resize(contents, (big_h, big_w), box)
     image = tf.image.stateless_random_crop(image, [h, w, 3], seeds[1])
   else:
-    image = images_lib.decode_and_resize(contents, size)
+    image = images_lib.decode_and_resize(contents, size, box)
   if d.random_rotation or d.random_shift:
     angle = tf.random.stateless_uniform(
         [], seeds[2], -d.random_rotation, d.random_rotation) * (math.pi / 180)
@@ -211,12 +213,14 @@ def distort_image(contents: tf.Tensor, size: Tuple[int, int], seed: tf.Tensor,
 
 
 def make_compute_fn(paths: Sequence[str], seeds: np.ndarray,
-                    module: FeatureModule, d: Distortions, batch_size: int):
+                    module: FeatureModule, d: Distortions, batch_size: int,
+                    boxes: Optional[np.ndarray] = None):
   """A `bottleneck_cache.ComputeFn` over (image, copy) items.
 
   Args:
     paths: the image file of each item (one per copy).
     seeds: int64 [len(paths), 2], each item's copy_seed.
+    boxes: None, or float32 [len(paths), 4], each item's crop.
   """
   size = module.input_size
 
@@ -224,13 +228,17 @@ def make_compute_fn(paths: Sequence[str], seeds: np.ndarray,
     missing = np.asarray(missing, dtype=np.int64)
     files = tf.constant([paths[i] for i in missing])
     item_seeds = tf.constant(seeds[missing], tf.int64)
+    item_boxes = tf.constant(
+        np.zeros((len(missing), 4), np.float32) if boxes is None
+        else boxes[missing], tf.float32)
 
-    def load(index, path, seed):
-      return index, distort_image(tf.io.read_file(path), size, seed, d)
+    def load(index, path, seed, box):
+      return index, distort_image(tf.io.read_file(path), size, seed, d,
+                                  None if boxes is None else box)
 
     yield from bottlenecks_lib.run_module(
-        module, bottlenecks_lib.image_batches((missing, files, item_seeds),
-                                              load, batch_size))
+        module, bottlenecks_lib.image_batches(
+            (missing, files, item_seeds, item_boxes), load, batch_size))
 
   return compute
 
@@ -254,7 +262,8 @@ def compute_distorted(paths: Sequence[str], module: FeatureModule,
                       store: bottleneck_cache.BottleneckStore,
                       distortions: Distortions, copies: int, seed: int,
                       batch_size: int, image_keys: Optional[Sequence[str]] = None,
-                      progress_interval: float = 5.0) -> DistortedCopies:
+                      progress_interval: float = 5.0,
+                      boxes: Optional[np.ndarray] = None) -> DistortedCopies:
   """`copies` distorted copies of each image, from the cache where possible.
 
   Args:
@@ -266,6 +275,8 @@ def compute_distorted(paths: Sequence[str], module: FeatureModule,
     image_keys: the content keys of `paths` (bottleneck_cache.file_digest),
       if already known; computed otherwise.
     progress_interval: seconds between progress lines.
+    boxes: None, or float32 [len(paths), 4]: copies of these crops (then
+      image_keys must be the crops' keys).
   """
   if image_keys is None:
     image_keys = [bottleneck_cache.file_digest(p) for p in paths]
@@ -287,7 +298,9 @@ def compute_distorted(paths: Sequence[str], module: FeatureModule,
         len(set(keys)) - missing_count, store.directory)
   progress = Progress('Distorted copies', missing_count,
                       interval=progress_interval)
-  compute = make_compute_fn(item_paths, seeds, module, distortions, batch_size)
+  compute = make_compute_fn(
+      item_paths, seeds, module, distortions, batch_size,
+      None if boxes is None else boxes[np.asarray(item_source, np.int64)])
   vectors, ok, stats = store.get_or_compute(keys, compute,
                                             on_batch=progress.update)
   if missing_count:
@@ -300,7 +313,9 @@ def compute_distorted(paths: Sequence[str], module: FeatureModule,
 
 
 def training_copies(config, module: FeatureModule, paths: Sequence[str],
-                    image_keys: Sequence[str]) -> Optional[DistortedCopies]:
+                    image_keys: Sequence[str],
+                    boxes: Optional[np.ndarray] = None
+                    ) -> Optional[DistortedCopies]:
   """The distorted copies a run's config asks for, or None if none are.
 
   Args:
@@ -308,6 +323,7 @@ def training_copies(config, module: FeatureModule, paths: Sequence[str],
       random_seed, bottleneck_dir, bottleneck_batch_size are read).
     module: the feature module.
     paths, image_keys: the training images and their content keys.
+    boxes: None, or float32 [len(paths), 4], the crops (--crop_to_boxes).
   """
   distortions = Distortions.from_config(config)
   if not distortions.any():
@@ -317,7 +333,8 @@ def training_copies(config, module: FeatureModule, paths: Sequence[str],
       cache_namespace(module, distortions, config.random_seed))
   copies = compute_distorted(
       paths, module, store, distortions, config.distorted_copies,
-      config.random_seed, config.bottleneck_batch_size, image_keys=image_keys)
+      config.random_seed, config.bottleneck_batch_size, image_keys=image_keys,
+      boxes=boxes)
   logging.info('Distorted copies: %d reused from the cache, %d computed; '
                'training on %d originals and %d copies.', copies.stats.reused,
                copies.stats.computed, len(paths), len(copies.vectors))
