@@ -302,3 +302,38 @@ def test_bccd_voc_tree_and_csv_give_the_same_examples():
   assert tree.dataset.labels == ('Platelets', 'RBC', 'WBC')
   # The two degenerate boxes BCCD has are skipped, in both.
   assert len(tree.skipped) == len(table.skipped) == 2
+
+
+@pytest.mark.slow
+def test_label_image_classifies_each_box(tmp_path, fake_module):
+  import json
+  import subprocess
+  import sys
+  root = make_voc_tree(tmp_path / 'VOC')
+  cfg = shrunk_config(root, tmp_path / 'out', fake_module, crop_to_boxes=True,
+                      output_graph='')
+  pipeline.run(cfg)
+  photo = tmp_path / 'new'
+  two_colour_photo(photo / 'q.jpg', left=BLUE, right=RED, seed=5)
+  (photo / 'q.xml').write_text(voc_xml('q.jpg', HALVES + [
+      ('x', 30, 30, 20, 40)]))
+  (photo / 'q.csv').write_text('xmax,ymax,image,xmin,ymin\n40,60,q.jpg,1,1\n')
+  tool = pathlib.Path(__file__).resolve().parents[1] / 'tools' / \
+      'label_image.py'
+  for annotation, expected in (('q.xml', 2), ('q.csv', 1)):
+    done = subprocess.run(
+        [sys.executable, str(tool), f'--saved_model_dir={cfg.saved_model_dir}',
+         f'--boxes={photo / annotation}', '--output_format=json',
+         f'--crop_margin={cfg.crop_margin}'],
+        capture_output=True, text=True, timeout=300)
+    records = json.loads(done.stdout)
+    good = [r for r in records if not r.get('error')]
+    assert len(good) == expected, done.stderr[-2000:]
+    # Left half of q.jpg is blue: the 'berry' colour of training.
+    assert good[0]['image'].endswith('q.jpg#1,1,40,60')
+    assert good[0]['predictions'][0]['label'] == 'berry'
+    if annotation == 'q.xml':
+      assert good[1]['image'].endswith('q.jpg#41,1,80,60')
+      assert good[1]['predictions'][0]['label'] == 'apple'
+      assert done.returncode == 1  # the inverted box is reported
+      assert any('inverted' in str(r.get('error')) for r in records)

@@ -365,11 +365,14 @@ def _reason(error: Exception) -> str:
   return message or type(error).__name__
 
 
-def _load(path: str, size, input_mean: float, input_std: float):
-  """float32 [H, W, 3] ready for the model, or the reason it failed."""
+def _load(path: str, size, input_mean: float, input_std: float, box=None):
+  """float32 [H, W, 3] ready for the model, or the reason it failed.
+
+  box: None, or the crop (top, left, bottom, right) in [0, 1] (--boxes).
+  """
   from retrain import images  # pylint: disable=g-import-not-at-top
   try:
-    image = images.load_image(path, size).numpy()
+    image = images.load_image(path, size, box).numpy()
   except Exception as e:  # pylint: disable=broad-except
     return _reason(e)
   if (input_mean, input_std) != (DEFAULT_INPUT_MEAN, DEFAULT_INPUT_STD):
@@ -395,11 +398,15 @@ def classify_files(model: Model, paths: Sequence[str],
                    batch_size: int = DEFAULT_BATCH_SIZE,
                    input_mean: float = DEFAULT_INPUT_MEAN,
                    input_std: float = DEFAULT_INPUT_STD,
-                   timing: Optional[Timing] = None) -> List[Record]:
+                   timing: Optional[Timing] = None,
+                   boxes: Optional[Sequence] = None,
+                   names: Optional[Sequence[str]] = None) -> List[Record]:
   """Classifies image files in batches; one Record per path, in order.
 
   Files are decoded on a thread pool while the model runs on the previous
   batch. A file that cannot be read or decoded gets a Record with its error.
+  With `boxes` (one crop per path, see _load) each crop is classified, and
+  `names` (one per path) name the records.
   """
   from retrain.common.progress import Progress  # pylint: disable=g-import-not-at-top
   timing = timing if timing is not None else Timing()
@@ -409,15 +416,20 @@ def classify_files(model: Model, paths: Sequence[str],
   progress = Progress('Classified', len(paths), interval=10.0)
   with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 2) as pool:
 
-    def submit(chunk):
-      return [pool.submit(_load, p, model.input_size, input_mean, input_std)
-              for p in chunk]
+    def submit(k):
+      return [pool.submit(_load, p, model.input_size, input_mean, input_std,
+                          None if boxes is None else box)
+              for p, box in zip(chunks[k], box_chunks[k], strict=True)]
 
     chunks = list(_chunks(list(paths), max(1, batch_size)))
-    pending = submit(chunks[0]) if chunks else []
+    box_chunks = list(_chunks(list(boxes) if boxes is not None else
+                              [None] * len(paths), max(1, batch_size)))
+    name_chunks = list(_chunks(list(names) if names is not None else
+                               list(paths), max(1, batch_size)))
+    pending = submit(0) if chunks else []
     for k, chunk in enumerate(chunks):
       loaded = [f.result() for f in pending]
-      pending = submit(chunks[k + 1]) if k + 1 < len(chunks) else []
+      pending = submit(k + 1) if k + 1 < len(chunks) else []
       good = [i for i, x in enumerate(loaded) if isinstance(x, np.ndarray)]
       probs = np.zeros([0, len(model.labels)], np.float32)
       if good:
@@ -425,7 +437,7 @@ def classify_files(model: Model, paths: Sequence[str],
         probs = model.predict(np.stack([loaded[i] for i in good]))
         timing.model += time.monotonic() - tick
       row = dict(zip(good, probs))
-      for i, path in enumerate(chunk):
+      for i, path in enumerate(name_chunks[k]):
         if i in row:
           order = np.argsort(-row[i], kind='stable')[:top_k]
           records.append(Record(path, [(model.labels[j], float(row[i][j]))
@@ -504,6 +516,15 @@ def _define_flags():
                             'recursively) or glob; repeat for more. Images '
                             'may also be given as arguments.')
   flags.DEFINE_integer('top_k', DEFAULT_TOP_K, 'Labels shown per image.')
+  # --- Crops to annotated boxes (retrain/data/boxes.py, docs/boxes.md) ---
+  flags.DEFINE_string('boxes', None, 'A VOC XML or CSV file of boxes: '
+                      'classify the crop of each box (one result per box) '
+                      'instead of whole images.')
+  from retrain.config import DEFAULTS  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_float('crop_margin', DEFAULTS.crop_margin,
+                     'With --boxes: percent of context added around each '
+                     'box, as --crop_margin was when training.')
+  # --- end ---
   flags.DEFINE_integer('batch_size', DEFAULT_BATCH_SIZE,
                        'Images per model call.')
   flags.DEFINE_enum('output_format', 'table', list(OUTPUT_FORMATS),
@@ -532,6 +553,8 @@ def main(argv) -> int:
   from retrain.config import DEFAULTS  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   specs = list(f.image) + list(argv[1:])
+  if f.boxes:
+    return _main_boxes(f, specs)
   if not specs:
     logging.error('No images given: pass --image FILE_OR_FOLDER (repeatable) '
                   'or list them after the flags.')
@@ -581,6 +604,44 @@ def main(argv) -> int:
                   len(records))
     return 1
   return 0
+
+
+def _main_boxes(f, specs) -> int:
+  """label_image --boxes FILE: one result per box of FILE (VOC XML or CSV;
+  the images they name, or for a CSV, paths relative to the one folder
+  given as --image)."""
+  from retrain.config import DEFAULTS  # pylint: disable=g-import-not-at-top
+  from retrain.data import boxes as boxes_lib  # pylint: disable=g-import-not-at-top
+  if len(specs) > 1:
+    logging.error('--boxes takes at most one --image (the folder the CSV\'s '
+                  'paths are relative to); got %d.', len(specs))
+    return 2
+  try:
+    saved_model_dir = f.saved_model_dir or (None if f.graph else
+                                            DEFAULTS.saved_model_dir)
+    model = load_model(saved_model_dir, f.graph, f.labels, f.input_layer,
+                       f.output_layer, f.input_height, f.input_width)
+    crops, skipped = boxes_lib.crops_for_inference(
+        f.boxes, f.crop_margin, DEFAULTS.min_box_size,
+        specs[0] if specs else '')
+    records = [Record(name, error=reason) for name, reason in skipped]
+    records += classify_files(
+        model, [c.image for c in crops], f.top_k, f.batch_size, f.input_mean,
+        f.input_std, boxes=[c.box for c in crops],
+        names=[c.name for c in crops])
+    text = format_records(records, f.output_format)
+  except RetrainError as e:
+    logging.error('%s', e)
+    return 1
+  if f.output_file:
+    with open(f.output_file, 'w', encoding='utf-8', newline='') as out:
+      out.write(text)
+  else:
+    sys.stdout.write(text)
+  failed = [r for r in records if r.error is not None]
+  for r in failed:
+    logging.warning('Could not classify %s: %s', r.image, r.error)
+  return 1 if failed else 0
 
 
 def run():

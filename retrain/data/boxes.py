@@ -152,8 +152,18 @@ def read_voc_xml(xml_path: str, image_path: Optional[str] = None,
                        ) from e
   root = tree.getroot()
   if image_path is None:
-    name = _text(root, 'filename', xml_path)
-    image_path = os.path.join(os.path.dirname(xml_path), name)
+    # <filename>, else an image with the XML's stem beside it (tools that
+    # renamed the photo often leave <filename> stale).
+    folder = os.path.dirname(os.path.abspath(xml_path))
+    name = _text(root, 'filename', xml_path, required=False)
+    image_path = os.path.join(folder, name) if name else ''
+    if not name or not os.path.exists(image_path):
+      stem = os.path.splitext(os.path.basename(xml_path))[0]
+      beside = [os.path.join(folder, stem + ext)
+                for ext in discover.IMAGE_EXTENSIONS
+                if os.path.exists(os.path.join(folder, stem + ext))]
+      image_path = beside[0] if beside else image_path or os.path.join(
+          folder, stem + '.jpg')
   boxes = []
   for number, obj in enumerate(root.iter('object'), 1):
     where = f'{xml_path} (object {number})'
@@ -305,7 +315,8 @@ def _find_column(header: List[str], names: Sequence[str]) -> Optional[int]:
 
 
 def read_boxes_csv(csv_path: str, image_dir: str = '',
-                   label_column: str = '') -> Annotations:
+                   label_column: str = '',
+                   need_label: bool = True) -> Annotations:
   """One box per row; columns found by header name (see module doc).
 
   Raises:
@@ -331,7 +342,7 @@ def read_boxes_csv(csv_path: str, image_dir: str = '',
     raise DatasetError(
         f'{csv_path}: no image column among the columns found ({header}); '
         f'name it one of {", ".join(CSV_PATH_COLUMNS)}.')
-  if label_col is None:
+  if label_col is None and need_label:
     wanted = f' {label_column!r}' if label_column else ''
     raise DatasetError(
         f'{csv_path}: no label column{wanted} among the columns found '
@@ -365,7 +376,8 @@ def read_boxes_csv(csv_path: str, image_dir: str = '',
     except ValueError as e:
       raise DatasetError(f'{where}: a box coordinate is not a number ({e}).'
                          ) from e
-    boxes.append(Box(image, fields[label_col], *coords, where=where))
+    boxes.append(Box(image, '' if label_col is None else fields[label_col],
+                     *coords, where=where))
   return Annotations(boxes, base, None, (),
                      f'boxes from {csv_path}, split by the stable hash')
 
@@ -585,3 +597,54 @@ def _photo_subset(rel_photo: str, path: str, given: Optional[dict],
   if percent < validation_percentage + testing_percentage:
     return sources.TEST
   return sources.TRAIN
+
+
+# --- Boxes at inference (label_image --boxes) ----------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceCrop:
+  """One box to classify: image path, float32 [4] crop as in Crops.boxes,
+  and its name in the results, 'photo.jpg#xmin,ymin,xmax,ymax'."""
+  image: str
+  box: np.ndarray
+  name: str
+
+
+def crops_for_inference(annotation: str, margin: float, min_size: int,
+                        image_dir: str = ''):
+  """The boxes of one VOC XML or CSV file, as crops to classify.
+
+  Args:
+    annotation: a .csv (columns as for --boxes_csv; the label column is
+      optional) or a VOC XML file (its <filename> beside it).
+    margin, min_size: as --crop_margin and --min_box_size.
+    image_dir: for a CSV, the folder its paths are relative to ('' for the
+      CSV's folder).
+
+  Returns:
+    (crops, skipped): skipped is (name, reason) of boxes that cannot be
+    cropped (inverted, outside, too small, unreadable image).
+  """
+  if annotation.lower().endswith('.csv'):
+    found = read_boxes_csv(annotation, image_dir, need_label=False).boxes
+  else:
+    found = read_voc_xml(annotation)
+  crops, skipped, sizes = [], [], {}
+  for box in found:
+    name = f'{box.image}#{box.coords()}'
+    if box.image not in sizes:
+      _check_image_exists(box.image, annotation)
+      try:
+        sizes[box.image] = upright_size(box.image)
+      except Exception as e:  # pylint: disable=broad-except
+        sizes[box.image] = f'not a readable image ({e})'
+    if isinstance(sizes[box.image], str):
+      skipped.append((name, sizes[box.image]))
+      continue
+    fraction, reason = crop_fraction(box, *sizes[box.image], margin, min_size)
+    if fraction is None:
+      skipped.append((name, reason))
+    else:
+      crops.append(InferenceCrop(box.image, fraction, name))
+  return crops, skipped
