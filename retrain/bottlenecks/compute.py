@@ -71,10 +71,12 @@ def _hash_files(paths: Sequence[str], memo: bottleneck_cache.DigestMemo
       return memo.digest(path)
     except OSError as e:
       return e
+  # Each file once: with --crop_to_boxes a photo is listed once per box.
+  unique = list(dict.fromkeys(paths))
   with concurrent.futures.ThreadPoolExecutor(_HASH_THREADS) as pool:
-    digests = list(pool.map(digest, paths))
+    found = dict(zip(unique, pool.map(digest, unique), strict=True))
   memo.save()
-  return digests
+  return [found[path] for path in paths]
 
 
 def _decode_error(path: str, size, box=None) -> str:

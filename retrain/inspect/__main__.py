@@ -12,12 +12,19 @@ from retrain.config.INSPECT_DEFAULTS.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 
-from absl import app, flags, logging
+# The report's matrices are small (a few thousand x 256); OpenBLAS's worker
+# threads only spin against the feature module for the cores: the out-of-
+# fold heads of 3,670 photos took 13 s with them and 3 s without, on 2
+# busy cores. Set before numpy is first imported.
+os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 
-from retrain import __main__ as retrain_cli
-from retrain.config import INSPECT_DEFAULTS, InspectConfig
+from absl import app, flags, logging  # noqa: E402
+
+from retrain import __main__ as retrain_cli  # noqa: E402
+from retrain.config import INSPECT_DEFAULTS, InspectConfig  # noqa: E402
 
 _I = INSPECT_DEFAULTS
 

@@ -124,8 +124,9 @@ def fit_softmax(x: np.ndarray, y: np.ndarray, num_classes: int,
                 l2: float = 0.1):
   """A linear softmax head (the model retrain trains), fitted full-batch
   with Adam on standardised features; returns predict(x) -> probs [m, C]."""
+  x = np.asarray(x, np.float32)
   mean = x.mean(axis=0)
-  scale = x.std(axis=0) + 1e-6
+  scale = x.std(axis=0) + np.float32(1e-6)
   xs = (x - mean) / scale
   n, d = xs.shape
   w = np.zeros((d, num_classes), np.float32)
@@ -139,11 +140,11 @@ def fit_softmax(x: np.ndarray, y: np.ndarray, num_classes: int,
     for k, (param, grad) in enumerate(zip((w, b), grads, strict=True)):
       m[k] = 0.9 * m[k] + 0.1 * grad
       v[k] = 0.999 * v[k] + 0.001 * grad * grad
-      param -= learning_rate * (m[k] / (1 - 0.9**t)) / (
-          np.sqrt(v[k] / (1 - 0.999**t)) + 1e-8)
+      param -= (learning_rate * (m[k] / (1 - 0.9**t)) / (
+          np.sqrt(v[k] / (1 - 0.999**t)) + 1e-8)).astype(np.float32)
 
   def predict(other: np.ndarray) -> np.ndarray:
-    return _softmax(((other - mean) / scale) @ w + b)
+    return _softmax(((np.asarray(other, np.float32) - mean) / scale) @ w + b)
 
   return predict
 
@@ -157,8 +158,8 @@ def random_projection(vectors: np.ndarray, dims: int,
   if x.shape[1] <= dims:
     return x
   matrix = np.random.default_rng(seed).standard_normal(
-      (x.shape[1], dims)).astype(np.float32) / np.sqrt(dims)
-  return x @ matrix
+      (x.shape[1], dims)) / np.sqrt(dims)
+  return x @ matrix.astype(np.float32)
 
 
 def out_of_fold_probabilities(vectors: np.ndarray, labels: np.ndarray,
