@@ -120,13 +120,8 @@ def run(config: Config) -> RunResult:
   started = time.monotonic()
   check_config(config)
 
-  # --- Crops to annotated boxes (retrain/data/boxes.py) ---
-  crops = None
-  if config.crop_to_boxes:
-    layout, crops = boxes_lib.load_crop_layout(config)
-  else:
-    layout = layouts.load_layout(config)
-  # --- end ---
+  # crops: None, or the box of each example (--crop_to_boxes).
+  layout, crops = boxes_lib.load_examples(config)
   dataset = layout.dataset
   labels = list(dataset.labels)
   logging.info('Found %d images in %d classes: %s.', len(dataset.images),
@@ -146,8 +141,7 @@ def run(config: Config) -> RunResult:
   paths = [image.path for image in dataset.images]
   computed = bottlenecks_lib.compute_bottlenecks(
       paths, runner, store, config.bottleneck_batch_size,
-      **({} if crops is None else dict(boxes=crops.boxes,
-                                        key_suffixes=crops.key_suffixes)))
+      **boxes_lib.Crops.bottleneck_args(crops))
   timings['bottlenecks'] = time.monotonic() - phase
   peak_rss['bottlenecks'] = _peak_rss_mib()
   stats = computed.stats

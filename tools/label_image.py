@@ -553,9 +553,7 @@ def main(argv) -> int:
   from retrain.config import DEFAULTS  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   specs = list(f.image) + list(argv[1:])
-  if f.boxes:
-    return _main_boxes(f, specs)
-  if not specs:
+  if not specs and not f.boxes:
     logging.error('No images given: pass --image FILE_OR_FOLDER (repeatable) '
                   'or list them after the flags.')
     return 2
@@ -565,7 +563,12 @@ def main(argv) -> int:
   try:
     model = load_model(saved_model_dir, f.graph, f.labels, f.input_layer,
                        f.output_layer, f.input_height, f.input_width)
-    paths, problems = find_images(specs)
+    crops = names = None
+    if f.boxes:  # --- crops to annotated boxes (docs/boxes.md) ---
+      paths, problems, crops, names = _box_crops(f.boxes, f.crop_margin,
+                                                 specs)
+    else:
+      paths, problems = find_images(specs)
     logging.info('Classifying %d images with %s (%s, %dx%d, %d classes).',
                  len(paths), model.path, model.kind, model.input_size[0],
                  model.input_size[1], len(model.labels))
@@ -576,7 +579,8 @@ def main(argv) -> int:
                              np.float32))
     timing = Timing()
     records = problems + classify_files(model, paths, f.top_k, f.batch_size,
-                                        f.input_mean, f.input_std, timing)
+                                        f.input_mean, f.input_std, timing,
+                                        boxes=crops, names=names)
     text = format_records(records, f.output_format)
   except RetrainError as e:
     logging.error('%s', e)
@@ -606,42 +610,21 @@ def main(argv) -> int:
   return 0
 
 
-def _main_boxes(f, specs) -> int:
-  """label_image --boxes FILE: one result per box of FILE (VOC XML or CSV;
-  the images they name, or for a CSV, paths relative to the one folder
-  given as --image)."""
+def _box_crops(annotation: str, margin: float, specs: Sequence[str]):
+  """--boxes FILE: (paths, problem records, crops, names), one per box of
+  FILE (VOC XML, or CSV whose paths are relative to the one folder given
+  as --image, else to the CSV's folder)."""
   from retrain.config import DEFAULTS  # pylint: disable=g-import-not-at-top
   from retrain.data import boxes as boxes_lib  # pylint: disable=g-import-not-at-top
   if len(specs) > 1:
-    logging.error('--boxes takes at most one --image (the folder the CSV\'s '
-                  'paths are relative to); got %d.', len(specs))
-    return 2
-  try:
-    saved_model_dir = f.saved_model_dir or (None if f.graph else
-                                            DEFAULTS.saved_model_dir)
-    model = load_model(saved_model_dir, f.graph, f.labels, f.input_layer,
-                       f.output_layer, f.input_height, f.input_width)
-    crops, skipped = boxes_lib.crops_for_inference(
-        f.boxes, f.crop_margin, DEFAULTS.min_box_size,
-        specs[0] if specs else '')
-    records = [Record(name, error=reason) for name, reason in skipped]
-    records += classify_files(
-        model, [c.image for c in crops], f.top_k, f.batch_size, f.input_mean,
-        f.input_std, boxes=[c.box for c in crops],
-        names=[c.name for c in crops])
-    text = format_records(records, f.output_format)
-  except RetrainError as e:
-    logging.error('%s', e)
-    return 1
-  if f.output_file:
-    with open(f.output_file, 'w', encoding='utf-8', newline='') as out:
-      out.write(text)
-  else:
-    sys.stdout.write(text)
-  failed = [r for r in records if r.error is not None]
-  for r in failed:
-    logging.warning('Could not classify %s: %s', r.image, r.error)
-  return 1 if failed else 0
+    raise LabelImageError(
+        f'--boxes takes at most one --image (the folder the CSV\'s paths are '
+        f'relative to); got {len(specs)}.')
+  crops, skipped = boxes_lib.crops_for_inference(
+      annotation, margin, DEFAULTS.min_box_size, specs[0] if specs else '')
+  return ([c.image for c in crops],
+          [Record(name, error=reason) for name, reason in skipped],
+          [c.box for c in crops], [c.name for c in crops])
 
 
 def run():

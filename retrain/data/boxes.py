@@ -496,6 +496,22 @@ class Crops:
   boxes: np.ndarray
   key_suffixes: Tuple[str, ...]
 
+  @staticmethod
+  def bottleneck_args(crops: Optional['Crops']) -> dict:
+    """Keyword arguments of compute_bottlenecks for these crops ({} for
+    whole images)."""
+    if crops is None:
+      return {}
+    return {'boxes': crops.boxes, 'key_suffixes': crops.key_suffixes}
+
+
+def load_examples(config) -> Tuple[sources.Layout, Optional[Crops]]:
+  """The examples of a run: (load_crop_layout(config)) with
+  --crop_to_boxes, else (sources.load_layout(config), None)."""
+  if config.crop_to_boxes:
+    return load_crop_layout(config)
+  return sources.load_layout(config), None
+
 
 def load_crop_layout(config) -> Tuple[sources.Layout, Crops]:
   """One example per usable box (see module doc).

@@ -79,11 +79,7 @@ def inspect_dataset(config: Config, options: InspectConfig) -> InspectResult:
   sources.check_layout_config(config)
   timings = {}
   started = time.monotonic()
-  crops = None
-  if config.crop_to_boxes:
-    layout, crops = boxes_lib.load_crop_layout(config)
-  else:
-    layout = sources.load_layout(config)
+  layout, crops = boxes_lib.load_examples(config)
   dataset = layout.dataset
   labels = list(dataset.labels)
   paths = [image.path for image in dataset.images]
@@ -99,8 +95,7 @@ def inspect_dataset(config: Config, options: InspectConfig) -> InspectResult:
   phase = time.monotonic()
   computed = bottlenecks_lib.compute_bottlenecks(
       paths, runner, store, config.bottleneck_batch_size,
-      **({} if crops is None else dict(boxes=crops.boxes,
-                                        key_suffixes=crops.key_suffixes)))
+      **boxes_lib.Crops.bottleneck_args(crops))
   timings['bottlenecks'] = time.monotonic() - phase
 
   phase = time.monotonic()
