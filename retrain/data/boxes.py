@@ -505,21 +505,36 @@ class Crops:
     return {'boxes': crops.boxes, 'key_suffixes': crops.key_suffixes}
 
 
-def load_examples(config) -> Tuple[sources.Layout, Optional[Crops]]:
-  """The examples of a run: (load_crop_layout(config)) with
-  --crop_to_boxes, else (sources.load_layout(config), None)."""
-  if config.crop_to_boxes:
-    return load_crop_layout(config)
-  return sources.load_layout(config), None
+@dataclasses.dataclass(frozen=True)
+class BoxOptions:
+  """The settings of --crop_to_boxes (retrain.config.Config fields of the
+  same names; the defaults live there)."""
+  crop_to_boxes: bool
+  image_dir: str
+  boxes: str
+  boxes_csv: str
+  boxes_label_column: str
+  crop_margin: float
+  min_box_size: int
+  boxes_include_difficult: bool
+  validation_percentage: float
+  testing_percentage: float
 
 
-def load_crop_layout(config) -> Tuple[sources.Layout, Crops]:
+def load_examples(layout_options, options: BoxOptions
+                  ) -> Tuple[sources.Layout, Optional['Crops']]:
+  """The examples of a run: load_crop_layout(options) with crop_to_boxes,
+  else (sources.load_layout(layout_options), None)."""
+  if options.crop_to_boxes:
+    return load_crop_layout(options)
+  return sources.load_layout(layout_options), None
+
+
+def load_crop_layout(config: BoxOptions) -> Tuple[sources.Layout, Crops]:
   """One example per usable box (see module doc).
 
   Args:
-    config: a retrain.config.Config (image_dir, boxes, boxes_csv,
-      boxes_label_column, crop_margin, min_box_size, boxes_include_difficult,
-      validation_percentage, testing_percentage are read).
+    config: the BoxOptions (or a retrain.config.Config).
 
   Returns:
     (layout, crops): layout.dataset.images[i] is the photo of example i with

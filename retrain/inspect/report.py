@@ -22,7 +22,7 @@ from absl import logging
 
 import bottleneck_cache
 from retrain.bottlenecks import compute as bottlenecks_lib
-from retrain.config import Config, InspectConfig
+from retrain.config import Config, InspectConfig, subset
 from retrain.data import boxes as boxes_lib
 from retrain.data import sources
 from retrain.data import split as split_lib
@@ -76,10 +76,12 @@ def check_options(options: InspectConfig) -> None:
 def inspect_dataset(config: Config, options: InspectConfig) -> InspectResult:
   """Builds and writes the report (see module doc)."""
   check_options(options)
-  sources.check_layout_config(config)
+  sources.check_layout_options(subset(sources.LayoutOptions, config))
   timings = {}
   started = time.monotonic()
-  layout, crops = boxes_lib.load_examples(config)
+  layout, crops = boxes_lib.load_examples(
+      subset(sources.LayoutOptions, config), subset(boxes_lib.BoxOptions,
+                                                    config))
   dataset = layout.dataset
   labels = list(dataset.labels)
   paths = [image.path for image in dataset.images]
