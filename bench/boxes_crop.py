@@ -38,13 +38,14 @@ from retrain.head import evaluate, train  # noqa: E402
 
 def _arm(name, vectors, y, split, labels, steps):
   t = time.monotonic()
-  trained = train.train_head(
-      vectors[split.train], y[split.train], len(labels),
-      vectors[split.validation], y[split.validation], steps=steps,
-      learning_rate=DEFAULTS.learning_rate,
+  settings = train.Settings(
+      steps=steps, learning_rate=DEFAULTS.learning_rate,
       batch_size=DEFAULTS.train_batch_size,
       eval_step_interval=max(steps // 10, 1), validation_batch_size=-1,
       seed=0)
+  trained = train.train_head(
+      vectors[split.train], y[split.train], len(labels),
+      vectors[split.validation], y[split.validation], settings)
   test = evaluate.evaluate(trained.head, vectors[split.test], y[split.test])
   per_class = [float(np.mean(test.predictions[test.labels == c] == c))
                for c in range(len(labels))]

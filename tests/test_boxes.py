@@ -326,6 +326,7 @@ def test_label_image_classifies_each_box(tmp_path, fake_module):
          f'--boxes={photo / annotation}', '--output_format=json',
          f'--crop_margin={cfg.crop_margin}'],
         capture_output=True, text=True, timeout=300)
+    assert done.stdout, done.stderr[-3000:]
     records = json.loads(done.stdout)
     good = [r for r in records if not r.get('error')]
     assert len(good) == expected, done.stderr[-2000:]

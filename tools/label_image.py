@@ -481,7 +481,6 @@ def classify_files(model: Model, paths: Sequence[str],
         else:
           records.append(Record(path, error=loaded[i]))
       progress.update(len(chunks[k]))
-  progress.finish()
   timing.images += len(paths)
   timing.total += time.monotonic() - started
   return records

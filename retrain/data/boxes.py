@@ -59,8 +59,10 @@ CSV_PATH_COLUMNS = ('path', 'filename', 'file', 'image', 'image_path',
 CSV_LABEL_COLUMNS = ('label', 'class', 'name', 'class_name', 'cell_type',
                      'category')
 CSV_BOX_COLUMNS = ('xmin', 'ymin', 'xmax', 'ymax')
-_VOC_SETS = (('train', sources.TRAIN), ('val', sources.VALIDATION),
-             ('test', sources.TEST))
+# ImageSets/Main list files and the subset code (int8) of each.
+_VOC_SETS = (('train', split_lib.SUBSET_CODES[split_lib.TRAIN]),
+             ('val', split_lib.SUBSET_CODES[split_lib.VALIDATION]),
+             ('test', split_lib.SUBSET_CODES[split_lib.TEST]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -624,10 +626,10 @@ def _photo_subset(rel_photo: str, path: str, given: Optional[dict],
   split_lib.check_percentages(validation_percentage, testing_percentage)
   percent = split_lib.hash_percentage(rel_photo)
   if percent < validation_percentage:
-    return sources.VALIDATION
+    return split_lib.SUBSET_CODES[split_lib.VALIDATION]
   if percent < validation_percentage + testing_percentage:
-    return sources.TEST
-  return sources.TRAIN
+    return split_lib.SUBSET_CODES[split_lib.TEST]
+  return split_lib.SUBSET_CODES[split_lib.TRAIN]
 
 
 # --- Boxes at inference (label_image --boxes) ----------------------------------

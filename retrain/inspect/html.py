@@ -89,19 +89,9 @@ def _table(rows: List[List], header: List[str]) -> str:
                             + '</tr>' for row in rows) + '</table>')
 
 
-def page(report: dict, rendered: dict) -> str:
-  """The HTML text of the report."""
-  thumb, chart = rendered['thumb'], rendered['charts']
-  data, images = report['data'], report['images']
-  out = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
-         '<title>Dataset health report</title>',
-         f'<style>{_CSS}</style></head><body>',
-         '<h1>Dataset health report</h1>',
-         f'<p>{_e(data["description"])}<br>{data["usable_examples"]} usable '
-         f'examples of {data["examples"]} from {data["files"]} files, '
-         f'{len(data["labels"])} classes; module {_e(data["module"])} '
-         f'(input {images["input_size"][0]}x{images["input_size"][1]}).</p>']
-
+def _classes_and_images(report: dict, chart: dict) -> List[str]:
+  images = report['images']
+  out = []
   out.append('<h2>Classes</h2>')
   out.append(f'<img src="{chart["class_counts"]}" alt="class counts">')
   out.append(_table([[c['label'], c['train'], c['validation'], c['test'],
@@ -133,6 +123,24 @@ def page(report: dict, rendered: dict) -> str:
   if images['exif_rotated']:
     out.append('<p>EXIF-rotated (turned upright when decoded): ' + ', '.join(
         _e(p) for p in images['exif_rotated'][:MAX_LISTED]) + '</p>')
+
+  return out
+
+
+def page(report: dict, rendered: dict) -> str:
+  """The HTML text of the report."""
+  thumb, chart = rendered['thumb'], rendered['charts']
+  data, images = report['data'], report['images']
+  out = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
+         '<title>Dataset health report</title>',
+         f'<style>{_CSS}</style></head><body>',
+         '<h1>Dataset health report</h1>',
+         f'<p>{_e(data["description"])}<br>{data["usable_examples"]} usable '
+         f'examples of {data["examples"]} from {data["files"]} files, '
+         f'{len(data["labels"])} classes; module {_e(data["module"])} '
+         f'(input {images["input_size"][0]}x{images["input_size"][1]}).</p>']
+
+  out.extend(_classes_and_images(report, chart))
 
   out.append(f'<h2>Unreadable files: {len(report["unreadable"])}</h2>')
   out.append(_table([[u['path'], u['reason']] for u in report['unreadable']],

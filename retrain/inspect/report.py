@@ -73,21 +73,50 @@ def check_options(options: InspectConfig) -> None:
                        'must be at least 2.')
 
 
-def inspect_dataset(config: Config, options: InspectConfig) -> InspectResult:
-  """Builds and writes the report (see module doc)."""
-  check_options(options)
-  sources.check_layout_options(subset(sources.LayoutOptions, config))
-  timings = {}
-  started = time.monotonic()
+@dataclasses.dataclass
+class _Examples:
+  """The usable examples of a data set, row k = usable example k.
+
+  usable: int64 [m] indices into layout.dataset.images; y: int64 [m] class
+  ids; subsets: int64 [m] 0 train, 1 validation, 2 test; vectors: float32
+  [m, D]; digests: [m] content keys.
+  """
+  layout: sources.Layout
+  crops: Optional[boxes_lib.Crops]
+  computed: bottlenecks_lib.Bottlenecks
+  usable: np.ndarray
+  y: np.ndarray
+  subsets: np.ndarray
+
+  @property
+  def vectors(self) -> np.ndarray:
+    return self.computed.vectors
+
+  @property
+  def digests(self) -> list:
+    return [self.computed.digests[i] for i in self.usable]
+
+  def item(self, k: int) -> dict:
+    """The JSON of usable example k (ITEM in docs/inspect.md)."""
+    image = self.layout.dataset.images[self.usable[k]]
+    entry = {'path': image.path, 'rel_path': image.rel_path,
+             'label': self.layout.dataset.labels[image.label],
+             'set': split_lib.SUBSETS[int(self.subsets[k])]}
+    if self.crops is not None:
+      entry['box'] = [round(float(v), 5)
+                      for v in self.crops.boxes[self.usable[k]]]
+    return entry
+
+
+def _load_examples(config: Config, timings: dict):
+  """(_Examples, module): the examples as retrain lists and splits them,
+  with their vectors from (or into) retrain's cache."""
   layout, crops = boxes_lib.load_examples(
       subset(sources.LayoutOptions, config), subset(boxes_lib.BoxOptions,
                                                     config))
-  dataset = layout.dataset
-  labels = list(dataset.labels)
-  paths = [image.path for image in dataset.images]
+  paths = [image.path for image in layout.dataset.images]
   logging.info('Inspecting %d examples in %d classes: %s.', len(paths),
-               len(labels), layout.description)
-
+               len(layout.dataset.labels), layout.description)
   module = features.load_module(config.tfhub_module, config.image_size,
                                 config.module_cache_dir)
   runner = tflite_runtime.deferred(module, config.bottleneck_runtime,
@@ -99,47 +128,21 @@ def inspect_dataset(config: Config, options: InspectConfig) -> InspectResult:
       paths, runner, store, config.bottleneck_batch_size,
       **boxes_lib.Crops.bottleneck_args(crops))
   timings['bottlenecks'] = time.monotonic() - phase
-
-  phase = time.monotonic()
   usable = np.flatnonzero(computed.ok)
   if not len(usable):
     raise DatasetError('No example could be decoded; nothing to inspect.')
-  y = np.array([dataset.images[i].label for i in usable], np.int64)
+  y = np.array([layout.dataset.images[i].label for i in usable], np.int64)
   split = sources.make_split(layout, usable, y, config.validation_percentage,
                              config.testing_percentage)
   subsets = np.zeros(len(usable), np.int64)
   for code, name in enumerate(split_lib.SUBSETS):
     subsets[split.subset(name)] = code
-  vectors = computed.vectors
-  digests = [computed.digests[i] for i in usable]
-  box_of = (lambda i: None) if crops is None else (
-      lambda i: crops.boxes[usable[i]].tolist())
+  return _Examples(layout, crops, computed, usable, y, subsets), module
 
-  def item(k: int) -> dict:
-    """The JSON of usable example k."""
-    image = dataset.images[usable[k]]
-    entry = {'path': image.path, 'rel_path': image.rel_path,
-             'label': labels[image.label],
-             'set': split_lib.SUBSETS[int(subsets[k])]}
-    if crops is not None:
-      entry['box'] = [round(v, 5) for v in box_of(k)]
-    return entry
 
-  report = {'schema_version': SCHEMA_VERSION}
-  report['data'] = {
-      'description': layout.description, 'labels': labels,
-      'crop_to_boxes': bool(config.crop_to_boxes),
-      'examples': len(paths), 'usable_examples': int(len(usable)),
-      'files': len(set(paths)), 'module': config.tfhub_module,
-      'input_size': list(module.input_size),
-      'bottleneck_dir': config.bottleneck_dir}
-
-  counts = analysis.class_counts(y, subsets, len(labels))
+def _class_sections(labels, ex: _Examples, options: InspectConfig) -> dict:
+  counts = analysis.class_counts(ex.y, ex.subsets, len(labels))
   ratio = analysis.imbalance_ratio(counts)
-  report['classes'] = [
-      {'label': label, 'train': int(c[0]), 'validation': int(c[1]),
-       'test': int(c[2]), 'total': int(c.sum())}
-      for label, c in zip(labels, counts, strict=True)]
   warning = None
   if ratio > options.imbalance_warning:
     totals = counts.sum(axis=1)
@@ -149,61 +152,97 @@ def inspect_dataset(config: Config, options: InspectConfig) -> InspectResult:
                f'{int(totals.min())}): consider more images of the small '
                'classes, or --sampling classes (the default) / '
                '--class_weighting balanced.')
-  report['imbalance'] = {'ratio': None if np.isinf(ratio) else ratio,
-                         'warning_above': options.imbalance_warning,
-                         'warning': warning}
+  return {
+      'classes': [{'label': label, 'train': int(c[0]),
+                   'validation': int(c[1]), 'test': int(c[2]),
+                   'total': int(c.sum())}
+                  for label, c in zip(labels, counts, strict=True)],
+      'imbalance': {'ratio': None if np.isinf(ratio) else ratio,
+                    'warning_above': options.imbalance_warning,
+                    'warning': warning}}
 
-  report['images'] = _image_stats(paths, usable, crops, module.input_size)
-  failed = {path for path, _ in computed.failures}
-  report['unreadable'] = [{'path': p, 'reason': r}
-                          for p, r in sorted(set(computed.failures))]
-  report['skipped'] = [{'path': p, 'reason': r} for p, r in layout.skipped
-                       if p not in failed]
 
-  exact = analysis.exact_duplicates(digests, y, subsets)
-  report['exact_duplicates'] = {kind: [[item(k) for k in group]
-                                       for group in groups]
-                                for kind, groups in exact.items()}
-  timings['files_and_exact_duplicates'] = time.monotonic() - phase
-
-  phase = time.monotonic()
-  pairs = analysis.near_duplicate_pairs(vectors, options.near_duplicate_cosine,
+def _duplicate_sections(ex: _Examples, options: InspectConfig) -> dict:
+  failed = {path for path, _ in ex.computed.failures}
+  exact = analysis.exact_duplicates(ex.digests, ex.y, ex.subsets)
+  pairs = analysis.near_duplicate_pairs(ex.vectors,
+                                        options.near_duplicate_cosine,
                                         options.near_duplicate_block)
-  near = analysis.group_pairs(pairs, digests, y, subsets)
-  report['near_duplicates'] = {'threshold': options.near_duplicate_cosine}
-  report['near_duplicates'].update({
-      kind: [{'a': item(i), 'b': item(j), 'cosine': round(c, 5)}
-             for i, j, c in found] for kind, found in near.items()})
-  timings['near_duplicates'] = time.monotonic() - phase
+  near = analysis.group_pairs(pairs, ex.digests, ex.y, ex.subsets)
+  near_json = {'threshold': options.near_duplicate_cosine}
+  near_json.update({kind: [{'a': ex.item(i), 'b': ex.item(j),
+                            'cosine': round(c, 5)} for i, j, c in found]
+                    for kind, found in near.items()})
+  return {
+      'unreadable': [{'path': p, 'reason': r}
+                     for p, r in sorted(set(ex.computed.failures))],
+      'skipped': [{'path': p, 'reason': r} for p, r in ex.layout.skipped
+                  if p not in failed],
+      'exact_duplicates': {kind: [[ex.item(k) for k in group]
+                                  for group in groups]
+                           for kind, groups in exact.items()},
+      'near_duplicates': near_json}
 
-  phase = time.monotonic()
-  folds = min(options.label_error_folds, len(usable))
-  probs = analysis.out_of_fold_probabilities(vectors, y, len(labels), folds)
-  suspects = analysis.label_errors(probs, y, options.label_error_given,
+
+def _model_sections(labels, ex: _Examples, options: InspectConfig) -> dict:
+  folds = min(options.label_error_folds, len(ex.usable))
+  probs = analysis.out_of_fold_probabilities(ex.vectors, ex.y, len(labels),
+                                             folds)
+  suspects = analysis.label_errors(probs, ex.y, options.label_error_given,
                                    options.label_error_other)
-  report['label_errors'] = {
-      'folds': folds,
-      'out_of_fold_accuracy': float(np.mean(probs.argmax(axis=1) == y)),
-      'given_below': options.label_error_given,
-      'other_above': options.label_error_other,
-      'suspects': [dict(item(s.index),
-                        given_probability=round(s.given_probability, 4),
-                        predicted=labels[s.predicted],
-                        predicted_probability=round(s.predicted_probability,
-                                                    4))
-                   for s in suspects]}
-  far = analysis.outliers(vectors, y, len(labels), options.outlier_mad)
-  report['outliers'] = {'mad_limit': options.outlier_mad, 'images': [
-      dict(item(k), distance=round(d, 5), robust_z=round(z, 2))
-      for k, d, z in far]}
-  timings['label_errors_and_outliers'] = time.monotonic() - phase
+  far = analysis.outliers(ex.vectors, ex.y, len(labels), options.outlier_mad)
+  return {
+      'label_errors': {
+          'folds': folds,
+          'out_of_fold_accuracy': float(np.mean(probs.argmax(axis=1) ==
+                                                ex.y)),
+          'given_below': options.label_error_given,
+          'other_above': options.label_error_other,
+          'suspects': [dict(ex.item(s.index),
+                            given_probability=round(s.given_probability, 4),
+                            predicted=labels[s.predicted],
+                            predicted_probability=round(
+                                s.predicted_probability, 4))
+                       for s in suspects]},
+      'outliers': {'mad_limit': options.outlier_mad, 'images': [
+          dict(ex.item(k), distance=round(d, 5), robust_z=round(z, 2))
+          for k, d, z in far]}}
 
+
+def inspect_dataset(config: Config, options: InspectConfig) -> InspectResult:
+  """Builds and writes the report (see module doc)."""
+  check_options(options)
+  sources.check_layout_options(subset(sources.LayoutOptions, config))
+  timings = {}
+  started = time.monotonic()
+  ex, module = _load_examples(config, timings)
+  labels = list(ex.layout.dataset.labels)
+  paths = [image.path for image in ex.layout.dataset.images]
+  report = {'schema_version': SCHEMA_VERSION, 'data': {
+      'description': ex.layout.description, 'labels': labels,
+      'crop_to_boxes': bool(config.crop_to_boxes),
+      'examples': len(paths), 'usable_examples': int(len(ex.usable)),
+      'files': len(set(paths)), 'module': config.tfhub_module,
+      'input_size': list(module.input_size),
+      'bottleneck_dir': config.bottleneck_dir}}
+  for name, make in (
+      ('classes_and_files', lambda: _class_sections(labels, ex, options)),
+      ('duplicates', lambda: _duplicate_sections(ex, options)),
+      ('label_errors_and_outliers',
+       lambda: _model_sections(labels, ex, options))):
+    phase = time.monotonic()
+    report.update(make())
+    if name == 'classes_and_files':
+      report['images'] = _image_stats(paths, ex.usable, ex.crops,
+                                      module.input_size)
+    timings[name] = time.monotonic() - phase
   phase = time.monotonic()
-  page = _render(report, labels, counts, y, usable, paths, crops, options)
+  counts = analysis.class_counts(ex.y, ex.subsets, len(labels))
+  page = _render(report, labels, counts, ex.y, ex.usable, paths, ex.crops,
+                 options)
   timings['charts_and_thumbnails'] = time.monotonic() - phase
   timings['total'] = time.monotonic() - started
   report['timings_seconds'] = {k: round(v, 2) for k, v in timings.items()}
-
   os.makedirs(options.output_dir, exist_ok=True)
   json_path = os.path.join(options.output_dir, REPORT_JSON)
   html_path = os.path.join(options.output_dir, REPORT_HTML)
