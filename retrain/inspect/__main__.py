@@ -72,17 +72,28 @@ def main(argv):
     result = report.inspect_dataset(retrain_cli.config_from_flags(),
                                     options_from_flags())
   except RetrainError as e:
-    logging.error('%s', e)
+    logging.error('%s', retrain_cli.flag_wording(e))
     return 1
   sys.stdout.write(f'{result.html_path}\n{result.json_path}\n')
   return 0
 
 
+USAGE = """retrain-inspect: a dataset health report before training.
+
+Lists the images as retrain would (same data flags), computes their feature
+vectors into retrain's cache, and writes OUTPUT_DIR/report.html (one
+self-contained page) and OUTPUT_DIR/report.json: class counts, image sizes,
+unreadable files, exact and near-duplicates, suspected label errors,
+outliers and a contact sheet per class (docs/inspect.md).
+
+  python -m retrain.inspect --image_dir DIR --output_dir OUT
+"""
+
+
 def run():
-  """Entry point of the `retrain-inspect` console script."""
-  if __name__ != '__main__':
-    retrain_cli.show_flags_in_help(__name__)
-  app.run(main)
+  """Entry point of `python -m retrain.inspect` and `retrain-inspect`."""
+  from retrain.common import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main, 'retrain-inspect', USAGE, [__name__, retrain_cli.__name__])
 
 
 if __name__ == '__main__':
