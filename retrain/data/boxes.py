@@ -164,6 +164,10 @@ def read_voc_xml(xml_path: str, image_path: Optional[str] = None,
       beside = [os.path.join(folder, stem + ext)
                 for ext in discover.IMAGE_EXTENSIONS
                 if os.path.exists(os.path.join(folder, stem + ext))]
+      # A VOC tree: Annotations/x.xml describes ../JPEGImages/x.jpg.
+      tree = os.path.join(os.path.dirname(folder), 'JPEGImages', name)
+      if name and os.path.exists(tree):
+        beside.insert(0, tree)
       image_path = beside[0] if beside else image_path or os.path.join(
           folder, stem + '.jpg')
   boxes = []
