@@ -83,7 +83,14 @@ def paths_of(entries):
 
 @pytest.fixture(scope='module')
 def planted_report(tmp_path_factory):
+  import logging
+
   from retrain.inspect import report
+  # Something below (TensorFlow or the TFLite conversion of the module)
+  # sets absl's logger to WARNING for the rest of the process; later tests
+  # that capture INFO lines need the level back.
+  absl_logger = logging.getLogger('absl')
+  level = absl_logger.level
   tmp = tmp_path_factory.mktemp('inspect')
   module = export_blocks_module(tmp / 'blocks')
   root = make_planted(tmp / 'images')
@@ -91,7 +98,10 @@ def planted_report(tmp_path_factory):
   options = dataclasses.replace(INSPECT_DEFAULTS,
                                 output_dir=str(tmp / 'report'))
   assert not (tmp / 'report').exists()
-  return report.inspect_dataset(config, options), config, options
+  try:
+    return report.inspect_dataset(config, options), config, options
+  finally:
+    absl_logger.setLevel(level)
 
 
 def test_report_lists_exactly_the_planted_problems(planted_report):
