@@ -22,7 +22,7 @@ from retrain.common import phases as phases_lib
 from retrain.common.progress import Progress
 from retrain.config import Config, subset
 from retrain.data import boxes as boxes_lib
-from retrain.data import duplicates, leakage
+from retrain.data import duplicates
 from retrain.data import sources as layouts
 from retrain.data import split as split_lib
 from retrain.errors import DatasetError, OutputError
@@ -218,8 +218,6 @@ def make_split(config: Config, layout: layouts.Layout,
                              config.validation_percentage,
                              config.testing_percentage)
   _log_counts(layout.dataset.labels, images.labels, split)
-  leakage.warn_cross_set_duplicates(  # one line; retrain.inspect tells more
-      images.digests, split, images.rel_paths)
   return split
 
 
