@@ -9,6 +9,7 @@ meanings.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging as std_logging
 import os
 import sys
@@ -28,6 +29,7 @@ from retrain.config import (
   DEFAULTS,  # noqa: E402
   Config,  # noqa: E402
 )
+from retrain.head import auto as head_auto  # noqa: E402 (h15; no TensorFlow)
 
 _D = DEFAULTS
 
@@ -139,6 +141,35 @@ flags.DEFINE_integer('early_stopping_patience', _D.early_stopping_patience,
                      'Stop after this many evaluations without a better '
                      'validation cross entropy and keep the best weights; 0 '
                      'never stops early.')
+# --- h15: head solver (retrain/head/solver.py, docs/accuracy.md) ---
+flags.DEFINE_enum('head_solver', _D.head_solver, list(head_auto.SOLVERS),
+                  'How the head is trained: lbfgs (to convergence, L2 '
+                  'chosen on validation), sgd (retrain.py\'s training '
+                  'exactly) or auto (lbfgs, unless a retrain.py training '
+                  'flag such as --learning_rate is given: then sgd).')
+flags.DEFINE_list('solver_l2_grid', [str(v) for v in _D.solver_l2_grid],
+                  'L2 strengths the lbfgs solver chooses from on '
+                  'validation (comma-separated).')
+flags.DEFINE_list('solver_label_smoothing_grid',
+                  [str(v) for v in _D.solver_label_smoothing_grid],
+                  'Label smoothing values the lbfgs solver chooses from.')
+flags.DEFINE_integer('solver_max_iterations', _D.solver_max_iterations,
+                     'L-BFGS iterations per fit at most.')
+flags.DEFINE_float('solver_tolerance', _D.solver_tolerance,
+                   'A fit stops when an iteration lowers the objective by '
+                   'less than this fraction.')
+flags.DEFINE_integer('solver_folds', _D.solver_folds,
+                     'k of the k-fold choice (used when validation is '
+                     'small).')
+flags.DEFINE_integer('solver_min_validation_per_class',
+                     _D.solver_min_validation_per_class,
+                     'Fewer validation images than this in a class: choose '
+                     'by k-fold on training + validation instead.')
+flags.DEFINE_bool('solver_refit', _D.solver_refit,
+                  'Refit the chosen setting on training + validation.')
+flags.DEFINE_bool('solver_standardise', _D.solver_standardise,
+                  'Standardise each vector dimension before the lbfgs fit.')
+# --- end h15 ---
 flags.DEFINE_bool('flip_left_right', _D.flip_left_right,
                   'Randomly mirror training images horizontally.')
 flags.DEFINE_float('random_crop', _D.random_crop,
@@ -194,11 +225,43 @@ flags.DEFINE_enum('tflite_quantization', _D.tflite_quantization,
 flags.DEFINE_integer('tflite_calibration_images',
                      _D.tflite_calibration_images,
                      'Training images that calibrate int8 quantization.')
+# --- Deployment: ONNX, quantization check, confidence (issue 19) ---
+flags.DEFINE_string('onnx_output_file', _D.onnx_output_file,
+                    'Where an ONNX model is written ("" for none; needs '
+                    'pip install "retrain[onnx]").')
+flags.DEFINE_float('max_quantization_loss', _D.max_quantization_loss,
+                   'Points of top-1 test accuracy a quantized TFLite model '
+                   'may lose against the float model before it is refused.')
+flags.DEFINE_bool('keep_lossy_quantization', _D.keep_lossy_quantization,
+                  'Keep a quantized TFLite model that loses more than '
+                  '--max_quantization_loss (with a warning).')
+flags.DEFINE_bool('calibrate_confidence', _D.calibrate_confidence,
+                  'Temperature-scale the exported probabilities on the '
+                  'validation set.')
+flags.DEFINE_float('target_precision', _D.target_precision,
+                   'Precision the stored rejection threshold aims for on '
+                   'the validation set; below it label_image says unknown.')
+flags.DEFINE_integer('calibration_min_images', _D.calibration_min_images,
+                     'Validation images needed to calibrate and choose the '
+                     'threshold.')
+# --- End of deployment flags ---
 flags.DEFINE_enum('logging_verbosity', 'INFO',
                   ['DEBUG', 'INFO', 'WARN', 'ERROR', 'FATAL'],
                   'How much to log.')
 
 FLAGS = flags.FLAGS
+
+
+# --- Untrusted input (docs/robustness.md) ------------------------------------
+flags.DEFINE_integer('max_image_pixels', _D.max_image_pixels,
+                     'Images whose decoded size would exceed this many '
+                     'pixels are skipped (JPEGs count at the 1/2, 1/4 or 1/8 '
+                     'scale they are decoded at); raise it for genuine huge '
+                     'images.')
+flags.DEFINE_bool('trust_module', _D.trust_module,
+                  'Load a local --tfhub_module even if its graph can read or '
+                  'write files or call Python (a SavedModel is code).')
+# ---
 
 
 def config_from_flags(environ=os.environ) -> Config:
@@ -231,17 +294,40 @@ def main(argv):
   from retrain.features import presets  # pylint: disable=g-import-not-at-top
   if FLAGS.list_modules:
     cache_dir = config_from_flags().module_cache_dir
-    sys.stdout.write(presets.format_module_list(cache_dir) + '\n'
+    # h15: ensembles are listed after the single modules.
+    from retrain.features import ensemble_presets  # pylint: disable=g-import-not-at-top
+    sys.stdout.write(presets.format_module_list(cache_dir,
+                                                DEFAULTS.tfhub_module) +
+                     '\n\n' + ensemble_presets.format_ensemble_list(
+                         DEFAULTS.tfhub_module) + '\n'
                      f'(Set {MODULE_CACHE_ENV} or --module_cache_dir to move '
                      'the module cache.)\n')
     return 0
+  import bottleneck_cache  # pylint: disable=g-import-not-at-top
   from retrain import pipeline, summary  # pylint: disable=g-import-not-at-top
   config = config_from_flags()
   try:
+    # h15: `auto` is sgd when a retrain.py training flag was passed.
+    config = dataclasses.replace(config, head_solver=head_auto.resolve(
+        config.head_solver, [name for name in head_auto.SGD_TRAINING_FLAGS
+                             if FLAGS[name].present]))
     result = pipeline.run(config)
   except RetrainError as e:
     logging.error('%s', flag_wording(e))
     return 1
+  # --- Issue 14: a cache that cannot be written, a full disk: a message.
+  except bottleneck_cache.CacheError as e:
+    logging.error('%s', e)
+    return 1
+  except OSError as e:
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+      raise
+    logging.error('The disk is full: could not write %s (%s). Free some space '
+                  'there or choose an output folder on another disk; '
+                  'nothing half-written was left.', e.filename or 'an output',
+                  e.strerror)
+    return 1
+  # ---
   summary.log_summary(config, result)
   return 0
 

@@ -16,24 +16,32 @@ from absl import logging
 import bottleneck_cache
 from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.bottlenecks import distort as distort_lib
+from retrain.bottlenecks import ensemble as ensemble_bottlenecks
 from retrain.bottlenecks import usable as usable_lib
-from retrain.common import atomic
+from retrain.common import atomic, leftovers
 from retrain.common import phases as phases_lib
 from retrain.common.progress import Progress
 from retrain.config import Config, subset
 from retrain.data import boxes as boxes_lib
-from retrain.data import duplicates
+from retrain.data import duplicates, leakage
 from retrain.data import sources as layouts
 from retrain.data import split as split_lib
 from retrain.errors import DatasetError, OutputError
 from retrain.export import formats as export_formats
+from retrain.export import quantization_check
 from retrain.export import saved_model as export_lib
-from retrain.features import modules as features
+from retrain.features import ensemble as ensemble_lib
 from retrain.features import tflite_runtime
+from retrain.head import auto as head_auto
+from retrain.head import calibration as calibration_lib
 from retrain.head import evaluate as evaluate_lib
 from retrain.head import options as train_options_lib
+from retrain.head import solve as solve_lib
+from retrain.head import solver as solver_lib
 from retrain.head import summaries as summaries_lib
 from retrain.head import train as train_lib
+from retrain.report import confidence
+from retrain.report import deployment as deployment_report
 from retrain.report import skipped as skipped_report
 from retrain.report import writer as explain_lib
 
@@ -74,6 +82,8 @@ class RunResult:
   explained: Optional[explain_lib.Explained] = None
   distorted_stats: Optional[bottleneck_cache.Stats] = None
   peak_rss_mib: Optional[Dict[str, float]] = None
+  # <report_dir>/deployment.json: calibration and quantization checks.
+  deployment_report: Optional[str] = None
 
 
 def check_config(config: Config) -> None:
@@ -93,6 +103,11 @@ def check_config(config: Config) -> None:
   export_lib.check_export_dir(config.saved_model_dir)
   export_formats.check_options(subset(export_formats.ExportOptions, config))
   train_options_lib.check(subset(train_options_lib.TrainOptions, config))
+  calibration_lib.check_options(  # Issue 19.
+      subset(calibration_lib.ConfidenceOptions, config))
+  # h15: the head solver's values.
+  head_auto.resolve(config.head_solver, ())
+  solver_lib.check(solver_lib.SolverOptions.from_config(config))
   if config.projector_max_images < 0:
     raise DatasetError(f'projector_max_images={config.projector_max_images}'
                        ' must be 0 (no projector) or more.',
@@ -114,9 +129,16 @@ def run(config: Config) -> RunResult:
   phases = phases_lib.Phases()
   with phases('startup_and_module', since_start=True):
     check_config(config)
+    # --- Issue 14: temporaries of killed runs beside our outputs go.
+    leftovers.heal([config.saved_model_dir, config.output_labels,
+                    config.output_graph, config.tflite_output_file,
+                    config.report_dir])
+    # ---
     layout, crops = discover(config)  # crops: --crop_to_boxes, else None
-    module = features.load_module(config.tfhub_module, config.image_size,
-                                  config.module_cache_dir)
+    # One module, or an ensemble of several (h15: features/ensemble.py).
+    module = ensemble_lib.load(config.tfhub_module, config.image_size,
+                               config.module_cache_dir,
+                               trust=config.trust_module)
   # The module as the bottlenecks (plain and distorted) run it.
   runner = tflite_runtime.deferred(module, config.bottleneck_runtime,
                                    config.module_cache_dir)
@@ -137,9 +159,10 @@ def run(config: Config) -> RunResult:
   with phases('evaluation'):
     test, misclassified, explained = evaluate(config, labels, trained, images,
                                               split)
+    confidence = calibrate(config, trained, images, split)  # Issue 19.
   with phases('export'):
-    saved = export(config, module, labels, trained, test, images, split,
-                   intermediate)
+    saved, deployment = export(config, module, labels, trained, test, images,
+                               split, intermediate, confidence)
   phases.total()
   if skipped:
     logging.warning('%d images were skipped because they could not be used; '
@@ -153,7 +176,7 @@ def run(config: Config) -> RunResult:
       history=trained.history, misclassified=misclassified,
       saved_model_dir=saved, timings=phases.timings, explained=explained,
       distorted_stats=copies.stats if copies is not None else None,
-      peak_rss_mib=phases.peak_rss)
+      peak_rss_mib=phases.peak_rss, deployment_report=deployment)
   write_run_summary(config, result)
   return result
 
@@ -178,15 +201,24 @@ def bottlenecks(config: Config, dataset, module, runner, crops=None
                 ) -> bottlenecks_lib.Bottlenecks:
   """The bottleneck vector of every discovered image, cached under the
   module's identity and computed by `runner` (the module on its runtime)."""
+  paths = [image.path for image in dataset.images]
   try:
+    # h15: an ensemble computes each member in its own namespace.
+    if getattr(module, 'members', None):
+      return ensemble_bottlenecks.compute_bottlenecks(
+          paths, module, runner, config.bottleneck_dir,
+          config.bottleneck_runtime, config.bottleneck_batch_size,
+          config.module_cache_dir, max_pixels=config.max_image_pixels,
+          **boxes_lib.Crops.bottleneck_args(crops))
     store = bottleneck_cache.BottleneckStore(
         config.bottleneck_dir, bottlenecks_lib.cache_namespace(module))
   except bottleneck_cache.CacheError as e:
     raise OutputError(f'bottleneck_dir: {e}', fields=('bottleneck_dir',)
                       ) from e
   computed = bottlenecks_lib.compute_bottlenecks(
-      [image.path for image in dataset.images], runner, store,
-      config.bottleneck_batch_size, **boxes_lib.Crops.bottleneck_args(crops))
+      paths, runner, store,
+      config.bottleneck_batch_size, max_pixels=config.max_image_pixels,
+      **boxes_lib.Crops.bottleneck_args(crops))
   stats = computed.stats
   logging.info('Bottlenecks: %d reused from the cache, %d computed, %d images '
                'skipped.', stats.reused, stats.computed, len(computed.failures))
@@ -218,6 +250,11 @@ def make_split(config: Config, layout: layouts.Layout,
                              config.validation_percentage,
                              config.testing_percentage)
   _log_counts(layout.dataset.labels, images.labels, split)
+  # --- Issue 14: the same bytes in two of train/validation/test is leakage.
+  leakage.report_leakage(
+      leakage.find_leakage(images.digests, split, images.paths),
+      config.report_dir)
+  # ---
   return split
 
 
@@ -274,8 +311,11 @@ def train(config: Config, module, labels: Sequence[str],
       on_eval_head=explain_lib.ValidationImages(writers.validation, val_x,
                                                 val_y, labels, points))
   try:
-    trained = train_lib.train_head(train_x, train_y, len(labels), val_x,
-                                   val_y, settings, hooks)
+    # h15: the converging solver (None: this run trains with SGD).
+    trained = solve_lib.maybe_solve(config, train_x, train_y, len(labels),
+                                    val_x, val_y, writers)
+    trained = trained or train_lib.train_head(train_x, train_y, len(labels),
+                                              val_x, val_y, settings, hooks)
   finally:
     writers.close()
     progress.finish()
@@ -291,8 +331,11 @@ def evaluate(config: Config, labels: Sequence[str],
   test = evaluate_lib.evaluate(trained.head, images.vectors[split.test],
                                images.labels[split.test],
                                config.test_batch_size, seed=config.random_seed)
-  logging.info('Final test accuracy = %.1f%% (N=%d)', 100 * test.accuracy,
-               test.count)
+  # h15: retrain.py's line plus the Wilson 95% interval.
+  logging.info('%s', confidence.format_accuracy(test.accuracy, test.count))
+  hint = confidence.narrowing_hint(test.accuracy, test.count)
+  if hint:
+    logging.info('%s', hint)
   misclassified = evaluate_lib.format_misclassified(
       test, images.paths_of(split.test), labels)
   if config.print_misclassified_test_images:
@@ -306,28 +349,64 @@ def evaluate(config: Config, labels: Sequence[str],
   return test, misclassified, explained
 
 
+def calibrate(config: Config, trained: train_lib.TrainResult,
+              images: usable_lib.UsableImages, split: split_lib.Split
+              ) -> calibration_lib.Confidence:
+  """Issue 19: the temperature and the rejection threshold, chosen on the
+  validation set; logged and written to TensorBoard."""
+  options = subset(calibration_lib.ConfidenceOptions, config)
+  confidence = calibration_lib.calibrate(
+      trained.head, images.vectors[split.validation],
+      images.labels[split.validation], options.target_precision,
+      options.calibration_min_images, options.calibrate_confidence)
+  deployment_report.log_confidence(confidence)
+  deployment_report.write_tensorboard(
+      config.summaries_dir, confidence,
+      trained.history[-1].step if trained.history else 0)
+  return confidence
+
+
 def export(config: Config, module, labels: Sequence[str],
            trained: train_lib.TrainResult, test: evaluate_lib.Evaluation,
            images: usable_lib.UsableImages, split: split_lib.Split,
-           intermediate) -> Optional[str]:
-  """Writes the labels file and every export asked for; returns the
-  SavedModel folder, or None."""
+           intermediate, confidence: calibration_lib.Confidence):
+  """Writes the labels file and every export asked for; returns (the
+  SavedModel folder or None, <report_dir>/deployment.json).
+
+  Every export carries the calibrated head (confidence.head: the same
+  predictions as trained.head) and the confidence metadata; a quantized TFLite model is
+  first checked on the test set (the validation set when there is none).
+  """
   export_lib.write_labels(config.output_labels, labels)
+  deploy_metadata = {'confidence': confidence.metadata()}
+  held_out = 'test' if len(split.test) else 'validation'
+  rows = split.subset(held_out)
+  gate = quantization_check.Gate(
+      images.paths_of(rows), images.labels[rows], held_out,
+      config.max_quantization_loss, config.keep_lossy_quantization,
+      config.tflite_calibration_images)
   other_formats = export_formats.export_other_formats(
-      subset(export_formats.ExportOptions, config), module, trained.head, labels, images.paths_of(split.train))
+      subset(export_formats.ExportOptions, config), module, confidence.head,
+      labels, images.paths_of(split.train), gate, deploy_metadata)
   if intermediate is not None:
     other_formats['intermediate_graphs'] = intermediate.written
-  if not config.saved_model_dir:
-    return None
-  saved = export_lib.export_saved_model(
-      config.saved_model_dir, module, trained.head, labels,
-      config.final_tensor_name,
-      extra_metadata={'test_accuracy': test.accuracy,
-                      'test_count': test.count,
-                      'other_exports': other_formats})
-  logging.info('Exported the classifier to %s (labels in %s).', saved,
-               config.output_labels)
-  return saved
+  saved = None
+  if config.saved_model_dir:
+    saved = export_lib.export_saved_model(
+        config.saved_model_dir, module, confidence.head, labels,
+        config.final_tensor_name,
+        extra_metadata={'modules': ensemble_lib.describe_modules(module),
+                        'test_accuracy': test.accuracy,
+                        'test_count': test.count,
+                        'other_exports': other_formats,
+                        'quantization_checks': [c.metadata()
+                                                for c in gate.results],
+                        **deploy_metadata})
+    logging.info('Exported the classifier to %s (labels in %s).', saved,
+                 config.output_labels)
+  deployment = deployment_report.write_report(
+      config.report_dir, confidence, gate.results, other_formats)
+  return saved, deployment
 
 
 def write_run_summary(config: Config, result: RunResult) -> str:

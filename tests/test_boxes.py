@@ -260,7 +260,7 @@ def test_decode_with_a_box_crops_after_orientation(tmp_path):
   exif[0x0112] = 6
   Image.fromarray(stored).save(tmp_path / 'r.jpg', exif=exif.tobytes(),
                                quality=95)
-  top = images.load_image(str(tmp_path / 'r.jpg'), (8, 8), [0, 0, 0.5, 1])
+  top = images.load_image(str(tmp_path / 'r.jpg'), (8, 8), box=[0, 0, 0.5, 1])
   # Orientation 6 turns clockwise: the stored left (red) becomes the top.
   np.testing.assert_allclose(np.mean(top.numpy(), (0, 1)),
                              np.array(RED) / 255, atol=0.05)

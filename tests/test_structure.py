@@ -21,7 +21,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Python API and the closing summary come after the pipeline, with
 # __main__.
 LEVELS = (
-    ('retrain.version', 'retrain.common', 'retrain.errors', 'retrain.images'),
+    ('retrain.version', 'retrain.common', 'retrain.errors', 'retrain.images',
+     'retrain.image_header'),
     ('retrain.data',),
     ('retrain.features',),
     ('retrain.bottlenecks',),
@@ -35,12 +36,13 @@ LEVELS = (
      'retrain.inspect.__main__'),
 )
 # retrain.common.cli and .progress give both commands the same --help,
-# --version and progress; they import absl, tqdm and retrain.version only
+# --version and progress, and .walk the same loop-safe folder walk; they import absl, tqdm and retrain.version only
 # (tests/test_first_hour.py checks that label_image loads no other retrain
 # module). label_image --boxes reads VOC XML / CSV boxes as training does
 # (retrain.data.boxes, imported only with --boxes).
 TOOLS_MAY_IMPORT = ('retrain.images', 'retrain.errors', 'retrain.version',
                     'retrain.common.cli', 'retrain.common.progress',
+                    'retrain.common.walk', 'retrain.image_header',
                     'retrain.data.boxes')
 MAX_FUNCTION_LINES = 80
 

@@ -25,9 +25,10 @@ import tensorflow as tf
 from absl import logging
 
 import bottleneck_cache
+from retrain import image_header
 from retrain import images as images_lib
 from retrain.common.progress import Progress
-from retrain.errors import ImageError
+from retrain.errors import ImageError, OutputError
 from retrain.features import modules as features
 from retrain.features.modules import FeatureModule
 
@@ -79,10 +80,11 @@ def _hash_files(paths: Sequence[str], memo: bottleneck_cache.DigestMemo
   return [found[path] for path in paths]
 
 
-def _decode_error(path: str, size, box=None) -> str:
+def _decode_error(path: str, size, box=None,
+                  max_pixels: int = image_header.MAX_IMAGE_PIXELS) -> str:
   """Why one file fails to decode (called only for the rare failures)."""
   try:
-    images_lib.load_image(path, size, box)
+    images_lib.load_image(path, size, max_pixels, box=box)
   except ImageError as e:
     return e.reason
   except Exception as e:  # pylint: disable=broad-except
@@ -145,8 +147,24 @@ def run_module(module: FeatureModule, batches):
       yield indices, vectors.result()
 
 
+def _check_headers(paths: Sequence[str], size, max_pixels: int) -> list:
+  """Per path: why it must not be decoded (too large, truncated) or None.
+
+  Reads headers only (retrain.image_header), on the hashing threads: I/O
+  bound, and far cheaper than one decode.
+  """
+  def check(path):
+    try:
+      return image_header.check_file(path, size, max_pixels)[0]
+    except OSError:
+      return None  # The decoder reports unreadable files.
+  with concurrent.futures.ThreadPoolExecutor(_HASH_THREADS) as pool:
+    return list(pool.map(check, paths))
+
+
 def make_compute_fn(paths: Sequence[str], module: FeatureModule,
                     batch_size: int, reasons: Optional[dict] = None,
+                    max_pixels: int = image_header.MAX_IMAGE_PIXELS,
                     boxes: Optional[np.ndarray] = None):
   """A `bottleneck_cache.ComputeFn` that runs `module` on images `paths`.
 
@@ -156,6 +174,8 @@ def make_compute_fn(paths: Sequence[str], module: FeatureModule,
     batch_size: images per module call.
     reasons: if given, filled with {index into paths: why it is unusable}
       for the images that no decoder could use.
+    max_pixels: images whose header declares more decoded pixels than
+      this, or whose data ends early, are not decoded (reason recorded).
     boxes: None for whole images, else float32 [len(paths), 4], the crop of
       each (see images.decode_and_resize).
   """
@@ -163,7 +183,15 @@ def make_compute_fn(paths: Sequence[str], module: FeatureModule,
   reasons = {} if reasons is None else reasons
 
   def compute(missing: Sequence[int]):
-    missing = np.asarray(missing, dtype=np.int64)
+    # Headers first: a few KB can declare gigapixels (retrain.image_header).
+    refused = _check_headers([paths[i] for i in missing], size, max_pixels)
+    for i, reason in zip(missing, refused, strict=True):
+      if reason:
+        reasons[int(i)] = reason
+    missing = np.asarray([i for i, reason in zip(missing, refused, strict=True)
+                          if not reason], dtype=np.int64)
+    if not len(missing):
+      return
     files = tf.constant([paths[i] for i in missing], tf.string)
 
     if boxes is None:
@@ -195,7 +223,8 @@ def make_compute_fn(paths: Sequence[str], module: FeatureModule,
         continue
       try:
         pending_images.append(images_lib.load_image(
-            paths[i], size, None if boxes is None else boxes[i]))
+            paths[i], size, max_pixels,
+            box=None if boxes is None else boxes[i]))
         pending_indices.append(i)
       except ImageError as e:
         reasons[i] = e.reason
@@ -210,10 +239,16 @@ def make_compute_fn(paths: Sequence[str], module: FeatureModule,
   return compute
 
 
+def _cache_error(error: Exception) -> OutputError:
+  """A cache problem (full disk, unwritable folder) as a user error."""
+  return OutputError(f'bottleneck_dir: {error}', fields=('bottleneck_dir',))
+
+
 def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
                         store: bottleneck_cache.BottleneckStore,
                         batch_size: int,
                         progress_interval: float = 5.0,
+                        max_pixels: int = image_header.MAX_IMAGE_PIXELS,
                         boxes: Optional[np.ndarray] = None,
                         key_suffixes: Optional[Sequence[str]] = None
                         ) -> Bottlenecks:
@@ -225,6 +260,7 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
     store: the cache namespace for this module (see cache_namespace).
     batch_size: images per module call.
     progress_interval: seconds between progress lines.
+    max_pixels: see make_compute_fn.
     boxes: None for whole images, else float32 [n, 4], the crop of each
       path (--crop_to_boxes; retrain.data.boxes).
     key_suffixes: with boxes, n strings naming each crop (box and margin),
@@ -251,15 +287,27 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
         'Computing bottlenecks for %d images (%d found in the cache %s). This '
         'is the slow part, done once: later runs read them from the cache.',
         missing_count, len(set(keys)) - missing_count, store.directory)
+  # --- Full disk: checked before, and a clean error if it fills anyway.
+  try:
+    if missing_count:
+      bottleneck_cache.check_free_space(
+          store.directory, bottleneck_cache.bytes_needed(
+              missing_count, module.output_dim, len(store)))
+  except bottleneck_cache.CacheError as e:
+    raise _cache_error(e) from e
+  # ---
   if missing_count and module.prepare is not None:
     module.prepare()  # before the clock of the progress line starts
   progress = Progress('Bottlenecks', missing_count, interval=progress_interval)
   reasons = {}
   compute = make_compute_fn([paths[i] for i in readable], module, batch_size,
-                            reasons,
+                            reasons, max_pixels,
                             None if boxes is None else boxes[readable])
-  vectors, ok_readable, stats = store.get_or_compute(
-      keys, compute, on_batch=progress.update)
+  try:
+    vectors, ok_readable, stats = store.get_or_compute(
+        keys, compute, on_batch=progress.update)
+  except bottleneck_cache.CacheError as e:
+    raise _cache_error(e) from e
   if missing_count:
     progress.finish()
 
@@ -268,7 +316,8 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
   for k in np.flatnonzero(~ok_readable):
     i = readable[k]
     reason = reasons.get(int(k)) or _decode_error(
-        paths[i], module.input_size, None if boxes is None else boxes[i])
+        paths[i], module.input_size, None if boxes is None else boxes[i],
+        max_pixels)
     failures.append((paths[i], reason))
   for path, reason in failures:
     logging.warning('Skipping %s: %s', path, reason)

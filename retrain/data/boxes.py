@@ -48,6 +48,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from absl import logging
 
+from retrain import images as images_lib
 from retrain.data import discover, sources
 from retrain.data import split as split_lib
 from retrain.errors import DatasetError
@@ -162,7 +163,7 @@ def read_voc_xml(xml_path: str, image_path: Optional[str] = None,
     if not name or not os.path.exists(image_path):
       stem = os.path.splitext(os.path.basename(xml_path))[0]
       beside = [os.path.join(folder, stem + ext)
-                for ext in discover.IMAGE_EXTENSIONS
+                for ext in images_lib.IMAGE_EXTENSIONS
                 if os.path.exists(os.path.join(folder, stem + ext))]
       # A VOC tree: Annotations/x.xml describes ../JPEGImages/x.jpg.
       tree = os.path.join(os.path.dirname(folder), 'JPEGImages', name)
@@ -207,7 +208,7 @@ def read_voc_tree(image_dir: str) -> Annotations:
   annotations_dir = os.path.join(image_dir, 'Annotations')
   by_stem = {os.path.splitext(name)[0]: os.path.join(images_dir, name)
              for name in sorted(os.listdir(images_dir))
-             if discover.is_image_file(name)}
+             if images_lib.is_image_file(name)}
   boxes, annotated = [], set()
   for name in sorted(os.listdir(annotations_dir)):
     if not name.lower().endswith('.xml'):
@@ -261,7 +262,7 @@ def read_stanford_dogs(image_dir: str) -> Annotations:
     # 'n02085620-Chihuahua' -> 'Chihuahua': the WordNet id says nothing.
     label = folder.split('-', 1)[1] if re.match(r'n\d+-', folder) else folder
     for name in sorted(os.listdir(class_dir)):
-      if not discover.is_image_file(name):
+      if not images_lib.is_image_file(name):
         continue
       stem = os.path.splitext(name)[0]
       xml_path = os.path.join(annotation_root, folder, stem)
@@ -285,7 +286,7 @@ def _images_beside_xml(image_dir: str):
     stems = {os.path.splitext(f)[0]: f for f in files
              if f.lower().endswith('.xml')}
     for name in sorted(files):
-      if discover.is_image_file(name):
+      if images_lib.is_image_file(name):
         path = os.path.join(root, name)
         images.append(path)
         xml = stems.get(os.path.splitext(name)[0])
