@@ -58,6 +58,29 @@ flags.DEFINE_enum('label_style', _D.label_style, list(names.LABEL_STYLES),
                   'verbatim keeps folder names / CSV labels; retrain makes '
                   "retrain.py's labels (lower case, each run of other "
                   'characters one space).')
+# --- Crops to annotated boxes (retrain/data/boxes.py, docs/boxes.md) -------
+flags.DEFINE_bool('crop_to_boxes', _D.crop_to_boxes,
+                  'Make every annotated box one example: its crop, labelled '
+                  'with the object\'s name.')
+flags.DEFINE_enum('boxes', _D.boxes,
+                  ['auto', 'voc', 'voc_tree', 'stanford_dogs', 'csv'],
+                  'Where the boxes are: VOC XML beside each image, a VOC '
+                  'tree (JPEGImages/ + Annotations/), the Stanford Dogs '
+                  'layout, or --boxes_csv; auto detects.')
+flags.DEFINE_string('boxes_csv', _D.boxes_csv,
+                    'CSV of boxes, one per row, columns by header name: '
+                    'path/filename, label/class, xmin, ymin, xmax, ymax.')
+flags.DEFINE_string('boxes_label_column', _D.boxes_label_column,
+                    'Header of the CSV column that holds the label.')
+flags.DEFINE_float('crop_margin', _D.crop_margin,
+                   'Percent of a box\'s width/height added as context on '
+                   'each side (clipped to the photo).')
+flags.DEFINE_integer('min_box_size', _D.min_box_size,
+                     'Boxes smaller than this many pixels on a side are '
+                     'skipped.')
+flags.DEFINE_bool('boxes_include_difficult', _D.boxes_include_difficult,
+                  'Also use objects marked difficult.')
+# --- End of crops to annotated boxes ---------------------------------------
 flags.DEFINE_string(
     'tfhub_module', _D.tfhub_module,
     'Feature-vector module: a preset name (see --list_modules), a TF-Hub '

@@ -48,6 +48,26 @@ class Config:
   # space) for code that expects them.
   label_style: str = 'verbatim'
 
+  # --- Crops to annotated boxes (retrain/data/boxes.py, docs/boxes.md) ------
+  # Every annotated box one example, cropped from its photo.
+  crop_to_boxes: bool = False
+  # Where the boxes are: auto | voc | voc_tree | stanford_dogs | csv.
+  boxes: str = 'auto'
+  boxes_csv: str = ''
+  # The CSV's label column when it is not called label/class/name/...
+  boxes_label_column: str = ''
+  # Percent of the box's width and height added as context on each side.
+  # BCCD test boxes (EfficientNet-Lite0, bench/boxes_crop.py, N=945):
+  # margins 0 / 5 / 10 / 25% gave 99.5 / 99.4 / 99.3 / 98.6% accuracy, the
+  # first three one or two boxes apart; 5% keeps a little context for boxes
+  # drawn tight, and wide context clearly costs.
+  crop_margin: float = 5.0
+  # Boxes narrower or lower than this many pixels say too little to learn.
+  min_box_size: int = 8
+  # VOC's `difficult` objects are left out of VOC's own evaluation; ours too.
+  boxes_include_difficult: bool = False
+  # --- End of crops to annotated boxes ----------------------------------------
+
   # --- Feature module ----------------------------------------------------------
   # retrain.py defaulted to an Inception V3 URL, which fails on machines with
   # no network; the bundled EfficientNet-Lite0 works offline and is both more
@@ -227,3 +247,38 @@ def subset(record_type, config: Config):
   the settings they use, never the whole Config."""
   return record_type(**{f.name: getattr(config, f.name)
                         for f in dataclasses.fields(record_type)})
+
+
+# --- retrain.inspect, the dataset health report (docs/inspect.md) -----------
+@dataclasses.dataclass(frozen=True)
+class InspectConfig:
+  """What `python -m retrain.inspect` adds to a Config's data fields."""
+  output_dir: str = '/tmp/retrain_inspect'
+  # Cosine similarity of bottleneck vectors above which two images are
+  # near-duplicates. EfficientNet-Lite0 on flowers_sample
+  # (bench/near_duplicates.py): above 0.90 are 52% of 100 re-encoded copies
+  # (70% of those cropped by 2%, 12% of those shrunk to 60%) and 2 of the
+  # 500 distinct photos; 0.85 finds 78% of copies but 11 distinct photos,
+  # 0.92 41% and none. A person looks at every pair, so 0.90.
+  near_duplicate_cosine: float = 0.90
+  # Rows of the similarity matrix computed at once: memory is
+  # block x n x 4 bytes (100k images: 100 MB), never n x n.
+  near_duplicate_block: int = 256
+  # Folds of the out-of-fold head that looks for label errors.
+  label_error_folds: int = 5
+  # An image is a suspected label error when the out-of-fold head gives its
+  # label less than this probability and another class more than
+  # label_error_other.
+  label_error_given: float = 0.2
+  label_error_other: float = 0.6
+  # Outliers: distance to the nearest class centre more than this many
+  # robust standard deviations (MAD) above the median.
+  outlier_mad: float = 5.0
+  # A class this many times larger than the smallest one gets a warning.
+  imbalance_warning: float = 3.0
+  # Thumbnails per class on the contact sheets.
+  contact_sheet_images: int = 40
+
+
+INSPECT_DEFAULTS = InspectConfig()
+# --- End of retrain.inspect -------------------------------------------------

@@ -213,9 +213,45 @@ def resize_pixels(image: tf.Tensor, size: Tuple[int, int]) -> tf.Tensor:
   return tf.clip_by_value(image, 0.0, 1.0)
 
 
-def decode_and_resize(contents: tf.Tensor, size: Tuple[int, int]) -> tf.Tensor:
-  """Encoded image bytes (scalar string) -> float32 [h, w, 3] in [0, 1]."""
-  return resize_pixels(decode_image(contents, size), size)
+def decode_and_resize(contents: tf.Tensor, size: Tuple[int, int],
+                      box=None) -> tf.Tensor:
+  """Encoded image bytes (scalar string) -> float32 [h, w, 3] in [0, 1].
+
+  Args:
+    contents: scalar string, the encoded file.
+    size: (h, w) of the result.
+    box: None for the whole image, else float32 [4] (top, left, bottom,
+      right) in [0, 1] of the upright image: the image is cropped to it
+      after decoding and orientation, before the resize (--crop_to_boxes).
+  """
+  if box is None:
+    return resize_pixels(decode_image(contents, size), size)
+  box = tf.convert_to_tensor(box, tf.float32)
+  # Decode at the coarsest scale where the crop still has the target size.
+  sides = tf.maximum(box[2:] - box[:2], 1e-6)
+  needed = tf.cast(tf.math.ceil(tf.constant(size, tf.float32) / sides),
+                   tf.int32)
+  return resize_pixels(crop_to_box(decode_image(contents, (needed[0],
+                                                           needed[1])), box),
+                       size)
+
+
+def crop_to_box(image: tf.Tensor, box: tf.Tensor) -> tf.Tensor:
+  """[H, W, C] -> the pixels covered by box (top, left, bottom, right) in
+  [0, 1], at least one pixel on each side."""
+  shape = tf.shape(image)
+  hw = tf.cast(tf.stack([shape[0], shape[1], shape[0], shape[1]]),
+               tf.float32)
+  edges = box * hw
+  top = tf.cast(tf.floor(edges[0]), tf.int32)
+  left = tf.cast(tf.floor(edges[1]), tf.int32)
+  top = tf.clip_by_value(top, 0, shape[0] - 1)
+  left = tf.clip_by_value(left, 0, shape[1] - 1)
+  bottom = tf.clip_by_value(tf.cast(tf.math.ceil(edges[2]), tf.int32),
+                            top + 1, shape[0])
+  right = tf.clip_by_value(tf.cast(tf.math.ceil(edges[3]), tf.int32),
+                           left + 1, shape[1])
+  return image[top:bottom, left:right]
 
 
 def _pillow_to_rgb(image) -> np.ndarray:
@@ -261,26 +297,28 @@ def decode_with_pillow(contents: bytes, size: Tuple[int, int]) -> np.ndarray:
 
 def decode_bytes(contents: bytes, size: Tuple[int, int],
                  name: str = 'image',
-                 max_pixels: int = image_header.MAX_IMAGE_PIXELS) -> tf.Tensor:
+                 max_pixels: int = image_header.MAX_IMAGE_PIXELS,
+                 box=None) -> tf.Tensor:
   """Eager: encoded bytes -> float32 [h, w, 3] in [0, 1], or ImageError.
 
   The header is checked first (retrain.image_header): an image whose
   decoded size would exceed `max_pixels`, or whose data ends early, is
   refused without decoding. Then TensorFlow's decoder (the one the
   bottleneck pipeline and the export use), Pillow only when it fails.
+  `box` as for decode_and_resize.
   """
   reason, header = image_header.check_bytes(contents, size, max_pixels)
   if reason:
     raise ImageError(name, reason)
   pixels = image_header.decoded_pixels(header, size) if header else 0
   with _BUDGET.hold(pixels):
-    return _decode_bytes(contents, size, name)
+    return _decode_bytes(contents, size, name, box)
 
 
 def _decode_bytes(contents: bytes, size: Tuple[int, int],
-                  name: str) -> tf.Tensor:
+                  name: str, box=None) -> tf.Tensor:
   try:
-    return decode_and_resize(tf.constant(contents), size)
+    return decode_and_resize(tf.constant(contents), size, box)
   except tf.errors.OpError:
     pass
   try:
@@ -289,15 +327,19 @@ def _decode_bytes(contents: bytes, size: Tuple[int, int],
     # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError
     # and more for bad input; all mean the same here.
     raise ImageError(name, decode_failure_reason(contents, e)) from e
+  if box is not None:
+    pixels = crop_to_box(tf.constant(pixels), tf.constant(box, tf.float32))
   return resize_pixels(shrink_large(tf.constant(pixels), size), size)
 
 
 def load_image(path: str, size: Tuple[int, int],
-               max_pixels: int = image_header.MAX_IMAGE_PIXELS) -> tf.Tensor:
+               max_pixels: int = image_header.MAX_IMAGE_PIXELS,
+               box=None) -> tf.Tensor:
   """Reads and decodes one file eagerly: float32 [h, w, 3] in [0, 1].
 
   Only regular files are opened (a FIFO would block), and only images
-  within `max_pixels` are decoded (see decode_bytes).
+  within `max_pixels` are decoded (see decode_bytes). `box`: None for the
+  whole image, else its crop (see decode_and_resize).
 
   Raises:
     ImageError: the file cannot be read or is not a usable image; its
@@ -312,7 +354,7 @@ def load_image(path: str, size: Tuple[int, int],
       contents = f.read()
   except OSError as e:
     raise ImageError(path, os_error_reason(path, e)) from e
-  return decode_bytes(contents, size, path, max_pixels)
+  return decode_bytes(contents, size, path, max_pixels, box=box)
 
 
 # --- Why a file is not a usable image -------------------------------------

@@ -22,6 +22,7 @@ from retrain.common import atomic, leftovers
 from retrain.common import phases as phases_lib
 from retrain.common.progress import Progress
 from retrain.config import Config, subset
+from retrain.data import boxes as boxes_lib
 from retrain.data import duplicates, leakage
 from retrain.data import sources as layouts
 from retrain.data import split as split_lib
@@ -133,7 +134,7 @@ def run(config: Config) -> RunResult:
                     config.output_graph, config.tflite_output_file,
                     config.report_dir])
     # ---
-    layout = discover(config)
+    layout, crops = discover(config)  # crops: --crop_to_boxes, else None
     # One module, or an ensemble of several (h15: features/ensemble.py).
     module = ensemble_lib.load(config.tfhub_module, config.image_size,
                                config.module_cache_dir,
@@ -143,17 +144,20 @@ def run(config: Config) -> RunResult:
                                    config.module_cache_dir)
   # --- Past the memory budget: stream from the cache (docs/scale.md) ---
   from retrain import streamed  # pylint: disable=g-import-not-at-top
-  if streamed.needed(config, len(layout.dataset.images), module):
+  # (Crops to boxes keep the in-memory path: the stream reads whole images.)
+  if crops is None and streamed.needed(config, len(layout.dataset.images),
+                                       module):
     return streamed.run(config, layout, module, runner, phases)
   # --- end of the streaming hand-over ---
   with phases('bottlenecks'):
-    computed = bottlenecks(config, layout.dataset, module, runner)
+    computed = bottlenecks(config, layout.dataset, module, runner, crops)
   skipped, reports = report_skipped(config, layout, computed)
   images = usable_lib.usable_images(layout.dataset, computed)
   labels = list(layout.dataset.labels)
   split = make_split(config, layout, images)
   with phases('distorted_copies') as phase:
-    train_x, train_y, copies = training_set(config, runner, images, split)
+    train_x, train_y, copies = training_set(config, runner, images, split,
+                                            crops)
     if copies is None:
       phase.skip()
   with phases('training'):
@@ -187,16 +191,20 @@ def run(config: Config) -> RunResult:
 # --- The steps, in the order `run` calls them ---------------------------------
 
 
-def discover(config: Config) -> layouts.Layout:
-  """The images and their classes (and a given split, if any)."""
-  layout = layouts.load_layout(subset(layouts.LayoutOptions, config))
+def discover(config: Config):
+  """(layout, crops): the images and their classes (and a given split, if
+  any); with --crop_to_boxes one example per box and their crops, else
+  crops is None (retrain/data/boxes.py)."""
+  layout, crops = boxes_lib.load_examples(
+      subset(layouts.LayoutOptions, config), subset(boxes_lib.BoxOptions,
+                                                    config))
   logging.info('Found %d images in %d classes: %s.',
                len(layout.dataset.images), len(layout.dataset.labels),
                layout.description)
-  return layout
+  return layout, crops
 
 
-def bottlenecks(config: Config, dataset, module, runner,
+def bottlenecks(config: Config, dataset, module, runner, crops=None,
                 load_vectors: bool = True) -> bottlenecks_lib.Bottlenecks:
   """The bottleneck vector of every discovered image, cached under the
   module's identity and computed by `runner` (the module on its runtime);
@@ -208,7 +216,8 @@ def bottlenecks(config: Config, dataset, module, runner,
       return ensemble_bottlenecks.compute_bottlenecks(
           paths, module, runner, config.bottleneck_dir,
           config.bottleneck_runtime, config.bottleneck_batch_size,
-          config.module_cache_dir, max_pixels=config.max_image_pixels)
+          config.module_cache_dir, max_pixels=config.max_image_pixels,
+          **boxes_lib.Crops.bottleneck_args(crops))
     store = bottleneck_cache.BottleneckStore(
         config.bottleneck_dir, bottlenecks_lib.cache_namespace(module))
   except bottleneck_cache.CacheError as e:
@@ -217,7 +226,8 @@ def bottlenecks(config: Config, dataset, module, runner,
   computed = bottlenecks_lib.compute_bottlenecks(
       paths, runner, store,
       config.bottleneck_batch_size, max_pixels=config.max_image_pixels,
-      load_vectors=load_vectors)
+      load_vectors=load_vectors,
+      **boxes_lib.Crops.bottleneck_args(crops))
   stats = computed.stats
   logging.info('Bottlenecks: %d reused from the cache, %d computed, %d images '
                'skipped.', stats.reused, stats.computed, len(computed.failures))
@@ -258,7 +268,7 @@ def make_split(config: Config, layout: layouts.Layout,
 
 
 def training_set(config: Config, runner, images: usable_lib.UsableImages,
-                 split: split_lib.Split):
+                 split: split_lib.Split, crops=None):
   """(vectors float32 [m, D], class ids int64 [m], distorted copies or None).
 
   Distorted copies of the training images only (validation and test stay
@@ -269,7 +279,8 @@ def training_set(config: Config, runner, images: usable_lib.UsableImages,
   copies = distort_lib.training_copies(
       subset(distort_lib.Distortions, config), config.distorted_copies,
       config.random_seed, config.bottleneck_dir, config.bottleneck_batch_size,
-      runner, images.paths_of(split.train), images.digests_of(split.train))
+      runner, images.paths_of(split.train), images.digests_of(split.train),
+      boxes=None if crops is None else crops.boxes[images.index[split.train]])
   if copies is not None:
     train_x = np.concatenate([train_x, copies.vectors])
     train_y = np.concatenate([train_y, train_y[copies.source]])

@@ -30,16 +30,20 @@ LEVELS = (
     ('retrain.report',),
     ('retrain.export',),
     ('retrain.config', 'retrain.pipeline', 'retrain.streamed'),
+    # The health report (docs/inspect.md) uses the pipeline's steps.
+    ('retrain.inspect',),
     ('retrain', 'retrain.__main__', 'retrain.api', 'retrain.summary',
-     'retrain.beam'),
+     'retrain.beam', 'retrain.inspect.__main__'),
 )
 # retrain.common.cli and .progress give both commands the same --help,
 # --version and progress, and .walk the same loop-safe folder walk; they import absl, tqdm and retrain.version only
 # (tests/test_first_hour.py checks that label_image loads no other retrain
-# module).
+# module). label_image --boxes reads VOC XML / CSV boxes as training does
+# (retrain.data.boxes, imported only with --boxes).
 TOOLS_MAY_IMPORT = ('retrain.images', 'retrain.errors', 'retrain.version',
                     'retrain.common.cli', 'retrain.common.progress',
-                    'retrain.common.walk', 'retrain.image_header')
+                    'retrain.common.walk', 'retrain.image_header',
+                    'retrain.data.boxes')
 MAX_FUNCTION_LINES = 80
 
 
@@ -178,3 +182,5 @@ def test_label_image_defaults_agree_with_retrain():
   assert label_image.DEFAULT_INPUT_LAYER == names.INPUT_TENSOR_NAME
   assert label_image.DEFAULT_OUTPUT_LAYER == names.OUTPUT_TENSOR_NAME
   assert DEFAULTS.final_tensor_name == names.OUTPUT_TENSOR_NAME
+  assert label_image.DEFAULT_CROP_MARGIN == DEFAULTS.crop_margin
+  assert label_image.DEFAULT_MIN_BOX_SIZE == DEFAULTS.min_box_size

@@ -74,6 +74,10 @@ DEFAULT_TOP_K = 5
 # 32 images keep a 2-core CPU busy without holding much memory
 # (32 x 224 x 224 x 3 float32 = 19 MB).
 DEFAULT_BATCH_SIZE = 32
+# --crop_margin with --boxes: retrain's default (retrain/config.py).
+DEFAULT_CROP_MARGIN = 5.0
+# The smallest box side cropped, as retrain's --min_box_size default.
+DEFAULT_MIN_BOX_SIZE = 8
 OUTPUT_FORMATS = ('table', 'json', 'csv')
 # The prediction of an image below the confidence threshold.
 UNKNOWN = 'unknown'
@@ -508,17 +512,18 @@ def _reason(error: Exception) -> str:
 
 
 def _load(path: str, size, input_mean: float, input_std: float,
-          max_pixels: Optional[int] = None):
+          max_pixels: Optional[int] = None, box=None):
   """float32 [H, W, 3] ready for the model, or the reason it failed.
 
   Images over `max_pixels` (default: retrain's) or truncated are refused
   from their header; the decoding threads share one pixel budget
   (retrain.images), so they never hold one worst-case image each.
+  box: None, or the crop (top, left, bottom, right) in [0, 1] (--boxes).
   """
   from retrain import image_header, images  # pylint: disable=g-import-not-at-top
   try:
     image = images.load_image(path, size, max_pixels or
-                              image_header.MAX_IMAGE_PIXELS).numpy()
+                              image_header.MAX_IMAGE_PIXELS, box=box).numpy()
   except Exception as e:  # pylint: disable=broad-except
     return _reason(e)
   if (input_mean, input_std) != (DEFAULT_INPUT_MEAN, DEFAULT_INPUT_STD):
@@ -546,13 +551,17 @@ def classify_files(model: Model, paths: Sequence[str],
                    input_std: float = DEFAULT_INPUT_STD,
                    timing: Optional[Timing] = None,
                    max_pixels: Optional[int] = None,
-                   min_confidence: Optional[float] = None) -> List[Record]:
+                   min_confidence: Optional[float] = None,
+                   boxes: Optional[Sequence] = None,
+                   names: Optional[Sequence[str]] = None) -> List[Record]:
   """Classifies image files in batches; one Record per path, in order.
 
   Files are decoded on a thread pool while the model runs on the previous
   batch. A file that cannot be read or decoded gets a Record with its error.
   A Record whose top probability is below `min_confidence` (None: the
   model's stored threshold; 0: never) has unknown=True.
+  With `boxes` (one crop per path, see _load) each crop is classified, and
+  `names` (one per path) name the records.
   """
   if min_confidence is None:
     min_confidence = model.threshold
@@ -566,16 +575,20 @@ def classify_files(model: Model, paths: Sequence[str],
   progress = Progress('Classified', len(paths), interval=10.0)
   with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 2) as pool:
 
-    def submit(chunk):
+    def submit(k):
       return [pool.submit(_load, p, model.input_size, input_mean, input_std,
-                          max_pixels)
-              for p in chunk]
+                          max_pixels, box)
+              for p, box in zip(chunks[k], box_chunks[k], strict=True)]
 
     chunks = list(_chunks(list(paths), max(1, batch_size)))
-    pending = submit(chunks[0]) if chunks else []
-    for k, chunk in enumerate(chunks):
+    box_chunks = list(_chunks(list(boxes) if boxes is not None else
+                              [None] * len(paths), max(1, batch_size)))
+    name_chunks = list(_chunks(list(names) if names is not None else
+                               list(paths), max(1, batch_size)))
+    pending = submit(0) if chunks else []
+    for k, _ in enumerate(chunks):
       loaded = [f.result() for f in pending]
-      pending = submit(chunks[k + 1]) if k + 1 < len(chunks) else []
+      pending = submit(k + 1) if k + 1 < len(chunks) else []
       good = [i for i, x in enumerate(loaded) if isinstance(x, np.ndarray)]
       probs = np.zeros([0, len(model.labels)], np.float32)
       if good:
@@ -583,7 +596,7 @@ def classify_files(model: Model, paths: Sequence[str],
         probs = model.predict(np.stack([loaded[i] for i in good]))
         timing.model += time.monotonic() - tick
       row = dict(zip(good, probs))
-      for i, path in enumerate(chunk):
+      for i, path in enumerate(name_chunks[k]):
         if i in row:
           order = np.argsort(-row[i], kind='stable')[:top_k]
           records.append(Record(path, [(model.labels[j], float(row[i][j]))
@@ -591,7 +604,7 @@ def classify_files(model: Model, paths: Sequence[str],
                                 unknown=bool(row[i].max() < min_confidence)))
         else:
           records.append(Record(path, error=loaded[i]))
-      progress.update(len(chunk))
+      progress.update(len(chunks[k]))
   timing.images += len(paths)
   timing.total += time.monotonic() - started
   return records
@@ -683,6 +696,14 @@ def _define_flags():
   flags.DEFINE_integer('max_image_pixels', MAX_IMAGE_PIXELS,
                        'Images whose decoded size would exceed this many '
                        'pixels are refused (as in retrain).')
+  # --- Crops to annotated boxes (retrain/data/boxes.py, docs/boxes.md) ---
+  flags.DEFINE_string('boxes', None, 'A VOC XML or CSV file of boxes: '
+                      'classify the crop of each box (one result per box) '
+                      'instead of whole images.')
+  flags.DEFINE_float('crop_margin', DEFAULT_CROP_MARGIN,
+                     'With --boxes: percent of context added around each '
+                     'box, as --crop_margin was when training.')
+  # --- end ---
   flags.DEFINE_integer('batch_size', DEFAULT_BATCH_SIZE,
                        'Images per model call.')
   flags.DEFINE_enum('output_format', 'table', list(OUTPUT_FORMATS),
@@ -710,7 +731,7 @@ def main(argv) -> int:
 
   f = flags.FLAGS
   specs = list(f.image) + list(argv[1:])
-  if not specs:
+  if not specs and not f.boxes:
     logging.error('No images given: pass --image FILE_OR_FOLDER (repeatable) '
                   'or list them after the flags.')
     return 2
@@ -720,7 +741,12 @@ def main(argv) -> int:
   try:
     model = load_model(saved_model_dir, f.graph, f.labels, f.input_layer,
                        f.output_layer, f.input_height, f.input_width)
-    paths, problems = find_images(specs)
+    crops = names = None
+    if f.boxes:  # --- crops to annotated boxes (docs/boxes.md) ---
+      paths, problems, crops, names = _box_crops(f.boxes, f.crop_margin,
+                                                 specs)
+    else:
+      paths, problems = find_images(specs)
     logging.info('Classifying %d image%s with %s (%s, %dx%d, %d classes).',
                  len(paths), '' if len(paths) == 1 else 's', model.path,
                  model.kind, model.input_size[0], model.input_size[1],
@@ -740,7 +766,8 @@ def main(argv) -> int:
                    model.threshold)
     records = problems + classify_files(model, paths, f.top_k, f.batch_size,
                                         f.input_mean, f.input_std, timing,
-                                        f.max_image_pixels, f.min_confidence)
+                                        f.max_image_pixels, f.min_confidence,
+                                        boxes=crops, names=names)
     text = format_records(records, f.output_format)
   except RetrainError as e:
     logging.error('%s', e)
@@ -783,6 +810,22 @@ Example:
 
 Every flag is explained in docs/flags.md.
 """
+
+
+def _box_crops(annotation: str, margin: float, specs: Sequence[str]):
+  """--boxes FILE: (paths, problem records, crops, names), one per box of
+  FILE (VOC XML, or CSV whose paths are relative to the one folder given
+  as --image, else to the CSV's folder)."""
+  from retrain.data import boxes as boxes_lib  # pylint: disable=g-import-not-at-top
+  if len(specs) > 1:
+    raise LabelImageError(
+        f'--boxes takes at most one --image (the folder the CSV\'s paths are '
+        f'relative to); got {len(specs)}.')
+  crops, skipped = boxes_lib.crops_for_inference(
+      annotation, margin, DEFAULT_MIN_BOX_SIZE, specs[0] if specs else '')
+  return ([c.image for c in crops],
+          [Record(name, error=reason) for name, reason in skipped],
+          [c.box for c in crops], [c.name for c in crops])
 
 
 def run():

@@ -83,28 +83,30 @@ def _hash_files(paths: Sequence[str], memo: bottleneck_cache.DigestMemo
       return memo.digest(path)
     except OSError as e:
       return e
-  progress = (Progress('Hashing', len(paths), unit='files')
-              if len(paths) > _HASH_PART else None)
-  digests = []
+  # Each file once: with --crop_to_boxes a photo is listed once per box.
+  unique = list(dict.fromkeys(paths))
+  progress = (Progress('Hashing', len(unique), unit='files')
+              if len(unique) > _HASH_PART else None)
+  found = {}
   with concurrent.futures.ThreadPoolExecutor(_HASH_THREADS) as pool:
-    for start in range(0, len(paths), _HASH_PART):
-      part = paths[start:start + _HASH_PART]
-      digests.extend(pool.map(digest, part))
+    for start in range(0, len(unique), _HASH_PART):
+      part = unique[start:start + _HASH_PART]
+      found.update(zip(part, pool.map(digest, part), strict=True))
       if progress is not None:
         progress.update(len(part))
-      if len(digests) % _MEMO_SAVE_EVERY == 0 and len(digests) < len(paths):
+      if len(found) % _MEMO_SAVE_EVERY == 0 and len(found) < len(unique):
         memo.save()
   memo.save()
   if progress is not None:
     progress.finish()
-  return digests
+  return [found[path] for path in paths]
 
 
-def _decode_error(path: str, size,
+def _decode_error(path: str, size, box=None,
                   max_pixels: int = image_header.MAX_IMAGE_PIXELS) -> str:
   """Why one file fails to decode (called only for the rare failures)."""
   try:
-    images_lib.load_image(path, size, max_pixels)
+    images_lib.load_image(path, size, max_pixels, box=box)
   except ImageError as e:
     return e.reason
   except Exception as e:  # pylint: disable=broad-except
@@ -184,7 +186,8 @@ def _check_headers(paths: Sequence[str], size, max_pixels: int) -> list:
 
 def make_compute_fn(paths: Sequence[str], module: FeatureModule,
                     batch_size: int, reasons: Optional[dict] = None,
-                    max_pixels: int = image_header.MAX_IMAGE_PIXELS):
+                    max_pixels: int = image_header.MAX_IMAGE_PIXELS,
+                    boxes: Optional[np.ndarray] = None):
   """A `bottleneck_cache.ComputeFn` that runs `module` on images `paths`.
 
   Args:
@@ -195,6 +198,8 @@ def make_compute_fn(paths: Sequence[str], module: FeatureModule,
       for the images that no decoder could use.
     max_pixels: images whose header declares more decoded pixels than
       this, or whose data ends early, are not decoded (reason recorded).
+    boxes: None for whole images, else float32 [len(paths), 4], the crop of
+      each (see images.decode_and_resize).
   """
   size = module.input_size
   reasons = {} if reasons is None else reasons
@@ -211,12 +216,22 @@ def make_compute_fn(paths: Sequence[str], module: FeatureModule,
       return
     files = tf.constant([paths[i] for i in missing], tf.string)
 
-    def load(index, path):
-      return index, images_lib.decode_and_resize(tf.io.read_file(path), size)
+    if boxes is None:
+      items = (missing, files)
+
+      def load(index, path):
+        return index, images_lib.decode_and_resize(tf.io.read_file(path),
+                                                   size)
+    else:
+      items = (missing, files, tf.constant(boxes[missing], tf.float32))
+
+      def load(index, path, box):
+        return index, images_lib.decode_and_resize(tf.io.read_file(path),
+                                                   size, box)
 
     # A file that fails to decode is dropped; the indices that come out tell
     # which, and its reason is found afterwards.
-    dataset = image_batches((missing, files), load, batch_size)
+    dataset = image_batches(items, load, batch_size)
     done = set()
     for indices, vectors in run_module(module, dataset):
       done.update(indices.tolist())
@@ -229,8 +244,9 @@ def make_compute_fn(paths: Sequence[str], module: FeatureModule,
       if i in done:
         continue
       try:
-        pending_images.append(images_lib.load_image(paths[i], size,
-                                                    max_pixels))
+        pending_images.append(images_lib.load_image(
+            paths[i], size, max_pixels,
+            box=None if boxes is None else boxes[i]))
         pending_indices.append(i)
       except ImageError as e:
         reasons[i] = e.reason
@@ -255,7 +271,10 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
                         batch_size: int,
                         progress_interval: float = 5.0,
                         max_pixels: int = image_header.MAX_IMAGE_PIXELS,
-                        load_vectors: bool = True) -> Bottlenecks:
+                        load_vectors: bool = True,
+                        boxes: Optional[np.ndarray] = None,
+                        key_suffixes: Optional[Sequence[str]] = None
+                        ) -> Bottlenecks:
   """Vectors of `paths`, from the cache where possible.
 
   Args:
@@ -268,6 +287,10 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
     load_vectors: False leaves `vectors` empty ([0, D]); the caller reads
       them from the cache later (retrain/streamed.py, past the memory
       budget).
+    boxes: None for whole images, else float32 [n, 4], the crop of each
+      path (--crop_to_boxes; retrain.data.boxes).
+    key_suffixes: with boxes, n strings naming each crop (box and margin),
+      appended to the file's content hash in its cache key and in `digests`.
   """
   # The memo lives at the cache root: file digests do not depend on the
   # module, so every namespace shares it.
@@ -280,6 +303,9 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
       failures.append((paths[i], images_lib.os_error_reason(paths[i], d)))
     else:
       readable.append(i)
+  if key_suffixes is not None:
+    digests = [d if isinstance(d, OSError) else d + suffix
+               for d, suffix in zip(digests, key_suffixes, strict=True)]
   keys = [digests[i] for i in readable]
   missing_count = len({k for k in keys if k not in store})
   if missing_count:
@@ -301,7 +327,8 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
   progress = Progress('Bottlenecks', missing_count, interval=progress_interval)
   reasons = {}
   compute = make_compute_fn([paths[i] for i in readable], module, batch_size,
-                            reasons, max_pixels)
+                            reasons, max_pixels,
+                            None if boxes is None else boxes[readable])
   try:
     vectors, ok_readable, stats = store.get_or_compute(
         keys, compute, on_batch=progress.update, load=load_vectors)
@@ -314,8 +341,9 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
   ok[np.asarray(readable, dtype=np.int64)[ok_readable]] = True
   for k in np.flatnonzero(~ok_readable):
     i = readable[k]
-    reason = reasons.get(int(k)) or _decode_error(paths[i], module.input_size,
-                                                  max_pixels)
+    reason = reasons.get(int(k)) or _decode_error(
+        paths[i], module.input_size, None if boxes is None else boxes[i],
+        max_pixels)
     failures.append((paths[i], reason))
   for path, reason in failures:
     logging.warning('Skipping %s: %s', path, reason)

@@ -163,7 +163,7 @@ def rotate_and_shift(image: tf.Tensor, angle, dx, dy) -> tf.Tensor:
 
 
 def distort_image(contents: tf.Tensor, size: Tuple[int, int], seed: tf.Tensor,
-                  d: Distortions) -> tf.Tensor:
+                  d: Distortions, box=None) -> tf.Tensor:
   """One distorted copy of an encoded image.
 
   Args:
@@ -171,6 +171,8 @@ def distort_image(contents: tf.Tensor, size: Tuple[int, int], seed: tf.Tensor,
     size: (h, w), the module's input size.
     seed: int64 [2], from copy_seed.
     d: the settings; distortions that are off cost nothing.
+    box: None, or the crop (--crop_to_boxes) the copy is made of, float32
+      [4] as for images.decode_and_resize.
 
   Returns:
     float32 [h, w, 3] in [0, 1]. With every setting off it equals
@@ -187,10 +189,10 @@ def distort_image(contents: tf.Tensor, size: Tuple[int, int], seed: tf.Tensor,
     big_w = tf.maximum(w, tf.cast(tf.round(enlarge * w), tf.int32))
     # Decoded straight at the enlarged size (antialiased), as retrain.py
     # resized the full image before cropping, so the window keeps detail.
-    image = images_lib.decode_and_resize(contents, (big_h, big_w))
+    image = images_lib.decode_and_resize(contents, (big_h, big_w), box)
     image = tf.image.stateless_random_crop(image, [h, w, 3], seeds[1])
   else:
-    image = images_lib.decode_and_resize(contents, size)
+    image = images_lib.decode_and_resize(contents, size, box)
   if d.random_rotation or d.random_shift:
     angle = tf.random.stateless_uniform(
         [], seeds[2], -d.random_rotation, d.random_rotation) * (math.pi / 180)
@@ -208,12 +210,14 @@ def distort_image(contents: tf.Tensor, size: Tuple[int, int], seed: tf.Tensor,
 
 
 def make_compute_fn(paths: Sequence[str], seeds: np.ndarray,
-                    module: FeatureModule, d: Distortions, batch_size: int):
+                    module: FeatureModule, d: Distortions, batch_size: int,
+                    boxes: Optional[np.ndarray] = None):
   """A `bottleneck_cache.ComputeFn` over (image, copy) items.
 
   Args:
     paths: the image file of each item (one per copy).
     seeds: int64 [len(paths), 2], each item's copy_seed.
+    boxes: None, or float32 [len(paths), 4], each item's crop.
   """
   size = module.input_size
 
@@ -221,13 +225,17 @@ def make_compute_fn(paths: Sequence[str], seeds: np.ndarray,
     missing = np.asarray(missing, dtype=np.int64)
     files = tf.constant([paths[i] for i in missing])
     item_seeds = tf.constant(seeds[missing], tf.int64)
+    item_boxes = tf.constant(
+        np.zeros((len(missing), 4), np.float32) if boxes is None
+        else boxes[missing], tf.float32)
 
-    def load(index, path, seed):
-      return index, distort_image(tf.io.read_file(path), size, seed, d)
+    def load(index, path, seed, box):
+      return index, distort_image(tf.io.read_file(path), size, seed, d,
+                                  None if boxes is None else box)
 
     yield from bottlenecks_lib.run_module(
-        module, bottlenecks_lib.image_batches((missing, files, item_seeds),
-                                              load, batch_size))
+        module, bottlenecks_lib.image_batches(
+            (missing, files, item_seeds, item_boxes), load, batch_size))
 
   return compute
 
@@ -255,7 +263,8 @@ def compute_distorted(paths: Sequence[str], module: FeatureModule,
                       distortions: Distortions, copies: int, seed: int,
                       batch_size: int, image_keys: Optional[Sequence[str]] = None,
                       progress_interval: float = 5.0,
-                      load_vectors: bool = True) -> DistortedCopies:
+                      load_vectors: bool = True,
+                      boxes: Optional[np.ndarray] = None) -> DistortedCopies:
   """`copies` distorted copies of each image, from the cache where possible.
 
   Args:
@@ -268,6 +277,8 @@ def compute_distorted(paths: Sequence[str], module: FeatureModule,
       if already known; computed otherwise.
     progress_interval: seconds between progress lines.
     load_vectors: False leaves `vectors` empty (read later from the cache).
+    boxes: None, or float32 [len(paths), 4]: copies of these crops (then
+      image_keys must be the crops' keys).
   """
   if image_keys is None:
     image_keys = [bottleneck_cache.file_digest(p) for p in paths]
@@ -289,7 +300,9 @@ def compute_distorted(paths: Sequence[str], module: FeatureModule,
         len(set(keys)) - missing_count, store.directory)
   progress = Progress('Distorted copies', missing_count,
                       interval=progress_interval)
-  compute = make_compute_fn(item_paths, seeds, module, distortions, batch_size)
+  compute = make_compute_fn(
+      item_paths, seeds, module, distortions, batch_size,
+      None if boxes is None else boxes[np.asarray(item_source, np.int64)])
   vectors, ok, stats = store.get_or_compute(keys, compute,
                                             on_batch=progress.update,
                                             load=load_vectors)
@@ -308,7 +321,9 @@ def training_copies(distortions: Distortions, copies: int, seed: int,
                     bottleneck_dir: str, batch_size: int,
                     module: FeatureModule, paths: Sequence[str],
                     image_keys: Sequence[str],
-                    load_vectors: bool = True) -> Optional[DistortedCopies]:
+                    load_vectors: bool = True,
+                    boxes: Optional[np.ndarray] = None
+                    ) -> Optional[DistortedCopies]:
   """The distorted copies asked for, or None if no distortion is set.
 
   Args:
@@ -317,6 +332,7 @@ def training_copies(distortions: Distortions, copies: int, seed: int,
     module: the feature module.
     paths, image_keys: the training images and their content keys.
     load_vectors: False leaves `vectors` empty (read later from the cache).
+    boxes: None, or float32 [len(paths), 4], the crops (--crop_to_boxes).
   """
   if not distortions.any():
     return None
@@ -325,7 +341,7 @@ def training_copies(distortions: Distortions, copies: int, seed: int,
   count = copies
   copies = compute_distorted(
       paths, module, store, distortions, count, seed, batch_size,
-      image_keys=image_keys, load_vectors=load_vectors)
+      image_keys=image_keys, load_vectors=load_vectors, boxes=boxes)
   logging.info('Distorted copies: %d reused from the cache, %d computed; '
                'training on %d originals and %d copies.', copies.stats.reused,
                copies.stats.computed, len(paths), len(copies.source))

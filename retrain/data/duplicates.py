@@ -47,4 +47,5 @@ def warn_conflicting_duplicates(pairs: Sequence[Tuple[str, str]]) -> None:
   logging.warning(
       '%d images have the same content under two different classes; both '
       'copies are used, which teaches the classifier a contradiction. Delete '
-      'the copy in the wrong class:\n%s', len(pairs), '\n'.join(lines))
+      'the copy in the wrong class (python -m retrain.inspect also '
+      'finds near-duplicates):\n%s', len(pairs), '\n'.join(lines))
