@@ -266,6 +266,27 @@ def _cache_error(error: Exception) -> OutputError:
   return OutputError(f'bottleneck_dir: {error}', fields=('bottleneck_dir',))
 
 
+def _cache_keys(paths: Sequence[str], store: bottleneck_cache.BottleneckStore,
+                key_suffixes: Optional[Sequence[str]]):
+  """(cache key or OSError of each path, indices of the readable paths,
+  (path, reason) of the unreadable ones)."""
+  # The memo lives at the cache root: file digests do not depend on the
+  # module, so every namespace shares it.
+  digests = _hash_files(paths, bottleneck_cache.DigestMemo(
+      os.path.dirname(store.directory)))
+  failures = []
+  readable = []
+  for i, d in enumerate(digests):
+    if isinstance(d, OSError):
+      failures.append((paths[i], images_lib.os_error_reason(paths[i], d)))
+    else:
+      readable.append(i)
+  if key_suffixes is not None:
+    digests = [d if isinstance(d, OSError) else d + suffix
+               for d, suffix in zip(digests, key_suffixes, strict=True)]
+  return digests, readable, failures
+
+
 def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
                         store: bottleneck_cache.BottleneckStore,
                         batch_size: int,
@@ -292,20 +313,7 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
     key_suffixes: with boxes, n strings naming each crop (box and margin),
       appended to the file's content hash in its cache key and in `digests`.
   """
-  # The memo lives at the cache root: file digests do not depend on the
-  # module, so every namespace shares it.
-  digests = _hash_files(paths, bottleneck_cache.DigestMemo(
-      os.path.dirname(store.directory)))
-  failures = []
-  readable = []
-  for i, d in enumerate(digests):
-    if isinstance(d, OSError):
-      failures.append((paths[i], images_lib.os_error_reason(paths[i], d)))
-    else:
-      readable.append(i)
-  if key_suffixes is not None:
-    digests = [d if isinstance(d, OSError) else d + suffix
-               for d, suffix in zip(digests, key_suffixes, strict=True)]
+  digests, readable, failures = _cache_keys(paths, store, key_suffixes)
   keys = [digests[i] for i in readable]
   missing_count = len({k for k in keys if k not in store})
   if missing_count:
