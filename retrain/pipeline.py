@@ -29,6 +29,7 @@ from retrain.export import formats as export_formats
 from retrain.export import saved_model as export_lib
 from retrain.features import modules as features
 from retrain.features import tflite_runtime
+from retrain.finetune import run as finetune_lib
 from retrain.head import evaluate as evaluate_lib
 from retrain.head import options as train_options_lib
 from retrain.head import summaries as summaries_lib
@@ -96,6 +97,7 @@ def check_config(config: Config) -> None:
                        ' must be 0 (no projector) or more.')
   distort_lib.check_settings(distort_lib.Distortions.from_config(config),
                              config.distorted_copies)
+  finetune_lib.check_config(config)  # Fine-tuning (issue 16).
 
 
 def _log_counts(labels, y, split) -> None:
@@ -168,6 +170,7 @@ def run(config: Config) -> RunResult:
                              config.validation_percentage,
                              config.testing_percentage)
   _log_counts(labels, y_all, split)
+  finetune_lib.check_split(config, labels, y_all, split.validation)
   vectors = computed.vectors
 
   # Distorted copies of the training images only (validation and test stay
@@ -240,6 +243,23 @@ def run(config: Config) -> RunResult:
   timings['evaluation'] = time.monotonic() - phase
   peak_rss['evaluation'] = _peak_rss_mib()
 
+  # --- Fine-tuning (issue 16; retrain/finetune/) ------------------------------
+  # From here on `module` and `trained.head` are the fine-tuned network, so
+  # every export below is of it; `test` is its test result.
+  tuned = None
+  if config.fine_tune:
+    phase = time.monotonic()
+    tuned = finetune_lib.fine_tune(
+        config, module, trained.head, labels,
+        [dataset.images[i].path for i in usable],
+        [computed.digests[i] for i in usable], y_all, split)
+    module = tuned.module
+    trained = dataclasses.replace(trained, head=tuned.head)
+    test = dataclasses.replace(test, accuracy=tuned.test_after)
+    timings['fine_tune'] = time.monotonic() - phase
+    peak_rss['fine_tune'] = _peak_rss_mib()
+  # --- End of fine-tuning -------------------------------------------------------
+
   phase = time.monotonic()
   export_lib.write_labels(config.output_labels, labels)
   other_formats = export_formats.export_other_formats(
@@ -254,7 +274,8 @@ def run(config: Config) -> RunResult:
         config.final_tensor_name,
         extra_metadata={'test_accuracy': test.accuracy,
                         'test_count': test.count,
-                        'other_exports': other_formats})
+                        'other_exports': other_formats,
+                        **(tuned.metadata if tuned else {})})
     logging.info('Exported the classifier to %s (labels in %s).', saved,
                  config.output_labels)
   timings['export'] = time.monotonic() - phase

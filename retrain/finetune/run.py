@@ -1,0 +1,409 @@
+"""Fine-tuning as a step of the pipeline: checks, data, training, results.
+
+`check_config` runs before any slow work; `check_split` as soon as the
+split is known; `fine_tune` after the head is trained and before export.
+It returns the fine-tuned network as a `FeatureModule` (whose `obj` is the
+fine-tuned feature extractor, images -> float32 [b, D]) and a `Head`, so
+every export format (SavedModel with both signatures, frozen graph,
+TFLite) is written by the unchanged export code.
+
+Two ways, chosen by the module:
+  bundled EfficientNet-Lite: the blocks from --fine_tune_from on, the head
+    conv and the classifier, trained on cached activations
+    (`retrain.finetune.activations`, `retrain.finetune.lite`);
+  any other module: the whole module through hub.KerasLayer(trainable=True)
+    on images streamed from disk (`retrain.finetune.hub_full`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+import bottleneck_cache
+from retrain.bottlenecks import distort as distort_lib
+from retrain.common import earlier_outputs as keep
+from retrain.errors import DatasetError
+from retrain.features import efficientnet_lite, presets
+from retrain.features.modules import FeatureModule
+from retrain.finetune import activations as activations_lib
+from retrain.finetune import hub_full
+from retrain.finetune import lite as lite_lib
+from retrain.finetune import train as train_lib
+from retrain.head.train import Head
+
+REPORT_FILE = 'fine_tune.json'
+# Above this, AdamW fine-tuning of pretrained blocks tends to wipe out what
+# they learnt in the first epoch (1e-3 overfit within a few epochs on
+# flowers_sample); only a warning, as a small dataset may still want it.
+_HIGH_LEARNING_RATE = 1e-3
+
+
+def bundled_variant(handle: str) -> Optional[efficientnet_lite.Variant]:
+  """The EfficientNet-Lite variant of a bundled preset name, else None."""
+  preset = presets.PRESETS.get(handle)
+  if preset is None or not preset.bundled:
+    return None
+  return efficientnet_lite.get_variant(preset.name)
+
+
+def check_config(config) -> None:
+  """Raises DatasetError for fine-tuning settings that cannot work; warns
+  about ones that probably will not. Does nothing unless --fine_tune."""
+  if not config.fine_tune:
+    return
+  for name in ('fine_tune_epochs', 'fine_tune_batch_size'):
+    if getattr(config, name) < 1:
+      raise DatasetError(f'--{name}={getattr(config, name)} must be at least '
+                         '1.')
+  lr = config.fine_tune_learning_rate
+  if not (math.isfinite(lr) and lr > 0):
+    raise DatasetError(f'--fine_tune_learning_rate={lr} must be a positive '
+                       'number; 1e-4 is the default.')
+  if lr > _HIGH_LEARNING_RATE:
+    logging.warning(
+        '--fine_tune_learning_rate=%g is high for fine-tuning pretrained '
+        'layers (they change in the first steps far more than the head '
+        'needs, and accuracy usually drops or training diverges); try 1e-4.',
+        lr)
+  if not 0 <= config.fine_tune_dropout < 1:
+    raise DatasetError(f'--fine_tune_dropout={config.fine_tune_dropout} must '
+                       'be in [0, 1).')
+  for name in ('fine_tune_weight_decay', 'fine_tune_warmup_epochs',
+               'fine_tune_patience'):
+    if getattr(config, name) < 0:
+      raise DatasetError(f'--{name}={getattr(config, name)} must be 0 or '
+                         'more.')
+  if (config.validation_percentage <= 0 and not config.validation_csv and
+      config.image_layout != 'split_folders'):
+    raise DatasetError(
+        f'--fine_tune needs a validation set for early stopping, but '
+        f'--validation_percentage={config.validation_percentage:g}: pass '
+        '--validation_percentage 10 (or more), or drop --fine_tune.')
+  variant = bundled_variant(config.tfhub_module)
+  if variant is not None:
+    lite_lib.check_boundary(config.fine_tune_from,
+                            efficientnet_lite.block_specs(variant),
+                            variant.title)
+  elif config.fine_tune_from != -1:
+    logging.warning(
+        '--fine_tune_from=%d is ignored: %s is not a bundled EfficientNet-Lite '
+        'module, so it has no block boundary to cut at and is fine-tuned '
+        'whole.', config.fine_tune_from, config.tfhub_module)
+
+
+def check_split(config, labels: Sequence[str], y: np.ndarray,
+                validation: np.ndarray) -> None:
+  """Raises DatasetError if a class has no validation image (early stopping
+  would not see it), naming the classes and the fix."""
+  if not config.fine_tune:
+    return
+  counts = np.bincount(y[validation], minlength=len(labels))
+  empty = [labels[i] for i in range(len(labels)) if counts[i] == 0]
+  if empty:
+    raise DatasetError(
+        f'--fine_tune needs validation images of every class, and '
+        f'{len(empty)} class(es) have none: {", ".join(empty[:5])}. Add '
+        'images to them (about 10 or more per class), raise '
+        f'--validation_percentage (now {config.validation_percentage:g}), '
+        'or drop --fine_tune.')
+
+
+@dataclasses.dataclass
+class FineTuned:
+  """What fine-tuning produced.
+
+  Attributes:
+    module: the fine-tuned feature extractor as a FeatureModule (obj and
+      call run it: float32 [b, H, W, 3] in [0, 1] -> float32 [b, D]).
+    head: the fine-tuned classifier on those features.
+    network: the in-memory network (`logits`, `features`, `top_variables`).
+    fit: the training history (retrain.finetune.train.FitResult).
+    test_before, test_after: test accuracy in [0, 1] of the head alone (on
+      the same inputs) and after fine-tuning; nan without a test set.
+    test_predictions: int64 [n_test] class ids after fine-tuning.
+    metadata: what the export's retrain_metadata.json says about it.
+    timings: seconds per phase ('activations', 'training').
+  """
+  module: FeatureModule
+  head: Head
+  network: tf.Module
+  fit: train_lib.FitResult
+  test_before: float
+  test_after: float
+  test_count: int
+  test_predictions: np.ndarray
+  metadata: dict
+  timings: dict
+
+
+def tuned_feature_module(module: FeatureModule, network) -> FeatureModule:
+  """`module` with obj and call running network.features (trackable, so the
+  export saves the fine-tuned variables)."""
+
+  class TunedFeatures(tf.Module):
+
+    def __init__(self):
+      super().__init__(name='fine_tuned_features')
+      self.network = network
+
+    def __call__(self, images):
+      # Plain Python, traced inline into each export's own tf.function: a
+      # nested tf.function would give its captured variables numeric names,
+      # which TF renames in a log line hundreds of names long.
+      return self.network.features(tf.convert_to_tensor(images, tf.float32))
+
+  obj = TunedFeatures()
+  return dataclasses.replace(module, obj=obj, call=obj.__call__,
+                             prepare=None, parallel_calls=1)
+
+
+def _digest(*arrays) -> str:
+  h = hashlib.sha256()
+  for a in arrays:
+    h.update(np.ascontiguousarray(a).tobytes())
+  return h.hexdigest()[:20]
+
+
+def _fit_options(config) -> train_lib.FitOptions:
+  return train_lib.FitOptions(
+      epochs=config.fine_tune_epochs,
+      learning_rate=config.fine_tune_learning_rate,
+      weight_decay=config.fine_tune_weight_decay,
+      warmup_epochs=config.fine_tune_warmup_epochs,
+      patience=config.fine_tune_patience, seed=config.random_seed)
+
+
+def checkpoint_dir(config, identity: dict) -> str:
+  """<--checkpoint_path>.fine_tune/, or, without one, a folder of the
+  bottleneck cache named by the run's identity (so resume always works)."""
+  if config.checkpoint_path:
+    return f'{config.checkpoint_path}.fine_tune'
+  return os.path.join(config.bottleneck_dir, 'fine_tune_checkpoints',
+                      bottleneck_cache.namespace_id(identity))
+
+
+def _writers(summaries_dir: str):
+  """(train, validation, test) writers under <summaries_dir>/fine_tune/; an
+  earlier run's are moved aside."""
+  root = os.path.join(summaries_dir, 'fine_tune')
+  if os.path.isdir(root) and os.listdir(root):
+    keep.move_aside(root)
+  return tuple(tf.summary.create_file_writer(os.path.join(root, run))
+               for run in ('train', 'validation', 'test'))
+
+
+def _array_batches(x: np.ndarray, y: np.ndarray, batch_size: int,
+                   order: Optional[np.ndarray] = None):
+  order = np.arange(len(x)) if order is None else order
+  for start in range(0, len(order), batch_size):
+    idx = np.sort(order[start:start + batch_size])
+    yield tf.constant(x[idx]), tf.constant(y[idx], tf.int64)
+
+
+def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+  return np.random.default_rng([int(seed) & 0x7FFFFFFF, epoch]).permutation(n)
+
+
+def fine_tune(config, module: FeatureModule, head: Head,
+              labels: Sequence[str], paths: Sequence[str],
+              keys: Sequence[str], y: np.ndarray, split,
+              on_epoch=None) -> FineTuned:
+  """Fine-tunes the top of `module` (or all of it) together with `head`.
+
+  Args:
+    config: the run's Config (fine_tune_* fields, distortions, seed, dirs).
+    module: the feature module the head was trained on.
+    head: the trained head (weights float32 [D, N], biases [N]).
+    labels: class names; class id i is labels[i].
+    paths, keys: the usable images and their content hashes.
+    y: int64 [len(paths)] class ids.
+    split: train, validation, test index arrays into paths.
+    on_epoch: called with each EpochPoint (tests stop a run with it).
+  """
+  check_split(config, labels, y, split.validation)
+  variant = bundled_variant(module.handle)
+  options = _fit_options(config)
+  distortions = activations_lib.training_distortions(config)
+  identity = dict(
+      module.identity(), labels=list(labels), head=_digest(head.weights,
+                                                           head.biases),
+      train=_digest(np.array([keys[i] for i in split.train]),
+                    y[split.train]),
+      validation=_digest(np.array([keys[i] for i in split.validation])),
+      options=dataclasses.asdict(options),
+      dropout=config.fine_tune_dropout, batch_size=config.fine_tune_batch_size,
+      distortions=distortions.describe() if distortions else None,
+      distorted_copies=config.distorted_copies if distortions else 0)
+  timings = {}
+  batch = config.fine_tune_batch_size
+  if variant is not None:
+    weights = efficientnet_lite.load_folded_weights(variant)
+    block = lite_lib.check_boundary(config.fine_tune_from, weights.blocks,
+                                    variant.title)
+    identity['block'] = block
+    network = lite_lib.LiteNetwork(weights, block, head.weights, head.biases,
+                                   config.fine_tune_dropout)
+    shape = network.activation_shape
+    logging.info('Fine-tuning %s from block %d on: activations of %dx%dx%d '
+                 'entering it are computed once and cached.', variant.title,
+                 block, *shape)
+    started = time.monotonic()
+    data = _lite_data(config, module, network, paths, keys, y, split,
+                      distortions)
+    timings['activations'] = time.monotonic() - started
+    train_x, train_y, val, test = data
+
+    def train_batches(epoch):
+      return _array_batches(train_x, train_y, batch,
+                            _epoch_order(config.random_seed, epoch,
+                                         len(train_x)))
+
+    def val_batches():
+      return _array_batches(*val, batch * 4)
+
+    def test_batches():
+      return _array_batches(*test, batch * 4)
+
+    steps = math.ceil(len(train_x) / batch)
+    what = {'kind': 'top of EfficientNet-Lite on cached activations',
+            'module': variant.name, 'from_block': block,
+            'blocks': len(weights.blocks),
+            'activation_shape': list(shape)}
+  else:
+    network = hub_full.HubNetwork(module, head.weights, head.biases,
+                                  config.fine_tune_dropout)
+    identity['block'] = 'all'
+    train_paths = [paths[i] for i in split.train]
+    train_y = y[split.train]
+    seeds = None
+    if distortions is not None:
+      seeds = np.array([distort_lib.copy_seed(config.random_seed, keys[i], 0)
+                        for i in split.train], np.int64)
+    size = module.input_size
+
+    def train_batches(epoch):
+      epoch_seeds = None if seeds is None else seeds ^ np.int64(epoch)
+      return hub_full.image_batches(
+          train_paths, train_y, size, batch,
+          _epoch_order(config.random_seed, epoch, len(train_paths)),
+          distortions, epoch_seeds)
+
+    def val_batches():
+      return hub_full.image_batches([paths[i] for i in split.validation],
+                                    y[split.validation], size, batch)
+
+    def test_batches():
+      return hub_full.image_batches([paths[i] for i in split.test],
+                                    y[split.test], size, batch)
+
+    steps = math.ceil(len(train_paths) / batch)
+    hub_full.log_estimate(
+        module.handle, hub_full.estimate_epoch_seconds(
+            network, batch, len(train_paths)), options.epochs,
+        len(train_paths))
+    what = {'kind': 'whole module through hub.KerasLayer(trainable=True)',
+            'module': module.handle, 'from_block': None}
+
+  _, test_before, _ = train_lib.evaluate(
+      lambda x: network.logits(x, False), test_batches())
+  writers = _writers(config.summaries_dir)
+  started = time.monotonic()
+  try:
+    fit = train_lib.fit(
+        network.top_variables, network.logits, train_batches, val_batches,
+        steps, options, checkpoint_dir(config, identity), identity,
+        writers[:2], on_epoch)
+    _, test_after, predictions = train_lib.evaluate(
+        lambda x: network.logits(x, False), test_batches())
+    with writers[2].as_default():
+      last = fit.history[-1].epoch if fit.history else 0
+      for step, value in ((0, test_before), (max(last, 1), test_after)):
+        if math.isfinite(value):
+          tf.summary.scalar('accuracy', value, step=step)
+  finally:
+    for w in writers:
+      w.close()
+  timings['training'] = time.monotonic() - started
+  logging.info('Fine-tuning: test accuracy %.1f%% before, %.1f%% after '
+               '(N=%d).', 100 * test_before, 100 * test_after,
+               len(predictions))
+  what.update(epochs_run=[p.epoch for p in fit.history if p.epoch],
+              best_epoch=fit.best_epoch, resumed_from_epoch=fit.resumed_from,
+              learning_rate=options.learning_rate,
+              test_accuracy_before=test_before,
+              test_accuracy_after=test_after)
+  tuned_head = Head(network.final_weights.numpy(),
+                    network.final_biases.numpy())
+  result = FineTuned(
+      module=tuned_feature_module(module, network), head=tuned_head,
+      network=network, fit=fit, test_before=test_before,
+      test_after=test_after, test_count=len(predictions),
+      test_predictions=predictions, metadata={'fine_tuned': what},
+      timings=timings)
+  write_report(config.report_dir, result)
+  return result
+
+
+def _lite_data(config, module, network, paths, keys, y, split, distortions):
+  """(train_x, train_y, (val_x, val_y), (test_x, test_y)); x float16
+  activations [n, h, w, c], training rows: originals then copies."""
+  shape = network.activation_shape
+  bottom = activations_lib.bottom_module(
+      module, tf.function(network.bottom), shape, module.input_size)
+  store = activations_lib.Float16Store(
+      config.bottleneck_dir,
+      activations_lib.namespace(module, network.block, shape))
+  plain = activations_lib.plain_activations(
+      paths, keys, bottom, store, shape, config.bottleneck_batch_size)
+  logging.info('Activations: %d reused from the cache, %d computed.',
+               plain.stats.reused, plain.stats.computed)
+  # Rows of plain.values for each usable image; an image the bottom could
+  # not read (already skipped for bottlenecks, so rare) is left out.
+  row = np.full(len(paths), -1)
+  row[np.flatnonzero(plain.ok)] = np.arange(int(plain.ok.sum()))
+
+  def rows(subset):
+    subset = np.asarray(subset)
+    subset = subset[row[subset] >= 0]
+    return plain.values[row[subset]], y[subset]
+
+  train_x, train_y = rows(split.train)
+  if distortions is not None:
+    train_idx = np.asarray(split.train)
+    dstore = activations_lib.Float16Store(
+        config.bottleneck_dir, activations_lib.distorted_namespace(
+            module, network.block, shape, distortions, config.random_seed))
+    copies, source = activations_lib.distorted_activations(
+        [paths[i] for i in train_idx], [keys[i] for i in train_idx], bottom,
+        dstore, shape, distortions, config.distorted_copies,
+        config.random_seed, config.bottleneck_batch_size)
+    train_x = np.concatenate([train_x, copies.values])
+    train_y = np.concatenate([train_y, y[train_idx][source]])
+  return train_x, train_y, rows(split.validation), rows(split.test)
+
+
+def write_report(report_dir: str, result: FineTuned) -> Optional[str]:
+  """<report_dir>/fine_tune.json: what was fine-tuned, before and after on
+  test, and each epoch's figures."""
+  if not report_dir:
+    return None
+  os.makedirs(report_dir, exist_ok=True)
+  path = os.path.join(report_dir, REPORT_FILE)
+  data = dict(result.metadata['fine_tuned'], test_count=result.test_count,
+              timings_seconds=result.timings,
+              history=[dataclasses.asdict(p) for p in result.fit.history])
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(data, f, indent=2)
+  os.replace(tmp, path)
+  return path
