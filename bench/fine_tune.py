@@ -64,7 +64,7 @@ def _peak_mib() -> float:
 
 def one_boundary(args, work, boundary) -> dict:
   row = {'boundary': boundary}
-  for run_name in ('cold', 'warm'):
+  for run_name in ('cold',) if args.skip_warm else ('cold', 'warm'):
     result, tuned = _run(_config(args, work, boundary,
                                  f'b{boundary}-{run_name}'))
     history = tuned.fit.history
@@ -134,6 +134,8 @@ def main():
   parser.add_argument('--work', default='')
   parser.add_argument('--one', default='', help=argparse.SUPPRESS)
   parser.add_argument('--skip_full', action='store_true')
+  parser.add_argument('--skip_warm', action='store_true',
+                      help='no warm re-run (halves the time)')
   args = parser.parse_args()
   from absl import logging
   logging.set_verbosity('warning')
@@ -149,7 +151,8 @@ def main():
   for job in jobs:
     cmd = [sys.executable, __file__, args.dir, '--one', job, '--work', work,
            '--epochs', str(args.epochs), '--full_batches',
-           str(args.full_batches)]
+           str(args.full_batches)] + (['--skip_warm'] if args.skip_warm
+                                      else [])
     done = subprocess.run(cmd, capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=ROOT))
     lines = [x for x in done.stdout.splitlines() if x.startswith('RESULT ')]
@@ -170,7 +173,7 @@ def main():
     if job == 'full':
       full = r
       continue
-    c, w = r['cold'], r['warm']
+    c, w = r['cold'], r.get('warm', {'total_s': float('nan')})
     print(f'| {job} | {"x".join(map(str, r["activation_shape"]))} '
           f'| {c["activations_s"]:.1f} | {c["train_s_per_epoch"]:.1f} '
           f'| {c["epochs_run"]} (best {c["best_epoch"]}) '
