@@ -484,6 +484,20 @@ def test_hub_module_full_fine_tuning_end_to_end(tmp_path, caplog):
   paths = sorted(str(p) for p in (tmp_path / 'images').rglob('*.jpg'))[:6]
   meta = _check_export_equals_network(config.saved_model_dir, tuned, paths)
   assert meta['fine_tuned']['kind'].startswith('whole module')
+  # tools/label_image.py reads every format of the fine-tuned export as is.
+  from retrain import images as images_lib
+  from tools import label_image
+  images = tf.stack([images_lib.load_image(p, (32, 32)) for p in paths])
+  expected = tf.nn.softmax(tuned.network.logits(images, False)).numpy()
+  for kwargs in (dict(saved_model_dir=config.saved_model_dir),
+                 dict(graph=config.output_graph),
+                 dict(graph=config.tflite_output_file)):
+    model = label_image.load_model(**kwargs)
+    records = label_image.classify_files(model, paths, top_k=1)
+    top = [(model.labels.index(r.top[0][0]), r.top[0][1]) for r in records]
+    assert [t for t, _ in top] == list(expected.argmax(axis=1)), kwargs
+    np.testing.assert_allclose([p for _, p in top], expected.max(axis=1),
+                               atol=1e-3)
   assert meta['fine_tuned']['from_block'] is None
   assert meta['test_accuracy'] == tuned.test_after
   report = json.loads((pathlib.Path(config.report_dir) /
