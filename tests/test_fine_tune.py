@@ -31,7 +31,7 @@ from retrain.finetune import activations as activations_lib
 from retrain.finetune import lite as lite_lib
 from retrain.finetune import run as finetune_lib
 from retrain.finetune import train as train_lib
-from tests.conftest import make_colour_dataset, shrunk_config
+from tests.conftest import kill_after, make_colour_dataset, shrunk_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY_SIZE = 32
@@ -333,15 +333,7 @@ def test_kill_during_activation_writes_leaves_readable_cache(tmp_path):
               s.compact()
           print(i, flush=True)
   ''')
-  proc = subprocess.Popen([sys.executable, '-c', script],
-                          stdout=subprocess.PIPE, text=True)
-  done = -1
-  for line in proc.stdout:
-    done = int(line)
-    if done >= 130:
-      break
-  proc.kill()
-  proc.wait()
+  done = kill_after(script, 130)
   store = activations_lib.Float16Store(str(tmp_path), {'ns': 1})
   assert len(store) >= done + 1
   keys = [f'w{i}' for i in range(done + 1)]
