@@ -370,14 +370,20 @@ def test_bad_settings_fail_before_any_work(tmp_path, fake_module, caplog):
   assert '--fine_tune_learning_rate=0.05 is high' in caplog.text
 
 
-def test_a_class_without_validation_images_is_refused():
-  y = np.array([0, 0, 1, 1, 2, 2])
+def test_a_class_without_validation_images_is_refused(caplog):
+  y = np.array([0, 0, 1, 1, 2, 2] + [0, 1, 2] * 5)
   config = shrunk_config('x', '/tmp/unused', 'm', fine_tune=True)
   with pytest.raises(DatasetError, match=r'1 class\(es\) have none: red'):
     finetune_lib.check_split(config, ['blue', 'green', 'red'], y,
                              np.array([0, 2]))
+  caplog.set_level('WARNING', logger='absl')
   finetune_lib.check_split(config, ['blue', 'green', 'red'], y,
                            np.array([0, 2, 4]))
+  assert 'fewer than 5 validation images (blue, green, red)' in caplog.text
+  caplog.clear()
+  finetune_lib.check_split(config, ['blue', 'green', 'red'], y,
+                           np.arange(6, 21))
+  assert 'validation images' not in caplog.text
 
 
 # --- End to end. ---------------------------------------------------------------------

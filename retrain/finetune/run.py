@@ -46,6 +46,9 @@ REPORT_FILE = 'fine_tune.json'
 # they learnt in the first epoch (1e-3 overfit within a few epochs on
 # flowers_sample); only a warning, as a small dataset may still want it.
 _HIGH_LEARNING_RATE = 1e-3
+# Fewer validation images of a class than this: one image moves that
+# class's accuracy by more than 20 points.
+_FEW_VALIDATION = 5
 
 
 def bundled_variant(handle: str) -> Optional[efficientnet_lite.Variant]:
@@ -116,6 +119,14 @@ def check_split(config, labels: Sequence[str], y: np.ndarray,
         'images to them (about 10 or more per class), raise '
         f'--validation_percentage (now {config.validation_percentage:g}), '
         'or drop --fine_tune.')
+  few = [labels[i] for i in range(len(labels)) if counts[i] < _FEW_VALIDATION]
+  if few:
+    logging.warning(
+        'Fine-tuning keeps the epoch with the best validation accuracy, but '
+        '%d class(es) have fewer than %d validation images (%s), so that '
+        'choice is mostly noise: add images or raise --validation_percentage '
+        '(now %g).', len(few), _FEW_VALIDATION, ', '.join(few[:5]),
+        config.validation_percentage)
 
 
 @dataclasses.dataclass
