@@ -12,7 +12,7 @@ Prints one table for an image folder and a module:
   6. optionally, the same runs of a retrain.py copy (--retrain_py) and ratios;
      retrain.py needs a Python with hub.Module (--retrain_py_python) and a
      TF1 Hub module (--retrain_py_module, from make_tf1_hub_module.py); see
-     the README's Performance section.
+     docs/performance.md.
 
 Usage (from the repository root):
   python bench/pipeline_bench.py --image_dir ../shared/datasets/flowers_sample
@@ -62,7 +62,7 @@ def module_limit(module, batch_sizes, seconds=8.0):
     started = time.perf_counter()
     stop = started + seconds
 
-    def work(k, x=x, batch=batch, stop=stop):
+    def work(k, x=x, batch=batch, stop=stop, done=done):
       while time.perf_counter() < stop:
         module.call(x).numpy()
         done[k] += batch

@@ -18,6 +18,8 @@ from typing import Optional
 
 from absl import logging
 
+from bottleneck_cache import atomic
+
 _BLOCK = 1 << 20
 MEMO_FILE = 'file_digests.json'
 _MEMO_VERSION = 1
@@ -76,9 +78,8 @@ class DigestMemo:
     tmp = f'{self.path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}'
     try:
       os.makedirs(os.path.dirname(self.path), exist_ok=True)
-      with open(tmp, 'w', encoding='utf-8') as f:
-        json.dump({'version': _MEMO_VERSION, 'files': self._memo}, f)
-      os.replace(tmp, self.path)
+      atomic.write_json(self.path,
+                        {'version': _MEMO_VERSION, 'files': self._memo}, tmp)
       self._dirty = False
     except OSError as e:
       logging.warning('Could not save the digest memo %s (%s).', self.path, e)

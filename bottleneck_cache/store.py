@@ -1,6 +1,6 @@
 """An on-disk, crash-safe store of feature vectors ("bottlenecks") in HDF5.
 
-Layout under the cache root (retrain's --bottleneck_dir):
+Layout under the cache root (retrain's bottleneck_dir):
 
   <root>/<namespace id>/namespace.json    what the vectors were computed with
   <root>/<namespace id>/shard-*.h5        immutable files of (keys, vectors)
@@ -33,11 +33,13 @@ import json
 import os
 import time
 import uuid
-from typing import Callable, Iterable, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Iterable, Optional, Sequence, Tuple
 
 import h5py
 import numpy as np
 from absl import logging
+
+from bottleneck_cache import atomic
 
 SHARD_PREFIX = 'shard-'
 SHARD_SUFFIX = '.h5'
@@ -92,7 +94,7 @@ class BottleneckStore:
     except OSError as e:
       raise CacheError(
           f'Cannot create the bottleneck cache folder {self.directory!r} '
-          f'({e.strerror}): pass --bottleneck_dir with a writable folder.'
+          f'({e.strerror}): give a writable folder as the cache root.'
       ) from e
     self._write_description()
     self._remove_stale_temporaries()
@@ -230,10 +232,10 @@ class BottleneckStore:
     path = os.path.join(self.directory, NAMESPACE_FILE)
     if os.path.exists(path):
       return
-    tmp = os.path.join(self.directory, f'{TMP_PREFIX}{uuid.uuid4().hex}.json')
-    with open(tmp, 'w', encoding='utf-8') as f:
-      json.dump(self.description, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    # The pid in the name: _remove_stale_temporaries keeps a live writer's.
+    tmp = os.path.join(self.directory,
+                       f'{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}.json')
+    atomic.write_json(path, self.description, tmp, indent=2, sort_keys=True)
 
   def _remove_stale_temporaries(self) -> None:
     """Removes temporary files of processes that are gone."""
@@ -299,9 +301,3 @@ def _process_alive(pid: int) -> bool:
   except PermissionError:
     return True
   return True
-
-
-def iter_batches(items: Sequence, size: int) -> Iterator[Sequence]:
-  """Consecutive slices of at most `size` items."""
-  for start in range(0, len(items), size):
-    yield items[start:start + size]

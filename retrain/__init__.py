@@ -1,7 +1,38 @@
 """retrain: turn a folder of photos into an image classifier on a laptop CPU.
 
 Data flows one way: discover images -> split -> bottlenecks (cached) ->
-train head -> evaluate -> export. `retrain.pipeline.run(config)` runs it all.
+train head -> evaluate -> export.
+
+From Python (or a notebook):
+
+  import retrain
+  result = retrain.run(image_dir='flower_photos', how_many_training_steps=500)
+  print(result.test_accuracy, result.saved_model_dir)
+
+`retrain.run(config)` takes a `retrain.Config` instead (start from
+`retrain.DEFAULTS` and `dataclasses.replace` a few fields). `Config`,
+`DEFAULTS` and `run` are imported on first use, so `import retrain` alone
+stays cheap (no TensorFlow, no numpy).
 """
 
-__version__ = '0.1.0'
+from retrain.version import __version__
+
+__all__ = ['Config', 'DEFAULTS', 'run', '__version__']
+
+
+def run(config=None, /, **options):
+  """Runs retraining end to end and returns a `retrain.pipeline.RunResult`.
+
+  See `retrain.api.run` for the arguments.
+  """
+  from retrain import api  # pylint: disable=g-import-not-at-top
+  return api.run(config, **options)
+
+
+def __getattr__(name):
+  # PEP 562: Config and DEFAULTS load retrain.config (and numpy) only when
+  # asked for.
+  if name in ('Config', 'DEFAULTS'):
+    from retrain import config  # pylint: disable=g-import-not-at-top
+    return getattr(config, name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -23,13 +23,10 @@ from absl import (
   logging,  # noqa: E402
 )
 
+from retrain.common import names  # noqa: E402
 from retrain.config import (
   DEFAULTS,  # noqa: E402
   Config,  # noqa: E402
-)
-from retrain.data.sources import (
-  LABEL_STYLES,  # noqa: E402
-  LAYOUTS,  # noqa: E402
 )
 
 _D = DEFAULTS
@@ -40,7 +37,7 @@ flags.DEFINE_float('testing_percentage', _D.testing_percentage,
                    'Percentage of each class used as the test set.')
 flags.DEFINE_float('validation_percentage', _D.validation_percentage,
                    'Percentage of each class used as the validation set.')
-flags.DEFINE_enum('image_layout', _D.image_layout, list(LAYOUTS),
+flags.DEFINE_enum('image_layout', _D.image_layout, list(names.LAYOUTS),
                   'How --image_dir is laid out: auto detects '
                   'train/, validation/ (or val/), test/ split folders of '
                   'class folders; class_folders or split_folders force one.')
@@ -55,7 +52,7 @@ flags.DEFINE_string('validation_csv', _D.validation_csv,
                     'CSV of "path, label" validation rows (needs --train_csv).')
 flags.DEFINE_string('test_csv', _D.test_csv,
                     'CSV of "path, label" test rows (needs --train_csv).')
-flags.DEFINE_enum('label_style', _D.label_style, list(LABEL_STYLES),
+flags.DEFINE_enum('label_style', _D.label_style, list(names.LABEL_STYLES),
                   'verbatim keeps folder names / CSV labels; retrain makes '
                   "retrain.py's labels (lower case, each run of other "
                   'characters one space).')
@@ -66,10 +63,14 @@ flags.DEFINE_string(
 flags.DEFINE_integer('image_size', _D.image_size,
                      'Input height and width, for modules that accept any '
                      'size.')
+# Read here, the only module that reads the environment: the module cache
+# when --module_cache_dir is not given.
+MODULE_CACHE_ENV = 'RETRAIN_MODULE_CACHE'
+
 flags.DEFINE_string('module_cache_dir', _D.module_cache_dir,
                     'Where bundled presets are converted to SavedModels '
-                    '(default: $RETRAIN_MODULE_CACHE or '
-                    '~/.cache/retrain/modules).')
+                    f'(default: ${MODULE_CACHE_ENV} if set, else '
+                    f'{_D.module_cache_dir}).')
 flags.DEFINE_bool('list_modules', False,
                   'Print the module presets and exit.')
 flags.DEFINE_string('bottleneck_dir', _D.bottleneck_dir,
@@ -77,7 +78,7 @@ flags.DEFINE_string('bottleneck_dir', _D.bottleneck_dir,
 flags.DEFINE_integer('bottleneck_batch_size', _D.bottleneck_batch_size,
                      'Images per module call when computing bottlenecks.')
 flags.DEFINE_enum('bottleneck_runtime', _D.bottleneck_runtime,
-                  ['tf', 'tflite', 'auto'],
+                  list(names.BOTTLENECK_RUNTIMES),
                   'Runtime of the module for bottlenecks: TensorFlow, TFLite '
                   'with XNNPACK, or auto (TFLite when the module converts).')
 flags.DEFINE_integer('how_many_training_steps', _D.how_many_training_steps,
@@ -93,7 +94,7 @@ flags.DEFINE_integer('test_batch_size', _D.test_batch_size,
                      'Test images in the final evaluation; -1 for all.')
 flags.DEFINE_integer('random_seed', _D.random_seed,
                      'Seed for initialisation and batch sampling.')
-flags.DEFINE_enum('optimizer', _D.optimizer, ['sgd', 'momentum', 'adam'],
+flags.DEFINE_enum('optimizer', _D.optimizer, list(names.OPTIMIZERS),
                   'Optimizer of the head: sgd (retrain.py), momentum (0.9) '
                   'or adam; all use --learning_rate.')
 flags.DEFINE_float('dropout_rate', _D.dropout_rate,
@@ -103,12 +104,12 @@ flags.DEFINE_float('l2_regularizer', _D.l2_regularizer,
                    'L2 penalty on the head weights; 0 for none.')
 flags.DEFINE_float('label_smoothing', _D.label_smoothing,
                    'Label smoothing of the training targets, in [0, 1).')
-flags.DEFINE_enum('sampling', _D.sampling, ['classes', 'images'],
+flags.DEFINE_enum('sampling', _D.sampling, list(names.SAMPLINGS),
                   'How training batches are drawn: classes (a class '
                   'uniformly, then one of its images, as retrain.py) or '
                   'images (every training image equally likely).')
 flags.DEFINE_enum('class_weighting', _D.class_weighting,
-                  ['none', 'balanced'],
+                  list(names.CLASS_WEIGHTINGS),
                   'balanced: weight the loss so every class counts the same '
                   '(only changes anything with --sampling images).')
 flags.DEFINE_integer('early_stopping_patience', _D.early_stopping_patience,
@@ -165,7 +166,7 @@ flags.DEFINE_string('checkpoint_path', _D.checkpoint_path,
 flags.DEFINE_string('tflite_output_file', _D.tflite_output_file,
                     'Where a TFLite model is written ("" for none).')
 flags.DEFINE_enum('tflite_quantization', _D.tflite_quantization,
-                  ['none', 'dynamic', 'float16', 'int8'],
+                  list(names.QUANTIZATIONS),
                   'Quantization of the TFLite model.')
 flags.DEFINE_integer('tflite_calibration_images',
                      _D.tflite_calibration_images,
@@ -201,10 +202,20 @@ flags.DEFINE_enum('logging_verbosity', 'INFO',
 FLAGS = flags.FLAGS
 
 
-def config_from_flags() -> Config:
-  """A Config with every field taken from the flag of the same name."""
-  return Config(**{field.name: FLAGS[field.name].value
-                   for field in dataclasses.fields(Config)})
+def config_from_flags(environ=os.environ) -> Config:
+  """A Config with every field taken from the flag of the same name (and
+  module_cache_dir from $RETRAIN_MODULE_CACHE when the flag is not given)."""
+  values = {field.name: FLAGS[field.name].value
+            for field in dataclasses.fields(Config)}
+  if not FLAGS['module_cache_dir'].present and environ.get(MODULE_CACHE_ENV):
+    values['module_cache_dir'] = environ[MODULE_CACHE_ENV]
+  return Config(**values)
+
+
+def flag_wording(error) -> str:
+  """A library error's text with each setting it names worded as its flag
+  (`optimizer='x'` -> `--optimizer='x'`)."""
+  return error.worded(lambda field: f'--{field}')
 
 
 def main(argv):
@@ -220,33 +231,41 @@ def main(argv):
   from retrain.errors import RetrainError  # pylint: disable=g-import-not-at-top
   from retrain.features import presets  # pylint: disable=g-import-not-at-top
   if FLAGS.list_modules:
-    sys.stdout.write(presets.format_module_list() + '\n')
+    cache_dir = config_from_flags().module_cache_dir
+    sys.stdout.write(presets.format_module_list(cache_dir) + '\n'
+                     f'(Set {MODULE_CACHE_ENV} or --module_cache_dir to move '
+                     'the module cache.)\n')
     return 0
   from retrain import pipeline  # pylint: disable=g-import-not-at-top
+  from retrain.report import summary  # pylint: disable=g-import-not-at-top
+  config = config_from_flags()
   try:
-    pipeline.run(config_from_flags())
+    result = pipeline.run(config)
   except RetrainError as e:
-    logging.error('%s', e)
+    logging.error('%s', flag_wording(e))
     return 1
+  summary.log_summary(config, result)
   return 0
 
 
-def show_flags_in_help(module_name: str) -> None:
-  """Lists `module_name`'s flags in --help when run as a console script.
+USAGE = """retrain: train an image classifier on a folder of photos.
 
-  absl's --help shows the flags of the module named by sys.argv[0]; for
-  `python -m retrain` that is this file, but for the installed `retrain`
-  command it is the launcher script, which defines none.
-  """
-  for flag in FLAGS.get_flags_for_module(module_name):
-    FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+Give it a folder with one sub-folder of images per class; it computes (and
+caches) image features with a pretrained module, trains a small classifier
+on them, reports its test accuracy and exports a model that label_image
+(and TensorFlow, TFLite) can run.
+
+Example:
+  python -m retrain --image_dir flower_photos --output_graph out/flowers.pb
+
+Every flag is explained in docs/flags.md.
+"""
 
 
 def run():
-  """Entry point of the `retrain` console script."""
-  if __name__ != '__main__':
-    show_flags_in_help(__name__)
-  app.run(main)
+  """Entry point of `python -m retrain` and of the `retrain` console script."""
+  from retrain.common import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main, 'retrain', USAGE, [__name__])
 
 
 if __name__ == '__main__':

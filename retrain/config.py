@@ -16,12 +16,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from retrain.common import names
 from retrain.features import presets
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """Everything a retraining run needs; see README.md for each field."""
+  """Everything a retraining run needs; see docs/flags.md for each field."""
 
   # --- Input -----------------------------------------------------------------
   image_dir: str = ''
@@ -53,9 +54,10 @@ class Config:
   tfhub_module: str = presets.DEFAULT_MODULE
   # Only needed for modules whose input size is not fixed by the module.
   image_size: Optional[int] = None
-  # Where bundled presets are converted to SavedModels (None: the presets'
-  # default, ~/.cache/retrain/modules or $RETRAIN_MODULE_CACHE).
-  module_cache_dir: Optional[str] = None
+  # Where bundled presets are converted to SavedModels ('~' is expanded).
+  # The command line takes $RETRAIN_MODULE_CACHE, when set, instead of this
+  # default (share one cache between users, or keep it off a small home).
+  module_cache_dir: str = presets.DEFAULT_MODULE_CACHE
 
   # --- Bottlenecks ---------------------------------------------------------------
   bottleneck_dir: str = '/tmp/bottleneck'
@@ -84,7 +86,7 @@ class Config:
   # --- Training options beyond retrain.py (retrain/train_options.py) --------
   # All off, so the defaults train exactly as retrain.py did. Measured on
   # flowers_sample none of them beat the defaults clearly enough to become
-  # one (README, "Training options").
+  # one (docs/training.md, "Training options").
   optimizer: str = 'sgd'  # sgd | momentum | adam
   dropout_rate: float = 0.0  # of the bottleneck inputs, while training
   l2_regularizer: float = 0.0  # times sum(weights**2), added to the loss
@@ -118,7 +120,7 @@ class Config:
   # retrain.py wrote no SavedModel unless asked; the SavedModel is this
   # project's main artifact, so it is written by default.
   saved_model_dir: str = '/tmp/retrain_saved_model'
-  final_tensor_name: str = 'final_result'
+  final_tensor_name: str = names.OUTPUT_TENSOR_NAME
   print_misclassified_test_images: bool = False
   # Machine-readable reports of a run (skipped files, per-class metrics,
   # confusion matrix, misclassified images).
@@ -173,3 +175,11 @@ class Config:
 
 
 DEFAULTS = Config()
+
+
+def subset(record_type, config: Config):
+  """The option record `record_type` (a dataclass whose fields are named
+  as Config's) filled from `config`, so that library functions take only
+  the settings they use, never the whole Config."""
+  return record_type(**{f.name: getattr(config, f.name)
+                        for f in dataclasses.fields(record_type)})

@@ -1,13 +1,39 @@
 """Typed errors for problems a user can fix.
 
-Every message names the bad value and says what to do. The command line
-prints the message without a traceback and exits with status 1; anything
-else that escapes is a bug and keeps its traceback.
+Every message names the bad value and says what to do. A setting is named
+in the text as its retrain.config.Config field (`optimizer='rmsprop' is not
+one of ...`) and listed in `fields`, so the command line can word it as its
+flag (`--optimizer='rmsprop' ...`) while a Python caller reads the keyword
+it passed. The command line prints the message without a traceback and
+exits with status 1; anything else that escapes is a bug and keeps its
+traceback.
 """
+
+from __future__ import annotations
+
+import re
+from typing import Callable, Sequence
 
 
 class RetrainError(Exception):
-  """A problem with the user's input or environment, with the fix in the text."""
+  """A problem with the user's input or environment, with the fix in the text.
+
+  Attributes:
+    fields: the settings (Config field names) the text names.
+  """
+
+  def __init__(self, *args, fields: Sequence[str] = ()):
+    super().__init__(*args)
+    self.fields = tuple(fields)
+
+  def worded(self, name: Callable[[str], str]) -> str:
+    """The message with each of `fields` written as name(field), e.g. a
+    flag: error.worded(lambda f: '--' + f)."""
+    text = str(self)
+    for field in self.fields:
+      text = re.sub(rf'(?<![\w./-]){re.escape(field)}(?![\w/])',
+                    lambda _, f=field: name(f), text)
+    return text
 
 
 class DatasetError(RetrainError, ValueError):

@@ -27,12 +27,25 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
 from retrain.errors import ImageError
+
+# The files taken for images, in folders (training and label_image alike),
+# matched case-insensitively against the name's ending: every format
+# `load_image` decodes (TIFF through Pillow).
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.webp', '.tif',
+                    '.tiff')
+
+
+def is_image_file(name: str, extensions: Sequence[str] = IMAGE_EXTENSIONS
+                  ) -> bool:
+  """True for a visible file whose name ends in one of `extensions` (any
+  case)."""
+  return not name.startswith('.') and name.lower().endswith(tuple(extensions))
 
 # The JPEG decoder can scale by 1/2, 1/4 and 1/8 while decoding.
 _JPEG_RATIOS = (1, 2, 4, 8)

@@ -7,12 +7,8 @@ tests (and other programs) can inspect; it reads no flags.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import resource
-import sys
-import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from absl import logging
@@ -20,11 +16,15 @@ from absl import logging
 import bottleneck_cache
 from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.bottlenecks import distort as distort_lib
-from retrain.config import Config
+from retrain.bottlenecks import usable as usable_lib
+from retrain.common import atomic
+from retrain.common import phases as phases_lib
+from retrain.common.progress import Progress
+from retrain.config import Config, subset
 from retrain.data import duplicates
 from retrain.data import sources as layouts
 from retrain.data import split as split_lib
-from retrain.errors import DatasetError
+from retrain.errors import DatasetError, OutputError
 from retrain.export import formats as export_formats
 from retrain.export import saved_model as export_lib
 from retrain.features import modules as features
@@ -81,26 +81,29 @@ class RunResult:
 
 def check_config(config: Config) -> None:
   """Checks values before any slow work starts."""
-  layouts.check_layout_config(config)
+  layouts.check_layout_options(subset(layouts.LayoutOptions, config))
   split_lib.check_percentages(config.validation_percentage,
                               config.testing_percentage)
   for name in ('how_many_training_steps', 'train_batch_size',
                'eval_step_interval', 'bottleneck_batch_size'):
     if getattr(config, name) < 1:
-      raise DatasetError(f'--{name}={getattr(config, name)} must be at least '
-                         '1.')
+      raise DatasetError(f'{name}={getattr(config, name)} must be at least '
+                         '1.', fields=(name,))
   if config.learning_rate <= 0:
-    raise DatasetError(f'--learning_rate={config.learning_rate} must be '
-                       'positive.')
+    raise DatasetError(f'learning_rate={config.learning_rate} must be '
+                       'positive.',
+                       fields=('learning_rate',))
   export_lib.check_export_dir(config.saved_model_dir)
-  export_formats.check_config(config)
-  train_options_lib.check(train_options_lib.TrainOptions.from_config(config))
+  export_formats.check_options(subset(export_formats.ExportOptions, config))
+  train_options_lib.check(subset(train_options_lib.TrainOptions, config))
   if config.projector_max_images < 0:
-    raise DatasetError(f'--projector_max_images={config.projector_max_images}'
-                       ' must be 0 (no projector) or more.')
-  distort_lib.check_settings(distort_lib.Distortions.from_config(config),
+    raise DatasetError(f'projector_max_images={config.projector_max_images}'
+                       ' must be 0 (no projector) or more.',
+                       fields=('projector_max_images',))
+  distort_lib.check_settings(subset(distort_lib.Distortions, config),
                              config.distorted_copies)
-  finetune_lib.check_config(config)  # Fine-tuning (issue 16).
+  # Fine-tuning (issue 16).
+  finetune_lib.check_options(subset(finetune_lib.FineTuneOptions, config))
 
 
 def _log_counts(labels, y, split) -> None:
@@ -111,45 +114,104 @@ def _log_counts(labels, y, split) -> None:
                  int(np.sum(y[split.test] == i)))
 
 
-def _peak_rss_mib() -> float:
-  """The process's peak resident memory so far, in MiB (Linux, macOS)."""
-  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  return peak / (1 << 20) if sys.platform == 'darwin' else peak / 1024.0
-
-
 def run(config: Config) -> RunResult:
   """Runs retraining end to end; see the module docstring."""
-  timings = {}
-  peak_rss = {}
-  started = time.monotonic()
-  check_config(config)
-
-  layout = layouts.load_layout(config)
-  dataset = layout.dataset
-  labels = list(dataset.labels)
-  logging.info('Found %d images in %d classes: %s.', len(dataset.images),
-               len(labels), layout.description)
-
-  module = features.load_module(config.tfhub_module, config.image_size,
-                                config.module_cache_dir)
-  timings['startup_and_module'] = time.monotonic() - started
-  peak_rss['startup_and_module'] = _peak_rss_mib()
-
+  phases = phases_lib.Phases()
+  with phases('startup_and_module', since_start=True):
+    check_config(config)
+    layout = discover(config)
+    module = features.load_module(config.tfhub_module, config.image_size,
+                                  config.module_cache_dir)
   # The module as the bottlenecks (plain and distorted) run it.
   runner = tflite_runtime.deferred(module, config.bottleneck_runtime,
                                    config.module_cache_dir)
-  phase = time.monotonic()
-  store = bottleneck_cache.BottleneckStore(
-      config.bottleneck_dir, bottlenecks_lib.cache_namespace(module))
-  paths = [image.path for image in dataset.images]
+  with phases('bottlenecks'):
+    computed = bottlenecks(config, layout.dataset, module, runner)
+  skipped, reports = report_skipped(config, layout, computed)
+  images = usable_lib.usable_images(layout.dataset, computed)
+  labels = list(layout.dataset.labels)
+  split = make_split(config, layout, images)
+  with phases('distorted_copies') as phase:
+    train_x, train_y, copies = training_set(config, runner, images, split)
+    if copies is None:
+      phase.skip()
+  with phases('training'):
+    trained, intermediate = train(config, module, labels, images, split,
+                                  train_x, train_y, computed.failures)
+  with phases('evaluation'):
+    test, misclassified, explained = evaluate(config, labels, trained, images,
+                                              split)
+  # --- Fine-tuning (issue 16; retrain/finetune/) ------------------------------
+  # From here on `module` and `trained.head` are the fine-tuned network, so
+  # every export below is of it, and `test` is its test result.
+  tuned = None
+  if config.fine_tune:
+    with phases('fine_tune'):
+      tuned = finetune_lib.fine_tune(
+          subset(finetune_lib.FineTuneOptions, config),
+          subset(distort_lib.Distortions, config), module, trained.head,
+          labels, images.paths, images.digests, images.labels, split)
+    module = tuned.module
+    trained = dataclasses.replace(trained, head=tuned.head)
+    test = dataclasses.replace(test, accuracy=tuned.test_after)
+  # --- End of fine-tuning -------------------------------------------------------
+  with phases('export'):
+    saved = export(config, module, labels, trained, test, images, split,
+                   intermediate, tuned.metadata if tuned else None)
+  phases.total()
+  if skipped:
+    logging.warning('%d images were skipped because they could not be used; '
+                    'see the warnings above and %s.', len(skipped),
+                    reports[0] if reports else 'the log')
+  result = RunResult(
+      labels=labels,
+      counts={name: int(len(split.subset(name))) for name in split_lib.SUBSETS},
+      test_accuracy=test.accuracy, test_count=test.count,
+      bottleneck_stats=computed.stats, skipped=skipped,
+      history=trained.history, misclassified=misclassified,
+      saved_model_dir=saved, timings=phases.timings, explained=explained,
+      distorted_stats=copies.stats if copies is not None else None,
+      peak_rss_mib=phases.peak_rss, fine_tuned=tuned)
+  write_run_summary(config, result)
+  return result
+
+
+# --- The steps, in the order `run` calls them ---------------------------------
+
+
+def discover(config: Config) -> layouts.Layout:
+  """The images and their classes (and a given split, if any)."""
+  layout = layouts.load_layout(subset(layouts.LayoutOptions, config))
+  logging.info('Found %d images in %d classes: %s.',
+               len(layout.dataset.images), len(layout.dataset.labels),
+               layout.description)
+  return layout
+
+
+def bottlenecks(config: Config, dataset, module, runner
+                ) -> bottlenecks_lib.Bottlenecks:
+  """The bottleneck vector of every discovered image, cached under the
+  module's identity and computed by `runner` (the module on its runtime)."""
+  try:
+    store = bottleneck_cache.BottleneckStore(
+        config.bottleneck_dir, bottlenecks_lib.cache_namespace(module))
+  except bottleneck_cache.CacheError as e:
+    raise OutputError(f'bottleneck_dir: {e}', fields=('bottleneck_dir',)
+                      ) from e
   computed = bottlenecks_lib.compute_bottlenecks(
-      paths, runner, store, config.bottleneck_batch_size)
-  timings['bottlenecks'] = time.monotonic() - phase
-  peak_rss['bottlenecks'] = _peak_rss_mib()
+      [image.path for image in dataset.images], runner, store,
+      config.bottleneck_batch_size)
   stats = computed.stats
   logging.info('Bottlenecks: %d reused from the cache, %d computed, %d images '
                'skipped.', stats.reused, stats.computed, len(computed.failures))
+  return computed
 
+
+def report_skipped(config: Config, layout: layouts.Layout,
+                   computed: bottlenecks_lib.Bottlenecks):
+  """Writes the skipped-files report and warns of duplicate files in two
+  classes; returns (skipped (path, reason) pairs, report files)."""
+  dataset = layout.dataset
   skipped = list(layout.skipped) + list(computed.failures)
   reports = skipped_report.write_skipped_report(config.report_dir, skipped)
   if skipped and reports:
@@ -160,146 +222,131 @@ def run(config: Config) -> RunResult:
       [d if ok else None for d, ok in zip(computed.digests, computed.ok)],
       [image.label for image in dataset.images],
       [image.path for image in dataset.images]))
+  return skipped, reports
 
-  # Only usable images from here on; vectors[k] belongs to usable[k].
-  usable = np.flatnonzero(computed.ok)
-  y_all = np.array([dataset.images[i].label for i in usable], dtype=np.int64)
-  present = sorted(set(y_all.tolist()))
-  if len(present) < 2:
-    raise DatasetError(
-        f'Only {len(present)} class has usable images after skipping '
-        f'{len(computed.failures)} unreadable files; at least two are needed.')
-  split = layouts.make_split(layout, usable, y_all,
+
+def make_split(config: Config, layout: layouts.Layout,
+               images: usable_lib.UsableImages) -> split_lib.Split:
+  """Train / validation / test rows of `images`."""
+  split = layouts.make_split(layout, images.index, images.labels,
                              config.validation_percentage,
                              config.testing_percentage)
-  _log_counts(labels, y_all, split)
-  finetune_lib.check_split(config, labels, y_all, split.validation)
-  vectors = computed.vectors
+  _log_counts(layout.dataset.labels, images.labels, split)
+  finetune_lib.check_split(subset(finetune_lib.FineTuneOptions, config),
+                           layout.dataset.labels, images.labels,
+                           split.validation)
+  return split
 
-  # Distorted copies of the training images only (validation and test stay
-  # as they are); training samples originals and copies alike.
-  phase = time.monotonic()
-  train_x, train_y = vectors[split.train], y_all[split.train]
+
+def training_set(config: Config, runner, images: usable_lib.UsableImages,
+                 split: split_lib.Split):
+  """(vectors float32 [m, D], class ids int64 [m], distorted copies or None).
+
+  Distorted copies of the training images only (validation and test stay
+  as they are); training samples originals and copies alike.
+  """
+  train_x = images.vectors[split.train]
+  train_y = images.labels[split.train]
   copies = distort_lib.training_copies(
-      config, runner, [dataset.images[usable[i]].path for i in split.train],
-      [computed.digests[usable[i]] for i in split.train])
+      subset(distort_lib.Distortions, config), config.distorted_copies,
+      config.random_seed, config.bottleneck_dir, config.bottleneck_batch_size,
+      runner, images.paths_of(split.train), images.digests_of(split.train))
   if copies is not None:
     train_x = np.concatenate([train_x, copies.vectors])
     train_y = np.concatenate([train_y, train_y[copies.source]])
-    timings['distorted_copies'] = time.monotonic() - phase
-    peak_rss['distorted_copies'] = _peak_rss_mib()
+  return train_x, train_y, copies
 
-  phase = time.monotonic()
+
+def train(config: Config, module, labels: Sequence[str],
+          images: usable_lib.UsableImages, split: split_lib.Split,
+          train_x: np.ndarray, train_y: np.ndarray, failures):
+  """Trains the head, writing TensorBoard summaries; returns (TrainResult,
+  the intermediate-graph hook or None)."""
   writers = summaries_lib.Writers(config.summaries_dir)
-  intermediate = export_formats.intermediate_hook(config, module, labels)
-  explain_lib.write_run_config(writers.train, config, module, labels, y_all,
-                               split, computed.failures)
-
-  def log_point(p: train_lib.EvalPoint):
-    text = (f'Step {p.step}: train accuracy = {100 * p.train_accuracy:.1f}%, '
-            f'cross entropy = {p.cross_entropy:.4f}')
-    if p.validation_accuracy is not None:
-      text += (f', validation accuracy = {100 * p.validation_accuracy:.1f}% '
-               f'(N={p.validation_count})')
-    logging.info(text)
-
+  intermediate = export_formats.intermediate_hook(
+      subset(export_formats.ExportOptions, config), module, labels)
+  explain_lib.write_run_config(writers.train, dataclasses.asdict(config),
+                               module, labels, images.labels, split, failures)
+  val_x = images.vectors[split.validation]
+  val_y = images.labels[split.validation]
+  points = train_lib.eval_steps(config.how_many_training_steps,
+                                config.eval_step_interval)
+  log = train_lib.EvalLog(points)
+  settings = train_lib.Settings(
+      steps=config.how_many_training_steps,
+      learning_rate=config.learning_rate,
+      batch_size=config.train_batch_size,
+      eval_step_interval=config.eval_step_interval,
+      validation_batch_size=config.validation_batch_size,
+      seed=config.random_seed,
+      options=subset(train_options_lib.TrainOptions, config))
+  # A bar with the steps, the rate and the time left on a terminal.
+  progress = Progress('Training', config.how_many_training_steps,
+                      unit='steps')
+  hooks = train_lib.Hooks(
+      writers=writers,
+      on_eval=lambda p: (log(p), progress.update_to(p.step + 1)),
+      head_every=config.intermediate_store_frequency, on_head=intermediate,
+      on_eval_head=explain_lib.ValidationImages(writers.validation, val_x,
+                                                val_y, labels, points))
   try:
-    trained = train_lib.train_head(
-        train_x, train_y, len(labels),
-        vectors[split.validation], y_all[split.validation],
-        steps=config.how_many_training_steps,
-        learning_rate=config.learning_rate,
-        batch_size=config.train_batch_size,
-        eval_step_interval=config.eval_step_interval,
-        validation_batch_size=config.validation_batch_size,
-        seed=config.random_seed, writers=writers, on_eval=log_point,
-        head_every=config.intermediate_store_frequency,
-        on_head=intermediate,
-        options=train_options_lib.TrainOptions.from_config(config),
-        on_eval_head=explain_lib.ValidationImages(
-            writers.validation, vectors[split.validation],
-            y_all[split.validation], labels,
-            train_lib.eval_steps(config.how_many_training_steps,
-                                 config.eval_step_interval)))
+    trained = train_lib.train_head(train_x, train_y, len(labels), val_x,
+                                   val_y, settings, hooks)
   finally:
     writers.close()
-  timings['training'] = time.monotonic() - phase
-  peak_rss['training'] = _peak_rss_mib()
+    progress.finish()
+  log.finish()
+  return trained, intermediate
 
-  phase = time.monotonic()
-  test = evaluate_lib.evaluate(trained.head, vectors[split.test],
-                               y_all[split.test], config.test_batch_size,
-                               seed=config.random_seed)
+
+def evaluate(config: Config, labels: Sequence[str],
+             trained: train_lib.TrainResult, images: usable_lib.UsableImages,
+             split: split_lib.Split):
+  """The test accuracy and the reports; returns (Evaluation, misclassified
+  lines, Explained)."""
+  test = evaluate_lib.evaluate(trained.head, images.vectors[split.test],
+                               images.labels[split.test],
+                               config.test_batch_size, seed=config.random_seed)
   logging.info('Final test accuracy = %.1f%% (N=%d)', 100 * test.accuracy,
                test.count)
-  test_paths = [dataset.images[usable[i]].path for i in split.test]
-  misclassified = evaluate_lib.format_misclassified(test, test_paths, labels)
+  misclassified = evaluate_lib.format_misclassified(
+      test, images.paths_of(split.test), labels)
   if config.print_misclassified_test_images:
     logging.info('=== MISCLASSIFIED TEST IMAGES ===')
     for line in misclassified:
       logging.info(line)
   explained = explain_lib.finish(
-      config, labels, trained.head, vectors, y_all, split,
-      [dataset.images[i].path for i in usable],
-      [dataset.images[i].rel_path for i in usable], test,
+      subset(explain_lib.ReportOptions, config), labels, trained.head, images.vectors, images.labels, split,
+      images.paths, images.rel_paths, test,
       trained.history[-1].step if trained.history else 0, trained.best_step)
-  timings['evaluation'] = time.monotonic() - phase
-  peak_rss['evaluation'] = _peak_rss_mib()
+  return test, misclassified, explained
 
-  # --- Fine-tuning (issue 16; retrain/finetune/) ------------------------------
-  # From here on `module` and `trained.head` are the fine-tuned network, so
-  # every export below is of it; `test` is its test result.
-  tuned = None
-  if config.fine_tune:
-    phase = time.monotonic()
-    tuned = finetune_lib.fine_tune(
-        config, module, trained.head, labels,
-        [dataset.images[i].path for i in usable],
-        [computed.digests[i] for i in usable], y_all, split)
-    module = tuned.module
-    trained = dataclasses.replace(trained, head=tuned.head)
-    test = dataclasses.replace(test, accuracy=tuned.test_after)
-    timings['fine_tune'] = time.monotonic() - phase
-    peak_rss['fine_tune'] = _peak_rss_mib()
-  # --- End of fine-tuning -------------------------------------------------------
 
-  phase = time.monotonic()
+def export(config: Config, module, labels: Sequence[str],
+           trained: train_lib.TrainResult, test: evaluate_lib.Evaluation,
+           images: usable_lib.UsableImages, split: split_lib.Split,
+           intermediate, extra_metadata: Optional[dict] = None
+           ) -> Optional[str]:
+  """Writes the labels file and every export asked for; returns the
+  SavedModel folder, or None. extra_metadata: more entries for the
+  SavedModel's metadata (e.g. what was fine-tuned)."""
   export_lib.write_labels(config.output_labels, labels)
   other_formats = export_formats.export_other_formats(
-      config, module, trained.head, labels,
-      [dataset.images[usable[i]].path for i in split.train])
+      subset(export_formats.ExportOptions, config), module, trained.head, labels, images.paths_of(split.train))
   if intermediate is not None:
     other_formats['intermediate_graphs'] = intermediate.written
-  saved = None
-  if config.saved_model_dir:
-    saved = export_lib.export_saved_model(
-        config.saved_model_dir, module, trained.head, labels,
-        config.final_tensor_name,
-        extra_metadata={'test_accuracy': test.accuracy,
-                        'test_count': test.count,
-                        'other_exports': other_formats,
-                        **(tuned.metadata if tuned else {})})
-    logging.info('Exported the classifier to %s (labels in %s).', saved,
-                 config.output_labels)
-  timings['export'] = time.monotonic() - phase
-  peak_rss['export'] = _peak_rss_mib()
-  timings['total'] = time.monotonic() - started
-
-  if skipped:
-    logging.warning('%d images were skipped because they could not be used; '
-                    'see the warnings above and %s.', len(skipped),
-                    reports[0] if reports else 'the log')
-  result = RunResult(
-      labels=labels,
-      counts={name: int(len(split.subset(name))) for name in split_lib.SUBSETS},
-      test_accuracy=test.accuracy, test_count=test.count,
-      bottleneck_stats=stats, skipped=skipped,
-      history=trained.history, misclassified=misclassified,
-      saved_model_dir=saved, timings=timings, explained=explained,
-      distorted_stats=copies.stats if copies is not None else None,
-      peak_rss_mib=peak_rss, fine_tuned=tuned)
-  write_run_summary(config, result)
-  return result
+  if not config.saved_model_dir:
+    return None
+  saved = export_lib.export_saved_model(
+      config.saved_model_dir, module, trained.head, labels,
+      config.final_tensor_name,
+      extra_metadata={'test_accuracy': test.accuracy,
+                      'test_count': test.count,
+                      'other_exports': other_formats,
+                      **(extra_metadata or {})})
+  logging.info('Exported the classifier to %s (labels in %s).', saved,
+               config.output_labels)
+  return saved
 
 
 def write_run_summary(config: Config, result: RunResult) -> str:
@@ -318,8 +365,4 @@ def write_run_summary(config: Config, result: RunResult) -> str:
       'peak_rss_mib_after_phase': result.peak_rss_mib,
       'saved_model_dir': result.saved_model_dir,
   }
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(summary, f, indent=2)
-  os.replace(tmp, path)
-  return path
+  return atomic.write_json(path, summary)

@@ -142,3 +142,14 @@ def kill_after(script, count):
   proc.kill()
   proc.wait()
   return done
+
+
+def exporting_config(root, images, module, **overrides):
+  """shrunk_config over a colour data set made in root/<images>, outputs
+  under root/out, writing a frozen graph.pb and a model.tflite too."""
+  out = pathlib.Path(root) / 'out'
+  fields = dict(output_graph=str(out / 'graph.pb'),
+                tflite_output_file=str(out / 'model.tflite'))
+  fields.update(overrides)
+  return shrunk_config(make_colour_dataset(pathlib.Path(root) / images), out,
+                       module, **fields)

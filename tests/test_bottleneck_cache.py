@@ -118,6 +118,7 @@ def test_rejects_bad_vectors(tmp_path):
     s.put(['c'], np.full((1, 4), np.nan, np.float32))
 
 
+@pytest.mark.slow
 def test_no_tensorflow_import():
   code = ('import sys, bottleneck_cache; '
           'print("tensorflow" in sys.modules)')
@@ -127,6 +128,7 @@ def test_no_tensorflow_import():
   assert out.stdout.strip() == 'False'
 
 
+@pytest.mark.slow
 def test_kill_during_writes_leaves_readable_cache(tmp_path):
   """SIGKILL a writer at a random moment: whole shards survive, none breaks."""
   script = textwrap.dedent(f'''

@@ -34,12 +34,12 @@ def test_labels_sorted_and_files_matched(tmp_path):
 
 
 def test_missing_dir_names_it(tmp_path):
-  with pytest.raises(DatasetError, match='does not exist.*--image_dir'):
+  with pytest.raises(DatasetError, match='does not exist.*image_dir'):
     discover.discover_images(str(tmp_path / 'nope'))
 
 
 def test_empty_image_dir_flag():
-  with pytest.raises(DatasetError, match='--image_dir'):
+  with pytest.raises(DatasetError, match='image_dir'):
     discover.discover_images('')
 
 

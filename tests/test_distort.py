@@ -121,6 +121,7 @@ def test_rotation_by_90_degrees_and_integer_shift_are_exact():
                              atol=1e-5)
 
 
+@pytest.mark.slow
 def test_copy_is_the_same_whatever_batch_it_falls_in(tmp_path, fake_module):
   root = make_colour_dataset(tmp_path / 'img', per_class=3)
   paths = sorted(str(p) for p in root.rglob('*.jpg'))
@@ -169,11 +170,11 @@ def test_cache_keys_differ_per_copy_image_setting_and_seed(fake_module):
 
 
 @pytest.mark.parametrize('field,value,match', [
-    ('random_brightness', 150.0, '--random_brightness=150.0 is out of range'),
-    ('random_crop', -5.0, '--random_crop=-5.0 is out of range'),
-    ('random_rotation', float('nan'), '--random_rotation=nan'),
+    ('random_brightness', 150.0, 'random_brightness=150.0 is out of range'),
+    ('random_crop', -5.0, 'random_crop=-5.0 is out of range'),
+    ('random_rotation', float('nan'), 'random_rotation=nan'),
     ('random_shift', 80.0, 'from 0 to 50'),
-    ('distorted_copies', -1, '--distorted_copies=-1 must be 0 or more'),
+    ('distorted_copies', -1, 'distorted_copies=-1 must be 0 or more'),
 ])
 def test_bad_values_are_refused_before_work(small_config, field, value,
                                             match):
@@ -186,10 +187,11 @@ def test_bad_values_are_refused_before_work(small_config, field, value,
 def test_zero_copies_with_a_distortion_is_refused(small_config):
   config = dataclasses.replace(small_config, flip_left_right=True,
                                distorted_copies=0)
-  with pytest.raises(DatasetError, match='--distorted_copies 1 or more'):
+  with pytest.raises(DatasetError, match='distorted_copies 1 or more'):
     pipeline.run(config)
 
 
+@pytest.mark.slow
 def test_run_with_distortions_uses_and_keeps_the_cache(small_config):
   make_colour_dataset(small_config.image_dir)
   # No export: these runs are about the cache (and come faster than the
@@ -226,6 +228,7 @@ def test_run_with_distortions_uses_and_keeps_the_cache(small_config):
   assert plain.distorted_stats is None
 
 
+@pytest.mark.slow
 def test_distortions_change_the_training_vectors(small_config, monkeypatch):
   """The copies handed to training are really distorted: with brightness
   the fake module's pooled means move away from the originals'."""
@@ -256,6 +259,7 @@ def test_distortions_change_the_training_vectors(small_config, monkeypatch):
   assert dist.min() > 1e-3
 
 
+@pytest.mark.slow
 def test_cli_accepts_distortion_flags(small_config):
   make_colour_dataset(small_config.image_dir, per_class=6)
   args = ['--image_dir', small_config.image_dir,

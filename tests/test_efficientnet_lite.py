@@ -115,6 +115,7 @@ def test_weights_of_another_variant_are_rejected():
                                    state)
 
 
+@pytest.mark.slow
 def test_golden_outputs(lite0_dir, lite0_model, tmp_path):
   import tensorflow_hub as hub
   golden = _golden()
@@ -135,6 +136,7 @@ def test_golden_outputs(lite0_dir, lite0_model, tmp_path):
                                rtol=0, err_msg=name)
 
 
+@pytest.mark.slow
 def test_daisy_photos_are_recognised(lite0_model):
   import tensorflow as tf
   if not DAISY.is_dir():
@@ -160,6 +162,7 @@ def test_daisy_photos_are_recognised(lite0_model):
 # --- The exported module. ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_export_loads_with_hub_and_matches_the_model(lite0_dir, lite0_model):
   import tensorflow as tf
   import tensorflow_hub as hub
@@ -182,6 +185,7 @@ def test_export_loads_with_hub_and_matches_the_model(lite0_dir, lite0_model):
   assert len(hub.KerasLayer(lite0_dir, trainable=True).trainable_weights) == 98
 
 
+@pytest.mark.slow
 def test_export_rejects_wrong_input_size(lite0_dir):
   import tensorflow as tf
   import tensorflow_hub as hub
@@ -189,6 +193,7 @@ def test_export_rejects_wrong_input_size(lite0_dir):
     hub.load(lite0_dir)(tf.zeros([1, 240, 240, 3]))
 
 
+@pytest.mark.slow
 def test_export_describes_itself(lite0_dir):
   with open(os.path.join(lite0_dir,
                          efficientnet_lite.MODULE_INFO_FILENAME)) as f:
@@ -204,6 +209,7 @@ def test_export_describes_itself(lite0_dir):
   assert info['converter_version'] == efficientnet_lite.CONVERTER_VERSION
 
 
+@pytest.mark.slow
 def test_second_resolve_does_not_convert_again(lite0_dir, module_cache,
                                                caplog, monkeypatch):
   before = os.stat(lite0_dir)

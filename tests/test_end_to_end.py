@@ -21,6 +21,7 @@ from tests.conftest import FAKE_SIZE, make_colour_dataset, write_image
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_run_trains_evaluates_exports_and_reuses_cache(small_config):
   make_colour_dataset(small_config.image_dir)
   out = pathlib.Path(small_config.saved_model_dir)
@@ -72,9 +73,17 @@ def test_run_trains_evaluates_exports_and_reuses_cache(small_config):
   assert again.bottleneck_stats.reused == 36
   assert again.test_accuracy == 1.0
   assert list(out.parent.glob('saved_model.previous-*'))
-  assert list(pathlib.Path(small_config.summaries_dir).glob('previous-*'))
+  # The earlier TensorBoard runs sit beside --summaries_dir, not inside it,
+  # so TensorBoard on --summaries_dir shows this run only.
+  logs = pathlib.Path(small_config.summaries_dir)
+  beside = list(logs.parent.glob(logs.name + '.previous-*'))
+  assert len(beside) == 1
+  assert {p.name for p in beside[0].iterdir()} >= {'train', 'validation'}
+  assert sorted(p.name for p in logs.iterdir()) == sorted(
+      p.name for p in beside[0].iterdir())
 
 
+@pytest.mark.slow
 def test_renamed_image_reuses_vector_edited_gets_new(small_config):
   root = make_colour_dataset(small_config.image_dir, per_class=5)
   pipeline.run(small_config)
@@ -85,6 +94,7 @@ def test_renamed_image_reuses_vector_edited_gets_new(small_config):
   assert result.bottleneck_stats.reused == 14
 
 
+@pytest.mark.slow
 def test_random_labels_do_not_reach_accuracy_bar(small_config, tmp_path):
   """A control: if this passed the bar the test above would prove nothing."""
   rng = np.random.default_rng(0)
@@ -99,6 +109,7 @@ def test_random_labels_do_not_reach_accuracy_bar(small_config, tmp_path):
   assert result.test_accuracy < 0.8
 
 
+@pytest.mark.slow
 def test_corrupt_image_is_skipped_and_run_goes_on(small_config, caplog):
   root = make_colour_dataset(small_config.image_dir)
   (root / 'red' / 'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 not really')
@@ -119,6 +130,7 @@ def test_bad_value_is_refused_before_work(small_config):
   assert not os.path.exists(small_config.bottleneck_dir)
 
 
+@pytest.mark.slow
 def test_foreign_export_dir_is_not_overwritten(small_config):
   make_colour_dataset(small_config.image_dir, per_class=3)
   target = pathlib.Path(small_config.saved_model_dir)
@@ -129,12 +141,13 @@ def test_foreign_export_dir_is_not_overwritten(small_config):
   assert (target / 'precious.txt').read_text() == 'mine'
 
 
+@pytest.mark.slow
 def test_variable_size_module_needs_image_size(small_config,
                                                fake_module_any_size):
   from retrain.errors import ModuleError
   make_colour_dataset(small_config.image_dir, per_class=4)
   config = dataclasses.replace(small_config, tfhub_module=fake_module_any_size)
-  with pytest.raises(ModuleError, match='--image_size'):
+  with pytest.raises(ModuleError, match='image_size'):
     pipeline.run(config)
   result = pipeline.run(dataclasses.replace(config, image_size=24))
   assert result.test_accuracy == 1.0
@@ -157,6 +170,7 @@ def _cli_args(config):
           '--how_many_training_steps', '100', '--learning_rate', '0.5']
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(small_config):
   make_colour_dataset(small_config.image_dir)
   proc = _cli(_cli_args(small_config) + ['--print_misclassified_test_images'])
@@ -167,13 +181,17 @@ def test_cli_end_to_end(small_config):
                                      'saved_model.pb'))
 
 
+@pytest.mark.slow
 def test_cli_error_is_one_clear_line(tmp_path):
   proc = _cli(['--image_dir', str(tmp_path / 'missing')])
   assert proc.returncode == 1
   assert 'does not exist' in proc.stderr
+  # The library names the setting; the command line words it as its flag.
+  assert '--image_dir' in proc.stderr
   assert 'Traceback' not in proc.stderr
 
 
+@pytest.mark.slow
 def test_cli_kill_during_bottlenecks_then_resume(small_config):
   """SIGKILL during bottlenecks: the cache opens, keeps every finished batch,
   and the next run computes only the rest."""
@@ -224,11 +242,14 @@ def test_exports_within_one_second_keep_every_earlier_one(small_config):
   assert target.read_bytes() == b'6'
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('script,args,expect,status', [
     ('retrain', ['--list_modules'], 'efficientnet_lite0 (default)', 0),
-    # absl exits with status 1 after --help; the flags must be listed.
-    ('retrain', ['--help'], '--bottleneck_dir', 1),
-    ('label_image', ['--help'], '--saved_model_dir', 1),
+    # --help exits 0 and lists the flags; --version says the version.
+    ('retrain', ['--help'], '--bottleneck_dir', 0),
+    ('label_image', ['--help'], '--saved_model_dir', 0),
+    ('retrain', ['--version'], 'retrain 0.1.0', 0),
+    ('label_image', ['--version'], 'label_image 0.1.0', 0),
 ])
 def test_console_scripts(script, args, expect, status):
   """The installed `retrain` and `label_image` commands (pip install .)."""

@@ -14,8 +14,13 @@ from retrain import images, pipeline
 from retrain.errors import OutputError
 from retrain.export import formats as export_formats
 from retrain.features import modules as features
-from retrain.head import train
-from tests.conftest import FAKE_SIZE, make_colour_dataset, shrunk_config, write_image
+from retrain.head import model, train
+from tests.conftest import (
+  FAKE_SIZE,
+  exporting_config,
+  make_colour_dataset,
+  write_image,
+)
 from tools import label_image
 
 SIZE = (FAKE_SIZE, FAKE_SIZE)
@@ -26,10 +31,8 @@ def trained(tmp_path_factory, fake_module):
   """One pipeline run writing every format, and extra probe images."""
   root = tmp_path_factory.mktemp('formats')
   out = root / 'out'
-  config = shrunk_config(
-      make_colour_dataset(root / 'images'), out, fake_module,
-      output_graph=str(out / 'graph.pb'),
-      tflite_output_file=str(out / 'model.tflite'),
+  config = exporting_config(
+      root, 'images', fake_module,
       checkpoint_path=str(out / 'ckpt' / 'head'),
       intermediate_store_frequency=100,
       intermediate_output_graphs_dir=str(out / 'intermediate'))
@@ -54,6 +57,7 @@ def _float_signature(config, paths):
       'probabilities'].numpy()
 
 
+@pytest.mark.slow
 def test_all_formats_agree_with_the_float_signature(trained):
   config, result, paths = trained
   assert result.test_accuracy == 1.0
@@ -77,6 +81,7 @@ def test_all_formats_agree_with_the_float_signature(trained):
     np.testing.assert_allclose(probs, expected, atol=tol, err_msg=name)
 
 
+@pytest.mark.slow
 def test_metadata_and_sidecars_describe_every_file(trained):
   config, _, _ = trained
   meta = json.loads((pathlib.Path(config.saved_model_dir) /
@@ -99,6 +104,7 @@ def test_metadata_and_sidecars_describe_every_file(trained):
   assert graph_meta['output_tensor'] == 'final_result:0'
 
 
+@pytest.mark.slow
 def test_frozen_graph_has_retrain_py_tensor_names(trained):
   config, _, _ = trained
   graph_def = tf.compat.v1.GraphDef()
@@ -112,6 +118,7 @@ def test_frozen_graph_has_retrain_py_tensor_names(trained):
                                                     'VariableV2')]
 
 
+@pytest.mark.slow
 def test_intermediate_graphs_and_checkpoint(trained):
   config, _, paths = trained
   folder = pathlib.Path(config.intermediate_output_graphs_dir)
@@ -141,9 +148,11 @@ def test_train_head_calls_on_head_every_n_steps():
   y = (x[:, 0] > 0).astype(np.int64)
   seen = []
   result = train.train_head(
-      x, y, 2, x[:0], y[:0], steps=250, learning_rate=0.1, batch_size=8,
-      eval_step_interval=30, validation_batch_size=-1, seed=0,
-      head_every=100, on_head=lambda step, head: seen.append((step, head)))
+      x, y, 2, x[:0], y[:0],
+      train.Settings(steps=250, learning_rate=0.1, batch_size=8,
+                     eval_step_interval=30, validation_batch_size=-1, seed=0),
+      train.Hooks(head_every=100,
+                  on_head=lambda step, head: seen.append((step, head))))
   assert [s for s, _ in seen] == [100, 200]
   assert all(h.weights.shape == (4, 2) for _, h in seen)
   assert not np.allclose(seen[0][1].weights, result.head.weights)
@@ -152,7 +161,7 @@ def test_train_head_calls_on_head_every_n_steps():
 
 def _random_head(dim=6, classes=3, seed=0):
   rng = np.random.default_rng(seed)
-  return train.Head(rng.normal(0, 3, (dim, classes)).astype(np.float32),
+  return model.Head(rng.normal(0, 3, (dim, classes)).astype(np.float32),
                     rng.normal(0, 1, classes).astype(np.float32))
 
 
@@ -204,7 +213,7 @@ def test_earlier_files_are_moved_aside_not_overwritten(tmp_path, fake_module):
     (dict(tflite_quantization='int4'), 'is not one of none, dynamic'),
     (dict(intermediate_store_frequency=-1), 'must be 0'),
     (dict(intermediate_store_frequency=5, intermediate_output_graphs_dir=''),
-     'needs --intermediate_output_graphs_dir'),
+     'needs intermediate_output_graphs_dir'),
 ])
 def test_bad_export_options_are_refused_before_work(small_config, tmp_path,
                                                     change, message):

@@ -24,6 +24,7 @@ import pytest
 import tensorflow as tf
 
 from retrain.bottlenecks import distort as distort_lib
+from retrain.config import subset
 from retrain.errors import DatasetError
 from retrain.features import efficientnet_lite
 from retrain.features.modules import FeatureModule
@@ -101,10 +102,10 @@ def test_boundary_default_and_bad_values():
   assert lite_lib.check_boundary(-1, lite0, 'Lite0') == 11
   assert lite_lib.check_boundary(-1, lite2, 'Lite2') == 15
   assert lite_lib.check_boundary(16, lite0, 'Lite0') == 16  # head conv only
-  with pytest.raises(DatasetError, match=r'--fine_tune_from=17 .*blocks 0 to '
+  with pytest.raises(DatasetError, match=r'fine_tune_from=17 .*blocks 0 to '
                      r'15.*-1 for the default \(11\)'):
     lite_lib.check_boundary(17, lite0, 'Lite0')
-  with pytest.raises(DatasetError, match='--fine_tune_from=-2'):
+  with pytest.raises(DatasetError, match='fine_tune_from=-2'):
     lite_lib.check_boundary(-2, lite0, 'Lite0')
 
 
@@ -224,7 +225,7 @@ def test_diverging_learning_rate_is_a_clear_error():
   net = tiny_network(3)
   x, y = _toy_data(net)
   with pytest.raises(train_lib.FineTuneError,
-                     match=r'diverged.*--fine_tune_learning_rate=1e\+30.*'
+                     match=r'diverged.*fine_tune_learning_rate=1e\+30.*'
                      'smaller'):
     _fit(net, x, y, epochs=2, lr=1e30)
 
@@ -352,12 +353,12 @@ def test_bad_settings_fail_before_any_work(tmp_path, fake_module, caplog):
                        fine_tune=True)
   cases = [
       (dict(tfhub_module='efficientnet_lite0', fine_tune_from=40),
-       r'--fine_tune_from=40 is not a block of EfficientNet-Lite0'),
+       r'fine_tune_from=40 is not a block of EfficientNet-Lite0'),
       (dict(validation_percentage=0),
-       r'needs a validation set.*--validation_percentage 10'),
+       r'needs a validation set.*validation_percentage 10'),
       (dict(fine_tune_learning_rate=-1.0),
-       r'--fine_tune_learning_rate=-1.0 must be a positive'),
-      (dict(fine_tune_epochs=0), r'--fine_tune_epochs=0 must be at least 1'),
+       r'fine_tune_learning_rate=-1.0 must be a positive'),
+      (dict(fine_tune_epochs=0), r'fine_tune_epochs=0 must be at least 1'),
   ]
   for overrides, message in cases:
     with pytest.raises(DatasetError, match=message):
@@ -365,14 +366,16 @@ def test_bad_settings_fail_before_any_work(tmp_path, fake_module, caplog):
   assert not (tmp_path / 'out' / 'bottlenecks').exists()
 
   caplog.set_level('WARNING', logger='absl')
-  finetune_lib.check_config(dataclasses.replace(
-      base, fine_tune_learning_rate=0.05))
-  assert '--fine_tune_learning_rate=0.05 is high' in caplog.text
+  finetune_lib.check_options(subset(
+      finetune_lib.FineTuneOptions,
+      dataclasses.replace(base, fine_tune_learning_rate=0.05)))
+  assert 'fine_tune_learning_rate=0.05 is high' in caplog.text
 
 
 def test_a_class_without_validation_images_is_refused(caplog):
   y = np.array([0, 0, 1, 1, 2, 2] + [0, 1, 2] * 5)
-  config = shrunk_config('x', '/tmp/unused', 'm', fine_tune=True)
+  config = subset(finetune_lib.FineTuneOptions,
+                  shrunk_config('x', '/tmp/unused', 'm', fine_tune=True))
   with pytest.raises(DatasetError, match=r'1 class\(es\) have none: red'):
     finetune_lib.check_split(config, ['blue', 'green', 'red'], y,
                              np.array([0, 2]))

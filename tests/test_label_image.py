@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from retrain import pipeline
-from tests.conftest import make_colour_dataset, shrunk_config, write_image
+from tests.conftest import exporting_config, make_colour_dataset, write_image
 from tools import label_image
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -24,12 +24,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def export(tmp_path_factory, fake_module):
   """A trained run's outputs, and a folder of new photos to classify."""
   root = tmp_path_factory.mktemp('label_image')
-  out = root / 'out'
-  config = shrunk_config(
-      make_colour_dataset(root / 'train'), out, fake_module,
-      output_graph=str(out / 'graph.pb'),
-      tflite_output_file=str(out / 'model.tflite'),
-      how_many_training_steps=200)
+  config = exporting_config(root, 'train', fake_module,
+                            how_many_training_steps=200)
   pipeline.run(config)
   # New photos, nested, in several formats; the class is in the file name.
   photos = root / 'photos'
@@ -68,6 +64,7 @@ def test_find_images_takes_files_folders_and_globs(tmp_path):
       ('*.gif', 'pattern matches no file')]
 
 
+@pytest.mark.slow
 def test_every_format_classifies_the_photos(export):
   config, photos = export
   paths, problems = label_image.find_images([str(photos)])
@@ -89,6 +86,7 @@ def test_every_format_classifies_the_photos(export):
                              atol=1e-3)
 
 
+@pytest.mark.slow
 def test_cli_json_with_a_bad_file_reports_it_and_goes_on(export, tmp_path):
   config, photos = export
   broken = tmp_path / 'broken.jpg'
@@ -114,6 +112,7 @@ def test_cli_json_with_a_bad_file_reports_it_and_goes_on(export, tmp_path):
           pytest.approx(1.0, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_script_with_classic_tutorial_flags_and_csv(export):
   """The retrain tutorial's label_image command line, on our frozen graph."""
   config, photos = export
@@ -133,6 +132,7 @@ def test_script_with_classic_tutorial_flags_and_csv(export):
   assert 'images/s' in proc.stderr
 
 
+@pytest.mark.slow
 def test_tflite_cli_table_and_benchmark(export):
   config, photos = export
   proc = _run(['-m', 'tools.label_image', '--graph',
@@ -145,6 +145,7 @@ def test_tflite_cli_table_and_benchmark(export):
   assert 'images/s end to end' in proc.stdout
 
 
+@pytest.mark.slow
 def test_wrong_classic_flags_get_clear_errors(export):
   config, _ = export
   with pytest.raises(label_image.LabelImageError,
@@ -158,6 +159,7 @@ def test_wrong_classic_flags_get_clear_errors(export):
     label_image.load_model(saved_model_dir=os.path.dirname(config.output_graph))
 
 
+@pytest.mark.slow
 def test_labels_come_from_the_export_or_must_match(export, tmp_path):
   config, _ = export
   graph = tmp_path / 'alone.pb'
@@ -173,6 +175,7 @@ def test_labels_come_from_the_export_or_must_match(export, tmp_path):
           'blue', 'green', 'red']
 
 
+@pytest.mark.slow
 def test_input_mean_and_std_are_applied(export, tmp_path):
   config, _ = export
   path = str(write_image(tmp_path / 'grey.png', (128, 128, 128), fmt='PNG'))
@@ -200,6 +203,7 @@ def test_format_records_table_and_errors():
   assert rows[2] == ['b.jpg', 'cannot be decoded']
 
 
+@pytest.mark.slow
 def test_bytes_signature_with_saved_model_cli(export, tmp_path):
   config, photos = export
   cli = pathlib.Path(sys.executable).with_name('saved_model_cli')

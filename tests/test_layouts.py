@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from retrain import config as config_lib
 from retrain.config import DEFAULTS
 from retrain.data import sources as layouts
 from retrain.errors import DatasetError
@@ -13,7 +14,8 @@ from tests.conftest import write_image
 
 
 def _config(**kw):
-  return dataclasses.replace(DEFAULTS, **kw)
+  return config_lib.subset(layouts.LayoutOptions,
+                          dataclasses.replace(DEFAULTS, **kw))
 
 
 def _touch_images(root, rels):
@@ -142,14 +144,14 @@ def test_train_csv_alone_carves_validation_and_test(tmp_path):
 
 @pytest.mark.parametrize('kw, message', [
     (dict(image_labels_csv='a.csv', train_csv='b.csv'), 'use either one CSV'),
-    (dict(validation_csv='v.csv'), 'needs --train_csv'),
-    (dict(train_csv='t.csv', image_dir='imgs'), 'drop --image_dir'),
-    (dict(label_style='Retrain'), "--label_style='Retrain' is not one of"),
+    (dict(validation_csv='v.csv'), 'needs train_csv'),
+    (dict(train_csv='t.csv', image_dir='imgs'), 'drop image_dir'),
+    (dict(label_style='Retrain'), "label_style='Retrain' is not one of"),
     (dict(image_layout='flat'), 'is not one of auto, class_folders'),
 ])
 def test_flag_combinations_refused(kw, message):
   with pytest.raises(DatasetError, match=message):
-    layouts.check_layout_config(_config(**kw))
+    layouts.check_layout_options(_config(**kw))
 
 
 # --- split folders ------------------------------------------------------------
@@ -181,12 +183,17 @@ def test_split_folder_class_missing_from_train(tmp_path):
     layouts.load_layout(_config(image_dir=str(tmp_path)))
 
 
+def _refused(root, match, **settings):
+  """Asserts that loading `root` with `settings` raises a DatasetError
+  matching `match`."""
+  with pytest.raises(DatasetError, match=match):
+    layouts.load_layout(_config(image_dir=str(root), **settings))
+
+
 def test_split_folders_forced_and_ambiguous(tmp_path):
   _touch_images(tmp_path, ['cats/1.jpg', 'dogs/1.jpg'])
-  with pytest.raises(DatasetError, match=r"should hold train/ .* found "
-                     r"folders \['cats', 'dogs'\]"):
-    layouts.load_layout(_config(image_dir=str(tmp_path),
-                                image_layout='split_folders'))
+  _refused(tmp_path, r"should hold train/ .* found folders \['cats', 'dogs'\]",
+           image_layout='split_folders')
   assert layouts.load_layout(_config(image_dir=str(tmp_path))).subsets is None
   both = tmp_path / 'both'
   _touch_images(both, ['train/a/1.jpg', 'train/b/1.jpg', 'val/a/1.jpg',
@@ -228,7 +235,5 @@ def test_retrain_label_style(tmp_path):
 
 def test_retrain_label_style_collision_names_both(tmp_path):
   _touch_images(tmp_path, ['Sun Flowers/1.jpg', 'sun_flowers/1.jpg'])
-  with pytest.raises(DatasetError, match=r"Classes 'Sun Flowers' and "
-                     r"'sun_flowers' both become label 'sun flowers'"):
-    layouts.load_layout(_config(image_dir=str(tmp_path),
-                                label_style='retrain'))
+  _refused(tmp_path, r"Classes 'Sun Flowers' and 'sun_flowers' both become "
+           r"label 'sun flowers'", label_style='retrain')

@@ -32,6 +32,7 @@ def messy(small_config):
   return usable, unusable
 
 
+@pytest.mark.slow
 def test_run_over_messy_folder(small_config, messy, caplog):
   usable, unusable = messy
   result = pipeline.run(small_config)
@@ -63,6 +64,7 @@ def test_run_over_messy_folder(small_config, messy, caplog):
   assert 'Thumbs.db' not in caplog.text and '.DS_Store' not in caplog.text
 
 
+@pytest.mark.slow
 def test_training_and_inference_see_the_same_pixels(small_config, messy):
   """Bottlenecks (tf.data pass plus Pillow fallback) equal the module run on
   `images.load_image`, the inference tools' decoder, for every odd file."""
@@ -79,6 +81,7 @@ def test_training_and_inference_see_the_same_pixels(small_config, messy):
                                atol=1e-5, err_msg=path)
 
 
+@pytest.mark.slow
 def test_cli_over_messy_folder_exits_zero(small_config, messy):
   usable, unusable = messy
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
@@ -102,6 +105,7 @@ def test_cli_over_messy_folder_exits_zero(small_config, messy):
                                      'saved_model.pb'))
 
 
+@pytest.mark.slow
 def test_run_with_train_validation_test_csvs(small_config, tmp_path):
   data = tmp_path / 'kaggle'
   for subset, start in (('train', 0), ('validation', 20), ('test', 30)):
@@ -126,6 +130,7 @@ def test_run_with_train_validation_test_csvs(small_config, tmp_path):
                              'not exist')]
 
 
+@pytest.mark.slow
 def test_run_with_split_folders(small_config):
   root = pathlib.Path(small_config.image_dir)
   make_colour_dataset(root / 'train', per_class=8)

@@ -116,22 +116,31 @@ def test_bundled_preset_converts_once(tmp_path, fake_convert, caplog):
   assert 'Converting' not in caplog.text
 
 
-def test_cache_dir_defaults_to_env_var(tmp_path, monkeypatch, fake_convert):
-  monkeypatch.setenv(presets.MODULE_CACHE_ENV, str(tmp_path / 'env_cache'))
-  assert presets.default_module_cache_dir() == str(tmp_path / 'env_cache')
-  path = presets.resolve_module('efficientnet_lite0')
+def test_the_cli_takes_the_cache_dir_from_the_env_var(tmp_path, monkeypatch,
+                                                      fake_convert):
+  from retrain import __main__ as cli
+  cli.FLAGS.unparse_flags()
+  cli.FLAGS(['retrain'])
+  env = {cli.MODULE_CACHE_ENV: str(tmp_path / 'env_cache')}
+  cache = cli.config_from_flags(env).module_cache_dir
+  assert cache == str(tmp_path / 'env_cache')
+  path = presets.resolve_module('efficientnet_lite0', cache)
   assert path.startswith(str(tmp_path / 'env_cache') + os.sep)
   assert efficientnet_lite.is_complete_export(path)
+  # Empty means unset; the flag, when given, wins.
+  assert cli.config_from_flags({cli.MODULE_CACHE_ENV: ''}).module_cache_dir == (
+      presets.DEFAULT_MODULE_CACHE)
+  cli.FLAGS(['retrain', '--module_cache_dir', str(tmp_path / 'flag')])
+  assert cli.config_from_flags(env).module_cache_dir == str(tmp_path / 'flag')
+  cli.FLAGS.unparse_flags()
 
 
-def test_cache_dir_default_without_env_var(tmp_path, monkeypatch):
-  monkeypatch.delenv(presets.MODULE_CACHE_ENV, raising=False)
+def test_the_library_reads_no_environment(tmp_path, monkeypatch):
+  monkeypatch.setenv('RETRAIN_MODULE_CACHE', str(tmp_path / 'ignored'))
   monkeypatch.setenv('HOME', str(tmp_path))
-  assert presets.default_module_cache_dir() == str(
+  assert presets.module_cache_dir() == str(
       tmp_path / '.cache' / 'retrain' / 'modules')
-  monkeypatch.setenv(presets.MODULE_CACHE_ENV, '')  # Empty means unset.
-  assert presets.default_module_cache_dir() == str(
-      tmp_path / '.cache' / 'retrain' / 'modules')
+  assert presets.module_cache_dir('~/x') == str(tmp_path / 'x')
 
 
 def test_losing_the_race_uses_the_winners_copy(tmp_path, monkeypatch):
@@ -195,13 +204,12 @@ def test_missing_wheel_names_the_pip_command(tmp_path, monkeypatch,
 def test_unwritable_cache_dir_is_a_module_error(tmp_path, fake_convert):
   blocker = tmp_path / 'a_file'
   blocker.write_text('not a folder')
-  with pytest.raises(ModuleError, match=presets.MODULE_CACHE_ENV):
+  with pytest.raises(ModuleError, match='writable folder as module_cache_dir'):
     presets.resolve_module('efficientnet_lite0', str(blocker / 'cache'))
 
 
-def test_format_module_list(monkeypatch, tmp_path):
-  monkeypatch.setenv(presets.MODULE_CACHE_ENV, str(tmp_path))
-  text = presets.format_module_list()
+def test_format_module_list(tmp_path):
+  text = presets.format_module_list(str(tmp_path))
   for p in presets.PRESETS.values():
     assert p.name in text
     if p.handle:
@@ -209,7 +217,7 @@ def test_format_module_list(monkeypatch, tmp_path):
   assert 'efficientnet_lite0 (default)' in text
   assert 'bundled, offline' in text and 'needs network' in text
   assert '224x224' in text and '299x299' in text
-  assert str(tmp_path) in text and presets.MODULE_CACHE_ENV in text
+  assert str(tmp_path) in text
   lines = text.splitlines()
   lite1 = next(l for l in lines if l.startswith('efficientnet_lite1 '))
   assert '240x240' in lite1 and 'bundled, offline' in lite1
@@ -217,6 +225,7 @@ def test_format_module_list(monkeypatch, tmp_path):
   assert '299x299' in inception and 'needs network' in inception
 
 
+@pytest.mark.slow
 def test_presets_import_no_tensorflow():
   # Listing presets must not pay for a TensorFlow import (several seconds).
   code = ('import sys; import retrain.features.presets as p; p.format_module_list(); '

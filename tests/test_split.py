@@ -85,8 +85,8 @@ def test_zero_percentages_give_empty_sets():
 
 
 @pytest.mark.parametrize('val,test,match', [
-    (-1, 10, '--validation_percentage=-1'),
-    (10, 100, '--testing_percentage=100'),
+    (-1, 10, 'validation_percentage=-1'),
+    (10, 100, 'testing_percentage=100'),
     (60, 40, 'leave no images to train'),
 ])
 def test_bad_percentages(val, test, match):

@@ -48,6 +48,7 @@ def test_sample_rows_is_capped_spread_and_repeatable():
   assert len(tb.sample_rows(1000, 0)) == 0
 
 
+@pytest.mark.slow
 def test_sprite_keeps_within_tensorboard_limit(tmp_path):
   paths = [str(write_image(tmp_path / f'{k}.png', (200, 0, 0)))
            for k in range(3)] + [str(tmp_path / 'missing.jpg')]
@@ -58,6 +59,7 @@ def test_sprite_keeps_within_tensorboard_limit(tmp_path):
   assert tb.sprite(['x'] * 40000, size=64)[1] == 8192 // 200
 
 
+@pytest.mark.slow
 def test_run_writes_every_tag_report_and_projector(small_config):
   root = make_colour_dataset(small_config.image_dir, per_class=12)
   (root / 'red' / 'broken.jpg').write_bytes(b'not an image')
@@ -77,7 +79,7 @@ def test_run_writes_every_tag_report_and_projector(small_config):
           'final_layer/activations'} <= set(train.Tags()['tensors'])
   assert _plugin(train, 'run_config') == 'text'
   text = train.Tensors('run_config')[0].tensor_proto.string_val[0].decode()
-  assert '| --how_many_training_steps | 100 |' in text
+  assert '| how_many_training_steps | 100 |' in text
   assert '| red | ' in text and 'Skipped files: 1' in text
   assert 'broken.jpg' in text
 
@@ -139,6 +141,7 @@ def tf_value(acc, tag):
   return tensor_util.make_ndarray(acc.Tensors(tag)[-1].tensor_proto)
 
 
+@pytest.mark.slow
 def test_misclassified_file_lists_each_wrong_test_image(small_config):
   """Labels that colour cannot predict: every wrong test image is listed,
   and the count matches the test accuracy."""
@@ -164,6 +167,6 @@ def test_misclassified_file_lists_each_wrong_test_image(small_config):
 
 def test_bad_projector_cap_is_refused_before_work(small_config):
   from retrain.errors import DatasetError
-  with pytest.raises(DatasetError, match='--projector_max_images=-1'):
+  with pytest.raises(DatasetError, match='projector_max_images=-1'):
     pipeline.run(dataclasses.replace(small_config, projector_max_images=-1))
   assert not pathlib.Path(small_config.bottleneck_dir).exists()

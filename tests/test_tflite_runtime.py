@@ -37,7 +37,7 @@ def test_tf_runtime_is_unchanged(fake_module):
 
 def test_unknown_runtime_is_refused(fake_module):
   module = features.load_module(fake_module)
-  with pytest.raises(ModuleError, match="--bottleneck_runtime='gpu'"):
+  with pytest.raises(ModuleError, match="bottleneck_runtime='gpu'"):
     tflite_runtime.with_runtime(module, 'gpu')
 
 
@@ -79,7 +79,7 @@ def test_deferred_runtime_is_chosen_at_the_first_call_only(fake_module,
                              module.call(images).numpy(), atol=1e-4)
   lazy.call(images)
   assert chosen == ['auto']
-  with pytest.raises(ModuleError, match="--bottleneck_runtime='gpu'"):
+  with pytest.raises(ModuleError, match="bottleneck_runtime='gpu'"):
     tflite_runtime.deferred(module, 'gpu')
 
 

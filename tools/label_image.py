@@ -6,7 +6,7 @@
 
 It reads only what the export holds: the SavedModel with its labels.txt and
 retrain_metadata.json, or a frozen graph (.pb) or TFLite file (.tflite) with
-the X.labels.txt / X.metadata.json written beside it (or --labels). No
+the X.pb.labels.txt / X.pb.metadata.json written beside it (or --labels). No
 training flag and no training data are needed: the input size and value
 range come from the model.
 
@@ -48,9 +48,13 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
 
-from retrain.errors import RetrainError  # noqa: E402
+from retrain.errors import ImageError, RetrainError  # noqa: E402
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')
+# This tool's own defaults (it reads nothing of retrain but the image
+# decoding and the errors); tests/test_structure.py checks that they agree
+# with retrain's: where retrain writes its SavedModel by default, and the
+# frozen graph's input and output op names.
+DEFAULT_SAVED_MODEL_DIR = '/tmp/retrain_saved_model'
 # retrain's models take pixels in [0, 1]: (pixel - 0) / 255 with pixels in
 # [0, 255], the convention of TensorFlow's label_image flags.
 DEFAULT_INPUT_MEAN = 0.0
@@ -116,11 +120,25 @@ def _read_json(path: str) -> Optional[dict]:
 
 
 def _sidecars(path: str) -> Tuple[Optional[dict], Optional[str]]:
-  """(metadata, labels path) written beside a .pb or .tflite file."""
+  """(metadata, labels path) written beside a .pb or .tflite file.
+
+  X.pb.metadata.json and X.pb.labels.txt (named after the whole file, see
+  retrain.export.formats.sidecar_paths), or X.metadata.json and
+  X.labels.txt as earlier exports named them; those are used only if the
+  metadata names this model file (a .pb and a .tflite of one stem shared
+  them, and the later one won).
+  """
   stem = os.path.splitext(path)[0]
-  labels = stem + '.labels.txt'
-  return (_read_json(stem + '.metadata.json'),
-          labels if os.path.isfile(labels) else None)
+  for base in (path, stem):
+    metadata = _read_json(base + '.metadata.json')
+    if base == stem and metadata is not None and metadata.get(
+        'model_file', os.path.basename(path)) != os.path.basename(path):
+      continue
+    labels = base + '.labels.txt'
+    labels = labels if os.path.isfile(labels) else None
+    if metadata is not None or labels is not None:
+      return metadata, labels
+  return None, None
 
 
 def _choose_size(model_size, height: Optional[int], width: Optional[int],
@@ -307,14 +325,20 @@ def load_model(saved_model_dir: Optional[str] = None,
 
 
 def find_images(specs: Sequence[str],
-                extensions: Sequence[str] = IMAGE_EXTENSIONS
+                extensions: Optional[Sequence[str]] = None
                 ) -> Tuple[List[str], List[Record]]:
   """Files from files, folders (recursive) and glob patterns.
+
+  Args:
+    extensions: the endings taken in folders (None: the ones training takes,
+      retrain.images.IMAGE_EXTENSIONS).
 
   Returns:
     (paths in the order given, folders sorted; Records with an error for
     specs that match nothing).
   """
+  from retrain import images  # pylint: disable=g-import-not-at-top
+  extensions = tuple(extensions or images.IMAGE_EXTENSIONS)
   paths, problems, seen = [], [], set()
 
   def add(path):
@@ -326,8 +350,7 @@ def find_images(specs: Sequence[str],
     for root, dirs, files in os.walk(folder, followlinks=True):
       dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
       for name in sorted(files):
-        if not name.startswith('.') and name.lower().endswith(
-            tuple(extensions)):
+        if images.is_image_file(name, extensions):
           add(os.path.join(root, name))
 
   for spec in specs:
@@ -357,7 +380,12 @@ def find_images(specs: Sequence[str],
 
 
 def _reason(error: Exception) -> str:
-  """A one-line reason from a TF error, without its op and device noise."""
+  """A one-line reason from a TF error, without its op and device noise.
+
+  No path in it: the record of the image already names it.
+  """
+  if isinstance(error, ImageError):
+    return error.reason
   message = (getattr(error, 'message', None) or str(error)).strip()
   message = re.sub(r'\{\{[^}]*\}\}\s*', '', message)
   message = re.sub(r'\s*\[Op:[^\]]*\].*$', '', message, flags=re.S)
@@ -401,13 +429,17 @@ def classify_files(model: Model, paths: Sequence[str],
   Files are decoded on a thread pool while the model runs on the previous
   batch. A file that cannot be read or decoded gets a Record with its error.
   """
-  from retrain.common.progress import Progress  # pylint: disable=g-import-not-at-top
+  # tqdm: a live bar with rate and time left on a terminal, nothing when
+  # stderr is not one (disable=None).
+  import tqdm  # pylint: disable=g-import-not-at-top
   timing = timing if timing is not None else Timing()
   started = time.monotonic()
   top_k = max(1, min(top_k, len(model.labels)))
   records = []
-  progress = Progress('Classified', len(paths), interval=10.0)
-  with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+  with tqdm.tqdm(total=len(paths), desc='Classifying', unit='image',
+                 disable=None, leave=False) as progress, (
+                     concurrent.futures.ThreadPoolExecutor(
+                         os.cpu_count() or 2)) as pool:
 
     def submit(chunk):
       return [pool.submit(_load, p, model.input_size, input_mean, input_std)
@@ -433,6 +465,7 @@ def classify_files(model: Model, paths: Sequence[str],
         else:
           records.append(Record(path, error=loaded[i]))
       progress.update(len(chunk))
+  progress.finish()
   timing.images += len(paths)
   timing.total += time.monotonic() - started
   return records
@@ -491,11 +524,10 @@ def format_records(records: Sequence[Record], output_format: str = 'table'
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
 
-  from retrain.config import DEFAULTS  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string(
       'saved_model_dir', None,
       'Export folder written by retrain (default: '
-      f'{DEFAULTS.saved_model_dir} when neither this nor --graph is given).')
+      f'{DEFAULT_SAVED_MODEL_DIR} when neither this nor --graph is given).')
   flags.DEFINE_string('graph', None, 'A frozen graph (.pb) or TFLite '
                       '(.tflite) file written by retrain.')
   flags.DEFINE_string('labels', None, 'Labels file (default: the one in or '
@@ -529,7 +561,6 @@ def _define_flags():
 def main(argv) -> int:
   from absl import flags  # pylint: disable=g-import-not-at-top
 
-  from retrain.config import DEFAULTS  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   specs = list(f.image) + list(argv[1:])
   if not specs:
@@ -538,14 +569,15 @@ def main(argv) -> int:
     return 2
   saved_model_dir = f.saved_model_dir
   if not saved_model_dir and not f.graph:
-    saved_model_dir = DEFAULTS.saved_model_dir
+    saved_model_dir = DEFAULT_SAVED_MODEL_DIR
   try:
     model = load_model(saved_model_dir, f.graph, f.labels, f.input_layer,
                        f.output_layer, f.input_height, f.input_width)
     paths, problems = find_images(specs)
-    logging.info('Classifying %d images with %s (%s, %dx%d, %d classes).',
-                 len(paths), model.path, model.kind, model.input_size[0],
-                 model.input_size[1], len(model.labels))
+    logging.info('Classifying %d image%s with %s (%s, %dx%d, %d classes).',
+                 len(paths), '' if len(paths) == 1 else 's', model.path,
+                 model.kind, model.input_size[0], model.input_size[1],
+                 len(model.labels))
     if f.benchmark and paths:  # Keep one-off start-up out of the figures.
       _load(paths[0], model.input_size, f.input_mean, f.input_std)
       model.predict(np.zeros([min(f.batch_size, len(paths)),
@@ -565,8 +597,11 @@ def main(argv) -> int:
   else:
     sys.stdout.write(text)
   failed = [r for r in records if r.error is not None]
-  for r in failed:
-    logging.warning('Could not classify %s: %s', r.image, r.error)
+  if f.output_file:
+    # The results on stdout already show each failing path with its reason;
+    # only when they went to a file does the console need them.
+    for r in failed:
+      logging.warning('Could not classify %s: %s', r.image, r.error)
   if f.benchmark and timing.images:
     print(f'Benchmark: {timing.images} images in {timing.total:.2f} s = '
           f'{timing.images / timing.total:.1f} images/s end to end '
@@ -577,22 +612,29 @@ def main(argv) -> int:
           file=(sys.stdout if f.output_file or f.output_format == 'table'
                 else sys.stderr))
   if failed:
-    logging.error('%d of %d images could not be classified.', len(failed),
-                  len(records))
+    logging.error('%d of %d image%s could not be classified.', len(failed),
+                  len(records), '' if len(records) == 1 else 's')
     return 1
   return 0
 
 
+USAGE = """label_image: classify photos with a model exported by retrain.
+
+Prints the most likely labels of each image (files, folders, globs), reading
+only the export: the labels and input size come from the model's own files.
+
+Example:
+  label_image --graph out/flowers.pb --image photo.jpg --image more_photos/
+
+Every flag is explained in docs/flags.md.
+"""
+
+
 def run():
   """Entry point of the `label_image` console script."""
-  from absl import app  # pylint: disable=g-import-not-at-top
+  from retrain.common import cli  # pylint: disable=g-import-not-at-top
   _define_flags()
-  if __name__ != '__main__':
-    # List our flags in --help for the installed `label_image` command too.
-    from absl import flags  # pylint: disable=g-import-not-at-top
-    for flag in flags.FLAGS.get_flags_for_module(__name__):
-      flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-  app.run(main)
+  cli.run(main, 'label_image', USAGE, [__name__])
 
 
 if __name__ == '__main__':

@@ -66,11 +66,6 @@ class Distortions:
   random_rotation: float = 0.0  # +- degrees
   random_shift: float = 0.0  # +- % of width and of height
 
-  @classmethod
-  def from_config(cls, config) -> 'Distortions':
-    return cls(**{f.name: getattr(config, f.name)
-                  for f in dataclasses.fields(cls)})
-
   def any(self) -> bool:
     """True if any distortion is switched on."""
     return any(bool(getattr(self, f.name)) for f in dataclasses.fields(self))
@@ -104,15 +99,17 @@ def check_settings(distortions: Distortions, copies: int) -> None:
   for name, low, high, why in _BOUNDS:
     value = getattr(distortions, name)
     if not (math.isfinite(value) and low <= value <= high):
-      raise DatasetError(f'--{name}={value} is out of range: use a value from '
-                         f'{low:g} to {high:g} ({why}).')
+      raise DatasetError(f'{name}={value} is out of range: use a value from '
+                         f'{low:g} to {high:g} ({why}).',
+                         fields=(name,))
   if copies < 0:
-    raise DatasetError(f'--distorted_copies={copies} must be 0 or more.')
+    raise DatasetError(f'distorted_copies={copies} must be 0 or more.',
+                       fields=('distorted_copies',))
   if distortions.any() and copies == 0:
     raise DatasetError(
-        '--distorted_copies=0 with distortion flags set would distort '
-        'nothing: give --distorted_copies 1 or more, or drop the distortion '
-        'flags.')
+        'distorted_copies=0 with distortions set would distort '
+        'nothing: give distorted_copies 1 or more, or set no distortion.',
+        fields=('distorted_copies',))
 
 
 def cache_namespace(module: FeatureModule, distortions: Distortions,
@@ -299,25 +296,26 @@ def compute_distorted(paths: Sequence[str], module: FeatureModule,
   return DistortedCopies(vectors=vectors, source=source, stats=stats)
 
 
-def training_copies(config, module: FeatureModule, paths: Sequence[str],
+def training_copies(distortions: Distortions, copies: int, seed: int,
+                    bottleneck_dir: str, batch_size: int,
+                    module: FeatureModule, paths: Sequence[str],
                     image_keys: Sequence[str]) -> Optional[DistortedCopies]:
-  """The distorted copies a run's config asks for, or None if none are.
+  """The distorted copies asked for, or None if no distortion is set.
 
   Args:
-    config: a retrain.config.Config (distortion fields, distorted_copies,
-      random_seed, bottleneck_dir, bottleneck_batch_size are read).
+    distortions: the settings; copies: K per image; seed: random_seed.
+    bottleneck_dir: the cache root; batch_size: images per module call.
     module: the feature module.
     paths, image_keys: the training images and their content keys.
   """
-  distortions = Distortions.from_config(config)
   if not distortions.any():
     return None
   store = bottleneck_cache.BottleneckStore(
-      config.bottleneck_dir,
-      cache_namespace(module, distortions, config.random_seed))
+      bottleneck_dir, cache_namespace(module, distortions, seed))
+  count = copies
   copies = compute_distorted(
-      paths, module, store, distortions, config.distorted_copies,
-      config.random_seed, config.bottleneck_batch_size, image_keys=image_keys)
+      paths, module, store, distortions, count, seed, batch_size,
+      image_keys=image_keys)
   logging.info('Distorted copies: %d reused from the cache, %d computed; '
                'training on %d originals and %d copies.', copies.stats.reused,
                copies.stats.computed, len(paths), len(copies.vectors))

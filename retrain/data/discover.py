@@ -17,10 +17,8 @@ from typing import Sequence
 from absl import logging
 
 from retrain.errors import DatasetError
+from retrain.images import IMAGE_EXTENSIONS, is_image_file
 
-# Matched case-insensitively against the file name's ending.
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.webp', '.tif',
-                    '.tiff')
 # Fewer images than this in a class gives a warning: the head will still
 # train, but its accuracy for that class is guesswork.
 FEW_IMAGES_WARNING = 20
@@ -63,11 +61,6 @@ class Dataset:
     return counts
 
 
-def is_image_file(name: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> bool:
-  """True for a visible file whose name ends in one of `extensions` (any case)."""
-  return not name.startswith('.') and name.lower().endswith(tuple(extensions))
-
-
 def _list_class_images(class_dir: str, image_dir: str,
                        extensions: Sequence[str]) -> list:
   """Relative paths of the images below class_dir, nested folders included."""
@@ -98,13 +91,15 @@ def discover_images(image_dir: str,
       classes with images.
   """
   if not image_dir:
-    raise DatasetError('No image folder given: pass --image_dir DIR, where DIR '
-                       'holds one sub-folder of images per class.')
+    raise DatasetError('No image folder given: pass image_dir DIR, where DIR '
+                       'holds one sub-folder of images per class.',
+                       fields=('image_dir',))
   if not os.path.isdir(image_dir):
     raise DatasetError(
         f'Image folder {image_dir!r} does not exist or is not a folder: pass '
-        '--image_dir with a folder that holds one sub-folder of images per '
-        'class.')
+        'image_dir with a folder that holds one sub-folder of images per '
+        'class.',
+        fields=('image_dir',))
   image_dir = os.path.abspath(image_dir)
   class_names = sorted(
       entry.name for entry in os.scandir(image_dir)

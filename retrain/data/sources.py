@@ -1,6 +1,6 @@
 """Where the images and their labels come from, and which set each is in.
 
-Three layouts, chosen by `load_layout(config)`:
+Three layouts, chosen by `load_layout(options)`:
 
 - Class folders (retrain.py's): `image_dir/<class>/...`; every image is
   assigned to train, validation or test by the stable hash (retrain.data.split).
@@ -37,17 +37,18 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from absl import logging
 
+from retrain import images as images_lib
+from retrain.common.names import LABEL_STYLES, LAYOUTS
 from retrain.data import discover
 from retrain.data import split as split_lib
+from retrain.data.split import SUBSET_CODES, SUBSETS, TEST, TRAIN, VALIDATION
 from retrain.errors import DatasetError
 
-LAYOUTS = ('auto', 'class_folders', 'split_folders')
-LABEL_STYLES = ('verbatim', 'retrain')
 # Folder names of a ready-made split (matched case-insensitively) and the
-# subset code each stands for: 0 train, 1 validation, 2 test.
-SPLIT_FOLDERS = {'train': 0, 'validation': 1, 'val': 1, 'test': 2}
-TRAIN, VALIDATION, TEST = 0, 1, 2
-_CSV_FLAGS = ('image_labels_csv', 'train_csv', 'validation_csv', 'test_csv')
+# set each stands for.
+SPLIT_FOLDERS = {'train': TRAIN, 'validation': VALIDATION, 'val': VALIDATION,
+                 'test': TEST}
+_CSV_SETTINGS = ('image_labels_csv', 'train_csv', 'validation_csv', 'test_csv')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +58,8 @@ class Layout:
   Attributes:
     dataset: the images and labels (see retrain.data.discover.Dataset).
     subsets: None to split every image by the stable hash; else int8 [n],
-      the set of dataset.images[i]: 0 train, 1 validation, 2 test.
+      the set of dataset.images[i] as its split.SUBSET_CODES code (0 train,
+      1 validation, 2 test).
     carve: (validation, test): whether that set was not given and is to be
       taken out of train by the stable hash.
     skipped: (path, reason) of listed files that do not exist.
@@ -75,55 +77,74 @@ def retrain_label(name: str) -> str:
   return re.sub(r'[^a-z0-9]+', ' ', name.lower())
 
 
-def check_layout_config(config) -> None:
-  """Checks the layout flags of a Config before any slow work."""
-  if config.image_layout not in LAYOUTS:
-    raise DatasetError(f'--image_layout={config.image_layout!r} is not one '
-                       f'of {", ".join(LAYOUTS)}.')
-  if config.label_style not in LABEL_STYLES:
-    raise DatasetError(f'--label_style={config.label_style!r} is not one of '
-                       f'{", ".join(LABEL_STYLES)}.')
-  given = [name for name in _CSV_FLAGS if getattr(config, name)]
+@dataclasses.dataclass(frozen=True)
+class LayoutOptions:
+  """Where the images and their labels are (retrain.config.Config fields of
+  the same names; the defaults live there)."""
+  image_dir: str
+  image_layout: str
+  image_labels_csv: str
+  train_csv: str
+  validation_csv: str
+  test_csv: str
+  label_style: str
+
+
+def check_layout_options(options: LayoutOptions) -> None:
+  """Checks the layout settings before any slow work."""
+  if options.image_layout not in LAYOUTS:
+    raise DatasetError(f'image_layout={options.image_layout!r} is not one '
+                       f'of {", ".join(LAYOUTS)}.',
+                       fields=('image_layout',))
+  if options.label_style not in LABEL_STYLES:
+    raise DatasetError(f'label_style={options.label_style!r} is not one of '
+                       f'{", ".join(LABEL_STYLES)}.',
+                       fields=('label_style',))
+  given = [name for name in _CSV_SETTINGS if getattr(options, name)]
   if not given:
     return
-  if config.image_labels_csv and len(given) > 1:
+  if options.image_labels_csv and len(given) > 1:
     raise DatasetError(
-        f'--image_labels_csv and --{given[1]} were both given: use either one '
-        'CSV (split by hash) or --train_csv with --validation_csv / '
-        '--test_csv (split as given).')
-  if not config.image_labels_csv and not config.train_csv:
-    raise DatasetError(f'--{given[0]} needs --train_csv: the train CSV '
-                       'defines the classes.')
-  if config.image_dir:
+        f'image_labels_csv and {given[1]} were both given: use either one '
+        'CSV (split by hash) or train_csv with validation_csv / '
+        'test_csv (split as given).',
+        fields=('image_labels_csv', 'train_csv', 'validation_csv',
+                'test_csv', given[1]))
+  if not options.image_labels_csv and not options.train_csv:
+    raise DatasetError(f'{given[0]} needs train_csv: the train CSV '
+                       'defines the classes.',
+                       fields=('train_csv', given[0]))
+  if options.image_dir:
     raise DatasetError(
-        f'--image_dir and --{given[0]} were both given: with CSV labels the '
+        f'image_dir and {given[0]} were both given: with CSV labels the '
         'paths in each CSV are relative to the CSV\'s own folder, so drop '
-        '--image_dir.')
+        'image_dir.',
+        fields=('image_dir', given[0]))
 
 
-def load_layout(config) -> Layout:
+def load_layout(options: LayoutOptions) -> Layout:
   """Lists the images, labels and given split of a run (see module doc)."""
-  if config.image_labels_csv:
-    layout = _from_one_csv(config.image_labels_csv)
-  elif config.train_csv:
-    layout = _from_split_csvs(config.train_csv, config.validation_csv,
-                              config.test_csv)
+  if options.image_labels_csv:
+    layout = _from_one_csv(options.image_labels_csv)
+  elif options.train_csv:
+    layout = _from_split_csvs(options.train_csv, options.validation_csv,
+                              options.test_csv)
   else:
     folders = None
-    if config.image_layout != 'class_folders' and config.image_dir:
-      folders = detect_split_folders(config.image_dir,
-                                     config.image_layout == 'split_folders')
+    if options.image_layout != 'class_folders' and options.image_dir:
+      folders = detect_split_folders(options.image_dir,
+                                     options.image_layout == 'split_folders')
     if folders:
-      layout = _from_split_folders(config.image_dir, folders)
+      layout = _from_split_folders(options.image_dir, folders)
     else:
-      dataset = discover.discover_images(config.image_dir)
+      dataset = discover.discover_images(options.image_dir)
       layout = Layout(dataset, description=(
           f'one folder per class under {dataset.image_dir}, split by the '
           'stable hash'))
   if layout.skipped:
     logging.warning('%d listed images do not exist and are skipped (first: '
                     '%s: %s).', len(layout.skipped), *layout.skipped[0])
-  return _apply_label_style(layout, config.label_style)
+  return _apply_label_style(layout, options.label_style)
 
 
 # --- Split folders ------------------------------------------------------------
@@ -135,7 +156,7 @@ def _subdirs(path: str) -> List[str]:
 
 
 def detect_split_folders(image_dir: str, forced: bool = False) -> Optional[dict]:
-  """{subset code: folder name} if image_dir is a ready-made split, else None.
+  """{set name: folder name} if image_dir is a ready-made split, else None.
 
   A ready-made split has a train/ folder of class folders, and no folders
   other than validation/ (or val/) and test/. With `forced`, anything else
@@ -150,9 +171,10 @@ def detect_split_folders(image_dir: str, forced: bool = False) -> Optional[dict]
   if train is None or others or not _subdirs(os.path.join(image_dir, train)):
     if forced:
       raise DatasetError(
-          f'--image_layout split_folders: {image_dir!r} should hold train/ '
+          f'image_layout split_folders: {image_dir!r} should hold train/ '
           'plus validation/ (or val/) and/or test/, each with one sub-folder '
-          f'per class; found folders {names}.')
+          f'per class; found folders {names}.',
+          fields=('image_layout',))
     return None
   if 'val' in by_lower and 'validation' in by_lower:
     raise DatasetError(
@@ -168,14 +190,14 @@ def _from_split_folders(image_dir: str, folders: dict) -> Layout:
   labels = list(train.labels)
   entries = [(TRAIN, image.label, f'{folders[TRAIN]}/{image.rel_path}')
              for image in train.images]
-  for code in (VALIDATION, TEST):
-    if code not in folders:
+  for subset in (VALIDATION, TEST):
+    if subset not in folders:
       continue
-    folder = folders[code]
+    folder = folders[subset]
     for name in _subdirs(os.path.join(image_dir, folder)):
       rel_paths = discover._list_class_images(  # pylint: disable=protected-access
           os.path.join(image_dir, folder, name), image_dir,
-          discover.IMAGE_EXTENSIONS)
+          images_lib.IMAGE_EXTENSIONS)
       if not rel_paths:
         continue
       if name not in labels:
@@ -183,13 +205,13 @@ def _from_split_folders(image_dir: str, folders: dict) -> Layout:
             f'{folder}/{name}/ is a class that {folders[TRAIN]}/ does not '
             f'have (train classes: {", ".join(labels)}): rename it to match '
             f'a train class, or add {folders[TRAIN]}/{name}/ with images.')
-      entries.extend((code, labels.index(name), rel) for rel in rel_paths)
+      entries.extend((subset, labels.index(name), rel) for rel in rel_paths)
   entries.sort(key=lambda e: (e[1], e[2]))
   images = tuple(discover.ImageFile(os.path.join(image_dir, *rel.split('/')),
                                     rel, label) for _, label, rel in entries)
-  subsets = np.array([code for code, _, _ in entries], dtype=np.int8)
+  subsets = _codes([subset for subset, _, _ in entries])
   carve = (VALIDATION not in folders, TEST not in folders)
-  given = ', '.join(folders[c] + '/' for c in sorted(folders))
+  given = ', '.join(folders[s] + '/' for s in SUBSETS if s in folders)
   return Layout(
       discover.Dataset(image_dir, tuple(labels), images,
                        train.skipped_classes),
@@ -257,7 +279,7 @@ def read_labels_csv(csv_path: str) -> Tuple[List[CsvRow], list]:
       # A header ("path,label", "filename, class", ...) names no file and
       # has no image extension; a first image row that is missing still
       # has one, and is reported as missing below.
-      if not os.path.lexists(path) and not discover.is_image_file(
+      if not os.path.lexists(path) and not images_lib.is_image_file(
           os.path.basename(fields[0])):
         continue
     if not os.path.lexists(path):
@@ -278,6 +300,11 @@ def read_labels_csv(csv_path: str) -> Tuple[List[CsvRow], list]:
   return rows, missing
 
 
+def _codes(subsets: Sequence[str]) -> np.ndarray:
+  """int8 [n] SUBSET_CODES of set names."""
+  return np.array([SUBSET_CODES[s] for s in subsets], dtype=np.int8)
+
+
 def _label_order(labels) -> List[str]:
   labels = set(labels)
   if all(re.fullmatch(r'[+-]?\d+', label) for label in labels):
@@ -286,13 +313,13 @@ def _label_order(labels) -> List[str]:
 
 
 def _dataset_from_rows(base: str, coded_rows, labels: Sequence[str]):
-  """(Dataset, subsets) from (subset code, CsvRow) pairs."""
+  """(Dataset, subsets) from (set name, CsvRow) pairs."""
   index = {label: i for i, label in enumerate(labels)}
   coded_rows = sorted(coded_rows,
                       key=lambda cr: (index[cr[1].label], cr[1].rel_path))
   images = tuple(discover.ImageFile(row.path, row.rel_path, index[row.label])
                  for _, row in coded_rows)
-  subsets = np.array([code for code, _ in coded_rows], dtype=np.int8)
+  subsets = _codes([subset for subset, _ in coded_rows])
   return discover.Dataset(base, tuple(labels), images), subsets
 
 
@@ -316,17 +343,17 @@ def _from_one_csv(csv_path: str) -> Layout:
 def _from_split_csvs(train_csv: str, validation_csv: str,
                      test_csv: str) -> Layout:
   coded, missing = [], []
-  for code, path in ((TRAIN, train_csv), (VALIDATION, validation_csv),
+  for subset, path in ((TRAIN, train_csv), (VALIDATION, validation_csv),
                      (TEST, test_csv)):
     if path:
       rows, gone = read_labels_csv(path)
-      coded.extend((code, row) for row in rows)
+      coded.extend((subset, row) for row in rows)
       missing.extend(gone)
-  train_labels = {row.label for code, row in coded if code == TRAIN}
+  train_labels = {row.label for subset, row in coded if subset == TRAIN}
   _check_classes(train_labels, train_csv)
   kept, seen = [], {}
-  for code, row in coded:
-    if code != TRAIN and row.label not in train_labels:
+  for subset, row in coded:
+    if subset != TRAIN and row.label not in train_labels:
       raise DatasetError(
           f'{row.where}: label {row.label!r} does not occur in the train CSV '
           f'{train_csv!r} (its labels: {", ".join(_label_order(train_labels))})'
@@ -341,8 +368,8 @@ def _from_split_csvs(train_csv: str, validation_csv: str,
       logging.warning('%s is listed in %s and again in %s; it is used only '
                       'in the first.', row.path, earlier[1].where, row.where)
       continue
-    seen[row.path] = (code, row)
-    kept.append((code, row))
+    seen[row.path] = (subset, row)
+    kept.append((subset, row))
   labels = _label_order(train_labels)
   dataset, subsets = _dataset_from_rows(
       os.path.dirname(os.path.abspath(train_csv)), kept, labels)
@@ -365,9 +392,10 @@ def _apply_label_style(layout: Layout, style: str) -> Layout:
     if label in first:
       raise DatasetError(
           f'Classes {first[label]!r} and {name!r} both become label {label!r} '
-          'with --label_style retrain (lower case, each run of other '
-          'characters one space): rename one of them, or use --label_style '
-          'verbatim.')
+          'with label_style retrain (lower case, each run of other '
+          'characters one space): rename one of them, or use label_style '
+          'verbatim.',
+          fields=('label_style',))
     first[label] = name
     renamed.append(label)
   dataset = dataclasses.replace(layout.dataset, labels=tuple(renamed))
@@ -401,14 +429,14 @@ def make_split(layout: Layout, usable: np.ndarray, labels: np.ndarray,
     carve_validation = validation_percentage if layout.carve[0] else 0.0
     carve_test = testing_percentage if layout.carve[1] else 0.0
     if carve_validation or carve_test:
-      train = np.flatnonzero(codes == TRAIN)
+      train = np.flatnonzero(codes == SUBSET_CODES[TRAIN])
       carved = split_lib.split_images([rel_paths[i] for i in train],
                                       labels[train], carve_validation,
                                       carve_test)
-      codes[train[carved.validation]] = VALIDATION
-      codes[train[carved.test]] = TEST
-    split = split_lib.Split(*(np.flatnonzero(codes == code)
-                              for code in (TRAIN, VALIDATION, TEST)))
+      codes[train[carved.validation]] = SUBSET_CODES[VALIDATION]
+      codes[train[carved.test]] = SUBSET_CODES[TEST]
+    split = split_lib.Split(*(np.flatnonzero(codes == SUBSET_CODES[name])
+                              for name in SUBSETS))
   warn_empty_classes(split, labels, layout.dataset.labels)
   return split
 

@@ -28,8 +28,11 @@ import numpy as np
 
 from retrain.errors import DatasetError
 
+# The three sets, in this order. Where a set is stored as a number (the
+# int8 arrays of retrain.data.sources.Layout.subsets), it is its index here.
 TRAIN, VALIDATION, TEST = 'train', 'validation', 'test'
 SUBSETS = (TRAIN, VALIDATION, TEST)
+SUBSET_CODES = {name: code for code, name in enumerate(SUBSETS)}
 # retrain.py's constant, kept so percentages map to the same hash buckets.
 _MAX_NUM_IMAGES_PER_CLASS = 2**27 - 1
 _NOHASH = re.compile(r'_nohash_.*$')
@@ -62,16 +65,17 @@ class Split:
 
 def check_percentages(validation_percentage: float,
                       testing_percentage: float) -> None:
-  for name, value in (('--validation_percentage', validation_percentage),
-                      ('--testing_percentage', testing_percentage)):
+  for name, value in (('validation_percentage', validation_percentage),
+                      ('testing_percentage', testing_percentage)):
     if not 0 <= value < 100:
       raise DatasetError(f'{name}={value} is out of range: give a percentage '
-                         'from 0 up to (not including) 100.')
+                         'from 0 up to (not including) 100.', fields=(name,))
   if validation_percentage + testing_percentage >= 100:
     raise DatasetError(
-        f'--validation_percentage ({validation_percentage}) plus '
-        f'--testing_percentage ({testing_percentage}) leave no images to '
-        'train on: their sum must be below 100.')
+        f'validation_percentage ({validation_percentage}) plus '
+        f'testing_percentage ({testing_percentage}) leave no images to '
+        'train on: their sum must be below 100.',
+        fields=('validation_percentage', 'testing_percentage'))
 
 
 def split_images(rel_paths: Sequence[str], labels: Sequence[int],

@@ -18,8 +18,10 @@ is class id j (row j of the labels file).
   `final_weights` [D, N] and `final_biases` [N]; see `read_checkpoint`.
 
 The frozen graph and the TFLite file describe themselves with two files
-beside them (X.pb -> X.labels.txt and X.metadata.json), which
-tools/label_image.py reads, so they need no training flags either.
+beside them, named after the whole model file (X.pb -> X.pb.labels.txt and
+X.pb.metadata.json; X.tflite -> X.tflite.labels.txt, ...), so a .pb and a
+.tflite of the same stem never share them; tools/label_image.py reads them,
+so they need no training flags either.
 
 Nothing a user made is lost: each file is written under a temporary name
 and renamed into place; a file already there is first moved to
@@ -28,7 +30,7 @@ and renamed into place; a file already there is first moved to
 
 from __future__ import annotations
 
-import datetime
+import dataclasses
 import json
 import os
 import time
@@ -38,58 +40,48 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-import retrain
 from retrain import images as images_lib
+from retrain.common import atomic
 from retrain.common import earlier_outputs as keep
+from retrain.common.names import (
+  INPUT_TENSOR_NAME,
+  OUTPUT_TENSOR_NAME,
+  QUANTIZATIONS,
+)
 from retrain.errors import OutputError
 from retrain.export import saved_model as export_lib
 from retrain.features.modules import FeatureModule
-from retrain.head.train import Head
+from retrain.head.model import Head
 
-INPUT_NAME = 'Placeholder'
-QUANTIZATIONS = ('none', 'dynamic', 'float16', 'int8')
 LABELS_SUFFIX = '.labels.txt'
 METADATA_SUFFIX = '.metadata.json'
 INTERMEDIATE_PATTERN = 'intermediate_{steps}.pb'
 
 
 def sidecar_paths(path: str) -> Dict[str, str]:
-  """The labels and metadata files that travel with a .pb or .tflite file."""
-  stem = os.path.splitext(path)[0]
-  return {'labels': stem + LABELS_SUFFIX, 'metadata': stem + METADATA_SUFFIX}
+  """The labels and metadata files that travel with a .pb or .tflite file.
+
+  Named after the whole file name (flowers.pb -> flowers.pb.labels.txt), so
+  two models with the same stem (flowers.pb, flowers.tflite) never share
+  them.
+  """
+  return {'labels': path + LABELS_SUFFIX, 'metadata': path + METADATA_SUFFIX}
 
 
 def _write_file(path: str, data: bytes) -> None:
   """Writes `data` to `path` atomically, keeping any earlier file aside."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'wb') as f:
-    f.write(data)
-  keep.move_aside(path)
-  os.replace(tmp, path)
+  with atomic.replacing(path) as tmp:
+    atomic.write_bytes(tmp, data)
+    keep.move_aside(path)
 
 
 def _write_sidecars(path: str, labels: Sequence[str], module: FeatureModule,
                     info: dict) -> None:
-  height, width = module.input_size
-  data = {
-      'format_version': export_lib.FORMAT_VERSION,
-      'retrain_version': retrain.__version__,
-      'created': datetime.datetime.now(datetime.timezone.utc).isoformat(),
-      'model_file': os.path.basename(path),
-      'labels': list(labels),
-      'input_height': height,
-      'input_width': width,
-      'input_dtype': 'float32',
-      'input_value_range': [0.0, 1.0],
-      'preprocessing': export_lib.PREPROCESSING,
-      'module': {'handle': module.handle, 'resolved': module.resolved,
-                 'fingerprint': module.fingerprint},
-  }
+  data = export_lib.describe_model(module, labels)
+  data['model_file'] = os.path.basename(path)
   data.update(info)
   files = sidecar_paths(path)
-  _write_file(files['labels'], ''.join(f'{l}\n' for l in labels).encode())
+  _write_file(files['labels'], export_lib.labels_text(labels).encode())
   _write_file(files['metadata'], json.dumps(data, indent=2).encode())
 
 
@@ -98,38 +90,60 @@ def check_output_file(flag: str, path: str, suffixes: Sequence[str]) -> None:
   if not path:
     return
   if os.path.isdir(path) or path.endswith(('/', os.sep)):
-    raise OutputError(f'--{flag} {path!r} is a folder: give a file path, '
-                      f'e.g. {os.path.join(path, "model" + suffixes[0])}.')
+    raise OutputError(f'{flag} {path!r} is a folder: give a file path, '
+                      f'e.g. {os.path.join(path, "model" + suffixes[0])}.',
+                      fields=(flag,))
   if not path.lower().endswith(tuple(suffixes)):
-    raise OutputError(f'--{flag} {path!r} should end in '
+    raise OutputError(f'{flag} {path!r} should end in '
                       f'{" or ".join(suffixes)}, so that tools (and '
-                      'label_image) recognise the format.')
+                      'label_image) recognise the format.',
+                      fields=(flag,))
   parent = os.path.dirname(os.path.abspath(path))
   if os.path.exists(parent) and not os.access(parent, os.W_OK):
-    raise OutputError(f'Cannot write in {parent!r}: give a --{flag} in a '
-                      'writable folder.')
+    raise OutputError(f'Cannot write in {parent!r}: give a {flag} in a '
+                      'writable folder.',
+                      fields=(flag,))
 
 
-def check_config(config) -> None:
-  """Checks the export-format options of a Config before any slow work."""
-  check_output_file('output_graph', config.output_graph, ('.pb',))
-  check_output_file('tflite_output_file', config.tflite_output_file,
+@dataclasses.dataclass(frozen=True)
+class ExportOptions:
+  """The exports besides the SavedModel (retrain.config.Config fields of the
+  same names; the defaults live there). An empty path writes nothing."""
+  output_graph: str
+  tflite_output_file: str
+  tflite_quantization: str
+  tflite_calibration_images: int
+  checkpoint_path: str
+  intermediate_output_graphs_dir: str
+  intermediate_store_frequency: int
+  final_tensor_name: str
+
+
+def check_options(options: ExportOptions) -> None:
+  """Checks the export-format settings before any slow work."""
+  check_output_file('output_graph', options.output_graph, ('.pb',))
+  check_output_file('tflite_output_file', options.tflite_output_file,
                     ('.tflite',))
-  if config.tflite_quantization not in QUANTIZATIONS:
-    raise OutputError(f'--tflite_quantization={config.tflite_quantization!r} '
-                      f'is not one of {", ".join(QUANTIZATIONS)}.')
-  if config.intermediate_store_frequency < 0:
-    raise OutputError(f'--intermediate_store_frequency='
-                      f'{config.intermediate_store_frequency} must be 0 '
-                      '(none) or a positive number of steps.')
-  if config.intermediate_store_frequency and not (
-      config.intermediate_output_graphs_dir):
-    raise OutputError('--intermediate_store_frequency needs '
-                      '--intermediate_output_graphs_dir (a folder).')
-  if config.checkpoint_path and os.path.isdir(config.checkpoint_path):
-    raise OutputError(f'--checkpoint_path {config.checkpoint_path!r} is a '
+  if options.tflite_quantization not in QUANTIZATIONS:
+    raise OutputError(f'tflite_quantization={options.tflite_quantization!r} '
+                      f'is not one of {", ".join(QUANTIZATIONS)}.',
+                      fields=('tflite_quantization',))
+  if options.intermediate_store_frequency < 0:
+    raise OutputError(f'intermediate_store_frequency='
+                      f'{options.intermediate_store_frequency} must be 0 '
+                      '(none) or a positive number of steps.',
+                      fields=('intermediate_store_frequency',))
+  if options.intermediate_store_frequency and not (
+      options.intermediate_output_graphs_dir):
+    raise OutputError('intermediate_store_frequency needs '
+                      'intermediate_output_graphs_dir (a folder).',
+                      fields=('intermediate_store_frequency',
+                              'intermediate_output_graphs_dir'))
+  if options.checkpoint_path and os.path.isdir(options.checkpoint_path):
+    raise OutputError(f'checkpoint_path {options.checkpoint_path!r} is a '
                       'folder: give a file prefix, e.g. '
-                      f'{os.path.join(config.checkpoint_path, "head")}.')
+                      f'{os.path.join(options.checkpoint_path, "head")}.',
+                      fields=('checkpoint_path',))
 
 
 # --- Frozen graph -------------------------------------------------------------
@@ -148,8 +162,8 @@ def frozen_graph_def(module: FeatureModule, head: Head,
   classifier = export_lib.Classifier(module, head, final_tensor_name)
   height, width = module.input_size
 
-  @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3],
-                                              tf.float32, name=INPUT_NAME)])
+  @tf.function(input_signature=[tf.TensorSpec(
+      [None, height, width, 3], tf.float32, name=INPUT_TENSOR_NAME)])
   def classify(images):
     # _classify names its softmax op `final_tensor_name`; calling it here
     # (not the tf.function) keeps that op at the top level of the graph.
@@ -159,10 +173,11 @@ def frozen_graph_def(module: FeatureModule, head: Head,
       classify.get_concrete_function())
   graph_def = frozen.graph.as_graph_def()
   names = {node.name for node in graph_def.node}
-  if INPUT_NAME not in names or final_tensor_name not in names:
-    raise OutputError(f'Freezing the graph lost the ops {INPUT_NAME!r} / '
+  if INPUT_TENSOR_NAME not in names or final_tensor_name not in names:
+    raise OutputError(f'Freezing the graph lost the ops {INPUT_TENSOR_NAME!r} / '
                       f'{final_tensor_name!r}; choose another '
-                      '--final_tensor_name.')
+                      'final_tensor_name.',
+                      fields=('final_tensor_name',))
   return graph_def
 
 
@@ -173,7 +188,7 @@ def write_frozen_graph(path: str, module: FeatureModule, head: Head,
   _write_file(path, graph_def.SerializeToString())
   _write_sidecars(path, labels, module, {
       'format': 'frozen_graph',
-      'input_tensor': f'{INPUT_NAME}:0',
+      'input_tensor': f'{INPUT_TENSOR_NAME}:0',
       'output_tensor': f'{final_tensor_name}:0'})
   return path
 
@@ -240,7 +255,7 @@ def tflite_model(module: FeatureModule, head: Head, quantization: str = 'none',
   if quantization not in QUANTIZATIONS:
     raise OutputError(f'Unknown TFLite quantization {quantization!r}; use one '
                       f'of {", ".join(QUANTIZATIONS)}.')
-  classifier = export_lib.Classifier(module, head, 'final_result')
+  classifier = export_lib.Classifier(module, head, OUTPUT_TENSOR_NAME)
   converter = tf.lite.TFLiteConverter.from_concrete_functions(
       [classifier.classify.get_concrete_function()], classifier)
   if quantization != 'none':
@@ -308,46 +323,46 @@ def read_checkpoint(prefix: str) -> Head:
 # --- All of them, for the pipeline --------------------------------------------
 
 
-def intermediate_hook(config, module: FeatureModule, labels: Sequence[str]
+def intermediate_hook(options: ExportOptions, module: FeatureModule, labels: Sequence[str]
                       ) -> Optional[IntermediateExports]:
   """The train_head hook for --intermediate_store_frequency, or None."""
-  if config.intermediate_store_frequency <= 0:
+  if options.intermediate_store_frequency <= 0:
     return None
-  return IntermediateExports(config.intermediate_output_graphs_dir,
-                             config.intermediate_store_frequency, module,
-                             labels, config.final_tensor_name)
+  return IntermediateExports(options.intermediate_output_graphs_dir,
+                             options.intermediate_store_frequency, module,
+                             labels, options.final_tensor_name)
 
 
-def export_other_formats(config, module: FeatureModule, head: Head,
+def export_other_formats(options: ExportOptions, module: FeatureModule, head: Head,
                          labels: Sequence[str],
                          calibration_paths: Sequence[str]) -> Dict[str, str]:
-  """Writes every non-SavedModel format the config asks for.
+  """Writes every non-SavedModel format asked for.
 
   Returns:
     {'output_graph': path, 'tflite': path, 'checkpoint': prefix} for the
     files written.
   """
   written = {}
-  if config.checkpoint_path:
+  if options.checkpoint_path:
     written['checkpoint'] = os.path.abspath(
-        write_checkpoint(config.checkpoint_path, head))
-    logging.info('Wrote the head checkpoint %s.', config.checkpoint_path)
-  if config.output_graph:
+        write_checkpoint(options.checkpoint_path, head))
+    logging.info('Wrote the head checkpoint %s.', options.checkpoint_path)
+  if options.output_graph:
     started = time.monotonic()
     written['output_graph'] = os.path.abspath(write_frozen_graph(
-        config.output_graph, module, head, labels, config.final_tensor_name))
+        options.output_graph, module, head, labels, options.final_tensor_name))
     logging.info('Wrote the frozen graph %s (input %s, output %s) in %.1f s.',
-                 config.output_graph, INPUT_NAME, config.final_tensor_name,
+                 options.output_graph, INPUT_TENSOR_NAME, options.final_tensor_name,
                  time.monotonic() - started)
-  if config.tflite_output_file:
+  if options.tflite_output_file:
     started = time.monotonic()
     written['tflite'] = os.path.abspath(write_tflite(
-        config.tflite_output_file, module, head, labels,
-        config.tflite_quantization, calibration_paths,
-        config.tflite_calibration_images))
+        options.tflite_output_file, module, head, labels,
+        options.tflite_quantization, calibration_paths,
+        options.tflite_calibration_images))
     logging.info('Wrote the TFLite model %s (%s quantization, %.1f MB) in '
-                 '%.1f s.', config.tflite_output_file,
-                 config.tflite_quantization,
-                 os.path.getsize(config.tflite_output_file) / 1e6,
+                 '%.1f s.', options.tflite_output_file,
+                 options.tflite_quantization,
+                 os.path.getsize(options.tflite_output_file) / 1e6,
                  time.monotonic() - started)
   return written

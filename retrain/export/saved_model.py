@@ -30,12 +30,13 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
-import retrain
+from retrain.common import atomic
 from retrain.common import earlier_outputs as keep
 from retrain.errors import OutputError
 from retrain.export import signatures as signatures_lib
 from retrain.features.modules import FeatureModule
-from retrain.head.train import Head
+from retrain.head.model import Head
+from retrain.version import __version__
 
 METADATA_FILE = 'retrain_metadata.json'
 LABELS_FILE = 'labels.txt'
@@ -56,18 +57,21 @@ def check_export_dir(path: str) -> None:
   if not path:
     return
   if os.path.exists(path) and not os.path.isdir(path):
-    raise OutputError(f'--saved_model_dir {path!r} is a file: give a folder '
-                      'path (it is created).')
+    raise OutputError(f'saved_model_dir {path!r} is a file: give a folder '
+                      'path (it is created).',
+                      fields=('saved_model_dir',))
   if os.path.isdir(path) and os.listdir(path) and not is_export(path):
     raise OutputError(
-        f'--saved_model_dir {path!r} already holds files that are not a '
+        f'saved_model_dir {path!r} already holds files that are not a '
         'retrain export; refusing to overwrite them. Give a new or empty '
-        'folder.')
+        'folder.',
+        fields=('saved_model_dir',))
   parent = os.path.dirname(os.path.abspath(path))
   os.makedirs(parent, exist_ok=True)
   if not os.access(parent, os.W_OK):
-    raise OutputError(f'Cannot write in {parent!r}: give a --saved_model_dir '
-                      'in a writable folder.')
+    raise OutputError(f'Cannot write in {parent!r}: give a saved_model_dir '
+                      'in a writable folder.',
+                      fields=('saved_model_dir',))
 
 
 class Classifier(tf.Module):
@@ -94,12 +98,15 @@ class Classifier(tf.Module):
                                            name=self._final_tensor_name)}
 
 
-def metadata(module: FeatureModule, labels: Sequence[str],
-             final_tensor_name: str, extra: Optional[dict] = None) -> dict:
+def describe_model(module: FeatureModule, labels: Sequence[str]) -> dict:
+  """What every export says of itself (the SavedModel's metadata file and
+  the side files of the other formats): labels in class id order, the input
+  (float32 [batch, input_height, input_width, 3] in [0, 1], made as
+  PREPROCESSING says) and the feature module."""
   height, width = module.input_size
-  data = {
+  return {
       'format_version': FORMAT_VERSION,
-      'retrain_version': retrain.__version__,
+      'retrain_version': __version__,
       'created': datetime.datetime.now(datetime.timezone.utc).isoformat(),
       'labels': list(labels),
       'input_height': height,
@@ -113,6 +120,20 @@ def metadata(module: FeatureModule, labels: Sequence[str],
           'fingerprint': module.fingerprint,
           'output_dim': module.output_dim,
       },
+  }
+
+
+def labels_text(labels: Sequence[str]) -> str:
+  """The labels file: one label a line, row i is class id i."""
+  return ''.join(f'{label}\n' for label in labels)
+
+
+def metadata(module: FeatureModule, labels: Sequence[str],
+             final_tensor_name: str, extra: Optional[dict] = None) -> dict:
+  """The SavedModel's metadata file: describe_model, its signatures and
+  `extra`."""
+  data = describe_model(module, labels)
+  data.update({
       'signatures': {
           'serving_default': {'inputs': {'images': 'float32 [batch, H, W, 3]'},
                               'outputs': {'probabilities':
@@ -124,19 +145,14 @@ def metadata(module: FeatureModule, labels: Sequence[str],
               'outputs': {'probabilities': 'float32 [batch, N]'}},
       },
       'final_tensor_name': final_tensor_name,
-  }
+  })
   data.update(extra or {})
   return data
 
 
 def write_labels(path: str, labels: Sequence[str]) -> None:
   """Writes labels one per line (row i is class id i), atomically."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    f.write(''.join(f'{label}\n' for label in labels))
-  os.replace(tmp, path)
+  atomic.write_text(path, labels_text(labels))
 
 
 def export_saved_model(export_dir: str, module: FeatureModule, head: Head,
@@ -156,9 +172,9 @@ def export_saved_model(export_dir: str, module: FeatureModule, head: Head,
                                   signatures_lib.BYTES_SIGNATURE:
                                   classify_bytes})
   write_labels(os.path.join(tmp, LABELS_FILE), labels)
-  with open(os.path.join(tmp, METADATA_FILE), 'w', encoding='utf-8') as f:
-    json.dump(metadata(module, labels, final_tensor_name, extra_metadata), f,
-              indent=2)
+  atomic.write_json(os.path.join(tmp, METADATA_FILE),
+                    metadata(module, labels, final_tensor_name,
+                             extra_metadata))
   if os.path.isdir(export_dir):
     if os.listdir(export_dir):
       keep.move_aside(export_dir)

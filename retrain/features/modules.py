@@ -91,7 +91,7 @@ def fingerprint_module(path: str) -> str:
 def _declared_input_size(obj) -> Optional[Tuple[Optional[int], Optional[int]]]:
   """(H, W) from the module's call signatures; None entries when variable."""
   specs = []
-  call = getattr(obj, '__call__', None)
+  call = getattr(obj, '__call__', None)  # noqa: B004 (the tf.function, not a test)
   for concrete in getattr(call, 'concrete_functions', None) or ():
     args = concrete.structured_input_signature[0]
     if args:
@@ -110,11 +110,11 @@ def _describe_load_failure(handle: str, resolved: str, error: Exception) -> str:
   if resolved.startswith(('http://', 'https://')) or '://' in resolved:
     return (f'Could not load module {handle!r} from {resolved} ({error}). '
             'Downloading needs a network; without one, use a bundled module '
-            f'(the default --tfhub_module={presets.DEFAULT_MODULE}), or a local '
-            'folder holding a TF2 SavedModel. See --list_modules.')
+            f'(the default tfhub_module={presets.DEFAULT_MODULE}), or a local '
+            'folder holding a TF2 SavedModel. See the presets (list_modules).')
   if not os.path.exists(resolved):
     return (f'Module {handle!r} is neither a preset name nor an existing '
-            'folder. Pass a preset (see --list_modules), a TF-Hub handle, or '
+            'folder. Pass a preset (see list_modules), a TF-Hub handle, or '
             'the path of a TF2 SavedModel folder.')
   return (f'Could not load the module in {resolved!r} ({error}). It must be a '
           'TF2 SavedModel image feature-vector module (TF1 hub.Module format '
@@ -140,14 +140,16 @@ def load_module(handle: str, image_size: Optional[int] = None,
     obj = hub.load(resolved)
     path = hub.resolve(resolved)
   except Exception as e:  # hub raises many types; all mean "not loadable".
-    raise ModuleError(_describe_load_failure(handle, resolved, e)) from e
+    raise ModuleError(_describe_load_failure(handle, resolved, e),
+                      fields=('tfhub_module', 'list_modules')) from e
 
   declared = _declared_input_size(obj)
   fixed = declared if declared and None not in declared else None
   if fixed and image_size and tuple(fixed) != (image_size, image_size):
     raise ModuleError(
-        f'--image_size={image_size} does not match module {handle!r}, whose '
-        f'input size is fixed at {fixed[0]}x{fixed[1]}: drop --image_size.')
+        f'image_size={image_size} does not match module {handle!r}, whose '
+        f'input size is fixed at {fixed[0]}x{fixed[1]}: drop image_size.',
+        fields=('image_size',))
   if fixed:
     size = (int(fixed[0]), int(fixed[1]))
   elif image_size:
@@ -157,8 +159,9 @@ def load_module(handle: str, image_size: Optional[int] = None,
   else:
     raise ModuleError(
         f'Module {handle!r} accepts images of any size and none was given: '
-        'pass --image_size with the size it was trained at (e.g. 224, or 299 '
-        'for Inception V3).')
+        'pass image_size with the size it was trained at (e.g. 224, or 299 '
+        'for Inception V3).',
+        fields=('image_size',))
 
   if not callable(obj):
     raise ModuleError(f'Module {handle!r} has no __call__; it must be a TF2 '

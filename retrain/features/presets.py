@@ -35,8 +35,10 @@ from retrain.errors import ModuleError
 from retrain.features import efficientnet_lite
 
 DEFAULT_MODULE = 'efficientnet_lite0'
-MODULE_CACHE_ENV = 'RETRAIN_MODULE_CACHE'
-_DEFAULT_MODULE_CACHE = os.path.join('~', '.cache', 'retrain', 'modules')
+# Where bundled presets are converted unless told otherwise ('~' expanded);
+# retrain.config.Config.module_cache_dir defaults to it, and the command
+# line lets $RETRAIN_MODULE_CACHE override it.
+DEFAULT_MODULE_CACHE = os.path.join('~', '.cache', 'retrain', 'modules')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,14 +102,10 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def default_module_cache_dir() -> str:
-  """The module cache: $RETRAIN_MODULE_CACHE, or ~/.cache/retrain/modules.
-
-  Set the variable to share one cache between users or to keep it off a
-  small home partition.
-  """
-  return os.path.expanduser(os.environ.get(MODULE_CACHE_ENV) or
-                            _DEFAULT_MODULE_CACHE)
+def module_cache_dir(cache_dir: Optional[str] = None) -> str:
+  """The module cache folder: `cache_dir` ('~' expanded), or
+  DEFAULT_MODULE_CACHE when it is None or empty."""
+  return os.path.expanduser(cache_dir or DEFAULT_MODULE_CACHE)
 
 
 def preset_input_size(name: str) -> Optional[int]:
@@ -122,7 +120,7 @@ def bundled_module_dir(name: str, cache_dir: Optional[str] = None) -> str:
   The folder name carries the converter version, so a changed converter
   never reuses an old conversion.
   """
-  cache_dir = cache_dir or default_module_cache_dir()
+  cache_dir = module_cache_dir(cache_dir)
   return os.path.join(
       cache_dir, f'{name}-v{efficientnet_lite.CONVERTER_VERSION}')
 
@@ -134,7 +132,7 @@ def resolve_module(name_or_handle: str,
   Args:
     name_or_handle: a preset name, a TF-Hub handle or a local folder.
     cache_dir: the module cache for bundled presets (None:
-      `default_module_cache_dir()`).
+      DEFAULT_MODULE_CACHE).
 
   Returns:
     For a bundled preset, the local SavedModel folder (converted now if it
@@ -178,8 +176,8 @@ def _ensure_converted(name: str, target: str) -> str:
                            dir=cache_dir)
   except OSError as e:
     raise ModuleError(
-        f'Cannot write the module cache {cache_dir} ({e}); set '
-        f'{MODULE_CACHE_ENV} to a writable folder.') from e
+        f'Cannot write the module cache {cache_dir} ({e}); give a writable '
+        'folder as module_cache_dir.', fields=('module_cache_dir',)) from e
 
   logging.info(
       'Converting bundled %s weights to a SavedModel under %s (one-time, '
@@ -217,8 +215,9 @@ def _discard(path: str, cache_dir: str) -> None:
   shutil.rmtree(trash, ignore_errors=True)
 
 
-def format_module_list() -> str:
-  """A readable table of the presets, for `--list_modules`."""
+def format_module_list(cache_dir: Optional[str] = None) -> str:
+  """A readable table of the presets, for `--list_modules`; cache_dir: the
+  module cache the bundled ones are converted into (None: the default)."""
   header = ('name', 'input', 'availability', 'description / handle')
   rows = []
   for p in PRESETS.values():
@@ -241,8 +240,7 @@ def format_module_list() -> str:
   lines.append('')
   lines.extend(textwrap.wrap(
       'Bundled modules are converted once, in a few seconds, into the module '
-      f'cache {default_module_cache_dir()} (set {MODULE_CACHE_ENV} to move '
-      'it). Network modules are downloaded once and cached by tensorflow_hub '
+      f'cache {module_cache_dir(cache_dir)}. Network modules are downloaded once and cached by tensorflow_hub '
       '(TFHUB_CACHE_DIR). Any other value is used as given: the handle (URL) '
       'of a TF2 image feature-vector module, or a local TF2 SavedModel '
       'folder.', width=79))

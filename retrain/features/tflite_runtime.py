@@ -22,7 +22,6 @@ import dataclasses
 import os
 import queue
 import time
-import uuid
 import warnings
 from typing import Optional
 
@@ -30,12 +29,13 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from retrain.common import atomic
+from retrain.common.names import BOTTLENECK_RUNTIMES
 from retrain.errors import ModuleError
 from retrain.features import modules as features
 from retrain.features import presets
 from retrain.features.modules import FeatureModule
 
-RUNTIMES = ('tf', 'tflite', 'auto')
 # Largest absolute difference allowed between TF and TFLite vectors on the
 # probe batch (measured: about 1.2e-5 for EfficientNet-Lite0).
 TOLERANCE = 1e-3
@@ -57,7 +57,7 @@ def tflite_file(module: FeatureModule, cache_dir: Optional[str] = None) -> str:
   beside = os.path.join(module.path, _SUBDIR)
   if os.access(module.path, os.W_OK):
     return os.path.join(beside, name)
-  root = cache_dir or presets.default_module_cache_dir()
+  root = presets.module_cache_dir(cache_dir)
   return os.path.join(root, _SUBDIR, name)
 
 
@@ -69,13 +69,8 @@ def convert(module: FeatureModule, path: str) -> None:
   converter = tf.lite.TFLiteConverter.from_concrete_functions(
       [fn.get_concrete_function()], module.obj)
   data = converter.convert()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  # Write then rename: two processes converting at once never leave a
-  # half-written file behind.
-  tmp = f'{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}'
-  with open(tmp, 'wb') as f:
-    f.write(data)
-  os.replace(tmp, path)
+  # Two processes converting at once never leave a half-written file.
+  atomic.write_bytes(path, data)
 
 
 # Images per interpreter invoke. Batch 1 keeps a layer's activations
@@ -164,9 +159,10 @@ def with_runtime(module: FeatureModule, runtime: str,
   Calls may pass any number of images; TFLite runs them `invoke_batch` at a
   time.
   """
-  if runtime not in RUNTIMES:
-    raise ModuleError(f'--bottleneck_runtime={runtime!r} is not one of '
-                      f'{", ".join(RUNTIMES)}.')
+  if runtime not in BOTTLENECK_RUNTIMES:
+    raise ModuleError(f'bottleneck_runtime={runtime!r} is not one of '
+                      f'{", ".join(BOTTLENECK_RUNTIMES)}.',
+                      fields=('bottleneck_runtime',))
   if runtime == 'tf':
     return module
   path = tflite_file(module, cache_dir)
@@ -196,9 +192,7 @@ def with_runtime(module: FeatureModule, runtime: str,
     log('Using TensorFlow for bottlenecks: the module does not run on '
         'TFLite (%s).', reason)
     try:  # Remember, so later runs do not try the conversion again.
-      os.makedirs(os.path.dirname(failed_marker), exist_ok=True)
-      with open(failed_marker, 'w', encoding='utf-8') as f:
-        f.write(reason + '\n')
+      atomic.write_text(failed_marker, reason + '\n')
     except OSError:
       pass
     return module
@@ -216,7 +210,7 @@ def deferred(module: FeatureModule, runtime: str,
   A run whose vectors are all cached never calls the module, so it does not
   pay for opening the interpreter and checking it on a probe batch.
   """
-  if runtime not in RUNTIMES:  # a bad value fails now, not mid-run
+  if runtime not in BOTTLENECK_RUNTIMES:  # a bad value fails now, not mid-run
     with_runtime(module, runtime, cache_dir)
   chosen = []
 

@@ -29,7 +29,7 @@ from absl import logging
 from retrain import images as images_lib
 from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.bottlenecks import distort as distort_lib
-from retrain.common.progress import _duration
+from retrain.common.progress import format_duration
 from retrain.features.modules import FeatureModule
 
 
@@ -120,5 +120,5 @@ def log_estimate(handle: str, seconds_per_epoch: float, epochs: int,
       'activations at, so every epoch re-runs the whole module forward and '
       'backward on all %d training images: about %s per epoch, %s for %d '
       'epochs (early stopping may end sooner). Nothing of it is cached.',
-      handle, train_count, _duration(seconds_per_epoch),
-      _duration(seconds_per_epoch * epochs), epochs)
+      handle, train_count, format_duration(seconds_per_epoch),
+      format_duration(seconds_per_epoch * epochs), epochs)

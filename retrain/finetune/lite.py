@@ -53,10 +53,10 @@ def check_boundary(block: int, blocks: List[efficientnet_lite.BlockSpec],
     return default_boundary(blocks)
   if not 0 <= block <= len(blocks):
     raise DatasetError(
-        f'--fine_tune_from={block} is not a block of {title}, which has '
+        f'fine_tune_from={block} is not a block of {title}, which has '
         f'blocks 0 to {len(blocks) - 1} ({len(blocks)} means only the head '
         'conv): pass one of those, or -1 for the default '
-        f'({default_boundary(blocks)}).')
+        f'({default_boundary(blocks)}).', fields=('fine_tune_from',))
   return block
 
 

@@ -40,6 +40,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from retrain.common import atomic
 from retrain.common import earlier_outputs as keep
 from retrain.errors import RetrainError
 
@@ -148,14 +149,6 @@ def evaluate(logits_fn, batches: Iterable) -> Tuple[float, float, np.ndarray]:
   return loss / total, correct / total, np.concatenate(predictions)
 
 
-def _write_identity(directory: str, identity: dict) -> None:
-  path = os.path.join(directory, IDENTITY_FILE)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(identity, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-
-
 def _prepare_checkpoint_dir(directory: str, identity: dict) -> None:
   """Makes `directory` hold checkpoints of `identity` only: a folder of
   another run's checkpoints is moved aside (never deleted)."""
@@ -171,8 +164,125 @@ def _prepare_checkpoint_dir(directory: str, identity: dict) -> None:
     logging.warning('The fine-tuning checkpoints in %s are of other settings '
                     'or data; moved them to %s and starting afresh.',
                     directory, aside)
-  os.makedirs(directory, exist_ok=True)
-  _write_identity(directory, identity)
+  atomic.write_json(path, identity, sort_keys=True)
+
+
+class _Tracker(tf.Module):
+  """The best weights so far and the counters, all checkpointed."""
+
+  def __init__(self, variables: List[tf.Variable]):
+    super().__init__(name='fine_tune_tracker')
+    self.variables_ = list(variables)
+    self.best = [tf.Variable(v, trainable=False) for v in variables]
+    self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+    self.best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+    self.best_accuracy = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
+    self.best_cross_entropy = tf.Variable(math.inf, dtype=tf.float64,
+                                          trainable=False)
+    self.since_best = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+  def consider(self, point: 'EpochPoint') -> None:
+    """Keeps the weights if this epoch is the best so far."""
+    best = float(self.best_accuracy.numpy())
+    if point.validation_accuracy > best or (
+        point.validation_accuracy == best and
+        point.validation_cross_entropy < self.best_cross_entropy.numpy()):
+      for b, v in zip(self.best, self.variables_, strict=True):
+        b.assign(v)
+      self.best_epoch.assign(point.epoch)
+      self.best_accuracy.assign(point.validation_accuracy)
+      self.best_cross_entropy.assign(point.validation_cross_entropy)
+      self.since_best.assign(0)
+    else:
+      self.since_best.assign_add(1)
+
+  def restore_best(self) -> None:
+    for b, v in zip(self.best, self.variables_, strict=True):
+      v.assign(b)
+
+
+def _summarise(writers, point: EpochPoint) -> None:
+  """The epoch's scalars, under the names the log uses."""
+  if writers is None:
+    return
+  train_writer, validation_writer = writers
+  if point.train_cross_entropy is not None:
+    with train_writer.as_default(step=point.epoch):
+      tf.summary.scalar('cross_entropy', point.train_cross_entropy)
+      tf.summary.scalar('accuracy', point.train_accuracy)
+      tf.summary.scalar('learning_rate', point.learning_rate)
+  with validation_writer.as_default(step=point.epoch):
+    tf.summary.scalar('cross_entropy', point.validation_cross_entropy)
+    tf.summary.scalar('accuracy', point.validation_accuracy)
+
+
+def _step_functions(variables, logits_fn, optimizer):
+  """(train_step(x, y, lr) -> (loss, correct), infer(x) -> logits)."""
+
+  @tf.function(reduce_retracing=True)
+  def train_step(x, y, learning_rate):
+    with tf.GradientTape() as tape:
+      logits = logits_fn(x, True)
+      loss = tf.reduce_mean(
+          tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+    grads = tape.gradient(loss, variables)
+    optimizer.apply(grads, variables, learning_rate)
+    correct = tf.reduce_sum(tf.cast(
+        tf.equal(tf.argmax(logits, axis=1), y), tf.int64))
+    return loss, correct
+
+  @tf.function(reduce_retracing=True)
+  def infer(x):
+    return logits_fn(x, False)
+
+  return train_step, infer
+
+
+def _train_epoch(epoch: int, batches, train_step, schedule: Schedule,
+                 first_step: int, options: FitOptions):
+  """Runs one epoch; returns (mean cross entropy, accuracy, last rate)."""
+  step, total_loss, total_correct, total = first_step, 0.0, 0, 0
+  learning_rate = schedule(step)
+  for x, y in batches:
+    learning_rate = schedule(step)
+    loss, correct = train_step(x, y, tf.constant(learning_rate, tf.float32))
+    loss = float(loss)
+    if not math.isfinite(loss):
+      raise FineTuneError(
+          f'Fine-tuning diverged at epoch {epoch} (cross entropy {loss}) '
+          f'with fine_tune_learning_rate={options.learning_rate:g}: pass a '
+          'smaller one (the default is 1e-4).',
+          fields=('fine_tune_learning_rate',))
+    total_loss += loss * len(y)
+    total_correct += int(correct)
+    total += len(y)
+    step += 1
+  return (total_loss / max(total, 1), total_correct / max(total, 1),
+          learning_rate)
+
+
+def _starting_point(infer, validation_batches) -> EpochPoint:
+  """Epoch 0: the validation figures of the weights fine-tuning starts from."""
+  started = time.monotonic()
+  loss, accuracy, _ = evaluate(infer, validation_batches)
+  logging.info('Fine-tuning starts at validation accuracy %.1f%%, cross '
+               'entropy %.4f (the head alone).', 100 * accuracy, loss)
+  return EpochPoint(0, None, None, loss, accuracy, 0.0,
+                    time.monotonic() - started)
+
+
+def _resume(manager, tracker: _Tracker, options: FitOptions) -> int:
+  """Restores the latest checkpoint, if any; returns the epochs done."""
+  if manager is None or not manager.latest_checkpoint:
+    return 0
+  manager.checkpoint.restore(manager.latest_checkpoint).expect_partial()
+  done = int(tracker.epoch.numpy())
+  logging.info('Resuming fine-tuning from %s: %d of %d epochs done, best '
+               'validation accuracy %.1f%% (epoch %d).',
+               manager.latest_checkpoint, done, options.epochs,
+               100 * float(tracker.best_accuracy.numpy()),
+               int(tracker.best_epoch.numpy()))
+  return done
 
 
 def fit(variables: List[tf.Variable], logits_fn: Callable,
@@ -205,137 +315,51 @@ def fit(variables: List[tf.Variable], logits_fn: Callable,
                       max(1, round(options.warmup_epochs * steps_per_epoch)),
                       options.epochs * steps_per_epoch)
   optimizer = AdamW(variables, options.weight_decay)
-  best = [tf.Variable(v, trainable=False) for v in variables]
-  state = {'epoch': tf.Variable(0, dtype=tf.int64),
-           'best_epoch': tf.Variable(0, dtype=tf.int64),
-           'best_accuracy': tf.Variable(-1.0, dtype=tf.float64),
-           'best_cross_entropy': tf.Variable(math.inf, dtype=tf.float64),
-           'since_best': tf.Variable(0, dtype=tf.int64)}
-  checkpoint = tf.train.Checkpoint(variables=list(variables),
-                                   optimizer=optimizer, best=best, **state)
+  tracker = _Tracker(variables)
   manager = None
-  resumed = 0
   if checkpoint_dir:
     _prepare_checkpoint_dir(checkpoint_dir, identity or {})
-    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir,
-                                         max_to_keep=1)
-    if manager.latest_checkpoint:
-      checkpoint.restore(manager.latest_checkpoint).expect_partial()
-      resumed = int(state['epoch'].numpy())
-      logging.info('Resuming fine-tuning from %s: %d of %d epochs done, best '
-                   'validation accuracy %.1f%% (epoch %d).',
-                   manager.latest_checkpoint, resumed, options.epochs,
-                   100 * float(state['best_accuracy'].numpy()),
-                   int(state['best_epoch'].numpy()))
-
-  @tf.function(reduce_retracing=True)
-  def train_step(x, y, learning_rate):
-    with tf.GradientTape() as tape:
-      logits = logits_fn(x, True)
-      loss = tf.reduce_mean(
-          tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
-    grads = tape.gradient(loss, variables)
-    optimizer.apply(grads, variables, learning_rate)
-    correct = tf.reduce_sum(tf.cast(
-        tf.equal(tf.argmax(logits, axis=1), y), tf.int64))
-    return loss, correct
-
-  @tf.function(reduce_retracing=True)
-  def infer(x):
-    return logits_fn(x, False)
-
-  def summarise(point: EpochPoint) -> None:
-    if writers is None:
-      return
-    train_writer, validation_writer = writers
-    if point.train_cross_entropy is not None:
-      with train_writer.as_default(step=point.epoch):
-        tf.summary.scalar('cross_entropy', point.train_cross_entropy)
-        tf.summary.scalar('accuracy', point.train_accuracy)
-        tf.summary.scalar('learning_rate', point.learning_rate)
-    with validation_writer.as_default(step=point.epoch):
-      tf.summary.scalar('cross_entropy', point.validation_cross_entropy)
-      tf.summary.scalar('accuracy', point.validation_accuracy)
-
-  def consider(point: EpochPoint) -> None:
-    """Keeps the weights if this epoch is the best so far."""
-    better = (point.validation_accuracy > state['best_accuracy'].numpy() or (
-        point.validation_accuracy == state['best_accuracy'].numpy() and
-        point.validation_cross_entropy < state['best_cross_entropy'].numpy()))
-    if better:
-      for b, v in zip(best, variables, strict=True):
-        b.assign(v)
-      state['best_epoch'].assign(point.epoch)
-      state['best_accuracy'].assign(point.validation_accuracy)
-      state['best_cross_entropy'].assign(point.validation_cross_entropy)
-      state['since_best'].assign(0)
-    else:
-      state['since_best'].assign_add(1)
-
+    manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(variables=list(variables), optimizer=optimizer,
+                            tracker=tracker), checkpoint_dir, max_to_keep=1)
+  resumed = _resume(manager, tracker, options)
+  train_step, infer = _step_functions(variables, logits_fn, optimizer)
   history = []
   if resumed == 0:
-    started = time.monotonic()
-    loss, accuracy, _ = evaluate(infer, validation_batches())
-    point = EpochPoint(0, None, None, loss, accuracy, 0.0,
-                       time.monotonic() - started)
-    logging.info('Fine-tuning starts at validation accuracy %.1f%%, cross '
-                 'entropy %.4f (the head alone).', 100 * accuracy, loss)
-    consider(point)
-    summarise(point)
-    history.append(point)
-
+    history.append(_starting_point(infer, validation_batches()))
+    tracker.consider(history[0])
+    _summarise(writers, history[0])
   stopped_early = False
   for epoch in range(resumed + 1, options.epochs + 1):
-    if options.patience and state['since_best'].numpy() >= options.patience:
+    if options.patience and tracker.since_best.numpy() >= options.patience:
       stopped_early = True
       break
     started = time.monotonic()
-    step = (epoch - 1) * steps_per_epoch
-    total_loss, total_correct, total = 0.0, 0, 0
-    learning_rate = schedule(step)
-    for x, y in train_batches(epoch):
-      learning_rate = schedule(step)
-      loss, correct = train_step(x, y, tf.constant(learning_rate, tf.float32))
-      loss = float(loss)
-      if not math.isfinite(loss):
-        raise FineTuneError(
-            f'Fine-tuning diverged at epoch {epoch} (cross entropy {loss}) '
-            f'with --fine_tune_learning_rate={options.learning_rate:g}: '
-            'pass a smaller one (the default is 1e-4).')
-      n = len(y)
-      total_loss += loss * n
-      total_correct += int(correct)
-      total += n
-      step += 1
+    loss, accuracy, rate = _train_epoch(
+        epoch, train_batches(epoch), train_step, schedule,
+        (epoch - 1) * steps_per_epoch, options)
     val_loss, val_accuracy, _ = evaluate(infer, validation_batches())
-    point = EpochPoint(epoch, total_loss / max(total, 1),
-                       total_correct / max(total, 1), val_loss, val_accuracy,
-                       learning_rate, time.monotonic() - started)
+    point = EpochPoint(epoch, loss, accuracy, val_loss, val_accuracy, rate,
+                       time.monotonic() - started)
     logging.info(
         'Fine-tuning epoch %d/%d: train accuracy %.1f%%, cross entropy '
         '%.4f; validation accuracy %.1f%%, cross entropy %.4f; learning '
-        'rate %.2g; %.1f s.', epoch, options.epochs,
-        100 * point.train_accuracy, point.train_cross_entropy,
-        100 * val_accuracy, val_loss, learning_rate, point.seconds)
-    consider(point)
-    state['epoch'].assign(epoch)
-    summarise(point)
+        'rate %.2g; %.1f s.', epoch, options.epochs, 100 * accuracy, loss,
+        100 * val_accuracy, val_loss, rate, point.seconds)
+    tracker.consider(point)
+    tracker.epoch.assign(epoch)
+    _summarise(writers, point)
     history.append(point)
     if manager is not None:
       manager.save(checkpoint_number=epoch)
     if on_epoch is not None:
       on_epoch(point)
-  else:
-    stopped_early = False
-
-  for b, v in zip(best, variables, strict=True):
-    v.assign(b)
-  best_epoch = int(state['best_epoch'].numpy())
+  tracker.restore_best()
+  best_epoch = int(tracker.best_epoch.numpy())
+  best_accuracy = float(tracker.best_accuracy.numpy())
   logging.info('Fine-tuning keeps the weights of epoch %d (validation '
-               'accuracy %.1f%%)%s.', best_epoch,
-               100 * float(state['best_accuracy'].numpy()),
+               'accuracy %.1f%%)%s.', best_epoch, 100 * best_accuracy,
                ', stopped early' if stopped_early else '')
   return FitResult(history=history, best_epoch=best_epoch,
-                   best_validation_accuracy=float(
-                       state['best_accuracy'].numpy()),
+                   best_validation_accuracy=best_accuracy,
                    resumed_from=resumed, stopped_early=stopped_early)

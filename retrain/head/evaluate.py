@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from retrain.head.train import Head
+from retrain.head.model import Head
 
 
 @dataclasses.dataclass

@@ -34,11 +34,8 @@ from typing import List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from retrain.common.names import CLASS_WEIGHTINGS, OPTIMIZERS, SAMPLINGS
 from retrain.errors import DatasetError
-
-OPTIMIZERS = ('sgd', 'momentum', 'adam')
-CLASS_WEIGHTINGS = ('none', 'balanced')
-SAMPLINGS = ('classes', 'images')
 
 # The usual constants: heavy-ball momentum 0.9; Adam with Keras' defaults.
 MOMENTUM = 0.9
@@ -57,11 +54,6 @@ class TrainOptions:
   sampling: str
   early_stopping_patience: int
 
-  @classmethod
-  def from_config(cls, config) -> 'TrainOptions':
-    return cls(**{f.name: getattr(config, f.name)
-                  for f in dataclasses.fields(cls)})
-
 
 def check(options: TrainOptions) -> None:
   """Raises DatasetError naming the flag and the accepted values."""
@@ -70,19 +62,23 @@ def check(options: TrainOptions) -> None:
                         ('sampling', SAMPLINGS)):
     value = getattr(options, name)
     if value not in allowed:
-      raise DatasetError(f'--{name}={value!r} is not one of '
-                         f'{", ".join(allowed)}.')
+      raise DatasetError(f'{name}={value!r} is not one of '
+                         f'{", ".join(allowed)}.',
+                         fields=(name,))
   for name in ('dropout_rate', 'label_smoothing'):
     value = getattr(options, name)
     if not 0.0 <= value < 1.0:
-      raise DatasetError(f'--{name}={value} must be in [0, 1), e.g. 0.2.')
+      raise DatasetError(f'{name}={value} must be in [0, 1), e.g. 0.2.',
+                         fields=(name,))
   if options.l2_regularizer < 0:
-    raise DatasetError(f'--l2_regularizer={options.l2_regularizer} must be '
-                       '0 (off) or positive, e.g. 0.0001.')
+    raise DatasetError(f'l2_regularizer={options.l2_regularizer} must be '
+                       '0 (off) or positive, e.g. 0.0001.',
+                       fields=('l2_regularizer',))
   if options.early_stopping_patience < 0:
     raise DatasetError(
-        f'--early_stopping_patience={options.early_stopping_patience} must '
-        'be 0 (off) or a number of evaluations, e.g. 20.')
+        f'early_stopping_patience={options.early_stopping_patience} must '
+        'be 0 (off) or a number of evaluations, e.g. 20.',
+        fields=('early_stopping_patience',))
 
 
 def class_weights(counts: Sequence[int], class_weighting: str,
@@ -158,8 +154,9 @@ class Optimizer:
   def __init__(self, name: str, learning_rate: float,
                variables: List[tf.Variable]):
     if name not in OPTIMIZERS:
-      raise DatasetError(f'--optimizer={name!r} is not one of '
-                         f'{", ".join(OPTIMIZERS)}.')
+      raise DatasetError(f'optimizer={name!r} is not one of '
+                         f'{", ".join(OPTIMIZERS)}.',
+                         fields=('optimizer',))
     self.name = name
     self.lr = tf.constant(learning_rate, tf.float32)
     self.variables = variables

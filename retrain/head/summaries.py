@@ -6,13 +6,16 @@ Two runs, `train/` and `validation/`, with the scalars `cross_entropy` and
 (the softmax outputs of the last training batch).
 
 retrain.py deleted --summaries_dir at start. Nothing a user made is deleted
-here: event files of an earlier run are moved into a `previous-<time>/`
-sub-folder, where TensorBoard still shows them as separate runs.
+here: the runs of an earlier training are moved BESIDE it, to
+`<summaries_dir>.previous-<time>/`, so `tensorboard --logdir <summaries_dir>`
+shows this run's curves only (and its Projector opens on this run); point
+TensorBoard at the parent folder to compare with earlier ones.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import tensorflow as tf
 from absl import logging
@@ -27,17 +30,24 @@ RUNS = ('train', 'validation', 'test', 'projector')
 _HISTOGRAM_BUCKETS = 30
 
 
-def keep_previous_runs(summaries_dir: str) -> None:
-  """Moves an earlier run's train/ and validation/ aside, if there are any."""
+def keep_previous_runs(summaries_dir: str) -> Optional[str]:
+  """Moves an earlier training's runs (train/, validation/, ...) beside
+  `summaries_dir`, into `<summaries_dir>.previous-<time>/`, if there are any.
+
+  Returns:
+    The folder they were moved to, or None when there were none.
+  """
   existing = [r for r in RUNS if os.path.isdir(os.path.join(summaries_dir, r))]
   if not existing:
-    return
-  aside = keep.stamped(os.path.join(summaries_dir, 'previous-'))
+    return None
+  aside = keep.stamped(
+      os.path.abspath(summaries_dir).rstrip(os.sep) + '.previous-')
   os.makedirs(aside)
   for run in existing:
     os.rename(os.path.join(summaries_dir, run), os.path.join(aside, run))
   logging.info('Moved the previous TensorBoard run in %s to %s.',
                summaries_dir, aside)
+  return aside
 
 
 def histogram_buckets(data) -> tf.Tensor:

@@ -29,10 +29,11 @@ import dataclasses
 import io
 import json
 import os
-import tempfile
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+
+from retrain.common import atomic
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray,
@@ -167,23 +168,6 @@ def format_confusion(confusion: np.ndarray,
 # --- Files -------------------------------------------------------------------
 
 
-def _write_atomically(path: str, text: str) -> None:
-  """Writes via a temporary file and a rename, so a reader (or a crash) never
-  sees a half-written report."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-',
-                             suffix=os.path.basename(path))
-  try:
-    with os.fdopen(fd, 'w', newline='', encoding='utf-8') as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def _csv_text(rows: Sequence[Sequence]) -> str:
   out = io.StringIO()
   csv.writer(out, lineterminator='\n').writerows(rows)
@@ -239,7 +223,7 @@ def write_reports(report_dir: str, subset: str, metrics: Metrics,
 
   def put(name, text):
     path = os.path.join(report_dir, name)
-    _write_atomically(path, text)
+    atomic.write_text(path, text)
     written.append(path)
 
   rows = [['class', 'precision', 'recall', 'f1', 'support']]

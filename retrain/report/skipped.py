@@ -15,15 +15,10 @@ import json
 import os
 from typing import List, Sequence, Tuple
 
+from retrain.common import atomic
+
 SKIPPED_JSON = 'skipped_files.json'
 SKIPPED_CSV = 'skipped_files.csv'
-
-
-def _write_atomic(path: str, text: str) -> None:
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8', newline='') as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 def write_skipped_report(report_dir: str,
@@ -40,7 +35,7 @@ def write_skipped_report(report_dir: str,
   rows = sorted(skipped)
   json_path = os.path.join(report_dir, SKIPPED_JSON)
   csv_path = os.path.join(report_dir, SKIPPED_CSV)
-  _write_atomic(json_path, json.dumps(
+  atomic.write_text(json_path, json.dumps(
       {'count': len(rows),
        'files': [{'path': p, 'reason': r} for p, r in rows]},
       indent=2, ensure_ascii=False) + '\n')
@@ -48,5 +43,5 @@ def write_skipped_report(report_dir: str,
   writer = csv.writer(buffer)
   writer.writerow(['path', 'reason'])
   writer.writerows(rows)
-  _write_atomic(csv_path, buffer.getvalue())
+  atomic.write_text(csv_path, buffer.getvalue())
   return [json_path, csv_path]

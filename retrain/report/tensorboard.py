@@ -28,6 +28,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from retrain.common import atomic
+
 # TensorBoard's projector refuses sprites larger than 8192 pixels a side.
 _MAX_SPRITE_SIDE = 8192
 _THUMBNAIL = 64
@@ -170,26 +172,27 @@ def _md_escape(value) -> str:
   return str(value).replace('|', '\\|').replace('\n', ' ')
 
 
-def config_markdown(config, module_identity: Dict, labels: Sequence[str],
+def config_markdown(settings: Dict, module_identity: Dict,
+                    labels: Sequence[str],
                     class_counts: Dict[str, Dict[str, int]],
                     skipped: Sequence, max_skipped: int = 20) -> str:
   """Markdown (TensorBoard's text plugin renders it) describing the run.
 
   Args:
-    config: the run's retrain.config.Config.
+    settings: {name: value} of every setting of the run (the fields of
+      retrain.config.Config, in their order).
     module_identity: what identifies the feature module (FeatureModule
       .identity()).
     labels: class names in class id order.
     class_counts: {label: {'train': n, 'validation': n, 'test': n}}.
     skipped: (path, reason) of every image that could not be used.
   """
-  import dataclasses
   lines = ['### Module', '', '| key | value |', '|---|---|']
   lines += [f'| {_md_escape(k)} | {_md_escape(v)} |'
             for k, v in sorted(module_identity.items())]
-  lines += ['', '### Options', '', '| flag | value |', '|---|---|']
-  lines += [f'| --{f.name} | {_md_escape(getattr(config, f.name))} |'
-            for f in dataclasses.fields(config)]
+  lines += ['', '### Options', '', '| setting | value |', '|---|---|']
+  lines += [f'| {_md_escape(name)} | {_md_escape(value)} |'
+            for name, value in settings.items()]
   lines += ['', '### Dataset', '', '| class | train | validation | test |',
             '|---|---|---|---|']
   totals = {'train': 0, 'validation': 0, 'test': 0}
@@ -286,11 +289,10 @@ def write_projector(run_dir: str, vectors: np.ndarray,
     if len(vals) != n:
       raise ValueError(f'metadata column {name!r} has {len(vals)} values for '
                        f'{n} vectors')
-  with open(os.path.join(run_dir, 'metadata.tsv'), 'w',
-            encoding='utf-8') as f:
-    f.write('\t'.join(clean) + '\n')
-    for k in range(n):
-      f.write('\t'.join(vals[k] for vals in clean.values()) + '\n')
+  rows = [list(clean)] + [[vals[k] for vals in clean.values()]
+                          for k in range(n)]
+  atomic.write_text(os.path.join(run_dir, 'metadata.tsv'),
+                    ''.join('\t'.join(row) + '\n' for row in rows))
 
   checkpoint = tf.train.Checkpoint(**{_EMBEDDING_NAME: tf.Variable(vectors)})
   prefix = checkpoint.save(os.path.join(run_dir, 'embedding.ckpt'))

@@ -23,7 +23,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from retrain.head.train import Head
+from retrain.data import split as split_lib
+from retrain.head.model import Head
+from retrain.head.train import spread
 from retrain.report import metrics as report_lib
 from retrain.report import tensorboard as tb
 
@@ -37,14 +39,23 @@ def class_counts(labels: Sequence[str], y: np.ndarray,
                  split) -> Dict[str, Dict[str, int]]:
   """{label: {'train': n, 'validation': n, 'test': n}}."""
   return {name: {s: int(np.sum(y[split.subset(s)] == i))
-                 for s in ('train', 'validation', 'test')}
+                 for s in split_lib.SUBSETS}
           for i, name in enumerate(labels)}
 
 
-def write_run_config(writer, config, module, labels: Sequence[str],
+@dataclasses.dataclass(frozen=True)
+class ReportOptions:
+  """Where the reports go (retrain.config.Config fields of the same names;
+  the defaults live there)."""
+  report_dir: str
+  summaries_dir: str
+  projector_max_images: int
+
+
+def write_run_config(writer, settings: Dict, module, labels: Sequence[str],
                      y: np.ndarray, split, skipped: Sequence) -> str:
   """Writes text `run_config` at step 0; returns the markdown."""
-  text = tb.config_markdown(config, module.identity(), labels,
+  text = tb.config_markdown(settings, module.identity(), labels,
                             class_counts(labels, y, split), skipped)
   tb.write_text(writer, 'run_config', text, step=0)
   return text
@@ -64,11 +75,7 @@ class ValidationImages:
                labels: Sequence[str], eval_steps: Sequence[int]):
     self.writer, self.labels = writer, list(labels)
     self.val_x, self.val_y = val_x, np.asarray(val_y, np.int64)
-    steps = list(eval_steps)[:-1]
-    if len(steps) > _MAX_EVAL_IMAGES - 1:
-      pick = np.linspace(0, len(steps) - 1, _MAX_EVAL_IMAGES - 1).round()
-      steps = [steps[int(k)] for k in pick]
-    self.steps = set(steps)
+    self.steps = set(spread(list(eval_steps)[:-1], _MAX_EVAL_IMAGES - 1))
 
   def __call__(self, step: int, head: Head) -> None:
     if step not in self.steps or not len(self.val_y):
@@ -99,15 +106,14 @@ def _log_lines(title: str, lines: Sequence[str]) -> None:
   logging.info('%s\n%s', title, '\n'.join(lines))
 
 
-def finish(config, labels: Sequence[str], head: Head, vectors: np.ndarray,
+def finish(options: ReportOptions, labels: Sequence[str], head: Head, vectors: np.ndarray,
            y: np.ndarray, split, paths: Sequence[str],
            rel_paths: Sequence[str], test, step: int,
            best_step: Optional[int] = None) -> Explained:
   """Reports on the trained head.
 
   Args:
-    config: the run's Config (report_dir, summaries_dir,
-      projector_max_images).
+    options: where the reports go.
     labels: class names in class id order.
     head: the trained head.
     vectors: float32 [n, D] bottlenecks of the usable images; y: int [n].
@@ -120,7 +126,7 @@ def finish(config, labels: Sequence[str], head: Head, vectors: np.ndarray,
     best_step: the step whose weights early stopping restored, if any.
   """
   metrics, files, wrong = {}, [], []
-  summaries = config.summaries_dir
+  summaries = options.summaries_dir
   writers = {s: tf.summary.create_file_writer(os.path.join(summaries, s))
              for s in ('validation', 'test')}
   try:
@@ -146,7 +152,7 @@ def finish(config, labels: Sequence[str], head: Head, vectors: np.ndarray,
       mis = report_lib.misclassified(files_of_rows, truth, probs, labels)
       if subset == 'test':
         wrong = mis
-      files += report_lib.write_reports(config.report_dir, subset, m, mis)
+      files += report_lib.write_reports(options.report_dir, subset, m, mis)
       writer = writers[subset]
       title = f'{subset.capitalize()}, final'
       if best_step is not None:
@@ -160,29 +166,29 @@ def finish(config, labels: Sequence[str], head: Head, vectors: np.ndarray,
                                   'f1_macro': m.macro['f1']}, step)
     if files:
       logging.info('Wrote the per-class metrics, confusion matrices and '
-                   'misclassified images to %s.', config.report_dir)
+                   'misclassified images to %s.', options.report_dir)
   finally:
     for w in writers.values():
       w.close()
 
-  shown = _projector(config, labels, head, vectors, y, split, paths,
+  shown = _projector(options, labels, head, vectors, y, split, paths,
                      rel_paths)
   return Explained(metrics, wrong, files, shown)
 
 
-def _projector(config, labels, head, vectors, y, split, paths,
+def _projector(options: ReportOptions, labels, head, vectors, y, split, paths,
                rel_paths) -> int:
   """The embedding projector over a capped, evenly spread sample of all
   usable images (every subset, so mislabelled training images show too)."""
-  rows = tb.sample_rows(len(y), config.projector_max_images)
+  rows = tb.sample_rows(len(y), options.projector_max_images)
   if not len(rows):
     return 0
   started = time.monotonic()
   subset_of = np.empty(len(y), dtype=object)
-  for s in ('train', 'validation', 'test'):
+  for s in split_lib.SUBSETS:
     subset_of[split.subset(s)] = s
   pred = head.probabilities(vectors[rows]).argmax(axis=1)
-  run_dir = os.path.join(config.summaries_dir, 'projector')
+  run_dir = os.path.join(options.summaries_dir, 'projector')
   logging.info('Making the embedding projector: %d thumbnails...', len(rows))
   tb.write_projector(
       run_dir, vectors[rows],

@@ -1,0 +1,75 @@
+"""What both commands (`retrain`, `label_image`) do alike on the command line.
+
+* `--version` prints `<program> <version>` and exits 0.
+* `--help` (also `-h`, `-?`, `--helpshort`, `--helpfull`) starts with what
+  the tool does and one example, and exits 0 (absl's own help exits 1).
+* The help text and the flag list are the same for `python -m retrain`,
+  `python tools/label_image.py` and the installed console scripts (absl
+  shows the docstring and key flags of the module named by sys.argv[0],
+  which for a console script is a launcher that has neither).
+
+Imports no TensorFlow, so `--help` and `--version` answer at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, Sequence
+
+from absl import app, flags
+
+from retrain.version import __version__
+
+HELP_ARGS = ('--help', '-help', '-?', '--helpshort', '-helpshort',
+             '--helpfull', '-helpfull')
+
+
+def define_version_flag() -> None:
+  """Defines --version once per process."""
+  if 'version' not in flags.FLAGS:
+    flags.DEFINE_bool('version', False, 'Print the version and exit.')
+
+
+def show_flags_in_help(module_names: Sequence[str]) -> None:
+  """Lists the flags of `module_names` in the short --help of sys.argv[0]."""
+  for name in module_names:
+    for flag in flags.FLAGS.get_flags_for_module(name):
+      flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+
+
+def _asked_for_help(argv: Sequence[str]) -> bool:
+  args = list(argv[1:])
+  if '--' in args:  # Everything after a bare -- is an argument, not a flag.
+    args = args[:args.index('--')]
+  return any(arg in HELP_ARGS for arg in args)
+
+
+def run(main: Callable[[list], int], program: str, usage: str,
+        flag_modules: Sequence[str]) -> None:
+  """Runs `main` under absl.app.run with --version and a friendly --help.
+
+  Args:
+    main: absl main, argv -> exit status.
+    program: the command's name, first word of --version.
+    usage: the help text: what the tool does, then one example. Shown by
+      --help above the flags; no '%' characters (absl formats them).
+    flag_modules: modules whose flags --help lists (the command's own).
+  """
+  define_version_flag()
+  show_flags_in_help([*flag_modules, __name__])
+  sys.modules['__main__'].__doc__ = usage
+  argv = ['--help' if arg == '-h' else arg for arg in sys.argv]
+
+  def main_or_version(args):
+    if flags.FLAGS.version:
+      sys.stdout.write(f'{program} {__version__}\n')
+      return 0
+    return main(args)
+
+  try:
+    app.run(main_or_version, argv=argv)
+  except SystemExit as e:
+    # absl exits 1 after printing the help; asking for help is no error.
+    if e.code == 1 and _asked_for_help(argv):
+      sys.exit(0)
+    raise

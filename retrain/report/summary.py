@@ -1,0 +1,90 @@
+"""The few lines that end a run: test accuracy, wall time, every output.
+
+  Done in 1 min 05 s: test accuracy 93.3% (N=30).
+  Outputs:
+    SavedModel          /tmp/retrain_saved_model
+    labels              /tmp/output_labels.txt
+    frozen graph        /tmp/output_graph.pb
+    ...
+
+Printed once by each entry point (`python -m retrain`, `retrain.run`) after
+`pipeline.run` returns, so the last thing a user reads says where to look.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import List, Tuple
+
+from absl import logging
+
+from retrain.common.progress import format_duration
+from retrain.report import skipped as skipped_report
+
+
+def _model_files(what: str, path: str) -> List[Tuple[str, str]]:
+  """The model file and the side files named after it."""
+  if not path:
+    return []
+  # Here, not at the top: the formats module loads TensorFlow, which the
+  # pipeline has loaded anyway by the time a summary is made.
+  from retrain.export.formats import sidecar_paths  # pylint: disable=g-import-not-at-top
+  return [(what, path)] + [(f'{what} {kind}', side)
+                           for kind, side in sidecar_paths(path).items()]
+
+
+def output_paths(config, result) -> List[Tuple[str, str]]:
+  """(what, path) of every output of the run that exists, in a fixed order.
+
+  Args:
+    config: the run's retrain.config.Config.
+    result: the retrain.pipeline.RunResult it returned.
+  """
+  candidates = [('SavedModel', result.saved_model_dir or ''),
+                ('labels', config.output_labels)]
+  candidates += _model_files('frozen graph', config.output_graph)
+  candidates += _model_files('TFLite model', config.tflite_output_file)
+  if config.checkpoint_path:
+    candidates.append(('checkpoint', config.checkpoint_path + '.index'))
+  if config.intermediate_store_frequency > 0:
+    candidates.append(('intermediate graphs',
+                       config.intermediate_output_graphs_dir))
+  reports = list(result.explained.report_files) if result.explained else []
+  if config.report_dir:
+    from retrain.pipeline import RUN_SUMMARY_FILE  # pylint: disable=g-import-not-at-top
+    reports += [os.path.join(config.report_dir, name) for name in (
+        RUN_SUMMARY_FILE, skipped_report.SKIPPED_JSON,
+        skipped_report.SKIPPED_CSV)]
+  candidates += [('report', path) for path in reports]
+  candidates += [('TensorBoard logs', config.summaries_dir),
+                 ('bottleneck cache', config.bottleneck_dir)]
+  seen, found = set(), []
+  for what, path in candidates:
+    if path and os.path.exists(path) and os.path.abspath(path) not in seen:
+      seen.add(os.path.abspath(path))
+      found.append((what, path))
+  return found
+
+
+def summary_lines(config, result) -> List[str]:
+  """The closing lines of a run; see the module docstring."""
+  seconds = result.timings.get('total', 0.0)
+  if result.test_count and not math.isnan(result.test_accuracy):
+    outcome = (f'test accuracy {100 * result.test_accuracy:.1f}% '
+               f'(N={result.test_count})')
+  else:
+    outcome = 'no test images, so no test accuracy'
+  lines = [f'Done in {format_duration(seconds)}: {outcome}.', 'Outputs:']
+  paths = output_paths(config, result)
+  width = max([len(what) for what, _ in paths] + [0])
+  lines += [f'  {what:<{width}}  {path}' for what, path in paths]
+  if os.path.isdir(config.summaries_dir):
+    lines.append(f'See training curves with: tensorboard --logdir '
+                 f'{config.summaries_dir}')
+  return lines
+
+
+def log_summary(config, result) -> None:
+  """Logs summary_lines at INFO as one block."""
+  logging.info('%s', '\n'.join(summary_lines(config, result)))
