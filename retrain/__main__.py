@@ -236,8 +236,7 @@ def main(argv):
                      f'(Set {MODULE_CACHE_ENV} or --module_cache_dir to move '
                      'the module cache.)\n')
     return 0
-  from retrain import pipeline  # pylint: disable=g-import-not-at-top
-  from retrain.report import summary  # pylint: disable=g-import-not-at-top
+  from retrain import pipeline, summary  # pylint: disable=g-import-not-at-top
   config = config_from_flags()
   try:
     result = pipeline.run(config)

@@ -67,11 +67,6 @@ def _markdown_files():
   return [ROOT / 'README.md', *sorted((ROOT / 'docs').glob('*.md'))]
 
 
-# Written on another branch of the same change (issue 13, part A); drop it
-# from here once it is merged.
-PENDING_PAGES = {'docs/architecture.md'}
-
-
 def test_relative_links_lead_to_files():
   broken = []
   for page in _markdown_files():
@@ -80,8 +75,6 @@ def test_relative_links_lead_to_files():
       if re.match(r'[a-z]+://|#|mailto:', target):
         continue
       path = (page.parent / target.split('#')[0]).resolve()
-      if os.path.relpath(path, ROOT) in PENDING_PAGES:
-        continue
       if not path.exists():
         broken.append(f'{page.relative_to(ROOT)} -> {target}')
   assert not broken, 'Broken links: ' + '; '.join(broken)

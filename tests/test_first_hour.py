@@ -68,8 +68,36 @@ def test_version_and_help(command, program):
     assert example.strip().startswith(('python -m retrain --image_dir',
                                        'label_image --graph'))
     assert '--[no]version' in shown.stdout
+  # Piped into a reader that stops at once: no traceback, still status 0.
+  program = [] if os.path.isabs(command[0]) else [sys.executable]
+  piped = subprocess.run(
+      ' '.join([*program, *command, '--help', '| true']) +
+      '; exit ${PIPESTATUS[0]}', shell=True, executable='/bin/bash',
+      capture_output=True, text=True, cwd=ROOT, timeout=300,
+      env=dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL='2'))
+  assert piped.returncode == 0 and 'Traceback' not in piped.stderr, (
+      piped.stderr[-2000:])
   # A real usage error still fails.
   assert _python([*command, '--no_such_flag']).returncode != 0
+
+
+@pytest.mark.slow
+def test_label_image_cli_helpers_load_no_other_retrain_module():
+  """tools/ may import retrain.common.cli (--help, --version) and
+  .progress because they bring nothing else of retrain (no config, presets
+  or TensorFlow)."""
+  code = textwrap.dedent('''
+      import sys
+      from tools import label_image
+      from retrain.common import cli, progress
+      print(sorted(m for m in sys.modules if m.split('.')[0] in
+                   ('retrain', 'tensorflow')))
+  ''')
+  proc = _python(['-c', code])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.split('\n')[0] == str(sorted([
+      'retrain', 'retrain.common', 'retrain.common.cli',
+      'retrain.common.progress', 'retrain.errors', 'retrain.version']))
 
 
 # --- Running from the folder that holds the clone -------------------------------
@@ -223,29 +251,36 @@ def test_label_image_reads_old_side_files_only_for_their_model(tmp_path):
 
 @pytest.mark.slow
 def test_summary_names_accuracy_time_and_every_output(two_runs):
-  from retrain.report import summary
+  from retrain import summary
   config, _, second = two_runs
   lines = summary.summary_lines(config, second)
   assert lines[0].startswith('Done in ')
   assert 'test accuracy 100.0% (N=' in lines[0]
   assert lines[1] == 'Outputs:'
-  listed = [line.split()[-1] for line in lines[2:] if line.startswith('  ')]
+  listed = [line.split()[-1] for line in lines[2:] if line.startswith('  ')
+            and not line.startswith('  reports ')]
   out = pathlib.Path(config.output_graph).parent
   for path in (config.saved_model_dir, config.output_labels,
                out / 'flowers.pb', out / 'flowers.pb.labels.txt',
                out / 'flowers.pb.metadata.json', out / 'flowers.tflite',
                out / 'flowers.tflite.metadata.json',
-               pathlib.Path(config.report_dir) / 'run_summary.json',
                config.summaries_dir, config.bottleneck_dir):
     assert str(path) in listed
   assert all(os.path.exists(path) for path in listed)
+  # The reports: one line for their folder, naming every file.
+  reports = [line for line in lines if line.startswith('  reports ')]
+  assert len(reports) == 1
+  written = sorted(p.name for p in pathlib.Path(config.report_dir).iterdir()
+                   if p.is_file() and '.previous-' not in p.name)
+  assert reports[0].split()[1] == config.report_dir + os.sep
+  assert reports[0].endswith(f'({len(written)} files: {", ".join(written)})')
   assert lines[-1] == (f'See training curves with: tensorboard --logdir '
                        f'{config.summaries_dir}')
 
 
 def test_summary_without_test_images(tmp_path):
+  from retrain import summary
   from retrain.config import DEFAULTS
-  from retrain.report import summary
   config = dataclasses.replace(
       DEFAULTS, output_labels=str(tmp_path / 'labels.txt'),
       summaries_dir=str(tmp_path / 'none'), output_graph='',

@@ -429,17 +429,15 @@ def classify_files(model: Model, paths: Sequence[str],
   Files are decoded on a thread pool while the model runs on the previous
   batch. A file that cannot be read or decoded gets a Record with its error.
   """
-  # tqdm: a live bar with rate and time left on a terminal, nothing when
-  # stderr is not one (disable=None).
-  import tqdm  # pylint: disable=g-import-not-at-top
+  # A live bar with rate and time left on a terminal, else a log line every
+  # 10 s (the same progress as retrain's long phases).
+  from retrain.common.progress import Progress  # pylint: disable=g-import-not-at-top
   timing = timing if timing is not None else Timing()
   started = time.monotonic()
   top_k = max(1, min(top_k, len(model.labels)))
   records = []
-  with tqdm.tqdm(total=len(paths), desc='Classifying', unit='image',
-                 disable=None, leave=False) as progress, (
-                     concurrent.futures.ThreadPoolExecutor(
-                         os.cpu_count() or 2)) as pool:
+  progress = Progress('Classified', len(paths), interval=10.0)
+  with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 2) as pool:
 
     def submit(chunk):
       return [pool.submit(_load, p, model.input_size, input_mean, input_std)

@@ -2,7 +2,8 @@
 
 * `--version` prints `<program> <version>` and exits 0.
 * `--help` (also `-h`, `-?`, `--helpshort`, `--helpfull`) starts with what
-  the tool does and one example, and exits 0 (absl's own help exits 1).
+  the tool does and one example, and exits 0 (absl's own help exits 1),
+  also when piped into a reader that stops early (`| head`).
 * The help text and the flag list are the same for `python -m retrain`,
   `python tools/label_image.py` and the installed console scripts (absl
   shows the docstring and key flags of the module named by sys.argv[0],
@@ -13,6 +14,7 @@ Imports no TensorFlow, so `--help` and `--version` answer at once.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -73,3 +75,8 @@ def run(main: Callable[[list], int], program: str, usage: str,
     if e.code == 1 and _asked_for_help(argv):
       sys.exit(0)
     raise
+  except BrokenPipeError:
+    # `retrain --help | head`: the reader stopped reading; no traceback.
+    # stdout goes to /dev/null so that the final flush does not fail again.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(0 if _asked_for_help(argv) else 1)

@@ -5,10 +5,13 @@
     SavedModel          /tmp/retrain_saved_model
     labels              /tmp/output_labels.txt
     frozen graph        /tmp/output_graph.pb
+    reports             /tmp/retrain_report/ (13 files: misclassified_test.csv, ...)
     ...
 
 Printed once by each entry point (`python -m retrain`, `retrain.run`) after
 `pipeline.run` returns, so the last thing a user reads says where to look.
+It sits beside the pipeline, after every step, because it names the outputs
+of all of them (it loads TensorFlow with the export formats).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from typing import List, Tuple
 from absl import logging
 
 from retrain.common.progress import format_duration
+from retrain.export.formats import sidecar_paths
+from retrain.pipeline import RUN_SUMMARY_FILE
 from retrain.report import skipped as skipped_report
 
 
@@ -27,9 +32,6 @@ def _model_files(what: str, path: str) -> List[Tuple[str, str]]:
   """The model file and the side files named after it."""
   if not path:
     return []
-  # Here, not at the top: the formats module loads TensorFlow, which the
-  # pipeline has loaded anyway by the time a summary is made.
-  from retrain.export.formats import sidecar_paths  # pylint: disable=g-import-not-at-top
   return [(what, path)] + [(f'{what} {kind}', side)
                            for kind, side in sidecar_paths(path).items()]
 
@@ -52,7 +54,6 @@ def output_paths(config, result) -> List[Tuple[str, str]]:
                        config.intermediate_output_graphs_dir))
   reports = list(result.explained.report_files) if result.explained else []
   if config.report_dir:
-    from retrain.pipeline import RUN_SUMMARY_FILE  # pylint: disable=g-import-not-at-top
     reports += [os.path.join(config.report_dir, name) for name in (
         RUN_SUMMARY_FILE, skipped_report.SKIPPED_JSON,
         skipped_report.SKIPPED_CSV)]
@@ -67,6 +68,27 @@ def output_paths(config, result) -> List[Tuple[str, str]]:
   return found
 
 
+def _group_reports(paths: List[Tuple[str, str]]) -> List[Tuple[str, str]]:
+  """The report files as one line per folder: 'dir/ (n files: a, b)'."""
+  folders = {}
+  for what, path in paths:
+    if what == 'report':
+      folders.setdefault(os.path.dirname(path), []).append(
+          os.path.basename(path))
+  grouped, shown = [], set()
+  for what, path in paths:
+    if what != 'report':
+      grouped.append((what, path))
+      continue
+    folder = os.path.dirname(path)
+    if folder not in shown:
+      shown.add(folder)
+      names = sorted(folders[folder])
+      grouped.append(('reports', f'{os.path.join(folder, "")} '
+                      f'({len(names)} files: {", ".join(names)})'))
+  return grouped
+
+
 def summary_lines(config, result) -> List[str]:
   """The closing lines of a run; see the module docstring."""
   seconds = result.timings.get('total', 0.0)
@@ -76,7 +98,7 @@ def summary_lines(config, result) -> List[str]:
   else:
     outcome = 'no test images, so no test accuracy'
   lines = [f'Done in {format_duration(seconds)}: {outcome}.', 'Outputs:']
-  paths = output_paths(config, result)
+  paths = _group_reports(output_paths(config, result))
   width = max([len(what) for what, _ in paths] + [0])
   lines += [f'  {what:<{width}}  {path}' for what, path in paths]
   if os.path.isdir(config.summaries_dir):
