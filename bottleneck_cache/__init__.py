@@ -7,10 +7,14 @@ from bottleneck_cache.keys import DigestMemo, file_digest
 from bottleneck_cache.store import (
            BottleneckStore,
            CacheError,
+           CacheFullError,
            ComputeFn,
            Stats,
+           bytes_needed,
+           check_free_space,
            namespace_id,
 )
 
-__all__ = ['BottleneckStore', 'CacheError', 'ComputeFn', 'DigestMemo',
-           'Stats', 'file_digest', 'namespace_id']
+__all__ = ['BottleneckStore', 'CacheError', 'CacheFullError', 'ComputeFn',
+           'DigestMemo', 'Stats', 'bytes_needed', 'check_free_space',
+           'file_digest', 'namespace_id']

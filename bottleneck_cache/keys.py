@@ -10,18 +10,21 @@ any of those changed.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
-import uuid
+import stat
 from typing import Optional
 
 from absl import logging
 
-from bottleneck_cache import atomic
+from bottleneck_cache import atomic, temporaries
 
 _BLOCK = 1 << 20
 MEMO_FILE = 'file_digests.json'
+# Temporaries of the memo, beside it at the cache root.
+TMP_PREFIX = '.tmp-digests-'
 _MEMO_VERSION = 1
 
 
@@ -62,6 +65,9 @@ class DigestMemo:
     """SHA-256 of the file at `path`; raises OSError if it cannot be read."""
     real = os.path.realpath(path)
     st = os.stat(real)
+    if not stat.S_ISREG(st.st_mode):
+      # A FIFO would block the read forever, /dev/zero never end it.
+      raise OSError(errno.EINVAL, 'not a regular file', path)
     stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
     entry = self._memo.get(real)
     if entry is not None and entry[:3] == stamp:
@@ -75,9 +81,13 @@ class DigestMemo:
     """Writes the memo atomically if anything changed (best effort)."""
     if not (self.path and self._dirty):
       return
-    tmp = f'{self.path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}'
+    directory = os.path.dirname(self.path)
+    tmp = os.path.join(directory, f'{TMP_PREFIX}{temporaries.owner_tag()}')
     try:
-      os.makedirs(os.path.dirname(self.path), exist_ok=True)
+      os.makedirs(directory, exist_ok=True)
+      temporaries.remove_stale(directory, TMP_PREFIX, 'temporary digest memo')
+      # Removes the temporary on failure: a full disk costs only re-hashing
+      # next time, never a partial file.
       atomic.write_json(self.path,
                         {'version': _MEMO_VERSION, 'files': self._memo}, tmp)
       self._dirty = False

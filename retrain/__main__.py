@@ -9,6 +9,7 @@ meanings.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging as std_logging
 import os
 import sys
@@ -202,6 +203,18 @@ flags.DEFINE_enum('logging_verbosity', 'INFO',
 FLAGS = flags.FLAGS
 
 
+# --- Untrusted input (docs/robustness.md) ------------------------------------
+flags.DEFINE_integer('max_image_pixels', _D.max_image_pixels,
+                     'Images whose decoded size would exceed this many '
+                     'pixels are skipped (JPEGs count at the 1/2, 1/4 or 1/8 '
+                     'scale they are decoded at); raise it for genuine huge '
+                     'images.')
+flags.DEFINE_bool('trust_module', _D.trust_module,
+                  'Load a local --tfhub_module even if its graph can read or '
+                  'write files or call Python (a SavedModel is code).')
+# ---
+
+
 def config_from_flags(environ=os.environ) -> Config:
   """A Config with every field taken from the flag of the same name (and
   module_cache_dir from $RETRAIN_MODULE_CACHE when the flag is not given)."""
@@ -236,6 +249,7 @@ def main(argv):
                      f'(Set {MODULE_CACHE_ENV} or --module_cache_dir to move '
                      'the module cache.)\n')
     return 0
+  import bottleneck_cache  # pylint: disable=g-import-not-at-top
   from retrain import pipeline, summary  # pylint: disable=g-import-not-at-top
   config = config_from_flags()
   try:
@@ -243,6 +257,19 @@ def main(argv):
   except RetrainError as e:
     logging.error('%s', flag_wording(e))
     return 1
+  # --- Issue 14: a cache that cannot be written, a full disk: a message.
+  except bottleneck_cache.CacheError as e:
+    logging.error('%s', e)
+    return 1
+  except OSError as e:
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+      raise
+    logging.error('The disk is full: could not write %s (%s). Free some space '
+                  'there or choose an output folder on another disk; '
+                  'nothing half-written was left.', e.filename or 'an output',
+                  e.strerror)
+    return 1
+  # ---
   summary.log_summary(config, result)
   return 0
 

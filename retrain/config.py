@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from retrain import image_header
 from retrain.common import names
 from retrain.features import presets
 
@@ -173,6 +174,17 @@ class Config:
   # Epochs without a better validation accuracy before fine-tuning stops
   # and the best epoch's weights are kept; 0 never stops early.
   fine_tune_patience: int = 3
+
+  # --- Untrusted input (docs/robustness.md) ------------------------------------
+  # Images whose decoded size would exceed this many pixels are skipped,
+  # with the declared size (JPEGs count at the reduced scale they are
+  # decoded at, so a 100 MP photo still works). 50 MP is more than any
+  # phone or consumer camera takes and decodes to 150 MB of RGB; a few KB
+  # can declare gigapixels.
+  max_image_pixels: int = image_header.MAX_IMAGE_PIXELS
+  # A local SavedModel is code: one whose graph can read or write files or
+  # call Python is refused unless this says it is trusted.
+  trust_module: bool = False
 
 
 DEFAULTS = Config()

@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from typing import Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
+from retrain import image_header
+from retrain.common import walk as walk_lib
 from retrain.errors import ImageError
 
 # The files taken for images, in folders (training and label_image alike),
@@ -45,7 +48,13 @@ def is_image_file(name: str, extensions: Sequence[str] = IMAGE_EXTENSIONS
                   ) -> bool:
   """True for a visible file whose name ends in one of `extensions` (any
   case)."""
-  return not name.startswith('.') and name.lower().endswith(tuple(extensions))
+  return walk_lib.is_image_file(name, extensions)
+
+
+# Pixels decoded at once by all threads of the eager path (label_image's
+# pool, the bottleneck step's second chance): one largest allowed image,
+# or several smaller ones, never one largest image per thread.
+_BUDGET = image_header.DecodeBudget(image_header.MAX_IMAGE_PIXELS)
 
 # The JPEG decoder can scale by 1/2, 1/4 and 1/8 while decoding.
 _JPEG_RATIOS = (1, 2, 4, 8)
@@ -248,12 +257,25 @@ def decode_with_pillow(contents: bytes, size: Tuple[int, int]) -> np.ndarray:
 
 
 def decode_bytes(contents: bytes, size: Tuple[int, int],
-                 name: str = 'image') -> tf.Tensor:
+                 name: str = 'image',
+                 max_pixels: int = image_header.MAX_IMAGE_PIXELS) -> tf.Tensor:
   """Eager: encoded bytes -> float32 [h, w, 3] in [0, 1], or ImageError.
 
-  TensorFlow's decoder (the one the bottleneck pipeline and the export use)
-  first, Pillow only when it fails.
+  The header is checked first (retrain.image_header): an image whose
+  decoded size would exceed `max_pixels`, or whose data ends early, is
+  refused without decoding. Then TensorFlow's decoder (the one the
+  bottleneck pipeline and the export use), Pillow only when it fails.
   """
+  reason, header = image_header.check_bytes(contents, size, max_pixels)
+  if reason:
+    raise ImageError(name, reason)
+  pixels = image_header.decoded_pixels(header, size) if header else 0
+  with _BUDGET.hold(pixels):
+    return _decode_bytes(contents, size, name)
+
+
+def _decode_bytes(contents: bytes, size: Tuple[int, int],
+                  name: str) -> tf.Tensor:
   try:
     return decode_and_resize(tf.constant(contents), size)
   except tf.errors.OpError:
@@ -267,19 +289,27 @@ def decode_bytes(contents: bytes, size: Tuple[int, int],
   return resize_pixels(shrink_large(tf.constant(pixels), size), size)
 
 
-def load_image(path: str, size: Tuple[int, int]) -> tf.Tensor:
+def load_image(path: str, size: Tuple[int, int],
+               max_pixels: int = image_header.MAX_IMAGE_PIXELS) -> tf.Tensor:
   """Reads and decodes one file eagerly: float32 [h, w, 3] in [0, 1].
+
+  Only regular files are opened (a FIFO would block), and only images
+  within `max_pixels` are decoded (see decode_bytes).
 
   Raises:
     ImageError: the file cannot be read or is not a usable image; its
       `reason` says why.
   """
   try:
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+      raise ImageError(path, 'not a regular file (a FIFO, socket, device or '
+                       'folder); never opened')
     with open(path, 'rb') as f:
       contents = f.read()
   except OSError as e:
     raise ImageError(path, os_error_reason(path, e)) from e
-  return decode_bytes(contents, size, path)
+  return decode_bytes(contents, size, path, max_pixels)
 
 
 # --- Why a file is not a usable image -------------------------------------

@@ -17,11 +17,11 @@ import bottleneck_cache
 from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.bottlenecks import distort as distort_lib
 from retrain.bottlenecks import usable as usable_lib
-from retrain.common import atomic
+from retrain.common import atomic, leftovers
 from retrain.common import phases as phases_lib
 from retrain.common.progress import Progress
 from retrain.config import Config, subset
-from retrain.data import duplicates
+from retrain.data import duplicates, leakage
 from retrain.data import sources as layouts
 from retrain.data import split as split_lib
 from retrain.errors import DatasetError, OutputError
@@ -119,9 +119,15 @@ def run(config: Config) -> RunResult:
   phases = phases_lib.Phases()
   with phases('startup_and_module', since_start=True):
     check_config(config)
+    # --- Issue 14: temporaries of killed runs beside our outputs go.
+    leftovers.heal([config.saved_model_dir, config.output_labels,
+                    config.output_graph, config.tflite_output_file,
+                    config.report_dir])
+    # ---
     layout = discover(config)
     module = features.load_module(config.tfhub_module, config.image_size,
-                                  config.module_cache_dir)
+                                  config.module_cache_dir,
+                                  trust=config.trust_module)
   # The module as the bottlenecks (plain and distorted) run it.
   runner = tflite_runtime.deferred(module, config.bottleneck_runtime,
                                    config.module_cache_dir)
@@ -200,7 +206,7 @@ def bottlenecks(config: Config, dataset, module, runner
                       ) from e
   computed = bottlenecks_lib.compute_bottlenecks(
       [image.path for image in dataset.images], runner, store,
-      config.bottleneck_batch_size)
+      config.bottleneck_batch_size, max_pixels=config.max_image_pixels)
   stats = computed.stats
   logging.info('Bottlenecks: %d reused from the cache, %d computed, %d images '
                'skipped.', stats.reused, stats.computed, len(computed.failures))
@@ -235,6 +241,11 @@ def make_split(config: Config, layout: layouts.Layout,
   finetune_lib.check_split(subset(finetune_lib.FineTuneOptions, config),
                            layout.dataset.labels, images.labels,
                            split.validation)
+  # --- Issue 14: the same bytes in two of train/validation/test is leakage.
+  leakage.report_leakage(
+      leakage.find_leakage(images.digests, split, images.paths),
+      config.report_dir)
+  # ---
   return split
 
 

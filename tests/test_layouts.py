@@ -59,7 +59,7 @@ def test_one_csv_header_spaces_absolute_paths_int_labels(tmp_path, caplog):
   gone = os.path.normpath(tmp_path / 'imgs' / 'gone.jpg')
   assert layout.skipped == (
       (gone, 'listed in labels.csv:8 but the file does not exist'),)
-  assert '1 listed images do not exist and are skipped' in caplog.text
+  assert '1 listed files are skipped before decoding' in caplog.text
 
 
 def test_same_file_two_labels_names_both_rows(tmp_path):

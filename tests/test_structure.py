@@ -21,7 +21,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Python API and the closing summary come after the pipeline, with
 # __main__.
 LEVELS = (
-    ('retrain.version', 'retrain.common', 'retrain.errors', 'retrain.images'),
+    ('retrain.version', 'retrain.common', 'retrain.errors', 'retrain.images',
+     'retrain.image_header'),
     ('retrain.data',),
     ('retrain.features',),
     ('retrain.bottlenecks',),
@@ -33,11 +34,12 @@ LEVELS = (
     ('retrain', 'retrain.__main__', 'retrain.api', 'retrain.summary'),
 )
 # retrain.common.cli and .progress give both commands the same --help,
-# --version and progress; they import absl, tqdm and retrain.version only
+# --version and progress, and .walk the same loop-safe folder walk; they import absl, tqdm and retrain.version only
 # (tests/test_first_hour.py checks that label_image loads no other retrain
 # module).
 TOOLS_MAY_IMPORT = ('retrain.images', 'retrain.errors', 'retrain.version',
-                    'retrain.common.cli', 'retrain.common.progress')
+                    'retrain.common.cli', 'retrain.common.progress',
+                    'retrain.common.walk', 'retrain.image_header')
 MAX_FUNCTION_LINES = 80
 
 

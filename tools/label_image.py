@@ -257,6 +257,33 @@ def _load_tflite(path: str, height, width) -> Tuple[Callable, tuple]:
   return predict, size
 
 
+def choose_labels(path: str, labels: Optional[str],
+                  meta_labels: Optional[Sequence[str]],
+                  default_labels: Optional[str]) -> List[str]:
+  """The class names of an export: row j is class id j.
+
+  An explicit --labels file wins (a deliberate renaming). Otherwise the
+  export's metadata (JSON, which holds any label exactly), checked against
+  the labels file beside it; the labels file alone only for exports that
+  have no metadata.
+  """
+  if labels:
+    return _read_labels(labels)
+  file_names = (_read_labels(default_labels)
+                if default_labels and os.path.isfile(default_labels) else None)
+  if meta_labels:
+    names = [str(name) for name in meta_labels]
+    if file_names is not None and file_names != names:
+      logging.warning('The labels file %s disagrees with the metadata of %s '
+                      '(%d vs %d classes); using the metadata\'s labels.',
+                      default_labels, path, len(file_names), len(names))
+    return names
+  if file_names is not None:
+    return file_names
+  raise LabelImageError(f'No labels found for {path}: pass --labels with '
+                        'the labels file retrain wrote (--output_labels).')
+
+
 def load_model(saved_model_dir: Optional[str] = None,
                graph: Optional[str] = None, labels: Optional[str] = None,
                input_layer: str = DEFAULT_INPUT_LAYER,
@@ -303,15 +330,7 @@ def load_model(saved_model_dir: Optional[str] = None,
     raise LabelImageError('No model given: pass --saved_model_dir (the '
                           'export folder) or --graph (a .pb or .tflite '
                           'file).')
-  if labels:
-    names = _read_labels(labels)
-  elif default_labels and os.path.isfile(default_labels):
-    names = _read_labels(default_labels)
-  elif meta_labels:
-    names = list(meta_labels)
-  else:
-    raise LabelImageError(f'No labels found for {path}: pass --labels with '
-                          'the labels file retrain wrote (--output_labels).')
+  names = choose_labels(path, labels, meta_labels, default_labels)
   probe = predict(np.zeros([1, size[0], size[1], 3], np.float32))
   if probe.ndim != 2 or probe.shape[1] != len(names):
     raise LabelImageError(
@@ -338,6 +357,7 @@ def find_images(specs: Sequence[str],
     specs that match nothing).
   """
   from retrain import images  # pylint: disable=g-import-not-at-top
+  from retrain.common import walk as walk_lib  # pylint: disable=g-import-not-at-top
   extensions = tuple(extensions or images.IMAGE_EXTENSIONS)
   paths, problems, seen = [], [], set()
 
@@ -347,11 +367,14 @@ def find_images(specs: Sequence[str],
       paths.append(path)
 
   def add_folder(folder):
-    for root, dirs, files in os.walk(folder, followlinks=True):
-      dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
-      for name in sorted(files):
-        if images.is_image_file(name, extensions):
-          add(os.path.join(root, name))
+    # retrain's discovery walk: regular files only, each real folder once
+    # (a link loop or a link to / cannot make it endless).
+    parent = os.path.dirname(os.path.abspath(folder))
+    walk = walk_lib.Walk(parent)
+    for rel in walk_lib.list_images(
+        os.path.abspath(folder), parent, extensions, walk):
+      add(os.path.join(parent, *rel.split('/')))
+    problems.extend(Record(p, error=r) for p, r in walk.skipped)
 
   for spec in specs:
     if os.path.isdir(spec):
@@ -393,11 +416,19 @@ def _reason(error: Exception) -> str:
   return message or type(error).__name__
 
 
-def _load(path: str, size, input_mean: float, input_std: float):
-  """float32 [H, W, 3] ready for the model, or the reason it failed."""
+def _load(path: str, size, input_mean: float, input_std: float,
+          max_pixels: Optional[int] = None):
+  """float32 [H, W, 3] ready for the model, or the reason it failed.
+
+  Images over `max_pixels` (default: retrain's) or truncated are refused
+  from their header; the decoding threads share one pixel budget
+  (retrain.images), so they never hold one worst-case image each.
+  """
   from retrain import images  # pylint: disable=g-import-not-at-top
+  from retrain.config import DEFAULTS  # pylint: disable=g-import-not-at-top
   try:
-    image = images.load_image(path, size).numpy()
+    image = images.load_image(path, size, max_pixels or
+                              DEFAULTS.max_image_pixels).numpy()
   except Exception as e:  # pylint: disable=broad-except
     return _reason(e)
   if (input_mean, input_std) != (DEFAULT_INPUT_MEAN, DEFAULT_INPUT_STD):
@@ -423,7 +454,8 @@ def classify_files(model: Model, paths: Sequence[str],
                    batch_size: int = DEFAULT_BATCH_SIZE,
                    input_mean: float = DEFAULT_INPUT_MEAN,
                    input_std: float = DEFAULT_INPUT_STD,
-                   timing: Optional[Timing] = None) -> List[Record]:
+                   timing: Optional[Timing] = None,
+                   max_pixels: Optional[int] = None) -> List[Record]:
   """Classifies image files in batches; one Record per path, in order.
 
   Files are decoded on a thread pool while the model runs on the previous
@@ -440,7 +472,8 @@ def classify_files(model: Model, paths: Sequence[str],
   with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 2) as pool:
 
     def submit(chunk):
-      return [pool.submit(_load, p, model.input_size, input_mean, input_std)
+      return [pool.submit(_load, p, model.input_size, input_mean, input_std,
+                          max_pixels)
               for p in chunk]
 
     chunks = list(_chunks(list(paths), max(1, batch_size)))
@@ -522,6 +555,8 @@ def format_records(records: Sequence[Record], output_format: str = 'table'
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
 
+  from retrain.image_header import MAX_IMAGE_PIXELS  # pylint: disable=g-import-not-at-top
+
   flags.DEFINE_string(
       'saved_model_dir', None,
       'Export folder written by retrain (default: '
@@ -534,6 +569,9 @@ def _define_flags():
                             'recursively) or glob; repeat for more. Images '
                             'may also be given as arguments.')
   flags.DEFINE_integer('top_k', DEFAULT_TOP_K, 'Labels shown per image.')
+  flags.DEFINE_integer('max_image_pixels', MAX_IMAGE_PIXELS,
+                       'Images whose decoded size would exceed this many '
+                       'pixels are refused (as in retrain).')
   flags.DEFINE_integer('batch_size', DEFAULT_BATCH_SIZE,
                        'Images per model call.')
   flags.DEFINE_enum('output_format', 'table', list(OUTPUT_FORMATS),
@@ -583,7 +621,8 @@ def main(argv) -> int:
                              np.float32))
     timing = Timing()
     records = problems + classify_files(model, paths, f.top_k, f.batch_size,
-                                        f.input_mean, f.input_std, timing)
+                                        f.input_mean, f.input_std, timing,
+                                        f.max_image_pixels)
     text = format_records(records, f.output_format)
   except RetrainError as e:
     logging.error('%s', e)

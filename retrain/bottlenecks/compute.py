@@ -25,9 +25,11 @@ import tensorflow as tf
 from absl import logging
 
 import bottleneck_cache
+from retrain import image_header
 from retrain import images as images_lib
 from retrain.common.progress import Progress
-from retrain.errors import ImageError
+from retrain.config import DEFAULTS
+from retrain.errors import ImageError, OutputError
 from retrain.features import modules as features
 from retrain.features.modules import FeatureModule
 
@@ -77,10 +79,11 @@ def _hash_files(paths: Sequence[str], memo: bottleneck_cache.DigestMemo
   return digests
 
 
-def _decode_error(path: str, size) -> str:
+def _decode_error(path: str, size,
+                  max_pixels: int = DEFAULTS.max_image_pixels) -> str:
   """Why one file fails to decode (called only for the rare failures)."""
   try:
-    images_lib.load_image(path, size)
+    images_lib.load_image(path, size, max_pixels)
   except ImageError as e:
     return e.reason
   except Exception as e:  # pylint: disable=broad-except
@@ -143,8 +146,24 @@ def run_module(module: FeatureModule, batches):
       yield indices, vectors.result()
 
 
+def _check_headers(paths: Sequence[str], size, max_pixels: int) -> list:
+  """Per path: why it must not be decoded (too large, truncated) or None.
+
+  Reads headers only (retrain.image_header), on the hashing threads: I/O
+  bound, and far cheaper than one decode.
+  """
+  def check(path):
+    try:
+      return image_header.check_file(path, size, max_pixels)[0]
+    except OSError:
+      return None  # The decoder reports unreadable files.
+  with concurrent.futures.ThreadPoolExecutor(_HASH_THREADS) as pool:
+    return list(pool.map(check, paths))
+
+
 def make_compute_fn(paths: Sequence[str], module: FeatureModule,
-                    batch_size: int, reasons: Optional[dict] = None):
+                    batch_size: int, reasons: Optional[dict] = None,
+                    max_pixels: int = DEFAULTS.max_image_pixels):
   """A `bottleneck_cache.ComputeFn` that runs `module` on images `paths`.
 
   Args:
@@ -153,12 +172,22 @@ def make_compute_fn(paths: Sequence[str], module: FeatureModule,
     batch_size: images per module call.
     reasons: if given, filled with {index into paths: why it is unusable}
       for the images that no decoder could use.
+    max_pixels: images whose header declares more decoded pixels than
+      this, or whose data ends early, are not decoded (reason recorded).
   """
   size = module.input_size
   reasons = {} if reasons is None else reasons
 
   def compute(missing: Sequence[int]):
-    missing = np.asarray(missing, dtype=np.int64)
+    # Headers first: a few KB can declare gigapixels (retrain.image_header).
+    refused = _check_headers([paths[i] for i in missing], size, max_pixels)
+    for i, reason in zip(missing, refused, strict=True):
+      if reason:
+        reasons[int(i)] = reason
+    missing = np.asarray([i for i, reason in zip(missing, refused, strict=True)
+                          if not reason], dtype=np.int64)
+    if not len(missing):
+      return
     files = tf.constant([paths[i] for i in missing], tf.string)
 
     def load(index, path):
@@ -179,7 +208,8 @@ def make_compute_fn(paths: Sequence[str], module: FeatureModule,
       if i in done:
         continue
       try:
-        pending_images.append(images_lib.load_image(paths[i], size))
+        pending_images.append(images_lib.load_image(paths[i], size,
+                                                    max_pixels))
         pending_indices.append(i)
       except ImageError as e:
         reasons[i] = e.reason
@@ -194,10 +224,17 @@ def make_compute_fn(paths: Sequence[str], module: FeatureModule,
   return compute
 
 
+def _cache_error(error: Exception) -> OutputError:
+  """A cache problem (full disk, unwritable folder) as a user error."""
+  return OutputError(f'bottleneck_dir: {error}', fields=('bottleneck_dir',))
+
+
 def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
                         store: bottleneck_cache.BottleneckStore,
                         batch_size: int,
-                        progress_interval: float = 5.0) -> Bottlenecks:
+                        progress_interval: float = 5.0,
+                        max_pixels: int = DEFAULTS.max_image_pixels
+                        ) -> Bottlenecks:
   """Vectors of `paths`, from the cache where possible.
 
   Args:
@@ -206,6 +243,7 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
     store: the cache namespace for this module (see cache_namespace).
     batch_size: images per module call.
     progress_interval: seconds between progress lines.
+    max_pixels: see make_compute_fn.
   """
   # The memo lives at the cache root: file digests do not depend on the
   # module, so every namespace shares it.
@@ -225,14 +263,26 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
         'Computing bottlenecks for %d images (%d found in the cache %s). This '
         'is the slow part, done once: later runs read them from the cache.',
         missing_count, len(set(keys)) - missing_count, store.directory)
+  # --- Full disk: checked before, and a clean error if it fills anyway.
+  try:
+    if missing_count:
+      bottleneck_cache.check_free_space(
+          store.directory, bottleneck_cache.bytes_needed(
+              missing_count, module.output_dim, len(store)))
+  except bottleneck_cache.CacheError as e:
+    raise _cache_error(e) from e
+  # ---
   if missing_count and module.prepare is not None:
     module.prepare()  # before the clock of the progress line starts
   progress = Progress('Bottlenecks', missing_count, interval=progress_interval)
   reasons = {}
   compute = make_compute_fn([paths[i] for i in readable], module, batch_size,
-                            reasons)
-  vectors, ok_readable, stats = store.get_or_compute(
-      keys, compute, on_batch=progress.update)
+                            reasons, max_pixels)
+  try:
+    vectors, ok_readable, stats = store.get_or_compute(
+        keys, compute, on_batch=progress.update)
+  except bottleneck_cache.CacheError as e:
+    raise _cache_error(e) from e
   if missing_count:
     progress.finish()
 
@@ -240,7 +290,8 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
   ok[np.asarray(readable, dtype=np.int64)[ok_readable]] = True
   for k in np.flatnonzero(~ok_readable):
     i = readable[k]
-    reason = reasons.get(int(k)) or _decode_error(paths[i], module.input_size)
+    reason = reasons.get(int(k)) or _decode_error(paths[i], module.input_size,
+                                                  max_pixels)
     failures.append((paths[i], reason))
   for path, reason in failures:
     logging.warning('Skipping %s: %s', path, reason)

@@ -16,8 +16,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import uuid
 from typing import Any, Iterator
+
+from bottleneck_cache import temporaries
 
 # Temporary names start with this (and hold the writer's pid), so that a
 # folder's leftovers of a killed process can be told apart and removed.
@@ -27,11 +28,13 @@ _MODE = 0o644
 
 
 def temporary_name(path: str) -> str:
-  """A fresh temporary path beside `path`: .tmp-<pid>-<random>-<name>."""
+  """A fresh temporary path beside `path`:
+  .tmp-<pid>@<host>~<random>-<name>. The owner (process and host) lets a
+  later run tell a dead run's leftover from a live one's work, also on a
+  folder shared between hosts (retrain.common.leftovers)."""
   directory, name = os.path.split(os.path.abspath(path))
   return os.path.join(directory,
-                      f'{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-'
-                      f'{name}')
+                      f'{TMP_PREFIX}{temporaries.owner_tag()}-{name}')
 
 
 @contextlib.contextmanager

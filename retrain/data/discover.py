@@ -3,6 +3,16 @@
 Discovery only lists files; it never opens them (decoding belongs to the
 bottleneck step, where an unreadable file is skipped, not fatal).
 
+Untrusted folders: only regular files are listed. A FIFO, socket or device
+named like an image (also behind a symbolic link) is skipped with its
+reason, never opened: opening a FIFO blocks, /dev/zero never ends. Folder
+links are followed (datasets are often linked from other disks), but each
+real folder is walked once, so a link loop (`a/loop -> .`) cannot multiply
+the data, and a link to `/` or to a folder containing image_dir is refused
+(it would walk the whole disk, or the data set inside itself). One real
+file reached by two paths is listed once, at its first path in sorted
+order, with a warning. Everything skipped is in `Dataset.skipped_files`.
+
 Label order: labels are the class folder names exactly as they are, sorted
 by Python's string order; class id i is `Dataset.labels[i]`, and that order
 is the row order of the exported labels file.
@@ -16,8 +26,10 @@ from typing import Sequence
 
 from absl import logging
 
+from retrain.common.walk import Walk, list_images
+from retrain.data import labels as labels_lib
 from retrain.errors import DatasetError
-from retrain.images import IMAGE_EXTENSIONS, is_image_file
+from retrain.images import IMAGE_EXTENSIONS
 
 # Fewer images than this in a class gives a warning: the head will still
 # train, but its accuracy for that class is guesswork.
@@ -48,31 +60,20 @@ class Dataset:
     labels: class names, sorted; class id i is labels[i].
     images: every image, sorted by (label, rel_path).
     skipped_classes: class folders that held no image, skipped.
+    skipped_files: (path, reason) of what discovery left out (not regular
+      files, repeated or refused folders, second paths to one file).
   """
   image_dir: str
   labels: tuple
   images: tuple
   skipped_classes: tuple = ()
+  skipped_files: tuple = ()
 
   def count_per_class(self) -> list:
     counts = [0] * len(self.labels)
     for image in self.images:
       counts[image.label] += 1
     return counts
-
-
-def _list_class_images(class_dir: str, image_dir: str,
-                       extensions: Sequence[str]) -> list:
-  """Relative paths of the images below class_dir, nested folders included."""
-  found = []
-  for root, dirs, files in os.walk(class_dir, followlinks=True):
-    # Hidden folders (.git, .ipynb_checkpoints, ...) are never data.
-    dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
-    for name in sorted(files):
-      if is_image_file(name, extensions):
-        full = os.path.join(root, name)
-        found.append(os.path.relpath(full, image_dir).replace(os.sep, '/'))
-  return sorted(found)
 
 
 def discover_images(image_dir: str,
@@ -110,14 +111,16 @@ def discover_images(image_dir: str,
         f'a sub-folder named after the class, e.g. {image_dir}/roses/1.jpg.')
 
   labels, images, skipped = [], [], []
+  walk = Walk(image_dir)
   for name in class_names:
-    rel_paths = _list_class_images(os.path.join(image_dir, name), image_dir,
-                                   extensions)
+    rel_paths = list_images(os.path.join(image_dir, name), image_dir,
+                                   extensions, walk)
     if not rel_paths:
       logging.warning('Class folder %r has no images (accepted endings: %s); '
                       'skipping it.', name, ' '.join(extensions))
       skipped.append(name)
       continue
+    labels_lib.check_folder_label(name, os.path.join(image_dir, name))
     if len(rel_paths) < FEW_IMAGES_WARNING:
       logging.warning('Class %r has only %d images; at least %d are '
                       'recommended for a usable accuracy.', name,
@@ -134,4 +137,5 @@ def discover_images(image_dir: str,
         f'Found {found} in {image_dir!r}; a classifier needs at least two '
         'classes. Add another sub-folder of images (accepted endings: '
         f'{" ".join(extensions)}).')
-  return Dataset(image_dir, tuple(labels), tuple(images), tuple(skipped))
+  return Dataset(image_dir, tuple(labels), tuple(images), tuple(skipped),
+                 tuple(walk.skipped))

@@ -32,14 +32,17 @@ import csv
 import dataclasses
 import os
 import re
+import stat
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from absl import logging
 
 from retrain import images as images_lib
+from retrain.common import walk as walk_lib
 from retrain.common.names import LABEL_STYLES, LAYOUTS
 from retrain.data import discover
+from retrain.data import labels as labels_lib
 from retrain.data import split as split_lib
 from retrain.data.split import SUBSET_CODES, SUBSETS, TEST, TRAIN, VALIDATION
 from retrain.errors import DatasetError
@@ -138,11 +141,11 @@ def load_layout(options: LayoutOptions) -> Layout:
       layout = _from_split_folders(options.image_dir, folders)
     else:
       dataset = discover.discover_images(options.image_dir)
-      layout = Layout(dataset, description=(
+      layout = Layout(dataset, skipped=dataset.skipped_files, description=(
           f'one folder per class under {dataset.image_dir}, split by the '
           'stable hash'))
   if layout.skipped:
-    logging.warning('%d listed images do not exist and are skipped (first: '
+    logging.warning('%d listed files are skipped before decoding (first: '
                     '%s: %s).', len(layout.skipped), *layout.skipped[0])
   return _apply_label_style(layout, options.label_style)
 
@@ -190,14 +193,15 @@ def _from_split_folders(image_dir: str, folders: dict) -> Layout:
   labels = list(train.labels)
   entries = [(TRAIN, image.label, f'{folders[TRAIN]}/{image.rel_path}')
              for image in train.images]
+  walk = walk_lib.Walk(image_dir)
   for subset in (VALIDATION, TEST):
     if subset not in folders:
       continue
     folder = folders[subset]
     for name in _subdirs(os.path.join(image_dir, folder)):
-      rel_paths = discover._list_class_images(  # pylint: disable=protected-access
+      rel_paths = walk_lib.list_images(
           os.path.join(image_dir, folder, name), image_dir,
-          images_lib.IMAGE_EXTENSIONS)
+          images_lib.IMAGE_EXTENSIONS, walk)
       if not rel_paths:
         continue
       if name not in labels:
@@ -216,6 +220,7 @@ def _from_split_folders(image_dir: str, folders: dict) -> Layout:
       discover.Dataset(image_dir, tuple(labels), images,
                        train.skipped_classes),
       subsets=subsets, carve=carve,
+      skipped=tuple(train.skipped_files) + tuple(walk.skipped),
       description=f'ready-made split folders {given} under {image_dir}')
 
 
@@ -258,13 +263,19 @@ def read_labels_csv(csv_path: str) -> Tuple[List[CsvRow], list]:
   try:
     # utf-8-sig: spreadsheet programs often start the file with a BOM.
     with open(csv_path, newline='', encoding='utf-8-sig') as f:
-      lines = list(csv.reader(f, skipinitialspace=True))
+      # (first line number, fields) of each row: a quoted field may span
+      # lines, and messages name the line where the row starts.
+      reader = csv.reader(f, skipinitialspace=True)
+      lines, start = [], 1
+      for fields in reader:
+        lines.append((start, fields))
+        start = reader.line_num + 1
   except (UnicodeDecodeError, csv.Error) as e:
     raise DatasetError(f'{csv_path!r} is not a readable CSV text file ({e}): '
                        'save it as UTF-8 CSV with "path, label" rows.') from e
   rows, missing, seen = [], [], {}
   first = True
-  for number, fields in enumerate(lines, 1):
+  for number, fields in lines:
     fields = [field.strip() for field in fields]
     if not any(fields):
       continue
@@ -282,8 +293,23 @@ def read_labels_csv(csv_path: str) -> Tuple[List[CsvRow], list]:
       if not os.path.lexists(path) and not images_lib.is_image_file(
           os.path.basename(fields[0])):
         continue
+    labels_lib.check_csv_label(fields[1], where)
     if not os.path.lexists(path):
       missing.append((path, f'listed in {where} but the file does not exist'))
+      continue
+    # Only regular files (after links): a FIFO or device is never opened.
+    try:
+      mode = os.stat(path).st_mode
+    except OSError:
+      mode = None  # A broken link: the bottleneck step names it.
+    if mode is not None and not stat.S_ISREG(mode):
+      missing.append((path, f'listed in {where}, but '
+                      f'{discover.not_regular_reason(mode)}'))
+      continue
+    real = os.path.realpath(path)
+    if real != path and real in seen and seen[real].label == fields[1]:
+      logging.warning('%s (%s) is the same file as %s (%s); used once.', path,
+                      where, seen[real].path, seen[real].where)
       continue
     earlier = seen.get(path)
     if earlier is not None:
@@ -296,6 +322,7 @@ def read_labels_csv(csv_path: str) -> Tuple[List[CsvRow], list]:
     row = CsvRow(path, os.path.relpath(path, base).replace(os.sep, '/'),
                  fields[1], where)
     seen[path] = row
+    seen.setdefault(real, row)
     rows.append(row)
   return rows, missing
 

@@ -25,12 +25,11 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import shutil
 from typing import Optional, Sequence
 
 import tensorflow as tf
 
-from retrain.common import atomic
+from retrain.common import atomic, leftovers
 from retrain.common import earlier_outputs as keep
 from retrain.errors import OutputError
 from retrain.export import signatures as signatures_lib
@@ -161,26 +160,26 @@ def export_saved_model(export_dir: str, module: FeatureModule, head: Head,
   """Writes the classifier SavedModel to export_dir; returns its path."""
   check_export_dir(export_dir)
   export_dir = os.path.abspath(export_dir)
-  tmp = f'{export_dir}.tmp-{os.getpid()}'
-  if os.path.exists(tmp):
-    shutil.rmtree(tmp)
   classifier = Classifier(module, head, final_tensor_name)
   classify_bytes = signatures_lib.bytes_signature(classifier.classify,
                                                   module.input_size)
-  tf.saved_model.save(classifier, tmp,
-                      signatures={'serving_default': classifier.classify,
-                                  signatures_lib.BYTES_SIGNATURE:
-                                  classify_bytes})
-  write_labels(os.path.join(tmp, LABELS_FILE), labels)
-  atomic.write_json(os.path.join(tmp, METADATA_FILE),
-                    metadata(module, labels, final_tensor_name,
-                             extra_metadata))
-  if os.path.isdir(export_dir):
-    if os.listdir(export_dir):
-      keep.move_aside(export_dir)
-    else:
-      os.rmdir(export_dir)
-  os.rename(tmp, export_dir)
+  # Assembled under a temporary name that says whose it is (removed if
+  # anything fails; a later run removes it if this process is killed).
+  with leftovers.temporary_for(export_dir) as tmp:
+    tf.saved_model.save(classifier, tmp,
+                        signatures={'serving_default': classifier.classify,
+                                    signatures_lib.BYTES_SIGNATURE:
+                                    classify_bytes})
+    write_labels(os.path.join(tmp, LABELS_FILE), labels)
+    atomic.write_json(os.path.join(tmp, METADATA_FILE),
+                      metadata(module, labels, final_tensor_name,
+                               extra_metadata))
+    if os.path.isdir(export_dir):
+      if os.listdir(export_dir):
+        keep.move_aside(export_dir)
+      else:
+        os.rmdir(export_dir)
+    os.rename(tmp, export_dir)
   return export_dir
 
 

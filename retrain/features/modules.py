@@ -24,7 +24,7 @@ import tensorflow_hub as hub
 from absl import logging
 
 from retrain.errors import ModuleError
-from retrain.features import presets
+from retrain.features import module_safety, presets
 
 
 @dataclasses.dataclass
@@ -122,7 +122,8 @@ def _describe_load_failure(handle: str, resolved: str, error: Exception) -> str:
 
 
 def load_module(handle: str, image_size: Optional[int] = None,
-                cache_dir: Optional[str] = None) -> FeatureModule:
+                cache_dir: Optional[str] = None,
+                trust: bool = False) -> FeatureModule:
   """Loads a feature-vector module.
 
   Args:
@@ -130,6 +131,8 @@ def load_module(handle: str, image_size: Optional[int] = None,
     image_size: input height and width for modules that accept any size;
       must match the module's own size when it has one.
     cache_dir: where bundled presets are converted (None: the default).
+    trust: load even a module whose graph can touch files or Python
+      (retrain.features.module_safety); checked before anything is loaded.
 
   Raises:
     ModuleError: the module cannot be loaded, has no usable input size, or
@@ -137,8 +140,13 @@ def load_module(handle: str, image_size: Optional[int] = None,
   """
   resolved = presets.resolve_module(handle, cache_dir)
   try:
-    obj = hub.load(resolved)
+    # Resolve (for a URL: download) first, so the graph is checked before
+    # any of it is loaded or run.
     path = hub.resolve(resolved)
+    module_safety.check_module(handle, path, trust)
+    obj = hub.load(path)
+  except ModuleError:
+    raise
   except Exception as e:  # hub raises many types; all mean "not loadable".
     raise ModuleError(_describe_load_failure(handle, resolved, e),
                       fields=('tfhub_module', 'list_modules')) from e

@@ -38,6 +38,7 @@ from absl import logging
 
 import bottleneck_cache
 from bottleneck_cache import store as store_lib
+from bottleneck_cache import temporaries
 from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.bottlenecks import distort as distort_lib
 from retrain.common.progress import Progress
@@ -73,8 +74,10 @@ class Float16Store(bottleneck_cache.BottleneckStore):
     renamed into place only when complete."""
     token = f'{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}'
     name = f'{store_lib.SHARD_PREFIX}{token}{store_lib.SHARD_SUFFIX}'
+    # Named with its owner, as the base class names its temporaries, so
+    # that a later run removes it only once its writer is gone.
     tmp = os.path.join(self.directory,
-                       f'{store_lib.TMP_PREFIX}{os.getpid()}-{token}')
+                       f'{store_lib.TMP_PREFIX}{temporaries.owner_tag()}')
     with h5py.File(tmp, 'w') as f:
       f.create_dataset('keys', data=np.array([k.encode('utf-8')
                                               for k in keys]))

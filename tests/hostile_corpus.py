@@ -1,0 +1,52 @@
+"""A folder built to hang, crash or fool a run, beside good photos.
+
+`make_hostile_folder(root)` writes 3 classes of small solid-colour photos
+and, among them, every bad thing issue 14 found: a link to /dev/zero, a
+FIFO, a socket, a class folder linked to /, a symbolic link loop, a second
+path to one photo, a JPEG declaring 65000x65000, a 1-bit 20000x20000 PNG,
+and truncated JPEG and PNG files. Returns (good photo paths, {bad path:
+a word its skip reason must contain}). Used by the end-to-end test and by
+bench/hostile_folder.py.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import socket
+
+from tests import image_bombs
+from tests.conftest import COLOURS, make_colour_dataset
+
+
+def make_hostile_folder(root, per_class=12):
+  root = pathlib.Path(root)
+  make_colour_dataset(root, per_class=per_class)
+  good = sorted(str(p) for p in root.rglob('*.jpg'))
+  blue, green, red = (root / name for name in sorted(COLOURS))
+  bad = {}
+
+  def put(path, data, word):
+    path.write_bytes(data)
+    bad[str(path)] = word
+
+  os.symlink('/dev/zero', blue / 'zero.jpg')
+  bad[str(blue / 'zero.jpg')] = 'character device'
+  os.mkfifo(green / 'fifo.jpg')
+  bad[str(green / 'fifo.jpg')] = 'FIFO'
+  sock = socket.socket(socket.AF_UNIX)
+  sock.bind(str(red / 'sock.png'))
+  sock.close()  # The socket file stays.
+  bad[str(red / 'sock.png')] = 'socket'
+  os.symlink('/', root / 'c')
+  bad[str(root / 'c')] = "links to '/'"
+  os.symlink('.', blue / 'loop')
+  bad[str(blue / 'loop')] = 'symbolic link loop'
+  os.symlink(good[0], green / 'second_path.jpg')
+  bad[str(green / 'second_path.jpg')] = 'the same file as'
+  put(red / 'huge.jpg', image_bombs.jpeg_claiming(65000, 65000),
+      'megapixels')
+  put(blue / 'huge.png', image_bombs.png_1bit(20000, 20000), 'megapixels')
+  put(green / 'cut.jpg', image_bombs.truncated_jpeg(), 'truncated')
+  put(red / 'cut.png', image_bombs.truncated_png(), 'truncated')
+  return good, bad
