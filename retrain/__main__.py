@@ -196,6 +196,27 @@ flags.DEFINE_integer('fine_tune_patience', _D.fine_tune_patience,
                      'fine-tuning stops; 0 never stops early.')
 # --- End of fine-tuning ----------------------------------------------------------
 
+
+# --- Deployment: ONNX, quantization check, confidence (issue 19) ---
+flags.DEFINE_string('onnx_output_file', _D.onnx_output_file,
+                    'Where an ONNX model is written ("" for none; needs '
+                    'pip install "retrain[onnx]").')
+flags.DEFINE_float('max_quantization_loss', _D.max_quantization_loss,
+                   'Points of top-1 test accuracy a quantized TFLite model '
+                   'may lose against the float model before it is refused.')
+flags.DEFINE_bool('keep_lossy_quantization', _D.keep_lossy_quantization,
+                  'Keep a quantized TFLite model that loses more than '
+                  '--max_quantization_loss (with a warning).')
+flags.DEFINE_bool('calibrate_confidence', _D.calibrate_confidence,
+                  'Temperature-scale the exported probabilities on the '
+                  'validation set.')
+flags.DEFINE_float('target_precision', _D.target_precision,
+                   'Precision the stored rejection threshold aims for on '
+                   'the validation set; below it label_image says unknown.')
+flags.DEFINE_integer('calibration_min_images', _D.calibration_min_images,
+                     'Validation images needed to calibrate and choose the '
+                     'threshold.')
+# --- End of deployment flags ---
 flags.DEFINE_enum('logging_verbosity', 'INFO',
                   ['DEBUG', 'INFO', 'WARN', 'ERROR', 'FATAL'],
                   'How much to log.')

@@ -175,6 +175,25 @@ class Config:
   # and the best epoch's weights are kept; 0 never stops early.
   fine_tune_patience: int = 3
 
+  # --- Deployment: ONNX, quantization check, confidence (issue 19) ----------
+  # An ONNX model ("" for none); needs the [onnx] extra (tf2onnx).
+  onnx_output_file: str = ''
+  # A quantized TFLite model that loses more than this many points of top-1
+  # accuracy against the float model (on the test set) is refused. One
+  # point is about the noise of a few hundred test images; int8 of the
+  # bundled modules measured well under it on flowers_sample.
+  max_quantization_loss: float = 1.0
+  keep_lossy_quantization: bool = False
+  # Temperature scaling of the exported probabilities on the validation set
+  # (changes no prediction, only the confidence).
+  calibrate_confidence: bool = True
+  # The rejection threshold stored in every export is the lowest top
+  # probability at which validation predictions are right this often.
+  target_precision: float = 0.95
+  # Fewer validation images than this and neither temperature nor
+  # threshold is chosen: fitted to a handful of images they would mislead.
+  calibration_min_images: int = 30
+
   # --- Untrusted input (docs/robustness.md) ------------------------------------
   # Images whose decoded size would exceed this many pixels are skipped,
   # with the declared size (JPEGs count at the reduced scale they are

@@ -51,6 +51,9 @@ def is_image_file(name: str, extensions: Sequence[str] = IMAGE_EXTENSIONS
   return walk_lib.is_image_file(name, extensions)
 
 
+# The default pixel limit (refused above it), for callers of this module.
+MAX_IMAGE_PIXELS = image_header.MAX_IMAGE_PIXELS
+
 # Pixels decoded at once by all threads of the eager path (label_image's
 # pool, the bottleneck step's second chance): one largest allowed image,
 # or several smaller ones, never one largest image per thread.

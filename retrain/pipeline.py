@@ -26,14 +26,17 @@ from retrain.data import sources as layouts
 from retrain.data import split as split_lib
 from retrain.errors import DatasetError, OutputError
 from retrain.export import formats as export_formats
+from retrain.export import quantization_check
 from retrain.export import saved_model as export_lib
 from retrain.features import modules as features
 from retrain.features import tflite_runtime
 from retrain.finetune import run as finetune_lib
+from retrain.head import calibration as calibration_lib
 from retrain.head import evaluate as evaluate_lib
 from retrain.head import options as train_options_lib
 from retrain.head import summaries as summaries_lib
 from retrain.head import train as train_lib
+from retrain.report import deployment as deployment_report
 from retrain.report import skipped as skipped_report
 from retrain.report import writer as explain_lib
 
@@ -76,6 +79,8 @@ class RunResult:
   explained: Optional[explain_lib.Explained] = None
   distorted_stats: Optional[bottleneck_cache.Stats] = None
   peak_rss_mib: Optional[Dict[str, float]] = None
+  # <report_dir>/deployment.json: calibration and quantization checks.
+  deployment_report: Optional[str] = None
   fine_tuned: Optional[finetune_lib.FineTuned] = None
 
 
@@ -96,6 +101,8 @@ def check_config(config: Config) -> None:
   export_lib.check_export_dir(config.saved_model_dir)
   export_formats.check_options(subset(export_formats.ExportOptions, config))
   train_options_lib.check(subset(train_options_lib.TrainOptions, config))
+  calibration_lib.check_options(  # Issue 19.
+      subset(calibration_lib.ConfidenceOptions, config))
   if config.projector_max_images < 0:
     raise DatasetError(f'projector_max_images={config.projector_max_images}'
                        ' must be 0 (no projector) or more.',
@@ -147,23 +154,18 @@ def run(config: Config) -> RunResult:
   with phases('evaluation'):
     test, misclassified, explained = evaluate(config, labels, trained, images,
                                               split)
-  # --- Fine-tuning (issue 16; retrain/finetune/) ------------------------------
-  # From here on `module` and `trained.head` are the fine-tuned network, so
-  # every export below is of it, and `test` is its test result.
-  tuned = None
-  if config.fine_tune:
-    with phases('fine_tune'):
-      tuned = finetune_lib.fine_tune(
-          subset(finetune_lib.FineTuneOptions, config),
-          subset(distort_lib.Distortions, config), module, trained.head,
-          labels, images.paths, images.digests, images.labels, split)
-    module = tuned.module
-    trained = dataclasses.replace(trained, head=tuned.head)
-    test = dataclasses.replace(test, accuracy=tuned.test_after)
-  # --- End of fine-tuning -------------------------------------------------------
+    # --- Fine-tuning (issue 16): before calibration, so that the exported
+    # (calibrated) head is the fine-tuned one. ----------------------------------
+    tuned = None
+    if config.fine_tune:
+      module, trained, test, images, tuned = fine_tune(
+          config, module, labels, trained, test, images, split)
+    # --- End of fine-tuning -----------------------------------------------------
+    confidence = calibrate(config, trained, images, split)  # Issue 19.
   with phases('export'):
-    saved = export(config, module, labels, trained, test, images, split,
-                   intermediate, tuned.metadata if tuned else None)
+    saved, deployment = export(config, module, labels, trained, test, images,
+                               split, intermediate, confidence,
+                               tuned.metadata if tuned else None)
   phases.total()
   if skipped:
     logging.warning('%d images were skipped because they could not be used; '
@@ -177,7 +179,8 @@ def run(config: Config) -> RunResult:
       history=trained.history, misclassified=misclassified,
       saved_model_dir=saved, timings=phases.timings, explained=explained,
       distorted_stats=copies.stats if copies is not None else None,
-      peak_rss_mib=phases.peak_rss, fine_tuned=tuned)
+      peak_rss_mib=phases.peak_rss, deployment_report=deployment,
+      fine_tuned=tuned)
   write_run_summary(config, result)
   return result
 
@@ -238,9 +241,6 @@ def make_split(config: Config, layout: layouts.Layout,
                              config.validation_percentage,
                              config.testing_percentage)
   _log_counts(layout.dataset.labels, images.labels, split)
-  finetune_lib.check_split(subset(finetune_lib.FineTuneOptions, config),
-                           layout.dataset.labels, images.labels,
-                           split.validation)
   # --- Issue 14: the same bytes in two of train/validation/test is leakage.
   leakage.report_leakage(
       leakage.find_leakage(images.digests, split, images.paths),
@@ -333,31 +333,84 @@ def evaluate(config: Config, labels: Sequence[str],
   return test, misclassified, explained
 
 
+def fine_tune(config: Config, module, labels: Sequence[str],
+              trained: train_lib.TrainResult, test: evaluate_lib.Evaluation,
+              images: usable_lib.UsableImages, split: split_lib.Split):
+  """Issue 16: fine-tunes the top of the module with the head. Returns
+  (module, trained, test, images, FineTuned): the fine-tuned feature
+  extractor and head, the test result with its accuracy, and the images
+  with the validation rows' vectors from the fine-tuned network (what
+  calibration reads)."""
+  tuned = finetune_lib.fine_tune(
+      subset(finetune_lib.FineTuneOptions, config),
+      subset(distort_lib.Distortions, config), module, trained.head, labels,
+      images.paths, images.digests, images.labels, split)
+  vectors = np.array(images.vectors, copy=True)
+  if len(tuned.validation_features) == len(split.validation):
+    vectors[split.validation] = tuned.validation_features
+  return (tuned.module, dataclasses.replace(trained, head=tuned.head),
+          dataclasses.replace(test, accuracy=tuned.test_after),
+          dataclasses.replace(images, vectors=vectors), tuned)
+
+
+def calibrate(config: Config, trained: train_lib.TrainResult,
+              images: usable_lib.UsableImages, split: split_lib.Split
+              ) -> calibration_lib.Confidence:
+  """Issue 19: the temperature and the rejection threshold, chosen on the
+  validation set; logged and written to TensorBoard."""
+  options = subset(calibration_lib.ConfidenceOptions, config)
+  confidence = calibration_lib.calibrate(
+      trained.head, images.vectors[split.validation],
+      images.labels[split.validation], options.target_precision,
+      options.calibration_min_images, options.calibrate_confidence)
+  deployment_report.log_confidence(confidence)
+  deployment_report.write_tensorboard(
+      config.summaries_dir, confidence,
+      trained.history[-1].step if trained.history else 0)
+  return confidence
+
+
 def export(config: Config, module, labels: Sequence[str],
            trained: train_lib.TrainResult, test: evaluate_lib.Evaluation,
            images: usable_lib.UsableImages, split: split_lib.Split,
-           intermediate, extra_metadata: Optional[dict] = None
-           ) -> Optional[str]:
-  """Writes the labels file and every export asked for; returns the
-  SavedModel folder, or None. extra_metadata: more entries for the
-  SavedModel's metadata (e.g. what was fine-tuned)."""
+           intermediate, confidence: calibration_lib.Confidence,
+           fine_tune_metadata: Optional[dict] = None):
+  """Writes the labels file and every export asked for; returns (the
+  SavedModel folder or None, <report_dir>/deployment.json).
+
+  Every export carries the calibrated head (confidence.head: the same
+  predictions as trained.head) and the confidence metadata; a quantized TFLite model is
+  first checked on the test set (the validation set when there is none).
+  """
   export_lib.write_labels(config.output_labels, labels)
+  deploy_metadata = {'confidence': confidence.metadata()}
+  held_out = 'test' if len(split.test) else 'validation'
+  rows = split.subset(held_out)
+  gate = quantization_check.Gate(
+      images.paths_of(rows), images.labels[rows], held_out,
+      config.max_quantization_loss, config.keep_lossy_quantization,
+      config.tflite_calibration_images)
   other_formats = export_formats.export_other_formats(
-      subset(export_formats.ExportOptions, config), module, trained.head, labels, images.paths_of(split.train))
+      subset(export_formats.ExportOptions, config), module, confidence.head,
+      labels, images.paths_of(split.train), gate, deploy_metadata)
   if intermediate is not None:
     other_formats['intermediate_graphs'] = intermediate.written
-  if not config.saved_model_dir:
-    return None
-  saved = export_lib.export_saved_model(
-      config.saved_model_dir, module, trained.head, labels,
-      config.final_tensor_name,
-      extra_metadata={'test_accuracy': test.accuracy,
-                      'test_count': test.count,
-                      'other_exports': other_formats,
-                      **(extra_metadata or {})})
-  logging.info('Exported the classifier to %s (labels in %s).', saved,
-               config.output_labels)
-  return saved
+  saved = None
+  if config.saved_model_dir:
+    saved = export_lib.export_saved_model(
+        config.saved_model_dir, module, confidence.head, labels,
+        config.final_tensor_name,
+        extra_metadata={'test_accuracy': test.accuracy,
+                        'test_count': test.count,
+                        'other_exports': other_formats,
+                        'quantization_checks': [c.metadata()
+                                                for c in gate.results],
+                        **deploy_metadata, **(fine_tune_metadata or {})})
+    logging.info('Exported the classifier to %s (labels in %s).', saved,
+                 config.output_labels)
+  deployment = deployment_report.write_report(
+      config.report_dir, confidence, gate.results, other_formats)
+  return saved, deployment
 
 
 def write_run_summary(config: Config, result: RunResult) -> str:

@@ -24,8 +24,6 @@ from absl import logging
 
 from retrain.common.progress import format_duration
 from retrain.export.formats import sidecar_paths
-from retrain.pipeline import RUN_SUMMARY_FILE
-from retrain.report import skipped as skipped_report
 
 
 def _model_files(what: str, path: str) -> List[Tuple[str, str]]:
@@ -47,16 +45,19 @@ def output_paths(config, result) -> List[Tuple[str, str]]:
                 ('labels', config.output_labels)]
   candidates += _model_files('frozen graph', config.output_graph)
   candidates += _model_files('TFLite model', config.tflite_output_file)
+  candidates.append(('ONNX model', config.onnx_output_file))  # Issue 19.
   if config.checkpoint_path:
     candidates.append(('checkpoint', config.checkpoint_path + '.index'))
   if config.intermediate_store_frequency > 0:
     candidates.append(('intermediate graphs',
                        config.intermediate_output_graphs_dir))
   reports = list(result.explained.report_files) if result.explained else []
-  if config.report_dir:
-    reports += [os.path.join(config.report_dir, name) for name in (
-        RUN_SUMMARY_FILE, skipped_report.SKIPPED_JSON,
-        skipped_report.SKIPPED_CSV)]
+  if config.report_dir and os.path.isdir(config.report_dir):
+    # Every file this run left in the report folder (each report is
+    # rewritten on every run, so none describes an earlier one).
+    reports += sorted(os.path.join(config.report_dir, name)
+                      for name in os.listdir(config.report_dir)
+                      if os.path.isfile(os.path.join(config.report_dir, name)))
   candidates += [('report', path) for path in reports]
   candidates += [('TensorBoard logs', config.summaries_dir),
                  ('bottleneck cache', config.bottleneck_dir)]

@@ -424,7 +424,12 @@ def _check_export_equals_network(export_dir, tuned, paths, bottom=None):
   size = (meta['input_height'], meta['input_width'])
   images = tf.stack([images_lib.load_image(p, size) for p in paths])
   x = bottom(images) if bottom is not None else images
-  expected = tf.nn.softmax(tuned.network.logits(x, False)).numpy()
+  # The export's head is the fine-tuned one divided by the calibration
+  # temperature (issue 19), which calibration chose on the fine-tuned
+  # network's validation features.
+  temperature = meta.get('confidence', {}).get('temperature', 1.0)
+  expected = tf.nn.softmax(tuned.network.logits(x, False) /
+                           temperature).numpy()
   loaded = tf.saved_model.load(str(export_dir))
   got = loaded.signatures['serving_default'](images=images)['probabilities']
   np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-5)
@@ -489,7 +494,8 @@ def test_hub_module_full_fine_tuning_end_to_end(tmp_path, caplog):
   from retrain import images as images_lib
   from tools import label_image
   images = tf.stack([images_lib.load_image(p, (32, 32)) for p in paths])
-  expected = tf.nn.softmax(tuned.network.logits(images, False)).numpy()
+  expected = tf.nn.softmax(tuned.network.logits(images, False) /
+                           meta['confidence']['temperature']).numpy()
   for kwargs in (dict(saved_model_dir=config.saved_model_dir),
                  dict(graph=config.output_graph),
                  dict(graph=config.tflite_output_file)):
@@ -535,7 +541,8 @@ def test_bundled_lite0_fine_tuning_end_to_end(tmp_path):
   from retrain import images as images_lib
   images = tf.stack([images_lib.load_image(p, (224, 224)) for p in paths])
   expected = tf.nn.softmax(tuned.network.logits(tuned.network.bottom(images),
-                                                False)).numpy()
+                                                False) /
+                           meta['confidence']['temperature']).numpy()
   runner = tflite_runtime.TFLiteCall(config.tflite_output_file, (224, 224),
                                      interpreters=1)
   np.testing.assert_allclose(runner(images.numpy()).numpy(), expected,

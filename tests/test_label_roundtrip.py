@@ -92,11 +92,12 @@ def test_odd_labels_round_trip_through_every_output(tmp_path, fake_module):
   # Labels files: the exported one, the one in the SavedModel, the sidecars.
   assert lines(out / 'labels.txt') == expected
   assert lines(out / 'saved_model' / 'labels.txt') == expected
-  assert lines(out / 'model.labels.txt') == expected
-  assert lines(out / 'output_graph.labels.txt') == expected
+  assert lines(out / 'model.tflite.labels.txt') == expected
+  assert lines(out / 'output_graph.pb.labels.txt') == expected
   # Metadata of every export.
   for meta in (out / 'saved_model' / 'retrain_metadata.json',
-               out / 'model.metadata.json', out / 'output_graph.metadata.json'):
+               out / 'model.tflite.metadata.json',
+               out / 'output_graph.pb.metadata.json'):
     assert json.loads(meta.read_text(encoding='utf-8'))['labels'] == expected
   # Reports (CSV and JSON).
   report = out / 'report'

@@ -3,12 +3,21 @@
   label_image --saved_model_dir /tmp/retrain_saved_model --image photos/
   label_image --graph /tmp/output_graph.pb --image a.jpg --image 'b/*.png'
   label_image --graph model.tflite --image photos/ --output_format csv
+  label_image --graph model.onnx --image photos/ --min_confidence 0.8
 
 It reads only what the export holds: the SavedModel with its labels.txt and
 retrain_metadata.json, or a frozen graph (.pb) or TFLite file (.tflite) with
-the X.pb.labels.txt / X.pb.metadata.json written beside it (or --labels). No
+the X.pb.labels.txt / X.pb.metadata.json written beside it (or --labels);
+a .tflite file without them is read from the metadata embedded in it, an
+ONNX file (.onnx, run with onnxruntime) from its metadata_props. No
 training flag and no training data are needed: the input size and value
 range come from the model.
+
+Confidence: an image whose top probability is below --min_confidence
+(default: the rejection threshold stored in the export, chosen on the
+validation set for a target precision; 0 disables) is reported as
+`unknown`, its top classes still listed. This flags low confidence; it
+cannot recognise a class the model was never shown.
 
 Images (files, folders searched recursively, globs; as --image or as
 arguments) are decoded by `retrain.images.load_image`, the same code that
@@ -66,6 +75,15 @@ DEFAULT_TOP_K = 5
 # (32 x 224 x 224 x 3 float32 = 19 MB).
 DEFAULT_BATCH_SIZE = 32
 OUTPUT_FORMATS = ('table', 'json', 'csv')
+# The prediction of an image below the confidence threshold.
+UNKNOWN = 'unknown'
+# Where exports keep their metadata inside the model file (retrain's
+# export/tflite_metadata.py and export/onnx_format.py; a test checks they
+# agree): the TFLite file's packed associated files, the ONNX model's
+# metadata_props key.
+EMBEDDED_LABELS_FILE = 'labels.txt'
+EMBEDDED_METADATA_FILE = 'retrain_metadata.json'
+ONNX_METADATA_KEY = 'retrain_metadata'
 
 
 class LabelImageError(RetrainError, ValueError):
@@ -77,7 +95,7 @@ class Model:
   """A classifier ready to run.
 
   Attributes:
-    kind: 'saved_model', 'frozen_graph' or 'tflite'.
+    kind: 'saved_model', 'frozen_graph', 'tflite' or 'onnx'.
     path: the export folder or model file.
     labels: class names; column j of the output is labels[j].
     input_size: (height, width) of the input images.
@@ -89,6 +107,8 @@ class Model:
   labels: List[str]
   input_size: Tuple[int, int]
   predict: Callable[[np.ndarray], np.ndarray]
+  # The rejection threshold stored in the export (0: none), in [0, 1].
+  threshold: float = 0.0
 
 
 @dataclasses.dataclass
@@ -97,6 +117,9 @@ class Record:
   image: str
   top: List[Tuple[str, float]] = dataclasses.field(default_factory=list)
   error: Optional[str] = None
+  # The top probability is below the confidence threshold (then `top`
+  # still lists the classes).
+  unknown: bool = False
 
 
 # --- Loading a model ------------------------------------------------------------
@@ -257,6 +280,78 @@ def _load_tflite(path: str, height, width) -> Tuple[Callable, tuple]:
   return predict, size
 
 
+def _load_onnx(path: str, height, width) -> Tuple[Callable, tuple, dict]:
+  try:
+    import onnxruntime  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise LabelImageError(f'{path} is an ONNX model: pip install onnxruntime '
+                          '(or "retrain[onnx]") to run it.') from e
+  try:
+    session = onnxruntime.InferenceSession(
+        path, providers=['CPUExecutionProvider'])
+  except Exception as e:  # pylint: disable=broad-except
+    raise LabelImageError(f'{path!r} is not an ONNX model ({e}).') from e
+  inp = session.get_inputs()[0]
+  size = _choose_size(tuple(d if isinstance(d, int) and d > 0 else None
+                            for d in inp.shape[1:3]), height, width, path)
+
+  def predict(images):
+    return session.run(None, {inp.name: images.astype(np.float32)})[0]
+
+  props = session.get_modelmeta().custom_metadata_map
+  if ONNX_METADATA_KEY in props:
+    meta = json.loads(props[ONNX_METADATA_KEY])
+  else:
+    meta = {'labels': json.loads(props['labels'])} if 'labels' in props else {}
+  return predict, size, meta
+
+
+def _embedded_tflite_metadata(path: str
+                              ) -> Tuple[Optional[List[str]], Optional[dict]]:
+  """(labels, metadata) packed in a .tflite file (a zip archive appended to
+  the flatbuffer, as MediaPipe's metadata writer packs them), or None."""
+  import zipfile  # pylint: disable=g-import-not-at-top
+  try:
+    with zipfile.ZipFile(path) as archive:
+      names = set(archive.namelist())
+      labels = (archive.read(EMBEDDED_LABELS_FILE).decode('utf-8')
+                if EMBEDDED_LABELS_FILE in names else None)
+      meta = (json.loads(archive.read(EMBEDDED_METADATA_FILE))
+              if EMBEDDED_METADATA_FILE in names else None)
+  except (zipfile.BadZipFile, OSError, ValueError):
+    return None, None
+  return ([l for l in labels.splitlines() if l.strip()] if labels else None,
+          meta)
+
+
+def _load_graph_file(graph: str, input_layer: str, output_layer: str,
+                     height, width):
+  """(kind, predict, size, metadata, labels from metadata, labels file) of a
+  .pb, .tflite or .onnx file."""
+  meta, default_labels = _sidecars(graph)
+  meta_labels = (meta or {}).get('labels')
+  if graph.lower().endswith('.tflite'):
+    predict, size = _load_tflite(graph, height, width)
+    if meta is None or not meta_labels:  # No side files: the embedded.
+      embedded_labels, embedded = _embedded_tflite_metadata(graph)
+      meta = meta or embedded
+      meta_labels = meta_labels or embedded_labels
+    return 'tflite', predict, size, meta, meta_labels, default_labels
+  if graph.lower().endswith('.onnx'):
+    predict, size, onnx_meta = _load_onnx(graph, height, width)
+    return ('onnx', predict, size, meta or onnx_meta,
+            meta_labels or onnx_meta.get('labels'), default_labels)
+  predict, size = _load_frozen_graph(graph, input_layer, output_layer,
+                                     height, width)
+  return 'frozen_graph', predict, size, meta, meta_labels, default_labels
+
+
+def _stored_threshold(meta: Optional[dict]) -> float:
+  """The rejection threshold in an export's metadata, 0 when none."""
+  confidence = (meta or {}).get('confidence') or {}
+  return float(confidence.get('threshold') or 0.0)
+
+
 def choose_labels(path: str, labels: Optional[str],
                   meta_labels: Optional[Sequence[str]],
                   default_labels: Optional[str]) -> List[str]:
@@ -290,12 +385,13 @@ def load_model(saved_model_dir: Optional[str] = None,
                output_layer: str = DEFAULT_OUTPUT_LAYER,
                input_height: Optional[int] = None,
                input_width: Optional[int] = None) -> Model:
-  """Loads a retrain export: a SavedModel folder, or a .pb / .tflite file.
+  """Loads a retrain export: a SavedModel folder, or a .pb / .tflite / .onnx
+  file.
 
   Args:
     saved_model_dir: an export folder written by retrain.
-    graph: a frozen GraphDef (.pb) or TFLite (.tflite) file; used when
-      saved_model_dir is not given.
+    graph: a frozen GraphDef (.pb), TFLite (.tflite) or ONNX (.onnx) file;
+      used when saved_model_dir is not given.
     labels: a labels file (one per line, row j is class id j); default: the
       one in or beside the export.
     input_layer, output_layer: op names in a frozen graph.
@@ -312,20 +408,15 @@ def load_model(saved_model_dir: Optional[str] = None,
         saved_model_dir, input_height, input_width)
     kind, path = 'saved_model', saved_model_dir
     default_labels = os.path.join(saved_model_dir, 'labels.txt')
+    meta = _read_json(os.path.join(saved_model_dir, 'retrain_metadata.json'))
   elif graph:
     if not os.path.isfile(graph):
       raise LabelImageError(f'--graph {graph!r} does not exist: pass the .pb '
                             'or .tflite file retrain wrote.')
-    meta, default_labels = _sidecars(graph)
-    meta_labels = (meta or {}).get('labels')
     path = graph
-    if graph.lower().endswith('.tflite'):
-      kind = 'tflite'
-      predict, size = _load_tflite(graph, input_height, input_width)
-    else:
-      kind = 'frozen_graph'
-      predict, size = _load_frozen_graph(graph, input_layer, output_layer,
-                                         input_height, input_width)
+    kind, predict, size, meta, meta_labels, default_labels = (
+        _load_graph_file(graph, input_layer, output_layer, input_height,
+                         input_width))
   else:
     raise LabelImageError('No model given: pass --saved_model_dir (the '
                           'export folder) or --graph (a .pb or .tflite '
@@ -337,7 +428,7 @@ def load_model(saved_model_dir: Optional[str] = None,
         f'{path} returns {list(probe.shape)} but the labels have '
         f'{len(names)} classes: pass the --labels of this model (and, for a '
         '.pb, the right --output_layer).')
-  return Model(kind, path, names, size, predict)
+  return Model(kind, path, names, size, predict, _stored_threshold(meta))
 
 
 # --- Finding the images -----------------------------------------------------------
@@ -424,11 +515,10 @@ def _load(path: str, size, input_mean: float, input_std: float,
   from their header; the decoding threads share one pixel budget
   (retrain.images), so they never hold one worst-case image each.
   """
-  from retrain import images  # pylint: disable=g-import-not-at-top
-  from retrain.config import DEFAULTS  # pylint: disable=g-import-not-at-top
+  from retrain import image_header, images  # pylint: disable=g-import-not-at-top
   try:
     image = images.load_image(path, size, max_pixels or
-                              DEFAULTS.max_image_pixels).numpy()
+                              image_header.MAX_IMAGE_PIXELS).numpy()
   except Exception as e:  # pylint: disable=broad-except
     return _reason(e)
   if (input_mean, input_std) != (DEFAULT_INPUT_MEAN, DEFAULT_INPUT_STD):
@@ -455,12 +545,17 @@ def classify_files(model: Model, paths: Sequence[str],
                    input_mean: float = DEFAULT_INPUT_MEAN,
                    input_std: float = DEFAULT_INPUT_STD,
                    timing: Optional[Timing] = None,
-                   max_pixels: Optional[int] = None) -> List[Record]:
+                   max_pixels: Optional[int] = None,
+                   min_confidence: Optional[float] = None) -> List[Record]:
   """Classifies image files in batches; one Record per path, in order.
 
   Files are decoded on a thread pool while the model runs on the previous
   batch. A file that cannot be read or decoded gets a Record with its error.
+  A Record whose top probability is below `min_confidence` (None: the
+  model's stored threshold; 0: never) has unknown=True.
   """
+  if min_confidence is None:
+    min_confidence = model.threshold
   # A live bar with rate and time left on a terminal, else a log line every
   # 10 s (the same progress as retrain's long phases).
   from retrain.common.progress import Progress  # pylint: disable=g-import-not-at-top
@@ -492,11 +587,11 @@ def classify_files(model: Model, paths: Sequence[str],
         if i in row:
           order = np.argsort(-row[i], kind='stable')[:top_k]
           records.append(Record(path, [(model.labels[j], float(row[i][j]))
-                                       for j in order]))
+                                       for j in order],
+                                unknown=bool(row[i].max() < min_confidence)))
         else:
           records.append(Record(path, error=loaded[i]))
       progress.update(len(chunk))
-  progress.finish()
   timing.images += len(paths)
   timing.total += time.monotonic() - started
   return records
@@ -505,13 +600,18 @@ def classify_files(model: Model, paths: Sequence[str],
 # --- Output -----------------------------------------------------------------------
 
 
+def _prediction(record: Record) -> str:
+  return UNKNOWN if record.unknown else record.top[0][0]
+
+
 def format_records(records: Sequence[Record], output_format: str = 'table'
                    ) -> str:
   """Records as a readable table, a JSON array, or CSV (one row per image).
 
-  JSON: [{"image": path, "predictions": [{"label": l, "probability": p},
-  ...]} or {"image": path, "error": reason}]. CSV columns: image, error,
-  label_1, probability_1, ..., label_k, probability_k.
+  JSON: [{"image": path, "prediction": top label or "unknown",
+  "predictions": [{"label": l, "probability": p}, ...]} or {"image": path,
+  "error": reason}]. CSV columns: image, error, label_1, probability_1,
+  ..., label_k, probability_k, prediction (top label or "unknown").
   """
   if output_format == 'json':
     items = []
@@ -519,8 +619,10 @@ def format_records(records: Sequence[Record], output_format: str = 'table'
       if r.error is not None:
         items.append({'image': r.image, 'error': r.error})
       else:
-        items.append({'image': r.image, 'predictions': [
-            {'label': l, 'probability': round(p, 6)} for l, p in r.top]})
+        items.append({'image': r.image, 'prediction': _prediction(r),
+                      'predictions': [
+                          {'label': l, 'probability': round(p, 6)}
+                          for l, p in r.top]})
     return json.dumps(items, indent=1) + '\n'
   if output_format == 'csv':
     k = max((len(r.top) for r in records), default=0)
@@ -528,11 +630,13 @@ def format_records(records: Sequence[Record], output_format: str = 'table'
     writer = csv.writer(out, lineterminator='\n')
     writer.writerow(['image', 'error'] + [
         f'{name}_{i}' for i in range(1, k + 1)
-        for name in ('label', 'probability')])
+        for name in ('label', 'probability')] + ['prediction'])
     for r in records:
       cells = [r.image, r.error or '']
       for label, p in r.top:
         cells += [label, f'{p:.6f}']
+      if r.error is None:
+        cells.append(_prediction(r))
       writer.writerow(cells)
     return out.getvalue()
   if output_format != 'table':
@@ -544,6 +648,9 @@ def format_records(records: Sequence[Record], output_format: str = 'table'
     lines.append(r.image)
     if r.error is not None:
       lines.append(f'  ERROR: {r.error}')
+    if r.unknown:
+      lines.append(f'  unknown (top probability {r.top[0][1]:.4f} is below '
+                   'the confidence threshold)')
     for label, p in r.top:
       lines.append(f'  {label:<{width}}  {p:8.4f}')
   return '\n'.join(lines) + '\n'
@@ -561,8 +668,12 @@ def _define_flags():
       'saved_model_dir', None,
       'Export folder written by retrain (default: '
       f'{DEFAULT_SAVED_MODEL_DIR} when neither this nor --graph is given).')
-  flags.DEFINE_string('graph', None, 'A frozen graph (.pb) or TFLite '
-                      '(.tflite) file written by retrain.')
+  flags.DEFINE_string('graph', None, 'A frozen graph (.pb), TFLite '
+                      '(.tflite) or ONNX (.onnx) file written by retrain.')
+  flags.DEFINE_float('min_confidence', None, 'Images whose top probability '
+                     'is below this are reported as unknown (top classes '
+                     'still listed). Default: the threshold stored in the '
+                     'export; 0 disables.')
   flags.DEFINE_string('labels', None, 'Labels file (default: the one in or '
                       'beside the model).')
   flags.DEFINE_multi_string('image', [], 'Image file, folder (searched '
@@ -620,9 +731,16 @@ def main(argv) -> int:
                               model.input_size[0], model.input_size[1], 3],
                              np.float32))
     timing = Timing()
+    if f.min_confidence is not None and not 0 <= f.min_confidence <= 1:
+      raise LabelImageError(f'--min_confidence={f.min_confidence} must be in '
+                            '[0, 1] (0 disables).')
+    if model.threshold and f.min_confidence is None:
+      logging.info('Images below the stored confidence threshold %.4f are '
+                   'reported as unknown (--min_confidence 0 disables).',
+                   model.threshold)
     records = problems + classify_files(model, paths, f.top_k, f.batch_size,
                                         f.input_mean, f.input_std, timing,
-                                        f.max_image_pixels)
+                                        f.max_image_pixels, f.min_confidence)
     text = format_records(records, f.output_format)
   except RetrainError as e:
     logging.error('%s', e)

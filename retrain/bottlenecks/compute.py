@@ -28,7 +28,6 @@ import bottleneck_cache
 from retrain import image_header
 from retrain import images as images_lib
 from retrain.common.progress import Progress
-from retrain.config import DEFAULTS
 from retrain.errors import ImageError, OutputError
 from retrain.features import modules as features
 from retrain.features.modules import FeatureModule
@@ -80,7 +79,7 @@ def _hash_files(paths: Sequence[str], memo: bottleneck_cache.DigestMemo
 
 
 def _decode_error(path: str, size,
-                  max_pixels: int = DEFAULTS.max_image_pixels) -> str:
+                  max_pixels: int = image_header.MAX_IMAGE_PIXELS) -> str:
   """Why one file fails to decode (called only for the rare failures)."""
   try:
     images_lib.load_image(path, size, max_pixels)
@@ -163,7 +162,7 @@ def _check_headers(paths: Sequence[str], size, max_pixels: int) -> list:
 
 def make_compute_fn(paths: Sequence[str], module: FeatureModule,
                     batch_size: int, reasons: Optional[dict] = None,
-                    max_pixels: int = DEFAULTS.max_image_pixels):
+                    max_pixels: int = image_header.MAX_IMAGE_PIXELS):
   """A `bottleneck_cache.ComputeFn` that runs `module` on images `paths`.
 
   Args:
@@ -233,7 +232,7 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
                         store: bottleneck_cache.BottleneckStore,
                         batch_size: int,
                         progress_interval: float = 5.0,
-                        max_pixels: int = DEFAULTS.max_image_pixels
+                        max_pixels: int = image_header.MAX_IMAGE_PIXELS
                         ) -> Bottlenecks:
   """Vectors of `paths`, from the cache where possible.
 

@@ -244,6 +244,30 @@ class CsvRow:
   where: str
 
 
+def _csv_lines(csv_path: str) -> List[Tuple[int, List[str]]]:
+  """(first line number, fields) of each row of a CSV file: a quoted field
+  may span lines, and messages name the line where the row starts.
+
+  Raises:
+    DatasetError: no such file, or not a readable CSV text file.
+  """
+  if not os.path.isfile(csv_path):
+    raise DatasetError(f'CSV file {csv_path!r} does not exist: give the path '
+                       'of a file of "path, label" rows.')
+  try:
+    # utf-8-sig: spreadsheet programs often start the file with a BOM.
+    with open(csv_path, newline='', encoding='utf-8-sig') as f:
+      reader = csv.reader(f, skipinitialspace=True)
+      lines, start = [], 1
+      for fields in reader:
+        lines.append((start, fields))
+        start = reader.line_num + 1
+  except (UnicodeDecodeError, csv.Error) as e:
+    raise DatasetError(f'{csv_path!r} is not a readable CSV text file ({e}): '
+                       'save it as UTF-8 CSV with "path, label" rows.') from e
+  return lines
+
+
 def read_labels_csv(csv_path: str) -> Tuple[List[CsvRow], list]:
   """Reads `path, label` rows.
 
@@ -255,24 +279,9 @@ def read_labels_csv(csv_path: str) -> Tuple[List[CsvRow], list]:
     DatasetError: no such CSV, a row without two fields, or one file listed
       with two different labels.
   """
-  if not os.path.isfile(csv_path):
-    raise DatasetError(f'CSV file {csv_path!r} does not exist: give the path '
-                       'of a file of "path, label" rows.')
+  lines = _csv_lines(csv_path)
   base = os.path.dirname(os.path.abspath(csv_path))
   name = os.path.basename(csv_path)
-  try:
-    # utf-8-sig: spreadsheet programs often start the file with a BOM.
-    with open(csv_path, newline='', encoding='utf-8-sig') as f:
-      # (first line number, fields) of each row: a quoted field may span
-      # lines, and messages name the line where the row starts.
-      reader = csv.reader(f, skipinitialspace=True)
-      lines, start = [], 1
-      for fields in reader:
-        lines.append((start, fields))
-        start = reader.line_num + 1
-  except (UnicodeDecodeError, csv.Error) as e:
-    raise DatasetError(f'{csv_path!r} is not a readable CSV text file ({e}): '
-                       'save it as UTF-8 CSV with "path, label" rows.') from e
   rows, missing, seen = [], [], {}
   first = True
   for number, fields in lines:
@@ -304,7 +313,7 @@ def read_labels_csv(csv_path: str) -> Tuple[List[CsvRow], list]:
       mode = None  # A broken link: the bottleneck step names it.
     if mode is not None and not stat.S_ISREG(mode):
       missing.append((path, f'listed in {where}, but '
-                      f'{discover.not_regular_reason(mode)}'))
+                      f'{walk_lib.not_regular_reason(mode)}'))
       continue
     real = os.path.realpath(path)
     if real != path and real in seen and seen[real].label == fields[1]:

@@ -17,11 +17,19 @@ is class id j (row j of the labels file).
 - Checkpoint (`--checkpoint_path`): `tf.train.Checkpoint` of the head's
   `final_weights` [D, N] and `final_biases` [N]; see `read_checkpoint`.
 
+- ONNX (`--onnx_output_file`, optional extra `[onnx]`): see
+  `retrain.export.onnx_format`; labels and metadata in metadata_props.
+
 The frozen graph and the TFLite file describe themselves with two files
 beside them, named after the whole model file (X.pb -> X.pb.labels.txt and
 X.pb.metadata.json; X.tflite -> X.tflite.labels.txt, ...), so a .pb and a
 .tflite of the same stem never share them; tools/label_image.py reads them,
-so they need no training flags either.
+so they need no training flags either. The TFLite file also carries its
+metadata inside (labels, normalisation, rejection threshold;
+`retrain.export.tflite_metadata`) when the optional mediapipe package is
+installed, so MediaPipe Tasks run it as it is. A quantised TFLite model is
+checked against the float model on held-out images before it is written
+(`retrain.export.quantization_check`).
 
 Nothing a user made is lost: each file is written under a temporary name
 and renamed into place; a file already there is first moved to
@@ -49,6 +57,7 @@ from retrain.common.names import (
   QUANTIZATIONS,
 )
 from retrain.errors import OutputError
+from retrain.export import onnx_format, quantization_check, tflite_metadata
 from retrain.export import saved_model as export_lib
 from retrain.features.modules import FeatureModule
 from retrain.head.model import Head
@@ -75,11 +84,18 @@ def _write_file(path: str, data: bytes) -> None:
     keep.move_aside(path)
 
 
-def _write_sidecars(path: str, labels: Sequence[str], module: FeatureModule,
-                    info: dict) -> None:
+def _file_metadata(path: str, labels: Sequence[str], module: FeatureModule,
+                   info: dict) -> dict:
+  """The JSON metadata of a model file (sidecar, and embedded in TFLite)."""
   data = export_lib.describe_model(module, labels)
   data['model_file'] = os.path.basename(path)
   data.update(info)
+  return data
+
+
+def _write_sidecars(path: str, labels: Sequence[str], module: FeatureModule,
+                    info: dict) -> None:
+  data = _file_metadata(path, labels, module, info)
   files = sidecar_paths(path)
   _write_file(files['labels'], export_lib.labels_text(labels).encode())
   _write_file(files['metadata'], json.dumps(data, indent=2).encode())
@@ -117,6 +133,10 @@ class ExportOptions:
   intermediate_output_graphs_dir: str
   intermediate_store_frequency: int
   final_tensor_name: str
+  # Issue 19: ONNX, and the check of quantized TFLite models.
+  onnx_output_file: str
+  max_quantization_loss: float
+  keep_lossy_quantization: bool
 
 
 def check_options(options: ExportOptions) -> None:
@@ -124,6 +144,21 @@ def check_options(options: ExportOptions) -> None:
   check_output_file('output_graph', options.output_graph, ('.pb',))
   check_output_file('tflite_output_file', options.tflite_output_file,
                     ('.tflite',))
+  # --- Deployment checks (issue 19) ---
+  check_output_file('onnx_output_file', options.onnx_output_file, ('.onnx',))
+  if options.onnx_output_file:
+    try:
+      import tf2onnx  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    except ImportError as e:
+      raise OutputError('onnx_output_file needs tf2onnx: pip install '
+                        '"retrain[onnx]" (or leave it empty).',
+                        fields=('onnx_output_file',)) from e
+  if options.max_quantization_loss < 0:
+    raise OutputError(f'max_quantization_loss='
+                      f'{options.max_quantization_loss} must be 0 or more '
+                      '(points of top-1 accuracy).',
+                      fields=('max_quantization_loss',))
+  # --- End of deployment checks ---
   if options.tflite_quantization not in QUANTIZATIONS:
     raise OutputError(f'tflite_quantization={options.tflite_quantization!r} '
                       f'is not one of {", ".join(QUANTIZATIONS)}.',
@@ -276,8 +311,23 @@ def tflite_model(module: FeatureModule, head: Head, quantization: str = 'none',
 def write_tflite(path: str, module: FeatureModule, head: Head,
                  labels: Sequence[str], quantization: str = 'none',
                  calibration_paths: Sequence[str] = (),
-                 calibration_count: int = 100) -> str:
-  """Writes the TFLite model to `path` (plus sidecars); returns path."""
+                 calibration_count: int = 100,
+                 gate: Optional[quantization_check.Gate] = None,
+                 extra_metadata: Optional[dict] = None) -> str:
+  """Writes the TFLite model to `path` (plus sidecars); returns path.
+
+  A quantised model is first compared with the float model on `gate`'s
+  images (see retrain.export.quantization_check): its figures go into the
+  metadata and gate.results, and a model that loses too much accuracy is
+  refused (OutputError) before anything is written. The metadata (labels,
+  normalisation, rejection threshold, ours) is embedded in the file when
+  the optional mediapipe package is installed; the sidecars are always
+  written.
+
+  Args:
+    extra_metadata: more JSON-ready fields for the metadata (e.g.
+      'confidence', with the rejection 'threshold').
+  """
   calibration = None
   if quantization == 'int8':
     logging.info('Calibrating int8 quantization on %d training images.',
@@ -285,9 +335,79 @@ def write_tflite(path: str, module: FeatureModule, head: Head,
     calibration = representative_images(calibration_paths, module.input_size,
                                         calibration_count)
   model = tflite_model(module, head, quantization, calibration)
+  info = {'format': 'tflite', 'quantization': quantization}
+  info.update(extra_metadata or {})
+  if quantization != 'none' and gate is not None:
+    info['quantization_check'] = _check_quantized(model, module, head,
+                                                  quantization, gate)
+  model = _with_embedded_metadata(model, path, labels, module, info)
   _write_file(path, model)
-  _write_sidecars(path, labels, module, {'format': 'tflite',
-                                         'quantization': quantization})
+  _write_sidecars(path, labels, module, info)
+  return path
+
+
+def _check_quantized(model: bytes, module: FeatureModule, head: Head,
+                     quantization: str, gate: quantization_check.Gate
+                     ) -> Optional[dict]:
+  """Compares the quantised `model` with the float classifier; see write_tflite."""
+  if not len(gate.paths):
+    logging.warning('No %s images to check the %s TFLite model against the '
+                    'float model; its accuracy is unchecked.', gate.subset,
+                    quantization)
+    return None
+  classifier = export_lib.Classifier(module, head, 'final_result')
+
+  def float_predict(batch):
+    return classifier.classify(tf.constant(batch))['probabilities'].numpy()
+
+  logging.info('Checking the %s TFLite model against the float model on %d '
+               '%s images.', quantization, len(gate.paths), gate.subset)
+  check = quantization_check.compare(
+      quantization, float_predict, quantization_check.tflite_predictor(model),
+      gate, module.input_size)
+  if check is None:
+    return None
+  quantization_check.enforce(check, gate)
+  gate.results.append(check)
+  return check.metadata()
+
+
+def _with_embedded_metadata(model: bytes, path: str, labels: Sequence[str],
+                            module: FeatureModule, info: dict) -> bytes:
+  """`model` with MediaPipe-readable metadata, or as it is without mediapipe."""
+  data = _file_metadata(path, labels, module, info)
+  threshold = float((info.get('confidence') or {}).get('threshold') or 0.0)
+  try:
+    return tflite_metadata.embed(
+        model, labels, data, threshold,
+        description=(f'{len(labels)} classes, module {module.handle}, '
+                     f'{info.get("quantization", "none")} quantization; '
+                     f'input float32 [1, {module.input_size[0]}, '
+                     f'{module.input_size[1]}, 3] in [0, 1]'))
+  except tflite_metadata.MetadataWriterUnavailable as e:
+    logging.info('TFLite metadata not embedded in %s (%s): MediaPipe Tasks '
+                 'need it, so pip install "retrain[mediapipe]" for that; '
+                 'the labels and metadata files beside it are written as '
+                 'always.', path, e)
+    return model
+
+
+# --- ONNX ---------------------------------------------------------------------
+
+
+def write_onnx(path: str, module: FeatureModule, head: Head,
+               labels: Sequence[str],
+               extra_metadata: Optional[dict] = None) -> str:
+  """Writes the classifier as ONNX (metadata in metadata_props); returns path."""
+  info = {'format': 'onnx', 'input_tensor': onnx_format.INPUT_NAME,
+          'output_tensor': onnx_format.OUTPUT_NAME}
+  info.update(extra_metadata or {})
+  try:
+    model = onnx_format.onnx_model(module, head, labels,
+                                   _file_metadata(path, labels, module, info))
+  except onnx_format.OnnxUnavailable as e:
+    raise OutputError(str(e)) from e
+  _write_file(path, model)
   return path
 
 
@@ -335,12 +455,20 @@ def intermediate_hook(options: ExportOptions, module: FeatureModule, labels: Seq
 
 def export_other_formats(options: ExportOptions, module: FeatureModule, head: Head,
                          labels: Sequence[str],
-                         calibration_paths: Sequence[str]) -> Dict[str, str]:
+                         calibration_paths: Sequence[str],
+                         gate: Optional[quantization_check.Gate] = None,
+                         extra_metadata: Optional[dict] = None
+                         ) -> Dict[str, str]:
   """Writes every non-SavedModel format asked for.
 
+  Args:
+    gate: the held-out images a quantised TFLite model is checked on.
+    extra_metadata: stored in the TFLite and ONNX metadata (e.g. the
+      calibration and rejection threshold).
+
   Returns:
-    {'output_graph': path, 'tflite': path, 'checkpoint': prefix} for the
-    files written.
+    {'output_graph': path, 'tflite': path, 'onnx': path, 'checkpoint':
+    prefix} for the files written.
   """
   written = {}
   if options.checkpoint_path:
@@ -359,10 +487,18 @@ def export_other_formats(options: ExportOptions, module: FeatureModule, head: He
     written['tflite'] = os.path.abspath(write_tflite(
         options.tflite_output_file, module, head, labels,
         options.tflite_quantization, calibration_paths,
-        options.tflite_calibration_images))
+        options.tflite_calibration_images, gate, extra_metadata))
     logging.info('Wrote the TFLite model %s (%s quantization, %.1f MB) in '
                  '%.1f s.', options.tflite_output_file,
                  options.tflite_quantization,
                  os.path.getsize(options.tflite_output_file) / 1e6,
+                 time.monotonic() - started)
+  if options.onnx_output_file:  # Issue 19.
+    started = time.monotonic()
+    written['onnx'] = os.path.abspath(write_onnx(
+        options.onnx_output_file, module, head, labels, extra_metadata))
+    logging.info('Wrote the ONNX model %s (%.1f MB) in %.1f s.',
+                 options.onnx_output_file,
+                 os.path.getsize(options.onnx_output_file) / 1e6,
                  time.monotonic() - started)
   return written

@@ -57,6 +57,10 @@ class HubNetwork(tf.Module):
   def features(self, images):
     return self.layer(images, training=False)
 
+  def pooled(self, images):
+    """The batches' x (images) -> float32 [b, D] features."""
+    return self.features(images)
+
   def logits(self, images, training: bool = False):
     features = self.features(images)
     if training and self.dropout > 0:

@@ -138,6 +138,10 @@ class LiteNetwork(tf.Module):
       features = tf.nn.dropout(features, rate=self.dropout)
     return tf.matmul(features, self.final_weights) + self.final_biases
 
+  def pooled(self, x: tf.Tensor) -> tf.Tensor:
+    """Activations at the cut (any float dtype) -> float32 [b, 1280]."""
+    return self.top_features(tf.cast(x, tf.float32))
+
   def features(self, images: tf.Tensor) -> tf.Tensor:
     """The whole fine-tuned feature extractor: images -> float32 [b, 1280]."""
     return self.top_features(self.bottom(images))

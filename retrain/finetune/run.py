@@ -172,6 +172,8 @@ class FineTuned:
     test_before, test_after: test accuracy in [0, 1] of the head alone (on
       the same inputs) and after fine-tuning; nan without a test set.
     test_predictions: int64 [n_test] class ids after fine-tuning.
+    validation_features: float32 [n_val, D] pooled features of the
+      validation images from the fine-tuned network (for calibration).
     metadata: what the export's retrain_metadata.json says about it.
     timings: seconds per phase ('activations', 'training').
   """
@@ -185,6 +187,7 @@ class FineTuned:
   test_predictions: np.ndarray
   metadata: dict
   timings: dict
+  validation_features: Optional[np.ndarray] = None
 
 
 def tuned_feature_module(module: FeatureModule, network) -> FeatureModule:
@@ -421,7 +424,10 @@ def fine_tune(o: FineTuneOptions, distortions: distort_lib.Distortions,
       head=Head(network.final_weights.numpy(), network.final_biases.numpy()),
       network=network, fit=fit, test_before=before, test_after=after,
       test_count=len(predictions), test_predictions=predictions,
-      metadata={'fine_tuned': what}, timings=plan.timings)
+      metadata={'fine_tuned': what}, timings=plan.timings,
+      validation_features=np.concatenate(
+          [network.pooled(x).numpy() for x, _ in plan.validation_batches()]
+          or [np.zeros((0, network.final_weights.shape[0]), np.float32)]))
   write_report(o.report_dir, result)
   return result
 
