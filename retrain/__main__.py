@@ -29,6 +29,7 @@ from retrain.config import (
   DEFAULTS,  # noqa: E402
   Config,  # noqa: E402
 )
+from retrain.head import auto as head_auto  # noqa: E402 (h15; no TensorFlow)
 
 _D = DEFAULTS
 
@@ -117,6 +118,35 @@ flags.DEFINE_integer('early_stopping_patience', _D.early_stopping_patience,
                      'Stop after this many evaluations without a better '
                      'validation cross entropy and keep the best weights; 0 '
                      'never stops early.')
+# --- h15: head solver (retrain/head/solver.py, docs/accuracy.md) ---
+flags.DEFINE_enum('head_solver', _D.head_solver, list(head_auto.SOLVERS),
+                  'How the head is trained: lbfgs (to convergence, L2 '
+                  'chosen on validation), sgd (retrain.py\'s training '
+                  'exactly) or auto (lbfgs, unless a retrain.py training '
+                  'flag such as --learning_rate is given: then sgd).')
+flags.DEFINE_list('solver_l2_grid', [str(v) for v in _D.solver_l2_grid],
+                  'L2 strengths the lbfgs solver chooses from on '
+                  'validation (comma-separated).')
+flags.DEFINE_list('solver_label_smoothing_grid',
+                  [str(v) for v in _D.solver_label_smoothing_grid],
+                  'Label smoothing values the lbfgs solver chooses from.')
+flags.DEFINE_integer('solver_max_iterations', _D.solver_max_iterations,
+                     'L-BFGS iterations per fit at most.')
+flags.DEFINE_float('solver_tolerance', _D.solver_tolerance,
+                   'A fit stops when an iteration lowers the objective by '
+                   'less than this fraction.')
+flags.DEFINE_integer('solver_folds', _D.solver_folds,
+                     'k of the k-fold choice (used when validation is '
+                     'small).')
+flags.DEFINE_integer('solver_min_validation_per_class',
+                     _D.solver_min_validation_per_class,
+                     'Fewer validation images than this in a class: choose '
+                     'by k-fold on training + validation instead.')
+flags.DEFINE_bool('solver_refit', _D.solver_refit,
+                  'Refit the chosen setting on training + validation.')
+flags.DEFINE_bool('solver_standardise', _D.solver_standardise,
+                  'Standardise each vector dimension before the lbfgs fit.')
+# --- end h15 ---
 flags.DEFINE_bool('flip_left_right', _D.flip_left_right,
                   'Randomly mirror training images horizontally.')
 flags.DEFINE_float('random_crop', _D.random_crop,
@@ -266,7 +296,12 @@ def main(argv):
   from retrain.features import presets  # pylint: disable=g-import-not-at-top
   if FLAGS.list_modules:
     cache_dir = config_from_flags().module_cache_dir
-    sys.stdout.write(presets.format_module_list(cache_dir) + '\n'
+    # h15: ensembles are listed after the single modules.
+    from retrain.features import ensemble_presets  # pylint: disable=g-import-not-at-top
+    sys.stdout.write(presets.format_module_list(cache_dir,
+                                                DEFAULTS.tfhub_module) +
+                     '\n\n' + ensemble_presets.format_ensemble_list(
+                         DEFAULTS.tfhub_module) + '\n'
                      f'(Set {MODULE_CACHE_ENV} or --module_cache_dir to move '
                      'the module cache.)\n')
     return 0
@@ -274,6 +309,10 @@ def main(argv):
   from retrain import pipeline, summary  # pylint: disable=g-import-not-at-top
   config = config_from_flags()
   try:
+    # h15: `auto` is sgd when a retrain.py training flag was passed.
+    config = dataclasses.replace(config, head_solver=head_auto.resolve(
+        config.head_solver, [name for name in head_auto.SGD_TRAINING_FLAGS
+                             if FLAGS[name].present]))
     result = pipeline.run(config)
   except RetrainError as e:
     logging.error('%s', flag_wording(e))

@@ -16,6 +16,7 @@ from absl import logging
 import bottleneck_cache
 from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.bottlenecks import distort as distort_lib
+from retrain.bottlenecks import ensemble as ensemble_bottlenecks
 from retrain.bottlenecks import usable as usable_lib
 from retrain.common import atomic, leftovers
 from retrain.common import phases as phases_lib
@@ -28,14 +29,18 @@ from retrain.errors import DatasetError, OutputError
 from retrain.export import formats as export_formats
 from retrain.export import quantization_check
 from retrain.export import saved_model as export_lib
-from retrain.features import modules as features
+from retrain.features import ensemble as ensemble_lib
 from retrain.features import tflite_runtime
 from retrain.finetune import run as finetune_lib
+from retrain.head import auto as head_auto
 from retrain.head import calibration as calibration_lib
 from retrain.head import evaluate as evaluate_lib
 from retrain.head import options as train_options_lib
+from retrain.head import solve as solve_lib
+from retrain.head import solver as solver_lib
 from retrain.head import summaries as summaries_lib
 from retrain.head import train as train_lib
+from retrain.report import confidence
 from retrain.report import deployment as deployment_report
 from retrain.report import skipped as skipped_report
 from retrain.report import writer as explain_lib
@@ -103,6 +108,9 @@ def check_config(config: Config) -> None:
   train_options_lib.check(subset(train_options_lib.TrainOptions, config))
   calibration_lib.check_options(  # Issue 19.
       subset(calibration_lib.ConfidenceOptions, config))
+  # h15: the head solver's values.
+  head_auto.resolve(config.head_solver, ())
+  solver_lib.check(solver_lib.SolverOptions.from_config(config))
   if config.projector_max_images < 0:
     raise DatasetError(f'projector_max_images={config.projector_max_images}'
                        ' must be 0 (no projector) or more.',
@@ -132,9 +140,10 @@ def run(config: Config) -> RunResult:
                     config.report_dir])
     # ---
     layout = discover(config)
-    module = features.load_module(config.tfhub_module, config.image_size,
-                                  config.module_cache_dir,
-                                  trust=config.trust_module)
+    # One module, or an ensemble of several (h15: features/ensemble.py).
+    module = ensemble_lib.load(config.tfhub_module, config.image_size,
+                               config.module_cache_dir,
+                               trust=config.trust_module)
   # The module as the bottlenecks (plain and distorted) run it.
   runner = tflite_runtime.deferred(module, config.bottleneck_runtime,
                                    config.module_cache_dir)
@@ -201,14 +210,21 @@ def bottlenecks(config: Config, dataset, module, runner
                 ) -> bottlenecks_lib.Bottlenecks:
   """The bottleneck vector of every discovered image, cached under the
   module's identity and computed by `runner` (the module on its runtime)."""
+  paths = [image.path for image in dataset.images]
   try:
+    # h15: an ensemble computes each member in its own namespace.
+    if getattr(module, 'members', None):
+      return ensemble_bottlenecks.compute_bottlenecks(
+          paths, module, runner, config.bottleneck_dir,
+          config.bottleneck_runtime, config.bottleneck_batch_size,
+          config.module_cache_dir, max_pixels=config.max_image_pixels)
     store = bottleneck_cache.BottleneckStore(
         config.bottleneck_dir, bottlenecks_lib.cache_namespace(module))
   except bottleneck_cache.CacheError as e:
     raise OutputError(f'bottleneck_dir: {e}', fields=('bottleneck_dir',)
                       ) from e
   computed = bottlenecks_lib.compute_bottlenecks(
-      [image.path for image in dataset.images], runner, store,
+      paths, runner, store,
       config.bottleneck_batch_size, max_pixels=config.max_image_pixels)
   stats = computed.stats
   logging.info('Bottlenecks: %d reused from the cache, %d computed, %d images '
@@ -301,8 +317,11 @@ def train(config: Config, module, labels: Sequence[str],
       on_eval_head=explain_lib.ValidationImages(writers.validation, val_x,
                                                 val_y, labels, points))
   try:
-    trained = train_lib.train_head(train_x, train_y, len(labels), val_x,
-                                   val_y, settings, hooks)
+    # h15: the converging solver (None: this run trains with SGD).
+    trained = solve_lib.maybe_solve(config, train_x, train_y, len(labels),
+                                    val_x, val_y, writers)
+    trained = trained or train_lib.train_head(train_x, train_y, len(labels),
+                                              val_x, val_y, settings, hooks)
   finally:
     writers.close()
     progress.finish()
@@ -318,8 +337,11 @@ def evaluate(config: Config, labels: Sequence[str],
   test = evaluate_lib.evaluate(trained.head, images.vectors[split.test],
                                images.labels[split.test],
                                config.test_batch_size, seed=config.random_seed)
-  logging.info('Final test accuracy = %.1f%% (N=%d)', 100 * test.accuracy,
-               test.count)
+  # h15: retrain.py's line plus the Wilson 95% interval.
+  logging.info('%s', confidence.format_accuracy(test.accuracy, test.count))
+  hint = confidence.narrowing_hint(test.accuracy, test.count)
+  if hint:
+    logging.info('%s', hint)
   misclassified = evaluate_lib.format_misclassified(
       test, images.paths_of(split.test), labels)
   if config.print_misclassified_test_images:
@@ -400,7 +422,8 @@ def export(config: Config, module, labels: Sequence[str],
     saved = export_lib.export_saved_model(
         config.saved_model_dir, module, confidence.head, labels,
         config.final_tensor_name,
-        extra_metadata={'test_accuracy': test.accuracy,
+        extra_metadata={'modules': ensemble_lib.describe_modules(module),
+                        'test_accuracy': test.accuracy,
                         'test_count': test.count,
                         'other_exports': other_formats,
                         'quantization_checks': [c.metadata()

@@ -244,7 +244,7 @@ def test_exports_within_one_second_keep_every_earlier_one(small_config):
 
 @pytest.mark.slow
 @pytest.mark.parametrize('script,args,expect,status', [
-    ('retrain', ['--list_modules'], 'efficientnet_lite0 (default)', 0),
+    ('retrain', ['--list_modules'], 'efficientnet_lite0+lite1+lite2 (default)', 0),
     # --help exits 0 and lists the flags; --version says the version.
     ('retrain', ['--help'], '--bottleneck_dir', 0),
     ('label_image', ['--help'], '--saved_model_dir', 0),

@@ -359,6 +359,8 @@ def test_bad_settings_fail_before_any_work(tmp_path, fake_module, caplog):
       (dict(fine_tune_learning_rate=-1.0),
        r'fine_tune_learning_rate=-1.0 must be a positive'),
       (dict(fine_tune_epochs=0), r'fine_tune_epochs=0 must be at least 1'),
+      (dict(tfhub_module='efficientnet_lite0,efficientnet_lite1'),
+       r'fine_tune works on one module.*ensemble of 2'),
   ]
   for overrides, message in cases:
     with pytest.raises(DatasetError, match=message):

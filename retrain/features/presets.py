@@ -215,13 +215,16 @@ def _discard(path: str, cache_dir: str) -> None:
   shutil.rmtree(trash, ignore_errors=True)
 
 
-def format_module_list(cache_dir: Optional[str] = None) -> str:
+def format_module_list(cache_dir: Optional[str] = None,
+                       default: str = DEFAULT_MODULE) -> str:
   """A readable table of the presets, for `--list_modules`; cache_dir: the
-  module cache the bundled ones are converted into (None: the default)."""
+  module cache the bundled ones are converted into (None: the default);
+  `default` is marked (the default --tfhub_module may be an ensemble,
+  listed apart)."""
   header = ('name', 'input', 'availability', 'description / handle')
   rows = []
   for p in PRESETS.values():
-    rows.append((p.name + (' (default)' if p.name == DEFAULT_MODULE else ''),
+    rows.append((p.name + (' (default)' if p.name == default else ''),
                  f'{p.input_size}x{p.input_size}' if p.input_size else 'any',
                  'bundled, offline' if p.bundled else 'needs network',
                  p.description, p.handle))

@@ -33,7 +33,7 @@ from retrain.bottlenecks import distort as distort_lib
 from retrain.common import atomic
 from retrain.common import earlier_outputs as keep
 from retrain.errors import DatasetError
-from retrain.features import efficientnet_lite, presets
+from retrain.features import efficientnet_lite, ensemble_presets, presets
 from retrain.features.modules import FeatureModule
 from retrain.finetune import activations as activations_lib
 from retrain.finetune import hub_full
@@ -121,6 +121,12 @@ def check_options(o: FineTuneOptions) -> None:
         f'validation_percentage={o.validation_percentage:g}: pass '
         'validation_percentage 10 (or more), or drop fine_tune.',
         fields=('fine_tune', 'validation_percentage'))
+  members = ensemble_presets.member_handles(o.tfhub_module)
+  if len(members) > 1:
+    raise DatasetError(
+        f'fine_tune works on one module, and tfhub_module={o.tfhub_module!r} '
+        f'is an ensemble of {len(members)}: pass one of {", ".join(members)}'
+        ', or drop fine_tune.', fields=('fine_tune', 'tfhub_module'))
   variant = bundled_variant(o.tfhub_module)
   if variant is not None:
     lite_lib.check_boundary(o.fine_tune_from,

@@ -1,0 +1,144 @@
+"""Ensembles: several feature modules whose vectors are concatenated.
+
+`--tfhub_module` takes a comma-separated list of modules (preset names,
+handles or folders) or an ensemble preset name (ENSEMBLE_PRESETS, e.g.
+`efficientnet_lite0+lite2`). The head then trains on the members' vectors
+side by side: float32 [batch, D1 + D2 + ...], member order as given.
+
+Training: each member's vectors live in that member's own cache namespace
+(the namespace a single-module run of it uses), so adding a module to an
+ensemble computes only the new member's vectors, and every member sees the
+image resized straight from the decoded file to its own input size.
+
+Export: the ensemble is one `FeatureModule` whose `obj` takes float32 images
+[batch, H, W, 3] in [0, 1] at the largest member's size and resizes them
+inside the graph to each smaller member's size by area averaging (written
+as two matrix products, so TFLite and frozen graphs carry it with builtin
+ops), then concatenates the members' vectors. Everything downstream (the
+SavedModel's float and bytes signatures, the frozen graph, TFLite float and
+quantized, label_image) sees one module and works unchanged; each image is
+decoded once. The one difference from training: a smaller member sees the
+image resized twice (file -> largest size -> its size) instead of once,
+which moves its vectors by about as much as a different JPEG decoder would
+(docs/accuracy.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from retrain.features import modules as features
+from retrain.features.ensemble_presets import (  # noqa: F401 (re-exported)
+  ENSEMBLE_PRESETS,
+  SEPARATOR,
+  member_handles,
+)
+from retrain.features.modules import FeatureModule
+
+
+def area_matrix(size_in: int, size_out: int) -> np.ndarray:
+  """float32 [size_out, size_in]: row o averages the input pixels under
+  output pixel o, each weighted by how much of it the box covers (what
+  tf.image.resize(method='area') does along one axis)."""
+  scale = size_in / size_out
+  matrix = np.zeros((size_out, size_in), np.float64)
+  for o in range(size_out):
+    start, stop = o * scale, (o + 1) * scale
+    for i in range(int(np.floor(start)), min(size_in, int(np.ceil(stop)))):
+      matrix[o, i] = min(stop, i + 1) - max(start, i)
+  return (matrix / scale).astype(np.float32)
+
+
+def area_resize(images: tf.Tensor, size_in: Tuple[int, int],
+                size_out: Tuple[int, int]) -> tf.Tensor:
+  """float32 [b, H, W, C] -> [b, h, w, C] by area averaging (h <= H,
+  w <= W), as two matrix products that TFLite runs with builtin ops."""
+  rows = tf.constant(area_matrix(size_in[0], size_out[0]))  # [h, H]
+  cols = tf.constant(area_matrix(size_in[1], size_out[1]))  # [w, W]
+  # [b, H, W, C] -> [b, C, H, W]: then both products are plain matmuls.
+  x = tf.transpose(images, [0, 3, 1, 2])
+  x = tf.matmul(tf.matmul(rows, x), cols, transpose_b=True)
+  return tf.transpose(x, [0, 2, 3, 1])
+
+
+class Ensemble(tf.Module):
+  """Members side by side: images at the largest size -> concatenated
+  vectors float32 [batch, sum of D]."""
+
+  def __init__(self, members: Sequence[FeatureModule]):
+    super().__init__(name='ensemble')
+    self.members = [m.obj for m in members]
+    self._sizes = [tuple(m.input_size) for m in members]
+    self.input_size = largest_size(members)
+    height, width = self.input_size
+    self._call = tf.function(self._concatenated, input_signature=[
+        tf.TensorSpec([None, height, width, 3], tf.float32)])
+
+  def _concatenated(self, images):
+    vectors = []
+    for obj, size in zip(self.members, self._sizes, strict=True):
+      x = images if size == self.input_size else area_resize(
+          images, self.input_size, size)
+      vectors.append(obj(x))
+    return tf.concat(vectors, axis=1)
+
+  def __call__(self, images):
+    return self._call(images)
+
+
+def largest_size(members: Sequence[FeatureModule]) -> Tuple[int, int]:
+  """The (H, W) of the member with the most pixels."""
+  return max((tuple(m.input_size) for m in members),
+             key=lambda s: (s[0] * s[1], s))
+
+
+@dataclasses.dataclass
+class EnsembleModule(FeatureModule):
+  """A FeatureModule made of `members` (see the module docstring)."""
+  members: Tuple[FeatureModule, ...] = ()
+
+  def identity(self) -> dict:
+    return {'ensemble': [m.identity() for m in self.members],
+            'input_size': list(self.input_size),
+            'output_dim': self.output_dim}
+
+
+def describe_modules(module: FeatureModule) -> List[dict]:
+  """One entry per member module (one for a plain module), for metadata."""
+  members = getattr(module, 'members', None) or (module,)
+  return [{'handle': m.handle, 'resolved': m.resolved,
+           'fingerprint': m.fingerprint,
+           'input_size': list(m.input_size), 'output_dim': m.output_dim}
+          for m in members]
+
+
+def load(spec: str, image_size: Optional[int] = None,
+         cache_dir: Optional[str] = None, trust: bool = False
+         ) -> FeatureModule:
+  """The module(s) `--tfhub_module` names: a FeatureModule for one, an
+  EnsembleModule for several (see member_handles and load_module)."""
+  handles = member_handles(spec)
+  if len(handles) == 1:
+    return features.load_module(handles[0], image_size, cache_dir, trust)
+  members = tuple(features.load_module(h, image_size, cache_dir, trust)
+                  for h in handles)
+  obj = Ensemble(members)
+  fingerprint = hashlib.sha256(
+      ''.join(m.fingerprint for m in members).encode()).hexdigest()[:32]
+  module = EnsembleModule(
+      handle=SEPARATOR.join(m.handle for m in members),
+      resolved=SEPARATOR.join(m.resolved for m in members),
+      path=members[0].path, fingerprint=fingerprint,
+      input_size=obj.input_size,
+      output_dim=sum(m.output_dim for m in members), obj=obj, call=obj,
+      members=members)
+  logging.info('Ensemble of %d modules (%s): input %dx%d, %d-d vectors.',
+               len(members), module.handle, *module.input_size,
+               module.output_dim)
+  return module

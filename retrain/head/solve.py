@@ -1,0 +1,130 @@
+"""The converging solver in a run: fit, log, TensorBoard and report.
+
+`maybe_solve` is the pipeline's one call: it returns None when the run
+trains with SGD (retrain/head/train.py), else the L-BFGS head as the same
+`TrainResult` SGD returns, so evaluation and export do not care which
+solver made it.
+
+What it shows, so a user sees what was chosen and why:
+- the log: each candidate's validation (or k-fold) accuracy and cross
+  entropy, the chosen setting and the reason;
+- TensorBoard: text `head_solver` (that table) in the train run; the final
+  fit's `cross_entropy` and `accuracy` per L-BFGS iteration in `train/`
+  (and `validation/` when validation was not refitted on), with the final
+  weight histograms, under the same tags as SGD's;
+- `<report_dir>/head_solver.json`: the same as data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from retrain.head import auto
+from retrain.head import solver as solver_lib
+from retrain.head import summaries as summaries_lib
+from retrain.head import train as train_lib
+
+REPORT_FILE = auto.REPORT_FILE
+
+
+def solver_markdown(result: solver_lib.SolverResult) -> str:
+  """A markdown table of the candidates and the choice."""
+  scored = 'validation' if result.selection == 'validation' else 'k-fold'
+  lines = [f'**Head solver: L-BFGS.** Chosen: {result.reason}.', '',
+           f'| L2 | label smoothing | {scored} accuracy | {scored} cross '
+           'entropy | iterations | |', '|---|---|---|---|---|---|']
+  for c in result.candidates:
+    mark = 'chosen' if c is result.chosen else ''
+    lines.append(f'| {c.l2:g} | {c.label_smoothing:g} | '
+                 f'{100 * c.accuracy:.1f}% | {c.cross_entropy:.4f} | '
+                 f'{c.iterations} | {mark} |')
+  return '\n'.join(lines)
+
+
+def write_report(report_dir: str, result: solver_lib.SolverResult) -> str:
+  """Writes <report_dir>/head_solver.json atomically; returns its path."""
+  os.makedirs(report_dir, exist_ok=True)
+  path = os.path.join(report_dir, REPORT_FILE)
+  data = dict(result.summary(), curve=[
+      {'iteration': p.step, 'train_accuracy': p.train_accuracy,
+       'cross_entropy': p.cross_entropy,
+       'validation_accuracy': p.validation_accuracy}
+      for p in result.history])
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(data, f, indent=2)
+  os.replace(tmp, path)
+  return path
+
+
+def _write_summaries(writers: summaries_lib.Writers,
+                     result: solver_lib.SolverResult, probabilities) -> None:
+  with writers.train.as_default(step=0):
+    tf.summary.text('head_solver', solver_markdown(result))
+  for p in result.history:
+    with writers.train.as_default(step=p.step):
+      tf.summary.scalar('accuracy', p.train_accuracy)
+      tf.summary.scalar('cross_entropy', p.cross_entropy)
+    if p.validation_accuracy is not None:
+      with writers.validation.as_default(step=p.step):
+        tf.summary.scalar('accuracy', p.validation_accuracy)
+  last = result.history[-1].step if result.history else 0
+  with writers.train.as_default(step=last):
+    summaries_lib.histogram('final_layer/weights', result.head.weights)
+    summaries_lib.histogram('final_layer/biases', result.head.biases)
+    summaries_lib.histogram('final_layer/activations', probabilities)
+
+
+def maybe_solve(config, train_x: np.ndarray, train_y: np.ndarray,
+                num_classes: int, val_x: np.ndarray, val_y: np.ndarray,
+                writers: Optional[summaries_lib.Writers] = None,
+                on_eval=None) -> Optional[train_lib.TrainResult]:
+  """The L-BFGS head when the run uses it, else None (train with SGD).
+
+  Args:
+    config: the run's Config (head_solver and the solver_* fields).
+    train_x, train_y: float32 [n, D] training vectors (distorted copies
+      included) and int class ids [n]; val_x, val_y likewise [m, D], [m].
+      The test set is not an argument: the solver never sees it.
+    writers: TensorBoard writers, or None.
+    on_eval: called with each EvalPoint of the final fit (the log lines).
+  """
+  # type(config)() is the default Config (no import of retrain.config,
+  # which comes later in the flow).
+  explicit = auto.changed_training_fields(config, type(config)())
+  if auto.resolve(config.head_solver, explicit) != 'lbfgs':
+    return None
+  if config.intermediate_store_frequency:
+    logging.warning('--intermediate_store_frequency is ignored with '
+                    '--head_solver lbfgs (it has no training steps).')
+  result = solver_lib.fit_head(
+      train_x, train_y, num_classes, val_x, val_y,
+      solver_lib.SolverOptions.from_config(config))
+  # Every iteration is in TensorBoard and the report; the log gets a few.
+  for k in _spread(len(result.history), 10) if result.history else ():
+    point = result.history[k]
+    if on_eval is not None:
+      on_eval(point)
+    else:
+      logging.info('L-BFGS iteration %d: train accuracy = %.1f%%, cross '
+                   'entropy = %.4f', point.step, 100 * point.train_accuracy,
+                   point.cross_entropy)
+  if writers is not None:
+    _write_summaries(writers, result,
+                     result.head.probabilities(train_x[:1000]))
+  path = write_report(config.report_dir, result)
+  logging.info('The head solver\'s candidates and curves are in %s.', path)
+  return train_lib.TrainResult(result.head, result.history, None)
+
+
+def _spread(count: int, cap: int) -> Sequence[int]:
+  """Up to `cap` indices of range(count), evenly spread, the last included."""
+  if count <= cap:
+    return range(count)
+  return sorted(set(np.linspace(0, count - 1, cap).round().astype(int)))

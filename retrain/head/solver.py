@@ -1,0 +1,572 @@
+"""A head trained to convergence, its regularisation chosen on validation.
+
+The head is the same layer `retrain.head.train` trains with SGD,
+probabilities = softmax(x @ W + b) with W float32 [D, N] and b float32 [N],
+but fitted with full-batch L-BFGS on
+
+  mean over images of cross_entropy(softmax(z @ W' + b), t) + l2/2 * |W'|^2
+
+where z are the vectors as the module gives them (optionally standardised
+per dimension with the training set's mean and standard deviation, folded
+back into W and b afterwards, so the export sees a plain `Head` either way)
+and t the one-hot targets, optionally label-smoothed. The objective is
+smooth and strongly convex, so it has one minimum and L-BFGS reaches it in a
+few dozen to a few hundred iterations whatever the learning-rate-like
+constants would have been: there are none.
+
+Why raw vectors by default: standardising makes one L2 strength mean the
+same for every dimension and converges in fewer iterations, but it also
+lifts the dimensions where the module's features barely vary to the weight
+of the informative ones; on the raw vectors the fit was 0.4-1.2 points more
+accurate in 9 of 12 configurations measured (docs/accuracy.md).
+
+How the L2 strength (and label smoothing) is chosen, never looking at the
+test set (this module is never given it):
+- `validation`: when every class has at least `min_validation_per_class`
+  validation images, each candidate is fitted on the training vectors and
+  scored on the validation vectors; the best validation accuracy wins (ties:
+  lower validation cross entropy, then the stronger L2). Then the chosen
+  setting is refitted on training + validation (`refit`; more data measured
+  better, docs/accuracy.md).
+- `k-fold`: otherwise (a validation set too small to choose on), `folds`-fold
+  cross-validation on training + validation together, folds stratified by
+  class; the chosen setting is then fitted on all of training + validation.
+- `single`: one candidate only (or no validation images and too few images
+  for folds): it is fitted on what there is.
+
+Candidates are fitted from the strongest L2 to the weakest, each starting
+from the previous one's solution, which cuts the iterations of the grid
+several-fold.
+
+L-BFGS itself is a few lines of numpy (float64 state); the products with
+the vectors run in TensorFlow (float32). No scipy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from retrain.errors import DatasetError
+from retrain.head.train import EvalPoint, Head
+
+SELECTIONS = ('validation', 'k-fold', 'single')
+
+# L-BFGS: 10 pairs of history is the usual choice (scipy's and Nocedal &
+# Wright's); the Armijo constant 1e-4 likewise.
+_MEMORY = 10
+_ARMIJO = 1e-4
+_MAX_HALVINGS = 30
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+  """a . b of two float64 vectors without BLAS: numpy's `@` calls a
+  threaded BLAS whose threads, on 2 cores busy with other work, made a
+  19,205-long dot product take milliseconds instead of microseconds (the
+  solver spent 45 of 60 s in them)."""
+  return float(np.sum(a * b))
+
+
+@dataclasses.dataclass(frozen=True)
+class SolverOptions:
+  """How the converging solver fits and chooses (defaults: config.py).
+
+  Attributes:
+    l2_grid: L2 strengths tried (on standardised vectors, mean loss).
+    label_smoothing_grid: label smoothing values tried, each in [0, 1).
+    max_iterations: L-BFGS iterations per fit at most.
+    tolerance: a fit stops when an iteration lowers the objective by less
+      than this fraction of it.
+    folds: k of the k-fold selection.
+    min_validation_per_class: fewer validation images than this in some
+      class means k-fold instead of the validation set.
+    refit: after choosing on validation, refit on training + validation.
+    seed: fold assignment.
+    standardise: fit on standardised vectors (see the module docstring);
+      False fits the raw vectors (for comparison in bench/accuracy.py).
+  """
+  l2_grid: Tuple[float, ...]
+  label_smoothing_grid: Tuple[float, ...]
+  max_iterations: int
+  tolerance: float
+  folds: int
+  min_validation_per_class: int
+  refit: bool
+  seed: int = 0
+  standardise: bool = False
+
+  @classmethod
+  def from_config(cls, config) -> 'SolverOptions':
+    return cls(l2_grid=_floats('solver_l2_grid', config.solver_l2_grid),
+               label_smoothing_grid=_floats(
+                   'solver_label_smoothing_grid',
+                   config.solver_label_smoothing_grid),
+               max_iterations=config.solver_max_iterations,
+               tolerance=config.solver_tolerance,
+               folds=config.solver_folds,
+               min_validation_per_class=config.solver_min_validation_per_class,
+               refit=config.solver_refit, seed=config.random_seed,
+               standardise=config.solver_standardise)
+
+
+def _floats(name: str, values) -> Tuple[float, ...]:
+  """Numbers (or their strings, from a list flag) as a tuple of floats."""
+  try:
+    return tuple(float(v) for v in values)
+  except (TypeError, ValueError) as e:
+    raise DatasetError(f'--{name}={",".join(map(str, values))} must be '
+                       'numbers separated by commas, e.g. 0.1,0.01.') from e
+
+
+def check(options: SolverOptions) -> None:
+  """Raises DatasetError naming the bad value and the accepted range."""
+  if not options.l2_grid or any(v < 0 for v in options.l2_grid):
+    raise DatasetError(f'--solver_l2_grid={",".join(map(str, options.l2_grid))}'
+                       ' must list one or more L2 strengths >= 0, e.g. '
+                       '0.001,0.01,0.1.')
+  if not options.label_smoothing_grid or any(
+      not 0 <= v < 1 for v in options.label_smoothing_grid):
+    raise DatasetError(
+        '--solver_label_smoothing_grid='
+        f'{",".join(map(str, options.label_smoothing_grid))} must list one '
+        'or more values in [0, 1), e.g. 0 or 0,0.1.')
+  if options.max_iterations < 1:
+    raise DatasetError(f'--solver_max_iterations={options.max_iterations} '
+                       'must be at least 1.')
+  if options.folds < 2:
+    raise DatasetError(f'solver folds={options.folds} must be at least 2.')
+
+
+@dataclasses.dataclass
+class Candidate:
+  """One setting tried, and how it scored on the data it was chosen on.
+
+  accuracy in [0, 1] and mean cross_entropy on validation (or pooled over
+  the held-out folds); iterations summed over the fits that scored it.
+  """
+  l2: float
+  label_smoothing: float
+  accuracy: float = float('nan')
+  cross_entropy: float = float('nan')
+  iterations: int = 0
+
+
+@dataclasses.dataclass
+class SolverResult:
+  """What `fit_head` produced.
+
+  Attributes:
+    head: the final head (float32 W [D, N], b [N]), in the input space.
+    history: one EvalPoint per L-BFGS iteration of the final fit (train
+      accuracy and cross entropy on the final training set; validation
+      accuracy only when validation was not part of it).
+    candidates: every setting tried, in the order tried.
+    chosen: the winning candidate.
+    selection: 'validation', 'k-fold' or 'single'.
+    refit: True when the final fit used training + validation.
+    reason: one sentence saying how and why the setting was chosen.
+    seconds: wall time of choosing and fitting.
+  """
+  head: Head
+  history: List[EvalPoint]
+  candidates: List[Candidate]
+  chosen: Candidate
+  selection: str
+  refit: bool
+  reason: str
+  seconds: float
+
+  def summary(self) -> dict:
+    """JSON-ready description (for the reports)."""
+    return {
+        'solver': 'lbfgs',
+        'selection': self.selection,
+        'reason': self.reason,
+        'refit_on_train_and_validation': self.refit,
+        'chosen': dataclasses.asdict(self.chosen),
+        'candidates': [dataclasses.asdict(c) for c in self.candidates],
+        'final_fit_iterations': len(self.history),
+        'seconds': self.seconds,
+    }
+
+
+# --- One fit ------------------------------------------------------------------
+
+
+class _Problem:
+  """Softmax cross-entropy + L2 over fixed vectors, standardised implicitly.
+
+  Parameters theta float64 [(D + 1) * N]: W' [D, N] (standardised space)
+  then b [N]. Each evaluation costs two float32 products of the [n, D]
+  vectors with [D, N] weights; TensorFlow runs them (on 2 busy cores its
+  kernels were 2-5x faster than numpy's BLAS for these skinny shapes), the
+  rest is float64 numpy on [n, N] and [D, N] arrays.
+  """
+
+  def __init__(self, x: np.ndarray, y: np.ndarray, num_classes: int,
+               mean: np.ndarray, scale: np.ndarray, l2: float,
+               label_smoothing: float):
+    self.x = tf.constant(x)
+    self.y = y
+    self.n, self.dim = x.shape
+    self.classes = num_classes
+    self.mean, self.scale = mean, scale
+    self.l2 = l2
+    targets = np.full((self.n, num_classes), label_smoothing / num_classes)
+    targets[np.arange(self.n), y] += 1.0 - label_smoothing
+    self.targets = targets
+    # Kept from the last evaluation, for the iteration callback.
+    self.last_logits = None
+
+  def split(self, theta):
+    w = theta[:-self.classes].reshape(self.dim, self.classes)
+    return w, theta[-self.classes:]
+
+  def logits(self, w, b) -> np.ndarray:
+    """float64 [n, N] for standardised weights w [D, N] and biases b [N]."""
+    w_in = w / self.scale[:, None]
+    z = tf.matmul(tf.constant(w_in.T, tf.float32), self.x, transpose_b=True)
+    return z.numpy().T.astype(np.float64) + (b - _project(self.mean, w_in))
+
+  def __call__(self, theta) -> Tuple[float, np.ndarray]:
+    w, b = self.split(theta)
+    z = self.logits(w, b)
+    self.last_logits = z
+    z = z - z.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    data_loss = -np.sum(self.targets * log_p) / self.n
+    g = (np.exp(log_p) - self.targets) / self.n  # [n, N]
+    gx = tf.matmul(tf.constant(g, tf.float32), self.x, transpose_a=True)
+    gx = gx.numpy().T.astype(np.float64)  # [D, N]
+    gw = (gx - np.outer(self.mean, g.sum(axis=0))) / self.scale[:, None]
+    gw += self.l2 * w
+    loss = data_loss + 0.5 * self.l2 * float(np.sum(w * w))
+    return loss, np.concatenate([gw.ravel(), g.sum(axis=0)])
+
+  def cross_entropy(self, logits: np.ndarray) -> float:
+    """Mean cross entropy against the true (unsmoothed) class ids."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(z).sum(axis=1))
+    return float(np.mean(log_norm - z[np.arange(self.n), self.y]))
+
+
+def lbfgs(fun: Callable[[np.ndarray], Tuple[float, np.ndarray]],
+          theta: np.ndarray, max_iterations: int, tolerance: float,
+          callback: Optional[Callable[[int, float, np.ndarray], None]] = None
+          ) -> Tuple[np.ndarray, int]:
+  """Minimises a smooth function with L-BFGS and a backtracking line search.
+
+  Args:
+    fun: theta float64 [P] -> (value, gradient float64 [P]).
+    theta: the starting point.
+    max_iterations: iterations at most.
+    tolerance: stop when an iteration lowers the value by less than this
+      fraction of it (or the gradient vanishes).
+    callback: called (iteration, value, theta) after each accepted step.
+
+  Returns:
+    (theta at the end, iterations done).
+  """
+  value, grad = fun(theta)
+  pairs: List[Tuple[np.ndarray, np.ndarray, float]] = []
+  done = 0
+  for done in range(1, max_iterations + 1):
+    if np.max(np.abs(grad)) < 1e-10:
+      done -= 1
+      break
+    # Two-loop recursion: direction = -H grad.
+    q = grad.copy()
+    alphas = []
+    for s, y, rho in reversed(pairs):
+      a = rho * _dot(s, q)
+      q -= a * y
+      alphas.append(a)
+    if pairs:
+      s, y, _ = pairs[-1]
+      q *= _dot(s, y) / _dot(y, y)
+    else:  # A first step of length ~1 in theta.
+      q /= max(1.0, float(np.linalg.norm(grad)))
+    for (s, y, rho), a in zip(pairs, reversed(alphas), strict=True):
+      q += s * (a - rho * _dot(y, q))
+    direction = -q
+    slope = _dot(grad, direction)
+    if slope >= 0:  # Not a descent direction (round-off): restart.
+      pairs.clear()
+      direction, slope = -grad, -_dot(grad, grad)
+    step = 1.0
+    for _ in range(_MAX_HALVINGS):
+      new_theta = theta + step * direction
+      new_value, new_grad = fun(new_theta)
+      if new_value <= value + _ARMIJO * step * slope:
+        break
+      step *= 0.5
+    else:
+      done -= 1
+      break  # No step lowers the value: converged to round-off.
+    s, y = new_theta - theta, new_grad - grad
+    sy = _dot(s, y)
+    if sy > 1e-12:
+      pairs.append((s, y, 1.0 / sy))
+      if len(pairs) > _MEMORY:
+        pairs.pop(0)
+    decrease = (value - new_value) / max(abs(value), abs(new_value), 1e-12)
+    theta, value, grad = new_theta, new_value, new_grad
+    if callback is not None:
+      callback(done, value, theta)
+    if decrease < tolerance:
+      break
+  return theta, done
+
+
+def _project(v: np.ndarray, m: np.ndarray) -> np.ndarray:
+  """v [D] @ m [D, N] without BLAS (see _dot)."""
+  return np.sum(v[:, None] * m, axis=0)
+
+
+def standardisation(x: np.ndarray, enabled: bool = True
+                    ) -> Tuple[np.ndarray, np.ndarray]:
+  """(mean float64 [D], scale float64 [D]) of vectors x [n, D]; a constant
+  dimension gets scale 1 (it is all zeros once centred).
+
+  Not enabled: mean 0 and one scale for every dimension, the root mean
+  square of all values (the raw vectors up to one factor, which makes the
+  L2 grid mean the same for a module whose features are 10x larger).
+  """
+  if not enabled:
+    rms = float(tf.sqrt(tf.reduce_mean(tf.square(tf.constant(x, tf.float32))
+                                       )).numpy())
+    return np.zeros(x.shape[1]), np.full(x.shape[1], rms if rms > 0 else 1.0)
+  # TensorFlow's threaded reductions: numpy's took seconds on busy cores.
+  mean, variance = tf.nn.moments(tf.constant(x, tf.float32), axes=[0])
+  mean = mean.numpy().astype(np.float64)
+  scale = np.sqrt(np.maximum(variance.numpy().astype(np.float64), 0.0))
+  return mean, np.where(scale > 1e-8, scale, 1.0)
+
+
+@dataclasses.dataclass
+class _Fit:
+  theta: np.ndarray
+  problem: _Problem
+  iterations: int
+
+  def head(self) -> Head:
+    w, b = self.problem.split(self.theta)
+    w_in = w / self.problem.scale[:, None]
+    return Head(w_in.astype(np.float32),
+                (b - _project(self.problem.mean, w_in)).astype(np.float32))
+
+
+def _fit_one(x, y, num_classes, l2, label_smoothing, options: SolverOptions,
+             start: Optional[np.ndarray] = None, standard=None,
+             callback=None) -> _Fit:
+  if standard is None:
+    standard = standardisation(x, options.standardise)
+  mean, scale = standard
+  problem = _Problem(x, y, num_classes, mean, scale, l2, label_smoothing)
+  theta0 = (np.zeros((x.shape[1] + 1) * num_classes) if start is None
+            else start)
+  theta, iterations = lbfgs(problem, theta0, options.max_iterations,
+                            options.tolerance,
+                            None if callback is None else
+                            lambda i, v, t: callback(i, t, problem))
+  return _Fit(theta, problem, iterations)
+
+
+def fit_fixed(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float,
+              label_smoothing: float, options: SolverOptions) -> Head:
+  """The head fitted on vectors x float32 [n, D], ids y int [n] with one
+  setting (no choosing)."""
+  x, y = _as_arrays(x, y)
+  return _fit_one(x, y, num_classes, l2, label_smoothing, options).head()
+
+
+# --- Choosing -----------------------------------------------------------------
+
+
+def _as_arrays(x, y) -> Tuple[np.ndarray, np.ndarray]:
+  return np.ascontiguousarray(x, np.float32), np.asarray(y, np.int64)
+
+
+def _score(head: Head, x: np.ndarray, y: np.ndarray) -> Tuple[int, float]:
+  """(correct predictions, summed cross entropy) of head on x, y."""
+  z = head.logits(x).astype(np.float64)
+  z -= z.max(axis=1, keepdims=True)
+  log_norm = np.log(np.exp(z).sum(axis=1))
+  correct = int(np.sum(z.argmax(axis=1) == y))
+  return correct, float(np.sum(log_norm - z[np.arange(len(y)), y]))
+
+
+def _grid(options: SolverOptions) -> List[Candidate]:
+  """Candidates, strongest L2 first (the warm-start order)."""
+  return [Candidate(l2, s) for s in options.label_smoothing_grid
+          for l2 in sorted(options.l2_grid, reverse=True)]
+
+
+def _score_grid(candidates: Sequence[Candidate], x, y, num_classes,
+                held_x, held_y, options: SolverOptions,
+                solutions: Optional[list] = None
+                ) -> List[Tuple[int, float, int]]:
+  """(correct, summed cross entropy, iterations) of each candidate fitted
+  on x, y and scored on held_x, held_y; warm-started along the grid. Each
+  candidate's parameters are appended to `solutions` if given."""
+  standard = standardisation(x, options.standardise)
+  scores, start, smoothing = [], None, None
+  for c in candidates:
+    if c.label_smoothing != smoothing:
+      start, smoothing = None, c.label_smoothing
+    fit = _fit_one(x, y, num_classes, c.l2, c.label_smoothing, options,
+                   start, standard)
+    start = fit.theta
+    if solutions is not None:
+      solutions.append(fit.theta)
+    scores.append((*_score(fit.head(), held_x, held_y), fit.iterations))
+  return scores
+
+
+def stratified_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
+  """int [n] fold of each row: each class's rows, shuffled with `seed`,
+  dealt round-robin, so every fold has each class in proportion."""
+  rng = np.random.default_rng(seed)
+  fold = np.empty(len(y), np.int64)
+  for c in np.unique(y):
+    rows = rng.permutation(np.flatnonzero(y == c))
+    fold[rows] = np.arange(len(rows)) % folds
+  return fold
+
+
+def _best(candidates: Sequence[Candidate]) -> Candidate:
+  """Highest accuracy; ties: lower cross entropy, then stronger L2."""
+  return min(candidates, key=lambda c: (-c.accuracy, c.cross_entropy, -c.l2))
+
+
+def _describe(c: Candidate) -> str:
+  text = f'l2={c.l2:g}'
+  if c.label_smoothing:
+    text += f', label_smoothing={c.label_smoothing:g}'
+  return text
+
+
+def _choose(train_x, train_y, val_x, val_y, num_classes: int,
+            options: SolverOptions):
+  """Scores the grid (see the module docstring).
+
+  Returns:
+    (selection, candidates scored, chosen, reason, solutions): solutions
+    holds each candidate's parameters fitted on training when validation
+    chose (else empty).
+  """
+  candidates = _grid(options)
+  trained = np.flatnonzero(np.bincount(train_y, minlength=num_classes))
+  val_counts = np.bincount(val_y, minlength=num_classes)[trained]
+  all_x = np.concatenate([train_x, val_x])
+  all_y = np.concatenate([train_y, val_y])
+  smallest_class = int(np.bincount(all_y, minlength=num_classes)[
+      trained].min())
+  solutions: List[np.ndarray] = []
+  if len(candidates) == 1:
+    return 'single', candidates, candidates[0], 'one candidate setting only', []
+  if len(val_y) and val_counts.min() >= options.min_validation_per_class:
+    selection, held = 'validation', len(val_y)
+    scores = _score_grid(candidates, train_x, train_y, num_classes, val_x,
+                         val_y, options, solutions)
+    reason = (f'best validation accuracy of {len(candidates)} settings '
+              f'(N={len(val_y)})')
+  elif smallest_class >= options.folds:
+    selection, held = 'k-fold', len(all_y)
+    fold = stratified_folds(all_y, options.folds, options.seed)
+    totals = np.zeros((len(candidates), 3))
+    for k in range(options.folds):
+      inside = fold != k
+      totals += np.array(_score_grid(
+          candidates, all_x[inside], all_y[inside], num_classes,
+          all_x[~inside], all_y[~inside], options), np.float64)
+    scores = [tuple(t) for t in totals]
+    reason = (f'best {options.folds}-fold cross-validation accuracy on '
+              f'training + validation (N={len(all_y)}) of {len(candidates)} '
+              f'settings: validation has only {int(val_counts.min())} '
+              f'image(s) in its smallest class (fewer than '
+              f'{options.min_validation_per_class})')
+  else:
+    candidates = candidates[len(options.l2_grid) // 2:][:1]
+    return 'single', candidates, candidates[0], (
+        f'too few images to choose on (smallest class: {smallest_class}); '
+        'the middle of the grid'), []
+  for c, (correct, ce_sum, iterations) in zip(candidates, scores,
+                                              strict=True):
+    c.accuracy = float(correct / held)
+    c.cross_entropy = float(ce_sum / held)
+    c.iterations = int(iterations)
+  chosen = _best(candidates)
+  for c in candidates:
+    logging.info('Head solver candidate %-32s %s accuracy %.1f%%, cross '
+                 'entropy %.4f%s', _describe(c), selection, 100 * c.accuracy,
+                 c.cross_entropy, '  <- chosen' if c is chosen else '')
+  return selection, candidates, chosen, reason, solutions
+
+
+def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
+             val_x: np.ndarray, val_y: np.ndarray, options: SolverOptions,
+             on_iteration: Optional[Callable[[EvalPoint], None]] = None
+             ) -> SolverResult:
+  """Chooses the setting (see the module docstring) and fits the head.
+
+  Args:
+    train_x: float32 [n, D] training vectors; train_y: int [n] class ids in
+      [0, num_classes).
+    num_classes: N.
+    val_x, val_y: validation vectors [m, D] and ids [m] (m may be 0). The
+      test set is never passed here: it stays unseen until the final
+      evaluation.
+    options: the grid and the fitting limits.
+    on_iteration: called with each iteration of the final fit.
+
+  Returns:
+    The SolverResult; its head scores class id j in column j.
+  """
+  started = time.monotonic()
+  check(options)
+  train_x, train_y = _as_arrays(train_x, train_y)
+  val_x, val_y = _as_arrays(np.reshape(val_x, (-1, train_x.shape[1])), val_y)
+  selection, candidates, chosen, reason, solutions = _choose(
+      train_x, train_y, val_x, val_y, num_classes, options)
+
+  refit = selection != 'validation' or options.refit
+  fit_x = np.concatenate([train_x, val_x]) if refit else train_x
+  fit_y = np.concatenate([train_y, val_y]) if refit else train_y
+  watch_val = not refit and len(val_y) > 0
+  history: List[EvalPoint] = []
+
+  def record(iteration, theta, problem):
+    z = problem.last_logits  # of theta: the line search's last evaluation
+    val_acc = None
+    if watch_val:
+      val_acc = _score(_Fit(theta, problem, 0).head(), val_x, val_y)[0] / len(
+          val_y)
+    history.append(EvalPoint(
+        iteration, float(np.mean(z.argmax(axis=1) == fit_y)),
+        problem.cross_entropy(z), val_acc, len(val_y) if watch_val else 0))
+
+  # The chosen candidate's fit on training starts the final fit (with
+  # validation added it moves a little): ~30% fewer iterations in all.
+  start = (solutions[candidates.index(chosen)] if solutions and
+           options.standardise is False else None)
+  fit = _fit_one(fit_x, fit_y, num_classes, chosen.l2,
+                 chosen.label_smoothing, options, start=start,
+                 callback=record)
+  if on_iteration is not None:
+    for point in history:
+      on_iteration(point)
+  reason = f'{_describe(chosen)}: {reason}'
+  if refit and len(val_y):
+    reason += '; refitted on training + validation'
+  seconds = time.monotonic() - started
+  logging.info('Head solver (L-BFGS): %s; final fit %d iterations on %d '
+               'images, %.1f s in all.', reason, fit.iterations, len(fit_y),
+               seconds)
+  return SolverResult(fit.head(), history, list(candidates), chosen,
+                      selection, bool(refit and len(val_y)), reason, seconds)

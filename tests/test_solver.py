@@ -1,0 +1,158 @@
+"""The converging head solver: it converges, beats retrain.py's SGD
+defaults where they stop short, chooses on validation (or k-fold) only, and
+never sees the test set; the Wilson interval of the final line."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from retrain.config import DEFAULTS
+from retrain.errors import DatasetError
+from retrain.head import auto, solver
+from retrain.head import train as train_lib
+from retrain.report import confidence
+
+OPTIONS = solver.SolverOptions.from_config(DEFAULTS)
+
+
+def _clusters(n_per_class, classes, dim, spread, seed, scale=1.0):
+  """Gaussian clusters: float32 [n, dim] vectors, int64 [n] ids."""
+  rng = np.random.default_rng(seed)
+  centres = rng.normal(0, 1, (classes, dim))
+  y = np.repeat(np.arange(classes), n_per_class)
+  x = (centres[y] + rng.normal(0, spread, (len(y), dim))) * scale
+  return x.astype(np.float32), y
+
+
+def test_lbfgs_reaches_the_minimum_of_a_convex_quadratic():
+  a = np.diag(np.linspace(1, 100, 20))
+  target = np.linspace(-1, 1, 20)
+  theta, iterations = solver.lbfgs(
+      lambda t: (0.5 * (t - target) @ a @ (t - target), a @ (t - target)),
+      np.zeros(20), 200, 1e-12)
+  np.testing.assert_allclose(theta, target, atol=1e-5)
+  assert 0 < iterations < 200
+
+
+def test_converges_on_separable_data():
+  x, y = _clusters(30, 4, 16, 0.1, seed=0)
+  result = solver.fit_head(x[::2], y[::2], 4, x[1::2], y[1::2], OPTIONS)
+  head = result.head
+  assert head.weights.shape == (16, 4) and head.weights.dtype == np.float32
+  assert head.biases.shape == (4,)
+  assert np.all(head.logits(x).argmax(axis=1) == y)
+  # Converged: the objective's gradient at the chosen setting is ~0.
+  fit_x = np.concatenate([x[::2], x[1::2]])
+  fit_y = np.concatenate([y[::2], y[1::2]])
+  mean, scale = solver.standardisation(fit_x, OPTIONS.standardise)
+  problem = solver._Problem(fit_x, fit_y, 4, mean, scale, result.chosen.l2,
+                            0.0)
+  w_std = head.weights.astype(np.float64) * scale[:, None]
+  b = head.biases + mean @ head.weights
+  _, grad = problem(np.concatenate([w_std.ravel(), b]))
+  assert np.max(np.abs(grad)) < 1e-3
+  # The curve of the final fit: cross entropy falls to its end value.
+  assert result.history[0].cross_entropy > result.history[-1].cross_entropy
+  assert result.history[-1].train_accuracy == 1.0
+
+
+def test_beats_sgd_defaults_where_they_stop_short():
+  # Features of small values (as a module far from its training domain can
+  # give): SGD at retrain.py's learning rate 0.01 barely moves in 4,000
+  # steps; the converging solver has no step size to get wrong.
+  x, y = _clusters(60, 6, 16, 1.0, seed=1, scale=0.01)
+  fold = solver.stratified_folds(y, 4, seed=0)
+  tr, va, te = fold >= 2, fold == 1, fold == 0
+  lbfgs = solver.fit_head(x[tr], y[tr], 6, x[va], y[va], OPTIONS).head
+  d = DEFAULTS
+  sgd = train_lib.train_head(x[tr], y[tr], 6, x[va], y[va], train_lib.Settings(
+      steps=d.how_many_training_steps, learning_rate=d.learning_rate,
+      batch_size=d.train_batch_size,
+      eval_step_interval=d.how_many_training_steps,
+      validation_batch_size=-1, seed=0)).head
+
+  def acc(head):
+    return np.mean(head.logits(x[te]).argmax(axis=1) == y[te])
+
+  assert acc(lbfgs) >= 0.8
+  assert acc(lbfgs) >= acc(sgd) + 0.2
+
+
+def test_chooses_on_validation_and_scores_nothing_else(monkeypatch):
+  x, y = _clusters(40, 3, 12, 1.0, seed=2)
+  fold = solver.stratified_folds(y, 4, seed=0)
+  train_x, train_y = x[fold >= 2], y[fold >= 2]
+  val_x, val_y = x[fold == 1], y[fold == 1]
+  scored = []
+  real_score = solver._score
+
+  def spy(head, sx, sy):
+    scored.append(sx)
+    return real_score(head, sx, sy)
+
+  monkeypatch.setattr(solver, '_score', spy)
+  options = dataclasses.replace(OPTIONS, min_validation_per_class=5)
+  result = solver.fit_head(train_x, train_y, 3, val_x, val_y, options)
+  assert result.selection == 'validation'
+  assert len(scored) == len(OPTIONS.l2_grid)
+  assert all(np.array_equal(s, val_x) for s in scored)
+  # The winner is the best validation accuracy (ties: lower cross entropy).
+  best = max(c.accuracy for c in result.candidates)
+  assert result.chosen.accuracy == best
+  assert result.chosen.cross_entropy == min(
+      c.cross_entropy for c in result.candidates if c.accuracy == best)
+  assert result.refit and 'refitted on training + validation' in result.reason
+
+
+def test_small_validation_means_k_fold_on_train_and_validation():
+  x, y = _clusters(20, 3, 8, 0.8, seed=3)
+  # Two validation images per class: too few to choose on.
+  val = np.concatenate([np.flatnonzero(y == c)[:2] for c in range(3)])
+  rest = np.setdiff1d(np.arange(len(y)), val)
+  result = solver.fit_head(x[rest], y[rest], 3, x[val], y[val], OPTIONS)
+  assert result.selection == 'k-fold'
+  assert 'only 2 image(s) in its smallest class' in result.reason
+  assert all(0 <= c.accuracy <= 1 for c in result.candidates)
+  # Too few images for 5 folds: one setting, fitted on what there is.
+  tiny = solver.fit_head(x[:3], y[:3], 3, x[:0], y[:0], OPTIONS)
+  assert tiny.selection == 'single' and len(tiny.candidates) == 1
+
+
+def test_bad_grid_values_are_refused():
+  with pytest.raises(DatasetError, match='solver_l2_grid=0.1,x'):
+    solver.SolverOptions.from_config(dataclasses.replace(
+        DEFAULTS, solver_l2_grid=('0.1', 'x')))
+  with pytest.raises(DatasetError, match='label_smoothing_grid=1.5'):
+    solver.check(dataclasses.replace(OPTIONS, label_smoothing_grid=(1.5,)))
+
+
+def test_auto_is_sgd_only_when_training_flags_are_given(caplog):
+  assert auto.resolve('auto', []) == 'lbfgs'
+  assert auto.resolve('sgd', []) == 'sgd'
+  assert auto.resolve('lbfgs', ['learning_rate']) == 'lbfgs'
+  with caplog.at_level('INFO', logger='absl'):
+    assert auto.resolve('auto', ['learning_rate']) == 'sgd'
+  assert 'because --learning_rate was given' in caplog.text
+  assert auto.changed_training_fields(dataclasses.replace(
+      DEFAULTS, train_batch_size=10), DEFAULTS) == ['train_batch_size']
+  with pytest.raises(DatasetError, match="head_solver='adam'"):
+    auto.resolve('adam', [])
+
+
+def test_wilson_interval_and_final_line():
+  assert confidence.format_accuracy(45 / 51, 51) == (
+      'Final test accuracy = 88.2% (N=51, 95% CI 76.6-94.5%)')
+  low, high = confidence.wilson_interval(10, 10)
+  assert high == pytest.approx(1.0) and 0.72 < low < 0.73
+  assert confidence.wilson_interval(0, 0) == (0.0, 1.0)
+  assert confidence.format_accuracy(float('nan'), 0) == (
+      'Final test accuracy = n/a (N=0)')
+  needed = confidence.images_for_half_width(45 / 51, 51)
+  low, high = confidence.wilson_interval(45 / 51 * needed, needed)
+  assert (high - low) / 2 <= 0.02
+  low, high = confidence.wilson_interval(45 / 51 * (needed - 1), needed - 1)
+  assert (high - low) / 2 > 0.02
+  assert f'about {needed - 51} more test images' in confidence.narrowing_hint(
+      45 / 51, 51)
+  assert confidence.narrowing_hint(0.9, 5000) is None
