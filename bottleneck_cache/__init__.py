@@ -3,7 +3,7 @@
 See `bottleneck_cache.store` for the layout and the crash-safety guarantees.
 """
 
-from bottleneck_cache.keys import DigestMemo, file_digest
+from bottleneck_cache.keys import DigestMemo, file_digest, stream_digest
 from bottleneck_cache.store import (
            BottleneckStore,
            CacheError,
@@ -17,4 +17,4 @@ from bottleneck_cache.store import (
 
 __all__ = ['BottleneckStore', 'CacheError', 'CacheFullError', 'ComputeFn',
            'DigestMemo', 'Stats', 'bytes_needed', 'check_free_space',
-           'file_digest', 'namespace_id']
+           'file_digest', 'namespace_id', 'stream_digest']

@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import stat
-from typing import Optional
+from typing import BinaryIO, Optional
 
 from absl import logging
 
@@ -28,16 +28,23 @@ TMP_PREFIX = '.tmp-digests-'
 _MEMO_VERSION = 1
 
 
+def stream_digest(f: BinaryIO) -> str:
+  """SHA-256 hex digest of everything left in a binary file object: the
+  cache key of an image (any file system's reader will do, e.g. Beam's
+  FileSystems.open)."""
+  digest = hashlib.sha256()
+  while True:
+    block = f.read(_BLOCK)
+    if not block:
+      break
+    digest.update(block)
+  return digest.hexdigest()
+
+
 def file_digest(path: str) -> str:
   """SHA-256 hex digest of a file's bytes (raises OSError if unreadable)."""
-  digest = hashlib.sha256()
   with open(path, 'rb') as f:
-    while True:
-      block = f.read(_BLOCK)
-      if not block:
-        break
-      digest.update(block)
-  return digest.hexdigest()
+    return stream_digest(f)
 
 
 class DigestMemo:
@@ -64,6 +71,10 @@ class DigestMemo:
   def digest(self, path: str) -> str:
     """SHA-256 of the file at `path`; raises OSError if it cannot be read."""
     real = os.path.realpath(path)
+    if real == path:
+      # Keep the caller's string as the memo's key rather than an equal
+      # copy: at a million files that is 100 MB less.
+      real = path
     st = os.stat(real)
     if not stat.S_ISREG(st.st_mode):
       # A FIFO would block the read forever, /dev/zero never end it.

@@ -55,7 +55,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -67,11 +66,9 @@ import h5py
 import numpy as np
 from absl import logging
 
-from bottleneck_cache import temporaries
+from bottleneck_cache import shards, temporaries
+from bottleneck_cache.shards import SHARD_PREFIX, SHARD_SUFFIX, TMP_PREFIX
 
-SHARD_PREFIX = 'shard-'
-SHARD_SUFFIX = '.h5'
-TMP_PREFIX = '.tmp-'
 CLAIM_PREFIX = '.claim-'
 NAMESPACE_FILE = 'namespace.json'
 # Merge when a computation leaves more than this many shards: few enough
@@ -266,7 +263,8 @@ class BottleneckStore:
       self._index[key] = (name, row)
 
   def get_or_compute(self, keys: Sequence[str], compute: ComputeFn,
-                     on_batch: Optional[Callable[[int], None]] = None
+                     on_batch: Optional[Callable[[int], None]] = None,
+                     load: bool = True
                      ) -> Tuple[np.ndarray, np.ndarray, Stats]:
     """Vectors for all keys, computing and storing only the missing ones.
 
@@ -279,6 +277,9 @@ class BottleneckStore:
         is stored before the next is asked for.
       on_batch: called with the number of items of each stored batch
         (progress reporting).
+      load: False returns no vectors (float32 [0, dim]), only the mask and
+        stats: for callers that read them later in chunks (bottleneck_cache
+        .chunks), so a million vectors are never in memory at once.
 
     Returns:
       (vectors, ok, stats): vectors float32 [n_ok, dim] for the items whose
@@ -315,6 +316,8 @@ class BottleneckStore:
     ok = np.array([key in self._index for key in keys], dtype=bool)
     stats.failed = sum(1 for i in attempted if keys[i] not in self._index)
     stats.reused = stats.requested - stats.computed - stats.failed
+    if not load:
+      return np.zeros((0, self._dim or 0), np.float32), ok, stats
     vectors = self.get([k for k, good in zip(keys, ok, strict=True) if good])
     return vectors, ok, stats
 
@@ -520,17 +523,11 @@ class BottleneckStore:
     name = f'{SHARD_PREFIX}{token}{SHARD_SUFFIX}'
     tmp = os.path.join(self.directory,
                        f'{TMP_PREFIX}{temporaries.owner_tag()}')
-    encoded = np.array([k.encode('utf-8') for k in keys])
     # The HDF5 file is built in memory and written with one plain write: a
     # full disk is then an OSError here, never an error inside HDF5's own
     # file driver (whose close, after a failed write, crashed the
     # interpreter). Costs one in-memory copy of the shard.
-    buffer = io.BytesIO()
-    with h5py.File(buffer, 'w') as f:
-      f.create_dataset('keys', data=encoded)
-      f.create_dataset('vectors', data=vectors, dtype=np.float32)
-    data = buffer.getvalue()
-    buffer.close()
+    data = shards.encode_shard(keys, vectors)
     try:
       _write_bytes(tmp, data)
       os.replace(tmp, os.path.join(self.directory, name))

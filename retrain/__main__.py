@@ -247,6 +247,13 @@ flags.DEFINE_integer('calibration_min_images', _D.calibration_min_images,
                      'Validation images needed to calibrate and choose the '
                      'threshold.')
 # --- End of deployment flags ---
+# --- Scale (docs/scale.md) ---
+flags.DEFINE_integer('max_vectors_in_memory', _D.max_vectors_in_memory,
+                     'Past this many training vectors, training and '
+                     'evaluation stream from the cache in chunks (about half '
+                     'of this many vectors in memory at once); 0 never '
+                     'streams.')
+# --- end scale ---
 flags.DEFINE_enum('logging_verbosity', 'INFO',
                   ['DEBUG', 'INFO', 'WARN', 'ERROR', 'FATAL'],
                   'How much to log.')

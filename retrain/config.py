@@ -234,6 +234,16 @@ class Config:
   # call Python is refused unless this says it is trusted.
   trust_module: bool = False
 
+  # --- Scale (docs/scale.md) -----------------------------------------------------
+  # Past this many training vectors (distorted copies included), training and
+  # evaluation read the vectors from the cache in chunks instead of holding
+  # them in one array (retrain/head/streaming.py). 100,000 vectors of 1,280
+  # float32 are 0.5 GB, which the in-memory path (the faster one) turns into
+  # about 2.3 GB of peak memory with its working copies (bench/scale.py);
+  # streaming past it keeps a run under 2 GB at a million vectors.
+  # 0 never streams.
+  max_vectors_in_memory: int = 100_000
+
 
 DEFAULTS = Config()
 

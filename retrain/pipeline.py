@@ -147,6 +147,11 @@ def run(config: Config) -> RunResult:
   # The module as the bottlenecks (plain and distorted) run it.
   runner = tflite_runtime.deferred(module, config.bottleneck_runtime,
                                    config.module_cache_dir)
+  # --- Past the memory budget: stream from the cache (docs/scale.md) ---
+  from retrain import streamed  # pylint: disable=g-import-not-at-top
+  if streamed.needed(config, len(layout.dataset.images), module):
+    return streamed.run(config, layout, module, runner, phases)
+  # --- end of the streaming hand-over ---
   with phases('bottlenecks'):
     computed = bottlenecks(config, layout.dataset, module, runner)
   skipped, reports = report_skipped(config, layout, computed)
@@ -206,10 +211,11 @@ def discover(config: Config) -> layouts.Layout:
   return layout
 
 
-def bottlenecks(config: Config, dataset, module, runner
-                ) -> bottlenecks_lib.Bottlenecks:
+def bottlenecks(config: Config, dataset, module, runner,
+                load_vectors: bool = True) -> bottlenecks_lib.Bottlenecks:
   """The bottleneck vector of every discovered image, cached under the
-  module's identity and computed by `runner` (the module on its runtime)."""
+  module's identity and computed by `runner` (the module on its runtime);
+  load_vectors False: computed into the cache only (retrain/streamed.py)."""
   paths = [image.path for image in dataset.images]
   try:
     # h15: an ensemble computes each member in its own namespace.
@@ -225,7 +231,8 @@ def bottlenecks(config: Config, dataset, module, runner
                       ) from e
   computed = bottlenecks_lib.compute_bottlenecks(
       paths, runner, store,
-      config.bottleneck_batch_size, max_pixels=config.max_image_pixels)
+      config.bottleneck_batch_size, max_pixels=config.max_image_pixels,
+      load_vectors=load_vectors)
   stats = computed.stats
   logging.info('Bottlenecks: %d reused from the cache, %d computed, %d images '
                'skipped.', stats.reused, stats.computed, len(computed.failures))
@@ -284,6 +291,18 @@ def training_set(config: Config, runner, images: usable_lib.UsableImages,
   return train_x, train_y, copies
 
 
+def train_settings(config: Config) -> train_lib.Settings:
+  """What to train, from the config (also the streaming path's)."""
+  return train_lib.Settings(
+      steps=config.how_many_training_steps,
+      learning_rate=config.learning_rate,
+      batch_size=config.train_batch_size,
+      eval_step_interval=config.eval_step_interval,
+      validation_batch_size=config.validation_batch_size,
+      seed=config.random_seed,
+      options=subset(train_options_lib.TrainOptions, config))
+
+
 def train(config: Config, module, labels: Sequence[str],
           images: usable_lib.UsableImages, split: split_lib.Split,
           train_x: np.ndarray, train_y: np.ndarray, failures):
@@ -299,14 +318,7 @@ def train(config: Config, module, labels: Sequence[str],
   points = train_lib.eval_steps(config.how_many_training_steps,
                                 config.eval_step_interval)
   log = train_lib.EvalLog(points)
-  settings = train_lib.Settings(
-      steps=config.how_many_training_steps,
-      learning_rate=config.learning_rate,
-      batch_size=config.train_batch_size,
-      eval_step_interval=config.eval_step_interval,
-      validation_batch_size=config.validation_batch_size,
-      seed=config.random_seed,
-      options=subset(train_options_lib.TrainOptions, config))
+  settings = train_settings(config)
   # A bar with the steps, the rate and the time left on a terminal.
   progress = Progress('Training', config.how_many_training_steps,
                       unit='steps')
@@ -329,14 +341,12 @@ def train(config: Config, module, labels: Sequence[str],
   return trained, intermediate
 
 
-def evaluate(config: Config, labels: Sequence[str],
-             trained: train_lib.TrainResult, images: usable_lib.UsableImages,
-             split: split_lib.Split):
-  """The test accuracy and the reports; returns (Evaluation, misclassified
-  lines, Explained)."""
-  test = evaluate_lib.evaluate(trained.head, images.vectors[split.test],
-                               images.labels[split.test],
-                               config.test_batch_size, seed=config.random_seed)
+def report_test(config: Config, labels: Sequence[str],
+                test: evaluate_lib.Evaluation,
+                images: usable_lib.UsableImages, split: split_lib.Split
+                ) -> List[str]:
+  """Logs the test accuracy (and each mistake when asked); returns the
+  misclassified lines. Also the streaming path's (retrain/streamed.py)."""
   # h15: retrain.py's line plus the Wilson 95% interval.
   logging.info('%s', confidence.format_accuracy(test.accuracy, test.count))
   hint = confidence.narrowing_hint(test.accuracy, test.count)
@@ -348,6 +358,18 @@ def evaluate(config: Config, labels: Sequence[str],
     logging.info('=== MISCLASSIFIED TEST IMAGES ===')
     for line in misclassified:
       logging.info(line)
+  return misclassified
+
+
+def evaluate(config: Config, labels: Sequence[str],
+             trained: train_lib.TrainResult, images: usable_lib.UsableImages,
+             split: split_lib.Split):
+  """The test accuracy and the reports; returns (Evaluation, misclassified
+  lines, Explained)."""
+  test = evaluate_lib.evaluate(trained.head, images.vectors[split.test],
+                               images.labels[split.test],
+                               config.test_batch_size, seed=config.random_seed)
+  misclassified = report_test(config, labels, test, images, split)
   explained = explain_lib.finish(
       subset(explain_lib.ReportOptions, config), labels, trained.head, images.vectors, images.labels, split,
       images.paths, images.rel_paths, test,

@@ -30,8 +30,9 @@ LEVELS = (
     ('retrain.report',),
     ('retrain.export',),
     ('retrain.finetune',),  # after the head, before the export it feeds
-    ('retrain.config', 'retrain.pipeline'),
-    ('retrain', 'retrain.__main__', 'retrain.api', 'retrain.summary'),
+    ('retrain.config', 'retrain.pipeline', 'retrain.streamed'),
+    ('retrain', 'retrain.__main__', 'retrain.api', 'retrain.summary',
+     'retrain.beam'),
 )
 # retrain.common.cli and .progress give both commands the same --help,
 # --version and progress, and .walk the same loop-safe folder walk; they import absl, tqdm and retrain.version only

@@ -34,6 +34,11 @@ from retrain.features.modules import FeatureModule
 
 # Content hashing is I/O bound and hashlib releases the GIL.
 _HASH_THREADS = 8
+# Files hashed between progress lines (at most) and between saves of the
+# digest memo: a killed run resumes from the last save (saving a
+# million-file memo takes a few seconds, so not too often).
+_HASH_PART = 10_000
+_MEMO_SAVE_EVERY = 100_000
 # Images decoded at once: one per core.
 _DECODE_THREADS = features.usable_cores()
 
@@ -66,15 +71,32 @@ def cache_namespace(module: FeatureModule) -> dict:
 
 def _hash_files(paths: Sequence[str], memo: bottleneck_cache.DigestMemo
                 ) -> list:
-  """SHA-256 of each file, or an OSError for files that cannot be read."""
+  """SHA-256 of each file, or an OSError for files that cannot be read.
+
+  Files whose size, mtime and inode the memo knows are not read again, so
+  a re-run (or a run resumed after a kill: the memo is saved every
+  _MEMO_SAVE_EVERY files) only stats them. Progress is shown for more than
+  _HASH_PART files (a small folder hashes in a blink).
+  """
   def digest(path):
     try:
       return memo.digest(path)
     except OSError as e:
       return e
+  progress = (Progress('Hashing', len(paths), unit='files')
+              if len(paths) > _HASH_PART else None)
+  digests = []
   with concurrent.futures.ThreadPoolExecutor(_HASH_THREADS) as pool:
-    digests = list(pool.map(digest, paths))
+    for start in range(0, len(paths), _HASH_PART):
+      part = paths[start:start + _HASH_PART]
+      digests.extend(pool.map(digest, part))
+      if progress is not None:
+        progress.update(len(part))
+      if len(digests) % _MEMO_SAVE_EVERY == 0 and len(digests) < len(paths):
+        memo.save()
   memo.save()
+  if progress is not None:
+    progress.finish()
   return digests
 
 
@@ -232,8 +254,8 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
                         store: bottleneck_cache.BottleneckStore,
                         batch_size: int,
                         progress_interval: float = 5.0,
-                        max_pixels: int = image_header.MAX_IMAGE_PIXELS
-                        ) -> Bottlenecks:
+                        max_pixels: int = image_header.MAX_IMAGE_PIXELS,
+                        load_vectors: bool = True) -> Bottlenecks:
   """Vectors of `paths`, from the cache where possible.
 
   Args:
@@ -243,6 +265,9 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
     batch_size: images per module call.
     progress_interval: seconds between progress lines.
     max_pixels: see make_compute_fn.
+    load_vectors: False leaves `vectors` empty ([0, D]); the caller reads
+      them from the cache later (retrain/streamed.py, past the memory
+      budget).
   """
   # The memo lives at the cache root: file digests do not depend on the
   # module, so every namespace shares it.
@@ -279,7 +304,7 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
                             reasons, max_pixels)
   try:
     vectors, ok_readable, stats = store.get_or_compute(
-        keys, compute, on_batch=progress.update)
+        keys, compute, on_batch=progress.update, load=load_vectors)
   except bottleneck_cache.CacheError as e:
     raise _cache_error(e) from e
   if missing_count:

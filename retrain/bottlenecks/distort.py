@@ -241,17 +241,21 @@ class DistortedCopies:
     source: int64 [m], for each row the index (into the `paths` given) of
       the image it is a copy of.
     stats: what the cache did.
+    copy: int64 [m], for each row which copy of its image it is (its cache
+      key is copy_key(image key, copy)).
   """
   vectors: np.ndarray
   source: np.ndarray
   stats: bottleneck_cache.Stats
+  copy: Optional[np.ndarray] = None
 
 
 def compute_distorted(paths: Sequence[str], module: FeatureModule,
                       store: bottleneck_cache.BottleneckStore,
                       distortions: Distortions, copies: int, seed: int,
                       batch_size: int, image_keys: Optional[Sequence[str]] = None,
-                      progress_interval: float = 5.0) -> DistortedCopies:
+                      progress_interval: float = 5.0,
+                      load_vectors: bool = True) -> DistortedCopies:
   """`copies` distorted copies of each image, from the cache where possible.
 
   Args:
@@ -263,6 +267,7 @@ def compute_distorted(paths: Sequence[str], module: FeatureModule,
     image_keys: the content keys of `paths` (bottleneck_cache.file_digest),
       if already known; computed otherwise.
     progress_interval: seconds between progress lines.
+    load_vectors: False leaves `vectors` empty (read later from the cache).
   """
   if image_keys is None:
     image_keys = [bottleneck_cache.file_digest(p) for p in paths]
@@ -286,20 +291,24 @@ def compute_distorted(paths: Sequence[str], module: FeatureModule,
                       interval=progress_interval)
   compute = make_compute_fn(item_paths, seeds, module, distortions, batch_size)
   vectors, ok, stats = store.get_or_compute(keys, compute,
-                                            on_batch=progress.update)
+                                            on_batch=progress.update,
+                                            load=load_vectors)
   if missing_count:
     progress.finish()
   source = np.asarray(item_source, dtype=np.int64)[ok]
+  copy_index = np.tile(np.arange(copies, dtype=np.int64), len(paths))[ok]
   if stats.failed:
     logging.warning('%d distorted copies could not be made; training uses '
                     'the others.', stats.failed)
-  return DistortedCopies(vectors=vectors, source=source, stats=stats)
+  return DistortedCopies(vectors=vectors, source=source, stats=stats,
+                         copy=copy_index)
 
 
 def training_copies(distortions: Distortions, copies: int, seed: int,
                     bottleneck_dir: str, batch_size: int,
                     module: FeatureModule, paths: Sequence[str],
-                    image_keys: Sequence[str]) -> Optional[DistortedCopies]:
+                    image_keys: Sequence[str],
+                    load_vectors: bool = True) -> Optional[DistortedCopies]:
   """The distorted copies asked for, or None if no distortion is set.
 
   Args:
@@ -307,6 +316,7 @@ def training_copies(distortions: Distortions, copies: int, seed: int,
     bottleneck_dir: the cache root; batch_size: images per module call.
     module: the feature module.
     paths, image_keys: the training images and their content keys.
+    load_vectors: False leaves `vectors` empty (read later from the cache).
   """
   if not distortions.any():
     return None
@@ -315,8 +325,8 @@ def training_copies(distortions: Distortions, copies: int, seed: int,
   count = copies
   copies = compute_distorted(
       paths, module, store, distortions, count, seed, batch_size,
-      image_keys=image_keys)
+      image_keys=image_keys, load_vectors=load_vectors)
   logging.info('Distorted copies: %d reused from the cache, %d computed; '
                'training on %d originals and %d copies.', copies.stats.reused,
-               copies.stats.computed, len(paths), len(copies.vectors))
+               copies.stats.computed, len(paths), len(copies.source))
   return copies

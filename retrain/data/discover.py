@@ -36,7 +36,9 @@ from retrain.images import IMAGE_EXTENSIONS
 FEW_IMAGES_WARNING = 20
 
 
-@dataclasses.dataclass(frozen=True)
+# slots: no per-object __dict__, about 100 bytes less per image (a million
+# images is a million of these).
+@dataclasses.dataclass(frozen=True, slots=True)
 class ImageFile:
   """One image on disk.
 

@@ -1,0 +1,361 @@
+"""Training and evaluating the head from the cache, a chunk at a time.
+
+Below the memory budget (Config.max_vectors_in_memory) retrain holds every
+training vector in one tensor (retrain.head.train, the fastest path). Past
+it, this module trains the same head with the same SGD, reading the
+vectors from the bottleneck cache in chunks so memory stays flat however
+many images there are:
+
+  schedule  the training items, in the order their rows lie on disk, are
+            cut into blocks of BLOCK_VECTORS; a chunk is a random set of
+            blocks (so one chunk mixes images from all over the data set,
+            whatever order they were cached in) of at most half the budget,
+            and the next chunk is read in a background thread while the
+            current one trains (two chunks in memory at most).
+  steps     each chunk gets its share of the steps, `len(chunk) * min(E, 1)
+            / batch_size` with E = steps * batch_size / n_train the epochs
+            the run amounts to: below one epoch every chunk is visited once
+            (every image can be drawn, as in memory); past it, chunks are
+            visited again in a new random order, one pass of draws each.
+  batches   drawn inside the chunk as retrain.py drew them from the whole
+            set (--sampling classes: a class uniformly among those the
+            chunk holds, then one of its images; --sampling images: an
+            image uniformly).
+  validation  a fixed random sample of at most an eighth of the budget is
+            read once; each evaluation draws --validation_batch_size from
+            it (or uses it all for -1 and for early stopping).
+  test      evaluate_streaming reads the test set in chunks.
+
+The optimizer and loss options of retrain.head.options all apply.
+TensorBoard summaries are not written on this path (the log lines are).
+
+The converging solver (a separate issue) needs the whole set per
+iteration; past the budget it falls back to this SGD (documented in
+docs/scale.md).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import math
+from typing import Callable, Iterator, List, Optional
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from bottleneck_cache.chunks import ChunkReader
+from retrain.head import evaluate as evaluate_lib
+from retrain.head import model as model_lib
+from retrain.head import options as options_lib
+from retrain.head import train as train_lib
+
+# Items per block of the chunk schedule: 1024 x 1280 float32 = 5 MB, large
+# enough that a block is a few contiguous reads, small enough that a chunk
+# of blocks mixes the whole data set.
+BLOCK_VECTORS = 1024
+# Share of the budget for the validation sample.
+_VALIDATION_SHARE = 8
+
+
+def should_stream(train_vectors: int, max_vectors_in_memory: int) -> bool:
+  """True when the training vectors exceed the budget (0 or less: never)."""
+  return 0 < max_vectors_in_memory < train_vectors
+
+
+def chunk_capacity(max_vectors_in_memory: int) -> int:
+  """Vectors per chunk: half the budget (one trains, one is being read)."""
+  return max(BLOCK_VECTORS, max_vectors_in_memory // 2)
+
+
+def chunk_schedule(order: np.ndarray, capacity: int,
+                   rng: np.random.Generator) -> Iterator[np.ndarray]:
+  """Endless chunks of items: each pass over the data is a new random
+  grouping of storage blocks into chunks of at most `capacity` items.
+
+  Args:
+    order: int64 [n], the items in storage order (ChunkReader.storage_order).
+  """
+  blocks = [order[i:i + BLOCK_VECTORS]
+            for i in range(0, len(order), BLOCK_VECTORS)]
+  per_chunk = max(1, capacity // BLOCK_VECTORS)
+  while True:
+    picked = rng.permutation(len(blocks))
+    for start in range(0, len(blocks), per_chunk):
+      yield np.sort(np.concatenate([blocks[b] for b in
+                                    picked[start:start + per_chunk]]))
+
+
+class _Sampler:
+  """Rows of one chunk for batches drawn as in retrain.head.train."""
+
+  def __init__(self, labels: np.ndarray, by_class: bool):
+    self.n = len(labels)
+    self.by_class = by_class
+    self.order = np.argsort(labels, kind='stable')
+    classes, starts, counts = np.unique(labels[self.order], return_index=True,
+                                        return_counts=True)
+    self.classes, self.starts, self.counts = classes, starts, counts
+
+  def rows(self, rng: np.random.Generator, steps: int, batch: int) -> np.ndarray:
+    """int64 [steps, batch] rows of the chunk."""
+    if not self.by_class:
+      return rng.integers(0, self.n, size=(steps, batch), dtype=np.int64)
+    pick = rng.integers(0, len(self.classes), size=(steps, batch))
+    within = np.minimum((rng.random((steps, batch)) *
+                         self.counts[pick]).astype(np.int64),
+                        self.counts[pick] - 1)
+    return self.order[self.starts[pick] + within].astype(np.int64)
+
+
+class _Trainer:
+  """The head's variables and a compiled loop over given batches."""
+
+  def __init__(self, dim: int, num_classes: int, learning_rate: float,
+               seed: int, opts: Optional[options_lib.TrainOptions],
+               loss_weights: Optional[np.ndarray]):
+    tf.random.set_seed(seed)
+    self.gen = tf.random.Generator.from_seed(seed)
+    # The layer and initialisation retrain.head.train uses.
+    self.layer = model_lib.HeadVariables(dim, num_classes, seed)
+    self.opts = opts
+    self.optimizer = options_lib.Optimizer(opts.optimizer if opts else 'sgd',
+                                           learning_rate, self.layer.variables)
+    self.loss_weights = (tf.constant(loss_weights) if loss_weights is not None
+                         else None)
+    dropout = bool(opts and opts.dropout_rate)
+    # The batches of a call are gathered from the chunk by numpy and
+    # handed over as [S, B, D] (a few MB): handed the whole chunk, XLA
+    # copied it on every call, and turning a chunk into a tensor cost a
+    # copy of it too (0.1 s per 100 MB, on a busy machine far more).
+    self.run = tf.function(self._steps_on, jit_compile=not dropout)
+
+  def _steps_on(self, xs, ys, n):
+    """SGD steps on batches xs[i], ys[i] for i < n; xs float32 [S, B, D],
+    ys int64 [S, B] (S fixed per run, so XLA compiles once rather than
+    once per segment length)."""
+    opts = self.opts
+
+    def step(i):
+      xb, yb = xs[i], ys[i]
+      with tf.GradientTape() as tape:
+        if opts is not None:
+          xb = options_lib.dropout(xb, opts.dropout_rate, self.gen)
+        loss = options_lib.objective(
+            self.layer.logits(xb), yb, self.layer.weights, self.loss_weights,
+            opts.label_smoothing if opts else 0.0,
+            opts.l2_regularizer if opts else 0.0)
+      self.optimizer.apply(tape.gradient(loss, self.layer.variables))
+      return i + 1
+
+    tf.while_loop(lambda i: i < n, step, [tf.constant(0, tf.int64)])
+    return tf.constant(0)
+
+  def head(self) -> model_lib.Head:
+    return self.layer.snapshot()
+
+
+def _loss_and_accuracy(head: model_lib.Head, x: np.ndarray,
+                       y: np.ndarray) -> tuple:
+  """(mean cross entropy, accuracy) of the head on vectors x, ids y."""
+  if not len(y):
+    return 0.0, 0.0
+  probs = head.probabilities(x)
+  picked = np.maximum(probs[np.arange(len(y)), y], 1e-30)
+  return (float(-np.mean(np.log(picked))),
+          float(np.mean(probs.argmax(axis=1) == y)))
+
+
+@dataclasses.dataclass
+class StreamStats:
+  """How the streaming run went: chunks read, vectors read, seconds spent
+  waiting for reads (not hidden behind training)."""
+  chunks: int = 0
+  vectors_read: int = 0
+  wait_seconds: float = 0.0
+
+
+def train_head_streaming(
+    train: ChunkReader, train_y: np.ndarray, num_classes: int,
+    validation: ChunkReader, val_y: np.ndarray,
+    settings: train_lib.Settings, max_vectors_in_memory: int,
+    on_eval: Optional[Callable[[train_lib.EvalPoint], None]] = None,
+    stats: Optional[StreamStats] = None) -> train_lib.TrainResult:
+  """Trains the head reading training vectors from the cache in chunks.
+
+  Args:
+    train: reader of the training vectors (float32 [n, D]); train_y: int
+      [n] class ids in [0, num_classes).
+    validation: reader of the validation vectors; val_y their ids (may be
+      empty).
+    settings: what to train, as for retrain.head.train.train_head.
+    on_eval: called with each evaluation point, in order.
+    max_vectors_in_memory: the budget; chunks hold half of it each.
+    stats: filled with what was read, if given.
+
+  Returns:
+    A TrainResult (history of EvalPoints; best_step with early stopping).
+  """
+  stats = stats if stats is not None else StreamStats()
+  steps, batch_size = settings.steps, settings.batch_size
+  options = settings.options
+  train_y = np.asarray(train_y, np.int64)
+  val_y = np.asarray(val_y, np.int64)
+  rng = np.random.default_rng(settings.seed)
+  trainer = _make_trainer(settings, train_y, num_classes, train.dim)
+  by_class = not (options and options.sampling == 'images')
+  validate = _ValidationSample(validation, val_y, max_vectors_in_memory,
+                               settings.validation_batch_size, rng, train.dim)
+  # Steps owed per vector of a chunk (see the module docstring).
+  share = min(steps * batch_size / max(1, len(train_y)), 1.0) / batch_size
+  points = train_lib.eval_steps(steps, settings.eval_step_interval)
+  point_set = set(points)
+  # A compiled call trains up to the next evaluation point.
+  segment = max(1, min(settings.eval_step_interval, steps))
+  stopper = (options_lib.EarlyStopping(options.early_stopping_patience)
+             if options and options.early_stopping_patience and len(val_y)
+             else None)
+  history: List[train_lib.EvalPoint] = []
+  chunk_list = _read_ahead(
+      train, chunk_schedule(train.storage_order(),
+                            chunk_capacity(max_vectors_in_memory), rng), stats)
+  done, owed = 0, 0.0
+  for items, chunk_x in chunk_list:
+    chunk_y = train_y[items]
+    owed += len(items) * share
+    visit = min(max(1, int(owed)), steps - done)
+    owed -= visit
+    sampler = _Sampler(chunk_y, by_class)
+    while visit > 0:
+      upcoming = next((p for p in points if p >= done), steps - 1)
+      count = min(visit, upcoming + 1 - done)
+      rows = sampler.rows(rng, count, batch_size)
+      padded = np.zeros((segment, batch_size), np.int64)
+      padded[:count] = rows
+      trainer.run(tf.constant(chunk_x[padded]), tf.constant(chunk_y[padded]),
+                  tf.constant(count, tf.int64))
+      done, visit = done + count, visit - count
+      if done - 1 not in point_set:
+        continue
+      head = trainer.head()
+      point = validate.point(done - 1, head, chunk_x[rows[-1]],
+                             chunk_y[rows[-1]])
+      history.append(point)
+      if on_eval is not None:
+        on_eval(point)
+      if stopper is not None and stopper.update(
+          point.step, validate.loss(head), trainer.head):
+        logging.info('Early stopping at step %d (validation sample of %d).',
+                     point.step, len(validate.y))
+        done = steps
+        break
+    if done >= steps:
+      break
+  chunk_list.close()
+  if stopper is not None and stopper.best is not None:
+    return train_lib.TrainResult(stopper.best, history, stopper.best_step)
+  return train_lib.TrainResult(trainer.head(), history)
+
+
+def _make_trainer(settings: train_lib.Settings, train_y: np.ndarray,
+                  num_classes: int, dim: int) -> _Trainer:
+  options = settings.options
+  loss_weights = None
+  if options and options.class_weighting != 'none':
+    loss_weights = options_lib.class_weights(
+        np.bincount(train_y, minlength=num_classes), options.class_weighting,
+        options.sampling)
+  return _Trainer(dim, num_classes, settings.learning_rate, settings.seed,
+                  options, loss_weights)
+
+
+def _read_ahead(reader: ChunkReader, schedule: Iterator[np.ndarray],
+                stats: StreamStats):
+  """Yields (items, float32 [len(items), D]) for the chunks of `schedule`,
+  reading the next chunk in a thread while the caller trains on one."""
+  import time  # pylint: disable=g-import-not-at-top
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    items = next(schedule)
+    pending = pool.submit(reader.read, items)
+    try:
+      while True:
+        waited = time.monotonic()
+        chunk_x = pending.result()
+        stats.wait_seconds += time.monotonic() - waited
+        stats.chunks += 1
+        stats.vectors_read += len(items)
+        next_items = next(schedule)
+        pending = pool.submit(reader.read, next_items)
+        yield items, chunk_x
+        items = next_items
+    finally:
+      pending.cancel()
+
+
+class _ValidationSample:
+  """A fixed random sample of the validation vectors (at most an eighth of
+  the budget), read once; evaluation points are measured on it."""
+
+  def __init__(self, reader: ChunkReader, val_y: np.ndarray, budget: int,
+               batch_size: int, rng: np.random.Generator, dim: int):
+    items = np.arange(len(val_y), dtype=np.int64)
+    cap = max(1, budget // _VALIDATION_SHARE)
+    if len(items) > cap:
+      items = np.sort(rng.choice(len(items), cap, replace=False))
+    self.x = reader.read(items) if len(items) else np.zeros((0, dim),
+                                                            np.float32)
+    self.y = val_y[items]
+    self.count = len(val_y)
+    self.batch_size, self.rng = batch_size, rng
+
+  def point(self, step: int, head: model_lib.Head, batch_x: np.ndarray,
+            batch_y: np.ndarray) -> train_lib.EvalPoint:
+    """The evaluation after `step`: training metrics on the step's batch,
+    validation accuracy on --validation_batch_size draws (or all: -1)."""
+    loss, acc = _loss_and_accuracy(head, batch_x, batch_y)
+    if not len(self.y):
+      return train_lib.EvalPoint(step, acc, loss, None, 0, 0)
+    pick = (np.arange(len(self.y)) if self.batch_size < 0 else
+            self.rng.integers(0, len(self.y), self.batch_size))
+    _, v_acc = _loss_and_accuracy(head, self.x[pick], self.y[pick])
+    return train_lib.EvalPoint(step, acc, loss, v_acc, self.count, len(pick))
+
+  def loss(self, head: model_lib.Head) -> float:
+    """Cross entropy on the whole sample (for early stopping)."""
+    return _loss_and_accuracy(head, self.x, self.y)[0]
+
+
+def evaluate_streaming(head: model_lib.Head, reader: ChunkReader,
+                       y: np.ndarray, max_vectors_in_memory: int,
+                       batch_size: int = -1,
+                       seed: Optional[int] = None) -> evaluate_lib.Evaluation:
+  """retrain.head.evaluate.evaluate on vectors read in chunks.
+
+  Args:
+    head: the trained head.
+    reader: the vectors (float32 [n, D]); y: int [n] class ids.
+    max_vectors_in_memory: the budget; chunks hold half of it.
+    batch_size, seed: -1 for every vector, else a random sample of that
+      many (with replacement, repeatable with seed), as evaluate().
+
+  Returns:
+    An Evaluation whose rows index the reader's items.
+  """
+  y = np.asarray(y, np.int64)
+  rows = np.arange(len(y), dtype=np.int64)
+  if batch_size is not None and batch_size >= 0 and len(y):
+    rows = np.random.default_rng(seed).integers(0, len(y), size=batch_size)
+  num_classes = head.biases.shape[0]
+  probs = np.zeros((len(rows), num_classes), np.float32)
+  capacity = chunk_capacity(max_vectors_in_memory)
+  # Storage order for cheap reads; results go back to their row's place.
+  order = np.lexsort((reader.row[rows], reader.shard[rows]))
+  for start in range(0, len(order), capacity):
+    part = order[start:start + capacity]
+    probs[part] = head.probabilities(reader.read(rows[part]))
+  labels = y[rows]
+  preds = probs.argmax(axis=1).astype(np.int64)
+  accuracy = float(np.mean(preds == labels)) if len(labels) else math.nan
+  return evaluate_lib.Evaluation(accuracy, len(labels), labels, preds, probs,
+                                 rows)

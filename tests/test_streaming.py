@@ -1,0 +1,191 @@
+"""Training and evaluation from the cache in chunks (retrain.head.streaming,
+bottleneck_cache.chunks)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import bottleneck_cache
+from bottleneck_cache import chunks
+
+
+def _settings(**fields):
+  from retrain.head import train as train_lib
+  return train_lib.Settings(learning_rate=0.1, **fields)
+
+
+def _store(tmp_path, n, dim=8, classes=3, seed=0, shard_rows=97):
+  """A cache of n separable vectors in several shards, in label order (the
+  worst case for chunking: storage order is class order)."""
+  rng = np.random.default_rng(seed)
+  labels = np.sort(rng.integers(0, classes, n))
+  centres = rng.normal(0, 3, (classes, dim)).astype(np.float32)
+  x = centres[labels] + rng.normal(0, 0.5, (n, dim)).astype(np.float32)
+  keys = [f'{i:08d}' for i in range(n)]
+  store = bottleneck_cache.BottleneckStore(str(tmp_path / 'bn'), {'kind': 't'})
+  for start in range(0, n, shard_rows):
+    store.put(keys[start:start + shard_rows], x[start:start + shard_rows])
+  return store, keys, x, labels
+
+
+def test_reader_reads_any_subset_in_item_order(tmp_path):
+  store, keys, x, _ = _store(tmp_path, 1000)
+  reader = chunks.ChunkReader(chunks.VectorIndex(store.directory),
+                              keys[::-1] + keys[:5])
+  items = np.array([0, 999, 1000, 1004, 500, 500, 3], np.int64)
+  expected = np.concatenate([x[::-1], x[:5]])[items]
+  np.testing.assert_array_equal(reader.read(items), expected)
+  # Sparse rows (point selection) and dense rows (slices) agree.
+  sparse = np.arange(0, 1000, 37)
+  np.testing.assert_array_equal(reader.read(sparse),
+                                np.concatenate([x[::-1], x[:5]])[sparse])
+  with pytest.raises(KeyError, match='1 keys are not in the cache'):
+    chunks.VectorIndex(store.directory).locate(['nope'])
+
+
+def test_index_takes_the_later_shard_of_a_key_stored_twice(tmp_path):
+  store = bottleneck_cache.BottleneckStore(str(tmp_path), {'kind': 't'})
+  store.put(['b', 'a'], np.array([[1.0], [2.0]]))
+  store.put(['a', 'c'], np.array([[3.0], [4.0]]))
+  index = chunks.VectorIndex(store.directory)
+  assert len(index) == 3
+  assert list(index.contains(['a', 'ab', 'c', 'zz'])) == [True, False, True,
+                                                          False]
+  reader = chunks.ChunkReader(index, ['a', 'b', 'c'])
+  np.testing.assert_array_equal(reader.read([0, 1, 2]).ravel(), [3, 1, 4])
+  np.testing.assert_array_equal(reader.read([0, 1, 2]),
+                                store.get(['a', 'b', 'c']))
+
+
+def test_schedule_mixes_blocks_and_covers_every_item():
+  from retrain.head import streaming
+  order = np.arange(10 * streaming.BLOCK_VECTORS, dtype=np.int64)
+  rng = np.random.default_rng(0)
+  schedule = streaming.chunk_schedule(order, 3 * streaming.BLOCK_VECTORS, rng)
+  first_pass = [next(schedule) for _ in range(4)]  # 3 + 3 + 3 + 1 blocks
+  assert [len(c) for c in first_pass] == [3072, 3072, 3072, 1024]
+  np.testing.assert_array_equal(np.sort(np.concatenate(first_pass)), order)
+  # Blocks of a chunk come from all over the storage order, not one run.
+  assert np.ptp(first_pass[0]) > 3 * streaming.BLOCK_VECTORS
+
+
+def test_should_stream_only_past_the_budget():
+  from retrain.head import streaming
+  assert not streaming.should_stream(100, 100)
+  assert streaming.should_stream(101, 100)
+  assert not streaming.should_stream(10**9, 0)
+
+
+def test_streaming_training_learns_and_reads_in_chunks(tmp_path):
+  from retrain.head import streaming
+  store, keys, x, labels = _store(tmp_path, 6000)
+  index = chunks.VectorIndex(store.directory)
+  train, val = np.arange(0, 6000, 2), np.arange(1, 6000, 2)
+  stats = streaming.StreamStats()
+  points = []
+  result = streaming.train_head_streaming(
+      chunks.ChunkReader(index, [keys[i] for i in train]), labels[train], 3,
+      chunks.ChunkReader(index, [keys[i] for i in val]), labels[val],
+      _settings(steps=200, batch_size=50, eval_step_interval=20,
+                validation_batch_size=100, seed=0),
+      max_vectors_in_memory=2048, on_eval=points.append, stats=stats)
+  # 3000 training vectors, chunks of 1024: at least 3 chunks were read and
+  # never more than the budget at once.
+  assert stats.chunks >= 3
+  assert [p.step for p in points] == list(range(0, 200, 20)) + [199]
+  assert points[-1].validation_accuracy > 0.95
+  test = streaming.evaluate_streaming(
+      result.head, chunks.ChunkReader(index, [keys[i] for i in val]),
+      labels[val], max_vectors_in_memory=2048)
+  assert test.count == 3000 and test.accuracy > 0.95
+  np.testing.assert_array_equal(test.labels, labels[val])
+  # The same head, evaluated in memory, gives the same predictions.
+  from retrain.head import evaluate
+  in_memory = evaluate.evaluate(result.head, x[val], labels[val])
+  np.testing.assert_array_equal(in_memory.predictions, test.predictions)
+
+
+def test_streaming_sees_every_class_though_the_cache_is_in_class_order(
+    tmp_path):
+  """Class-balanced sampling per chunk: a chunk of random blocks holds
+  several classes even when the cache stores the classes one after
+  another, so the head learns all of them."""
+  from retrain.head import streaming
+  store, keys, _, labels = _store(tmp_path, 9000, classes=3)
+  index = chunks.ChunkReader(chunks.VectorIndex(store.directory), keys)
+  result = streaming.train_head_streaming(
+      index, labels, 3, index, labels[:0],
+      _settings(steps=300, batch_size=30, eval_step_interval=100,
+                validation_batch_size=-1, seed=1),
+      max_vectors_in_memory=4096)
+  test = streaming.evaluate_streaming(result.head, index, labels, 4096)
+  per_class = [np.mean(test.predictions[labels == c] == c) for c in range(3)]
+  assert min(per_class) > 0.9, per_class
+
+
+@pytest.mark.slow
+def test_pipeline_streams_past_the_budget(tmp_path, fake_module, monkeypatch):
+  """A run whose training vectors exceed --max_vectors_in_memory trains and
+  evaluates from the cache, with distorted copies, and still exports."""
+  import json
+
+  from retrain import pipeline
+  from retrain.head import streaming
+  from tests.conftest import make_colour_dataset, shrunk_config
+  calls = []
+  real = streaming.train_head_streaming
+
+  def recording(train, train_y, *args, **kwargs):
+    calls.append((len(train), kwargs['stats']))
+    return real(train, train_y, *args, **kwargs)
+
+  monkeypatch.setattr(streaming, 'train_head_streaming', recording)
+  images = make_colour_dataset(tmp_path / 'images', per_class=20)
+  config = shrunk_config(images, tmp_path / 'out', fake_module,
+                         max_vectors_in_memory=10, flip_left_right=True,
+                         distorted_copies=1, projector_max_images=0,
+                         output_graph='')
+  result = pipeline.run(config)
+  assert result.bottleneck_stats.computed == 60
+  assert result.distorted_stats.computed == result.counts['train']
+  # Originals and their copies, read in more than one chunk.
+  ((trained_on, stats),) = calls
+  assert trained_on == 2 * result.counts['train']
+  assert stats.chunks > 1
+  assert result.test_accuracy == 1.0 and result.test_count > 0
+  assert result.history[-1].step == config.how_many_training_steps - 1
+  summary = json.loads((tmp_path / 'out' / 'report' /
+                        'run_summary.json').read_text())
+  assert summary['config']['max_vectors_in_memory'] == 10
+  assert (tmp_path / 'out' / 'saved_model' / 'saved_model.pb').exists()
+
+  # Below the budget the same data takes the in-memory path and reuses
+  # every cached vector.
+  again = pipeline.run(dataclasses_replace(config, max_vectors_in_memory=0,
+                                           saved_model_dir=''))
+  assert len(calls) == 1
+  assert again.bottleneck_stats.computed == 0
+  assert again.distorted_stats.computed == 0
+  assert again.test_accuracy == 1.0
+
+
+def dataclasses_replace(config, **changes):
+  import dataclasses
+  return dataclasses.replace(config, **changes)
+
+
+def test_negative_budget_is_a_clear_error(tmp_path, fake_module):
+  from retrain import streamed
+  from retrain.errors import DatasetError
+  from tests.conftest import shrunk_config
+  config = shrunk_config(tmp_path, tmp_path / 'out', fake_module,
+                         max_vectors_in_memory=-1)
+  with pytest.raises(DatasetError, match='--max_vectors_in_memory=-1 must be'):
+    streamed.needed(config, 10)
+  config = shrunk_config(tmp_path, tmp_path / 'out', fake_module,
+                         max_vectors_in_memory=1000, flip_left_right=True,
+                         distorted_copies=2)
+  # 2000 images: 80% train, times 1 + 2 copies = 4800 > 1000.
+  assert streamed.expected_training_vectors(config, 2000) == 4800
+  assert streamed.needed(config, 2000) and not streamed.needed(config, 400)
