@@ -225,6 +225,31 @@ flags.DEFINE_enum('tflite_quantization', _D.tflite_quantization,
 flags.DEFINE_integer('tflite_calibration_images',
                      _D.tflite_calibration_images,
                      'Training images that calibrate int8 quantization.')
+# --- Fine-tuning (retrain/finetune/) -----------------------------------------
+flags.DEFINE_bool('fine_tune', _D.fine_tune,
+                  'After the head, fine-tune the top of the module with it '
+                  '(see docs/fine_tuning.md).')
+flags.DEFINE_integer('fine_tune_from', _D.fine_tune_from,
+                     'First block fine-tuned (bundled EfficientNet-Lite '
+                     'modules); -1 for the default.')
+flags.DEFINE_integer('fine_tune_epochs', _D.fine_tune_epochs,
+                     'Fine-tuning epochs (early stopping may end sooner).')
+flags.DEFINE_float('fine_tune_learning_rate', _D.fine_tune_learning_rate,
+                   'Peak AdamW learning rate of fine-tuning.')
+flags.DEFINE_float('fine_tune_weight_decay', _D.fine_tune_weight_decay,
+                   'Decoupled weight decay of fine-tuning.')
+flags.DEFINE_float('fine_tune_dropout', _D.fine_tune_dropout,
+                   'Dropout of the pooled features while fine-tuning.')
+flags.DEFINE_integer('fine_tune_batch_size', _D.fine_tune_batch_size,
+                     'Images per fine-tuning step.')
+flags.DEFINE_float('fine_tune_warmup_epochs', _D.fine_tune_warmup_epochs,
+                   'Epochs of linear learning-rate warm-up.')
+flags.DEFINE_integer('fine_tune_patience', _D.fine_tune_patience,
+                     'Epochs without better validation accuracy before '
+                     'fine-tuning stops; 0 never stops early.')
+# --- End of fine-tuning ----------------------------------------------------------
+
+
 # --- Deployment: ONNX, quantization check, confidence (issue 19) ---
 flags.DEFINE_string('onnx_output_file', _D.onnx_output_file,
                     'Where an ONNX model is written ("" for none; needs '

@@ -32,6 +32,7 @@ from retrain.export import quantization_check
 from retrain.export import saved_model as export_lib
 from retrain.features import ensemble as ensemble_lib
 from retrain.features import tflite_runtime
+from retrain.finetune import run as finetune_lib
 from retrain.head import auto as head_auto
 from retrain.head import calibration as calibration_lib
 from retrain.head import evaluate as evaluate_lib
@@ -68,6 +69,8 @@ class RunResult:
       (retrain/explain.py).
     distorted_stats: what the cache did for distorted copies, or None when
       no distortion was asked for.
+    fine_tuned: the retrain.finetune.run.FineTuned of --fine_tune (the
+      in-memory network, history, test before/after), else None.
   """
   labels: List[str]
   counts: Dict[str, int]
@@ -84,6 +87,7 @@ class RunResult:
   peak_rss_mib: Optional[Dict[str, float]] = None
   # <report_dir>/deployment.json: calibration and quantization checks.
   deployment_report: Optional[str] = None
+  fine_tuned: Optional[finetune_lib.FineTuned] = None
 
 
 def check_config(config: Config) -> None:
@@ -114,6 +118,8 @@ def check_config(config: Config) -> None:
                        fields=('projector_max_images',))
   distort_lib.check_settings(subset(distort_lib.Distortions, config),
                              config.distorted_copies)
+  # Fine-tuning (issue 16).
+  finetune_lib.check_options(subset(finetune_lib.FineTuneOptions, config))
 
 
 def _log_counts(labels, y, split) -> None:
@@ -166,10 +172,18 @@ def run(config: Config) -> RunResult:
   with phases('evaluation'):
     test, misclassified, explained = evaluate(config, labels, trained, images,
                                               split)
+    # --- Fine-tuning (issue 16): before calibration, so that the exported
+    # (calibrated) head is the fine-tuned one. ----------------------------------
+    tuned = None
+    if config.fine_tune:
+      module, trained, test, images, tuned = fine_tune(
+          config, module, labels, trained, test, images, split)
+    # --- End of fine-tuning -----------------------------------------------------
     confidence = calibrate(config, trained, images, split)  # Issue 19.
   with phases('export'):
     saved, deployment = export(config, module, labels, trained, test, images,
-                               split, intermediate, confidence)
+                               split, intermediate, confidence,
+                               tuned.metadata if tuned else None)
   phases.total()
   if skipped:
     logging.warning('%d images were skipped because they could not be used; '
@@ -183,7 +197,8 @@ def run(config: Config) -> RunResult:
       history=trained.history, misclassified=misclassified,
       saved_model_dir=saved, timings=phases.timings, explained=explained,
       distorted_stats=copies.stats if copies is not None else None,
-      peak_rss_mib=phases.peak_rss, deployment_report=deployment)
+      peak_rss_mib=phases.peak_rss, deployment_report=deployment,
+      fine_tuned=tuned)
   write_run_summary(config, result)
   return result
 
@@ -373,6 +388,26 @@ def evaluate(config: Config, labels: Sequence[str],
   return test, misclassified, explained
 
 
+def fine_tune(config: Config, module, labels: Sequence[str],
+              trained: train_lib.TrainResult, test: evaluate_lib.Evaluation,
+              images: usable_lib.UsableImages, split: split_lib.Split):
+  """Issue 16: fine-tunes the top of the module with the head. Returns
+  (module, trained, test, images, FineTuned): the fine-tuned feature
+  extractor and head, the test result with its accuracy, and the images
+  with the validation rows' vectors from the fine-tuned network (what
+  calibration reads)."""
+  tuned = finetune_lib.fine_tune(
+      subset(finetune_lib.FineTuneOptions, config),
+      subset(distort_lib.Distortions, config), module, trained.head, labels,
+      images.paths, images.digests, images.labels, split)
+  vectors = np.array(images.vectors, copy=True)
+  if len(tuned.validation_features) == len(split.validation):
+    vectors[split.validation] = tuned.validation_features
+  return (tuned.module, dataclasses.replace(trained, head=tuned.head),
+          dataclasses.replace(test, accuracy=tuned.test_after),
+          dataclasses.replace(images, vectors=vectors), tuned)
+
+
 def calibrate(config: Config, trained: train_lib.TrainResult,
               images: usable_lib.UsableImages, split: split_lib.Split
               ) -> calibration_lib.Confidence:
@@ -393,7 +428,8 @@ def calibrate(config: Config, trained: train_lib.TrainResult,
 def export(config: Config, module, labels: Sequence[str],
            trained: train_lib.TrainResult, test: evaluate_lib.Evaluation,
            images: usable_lib.UsableImages, split: split_lib.Split,
-           intermediate, confidence: calibration_lib.Confidence):
+           intermediate, confidence: calibration_lib.Confidence,
+           fine_tune_metadata: Optional[dict] = None):
   """Writes the labels file and every export asked for; returns (the
   SavedModel folder or None, <report_dir>/deployment.json).
 
@@ -425,7 +461,7 @@ def export(config: Config, module, labels: Sequence[str],
                         'other_exports': other_formats,
                         'quantization_checks': [c.metadata()
                                                 for c in gate.results],
-                        **deploy_metadata})
+                        **deploy_metadata, **(fine_tune_metadata or {})})
     logging.info('Exported the classifier to %s (labels in %s).', saved,
                  config.output_labels)
   deployment = deployment_report.write_report(

@@ -126,6 +126,24 @@ def require_shared(path=FLOWERS):
   return path
 
 
+def kill_after(script, count):
+  """Runs `python -c script`, which prints 0, 1, 2, ... one per finished
+  write, and SIGKILLs it once it has printed `count`; returns the last
+  number printed (the writes known to be done)."""
+  import subprocess
+  import sys
+  proc = subprocess.Popen([sys.executable, '-c', script],
+                          stdout=subprocess.PIPE, text=True)
+  done = -1
+  for line in proc.stdout:
+    done = int(line)
+    if done >= count:
+      break
+  proc.kill()
+  proc.wait()
+  return done
+
+
 def exporting_config(root, images, module, **overrides):
   """shrunk_config over a colour data set made in root/<images>, outputs
   under root/out, writing a frozen graph.pb and a model.tflite too."""

@@ -10,6 +10,7 @@ import pytest
 
 import bottleneck_cache
 from bottleneck_cache import store as store_lib
+from tests.conftest import kill_after
 
 NS = {'module': 'fake', 'module_fingerprint': 'abc', 'input_size': [8, 8]}
 
@@ -139,15 +140,7 @@ def test_kill_during_writes_leaves_readable_cache(tmp_path):
           s.put([f"w{{i}}"], np.full((1, 4), i, np.float32))
           print(i, flush=True)
   ''')
-  proc = subprocess.Popen([sys.executable, '-c', script],
-                          stdout=subprocess.PIPE, text=True)
-  done = -1
-  for line in proc.stdout:
-    done = int(line)
-    if done >= 150:
-      break
-  proc.kill()
-  proc.wait()
+  done = kill_after(script, 150)
   s = bottleneck_cache.BottleneckStore(str(tmp_path), NS)
   assert len(s) >= done + 1
   keys = [f'w{i}' for i in range(done + 1)]

@@ -29,6 +29,7 @@ LEVELS = (
     ('retrain.head',),
     ('retrain.report',),
     ('retrain.export',),
+    ('retrain.finetune',),  # after the head, before the export it feeds
     ('retrain.config', 'retrain.pipeline', 'retrain.streamed'),
     # The health report (docs/inspect.md) uses the pipeline's steps.
     ('retrain.inspect',),

@@ -330,6 +330,46 @@ def load_folded_weights(variant: Union[str, Variant]) -> FoldedWeights:
 # --- The TensorFlow model. ---------------------------------------------------
 
 
+def normalize(images):
+  """[0, 1] -> (255 x - 127) / 128, the input scaling the weights expect."""
+  return images * (255.0 / 128.0) - (127.0 / 128.0)
+
+
+def apply_conv(x, name: str, kernel, bias, stride: int = 1,
+               relu6: bool = True):
+  """One BN-folded conv layer `name` ('.../depthwise' for depthwise ones)."""
+  import tensorflow as tf
+
+  # TF 'SAME' padding everywhere, as in the original TF model: for stride 2
+  # it pads one more pixel at the bottom/right. Symmetric padding instead
+  # costs about 5 points of top-1.
+  if name.endswith('/depthwise'):
+    x = tf.nn.depthwise_conv2d(x, kernel, strides=[1, stride, stride, 1],
+                               padding='SAME')
+  else:
+    x = tf.nn.conv2d(x, kernel, strides=stride, padding='SAME')
+  x = tf.nn.bias_add(x, bias)
+  return tf.nn.relu6(x) if relu6 else x
+
+
+def apply_block(x, i: int, b: BlockSpec, kernels: dict, biases: dict):
+  """MBConv block i (spec b) on x [batch, h, w, b.in_channels].
+
+  kernels and biases map the layer names of FoldedWeights.convs to tensors.
+  """
+  shortcut = x
+  name = f'block{i}'
+  if b.expand_ratio != 1:
+    x = apply_conv(x, f'{name}/expand', kernels[f'{name}/expand'],
+                   biases[f'{name}/expand'])
+  x = apply_conv(x, f'{name}/depthwise', kernels[f'{name}/depthwise'],
+                 biases[f'{name}/depthwise'], stride=b.stride)
+  x = apply_conv(x, f'{name}/project', kernels[f'{name}/project'],
+                 biases[f'{name}/project'], relu6=False)
+  return x + shortcut if b.has_skip else x
+
+
+
 class EfficientNetLite:
   """The inference graph over BN-folded weights held in `tf.Variable`s.
 
@@ -368,35 +408,16 @@ class EfficientNetLite:
     self.logits = tf.function(self._logits, input_signature=[spec])
 
   def _conv(self, x, name: str, stride: int = 1, relu6: bool = True):
-    import tensorflow as tf
-
-    # TF 'SAME' padding everywhere, as in the original TF model: for stride 2
-    # it pads one more pixel at the bottom/right. Symmetric padding instead
-    # costs about 5 points of top-1.
-    if name.endswith('/depthwise'):
-      x = tf.nn.depthwise_conv2d(x, self._kernels[name],
-                                 strides=[1, stride, stride, 1],
-                                 padding='SAME')
-    else:
-      x = tf.nn.conv2d(x, self._kernels[name], strides=stride, padding='SAME')
-    x = tf.nn.bias_add(x, self._biases[name])
-    return tf.nn.relu6(x) if relu6 else x
+    return apply_conv(x, name, self._kernels[name], self._biases[name],
+                      stride, relu6)
 
   def compute_features(self, images):
     """The untraced graph of `features`, for tracing into other functions."""
     import tensorflow as tf
 
-    # [0, 1] -> (255 x - 127) / 128, the input scaling the weights expect.
-    x = images * (255.0 / 128.0) - (127.0 / 128.0)
-    x = self._conv(x, 'stem', stride=2)
+    x = self._conv(normalize(images), 'stem', stride=2)
     for i, b in enumerate(self._blocks):
-      shortcut = x
-      if b.expand_ratio != 1:
-        x = self._conv(x, f'block{i}/expand')
-      x = self._conv(x, f'block{i}/depthwise', stride=b.stride)
-      x = self._conv(x, f'block{i}/project', relu6=False)
-      if b.has_skip:
-        x += shortcut
+      x = apply_block(x, i, b, self._kernels, self._biases)
     x = self._conv(x, 'head')
     return tf.reduce_mean(x, axis=[1, 2])
 

@@ -1,0 +1,147 @@
+"""EfficientNet-Lite cut at a block boundary: a frozen bottom, a trainable top.
+
+Block K's boundary is the tensor that enters MBConv block K (the output of
+block K-1, or of the stem for K = 0). The bottom (stem and blocks < K) runs
+once per image to make the cached activations; the top (blocks >= K, the
+head conv, the global average pool and the classifier) is what fine-tuning
+trains:
+
+  bottom: images float32 [batch, S, S, 3] in [0, 1]
+          -> activations float32 [batch, h, w, c] (`boundary_shape`)
+  top:    activations -> logits float32 [batch, N], columns in label order
+
+Batch norm is frozen by construction: it was folded into the convolutions
+with its inference statistics (`efficientnet_lite.fold_weights`), so there
+are no batch statistics to use or update, and an image's output never
+depends on the other images of its batch. Training moves the folded
+kernels and biases, which is training the conv weights and the BN affine
+parameters together.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from retrain.errors import DatasetError
+from retrain.features import efficientnet_lite
+from retrain.features.efficientnet_lite import FoldedWeights
+
+
+def default_boundary(blocks: List[efficientnet_lite.BlockSpec]) -> int:
+  """The first block whose stride brings the map to 1/32 of the input with
+  192 (or more) channels: 11 in Lite0, 15 in Lite1/2 (see config.py)."""
+  strides = 2  # the stem
+  for i, b in enumerate(blocks):
+    strides *= b.stride
+    if strides == 32:
+      return i
+  return len(blocks) - 1
+
+
+def check_boundary(block: int, blocks: List[efficientnet_lite.BlockSpec],
+                   title: str) -> int:
+  """The block to cut at: `block`, or the default for -1.
+
+  Raises:
+    DatasetError: naming the value and the accepted range.
+  """
+  if block == -1:
+    return default_boundary(blocks)
+  if not 0 <= block <= len(blocks):
+    raise DatasetError(
+        f'fine_tune_from={block} is not a block of {title}, which has '
+        f'blocks 0 to {len(blocks) - 1} ({len(blocks)} means only the head '
+        'conv): pass one of those, or -1 for the default '
+        f'({default_boundary(blocks)}).', fields=('fine_tune_from',))
+  return block
+
+
+def boundary_shape(weights: FoldedWeights, block: int) -> Tuple[int, int, int]:
+  """(h, w, c) of the activations entering `block` ('SAME' padding)."""
+  size = weights.variant.input_size
+  size = math.ceil(size / 2)  # the stem
+  channels = efficientnet_lite.block_specs(weights.variant)[0].in_channels
+  for b in weights.blocks[:block]:
+    size = math.ceil(size / b.stride)
+    channels = b.out_channels
+  return size, size, channels
+
+
+class LiteNetwork(tf.Module):
+  """EfficientNet-Lite plus a softmax classifier, trainable from a block on.
+
+  Args:
+    weights: the folded module weights.
+    block: the boundary K (0 <= K <= number of blocks).
+    head_weights: float32 [1280, N], head_biases float32 [N]: the trained
+      head the classifier starts from.
+    dropout: rate on the pooled features in `logits(..., training=True)`.
+  """
+
+  def __init__(self, weights: FoldedWeights, block: int,
+               head_weights: np.ndarray, head_biases: np.ndarray,
+               dropout: float = 0.0):
+    super().__init__(name='fine_tuned_efficientnet_lite')
+    self.variant = weights.variant
+    self.block = block
+    self.input_size = weights.variant.input_size
+    self.dropout = float(dropout)
+    self._specs = list(weights.blocks)
+    self.activation_shape = boundary_shape(weights, block)
+    top = {'head'} | {f'block{i}/{part}' for i in range(block,
+                                                         len(self._specs))
+                      for part in ('expand', 'depthwise', 'project')}
+    self.kernels, self.biases = {}, {}
+    for name, (kernel, bias) in weights.convs.items():
+      trainable = name in top
+      self.kernels[name] = tf.Variable(kernel, trainable=trainable,
+                                       name=f'{name}/kernel')
+      self.biases[name] = tf.Variable(bias, trainable=trainable,
+                                      name=f'{name}/bias')
+    self.final_weights = tf.Variable(head_weights, name='final_weights')
+    self.final_biases = tf.Variable(head_biases, name='final_biases')
+
+  @property
+  def top_variables(self) -> List[tf.Variable]:
+    """What fine-tuning trains: the top's kernels and biases, the head."""
+    names = sorted(n for n, v in self.kernels.items() if v.trainable)
+    return ([v for n in names for v in (self.kernels[n], self.biases[n])] +
+            [self.final_weights, self.final_biases])
+
+  def bottom(self, images: tf.Tensor) -> tf.Tensor:
+    """float32 [b, S, S, 3] in [0, 1] -> float32 [b, h, w, c] at the cut."""
+    x = efficientnet_lite.apply_conv(
+        efficientnet_lite.normalize(images), 'stem', self.kernels['stem'],
+        self.biases['stem'], stride=2)
+    for i in range(self.block):
+      x = efficientnet_lite.apply_block(x, i, self._specs[i], self.kernels,
+                                        self.biases)
+    return x
+
+  def top_features(self, x: tf.Tensor) -> tf.Tensor:
+    """Activations at the cut -> float32 [b, 1280] pooled features."""
+    for i in range(self.block, len(self._specs)):
+      x = efficientnet_lite.apply_block(x, i, self._specs[i], self.kernels,
+                                        self.biases)
+    x = efficientnet_lite.apply_conv(x, 'head', self.kernels['head'],
+                                     self.biases['head'])
+    return tf.reduce_mean(x, axis=[1, 2])
+
+  def logits(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
+    """Activations at the cut (any float dtype) -> float32 [b, N] logits."""
+    features = self.top_features(tf.cast(x, tf.float32))
+    if training and self.dropout > 0:
+      features = tf.nn.dropout(features, rate=self.dropout)
+    return tf.matmul(features, self.final_weights) + self.final_biases
+
+  def pooled(self, x: tf.Tensor) -> tf.Tensor:
+    """Activations at the cut (any float dtype) -> float32 [b, 1280]."""
+    return self.top_features(tf.cast(x, tf.float32))
+
+  def features(self, images: tf.Tensor) -> tf.Tensor:
+    """The whole fine-tuned feature extractor: images -> float32 [b, 1280]."""
+    return self.top_features(self.bottom(images))

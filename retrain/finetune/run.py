@@ -1,0 +1,490 @@
+"""Fine-tuning as a step of the pipeline: checks, data, training, results.
+
+`check_config` runs before any slow work; `check_split` as soon as the
+split is known; `fine_tune` after the head is trained and before export.
+It returns the fine-tuned network as a `FeatureModule` (whose `obj` is the
+fine-tuned feature extractor, images -> float32 [b, D]) and a `Head`, so
+every export format (SavedModel with both signatures, frozen graph,
+TFLite) is written by the unchanged export code.
+
+Two ways, chosen by the module:
+  bundled EfficientNet-Lite: the blocks from --fine_tune_from on, the head
+    conv and the classifier, trained on cached activations
+    (`retrain.finetune.activations`, `retrain.finetune.lite`);
+  any other module: the whole module through hub.KerasLayer(trainable=True)
+    on images streamed from disk (`retrain.finetune.hub_full`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import time
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+import bottleneck_cache
+from retrain.bottlenecks import distort as distort_lib
+from retrain.common import atomic
+from retrain.common import earlier_outputs as keep
+from retrain.errors import DatasetError
+from retrain.features import efficientnet_lite, ensemble_presets, presets
+from retrain.features.modules import FeatureModule
+from retrain.finetune import activations as activations_lib
+from retrain.finetune import hub_full
+from retrain.finetune import lite as lite_lib
+from retrain.finetune import train as train_lib
+from retrain.head.model import Head
+
+REPORT_FILE = 'fine_tune.json'
+# Above this, AdamW fine-tuning of pretrained blocks tends to wipe out what
+# they learnt in the first epoch (1e-3 overfit within a few epochs on
+# flowers_sample); only a warning, as a small dataset may still want it.
+_HIGH_LEARNING_RATE = 1e-3
+# Fewer validation images of a class than this: one image moves that
+# class's accuracy by more than 20 points.
+_FEW_VALIDATION = 5
+
+
+def bundled_variant(handle: str) -> Optional[efficientnet_lite.Variant]:
+  """The EfficientNet-Lite variant of a bundled preset name, else None."""
+  preset = presets.PRESETS.get(handle)
+  if preset is None or not preset.bundled:
+    return None
+  return efficientnet_lite.get_variant(preset.name)
+
+
+@dataclasses.dataclass(frozen=True)
+class FineTuneOptions:
+  """The settings fine-tuning reads (named as retrain.config.Config's
+  fields; see there for each one's meaning and default)."""
+  fine_tune: bool
+  fine_tune_from: int
+  fine_tune_epochs: int
+  fine_tune_learning_rate: float
+  fine_tune_weight_decay: float
+  fine_tune_dropout: float
+  fine_tune_batch_size: int
+  fine_tune_warmup_epochs: float
+  fine_tune_patience: int
+  tfhub_module: str
+  validation_percentage: float
+  validation_csv: str
+  image_layout: str
+  distorted_copies: int
+  random_seed: int
+  bottleneck_dir: str
+  bottleneck_batch_size: int
+  checkpoint_path: str
+  summaries_dir: str
+  report_dir: str
+
+
+def _refuse(field: str, text: str):
+  raise DatasetError(text, fields=(field,))
+
+
+def check_options(o: FineTuneOptions) -> None:
+  """Raises DatasetError for fine-tuning settings that cannot work; warns
+  about ones that probably will not. Does nothing unless fine_tune."""
+  if not o.fine_tune:
+    return
+  for name in ('fine_tune_epochs', 'fine_tune_batch_size'):
+    if getattr(o, name) < 1:
+      _refuse(name, f'{name}={getattr(o, name)} must be at least 1.')
+  lr = o.fine_tune_learning_rate
+  if not (math.isfinite(lr) and lr > 0):
+    _refuse('fine_tune_learning_rate', f'fine_tune_learning_rate={lr} must '
+            'be a positive number; 1e-4 is the default.')
+  if lr > _HIGH_LEARNING_RATE:
+    logging.warning(
+        'fine_tune_learning_rate=%g is high for fine-tuning pretrained '
+        'layers (they change in the first steps far more than the head '
+        'needs, and accuracy usually drops or training diverges); try 1e-4.',
+        lr)
+  if not 0 <= o.fine_tune_dropout < 1:
+    _refuse('fine_tune_dropout',
+            f'fine_tune_dropout={o.fine_tune_dropout} must be in [0, 1).')
+  for name in ('fine_tune_weight_decay', 'fine_tune_warmup_epochs',
+               'fine_tune_patience'):
+    if getattr(o, name) < 0:
+      _refuse(name, f'{name}={getattr(o, name)} must be 0 or more.')
+  if (o.validation_percentage <= 0 and not o.validation_csv and
+      o.image_layout != 'split_folders'):
+    raise DatasetError(
+        'fine_tune needs a validation set for early stopping, but '
+        f'validation_percentage={o.validation_percentage:g}: pass '
+        'validation_percentage 10 (or more), or drop fine_tune.',
+        fields=('fine_tune', 'validation_percentage'))
+  members = ensemble_presets.member_handles(o.tfhub_module)
+  if len(members) > 1:
+    raise DatasetError(
+        f'fine_tune works on one module, and tfhub_module={o.tfhub_module!r} '
+        f'is an ensemble of {len(members)}: pass one of {", ".join(members)}'
+        ', or drop fine_tune.', fields=('fine_tune', 'tfhub_module'))
+  variant = bundled_variant(o.tfhub_module)
+  if variant is not None:
+    lite_lib.check_boundary(o.fine_tune_from,
+                            efficientnet_lite.block_specs(variant),
+                            variant.title)
+  elif o.fine_tune_from != -1:
+    logging.warning(
+        'fine_tune_from=%d is ignored: %s is not a bundled EfficientNet-Lite '
+        'module, so it has no block boundary to cut at and is fine-tuned '
+        'whole.', o.fine_tune_from, o.tfhub_module)
+
+
+def check_split(o: FineTuneOptions, labels: Sequence[str], y: np.ndarray,
+                validation: np.ndarray) -> None:
+  """Raises DatasetError if a class has no validation image (early stopping
+  would not see it), naming the classes and the fix; warns when a class
+  has only a few."""
+  if not o.fine_tune:
+    return
+  counts = np.bincount(y[validation], minlength=len(labels))
+  empty = [labels[i] for i in range(len(labels)) if counts[i] == 0]
+  if empty:
+    raise DatasetError(
+        f'fine_tune needs validation images of every class, and '
+        f'{len(empty)} class(es) have none: {", ".join(empty[:5])}. Add '
+        'images to them (about 10 or more per class), raise '
+        f'validation_percentage (now {o.validation_percentage:g}), '
+        'or drop fine_tune.', fields=('fine_tune', 'validation_percentage'))
+  few = [labels[i] for i in range(len(labels)) if counts[i] < _FEW_VALIDATION]
+  if few:
+    logging.warning(
+        'Fine-tuning keeps the epoch with the best validation accuracy, but '
+        '%d class(es) have fewer than %d validation images (%s), so that '
+        'choice is mostly noise: add images or raise validation_percentage '
+        '(now %g).', len(few), _FEW_VALIDATION, ', '.join(few[:5]),
+        o.validation_percentage)
+
+
+@dataclasses.dataclass
+class FineTuned:
+  """What fine-tuning produced.
+
+  Attributes:
+    module: the fine-tuned feature extractor as a FeatureModule (obj and
+      call run it: float32 [b, H, W, 3] in [0, 1] -> float32 [b, D]).
+    head: the fine-tuned classifier on those features.
+    network: the in-memory network (`logits`, `features`, `top_variables`).
+    fit: the training history (retrain.finetune.train.FitResult).
+    test_before, test_after: test accuracy in [0, 1] of the head alone (on
+      the same inputs) and after fine-tuning; nan without a test set.
+    test_predictions: int64 [n_test] class ids after fine-tuning.
+    validation_features: float32 [n_val, D] pooled features of the
+      validation images from the fine-tuned network (for calibration).
+    metadata: what the export's retrain_metadata.json says about it.
+    timings: seconds per phase ('activations', 'training').
+  """
+  module: FeatureModule
+  head: Head
+  network: tf.Module
+  fit: train_lib.FitResult
+  test_before: float
+  test_after: float
+  test_count: int
+  test_predictions: np.ndarray
+  metadata: dict
+  timings: dict
+  validation_features: Optional[np.ndarray] = None
+
+
+def tuned_feature_module(module: FeatureModule, network) -> FeatureModule:
+  """`module` with obj and call running network.features (trackable, so the
+  export saves the fine-tuned variables)."""
+
+  class TunedFeatures(tf.Module):
+
+    def __init__(self):
+      super().__init__(name='fine_tuned_features')
+      self.network = network
+
+    def __call__(self, images):
+      # Plain Python, traced inline into each export's own tf.function: a
+      # nested tf.function would give its captured variables numeric names,
+      # which TF renames in a log line hundreds of names long.
+      return self.network.features(tf.convert_to_tensor(images, tf.float32))
+
+  obj = TunedFeatures()
+  return dataclasses.replace(module, obj=obj, call=obj.__call__,
+                             prepare=None, parallel_calls=1)
+
+
+def _digest(*arrays) -> str:
+  h = hashlib.sha256()
+  for a in arrays:
+    h.update(np.ascontiguousarray(a).tobytes())
+  return h.hexdigest()[:20]
+
+
+def _fit_options(o: FineTuneOptions) -> train_lib.FitOptions:
+  return train_lib.FitOptions(
+      epochs=o.fine_tune_epochs, learning_rate=o.fine_tune_learning_rate,
+      weight_decay=o.fine_tune_weight_decay,
+      warmup_epochs=o.fine_tune_warmup_epochs, patience=o.fine_tune_patience,
+      seed=o.random_seed)
+
+
+def checkpoint_dir(o: FineTuneOptions, identity: dict) -> str:
+  """<checkpoint_path>.fine_tune/, or, without one, a folder of the
+  bottleneck cache named by the run's identity (so resume always works)."""
+  if o.checkpoint_path:
+    return f'{o.checkpoint_path}.fine_tune'
+  return os.path.join(o.bottleneck_dir, 'fine_tune_checkpoints',
+                      bottleneck_cache.namespace_id(identity))
+
+
+def _writers(summaries_dir: str):
+  """(train, validation, test) writers under <summaries_dir>/fine_tune/; an
+  earlier run's are moved aside."""
+  root = os.path.join(summaries_dir, 'fine_tune')
+  if os.path.isdir(root) and os.listdir(root):
+    keep.move_aside(root)
+  return tuple(tf.summary.create_file_writer(os.path.join(root, run))
+               for run in ('train', 'validation', 'test'))
+
+
+def _array_batches(x: np.ndarray, y: np.ndarray, batch_size: int,
+                   order: Optional[np.ndarray] = None):
+  order = np.arange(len(x)) if order is None else order
+  for start in range(0, len(order), batch_size):
+    idx = np.sort(order[start:start + batch_size])
+    yield tf.constant(x[idx]), tf.constant(y[idx], tf.int64)
+
+
+def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+  return np.random.default_rng([int(seed) & 0x7FFFFFFF, epoch]).permutation(n)
+
+
+@dataclasses.dataclass
+class _Plan:
+  """One kind of fine-tuning, ready to train: the network (logits,
+  features, top_variables, final_weights/biases), its batches (train by
+  epoch, validation, test), steps per epoch, what it is (for the
+  metadata) and the seconds its data took."""
+  network: tf.Module
+  train_batches: Callable
+  validation_batches: Callable
+  test_batches: Callable
+  steps: int
+  what: dict
+  timings: dict
+
+
+def _identity(o: FineTuneOptions, module, head, labels, keys, y, split,
+              distortions) -> dict:
+  """What a checkpoint must match to be resumed."""
+  return dict(
+      module.identity(), labels=list(labels),
+      head=_digest(head.weights, head.biases),
+      train=_digest(np.array([keys[i] for i in split.train]), y[split.train]),
+      validation=_digest(np.array([keys[i] for i in split.validation])),
+      options=dataclasses.asdict(_fit_options(o)),
+      dropout=o.fine_tune_dropout, batch_size=o.fine_tune_batch_size,
+      block=o.fine_tune_from,
+      distortions=distortions.describe() if distortions else None,
+      distorted_copies=o.distorted_copies if distortions else 0)
+
+
+def _lite_plan(o: FineTuneOptions, distortions, variant, module, head,
+               paths, keys, y, split) -> _Plan:
+  """The top of a bundled EfficientNet-Lite, on cached activations."""
+  weights = efficientnet_lite.load_folded_weights(variant)
+  block = lite_lib.check_boundary(o.fine_tune_from, weights.blocks,
+                                  variant.title)
+  network = lite_lib.LiteNetwork(weights, block, head.weights, head.biases,
+                                 o.fine_tune_dropout)
+  shape = network.activation_shape
+  logging.info('Fine-tuning %s from block %d on: activations of %dx%dx%d '
+               'entering it are computed once and cached.', variant.title,
+               block, *shape)
+  started = time.monotonic()
+  train_x, train_y, val, test = _lite_data(o, module, network, paths, keys, y,
+                                           split, distortions)
+  batch = o.fine_tune_batch_size
+  return _Plan(
+      network=network,
+      train_batches=lambda epoch: _array_batches(
+          train_x, train_y, batch,
+          _epoch_order(o.random_seed, epoch, len(train_x))),
+      validation_batches=lambda: _array_batches(*val, batch * 4),
+      test_batches=lambda: _array_batches(*test, batch * 4),
+      steps=math.ceil(len(train_x) / batch),
+      what={'kind': 'top of EfficientNet-Lite on cached activations',
+            'module': variant.name, 'from_block': block,
+            'blocks': len(weights.blocks), 'activation_shape': list(shape)},
+      timings={'activations': time.monotonic() - started})
+
+
+def _hub_plan(o: FineTuneOptions, distortions, module, head, paths, keys, y,
+              split) -> _Plan:
+  """The whole module through hub.KerasLayer, on images streamed."""
+  network = hub_full.HubNetwork(module, head.weights, head.biases,
+                                o.fine_tune_dropout)
+  train_paths = [paths[i] for i in split.train]
+  train_y = y[split.train]
+  seeds = None
+  if distortions is not None:
+    seeds = np.array([distort_lib.copy_seed(o.random_seed, keys[i], 0)
+                      for i in split.train], np.int64)
+  size, batch = module.input_size, o.fine_tune_batch_size
+
+  def train_batches(epoch):
+    # Other distortions each epoch, the same ones for a resumed epoch.
+    epoch_seeds = None if seeds is None else seeds ^ np.int64(epoch)
+    return hub_full.image_batches(
+        train_paths, train_y, size, batch,
+        _epoch_order(o.random_seed, epoch, len(train_paths)), distortions,
+        epoch_seeds)
+
+  def subset_batches(rows):
+    return lambda: hub_full.image_batches([paths[i] for i in rows], y[rows],
+                                          size, batch)
+
+  hub_full.log_estimate(
+      module.handle, hub_full.estimate_epoch_seconds(
+          network, batch, len(train_paths)), o.fine_tune_epochs,
+      len(train_paths))
+  return _Plan(
+      network=network, train_batches=train_batches,
+      validation_batches=subset_batches(split.validation),
+      test_batches=subset_batches(split.test),
+      steps=math.ceil(len(train_paths) / batch),
+      what={'kind': 'whole module through hub.KerasLayer(trainable=True)',
+            'module': module.handle, 'from_block': None}, timings={})
+
+
+def _train_and_test(o: FineTuneOptions, plan: _Plan, identity: dict,
+                    on_epoch):
+  """Trains plan.network; returns (FitResult, test accuracy before, after,
+  test predictions int64 [n])."""
+  network = plan.network
+
+  def infer(x):
+    return network.logits(x, False)
+
+  _, before, _ = train_lib.evaluate(infer, plan.test_batches())
+  writers = _writers(o.summaries_dir)
+  try:
+    fit = train_lib.fit(
+        network.top_variables, network.logits, plan.train_batches,
+        plan.validation_batches, plan.steps, _fit_options(o),
+        checkpoint_dir(o, identity), identity, writers[:2], on_epoch)
+    _, after, predictions = train_lib.evaluate(infer, plan.test_batches())
+    last = fit.history[-1].epoch if fit.history else o.fine_tune_epochs
+    with writers[2].as_default():
+      for step, value in ((0, before), (max(last, 1), after)):
+        if math.isfinite(value):
+          tf.summary.scalar('accuracy', value, step=step)
+  finally:
+    for w in writers:
+      w.close()
+  return fit, before, after, predictions
+
+
+def fine_tune(o: FineTuneOptions, distortions: distort_lib.Distortions,
+              module: FeatureModule, head: Head, labels: Sequence[str],
+              paths: Sequence[str], keys: Sequence[str], y: np.ndarray,
+              split, on_epoch=None) -> FineTuned:
+  """Fine-tunes the top of `module` (or all of it) together with `head`.
+
+  Args:
+    o: the settings; distortions: the run's (copies as for the head).
+    module: the feature module the head was trained on.
+    head: the trained head (weights float32 [D, N], biases [N]).
+    labels: class names; class id i is labels[i].
+    paths, keys: the usable images and their content hashes.
+    y: int64 [len(paths)] class ids.
+    split: train, validation, test index arrays into paths.
+    on_epoch: called with each EpochPoint (tests stop a run with it).
+  """
+  check_split(o, labels, y, split.validation)
+  distortions = distortions if distortions.any() else None
+  identity = _identity(o, module, head, labels, keys, y, split, distortions)
+  variant = bundled_variant(module.handle)
+  if variant is not None:
+    plan = _lite_plan(o, distortions, variant, module, head, paths, keys, y,
+                      split)
+  else:
+    plan = _hub_plan(o, distortions, module, head, paths, keys, y, split)
+  started = time.monotonic()
+  fit, before, after, predictions = _train_and_test(o, plan, identity,
+                                                    on_epoch)
+  plan.timings['training'] = time.monotonic() - started
+  logging.info('Fine-tuning: test accuracy %.1f%% before, %.1f%% after '
+               '(N=%d).', 100 * before, 100 * after, len(predictions))
+  what = dict(plan.what, epochs_run=[p.epoch for p in fit.history if p.epoch],
+              best_epoch=fit.best_epoch, resumed_from_epoch=fit.resumed_from,
+              learning_rate=o.fine_tune_learning_rate,
+              test_accuracy_before=before, test_accuracy_after=after)
+  network = plan.network
+  result = FineTuned(
+      module=tuned_feature_module(module, network),
+      head=Head(network.final_weights.numpy(), network.final_biases.numpy()),
+      network=network, fit=fit, test_before=before, test_after=after,
+      test_count=len(predictions), test_predictions=predictions,
+      metadata={'fine_tuned': what}, timings=plan.timings,
+      validation_features=np.concatenate(
+          [network.pooled(x).numpy() for x, _ in plan.validation_batches()]
+          or [np.zeros((0, network.final_weights.shape[0]), np.float32)]))
+  write_report(o.report_dir, result)
+  return result
+
+
+def _lite_data(o: FineTuneOptions, module, network, paths, keys, y, split,
+               distortions):
+  """(train_x, train_y, (val_x, val_y), (test_x, test_y)); x float16
+  activations [n, h, w, c], training rows: originals then copies."""
+  shape = network.activation_shape
+  bottom = activations_lib.bottom_module(
+      module, tf.function(network.bottom), shape, module.input_size)
+  store = activations_lib.Float16Store(
+      o.bottleneck_dir, activations_lib.namespace(module, network.block,
+                                                  shape))
+  plain = activations_lib.plain_activations(
+      paths, keys, bottom, store, shape, o.bottleneck_batch_size)
+  logging.info('Activations: %d reused from the cache, %d computed.',
+               plain.stats.reused, plain.stats.computed)
+  # Rows of plain.values for each usable image; an image the bottom could
+  # not read (already skipped for bottlenecks, so rare) is left out.
+  row = np.full(len(paths), -1)
+  row[np.flatnonzero(plain.ok)] = np.arange(int(plain.ok.sum()))
+
+  def rows(subset):
+    subset = np.asarray(subset)
+    subset = subset[row[subset] >= 0]
+    return plain.values[row[subset]], y[subset]
+
+  train_x, train_y = rows(split.train)
+  if distortions is not None:
+    train_idx = np.asarray(split.train)
+    dstore = activations_lib.Float16Store(
+        o.bottleneck_dir, activations_lib.distorted_namespace(
+            module, network.block, shape, distortions, o.random_seed))
+    copies, source = activations_lib.distorted_activations(
+        [paths[i] for i in train_idx], [keys[i] for i in train_idx], bottom,
+        dstore, shape, distortions, o.distorted_copies, o.random_seed,
+        o.bottleneck_batch_size)
+    train_x = np.concatenate([train_x, copies.values])
+    train_y = np.concatenate([train_y, y[train_idx][source]])
+  return train_x, train_y, rows(split.validation), rows(split.test)
+
+
+def write_report(report_dir: str, result: FineTuned) -> Optional[str]:
+  """<report_dir>/fine_tune.json: what was fine-tuned, before and after on
+  test, and each epoch's figures."""
+  if not report_dir:
+    return None
+  return atomic.write_json(
+      os.path.join(report_dir, REPORT_FILE),
+      dict(result.metadata['fine_tuned'], test_count=result.test_count,
+           timings_seconds=result.timings,
+           history=[dataclasses.asdict(p) for p in result.fit.history]),
+      indent=2)
