@@ -25,9 +25,10 @@ from absl import (
 )
 
 from retrain.common import names  # noqa: E402
-from retrain.config import (
-  DEFAULTS,  # noqa: E402
-  Config,  # noqa: E402
+from retrain.config import (  # noqa: E402
+  DEFAULTS,
+  FINE_TUNE_MODULE,
+  Config,
 )
 from retrain.head import auto as head_auto  # noqa: E402 (h15; no TensorFlow)
 
@@ -343,6 +344,12 @@ def main(argv):
     config = dataclasses.replace(config, head_solver=head_auto.resolve(
         config.head_solver, [name for name in head_auto.SGD_TRAINING_FLAGS
                              if FLAGS[name].present]))
+    if config.fine_tune and not FLAGS['tfhub_module'].present:
+      # The default module is an ensemble; fine-tuning trains one module.
+      logging.info('--fine_tune without --tfhub_module: fine-tuning %s (the '
+                   'default ensemble cannot be fine-tuned as one network).',
+                   FINE_TUNE_MODULE)
+      config = dataclasses.replace(config, tfhub_module=FINE_TUNE_MODULE)
     result = pipeline.run(config)
   except RetrainError as e:
     logging.error('%s', flag_wording(e))

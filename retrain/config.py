@@ -20,6 +20,10 @@ from retrain import image_header
 from retrain.common import names
 from retrain.features import ensemble_presets, presets
 
+# The module --fine_tune trains when --tfhub_module is not given: fine-tuning
+# works on one module, and the default --tfhub_module is an ensemble.
+# Lite0 from block 11 is the measured configuration (docs/fine_tuning.md).
+FINE_TUNE_MODULE = 'efficientnet_lite0'
 
 @dataclasses.dataclass(frozen=True)
 class Config:

@@ -580,3 +580,29 @@ def test_command_line_fine_tune(tmp_path):
                        timeout=600)
   assert bad.returncode == 1
   assert '--fine_tune_learning_rate=0.0 must be a positive' in bad.stderr
+
+
+def test_cli_fine_tune_without_a_module_trains_lite0(monkeypatch, tmp_path):
+  """The default --tfhub_module is an ensemble, which cannot be fine-tuned
+  as one network: --fine_tune alone fine-tunes Lite0; a given module stays."""
+  from retrain import __main__ as cli
+  from retrain import pipeline
+  from retrain.errors import DatasetError
+  seen = []
+
+  def fake_run(config):
+    seen.append(config)
+    raise DatasetError('stopped by the test')
+
+  monkeypatch.setattr(pipeline, 'run', fake_run)
+  try:
+    for extra in ([], ['--tfhub_module', 'efficientnet_lite2']):
+      cli.FLAGS.unparse_flags()
+      cli.FLAGS(['retrain', '--image_dir', str(tmp_path), '--fine_tune',
+                 *extra])
+      assert cli.main(['retrain']) == 1
+  finally:
+    cli.FLAGS.unparse_flags()
+  assert [c.tfhub_module for c in seen] == ['efficientnet_lite0',
+                                            'efficientnet_lite2']
+  assert all(c.fine_tune for c in seen)
