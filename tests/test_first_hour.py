@@ -143,9 +143,12 @@ def test_shadowing_namespace_package_does_not_break_the_cli(clone_parent):
       PACKAGE = {str(ROOT / 'retrain')!r}
       class Finder(importlib.abc.MetaPathFinder):  # setuptools' finder, cut
         def find_spec(self, name, path=None, target=None):
-          if not name.startswith('retrain.'):
+          if name.split('.')[0] == 'bottleneck_cache':
+            base = os.path.join(os.path.dirname(PACKAGE), *name.split('.'))
+          elif name.startswith('retrain.'):
+            base = os.path.join(PACKAGE, *name.split('.')[1:])
+          else:
             return None
-          base = os.path.join(PACKAGE, *name.split('.')[1:])
           if os.path.isdir(base):
             return importlib.util.spec_from_file_location(
                 name, os.path.join(base, '__init__.py'),
@@ -153,6 +156,11 @@ def test_shadowing_namespace_package_does_not_break_the_cli(clone_parent):
           if os.path.isfile(base + '.py'):
             return importlib.util.spec_from_file_location(name, base + '.py')
           return None
+      # The old install put no path entry for the clone on sys.path (the new
+      # one does, and a regular package there would win over the namespace
+      # portion): take it out, so the old situation is what is tested.
+      sys.path[:] = [p for p in sys.path if not p or
+                     os.path.realpath(p) != os.path.realpath({str(ROOT)!r})]
       # Right after PathFinder (which finds the clone folder first), before
       # any editable finder of another checkout in this environment.
       index = sys.meta_path.index(importlib.machinery.PathFinder)
