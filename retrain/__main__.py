@@ -24,7 +24,7 @@ from absl import (
   logging,  # noqa: E402
 )
 
-from retrain.common import names  # noqa: E402
+from retrain.common import cli, names  # noqa: E402
 from retrain.config import (  # noqa: E402
   DEFAULTS,
   FINE_TUNE_MODULE,
@@ -321,6 +321,7 @@ def main(argv):
   if FLAGS.logging_verbosity != 'DEBUG':
     # TensorFlow's own INFO lines (SavedModel internals) are noise to a user.
     std_logging.getLogger('tensorflow').setLevel(std_logging.WARNING)
+    logging.get_absl_handler().addFilter(cli.QuietTensorFlow())
   # Imported here so that --help and flag errors answer without loading
   # TensorFlow.
   from retrain.errors import RetrainError  # pylint: disable=g-import-not-at-top

@@ -27,6 +27,7 @@ from typing import Iterator, Optional
 
 from absl import logging
 
+from retrain.common import cli
 from retrain.config import Config
 
 
@@ -83,6 +84,7 @@ def info_to_stderr() -> Iterator[None]:
   handler = std_logging.StreamHandler(sys.stderr)
   handler.setFormatter(std_logging.Formatter('%(levelname).1s %(asctime)s '
                                              '%(message)s', '%H:%M:%S'))
+  handler.addFilter(cli.QuietTensorFlow())
   verbosity, propagate = logging.get_verbosity(), absl_logger.propagate
   absl_logger.addHandler(handler)
   absl_logger.propagate = False

@@ -451,3 +451,19 @@ def test_python_api_is_cheap_to_import_and_logs_to_stderr(tmp_path,
   assert 'Found 18 images in 3 classes' in proc.stderr
   assert 'Final test accuracy' in proc.stderr
   assert 'Done in ' in proc.stderr and config.saved_model_dir in proc.stderr
+
+
+def test_tensorflow_info_lines_are_dropped_but_not_its_warnings():
+  import logging as std_logging
+
+  from retrain.common import cli
+  quiet = cli.QuietTensorFlow()
+
+  def record(path, level):
+    return std_logging.LogRecord('absl', level, path, 1, 'm', None, None)
+
+  tf_file = os.path.join(os.sep, 'venv', 'tensorflow', 'python', 'x.py')
+  assert not quiet.filter(record(tf_file, std_logging.INFO))
+  assert quiet.filter(record(tf_file, std_logging.WARNING))
+  assert quiet.filter(record(str(ROOT / 'retrain' / 'pipeline.py'),
+                             std_logging.INFO))

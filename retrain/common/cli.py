@@ -14,6 +14,7 @@ Imports no TensorFlow, so `--help` and `--version` answer at once.
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import sys
 from typing import Callable, Sequence
@@ -80,3 +81,13 @@ def run(main: Callable[[list], int], program: str, usage: str,
     # stdout goes to /dev/null so that the final flush does not fail again.
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     sys.exit(0 if _asked_for_help(argv) else 1)
+
+
+class QuietTensorFlow(std_logging.Filter):
+  """Drops TensorFlow's own lines below WARNING (SavedModel internals, which
+  TensorFlow writes through absl, one of them thousands of characters long
+  for an ensemble): noise to a user. --logging_verbosity DEBUG keeps them."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return (record.levelno >= std_logging.WARNING or
+            f'{os.sep}tensorflow{os.sep}' not in record.pathname)
