@@ -61,8 +61,8 @@ def needed(config: Config, images: int, module=None) -> bool:
   """
   if config.max_vectors_in_memory < 0:
     raise DatasetError(
-        f'--max_vectors_in_memory={config.max_vectors_in_memory} must be 0 '
-        '(never stream) or a number of vectors, e.g. 100000.')
+        f'max_vectors_in_memory={config.max_vectors_in_memory} must be 0 '
+        '(never stream) or a number of vectors, e.g. 100000.', fields=('max_vectors_in_memory',))
   past = streaming.should_stream(expected_training_vectors(config, images),
                                  config.max_vectors_in_memory)
   if past and getattr(module, 'members', None):

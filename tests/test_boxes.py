@@ -196,9 +196,9 @@ def test_csv_columns_by_header_name_and_label_flag(tmp_path):
   np.testing.assert_allclose(crops.boxes[0], [0, 0, 1, 0.5])
   with pytest.raises(DatasetError) as e:
     boxes.load_crop_layout(config(boxes_csv=str(csv_path)))
-  message = str(e.value)
+  message = e.value.worded(lambda field: f'--{field}')  # as the CLI says it
   assert "'kind'" in message and "'box_y1'" in message
-  assert '--boxes_label_column' in message
+  assert '--boxes_label_column NAME' in message
 
 
 def test_csv_without_a_box_column(tmp_path):

@@ -181,7 +181,7 @@ def test_negative_budget_is_a_clear_error(tmp_path, fake_module):
   from tests.conftest import shrunk_config
   config = shrunk_config(tmp_path, tmp_path / 'out', fake_module,
                          max_vectors_in_memory=-1)
-  with pytest.raises(DatasetError, match='--max_vectors_in_memory=-1 must be'):
+  with pytest.raises(DatasetError, match='max_vectors_in_memory=-1 must be'):
     streamed.needed(config, 10)
   config = shrunk_config(tmp_path, tmp_path / 'out', fake_module,
                          max_vectors_in_memory=1000, flip_left_right=True,

@@ -332,7 +332,7 @@ def read_boxes_csv(csv_path: str, image_dir: str = '',
       number; a row naming an image that does not exist.
   """
   if not os.path.isfile(csv_path):
-    raise DatasetError(f'--boxes_csv {csv_path!r} does not exist.')
+    raise DatasetError(f'boxes_csv {csv_path!r} does not exist.', fields=('boxes_csv',))
   base = os.path.abspath(image_dir or os.path.dirname(os.path.abspath(
       csv_path)))
   with open(csv_path, newline='', encoding='utf-8-sig') as f:
@@ -353,9 +353,9 @@ def read_boxes_csv(csv_path: str, image_dir: str = '',
     wanted = f' {label_column!r}' if label_column else ''
     raise DatasetError(
         f'{csv_path}: no label column{wanted} among the columns found '
-        f'({header}); pass --boxes_label_column NAME with the column that '
+        f'({header}); pass boxes_label_column NAME with the column that '
         'holds the class (accepted without the flag: '
-        f'{", ".join(CSV_LABEL_COLUMNS)}).')
+        f'{", ".join(CSV_LABEL_COLUMNS)}).', fields=('boxes_label_column',))
   absent = [name for name, col in zip(CSV_BOX_COLUMNS, box_cols, strict=True)
             if col is None]
   if absent:
@@ -376,8 +376,8 @@ def read_boxes_csv(csv_path: str, image_dir: str = '',
     if not os.path.exists(image):
       raise DatasetError(
           f'{where} names {fields[path_col]!r}, but {image} does not exist: '
-          'paths are relative to --image_dir when given, else to the CSV\'s '
-          'folder.')
+          'paths are relative to image_dir when given, else to the CSV\'s '
+          'folder.', fields=('image_dir',))
     try:
       coords = [float(fields[col]) for col in box_cols]
     except ValueError as e:
@@ -397,8 +397,8 @@ def detect_layout(image_dir: str, boxes_csv: str = '') -> str:
   if boxes_csv:
     return 'csv'
   if not image_dir or not os.path.isdir(image_dir):
-    raise DatasetError(f'--crop_to_boxes needs --image_dir (a folder) or '
-                       f'--boxes_csv; {image_dir!r} is not a folder.')
+    raise DatasetError(f'crop_to_boxes needs image_dir (a folder) or '
+                       f'boxes_csv; {image_dir!r} is not a folder.', fields=('crop_to_boxes', 'image_dir', 'boxes_csv'))
   names = set(os.listdir(image_dir))
   if {'JPEGImages', 'Annotations'} <= names:
     return 'voc_tree'
@@ -407,22 +407,22 @@ def detect_layout(image_dir: str, boxes_csv: str = '') -> str:
   if _images_beside_xml(image_dir)[1]:
     return 'voc'
   raise DatasetError(
-      f'--crop_to_boxes: found no boxes under {image_dir}: expected '
+      f'crop_to_boxes: found no boxes under {image_dir}: expected '
       'JPEGImages/ + Annotations/ (VOC tree), Images/ + Annotation/ (Stanford '
-      'Dogs), a .xml beside each image, or --boxes_csv FILE.')
+      'Dogs), a .xml beside each image, or boxes_csv FILE.', fields=('crop_to_boxes', 'boxes_csv'))
 
 
 def read_annotations(layout: str, image_dir: str, boxes_csv: str = '',
                      label_column: str = '') -> Annotations:
   """Reads the boxes of a layout ('auto' detects it)."""
   if layout not in BOX_LAYOUTS:
-    raise DatasetError(f'--boxes={layout!r} is not one of '
-                       f'{", ".join(BOX_LAYOUTS)}.')
+    raise DatasetError(f'boxes={layout!r} is not one of '
+                       f'{", ".join(BOX_LAYOUTS)}.', fields=('boxes',))
   if layout == 'auto':
     layout = detect_layout(image_dir, boxes_csv)
   if layout == 'csv':
     if not boxes_csv:
-      raise DatasetError('--boxes csv needs --boxes_csv FILE.')
+      raise DatasetError('boxes csv needs boxes_csv FILE.', fields=('boxes', 'boxes_csv'))
     return read_boxes_csv(boxes_csv, image_dir, label_column)
   readers = {'voc': read_voc_beside, 'voc_tree': read_voc_tree,
              'stanford_dogs': read_stanford_dogs}
@@ -549,11 +549,11 @@ def load_crop_layout(config: BoxOptions) -> Tuple[sources.Layout, Crops]:
     layout.subsets is always set (every box in its photo's set).
   """
   if config.crop_margin < 0:
-    raise DatasetError(f'--crop_margin={config.crop_margin} must be 0 or '
-                       'more (percent of the box added on each side).')
+    raise DatasetError(f'crop_margin={config.crop_margin} must be 0 or '
+                       'more (percent of the box added on each side).', fields=('crop_margin',))
   if config.min_box_size < 1:
-    raise DatasetError(f'--min_box_size={config.min_box_size} must be at '
-                       'least 1 pixel.')
+    raise DatasetError(f'min_box_size={config.min_box_size} must be at '
+                       'least 1 pixel.', fields=('min_box_size',))
   annotations = read_annotations(config.boxes, config.image_dir,
                                  config.boxes_csv, config.boxes_label_column)
   skipped = [(path, 'no annotated box') for path in annotations.unannotated]
@@ -583,8 +583,8 @@ def load_crop_layout(config: BoxOptions) -> Tuple[sources.Layout, Crops]:
       fraction = np.zeros(4, np.float32)  # never decoded: the file is bad
     kept.append((box, fraction))
   if not kept:
-    raise DatasetError(f'--crop_to_boxes: no usable box in '
-                       f'{annotations.description}.')
+    raise DatasetError(f'crop_to_boxes: no usable box in '
+                       f'{annotations.description}.', fields=('crop_to_boxes',))
   labels = sorted({box.label for box, _ in kept})
   sources._check_classes(labels, annotations.description)  # pylint: disable=protected-access
   index = {label: i for i, label in enumerate(labels)}

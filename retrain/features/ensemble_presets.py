@@ -46,14 +46,14 @@ def member_handles(spec: str) -> List[str]:
   for part in spec.split(SEPARATOR):
     part = part.strip()
     if not part:
-      raise ModuleError(f'--tfhub_module={spec!r} has an empty entry: give '
+      raise ModuleError(f'tfhub_module={spec!r} has an empty entry: give '
                         'module names separated by single commas, e.g. '
-                        'efficientnet_lite0,efficientnet_lite2.')
+                        'efficientnet_lite0,efficientnet_lite2.', fields=('tfhub_module',))
     handles.extend(ENSEMBLE_PRESETS.get(part, (part,)))
   repeated = sorted({h for h in handles if handles.count(h) > 1})
   if repeated:
-    raise ModuleError(f'--tfhub_module={spec!r} names {", ".join(repeated)} '
-                      'more than once; list each module once.')
+    raise ModuleError(f'tfhub_module={spec!r} names {", ".join(repeated)} '
+                      'more than once; list each module once.', fields=('tfhub_module',))
   return handles
 
 

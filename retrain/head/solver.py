@@ -126,18 +126,18 @@ def _floats(name: str, values) -> Tuple[float, ...]:
 def check(options: SolverOptions) -> None:
   """Raises DatasetError naming the bad value and the accepted range."""
   if not options.l2_grid or any(v < 0 for v in options.l2_grid):
-    raise DatasetError(f'--solver_l2_grid={",".join(map(str, options.l2_grid))}'
+    raise DatasetError(f'solver_l2_grid={",".join(map(str, options.l2_grid))}'
                        ' must list one or more L2 strengths >= 0, e.g. '
-                       '0.001,0.01,0.1.')
+                       '0.001,0.01,0.1.', fields=('solver_l',))
   if not options.label_smoothing_grid or any(
       not 0 <= v < 1 for v in options.label_smoothing_grid):
     raise DatasetError(
-        '--solver_label_smoothing_grid='
+        'solver_label_smoothing_grid='
         f'{",".join(map(str, options.label_smoothing_grid))} must list one '
-        'or more values in [0, 1), e.g. 0 or 0,0.1.')
+        'or more values in [0, 1), e.g. 0 or 0,0.1.', fields=('solver_label_smoothing_grid',))
   if options.max_iterations < 1:
-    raise DatasetError(f'--solver_max_iterations={options.max_iterations} '
-                       'must be at least 1.')
+    raise DatasetError(f'solver_max_iterations={options.max_iterations} '
+                       'must be at least 1.', fields=('solver_max_iterations',))
   if options.folds < 2:
     raise DatasetError(f'solver folds={options.folds} must be at least 2.')
 

@@ -62,15 +62,15 @@ def _summary(values) -> dict:
 
 def check_options(options: InspectConfig) -> None:
   if not options.output_dir:
-    raise DatasetError('--output_dir is empty: give the folder for '
-                       'report.html and report.json.')
+    raise DatasetError('output_dir is empty: give the folder for '
+                       'report.html and report.json.', fields=('output_dir',))
   if not 0 < options.near_duplicate_cosine < 1:
-    raise DatasetError(f'--near_duplicate_cosine='
+    raise DatasetError(f'near_duplicate_cosine='
                        f'{options.near_duplicate_cosine} must be between 0 '
-                       'and 1.')
+                       'and 1.', fields=('near_duplicate_cosine',))
   if options.label_error_folds < 2:
-    raise DatasetError(f'--label_error_folds={options.label_error_folds} '
-                       'must be at least 2.')
+    raise DatasetError(f'label_error_folds={options.label_error_folds} '
+                       'must be at least 2.', fields=('label_error_folds',))
 
 
 @dataclasses.dataclass
