@@ -51,9 +51,6 @@ def is_image_file(name: str, extensions: Sequence[str] = IMAGE_EXTENSIONS
   return walk_lib.is_image_file(name, extensions)
 
 
-# The default pixel limit (refused above it), for callers of this module.
-MAX_IMAGE_PIXELS = image_header.MAX_IMAGE_PIXELS
-
 # Pixels decoded at once by all threads of the eager path (label_image's
 # pool, the bottleneck step's second chance): one largest allowed image,
 # or several smaller ones, never one largest image per thread.
@@ -348,8 +345,7 @@ def load_image(path: str, size: Tuple[int, int],
   try:
     mode = os.stat(path).st_mode
     if not stat.S_ISREG(mode):
-      raise ImageError(path, 'not a regular file (a FIFO, socket, device or '
-                       'folder); never opened')
+      raise ImageError(path, walk_lib.not_regular_reason(mode))
     with open(path, 'rb') as f:
       contents = f.read()
   except OSError as e:

@@ -64,8 +64,9 @@ class Bottlenecks:
 
 def cache_namespace(module: FeatureModule) -> dict:
   """The cache namespace of plain (undistorted) vectors of a module."""
-  # v2: JPEGs are turned upright by their EXIF orientation, so vectors of
-  # rotated photos cached by v1 would no longer match inference.
+  # The preprocessing version: bumped whenever the pixels change (v2: JPEGs
+  # turned upright by their EXIF orientation; v3: area resize when
+  # shrinking), so vectors cached by an older version are never reused.
   return dict(module.identity(), kind='bottleneck', preprocessing='v3')
 
 
