@@ -495,8 +495,7 @@ class BottleneckStore:
       return
     known = set(self._shards)
     self._load_shards(sorted(n for n in names if n not in known and
-                             n.startswith(SHARD_PREFIX) and
-                             n.endswith(SHARD_SUFFIX)))
+                             shards.is_shard_name(n)))
 
   def _write_description(self) -> None:
     path = os.path.join(self.directory, NAMESPACE_FILE)
@@ -550,7 +549,7 @@ class BottleneckStore:
   def _load_index(self) -> None:
     for _ in range(_VANISHED_RETRIES + 1):
       names = sorted(n for n in os.listdir(self.directory)
-                     if n.startswith(SHARD_PREFIX) and n.endswith(SHARD_SUFFIX))
+                     if shards.is_shard_name(n))
       if self._load_shards(names):
         return
       # A shard vanished between listing and opening: a merge by another

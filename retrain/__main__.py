@@ -27,7 +27,6 @@ from absl import (
 from retrain.common import cli, names  # noqa: E402
 from retrain.config import (  # noqa: E402
   DEFAULTS,
-  FINE_TUNE_MODULE,
   Config,
 )
 from retrain.head import auto as head_auto  # noqa: E402 (h15; no TensorFlow)
@@ -345,12 +344,6 @@ def main(argv):
     config = dataclasses.replace(config, head_solver=head_auto.resolve(
         config.head_solver, [name for name in head_auto.SGD_TRAINING_FLAGS
                              if FLAGS[name].present]))
-    if config.fine_tune and not FLAGS['tfhub_module'].present:
-      # The default module is an ensemble; fine-tuning trains one module.
-      logging.info('--fine_tune without --tfhub_module: fine-tuning %s (the '
-                   'default ensemble cannot be fine-tuned as one network).',
-                   FINE_TUNE_MODULE)
-      config = dataclasses.replace(config, tfhub_module=FINE_TUNE_MODULE)
     result = pipeline.run(config)
   except RetrainError as e:
     logging.error('%s', flag_wording(e))
@@ -388,7 +381,6 @@ Every flag is explained in docs/flags.md.
 
 def run():
   """Entry point of `python -m retrain` and of the `retrain` console script."""
-  from retrain.common import cli  # pylint: disable=g-import-not-at-top
   cli.run(main, 'retrain', USAGE, [__name__])
 
 

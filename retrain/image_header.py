@@ -22,16 +22,19 @@ it: a 100-megapixel photo decoded at 1/8 is 1.6 megapixels.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import os
 import threading
-from typing import BinaryIO, Optional, Tuple
+from typing import BinaryIO, Iterator, Optional, Tuple
 
 # JPEG frame headers: SOF0-SOF15 but DHT (C4), JPG (C8) and DAC (CC).
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD,
         0xCE, 0xCF}
-_JPEG_RATIOS = (1, 2, 4, 8)
+# The JPEG decoder can scale by 1/2, 1/4 and 1/8 while decoding (shared with
+# retrain.images, whose decoder must pick the same ratio).
+JPEG_RATIOS = (1, 2, 4, 8)
 _SCAN_BLOCK = 1 << 20
 
 
@@ -169,7 +172,7 @@ def jpeg_ratio(width: int, height: int, size: Tuple[int, int]) -> int:
   """
   def ratio(th, tw):
     scale = min(height // max(1, th), width // max(1, tw))
-    return max(r for r in _JPEG_RATIOS if scale >= r or r == 1)
+    return max(r for r in JPEG_RATIOS if scale >= r or r == 1)
   return min(ratio(size[0], size[1]), ratio(size[1], size[0]))
 
 
@@ -242,25 +245,16 @@ class DecodeBudget:
     self._used = 0
     self._cond = threading.Condition()
 
-  class _Hold:
-
-    def __init__(self, budget, n):
-      self.budget, self.n = budget, n
-
-    def __enter__(self):
-      b = self.budget
-      with b._cond:  # pylint: disable=protected-access
-        b._cond.wait_for(lambda: b._used == 0 or  # pylint: disable=protected-access
-                         b._used + self.n <= b.limit)  # pylint: disable=protected-access
-        b._used += self.n  # pylint: disable=protected-access
-      return self
-
-    def __exit__(self, *exc):
-      b = self.budget
-      with b._cond:  # pylint: disable=protected-access
-        b._used -= self.n  # pylint: disable=protected-access
-        b._cond.notify_all()  # pylint: disable=protected-access
-      return False
-
-  def hold(self, pixels: int) -> 'DecodeBudget._Hold':
-    return DecodeBudget._Hold(self, max(0, int(pixels)))
+  @contextlib.contextmanager
+  def hold(self, pixels: int) -> Iterator[None]:
+    n = max(0, int(pixels))
+    with self._cond:
+      self._cond.wait_for(lambda: self._used == 0 or
+                          self._used + n <= self.limit)
+      self._used += n
+    try:
+      yield
+    finally:
+      with self._cond:
+        self._used -= n
+        self._cond.notify_all()

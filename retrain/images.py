@@ -56,8 +56,7 @@ def is_image_file(name: str, extensions: Sequence[str] = IMAGE_EXTENSIONS
 # or several smaller ones, never one largest image per thread.
 _BUDGET = image_header.DecodeBudget(image_header.MAX_IMAGE_PIXELS)
 
-# The JPEG decoder can scale by 1/2, 1/4 and 1/8 while decoding.
-_JPEG_RATIOS = (1, 2, 4, 8)
+_JPEG_RATIOS = image_header.JPEG_RATIOS
 
 
 def _decode_jpeg_scaled(contents: tf.Tensor, size: Tuple[int, int]) -> tf.Tensor:

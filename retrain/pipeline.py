@@ -21,7 +21,7 @@ from retrain.bottlenecks import usable as usable_lib
 from retrain.common import atomic, leftovers
 from retrain.common import phases as phases_lib
 from retrain.common.progress import Progress
-from retrain.config import Config, subset
+from retrain.config import DEFAULTS, FINE_TUNE_MODULE, Config, subset
 from retrain.data import boxes as boxes_lib
 from retrain.data import duplicates, leakage
 from retrain.data import sources as layouts
@@ -90,6 +90,16 @@ class RunResult:
   fine_tuned: Optional[finetune_lib.FineTuned] = None
 
 
+def fine_tune_module(config: Config) -> Config:
+  """`config`, with fine_tune on the default module (an ensemble, which is
+  not one network) turned into fine_tune on FINE_TUNE_MODULE."""
+  if not (config.fine_tune and config.tfhub_module == DEFAULTS.tfhub_module):
+    return config
+  logging.info('Fine-tuning %s: the default module, an ensemble, cannot be '
+               'fine-tuned as one network.', FINE_TUNE_MODULE)
+  return dataclasses.replace(config, tfhub_module=FINE_TUNE_MODULE)
+
+
 def check_config(config: Config) -> None:
   """Checks values before any slow work starts."""
   layouts.check_layout_options(subset(layouts.LayoutOptions, config))
@@ -132,6 +142,7 @@ def _log_counts(labels, y, split) -> None:
 
 def run(config: Config) -> RunResult:
   """Runs retraining end to end; see the module docstring."""
+  config = fine_tune_module(config)
   phases = phases_lib.Phases()
   with phases('startup_and_module', since_start=True):
     check_config(config)

@@ -233,3 +233,16 @@ def test_ensemble_members_each_fill_their_own_namespace(tmp_path,
         config.bottleneck_dir,
         compute.cache_namespace(modules.load_module(path)))
     assert len(store) == 9
+
+
+def test_crop_to_boxes_is_refused_before_any_work():
+  """Beam computes whole images only: with --crop_to_boxes it would fill
+  the cache with vectors the crop run never reads, so it says so."""
+  import dataclasses
+
+  from retrain.beam import job
+  from retrain.config import DEFAULTS
+  from retrain.errors import DatasetError
+  with pytest.raises(DatasetError, match='crop_to_boxes is not supported'):
+    job._check_supported(dataclasses.replace(DEFAULTS, crop_to_boxes=True))
+  job._check_supported(DEFAULTS)  # whole images: fine

@@ -584,17 +584,18 @@ def test_command_line_fine_tune(tmp_path):
 
 def test_cli_fine_tune_without_a_module_trains_lite0(monkeypatch, tmp_path):
   """The default --tfhub_module is an ensemble, which cannot be fine-tuned
-  as one network: --fine_tune alone fine-tunes Lite0; a given module stays."""
+  as one network: --fine_tune alone fine-tunes Lite0 (decided in
+  pipeline.run, so retrain.run gets it too); a given module stays."""
   from retrain import __main__ as cli
   from retrain import pipeline
   from retrain.errors import DatasetError
   seen = []
 
-  def fake_run(config):
+  def stop(config):  # the first thing pipeline.run does after the choice
     seen.append(config)
     raise DatasetError('stopped by the test')
 
-  monkeypatch.setattr(pipeline, 'run', fake_run)
+  monkeypatch.setattr(pipeline, 'check_config', stop)
   try:
     for extra in ([], ['--tfhub_module', 'efficientnet_lite2']):
       cli.FLAGS.unparse_flags()

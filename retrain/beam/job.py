@@ -54,6 +54,7 @@ from retrain.beam import handler as handler_lib
 from retrain.beam.options import BeamOptions
 from retrain.bottlenecks import distort
 from retrain.config import Config, subset
+from retrain.errors import DatasetError
 
 FAILURES_FILE = 'beam_failures.tsv'
 _METRICS = 'retrain_beam'
@@ -440,6 +441,16 @@ def run(config: Config, options: BeamOptions,
       seconds=sum(r.seconds for r in results))
 
 
+def _check_supported(config) -> None:
+  """Refuses settings the Beam job does not compute yet."""
+  if config.crop_to_boxes:
+    # Whole images would fill the cache with vectors a --crop_to_boxes run
+    # never reads.
+    raise DatasetError('crop_to_boxes is not supported by the Beam job yet: '
+                       'compute crops with python -m retrain (in-process).',
+                       fields=('crop_to_boxes',))
+
+
 def _run_one(config: Config, options: BeamOptions,
              pipeline_args: Sequence[str] = ()) -> BeamResult:
   """Runs the job to completion; see the module docstring.
@@ -459,6 +470,7 @@ def _run_one(config: Config, options: BeamOptions,
   from retrain.features import modules as features  # pylint: disable=g-import-not-at-top
   started = time.monotonic()
   options.check()
+  _check_supported(config)
   layout_options = subset(layouts.LayoutOptions, config)
   layouts.check_layout_options(layout_options)
   distortions = subset(distort.Distortions, config)

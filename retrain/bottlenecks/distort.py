@@ -76,9 +76,6 @@ class Distortions:
             for f in dataclasses.fields(self)
             for v in [getattr(self, f.name)]}
 
-  def max_enlargement(self) -> float:
-    return (1.0 + self.random_crop / 100.0) * (1.0 + self.random_scale / 100.0)
-
 
 # Each entry: flag name, lowest and highest accepted value, why the bound.
 _BOUNDS = (

@@ -355,7 +355,7 @@ def _check_quantized(model: bytes, module: FeatureModule, head: Head,
                     'float model; its accuracy is unchecked.', gate.subset,
                     quantization)
     return None
-  classifier = export_lib.Classifier(module, head, 'final_result')
+  classifier = export_lib.Classifier(module, head, OUTPUT_TENSOR_NAME)
 
   def float_predict(batch):
     return classifier.classify(tf.constant(batch))['probabilities'].numpy()

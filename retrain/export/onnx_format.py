@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 from typing import Sequence
 
+from retrain.common.names import OUTPUT_TENSOR_NAME
 from retrain.errors import OutputError
 
 # ONNX opset 17 runs in every ONNX Runtime since 1.13 (2022) and has every
@@ -64,7 +65,7 @@ def onnx_model(module, head, labels: Sequence[str], metadata: dict,
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   from retrain.export import saved_model as export_lib  # pylint: disable=g-import-not-at-top
-  classifier = export_lib.Classifier(module, head, 'final_result')
+  classifier = export_lib.Classifier(module, head, OUTPUT_TENSOR_NAME)
   height, width = module.input_size
   try:
     proto, _ = tf2onnx.convert.from_function(

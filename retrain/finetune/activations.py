@@ -30,7 +30,7 @@ import dataclasses
 import os
 import time
 import uuid
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import h5py
 import numpy as np
@@ -227,9 +227,3 @@ def distorted_activations(paths: Sequence[str], keys: Sequence[str],
           [item_paths[i] for i in chunk], seeds[chunk], bottom, distortions,
           batch_size), shape, 'distorted activations')
   return found, np.asarray(item_source, np.int64)[found.ok]
-
-
-def training_distortions(config) -> Optional[distort_lib.Distortions]:
-  """The run's distortion settings, or None when none is switched on."""
-  d = distort_lib.Distortions.from_config(config)
-  return d if d.any() else None

@@ -20,14 +20,14 @@ from typing import Dict, List, Optional
 import numpy as np
 from absl import logging
 
-import bottleneck_cache
+from retrain import pipeline
 from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.config import Config, InspectConfig, subset
 from retrain.data import boxes as boxes_lib
 from retrain.data import sources
 from retrain.data import split as split_lib
 from retrain.errors import DatasetError
-from retrain.features import modules as features
+from retrain.features import ensemble as ensemble_lib
 from retrain.features import tflite_runtime
 from retrain.inspect import analysis, charts, files
 from retrain.inspect import html as html_lib
@@ -117,16 +117,17 @@ def _load_examples(config: Config, timings: dict):
   paths = [image.path for image in layout.dataset.images]
   logging.info('Inspecting %d examples in %d classes: %s.', len(paths),
                len(layout.dataset.labels), layout.description)
-  module = features.load_module(config.tfhub_module, config.image_size,
-                                config.module_cache_dir)
+  # The pipeline's own module loading and bottleneck step: ensembles, the
+  # module check, the pixel limit and the cache namespaces as retrain has
+  # them, so a training run afterwards reads every vector.
+  module = ensemble_lib.load(config.tfhub_module, config.image_size,
+                             config.module_cache_dir,
+                             trust=config.trust_module)
   runner = tflite_runtime.deferred(module, config.bottleneck_runtime,
                                    config.module_cache_dir)
-  store = bottleneck_cache.BottleneckStore(
-      config.bottleneck_dir, bottlenecks_lib.cache_namespace(module))
   phase = time.monotonic()
-  computed = bottlenecks_lib.compute_bottlenecks(
-      paths, runner, store, config.bottleneck_batch_size,
-      **boxes_lib.Crops.bottleneck_args(crops))
+  computed = pipeline.bottlenecks(config, layout.dataset, module, runner,
+                                  crops)
   timings['bottlenecks'] = time.monotonic() - phase
   usable = np.flatnonzero(computed.ok)
   if not len(usable):
