@@ -55,8 +55,6 @@ from absl import logging
 from retrain.errors import DatasetError
 from retrain.head.train import EvalPoint, Head
 
-SELECTIONS = ('validation', 'k-fold', 'single')
-
 # L-BFGS: 10 pairs of history is the usual choice (scipy's and Nocedal &
 # Wright's); the Armijo constant 1e-4 likewise.
 _MEMORY = 10
@@ -375,17 +373,6 @@ def _fit_one(x, y, num_classes, l2, label_smoothing, options: SolverOptions,
                             None if callback is None else
                             lambda i, v, t: callback(i, t, problem))
   return _Fit(theta, problem, iterations)
-
-
-def fit_fixed(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float,
-              label_smoothing: float, options: SolverOptions) -> Head:
-  """The head fitted on vectors x float32 [n, D], ids y int [n] with one
-  setting (no choosing)."""
-  x, y = _as_arrays(x, y)
-  return _fit_one(x, y, num_classes, l2, label_smoothing, options).head()
-
-
-# --- Choosing -----------------------------------------------------------------
 
 
 def _as_arrays(x, y) -> Tuple[np.ndarray, np.ndarray]:
