@@ -307,12 +307,8 @@ class BottleneckStore:
             self.directory, bytes_needed(left, dim, len(self._index)),
             e.available, detail=f' for the {left} vectors still to compute '
             f'({len(self._index)} are stored)') from e
-    if stats.computed and len(self._shards) > MERGE_THRESHOLD:
-      try:
-        self.merge()
-      except CacheFullError as e:
-        logging.warning('Cache shards not merged (%s); every vector is kept '
-                        'and the merge is tried again by a later run.', e)
+    if stats.computed:
+      self.tidy()
     ok = np.array([key in self._index for key in keys], dtype=bool)
     stats.failed = sum(1 for i in attempted if keys[i] not in self._index)
     stats.reused = stats.requested - stats.computed - stats.failed
@@ -320,6 +316,18 @@ class BottleneckStore:
       return np.zeros((0, self._dim or 0), np.float32), ok, stats
     vectors = self.get([k for k, good in zip(keys, ok, strict=True) if good])
     return vectors, ok, stats
+
+  def tidy(self) -> None:
+    """Merges the shards when there are more than MERGE_THRESHOLD (after
+    a computation: one shard per batch); a full disk leaves them as they
+    are, with a warning."""
+    if len(self._shards) <= MERGE_THRESHOLD:
+      return
+    try:
+      self.merge()
+    except CacheFullError as e:
+      logging.warning('Cache shards not merged (%s); every vector is kept '
+                      'and the merge is tried again by a later run.', e)
 
   def merge(self) -> None:
     """Rewrites all shards as one, without a moment where data is missing.

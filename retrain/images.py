@@ -59,16 +59,26 @@ _BUDGET = image_header.DecodeBudget(image_header.MAX_IMAGE_PIXELS)
 _JPEG_RATIOS = image_header.JPEG_RATIOS
 
 
-def _decode_jpeg_scaled(contents: tf.Tensor, size: Tuple[int, int]) -> tf.Tensor:
-  """uint8 [H', W', 3]: the JPEG decoded at the coarsest scale still >= size."""
-  shape = tf.io.extract_jpeg_shape(contents)
+def _jpeg_scale_index(shape: tf.Tensor, size) -> tf.Tensor:
+  """int32 index into _JPEG_RATIOS: the coarsest scale at which a JPEG
+  whose stored sides are `shape` [2] still has both sides >= size."""
   # How many times larger than the target the image is, on its tighter side.
   scale = tf.minimum(shape[0] // size[0], shape[1] // size[1])
-  index = tf.add_n([tf.cast(scale >= r, tf.int32) for r in _JPEG_RATIOS[1:]])
+  return tf.add_n([tf.cast(scale >= r, tf.int32) for r in _JPEG_RATIOS[1:]])
+
+
+def _decode_jpeg_at(contents: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
+  """uint8 [H', W', 3]: the JPEG decoded at scale 1 / _JPEG_RATIOS[index]."""
   # decode_jpeg needs `ratio` as a constant, hence one branch per ratio.
   return tf.switch_case(index, [
       (lambda r=r: tf.io.decode_jpeg(contents, channels=3, ratio=r))
       for r in _JPEG_RATIOS])
+
+
+def _decode_jpeg_scaled(contents: tf.Tensor, size: Tuple[int, int]) -> tf.Tensor:
+  """uint8 [H', W', 3]: the JPEG decoded at the coarsest scale still >= size."""
+  return _decode_jpeg_at(contents, _jpeg_scale_index(
+      tf.io.extract_jpeg_shape(contents), size))
 
 
 # EXIF: cameras write the APP1 "Exif" segment first or right after the
@@ -145,17 +155,21 @@ def apply_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
                           end_mask=7)
 
 
+def _stored_size(size, orientation: tf.Tensor):
+  """The target (h, w) in the JPEG's stored orientation: orientations 5-8
+  store the picture turned by 90 degrees, so the sides swap."""
+  turned = orientation >= 5
+  return (tf.where(turned, size[1], size[0]),
+          tf.where(turned, size[0], size[1]))
+
+
 def _decode_jpeg_upright(contents: tf.Tensor,
                          size: Tuple[int, int]) -> tf.Tensor:
   """uint8 [H', W', 3]: the JPEG decoded at reduced scale, EXIF applied."""
   orientation = jpeg_orientation(contents)
-  # Orientations 5-8 store the picture turned by 90 degrees: compare the
-  # stored sides with the target's swapped sides when choosing the scale.
-  turned = orientation >= 5
-  stored = (tf.where(turned, size[1], size[0]),
-            tf.where(turned, size[0], size[1]))
   return tf.ensure_shape(
-      apply_orientation(_decode_jpeg_scaled(contents, stored), orientation),
+      apply_orientation(_decode_jpeg_scaled(
+          contents, _stored_size(size, orientation)), orientation),
       [None, None, 3])
 
 
@@ -230,6 +244,45 @@ def decode_and_resize(contents: tf.Tensor, size: Tuple[int, int],
   return resize_pixels(crop_to_box(decode_image(contents, (needed[0],
                                                            needed[1])), box),
                        size)
+
+
+def decode_and_resize_sizes(contents: tf.Tensor,
+                            sizes: Sequence[Tuple[int, int]]) -> list:
+  """Encoded image bytes -> [float32 [h, w, 3] in [0, 1] for each (h, w) of
+  `sizes`], each equal to decode_and_resize(contents, size), decoding the
+  file once where the sizes share a decode scale (an ensemble's members:
+  retrain/bottlenecks/ensemble.py).
+
+  A JPEG is decoded at the scale the largest size needs; a smaller size
+  whose own scale would be coarser (a photo between the two sizes times a
+  JPEG ratio) gets its own decode, so every image equals the one-size
+  path bit for bit. Other formats decode at full size once.
+  """
+  largest = max(sizes, key=lambda s: (s[0] * s[1], tuple(s)))
+
+  def jpeg():
+    orientation = jpeg_orientation(contents)
+    shape = tf.io.extract_jpeg_shape(contents)
+    index = _jpeg_scale_index(shape, _stored_size(largest, orientation))
+    shared = apply_orientation(_decode_jpeg_at(contents, index), orientation)
+    out = []
+    for size in sizes:
+      own = _jpeg_scale_index(shape, _stored_size(size, orientation))
+      out.append(tf.ensure_shape(tf.cond(
+          tf.equal(own, index), lambda: shared,
+          lambda own=own: apply_orientation(_decode_jpeg_at(contents, own),
+                                            orientation)), [None, None, 3]))
+    return out
+
+  def other():
+    full = tf.ensure_shape(tf.io.decode_image(
+        contents, channels=3, expand_animations=False, dtype=tf.uint8),
+                           [None, None, 3])
+    return [shrink_large(full, size) for size in sizes]
+
+  decoded = tf.cond(tf.io.is_jpeg(contents), jpeg, other)
+  return [resize_pixels(image, size) for image, size in zip(decoded, sizes,
+                                                            strict=True)]
 
 
 def crop_to_box(image: tf.Tensor, box: tf.Tensor) -> tf.Tensor:

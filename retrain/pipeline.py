@@ -461,6 +461,7 @@ def export(config: Config, module, labels: Sequence[str],
       labels, images.paths_of(split.train), gate, deploy_metadata)
   if intermediate is not None:
     other_formats['intermediate_graphs'] = intermediate.written
+  phases_lib.release_memory()  # the frozen graph's copies of the weights
   saved = None
   if config.saved_model_dir:
     saved = export_lib.export_saved_model(

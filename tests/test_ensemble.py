@@ -168,3 +168,51 @@ def test_cli_auto_solver_follows_the_training_flags(tmp_path, fake_module):
                       .read_text())
   assert report['selection'] in ('validation', 'k-fold')
   assert len(report['candidates']) == 6 and report['curve']
+
+
+def test_shared_pass_decodes_once_and_matches_each_member_alone(
+    tmp_path, fake_module, small_module, monkeypatch):
+  import bottleneck_cache
+  from retrain import images as images_lib
+  from retrain.bottlenecks import compute as bottlenecks_lib
+  from retrain.bottlenecks import ensemble as ensemble_bottlenecks
+  root = make_colour_dataset(tmp_path / 'images', per_class=3)
+  bad = root / 'red' / 'broken.jpg'
+  bad.write_bytes(b'\xff\xd8 not really a jpeg')
+  paths = sorted(str(p) for p in root.glob('*/*'))
+  module = ensemble.load(f'{fake_module},{small_module}')
+
+  # Each member alone, in a cache of its own.
+  alone = []
+  for member in module.members:
+    store = bottleneck_cache.BottleneckStore(
+        str(tmp_path / 'alone'), bottlenecks_lib.cache_namespace(member))
+    alone.append(bottlenecks_lib.compute_bottlenecks(paths, member, store, 4))
+
+  traced_sizes = []
+  real = images_lib.decode_and_resize_sizes
+
+  def spy(contents, sizes):
+    traced_sizes.append(list(sizes))
+    return real(contents, sizes)
+
+  monkeypatch.setattr(images_lib, 'decode_and_resize_sizes', spy)
+  together = ensemble_bottlenecks.compute_bottlenecks(
+      paths, module, module, str(tmp_path / 'together'), 'tf', 4)
+  # One decode for both members' sizes, in the shared pass.
+  assert traced_sizes == [[(FAKE_SIZE, FAKE_SIZE), (SMALL_SIZE, SMALL_SIZE)]]
+  assert together.stats.computed == 2 * (len(paths) - 1)
+  assert together.stats.reused == 0
+  np.testing.assert_array_equal(together.ok, alone[0].ok)
+  assert not together.ok[paths.index(str(bad))]
+  assert [p for p, _ in together.failures] == [str(bad)]
+  np.testing.assert_allclose(
+      together.vectors,
+      np.concatenate([alone[0].vectors, alone[1].vectors], axis=1), atol=1e-6)
+
+  # Everything usable is cached now: a second run computes nothing.
+  again = ensemble_bottlenecks.compute_bottlenecks(
+      paths, module, module, str(tmp_path / 'together'), 'tf', 4)
+  assert again.stats.computed == 0
+  assert again.stats.reused == 2 * (len(paths) - 1)
+  np.testing.assert_array_equal(again.vectors, together.vectors)

@@ -116,6 +116,14 @@ def test_frozen_graph_has_retrain_py_tensor_names(trained):
   assert nodes['final_result'].op == 'Softmax'
   assert not [n for n in graph_def.node if n.op in ('VarHandleOp',
                                                     'VariableV2')]
+  # Only what computes the output: every node feeds final_result.
+  feeds, todo = set(), ['final_result']
+  while todo:
+    name = todo.pop()
+    if name not in feeds:
+      feeds.add(name)
+      todo.extend(i.lstrip('^').split(':')[0] for i in nodes[name].input)
+  assert feeds == set(nodes)
 
 
 @pytest.mark.slow

@@ -143,34 +143,40 @@ def image_batches(items, load, batch_size: int) -> tf.data.Dataset:
           .with_options(options))
 
 
+def map_ordered(fn, items, width: int):
+  """fn(item) for each item of `items`, in order, up to `width` calls at
+  once, each on its own thread, with one more item fetched (decoded) ahead
+  so no core idles while the next is being decoded; width <= 1 calls fn
+  on this thread."""
+  if width <= 1:
+    for item in items:
+      yield fn(item)
+    return
+  with concurrent.futures.ThreadPoolExecutor(width) as pool:
+    pending = collections.deque()
+    for item in items:
+      pending.append(pool.submit(fn, item))
+      if len(pending) > width:
+        yield pending.popleft().result()
+    while pending:
+      yield pending.popleft().result()
+
+
 def run_module(module: FeatureModule, batches):
   """(indices, float32 [n, D] vectors) for each (indices, images) batch of
   `batches`, in order.
 
-  Up to `module.parallel_calls` module calls run at once, each from its own
-  thread (one per core with the TFLite runtime), and one more batch waits
-  decoded, so no core idles while the next batch is being decoded.
+  Up to `module.parallel_calls` module calls run at once (one per core with
+  the TFLite runtime); see map_ordered.
   """
   if module.prepare is not None:
     module.prepare()
-  if module.parallel_calls <= 1:
-    for indices, images in batches:
-      yield indices.numpy(), module.call(images).numpy()
-    return
-  with concurrent.futures.ThreadPoolExecutor(module.parallel_calls) as pool:
-    pending = collections.deque()
-    for indices, images in batches:
-      pending.append((indices.numpy(), pool.submit(
-          lambda x: module.call(x).numpy(), images)))
-      if len(pending) > module.parallel_calls:
-        indices, vectors = pending.popleft()
-        yield indices, vectors.result()
-    while pending:
-      indices, vectors = pending.popleft()
-      yield indices, vectors.result()
+  return map_ordered(
+      lambda batch: (batch[0].numpy(), module.call(batch[1]).numpy()),
+      batches, module.parallel_calls)
 
 
-def _check_headers(paths: Sequence[str], size, max_pixels: int) -> list:
+def check_headers(paths: Sequence[str], size, max_pixels: int) -> list:
   """Per path: why it must not be decoded (too large, truncated) or None.
 
   Reads headers only (retrain.image_header), on the hashing threads: I/O
@@ -207,7 +213,7 @@ def make_compute_fn(paths: Sequence[str], module: FeatureModule,
 
   def compute(missing: Sequence[int]):
     # Headers first: a few KB can declare gigapixels (retrain.image_header).
-    refused = _check_headers([paths[i] for i in missing], size, max_pixels)
+    refused = check_headers([paths[i] for i in missing], size, max_pixels)
     for i, reason in zip(missing, refused, strict=True):
       if reason:
         reasons[int(i)] = reason
@@ -267,7 +273,7 @@ def _cache_error(error: Exception) -> OutputError:
   return OutputError(f'bottleneck_dir: {error}', fields=('bottleneck_dir',))
 
 
-def _cache_keys(paths: Sequence[str], store: bottleneck_cache.BottleneckStore,
+def cache_keys(paths: Sequence[str], store: bottleneck_cache.BottleneckStore,
                 key_suffixes: Optional[Sequence[str]]):
   """(cache key or OSError of each path, indices of the readable paths,
   (path, reason) of the unreadable ones)."""
@@ -314,7 +320,7 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
     key_suffixes: with boxes, n strings naming each crop (box and margin),
       appended to the file's content hash in its cache key and in `digests`.
   """
-  digests, readable, failures = _cache_keys(paths, store, key_suffixes)
+  digests, readable, failures = cache_keys(paths, store, key_suffixes)
   keys = [digests[i] for i in readable]
   missing_count = len({k for k in keys if k not in store})
   if missing_count:
