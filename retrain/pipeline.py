@@ -341,12 +341,14 @@ def train(config: Config, module, labels: Sequence[str],
                                 config.eval_step_interval)
   log = train_lib.EvalLog(points)
   settings = train_settings(config)
-  # A bar with the steps, the rate and the time left on a terminal.
-  progress = Progress('Training', config.how_many_training_steps,
-                      unit='steps')
+  progress = []  # SGD's bar (steps, rate, time left), made when SGD runs
+
+  def on_eval(point):
+    log(point)
+    progress[0].update_to(point.step + 1)
+
   hooks = train_lib.Hooks(
-      writers=writers,
-      on_eval=lambda p: (log(p), progress.update_to(p.step + 1)),
+      writers=writers, on_eval=on_eval,
       head_every=config.intermediate_store_frequency, on_head=intermediate,
       on_eval_head=explain_lib.ValidationImages(writers.validation, val_x,
                                                 val_y, labels, points))
@@ -354,11 +356,15 @@ def train(config: Config, module, labels: Sequence[str],
     # h15: the converging solver (None: this run trains with SGD).
     trained = solve_lib.maybe_solve(config, train_x, train_y, len(labels),
                                     val_x, val_y, writers)
-    trained = trained or train_lib.train_head(train_x, train_y, len(labels),
-                                              val_x, val_y, settings, hooks)
+    if trained is None:
+      progress.append(Progress('Training', config.how_many_training_steps,
+                               unit='steps'))
+      trained = train_lib.train_head(train_x, train_y, len(labels), val_x,
+                                     val_y, settings, hooks)
   finally:
     writers.close()
-    progress.finish()
+    for bar in progress:
+      bar.finish()
   log.finish()
   return trained, intermediate
 
