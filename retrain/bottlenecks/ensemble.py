@@ -43,10 +43,12 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
   """bottlenecks_lib.compute_bottlenecks for a module or an ensemble.
 
   A plain module runs as `runner` in its own namespace (as before). An
-  ensemble runs each member on its own runtime in the member's namespace
-  (compute_args go to each bottlenecks_lib.compute_bottlenecks call);
-  an image is usable when every member could use it, and its vector is the
-  members' vectors concatenated (float32 [n_ok, sum of D]).
+  ensemble runs each member on its own runtime in the member's namespace:
+  first the shared pass (whole images only; see shared_pass), then each
+  member's own pass for what is left (compute_args go to each
+  bottlenecks_lib.compute_bottlenecks call). An image is usable when every
+  member could use it, and its vector is the members' vectors concatenated
+  (float32 [n_ok, sum of D], read member by member into one array).
   """
   members = getattr(module, 'members', None)
   if not members:
@@ -65,17 +67,28 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
                          compute_args.get('max_pixels',
                                           image_header.MAX_IMAGE_PIXELS),
                          compute_args.get('key_suffixes'))
+  load = compute_args.pop('load_vectors', True)
   parts = []
   for member, runner, store, done in zip(members, runners, stores, shared,
                                          strict=True):
     logging.info('Bottlenecks of ensemble member %s:', member.handle)
-    part = bottlenecks_lib.compute_bottlenecks(paths, runner, store,
-                                               batch_size, **compute_args)
+    # Masks first; the vectors are read below, one member at a time,
+    # straight into the ensemble's array.
+    part = bottlenecks_lib.compute_bottlenecks(
+        paths, runner, store, batch_size, load_vectors=False, **compute_args)
     # What the shared pass computed, this pass found in the cache.
     part.stats.computed += done
     part.stats.reused -= done
     parts.append(part)
-  return combine(parts)
+  combined = combine(parts)
+  if load:
+    keys = [combined.digests[i] for i in np.flatnonzero(combined.ok)]
+    combined.vectors = np.empty((len(keys), module.output_dim), np.float32)
+    column = 0
+    for store, member in zip(stores, members, strict=True):
+      combined.vectors[:, column:column + member.output_dim] = store.get(keys)
+      column += member.output_dim
+  return combined
 
 
 def _lacking(paths: Sequence[str], stores, key_suffixes):
@@ -176,13 +189,21 @@ def _run_shared(paths, runners, stores, batch_size: int, sizes, keys,
 
 def combine(parts: Sequence[bottlenecks_lib.Bottlenecks]
             ) -> bottlenecks_lib.Bottlenecks:
-  """Members' Bottlenecks of the same paths -> the ensemble's."""
+  """Members' Bottlenecks of the same paths -> the ensemble's (vectors
+  float32 [n_ok, sum of D], empty [0, sum of D] when a member's are not
+  loaded)."""
   ok = np.logical_and.reduce([p.ok for p in parts])
-  vectors = []
+  # One array filled member by member: no concatenated copy beside it.
+  vectors = np.empty((int(ok.sum()) if all(len(p.vectors) for p in parts)
+                      else 0, sum(p.vectors.shape[-1] for p in parts)),
+                     np.float32)
+  column = 0
   for p in parts:
-    rows_ok = np.cumsum(p.ok) - 1  # row of each usable path in p.vectors
-    vectors.append(p.vectors[rows_ok[ok]] if len(p.vectors) else
-                   np.zeros((0, p.vectors.shape[-1]), np.float32))
+    width = p.vectors.shape[-1]
+    if len(vectors):
+      rows_ok = np.cumsum(p.ok) - 1  # row of each usable path in p.vectors
+      vectors[:, column:column + width] = p.vectors[rows_ok[ok]]
+    column += width
   failures, seen = [], set()
   for p in parts:
     for path, reason in p.failures:
@@ -193,5 +214,5 @@ def combine(parts: Sequence[bottlenecks_lib.Bottlenecks]
       f.name: sum(getattr(p.stats, f.name) for p in parts)
       for f in dataclasses.fields(parts[0].stats)})
   return bottlenecks_lib.Bottlenecks(
-      vectors=np.concatenate(vectors, axis=1).astype(np.float32), ok=ok,
-      failures=failures, stats=stats, digests=parts[0].digests)
+      vectors=vectors, ok=ok, failures=failures, stats=stats,
+      digests=parts[0].digests)
