@@ -231,15 +231,16 @@ def _freeze(function, output: str) -> tf.compat.v1.GraphDef:
         func=function, lower_control_flow=True, aggressive_inlining=False)
     graph_def, _ = convert_to_constants._replace_variables_by_constants(  # pylint: disable=protected-access
         converter_data=data)
+    del data  # its copy of every weight
   except AttributeError:
     graph_def = convert_to_constants.convert_variables_to_constants_v2(
         function).graph.as_graph_def()
-  return _prune(graph_def, output)
+  _prune(graph_def, output)
+  return graph_def
 
 
-def _prune(graph_def: tf.compat.v1.GraphDef,
-           output: str) -> tf.compat.v1.GraphDef:
-  """graph_def with only the nodes op `output` depends on, in their order."""
+def _prune(graph_def: tf.compat.v1.GraphDef, output: str) -> None:
+  """Removes, in place, the nodes op `output` does not depend on."""
   by_name = {node.name: node for node in graph_def.node}
   needed, todo = set(), [output]
   while todo:
@@ -248,11 +249,10 @@ def _prune(graph_def: tf.compat.v1.GraphDef,
       continue
     needed.add(name)
     todo.extend(i.lstrip('^').split(':')[0] for i in by_name[name].input)
-  pruned = tf.compat.v1.GraphDef()
-  pruned.versions.CopyFrom(graph_def.versions)
-  pruned.library.CopyFrom(graph_def.library)
-  pruned.node.extend(node for node in graph_def.node if node.name in needed)
-  return pruned
+  del by_name
+  for i in reversed(range(len(graph_def.node))):
+    if graph_def.node[i].name not in needed:
+      del graph_def.node[i]
 
 
 def write_frozen_graph(path: str, module: FeatureModule, head: Head,
