@@ -162,7 +162,9 @@ class DigestMemo:
     table = self._table
     paths = table['path']
     pos = int(np.searchsorted(paths, key))
-    if pos >= len(paths) or paths[pos] != key:
+    # Compared as a 16-byte array item: paths[pos] alone would be a bytes
+    # object with its trailing zero bytes cut (1 key in 256 ends in one).
+    if pos >= len(paths) or paths[pos:pos + 1] != np.array(key, 'S16'):
       return None
     if (int(table['size'][pos]), int(table['mtime_ns'][pos]),
         int(table['ino'][pos])) != stamp:
