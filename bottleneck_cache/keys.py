@@ -28,7 +28,7 @@ from typing import BinaryIO, Optional
 import numpy as np
 from absl import logging
 
-from bottleneck_cache import temporaries
+from bottleneck_cache import atomic, temporaries
 
 _BLOCK = 1 << 20
 MEMO_FILE = 'file_digests.npz'
@@ -220,8 +220,8 @@ class DigestMemo:
       temporaries.remove_stale(directory, TMP_PREFIX, 'temporary digest memo')
       # Removes the temporary on failure: a full disk costs only re-hashing
       # next time, never a partial file.
-      _write_npz(self.path, tmp,
-                 dict(merged, version=np.int64(_MEMO_VERSION)))
+      atomic.write_npz(
+          self.path, dict(merged, version=np.int64(_MEMO_VERSION)), tmp)
       with contextlib.suppress(FileNotFoundError):
         os.remove(os.path.join(directory, OLD_MEMO_FILE))
     except OSError as e:
@@ -237,16 +237,3 @@ def _read_old_memo(path: str) -> dict:
     return _empty_table()
   return _table_of([(path_key(real), int(e[0]), int(e[1]), int(e[2]), e[3])
                     for real, e in data['files'].items()])
-
-
-def _write_npz(path: str, tmp: str, arrays: dict) -> None:
-  """np.savez of the arrays to tmp, then renamed to path; tmp removed on
-  failure."""
-  try:
-    with open(tmp, 'wb') as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(OSError):
-      os.remove(tmp)
-    raise
