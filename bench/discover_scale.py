@@ -88,9 +88,8 @@ def main() -> None:
   started = time.monotonic()
   make(root, args.files)
   print(f'files ready in {time.monotonic() - started:.0f} s', flush=True)
-  memo = root / 'bn' / bottleneck_cache_memo_name()
-  if memo.exists():
-    memo.unlink()
+  for name in bottleneck_cache_memo_names():  # the cold run has no memo
+    (root / 'bn' / name).unlink(missing_ok=True)
   rows = []
   for name in ('cold (no memo)', 'warm (memo)'):
     out = subprocess.run([sys.executable, __file__, '--files',
@@ -108,9 +107,10 @@ def main() -> None:
           f'{r["bytes_per_file"]:.0f} |')
 
 
-def bottleneck_cache_memo_name() -> str:
+def bottleneck_cache_memo_names() -> tuple:
+  """The memo's file name, and that of the JSON memo of earlier versions."""
   from bottleneck_cache import keys
-  return keys.MEMO_FILE
+  return keys.MEMO_FILE, keys.OLD_MEMO_FILE
 
 
 if __name__ == '__main__':

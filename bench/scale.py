@@ -91,14 +91,21 @@ def measure(root: pathlib.Path, classes: int, steps: int, budget: int) -> dict:
   from retrain.head import train as train_lib
   baseline = _peak_rss_mib()
   files = np.load(root / 'files.npz')
-  keys, labels, subset = files['keys'], files['labels'], files['subset']
+  # What retrain/streamed.py holds per image for training: the compact
+  # content key (made from the hex digests), the class id and the split.
+  keys = chunks.compact_keys(files['keys'])
+  labels, subset = files['labels'], files['subset']
+  count = len(keys)
   started = time.monotonic()
   directory = os.path.join(root, 'bn', bottleneck_cache.namespace_id(_NAMESPACE))
   index = chunks.VectorIndex(directory)
   readers = {}
   for code, name in enumerate(('train', 'validation', 'test')):
     items = np.flatnonzero(subset == code)
-    readers[name] = (chunks.ChunkReader(index, keys[items]), labels[items])
+    readers[name] = (chunks.ChunkReader(index, keys[items], compact=True),
+                     labels[items])
+  del keys
+  index.drop_keys()
   index_s = time.monotonic() - started
   n_train = len(readers['train'][1])
   stream = streaming.should_stream(n_train, budget)
@@ -128,7 +135,7 @@ def measure(root: pathlib.Path, classes: int, steps: int, budget: int) -> dict:
     test = evaluate_lib.evaluate(trained.head, reader.read(np.arange(len(y))),
                                  y)
   eval_s = time.monotonic() - started
-  return {'vectors': len(keys), 'train': n_train,
+  return {'vectors': count, 'train': n_train,
           'mode': 'streaming' if stream else 'in memory',
           'index_s': index_s, 'train_s': train_s,
           'steps_per_s': steps / train_s, 'eval_s': eval_s,

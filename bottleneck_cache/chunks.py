@@ -3,27 +3,77 @@
 `BottleneckStore` keeps a Python dict of every key (a few hundred bytes per
 key) and returns vectors as one array: right for the tens of thousands of
 vectors of a laptop data set, wrong for a million (5 GB at 1,280 floats).
-Here the index is numpy arrays (about 80 bytes per key: the key bytes, a
-shard number and a row), and `ChunkReader` reads any subset of a fixed list
-of items, grouped by shard and row so each shard is read in a few
-contiguous slices. No TensorFlow.
+Here every key is a 32-byte binary digest (`compact_keys`) in sorted numpy
+arrays, with an int16/int32 shard number and an int32 row: about 40 bytes
+per vector, looked up with `searchsorted`. `ChunkReader` reads any subset
+of a fixed list of items, grouped by shard and row so each shard is read in
+a few contiguous slices. No TensorFlow.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-from typing import List, Sequence, Tuple, Union
+from typing import List, Sequence, Union
 
 import h5py
 import numpy as np
 
 from bottleneck_cache import shards
 
-# Rows read per h5py slice when the wanted rows are dense in it; sparser
-# wanted rows are read by point selection instead (below).
-_SLICE_ROWS = 8192
+# Rows read per h5py slice when the wanted rows are dense in it (1,024 rows
+# of 1,280 floats: 5 MB, the transient memory of a read); sparser wanted
+# rows are read by point selection instead (below).
+_SLICE_ROWS = 1024
 # A slice is read whole when at least 1 row in this many is wanted.
 _DENSE = 4
+# Width of a compact key and the keys converted per numpy pass (bounds the
+# temporaries of a conversion to a few MB).
+KEY_BYTES = 32
+_CONVERT_BLOCK = 65536
+# Hex digit value of each byte, 255 for bytes that are not a lowercase hex
+# digit. Upper case is not decoded but hashed: 'AB..' and 'ab..' are two
+# cache keys, so they must stay two compact keys.
+_HEX = np.full(256, 255, np.uint8)
+_HEX[np.frombuffer(b'0123456789abcdef', np.uint8)] = np.arange(16)
+
+
+def compact_keys(keys) -> np.ndarray:
+  """The 32-byte compact form of cache keys: 'S32' [n].
+
+  Args:
+    keys: str or bytes keys (a list, or a bytes array as a shard stores
+      them).
+
+  A key of 64 lowercase hex digits (the SHA-256 of an image, retrain's
+  content key) becomes its 32 bytes; any other key (a distorted copy's
+  `<digest>:<copy>`, a test's 'a') becomes the SHA-256 of its UTF-8 bytes.
+  Two different keys meet only if SHA-256 collides.
+  """
+  n = len(keys)
+  out = np.empty((n, KEY_BYTES), np.uint8)
+  for start in range(0, n, _CONVERT_BLOCK):
+    part = keys[start:start + _CONVERT_BLOCK]
+    if not (isinstance(part, np.ndarray) and part.dtype.kind == 'S'):
+      part = np.array([k.encode('utf-8') if isinstance(k, str) else bytes(k)
+                       for k in part], dtype='S')
+    out[start:start + len(part)] = _compact_block(part)
+  return out.view(f'S{KEY_BYTES}').reshape(n)
+
+
+def _compact_block(part: np.ndarray) -> np.ndarray:
+  """uint8 [n, 32] for a bytes array [n] (see compact_keys)."""
+  width = part.dtype.itemsize
+  out = np.empty((len(part), KEY_BYTES), np.uint8)
+  hexed = np.zeros(len(part), bool)
+  if width >= 2 * KEY_BYTES and len(part):
+    codes = np.ascontiguousarray(part).view(np.uint8).reshape(len(part), width)
+    nibbles = _HEX[codes[:, :2 * KEY_BYTES]]
+    hexed = (nibbles != 255).all(axis=1) & ~codes[:, 2 * KEY_BYTES:].any(axis=1)
+    out[hexed] = (nibbles[hexed, 0::2] << 4) | nibbles[hexed, 1::2]
+  for i in np.flatnonzero(~hexed):
+    out[i] = np.frombuffer(hashlib.sha256(part[i]).digest(), np.uint8)
+  return out
 
 
 class VectorIndex:
@@ -38,6 +88,9 @@ class VectorIndex:
   Attributes:
     shard_paths: the shard files, indexed by shard number.
     dim: vector length (None when there are no vectors).
+
+  Memory: 32 bytes (compact key) + 2 or 4 (shard) + 4 (row) per vector,
+  and while building, one more copy of the keys and an int64 sort order.
   """
 
   def __init__(self, directories: Union[str, Sequence[str]]):
@@ -47,7 +100,7 @@ class VectorIndex:
     paths = [os.path.join(d, n) for d in directories
              for n in sorted(os.listdir(d)) if shards.is_shard_name(n)]
     self.shard_paths: List[str] = []
-    keys, shard_ids, rows = [], [], []
+    keys, counts = [], []
     self.dim = None
     for path in paths:
       try:
@@ -59,21 +112,14 @@ class VectorIndex:
       if len(shape) != 2 or shape[0] != len(shard_keys):
         continue
       self.dim = int(shape[1])
-      keys.append(shard_keys.astype('S'))
-      shard_ids.append(np.full(len(shard_keys), len(self.shard_paths),
-                               np.int32))
-      rows.append(np.arange(len(shard_keys), dtype=np.int64))
+      keys.append(compact_keys(shard_keys.astype('S')))
+      counts.append(len(shard_keys))
       self.shard_paths.append(path)
-    width = max((k.dtype.itemsize for k in keys), default=1)
-    all_keys = (np.concatenate([k.astype(f'S{width}') for k in keys])
-                if keys else np.zeros(0, f'S{width}'))
+    all_keys = (np.concatenate(keys) if keys
+                else np.zeros(0, f'S{KEY_BYTES}'))
     del keys
-    shard_ids = (np.concatenate(shard_ids) if shard_ids else
-                 np.zeros(0, np.int32))
-    rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
     # One stable sort; of equal keys (a key stored twice) the last, i.e.
-    # the later shard, wins, as in BottleneckStore's index. Peak memory is
-    # about two copies of the keys.
+    # the later shard, wins, as in BottleneckStore's index.
     order = np.argsort(all_keys, kind='stable')
     self._keys = all_keys[order]
     del all_keys
@@ -82,44 +128,47 @@ class VectorIndex:
       keep[:-1] = self._keys[1:] != self._keys[:-1]
     if not keep.all():
       self._keys, order = self._keys[keep], order[keep]
-    self._shard = shard_ids[order]
-    self._row = rows[order]
+    # Shard and row of each stored vector, from its place in the
+    # concatenation: shard s holds positions starts[s] .. starts[s+1]-1.
+    starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+    shard = np.searchsorted(starts, order, side='right') - 1
+    shard_type = np.int16 if len(counts) < 2**15 else np.int32
+    self._row = (order - starts[shard]).astype(np.int32)
+    self._shard = shard.astype(shard_type)
 
   def __len__(self) -> int:
     return len(self._keys)
 
-  def contains(self, keys) -> np.ndarray:
-    """bool [n]: whether each key (str list or bytes array) is indexed."""
-    wanted, too_long = self._encode(keys)
+  def drop_keys(self) -> None:
+    """Frees the key arrays once every ChunkReader is made (readers need
+    only shard_paths); locate and contains then find nothing."""
+    self._keys = self._keys[:0]
+    self._shard, self._row = self._shard[:0], self._row[:0]
+
+  def contains(self, keys, compact: bool = False) -> np.ndarray:
+    """bool [n]: whether each key is indexed (str or bytes keys, or with
+    compact=True the 'S32' array of compact_keys)."""
+    return self._find(keys if compact else compact_keys(keys))[1]
+
+  def _find(self, wanted: np.ndarray):
+    """(positions int64 [n] in the sorted keys, bool [n] found)."""
     if not len(self._keys) or not len(wanted):
-      return np.zeros(len(wanted), bool)
+      return np.zeros(len(wanted), np.int64), np.zeros(len(wanted), bool)
     pos = np.minimum(np.searchsorted(self._keys, wanted), len(self._keys) - 1)
-    return (self._keys[pos] == wanted) & ~too_long
+    return pos, self._keys[pos] == wanted
 
-  def _encode(self, keys) -> Tuple[np.ndarray, np.ndarray]:
-    """(keys as the index's byte width, bool: longer than that width, so
-    absent: cutting them would make false matches)."""
-    if not isinstance(keys, np.ndarray):
-      keys = np.asarray([k.encode('utf-8') if isinstance(k, str) else k
-                         for k in keys], dtype=bytes)
-    if not len(keys):
-      return keys.astype(self._keys.dtype), np.zeros(0, bool)
-    too_long = np.char.str_len(keys) > self._keys.dtype.itemsize
-    return keys.astype(self._keys.dtype), too_long
-
-  def locate(self, keys) -> Tuple[np.ndarray, np.ndarray]:
-    """(shard int32 [n], row int64 [n]) of each key (str list or bytes array).
+  def locate(self, keys, compact: bool = False):
+    """(shard int16/int32 [n], row int32 [n]) of each key (as contains).
 
     Raises:
       KeyError: a key is not in the folder.
     """
-    wanted, _ = self._encode(keys)
-    found = self.contains(keys)
+    wanted = keys if compact else compact_keys(keys)
+    pos, found = self._find(wanted)
     if not np.all(found):
-      missing = wanted[~found][0]
+      example = keys[int(np.flatnonzero(~found)[0])]
       raise KeyError(f'{int(np.sum(~found))} keys are not in the cache '
-                     f'{self.directory!r}, e.g. {missing!r}')
-    pos = np.searchsorted(self._keys, wanted)
+                     f'{self.directory!r}, e.g. {example!r}')
     return self._shard[pos], self._row[pos]
 
 
@@ -128,16 +177,19 @@ class ChunkReader:
 
   Args:
     index: the VectorIndex of the namespace.
-    keys: the key of item i (items may repeat keys).
+    keys: the key of item i (items may repeat keys): str or bytes keys, or
+      with compact=True the 'S32' array of compact_keys (what a run of a
+      million images passes: 32 bytes per item, no Python strings).
 
   Item order is the caller's (e.g. the training images); `storage_order()`
   lists the items in the order their rows lie on disk, which makes the
   cheapest chunks.
   """
 
-  def __init__(self, index: VectorIndex, keys):
+  def __init__(self, index: VectorIndex, keys, compact: bool = False):
     self.index = index
-    self.shard, self.row = index.locate(keys)
+    # shard int16/int32 [n], row int32 [n]: 6-8 bytes per item.
+    self.shard, self.row = index.locate(keys, compact)
     self.dim = index.dim
 
   def __len__(self) -> int:

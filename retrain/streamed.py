@@ -17,8 +17,11 @@ three differences:
   skipped-files report, the run summary and every export are written as
   usual.
 
-Memory: per image the file list, its content key and the digest memo (a few
-hundred bytes; see docs/scale.md), plus two chunks of half the budget each.
+Memory: per image the file list and the digest memo of discovery (a few
+hundred bytes; see docs/scale.md); for training and evaluation, compact
+numpy state only (a 32-byte key, class id, shard and row: about 60 bytes
+per vector with the index), plus two chunks of streaming.CHUNK_BYTES and
+the validation sample.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ from retrain.data import split as split_lib
 from retrain.errors import DatasetError
 from retrain.head import streaming
 from retrain.head import train as train_lib
+
+# Copy keys made (as Python strings) per pass before they are compacted.
+_KEY_BLOCK = 65536
 
 
 def expected_training_vectors(config: Config, images: int) -> int:
@@ -77,7 +83,8 @@ def needed(config: Config, images: int, module=None) -> bool:
 
 def _copy_keys(config: Config, module, runner, images, split, directories):
   """Computes the distorted copies of the training images into the cache;
-  returns (their keys bytes [m], source rows into split.train [m], stats),
+  returns (their compact keys 'S32' [m], source rows into split.train [m],
+  stats),
   or None without distortions. Appends their namespace to directories."""
   distortions = subset(distort_lib.Distortions, config)
   copies = distort_lib.training_copies(
@@ -92,19 +99,24 @@ def _copy_keys(config: Config, module, runner, images, split, directories):
           distort_lib.cache_namespace(module, distortions,
                                       config.random_seed))))
   train_digests = images.digests_of(split.train)
-  keys = np.array([distort_lib.copy_key(train_digests[s], int(c)).encode()
-                   for s, c in zip(copies.source, copies.copy, strict=True)])
+  keys = [chunks.compact_keys([
+      distort_lib.copy_key(train_digests[s], int(c)) for s, c in zip(
+          copies.source[i:i + _KEY_BLOCK], copies.copy[i:i + _KEY_BLOCK],
+          strict=True)])
+          for i in range(0, len(copies.source), _KEY_BLOCK)]
+  keys = np.concatenate(keys) if keys else chunks.compact_keys([])
   return keys, copies.source, copies.stats
 
 
 def _calibrate(config: Config, head, validation: chunks.ChunkReader,
                val_y: np.ndarray):
-  """pipeline.calibrate on a random sample of the validation set (at most
-  an eighth of the budget), read from the cache."""
+  """pipeline.calibrate on a random sample of the validation set
+  (streaming.sample_capacity), read from the cache."""
   from retrain.head import calibration as calibration_lib  # pylint: disable=g-import-not-at-top
   from retrain.report import deployment as deployment_report  # pylint: disable=g-import-not-at-top
   rows = np.arange(len(val_y))
-  cap = max(1, config.max_vectors_in_memory // 8)
+  cap = streaming.sample_capacity(config.max_vectors_in_memory,
+                                 validation.dim)
   if len(rows) > cap:
     rows = np.sort(np.random.default_rng(config.random_seed).choice(
         len(rows), cap, replace=False))
@@ -163,7 +175,8 @@ def run(config: Config, layout, module, runner, phases):
   images = usable_lib.usable_images(layout.dataset, computed)
   labels = list(layout.dataset.labels)
   split = pipeline.make_split(config, layout, images)
-  keys = np.array([d.encode() for d in images.digests])
+  # 32 bytes per image (chunks.compact_keys), not a Python string each.
+  keys = chunks.compact_keys(images.digests)
   directories = [os.path.join(config.bottleneck_dir,
                               bottleneck_cache.namespace_id(
                                   pipeline.bottlenecks_lib.cache_namespace(
@@ -179,11 +192,15 @@ def run(config: Config, layout, module, runner, phases):
 
   with phases('training'):
     index = chunks.VectorIndex(directories)
-    readers = {name: chunks.ChunkReader(index, keys[split.subset(name)])
+    readers = {name: chunks.ChunkReader(index, keys[split.subset(name)],
+                                        compact=True)
                for name in ('validation', 'test')}
-    trained = _train(config, chunks.ChunkReader(index, train_keys), train_y,
-                     len(labels), readers['validation'],
-                     images.labels[split.validation])
+    readers['train'] = chunks.ChunkReader(index, train_keys, compact=True)
+    # The readers hold shard and row numbers; the keys are no longer needed.
+    del keys, train_keys
+    index.drop_keys()
+    trained = _train(config, readers['train'], train_y, len(labels),
+                     readers['validation'], images.labels[split.validation])
 
   with phases('evaluation'):
     test = streaming.evaluate_streaming(

@@ -171,6 +171,141 @@ def test_digest_memo_rehashes_only_changed_files(tmp_path, monkeypatch):
   assert hashed == [os.path.realpath(b)]
 
 
+@pytest.mark.parametrize('zero_ending', [False, True])
+def test_digest_memo_round_trip_in_the_numpy_format(tmp_path, monkeypatch,
+                                                    zero_ending):
+  from bottleneck_cache import keys
+  if zero_ending:
+    # 1 path key in 256 ends in a zero byte, which numpy cuts from a bytes
+    # item: such keys must still be found.
+    real_key = keys.path_key
+    monkeypatch.setattr(keys, 'path_key',
+                        lambda real: real_key(real)[:15] + b'\0')
+  files = []
+  for i in range(13):
+    files.append(tmp_path / f'f{i}.bin')
+    files[-1].write_bytes(bytes([i]) * i)
+  memo = keys.DigestMemo(str(tmp_path / 'cache'))
+  expected = {str(f): keys.file_digest(str(f)) for f in files}
+  assert [memo.digest(str(f)) for f in files] == list(expected.values())
+  memo.save()
+  assert (tmp_path / 'cache' / keys.MEMO_FILE).exists()
+  with np.load(tmp_path / 'cache' / keys.MEMO_FILE) as data:
+    assert data['digest'].shape == (len(files), 32)
+    assert data['path'].dtype == np.dtype('S16')
+  monkeypatch.setattr(keys, 'file_digest', lambda p: pytest.fail(p))
+  # Found in this memo too (merged on save), and in a reloaded one.
+  assert [memo.digest(str(f)) for f in files] == list(expected.values())
+  again = keys.DigestMemo(str(tmp_path / 'cache'))
+  assert len(again) == len(files)
+  # Read back from the arrays, not hashed (file_digest would fail).
+  assert {str(f): again.digest(str(f)) for f in files} == expected
+
+
+def test_digest_memo_merge_equals_concatenate_and_sort():
+  """save() merges this run's entries into the sorted table one column at
+  a time; the result is what sorting everything would give (a re-hashed
+  file's new entry wins)."""
+  from bottleneck_cache import keys
+  rng = np.random.default_rng(0)
+
+  def table(n):
+    return keys._sorted_unique({
+        'path': rng.integers(0, 256, (n, 16), np.uint8).view('S16').ravel(),
+        'size': rng.integers(0, 9, n), 'mtime_ns': rng.integers(0, 9, n),
+        'ino': rng.integers(0, 9, n).astype(np.uint64),
+        'digest': rng.integers(0, 256, (n, 32), np.uint8)})
+
+  old, new = table(1000), table(300)
+  new = keys._sorted_unique({name: np.concatenate([new[name], old[name][:50]])
+                             for name in new})
+  new['size'][:] = 99
+  merged = keys._merge(old, new)
+  expected = keys._sorted_unique({name: np.concatenate([old[name], new[name]])
+                                  for name in old})
+  for name in expected:
+    np.testing.assert_array_equal(merged[name], expected[name])
+  assert len(merged['path']) == 1300 and np.sum(merged['size'] == 99) == 350
+  assert len(keys._merge(keys._empty_table(), new)['path']) == 350
+
+
+def test_digest_memo_reads_the_old_json_memo_and_replaces_it(tmp_path,
+                                                            monkeypatch):
+  """A cache written by an earlier version keeps its digests: the JSON memo
+  is read (its digest is returned without hashing), then replaced by the
+  numpy memo on save."""
+  import json
+
+  from bottleneck_cache import keys
+  f = tmp_path / 'img.jpg'
+  f.write_bytes(b'pixels')
+  st = os.stat(f)
+  remembered = 'ab' * 32  # not the real digest: proves it was read
+  cache = tmp_path / 'cache'
+  cache.mkdir()
+  (cache / keys.OLD_MEMO_FILE).write_text(json.dumps(
+      {'version': 1, 'files': {
+          os.path.realpath(f): [st.st_size, st.st_mtime_ns, st.st_ino,
+                                remembered],
+          '/gone/elsewhere.jpg': [1, 2, 3, 'cd' * 32]}}))
+  monkeypatch.setattr(keys, 'file_digest', lambda p: pytest.fail(p))
+  memo = keys.DigestMemo(str(cache))
+  assert len(memo) == 2
+  assert memo.digest(str(f)) == remembered
+  memo.save()  # nothing new: nothing written
+  assert not (cache / keys.MEMO_FILE).exists()
+  g = tmp_path / 'new.jpg'
+  g.write_bytes(b'other')
+  monkeypatch.undo()
+  new_digest = memo.digest(str(g))
+  memo.save()
+  assert (cache / keys.MEMO_FILE).exists()
+  assert not (cache / keys.OLD_MEMO_FILE).exists()
+  monkeypatch.setattr(keys, 'file_digest', lambda p: pytest.fail(p))
+  reloaded = keys.DigestMemo(str(cache))
+  assert len(reloaded) == 3
+  assert reloaded.digest(str(f)) == remembered
+  assert reloaded.digest(str(g)) == new_digest
+
+
+def test_hashing_resumes_from_the_memo_after_a_kill(tmp_path, monkeypatch):
+  """_hash_files saves the memo as it goes: a run that dies part-way
+  leaves the files hashed so far in the memo, and the next run reads only
+  the others. A path listed twice is hashed once."""
+  from bottleneck_cache import keys
+  from retrain.bottlenecks import compute
+  monkeypatch.setattr(compute, '_HASH_PART', 10)
+  monkeypatch.setattr(compute, '_MEMO_SAVE_EVERY', 20)
+  paths = []
+  for i in range(50):
+    paths.append(str(tmp_path / f'{i:02d}.jpg'))
+    with open(paths[-1], 'wb') as f:
+      f.write(i.to_bytes(2, 'little'))
+  hashed = []
+  real = keys.file_digest
+
+  def dies_at_the_35th(path):
+    if len(hashed) == 35:
+      raise KeyboardInterrupt  # as a kill, between two saves
+    hashed.append(path)
+    return real(path)
+
+  monkeypatch.setattr(keys, 'file_digest', dies_at_the_35th)
+  with pytest.raises(KeyboardInterrupt):
+    compute._hash_files(paths, keys.DigestMemo(str(tmp_path / 'cache')))
+  hashed.clear()
+  monkeypatch.setattr(keys, 'file_digest',
+                      lambda p: hashed.append(p) or real(p))
+  digests = compute._hash_files(paths + paths[:3],
+                                keys.DigestMemo(str(tmp_path / 'cache')))
+  # The first 20 were saved before the kill; 30 are left, each once.
+  assert len(hashed) == 30 and len(set(hashed)) == 30
+  assert digests == [real(p) for p in paths + paths[:3]]
+  bad = compute._hash_files([str(tmp_path / 'missing.jpg')],
+                            keys.DigestMemo(None))
+  assert isinstance(bad[0], OSError)
+
+
 def test_digest_memo_survives_a_corrupt_file(tmp_path, caplog):
   from bottleneck_cache import keys
   (tmp_path / keys.MEMO_FILE).write_text('{not json')

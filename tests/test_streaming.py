@@ -58,6 +58,71 @@ def test_index_takes_the_later_shard_of_a_key_stored_twice(tmp_path):
                                 store.get(['a', 'b', 'c']))
 
 
+def test_compact_keys_decode_digests_and_hash_other_keys():
+  import hashlib
+  digest = hashlib.sha256(b'image bytes').hexdigest()
+  others = [f'{digest}:3', 'a', digest.upper(), '\u00e9t\u00e9']
+  compact = chunks.compact_keys([digest] + others)
+  assert compact.dtype == np.dtype('S32') and compact.shape == (5,)
+  # A content key is its own 32 bytes; anything else is its SHA-256.
+  assert compact[0] == bytes.fromhex(digest).rstrip(b'\0')
+  for got, key in zip(compact[1:], others, strict=True):
+    assert got == hashlib.sha256(key.encode()).digest().rstrip(b'\0')
+  # Upper case is another key, so another compact key.
+  assert compact[3] != compact[0]
+  # str keys, bytes keys and a shard's bytes array agree, across blocks.
+  many = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(70000)]
+  many[5] = 'short'
+  from_str = chunks.compact_keys(many)
+  np.testing.assert_array_equal(
+      from_str, chunks.compact_keys(np.array([k.encode() for k in many])))
+  assert len(set(from_str.tolist())) == len(many)
+  assert chunks.compact_keys([]).shape == (0,)
+
+
+def test_index_lookup_equals_the_store_dict(tmp_path):
+  """VectorIndex (sorted compact keys, searchsorted) finds the vector the
+  store's dict finds, for content keys, copy keys and odd keys alike."""
+  import hashlib
+  rng = np.random.default_rng(1)
+  store = bottleneck_cache.BottleneckStore(str(tmp_path), {'kind': 't'})
+  digests = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(300)]
+  keys = digests + [f'{d}:{c}' for d in digests[:50] for c in (0, 1)] + [
+      'x', 'y:1', 'Z' * 64]
+  order = rng.permutation(len(keys))
+  x = rng.normal(size=(len(keys), 4)).astype(np.float32)
+  for part in np.array_split(order, 7):
+    store.put([keys[i] for i in part], x[part])
+  # A key stored again in a later shard: the later vector wins in both.
+  store.put([keys[0]], x[:1] + 1)
+  index = chunks.VectorIndex(store.directory)
+  assert len(index) == len(keys)
+  wanted = [keys[i] for i in rng.permutation(len(keys))]
+  for reader in (chunks.ChunkReader(index, wanted),
+                 chunks.ChunkReader(index, chunks.compact_keys(wanted),
+                                    compact=True)):
+    np.testing.assert_array_equal(reader.read(np.arange(len(wanted))),
+                                  store.get(wanted))
+  assert reader.shard.dtype == np.int16 and reader.row.dtype == np.int32
+  absent = ['nope', digests[0][:-1] + 'x', f'{digests[0]}:9']
+  assert not index.contains(absent).any()
+  assert index.contains(keys).all()
+
+
+def test_chunks_stay_small_whatever_the_budget():
+  """The budget decides in memory or streaming; it does not size chunks."""
+  from retrain.head import streaming
+  per_chunk = streaming.CHUNK_BYTES // (4 * 1280)
+  expected = max(streaming.BLOCK_VECTORS, per_chunk)
+  for budget in (100_000, 1_000_000, 10**8):
+    assert streaming.chunk_capacity(budget, 1280) == expected
+    assert (streaming.sample_capacity(budget, 1280) ==
+            streaming.SAMPLE_BYTES // (4 * 1280))
+  # A budget smaller than that still bounds them.
+  assert streaming.chunk_capacity(4096, 1280) == 2048
+  assert streaming.sample_capacity(4096, 1280) == 512
+
+
 def test_schedule_mixes_blocks_and_covers_every_item():
   from retrain.head import streaming
   order = np.arange(10 * streaming.BLOCK_VECTORS, dtype=np.int64)
@@ -122,6 +187,37 @@ def test_streaming_sees_every_class_though_the_cache_is_in_class_order(
   test = streaming.evaluate_streaming(result.head, index, labels, 4096)
   per_class = [np.mean(test.predictions[labels == c] == c) for c in range(3)]
   assert min(per_class) > 0.9, per_class
+
+
+def test_streaming_training_agrees_with_in_memory_training(tmp_path):
+  """The same data and settings, once in memory and once streamed from the
+  cache with a budget far below the training set (many chunks): both
+  heads learn the task and predict held-out vectors alike."""
+  from retrain.head import evaluate, streaming
+  from retrain.head import train as train_lib
+  store, keys, x, labels = _store(tmp_path, 8000, dim=16, classes=4, seed=3)
+  index = chunks.VectorIndex(store.directory)
+  train, val = np.arange(0, 8000, 4), np.arange(1, 8000, 4)
+  test = np.arange(2, 8000, 2)
+  settings = _settings(steps=300, batch_size=50, eval_step_interval=50,
+                       validation_batch_size=-1, seed=0)
+  in_memory = train_lib.train_head(x[train], labels[train], 4, x[val],
+                                   labels[val], settings)
+  stats = streaming.StreamStats()
+  streamed = streaming.train_head_streaming(
+      chunks.ChunkReader(index, [keys[i] for i in train]), labels[train], 4,
+      chunks.ChunkReader(index, [keys[i] for i in val]), labels[val],
+      settings, max_vectors_in_memory=1024, stats=stats)
+  assert stats.chunks >= 2
+  assert [p.step for p in streamed.history] == [
+      p.step for p in in_memory.history]
+  a = evaluate.evaluate(in_memory.head, x[test], labels[test])
+  b = streaming.evaluate_streaming(
+      streamed.head, chunks.ChunkReader(index, [keys[i] for i in test]),
+      labels[test], max_vectors_in_memory=1024)
+  assert a.accuracy > 0.97 and b.accuracy > 0.97
+  assert abs(a.accuracy - b.accuracy) < 0.01
+  assert np.mean(a.predictions == b.predictions) > 0.98
 
 
 @pytest.mark.slow

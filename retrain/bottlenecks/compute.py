@@ -77,30 +77,51 @@ def _hash_files(paths: Sequence[str], memo: bottleneck_cache.DigestMemo
   Files whose size, mtime and inode the memo knows are not read again, so
   a re-run (or a run resumed after a kill: the memo is saved every
   _MEMO_SAVE_EVERY files) only stats them. Progress is shown for more than
-  _HASH_PART files (a small folder hashes in a blink).
+  _HASH_PART files (a small folder hashes in a blink). Memory: the result
+  list and its digest strings, plus the memo's 72 bytes per file; no
+  per-path dict unless a path is listed twice.
   """
   def digest(path):
     try:
       return memo.digest(path)
     except OSError as e:
       return e
+
+  def digest_all(some_paths):
+    return [digest(path) for path in some_paths]
   # Each file once: with --crop_to_boxes a photo is listed once per box.
-  unique = list(dict.fromkeys(paths))
+  # (The set is only a test, freed at once; most runs list no path twice.)
+  first = None
+  if len(set(paths)) < len(paths):
+    first = {}
+    for i, path in enumerate(paths):
+      first.setdefault(path, i)
+  unique = (range(len(paths)) if first is None
+            else sorted(first.values()))
   progress = (Progress('Hashing', len(unique), unit='files')
               if len(unique) > _HASH_PART else None)
-  found = {}
+  found = [None] * len(paths)
   with concurrent.futures.ThreadPoolExecutor(_HASH_THREADS) as pool:
     for start in range(0, len(unique), _HASH_PART):
       part = unique[start:start + _HASH_PART]
-      found.update(zip(part, pool.map(digest, part), strict=True))
+      # One task per thread (every _HASH_THREADS-th file), not one per file:
+      # a Future costs about 1 KB, 10 MB for a part of 10,000.
+      for k, values in enumerate(pool.map(digest_all, [
+          [paths[i] for i in part[k::_HASH_THREADS]]
+          for k in range(_HASH_THREADS)])):
+        for i, value in zip(part[k::_HASH_THREADS], values, strict=True):
+          found[i] = value
       if progress is not None:
         progress.update(len(part))
-      if len(found) % _MEMO_SAVE_EVERY == 0 and len(found) < len(unique):
+      done = start + len(part)
+      if done % _MEMO_SAVE_EVERY == 0 and done < len(unique):
         memo.save()
   memo.save()
   if progress is not None:
     progress.finish()
-  return [found[path] for path in paths]
+  if first is not None:
+    found = [found[first[path]] for path in paths]
+  return found
 
 
 def _decode_error(path: str, size, box=None,

@@ -53,7 +53,10 @@ class Walk:
       real = os.path.dirname(real)
       self.ancestors.add(real)
     self.folders: dict = {}  # (st_dev, st_ino) -> first path
-    self.files: dict = {}  # (st_dev, st_ino) -> first path
+    # st_dev << 64 | st_ino -> the first relative path (the string the
+    # caller keeps anyway): one int key per file, not a tuple and a second
+    # copy of the path (about 200 bytes less per file at a million files).
+    self.files: dict = {}
     self.skipped: list = []  # (path, reason)
 
   def skip(self, path: str, reason: str) -> None:
@@ -119,13 +122,15 @@ def list_images(class_dir: str, image_dir: str,
       if st is not None and not stat.S_ISREG(st.st_mode):
         walk.skip(entry.path, not_regular_reason(st.st_mode))
         continue
+      rel = os.path.relpath(entry.path, image_dir).replace(os.sep, '/')
       if st is not None:
-        first = walk.files.setdefault((st.st_dev, st.st_ino), entry.path)
-        if first != entry.path:
-          walk.skip(entry.path, f'the same file as {first} (reached by two '
-                    'paths); used once')
+        first = walk.files.setdefault(st.st_dev << 64 | st.st_ino, rel)
+        if first is not rel:
+          walk.skip(entry.path, 'the same file as '
+                    f'{os.path.join(image_dir, *first.split("/"))} (reached '
+                    'by two paths); used once')
           continue
-      found.append(os.path.relpath(entry.path, image_dir).replace(os.sep, '/'))
+      found.append(rel)
     # Depth first, in name order; each real folder once.
     pending.extend(sub for sub in reversed(subfolders) if walk.enter(sub))
   return sorted(found)

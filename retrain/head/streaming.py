@@ -9,9 +9,11 @@ many images there are:
   schedule  the training items, in the order their rows lie on disk, are
             cut into blocks of BLOCK_VECTORS; a chunk is a random set of
             blocks (so one chunk mixes images from all over the data set,
-            whatever order they were cached in) of at most half the budget,
-            and the next chunk is read in a background thread while the
-            current one trains (two chunks in memory at most).
+            whatever order they were cached in) of CHUNK_BYTES (32 MB) or
+            half the budget if that is less, and the next chunk is read in
+            a background thread while the current one trains (two chunks
+            in memory at most). The chunk size does not grow with the
+            budget: the budget only decides in memory or streaming.
   steps     each chunk gets its share of the steps, `len(chunk) * min(E, 1)
             / batch_size` with E = steps * batch_size / n_train the epochs
             the run amounts to: below one epoch every chunk is visited once
@@ -21,8 +23,8 @@ many images there are:
             set (--sampling classes: a class uniformly among those the
             chunk holds, then one of its images; --sampling images: an
             image uniformly).
-  validation  a fixed random sample of at most an eighth of the budget is
-            read once; each evaluation draws --validation_batch_size from
+  validation  a fixed random sample (SAMPLE_BYTES, 32 MB, or an eighth of
+            the budget if that is less) is read once; each evaluation draws --validation_batch_size from
             it (or uses it all for -1 and for early stopping).
   test      evaluate_streaming reads the test set in chunks.
 
@@ -55,7 +57,16 @@ from retrain.head import train as train_lib
 # enough that a block is a few contiguous reads, small enough that a chunk
 # of blocks mixes the whole data set.
 BLOCK_VECTORS = 1024
-# Share of the budget for the validation sample.
+# Bytes of one chunk of training (or test) vectors: 32 MB is 6 blocks of
+# 1,280 floats, a few hundred SGD draws per visit at the default batch, and
+# reads of a few ms each. Fixed rather than a share of the budget, so memory
+# past the budget does not depend on it (a 100,000-vector budget once made
+# 250 MB chunks).
+CHUNK_BYTES = 32 << 20
+# The validation (and calibration) sample: at most this many bytes, and at
+# most an eighth of the budget (6,553 vectors of 1,280 floats: accuracy
+# measured to about +-0.5 %).
+SAMPLE_BYTES = 32 << 20
 _VALIDATION_SHARE = 8
 
 
@@ -64,9 +75,22 @@ def should_stream(train_vectors: int, max_vectors_in_memory: int) -> bool:
   return 0 < max_vectors_in_memory < train_vectors
 
 
-def chunk_capacity(max_vectors_in_memory: int) -> int:
-  """Vectors per chunk: half the budget (one trains, one is being read)."""
-  return max(BLOCK_VECTORS, max_vectors_in_memory // 2)
+def _vector_bytes(dim: Optional[int]) -> int:
+  return 4 * max(1, dim or 1)
+
+
+def chunk_capacity(max_vectors_in_memory: int, dim: Optional[int]) -> int:
+  """Vectors per chunk of float32 [., dim]: CHUNK_BYTES, at most half the
+  budget (one chunk trains while the next is read), at least one block."""
+  return max(BLOCK_VECTORS, min(max_vectors_in_memory // 2,
+                                CHUNK_BYTES // _vector_bytes(dim)))
+
+
+def sample_capacity(max_vectors_in_memory: int, dim: Optional[int]) -> int:
+  """Vectors of the validation or calibration sample: SAMPLE_BYTES, at
+  most an eighth of the budget."""
+  return max(1, min(max_vectors_in_memory // _VALIDATION_SHARE,
+                    SAMPLE_BYTES // _vector_bytes(dim)))
 
 
 def chunk_schedule(order: np.ndarray, capacity: int,
@@ -191,7 +215,7 @@ def train_head_streaming(
       empty).
     settings: what to train, as for retrain.head.train.train_head.
     on_eval: called with each evaluation point, in order.
-    max_vectors_in_memory: the budget; chunks hold half of it each.
+    max_vectors_in_memory: the budget; chunks as chunk_capacity.
     stats: filled with what was read, if given.
 
   Returns:
@@ -217,9 +241,9 @@ def train_head_streaming(
              if options and options.early_stopping_patience and len(val_y)
              else None)
   history: List[train_lib.EvalPoint] = []
+  capacity = chunk_capacity(max_vectors_in_memory, train.dim)
   chunk_list = _read_ahead(
-      train, chunk_schedule(train.storage_order(),
-                            chunk_capacity(max_vectors_in_memory), rng), stats)
+      train, chunk_schedule(train.storage_order(), capacity, rng), stats)
   done, owed = 0, 0.0
   for items, chunk_x in chunk_list:
     chunk_y = train_y[items]
@@ -294,13 +318,13 @@ def _read_ahead(reader: ChunkReader, schedule: Iterator[np.ndarray],
 
 
 class _ValidationSample:
-  """A fixed random sample of the validation vectors (at most an eighth of
-  the budget), read once; evaluation points are measured on it."""
+  """A fixed random sample of the validation vectors (sample_capacity),
+  read once; evaluation points are measured on it."""
 
   def __init__(self, reader: ChunkReader, val_y: np.ndarray, budget: int,
                batch_size: int, rng: np.random.Generator, dim: int):
     items = np.arange(len(val_y), dtype=np.int64)
-    cap = max(1, budget // _VALIDATION_SHARE)
+    cap = sample_capacity(budget, dim)
     if len(items) > cap:
       items = np.sort(rng.choice(len(items), cap, replace=False))
     self.x = reader.read(items) if len(items) else np.zeros((0, dim),
@@ -335,7 +359,7 @@ def evaluate_streaming(head: model_lib.Head, reader: ChunkReader,
   Args:
     head: the trained head.
     reader: the vectors (float32 [n, D]); y: int [n] class ids.
-    max_vectors_in_memory: the budget; chunks hold half of it.
+    max_vectors_in_memory: the budget; chunks as chunk_capacity.
     batch_size, seed: -1 for every vector, else a random sample of that
       many (with replacement, repeatable with seed), as evaluate().
 
@@ -348,7 +372,7 @@ def evaluate_streaming(head: model_lib.Head, reader: ChunkReader,
     rows = np.random.default_rng(seed).integers(0, len(y), size=batch_size)
   num_classes = head.biases.shape[0]
   probs = np.zeros((len(rows), num_classes), np.float32)
-  capacity = chunk_capacity(max_vectors_in_memory)
+  capacity = chunk_capacity(max_vectors_in_memory, reader.dim)
   # Storage order for cheap reads; results go back to their row's place.
   order = np.lexsort((reader.row[rows], reader.shard[rows]))
   for start in range(0, len(order), capacity):
