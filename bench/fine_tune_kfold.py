@@ -1,0 +1,146 @@
+"""Fine-tuning against the best frozen-feature head, on the same k folds.
+
+  python bench/fine_tune_kfold.py DIR [--folds 5] [--boundaries 11,15]
+      [--frozen efficientnet_lite0+lite1+lite2] [--epochs 10]
+
+Every image is tested exactly once (stratified k-fold; each fold's
+training part split 8:1 into training and validation, the pipeline's
+80/10 ratio: bench/accuracy.py's folds). On each fold:
+  frozen: the default --tfhub_module (an ensemble) with the default head
+    solver (L-BFGS), trained on training, chosen on validation;
+  block K: the Lite0 head (same solver), then --fine_tune from block K with
+    the default settings (early stopping on that fold's validation).
+Lite0's activations are computed once per image and shared by the folds
+(the bottleneck cache); the seconds per fold are the fine-tuning's own
+(training + validation passes). Prints accuracy with its Wilson 95%
+interval for each, and how many folds fine-tuning won, tied and lost
+against the frozen head.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import accuracy as accuracy_bench  # noqa: E402  (bench/accuracy.py)
+import numpy as np  # noqa: E402
+from absl import logging  # noqa: E402
+
+from retrain.bottlenecks import distort as distort_lib  # noqa: E402
+from retrain.bottlenecks import ensemble as ensemble_bottlenecks  # noqa: E402
+from retrain.config import DEFAULTS, FINE_TUNE_MODULE, subset  # noqa: E402
+from retrain.data import sources as layouts  # noqa: E402
+from retrain.data.split import Split  # noqa: E402
+from retrain.features import ensemble as ensemble_lib  # noqa: E402
+from retrain.features import modules as features  # noqa: E402
+from retrain.finetune import run as finetune_lib  # noqa: E402
+from retrain.report import confidence  # noqa: E402
+
+
+def fine_tune_fold(args, work, block, module, head, labels, paths, digests, y,
+                   rows):
+  """(test predictions int64 [n_test], seconds) of fine-tuning one fold."""
+  train_rows, val_rows, test_rows = rows
+  config = dataclasses.replace(
+      DEFAULTS, tfhub_module=FINE_TUNE_MODULE, fine_tune=True,
+      fine_tune_from=block, fine_tune_epochs=args.epochs,
+      bottleneck_dir=os.path.join(work, 'bn'),
+      summaries_dir=os.path.join(work, 'logs'), report_dir='',
+      checkpoint_path='', module_cache_dir=args.module_cache_dir)
+  started = time.monotonic()
+  tuned = finetune_lib.fine_tune(
+      subset(finetune_lib.FineTuneOptions, config),
+      distort_lib.Distortions(), module, head, labels, paths, digests, y,
+      Split(train_rows, val_rows, test_rows))
+  return tuned.test_predictions, time.monotonic() - started
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('image_dir')
+  parser.add_argument('--folds', type=int, default=5)
+  parser.add_argument('--boundaries', default='11,15')
+  parser.add_argument('--frozen', default=DEFAULTS.tfhub_module)
+  parser.add_argument('--epochs', type=int, default=DEFAULTS.fine_tune_epochs)
+  parser.add_argument('--work', default='')
+  parser.add_argument('--module_cache_dir',
+                      default=os.environ.get('RETRAIN_MODULE_CACHE'))
+  parser.add_argument('--seed', type=int, default=0)
+  args = parser.parse_args()
+  logging.set_verbosity(logging.WARNING)
+  work = args.work or tempfile.mkdtemp(prefix='bench_fine_tune_kfold_')
+
+  layout = layouts.load_layout(dataclasses.replace(
+      DEFAULTS, image_dir=args.image_dir))
+  paths = [image.path for image in layout.dataset.images]
+  y_all = np.array([image.label for image in layout.dataset.images])
+  labels = list(layout.dataset.labels)
+  members = ensemble_lib.member_handles(args.frozen)
+  vectors = {name: accuracy_bench.module_vectors(
+      paths, name, os.path.join(work, 'bn'), args.module_cache_dir)[0]
+             for name in dict.fromkeys(members + [FINE_TUNE_MODULE])}
+  frozen = ensemble_bottlenecks.combine([vectors[m] for m in members])
+  lite0 = vectors[FINE_TUNE_MODULE]
+  ok = frozen.ok & lite0.ok
+  keep = np.flatnonzero(ok)
+  paths = [paths[i] for i in keep]
+  digests = [lite0.digests[i] for i in keep]
+  y = y_all[keep]
+  x_frozen = frozen.vectors[np.flatnonzero(ok[frozen.ok])]
+  x_lite0 = lite0.vectors[np.flatnonzero(ok[lite0.ok])]
+  plans = accuracy_bench.folds_of(y, None, args.folds, args.seed)
+  module = features.load_module(FINE_TUNE_MODULE, None, args.module_cache_dir)
+  print(f'{args.image_dir}: {len(paths)} images, {len(labels)} classes, '
+        f'{args.folds}-fold, load average {os.getloadavg()[0]:.1f}',
+        flush=True)
+
+  correct = {}
+  seconds = {}
+  for f, rows in enumerate(plans):
+    test_rows = rows[2]
+    head = accuracy_bench.train('lbfgs', x_frozen, y, len(labels), rows[0],
+                                rows[1], args.seed)
+    pred = head.logits(x_frozen[test_rows]).argmax(axis=1)
+    correct.setdefault('frozen', []).append(int(np.sum(pred == y[test_rows])))
+    lite0_head = accuracy_bench.train('lbfgs', x_lite0, y, len(labels),
+                                      rows[0], rows[1], args.seed)
+    pred = lite0_head.logits(x_lite0[test_rows]).argmax(axis=1)
+    correct.setdefault('lite0', []).append(int(np.sum(pred == y[test_rows])))
+    for block in (int(b) for b in args.boundaries.split(',')):
+      pred, took = fine_tune_fold(args, work, block, module, lite0_head,
+                                  labels, paths, digests, y, rows)
+      correct.setdefault(block, []).append(int(np.sum(pred == y[test_rows])))
+      seconds.setdefault(block, []).append(took)
+    print(f'fold {f}: ' + ', '.join(f'{k} {v[-1]}/{len(test_rows)}'
+                                    for k, v in correct.items()), flush=True)
+
+  total = len(y)
+  print(f'\n| configuration | accuracy ({args.folds}-fold, N={total}) | 95% '
+        'CI | folds won/tied/lost vs frozen | fine-tuning s per fold |')
+  print('|---|---|---|---|---|')
+  for name, per_fold in correct.items():
+    low, high = confidence.wilson_interval(sum(per_fold), total)
+    base = correct['frozen']
+    record = (f'{sum(a > b for a, b in zip(per_fold, base))}/'
+              f'{sum(a == b for a, b in zip(per_fold, base))}/'
+              f'{sum(a < b for a, b in zip(per_fold, base))}')
+    title = {'frozen': f'{args.frozen} (frozen, L-BFGS head)',
+             'lite0': f'{FINE_TUNE_MODULE} (frozen, L-BFGS head)'}.get(
+                 name, f'{FINE_TUNE_MODULE} fine-tuned from block {name}')
+    took = (f'{np.mean(seconds[name]):.0f}' if name in seconds else '-')
+    print(f'| {title} | {100 * sum(per_fold) / total:.1f}% '
+          f'({sum(per_fold)}/{total}) | {100 * low:.1f}-{100 * high:.1f}% '
+          f'| {record if name != "frozen" else "-"} | {took} |')
+
+
+if __name__ == '__main__':
+  main()
