@@ -1,26 +1,12 @@
-"""Writing a JSON or numpy file so that no reader sees half of it (this
-package's own helper: it imports neither TensorFlow nor retrain)."""
+"""Writing a numpy file so that no reader sees half of it (this package's
+own helper: it imports neither TensorFlow nor retrain)."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 
 import numpy as np
-
-
-def write_json(path: str, value, tmp: str, **dump_args) -> None:
-  """Writes `value` as JSON to the temporary path `tmp` (in path's folder),
-  then renames it to `path`; on failure removes `tmp` and re-raises."""
-  try:
-    with open(tmp, 'w', encoding='utf-8') as f:
-      json.dump(value, f, **dump_args)
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(OSError):
-      os.remove(tmp)
-    raise
 
 
 def write_npz(path: str, arrays: dict, tmp: str) -> None:

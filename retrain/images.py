@@ -196,9 +196,14 @@ def decode_image(contents: tf.Tensor, size: Tuple[int, int]) -> tf.Tensor:
   return tf.cond(
       tf.io.is_jpeg(contents),
       lambda: _decode_jpeg_upright(contents, size),
-      lambda: shrink_large(tf.ensure_shape(
-          tf.io.decode_image(contents, channels=3, expand_animations=False,
-                             dtype=tf.uint8), [None, None, 3]), size))
+      lambda: shrink_large(_decode_other(contents), size))
+
+
+def _decode_other(contents: tf.Tensor) -> tf.Tensor:
+  """uint8 [H, W, 3], a non-JPEG image at full size (first GIF frame)."""
+  return tf.ensure_shape(tf.io.decode_image(
+      contents, channels=3, expand_animations=False, dtype=tf.uint8),
+                         [None, None, 3])
 
 
 def resize_pixels(image: tf.Tensor, size: Tuple[int, int]) -> tf.Tensor:
@@ -275,9 +280,7 @@ def decode_and_resize_sizes(contents: tf.Tensor,
     return out
 
   def other():
-    full = tf.ensure_shape(tf.io.decode_image(
-        contents, channels=3, expand_animations=False, dtype=tf.uint8),
-                           [None, None, 3])
+    full = _decode_other(contents)
     return [shrink_large(full, size) for size in sizes]
 
   decoded = tf.cond(tf.io.is_jpeg(contents), jpeg, other)

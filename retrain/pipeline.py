@@ -100,6 +100,19 @@ def fine_tune_module(config: Config) -> Config:
   return dataclasses.replace(config, tfhub_module=FINE_TUNE_MODULE)
 
 
+def resolve_head_solver(config: Config) -> Config:
+  """`config` with head_solver 'lbfgs' or 'sgd', decided once for the run:
+  'auto' means sgd when a retrain.py training setting differs from its
+  default (the CLI decides from the flags given, before this), else lbfgs.
+
+  Raises:
+    DatasetError: head_solver is not a known value.
+  """
+  return dataclasses.replace(config, head_solver=head_auto.resolve(
+      config.head_solver, head_auto.changed_training_fields(config,
+                                                            DEFAULTS)))
+
+
 def check_config(config: Config) -> None:
   """Checks values before any slow work starts."""
   layouts.check_layout_options(subset(layouts.LayoutOptions, config))
@@ -119,8 +132,7 @@ def check_config(config: Config) -> None:
   train_options_lib.check(subset(train_options_lib.TrainOptions, config))
   calibration_lib.check_options(  # Issue 19.
       subset(calibration_lib.ConfidenceOptions, config))
-  # h15: the head solver's values.
-  head_auto.resolve(config.head_solver, ())
+  # h15: the head solver's values (head_solver itself: resolve_head_solver).
   solver_lib.check(solver_lib.SolverOptions.from_config(config))
   if config.projector_max_images < 0:
     raise DatasetError(f'projector_max_images={config.projector_max_images}'
@@ -142,7 +154,7 @@ def _log_counts(labels, y, split) -> None:
 
 def run(config: Config) -> RunResult:
   """Runs retraining end to end; see the module docstring."""
-  config = fine_tune_module(config)
+  config = resolve_head_solver(fine_tune_module(config))
   phases = phases_lib.Phases()
   with phases('startup_and_module', since_start=True):
     check_config(config)

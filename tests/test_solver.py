@@ -156,3 +156,15 @@ def test_wilson_interval_and_final_line():
   assert f'about {needed - 51} more test images' in confidence.narrowing_hint(
       45 / 51, 51)
   assert confidence.narrowing_hint(0.9, 5000) is None
+
+
+def test_pipeline_resolves_the_head_solver_once():
+  from retrain import pipeline
+  assert pipeline.resolve_head_solver(DEFAULTS).head_solver == 'lbfgs'
+  changed = dataclasses.replace(DEFAULTS, learning_rate=0.1)
+  assert pipeline.resolve_head_solver(changed).head_solver == 'sgd'
+  chosen = dataclasses.replace(changed, head_solver='lbfgs')
+  assert pipeline.resolve_head_solver(chosen).head_solver == 'lbfgs'
+  with pytest.raises(DatasetError, match="head_solver='newton'"):
+    pipeline.resolve_head_solver(dataclasses.replace(DEFAULTS,
+                                                     head_solver='newton'))

@@ -322,8 +322,8 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
                         max_pixels: int = image_header.MAX_IMAGE_PIXELS,
                         load_vectors: bool = True,
                         boxes: Optional[np.ndarray] = None,
-                        key_suffixes: Optional[Sequence[str]] = None
-                        ) -> Bottlenecks:
+                        key_suffixes: Optional[Sequence[str]] = None,
+                        keyed: Optional[tuple] = None) -> Bottlenecks:
   """Vectors of `paths`, from the cache where possible.
 
   Args:
@@ -340,8 +340,12 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
       path (--crop_to_boxes; retrain.data.boxes).
     key_suffixes: with boxes, n strings naming each crop (box and margin),
       appended to the file's content hash in its cache key and in `digests`.
+    keyed: what cache_keys(paths, ..., key_suffixes) returned, when the
+      caller hashed the files already (an ensemble: once for all members).
   """
-  digests, readable, failures = cache_keys(paths, store, key_suffixes)
+  digests, readable, failures = (keyed if keyed is not None else
+                                 cache_keys(paths, store, key_suffixes))
+  failures = list(failures)  # appended to below; keyed may be shared
   keys = [digests[i] for i in readable]
   missing_count = len({k for k in keys if k not in store})
   if missing_count:

@@ -61,12 +61,15 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
   stores = [bottleneck_cache.BottleneckStore(
       bottleneck_dir, bottlenecks_lib.cache_namespace(member))
             for member in members]
+  # The files are hashed once, for the shared pass and every member's.
+  keyed = bottlenecks_lib.cache_keys(paths, stores[0],
+                                     compute_args.get('key_suffixes'))
   shared = [0] * len(members)
   if compute_args.get('boxes') is None:  # crops: each member's own pass
     shared = shared_pass(paths, runners, stores, batch_size,
                          compute_args.get('max_pixels',
                                           image_header.MAX_IMAGE_PIXELS),
-                         compute_args.get('key_suffixes'))
+                         keyed)
   load = compute_args.pop('load_vectors', True)
   parts = []
   for member, runner, store, done in zip(members, runners, stores, shared,
@@ -75,7 +78,8 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
     # Masks first; the vectors are read below, one member at a time,
     # straight into the ensemble's array.
     part = bottlenecks_lib.compute_bottlenecks(
-        paths, runner, store, batch_size, load_vectors=False, **compute_args)
+        paths, runner, store, batch_size, load_vectors=False, keyed=keyed,
+        **compute_args)
     # What the shared pass computed, this pass found in the cache.
     part.stats.computed += done
     part.stats.reused -= done
@@ -91,11 +95,10 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
   return combined
 
 
-def _lacking(paths: Sequence[str], stores, key_suffixes):
+def _lacking(stores, keyed):
   """(keys of the readable paths, first path index of each distinct key,
   bool [distinct keys, members]: which member's store lacks it)."""
-  digests, readable, _ = bottlenecks_lib.cache_keys(paths, stores[0],
-                                                    key_suffixes)
+  digests, readable, _ = keyed
   first = {}
   for i in readable:
     first.setdefault(digests[i], i)
@@ -107,13 +110,13 @@ def _lacking(paths: Sequence[str], stores, key_suffixes):
 
 def shared_pass(paths: Sequence[str], runners: Sequence[FeatureModule],
                 stores: Sequence[bottleneck_cache.BottleneckStore],
-                batch_size: int, max_pixels: int,
-                key_suffixes: Optional[Sequence[str]] = None) -> List[int]:
+                batch_size: int, max_pixels: int, keyed: tuple) -> List[int]:
   """Computes, decoding each image once, the vectors of `paths` that two or
   more members lack (see the module doc); returns how many vectors each
-  member's store gained. Images it cannot use are left to the members'
+  member's store gained. `keyed` is what bottlenecks_lib.cache_keys
+  returned for the paths. Images it cannot use are left to the members'
   own passes, which record why."""
-  keys, first, lacking = _lacking(paths, stores, key_suffixes)
+  keys, first, lacking = _lacking(stores, keyed)
   if np.count_nonzero(lacking.any(axis=0)) < 2:
     return [0] * len(stores)  # one member's own pass is as fast
   rows = np.flatnonzero(lacking.any(axis=1))

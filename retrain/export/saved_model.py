@@ -23,7 +23,6 @@ ours is never touched: `check_export_dir` refuses it before the run starts.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 from typing import Optional, Sequence
 
@@ -181,14 +180,3 @@ def export_saved_model(export_dir: str, module: FeatureModule, head: Head,
         os.rmdir(export_dir)
     os.rename(tmp, export_dir)
   return export_dir
-
-
-def read_metadata(export_dir: str) -> dict:
-  """The metadata of an export folder (raises OutputError if missing)."""
-  path = os.path.join(export_dir, METADATA_FILE)
-  try:
-    with open(path, encoding='utf-8') as f:
-      return json.load(f)
-  except FileNotFoundError as e:
-    raise OutputError(f'{export_dir!r} is not a retrain export: it has no '
-                      f'{METADATA_FILE}.') from e

@@ -88,17 +88,15 @@ def maybe_solve(config, train_x: np.ndarray, train_y: np.ndarray,
   """The L-BFGS head when the run uses it, else None (train with SGD).
 
   Args:
-    config: the run's Config (head_solver and the solver_* fields).
+    config: the run's Config (head_solver, already 'lbfgs' or 'sgd', and
+      the solver_* fields).
     train_x, train_y: float32 [n, D] training vectors (distorted copies
       included) and int class ids [n]; val_x, val_y likewise [m, D], [m].
       The test set is not an argument: the solver never sees it.
     writers: TensorBoard writers, or None.
     on_eval: called with each EvalPoint of the final fit (the log lines).
   """
-  # type(config)() is the default Config (no import of retrain.config,
-  # which comes later in the flow).
-  explicit = auto.changed_training_fields(config, type(config)())
-  if auto.resolve(config.head_solver, explicit) != 'lbfgs':
+  if config.head_solver != 'lbfgs':  # resolved by pipeline.run
     return None
   if config.intermediate_store_frequency:
     logging.warning('--intermediate_store_frequency is ignored with '

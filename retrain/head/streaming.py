@@ -24,8 +24,9 @@ many images there are:
             chunk holds, then one of its images; --sampling images: an
             image uniformly).
   validation  a fixed random sample (SAMPLE_BYTES, 32 MB, or an eighth of
-            the budget if that is less) is read once; each evaluation draws --validation_batch_size from
-            it (or uses it all for -1 and for early stopping).
+            the budget if that is less) is read once; each evaluation
+            draws --validation_batch_size from it (or uses it all for -1
+            and for early stopping).
   test      evaluate_streaming reads the test set in chunks.
 
 The optimizer and loss options of retrain.head.options all apply.
