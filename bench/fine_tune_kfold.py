@@ -1,7 +1,8 @@
 """Fine-tuning against the best frozen-feature head, on the same k folds.
 
   python bench/fine_tune_kfold.py DIR [--folds 5] [--boundaries 11,15]
-      [--frozen efficientnet_lite0+lite1+lite2] [--epochs 10]
+      [--frozen efficientnet_lite0+lite1+lite2] [--ensemble_boundaries -1]
+      [--epochs 10]
 
 Every image is tested exactly once (stratified k-fold; each fold's
 training part split 8:1 into training and validation, the pipeline's
@@ -9,7 +10,9 @@ training part split 8:1 into training and validation, the pipeline's
   frozen: the default --tfhub_module (an ensemble) with the default head
     solver (L-BFGS), trained on training, chosen on validation;
   block K: the Lite0 head (same solver), then --fine_tune from block K with
-    the default settings (early stopping on that fold's validation).
+    the default settings (early stopping on that fold's validation);
+  ensemble -K: the frozen head above, then --fine_tune of every member of
+    the --frozen ensemble from its K-th last block (--fine_tune_from -K).
 Lite0's activations are computed once per image and shared by the folds
 (the bottleneck cache); the seconds per fold are the fine-tuning's own
 (training + validation passes). Prints accuracy with its Wilson 95%
@@ -51,7 +54,7 @@ def fine_tune_fold(args, work, block, module, head, labels, paths, digests, y,
   """(test predictions int64 [n_test], seconds) of fine-tuning one fold."""
   train_rows, val_rows, test_rows = rows
   config = dataclasses.replace(
-      DEFAULTS, tfhub_module=FINE_TUNE_MODULE, fine_tune=True,
+      DEFAULTS, tfhub_module=module.handle, fine_tune=True,
       fine_tune_from=block, fine_tune_epochs=args.epochs,
       bottleneck_dir=os.path.join(work, 'bn'),
       summaries_dir=os.path.join(work, 'logs'), report_dir='',
@@ -70,6 +73,10 @@ def main():
   parser.add_argument('--folds', type=int, default=5)
   parser.add_argument('--boundaries', default='11,15')
   parser.add_argument('--frozen', default=DEFAULTS.tfhub_module)
+  parser.add_argument('--ensemble_boundaries', default='-1',
+                      help='fine_tune_from values for the --frozen ensemble '
+                      '(negative: counted from each member\'s end); empty: '
+                      'none')
   parser.add_argument('--epochs', type=int, default=DEFAULTS.fine_tune_epochs)
   parser.add_argument('--work', default='')
   parser.add_argument('--module_cache_dir',
@@ -99,6 +106,8 @@ def main():
   x_lite0 = lite0.vectors[np.flatnonzero(ok[lite0.ok])]
   plans = accuracy_bench.folds_of(y, None, args.folds, args.seed)
   module = features.load_module(FINE_TUNE_MODULE, None, args.module_cache_dir)
+  ensemble = (ensemble_lib.load(args.frozen, None, args.module_cache_dir)
+              if args.ensemble_boundaries else None)
   print(f'{args.image_dir}: {len(paths)} images, {len(labels)} classes, '
         f'{args.folds}-fold, load average {os.getloadavg()[0]:.1f}',
         flush=True)
@@ -120,6 +129,13 @@ def main():
                                   labels, paths, digests, y, rows)
       correct.setdefault(block, []).append(int(np.sum(pred == y[test_rows])))
       seconds.setdefault(block, []).append(took)
+    for block in (int(b) for b in filter(None,
+                                         args.ensemble_boundaries.split(','))):
+      pred, took = fine_tune_fold(args, work, block, ensemble, head, labels,
+                                  paths, digests, y, rows)
+      name = f'ensemble {block}'
+      correct.setdefault(name, []).append(int(np.sum(pred == y[test_rows])))
+      seconds.setdefault(name, []).append(took)
     print(f'fold {f}: ' + ', '.join(f'{k} {v[-1]}/{len(test_rows)}'
                                     for k, v in correct.items()), flush=True)
 
@@ -136,6 +152,9 @@ def main():
     title = {'frozen': f'{args.frozen} (frozen, L-BFGS head)',
              'lite0': f'{FINE_TUNE_MODULE} (frozen, L-BFGS head)'}.get(
                  name, f'{FINE_TUNE_MODULE} fine-tuned from block {name}')
+    if str(name).startswith('ensemble '):
+      title = (f'{args.frozen} fine-tuned, every member from '
+               f'fine_tune_from {name.split()[1]}')
     took = (f'{np.mean(seconds[name]):.0f}' if name in seconds else '-')
     print(f'| {title} | {100 * sum(per_fold) / total:.1f}% '
           f'({sum(per_fold)}/{total}) | {100 * low:.1f}-{100 * high:.1f}% '

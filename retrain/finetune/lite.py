@@ -21,13 +21,14 @@ parameters together.
 from __future__ import annotations
 
 import math
-from typing import List, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
 from retrain.errors import DatasetError
 from retrain.features import efficientnet_lite
+from retrain.features import ensemble as ensemble_lib
 from retrain.features.efficientnet_lite import FoldedWeights
 
 
@@ -41,19 +42,21 @@ def default_boundary(blocks: List[efficientnet_lite.BlockSpec]) -> int:
 
 def check_boundary(block: int, blocks: List[efficientnet_lite.BlockSpec],
                    title: str) -> int:
-  """The block to cut at: `block`, or the default for -1.
+  """The block to cut at: `block`, or for a negative -K the first of the
+  last K blocks (-1, the default: the last block).
 
   Raises:
     DatasetError: naming the value and the accepted range.
   """
-  if block == -1:
-    return default_boundary(blocks)
+  if -len(blocks) <= block < 0:
+    return len(blocks) + block
   if not 0 <= block <= len(blocks):
     raise DatasetError(
         f'fine_tune_from={block} is not a block of {title}, which has '
         f'blocks 0 to {len(blocks) - 1} ({len(blocks)} means only the head '
-        'conv): pass one of those, or -1 for the default '
-        f'({default_boundary(blocks)}).', fields=('fine_tune_from',))
+        f'conv; -1 to -{len(blocks)} count from the last block): pass one '
+        f'of those, or -1 for the default ({default_boundary(blocks)}).',
+        fields=('fine_tune_from',))
   return block
 
 
@@ -75,13 +78,14 @@ class LiteNetwork(tf.Module):
     weights: the folded module weights.
     block: the boundary K (0 <= K <= number of blocks).
     head_weights: float32 [1280, N], head_biases float32 [N]: the trained
-      head the classifier starts from.
+      head the classifier starts from; None for a member of an
+      `EnsembleNetwork`, which holds the classifier itself.
     dropout: rate on the pooled features in `logits(..., training=True)`.
   """
 
   def __init__(self, weights: FoldedWeights, block: int,
-               head_weights: np.ndarray, head_biases: np.ndarray,
-               dropout: float = 0.0):
+               head_weights: Optional[np.ndarray],
+               head_biases: Optional[np.ndarray], dropout: float = 0.0):
     super().__init__(name='fine_tuned_efficientnet_lite')
     self.variant = weights.variant
     self.block = block
@@ -99,15 +103,20 @@ class LiteNetwork(tf.Module):
                                        name=f'{name}/kernel')
       self.biases[name] = tf.Variable(bias, trainable=trainable,
                                       name=f'{name}/bias')
-    self.final_weights = tf.Variable(head_weights, name='final_weights')
-    self.final_biases = tf.Variable(head_biases, name='final_biases')
+    if head_weights is not None:
+      self.final_weights = tf.Variable(head_weights, name='final_weights')
+      self.final_biases = tf.Variable(head_biases, name='final_biases')
+
+  @property
+  def top_convs(self) -> List[tf.Variable]:
+    """The top's kernels and biases (blocks from the cut, the head conv)."""
+    names = sorted(n for n, v in self.kernels.items() if v.trainable)
+    return [v for n in names for v in (self.kernels[n], self.biases[n])]
 
   @property
   def top_variables(self) -> List[tf.Variable]:
     """What fine-tuning trains: the top's kernels and biases, the head."""
-    names = sorted(n for n, v in self.kernels.items() if v.trainable)
-    return ([v for n in names for v in (self.kernels[n], self.biases[n])] +
-            [self.final_weights, self.final_biases])
+    return self.top_convs + [self.final_weights, self.final_biases]
 
   def bottom(self, images: tf.Tensor) -> tf.Tensor:
     """float32 [b, S, S, 3] in [0, 1] -> float32 [b, h, w, c] at the cut."""
@@ -142,3 +151,59 @@ class LiteNetwork(tf.Module):
   def features(self, images: tf.Tensor) -> tf.Tensor:
     """The whole fine-tuned feature extractor: images -> float32 [b, 1280]."""
     return self.top_features(self.bottom(images))
+
+
+class EnsembleNetwork(tf.Module):
+  """Several EfficientNet-Lite members, each trainable from its own cut,
+  their pooled features side by side under one softmax classifier: the
+  fine-tunable form of an ensemble of bundled modules
+  (`retrain.features.ensemble`), member order as in --tfhub_module.
+
+  `logits` and `pooled` take a tuple with one activation array per member
+  (member i's float [b, h_i, w_i, c_i]); `features` takes images at the
+  largest member's size and area-resizes them for the smaller members, as
+  the frozen ensemble's export does.
+
+  Args:
+    members: LiteNetwork per member, built without a classifier.
+    head_weights: float32 [1280 * len(members), N], head_biases [N].
+    dropout: rate on the concatenated pooled features while training.
+  """
+
+  def __init__(self, members: Sequence[LiteNetwork], head_weights: np.ndarray,
+               head_biases: np.ndarray, dropout: float = 0.0):
+    super().__init__(name='fine_tuned_ensemble')
+    self.members = list(members)
+    self.dropout = float(dropout)
+    self._sizes = [(m.input_size, m.input_size) for m in self.members]
+    self.input_size = max(self._sizes)
+    self.final_weights = tf.Variable(head_weights, name='final_weights')
+    self.final_biases = tf.Variable(head_biases, name='final_biases')
+
+  @property
+  def top_variables(self) -> List[tf.Variable]:
+    """Every member's top kernels and biases, then the classifier."""
+    return ([v for m in self.members for v in m.top_convs] +
+            [self.final_weights, self.final_biases])
+
+  def pooled(self, xs) -> tf.Tensor:
+    """Per-member activations -> float32 [b, 1280 * members]."""
+    return tf.concat([m.top_features(tf.cast(x, tf.float32))
+                      for m, x in zip(self.members, xs, strict=True)], axis=1)
+
+  def logits(self, xs, training: bool = False) -> tf.Tensor:
+    """Per-member activations -> float32 [b, N] logits."""
+    features = self.pooled(xs)
+    if training and self.dropout > 0:
+      features = tf.nn.dropout(features, rate=self.dropout)
+    return tf.matmul(features, self.final_weights) + self.final_biases
+
+  def features(self, images: tf.Tensor) -> tf.Tensor:
+    """float32 [b, S, S, 3] in [0, 1] at the largest member's size ->
+    float32 [b, 1280 * members]."""
+    vectors = []
+    for member, size in zip(self.members, self._sizes, strict=True):
+      x = images if size == self.input_size else ensemble_lib.area_resize(
+          images, self.input_size, size)
+      vectors.append(member.features(x))
+    return tf.concat(vectors, axis=1)

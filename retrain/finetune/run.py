@@ -122,21 +122,42 @@ def check_options(o: FineTuneOptions) -> None:
         'validation_percentage 10 (or more), or drop fine_tune.',
         fields=('fine_tune', 'validation_percentage'))
   members = ensemble_presets.member_handles(o.tfhub_module)
+  variants = [bundled_variant(handle) for handle in members]
   if len(members) > 1:
-    raise DatasetError(
-        f'fine_tune works on one module, and tfhub_module={o.tfhub_module!r} '
-        f'is an ensemble of {len(members)}: pass one of {", ".join(members)}'
-        ', or drop fine_tune.', fields=('fine_tune', 'tfhub_module'))
-  variant = bundled_variant(o.tfhub_module)
-  if variant is not None:
+    _check_ensemble(o, members, variants)
+  elif variants[0] is not None:
     lite_lib.check_boundary(o.fine_tune_from,
-                            efficientnet_lite.block_specs(variant),
-                            variant.title)
+                            efficientnet_lite.block_specs(variants[0]),
+                            variants[0].title)
   elif o.fine_tune_from != -1:
     logging.warning(
         'fine_tune_from=%d is ignored: %s is not a bundled EfficientNet-Lite '
         'module, so it has no block boundary to cut at and is fine-tuned '
         'whole.', o.fine_tune_from, o.tfhub_module)
+
+
+def _check_ensemble(o: FineTuneOptions, members: Sequence[str],
+                    variants) -> None:
+  """An ensemble is fine-tuned member by member from a cut counted from
+  each member's end, so every member must be a bundled EfficientNet-Lite
+  and fine_tune_from negative."""
+  others = [h for h, v in zip(members, variants, strict=True) if v is None]
+  if others:
+    raise DatasetError(
+        f'fine_tune on an ensemble needs every member to be a bundled '
+        f'EfficientNet-Lite module, and tfhub_module={o.tfhub_module!r} has '
+        f'{", ".join(others)}: fine-tune that module alone, or an ensemble '
+        'of efficientnet_lite0/1/2 only.', fields=('fine_tune', 'tfhub_module'))
+  if o.fine_tune_from >= 0:
+    raise DatasetError(
+        f'fine_tune_from={o.fine_tune_from} names one block, but the members '
+        f'of {o.tfhub_module!r} have different numbers of blocks: pass a '
+        'count from each member\'s end (-1, the default: the last block; '
+        '-2: the last two).', fields=('fine_tune_from',))
+  for variant in variants:
+    lite_lib.check_boundary(o.fine_tune_from,
+                            efficientnet_lite.block_specs(variant),
+                            variant.title)
 
 
 def check_split(o: FineTuneOptions, labels: Sequence[str], y: np.ndarray,
@@ -251,12 +272,16 @@ def _writers(summaries_dir: str):
                for run in ('train', 'validation', 'test'))
 
 
-def _array_batches(x: np.ndarray, y: np.ndarray, batch_size: int,
+def _array_batches(x, y: np.ndarray, batch_size: int,
                    order: Optional[np.ndarray] = None):
-  order = np.arange(len(x)) if order is None else order
+  """Batches (x, y int64 [b]) in `order`; x an array, or a tuple of arrays
+  (one per ensemble member) batched alike."""
+  order = np.arange(len(y)) if order is None else order
   for start in range(0, len(order), batch_size):
     idx = np.sort(order[start:start + batch_size])
-    yield tf.constant(x[idx]), tf.constant(y[idx], tf.int64)
+    batch = (tuple(tf.constant(a[idx]) for a in x) if isinstance(x, tuple)
+             else tf.constant(x[idx]))
+    yield batch, tf.constant(y[idx], tf.int64)
 
 
 def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -293,33 +318,50 @@ def _identity(o: FineTuneOptions, module, head, labels, keys, y, split,
       distorted_copies=o.distorted_copies if distortions else 0)
 
 
-def _lite_plan(o: FineTuneOptions, distortions, variant, module, head,
-               paths, keys, y, split) -> _Plan:
-  """The top of a bundled EfficientNet-Lite, on cached activations."""
-  weights = efficientnet_lite.load_folded_weights(variant)
-  block = lite_lib.check_boundary(o.fine_tune_from, weights.blocks,
-                                  variant.title)
-  network = lite_lib.LiteNetwork(weights, block, head.weights, head.biases,
-                                 o.fine_tune_dropout)
-  shape = network.activation_shape
-  logging.info('Fine-tuning %s from block %d on: activations of %dx%dx%d '
-               'entering it are computed once and cached.', variant.title,
-               block, *shape)
+def _lite_plan(o: FineTuneOptions, distortions, module, head, paths, keys,
+               y, split) -> _Plan:
+  """The top of a bundled EfficientNet-Lite (of each member of an ensemble
+  of them), on cached activations."""
+  members = getattr(module, 'members', None) or (module,)
+  nets, described = [], []
+  for member in members:
+    variant = bundled_variant(member.handle)
+    weights = efficientnet_lite.load_folded_weights(variant)
+    block = lite_lib.check_boundary(o.fine_tune_from, weights.blocks,
+                                    variant.title)
+    head_args = ((head.weights, head.biases) if len(members) == 1 else
+                 (None, None))
+    nets.append(lite_lib.LiteNetwork(weights, block, *head_args,
+                                     o.fine_tune_dropout))
+    described.append({'module': variant.name, 'from_block': block,
+                      'blocks': len(weights.blocks),
+                      'activation_shape': list(nets[-1].activation_shape)})
+    logging.info('Fine-tuning %s from block %d on: activations of %dx%dx%d '
+                 'entering it are computed once and cached.', variant.title,
+                 block, *nets[-1].activation_shape)
   started = time.monotonic()
-  train_x, train_y, val, test = _lite_data(o, module, network, paths, keys, y,
+  train_x, train_y, val, test = _lite_data(o, members, nets, paths, keys, y,
                                            split, distortions)
+  if len(members) == 1:
+    network, what = nets[0], dict(
+        described[0], kind='top of EfficientNet-Lite on cached activations')
+    train_x, val, test = train_x[0], (val[0][0], val[1]), (test[0][0],
+                                                            test[1])
+  else:
+    network = lite_lib.EnsembleNetwork(nets, head.weights, head.biases,
+                                       o.fine_tune_dropout)
+    what = {'kind': 'top of each EfficientNet-Lite member on cached '
+                    'activations', 'module': module.handle,
+            'from_block': o.fine_tune_from, 'members': described}
   batch = o.fine_tune_batch_size
   return _Plan(
       network=network,
       train_batches=lambda epoch: _array_batches(
           train_x, train_y, batch,
-          _epoch_order(o.random_seed, epoch, len(train_x))),
+          _epoch_order(o.random_seed, epoch, len(train_y))),
       validation_batches=lambda: _array_batches(*val, batch * 4),
       test_batches=lambda: _array_batches(*test, batch * 4),
-      steps=math.ceil(len(train_x) / batch),
-      what={'kind': 'top of EfficientNet-Lite on cached activations',
-            'module': variant.name, 'from_block': block,
-            'blocks': len(weights.blocks), 'activation_shape': list(shape)},
+      steps=math.ceil(len(train_y) / batch), what=what,
       timings={'activations': time.monotonic() - started})
 
 
@@ -408,10 +450,9 @@ def fine_tune(o: FineTuneOptions, distortions: distort_lib.Distortions,
   check_split(o, labels, y, split.validation)
   distortions = distortions if distortions.any() else None
   identity = _identity(o, module, head, labels, keys, y, split, distortions)
-  variant = bundled_variant(module.handle)
-  if variant is not None:
-    plan = _lite_plan(o, distortions, variant, module, head, paths, keys, y,
-                      split)
+  members = getattr(module, 'members', None) or (module,)
+  if all(bundled_variant(m.handle) is not None for m in members):
+    plan = _lite_plan(o, distortions, module, head, paths, keys, y, split)
   else:
     plan = _hub_plan(o, distortions, module, head, paths, keys, y, split)
   started = time.monotonic()
@@ -438,43 +479,67 @@ def fine_tune(o: FineTuneOptions, distortions: distort_lib.Distortions,
   return result
 
 
-def _lite_data(o: FineTuneOptions, module, network, paths, keys, y, split,
-               distortions):
-  """(train_x, train_y, (val_x, val_y), (test_x, test_y)); x float16
-  activations [n, h, w, c], training rows: originals then copies."""
-  shape = network.activation_shape
+def _member_activations(o: FineTuneOptions, member, net, paths, keys,
+                        train_idx: np.ndarray, distortions):
+  """(plain, copies or None): the Activations of every image, and of the
+  distorted copies of the training images (image-major, copy-minor), at
+  `net`'s cut of `member`."""
+  shape = net.activation_shape
   bottom = activations_lib.bottom_module(
-      module, tf.function(network.bottom), shape, module.input_size)
+      member, tf.function(net.bottom), shape, member.input_size)
   store = activations_lib.Float16Store(
-      o.bottleneck_dir, activations_lib.namespace(module, network.block,
-                                                  shape))
+      o.bottleneck_dir, activations_lib.namespace(member, net.block, shape))
   plain = activations_lib.plain_activations(
       paths, keys, bottom, store, shape, o.bottleneck_batch_size)
-  logging.info('Activations: %d reused from the cache, %d computed.',
-               plain.stats.reused, plain.stats.computed)
-  # Rows of plain.values for each usable image; an image the bottom could
-  # not read (already skipped for bottlenecks, so rare) is left out.
-  row = np.full(len(paths), -1)
-  row[np.flatnonzero(plain.ok)] = np.arange(int(plain.ok.sum()))
+  logging.info('Activations of %s: %d reused from the cache, %d computed.',
+               member.handle, plain.stats.reused, plain.stats.computed)
+  if distortions is None:
+    return plain, None
+  dstore = activations_lib.Float16Store(
+      o.bottleneck_dir, activations_lib.distorted_namespace(
+          member, net.block, shape, distortions, o.random_seed))
+  copies, _ = activations_lib.distorted_activations(
+      [paths[i] for i in train_idx], [keys[i] for i in train_idx], bottom,
+      dstore, shape, distortions, o.distorted_copies, o.random_seed,
+      o.bottleneck_batch_size)
+  return plain, copies
 
-  def rows(subset):
-    subset = np.asarray(subset)
-    subset = subset[row[subset] >= 0]
-    return plain.values[row[subset]], y[subset]
 
-  train_x, train_y = rows(split.train)
+def _aligned(found: Sequence[activations_lib.Activations]):
+  """(ok bool [n]: items every member has, rows: per member int [n], the
+  row of its values holding item i)."""
+  ok = np.logical_and.reduce([a.ok for a in found])
+  return ok, [np.cumsum(a.ok) - 1 for a in found]
+
+
+def _lite_data(o: FineTuneOptions, members, nets, paths, keys, y, split,
+               distortions):
+  """(train_x, train_y, (val_x, val_y), (test_x, test_y)); each x a tuple
+  with one float16 array [n, h, w, c] per member, training rows: originals
+  then copies. An image (or copy) that some member could not read (already
+  skipped for bottlenecks, so rare) is left out for all."""
+  train_idx = np.asarray(split.train)
+  found = [_member_activations(o, m, n, paths, keys, train_idx, distortions)
+           for m, n in zip(members, nets, strict=True)]
+  ok, rows = _aligned([plain for plain, _ in found])
+
+  def subset(indices):
+    indices = np.asarray(indices, np.int64)
+    indices = indices[ok[indices]]
+    return tuple(plain.values[r[indices]] for (plain, _), r in
+                 zip(found, rows, strict=True)), y[indices]
+
+  train_x, train_y = subset(train_idx)
+  val, test = subset(split.validation), subset(split.test)
   if distortions is not None:
-    train_idx = np.asarray(split.train)
-    dstore = activations_lib.Float16Store(
-        o.bottleneck_dir, activations_lib.distorted_namespace(
-            module, network.block, shape, distortions, o.random_seed))
-    copies, source = activations_lib.distorted_activations(
-        [paths[i] for i in train_idx], [keys[i] for i in train_idx], bottom,
-        dstore, shape, distortions, o.distorted_copies, o.random_seed,
-        o.bottleneck_batch_size)
-    train_x = np.concatenate([train_x, copies.values])
-    train_y = np.concatenate([train_y, y[train_idx][source]])
-  return train_x, train_y, rows(split.validation), rows(split.test)
+    copies_ok, copy_rows = _aligned([copies for _, copies in found])
+    items = np.flatnonzero(copies_ok)
+    train_x = tuple(np.concatenate([x, copies.values[r[items]]])
+                    for x, (_, copies), r in zip(train_x, found, copy_rows,
+                                                 strict=True))
+    source = train_idx[items // o.distorted_copies]
+    train_y = np.concatenate([train_y, y[source]])
+  return train_x, train_y, val, test
 
 
 def write_report(report_dir: str, result: FineTuned) -> Optional[str]:
