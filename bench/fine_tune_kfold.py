@@ -2,7 +2,7 @@
 
   python bench/fine_tune_kfold.py DIR [--folds 5] [--boundaries 11,15]
       [--frozen efficientnet_lite0+lite1+lite2] [--ensemble_boundaries -1]
-      [--epochs 10]
+      [--epochs 10] [--set NAME=VALUE ...]
 
 Every image is tested exactly once (stratified k-fold; each fold's
 training part split 8:1 into training and validation, the pipeline's
@@ -59,12 +59,25 @@ def fine_tune_fold(args, work, block, module, head, labels, paths, digests, y,
       bottleneck_dir=os.path.join(work, 'bn'),
       summaries_dir=os.path.join(work, 'logs'), report_dir='',
       checkpoint_path='', module_cache_dir=args.module_cache_dir)
+  config = dataclasses.replace(config, **settings(args.set))
   started = time.monotonic()
   tuned = finetune_lib.fine_tune(
       subset(finetune_lib.FineTuneOptions, config),
-      distort_lib.Distortions(), module, head, labels, paths, digests, y,
+      subset(distort_lib.Distortions, config), module, head, labels, paths,
+      digests, y,
       Split(train_rows, val_rows, test_rows))
   return tuned.test_predictions, time.monotonic() - started
+
+
+def settings(pairs) -> dict:
+  """--set NAME=VALUE pairs -> Config fields, typed as their defaults."""
+  out = {}
+  for pair in pairs:
+    name, value = pair.split('=', 1)
+    default = getattr(DEFAULTS, name)
+    out[name] = (value.lower() in ('1', 'true') if isinstance(default, bool)
+                 else type(default)(value))
+  return out
 
 
 def main():
@@ -79,6 +92,10 @@ def main():
                       'none')
   parser.add_argument('--epochs', type=int, default=DEFAULTS.fine_tune_epochs)
   parser.add_argument('--work', default='')
+  parser.add_argument('--set', action='append', default=[],
+                      help='NAME=VALUE: a Config field for every fine-tuning '
+                      'run, e.g. fine_tune_label_smoothing=0.1 or '
+                      'flip_left_right=true')
   parser.add_argument('--module_cache_dir',
                       default=os.environ.get('RETRAIN_MODULE_CACHE'))
   parser.add_argument('--seed', type=int, default=0)
@@ -124,7 +141,7 @@ def main():
                                       rows[0], rows[1], args.seed)
     pred = lite0_head.logits(x_lite0[test_rows]).argmax(axis=1)
     correct.setdefault('lite0', []).append(int(np.sum(pred == y[test_rows])))
-    for block in (int(b) for b in args.boundaries.split(',')):
+    for block in (int(b) for b in filter(None, args.boundaries.split(','))):
       pred, took = fine_tune_fold(args, work, block, module, lite0_head,
                                   labels, paths, digests, y, rows)
       correct.setdefault(block, []).append(int(np.sum(pred == y[test_rows])))

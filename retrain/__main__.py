@@ -247,6 +247,8 @@ flags.DEFINE_float('fine_tune_warmup_epochs', _D.fine_tune_warmup_epochs,
 flags.DEFINE_integer('fine_tune_patience', _D.fine_tune_patience,
                      'Epochs without better validation accuracy before '
                      'fine-tuning stops; 0 never stops early.')
+flags.DEFINE_float('fine_tune_label_smoothing', _D.fine_tune_label_smoothing,
+                   'Label smoothing of the fine-tuning loss, in [0, 1).')
 # --- End of fine-tuning ----------------------------------------------------------
 
 

@@ -207,8 +207,9 @@ class Config:
   # EfficientNet-Lite modules the blocks from --fine_tune_from on, on cached
   # activations; for other modules the whole module, image by image.
   fine_tune: bool = False
-  # The first block trained. -1 picks the last block (15 of Lite0, 20 of
-  # Lite1/2: 7x7 maps in). From Lite0's block 11 (14x14 in) a training
+  # The first block trained; negative values count from the end (an
+  # ensemble's members take only those). -1 picks the last block (15 of
+  # Lite0, 20 of Lite1/2: 7x7 maps in). From Lite0's block 11 (14x14 in) a training
   # step costs ~3.5x more for the same accuracy within noise (5-fold
   # flowers_sample 89.6 vs 89.8 %; sign_language_digits 99.0 vs 98.6 %,
   # one test image; docs/fine_tuning.md).
@@ -231,6 +232,11 @@ class Config:
   # stopped after 3 epochs 96.7 % test, all 10 epochs 98.6 %), and from
   # block 15 all 10 epochs on 3,670 photos take ~2 minutes.
   fine_tune_patience: int = 0
+  # Label smoothing of the fine-tuning loss (the target puts this much of
+  # its mass evenly on all classes). A head that already fits its training
+  # set has near-zero cross entropy, so the top gets almost no gradient;
+  # smoothing keeps it learning and keeps the logits from growing.
+  fine_tune_label_smoothing: float = 0.0
 
   # --- Deployment: ONNX, quantization check, confidence (issue 19) ----------
   # An ONNX model ("" for none); needs the [onnx] extra (tf2onnx).

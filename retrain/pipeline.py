@@ -198,11 +198,13 @@ def run(config: Config) -> RunResult:
     # --- Fine-tuning (issue 16): before calibration, so that the exported
     # (calibrated) head is the fine-tuned one. ----------------------------------
     tuned = None
+    validation_x = images.vectors[split.validation]
     if config.fine_tune:
-      module, trained, test, images, tuned = fine_tune(
+      module, trained, test, validation_x, tuned = fine_tune(
           config, module, labels, trained, test, images, split)
     # --- End of fine-tuning -----------------------------------------------------
-    confidence = calibrate(config, trained, images, split)  # Issue 19.
+    confidence = calibrate(config, trained, validation_x,  # Issue 19.
+                           images.labels[split.validation])
   with phases('export'):
     saved, deployment = export(config, module, labels, trained, test, images,
                                split, intermediate, confidence,
@@ -421,31 +423,31 @@ def fine_tune(config: Config, module, labels: Sequence[str],
               trained: train_lib.TrainResult, test: evaluate_lib.Evaluation,
               images: usable_lib.UsableImages, split: split_lib.Split):
   """Issue 16: fine-tunes the top of the module with the head. Returns
-  (module, trained, test, images, FineTuned): the fine-tuned feature
-  extractor and head, the test result with its accuracy, and the images
-  with the validation rows' vectors from the fine-tuned network (what
-  calibration reads)."""
+  (module, trained, test, validation vectors, FineTuned): the fine-tuned
+  feature extractor and head, the test result with its accuracy, and the
+  validation images' vectors from the fine-tuned network (what calibration
+  reads; float32 [n_validation, D], rows in split.validation order)."""
   tuned = finetune_lib.fine_tune(
       subset(finetune_lib.FineTuneOptions, config),
       subset(distort_lib.Distortions, config), module, trained.head, labels,
       images.paths, images.digests, images.labels, split)
-  vectors = np.array(images.vectors, copy=True)
+  validation_x = images.vectors[split.validation]
   if len(tuned.validation_features) == len(split.validation):
-    vectors[split.validation] = tuned.validation_features
+    validation_x = tuned.validation_features
   return (tuned.module, dataclasses.replace(trained, head=tuned.head),
-          dataclasses.replace(test, accuracy=tuned.test_after),
-          dataclasses.replace(images, vectors=vectors), tuned)
+          dataclasses.replace(test, accuracy=tuned.test_after), validation_x,
+          tuned)
 
 
 def calibrate(config: Config, trained: train_lib.TrainResult,
-              images: usable_lib.UsableImages, split: split_lib.Split
+              validation_x: np.ndarray, validation_y: np.ndarray
               ) -> calibration_lib.Confidence:
   """Issue 19: the temperature and the rejection threshold, chosen on the
-  validation set; logged and written to TensorBoard."""
+  validation set (vectors float32 [n, D], class ids [n]); logged and
+  written to TensorBoard."""
   options = subset(calibration_lib.ConfidenceOptions, config)
   confidence = calibration_lib.calibrate(
-      trained.head, images.vectors[split.validation],
-      images.labels[split.validation], options.target_precision,
+      trained.head, validation_x, validation_y, options.target_precision,
       options.calibration_min_images, options.calibrate_confidence)
   deployment_report.log_confidence(confidence)
   deployment_report.write_tensorboard(

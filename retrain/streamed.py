@@ -108,24 +108,19 @@ def _copy_keys(config: Config, module, runner, images, split, directories):
   return keys, copies.source, copies.stats
 
 
-def _calibrate(config: Config, head, validation: chunks.ChunkReader,
-               val_y: np.ndarray):
+def _calibrate(config: Config, trained: train_lib.TrainResult,
+               validation: chunks.ChunkReader, val_y: np.ndarray):
   """pipeline.calibrate on a random sample of the validation set
   (streaming.sample_capacity), read from the cache."""
-  from retrain.head import calibration as calibration_lib  # pylint: disable=g-import-not-at-top
-  from retrain.report import deployment as deployment_report  # pylint: disable=g-import-not-at-top
+  from retrain import pipeline  # pylint: disable=g-import-not-at-top
   rows = np.arange(len(val_y))
   cap = streaming.sample_capacity(config.max_vectors_in_memory,
                                  validation.dim)
   if len(rows) > cap:
     rows = np.sort(np.random.default_rng(config.random_seed).choice(
         len(rows), cap, replace=False))
-  options = subset(calibration_lib.ConfidenceOptions, config)
-  confidence = calibration_lib.calibrate(
-      head, validation.read(rows), val_y[rows], options.target_precision,
-      options.calibration_min_images, options.calibrate_confidence)
-  deployment_report.log_confidence(confidence)
-  return confidence
+  return pipeline.calibrate(config, trained, validation.read(rows),
+                            val_y[rows])
 
 
 def _train(config: Config, train: chunks.ChunkReader, train_y: np.ndarray,
@@ -207,7 +202,7 @@ def run(config: Config, layout, module, runner, phases):
         trained.head, readers['test'], images.labels[split.test], budget,
         config.test_batch_size, seed=config.random_seed)
     misclassified = pipeline.report_test(config, labels, test, images, split)
-    confidence = _calibrate(config, trained.head, readers['validation'],
+    confidence = _calibrate(config, trained, readers['validation'],
                             images.labels[split.validation])
   with phases('export'):
     saved, deployment = pipeline.export(config, module, labels, trained, test,

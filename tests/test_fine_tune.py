@@ -241,6 +241,20 @@ def test_batch_norm_stays_frozen_and_the_bottom_does_not_move():
   np.testing.assert_allclose(one, many, rtol=1e-5, atol=1e-5)
 
 
+def test_label_smoothing_moves_the_training_target_only():
+  logits = tf.constant([[4.0, 0.0, -1.0], [0.5, 2.0, 0.0]])
+  y = tf.constant([0, 1], tf.int64)
+  plain = train_lib._training_loss(y, logits, 0.0)  # pylint: disable=protected-access
+  np.testing.assert_allclose(plain.numpy(), tf.reduce_mean(
+      tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)).numpy())
+  smoothed = train_lib._training_loss(y, logits, 0.3)  # pylint: disable=protected-access
+  log_p = tf.nn.log_softmax(logits).numpy()
+  target = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1]])
+  np.testing.assert_allclose(smoothed.numpy(),
+                             -(target * log_p).sum(axis=1).mean(), rtol=1e-6)
+  assert smoothed.numpy() > plain.numpy()
+
+
 def test_schedule_warms_up_then_decays_to_zero():
   s = train_lib.Schedule(peak=1e-3, warmup_steps=10, total_steps=110)
   assert s(0) == pytest.approx(1e-4)
@@ -458,6 +472,8 @@ def test_bad_settings_fail_before_any_work(tmp_path, fake_module, caplog):
       (dict(fine_tune_learning_rate=-1.0),
        r'fine_tune_learning_rate=-1.0 must be a positive'),
       (dict(fine_tune_epochs=0), r'fine_tune_epochs=0 must be at least 1'),
+      (dict(fine_tune_label_smoothing=1.0),
+       r'fine_tune_label_smoothing=1.0 must be in \[0, 1\)'),
       (dict(tfhub_module=f'efficientnet_lite0,{fake_module}'),
        r'every member to be a bundled EfficientNet-Lite.*has '
        f'{re.escape(fake_module)}: fine-tune that module alone'),

@@ -72,6 +72,7 @@ class FineTuneOptions:
   fine_tune_batch_size: int
   fine_tune_warmup_epochs: float
   fine_tune_patience: int
+  fine_tune_label_smoothing: float
   tfhub_module: str
   validation_percentage: float
   validation_csv: str
@@ -107,9 +108,9 @@ def check_options(o: FineTuneOptions) -> None:
         'layers (they change in the first steps far more than the head '
         'needs, and accuracy usually drops or training diverges); try 1e-4.',
         lr)
-  if not 0 <= o.fine_tune_dropout < 1:
-    _refuse('fine_tune_dropout',
-            f'fine_tune_dropout={o.fine_tune_dropout} must be in [0, 1).')
+  for name in ('fine_tune_dropout', 'fine_tune_label_smoothing'):
+    if not 0 <= getattr(o, name) < 1:
+      _refuse(name, f'{name}={getattr(o, name)} must be in [0, 1).')
   for name in ('fine_tune_weight_decay', 'fine_tune_warmup_epochs',
                'fine_tune_patience'):
     if getattr(o, name) < 0:
@@ -250,7 +251,7 @@ def _fit_options(o: FineTuneOptions) -> train_lib.FitOptions:
       epochs=o.fine_tune_epochs, learning_rate=o.fine_tune_learning_rate,
       weight_decay=o.fine_tune_weight_decay,
       warmup_epochs=o.fine_tune_warmup_epochs, patience=o.fine_tune_patience,
-      seed=o.random_seed)
+      seed=o.random_seed, label_smoothing=o.fine_tune_label_smoothing)
 
 
 def checkpoint_dir(o: FineTuneOptions, identity: dict) -> str:

@@ -131,6 +131,7 @@ class FitOptions:
   warmup_epochs: float
   patience: int
   seed: int
+  label_smoothing: float = 0.0  # of the training loss only
 
 
 def evaluate(logits_fn, batches: Iterable) -> Tuple[float, float, np.ndarray]:
@@ -216,15 +217,27 @@ def _summarise(writers, point: EpochPoint) -> None:
     tf.summary.scalar('accuracy', point.validation_accuracy)
 
 
-def _step_functions(variables, logits_fn, optimizer):
+def _training_loss(y, logits, label_smoothing: float):
+  """Mean cross entropy of logits [b, N] against labels y [b] smoothed:
+  each target is (1 - s) on its class plus s / N on every class."""
+  if not label_smoothing:
+    return tf.reduce_mean(
+        tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+  classes = tf.shape(logits)[1]
+  target = (tf.one_hot(y, classes) * (1.0 - label_smoothing) +
+            label_smoothing / tf.cast(classes, tf.float32))
+  return tf.reduce_mean(
+      tf.nn.softmax_cross_entropy_with_logits(target, logits))
+
+
+def _step_functions(variables, logits_fn, optimizer, label_smoothing=0.0):
   """(train_step(x, y, lr) -> (loss, correct), infer(x) -> logits)."""
 
   @tf.function(reduce_retracing=True)
   def train_step(x, y, learning_rate):
     with tf.GradientTape() as tape:
       logits = logits_fn(x, True)
-      loss = tf.reduce_mean(
-          tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+      loss = _training_loss(y, logits, label_smoothing)
     grads = tape.gradient(loss, variables)
     optimizer.apply(grads, variables, learning_rate)
     correct = tf.reduce_sum(tf.cast(
@@ -323,7 +336,8 @@ def fit(variables: List[tf.Variable], logits_fn: Callable,
         tf.train.Checkpoint(variables=list(variables), optimizer=optimizer,
                             tracker=tracker), checkpoint_dir, max_to_keep=1)
   resumed = _resume(manager, tracker, options)
-  train_step, infer = _step_functions(variables, logits_fn, optimizer)
+  train_step, infer = _step_functions(variables, logits_fn, optimizer,
+                                      options.label_smoothing)
   history = []
   if resumed == 0:
     history.append(_starting_point(infer, validation_batches()))
