@@ -25,7 +25,7 @@ import pytest
 import tensorflow as tf
 
 from retrain.bottlenecks import distort as distort_lib
-from retrain.config import subset
+from retrain.config import DEFAULTS, subset
 from retrain.errors import DatasetError
 from retrain.features import efficientnet_lite
 from retrain.features import ensemble as ensemble_features
@@ -335,7 +335,6 @@ def test_without_patience_every_epoch_runs_and_a_tie_goes_to_lower_loss():
   """The default (patience 0): no early stop however long validation stays
   flat, and an epoch that ties the start's accuracy with a lower cross
   entropy is kept (how sign_language_digits gained from a 99.6 % start)."""
-  from retrain.config import DEFAULTS
   assert DEFAULTS.fine_tune_patience == 0
   net = tiny_network(3)
   x, y = _toy_data(net)
@@ -758,9 +757,9 @@ def test_command_line_fine_tune(tmp_path):
 
 
 def test_cli_fine_tune_without_a_module_trains_lite0(monkeypatch, tmp_path):
-  """The default --tfhub_module is an ensemble, which cannot be fine-tuned
-  as one network: --fine_tune alone fine-tunes Lite0 (decided in
-  pipeline.run, so retrain.run gets it too); a given module stays."""
+  """--fine_tune alone fine-tunes Lite0, not the default ensemble (decided
+  in pipeline.run, so retrain.run gets it too); a given module stays, and
+  the default ensemble named on purpose is fine-tuned member by member."""
   from retrain import __main__ as cli
   from retrain import pipeline
   from retrain.errors import DatasetError
@@ -772,13 +771,15 @@ def test_cli_fine_tune_without_a_module_trains_lite0(monkeypatch, tmp_path):
 
   monkeypatch.setattr(pipeline, 'check_config', stop)
   try:
-    for extra in ([], ['--tfhub_module', 'efficientnet_lite2']):
+    for extra in ([], ['--tfhub_module', 'efficientnet_lite2'],
+                  ['--tfhub_module', DEFAULTS.tfhub_module]):
       cli.FLAGS.unparse_flags()
       cli.FLAGS(['retrain', '--image_dir', str(tmp_path), '--fine_tune',
                  *extra])
       assert cli.main(['retrain']) == 1
   finally:
     cli.FLAGS.unparse_flags()
-  assert [c.tfhub_module for c in seen] == ['efficientnet_lite0',
-                                            'efficientnet_lite2']
+  assert [c.tfhub_module for c in seen] == [
+      'efficientnet_lite0', 'efficientnet_lite2',
+      'efficientnet_lite0,efficientnet_lite1,efficientnet_lite2']
   assert all(c.fine_tune for c in seen)
