@@ -69,6 +69,34 @@ def fine_tune_fold(args, work, block, module, head, labels, paths, digests, y,
   return tuned.test_predictions, time.monotonic() - started
 
 
+def trace_test_by_epoch(curves: dict):
+  """Makes every fine-tuning record, after each epoch, how many test images
+  its weights of that epoch get right (curves[name][epoch] summed over
+  folds; epoch 0 is the head alone). Not what fine-tuning keeps (it
+  chooses on validation): it shows whether the epochs help on held-out
+  images at all when validation cannot tell them apart."""
+  from retrain.finetune import train as train_lib
+  original = finetune_lib._train_and_test  # pylint: disable=protected-access
+
+  def correct(plan):
+    _, accuracy, predictions = train_lib.evaluate(
+        lambda x: plan.network.logits(x, False), plan.test_batches())
+    return round(accuracy * len(predictions))
+
+  def traced(o, plan, identity, on_epoch):
+    curve = curves.setdefault(trace_test_by_epoch.name, {})
+    curve[0] = curve.get(0, 0) + correct(plan)
+
+    def each(point):
+      curve[point.epoch] = curve.get(point.epoch, 0) + correct(plan)
+      if on_epoch is not None:
+        on_epoch(point)
+
+    return original(o, plan, identity, each)
+
+  finetune_lib._train_and_test = traced  # pylint: disable=protected-access
+
+
 def settings(pairs) -> dict:
   """--set NAME=VALUE pairs -> Config fields, typed as their defaults."""
   out = {}
@@ -92,6 +120,9 @@ def main():
                       'none')
   parser.add_argument('--epochs', type=int, default=DEFAULTS.fine_tune_epochs)
   parser.add_argument('--work', default='')
+  parser.add_argument('--by_epoch', action='store_true',
+                      help='also print the test accuracy of every epoch\'s '
+                      'weights (summed over folds), not only of the kept one')
   parser.add_argument('--set', action='append', default=[],
                       help='NAME=VALUE: a Config field for every fine-tuning '
                       'run, e.g. fine_tune_label_smoothing=0.1 or '
@@ -131,6 +162,9 @@ def main():
 
   correct = {}
   seconds = {}
+  curves = {}
+  if args.by_epoch:
+    trace_test_by_epoch(curves)
   for f, rows in enumerate(plans):
     test_rows = rows[2]
     head = accuracy_bench.train('lbfgs', x_frozen, y, len(labels), rows[0],
@@ -142,12 +176,14 @@ def main():
     pred = lite0_head.logits(x_lite0[test_rows]).argmax(axis=1)
     correct.setdefault('lite0', []).append(int(np.sum(pred == y[test_rows])))
     for block in (int(b) for b in filter(None, args.boundaries.split(','))):
+      trace_test_by_epoch.name = f'{FINE_TUNE_MODULE} from block {block}'
       pred, took = fine_tune_fold(args, work, block, module, lite0_head,
                                   labels, paths, digests, y, rows)
       correct.setdefault(block, []).append(int(np.sum(pred == y[test_rows])))
       seconds.setdefault(block, []).append(took)
     for block in (int(b) for b in filter(None,
                                          args.ensemble_boundaries.split(','))):
+      trace_test_by_epoch.name = f'{args.frozen} from {block}'
       pred, took = fine_tune_fold(args, work, block, ensemble, head, labels,
                                   paths, digests, y, rows)
       name = f'ensemble {block}'
@@ -176,6 +212,15 @@ def main():
     print(f'| {title} | {100 * sum(per_fold) / total:.1f}% '
           f'({sum(per_fold)}/{total}) | {100 * low:.1f}-{100 * high:.1f}% '
           f'| {record if name != "frozen" else "-"} | {took} |')
+  if curves:
+    print(f'\nTest images right with each epoch\'s weights, all {args.folds} '
+          f'folds (N={total}; epoch 0 = the head alone):\n')
+    print('| fine-tuning | ' + ' | '.join(
+        f'epoch {e}' for e in sorted(next(iter(curves.values())))) + ' |')
+    print('|---|' + '---|' * len(next(iter(curves.values()))))
+    for name, curve in curves.items():
+      print(f'| {name} | ' + ' | '.join(
+          f'{100 * curve[e] / total:.1f}%' for e in sorted(curve)) + ' |')
 
 
 if __name__ == '__main__':
