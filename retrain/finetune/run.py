@@ -180,7 +180,7 @@ def check_split(o: FineTuneOptions, labels: Sequence[str], y: np.ndarray,
   few = [labels[i] for i in range(len(labels)) if counts[i] < _FEW_VALIDATION]
   if few:
     logging.warning(
-        'Fine-tuning keeps the epoch with the best validation accuracy, but '
+        'Fine-tuning chooses the epoch it keeps on the validation set, but '
         '%d class(es) have fewer than %d validation images (%s), so that '
         'choice is mostly noise: add images or raise validation_percentage '
         '(now %g).', len(few), _FEW_VALIDATION, ', '.join(few[:5]),
