@@ -67,3 +67,36 @@ def test_empty_class_skipped_with_warning(tmp_path, caplog):
   text = caplog.text
   assert "'empty' has no images" in text
   assert "'cats' has only 1 images" in text
+
+
+def test_images_share_one_root_and_make_their_path(tmp_path):
+  # Issue 17: an image keeps its relative path and a reference to the one
+  # root string of its data set; the absolute path is made when read.
+  for name in ('a', 'b'):
+    for i in range(3):
+      write_image(tmp_path / name / 'sub' / f'{i}.jpg', (1, 2, 3), size=(4, 4))
+  data = discover.discover_images(str(tmp_path))
+  assert len({id(image.root) for image in data.images}) == 1
+  assert data.images[0].root == data.image_dir == str(tmp_path)
+  assert data.images[4].path == os.path.join(str(tmp_path), 'b', 'sub',
+                                             '1.jpg')
+  assert not hasattr(data.images[0], '__dict__')
+  paths = discover.image_paths(data.images)
+  assert len(paths) == 6
+  assert paths[4] == data.images[4].path
+  assert paths[1:3] == [data.images[1].path, data.images[2].path]
+  assert list(paths) == [image.path for image in data.images]
+
+
+def test_image_file_keeps_a_path_it_cannot_make(tmp_path):
+  # A path that root/rel_path does not lead to is kept (ImageFileAt); one
+  # it leads to, '..' included, is not.
+  beside = discover.image_file('/data/other/x.jpg', '../other/x.jpg', 1,
+                               '/data/csvs')
+  assert type(beside) is discover.ImageFile
+  assert beside.path == '/data/other/x.jpg'
+  box = discover.image_file('/data/photos/p.jpg', 'photos/p.jpg#1,2,3,4', 0,
+                            '/data')
+  assert type(box) is discover.ImageFileAt
+  assert box.path == '/data/photos/p.jpg'
+  assert box.rel_path == 'photos/p.jpg#1,2,3,4'
