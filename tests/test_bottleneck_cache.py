@@ -306,6 +306,42 @@ def test_hashing_resumes_from_the_memo_after_a_kill(tmp_path, monkeypatch):
   assert isinstance(bad[0], OSError)
 
 
+class _Stop(Exception):
+  pass
+
+
+def test_a_run_hashes_before_it_loads_the_module(small_config, colour_dir,
+                                                 monkeypatch):
+  """Issue 17: pipeline.run hashes every file (the memo is written) before
+  it loads the module, so the two are not held at once; a mistyped module
+  is refused before either."""
+  import dataclasses
+
+  from bottleneck_cache import keys
+  from retrain import pipeline
+  from retrain.errors import ModuleError
+  memo = os.path.join(small_config.bottleneck_dir, keys.MEMO_FILE)
+  typo = dataclasses.replace(small_config,
+                             tfhub_module=str(colour_dir / 'no_module'))
+  with pytest.raises(ModuleError, match='neither a preset name nor an '
+                     'existing folder'):
+    pipeline.run(typo)
+  assert not os.path.exists(memo)
+
+  memo_written = []
+
+  def load(*args, **kwargs):
+    memo_written.append(os.path.exists(memo))
+    raise _Stop
+
+  monkeypatch.setattr(pipeline.ensemble_lib, 'load', load)
+  with pytest.raises(_Stop):
+    pipeline.run(small_config)
+  assert memo_written == [True]
+  paths = sorted(str(p) for p in colour_dir.rglob('*.jpg'))
+  assert len(keys.DigestMemo(os.path.dirname(memo))) == len(paths) > 0
+
+
 def test_digest_memo_survives_a_corrupt_file(tmp_path, caplog):
   from bottleneck_cache import keys
   (tmp_path / keys.MEMO_FILE).write_text('{not json')

@@ -90,12 +90,17 @@ def _hash_files(paths: Sequence[str], memo: bottleneck_cache.DigestMemo
   def digest_all(some_paths):
     return [digest(path) for path in some_paths]
   # Each file once: with --crop_to_boxes a photo is listed once per box.
-  # (The set is only a test, freed at once; most runs list no path twice.)
+  # The test compares the paths' 64-bit hashes (8 bytes a path, freed at
+  # once), not a set of the path strings: `paths` may make each string
+  # when read (retrain.data.discover.image_paths). Equal hashes, whether
+  # from a repeated path or a rare collision, lead to the exact dict below.
   first = None
-  if len(set(paths)) < len(paths):
+  hashes = np.fromiter((hash(path) for path in paths), np.int64, len(paths))
+  if len(np.unique(hashes)) < len(hashes):
     first = {}
     for i, path in enumerate(paths):
       first.setdefault(path, i)
+  del hashes
   unique = (range(len(paths)) if first is None
             else sorted(first.values()))
   progress = (Progress('Hashing', len(unique), unit='files')
@@ -300,8 +305,14 @@ def cache_keys(paths: Sequence[str], store: bottleneck_cache.BottleneckStore,
   (path, reason) of the unreadable ones)."""
   # The memo lives at the cache root: file digests do not depend on the
   # module, so every namespace shares it.
-  digests = _hash_files(paths, bottleneck_cache.DigestMemo(
-      os.path.dirname(store.directory)))
+  return content_keys(paths, os.path.dirname(store.directory), key_suffixes)
+
+
+def content_keys(paths: Sequence[str], cache_root: str,
+                 key_suffixes: Optional[Sequence[str]]):
+  """cache_keys with the cache's root folder instead of a store: needs no
+  module, so a run hashes its files before loading one."""
+  digests = _hash_files(paths, bottleneck_cache.DigestMemo(cache_root))
   failures = []
   readable = []
   for i, d in enumerate(digests):
