@@ -204,7 +204,7 @@ def test_digest_memo_round_trip_in_the_numpy_format(tmp_path, monkeypatch,
 
 def test_digest_memo_merge_equals_concatenate_and_sort():
   """save() merges this run's entries into the sorted table one column at
-  a time; the result is what sorting everything would give (a re-hashed
+  a time, in place; the result is what sorting everything would give (a re-hashed
   file's new entry wins)."""
   from bottleneck_cache import keys
   rng = np.random.default_rng(0)
@@ -220,9 +220,10 @@ def test_digest_memo_merge_equals_concatenate_and_sort():
   new = keys._sorted_unique({name: np.concatenate([new[name], old[name][:50]])
                              for name in new})
   new['size'][:] = 99
-  merged = keys._merge(old, new)
   expected = keys._sorted_unique({name: np.concatenate([old[name], new[name]])
                                   for name in old})
+  merged = keys._merge(old, new)
+  assert merged is old  # in place: one column at a time is held twice
   for name in expected:
     np.testing.assert_array_equal(merged[name], expected[name])
   assert len(merged['path']) == 1300 and np.sum(merged['size'] == 99) == 350
