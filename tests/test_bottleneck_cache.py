@@ -307,6 +307,28 @@ def test_hashing_resumes_from_the_memo_after_a_kill(tmp_path, monkeypatch):
   assert isinstance(bad[0], OSError)
 
 
+def test_content_keys_of_unreadable_and_repeated_paths(tmp_path):
+  """The cache keys a run hashes before loading its module: a repeated
+  path is hashed once and keyed with its own suffix (boxes); an unreadable
+  one is an OSError, left out of the readable indices (int64)."""
+  from bottleneck_cache import keys
+  from retrain.bottlenecks import compute
+  a, b = tmp_path / 'a.jpg', tmp_path / 'b.jpg'
+  a.write_bytes(b'a')
+  b.write_bytes(b'b')
+  gone = str(tmp_path / 'gone.jpg')
+  paths = [str(a), gone, str(b), str(a), gone]
+  digests, readable, failures = compute.content_keys(
+      paths, str(tmp_path / 'cache'), ['#1', '', '', '#2', ''])
+  assert digests[0] == keys.file_digest(str(a)) + '#1'
+  assert digests[3] == keys.file_digest(str(a)) + '#2'
+  assert digests[2] == keys.file_digest(str(b))
+  assert isinstance(digests[1], OSError) and isinstance(digests[4], OSError)
+  assert readable.dtype == np.int64 and readable.tolist() == [0, 2, 3]
+  assert [path for path, _ in failures] == [gone, gone]
+  assert len(keys.DigestMemo(str(tmp_path / 'cache'))) == 2
+
+
 class _Stop(Exception):
   pass
 
