@@ -100,3 +100,23 @@ def test_image_file_keeps_a_path_it_cannot_make(tmp_path):
   assert type(box) is discover.ImageFileAt
   assert box.path == '/data/photos/p.jpg'
   assert box.rel_path == 'photos/p.jpg#1,2,3,4'
+
+
+def test_seen_files_finds_a_file_again_across_merges(monkeypatch):
+  # Issue 17: past _SEEN_BATCH files the keys live in a sorted array; a
+  # file met again (a hard link, a link to it) is found there too, inodes
+  # ending in a zero byte and one inode number on two devices included.
+  from retrain.common import walk
+
+  def st(dev, ino):
+    return os.stat_result((0o100644, ino, dev, 1, 0, 0, 0, 0, 0, 0))
+
+  monkeypatch.setattr(walk, '_SEEN_BATCH', 3)
+  seen = walk.SeenFiles()
+  files = [(1, 256), (1, 7), (2, 256), (1, 2**63 + 5), (3, 0), (1, 512),
+           (2, 7)]
+  for k, (dev, ino) in enumerate(files):
+    assert seen.first(st(dev, ino), f'p{k}') == f'p{k}'
+  for k, (dev, ino) in enumerate(files):
+    assert seen.first(st(dev, ino), 'again') == f'p{k}'
+  assert seen.first(st(3, 256), 'new') == 'new'
