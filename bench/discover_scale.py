@@ -6,7 +6,8 @@
 Makes --files tiny files (unique bytes each, `.jpg` names, 5 class folders;
 kept for later runs), then in fresh processes lists and hashes them as
 `pipeline.run` does, before it loads the module: `pipeline.discover`, then
-`pipeline.hash_images` (the digest memo in <workdir>/n<files>/bn). Once
+`pipeline.hash_images` (the digest memo in <workdir>/n<files>/bn), each
+as a phase (retrain.common.phases: freed memory returned after each). Once
 cold (no memo: every file read) and once warm (memo present: files only
 stat'ed). Each process imports retrain.pipeline first, and so TensorFlow,
 as `python -m retrain` does before it discovers anything. Prints wall
@@ -65,14 +66,17 @@ def measure(root: pathlib.Path) -> dict:
   from retrain.config import DEFAULTS
   config = dataclasses.replace(DEFAULTS, image_dir=str(root / 'images'),
                                bottleneck_dir=str(root / 'bn'))
+  from retrain.common.phases import Phases
   start_rss = _current_rss_mib()
-  started = time.monotonic()
-  layout, crops = pipeline.discover(config)
-  listed = time.monotonic() - started
+  phases = Phases()  # as pipeline.run: memory is released after each phase
+  with phases('startup'):
+    layout, crops = pipeline.discover(config)
+  listed = phases.timings['startup']
   listed_rss, listed_peak = _current_rss_mib(), _rss_mib()
-  started = time.monotonic()
-  digests, _, failures = pipeline.hash_images(config, layout.dataset, crops)
-  hashed = time.monotonic() - started
+  with phases('hashing'):
+    digests, _, failures = pipeline.hash_images(config, layout.dataset,
+                                                crops)
+  hashed = phases.timings['hashing']
   n = len(digests)
   peak = _rss_mib()
   return {'files': n, 'list_s': listed, 'hash_s': hashed,
