@@ -131,6 +131,9 @@ def main() -> None:
                       help='measure `python -m retrain` itself')
   parser.add_argument('--_measure', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.real_run and args.files <= 10_000:
+    parser.error('--real_run needs more than 10,000 files: below that a run '
+                 'logs no hashing progress line to stop at.')
   root = args.workdir / f'n{args.files}'
   if args._measure:
     print(json.dumps(real_run(root) if args.real_run else measure(root)))
