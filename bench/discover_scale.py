@@ -1,13 +1,23 @@
 """Discovery and content hashing of many small files: time and memory.
 
   python bench/discover_scale.py [--files 1000000] [--workdir /tmp/retrain_discover]
+  python bench/discover_scale.py --files 1000000 --real_run
 
 Makes --files tiny files (unique bytes each, `.jpg` names, 5 class folders;
-kept for later runs), then in fresh processes lists them with
-retrain.data.sources and hashes them with the digest memo as a run does
-(retrain.bottlenecks.compute._hash_files): once cold (no memo: every file
-read) and once warm (memo present: files only stat'ed). Prints wall times,
-peak RSS and the peak RSS above the process's start per file.
+kept for later runs), then in fresh processes lists and hashes them as
+`pipeline.run` does, before it loads the module: `pipeline.discover`, then
+`pipeline.hash_images` (the digest memo in <workdir>/n<files>/bn), each
+as a phase (retrain.common.phases: freed memory returned after each). Once
+cold (no memo: every file read) and once warm (memo present: files only
+stat'ed). Each process imports retrain.pipeline first, and so TensorFlow,
+as `python -m retrain` does before it discovers anything. Prints wall
+times, the RSS at the start, after listing and after hashing, the peak,
+and the peak above the start per file.
+
+--real_run measures `python -m retrain` itself on the same folder, cold and
+warm: when its log says hashing is done, the process is stopped and its
+peak RSS (VmHWM) read, then it is killed (the files are not images; the run
+would only report them unusable).
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import json
 import os
 import pathlib
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -51,27 +62,64 @@ def make(root: pathlib.Path, n: int) -> None:
 
 
 def measure(root: pathlib.Path) -> dict:
-  import bottleneck_cache
-  from retrain.bottlenecks import compute
+  from retrain import pipeline  # TensorFlow too, as a real run
   from retrain.config import DEFAULTS
-  from retrain.data import sources
+  config = dataclasses.replace(DEFAULTS, image_dir=str(root / 'images'),
+                               bottleneck_dir=str(root / 'bn'))
+  from retrain.common.phases import Phases
   start_rss = _current_rss_mib()
-  started = time.monotonic()
-  layout = sources.load_layout(dataclasses.replace(
-      DEFAULTS, image_dir=str(root / 'images')))
-  paths = [image.path for image in layout.dataset.images]
-  listed = time.monotonic() - started
-  started = time.monotonic()
-  memo = bottleneck_cache.DigestMemo(str(root / 'bn'))
-  digests = compute._hash_files(paths, memo)  # pylint: disable=protected-access
-  hashed = time.monotonic() - started
-  n = len(paths)
+  phases = Phases()  # as pipeline.run: memory is released after each phase
+  with phases('startup'):
+    layout, crops = pipeline.discover(config)
+  listed = phases.timings['startup']
+  listed_rss, listed_peak = _current_rss_mib(), _rss_mib()
+  with phases('hashing'):
+    digests, _, failures = pipeline.hash_images(config, layout.dataset,
+                                                crops)
+  hashed = phases.timings['hashing']
+  n = len(digests)
   peak = _rss_mib()
   return {'files': n, 'list_s': listed, 'hash_s': hashed,
-          'files_per_s': n / max(hashed, 1e-9),
-          'unreadable': sum(isinstance(d, OSError) for d in digests),
-          'rss_start_mib': start_rss, 'peak_rss_mib': peak,
+          'files_per_s': n / max(hashed, 1e-9), 'unreadable': len(failures),
+          'rss_start_mib': start_rss, 'rss_listed_mib': listed_rss,
+          'peak_listed_mib': listed_peak,
+          'rss_hashed_mib': _current_rss_mib(), 'peak_rss_mib': peak,
           'bytes_per_file': (peak - start_rss) * 2**20 / max(n, 1)}
+
+
+def _vm_kib(pid: int, field: str) -> int:
+  with open(f'/proc/{pid}/status') as f:
+    for line in f:
+      if line.startswith(field + ':'):
+        return int(line.split()[1])
+  return 0
+
+
+def real_run(root: pathlib.Path) -> dict:
+  """Peak RSS of `python -m retrain` when its log says hashing is done."""
+  out = root / 'run_outputs'
+  command = [sys.executable, '-m', 'retrain', '--image_dir',
+             str(root / 'images'), '--bottleneck_dir', str(root / 'bn'),
+             '--summaries_dir', str(out / 'logs'), '--report_dir',
+             str(out / 'report'), '--saved_model_dir', '', '--output_graph',
+             str(out / 'graph.pb'), '--output_labels', str(out / 'labels.txt')]
+  started = time.monotonic()
+  process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+  result = {'files': 0, 'peak_rss_mib': 0.0, 'hash_done_s': 0.0}
+  try:
+    for line in process.stderr:
+      if 'Found ' in line and ' images in ' in line:
+        result['files'] = int(line.split('Found ')[1].split()[0])
+        result['rss_listed_mib'] = _vm_kib(process.pid, 'VmRSS') / 1024
+      if line.split('] ', 1)[-1].startswith('Hashing:') and 'done in' in line:
+        process.send_signal(signal.SIGSTOP)  # before the module loads
+        result['hash_done_s'] = time.monotonic() - started
+        result['peak_rss_mib'] = _vm_kib(process.pid, 'VmHWM') / 1024
+        break
+  finally:
+    process.kill()
+    process.wait()
+  return result
 
 
 def main() -> None:
@@ -79,11 +127,16 @@ def main() -> None:
   parser.add_argument('--files', type=int, default=1_000_000)
   parser.add_argument('--workdir', type=pathlib.Path,
                       default=pathlib.Path('/tmp/retrain_discover'))
+  parser.add_argument('--real_run', action='store_true',
+                      help='measure `python -m retrain` itself')
   parser.add_argument('--_measure', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.real_run and args.files <= 10_000:
+    parser.error('--real_run needs more than 10,000 files: below that a run '
+                 'logs no hashing progress line to stop at.')
   root = args.workdir / f'n{args.files}'
   if args._measure:
-    print(json.dumps(measure(root)))
+    print(json.dumps(real_run(root) if args.real_run else measure(root)))
     return
   started = time.monotonic()
   make(root, args.files)
@@ -94,17 +147,26 @@ def main() -> None:
   for name in ('cold (no memo)', 'warm (memo)'):
     out = subprocess.run([sys.executable, __file__, '--files',
                           str(args.files), '--workdir', str(args.workdir),
-                          '--_measure'], check=True, capture_output=True,
-                         text=True)
+                          '--_measure'] + ['--real_run'] * args.real_run,
+                         check=True, capture_output=True, text=True)
     rows.append((name, json.loads(out.stdout.strip().splitlines()[-1])))
     print(name, json.dumps(rows[-1][1]), flush=True)
-  print('| run | files | list s | hash s | files/s | peak RSS MiB | bytes/file '
-        'above start |')
-  print('|---|---|---|---|---|---|---|')
+  if args.real_run:
+    print('| python -m retrain | files | peak RSS MiB when hashing is done |'
+          ' s to then |')
+    print('|---|---|---|---|')
+    for name, r in rows:
+      print(f'| {name} | {r["files"]:,} | {r["peak_rss_mib"]:.0f} | '
+            f'{r["hash_done_s"]:.0f} |')
+    return
+  print('| run | files | list s | hash s | files/s | RSS MiB start / listed '
+        '/ hashed | peak RSS MiB | bytes/file above start |')
+  print('|---|---|---|---|---|---|---|---|')
   for name, r in rows:
     print(f'| {name} | {r["files"]:,} | {r["list_s"]:.1f} | {r["hash_s"]:.1f} '
-          f'| {r["files_per_s"]:.0f} | {r["peak_rss_mib"]:.0f} | '
-          f'{r["bytes_per_file"]:.0f} |')
+          f'| {r["files_per_s"]:.0f} | {r["rss_start_mib"]:.0f} / '
+          f'{r["rss_listed_mib"]:.0f} / {r["rss_hashed_mib"]:.0f} | '
+          f'{r["peak_rss_mib"]:.0f} | {r["bytes_per_file"]:.0f} |')
 
 
 def bottleneck_cache_memo_names() -> tuple:

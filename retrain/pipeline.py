@@ -23,6 +23,7 @@ from retrain.common import phases as phases_lib
 from retrain.common.progress import Progress
 from retrain.config import DEFAULTS, FINE_TUNE_MODULE, Config, subset
 from retrain.data import boxes as boxes_lib
+from retrain.data import discover as discover_lib
 from retrain.data import duplicates, leakage
 from retrain.data import sources as layouts
 from retrain.data import split as split_lib
@@ -145,6 +146,9 @@ def check_config(config: Config) -> None:
                              config.distorted_copies)
   # Fine-tuning (issue 16).
   finetune_lib.check_options(subset(finetune_lib.FineTuneOptions, config))
+  # Issue 17: a mistyped module is reported now, not after hashing.
+  ensemble_lib.check_handles(config.tfhub_module, config.image_size,
+                             config.trust_module)
 
 
 def _log_counts(labels, y, split) -> None:
@@ -159,7 +163,7 @@ def run(config: Config) -> RunResult:
   """Runs retraining end to end; see the module docstring."""
   config = resolve_head_solver(fine_tune_module(config))
   phases = phases_lib.Phases()
-  with phases('startup_and_module', since_start=True):
+  with phases('startup', since_start=True):
     check_config(config)
     # --- Issue 14: temporaries of killed runs beside our outputs go.
     leftovers.heal([config.saved_model_dir, config.output_labels,
@@ -167,6 +171,12 @@ def run(config: Config) -> RunResult:
                     config.report_dir])
     # ---
     layout, crops = discover(config)  # crops: --crop_to_boxes, else None
+  # Hashed before the module is loaded, so that a million files' digests
+  # and the module's weights are not both held while hashing (issue 17,
+  # docs/scale.md); check_config has checked the module handle.
+  with phases('hashing'):
+    keyed = hash_images(config, layout.dataset, crops)
+  with phases('module'):
     # One module, or an ensemble of several (h15: features/ensemble.py).
     module = ensemble_lib.load(config.tfhub_module, config.image_size,
                                config.module_cache_dir,
@@ -179,10 +189,11 @@ def run(config: Config) -> RunResult:
   # (Crops to boxes keep the in-memory path: the stream reads whole images.)
   if crops is None and streamed.needed(config, len(layout.dataset.images),
                                        module):
-    return streamed.run(config, layout, module, runner, phases)
+    return streamed.run(config, layout, module, runner, phases, keyed)
   # --- end of the streaming hand-over ---
   with phases('bottlenecks'):
-    computed = bottlenecks(config, layout.dataset, module, runner, crops)
+    computed = bottlenecks(config, layout.dataset, module, runner, crops,
+                           keyed=keyed)
   skipped, reports = report_skipped(config, layout, computed)
   images = usable_lib.usable_images(layout.dataset, computed)
   labels = list(layout.dataset.labels)
@@ -247,11 +258,22 @@ def discover(config: Config):
   return layout, crops
 
 
+def hash_images(config: Config, dataset, crops=None) -> tuple:
+  """The cache key of every discovered image (its content hash, through
+  the digest memo in bottleneck_dir): what bottlenecks_lib.cache_keys
+  returns, for `bottlenecks(..., keyed=)`. Needs no module."""
+  return bottlenecks_lib.content_keys(
+      discover_lib.image_paths(dataset.images), config.bottleneck_dir,
+      boxes_lib.Crops.bottleneck_args(crops).get('key_suffixes'))
+
+
 def bottlenecks(config: Config, dataset, module, runner, crops=None,
-                load_vectors: bool = True) -> bottlenecks_lib.Bottlenecks:
+                load_vectors: bool = True,
+                keyed: Optional[tuple] = None) -> bottlenecks_lib.Bottlenecks:
   """The bottleneck vector of every discovered image, cached under the
   module's identity and computed by `runner` (the module on its runtime);
-  load_vectors False: computed into the cache only (retrain/streamed.py)."""
+  load_vectors False: computed into the cache only (retrain/streamed.py);
+  keyed: what hash_images returned (None: the files are hashed here)."""
   paths = [image.path for image in dataset.images]
   try:
     # h15: an ensemble computes each member in its own namespace.
@@ -260,7 +282,7 @@ def bottlenecks(config: Config, dataset, module, runner, crops=None,
           paths, module, runner, config.bottleneck_dir,
           config.bottleneck_runtime, config.bottleneck_batch_size,
           config.module_cache_dir, max_pixels=config.max_image_pixels,
-          **boxes_lib.Crops.bottleneck_args(crops))
+          keyed=keyed, **boxes_lib.Crops.bottleneck_args(crops))
     store = bottleneck_cache.BottleneckStore(
         config.bottleneck_dir, bottlenecks_lib.cache_namespace(module))
   except bottleneck_cache.CacheError as e:
@@ -269,7 +291,7 @@ def bottlenecks(config: Config, dataset, module, runner, crops=None,
   computed = bottlenecks_lib.compute_bottlenecks(
       paths, runner, store,
       config.bottleneck_batch_size, max_pixels=config.max_image_pixels,
-      load_vectors=load_vectors,
+      load_vectors=load_vectors, keyed=keyed,
       **boxes_lib.Crops.bottleneck_args(crops))
   stats = computed.stats
   logging.info('Bottlenecks: %d reused from the cache, %d computed, %d images '

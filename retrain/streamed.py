@@ -146,7 +146,7 @@ def _train(config: Config, train: chunks.ChunkReader, train_y: np.ndarray,
   return trained
 
 
-def run(config: Config, layout, module, runner, phases):
+def run(config: Config, layout, module, runner, phases, keyed=None):
   """The rest of pipeline.run, streaming; returns a pipeline.RunResult.
 
   Args:
@@ -154,6 +154,8 @@ def run(config: Config, layout, module, runner, phases):
     module: the loaded FeatureModule (identity and export); runner: the
       module as bottlenecks run it (tflite_runtime.deferred).
     phases: the run's retrain.common.phases.Phases (timings, memory).
+    keyed: the images' cache keys, from pipeline.hash_images (None: hashed
+      here).
   """
   from retrain import pipeline  # pylint: disable=g-import-not-at-top
   budget = config.max_vectors_in_memory
@@ -165,7 +167,7 @@ def run(config: Config, layout, module, runner, phases):
                budget)
   with phases('bottlenecks'):
     computed = pipeline.bottlenecks(config, layout.dataset, module, runner,
-                                    load_vectors=False)
+                                    load_vectors=False, keyed=keyed)
   skipped, reports = pipeline.report_skipped(config, layout, computed)
   images = usable_lib.usable_images(layout.dataset, computed)
   labels = list(layout.dataset.labels)

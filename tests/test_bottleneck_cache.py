@@ -204,7 +204,7 @@ def test_digest_memo_round_trip_in_the_numpy_format(tmp_path, monkeypatch,
 
 def test_digest_memo_merge_equals_concatenate_and_sort():
   """save() merges this run's entries into the sorted table one column at
-  a time; the result is what sorting everything would give (a re-hashed
+  a time, in place; the result is what sorting everything would give (a re-hashed
   file's new entry wins)."""
   from bottleneck_cache import keys
   rng = np.random.default_rng(0)
@@ -220,9 +220,10 @@ def test_digest_memo_merge_equals_concatenate_and_sort():
   new = keys._sorted_unique({name: np.concatenate([new[name], old[name][:50]])
                              for name in new})
   new['size'][:] = 99
-  merged = keys._merge(old, new)
   expected = keys._sorted_unique({name: np.concatenate([old[name], new[name]])
                                   for name in old})
+  merged = keys._merge(old, new)
+  assert merged is old  # in place: one column at a time is held twice
   for name in expected:
     np.testing.assert_array_equal(merged[name], expected[name])
   assert len(merged['path']) == 1300 and np.sum(merged['size'] == 99) == 350
@@ -304,6 +305,64 @@ def test_hashing_resumes_from_the_memo_after_a_kill(tmp_path, monkeypatch):
   bad = compute._hash_files([str(tmp_path / 'missing.jpg')],
                             keys.DigestMemo(None))
   assert isinstance(bad[0], OSError)
+
+
+def test_content_keys_of_unreadable_and_repeated_paths(tmp_path):
+  """The cache keys a run hashes before loading its module: a repeated
+  path is hashed once and keyed with its own suffix (boxes); an unreadable
+  one is an OSError, left out of the readable indices (int64)."""
+  from bottleneck_cache import keys
+  from retrain.bottlenecks import compute
+  a, b = tmp_path / 'a.jpg', tmp_path / 'b.jpg'
+  a.write_bytes(b'a')
+  b.write_bytes(b'b')
+  gone = str(tmp_path / 'gone.jpg')
+  paths = [str(a), gone, str(b), str(a), gone]
+  digests, readable, failures = compute.content_keys(
+      paths, str(tmp_path / 'cache'), ['#1', '', '', '#2', ''])
+  assert digests[0] == keys.file_digest(str(a)) + '#1'
+  assert digests[3] == keys.file_digest(str(a)) + '#2'
+  assert digests[2] == keys.file_digest(str(b))
+  assert isinstance(digests[1], OSError) and isinstance(digests[4], OSError)
+  assert readable.dtype == np.int64 and readable.tolist() == [0, 2, 3]
+  assert [path for path, _ in failures] == [gone, gone]
+  assert len(keys.DigestMemo(str(tmp_path / 'cache'))) == 2
+
+
+class _Stop(Exception):
+  pass
+
+
+def test_a_run_hashes_before_it_loads_the_module(small_config, colour_dir,
+                                                 monkeypatch):
+  """Issue 17: pipeline.run hashes every file (the memo is written) before
+  it loads the module, so the two are not held at once; a mistyped module
+  is refused before either."""
+  import dataclasses
+
+  from bottleneck_cache import keys
+  from retrain import pipeline
+  from retrain.errors import ModuleError
+  memo = os.path.join(small_config.bottleneck_dir, keys.MEMO_FILE)
+  typo = dataclasses.replace(small_config,
+                             tfhub_module=str(colour_dir / 'no_module'))
+  with pytest.raises(ModuleError, match='neither a preset name nor an '
+                     'existing folder'):
+    pipeline.run(typo)
+  assert not os.path.exists(memo)
+
+  memo_written = []
+
+  def load(*args, **kwargs):
+    memo_written.append(os.path.exists(memo))
+    raise _Stop
+
+  monkeypatch.setattr(pipeline.ensemble_lib, 'load', load)
+  with pytest.raises(_Stop):
+    pipeline.run(small_config)
+  assert memo_written == [True]
+  paths = sorted(str(p) for p in colour_dir.rglob('*.jpg'))
+  assert len(keys.DigestMemo(os.path.dirname(memo))) == len(paths) > 0
 
 
 def test_digest_memo_survives_a_corrupt_file(tmp_path, caplog):

@@ -216,3 +216,17 @@ def test_shared_pass_decodes_once_and_matches_each_member_alone(
   assert again.stats.computed == 0
   assert again.stats.reused == 2 * (len(paths) - 1)
   np.testing.assert_array_equal(again.vectors, together.vectors)
+
+
+def test_check_handles_refuses_what_load_would_without_loading(tmp_path):
+  # Issue 17: a run checks the module handles before hashing its files.
+  ensemble.check_handles('efficientnet_lite0,efficientnet_lite2')
+  ensemble.check_handles('https://example.invalid/module/1')  # on load
+  with pytest.raises(ModuleError) as e:
+    ensemble.check_handles('efficientnet_lite0', image_size=300)
+  assert 'fixed at 224x224' in str(e.value)
+  assert e.value.fields == ('image_size',)
+  with pytest.raises(ModuleError, match='neither a preset name'):
+    ensemble.check_handles(f'efficientnet_lite0,{tmp_path / "missing"}')
+  with pytest.raises(ModuleError, match='more than once'):
+    ensemble.check_handles('efficientnet_lite0,efficientnet_lite0')

@@ -122,6 +122,26 @@ def test_split_csvs_used_as_given(tmp_path):
   assert len(split.train) == len(split.validation) == 4
 
 
+def test_csvs_in_two_folders_keep_each_path(tmp_path):
+  # Each CSV's paths are relative to its own folder; the images take the
+  # train CSV's folder as their root, so a validation row's path is kept
+  # whole, and a train row's '../' path is made from root and rel_path.
+  _touch_images(tmp_path, ['photos/a.jpg', 'photos/b.jpg', 'val/c.jpg',
+                           'val/d.jpg'])
+  (tmp_path / 'csvs').mkdir()
+  (tmp_path / 'csvs' / 'train.csv').write_text(
+      '../photos/a.jpg, cat\n../photos/b.jpg, dog\n')
+  (tmp_path / 'val' / 'val.csv').write_text('c.jpg, cat\nd.jpg, dog\n')
+  layout = layouts.load_layout(_config(
+      train_csv=str(tmp_path / 'csvs' / 'train.csv'),
+      validation_csv=str(tmp_path / 'val' / 'val.csv')))
+  paths = sorted(im.path for im in layout.dataset.images)
+  assert paths == [str(tmp_path / rel) for rel in (
+      'photos/a.jpg', 'photos/b.jpg', 'val/c.jpg', 'val/d.jpg')]
+  assert sorted(im.rel_path for im in layout.dataset.images) == [
+      '../photos/a.jpg', '../photos/b.jpg', 'c.jpg', 'd.jpg']
+
+
 def test_unknown_label_in_validation_csv_is_an_error(tmp_path):
   csvs = _split_csvs(tmp_path)
   _touch_images(tmp_path, ['validation/9.jpg'])

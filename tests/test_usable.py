@@ -10,7 +10,7 @@ from retrain.errors import DatasetError
 
 
 def _dataset():
-  images = tuple(ImageFile(f'/d/{c}/{i}.jpg', f'{c}/{i}.jpg', label)
+  images = tuple(ImageFile(f'{c}/{i}.jpg', label, '/d')
                  for label, c in enumerate('ab') for i in range(3))
   return Dataset('/d', ('a', 'b'), images)
 

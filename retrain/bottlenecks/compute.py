@@ -27,6 +27,7 @@ from absl import logging
 import bottleneck_cache
 from retrain import image_header
 from retrain import images as images_lib
+from retrain.common import phases
 from retrain.common.progress import Progress
 from retrain.errors import ImageError, OutputError
 from retrain.features import modules as features
@@ -72,14 +73,23 @@ def cache_namespace(module: FeatureModule) -> dict:
 
 def _hash_files(paths: Sequence[str], memo: bottleneck_cache.DigestMemo
                 ) -> list:
-  """SHA-256 of each file, or an OSError for files that cannot be read.
+  """SHA-256 hex digest of each file, or an OSError for files that cannot
+  be read (see _hash_compact)."""
+  return _hex_digests(*_hash_compact(paths, memo))
+
+
+def _hash_compact(paths: Sequence[str], memo: bottleneck_cache.DigestMemo
+                  ) -> tuple:
+  """(uint8 [n, 32]: the SHA-256 of each file, zeros where unreadable;
+  {index: OSError} of the files that cannot be read).
 
   Files whose size, mtime and inode the memo knows are not read again, so
   a re-run (or a run resumed after a kill: the memo is saved every
   _MEMO_SAVE_EVERY files) only stats them. Progress is shown for more than
-  _HASH_PART files (a small folder hashes in a blink). Memory: the result
-  list and its digest strings, plus the memo's 72 bytes per file; no
-  per-path dict unless a path is listed twice.
+  _HASH_PART files (a small folder hashes in a blink). Memory: 32 bytes a
+  file, plus the memo's 72; no per-path dict unless a path is listed
+  twice. The digests stay bytes until the memo is gone (_hex_digests):
+  a hex string is 112 bytes.
   """
   def digest(path):
     try:
@@ -90,17 +100,23 @@ def _hash_files(paths: Sequence[str], memo: bottleneck_cache.DigestMemo
   def digest_all(some_paths):
     return [digest(path) for path in some_paths]
   # Each file once: with --crop_to_boxes a photo is listed once per box.
-  # (The set is only a test, freed at once; most runs list no path twice.)
+  # The test compares the paths' 64-bit hashes (8 bytes a path, freed at
+  # once), not a set of the path strings: `paths` may make each string
+  # when read (retrain.data.discover.image_paths). Equal hashes, whether
+  # from a repeated path or a rare collision, lead to the exact dict below.
   first = None
-  if len(set(paths)) < len(paths):
+  hashes = np.fromiter((hash(path) for path in paths), np.int64, len(paths))
+  if len(np.unique(hashes)) < len(hashes):
     first = {}
     for i, path in enumerate(paths):
       first.setdefault(path, i)
+  del hashes
   unique = (range(len(paths)) if first is None
             else sorted(first.values()))
   progress = (Progress('Hashing', len(unique), unit='files')
               if len(unique) > _HASH_PART else None)
-  found = [None] * len(paths)
+  found = np.zeros((len(paths), 32), np.uint8)
+  errors = {}
   with concurrent.futures.ThreadPoolExecutor(_HASH_THREADS) as pool:
     for start in range(0, len(unique), _HASH_PART):
       part = unique[start:start + _HASH_PART]
@@ -109,19 +125,44 @@ def _hash_files(paths: Sequence[str], memo: bottleneck_cache.DigestMemo
       for k, values in enumerate(pool.map(digest_all, [
           [paths[i] for i in part[k::_HASH_THREADS]]
           for k in range(_HASH_THREADS)])):
+        rows, hexes = [], []
         for i, value in zip(part[k::_HASH_THREADS], values, strict=True):
-          found[i] = value
+          if isinstance(value, OSError):
+            errors[i] = value
+          else:
+            rows.append(i)
+            hexes.append(value)
+        found[rows] = np.frombuffer(bytes.fromhex(''.join(hexes)),
+                                    np.uint8).reshape(len(rows), 32)
       if progress is not None:
         progress.update(len(part))
       done = start + len(part)
       if done % _MEMO_SAVE_EVERY == 0 and done < len(unique):
         memo.save()
+        phases.trim_heap()
   memo.save()
+  phases.trim_heap()
   if progress is not None:
     progress.finish()
   if first is not None:
-    found = [found[first[path]] for path in paths]
-  return found
+    source = np.fromiter((first[path] for path in paths), np.int64,
+                         len(paths))
+    found = found[source]
+    errors = {i: errors[j] for i, j in enumerate(source.tolist())
+              if j in errors}
+  return found, errors
+
+
+def _hex_digests(found: np.ndarray, errors: dict) -> list:
+  """The hex digest of each row of uint8 [n, 32] `found`, or its error
+  from `errors` ({index: OSError}); made _HASH_PART rows at a time."""
+  digests = []
+  for start in range(0, len(found), _HASH_PART):
+    text = found[start:start + _HASH_PART].tobytes().hex()
+    digests.extend(text[j:j + 64] for j in range(0, len(text), 64))
+  for i, error in errors.items():
+    digests[i] = error
+  return digests
 
 
 def _decode_error(path: str, size, box=None,
@@ -300,15 +341,28 @@ def cache_keys(paths: Sequence[str], store: bottleneck_cache.BottleneckStore,
   (path, reason) of the unreadable ones)."""
   # The memo lives at the cache root: file digests do not depend on the
   # module, so every namespace shares it.
-  digests = _hash_files(paths, bottleneck_cache.DigestMemo(
-      os.path.dirname(store.directory)))
-  failures = []
-  readable = []
-  for i, d in enumerate(digests):
-    if isinstance(d, OSError):
-      failures.append((paths[i], images_lib.os_error_reason(paths[i], d)))
-    else:
-      readable.append(i)
+  return content_keys(paths, os.path.dirname(store.directory), key_suffixes)
+
+
+def content_keys(paths: Sequence[str], cache_root: str,
+                 key_suffixes: Optional[Sequence[str]]):
+  """cache_keys with the cache's root folder instead of a store: needs no
+  module, so a run hashes its files before loading one. The indices of the
+  readable paths are int64 [m]."""
+  memo = bottleneck_cache.DigestMemo(cache_root)
+  found, errors = _hash_compact(paths, memo)
+  # The memo (72 bytes a file) goes before the hex strings (112 each) are
+  # made: both at once were the peak of hashing a million files.
+  del memo
+  phases.trim_heap()
+  digests = _hex_digests(found, errors)
+  del found
+  # int64 [n readable]: 8 bytes an image, not a list of Python ints (36).
+  readable = np.ones(len(digests), bool)
+  readable[list(errors)] = False
+  readable = np.flatnonzero(readable)
+  failures = [(paths[i], images_lib.os_error_reason(paths[i], errors[i]))
+              for i in sorted(errors)]
   if key_suffixes is not None:
     digests = [d if isinstance(d, OSError) else d + suffix
                for d, suffix in zip(digests, key_suffixes, strict=True)]

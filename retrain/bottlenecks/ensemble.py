@@ -61,9 +61,10 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
   stores = [bottleneck_cache.BottleneckStore(
       bottleneck_dir, bottlenecks_lib.cache_namespace(member))
             for member in members]
-  # The files are hashed once, for the shared pass and every member's.
-  keyed = bottlenecks_lib.cache_keys(paths, stores[0],
-                                     compute_args.get('key_suffixes'))
+  # The files are hashed once, for the shared pass and every member's
+  # (by the caller, when it passes `keyed`).
+  keyed = compute_args.pop('keyed', None) or bottlenecks_lib.cache_keys(
+      paths, stores[0], compute_args.get('key_suffixes'))
   shared = [0] * len(members)
   if compute_args.get('boxes') is None:  # crops: each member's own pass
     shared = shared_pass(paths, runners, stores, batch_size,

@@ -13,7 +13,10 @@ import os
 import stat
 from typing import Optional, Sequence
 
+import numpy as np
 from absl import logging
+
+from retrain.common import phases
 
 
 def is_image_file(name: str, extensions: Sequence[str]) -> bool:
@@ -37,6 +40,56 @@ def not_regular_reason(mode: int) -> str:
   return 'not a regular file; never opened'
 
 
+# Files SeenFiles keeps in a dict before it merges them into its arrays.
+_SEEN_BATCH = 65_536
+
+
+class SeenFiles:
+  """The first relative path listed for each real file (st_dev, st_ino).
+
+  Memory: the keys of all but the last _SEEN_BATCH files are one sorted
+  numpy S16 array (dev and inode, big-endian) with int64 positions into a
+  list of the paths (strings the caller keeps anyway): about 32 bytes a
+  file. A dict of one Python int key per file took about 90, and most of
+  it stayed with the allocator after discovery (issue 17, docs/scale.md).
+  """
+
+  def __init__(self):
+    self._recent: dict = {}  # 16-byte key -> relative path
+    self._keys = np.zeros(0, 'S16')  # sorted
+    self._at = np.zeros(0, np.int64)  # self._paths index of each key
+    self._paths: list = []
+
+  def first(self, st: os.stat_result, rel: str) -> str:
+    """The first relative path recorded for the file `st` describes;
+    `rel` (recorded now) if none was."""
+    key = st.st_dev.to_bytes(8, 'big') + st.st_ino.to_bytes(8, 'big')
+    earlier = self._recent.get(key)
+    if earlier is not None:
+      return earlier
+    pos = int(np.searchsorted(self._keys, key))
+    # Compared as a 16-byte item: self._keys[pos] would be a bytes object
+    # with its trailing zero bytes cut.
+    if pos < len(self._keys) and self._keys[pos:pos + 1] == np.array(key,
+                                                                   'S16'):
+      return self._paths[self._at[pos]]
+    self._recent[key] = rel
+    if len(self._recent) >= _SEEN_BATCH:
+      self._merge()
+    return rel
+
+  def _merge(self) -> None:
+    start = len(self._paths)
+    self._paths.extend(self._recent.values())
+    keys = np.concatenate([self._keys, np.array(list(self._recent), 'S16')])
+    at = np.concatenate([self._at, np.arange(start, len(self._paths))])
+    self._recent = {}
+    order = np.argsort(keys, kind='stable')
+    self._keys, self._at = keys[order], at[order]
+    del keys, at, order
+    phases.trim_heap()  # the arrays it replaced
+
+
 class Walk:
   """What a discovery has seen: real folders and files, and what it skipped.
 
@@ -53,10 +106,7 @@ class Walk:
       real = os.path.dirname(real)
       self.ancestors.add(real)
     self.folders: dict = {}  # (st_dev, st_ino) -> first path
-    # st_dev << 64 | st_ino -> the first relative path (the string the
-    # caller keeps anyway): one int key per file, not a tuple and a second
-    # copy of the path (about 200 bytes less per file at a million files).
-    self.files: dict = {}
+    self.files = SeenFiles()
     self.skipped: list = []  # (path, reason)
 
   def skip(self, path: str, reason: str) -> None:
@@ -100,33 +150,37 @@ def list_images(class_dir: str, image_dir: str,
   while pending:
     folder = pending.pop()
     try:
-      entries = sorted(os.scandir(folder), key=lambda e: e.name)
+      # Names only, not os.scandir's DirEntry objects (each with its name
+      # and path strings): a folder of 200,000 files held about 50 MB of
+      # them at once, most of which the allocator kept after (issue 17).
+      names = sorted(os.listdir(folder))
     except OSError as e:
       walk.skip(folder, f'cannot be listed: {e.strerror or e}')
       continue
     subfolders = []
-    for entry in entries:
+    for name in names:
       # Hidden files and folders (.git, .ipynb_checkpoints, ...) are never
       # data.
-      if entry.name.startswith('.'):
+      if name.startswith('.'):
         continue
+      path = os.path.join(folder, name)
       try:
-        st = os.stat(entry.path)  # follows links; never opens the file
+        st = os.stat(path)  # follows links; never opens the file
       except OSError:
         st = None  # A broken link: the bottleneck step names it.
       if st is not None and stat.S_ISDIR(st.st_mode):
-        subfolders.append(entry.path)
+        subfolders.append(path)
         continue
-      if not is_image_file(entry.name, extensions):
+      if not is_image_file(name, extensions):
         continue
       if st is not None and not stat.S_ISREG(st.st_mode):
-        walk.skip(entry.path, not_regular_reason(st.st_mode))
+        walk.skip(path, not_regular_reason(st.st_mode))
         continue
-      rel = os.path.relpath(entry.path, image_dir).replace(os.sep, '/')
+      rel = os.path.relpath(path, image_dir).replace(os.sep, '/')
       if st is not None:
-        first = walk.files.setdefault(st.st_dev << 64 | st.st_ino, rel)
+        first = walk.files.first(st, rel)
         if first is not rel:
-          walk.skip(entry.path, 'the same file as '
+          walk.skip(path, 'the same file as '
                     f'{os.path.join(image_dir, *first.split("/"))} (reached '
                     'by two paths); used once')
           continue

@@ -598,8 +598,8 @@ def load_crop_layout(config: BoxOptions) -> Tuple[sources.Layout, Crops]:
   images, codes = [], []
   for box, _ in kept:
     photo = rel(box.image)
-    images.append(discover.ImageFile(box.image, f'{photo}#{box.coords()}',
-                                     index[box.label]))
+    images.append(discover.ImageFileAt(f'{photo}#{box.coords()}',
+                                       index[box.label], base, box.image))
     codes.append(_photo_subset(photo, box.image, annotations.subsets,
                                config.validation_percentage,
                                config.testing_percentage))

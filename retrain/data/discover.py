@@ -20,6 +20,7 @@ is the row order of the exported labels file.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import os
 from typing import Sequence
@@ -37,20 +38,72 @@ FEW_IMAGES_WARNING = 20
 
 
 # slots: no per-object __dict__, about 100 bytes less per image (a million
-# images is a million of these).
+# images is a million of these). The absolute path is not stored but made
+# when asked for: every image of a folder shares one `root` string, so an
+# image costs its object and its relative path, about 130 bytes, instead of
+# about 240 with a second, absolute copy of its path (docs/scale.md).
 @dataclasses.dataclass(frozen=True, slots=True)
 class ImageFile:
-  """One image on disk.
+  """One image on disk, at `root`/`rel_path`.
 
   Attributes:
-    path: absolute path of the file.
-    rel_path: path relative to the image folder with '/' separators; the
-      split hashes this, so moving the folder keeps every image in its set.
+    rel_path: path relative to `root` with '/' separators; the split hashes
+      this, so moving the folder keeps every image in its set. ('..'
+      segments are allowed: a CSV may list files beside its own folder.)
     label: class id, an index into `Dataset.labels`.
+    root: the absolute folder that rel_path is relative to, one string
+      shared by the images of a data set.
   """
-  path: str
   rel_path: str
   label: int
+  root: str
+
+  @property
+  def path(self) -> str:
+    """The absolute path of the file (made on each call)."""
+    path = os.path.join(self.root, *self.rel_path.split('/'))
+    return os.path.normpath(path) if '..' in self.rel_path else path
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ImageFileAt(ImageFile):
+  """An image whose rel_path does not lead to its file (one box of a photo,
+  `photo#box`: retrain/data/boxes.py), so its absolute path is kept."""
+  file: str = ''
+
+  @property
+  def path(self) -> str:
+    return self.file
+
+
+def image_file(path: str, rel_path: str, label: int, root: str) -> ImageFile:
+  """The ImageFile of the file at `path`: the compact one when
+  root/rel_path is `path`, else an ImageFileAt that keeps `path` (a CSV
+  row relative to another CSV's folder, a box of a photo)."""
+  image = ImageFile(rel_path, label, root)
+  return image if image.path == path else ImageFileAt(rel_path, label, root,
+                                                      path)
+
+
+def image_paths(images: Sequence[ImageFile]) -> Sequence[str]:
+  """The absolute path of each image, made one at a time when read: hashing
+  a million files then never holds a million path strings at once."""
+  return _Paths(images)
+
+
+class _Paths(collections.abc.Sequence):
+  """A read-only view: item i is images[i].path."""
+
+  def __init__(self, images: Sequence[ImageFile]):
+    self._images = images
+
+  def __len__(self) -> int:
+    return len(self._images)
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      return [image.path for image in self._images[i]]
+    return self._images[i].path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,9 +182,7 @@ def discover_images(image_dir: str,
                       len(rel_paths), FEW_IMAGES_WARNING)
     label = len(labels)
     labels.append(name)
-    images.extend(
-        ImageFile(os.path.join(image_dir, *rel.split('/')), rel, label)
-        for rel in rel_paths)
+    images.extend(ImageFile(rel, label, image_dir) for rel in rel_paths)
 
   if len(labels) < 2:
     found = (f'only class {labels[0]!r}' if labels else 'no class with images')

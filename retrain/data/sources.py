@@ -211,8 +211,8 @@ def _from_split_folders(image_dir: str, folders: dict) -> Layout:
             f'a train class, or add {folders[TRAIN]}/{name}/ with images.')
       entries.extend((subset, labels.index(name), rel) for rel in rel_paths)
   entries.sort(key=lambda e: (e[1], e[2]))
-  images = tuple(discover.ImageFile(os.path.join(image_dir, *rel.split('/')),
-                                    rel, label) for _, label, rel in entries)
+  images = tuple(discover.ImageFile(rel, label, image_dir)
+                 for _, label, rel in entries)
   subsets = _codes([subset for subset, _, _ in entries])
   carve = (VALIDATION not in folders, TEST not in folders)
   given = ', '.join(folders[s] + '/' for s in SUBSETS if s in folders)
@@ -353,7 +353,8 @@ def _dataset_from_rows(base: str, coded_rows, labels: Sequence[str]):
   index = {label: i for i, label in enumerate(labels)}
   coded_rows = sorted(coded_rows,
                       key=lambda cr: (index[cr[1].label], cr[1].rel_path))
-  images = tuple(discover.ImageFile(row.path, row.rel_path, index[row.label])
+  images = tuple(discover.image_file(row.path, row.rel_path,
+                                     index[row.label], base)
                  for _, row in coded_rows)
   subsets = _codes([subset for subset, _ in coded_rows])
   return discover.Dataset(base, tuple(labels), images), subsets

@@ -118,6 +118,18 @@ def describe_modules(module: FeatureModule) -> List[dict]:
           for m in members]
 
 
+def check_handles(spec: str, image_size: Optional[int] = None,
+                  trust: bool = False) -> None:
+  """features.check_handle for each module `spec` names; cheap (nothing
+  is loaded).
+
+  Raises:
+    ModuleError: a malformed spec, or a handle load would refuse.
+  """
+  for handle in member_handles(spec):
+    features.check_handle(handle, image_size, trust)
+
+
 def load(spec: str, image_size: Optional[int] = None,
          cache_dir: Optional[str] = None, trust: bool = False
          ) -> FeatureModule:

@@ -121,6 +121,38 @@ def _describe_load_failure(handle: str, resolved: str, error: Exception) -> str:
           'is not supported).')
 
 
+def _size_mismatch(handle: str, image_size: int, fixed) -> ModuleError:
+  return ModuleError(
+      f'image_size={image_size} does not match module {handle!r}, whose '
+      f'input size is fixed at {fixed[0]}x{fixed[1]}: drop image_size.',
+      fields=('image_size',))
+
+
+def check_handle(handle: str, image_size: Optional[int] = None,
+                 trust: bool = False) -> None:
+  """The errors of load_module that need nothing loaded, raised at once: a
+  handle that is neither a preset, a URL nor an existing path; a bundled
+  preset's fixed input size against image_size; a local module that may
+  touch files or Python (module_safety). A run checks these before the
+  slow steps that come before loading the module (hashing every file).
+
+  Raises:
+    ModuleError: as load_module would for these.
+  """
+  preset = presets.PRESETS.get(handle)
+  if preset is not None:
+    size = preset.input_size
+    if preset.bundled and image_size and size and image_size != size:
+      raise _size_mismatch(handle, image_size, (size, size))
+    return
+  if '://' in handle:
+    return  # Downloaded, then checked, when loaded.
+  if not os.path.exists(handle):
+    raise ModuleError(_describe_load_failure(handle, handle, None),
+                      fields=('tfhub_module', 'list_modules'))
+  module_safety.check_module(handle, handle, trust)
+
+
 def load_module(handle: str, image_size: Optional[int] = None,
                 cache_dir: Optional[str] = None,
                 trust: bool = False) -> FeatureModule:
@@ -154,10 +186,7 @@ def load_module(handle: str, image_size: Optional[int] = None,
   declared = _declared_input_size(obj)
   fixed = declared if declared and None not in declared else None
   if fixed and image_size and tuple(fixed) != (image_size, image_size):
-    raise ModuleError(
-        f'image_size={image_size} does not match module {handle!r}, whose '
-        f'input size is fixed at {fixed[0]}x{fixed[1]}: drop image_size.',
-        fields=('image_size',))
+    raise _size_mismatch(handle, image_size, fixed)
   if fixed:
     size = (int(fixed[0]), int(fixed[1]))
   elif image_size:
