@@ -209,15 +209,11 @@ def run(config: Config) -> RunResult:
   with phases('evaluation'):
     test, misclassified, explained = evaluate(config, labels, trained, images,
                                               split)
-    # --- Fine-tuning (issue 16): before calibration, so that the exported
-    # (calibrated) head is the fine-tuned one. ----------------------------------
-    tuned = None
-    validation_x = images.vectors[split.validation]
-    if config.fine_tune:
-      module, trained, test, validation_x, tuned = fine_tune(
-          config, module, labels, trained, test, images, split)
-    # --- End of fine-tuning -----------------------------------------------------
-    confidence = calibrate(config, trained, validation_x,  # Issue 19.
+    # Fine-tuning (issue 16) before calibration (issue 19), so that the
+    # exported (calibrated) head is the fine-tuned one.
+    module, trained, test, validation_x, tuned = fine_tune(
+        config, module, labels, trained, test, images, split)
+    confidence = calibrate(config, trained, validation_x,
                            images.labels[split.validation])
   with phases('export'):
     saved, deployment = export(config, module, labels, trained, test, images,
@@ -451,7 +447,11 @@ def fine_tune(config: Config, module, labels: Sequence[str],
   (module, trained, test, validation vectors, FineTuned): the fine-tuned
   feature extractor and head, the test result with its accuracy, and the
   validation images' vectors from the fine-tuned network (what calibration
-  reads; float32 [n_validation, D], rows in split.validation order)."""
+  reads; float32 [n_validation, D], rows in split.validation order).
+  Without config.fine_tune: its arguments, the validation vectors and
+  None."""
+  if not config.fine_tune:
+    return module, trained, test, images.vectors[split.validation], None
   tuned = finetune_lib.fine_tune(
       subset(finetune_lib.FineTuneOptions, config),
       subset(distort_lib.Distortions, config), module, trained.head, labels,
