@@ -376,11 +376,11 @@ def train(config: Config, module, labels: Sequence[str],
                                 config.eval_step_interval)
   log = train_lib.EvalLog(points)
   settings = train_settings(config)
-  progress = []  # SGD's bar (steps, rate, time left), made when SGD runs
+  progress = None  # SGD's bar (steps, rate, time left), made when SGD runs
 
   def on_eval(point):
     log(point)
-    progress[0].update_to(point.step + 1)
+    progress.update_to(point.step + 1)
 
   hooks = train_lib.Hooks(
       writers=writers, on_eval=on_eval,
@@ -392,14 +392,14 @@ def train(config: Config, module, labels: Sequence[str],
     trained = solve_lib.maybe_solve(config, train_x, train_y, len(labels),
                                     val_x, val_y, writers)
     if trained is None:
-      progress.append(Progress('Training', config.how_many_training_steps,
-                               unit='steps'))
+      progress = Progress('Training', config.how_many_training_steps,
+                          unit='steps')
       trained = train_lib.train_head(train_x, train_y, len(labels), val_x,
                                      val_y, settings, hooks)
   finally:
     writers.close()
-    for bar in progress:
-      bar.finish()
+    if progress is not None:
+      progress.finish()
   log.finish()
   return trained, intermediate
 

@@ -67,6 +67,24 @@ def area_resize(images: tf.Tensor, size_in: Tuple[int, int],
   return tf.transpose(x, [0, 2, 3, 1])
 
 
+def concatenated(calls, sizes, input_size: Tuple[int, int],
+                 images: tf.Tensor) -> tf.Tensor:
+  """Each member's vectors of `images` (float32 [b, H, W, 3] at
+  input_size, the largest), area-resized to the member's own size first
+  when smaller, side by side: float32 [b, sum of D], member order.
+
+  Args:
+    calls: per member, images at its size -> float32 [b, D_i].
+    sizes: per member, its (height, width).
+  """
+  vectors = []
+  for call, size in zip(calls, sizes, strict=True):
+    x = images if tuple(size) == tuple(input_size) else area_resize(
+        images, input_size, size)
+    vectors.append(call(x))
+  return tf.concat(vectors, axis=1)
+
+
 class Ensemble(tf.Module):
   """Members side by side: images at the largest size -> concatenated
   vectors float32 [batch, sum of D]."""
@@ -81,12 +99,7 @@ class Ensemble(tf.Module):
         tf.TensorSpec([None, height, width, 3], tf.float32)])
 
   def _concatenated(self, images):
-    vectors = []
-    for obj, size in zip(self.members, self._sizes, strict=True):
-      x = images if size == self.input_size else area_resize(
-          images, self.input_size, size)
-      vectors.append(obj(x))
-    return tf.concat(vectors, axis=1)
+    return concatenated(self.members, self._sizes, self.input_size, images)
 
   def __call__(self, images):
     return self._call(images)

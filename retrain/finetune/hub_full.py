@@ -31,6 +31,7 @@ from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.bottlenecks import distort as distort_lib
 from retrain.common.progress import format_duration
 from retrain.features.modules import FeatureModule
+from retrain.finetune import lite as lite_lib
 
 
 class HubNetwork(tf.Module):
@@ -62,10 +63,7 @@ class HubNetwork(tf.Module):
     return self.features(images)
 
   def logits(self, images, training: bool = False):
-    features = self.features(images)
-    if training and self.dropout > 0:
-      features = tf.nn.dropout(features, rate=self.dropout)
-    return tf.matmul(features, self.final_weights) + self.final_biases
+    return lite_lib.classify(self, self.features(images), training)
 
 
 def image_batches(paths: Sequence[str], labels: np.ndarray,

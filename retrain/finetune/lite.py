@@ -32,6 +32,15 @@ from retrain.features import ensemble as ensemble_lib
 from retrain.features.efficientnet_lite import FoldedWeights
 
 
+def classify(network, features: tf.Tensor, training: bool) -> tf.Tensor:
+  """The classifier every fine-tuned network ends in: float32 [b, D]
+  pooled features -> [b, N] logits through network.final_weights [D, N]
+  and final_biases [N], with dropout at network.dropout while training."""
+  if training and network.dropout > 0:
+    features = tf.nn.dropout(features, rate=network.dropout)
+  return tf.matmul(features, network.final_weights) + network.final_biases
+
+
 def default_boundary(blocks: List[efficientnet_lite.BlockSpec]) -> int:
   """The last MBConv block (15 in Lite0, 20 in Lite1/2): its 7x7 input
   makes a training step about 3.5x cheaper than from the first block of
@@ -139,10 +148,7 @@ class LiteNetwork(tf.Module):
 
   def logits(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
     """Activations at the cut (any float dtype) -> float32 [b, N] logits."""
-    features = self.top_features(tf.cast(x, tf.float32))
-    if training and self.dropout > 0:
-      features = tf.nn.dropout(features, rate=self.dropout)
-    return tf.matmul(features, self.final_weights) + self.final_biases
+    return classify(self, self.pooled(x), training)
 
   def pooled(self, x: tf.Tensor) -> tf.Tensor:
     """Activations at the cut (any float dtype) -> float32 [b, 1280]."""
@@ -193,17 +199,10 @@ class EnsembleNetwork(tf.Module):
 
   def logits(self, xs, training: bool = False) -> tf.Tensor:
     """Per-member activations -> float32 [b, N] logits."""
-    features = self.pooled(xs)
-    if training and self.dropout > 0:
-      features = tf.nn.dropout(features, rate=self.dropout)
-    return tf.matmul(features, self.final_weights) + self.final_biases
+    return classify(self, self.pooled(xs), training)
 
   def features(self, images: tf.Tensor) -> tf.Tensor:
     """float32 [b, S, S, 3] in [0, 1] at the largest member's size ->
     float32 [b, 1280 * members]."""
-    vectors = []
-    for member, size in zip(self.members, self._sizes, strict=True):
-      x = images if size == self.input_size else ensemble_lib.area_resize(
-          images, self.input_size, size)
-      vectors.append(member.features(x))
-    return tf.concat(vectors, axis=1)
+    return ensemble_lib.concatenated([m.features for m in self.members],
+                                     self._sizes, self.input_size, images)
