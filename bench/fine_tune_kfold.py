@@ -11,8 +11,10 @@ training part split 8:1 into training and validation, the pipeline's
     solver (L-BFGS), trained on training, chosen on validation;
   block K: the Lite0 head (same solver), then --fine_tune from block K with
     the default settings (early stopping on that fold's validation);
-  ensemble -K: the frozen head above, then --fine_tune of every member of
-    the --frozen ensemble from its K-th last block (--fine_tune_from -K).
+  ensemble -K: the frozen head above, then --fine_tune of the --frozen
+    ensemble from each member's K-th last block (--fine_tune_from -K), for
+    each --ensemble_members value (--fine_tune_members: "all" every
+    member, "" the first, the others on their frozen vectors).
 Lite0's activations are computed once per image and shared by the folds
 (the bottleneck cache); the seconds per fold are the fine-tuning's own
 (training + validation passes). Prints accuracy with its Wilson 95%
@@ -40,7 +42,7 @@ from absl import logging  # noqa: E402
 
 from retrain.bottlenecks import distort as distort_lib  # noqa: E402
 from retrain.bottlenecks import ensemble as ensemble_bottlenecks  # noqa: E402
-from retrain.config import DEFAULTS, FINE_TUNE_MODULE, subset  # noqa: E402
+from retrain.config import DEFAULTS, subset  # noqa: E402
 from retrain.data import sources as layouts  # noqa: E402
 from retrain.data.split import Split  # noqa: E402
 from retrain.features import ensemble as ensemble_lib  # noqa: E402
@@ -48,24 +50,29 @@ from retrain.features import modules as features  # noqa: E402
 from retrain.finetune import run as finetune_lib  # noqa: E402
 from retrain.report import confidence  # noqa: E402
 
+LITE0 = 'efficientnet_lite0'  # the single module compared
+
 
 def fine_tune_fold(args, work, block, module, head, labels, paths, digests, y,
-                   rows):
-  """(test predictions int64 [n_test], seconds) of fine-tuning one fold."""
+                   rows, members='', fixed=None):
+  """(test predictions int64 [n_test], seconds) of fine-tuning one fold
+  (of the ensemble members named by `members`, '' all, the others on their
+  frozen vectors `fixed`)."""
   train_rows, val_rows, test_rows = rows
   config = dataclasses.replace(
       DEFAULTS, tfhub_module=module.handle, fine_tune=True,
       fine_tune_from=block, fine_tune_epochs=args.epochs,
       bottleneck_dir=os.path.join(work, 'bn'),
       summaries_dir=os.path.join(work, 'logs'), report_dir='',
-      checkpoint_path='', module_cache_dir=args.module_cache_dir)
+      checkpoint_path='', module_cache_dir=args.module_cache_dir,
+      fine_tune_members=members)
   config = dataclasses.replace(config, **settings(args.set))
   started = time.monotonic()
   tuned = finetune_lib.fine_tune(
       subset(finetune_lib.FineTuneOptions, config),
       subset(distort_lib.Distortions, config), module, head, labels, paths,
-      digests, y,
-      Split(train_rows, val_rows, test_rows))
+      digests, y, Split(train_rows, val_rows, test_rows),
+      fixed=None if fixed is None else finetune_lib.FixedFeatures(fixed))
   return tuned.test_predictions, time.monotonic() - started
 
 
@@ -118,6 +125,10 @@ def main():
                       help='fine_tune_from values for the --frozen ensemble '
                       '(negative: counted from each member\'s end); empty: '
                       'none')
+  parser.add_argument('--ensemble_members', default='all',
+                      help='fine_tune_members values for the ensemble rows, '
+                      'separated by ";" (all: every member; empty: the '
+                      'first), e.g. "all;"')
   parser.add_argument('--epochs', type=int, default=DEFAULTS.fine_tune_epochs)
   parser.add_argument('--work', default='')
   parser.add_argument('--by_epoch', action='store_true',
@@ -142,9 +153,9 @@ def main():
   members = ensemble_lib.member_handles(args.frozen)
   vectors = {name: accuracy_bench.module_vectors(
       paths, name, os.path.join(work, 'bn'), args.module_cache_dir)[0]
-             for name in dict.fromkeys(members + [FINE_TUNE_MODULE])}
+             for name in dict.fromkeys(members + [LITE0])}
   frozen = ensemble_bottlenecks.combine([vectors[m] for m in members])
-  lite0 = vectors[FINE_TUNE_MODULE]
+  lite0 = vectors[LITE0]
   ok = frozen.ok & lite0.ok
   keep = np.flatnonzero(ok)
   paths = [paths[i] for i in keep]
@@ -153,7 +164,7 @@ def main():
   x_frozen = frozen.vectors[np.flatnonzero(ok[frozen.ok])]
   x_lite0 = lite0.vectors[np.flatnonzero(ok[lite0.ok])]
   plans = accuracy_bench.folds_of(y, None, args.folds, args.seed)
-  module = features.load_module(FINE_TUNE_MODULE, None, args.module_cache_dir)
+  module = features.load_module(LITE0, None, args.module_cache_dir)
   ensemble = (ensemble_lib.load(args.frozen, None, args.module_cache_dir)
               if args.ensemble_boundaries else None)
   print(f'{args.image_dir}: {len(paths)} images, {len(labels)} classes, '
@@ -176,17 +187,21 @@ def main():
     pred = lite0_head.logits(x_lite0[test_rows]).argmax(axis=1)
     correct.setdefault('lite0', []).append(int(np.sum(pred == y[test_rows])))
     for block in (int(b) for b in filter(None, args.boundaries.split(','))):
-      trace_test_by_epoch.name = f'{FINE_TUNE_MODULE} from block {block}'
+      trace_test_by_epoch.name = f'{LITE0} from block {block}'
       pred, took = fine_tune_fold(args, work, block, module, lite0_head,
                                   labels, paths, digests, y, rows)
       correct.setdefault(block, []).append(int(np.sum(pred == y[test_rows])))
       seconds.setdefault(block, []).append(took)
-    for block in (int(b) for b in filter(None,
-                                         args.ensemble_boundaries.split(','))):
-      trace_test_by_epoch.name = f'{args.frozen} from {block}'
+    for block, members in ((int(b), m) for b in filter(
+        None, args.ensemble_boundaries.split(','))
+                           for m in args.ensemble_members.split(';')):
+      name = f'ensemble {block}' + (f' ({members or "the first"} tuned)'
+                                    if members != 'all' else '')
+      trace_test_by_epoch.name = f'{args.frozen} from {block}' + (
+          f', {members or "the first member"} fine-tuned, the others fixed'
+          if members != 'all' else '')
       pred, took = fine_tune_fold(args, work, block, ensemble, head, labels,
-                                  paths, digests, y, rows)
-      name = f'ensemble {block}'
+                                  paths, digests, y, rows, members, x_frozen)
       correct.setdefault(name, []).append(int(np.sum(pred == y[test_rows])))
       seconds.setdefault(name, []).append(took)
     print(f'fold {f}: ' + ', '.join(f'{k} {v[-1]}/{len(test_rows)}'
@@ -203,11 +218,14 @@ def main():
               f'{sum(a == b for a, b in zip(per_fold, base))}/'
               f'{sum(a < b for a, b in zip(per_fold, base))}')
     title = {'frozen': f'{args.frozen} (frozen, L-BFGS head)',
-             'lite0': f'{FINE_TUNE_MODULE} (frozen, L-BFGS head)'}.get(
-                 name, f'{FINE_TUNE_MODULE} fine-tuned from block {name}')
+             'lite0': f'{LITE0} (frozen, L-BFGS head)'}.get(
+                 name, f'{LITE0} fine-tuned from block {name}')
     if str(name).startswith('ensemble '):
-      title = (f'{args.frozen} fine-tuned, every member from '
-               f'fine_tune_from {name.split()[1]}')
+      tuned = name.split('(')[1].split(' tuned')[0] if '(' in name else ''
+      title = (f'{args.frozen} fine-tuned, '
+               + (f'{tuned} from fine_tune_from {name.split()[1]}, the other '
+                  'members fixed' if tuned else
+                  f'every member from fine_tune_from {name.split()[1]}'))
     took = (f'{np.mean(seconds[name]):.0f}' if name in seconds else '-')
     print(f'| {title} | {100 * sum(per_fold) / total:.1f}% '
           f'({sum(per_fold)}/{total}) | {100 * low:.1f}-{100 * high:.1f}% '

@@ -249,6 +249,10 @@ flags.DEFINE_integer('fine_tune_patience', _D.fine_tune_patience,
                      'fine-tuning stops; 0 never stops early.')
 flags.DEFINE_float('fine_tune_label_smoothing', _D.fine_tune_label_smoothing,
                    'Label smoothing of the fine-tuning loss, in [0, 1).')
+flags.DEFINE_string('fine_tune_members', _D.fine_tune_members,
+                    'Members of an ensemble --tfhub_module to fine-tune: "" '
+                    'the first, "all", or handles separated by commas; the '
+                    'others keep their features.')
 # --- End of fine-tuning ----------------------------------------------------------
 
 
@@ -305,14 +309,6 @@ def config_from_flags(environ=os.environ) -> Config:
             for field in dataclasses.fields(Config)}
   if not FLAGS['module_cache_dir'].present and environ.get(MODULE_CACHE_ENV):
     values['module_cache_dir'] = environ[MODULE_CACHE_ENV]
-  if (values['fine_tune'] and FLAGS['tfhub_module'].present and
-      values['tfhub_module'] == DEFAULTS.tfhub_module):
-    # Given on purpose, the default ensemble is fine-tuned as an ensemble;
-    # its members spelt out, pipeline.fine_tune_module (which turns the
-    # unasked default into FINE_TUNE_MODULE) leaves it alone.
-    from retrain.features import ensemble_presets  # pylint: disable=g-import-not-at-top
-    values['tfhub_module'] = ensemble_presets.SEPARATOR.join(
-        ensemble_presets.member_handles(values['tfhub_module']))
   return Config(**values)
 
 

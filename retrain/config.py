@@ -20,11 +20,6 @@ from retrain import image_header
 from retrain.common import names
 from retrain.features import ensemble_presets, presets
 
-# The module --fine_tune trains when --tfhub_module is not given. Lite0 from
-# its last block meets the time targets (3,670 photos: 2:30 cold, 1:20
-# warm); fine-tuning the default ensemble costs ~4x its training (8:21 cold,
-# 4:39 warm) for no measured gain (docs/fine_tuning.md), so it is opt-in.
-FINE_TUNE_MODULE = 'efficientnet_lite0'
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -239,6 +234,13 @@ class Config:
   # set has near-zero cross entropy, so the top gets almost no gradient;
   # smoothing keeps it learning and keeps the logits from growing.
   fine_tune_label_smoothing: float = 0.0
+  # Which members of an ensemble --tfhub_module are fine-tuned: "" the
+  # first (Lite0 in the default ensemble), "all", or handles separated by
+  # commas. The others keep their features as they are and cost no
+  # training time: all three members' tops train ~4x slower than Lite0's
+  # (3,670 photos: 4:39 warm against the 3-minute target,
+  # docs/fine_tuning.md).
+  fine_tune_members: str = ''
 
   # --- Deployment: ONNX, quantization check, confidence (issue 19) ----------
   # An ONNX model ("" for none); needs the [onnx] extra (tf2onnx).

