@@ -1,6 +1,7 @@
 """Fine-tuning from cached activations against full fine-tuning.
 
   python bench/fine_tune.py DIR [--boundaries 11,13,15] [--epochs 6]
+      [--default]
 
 For each boundary (block of the bundled EfficientNet-Lite0 where the cut
 is), in its own process so that peak memory is its own: a cold run of the
@@ -12,7 +13,9 @@ hub.KerasLayer(trainable=True) on decoded images), for the ratio; with
 --full_batches N it is timed on N batches and scaled to the epoch.
 
 Both use a flipped copy of each training image (--flip_left_right,
---distorted_copies 1), the default fine-tuning settings otherwise. Prints
+--distorted_copies 1), the default fine-tuning settings otherwise. With
+--default, a row of the plain `--fine_tune` (every setting its default:
+the default ensemble, its first member's top trained) comes first. Prints
 wall time per phase, peak RSS, and validation/test accuracy before and
 after fine-tuning.
 """
@@ -62,16 +65,30 @@ def _peak_mib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _default_config(args, work, run_name):
+  """The plain --fine_tune: every other setting its default."""
+  import dataclasses
+
+  from retrain.config import DEFAULTS
+  return dataclasses.replace(
+      _config(args, work, DEFAULTS.fine_tune_from, run_name,
+              module=DEFAULTS.tfhub_module, epochs=DEFAULTS.fine_tune_epochs),
+      flip_left_right=False, distorted_copies=DEFAULTS.distorted_copies)
+
+
 def one_boundary(args, work, boundary) -> dict:
+  """Cold and warm runs from `boundary` (a block of Lite0, or 'default')."""
   row = {'boundary': boundary}
   for run_name in ('cold',) if args.skip_warm else ('cold', 'warm'):
-    result, tuned = _run(_config(args, work, boundary,
-                                 f'b{boundary}-{run_name}'))
+    result, tuned = _run(
+        _default_config(args, work, f'default-{run_name}')
+        if boundary == 'default' else
+        _config(args, work, boundary, f'b{boundary}-{run_name}'))
     history = tuned.fit.history
     trained = [p for p in history if p.epoch]
     row[run_name] = {
         'total_s': result.timings['total'],
-        'fine_tune_s': result.timings['fine_tune'],
+        'fine_tune_s': sum(tuned.timings.values()),
         'activations_s': tuned.timings.get('activations'),
         'train_s_per_epoch': (sum(p.seconds for p in trained) /
                               max(1, len(trained))),
@@ -82,7 +99,10 @@ def one_boundary(args, work, boundary) -> dict:
         'test_before': tuned.test_before,
         'test_after': tuned.test_after,
     }
-  row['activation_shape'] = tuned.metadata['fine_tuned']['activation_shape']
+  what = tuned.metadata['fine_tuned']
+  row['activation_shape'] = ' + '.join(
+      'x'.join(map(str, m.get('activation_shape', ['vectors'])))
+      for m in what.get('members', [what]))
   row['peak_rss_mib'] = _peak_mib()
   return row
 
@@ -134,6 +154,9 @@ def main():
   parser.add_argument('--work', default='')
   parser.add_argument('--one', default='', help=argparse.SUPPRESS)
   parser.add_argument('--skip_full', action='store_true')
+  parser.add_argument('--default', action='store_true',
+                      help='first a row of the plain --fine_tune (the '
+                      'default ensemble, default settings, no flips)')
   parser.add_argument('--skip_warm', action='store_true',
                       help='no warm re-run (halves the time)')
   args = parser.parse_args()
@@ -141,13 +164,16 @@ def main():
   logging.set_verbosity('warning')
   work = args.work or tempfile.mkdtemp(prefix='bench_fine_tune_')
   if args.one:
-    out = (full_fine_tuning(args, work) if args.one == 'full'
-           else one_boundary(args, work, int(args.one)))
+    out = (full_fine_tuning(args, work) if args.one == 'full' else
+           one_boundary(args, work, args.one if args.one == 'default'
+                        else int(args.one)))
     sys.stdout.write('RESULT ' + json.dumps(out) + '\n')
     return
 
   rows = []
-  jobs = args.boundaries.split(',') + ([] if args.skip_full else ['full'])
+  jobs = (['default'] if args.default else []) + list(
+      filter(None, args.boundaries.split(','))) + ([] if args.skip_full
+                                                    else ['full'])
   for job in jobs:
     cmd = [sys.executable, __file__, args.dir, '--one', job, '--work', work,
            '--epochs', str(args.epochs), '--full_batches',
@@ -174,7 +200,7 @@ def main():
       full = r
       continue
     c, w = r['cold'], r.get('warm', {'total_s': float('nan')})
-    print(f'| {job} | {"x".join(map(str, r["activation_shape"]))} '
+    print(f'| {job} | {r["activation_shape"]} '
           f'| {c["activations_s"]:.1f} | {c["train_s_per_epoch"]:.1f} '
           f'| {c["epochs_run"]} (best {c["best_epoch"]}) '
           f'| {c["total_s"]:.0f} | {w["total_s"]:.0f} '
@@ -187,7 +213,7 @@ def main():
           f'{full["batches_measured"]} batches) | 1 | {full["total_s"]:.0f} '
           f'| - | {full["peak_rss_mib"]:.0f} | - | - |')
     for job, r in rows:
-      if job != 'full':
+      if job not in ('full', 'default'):
         print(f'Train time per epoch, full / from block {job}: '
               f'{full["train_s_per_epoch"] / r["cold"]["train_s_per_epoch"]:.1f}x')
 
