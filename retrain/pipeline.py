@@ -194,12 +194,12 @@ def run(config: Config) -> RunResult:
     trained, intermediate = train(config, module, labels, images, split,
                                   train_x, train_y, computed.failures)
   with phases('evaluation'):
-    test, misclassified, explained = evaluate(config, labels, trained, images,
-                                              split)
+    reported = evaluate(config, labels, trained, images, split)
     # Fine-tuning (issue 16) before calibration (issue 19), so that the
     # exported (calibrated) head is the fine-tuned one.
-    module, trained, test, validation, tuned = fine_tune(
-        config, module, labels, trained, test, images, split, copies)
+    module, trained, reported, validation, tuned = fine_tune(
+        config, module, labels, trained, reported, images, split, copies)
+    test, misclassified, explained = reported
     confidence = calibrate(config, trained, *validation)
   with phases('export'):
     saved, deployment = export(config, module, labels, trained, test, images,
@@ -427,31 +427,70 @@ def evaluate(config: Config, labels: Sequence[str],
 
 
 def fine_tune(config: Config, module, labels: Sequence[str],
-              trained: train_lib.TrainResult, test: evaluate_lib.Evaluation,
+              trained: train_lib.TrainResult, reported: tuple,
               images: usable_lib.UsableImages, split: split_lib.Split,
               copies=None):
-  """Issue 16: fine-tunes the top of the module with the head. Returns
-  (module, trained, test, validation vectors, FineTuned): the fine-tuned
-  feature extractor and head, the test result with its accuracy, and the
-  validation set calibration reads: (vectors float32 [n, D] from the
-  fine-tuned network, their class ids int64 [n]).
-  copies: the training images' distorted copies (what ensemble members
-  left out by fine_tune_members train on), or None.
-  Without config.fine_tune: its arguments, the validation set's vectors
-  and class ids, and None (an earlier run's fine_tune report is moved
-  aside)."""
+  """Issue 16: fine-tunes the top of the module with the head.
+
+  Args:
+    reported: what `evaluate` returned for the head alone.
+    copies: the training images' distorted copies (what ensemble members
+      left out by fine_tune_members train on), or None.
+
+  Returns:
+    (module, trained, reported, validation, FineTuned): the fine-tuned
+    feature extractor and head; the test Evaluation, misclassified lines
+    and Explained of the fine-tuned network (its reports written over the
+    head's); the validation set calibration reads: (vectors float32 [n, D]
+    from the fine-tuned network, their class ids int64 [n]). Without
+    config.fine_tune: its arguments, the validation set's vectors and
+    class ids, and None (an earlier run's fine_tune report is moved
+    aside).
+  """
   if not config.fine_tune:
     finetune_lib.retire_report(config.report_dir)
-    return module, trained, test, (images.vectors[split.validation],
-                                   images.labels[split.validation]), None
+    return module, trained, reported, (images.vectors[split.validation],
+                                       images.labels[split.validation]), None
   tuned = finetune_lib.fine_tune(
       subset(finetune_lib.FineTuneOptions, config),
       subset(distort_lib.Distortions, config), module, trained.head, labels,
       images.paths, images.digests, images.labels, split,
       fixed=finetune_lib.FixedFeatures(images.vectors, copies))
-  return (tuned.module, dataclasses.replace(trained, head=tuned.head),
-          dataclasses.replace(test, accuracy=tuned.test_after),
+  trained = dataclasses.replace(trained, head=tuned.head)
+  return (tuned.module, trained, report_fine_tuned(config, labels, trained,
+                                                   reported[2], images, tuned),
           (tuned.validation_features, tuned.validation_labels), tuned)
+
+
+def report_fine_tuned(config: Config, labels: Sequence[str],
+                      trained: train_lib.TrainResult, explained,
+                      images: usable_lib.UsableImages,
+                      tuned: finetune_lib.FineTuned) -> tuple:
+  """(test Evaluation, misclassified lines, Explained) of the fine-tuned
+  network: the test accuracy line and the validation and test reports
+  again, as `evaluate` gave them for the head alone."""
+  test = evaluate_lib.evaluate(trained.head, tuned.test_features,
+                               tuned.test_labels, config.test_batch_size,
+                               seed=config.random_seed)
+  logging.info('%s', confidence.format_accuracy(
+      test.accuracy, test.count,
+      prefix='Final test accuracy after fine-tuning ='))
+  test_paths = [images.paths[i] for i in tuned.test_rows]
+  misclassified = evaluate_lib.format_misclassified(test, test_paths, labels)
+  if config.print_misclassified_test_images:
+    logging.info('=== MISCLASSIFIED TEST IMAGES (fine-tuned) ===')
+    for line in misclassified:
+      logging.info(line)
+  sets = {'validation': (tuned.validation_labels, trained.head.probabilities(
+      tuned.validation_features), [images.paths[i]
+                                   for i in tuned.validation_rows]),
+          'test': (test.labels, test.probabilities,
+                   [test_paths[r] for r in test.rows])}
+  metrics, wrong, files = explain_lib.set_reports(
+      subset(explain_lib.ReportOptions, config), labels, sets,
+      trained.history[-1].step if trained.history else 0, note=', fine-tuned')
+  return test, misclassified, dataclasses.replace(
+      explained, metrics=metrics, misclassified=wrong, report_files=files)
 
 
 def calibrate(config: Config, trained: train_lib.TrainResult,

@@ -606,6 +606,48 @@ def test_an_earlier_fine_tune_report_does_not_pass_for_this_runs(tmp_path):
   assert finetune_lib.retire_report('') is None
 
 
+def test_reports_after_fine_tuning_describe_the_fine_tuned_network(
+    tmp_path, caplog):
+  """The test accuracy line, the metrics, confusion and misclassified
+  files are written again from the fine-tuned features (rows of the items
+  fine-tuning had), over the head alone's."""
+  import types
+
+  from retrain import pipeline
+  from retrain.head.model import Head
+  from retrain.report import writer as explain_lib
+  labels = ['ant', 'bee', 'cat']
+  paths = [f'/photos/{i}.jpg' for i in range(8)]
+  eye = np.eye(3, dtype=np.float32)
+  tuned = types.SimpleNamespace(
+      test_features=eye[[0, 1, 2, 0]], test_labels=np.array([0, 1, 2, 1]),
+      test_rows=np.array([4, 5, 6, 7]),
+      validation_features=eye[[2, 1]], validation_labels=np.array([2, 0]),
+      validation_rows=np.array([2, 3]))
+  trained = types.SimpleNamespace(head=Head(5 * eye, np.zeros(3, np.float32)),
+                                  history=[])
+  config = shrunk_config(tmp_path, tmp_path / 'out', 'm')
+  caplog.set_level('INFO', logger='absl')
+  test, misclassified, explained = pipeline.report_fine_tuned(
+      config, labels, trained, explain_lib.Explained({}, [], [], 0),
+      types.SimpleNamespace(paths=paths), tuned)
+  assert test.accuracy == 0.75 and test.count == 4
+  assert ('Final test accuracy after fine-tuning = 75.0% (N=4'
+          in caplog.text)
+  assert misclassified == [
+      '/photos/7.jpg  predicted=ant (p=0.987)  true=bee']
+  report = pathlib.Path(config.report_dir)
+  assert json.loads((report / 'test_metrics.json').read_text())[
+      'accuracy'] == 0.75
+  assert json.loads((report / 'validation_metrics.json').read_text())[
+      'accuracy'] == 0.5
+  wrong = (report / 'misclassified_test.csv').read_text().splitlines()
+  assert [row.split(',')[:3] for row in wrong[1:]] == [
+      ['/photos/7.jpg', 'bee', 'ant']]
+  assert explained.metrics['test'].accuracy == 0.75
+  assert [m.path for m in explained.misclassified] == ['/photos/7.jpg']
+
+
 # --- End to end. ---------------------------------------------------------------------
 
 

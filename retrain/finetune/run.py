@@ -222,9 +222,11 @@ class FineTuned:
       the same inputs) and after fine-tuning; nan without a test set.
     test_predictions: int64 [n_test] class ids after fine-tuning.
     validation_features: float32 [n_val, D] pooled features of the
-      validation images from the fine-tuned network (for calibration),
-      validation_labels: int64 [n_val] their class ids (an image whose
-      activations could not be made is in neither).
+      validation images from the fine-tuned network (for calibration and
+      the reports), validation_labels: int64 [n_val] their class ids,
+      validation_rows: int64 [n_val] their indices into `paths` (an image
+      whose activations could not be made is in none of them); test_*
+      the same of the test images.
     metadata: what the export's retrain_metadata.json says about it.
     timings: seconds per phase ('activations', 'training').
   """
@@ -240,6 +242,10 @@ class FineTuned:
   timings: dict
   validation_features: Optional[np.ndarray] = None
   validation_labels: Optional[np.ndarray] = None
+  validation_rows: Optional[np.ndarray] = None
+  test_features: Optional[np.ndarray] = None
+  test_labels: Optional[np.ndarray] = None
+  test_rows: Optional[np.ndarray] = None
 
 
 def tuned_feature_module(module: FeatureModule, network) -> FeatureModule:
@@ -333,7 +339,8 @@ class _Plan:
   """One kind of fine-tuning, ready to train: the network (logits,
   features, top_variables, final_weights/biases), its batches (train by
   epoch, validation, test), steps per epoch, what it is (for the
-  metadata) and the seconds its data took."""
+  metadata), the seconds its data took and the rows (indices into the
+  paths) of the validation and test items its batches hold, in order."""
   network: tf.Module
   train_batches: Callable
   validation_batches: Callable
@@ -341,6 +348,7 @@ class _Plan:
   steps: int
   what: dict
   timings: dict
+  rows: dict
 
 
 def _identity(o: FineTuneOptions, module, head, labels, keys, y, split,
@@ -391,6 +399,8 @@ def _lite_plan(o: FineTuneOptions, distortions, module, head, paths, keys,
   started = time.monotonic()
   train_x, train_y, val, test = _lite_data(o, members, nets, paths, keys, y,
                                            split, distortions, fixed)
+  rows = {'validation': val[2], 'test': test[2]}
+  val, test = val[:2], test[:2]
   if len(members) == 1:
     network = nets[0]
     what = {k: v for k, v in described[0].items() if k != 'fine_tuned'}
@@ -413,7 +423,7 @@ def _lite_plan(o: FineTuneOptions, distortions, module, head, paths, keys,
       validation_batches=lambda: _array_batches(*val, batch * 4),
       test_batches=lambda: _array_batches(*test, batch * 4),
       steps=math.ceil(len(train_y) / batch), what=what,
-      timings={'activations': time.monotonic() - started})
+      timings={'activations': time.monotonic() - started}, rows=rows)
 
 
 def _hub_plan(o: FineTuneOptions, distortions, module, head, paths, keys, y,
@@ -451,7 +461,9 @@ def _hub_plan(o: FineTuneOptions, distortions, module, head, paths, keys, y,
       test_batches=subset_batches(split.test),
       steps=math.ceil(len(train_paths) / batch),
       what={'kind': 'whole module through hub.KerasLayer(trainable=True)',
-            'module': module.handle, 'from_block': None}, timings={})
+            'module': module.handle, 'from_block': None}, timings={},
+      rows={'validation': np.asarray(split.validation, np.int64),
+            'test': np.asarray(split.test, np.int64)})
 
 
 def _train_and_test(o: FineTuneOptions, plan: _Plan, identity: dict,
@@ -521,19 +533,26 @@ def fine_tune(o: FineTuneOptions, distortions: distort_lib.Distortions,
               learning_rate=o.fine_tune_learning_rate,
               test_accuracy_before=before, test_accuracy_after=after)
   network = plan.network
-  validation = [(network.pooled(x).numpy(), y.numpy())
-                for x, y in plan.validation_batches()]
+  width = network.final_weights.shape[0]
+
+  def pooled(batches):
+    """(features float32 [n, D], class ids int64 [n]) of the batches."""
+    both = [(network.pooled(x).numpy(), y.numpy()) for x, y in batches]
+    return (np.concatenate([x for x, _ in both] or
+                           [np.zeros((0, width), np.float32)]),
+            np.concatenate([y for _, y in both] or [np.zeros(0, np.int64)]))
+
+  validation, test = (pooled(plan.validation_batches()),
+                      pooled(plan.test_batches()))
   result = FineTuned(
       module=tuned_feature_module(module, network),
       head=Head(network.final_weights.numpy(), network.final_biases.numpy()),
       network=network, fit=fit, test_before=before, test_after=after,
       test_count=len(predictions), test_predictions=predictions,
       metadata={'fine_tuned': what}, timings=plan.timings,
-      validation_features=np.concatenate(
-          [x for x, _ in validation] or
-          [np.zeros((0, network.final_weights.shape[0]), np.float32)]),
-      validation_labels=np.concatenate([y for _, y in validation] or
-                                       [np.zeros(0, np.int64)]))
+      validation_features=validation[0], validation_labels=validation[1],
+      validation_rows=plan.rows['validation'], test_features=test[0],
+      test_labels=test[1], test_rows=plan.rows['test'])
   write_report(o.report_dir, result)
   return result
 
@@ -595,10 +614,12 @@ def _aligned(found: Sequence[activations_lib.Activations]):
 
 def _lite_data(o: FineTuneOptions, members, nets, paths, keys, y, split,
                distortions, fixed: Optional[FixedFeatures] = None):
-  """(train_x, train_y, (val_x, val_y), (test_x, test_y)); each x a tuple
-  with one float16 array [n, h, w, c] per member, training rows: originals
-  then copies. An image (or copy) that some member could not read (already
-  skipped for bottlenecks, so rare) is left out for all."""
+  """(train_x, train_y, (val_x, val_y, val_rows), (test_x, test_y,
+  test_rows)); each x a tuple with one float16 array [n, h, w, c] per
+  member (a fixed member's: float32 vectors [n, D]), training rows:
+  originals then copies; val_rows and test_rows int64 index `paths`. An
+  image (or copy) that some member could not read (already skipped for
+  bottlenecks, so rare) is left out for all."""
   train_idx = np.asarray(split.train)
   found, offset = [], 0
   for member, net in zip(members, nets, strict=True):
@@ -616,9 +637,9 @@ def _lite_data(o: FineTuneOptions, members, nets, paths, keys, y, split,
     indices = np.asarray(indices, np.int64)
     indices = indices[ok[indices]]
     return tuple(plain.values[r[indices]] for (plain, _), r in
-                 zip(found, rows, strict=True)), y[indices]
+                 zip(found, rows, strict=True)), y[indices], indices
 
-  train_x, train_y = subset(train_idx)
+  train_x, train_y, _ = subset(train_idx)
   val, test = subset(split.validation), subset(split.test)
   if distortions is not None:
     copies_ok, copy_rows = _aligned([copies for _, copies in found])

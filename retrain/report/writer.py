@@ -125,36 +125,55 @@ def finish(options: ReportOptions, labels: Sequence[str], head: Head, vectors: n
     step: the last training step, where final summaries are written.
     best_step: the step whose weights early stopping restored, if any.
   """
+  val_x, val_y = vectors[split.validation], y[split.validation]
+  sets = {
+      'validation': (val_y, head.probabilities(val_x) if len(val_y) else
+                     np.zeros((0, len(labels)), np.float32),
+                     [paths[i] for i in split.validation]),
+      'test': (test.labels, test.probabilities,
+               [paths[split.test[r]] for r in test.rows]),
+  }
+  metrics, wrong, files = set_reports(options, labels, sets, step, best_step)
+  shown = _projector(options, labels, head, vectors, y, split, paths,
+                     rel_paths)
+  return Explained(metrics, wrong, files, shown)
+
+
+def set_reports(options: ReportOptions, labels: Sequence[str], sets: dict,
+                step: int, best_step: Optional[int] = None, note: str = ''):
+  """The per-class metrics, confusion matrix and misclassified images of
+  each set, logged, written to report_dir and to TensorBoard at `step`.
+
+  Args:
+    sets: {'validation' or 'test': (class ids int64 [n], probabilities
+      float32 [n, N], files [n])}.
+    note: added to the TensorBoard titles (e.g. ', fine-tuned').
+
+  Returns:
+    (metrics by set, the test set's misclassified images, files written).
+  """
   metrics, files, wrong = {}, [], []
   summaries = options.summaries_dir
   writers = {s: tf.summary.create_file_writer(os.path.join(summaries, s))
              for s in ('validation', 'test')}
   try:
-    val_x, val_y = vectors[split.validation], y[split.validation]
-    sets = {
-        'validation': (val_y, head.probabilities(val_x) if len(val_y) else
-                       np.zeros((0, len(labels)), np.float32),
-                       [paths[i] for i in split.validation]),
-        'test': (test.labels, test.probabilities,
-                 [paths[split.test[r]] for r in test.rows]),
-    }
     for subset, (truth, probs, files_of_rows) in sets.items():
       if not len(truth):
         logging.info('The %s set is empty: no %s report.', subset, subset)
         continue
       m = report_lib.compute_metrics(truth, probs.argmax(axis=1), labels)
       metrics[subset] = m
-      _log_lines(f'Per-class metrics, {subset} set (N={m.count}):',
+      _log_lines(f'Per-class metrics, {subset} set (N={m.count}){note}:',
                  report_lib.format_metrics(m))
       _log_lines(f'Confusion matrix, {subset} set (rows: true class, '
-                 'columns: predicted):',
+                 f'columns: predicted){note}:',
                  report_lib.format_confusion(m.confusion, labels))
       mis = report_lib.misclassified(files_of_rows, truth, probs, labels)
       if subset == 'test':
         wrong = mis
       files += report_lib.write_reports(options.report_dir, subset, m, mis)
       writer = writers[subset]
-      title = f'{subset.capitalize()}, final'
+      title = f'{subset.capitalize()}, final{note}'
       if best_step is not None:
         title += f' (best weights, step {best_step})'
       tb.write_confusion_image(writer, m.confusion, labels, step, title=title)
@@ -166,14 +185,12 @@ def finish(options: ReportOptions, labels: Sequence[str], head: Head, vectors: n
                                   'f1_macro': m.macro['f1']}, step)
     if files:
       logging.info('Wrote the per-class metrics, confusion matrices and '
-                   'misclassified images to %s.', options.report_dir)
+                   'misclassified images%s to %s.', note,
+                   options.report_dir)
   finally:
     for w in writers.values():
       w.close()
-
-  shown = _projector(options, labels, head, vectors, y, split, paths,
-                     rel_paths)
-  return Explained(metrics, wrong, files, shown)
+  return metrics, wrong, files
 
 
 def _projector(options: ReportOptions, labels, head, vectors, y, split, paths,
