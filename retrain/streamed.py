@@ -63,7 +63,8 @@ def needed(config: Config, images: int, module=None) -> bool:
   warning.
 
   Raises:
-    DatasetError: a negative --max_vectors_in_memory.
+    DatasetError: a negative --max_vectors_in_memory, or fine_tune on a
+      run that would stream (fine-tuning holds its activations in memory).
   """
   if config.max_vectors_in_memory < 0:
     raise DatasetError(
@@ -78,6 +79,15 @@ def needed(config: Config, images: int, module=None) -> bool:
                     '(e.g. --tfhub_module efficientnet_lite0) to stream.',
                     config.max_vectors_in_memory)
     return False
+  if past and config.fine_tune:
+    raise DatasetError(
+        f'fine_tune holds the activations of every training image in '
+        f'memory, but this run\'s {expected_training_vectors(config, images)} '
+        f'training vectors are past max_vectors_in_memory='
+        f'{config.max_vectors_in_memory}, so it would stream from the cache: '
+        'fine-tune on a smaller folder, or raise max_vectors_in_memory if '
+        'the memory allows (about 20 KB per image from the last block).',
+        fields=('fine_tune', 'max_vectors_in_memory'))
   return past
 
 

@@ -285,3 +285,18 @@ def test_negative_budget_is_a_clear_error(tmp_path, fake_module):
   # 2000 images: 80% train, times 1 + 2 copies = 4800 > 1000.
   assert streamed.expected_training_vectors(config, 2000) == 4800
   assert streamed.needed(config, 2000) and not streamed.needed(config, 400)
+
+
+def test_fine_tuning_a_run_that_would_stream_is_refused(tmp_path, fake_module):
+  """Fine-tuning holds activations in memory: past the budget it is a
+  clear error before any slow work, not silently dropped by streaming."""
+  from retrain import streamed
+  from retrain.errors import DatasetError
+  from tests.conftest import shrunk_config
+  config = shrunk_config(tmp_path, tmp_path / 'out', fake_module,
+                         max_vectors_in_memory=1000, fine_tune=True)
+  assert not streamed.needed(config, 400)
+  with pytest.raises(DatasetError, match=r'fine_tune holds the activations '
+                     r'.* 1600 training vectors are past max_vectors_in_'
+                     r'memory=1000.*raise max_vectors_in_memory'):
+    streamed.needed(config, 2000)
