@@ -231,7 +231,8 @@ flags.DEFINE_bool('fine_tune', _D.fine_tune,
                   '(see docs/fine_tuning.md).')
 flags.DEFINE_integer('fine_tune_from', _D.fine_tune_from,
                      'First block fine-tuned (bundled EfficientNet-Lite '
-                     'modules); -1 for the default.')
+                     'modules); negative counts from the end: -1 the last '
+                     'block, -2 the last two.')
 flags.DEFINE_integer('fine_tune_epochs', _D.fine_tune_epochs,
                      'Fine-tuning epochs (early stopping may end sooner).')
 flags.DEFINE_float('fine_tune_learning_rate', _D.fine_tune_learning_rate,

@@ -132,7 +132,8 @@ def check_config(config: Config) -> None:
   distort_lib.check_settings(subset(distort_lib.Distortions, config),
                              config.distorted_copies)
   # Fine-tuning (issue 16).
-  finetune_lib.check_options(subset(finetune_lib.FineTuneOptions, config))
+  finetune_lib.check_options(subset(finetune_lib.FineTuneOptions, config),
+                             default_from=DEFAULTS.fine_tune_from)
   # Issue 17: a mistyped module is reported now, not after hashing.
   ensemble_lib.check_handles(config.tfhub_module, config.image_size,
                              config.trust_module)

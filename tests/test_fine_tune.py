@@ -107,7 +107,8 @@ def test_boundary_default_and_bad_values():
   assert lite_lib.check_boundary(11, lite0, 'Lite0') == 11
   assert lite_lib.check_boundary(16, lite0, 'Lite0') == 16  # head conv only
   with pytest.raises(DatasetError, match=r'fine_tune_from=17 .*blocks 0 to '
-                     r'15.*-1 for the default \(15\)'):
+                     r'15 \(16 means only the head conv; -1 to -16 count '
+                     r'from the last block\): pass one of those'):
     lite_lib.check_boundary(17, lite0, 'Lite0')
   # Negative: counted from the end (-1 the last block, -2 the last two).
   assert lite_lib.check_boundary(-2, lite0, 'Lite0') == 14
@@ -555,7 +556,8 @@ def test_bad_settings_fail_before_any_work(tmp_path, fake_module, caplog):
        f'{re.escape(fake_module)}: fine-tune that module alone'),
       (dict(tfhub_module='efficientnet_lite0,efficientnet_lite1',
             fine_tune_from=15),
-       r'fine_tune_from=15 names one block.*-1, the default'),
+       r'fine_tune_from=15 names one block.*-1: the last block; -2: the '
+       r'last two'),
       (dict(tfhub_module='efficientnet_lite0,efficientnet_lite1',
             fine_tune_from=-17), r'fine_tune_from=-17 is not a block of '
        'EfficientNet-Lite0'),
@@ -575,6 +577,16 @@ def test_bad_settings_fail_before_any_work(tmp_path, fake_module, caplog):
       finetune_lib.FineTuneOptions,
       dataclasses.replace(base, fine_tune_learning_rate=0.05)))
   assert 'fine_tune_learning_rate=0.05 is high' in caplog.text
+  # A block given for a module without blocks is ignored, with a warning;
+  # the default is not worth one.
+  for value, warned in ((DEFAULTS.fine_tune_from, False), (5, True)):
+    caplog.clear()
+    finetune_lib.check_options(subset(
+        finetune_lib.FineTuneOptions,
+        dataclasses.replace(base, fine_tune_from=value)),
+        default_from=DEFAULTS.fine_tune_from)
+    assert (f'fine_tune_from={value} is ignored: {fake_module} is not a '
+            'bundled EfficientNet-Lite' in caplog.text) == warned
 
 
 def test_a_class_without_validation_images_is_refused(caplog):
@@ -836,13 +848,13 @@ def test_bundled_ensemble_fine_tuning_end_to_end(tmp_path, caplog):
       tflite_output_file=str(tmp_path / 'out' / 'model.tflite'),
       module_cache_dir=os.environ.get('RETRAIN_MODULE_CACHE'))
   tuned = pipeline.run(config).fine_tuned
-  assert [m.block for m in tuned.network.members] == [15, 20]
+  assert [m.block for m in tuned.network.members] == [14, 19]
   meta = json.loads((pathlib.Path(config.saved_model_dir) /
                      'retrain_metadata.json').read_text())
   assert [(m['module'], m['from_block'], m['activation_shape'])
           for m in meta['fine_tuned']['members']] == [
-              ('efficientnet_lite0', 15, [7, 7, 192]),
-              ('efficientnet_lite1', 20, [8, 8, 192])]
+              ('efficientnet_lite0', 14, [7, 7, 192]),
+              ('efficientnet_lite1', 19, [8, 8, 192])]
   assert (meta['input_height'], meta['input_width']) == (240, 240)
 
   paths = sorted(str(p) for p in (tmp_path / 'images').rglob('*.jpg'))[:4]

@@ -46,18 +46,10 @@ def classify(network, features: tf.Tensor, training: bool,
   return tf.matmul(features, network.final_weights) + network.final_biases
 
 
-def default_boundary(blocks: List[efficientnet_lite.BlockSpec]) -> int:
-  """The last MBConv block (15 in Lite0, 20 in Lite1/2): its 7x7 input
-  makes a training step about 3.5x cheaper than from the first block of
-  the 7x7 stage (11 in Lite0), for the same accuracy within noise on
-  flowers_sample (5-fold) and sign_language_digits (docs/fine_tuning.md)."""
-  return len(blocks) - 1
-
-
 def check_boundary(block: int, blocks: List[efficientnet_lite.BlockSpec],
                    title: str) -> int:
   """The block to cut at: `block`, or for a negative -K the first of the
-  last K blocks (-1, the default: the last block).
+  last K blocks (-1: the last block; -2: the last two).
 
   Raises:
     DatasetError: naming the value and the accepted range.
@@ -69,7 +61,7 @@ def check_boundary(block: int, blocks: List[efficientnet_lite.BlockSpec],
         f'fine_tune_from={block} is not a block of {title}, which has '
         f'blocks 0 to {len(blocks) - 1} ({len(blocks)} means only the head '
         f'conv; -1 to -{len(blocks)} count from the last block): pass one '
-        f'of those, or -1 for the default ({default_boundary(blocks)}).',
+        'of those.',
         fields=('fine_tune_from',))
   return block
 

@@ -91,9 +91,12 @@ def _refuse(field: str, text: str):
   raise DatasetError(text, fields=(field,))
 
 
-def check_options(o: FineTuneOptions) -> None:
+def check_options(o: FineTuneOptions,
+                  default_from: Optional[int] = None) -> None:
   """Raises DatasetError for fine-tuning settings that cannot work; warns
-  about ones that probably will not. Does nothing unless fine_tune."""
+  about ones that probably will not (and about a fine_tune_from other than
+  `default_from`, the default, that a non-bundled module ignores). Does
+  nothing unless fine_tune."""
   if not o.fine_tune:
     return
   for name in ('fine_tune_epochs', 'fine_tune_batch_size'):
@@ -131,7 +134,7 @@ def check_options(o: FineTuneOptions) -> None:
     lite_lib.check_boundary(o.fine_tune_from,
                             efficientnet_lite.block_specs(variants[0]),
                             variants[0].title)
-  elif o.fine_tune_from != -1:
+  elif default_from is not None and o.fine_tune_from != default_from:
     logging.warning(
         'fine_tune_from=%d is ignored: %s is not a bundled EfficientNet-Lite '
         'module, so it has no block boundary to cut at and is fine-tuned '
@@ -161,8 +164,8 @@ def _check_ensemble(o: FineTuneOptions, members: Sequence[str],
     raise DatasetError(
         f'fine_tune_from={o.fine_tune_from} names one block, but the members '
         f'of {o.tfhub_module!r} have different numbers of blocks: pass a '
-        'count from each member\'s end (-1, the default: the last block; '
-        '-2: the last two).', fields=('fine_tune_from',))
+        'count from each member\'s end (-1: the last block; -2: the last '
+        'two; ...).', fields=('fine_tune_from',))
   for variant in variants:
     lite_lib.check_boundary(o.fine_tune_from,
                             efficientnet_lite.block_specs(variant),
