@@ -393,19 +393,24 @@ def train(config: Config, module, labels: Sequence[str],
 
 def report_test(config: Config, labels: Sequence[str],
                 test: evaluate_lib.Evaluation,
-                images: usable_lib.UsableImages, split: split_lib.Split
-                ) -> List[str]:
+                images: usable_lib.UsableImages, split: split_lib.Split,
+                test_paths: Optional[Sequence[str]] = None,
+                after: str = '') -> List[str]:
   """Logs the test accuracy (and each mistake when asked); returns the
-  misclassified lines. Also the streaming path's (retrain/streamed.py)."""
+  misclassified lines. Also the streaming path's (retrain/streamed.py).
+  test_paths: the file of each row test was evaluated on (default: the
+  split's test images); after: ' after fine-tuning' or ''."""
   # h15: retrain.py's line plus the Wilson 95% interval.
-  logging.info('%s', confidence.format_accuracy(test.accuracy, test.count))
+  logging.info('%s', confidence.format_accuracy(
+      test.accuracy, test.count, prefix=f'Final test accuracy{after} ='))
   hint = confidence.narrowing_hint(test.accuracy, test.count)
   if hint:
     logging.info('%s', hint)
   misclassified = evaluate_lib.format_misclassified(
-      test, images.paths_of(split.test), labels)
+      test, images.paths_of(split.test) if test_paths is None else test_paths,
+      labels)
   if config.print_misclassified_test_images:
-    logging.info('=== MISCLASSIFIED TEST IMAGES ===')
+    logging.info('=== MISCLASSIFIED TEST IMAGES%s ===', after.upper())
     for line in misclassified:
       logging.info(line)
   return misclassified
@@ -458,14 +463,14 @@ def fine_tune(config: Config, module, labels: Sequence[str],
       images.paths, images.digests, images.labels, split,
       fixed=finetune_lib.FixedFeatures(images.vectors, copies))
   trained = dataclasses.replace(trained, head=tuned.head)
-  return (tuned.module, trained, report_fine_tuned(config, labels, trained,
-                                                   reported[2], images, tuned),
+  return (tuned.module, trained, report_fine_tuned(
+      config, labels, trained, reported[2], images, split, tuned),
           (tuned.validation_features, tuned.validation_labels), tuned)
 
 
 def report_fine_tuned(config: Config, labels: Sequence[str],
                       trained: train_lib.TrainResult, explained,
-                      images: usable_lib.UsableImages,
+                      images: usable_lib.UsableImages, split: split_lib.Split,
                       tuned: finetune_lib.FineTuned) -> tuple:
   """(test Evaluation, misclassified lines, Explained) of the fine-tuned
   network: the test accuracy line and the validation and test reports
@@ -473,15 +478,9 @@ def report_fine_tuned(config: Config, labels: Sequence[str],
   test = evaluate_lib.evaluate(trained.head, tuned.test_features,
                                tuned.test_labels, config.test_batch_size,
                                seed=config.random_seed)
-  logging.info('%s', confidence.format_accuracy(
-      test.accuracy, test.count,
-      prefix='Final test accuracy after fine-tuning ='))
   test_paths = [images.paths[i] for i in tuned.test_rows]
-  misclassified = evaluate_lib.format_misclassified(test, test_paths, labels)
-  if config.print_misclassified_test_images:
-    logging.info('=== MISCLASSIFIED TEST IMAGES (fine-tuned) ===')
-    for line in misclassified:
-      logging.info(line)
+  misclassified = report_test(config, labels, test, images, split,
+                              test_paths, after=' after fine-tuning')
   sets = {'validation': (tuned.validation_labels, trained.head.probabilities(
       tuned.validation_features), [images.paths[i]
                                    for i in tuned.validation_rows]),

@@ -127,15 +127,26 @@ def test_only_the_top_is_trainable():
   assert not any(n.startswith(('block4/', 'stem/')) for n in names)
 
 
-def tiny_ensemble(classes=3, dropout=0.0):
-  """Two tiny members (32x32 cut at block 5, 40x40 at block 6) under one
-  classifier on their 2 x 1280 pooled features."""
-  members = [lite_lib.LiteNetwork(tiny_weights(0), 5, None, None),
-             lite_lib.LiteNetwork(tiny_weights(1, 40), 6, None, None)]
+def tiny_ensemble(classes=3, dropout=0.0, members=None):
+  """Two tiny members (by default 32x32 cut at block 5, 40x40 at block 6)
+  under one classifier on their 2 x 1280 pooled features."""
+  members = members or [
+      lite_lib.LiteNetwork(tiny_weights(0), 5, None, None),
+      lite_lib.LiteNetwork(tiny_weights(1, 40), 6, None, None)]
   rng = np.random.default_rng(2)
   head_w = rng.normal(0, 0.01, (2 * efficientnet_lite.FEATURE_DIM, classes))
   return lite_lib.EnsembleNetwork(members, head_w.astype(np.float32),
                                   np.zeros(classes, np.float32), dropout)
+
+
+def _one_adamw_step(net, xs):
+  """One AdamW step (rate 1e-2) of net.top_variables on xs, labels 0, 1."""
+  optimizer = train_lib.AdamW(net.top_variables, 0.0)
+  with tf.GradientTape() as tape:
+    loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+        tf.constant([0, 1], tf.int64), net.logits(xs, True)))
+  optimizer.apply(tape.gradient(loss, net.top_variables), net.top_variables,
+                  1e-2)
 
 
 def test_ensemble_network_trains_every_members_top_and_one_classifier():
@@ -165,12 +176,7 @@ def test_ensemble_network_trains_every_members_top_and_one_classifier():
   bottoms = [v.numpy().copy() for m in net.members
              for n, v in m.kernels.items() if not v.trainable]
   tops = [v.numpy().copy() for v in net.top_variables]
-  optimizer = train_lib.AdamW(net.top_variables, 0.0)
-  with tf.GradientTape() as tape:
-    loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-        tf.constant([0, 1], tf.int64), net.logits(xs, True)))
-  optimizer.apply(tape.gradient(loss, net.top_variables), net.top_variables,
-                  1e-2)
+  _one_adamw_step(net, xs)
   assert all(not np.array_equal(v.numpy(), t)
              for v, t in zip(net.top_variables, tops, strict=True))
   assert all(np.array_equal(v.numpy(), b) for v, b in zip(
@@ -184,10 +190,7 @@ def test_a_fixed_member_passes_its_vectors_and_exports_its_whole_network():
   tuned = lite_lib.LiteNetwork(tiny_weights(0), 5, None, None)
   fixed = lite_lib.FixedMember(tiny_weights(1, 40))
   assert fixed.activation_shape == (efficientnet_lite.FEATURE_DIM,)
-  head_w = np.random.default_rng(2).normal(
-      0, 0.01, (2 * efficientnet_lite.FEATURE_DIM, 3)).astype(np.float32)
-  net = lite_lib.EnsembleNetwork([tuned, fixed], head_w,
-                                 np.zeros(3, np.float32))
+  net = tiny_ensemble(members=[tuned, fixed])
   trainable = {v.ref() for v in net.top_variables}
   assert not any(v.ref() in trainable for v in fixed.trainable_variables)
   assert len(net.top_variables) == len(tuned.top_convs) + 2
@@ -204,12 +207,7 @@ def test_a_fixed_member_passes_its_vectors_and_exports_its_whole_network():
 
   before = [v.numpy().copy() for v in fixed.variables]
   tops = [v.numpy().copy() for v in net.top_variables]
-  optimizer = train_lib.AdamW(net.top_variables, 0.0)
-  with tf.GradientTape() as tape:
-    loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-        tf.constant([0, 1], tf.int64), net.logits(xs, True)))
-  optimizer.apply(tape.gradient(loss, net.top_variables), net.top_variables,
-                  1e-2)
+  _one_adamw_step(net, xs)
   assert all(np.array_equal(v.numpy(), b)
              for v, b in zip(fixed.variables, before, strict=True))
   assert all(not np.array_equal(v.numpy(), t)
@@ -642,7 +640,7 @@ def test_reports_after_fine_tuning_describe_the_fine_tuned_network(
   caplog.set_level('INFO', logger='absl')
   test, misclassified, explained = pipeline.report_fine_tuned(
       config, labels, trained, explain_lib.Explained({}, [], [], 0),
-      types.SimpleNamespace(paths=paths), tuned)
+      types.SimpleNamespace(paths=paths), None, tuned)
   assert test.accuracy == 0.75 and test.count == 4
   assert ('Final test accuracy after fine-tuning = 75.0% (N=4'
           in caplog.text)
