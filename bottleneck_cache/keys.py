@@ -23,7 +23,7 @@ import json
 import os
 import stat
 import threading
-from typing import BinaryIO, Optional
+from typing import BinaryIO, Callable, Optional
 
 import numpy as np
 from absl import logging
@@ -60,9 +60,12 @@ def stream_digest(f: BinaryIO) -> str:
   return digest.hexdigest()
 
 
-def file_digest(path: str) -> str:
-  """SHA-256 hex digest of a file's bytes (raises OSError if unreadable)."""
-  with open(path, 'rb') as f:
+def file_digest(path: str, opener: Optional[Callable[[str], BinaryIO]] = None
+                ) -> str:
+  """SHA-256 hex digest of a file's bytes (raises OSError if unreadable).
+  `opener(path)` opens it for binary reading (default: plain open; retrain
+  passes one that refuses special and oversized files)."""
+  with (opener(path) if opener else open(path, 'rb')) as f:
     return stream_digest(f)
 
 
@@ -122,9 +125,12 @@ class DigestMemo:
 
   Thread-safe for concurrent `digest` calls; call `save` between them (a
   run saves every so many files, so a killed run resumes from there).
+  `opener` opens a file to hash (see file_digest).
   """
 
-  def __init__(self, root: Optional[str]):
+  def __init__(self, root: Optional[str],
+               opener: Optional[Callable[[str], BinaryIO]] = None):
+    self._opener = opener
     self.path = os.path.join(root, MEMO_FILE) if root else None
     self._lock = threading.Lock()
     # The saved (or loaded) entries, sorted by path key; entries of this
@@ -184,7 +190,8 @@ class DigestMemo:
     value = self._lookup(key, stamp)
     if value is not None:
       return value
-    value = file_digest(real)
+    value = (file_digest(real, self._opener) if self._opener
+             else file_digest(real))
     with self._lock:
       self._pending.append((key, *stamp, value))
       if len(self._pending) >= _PENDING:

@@ -297,6 +297,10 @@ flags.DEFINE_integer('max_image_pixels', _D.max_image_pixels,
                      'pixels are skipped (JPEGs count at the 1/2, 1/4 or 1/8 '
                      'scale they are decoded at); raise it for genuine huge '
                      'images.')
+flags.DEFINE_bool('follow_outside_links', _D.follow_outside_links,
+                  'Follow links in --image_dir that lead out of it (e.g. '
+                  'class folders linked from another disk); off, they are '
+                  'skipped with a reason.')
 flags.DEFINE_bool('trust_module', _D.trust_module,
                   'Load a local --tfhub_module even if its graph can read or '
                   'write files or call Python (a SavedModel is code).')

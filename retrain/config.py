@@ -269,6 +269,10 @@ class Config:
   # phone or consumer camera takes and decodes to 150 MB of RGB; a few KB
   # can declare gigapixels.
   max_image_pixels: int = image_header.MAX_IMAGE_PIXELS
+  # Links inside image_dir that lead out of it (to another folder or disk)
+  # are skipped with a reason unless this allows them; links into /proc,
+  # /sys and /dev are refused always.
+  follow_outside_links: bool = False
   # A local SavedModel is code: one whose graph can read or write files or
   # call Python is refused unless this says it is trusted.
   trust_module: bool = False

@@ -232,6 +232,14 @@ def check_bytes(contents: bytes, size: Tuple[int, int],
 MAX_IMAGE_PIXELS = 50_000_000
 
 
+def max_file_bytes(max_pixels: int) -> int:
+  """The largest image file read at all, for a limit of `max_pixels`: 4
+  bytes per pixel (an uncompressed RGBA image) plus 1 MiB of headers and
+  metadata; 201 MiB at the default. Larger files are refused from their
+  size, before any byte is read."""
+  return 4 * max(1, int(max_pixels)) + (1 << 20)
+
+
 class DecodeBudget:
   """At most `limit` decoded pixels in flight across threads.
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import io
 import os
-import stat
 from typing import Sequence, Tuple
 
 import numpy as np
@@ -389,20 +388,18 @@ def load_image(path: str, size: Tuple[int, int],
                box=None) -> tf.Tensor:
   """Reads and decodes one file eagerly: float32 [h, w, 3] in [0, 1].
 
-  Only regular files are opened (a FIFO would block), and only images
-  within `max_pixels` are decoded (see decode_bytes). `box`: None for the
-  whole image, else its crop (see decode_and_resize).
+  Only regular files are opened (a FIFO would block), files of at most
+  image_header.max_file_bytes(max_pixels) bytes read, once, and only
+  images within `max_pixels` decoded (see decode_bytes). `box`: None for
+  the whole image, else its crop (see decode_and_resize).
 
   Raises:
     ImageError: the file cannot be read or is not a usable image; its
       `reason` says why.
   """
   try:
-    mode = os.stat(path).st_mode
-    if not stat.S_ISREG(mode):
-      raise ImageError(path, walk_lib.not_regular_reason(mode))
-    with open(path, 'rb') as f:
-      contents = f.read()
+    contents = walk_lib.read_file(path,
+                                  image_header.max_file_bytes(max_pixels))
   except OSError as e:
     raise ImageError(path, os_error_reason(path, e)) from e
   return decode_bytes(contents, size, path, max_pixels, box=box)
@@ -454,6 +451,8 @@ def _first_line(error: BaseException) -> str:
 
 def os_error_reason(path: str, error: OSError) -> str:
   """Why a file could not be opened: a broken link is named as one."""
+  if isinstance(error, walk_lib.FileRefused):
+    return error.reason
   if os.path.islink(path) and not os.path.exists(path):
     return (f'broken symbolic link (points to {os.readlink(path)!r}, which '
             'does not exist)')

@@ -4,7 +4,9 @@
 and, among them, every bad thing issue 14 found: a link to /dev/zero, a
 FIFO, a socket, a class folder linked to /, a symbolic link loop, a second
 path to one photo, a JPEG declaring 65000x65000, a 1-bit 20000x20000 PNG,
-and truncated JPEG and PNG files. Returns (good photo paths, {bad path:
+truncated JPEG and PNG files, a sparse 1 GiB `x.jpg` (0 bytes on disk),
+a file and a class folder whose names are not UTF-8, a photo and a class
+folder linked from outside the folder, and a link to /proc. Returns (good photo paths, {bad path:
 a word its skip reason must contain}). Used by the end-to-end test and by
 bench/hostile_folder.py.
 """
@@ -49,4 +51,21 @@ def make_hostile_folder(root, per_class=12):
   put(blue / 'huge.png', image_bombs.png_1bit(20000, 20000), 'megapixels')
   put(green / 'cut.jpg', image_bombs.truncated_jpeg(), 'truncated')
   put(red / 'cut.png', image_bombs.truncated_png(), 'truncated')
+  with open(blue / 'x.jpg', 'wb') as f:
+    f.truncate(1 << 30)  # sparse: 1 GiB of zeros, no disk used
+  bad[str(blue / 'x.jpg')] = 'over the limit of'
+  bad_name = os.fsdecode(os.fsencode(str(green)) + b'/\xff\xfe.jpg')
+  pathlib.Path(bad_name).write_bytes(pathlib.Path(good[0]).read_bytes())
+  bad[str(green) + '/\\xff\\xfe.jpg'] = 'not valid UTF-8'
+  os.mkdir(os.fsencode(str(root)) + b'/class\xff')
+  bad[str(root) + '/class\\xff'] = 'not valid UTF-8'
+  outside = root.parent / (root.name + '_elsewhere')
+  make_colour_dataset(outside, per_class=2)
+  os.symlink(outside / 'red', root / 'linked')
+  bad[str(root / 'linked')] = 'follow_outside_links=True'
+  os.symlink(outside / 'red' / os.listdir(outside / 'red')[0],
+             blue / 'linked.jpg')
+  bad[str(blue / 'linked.jpg')] = 'outside the image folder'
+  os.symlink('/proc/self', root / 'proc')
+  bad[str(root / 'proc')] = 'kernel file system'
   return good, bad

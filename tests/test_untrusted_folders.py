@@ -71,8 +71,29 @@ def test_folder_linked_from_outside_is_followed(tmp_path):
   root = tmp_path / 'img'
   _photos(root, classes=('a',))
   os.symlink(elsewhere / 'b', root / 'b')
-  dataset = discover.discover_images(str(root))
+  dataset = discover.discover_images(str(root), follow_outside_links=True)
   assert dataset.labels == ('a', 'b') and len(dataset.images) == 6
+
+
+def test_links_out_of_the_image_folder_are_refused_by_default(tmp_path):
+  """A class folder or a photo linked from outside is skipped, with the
+  setting that allows it named; /proc is refused even when allowed."""
+  elsewhere = tmp_path / 'other_disk'
+  _photos(elsewhere, classes=('b', 'c'))
+  root = tmp_path / 'img'
+  _photos(root, classes=('a', 'd'))
+  os.symlink(elsewhere / 'b', root / 'b')
+  os.symlink(elsewhere / 'c' / '0.jpg', root / 'a' / 'outside.jpg')
+  os.symlink('/proc/self', root / 'proc')
+  dataset = discover.discover_images(str(root))
+  assert dataset.labels == ('a', 'd') and len(dataset.images) == 6
+  skipped = _skipped(dataset)
+  assert 'outside the image folder' in skipped['b']
+  assert 'follow_outside_links=True' in skipped['a/outside.jpg']
+  assert 'kernel file system' in skipped['proc']
+  allowed = discover.discover_images(str(root), follow_outside_links=True)
+  assert allowed.labels == ('a', 'b', 'd') and len(allowed.images) == 10
+  assert 'kernel file system' in _skipped(allowed)['proc']
 
 
 def test_same_file_by_two_paths_used_once(tmp_path, caplog):

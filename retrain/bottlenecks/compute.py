@@ -6,8 +6,12 @@ re-run only computes images it has not seen. Images stream through a
 tf.data pipeline that decodes in parallel and overlaps decoding with the
 module, so memory stays flat however many images there are.
 
-A file that cannot be read or decoded is reported with its reason and left
-out; the run goes on. Files TensorFlow's decoder rejects get a second try,
+Each image file is read once per pass, bounded (retrain.common.walk
+.read_file: regular files only, at most image_header.max_file_bytes), and
+those very bytes are hashed, header-checked and decoded: bytes whose hash
+is not the key they were looked up under (the file changed since it was
+hashed) are never stored under that key. A file that cannot be read or
+decoded is reported with its reason and left out; the run goes on. Files TensorFlow's decoder rejects get a second try,
 after the parallel pass, through `retrain.images.load_image` (Pillow
 fallback: TIFF and other rarities), the very function inference uses.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import hashlib
 import os
 from typing import Optional, Sequence
 
@@ -28,6 +33,7 @@ import bottleneck_cache
 from retrain import image_header
 from retrain import images as images_lib
 from retrain.common import phases
+from retrain.common import walk as walk_lib
 from retrain.common.progress import Progress
 from retrain.errors import ImageError, OutputError
 from retrain.features import modules as features
@@ -166,10 +172,12 @@ def _hex_digests(found: np.ndarray, errors: dict) -> list:
 
 
 def _decode_error(path: str, size, box=None,
-                  max_pixels: int = image_header.MAX_IMAGE_PIXELS) -> str:
+                  max_pixels: int = image_header.MAX_IMAGE_PIXELS,
+                  digest: Optional[str] = None) -> str:
   """Why one file fails to decode (called only for the rare failures)."""
   try:
-    images_lib.load_image(path, size, max_pixels, box=box)
+    contents = read_checked(path, digest, size, max_pixels)
+    images_lib.decode_bytes(contents, size, path, max_pixels, box=box)
   except ImageError as e:
     return e.reason
   except Exception as e:  # pylint: disable=broad-except
@@ -178,12 +186,64 @@ def _decode_error(path: str, size, box=None,
   return 'could not be decoded'
 
 
+CHANGED_REASON = ('changed while this run read it (its bytes no longer '
+                  'match the hash taken when the run started); run again')
+
+
+def read_checked(path: str, digest: Optional[str], size,
+                 max_pixels: int) -> bytes:
+  """The bytes of image file `path`, read once and bounded, or ImageError.
+
+  Args:
+    path: the image file.
+    digest: its SHA-256 hex digest when hashed (its cache key), or None:
+      bytes with another digest are refused (the file changed).
+    size: the decoding target (h, w), for the header check.
+    max_pixels: see image_header.problem; the file may have at most
+      image_header.max_file_bytes(max_pixels) bytes.
+  """
+  try:
+    contents = walk_lib.read_file(path,
+                                  image_header.max_file_bytes(max_pixels))
+  except OSError as e:
+    raise ImageError(path, images_lib.os_error_reason(path, e)) from e
+  if digest is not None and hashlib.sha256(contents).hexdigest() != digest:
+    raise ImageError(path, CHANGED_REASON)
+  reason, _ = image_header.check_bytes(contents, size, max_pixels)
+  if reason:
+    raise ImageError(path, reason)
+  return contents
+
+
+def read_images(indices: Sequence[int], paths: Sequence[str],
+                digests: Optional[Sequence[str]], size, max_pixels: int,
+                reasons: dict) -> tf.data.Dataset:
+  """(int64 index, string bytes) of each of `indices` whose file passes
+  read_checked (paths[i], digests[i]), in order, read ahead on
+  _HASH_THREADS threads; the others get their reason in `reasons`."""
+  def read(i):
+    try:
+      return i, read_checked(paths[i], None if digests is None else
+                             digests[i], size, max_pixels)
+    except ImageError as e:
+      reasons[int(i)] = e.reason
+      return i, None
+
+  def generate():
+    for i, contents in map_ordered(read, [int(i) for i in indices],
+                                   _HASH_THREADS):
+      if contents is not None:
+        yield i, contents
+  return tf.data.Dataset.from_generator(generate, output_signature=(
+      tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.string)))
+
+
 def image_batches(items, load, batch_size: int) -> tf.data.Dataset:
   """Batches of `load(*item)` for the items of `items`, in order.
 
   Args:
     items: tensors whose first dimension runs over the items (as for
-      tf.data.Dataset.from_tensor_slices).
+      tf.data.Dataset.from_tensor_slices), or a tf.data.Dataset of them.
     load: (item tensors...) -> (index, float32 [h, w, 3] image) in graph ops.
     batch_size: items per batch.
 
@@ -197,7 +257,9 @@ def image_batches(items, load, batch_size: int) -> tf.data.Dataset:
   """
   options = tf.data.Options()
   options.autotune.enabled = False
-  return (tf.data.Dataset.from_tensor_slices(items)
+  source = (items if isinstance(items, tf.data.Dataset)
+            else tf.data.Dataset.from_tensor_slices(items))
+  return (source
           .map(load, num_parallel_calls=_DECODE_THREADS, deterministic=True)
           .ignore_errors()
           .batch(batch_size)
@@ -238,25 +300,11 @@ def run_module(module: FeatureModule, batches):
       batches, module.parallel_calls)
 
 
-def check_headers(paths: Sequence[str], size, max_pixels: int) -> list:
-  """Per path: why it must not be decoded (too large, truncated) or None.
-
-  Reads headers only (retrain.image_header), on the hashing threads: I/O
-  bound, and far cheaper than one decode.
-  """
-  def check(path):
-    try:
-      return image_header.check_file(path, size, max_pixels)[0]
-    except OSError:
-      return None  # The decoder reports unreadable files.
-  with concurrent.futures.ThreadPoolExecutor(_HASH_THREADS) as pool:
-    return list(pool.map(check, paths))
-
-
 def make_compute_fn(paths: Sequence[str], module: FeatureModule,
                     batch_size: int, reasons: Optional[dict] = None,
                     max_pixels: int = image_header.MAX_IMAGE_PIXELS,
-                    boxes: Optional[np.ndarray] = None):
+                    boxes: Optional[np.ndarray] = None,
+                    digests: Optional[Sequence[str]] = None):
   """A `bottleneck_cache.ComputeFn` that runs `module` on images `paths`.
 
   Args:
@@ -266,55 +314,42 @@ def make_compute_fn(paths: Sequence[str], module: FeatureModule,
     reasons: if given, filled with {index into paths: why it is unusable}
       for the images that no decoder could use.
     max_pixels: images whose header declares more decoded pixels than
-      this, or whose data ends early, are not decoded (reason recorded).
+      this, or whose data ends early, are not decoded (reason recorded);
+      files larger than image_header.max_file_bytes(max_pixels) not read.
     boxes: None for whole images, else float32 [len(paths), 4], the crop of
       each (see images.decode_and_resize).
+    digests: None, or the SHA-256 hex digest of each path (its cache key):
+      each file is read once and only bytes with that digest are used.
   """
   size = module.input_size
   reasons = {} if reasons is None else reasons
+  box_table = None if boxes is None else tf.constant(boxes, tf.float32)
+
+  def load(index, contents):
+    box = None if box_table is None else tf.gather(box_table, index)
+    return index, images_lib.decode_and_resize(contents, size, box)
 
   def compute(missing: Sequence[int]):
-    # Headers first: a few KB can declare gigapixels (retrain.image_header).
-    refused = check_headers([paths[i] for i in missing], size, max_pixels)
-    for i, reason in zip(missing, refused, strict=True):
-      if reason:
-        reasons[int(i)] = reason
-    missing = np.asarray([i for i, reason in zip(missing, refused, strict=True)
-                          if not reason], dtype=np.int64)
-    if not len(missing):
-      return
-    files = tf.constant([paths[i] for i in missing], tf.string)
-
-    if boxes is None:
-      items = (missing, files)
-
-      def load(index, path):
-        return index, images_lib.decode_and_resize(tf.io.read_file(path),
-                                                   size)
-    else:
-      items = (missing, files, tf.constant(boxes[missing], tf.float32))
-
-      def load(index, path, box):
-        return index, images_lib.decode_and_resize(tf.io.read_file(path),
-                                                   size, box)
-
-    # A file that fails to decode is dropped; the indices that come out tell
-    # which, and its reason is found afterwards.
-    dataset = image_batches(items, load, batch_size)
+    # One bounded read per file: hashed, header-checked and decoded bytes
+    # are the same (a few KB can declare gigapixels: retrain.image_header).
+    dataset = image_batches(
+        read_images(missing, paths, digests, size, max_pixels, reasons),
+        load, batch_size)
     done = set()
     for indices, vectors in run_module(module, dataset):
       done.update(indices.tolist())
       yield indices, vectors
-
-    # Second chance, one file at a time, for what TensorFlow rejected: few
-    # files, so the parallel pass above stays as fast as before.
+    # Second chance, one file at a time, for what TensorFlow rejected
+    # (Pillow: TIFF and rarities): few files, so the pass above stays fast.
     pending_indices, pending_images = [], []
-    for i in missing.tolist():
-      if i in done:
+    for i in [int(i) for i in missing]:
+      if i in done or i in reasons:
         continue
       try:
-        pending_images.append(images_lib.load_image(
-            paths[i], size, max_pixels,
+        contents = read_checked(paths[i], None if digests is None else
+                                digests[i], size, max_pixels)
+        pending_images.append(images_lib.decode_bytes(
+            contents, size, paths[i], max_pixels,
             box=None if boxes is None else boxes[i]))
         pending_indices.append(i)
       except ImageError as e:
@@ -336,20 +371,26 @@ def _cache_error(error: Exception) -> OutputError:
 
 
 def cache_keys(paths: Sequence[str], store: bottleneck_cache.BottleneckStore,
-                key_suffixes: Optional[Sequence[str]]):
+                key_suffixes: Optional[Sequence[str]],
+                max_pixels: int = image_header.MAX_IMAGE_PIXELS):
   """(cache key or OSError of each path, indices of the readable paths,
-  (path, reason) of the unreadable ones)."""
+  (path, reason) of the unreadable ones). Files larger than
+  image_header.max_file_bytes(max_pixels) are unreadable (never read)."""
   # The memo lives at the cache root: file digests do not depend on the
   # module, so every namespace shares it.
-  return content_keys(paths, os.path.dirname(store.directory), key_suffixes)
+  return content_keys(paths, os.path.dirname(store.directory), key_suffixes,
+                      max_pixels)
 
 
 def content_keys(paths: Sequence[str], cache_root: str,
-                 key_suffixes: Optional[Sequence[str]]):
+                 key_suffixes: Optional[Sequence[str]],
+                 max_pixels: int = image_header.MAX_IMAGE_PIXELS):
   """cache_keys with the cache's root folder instead of a store: needs no
   module, so a run hashes its files before loading one. The indices of the
   readable paths are int64 [m]."""
-  memo = bottleneck_cache.DigestMemo(cache_root)
+  max_bytes = image_header.max_file_bytes(max_pixels)
+  memo = bottleneck_cache.DigestMemo(
+      cache_root, lambda path: walk_lib.open_file(path, max_bytes))
   found, errors = _hash_compact(paths, memo)
   # The memo (72 bytes a file) goes before the hex strings (112 each) are
   # made: both at once were the peak of hashing a million files.
@@ -398,7 +439,8 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
       caller hashed the files already (an ensemble: once for all members).
   """
   digests, readable, failures = (keyed if keyed is not None else
-                                 cache_keys(paths, store, key_suffixes))
+                                 cache_keys(paths, store, key_suffixes,
+                                            max_pixels))
   failures = list(failures)  # appended to below; keyed may be shared
   keys = [digests[i] for i in readable]
   missing_count = len({k for k in keys if k not in store})
@@ -422,7 +464,8 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
   reasons = {}
   compute = make_compute_fn([paths[i] for i in readable], module, batch_size,
                             reasons, max_pixels,
-                            None if boxes is None else boxes[readable])
+                            None if boxes is None else boxes[readable],
+                            [key[:64] for key in keys])
   try:
     vectors, ok_readable, stats = store.get_or_compute(
         keys, compute, on_batch=progress.update, load=load_vectors)
@@ -437,7 +480,7 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
     i = readable[k]
     reason = reasons.get(int(k)) or _decode_error(
         paths[i], module.input_size, None if boxes is None else boxes[i],
-        max_pixels)
+        max_pixels, keys[k][:64])
     failures.append((paths[i], reason))
   for path, reason in failures:
     logging.warning('Skipping %s: %s', path, reason)

@@ -64,7 +64,8 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
   # The files are hashed once, for the shared pass and every member's
   # (by the caller, when it passes `keyed`).
   keyed = compute_args.pop('keyed', None) or bottlenecks_lib.cache_keys(
-      paths, stores[0], compute_args.get('key_suffixes'))
+      paths, stores[0], compute_args.get('key_suffixes'),
+      compute_args.get('max_pixels', image_header.MAX_IMAGE_PIXELS))
   shared = [0] * len(members)
   if compute_args.get('boxes') is None:  # crops: each member's own pass
     shared = shared_pass(paths, runners, stores, batch_size,
@@ -122,13 +123,6 @@ def shared_pass(paths: Sequence[str], runners: Sequence[FeatureModule],
     return [0] * len(stores)  # one member's own pass is as fast
   rows = np.flatnonzero(lacking.any(axis=1))
   sizes = [tuple(runner.input_size) for runner in runners]
-  refused = bottlenecks_lib.check_headers(
-      [paths[i] for i in first[rows]],
-      max(sizes, key=lambda s: s[0] * s[1]), max_pixels)
-  rows = np.array([r for r, reason in zip(rows, refused, strict=True)
-                   if not reason], dtype=np.int64)
-  if not len(rows):
-    return [0] * len(stores)
   try:
     for store, runner, column in zip(stores, runners, lacking[rows].T,
                                      strict=True):
@@ -144,20 +138,23 @@ def shared_pass(paths: Sequence[str], runners: Sequence[FeatureModule],
       'image once (%d images are already cached for every module).',
       len(runners), len(rows), len(keys) - len(rows))
   return _run_shared(paths, runners, stores, batch_size, sizes,
-                     [keys[r] for r in rows], first[rows], lacking[rows])
+                     [keys[r] for r in rows], first[rows], lacking[rows],
+                     max_pixels)
 
 
 def _run_shared(paths, runners, stores, batch_size: int, sizes, keys,
-                path_index: np.ndarray, lacking: np.ndarray) -> List[int]:
+                path_index: np.ndarray, lacking: np.ndarray,
+                max_pixels: int) -> List[int]:
   """The shared pass over len(keys) images: keys[k] of paths[path_index[k]]
-  lacked by the members where lacking[k] is True."""
+  lacked by the members where lacking[k] is True. Each file is read once,
+  and only bytes whose hash is their key are decoded (files it refuses
+  are left to the members' own passes, which record why)."""
   for runner in runners:
     if runner.prepare is not None:
       runner.prepare()  # before the progress clock starts
 
-  def load(k, path):
-    return (k, *images_lib.decode_and_resize_sizes(tf.io.read_file(path),
-                                                    sizes))
+  def load(k, contents):
+    return (k, *images_lib.decode_and_resize_sizes(contents, sizes))
 
   def compute(batch):
     k = batch[0].numpy()
@@ -168,10 +165,10 @@ def _run_shared(paths, runners, stores, batch_size: int, sizes, keys,
                   if len(rows) else None))
     return len(k), out
 
-  dataset = bottlenecks_lib.image_batches(
-      (np.arange(len(keys), dtype=np.int64),
-       tf.constant([paths[i] for i in path_index], tf.string)),
-      load, batch_size)
+  dataset = bottlenecks_lib.image_batches(bottlenecks_lib.read_images(
+      range(len(keys)), [paths[i] for i in path_index],
+      [key[:64] for key in keys], max(sizes, key=lambda s: s[0] * s[1]),
+      max_pixels, {}), load, batch_size)
   width = max(runner.parallel_calls for runner in runners)
   progress = Progress('Bottlenecks', len(keys))
   gained = [0] * len(runners)

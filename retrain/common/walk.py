@@ -1,17 +1,28 @@
 """Walking an untrusted folder: regular files only, each real folder once.
 
-Links are followed (people link data sets from other disks), but a folder
-reached twice (a link loop, or a second link) is walked once, a link to the
-image folder itself or to one of its ancestors ('/' included) is refused, and
-FIFOs, sockets and devices are skipped without being opened. Imports nothing
-of TensorFlow; shared by discovery and label_image.
+Links inside the image folder are followed. Links that lead out of it are
+refused unless the caller allows them (retrain's `follow_outside_links`:
+people link data sets from other disks); a link into a kernel file system
+(/proc, /sys, /dev) is refused always. A folder reached twice (a link loop,
+or a second link) is walked once, a link to the image folder itself or to
+one of its ancestors ('/' included) is refused, and FIFOs, sockets and
+devices are skipped without being opened.
+
+`open_file` and `read_file` are how an image file is read: refused
+unopened when it is not a regular file, lies on a kernel file system, or
+is larger than the caller's limit (checked again on the opened
+descriptor, and while reading: a file that grows is cut off). Imports
+nothing of TensorFlow; shared by discovery, the bottleneck step and
+label_image.
 """
 
 from __future__ import annotations
 
+import functools
+import io
 import os
 import stat
-from typing import Optional, Sequence
+from typing import BinaryIO, Optional, Sequence
 
 import numpy as np
 from absl import logging
@@ -38,6 +49,139 @@ def not_regular_reason(mode: int) -> str:
     if test(mode):
       return f'{name}, not a regular file; never opened'
   return 'not a regular file; never opened'
+
+
+# Kernel file systems: their files are not data (procfs files report a size
+# of 0 and then never end, /proc/self/pagemap is gigabytes).
+KERNEL_FOLDERS = ('/proc', '/sys', '/dev')
+
+
+@functools.lru_cache(maxsize=1)
+def _kernel_devices() -> frozenset:
+  devices = set()
+  for folder in KERNEL_FOLDERS[:2]:
+    try:
+      devices.add(os.stat(folder).st_dev)
+    except OSError:
+      pass
+  return frozenset(devices)
+
+
+def kernel_folder(real: str) -> Optional[str]:
+  """The kernel file system (/proc, /sys, /dev) real path `real` lies in,
+  or None."""
+  for folder in KERNEL_FOLDERS:
+    if real == folder or real.startswith(folder + '/'):
+      return folder
+  return None
+
+
+class FileRefused(OSError):
+  """A file that is not read, with the reason (`reason`, no path in it)."""
+
+  def __init__(self, path: str, reason: str):
+    super().__init__(reason)
+    self.path = path
+    self.reason = reason
+
+
+def too_large_reason(size: int, max_bytes: int) -> str:
+  return (f'{size / (1 << 20):,.1f} MiB, over the limit of '
+          f'{max_bytes / (1 << 20):,.0f} MiB per image file (4 bytes per '
+          'pixel of --max_image_pixels); never read. Raise '
+          '--max_image_pixels if the image is genuine')
+
+
+def _refusal(path: str, st: os.stat_result, max_bytes: int
+             ) -> Optional[FileRefused]:
+  if not stat.S_ISREG(st.st_mode):
+    return FileRefused(path, not_regular_reason(st.st_mode))
+  if st.st_dev in _kernel_devices():
+    return FileRefused(path, 'a file of the kernel (procfs or sysfs), not '
+                       'data; never opened')
+  if st.st_size > max_bytes:
+    return FileRefused(path, too_large_reason(st.st_size, max_bytes))
+  return None
+
+
+class _Limited(io.RawIOBase):
+  """A binary file that raises FileRefused past `limit` bytes."""
+
+  def __init__(self, f: BinaryIO, path: str, limit: int):
+    super().__init__()
+    self._f, self._path, self._limit, self._read = f, path, limit, 0
+
+  def readable(self) -> bool:
+    return True
+
+  def readinto(self, buffer) -> int:
+    n = self._f.readinto(buffer)
+    self._read += n or 0
+    if self._read > self._limit:
+      raise FileRefused(self._path, too_large_reason(self._read, self._limit))
+    return n
+
+  def close(self) -> None:
+    self._f.close()
+    super().close()
+
+
+def open_file(path: str, max_bytes: int) -> BinaryIO:
+  """`path` opened for binary reading, at most `max_bytes` readable.
+
+  Raises FileRefused, without opening it, for anything but a regular file
+  (a FIFO would block, /dev/zero never end), a file on a kernel file
+  system, or one larger than `max_bytes`; the checks are repeated on the
+  opened descriptor (the path may have been swapped meanwhile). Other
+  OSErrors (missing, no permission) propagate.
+  """
+  real = os.path.realpath(path)
+  folder = kernel_folder(real)
+  if folder:
+    raise FileRefused(path, f'leads into {folder} (a kernel file system, not '
+                      'data); never opened')
+  refused = _refusal(path, os.stat(real), max_bytes)
+  if refused:
+    raise refused
+  fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY |
+               getattr(os, 'O_CLOEXEC', 0))
+  try:
+    refused = _refusal(path, os.fstat(fd), max_bytes)
+    if refused:
+      raise refused
+    f = os.fdopen(fd, 'rb', buffering=0)
+  except BaseException:
+    os.close(fd)
+    raise
+  return io.BufferedReader(_Limited(f, path, max_bytes), 1 << 20)
+
+
+def read_file(path: str, max_bytes: int) -> bytes:
+  """All bytes of the image file `path`, read once (see open_file)."""
+  with open_file(path, max_bytes) as f:
+    return f.read()
+
+
+def undecodable_name(path: str) -> Optional[str]:
+  """For a path whose last name is not valid UTF-8 (os.listdir gives its
+  bad bytes as lone surrogates): the path with those bytes written as
+  \\xNN text, safe for logs and JSON; None for a good name."""
+  name = os.path.basename(path)
+  try:
+    name.encode('utf-8')
+    return None
+  except UnicodeEncodeError:
+    return printable_path(path)
+
+
+def printable_path(path: str) -> str:
+  """`path` with bytes that are not UTF-8 written as \\xNN text."""
+  return os.fsencode(path).decode('utf-8', 'backslashreplace')
+
+
+UNDECODABLE_REASON = ('its name is not valid UTF-8 (the bad bytes are shown '
+                      'as \\xNN); it cannot be written to labels, reports '
+                      'or exports: rename it to use it')
 
 
 # Files SeenFiles keeps in a dict before it merges them into its arrays.
@@ -97,9 +241,11 @@ class Walk:
   through a link from another class count once.
   """
 
-  def __init__(self, image_dir: str):
+  def __init__(self, image_dir: str, follow_outside_links: bool = True):
     self.image_dir = os.path.abspath(image_dir)
     real = os.path.realpath(image_dir)
+    self.real_dir = real
+    self.follow_outside_links = follow_outside_links
     # image_dir's real folder and every folder containing it, '/' included.
     self.ancestors = {real}
     while os.path.dirname(real) != real:
@@ -113,6 +259,20 @@ class Walk:
     logging.warning('Skipping %s: %s', path, reason)
     self.skipped.append((path, reason))
 
+  def outside(self, path: str, real: str) -> Optional[str]:
+    """Why the link `path` (leading to `real`) is not followed, or None."""
+    folder = kernel_folder(real)
+    if folder:
+      return (f'links to {real!r}, inside {folder} (a kernel file system, '
+              'not data); never opened')
+    if self.follow_outside_links or real == self.real_dir or (
+        real.startswith(self.real_dir.rstrip('/') + '/')):
+      return None
+    return (f'links to {real!r}, outside the image folder {self.image_dir!r}; '
+            'links out of the image folder are not followed unless you '
+            'allow them: set follow_outside_links=True if the folder is '
+            'yours (e.g. photos linked from another disk)')
+
   def enter(self, folder: str) -> bool:
     """Whether to walk `folder` (False, with the reason logged, if not)."""
     real = os.path.realpath(folder)
@@ -120,6 +280,10 @@ class Walk:
       self.skip(folder, f'links to {real!r}, which contains the image folder '
                 f'{self.image_dir!r}: walking it would list the whole disk '
                 'or the data set twice; link the data folder itself instead')
+      return False
+    why = self.outside(folder, real)
+    if why:
+      self.skip(folder, why)
       return False
     try:
       st = os.stat(folder)
@@ -164,6 +328,10 @@ def list_images(class_dir: str, image_dir: str,
       if name.startswith('.'):
         continue
       path = os.path.join(folder, name)
+      shown = undecodable_name(path)
+      if shown:
+        walk.skip(shown, UNDECODABLE_REASON)
+        continue
       try:
         st = os.stat(path)  # follows links; never opens the file
       except OSError:
@@ -176,6 +344,11 @@ def list_images(class_dir: str, image_dir: str,
       if st is not None and not stat.S_ISREG(st.st_mode):
         walk.skip(path, not_regular_reason(st.st_mode))
         continue
+      if os.path.islink(path):
+        why = walk.outside(path, os.path.realpath(path))
+        if why:
+          walk.skip(path, why)
+          continue
       rel = os.path.relpath(path, image_dir).replace(os.sep, '/')
       if st is not None:
         first = walk.files.first(st, rel)

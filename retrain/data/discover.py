@@ -27,6 +27,7 @@ from typing import Sequence
 
 from absl import logging
 
+from retrain.common import walk as walk_lib
 from retrain.common.walk import Walk, list_images
 from retrain.data import labels as labels_lib
 from retrain.errors import DatasetError
@@ -132,12 +133,15 @@ class Dataset:
 
 
 def discover_images(image_dir: str,
-                    extensions: Sequence[str] = IMAGE_EXTENSIONS) -> Dataset:
+                    extensions: Sequence[str] = IMAGE_EXTENSIONS,
+                    follow_outside_links: bool = False) -> Dataset:
   """Lists the images of a folder-per-class tree.
 
   Args:
     image_dir: folder holding one sub-folder per class.
     extensions: accepted file endings, lower case with the dot.
+    follow_outside_links: follow links that lead out of image_dir (see
+      retrain.common.walk); False skips them with a reason.
 
   Returns:
     A Dataset with at least two classes.
@@ -166,7 +170,12 @@ def discover_images(image_dir: str,
         f'a sub-folder named after the class, e.g. {image_dir}/roses/1.jpg.')
 
   labels, images, skipped = [], [], []
-  walk = Walk(image_dir)
+  walk = Walk(image_dir, follow_outside_links)
+  for name in list(class_names):
+    shown = walk_lib.undecodable_name(os.path.join(image_dir, name))
+    if shown:
+      walk.skip(shown, walk_lib.UNDECODABLE_REASON)
+      class_names.remove(name)
   for name in class_names:
     rel_paths = list_images(os.path.join(image_dir, name), image_dir,
                                    extensions, walk)

@@ -91,6 +91,7 @@ class LayoutOptions:
   validation_csv: str
   test_csv: str
   label_style: str
+  follow_outside_links: bool
 
 
 def check_layout_options(options: LayoutOptions) -> None:
@@ -138,9 +139,12 @@ def load_layout(options: LayoutOptions) -> Layout:
       folders = detect_split_folders(options.image_dir,
                                      options.image_layout == 'split_folders')
     if folders:
-      layout = _from_split_folders(options.image_dir, folders)
+      layout = _from_split_folders(options.image_dir, folders,
+                                   options.follow_outside_links)
     else:
-      dataset = discover.discover_images(options.image_dir)
+      dataset = discover.discover_images(
+          options.image_dir,
+          follow_outside_links=options.follow_outside_links)
       layout = Layout(dataset, skipped=dataset.skipped_files, description=(
           f'one folder per class under {dataset.image_dir}, split by the '
           'stable hash'))
@@ -186,14 +190,16 @@ def detect_split_folders(image_dir: str, forced: bool = False) -> Optional[dict]
   return {SPLIT_FOLDERS[lower]: name for lower, name in by_lower.items()}
 
 
-def _from_split_folders(image_dir: str, folders: dict) -> Layout:
+def _from_split_folders(image_dir: str, folders: dict,
+                        follow_outside_links: bool = False) -> Layout:
   image_dir = os.path.abspath(image_dir)
   train_dir = os.path.join(image_dir, folders[TRAIN])
-  train = discover.discover_images(train_dir)
+  train = discover.discover_images(
+      train_dir, follow_outside_links=follow_outside_links)
   labels = list(train.labels)
   entries = [(TRAIN, image.label, f'{folders[TRAIN]}/{image.rel_path}')
              for image in train.images]
-  walk = walk_lib.Walk(image_dir)
+  walk = walk_lib.Walk(image_dir, follow_outside_links)
   for subset in (VALIDATION, TEST):
     if subset not in folders:
       continue
