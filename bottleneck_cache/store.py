@@ -23,6 +23,14 @@ first, rename, then delete the parts), so a kill during the merge loses
 nothing either. A shard that cannot be read (disk trouble, a file copied
 half-way) is set aside and its vectors are recomputed, never fatal.
 
+Damage: every vector is checked when read (its row's CRC-32 over key and
+vector, and NaN/inf; `shards.bad_rows`). `get_or_compute` checks the
+vectors it is asked for before it returns: damaged ones are dropped from
+the index, logged, recomputed like missing ones, and the shards are then
+merged, which writes only whole vectors (the damaged shard is gone). Shards
+of older versions without checks are read, checked for NaN/inf only (said
+once in the log), and get checks when a merge rewrites them.
+
 Sharing: any number of processes, on one host or on several sharing the
 folder, may read and fill one namespace at once.
 - A merge deletes the shards it merged, which another process may be about
@@ -94,8 +102,11 @@ CLAIM_POLL_SECONDS = 0.25
 # enough.
 _VANISHED_RETRIES = 8
 # Bytes per row besides the vector: the key (a 64-character digest in
-# retrain) and HDF5's overhead, rounded up.
+# retrain), its check and HDF5's overhead, rounded up.
 KEY_BYTES = 96
+# Rounds of checking and recomputing damaged vectors in get_or_compute:
+# damage found in a vector just written means the disk itself is failing.
+_HEAL_ROUNDS = 3
 
 # compute(missing) -> iterable of (indices, vectors): `missing` are indices
 # into the keys passed to get_or_compute; each yielded batch says which of
@@ -188,6 +199,10 @@ class BottleneckStore:
       selects the namespace and is written beside the shards for humans.
   """
 
+  # Shards written by this class carry row checks (shards.CHECKS); a
+  # subclass that writes its own layout sets this False.
+  WRITES_CHECKS = True
+
   def __init__(self, root: str, description: dict):
     self.description = description
     self.directory = os.path.join(root, namespace_id(description))
@@ -205,7 +220,15 @@ class BottleneckStore:
     self._index: dict = {}
     self._dim: Optional[int] = None
     self._shards: list = []
+    self._checked: set = set()  # shards with row checks
+    self._damaged: set = set()  # shards a damaged vector was found in
     self._load_index()
+    unchecked = len(self._shards) - len(self._checked)
+    if unchecked and self.WRITES_CHECKS:
+      logging.info('%d bottleneck cache shard(s) in %s have no checksums '
+                   '(written by an older version): their vectors are checked '
+                   'for NaN and inf only until a merge rewrites them.',
+                   unchecked, self.directory)
 
   # -- public API --------------------------------------------------------------
 
@@ -225,7 +248,24 @@ class BottleneckStore:
 
     A shard that vanished since the index was read (merged away by another
     process) makes the store re-read the folder and try again.
+
+    Raises:
+      CacheError: some of the vectors are damaged (see the module doc);
+        they are dropped from the index, so get_or_compute recomputes them.
     """
+    out, bad = self._read(keys)
+    if bad.any():
+      damaged = [keys[i] for i in np.flatnonzero(bad)]
+      self._forget(damaged)
+      raise CacheError(
+          f'{len(damaged)} cached vectors in {self.directory!r} are damaged '
+          '(checksum mismatch, NaN or inf) and were dropped; run again to '
+          'recompute them.')
+    return out
+
+  def _read(self, keys: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
+    """(float32 [len(keys), dim], bool [len(keys)] damaged rows), re-reading
+    the folder when a shard vanished (see get)."""
     for attempt in range(_VANISHED_RETRIES + 1):
       try:
         return self._get(keys)
@@ -236,6 +276,28 @@ class BottleneckStore:
                       're-reading %s.', self.directory)
         self.reload()
     raise AssertionError('unreachable')
+
+  def damaged(self, keys: Sequence[str]) -> list:
+    """The keys (all in the store) whose vectors are damaged, read
+    _READ_CHUNK at a time."""
+    found = []
+    for start in range(0, len(keys), _READ_CHUNK):
+      part = keys[start:start + _READ_CHUNK]
+      _, bad = self._read(part)
+      found.extend(part[i] for i in np.flatnonzero(bad))
+    return found
+
+  def _forget(self, keys: Sequence[str]) -> None:
+    """Drops damaged vectors from the index (logged); their shards are
+    merged away after the next computation."""
+    shards_hit = {self._index[key][0] for key in keys if key in self._index}
+    self._damaged.update(shards_hit)
+    for key in keys:
+      self._index.pop(key, None)
+    logging.warning('Dropped %d damaged vectors (checksum mismatch, NaN or '
+                    'inf) from the bottleneck cache shard(s) %s in %s; they '
+                    'are recomputed.', len(keys), ', '.join(sorted(shards_hit)),
+                    self.directory)
 
   def put(self, keys: Sequence[str], vectors: np.ndarray) -> None:
     """Stores one batch as a new shard, atomically.
@@ -259,6 +321,8 @@ class BottleneckStore:
     name = self._write_shard(list(keys), vectors)
     self._dim = vectors.shape[1]
     self._shards.append(name)
+    if self.WRITES_CHECKS:
+      self._checked.add(name)
     for row, key in enumerate(keys):
       self._index[key] = (name, row)
 
@@ -293,21 +357,18 @@ class BottleneckStore:
     for i, key in enumerate(keys):
       first_of.setdefault(key, i)
     stats = Stats(requested=len(first_of))
-    missing = [i for key, i in first_of.items() if key not in self._index]
     attempted = set()
-    if missing:
-      try:
-        self._compute_missing(keys, missing, len(first_of), compute,
+    for _ in range(_HEAL_ROUNDS):
+      missing = [i for key, i in first_of.items() if key not in self._index]
+      if missing:
+        self._compute_or_full(keys, missing, len(first_of), compute,
                               on_batch, stats, attempted)
-      except CacheFullError as e:
-        # Say how much the whole remaining work needs, not just the batch.
-        left = len({keys[i] for i in missing} - set(self._index))
-        dim = self._dim or 0
-        raise CacheFullError(
-            self.directory, bytes_needed(left, dim, len(self._index)),
-            e.available, detail=f' for the {left} vectors still to compute '
-            f'({len(self._index)} are stored)') from e
-    if stats.computed:
+      # Damaged vectors (see the module doc) are dropped and computed again.
+      damaged = self.damaged([k for k in first_of if k in self._index])
+      if not damaged:
+        break
+      self._forget(damaged)
+    if stats.computed or self._damaged:
       self.tidy()
     ok = np.array([key in self._index for key in keys], dtype=bool)
     stats.failed = sum(1 for i in attempted if keys[i] not in self._index)
@@ -317,11 +378,28 @@ class BottleneckStore:
     vectors = self.get([k for k, good in zip(keys, ok, strict=True) if good])
     return vectors, ok, stats
 
+  def _compute_or_full(self, keys: list, missing: list, distinct: int,
+                       compute: ComputeFn, on_batch, stats: Stats,
+                       attempted: set) -> None:
+    """_compute_missing, a full disk worded for all the work left."""
+    try:
+      self._compute_missing(keys, missing, distinct, compute, on_batch,
+                            stats, attempted)
+    except CacheFullError as e:
+      # Say how much the whole remaining work needs, not just the batch.
+      left = len({keys[i] for i in missing} - set(self._index))
+      dim = self._dim or 0
+      raise CacheFullError(
+          self.directory, bytes_needed(left, dim, len(self._index)),
+          e.available, detail=f' for the {left} vectors still to compute '
+          f'({len(self._index)} are stored)') from e
+
   def tidy(self) -> None:
     """Merges the shards when there are more than MERGE_THRESHOLD (after
-    a computation: one shard per batch); a full disk leaves them as they
-    are, with a warning."""
-    if len(self._shards) <= MERGE_THRESHOLD:
+    a computation: one shard per batch), or when one held a damaged
+    vector; a full disk leaves them as they are, with a warning."""
+    if len(self._shards) <= MERGE_THRESHOLD and not (
+        self._damaged and len(self._shards) > 1):
       return
     try:
       self.merge()
@@ -339,10 +417,15 @@ class BottleneckStore:
       return
     started = time.time()
     keys = list(self._index)
-    vectors = self.get(keys)
+    vectors, bad = self._read(keys)
+    if bad.any():  # only whole vectors move into the merged shard
+      keys = [key for key, b in zip(keys, bad, strict=True) if not b]
+      vectors = vectors[~bad]
     old = list(self._shards)
     name = self._write_shard(keys, vectors)
     self._shards = [name]
+    self._checked = {name} if self.WRITES_CHECKS else set()
+    self._damaged = set()
     self._index = {key: (name, row) for row, key in enumerate(keys)}
     for shard in old:
       try:
@@ -356,15 +439,18 @@ class BottleneckStore:
     """Re-reads the folder: shards written or merged by other processes."""
     self._index = {}
     self._shards = []
+    self._checked = set()
     self._load_index()
 
   # -- internals ---------------------------------------------------------------
 
-  def _get(self, keys: Sequence[str]) -> np.ndarray:
+  def _get(self, keys: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
+    """_read without the retries."""
     missing = [k for k in keys if k not in self._index]
     if missing:
       raise KeyError(f'{len(missing)} keys not in the cache, e.g. {missing[0]}')
     out = np.empty((len(keys), self._dim or 0), dtype=np.float32)
+    bad = np.zeros(len(keys), bool)
     by_shard: dict = {}
     for i, key in enumerate(keys):
       shard, row = self._index[key]
@@ -385,14 +471,18 @@ class BottleneckStore:
         raise
       with f:
         vectors = f['vectors']
+        checks = f[shards.CHECKS] if shard in self._checked else None
         # Contiguous ranges are read in chunks; h5py's fancy indexing needs
         # increasing rows, which the sort above gives.
         for start in range(0, len(rows), _READ_CHUNK):
           chunk = rows[start:start + _READ_CHUNK]
+          to = dest[start:start + _READ_CHUNK]
           lo, hi = int(chunk[0]), int(chunk[-1]) + 1
-          block = vectors[lo:hi]
-          out[dest[start:start + _READ_CHUNK]] = block[chunk - lo]
-    return out
+          out[to] = vectors[lo:hi][chunk - lo]
+          bad[to] = shards.bad_rows(
+              [keys[i] for i in to], out[to],
+              None if checks is None else checks[lo:hi][chunk - lo])
+    return out, bad
 
   def _compute_missing(self, keys: list, missing: list, distinct: int,
                        compute: ComputeFn, on_batch, stats: Stats,
@@ -563,6 +653,7 @@ class BottleneckStore:
       # A shard vanished between listing and opening: a merge by another
       # process; its merged shard may have appeared after our listing.
       self._index, self._shards, self._dim = {}, [], None
+      self._checked = set()
 
   def _load_shards(self, names: Sequence[str]) -> bool:
     """Adds shards to the index; False if one vanished before it was read."""
@@ -572,6 +663,8 @@ class BottleneckStore:
         with h5py.File(path, 'r') as f:
           keys = [k.decode('utf-8') for k in f['keys'][...]]
           shape = f['vectors'].shape
+          checked = (shards.CHECKS in f and
+                     f[shards.CHECKS].shape == (len(keys),))
         if len(shape) != 2 or shape[0] != len(keys):
           raise ValueError(f'keys and vectors disagree: {len(keys)} vs {shape}')
         if self._dim is not None and shape[1] != self._dim:
@@ -584,6 +677,8 @@ class BottleneckStore:
       if keys:
         self._dim = shape[1]
       self._shards.append(name)
+      if checked:
+        self._checked.add(name)
       for row, key in enumerate(keys):
         self._index[key] = (name, row)
     return True

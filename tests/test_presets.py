@@ -175,6 +175,21 @@ def test_incomplete_cache_entry_is_rebuilt(tmp_path, fake_convert, caplog):
   assert os.listdir(tmp_path) == [os.path.basename(target)]
 
 
+def test_damaged_converted_module_is_rebuilt(tmp_path, fake_convert,
+                                            caplog):
+  """A converted folder whose file no longer matches the size and hash
+  recorded at conversion is converted again, not loaded."""
+  caplog.set_level(logging.WARNING, logger='absl')
+  target = presets.resolve_module('efficientnet_lite0', str(tmp_path))
+  with open(os.path.join(target, 'variables', 'variables.index'), 'w') as f:
+    f.write('fakf')  # same size, other bytes
+  assert presets.resolve_module('efficientnet_lite0', str(tmp_path)) == target
+  assert len(fake_convert) == 2
+  assert 'damaged' in caplog.text and 'SHA-256' in caplog.text
+  with open(os.path.join(target, 'variables', 'variables.index')) as f:
+    assert f.read() == 'fake'
+
+
 def test_failed_conversion_leaves_nothing_behind(tmp_path, monkeypatch):
 
   def convert(variant, export_dir):

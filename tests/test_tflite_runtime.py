@@ -153,3 +153,33 @@ def test_cores_are_shared_out_between_interpreters(fake_module, monkeypatch,
   call = tflite_runtime.TFLiteCall(path, module.input_size, 4)
   assert call.parallel_calls == interpreters
   assert made == [threads] * interpreters
+
+
+def test_a_half_written_tflite_is_converted_again_not_loaded(fake_module,
+                                                              caplog):
+  """A truncated converted file (a copy cut short, a full disk) fails its
+  size and hash record and is rebuilt; the interpreter never opens it."""
+  module = features.load_module(fake_module)
+  tflite_runtime.with_runtime(module, 'tflite')
+  path = tflite_runtime.tflite_file(module)
+  whole = open(path, 'rb').read()
+  with open(path, 'r+b') as f:
+    f.truncate(len(whole) // 2)
+  fast = tflite_runtime.with_runtime(module, 'tflite')
+  assert fast.call is not module.call
+  assert 'cannot be used' in caplog.text and 'bytes' in caplog.text
+  assert open(path, 'rb').read() == whole
+  assert not os.path.exists(path + '.failed')
+
+
+def test_a_failed_marker_of_another_tensorflow_is_retried(fake_module):
+  module = features.load_module(fake_module)
+  path = tflite_runtime.tflite_file(module)
+  with open(path + '.failed', 'w') as f:
+    f.write('unsupported op FancyOp\n')  # no version: an older marker
+  try:
+    fast = tflite_runtime.with_runtime(module, 'tflite')
+    assert fast.call is not module.call
+  finally:
+    if os.path.exists(path + '.failed'):
+      os.remove(path + '.failed')

