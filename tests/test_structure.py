@@ -40,11 +40,12 @@ LEVELS = (
 # --version and progress, and .walk the same loop-safe folder walk; they import absl, tqdm and retrain.version only
 # (tests/test_first_hour.py checks that label_image loads no other retrain
 # module). label_image --boxes reads VOC XML / CSV boxes as training does
-# (retrain.data.boxes, imported only with --boxes).
+# (retrain.data.boxes, imported only with --boxes); its loaders check a
+# model with retrain.features.module_safety (imported when loading).
 TOOLS_MAY_IMPORT = ('retrain.images', 'retrain.errors', 'retrain.version',
                     'retrain.common.cli', 'retrain.common.progress',
                     'retrain.common.walk', 'retrain.image_header',
-                    'retrain.data.boxes')
+                    'retrain.data.boxes', 'retrain.features.module_safety')
 MAX_FUNCTION_LINES = 80
 
 

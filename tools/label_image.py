@@ -192,6 +192,7 @@ def _load_saved_model(path: str, height, width) -> Tuple[Callable, tuple]:
         f'{path!r} is not a retrain export (no retrain_metadata.json): pass '
         'the --saved_model_dir that retrain wrote, or use --graph for a .pb '
         'or .tflite file.')
+  _check_model(path)
   loaded = tf.saved_model.load(path)
   serve = loaded.signatures['serving_default']
   size = _choose_size((meta['input_height'], meta['input_width']), height,
@@ -204,9 +205,20 @@ def _load_saved_model(path: str, height, width) -> Tuple[Callable, tuple]:
   return predict, size, meta['labels']
 
 
+def _check_model(path: str) -> None:
+  """Refuses a graph that can act (retrain/features/module_safety.py)
+  unless --trust_module is set."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  from retrain.features import module_safety  # pylint: disable=g-import-not-at-top
+  module_safety.check_model(path, 'trust_module' in flags.FLAGS and
+                            flags.FLAGS['trust_module'].value)
+
+
 def _load_frozen_graph(path: str, input_layer: str, output_layer: str,
                        height, width) -> Tuple[Callable, tuple]:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  _check_model(path)
   graph_def = tf.compat.v1.GraphDef()
   with open(path, 'rb') as f:
     try:
@@ -696,6 +708,8 @@ def _define_flags():
   flags.DEFINE_integer('max_image_pixels', MAX_IMAGE_PIXELS,
                        'Images whose decoded size would exceed this many '
                        'pixels are refused (as in retrain).')
+  flags.DEFINE_bool('trust_module', False, 'Load a model even if its graph '
+                    'can read or write files or run code (as in retrain).')
   # --- Crops to annotated boxes (retrain/data/boxes.py, docs/boxes.md) ---
   flags.DEFINE_string('boxes', None, 'A VOC XML or CSV file of boxes: '
                       'classify the crop of each box (one result per box) '
