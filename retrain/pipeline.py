@@ -89,6 +89,8 @@ class RunResult:
   # <report_dir>/deployment.json: calibration and quantization checks.
   deployment_report: Optional[str] = None
   fine_tuned: Optional[finetune_lib.FineTuned] = None
+  # How each validation figure and threshold was obtained (describe_figures).
+  figures: Optional[Dict[str, str]] = None
 
 
 def resolve_head_solver(config: Config) -> Config:
@@ -193,7 +195,8 @@ def run(config: Config) -> RunResult:
       phase.skip()
   with phases('training'):
     trained, intermediate = train(config, module, labels, images, split,
-                                  train_x, train_y, computed.failures)
+                                  train_x, train_y, computed.failures,
+                                  training_groups(split, copies))
   with phases('evaluation'):
     reported = evaluate(config, labels, trained, images, split)
     # Fine-tuning (issue 16) before calibration (issue 19), so that the
@@ -201,7 +204,7 @@ def run(config: Config) -> RunResult:
     module, trained, reported, validation, tuned = fine_tune(
         config, module, labels, trained, reported, images, split, copies)
     test, misclassified, explained = reported
-    confidence = calibrate(config, trained, *validation)
+    confidence = calibrate(config, trained, *validation, test=test)
   with phases('export'):
     saved, deployment = export(config, module, labels, trained, test, images,
                                split, intermediate, confidence,
@@ -220,7 +223,7 @@ def run(config: Config) -> RunResult:
       saved_model_dir=saved, timings=phases.timings, explained=explained,
       distorted_stats=copies.stats if copies is not None else None,
       peak_rss_mib=phases.peak_rss, deployment_report=deployment,
-      fine_tuned=tuned)
+      fine_tuned=tuned, figures=describe_figures(trained, tuned))
   write_run_summary(config, result)
   return result
 
@@ -335,6 +338,62 @@ def training_set(config: Config, runner, images: usable_lib.UsableImages,
   return train_x, train_y, copies
 
 
+def training_groups(split: split_lib.Split, copies) -> np.ndarray:
+  """int64 [m] group of each row training_set returned: row i of the
+  training images is group i, and each distorted copy joins its source's
+  (so held-out predictions hold an image and its copies out together)."""
+  own = np.arange(len(split.train), dtype=np.int64)
+  return own if copies is None else np.concatenate(
+      [own, np.asarray(copies.source, np.int64)])
+
+
+def held_out_validation(trained: train_lib.TrainResult,
+                        images: usable_lib.UsableImages,
+                        split: split_lib.Split) -> tuple:
+  """What calibration and the validation reports read, never predictions of
+  a head on images it trained on: (vectors float32 [n, D] or None, class
+  ids int64 [n], logits float32 [n, N] or None, how they were held out).
+
+  Without trained.held_out: the validation vectors (the head did not train
+  on them) and no logits. With it (the head trained on validation): the
+  out-of-fold logits of the training images (copies left out) and of the
+  validation images.
+  """
+  val_y = images.labels[split.validation]
+  held = trained.held_out
+  if held is None:
+    return (images.vectors[split.validation], val_y, None,
+            calibration_lib.VALIDATION_HELD_OUT)
+  rows = np.concatenate([np.arange(len(split.train)),
+                         held.n_train + np.arange(len(val_y))])
+  return (None, np.concatenate([images.labels[split.train], val_y]),
+          held.logits[rows], held.method)
+
+
+def describe_figures(trained: train_lib.TrainResult, tuned=None) -> dict:
+  """How each figure called validation, and each threshold, was obtained
+  (for the log and run_summary.json)."""
+  held = trained.held_out
+  if tuned is not None and tuned.metadata['fine_tuned'].get(
+      'kept_frozen_head'):
+    tuned = None
+  if tuned is not None:
+    source = ('the fine-tuned network on the validation images (it trained '
+              'on the training images only; the epoch was chosen on them)')
+  elif held is None:
+    source = calibration_lib.VALIDATION_HELD_OUT
+  else:
+    source = held.method
+  return {
+      'validation_metrics': source if held is None or tuned else (
+          f'the validation images\' {held.method}'),
+      'temperature_and_threshold': source if held is None or tuned else (
+          f'the training and validation images\' {held.method}'),
+      'test_metrics': 'the exported head on the test images, which nothing '
+                      'was fitted or chosen on',
+  }
+
+
 def train_settings(config: Config) -> train_lib.Settings:
   """What to train, from the config (also the streaming path's)."""
   return train_lib.Settings(
@@ -349,9 +408,10 @@ def train_settings(config: Config) -> train_lib.Settings:
 
 def train(config: Config, module, labels: Sequence[str],
           images: usable_lib.UsableImages, split: split_lib.Split,
-          train_x: np.ndarray, train_y: np.ndarray, failures):
+          train_x: np.ndarray, train_y: np.ndarray, failures,
+          groups: Optional[np.ndarray] = None):
   """Trains the head, writing TensorBoard summaries; returns (TrainResult,
-  the intermediate-graph hook or None)."""
+  the intermediate-graph hook or None). groups: training_groups."""
   writers = summaries_lib.Writers(config.summaries_dir)
   intermediate = export_formats.intermediate_hook(
       subset(export_formats.ExportOptions, config), module, labels)
@@ -377,7 +437,8 @@ def train(config: Config, module, labels: Sequence[str],
   try:
     # h15: the converging solver (None: this run trains with SGD).
     trained = solve_lib.maybe_solve(config, train_x, train_y, len(labels),
-                                    val_x, val_y, writers)
+                                    val_x, val_y, writers,
+                                    train_groups=groups)
     if trained is None:
       progress = Progress('Training', config.how_many_training_steps,
                           unit='steps')
@@ -425,10 +486,15 @@ def evaluate(config: Config, labels: Sequence[str],
                                images.labels[split.test],
                                config.test_batch_size, seed=config.random_seed)
   misclassified = report_test(config, labels, test, images, split)
+  held = trained.held_out
   explained = explain_lib.finish(
       subset(explain_lib.ReportOptions, config), labels, trained.head, images.vectors, images.labels, split,
       images.paths, images.rel_paths, test,
-      trained.history[-1].step if trained.history else 0, trained.best_step)
+      trained.history[-1].step if trained.history else 0, trained.best_step,
+      validation_probabilities=None if held is None else
+      calibration_lib.softmax(held.validation_logits).astype(np.float32))
+  for name, how in describe_figures(trained).items():
+    logging.info('How the run measured %s: %s.', name.replace('_', ' '), how)
   return test, misclassified, explained
 
 
@@ -455,14 +521,29 @@ def fine_tune(config: Config, module, labels: Sequence[str],
   """
   if not config.fine_tune:
     finetune_lib.retire_report(config.report_dir)
-    return module, trained, reported, (images.vectors[split.validation],
-                                       images.labels[split.validation]), None
+    return module, trained, reported, held_out_validation(
+        trained, images, split), None
+  # Fine-tuning chooses its epoch on validation, so it starts from a head
+  # that did not train on validation (the frozen head may have).
+  start = trained.train_only_head or trained.head
+  if trained.train_only_head is not None:
+    logging.info('Fine-tuning starts from the head fitted on the training '
+                 'images alone, so that its validation set stays held out.')
   tuned = finetune_lib.fine_tune(
       subset(finetune_lib.FineTuneOptions, config),
-      subset(distort_lib.Distortions, config), module, trained.head, labels,
+      subset(distort_lib.Distortions, config), module, start, labels,
       images.paths, images.digests, images.labels, split,
       fixed=finetune_lib.FixedFeatures(images.vectors, copies))
-  trained = dataclasses.replace(trained, head=tuned.head)
+  if tuned.fit.best_epoch == 0:
+    logging.info('Fine-tuning did not beat its starting head on held-out '
+                 'validation (it kept epoch 0), so the run keeps the frozen '
+                 'head%s.', ' (trained on training + validation)' if
+                 trained.train_only_head is not None else '')
+    tuned.metadata['fine_tuned']['kept_frozen_head'] = True
+    return module, trained, reported, held_out_validation(
+        trained, images, split), tuned
+  trained = dataclasses.replace(trained, head=tuned.head, held_out=None,
+                                train_only_head=None)
   return (tuned.module, trained, report_fine_tuned(
       config, labels, trained, reported[2], images, split, tuned),
           (tuned.validation_features, tuned.validation_labels), tuned)
@@ -494,15 +575,25 @@ def report_fine_tuned(config: Config, labels: Sequence[str],
 
 
 def calibrate(config: Config, trained: train_lib.TrainResult,
-              validation_x: np.ndarray, validation_y: np.ndarray
+              validation_x: Optional[np.ndarray], validation_y: np.ndarray,
+              logits: Optional[np.ndarray] = None,
+              held_out: str = calibration_lib.VALIDATION_HELD_OUT,
+              test: Optional[evaluate_lib.Evaluation] = None
               ) -> calibration_lib.Confidence:
-  """Issue 19: the temperature and the rejection threshold, chosen on the
-  validation set (vectors float32 [n, D], class ids [n]); logged and
+  """Issue 19: the temperature and the rejection threshold, chosen on
+  held-out images: validation vectors float32 [n, D] the head did not train
+  on, or out-of-fold `logits` float32 [n, N] (held_out_validation), with
+  class ids [n]; the test ECE before and after from `test`. Logged and
   written to TensorBoard."""
   options = subset(calibration_lib.ConfidenceOptions, config)
   confidence = calibration_lib.calibrate(
       trained.head, validation_x, validation_y, options.target_precision,
-      options.calibration_min_images, options.calibrate_confidence)
+      options.calibration_min_images, options.calibrate_confidence,
+      logits=logits, held_out=held_out)
+  if test is not None and test.count:
+    confidence = confidence.with_test(
+        np.log(np.maximum(test.probabilities.astype(np.float64), 1e-300)),
+        test.labels)
   deployment_report.log_confidence(confidence)
   deployment_report.write_tensorboard(
       config.summaries_dir, confidence,
@@ -570,5 +661,6 @@ def write_run_summary(config: Config, result: RunResult) -> str:
       'timings_seconds': result.timings,
       'peak_rss_mib_after_phase': result.peak_rss_mib,
       'saved_model_dir': result.saved_model_dir,
+      'how_measured': result.figures,
   }
   return atomic.write_json(path, summary)

@@ -1,7 +1,11 @@
 """Confidence you can act on: temperature scaling and a rejection threshold.
 
-Both are chosen on the validation set, after training, from the head's
-logits alone (float32 [n, N], column j is class id j), so they cost
+Both are chosen after training on held-out logits only (float32 [n, N],
+column j is class id j): the validation images when the head did not train
+on them, else the solver's out-of-fold logits (retrain.head.solver.HeldOut:
+each image predicted by a head that did not train on it). A head judged on
+its own training images looks right and sure of everything, which drives
+the temperature to its floor and the threshold to 0. They cost
 milliseconds and need no image.
 
 - Temperature scaling (Guo et al. 2017, "On calibration of modern neural
@@ -37,6 +41,8 @@ ECE_BINS = 15
 # the validation set, not the model, is being fitted.
 MIN_TEMPERATURE = 0.05
 MAX_TEMPERATURE = 20.0
+VALIDATION_HELD_OUT = ('the validation set, which the head did not train '
+                       'on')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +178,10 @@ class Confidence:
       (nats), which T minimises: after <= before.
     validation_count: images the choices were made on.
     skipped_reason: why nothing was calibrated, or None.
+    held_out: how the images the choices were made on were held out.
+    test_ece_before, test_ece_after: ECE on the test set (never used to
+      choose anything) of the trained and the calibrated head, in [0, 1];
+      None without test images. test_count: those images.
   """
   head: Head
   temperature: float = 1.0
@@ -186,40 +196,63 @@ class Confidence:
   cross_entropy_after: Optional[float] = None
   validation_count: int = 0
   skipped_reason: Optional[str] = None
+  held_out: str = VALIDATION_HELD_OUT
+  test_ece_before: Optional[float] = None
+  test_ece_after: Optional[float] = None
+  test_count: int = 0
 
   def metadata(self) -> dict:
     """JSON-ready fields (no head), as stored in every export."""
     data = dataclasses.asdict(self)
     del data['head']
-    data['method'] = 'temperature scaling on the validation set'
+    data['method'] = f'temperature scaling on held-out predictions: ' \
+                     f'{self.held_out}'
     return data
 
+  def with_test(self, logits: np.ndarray, y: np.ndarray) -> 'Confidence':
+    """This with the test ECE before and after, from the trained head's
+    test logits float [n, N] and class ids y [n]."""
+    if not len(y):
+      return self
+    return dataclasses.replace(
+        self, test_count=int(len(y)),
+        test_ece_before=expected_calibration_error(softmax(logits), y),
+        test_ece_after=expected_calibration_error(
+            softmax(np.asarray(logits, np.float64) / self.temperature), y))
 
-def calibrate(head: Head, x: np.ndarray, y: np.ndarray,
+
+def calibrate(head: Head, x: Optional[np.ndarray], y: np.ndarray,
               target_precision: float, min_images: int,
-              temperature_scaling: bool = True) -> Confidence:
-  """Calibrates `head` on validation vectors x float32 [n, D], y int [n].
+              temperature_scaling: bool = True,
+              logits: Optional[np.ndarray] = None,
+              held_out: str = VALIDATION_HELD_OUT) -> Confidence:
+  """Calibrates `head` on held-out images: class ids y int [n] and either
+  their vectors x float32 [n, D] (the head did not train on them) or
+  `logits` float [n, N] of heads that did not train on them (x unused).
 
-  With fewer than `min_images` validation images nothing is chosen (a
-  temperature and a threshold fitted to a handful of images mislead more
-  than they help): the head is returned as it is, with threshold 0.
+  With fewer than `min_images` images nothing is chosen (a temperature
+  and a threshold fitted to a handful of images mislead more than they
+  help): the head is returned as it is, with threshold 0.
   """
   y = np.asarray(y)
   if len(y) < min_images:
+    kind = 'validation' if logits is None else 'held-out'
     return Confidence(
         head=head, target_precision=target_precision,
-        validation_count=int(len(y)),
-        skipped_reason=(f'{len(y)} validation images; at least {min_images} '
+        validation_count=int(len(y)), held_out=held_out,
+        skipped_reason=(f'{len(y)} {kind} images; at least {min_images} '
                         'are needed to choose a temperature and a threshold '
                         '(raise validation_percentage or add images)'))
-  logits = head.logits(x)
+  given = logits is not None
+  logits = np.asarray(logits, np.float32) if given else head.logits(x)
   temperature = fit_temperature(logits, y) if temperature_scaling else 1.0
   calibrated = Head((head.weights / temperature).astype(np.float32),
                     (head.biases / temperature).astype(np.float32))
   before = softmax(logits)
   # As the exports compute them (float32 W / T, b / T), so the threshold
   # splits the validation images exactly as a client will.
-  after = calibrated.probabilities(x)
+  after = (softmax(logits / np.float32(temperature)) if given else
+           calibrated.probabilities(x))
   threshold, precision, coverage, met = rejection_threshold(
       after, y, target_precision)
   return Confidence(
@@ -230,4 +263,4 @@ def calibrate(head: Head, x: np.ndarray, y: np.ndarray,
       ece_after=expected_calibration_error(after, y),
       cross_entropy_before=cross_entropy(logits, y),
       cross_entropy_after=cross_entropy(logits / temperature, y),
-      validation_count=int(len(y)))
+      validation_count=int(len(y)), held_out=held_out)

@@ -47,8 +47,11 @@ def solver_markdown(result: solver_lib.SolverResult) -> str:
   return '\n'.join(lines)
 
 
-def write_report(report_dir: str, result: solver_lib.SolverResult) -> str:
-  """Writes <report_dir>/head_solver.json atomically; returns its path."""
+def write_report(report_dir: str, result: solver_lib.SolverResult,
+                 val_y: Optional[np.ndarray] = None) -> str:
+  """Writes <report_dir>/head_solver.json atomically; returns its path.
+  With val_y (class ids [m]) `held_out` has the held-out validation
+  accuracy and cross entropy."""
   os.makedirs(report_dir, exist_ok=True)
   path = os.path.join(report_dir, REPORT_FILE)
   data = dict(result.summary(), curve=[
@@ -56,6 +59,8 @@ def write_report(report_dir: str, result: solver_lib.SolverResult) -> str:
        'cross_entropy': p.cross_entropy,
        'validation_accuracy': p.validation_accuracy}
       for p in result.history])
+  if result.held_out is not None:
+    data['held_out'] = result.held_out.summary(val_y)
   tmp = f'{path}.tmp-{os.getpid()}'
   with open(tmp, 'w', encoding='utf-8') as f:
     json.dump(data, f, indent=2)
@@ -64,7 +69,8 @@ def write_report(report_dir: str, result: solver_lib.SolverResult) -> str:
 
 
 def _write_summaries(writers: summaries_lib.Writers,
-                     result: solver_lib.SolverResult, probabilities) -> None:
+                     result: solver_lib.SolverResult, probabilities,
+                     val_y: np.ndarray) -> None:
   with writers.train.as_default(step=0):
     tf.summary.text('head_solver', solver_markdown(result))
   for p in result.history:
@@ -75,6 +81,13 @@ def _write_summaries(writers: summaries_lib.Writers,
       with writers.validation.as_default(step=p.step):
         tf.summary.scalar('accuracy', p.validation_accuracy)
   last = result.history[-1].step if result.history else 0
+  held = result.held_out.summary(val_y) if result.held_out else {}
+  if result.refit and 'validation_accuracy' in held:
+    # The refitted head's own validation figures would flatter it: the
+    # held-out ones, at the last iteration.
+    with writers.validation.as_default(step=last):
+      tf.summary.scalar('accuracy', held['validation_accuracy'])
+      tf.summary.scalar('cross_entropy', held['validation_cross_entropy'])
   with writers.train.as_default(step=last):
     summaries_lib.histogram('final_layer/weights', result.head.weights)
     summaries_lib.histogram('final_layer/biases', result.head.biases)
@@ -84,7 +97,8 @@ def _write_summaries(writers: summaries_lib.Writers,
 def maybe_solve(config, train_x: np.ndarray, train_y: np.ndarray,
                 num_classes: int, val_x: np.ndarray, val_y: np.ndarray,
                 writers: Optional[summaries_lib.Writers] = None,
-                on_eval=None) -> Optional[train_lib.TrainResult]:
+                on_eval=None, train_groups: Optional[np.ndarray] = None
+                ) -> Optional[train_lib.TrainResult]:
   """The L-BFGS head when the run uses it, else None (train with SGD).
 
   Args:
@@ -95,6 +109,8 @@ def maybe_solve(config, train_x: np.ndarray, train_y: np.ndarray,
       The test set is not an argument: the solver never sees it.
     writers: TensorBoard writers, or None.
     on_eval: called with each EvalPoint of the final fit (the log lines).
+    train_groups: int [n] group of each training row (an image and its
+      distorted copies share one), for the held-out predictions.
   """
   if config.head_solver != 'lbfgs':  # resolved by pipeline.run
     return None
@@ -103,7 +119,8 @@ def maybe_solve(config, train_x: np.ndarray, train_y: np.ndarray,
                     '--head_solver lbfgs (it has no training steps).')
   result = solver_lib.fit_head(
       train_x, train_y, num_classes, val_x, val_y,
-      solver_lib.SolverOptions.from_config(config))
+      solver_lib.SolverOptions.from_config(config),
+      train_groups=train_groups)
   # Every iteration is in TensorBoard and the report; the log gets a few.
   for k in _spread(len(result.history), 10) if result.history else ():
     point = result.history[k]
@@ -115,10 +132,13 @@ def maybe_solve(config, train_x: np.ndarray, train_y: np.ndarray,
                    point.cross_entropy)
   if writers is not None:
     _write_summaries(writers, result,
-                     result.head.probabilities(train_x[:1000]))
-  path = write_report(config.report_dir, result)
+                     result.head.probabilities(train_x[:1000]), val_y)
+  path = write_report(config.report_dir, result, val_y)
   logging.info('The head solver\'s candidates and curves are in %s.', path)
-  return train_lib.TrainResult(result.head, result.history, None)
+  return train_lib.TrainResult(
+      result.head, result.history, None,
+      result.held_out if result.refit or len(val_y) == 0 else None,
+      result.train_only_head if result.refit else None)
 
 
 def _spread(count: int, cap: int) -> Sequence[int]:

@@ -38,6 +38,18 @@ Candidates are fitted from the strongest L2 to the weakest, each starting
 from the previous one's solution, which cuts the iterations of the grid
 several-fold.
 
+Held-out predictions (`HeldOut`): when the final head trained on
+validation (the refit, k-fold and single cases), its own predictions on
+those images would flatter it, so the chosen setting is cross-fitted: the
+rows of training + validation are dealt into `folds` folds (stratified by
+class, rows of one group, e.g. an image and its distorted copies, always
+together) and each fold is predicted by a head fitted on the others, warm
+started from the final fit (a few dozen iterations each). These
+out-of-fold logits are what every "validation" figure, the temperature,
+the rejection threshold and the novelty threshold are computed on. When
+the final head did not train on validation, its own validation logits are
+held out already.
+
 L-BFGS itself is a few lines of numpy (float64 state); the products with
 the vectors run in TensorFlow (float32). No scipy.
 """
@@ -169,6 +181,11 @@ class SolverResult:
     refit: True when the final fit used training + validation.
     reason: one sentence saying how and why the setting was chosen.
     seconds: wall time of choosing and fitting.
+    held_out: predictions of heads that did not train on the image, or
+      None when there are none (see HeldOut).
+    train_only_head: the chosen setting fitted on the training rows alone
+      (what fine-tuning starts from, so that its validation stays held
+      out); the final head itself when that did not train on validation.
   """
   head: Head
   history: List[EvalPoint]
@@ -178,6 +195,8 @@ class SolverResult:
   refit: bool
   reason: str
   seconds: float
+  held_out: Optional['HeldOut'] = None
+  train_only_head: Optional[Head] = None
 
   def summary(self) -> dict:
     """JSON-ready description (for the reports)."""
@@ -190,6 +209,9 @@ class SolverResult:
         'candidates': [dataclasses.asdict(c) for c in self.candidates],
         'final_fit_iterations': len(self.history),
         'seconds': self.seconds,
+        'held_out': (self.held_out.summary() if self.held_out else
+                     {'method': 'none: too few images for held-out '
+                                'predictions'}),
     }
 
 
@@ -426,6 +448,116 @@ def stratified_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
   return fold
 
 
+def group_folds(y: np.ndarray, groups: np.ndarray, folds: int,
+                seed: int) -> np.ndarray:
+  """int [n] fold of each row, as stratified_folds deals them, but dealing
+  groups (int [n], e.g. an image and its distorted copies share one) so a
+  group's rows always share a fold; a group's class is its first row's."""
+  _, first, inverse = np.unique(groups, return_index=True,
+                                return_inverse=True)
+  return stratified_folds(y[first], folds, seed)[inverse.ravel()]
+
+
+@dataclasses.dataclass
+class HeldOut:
+  """Predictions of heads that did not train on the image they predict.
+
+  Attributes:
+    logits: float32 [n_train + n_val, N], row i of [train_x; val_x] (the
+      order fit_head was given them); rows without a held-out prediction
+      are NaN (the training rows when the final head did not train on
+      validation: then only its validation logits are held out).
+    n_train: rows of train_x.
+    folds: folds cross-fitted, 0 when the final head's own validation
+      logits are used.
+    method: one sentence saying how the logits were obtained.
+    iterations: L-BFGS iterations the cross-fitting took.
+  """
+  logits: np.ndarray
+  n_train: int
+  folds: int
+  method: str
+  iterations: int = 0
+
+  @property
+  def validation_logits(self) -> np.ndarray:
+    """float32 [n_val, N]: the validation rows' held-out logits."""
+    return self.logits[self.n_train:]
+
+  def summary(self, val_y: Optional[np.ndarray] = None) -> dict:
+    """JSON-ready: the method, and with val_y the held-out validation
+    accuracy in [0, 1] and mean cross entropy (nats)."""
+    data = {'method': self.method, 'folds': self.folds,
+            'cross_fit_iterations': self.iterations}
+    if val_y is not None and len(val_y):
+      z = self.validation_logits.astype(np.float64)
+      z -= z.max(axis=1, keepdims=True)
+      log_norm = np.log(np.exp(z).sum(axis=1))
+      data.update(validation_count=int(len(val_y)),
+                  validation_accuracy=float(np.mean(z.argmax(1) == val_y)),
+                  validation_cross_entropy=float(np.mean(
+                      log_norm - z[np.arange(len(val_y)), val_y])))
+    return data
+
+
+def cross_fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray,
+              num_classes: int, chosen: Candidate, options: SolverOptions,
+              start: Optional[np.ndarray] = None
+              ) -> Optional[Tuple[np.ndarray, int, int]]:
+  """Out-of-fold logits of the chosen setting on x float32 [n, D], y [n].
+
+  Each fold (group_folds, up to options.folds, fewer when a class has
+  fewer groups) is predicted by a head fitted on the other folds, warm
+  started from `start` (the final fit's parameters).
+
+  Returns:
+    (logits float32 [n, N], folds, iterations summed), or None when some
+    class that has rows has fewer than two groups (nothing to hold out).
+  """
+  _, first = np.unique(groups, return_index=True)
+  per_class = np.bincount(y[first], minlength=num_classes)
+  folds = min(options.folds, int(per_class[per_class > 0].min()))
+  if folds < 2:
+    return None
+  fold = group_folds(y, groups, folds, options.seed)
+  logits = np.full((len(y), num_classes), np.nan, np.float32)
+  iterations = 0
+  for k in range(folds):
+    inside = fold != k
+    fit = _fit_one(x[inside], y[inside], num_classes, chosen.l2,
+                   chosen.label_smoothing, options, start=start)
+    logits[~inside] = fit.head().logits(x[~inside])
+    iterations += fit.iterations
+  return logits, folds, iterations
+
+
+def _held_out(final: '_Fit', refit: bool, train_x, train_y, val_x, val_y,
+              groups, num_classes: int, chosen: Candidate,
+              options: SolverOptions) -> Optional[HeldOut]:
+  """The HeldOut of fit_head's final fit (see the module docstring)."""
+  n_train = len(train_y)
+  if not refit:
+    logits = np.full((n_train + len(val_y), num_classes), np.nan,
+                     np.float32)
+    logits[n_train:] = final.head().logits(val_x)
+    return HeldOut(logits, n_train, 0, 'the head trained on the training '
+                   'images only, so its validation predictions are held out')
+  all_groups = np.concatenate([groups, np.max(groups, initial=-1) + 1 +
+                               np.arange(len(val_y))])
+  crossed = cross_fit(np.concatenate([train_x, val_x]),
+                      np.concatenate([train_y, val_y]), all_groups,
+                      num_classes, chosen, options, start=final.theta)
+  if crossed is None:
+    return None
+  logits, folds, iterations = crossed
+  return HeldOut(logits, n_train, folds, (
+      f'out-of-fold predictions, {folds}-fold cross-fitting on training + '
+      'validation: each image '
+      'predicted by a head of the chosen setting fitted on the other folds '
+      '(its distorted copies held out with it); the exported head trained '
+      'on all of them'), iterations)
+
+
 def _best(candidates: Sequence[Candidate]) -> Candidate:
   """Highest accuracy; ties: lower cross entropy, then stronger L2."""
   return min(candidates, key=lambda c: (-c.accuracy, c.cross_entropy, -c.l2))
@@ -498,8 +630,8 @@ def _choose(train_x, train_y, val_x, val_y, num_classes: int,
 
 def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
              val_x: np.ndarray, val_y: np.ndarray, options: SolverOptions,
-             on_iteration: Optional[Callable[[EvalPoint], None]] = None
-             ) -> SolverResult:
+             on_iteration: Optional[Callable[[EvalPoint], None]] = None,
+             train_groups: Optional[np.ndarray] = None) -> SolverResult:
   """Chooses the setting (see the module docstring) and fits the head.
 
   Args:
@@ -511,9 +643,13 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
       evaluation.
     options: the grid and the fitting limits.
     on_iteration: called with each iteration of the final fit.
+    train_groups: int [n] group of each training row (an image and its
+      distorted copies share one), so cross-fitting holds them out
+      together; None: every row its own group.
 
   Returns:
-    The SolverResult; its head scores class id j in column j.
+    The SolverResult; its head scores class id j in column j, its
+    held_out the out-of-fold predictions.
   """
   started = time.monotonic()
   check(options)
@@ -551,9 +687,21 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
   reason = f'{_describe(chosen)}: {reason}'
   if refit and len(val_y):
     reason += '; refitted on training + validation'
+  held_out = _held_out(
+      fit, refit, train_x, train_y, val_x, val_y,
+      np.arange(len(train_y)) if train_groups is None else np.asarray(
+          train_groups, np.int64), num_classes, chosen, options)
+  # (In the validation case the chosen candidate's fit on training is that
+  # head already: restarting from it stops at once.)
+  train_only = fit.head() if not (refit and len(val_y)) else _fit_one(
+      train_x, train_y, num_classes, chosen.l2, chosen.label_smoothing,
+      options, start=start if start is not None else fit.theta).head()
   seconds = time.monotonic() - started
   logging.info('Head solver (L-BFGS): %s; final fit %d iterations on %d '
                'images, %.1f s in all.', reason, fit.iterations, len(fit_y),
                seconds)
+  logging.info('Held-out predictions: %s.', held_out.method if held_out else
+               'none (too few images of some class to hold any out)')
   return SolverResult(fit.head(), history, list(candidates), chosen,
-                      selection, bool(refit and len(val_y)), reason, seconds)
+                      selection, bool(refit and len(val_y)), reason, seconds,
+                      held_out, train_only)

@@ -114,10 +114,16 @@ class EvalPoint:
 @dataclasses.dataclass
 class TrainResult:
   """best_step: the evaluation step whose weights `head` holds when early
-  stopping restored them, else None (the weights after the last step)."""
+  stopping restored them, else None (the weights after the last step).
+  held_out: the converging solver's retrain.head.solver.HeldOut when the
+  head trained on validation (None: `head`'s own validation predictions
+  are held out, as SGD's are); train_only_head: the same setting fitted on
+  the training images alone (None: `head` is)."""
   head: Head
   history: List[EvalPoint]
   best_step: Optional[int] = None
+  held_out: Optional[object] = None
+  train_only_head: Optional[Head] = None
 
 
 def eval_steps(total_steps: int, interval: int) -> List[int]:

@@ -32,10 +32,14 @@ def log_confidence(confidence: Confidence) -> None:
                  'chosen: %s.', confidence.skipped_reason)
     return
   logging.info(
-      'Calibration on %d validation images: temperature %.3f, expected '
+      'Calibration on %d held-out images (%s): temperature %.3f, expected '
       'calibration error (ECE) %.4f before, %.4f after.',
-      confidence.validation_count, confidence.temperature,
-      confidence.ece_before, confidence.ece_after)
+      confidence.validation_count, confidence.held_out,
+      confidence.temperature, confidence.ece_before, confidence.ece_after)
+  if confidence.test_ece_after is not None:
+    logging.info('Test set (N=%d, used for nothing else): ECE %.4f before '
+                 'calibration, %.4f after.', confidence.test_count,
+                 confidence.test_ece_before, confidence.test_ece_after)
   text = (f'Rejection threshold {confidence.threshold:.4f}: validation '
           f'precision {100 * confidence.precision:.1f} % on the '
           f'{100 * confidence.coverage:.1f} % of images at or above it '

@@ -109,7 +109,9 @@ def _log_lines(title: str, lines: Sequence[str]) -> None:
 def finish(options: ReportOptions, labels: Sequence[str], head: Head, vectors: np.ndarray,
            y: np.ndarray, split, paths: Sequence[str],
            rel_paths: Sequence[str], test, step: int,
-           best_step: Optional[int] = None) -> Explained:
+           best_step: Optional[int] = None,
+           validation_probabilities: Optional[np.ndarray] = None
+           ) -> Explained:
   """Reports on the trained head.
 
   Args:
@@ -124,11 +126,17 @@ def finish(options: ReportOptions, labels: Sequence[str], head: Head, vectors: n
       split.test).
     step: the last training step, where final summaries are written.
     best_step: the step whose weights early stopping restored, if any.
+    validation_probabilities: float32 [n_val, N] held-out probabilities of
+      the validation images, when `head` trained on them (out-of-fold
+      predictions); None: the head's own (it did not train on them).
   """
   val_x, val_y = vectors[split.validation], y[split.validation]
+  if validation_probabilities is None:
+    validation_probabilities = (
+        head.probabilities(val_x) if len(val_y) else
+        np.zeros((0, len(labels)), np.float32))
   sets = {
-      'validation': (val_y, head.probabilities(val_x) if len(val_y) else
-                     np.zeros((0, len(labels)), np.float32),
+      'validation': (val_y, validation_probabilities,
                      [paths[i] for i in split.validation]),
       'test': (test.labels, test.probabilities,
                [paths[split.test[r]] for r in test.rows]),

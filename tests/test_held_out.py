@@ -1,0 +1,114 @@
+"""Figures called validation, the temperature and the rejection threshold
+come from predictions of heads that did not train on the image: the
+solver's out-of-fold logits when the final head trained on validation."""
+
+import dataclasses
+import json
+import types
+
+import numpy as np
+
+from retrain import pipeline
+from retrain.config import DEFAULTS
+from retrain.head import calibration, solve, solver
+
+OPTIONS = solver.SolverOptions.from_config(DEFAULTS)
+
+
+def _overlapping(n_per_class, classes=3, dim=120, spread=5.0, seed=0):
+  """Gaussian classes that overlap (a held-out head is right about 2/3 of
+  the time) in so many dimensions that a head fitted on them is right on
+  every one of its own images."""
+  rng = np.random.default_rng(seed)
+  centres = rng.normal(0, 1, (classes, dim))
+  y = np.repeat(np.arange(classes), n_per_class)
+  x = centres[y] + rng.normal(0, spread, (len(y), dim))
+  return x.astype(np.float32), y
+
+
+def test_cross_fit_never_predicts_an_image_with_a_head_that_trained_on_it(
+    monkeypatch):
+  x, y = _overlapping(12, dim=6, spread=1.0)
+  # Column 0 names the group (an image and its distorted copy share one).
+  groups = np.concatenate([np.arange(len(y)), np.arange(0, len(y), 3)])
+  y = np.concatenate([y, y[::3]])
+  x = np.concatenate([x, x[::3] + 0.01])
+  x[:, 0] = groups
+  trained_on = []
+  real_fit = solver._fit_one
+
+  def spy(fx, *args, **kwargs):
+    trained_on.append(set(fx[:, 0].astype(int)))
+    return real_fit(fx, *args, **kwargs)
+
+  monkeypatch.setattr(solver, '_fit_one', spy)
+  logits, folds, _ = solver.cross_fit(x, y, groups, 3, solver.Candidate(
+      0.1, 0.0), OPTIONS)
+  assert folds == OPTIONS.folds and len(trained_on) == folds
+  assert not np.isnan(logits).any()
+  fold = solver.group_folds(y, groups, folds, OPTIONS.seed)
+  for k, seen in enumerate(trained_on):
+    held = set(groups[fold == k])
+    assert held and not held & seen  # Copies held out with their source.
+
+
+def _solved(tmp_path, overlap_seed=0):
+  """A run's pieces after the default solver on overlapping classes: the
+  refitted head is right on all its validation images."""
+  x, y = _overlapping(45, seed=overlap_seed)
+  fold = solver.stratified_folds(y, 3, seed=1)
+  train, val, test = (np.flatnonzero(fold == k) for k in range(3))
+  config = dataclasses.replace(
+      DEFAULTS, head_solver='lbfgs', solver_l2_grid=(1e-3, 1e-4),
+      distorted_copies=0, report_dir=str(tmp_path / 'reports'),
+      summaries_dir=str(tmp_path / 'summaries'))
+  trained = solve.maybe_solve(config, x[train], y[train], 3, x[val], y[val])
+  images = types.SimpleNamespace(vectors=x, labels=y)
+  split = types.SimpleNamespace(train=train, validation=val, test=test)
+  return config, trained, images, split
+
+
+def test_a_saturated_validation_set_cannot_drive_the_temperature_to_its_floor(
+    tmp_path):
+  config, trained, images, split = _solved(tmp_path)
+  val_x, val_y = images.vectors[split.validation], images.labels[
+      split.validation]
+  # The planted fault: the exported head trained on the validation images,
+  # so on them it is right and sure every time.
+  assert np.all(trained.head.logits(val_x).argmax(1) == val_y)
+  floor = calibration.calibrate(trained.head, val_x, val_y, 0.95, 30)
+  assert floor.temperature < 1.5 * calibration.MIN_TEMPERATURE
+  # What the run calibrates on (pipeline.fine_tune without --fine_tune hands
+  # calibration the validation set it reads).
+  _, _, _, validation, _ = pipeline.fine_tune(
+      config, None, ['a', 'b', 'c'], trained, None, images, split)
+  confidence = pipeline.calibrate(config, trained, *validation)
+  assert confidence.temperature > 0.5, confidence.temperature
+  assert 'out-of-fold' in confidence.metadata()['method']
+  assert confidence.threshold > 0.5 and confidence.coverage < 1.0
+  # The held-out validation accuracy is far from the refitted head's 100 %.
+  report = json.loads((tmp_path / 'reports' / solve.REPORT_FILE).read_text())
+  assert 0.4 < report['held_out']['validation_accuracy'] < 0.9
+  assert report['held_out']['folds'] == OPTIONS.folds
+
+
+def test_held_out_logits_come_from_other_heads_and_test_ece_is_reported(
+    tmp_path):
+  config, trained, images, split = _solved(tmp_path, overlap_seed=1)
+  x, y, logits, how = pipeline.held_out_validation(trained, images, split)
+  assert x is None and len(y) == len(split.train) + len(split.validation)
+  own = trained.head.logits(images.vectors[split.validation])
+  held = logits[len(split.train):]
+  assert np.mean(held.argmax(1) == y[len(split.train):]) < 0.9
+  assert not np.allclose(own, held)
+  assert 'cross-fitting' in how
+  test = pipeline.evaluate_lib.evaluate(
+      trained.head, images.vectors[split.test], images.labels[split.test])
+  confidence = pipeline.calibrate(config, trained, x, y, logits, how,
+                                  test=test)
+  assert confidence.test_count == len(split.test)
+  # Calibrated on held-out logits, the test ECE falls well below the
+  # overconfident head's.
+  assert confidence.test_ece_after < confidence.test_ece_before / 2
+  figures = pipeline.describe_figures(trained)
+  assert 'out-of-fold' in figures['validation_metrics']
