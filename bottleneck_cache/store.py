@@ -28,8 +28,9 @@ vector, and NaN/inf; `shards.bad_rows`). `get_or_compute` checks the
 vectors it is asked for before it returns: damaged ones are dropped from
 the index, logged, recomputed like missing ones, and the shards are then
 merged, which writes only whole vectors (the damaged shard is gone). Shards
-of older versions without checks are read, checked for NaN/inf only (said
-once in the log), and get checks when a merge rewrites them.
+of older versions without checks are read, checked for NaN/inf only, and
+rewritten with checks by a merge at the end of the first get_or_compute
+that uses them (said in the log).
 
 Sharing: any number of processes, on one host or on several sharing the
 folder, may read and fill one namespace at once.
@@ -223,12 +224,6 @@ class BottleneckStore:
     self._checked: set = set()  # shards with row checks
     self._damaged: set = set()  # shards a damaged vector was found in
     self._load_index()
-    unchecked = len(self._shards) - len(self._checked)
-    if unchecked and self.WRITES_CHECKS:
-      logging.info('%d bottleneck cache shard(s) in %s have no checksums '
-                   '(written by an older version): their vectors are checked '
-                   'for NaN and inf only until a merge rewrites them.',
-                   unchecked, self.directory)
 
   # -- public API --------------------------------------------------------------
 
@@ -368,7 +363,7 @@ class BottleneckStore:
       if not damaged:
         break
       self._forget(damaged)
-    if stats.computed or self._damaged:
+    if stats.computed or self._damaged or self._unchecked():
       self.tidy()
     ok = np.array([key in self._index for key in keys], dtype=bool)
     stats.failed = sum(1 for i in attempted if keys[i] not in self._index)
@@ -398,14 +393,24 @@ class BottleneckStore:
     """Merges the shards when there are more than MERGE_THRESHOLD (after
     a computation: one shard per batch), or when one held a damaged
     vector; a full disk leaves them as they are, with a warning."""
+    unchecked = self._unchecked()
     if len(self._shards) <= MERGE_THRESHOLD and not (
-        self._damaged and len(self._shards) > 1):
+        self._damaged and len(self._shards) > 1) and not unchecked:
       return
+    if unchecked:
+      logging.info('Adding checksums to %d bottleneck cache shard(s) of an '
+                   'older version in %s (once: the shards are merged).',
+                   unchecked, self.directory)
     try:
       self.merge()
-    except CacheFullError as e:
+    except CacheError as e:
       logging.warning('Cache shards not merged (%s); every vector is kept '
                       'and the merge is tried again by a later run.', e)
+
+  def _unchecked(self) -> int:
+    """Shards without row checks that a merge would give checks to."""
+    return (len(self._shards) - len(self._checked)) if (
+        self.WRITES_CHECKS) else 0
 
   def merge(self) -> None:
     """Rewrites all shards as one, without a moment where data is missing.
@@ -413,7 +418,7 @@ class BottleneckStore:
     Other processes may still hold the merged shards in their index; they
     re-read the folder when one vanishes (see `get`).
     """
-    if len(self._shards) < 2:
+    if len(self._shards) < 2 and not self._unchecked():
       return
     started = time.time()
     keys = list(self._index)

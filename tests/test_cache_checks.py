@@ -70,6 +70,20 @@ def test_flipped_bytes_and_nan_heal_and_are_merged_away(tmp_path, caplog):
   assert not asked and np.array_equal(vectors, truth)
 
 
+def test_an_old_single_shard_gets_checks_on_first_use(tmp_path):
+  keys = [f'k{i}' for i in range(5)]
+  truth = _vectors(5)
+  store = bottleneck_cache.BottleneckStore(str(tmp_path), {'m': 1})
+  with h5py.File(f'{store.directory}/shard-old.h5', 'w') as f:
+    f.create_dataset('keys', data=np.array([k.encode() for k in keys]))
+    f.create_dataset('vectors', data=truth)
+  again = bottleneck_cache.BottleneckStore(str(tmp_path), {'m': 1})
+  vectors, _, _ = again.get_or_compute(keys, _compute_from(truth, []))
+  assert np.array_equal(vectors, truth)
+  with h5py.File(_shard(again), 'r') as f:
+    assert shards.CHECKS in f
+
+
 def test_a_damaged_vector_is_never_returned_by_get(tmp_path):
   keys = [f'k{i}' for i in range(10)]
   store = bottleneck_cache.BottleneckStore(str(tmp_path), {'m': 1})
@@ -100,9 +114,9 @@ def test_old_shards_without_checks_are_read_and_nan_recomputed(tmp_path,
       f.create_dataset('vectors', data=old)
   caplog.set_level('INFO')
   again = bottleneck_cache.BottleneckStore(str(tmp_path), {'m': 1})
-  assert 'have no checksums' in caplog.text
   asked = []
   vectors, ok, _ = again.get_or_compute(keys, _compute_from(truth, asked))
   assert asked == [12] and ok.all() and np.array_equal(vectors, truth)
+  assert 'Adding checksums to' in caplog.text
   with h5py.File(_shard(again), 'r') as f:
     assert shards.CHECKS in f
