@@ -52,21 +52,11 @@ def run(image_dir, module, cache, out):
 def damage(cache: pathlib.Path, flips: int = 64, seed: int = 0) -> int:
   """Flips `flips` bytes in the vectors of the largest shard and writes a
   NaN into one more vector; returns the number of vectors hit."""
+  from tests.hostile_corpus import flip_vector_bytes
   shards = sorted(cache.glob('*/shard-*.h5'), key=lambda p: p.stat().st_size)
   path = shards[-1]
-  with h5py.File(path, 'r') as f:
-    offset, shape = f['vectors'].id.get_offset(), f['vectors'].shape
-  row_bytes = shape[1] * 4
-  rng = np.random.default_rng(seed)
-  where = rng.choice(shape[0] * row_bytes, flips, replace=False)
-  with open(path, 'r+b') as f:
-    for at in where.tolist():
-      f.seek(offset + at)
-      byte = f.read(1)[0]
-      f.seek(offset + at)
-      f.write(bytes([byte ^ 0xA5]))
-  hit = set((where // row_bytes).tolist())
-  nan_row = next(r for r in range(shape[0]) if r not in hit)
+  hit = flip_vector_bytes(path, flips, seed)
+  nan_row = next(r for r in range(len(hit) + 1) if r not in hit)
   with h5py.File(path, 'r+') as f:
     f['vectors'][nan_row, 0] = np.nan
   return len(hit) + 1
@@ -74,12 +64,15 @@ def damage(cache: pathlib.Path, flips: int = 64, seed: int = 0) -> int:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--image_dir', default=str(
-      REPO.parent.parent / 'shared' / 'datasets' / 'flowers_sample'))
+  from tests.conftest import FLOWERS
+  parser.add_argument('--image_dir', default=str(FLOWERS))
   parser.add_argument('--module', default='efficientnet_lite0')
   parser.add_argument('--work_dir', default=os.path.join(
       tempfile.gettempdir(), 'bench_cache_heal'))
   args = parser.parse_args()
+  if not os.path.isdir(args.image_dir):
+    sys.exit(f'No image folder {args.image_dir}: pass --image_dir (the '
+             'flowers_sample data set, or any folder of classes).')
   work = pathlib.Path(args.work_dir)
   shutil.rmtree(work, ignore_errors=True)
   cache = work / 'cache'

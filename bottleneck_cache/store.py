@@ -203,6 +203,9 @@ class BottleneckStore:
   # Shards written by this class carry row checks (shards.CHECKS); a
   # subclass that writes its own layout sets this False.
   WRITES_CHECKS = True
+  # Shards a damaged vector was found in (merged away after the next
+  # computation).
+  _damaged = frozenset()
 
   def __init__(self, root: str, description: dict):
     self.description = description
@@ -221,8 +224,6 @@ class BottleneckStore:
     self._index: dict = {}
     self._dim: Optional[int] = None
     self._shards: list = []
-    self._checked: set = set()  # shards with row checks
-    self._damaged: set = set()  # shards a damaged vector was found in
     self._load_index()
 
   # -- public API --------------------------------------------------------------
@@ -286,7 +287,7 @@ class BottleneckStore:
     """Drops damaged vectors from the index (logged); their shards are
     merged away after the next computation."""
     shards_hit = {self._index[key][0] for key in keys if key in self._index}
-    self._damaged.update(shards_hit)
+    self._damaged = self._damaged | shards_hit
     for key in keys:
       self._index.pop(key, None)
     logging.warning('Dropped %d damaged vectors (checksum mismatch, NaN or '
@@ -353,16 +354,24 @@ class BottleneckStore:
       first_of.setdefault(key, i)
     stats = Stats(requested=len(first_of))
     attempted = set()
+    vectors = None
     for _ in range(_HEAL_ROUNDS):
       missing = [i for key, i in first_of.items() if key not in self._index]
       if missing:
         self._compute_or_full(keys, missing, len(first_of), compute,
                               on_batch, stats, attempted)
       # Damaged vectors (see the module doc) are dropped and computed again.
-      damaged = self.damaged([k for k in first_of if k in self._index])
+      # With load, the checked vectors are the ones returned (one read).
+      if load:
+        wanted = [k for k in keys if k in self._index]
+        vectors, bad = self._read(wanted)
+        damaged = list({wanted[i] for i in np.flatnonzero(bad)})
+      else:
+        damaged = self.damaged([k for k in first_of if k in self._index])
       if not damaged:
         break
       self._forget(damaged)
+      vectors = None
     if stats.computed or self._damaged or self._unchecked():
       self.tidy()
     ok = np.array([key in self._index for key in keys], dtype=bool)
@@ -370,7 +379,9 @@ class BottleneckStore:
     stats.reused = stats.requested - stats.computed - stats.failed
     if not load:
       return np.zeros((0, self._dim or 0), np.float32), ok, stats
-    vectors = self.get([k for k, good in zip(keys, ok, strict=True) if good])
+    if vectors is None:  # still damaged after the last round: never returned
+      vectors = self.get([k for k, good in zip(keys, ok, strict=True)
+                          if good])
     return vectors, ok, stats
 
   def _compute_or_full(self, keys: list, missing: list, distinct: int,
@@ -430,7 +441,7 @@ class BottleneckStore:
     name = self._write_shard(keys, vectors)
     self._shards = [name]
     self._checked = {name} if self.WRITES_CHECKS else set()
-    self._damaged = set()
+    self._damaged = frozenset()
     self._index = {key: (name, row) for row, key in enumerate(keys)}
     for shard in old:
       try:
@@ -444,7 +455,6 @@ class BottleneckStore:
     """Re-reads the folder: shards written or merged by other processes."""
     self._index = {}
     self._shards = []
-    self._checked = set()
     self._load_index()
 
   # -- internals ---------------------------------------------------------------
@@ -619,6 +629,10 @@ class BottleneckStore:
           f'({e.strerror}): give a writable folder as the cache root.'
       ) from e
 
+  def _encode(self, keys: list, vectors: np.ndarray) -> bytes:
+    """The bytes of a shard of keys and vectors (shards.encode_shard)."""
+    return shards.encode_shard(keys, vectors)
+
   def _write_shard(self, keys: list, vectors: np.ndarray) -> str:
     """Writes one shard (temporary name, then rename); returns its name."""
     token = f'{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}'
@@ -629,7 +643,7 @@ class BottleneckStore:
     # full disk is then an OSError here, never an error inside HDF5's own
     # file driver (whose close, after a failed write, crashed the
     # interpreter). Costs one in-memory copy of the shard.
-    data = shards.encode_shard(keys, vectors)
+    data = self._encode(keys, vectors)
     try:
       _write_bytes(tmp, data)
       os.replace(tmp, os.path.join(self.directory, name))
@@ -650,6 +664,7 @@ class BottleneckStore:
     return name
 
   def _load_index(self) -> None:
+    self._checked = set()  # the shards with row checks
     for _ in range(_VANISHED_RETRIES + 1):
       names = sorted(n for n in os.listdir(self.directory)
                      if shards.is_shard_name(n))

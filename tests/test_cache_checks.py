@@ -1,6 +1,7 @@
 """A cache that checks itself: damaged or non-finite vectors are never
 returned; they are dropped, recomputed and merged away."""
 
+import logging
 import os
 
 import h5py
@@ -8,6 +9,7 @@ import numpy as np
 
 import bottleneck_cache
 from bottleneck_cache import shards
+from tests import hostile_corpus
 
 DIM = 16
 
@@ -30,29 +32,13 @@ def _shard(store):
   return f'{store.directory}/{names[0]}'
 
 
-def _flip_bytes(path, count, seed=0):
-  """XORs `count` distinct bytes of the vectors' data; returns the rows hit."""
-  with h5py.File(path, 'r') as f:
-    offset = f['vectors'].id.get_offset()
-    shape = f['vectors'].shape
-  rng = np.random.default_rng(seed)
-  where = rng.choice(shape[0] * shape[1] * 4, count, replace=False)
-  with open(path, 'r+b') as f:
-    for at in where.tolist():
-      f.seek(offset + at)
-      byte = f.read(1)[0]
-      f.seek(offset + at)
-      f.write(bytes([byte ^ 0xA5]))
-  return set((where // (shape[1] * 4)).tolist())
-
-
 def test_flipped_bytes_and_nan_heal_and_are_merged_away(tmp_path, caplog):
   keys = [f'k{i:03d}' for i in range(200)]
   truth = _vectors(len(keys))
   store = bottleneck_cache.BottleneckStore(str(tmp_path), {'m': 1})
   store.put(keys, truth)
   path = _shard(store)
-  hit = _flip_bytes(path, 64)
+  hit = hostile_corpus.flip_vector_bytes(path, 64)
   with h5py.File(path, 'r+') as f:  # a NaN written behind the checks' back
     f['vectors'][7, 3] = np.nan
   hit.add(7)
@@ -88,7 +74,7 @@ def test_a_damaged_vector_is_never_returned_by_get(tmp_path):
   keys = [f'k{i}' for i in range(10)]
   store = bottleneck_cache.BottleneckStore(str(tmp_path), {'m': 1})
   store.put(keys, _vectors(10))
-  hit = _flip_bytes(_shard(store), 1)
+  hit = hostile_corpus.flip_vector_bytes(_shard(store), 1)
   again = bottleneck_cache.BottleneckStore(str(tmp_path), {'m': 1})
   try:
     again.get(keys)
@@ -112,7 +98,7 @@ def test_old_shards_without_checks_are_read_and_nan_recomputed(tmp_path,
     with h5py.File(f'{store.directory}/shard-old{part.start}.h5', 'w') as f:
       f.create_dataset('keys', data=np.array([k.encode() for k in keys[part]]))
       f.create_dataset('vectors', data=old)
-  caplog.set_level('INFO')
+  caplog.set_level(logging.INFO, logger='absl')
   again = bottleneck_cache.BottleneckStore(str(tmp_path), {'m': 1})
   asked = []
   vectors, ok, _ = again.get_or_compute(keys, _compute_from(truth, asked))

@@ -80,9 +80,9 @@ def normalized(label: str, where: str) -> str:
   changes it (`where` names the folder or CSV row)."""
   composed = unicodedata.normalize('NFC', label)
   if composed != label:
-    logging.info('%s: the label %r is used in its composed Unicode form '
-                 '(NFC), which looks the same but is written differently.',
-                 where, composed)
+    logging.warning('%s: the label %r is used in its composed Unicode '
+                    'form (NFC), which looks the same but is written '
+                    'differently.', where, composed)
   return composed
 
 
