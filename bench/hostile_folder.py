@@ -5,10 +5,12 @@
 
 Builds tests/hostile_corpus.py's folder (good photos beside a /dev/zero
 link, a FIFO, a socket, a link to /, a link loop, a second path, image
-bombs and truncated files), runs `python -m retrain` on it under
+bombs and truncated files, a sparse 1 GiB x.jpg, names that are not UTF-8,
+links out of the folder and to /proc), runs `python -m retrain` on it under
 /usr/bin/time -v, then `tools/label_image.py` on a folder of --bombs
-image bombs (JPEGs declaring 65000x65000 and 1-bit 20000x20000 PNGs).
-Prints exit status, wall time, peak RSS and what was skipped. --module
+image bombs (JPEGs declaring 65000x65000 and 1-bit 20000x20000 PNGs) and
+a sparse 1 GiB x.jpg. Prints exit status, wall time, peak RSS and what was
+skipped, and whether every bad entry was reported with its reason. --module
 "fake" uses the test suite's average-pooling module (no conversion cost).
 The issue's target: exit 0, no hang, peak RSS under 1.5 GB.
 """
@@ -31,7 +33,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 
 def timed(args, cwd=REPO):
-  """(exit status, wall s, peak RSS MiB, stderr) of a command."""
+  """(exit status, wall s, peak RSS MiB, stderr and stdout) of a command."""
   proc = subprocess.run(['/usr/bin/time', '-v', *args], cwd=cwd,
                         capture_output=True, text=True)
   rss = re.search(r'Maximum resident set size \(kbytes\): (\d+)', proc.stderr)
@@ -44,7 +46,7 @@ def timed(args, cwd=REPO):
   exit_status = re.search(r'Exit status: (\d+)', proc.stderr)
   return (int(exit_status.group(1)) if exit_status else proc.returncode,
           seconds, int(rss.group(1)) / 1024 if rss else float('nan'),
-          proc.stderr)
+          proc.stderr + proc.stdout)
 
 
 def main():
@@ -74,7 +76,8 @@ def main():
       '--how_many_training_steps', '100', '--projector_max_images', '0'])
   print(f'retrain on the hostile folder ({len(good)} good photos, '
         f'{len(bad)} bad entries), module {args.module}:')
-  print(f'  exit {status}, {wall:.1f} s, peak RSS {rss:.0f} MiB')
+  print(f'  exit {status}, {wall:.1f} s, peak RSS {rss:.0f} MiB '
+        f'({"under" if rss < 1536 else "OVER"} the 1.5 GB target)')
   if status == 0:
     summary = json.loads((out / 'report' / 'run_summary.json').read_text())
     skipped = json.loads((out / 'report' / 'skipped_files.json').read_text())
@@ -83,6 +86,10 @@ def main():
     for entry in skipped['files']:
       print(f'    {os.path.relpath(entry["path"], work / "images")}: '
             f'{entry["reason"][:90]}')
+    reported = {e['path']: e['reason'] for e in skipped['files']}
+    missed = [p for p, word in bad.items() if word not in reported.get(p, '')]
+    print(f'  bad entries reported with their reason: {len(bad) - len(missed)}'
+          f' of {len(bad)}{"; missing: " + ", ".join(missed) if missed else ""}')
   else:
     print(err[-2000:])
     return
@@ -94,14 +101,16 @@ def main():
     else:
       (bombs / f'{k}.jpg').write_bytes(image_bombs.jpeg_claiming(65000,
                                                                  65000))
+  with open(bombs / 'x.jpg', 'wb') as f:
+    f.truncate(1 << 30)  # sparse 1 GiB
   status, wall, rss, err = timed([
       sys.executable, 'tools/label_image.py', '--saved_model_dir',
       str(out / 'saved_model'), '--image', str(bombs), '--output_format',
       'json'])
   refused = err.count('over the limit of')
-  print(f'label_image on {args.bombs} image bombs: exit {status} (1: no '
-        f'image classified), {refused} refused from their header, '
-        f'{wall:.1f} s, peak RSS {rss:.0f} MiB')
+  print(f'label_image on {args.bombs} image bombs and a sparse 1 GiB file: '
+        f'exit {status} (1: no image classified), {refused} refused from '
+        f'their header or size, {wall:.1f} s, peak RSS {rss:.0f} MiB')
 
 
 if __name__ == '__main__':

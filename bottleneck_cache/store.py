@@ -28,8 +28,9 @@ vector, and NaN/inf; `shards.bad_rows`). `get_or_compute` checks the
 vectors it is asked for before it returns: damaged ones are dropped from
 the index, logged, recomputed like missing ones, and the shards are then
 merged, which writes only whole vectors (the damaged shard is gone). Shards
-of older versions without checks are read, checked for NaN/inf only (said
-once in the log), and get checks when a merge rewrites them.
+of older versions without checks are read, checked for NaN/inf only, and
+rewritten with checks by a merge at the end of the first get_or_compute
+that uses them (said in the log).
 
 Sharing: any number of processes, on one host or on several sharing the
 folder, may read and fill one namespace at once.
@@ -202,6 +203,9 @@ class BottleneckStore:
   # Shards written by this class carry row checks (shards.CHECKS); a
   # subclass that writes its own layout sets this False.
   WRITES_CHECKS = True
+  # Shards a damaged vector was found in (merged away after the next
+  # computation).
+  _damaged = frozenset()
 
   def __init__(self, root: str, description: dict):
     self.description = description
@@ -220,15 +224,7 @@ class BottleneckStore:
     self._index: dict = {}
     self._dim: Optional[int] = None
     self._shards: list = []
-    self._checked: set = set()  # shards with row checks
-    self._damaged: set = set()  # shards a damaged vector was found in
     self._load_index()
-    unchecked = len(self._shards) - len(self._checked)
-    if unchecked and self.WRITES_CHECKS:
-      logging.info('%d bottleneck cache shard(s) in %s have no checksums '
-                   '(written by an older version): their vectors are checked '
-                   'for NaN and inf only until a merge rewrites them.',
-                   unchecked, self.directory)
 
   # -- public API --------------------------------------------------------------
 
@@ -291,7 +287,7 @@ class BottleneckStore:
     """Drops damaged vectors from the index (logged); their shards are
     merged away after the next computation."""
     shards_hit = {self._index[key][0] for key in keys if key in self._index}
-    self._damaged.update(shards_hit)
+    self._damaged = self._damaged | shards_hit
     for key in keys:
       self._index.pop(key, None)
     logging.warning('Dropped %d damaged vectors (checksum mismatch, NaN or '
@@ -358,24 +354,34 @@ class BottleneckStore:
       first_of.setdefault(key, i)
     stats = Stats(requested=len(first_of))
     attempted = set()
+    vectors = None
     for _ in range(_HEAL_ROUNDS):
       missing = [i for key, i in first_of.items() if key not in self._index]
       if missing:
         self._compute_or_full(keys, missing, len(first_of), compute,
                               on_batch, stats, attempted)
       # Damaged vectors (see the module doc) are dropped and computed again.
-      damaged = self.damaged([k for k in first_of if k in self._index])
+      # With load, the checked vectors are the ones returned (one read).
+      if load:
+        wanted = [k for k in keys if k in self._index]
+        vectors, bad = self._read(wanted)
+        damaged = list({wanted[i] for i in np.flatnonzero(bad)})
+      else:
+        damaged = self.damaged([k for k in first_of if k in self._index])
       if not damaged:
         break
       self._forget(damaged)
-    if stats.computed or self._damaged:
+      vectors = None
+    if stats.computed or self._damaged or self._unchecked():
       self.tidy()
     ok = np.array([key in self._index for key in keys], dtype=bool)
     stats.failed = sum(1 for i in attempted if keys[i] not in self._index)
     stats.reused = stats.requested - stats.computed - stats.failed
     if not load:
       return np.zeros((0, self._dim or 0), np.float32), ok, stats
-    vectors = self.get([k for k, good in zip(keys, ok, strict=True) if good])
+    if vectors is None:  # still damaged after the last round: never returned
+      vectors = self.get([k for k, good in zip(keys, ok, strict=True)
+                          if good])
     return vectors, ok, stats
 
   def _compute_or_full(self, keys: list, missing: list, distinct: int,
@@ -398,14 +404,24 @@ class BottleneckStore:
     """Merges the shards when there are more than MERGE_THRESHOLD (after
     a computation: one shard per batch), or when one held a damaged
     vector; a full disk leaves them as they are, with a warning."""
+    unchecked = self._unchecked()
     if len(self._shards) <= MERGE_THRESHOLD and not (
-        self._damaged and len(self._shards) > 1):
+        self._damaged and len(self._shards) > 1) and not unchecked:
       return
+    if unchecked:
+      logging.info('Adding checksums to %d bottleneck cache shard(s) of an '
+                   'older version in %s (once: the shards are merged).',
+                   unchecked, self.directory)
     try:
       self.merge()
-    except CacheFullError as e:
+    except CacheError as e:
       logging.warning('Cache shards not merged (%s); every vector is kept '
                       'and the merge is tried again by a later run.', e)
+
+  def _unchecked(self) -> int:
+    """Shards without row checks that a merge would give checks to."""
+    return (len(self._shards) - len(self._checked)) if (
+        self.WRITES_CHECKS) else 0
 
   def merge(self) -> None:
     """Rewrites all shards as one, without a moment where data is missing.
@@ -413,7 +429,7 @@ class BottleneckStore:
     Other processes may still hold the merged shards in their index; they
     re-read the folder when one vanishes (see `get`).
     """
-    if len(self._shards) < 2:
+    if len(self._shards) < 2 and not self._unchecked():
       return
     started = time.time()
     keys = list(self._index)
@@ -425,7 +441,7 @@ class BottleneckStore:
     name = self._write_shard(keys, vectors)
     self._shards = [name]
     self._checked = {name} if self.WRITES_CHECKS else set()
-    self._damaged = set()
+    self._damaged = frozenset()
     self._index = {key: (name, row) for row, key in enumerate(keys)}
     for shard in old:
       try:
@@ -439,7 +455,6 @@ class BottleneckStore:
     """Re-reads the folder: shards written or merged by other processes."""
     self._index = {}
     self._shards = []
-    self._checked = set()
     self._load_index()
 
   # -- internals ---------------------------------------------------------------
@@ -614,6 +629,10 @@ class BottleneckStore:
           f'({e.strerror}): give a writable folder as the cache root.'
       ) from e
 
+  def _encode(self, keys: list, vectors: np.ndarray) -> bytes:
+    """The bytes of a shard of keys and vectors (shards.encode_shard)."""
+    return shards.encode_shard(keys, vectors)
+
   def _write_shard(self, keys: list, vectors: np.ndarray) -> str:
     """Writes one shard (temporary name, then rename); returns its name."""
     token = f'{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}'
@@ -624,7 +643,7 @@ class BottleneckStore:
     # full disk is then an OSError here, never an error inside HDF5's own
     # file driver (whose close, after a failed write, crashed the
     # interpreter). Costs one in-memory copy of the shard.
-    data = shards.encode_shard(keys, vectors)
+    data = self._encode(keys, vectors)
     try:
       _write_bytes(tmp, data)
       os.replace(tmp, os.path.join(self.directory, name))
@@ -645,6 +664,7 @@ class BottleneckStore:
     return name
 
   def _load_index(self) -> None:
+    self._checked = set()  # the shards with row checks
     for _ in range(_VANISHED_RETRIES + 1):
       names = sorted(n for n in os.listdir(self.directory)
                      if shards.is_shard_name(n))

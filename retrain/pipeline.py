@@ -121,6 +121,7 @@ def check_config(config: Config) -> None:
                        'positive.',
                        fields=('learning_rate',))
   export_lib.check_export_dir(config.saved_model_dir)
+  check_output_places(config)
   export_formats.check_options(subset(export_formats.ExportOptions, config))
   train_options_lib.check(subset(train_options_lib.TrainOptions, config))
   calibration_lib.check_options(  # Issue 19.
@@ -139,6 +140,37 @@ def check_config(config: Config) -> None:
   # Issue 17: a mistyped module is reported now, not after hashing.
   ensemble_lib.check_handles(config.tfhub_module, config.image_size,
                              config.trust_module)
+
+
+# Outputs written as one file, and as folders.
+_FILE_OUTPUTS = ('output_labels', 'output_graph', 'tflite_output_file')
+_FOLDER_OUTPUTS = ('saved_model_dir', 'summaries_dir', 'report_dir',
+                   'bottleneck_dir')
+
+
+def check_output_places(config: Config) -> None:
+  """Raises OutputError, before any work, for an output file that is a
+  folder, an output folder that is a file, or an output inside image_dir
+  (the next run would list it as a class)."""
+  for name in _FILE_OUTPUTS + _FOLDER_OUTPUTS:
+    path = getattr(config, name, '')
+    if not path:
+      continue
+    if name in _FILE_OUTPUTS and os.path.isdir(path):
+      raise OutputError(f'{name} {path!r} is a folder: give a file path, '
+                        f'e.g. {os.path.join(path, "labels.txt")!r}.',
+                        fields=(name,))
+    if name in _FOLDER_OUTPUTS and os.path.isfile(path):
+      raise OutputError(f'{name} {path!r} is a file: give a folder.',
+                        fields=(name,))
+    if config.image_dir and os.path.isdir(config.image_dir):
+      rel = os.path.relpath(os.path.realpath(path),
+                            os.path.realpath(config.image_dir))
+      if not rel.startswith('.'):
+        raise OutputError(
+            f'{name} {path!r} is inside image_dir {config.image_dir!r}: the '
+            'next run would take it for a class of images. Give a place '
+            'outside the image folder.', fields=(name, 'image_dir'))
 
 
 def _log_counts(labels, y, split) -> None:

@@ -21,6 +21,25 @@ from tests import image_bombs
 from tests.conftest import COLOURS, make_colour_dataset
 
 
+def flip_vector_bytes(path, count: int, seed: int = 0) -> set:
+  """XORs `count` distinct bytes of the vectors of cache shard `path` (a
+  disk or a copy gone bad); returns the rows hit."""
+  import h5py  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  with h5py.File(path, 'r') as f:
+    offset, shape = f['vectors'].id.get_offset(), f['vectors'].shape
+  row_bytes = shape[1] * 4
+  where = np.random.default_rng(seed).choice(shape[0] * row_bytes, count,
+                                             replace=False)
+  with open(path, 'r+b') as f:
+    for at in where.tolist():
+      f.seek(offset + at)
+      byte = f.read(1)[0]
+      f.seek(offset + at)
+      f.write(bytes([byte ^ 0xA5]))
+  return set((where // row_bytes).tolist())
+
+
 def make_hostile_folder(root, per_class=12):
   root = pathlib.Path(root)
   make_colour_dataset(root, per_class=per_class)

@@ -246,3 +246,23 @@ def test_crop_to_boxes_is_refused_before_any_work():
   with pytest.raises(DatasetError, match='crop_to_boxes is not supported'):
     job._check_supported(dataclasses.replace(DEFAULTS, crop_to_boxes=True))
   job._check_supported(DEFAULTS)  # whole images: fine
+
+
+@pytest.mark.slow
+def test_job_over_a_sparse_giant_and_a_non_utf8_name(tmp_path, fake_module):
+  """A 1 GiB sparse x.jpg is refused from its size, a name that is not
+  UTF-8 skipped at discovery; the job completes with the rest."""
+  from retrain.beam import job
+  from retrain.beam.options import BEAM_DEFAULTS
+  images = make_colour_dataset(tmp_path / 'images', per_class=5)
+  with open(images / 'red' / 'x.jpg', 'wb') as f:
+    f.truncate(1 << 30)
+  pathlib.Path(os.fsdecode(os.fsencode(str(images / 'blue')) +
+                           b'/\xff.jpg')).write_bytes(
+                               (images / 'blue' / 'img_0.jpg').read_bytes())
+  config = shrunk_config(images, tmp_path / 'out', fake_module,
+                         bottleneck_runtime='tf')
+  result = job.run(config, BEAM_DEFAULTS, ['--runner', 'DirectRunner'])
+  assert (result.computed, result.failures) == (15, 1)
+  failures = pathlib.Path(result.failures_path).read_text()
+  assert 'x.jpg' in failures and 'over the limit of' in failures

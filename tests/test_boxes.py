@@ -338,3 +338,21 @@ def test_label_image_classifies_each_box(tmp_path, fake_module):
       assert good[1]['predictions'][0]['label'] == 'apple'
       assert done.returncode == 1  # the inverted box is reported
       assert any('inverted' in str(r.get('error')) for r in records)
+
+
+@pytest.mark.parametrize('value', ['nan', 'NaN', 'inf', '-Infinity'])
+def test_non_finite_box_coordinates_are_refused_with_the_file(tmp_path,
+                                                              value):
+  (tmp_path / 'a.jpg').write_bytes(b'')
+  csv_path = tmp_path / 'boxes.csv'
+  csv_path.write_text(f'filename,xmin,ymin,xmax,ymax,class\n'
+                      f'a.jpg,1,2,{value},9,cell\n')
+  with pytest.raises(DatasetError, match=r'boxes.csv.*not a finite number'):
+    boxes.read_boxes_csv(str(csv_path))
+  xml = tmp_path / 'a.xml'
+  xml.write_text('<annotation><filename>a.jpg</filename><object><name>cell'
+                 '</name><bndbox><xmin>1</xmin><ymin>2</ymin><xmax>'
+                 f'{value}</xmax><ymax>9</ymax></bndbox></object>'
+                 '</annotation>')
+  with pytest.raises(DatasetError, match=r'a.xml \(object 1\): <xmax>'):
+    boxes.read_voc_xml(str(xml))

@@ -1,6 +1,7 @@
 """A cache that checks itself: damaged or non-finite vectors are never
 returned; they are dropped, recomputed and merged away."""
 
+import logging
 import os
 
 import h5py
@@ -8,6 +9,7 @@ import numpy as np
 
 import bottleneck_cache
 from bottleneck_cache import shards
+from tests import hostile_corpus
 
 DIM = 16
 
@@ -30,29 +32,13 @@ def _shard(store):
   return f'{store.directory}/{names[0]}'
 
 
-def _flip_bytes(path, count, seed=0):
-  """XORs `count` distinct bytes of the vectors' data; returns the rows hit."""
-  with h5py.File(path, 'r') as f:
-    offset = f['vectors'].id.get_offset()
-    shape = f['vectors'].shape
-  rng = np.random.default_rng(seed)
-  where = rng.choice(shape[0] * shape[1] * 4, count, replace=False)
-  with open(path, 'r+b') as f:
-    for at in where.tolist():
-      f.seek(offset + at)
-      byte = f.read(1)[0]
-      f.seek(offset + at)
-      f.write(bytes([byte ^ 0xA5]))
-  return set((where // (shape[1] * 4)).tolist())
-
-
 def test_flipped_bytes_and_nan_heal_and_are_merged_away(tmp_path, caplog):
   keys = [f'k{i:03d}' for i in range(200)]
   truth = _vectors(len(keys))
   store = bottleneck_cache.BottleneckStore(str(tmp_path), {'m': 1})
   store.put(keys, truth)
   path = _shard(store)
-  hit = _flip_bytes(path, 64)
+  hit = hostile_corpus.flip_vector_bytes(path, 64)
   with h5py.File(path, 'r+') as f:  # a NaN written behind the checks' back
     f['vectors'][7, 3] = np.nan
   hit.add(7)
@@ -70,11 +56,25 @@ def test_flipped_bytes_and_nan_heal_and_are_merged_away(tmp_path, caplog):
   assert not asked and np.array_equal(vectors, truth)
 
 
+def test_an_old_single_shard_gets_checks_on_first_use(tmp_path):
+  keys = [f'k{i}' for i in range(5)]
+  truth = _vectors(5)
+  store = bottleneck_cache.BottleneckStore(str(tmp_path), {'m': 1})
+  with h5py.File(f'{store.directory}/shard-old.h5', 'w') as f:
+    f.create_dataset('keys', data=np.array([k.encode() for k in keys]))
+    f.create_dataset('vectors', data=truth)
+  again = bottleneck_cache.BottleneckStore(str(tmp_path), {'m': 1})
+  vectors, _, _ = again.get_or_compute(keys, _compute_from(truth, []))
+  assert np.array_equal(vectors, truth)
+  with h5py.File(_shard(again), 'r') as f:
+    assert shards.CHECKS in f
+
+
 def test_a_damaged_vector_is_never_returned_by_get(tmp_path):
   keys = [f'k{i}' for i in range(10)]
   store = bottleneck_cache.BottleneckStore(str(tmp_path), {'m': 1})
   store.put(keys, _vectors(10))
-  hit = _flip_bytes(_shard(store), 1)
+  hit = hostile_corpus.flip_vector_bytes(_shard(store), 1)
   again = bottleneck_cache.BottleneckStore(str(tmp_path), {'m': 1})
   try:
     again.get(keys)
@@ -98,11 +98,11 @@ def test_old_shards_without_checks_are_read_and_nan_recomputed(tmp_path,
     with h5py.File(f'{store.directory}/shard-old{part.start}.h5', 'w') as f:
       f.create_dataset('keys', data=np.array([k.encode() for k in keys[part]]))
       f.create_dataset('vectors', data=old)
-  caplog.set_level('INFO')
+  caplog.set_level(logging.INFO, logger='absl')
   again = bottleneck_cache.BottleneckStore(str(tmp_path), {'m': 1})
-  assert 'have no checksums' in caplog.text
   asked = []
   vectors, ok, _ = again.get_or_compute(keys, _compute_from(truth, asked))
   assert asked == [12] and ok.all() and np.array_equal(vectors, truth)
+  assert 'Adding checksums to' in caplog.text
   with h5py.File(_shard(again), 'r') as f:
     assert shards.CHECKS in f

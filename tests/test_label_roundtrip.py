@@ -147,3 +147,29 @@ def test_label_image_prefers_metadata_and_checks_labels_file(tmp_path,
   assert label_image.choose_labels(str(tmp_path), str(explicit),
                                    meta['labels'], None) == ['x', 'y']
   assert os.path.exists(explicit)
+
+
+@pytest.mark.parametrize('label, word', [
+    ('ro\u200bses', 'U[+]200B'),      # zero-width space
+    ('\u202etulips', 'U[+]202E'),     # right-to-left override
+    ('..', 'reserved path name'),
+    ('.', 'reserved path name'),
+])
+def test_look_alike_and_reserved_labels_are_refused(tmp_path, label, word):
+  csv_path = tmp_path / 'l.csv'
+  write_image(tmp_path / 'a.jpg', (10, 20, 30))
+  write_image(tmp_path / 'b.jpg', (30, 20, 10))
+  csv_path.write_text(f'a.jpg,{label}\nb.jpg,daisy\n', encoding='utf-8')
+  with pytest.raises(DatasetError, match=word):
+    sources._from_one_csv(str(csv_path))  # pylint: disable=protected-access
+
+
+def test_decomposed_labels_are_composed_and_said(tmp_path, caplog):
+  csv_path = tmp_path / 'l.csv'
+  for k in range(3):
+    write_image(tmp_path / f'{k}.jpg', (10 * k, 20, 30))
+  csv_path.write_text('0.jpg,caf\u00e9\n1.jpg,cafe\u0301\n2.jpg,tea\n',
+                      encoding='utf-8')
+  layout = sources._from_one_csv(str(csv_path))  # pylint: disable=protected-access
+  assert sorted(layout.dataset.labels) == ['caf\u00e9', 'tea']
+  assert 'composed Unicode form (NFC)' in caplog.text

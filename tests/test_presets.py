@@ -250,3 +250,15 @@ def test_presets_import_no_tensorflow():
   result = subprocess.run([sys.executable, '-c', code], cwd=root,
                           capture_output=True, text=True, timeout=60)
   assert result.returncode == 0, result.stderr
+
+
+def test_folders_of_killed_conversions_are_removed(tmp_path, fake_convert):
+  """A kill during conversion leaves `.<name>.tmp-*`; the next conversion
+  removes those older than an hour (a live one is younger)."""
+  old = tmp_path / '.efficientnet_lite0-v1.tmp-dead'
+  young = tmp_path / '.efficientnet_lite0-v1.tmp-live'
+  for folder in (old, young):
+    (folder / 'variables').mkdir(parents=True)
+  os.utime(old, (1, 1))
+  presets.resolve_module('efficientnet_lite0', str(tmp_path))
+  assert not old.exists() and young.exists()

@@ -45,7 +45,8 @@ LEVELS = (
 TOOLS_MAY_IMPORT = ('retrain.images', 'retrain.errors', 'retrain.version',
                     'retrain.common.cli', 'retrain.common.progress',
                     'retrain.common.walk', 'retrain.image_header',
-                    'retrain.data.boxes', 'retrain.features.module_safety')
+                    'retrain.data.boxes', 'retrain.features.module_safety',
+                    'retrain.common.strict_json', 'retrain.common.safe_text')
 MAX_FUNCTION_LINES = 80
 
 

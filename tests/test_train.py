@@ -4,6 +4,7 @@ and writes the TensorBoard summaries it promises."""
 import numpy as np
 import pytest
 
+from retrain.errors import RetrainError
 from retrain.head import summaries, train
 
 
@@ -194,3 +195,21 @@ def test_spread_keeps_first_and_last():
   assert train.spread(range(5), 20) == [0, 1, 2, 3, 4]
   picked = train.spread(range(401), 20)
   assert len(picked) == 20 and picked[0] == 0 and picked[-1] == 400
+
+
+def test_non_finite_vectors_are_refused_before_training():
+  x, y = _blobs()
+  x[5, 2] = np.nan
+  with pytest.raises(RetrainError, match='1 of the 120 training vectors hold '
+                     'NaN or infinity'):
+    _train_head(x, y, 3, x[:0], y[:0], steps=5, learning_rate=0.1,
+                batch_size=8, eval_step_interval=5,
+                validation_batch_size=-1, seed=0)
+
+
+def test_a_diverged_training_is_an_error_not_a_nan_model():
+  x, y = _blobs()
+  with pytest.raises(RetrainError, match='Training diverged'):
+    _train_head(x * 1e30, y, 3, x[:0], y[:0], steps=20, learning_rate=1e30,
+                batch_size=8, eval_step_interval=5,
+                validation_batch_size=-1, seed=0)

@@ -638,6 +638,7 @@ def format_records(records: Sequence[Record], output_format: str = 'table'
   "error": reason}]. CSV columns: image, error, label_1, probability_1,
   ..., label_k, probability_k, prediction (top label or "unknown").
   """
+  from retrain.common import safe_text, strict_json  # pylint: disable=g-import-not-at-top
   if output_format == 'json':
     items = []
     for r in records:
@@ -648,7 +649,7 @@ def format_records(records: Sequence[Record], output_format: str = 'table'
                       'predictions': [
                           {'label': l, 'probability': round(p, 6)}
                           for l, p in r.top]})
-    return json.dumps(items, indent=1) + '\n'
+    return strict_json.dumps(items, indent=1) + '\n'
   if output_format == 'csv':
     k = max((len(r.top) for r in records), default=0)
     out = io.StringIO()
@@ -662,7 +663,7 @@ def format_records(records: Sequence[Record], output_format: str = 'table'
         cells += [label, f'{p:.6f}']
       if r.error is None:
         cells.append(_prediction(r))
-      writer.writerow(cells)
+      writer.writerow(safe_text.csv_row(cells))
     return out.getvalue()
   if output_format != 'table':
     raise LabelImageError(f'Unknown output format {output_format!r}; use one '
@@ -670,14 +671,14 @@ def format_records(records: Sequence[Record], output_format: str = 'table'
   width = max([len(l) for r in records for l, _ in r.top] + [5])
   lines = []
   for r in records:
-    lines.append(r.image)
+    lines.append(safe_text.terminal(r.image))
     if r.error is not None:
-      lines.append(f'  ERROR: {r.error}')
+      lines.append(f'  ERROR: {safe_text.terminal(r.error)}')
     if r.unknown:
       lines.append(f'  unknown (top probability {r.top[0][1]:.4f} is below '
                    'the confidence threshold)')
     for label, p in r.top:
-      lines.append(f'  {label:<{width}}  {p:8.4f}')
+      lines.append(f'  {safe_text.terminal(label):<{width}}  {p:8.4f}')
   return '\n'.join(lines) + '\n'
 
 

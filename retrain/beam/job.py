@@ -30,6 +30,7 @@ path and reason, as retrain's skipped-files report) and the job goes on.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import time
 from typing import List, Optional, Sequence, Tuple
@@ -50,9 +51,12 @@ from apache_beam.options.pipeline_options import (
 
 import bottleneck_cache
 from bottleneck_cache import shards, temporaries
+from retrain import image_header
 from retrain.beam import handler as handler_lib
 from retrain.beam.options import BeamOptions
+from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.bottlenecks import distort
+from retrain.common import walk as walk_lib
 from retrain.config import Config, subset
 from retrain.errors import DatasetError
 
@@ -174,9 +178,23 @@ def write_shard_file(directory: str, keys: Sequence[str],
   return final
 
 
+# The largest image file read, as in-process (image_header.max_file_bytes).
+_MAX_FILE_BYTES = image_header.max_file_bytes(image_header.MAX_IMAGE_PIXELS)
+
+
 def _read(path: str) -> bytes:
+  """The file's bytes, at most _MAX_FILE_BYTES (ValueError past them: a
+  larger file is refused from its listed size, unread)."""
+  listed = FileSystems.match([path])[0].metadata_list
+  if listed and listed[0].size_in_bytes > _MAX_FILE_BYTES:
+    raise ValueError(walk_lib.too_large_reason(listed[0].size_in_bytes,
+                                               _MAX_FILE_BYTES))
   with FileSystems.open(path, compression_type=_RAW) as f:
-    return f.read()
+    contents = f.read(_MAX_FILE_BYTES + 1)
+  if len(contents) > _MAX_FILE_BYTES:
+    raise ValueError(walk_lib.too_large_reason(len(contents),
+                                               _MAX_FILE_BYTES))
+  return contents
 
 
 def _unreadable_reason(path: str, error: Exception) -> str:
@@ -207,8 +225,7 @@ class HashFiles(beam.DoFn):
     from retrain.bottlenecks import distort  # pylint: disable=g-import-not-at-top
     path, copies = item
     try:
-      with FileSystems.open(path, compression_type=_RAW) as f:
-        key = bottleneck_cache.stream_digest(f)
+      key = hashlib.sha256(_read(path)).hexdigest()
     except Exception as e:  # pylint: disable=broad-except
       # Any file system's error means the same: this file cannot be used.
       yield beam.pvalue.TaggedOutput('failures',
@@ -264,6 +281,14 @@ class DecodeImages(beam.DoFn):
       contents = _read(path)
     except Exception as e:  # pylint: disable=broad-except
       yield failure('failures', (path, _unreadable_reason(path, e)))
+      return
+    # The bytes decoded are the bytes hashed, and within the header limits.
+    reason = (bottlenecks_lib.CHANGED_REASON
+              if hashlib.sha256(contents).hexdigest() != image_key else
+              image_header.check_bytes(contents, self._size,
+                                       image_header.MAX_IMAGE_PIXELS)[0])
+    if reason:
+      yield failure('failures', (path, reason))
       return
     tf = self._tf
     try:

@@ -45,6 +45,7 @@ import tensorflow as tf
 from absl import logging
 
 import bottleneck_cache
+from retrain import image_header
 from retrain import images as images_lib
 from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.common.progress import Progress
@@ -208,31 +209,33 @@ def distort_image(contents: tf.Tensor, size: Tuple[int, int], seed: tf.Tensor,
 
 def make_compute_fn(paths: Sequence[str], seeds: np.ndarray,
                     module: FeatureModule, d: Distortions, batch_size: int,
-                    boxes: Optional[np.ndarray] = None):
+                    boxes: Optional[np.ndarray] = None,
+                    digests: Optional[Sequence[str]] = None):
   """A `bottleneck_cache.ComputeFn` over (image, copy) items.
 
   Args:
     paths: the image file of each item (one per copy).
     seeds: int64 [len(paths), 2], each item's copy_seed.
     boxes: None, or float32 [len(paths), 4], each item's crop.
+    digests: None, or the SHA-256 hex digest of each item's file: each is
+      read once, bounded, and only bytes with that digest are used
+      (bottlenecks_lib.read_images).
   """
   size = module.input_size
+  seed_table = tf.constant(np.asarray(seeds, np.int64).reshape(-1, 2))
+  box_table = None if boxes is None else tf.constant(boxes, tf.float32)
+
+  def load(index, contents):
+    box = None if box_table is None else tf.gather(box_table, index)
+    return index, distort_image(contents, size,
+                                tf.gather(seed_table, index), d, box)
 
   def compute(missing: Sequence[int]):
-    missing = np.asarray(missing, dtype=np.int64)
-    files = tf.constant([paths[i] for i in missing])
-    item_seeds = tf.constant(seeds[missing], tf.int64)
-    item_boxes = tf.constant(
-        np.zeros((len(missing), 4), np.float32) if boxes is None
-        else boxes[missing], tf.float32)
-
-    def load(index, path, seed, box):
-      return index, distort_image(tf.io.read_file(path), size, seed, d,
-                                  None if boxes is None else box)
-
     yield from bottlenecks_lib.run_module(
         module, bottlenecks_lib.image_batches(
-            (missing, files, item_seeds, item_boxes), load, batch_size))
+            bottlenecks_lib.read_images(missing, paths, digests, size,
+                                        image_header.MAX_IMAGE_PIXELS, {}),
+            load, batch_size))
 
   return compute
 
@@ -299,7 +302,8 @@ def compute_distorted(paths: Sequence[str], module: FeatureModule,
                       interval=progress_interval)
   compute = make_compute_fn(
       item_paths, seeds, module, distortions, batch_size,
-      None if boxes is None else boxes[np.asarray(item_source, np.int64)])
+      None if boxes is None else boxes[np.asarray(item_source, np.int64)],
+      [image_keys[i][:64] for i in item_source])
   vectors, ok, stats = store.get_or_compute(keys, compute,
                                             on_batch=progress.update,
                                             load=load_vectors)

@@ -14,11 +14,11 @@ get mode 0644 less the umask (what `open` gives), whatever wrote them.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from typing import Any, Iterator
 
 from bottleneck_cache import temporaries
+from retrain.common import strict_json
 
 # Temporary names start with this (and hold the writer's pid), so that a
 # folder's leftovers of a killed process can be told apart and removed.
@@ -68,6 +68,7 @@ def write_text(path: str, text: str) -> str:
 
 
 def write_json(path: str, value: Any, **dump_args) -> str:
-  """Writes `value` as JSON (indent 2 unless given) to `path` atomically."""
+  """Writes `value` as strict JSON (strict_json.dumps: NaN as null; indent
+  2 unless given) to `path` atomically."""
   dump_args.setdefault('indent', 2)
-  return write_text(path, json.dumps(value, **dump_args))
+  return write_text(path, strict_json.dumps(value, **dump_args))

@@ -51,6 +51,13 @@ def move_aside(path: str) -> Optional[str]:
   aside = stamped(prefix)
   os.rename(path, aside)
   logging.info('Moved the earlier %s to %s.', path, aside)
+  prune(prefix)
+  return aside
+
+
+def prune(prefix: str) -> None:
+  """Removes all but the KEEP_PREVIOUS newest `<prefix><time>` versions
+  (logged)."""
   # Names sort by time (see `stamped`).
   older = sorted(glob.glob(glob.escape(prefix) + '*'))[:-KEEP_PREVIOUS]
   for old in older:
@@ -60,4 +67,3 @@ def move_aside(path: str) -> Optional[str]:
       os.remove(old)
     logging.info('Removed %s (only the %d newest earlier versions are kept).',
                  old, KEEP_PREVIOUS)
-  return aside

@@ -270,8 +270,9 @@ class Walk:
       return None
     return (f'links to {real!r}, outside the image folder {self.image_dir!r}; '
             'links out of the image folder are not followed unless you '
-            'allow them: set follow_outside_links=True if the folder is '
-            'yours (e.g. photos linked from another disk)')
+            'allow them: pass --follow_outside_links (in Python '
+            'follow_outside_links=True) if the folder is yours (e.g. photos '
+            'linked from another disk)')
 
   def enter(self, folder: str) -> bool:
     """Whether to walk `folder` (False, with the reason logged, if not)."""

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 import os
 import re
 import xml.etree.ElementTree as ElementTree
@@ -117,6 +118,15 @@ class Annotations:
 # --- Reading VOC XML ------------------------------------------------------------
 
 
+def finite_number(text: str) -> float:
+  """float(text), refusing NaN and infinities (ValueError) as float() does
+  other text: a NaN box would be used silently and crop nothing sane."""
+  value = float(text)
+  if not math.isfinite(value):
+    raise ValueError(f'{text.strip()!r} is not a finite number')
+  return value
+
+
 def _text(element, tag: str, where: str, required: bool = True) -> str:
   found = element.find(tag)
   if found is None or found.text is None or not found.text.strip():
@@ -182,7 +192,7 @@ def read_voc_xml(xml_path: str, image_path: Optional[str] = None,
     for tag in CSV_BOX_COLUMNS:
       text = _text(bndbox, tag, where)
       try:
-        coords.append(float(text))
+        coords.append(finite_number(text))
       except ValueError as e:
         raise DatasetError(f'{where}: <{tag}>{text}</{tag}> is not a number.'
                            ) from e
@@ -379,7 +389,7 @@ def read_boxes_csv(csv_path: str, image_dir: str = '',
           'paths are relative to image_dir when given, else to the CSV\'s '
           'folder.', fields=('image_dir',))
     try:
-      coords = [float(fields[col]) for col in box_cols]
+      coords = [finite_number(fields[col]) for col in box_cols]
     except ValueError as e:
       raise DatasetError(f'{where}: a box coordinate is not a number ({e}).'
                          ) from e

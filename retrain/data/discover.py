@@ -185,12 +185,18 @@ def discover_images(image_dir: str,
       skipped.append(name)
       continue
     labels_lib.check_folder_label(name, os.path.join(image_dir, name))
+    text = labels_lib.normalized(name, os.path.join(image_dir, name))
+    if text in labels:
+      raise DatasetError(
+          f'Two class folders in {image_dir!r} are the label {text!r} written '
+          'two ways (Unicode composed and decomposed forms, which look the '
+          'same): merge them into one folder.')
     if len(rel_paths) < FEW_IMAGES_WARNING:
       logging.warning('Class %r has only %d images; at least %d are '
                       'recommended for a usable accuracy.', name,
                       len(rel_paths), FEW_IMAGES_WARNING)
     label = len(labels)
-    labels.append(name)
+    labels.append(text)
     images.extend(ImageFile(rel, label, image_dir) for rel in rel_paths)
 
   if len(labels) < 2:

@@ -309,6 +309,7 @@ def read_labels_csv(csv_path: str) -> Tuple[List[CsvRow], list]:
           os.path.basename(fields[0])):
         continue
     labels_lib.check_csv_label(fields[1], where)
+    fields[1] = labels_lib.normalized(fields[1], where)
     if not os.path.lexists(path):
       missing.append((path, f'listed in {where} but the file does not exist'))
       continue

@@ -39,7 +39,6 @@ and renamed into place; a file already there is first moved to
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
@@ -49,7 +48,7 @@ import tensorflow as tf
 from absl import logging
 
 from retrain import images as images_lib
-from retrain.common import atomic
+from retrain.common import atomic, strict_json
 from retrain.common import earlier_outputs as keep
 from retrain.common.names import (
   INPUT_TENSOR_NAME,
@@ -98,7 +97,7 @@ def _write_sidecars(path: str, labels: Sequence[str], module: FeatureModule,
   data = _file_metadata(path, labels, module, info)
   files = sidecar_paths(path)
   _write_file(files['labels'], export_lib.labels_text(labels).encode())
-  _write_file(files['metadata'], json.dumps(data, indent=2).encode())
+  _write_file(files['metadata'], strict_json.dumps(data, indent=2).encode())
 
 
 def check_output_file(flag: str, path: str, suffixes: Sequence[str]) -> None:

@@ -174,6 +174,7 @@ def _ensure_converted(name: str, target: str) -> str:
     # Only an interrupted copy or a hand edit leaves an incomplete folder.
     logging.warning('Module cache %s is incomplete; converting again.', target)
     _discard(target, cache_dir)
+  _remove_abandoned(cache_dir, os.path.basename(target))
   try:
     os.makedirs(cache_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(target)}.tmp-',
@@ -230,6 +231,31 @@ def _verify(target: str) -> Optional[str]:
     pass  # A read-only cache: used as it is.
   return None
 # ---
+
+
+# A conversion takes a minute or two; a temporary folder untouched for this
+# long belongs to a conversion that was killed.
+_ABANDONED_SECONDS = 3600.0
+
+
+def _remove_abandoned(cache_dir: str, name: str) -> None:
+  """Removes the temporary folders of killed conversions of `name` (and of
+  interrupted discards) in cache_dir, logged."""
+  try:
+    entries = os.listdir(cache_dir)
+  except OSError:
+    return
+  for entry in entries:
+    if not entry.startswith((f'.{name}.tmp-', f'.{name}.discard-')):
+      continue
+    path = os.path.join(cache_dir, entry)
+    try:
+      age = time.time() - os.stat(path).st_mtime
+    except OSError:
+      continue
+    if age > _ABANDONED_SECONDS:
+      shutil.rmtree(path, ignore_errors=True)
+      logging.info('Removed %s, left by a conversion that was stopped.', path)
 
 
 def _discard(path: str, cache_dir: str) -> None:

@@ -26,7 +26,10 @@ so the float32 copy of the whole set never exists.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import io
 import os
 import time
 import uuid
@@ -42,6 +45,7 @@ from bottleneck_cache import temporaries
 from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.bottlenecks import distort as distort_lib
 from retrain.common.progress import Progress
+from retrain.errors import OutputError
 from retrain.features.modules import FeatureModule
 
 # Bump when the bottom network's graph changes what an activation is.
@@ -67,24 +71,44 @@ class Float16Store(bottleneck_cache.BottleneckStore):
   def merge(self) -> None:
     pass
 
-  def _write_shard(self, keys: list, vectors: np.ndarray) -> str:
-    return self._write(keys, vectors.shape[1],
-                       lambda ds: ds.__setitem__(slice(None), vectors))
+  def _encode(self, keys: list, vectors: np.ndarray) -> bytes:
+    """A shard's bytes, built in memory as the base class builds them (a
+    full disk is then a plain OSError when written, the temporary removed
+    and CacheFullError raised by the base class), float16 vectors."""
+    buffer = io.BytesIO()
+    self._fill(buffer, keys, vectors.shape[1],
+               lambda ds: ds.__setitem__(slice(None), vectors))
+    return buffer.getvalue()
+
+  @staticmethod
+  def _fill(target, keys: list, dim: int, fill) -> None:
+    with h5py.File(target, 'w') as f:
+      f.create_dataset('keys', data=np.array([k.encode('utf-8')
+                                              for k in keys]))
+      fill(f.create_dataset('vectors', (len(keys), dim), STORAGE_DTYPE))
 
   def _write(self, keys: list, dim: int, fill) -> str:
-    """A new shard of `keys`, its float16 vectors written by fill(dataset);
-    renamed into place only when complete."""
+    """A new shard of `keys`, its float16 vectors written by fill(dataset)
+    straight to disk (compact: too large to build in memory); renamed into
+    place only when complete, removed on failure (a full disk:
+    CacheFullError)."""
     token = f'{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}'
     name = f'{store_lib.SHARD_PREFIX}{token}{store_lib.SHARD_SUFFIX}'
     # Named with its owner, as the base class names its temporaries, so
     # that a later run removes it only once its writer is gone.
     tmp = os.path.join(self.directory,
                        f'{store_lib.TMP_PREFIX}{temporaries.owner_tag()}')
-    with h5py.File(tmp, 'w') as f:
-      f.create_dataset('keys', data=np.array([k.encode('utf-8')
-                                              for k in keys]))
-      fill(f.create_dataset('vectors', (len(keys), dim), STORAGE_DTYPE))
-    os.replace(tmp, os.path.join(self.directory, name))
+    try:
+      self._fill(tmp, keys, dim, fill)
+      os.replace(tmp, os.path.join(self.directory, name))
+    except OSError as e:
+      with contextlib.suppress(OSError):
+        os.remove(tmp)
+      if e.errno in (errno.ENOSPC, errno.EDQUOT) or 'No space' in str(e):
+        raise store_lib.CacheFullError(self.directory, len(keys) * dim * 2,
+                                       detail=' to compact activations'
+                                       ) from e
+      raise
     return name
 
   def compact(self) -> None:
@@ -178,9 +202,13 @@ def _get_or_compute(keys: Sequence[str], store, make_compute, shape,
   stats = bottleneck_cache.Stats()
   for start in range(0, len(keys), _CHUNK):
     chunk = np.arange(start, min(start + _CHUNK, len(keys)))
-    got, got_ok, s = store.get_or_compute(
-        [keys[i] for i in chunk], make_compute(chunk),
-        on_batch=progress.update)
+    try:
+      got, got_ok, s = store.get_or_compute(
+          [keys[i] for i in chunk], make_compute(chunk),
+          on_batch=progress.update)
+    except bottleneck_cache.CacheError as e:  # a full disk: nothing half-kept
+      raise OutputError(f'bottleneck_dir: {e}', fields=('bottleneck_dir',)
+                        ) from e
     ok[chunk] = got_ok
     values[chunk[got_ok]] = got.reshape(-1, *shape)
     for field in dataclasses.fields(s):
@@ -188,7 +216,11 @@ def _get_or_compute(keys: Sequence[str], store, make_compute, shape,
               getattr(stats, field.name) + getattr(s, field.name))
   if missing:
     progress.finish()
-    store.compact()
+    try:
+      store.compact()
+    except bottleneck_cache.CacheError as e:
+      logging.warning('Activation shards not compacted (%s); every one is '
+                      'kept and a later run compacts them.', e)
   return Activations(values=values[ok], ok=ok, stats=stats)
 
 

@@ -35,10 +35,12 @@ resumed run sees what an uninterrupted one would have.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
@@ -48,7 +50,7 @@ from absl import logging
 
 from retrain.common import atomic
 from retrain.common import earlier_outputs as keep
-from retrain.errors import RetrainError
+from retrain.errors import OutputError, RetrainError
 
 IDENTITY_FILE = 'fine_tune_identity.json'
 
@@ -156,10 +158,45 @@ def evaluate(logits_fn, batches: Iterable) -> Tuple[float, float, np.ndarray]:
   return loss / total, correct / total, np.concatenate(predictions)
 
 
+def remove_checkpoint_temporaries(directory: str) -> None:
+  """Removes what a checkpoint save that failed (a full disk) or was killed
+  left in `directory`: TensorFlow's `<prefix>_temp` shards and
+  `checkpoint.tmp*` state files, which made the next run fail."""
+  try:
+    names = os.listdir(directory)
+  except OSError:
+    return
+  for name in names:
+    if '_temp' in name or name.startswith('checkpoint.tmp'):
+      path = os.path.join(directory, name)
+      if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+      else:
+        with contextlib.suppress(OSError):
+          os.remove(path)
+
+
+def save_checkpoint(manager, epoch: int) -> None:
+  """manager.save, a failure (a full disk) an OutputError that leaves no
+  temporary behind; the checkpoint before it stays whole."""
+  try:
+    manager.save(checkpoint_number=epoch)
+  except (tf.errors.OpError, OSError) as e:
+    remove_checkpoint_temporaries(manager.directory)
+    reason = (getattr(e, 'message', None) or str(e)).strip().splitlines()
+    raise OutputError(
+        f'Cannot write the fine-tuning checkpoint of epoch {epoch} in '
+        f'{manager.directory!r} ({reason[0] if reason else type(e).__name__}'
+        '). Free some disk space there, or give a checkpoint_path on a disk '
+        'with room, and run again: fine-tuning resumes from the last whole '
+        'checkpoint.', fields=('checkpoint_path',)) from e
+
+
 def _prepare_checkpoint_dir(directory: str, identity: dict) -> None:
   """Makes `directory` hold checkpoints of `identity` only: a folder of
   another run's checkpoints is moved aside (never deleted)."""
   path = os.path.join(directory, IDENTITY_FILE)
+  remove_checkpoint_temporaries(directory)
   if os.path.isdir(directory) and os.listdir(directory):
     try:
       with open(path, encoding='utf-8') as f:
@@ -394,7 +431,7 @@ def fit(variables: List[tf.Variable], logits_fn: Callable,
     _summarise(writers, point)
     history.append(point)
     if manager is not None:
-      manager.save(checkpoint_number=epoch)
+      save_checkpoint(manager, epoch)
     if on_epoch is not None:
       on_epoch(point)
   kept, accuracy = _keep(tracker, stopped_early)

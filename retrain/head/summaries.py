@@ -32,7 +32,8 @@ _HISTOGRAM_BUCKETS = 30
 
 def keep_previous_runs(summaries_dir: str) -> Optional[str]:
   """Moves an earlier training's runs (train/, validation/, ...) beside
-  `summaries_dir`, into `<summaries_dir>.previous-<time>/`, if there are any.
+  `summaries_dir`, into `<summaries_dir>.previous-<time>/`, if there are any;
+  only the newest few such folders are kept (earlier_outputs.prune).
 
   Returns:
     The folder they were moved to, or None when there were none.
@@ -40,13 +41,14 @@ def keep_previous_runs(summaries_dir: str) -> Optional[str]:
   existing = [r for r in RUNS if os.path.isdir(os.path.join(summaries_dir, r))]
   if not existing:
     return None
-  aside = keep.stamped(
-      os.path.abspath(summaries_dir).rstrip(os.sep) + '.previous-')
+  prefix = os.path.abspath(summaries_dir).rstrip(os.sep) + '.previous-'
+  aside = keep.stamped(prefix)
   os.makedirs(aside)
   for run in existing:
     os.rename(os.path.join(summaries_dir, run), os.path.join(aside, run))
   logging.info('Moved the previous TensorBoard run in %s to %s.',
                summaries_dir, aside)
+  keep.prune(prefix)  # only the newest few are kept
   return aside
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from retrain.errors import RetrainError
 from retrain.head import options as options_lib
 from retrain.head import summaries as summaries_lib
 from retrain.head.model import Head, HeadVariables
@@ -403,6 +404,8 @@ def train_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
   """
   hooks = hooks or Hooks()
   opts = settings.options
+  refuse_non_finite(train_x, 'training')
+  refuse_non_finite(val_x, 'validation')
   data = TrainingSet(train_x, train_y, num_classes,
                      by_images=bool(opts and opts.sampling == 'images'))
   tf.random.set_seed(settings.seed)
@@ -417,8 +420,39 @@ def train_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
   if stopper is not None and stopper.best is not None:
     logging.info('Restoring the weights of step %d (best validation cross '
                  'entropy %.4f).', stopper.best_step, stopper.best_loss)
-    return TrainResult(stopper.best, history, stopper.best_step)
-  return TrainResult(state.snapshot(), history)
+    result = TrainResult(stopper.best, history, stopper.best_step)
+  else:
+    result = TrainResult(state.snapshot(), history)
+  _refuse_diverged(result)
+  return result
+
+
+def refuse_non_finite(x: np.ndarray, subset: str) -> None:
+  """Raises RetrainError when vectors float32 [n, D] hold NaN or inf: a
+  model trained on them outputs NaN for every image."""
+  bad = np.flatnonzero(~np.isfinite(np.asarray(x)).all(axis=-1)) if (
+      np.size(x)) else []
+  if len(bad):
+    raise RetrainError(
+        f'{len(bad)} of the {len(x)} {subset} vectors hold NaN or infinity '
+        f'(rows {", ".join(str(i) for i in bad[:5])}): the feature module '
+        'gives non-finite outputs for these images. Use another '
+        'tfhub_module, or remove the images.', fields=('tfhub_module',))
+
+
+def _refuse_diverged(result: TrainResult) -> None:
+  """Raises RetrainError when training ended with non-finite weights or
+  loss (diverged), instead of exporting a model that outputs NaN."""
+  losses = [p.cross_entropy for p in result.history]
+  if (np.isfinite(result.head.weights).all() and
+      np.isfinite(result.head.biases).all() and
+      all(np.isfinite(v) for v in losses[-1:])):
+    return
+  raise RetrainError(
+      'Training diverged: the loss or the weights became NaN or infinity, so '
+      'the model would output NaN for every image. Lower learning_rate (or '
+      'use the default optimizer) and run again.',
+      fields=('learning_rate',))
 
 
 def _loop(compiled: CompiledSteps, settings: Settings, hooks: Hooks,

@@ -40,7 +40,10 @@ def class_counts_chart(labels: Sequence[str], counts: np.ndarray) -> str:
     axes.bar(x, counts[:, k], bottom=bottom, label=name, color=colour)
     bottom += counts[:, k]
   axes.set_xticks(x)
-  axes.set_xticklabels(labels, rotation=45 if len(labels) > 6 else 0,
+  # Plain text: '$' would start matplotlib's math mode, and a class named
+  # '$\\foo$ math' made the whole report fail.
+  axes.set_xticklabels([str(label).replace('$', r'\$') for label in labels],
+                       rotation=45 if len(labels) > 6 else 0,
                        ha='right' if len(labels) > 6 else 'center')
   axes.set_ylabel('examples')
   axes.legend(loc='upper left', bbox_to_anchor=(1.0, 1.0))

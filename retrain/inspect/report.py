@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import os
 import time
 from typing import Dict, List, Optional
@@ -22,6 +21,7 @@ from absl import logging
 
 from retrain import pipeline
 from retrain.bottlenecks import compute as bottlenecks_lib
+from retrain.common import strict_json
 from retrain.config import Config, InspectConfig, subset
 from retrain.data import boxes as boxes_lib
 from retrain.data import sources
@@ -247,7 +247,8 @@ def inspect_dataset(config: Config, options: InspectConfig) -> InspectResult:
   os.makedirs(options.output_dir, exist_ok=True)
   json_path = os.path.join(options.output_dir, REPORT_JSON)
   html_path = os.path.join(options.output_dir, REPORT_HTML)
-  _write_atomic(json_path, json.dumps(report, indent=1, ensure_ascii=False))
+  _write_atomic(json_path, strict_json.dumps(report, indent=1,
+                                            ensure_ascii=False))
   _write_atomic(html_path, html_lib.page(report, page))
   _log_summary(report, html_path)
   return InspectResult(report, json_path, html_path)

@@ -33,7 +33,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from retrain.common import atomic
+from retrain.common import atomic, safe_text, strict_json
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray,
@@ -170,7 +170,8 @@ def format_confusion(confusion: np.ndarray,
 
 def _csv_text(rows: Sequence[Sequence]) -> str:
   out = io.StringIO()
-  csv.writer(out, lineterminator='\n').writerows(rows)
+  csv.writer(out, lineterminator='\n').writerows(
+      safe_text.csv_row(row) for row in rows)
   return out.getvalue()
 
 
@@ -236,7 +237,8 @@ def write_reports(report_dir: str, subset: str, metrics: Metrics,
                                                      'f1')] + [metrics.count])
   put(f'{subset}_metrics.csv', _csv_text(rows))
   put(f'{subset}_metrics.json',
-      json.dumps({'subset': subset, **metrics.to_json()}, indent=2) + '\n')
+      strict_json.dumps({'subset': subset, **metrics.to_json()}, indent=2) +
+      '\n')
 
   cm_rows = [['true \\ predicted', *labels]]
   cm_rows += [[name, *[int(v) for v in metrics.confusion[i]]]

@@ -15,7 +15,7 @@ import json
 import os
 from typing import List, Sequence, Tuple
 
-from retrain.common import atomic
+from retrain.common import atomic, safe_text
 
 SKIPPED_JSON = 'skipped_files.json'
 SKIPPED_CSV = 'skipped_files.csv'
@@ -42,6 +42,6 @@ def write_skipped_report(report_dir: str,
   buffer = io.StringIO()
   writer = csv.writer(buffer)
   writer.writerow(['path', 'reason'])
-  writer.writerows(rows)
+  writer.writerows(safe_text.csv_row(row) for row in rows)
   atomic.write_text(csv_path, buffer.getvalue())
   return [json_path, csv_path]
