@@ -17,6 +17,7 @@ import bottleneck_cache
 from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.bottlenecks import distort as distort_lib
 from retrain.bottlenecks import ensemble as ensemble_bottlenecks
+from retrain.bottlenecks import precision as precision_lib
 from retrain.bottlenecks import usable as usable_lib
 from retrain.common import atomic, leftovers
 from retrain.common import phases as phases_lib
@@ -169,6 +170,8 @@ def run(config: Config) -> RunResult:
     module = ensemble_lib.load(config.tfhub_module, config.image_size,
                                config.module_cache_dir,
                                trust=config.trust_module)
+  with phases('precision'):
+    module = choose_precision(config, layout.dataset, module, keyed, crops)
   # The module as the bottlenecks (plain and distorted) run it.
   runner = tflite_runtime.deferred(module, config.bottleneck_runtime,
                                    config.module_cache_dir)
@@ -248,6 +251,24 @@ def hash_images(config: Config, dataset, crops=None) -> tuple:
   return bottlenecks_lib.content_keys(
       discover_lib.image_paths(dataset.images), config.bottleneck_dir,
       boxes_lib.Crops.bottleneck_args(crops).get('key_suffixes'))
+
+
+def choose_precision(config: Config, dataset, module, keyed: tuple,
+                     crops=None):
+  """`module` with each member at the precision --bottleneck_precision
+  and the guard choose (retrain/bottlenecks/precision.py)."""
+  boxes = boxes_lib.Crops.bottleneck_args(crops).get('boxes')
+  probe = precision_lib.Probe(
+      paths=discover_lib.image_paths(dataset.images), keyed=keyed,
+      bottleneck_dir=config.bottleneck_dir,
+      batch_size=config.bottleneck_batch_size,
+      max_pixels=config.max_image_pixels, boxes=boxes)
+  chosen = precision_lib.choose(module, config.bottleneck_precision,
+                                config.bottleneck_runtime,
+                                config.module_cache_dir, probe,
+                                fine_tune=config.fine_tune)
+  logging.info('Bottleneck precision: %s.', precision_lib.describe(chosen))
+  return chosen
 
 
 def bottlenecks(config: Config, dataset, module, runner, crops=None,
