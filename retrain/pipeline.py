@@ -170,6 +170,7 @@ def run(config: Config) -> RunResult:
     module = ensemble_lib.load(config.tfhub_module, config.image_size,
                                config.module_cache_dir,
                                trust=config.trust_module)
+  float_module = module
   with phases('precision'):
     module = choose_precision(config, layout.dataset, module, keyed, crops)
   # The module as the bottlenecks (plain and distorted) run it.
@@ -208,7 +209,8 @@ def run(config: Config) -> RunResult:
   with phases('export'):
     saved, deployment = export(config, module, labels, trained, test, images,
                                split, intermediate, confidence,
-                               tuned.metadata if tuned else None)
+                               tuned.metadata if tuned else None,
+                               float_module)
   phases.total()
   if skipped:
     logging.warning('%d images were skipped because they could not be used; '
@@ -256,13 +258,18 @@ def hash_images(config: Config, dataset, crops=None) -> tuple:
 def choose_precision(config: Config, dataset, module, keyed: tuple,
                      crops=None):
   """`module` with each member at the precision --bottleneck_precision
-  and the guard choose (retrain/bottlenecks/precision.py)."""
-  boxes = boxes_lib.Crops.bottleneck_args(crops).get('boxes')
+  and the guard choose (retrain/bottlenecks/precision.py); float with
+  --crop_to_boxes (the guard and the export check read whole images)."""
+  if crops is not None:
+    if config.bottleneck_precision == 'int8':
+      logging.warning('Using float bottlenecks: int8 bottlenecks do not '
+                      'support crop_to_boxes yet.')
+    return module
   probe = precision_lib.Probe(
       paths=discover_lib.image_paths(dataset.images), keyed=keyed,
       bottleneck_dir=config.bottleneck_dir,
       batch_size=config.bottleneck_batch_size,
-      max_pixels=config.max_image_pixels, boxes=boxes)
+      max_pixels=config.max_image_pixels)
   chosen = precision_lib.choose(module, config.bottleneck_precision,
                                 config.bottleneck_runtime,
                                 config.module_cache_dir, probe,
@@ -535,9 +542,14 @@ def export(config: Config, module, labels: Sequence[str],
            trained: train_lib.TrainResult, test: evaluate_lib.Evaluation,
            images: usable_lib.UsableImages, split: split_lib.Split,
            intermediate, confidence: calibration_lib.Confidence,
-           fine_tune_metadata: Optional[dict] = None):
+           fine_tune_metadata: Optional[dict] = None, float_module=None):
   """Writes the labels file and every export asked for; returns (the
   SavedModel folder or None, <report_dir>/deployment.json).
+
+  With int8 bottlenecks (module quantised, float_module the float one the
+  exports hold), the exports' held-out accuracy on float features is
+  measured and reported beside the training figure
+  (precision_lib.check_float_exports).
 
   Every export carries the calibrated head (confidence.head: the same
   predictions as trained.head) and the confidence metadata; a quantized TFLite model is
@@ -554,6 +566,10 @@ def export(config: Config, module, labels: Sequence[str],
   other_formats = export_formats.export_other_formats(
       subset(export_formats.ExportOptions, config), module, confidence.head,
       labels, images.paths_of(split.train), gate, deploy_metadata)
+  if float_module is not None and precision_lib.is_quantized(module):
+    other_formats['float_export_check'] = check_float_exports(
+        config, float_module, confidence.head, images, rows, held_out,
+        test.accuracy if held_out == 'test' else None)
   if intermediate is not None:
     other_formats['intermediate_graphs'] = intermediate.written
   phases_lib.release_memory()  # the frozen graph's copies of the weights
@@ -574,6 +590,27 @@ def export(config: Config, module, labels: Sequence[str],
   deployment = deployment_report.write_report(
       config.report_dir, confidence, gate.results, other_formats)
   return saved, deployment
+
+
+def check_float_exports(config: Config, float_module, head,
+                        images: usable_lib.UsableImages, rows, held_out: str,
+                        int8_accuracy: Optional[float]) -> Optional[dict]:
+  """precision_lib.check_float_exports on the held-out `rows` of `images`
+  (int8_accuracy None: measured here on their int8 vectors)."""
+  if int8_accuracy is None:
+    int8_accuracy = float(np.mean(
+        head.logits(images.vectors[rows]).argmax(axis=1) ==
+        images.labels[rows])) if len(rows) else float('nan')
+  digests = images.digests_of(rows)
+  probe = precision_lib.Probe(
+      paths=images.paths_of(rows),
+      keyed=(digests, np.arange(len(rows), dtype=np.int64), []),
+      bottleneck_dir=config.bottleneck_dir,
+      batch_size=config.bottleneck_batch_size,
+      max_pixels=config.max_image_pixels)
+  return precision_lib.check_float_exports(
+      float_module, head, probe, images.labels[rows], int8_accuracy,
+      held_out, config.bottleneck_runtime, config.module_cache_dir)
 
 
 def write_run_summary(config: Config, result: RunResult) -> str:

@@ -1,7 +1,9 @@
 """Integer bottlenecks: the int8 copy, its cache namespace, the guard."""
 
+import json
 import logging
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -179,3 +181,24 @@ def test_int8_run_end_to_end(tmp_path):
   assert len(bottleneck_cache.BottleneckStore(
       config.bottleneck_dir, dict(float_ns,
                                   quantization=int8.QUANTIZATION))) == 30
+  # The float exports' accuracy on the held-out images, beside the int8
+  # figure, in the deployment report and the SavedModel's metadata.
+  report = json.loads(pathlib.Path(result.deployment_report).read_text())
+  check = report['exports']['float_export_check']
+  assert check['int8_accuracy'] == result.test_accuracy
+  assert check['count'] == result.test_count and check['subset'] == 'test'
+  assert check['float_export_accuracy'] == 1.0
+  assert check['loss_points'] <= precision_lib.MAX_EXPORT_LOSS_POINTS
+  meta = json.loads((pathlib.Path(config.saved_model_dir) /
+                     'retrain_metadata.json').read_text())
+  assert meta['other_exports']['float_export_check'] == check
+
+
+def test_float32_run_has_no_float_export_check(tmp_path, fake_module):
+  images = make_colour_dataset(tmp_path / 'images', per_class=4)
+  config = shrunk_config(images, tmp_path / 'out', fake_module,
+                         bottleneck_precision='float32',
+                         how_many_training_steps=20)
+  result = pipeline.run(config)
+  report = json.loads(pathlib.Path(result.deployment_report).read_text())
+  assert 'float_export_check' not in report['exports']

@@ -33,6 +33,7 @@ from absl import logging
 
 import bottleneck_cache
 from retrain.bottlenecks import compute as bottlenecks_lib
+from retrain.bottlenecks import ensemble as ensemble_bottlenecks
 from retrain.features import ensemble as ensemble_lib
 from retrain.features import int8, tflite_runtime
 from retrain.features.modules import FeatureModule
@@ -48,15 +49,12 @@ class Probe:
     bottleneck_dir: the cache root.
     batch_size: images per module call.
     max_pixels: the decoding limit (see bottlenecks_lib.make_compute_fn).
-    boxes: None for whole images, else float32 [len(paths), 4], the crop
-      of each (--crop_to_boxes).
   """
   paths: Sequence[str]
   keyed: tuple
   bottleneck_dir: str
   batch_size: int
   max_pixels: int
-  boxes: Optional[np.ndarray] = None
 
 
 def _probe_vectors(module: FeatureModule, runner: FeatureModule,
@@ -68,8 +66,7 @@ def _probe_vectors(module: FeatureModule, runner: FeatureModule,
       probe.bottleneck_dir, bottlenecks_lib.cache_namespace(module))
   done = bottlenecks_lib.compute_bottlenecks(
       [probe.paths[i] for i in rows], runner, store, probe.batch_size,
-      max_pixels=probe.max_pixels, keyed=keyed,
-      boxes=None if probe.boxes is None else probe.boxes[rows])
+      max_pixels=probe.max_pixels, keyed=keyed)
   return done.vectors, done.ok
 
 
@@ -98,15 +95,17 @@ def _guard(member: FeatureModule, quantized: FeatureModule,
 def _choose_member(member: FeatureModule, precision: str, runtime: str,
                    cache_dir: Optional[str], probe: Probe) -> FeatureModule:
   """The member itself, or its int8 copy (see the module doc)."""
-  quantized = int8.load(member, cache_dir)
-  if quantized is None:
-    return member
   float_runner = tflite_runtime.deferred(member, runtime, cache_dir)
-  if precision == 'auto' and not int8.measured_faster(member, quantized,
-                                                      float_runner):
-    logging.info('Using float bottlenecks for %s: its int8 copy is not '
-                 'faster on this CPU.', member.handle)
-    return member
+  if precision == 'auto':
+    quantized = int8.auto_choice(member, float_runner, cache_dir)
+    if quantized is None:
+      logging.info('Using float bottlenecks for %s: an int8 copy would not '
+                   'be faster on this CPU.', member.handle)
+      return member
+  else:
+    quantized = int8.load(member, cache_dir)
+    if quantized is None:
+      return member
   if not _guard(member, quantized, float_runner, probe):
     return member
   return quantized
@@ -151,3 +150,66 @@ def describe(module: FeatureModule) -> str:
   """'int8', 'float32', or per member e.g. 'int8, int8, float32'."""
   members = getattr(module, 'members', None) or (module,)
   return ', '.join(m.quantization and 'int8' or 'float32' for m in members)
+
+
+# Accuracy points the float exports may lose against the head's figure on
+# the int8 vectors it was trained on.
+MAX_EXPORT_LOSS_POINTS = 0.3
+
+
+def is_quantized(module: FeatureModule) -> bool:
+  """True when any member of `module` (or the module) runs int8."""
+  members = getattr(module, 'members', None) or (module,)
+  return any(m.quantization for m in members)
+
+
+def check_float_exports(float_module: FeatureModule, head, probe: Probe,
+                        labels, int8_accuracy: float, subset: str,
+                        runtime: str, cache_dir: Optional[str]
+                        ) -> Optional[dict]:
+  """The held-out accuracy of the exports that compute float features.
+
+  The SavedModel, frozen graph, ONNX and float TFLite exports hold the
+  float module; a head trained on int8 vectors sees float ones there. This
+  measures the head on the float vectors of the held-out images (cached in
+  the float namespace, so a warm run pays nothing) against `int8_accuracy`,
+  its figure on the int8 vectors; logs both, warns when the float exports
+  lose more than MAX_EXPORT_LOSS_POINTS.
+
+  Args:
+    float_module: the float module (or ensemble) the exports hold.
+    head: the exported head (logits of float32 [n, D]).
+    probe: the held-out images (paths, keyed) and the cache settings.
+    labels: int class ids [n] of probe.paths.
+    int8_accuracy: in [0, 1], the head's accuracy on their int8 vectors.
+    subset: 'test' or 'validation', for the messages.
+
+  Returns:
+    {'float_export_accuracy', 'int8_accuracy', 'loss_points', 'count',
+    'subset', 'max_loss_points'} (accuracies in [0, 1]), or None when there
+    are no held-out images.
+  """
+  if not len(probe.paths):
+    return None
+  runner = tflite_runtime.deferred(float_module, runtime, cache_dir)
+  done = ensemble_bottlenecks.compute_bottlenecks(
+      probe.paths, float_module, runner, probe.bottleneck_dir, runtime,
+      probe.batch_size, cache_dir, max_pixels=probe.max_pixels,
+      keyed=probe.keyed, progress_interval=30)
+  predicted = np.asarray(head.logits(done.vectors)).argmax(axis=1)
+  truth = np.asarray(labels)[done.ok]
+  accuracy = float(np.mean(predicted == truth)) if len(truth) else float('nan')
+  loss = 100 * (int8_accuracy - accuracy)
+  logging.info(
+      'Float exports (SavedModel, frozen graph, ONNX, float TFLite) on the '
+      '%d %s images: %.1f %%, against %.1f %% for the head on the int8 '
+      'vectors it was trained on (%+.1f points).', len(truth), subset,
+      100 * accuracy, 100 * int8_accuracy, -loss)
+  if loss > MAX_EXPORT_LOSS_POINTS:
+    logging.warning(
+        'The float exports lose %.1f points against the int8 figure (more '
+        'than %.1f): for exports that match training exactly, run with '
+        'bottleneck_precision float32.', loss, MAX_EXPORT_LOSS_POINTS)
+  return {'float_export_accuracy': accuracy, 'int8_accuracy': int8_accuracy,
+          'loss_points': loss, 'count': int(len(truth)), 'subset': subset,
+          'max_loss_points': MAX_EXPORT_LOSS_POINTS}

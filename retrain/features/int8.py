@@ -73,6 +73,9 @@ MIN_LOW_COSINE = 0.85
 # module's int8 copy can run at float speed, and timings of a few
 # milliseconds are noisy; EfficientNet-Lite0/1/2 run 2-3x faster).
 MIN_SPEEDUP = 1.2
+# ... and only for a module whose float call costs at least this many
+# milliseconds per image (EfficientNet-Lite0 costs 10-25).
+MIN_FLOAT_MS_PER_IMAGE = 1.0
 # Images per interpreter call when timing float against int8.
 _TIMING_IMAGES = 4
 
@@ -256,38 +259,67 @@ def _time_call(call: Callable, images: np.ndarray, repeats: int) -> float:
   return best
 
 
-def measured_faster(module: FeatureModule, quantized: FeatureModule,
-                    float_runner: FeatureModule) -> bool:
-  """True when the int8 model runs MIN_SPEEDUP times faster than the float
-  runner on this CPU kind. Measured once per CPU kind (best of 3, interleaved) and stored
-  beside the int8 model in `<model>.speed.json`."""
-  record_path = quantized.call.path + '.speed.json'
-  cpu = _cpu_kind()
+def _read_record(path: str, cpu: str) -> Optional[dict]:
   try:
-    with open(record_path, encoding='utf-8') as f:
+    with open(path, encoding='utf-8') as f:
       record = json.load(f)
-    if record.get('cpu') == cpu:
-      return record['int8_seconds'] * MIN_SPEEDUP < record['float_seconds']
-  except (OSError, ValueError, KeyError):
-    pass
-  if float_runner.prepare is not None:
-    float_runner.prepare()
-  images = calibration_images(module.input_size)[:_TIMING_IMAGES]
-  quantized.call(images)  # warm-up: the first invoke plans the graph
-  float_runner.call(images)
-  int8_s = float_s = float('inf')
-  for _ in range(3):
-    int8_s = min(int8_s, _time_call(quantized.call, images, 1))
-    float_s = min(float_s, _time_call(float_runner.call, images, 1))
-  record = {'cpu': cpu, 'int8_seconds': int8_s, 'float_seconds': float_s,
-            'images': _TIMING_IMAGES}
+    return record if record.get('cpu') == cpu else None
+  except (OSError, ValueError, AttributeError):
+    return None
+
+
+def _write_record(path: str, record: dict) -> None:
   try:
-    atomic.write_text(record_path, json.dumps(record, indent=1) + '\n')
+    atomic.write_text(path, json.dumps(record, indent=1) + '\n')
   except OSError:
     pass
-  logging.info('%s on this CPU: int8 %.0f ms, float %.0f ms for %d images.',
-               module.handle, 1000 * int8_s, 1000 * float_s, _TIMING_IMAGES)
-  return int8_s * MIN_SPEEDUP < float_s
+
+
+def auto_choice(module: FeatureModule, float_runner: FeatureModule,
+                cache_dir: Optional[str] = None) -> Optional[FeatureModule]:
+  """For `auto`: the module's int8 copy when it runs MIN_SPEEDUP times
+  faster than `float_runner` on this CPU kind, else None.
+
+  A module whose float call costs under MIN_FLOAT_MS_PER_IMAGE per image
+  is not worth quantising and is not converted. Both timings (best of 3,
+  interleaved, on _TIMING_IMAGES calibration images) are measured once per
+  CPU kind and stored in `<int8 model>.speed.json`; later runs read them.
+  """
+  record_path = int8_file(module, cache_dir) + '.speed.json'
+  cpu = _cpu_kind()
+  record = _read_record(record_path, cpu)
+  if record is None:
+    if float_runner.prepare is not None:
+      float_runner.prepare()
+    images = calibration_images(module.input_size)[:_TIMING_IMAGES]
+    float_runner.call(images)  # warm-up: the first invoke plans the graph
+    float_s = min(_time_call(float_runner.call, images, 1) for _ in range(3))
+    record = {'cpu': cpu, 'images': _TIMING_IMAGES, 'float_seconds': float_s,
+              'int8_seconds': None}
+    if 1000 * float_s / _TIMING_IMAGES < MIN_FLOAT_MS_PER_IMAGE:
+      _write_record(record_path, record)
+      return None
+  if record['int8_seconds'] is None and (
+      1000 * record['float_seconds'] / _TIMING_IMAGES
+      < MIN_FLOAT_MS_PER_IMAGE):
+    return None
+  quantized = load(module, cache_dir)
+  if quantized is None:
+    return None
+  if record['int8_seconds'] is None:
+    images = calibration_images(module.input_size)[:_TIMING_IMAGES]
+    quantized.call(images)
+    int8_s = float_s = float('inf')
+    for _ in range(3):  # interleaved, so both see the same load
+      int8_s = min(int8_s, _time_call(quantized.call, images, 1))
+      float_s = min(float_s, _time_call(float_runner.call, images, 1))
+    record.update(int8_seconds=int8_s, float_seconds=float_s)
+    _write_record(record_path, record)
+    logging.info('%s on this CPU: int8 %.0f ms, float %.0f ms for %d images.',
+                 module.handle, 1000 * int8_s, 1000 * float_s, _TIMING_IMAGES)
+  if record['int8_seconds'] * MIN_SPEEDUP < record['float_seconds']:
+    return quantized
+  return None
 
 
 def guard_passes(float_vectors: np.ndarray, int8_vectors: np.ndarray
