@@ -240,7 +240,7 @@ def cold_warm(image_dir, work):
   print('| precision | run | wall s | phases s | peak MiB | test accuracy |')
   print('|---|---|---|---|---|---|')
   for (precision, cold), (wall, rss, summary) in results.items():
-    timings = summary.get('timings') or {}
+    timings = summary.get('timings_seconds') or {}
     phases = ', '.join(f'{k} {v:.1f}' for k, v in timings.items())
     acc = summary.get('test_accuracy')
     print(f'| {precision} | {"cold" if cold else "warm"} | {wall:.1f} | '
