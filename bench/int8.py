@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import pathlib
-import shutil
 import sys
 import tempfile
 import time
@@ -209,25 +207,10 @@ def accuracy(image_dir, names, cache_dir, bottleneck_dir, folds, seed):
 
 
 def _run(image_dir, work, precision, cold):
-  from pipeline_bench import run_cli
-  out = os.path.join(work, precision)
-  if cold:
-    shutil.rmtree(os.path.join(out, 'bn'), ignore_errors=True)
-  args = [sys.executable, '-m', 'retrain', '--image_dir', image_dir,
-          '--bottleneck_precision', precision,
-          '--bottleneck_dir', os.path.join(out, 'bn'),
-          '--summaries_dir', os.path.join(out, 'logs'),
-          '--saved_model_dir', os.path.join(out, 'saved_model'),
-          '--output_labels', os.path.join(out, 'labels.txt'),
-          '--report_dir', os.path.join(out, 'report')]
-  wall, rss, _ = run_cli(args)
-  for name in os.listdir(out):
-    if '.previous-' in name:
-      shutil.rmtree(os.path.join(out, name), ignore_errors=True)
-  with open(os.path.join(out, 'report', 'run_summary.json'),
-            encoding='utf-8') as f:
-    summary = json.load(f)
-  return wall, rss, summary
+  from pipeline_bench import retrain_run
+  return retrain_run(image_dir, DEFAULTS.tfhub_module,
+                     os.path.join(work, precision), cold,
+                     ('--bottleneck_precision', precision))
 
 
 def cold_warm(image_dir, work):
