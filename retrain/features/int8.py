@@ -35,6 +35,7 @@ import dataclasses
 import json
 import os
 import platform
+import threading
 import time
 from typing import Callable, Optional, Sequence, Tuple
 
@@ -226,12 +227,14 @@ class LazyCall:
     self.path = path
     self._input_size = input_size
     self._call = None
+    self._lock = threading.Lock()
     self.parallel_calls = min(features.usable_cores(),
                               tflite_runtime._MAX_INTERPRETERS)
 
   def __call__(self, images) -> tf.Tensor:
-    if self._call is None:
-      self._call = tflite_runtime.TFLiteCall(self.path, self._input_size)
+    with self._lock:  # calls come from several threads at once
+      if self._call is None:
+        self._call = tflite_runtime.TFLiteCall(self.path, self._input_size)
     return self._call(images)
 
 
