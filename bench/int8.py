@@ -220,13 +220,15 @@ def cold_warm(image_dir, work):
     for precision in ('float32', 'auto'):
       results[precision, cold] = _run(image_dir, work, precision, cold)
   print(f'\nEnd to end, {image_dir} (default flags but the precision)')
-  print('| precision | run | wall s | phases s | peak MiB | test accuracy |')
-  print('|---|---|---|---|---|---|')
+  print('| precision | chosen | run | wall s | phases s | peak MiB | test '
+        'accuracy |')
+  print('|---|---|---|---|---|---|---|')
   for (precision, cold), (wall, rss, summary) in results.items():
     timings = summary.get('timings_seconds') or {}
     phases = ', '.join(f'{k} {v:.1f}' for k, v in timings.items())
     acc = summary.get('test_accuracy')
-    print(f'| {precision} | {"cold" if cold else "warm"} | {wall:.1f} | '
+    print(f'| {precision} | {summary.get("bottleneck_precision")} | '
+          f'{"cold" if cold else "warm"} | {wall:.1f} | '
           f'{phases} | {rss:.0f} | '
           f'{"" if acc is None else f"{100 * acc:.1f} %"} |')
 

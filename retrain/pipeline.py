@@ -90,6 +90,8 @@ class RunResult:
   # <report_dir>/deployment.json: calibration and quantization checks.
   deployment_report: Optional[str] = None
   fine_tuned: Optional[finetune_lib.FineTuned] = None
+  # Per member, the precision its bottlenecks ran at ('int8' or 'float32').
+  bottleneck_precision: Optional[str] = None
 
 
 def resolve_head_solver(config: Config) -> Config:
@@ -173,6 +175,7 @@ def run(config: Config) -> RunResult:
   float_module = module
   with phases('precision'):
     module = choose_precision(config, layout.dataset, module, keyed, crops)
+    precision = precision_lib.describe(module)
   # The module as the bottlenecks (plain and distorted) run it.
   runner = tflite_runtime.deferred(module, config.bottleneck_runtime,
                                    config.module_cache_dir)
@@ -225,7 +228,7 @@ def run(config: Config) -> RunResult:
       saved_model_dir=saved, timings=phases.timings, explained=explained,
       distorted_stats=copies.stats if copies is not None else None,
       peak_rss_mib=phases.peak_rss, deployment_report=deployment,
-      fine_tuned=tuned)
+      fine_tuned=tuned, bottleneck_precision=precision)
   write_run_summary(config, result)
   return result
 
@@ -628,5 +631,6 @@ def write_run_summary(config: Config, result: RunResult) -> str:
       'timings_seconds': result.timings,
       'peak_rss_mib_after_phase': result.peak_rss_mib,
       'saved_model_dir': result.saved_model_dir,
+      'bottleneck_precision': result.bottleneck_precision,
   }
   return atomic.write_json(path, summary)

@@ -173,6 +173,10 @@ def test_int8_run_end_to_end(tmp_path):
                          bottleneck_precision='int8')
   result = pipeline.run(config)
   assert result.test_accuracy > 0.9
+  assert result.bottleneck_precision == 'int8'
+  summary = json.loads((pathlib.Path(config.report_dir) /
+                        pipeline.RUN_SUMMARY_FILE).read_text())
+  assert summary['bottleneck_precision'] == 'int8'
   float_ns = bottlenecks_lib.cache_namespace(features.load_module(str(module)))
   names = set(os.listdir(config.bottleneck_dir))
   int8_dir = bottleneck_cache.namespace_id(
@@ -200,5 +204,6 @@ def test_float32_run_has_no_float_export_check(tmp_path, fake_module):
                          bottleneck_precision='float32',
                          how_many_training_steps=20)
   result = pipeline.run(config)
+  assert result.bottleneck_precision == 'float32'
   report = json.loads(pathlib.Path(result.deployment_report).read_text())
   assert 'float_export_check' not in report['exports']
