@@ -207,3 +207,33 @@ def test_float32_run_has_no_float_export_check(tmp_path, fake_module):
   assert result.bottleneck_precision == 'float32'
   report = json.loads(pathlib.Path(result.deployment_report).read_text())
   assert 'float_export_check' not in report['exports']
+
+
+def test_an_ensemble_decides_member_by_member(tmp_path, monkeypatch):
+  from retrain.features import ensemble as ensemble_lib
+  big = export_fake_module(tmp_path / 'big')
+  small = export_fake_module(tmp_path / 'small', size=FAKE_SIZE // 2)
+  module = ensemble_lib.load(f'{big},{small}')
+  probe = _probe(tmp_path)
+  real_guard = int8.guard_passes
+  calls = []
+
+  def guard(float_vectors, int8_vectors):  # refuses the second member
+    calls.append(len(float_vectors))
+    passes, median, low = real_guard(float_vectors, int8_vectors)
+    return passes and len(calls) == 1, median, low
+  monkeypatch.setattr(int8, 'guard_passes', guard)
+  chosen = precision_lib.choose(module, 'int8', 'auto', None, probe)
+  assert precision_lib.describe(chosen) == 'int8, float32'
+  assert calls == [len(probe.paths)] * 2
+  assert chosen.members[1] is module.members[1]
+  assert chosen.identity() != module.identity()
+  assert chosen.identity()['ensemble'][1] == module.identity()['ensemble'][1]
+  # The ensemble's own call (distorted copies) runs each member's call.
+  images = np.random.default_rng(0).random(
+      (3, FAKE_SIZE, FAKE_SIZE, 3)).astype(np.float32)
+  got = np.asarray(chosen.call(images))
+  want = np.asarray(module.call(images))
+  assert got.shape == want.shape == (3, 12)
+  np.testing.assert_allclose(got[:, 6:], want[:, 6:], atol=1e-5)
+  assert not np.array_equal(got[:, :6], want[:, :6])

@@ -34,6 +34,7 @@ from absl import logging
 import bottleneck_cache
 from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.bottlenecks import ensemble as ensemble_bottlenecks
+from retrain.common import phases
 from retrain.features import ensemble as ensemble_lib
 from retrain.features import int8, tflite_runtime
 from retrain.features.modules import FeatureModule
@@ -133,8 +134,14 @@ def choose(module: FeatureModule, precision: str, runtime: str,
   members = getattr(module, 'members', None)
   if not members:
     return _choose_member(module, precision, runtime, cache_dir, probe)
-  chosen = tuple(_choose_member(m, precision, runtime, cache_dir, probe)
-                 for m in members)
+  chosen = []
+  for member in members:
+    chosen.append(_choose_member(member, precision, runtime, cache_dir,
+                                 probe))
+    # The guard's float interpreters sit in reference cycles: freed now,
+    # not beside the next member's.
+    phases.release_memory()
+  chosen = tuple(chosen)
   if all(c is m for c, m in zip(chosen, members, strict=True)):
     return module
   calls = [c.call for c in chosen]
