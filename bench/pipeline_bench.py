@@ -149,11 +149,11 @@ def retrain_py_phases(log):
           f'{stamps["final"] - stamps["step0"]:.1f} s')
 
 
-def retrain_run(image_dir, module, work, cold):
+def retrain_run(image_dir, module, work, cold, extra_args=()):
   if cold:
     shutil.rmtree(os.path.join(work, 'bottlenecks'), ignore_errors=True)
   args = [sys.executable, '-m', 'retrain', '--image_dir', image_dir,
-          '--tfhub_module', module,
+          '--tfhub_module', module, *extra_args,
           '--bottleneck_dir', os.path.join(work, 'bottlenecks'),
           '--summaries_dir', os.path.join(work, 'logs'),
           '--saved_model_dir', os.path.join(work, 'saved_model'),

@@ -106,6 +106,12 @@ flags.DEFINE_enum('bottleneck_runtime', _D.bottleneck_runtime,
                   list(names.BOTTLENECK_RUNTIMES),
                   'Runtime of the module for bottlenecks: TensorFlow, TFLite '
                   'with XNNPACK, or auto (TFLite when the module converts).')
+flags.DEFINE_enum('bottleneck_precision', _D.bottleneck_precision,
+                  list(names.BOTTLENECK_PRECISIONS),
+                  'Arithmetic of the modules for bottlenecks: float32, int8 '
+                  '(a full-integer copy of each module, its vectors cached '
+                  'apart), or auto (int8 where it is faster on this CPU and '
+                  'agrees with float on a probe of the photos).')
 flags.DEFINE_integer('how_many_training_steps', _D.how_many_training_steps,
                      'Training steps.')
 flags.DEFINE_float('learning_rate', _D.learning_rate, 'SGD learning rate.')

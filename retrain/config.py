@@ -96,6 +96,11 @@ class Config:
   # (one 1-thread interpreter per core) the pipeline ran 146-158 images/s,
   # on TF 100-123 (a 4000-image copy of the flower sample, 2 cores).
   bottleneck_runtime: str = 'auto'
+  # 'float32', 'int8' (each module's full-integer int8 copy, calibrated on
+  # fixed synthetic images) or 'auto' (int8 where it is measured faster on
+  # this CPU and agrees with float on a probe of the photos, else float);
+  # see retrain/features/int8.py and retrain/bottlenecks/precision.py.
+  bottleneck_precision: str = 'auto'
 
   # --- Training (retrain.py's defaults) -------------------------------------
   how_many_training_steps: int = 4000

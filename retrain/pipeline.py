@@ -17,6 +17,7 @@ import bottleneck_cache
 from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.bottlenecks import distort as distort_lib
 from retrain.bottlenecks import ensemble as ensemble_bottlenecks
+from retrain.bottlenecks import precision as precision_lib
 from retrain.bottlenecks import usable as usable_lib
 from retrain.common import atomic, leftovers
 from retrain.common import phases as phases_lib
@@ -91,6 +92,8 @@ class RunResult:
   fine_tuned: Optional[finetune_lib.FineTuned] = None
   # How each validation figure and threshold was obtained (describe_figures).
   figures: Optional[Dict[str, str]] = None
+  # Per member, the precision its bottlenecks ran at ('int8' or 'float32').
+  bottleneck_precision: Optional[str] = None
 
 
 def resolve_head_solver(config: Config) -> Config:
@@ -203,6 +206,10 @@ def run(config: Config) -> RunResult:
     module = ensemble_lib.load(config.tfhub_module, config.image_size,
                                config.module_cache_dir,
                                trust=config.trust_module)
+  float_module = module
+  with phases('precision'):
+    module = choose_precision(config, layout.dataset, module, keyed, crops)
+    precision = precision_lib.describe(module)
   # The module as the bottlenecks (plain and distorted) run it.
   runner = tflite_runtime.deferred(module, config.bottleneck_runtime,
                                    config.module_cache_dir)
@@ -240,7 +247,8 @@ def run(config: Config) -> RunResult:
   with phases('export'):
     saved, deployment = export(config, module, labels, trained, test, images,
                                split, intermediate, confidence,
-                               tuned.metadata if tuned else None)
+                               tuned.metadata if tuned else None,
+                               float_module)
   phases.total()
   if skipped:
     logging.warning('%d images were skipped because they could not be used; '
@@ -255,7 +263,8 @@ def run(config: Config) -> RunResult:
       saved_model_dir=saved, timings=phases.timings, explained=explained,
       distorted_stats=copies.stats if copies is not None else None,
       peak_rss_mib=phases.peak_rss, deployment_report=deployment,
-      fine_tuned=tuned, figures=describe_figures(trained, tuned))
+      fine_tuned=tuned, figures=describe_figures(trained, tuned),
+      bottleneck_precision=precision)
   write_run_summary(config, result)
   return result
 
@@ -283,6 +292,29 @@ def hash_images(config: Config, dataset, crops=None) -> tuple:
   return bottlenecks_lib.content_keys(
       discover_lib.image_paths(dataset.images), config.bottleneck_dir,
       boxes_lib.Crops.bottleneck_args(crops).get('key_suffixes'))
+
+
+def choose_precision(config: Config, dataset, module, keyed: tuple,
+                     crops=None):
+  """`module` with each member at the precision --bottleneck_precision
+  and the guard choose (retrain/bottlenecks/precision.py); float with
+  --crop_to_boxes (the guard and the export check read whole images)."""
+  if crops is not None:
+    if config.bottleneck_precision == 'int8':
+      logging.warning('Using float bottlenecks: int8 bottlenecks do not '
+                      'support crop_to_boxes yet.')
+    return module
+  probe = precision_lib.Probe(
+      paths=discover_lib.image_paths(dataset.images), keyed=keyed,
+      bottleneck_dir=config.bottleneck_dir,
+      batch_size=config.bottleneck_batch_size,
+      max_pixels=config.max_image_pixels)
+  chosen = precision_lib.choose(module, config.bottleneck_precision,
+                                config.bottleneck_runtime,
+                                config.module_cache_dir, probe,
+                                fine_tune=config.fine_tune)
+  logging.info('Bottleneck precision: %s.', precision_lib.describe(chosen))
+  return chosen
 
 
 def bottlenecks(config: Config, dataset, module, runner, crops=None,
@@ -637,9 +669,14 @@ def export(config: Config, module, labels: Sequence[str],
            trained: train_lib.TrainResult, test: evaluate_lib.Evaluation,
            images: usable_lib.UsableImages, split: split_lib.Split,
            intermediate, confidence: calibration_lib.Confidence,
-           fine_tune_metadata: Optional[dict] = None):
+           fine_tune_metadata: Optional[dict] = None, float_module=None):
   """Writes the labels file and every export asked for; returns (the
   SavedModel folder or None, <report_dir>/deployment.json).
+
+  With int8 bottlenecks (module quantised, float_module the float one the
+  exports hold), the exports' held-out accuracy on float features is
+  measured and reported beside the training figure
+  (precision_lib.check_float_exports).
 
   Every export carries the calibrated head (confidence.head: the same
   predictions as trained.head) and the confidence metadata; a quantized TFLite model is
@@ -656,6 +693,10 @@ def export(config: Config, module, labels: Sequence[str],
   other_formats = export_formats.export_other_formats(
       subset(export_formats.ExportOptions, config), module, confidence.head,
       labels, images.paths_of(split.train), gate, deploy_metadata)
+  if float_module is not None and precision_lib.is_quantized(module):
+    other_formats['float_export_check'] = check_float_exports(
+        config, float_module, confidence.head, images, rows, held_out,
+        test.accuracy if held_out == 'test' else None)
   if intermediate is not None:
     other_formats['intermediate_graphs'] = intermediate.written
   phases_lib.release_memory()  # the frozen graph's copies of the weights
@@ -678,6 +719,27 @@ def export(config: Config, module, labels: Sequence[str],
   return saved, deployment
 
 
+def check_float_exports(config: Config, float_module, head,
+                        images: usable_lib.UsableImages, rows, held_out: str,
+                        int8_accuracy: Optional[float]) -> Optional[dict]:
+  """precision_lib.check_float_exports on the held-out `rows` of `images`
+  (int8_accuracy None: measured here on their int8 vectors)."""
+  if int8_accuracy is None:
+    int8_accuracy = float(np.mean(
+        head.logits(images.vectors[rows]).argmax(axis=1) ==
+        images.labels[rows])) if len(rows) else float('nan')
+  digests = images.digests_of(rows)
+  probe = precision_lib.Probe(
+      paths=images.paths_of(rows),
+      keyed=(digests, np.arange(len(rows), dtype=np.int64), []),
+      bottleneck_dir=config.bottleneck_dir,
+      batch_size=config.bottleneck_batch_size,
+      max_pixels=config.max_image_pixels)
+  return precision_lib.check_float_exports(
+      float_module, head, probe, images.labels[rows], int8_accuracy,
+      held_out, config.bottleneck_runtime, config.module_cache_dir)
+
+
 def write_run_summary(config: Config, result: RunResult) -> str:
   """Writes <report_dir>/run_summary.json (config, counts, accuracy, timings)."""
   os.makedirs(config.report_dir, exist_ok=True)
@@ -694,5 +756,6 @@ def write_run_summary(config: Config, result: RunResult) -> str:
       'peak_rss_mib_after_phase': result.peak_rss_mib,
       'saved_model_dir': result.saved_model_dir,
       'how_measured': result.figures,
+      'bottleneck_precision': result.bottleneck_precision,
   }
   return atomic.write_json(path, summary)

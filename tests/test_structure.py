@@ -166,6 +166,7 @@ def test_the_length_check_counts_a_whole_function(tmp_path):
     ('image_layout', 'LAYOUTS'),
     ('label_style', 'LABEL_STYLES'),
     ('bottleneck_runtime', 'BOTTLENECK_RUNTIMES'),
+    ('bottleneck_precision', 'BOTTLENECK_PRECISIONS'),
     ('optimizer', 'OPTIMIZERS'),
     ('sampling', 'SAMPLINGS'),
     ('class_weighting', 'CLASS_WEIGHTINGS'),

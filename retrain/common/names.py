@@ -12,6 +12,8 @@ LAYOUTS = ('auto', 'class_folders', 'split_folders')
 LABEL_STYLES = ('verbatim', 'retrain')
 # What runs the module for bottlenecks (retrain/features/tflite_runtime.py).
 BOTTLENECK_RUNTIMES = ('tf', 'tflite', 'auto')
+# The arithmetic of the bottleneck module (retrain/features/int8.py).
+BOTTLENECK_PRECISIONS = ('auto', 'float32', 'int8')
 # Training options (retrain/head/options.py).
 OPTIMIZERS = ('sgd', 'momentum', 'adam')
 CLASS_WEIGHTINGS = ('none', 'balanced')

@@ -44,6 +44,9 @@ class FeatureModule:
       the first call does not pay for it; calling it is optional.
     parallel_calls: how many calls may run at once, from different threads,
       to use the cores (1: one at a time; known after `prepare`).
+    quantization: None for the float module; else the name of the
+      quantisation `call` runs (retrain/features/int8.py), which its
+      vectors' cache namespace carries.
   """
   handle: str
   resolved: str
@@ -55,15 +58,19 @@ class FeatureModule:
   call: Callable
   prepare: Optional[Callable[[], None]] = None
   parallel_calls: int = 1
+  quantization: Optional[str] = None
 
   def identity(self) -> dict:
     """What a feature vector depends on besides the image (cache namespace)."""
-    return {
+    identity = {
         'module': self.resolved,
         'module_fingerprint': self.fingerprint,
         'input_size': list(self.input_size),
         'output_dim': self.output_dim,
     }
+    if self.quantization:
+      identity['quantization'] = self.quantization
+    return identity
 
 
 def usable_cores() -> int:

@@ -119,6 +119,7 @@ class TFLiteCall:
     cores = features.usable_cores()
     count = interpreters or min(cores, _MAX_INTERPRETERS)
     threads = max(1, cores // count)
+    self.path = path
     self._batch = invoke_batch
     self._free = queue.SimpleQueue()
     for _ in range(count):
@@ -172,7 +173,7 @@ def with_runtime(module: FeatureModule, runtime: str,
     raise ModuleError(f'bottleneck_runtime={runtime!r} is not one of '
                       f'{", ".join(BOTTLENECK_RUNTIMES)}.',
                       fields=('bottleneck_runtime',))
-  if runtime == 'tf':
+  if runtime == 'tf' or _quantized(module):
     return module
   path = tflite_file(module, cache_dir)
   failed_marker = path + '.failed'
@@ -239,6 +240,11 @@ def _discard_unverified(path: str) -> None:
                     'cannot be used (%s).', path, why)
     cache_files.remove_file(path)
 # ---
+def _quantized(module: FeatureModule) -> bool:
+  """True when `module` (or a member of it) runs a quantised TFLite model
+  already (retrain/features/int8.py): it stays as it is."""
+  members = getattr(module, 'members', None) or (module,)
+  return any(m.quantization for m in members)
 
 
 def deferred(module: FeatureModule, runtime: str,
