@@ -282,6 +282,17 @@ flags.DEFINE_float('target_precision', _D.target_precision,
 flags.DEFINE_integer('calibration_min_images', _D.calibration_min_images,
                      'Validation images needed to calibrate and choose the '
                      'threshold.')
+flags.DEFINE_float('novelty_keep', _D.novelty_keep,
+                   'Fraction of held-out images of the classes the novelty '
+                   'threshold keeps; photos scoring above it are "not like '
+                   'any class" (0: no novelty score in the exports).')
+flags.DEFINE_integer('novelty_components', _D.novelty_components,
+                     'Covariance eigenvectors the novelty score keeps '
+                     'exactly (the rest share one value).')
+flags.DEFINE_string('unknown_dir', _D.unknown_dir,
+                    'Optional folder of photos of none of the classes: the '
+                    'run reports how many are flagged unknown and the AUROC; '
+                    'they are never trained on.')
 # --- End of deployment flags ---
 # --- Scale (docs/scale.md) ---
 flags.DEFINE_integer('max_vectors_in_memory', _D.max_vectors_in_memory,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -38,6 +39,7 @@ from retrain.finetune import run as finetune_lib
 from retrain.head import auto as head_auto
 from retrain.head import calibration as calibration_lib
 from retrain.head import evaluate as evaluate_lib
+from retrain.head import novelty as novelty_lib
 from retrain.head import options as train_options_lib
 from retrain.head import solve as solve_lib
 from retrain.head import solver as solver_lib
@@ -46,6 +48,7 @@ from retrain.head import train as train_lib
 from retrain.report import confidence
 from retrain.report import deployment as deployment_report
 from retrain.report import skipped as skipped_report
+from retrain.report import trust as trust_report
 from retrain.report import writer as explain_lib
 
 RUN_SUMMARY_FILE = 'run_summary.json'
@@ -129,6 +132,12 @@ def check_config(config: Config) -> None:
   train_options_lib.check(subset(train_options_lib.TrainOptions, config))
   calibration_lib.check_options(  # Issue 19.
       subset(calibration_lib.ConfidenceOptions, config))
+  if config.novelty_keep:
+    novelty_lib.check_keep(config.novelty_keep)
+  if config.unknown_dir and not os.path.isdir(config.unknown_dir):
+    raise DatasetError(f'unknown_dir {config.unknown_dir!r} is not a '
+                       'folder: give a folder of photos of none of the '
+                       'classes, or leave it empty.', fields=('unknown_dir',))
   # h15: the head solver's values (head_solver itself: resolve_head_solver).
   solver_lib.check(solver_lib.SolverOptions.from_config(config))
   if config.projector_max_images < 0:
@@ -244,6 +253,8 @@ def run(config: Config) -> RunResult:
         config, module, labels, trained, reported, images, split, copies)
     test, misclassified, explained = reported
     confidence = calibrate(config, trained, *validation, test=test)
+    confidence = trust_checks(config, module, runner, labels, confidence,
+                              images, split, test, tuned, trained)
   with phases('export'):
     saved, deployment = export(config, module, labels, trained, test, images,
                                split, intermediate, confidence,
@@ -665,6 +676,86 @@ def calibrate(config: Config, trained: train_lib.TrainResult,
   return confidence
 
 
+def fit_novelty(config: Config, images: usable_lib.UsableImages,
+                split: split_lib.Split, num_classes: int, tuned=None):
+  """The novelty score on the frozen vectors of the training and
+  validation images, its threshold from out-of-fold scores; None when
+  switched off (novelty_keep 0), after fine-tuning (the exported features
+  are no longer the cached ones) or with fewer than two images a class."""
+  if not config.novelty_keep:
+    return None
+  if tuned is not None and not tuned.metadata['fine_tuned'].get(
+      'kept_frozen_head'):
+    logging.info('No novelty score in the exports: it is fitted on the '
+                 'frozen module\'s vectors and the fine-tuned network '
+                 'computes other ones.')
+    return None
+  rows = np.concatenate([split.train, split.validation])
+  y = images.labels[rows]
+  counts = np.bincount(y, minlength=num_classes)
+  folds = min(config.solver_folds, int(counts[counts > 0].min()))
+  if folds < 2:
+    logging.info('No novelty score: a class has fewer than two training '
+                 'and validation images to hold out.')
+    return None
+  return novelty_lib.fit_on_split(
+      images.vectors[rows], y, num_classes, config.novelty_components,
+      config.novelty_keep, folds, config.random_seed)
+
+
+def unknown_vectors(config: Config, module, runner) -> np.ndarray:
+  """float32 [n, D] vectors of the --unknown_dir photos (any layout;
+  unreadable files skipped), through the bottleneck cache."""
+  from retrain.common import walk as walk_lib  # pylint: disable=g-import-not-at-top
+  from retrain.images import IMAGE_EXTENSIONS  # pylint: disable=g-import-not-at-top
+  found = walk_lib.list_images(config.unknown_dir, config.unknown_dir,
+                               IMAGE_EXTENSIONS)
+  paths = [os.path.join(config.unknown_dir, p) for p in found]
+  logging.info('Scoring %d photos of --unknown_dir %s (never trained on).',
+               len(paths), config.unknown_dir)
+  if not paths:
+    return np.zeros((0, 0), np.float32)
+  dataset = types.SimpleNamespace(images=[types.SimpleNamespace(path=p)
+                                          for p in paths])
+  return bottlenecks(config, dataset, module, runner).vectors
+
+
+def trust_checks(config: Config, module, runner, labels: Sequence[str],
+                 confidence: calibration_lib.Confidence,
+                 images: usable_lib.UsableImages, split: split_lib.Split,
+                 test: evaluate_lib.Evaluation, tuned,
+                 trained: train_lib.TrainResult
+                 ) -> calibration_lib.Confidence:
+  """Fits the novelty score (into confidence.head, so every export
+  computes it), scores the test and --unknown_dir photos, writes
+  <report_dir>/trust.json with the reliability diagram and the novelty
+  histogram; returns the confidence with the novelty in its head."""
+  novelty = fit_novelty(config, images, split, len(labels), tuned)
+  sets = {}
+  if novelty is not None:
+    confidence = dataclasses.replace(confidence, head=dataclasses.replace(
+        confidence.head, novelty=novelty))
+    sets = {'held_out': novelty.held_out_scores,
+            'test': novelty.scores(images.vectors[split.test])}
+    if config.unknown_dir:
+      sets['unknown'] = novelty.scores(unknown_vectors(config, module,
+                                                       runner))
+    for name, scores in sets.items():
+      counts = trust_report.flagged(scores, novelty.threshold)
+      logging.info('Novelty threshold %.3f (keeps %.0f %% of held-out '
+                   'images of the classes): %s: %d of %d flagged "not like '
+                   'any class".', novelty.threshold, 100 * novelty.keep,
+                   name.replace('_', '-'), counts['flagged'],
+                   counts['count'])
+  trust_report.write(
+      config.report_dir, config.summaries_dir,
+      trained.history[-1].step if trained.history else 0,
+      describe_figures(trained, tuned), confidence,
+      test.probabilities if test.count else None, test.labels, novelty,
+      sets)
+  return confidence
+
+
 def export(config: Config, module, labels: Sequence[str],
            trained: train_lib.TrainResult, test: evaluate_lib.Evaluation,
            images: usable_lib.UsableImages, split: split_lib.Split,
@@ -684,6 +775,8 @@ def export(config: Config, module, labels: Sequence[str],
   """
   export_lib.write_labels(config.output_labels, labels)
   deploy_metadata = {'confidence': confidence.metadata()}
+  if confidence.head.novelty is not None:
+    deploy_metadata['novelty'] = confidence.head.novelty.metadata()
   held_out = 'test' if len(split.test) else 'validation'
   rows = split.subset(held_out)
   gate = quantization_check.Gate(

@@ -81,6 +81,13 @@ DEFAULT_MIN_BOX_SIZE = 8
 OUTPUT_FORMATS = ('table', 'json', 'csv')
 # The prediction of an image below the confidence threshold.
 UNKNOWN = 'unknown'
+# Why a prediction is `unknown`: the export's novelty score is above its
+# threshold (the photo is unlike every class), or the top probability is
+# below the confidence threshold.
+REASON_NOVEL = 'not like any class'
+REASON_LOW_CONFIDENCE = 'low confidence'
+# The novelty output of every export (retrain.export.saved_model).
+NOVELTY_OUTPUT = 'novelty'
 # Where exports keep their metadata inside the model file (retrain's
 # export/tflite_metadata.py and export/onnx_format.py; a test checks they
 # agree): the TFLite file's packed associated files, the ONNX model's
@@ -113,6 +120,12 @@ class Model:
   predict: Callable[[np.ndarray], np.ndarray]
   # The rejection threshold stored in the export (0: none), in [0, 1].
   threshold: float = 0.0
+  # The same images -> (probabilities [batch, N], novelty float32 [batch])
+  # when the export computes a novelty score, else None; above
+  # novelty_threshold (from the export's metadata) an image is not like
+  # any class.
+  predict_novelty: Optional[Callable] = None
+  novelty_threshold: float = float('inf')
 
 
 @dataclasses.dataclass
@@ -124,6 +137,10 @@ class Record:
   # The top probability is below the confidence threshold (then `top`
   # still lists the classes).
   unknown: bool = False
+  # The export's novelty score of the image (None: the export has none),
+  # and whether it is above the stored novelty threshold.
+  novelty: Optional[float] = None
+  novel: bool = False
 
 
 # --- Loading a model ------------------------------------------------------------
@@ -201,6 +218,11 @@ def _load_saved_model(path: str, height, width) -> Tuple[Callable, tuple]:
   def predict(images):
     return serve(images=tf.constant(images))['probabilities'].numpy()
 
+  if NOVELTY_OUTPUT in serve.structured_outputs:
+    def both(images):
+      out = serve(images=tf.constant(images))
+      return out['probabilities'].numpy(), out[NOVELTY_OUTPUT].numpy()
+    predict.with_novelty = both
   predict.keep_alive = loaded  # The signature needs its object alive.
   return predict, size, meta['labels']
 
@@ -250,6 +272,14 @@ def _load_frozen_graph(path: str, input_layer: str, output_layer: str,
   def predict(images):
     return run(tf.constant(images)).numpy()
 
+  if NOVELTY_OUTPUT in nodes:
+    run_both = wrapped.prune(f'{input_name}:0', [f'{output_name}:0',
+                                                 f'{NOVELTY_OUTPUT}:0'])
+
+    def both(images):
+      probs, novelty = run_both(tf.constant(images))
+      return probs.numpy(), novelty.numpy()
+    predict.with_novelty = both
   return predict, size
 
 
@@ -273,11 +303,22 @@ def _load_tflite(path: str, height, width) -> Tuple[Callable, tuple]:
   except (ValueError, RuntimeError) as e:
     raise LabelImageError(f'{path!r} is not a TFLite model ({e}).') from e
   inp = interpreter.get_input_details()[0]
-  out = interpreter.get_output_details()[0]
+  # The probabilities are the [batch, N] output; an output of rank 1 is
+  # the novelty score [batch].
+  outs = interpreter.get_output_details()
+  out = next((o for o in outs if len(o['shape_signature']) == 2), outs[0])
+  extra = [o for o in outs if len(o['shape_signature']) == 1]
   shape = list(inp['shape_signature'])
   size = _choose_size(tuple(d if d > 0 else None for d in shape[1:3]),
                       height, width, path)
   state = {'batch': None}
+
+  def output(details):
+    result = interpreter.get_tensor(details['index'])
+    if details['dtype'] != np.float32:  # An integer output: dequantize it.
+      scale, zero = details['quantization']
+      result = (result.astype(np.float32) - zero) * scale
+    return result
 
   def predict(images):
     if state['batch'] != len(images):
@@ -287,12 +328,12 @@ def _load_tflite(path: str, height, width) -> Tuple[Callable, tuple]:
       state['batch'] = len(images)
     interpreter.set_tensor(inp['index'], images.astype(inp['dtype']))
     interpreter.invoke()
-    result = interpreter.get_tensor(out['index'])
-    if out['dtype'] != np.float32:  # An integer output: dequantize it.
-      scale, zero = out['quantization']
-      result = (result.astype(np.float32) - zero) * scale
-    return result
+    return output(out)
 
+  if extra:
+    def both(images):
+      return predict(images), output(extra[0])
+    predict.with_novelty = both
   return predict, size
 
 
@@ -311,9 +352,17 @@ def _load_onnx(path: str, height, width) -> Tuple[Callable, tuple, dict]:
   size = _choose_size(tuple(d if isinstance(d, int) and d > 0 else None
                             for d in inp.shape[1:3]), height, width, path)
 
-  def predict(images):
-    return session.run(None, {inp.name: images.astype(np.float32)})[0]
+  outputs = [o.name for o in session.get_outputs()]
+  first = 'probabilities' if 'probabilities' in outputs else outputs[0]
 
+  def predict(images):
+    return session.run([first], {inp.name: images.astype(np.float32)})[0]
+
+  if NOVELTY_OUTPUT in outputs:
+    def both(images):
+      return tuple(session.run([first, NOVELTY_OUTPUT],
+                               {inp.name: images.astype(np.float32)}))
+    predict.with_novelty = both
   props = session.get_modelmeta().custom_metadata_map
   if ONNX_METADATA_KEY in props:
     meta = json.loads(props[ONNX_METADATA_KEY])
@@ -360,6 +409,12 @@ def _load_graph_file(graph: str, input_layer: str, output_layer: str,
   predict, size = _load_frozen_graph(graph, input_layer, output_layer,
                                      height, width)
   return 'frozen_graph', predict, size, meta, meta_labels, default_labels
+
+
+def _stored_novelty_threshold(meta: Optional[dict]) -> float:
+  """The novelty threshold in an export's metadata, inf when none."""
+  value = ((meta or {}).get('novelty') or {}).get('threshold')
+  return float(value) if value is not None else float('inf')
 
 
 def _stored_threshold(meta: Optional[dict]) -> float:
@@ -444,7 +499,9 @@ def load_model(saved_model_dir: Optional[str] = None,
         f'{path} returns {list(probe.shape)} but the labels have '
         f'{len(names)} classes: pass the --labels of this model (and, for a '
         '.pb, the right --output_layer).')
-  return Model(kind, path, names, size, predict, _stored_threshold(meta))
+  return Model(kind, path, names, size, predict, _stored_threshold(meta),
+               getattr(predict, 'with_novelty', None),
+               _stored_novelty_threshold(meta))
 
 
 # --- Finding the images -----------------------------------------------------------
@@ -603,17 +660,27 @@ def classify_files(model: Model, paths: Sequence[str],
       pending = submit(k + 1) if k + 1 < len(chunks) else []
       good = [i for i, x in enumerate(loaded) if isinstance(x, np.ndarray)]
       probs = np.zeros([0, len(model.labels)], np.float32)
+      novelty = [None] * len(good)
       if good:
         tick = time.monotonic()
-        probs = model.predict(np.stack([loaded[i] for i in good]))
+        batch = np.stack([loaded[i] for i in good])
+        if model.predict_novelty is not None:
+          probs, novelty = model.predict_novelty(batch)
+        else:
+          probs = model.predict(batch)
         timing.model += time.monotonic() - tick
       row = dict(zip(good, probs))
+      scores = dict(zip(good, novelty))
       for i, path in enumerate(name_chunks[k]):
         if i in row:
           order = np.argsort(-row[i], kind='stable')[:top_k]
+          score = None if scores[i] is None else float(scores[i])
           records.append(Record(path, [(model.labels[j], float(row[i][j]))
                                        for j in order],
-                                unknown=bool(row[i].max() < min_confidence)))
+                                unknown=bool(row[i].max() < min_confidence),
+                                novelty=score, novel=bool(
+                                    score is not None and
+                                    score > model.novelty_threshold)))
         else:
           records.append(Record(path, error=loaded[i]))
       progress.update(len(chunks[k]))
@@ -626,7 +693,14 @@ def classify_files(model: Model, paths: Sequence[str],
 
 
 def _prediction(record: Record) -> str:
-  return UNKNOWN if record.unknown else record.top[0][0]
+  return UNKNOWN if record.unknown or record.novel else record.top[0][0]
+
+
+def _unknown_reason(record: Record) -> Optional[str]:
+  """Why the prediction is unknown (the novelty first), else None."""
+  if record.novel:
+    return REASON_NOVEL
+  return REASON_LOW_CONFIDENCE if record.unknown else None
 
 
 def format_records(records: Sequence[Record], output_format: str = 'table'
@@ -634,9 +708,11 @@ def format_records(records: Sequence[Record], output_format: str = 'table'
   """Records as a readable table, a JSON array, or CSV (one row per image).
 
   JSON: [{"image": path, "prediction": top label or "unknown",
-  "predictions": [{"label": l, "probability": p}, ...]} or {"image": path,
-  "error": reason}]. CSV columns: image, error, label_1, probability_1,
-  ..., label_k, probability_k, prediction (top label or "unknown").
+  "reason": null, "not like any class" or "low confidence", "novelty":
+  score or null, "predictions": [{"label": l, "probability": p}, ...]} or
+  {"image": path, "error": reason}]. CSV columns: image, error, label_1,
+  probability_1, ..., label_k, probability_k, reason, novelty, prediction
+  (top label or "unknown").
   """
   from retrain.common import safe_text, strict_json  # pylint: disable=g-import-not-at-top
   if output_format == 'json':
@@ -646,6 +722,9 @@ def format_records(records: Sequence[Record], output_format: str = 'table'
         items.append({'image': r.image, 'error': r.error})
       else:
         items.append({'image': r.image, 'prediction': _prediction(r),
+                      'reason': _unknown_reason(r),
+                      'novelty': None if r.novelty is None else round(
+                          r.novelty, 6),
                       'predictions': [
                           {'label': l, 'probability': round(p, 6)}
                           for l, p in r.top]})
@@ -656,13 +735,15 @@ def format_records(records: Sequence[Record], output_format: str = 'table'
     writer = csv.writer(out, lineterminator='\n')
     writer.writerow(['image', 'error'] + [
         f'{name}_{i}' for i in range(1, k + 1)
-        for name in ('label', 'probability')] + ['prediction'])
+        for name in ('label', 'probability')] + ['reason', 'novelty',
+                                                  'prediction'])
     for r in records:
       cells = [r.image, r.error or '']
       for label, p in r.top:
         cells += [label, f'{p:.6f}']
       if r.error is None:
-        cells.append(_prediction(r))
+        cells += [_unknown_reason(r) or '', '' if r.novelty is None else
+                  f'{r.novelty:.6f}', _prediction(r)]
       writer.writerow(safe_text.csv_row(cells))
     return out.getvalue()
   if output_format != 'table':
@@ -674,6 +755,9 @@ def format_records(records: Sequence[Record], output_format: str = 'table'
     lines.append(safe_text.terminal(r.image))
     if r.error is not None:
       lines.append(f'  ERROR: {safe_text.terminal(r.error)}')
+    if r.novel:
+      lines.append(f'  unknown: {REASON_NOVEL} (novelty {r.novelty:.3f} is '
+                   'above the export\'s threshold)')
     if r.unknown:
       lines.append(f'  unknown (top probability {r.top[0][1]:.4f} is below '
                    'the confidence threshold)')

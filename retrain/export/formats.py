@@ -64,6 +64,7 @@ from retrain.head.model import Head
 LABELS_SUFFIX = '.labels.txt'
 METADATA_SUFFIX = '.metadata.json'
 INTERMEDIATE_PATTERN = 'intermediate_{steps}.pb'
+NOVELTY = export_lib.NOVELTY_OUTPUT
 
 
 def sidecar_paths(path: str) -> Dict[str, str]:
@@ -198,9 +199,11 @@ def frozen_graph_def(module: FeatureModule, head: Head,
   def classify(images):
     # _classify names its softmax op `final_tensor_name`; calling it here
     # (not the tf.function) keeps that op at the top level of the graph.
-    return classifier._classify(images)['probabilities']  # pylint: disable=protected-access
+    outputs = classifier._classify(images)  # pylint: disable=protected-access
+    return [outputs[k] for k in ('probabilities', NOVELTY) if k in outputs]
 
-  graph_def = _freeze(classify.get_concrete_function(), final_tensor_name)
+  graph_def = _freeze(classify.get_concrete_function(), final_tensor_name,
+                      *([NOVELTY] if head.novelty is not None else []))
   names = {node.name for node in graph_def.node}
   if INPUT_TENSOR_NAME not in names or final_tensor_name not in names:
     raise OutputError(f'Freezing the graph lost the ops {INPUT_TENSOR_NAME!r} / '
@@ -210,7 +213,7 @@ def frozen_graph_def(module: FeatureModule, head: Head,
   return graph_def
 
 
-def _freeze(function, output: str) -> tf.compat.v1.GraphDef:
+def _freeze(function, output: str, *more: str) -> tf.compat.v1.GraphDef:
   """The GraphDef of a concrete function with its variables as constants,
   pruned to what computes op `output`.
 
@@ -234,14 +237,16 @@ def _freeze(function, output: str) -> tf.compat.v1.GraphDef:
   except AttributeError:
     graph_def = convert_to_constants.convert_variables_to_constants_v2(
         function).graph.as_graph_def()
-  _prune(graph_def, output)
+  _prune(graph_def, output, *more)
   return graph_def
 
 
-def _prune(graph_def: tf.compat.v1.GraphDef, output: str) -> None:
-  """Removes, in place, the nodes op `output` does not depend on."""
+def _prune(graph_def: tf.compat.v1.GraphDef, output: str, *more: str
+           ) -> None:
+  """Removes, in place, the nodes ops `output` (and `more`) do not depend
+  on."""
   by_name = {node.name: node for node in graph_def.node}
-  needed, todo = set(), [output]
+  needed, todo = set(), [output, *more]
   while todo:
     name = todo.pop()
     if name in needed or name not in by_name:
@@ -259,10 +264,13 @@ def write_frozen_graph(path: str, module: FeatureModule, head: Head,
   """Writes the frozen GraphDef to `path` (plus sidecars); returns path."""
   graph_def = frozen_graph_def(module, head, final_tensor_name)
   _write_file(path, graph_def.SerializeToString())
-  _write_sidecars(path, labels, module, {
-      'format': 'frozen_graph',
-      'input_tensor': f'{INPUT_TENSOR_NAME}:0',
-      'output_tensor': f'{final_tensor_name}:0'})
+  info = {'format': 'frozen_graph',
+          'input_tensor': f'{INPUT_TENSOR_NAME}:0',
+          'output_tensor': f'{final_tensor_name}:0'}
+  if head.novelty is not None:
+    info.update(novelty_tensor=f'{NOVELTY}:0',
+                novelty=head.novelty.metadata())
+  _write_sidecars(path, labels, module, info)
   return path
 
 
@@ -329,8 +337,18 @@ def tflite_model(module: FeatureModule, head: Head, quantization: str = 'none',
     raise OutputError(f'Unknown TFLite quantization {quantization!r}; use one '
                       f'of {", ".join(QUANTIZATIONS)}.')
   classifier = export_lib.Classifier(module, head, OUTPUT_TENSOR_NAME)
+  height, width = module.input_size
+
+  # Outputs as a list, probabilities first: output 0 is what MediaPipe and
+  # every [batch, N] reader take; `novelty` [batch] second when there is one.
+  @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3],
+                                              tf.float32)])
+  def ordered(images):
+    outputs = classifier._classify(images)  # pylint: disable=protected-access
+    return [outputs[k] for k in ('probabilities', NOVELTY) if k in outputs]
+
   converter = tf.lite.TFLiteConverter.from_concrete_functions(
-      [classifier.classify.get_concrete_function()], classifier)
+      [ordered.get_concrete_function()], classifier)
   if quantization != 'none':
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
   if quantization == 'float16':
@@ -343,7 +361,29 @@ def tflite_model(module: FeatureModule, head: Head, quantization: str = 'none',
     # so conversion never fails on an unusual module.
     converter.target_spec.supported_ops = [
         tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
-  return converter.convert()
+  model = converter.convert()
+  return _probabilities_first(model) if head.novelty is not None else model
+
+
+def _probabilities_first(model: bytes) -> bytes:
+  """`model` with its outputs reordered so that output 0 is the [batch, N]
+  probabilities and output 1 the novelty [batch]: the converter emitted
+  them the other way round whatever the function's order, and MediaPipe
+  and every [batch, N] reader take output 0."""
+  import flatbuffers  # pylint: disable=g-import-not-at-top
+  from tensorflow.lite.python import schema_py_generated as schema  # pylint: disable=g-direct-tensorflow-import,g-import-not-at-top
+  parsed = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))
+  graph = parsed.subgraphs[0]
+  outputs = sorted(graph.outputs,
+                   key=lambda t: -len(graph.tensors[t].shapeSignature
+                                      if graph.tensors[t].shapeSignature
+                                      is not None else graph.tensors[t].shape))
+  if list(outputs) == list(graph.outputs):
+    return model
+  graph.outputs = outputs
+  builder = flatbuffers.Builder(len(model) + 1024)
+  builder.Finish(parsed.Pack(builder), file_identifier=b'TFL3')
+  return bytes(builder.Output())
 
 
 def write_tflite(path: str, module: FeatureModule, head: Head,

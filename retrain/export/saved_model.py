@@ -10,7 +10,10 @@ and no training data:
 
 Signature `serving_default`: input `images` float32 [batch, H, W, 3] in
 [0, 1] (decoded RGB, resized to H x W as `retrain.images` does) -> output
-`probabilities` float32 [batch, N], columns in label order.
+`probabilities` float32 [batch, N], columns in label order, and (when the
+head has a novelty score) `novelty` float32 [batch], the feature vector's
+distance to the classes (retrain.head.novelty; above the metadata's
+`novelty.threshold`: not like any class).
 Signature `serving_bytes`: input `image_bytes` string [batch] of encoded
 image files -> the same output (see `retrain.export.signatures`).
 
@@ -38,6 +41,7 @@ from retrain.version import __version__
 
 METADATA_FILE = 'retrain_metadata.json'
 LABELS_FILE = 'labels.txt'
+NOVELTY_OUTPUT = 'novelty'
 FORMAT_VERSION = 1
 PREPROCESSING = ('decode to RGB (grayscale repeated, alpha dropped, first GIF '
                  'frame, JPEG EXIF orientation applied), resize to '
@@ -83,6 +87,14 @@ class Classifier(tf.Module):
     self.final_biases = tf.Variable(head.biases, trainable=False,
                                     name='final_biases')
     self._final_tensor_name = final_tensor_name
+    self._novelty = None
+    if head.novelty is not None:
+      # Variables, like the head's (constants captured from eager code
+      # became extra graph inputs in the ONNX conversion).
+      self._novelty = {name: tf.Variable(value, trainable=False,
+                                         name=f'novelty_{name}')
+                       for name, value in
+                       head.novelty.graph_arrays().items()}
     height, width = module.input_size
     self.classify = tf.function(
         self._classify,
@@ -92,8 +104,23 @@ class Classifier(tf.Module):
   def _classify(self, images):
     vectors = self.feature_module(images)
     logits = tf.matmul(vectors, self.final_weights) + self.final_biases
-    return {'probabilities': tf.nn.softmax(logits,
-                                           name=self._final_tensor_name)}
+    outputs = {'probabilities': tf.nn.softmax(logits,
+                                              name=self._final_tensor_name)}
+    if self._novelty is not None:
+      outputs[NOVELTY_OUTPUT] = novelty_score(vectors, self._novelty)
+    return outputs
+
+
+def novelty_score(vectors, arrays: dict):
+  """float32 [batch] novelty of vectors float32 [batch, D], computed as
+  retrain.head.novelty.Novelty.graph_scores does; op name NOVELTY_OUTPUT."""
+  d = vectors - arrays['centre']
+  dist = (arrays['rest'] * tf.reduce_sum(d * d, 1, keepdims=True) -
+          tf.reduce_sum(tf.square(tf.matmul(d, arrays['basis'])), 1,
+                        keepdims=True) -
+          2.0 * tf.matmul(d, arrays['cross']) + arrays['offset'])
+  score = tf.maximum(tf.reduce_min(dist, 1), 0.0) * arrays['scale']
+  return tf.identity(score, name=NOVELTY_OUTPUT)
 
 
 def describe_model(module: FeatureModule, labels: Sequence[str]) -> dict:
@@ -145,6 +172,9 @@ def metadata(module: FeatureModule, labels: Sequence[str],
       'final_tensor_name': final_tensor_name,
   })
   data.update(extra or {})
+  if data.get('novelty'):
+    for signature in data['signatures'].values():
+      signature['outputs'][NOVELTY_OUTPUT] = 'float32 [batch]'
   return data
 
 

@@ -38,6 +38,7 @@ from absl import logging
 
 LABELS_FILE = 'labels.txt'
 PROJECT_FILE = 'retrain_metadata.json'
+NOVELTY_LABELS_FILE = 'novelty_label.txt'
 # MediaPipe's normalisation (pixel - mean) / std of pixels in [0, 255]
 # giving our [0, 1] input.
 NORM_MEAN = 0.0
@@ -121,7 +122,8 @@ def embed(model: bytes, labels: Sequence[str], project: dict,
 
   Args:
     model: a TFLite model with one float32 image input [1, H, W, 3] in
-      [0, 1] and one float32 output [1, N] of probabilities.
+      [0, 1] and one float32 output [1, N] of probabilities (then, when
+      project has 'novelty', a second output [1], the novelty score).
     labels: N class names; row j of labels.txt is class id j.
     project: this project's metadata (JSON-ready), stored as
       retrain_metadata.json.
@@ -140,6 +142,19 @@ def embed(model: bytes, labels: Sequence[str], project: dict,
       metadata_writer.Labels().add(list(labels), exported_filename=LABELS_FILE),
       score_thresholding=(metadata_writer.ScoreThresholding(float(threshold))
                           if threshold > 0 else None))
+  if project.get('novelty'):
+    # The second output, the novelty score, described as a one-class
+    # classification head named `novelty`: MediaPipe's ImageClassifier
+    # runs every output as a head and needs a label map for each (a plain
+    # feature output failed there), so it reports classifications[1] =
+    # [novelty: score] beside the classes in classifications[0].
+    writer.add_classification_output(
+        metadata_writer.Labels().add(['novelty'],
+                                     exported_filename=NOVELTY_LABELS_FILE),
+        name='novelty', description='float32 [batch]: distance of the '
+        'feature vector to the classes; above the threshold in '
+        f'{PROJECT_FILE} (novelty.threshold) the photo is not like any '
+        'class')
   with_labels, _ = writer.populate()
 
   # The writer has no call for model-level fields beyond name and

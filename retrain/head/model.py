@@ -9,6 +9,7 @@ tf.Variables that training updates.
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -28,9 +29,12 @@ class Head:
   Attributes:
     weights: float32 [D, N]; column j scores class id j.
     biases: float32 [N].
+    novelty: the retrain.head.novelty.Novelty score the exports compute
+      beside the probabilities, or None.
   """
   weights: np.ndarray
   biases: np.ndarray
+  novelty: Optional[object] = None
 
   def logits(self, x: np.ndarray) -> np.ndarray:
     return np.asarray(x, np.float32) @ self.weights + self.biases

@@ -1,0 +1,226 @@
+"""Are the run's own figures true? Validation vs test, calibration, novelty.
+
+  python bench/trust.py [--folds 5] [--bottleneck_dir DIR ...]
+      [--flowers DIR] [--digits DIR] [--bccd DIR]
+
+On the default ensemble's cached bottleneck vectors (read with
+bottleneck_cache, no TensorFlow; photos missing from every
+--bottleneck_dir are computed into the last one with the default
+ensemble), for each of k stratified folds of a data set (the fold is the
+test set, never used to fit or choose anything; the rest is split 8:1
+into training and validation, the pipeline's 80/10/10):
+
+1. the default head solver (L-BFGS, refitted on training + validation);
+   the validation accuracy the run reports (held-out, out-of-fold) and
+   the refitted head's own validation accuracy (what was reported
+   before), against the test accuracy;
+2. the temperature fitted on the held-out logits, and the test ECE
+   before and after it (and with the temperature the refitted head's own
+   validation logits give);
+3. for flowers_sample models, the novelty score (--novelty_keep 0.95):
+   the fraction of the fold's own test photos flagged, of every
+   sign_language_digits photo and of every bccd photo, and the AUROC of
+   each unknown set against the test photos.
+
+Targets (docs/deploy.md): reported validation accuracy within 2 points of
+test (averaged over folds), test ECE after calibration <= 0.05, >= 95 % of
+the unknown sets flagged, <= 5 % of the own test photos flagged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import pathlib
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+import bottleneck_cache  # noqa: E402
+from retrain.config import DEFAULTS  # noqa: E402
+from retrain.head import calibration, novelty, solver  # noqa: E402
+from retrain.report import trust  # noqa: E402
+
+SHARED = pathlib.Path(__file__).resolve().parents[3] / 'shared' / 'datasets'
+EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
+
+
+def _stores(roots):
+  """{module path: [BottleneckStore in each root]} of every namespace."""
+  found = {}
+  for root in roots:
+    for description in sorted(glob.glob(os.path.join(root, '*',
+                                                     'namespace.json'))):
+      with open(description, encoding='utf-8') as f:
+        data = json.load(f)
+      if data.get('kind') == 'bottleneck':
+        found.setdefault(data['module'], []).append(
+            bottleneck_cache.BottleneckStore(root, data))
+  return found
+
+
+def _compute_missing(paths, root):
+  """The default ensemble's vectors of `paths` into the cache at root."""
+  from retrain.bottlenecks import ensemble as ensemble_bottlenecks  # pylint: disable=g-import-not-at-top
+  from retrain.features import ensemble, tflite_runtime  # pylint: disable=g-import-not-at-top
+  cache = os.environ.get('RETRAIN_MODULE_CACHE', DEFAULTS.module_cache_dir)
+  module = ensemble.load(DEFAULTS.tfhub_module, DEFAULTS.image_size, cache)
+  runner = tflite_runtime.deferred(module, DEFAULTS.bottleneck_runtime,
+                                   cache)
+  ensemble_bottlenecks.compute_bottlenecks(
+      paths, module, runner, root, DEFAULTS.bottleneck_runtime,
+      DEFAULTS.bottleneck_batch_size, cache)
+
+
+def vectors(paths, roots):
+  """float32 [n, D]: the members' vectors side by side (members sorted by
+  module path: lite0, lite1, lite2, the default ensemble's order)."""
+  keys = [bottleneck_cache.file_digest(p) for p in paths]
+
+  def lookup():
+    stores = _stores(roots)
+    members = []
+    for module in sorted(stores):
+      rows = []
+      for key in keys:
+        store = next((s for s in stores[module] if key in s), None)
+        if store is None:
+          return None
+        rows.append(store.get([key])[0])
+      members.append(np.stack(rows))
+    return np.concatenate(members, 1) if len(members) == 3 else None
+
+  found = lookup()
+  if found is None:
+    print(f'computing missing vectors of {len(paths)} photos into '
+          f'{roots[-1]}', flush=True)
+    _compute_missing(paths, roots[-1])
+    found = lookup()
+  return found
+
+
+def classed(root):
+  """(labels, paths, class ids) of root/<class>/<image>."""
+  labels = sorted(d for d in os.listdir(root)
+                  if os.path.isdir(os.path.join(root, d)))
+  paths, y = [], []
+  for i, label in enumerate(labels):
+    for path in sorted(glob.glob(os.path.join(root, label, '**', '*'),
+                                 recursive=True)):
+      if path.lower().endswith(EXTENSIONS):
+        paths.append(path)
+        y.append(i)
+  return labels, paths, np.array(y)
+
+
+def _fold_plan(y, folds, seed):
+  """[(train, validation, test)] rows: each fold is tested once."""
+  outer = solver.stratified_folds(y, folds, seed)
+  plans = []
+  for k in range(folds):
+    rest = np.flatnonzero(outer != k)
+    inner = solver.stratified_folds(y[rest], 9, seed + 1 + k)
+    plans.append((rest[inner != 0], rest[inner == 0],
+                  np.flatnonzero(outer == k)))
+  return plans
+
+
+def one_fold(x, y, classes, train, val, test, unknown_sets):
+  """The figures of one fold (see the module docstring)."""
+  options = solver.SolverOptions.from_config(DEFAULTS)
+  fit = solver.fit_head(x[train], y[train], classes, x[val], y[val], options)
+  head, held = fit.head, fit.held_out
+  test_logits = head.logits(x[test])
+  row = {
+      'test': float(np.mean(test_logits.argmax(1) == y[test])),
+      'reported_validation': held.summary(y[val])['validation_accuracy'],
+      'own_validation': float(np.mean(head.logits(x[val]).argmax(1) ==
+                                      y[val])),
+  }
+  rows = np.concatenate([np.arange(len(train)),
+                         len(train) + np.arange(len(val))])
+  confidence = calibration.calibrate(
+      head, None, np.concatenate([y[train], y[val]]),
+      DEFAULTS.target_precision, DEFAULTS.calibration_min_images,
+      logits=held.logits[rows], held_out=held.method).with_test(
+          test_logits, y[test])
+  own = calibration.calibrate(head, x[val], y[val], DEFAULTS.target_precision,
+                              DEFAULTS.calibration_min_images)
+  row.update(temperature=confidence.temperature,
+             threshold=confidence.threshold,
+             ece_before=confidence.test_ece_before,
+             ece_after=confidence.test_ece_after,
+             own_temperature=own.temperature,
+             own_ece_after=own.with_test(test_logits, y[test]).test_ece_after)
+  if unknown_sets:
+    fitted = np.concatenate([train, val])
+    folds = min(DEFAULTS.solver_folds, int(np.bincount(y[fitted]).min()))
+    score = novelty.fit_on_split(x[fitted], y[fitted], classes,
+                                 DEFAULTS.novelty_components,
+                                 DEFAULTS.novelty_keep, folds,
+                                 DEFAULTS.random_seed)
+    own_scores = score.scores(x[test])
+    row['flagged_own_test'] = float(np.mean(own_scores > score.threshold))
+    for name, u in unknown_sets.items():
+      scores = score.scores(u)
+      row[f'flagged_{name}'] = float(np.mean(scores > score.threshold))
+      row[f'auroc_{name}'] = trust.auroc(scores, own_scores)
+  return row
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--folds', type=int, default=5)
+  parser.add_argument('--bottleneck_dir', action='append')
+  parser.add_argument('--flowers', default=str(SHARED / 'flowers_sample'))
+  parser.add_argument('--digits', default=str(
+      SHARED / 'sign_language_digits' / 'Dataset'))
+  parser.add_argument('--bccd', default=str(SHARED / 'bccd' / 'BCCD' /
+                                            'JPEGImages'))
+  args = parser.parse_args()
+  roots = args.bottleneck_dir or ['/tmp/bench_trust_bn']
+  data = {}
+  for name, root in (('flowers_sample', args.flowers),
+                     ('sign_language_digits', args.digits)):
+    labels, paths, y = classed(root)
+    data[name] = (vectors(paths, roots), y, len(labels))
+  bccd = sorted(p for p in glob.glob(os.path.join(args.bccd, '*'))
+                if p.lower().endswith(EXTENSIONS))
+  unknown = {'sign_language_digits': data['sign_language_digits'][0],
+             'bccd': vectors(bccd, roots)}
+  for name, (x, y, classes) in data.items():
+    print(f'\n{name}: {len(y)} photos, {classes} classes, {args.folds} '
+          'folds (each fold the test set once)')
+    results = []
+    for k, (train, val, test) in enumerate(_fold_plan(y, args.folds, 0)):
+      row = one_fold(x, y, classes, train, val, test,
+                     unknown if name == 'flowers_sample' else {})
+      results.append(row)
+      print(f'fold {k}: ' + ', '.join(f'{key} {value:.4f}'
+                                       for key, value in row.items()),
+            flush=True)
+    mean = {key: float(np.mean([r[key] for r in results]))
+            for key in results[0]}
+    gap = abs(mean['reported_validation'] - mean['test'])
+    print(f'MEAN {name}: ' + ', '.join(f'{key} {value:.4f}'
+                                       for key, value in mean.items()))
+    print(f'  reported validation - test: {100 * gap:.2f} points (target '
+          f'<= 2; the refitted head\'s own validation: '
+          f'{100 * abs(mean["own_validation"] - mean["test"]):.2f}); test '
+          f'ECE after calibration {mean["ece_after"]:.4f} (target <= 0.05)')
+    if 'flagged_own_test' in mean:
+      print(f'  flagged unknown: own test {100 * mean["flagged_own_test"]:.1f}'
+            f' % (target <= 5), sign_language_digits '
+            f'{100 * mean["flagged_sign_language_digits"]:.1f} %, bccd '
+            f'{100 * mean["flagged_bccd"]:.1f} % (targets >= 95); AUROC '
+            f'{mean["auroc_sign_language_digits"]:.4f} / '
+            f'{mean["auroc_bccd"]:.4f}')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,204 @@
+""""Not one of my classes": a novelty score on the feature vector.
+
+The score of a vector x float32 [D] (the module's output, what the head
+reads) is its squared Mahalanobis distance to the nearest class mean, with
+one covariance shared by the classes, divided by D (so in-distribution
+images score about 1):
+
+  novelty(x) = min over classes c of (x - m_c)' S^-1 (x - m_c) / D
+
+m_c is the mean of class c's vectors; S the within-class covariance,
+shrunk towards a multiple of the identity, S = (1 - a) C + a (tr C / D) I,
+with a chosen by the Ledoit-Wolf formula (a D x D covariance from a few
+hundred images is singular; shrinkage makes it invertible and was measured
+better than a fixed a). S^-1 is kept exactly on the top `components`
+eigenvectors of C and as one value on the rest (the mean of the remaining
+eigenvalues, shrunk likewise), so an export carries D x components numbers,
+not D x D (docs/deploy.md has the measurements behind the default).
+
+The threshold is a quantile of held-out scores: each training or
+validation image scored by a model fitted on the other folds (a model
+scores its own images lower than new ones of the same classes, measured 2x
+lower at 64 components), so that a `keep` fraction of in-distribution
+images fall at or below it.
+
+In a graph the score is r |x'|^2 - |x' B|^2 - 2 x' P + c with
+x' = x - centre (see `Novelty.graph_arrays`), a handful of matrix products
+that every export format runs.
+
+What it can and cannot catch: photos unlike every class in the module's
+feature space (another domain, another kind of object); not a photo of an
+unseen class that looks like a known one (a new flower among flowers), and
+not a known class photographed far from how training saw it, which it may
+flag although the class is right.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+
+from retrain.errors import DatasetError
+
+# Rows the covariance is estimated from at most (evenly spread over the
+# rows given): the eigenvectors come from an n x n Gram matrix, which past
+# a few thousand rows costs more than it adds.
+MAX_COVARIANCE_ROWS = 2000
+
+
+def check_keep(keep: float) -> None:
+  """Raises DatasetError unless 0 < keep < 1."""
+  if not 0 < keep < 1:
+    raise DatasetError(f'novelty_keep={keep} must be in (0, 1), e.g. 0.95: '
+                       'the fraction of held-out images of the classes that '
+                       'are kept (not flagged unknown); 0 switches the '
+                       'novelty score off.', fields=('novelty_keep',))
+
+
+@dataclasses.dataclass
+class Novelty:
+  """A fitted novelty score (see the module docstring).
+
+  Attributes:
+    centre: float32 [D], subtracted first.
+    means: float32 [N, D] class means minus centre, row c is class id c.
+    basis: float32 [D, k] top eigenvectors of the within-class covariance.
+    precision: float32 [k] 1 / shrunk eigenvalue of each basis vector.
+    rest: 1 / the shrunk eigenvalue used off the basis.
+    shrinkage: a in [0, 1].
+    threshold: scores above it are flagged (nan until chosen).
+    keep: the held-out fraction kept at the threshold, in (0, 1).
+    held_out: how the threshold's scores were held out.
+  """
+  centre: np.ndarray
+  means: np.ndarray
+  basis: np.ndarray
+  precision: np.ndarray
+  rest: float
+  shrinkage: float
+  threshold: float = float('nan')
+  keep: float = 0.95
+  held_out: str = ''
+  # float64 [n] the out-of-fold scores the threshold was chosen on (for
+  # the reports; not exported).
+  held_out_scores: Optional[np.ndarray] = None
+
+  def scores(self, x: np.ndarray) -> np.ndarray:
+    """float64 [n] novelty of vectors x float [n, D] (>= 0)."""
+    d = np.asarray(x, np.float64) - self.centre
+    z = d @ self.basis.astype(np.float64)
+    zm = self.means.astype(np.float64) @ self.basis
+    full = (np.sum(d * d, 1)[:, None] - 2 * d @ self.means.T.astype(
+        np.float64) + np.sum(self.means.astype(np.float64) ** 2, 1)[None])
+    inside = np.sum((z[:, None] - zm[None]) ** 2 * self.precision, 2)
+    along = np.sum((z[:, None] - zm[None]) ** 2, 2)
+    dist = inside + self.rest * (full - along)
+    return np.maximum(dist.min(1), 0.0) / len(self.centre)
+
+  def graph_arrays(self) -> dict:
+    """float32 arrays for a graph: score = (rest |x'|^2 - |x' B|^2 - 2 x' P
+    + c).min(classes) * scale with x' = x - centre, B [D, k], P [D, N],
+    c [N], scale = 1 / D. (Off the basis the precision `rest` is the
+    largest, so B = basis * sqrt(rest - precision) is real.)"""
+    w = np.sqrt(np.maximum(self.rest - self.precision.astype(np.float64),
+                           0.0))
+    means = self.means.astype(np.float64)
+    b = self.basis.astype(np.float64) * w
+    zm = means @ b  # [N, k]
+    p = self.rest * means.T - b @ zm.T
+    c = self.rest * np.sum(means ** 2, 1) - np.sum(zm ** 2, 1)
+    return {'centre': self.centre.astype(np.float32),
+            'basis': b.astype(np.float32), 'cross': p.astype(np.float32),
+            'offset': c.astype(np.float32),
+            'rest': np.float32(self.rest),
+            'scale': np.float32(1.0 / len(self.centre))}
+
+  def graph_scores(self, x: np.ndarray) -> np.ndarray:
+    """float32 [n] scores as the exports compute them (graph_arrays)."""
+    g = self.graph_arrays()
+    d = np.asarray(x, np.float32) - g['centre']
+    dist = (g['rest'] * np.sum(d * d, 1)[:, None] -
+            np.sum((d @ g['basis']) ** 2, 1)[:, None] - 2 * d @ g['cross'] +
+            g['offset'])
+    return np.maximum(dist.min(1), 0) * g['scale']
+
+  def metadata(self) -> dict:
+    """JSON-ready description, as stored in every export."""
+    return {'method': 'class-conditional Mahalanobis distance (shared '
+                      'Ledoit-Wolf-shrunk covariance), squared, divided by '
+                      'the feature dimension; minimum over the classes',
+            'threshold': float(self.threshold), 'keep': self.keep,
+            'components': int(self.basis.shape[1]),
+            'shrinkage': float(self.shrinkage), 'held_out': self.held_out,
+            'output': 'novelty', 'flagged_when': 'novelty > threshold'}
+
+
+def _rows(n: int, cap: int) -> np.ndarray:
+  return (np.arange(n) if n <= cap else
+          np.linspace(0, n - 1, cap).round().astype(np.int64))
+
+
+def fit(x: np.ndarray, y: np.ndarray, num_classes: int,
+        components: int) -> Novelty:
+  """Fits the score on vectors x float32 [n, D] of class ids y int [n]
+  (every class in [0, num_classes) needs a row; a class without any gets
+  the overall mean, which no photo of it is likely to be near)."""
+  x = np.asarray(x, np.float64)
+  y = np.asarray(y)
+  centre = x.mean(0)
+  means = np.stack([x[y == c].mean(0) if np.any(y == c) else centre
+                    for c in range(num_classes)]) - centre
+  rows = _rows(len(y), MAX_COVARIANCE_ROWS)
+  within = x[rows] - centre - means[y[rows]]  # [n, D]
+  n, dim = within.shape
+  gram = within @ within.T  # [n, n]: its eigenvectors give C's.
+  values, vectors = np.linalg.eigh(gram)
+  order = np.argsort(values)[::-1]
+  values, vectors = np.maximum(values[order], 0.0), vectors[:, order]
+  eig = values / n  # C's non-zero eigenvalues, largest first
+  mean_eig = eig.sum() / dim
+  # Ledoit-Wolf: a = sum_i |x_i x_i' - C|^2 / n^2 over |C - mean_eig I|^2.
+  fro2 = float(np.sum(eig ** 2))
+  beta2 = (float(np.sum(np.sum(within ** 2, 1) ** 2)) / n - fro2) / n
+  delta2 = fro2 - dim * mean_eig ** 2
+  a = float(np.clip(beta2 / delta2, 0.0, 1.0)) if delta2 > 0 else 1.0
+  k = int(min(components, np.sum(values > 1e-12 * max(values[0], 1e-30))))
+  basis = within.T @ (vectors[:, :k] / np.sqrt(values[:k]))  # [D, k]
+  rest_eig = (eig[k:].sum() / max(dim - k, 1)) * (1 - a) + a * mean_eig
+  return Novelty(centre.astype(np.float32), means.astype(np.float32),
+                 basis.astype(np.float32),
+                 (1.0 / ((1 - a) * eig[:k] + a * mean_eig)).astype(
+                     np.float32),
+                 float(1.0 / max(rest_eig, 1e-30)), a)
+
+
+def fit_held_out(x: np.ndarray, y: np.ndarray, num_classes: int,
+                 components: int, keep: float, fold: np.ndarray,
+                 held_out: str) -> Novelty:
+  """`fit` on all rows, with the threshold at the `keep` quantile of
+  out-of-fold scores: rows of fold k scored by a model fitted on the rest
+  (fold int [n], e.g. retrain.head.solver.group_folds of the originals)."""
+  novelty = fit(x, y, num_classes, components)
+  scores = np.empty(len(y))
+  for k in np.unique(fold):
+    inside = fold != k
+    scores[~inside] = fit(x[inside], y[inside], num_classes,
+                          components).scores(x[~inside])
+  novelty.threshold = float(np.quantile(scores, keep))
+  novelty.keep, novelty.held_out = keep, held_out
+  novelty.held_out_scores = scores
+  return novelty
+
+
+def fit_on_split(x: np.ndarray, y: np.ndarray, num_classes: int,
+                 components: int, keep: float, folds: int, seed: int,
+                 groups: Optional[np.ndarray] = None) -> Novelty:
+  """fit_held_out with `folds` class-stratified folds of the rows."""
+  from retrain.head import solver  # pylint: disable=g-import-not-at-top
+  groups = np.arange(len(y)) if groups is None else groups
+  fold = solver.group_folds(np.asarray(y), groups, folds, seed)
+  return fit_held_out(x, y, num_classes, components, keep, fold,
+                      f'out-of-fold scores of {len(y)} training and '
+                      f'validation images ({folds} folds)')
