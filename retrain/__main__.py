@@ -132,11 +132,14 @@ flags.DEFINE_float('label_smoothing', _D.label_smoothing,
 flags.DEFINE_enum('sampling', _D.sampling, list(names.SAMPLINGS),
                   'How training batches are drawn: classes (a class '
                   'uniformly, then one of its images, as retrain.py) or '
-                  'images (every training image equally likely).')
+                  'images (every training image equally likely). With '
+                  '--head_solver lbfgs the same weights in its objective: '
+                  'classes weighs every class the same.')
 flags.DEFINE_enum('class_weighting', _D.class_weighting,
                   list(names.CLASS_WEIGHTINGS),
                   'balanced: weight the loss so every class counts the same '
-                  '(only changes anything with --sampling images).')
+                  '(only changes anything with --sampling images; works with '
+                  'both head solvers).')
 flags.DEFINE_integer('early_stopping_patience', _D.early_stopping_patience,
                      'Stop after this many evaluations without a better '
                      'validation cross entropy and keep the best weights; 0 '

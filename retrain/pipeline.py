@@ -377,7 +377,7 @@ def train(config: Config, module, labels: Sequence[str],
   try:
     # h15: the converging solver (None: this run trains with SGD).
     trained = solve_lib.maybe_solve(config, train_x, train_y, len(labels),
-                                    val_x, val_y, writers)
+                                    val_x, val_y, writers, labels=labels)
     if trained is None:
       progress = Progress('Training', config.how_many_training_steps,
                           unit='steps')
