@@ -58,6 +58,11 @@ flags.DEFINE_enum('label_style', _D.label_style, list(names.LABEL_STYLES),
                   'verbatim keeps folder names / CSV labels; retrain makes '
                   "retrain.py's labels (lower case, each run of other "
                   'characters one space).')
+flags.DEFINE_bool('multi_label', _D.multi_label,
+                  'Photos with several labels: one sigmoid per label, a '
+                  'threshold per label; labels from a CSV ("path, a;b"), '
+                  'the object names of VOC annotations, or the same photo '
+                  'in several class folders (docs/multilabel.md).')
 # --- Crops to annotated boxes (retrain/data/boxes.py, docs/boxes.md) -------
 flags.DEFINE_bool('crop_to_boxes', _D.crop_to_boxes,
                   'Make every annotated box one example: its crop, labelled '

@@ -89,6 +89,9 @@ class RunResult:
   # <report_dir>/deployment.json: calibration and quantization checks.
   deployment_report: Optional[str] = None
   fine_tuned: Optional[finetune_lib.FineTuned] = None
+  # --multi_label: the test set's retrain.report.multilabel.MultiLabelMetrics
+  # (test_accuracy is then its exact-match ratio).
+  multi_label: Optional[object] = None
 
 
 def resolve_head_solver(config: Config) -> Config:
@@ -150,6 +153,9 @@ def _log_counts(labels, y, split) -> None:
 def run(config: Config) -> RunResult:
   """Runs retraining end to end; see the module docstring."""
   config = resolve_head_solver(config)
+  if config.multi_label:  # one sigmoid per label: retrain/multilabel.py
+    from retrain import multilabel  # pylint: disable=g-import-not-at-top
+    return multilabel.run(config)
   phases = phases_lib.Phases()
   with phases('startup', since_start=True):
     check_config(config)
@@ -571,4 +577,6 @@ def write_run_summary(config: Config, result: RunResult) -> str:
       'peak_rss_mib_after_phase': result.peak_rss_mib,
       'saved_model_dir': result.saved_model_dir,
   }
+  if result.multi_label is not None:
+    summary['multi_label_test'] = result.multi_label.to_json()
   return atomic.write_json(path, summary)

@@ -83,6 +83,8 @@ class Classifier(tf.Module):
     self.final_biases = tf.Variable(head.biases, trainable=False,
                                     name='final_biases')
     self._final_tensor_name = final_tensor_name
+    self._activation = (tf.nn.sigmoid if getattr(head, "multi_label", False)
+                        else tf.nn.softmax)
     height, width = module.input_size
     self.classify = tf.function(
         self._classify,
@@ -92,8 +94,8 @@ class Classifier(tf.Module):
   def _classify(self, images):
     vectors = self.feature_module(images)
     logits = tf.matmul(vectors, self.final_weights) + self.final_biases
-    return {'probabilities': tf.nn.softmax(logits,
-                                           name=self._final_tensor_name)}
+    return {'probabilities': self._activation(logits,
+                                              name=self._final_tensor_name)}
 
 
 def describe_model(module: FeatureModule, labels: Sequence[str]) -> dict:

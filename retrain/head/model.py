@@ -28,9 +28,13 @@ class Head:
   Attributes:
     weights: float32 [D, N]; column j scores class id j.
     biases: float32 [N].
+    multi_label: one independent sigmoid per column instead of the softmax
+      (--multi_label: retrain/head/multilabel.py); each probability is then
+      in [0, 1] on its own.
   """
   weights: np.ndarray
   biases: np.ndarray
+  multi_label: bool = False
 
   def logits(self, x: np.ndarray) -> np.ndarray:
     return np.asarray(x, np.float32) @ self.weights + self.biases
@@ -38,6 +42,8 @@ class Head:
   def probabilities(self, x: np.ndarray) -> np.ndarray:
     """float32 [n, N] class probabilities for vectors x float32 [n, D]."""
     z = self.logits(x)
+    if self.multi_label:
+      return (0.5 * (1.0 + np.tanh(0.5 * z))).astype(np.float32)
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
