@@ -32,7 +32,6 @@ from retrain.errors import DatasetError
 from retrain.export import formats as export_formats
 from retrain.export import saved_model as export_lib
 from retrain.features import ensemble as ensemble_lib
-from retrain.features import tflite_runtime
 from retrain.head import multilabel as head_lib
 from retrain.head import solver as solver_lib
 from retrain.report import multilabel as report_lib
@@ -53,6 +52,10 @@ def check_options(config: Config) -> None:
     if getattr(config, name):
       raise DatasetError(f'--multi_label with --{name}: {why}.',
                          fields=('multi_label', name))
+  if config.head_solver == 'sgd':
+    logging.warning('--multi_label fits its sigmoid heads with L-BFGS: '
+                    '--head_solver sgd and the SGD training flags are not '
+                    'used.')
   if config.tflite_quantization != 'none':
     raise DatasetError(
         f'--multi_label with --tflite_quantization '
@@ -78,11 +81,7 @@ def run(config: Config) -> pipeline.RunResult:
   with phases('hashing'):
     keyed = pipeline.hash_images(config, layout.dataset)
   with phases('module'):
-    module = ensemble_lib.load(config.tfhub_module, config.image_size,
-                               config.module_cache_dir,
-                               trust=config.trust_module)
-  runner = tflite_runtime.deferred(module, config.bottleneck_runtime,
-                                   config.module_cache_dir)
+    module, runner = pipeline.load_module(config)
   with phases('bottlenecks'):
     computed = pipeline.bottlenecks(config, layout.dataset, module, runner,
                                     keyed=keyed)

@@ -171,13 +171,7 @@ def run(config: Config) -> RunResult:
   with phases('hashing'):
     keyed = hash_images(config, layout.dataset, crops)
   with phases('module'):
-    # One module, or an ensemble of several (h15: features/ensemble.py).
-    module = ensemble_lib.load(config.tfhub_module, config.image_size,
-                               config.module_cache_dir,
-                               trust=config.trust_module)
-  # The module as the bottlenecks (plain and distorted) run it.
-  runner = tflite_runtime.deferred(module, config.bottleneck_runtime,
-                                   config.module_cache_dir)
+    module, runner = load_module(config)
   # --- Past the memory budget: stream from the cache (docs/scale.md) ---
   from retrain import streamed  # pylint: disable=g-import-not-at-top
   # (Crops to boxes keep the in-memory path: the stream reads whole images.)
@@ -245,6 +239,17 @@ def discover(config: Config):
                len(layout.dataset.images), len(layout.dataset.labels),
                layout.description)
   return layout, crops
+
+
+def load_module(config: Config) -> tuple:
+  """(module, runner): one module, or an ensemble of several (h15:
+  features/ensemble.py), and the module as the bottlenecks (plain and
+  distorted) run it."""
+  module = ensemble_lib.load(config.tfhub_module, config.image_size,
+                             config.module_cache_dir,
+                             trust=config.trust_module)
+  return module, tflite_runtime.deferred(module, config.bottleneck_runtime,
+                                         config.module_cache_dir)
 
 
 def hash_images(config: Config, dataset, crops=None) -> tuple:

@@ -177,6 +177,32 @@ def test_refuses_fine_tune_and_box_crops(tmp_path, fake_module):
                                      crop_to_boxes=True))
 
 
+def test_label_image_formats_every_label_at_or_above_its_threshold():
+  from tools import label_image
+  model = label_image.Model('saved_model', 'm', ['a', 'b', 'c'], (8, 8),
+                            lambda x: x, label_thresholds=[0.5, 0.3, 0.9])
+  probs = np.array([0.6, 0.3, 0.95])
+  order = np.argsort(-probs)
+  assert label_image._above(model, probs, order) == [('c', 0.95), ('a', 0.6),
+                                                     ('b', 0.3)]
+  records = [label_image.Record('x.jpg', [('c', 0.95)], labels=[
+      ('c', 0.95), ('a', 0.6)]), label_image.Record('y.jpg', [('a', 0.4)],
+                                                    labels=[])]
+  rows = list(csv.DictReader(label_image.format_records(
+      records, 'csv').splitlines()))
+  assert [r['prediction'] for r in rows] == ['c;a', '']
+  items = json.loads(label_image.format_records(records, 'json'))
+  assert items[0]['labels'] == ['c', 'a'] and items[1]['prediction'] == ''
+  table = label_image.format_records(records, 'table')
+  assert '  labels: c, a\n' in table
+  assert '  labels: (none at or above its threshold)' in table
+  with pytest.raises(label_image.LabelImageError, match='2 label thresholds '
+                     'for 3 labels'):
+    label_image._stored_label_thresholds(
+        {'multi_label': {'thresholds': [0.5, 0.5]}}, 3)
+  assert label_image._stored_label_thresholds({'confidence': {}}, 3) is None
+
+
 def _run(args):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
   return subprocess.run([sys.executable, *args], capture_output=True,
