@@ -58,6 +58,11 @@ flags.DEFINE_enum('label_style', _D.label_style, list(names.LABEL_STYLES),
                   'verbatim keeps folder names / CSV labels; retrain makes '
                   "retrain.py's labels (lower case, each run of other "
                   'characters one space).')
+flags.DEFINE_bool('multi_label', _D.multi_label,
+                  'Photos with several labels: one sigmoid per label, a '
+                  'threshold per label; labels from a CSV ("path, a;b"), '
+                  'the object names of VOC annotations, or the same photo '
+                  'in several class folders (docs/multilabel.md).')
 # --- Crops to annotated boxes (retrain/data/boxes.py, docs/boxes.md) -------
 flags.DEFINE_bool('crop_to_boxes', _D.crop_to_boxes,
                   'Make every annotated box one example: its crop, labelled '
@@ -138,11 +143,14 @@ flags.DEFINE_float('label_smoothing', _D.label_smoothing,
 flags.DEFINE_enum('sampling', _D.sampling, list(names.SAMPLINGS),
                   'How training batches are drawn: classes (a class '
                   'uniformly, then one of its images, as retrain.py) or '
-                  'images (every training image equally likely).')
+                  'images (every training image equally likely). With '
+                  '--head_solver lbfgs the same weights in its objective: '
+                  'classes weighs every class the same.')
 flags.DEFINE_enum('class_weighting', _D.class_weighting,
                   list(names.CLASS_WEIGHTINGS),
                   'balanced: weight the loss so every class counts the same '
-                  '(only changes anything with --sampling images).')
+                  '(only changes anything with --sampling images; works with '
+                  'both head solvers).')
 flags.DEFINE_integer('early_stopping_patience', _D.early_stopping_patience,
                      'Stop after this many evaluations without a better '
                      'validation cross entropy and keep the best weights; 0 '

@@ -97,6 +97,9 @@ class RunResult:
   figures: Optional[Dict[str, str]] = None
   # Per member, the precision its bottlenecks ran at ('int8' or 'float32').
   bottleneck_precision: Optional[str] = None
+  # --multi_label: the test set's retrain.report.multilabel.MultiLabelMetrics
+  # (test_accuracy is then its exact-match ratio).
+  multi_label: Optional[object] = None
 
 
 def resolve_head_solver(config: Config) -> Config:
@@ -196,6 +199,9 @@ def _log_counts(labels, y, split) -> None:
 def run(config: Config) -> RunResult:
   """Runs retraining end to end; see the module docstring."""
   config = resolve_head_solver(config)
+  if config.multi_label:  # one sigmoid per label: retrain/multilabel.py
+    from retrain import multilabel  # pylint: disable=g-import-not-at-top
+    return multilabel.run(config)
   phases = phases_lib.Phases()
   with phases('startup', since_start=True):
     check_config(config)
@@ -211,13 +217,10 @@ def run(config: Config) -> RunResult:
   with phases('hashing'):
     keyed = hash_images(config, layout.dataset, crops)
   with phases('module'):
-    # One module, or an ensemble of several (h15: features/ensemble.py).
-    module = ensemble_lib.load(config.tfhub_module, config.image_size,
-                               config.module_cache_dir,
-                               trust=config.trust_module)
-  float_module = module
+    float_module, _ = load_module(config)
   with phases('precision'):
-    module = choose_precision(config, layout.dataset, module, keyed, crops)
+    module = choose_precision(config, layout.dataset, float_module, keyed,
+                              crops)
     precision = precision_lib.describe(module)
   # The module as the bottlenecks (plain and distorted) run it.
   runner = tflite_runtime.deferred(module, config.bottleneck_runtime,
@@ -294,6 +297,17 @@ def discover(config: Config):
                len(layout.dataset.images), len(layout.dataset.labels),
                layout.description)
   return layout, crops
+
+
+def load_module(config: Config) -> tuple:
+  """(module, runner): one module, or an ensemble of several (h15:
+  features/ensemble.py), and the module as the bottlenecks (plain and
+  distorted) run it."""
+  module = ensemble_lib.load(config.tfhub_module, config.image_size,
+                             config.module_cache_dir,
+                             trust=config.trust_module)
+  return module, tflite_runtime.deferred(module, config.bottleneck_runtime,
+                                         config.module_cache_dir)
 
 
 def hash_images(config: Config, dataset, crops=None) -> tuple:
@@ -513,7 +527,7 @@ def train(config: Config, module, labels: Sequence[str],
     # h15: the converging solver (None: this run trains with SGD).
     trained = solve_lib.maybe_solve(config, train_x, train_y, len(labels),
                                     val_x, val_y, writers,
-                                    train_groups=groups)
+                                    train_groups=groups, labels=labels)
     if trained is None:
       progress = Progress('Training', config.how_many_training_steps,
                           unit='steps')
@@ -851,4 +865,6 @@ def write_run_summary(config: Config, result: RunResult) -> str:
       'how_measured': result.figures,
       'bottleneck_precision': result.bottleneck_precision,
   }
+  if result.multi_label is not None:
+    summary['multi_label_test'] = result.multi_label.to_json()
   return atomic.write_json(path, summary)

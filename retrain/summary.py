@@ -93,7 +93,11 @@ def _group_reports(paths: List[Tuple[str, str]]) -> List[Tuple[str, str]]:
 def summary_lines(config, result) -> List[str]:
   """The closing lines of a run; see the module docstring."""
   seconds = result.timings.get('total', 0.0)
-  if result.test_count and not math.isnan(result.test_accuracy):
+  multi = getattr(result, 'multi_label', None)
+  if multi is not None and result.test_count:
+    outcome = (f'test mAP {multi.mean_ap:.3f}, exact match '
+               f'{100 * multi.exact_match:.1f}% (N={result.test_count})')
+  elif result.test_count and not math.isnan(result.test_accuracy):
     outcome = (f'test accuracy {100 * result.test_accuracy:.1f}% '
                f'(N={result.test_count})')
   else:

@@ -42,14 +42,35 @@ def test_metrics_match_hand_computed_values():
       (4 * 2 / 3 + 3 * 1 / 2 + 3 * 2 / 3) / 10)
 
 
-def test_never_predicted_and_absent_classes_score_zero_not_nan():
+def test_never_predicted_scores_zero_and_absent_classes_are_left_out():
   m = report.compute_metrics([0, 0, 1], [0, 0, 0], ['a', 'b', 'c'])
-  assert m.precision.tolist() == [2 / 3, 0.0, 0.0]
-  assert m.recall.tolist() == [1.0, 0.0, 0.0]
+  # b has an image but is never predicted: 0, counted in the averages.
+  assert m.precision.tolist()[:2] == [2 / 3, 0.0]
+  assert m.recall.tolist()[:2] == [1.0, 0.0]
   assert m.support.tolist() == [2, 1, 0]
-  assert not np.isnan(m.f1).any()
-  # The empty class still pulls the macro average down.
-  assert m.macro['recall'] == pytest.approx(1 / 3)
+  assert not np.isnan(m.f1[:2]).any()
+  # c has no images: undefined, not 0, and left out of the macro averages.
+  assert np.isnan([m.precision[2], m.recall[2], m.f1[2]]).all()
+  assert m.macro['recall'] == pytest.approx(1 / 2)
+  assert m.balanced_accuracy == pytest.approx(1 / 2)
+  assert m.macro['f1'] == pytest.approx((0.8 + 0.0) / 2)
+  data = json.loads(json.dumps(m.to_json()))
+  assert data['classes'][2] == {'label': 'c', 'precision': None,
+                                'recall': None, 'f1': None, 'support': 0}
+  assert data['balanced_accuracy'] == pytest.approx(0.5)
+  assert data['macro_f1'] == pytest.approx(0.4)
+  assert report.format_metrics(m)[3].split() == ['c', '-', '-', '-', '0']
+  assert report.format_summary(m) == (
+      'accuracy 66.7%, balanced accuracy 50.0%, macro F1 0.400 (2 of 3 '
+      'classes with images)')
+
+
+def test_balanced_accuracy_is_the_mean_recall():
+  # 8 of class 0 all right, 2 of class 1 both wrong: accuracy 0.8 but
+  # the balanced accuracy shows that class 1 is never recognised.
+  m = report.compute_metrics([0] * 8 + [1] * 2, [0] * 10, ['big', 'small'])
+  assert m.accuracy == pytest.approx(0.8)
+  assert m.balanced_accuracy == pytest.approx(0.5)
 
 
 def test_empty_set_has_nan_accuracy_and_null_in_json():

@@ -9,7 +9,7 @@ import pytest
 
 from retrain.config import DEFAULTS
 from retrain.errors import DatasetError
-from retrain.head import auto, solver
+from retrain.head import auto, solve, solver
 from retrain.head import train as train_lib
 from retrain.report import confidence
 
@@ -168,3 +168,94 @@ def test_pipeline_resolves_the_head_solver_once():
   with pytest.raises(DatasetError, match="head_solver='newton'"):
     pipeline.resolve_head_solver(dataclasses.replace(DEFAULTS,
                                                      head_solver='newton'))
+
+
+def _imbalanced(seed=5):
+  """Two overlapping classes, 300 vs 15 training images, and a balanced
+  held-out set of 200 a class."""
+  rng = np.random.default_rng(seed)
+  centres = np.array([[0.0] * 8, [1.2] + [0.0] * 7])
+
+  def draw(counts):
+    y = np.repeat(np.arange(2), counts)
+    return (centres[y] + rng.normal(0, 1, (len(y), 8))).astype(
+        np.float32), y
+
+  return draw([300, 15]), draw([200, 200])
+
+
+def test_balanced_weights_raise_the_small_class_recall():
+  (x, y), (test_x, test_y) = _imbalanced()
+  options = dataclasses.replace(OPTIONS, l2_grid=(0.01,))
+  weights = solve.lbfgs_class_weights(np.bincount(y), 'balanced', 'images')
+  np.testing.assert_allclose(weights, [315 / (2 * 300), 315 / (2 * 15)])
+
+  def recall(result):
+    pred = result.head.logits(test_x).argmax(axis=1)
+    return np.mean(pred[test_y == 1] == 1)
+
+  plain = solver.fit_head(x, y, 2, x[:0], y[:0], options)
+  weighted = solver.fit_head(x, y, 2, x[:0], y[:0], options,
+                             class_weights=weights)
+  assert recall(plain) < 0.35
+  assert recall(weighted) > recall(plain) + 0.3
+
+
+def test_weights_are_in_the_objective_and_the_choice():
+  (x, y), _ = _imbalanced(seed=6)
+  mean, scale = solver.standardisation(x, False)
+  theta = np.random.default_rng(0).normal(0, 0.1, 9 * 2)
+  # Weight 2 on every image is the unweighted objective (a weighted mean).
+  plain = solver._Problem(x, y, 2, mean, scale, 0.1, 0.0)(theta)
+  doubled = solver._Problem(x, y, 2, mean, scale, 0.1, 0.0,
+                            np.full(len(y), 2.0))(theta)
+  assert doubled[0] == pytest.approx(plain[0])
+  np.testing.assert_allclose(doubled[1], plain[1], rtol=1e-6, atol=1e-9)
+  # Weight 3 on one image is that image three times.
+  w = np.ones(len(y))
+  w[0] = 3.0
+  tripled = solver._Problem(np.concatenate([x, x[:1], x[:1]]),
+                            np.concatenate([y, y[:1], y[:1]]), 2, mean,
+                            scale, 0.1, 0.0)(theta)
+  weighted = solver._Problem(x, y, 2, mean, scale, 0.1, 0.0, w)(theta)
+  assert weighted[0] == pytest.approx(tripled[0])
+  # The k-fold choice scores the weighted (here: balanced) accuracy.
+  result = solver.fit_head(x, y, 2, x[:0], y[:0], OPTIONS,
+                           class_weights=solve.lbfgs_class_weights(
+                               np.bincount(y), 'none', 'classes'))
+  assert result.selection == 'k-fold'
+  for c in result.candidates:
+    assert 0 <= c.accuracy <= 1
+
+
+def test_class_balance_options_keep_lbfgs_and_say_so(caplog):
+  assert solve.lbfgs_class_weights([50, 50], 'none', 'classes') is None
+  assert solve.lbfgs_class_weights([90, 10], 'none', 'images') is None
+  np.testing.assert_allclose(
+      solve.lbfgs_class_weights([90, 10, 0], 'none', 'classes'),
+      [100 / 180, 100 / 20, 1.0])
+  changed = dataclasses.replace(DEFAULTS, class_weighting='balanced',
+                                sampling='images')
+  assert auto.changed_training_fields(changed, DEFAULTS) == []
+  from retrain import pipeline
+  assert pipeline.resolve_head_solver(changed).head_solver == 'lbfgs'
+  assert solve.imbalance([30, 20], ['a', 'b']) is None
+  assert solve.imbalance([90, 10, 0], ['a', 'b', 'c']) == (
+      "The training set is strongly imbalanced: 'a' has 90 images, 'b' 10 "
+      '(9.0x; strongly means 3x or more)')
+
+
+def test_a_strongly_imbalanced_run_warns_and_weighs_classes(tmp_path, caplog):
+  (x, y), _ = _imbalanced(seed=7)
+  config = dataclasses.replace(DEFAULTS, head_solver='lbfgs',
+                               report_dir=str(tmp_path),
+                               solver_l2_grid=(0.1,))
+  with caplog.at_level('INFO', logger='absl'):
+    solve.maybe_solve(config, x, y, 2, x[:0], y[:0], labels=['cats', 'dogs'])
+  assert ("strongly imbalanced: 'cats' has 300 images, 'dogs' 15" in
+          caplog.text)
+  assert 'every class weighs the same' in caplog.text
+  assert '--sampling images' in caplog.text
+  import json
+  report = json.loads((tmp_path / solve.REPORT_FILE).read_text())
+  assert report['class_weights'] == pytest.approx([315 / 600, 315 / 30])

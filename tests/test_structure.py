@@ -30,7 +30,8 @@ LEVELS = (
     ('retrain.report',),
     ('retrain.export',),
     ('retrain.finetune',),  # after the head, before the export it feeds
-    ('retrain.config', 'retrain.pipeline', 'retrain.streamed'),
+    ('retrain.config', 'retrain.pipeline', 'retrain.streamed',
+     'retrain.multilabel'),
     # The health report (docs/inspect.md) uses the pipeline's steps.
     ('retrain.inspect',),
     ('retrain', 'retrain.__main__', 'retrain.api', 'retrain.summary',

@@ -19,6 +19,11 @@ validation set for a target precision; 0 disables) is reported as
 `unknown`, its top classes still listed. This flags low confidence; it
 cannot recognise a class the model was never shown.
 
+Multi-label models (retrain --multi_label) give every label its own
+probability and store a threshold per label: every label at or above its
+threshold is listed (the table's `labels:` line; JSON `labels`; the CSV's
+and JSON's `prediction` joins them with ';', empty when none).
+
 Images (files, folders searched recursively, globs; as --image or as
 arguments) are decoded by `retrain.images.load_image`, the same code that
 made the training bottlenecks, and classified in batches. A file that
@@ -126,6 +131,8 @@ class Model:
   # any class.
   predict_novelty: Optional[Callable] = None
   novelty_threshold: float = float('inf')
+  # A multi-label model's threshold of each label (column order), else None.
+  label_thresholds: Optional[List[float]] = None
 
 
 @dataclasses.dataclass
@@ -141,6 +148,9 @@ class Record:
   # and whether it is above the stored novelty threshold.
   novelty: Optional[float] = None
   novel: bool = False
+  # Multi-label models: (label, probability) of every label at or above its
+  # threshold, most probable first (empty: none); None for other models.
+  labels: Optional[List[Tuple[str, float]]] = None
 
 
 # --- Loading a model ------------------------------------------------------------
@@ -423,6 +433,24 @@ def _stored_threshold(meta: Optional[dict]) -> float:
   return float(confidence.get('threshold') or 0.0)
 
 
+def _stored_label_thresholds(meta: Optional[dict], count: int
+                             ) -> Optional[List[float]]:
+  """A multi-label export's per-label thresholds (label order), else None.
+
+  Raises:
+    LabelImageError: the metadata's thresholds do not match the labels.
+  """
+  multi = (meta or {}).get('multi_label')
+  if not multi:
+    return None
+  thresholds = [float(v) for v in multi.get('thresholds') or []]
+  if len(thresholds) != count:
+    raise LabelImageError(
+        f'The export\'s metadata has {len(thresholds)} label thresholds for '
+        f'{count} labels: pass the --labels file of this model.')
+  return thresholds
+
+
 def choose_labels(path: str, labels: Optional[str],
                   meta_labels: Optional[Sequence[str]],
                   default_labels: Optional[str]) -> List[str]:
@@ -501,7 +529,8 @@ def load_model(saved_model_dir: Optional[str] = None,
         '.pb, the right --output_layer).')
   return Model(kind, path, names, size, predict, _stored_threshold(meta),
                getattr(predict, 'with_novelty', None),
-               _stored_novelty_threshold(meta))
+               _stored_novelty_threshold(meta),
+               _stored_label_thresholds(meta, len(names)))
 
 
 # --- Finding the images -----------------------------------------------------------
@@ -673,14 +702,16 @@ def classify_files(model: Model, paths: Sequence[str],
       scores = dict(zip(good, novelty))
       for i, path in enumerate(name_chunks[k]):
         if i in row:
-          order = np.argsort(-row[i], kind='stable')[:top_k]
+          order = np.argsort(-row[i], kind='stable')
           score = None if scores[i] is None else float(scores[i])
           records.append(Record(path, [(model.labels[j], float(row[i][j]))
-                                       for j in order],
-                                unknown=bool(row[i].max() < min_confidence),
+                                       for j in order[:top_k]],
+                                unknown=bool(row[i].max() < min_confidence)
+                                and model.label_thresholds is None,
                                 novelty=score, novel=bool(
                                     score is not None and
-                                    score > model.novelty_threshold)))
+                                    score > model.novelty_threshold),
+                                labels=_above(model, row[i], order)))
         else:
           records.append(Record(path, error=loaded[i]))
       progress.update(len(chunks[k]))
@@ -689,10 +720,22 @@ def classify_files(model: Model, paths: Sequence[str],
   return records
 
 
+def _above(model: Model, probabilities: np.ndarray, order
+           ) -> Optional[List[Tuple[str, float]]]:
+  """(label, probability) at or above each label's threshold, in `order`;
+  None for a single-label model."""
+  if model.label_thresholds is None:
+    return None
+  return [(model.labels[j], float(probabilities[j])) for j in order
+          if probabilities[j] >= model.label_thresholds[j]]
+
+
 # --- Output -----------------------------------------------------------------------
 
 
 def _prediction(record: Record) -> str:
+  if record.labels is not None:
+    return ';'.join(label for label, _ in record.labels)
   return UNKNOWN if record.unknown or record.novel else record.top[0][0]
 
 
@@ -728,6 +771,8 @@ def format_records(records: Sequence[Record], output_format: str = 'table'
                       'predictions': [
                           {'label': l, 'probability': round(p, 6)}
                           for l, p in r.top]})
+        if r.labels is not None:
+          items[-1]['labels'] = [label for label, _ in r.labels]
     return strict_json.dumps(items, indent=1) + '\n'
   if output_format == 'csv':
     k = max((len(r.top) for r in records), default=0)
@@ -761,6 +806,9 @@ def format_records(records: Sequence[Record], output_format: str = 'table'
     if r.unknown:
       lines.append(f'  unknown (top probability {r.top[0][1]:.4f} is below '
                    'the confidence threshold)')
+    if r.labels is not None:
+      lines.append('  labels: ' + (', '.join(label for label, _ in r.labels)
+                                   or '(none at or above its threshold)'))
     for label, p in r.top:
       lines.append(f'  {safe_text.terminal(label):<{width}}  {p:8.4f}')
   return '\n'.join(lines) + '\n'

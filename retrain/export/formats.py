@@ -260,13 +260,17 @@ def _prune(graph_def: tf.compat.v1.GraphDef, output: str, *more: str
 
 
 def write_frozen_graph(path: str, module: FeatureModule, head: Head,
-                       labels: Sequence[str], final_tensor_name: str) -> str:
-  """Writes the frozen GraphDef to `path` (plus sidecars); returns path."""
+                       labels: Sequence[str], final_tensor_name: str,
+                       extra_metadata: Optional[dict] = None) -> str:
+  """Writes the frozen GraphDef to `path` (plus sidecars); returns path.
+  extra_metadata: added to the metadata sidecar (a multi-label head's
+  thresholds)."""
   graph_def = frozen_graph_def(module, head, final_tensor_name)
   _write_file(path, graph_def.SerializeToString())
   info = {'format': 'frozen_graph',
           'input_tensor': f'{INPUT_TENSOR_NAME}:0',
-          'output_tensor': f'{final_tensor_name}:0'}
+          'output_tensor': f'{final_tensor_name}:0',
+          **((extra_metadata or {}) if head.multi_label else {})}
   if head.novelty is not None:
     info.update(novelty_tensor=f'{NOVELTY}:0',
                 novelty=head.novelty.metadata())
@@ -556,7 +560,8 @@ def export_other_formats(options: ExportOptions, module: FeatureModule, head: He
   if options.output_graph:
     started = time.monotonic()
     written['output_graph'] = os.path.abspath(write_frozen_graph(
-        options.output_graph, module, head, labels, options.final_tensor_name))
+        options.output_graph, module, head, labels, options.final_tensor_name,
+        extra_metadata))
     logging.info('Wrote the frozen graph %s (input %s, output %s) in %.1f s.',
                  options.output_graph, INPUT_TENSOR_NAME, options.final_tensor_name,
                  time.monotonic() - started)

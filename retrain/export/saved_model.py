@@ -95,6 +95,8 @@ class Classifier(tf.Module):
                                          name=f'novelty_{name}')
                        for name, value in
                        head.novelty.graph_arrays().items()}
+    self._activation = (tf.nn.sigmoid if getattr(head, "multi_label", False)
+                        else tf.nn.softmax)
     height, width = module.input_size
     self.classify = tf.function(
         self._classify,
@@ -104,8 +106,8 @@ class Classifier(tf.Module):
   def _classify(self, images):
     vectors = self.feature_module(images)
     logits = tf.matmul(vectors, self.final_weights) + self.final_biases
-    outputs = {'probabilities': tf.nn.softmax(logits,
-                                              name=self._final_tensor_name)}
+    outputs = {'probabilities': self._activation(
+        logits, name=self._final_tensor_name)}
     if self._novelty is not None:
       outputs[NOVELTY_OUTPUT] = novelty_score(vectors, self._novelty)
     return outputs

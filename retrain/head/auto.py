@@ -3,9 +3,12 @@
 `lbfgs` (retrain/head/solver.py) is the default. A user who passes any of
 the flags that shape retrain.py's SGD training has a recipe in mind, so
 `auto` then means `sgd`, today's training exactly, and one log line says
-so. `__main__` knows which flags were passed (absl's `FLAGS[name].present`);
-a program that builds a Config itself gets the same rule from the fields
-that differ from their defaults (`changed_training_fields`).
+so. `--sampling` and `--class_weighting` are not among them: they shape
+the L-BFGS objective the same way (retrain/head/solve.py,
+`lbfgs_class_weights`), so they never change the solver. `__main__` knows
+which flags were passed (absl's `FLAGS[name].present`); a program that
+builds a Config itself gets the same rule from the fields that differ from
+their defaults (`changed_training_fields`).
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ REPORT_FILE = 'head_solver.json'
 
 # retrain.py's training flags, and this project's options of the SGD
 # trainer (retrain/head/options.py): each means "train with SGD like this".
+# (The class balance options work with both solvers.)
 SGD_TRAINING_FLAGS = (
     'how_many_training_steps', 'learning_rate', 'train_batch_size',
     'eval_step_interval', 'validation_batch_size',
     'intermediate_store_frequency',
     'optimizer', 'dropout_rate', 'l2_regularizer', 'label_smoothing',
-    'sampling', 'class_weighting', 'early_stopping_patience',
+    'early_stopping_patience',
 )
 
 

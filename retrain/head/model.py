@@ -31,10 +31,14 @@ class Head:
     biases: float32 [N].
     novelty: the retrain.head.novelty.Novelty score the exports compute
       beside the probabilities, or None.
+    multi_label: one independent sigmoid per column instead of the softmax
+      (--multi_label: retrain/head/multilabel.py); each probability is then
+      in [0, 1] on its own.
   """
   weights: np.ndarray
   biases: np.ndarray
   novelty: Optional[object] = None
+  multi_label: bool = False
 
   def logits(self, x: np.ndarray) -> np.ndarray:
     return np.asarray(x, np.float32) @ self.weights + self.biases
@@ -42,6 +46,8 @@ class Head:
   def probabilities(self, x: np.ndarray) -> np.ndarray:
     """float32 [n, N] class probabilities for vectors x float32 [n, D]."""
     z = self.logits(x)
+    if self.multi_label:
+      return (0.5 * (1.0 + np.tanh(0.5 * z))).astype(np.float32)
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)

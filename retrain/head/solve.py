@@ -26,11 +26,16 @@ import tensorflow as tf
 from absl import logging
 
 from retrain.head import auto
+from retrain.head import options as options_lib
 from retrain.head import solver as solver_lib
 from retrain.head import summaries as summaries_lib
 from retrain.head import train as train_lib
 
 REPORT_FILE = auto.REPORT_FILE
+# A training set is strongly imbalanced when its largest class has at least
+# this many times the images of its smallest: the run warns and says how
+# the classes weigh (docs/accuracy.md, "Imbalanced classes").
+IMBALANCE_RATIO = 3.0
 
 
 def solver_markdown(result: solver_lib.SolverResult) -> str:
@@ -48,13 +53,16 @@ def solver_markdown(result: solver_lib.SolverResult) -> str:
 
 
 def write_report(report_dir: str, result: solver_lib.SolverResult,
-                 val_y: Optional[np.ndarray] = None) -> str:
+                 val_y: Optional[np.ndarray] = None,
+                 class_weights: Optional[np.ndarray] = None) -> str:
   """Writes <report_dir>/head_solver.json atomically; returns its path.
   With val_y (class ids [m]) `held_out` has the held-out validation
-  accuracy and cross entropy."""
+  accuracy and cross entropy. class_weights: what the objective weighed
+  each class id's images by (None: 1)."""
   os.makedirs(report_dir, exist_ok=True)
   path = os.path.join(report_dir, REPORT_FILE)
-  data = dict(result.summary(), curve=[
+  data = dict(result.summary(), class_weights=None if class_weights is None
+              else [float(w) for w in class_weights], curve=[
       {'iteration': p.step, 'train_accuracy': p.train_accuracy,
        'cross_entropy': p.cross_entropy,
        'validation_accuracy': p.validation_accuracy}
@@ -94,10 +102,76 @@ def _write_summaries(writers: summaries_lib.Writers,
     summaries_lib.histogram('final_layer/activations', probabilities)
 
 
+def lbfgs_class_weights(counts, class_weighting: str, sampling: str
+                        ) -> Optional[np.ndarray]:
+  """float64 [N] weight of each class id's images in the L-BFGS objective,
+  or None when every image weighs the same.
+
+  The full-batch objective is what SGD's batches estimate (see
+  retrain/head/options.py): --sampling classes (the default, retrain.py's
+  draws) weighs every class the same, n / (K * n_c) per image of a class of
+  n_c training images (K classes with images, n images); --sampling images
+  weighs every image 1, unless --class_weighting balanced.
+
+  Args:
+    counts: training images per class id, int [N].
+  """
+  counts = np.asarray(counts, np.float64)
+  if sampling == 'classes':
+    class_weighting = 'balanced'
+  weights = options_lib.class_weights(counts, class_weighting, 'images')
+  present = counts > 0
+  if not present.any() or np.ptp(weights[present]) == 0:
+    return None
+  return weights.astype(np.float64)
+
+
+def imbalance(counts, labels: Sequence[str]) -> Optional[str]:
+  """A sentence naming the largest and smallest training class when the
+  largest has at least IMBALANCE_RATIO times the images of the smallest
+  (classes without training images aside), else None."""
+  counts = np.asarray(counts, np.int64)
+  present = np.flatnonzero(counts > 0)
+  if len(present) < 2:
+    return None
+  big = present[np.argmax(counts[present])]
+  small = present[np.argmin(counts[present])]
+  ratio = counts[big] / counts[small]
+  if ratio < IMBALANCE_RATIO:
+    return None
+  return (f'The training set is strongly imbalanced: {labels[big]!r} has '
+          f'{counts[big]} images, {labels[small]!r} {counts[small]} '
+          f'({ratio:.1f}x; strongly means {IMBALANCE_RATIO:g}x or more)')
+
+
+def _say_weighting(config, counts, labels, weights) -> None:
+  """Logs how the classes weigh, and a warning on a strong imbalance."""
+  strong = imbalance(counts, labels)
+  if weights is None:
+    how = 'every image weighs the same'
+    if config.sampling == 'classes':
+      how += ' (the classes are equally large)'
+  else:
+    how = ('every class weighs the same in the head\'s objective and in '
+           'choosing its L2 (class weights n / (K * n_c), from '
+           + ('--sampling classes, the default' if config.sampling ==
+              'classes' else '--class_weighting balanced') + ')')
+  hint = ('; pass --sampling images to weigh the classes by their size '
+          '(when the test photos have the training proportions)'
+          if weights is not None and config.sampling == 'classes' else
+          '; pass --class_weighting balanced (or --sampling classes) to '
+          'weigh every class the same' if weights is None else '')
+  if strong:
+    logging.warning('%s: %s%s.', strong, how, hint)
+  else:
+    logging.info('Head solver (L-BFGS): %s.', how)
+
+
 def maybe_solve(config, train_x: np.ndarray, train_y: np.ndarray,
                 num_classes: int, val_x: np.ndarray, val_y: np.ndarray,
                 writers: Optional[summaries_lib.Writers] = None,
-                on_eval=None, train_groups: Optional[np.ndarray] = None
+                on_eval=None, train_groups: Optional[np.ndarray] = None,
+                labels: Optional[Sequence[str]] = None
                 ) -> Optional[train_lib.TrainResult]:
   """The L-BFGS head when the run uses it, else None (train with SGD).
 
@@ -111,16 +185,22 @@ def maybe_solve(config, train_x: np.ndarray, train_y: np.ndarray,
     on_eval: called with each EvalPoint of the final fit (the log lines).
     train_groups: int [n] group of each training row (an image and its
       distorted copies share one), for the held-out predictions.
+    labels: class names in id order (for the imbalance warning).
   """
   if config.head_solver != 'lbfgs':  # resolved by pipeline.run
     return None
   if config.intermediate_store_frequency:
     logging.warning('--intermediate_store_frequency is ignored with '
                     '--head_solver lbfgs (it has no training steps).')
+  counts = np.bincount(np.asarray(train_y, np.int64), minlength=num_classes)
+  weights = lbfgs_class_weights(counts, config.class_weighting,
+                                config.sampling)
+  _say_weighting(config, counts, labels or [str(i) for i in range(
+      num_classes)], weights)
   result = solver_lib.fit_head(
       train_x, train_y, num_classes, val_x, val_y,
       solver_lib.SolverOptions.from_config(config),
-      train_groups=train_groups)
+      train_groups=train_groups, class_weights=weights)
   # Every iteration is in TensorBoard and the report; the log gets a few.
   for k in _spread(len(result.history), 10) if result.history else ():
     point = result.history[k]
@@ -133,7 +213,7 @@ def maybe_solve(config, train_x: np.ndarray, train_y: np.ndarray,
   if writers is not None:
     _write_summaries(writers, result,
                      result.head.probabilities(train_x[:1000]), val_y)
-  path = write_report(config.report_dir, result, val_y)
+  path = write_report(config.report_dir, result, val_y, weights)
   logging.info('The head solver\'s candidates and curves are in %s.', path)
   return train_lib.TrainResult(
       result.head, result.history, None,

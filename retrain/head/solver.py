@@ -4,12 +4,15 @@ The head is the same layer `retrain.head.train` trains with SGD,
 probabilities = softmax(x @ W + b) with W float32 [D, N] and b float32 [N],
 but fitted with full-batch L-BFGS on
 
-  mean over images of cross_entropy(softmax(z @ W' + b), t) + l2/2 * |W'|^2
+  sum over images of w_i * cross_entropy(softmax(z_i @ W' + b), t_i) / sum w_i
+    + l2/2 * |W'|^2
 
 where z are the vectors as the module gives them (optionally standardised
 per dimension with the training set's mean and standard deviation, folded
 back into W and b afterwards, so the export sees a plain `Head` either way)
-and t the one-hot targets, optionally label-smoothed. The objective is
+t the one-hot targets, optionally label-smoothed, and w the images' weights
+(all 1 unless the classes are weighted: `class_weights` of `fit_head`; the
+weighted mean keeps one L2 strength meaning the same). The objective is
 smooth and strongly convex, so it has one minimum and L-BFGS reaches it in a
 few dozen to a few hundred iterations whatever the learning-rate-like
 constants would have been: there are none.
@@ -24,7 +27,9 @@ How the L2 strength (and label smoothing) is chosen, never looking at the
 test set (this module is never given it):
 - `validation`: when every class has at least `min_validation_per_class`
   validation images, each candidate is fitted on the training vectors and
-  scored on the validation vectors; the best validation accuracy wins (ties:
+  scored on the validation vectors; the best validation accuracy wins (with
+  class weights, the accuracy and cross entropy are weighted the same way,
+  which with balanced weights is the balanced accuracy; ties:
   lower validation cross entropy, then the stronger L2). Then the chosen
   setting is refitted on training + validation (`refit`; more data measured
   better, docs/accuracy.md).
@@ -157,7 +162,8 @@ class Candidate:
   """One setting tried, and how it scored on the data it was chosen on.
 
   accuracy in [0, 1] and mean cross_entropy on validation (or pooled over
-  the held-out folds); iterations summed over the fits that scored it.
+  the held-out folds), each image weighted by its class's weight when the
+  classes are weighted; iterations summed over the fits that scored it.
   """
   l2: float
   label_smoothing: float
@@ -230,10 +236,14 @@ class _Problem:
 
   def __init__(self, x: np.ndarray, y: np.ndarray, num_classes: int,
                mean: np.ndarray, scale: np.ndarray, l2: float,
-               label_smoothing: float):
+               label_smoothing: float, weights: Optional[np.ndarray] = None):
+    """weights: float [n] >= 0 of each image in the data term (None: 1)."""
     self.x = tf.constant(x)
     self.y = y
     self.n, self.dim = x.shape
+    # Each image's share of the data term: 1 / n, or w_i / sum(w).
+    self.share = (np.full((self.n, 1), 1.0 / max(self.n, 1)) if weights is None
+                  else _shares(weights))
     self.classes = num_classes
     self.mean, self.scale = mean, scale
     self.l2 = l2
@@ -259,8 +269,8 @@ class _Problem:
     self.last_logits = z
     z = z - z.max(axis=1, keepdims=True)
     log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    data_loss = -np.sum(self.targets * log_p) / self.n
-    g = (np.exp(log_p) - self.targets) / self.n  # [n, N]
+    data_loss = -np.sum(self.share * self.targets * log_p)
+    g = (np.exp(log_p) - self.targets) * self.share  # [n, N]
     gx = tf.matmul(tf.constant(g, tf.float32), self.x, transpose_a=True)
     gx = gx.numpy().T.astype(np.float64)  # [D, N]
     gw = (gx - np.outer(self.mean, g.sum(axis=0))) / self.scale[:, None]
@@ -273,6 +283,13 @@ class _Problem:
     z = logits - logits.max(axis=1, keepdims=True)
     log_norm = np.log(np.exp(z).sum(axis=1))
     return float(np.mean(log_norm - z[np.arange(self.n), self.y]))
+
+
+def _shares(weights: np.ndarray) -> np.ndarray:
+  """float64 [n, 1]: weights / their sum (a zero sum: all zeros)."""
+  w = np.asarray(weights, np.float64).reshape(-1, 1)
+  total = float(w.sum())
+  return w / total if total > 0 else np.zeros_like(w)
 
 
 def lbfgs(fun: Callable[[np.ndarray], Tuple[float, np.ndarray]],
@@ -383,11 +400,12 @@ class _Fit:
 
 def _fit_one(x, y, num_classes, l2, label_smoothing, options: SolverOptions,
              start: Optional[np.ndarray] = None, standard=None,
-             callback=None) -> _Fit:
+             callback=None, weights: Optional[np.ndarray] = None) -> _Fit:
   if standard is None:
     standard = standardisation(x, options.standardise)
   mean, scale = standard
-  problem = _Problem(x, y, num_classes, mean, scale, l2, label_smoothing)
+  problem = _Problem(x, y, num_classes, mean, scale, l2, label_smoothing,
+                     weights)
   theta0 = (np.zeros((x.shape[1] + 1) * num_classes) if start is None
             else start)
   theta, iterations = lbfgs(problem, theta0, options.max_iterations,
@@ -410,6 +428,18 @@ def _score(head: Head, x: np.ndarray, y: np.ndarray) -> Tuple[int, float]:
   return correct, float(np.sum(log_norm - z[np.arange(len(y)), y]))
 
 
+def _weighted_score(head: Head, x: np.ndarray, y: np.ndarray,
+                    weights: np.ndarray) -> Tuple[float, float]:
+  """(weighted correct predictions, weighted summed cross entropy) of head
+  on x, y; weights float [len(y)]."""
+  z = head.logits(x).astype(np.float64)
+  z -= z.max(axis=1, keepdims=True)
+  log_norm = np.log(np.exp(z).sum(axis=1))
+  w = np.asarray(weights, np.float64)
+  return (float(np.sum(w * (z.argmax(axis=1) == y))),
+          float(np.sum(w * (log_norm - z[np.arange(len(y)), y]))))
+
+
 def _grid(options: SolverOptions) -> List[Candidate]:
   """Candidates, strongest L2 first (the warm-start order)."""
   return [Candidate(l2, s) for s in options.label_smoothing_grid
@@ -418,23 +448,36 @@ def _grid(options: SolverOptions) -> List[Candidate]:
 
 def _score_grid(candidates: Sequence[Candidate], x, y, num_classes,
                 held_x, held_y, options: SolverOptions,
-                solutions: Optional[list] = None
+                solutions: Optional[list] = None, class_weights=None
                 ) -> List[Tuple[int, float, int]]:
   """(correct, summed cross entropy, iterations) of each candidate fitted
   on x, y and scored on held_x, held_y; warm-started along the grid. Each
-  candidate's parameters are appended to `solutions` if given."""
+  candidate's parameters are appended to `solutions` if given. With
+  class_weights (float [N]) the fit and both scores weigh each image by
+  its class's weight."""
   standard = standardisation(x, options.standardise)
   scores, start, smoothing = [], None, None
   for c in candidates:
     if c.label_smoothing != smoothing:
       start, smoothing = None, c.label_smoothing
     fit = _fit_one(x, y, num_classes, c.l2, c.label_smoothing, options,
-                   start, standard)
+                   start, standard, weights=_per_image(class_weights, y))
     start = fit.theta
     if solutions is not None:
       solutions.append(fit.theta)
-    scores.append((*_score(fit.head(), held_x, held_y), fit.iterations))
+    scored = (_score(fit.head(), held_x, held_y) if class_weights is None else
+              _weighted_score(fit.head(), held_x, held_y,
+                              class_weights[held_y]))
+    scores.append((*scored, fit.iterations))
   return scores
+
+
+def _per_image(class_weights: Optional[np.ndarray], y: np.ndarray
+               ) -> Optional[np.ndarray]:
+  """float64 [n] weight of each image (its class's), or None."""
+  if class_weights is None:
+    return None
+  return np.asarray(class_weights, np.float64)[y]
 
 
 def stratified_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
@@ -502,9 +545,11 @@ class HeldOut:
 
 def cross_fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray,
               num_classes: int, chosen: Candidate, options: SolverOptions,
-              start: Optional[np.ndarray] = None
+              start: Optional[np.ndarray] = None,
+              class_weights: Optional[np.ndarray] = None
               ) -> Optional[Tuple[np.ndarray, int, int]]:
-  """Out-of-fold logits of the chosen setting on x float32 [n, D], y [n].
+  """Out-of-fold logits of the chosen setting on x float32 [n, D], y [n]
+  (each fit weighted by class_weights float [N] as in `fit_head`).
 
   Each fold (group_folds, up to options.folds, fewer when a class has
   fewer groups) is predicted by a head fitted on the other folds, warm
@@ -525,7 +570,8 @@ def cross_fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray,
   for k in range(folds):
     inside = fold != k
     fit = _fit_one(x[inside], y[inside], num_classes, chosen.l2,
-                   chosen.label_smoothing, options, start=start)
+                   chosen.label_smoothing, options, start=start,
+                   weights=_per_image(class_weights, y[inside]))
     logits[~inside] = fit.head().logits(x[~inside])
     iterations += fit.iterations
   return logits, folds, iterations
@@ -533,7 +579,9 @@ def cross_fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray,
 
 def _held_out(final: '_Fit', refit: bool, train_x, train_y, val_x, val_y,
               groups, num_classes: int, chosen: Candidate,
-              options: SolverOptions) -> Optional[HeldOut]:
+              options: SolverOptions,
+              class_weights: Optional[np.ndarray] = None
+              ) -> Optional[HeldOut]:
   """The HeldOut of fit_head's final fit (see the module docstring)."""
   n_train = len(train_y)
   if not refit:
@@ -546,7 +594,8 @@ def _held_out(final: '_Fit', refit: bool, train_x, train_y, val_x, val_y,
                                np.arange(len(val_y))])
   crossed = cross_fit(np.concatenate([train_x, val_x]),
                       np.concatenate([train_y, val_y]), all_groups,
-                      num_classes, chosen, options, start=final.theta)
+                      num_classes, chosen, options, start=final.theta,
+                      class_weights=class_weights)
   if crossed is None:
     return None
   logits, folds, iterations = crossed
@@ -571,8 +620,9 @@ def _describe(c: Candidate) -> str:
 
 
 def _choose(train_x, train_y, val_x, val_y, num_classes: int,
-            options: SolverOptions):
-  """Scores the grid (see the module docstring).
+            options: SolverOptions, class_weights=None):
+  """Scores the grid (see the module docstring); class_weights float [N]
+  or None as in `fit_head`.
 
   Returns:
     (selection, candidates scored, chosen, reason, solutions): solutions
@@ -590,20 +640,21 @@ def _choose(train_x, train_y, val_x, val_y, num_classes: int,
   if len(candidates) == 1:
     return 'single', candidates, candidates[0], 'one candidate setting only', []
   if len(val_y) and val_counts.min() >= options.min_validation_per_class:
-    selection, held = 'validation', len(val_y)
+    selection, held = 'validation', _held(val_y, class_weights)
     scores = _score_grid(candidates, train_x, train_y, num_classes, val_x,
-                         val_y, options, solutions)
+                         val_y, options, solutions, class_weights)
     reason = (f'best validation accuracy of {len(candidates)} settings '
               f'(N={len(val_y)})')
   elif smallest_class >= options.folds:
-    selection, held = 'k-fold', len(all_y)
+    selection, held = 'k-fold', _held(all_y, class_weights)
     fold = stratified_folds(all_y, options.folds, options.seed)
     totals = np.zeros((len(candidates), 3))
     for k in range(options.folds):
       inside = fold != k
       totals += np.array(_score_grid(
           candidates, all_x[inside], all_y[inside], num_classes,
-          all_x[~inside], all_y[~inside], options), np.float64)
+          all_x[~inside], all_y[~inside], options,
+          class_weights=class_weights), np.float64)
     scores = [tuple(t) for t in totals]
     reason = (f'best {options.folds}-fold cross-validation accuracy on '
               f'training + validation (N={len(all_y)}) of {len(candidates)} '
@@ -628,10 +679,18 @@ def _choose(train_x, train_y, val_x, val_y, num_classes: int,
   return selection, candidates, chosen, reason, solutions
 
 
+def _held(y: np.ndarray, class_weights) -> float:
+  """What the held-out scores are divided by: images, or their weights."""
+  if class_weights is None:
+    return len(y)
+  return float(np.sum(np.asarray(class_weights, np.float64)[y]))
+
+
 def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
              val_x: np.ndarray, val_y: np.ndarray, options: SolverOptions,
              on_iteration: Optional[Callable[[EvalPoint], None]] = None,
-             train_groups: Optional[np.ndarray] = None) -> SolverResult:
+             train_groups: Optional[np.ndarray] = None,
+             class_weights: Optional[np.ndarray] = None) -> SolverResult:
   """Chooses the setting (see the module docstring) and fits the head.
 
   Args:
@@ -646,6 +705,10 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
     train_groups: int [n] group of each training row (an image and its
       distorted copies share one), so cross-fitting holds them out
       together; None: every row its own group.
+    class_weights: float [N] >= 0, the weight of each class id's images in
+      the objective of every fit (choosing, k-fold and refit) and in the
+      candidates' held-out accuracy and cross entropy; None weighs every
+      image 1 (retrain/head/solve.py's `lbfgs_class_weights` makes them).
 
   Returns:
     The SolverResult; its head scores class id j in column j, its
@@ -656,7 +719,7 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
   train_x, train_y = _as_arrays(train_x, train_y)
   val_x, val_y = _as_arrays(np.reshape(val_x, (-1, train_x.shape[1])), val_y)
   selection, candidates, chosen, reason, solutions = _choose(
-      train_x, train_y, val_x, val_y, num_classes, options)
+      train_x, train_y, val_x, val_y, num_classes, options, class_weights)
 
   refit = selection != 'validation' or options.refit
   fit_x = np.concatenate([train_x, val_x]) if refit else train_x
@@ -680,7 +743,7 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
            options.standardise is False else None)
   fit = _fit_one(fit_x, fit_y, num_classes, chosen.l2,
                  chosen.label_smoothing, options, start=start,
-                 callback=record)
+                 callback=record, weights=_per_image(class_weights, fit_y))
   if on_iteration is not None:
     for point in history:
       on_iteration(point)
@@ -690,12 +753,14 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
   held_out = _held_out(
       fit, refit, train_x, train_y, val_x, val_y,
       np.arange(len(train_y)) if train_groups is None else np.asarray(
-          train_groups, np.int64), num_classes, chosen, options)
+          train_groups, np.int64), num_classes, chosen, options,
+      class_weights)
   # (In the validation case the chosen candidate's fit on training is that
   # head already: restarting from it stops at once.)
   train_only = fit.head() if not (refit and len(val_y)) else _fit_one(
       train_x, train_y, num_classes, chosen.l2, chosen.label_smoothing,
-      options, start=start if start is not None else fit.theta).head()
+      options, start=start if start is not None else fit.theta,
+      weights=_per_image(class_weights, train_y)).head()
   seconds = time.monotonic() - started
   logging.info('Head solver (L-BFGS): %s; final fit %d iterations on %d '
                'images, %.1f s in all.', reason, fit.iterations, len(fit_y),

@@ -8,9 +8,15 @@ Conventions used throughout:
   * a confusion matrix is int64 [N, N] with rows = true class and columns =
     predicted class, so `cm[i, j]` counts images of class i predicted as j;
   * precision, recall and F1 are fractions in [0, 1]. A class that is never
-    predicted has precision 0 (and a class with no images recall 0), as
-    scikit-learn's `zero_division=0`; such classes are still counted in the
-    macro average, so it shows that something is missing.
+    predicted has precision 0, as scikit-learn's `zero_division=0`, and is
+    still counted in the macro average, so it shows that something is
+    missing. A class with no images in the set has no recall: its precision,
+    recall and F1 are nan (null in JSON, '-' in CSV and the log) and it is
+    left out of the macro averages (counting it as 0 would blame the model
+    for photos it was never shown);
+  * the balanced accuracy is the macro recall: the mean over the classes
+    with images of the fraction of each class predicted right, so every
+    class counts the same however many images it has.
 
 Files written to --report_dir by `write_reports` (each written atomically,
 replacing the previous run's file of the same name):
@@ -56,10 +62,12 @@ class Metrics:
   Attributes:
     labels: class names, row i of every array is class id i.
     confusion: int64 [N, N], rows true, columns predicted.
-    precision, recall, f1: float64 [N] in [0, 1].
+    precision, recall, f1: float64 [N] in [0, 1]; nan for a class with no
+      images in the set.
     support: int64 [N], images of each class in the set.
     accuracy: fraction correct in [0, 1] (nan for an empty set).
-    macro: {'precision', 'recall', 'f1'}: unweighted means over classes.
+    macro: {'precision', 'recall', 'f1'}: unweighted means over the classes
+      with images in the set.
     weighted: the same, each class weighted by its support.
   """
   labels: List[str]
@@ -76,14 +84,21 @@ class Metrics:
   def count(self) -> int:
     return int(self.support.sum())
 
+  @property
+  def balanced_accuracy(self) -> float:
+    """Mean recall over the classes with images, in [0, 1] (nan: none)."""
+    return self.macro['recall']
+
   def to_json(self) -> dict:
     return {
         'count': self.count,
         'accuracy': _num(self.accuracy),
+        'balanced_accuracy': _num(self.balanced_accuracy),
+        'macro_f1': _num(self.macro['f1']),
         'classes': [{'label': name,
-                     'precision': float(self.precision[i]),
-                     'recall': float(self.recall[i]),
-                     'f1': float(self.f1[i]),
+                     'precision': _num(self.precision[i]),
+                     'recall': _num(self.recall[i]),
+                     'f1': _num(self.f1[i]),
                      'support': int(self.support[i])}
                     for i, name in enumerate(self.labels)],
         'macro_avg': {k: _num(v) for k, v in self.macro.items()},
@@ -111,13 +126,16 @@ def metrics_from_confusion(confusion: np.ndarray,
   precision = _ratio(tp, predicted)
   recall = _ratio(tp, support)
   f1 = _ratio(2 * precision * recall, precision + recall)
+  absent = support == 0
+  for values in (precision, recall, f1):
+    values[absent] = np.nan
   total = int(support.sum())
   accuracy = float(tp.sum() / total) if total else float('nan')
   per_class = {'precision': precision, 'recall': recall, 'f1': f1}
-  macro = {k: float(v.mean()) if len(v) else float('nan')
+  macro = {k: float(v[~absent].mean()) if (~absent).any() else float('nan')
            for k, v in per_class.items()}
-  weighted = {k: float(np.sum(v * support) / total) if total else float('nan')
-              for k, v in per_class.items()}
+  weighted = {k: float(np.sum(v[~absent] * support[~absent]) / total)
+              if total else float('nan') for k, v in per_class.items()}
   return Metrics(list(labels), cm, precision, recall, f1,
                  support.astype(np.int64), accuracy, macro, weighted)
 
@@ -144,17 +162,38 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
   return lines
 
 
-def format_metrics(metrics: Metrics) -> List[str]:
-  """The per-class table with macro and weighted averages, one str a line."""
-  rows = [[name, f'{metrics.precision[i]:.3f}', f'{metrics.recall[i]:.3f}',
-           f'{metrics.f1[i]:.3f}', str(int(metrics.support[i]))]
-          for i, name in enumerate(metrics.labels)]
+def _cell(value: float, digits: int = 3) -> str:
+  """A number for the tables, '-' for nan (undefined)."""
+  return '-' if value != value else f'{value:.{digits}f}'
+
+
+def _metric_rows(metrics: Metrics, digits: int) -> List[list]:
+  """Per-class rows, then the macro and weighted averages."""
+  keys = ('precision', 'recall', 'f1')
+  rows = [[name, *[_cell(getattr(metrics, k)[i], digits) for k in keys],
+           int(metrics.support[i])] for i, name in enumerate(metrics.labels)]
   for name, avg in (('macro avg', metrics.macro),
                     ('weighted avg', metrics.weighted)):
-    rows.append([name] + [f'{avg[k]:.3f}' for k in ('precision', 'recall',
-                                                     'f1')]
-                + [str(metrics.count)])
-  return _table(['class', 'precision', 'recall', 'f1', 'support'], rows)
+    rows.append([name, *[_cell(avg[k], digits) for k in keys],
+                 metrics.count])
+  return rows
+
+
+def format_metrics(metrics: Metrics) -> List[str]:
+  """The per-class table with macro and weighted averages, one str a line
+  ('-' where a class has no images)."""
+  return _table(['class', 'precision', 'recall', 'f1', 'support'],
+                [[str(v) for v in row] for row in _metric_rows(metrics, 3)])
+
+
+def format_summary(metrics: Metrics) -> str:
+  """'accuracy 90.0%, balanced accuracy 88.1%, macro F1 0.874 (5 of 5
+  classes with images)'."""
+  present = int(np.sum(metrics.support > 0))
+  return (f'accuracy {_cell(100 * metrics.accuracy, 1)}%, balanced accuracy '
+          f'{_cell(100 * metrics.balanced_accuracy, 1)}%, macro F1 '
+          f'{_cell(metrics.macro["f1"])} ({present} of {len(metrics.labels)} '
+          'classes with images)')
 
 
 def format_confusion(confusion: np.ndarray,
@@ -228,13 +267,7 @@ def write_reports(report_dir: str, subset: str, metrics: Metrics,
     written.append(path)
 
   rows = [['class', 'precision', 'recall', 'f1', 'support']]
-  rows += [[name, f'{metrics.precision[i]:.6f}', f'{metrics.recall[i]:.6f}',
-            f'{metrics.f1[i]:.6f}', int(metrics.support[i])]
-           for i, name in enumerate(labels)]
-  for name, avg in (('macro avg', metrics.macro),
-                    ('weighted avg', metrics.weighted)):
-    rows.append([name] + [f'{avg[k]:.6f}' for k in ('precision', 'recall',
-                                                     'f1')] + [metrics.count])
+  rows += _metric_rows(metrics, 6)
   put(f'{subset}_metrics.csv', _csv_text(rows))
   put(f'{subset}_metrics.json',
       strict_json.dumps({'subset': subset, **metrics.to_json()}, indent=2) +

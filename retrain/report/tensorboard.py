@@ -143,14 +143,16 @@ def write_pr_curves(writer, y_true: np.ndarray, probabilities: np.ndarray,
   """One-vs-rest precision-recall curves, tag `pr_curve/<label>` per class.
 
   Args:
-    y_true: int [n] class ids; probabilities: float [n, N] in [0, 1].
+    y_true: int [n] class ids, or bool [n, N] (multi-label: column i true
+      when the image has label i); probabilities: float [n, N] in [0, 1].
   """
   from tensorboard.plugins.pr_curve import summary as pr_summary
-  y_true = np.asarray(y_true, np.int64)
+  y_true = np.asarray(y_true)
   probabilities = np.clip(np.asarray(probabilities, np.float32), 0.0, 1.0)
   with writer.as_default(step=step):
     for i, name in enumerate(labels):
-      pb = pr_summary.pb(f'pr_curve/{name}', y_true == i, probabilities[:, i],
+      truth = y_true[:, i] if y_true.ndim == 2 else y_true == i
+      pb = pr_summary.pb(f'pr_curve/{name}', truth, probabilities[:, i],
                          num_thresholds=num_thresholds,
                          display_name=f'{name} (one vs rest)')
       # pb() names the tag '<name>/pr_curves'; keep the documented tag.

@@ -173,6 +173,8 @@ def set_reports(options: ReportOptions, labels: Sequence[str], sets: dict,
       metrics[subset] = m
       _log_lines(f'Per-class metrics, {subset} set (N={m.count}){note}:',
                  report_lib.format_metrics(m))
+      logging.info('%s set%s: %s.', subset.capitalize(), note,
+                   report_lib.format_summary(m))
       _log_lines(f'Confusion matrix, {subset} set (rows: true class, '
                  f'columns: predicted){note}:',
                  report_lib.format_confusion(m.confusion, labels))
@@ -188,6 +190,7 @@ def set_reports(options: ReportOptions, labels: Sequence[str], sets: dict,
       tb.write_pr_curves(writer, truth, probs, labels, step)
       if subset == 'test':
         tb.write_scalars(writer, {'accuracy': m.accuracy,
+                                  'balanced_accuracy': m.balanced_accuracy,
                                   'precision_macro': m.macro['precision'],
                                   'recall_macro': m.macro['recall'],
                                   'f1_macro': m.macro['f1']}, step)
