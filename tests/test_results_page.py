@@ -220,3 +220,41 @@ def test_the_evaluate_command_names_a_missing_model(tmp_path):
       timeout=300)
   assert proc.returncode == 1
   assert 'nope.pb' in proc.stderr
+
+
+@pytest.mark.slow
+def test_label_image_explain_writes_an_overlay_per_photo(trained_run,
+                                                         tmp_path):
+  import subprocess
+  import sys
+
+  from PIL import Image
+  config, _, out = trained_run
+  photos = out / 'images' / 'red'
+  proc = subprocess.run(
+      [sys.executable, 'tools/label_image.py', '--graph', config.output_graph,
+       '--image', str(photos), '--explain', str(tmp_path / 'maps')],
+      capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  written = sorted(p.name for p in (tmp_path / 'maps').iterdir())
+  assert written == sorted(f'{p.stem}.png' for p in photos.iterdir())
+  with Image.open(tmp_path / 'maps' / written[0]) as picture:
+    assert picture.format == 'PNG' and picture.size == (32, 32)
+  assert 'red' in proc.stdout  # the results themselves are unchanged
+
+
+@pytest.mark.slow
+def test_retrain_load_predicts_labels_and_probabilities(trained_run):
+  import retrain
+  config, _, out = trained_run
+  model = retrain.load(config.output_graph)
+  files = [str(out / 'images' / name / 'img_0.jpg') for name in
+           ('red', 'green', 'blue')]
+  labels, probs = model.predict(files)
+  assert labels == ['red', 'green', 'blue']
+  assert probs.shape == (3, len(model.labels)) and probs.dtype == np.float32
+  np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+  from retrain import images
+  pixels = np.stack([images.load_image(f, model.input_size).numpy()
+                     for f in files])
+  np.testing.assert_allclose(model.predict(pixels)[1], probs, atol=1e-6)

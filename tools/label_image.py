@@ -40,6 +40,7 @@ import csv
 import io
 import json
 import os
+import re
 import sys
 from typing import Sequence
 
@@ -191,6 +192,9 @@ def _define_flags():
   flags.DEFINE_string('output_file', None, 'Write results here instead of '
                       'to stdout.')
   flags.DEFINE_bool('benchmark', False, 'Print images per second.')
+  flags.DEFINE_string('explain', None, 'Write a heat map (occlusion through '
+                      'the model, overlaid on the photo) of each classified '
+                      'image\'s top class as a PNG into this folder.')
   flags.DEFINE_string('input_layer', DEFAULT_INPUT_LAYER,
                       'Input op of a frozen graph.')
   flags.DEFINE_string('output_layer', DEFAULT_OUTPUT_LAYER,
@@ -249,6 +253,8 @@ def main(argv) -> int:
                                         f.max_image_pixels, f.min_confidence,
                                         boxes=crops, names=names)
     text = format_records(records, f.output_format)
+    if f.explain:
+      _explain(model, records[len(problems):], paths, crops, f)
   except RetrainError as e:
     logging.error('%s', e)
     return 1
@@ -290,6 +296,43 @@ Example:
 
 Every flag is explained in docs/flags.md.
 """
+
+
+def _explain(model: Model, records: Sequence[Record], paths: Sequence[str],
+             crops, f) -> None:
+  """--explain DIR: for each classified image, DIR/<name>.png: the photo
+  as the model saw it (its input size) with the occlusion heat map of its
+  top class over it (retrain.predict.explain)."""
+  from retrain.predict import explain  # pylint: disable=g-import-not-at-top
+  try:
+    os.makedirs(f.explain, exist_ok=True)
+  except OSError as e:
+    raise LabelImageError(f'--explain {f.explain!r}: cannot make the folder '
+                          f'({e.strerror or e}); pass a writable one.') from e
+  used = set()
+  for k, (record, path) in enumerate(zip(records, paths, strict=True)):
+    if record.error is not None:
+      continue
+    image = _load(path, model.input_size, f.input_mean, f.input_std,
+                  f.max_image_pixels, None if crops is None else crops[k])
+    if not isinstance(image, np.ndarray):
+      continue
+    top = model.labels.index(record.top[0][0])
+    heat = explain.occlusion(image[None], model.predict, [top])[0]
+    shown = (image * f.input_std + f.input_mean) / 255.0
+    stem = re.sub(r'[^\w.-]+', '_', os.path.splitext(
+        os.path.basename(record.image))[0]) or 'image'
+    name, n = f'{stem}.png', 1
+    while name in used:
+      n += 1
+      name = f'{stem}_{n}.png'
+    used.add(name)
+    target = os.path.join(f.explain, name)
+    with open(target + '.tmp', 'wb') as out:
+      out.write(explain.encode(explain.overlay(shown, heat)))
+    os.replace(target + '.tmp', target)
+  logging.info('Wrote the heat maps of %d images to %s.', len(used),
+               f.explain)
 
 
 def _box_crops(annotation: str, margin: float, specs: Sequence[str]):
