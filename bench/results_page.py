@@ -8,9 +8,8 @@ ratio:
   python bench/make_scaled_copy.py ../shared/datasets/flowers_sample /tmp/fl4000 --copies 8
   python bench/results_page.py --image_dir /tmp/fl4000 --bottleneck_dir /tmp/bn --out /tmp/bench_page
 
-The first run warms the cache (not counted). Only the SavedModel export is
-written (as the default run); the page's cost does not depend on the
-exports.
+The first run warms the cache (not counted). The exports are the default
+run's (SavedModel and frozen graph), under --out.
 """
 
 from __future__ import annotations
@@ -52,7 +51,8 @@ def main():
         module_cache_dir=os.environ.get('RETRAIN_MODULE_CACHE',
                                         DEFAULTS.module_cache_dir),
         saved_model_dir=os.path.join(out, 'saved_model'),
-        output_graph='', output_labels=os.path.join(out, 'labels.txt'),
+        output_graph=os.path.join(out, 'output_graph.pb'),
+        output_labels=os.path.join(out, 'labels.txt'),
         report_dir=os.path.join(out, 'report'),
         summaries_dir=os.path.join(out, 'logs'))
 

@@ -2,6 +2,7 @@
 
   Done in 1 min 05 s: test accuracy 93.3% (N=30).
   Outputs:
+    results page        /tmp/retrain_report/report.html
     SavedModel          /tmp/retrain_saved_model
     labels              /tmp/output_labels.txt
     frozen graph        /tmp/output_graph.pb
@@ -104,6 +105,9 @@ def summary_lines(config, result) -> List[str]:
     outcome = 'no test images, so no test accuracy'
   lines = [f'Done in {format_duration(seconds)}: {outcome}.', 'Outputs:']
   paths = _group_reports(output_paths(config, result))
+  page = getattr(result, 'results_page', None)
+  if page and os.path.isfile(page):  # The one file to open first.
+    paths.insert(0, ('results page', page))
   width = max([len(what) for what, _ in paths] + [0])
   lines += [f'  {what:<{width}}  {path}' for what, path in paths]
   if os.path.isdir(config.summaries_dir):

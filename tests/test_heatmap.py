@@ -174,7 +174,7 @@ def test_a_module_without_reachable_convolutions_gets_occlusion(fake_module):
 
 @pytest.mark.slow
 def test_grad_cam_reads_the_convolution_the_bundled_module_pools():
-  """The rebuilt network's head conv, averaged, is the converted module's
+  """The rebuilt network's head conv, averaged, is the loaded module's
   feature vector: the map is of the features the head was trained on."""
   from retrain.features import ensemble as ensemble_lib
   from retrain.head.model import Head
@@ -187,10 +187,11 @@ def test_grad_cam_reads_the_convolution_the_bundled_module_pools():
   assert explainer.method == explain.GRAD_CAM
   images = np.stack([photo(0, 0, seed=s) for s in range(2)])
   images = tf.image.resize(images, module.input_size).numpy()
-  from retrain.features import efficientnet_lite
-  network = efficientnet_lite.build_model('efficientnet_lite0')
-  pooled = tf.reduce_mean(network.head_activations(images), axis=[1, 2])
-  np.testing.assert_allclose(pooled.numpy(), module.call(images).numpy(),
-                             atol=1e-4)
+  conv, pool = heatmap._lite_member(  # pylint: disable=protected-access
+      module, module.input_size)
+  activations = conv(images)
+  assert activations.shape == (2, 7, 7, 1280)
+  np.testing.assert_allclose(pool(activations).numpy(),
+                             module.call(images).numpy(), atol=1e-4)
   maps = explainer(images, [0, 2])
   assert maps.shape == (2, *module.input_size) and maps.max() == 1.0

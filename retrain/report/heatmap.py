@@ -4,8 +4,8 @@
   included), not fine-tuned: Grad-CAM on the head convolution of each
   member (retrain.predict.explain.grad_cam), the members' maps resized to
   the ensemble's input size and added in logit units. The network is
-  rebuilt from the same weights the bundled module was converted from, so
-  its pooled activations are the module's feature vectors.
+  rebuilt from the loaded module's own variables (the converter names them
+  by layer), so its pooled activations are the module's feature vectors.
 * Anything else (a TF-Hub or local module, whose convolutions the loaded
   SavedModel does not expose; a fine-tuned network): occlusion through
   the module and the head (explain.occlusion).
@@ -53,20 +53,33 @@ class Explainer:
 
 
 def _lite_member(member, ensemble_size):
-  """(conv, pool) of a bundled EfficientNet-Lite member; conv resizes the
+  """(conv, pool) of a bundled EfficientNet-Lite member, run on the
+  member's own loaded variables (named '<layer>/kernel', '<layer>/bias' by
+  the converter): conv is the network up to its head convolution (after
+  ReLU6), the tensor the module's feature vector averages; it resizes the
   ensemble's images to the member's size as the ensemble does."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  from retrain.features import efficientnet_lite  # pylint: disable=g-import-not-at-top
-  network = efficientnet_lite.build_model(presets.PRESETS[member.handle].name)
+  from retrain.features import efficientnet_lite as lite  # pylint: disable=g-import-not-at-top
+  blocks = lite.block_specs(lite.get_variant(
+      presets.PRESETS[member.handle].name))
+  found = {v.name.split(':')[0]: v for v in member.obj.variables}
+  kernels = {name[:-len('/kernel')]: v for name, v in found.items()
+             if name.endswith('/kernel')}
+  biases = {name[:-len('/bias')]: v for name, v in found.items()
+            if name.endswith('/bias')}
   size = tuple(member.input_size)
 
-  # Eager: for the page's few dozen photos, tracing a tf.function costs
-  # more than it saves (Lite2, 17 photos: 2.1 s traced, 2.0 s eager).
+  # Eager: for the page's few photos, tracing a tf.function costs more
+  # than it saves (Lite2, 17 photos: 2.1 s traced, 2.0 s eager).
   def conv(images):
     if size != tuple(ensemble_size):
       images = ensemble_lib.area_resize(images, tuple(ensemble_size), size)
-    return network.head_activations(images)
+    x = lite.apply_conv(lite.normalize(images), 'stem', kernels['stem'],
+                        biases['stem'], stride=2)
+    for i, b in enumerate(blocks):
+      x = lite.apply_block(x, i, b, kernels, biases)
+    return lite.apply_conv(x, 'head', kernels['head'], biases['head'])
 
   def pool(activations):
     return tf.reduce_mean(activations, axis=[1, 2])

@@ -9,7 +9,7 @@ classes the model does not know and photos below its rejection threshold
 (when there are any); the worst mistakes and the least confident right
 answers with heat maps; the reliability diagram and the novelty figures
 (when extra_figures.json gives them); the training curve (when there is
-one); the settings of the run.
+one); the photos of each cell; the settings of the run.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def _cell_colour(fraction: float, diagonal: bool) -> str:
   return f'background:rgb({rgb[0]},{rgb[1]},{rgb[2]});color:{ink}'
 
 
-def _confusion(report: dict, thumbs: dict) -> List[str]:
+def _confusion(report: dict) -> List[str]:
   labels, cm = report['labels'], np.asarray(report['confusion'])
   out = ['<h2>Confusion matrix</h2><p>Rows: true class; columns: '
          'predicted. Each number opens the photos behind it.</p>',
@@ -77,8 +77,13 @@ def _confusion(report: dict, thumbs: dict) -> List[str]:
       text = f'<a href="#cell-{i}-{j}">{count}</a>' if count else ''
       cells.append(f'<td style="{style}">{text}</td>')
     out.append(f'<tr><th>{_e(name)}</th>' + ''.join(cells) + '</tr>')
-  out.append('</table>')
-  # Mistakes first, then the right answers.
+  return out + ['</table>']
+
+
+def _cells(report: dict, thumbs: dict) -> List[str]:
+  """The photos behind each cell of the matrix, mistakes first."""
+  labels = report['labels']
+  out = ['<h2>The photos behind each cell</h2>']
   keys = sorted(report['cells'], key=lambda k: (
       k.split(',')[0] == k.split(',')[1], [int(v) for v in k.split(',')]))
   for key in keys:
@@ -166,8 +171,9 @@ def _photos(report: dict, heat: dict) -> List[str]:
   return (['<h2>Photos</h2>', f'<p>{_e(about)}</p>'] +
           _grid('The worst mistakes (most confident first)',
                 report['mistakes'][:results_lib.GRID_PHOTOS], heat,
-                f'{len(report["mistakes"])} photos are wrong; all are in the '
-                'confusion matrix above and in report.json.') +
+                f'{len(report["mistakes"])} photos are wrong; each cell of '
+                'the confusion matrix links to its photos, and report.json '
+                'lists them.') +
           _grid('The least confident right answers',
                 report['least_confident_right'], heat,
                 'Right, but only just: the photos nearest to a mistake.'))
@@ -210,12 +216,13 @@ def page(report: dict, rendered: dict, extra: dict) -> str:
          f'<title>{_e(report.get("title", "Results"))}</title>',
          f'<style>{_CSS}</style></head><body>']
   out += _headline(report)
-  out += _confusion(report, rendered['thumb'])
+  out += _confusion(report)
   out += _per_class(report)
   out += _strangers(report)
   out += _photos(report, rendered['heat'])
   out += page_extra.sections(extra)
   out += _curve(report.get('history') or [])
+  out += _cells(report, rendered['thumb'])
   out += _settings(report.get('settings') or {})
   out.append('</body></html>\n')
   return '\n'.join(out)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -29,9 +30,13 @@ REPORT_JSON = 'report.json'
 # "novelty": ...} (docs/results-page.md); a section shows when its key does.
 EXTRA_FIGURES_FILE = 'extra_figures.json'
 SCHEMA_VERSION = 1
-# Photos in each list of the grid (with heat maps), and thumbnails shown
-# per confusion-matrix cell (report.json lists every file).
-GRID_PHOTOS = 12
+# Photos with heat maps: up to GRID_PHOTOS worst mistakes, then the least
+# confident right answers up to HEAT_MAPS in all (at least
+# HEAT_MAPS - GRID_PHOTOS of them). The heat maps are most of the page's
+# cost (bench/results_page.py). Thumbnails shown per confusion-matrix cell
+# (report.json lists every file).
+GRID_PHOTOS = 8
+HEAT_MAPS = 12
 CELL_PHOTOS = 12
 THUMB_SIDE = 96
 HEAT_SIDE = 176
@@ -86,8 +91,9 @@ def build(labels: Sequence[str], truth_labels: Sequence[str],
       'not_in_model': strangers,
       'unknown': _unknown(probs, known, truth, pred, threshold),
       'mistakes': [_example(files, labels, truth, probs, k) for k in wrong],
-      'least_confident_right': [_example(files, labels, truth, probs, k)
-                                for k in right[:GRID_PHOTOS]],
+      'least_confident_right': [
+          _example(files, labels, truth, probs, k)
+          for k in right[:HEAT_MAPS - min(len(wrong), GRID_PHOTOS)]],
       'cells': {f'{i},{j}': [files[k] for k in _cell(rows, truth, pred,
                                                      probs, i, j)]
                 for i in range(len(labels)) for j in range(len(labels))
@@ -139,15 +145,20 @@ def read_extra_figures(report_dir: str) -> dict:
 
 
 def _decode(paths: Sequence[str], size) -> list:
-  """float32 [H, W, 3] in [0, 1] of each file, or None where it fails."""
+  """float32 [H, W, 3] in [0, 1] of each file, or None where it fails;
+  decoded on a thread per core."""
+  import concurrent.futures  # pylint: disable=g-import-not-at-top
+
   from retrain import images  # pylint: disable=g-import-not-at-top
-  decoded = []
-  for path in paths:
+
+  def one(path):
     try:
-      decoded.append(images.load_image(path, tuple(size)).numpy())
+      return images.load_image(path, tuple(size)).numpy()
     except Exception:  # pylint: disable=broad-except
-      decoded.append(None)
-  return decoded
+      return None
+
+  with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+    return list(pool.map(one, paths))
 
 
 def heat_map_uris(explainer, examples: Sequence[dict],
@@ -186,9 +197,11 @@ def write(report_dir: str, report: dict, explainer=None,
   os.makedirs(report_dir, exist_ok=True)
   extra = read_extra_figures(report_dir) if extra is None else extra
   shown = report['mistakes'][:GRID_PHOTOS] + report['least_confident_right']
-  heat = {}
+  heat, started = {}, time.monotonic()
   if explainer is not None and shown:
     heat = heat_map_uris(explainer, shown, report['labels'])
+    logging.info('Results page: %d heat maps (%s) in %.1f s.', len(heat),
+                 explainer.method, time.monotonic() - started)
     report['heat_maps'] = {
         'method': explainer.method, 'description': explainer.description,
         'seconds_per_image': explainer.seconds_per_image}
