@@ -206,13 +206,14 @@ def run(config: Config) -> RunResult:
         config, module, labels, trained, reported, images, split, copies)
     test, misclassified, explained = reported
     confidence = calibrate(config, trained, *validation)
+  page = start_results_page(config, layout, crops, module, labels, trained,
+                            test, images, split, tuned)
   with phases('export'):
     saved, deployment = export(config, module, labels, trained, test, images,
                                split, intermediate, confidence,
                                tuned.metadata if tuned else None)
   with phases('results_page'):
-    page = results_page(config, layout, crops, module, labels, trained, test,
-                        images, split, tuned, computed.stats, phases)
+    page = results_page(config, page, module, labels, computed.stats, phases)
   phases.total()
   if skipped:
     logging.warning('%d images were skipped because they could not be used; '
@@ -586,14 +587,16 @@ def _model_lines(config: Config, module, labels, stats, timings) -> dict:
   return {'model': model, 'model_size': ', '.join(sizes), 'speed': speed}
 
 
-def results_page(config: Config, layout, crops, module, labels, trained,
-                 test: evaluate_lib.Evaluation,
-                 images: usable_lib.UsableImages, split: split_lib.Split,
-                 tuned, stats, phases) -> Optional[str]:
-  """Writes <report_dir>/report.html and report.json of the test set (the
-  validation set when there is no test set); returns the page's path.
+def start_results_page(config: Config, layout, crops, module, labels,
+                       trained, test: evaluate_lib.Evaluation,
+                       images: usable_lib.UsableImages,
+                       split: split_lib.Split, tuned) -> tuple:
+  """The results page's report dict of the test set (the validation set
+  when there is no test set) and its heat maps, started on a thread so
+  that they are drawn while the export runs: (report, explainer or None,
+  future of results_lib.grid_heat_maps).
   Heat maps: retrain/report/heatmap.py (none for box crops)."""
-  import time  # pylint: disable=g-import-not-at-top
+  import concurrent.futures  # pylint: disable=g-import-not-at-top
   rows = (np.asarray(tuned.test_rows) if tuned is not None else split.test)
   name, truth, probs = 'test', test.labels, test.probabilities
   files = [images.paths[rows[r]] for r in test.rows]
@@ -602,8 +605,6 @@ def results_page(config: Config, layout, crops, module, labels, trained,
     truth = images.labels[rows]
     probs = trained.head.probabilities(images.vectors[rows])
     files = images.paths_of(rows)
-  explainer = None if crops is not None else heatmap_lib.explainer(
-      module, trained.head, fine_tuned=tuned is not None)
   report = results_lib.build(
       labels, [labels[y] for y in truth], probs, files, set=name,
       title=f'Results: {os.path.basename(os.path.normpath(config.image_dir))}',
@@ -613,11 +614,27 @@ def results_page(config: Config, layout, crops, module, labels, trained,
                   f'{config.validation_percentage}%, test '
                   f'{config.testing_percentage}% of each class by a stable '
                   'hash of the file name unless the layout gives the split'),
-      seconds=time.monotonic() - phases.started,
       history=[dataclasses.asdict(p) for p in trained.history],
-      settings={k: str(v) for k, v in dataclasses.asdict(config).items()},
-      **_model_lines(config, module, labels, stats, phases.timings))
-  written = results_lib.write(config.report_dir, report, explainer)
+      settings={k: str(v) for k, v in dataclasses.asdict(config).items()})
+  explainer = None if crops is not None else heatmap_lib.explainer(
+      module, trained.head, fine_tuned=tuned is not None)
+  pool = concurrent.futures.ThreadPoolExecutor(1)
+  future = pool.submit(results_lib.grid_heat_maps, explainer, report)
+  pool.shutdown(wait=False)
+  return report, explainer, future
+
+
+def results_page(config: Config, started: tuple, module, labels, stats,
+                 phases) -> Optional[str]:
+  """Writes <report_dir>/report.html and report.json from what
+  start_results_page began; returns the page's path."""
+  import time  # pylint: disable=g-import-not-at-top
+  report, explainer, future = started
+  heat = future.result()
+  report.update(seconds=time.monotonic() - phases.started,
+                **_model_lines(config, module, labels, stats, phases.timings))
+  written = results_lib.write(config.report_dir, report, explainer,
+                              heat=heat)
   logging.info('Results page: %s', written[0])
   return written[0]
 

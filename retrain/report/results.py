@@ -183,8 +183,22 @@ def heat_map_uris(explainer, examples: Sequence[dict],
   return uris
 
 
+def grid_heat_maps(explainer, report: dict) -> Dict[str, str]:
+  """heat_map_uris of the photos the page's grid shows ({} without an
+  explainer); logs the time they took."""
+  shown = report['mistakes'][:GRID_PHOTOS] + report['least_confident_right']
+  if explainer is None or not shown:
+    return {}
+  started = time.monotonic()
+  heat = heat_map_uris(explainer, shown, report['labels'])
+  logging.info('Results page: %d heat maps (%s) in %.1f s.', len(heat),
+               explainer.method, time.monotonic() - started)
+  return heat
+
+
 def write(report_dir: str, report: dict, explainer=None,
-          extra: Optional[dict] = None) -> List[str]:
+          extra: Optional[dict] = None,
+          heat: Optional[Dict[str, str]] = None) -> List[str]:
   """Writes report.json and report.html into report_dir; returns their
   paths.
 
@@ -192,16 +206,15 @@ def write(report_dir: str, report: dict, explainer=None,
     report: what `build` returned.
     explainer: a retrain.report.heatmap.Explainer, or None for no heat maps.
     extra: optional figures (default: read_extra_figures(report_dir)).
+    heat: what grid_heat_maps(explainer, report) returned, when it was
+      computed ahead (default: computed here).
   """
   from retrain.report import page  # pylint: disable=g-import-not-at-top
   os.makedirs(report_dir, exist_ok=True)
   extra = read_extra_figures(report_dir) if extra is None else extra
-  shown = report['mistakes'][:GRID_PHOTOS] + report['least_confident_right']
-  heat, started = {}, time.monotonic()
-  if explainer is not None and shown:
-    heat = heat_map_uris(explainer, shown, report['labels'])
-    logging.info('Results page: %d heat maps (%s) in %.1f s.', len(heat),
-                 explainer.method, time.monotonic() - started)
+  if heat is None:
+    heat = grid_heat_maps(explainer, report)
+  if heat:
     report['heat_maps'] = {
         'method': explainer.method, 'description': explainer.description,
         'seconds_per_image': explainer.seconds_per_image}
