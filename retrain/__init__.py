@@ -9,6 +9,10 @@ From Python (or a notebook):
   result = retrain.run(image_dir='flower_photos', how_many_training_steps=500)
   print(result.test_accuracy, result.saved_model_dir)
 
+`retrain.evaluate(model=..., image_dir=..., output_dir=...)` judges an
+export on a labelled folder (report.html and report.json) and
+`retrain.load(path).predict(files)` classifies with one.
+
 `retrain.run(config)` takes a `retrain.Config` instead (start from
 `retrain.DEFAULTS` and `dataclasses.replace` a few fields). `Config`,
 `DEFAULTS` and `run` are imported on first use, so `import retrain` alone
@@ -17,7 +21,7 @@ stays cheap (no TensorFlow, no numpy).
 
 from retrain.version import __version__
 
-__all__ = ['Config', 'DEFAULTS', 'run', '__version__']
+__all__ = ['Config', 'DEFAULTS', 'evaluate', 'load', 'run', '__version__']
 
 
 def run(config=None, /, **options):
@@ -29,10 +33,22 @@ def run(config=None, /, **options):
   return api.run(config, **options)
 
 
+def load(path, labels=None):
+  """An export (SavedModel folder, .pb, .tflite or .onnx file) whose
+  `predict(images or files)` returns (labels, probabilities); see
+  `retrain.predict.model`."""
+  from retrain.predict import model  # pylint: disable=g-import-not-at-top
+  return model.load(path, labels)
+
+
 def __getattr__(name):
   # PEP 562: Config and DEFAULTS load retrain.config (and numpy) only when
   # asked for.
   if name in ('Config', 'DEFAULTS'):
     from retrain import config  # pylint: disable=g-import-not-at-top
     return getattr(config, name)
+  # retrain.evaluate(...): the package retrain/evaluate/, callable.
+  if name == 'evaluate':
+    import importlib  # pylint: disable=g-import-not-at-top
+    return importlib.import_module('retrain.evaluate')
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -354,3 +354,23 @@ class InspectConfig:
 
 INSPECT_DEFAULTS = InspectConfig()
 # --- End of retrain.inspect -------------------------------------------------
+
+
+# --- retrain.evaluate, a model judged on a labelled folder ------------------
+# (docs/results-page.md)
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+  """What `python -m retrain.evaluate` adds to a Config's data fields."""
+  # The export: a SavedModel folder, or a .pb, .tflite or .onnx file.
+  model: str = ''
+  output_dir: str = '/tmp/retrain_evaluate'
+  # Which photos of the folder: all, or one set of the stable hash split
+  # (train, validation, test) at --validation_percentage and
+  # --testing_percentage, the set a run with those values held out.
+  subset: str = 'all'
+  # Heat maps (occlusion through the export) on the page's photo grid.
+  heat_maps: bool = True
+
+
+EVALUATE_DEFAULTS = EvaluateConfig()
+# --- End of retrain.evaluate ------------------------------------------------

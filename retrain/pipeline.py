@@ -47,6 +47,8 @@ from retrain.head import summaries as summaries_lib
 from retrain.head import train as train_lib
 from retrain.report import confidence
 from retrain.report import deployment as deployment_report
+from retrain.report import heatmap as heatmap_lib
+from retrain.report import results as results_lib
 from retrain.report import skipped as skipped_report
 from retrain.report import trust as trust_report
 from retrain.report import writer as explain_lib
@@ -100,6 +102,8 @@ class RunResult:
   # --multi_label: the test set's retrain.report.multilabel.MultiLabelMetrics
   # (test_accuracy is then its exact-match ratio).
   multi_label: Optional[object] = None
+  # <report_dir>/report.html (docs/results-page.md), or None.
+  results_page: Optional[str] = None
 
 
 def resolve_head_solver(config: Config) -> Config:
@@ -258,11 +262,15 @@ def run(config: Config) -> RunResult:
     confidence = calibrate(config, trained, *validation, test=test)
     confidence = trust_checks(config, module, runner, labels, confidence,
                               images, split, test, tuned, trained)
+  page = start_results_page(config, layout, crops, module, labels, trained,
+                            test, images, split, tuned)
   with phases('export'):
     saved, deployment = export(config, module, labels, trained, test, images,
                                split, intermediate, confidence,
                                tuned.metadata if tuned else None,
                                float_module)
+  with phases('results_page'):
+    page = results_page(config, page, module, labels, computed.stats, phases)
   phases.total()
   if skipped:
     logging.warning('%d images were skipped because they could not be used; '
@@ -278,7 +286,7 @@ def run(config: Config) -> RunResult:
       distorted_stats=copies.stats if copies is not None else None,
       peak_rss_mib=phases.peak_rss, deployment_report=deployment,
       fine_tuned=tuned, figures=describe_figures(trained, tuned),
-      bottleneck_precision=precision)
+      bottleneck_precision=precision, results_page=page)
   write_run_summary(config, result)
   return result
 
@@ -845,6 +853,82 @@ def check_float_exports(config: Config, float_module, head,
   return precision_lib.check_float_exports(
       float_module, head, probe, images.labels[rows], int8_accuracy,
       held_out, config.bottleneck_runtime, config.module_cache_dir)
+
+
+def _model_lines(config: Config, module, labels, stats, timings) -> dict:
+  """The headline's model, size and speed lines of the results page."""
+  members = ensemble_lib.describe_modules(module)
+  model = (f'{" + ".join(m["handle"] for m in members)} '
+           f'({module.output_dim}-d features) and a softmax head over '
+           f'{len(labels)} classes ({config.head_solver})')
+  sizes = []
+  for what, path in (('SavedModel', config.saved_model_dir),
+                     ('frozen graph', config.output_graph),
+                     ('TFLite', config.tflite_output_file),
+                     ('ONNX', config.onnx_output_file)):
+    if path and os.path.exists(path):
+      size = (sum(os.path.getsize(os.path.join(d, f))
+                  for d, _, files in os.walk(path) for f in files)
+              if os.path.isdir(path) else os.path.getsize(path))
+      sizes.append(f'{what} {size / 2 ** 20:.1f} MB')
+  speed = ''
+  if stats.computed and timings.get('bottlenecks'):
+    speed = (f'{stats.computed / timings["bottlenecks"]:.1f} photos/s '
+             'decoded and through the feature module (this run, this '
+             'machine)')
+  return {'model': model, 'model_size': ', '.join(sizes), 'speed': speed}
+
+
+def start_results_page(config: Config, layout, crops, module, labels,
+                       trained, test: evaluate_lib.Evaluation,
+                       images: usable_lib.UsableImages,
+                       split: split_lib.Split, tuned) -> tuple:
+  """The results page's report dict of the test set (the validation set
+  when there is no test set) and its heat maps, started on a thread so
+  that they are drawn while the export runs: (report, explainer or None,
+  future of results_lib.grid_heat_maps).
+  Heat maps: retrain/report/heatmap.py (none for box crops)."""
+  import concurrent.futures  # pylint: disable=g-import-not-at-top
+  rows = (np.asarray(tuned.test_rows) if tuned is not None else split.test)
+  name, truth, probs = 'test', test.labels, test.probabilities
+  files = [images.paths[rows[r]] for r in test.rows]
+  if not test.count and len(split.validation):
+    name, rows = 'validation', split.validation
+    truth = images.labels[rows]
+    probs = trained.head.probabilities(images.vectors[rows])
+    files = images.paths_of(rows)
+  report = results_lib.build(
+      labels, [labels[y] for y in truth], probs, files, set=name,
+      title=f'Results: {os.path.basename(os.path.normpath(config.image_dir))}',
+      validation=(f'{len(split.validation)} validation and '
+                  f'{len(split.test)} test photos held out of training; '
+                  f'split: {layout.description}, validation '
+                  f'{config.validation_percentage}%, test '
+                  f'{config.testing_percentage}% of each class by a stable '
+                  'hash of the file name unless the layout gives the split'),
+      history=[dataclasses.asdict(p) for p in trained.history],
+      settings={k: str(v) for k, v in dataclasses.asdict(config).items()})
+  explainer = None if crops is not None else heatmap_lib.explainer(
+      module, trained.head, fine_tuned=tuned is not None)
+  pool = concurrent.futures.ThreadPoolExecutor(1)
+  future = pool.submit(results_lib.grid_heat_maps, explainer, report)
+  pool.shutdown(wait=False)
+  return report, explainer, future
+
+
+def results_page(config: Config, started: tuple, module, labels, stats,
+                 phases) -> Optional[str]:
+  """Writes <report_dir>/report.html and report.json from what
+  start_results_page began; returns the page's path."""
+  import time  # pylint: disable=g-import-not-at-top
+  report, explainer, future = started
+  heat = future.result()
+  report.update(seconds=time.monotonic() - phases.started,
+                **_model_lines(config, module, labels, stats, phases.timings))
+  written = results_lib.write(config.report_dir, report, explainer,
+                              heat=heat)
+  logging.info('Results page: %s', written[0])
+  return written[0]
 
 
 def write_run_summary(config: Config, result: RunResult) -> str:

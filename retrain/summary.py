@@ -2,10 +2,12 @@
 
   Done in 1 min 05 s: test accuracy 93.3% (N=30).
   Outputs:
+    results page        /tmp/retrain_report/report.html
     SavedModel          /tmp/retrain_saved_model
     labels              /tmp/output_labels.txt
     frozen graph        /tmp/output_graph.pb
-    reports             /tmp/retrain_report/ (13 files: misclassified_test.csv, ...)
+    results page        /tmp/retrain_report/report.html
+    reports             /tmp/retrain_report/ (14 files: misclassified_test.csv, ...)
     ...
 
 Printed once by each entry point (`python -m retrain`, `retrain.run`) after
@@ -51,6 +53,9 @@ def output_paths(config, result) -> List[Tuple[str, str]]:
   if config.intermediate_store_frequency > 0:
     candidates.append(('intermediate graphs',
                        config.intermediate_output_graphs_dir))
+  # The results page first: the one file to open after a run.
+  candidates.append(('results page', getattr(result, 'results_page', None)
+                     or ''))
   reports = list(result.explained.report_files) if result.explained else []
   if config.report_dir and os.path.isdir(config.report_dir):
     # Every file this run left in the report folder (each report is
@@ -104,6 +109,9 @@ def summary_lines(config, result) -> List[str]:
     outcome = 'no test images, so no test accuracy'
   lines = [f'Done in {format_duration(seconds)}: {outcome}.', 'Outputs:']
   paths = _group_reports(output_paths(config, result))
+  page = getattr(result, 'results_page', None)
+  if page and os.path.isfile(page):  # The one file to open first.
+    paths.insert(0, ('results page', page))
   width = max([len(what) for what, _ in paths] + [0])
   lines += [f'  {what:<{width}}  {path}' for what, path in paths]
   if os.path.isdir(config.summaries_dir):

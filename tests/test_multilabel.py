@@ -178,12 +178,13 @@ def test_refuses_fine_tune_and_box_crops(tmp_path, fake_module):
 
 
 def test_label_image_formats_every_label_at_or_above_its_threshold():
+  from retrain.predict import classify, load
   from tools import label_image
   model = label_image.Model('saved_model', 'm', ['a', 'b', 'c'], (8, 8),
                             lambda x: x, label_thresholds=[0.5, 0.3, 0.9])
   probs = np.array([0.6, 0.3, 0.95])
   order = np.argsort(-probs)
-  assert label_image._above(model, probs, order) == [('c', 0.95), ('a', 0.6),
+  assert classify._above(model, probs, order) == [('c', 0.95), ('a', 0.6),
                                                      ('b', 0.3)]
   records = [label_image.Record('x.jpg', [('c', 0.95)], labels=[
       ('c', 0.95), ('a', 0.6)]), label_image.Record('y.jpg', [('a', 0.4)],
@@ -198,9 +199,9 @@ def test_label_image_formats_every_label_at_or_above_its_threshold():
   assert '  labels: (none at or above its threshold)' in table
   with pytest.raises(label_image.LabelImageError, match='2 label thresholds '
                      'for 3 labels'):
-    label_image._stored_label_thresholds(
+    load._stored_label_thresholds(
         {'multi_label': {'thresholds': [0.5, 0.5]}}, 3)
-  assert label_image._stored_label_thresholds({'confidence': {}}, 3) is None
+  assert load._stored_label_thresholds({'confidence': {}}, 3) is None
 
 
 def _run(args):

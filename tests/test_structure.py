@@ -23,6 +23,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 LEVELS = (
     ('retrain.version', 'retrain.common', 'retrain.errors', 'retrain.images',
      'retrain.image_header'),
+    # Running an export (label_image's loaders) and heat maps: images only.
+    ('retrain.predict',),
     ('retrain.data',),
     ('retrain.features',),
     ('retrain.bottlenecks',),
@@ -35,7 +37,7 @@ LEVELS = (
     # The health report (docs/inspect.md) uses the pipeline's steps.
     ('retrain.inspect',),
     ('retrain', 'retrain.__main__', 'retrain.api', 'retrain.summary',
-     'retrain.beam', 'retrain.inspect.__main__'),
+     'retrain.beam', 'retrain.inspect.__main__', 'retrain.evaluate'),
 )
 # retrain.common.cli and .progress give both commands the same --help,
 # --version and progress, and .walk the same loop-safe folder walk; they import absl, tqdm and retrain.version only
@@ -43,7 +45,11 @@ LEVELS = (
 # module). label_image --boxes reads VOC XML / CSV boxes as training does
 # (retrain.data.boxes, imported only with --boxes); its loaders check a
 # model with retrain.features.module_safety (imported when loading).
+# label_image's loaders and classifying live in retrain.predict (which
+# imports only the errors, and the image decoding when it classifies), so
+# that retrain.evaluate runs exports the same way.
 TOOLS_MAY_IMPORT = ('retrain.images', 'retrain.errors', 'retrain.version',
+                    'retrain.predict',
                     'retrain.common.cli', 'retrain.common.progress',
                     'retrain.common.walk', 'retrain.image_header',
                     'retrain.data.boxes', 'retrain.features.module_safety',

@@ -41,18 +41,12 @@ Also importable: load_model, find_images, classify_files, format_records.
 
 from __future__ import annotations
 
-import concurrent.futures
 import csv
-import dataclasses
-import glob
 import io
-import json
 import os
 import re
 import sys
-import time
-import warnings
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 if __package__ in (None, ''):  # `python tools/label_image.py`
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
@@ -62,23 +56,36 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
 
-from retrain.errors import ImageError, RetrainError  # noqa: E402
+from retrain.errors import RetrainError  # noqa: E402
+from retrain.predict.classify import (  # noqa: E402,F401 (label_image's API)
+  Record,
+  Timing,
+  _load,
+  classify_files,
+  find_images,
+)
+from retrain.predict.load import (  # noqa: E402,F401 (label_image's API)
+  DEFAULT_BATCH_SIZE,
+  DEFAULT_INPUT_LAYER,
+  DEFAULT_INPUT_MEAN,
+  DEFAULT_INPUT_STD,
+  DEFAULT_OUTPUT_LAYER,
+  DEFAULT_TOP_K,
+  EMBEDDED_LABELS_FILE,
+  EMBEDDED_METADATA_FILE,
+  ONNX_METADATA_KEY,
+  LabelImageError,
+  Model,
+  _sidecars,
+  choose_labels,
+  load_model,
+)
 
-# This tool's own defaults (it reads nothing of retrain but the image
-# decoding and the errors); tests/test_structure.py checks that they agree
-# with retrain's: where retrain writes its SavedModel by default, and the
-# frozen graph's input and output op names.
+# This tool's own defaults (it reads of retrain the image decoding, the
+# errors and the export loaders of retrain.predict); tests/test_structure.py
+# checks that they agree with retrain's: where retrain writes its
+# SavedModel by default, and the frozen graph's input and output op names.
 DEFAULT_SAVED_MODEL_DIR = '/tmp/retrain_saved_model'
-# retrain's models take pixels in [0, 1]: (pixel - 0) / 255 with pixels in
-# [0, 255], the convention of TensorFlow's label_image flags.
-DEFAULT_INPUT_MEAN = 0.0
-DEFAULT_INPUT_STD = 255.0
-DEFAULT_INPUT_LAYER = 'Placeholder'
-DEFAULT_OUTPUT_LAYER = 'final_result'
-DEFAULT_TOP_K = 5
-# 32 images keep a 2-core CPU busy without holding much memory
-# (32 x 224 x 224 x 3 float32 = 19 MB).
-DEFAULT_BATCH_SIZE = 32
 # --crop_margin with --boxes: retrain's default (retrain/config.py).
 DEFAULT_CROP_MARGIN = 5.0
 # The smallest box side cropped, as retrain's --min_box_size default.
@@ -91,643 +98,6 @@ UNKNOWN = 'unknown'
 # below the confidence threshold.
 REASON_NOVEL = 'not like any class'
 REASON_LOW_CONFIDENCE = 'low confidence'
-# The novelty output of every export (retrain.export.saved_model).
-NOVELTY_OUTPUT = 'novelty'
-# Where exports keep their metadata inside the model file (retrain's
-# export/tflite_metadata.py and export/onnx_format.py; a test checks they
-# agree): the TFLite file's packed associated files, the ONNX model's
-# metadata_props key.
-EMBEDDED_LABELS_FILE = 'labels.txt'
-EMBEDDED_METADATA_FILE = 'retrain_metadata.json'
-ONNX_METADATA_KEY = 'retrain_metadata'
-
-
-class LabelImageError(RetrainError, ValueError):
-  """The model or the images cannot be used as given."""
-
-
-@dataclasses.dataclass
-class Model:
-  """A classifier ready to run.
-
-  Attributes:
-    kind: 'saved_model', 'frozen_graph', 'tflite' or 'onnx'.
-    path: the export folder or model file.
-    labels: class names; column j of the output is labels[j].
-    input_size: (height, width) of the input images.
-    predict: float32 [batch, H, W, 3] (in [0, 1] by default) ->
-      float32 [batch, N] probabilities.
-  """
-  kind: str
-  path: str
-  labels: List[str]
-  input_size: Tuple[int, int]
-  predict: Callable[[np.ndarray], np.ndarray]
-  # The rejection threshold stored in the export (0: none), in [0, 1].
-  threshold: float = 0.0
-  # The same images -> (probabilities [batch, N], novelty float32 [batch])
-  # when the export computes a novelty score, else None; above
-  # novelty_threshold (from the export's metadata) an image is not like
-  # any class.
-  predict_novelty: Optional[Callable] = None
-  novelty_threshold: float = float('inf')
-  # A multi-label model's threshold of each label (column order), else None.
-  label_thresholds: Optional[List[float]] = None
-
-
-@dataclasses.dataclass
-class Record:
-  """The result for one image: top (label, probability) pairs or an error."""
-  image: str
-  top: List[Tuple[str, float]] = dataclasses.field(default_factory=list)
-  error: Optional[str] = None
-  # The top probability is below the confidence threshold (then `top`
-  # still lists the classes).
-  unknown: bool = False
-  # The export's novelty score of the image (None: the export has none),
-  # and whether it is above the stored novelty threshold.
-  novelty: Optional[float] = None
-  novel: bool = False
-  # Multi-label models: (label, probability) of every label at or above its
-  # threshold, most probable first (empty: none); None for other models.
-  labels: Optional[List[Tuple[str, float]]] = None
-
-
-# --- Loading a model ------------------------------------------------------------
-
-
-def _read_labels(path: str) -> List[str]:
-  try:
-    with open(path, encoding='utf-8') as f:
-      return [line.rstrip('\n') for line in f if line.strip()]
-  except OSError as e:
-    raise LabelImageError(f'Cannot read the labels file {path!r} '
-                          f'({e.strerror or e}): pass --labels with the '
-                          'labels file written by retrain.') from e
-
-
-def _read_json(path: str) -> Optional[dict]:
-  if not os.path.isfile(path):
-    return None
-  with open(path, encoding='utf-8') as f:
-    return json.load(f)
-
-
-def _sidecars(path: str) -> Tuple[Optional[dict], Optional[str]]:
-  """(metadata, labels path) written beside a .pb or .tflite file.
-
-  X.pb.metadata.json and X.pb.labels.txt (named after the whole file, see
-  retrain.export.formats.sidecar_paths), or X.metadata.json and
-  X.labels.txt as earlier exports named them; those are used only if the
-  metadata names this model file (a .pb and a .tflite of one stem shared
-  them, and the later one won).
-  """
-  stem = os.path.splitext(path)[0]
-  for base in (path, stem):
-    metadata = _read_json(base + '.metadata.json')
-    if base == stem and metadata is not None and metadata.get(
-        'model_file', os.path.basename(path)) != os.path.basename(path):
-      continue
-    labels = base + '.labels.txt'
-    labels = labels if os.path.isfile(labels) else None
-    if metadata is not None or labels is not None:
-      return metadata, labels
-  return None, None
-
-
-def _choose_size(model_size, height: Optional[int], width: Optional[int],
-                 path: str) -> Tuple[int, int]:
-  """The input size: the model's own when fixed, else the flags'."""
-  fixed = tuple(model_size) if model_size and None not in model_size else None
-  asked = (height or (fixed or (None, None))[0],
-           width or (fixed or (None, None))[1])
-  if fixed and asked != fixed:
-    raise LabelImageError(
-        f'{path} takes {fixed[0]}x{fixed[1]} images, not '
-        f'{asked[0]}x{asked[1]}: drop --input_height/--input_width.')
-  if None in asked:
-    raise LabelImageError(f'{path} accepts any image size: pass '
-                          '--input_height and --input_width.')
-  return int(asked[0]), int(asked[1])
-
-
-def _load_saved_model(path: str, height, width) -> Tuple[Callable, tuple]:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  meta = _read_json(os.path.join(path, 'retrain_metadata.json'))
-  if meta is None:
-    raise LabelImageError(
-        f'{path!r} is not a retrain export (no retrain_metadata.json): pass '
-        'the --saved_model_dir that retrain wrote, or use --graph for a .pb '
-        'or .tflite file.')
-  _check_model(path)
-  loaded = tf.saved_model.load(path)
-  serve = loaded.signatures['serving_default']
-  size = _choose_size((meta['input_height'], meta['input_width']), height,
-                      width, path)
-
-  def predict(images):
-    return serve(images=tf.constant(images))['probabilities'].numpy()
-
-  if NOVELTY_OUTPUT in serve.structured_outputs:
-    def both(images):
-      out = serve(images=tf.constant(images))
-      return out['probabilities'].numpy(), out[NOVELTY_OUTPUT].numpy()
-    predict.with_novelty = both
-  predict.keep_alive = loaded  # The signature needs its object alive.
-  return predict, size, meta['labels']
-
-
-def _check_model(path: str) -> None:
-  """Refuses a graph that can act (retrain/features/module_safety.py)
-  unless --trust_module is set."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-
-  from retrain.features import module_safety  # pylint: disable=g-import-not-at-top
-  module_safety.check_model(path, 'trust_module' in flags.FLAGS and
-                            flags.FLAGS['trust_module'].value)
-
-
-def _load_frozen_graph(path: str, input_layer: str, output_layer: str,
-                       height, width) -> Tuple[Callable, tuple]:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  _check_model(path)
-  graph_def = tf.compat.v1.GraphDef()
-  with open(path, 'rb') as f:
-    try:
-      graph_def.ParseFromString(f.read())
-    except Exception as e:  # pylint: disable=broad-except
-      raise LabelImageError(f'{path!r} is not a frozen GraphDef ({e}).') from e
-  input_name = input_layer.split(':')[0]
-  output_name = output_layer.split(':')[0]
-  nodes = {node.name: node for node in graph_def.node}
-  for flag, name in (('input_layer', input_name),
-                     ('output_layer', output_name)):
-    if name not in nodes:
-      placeholders = [n.name for n in graph_def.node if n.op == 'Placeholder']
-      raise LabelImageError(
-          f'{path} has no op named {name!r} (--{flag}). Its placeholders: '
-          f'{", ".join(placeholders) or "none"}; its last op: '
-          f'{graph_def.node[-1].name}.')
-  dims = [d.size for d in nodes[input_name].attr['shape'].shape.dim]
-  model_size = (tuple(d if d > 0 else None for d in dims[1:3])
-                if len(dims) == 4 else None)
-  size = _choose_size(model_size, height, width, path)
-
-  def imports():
-    tf.compat.v1.import_graph_def(graph_def, name='')
-
-  wrapped = tf.compat.v1.wrap_function(imports, [])
-  run = wrapped.prune(f'{input_name}:0', f'{output_name}:0')
-
-  def predict(images):
-    return run(tf.constant(images)).numpy()
-
-  if NOVELTY_OUTPUT in nodes:
-    run_both = wrapped.prune(f'{input_name}:0', [f'{output_name}:0',
-                                                 f'{NOVELTY_OUTPUT}:0'])
-
-    def both(images):
-      probs, novelty = run_both(tf.constant(images))
-      return probs.numpy(), novelty.numpy()
-    predict.with_novelty = both
-  return predict, size
-
-
-def _tflite_interpreter(content: bytes):
-  try:  # The LiteRT package, if installed, is TFLite's successor.
-    from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    Interpreter = tf.lite.Interpreter  # pylint: disable=invalid-name
-  with warnings.catch_warnings():
-    # tf.lite.Interpreter warns that it moves to LiteRT; it works in TF 2.21.
-    warnings.simplefilter('ignore')
-    return Interpreter(model_content=content, num_threads=os.cpu_count())
-
-
-def _load_tflite(path: str, height, width) -> Tuple[Callable, tuple]:
-  with open(path, 'rb') as f:
-    content = f.read()
-  try:
-    interpreter = _tflite_interpreter(content)
-  except (ValueError, RuntimeError) as e:
-    raise LabelImageError(f'{path!r} is not a TFLite model ({e}).') from e
-  inp = interpreter.get_input_details()[0]
-  # The probabilities are the [batch, N] output; an output of rank 1 is
-  # the novelty score [batch].
-  outs = interpreter.get_output_details()
-  out = next((o for o in outs if len(o['shape_signature']) == 2), outs[0])
-  extra = [o for o in outs if len(o['shape_signature']) == 1]
-  shape = list(inp['shape_signature'])
-  size = _choose_size(tuple(d if d > 0 else None for d in shape[1:3]),
-                      height, width, path)
-  state = {'batch': None}
-
-  def output(details):
-    result = interpreter.get_tensor(details['index'])
-    if details['dtype'] != np.float32:  # An integer output: dequantize it.
-      scale, zero = details['quantization']
-      result = (result.astype(np.float32) - zero) * scale
-    return result
-
-  def predict(images):
-    if state['batch'] != len(images):
-      interpreter.resize_tensor_input(inp['index'],
-                                      [len(images), size[0], size[1], 3])
-      interpreter.allocate_tensors()
-      state['batch'] = len(images)
-    interpreter.set_tensor(inp['index'], images.astype(inp['dtype']))
-    interpreter.invoke()
-    return output(out)
-
-  if extra:
-    def both(images):
-      return predict(images), output(extra[0])
-    predict.with_novelty = both
-  return predict, size
-
-
-def _load_onnx(path: str, height, width) -> Tuple[Callable, tuple, dict]:
-  try:
-    import onnxruntime  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise LabelImageError(f'{path} is an ONNX model: pip install onnxruntime '
-                          '(or "retrain[onnx]") to run it.') from e
-  try:
-    session = onnxruntime.InferenceSession(
-        path, providers=['CPUExecutionProvider'])
-  except Exception as e:  # pylint: disable=broad-except
-    raise LabelImageError(f'{path!r} is not an ONNX model ({e}).') from e
-  inp = session.get_inputs()[0]
-  size = _choose_size(tuple(d if isinstance(d, int) and d > 0 else None
-                            for d in inp.shape[1:3]), height, width, path)
-
-  outputs = [o.name for o in session.get_outputs()]
-  first = 'probabilities' if 'probabilities' in outputs else outputs[0]
-
-  def predict(images):
-    return session.run([first], {inp.name: images.astype(np.float32)})[0]
-
-  if NOVELTY_OUTPUT in outputs:
-    def both(images):
-      return tuple(session.run([first, NOVELTY_OUTPUT],
-                               {inp.name: images.astype(np.float32)}))
-    predict.with_novelty = both
-  props = session.get_modelmeta().custom_metadata_map
-  if ONNX_METADATA_KEY in props:
-    meta = json.loads(props[ONNX_METADATA_KEY])
-  else:
-    meta = {'labels': json.loads(props['labels'])} if 'labels' in props else {}
-  return predict, size, meta
-
-
-def _embedded_tflite_metadata(path: str
-                              ) -> Tuple[Optional[List[str]], Optional[dict]]:
-  """(labels, metadata) packed in a .tflite file (a zip archive appended to
-  the flatbuffer, as MediaPipe's metadata writer packs them), or None."""
-  import zipfile  # pylint: disable=g-import-not-at-top
-  try:
-    with zipfile.ZipFile(path) as archive:
-      names = set(archive.namelist())
-      labels = (archive.read(EMBEDDED_LABELS_FILE).decode('utf-8')
-                if EMBEDDED_LABELS_FILE in names else None)
-      meta = (json.loads(archive.read(EMBEDDED_METADATA_FILE))
-              if EMBEDDED_METADATA_FILE in names else None)
-  except (zipfile.BadZipFile, OSError, ValueError):
-    return None, None
-  return ([l for l in labels.splitlines() if l.strip()] if labels else None,
-          meta)
-
-
-def _load_graph_file(graph: str, input_layer: str, output_layer: str,
-                     height, width):
-  """(kind, predict, size, metadata, labels from metadata, labels file) of a
-  .pb, .tflite or .onnx file."""
-  meta, default_labels = _sidecars(graph)
-  meta_labels = (meta or {}).get('labels')
-  if graph.lower().endswith('.tflite'):
-    predict, size = _load_tflite(graph, height, width)
-    if meta is None or not meta_labels:  # No side files: the embedded.
-      embedded_labels, embedded = _embedded_tflite_metadata(graph)
-      meta = meta or embedded
-      meta_labels = meta_labels or embedded_labels
-    return 'tflite', predict, size, meta, meta_labels, default_labels
-  if graph.lower().endswith('.onnx'):
-    predict, size, onnx_meta = _load_onnx(graph, height, width)
-    return ('onnx', predict, size, meta or onnx_meta,
-            meta_labels or onnx_meta.get('labels'), default_labels)
-  predict, size = _load_frozen_graph(graph, input_layer, output_layer,
-                                     height, width)
-  return 'frozen_graph', predict, size, meta, meta_labels, default_labels
-
-
-def _stored_novelty_threshold(meta: Optional[dict]) -> float:
-  """The novelty threshold in an export's metadata, inf when none."""
-  value = ((meta or {}).get('novelty') or {}).get('threshold')
-  return float(value) if value is not None else float('inf')
-
-
-def _stored_threshold(meta: Optional[dict]) -> float:
-  """The rejection threshold in an export's metadata, 0 when none."""
-  confidence = (meta or {}).get('confidence') or {}
-  return float(confidence.get('threshold') or 0.0)
-
-
-def _stored_label_thresholds(meta: Optional[dict], count: int
-                             ) -> Optional[List[float]]:
-  """A multi-label export's per-label thresholds (label order), else None.
-
-  Raises:
-    LabelImageError: the metadata's thresholds do not match the labels.
-  """
-  multi = (meta or {}).get('multi_label')
-  if not multi:
-    return None
-  thresholds = [float(v) for v in multi.get('thresholds') or []]
-  if len(thresholds) != count:
-    raise LabelImageError(
-        f'The export\'s metadata has {len(thresholds)} label thresholds for '
-        f'{count} labels: pass the --labels file of this model.')
-  return thresholds
-
-
-def choose_labels(path: str, labels: Optional[str],
-                  meta_labels: Optional[Sequence[str]],
-                  default_labels: Optional[str]) -> List[str]:
-  """The class names of an export: row j is class id j.
-
-  An explicit --labels file wins (a deliberate renaming). Otherwise the
-  export's metadata (JSON, which holds any label exactly), checked against
-  the labels file beside it; the labels file alone only for exports that
-  have no metadata.
-  """
-  if labels:
-    return _read_labels(labels)
-  file_names = (_read_labels(default_labels)
-                if default_labels and os.path.isfile(default_labels) else None)
-  if meta_labels:
-    names = [str(name) for name in meta_labels]
-    if file_names is not None and file_names != names:
-      logging.warning('The labels file %s disagrees with the metadata of %s '
-                      '(%d vs %d classes); using the metadata\'s labels.',
-                      default_labels, path, len(file_names), len(names))
-    return names
-  if file_names is not None:
-    return file_names
-  raise LabelImageError(f'No labels found for {path}: pass --labels with '
-                        'the labels file retrain wrote (--output_labels).')
-
-
-def load_model(saved_model_dir: Optional[str] = None,
-               graph: Optional[str] = None, labels: Optional[str] = None,
-               input_layer: str = DEFAULT_INPUT_LAYER,
-               output_layer: str = DEFAULT_OUTPUT_LAYER,
-               input_height: Optional[int] = None,
-               input_width: Optional[int] = None) -> Model:
-  """Loads a retrain export: a SavedModel folder, or a .pb / .tflite / .onnx
-  file.
-
-  Args:
-    saved_model_dir: an export folder written by retrain.
-    graph: a frozen GraphDef (.pb), TFLite (.tflite) or ONNX (.onnx) file;
-      used when saved_model_dir is not given.
-    labels: a labels file (one per line, row j is class id j); default: the
-      one in or beside the export.
-    input_layer, output_layer: op names in a frozen graph.
-    input_height, input_width: only for models that accept any size.
-
-  Raises:
-    LabelImageError: the model or its labels cannot be found or used.
-  """
-  if saved_model_dir:
-    if not os.path.isdir(saved_model_dir):
-      raise LabelImageError(f'--saved_model_dir {saved_model_dir!r} is not a '
-                            'folder: pass the folder retrain exported to.')
-    predict, size, meta_labels = _load_saved_model(
-        saved_model_dir, input_height, input_width)
-    kind, path = 'saved_model', saved_model_dir
-    default_labels = os.path.join(saved_model_dir, 'labels.txt')
-    meta = _read_json(os.path.join(saved_model_dir, 'retrain_metadata.json'))
-  elif graph:
-    if not os.path.isfile(graph):
-      raise LabelImageError(f'--graph {graph!r} does not exist: pass the .pb '
-                            'or .tflite file retrain wrote.')
-    path = graph
-    kind, predict, size, meta, meta_labels, default_labels = (
-        _load_graph_file(graph, input_layer, output_layer, input_height,
-                         input_width))
-  else:
-    raise LabelImageError('No model given: pass --saved_model_dir (the '
-                          'export folder) or --graph (a .pb or .tflite '
-                          'file).')
-  names = choose_labels(path, labels, meta_labels, default_labels)
-  probe = predict(np.zeros([1, size[0], size[1], 3], np.float32))
-  if probe.ndim != 2 or probe.shape[1] != len(names):
-    raise LabelImageError(
-        f'{path} returns {list(probe.shape)} but the labels have '
-        f'{len(names)} classes: pass the --labels of this model (and, for a '
-        '.pb, the right --output_layer).')
-  return Model(kind, path, names, size, predict, _stored_threshold(meta),
-               getattr(predict, 'with_novelty', None),
-               _stored_novelty_threshold(meta),
-               _stored_label_thresholds(meta, len(names)))
-
-
-# --- Finding the images -----------------------------------------------------------
-
-
-def find_images(specs: Sequence[str],
-                extensions: Optional[Sequence[str]] = None
-                ) -> Tuple[List[str], List[Record]]:
-  """Files from files, folders (recursive) and glob patterns.
-
-  Args:
-    extensions: the endings taken in folders (None: the ones training takes,
-      retrain.images.IMAGE_EXTENSIONS).
-
-  Returns:
-    (paths in the order given, folders sorted; Records with an error for
-    specs that match nothing).
-  """
-  from retrain import images  # pylint: disable=g-import-not-at-top
-  from retrain.common import walk as walk_lib  # pylint: disable=g-import-not-at-top
-  extensions = tuple(extensions or images.IMAGE_EXTENSIONS)
-  paths, problems, seen = [], [], set()
-
-  def add(path):
-    if path not in seen:
-      seen.add(path)
-      paths.append(path)
-
-  def add_folder(folder):
-    # retrain's discovery walk: regular files only, each real folder once
-    # (a link loop or a link to / cannot make it endless).
-    parent = os.path.dirname(os.path.abspath(folder))
-    walk = walk_lib.Walk(parent)
-    for rel in walk_lib.list_images(
-        os.path.abspath(folder), parent, extensions, walk):
-      add(os.path.join(parent, *rel.split('/')))
-    problems.extend(Record(p, error=r) for p, r in walk.skipped)
-
-  for spec in specs:
-    if os.path.isdir(spec):
-      before = len(paths)
-      add_folder(spec)
-      if len(paths) == before:
-        problems.append(Record(spec, error='folder holds no images (accepted '
-                               f'endings: {" ".join(extensions)})'))
-    elif os.path.exists(spec):
-      add(spec)  # A file named on purpose is tried whatever its ending.
-    elif glob.has_magic(spec):
-      matches = sorted(glob.glob(spec, recursive=True))
-      for match in matches:
-        if os.path.isdir(match):
-          add_folder(match)
-        else:
-          add(match)
-      if not matches:
-        problems.append(Record(spec, error='pattern matches no file'))
-    else:
-      problems.append(Record(spec, error='no such file or folder'))
-  return paths, problems
-
-
-# --- Classifying ------------------------------------------------------------------
-
-
-def _reason(error: Exception) -> str:
-  """A one-line reason from a TF error, without its op and device noise.
-
-  No path in it: the record of the image already names it.
-  """
-  if isinstance(error, ImageError):
-    return error.reason
-  message = (getattr(error, 'message', None) or str(error)).strip()
-  message = re.sub(r'\{\{[^}]*\}\}\s*', '', message)
-  message = re.sub(r'\s*\[Op:[^\]]*\].*$', '', message, flags=re.S)
-  message = message.splitlines()[0].strip() if message else ''
-  return message or type(error).__name__
-
-
-def _load(path: str, size, input_mean: float, input_std: float,
-          max_pixels: Optional[int] = None, box=None):
-  """float32 [H, W, 3] ready for the model, or the reason it failed.
-
-  Images over `max_pixels` (default: retrain's) or truncated are refused
-  from their header; the decoding threads share one pixel budget
-  (retrain.images), so they never hold one worst-case image each.
-  box: None, or the crop (top, left, bottom, right) in [0, 1] (--boxes).
-  """
-  from retrain import image_header, images  # pylint: disable=g-import-not-at-top
-  try:
-    image = images.load_image(path, size, max_pixels or
-                              image_header.MAX_IMAGE_PIXELS, box=box).numpy()
-  except Exception as e:  # pylint: disable=broad-except
-    return _reason(e)
-  if (input_mean, input_std) != (DEFAULT_INPUT_MEAN, DEFAULT_INPUT_STD):
-    image = (image * 255.0 - input_mean) / input_std
-  return image
-
-
-def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
-  for start in range(0, len(items), size):
-    yield items[start:start + size]
-
-
-@dataclasses.dataclass
-class Timing:
-  """Where classify_files spent its time (seconds)."""
-  images: int = 0
-  total: float = 0.0
-  model: float = 0.0
-
-
-def classify_files(model: Model, paths: Sequence[str],
-                   top_k: int = DEFAULT_TOP_K,
-                   batch_size: int = DEFAULT_BATCH_SIZE,
-                   input_mean: float = DEFAULT_INPUT_MEAN,
-                   input_std: float = DEFAULT_INPUT_STD,
-                   timing: Optional[Timing] = None,
-                   max_pixels: Optional[int] = None,
-                   min_confidence: Optional[float] = None,
-                   boxes: Optional[Sequence] = None,
-                   names: Optional[Sequence[str]] = None) -> List[Record]:
-  """Classifies image files in batches; one Record per path, in order.
-
-  Files are decoded on a thread pool while the model runs on the previous
-  batch. A file that cannot be read or decoded gets a Record with its error.
-  A Record whose top probability is below `min_confidence` (None: the
-  model's stored threshold; 0: never) has unknown=True.
-  With `boxes` (one crop per path, see _load) each crop is classified, and
-  `names` (one per path) name the records.
-  """
-  if min_confidence is None:
-    min_confidence = model.threshold
-  # A live bar with rate and time left on a terminal, else a log line every
-  # 10 s (the same progress as retrain's long phases).
-  from retrain.common.progress import Progress  # pylint: disable=g-import-not-at-top
-  timing = timing if timing is not None else Timing()
-  started = time.monotonic()
-  top_k = max(1, min(top_k, len(model.labels)))
-  records = []
-  progress = Progress('Classified', len(paths), interval=10.0)
-  with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 2) as pool:
-
-    def submit(k):
-      return [pool.submit(_load, p, model.input_size, input_mean, input_std,
-                          max_pixels, box)
-              for p, box in zip(chunks[k], box_chunks[k], strict=True)]
-
-    chunks = list(_chunks(list(paths), max(1, batch_size)))
-    box_chunks = list(_chunks(list(boxes) if boxes is not None else
-                              [None] * len(paths), max(1, batch_size)))
-    name_chunks = list(_chunks(list(names) if names is not None else
-                               list(paths), max(1, batch_size)))
-    pending = submit(0) if chunks else []
-    for k, _ in enumerate(chunks):
-      loaded = [f.result() for f in pending]
-      pending = submit(k + 1) if k + 1 < len(chunks) else []
-      good = [i for i, x in enumerate(loaded) if isinstance(x, np.ndarray)]
-      probs = np.zeros([0, len(model.labels)], np.float32)
-      novelty = [None] * len(good)
-      if good:
-        tick = time.monotonic()
-        batch = np.stack([loaded[i] for i in good])
-        if model.predict_novelty is not None:
-          probs, novelty = model.predict_novelty(batch)
-        else:
-          probs = model.predict(batch)
-        timing.model += time.monotonic() - tick
-      row = dict(zip(good, probs))
-      scores = dict(zip(good, novelty))
-      for i, path in enumerate(name_chunks[k]):
-        if i in row:
-          order = np.argsort(-row[i], kind='stable')
-          score = None if scores[i] is None else float(scores[i])
-          records.append(Record(path, [(model.labels[j], float(row[i][j]))
-                                       for j in order[:top_k]],
-                                unknown=bool(row[i].max() < min_confidence)
-                                and model.label_thresholds is None,
-                                novelty=score, novel=bool(
-                                    score is not None and
-                                    score > model.novelty_threshold),
-                                labels=_above(model, row[i], order)))
-        else:
-          records.append(Record(path, error=loaded[i]))
-      progress.update(len(chunks[k]))
-  timing.images += len(paths)
-  timing.total += time.monotonic() - started
-  return records
-
-
-def _above(model: Model, probabilities: np.ndarray, order
-           ) -> Optional[List[Tuple[str, float]]]:
-  """(label, probability) at or above each label's threshold, in `order`;
-  None for a single-label model."""
-  if model.label_thresholds is None:
-    return None
-  return [(model.labels[j], float(probabilities[j])) for j in order
-          if probabilities[j] >= model.label_thresholds[j]]
 
 
 # --- Output -----------------------------------------------------------------------
@@ -858,6 +228,9 @@ def _define_flags():
   flags.DEFINE_string('output_file', None, 'Write results here instead of '
                       'to stdout.')
   flags.DEFINE_bool('benchmark', False, 'Print images per second.')
+  flags.DEFINE_string('explain', None, 'Write a heat map (occlusion through '
+                      'the model, overlaid on the photo) of each classified '
+                      'image\'s top class as a PNG into this folder.')
   flags.DEFINE_string('input_layer', DEFAULT_INPUT_LAYER,
                       'Input op of a frozen graph.')
   flags.DEFINE_string('output_layer', DEFAULT_OUTPUT_LAYER,
@@ -887,7 +260,8 @@ def main(argv) -> int:
     saved_model_dir = DEFAULT_SAVED_MODEL_DIR
   try:
     model = load_model(saved_model_dir, f.graph, f.labels, f.input_layer,
-                       f.output_layer, f.input_height, f.input_width)
+                       f.output_layer, f.input_height, f.input_width,
+                       trust=f.trust_module)
     crops = names = None
     if f.boxes:  # --- crops to annotated boxes (docs/boxes.md) ---
       paths, problems, crops, names = _box_crops(f.boxes, f.crop_margin,
@@ -916,6 +290,8 @@ def main(argv) -> int:
                                         f.max_image_pixels, f.min_confidence,
                                         boxes=crops, names=names)
     text = format_records(records, f.output_format)
+    if f.explain:
+      _explain(model, records[len(problems):], paths, crops, f)
   except RetrainError as e:
     logging.error('%s', e)
     return 1
@@ -957,6 +333,43 @@ Example:
 
 Every flag is explained in docs/flags.md.
 """
+
+
+def _explain(model: Model, records: Sequence[Record], paths: Sequence[str],
+             crops, f) -> None:
+  """--explain DIR: for each classified image, DIR/<name>.png: the photo
+  as the model saw it (its input size) with the occlusion heat map of its
+  top class over it (retrain.predict.explain)."""
+  from retrain.predict import explain  # pylint: disable=g-import-not-at-top
+  try:
+    os.makedirs(f.explain, exist_ok=True)
+  except OSError as e:
+    raise LabelImageError(f'--explain {f.explain!r}: cannot make the folder '
+                          f'({e.strerror or e}); pass a writable one.') from e
+  used = set()
+  for k, (record, path) in enumerate(zip(records, paths, strict=True)):
+    if record.error is not None:
+      continue
+    image = _load(path, model.input_size, f.input_mean, f.input_std,
+                  f.max_image_pixels, None if crops is None else crops[k])
+    if not isinstance(image, np.ndarray):
+      continue
+    top = model.labels.index(record.top[0][0])
+    heat = explain.occlusion(image[None], model.predict, [top])[0]
+    shown = (image * f.input_std + f.input_mean) / 255.0
+    stem = re.sub(r'[^\w.-]+', '_', os.path.splitext(
+        os.path.basename(record.image))[0]) or 'image'
+    name, n = f'{stem}.png', 1
+    while name in used:
+      n += 1
+      name = f'{stem}_{n}.png'
+    used.add(name)
+    target = os.path.join(f.explain, name)
+    with open(target + '.tmp', 'wb') as out:
+      out.write(explain.encode(explain.overlay(shown, heat)))
+    os.replace(target + '.tmp', target)
+  logging.info('Wrote the heat maps of %d images to %s.', len(used),
+               f.explain)
 
 
 def _box_crops(annotation: str, margin: float, specs: Sequence[str]):

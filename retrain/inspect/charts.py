@@ -3,26 +3,14 @@ display is needed)."""
 
 from __future__ import annotations
 
-import base64
-import io
 from typing import Sequence
 
 import numpy as np
 
+from retrain.common import html as html_lib
 
-def _figure(width=7.0, height=3.2):
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg', force=True)
-  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
-  return pyplot, pyplot.figure(figsize=(width, height), dpi=100)
-
-
-def _to_uri(pyplot, figure) -> str:
-  out = io.BytesIO()
-  figure.tight_layout()
-  figure.savefig(out, format='png')
-  pyplot.close(figure)
-  return 'data:image/png;base64,' + base64.b64encode(out.getvalue()).decode()
+_figure = html_lib.chart_figure
+_to_uri = html_lib.chart_uri
 
 
 def class_counts_chart(labels: Sequence[str], counts: np.ndarray) -> str:

@@ -3,10 +3,9 @@ and small thumbnails, read with Pillow (headers only, except thumbnails)."""
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import io
-from typing import Optional, Sequence
+
+from retrain.common.html import thumbnail_uri  # noqa: F401 (used as files.thumbnail_uri)
 
 _ORIENTATION_TAG = 0x0112
 
@@ -41,30 +40,3 @@ def file_info(path: str) -> FileInfo:
       width, height = height, width
     return FileInfo(width, height, image.mode, image.format or '?',
                     orientation)
-
-
-def thumbnail_uri(path: str, box: Optional[Sequence[float]] = None,
-                  side: int = 112) -> str:
-  """A JPEG data: URI of the upright image (or its box crop), at most
-  side x side pixels; '' when the file cannot be decoded.
-
-  box: (top, left, bottom, right) in [0, 1] of the upright image.
-  """
-  from PIL import Image, ImageOps  # pylint: disable=g-import-not-at-top
-  try:
-    with Image.open(path) as image:
-      if image.format == 'JPEG' and box is None:
-        image.draft('RGB', (side * 2, side * 2))
-      image = ImageOps.exif_transpose(image).convert('RGB')
-      if box is not None:
-        w, h = image.size
-        top, left, bottom, right = (float(v) for v in box)
-        image = image.crop((int(left * w), int(top * h),
-                            max(int(left * w) + 1, int(round(right * w))),
-                            max(int(top * h) + 1, int(round(bottom * h)))))
-      image.thumbnail((side, side))
-      out = io.BytesIO()
-      image.save(out, format='JPEG', quality=80)
-  except Exception:  # pylint: disable=broad-except
-    return ''
-  return 'data:image/jpeg;base64,' + base64.b64encode(out.getvalue()).decode()

@@ -3,27 +3,16 @@ URI, no script, nothing fetched), built from the report dict."""
 
 from __future__ import annotations
 
-import html
 from typing import Callable, List
 
-_CSS = """
-body{font-family:system-ui,sans-serif;margin:24px;max-width:1200px;color:#222}
-h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;margin-top:2em}
-table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ddd;
-padding:3px 8px;text-align:left;font-size:.9em}th{background:#f3f3f3}
-.warn{background:#fff3cd;border:1px solid #e0c060;padding:8px;margin:8px 0}
-.ok{color:#2a7a2a}.row{display:flex;flex-wrap:wrap;gap:12px;margin:8px 0}
-figure{margin:0;text-align:center;font-size:.75em;max-width:130px;
-word-break:break-all}figure img{border:1px solid #bbb;display:block;
-margin:auto}.pair{border:1px solid #ddd;padding:6px;display:flex;gap:6px;
-align-items:flex-end}.sheet figure{max-width:116px}
-"""
+from retrain.common import html as html_lib
+
+_CSS = html_lib.CSS
 # Entries listed on the page per section; report.json has all.
 MAX_LISTED = 50
 
 
-def _e(value) -> str:
-  return html.escape(str(value))
+_e = html_lib.escape
 
 
 def _figure(entry: dict, thumb: Callable[[dict], str], note: str = '') -> str:
@@ -40,8 +29,7 @@ def _more(count: int) -> str:
           if count > MAX_LISTED else '')
 
 
-def _none(text: str = 'None found.') -> str:
-  return f'<p class="ok">{_e(text)}</p>'
+_none = html_lib.none
 
 
 _GROUPS = (('across_sets', 'Across train / validation / test (leakage: the '
@@ -83,10 +71,7 @@ def _near(report: dict, thumb) -> List[str]:
   return out
 
 
-def _table(rows: List[List], header: List[str]) -> str:
-  return ('<table><tr>' + ''.join(f'<th>{_e(h)}</th>' for h in header) +
-          '</tr>' + ''.join('<tr>' + ''.join(f'<td>{_e(c)}</td>' for c in row)
-                            + '</tr>' for row in rows) + '</table>')
+_table = html_lib.table
 
 
 def _classes_and_images(report: dict, chart: dict) -> List[str]:

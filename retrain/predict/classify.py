@@ -1,0 +1,247 @@
+"""Classifying image files with a loaded export (retrain.predict.load):
+finding the files (files, folders, globs), decoding them as training does
+(retrain.images.load_image) on a thread pool while the model runs, one
+`Record` per file with its top classes or the reason it failed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import glob
+import os
+import re
+import time
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from retrain.errors import ImageError
+from retrain.predict.load import (
+  DEFAULT_BATCH_SIZE,
+  DEFAULT_INPUT_MEAN,
+  DEFAULT_INPUT_STD,
+  DEFAULT_TOP_K,
+  Model,
+)
+
+
+@dataclasses.dataclass
+class Record:
+  """The result for one image: top (label, probability) pairs or an error."""
+  image: str
+  top: List[Tuple[str, float]] = dataclasses.field(default_factory=list)
+  error: Optional[str] = None
+  # The top probability is below the confidence threshold (then `top`
+  # still lists the classes).
+  unknown: bool = False
+  # The export's novelty score of the image (None: the export has none),
+  # and whether it is above the stored novelty threshold.
+  novelty: Optional[float] = None
+  novel: bool = False
+  # Multi-label models: (label, probability) of every label at or above its
+  # threshold, most probable first (empty: none); None for other models.
+  labels: Optional[List[Tuple[str, float]]] = None
+
+
+# --- Finding the images -----------------------------------------------------------
+
+
+def find_images(specs: Sequence[str],
+                extensions: Optional[Sequence[str]] = None
+                ) -> Tuple[List[str], List[Record]]:
+  """Files from files, folders (recursive) and glob patterns.
+
+  Args:
+    extensions: the endings taken in folders (None: the ones training takes,
+      retrain.images.IMAGE_EXTENSIONS).
+
+  Returns:
+    (paths in the order given, folders sorted; Records with an error for
+    specs that match nothing).
+  """
+  from retrain import images  # pylint: disable=g-import-not-at-top
+  from retrain.common import walk as walk_lib  # pylint: disable=g-import-not-at-top
+  extensions = tuple(extensions or images.IMAGE_EXTENSIONS)
+  paths, problems, seen = [], [], set()
+
+  def add(path):
+    if path not in seen:
+      seen.add(path)
+      paths.append(path)
+
+  def add_folder(folder):
+    # retrain's discovery walk: regular files only, each real folder once
+    # (a link loop or a link to / cannot make it endless).
+    parent = os.path.dirname(os.path.abspath(folder))
+    walk = walk_lib.Walk(parent)
+    for rel in walk_lib.list_images(
+        os.path.abspath(folder), parent, extensions, walk):
+      add(os.path.join(parent, *rel.split('/')))
+    problems.extend(Record(p, error=r) for p, r in walk.skipped)
+
+  for spec in specs:
+    if os.path.isdir(spec):
+      before = len(paths)
+      add_folder(spec)
+      if len(paths) == before:
+        problems.append(Record(spec, error='folder holds no images (accepted '
+                               f'endings: {" ".join(extensions)})'))
+    elif os.path.exists(spec):
+      add(spec)  # A file named on purpose is tried whatever its ending.
+    elif glob.has_magic(spec):
+      matches = sorted(glob.glob(spec, recursive=True))
+      for match in matches:
+        if os.path.isdir(match):
+          add_folder(match)
+        else:
+          add(match)
+      if not matches:
+        problems.append(Record(spec, error='pattern matches no file'))
+    else:
+      problems.append(Record(spec, error='no such file or folder'))
+  return paths, problems
+
+
+# --- Classifying ------------------------------------------------------------------
+
+
+def _reason(error: Exception) -> str:
+  """A one-line reason from a TF error, without its op and device noise.
+
+  No path in it: the record of the image already names it.
+  """
+  if isinstance(error, ImageError):
+    return error.reason
+  message = (getattr(error, 'message', None) or str(error)).strip()
+  message = re.sub(r'\{\{[^}]*\}\}\s*', '', message)
+  message = re.sub(r'\s*\[Op:[^\]]*\].*$', '', message, flags=re.S)
+  message = message.splitlines()[0].strip() if message else ''
+  return message or type(error).__name__
+
+
+def _load(path: str, size, input_mean: float, input_std: float,
+          max_pixels: Optional[int] = None, box=None):
+  """float32 [H, W, 3] ready for the model, or the reason it failed.
+
+  Images over `max_pixels` (default: retrain's) or truncated are refused
+  from their header; the decoding threads share one pixel budget
+  (retrain.images), so they never hold one worst-case image each.
+  box: None, or the crop (top, left, bottom, right) in [0, 1] (--boxes).
+  """
+  from retrain import image_header, images  # pylint: disable=g-import-not-at-top
+  try:
+    image = images.load_image(path, size, max_pixels or
+                              image_header.MAX_IMAGE_PIXELS, box=box).numpy()
+  except Exception as e:  # pylint: disable=broad-except
+    return _reason(e)
+  if (input_mean, input_std) != (DEFAULT_INPUT_MEAN, DEFAULT_INPUT_STD):
+    image = (image * 255.0 - input_mean) / input_std
+  return image
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+  for start in range(0, len(items), size):
+    yield items[start:start + size]
+
+
+@dataclasses.dataclass
+class Timing:
+  """Where classify_files spent its time (seconds)."""
+  images: int = 0
+  total: float = 0.0
+  model: float = 0.0
+
+
+def classify_files(model: Model, paths: Sequence[str],
+                   top_k: int = DEFAULT_TOP_K,
+                   batch_size: int = DEFAULT_BATCH_SIZE,
+                   input_mean: float = DEFAULT_INPUT_MEAN,
+                   input_std: float = DEFAULT_INPUT_STD,
+                   timing: Optional[Timing] = None,
+                   max_pixels: Optional[int] = None,
+                   min_confidence: Optional[float] = None,
+                   boxes: Optional[Sequence] = None,
+                   names: Optional[Sequence[str]] = None) -> List[Record]:
+  """Classifies image files in batches; one Record per path, in order.
+
+  Files are decoded on a thread pool while the model runs on the previous
+  batch. A file that cannot be read or decoded gets a Record with its error.
+  A Record whose top probability is below `min_confidence` (None: the
+  model's stored threshold; 0: never) has unknown=True.
+  With `boxes` (one crop per path, see _load) each crop is classified, and
+  `names` (one per path) name the records.
+  """
+  if min_confidence is None:
+    min_confidence = model.threshold
+  # A live bar with rate and time left on a terminal, else a log line every
+  # 10 s (the same progress as retrain's long phases).
+  from retrain.common.progress import Progress  # pylint: disable=g-import-not-at-top
+  timing = timing if timing is not None else Timing()
+  started = time.monotonic()
+  top_k = max(1, min(top_k, len(model.labels)))
+  records = []
+  progress = Progress('Classified', len(paths), interval=10.0)
+  with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+
+    def submit(k):
+      return [pool.submit(_load, p, model.input_size, input_mean, input_std,
+                          max_pixels, box)
+              for p, box in zip(chunks[k], box_chunks[k], strict=True)]
+
+    chunks = list(_chunks(list(paths), max(1, batch_size)))
+    box_chunks = list(_chunks(list(boxes) if boxes is not None else
+                              [None] * len(paths), max(1, batch_size)))
+    name_chunks = list(_chunks(list(names) if names is not None else
+                               list(paths), max(1, batch_size)))
+    pending = submit(0) if chunks else []
+    for k, _ in enumerate(chunks):
+      loaded = [f.result() for f in pending]
+      pending = submit(k + 1) if k + 1 < len(chunks) else []
+      good = [i for i, x in enumerate(loaded) if isinstance(x, np.ndarray)]
+      probs = np.zeros([0, len(model.labels)], np.float32)
+      novelty = [None] * len(good)
+      if good:
+        tick = time.monotonic()
+        batch = np.stack([loaded[i] for i in good])
+        if model.predict_novelty is not None:
+          probs, novelty = model.predict_novelty(batch)
+        else:
+          probs = model.predict(batch)
+        timing.model += time.monotonic() - tick
+      row = dict(zip(good, zip(probs, novelty)))
+      for i, path in enumerate(name_chunks[k]):
+        if i in row:
+          records.append(_record(model, path, *row[i], top_k, min_confidence))
+        else:
+          records.append(Record(path, error=loaded[i]))
+      progress.update(len(chunks[k]))
+  timing.images += len(paths)
+  timing.total += time.monotonic() - started
+  return records
+
+
+def _record(model: Model, path: str, probabilities: np.ndarray, novelty,
+            top_k: int, min_confidence: float) -> Record:
+  """The Record of one classified image: probabilities float32 [N],
+  novelty a score or None."""
+  order = np.argsort(-probabilities, kind='stable')
+  score = None if novelty is None else float(novelty)
+  return Record(
+      path, [(model.labels[j], float(probabilities[j]))
+             for j in order[:top_k]],
+      unknown=bool(probabilities.max() < min_confidence)
+      and model.label_thresholds is None,
+      novelty=score,
+      novel=bool(score is not None and score > model.novelty_threshold),
+      labels=_above(model, probabilities, order))
+
+
+def _above(model: Model, probabilities: np.ndarray, order
+           ) -> Optional[List[Tuple[str, float]]]:
+  """(label, probability) at or above each label's threshold, in `order`;
+  None for a single-label model."""
+  if model.label_thresholds is None:
+    return None
+  return [(model.labels[j], float(probabilities[j])) for j in order
+          if probabilities[j] >= model.label_thresholds[j]]
