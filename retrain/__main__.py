@@ -98,8 +98,13 @@ flags.DEFINE_string('module_cache_dir', _D.module_cache_dir,
                     f'{_D.module_cache_dir}).')
 flags.DEFINE_bool('list_modules', False,
                   'Print the module presets and exit.')
+# The per-user cache folder when --bottleneck_dir is not given:
+# $XDG_CACHE_HOME/retrain/bottlenecks if that is set.
+CACHE_HOME_ENV = 'XDG_CACHE_HOME'
 flags.DEFINE_string('bottleneck_dir', _D.bottleneck_dir,
-                    'Folder of the bottleneck cache.')
+                    'Folder of the bottleneck cache, shared by all runs '
+                    f'(default: ${CACHE_HOME_ENV}/retrain/bottlenecks if set, '
+                    f'else {_D.bottleneck_dir}).')
 flags.DEFINE_integer('bottleneck_batch_size', _D.bottleneck_batch_size,
                      'Images per module call when computing bottlenecks.')
 flags.DEFINE_enum('bottleneck_runtime', _D.bottleneck_runtime,
@@ -187,6 +192,10 @@ flags.DEFINE_float('random_shift', _D.random_shift,
 flags.DEFINE_integer('distorted_copies', _D.distorted_copies,
                      'Distorted copies of each training image, computed once '
                      'and cached, when any distortion flag is set.')
+flags.DEFINE_string('output_dir', _D.output_dir,
+                    'Each run writes into a new folder <output_dir>/<image '
+                    'folder name>/<run id>/ ({run} in the paths below); '
+                    '"latest" beside it points to the last finished run.')
 flags.DEFINE_string('summaries_dir', _D.summaries_dir,
                     'Where TensorBoard summaries are written.')
 flags.DEFINE_string('output_labels', _D.output_labels,
@@ -310,6 +319,9 @@ def config_from_flags(environ=os.environ) -> Config:
             for field in dataclasses.fields(Config)}
   if not FLAGS['module_cache_dir'].present and environ.get(MODULE_CACHE_ENV):
     values['module_cache_dir'] = environ[MODULE_CACHE_ENV]
+  if not FLAGS['bottleneck_dir'].present and environ.get(CACHE_HOME_ENV):
+    values['bottleneck_dir'] = os.path.join(environ[CACHE_HOME_ENV], 'retrain',
+                                            'bottlenecks')
   return Config(**values)
 
 
@@ -368,7 +380,7 @@ def main(argv):
                   e.strerror)
     return 1
   # ---
-  summary.log_summary(config, result)
+  summary.log_summary(result.config or config, result)
   return 0
 
 

@@ -122,5 +122,5 @@ def run(config: Optional[Config] = None, /, **options):
   from retrain import pipeline, summary  # pylint: disable=g-import-not-at-top
   with info_to_stderr():
     result = pipeline.run(config)
-    summary.log_summary(config, result)
+    summary.log_summary(result.config or config, result)
   return result

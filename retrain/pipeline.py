@@ -18,7 +18,7 @@ from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.bottlenecks import distort as distort_lib
 from retrain.bottlenecks import ensemble as ensemble_bottlenecks
 from retrain.bottlenecks import usable as usable_lib
-from retrain.common import atomic, leftovers
+from retrain.common import atomic, leftovers, runs
 from retrain.common import phases as phases_lib
 from retrain.common.progress import Progress
 from retrain.config import DEFAULTS, Config, subset
@@ -89,6 +89,10 @@ class RunResult:
   # <report_dir>/deployment.json: calibration and quantization checks.
   deployment_report: Optional[str] = None
   fine_tuned: Optional[finetune_lib.FineTuned] = None
+  # The run folder (None when every output was given a path of its own)
+  # and the settings as run, every output path filled in.
+  run_dir: Optional[str] = None
+  config: Optional[Config] = None
 
 
 def resolve_head_solver(config: Config) -> Config:
@@ -147,9 +151,67 @@ def _log_counts(labels, y, split) -> None:
                  int(np.sum(y[split.test] == i)))
 
 
+# Path settings whose default lies in the run folder (or that a user may
+# point at a path of their own, which the run then locks while it runs).
+OUTPUT_FIELDS = ('saved_model_dir', 'output_labels', 'summaries_dir',
+                 'report_dir', 'output_graph', 'tflite_output_file',
+                 'onnx_output_file', 'checkpoint_path',
+                 'intermediate_output_graphs_dir')
+
+
+def place_outputs(config: Config):
+  """(config with every output path filled in, the new run folder or None).
+
+  A path setting starting with {run}/ goes into a new folder
+  <output_dir>/<data set>/<run id>/ (made only when some output goes
+  there); '~' is expanded in the others and in bottleneck_dir.
+  """
+  fields = [f for f in OUTPUT_FIELDS if f != 'intermediate_output_graphs_dir'
+            or config.intermediate_store_frequency > 0]
+  run_dir = None
+  if any(runs.in_run_folder(getattr(config, f)) for f in fields):
+    run_dir = runs.new_run_folder(config.output_dir, runs.data_set_name(
+        config.image_dir, config.image_labels_csv or config.train_csv))
+  filled = {f: runs.fill(getattr(config, f), run_dir) for f in OUTPUT_FIELDS}
+  filled['bottleneck_dir'] = runs.fill(config.bottleneck_dir, None)
+  return dataclasses.replace(config, **filled), run_dir
+
+
+def given_outputs(config: Config) -> Dict[str, str]:
+  """{setting: path} of the outputs named by the user (not in the run
+  folder): the paths another run must not write at the same time."""
+  return {f: getattr(config, f) for f in OUTPUT_FIELDS
+          if getattr(config, f) and not runs.in_run_folder(getattr(config, f))
+          and (f != 'intermediate_output_graphs_dir' or
+               config.intermediate_store_frequency > 0)}
+
+
 def run(config: Config) -> RunResult:
-  """Runs retraining end to end; see the module docstring."""
+  """Runs retraining end to end; see the module docstring.
+
+  Outputs go into a new run folder (see place_outputs) and the paths given
+  instead, each locked for the run (retrain/common/runs.py); when the run
+  finishes, `latest` points to its run folder.
+
+  Raises:
+    OutputError: another run is writing one of the given paths.
+  """
   config = resolve_head_solver(config)
+  with runs.locked(given_outputs(config)):
+    config, run_dir = place_outputs(config)
+    try:
+      result = run_steps(config)
+    except BaseException:
+      if run_dir and runs.remove_if_empty(run_dir):
+        run_dir = None
+      raise
+  if run_dir:
+    runs.point_latest(run_dir)
+  return dataclasses.replace(result, run_dir=run_dir, config=config)
+
+
+def run_steps(config: Config) -> RunResult:
+  """The steps of `run`, with every output path filled in."""
   phases = phases_lib.Phases()
   with phases('startup', since_start=True):
     check_config(config)

@@ -2,10 +2,9 @@
 
   Done in 1 min 05 s: test accuracy 93.3% (N=30).
   Outputs:
-    SavedModel          /tmp/retrain_saved_model
-    labels              /tmp/output_labels.txt
-    frozen graph        /tmp/output_graph.pb
-    reports             /tmp/retrain_report/ (13 files: misclassified_test.csv, ...)
+    SavedModel          retrain_runs/flowers/20261206-171720/saved_model
+    labels              retrain_runs/flowers/20261206-171720/labels.txt
+    reports             retrain_runs/flowers/20261206-171720/report/ (13 files: ...)
     ...
 
 Printed once by each entry point (`python -m retrain`, `retrain.run`) after

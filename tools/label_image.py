@@ -1,7 +1,8 @@
 """label_image: classify photos with a trained export, from the export alone.
 
-  label_image --saved_model_dir /tmp/retrain_saved_model --image photos/
-  label_image --graph /tmp/output_graph.pb --image a.jpg --image 'b/*.png'
+  label_image --image photos/       # the latest run in ./retrain_runs
+  label_image --saved_model_dir retrain_runs/flowers/latest/saved_model a.jpg
+  label_image --graph flowers.pb --image a.jpg --image 'b/*.png'
   label_image --graph model.tflite --image photos/ --output_format csv
   label_image --graph model.onnx --image photos/ --min_confidence 0.8
 
@@ -60,10 +61,11 @@ from absl import logging  # noqa: E402
 from retrain.errors import ImageError, RetrainError  # noqa: E402
 
 # This tool's own defaults (it reads nothing of retrain but the image
-# decoding and the errors); tests/test_structure.py checks that they agree
-# with retrain's: where retrain writes its SavedModel by default, and the
-# frozen graph's input and output op names.
-DEFAULT_SAVED_MODEL_DIR = '/tmp/retrain_saved_model'
+# decoding, the errors and where runs are); tests/test_structure.py checks
+# that they agree with retrain's: where retrain's runs and their SavedModel
+# are by default, and the frozen graph's input and output op names.
+DEFAULT_RUNS_DIR = 'retrain_runs'
+SAVED_MODEL_IN_RUN = 'saved_model'
 # retrain's models take pixels in [0, 1]: (pixel - 0) / 255 with pixels in
 # [0, 255], the convention of TensorFlow's label_image flags.
 DEFAULT_INPUT_MEAN = 0.0
@@ -435,6 +437,27 @@ def load_model(saved_model_dir: Optional[str] = None,
   return Model(kind, path, names, size, predict, _stored_threshold(meta))
 
 
+def latest_saved_model(runs_dir: str) -> str:
+  """The SavedModel of the latest finished run in `runs_dir` (retrain's
+  run folders), logged so the user knows which model answers.
+
+  Raises:
+    LabelImageError: there is no finished run there.
+  """
+  from retrain.common import runs  # pylint: disable=g-import-not-at-top
+  run_dir = runs.find_latest(runs_dir)
+  path = run_dir and os.path.join(run_dir, SAVED_MODEL_IN_RUN)
+  if not path or not os.path.isdir(path):
+    raise LabelImageError(
+        f'No model given and no finished retrain run in '
+        f'{os.path.abspath(runs_dir)}: pass --saved_model_dir (an export '
+        'folder) or --graph (a .pb, .tflite or .onnx file), or run this '
+        'in the folder where retrain ran.')
+  logging.info('Using the latest run\'s model: %s (pass --saved_model_dir '
+               'or --graph to choose another).', os.path.relpath(path))
+  return path
+
+
 # --- Finding the images -----------------------------------------------------------
 
 
@@ -679,8 +702,8 @@ def _define_flags():
 
   flags.DEFINE_string(
       'saved_model_dir', None,
-      'Export folder written by retrain (default: '
-      f'{DEFAULT_SAVED_MODEL_DIR} when neither this nor --graph is given).')
+      'Export folder written by retrain (default: the latest run in '
+      f'./{DEFAULT_RUNS_DIR} when neither this nor --graph is given).')
   flags.DEFINE_string('graph', None, 'A frozen graph (.pb), TFLite '
                       '(.tflite) or ONNX (.onnx) file written by retrain.')
   flags.DEFINE_float('min_confidence', None, 'Images whose top probability '
@@ -736,9 +759,9 @@ def main(argv) -> int:
                   'or list them after the flags.')
     return 2
   saved_model_dir = f.saved_model_dir
-  if not saved_model_dir and not f.graph:
-    saved_model_dir = DEFAULT_SAVED_MODEL_DIR
   try:
+    if not saved_model_dir and not f.graph:
+      saved_model_dir = latest_saved_model(DEFAULT_RUNS_DIR)
     model = load_model(saved_model_dir, f.graph, f.labels, f.input_layer,
                        f.output_layer, f.input_height, f.input_width)
     crops = names = None

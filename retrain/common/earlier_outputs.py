@@ -1,23 +1,19 @@
 """Moving earlier outputs aside instead of overwriting them.
 
-An output is never overwritten: before it is replaced, the earlier one is
-renamed to `<path>.previous-<date>-<time>-<microseconds>`. So that repeated runs with default
-paths do not fill the disk, only the `KEEP_PREVIOUS` newest earlier
-versions of each output are kept; removing an older one is logged.
+Only at paths a user gave (by default each run writes into a new run
+folder of its own, retrain/common/runs.py, where nothing earlier exists):
+before an output is replaced, the earlier one is renamed to
+`<path>.previous-<date>-<time>-<microseconds>`. Nothing is ever deleted; the
+run holds a lock on the path, so the earlier output is no live run's.
 """
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
 import time
 from typing import Optional
 
 from absl import logging
-
-# Earlier versions kept per output path (the newest ones).
-KEEP_PREVIOUS = 3
 
 
 def unique_path(base: str) -> str:
@@ -51,13 +47,4 @@ def move_aside(path: str) -> Optional[str]:
   aside = stamped(prefix)
   os.rename(path, aside)
   logging.info('Moved the earlier %s to %s.', path, aside)
-  # Names sort by time (see `stamped`).
-  older = sorted(glob.glob(glob.escape(prefix) + '*'))[:-KEEP_PREVIOUS]
-  for old in older:
-    if os.path.isdir(old) and not os.path.islink(old):
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.remove(old)
-    logging.info('Removed %s (only the %d newest earlier versions are kept).',
-                 old, KEEP_PREVIOUS)
   return aside
