@@ -114,6 +114,19 @@ def test_a_run_that_fails_at_once_leaves_no_run_folder(tmp_path):
   assert not list((tmp_path / 'runs').glob('*/*'))
 
 
+def test_label_image_without_a_model_or_a_run_says_what_to_pass(tmp_path):
+  from tools import label_image
+  with pytest.raises(label_image.LabelImageError,
+                     match='No model given and no finished retrain run in '
+                     f'{tmp_path}.*--saved_model_dir'):
+    label_image.latest_saved_model(str(tmp_path))
+  run_dir = runs.new_run_folder(str(tmp_path), 'flowers')
+  (pathlib.Path(run_dir) / 'saved_model').mkdir()
+  runs.point_latest(run_dir)
+  assert label_image.latest_saved_model(str(tmp_path)) == os.path.join(
+      run_dir, 'saved_model')
+
+
 def _start(args, cwd):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2',
              PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get(
@@ -156,6 +169,17 @@ def test_two_runs_at_once_in_one_folder_keep_their_own_outputs(
   assert sorted(os.listdir(work)) == ['retrain_runs']
   assert sorted(os.listdir(work / 'retrain_runs')) == [
       'colours', 'latest', 'notes.txt']
+  # label_image with no model flag takes the latest run and says which.
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  proc = subprocess.run([sys.executable, str(ROOT / 'tools' /
+                                             'label_image.py'),
+                         str(images / 'red' / 'img_0.jpg')], cwd=work,
+                        capture_output=True, text=True, env=env, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  relative = os.path.relpath(latest, work)
+  assert f"Using the latest run's model: {relative}/saved_model" in (
+      proc.stderr)
+  assert proc.stdout.splitlines()[1].split()[0] == 'red'
 
 
 def _seeds(run_dirs):
