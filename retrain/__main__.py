@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import logging as std_logging
 import os
 import sys
 
@@ -295,7 +294,8 @@ flags.DEFINE_integer('max_vectors_in_memory', _D.max_vectors_in_memory,
 # --- end scale ---
 flags.DEFINE_enum('logging_verbosity', 'INFO',
                   ['DEBUG', 'INFO', 'WARN', 'ERROR', 'FATAL'],
-                  'How much to log.')
+                  'How much to log; DEBUG also shows TensorFlow\'s and other '
+                  'libraries\' own lines.')
 
 FLAGS = flags.FLAGS
 
@@ -334,12 +334,9 @@ def flag_wording(error) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  logging.set_verbosity(FLAGS.logging_verbosity.lower().replace('warn',
-                                                                'warning'))
-  if FLAGS.logging_verbosity != 'DEBUG':
-    # TensorFlow's own INFO lines (SavedModel internals) are noise to a user.
-    std_logging.getLogger('tensorflow').setLevel(std_logging.WARNING)
-    logging.get_absl_handler().addFilter(cli.QuietTensorFlow())
+  # Before TensorFlow loads: its start-up lines and third-party chatter are
+  # shown only with --logging_verbosity DEBUG.
+  cli.quiet_logging(FLAGS.logging_verbosity)
   # Imported here so that --help and flag errors answer without loading
   # TensorFlow.
   from retrain.errors import RetrainError  # pylint: disable=g-import-not-at-top
@@ -398,9 +395,17 @@ Every flag is explained in docs/flags.md.
 """
 
 
+def interrupted_line() -> str:
+  """What Ctrl-C prints: the vectors this run stored, and how to go on."""
+  import bottleneck_cache  # pylint: disable=g-import-not-at-top
+  n = bottleneck_cache.vectors_written()
+  return (f'interrupted; {n:,} vector{"" if n == 1 else "s"} cached; run the '
+          'same command to resume')
+
+
 def run():
   """Entry point of `python -m retrain` and of the `retrain` console script."""
-  cli.run(main, 'retrain', USAGE, [__name__])
+  cli.run(main, 'retrain', USAGE, [__name__], on_interrupt=interrupted_line)
 
 
 if __name__ == '__main__':

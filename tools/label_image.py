@@ -752,6 +752,8 @@ def _define_flags():
 def main(argv) -> int:
   from absl import flags  # pylint: disable=g-import-not-at-top
 
+  from retrain.common import cli  # pylint: disable=g-import-not-at-top
+  cli.quiet_logging(None)  # Before TensorFlow loads (-v 1 shows its lines).
   f = flags.FLAGS
   specs = list(f.image) + list(argv[1:])
   if not specs and not f.boxes:

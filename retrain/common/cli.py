@@ -17,11 +17,16 @@ from __future__ import annotations
 import logging as std_logging
 import os
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 from absl import app, flags
+from absl import logging as absl_logging
 
+from retrain.common import quiet
 from retrain.version import __version__
+
+# The exit status of a run stopped by Ctrl-C (128 + SIGINT), as shells use.
+INTERRUPTED_STATUS = 130
 
 HELP_ARGS = ('--help', '-help', '-?', '--helpshort', '-helpshort',
              '--helpfull', '-helpfull')
@@ -47,8 +52,38 @@ def _asked_for_help(argv: Sequence[str]) -> bool:
   return any(arg in HELP_ARGS for arg in args)
 
 
+def quiet_logging(verbosity: Optional[str]) -> None:
+  """Sets absl's level from --logging_verbosity (None: keep absl's, from
+  -v); unless that is DEBUG, quiets the process (retrain.common.quiet:
+  native start-up lines and third-party lines out of sight) and, on a
+  terminal, uses the short line format. Called before TensorFlow is
+  imported."""
+  if verbosity is not None:
+    absl_logging.set_verbosity(verbosity.lower().replace('warn', 'warning'))
+  if absl_logging.get_verbosity() >= absl_logging.DEBUG:
+    return
+  quiet.quiet_process()
+  # TensorFlow's own INFO lines (SavedModel internals) are noise to a user.
+  std_logging.getLogger('tensorflow').setLevel(std_logging.WARNING)
+  handler = absl_logging.get_absl_handler()
+  handler.addFilter(quiet.OwnLines())
+  if sys.stderr.isatty():
+    handler.setFormatter(quiet.ShortFormat())
+
+
+def _interrupted(line: str) -> None:
+  """Ends the process after Ctrl-C with one line and status 130, without
+  waiting for worker threads (what they finished is stored already)."""
+  sys.stdout.flush()
+  sys.stderr.write(f'\n{line}\n')
+  sys.stderr.flush()
+  quiet.release_log()
+  os._exit(INTERRUPTED_STATUS)  # pylint: disable=protected-access
+
+
 def run(main: Callable[[list], int], program: str, usage: str,
-        flag_modules: Sequence[str]) -> None:
+        flag_modules: Sequence[str],
+        on_interrupt: Optional[Callable[[], str]] = None) -> None:
   """Runs `main` under absl.app.run with --version and a friendly --help.
 
   Args:
@@ -57,6 +92,7 @@ def run(main: Callable[[list], int], program: str, usage: str,
     usage: the help text: what the tool does, then one example. Shown by
       --help above the flags; no '%' characters (absl formats them).
     flag_modules: modules whose flags --help lists (the command's own).
+    on_interrupt: the one line shown after Ctrl-C (default: 'interrupted').
   """
   define_version_flag()
   show_flags_in_help([*flag_modules, __name__])
@@ -71,7 +107,10 @@ def run(main: Callable[[list], int], program: str, usage: str,
 
   try:
     app.run(main_or_version, argv=argv)
+  except KeyboardInterrupt:
+    _interrupted(on_interrupt() if on_interrupt else 'interrupted')
   except SystemExit as e:
+    quiet.release_log()
     # absl exits 1 after printing the help; asking for help is no error.
     if e.code == 1 and _asked_for_help(argv):
       sys.exit(0)
