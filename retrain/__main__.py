@@ -389,10 +389,20 @@ on them, reports its test accuracy and exports a model that label_image
 (and TensorFlow, TFLite) can run.
 
 Example:
-  python -m retrain --image_dir flower_photos --output_graph out/flowers.pb
+  python -m retrain --image_dir flower_photos
 
-Every flag is explained in docs/flags.md.
+Each run writes into a new folder retrain_runs/flower_photos/<run id>/
+(the SavedModel, labels, reports, TensorBoard logs); then
+`label_image --image photo.jpg` classifies with the latest run's model.
+The documentation (docs/ in the source repository, docs/flags.md for
+every flag) says more.
 """
+
+# What --help shows first: the flags most runs need.
+FIRST_FLAGS = ('image_dir', 'output_dir', 'tfhub_module', 'list_modules',
+               'testing_percentage', 'crop_to_boxes', 'fine_tune',
+               'tflite_output_file', 'tflite_quantization', 'onnx_output_file',
+               'output_graph', 'bottleneck_dir', 'logging_verbosity')
 
 
 def interrupted_line() -> str:
@@ -405,7 +415,8 @@ def interrupted_line() -> str:
 
 def run():
   """Entry point of `python -m retrain` and of the `retrain` console script."""
-  cli.run(main, 'retrain', USAGE, [__name__], on_interrupt=interrupted_line)
+  cli.run(main, 'retrain', USAGE, [__name__], on_interrupt=interrupted_line,
+          first_flags=FIRST_FLAGS)
 
 
 if __name__ == '__main__':

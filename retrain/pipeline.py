@@ -7,6 +7,7 @@ tests (and other programs) can inspect; it reads no flags.
 from __future__ import annotations
 
 import dataclasses
+import html
 import os
 from typing import Dict, List, Optional, Sequence
 
@@ -18,7 +19,7 @@ from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.bottlenecks import distort as distort_lib
 from retrain.bottlenecks import ensemble as ensemble_bottlenecks
 from retrain.bottlenecks import usable as usable_lib
-from retrain.common import atomic, leftovers, runs
+from retrain.common import atomic, leftovers, names, runs
 from retrain.common import phases as phases_lib
 from retrain.common.progress import Progress
 from retrain.config import DEFAULTS, Config, subset
@@ -93,6 +94,34 @@ class RunResult:
   # and the settings as run, every output path filled in.
   run_dir: Optional[str] = None
   config: Optional[Config] = None
+
+  def __repr__(self) -> str:
+    """One line: what a notebook user looks at first (the fields hold the
+    details)."""
+    return (f'RunResult(test_accuracy={_percent(self.test_accuracy)} '
+            f'(N={self.test_count}), classes={len(self.labels)}, '
+            f'images={sum(self.counts.values())}, '
+            f'run_dir={self.run_dir!r}, '
+            f'saved_model_dir={self.saved_model_dir!r})')
+
+  def _repr_html_(self) -> str:
+    """A small table for notebooks."""
+    rows = [('test accuracy', f'{_percent(self.test_accuracy)} '
+             f'(N={self.test_count})'),
+            ('classes', ', '.join(self.labels[:12]) +
+             (f', ... ({len(self.labels)})' if len(self.labels) > 12 else '')),
+            ('images', ', '.join(f'{k} {v}' for k, v in self.counts.items())),
+            ('time', f'{self.timings.get("total", 0.0):.0f} s'),
+            ('run folder', self.run_dir or '(none: every output given)'),
+            ('SavedModel', self.saved_model_dir or '(none)')]
+    cells = ''.join(f'<tr><th style="text-align:left">{html.escape(k)}</th>'
+                    f'<td style="text-align:left">{html.escape(str(v))}</td>'
+                    '</tr>' for k, v in rows)
+    return f'<table><caption>retrain run</caption>{cells}</table>'
+
+
+def _percent(accuracy: float) -> str:
+  return 'n/a' if accuracy != accuracy else f'{100 * accuracy:.1f}%'
 
 
 def resolve_head_solver(config: Config) -> Config:
@@ -270,8 +299,10 @@ def run_steps(config: Config) -> RunResult:
                                tuned.metadata if tuned else None)
   phases.total()
   if skipped:
-    logging.warning('%d images were skipped because they could not be used; '
-                    'see the warnings above and %s.', len(skipped),
+    logging.warning('%s skipped because they could not be used; '
+                    'see the warnings above and %s.',
+                    names.plural(len(skipped), 'image') +
+                    (' was' if len(skipped) == 1 else ' were'),
                     reports[0] if reports else 'the log')
   result = RunResult(
       labels=labels,
@@ -297,8 +328,9 @@ def discover(config: Config):
   layout, crops = boxes_lib.load_examples(
       subset(layouts.LayoutOptions, config), subset(boxes_lib.BoxOptions,
                                                     config))
-  logging.info('Found %d images in %d classes: %s.',
-               len(layout.dataset.images), len(layout.dataset.labels),
+  logging.info('Found %s in %s: %s.',
+               names.plural(len(layout.dataset.images), 'image'),
+               names.plural(len(layout.dataset.labels), 'class'),
                layout.description)
   return layout, crops
 
@@ -323,11 +355,14 @@ def bottlenecks(config: Config, dataset, module, runner, crops=None,
   try:
     # h15: an ensemble computes each member in its own namespace.
     if getattr(module, 'members', None):
-      return ensemble_bottlenecks.compute_bottlenecks(
+      computed = ensemble_bottlenecks.compute_bottlenecks(
           paths, module, runner, config.bottleneck_dir,
           config.bottleneck_runtime, config.bottleneck_batch_size,
           config.module_cache_dir, max_pixels=config.max_image_pixels,
           keyed=keyed, **boxes_lib.Crops.bottleneck_args(crops))
+      log_bottlenecks(computed.stats, len(computed.failures),
+                      config.bottleneck_dir, len(module.members))
+      return computed
     store = bottleneck_cache.BottleneckStore(
         config.bottleneck_dir, bottlenecks_lib.cache_namespace(module))
   except bottleneck_cache.CacheError as e:
@@ -338,10 +373,25 @@ def bottlenecks(config: Config, dataset, module, runner, crops=None,
       config.bottleneck_batch_size, max_pixels=config.max_image_pixels,
       load_vectors=load_vectors, keyed=keyed,
       **boxes_lib.Crops.bottleneck_args(crops))
-  stats = computed.stats
-  logging.info('Bottlenecks: %d reused from the cache, %d computed, %d images '
-               'skipped.', stats.reused, stats.computed, len(computed.failures))
+  log_bottlenecks(computed.stats, len(computed.failures),
+                  config.bottleneck_dir)
   return computed
+
+
+def log_bottlenecks(stats: bottleneck_cache.Stats, skipped: int,
+                    cache_dir: str, modules: int = 1) -> None:
+  """One line: how many vectors the cache gave and how many were computed
+  (all from the cache: said so), and how many images were skipped."""
+  what = 'Bottlenecks' if modules == 1 else f'Bottlenecks of {modules} modules'
+  unit = 'vector'
+  if not stats.computed and stats.reused:
+    read = (f'all {names.plural(stats.reused, unit)} read from the cache in '
+            f'{cache_dir}, none computed')
+  else:
+    read = (f'{names.plural(stats.reused, unit)} read from the cache, '
+            f'{stats.computed} computed')
+  logging.info('%s: %s; %s skipped.', what, read,
+               names.plural(skipped, 'image'))
 
 
 def report_skipped(config: Config, layout: layouts.Layout,

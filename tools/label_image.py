@@ -692,6 +692,25 @@ def format_records(records: Sequence[Record], output_format: str = 'table'
   return '\n'.join(lines) + '\n'
 
 
+def summarize(records: Sequence[Record]) -> str:
+  """One line: how many images went to each label (most first), how many
+  were unknown and how many failed, e.g. 'Predictions for 641 images:
+  roses 130, daisy 120, unknown 12; 2 could not be classified.'."""
+  counts = {}
+  for r in records:
+    if r.error is None:
+      counts[_prediction(r)] = counts.get(_prediction(r), 0) + 1
+  unknown = counts.pop(UNKNOWN, 0)
+  parts = [f'{label} {n}' for label, n in
+           sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
+  parts.append(f'{UNKNOWN} {unknown}')
+  failed = sum(r.error is not None for r in records)
+  n = len(records)
+  return (f'Predictions for {n} image{"" if n == 1 else "s"}: '
+          f'{", ".join(parts)}' +
+          (f'; {failed} could not be classified.' if failed else '.'))
+
+
 # --- Command line -----------------------------------------------------------------
 
 
@@ -804,6 +823,8 @@ def main(argv) -> int:
   else:
     sys.stdout.write(text)
   failed = [r for r in records if r.error is not None]
+  if len(records) > 1:
+    logging.info('%s', summarize(records))
   if f.output_file:
     # The results on stdout already show each failing path with its reason;
     # only when they went to a file does the console need them.
@@ -833,8 +854,14 @@ only the export: the labels and input size come from the model's own files.
 Example:
   label_image --graph out/flowers.pb --image photo.jpg --image more_photos/
 
-Every flag is explained in docs/flags.md.
+Without --saved_model_dir or --graph it uses the latest run of retrain in
+./retrain_runs (and says which). The documentation (docs/ in the source
+repository, docs/flags.md for every flag) says more.
 """
+
+# What --help shows first: the flags most uses need.
+FIRST_FLAGS = ('image', 'saved_model_dir', 'graph', 'min_confidence', 'top_k',
+               'output_format', 'output_file')
 
 
 def _box_crops(annotation: str, margin: float, specs: Sequence[str]):
@@ -857,7 +884,7 @@ def run():
   """Entry point of the `label_image` console script."""
   from retrain.common import cli  # pylint: disable=g-import-not-at-top
   _define_flags()
-  cli.run(main, 'label_image', USAGE, [__name__])
+  cli.run(main, 'label_image', USAGE, [__name__], first_flags=FIRST_FLAGS)
 
 
 if __name__ == '__main__':

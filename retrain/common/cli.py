@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import logging as std_logging
 import os
+import re
 import sys
-from typing import Callable, Optional, Sequence
+import textwrap
+from typing import Callable, List, Optional, Sequence
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -43,6 +45,43 @@ def show_flags_in_help(module_names: Sequence[str]) -> None:
   for name in module_names:
     for flag in flags.FLAGS.get_flags_for_module(name):
       flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+
+
+def _flag_help(flag) -> List[str]:
+  """A flag's lines in --help: `  --name: help` wrapped, then its default."""
+  name = f'--[no]{flag.name}' if flag.boolean else f'--{flag.name}'
+  text = re.sub(r';\s*repeat this option to specify a list of values', '',
+                flag.help)
+  lines = textwrap.wrap(f'{name}: {text}', 78, initial_indent='  ',
+                        subsequent_indent='    ', break_on_hyphens=False)
+  if 'default:' in text:
+    pass  # The help names the default itself.
+  elif flag.default not in (None, '', []) and not flag.boolean:
+    lines.append(f'    (default: {flag.default_as_str})')
+  elif flag.boolean and flag.default:
+    lines.append('    (default: true)')
+  return lines
+
+
+def help_text(usage: str, modules: Sequence[str],
+              first: Sequence[str]) -> str:
+  """--help: `usage`, the flags named in `first` (those most runs need), in
+  that order, then every other flag of `modules` alphabetically."""
+  own = {flag.name: flag for module in [*modules, __name__]
+         for flag in flags.FLAGS.get_flags_for_module(module)}
+  lines = [usage.rstrip('\n'), '', 'Flags most runs need:']
+  for name in first:
+    lines += _flag_help(own[name])
+  lines += ['', 'All other flags (--helpfull adds absl\'s own):']
+  for name in sorted(set(own) - set(first)):
+    lines += _flag_help(own[name])
+  return '\n'.join(lines) + '\n'
+
+
+def _short_help(argv: Sequence[str]) -> bool:
+  """Asked for --help (not --helpfull, which absl answers)."""
+  return _asked_for_help(argv) and not any(
+      arg.lstrip('-') == 'helpfull' for arg in argv[1:])
 
 
 def _asked_for_help(argv: Sequence[str]) -> bool:
@@ -83,7 +122,8 @@ def _interrupted(line: str) -> None:
 
 def run(main: Callable[[list], int], program: str, usage: str,
         flag_modules: Sequence[str],
-        on_interrupt: Optional[Callable[[], str]] = None) -> None:
+        on_interrupt: Optional[Callable[[], str]] = None,
+        first_flags: Sequence[str] = ()) -> None:
   """Runs `main` under absl.app.run with --version and a friendly --help.
 
   Args:
@@ -93,6 +133,7 @@ def run(main: Callable[[list], int], program: str, usage: str,
       --help above the flags; no '%' characters (absl formats them).
     flag_modules: modules whose flags --help lists (the command's own).
     on_interrupt: the one line shown after Ctrl-C (default: 'interrupted').
+    first_flags: the flags --help shows first, in this order.
   """
   define_version_flag()
   show_flags_in_help([*flag_modules, __name__])
@@ -106,6 +147,10 @@ def run(main: Callable[[list], int], program: str, usage: str,
     return main(args)
 
   try:
+    if _short_help(argv):
+      sys.stdout.write(help_text(usage, flag_modules, first_flags))
+      sys.stdout.flush()
+      sys.exit(0)
     app.run(main_or_version, argv=argv)
   except KeyboardInterrupt:
     _interrupted(on_interrupt() if on_interrupt else 'interrupted')
