@@ -112,7 +112,7 @@ class Config:
   random_seed: int = 0
 
   # --- Training options beyond retrain.py (retrain/train_options.py) --------
-  # All off, so the defaults train exactly as retrain.py did. Measured on
+  # All off, so head_solver 'sgd' trains exactly as retrain.py did. Measured on
   # flowers_sample none of them beat the defaults clearly enough to become
   # one (docs/training.md, "Training options").
   optimizer: str = 'sgd'  # sgd | momentum | adam

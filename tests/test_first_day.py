@@ -127,6 +127,19 @@ def test_result_repr_is_short_and_html_is_a_table():
   assert len(page) < 1000
 
 
+def test_a_large_tflite_model_gets_the_small_model_hint(tmp_path):
+  from retrain import summary
+  big, small = tmp_path / 'big.tflite', tmp_path / 'small.tflite'
+  big.write_bytes(b'0' * 12_000_000)
+  small.write_bytes(b'0' * 4_000_000)
+  hint = summary.mobile_hint(str(big))
+  assert len(hint) == 1 and hint[0].startswith('The TFLite model is 12 MB. ')
+  assert '--tfhub_module efficientnet_lite0' in hint[0]
+  assert '--tflite_quantization int8 (4.0 MB' in hint[0]
+  assert summary.mobile_hint(str(small)) == []
+  assert summary.mobile_hint('') == []
+
+
 def _python(args, **kw):
   env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL='2')
   return subprocess.run([sys.executable, *args], capture_output=True,
