@@ -13,8 +13,9 @@ from bottleneck_cache.store import (
            bytes_needed,
            check_free_space,
            namespace_id,
+           vectors_written,
 )
 
 __all__ = ['BottleneckStore', 'CacheError', 'CacheFullError', 'ComputeFn',
            'DigestMemo', 'Stats', 'bytes_needed', 'check_free_space',
-           'file_digest', 'namespace_id', 'stream_digest']
+           'file_digest', 'namespace_id', 'stream_digest', 'vectors_written']

@@ -67,6 +67,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 import uuid
 from typing import Callable, Iterable, Optional, Sequence, Tuple
@@ -180,6 +181,16 @@ def check_free_space(directory: str, needed: int) -> None:
     return  # Unknown: the writes themselves will tell.
   if available < needed:
     raise CacheFullError(directory, needed, available)
+
+
+_written = {'vectors': 0}
+_written_lock = threading.Lock()
+
+
+def vectors_written() -> int:
+  """Vectors this process has stored, in all caches (what a run stopped by
+  Ctrl-C kept)."""
+  return _written['vectors']
 
 
 @dataclasses.dataclass
@@ -315,6 +326,8 @@ class BottleneckStore:
     if not keys:
       return
     name = self._write_shard(list(keys), vectors)
+    with _written_lock:
+      _written['vectors'] += len(keys)
     self._dim = vectors.shape[1]
     self._shards.append(name)
     if self.WRITES_CHECKS:

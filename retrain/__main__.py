@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import logging as std_logging
 import os
 import sys
 
@@ -103,8 +102,13 @@ flags.DEFINE_string('module_cache_dir', _D.module_cache_dir,
                     f'{_D.module_cache_dir}).')
 flags.DEFINE_bool('list_modules', False,
                   'Print the module presets and exit.')
+# The per-user cache folder when --bottleneck_dir is not given:
+# $XDG_CACHE_HOME/retrain/bottlenecks if that is set.
+CACHE_HOME_ENV = 'XDG_CACHE_HOME'
 flags.DEFINE_string('bottleneck_dir', _D.bottleneck_dir,
-                    'Folder of the bottleneck cache.')
+                    'Folder of the bottleneck cache, shared by all runs '
+                    f'(default: ${CACHE_HOME_ENV}/retrain/bottlenecks if set, '
+                    f'else {_D.bottleneck_dir}).')
 flags.DEFINE_integer('bottleneck_batch_size', _D.bottleneck_batch_size,
                      'Images per module call when computing bottlenecks.')
 flags.DEFINE_enum('bottleneck_runtime', _D.bottleneck_runtime,
@@ -201,6 +205,10 @@ flags.DEFINE_float('random_shift', _D.random_shift,
 flags.DEFINE_integer('distorted_copies', _D.distorted_copies,
                      'Distorted copies of each training image, computed once '
                      'and cached, when any distortion flag is set.')
+flags.DEFINE_string('output_dir', _D.output_dir,
+                    'Each run writes into a new folder <output_dir>/<image '
+                    'folder name>/<run id>/ ({run} in the paths below); '
+                    '"latest" beside it points to the last finished run.')
 flags.DEFINE_string('summaries_dir', _D.summaries_dir,
                     'Where TensorBoard summaries are written.')
 flags.DEFINE_string('output_labels', _D.output_labels,
@@ -311,7 +319,8 @@ flags.DEFINE_integer('max_vectors_in_memory', _D.max_vectors_in_memory,
 # --- end scale ---
 flags.DEFINE_enum('logging_verbosity', 'INFO',
                   ['DEBUG', 'INFO', 'WARN', 'ERROR', 'FATAL'],
-                  'How much to log.')
+                  'How much to log; DEBUG also shows TensorFlow\'s and other '
+                  'libraries\' own lines.')
 
 FLAGS = flags.FLAGS
 
@@ -339,6 +348,9 @@ def config_from_flags(environ=os.environ) -> Config:
             for field in dataclasses.fields(Config)}
   if not FLAGS['module_cache_dir'].present and environ.get(MODULE_CACHE_ENV):
     values['module_cache_dir'] = environ[MODULE_CACHE_ENV]
+  if not FLAGS['bottleneck_dir'].present and environ.get(CACHE_HOME_ENV):
+    values['bottleneck_dir'] = os.path.join(environ[CACHE_HOME_ENV], 'retrain',
+                                            'bottlenecks')
   return Config(**values)
 
 
@@ -351,12 +363,9 @@ def flag_wording(error) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  logging.set_verbosity(FLAGS.logging_verbosity.lower().replace('warn',
-                                                                'warning'))
-  if FLAGS.logging_verbosity != 'DEBUG':
-    # TensorFlow's own INFO lines (SavedModel internals) are noise to a user.
-    std_logging.getLogger('tensorflow').setLevel(std_logging.WARNING)
-    logging.get_absl_handler().addFilter(cli.QuietTensorFlow())
+  # Before TensorFlow loads: its start-up lines and third-party chatter are
+  # shown only with --logging_verbosity DEBUG.
+  cli.quiet_logging(FLAGS.logging_verbosity)
   # Imported here so that --help and flag errors answer without loading
   # TensorFlow.
   from retrain.errors import RetrainError  # pylint: disable=g-import-not-at-top
@@ -397,7 +406,7 @@ def main(argv):
                   e.strerror)
     return 1
   # ---
-  summary.log_summary(config, result)
+  summary.log_summary(result.config or config, result)
   return 0
 
 
@@ -409,15 +418,34 @@ on them, reports its test accuracy and exports a model that label_image
 (and TensorFlow, TFLite) can run.
 
 Example:
-  python -m retrain --image_dir flower_photos --output_graph out/flowers.pb
+  python -m retrain --image_dir flower_photos
 
-Every flag is explained in docs/flags.md.
+Each run writes into a new folder retrain_runs/flower_photos/<run id>/
+(the SavedModel, labels, reports, TensorBoard logs); then
+`label_image --image photo.jpg` classifies with the latest run's model.
+The documentation (docs/ in the source repository, docs/flags.md for
+every flag) says more.
 """
+
+# What --help shows first: the flags most runs need.
+FIRST_FLAGS = ('image_dir', 'output_dir', 'tfhub_module', 'list_modules',
+               'testing_percentage', 'crop_to_boxes', 'fine_tune',
+               'tflite_output_file', 'tflite_quantization', 'onnx_output_file',
+               'output_graph', 'bottleneck_dir', 'logging_verbosity')
+
+
+def interrupted_line() -> str:
+  """What Ctrl-C prints: the vectors this run stored, and how to go on."""
+  import bottleneck_cache  # pylint: disable=g-import-not-at-top
+  n = bottleneck_cache.vectors_written()
+  return (f'interrupted; {n:,} vector{"" if n == 1 else "s"} cached; run the '
+          'same command to resume')
 
 
 def run():
   """Entry point of `python -m retrain` and of the `retrain` console script."""
-  cli.run(main, 'retrain', USAGE, [__name__])
+  cli.run(main, 'retrain', USAGE, [__name__], on_interrupt=interrupted_line,
+          first_flags=FIRST_FLAGS)
 
 
 if __name__ == '__main__':

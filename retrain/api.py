@@ -97,6 +97,23 @@ def info_to_stderr() -> Iterator[None]:
     absl_logger.removeHandler(handler)
 
 
+@contextlib.contextmanager
+def tensorflow_warnings_only() -> Iterator[None]:
+  """While active, TensorFlow's Python logger passes WARNING and above only.
+
+  In an interactive session (a notebook) TensorFlow sets its logger to
+  INFO with a handler of its own, and its lines also reach the root
+  logger's: SavedModel's "Assets written to: ..." came out twice.
+  """
+  logger = std_logging.getLogger('tensorflow')
+  level = logger.level
+  logger.setLevel(std_logging.WARNING)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
 def run(config: Optional[Config] = None, /, **options):
   """Runs retraining end to end; see the module docstring.
 
@@ -120,7 +137,7 @@ def run(config: Optional[Config] = None, /, **options):
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   # Imported here: the pipeline loads TensorFlow.
   from retrain import pipeline, summary  # pylint: disable=g-import-not-at-top
-  with info_to_stderr():
+  with info_to_stderr(), tensorflow_warnings_only():
     result = pipeline.run(config)
-    summary.log_summary(config, result)
+    summary.log_summary(result.config or config, result)
   return result

@@ -14,6 +14,7 @@ comment says why.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Optional
 
 from retrain import image_header
@@ -88,7 +89,10 @@ class Config:
   module_cache_dir: str = presets.DEFAULT_MODULE_CACHE
 
   # --- Bottlenecks ---------------------------------------------------------------
-  bottleneck_dir: str = '/tmp/bottleneck'
+  # One per-user cache shared by every run (safe for runs at the same time;
+  # '~' is expanded). The command line takes $XDG_CACHE_HOME/retrain/
+  # bottlenecks instead when XDG_CACHE_HOME is set.
+  bottleneck_dir: str = os.path.join('~', '.cache', 'retrain', 'bottlenecks')
   # Images decoded together and handed to the module in one call. TFLite
   # runs a call's images one at a time (tflite_runtime.INVOKE_BATCH); TF as
   # one batch. In the pipeline on 2 cores (EfficientNet-Lite0, TFLite),
@@ -117,7 +121,7 @@ class Config:
   random_seed: int = 0
 
   # --- Training options beyond retrain.py (retrain/train_options.py) --------
-  # All off, so the defaults train exactly as retrain.py did. Measured on
+  # All off, so head_solver 'sgd' trains exactly as retrain.py did. Measured on
   # flowers_sample none of them beat the defaults clearly enough to become
   # one (docs/training.md, "Training options").
   optimizer: str = 'sgd'  # sgd | momentum | adam
@@ -174,27 +178,31 @@ class Config:
   distorted_copies: int = 2
 
   # --- Outputs ---------------------------------------------------------------
-  summaries_dir: str = '/tmp/retrain_logs'
-  output_labels: str = '/tmp/output_labels.txt'
+  # Each run writes into a folder of its own, <output_dir>/<data set>/<run
+  # id>/, and <output_dir>/<data set>/latest points to the last finished one
+  # (retrain/common/runs.py). A path below that starts with {run}/ is inside
+  # that folder; a path given instead is used as it is (retrain.py's fixed
+  # /tmp paths made runs overwrite each other's outputs).
+  output_dir: str = 'retrain_runs'
+  summaries_dir: str = '{run}/summaries'
+  output_labels: str = '{run}/labels.txt'
   # retrain.py wrote no SavedModel unless asked; the SavedModel is this
   # project's main artifact, so it is written by default.
-  saved_model_dir: str = '/tmp/retrain_saved_model'
+  saved_model_dir: str = '{run}/saved_model'
   final_tensor_name: str = names.OUTPUT_TENSOR_NAME
   print_misclassified_test_images: bool = False
   # Machine-readable reports of a run (skipped files, per-class metrics,
   # confusion matrix, misclassified images).
-  report_dir: str = '/tmp/retrain_report'
+  report_dir: str = '{run}/report'
   # Images shown in TensorBoard's embedding projector (a sample spread over
   # the data set; 0 for none). 1000 thumbnails take a few seconds to make.
   projector_max_images: int = 1000
-  # retrain.py's frozen graph, written by default as retrain.py did, so the
-  # tutorial's `label_image --graph=/tmp/output_graph.pb` keeps working. It
-  # costs about half a second and 14 MB for EfficientNet-Lite0, and an
-  # earlier file there is moved to output_graph.pb.previous-<time>, never
-  # overwritten ("" for none).
-  output_graph: str = '/tmp/output_graph.pb'
-  # retrain.py's defaults: no intermediate graphs unless a frequency is given.
-  intermediate_output_graphs_dir: str = '/tmp/intermediate_graph/'
+  # retrain.py's frozen graph: only when asked for (it repeats the
+  # SavedModel's weights, 49 MB for the default ensemble, and label_image
+  # reads the SavedModel).
+  output_graph: str = ''
+  # No intermediate graphs unless a frequency is given (retrain.py's default).
+  intermediate_output_graphs_dir: str = '{run}/intermediate_graphs/'
   intermediate_store_frequency: int = 0
   # retrain.py wrote /tmp/_retrain_checkpoint as a scratch file to rebuild
   # its graph for export, never as a product; here the head is in every

@@ -7,6 +7,7 @@ tests (and other programs) can inspect; it reads no flags.
 from __future__ import annotations
 
 import dataclasses
+import html
 import os
 import types
 from typing import Dict, List, Optional, Sequence
@@ -20,7 +21,7 @@ from retrain.bottlenecks import distort as distort_lib
 from retrain.bottlenecks import ensemble as ensemble_bottlenecks
 from retrain.bottlenecks import precision as precision_lib
 from retrain.bottlenecks import usable as usable_lib
-from retrain.common import atomic, leftovers
+from retrain.common import atomic, leftovers, names, runs
 from retrain.common import phases as phases_lib
 from retrain.common.progress import Progress
 from retrain.config import DEFAULTS, Config, subset
@@ -104,6 +105,38 @@ class RunResult:
   multi_label: Optional[object] = None
   # <report_dir>/report.html (docs/results-page.md), or None.
   results_page: Optional[str] = None
+  # The run folder (None when every output was given a path of its own)
+  # and the settings as run, every output path filled in.
+  run_dir: Optional[str] = None
+  config: Optional[Config] = None
+
+  def __repr__(self) -> str:
+    """One line: what a notebook user looks at first (the fields hold the
+    details)."""
+    return (f'RunResult(test_accuracy={_percent(self.test_accuracy)} '
+            f'(N={self.test_count}), classes={len(self.labels)}, '
+            f'images={sum(self.counts.values())}, '
+            f'run_dir={self.run_dir!r}, '
+            f'saved_model_dir={self.saved_model_dir!r})')
+
+  def _repr_html_(self) -> str:
+    """A small table for notebooks."""
+    rows = [('test accuracy', f'{_percent(self.test_accuracy)} '
+             f'(N={self.test_count})'),
+            ('classes', ', '.join(self.labels[:12]) +
+             (f', ... ({len(self.labels)})' if len(self.labels) > 12 else '')),
+            ('images', ', '.join(f'{k} {v}' for k, v in self.counts.items())),
+            ('time', f'{self.timings.get("total", 0.0):.0f} s'),
+            ('run folder', self.run_dir or '(none: every output given)'),
+            ('SavedModel', self.saved_model_dir or '(none)')]
+    cells = ''.join(f'<tr><th style="text-align:left">{html.escape(k)}</th>'
+                    f'<td style="text-align:left">{html.escape(str(v))}</td>'
+                    '</tr>' for k, v in rows)
+    return f'<table><caption>retrain run</caption>{cells}</table>'
+
+
+def _percent(accuracy: float) -> str:
+  return 'n/a' if accuracy != accuracy else f'{100 * accuracy:.1f}%'
 
 
 def resolve_head_solver(config: Config) -> Config:
@@ -200,9 +233,67 @@ def _log_counts(labels, y, split) -> None:
                  int(np.sum(y[split.test] == i)))
 
 
+# Path settings whose default lies in the run folder (or that a user may
+# point at a path of their own, which the run then locks while it runs).
+OUTPUT_FIELDS = ('saved_model_dir', 'output_labels', 'summaries_dir',
+                 'report_dir', 'output_graph', 'tflite_output_file',
+                 'onnx_output_file', 'checkpoint_path',
+                 'intermediate_output_graphs_dir')
+
+
+def place_outputs(config: Config):
+  """(config with every output path filled in, the new run folder or None).
+
+  A path setting starting with {run}/ goes into a new folder
+  <output_dir>/<data set>/<run id>/ (made only when some output goes
+  there); '~' is expanded in the others and in bottleneck_dir.
+  """
+  fields = [f for f in OUTPUT_FIELDS if f != 'intermediate_output_graphs_dir'
+            or config.intermediate_store_frequency > 0]
+  run_dir = None
+  if any(runs.in_run_folder(getattr(config, f)) for f in fields):
+    run_dir = runs.new_run_folder(config.output_dir, runs.data_set_name(
+        config.image_dir, config.image_labels_csv or config.train_csv))
+  filled = {f: runs.fill(getattr(config, f), run_dir) for f in OUTPUT_FIELDS}
+  filled['bottleneck_dir'] = runs.fill(config.bottleneck_dir, None)
+  return dataclasses.replace(config, **filled), run_dir
+
+
+def given_outputs(config: Config) -> Dict[str, str]:
+  """{setting: path} of the outputs named by the user (not in the run
+  folder): the paths another run must not write at the same time."""
+  return {f: getattr(config, f) for f in OUTPUT_FIELDS
+          if getattr(config, f) and not runs.in_run_folder(getattr(config, f))
+          and (f != 'intermediate_output_graphs_dir' or
+               config.intermediate_store_frequency > 0)}
+
+
 def run(config: Config) -> RunResult:
-  """Runs retraining end to end; see the module docstring."""
+  """Runs retraining end to end; see the module docstring.
+
+  Outputs go into a new run folder (see place_outputs) and the paths given
+  instead, each locked for the run (retrain/common/runs.py); when the run
+  finishes, `latest` points to its run folder.
+
+  Raises:
+    OutputError: another run is writing one of the given paths.
+  """
   config = resolve_head_solver(config)
+  with runs.locked(given_outputs(config)):
+    config, run_dir = place_outputs(config)
+    try:
+      result = run_steps(config)
+    except BaseException:
+      if run_dir and runs.remove_if_empty(run_dir):
+        run_dir = None
+      raise
+  if run_dir:
+    runs.point_latest(run_dir)
+  return dataclasses.replace(result, run_dir=run_dir, config=config)
+
+
+def run_steps(config: Config) -> RunResult:
+  """The steps of `run`, with every output path filled in."""
   if config.multi_label:  # one sigmoid per label: retrain/multilabel.py
     from retrain import multilabel  # pylint: disable=g-import-not-at-top
     return multilabel.run(config)
@@ -273,8 +364,10 @@ def run(config: Config) -> RunResult:
     page = results_page(config, page, module, labels, computed.stats, phases)
   phases.total()
   if skipped:
-    logging.warning('%d images were skipped because they could not be used; '
-                    'see the warnings above and %s.', len(skipped),
+    logging.warning('%s skipped because they could not be used; '
+                    'see the warnings above and %s.',
+                    names.plural(len(skipped), 'image') +
+                    (' was' if len(skipped) == 1 else ' were'),
                     reports[0] if reports else 'the log')
   result = RunResult(
       labels=labels,
@@ -301,8 +394,9 @@ def discover(config: Config):
   layout, crops = boxes_lib.load_examples(
       subset(layouts.LayoutOptions, config), subset(boxes_lib.BoxOptions,
                                                     config))
-  logging.info('Found %d images in %d classes: %s.',
-               len(layout.dataset.images), len(layout.dataset.labels),
+  logging.info('Found %s in %s: %s.',
+               names.plural(len(layout.dataset.images), 'image'),
+               names.plural(len(layout.dataset.labels), 'class'),
                layout.description)
   return layout, crops
 
@@ -361,11 +455,14 @@ def bottlenecks(config: Config, dataset, module, runner, crops=None,
   try:
     # h15: an ensemble computes each member in its own namespace.
     if getattr(module, 'members', None):
-      return ensemble_bottlenecks.compute_bottlenecks(
+      computed = ensemble_bottlenecks.compute_bottlenecks(
           paths, module, runner, config.bottleneck_dir,
           config.bottleneck_runtime, config.bottleneck_batch_size,
           config.module_cache_dir, max_pixels=config.max_image_pixels,
           keyed=keyed, **boxes_lib.Crops.bottleneck_args(crops))
+      log_bottlenecks(computed.stats, len(computed.failures),
+                      config.bottleneck_dir, len(module.members))
+      return computed
     store = bottleneck_cache.BottleneckStore(
         config.bottleneck_dir, bottlenecks_lib.cache_namespace(module))
   except bottleneck_cache.CacheError as e:
@@ -376,10 +473,25 @@ def bottlenecks(config: Config, dataset, module, runner, crops=None,
       config.bottleneck_batch_size, max_pixels=config.max_image_pixels,
       load_vectors=load_vectors, keyed=keyed,
       **boxes_lib.Crops.bottleneck_args(crops))
-  stats = computed.stats
-  logging.info('Bottlenecks: %d reused from the cache, %d computed, %d images '
-               'skipped.', stats.reused, stats.computed, len(computed.failures))
+  log_bottlenecks(computed.stats, len(computed.failures),
+                  config.bottleneck_dir)
   return computed
+
+
+def log_bottlenecks(stats: bottleneck_cache.Stats, skipped: int,
+                    cache_dir: str, modules: int = 1) -> None:
+  """One line: how many vectors the cache gave and how many were computed
+  (all from the cache: said so), and how many images were skipped."""
+  what = 'Bottlenecks' if modules == 1 else f'Bottlenecks of {modules} modules'
+  unit = 'vector'
+  if not stats.computed and stats.reused:
+    read = (f'all {names.plural(stats.reused, unit)} read from the cache in '
+            f'{cache_dir}, none computed')
+  else:
+    read = (f'{names.plural(stats.reused, unit)} read from the cache, '
+            f'{stats.computed} computed')
+  logging.info('%s: %s; %s skipped.', what, read,
+               names.plural(skipped, 'image'))
 
 
 def report_skipped(config: Config, layout: layouts.Layout,

@@ -35,6 +35,7 @@ import bottleneck_cache
 from bottleneck_cache import chunks
 from retrain.bottlenecks import distort as distort_lib
 from retrain.bottlenecks import usable as usable_lib
+from retrain.common import names
 from retrain.config import Config, subset
 from retrain.data import split as split_lib
 from retrain.errors import DatasetError
@@ -221,8 +222,10 @@ def run(config: Config, layout, module, runner, phases, keyed=None):
                                         images, split, None, confidence)
   phases.total()
   if skipped:
-    logging.warning('%d images were skipped because they could not be used; '
-                    'see the warnings above and %s.', len(skipped),
+    logging.warning('%s skipped because they could not be used; '
+                    'see the warnings above and %s.',
+                    names.plural(len(skipped), 'image') +
+                    (' was' if len(skipped) == 1 else ' were'),
                     reports[0] if reports else 'the log')
   result = pipeline.RunResult(
       labels=labels,

@@ -66,7 +66,7 @@ def test_empty_class_skipped_with_warning(tmp_path, caplog):
   assert data.skipped_classes == ('empty',)
   text = caplog.text
   assert "'empty' has no images" in text
-  assert "'cats' has only 1 images" in text
+  assert "'cats' has only 1 image;" in text
 
 
 def test_images_share_one_root_and_make_their_path(tmp_path):

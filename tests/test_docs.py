@@ -2,6 +2,7 @@
 somewhere, README stays short and keeps CI's test command, and CI lints
 before it tests."""
 
+import dataclasses
 import os
 import pathlib
 import re
@@ -103,3 +104,104 @@ def test_ci_lints_first_and_runs_the_readme_test_command():
   assert any('pip install' in line and 'ruff' in line for line in lines)
   assert any('pip install' in line and '-e ".[test]"' in line
              for line in lines)
+
+
+# --- Figures that can drift: the docs state the defaults as the code has them
+
+
+def _doc(name):
+  return (ROOT / 'docs' / name).read_text(encoding='utf-8')
+
+
+def test_docs_state_the_default_module_and_its_input_size():
+  from retrain.config import DEFAULTS
+  from retrain.features import ensemble_presets, presets
+  members = ensemble_presets.DEFAULT_ENSEMBLE.replace('+', ' efficientnet_')
+  sizes = [presets.preset_input_size(name) for name in members.split()]
+  assert DEFAULTS.tfhub_module == ensemble_presets.DEFAULT_ENSEMBLE
+  size = max(sizes)
+  assert (f'{size} x {size} for the default `{DEFAULTS.tfhub_module}`'
+          in ' '.join(_doc('exports-and-inference.md').split()))
+  flags_md = _doc('flags.md')
+  assert f'| `--tfhub_module` | `{DEFAULTS.tfhub_module}` |' in flags_md
+
+
+def test_docs_state_the_default_export_size_roughly():
+  """The SavedModel holds its modules' weights: the docs' figure is their
+  size, read from the converted modules (skipped when they are absent)."""
+  import re as re_lib
+
+  from retrain.features import ensemble_presets, presets
+  cache = os.path.expanduser(os.environ.get('RETRAIN_MODULE_CACHE') or
+                             presets.DEFAULT_MODULE_CACHE)
+  members = ensemble_presets.DEFAULT_ENSEMBLE.replace(
+      '+', ' efficientnet_').split()
+  weights = [pathlib.Path(cache, f'{m}-v1', 'variables') for m in members]
+  if not all(w.is_dir() for w in weights):
+    pytest.skip(f'the bundled modules are not converted in {cache}')
+  total = sum(f.stat().st_size for w in weights for f in w.iterdir())
+  stated = re_lib.search(r"default ensemble's SavedModel is about (\d+) MB",
+                         ' '.join(_doc('exports-and-inference.md').split()))
+  assert stated, 'exports-and-inference.md no longer states the size'
+  assert abs(int(stated.group(1)) - total / 1e6) <= 0.1 * total / 1e6
+
+
+STALE = re.compile(r'/tmp/(retrain_saved_model|retrain_logs|bottleneck|'
+                   r'retrain_report|intermediate_graph)\b(?!_)')
+HISTORY = re.compile(r'(?<!apache/beam )\b[Ii]ssue \d+|\bengineers?\b|'
+                     r'this session|\b20\d\d-[01]\d-[0-3]\d\b|/work/|/home/')
+
+
+def test_docs_hold_no_old_default_paths_and_no_history():
+  found = []
+  for page in _markdown_files():
+    for number, line in enumerate(page.read_text(encoding='utf-8')
+                                  .splitlines(), 1):
+      where = f'{page.relative_to(ROOT)}:{number}: {line.strip()}'
+      if STALE.search(line) or HISTORY.search(line):
+        found.append(where)
+  assert not found, '\n'.join(found)
+
+
+def _documented_tensorboard_tags(labels):
+  text = _doc('reports-and-tensorboard.md')
+  table = text.split('<!-- tensorboard-tags')[1].split('<!-- end of')[0]
+  tags = {}
+  for row in table.splitlines():
+    cells = row.split('|')
+    if len(cells) < 3 or not cells[1].strip().startswith('`'):
+      continue
+    run = cells[1].strip().strip('`')
+    names = re.findall(r'`([^`]+)`', cells[2])
+    tags[run] = {t for name in names for t in (
+        [name.replace('<label>', label) for label in labels]
+        if '<label>' in name else [name]) if not name.startswith('--')}
+  return tags
+
+
+@pytest.mark.slow
+def test_tensorboard_shows_what_the_docs_say(tmp_path, fake_module):
+  from tensorboard.backend.event_processing import event_accumulator
+
+  from retrain import pipeline
+  from tests.conftest import make_colour_dataset, shrunk_config
+  images = make_colour_dataset(tmp_path / 'images', per_class=20)
+  config = shrunk_config(images, tmp_path / 'out', fake_module,
+                         projector_max_images=30)
+  # The default solver: no retrain.py training setting changed.
+  from retrain.config import DEFAULTS
+  config = dataclasses.replace(
+      config, calibration_min_images=5,
+      how_many_training_steps=DEFAULTS.how_many_training_steps,
+      learning_rate=DEFAULTS.learning_rate,
+      eval_step_interval=DEFAULTS.eval_step_interval)
+  result = pipeline.run(config)
+  documented = _documented_tensorboard_tags(result.labels)
+  logs = pathlib.Path(config.summaries_dir)
+  assert sorted(p.name for p in logs.iterdir()) == sorted(documented)
+  for run, tags in documented.items():
+    if run == 'projector':
+      continue
+    acc = event_accumulator.EventAccumulator(str(logs / run))
+    acc.Reload()
+    assert set(acc.Tags()['tensors']) == tags, run

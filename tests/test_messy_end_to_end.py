@@ -57,7 +57,7 @@ def test_run_over_messy_folder(small_config, messy, caplog):
   assert csv_text.splitlines()[0] == 'path,reason'
   assert len(csv_text.splitlines()) == len(unusable) + 1
   # The same bytes under two classes: a warning naming both files.
-  assert '1 images have the same content under two different classes' in \
+  assert '1 image has the same content under two different classes' in \
       caplog.text
   assert 'dup.jpg' in caplog.text and 'dup copy.jpg' in caplog.text
   # Clutter is never mentioned.

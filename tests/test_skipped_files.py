@@ -75,6 +75,6 @@ def test_conflicting_duplicates_and_warning(caplog):
   # Same class twice (h2) and unreadable files (None) are not conflicts.
   assert pairs == [('a/x', 'b/x')]
   duplicates.warn_conflicting_duplicates(pairs)
-  assert '1 images have the same content under two different classes' in \
+  assert '1 image has the same content under two different classes' in \
       caplog.text
   assert 'a/x  ==  b/x' in caplog.text

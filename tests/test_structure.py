@@ -51,7 +51,8 @@ LEVELS = (
 TOOLS_MAY_IMPORT = ('retrain.images', 'retrain.errors', 'retrain.version',
                     'retrain.predict',
                     'retrain.common.cli', 'retrain.common.progress',
-                    'retrain.common.walk', 'retrain.image_header',
+                    'retrain.common.walk', 'retrain.common.runs',
+                    'retrain.image_header',
                     'retrain.data.boxes', 'retrain.features.module_safety',
                     'retrain.common.strict_json', 'retrain.common.safe_text')
 MAX_FUNCTION_LINES = 80
@@ -189,7 +190,8 @@ def test_label_image_defaults_agree_with_retrain():
   from retrain.common import names
   from retrain.config import DEFAULTS
   from tools import label_image
-  assert label_image.DEFAULT_SAVED_MODEL_DIR == DEFAULTS.saved_model_dir
+  assert label_image.DEFAULT_RUNS_DIR == DEFAULTS.output_dir
+  assert DEFAULTS.saved_model_dir == f'{{run}}/{label_image.SAVED_MODEL_IN_RUN}'
   assert label_image.DEFAULT_INPUT_LAYER == names.INPUT_TENSOR_NAME
   assert label_image.DEFAULT_OUTPUT_LAYER == names.OUTPUT_TENSOR_NAME
   assert DEFAULTS.final_tensor_name == names.OUTPUT_TENSOR_NAME

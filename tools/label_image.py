@@ -1,7 +1,8 @@
 """label_image: classify photos with a trained export, from the export alone.
 
-  label_image --saved_model_dir /tmp/retrain_saved_model --image photos/
-  label_image --graph /tmp/output_graph.pb --image a.jpg --image 'b/*.png'
+  label_image --image photos/       # the latest run in ./retrain_runs
+  label_image --saved_model_dir retrain_runs/flowers/latest/saved_model a.jpg
+  label_image --graph flowers.pb --image a.jpg --image 'b/*.png'
   label_image --graph model.tflite --image photos/ --output_format csv
   label_image --graph model.onnx --image photos/ --min_confidence 0.8
 
@@ -82,10 +83,11 @@ from retrain.predict.load import (  # noqa: E402,F401 (label_image's API)
 )
 
 # This tool's own defaults (it reads of retrain the image decoding, the
-# errors and the export loaders of retrain.predict); tests/test_structure.py
-# checks that they agree with retrain's: where retrain writes its
-# SavedModel by default, and the frozen graph's input and output op names.
-DEFAULT_SAVED_MODEL_DIR = '/tmp/retrain_saved_model'
+# errors, the export loaders of retrain.predict and where runs are);
+# tests/test_structure.py checks that they agree with retrain's: where
+# retrain's runs and their SavedModel are by default.
+DEFAULT_RUNS_DIR = 'retrain_runs'
+SAVED_MODEL_IN_RUN = 'saved_model'
 # --crop_margin with --boxes: retrain's default (retrain/config.py).
 DEFAULT_CROP_MARGIN = 5.0
 # The smallest box side cropped, as retrain's --min_box_size default.
@@ -98,6 +100,27 @@ UNKNOWN = 'unknown'
 # below the confidence threshold.
 REASON_NOVEL = 'not like any class'
 REASON_LOW_CONFIDENCE = 'low confidence'
+
+
+def latest_saved_model(runs_dir: str) -> str:
+  """The SavedModel of the latest finished run in `runs_dir` (retrain's
+  run folders), logged so the user knows which model answers.
+
+  Raises:
+    LabelImageError: there is no finished run there.
+  """
+  from retrain.common import runs  # pylint: disable=g-import-not-at-top
+  run_dir = runs.find_latest(runs_dir)
+  path = run_dir and os.path.join(run_dir, SAVED_MODEL_IN_RUN)
+  if not path or not os.path.isdir(path):
+    raise LabelImageError(
+        f'No model given and no finished retrain run in '
+        f'{os.path.abspath(runs_dir)}: pass --saved_model_dir (an export '
+        'folder) or --graph (a .pb, .tflite or .onnx file), or run this '
+        'in the folder where retrain ran.')
+  logging.info('Using the latest run\'s model: %s (pass --saved_model_dir '
+               'or --graph to choose another).', os.path.relpath(path))
+  return path
 
 
 # --- Output -----------------------------------------------------------------------
@@ -184,6 +207,25 @@ def format_records(records: Sequence[Record], output_format: str = 'table'
   return '\n'.join(lines) + '\n'
 
 
+def summarize(records: Sequence[Record]) -> str:
+  """One line: how many images went to each label (most first), how many
+  were unknown and how many failed, e.g. 'Predictions for 641 images:
+  roses 130, daisy 120, unknown 12; 2 could not be classified.'."""
+  counts = {}
+  for r in records:
+    if r.error is None:
+      counts[_prediction(r)] = counts.get(_prediction(r), 0) + 1
+  unknown = counts.pop(UNKNOWN, 0)
+  parts = [f'{label} {n}' for label, n in
+           sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
+  parts.append(f'{UNKNOWN} {unknown}')
+  failed = sum(r.error is not None for r in records)
+  n = len(records)
+  return (f'Predictions for {n} image{"" if n == 1 else "s"}: '
+          f'{", ".join(parts)}' +
+          (f'; {failed} could not be classified.' if failed else '.'))
+
+
 # --- Command line -----------------------------------------------------------------
 
 
@@ -194,8 +236,8 @@ def _define_flags():
 
   flags.DEFINE_string(
       'saved_model_dir', None,
-      'Export folder written by retrain (default: '
-      f'{DEFAULT_SAVED_MODEL_DIR} when neither this nor --graph is given).')
+      'Export folder written by retrain (default: the latest run in '
+      f'./{DEFAULT_RUNS_DIR} when neither this nor --graph is given).')
   flags.DEFINE_string('graph', None, 'A frozen graph (.pb), TFLite '
                       '(.tflite) or ONNX (.onnx) file written by retrain.')
   flags.DEFINE_float('min_confidence', None, 'Images whose top probability '
@@ -249,6 +291,8 @@ def _define_flags():
 def main(argv) -> int:
   from absl import flags  # pylint: disable=g-import-not-at-top
 
+  from retrain.common import cli  # pylint: disable=g-import-not-at-top
+  cli.quiet_logging(None)  # Before TensorFlow loads (-v 1 shows its lines).
   f = flags.FLAGS
   specs = list(f.image) + list(argv[1:])
   if not specs and not f.boxes:
@@ -256,9 +300,9 @@ def main(argv) -> int:
                   'or list them after the flags.')
     return 2
   saved_model_dir = f.saved_model_dir
-  if not saved_model_dir and not f.graph:
-    saved_model_dir = DEFAULT_SAVED_MODEL_DIR
   try:
+    if not saved_model_dir and not f.graph:
+      saved_model_dir = latest_saved_model(DEFAULT_RUNS_DIR)
     model = load_model(saved_model_dir, f.graph, f.labels, f.input_layer,
                        f.output_layer, f.input_height, f.input_width,
                        trust=f.trust_module)
@@ -302,6 +346,8 @@ def main(argv) -> int:
   else:
     sys.stdout.write(text)
   failed = [r for r in records if r.error is not None]
+  if len(records) > 1:
+    logging.info('%s', summarize(records))
   if f.output_file:
     # The results on stdout already show each failing path with its reason;
     # only when they went to a file does the console need them.
@@ -331,8 +377,14 @@ only the export: the labels and input size come from the model's own files.
 Example:
   label_image --graph out/flowers.pb --image photo.jpg --image more_photos/
 
-Every flag is explained in docs/flags.md.
+Without --saved_model_dir or --graph it uses the latest run of retrain in
+./retrain_runs (and says which). The documentation (docs/ in the source
+repository, docs/flags.md for every flag) says more.
 """
+
+# What --help shows first: the flags most uses need.
+FIRST_FLAGS = ('image', 'saved_model_dir', 'graph', 'min_confidence', 'top_k',
+               'output_format', 'output_file')
 
 
 def _explain(model: Model, records: Sequence[Record], paths: Sequence[str],
@@ -392,7 +444,7 @@ def run():
   """Entry point of the `label_image` console script."""
   from retrain.common import cli  # pylint: disable=g-import-not-at-top
   _define_flags()
-  cli.run(main, 'label_image', USAGE, [__name__])
+  cli.run(main, 'label_image', USAGE, [__name__], first_flags=FIRST_FLAGS)
 
 
 if __name__ == '__main__':

@@ -32,7 +32,7 @@ from absl import logging
 import bottleneck_cache
 from retrain import image_header
 from retrain import images as images_lib
-from retrain.common import phases
+from retrain.common import names, phases
 from retrain.common import walk as walk_lib
 from retrain.common.progress import Progress
 from retrain.errors import ImageError, OutputError
@@ -410,6 +410,15 @@ def content_keys(paths: Sequence[str], cache_root: str,
   return digests, readable, failures
 
 
+def copies_note(copies: int) -> str:
+  """'; 3 images are copies (same bytes) of others, computed once' or ''."""
+  if not copies:
+    return ''
+  return (f'; {names.plural(copies, "image")} '
+          f'{"is a copy" if copies == 1 else "are copies"} (same bytes) of '
+          'others, computed once')
+
+
 def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
                         store: bottleneck_cache.BottleneckStore,
                         batch_size: int,
@@ -418,7 +427,8 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
                         load_vectors: bool = True,
                         boxes: Optional[np.ndarray] = None,
                         key_suffixes: Optional[Sequence[str]] = None,
-                        keyed: Optional[tuple] = None) -> Bottlenecks:
+                        keyed: Optional[tuple] = None,
+                        name: str = '') -> Bottlenecks:
   """Vectors of `paths`, from the cache where possible.
 
   Args:
@@ -437,6 +447,7 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
       appended to the file's content hash in its cache key and in `digests`.
     keyed: what cache_keys(paths, ..., key_suffixes) returned, when the
       caller hashed the files already (an ensemble: once for all members).
+    name: the module's name in the progress lines (an ensemble's member).
   """
   digests, readable, failures = (keyed if keyed is not None else
                                  cache_keys(paths, store, key_suffixes,
@@ -446,9 +457,11 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
   missing_count = len({k for k in keys if k not in store})
   if missing_count:
     logging.info(
-        'Computing bottlenecks for %d images (%d found in the cache %s). This '
+        'Computing bottlenecks%s for %s (%d found in the cache %s%s). This '
         'is the slow part, done once: later runs read them from the cache.',
-        missing_count, len(set(keys)) - missing_count, store.directory)
+        f' of {name}' if name else '', names.plural(missing_count, 'image'),
+        len(set(keys)) - missing_count, store.directory,
+        copies_note(len(keys) - len(set(keys))))
   # --- Full disk: checked before, and a clean error if it fills anyway.
   try:
     if missing_count:

@@ -29,6 +29,7 @@ import bottleneck_cache
 from retrain import image_header
 from retrain import images as images_lib
 from retrain.bottlenecks import compute as bottlenecks_lib
+from retrain.common import names
 from retrain.common.progress import Progress
 from retrain.errors import OutputError
 from retrain.features import tflite_runtime
@@ -76,12 +77,11 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
   parts = []
   for member, runner, store, done in zip(members, runners, stores, shared,
                                          strict=True):
-    logging.info('Bottlenecks of ensemble member %s:', member.handle)
     # Masks first; the vectors are read below, one member at a time,
     # straight into the ensemble's array.
     part = bottlenecks_lib.compute_bottlenecks(
         paths, runner, store, batch_size, load_vectors=False, keyed=keyed,
-        **compute_args)
+        name=member.handle, **compute_args)
     # What the shared pass computed, this pass found in the cache.
     part.stats.computed += done
     part.stats.reused -= done
@@ -134,9 +134,10 @@ def shared_pass(paths: Sequence[str], runners: Sequence[FeatureModule],
     raise OutputError(f'bottleneck_dir: {e}', fields=('bottleneck_dir',)
                       ) from e
   logging.info(
-      'Computing the bottlenecks of %d modules for %d images, decoding each '
-      'image once (%d images are already cached for every module).',
-      len(runners), len(rows), len(keys) - len(rows))
+      'Computing the bottlenecks of %d modules for %s, decoding each '
+      'image once (%d already cached for every module%s).',
+      len(runners), names.plural(len(rows), 'image'), len(keys) - len(rows),
+      bottlenecks_lib.copies_note(len(keyed[1]) - len(keys)))
   return _run_shared(paths, runners, stores, batch_size, sizes,
                      [keys[r] for r in rows], first[rows], lacking[rows],
                      max_pixels)

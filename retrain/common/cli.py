@@ -16,12 +16,19 @@ from __future__ import annotations
 
 import logging as std_logging
 import os
+import re
 import sys
-from typing import Callable, Sequence
+import textwrap
+from typing import Callable, List, Optional, Sequence
 
 from absl import app, flags
+from absl import logging as absl_logging
 
+from retrain.common import quiet
 from retrain.version import __version__
+
+# The exit status of a run stopped by Ctrl-C (128 + SIGINT), as shells use.
+INTERRUPTED_STATUS = 130
 
 HELP_ARGS = ('--help', '-help', '-?', '--helpshort', '-helpshort',
              '--helpfull', '-helpfull')
@@ -40,6 +47,43 @@ def show_flags_in_help(module_names: Sequence[str]) -> None:
       flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
 
+def _flag_help(flag) -> List[str]:
+  """A flag's lines in --help: `  --name: help` wrapped, then its default."""
+  name = f'--[no]{flag.name}' if flag.boolean else f'--{flag.name}'
+  text = re.sub(r';\s*repeat this option to specify a list of values', '',
+                flag.help)
+  lines = textwrap.wrap(f'{name}: {text}', 78, initial_indent='  ',
+                        subsequent_indent='    ', break_on_hyphens=False)
+  if 'default:' in text:
+    pass  # The help names the default itself.
+  elif flag.default not in (None, '', []) and not flag.boolean:
+    lines.append(f'    (default: {flag.default_as_str})')
+  elif flag.boolean and flag.default:
+    lines.append('    (default: true)')
+  return lines
+
+
+def help_text(usage: str, modules: Sequence[str],
+              first: Sequence[str]) -> str:
+  """--help: `usage`, the flags named in `first` (those most runs need), in
+  that order, then every other flag of `modules` alphabetically."""
+  own = {flag.name: flag for module in [*modules, __name__]
+         for flag in flags.FLAGS.get_flags_for_module(module)}
+  lines = [usage.rstrip('\n'), '', 'Flags most runs need:']
+  for name in first:
+    lines += _flag_help(own[name])
+  lines += ['', 'All other flags (--helpfull adds absl\'s own):']
+  for name in sorted(set(own) - set(first)):
+    lines += _flag_help(own[name])
+  return '\n'.join(lines) + '\n'
+
+
+def _short_help(argv: Sequence[str]) -> bool:
+  """Asked for --help (not --helpfull, which absl answers)."""
+  return _asked_for_help(argv) and not any(
+      arg.lstrip('-') == 'helpfull' for arg in argv[1:])
+
+
 def _asked_for_help(argv: Sequence[str]) -> bool:
   args = list(argv[1:])
   if '--' in args:  # Everything after a bare -- is an argument, not a flag.
@@ -47,8 +91,39 @@ def _asked_for_help(argv: Sequence[str]) -> bool:
   return any(arg in HELP_ARGS for arg in args)
 
 
+def quiet_logging(verbosity: Optional[str]) -> None:
+  """Sets absl's level from --logging_verbosity (None: keep absl's, from
+  -v); unless that is DEBUG, quiets the process (retrain.common.quiet:
+  native start-up lines and third-party lines out of sight) and, on a
+  terminal, uses the short line format. Called before TensorFlow is
+  imported."""
+  if verbosity is not None:
+    absl_logging.set_verbosity(verbosity.lower().replace('warn', 'warning'))
+  if absl_logging.get_verbosity() >= absl_logging.DEBUG:
+    return
+  quiet.quiet_process()
+  # TensorFlow's own INFO lines (SavedModel internals) are noise to a user.
+  std_logging.getLogger('tensorflow').setLevel(std_logging.WARNING)
+  handler = absl_logging.get_absl_handler()
+  handler.addFilter(quiet.OwnLines())
+  if sys.stderr.isatty():
+    handler.setFormatter(quiet.ShortFormat())
+
+
+def _interrupted(line: str) -> None:
+  """Ends the process after Ctrl-C with one line and status 130, without
+  waiting for worker threads (what they finished is stored already)."""
+  sys.stdout.flush()
+  sys.stderr.write(f'\n{line}\n')
+  sys.stderr.flush()
+  quiet.release_log()
+  os._exit(INTERRUPTED_STATUS)  # pylint: disable=protected-access
+
+
 def run(main: Callable[[list], int], program: str, usage: str,
-        flag_modules: Sequence[str]) -> None:
+        flag_modules: Sequence[str],
+        on_interrupt: Optional[Callable[[], str]] = None,
+        first_flags: Sequence[str] = ()) -> None:
   """Runs `main` under absl.app.run with --version and a friendly --help.
 
   Args:
@@ -57,6 +132,8 @@ def run(main: Callable[[list], int], program: str, usage: str,
     usage: the help text: what the tool does, then one example. Shown by
       --help above the flags; no '%' characters (absl formats them).
     flag_modules: modules whose flags --help lists (the command's own).
+    on_interrupt: the one line shown after Ctrl-C (default: 'interrupted').
+    first_flags: the flags --help shows first, in this order.
   """
   define_version_flag()
   show_flags_in_help([*flag_modules, __name__])
@@ -70,8 +147,15 @@ def run(main: Callable[[list], int], program: str, usage: str,
     return main(args)
 
   try:
+    if _short_help(argv):
+      sys.stdout.write(help_text(usage, flag_modules, first_flags))
+      sys.stdout.flush()
+      sys.exit(0)
     app.run(main_or_version, argv=argv)
+  except KeyboardInterrupt:
+    _interrupted(on_interrupt() if on_interrupt else 'interrupted')
   except SystemExit as e:
+    quiet.release_log()
     # absl exits 1 after printing the help; asking for help is no error.
     if e.code == 1 and _asked_for_help(argv):
       sys.exit(0)

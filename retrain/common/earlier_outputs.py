@@ -1,9 +1,12 @@
 """Moving earlier outputs aside instead of overwriting them.
 
-An output is never overwritten: before it is replaced, the earlier one is
-renamed to `<path>.previous-<date>-<time>-<microseconds>`. So that repeated runs with default
-paths do not fill the disk, only the `KEEP_PREVIOUS` newest earlier
-versions of each output are kept; removing an older one is logged.
+Only at paths a user gave (by default each run writes into a new run
+folder of its own, retrain/common/runs.py, where nothing earlier exists):
+before an output is replaced, the earlier one is renamed to
+`<path>.previous-<date>-<time>-<microseconds>`; the run holds a lock on the
+path, so the earlier output is no live run's. So that repeated runs at one
+path do not fill the disk, only the `KEEP_PREVIOUS` newest earlier versions
+are kept (removing an older one is logged).
 """
 
 from __future__ import annotations

@@ -26,3 +26,14 @@ QUANTIZATIONS = ('none', 'dynamic', 'float16', 'int8')
 # the output op of the probabilities (retrain.py's --final_tensor_name).
 INPUT_TENSOR_NAME = 'Placeholder'
 OUTPUT_TENSOR_NAME = 'final_result'
+
+
+def plural(n: int, noun: str) -> str:
+  """'1 image', '2 images', '1 class', '3 classes', '0 copies'."""
+  if n == 1:
+    return f'{n} {noun}'
+  if noun.endswith(('s', 'x', 'ch', 'sh')):
+    return f'{n} {noun}es'
+  if noun.endswith('y') and noun[-2:-1] not in 'aeiou':
+    return f'{n} {noun[:-1]}ies'
+  return f'{n} {noun}s'

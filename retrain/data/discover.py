@@ -27,6 +27,7 @@ from typing import Sequence
 
 from absl import logging
 
+from retrain.common import names
 from retrain.common import walk as walk_lib
 from retrain.common.walk import Walk, list_images
 from retrain.data import labels as labels_lib
@@ -132,6 +133,26 @@ class Dataset:
     return counts
 
 
+def boxes_hint(image_dir: str, folders: Sequence[str]):
+  """(' This folder holds VOC XML box files: ... crop_to_boxes', the
+  setting it names) when `image_dir` (with sub-folders `folders`) looks
+  like photos with annotated boxes rather than class folders, else
+  ('', ())."""
+  def has_xml(folder):
+    try:
+      return any(entry.name.lower().endswith('.xml')
+                 for entry in os.scandir(folder) if entry.is_file())
+    except OSError:
+      return False
+  annotations = [f for f in folders if f.lower() == 'annotations']
+  if has_xml(image_dir) or (annotations and has_xml(
+      os.path.join(image_dir, annotations[0]))):
+    return (' This folder holds VOC XML box files: to train on the annotated '
+            'objects (each box one example, labelled with its name), add '
+            'crop_to_boxes (docs/boxes.md).', ('crop_to_boxes',))
+  return '', ()
+
+
 def discover_images(image_dir: str,
                     extensions: Sequence[str] = IMAGE_EXTENSIONS,
                     follow_outside_links: bool = False) -> Dataset:
@@ -164,10 +185,12 @@ def discover_images(image_dir: str,
   class_names = sorted(
       entry.name for entry in os.scandir(image_dir)
       if entry.is_dir() and not entry.name.startswith('.'))
+  hint, fields = boxes_hint(image_dir, class_names)
   if not class_names:
     raise DatasetError(
         f'No class folders in {image_dir!r}: put the images of each class in '
-        f'a sub-folder named after the class, e.g. {image_dir}/roses/1.jpg.')
+        f'a sub-folder named after the class, e.g. {image_dir}/roses/1.jpg.'
+        f'{hint}', fields=fields)
 
   labels, images, skipped = [], [], []
   walk = Walk(image_dir, follow_outside_links)
@@ -192,9 +215,10 @@ def discover_images(image_dir: str,
           'two ways (Unicode composed and decomposed forms, which look the '
           'same): merge them into one folder.')
     if len(rel_paths) < FEW_IMAGES_WARNING:
-      logging.warning('Class %r has only %d images; at least %d are '
+      logging.warning('Class %r has only %s; at least %d are '
                       'recommended for a usable accuracy.', name,
-                      len(rel_paths), FEW_IMAGES_WARNING)
+                      names.plural(len(rel_paths), 'image'),
+                      FEW_IMAGES_WARNING)
     label = len(labels)
     labels.append(text)
     images.extend(ImageFile(rel, label, image_dir) for rel in rel_paths)
@@ -204,6 +228,6 @@ def discover_images(image_dir: str,
     raise DatasetError(
         f'Found {found} in {image_dir!r}; a classifier needs at least two '
         'classes. Add another sub-folder of images (accepted endings: '
-        f'{" ".join(extensions)}).')
+        f'{" ".join(extensions)}).{hint}', fields=fields)
   return Dataset(image_dir, tuple(labels), tuple(images), tuple(skipped),
                  tuple(walk.skipped))

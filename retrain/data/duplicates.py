@@ -7,6 +7,8 @@ from typing import List, Sequence, Tuple
 
 from absl import logging
 
+from retrain.common import names
+
 # Conflicting duplicates listed one per line in the warning; the rest are
 # counted.
 _MAX_LISTED_PAIRS = 20
@@ -45,7 +47,8 @@ def warn_conflicting_duplicates(pairs: Sequence[Tuple[str, str]]) -> None:
   if len(pairs) > _MAX_LISTED_PAIRS:
     lines.append(f'  ... and {len(pairs) - _MAX_LISTED_PAIRS} more')
   logging.warning(
-      '%d images have the same content under two different classes; both '
+      '%s the same content under two different classes; both '
       'copies are used, which teaches the classifier a contradiction. Delete '
       'the copy in the wrong class (python -m retrain.inspect also '
-      'finds near-duplicates):\n%s', len(pairs), '\n'.join(lines))
+      'finds near-duplicates):\n%s', names.plural(len(pairs), 'image') +
+      (' has' if len(pairs) == 1 else ' have'), '\n'.join(lines))

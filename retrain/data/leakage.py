@@ -22,7 +22,7 @@ from typing import List, Optional, Sequence
 
 from absl import logging
 
-from retrain.common import atomic
+from retrain.common import atomic, names
 
 LEAKAGE_JSON = 'leakage.json'
 _MAX_LISTED = 10
@@ -70,9 +70,11 @@ def report_leakage(found: Sequence[dict], report_dir: str) -> Optional[str]:
     if len(found) > _MAX_LISTED:
       lines.append(f'  ... and {len(found) - _MAX_LISTED} more')
     logging.warning(
-        'Leakage: %d images have an exact copy (same bytes) in another of '
+        'Leakage: %s an exact copy (same bytes) in another of '
         'train, validation and test, so the validation and test accuracies '
-        'are too optimistic. Delete the extra copies:\n%s', len(found),
+        'are too optimistic. Delete the extra copies:\n%s',
+        names.plural(len(found), 'image') + (' has' if len(found) == 1
+                                             else ' have'),
         '\n'.join(lines))
   if not report_dir:
     return None

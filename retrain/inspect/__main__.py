@@ -28,8 +28,9 @@ from retrain.config import INSPECT_DEFAULTS, InspectConfig  # noqa: E402
 
 _I = INSPECT_DEFAULTS
 
-flags.DEFINE_string('output_dir', _I.output_dir,
-                    'Where report.html and report.json are written.')
+# --output_dir is retrain's flag (its run folders); here, given, it is
+# where report.html and report.json are written (default
+# INSPECT_DEFAULTS.output_dir).
 flags.DEFINE_float('near_duplicate_cosine', _I.near_duplicate_cosine,
                    'Cosine similarity of feature vectors above which two '
                    'images are near-duplicates.')
@@ -58,7 +59,11 @@ FLAGS = flags.FLAGS
 
 def options_from_flags() -> InspectConfig:
   return InspectConfig(**{field.name: FLAGS[field.name].value
-                          for field in dataclasses.fields(InspectConfig)})
+                          for field in dataclasses.fields(InspectConfig)
+                          if field.name != 'output_dir'},
+                       output_dir=(FLAGS.output_dir
+                                   if FLAGS['output_dir'].present
+                                   else _I.output_dir))
 
 
 def main(argv):

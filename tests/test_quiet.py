@@ -1,0 +1,112 @@
+"""Quiet by default: the tool's own lines only; Ctrl-C is one line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from retrain.common import quiet
+from tests.conftest import make_colour_dataset
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+# What TensorFlow prints while it starts, through no logger of ours.
+START_UP = ('oneDNN', 'cuInit', 'cuda', 'absl::InitializeLog', 'XNNPACK delegate',
+            'fully_quantize', 'UserWarning')
+
+
+def _record(path, level=logging.INFO, name='absl'):
+  return logging.LogRecord(name, level, str(path), 1, 'a %s', ('line',), None)
+
+
+def test_only_own_lines_pass_below_error():
+  keep = quiet.OwnLines()
+  assert keep.filter(_record(ROOT / 'retrain' / 'pipeline.py'))
+  assert keep.filter(_record(ROOT / 'tools' / 'label_image.py'))
+  assert keep.filter(_record(ROOT / 'bottleneck_cache' / 'store.py'))
+  elsewhere = pathlib.Path(os.sep, 'venv', 'site-packages', 'tf2onnx',
+                           'tfonnx.py')
+  assert not keep.filter(_record(elsewhere, name='tf2onnx'))
+  assert not keep.filter(_record(elsewhere, logging.WARNING, 'py.warnings'))
+  assert keep.filter(_record(elsewhere, logging.ERROR))
+
+
+def test_short_format_names_only_warnings_and_errors():
+  short = quiet.ShortFormat()
+  info = _record(ROOT / 'retrain' / 'x.py')
+  assert re.fullmatch(r'\d\d:\d\d:\d\d a line', short.format(info))
+  warning = _record(ROOT / 'retrain' / 'x.py', logging.WARNING)
+  warning.levelname = 'WARNING'
+  assert re.fullmatch(r'\d\d:\d\d:\d\d WARNING: a line',
+                      short.format(warning))
+
+
+def _env():
+  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2',
+              PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get(
+                  'PYTHONPATH', '')]))
+
+
+def _args(tmp_path, images, module):
+  return ['--image_dir', str(images), '--tfhub_module', module,
+          '--bottleneck_dir', str(tmp_path / 'cache'),
+          '--output_dir', str(tmp_path / 'runs'), '--projector_max_images',
+          '0']
+
+
+@pytest.mark.slow
+def test_a_run_shows_no_tensorflow_start_up_line(tmp_path, fake_module):
+  images = make_colour_dataset(tmp_path / 'images', per_class=20)
+  proc = subprocess.run([sys.executable, '-m', 'retrain',
+                         *_args(tmp_path, images, fake_module),
+                         '--tflite_output_file', str(tmp_path / 'm.tflite')],
+                        capture_output=True, text=True, env=_env(),
+                        cwd=tmp_path, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = proc.stderr.splitlines()
+  assert 'Found 60 images in 3 classes' in lines[0]
+  noise = [line for line in lines if any(word in line for word in START_UP)]
+  assert not noise
+  # With DEBUG, TensorFlow's own lines are there again.
+  proc = subprocess.run([sys.executable, '-m', 'retrain',
+                         *_args(tmp_path, images, fake_module),
+                         '--logging_verbosity', 'DEBUG'],
+                        capture_output=True, text=True, env=_env(),
+                        cwd=tmp_path, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'oneDNN' in proc.stderr or 'cuda' in proc.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_is_one_line_and_status_130(tmp_path, fake_module):
+  images = make_colour_dataset(tmp_path / 'images', per_class=150)
+  proc = subprocess.Popen([sys.executable, '-m', 'retrain',
+                           *_args(tmp_path, images, fake_module),
+                           '--bottleneck_batch_size', '1'],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, env=_env(), cwd=tmp_path)
+  cache = tmp_path / 'cache'
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if len(list(cache.glob('*/shard-*.h5'))) >= 5:
+      break
+    time.sleep(0.02)
+  assert proc.poll() is None, 'the run finished before it could be stopped'
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130, err[-3000:]
+  assert 'Traceback' not in err
+  last = err.strip().splitlines()[-1]
+  match = re.fullmatch(r'interrupted; ([\d,]+) vectors? cached; run the same '
+                       r'command to resume', last)
+  assert match, last
+  assert int(match.group(1).replace(',', '')) >= 5
+  # No run folder is left with nothing in it, and no lock.
+  assert not list((tmp_path / 'runs').glob('*/*/'))
