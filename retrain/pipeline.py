@@ -298,38 +298,20 @@ def run_steps(config: Config) -> RunResult:
     from retrain import multilabel  # pylint: disable=g-import-not-at-top
     return multilabel.run(config)
   phases = phases_lib.Phases()
-  with phases('startup', since_start=True):
-    check_config(config)
-    # --- Issue 14: temporaries of killed runs beside our outputs go.
-    leftovers.heal([config.saved_model_dir, config.output_labels,
-                    config.output_graph, config.tflite_output_file,
-                    config.report_dir])
-    # ---
-    layout, crops = discover(config)  # crops: --crop_to_boxes, else None
-  # Hashed before the module is loaded, so that a million files' digests
-  # and the module's weights are not both held while hashing (issue 17,
-  # docs/scale.md); check_config has checked the module handle.
-  with phases('hashing'):
-    keyed = hash_images(config, layout.dataset, crops)
-  with phases('module'):
-    float_module, _ = load_module(config)
-  with phases('precision'):
-    module = choose_precision(config, layout.dataset, float_module, keyed,
-                              crops)
-    precision = precision_lib.describe(module)
-  # The module as the bottlenecks (plain and distorted) run it.
-  runner = tflite_runtime.deferred(module, config.bottleneck_runtime,
-                                   config.module_cache_dir)
-  # --- Past the memory budget: stream from the cache (docs/scale.md) ---
+  prepared = prepare(config, phases)
+  layout, crops, module, runner = (prepared.layout, prepared.crops,
+                                   prepared.module, prepared.runner)
+  # Past the memory budget the vectors stream from the cache
+  # (docs/scale.md); crops to boxes keep the in-memory path (the stream
+  # reads whole images).
   from retrain import streamed  # pylint: disable=g-import-not-at-top
-  # (Crops to boxes keep the in-memory path: the stream reads whole images.)
   if crops is None and streamed.needed(config, len(layout.dataset.images),
                                        module):
-    return streamed.run(config, layout, module, runner, phases, keyed)
-  # --- end of the streaming hand-over ---
+    return streamed.run(config, layout, module, runner, phases,
+                        prepared.keyed)
   with phases('bottlenecks'):
     computed = bottlenecks(config, layout.dataset, module, runner, crops,
-                           keyed=keyed)
+                           keyed=prepared.keyed)
   skipped, reports = report_skipped(config, layout, computed)
   images = usable_lib.usable_images(layout.dataset, computed)
   labels = list(layout.dataset.labels)
@@ -345,8 +327,8 @@ def run_steps(config: Config) -> RunResult:
                                   training_groups(split, copies))
   with phases('evaluation'):
     reported = evaluate(config, labels, trained, images, split)
-    # Fine-tuning (issue 16) before calibration (issue 19), so that the
-    # exported (calibrated) head is the fine-tuned one.
+    # Fine-tuning before calibration, so that the exported (calibrated)
+    # head is the fine-tuned one.
     module, trained, reported, validation, tuned = fine_tune(
         config, module, labels, trained, reported, images, split, copies)
     test, misclassified, explained = reported
@@ -359,16 +341,11 @@ def run_steps(config: Config) -> RunResult:
     saved, deployment = export(config, module, labels, trained, test, images,
                                split, intermediate, confidence,
                                tuned.metadata if tuned else None,
-                               float_module)
+                               prepared.float_module)
   with phases('results_page'):
     page = results_page(config, page, module, labels, computed.stats, phases)
   phases.total()
-  if skipped:
-    logging.warning('%s skipped because they could not be used; '
-                    'see the warnings above and %s.',
-                    names.plural(len(skipped), 'image') +
-                    (' was' if len(skipped) == 1 else ' were'),
-                    reports[0] if reports else 'the log')
+  _warn_skipped(skipped, reports)
   result = RunResult(
       labels=labels,
       counts={name: int(len(split.subset(name))) for name in split_lib.SUBSETS},
@@ -379,9 +356,67 @@ def run_steps(config: Config) -> RunResult:
       distorted_stats=copies.stats if copies is not None else None,
       peak_rss_mib=phases.peak_rss, deployment_report=deployment,
       fine_tuned=tuned, figures=describe_figures(trained, tuned),
-      bottleneck_precision=precision, results_page=page)
+      bottleneck_precision=prepared.precision, results_page=page)
   write_run_summary(config, result)
   return result
+
+
+@dataclasses.dataclass
+class Prepared:
+  """What every run needs before its bottlenecks (see `prepare`).
+
+  Attributes:
+    layout: the images, their classes and any given split
+      (retrain.data.sources.Layout).
+    crops: with --crop_to_boxes one example per box and its crop, else None.
+    keyed: the cache key of every image (what hash_images returns).
+    float_module: the feature module as loaded (one module or an ensemble).
+    module: the same at the precision its bottlenecks run at.
+    precision: per member, 'int8' or 'float32'.
+    runner: the module on its runtime, as the bottlenecks run it.
+  """
+  layout: layouts.Layout
+  crops: Optional[boxes_lib.Crops]
+  keyed: tuple
+  float_module: object
+  module: object
+  precision: object
+  runner: object
+
+
+def prepare(config: Config, phases: phases_lib.Phases) -> Prepared:
+  """Checks the settings, discovers and hashes the images and loads the
+  module, each a phase of `phases`."""
+  with phases('startup', since_start=True):
+    check_config(config)
+    # Temporaries of killed runs beside our outputs go.
+    leftovers.heal([config.saved_model_dir, config.output_labels,
+                    config.output_graph, config.tflite_output_file,
+                    config.report_dir])
+    layout, crops = discover(config)  # crops: --crop_to_boxes, else None
+  # Hashed before the module is loaded, so that a million files' digests
+  # and the module's weights are not both held while hashing
+  # (docs/scale.md); check_config has checked the module handle.
+  with phases('hashing'):
+    keyed = hash_images(config, layout.dataset, crops)
+  with phases('module'):
+    float_module, _ = load_module(config)
+  with phases('precision'):
+    module = choose_precision(config, layout.dataset, float_module, keyed,
+                              crops)
+  runner = tflite_runtime.deferred(module, config.bottleneck_runtime,
+                                   config.module_cache_dir)
+  return Prepared(layout, crops, keyed, float_module, module,
+                  precision_lib.describe(module), runner)
+
+
+def _warn_skipped(skipped: list, reports: Sequence[str]) -> None:
+  if skipped:
+    logging.warning('%s skipped because they could not be used; '
+                    'see the warnings above and %s.',
+                    names.plural(len(skipped), 'image') +
+                    (' was' if len(skipped) == 1 else ' were'),
+                    reports[0] if reports else 'the log')
 
 
 # --- The steps, in the order `run` calls them ---------------------------------
