@@ -23,10 +23,11 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 LEVELS = (
     ('retrain.version', 'retrain.common', 'retrain.errors', 'retrain.images',
      'retrain.image_header'),
-    # Running an export (label_image's loaders) and heat maps: images only.
-    ('retrain.predict',),
     ('retrain.data',),
     ('retrain.features',),
+    # Running an export (label_image's loaders): the image decoding and the
+    # module safety scan of what it loads.
+    ('retrain.predict',),
     ('retrain.bottlenecks',),
     ('retrain.head',),
     ('retrain.report',),

@@ -3,10 +3,11 @@
 Only at paths a user gave (by default each run writes into a new run
 folder of its own, retrain/common/runs.py, where nothing earlier exists):
 before an output is replaced, the earlier one is renamed to
-`<path>.previous-<date>-<time>-<microseconds>`; the run holds a lock on the
-path, so the earlier output is no live run's. So that repeated runs at one
-path do not fill the disk, only the `KEEP_PREVIOUS` newest earlier versions
-are kept (removing an older one is logged).
+`<path>.previous-<date>-<time>-<microseconds>`. An earlier output is never
+deleted (a path given by the user may hold another job's model); the run
+holds a lock on the path, so the earlier output is no live run's. Only
+earlier TensorBoard runs moved aside beside a given --summaries_dir are
+bounded (`prune`, KEEP_PREVIOUS newest kept): they are logs, not models.
 """
 
 from __future__ import annotations
@@ -54,7 +55,6 @@ def move_aside(path: str) -> Optional[str]:
   aside = stamped(prefix)
   os.rename(path, aside)
   logging.info('Moved the earlier %s to %s.', path, aside)
-  prune(prefix)
   return aside
 
 
