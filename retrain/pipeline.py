@@ -172,10 +172,9 @@ def run(config: Config) -> RunResult:
     module = ensemble_lib.load(config.tfhub_module, config.image_size,
                                config.module_cache_dir,
                                trust=config.trust_module)
-  float_module = module
-  with phases('precision'):
-    module = choose_precision(config, layout.dataset, module, keyed, crops)
-    precision = precision_lib.describe(module)
+  with phases('precision'):  # float_module: what the exports hold
+    float_module, module = module, choose_precision(
+        config, layout.dataset, module, keyed, crops)
   # The module as the bottlenecks (plain and distorted) run it.
   runner = tflite_runtime.deferred(module, config.bottleneck_runtime,
                                    config.module_cache_dir)
@@ -228,7 +227,7 @@ def run(config: Config) -> RunResult:
       saved_model_dir=saved, timings=phases.timings, explained=explained,
       distorted_stats=copies.stats if copies is not None else None,
       peak_rss_mib=phases.peak_rss, deployment_report=deployment,
-      fine_tuned=tuned, bottleneck_precision=precision)
+      fine_tuned=tuned, bottleneck_precision=precision_lib.describe(module))
   write_run_summary(config, result)
   return result
 
@@ -383,6 +382,7 @@ def train(config: Config, module, labels: Sequence[str],
           train_x: np.ndarray, train_y: np.ndarray, failures):
   """Trains the head, writing TensorBoard summaries; returns (TrainResult,
   the intermediate-graph hook or None)."""
+  precision_lib.close(module)  # every vector is computed: fewer MiB below
   writers = summaries_lib.Writers(config.summaries_dir)
   intermediate = export_formats.intermediate_hook(
       subset(export_formats.ExportOptions, config), module, labels)
@@ -566,13 +566,17 @@ def export(config: Config, module, labels: Sequence[str],
       images.paths_of(rows), images.labels[rows], held_out,
       config.max_quantization_loss, config.keep_lossy_quantization,
       config.tflite_calibration_images)
+  float_check = None
+  if float_module is not None and precision_lib.is_quantized(module):
+    float_check = check_float_exports(
+        config, float_module, confidence.head, images, rows, held_out,
+        test.accuracy if held_out == 'test' else None)
+    phases_lib.release_memory()  # its float interpreters, before the exports
   other_formats = export_formats.export_other_formats(
       subset(export_formats.ExportOptions, config), module, confidence.head,
       labels, images.paths_of(split.train), gate, deploy_metadata)
-  if float_module is not None and precision_lib.is_quantized(module):
-    other_formats['float_export_check'] = check_float_exports(
-        config, float_module, confidence.head, images, rows, held_out,
-        test.accuracy if held_out == 'test' else None)
+  if float_check is not None:
+    other_formats['float_export_check'] = float_check
   if intermediate is not None:
     other_formats['intermediate_graphs'] = intermediate.written
   phases_lib.release_memory()  # the frozen graph's copies of the weights

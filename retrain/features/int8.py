@@ -235,7 +235,13 @@ class LazyCall:
     with self._lock:  # calls come from several threads at once
       if self._call is None:
         self._call = tflite_runtime.TFLiteCall(self.path, self._input_size)
-    return self._call(images)
+      call = self._call
+    return call(images)
+
+  def close(self) -> None:
+    """Lets the interpreters go (a later call opens them again)."""
+    with self._lock:
+      self._call = None
 
 
 def _cpu_kind() -> str:
