@@ -656,6 +656,7 @@ def train(config: Config, module, labels: Sequence[str],
           groups: Optional[np.ndarray] = None):
   """Trains the head, writing TensorBoard summaries; returns (TrainResult,
   the intermediate-graph hook or None). groups: training_groups."""
+  precision_lib.close(module)  # every vector is computed: fewer MiB below
   writers = summaries_lib.Writers(config.summaries_dir)
   intermediate = export_formats.intermediate_hook(
       subset(export_formats.ExportOptions, config), module, labels)
@@ -952,13 +953,17 @@ def export(config: Config, module, labels: Sequence[str],
       images.paths_of(rows), images.labels[rows], held_out,
       config.max_quantization_loss, config.keep_lossy_quantization,
       config.tflite_calibration_images)
+  float_check = None
+  if float_module is not None and precision_lib.is_quantized(module):
+    float_check = check_float_exports(
+        config, float_module, confidence.head, images, rows, held_out,
+        test.accuracy if held_out == 'test' else None)
+    phases_lib.release_memory()  # its float interpreters, before the exports
   other_formats = export_formats.export_other_formats(
       subset(export_formats.ExportOptions, config), module, confidence.head,
       labels, images.paths_of(split.train), gate, deploy_metadata)
-  if float_module is not None and precision_lib.is_quantized(module):
-    other_formats['float_export_check'] = check_float_exports(
-        config, float_module, confidence.head, images, rows, held_out,
-        test.accuracy if held_out == 'test' else None)
+  if float_check is not None:
+    other_formats['float_export_check'] = float_check
   if intermediate is not None:
     other_formats['intermediate_graphs'] = intermediate.written
   phases_lib.release_memory()  # the frozen graph's copies of the weights

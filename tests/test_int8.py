@@ -72,6 +72,9 @@ def test_int8_copy_is_converted_once_verified_and_cached_apart(own_module):
   again = int8.load(own_module)
   assert os.path.getmtime(path) == mtime
   assert isinstance(again.call, int8.LazyCall) and again.call._call is None
+  assert isinstance(quantized.call, int8.LazyCall)
+  quantized.call.close()
+  assert quantized.call._call is None
   np.testing.assert_array_equal(again.call(images).numpy(), got)
   # The runtime leaves a quantised module as it is.
   assert tflite_runtime.with_runtime(again, 'tflite') is again
@@ -83,6 +86,8 @@ def test_a_copy_that_fails_verification_is_never_used(own_module, monkeypatch,
   assert int8.load(own_module) is None
   path = int8.int8_file(own_module)
   assert not os.path.exists(path) and os.path.exists(path + '.failed')
+  assert os.listdir(os.path.dirname(path)) == [os.path.basename(path) +
+                                               '.failed']
   assert 'its int8 copy cannot be used' in caplog.text
   assert 'median cosine' in caplog.text
   # Remembered: later runs do not convert again.

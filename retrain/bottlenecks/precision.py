@@ -153,6 +153,15 @@ def choose(module: FeatureModule, precision: str, runtime: str,
   return dataclasses.replace(module, members=chosen, call=call)
 
 
+def close(module: FeatureModule) -> None:
+  """Lets the int8 interpreters of `module`'s members go once no more
+  vectors are computed (they open again if called)."""
+  for member in getattr(module, 'members', None) or (module,):
+    if isinstance(member.call, int8.LazyCall):
+      member.call.close()
+  phases.release_memory()
+
+
 def describe(module: FeatureModule) -> str:
   """'int8', 'float32', or per member e.g. 'int8, int8, float32'."""
   members = getattr(module, 'members', None) or (module,)

@@ -186,6 +186,8 @@ def load(module: FeatureModule, cache_dir: Optional[str] = None
     logging.info('Using float bottlenecks: the int8 copy of %s failed '
                  'before (see %s).', module.handle, failed_marker)
     return None
+  call = LazyCall(path, module.input_size)
+  unverified = f'{path}.unverified-{os.getpid()}'
   try:
     if not os.path.exists(path):
       started = time.monotonic()
@@ -193,20 +195,18 @@ def load(module: FeatureModule, cache_dir: Optional[str] = None
                    'calibrated on %d fixed synthetic images)...',
                    module.handle, CALIBRATION_COUNT)
       # Verified under another name, then renamed: `path` only ever holds
-      # a model that passed.
-      unverified = f'{path}.unverified-{os.getpid()}'
+      # a model that passed. The interpreters opened to verify it are kept.
       convert(module, unverified)
-      call = tflite_runtime.TFLiteCall(unverified, module.input_size)
+      call._call = tflite_runtime.TFLiteCall(unverified, module.input_size)
       median = _verify(module, call)
       os.replace(unverified, path)
-      call.path = path
       logging.info('int8 model written to %s in %.1f s (median cosine with '
                    'the float module on the calibration images %.3f).', path,
                    time.monotonic() - started, median)
-    else:
-      call = LazyCall(path, module.input_size)
   except Exception as e:  # pylint: disable=broad-except
     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if os.path.exists(unverified):
+      os.remove(unverified)
     logging.warning('Using float bottlenecks for %s: its int8 copy cannot be '
                     'used (%s).', module.handle, reason)
     try:
@@ -235,7 +235,13 @@ class LazyCall:
     with self._lock:  # calls come from several threads at once
       if self._call is None:
         self._call = tflite_runtime.TFLiteCall(self.path, self._input_size)
-    return self._call(images)
+      call = self._call
+    return call(images)
+
+  def close(self) -> None:
+    """Lets the interpreters go (a later call opens them again)."""
+    with self._lock:
+      self._call = None
 
 
 def _cpu_kind() -> str:
