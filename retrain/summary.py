@@ -6,8 +6,7 @@
     SavedModel          /tmp/retrain_saved_model
     labels              /tmp/output_labels.txt
     frozen graph        /tmp/output_graph.pb
-    results page        /tmp/retrain_report/report.html
-    reports             /tmp/retrain_report/ (14 files: misclassified_test.csv, ...)
+    reports             /tmp/retrain_report/ (15 files: misclassified_test.csv, ...)
     ...
 
 Printed once by each entry point (`python -m retrain`, `retrain.run`) after
@@ -53,9 +52,6 @@ def output_paths(config, result) -> List[Tuple[str, str]]:
   if config.intermediate_store_frequency > 0:
     candidates.append(('intermediate graphs',
                        config.intermediate_output_graphs_dir))
-  # The results page first: the one file to open after a run.
-  candidates.append(('results page', getattr(result, 'results_page', None)
-                     or ''))
   reports = list(result.explained.report_files) if result.explained else []
   if config.report_dir and os.path.isdir(config.report_dir):
     # Every file this run left in the report folder (each report is
