@@ -43,6 +43,10 @@ def main():
   parser.add_argument('--repeats', type=int, default=1)
   args = parser.parse_args()
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  # The run's INFO lines on stderr: among them 'Results page: 12 heat maps
+  # (Grad-CAM) in X s', the time of the thread that overlaps the export.
+  logging.set_verbosity(logging.INFO)
   from retrain.config import DEFAULTS  # pylint: disable=g-import-not-at-top
 
   def config(name):

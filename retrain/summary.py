@@ -2,9 +2,9 @@
 
   Done in 1 min 05 s: test accuracy 93.3% (N=30).
   Outputs:
+    results page        retrain_runs/flowers/20261206-171720/report/report.html
     SavedModel          retrain_runs/flowers/20261206-171720/saved_model
     labels              retrain_runs/flowers/20261206-171720/labels.txt
-    results page        retrain_runs/flowers/20261206-171720/report/report.html
     reports             retrain_runs/flowers/20261206-171720/report/ (13 files: ...)
     ...
 
@@ -51,9 +51,6 @@ def output_paths(config, result) -> List[Tuple[str, str]]:
   if config.intermediate_store_frequency > 0:
     candidates.append(('intermediate graphs',
                        config.intermediate_output_graphs_dir))
-  # The results page first: the one file to open after a run.
-  candidates.append(('results page', getattr(result, 'results_page', None)
-                     or ''))
   reports = list(result.explained.report_files) if result.explained else []
   if config.report_dir and os.path.isdir(config.report_dir):
     # Every file this run left in the report folder (each report is

@@ -415,16 +415,11 @@ class EfficientNetLite:
     """The untraced graph of `features`, for tracing into other functions."""
     import tensorflow as tf
 
-    return tf.reduce_mean(self.head_activations(images), axis=[1, 2])
-
-  def head_activations(self, images):
-    """The last convolution's output (the head conv, after ReLU6), which
-    `features` averages: float32 [batch, S/32, S/32, 1280] (rounded up)
-    for images float32 [batch, S, S, 3] in [0, 1]."""
     x = self._conv(normalize(images), 'stem', stride=2)
     for i, b in enumerate(self._blocks):
       x = apply_block(x, i, b, self._kernels, self._biases)
-    return self._conv(x, 'head')
+    x = self._conv(x, 'head')
+    return tf.reduce_mean(x, axis=[1, 2])
 
   def _logits(self, images):
     import tensorflow as tf

@@ -1,0 +1,4 @@
+"""Running an export: load it (load.py, one loader per format), classify
+image files with it (classify.py), `retrain.load` (model.py), and heat
+maps of where a classifier looked (explain.py). tools/label_image.py is
+the command line over it; it imports nothing of retrain's training."""
