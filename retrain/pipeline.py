@@ -345,7 +345,7 @@ def run_steps(config: Config) -> RunResult:
   with phases('results_page'):
     page = results_page(config, page, module, labels, computed.stats, phases)
   phases.total()
-  _warn_skipped(skipped, reports)
+  warn_skipped(skipped, reports)
   result = RunResult(
       labels=labels,
       counts={name: int(len(split.subset(name))) for name in split_lib.SUBSETS},
@@ -410,7 +410,8 @@ def prepare(config: Config, phases: phases_lib.Phases) -> Prepared:
                   precision_lib.describe(module), runner)
 
 
-def _warn_skipped(skipped: list, reports: Sequence[str]) -> None:
+def warn_skipped(skipped: list, reports: Sequence[str]) -> None:
+  """The closing warning of a run that skipped images (also streamed's)."""
   if skipped:
     logging.warning('%s skipped because they could not be used; '
                     'see the warnings above and %s.',

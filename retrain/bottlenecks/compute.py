@@ -419,6 +419,28 @@ def copies_note(copies: int) -> str:
           'others, computed once')
 
 
+def _announce(keys: Sequence[str], store: bottleneck_cache.BottleneckStore,
+              module: FeatureModule, name: str) -> int:
+  """How many distinct `keys` the cache lacks; says so before the slow
+  part and checks there is room for them (a clean error if not)."""
+  missing_count = len({k for k in keys if k not in store})
+  if not missing_count:
+    return 0
+  logging.info(
+      'Computing bottlenecks%s for %s (%d found in the cache %s%s). This '
+      'is the slow part, done once: later runs read them from the cache.',
+      f' of {name}' if name else '', names.plural(missing_count, 'image'),
+      len(set(keys)) - missing_count, store.directory,
+      copies_note(len(keys) - len(set(keys))))
+  try:  # Full disk: checked before, and a clean error if it fills anyway.
+    bottleneck_cache.check_free_space(
+        store.directory, bottleneck_cache.bytes_needed(
+            missing_count, module.output_dim, len(store)))
+  except bottleneck_cache.CacheError as e:
+    raise _cache_error(e) from e
+  return missing_count
+
+
 def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
                         store: bottleneck_cache.BottleneckStore,
                         batch_size: int,
@@ -454,23 +476,7 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
                                             max_pixels))
   failures = list(failures)  # appended to below; keyed may be shared
   keys = [digests[i] for i in readable]
-  missing_count = len({k for k in keys if k not in store})
-  if missing_count:
-    logging.info(
-        'Computing bottlenecks%s for %s (%d found in the cache %s%s). This '
-        'is the slow part, done once: later runs read them from the cache.',
-        f' of {name}' if name else '', names.plural(missing_count, 'image'),
-        len(set(keys)) - missing_count, store.directory,
-        copies_note(len(keys) - len(set(keys))))
-  # --- Full disk: checked before, and a clean error if it fills anyway.
-  try:
-    if missing_count:
-      bottleneck_cache.check_free_space(
-          store.directory, bottleneck_cache.bytes_needed(
-              missing_count, module.output_dim, len(store)))
-  except bottleneck_cache.CacheError as e:
-    raise _cache_error(e) from e
-  # ---
+  missing_count = _announce(keys, store, module, name)
   if missing_count and module.prepare is not None:
     module.prepare()  # before the clock of the progress line starts
   progress = Progress('Bottlenecks', missing_count, interval=progress_interval)
