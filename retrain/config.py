@@ -371,7 +371,9 @@ class EvaluateConfig:
   """What `python -m retrain.evaluate` adds to a Config's data fields."""
   # The export: a SavedModel folder, or a .pb, .tflite or .onnx file.
   model: str = ''
-  output_dir: str = '/tmp/retrain_evaluate'
+  # Where report.html and report.json go (retrain's own --output_dir flag,
+  # with this default when it is not given).
+  output_dir: str = 'retrain_evaluation'
   # Which photos of the folder: all, or one set of the stable hash split
   # (train, validation, test) at --validation_percentage and
   # --testing_percentage, the set a run with those values held out.

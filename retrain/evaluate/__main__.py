@@ -22,8 +22,8 @@ _E = EVALUATE_DEFAULTS
 flags.DEFINE_string('model', _E.model, 'The export to judge: a SavedModel '
                     'folder, or a frozen graph (.pb), TFLite (.tflite) or '
                     'ONNX (.onnx) file.')
-flags.DEFINE_string('output_dir', _E.output_dir,
-                    'Where report.html and report.json are written.')
+# --output_dir is retrain's flag (retrain_cli defines it): here it names
+# where report.html and report.json are written, default _E.output_dir.
 flags.DEFINE_enum('subset', _E.subset, ['all', 'train', 'validation', 'test'],
                   'Judge on all photos, or on one set of the stable hash '
                   'split at --validation_percentage / --testing_percentage '
@@ -42,7 +42,10 @@ def main(argv):
   from retrain import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
   from retrain.errors import RetrainError  # pylint: disable=g-import-not-at-top
   options = EvaluateConfig(**{field.name: FLAGS[field.name].value
-                              for field in dataclasses.fields(EvaluateConfig)})
+                              for field in dataclasses.fields(EvaluateConfig)
+                              if field.name != 'output_dir'})
+  if FLAGS['output_dir'].present:
+    options = dataclasses.replace(options, output_dir=FLAGS.output_dir)
   try:
     result = evaluate_lib.evaluate(config=retrain_cli.config_from_flags(),
                                    options=options)
