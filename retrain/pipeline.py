@@ -298,12 +298,7 @@ def run_steps(config: Config) -> RunResult:
                                split, intermediate, confidence,
                                tuned.metadata if tuned else None)
   phases.total()
-  if skipped:
-    logging.warning('%s skipped because they could not be used; '
-                    'see the warnings above and %s.',
-                    names.plural(len(skipped), 'image') +
-                    (' was' if len(skipped) == 1 else ' were'),
-                    reports[0] if reports else 'the log')
+  warn_skipped(skipped, reports)
   result = RunResult(
       labels=labels,
       counts={name: int(len(split.subset(name))) for name in split_lib.SUBSETS},
@@ -316,6 +311,16 @@ def run_steps(config: Config) -> RunResult:
       fine_tuned=tuned)
   write_run_summary(config, result)
   return result
+
+
+def warn_skipped(skipped: list, reports: Sequence[str]) -> None:
+  """The closing warning about images that could not be used, if any."""
+  if skipped:
+    logging.warning('%s skipped because they could not be used; '
+                    'see the warnings above and %s.',
+                    names.plural(len(skipped), 'image') +
+                    (' was' if len(skipped) == 1 else ' were'),
+                    reports[0] if reports else 'the log')
 
 
 # --- The steps, in the order `run` calls them ---------------------------------

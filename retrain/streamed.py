@@ -35,7 +35,6 @@ import bottleneck_cache
 from bottleneck_cache import chunks
 from retrain.bottlenecks import distort as distort_lib
 from retrain.bottlenecks import usable as usable_lib
-from retrain.common import names
 from retrain.config import Config, subset
 from retrain.data import split as split_lib
 from retrain.errors import DatasetError
@@ -221,12 +220,7 @@ def run(config: Config, layout, module, runner, phases, keyed=None):
     saved, deployment = pipeline.export(config, module, labels, trained, test,
                                         images, split, None, confidence)
   phases.total()
-  if skipped:
-    logging.warning('%s skipped because they could not be used; '
-                    'see the warnings above and %s.',
-                    names.plural(len(skipped), 'image') +
-                    (' was' if len(skipped) == 1 else ' were'),
-                    reports[0] if reports else 'the log')
+  pipeline.warn_skipped(skipped, reports)
   result = pipeline.RunResult(
       labels=labels,
       counts={name: int(len(split.subset(name))) for name in split_lib.SUBSETS},
