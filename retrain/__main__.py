@@ -351,6 +351,7 @@ def config_from_flags(environ=os.environ) -> Config:
   if not FLAGS['bottleneck_dir'].present and environ.get(CACHE_HOME_ENV):
     values['bottleneck_dir'] = os.path.join(environ[CACHE_HOME_ENV], 'retrain',
                                             'bottlenecks')
+  values['bottleneck_dir'] = os.path.expanduser(values['bottleneck_dir'])
   return Config(**values)
 
 

@@ -216,3 +216,21 @@ def test_two_runs_given_the_same_path_the_second_refuses(tmp_path,
   assert (model / 'saved_model.pb').is_file()
   assert not list(tmp_path.glob('shared_model.previous-*'))
   assert not lock.exists()
+
+
+def test_the_cli_puts_the_bottleneck_cache_in_the_users_cache_folder(
+    tmp_path, monkeypatch):
+  from retrain import __main__ as cli
+  cli.FLAGS.unparse_flags()
+  cli.FLAGS(['retrain'])
+  try:
+    monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+    assert cli.config_from_flags({}).bottleneck_dir == str(
+        tmp_path / 'home' / '.cache' / 'retrain' / 'bottlenecks')
+    env = {cli.CACHE_HOME_ENV: str(tmp_path / 'xdg')}
+    assert cli.config_from_flags(env).bottleneck_dir == str(
+        tmp_path / 'xdg' / 'retrain' / 'bottlenecks')
+    cli.FLAGS(['retrain', '--bottleneck_dir', str(tmp_path / 'mine')])
+    assert cli.config_from_flags(env).bottleneck_dir == str(tmp_path / 'mine')
+  finally:
+    cli.FLAGS.unparse_flags()

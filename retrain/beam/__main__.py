@@ -13,6 +13,8 @@ Beam as pipeline options (--runner, --direct_num_workers,
 
 from __future__ import annotations
 
+import dataclasses
+
 from absl import app, flags, logging
 
 from retrain import __main__ as retrain_cli
@@ -65,6 +67,13 @@ def main(argv):
     return 1
   from retrain.errors import RetrainError  # pylint: disable=g-import-not-at-top
   config = retrain_cli.config_from_flags()
+  from retrain.common import runs  # pylint: disable=g-import-not-at-top
+  if runs.in_run_folder(config.report_dir):  # The job's own run folder.
+    config = dataclasses.replace(config, report_dir=runs.fill(
+        config.report_dir, runs.new_run_folder(config.output_dir,
+                                               runs.data_set_name(
+                                                   config.image_dir,
+                                                   config.image_labels_csv))))
   try:
     job.run(config, beam_options_from_flags(), argv[1:])
   except RetrainError as e:
