@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from retrain import pipeline
+from retrain import pipeline, streamed
 from retrain.bottlenecks import usable as usable_lib
 from retrain.common import atomic, leftovers
 from retrain.common import phases as phases_lib
@@ -82,6 +82,10 @@ def run(config: Config) -> pipeline.RunResult:
     keyed = pipeline.hash_images(config, layout.dataset)
   with phases('module'):
     module, runner = pipeline.load_module(config)
+  if streamed.needed(config, len(layout.dataset.images), module):
+    logging.warning('The training vectors exceed --max_vectors_in_memory=%d, '
+                    'but a multi-label run does not stream from the cache: '
+                    'it holds them in memory.', config.max_vectors_in_memory)
   with phases('bottlenecks'):
     computed = pipeline.bottlenecks(config, layout.dataset, module, runner,
                                     keyed=keyed)
