@@ -1,6 +1,7 @@
 """Are the run's own figures true? Validation vs test, calibration, novelty.
 
-  python bench/trust.py [--folds 5] [--bottleneck_dir DIR ...]
+  python bench/trust.py [--folds 5] [--novelty_components 64]
+      [--bottleneck_dir DIR ...]
       [--flowers DIR] [--digits DIR] [--bccd DIR]
 
 On the default ensemble's cached bottleneck vectors (read with
@@ -43,6 +44,10 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+
+# The folds bench/accuracy.py measures on: each fold the test set once, the
+# rest split 8:1 into training and validation.
+from accuracy import folds_of  # noqa: E402  pylint: disable=g-bad-import-order
 
 import bottleneck_cache  # noqa: E402
 from retrain.config import DEFAULTS  # noqa: E402
@@ -121,19 +126,8 @@ def classed(root):
   return labels, paths, np.array(y)
 
 
-def _fold_plan(y, folds, seed):
-  """[(train, validation, test)] rows: each fold is tested once."""
-  outer = solver.stratified_folds(y, folds, seed)
-  plans = []
-  for k in range(folds):
-    rest = np.flatnonzero(outer != k)
-    inner = solver.stratified_folds(y[rest], 9, seed + 1 + k)
-    plans.append((rest[inner != 0], rest[inner == 0],
-                  np.flatnonzero(outer == k)))
-  return plans
-
-
-def one_fold(x, y, classes, train, val, test, unknown_sets):
+def one_fold(x, y, classes, train, val, test, unknown_sets,
+             components=DEFAULTS.novelty_components):
   """The figures of one fold (see the module docstring)."""
   options = solver.SolverOptions.from_config(DEFAULTS)
   fit = solver.fit_head(x[train], y[train], classes, x[val], y[val], options)
@@ -164,8 +158,7 @@ def one_fold(x, y, classes, train, val, test, unknown_sets):
   if unknown_sets:
     fitted = np.concatenate([train, val])
     folds = min(DEFAULTS.solver_folds, int(np.bincount(y[fitted]).min()))
-    score = novelty.fit_on_split(x[fitted], y[fitted], classes,
-                                 DEFAULTS.novelty_components,
+    score = novelty.fit_on_split(x[fitted], y[fitted], classes, components,
                                  DEFAULTS.novelty_keep, folds,
                                  DEFAULTS.random_seed)
     own_scores = score.scores(x[test])
@@ -180,6 +173,8 @@ def one_fold(x, y, classes, train, val, test, unknown_sets):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--folds', type=int, default=5)
+  parser.add_argument('--novelty_components', type=int,
+                      default=DEFAULTS.novelty_components)
   parser.add_argument('--bottleneck_dir', action='append')
   parser.add_argument('--flowers', default=str(SHARED / 'flowers_sample'))
   parser.add_argument('--digits', default=str(
@@ -201,9 +196,10 @@ def main():
     print(f'\n{name}: {len(y)} photos, {classes} classes, {args.folds} '
           'folds (each fold the test set once)')
     results, pooled, truth = [], [], []
-    for k, (train, val, test) in enumerate(_fold_plan(y, args.folds, 0)):
+    for k, (train, val, test) in enumerate(folds_of(y, None, args.folds, 0)):
       row, calibrated = one_fold(x, y, classes, train, val, test,
-                                 unknown if name == 'flowers_sample' else {})
+                                 unknown if name == 'flowers_sample' else {},
+                                 args.novelty_components)
       results.append(row)
       pooled.append(calibrated)
       truth.append(y[test])
