@@ -281,12 +281,13 @@ class Config:
   # "Not one of my classes" (retrain/head/novelty.py): every export scores
   # the feature vector's distance to the classes; the threshold keeps this
   # fraction of held-out images of the classes (0: no novelty score). 0.95
-  # flagged 4.6 % of flowers_sample's own test photos and 98.9 % of
-  # sign_language_digits (bench/trust.py).
+  # flagged 4.8 % of flowers_sample's own test photos, 98.8 % of
+  # sign_language_digits and 99.9 % of bccd (bench/trust.py).
   novelty_keep: float = 0.95
   # Eigenvectors of the covariance kept exactly (the rest share one value):
-  # 64 measured AUROC 0.990 against 0.987 at 32 and 0.992 at 128, at 1 MB
-  # of export for the default ensemble's 3,840 dimensions.
+  # 64 measured AUROC 0.990 against 0.987 at 32 and 0.992 at 128 (flowers
+  # against sign_language_digits, bench/trust.py --novelty_components), at
+  # 1 MB of export for the default ensemble's 3,840 dimensions.
   novelty_components: int = 64
   # A folder of photos of none of the classes (any layout): the run reports
   # how many the novelty score flags and the AUROC; never trained on.

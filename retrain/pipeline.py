@@ -786,6 +786,7 @@ def fine_tune(config: Config, module, labels: Sequence[str],
                  'head%s.', ' (trained on training + validation)' if
                  trained.train_only_head is not None else '')
     tuned.metadata['fine_tuned']['kept_frozen_head'] = True
+    finetune_lib.write_report(config.report_dir, tuned)
     return module, trained, reported, held_out_validation(
         trained, images, split), tuned
   trained = dataclasses.replace(trained, head=tuned.head, held_out=None,
@@ -874,18 +875,20 @@ def fit_novelty(config: Config, images: usable_lib.UsableImages,
       config.novelty_keep, folds, config.random_seed)
 
 
-def unknown_vectors(config: Config, module, runner) -> np.ndarray:
+def unknown_vectors(config: Config, module, runner) -> Optional[np.ndarray]:
   """float32 [n, D] vectors of the --unknown_dir photos (any layout;
-  unreadable files skipped), through the bottleneck cache."""
+  unreadable files skipped), through the bottleneck cache; None when it
+  holds no image."""
   from retrain.common import walk as walk_lib  # pylint: disable=g-import-not-at-top
   from retrain.images import IMAGE_EXTENSIONS  # pylint: disable=g-import-not-at-top
-  found = walk_lib.list_images(config.unknown_dir, config.unknown_dir,
-                               IMAGE_EXTENSIONS)
-  paths = [os.path.join(config.unknown_dir, p) for p in found]
+  paths = sorted(os.path.join(folder, name)
+                 for folder, _, names in os.walk(config.unknown_dir)
+                 for name in names
+                 if walk_lib.is_image_file(name, IMAGE_EXTENSIONS))
   logging.info('Scoring %d photos of --unknown_dir %s (never trained on).',
                len(paths), config.unknown_dir)
   if not paths:
-    return np.zeros((0, 0), np.float32)
+    return None
   dataset = types.SimpleNamespace(images=[types.SimpleNamespace(path=p)
                                           for p in paths])
   return bottlenecks(config, dataset, module, runner).vectors
@@ -908,9 +911,10 @@ def trust_checks(config: Config, module, runner, labels: Sequence[str],
         confidence.head, novelty=novelty))
     sets = {'held_out': novelty.held_out_scores,
             'test': novelty.scores(images.vectors[split.test])}
-    if config.unknown_dir:
-      sets['unknown'] = novelty.scores(unknown_vectors(config, module,
-                                                       runner))
+    unknown = (unknown_vectors(config, module, runner)
+               if config.unknown_dir else None)
+    if unknown is not None:
+      sets['unknown'] = novelty.scores(unknown)
     for name, scores in sets.items():
       counts = trust_report.flagged(scores, novelty.threshold)
       logging.info('Novelty threshold %.3f (keeps %.0f %% of held-out '

@@ -40,7 +40,7 @@ def log_confidence(confidence: Confidence) -> None:
     logging.info('Test set (N=%d, used for nothing else): ECE %.4f before '
                  'calibration, %.4f after.', confidence.test_count,
                  confidence.test_ece_before, confidence.test_ece_after)
-  text = (f'Rejection threshold {confidence.threshold:.4f}: validation '
+  text = (f'Rejection threshold {confidence.threshold:.4f}: held-out '
           f'precision {100 * confidence.precision:.1f} % on the '
           f'{100 * confidence.coverage:.1f} % of images at or above it '
           f'(target {100 * confidence.target_precision:.1f} %)')

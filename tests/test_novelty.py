@@ -1,0 +1,127 @@
+""""Not one of my classes": the novelty score flags photos unlike every
+class in every export, keeps the asked fraction of held-out photos of the
+classes, and label_image says why a photo is unknown; the run's trust.json
+and figures."""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from retrain import pipeline
+from retrain.head import novelty
+from retrain.report import trust
+from tests.conftest import write_image
+from tests.test_deploy import SIZE, _deploy_config, make_overlapping_dataset
+from tools import label_image
+
+
+def _classes(n_per_class, dim=20, classes=4, seed=0):
+  rng = np.random.default_rng(seed)
+  centres = rng.normal(0, 3, (classes, dim))
+  # Correlated noise: the shared covariance matters, not only the means.
+  mix = rng.normal(0, 1, (dim, dim)) / np.sqrt(dim)
+  y = np.repeat(np.arange(classes), n_per_class)
+  x = centres[y] + rng.normal(0, 1, (len(y), dim)) @ mix
+  return x.astype(np.float32), y, centres, mix
+
+
+def test_the_threshold_keeps_the_asked_share_of_new_photos_of_the_classes():
+  x, y, centres, mix = _classes(150)
+  score = novelty.fit_on_split(x, y, 4, components=8, keep=0.9, folds=5,
+                               seed=0)
+  rng = np.random.default_rng(1)
+  fresh_y = rng.integers(0, 4, 4000)
+  fresh = centres[fresh_y] + rng.normal(0, 1, (4000, 20)) @ mix
+  kept = np.mean(score.scores(fresh) <= score.threshold)
+  assert 0.86 < kept < 0.94, kept
+  # Scored on the images it was fitted on, the threshold would be too low:
+  # the held-out one is higher than their 90 % quantile.
+  assert score.threshold > np.quantile(score.scores(x), 0.9)
+  # Far from every class (another "domain"): all flagged.
+  far = rng.normal(0, 3, (500, 20)) + 12.0
+  assert np.all(score.scores(far) > score.threshold)
+  assert trust.auroc(score.scores(far), score.scores(fresh)) == 1.0
+  # The export's formula gives the same scores in float32.
+  np.testing.assert_allclose(score.graph_scores(fresh), score.scores(fresh),
+                             rtol=1e-3, atol=1e-3)
+  meta = score.metadata()
+  assert meta['keep'] == 0.9 and meta['components'] == 8
+  assert 'out-of-fold' in meta['held_out']
+
+
+def test_auroc_and_flagged_counts():
+  assert trust.auroc([3, 4], [1, 2]) == 1.0
+  assert trust.auroc([1, 2], [3, 4]) == 0.0
+  assert trust.auroc([1, 2], [1, 2]) == 0.5
+  assert trust.flagged([0.5, 2.0, 3.0], 1.0) == {
+      'count': 3, 'flagged': 2, 'kept': 1, 'flagged_fraction': 2 / 3}
+
+
+def test_bad_novelty_keep_is_refused_before_work():
+  with pytest.raises(Exception, match='novelty_keep=1.5 must be in'):
+    novelty.check_keep(1.5)
+
+
+@pytest.fixture(scope='module')
+def with_unknown(tmp_path_factory, fake_module):
+  """A run exporting every format, with --unknown_dir photos of other
+  colours than the three classes."""
+  pytest.importorskip('tf2onnx', reason='the [onnx] extra is not installed')
+  root = tmp_path_factory.mktemp('novelty')
+  make_overlapping_dataset(root / 'images')
+  for k, rgb in enumerate([(250, 250, 30), (250, 250, 250), (10, 10, 10),
+                           (250, 30, 250), (30, 250, 250)] * 2):
+    write_image(root / 'unknown' / f'u_{k}.png', rgb, size=SIZE, seed=k,
+                fmt='PNG')
+  out = root / 'out'
+  config = _deploy_config(root, fake_module,
+                          unknown_dir=str(root / 'unknown'),
+                          output_graph=str(out / 'graph.pb'),
+                          onnx_output_file=str(out / 'model.onnx'))
+  result = pipeline.run(config)
+  unknown = sorted(str(p) for p in (root / 'unknown').glob('*.png'))
+  return config, result, unknown
+
+
+@pytest.mark.slow
+def test_every_export_flags_photos_of_none_of_the_classes(with_unknown):
+  config, result, unknown = with_unknown
+  report = json.loads((pathlib.Path(config.report_dir) /
+                       trust.REPORT_FILE).read_text())
+  section = report['novelty']
+  assert section['unknown']['flagged'] == len(unknown)
+  assert section['unknown_auroc'] > 0.99
+  assert section['test']['flagged_fraction'] <= 0.3
+  assert 0.85 < 1 - section['held_out']['flagged_fraction'] < 0.97
+  assert len(section['histogram']['unknown']) == trust.HISTOGRAM_BINS
+  assert report['calibration']['test_ece_after'] is not None
+  assert report['calibration']['reliability']['test']
+  for name in report['figures'].values():
+    assert (pathlib.Path(config.report_dir) / name).stat().st_size > 1000
+  models = [label_image.load_model(saved_model_dir=config.saved_model_dir)]
+  models += [label_image.load_model(graph=path) for path in (
+      config.output_graph, config.tflite_output_file,
+      config.onnx_output_file)]
+  scores = []
+  for model in models:
+    assert model.novelty_threshold == pytest.approx(section['threshold'])
+    records = label_image.classify_files(model, unknown, min_confidence=0)
+    assert all(r.novel and not r.unknown for r in records), model.kind
+    scores.append([r.novelty for r in records])
+    rows = json.loads(label_image.format_records(records, 'json'))
+    assert {r['prediction'] for r in rows} == {'unknown'}
+    assert {r['reason'] for r in rows} == {'not like any class'}
+  np.testing.assert_allclose(scores[1:], [scores[0]] * 3, rtol=1e-3)
+  csv_rows = label_image.format_records(records[:1], 'csv').splitlines()
+  assert csv_rows[0].endswith(',reason,novelty,prediction')
+  assert csv_rows[1].endswith(',not like any class,'
+                              f'{records[0].novelty:.6f},unknown')
+  table = label_image.format_records(records[:1], 'table')
+  assert 'unknown: not like any class (novelty' in table
+  # Photos of the classes: mostly predicted, the reason empty.
+  own = label_image.classify_files(models[0], sorted(
+      str(p) for p in pathlib.Path(config.image_dir).rglob('*.png')),
+                                   min_confidence=0)
+  assert np.mean([r.novel for r in own]) < 0.15
