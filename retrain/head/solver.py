@@ -686,6 +686,28 @@ def _held(y: np.ndarray, class_weights) -> float:
   return float(np.sum(np.asarray(class_weights, np.float64)[y]))
 
 
+class _Curve:
+  """The final fit's curve: one EvalPoint per L-BFGS iteration (accuracy and
+  cross entropy on the fitted images fit_y [n]; validation accuracy on
+  val_x, val_y when watch_val, i.e. when validation is not fitted on)."""
+
+  def __init__(self, fit_y, val_x, val_y, watch_val: bool):
+    self.fit_y, self.val_x, self.val_y = fit_y, val_x, val_y
+    self.watch_val = bool(watch_val)
+    self.points: List[EvalPoint] = []
+
+  def __call__(self, iteration, theta, problem) -> None:
+    z = problem.last_logits  # of theta: the line search's last evaluation
+    val_acc = None
+    if self.watch_val:
+      val_acc = _score(_Fit(theta, problem, 0).head(), self.val_x,
+                       self.val_y)[0] / len(self.val_y)
+    self.points.append(EvalPoint(
+        iteration, float(np.mean(z.argmax(axis=1) == self.fit_y)),
+        problem.cross_entropy(z), val_acc,
+        len(self.val_y) if self.watch_val else 0))
+
+
 def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
              val_x: np.ndarray, val_y: np.ndarray, options: SolverOptions,
              on_iteration: Optional[Callable[[EvalPoint], None]] = None,
@@ -724,19 +746,8 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
   refit = selection != 'validation' or options.refit
   fit_x = np.concatenate([train_x, val_x]) if refit else train_x
   fit_y = np.concatenate([train_y, val_y]) if refit else train_y
-  watch_val = not refit and len(val_y) > 0
-  history: List[EvalPoint] = []
-
-  def record(iteration, theta, problem):
-    z = problem.last_logits  # of theta: the line search's last evaluation
-    val_acc = None
-    if watch_val:
-      val_acc = _score(_Fit(theta, problem, 0).head(), val_x, val_y)[0] / len(
-          val_y)
-    history.append(EvalPoint(
-        iteration, float(np.mean(z.argmax(axis=1) == fit_y)),
-        problem.cross_entropy(z), val_acc, len(val_y) if watch_val else 0))
-
+  record = _Curve(fit_y, val_x, val_y, watch_val=not refit and len(val_y) > 0)
+  history = record.points
   # The chosen candidate's fit on training starts the final fit (with
   # validation added it moves a little): ~30% fewer iterations in all.
   start = (solutions[candidates.index(chosen)] if solutions and
