@@ -116,8 +116,10 @@ def test_frozen_graph_has_retrain_py_tensor_names(trained):
   assert nodes['final_result'].op == 'Softmax'
   assert not [n for n in graph_def.node if n.op in ('VarHandleOp',
                                                     'VariableV2')]
-  # Only what computes the output: every node feeds final_result.
-  feeds, todo = set(), ['final_result']
+  # Only what computes the outputs: every node feeds final_result or the
+  # novelty score (op `novelty`, beside it).
+  assert nodes['novelty'].op == 'Identity'
+  feeds, todo = set(), ['final_result', 'novelty']
   while todo:
     name = todo.pop()
     if name not in feeds:

@@ -203,11 +203,9 @@ def classify_files(model: Model, paths: Sequence[str],
       novelty = [None] * len(good)
       if good:
         tick = time.monotonic()
-        batch = np.stack([loaded[i] for i in good])
-        if model.predict_novelty is not None:
-          probs, novelty = model.predict_novelty(batch)
-        else:
-          probs = model.predict(batch)
+        probs = model.predict(np.stack([loaded[i] for i in good]))
+        if model.last_novelty is not None:
+          novelty = model.last_novelty()
         timing.model += time.monotonic() - tick
       row = dict(zip(good, zip(probs, novelty)))
       for i, path in enumerate(name_chunks[k]):

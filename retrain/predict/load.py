@@ -70,11 +70,11 @@ class Model:
   predict: Callable[[np.ndarray], np.ndarray]
   # The rejection threshold stored in the export (0: none), in [0, 1].
   threshold: float = 0.0
-  # The same images -> (probabilities [batch, N], novelty float32 [batch])
+  # () -> novelty float32 [batch] of the images of the last `predict` call
   # when the export computes a novelty score, else None; above
   # novelty_threshold (from the export's metadata) an image is not like
   # any class.
-  predict_novelty: Optional[Callable] = None
+  last_novelty: Optional[Callable[[], np.ndarray]] = None
   novelty_threshold: float = float('inf')
   # A multi-label model's threshold of each label (column order), else None.
   label_thresholds: Optional[List[float]] = None
@@ -457,9 +457,26 @@ def load_model(saved_model_dir: Optional[str] = None,
         f'{path} returns {list(probe.shape)} but the labels have '
         f'{len(names)} classes: pass the --labels of this model (and, for a '
         '.pb, the right --output_layer).')
+  predict, last_novelty = _keeping_novelty(predict)
   return Model(kind, path, names, size, predict, _stored_threshold(meta),
-               getattr(predict, 'with_novelty', None),
-               _stored_novelty_threshold(meta),
+               last_novelty, _stored_novelty_threshold(meta),
                _stored_label_thresholds(meta, len(names)))
+
+
+def _keeping_novelty(predict: Callable) -> Tuple[Callable, Optional[Callable]]:
+  """(predict, last_novelty): a loader's predict that also computes the
+  novelty (its `with_novelty`) keeps the last batch's for last_novelty,
+  so one model run gives both; (predict, None) for an export without."""
+  both = getattr(predict, 'with_novelty', None)
+  if both is None:
+    return predict, None
+  state = {}
+
+  def keeping(images):
+    probabilities, state['novelty'] = both(images)
+    return probabilities
+
+  keeping.keep_alive = predict  # what the loaded model needs alive
+  return keeping, lambda: state['novelty']
 
 
