@@ -109,6 +109,51 @@ class Ensemble(tf.Module):
     return self._call(images)
 
 
+@dataclasses.dataclass
+class ResizedMember(FeatureModule):
+  """A member as its ensemble runs it (see at_ensemble_size): `call` takes
+  images at the ensemble's `input_size` and area-resizes them to
+  `member_size`, the member's own, first."""
+  member_size: Tuple[int, int] = (0, 0)
+
+  def identity(self) -> dict:
+    """The member's own identity plus the ensemble's input size: its
+    vectors differ from a single-module run's, so never share a cache
+    namespace with them."""
+    return dict(super().identity(), input_size=list(self.member_size),
+                ensemble_input_size=list(self.input_size))
+
+
+def at_ensemble_size(member: FeatureModule, input_size: Tuple[int, int]
+                     ) -> FeatureModule:
+  """`member` as an ensemble whose images are at `input_size` (its
+  largest member's) runs it: the member itself when that is its own size,
+  else a ResizedMember whose call is member.call(area_resize(images)),
+  exactly what the exported ensemble computes (concatenated), so the
+  head trains on the vectors the export gives. `prepare` and
+  `parallel_calls` follow the member's."""
+  own = tuple(member.input_size)
+  size = tuple(input_size)
+  if own == size:
+    return member
+
+  def call(images):
+    return member.call(area_resize(tf.convert_to_tensor(images, tf.float32),
+                                   size, own))
+
+  def prepare():
+    if member.prepare is not None:
+      member.prepare()
+    resized.parallel_calls = member.parallel_calls
+
+  resized = ResizedMember(
+      **{f.name: getattr(member, f.name)
+         for f in dataclasses.fields(FeatureModule)},
+      member_size=own)
+  resized.input_size, resized.call, resized.prepare = size, call, prepare
+  return resized
+
+
 def largest_size(members: Sequence[FeatureModule]) -> Tuple[int, int]:
   """The (H, W) of the member with the most pixels."""
   return max((tuple(m.input_size) for m in members),
