@@ -256,8 +256,8 @@ def squares_module(tmp_path_factory):
 @pytest.mark.parametrize('own_pass', [False, True])
 def test_ensemble_trains_on_the_vectors_its_export_computes(
     tmp_path, fake_module, squares_module, own_pass):
-  from retrain.bottlenecks import compute as bottlenecks_lib
   from retrain import images as images_lib
+  from retrain.bottlenecks import compute as bottlenecks_lib
   from retrain.bottlenecks import ensemble as ensemble_bottlenecks
   root = make_colour_dataset(tmp_path / 'images', per_class=3)
   paths = sorted(str(p) for p in root.glob('*/*'))

@@ -5,11 +5,6 @@ handles or folders) or an ensemble preset name (ENSEMBLE_PRESETS, e.g.
 `efficientnet_lite0+lite2`). The head then trains on the members' vectors
 side by side: float32 [batch, D1 + D2 + ...], member order as given.
 
-Training: each member's vectors live in that member's own cache namespace
-(the namespace a single-module run of it uses), so adding a module to an
-ensemble computes only the new member's vectors, and every member sees the
-image resized straight from the decoded file to its own input size.
-
 Export: the ensemble is one `FeatureModule` whose `obj` takes float32 images
 [batch, H, W, 3] in [0, 1] at the largest member's size and resizes them
 inside the graph to each smaller member's size by area averaging (written
@@ -17,10 +12,16 @@ as two matrix products, so TFLite and frozen graphs carry it with builtin
 ops), then concatenates the members' vectors. Everything downstream (the
 SavedModel's float and bytes signatures, the frozen graph, TFLite float and
 quantized, label_image) sees one module and works unchanged; each image is
-decoded once. The one difference from training: a smaller member sees the
-image resized twice (file -> largest size -> its size) instead of once,
-which moves its vectors by about as much as a different JPEG decoder would
-(docs/accuracy.md).
+decoded once.
+
+Training computes exactly that: each member runs as `at_ensemble_size`
+makes it, on the image decoded at the largest member's size and, for a
+smaller member, area-resized by the same `area_resize`, so the head trains
+on the vectors the export gives. A member whose size is the largest keeps
+the cache namespace a single-module run of it uses (adding it to an
+ensemble reuses those vectors); a smaller member's vectors differ from a
+single-module run's, so its namespace also names the ensemble's input size
+(ResizedMember.identity) and the two are never mixed.
 """
 
 from __future__ import annotations
