@@ -291,6 +291,30 @@ def test_ensemble_trains_on_the_vectors_its_export_computes(
                                    module.input_size) is module.members[0]
 
 
+def test_ensemble_distorted_copies_are_what_the_export_computes(
+    tmp_path, fake_module, squares_module):
+  import tensorflow as tf
+
+  import bottleneck_cache
+  from retrain.bottlenecks import distort as distort_lib
+  root = make_colour_dataset(tmp_path / 'images', per_class=2)
+  paths = sorted(str(p) for p in root.glob('*/*'))
+  keys = [bottleneck_cache.file_digest(p) for p in paths]
+  module = ensemble.load(f'{fake_module},{squares_module}')
+  d = distort_lib.Distortions(flip_left_right=True, random_crop=20.0,
+                              random_brightness=20.0)
+  copies = distort_lib.training_copies(d, 2, 7, str(tmp_path / 'cache'), 4,
+                                       module, paths, keys)
+  assert len(copies.source) == 2 * len(paths)
+  expected = []
+  for i, c in zip(copies.source, copies.copy, strict=True):
+    image = distort_lib.distort_image(
+        tf.constant(pathlib.Path(paths[i]).read_bytes()), module.input_size,
+        tf.constant(distort_lib.copy_seed(7, keys[i], int(c)), tf.int64), d)
+    expected.append(module.obj(image[None]).numpy()[0])
+  np.testing.assert_allclose(copies.vectors, np.array(expected), atol=1e-5)
+
+
 def test_check_handles_refuses_what_load_would_without_loading(tmp_path):
   # Issue 17: a run checks the module handles before hashing its files.
   ensemble.check_handles('efficientnet_lite0,efficientnet_lite2')
