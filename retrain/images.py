@@ -250,43 +250,6 @@ def decode_and_resize(contents: tf.Tensor, size: Tuple[int, int],
                        size)
 
 
-def decode_and_resize_sizes(contents: tf.Tensor,
-                            sizes: Sequence[Tuple[int, int]]) -> list:
-  """Encoded image bytes -> [float32 [h, w, 3] in [0, 1] for each (h, w) of
-  `sizes`], each equal to decode_and_resize(contents, size), decoding the
-  file once where the sizes share a decode scale (an ensemble's members:
-  retrain/bottlenecks/ensemble.py).
-
-  A JPEG is decoded at the scale the largest size needs; a smaller size
-  whose own scale would be coarser (a photo between the two sizes times a
-  JPEG ratio) gets its own decode, so every image equals the one-size
-  path bit for bit. Other formats decode at full size once.
-  """
-  largest = max(sizes, key=lambda s: (s[0] * s[1], tuple(s)))
-
-  def jpeg():
-    orientation = jpeg_orientation(contents)
-    shape = tf.io.extract_jpeg_shape(contents)
-    index = _jpeg_scale_index(shape, _stored_size(largest, orientation))
-    shared = apply_orientation(_decode_jpeg_at(contents, index), orientation)
-    out = []
-    for size in sizes:
-      own = _jpeg_scale_index(shape, _stored_size(size, orientation))
-      out.append(tf.ensure_shape(tf.cond(
-          tf.equal(own, index), lambda: shared,
-          lambda own=own: apply_orientation(_decode_jpeg_at(contents, own),
-                                            orientation)), [None, None, 3]))
-    return out
-
-  def other():
-    full = _decode_other(contents)
-    return [shrink_large(full, size) for size in sizes]
-
-  decoded = tf.cond(tf.io.is_jpeg(contents), jpeg, other)
-  return [resize_pixels(image, size) for image, size in zip(decoded, sizes,
-                                                            strict=True)]
-
-
 def crop_to_box(image: tf.Tensor, box: tf.Tensor) -> tf.Tensor:
   """[H, W, C] -> the pixels covered by box (top, left, bottom, right) in
   [0, 1], at least one pixel on each side."""

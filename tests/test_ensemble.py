@@ -170,7 +170,18 @@ def test_cli_auto_solver_follows_the_training_flags(tmp_path, fake_module):
   assert len(report['candidates']) == 6 and report['curve']
 
 
-def test_shared_pass_decodes_once_and_matches_each_member_alone(
+def _export_vectors(module, paths):
+  """The exported ensemble's vectors of `paths`: each photo decoded at the
+  ensemble's input size, then the Ensemble's own call (in-graph resize)."""
+  import tensorflow as tf
+
+  from retrain import images as images_lib
+  pixels = tf.stack([images_lib.load_image(p, module.input_size)
+                     for p in paths])
+  return module.obj(pixels).numpy()
+
+
+def test_shared_pass_decodes_once_at_the_ensemble_size(
     tmp_path, fake_module, small_module, monkeypatch):
   import bottleneck_cache
   from retrain import images as images_lib
@@ -182,33 +193,36 @@ def test_shared_pass_decodes_once_and_matches_each_member_alone(
   paths = sorted(str(p) for p in root.glob('*/*'))
   module = ensemble.load(f'{fake_module},{small_module}')
 
-  # Each member alone, in a cache of its own.
-  alone = []
-  for member in module.members:
-    store = bottleneck_cache.BottleneckStore(
-        str(tmp_path / 'alone'), bottlenecks_lib.cache_namespace(member))
-    alone.append(bottlenecks_lib.compute_bottlenecks(paths, member, store, 4))
+  # The largest member alone, in a cache of its own: the same vectors.
+  store = bottleneck_cache.BottleneckStore(
+      str(tmp_path / 'alone'), bottlenecks_lib.cache_namespace(
+          module.members[0]))
+  alone = bottlenecks_lib.compute_bottlenecks(paths, module.members[0],
+                                              store, 4)
 
   traced_sizes = []
-  real = images_lib.decode_and_resize_sizes
+  real = images_lib.decode_and_resize
 
-  def spy(contents, sizes):
-    traced_sizes.append(list(sizes))
-    return real(contents, sizes)
+  def spy(contents, size, box=None):
+    traced_sizes.append(tuple(size))
+    return real(contents, size, box)
 
-  monkeypatch.setattr(images_lib, 'decode_and_resize_sizes', spy)
+  monkeypatch.setattr(images_lib, 'decode_and_resize', spy)
   together = ensemble_bottlenecks.compute_bottlenecks(
       paths, module, module, str(tmp_path / 'together'), 'tf', 4)
-  # One decode for both members' sizes, in the shared pass.
-  assert traced_sizes == [[(FAKE_SIZE, FAKE_SIZE), (SMALL_SIZE, SMALL_SIZE)]]
+  # Every decode at the ensemble's size (the shared pass's one decode of
+  # each image serves both members; the broken file's retries too).
+  assert traced_sizes and set(traced_sizes) == {(FAKE_SIZE, FAKE_SIZE)}
   assert together.stats.computed == 2 * (len(paths) - 1)
   assert together.stats.reused == 0
-  np.testing.assert_array_equal(together.ok, alone[0].ok)
+  np.testing.assert_array_equal(together.ok, alone.ok)
   assert not together.ok[paths.index(str(bad))]
   assert [p for p, _ in together.failures] == [str(bad)]
-  np.testing.assert_allclose(
-      together.vectors,
-      np.concatenate([alone[0].vectors, alone[1].vectors], axis=1), atol=1e-6)
+  np.testing.assert_allclose(together.vectors[:, :6], alone.vectors,
+                             atol=1e-6)
+  usable = [p for p, ok in zip(paths, together.ok) if ok]
+  np.testing.assert_allclose(together.vectors,
+                             _export_vectors(module, usable), atol=1e-6)
 
   # Everything usable is cached now: a second run computes nothing.
   again = ensemble_bottlenecks.compute_bottlenecks(
@@ -216,6 +230,89 @@ def test_shared_pass_decodes_once_and_matches_each_member_alone(
   assert again.stats.computed == 0
   assert again.stats.reused == 2 * (len(paths) - 1)
   np.testing.assert_array_equal(again.vectors, together.vectors)
+
+
+@pytest.fixture(scope='module')
+def squares_module(tmp_path_factory):
+  """A fake 24x24 module that sees how an image was resized: the mean of
+  each channel and of its square (area resizing keeps the first, not the
+  second)."""
+  import tensorflow as tf
+
+  class Squares(tf.Module):
+
+    @tf.function(input_signature=[tf.TensorSpec(
+        [None, SMALL_SIZE, SMALL_SIZE, 3], tf.float32)])
+    def __call__(self, images):
+      return tf.concat([tf.reduce_mean(images, axis=[1, 2]),
+                        tf.reduce_mean(images * images, axis=[1, 2]) * 50.0],
+                       axis=1)
+
+  path = tmp_path_factory.mktemp('modules') / 'squares24'
+  tf.saved_model.save(Squares(), str(path))
+  return str(path)
+
+
+@pytest.mark.parametrize('own_pass', [False, True])
+def test_ensemble_trains_on_the_vectors_its_export_computes(
+    tmp_path, fake_module, squares_module, own_pass):
+  from retrain import images as images_lib
+  from retrain.bottlenecks import compute as bottlenecks_lib
+  from retrain.bottlenecks import ensemble as ensemble_bottlenecks
+  root = make_colour_dataset(tmp_path / 'images', per_class=3)
+  paths = sorted(str(p) for p in root.glob('*/*'))
+  module = ensemble.load(f'{fake_module},{squares_module}')
+  cache = str(tmp_path / 'bottlenecks')
+  if own_pass:  # the largest member cached: the small one's own pass runs
+    ensemble_bottlenecks.compute_bottlenecks(
+        paths, module.members[0], module.members[0], cache, 'tf', 4)
+  trained = ensemble_bottlenecks.compute_bottlenecks(
+      paths, module, module, cache, 'tf', 4)
+  assert trained.ok.all()
+  exported = _export_vectors(module, paths)
+  np.testing.assert_allclose(trained.vectors, exported, atol=1e-6)
+
+  # A single-module run of the smaller member neither reuses nor overwrites
+  # the ensemble's vectors of it: they live in another namespace.
+  small = module.members[1]
+  single = ensemble_bottlenecks.compute_bottlenecks(paths, small, small,
+                                                    cache, 'tf', 4)
+  assert single.stats.reused == 0 and single.stats.computed == len(paths)
+  alone = small.call(np.stack([images_lib.load_image(p, small.input_size)
+                               for p in paths])).numpy()
+  np.testing.assert_allclose(single.vectors, alone, atol=1e-6)
+  assert np.abs(single.vectors - exported[:, 6:]).max() > 1e-4
+  plain = bottlenecks_lib.cache_namespace(small)
+  resized = bottlenecks_lib.cache_namespace(
+      ensemble.at_ensemble_size(small, module.input_size))
+  assert resized == dict(plain, ensemble_input_size=[FAKE_SIZE, FAKE_SIZE])
+  # The largest member keeps its plain namespace (its vectors are shared).
+  assert ensemble.at_ensemble_size(module.members[0],
+                                   module.input_size) is module.members[0]
+
+
+def test_ensemble_distorted_copies_are_what_the_export_computes(
+    tmp_path, fake_module, squares_module):
+  import tensorflow as tf
+
+  import bottleneck_cache
+  from retrain.bottlenecks import distort as distort_lib
+  root = make_colour_dataset(tmp_path / 'images', per_class=2)
+  paths = sorted(str(p) for p in root.glob('*/*'))
+  keys = [bottleneck_cache.file_digest(p) for p in paths]
+  module = ensemble.load(f'{fake_module},{squares_module}')
+  d = distort_lib.Distortions(flip_left_right=True, random_crop=20.0,
+                              random_brightness=20.0)
+  copies = distort_lib.training_copies(d, 2, 7, str(tmp_path / 'cache'), 4,
+                                       module, paths, keys)
+  assert len(copies.source) == 2 * len(paths)
+  expected = []
+  for i, c in zip(copies.source, copies.copy, strict=True):
+    image = distort_lib.distort_image(
+        tf.constant(pathlib.Path(paths[i]).read_bytes()), module.input_size,
+        tf.constant(distort_lib.copy_seed(7, keys[i], int(c)), tf.int64), d)
+    expected.append(module.obj(image[None]).numpy()[0])
+  np.testing.assert_allclose(copies.vectors, np.array(expected), atol=1e-5)
 
 
 def test_check_handles_refuses_what_load_would_without_loading(tmp_path):

@@ -195,37 +195,3 @@ def test_large_png_is_box_shrunk_before_the_float_resize():
 
 def _random_pixels():
   return np.random.default_rng(0).integers(0, 256, (50, 70, 3), np.uint8)
-
-
-def _encoded(width, height, fmt='JPEG', orientation=None):
-  pixels = np.random.default_rng(width * height).integers(
-      0, 255, (height, width, 3), dtype=np.uint8)
-  out = io.BytesIO()
-  kwargs = {}
-  if orientation:
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    kwargs['exif'] = exif.tobytes()
-  Image.fromarray(pixels).save(out, fmt, **kwargs)
-  return out.getvalue()
-
-
-@pytest.mark.parametrize('width, height, fmt, orientation', [
-    (100, 80, 'JPEG', None),    # one decode scale for every size
-    (96, 94, 'JPEG', None),     # 94 // 40 = 2 but 94 // 52 = 1: two scales
-    (210, 200, 'JPEG', 6),      # turned by EXIF, sides swapped
-    (400, 380, 'JPEG', None),   # 1/4 for the small size, 1/2 for the large
-    (60, 50, 'PNG', None),
-    (300, 250, 'PNG', None)])   # box-shrunk by a different k per size
-def test_decode_and_resize_sizes_equals_one_size_at_a_time(width, height, fmt,
-                                                            orientation):
-  sizes = [(40, 40), (52, 52), (46, 44)]
-  contents = tf.constant(_encoded(width, height, fmt, orientation))
-  together = tf.function(
-      lambda c: images.decode_and_resize_sizes(c, sizes))(contents)
-  assert len(together) == len(sizes)
-  for size, image in zip(sizes, together):
-    alone = tf.function(
-        lambda c, size=size: images.decode_and_resize(c, size))(contents)
-    assert image.shape == (*size, 3)
-    np.testing.assert_array_equal(image.numpy(), alone.numpy())

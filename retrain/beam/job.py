@@ -441,7 +441,9 @@ def run(config: Config, options: BeamOptions,
 
   An ensemble (--tfhub_module a,b or a preset of several modules) is
   computed one member at a time, each into the namespace a single-module
-  run of it uses, which is where retrain's ensemble bottlenecks look.
+  run of it uses: retrain's ensemble bottlenecks read the largest member's
+  from there, and compute a smaller member's (resized as the export does)
+  in a namespace of their own.
   Distorted copies of an ensemble are left to retrain (with a warning).
   """
   from retrain.features import ensemble as ensemble_lib  # pylint: disable=g-import-not-at-top

@@ -2,18 +2,24 @@
 
 The members' vectors of an image are concatenated in member order, float32
 [n_ok, D1 + D2 + ...]; an image is usable when every member could use it.
-Each member's namespace is the one a single-module run of it uses, so
-adding a module to an ensemble computes only the new member's vectors (see
-retrain/features/ensemble.py).
+
+Every member sees what the exported ensemble gives it: the image decoded
+and resized to the ensemble's input size (the largest member's), then
+area-resized to the member's own size by the export's own code
+(features.ensemble.at_ensemble_size). A member whose size is the largest
+keeps the namespace a single-module run of it uses, so those vectors are
+shared; a smaller member's namespace adds the ensemble's input size, as
+its vectors differ from a single-module run's (see
+retrain/features/ensemble.py). Adding a module to an ensemble of the same
+input size computes only the new member's vectors.
 
 When two or more members lack vectors, one shared pass decodes each such
-image once and resizes it to each member's own size
-(images.decode_and_resize_sizes: the same pixels as a member's own pass,
-bit for bit), then runs every member that lacks it. Decoding is about a
-fifth of the CPU of an image's bottlenecks for one module, so decoding
-once instead of once per member matters with three members on 2 cores.
-The members' own passes then only pick up what the shared pass could not
-use (files it dropped, whose reasons they record).
+image once, at the ensemble's input size, then runs every member that
+lacks it. Decoding is about a fifth of the CPU of an image's bottlenecks
+for one module, so decoding once instead of once per member matters with
+three members on 2 cores. The members' own passes then only pick up what
+the shared pass could not use (files it dropped, whose reasons they
+record).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.common import names
 from retrain.common.progress import Progress
 from retrain.errors import OutputError
+from retrain.features import ensemble as ensemble_lib
 from retrain.features import tflite_runtime
 from retrain.features.modules import FeatureModule
 
@@ -44,7 +51,8 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
   """bottlenecks_lib.compute_bottlenecks for a module or an ensemble.
 
   A plain module runs as `runner` in its own namespace (as before). An
-  ensemble runs each member on its own runtime in the member's namespace:
+  ensemble runs each member on its own runtime, at the ensemble's input
+  size (ensemble_lib.at_ensemble_size), in the member's namespace:
   first the shared pass (whole images only; see shared_pass), then each
   member's own pass for what is left (compute_args go to each
   bottlenecks_lib.compute_bottlenecks call). An image is usable when every
@@ -57,10 +65,13 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
         bottleneck_dir, bottlenecks_lib.cache_namespace(module))
     return bottlenecks_lib.compute_bottlenecks(paths, runner, store,
                                                batch_size, **compute_args)
-  runners = [tflite_runtime.deferred(member, runtime, cache_dir)
+  size = tuple(module.input_size)
+  runners = [ensemble_lib.at_ensemble_size(
+      tflite_runtime.deferred(member, runtime, cache_dir), size)
              for member in members]
   stores = [bottleneck_cache.BottleneckStore(
-      bottleneck_dir, bottlenecks_lib.cache_namespace(member))
+      bottleneck_dir, bottlenecks_lib.cache_namespace(
+          ensemble_lib.at_ensemble_size(member, size)))
             for member in members]
   # The files are hashed once, for the shared pass and every member's
   # (by the caller, when it passes `keyed`).
@@ -122,7 +133,6 @@ def shared_pass(paths: Sequence[str], runners: Sequence[FeatureModule],
   if np.count_nonzero(lacking.any(axis=0)) < 2:
     return [0] * len(stores)  # one member's own pass is as fast
   rows = np.flatnonzero(lacking.any(axis=1))
-  sizes = [tuple(runner.input_size) for runner in runners]
   try:
     for store, runner, column in zip(stores, runners, lacking[rows].T,
                                      strict=True):
@@ -138,38 +148,40 @@ def shared_pass(paths: Sequence[str], runners: Sequence[FeatureModule],
       'image once (%d already cached for every module%s).',
       len(runners), names.plural(len(rows), 'image'), len(keys) - len(rows),
       bottlenecks_lib.copies_note(len(keyed[1]) - len(keys)))
-  return _run_shared(paths, runners, stores, batch_size, sizes,
+  return _run_shared(paths, runners, stores, batch_size,
                      [keys[r] for r in rows], first[rows], lacking[rows],
                      max_pixels)
 
 
-def _run_shared(paths, runners, stores, batch_size: int, sizes, keys,
+def _run_shared(paths, runners, stores, batch_size: int, keys,
                 path_index: np.ndarray, lacking: np.ndarray,
                 max_pixels: int) -> List[int]:
   """The shared pass over len(keys) images: keys[k] of paths[path_index[k]]
   lacked by the members where lacking[k] is True. Each file is read once,
-  and only bytes whose hash is their key are decoded (files it refuses
-  are left to the members' own passes, which record why)."""
+  and only bytes whose hash is their key are decoded, once, at the
+  runners' common input size (the ensemble's; files it refuses are left to
+  the members' own passes, which record why)."""
   for runner in runners:
     if runner.prepare is not None:
       runner.prepare()  # before the progress clock starts
 
+  size = tuple(runners[0].input_size)
+
   def load(k, contents):
-    return (k, *images_lib.decode_and_resize_sizes(contents, sizes))
+    return k, images_lib.decode_and_resize(contents, size)
 
   def compute(batch):
     k = batch[0].numpy()
     out = []
     for m, runner in enumerate(runners):
       rows = np.flatnonzero(lacking[k, m])
-      out.append((k[rows], runner.call(tf.gather(batch[1 + m], rows)).numpy()
+      out.append((k[rows], runner.call(tf.gather(batch[1], rows)).numpy()
                   if len(rows) else None))
     return len(k), out
 
   dataset = bottlenecks_lib.image_batches(bottlenecks_lib.read_images(
       range(len(keys)), [paths[i] for i in path_index],
-      [key[:64] for key in keys], max(sizes, key=lambda s: s[0] * s[1]),
-      max_pixels, {}), load, batch_size)
+      [key[:64] for key in keys], size, max_pixels, {}), load, batch_size)
   width = max(runner.parallel_calls for runner in runners)
   progress = Progress('Bottlenecks', len(keys))
   gained = [0] * len(runners)

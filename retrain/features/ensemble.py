@@ -5,11 +5,6 @@ handles or folders) or an ensemble preset name (ENSEMBLE_PRESETS, e.g.
 `efficientnet_lite0+lite2`). The head then trains on the members' vectors
 side by side: float32 [batch, D1 + D2 + ...], member order as given.
 
-Training: each member's vectors live in that member's own cache namespace
-(the namespace a single-module run of it uses), so adding a module to an
-ensemble computes only the new member's vectors, and every member sees the
-image resized straight from the decoded file to its own input size.
-
 Export: the ensemble is one `FeatureModule` whose `obj` takes float32 images
 [batch, H, W, 3] in [0, 1] at the largest member's size and resizes them
 inside the graph to each smaller member's size by area averaging (written
@@ -17,10 +12,16 @@ as two matrix products, so TFLite and frozen graphs carry it with builtin
 ops), then concatenates the members' vectors. Everything downstream (the
 SavedModel's float and bytes signatures, the frozen graph, TFLite float and
 quantized, label_image) sees one module and works unchanged; each image is
-decoded once. The one difference from training: a smaller member sees the
-image resized twice (file -> largest size -> its size) instead of once,
-which moves its vectors by about as much as a different JPEG decoder would
-(docs/accuracy.md).
+decoded once.
+
+Training computes exactly that: each member runs as `at_ensemble_size`
+makes it, on the image decoded at the largest member's size and, for a
+smaller member, area-resized by the same `area_resize`, so the head trains
+on the vectors the export gives. A member whose size is the largest keeps
+the cache namespace a single-module run of it uses (adding it to an
+ensemble reuses those vectors); a smaller member's vectors differ from a
+single-module run's, so its namespace also names the ensemble's input size
+(ResizedMember.identity) and the two are never mixed.
 """
 
 from __future__ import annotations
@@ -107,6 +108,51 @@ class Ensemble(tf.Module):
 
   def __call__(self, images):
     return self._call(images)
+
+
+@dataclasses.dataclass
+class ResizedMember(FeatureModule):
+  """A member as its ensemble runs it (see at_ensemble_size): `call` takes
+  images at the ensemble's `input_size` and area-resizes them to
+  `member_size`, the member's own, first."""
+  member_size: Tuple[int, int] = (0, 0)
+
+  def identity(self) -> dict:
+    """The member's own identity plus the ensemble's input size: its
+    vectors differ from a single-module run's, so never share a cache
+    namespace with them."""
+    return dict(super().identity(), input_size=list(self.member_size),
+                ensemble_input_size=list(self.input_size))
+
+
+def at_ensemble_size(member: FeatureModule, input_size: Tuple[int, int]
+                     ) -> FeatureModule:
+  """`member` as an ensemble whose images are at `input_size` (its
+  largest member's) runs it: the member itself when that is its own size,
+  else a ResizedMember whose call is member.call(area_resize(images)),
+  exactly what the exported ensemble computes (concatenated), so the
+  head trains on the vectors the export gives. `prepare` and
+  `parallel_calls` follow the member's."""
+  own = tuple(member.input_size)
+  size = tuple(input_size)
+  if own == size:
+    return member
+
+  def call(images):
+    return member.call(area_resize(tf.convert_to_tensor(images, tf.float32),
+                                   size, own))
+
+  def prepare():
+    if member.prepare is not None:
+      member.prepare()
+    resized.parallel_calls = member.parallel_calls
+
+  resized = ResizedMember(
+      **{f.name: getattr(member, f.name)
+         for f in dataclasses.fields(FeatureModule)},
+      member_size=own)
+  resized.input_size, resized.call, resized.prepare = size, call, prepare
+  return resized
 
 
 def largest_size(members: Sequence[FeatureModule]) -> Tuple[int, int]:

@@ -34,6 +34,7 @@ from retrain.common import atomic
 from retrain.common import earlier_outputs as keep
 from retrain.errors import DatasetError
 from retrain.features import efficientnet_lite, ensemble_presets, presets
+from retrain.features import ensemble as ensemble_lib
 from retrain.features.modules import FeatureModule
 from retrain.finetune import activations as activations_lib
 from retrain.finetune import hub_full
@@ -561,13 +562,23 @@ def fine_tune(o: FineTuneOptions, distortions: distort_lib.Distortions,
 
 
 def _member_activations(o: FineTuneOptions, member, net, paths, keys,
-                        train_idx: np.ndarray, distortions):
+                        train_idx: np.ndarray, distortions, size=None):
   """(plain, copies or None): the Activations of every image, and of the
   distorted copies of the training images (image-major, copy-minor), at
-  `net`'s cut of `member`."""
+  `net`'s cut of `member`. `size`: an ensemble's input size (None: the
+  member's own); the images are decoded at it and area-resized to the
+  member's size, as the exported ensemble does
+  (ensemble_lib.at_ensemble_size, whose namespace they are cached in)."""
   shape = net.activation_shape
-  bottom = activations_lib.bottom_module(
-      member, tf.function(net.bottom), shape, member.input_size)
+  own = tuple(member.input_size)
+  size = own if size is None else tuple(size)
+  member = ensemble_lib.at_ensemble_size(member, size)
+
+  def bottom(images):
+    return net.bottom(images if size == own else
+                      ensemble_lib.area_resize(images, size, own))
+  bottom = activations_lib.bottom_module(member, tf.function(bottom), shape,
+                                         size)
   store = activations_lib.Float16Store(
       o.bottleneck_dir, activations_lib.namespace(member, net.block, shape))
   plain = activations_lib.plain_activations(
@@ -625,6 +636,7 @@ def _lite_data(o: FineTuneOptions, members, nets, paths, keys, y, split,
   bottlenecks, so rare) is left out for all."""
   train_idx = np.asarray(split.train)
   found, offset = [], 0
+  size = ensemble_lib.largest_size(members)
   for member, net in zip(members, nets, strict=True):
     columns = slice(offset, offset + member.output_dim)
     offset += member.output_dim
@@ -633,7 +645,7 @@ def _lite_data(o: FineTuneOptions, members, nets, paths, keys, y, split,
                            distortions)
         if isinstance(net, lite_lib.FixedMember) else
         _member_activations(o, member, net, paths, keys, train_idx,
-                            distortions))
+                            distortions, size))
   ok, rows = _aligned([plain for plain, _ in found])
 
   def subset(indices):
