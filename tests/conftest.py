@@ -99,6 +99,7 @@ def shrunk_config(image_dir, out, module, **overrides):
   fields = dict(
       image_dir=str(image_dir),
       tfhub_module=module,
+      output_dir=str(out / 'runs'),
       bottleneck_dir=str(out / 'bottlenecks'),
       summaries_dir=str(out / 'logs'),
       output_labels=str(out / 'labels.txt'),

@@ -96,7 +96,16 @@ def remove_if_empty(run_dir: str) -> bool:
   for root, _, _ in sorted(os.walk(run_dir), key=lambda w: -len(w[0])):
     with contextlib.suppress(OSError):
       os.rmdir(root)
-  return not os.path.exists(run_dir)
+  if os.path.exists(run_dir):
+    return False
+  # The data set's folder and the output folder go too when this run made
+  # them and nothing else is there (rmdir refuses a folder that is not
+  # empty, so another run's folder is never touched).
+  parent = os.path.dirname(os.path.abspath(run_dir))
+  for folder in (parent, os.path.dirname(parent)):
+    with contextlib.suppress(OSError):
+      os.rmdir(folder)
+  return True
 
 
 def _point(link: str, target: str) -> None:
