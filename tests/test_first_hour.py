@@ -443,7 +443,7 @@ def test_python_api_is_cheap_to_import_and_logs_to_stderr(tmp_path,
       import retrain
       assert 'tensorflow' not in sys.modules and 'numpy' not in sys.modules
       assert sorted(retrain.__all__) == ['Config', 'DEFAULTS', '__version__',
-                                         'run']
+                                         'evaluate', 'load', 'run']
       result = retrain.run(**{options!r})
       print('accuracy', result.test_accuracy, result.saved_model_dir)
   ''')

@@ -108,10 +108,16 @@ def _short(path: str) -> str:
   return '/'.join(str(path).replace('\\', '/').split('/')[-2:])
 
 
+def _figure(value) -> str:
+  """A metric in [0, 1] with three decimals, or '-' when it is None."""
+  return '-' if value is None else f'{value:.3f}'
+
+
 def _per_class(report: dict) -> List[str]:
   per = report['per_class']
-  rows = [[c['label'], f'{c["precision"]:.3f}', f'{c["recall"]:.3f}',
-           f'{c["f1"]:.3f}', c['support']] for c in per['classes']]
+  # A class with no photos in the set has no recall or F1 (None): '-'.
+  rows = [[c['label']] + [_figure(c[k]) for k in ('precision', 'recall', 'f1')]
+          + [c['support']] for c in per['classes']]
   for name, key in (('macro average', 'macro_avg'),
                     ('weighted average', 'weighted_avg')):
     avg = per[key]
