@@ -268,6 +268,7 @@ def test_cli_accepts_distortion_flags(small_config):
           '--summaries_dir', small_config.summaries_dir,
           '--output_labels', small_config.output_labels,
           '--saved_model_dir', small_config.saved_model_dir,
+          '--output_dir', small_config.output_dir,
           '--how_many_training_steps', '100', '--learning_rate', '0.5',
           '--flip_left_right', '--random_crop', '10', '--random_scale', '10',
           '--random_brightness', '10', '--random_rotation', '5',
