@@ -28,7 +28,7 @@ from retrain.config import (  # noqa: E402
   DEFAULTS,
   Config,
 )
-from retrain.head import auto as head_auto  # noqa: E402 (h15; no TensorFlow)
+from retrain.head import auto as head_auto  # noqa: E402 (no TensorFlow)
 
 _D = DEFAULTS
 
@@ -159,7 +159,7 @@ flags.DEFINE_integer('early_stopping_patience', _D.early_stopping_patience,
                      'Stop after this many evaluations without a better '
                      'validation cross entropy and keep the best weights; 0 '
                      'never stops early.')
-# --- h15: head solver (retrain/head/solver.py, docs/accuracy.md) ---
+# --- head solver (retrain/head/solver.py, docs/accuracy.md) ---
 flags.DEFINE_enum('head_solver', _D.head_solver, list(head_auto.SOLVERS),
                   'How the head is trained: lbfgs (to convergence, L2 '
                   'chosen on validation), sgd (retrain.py\'s training '
@@ -187,7 +187,6 @@ flags.DEFINE_bool('solver_refit', _D.solver_refit,
                   'Refit the chosen setting on training + validation.')
 flags.DEFINE_bool('solver_standardise', _D.solver_standardise,
                   'Standardise each vector dimension before the lbfgs fit.')
-# --- end h15 ---
 flags.DEFINE_bool('flip_left_right', _D.flip_left_right,
                   'Randomly mirror training images horizontally.')
 flags.DEFINE_float('random_crop', _D.random_crop,
@@ -279,7 +278,7 @@ flags.DEFINE_string('fine_tune_members', _D.fine_tune_members,
 # --- End of fine-tuning ----------------------------------------------------------
 
 
-# --- Deployment: ONNX, quantization check, confidence (issue 19) ---
+# --- Deployment: ONNX, quantization check, confidence ---
 flags.DEFINE_string('onnx_output_file', _D.onnx_output_file,
                     'Where an ONNX model is written ("" for none; needs '
                     'pip install "retrain[onnx]").')
@@ -373,7 +372,7 @@ def main(argv):
   from retrain.features import presets  # pylint: disable=g-import-not-at-top
   if FLAGS.list_modules:
     cache_dir = config_from_flags().module_cache_dir
-    # h15: ensembles are listed after the single modules.
+    # Ensembles are listed after the single modules.
     from retrain.features import ensemble_presets  # pylint: disable=g-import-not-at-top
     sys.stdout.write(presets.format_module_list(cache_dir,
                                                 DEFAULTS.tfhub_module) +
@@ -386,7 +385,7 @@ def main(argv):
   from retrain import pipeline, summary  # pylint: disable=g-import-not-at-top
   config = config_from_flags()
   try:
-    # h15: `auto` is sgd when a retrain.py training flag was passed.
+    # `auto` is sgd when a retrain.py training flag was passed.
     config = dataclasses.replace(config, head_solver=head_auto.resolve(
         config.head_solver, [name for name in head_auto.SGD_TRAINING_FLAGS
                              if FLAGS[name].present]))
@@ -394,7 +393,7 @@ def main(argv):
   except RetrainError as e:
     logging.error('%s', flag_wording(e))
     return 1
-  # --- Issue 14: a cache that cannot be written, a full disk: a message.
+  # A cache that cannot be written, a full disk: a message.
   except bottleneck_cache.CacheError as e:
     logging.error('%s', e)
     return 1
@@ -406,7 +405,6 @@ def main(argv):
                   'nothing half-written was left.', e.filename or 'an output',
                   e.strerror)
     return 1
-  # ---
   summary.log_summary(result.config or config, result)
   return 0
 

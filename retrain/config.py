@@ -77,7 +77,7 @@ class Config:
   # retrain.py defaulted to an Inception V3 URL, which fails on machines with
   # no network; the bundled EfficientNet-Lite0 works offline and is both more
   # accurate and about 4x cheaper per image.
-  # h15: the three bundled modules as one ensemble are the default: 94.0%
+  # The three bundled modules as one ensemble are the default: 94.0%
   # on held-out flowers (lite0 alone: 91.8%); `efficientnet_lite0`
   # (presets.DEFAULT_MODULE) is the fast configuration (docs/accuracy.md).
   tfhub_module: str = ensemble_presets.DEFAULT_ENSEMBLE
@@ -139,7 +139,7 @@ class Config:
   # stops and the best weights are restored; 0 never stops early.
   early_stopping_patience: int = 0
 
-  # --- Head solver (issue 15; retrain/head/solver.py, docs/accuracy.md) ----
+  # --- Head solver (retrain/head/solver.py, docs/accuracy.md) ----
   # auto: the converging solver (lbfgs), unless a retrain.py training flag
   # was given (then sgd, retrain.py's training exactly; __main__ decides).
   head_solver: str = 'auto'  # auto | lbfgs | sgd
@@ -263,7 +263,7 @@ class Config:
   # default 97.1 %, "all" 97.8 % (docs/fine_tuning.md).
   fine_tune_members: str = ''
 
-  # --- Deployment: ONNX, quantization check, confidence (issue 19) ----------
+  # --- Deployment: ONNX, quantization check, confidence ------------
   # An ONNX model ("" for none); needs the [onnx] extra (tf2onnx).
   onnx_output_file: str = ''
   # A quantized TFLite model that loses more than this many points of top-1

@@ -170,7 +170,7 @@ def check_config(config: Config) -> None:
   check_output_places(config)
   export_formats.check_options(subset(export_formats.ExportOptions, config))
   train_options_lib.check(subset(train_options_lib.TrainOptions, config))
-  calibration_lib.check_options(  # Issue 19.
+  calibration_lib.check_options(
       subset(calibration_lib.ConfidenceOptions, config))
   if config.novelty_keep:
     novelty_lib.check_keep(config.novelty_keep)
@@ -178,7 +178,7 @@ def check_config(config: Config) -> None:
     raise DatasetError(f'unknown_dir {config.unknown_dir!r} is not a '
                        'folder: give a folder of photos of none of the '
                        'classes, or leave it empty.', fields=('unknown_dir',))
-  # h15: the head solver's values (head_solver itself: resolve_head_solver).
+  # The head solver's values (head_solver itself: resolve_head_solver).
   solver_lib.check(solver_lib.SolverOptions.from_config(config))
   if config.projector_max_images < 0:
     raise DatasetError(f'projector_max_images={config.projector_max_images}'
@@ -186,10 +186,10 @@ def check_config(config: Config) -> None:
                        fields=('projector_max_images',))
   distort_lib.check_settings(subset(distort_lib.Distortions, config),
                              config.distorted_copies)
-  # Fine-tuning (issue 16).
+  # Fine-tuning.
   finetune_lib.check_options(subset(finetune_lib.FineTuneOptions, config),
                              default_from=DEFAULTS.fine_tune_from)
-  # Issue 17: a mistyped module is reported now, not after hashing.
+  # A mistyped module is reported now, not after hashing.
   ensemble_lib.check_handles(config.tfhub_module, config.image_size,
                              config.trust_module)
 
@@ -438,8 +438,8 @@ def discover(config: Config):
 
 
 def load_module(config: Config) -> tuple:
-  """(module, runner): one module, or an ensemble of several (h15:
-  features/ensemble.py), and the module as the bottlenecks (plain and
+  """(module, runner): one module, or an ensemble of several
+  (features/ensemble.py), and the module as the bottlenecks (plain and
   distorted) run it."""
   module = ensemble_lib.load(config.tfhub_module, config.image_size,
                              config.module_cache_dir,
@@ -489,7 +489,7 @@ def bottlenecks(config: Config, dataset, module, runner, crops=None,
   keyed: what hash_images returned (None: the files are hashed here)."""
   paths = [image.path for image in dataset.images]
   try:
-    # h15: an ensemble computes each member in its own namespace.
+    # An ensemble computes each member in its own namespace.
     if getattr(module, 'members', None):
       computed = ensemble_bottlenecks.compute_bottlenecks(
           paths, module, runner, config.bottleneck_dir,
@@ -555,11 +555,10 @@ def make_split(config: Config, layout: layouts.Layout,
                              config.validation_percentage,
                              config.testing_percentage)
   _log_counts(layout.dataset.labels, images.labels, split)
-  # --- Issue 14: the same bytes in two of train/validation/test is leakage.
+  # The same bytes in two of train/validation/test is leakage.
   leakage.report_leakage(
       leakage.find_leakage(images.digests, split, images.paths),
       config.report_dir)
-  # ---
   return split
 
 
@@ -681,7 +680,7 @@ def train(config: Config, module, labels: Sequence[str],
       on_eval_head=explain_lib.ValidationImages(writers.validation, val_x,
                                                 val_y, labels, points))
   try:
-    # h15: the converging solver (None: this run trains with SGD).
+    # The converging solver (None: this run trains with SGD).
     trained = solve_lib.maybe_solve(config, train_x, train_y, len(labels),
                                     val_x, val_y, writers,
                                     train_groups=groups, labels=labels)
@@ -707,7 +706,7 @@ def report_test(config: Config, labels: Sequence[str],
   misclassified lines. Also the streaming path's (retrain/streamed.py).
   test_paths: the file of each row test was evaluated on (default: the
   split's test images); after: ' after fine-tuning' or ''."""
-  # h15: retrain.py's line plus the Wilson 95% interval.
+  # Retrain.py's line plus the Wilson 95% interval.
   logging.info('%s', confidence.format_accuracy(
       test.accuracy, test.count, prefix=f'Final test accuracy{after} ='))
   hint = confidence.narrowing_hint(test.accuracy, test.count)
@@ -748,7 +747,7 @@ def fine_tune(config: Config, module, labels: Sequence[str],
               trained: train_lib.TrainResult, reported: tuple,
               images: usable_lib.UsableImages, split: split_lib.Split,
               copies=None):
-  """Issue 16: fine-tunes the top of the module with the head.
+  """Fine-tunes the top of the module with the head.
 
   Args:
     reported: what `evaluate` returned for the head alone.
@@ -827,7 +826,7 @@ def calibrate(config: Config, trained: train_lib.TrainResult,
               held_out: str = calibration_lib.VALIDATION_HELD_OUT,
               test: Optional[evaluate_lib.Evaluation] = None
               ) -> calibration_lib.Confidence:
-  """Issue 19: the temperature and the rejection threshold, chosen on
+  """The temperature and the rejection threshold, chosen on
   held-out images: validation vectors float32 [n, D] the head did not train
   on, or out-of-fold `logits` float32 [n, N] (held_out_validation), with
   class ids [n]; the test ECE before and after from `test`. Logged and

@@ -45,7 +45,7 @@ def output_paths(config, result) -> List[Tuple[str, str]]:
                 ('labels', config.output_labels)]
   candidates += _model_files('frozen graph', config.output_graph)
   candidates += _model_files('TFLite model', config.tflite_output_file)
-  candidates.append(('ONNX model', config.onnx_output_file))  # Issue 19.
+  candidates.append(('ONNX model', config.onnx_output_file))
   if config.checkpoint_path:
     candidates.append(('checkpoint', config.checkpoint_path + '.index'))
   if config.intermediate_store_frequency > 0:

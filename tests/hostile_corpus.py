@@ -1,7 +1,7 @@
 """A folder built to hang, crash or fool a run, beside good photos.
 
 `make_hostile_folder(root)` writes 3 classes of small solid-colour photos
-and, among them, every bad thing issue 14 found: a link to /dev/zero, a
+and, among them, every bad thing an attack on it found: a link to /dev/zero, a
 FIFO, a socket, a class folder linked to /, a symbolic link loop, a second
 path to one photo, a JPEG declaring 65000x65000, a 1-bit 20000x20000 PNG,
 truncated JPEG and PNG files, a sparse 1 GiB `x.jpg` (0 bytes on disk),

@@ -335,7 +335,7 @@ class _Stop(Exception):
 
 def test_a_run_hashes_before_it_loads_the_module(small_config, colour_dir,
                                                  monkeypatch):
-  """Issue 17: pipeline.run hashes every file (the memo is written) before
+  """pipeline.run hashes every file (the memo is written) before
   it loads the module, so the two are not held at once; a mistyped module
   is refused before either."""
   import dataclasses

@@ -70,7 +70,7 @@ def test_empty_class_skipped_with_warning(tmp_path, caplog):
 
 
 def test_images_share_one_root_and_make_their_path(tmp_path):
-  # Issue 17: an image keeps its relative path and a reference to the one
+  # An image keeps its relative path and a reference to the one
   # root string of its data set; the absolute path is made when read.
   for name in ('a', 'b'):
     for i in range(3):
@@ -103,7 +103,7 @@ def test_image_file_keeps_a_path_it_cannot_make(tmp_path):
 
 
 def test_seen_files_finds_a_file_again_across_merges(monkeypatch):
-  # Issue 17: past _SEEN_BATCH files the keys live in a sorted array; a
+  # Past _SEEN_BATCH files the keys live in a sorted array; a
   # file met again (a hard link, a link to it) is found there too, inodes
   # ending in a zero byte and one inode number on two devices included.
   from retrain.common import walk

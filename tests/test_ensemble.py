@@ -316,7 +316,7 @@ def test_ensemble_distorted_copies_are_what_the_export_computes(
 
 
 def test_check_handles_refuses_what_load_would_without_loading(tmp_path):
-  # Issue 17: a run checks the module handles before hashing its files.
+  # A run checks the module handles before hashing its files.
   ensemble.check_handles('efficientnet_lite0,efficientnet_lite2')
   ensemble.check_handles('https://example.invalid/module/1')  # on load
   with pytest.raises(ModuleError) as e:

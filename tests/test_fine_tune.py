@@ -695,7 +695,7 @@ def _check_export_equals_network(export_dir, tuned, paths, bottom=None,
   images = tf.stack([images_lib.load_image(p, size) for p in paths])
   x = bottom(images) if bottom is not None else images
   # The export's head is the fine-tuned one divided by the calibration
-  # temperature (issue 19), which calibration chose on the fine-tuned
+  # temperature, which calibration chose on the fine-tuned
   # network's validation features.
   temperature = meta.get('confidence', {}).get('temperature', 1.0)
   logits = logits or (lambda x: tuned.network.logits(x, False))

@@ -195,7 +195,7 @@ class SeenFiles:
   numpy S16 array (dev and inode, big-endian) with int64 positions into a
   list of the paths (strings the caller keeps anyway): about 32 bytes a
   file. A dict of one Python int key per file took about 90, and most of
-  it stayed with the allocator after discovery (issue 17, docs/scale.md).
+  it stayed with the allocator after discovery (docs/scale.md).
   """
 
   def __init__(self):
@@ -317,7 +317,7 @@ def list_images(class_dir: str, image_dir: str,
     try:
       # Names only, not os.scandir's DirEntry objects (each with its name
       # and path strings): a folder of 200,000 files held about 50 MB of
-      # them at once, most of which the allocator kept after (issue 17).
+      # them at once, most of which the allocator kept after.
       names = sorted(os.listdir(folder))
     except OSError as e:
       walk.skip(folder, f'cannot be listed: {e.strerror or e}')

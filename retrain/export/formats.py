@@ -133,7 +133,7 @@ class ExportOptions:
   intermediate_output_graphs_dir: str
   intermediate_store_frequency: int
   final_tensor_name: str
-  # Issue 19: ONNX, and the check of quantized TFLite models.
+  # ONNX, and the check of quantized TFLite models.
   onnx_output_file: str
   max_quantization_loss: float
   keep_lossy_quantization: bool
@@ -144,7 +144,7 @@ def check_options(options: ExportOptions) -> None:
   check_output_file('output_graph', options.output_graph, ('.pb',))
   check_output_file('tflite_output_file', options.tflite_output_file,
                     ('.tflite',))
-  # --- Deployment checks (issue 19) ---
+  # --- Deployment checks ---
   check_output_file('onnx_output_file', options.onnx_output_file, ('.onnx',))
   if options.onnx_output_file:
     try:
@@ -576,7 +576,7 @@ def export_other_formats(options: ExportOptions, module: FeatureModule, head: He
                  options.tflite_quantization,
                  os.path.getsize(options.tflite_output_file) / 1e6,
                  time.monotonic() - started)
-  if options.onnx_output_file:  # Issue 19.
+  if options.onnx_output_file:
     started = time.monotonic()
     written['onnx'] = os.path.abspath(write_onnx(
         options.onnx_output_file, module, head, labels, extra_metadata))

@@ -19,7 +19,7 @@ than two binomial standard errors, and at least one image, below it. Then
 the best validation accuracy, ties going to the lower validation cross
 entropy. Training stops after `patience` epochs without a better one.
 Why not simply the best on validation: test accuracy moves by a point from
-epoch to epoch (the prototype in issue 16), and on a validation set that
+epoch to epoch (a prototype), and on a validation set that
 the head alone already gets (nearly) all right, "best" kept the head alone
 or an epoch of the early dip, while the last epoch was better on held-out
 images (5-fold flowers_sample, docs/fine_tuning.md).
