@@ -81,7 +81,8 @@ def run(config: Config) -> pipeline.RunResult:
   with phases('hashing'):
     keyed = pipeline.hash_images(config, layout.dataset)
   with phases('module'):
-    module, runner = pipeline.load_module(config)
+    module = pipeline.load_module(config)
+    runner = pipeline.module_runner(config, module)
   if streamed.needed(config, len(layout.dataset.images), module):
     logging.warning('The training vectors exceed --max_vectors_in_memory=%d, '
                     'but a multi-label run does not stream from the cache: '

@@ -400,14 +400,12 @@ def prepare(config: Config, phases: phases_lib.Phases) -> Prepared:
   with phases('hashing'):
     keyed = hash_images(config, layout.dataset, crops)
   with phases('module'):
-    float_module, _ = load_module(config)
+    float_module = load_module(config)
   with phases('precision'):
     module = choose_precision(config, layout.dataset, float_module, keyed,
                               crops)
-  runner = tflite_runtime.deferred(module, config.bottleneck_runtime,
-                                   config.module_cache_dir)
   return Prepared(layout, crops, keyed, float_module, module,
-                  precision_lib.describe(module), runner)
+                  precision_lib.describe(module), module_runner(config, module))
 
 
 def warn_skipped(skipped: list, reports: Sequence[str]) -> None:
@@ -437,15 +435,17 @@ def discover(config: Config):
   return layout, crops
 
 
-def load_module(config: Config) -> tuple:
-  """(module, runner): one module, or an ensemble of several
-  (features/ensemble.py), and the module as the bottlenecks (plain and
-  distorted) run it."""
-  module = ensemble_lib.load(config.tfhub_module, config.image_size,
-                             config.module_cache_dir,
-                             trust=config.trust_module)
-  return module, tflite_runtime.deferred(module, config.bottleneck_runtime,
-                                         config.module_cache_dir)
+def load_module(config: Config):
+  """One module, or an ensemble of several (features/ensemble.py)."""
+  return ensemble_lib.load(config.tfhub_module, config.image_size,
+                           config.module_cache_dir, trust=config.trust_module)
+
+
+def module_runner(config: Config, module):
+  """`module` as the bottlenecks (plain and distorted) run it: on TFLite
+  when --bottleneck_runtime allows, converted on first use."""
+  return tflite_runtime.deferred(module, config.bottleneck_runtime,
+                                 config.module_cache_dir)
 
 
 def hash_images(config: Config, dataset, crops=None) -> tuple:
