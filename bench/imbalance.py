@@ -37,8 +37,8 @@ from absl import logging  # noqa: E402
 
 import bottleneck_cache  # noqa: E402
 from retrain.config import DEFAULTS  # noqa: E402
-from retrain.head import solve as solve_lib  # noqa: E402
 from retrain.head import solver as solver_lib  # noqa: E402
+from retrain.report import head_solver as solve_lib  # noqa: E402
 
 _EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
 _MEMBERS = ('efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2')

@@ -42,15 +42,15 @@ from retrain.head import calibration as calibration_lib
 from retrain.head import evaluate as evaluate_lib
 from retrain.head import novelty as novelty_lib
 from retrain.head import options as train_options_lib
-from retrain.head import solve as solve_lib
 from retrain.head import solver as solver_lib
-from retrain.head import summaries as summaries_lib
 from retrain.head import train as train_lib
 from retrain.report import confidence
 from retrain.report import deployment as deployment_report
+from retrain.report import head_solver as solve_lib
 from retrain.report import heatmap as heatmap_lib
 from retrain.report import results as results_lib
 from retrain.report import skipped as skipped_report
+from retrain.report import summaries as summaries_lib
 from retrain.report import trust as trust_report
 from retrain.report import writer as explain_lib
 

@@ -79,7 +79,7 @@ def test_output_places_are_checked_before_any_work(tmp_path):
 
 def test_earlier_tensorboard_runs_are_bounded(tmp_path):
   from retrain.common import earlier_outputs
-  from retrain.head import summaries
+  from retrain.report import summaries
   logs = tmp_path / 'logs'
   for _ in range(earlier_outputs.KEEP_PREVIOUS + 3):
     (logs / 'train').mkdir(parents=True)

@@ -14,7 +14,7 @@ import pytest
 from retrain import pipeline
 from retrain.errors import ModuleError
 from retrain.features import ensemble
-from retrain.head import solve as solve_lib
+from retrain.report import head_solver as solve_lib
 from tests.conftest import (
   FAKE_SIZE,
   export_fake_module,

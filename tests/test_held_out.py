@@ -10,7 +10,8 @@ import numpy as np
 
 from retrain import pipeline
 from retrain.config import DEFAULTS
-from retrain.head import calibration, solve, solver
+from retrain.head import calibration, solver
+from retrain.report import head_solver as solve
 
 OPTIONS = solver.SolverOptions.from_config(DEFAULTS)
 

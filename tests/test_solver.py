@@ -9,9 +9,10 @@ import pytest
 
 from retrain.config import DEFAULTS
 from retrain.errors import DatasetError
-from retrain.head import auto, solve, solver
+from retrain.head import auto, solver
 from retrain.head import train as train_lib
 from retrain.report import confidence
+from retrain.report import head_solver as solve
 
 OPTIONS = solver.SolverOptions.from_config(DEFAULTS)
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from retrain.errors import RetrainError
-from retrain.head import summaries, train
+from retrain.head import train
+from retrain.report import summaries
 
 
 def _blobs(n_per_class=40, dim=16, classes=3, seed=0):

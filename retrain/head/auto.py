@@ -4,7 +4,7 @@
 the flags that shape retrain.py's SGD training has a recipe in mind, so
 `auto` then means `sgd`, today's training exactly, and one log line says
 so. `--sampling` and `--class_weighting` are not among them: they shape
-the L-BFGS objective the same way (retrain/head/solve.py,
+the L-BFGS objective the same way (retrain/report/head_solver.py,
 `lbfgs_class_weights`), so they never change the solver. `__main__` knows
 which flags were passed (absl's `FLAGS[name].present`); a program that
 builds a Config itself gets the same rule from the fields that differ from
@@ -20,7 +20,7 @@ from absl import logging
 from retrain.errors import DatasetError
 
 SOLVERS = ('auto', 'lbfgs', 'sgd')
-# What the lbfgs solver chose and why, in --report_dir (retrain/head/solve.py).
+# What the lbfgs solver chose and why, in --report_dir (retrain/report/head_solver.py).
 REPORT_FILE = 'head_solver.json'
 
 # retrain.py's training flags, and this project's options of the SGD

@@ -730,7 +730,7 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
     class_weights: float [N] >= 0, the weight of each class id's images in
       the objective of every fit (choosing, k-fold and refit) and in the
       candidates' held-out accuracy and cross entropy; None weighs every
-      image 1 (retrain/head/solve.py's `lbfgs_class_weights` makes them).
+      image 1 (retrain/report/head_solver.py's `lbfgs_class_weights` makes them).
 
   Returns:
     The SolverResult; its head scores class id j in column j, its

@@ -28,7 +28,6 @@ from absl import logging
 
 from retrain.errors import RetrainError
 from retrain.head import options as options_lib
-from retrain.head import summaries as summaries_lib
 from retrain.head.model import Head, HeadVariables
 
 # A compiled call trains through several evaluations and returns control to
@@ -72,7 +71,8 @@ class Hooks:
   """What training calls on the way; all optional.
 
   Attributes:
-    writers: TensorBoard writers.
+    writers: TensorBoard writers (retrain.report.summaries.Writers: its
+      write_train and write_validation are called inside the compiled steps).
     on_eval: called with each evaluation point, in order, once the compiled
       call that ran it returns (a call ends at the first evaluation after
       _MAX_CALL_STEPS steps, so log lines keep flowing).
@@ -83,7 +83,7 @@ class Hooks:
       the evaluations at those steps only. Training returns to Python for
       each call, so the fewer the faster.
   """
-  writers: Optional[summaries_lib.Writers] = None
+  writers: Optional[object] = None
   on_eval: Optional[Callable[['EvalPoint'], None]] = None
   head_every: int = 0
   on_head: Optional[Callable[[int, Head], None]] = None
@@ -271,7 +271,7 @@ class CompiledSteps:
 
   def __init__(self, data: TrainingSet, val_x: np.ndarray, val_y: np.ndarray,
                state: HeadVariables, settings: Settings,
-               writers: Optional[summaries_lib.Writers],
+               writers: Optional[object],
                gen: tf.random.Generator):
     opts = settings.options
     self.data, self.state, self.gen = data, state, gen

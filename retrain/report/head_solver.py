@@ -28,8 +28,8 @@ from absl import logging
 from retrain.head import auto
 from retrain.head import options as options_lib
 from retrain.head import solver as solver_lib
-from retrain.head import summaries as summaries_lib
 from retrain.head import train as train_lib
+from retrain.report import summaries as summaries_lib
 
 REPORT_FILE = auto.REPORT_FILE
 # A training set is strongly imbalanced when its largest class has at least
