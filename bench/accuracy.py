@@ -47,6 +47,7 @@ from retrain.data import sources as layouts  # noqa: E402
 from retrain.features import ensemble as ensemble_lib  # noqa: E402
 from retrain.features import modules as features  # noqa: E402
 from retrain.features import tflite_runtime  # noqa: E402
+from retrain.head import folds as folds_lib  # noqa: E402
 from retrain.head import solver as solver_lib  # noqa: E402
 from retrain.head import train as train_lib  # noqa: E402
 from retrain.report import confidence  # noqa: E402
@@ -76,11 +77,11 @@ def folds_of(y, subsets, k, seed):
   """[(train rows, validation rows, test rows)] for each evaluation."""
   if subsets is not None:  # the folder's own split
     return [tuple(np.flatnonzero(subsets == s) for s in (0, 1, 2))]
-  outer = solver_lib.stratified_folds(y, k, seed)
+  outer = folds_lib.stratified_folds(y, k, seed)
   plans = []
   for f in range(k):
     rest = np.flatnonzero(outer != f)
-    inner = solver_lib.stratified_folds(y[rest], 9, seed + 1 + f)
+    inner = folds_lib.stratified_folds(y[rest], 9, seed + 1 + f)
     plans.append((rest[inner != 0], rest[inner == 0],
                   np.flatnonzero(outer == f)))
   return plans

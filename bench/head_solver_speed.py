@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
 
 from retrain.config import DEFAULTS  # noqa: E402
+from retrain.head import folds as folds_lib  # noqa: E402
 from retrain.head import solver as solver_lib  # noqa: E402
 
 
@@ -48,7 +49,7 @@ def main():
         f'{options.l2_grid}')
   for dim in (1280, 3840):
     x, y = vectors(3670, dim, 5)
-    fold = solver_lib.stratified_folds(y, 10, 0)
+    fold = folds_lib.stratified_folds(y, 10, 0)
     times = []
     for _ in range(args.repeats):
       started = time.monotonic()

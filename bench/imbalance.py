@@ -37,6 +37,7 @@ from absl import logging  # noqa: E402
 
 import bottleneck_cache  # noqa: E402
 from retrain.config import DEFAULTS  # noqa: E402
+from retrain.head import folds as folds_lib  # noqa: E402
 from retrain.head import solver as solver_lib  # noqa: E402
 from retrain.report import head_solver as solve_lib  # noqa: E402
 
@@ -106,7 +107,7 @@ def cut(rows, y, small: int, keep: float, rng) -> np.ndarray:
 
 def run(x, y, classes, small, keep, folds, seed, weightings):
   """{weighting: (predictions on every photo, natural-test rows)}."""
-  fold = solver_lib.stratified_folds(y, folds, seed)
+  fold = folds_lib.stratified_folds(y, folds, seed)
   out = {w: np.full(len(y), -1, np.int64) for w in weightings}
   natural = []
   for f in range(folds):

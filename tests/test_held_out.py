@@ -10,7 +10,8 @@ import numpy as np
 
 from retrain import pipeline
 from retrain.config import DEFAULTS
-from retrain.head import calibration, solver
+from retrain.head import calibration, lbfgs, solver
+from retrain.head import folds as folds_lib
 from retrain.report import head_solver as solve
 
 OPTIONS = solver.SolverOptions.from_config(DEFAULTS)
@@ -36,18 +37,18 @@ def test_cross_fit_never_predicts_an_image_with_a_head_that_trained_on_it(
   x = np.concatenate([x, x[::3] + 0.01])
   x[:, 0] = groups
   trained_on = []
-  real_fit = solver._fit_one
+  real_fit = lbfgs.fit_one
 
   def spy(fx, *args, **kwargs):
     trained_on.append(set(fx[:, 0].astype(int)))
     return real_fit(fx, *args, **kwargs)
 
-  monkeypatch.setattr(solver, '_fit_one', spy)
+  monkeypatch.setattr(lbfgs, 'fit_one', spy)
   logits, folds, _ = solver.cross_fit(x, y, groups, 3, solver.Candidate(
       0.1, 0.0), OPTIONS)
   assert folds == OPTIONS.folds and len(trained_on) == folds
   assert not np.isnan(logits).any()
-  fold = solver.group_folds(y, groups, folds, OPTIONS.seed)
+  fold = folds_lib.group_folds(y, groups, folds, OPTIONS.seed)
   for k, seen in enumerate(trained_on):
     held = set(groups[fold == k])
     assert held and not held & seen  # Copies held out with their source.
@@ -57,7 +58,7 @@ def _solved(tmp_path, overlap_seed=0):
   """A run's pieces after the default solver on overlapping classes: the
   refitted head is right on all its validation images."""
   x, y = _overlapping(45, seed=overlap_seed)
-  fold = solver.stratified_folds(y, 3, seed=1)
+  fold = folds_lib.stratified_folds(y, 3, seed=1)
   train, val, test = (np.flatnonzero(fold == k) for k in range(3))
   config = dataclasses.replace(
       DEFAULTS, head_solver='lbfgs', solver_l2_grid=(1e-3, 1e-4),

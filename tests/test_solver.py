@@ -9,7 +9,7 @@ import pytest
 
 from retrain.config import DEFAULTS
 from retrain.errors import DatasetError
-from retrain.head import auto, solver
+from retrain.head import auto, folds, lbfgs, solver
 from retrain.head import train as train_lib
 from retrain.report import confidence
 from retrain.report import head_solver as solve
@@ -29,7 +29,7 @@ def _clusters(n_per_class, classes, dim, spread, seed, scale=1.0):
 def test_lbfgs_reaches_the_minimum_of_a_convex_quadratic():
   a = np.diag(np.linspace(1, 100, 20))
   target = np.linspace(-1, 1, 20)
-  theta, iterations = solver.lbfgs(
+  theta, iterations = lbfgs.lbfgs(
       lambda t: (0.5 * (t - target) @ a @ (t - target), a @ (t - target)),
       np.zeros(20), 200, 1e-12)
   np.testing.assert_allclose(theta, target, atol=1e-5)
@@ -46,8 +46,8 @@ def test_converges_on_separable_data():
   # Converged: the objective's gradient at the chosen setting is ~0.
   fit_x = np.concatenate([x[::2], x[1::2]])
   fit_y = np.concatenate([y[::2], y[1::2]])
-  mean, scale = solver.standardisation(fit_x, OPTIONS.standardise)
-  problem = solver._Problem(fit_x, fit_y, 4, mean, scale, result.chosen.l2,
+  mean, scale = lbfgs.standardisation(fit_x, OPTIONS.standardise)
+  problem = lbfgs.Problem(fit_x, fit_y, 4, mean, scale, result.chosen.l2,
                             0.0)
   w_std = head.weights.astype(np.float64) * scale[:, None]
   b = head.biases + mean @ head.weights
@@ -63,7 +63,7 @@ def test_beats_sgd_defaults_where_they_stop_short():
   # give): SGD at retrain.py's learning rate 0.01 barely moves in 4,000
   # steps; the converging solver has no step size to get wrong.
   x, y = _clusters(60, 6, 16, 1.0, seed=1, scale=0.01)
-  fold = solver.stratified_folds(y, 4, seed=0)
+  fold = folds.stratified_folds(y, 4, seed=0)
   tr, va, te = fold >= 2, fold == 1, fold == 0
   lbfgs = solver.fit_head(x[tr], y[tr], 6, x[va], y[va], OPTIONS).head
   d = DEFAULTS
@@ -82,7 +82,7 @@ def test_beats_sgd_defaults_where_they_stop_short():
 
 def test_chooses_on_validation_and_scores_nothing_else(monkeypatch):
   x, y = _clusters(40, 3, 12, 1.0, seed=2)
-  fold = solver.stratified_folds(y, 4, seed=0)
+  fold = folds.stratified_folds(y, 4, seed=0)
   train_x, train_y = x[fold >= 2], y[fold >= 2]
   val_x, val_y = x[fold == 1], y[fold == 1]
   scored = []
@@ -204,21 +204,21 @@ def test_balanced_weights_raise_the_small_class_recall():
 
 def test_weights_are_in_the_objective_and_the_choice():
   (x, y), _ = _imbalanced(seed=6)
-  mean, scale = solver.standardisation(x, False)
+  mean, scale = lbfgs.standardisation(x, False)
   theta = np.random.default_rng(0).normal(0, 0.1, 9 * 2)
   # Weight 2 on every image is the unweighted objective (a weighted mean).
-  plain = solver._Problem(x, y, 2, mean, scale, 0.1, 0.0)(theta)
-  doubled = solver._Problem(x, y, 2, mean, scale, 0.1, 0.0,
+  plain = lbfgs.Problem(x, y, 2, mean, scale, 0.1, 0.0)(theta)
+  doubled = lbfgs.Problem(x, y, 2, mean, scale, 0.1, 0.0,
                             np.full(len(y), 2.0))(theta)
   assert doubled[0] == pytest.approx(plain[0])
   np.testing.assert_allclose(doubled[1], plain[1], rtol=1e-6, atol=1e-9)
   # Weight 3 on one image is that image three times.
   w = np.ones(len(y))
   w[0] = 3.0
-  tripled = solver._Problem(np.concatenate([x, x[:1], x[:1]]),
+  tripled = lbfgs.Problem(np.concatenate([x, x[:1], x[:1]]),
                             np.concatenate([y, y[:1], y[:1]]), 2, mean,
                             scale, 0.1, 0.0)(theta)
-  weighted = solver._Problem(x, y, 2, mean, scale, 0.1, 0.0, w)(theta)
+  weighted = lbfgs.Problem(x, y, 2, mean, scale, 0.1, 0.0, w)(theta)
   assert weighted[0] == pytest.approx(tripled[0])
   # The k-fold choice scores the weighted (here: balanced) accuracy.
   result = solver.fit_head(x, y, 2, x[:0], y[:0], OPTIONS,

@@ -38,6 +38,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from retrain.head import folds as folds_lib
+from retrain.head import lbfgs as lbfgs_lib
 from retrain.head import solver as solver_lib
 from retrain.head.model import Head
 
@@ -45,8 +47,8 @@ from retrain.head.model import Head
 DEFAULT_THRESHOLD = 0.5
 
 
-class _SigmoidProblem(solver_lib._Problem):  # pylint: disable=protected-access
-  """The objective above over fixed vectors (theta as in _Problem)."""
+class _SigmoidProblem(lbfgs_lib.Problem):
+  """The objective above over fixed vectors (theta as in lbfgs.Problem)."""
 
   def __init__(self, x: np.ndarray, targets: np.ndarray, mean: np.ndarray,
                scale: np.ndarray, l2: np.ndarray):
@@ -125,9 +127,9 @@ def _fit(x, targets, l2, options, standard, start=None) -> Head:
   problem = _SigmoidProblem(x, targets, mean, scale, l2)
   theta0 = (np.zeros((x.shape[1] + 1) * targets.shape[1]) if start is None
             else start)
-  theta, _ = solver_lib.lbfgs(problem, theta0, options.max_iterations,
-                              options.tolerance)
-  fit = solver_lib._Fit(theta, problem, 0)  # pylint: disable=protected-access
+  theta, _ = lbfgs_lib.lbfgs(problem, theta0, options.max_iterations,
+                             options.tolerance)
+  fit = lbfgs_lib.Fit(theta, problem, 0)
   return dataclasses.replace(fit.head(), multi_label=True), theta
 
 
@@ -150,7 +152,7 @@ def _out_of_fold(x, targets, strata, groups, options, grid):
   """float64 [C, n, L] out-of-fold probabilities of each candidate."""
   # Folds over groups (a photo and its copies), stratified by stratum.
   first = np.unique(groups, return_index=True)[1]
-  group_fold = solver_lib.stratified_folds(strata[first], options.folds,
+  group_fold = folds_lib.stratified_folds(strata[first], options.folds,
                                            options.seed)
   fold = group_fold[np.searchsorted(np.unique(groups), groups)]
   out = np.zeros((len(grid), *targets.shape))
@@ -158,7 +160,7 @@ def _out_of_fold(x, targets, strata, groups, options, grid):
     inside = fold != k
     if not inside.any() or inside.all():
       continue
-    standard = solver_lib.standardisation(x[inside], options.standardise)
+    standard = lbfgs_lib.standardisation(x[inside], options.standardise)
     start = None
     for c, l2 in enumerate(grid):
       head, start = _fit(x[inside], targets[inside], l2, options, standard,
@@ -194,7 +196,7 @@ def fit_multilabel(x: np.ndarray, targets: np.ndarray, strata: np.ndarray,
   grid = sorted(options.l2_grid, reverse=True)
   if len(np.unique(groups)) < 2 * options.folds or len(grid) == 1:
     l2 = np.full(labels, grid[len(grid) // 2])
-    head, _ = _fit(x, targets, l2, options, solver_lib.standardisation(
+    head, _ = _fit(x, targets, l2, options, lbfgs_lib.standardisation(
         x, options.standardise))
     return MultiLabelResult(head, np.full(labels, DEFAULT_THRESHOLD,
                                           np.float32), l2, None, [],
@@ -208,7 +210,7 @@ def fit_multilabel(x: np.ndarray, targets: np.ndarray, strata: np.ndarray,
   best = np.stack([oof[chosen[j], :, j] for j in range(labels)], axis=1)
   thresholds = np.array([choose_threshold(best[original, j], t[:, j])
                          for j in range(labels)], np.float32)
-  head, _ = _fit(x, targets, l2, options, solver_lib.standardisation(
+  head, _ = _fit(x, targets, l2, options, lbfgs_lib.standardisation(
       x, options.standardise))
   candidates = [{'l2': float(v), 'cross_entropy': ce[c].tolist()}
                 for c, v in enumerate(grid)]

@@ -208,7 +208,7 @@ def fit_held_out(x: np.ndarray, y: np.ndarray, num_classes: int,
                  held_out: str) -> Novelty:
   """`fit` on all rows, with the threshold at the `keep` quantile of
   out-of-fold scores: rows of fold k scored by a model fitted on the rest
-  (fold int [n], e.g. retrain.head.solver.group_folds of the originals)."""
+  (fold int [n], e.g. retrain.head.folds.group_folds of the originals)."""
   novelty = fit(x, y, num_classes, components)
   scores = np.empty(len(y))
   for k in np.unique(fold):
@@ -225,9 +225,9 @@ def fit_on_split(x: np.ndarray, y: np.ndarray, num_classes: int,
                  components: int, keep: float, folds: int, seed: int,
                  groups: Optional[np.ndarray] = None) -> Novelty:
   """fit_held_out with `folds` class-stratified folds of the rows."""
-  from retrain.head import solver  # pylint: disable=g-import-not-at-top
+  from retrain.head import folds as folds_lib  # pylint: disable=g-import-not-at-top
   groups = np.arange(len(y)) if groups is None else groups
-  fold = solver.group_folds(np.asarray(y), groups, folds, seed)
+  fold = folds_lib.group_folds(np.asarray(y), groups, folds, seed)
   return fit_held_out(x, y, num_classes, components, keep, fold,
                       f'out-of-fold scores of {len(y)} training and '
                       f'validation images ({folds} folds)')

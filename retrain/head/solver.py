@@ -66,25 +66,12 @@ import time
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
 from retrain.errors import DatasetError
+from retrain.head import folds as folds_lib
+from retrain.head import lbfgs as lbfgs_lib
 from retrain.head.train import EvalPoint, Head
-
-# L-BFGS: 10 pairs of history is the usual choice (scipy's and Nocedal &
-# Wright's); the Armijo constant 1e-4 likewise.
-_MEMORY = 10
-_ARMIJO = 1e-4
-_MAX_HALVINGS = 30
-
-
-def _dot(a: np.ndarray, b: np.ndarray) -> float:
-  """a . b of two float64 vectors without BLAS: numpy's `@` calls a
-  threaded BLAS whose threads, on 2 cores busy with other work, made a
-  19,205-long dot product take milliseconds instead of microseconds (the
-  solver spent 45 of 60 s in them)."""
-  return float(np.sum(a * b))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,200 +208,6 @@ class SolverResult:
     }
 
 
-# --- One fit ------------------------------------------------------------------
-
-
-class _Problem:
-  """Softmax cross-entropy + L2 over fixed vectors, standardised implicitly.
-
-  Parameters theta float64 [(D + 1) * N]: W' [D, N] (standardised space)
-  then b [N]. Each evaluation costs two float32 products of the [n, D]
-  vectors with [D, N] weights; TensorFlow runs them (on 2 busy cores its
-  kernels were 2-5x faster than numpy's BLAS for these skinny shapes), the
-  rest is float64 numpy on [n, N] and [D, N] arrays.
-  """
-
-  def __init__(self, x: np.ndarray, y: np.ndarray, num_classes: int,
-               mean: np.ndarray, scale: np.ndarray, l2: float,
-               label_smoothing: float, weights: Optional[np.ndarray] = None):
-    """weights: float [n] >= 0 of each image in the data term (None: 1)."""
-    self.x = tf.constant(x)
-    self.y = y
-    self.n, self.dim = x.shape
-    # Each image's share of the data term: 1 / n, or w_i / sum(w).
-    self.share = (np.full((self.n, 1), 1.0 / max(self.n, 1)) if weights is None
-                  else _shares(weights))
-    self.classes = num_classes
-    self.mean, self.scale = mean, scale
-    self.l2 = l2
-    targets = np.full((self.n, num_classes), label_smoothing / num_classes)
-    targets[np.arange(self.n), y] += 1.0 - label_smoothing
-    self.targets = targets
-    # Kept from the last evaluation, for the iteration callback.
-    self.last_logits = None
-
-  def split(self, theta):
-    w = theta[:-self.classes].reshape(self.dim, self.classes)
-    return w, theta[-self.classes:]
-
-  def logits(self, w, b) -> np.ndarray:
-    """float64 [n, N] for standardised weights w [D, N] and biases b [N]."""
-    w_in = w / self.scale[:, None]
-    z = tf.matmul(tf.constant(w_in.T, tf.float32), self.x, transpose_b=True)
-    return z.numpy().T.astype(np.float64) + (b - _project(self.mean, w_in))
-
-  def __call__(self, theta) -> Tuple[float, np.ndarray]:
-    w, b = self.split(theta)
-    z = self.logits(w, b)
-    self.last_logits = z
-    z = z - z.max(axis=1, keepdims=True)
-    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    data_loss = -np.sum(self.share * self.targets * log_p)
-    g = (np.exp(log_p) - self.targets) * self.share  # [n, N]
-    gx = tf.matmul(tf.constant(g, tf.float32), self.x, transpose_a=True)
-    gx = gx.numpy().T.astype(np.float64)  # [D, N]
-    gw = (gx - np.outer(self.mean, g.sum(axis=0))) / self.scale[:, None]
-    gw += self.l2 * w
-    loss = data_loss + 0.5 * self.l2 * float(np.sum(w * w))
-    return loss, np.concatenate([gw.ravel(), g.sum(axis=0)])
-
-  def cross_entropy(self, logits: np.ndarray) -> float:
-    """Mean cross entropy against the true (unsmoothed) class ids."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    log_norm = np.log(np.exp(z).sum(axis=1))
-    return float(np.mean(log_norm - z[np.arange(self.n), self.y]))
-
-
-def _shares(weights: np.ndarray) -> np.ndarray:
-  """float64 [n, 1]: weights / their sum (a zero sum: all zeros)."""
-  w = np.asarray(weights, np.float64).reshape(-1, 1)
-  total = float(w.sum())
-  return w / total if total > 0 else np.zeros_like(w)
-
-
-def lbfgs(fun: Callable[[np.ndarray], Tuple[float, np.ndarray]],
-          theta: np.ndarray, max_iterations: int, tolerance: float,
-          callback: Optional[Callable[[int, float, np.ndarray], None]] = None
-          ) -> Tuple[np.ndarray, int]:
-  """Minimises a smooth function with L-BFGS and a backtracking line search.
-
-  Args:
-    fun: theta float64 [P] -> (value, gradient float64 [P]).
-    theta: the starting point.
-    max_iterations: iterations at most.
-    tolerance: stop when an iteration lowers the value by less than this
-      fraction of it (or the gradient vanishes).
-    callback: called (iteration, value, theta) after each accepted step.
-
-  Returns:
-    (theta at the end, iterations done).
-  """
-  value, grad = fun(theta)
-  pairs: List[Tuple[np.ndarray, np.ndarray, float]] = []
-  done = 0
-  for done in range(1, max_iterations + 1):
-    if np.max(np.abs(grad)) < 1e-10:
-      done -= 1
-      break
-    # Two-loop recursion: direction = -H grad.
-    q = grad.copy()
-    alphas = []
-    for s, y, rho in reversed(pairs):
-      a = rho * _dot(s, q)
-      q -= a * y
-      alphas.append(a)
-    if pairs:
-      s, y, _ = pairs[-1]
-      q *= _dot(s, y) / _dot(y, y)
-    else:  # A first step of length ~1 in theta.
-      q /= max(1.0, float(np.linalg.norm(grad)))
-    for (s, y, rho), a in zip(pairs, reversed(alphas), strict=True):
-      q += s * (a - rho * _dot(y, q))
-    direction = -q
-    slope = _dot(grad, direction)
-    if slope >= 0:  # Not a descent direction (round-off): restart.
-      pairs.clear()
-      direction, slope = -grad, -_dot(grad, grad)
-    step = 1.0
-    for _ in range(_MAX_HALVINGS):
-      new_theta = theta + step * direction
-      new_value, new_grad = fun(new_theta)
-      if new_value <= value + _ARMIJO * step * slope:
-        break
-      step *= 0.5
-    else:
-      done -= 1
-      break  # No step lowers the value: converged to round-off.
-    s, y = new_theta - theta, new_grad - grad
-    sy = _dot(s, y)
-    if sy > 1e-12:
-      pairs.append((s, y, 1.0 / sy))
-      if len(pairs) > _MEMORY:
-        pairs.pop(0)
-    decrease = (value - new_value) / max(abs(value), abs(new_value), 1e-12)
-    theta, value, grad = new_theta, new_value, new_grad
-    if callback is not None:
-      callback(done, value, theta)
-    if decrease < tolerance:
-      break
-  return theta, done
-
-
-def _project(v: np.ndarray, m: np.ndarray) -> np.ndarray:
-  """v [D] @ m [D, N] without BLAS (see _dot)."""
-  return np.sum(v[:, None] * m, axis=0)
-
-
-def standardisation(x: np.ndarray, enabled: bool = True
-                    ) -> Tuple[np.ndarray, np.ndarray]:
-  """(mean float64 [D], scale float64 [D]) of vectors x [n, D]; a constant
-  dimension gets scale 1 (it is all zeros once centred).
-
-  Not enabled: mean 0 and one scale for every dimension, the root mean
-  square of all values (the raw vectors up to one factor, which makes the
-  L2 grid mean the same for a module whose features are 10x larger).
-  """
-  if not enabled:
-    rms = float(tf.sqrt(tf.reduce_mean(tf.square(tf.constant(x, tf.float32))
-                                       )).numpy())
-    return np.zeros(x.shape[1]), np.full(x.shape[1], rms if rms > 0 else 1.0)
-  # TensorFlow's threaded reductions: numpy's took seconds on busy cores.
-  mean, variance = tf.nn.moments(tf.constant(x, tf.float32), axes=[0])
-  mean = mean.numpy().astype(np.float64)
-  scale = np.sqrt(np.maximum(variance.numpy().astype(np.float64), 0.0))
-  return mean, np.where(scale > 1e-8, scale, 1.0)
-
-
-@dataclasses.dataclass
-class _Fit:
-  theta: np.ndarray
-  problem: _Problem
-  iterations: int
-
-  def head(self) -> Head:
-    w, b = self.problem.split(self.theta)
-    w_in = w / self.problem.scale[:, None]
-    return Head(w_in.astype(np.float32),
-                (b - _project(self.problem.mean, w_in)).astype(np.float32))
-
-
-def _fit_one(x, y, num_classes, l2, label_smoothing, options: SolverOptions,
-             start: Optional[np.ndarray] = None, standard=None,
-             callback=None, weights: Optional[np.ndarray] = None) -> _Fit:
-  if standard is None:
-    standard = standardisation(x, options.standardise)
-  mean, scale = standard
-  problem = _Problem(x, y, num_classes, mean, scale, l2, label_smoothing,
-                     weights)
-  theta0 = (np.zeros((x.shape[1] + 1) * num_classes) if start is None
-            else start)
-  theta, iterations = lbfgs(problem, theta0, options.max_iterations,
-                            options.tolerance,
-                            None if callback is None else
-                            lambda i, v, t: callback(i, t, problem))
-  return _Fit(theta, problem, iterations)
-
-
 def _as_arrays(x, y) -> Tuple[np.ndarray, np.ndarray]:
   return np.ascontiguousarray(x, np.float32), np.asarray(y, np.int64)
 
@@ -455,12 +248,12 @@ def _score_grid(candidates: Sequence[Candidate], x, y, num_classes,
   candidate's parameters are appended to `solutions` if given. With
   class_weights (float [N]) the fit and both scores weigh each image by
   its class's weight."""
-  standard = standardisation(x, options.standardise)
+  standard = lbfgs_lib.standardisation(x, options.standardise)
   scores, start, smoothing = [], None, None
   for c in candidates:
     if c.label_smoothing != smoothing:
       start, smoothing = None, c.label_smoothing
-    fit = _fit_one(x, y, num_classes, c.l2, c.label_smoothing, options,
+    fit = lbfgs_lib.fit_one(x, y, num_classes, c.l2, c.label_smoothing, options,
                    start, standard, weights=_per_image(class_weights, y))
     start = fit.theta
     if solutions is not None:
@@ -478,27 +271,6 @@ def _per_image(class_weights: Optional[np.ndarray], y: np.ndarray
   if class_weights is None:
     return None
   return np.asarray(class_weights, np.float64)[y]
-
-
-def stratified_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
-  """int [n] fold of each row: each class's rows, shuffled with `seed`,
-  dealt round-robin, so every fold has each class in proportion."""
-  rng = np.random.default_rng(seed)
-  fold = np.empty(len(y), np.int64)
-  for c in np.unique(y):
-    rows = rng.permutation(np.flatnonzero(y == c))
-    fold[rows] = np.arange(len(rows)) % folds
-  return fold
-
-
-def group_folds(y: np.ndarray, groups: np.ndarray, folds: int,
-                seed: int) -> np.ndarray:
-  """int [n] fold of each row, as stratified_folds deals them, but dealing
-  groups (int [n], e.g. an image and its distorted copies share one) so a
-  group's rows always share a fold; a group's class is its first row's."""
-  _, first, inverse = np.unique(groups, return_index=True,
-                                return_inverse=True)
-  return stratified_folds(y[first], folds, seed)[inverse.ravel()]
 
 
 @dataclasses.dataclass
@@ -564,12 +336,12 @@ def cross_fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray,
   folds = min(options.folds, int(per_class[per_class > 0].min()))
   if folds < 2:
     return None
-  fold = group_folds(y, groups, folds, options.seed)
+  fold = folds_lib.group_folds(y, groups, folds, options.seed)
   logits = np.full((len(y), num_classes), np.nan, np.float32)
   iterations = 0
   for k in range(folds):
     inside = fold != k
-    fit = _fit_one(x[inside], y[inside], num_classes, chosen.l2,
+    fit = lbfgs_lib.fit_one(x[inside], y[inside], num_classes, chosen.l2,
                    chosen.label_smoothing, options, start=start,
                    weights=_per_image(class_weights, y[inside]))
     logits[~inside] = fit.head().logits(x[~inside])
@@ -577,7 +349,7 @@ def cross_fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray,
   return logits, folds, iterations
 
 
-def _held_out(final: '_Fit', refit: bool, train_x, train_y, val_x, val_y,
+def _held_out(final: 'lbfgs_lib.Fit', refit: bool, train_x, train_y, val_x, val_y,
               groups, num_classes: int, chosen: Candidate,
               options: SolverOptions,
               class_weights: Optional[np.ndarray] = None
@@ -647,7 +419,7 @@ def _choose(train_x, train_y, val_x, val_y, num_classes: int,
               f'(N={len(val_y)})')
   elif smallest_class >= options.folds:
     selection, held = 'k-fold', _held(all_y, class_weights)
-    fold = stratified_folds(all_y, options.folds, options.seed)
+    fold = folds_lib.stratified_folds(all_y, options.folds, options.seed)
     totals = np.zeros((len(candidates), 3))
     for k in range(options.folds):
       inside = fold != k
@@ -700,7 +472,7 @@ class _Curve:
     z = problem.last_logits  # of theta: the line search's last evaluation
     val_acc = None
     if self.watch_val:
-      val_acc = _score(_Fit(theta, problem, 0).head(), self.val_x,
+      val_acc = _score(lbfgs_lib.Fit(theta, problem, 0).head(), self.val_x,
                        self.val_y)[0] / len(self.val_y)
     self.points.append(EvalPoint(
         iteration, float(np.mean(z.argmax(axis=1) == self.fit_y)),
@@ -752,7 +524,7 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
   # validation added it moves a little): ~30% fewer iterations in all.
   start = (solutions[candidates.index(chosen)] if solutions and
            options.standardise is False else None)
-  fit = _fit_one(fit_x, fit_y, num_classes, chosen.l2,
+  fit = lbfgs_lib.fit_one(fit_x, fit_y, num_classes, chosen.l2,
                  chosen.label_smoothing, options, start=start,
                  callback=record, weights=_per_image(class_weights, fit_y))
   if on_iteration is not None:
@@ -768,7 +540,7 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
       class_weights)
   # (In the validation case the chosen candidate's fit on training is that
   # head already: restarting from it stops at once.)
-  train_only = fit.head() if not (refit and len(val_y)) else _fit_one(
+  train_only = fit.head() if not (refit and len(val_y)) else lbfgs_lib.fit_one(
       train_x, train_y, num_classes, chosen.l2, chosen.label_smoothing,
       options, start=start if start is not None else fit.theta,
       weights=_per_image(class_weights, train_y)).head()
