@@ -59,6 +59,7 @@ from retrain.errors import OutputError
 from retrain.export import onnx_format, quantization_check, tflite_metadata
 from retrain.export import saved_model as export_lib
 from retrain.features.modules import FeatureModule
+from retrain.head import math as head_math
 from retrain.head.model import Head
 
 LABELS_SUFFIX = '.labels.txt'
@@ -312,8 +313,7 @@ def representative_images(paths: Sequence[str], size, count: int
   every class is seen; files that cannot be decoded are passed over.
   """
   if len(paths) > count:
-    picks = np.linspace(0, len(paths) - 1, count).round().astype(int)
-    paths = [paths[i] for i in picks]
+    paths = [paths[i] for i in head_math.evenly_spread(len(paths), count)]
 
   def generate():
     for path in paths:

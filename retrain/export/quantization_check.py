@@ -22,6 +22,7 @@ from absl import logging
 
 from retrain import images as images_lib
 from retrain.errors import OutputError
+from retrain.head import math as head_math
 
 # Images decoded and classified together: 32 x 224 x 224 x 3 float32 is
 # 19 MB, so a large test set never sits in memory at once.
@@ -133,8 +134,8 @@ def compare(quantization: str, float_predict: Callable, quantized_predict:
   float_probs = np.concatenate(float_probs)
   quant_probs = np.concatenate(quant_probs)
   truth = np.asarray(truth)
-  float_accuracy = float(np.mean(float_probs.argmax(1) == truth))
-  quantized_accuracy = float(np.mean(quant_probs.argmax(1) == truth))
+  float_accuracy = head_math.accuracy(float_probs, truth)
+  quantized_accuracy = head_math.accuracy(quant_probs, truth)
   return QuantizationCheck(
       quantization=quantization, subset=gate.subset, count=int(len(truth)),
       float_accuracy=float_accuracy, quantized_accuracy=quantized_accuracy,

@@ -51,6 +51,7 @@ from absl import logging
 from retrain.common import atomic
 from retrain.common import earlier_outputs as keep
 from retrain.errors import OutputError, RetrainError
+from retrain.head import math as head_math
 
 IDENTITY_FILE = 'fine_tune_identity.json'
 
@@ -147,8 +148,7 @@ def evaluate(logits_fn, batches: Iterable) -> Tuple[float, float, np.ndarray]:
   total, correct, loss, predictions = 0, 0, 0.0, []
   for x, y in batches:
     logits = logits_fn(x)
-    loss += float(tf.reduce_sum(
-        tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)))
+    loss += float(tf.reduce_sum(head_math.tf_cross_entropy(logits, y)))
     predicted = tf.argmax(logits, axis=1).numpy()
     predictions.append(predicted)
     correct += int(np.sum(predicted == np.asarray(y)))
@@ -273,19 +273,6 @@ def _summarise(writers, point: EpochPoint) -> None:
     tf.summary.scalar('accuracy', point.validation_accuracy)
 
 
-def _training_loss(y, logits, label_smoothing: float):
-  """Mean cross entropy of logits [b, N] against labels y [b] smoothed:
-  each target is (1 - s) on its class plus s / N on every class."""
-  if not label_smoothing:
-    return tf.reduce_mean(
-        tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
-  classes = tf.shape(logits)[1]
-  target = (tf.one_hot(y, classes) * (1.0 - label_smoothing) +
-            label_smoothing / tf.cast(classes, tf.float32))
-  return tf.reduce_mean(
-      tf.nn.softmax_cross_entropy_with_logits(target, logits))
-
-
 def _step_functions(variables, logits_fn, optimizer, label_smoothing=0.0,
                     seed: int = 0):
   """(train_step(x, y, lr) -> (loss, correct), infer(x) -> logits).
@@ -299,11 +286,11 @@ def _step_functions(variables, logits_fn, optimizer, label_smoothing=0.0,
   def train_step(x, y, learning_rate):
     with tf.GradientTape() as tape:
       logits = logits_fn(x, True, tf.stack([seed, optimizer.iterations]))
-      loss = _training_loss(y, logits, label_smoothing)
+      loss = tf.reduce_mean(head_math.tf_cross_entropy(logits, y,
+                                                       label_smoothing))
     grads = tape.gradient(loss, variables)
     optimizer.apply(grads, variables, learning_rate)
-    correct = tf.reduce_sum(tf.cast(
-        tf.equal(tf.argmax(logits, axis=1), y), tf.int64))
+    correct = tf.reduce_sum(tf.cast(head_math.tf_hits(logits, y), tf.int64))
     return loss, correct
 
   @tf.function(reduce_retracing=True)

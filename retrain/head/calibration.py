@@ -33,6 +33,7 @@ from typing import Optional
 import numpy as np
 
 from retrain.errors import DatasetError
+from retrain.head import math as head_math
 from retrain.head.model import Head
 
 ECE_BINS = 15
@@ -68,18 +69,12 @@ def check_options(options: ConfidenceOptions) -> None:
 
 def softmax(logits: np.ndarray) -> np.ndarray:
   """float64 [n, N] probabilities of float [n, N] logits."""
-  z = np.asarray(logits, np.float64)
-  z = z - z.max(axis=1, keepdims=True)
-  e = np.exp(z)
-  return e / e.sum(axis=1, keepdims=True)
+  return head_math.softmax(np.asarray(logits, np.float64))
 
 
 def cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:
   """Mean negative log probability of the true class (natural log)."""
-  z = np.asarray(logits, np.float64)
-  z = z - z.max(axis=1, keepdims=True)
-  log_norm = np.log(np.exp(z).sum(axis=1))
-  return float(np.mean(log_norm - z[np.arange(len(y)), y]))
+  return head_math.cross_entropy(logits, y)
 
 
 def expected_calibration_error(probabilities: np.ndarray, y: np.ndarray,
@@ -89,7 +84,7 @@ def expected_calibration_error(probabilities: np.ndarray, y: np.ndarray,
   if not len(y):
     return float('nan')
   confidence = probabilities.max(axis=1)
-  correct = probabilities.argmax(axis=1) == np.asarray(y)
+  correct = head_math.hits(probabilities, y)
   # Bin k holds confidences in (k / bins, (k + 1) / bins]; 0 goes in bin 0.
   index = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
   total = 0.0
@@ -139,7 +134,7 @@ def rejection_threshold(probabilities: np.ndarray, y: np.ndarray,
   coverage: the fraction of images accepted, in [0, 1].
   """
   confidence = np.asarray(probabilities).max(axis=1)
-  correct = np.asarray(probabilities).argmax(axis=1) == np.asarray(y)
+  correct = head_math.hits(probabilities, y)
   order = np.argsort(-confidence, kind='stable')
   confidence, correct = confidence[order], correct[order]
   # Accepting the k most confident images (k = 1..n).

@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from retrain.head import math as head_math
 from retrain.head.model import Head
 
 
@@ -52,7 +53,7 @@ def evaluate(head: Head, x: np.ndarray, y: np.ndarray,
   probs = head.probabilities(x) if len(y) else np.zeros(
       (0, head.biases.shape[0]), np.float32)
   preds = probs.argmax(axis=1).astype(np.int64)
-  accuracy = float(np.mean(preds == y)) if len(y) else float('nan')
+  accuracy = head_math.accuracy(probs, y)
   return Evaluation(accuracy, len(y), y, preds, probs.astype(np.float32), rows)
 
 

@@ -19,6 +19,7 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from retrain.head import math as head_math
 from retrain.head.model import Head
 
 # L-BFGS: 10 pairs of history is the usual choice (scipy's and Nocedal &
@@ -60,9 +61,7 @@ class Problem:
     self.classes = num_classes
     self.mean, self.scale = mean, scale
     self.l2 = l2
-    targets = np.full((self.n, num_classes), label_smoothing / num_classes)
-    targets[np.arange(self.n), y] += 1.0 - label_smoothing
-    self.targets = targets
+    self.targets = head_math.smoothed_targets(y, num_classes, label_smoothing)
     # Kept from the last evaluation, for the iteration callback.
     self.last_logits = None
 
@@ -80,8 +79,7 @@ class Problem:
     w, b = self.split(theta)
     z = self.logits(w, b)
     self.last_logits = z
-    z = z - z.max(axis=1, keepdims=True)
-    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    log_p = head_math.log_softmax(z)
     data_loss = -np.sum(self.share * self.targets * log_p)
     g = (np.exp(log_p) - self.targets) * self.share  # [n, N]
     gx = tf.matmul(tf.constant(g, tf.float32), self.x, transpose_a=True)
@@ -93,9 +91,7 @@ class Problem:
 
   def cross_entropy(self, logits: np.ndarray) -> float:
     """Mean cross entropy against the true (unsmoothed) class ids."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    log_norm = np.log(np.exp(z).sum(axis=1))
-    return float(np.mean(log_norm - z[np.arange(self.n), self.y]))
+    return head_math.cross_entropy(logits, self.y)
 
 
 def shares(weights: np.ndarray) -> np.ndarray:

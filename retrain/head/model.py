@@ -14,6 +14,8 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
+from retrain.head import math as head_math
+
 # retrain.py initialised the weights from a truncated normal of this stddev.
 INIT_STDDEV = 0.001
 
@@ -48,9 +50,11 @@ class Head:
     z = self.logits(x)
     if self.multi_label:
       return (0.5 * (1.0 + np.tanh(0.5 * z))).astype(np.float32)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    return head_math.softmax(z)
+
+  def predict_proba(self, x: np.ndarray) -> np.ndarray:
+    """`probabilities`, under scikit-learn's name."""
+    return self.probabilities(x)
 
 
 class HeadVariables:

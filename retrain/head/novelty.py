@@ -42,6 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 from retrain.errors import DatasetError
+from retrain.head import math as head_math
 
 # Rows the covariance is estimated from at most (evenly spread over the
 # rows given): the eigenvectors come from an n x n Gram matrix, which past
@@ -148,8 +149,7 @@ class Novelty:
 
 
 def _rows(n: int, cap: int) -> np.ndarray:
-  return (np.arange(n) if n <= cap else
-          np.linspace(0, n - 1, cap).round().astype(np.int64))
+  return head_math.evenly_spread(n, cap)
 
 
 def fit(x: np.ndarray, y: np.ndarray, num_classes: int,

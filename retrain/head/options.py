@@ -36,6 +36,7 @@ import tensorflow as tf
 
 from retrain.common.names import CLASS_WEIGHTINGS, OPTIMIZERS, SAMPLINGS
 from retrain.errors import DatasetError
+from retrain.head import math as head_math
 
 # The usual constants: heavy-ball momentum 0.9; Adam with Keras' defaults.
 MOMENTUM = 0.9
@@ -123,18 +124,8 @@ def objective(logits: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor,
     label_smoothing: eps in [0, 1): the target is (1 - eps) on the true
       class plus eps / N on every class.
   """
-  num_classes = tf.shape(logits)[1]
-  if label_smoothing:
-    target = tf.one_hot(labels, num_classes, dtype=logits.dtype)
-    target = (target * (1.0 - label_smoothing)
-              + label_smoothing / tf.cast(num_classes, logits.dtype))
-    per_example = tf.nn.softmax_cross_entropy_with_logits(labels=target,
-                                                          logits=logits)
-  else:
-    per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=labels, logits=logits)
-  if example_weights is not None:
-    per_example = per_example * tf.gather(example_weights, labels)
+  per_example = head_math.tf_cross_entropy(logits, labels, label_smoothing,
+                                         example_weights)
   loss = tf.reduce_mean(per_example)
   if l2_regularizer:
     loss += l2_regularizer * tf.reduce_sum(tf.square(weights))

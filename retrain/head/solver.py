@@ -71,6 +71,7 @@ from absl import logging
 from retrain.errors import DatasetError
 from retrain.head import folds as folds_lib
 from retrain.head import lbfgs as lbfgs_lib
+from retrain.head import math as head_math
 from retrain.head.train import EvalPoint, Head
 
 
@@ -212,25 +213,13 @@ def _as_arrays(x, y) -> Tuple[np.ndarray, np.ndarray]:
   return np.ascontiguousarray(x, np.float32), np.asarray(y, np.int64)
 
 
-def _score(head: Head, x: np.ndarray, y: np.ndarray) -> Tuple[int, float]:
-  """(correct predictions, summed cross entropy) of head on x, y."""
-  z = head.logits(x).astype(np.float64)
-  z -= z.max(axis=1, keepdims=True)
-  log_norm = np.log(np.exp(z).sum(axis=1))
-  correct = int(np.sum(z.argmax(axis=1) == y))
-  return correct, float(np.sum(log_norm - z[np.arange(len(y)), y]))
-
-
-def _weighted_score(head: Head, x: np.ndarray, y: np.ndarray,
-                    weights: np.ndarray) -> Tuple[float, float]:
-  """(weighted correct predictions, weighted summed cross entropy) of head
-  on x, y; weights float [len(y)]."""
-  z = head.logits(x).astype(np.float64)
-  z -= z.max(axis=1, keepdims=True)
-  log_norm = np.log(np.exp(z).sum(axis=1))
-  w = np.asarray(weights, np.float64)
-  return (float(np.sum(w * (z.argmax(axis=1) == y))),
-          float(np.sum(w * (log_norm - z[np.arange(len(y)), y]))))
+def _score(head: Head, x: np.ndarray, y: np.ndarray,
+           weights: Optional[np.ndarray] = None) -> Tuple[float, float]:
+  """(correct predictions, summed cross entropy) of head on x, y; with
+  weights float [len(y)] each image counts its weight in both."""
+  z = head.logits(x)
+  return (head_math.correct(z, y, weights),
+          head_math.cross_entropy(z, y, weights, total=True))
 
 
 def _grid(options: SolverOptions) -> List[Candidate]:
@@ -259,8 +248,7 @@ def _score_grid(candidates: Sequence[Candidate], x, y, num_classes,
     if solutions is not None:
       solutions.append(fit.theta)
     scored = (_score(fit.head(), held_x, held_y) if class_weights is None else
-              _weighted_score(fit.head(), held_x, held_y,
-                              class_weights[held_y]))
+              _score(fit.head(), held_x, held_y, class_weights[held_y]))
     scores.append((*scored, fit.iterations))
   return scores
 
@@ -305,13 +293,10 @@ class HeldOut:
     data = {'method': self.method, 'folds': self.folds,
             'cross_fit_iterations': self.iterations}
     if val_y is not None and len(val_y):
-      z = self.validation_logits.astype(np.float64)
-      z -= z.max(axis=1, keepdims=True)
-      log_norm = np.log(np.exp(z).sum(axis=1))
+      z = self.validation_logits
       data.update(validation_count=int(len(val_y)),
-                  validation_accuracy=float(np.mean(z.argmax(1) == val_y)),
-                  validation_cross_entropy=float(np.mean(
-                      log_norm - z[np.arange(len(val_y)), val_y])))
+                  validation_accuracy=head_math.accuracy(z, val_y),
+                  validation_cross_entropy=head_math.cross_entropy(z, val_y))
     return data
 
 
@@ -475,7 +460,7 @@ class _Curve:
       val_acc = _score(lbfgs_lib.Fit(theta, problem, 0).head(), self.val_x,
                        self.val_y)[0] / len(self.val_y)
     self.points.append(EvalPoint(
-        iteration, float(np.mean(z.argmax(axis=1) == self.fit_y)),
+        iteration, head_math.accuracy(z, self.fit_y),
         problem.cross_entropy(z), val_acc,
         len(self.val_y) if self.watch_val else 0))
 

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import math
 from typing import Callable, Iterator, List, Optional
 
 import numpy as np
@@ -50,6 +49,7 @@ from absl import logging
 
 from bottleneck_cache.chunks import ChunkReader
 from retrain.head import evaluate as evaluate_lib
+from retrain.head import math as head_math
 from retrain.head import model as model_lib
 from retrain.head import options as options_lib
 from retrain.head import train as train_lib
@@ -189,7 +189,7 @@ def _loss_and_accuracy(head: model_lib.Head, x: np.ndarray,
   probs = head.probabilities(x)
   picked = np.maximum(probs[np.arange(len(y)), y], 1e-30)
   return (float(-np.mean(np.log(picked))),
-          float(np.mean(probs.argmax(axis=1) == y)))
+          head_math.accuracy(probs, y))
 
 
 @dataclasses.dataclass
@@ -381,6 +381,6 @@ def evaluate_streaming(head: model_lib.Head, reader: ChunkReader,
     probs[part] = head.probabilities(reader.read(rows[part]))
   labels = y[rows]
   preds = probs.argmax(axis=1).astype(np.int64)
-  accuracy = float(np.mean(preds == labels)) if len(labels) else math.nan
+  accuracy = head_math.accuracy(probs, labels)
   return evaluate_lib.Evaluation(accuracy, len(labels), labels, preds, probs,
                                  rows)

@@ -27,6 +27,7 @@ import tensorflow as tf
 from absl import logging
 
 from retrain.errors import RetrainError
+from retrain.head import math as head_math
 from retrain.head import options as options_lib
 from retrain.head.model import Head, HeadVariables
 
@@ -140,10 +141,7 @@ def eval_steps(total_steps: int, interval: int) -> List[int]:
 def spread(items: Sequence, count: int) -> list:
   """At most `count` of `items`, evenly spread, first and last included."""
   items = list(items)
-  if len(items) <= count:
-    return items
-  pick = np.linspace(0, len(items) - 1, count).round()
-  return [items[int(k)] for k in pick]
+  return [items[k] for k in head_math.evenly_spread(len(items), count)]
 
 
 def plan(points: Sequence[int], steps: int, control: Set[int],
@@ -309,15 +307,8 @@ class CompiledSteps:
 
   def _loss_and_logits(self, xb, yb):
     logits = self.state.logits(xb)
-    loss = tf.reduce_mean(
-        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=yb,
-                                                       logits=logits))
+    loss = tf.reduce_mean(head_math.tf_cross_entropy(logits, yb))
     return loss, logits
-
-  @staticmethod
-  def _accuracy(logits, yb):
-    return tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, 1), yb),
-                                  tf.float32))
 
   def _validate(self, sample_size):
     """(cross entropy, accuracy) on validation images; -1: all."""
@@ -327,7 +318,7 @@ class CompiledSteps:
       idx = self.gen.uniform([sample_size], 0, self.val_size, dtype=tf.int64)
       xb, yb = tf.gather(self.vx, idx), tf.gather(self.vy, idx)
     loss, logits = self._loss_and_logits(xb, yb)
-    return loss, self._accuracy(logits, yb)
+    return loss, head_math.tf_accuracy(logits, yb)
 
   def _sgd_step(self):
     """One update on a fresh batch; returns the batch's rows."""
@@ -371,7 +362,7 @@ class CompiledSteps:
       # Metrics on the last training batch, after its update (as retrain.py).
       yb = tf.gather(self.data.y, rows)
       loss, logits = self._loss_and_logits(tf.gather(self.data.x, rows), yb)
-      acc, probs = self._accuracy(logits, yb), tf.nn.softmax(logits)
+      acc, probs = head_math.tf_accuracy(logits, yb), head_math.tf_softmax(logits)
       v_loss, v_acc = (self._validate(self.validation_batch_size)
                        if self.has_val else (0.0, 0.0))
       if self.writers is not None:

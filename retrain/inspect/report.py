@@ -29,6 +29,7 @@ from retrain.data import split as split_lib
 from retrain.errors import DatasetError
 from retrain.features import ensemble as ensemble_lib
 from retrain.features import tflite_runtime
+from retrain.head import math as head_math
 from retrain.inspect import analysis, charts, files
 from retrain.inspect import html as html_lib
 
@@ -195,8 +196,7 @@ def _model_sections(labels, ex: _Examples, options: InspectConfig) -> dict:
   return {
       'label_errors': {
           'folds': folds,
-          'out_of_fold_accuracy': float(np.mean(probs.argmax(axis=1) ==
-                                                ex.y)),
+          'out_of_fold_accuracy': head_math.accuracy(probs, ex.y),
           'given_below': options.label_error_given,
           'other_above': options.label_error_other,
           'suspects': [dict(ex.item(s.index),

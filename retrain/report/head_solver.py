@@ -26,6 +26,7 @@ import tensorflow as tf
 from absl import logging
 
 from retrain.head import auto
+from retrain.head import math as head_math
 from retrain.head import options as options_lib
 from retrain.head import solver as solver_lib
 from retrain.head import train as train_lib
@@ -202,7 +203,7 @@ def maybe_solve(config, train_x: np.ndarray, train_y: np.ndarray,
       solver_lib.SolverOptions.from_config(config),
       train_groups=train_groups, class_weights=weights)
   # Every iteration is in TensorBoard and the report; the log gets a few.
-  for k in _spread(len(result.history), 10) if result.history else ():
+  for k in head_math.evenly_spread(len(result.history), 10):
     point = result.history[k]
     if on_eval is not None:
       on_eval(point)
@@ -219,10 +220,3 @@ def maybe_solve(config, train_x: np.ndarray, train_y: np.ndarray,
       result.head, result.history, None,
       result.held_out if result.refit or len(val_y) == 0 else None,
       result.train_only_head if result.refit else None)
-
-
-def _spread(count: int, cap: int) -> Sequence[int]:
-  """Up to `cap` indices of range(count), evenly spread, the last included."""
-  if count <= cap:
-    return range(count)
-  return sorted(set(np.linspace(0, count - 1, cap).round().astype(int)))

@@ -29,6 +29,7 @@ import tensorflow as tf
 from absl import logging
 
 from retrain.common import atomic
+from retrain.head import math as head_math
 
 # TensorBoard's projector refuses sprites larger than 8192 pixels a side.
 _MAX_SPRITE_SIDE = 8192
@@ -226,11 +227,7 @@ def write_text(writer, tag: str, text: str, step: int = 0) -> None:
 def sample_rows(count: int, cap: int) -> np.ndarray:
   """int64 indices of at most `cap` of `count` rows, evenly spread and
   repeatable (no random generator: the same images are shown every run)."""
-  if cap <= 0 or count <= 0:
-    return np.zeros(0, np.int64)
-  if count <= cap:
-    return np.arange(count, dtype=np.int64)
-  return np.unique(np.linspace(0, count - 1, cap).round().astype(np.int64))
+  return head_math.evenly_spread(count, cap)
 
 
 def _thumbnail(path: str, size: int) -> np.ndarray:

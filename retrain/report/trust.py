@@ -40,6 +40,7 @@ from absl import logging
 
 from retrain.common import atomic
 from retrain.head import calibration as calibration_lib
+from retrain.head import math as head_math
 
 REPORT_FILE = 'trust.json'
 RELIABILITY_FILE = 'reliability.png'
@@ -53,7 +54,7 @@ def reliability_bins(probabilities: np.ndarray, y: np.ndarray,
   probability (as expected_calibration_error bins them), its count, mean
   confidence and accuracy (None when empty)."""
   confidence = np.asarray(probabilities).max(axis=1)
-  correct = np.asarray(probabilities).argmax(axis=1) == np.asarray(y)
+  correct = head_math.hits(probabilities, y)
   index = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
   rows = []
   for k in range(bins):
