@@ -681,9 +681,8 @@ def train(config: Config, module, labels: Sequence[str],
                                                 val_y, labels, points))
   try:
     # The converging solver (None: this run trains with SGD).
-    trained = solve_lib.maybe_solve(config, train_x, train_y, len(labels),
-                                    val_x, val_y, writers,
-                                    train_groups=groups, labels=labels)
+    trained = solve_lib.maybe_solve(config, train_x, train_y, labels, val_x,
+                                    val_y, writers, train_groups=groups)
     if trained is None:
       progress = Progress('Training', config.how_many_training_steps,
                           unit='steps')

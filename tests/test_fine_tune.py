@@ -269,8 +269,8 @@ def _fit(net, x, y, tmp_path=None, epochs=3, lr=1e-3, on_epoch=None,
   batches = lambda epoch: finetune_lib._array_batches(  # noqa: E731
       x, y, 8, finetune_lib._epoch_order(0, epoch, len(x)))
   return train_lib.fit(
-      net.top_variables, net.logits, batches,
-      lambda: finetune_lib._array_batches(x, y, 8), 3,
+      net.top_variables, net.logits, train_lib.Batches(
+          batches, lambda: finetune_lib._array_batches(x, y, 8), 3),
       train_lib.FitOptions(epochs=epochs, learning_rate=lr, weight_decay=1e-4,
                            warmup_epochs=1, patience=patience, seed=0),
       str(tmp_path) if tmp_path else None, identity or {'run': 1},

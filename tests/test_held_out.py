@@ -37,13 +37,13 @@ def test_cross_fit_never_predicts_an_image_with_a_head_that_trained_on_it(
   x = np.concatenate([x, x[::3] + 0.01])
   x[:, 0] = groups
   trained_on = []
-  real_fit = lbfgs.fit_one
+  real_fit = lbfgs.SoftmaxLbfgs.fit
 
-  def spy(fx, *args, **kwargs):
+  def spy(self, fx, *args, **kwargs):
     trained_on.append(set(fx[:, 0].astype(int)))
-    return real_fit(fx, *args, **kwargs)
+    return real_fit(self, fx, *args, **kwargs)
 
-  monkeypatch.setattr(lbfgs, 'fit_one', spy)
+  monkeypatch.setattr(lbfgs.SoftmaxLbfgs, 'fit', spy)
   logits, folds, _ = solver.cross_fit(x, y, groups, 3, solver.Candidate(
       0.1, 0.0), OPTIONS)
   assert folds == OPTIONS.folds and len(trained_on) == folds
@@ -64,7 +64,8 @@ def _solved(tmp_path, overlap_seed=0):
       DEFAULTS, head_solver='lbfgs', solver_l2_grid=(1e-3, 1e-4),
       distorted_copies=0, report_dir=str(tmp_path / 'reports'),
       summaries_dir=str(tmp_path / 'summaries'))
-  trained = solve.maybe_solve(config, x[train], y[train], 3, x[val], y[val])
+  trained = solve.maybe_solve(config, x[train], y[train], ['a', 'b', 'c'],
+                              x[val], y[val])
   images = types.SimpleNamespace(vectors=x, labels=y)
   split = types.SimpleNamespace(train=train, validation=val, test=test)
   return config, trained, images, split

@@ -252,7 +252,7 @@ def test_a_strongly_imbalanced_run_warns_and_weighs_classes(tmp_path, caplog):
                                report_dir=str(tmp_path),
                                solver_l2_grid=(0.1,))
   with caplog.at_level('INFO', logger='absl'):
-    solve.maybe_solve(config, x, y, 2, x[:0], y[:0], labels=['cats', 'dogs'])
+    solve.maybe_solve(config, x, y, ['cats', 'dogs'], x[:0], y[:0])
   assert ("strongly imbalanced: 'cats' has 300 images, 'dogs' 15" in
           caplog.text)
   assert 'every class weighs the same' in caplog.text

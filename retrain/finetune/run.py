@@ -483,8 +483,9 @@ def _train_and_test(o: FineTuneOptions, plan: _Plan, identity: dict,
   writers = _writers(o.summaries_dir)
   try:
     fit = train_lib.fit(
-        network.top_variables, network.logits, plan.train_batches,
-        plan.validation_batches, plan.steps, _fit_options(o),
+        network.top_variables, network.logits, train_lib.Batches(
+            plan.train_batches, plan.validation_batches, plan.steps),
+        _fit_options(o),
         checkpoint_dir(o, identity), identity, writers[:2], on_epoch)
     _, after, predictions = train_lib.evaluate(infer, plan.test_batches())
     last = fit.history[-1].epoch if fit.history else o.fine_tune_epochs

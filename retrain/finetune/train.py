@@ -143,6 +143,21 @@ class FitOptions:
   label_smoothing: float = 0.0  # of the training loss only
 
 
+@dataclasses.dataclass(frozen=True)
+class Batches:
+  """What `fit` trains and validates on.
+
+  Attributes:
+    train: epoch (1-based) -> iterable of (x, y int64 [b]); the order must
+      depend only on the epoch and the seed (resume).
+    validation: () -> iterable of (x, y).
+    steps_per_epoch: batches `train` yields per epoch.
+  """
+  train: Callable[[int], Iterable]
+  validation: Callable[[], Iterable]
+  steps_per_epoch: int
+
+
 def evaluate(logits_fn, batches: Iterable) -> Tuple[float, float, np.ndarray]:
   """(mean cross entropy, accuracy, predictions int64 [n]) over batches."""
   total, correct, loss, predictions = 0, 0, 0.0, []
@@ -347,9 +362,7 @@ def _resume(manager, tracker: _Tracker, options: FitOptions) -> int:
   return done
 
 
-def fit(variables: List[tf.Variable], logits_fn: Callable,
-        train_batches: Callable[[int], Iterable],
-        validation_batches: Callable[[], Iterable], steps_per_epoch: int,
+def fit(variables: List[tf.Variable], logits_fn: Callable, batches: Batches,
         options: FitOptions, checkpoint_dir: Optional[str] = None,
         identity: Optional[dict] = None, writers=None,
         on_epoch: Optional[Callable[[EpochPoint], None]] = None) -> FitResult:
@@ -359,10 +372,7 @@ def fit(variables: List[tf.Variable], logits_fn: Callable,
     variables: what is trained.
     logits_fn: (x, training: bool, seed: int64 [2] of the dropout) ->
       float32 [b, N] logits.
-    train_batches: epoch (1-based) -> iterable of (x, y int64 [b]); the
-      order must depend only on the epoch and the seed (resume).
-    validation_batches: () -> iterable of (x, y).
-    steps_per_epoch: batches train_batches yields per epoch.
+    batches: the training and validation batches.
     options: the schedule and stopping settings.
     checkpoint_dir: where checkpoints go and are resumed from (None: none).
     identity: JSON-serialisable description of the run; checkpoints of
@@ -374,6 +384,7 @@ def fit(variables: List[tf.Variable], logits_fn: Callable,
     FineTuneError: the loss stopped being finite (the learning rate is too
       high for this model).
   """
+  steps_per_epoch = batches.steps_per_epoch
   schedule = Schedule(options.learning_rate,
                       max(1, round(options.warmup_epochs * steps_per_epoch)),
                       options.epochs * steps_per_epoch)
@@ -390,7 +401,7 @@ def fit(variables: List[tf.Variable], logits_fn: Callable,
                                       options.label_smoothing, options.seed)
   history = []
   if resumed == 0:
-    history.append(_starting_point(infer, validation_batches()))
+    history.append(_starting_point(infer, batches.validation()))
     tracker.consider(history[0])
     _summarise(writers, history[0])
   stopped_early = False
@@ -400,10 +411,10 @@ def fit(variables: List[tf.Variable], logits_fn: Callable,
       break
     started = time.monotonic()
     loss, accuracy, rate = _train_epoch(
-        epoch, train_batches(epoch), train_step, schedule,
+        epoch, batches.train(epoch), train_step, schedule,
         (epoch - 1) * steps_per_epoch, options)
     val_loss, val_accuracy, val_predictions = evaluate(infer,
-                                                       validation_batches())
+                                                       batches.validation())
     point = EpochPoint(epoch, loss, accuracy, val_loss, val_accuracy, rate,
                        time.monotonic() - started)
     logging.info(

@@ -196,29 +196,75 @@ def standardisation(x: np.ndarray, enabled: bool = True
 
 @dataclasses.dataclass
 class Fit:
+  """A fitted head: its parameters theta float64 [(D + 1) * N] (see
+  Problem), the problem they solve and the L-BFGS iterations taken."""
   theta: np.ndarray
   problem: Problem
   iterations: int
 
   def head(self) -> Head:
+    """The fitted layer in the input space (standardisation folded in)."""
     w, b = self.problem.split(self.theta)
     w_in = w / self.problem.scale[:, None]
     return Head(w_in.astype(np.float32),
                 (b - project(self.problem.mean, w_in)).astype(np.float32))
 
+  def predict_proba(self, x: np.ndarray) -> np.ndarray:
+    """float32 [m, N] class probabilities of vectors x float32 [m, D]."""
+    return self.head().predict_proba(x)
 
-def fit_one(x, y, num_classes, l2, label_smoothing, options,
-             start: Optional[np.ndarray] = None, standard=None,
-             callback=None, weights: Optional[np.ndarray] = None) -> Fit:
-  if standard is None:
-    standard = standardisation(x, options.standardise)
-  mean, scale = standard
-  problem = Problem(x, y, num_classes, mean, scale, l2, label_smoothing,
-                     weights)
-  theta0 = (np.zeros((x.shape[1] + 1) * num_classes) if start is None
-            else start)
-  theta, iterations = lbfgs(problem, theta0, options.max_iterations,
-                            options.tolerance,
-                            None if callback is None else
-                            lambda i, v, t: callback(i, t, problem))
-  return Fit(theta, problem, iterations)
+
+@dataclasses.dataclass(frozen=True)
+class SoftmaxLbfgs:
+  """One softmax head of one setting, fitted to convergence: the fit shape
+  every trainer of the head follows (scikit-learn's): the settings here,
+  `fit(vectors, labels, num_classes)` returns the fitted head.
+
+    SoftmaxLbfgs(l2=0.1, label_smoothing=0.0, max_iterations=...,
+                 tolerance=..., standardise=True).fit(x, y, 5).predict_proba(z)
+
+  Attributes:
+    l2: L2 strength on the (standardised) weights, >= 0; the data term is
+      the (weighted) mean cross entropy.
+    label_smoothing: in [0, 1).
+    max_iterations, tolerance: L-BFGS limits (see `lbfgs`); the defaults
+      are config.py's solver_max_iterations and solver_tolerance.
+    standardise: fit on standardised vectors (see `standardisation`).
+  """
+  l2: float
+  label_smoothing: float
+  max_iterations: int
+  tolerance: float
+  standardise: bool
+
+  @classmethod
+  def of(cls, l2: float, label_smoothing: float, options) -> 'SoftmaxLbfgs':
+    """The fitter of one setting under a retrain.head.solver.SolverOptions
+    (its max_iterations, tolerance and standardise)."""
+    return cls(l2, label_smoothing, options.max_iterations, options.tolerance,
+               options.standardise)
+
+  def fit(self, x: np.ndarray, y: np.ndarray, num_classes: int,
+          sample_weight: Optional[np.ndarray] = None,
+          start: Optional[np.ndarray] = None, standard=None,
+          callback=None) -> Fit:
+    """Fits x float32 [n, D] to class ids y int [n] in [0, num_classes).
+
+    Args:
+      sample_weight: float [n] >= 0 weight of each image (None: 1).
+      start: theta to start from (a warm start), None for zeros.
+      standard: (mean, scale) of `standardisation`, None to compute it.
+      callback: called (iteration, theta, problem) after each iteration.
+    """
+    if standard is None:
+      standard = standardisation(x, self.standardise)
+    mean, scale = standard
+    problem = Problem(x, y, num_classes, mean, scale, self.l2,
+                      self.label_smoothing, sample_weight)
+    theta0 = (np.zeros((x.shape[1] + 1) * num_classes) if start is None
+              else start)
+    theta, iterations = lbfgs(problem, theta0, self.max_iterations,
+                              self.tolerance,
+                              None if callback is None else
+                              lambda i, v, t: callback(i, t, problem))
+    return Fit(theta, problem, iterations)

@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from absl import logging
@@ -213,6 +213,48 @@ def _as_arrays(x, y) -> Tuple[np.ndarray, np.ndarray]:
   return np.ascontiguousarray(x, np.float32), np.asarray(y, np.int64)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Task:
+  """What every fit of one fit_head call shares: N classes, the options and
+  the class weights float [N] (None: every image weighs 1)."""
+  num_classes: int
+  options: SolverOptions
+  class_weights: Optional[np.ndarray] = None
+
+  def fit(self, c: Candidate, x: np.ndarray, y: np.ndarray, start=None,
+          standard=None, callback=None) -> lbfgs_lib.Fit:
+    """Candidate c fitted on x [n, D], y [n] (see SoftmaxLbfgs.fit)."""
+    return lbfgs_lib.SoftmaxLbfgs.of(c.l2, c.label_smoothing, self.options
+                                     ).fit(x, y, self.num_classes,
+                                           _per_image(self.class_weights, y),
+                                           start, standard, callback)
+
+  def score(self, head: Head, x: np.ndarray, y: np.ndarray):
+    """(correct, summed cross entropy) of head on x, y, each image weighed
+    by its class's weight when the classes are weighted."""
+    if self.class_weights is None:
+      return _score(head, x, y)
+    return _score(head, x, y, self.class_weights[y])
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sets:
+  """fit_head's training vectors float32 [n, D] and ids int64 [n], and its
+  validation ones [m, D], [m] (m may be 0)."""
+  train_x: np.ndarray
+  train_y: np.ndarray
+  val_x: np.ndarray
+  val_y: np.ndarray
+
+  @property
+  def all_x(self) -> np.ndarray:
+    return np.concatenate([self.train_x, self.val_x])
+
+  @property
+  def all_y(self) -> np.ndarray:
+    return np.concatenate([self.train_y, self.val_y])
+
+
 def _score(head: Head, x: np.ndarray, y: np.ndarray,
            weights: Optional[np.ndarray] = None) -> Tuple[float, float]:
   """(correct predictions, summed cross entropy) of head on x, y; with
@@ -228,28 +270,23 @@ def _grid(options: SolverOptions) -> List[Candidate]:
           for l2 in sorted(options.l2_grid, reverse=True)]
 
 
-def _score_grid(candidates: Sequence[Candidate], x, y, num_classes,
-                held_x, held_y, options: SolverOptions,
-                solutions: Optional[list] = None, class_weights=None
-                ) -> List[Tuple[int, float, int]]:
+def _score_grid(candidates: Sequence[Candidate], x, y, held_x, held_y,
+                task: _Task, solutions: Optional[list] = None
+                ) -> List[Tuple[float, float, int]]:
   """(correct, summed cross entropy, iterations) of each candidate fitted
   on x, y and scored on held_x, held_y; warm-started along the grid. Each
-  candidate's parameters are appended to `solutions` if given. With
-  class_weights (float [N]) the fit and both scores weigh each image by
-  its class's weight."""
-  standard = lbfgs_lib.standardisation(x, options.standardise)
+  candidate's parameters are appended to `solutions` if given. With class
+  weights the fit and both scores weigh each image by its class's weight."""
+  standard = lbfgs_lib.standardisation(x, task.options.standardise)
   scores, start, smoothing = [], None, None
   for c in candidates:
     if c.label_smoothing != smoothing:
       start, smoothing = None, c.label_smoothing
-    fit = lbfgs_lib.fit_one(x, y, num_classes, c.l2, c.label_smoothing, options,
-                   start, standard, weights=_per_image(class_weights, y))
+    fit = task.fit(c, x, y, start, standard)
     start = fit.theta
     if solutions is not None:
       solutions.append(fit.theta)
-    scored = (_score(fit.head(), held_x, held_y) if class_weights is None else
-              _score(fit.head(), held_x, held_y, class_weights[held_y]))
-    scores.append((*scored, fit.iterations))
+    scores.append((*task.score(fit.head(), held_x, held_y), fit.iterations))
   return scores
 
 
@@ -324,35 +361,30 @@ def cross_fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray,
   fold = folds_lib.group_folds(y, groups, folds, options.seed)
   logits = np.full((len(y), num_classes), np.nan, np.float32)
   iterations = 0
+  task = _Task(num_classes, options, class_weights)
   for k in range(folds):
     inside = fold != k
-    fit = lbfgs_lib.fit_one(x[inside], y[inside], num_classes, chosen.l2,
-                   chosen.label_smoothing, options, start=start,
-                   weights=_per_image(class_weights, y[inside]))
+    fit = task.fit(chosen, x[inside], y[inside], start)
     logits[~inside] = fit.head().logits(x[~inside])
     iterations += fit.iterations
   return logits, folds, iterations
 
 
-def _held_out(final: 'lbfgs_lib.Fit', refit: bool, train_x, train_y, val_x, val_y,
-              groups, num_classes: int, chosen: Candidate,
-              options: SolverOptions,
-              class_weights: Optional[np.ndarray] = None
+def _held_out(final: lbfgs_lib.Fit, refit: bool, sets: _Sets,
+              groups: np.ndarray, chosen: Candidate, task: _Task
               ) -> Optional[HeldOut]:
   """The HeldOut of fit_head's final fit (see the module docstring)."""
-  n_train = len(train_y)
+  n_train, n_val = len(sets.train_y), len(sets.val_y)
   if not refit:
-    logits = np.full((n_train + len(val_y), num_classes), np.nan,
-                     np.float32)
-    logits[n_train:] = final.head().logits(val_x)
+    logits = np.full((n_train + n_val, task.num_classes), np.nan, np.float32)
+    logits[n_train:] = final.head().logits(sets.val_x)
     return HeldOut(logits, n_train, 0, 'the head trained on the training '
                    'images only, so its validation predictions are held out')
   all_groups = np.concatenate([groups, np.max(groups, initial=-1) + 1 +
-                               np.arange(len(val_y))])
-  crossed = cross_fit(np.concatenate([train_x, val_x]),
-                      np.concatenate([train_y, val_y]), all_groups,
-                      num_classes, chosen, options, start=final.theta,
-                      class_weights=class_weights)
+                               np.arange(n_val)])
+  crossed = cross_fit(sets.all_x, sets.all_y, all_groups, task.num_classes,
+                      chosen, task.options, start=final.theta,
+                      class_weights=task.class_weights)
   if crossed is None:
     return None
   logits, folds, iterations = crossed
@@ -376,42 +408,39 @@ def _describe(c: Candidate) -> str:
   return text
 
 
-def _choose(train_x, train_y, val_x, val_y, num_classes: int,
-            options: SolverOptions, class_weights=None):
-  """Scores the grid (see the module docstring); class_weights float [N]
-  or None as in `fit_head`.
+def _choose(sets: _Sets, task: _Task):
+  """Scores the grid (see the module docstring).
 
   Returns:
     (selection, candidates scored, chosen, reason, solutions): solutions
     holds each candidate's parameters fitted on training when validation
     chose (else empty).
   """
+  options, num_classes, val_y = task.options, task.num_classes, sets.val_y
   candidates = _grid(options)
-  trained = np.flatnonzero(np.bincount(train_y, minlength=num_classes))
+  trained = np.flatnonzero(np.bincount(sets.train_y, minlength=num_classes))
   val_counts = np.bincount(val_y, minlength=num_classes)[trained]
-  all_x = np.concatenate([train_x, val_x])
-  all_y = np.concatenate([train_y, val_y])
+  all_x, all_y = sets.all_x, sets.all_y
   smallest_class = int(np.bincount(all_y, minlength=num_classes)[
       trained].min())
   solutions: List[np.ndarray] = []
   if len(candidates) == 1:
     return 'single', candidates, candidates[0], 'one candidate setting only', []
   if len(val_y) and val_counts.min() >= options.min_validation_per_class:
-    selection, held = 'validation', _held(val_y, class_weights)
-    scores = _score_grid(candidates, train_x, train_y, num_classes, val_x,
-                         val_y, options, solutions, class_weights)
+    selection, held = 'validation', _held(val_y, task.class_weights)
+    scores = _score_grid(candidates, sets.train_x, sets.train_y, sets.val_x,
+                         val_y, task, solutions)
     reason = (f'best validation accuracy of {len(candidates)} settings '
               f'(N={len(val_y)})')
   elif smallest_class >= options.folds:
-    selection, held = 'k-fold', _held(all_y, class_weights)
+    selection, held = 'k-fold', _held(all_y, task.class_weights)
     fold = folds_lib.stratified_folds(all_y, options.folds, options.seed)
     totals = np.zeros((len(candidates), 3))
     for k in range(options.folds):
       inside = fold != k
       totals += np.array(_score_grid(
-          candidates, all_x[inside], all_y[inside], num_classes,
-          all_x[~inside], all_y[~inside], options,
-          class_weights=class_weights), np.float64)
+          candidates, all_x[inside], all_y[inside], all_x[~inside],
+          all_y[~inside], task), np.float64)
     scores = [tuple(t) for t in totals]
     reason = (f'best {options.folds}-fold cross-validation accuracy on '
               f'training + validation (N={len(all_y)}) of {len(candidates)} '
@@ -467,7 +496,6 @@ class _Curve:
 
 def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
              val_x: np.ndarray, val_y: np.ndarray, options: SolverOptions,
-             on_iteration: Optional[Callable[[EvalPoint], None]] = None,
              train_groups: Optional[np.ndarray] = None,
              class_weights: Optional[np.ndarray] = None) -> SolverResult:
   """Chooses the setting (see the module docstring) and fits the head.
@@ -480,61 +508,52 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
       test set is never passed here: it stays unseen until the final
       evaluation.
     options: the grid and the fitting limits.
-    on_iteration: called with each iteration of the final fit.
     train_groups: int [n] group of each training row (an image and its
       distorted copies share one), so cross-fitting holds them out
       together; None: every row its own group.
     class_weights: float [N] >= 0, the weight of each class id's images in
       the objective of every fit (choosing, k-fold and refit) and in the
       candidates' held-out accuracy and cross entropy; None weighs every
-      image 1 (retrain/report/head_solver.py's `lbfgs_class_weights` makes them).
+      image 1 (retrain/report/head_solver.py's `lbfgs_class_weights` makes
+      them).
 
   Returns:
-    The SolverResult; its head scores class id j in column j, its
-    held_out the out-of-fold predictions.
+    The SolverResult; its head scores class id j in column j, its history
+    the final fit's iterations, its held_out the out-of-fold predictions.
   """
   started = time.monotonic()
   check(options)
   train_x, train_y = _as_arrays(train_x, train_y)
   val_x, val_y = _as_arrays(np.reshape(val_x, (-1, train_x.shape[1])), val_y)
-  selection, candidates, chosen, reason, solutions = _choose(
-      train_x, train_y, val_x, val_y, num_classes, options, class_weights)
+  sets = _Sets(train_x, train_y, val_x, val_y)
+  task = _Task(num_classes, options, class_weights)
+  selection, candidates, chosen, reason, solutions = _choose(sets, task)
 
   refit = selection != 'validation' or options.refit
-  fit_x = np.concatenate([train_x, val_x]) if refit else train_x
-  fit_y = np.concatenate([train_y, val_y]) if refit else train_y
+  fit_x, fit_y = (sets.all_x, sets.all_y) if refit else (train_x, train_y)
   record = _Curve(fit_y, val_x, val_y, watch_val=not refit and len(val_y) > 0)
-  history = record.points
   # The chosen candidate's fit on training starts the final fit (with
   # validation added it moves a little): ~30% fewer iterations in all.
   start = (solutions[candidates.index(chosen)] if solutions and
            options.standardise is False else None)
-  fit = lbfgs_lib.fit_one(fit_x, fit_y, num_classes, chosen.l2,
-                 chosen.label_smoothing, options, start=start,
-                 callback=record, weights=_per_image(class_weights, fit_y))
-  if on_iteration is not None:
-    for point in history:
-      on_iteration(point)
+  fit = task.fit(chosen, fit_x, fit_y, start, callback=record)
   reason = f'{_describe(chosen)}: {reason}'
   if refit and len(val_y):
     reason += '; refitted on training + validation'
   held_out = _held_out(
-      fit, refit, train_x, train_y, val_x, val_y,
-      np.arange(len(train_y)) if train_groups is None else np.asarray(
-          train_groups, np.int64), num_classes, chosen, options,
-      class_weights)
+      fit, refit, sets, np.arange(len(train_y)) if train_groups is None else
+      np.asarray(train_groups, np.int64), chosen, task)
   # (In the validation case the chosen candidate's fit on training is that
   # head already: restarting from it stops at once.)
-  train_only = fit.head() if not (refit and len(val_y)) else lbfgs_lib.fit_one(
-      train_x, train_y, num_classes, chosen.l2, chosen.label_smoothing,
-      options, start=start if start is not None else fit.theta,
-      weights=_per_image(class_weights, train_y)).head()
+  train_only = fit.head() if not (refit and len(val_y)) else task.fit(
+      chosen, train_x, train_y,
+      start if start is not None else fit.theta).head()
   seconds = time.monotonic() - started
   logging.info('Head solver (L-BFGS): %s; final fit %d iterations on %d '
                'images, %.1f s in all.', reason, fit.iterations, len(fit_y),
                seconds)
   logging.info('Held-out predictions: %s.', held_out.method if held_out else
                'none (too few images of some class to hold any out)')
-  return SolverResult(fit.head(), history, list(candidates), chosen,
+  return SolverResult(fit.head(), record.points, list(candidates), chosen,
                       selection, bool(refit and len(val_y)), reason, seconds,
                       held_out, train_only)

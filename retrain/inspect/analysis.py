@@ -1,6 +1,7 @@
 """The numbers of the health report, from labels, sets, digests and vectors.
 
-Numpy only (no TensorFlow), so every function is testable on small arrays.
+Numpy only (no TensorFlow) but for the out-of-fold head, which the head's
+L-BFGS solver fits; every function is testable on small arrays.
 Conventions: n examples; `labels` int [n] class ids; `subsets` int [n] with
 0 train, 1 validation, 2 test; `digests` the content key of each example
 (None when unreadable); `vectors` float32 [n, D] bottleneck vectors.
@@ -113,40 +114,18 @@ def group_pairs(pairs, digests, labels, subsets
   return found
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-  logits = logits - logits.max(axis=1, keepdims=True)
-  e = np.exp(logits)
-  return e / e.sum(axis=1, keepdims=True)
-
-
 def fit_softmax(x: np.ndarray, y: np.ndarray, num_classes: int,
-                steps: int = 200, learning_rate: float = 0.05,
                 l2: float = 0.1):
-  """A linear softmax head (the model retrain trains), fitted full-batch
-  with Adam on standardised features; returns predict(x) -> probs [m, C]."""
-  x = np.asarray(x, np.float32)
-  mean = x.mean(axis=0)
-  scale = x.std(axis=0) + np.float32(1e-6)
-  xs = (x - mean) / scale
-  n, d = xs.shape
-  w = np.zeros((d, num_classes), np.float32)
-  b = np.zeros(num_classes, np.float32)
-  onehot = np.eye(num_classes, dtype=np.float32)[y]
-  m = [np.zeros_like(w), np.zeros_like(b)]
-  v = [np.zeros_like(w), np.zeros_like(b)]
-  for t in range(1, steps + 1):
-    err = (_softmax(xs @ w + b) - onehot) / n
-    grads = [xs.T @ err + l2 * w, err.sum(axis=0)]
-    for k, (param, grad) in enumerate(zip((w, b), grads, strict=True)):
-      m[k] = 0.9 * m[k] + 0.1 * grad
-      v[k] = 0.999 * v[k] + 0.001 * grad * grad
-      param -= (learning_rate * (m[k] / (1 - 0.9**t)) / (
-          np.sqrt(v[k] / (1 - 0.999**t)) + 1e-8)).astype(np.float32)
-
-  def predict(other: np.ndarray) -> np.ndarray:
-    return _softmax(((np.asarray(other, np.float32) - mean) / scale) @ w + b)
-
-  return predict
+  """A linear softmax head (the model retrain trains) fitted to convergence
+  on standardised features by the head's L-BFGS solver
+  (retrain.head.lbfgs, which imports TensorFlow); returns predict(x) ->
+  probabilities float32 [m, C]."""
+  from retrain.config import DEFAULTS  # pylint: disable=g-import-not-at-top
+  from retrain.head import lbfgs  # pylint: disable=g-import-not-at-top
+  fitter = lbfgs.SoftmaxLbfgs(l2, 0.0, DEFAULTS.solver_max_iterations,
+                              DEFAULTS.solver_tolerance, standardise=True)
+  return fitter.fit(np.ascontiguousarray(x, np.float32),
+                    np.asarray(y, np.int64), num_classes).predict_proba
 
 
 def random_projection(vectors: np.ndarray, dims: int,

@@ -169,10 +169,9 @@ def _say_weighting(config, counts, labels, weights) -> None:
 
 
 def maybe_solve(config, train_x: np.ndarray, train_y: np.ndarray,
-                num_classes: int, val_x: np.ndarray, val_y: np.ndarray,
+                labels: Sequence[str], val_x: np.ndarray, val_y: np.ndarray,
                 writers: Optional[summaries_lib.Writers] = None,
-                on_eval=None, train_groups: Optional[np.ndarray] = None,
-                labels: Optional[Sequence[str]] = None
+                train_groups: Optional[np.ndarray] = None
                 ) -> Optional[train_lib.TrainResult]:
   """The L-BFGS head when the run uses it, else None (train with SGD).
 
@@ -182,22 +181,22 @@ def maybe_solve(config, train_x: np.ndarray, train_y: np.ndarray,
     train_x, train_y: float32 [n, D] training vectors (distorted copies
       included) and int class ids [n]; val_x, val_y likewise [m, D], [m].
       The test set is not an argument: the solver never sees it.
+    labels: the N class names in id order (ids are in [0, N); the names
+      are for the imbalance warning).
     writers: TensorBoard writers, or None.
-    on_eval: called with each EvalPoint of the final fit (the log lines).
     train_groups: int [n] group of each training row (an image and its
       distorted copies share one), for the held-out predictions.
-    labels: class names in id order (for the imbalance warning).
   """
   if config.head_solver != 'lbfgs':  # resolved by pipeline.run
     return None
   if config.intermediate_store_frequency:
     logging.warning('--intermediate_store_frequency is ignored with '
                     '--head_solver lbfgs (it has no training steps).')
+  num_classes = len(labels)
   counts = np.bincount(np.asarray(train_y, np.int64), minlength=num_classes)
   weights = lbfgs_class_weights(counts, config.class_weighting,
                                 config.sampling)
-  _say_weighting(config, counts, labels or [str(i) for i in range(
-      num_classes)], weights)
+  _say_weighting(config, counts, labels, weights)
   result = solver_lib.fit_head(
       train_x, train_y, num_classes, val_x, val_y,
       solver_lib.SolverOptions.from_config(config),
@@ -205,12 +204,9 @@ def maybe_solve(config, train_x: np.ndarray, train_y: np.ndarray,
   # Every iteration is in TensorBoard and the report; the log gets a few.
   for k in head_math.evenly_spread(len(result.history), 10):
     point = result.history[k]
-    if on_eval is not None:
-      on_eval(point)
-    else:
-      logging.info('L-BFGS iteration %d: train accuracy = %.1f%%, cross '
-                   'entropy = %.4f', point.step, 100 * point.train_accuracy,
-                   point.cross_entropy)
+    logging.info('L-BFGS iteration %d: train accuracy = %.1f%%, cross '
+                 'entropy = %.4f', point.step, 100 * point.train_accuracy,
+                 point.cross_entropy)
   if writers is not None:
     _write_summaries(writers, result,
                      result.head.probabilities(train_x[:1000]), val_y)
