@@ -21,30 +21,33 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 from absl import logging
 
+from retrain.common.names import (
+  INPUT_TENSOR_NAME,
+  LABELS_FILE,
+  LABELS_SUFFIX,
+  METADATA_FILE,
+  METADATA_SUFFIX,
+  NOVELTY_OUTPUT,
+  ONNX_LABELS_KEY,
+  ONNX_METADATA_KEY,
+  OUTPUT_TENSOR_NAME,
+  PROBABILITIES_OUTPUT,
+  SERVING_SIGNATURE,
+)
 from retrain.errors import RetrainError
 
-# The defaults of label_image's flags; tests/test_structure.py checks that
-# the layer names agree with retrain's exports.
+# The defaults of label_image's flags.
 # retrain's models take pixels in [0, 1]: (pixel - 0) / 255 with pixels in
 # [0, 255], the convention of TensorFlow's label_image flags.
 DEFAULT_INPUT_MEAN = 0.0
 DEFAULT_INPUT_STD = 255.0
-DEFAULT_INPUT_LAYER = 'Placeholder'
-DEFAULT_OUTPUT_LAYER = 'final_result'
+DEFAULT_INPUT_LAYER = INPUT_TENSOR_NAME
+DEFAULT_OUTPUT_LAYER = OUTPUT_TENSOR_NAME
 DEFAULT_TOP_K = 5
 # The default ensemble's activations grow with the batch: on 641 photos
 # (2 cores) batches of 32 peaked at 2.09 GB of memory and took 4:02, of 8
 # at 1.27 GB and 2:58, with the same predictions.
 DEFAULT_BATCH_SIZE = 8
-# Where exports keep their metadata inside the model file (retrain's
-# export/tflite_metadata.py and export/onnx_format.py; a test checks they
-# agree): the TFLite file's packed associated files, the ONNX model's
-# metadata_props key.
-EMBEDDED_LABELS_FILE = 'labels.txt'
-EMBEDDED_METADATA_FILE = 'retrain_metadata.json'
-ONNX_METADATA_KEY = 'retrain_metadata'
-# The novelty output of every export (retrain.export.saved_model).
-NOVELTY_OUTPUT = 'novelty'
 
 
 class LabelImageError(RetrainError, ValueError):
@@ -103,19 +106,19 @@ def _read_json(path: str) -> Optional[dict]:
 def _sidecars(path: str) -> Tuple[Optional[dict], Optional[str]]:
   """(metadata, labels path) written beside a .pb or .tflite file.
 
-  X.pb.metadata.json and X.pb.labels.txt (named after the whole file, see
-  retrain.export.formats.sidecar_paths), or X.metadata.json and
+  X.pb.metadata.json and X.pb.labels.txt (named after the whole file,
+  retrain.common.names.METADATA_SUFFIX, LABELS_SUFFIX), or X.metadata.json and
   X.labels.txt as earlier exports named them; those are used only if the
   metadata names this model file (a .pb and a .tflite of one stem shared
   them, and the later one won).
   """
   stem = os.path.splitext(path)[0]
   for base in (path, stem):
-    metadata = _read_json(base + '.metadata.json')
+    metadata = _read_json(base + METADATA_SUFFIX)
     if base == stem and metadata is not None and metadata.get(
         'model_file', os.path.basename(path)) != os.path.basename(path):
       continue
-    labels = base + '.labels.txt'
+    labels = base + LABELS_SUFFIX
     labels = labels if os.path.isfile(labels) else None
     if metadata is not None or labels is not None:
       return metadata, labels
@@ -148,25 +151,25 @@ def _check_model(path: str, trust: bool) -> None:
 def _load_saved_model(path: str, height, width,
                       trust: bool = False) -> Tuple[Callable, tuple]:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  meta = _read_json(os.path.join(path, 'retrain_metadata.json'))
+  meta = _read_json(os.path.join(path, METADATA_FILE))
   if meta is None:
     raise LabelImageError(
-        f'{path!r} is not a retrain export (no retrain_metadata.json): pass '
+        f'{path!r} is not a retrain export (no {METADATA_FILE}): pass '
         'the --saved_model_dir that retrain wrote, or use --graph for a .pb '
         'or .tflite file.')
   _check_model(path, trust)
   loaded = tf.saved_model.load(path)
-  serve = loaded.signatures['serving_default']
+  serve = loaded.signatures[SERVING_SIGNATURE]
   size = _choose_size((meta['input_height'], meta['input_width']), height,
                       width, path)
 
   def predict(images):
-    return serve(images=tf.constant(images))['probabilities'].numpy()
+    return serve(images=tf.constant(images))[PROBABILITIES_OUTPUT].numpy()
 
   if NOVELTY_OUTPUT in serve.structured_outputs:
     def both(images):
       out = serve(images=tf.constant(images))
-      return out['probabilities'].numpy(), out[NOVELTY_OUTPUT].numpy()
+      return out[PROBABILITIES_OUTPUT].numpy(), out[NOVELTY_OUTPUT].numpy()
     predict.with_novelty = both
   predict.keep_alive = loaded  # The signature needs its object alive.
   return predict, size, meta['labels']
@@ -289,7 +292,8 @@ def _load_onnx(path: str, height, width) -> Tuple[Callable, tuple, dict]:
                             for d in inp.shape[1:3]), height, width, path)
 
   outputs = [o.name for o in session.get_outputs()]
-  first = 'probabilities' if 'probabilities' in outputs else outputs[0]
+  first = (PROBABILITIES_OUTPUT if PROBABILITIES_OUTPUT in outputs
+           else outputs[0])
 
   def predict(images):
     return session.run([first], {inp.name: images.astype(np.float32)})[0]
@@ -304,7 +308,8 @@ def _load_onnx(path: str, height, width) -> Tuple[Callable, tuple, dict]:
   if ONNX_METADATA_KEY in props:
     meta = json.loads(props[ONNX_METADATA_KEY])
   else:
-    meta = {'labels': json.loads(props['labels'])} if 'labels' in props else {}
+    meta = ({'labels': json.loads(props[ONNX_LABELS_KEY])}
+            if ONNX_LABELS_KEY in props else {})
   return predict, size, meta
 
 
@@ -316,10 +321,10 @@ def _embedded_tflite_metadata(path: str
   try:
     with zipfile.ZipFile(path) as archive:
       names = set(archive.namelist())
-      labels = (archive.read(EMBEDDED_LABELS_FILE).decode('utf-8')
-                if EMBEDDED_LABELS_FILE in names else None)
-      meta = (json.loads(archive.read(EMBEDDED_METADATA_FILE))
-              if EMBEDDED_METADATA_FILE in names else None)
+      labels = (archive.read(LABELS_FILE).decode('utf-8')
+                if LABELS_FILE in names else None)
+      meta = (json.loads(archive.read(METADATA_FILE))
+              if METADATA_FILE in names else None)
   except (zipfile.BadZipFile, OSError, ValueError):
     return None, None
   return ([l for l in labels.splitlines() if l.strip()] if labels else None,
@@ -436,8 +441,8 @@ def load_model(saved_model_dir: Optional[str] = None,
     predict, size, meta_labels = _load_saved_model(
         saved_model_dir, input_height, input_width, trust)
     kind, path = 'saved_model', saved_model_dir
-    default_labels = os.path.join(saved_model_dir, 'labels.txt')
-    meta = _read_json(os.path.join(saved_model_dir, 'retrain_metadata.json'))
+    default_labels = os.path.join(saved_model_dir, LABELS_FILE)
+    meta = _read_json(os.path.join(saved_model_dir, METADATA_FILE))
   elif graph:
     if not os.path.isfile(graph):
       raise LabelImageError(f'--graph {graph!r} does not exist: pass the .pb '
