@@ -3,18 +3,15 @@
 See `bottleneck_cache.store` for the layout and the crash-safety guarantees.
 """
 
-from bottleneck_cache.keys import DigestMemo, file_digest, stream_digest
-from bottleneck_cache.store import (
-           BottleneckStore,
+from bottleneck_cache.claims import ComputeFn, Stats
+from bottleneck_cache.errors import (
            CacheError,
            CacheFullError,
-           ComputeFn,
-           Stats,
            bytes_needed,
            check_free_space,
-           namespace_id,
-           vectors_written,
 )
+from bottleneck_cache.keys import DigestMemo, file_digest, stream_digest
+from bottleneck_cache.store import BottleneckStore, namespace_id, vectors_written
 
 __all__ = ['BottleneckStore', 'CacheError', 'CacheFullError', 'ComputeFn',
            'DigestMemo', 'Stats', 'bytes_needed', 'check_free_space',

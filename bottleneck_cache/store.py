@@ -40,14 +40,8 @@ folder, may read and fill one namespace at once.
   before any part was deleted, so the re-read finds every vector. (The
   alternative, a merge that deletes only shards it wrote itself, would
   leave the shards of killed runs unmerged forever.)
-- Missing keys are computed in buckets (a stable hash of the key, so two
-  runs over the same images agree on the buckets however much of the cache
-  each has seen). A run claims a bucket with an exclusively created
-  `.claim-*` file before computing it and skips buckets claimed by others,
-  coming back to them at the end: two runs started together split the work
-  instead of both doing all of it. A claim whose owner died is taken over
-  (same rules as temporaries, by host and age; a live owner touches its
-  claim after every batch).
+- Missing keys are computed in claimed buckets, so runs started together
+  split the work (`bottleneck_cache.claims`).
 
 Full disk: a shard is built in memory (h5py's in-memory file image) and
 written with one plain write, so a full disk is an OSError from Python, not
@@ -61,7 +55,6 @@ so the store is testable with numpy alone.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import hashlib
 import json
@@ -70,117 +63,40 @@ import shutil
 import threading
 import time
 import uuid
-from typing import Callable, Iterable, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import h5py
 import numpy as np
 from absl import logging
 
 from bottleneck_cache import shards, temporaries
+from bottleneck_cache.claims import ClaimedComputing, ComputeFn, Stats
+from bottleneck_cache.errors import CacheError, CacheFullError, bytes_needed
 from bottleneck_cache.shards import SHARD_PREFIX, SHARD_SUFFIX, TMP_PREFIX
 
-CLAIM_PREFIX = '.claim-'
 NAMESPACE_FILE = 'namespace.json'
 # Merge when a computation leaves more than this many shards: few enough
 # files to open quickly, without rewriting the big shard after every run.
 MERGE_THRESHOLD = 8
 # Rows read from a shard per h5py call; bounds the memory of a read.
 _READ_CHUNK = 8192
-# Keys per claim bucket. Each bucket is one call of the compute function
-# (in retrain a tf.data pipeline that fills, runs and drains): with 256,
-# the 500 flower photos (2 buckets) ran 10% slower than in one call on a
-# loaded 2-core machine (17.3 vs 19.3 images/s). With 1024 a data set of
-# up to 1024 images is one call, and two runs over it still never compute
-# the same vector twice (the second waits for the first); larger sets are
-# shared between runs bucket by bucket.
-CLAIM_BUCKET = 1024
-# A claim untouched this long is abandoned, whoever holds it: its owner
-# touches it after every batch, and no batch takes 10 minutes.
-CLAIM_STALE_SECONDS = 600.0
-# How often a run waiting for another's claimed buckets looks again.
-CLAIM_POLL_SECONDS = 0.25
 # Re-reads of the folder when shards vanish under a reader (merges by other
 # processes); each re-read finds the merged shard, so 1 is nearly always
 # enough.
 _VANISHED_RETRIES = 8
-# Bytes per row besides the vector: the key (a 64-character digest in
-# retrain), its check and HDF5's overhead, rounded up.
-KEY_BYTES = 96
 # Rounds of checking and recomputing damaged vectors in get_or_compute:
 # damage found in a vector just written means the disk itself is failing.
 _HEAL_ROUNDS = 3
-
-# compute(missing) -> iterable of (indices, vectors): `missing` are indices
-# into the keys passed to get_or_compute; each yielded batch says which of
-# them it computed (a subset, in any order; an index left out is a failure)
-# and their vectors, float32 [len(indices), dim].
-ComputeFn = Callable[[Sequence[int]], Iterable[Tuple[Sequence[int], np.ndarray]]]
-
-
-class CacheError(ValueError):
-  """The cache directory cannot be used (not writable, wrong dimension...)."""
 
 
 class _Vanished(Exception):
   """A shard in the index was deleted (merged) by another process."""
 
 
-class CacheFullError(CacheError):
-  """The cache folder's disk has no room for the vectors to be written.
-
-  Attributes:
-    directory: the folder that needs space.
-    needed: bytes needed there (an estimate, rounded up).
-    available: free bytes there when checked (None if unknown).
-  """
-
-  def __init__(self, directory: str, needed: int,
-               available: Optional[int] = None, detail: str = ''):
-    free = (f', {_mib(available)} free' if available is not None else '')
-    super().__init__(
-        f'Not enough disk space for the bottleneck cache in {directory!r}: '
-        f'about {_mib(needed)} needed{free}{detail}. Free some space on that '
-        'disk, or give a cache folder on a disk with room. Every vector '
-        'already written is kept and reused by the next run.')
-    self.directory = directory
-    self.needed = needed
-    self.available = available
-
-
-def _mib(n: int) -> str:
-  return f'{n / (1 << 20):.1f} MiB'
-
-
 def namespace_id(description: dict) -> str:
   """A short stable id for a namespace description (JSON-serialisable dict)."""
   text = json.dumps(description, sort_keys=True, separators=(',', ':'))
   return hashlib.sha256(text.encode('utf-8')).hexdigest()[:20]
-
-
-def bytes_needed(new_vectors: int, dim: int, existing_vectors: int = 0) -> int:
-  """Disk bytes to add `new_vectors` of length `dim` to a namespace.
-
-  The new shards, plus room for the merge that follows, which writes every
-  vector (old and new) once more before deleting the parts, plus 1 MiB.
-  """
-  row = 4 * dim + KEY_BYTES
-  return row * (2 * new_vectors + existing_vectors) + (1 << 20)
-
-
-def check_free_space(directory: str, needed: int) -> None:
-  """Raises CacheFullError if the disk of `directory` has less than `needed`."""
-  probe = directory
-  while probe and not os.path.exists(probe):
-    parent = os.path.dirname(probe)
-    if parent == probe:
-      break
-    probe = parent
-  try:
-    available = shutil.disk_usage(probe or '.').free
-  except OSError:
-    return  # Unknown: the writes themselves will tell.
-  if available < needed:
-    raise CacheFullError(directory, needed, available)
 
 
 _written = {'vectors': 0}
@@ -193,16 +109,7 @@ def vectors_written() -> int:
   return _written['vectors']
 
 
-@dataclasses.dataclass
-class Stats:
-  """What one get_or_compute call did."""
-  requested: int = 0  # distinct keys asked for
-  reused: int = 0  # found in the cache (also: computed meanwhile by another run)
-  computed: int = 0  # computed and stored now
-  failed: int = 0  # the compute function gave no vector
-
-
-class BottleneckStore:
+class BottleneckStore(ClaimedComputing):
   """Vectors of one namespace, keyed by string.
 
   Args:
@@ -512,103 +419,6 @@ class BottleneckStore:
               None if checks is None else checks[lo:hi][chunk - lo])
     return out, bad
 
-  def _compute_missing(self, keys: list, missing: list, distinct: int,
-                       compute: ComputeFn, on_batch, stats: Stats,
-                       attempted: set) -> None:
-    deferred = []
-    for bucket, indices in _buckets(keys, missing, distinct):
-      if not self._compute_bucket(bucket, indices, keys, compute, on_batch,
-                                  stats, attempted):
-        deferred.append((bucket, indices))
-    while deferred:
-      # Buckets other runs claimed: wait for them to finish (or die), then
-      # compute whatever they left missing ourselves.
-      time.sleep(CLAIM_POLL_SECONDS)
-      self._refresh()
-      deferred = [(b, ix) for b, ix in deferred
-                  if not self._compute_bucket(b, ix, keys, compute, on_batch,
-                                              stats, attempted)]
-
-  def _compute_bucket(self, bucket: str, indices: list, keys: list,
-                      compute: ComputeFn, on_batch, stats: Stats,
-                      attempted: set) -> bool:
-    """Computes the still-missing keys of one bucket under a claim.
-
-    Returns False when another live process holds the bucket's claim (try
-    again later), True when done (computed, found, or failed).
-    """
-    todo = [i for i in indices if keys[i] not in self._index]
-    if not todo:
-      return True
-    claim = self._claim(bucket)
-    if claim is False:
-      return False
-    try:
-      if claim is not None:
-        # The claim's owner may have stored some before we got it.
-        self._refresh()
-        todo = [i for i in todo if keys[i] not in self._index]
-      allowed = set(todo)
-      attempted.update(todo)
-      if not todo:
-        return True
-      for batch_indices, vectors in compute(todo):
-        batch_indices = [int(i) for i in batch_indices]
-        unknown = [i for i in batch_indices if i not in allowed]
-        if unknown:
-          raise CacheError(f'compute returned indices it was not asked for: '
-                           f'{unknown[:5]}')
-        self.put([keys[i] for i in batch_indices], vectors)
-        stats.computed += len(batch_indices)
-        if claim is not None:
-          _touch(claim)
-        if on_batch is not None:
-          on_batch(len(batch_indices))
-    finally:
-      if claim is not None:
-        try:
-          os.remove(claim)
-        except OSError:
-          pass
-    return True
-
-  def _claim(self, bucket: str):
-    """The claim file's path if we got it, False if a live run holds it,
-    None if claims cannot be made here (we compute anyway)."""
-    path = os.path.join(self.directory, f'{CLAIM_PREFIX}{bucket}')
-    for _ in range(2):
-      try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-      except FileExistsError:
-        try:
-          with open(path, encoding='utf-8') as f:
-            owner = f.read(200)
-          mtime = os.stat(path).st_mtime
-        except FileNotFoundError:
-          continue  # Released just now: try again.
-        except OSError:
-          return None
-        if not temporaries.is_stale(owner, mtime,
-                                    max_age=CLAIM_STALE_SECONDS):
-          return False
-        logging.warning('Taking over the abandoned cache claim %s of %s.', path,
-                     owner or 'an unknown run')
-        try:
-          os.remove(path)
-        except OSError:
-          pass
-        continue
-      except OSError:
-        return None  # Read-only or full: work without claims.
-      try:
-        os.write(fd, temporaries.owner_tag().encode('utf-8'))
-      except OSError:
-        pass
-      finally:
-        os.close(fd)
-      return path
-    return False
-
   def _refresh(self) -> None:
     """Adds shards that appeared since the index was read; re-reads all
     when some of ours vanished (merged away)."""
@@ -726,22 +536,6 @@ class BottleneckStore:
       pass
 
 
-def _buckets(keys: Sequence[str], missing: Sequence[int],
-             distinct: int) -> list:
-  """[(bucket name, indices)] of the missing indices, in a stable order.
-
-  The bucket of a key depends on the key and on how many distinct keys
-  were requested, not on what is missing: two runs over the same images
-  agree on every bucket whatever each found in the cache.
-  """
-  count = max(1, -(-distinct // CLAIM_BUCKET))
-  groups: dict = {}
-  for i in missing:
-    digest = hashlib.sha1(keys[i].encode('utf-8')).digest()
-    groups.setdefault(int.from_bytes(digest[:8], 'big') % count, []).append(i)
-  return [(f'{count}-{b}', groups[b]) for b in sorted(groups)]
-
-
 def _write_bytes(path: str, data) -> None:
   with open(path, 'wb') as f:
     f.write(data)
@@ -754,8 +548,3 @@ def _remove_quietly(path: str) -> None:
     pass
 
 
-def _touch(path: str) -> None:
-  try:
-    os.utime(path)
-  except OSError:
-    pass

@@ -10,6 +10,8 @@ import pytest
 from retrain import pipeline
 from retrain.config import DEFAULTS
 from retrain.data import boxes
+from retrain.data.annotations import crop, layouts, table, voc
+from retrain.data.annotations.box import Box
 from retrain.errors import DatasetError
 from tests.conftest import SHARED, shrunk_config
 
@@ -115,8 +117,8 @@ def test_voc_beside_every_box_one_example_split_by_photo(tmp_path):
 
 
 def test_margin_is_clipped_to_the_photo(tmp_path):
-  box = boxes.Box('x.jpg', 'a', 11, 21, 30, 40)
-  fraction, _ = boxes.crop_fraction(box, 100, 50, 50, 8)
+  box = Box('x.jpg', 'a', 11, 21, 30, 40)
+  fraction, _ = crop.crop_fraction(box, 100, 50, 50, 8)
   # 20x20 box, 10 pixels each side; bottom 50 clipped to the photo.
   np.testing.assert_allclose(fraction, [10 / 50, 0 / 100, 50 / 50, 40 / 100])
 
@@ -148,7 +150,7 @@ def test_bad_boxes_are_skipped_with_reasons(tmp_path):
 
 def test_voc_tree_uses_image_sets(tmp_path):
   root = make_voc_tree(tmp_path / 'VOC')
-  assert boxes.detect_layout(str(root)) == 'voc_tree'
+  assert layouts.detect_layout(str(root)) == 'voc_tree'
   layout, _ = boxes.load_crop_layout(config(image_dir=str(root)))
   code = {pathlib.Path(i.path).stem: int(c)
           for i, c in zip(layout.dataset.images, layout.subsets, strict=True)}
@@ -182,7 +184,7 @@ def test_stanford_dogs_labels_come_from_the_folder(tmp_path):
       xml = root / 'Annotation' / folder / f'{folder[:9]}_{k}'
       xml.parent.mkdir(parents=True, exist_ok=True)
       xml.write_text(voc_xml('%s', [('dog', 5, 5, 60, 50)]))
-  assert boxes.detect_layout(str(root)) == 'stanford_dogs'
+  assert layouts.detect_layout(str(root)) == 'stanford_dogs'
   layout, _ = boxes.load_crop_layout(config(image_dir=str(root)))
   assert layout.dataset.labels == ('Chihuahua', 'Japanese_spaniel')
   assert len(layout.dataset.images) == 6
@@ -348,11 +350,11 @@ def test_non_finite_box_coordinates_are_refused_with_the_file(tmp_path,
   csv_path.write_text(f'filename,xmin,ymin,xmax,ymax,class\n'
                       f'a.jpg,1,2,{value},9,cell\n')
   with pytest.raises(DatasetError, match=r'boxes.csv.*not a finite number'):
-    boxes.read_boxes_csv(str(csv_path))
+    table.read_boxes_csv(str(csv_path))
   xml = tmp_path / 'a.xml'
   xml.write_text('<annotation><filename>a.jpg</filename><object><name>cell'
                  '</name><bndbox><xmin>1</xmin><ymin>2</ymin><xmax>'
                  f'{value}</xmax><ymax>9</ymax></bndbox></object>'
                  '</annotation>')
   with pytest.raises(DatasetError, match=r'a.xml \(object 1\): <xmax>'):
-    boxes.read_voc_xml(str(xml))
+    voc.read_voc_xml(str(xml))

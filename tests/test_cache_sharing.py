@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import bottleneck_cache
+from bottleneck_cache import claims, errors, temporaries
 from bottleneck_cache import store as store_lib
-from bottleneck_cache import temporaries
 
 NS = {'module': 'fake', 'module_fingerprint': 'abc', 'input_size': [8, 8]}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,8 +37,9 @@ _FILLER = textwrap.dedent('''
     import json, sys, time
     import numpy as np
     sys.path.insert(0, {repo!r})
+    from bottleneck_cache import claims
     from bottleneck_cache import store as store_lib
-    store_lib.CLAIM_BUCKET = 16
+    claims.CLAIM_BUCKET = 16
     def vec(key, dim=4):
       seed = int.from_bytes(key.encode(), 'little') % (2**32)
       return np.random.default_rng(seed).random(dim).astype(np.float32)
@@ -86,7 +87,7 @@ def test_processes_filling_one_part_filled_cache_agree(tmp_path):
   again = bottleneck_cache.BottleneckStore(root, NS)
   np.testing.assert_array_equal(again.get(keys), expected)
   assert not [name for name in os.listdir(again.directory)
-              if name.startswith((store_lib.CLAIM_PREFIX,
+              if name.startswith((claims.CLAIM_PREFIX,
                                   store_lib.TMP_PREFIX))]
 
 
@@ -107,8 +108,8 @@ def test_reader_survives_a_merge_by_another_process(tmp_path):
 def test_claimed_bucket_is_left_to_its_live_owner(tmp_path, monkeypatch):
   keys = [f'c{i}' for i in range(10)]
   s = bottleneck_cache.BottleneckStore(str(tmp_path), NS)
-  (bucket, _), = store_lib._buckets(keys, range(10), 10)  # pylint: disable=protected-access
-  claim = os.path.join(s.directory, store_lib.CLAIM_PREFIX + bucket)
+  (bucket, _), = claims._buckets(keys, range(10), 10)  # pylint: disable=protected-access
+  claim = os.path.join(s.directory, claims.CLAIM_PREFIX + bucket)
   with open(claim, 'w') as f:
     f.write(temporaries.owner_tag())  # this (live) process on this host
   other = bottleneck_cache.BottleneckStore(str(tmp_path), NS)
@@ -120,7 +121,7 @@ def test_claimed_bucket_is_left_to_its_live_owner(tmp_path, monkeypatch):
     os.remove(claim)
 
   real_sleep = time.sleep
-  monkeypatch.setattr(store_lib.time, 'sleep',
+  monkeypatch.setattr(claims.time, 'sleep',
                       lambda t: (fill_then_release(), real_sleep(0)))
   v, ok, stats = s.get_or_compute(
       keys, lambda m: calls.append(list(m)) or one_by_one(keys)(m))
@@ -132,10 +133,10 @@ def test_claimed_bucket_is_left_to_its_live_owner(tmp_path, monkeypatch):
 def test_claim_of_a_dead_process_is_taken_over(tmp_path, caplog):
   keys = ['d0', 'd1']
   s = bottleneck_cache.BottleneckStore(str(tmp_path), NS)
-  (bucket, _), = store_lib._buckets(keys, range(2), 2)  # pylint: disable=protected-access
+  (bucket, _), = claims._buckets(keys, range(2), 2)  # pylint: disable=protected-access
   dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
                         capture_output=True, text=True, check=True)
-  with open(os.path.join(s.directory, store_lib.CLAIM_PREFIX + bucket),
+  with open(os.path.join(s.directory, claims.CLAIM_PREFIX + bucket),
             'w') as f:
     f.write(f'{dead.stdout.strip()}@{temporaries.hostname()}~x')
   _, ok, stats = s.get_or_compute(keys, one_by_one(keys))
@@ -210,12 +211,12 @@ def test_free_space_check_says_how_much_and_where(tmp_path, monkeypatch):
   usage = collections.namedtuple('usage', 'total used free')
   monkeypatch.setattr(store_lib.shutil, 'disk_usage',
                       lambda p: usage(10 << 20, 9 << 20, 1 << 20))
-  need = store_lib.bytes_needed(10000, 1280)
+  need = errors.bytes_needed(10000, 1280)
   assert need > 50 << 20
   with pytest.raises(store_lib.CacheFullError, match='1.0 MiB free') as e:
-    store_lib.check_free_space(str(tmp_path / 'not' / 'yet'), need)
+    errors.check_free_space(str(tmp_path / 'not' / 'yet'), need)
   assert str(tmp_path / 'not' / 'yet') in str(e.value)
-  store_lib.check_free_space(str(tmp_path), 1 << 19)  # enough: no error
+  errors.check_free_space(str(tmp_path), 1 << 19)  # enough: no error
 
 
 def _tmpfs(path, size='3m'):

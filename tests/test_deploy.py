@@ -356,12 +356,3 @@ def test_without_mediapipe_the_side_files_remain_and_the_log_says_why(
   assert any('not embedded' in s and 'retrain[mediapipe]' in s for s in said)
   model = label_image.load_model(graph=str(path))  # From the side files.
   assert model.labels == ['a', 'b', 'c'] and model.threshold == 0.7
-
-
-def test_label_image_reads_the_names_the_exports_write():
-  """tools/ may not import retrain.export, so label_image keeps its own
-  copies of the names; they must agree."""
-  from retrain.export import onnx_format
-  assert label_image.EMBEDDED_LABELS_FILE == tflite_metadata.LABELS_FILE
-  assert label_image.EMBEDDED_METADATA_FILE == tflite_metadata.PROJECT_FILE
-  assert label_image.ONNX_METADATA_KEY == onnx_format.METADATA_KEY

@@ -97,9 +97,12 @@ def test_label_image_cli_helpers_load_no_other_retrain_module():
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.split('\n')[0] == str(sorted([
       'retrain', 'retrain.common', 'retrain.common.cli',
-      'retrain.common.progress', 'retrain.common.quiet', 'retrain.errors',
-      'retrain.predict', 'retrain.predict.classify', 'retrain.predict.load',
-      'retrain.version']))
+      'retrain.common.names', 'retrain.common.progress',
+      'retrain.features', 'retrain.features.tflite_runner', 'retrain.common.quiet', 'retrain.errors',
+      'retrain.predict', 'retrain.predict.classify', 'retrain.predict.common',
+      'retrain.predict.frozen_graph', 'retrain.predict.load',
+      'retrain.predict.onnx_file', 'retrain.predict.saved_model',
+      'retrain.predict.tflite', 'retrain.version']))
 
 
 # --- Running from the folder that holds the clone -------------------------------

@@ -44,7 +44,7 @@ LEVELS = (
 # --version and progress, and .walk the same loop-safe folder walk; they import absl, tqdm and retrain.version only
 # (tests/test_first_hour.py checks that label_image loads no other retrain
 # module). label_image --boxes reads VOC XML / CSV boxes as training does
-# (retrain.data.boxes, imported only with --boxes); its loaders check a
+# (retrain.data.annotations, imported only with --boxes); its loaders check a
 # model with retrain.features.module_safety (imported when loading).
 # label_image's loaders and classifying live in retrain.predict (which
 # imports only the errors, and the image decoding when it classifies), so
@@ -54,7 +54,7 @@ TOOLS_MAY_IMPORT = ('retrain.images', 'retrain.errors', 'retrain.version',
                     'retrain.common.cli', 'retrain.common.progress',
                     'retrain.common.walk', 'retrain.common.runs',
                     'retrain.image_header',
-                    'retrain.data.boxes', 'retrain.features.module_safety',
+                    'retrain.data.annotations', 'retrain.features.module_safety',
                     'retrain.common.strict_json', 'retrain.common.safe_text')
 MAX_FUNCTION_LINES = 80
 
@@ -193,8 +193,6 @@ def test_label_image_defaults_agree_with_retrain():
   from tools import label_image
   assert label_image.DEFAULT_RUNS_DIR == DEFAULTS.output_dir
   assert DEFAULTS.saved_model_dir == f'{{run}}/{label_image.SAVED_MODEL_IN_RUN}'
-  assert label_image.DEFAULT_INPUT_LAYER == names.INPUT_TENSOR_NAME
-  assert label_image.DEFAULT_OUTPUT_LAYER == names.OUTPUT_TENSOR_NAME
   assert DEFAULTS.final_tensor_name == names.OUTPUT_TENSOR_NAME
   assert label_image.DEFAULT_CROP_MARGIN == DEFAULTS.crop_margin
   assert label_image.DEFAULT_MIN_BOX_SIZE == DEFAULTS.min_box_size

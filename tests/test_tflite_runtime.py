@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from retrain.errors import ModuleError
 from retrain.features import modules as features
-from retrain.features import tflite_runtime
+from retrain.features import tflite_runner, tflite_runtime
 from tests.conftest import FAKE_SIZE
 
 
@@ -142,14 +142,14 @@ def test_cores_are_shared_out_between_interpreters(fake_module, monkeypatch,
   path = tflite_runtime.tflite_file(module)
   tflite_runtime.with_runtime(module, 'tflite')  # converts once
   made = []
-  real = tflite_runtime._interpreter_class()
+  real = tflite_runner.interpreter_class()
 
   def counting(**kwargs):
     made.append(kwargs['num_threads'])
     return real(**kwargs)
 
   monkeypatch.setattr(features, 'usable_cores', lambda: cores)
-  monkeypatch.setattr(tflite_runtime, '_interpreter_class', lambda: counting)
+  monkeypatch.setattr(tflite_runner, 'interpreter_class', lambda: counting)
   call = tflite_runtime.TFLiteCall(path, module.input_size, 4)
   assert call.parallel_calls == interpreters
   assert made == [threads] * interpreters

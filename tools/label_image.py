@@ -72,9 +72,6 @@ from retrain.predict.load import (  # noqa: E402,F401 (label_image's API)
   DEFAULT_INPUT_STD,
   DEFAULT_OUTPUT_LAYER,
   DEFAULT_TOP_K,
-  EMBEDDED_LABELS_FILE,
-  EMBEDDED_METADATA_FILE,
-  ONNX_METADATA_KEY,
   LabelImageError,
   Model,
   _sidecars,
@@ -255,7 +252,7 @@ def _define_flags():
                        'pixels are refused (as in retrain).')
   flags.DEFINE_bool('trust_module', False, 'Load a model even if its graph '
                     'can read or write files or run code (as in retrain).')
-  # --- Crops to annotated boxes (retrain/data/boxes.py, docs/boxes.md) ---
+  # --- Crops to annotated boxes (retrain/data/annotations/, docs/boxes.md) ---
   flags.DEFINE_string('boxes', None, 'A VOC XML or CSV file of boxes: '
                       'classify the crop of each box (one result per box) '
                       'instead of whole images.')
@@ -428,12 +425,12 @@ def _box_crops(annotation: str, margin: float, specs: Sequence[str]):
   """--boxes FILE: (paths, problem records, crops, names), one per box of
   FILE (VOC XML, or CSV whose paths are relative to the one folder given
   as --image, else to the CSV's folder)."""
-  from retrain.data import boxes as boxes_lib  # pylint: disable=g-import-not-at-top
+  from retrain.data.annotations import crop  # pylint: disable=g-import-not-at-top
   if len(specs) > 1:
     raise LabelImageError(
         f'--boxes takes at most one --image (the folder the CSV\'s paths are '
         f'relative to); got {len(specs)}.')
-  crops, skipped = boxes_lib.crops_for_inference(
+  crops, skipped = crop.crops_for_inference(
       annotation, margin, DEFAULT_MIN_BOX_SIZE, specs[0] if specs else '')
   return ([c.image for c in crops],
           [Record(name, error=reason) for name, reason in skipped],

@@ -2,8 +2,10 @@
 
 The accepted values of the settings that take one of a few words (the
 library checks values against these tuples and the command line offers them
-as its flags' choices), and the tensor names of the exported graphs. Kept
-free of TensorFlow so that `--help` and flag errors answer at once.
+as its flags' choices), and the export's contract: the file names, metadata
+keys and tensor names that the exports are written with and read by. Kept
+free of TensorFlow (and of any import) so that `--help`, flag errors and
+label_image answer at once.
 """
 
 # How image_dir is laid out (retrain/data/sources.py).
@@ -21,11 +23,34 @@ SAMPLINGS = ('classes', 'images')
 # Quantization of the TFLite export (retrain/export/formats.py).
 QUANTIZATIONS = ('none', 'dynamic', 'float16', 'int8')
 
+# --- The export's contract: what retrain/export/ writes and retrain/predict/
+# (label_image, retrain.load, retrain.evaluate) reads.
+
 # The frozen graph's input op (retrain.py's name, which label_image commands
 # of the TensorFlow tutorial pass as --input_layer) and the default name of
 # the output op of the probabilities (retrain.py's --final_tensor_name).
 INPUT_TENSOR_NAME = 'Placeholder'
 OUTPUT_TENSOR_NAME = 'final_result'
+# The SavedModel's signature of images, its input and its outputs (also the
+# ONNX model's input and output names): images float32 [batch, H, W, 3] in
+# [0, 1] -> probabilities float32 [batch, N] and, when the head has a
+# novelty score, novelty float32 [batch] (also the frozen graph's op name).
+SERVING_SIGNATURE = 'serving_default'
+IMAGES_INPUT = 'images'
+PROBABILITIES_OUTPUT = 'probabilities'
+NOVELTY_OUTPUT = 'novelty'
+# Files in the SavedModel folder, and packed in the .tflite file (its
+# associated files): the labels (row j is class id j) and the metadata JSON.
+LABELS_FILE = 'labels.txt'
+METADATA_FILE = 'retrain_metadata.json'
+# The two files beside a .pb or .tflite file, named after the whole model
+# file name (flowers.pb -> flowers.pb.labels.txt, flowers.pb.metadata.json).
+LABELS_SUFFIX = '.labels.txt'
+METADATA_SUFFIX = '.metadata.json'
+# The ONNX model's metadata_props keys: the metadata JSON and the labels
+# (a JSON list).
+ONNX_METADATA_KEY = 'retrain_metadata'
+ONNX_LABELS_KEY = 'labels'
 
 
 def plural(n: int, noun: str) -> str:

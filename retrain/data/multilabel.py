@@ -7,7 +7,7 @@ The same settings as a single-label run say where the photos are; with
   --test_csv): rows `path, labels`, the photo's labels separated by ';'
   (`a.jpg, cat;dog`; an empty field or a lone ';' is a photo with no label).
 - Boxes (--boxes_csv, or image_dir holding a VOC tree, a VOC XML beside each
-  photo or the Stanford Dogs layout, as retrain/data/boxes.py reads them):
+  photo or the Stanford Dogs layout, as retrain/data/annotations/ reads them):
   a photo's labels are the distinct names of its objects; photos without
   an annotation are skipped (and reported). ImageSets/Main of a VOC tree is
   the split, as with --crop_to_boxes.
@@ -38,6 +38,7 @@ import bottleneck_cache
 from retrain.data import boxes as boxes_lib
 from retrain.data import discover, sources
 from retrain.data import labels as labels_lib
+from retrain.data.annotations.layouts import detect_layout, read_annotations
 from retrain.data.split import SUBSET_CODES, TEST, TRAIN, VALIDATION
 from retrain.errors import DatasetError
 
@@ -137,7 +138,7 @@ def from_csv(options: sources.LayoutOptions) -> MultiLabels:
 
 def from_boxes(options: boxes_lib.BoxOptions) -> MultiLabels:
   """Each annotated photo with the names of its objects as its labels."""
-  annotations = boxes_lib.read_annotations(
+  annotations = read_annotations(
       options.boxes, options.image_dir, options.boxes_csv,
       options.boxes_label_column)
   labels: Dict[str, List[str]] = {}
@@ -196,7 +197,7 @@ def has_annotations(image_dir: str, boxes_csv: str) -> bool:
   if boxes_csv:
     return True
   try:
-    boxes_lib.detect_layout(image_dir)
+    detect_layout(image_dir)
   except DatasetError:
     return False
   return True

@@ -51,8 +51,13 @@ from retrain import images as images_lib
 from retrain.common import atomic, strict_json
 from retrain.common import earlier_outputs as keep
 from retrain.common.names import (
+  IMAGES_INPUT,
   INPUT_TENSOR_NAME,
+  LABELS_SUFFIX,
+  METADATA_SUFFIX,
+  NOVELTY_OUTPUT,
   OUTPUT_TENSOR_NAME,
+  PROBABILITIES_OUTPUT,
   QUANTIZATIONS,
 )
 from retrain.errors import OutputError
@@ -62,10 +67,7 @@ from retrain.features.modules import FeatureModule
 from retrain.head import math as head_math
 from retrain.head.model import Head
 
-LABELS_SUFFIX = '.labels.txt'
-METADATA_SUFFIX = '.metadata.json'
 INTERMEDIATE_PATTERN = 'intermediate_{steps}.pb'
-NOVELTY = export_lib.NOVELTY_OUTPUT
 
 
 def sidecar_paths(path: str) -> Dict[str, str]:
@@ -201,10 +203,11 @@ def frozen_graph_def(module: FeatureModule, head: Head,
     # _classify names its softmax op `final_tensor_name`; calling it here
     # (not the tf.function) keeps that op at the top level of the graph.
     outputs = classifier._classify(images)  # pylint: disable=protected-access
-    return [outputs[k] for k in ('probabilities', NOVELTY) if k in outputs]
+    return [outputs[k] for k in (PROBABILITIES_OUTPUT, NOVELTY_OUTPUT)
+            if k in outputs]
 
   graph_def = _freeze(classify.get_concrete_function(), final_tensor_name,
-                      *([NOVELTY] if head.novelty is not None else []))
+                      *([NOVELTY_OUTPUT] if head.novelty is not None else []))
   names = {node.name for node in graph_def.node}
   if INPUT_TENSOR_NAME not in names or final_tensor_name not in names:
     raise OutputError(f'Freezing the graph lost the ops {INPUT_TENSOR_NAME!r} / '
@@ -273,7 +276,7 @@ def write_frozen_graph(path: str, module: FeatureModule, head: Head,
           'output_tensor': f'{final_tensor_name}:0',
           **((extra_metadata or {}) if head.multi_label else {})}
   if head.novelty is not None:
-    info.update(novelty_tensor=f'{NOVELTY}:0',
+    info.update(novelty_tensor=f'{NOVELTY_OUTPUT}:0',
                 novelty=head.novelty.metadata())
   _write_sidecars(path, labels, module, info)
   return path
@@ -349,7 +352,8 @@ def tflite_model(module: FeatureModule, head: Head, quantization: str = 'none',
                                               tf.float32)])
   def ordered(images):
     outputs = classifier._classify(images)  # pylint: disable=protected-access
-    return [outputs[k] for k in ('probabilities', NOVELTY) if k in outputs]
+    return [outputs[k] for k in (PROBABILITIES_OUTPUT, NOVELTY_OUTPUT)
+            if k in outputs]
 
   converter = tf.lite.TFLiteConverter.from_concrete_functions(
       [ordered.get_concrete_function()], classifier)
@@ -440,7 +444,7 @@ def _check_quantized(model: bytes, module: FeatureModule, head: Head,
   classifier = export_lib.Classifier(module, head, OUTPUT_TENSOR_NAME)
 
   def float_predict(batch):
-    return classifier.classify(tf.constant(batch))['probabilities'].numpy()
+    return classifier.classify(tf.constant(batch))[PROBABILITIES_OUTPUT].numpy()
 
   logging.info('Checking the %s TFLite model against the float model on %d '
                '%s images.', quantization, len(gate.paths), gate.subset)
@@ -481,8 +485,8 @@ def write_onnx(path: str, module: FeatureModule, head: Head,
                labels: Sequence[str],
                extra_metadata: Optional[dict] = None) -> str:
   """Writes the classifier as ONNX (metadata in metadata_props); returns path."""
-  info = {'format': 'onnx', 'input_tensor': onnx_format.INPUT_NAME,
-          'output_tensor': onnx_format.OUTPUT_NAME}
+  info = {'format': 'onnx', 'input_tensor': IMAGES_INPUT,
+          'output_tensor': PROBABILITIES_OUTPUT}
   info.update(extra_metadata or {})
   try:
     model = onnx_format.onnx_model(module, head, labels,

@@ -26,16 +26,17 @@ from __future__ import annotations
 import json
 from typing import Sequence
 
-from retrain.common.names import OUTPUT_TENSOR_NAME
+from retrain.common.names import (
+  IMAGES_INPUT,
+  ONNX_LABELS_KEY,
+  ONNX_METADATA_KEY,
+  OUTPUT_TENSOR_NAME,
+)
 from retrain.errors import OutputError
 
 # ONNX opset 17 runs in every ONNX Runtime since 1.13 (2022) and has every
 # op these models need.
 OPSET = 17
-INPUT_NAME = 'images'
-OUTPUT_NAME = 'probabilities'
-# The metadata_props key of the full JSON metadata.
-METADATA_KEY = 'retrain_metadata'
 
 
 class OnnxUnavailable(ImportError):
@@ -71,20 +72,20 @@ def onnx_model(module, head, labels: Sequence[str], metadata: dict,
     proto, _ = tf2onnx.convert.from_function(
         classifier.classify,
         input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32,
-                                       name=INPUT_NAME)],
+                                       name=IMAGES_INPUT)],
         opset=opset)
   except Exception as e:  # pylint: disable=broad-except
     raise OutputError(f'tf2onnx could not convert {module.handle!r} to ONNX '
                       f'({type(e).__name__}: {e}); leave --onnx_output_file '
                       'empty, or use the SavedModel or TFLite export.') from e
   props = {
-      'labels': json.dumps(list(labels)),
+      ONNX_LABELS_KEY: json.dumps(list(labels)),
       'input_height': str(height),
       'input_width': str(width),
       'input_value_range': json.dumps(metadata.get('input_value_range',
                                                    [0.0, 1.0])),
       'preprocessing': str(metadata.get('preprocessing', '')),
-      METADATA_KEY: json.dumps(metadata),
+      ONNX_METADATA_KEY: json.dumps(metadata),
   }
   del proto.metadata_props[:]
   for key, value in props.items():

@@ -14,7 +14,6 @@ the alternatives, unless the user keeps it on purpose
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -22,6 +21,7 @@ from absl import logging
 
 from retrain import images as images_lib
 from retrain.errors import OutputError
+from retrain.features import tflite_runner
 from retrain.head import math as head_math
 
 # Images decoded and classified together: 32 x 224 x 224 x 3 float32 is
@@ -85,28 +85,15 @@ class QuantizationCheck:
 def tflite_predictor(content: bytes) -> Callable[[np.ndarray], np.ndarray]:
   """float32 [n, H, W, 3] -> float32 [n, N] with a TFLite model in memory.
 
-  One image per invoke (the model's converted batch is 1).
+  One image per invoke (the model's converted batch is 1), on the runner
+  and runtime the bottlenecks and label_image use
+  (retrain.features.tflite_runner).
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  with warnings.catch_warnings():
-    # tf.lite.Interpreter warns that it moves to LiteRT; it works in 2.21.
-    warnings.simplefilter('ignore')
-    interpreter = tf.lite.Interpreter(model_content=content)
-  interpreter.allocate_tensors()
-  inp = interpreter.get_input_details()[0]
-  out = interpreter.get_output_details()[0]
+  runner = tflite_runner.TFLiteRunner(
+      tflite_runner.open_interpreter(model_content=content), invoke_batch=1)
 
   def predict(batch):
-    rows = []
-    for image in batch:
-      interpreter.set_tensor(inp['index'], image[None].astype(inp['dtype']))
-      interpreter.invoke()
-      row = interpreter.get_tensor(out['index'])
-      if out['dtype'] != np.float32:
-        scale, zero = out['quantization']
-        row = (row.astype(np.float32) - zero) * scale
-      rows.append(row[0])
-    return np.stack(rows).astype(np.float32)
+    return runner.run(batch)[0]
 
   return predict
 

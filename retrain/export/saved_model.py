@@ -33,15 +33,20 @@ import tensorflow as tf
 
 from retrain.common import atomic, leftovers
 from retrain.common import earlier_outputs as keep
+from retrain.common.names import (
+  IMAGES_INPUT,
+  LABELS_FILE,
+  METADATA_FILE,
+  NOVELTY_OUTPUT,
+  PROBABILITIES_OUTPUT,
+  SERVING_SIGNATURE,
+)
 from retrain.errors import OutputError
 from retrain.export import signatures as signatures_lib
 from retrain.features.modules import FeatureModule
 from retrain.head.model import Head
 from retrain.version import __version__
 
-METADATA_FILE = 'retrain_metadata.json'
-LABELS_FILE = 'labels.txt'
-NOVELTY_OUTPUT = 'novelty'
 FORMAT_VERSION = 1
 PREPROCESSING = ('decode to RGB (grayscale repeated, alpha dropped, first GIF '
                  'frame, JPEG EXIF orientation applied), resize to '
@@ -101,12 +106,12 @@ class Classifier(tf.Module):
     self.classify = tf.function(
         self._classify,
         input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32,
-                                       name='images')])
+                                       name=IMAGES_INPUT)])
 
   def _classify(self, images):
     vectors = self.feature_module(images)
     logits = tf.matmul(vectors, self.final_weights) + self.final_biases
-    outputs = {'probabilities': self._activation(
+    outputs = {PROBABILITIES_OUTPUT: self._activation(
         logits, name=self._final_tensor_name)}
     if self._novelty is not None:
       outputs[NOVELTY_OUTPUT] = novelty_score(vectors, self._novelty)
@@ -162,14 +167,15 @@ def metadata(module: FeatureModule, labels: Sequence[str],
   data = describe_model(module, labels)
   data.update({
       'signatures': {
-          'serving_default': {'inputs': {'images': 'float32 [batch, H, W, 3]'},
-                              'outputs': {'probabilities':
+          SERVING_SIGNATURE: {'inputs': {IMAGES_INPUT:
+                                         'float32 [batch, H, W, 3]'},
+                              'outputs': {PROBABILITIES_OUTPUT:
                                           'float32 [batch, N]'}},
           signatures_lib.BYTES_SIGNATURE: {
               'inputs': {signatures_lib.BYTES_INPUT:
                          'string [batch] (JPEG, PNG, GIF or BMP file '
                          'contents)'},
-              'outputs': {'probabilities': 'float32 [batch, N]'}},
+              'outputs': {PROBABILITIES_OUTPUT: 'float32 [batch, N]'}},
       },
       'final_tensor_name': final_tensor_name,
   })
@@ -198,7 +204,7 @@ def export_saved_model(export_dir: str, module: FeatureModule, head: Head,
   # anything fails; a later run removes it if this process is killed).
   with leftovers.temporary_for(export_dir) as tmp:
     tf.saved_model.save(classifier, tmp,
-                        signatures={'serving_default': classifier.classify,
+                        signatures={SERVING_SIGNATURE: classifier.classify,
                                     signatures_lib.BYTES_SIGNATURE:
                                     classify_bytes})
     write_labels(os.path.join(tmp, LABELS_FILE), labels)

@@ -36,8 +36,8 @@ from typing import Optional, Sequence, Tuple
 
 from absl import logging
 
-LABELS_FILE = 'labels.txt'
-PROJECT_FILE = 'retrain_metadata.json'
+from retrain.common.names import LABELS_FILE, METADATA_FILE, NOVELTY_OUTPUT
+
 NOVELTY_LABELS_FILE = 'novelty_label.txt'
 # MediaPipe's normalisation (pixel - mean) / std of pixels in [0, 255]
 # giving our [0, 1] input.
@@ -149,11 +149,11 @@ def embed(model: bytes, labels: Sequence[str], project: dict,
     # feature output failed there), so it reports classifications[1] =
     # [novelty: score] beside the classes in classifications[0].
     writer.add_classification_output(
-        metadata_writer.Labels().add(['novelty'],
+        metadata_writer.Labels().add([NOVELTY_OUTPUT],
                                      exported_filename=NOVELTY_LABELS_FILE),
-        name='novelty', description='float32 [batch]: distance of the '
+        name=NOVELTY_OUTPUT, description='float32 [batch]: distance of the '
         'feature vector to the classes; above the threshold in '
-        f'{PROJECT_FILE} (novelty.threshold) the photo is not like any '
+        f'{METADATA_FILE} (novelty.threshold) the photo is not like any '
         'class')
   with_labels, _ = writer.populate()
 
@@ -165,7 +165,7 @@ def embed(model: bytes, labels: Sequence[str], project: dict,
       schema.ModelMetadata.GetRootAsModelMetadata(buffer, 0))
   model_md.version = str(project.get('retrain_version', ''))
   project_file = schema.AssociatedFileT()
-  project_file.name = PROJECT_FILE
+  project_file.name = METADATA_FILE
   project_file.description = ('retrain metadata: labels, input size and '
                               'value range, module, quantization figures, '
                               'calibration and rejection threshold')
@@ -178,7 +178,7 @@ def embed(model: bytes, labels: Sequence[str], project: dict,
   populator = metadata.MetadataPopulator.with_model_buffer(bytes(with_labels))
   populator.load_metadata_buffer(builder.Output())
   populator.load_associated_file_buffers(
-      {PROJECT_FILE: json.dumps(project, indent=2).encode()})
+      {METADATA_FILE: json.dumps(project, indent=2).encode()})
   populator.populate()
   content = bytes(populator.get_model_buffer())
   # Both objects clean up temporary files in __del__, which fails noisily
@@ -201,10 +201,10 @@ def read_embedded(content: bytes
   if LABELS_FILE in names:
     text = archive.read(LABELS_FILE).decode('utf-8')
     labels = [line for line in text.splitlines() if line.strip()]
-  if PROJECT_FILE in names:
+  if METADATA_FILE in names:
     try:
-      project = json.loads(archive.read(PROJECT_FILE).decode('utf-8'))
+      project = json.loads(archive.read(METADATA_FILE).decode('utf-8'))
     except ValueError:
       logging.warning('The embedded %s is not JSON; ignoring it.',
-                      PROJECT_FILE)
+                      METADATA_FILE)
   return labels, project

@@ -28,7 +28,6 @@ import dataclasses
 import os
 import queue
 import time
-import warnings
 from typing import Optional
 
 import numpy as np
@@ -41,20 +40,12 @@ from retrain.errors import ModuleError
 from retrain.features import cache_files, presets
 from retrain.features import modules as features
 from retrain.features.modules import FeatureModule
+from retrain.features.tflite_runner import TFLiteRunner, open_interpreter
 
 # Largest absolute difference allowed between TF and TFLite vectors on the
 # probe batch (measured: about 1.2e-5 for EfficientNet-Lite0).
 TOLERANCE = 1e-3
 _SUBDIR = 'retrain-tflite'
-
-
-def _interpreter_class():
-  """The LiteRT interpreter when installed, else TensorFlow's own."""
-  try:
-    from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
-    return Interpreter
-  except ImportError:
-    return tf.lite.Interpreter
 
 
 def tflite_file(module: FeatureModule, cache_dir: Optional[str] = None) -> str:
@@ -110,8 +101,8 @@ class TFLiteCall:
   layer evenly between an interpreter's threads, so a decoding thread that
   takes a core from one of them stalls both, while a 1-thread interpreter
   only slows by the time it loses. A call's images go through its
-  interpreter `invoke_batch` at a time; a shorter last group is padded (a
-  resize would re-plan the whole graph).
+  interpreter `invoke_batch` at a time (retrain.features.tflite_runner, the
+  runner label_image and the quantisation check use too).
   """
 
   def __init__(self, path: str, input_size, invoke_batch: int = INVOKE_BATCH,
@@ -120,43 +111,22 @@ class TFLiteCall:
     count = interpreters or min(cores, _MAX_INTERPRETERS)
     threads = max(1, cores // count)
     self.path = path
-    self._batch = invoke_batch
     self._free = queue.SimpleQueue()
     for _ in range(count):
-      with warnings.catch_warnings():
-        warnings.simplefilter('ignore')  # tf.lite.Interpreter's deprecation.
-        interpreter = _interpreter_class()(model_path=path,
-                                           num_threads=threads)
-      interpreter.resize_tensor_input(
-          interpreter.get_input_details()[0]['index'],
-          [invoke_batch, input_size[0], input_size[1], 3])
-      interpreter.allocate_tensors()
-      self._free.put(interpreter)
-    # Every interpreter holds the same model, so the same tensor indices.
-    self._source = interpreter.get_input_details()[0]['index']
-    self._target = interpreter.get_output_details()[0]['index']
+      self._free.put(TFLiteRunner(
+          open_interpreter(model_path=path, num_threads=threads),
+          invoke_batch, input_size))
     self.parallel_calls = count
 
   def __call__(self, images) -> tf.Tensor:
     images = np.asarray(images, np.float32)
-    n = images.shape[0]
-    outputs = []
-    interpreter = self._free.get()
+    if not images.shape[0]:
+      return tf.constant(np.zeros((0, 0), np.float32))
+    runner = self._free.get()
     try:
-      for start in range(0, n, self._batch):
-        part = images[start:start + self._batch]
-        if part.shape[0] < self._batch:
-          pad = np.zeros((self._batch - part.shape[0],) + part.shape[1:],
-                         np.float32)
-          part = np.concatenate([part, pad])
-        interpreter.set_tensor(self._source, part)
-        interpreter.invoke()  # releases the GIL
-        outputs.append(interpreter.get_tensor(self._target)[
-            :min(self._batch, n - start)].copy())
+      return tf.constant(runner.run(images)[0])
     finally:
-      self._free.put(interpreter)
-    return tf.constant(np.concatenate(outputs) if outputs else np.zeros(
-        (0, 0), np.float32))
+      self._free.put(runner)
 
 
 def with_runtime(module: FeatureModule, runtime: str,

@@ -1,4 +1,5 @@
-"""Running an export: load it (load.py, one loader per format), classify
+"""Running an export: load it (load.py; one loader per format in
+saved_model.py, frozen_graph.py, tflite.py, onnx_file.py), classify
 image files with it (classify.py), `retrain.load` (model.py), and heat
 maps of where a classifier looked (explain.py). tools/label_image.py is
 the command line over it; it imports nothing of retrain's training."""
