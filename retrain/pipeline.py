@@ -72,7 +72,7 @@ class RunResult:
     timings: seconds per phase.
     peak_rss_mib: peak resident memory of the process after each phase.
     explained: per-class metrics, report files and projector size
-      (retrain/explain.py).
+      (retrain/report/writer.py).
     distorted_stats: what the cache did for distorted copies, or None when
       no distortion was asked for.
     fine_tuned: the retrain.finetune.run.FineTuned of --fine_tune (the

@@ -7,9 +7,9 @@ The pipeline calls three things from here:
     confusion matrix as an image at (at most `_MAX_EVAL_IMAGES`) evaluation
     steps;
   * `finish` after the final test evaluation: per-class metrics and
-    confusion matrices in the log and in --report_dir (retrain/report.py),
+    confusion matrices in the log and in --report_dir (retrain/report/metrics.py),
     and in TensorBoard the final confusion-matrix images, PR curves, test
-    scalars and the embedding projector (retrain/tensorboard_extras.py).
+    scalars and the embedding projector (retrain/report/tensorboard.py).
 """
 
 from __future__ import annotations
