@@ -492,8 +492,10 @@ def bottlenecks(config: Config, dataset, module, runner, crops=None,
       computed = ensemble_bottlenecks.compute_bottlenecks(
           paths, module, runner, config.bottleneck_dir,
           config.bottleneck_runtime, config.bottleneck_batch_size,
-          config.module_cache_dir, max_pixels=config.max_image_pixels,
-          keyed=keyed, **boxes_lib.Crops.bottleneck_args(crops))
+          config.module_cache_dir, keyed=keyed,
+          options=bottlenecks_lib.PassOptions(
+              max_pixels=config.max_image_pixels),
+          **boxes_lib.Crops.bottleneck_args(crops))
       log_bottlenecks(computed.stats, len(computed.failures),
                       config.bottleneck_dir, len(module.members))
       return computed
@@ -504,8 +506,9 @@ def bottlenecks(config: Config, dataset, module, runner, crops=None,
                       ) from e
   computed = bottlenecks_lib.compute_bottlenecks(
       paths, runner, store,
-      config.bottleneck_batch_size, max_pixels=config.max_image_pixels,
-      load_vectors=load_vectors, keyed=keyed,
+      config.bottleneck_batch_size, bottlenecks_lib.PassOptions(
+          max_pixels=config.max_image_pixels, load_vectors=load_vectors),
+      keyed=keyed,
       **boxes_lib.Crops.bottleneck_args(crops))
   log_bottlenecks(computed.stats, len(computed.failures),
                   config.bottleneck_dir)
@@ -570,9 +573,10 @@ def training_set(config: Config, runner, images: usable_lib.UsableImages,
   train_x = images.vectors[split.train]
   train_y = images.labels[split.train]
   copies = distort_lib.training_copies(
-      subset(distort_lib.Distortions, config), config.distorted_copies,
-      config.random_seed, config.bottleneck_dir, config.bottleneck_batch_size,
-      runner, images.paths_of(split.train), images.digests_of(split.train),
+      distort_lib.CopyRecipe(subset(distort_lib.Distortions, config),
+                             config.distorted_copies, config.random_seed),
+      config.bottleneck_dir, config.bottleneck_batch_size, runner,
+      images.paths_of(split.train), images.digests_of(split.train),
       boxes=None if crops is None else crops.boxes[images.index[split.train]])
   if copies is not None:
     train_x = np.concatenate([train_x, copies.vectors])
@@ -731,10 +735,8 @@ def evaluate(config: Config, labels: Sequence[str],
   misclassified = report_test(config, labels, test, images, split)
   held = trained.held_out
   explained = explain_lib.finish(
-      subset(explain_lib.ReportOptions, config), labels, trained.head, images.vectors, images.labels, split,
-      images.paths, images.rel_paths, test,
-      trained.history[-1].step if trained.history else 0, trained.best_step,
-      validation_probabilities=None if held is None else
+      subset(explain_lib.ReportOptions, config), labels, trained, images,
+      split, test, validation_probabilities=None if held is None else
       calibration_lib.softmax(held.validation_logits).astype(np.float32))
   for name, how in describe_figures(trained).items():
     logging.info('How the run measured %s: %s.', name.replace('_', ' '), how)
@@ -922,9 +924,7 @@ def trust_checks(config: Config, module, runner, labels: Sequence[str],
   trust_report.write(
       config.report_dir, config.summaries_dir,
       trained.history[-1].step if trained.history else 0,
-      describe_figures(trained, tuned), confidence,
-      test.probabilities if test.count else None, test.labels, novelty,
-      sets)
+      describe_figures(trained, tuned), confidence, test, novelty, sets)
   return confidence
 
 

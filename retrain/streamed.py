@@ -98,7 +98,8 @@ def _copy_keys(config: Config, module, runner, images, split, directories):
   or None without distortions. Appends their namespace to directories."""
   distortions = subset(distort_lib.Distortions, config)
   copies = distort_lib.training_copies(
-      distortions, config.distorted_copies, config.random_seed,
+      distort_lib.CopyRecipe(distortions, config.distorted_copies,
+                             config.random_seed),
       config.bottleneck_dir, config.bottleneck_batch_size, runner,
       images.paths_of(split.train), images.digests_of(split.train),
       load_vectors=False)

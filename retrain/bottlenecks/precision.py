@@ -67,7 +67,7 @@ def _probe_vectors(module: FeatureModule, runner: FeatureModule,
       probe.bottleneck_dir, bottlenecks_lib.cache_namespace(module))
   done = bottlenecks_lib.compute_bottlenecks(
       [probe.paths[i] for i in rows], runner, store, probe.batch_size,
-      max_pixels=probe.max_pixels, keyed=keyed)
+      bottlenecks_lib.PassOptions(max_pixels=probe.max_pixels), keyed=keyed)
   return done.vectors, done.ok
 
 
@@ -210,8 +210,9 @@ def check_float_exports(float_module: FeatureModule, head, probe: Probe,
   runner = tflite_runtime.deferred(float_module, runtime, cache_dir)
   done = ensemble_bottlenecks.compute_bottlenecks(
       probe.paths, float_module, runner, probe.bottleneck_dir, runtime,
-      probe.batch_size, cache_dir, max_pixels=probe.max_pixels,
-      keyed=probe.keyed, progress_interval=30)
+      probe.batch_size, cache_dir, keyed=probe.keyed,
+      options=bottlenecks_lib.PassOptions(max_pixels=probe.max_pixels,
+                                          progress_interval=30))
   predicted = np.asarray(head.logits(done.vectors)).argmax(axis=1)
   truth = np.asarray(labels)[done.ok]
   accuracy = float(np.mean(predicted == truth)) if len(truth) else float('nan')

@@ -168,8 +168,7 @@ def histogram_png(section: dict) -> bytes:
 
 
 def write(report_dir: str, summaries_dir: str, step: int, figures: dict,
-          confidence, test_probabilities: Optional[np.ndarray],
-          test_y: Optional[np.ndarray], novelty=None,
+          confidence, test=None, novelty=None,
           novelty_sets: Optional[Dict[str, np.ndarray]] = None) -> str:
   """Writes trust.json and its figures (report_dir) and TensorBoard
   (summaries_dir/validation); returns the JSON's path.
@@ -177,15 +176,17 @@ def write(report_dir: str, summaries_dir: str, step: int, figures: dict,
   Args:
     figures: how each figure was obtained (pipeline.describe_figures).
     confidence: the run's retrain.head.calibration.Confidence.
-    test_probabilities: float [n, N] of the trained (uncalibrated) head on
-      the test set, with class ids test_y [n]; None without test images.
+    test: the retrain.head.evaluate.Evaluation of the trained
+      (uncalibrated) head on the test set: probabilities float [n, N],
+      class ids labels [n]; None or empty without test images.
     novelty, novelty_sets: the Novelty and its scores per set, or None.
   """
   calibration = confidence.metadata()
   pngs = {}
-  if test_probabilities is not None and len(test_y):
+  if test is not None and test.count:
+    test_y = test.labels
     calibrated = calibration_lib.softmax(np.log(np.maximum(
-        np.asarray(test_probabilities, np.float64), 1e-300)) /
+        np.asarray(test.probabilities, np.float64), 1e-300)) /
                                          confidence.temperature)
     calibration['reliability'] = {'test': reliability_bins(calibrated,
                                                            test_y)}

@@ -106,10 +106,8 @@ def _log_lines(title: str, lines: Sequence[str]) -> None:
   logging.info('%s\n%s', title, '\n'.join(lines))
 
 
-def finish(options: ReportOptions, labels: Sequence[str], head: Head, vectors: np.ndarray,
-           y: np.ndarray, split, paths: Sequence[str],
-           rel_paths: Sequence[str], test, step: int,
-           best_step: Optional[int] = None,
+def finish(options: ReportOptions, labels: Sequence[str], trained, images,
+           split, test,
            validation_probabilities: Optional[np.ndarray] = None
            ) -> Explained:
   """Reports on the trained head.
@@ -117,19 +115,22 @@ def finish(options: ReportOptions, labels: Sequence[str], head: Head, vectors: n
   Args:
     options: where the reports go.
     labels: class names in class id order.
-    head: the trained head.
-    vectors: float32 [n, D] bottlenecks of the usable images; y: int [n].
-    split: index arrays into vectors (train, validation, test).
-    paths, rel_paths: [n] files of the rows of vectors (full and relative to
-      --image_dir).
+    trained: the retrain.head.train.TrainResult: its head, the last
+      training step (where final summaries are written) and the step whose
+      weights early stopping restored, if any.
+    images: the retrain.bottlenecks.usable.UsableImages: vectors float32
+      [n, D], labels int [n], paths and rel_paths [n] (full and relative
+      to --image_dir).
+    split: index arrays into images (train, validation, test).
     test: the retrain.head.evaluate.Evaluation of the test set (rows index
       split.test).
-    step: the last training step, where final summaries are written.
-    best_step: the step whose weights early stopping restored, if any.
     validation_probabilities: float32 [n_val, N] held-out probabilities of
-      the validation images, when `head` trained on them (out-of-fold
+      the validation images, when the head trained on them (out-of-fold
       predictions); None: the head's own (it did not train on them).
   """
+  head, vectors, y, paths = (trained.head, images.vectors, images.labels,
+                             images.paths)
+  step = trained.history[-1].step if trained.history else 0
   val_x, val_y = vectors[split.validation], y[split.validation]
   if validation_probabilities is None:
     validation_probabilities = (
@@ -141,9 +142,10 @@ def finish(options: ReportOptions, labels: Sequence[str], head: Head, vectors: n
       'test': (test.labels, test.probabilities,
                [paths[split.test[r]] for r in test.rows]),
   }
-  metrics, wrong, files = set_reports(options, labels, sets, step, best_step)
+  metrics, wrong, files = set_reports(options, labels, sets, step,
+                                      trained.best_step)
   shown = _projector(options, labels, head, vectors, y, split, paths,
-                     rel_paths)
+                     images.rel_paths)
   return Explained(metrics, wrong, files, shown)
 
 
