@@ -10,36 +10,32 @@
 
 import ast
 import pathlib
+import re
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
-# The flow, first to last; a module may import from its own step and from
-# earlier ones only. `retrain.version` counts as the first step; the package
-# itself (`retrain/__init__.py`, whose `run` loads the pipeline lazily), the
-# Python API and the closing summary come after the pipeline, with
-# __main__.
-LEVELS = (
-    ('retrain.version', 'retrain.common', 'retrain.errors', 'retrain.images',
-     'retrain.image_header'),
-    ('retrain.data',),
-    ('retrain.features',),
-    # Running an export (label_image's loaders): the image decoding and the
-    # module safety scan of what it loads.
-    ('retrain.predict',),
-    ('retrain.bottlenecks',),
-    ('retrain.head',),
-    ('retrain.report',),
-    ('retrain.export',),
-    ('retrain.finetune',),  # after the head, before the export it feeds
-    ('retrain.config', 'retrain.pipeline', 'retrain.streamed',
-     'retrain.multilabel'),
-    # The health report (docs/inspect.md) uses the pipeline's steps.
-    ('retrain.inspect',),
-    ('retrain', 'retrain.__main__', 'retrain.api', 'retrain.summary',
-     'retrain.beam', 'retrain.inspect.__main__', 'retrain.evaluate'),
-)
+# The flow, first to last: the numbered list under "Import levels" in
+# docs/architecture.md (a module may import from its own step and from
+# earlier ones only).
+ARCHITECTURE = ROOT / 'docs' / 'architecture.md'
+
+
+def _levels_of(text: str):
+  """The levels listed in architecture.md's "Import levels" section: one
+  tuple of module names per numbered line, in order."""
+  section = text.split('\n## Import levels\n', 1)[1].split('\n## ', 1)[0]
+  levels = []
+  for line in section.splitlines():
+    found = re.match(r'\d+\.\s+((?:`[\w.]+`(?:,\s*)?)+)', line)
+    if found:
+      levels.append(tuple(re.findall(r'`([\w.]+)`', found.group(1))))
+  return tuple(levels)
+
+
+LEVELS = _levels_of(ARCHITECTURE.read_text(encoding='utf-8'))
+
 # retrain.common.cli and .progress give both commands the same --help,
 # --version and progress, and .walk the same loop-safe folder walk; they import absl, tqdm and retrain.version only
 # (tests/test_first_hour.py checks that label_image loads no other retrain
