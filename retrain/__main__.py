@@ -84,6 +84,7 @@ flags.DEFINE_integer('min_box_size', _D.min_box_size,
                      'skipped.')
 flags.DEFINE_bool('boxes_include_difficult', _D.boxes_include_difficult,
                   'Also use objects marked difficult.')
+# --- End of crops to annotated boxes ---------------------------------------
 flags.DEFINE_string(
     'tfhub_module', _D.tfhub_module,
     'Feature-vector module: a preset name (see --list_modules), a TF-Hub '
@@ -274,6 +275,7 @@ flags.DEFINE_string('fine_tune_members', _D.fine_tune_members,
                     'Members of an ensemble --tfhub_module to fine-tune: "" '
                     'the first, "all", or handles separated by commas; the '
                     'others keep their features.')
+# --- End of fine-tuning ----------------------------------------------------------
 
 
 # --- Deployment: ONNX, quantization check, confidence ---
@@ -306,12 +308,14 @@ flags.DEFINE_string('unknown_dir', _D.unknown_dir,
                     'Optional folder of photos of none of the classes: the '
                     'run reports how many are flagged unknown and the AUROC; '
                     'they are never trained on.')
+# --- End of deployment flags ---
 # --- Scale (docs/scale.md) ---
 flags.DEFINE_integer('max_vectors_in_memory', _D.max_vectors_in_memory,
                      'Past this many training vectors, training and '
                      'evaluation stream from the cache in chunks (about half '
                      'of this many vectors in memory at once); 0 never '
                      'streams.')
+# --- end scale ---
 flags.DEFINE_enum('logging_verbosity', 'INFO',
                   ['DEBUG', 'INFO', 'WARN', 'ERROR', 'FATAL'],
                   'How much to log; DEBUG also shows TensorFlow\'s and other '
@@ -333,6 +337,7 @@ flags.DEFINE_bool('follow_outside_links', _D.follow_outside_links,
 flags.DEFINE_bool('trust_module', _D.trust_module,
                   'Load a local --tfhub_module even if its graph can read or '
                   'write files or call Python (a SavedModel is code).')
+# ---
 
 
 def config_from_flags(environ=os.environ) -> Config:

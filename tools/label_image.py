@@ -262,6 +262,7 @@ def _define_flags():
   flags.DEFINE_float('crop_margin', DEFAULT_CROP_MARGIN,
                      'With --boxes: percent of context added around each '
                      'box, as --crop_margin was when training.')
+  # --- end ---
   flags.DEFINE_integer('batch_size', DEFAULT_BATCH_SIZE,
                        'Images per model call.')
   flags.DEFINE_enum('output_format', 'table', list(OUTPUT_FORMATS),

@@ -158,6 +158,7 @@ def check_options(options: ExportOptions) -> None:
                       f'{options.max_quantization_loss} must be 0 or more '
                       '(points of top-1 accuracy).',
                       fields=('max_quantization_loss',))
+  # --- End of deployment checks ---
   if options.tflite_quantization not in QUANTIZATIONS:
     raise OutputError(f'tflite_quantization={options.tflite_quantization!r} '
                       f'is not one of {", ".join(QUANTIZATIONS)}.',

@@ -239,8 +239,7 @@ def _discard_unverified(path: str) -> None:
     logging.warning('Converting the module to TFLite again: the cached %s '
                     'cannot be used (%s).', path, why)
     cache_files.remove_file(path)
-
-
+# ---
 def _quantized(module: FeatureModule) -> bool:
   """True when `module` (or a member of it) runs a quantised TFLite model
   already (retrain/features/int8.py): it stays as it is."""
