@@ -27,7 +27,8 @@ from retrain.common.progress import Progress
 from retrain.config import DEFAULTS, Config, subset
 from retrain.data import boxes as boxes_lib
 from retrain.data import discover as discover_lib
-from retrain.data import duplicates, leakage, sources
+from retrain.data import duplicates, leakage
+from retrain.data import sources as layouts
 from retrain.data import split as split_lib
 from retrain.errors import DatasetError, OutputError
 from retrain.export import formats as export_formats
@@ -40,13 +41,14 @@ from retrain.head import auto as head_auto
 from retrain.head import calibration as calibration_lib
 from retrain.head import evaluate as evaluate_lib
 from retrain.head import novelty as novelty_lib
-from retrain.head import options as options_lib
+from retrain.head import options as train_options_lib
 from retrain.head import solve as solve_lib
 from retrain.head import solver as solver_lib
 from retrain.head import summaries as summaries_lib
 from retrain.head import train as train_lib
-from retrain.report import confidence, heatmap
+from retrain.report import confidence
 from retrain.report import deployment as deployment_report
+from retrain.report import heatmap as heatmap_lib
 from retrain.report import results as results_lib
 from retrain.report import skipped as skipped_report
 from retrain.report import trust as trust_report
@@ -152,7 +154,7 @@ def resolve_head_solver(config: Config) -> Config:
 
 def check_config(config: Config) -> None:
   """Checks values before any slow work starts."""
-  sources.check_layout_options(subset(sources.LayoutOptions, config))
+  layouts.check_layout_options(subset(layouts.LayoutOptions, config))
   split_lib.check_percentages(config.validation_percentage,
                               config.testing_percentage)
   for name in ('how_many_training_steps', 'train_batch_size',
@@ -167,7 +169,7 @@ def check_config(config: Config) -> None:
   export_lib.check_export_dir(config.saved_model_dir)
   check_output_places(config)
   export_formats.check_options(subset(export_formats.ExportOptions, config))
-  options_lib.check(subset(options_lib.TrainOptions, config))
+  train_options_lib.check(subset(train_options_lib.TrainOptions, config))
   calibration_lib.check_options(
       subset(calibration_lib.ConfidenceOptions, config))
   if config.novelty_keep:
@@ -373,7 +375,7 @@ class Prepared:
     precision: per member, 'int8' or 'float32'.
     runner: the module on its runtime, as the bottlenecks run it.
   """
-  layout: sources.Layout
+  layout: layouts.Layout
   crops: Optional[boxes_lib.Crops]
   keyed: tuple
   float_module: object
@@ -424,7 +426,7 @@ def discover(config: Config):
   any); with --crop_to_boxes one example per box and their crops, else
   crops is None (retrain/data/boxes.py)."""
   layout, crops = boxes_lib.load_examples(
-      subset(sources.LayoutOptions, config), subset(boxes_lib.BoxOptions,
+      subset(layouts.LayoutOptions, config), subset(boxes_lib.BoxOptions,
                                                     config))
   logging.info('Found %s in %s: %s.',
                names.plural(len(layout.dataset.images), 'image'),
@@ -531,7 +533,7 @@ def log_bottlenecks(stats: bottleneck_cache.Stats, skipped: int,
                names.plural(skipped, 'image'))
 
 
-def report_skipped(config: Config, layout: sources.Layout,
+def report_skipped(config: Config, layout: layouts.Layout,
                    computed: bottlenecks_lib.Bottlenecks):
   """Writes the skipped-files report and warns of duplicate files in two
   classes; returns (skipped (path, reason) pairs, report files)."""
@@ -549,10 +551,10 @@ def report_skipped(config: Config, layout: sources.Layout,
   return skipped, reports
 
 
-def make_split(config: Config, layout: sources.Layout,
+def make_split(config: Config, layout: layouts.Layout,
                images: usable_lib.UsableImages) -> split_lib.Split:
   """Train / validation / test rows of `images`."""
-  split = sources.make_split(layout, images.index, images.labels,
+  split = layouts.make_split(layout, images.index, images.labels,
                              config.validation_percentage,
                              config.testing_percentage)
   _log_counts(layout.dataset.labels, images.labels, split)
@@ -649,7 +651,7 @@ def train_settings(config: Config) -> train_lib.Settings:
       eval_step_interval=config.eval_step_interval,
       validation_batch_size=config.validation_batch_size,
       seed=config.random_seed,
-      options=subset(options_lib.TrainOptions, config))
+      options=subset(train_options_lib.TrainOptions, config))
 
 
 def train(config: Config, module, labels: Sequence[str],
@@ -1062,7 +1064,7 @@ def start_results_page(config: Config, layout, crops, module, labels,
                   'hash of the file name unless the layout gives the split'),
       history=[dataclasses.asdict(p) for p in trained.history],
       settings={k: str(v) for k, v in dataclasses.asdict(config).items()})
-  explainer = None if crops is not None else heatmap.explainer(
+  explainer = None if crops is not None else heatmap_lib.explainer(
       module, trained.head, fine_tuned=tuned is not None)
   pool = concurrent.futures.ThreadPoolExecutor(1)
   future = pool.submit(results_lib.grid_heat_maps, explainer, report)

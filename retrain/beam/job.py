@@ -55,7 +55,7 @@ from retrain import image_header
 from retrain.beam import handler as handler_lib
 from retrain.beam.options import BeamOptions
 from retrain.bottlenecks import compute as bottlenecks_lib
-from retrain.bottlenecks import distort as distort_lib
+from retrain.bottlenecks import distort
 from retrain.common import walk as walk_lib
 from retrain.config import Config, subset
 from retrain.errors import DatasetError
@@ -222,7 +222,7 @@ class HashFiles(beam.DoFn):
       self._present |= existing_keys(directory)
 
   def process(self, item):
-    from retrain.bottlenecks import distort as distort_lib
+    from retrain.bottlenecks import distort
     path, copies = item
     try:
       key = hashlib.sha256(_read(path)).hexdigest()
@@ -231,7 +231,7 @@ class HashFiles(beam.DoFn):
       yield beam.pvalue.TaggedOutput('failures',
                                      (path, _unreadable_reason(path, e)))
       return
-    wanted = [(key, -1)] + [(distort_lib.copy_key(key, c), c)
+    wanted = [(key, -1)] + [(distort.copy_key(key, c), c)
                             for c in range(copies)]
     for item_key, copy in wanted:
       if item_key in self._present:
@@ -258,11 +258,11 @@ class DecodeImages(beam.DoFn):
     import tensorflow as tf
 
     from retrain import images as images_lib
-    from retrain.bottlenecks import distort as distort_lib
+    from retrain.bottlenecks import distort
     size, d = self._size, self._distortions
     self._tf = tf
     self._images = images_lib
-    self._distort = distort_lib
+    self._distort = distort
     # Graph functions, as the in-process tf.data map runs them.
     self._plain = tf.function(
         lambda contents: images_lib.decode_and_resize(contents, size),
@@ -270,7 +270,7 @@ class DecodeImages(beam.DoFn):
     self._copy = None
     if d is not None:
       self._copy = tf.function(
-          lambda contents, seed: distort_lib.distort_image(contents, size, seed, d),
+          lambda contents, seed: distort.distort_image(contents, size, seed, d),
           input_signature=[tf.TensorSpec([], tf.string),
                            tf.TensorSpec([2], tf.int64)])
 
@@ -417,11 +417,11 @@ def _training_copies(config: Config, layout) -> List[int]:
   that fails to decode can move a small class's borrowed image to another
   set, in which case retrain computes the one or two copies it then lacks.
   """
-  from retrain.data import sources
+  from retrain.data import sources as layouts
   images = layout.dataset.images
   everything = np.arange(len(images), dtype=np.int64)
   labels = np.array([image.label for image in images], dtype=np.int64)
-  split = sources.make_split(layout, everything, labels,
+  split = layouts.make_split(layout, everything, labels,
                              config.validation_percentage,
                              config.testing_percentage)
   copies = np.zeros(len(images), dtype=np.int64)
@@ -452,7 +452,7 @@ def run(config: Config, options: BeamOptions,
   members = getattr(loaded, 'members', None)
   if not members:
     return _run_one(config, options, pipeline_args)
-  if subset(distort_lib.Distortions, config).any():
+  if subset(distort.Distortions, config).any():
     logging.warning('Distorted copies of an ensemble are not computed by the '
                     'Beam job; retrain computes them.')
   results = [_run_one(dataclasses.replace(
@@ -493,16 +493,16 @@ def _run_one(config: Config, options: BeamOptions,
     RetrainError: bad input or module (before any work starts).
   """
   from retrain.bottlenecks import compute as bottlenecks_lib
-  from retrain.data import sources
+  from retrain.data import sources as layouts
   from retrain.features import modules as features
   started = time.monotonic()
   options.check()
   _check_supported(config)
-  layout_options = subset(sources.LayoutOptions, config)
-  sources.check_layout_options(layout_options)
-  distortions = subset(distort_lib.Distortions, config)
-  distort_lib.check_settings(distortions, config.distorted_copies)
-  layout = sources.load_layout(layout_options)
+  layout_options = subset(layouts.LayoutOptions, config)
+  layouts.check_layout_options(layout_options)
+  distortions = subset(distort.Distortions, config)
+  distort.check_settings(distortions, config.distorted_copies)
+  layout = layouts.load_layout(layout_options)
   images = layout.dataset.images
   logging.info('Found %d images: %s.', len(images), layout.description)
 
@@ -515,7 +515,7 @@ def _run_one(config: Config, options: BeamOptions,
   if distortions.any():
     distorted_dir = prepare_namespace(
         config.bottleneck_dir,
-        distort_lib.cache_namespace(module, distortions, config.random_seed))
+        distort.cache_namespace(module, distortions, config.random_seed))
     copies = _training_copies(config, layout)
   failures_path = FileSystems.join(config.report_dir, FAILURES_FILE)
   if '://' not in config.report_dir:
@@ -541,7 +541,7 @@ def _run_one(config: Config, options: BeamOptions,
     for directory in namespaces:
       description = (bottlenecks_lib.cache_namespace(module)
                      if directory == plain_dir else
-                     distort_lib.cache_namespace(module, distortions,
+                     distort.cache_namespace(module, distortions,
                                              config.random_seed))
       bottleneck_cache.BottleneckStore(config.bottleneck_dir,
                                        description).merge()

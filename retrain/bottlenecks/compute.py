@@ -32,8 +32,7 @@ from absl import logging
 import bottleneck_cache
 from retrain import image_header
 from retrain import images as images_lib
-from retrain.common import names
-from retrain.common import phases as phases_lib
+from retrain.common import names, phases
 from retrain.common import walk as walk_lib
 from retrain.common.progress import Progress
 from retrain.errors import ImageError, OutputError
@@ -146,9 +145,9 @@ def _hash_compact(paths: Sequence[str], memo: bottleneck_cache.DigestMemo
       done = start + len(part)
       if done % _MEMO_SAVE_EVERY == 0 and done < len(unique):
         memo.save()
-        phases_lib.trim_heap()
+        phases.trim_heap()
   memo.save()
-  phases_lib.trim_heap()
+  phases.trim_heap()
   if progress is not None:
     progress.finish()
   if first is not None:
@@ -396,7 +395,7 @@ def content_keys(paths: Sequence[str], cache_root: str,
   # The memo (72 bytes a file) goes before the hex strings (112 each) are
   # made: both at once were the peak of hashing a million files.
   del memo
-  phases_lib.trim_heap()
+  phases.trim_heap()
   digests = _hex_digests(found, errors)
   del found
   # int64 [n readable]: 8 bytes an image, not a list of Python ints (36).

@@ -34,7 +34,7 @@ from absl import logging
 import bottleneck_cache
 from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.bottlenecks import ensemble as ensemble_bottlenecks
-from retrain.common import phases as phases_lib
+from retrain.common import phases
 from retrain.features import ensemble as ensemble_lib
 from retrain.features import int8, tflite_runtime
 from retrain.features.modules import FeatureModule
@@ -140,7 +140,7 @@ def choose(module: FeatureModule, precision: str, runtime: str,
                                  probe))
     # The guard's float interpreters sit in reference cycles: freed now,
     # not beside the next member's.
-    phases_lib.release_memory()
+    phases.release_memory()
   chosen = tuple(chosen)
   if all(c is m for c, m in zip(chosen, members, strict=True)):
     return module
@@ -159,7 +159,7 @@ def close(module: FeatureModule) -> None:
   for member in getattr(module, 'members', None) or (module,):
     if isinstance(member.call, int8.LazyCall):
       member.call.close()
-  phases_lib.release_memory()
+  phases.release_memory()
 
 
 def describe(module: FeatureModule) -> str:

@@ -50,8 +50,7 @@ import numpy as np
 from absl import logging
 
 from retrain import images as images_lib
-from retrain.data import discover as discover_lib
-from retrain.data import sources
+from retrain.data import discover, sources
 from retrain.data import split as split_lib
 from retrain.errors import DatasetError
 
@@ -609,7 +608,7 @@ def load_crop_layout(config: BoxOptions) -> Tuple[sources.Layout, Crops]:
   images, codes = [], []
   for box, _ in kept:
     photo = rel(box.image)
-    images.append(discover_lib.ImageFileAt(f'{photo}#{box.coords()}',
+    images.append(discover.ImageFileAt(f'{photo}#{box.coords()}',
                                        index[box.label], base, box.image))
     codes.append(_photo_subset(photo, box.image, annotations.subsets,
                                config.validation_percentage,
@@ -617,7 +616,7 @@ def load_crop_layout(config: BoxOptions) -> Tuple[sources.Layout, Crops]:
   crops = Crops(np.stack([f for _, f in kept]).astype(np.float32),
                 tuple(crop_key(box, config.crop_margin) for box, _ in kept))
   layout = sources.Layout(
-      discover_lib.Dataset(base, tuple(labels), tuple(images)),
+      discover.Dataset(base, tuple(labels), tuple(images)),
       subsets=np.array(codes, np.int8), carve=(False, False),
       skipped=tuple(skipped),
       description=(f'{len(images)} boxes of {len(sizes)} photos, '

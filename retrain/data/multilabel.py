@@ -36,9 +36,8 @@ from absl import logging
 
 import bottleneck_cache
 from retrain.data import boxes as boxes_lib
-from retrain.data import discover as discover_lib
+from retrain.data import discover, sources
 from retrain.data import labels as labels_lib
-from retrain.data import sources
 from retrain.data.split import SUBSET_CODES, TEST, TRAIN, VALIDATION
 from retrain.errors import DatasetError
 
@@ -94,7 +93,7 @@ def _assemble(base: str, photos: Sequence[Tuple[str, List[str], int]],
       strata[i] = mine[np.argmin(counts[mine])]
   order = sorted(range(len(photos)), key=lambda i: (
       strata[i], os.path.relpath(photos[i][0], base)))
-  images = tuple(discover_lib.image_file(
+  images = tuple(discover.image_file(
       photos[i][0], os.path.relpath(photos[i][0], base).replace(os.sep, '/'),
       int(strata[i]), base) for i in order)
   subsets = (np.array([photos[i][2] for i in order], np.int8) if has_subsets
@@ -104,7 +103,7 @@ def _assemble(base: str, photos: Sequence[Tuple[str, List[str], int]],
                ', '.join(names), counts.tolist(),
                int(np.sum(targets.sum(axis=1) >= 2)))
   return MultiLabels(sources.Layout(
-      discover_lib.Dataset(base, tuple(names), images), subsets=subsets,
+      discover.Dataset(base, tuple(names), images), subsets=subsets,
       carve=carve, skipped=tuple(skipped), description=description),
                      targets[order])
 
@@ -166,7 +165,7 @@ def from_class_folders(image_dir: str, digest_root: str) -> MultiLabels:
         '--multi_label reads one folder per label, a CSV of "path, a;b" rows '
         'or VOC annotations. Give --image_dir the folder of label folders, '
         'or --train_csv.', fields=('multi_label', 'image_dir'))
-  dataset = discover_lib.discover_images(image_dir)
+  dataset = discover.discover_images(image_dir)
   memo = bottleneck_cache.DigestMemo(digest_root or None)
   by_digest: Dict[str, int] = {}
   photos: List[Tuple[str, List[str], int]] = []

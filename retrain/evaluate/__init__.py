@@ -35,10 +35,8 @@ from retrain.config import subset as config_subset
 from retrain.data import sources
 from retrain.data import split as split_lib
 from retrain.errors import DatasetError
-from retrain.predict import classify
-from retrain.predict import load as load_lib
-from retrain.report import heatmap
-from retrain.report import results as results_lib
+from retrain.predict import classify, load
+from retrain.report import heatmap, results
 
 SUBSETS = ('all',) + split_lib.SUBSETS
 
@@ -121,9 +119,9 @@ def evaluate(model: str = EVALUATE_DEFAULTS.model,
     raise DatasetError('model is empty: pass the export to judge (a '
                        'SavedModel folder or a .pb, .tflite or .onnx file).',
                        fields=('model',))
-  loaded = (load_lib.load_model(saved_model_dir=options.model)
+  loaded = (load.load_model(saved_model_dir=options.model)
             if os.path.isdir(options.model)
-            else load_lib.load_model(graph=options.model))
+            else load.load_model(graph=options.model))
   files, truth, description = _photos(config, options.subset)
   logging.info('Judging %s (%s, %d classes) on %d photos: %s.',
                options.model, loaded.kind, len(loaded.labels), len(files),
@@ -145,7 +143,7 @@ def _report(options, config, loaded, files, truth, records, started):
   for row, k in enumerate(good):
     for label, p in records[k].top:
       probs[row, column[label]] = p
-  report = results_lib.build(
+  report = results.build(
       loaded.labels, [truth[k] for k in good], probs, [files[k] for k in good],
       threshold=loaded.threshold, set=options.subset,
       title=f'{os.path.basename(os.path.normpath(options.model))} on '
@@ -165,7 +163,7 @@ def _report(options, config, loaded, files, truth, records, started):
   explainer = (heatmap.export_explainer(loaded.predict, loaded.input_size,
                                         loaded.kind)
                if options.heat_maps else None)
-  html_path, json_path = results_lib.write(options.output_dir, report, explainer,
+  html_path, json_path = results.write(options.output_dir, report, explainer,
                                        extra={})
   logging.info('%s', 'Accuracy ' + (
       f'{100 * report["accuracy"]:.1f}% (N={report["count"]})'

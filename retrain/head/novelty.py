@@ -225,9 +225,9 @@ def fit_on_split(x: np.ndarray, y: np.ndarray, num_classes: int,
                  components: int, keep: float, folds: int, seed: int,
                  groups: Optional[np.ndarray] = None) -> Novelty:
   """fit_held_out with `folds` class-stratified folds of the rows."""
-  from retrain.head import solver as solver_lib
+  from retrain.head import solver
   groups = np.arange(len(y)) if groups is None else groups
-  fold = solver_lib.group_folds(np.asarray(y), groups, folds, seed)
+  fold = solver.group_folds(np.asarray(y), groups, folds, seed)
   return fit_held_out(x, y, num_classes, components, keep, fold,
                       f'out-of-fold scores of {len(y)} training and '
                       f'validation images ({folds} folds)')

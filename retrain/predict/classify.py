@@ -60,9 +60,9 @@ def find_images(specs: Sequence[str],
     (paths in the order given, folders sorted; Records with an error for
     specs that match nothing).
   """
-  from retrain import images as images_lib
+  from retrain import images
   from retrain.common import walk as walk_lib
-  extensions = tuple(extensions or images_lib.IMAGE_EXTENSIONS)
+  extensions = tuple(extensions or images.IMAGE_EXTENSIONS)
   paths, problems, seen = [], [], set()
 
   def add(path):
@@ -129,10 +129,9 @@ def _load(path: str, size, input_mean: float, input_std: float,
   (retrain.images), so they never hold one worst-case image each.
   box: None, or the crop (top, left, bottom, right) in [0, 1] (--boxes).
   """
-  from retrain import image_header
-  from retrain import images as images_lib
+  from retrain import image_header, images
   try:
-    image = images_lib.load_image(path, size, max_pixels or
+    image = images.load_image(path, size, max_pixels or
                               image_header.MAX_IMAGE_PIXELS, box=box).numpy()
   except Exception as e:  # noqa: BLE001 any decoding failure becomes this file's reason
     return _reason(e)

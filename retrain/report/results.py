@@ -149,11 +149,11 @@ def _decode(paths: Sequence[str], size) -> list:
   decoded on a thread per core."""
   import concurrent.futures
 
-  from retrain import images as images_lib
+  from retrain import images
 
   def one(path):
     try:
-      return images_lib.load_image(path, tuple(size)).numpy()
+      return images.load_image(path, tuple(size)).numpy()
     except Exception:  # noqa: BLE001 a photo that cannot be shown is left out of the page
       return None
 

@@ -26,7 +26,7 @@ from absl import logging
 from retrain.data import split as split_lib
 from retrain.head.model import Head
 from retrain.head.train import spread
-from retrain.report import metrics as metrics_lib
+from retrain.report import metrics as report_lib
 from retrain.report import tensorboard as tb
 
 # A confusion image is 10-40 kB; 4000 steps at retrain.py's interval of 10
@@ -81,7 +81,7 @@ class ValidationImages:
     if step not in self.steps or not len(self.val_y):
       return
     pred = head.probabilities(self.val_x).argmax(axis=1)
-    cm = metrics_lib.confusion_matrix(self.val_y, pred, len(self.labels))
+    cm = report_lib.confusion_matrix(self.val_y, pred, len(self.labels))
     tb.write_confusion_image(self.writer, cm, self.labels, step,
                              title=f'Validation, step {step}')
 
@@ -96,8 +96,8 @@ class Explained:
     report_files: paths written under --report_dir.
     projector_images: images shown in the projector.
   """
-  metrics: Dict[str, metrics_lib.Metrics]
-  misclassified: List[metrics_lib.Misclassified]
+  metrics: Dict[str, report_lib.Metrics]
+  misclassified: List[report_lib.Misclassified]
   report_files: List[str]
   projector_images: int
 
@@ -171,19 +171,19 @@ def set_reports(options: ReportOptions, labels: Sequence[str], sets: dict,
       if not len(truth):
         logging.info('The %s set is empty: no %s report.', subset, subset)
         continue
-      m = metrics_lib.compute_metrics(truth, probs.argmax(axis=1), labels)
+      m = report_lib.compute_metrics(truth, probs.argmax(axis=1), labels)
       metrics[subset] = m
       _log_lines(f'Per-class metrics, {subset} set (N={m.count}){note}:',
-                 metrics_lib.format_metrics(m))
+                 report_lib.format_metrics(m))
       logging.info('%s set%s: %s.', subset.capitalize(), note,
-                   metrics_lib.format_summary(m))
+                   report_lib.format_summary(m))
       _log_lines(f'Confusion matrix, {subset} set (rows: true class, '
                  f'columns: predicted){note}:',
-                 metrics_lib.format_confusion(m.confusion, labels))
-      mis = metrics_lib.misclassified(files_of_rows, truth, probs, labels)
+                 report_lib.format_confusion(m.confusion, labels))
+      mis = report_lib.misclassified(files_of_rows, truth, probs, labels)
       if subset == 'test':
         wrong = mis
-      files += metrics_lib.write_reports(options.report_dir, subset, m, mis)
+      files += report_lib.write_reports(options.report_dir, subset, m, mis)
       writer = writers[subset]
       title = f'{subset.capitalize()}, final{note}'
       if best_step is not None:
