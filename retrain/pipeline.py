@@ -295,7 +295,7 @@ def run(config: Config) -> RunResult:
 def run_steps(config: Config) -> RunResult:
   """The steps of `run`, with every output path filled in."""
   if config.multi_label:  # one sigmoid per label: retrain/multilabel.py
-    from retrain import multilabel
+    from retrain import multilabel  # pylint: disable=g-import-not-at-top
     return multilabel.run(config)
   phases = phases_lib.Phases()
   prepared = prepare(config, phases)
@@ -304,7 +304,7 @@ def run_steps(config: Config) -> RunResult:
   # Past the memory budget the vectors stream from the cache
   # (docs/scale.md); crops to boxes keep the in-memory path (the stream
   # reads whole images).
-  from retrain import streamed
+  from retrain import streamed  # pylint: disable=g-import-not-at-top
   if crops is None and streamed.needed(config, len(layout.dataset.images),
                                        module):
     return streamed.run(config, layout, module, runner, phases,
@@ -880,8 +880,8 @@ def unknown_vectors(config: Config, module, runner) -> Optional[np.ndarray]:
   """float32 [n, D] vectors of the --unknown_dir photos (any layout;
   unreadable files skipped), through the bottleneck cache; None when it
   holds no image."""
-  from retrain.common import walk as walk_lib
-  from retrain.images import IMAGE_EXTENSIONS
+  from retrain.common import walk as walk_lib  # pylint: disable=g-import-not-at-top
+  from retrain.images import IMAGE_EXTENSIONS  # pylint: disable=g-import-not-at-top
   paths = sorted(os.path.join(folder, name)
                  for folder, _, names in os.walk(config.unknown_dir)
                  for name in names
@@ -1044,7 +1044,7 @@ def start_results_page(config: Config, layout, crops, module, labels,
   that they are drawn while the export runs: (report, explainer or None,
   future of results_lib.grid_heat_maps).
   Heat maps: retrain/report/heatmap.py (none for box crops)."""
-  import concurrent.futures
+  import concurrent.futures  # pylint: disable=g-import-not-at-top
   rows = (np.asarray(tuned.test_rows) if tuned is not None else split.test)
   name, truth, probs = 'test', test.labels, test.probabilities
   files = [images.paths[rows[r]] for r in test.rows]
@@ -1076,7 +1076,7 @@ def results_page(config: Config, started: tuple, module, labels, stats,
                  phases) -> Optional[str]:
   """Writes <report_dir>/report.html and report.json from what
   start_results_page began; returns the page's path."""
-  import time
+  import time  # pylint: disable=g-import-not-at-top
   report, explainer, future = started
   heat = future.result()
   report.update(seconds=time.monotonic() - phases.started,

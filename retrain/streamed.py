@@ -123,7 +123,7 @@ def _calibrate(config: Config, trained: train_lib.TrainResult,
                validation: chunks.ChunkReader, val_y: np.ndarray):
   """pipeline.calibrate on a random sample of the validation set
   (streaming.sample_capacity), read from the cache."""
-  from retrain import pipeline
+  from retrain import pipeline  # pylint: disable=g-import-not-at-top
   rows = np.arange(len(val_y))
   cap = streaming.sample_capacity(config.max_vectors_in_memory,
                                  validation.dim)
@@ -138,7 +138,7 @@ def _train(config: Config, train: chunks.ChunkReader, train_y: np.ndarray,
            num_classes: int, validation: chunks.ChunkReader,
            val_y: np.ndarray) -> train_lib.TrainResult:
   """Streaming SGD with the run's settings, logged as the pipeline logs."""
-  from retrain import pipeline
+  from retrain import pipeline  # pylint: disable=g-import-not-at-top
   settings = pipeline.train_settings(config)
   if config.head_solver != 'sgd':
     # The converging solver needs every vector on each iteration.
@@ -168,7 +168,7 @@ def run(config: Config, layout, module, runner, phases, keyed=None):
     keyed: the images' cache keys, from pipeline.hash_images (None: hashed
       here).
   """
-  from retrain import pipeline
+  from retrain import pipeline  # pylint: disable=g-import-not-at-top
   budget = config.max_vectors_in_memory
   logging.info('About %d training vectors exceed --max_vectors_in_memory=%d: '
                'training and evaluation read them from the cache in chunks '

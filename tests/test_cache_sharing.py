@@ -107,7 +107,7 @@ def test_reader_survives_a_merge_by_another_process(tmp_path):
 def test_claimed_bucket_is_left_to_its_live_owner(tmp_path, monkeypatch):
   keys = [f'c{i}' for i in range(10)]
   s = bottleneck_cache.BottleneckStore(str(tmp_path), NS)
-  (bucket, _), = store_lib._buckets(keys, range(10), 10)
+  (bucket, _), = store_lib._buckets(keys, range(10), 10)  # pylint: disable=protected-access
   claim = os.path.join(s.directory, store_lib.CLAIM_PREFIX + bucket)
   with open(claim, 'w') as f:
     f.write(temporaries.owner_tag())  # this (live) process on this host
@@ -132,7 +132,7 @@ def test_claimed_bucket_is_left_to_its_live_owner(tmp_path, monkeypatch):
 def test_claim_of_a_dead_process_is_taken_over(tmp_path, caplog):
   keys = ['d0', 'd1']
   s = bottleneck_cache.BottleneckStore(str(tmp_path), NS)
-  (bucket, _), = store_lib._buckets(keys, range(2), 2)
+  (bucket, _), = store_lib._buckets(keys, range(2), 2)  # pylint: disable=protected-access
   dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
                         capture_output=True, text=True, check=True)
   with open(os.path.join(s.directory, store_lib.CLAIM_PREFIX + bucket),
@@ -174,7 +174,7 @@ class _FullDisk:
 
   def __init__(self, allowed):
     self.allowed = allowed
-    self.real = store_lib._write_bytes
+    self.real = store_lib._write_bytes  # pylint: disable=protected-access
 
   def __call__(self, path, data):
     if self.allowed <= 0:

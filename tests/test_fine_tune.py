@@ -228,13 +228,13 @@ def test_fixed_members_columns_and_copies_line_up():
                         [30, 31, 32, 33]], np.float32),
       source=np.array([1, 0, 1]), stats=None, copy=np.array([1, 0, 0]))
   fixed = finetune_lib.FixedFeatures(vectors, copies)
-  plain, made = finetune_lib._fixed_activations(
+  plain, made = finetune_lib._fixed_activations(  # pylint: disable=protected-access
       fixed, slice(2, 4), 2, 2, distortions=object())
   np.testing.assert_array_equal(plain.values, vectors[:, 2:])
   assert plain.ok.all()
   np.testing.assert_array_equal(made.ok, [True, False, True, True])
   np.testing.assert_array_equal(made.values, [[22, 23], [32, 33], [12, 13]])
-  plain, made = finetune_lib._fixed_activations(
+  plain, made = finetune_lib._fixed_activations(  # pylint: disable=protected-access
       fixed, slice(0, 2), 2, 2, distortions=None)
   assert made is None
 
@@ -246,7 +246,7 @@ def test_members_activations_are_aligned_on_what_all_have():
            activations_lib.Activations(
                values=np.arange(10, 14, dtype=np.float16).reshape(4, 1, 1, 1),
                ok=np.array([True, False, True, True, True]), stats=None)]
-  ok, rows = finetune_lib._aligned(found)
+  ok, rows = finetune_lib._aligned(found)  # pylint: disable=protected-access
   np.testing.assert_array_equal(ok, [True, False, True, True, False])
   items = np.flatnonzero(ok)
   assert found[0].values[rows[0][items]].ravel().tolist() == [0, 2, 3]
@@ -306,10 +306,10 @@ def test_batch_norm_stays_frozen_and_the_bottom_does_not_move():
 def test_label_smoothing_moves_the_training_target_only():
   logits = tf.constant([[4.0, 0.0, -1.0], [0.5, 2.0, 0.0]])
   y = tf.constant([0, 1], tf.int64)
-  plain = train_lib._training_loss(y, logits, 0.0)
+  plain = train_lib._training_loss(y, logits, 0.0)  # pylint: disable=protected-access
   np.testing.assert_allclose(plain.numpy(), tf.reduce_mean(
       tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)).numpy())
-  smoothed = train_lib._training_loss(y, logits, 0.3)
+  smoothed = train_lib._training_loss(y, logits, 0.3)  # pylint: disable=protected-access
   log_p = tf.nn.log_softmax(logits).numpy()
   target = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1]])
   np.testing.assert_allclose(smoothed.numpy(),
@@ -419,7 +419,7 @@ def test_the_last_epoch_is_kept_unless_clearly_worse(best, last, n,
                                                      stopped_early,
                                                      keeps_last):
   variable = tf.Variable([1.0])
-  tracker = train_lib._Tracker([variable])
+  tracker = train_lib._Tracker([variable])  # pylint: disable=protected-access
   for epoch, accuracy in ((0, best), (3, last)):
     variable.assign([float(epoch)])
     tracker.consider(train_lib.EpochPoint(epoch, None, None, 0.1, accuracy,
@@ -427,7 +427,7 @@ def test_the_last_epoch_is_kept_unless_clearly_worse(best, last, n,
     tracker.epoch.assign(epoch)
     tracker.last_accuracy.assign(accuracy)
     tracker.validation_count.assign(n)
-  kept, accuracy = train_lib._keep(tracker, stopped_early)
+  kept, accuracy = train_lib._keep(tracker, stopped_early)  # pylint: disable=protected-access
   assert (kept, accuracy) == ((3, last) if keeps_last else (0, best))
   assert variable.numpy()[0] == kept
 

@@ -100,7 +100,7 @@ def make_runner(pipeline_options: PipelineOptions):
   name = pipeline_options.view_as(StandardOptions).runner
   if name is None or name in IN_PROCESS_RUNNERS:
     from apache_beam.runners.portability.fn_api_runner import (
-      fn_runner,
+      fn_runner,  # pylint: disable=g-import-not-at-top
     )
     direct = pipeline_options.view_as(DirectOptions)
     if (direct.direct_num_workers or 1) > 1 and (
@@ -128,7 +128,7 @@ def prepare_namespace(root: str, description: dict) -> str:
   """
   if '://' not in root:
     return bottleneck_cache.BottleneckStore(root, description).directory
-  import json
+  import json  # pylint: disable=g-import-not-at-top
   directory = namespace_dir(root, description)
   path = FileSystems.join(directory, bottleneck_cache.store.NAMESPACE_FILE)
   if not FileSystems.exists(path):
@@ -198,7 +198,7 @@ def _read(path: str) -> bytes:
 
 
 def _unreadable_reason(path: str, error: Exception) -> str:
-  from retrain import images as images_lib
+  from retrain import images as images_lib  # pylint: disable=g-import-not-at-top
   if isinstance(error, OSError) and '://' not in path:
     return images_lib.os_error_reason(path, error)
   return f'cannot be read: {error}'
@@ -222,11 +222,11 @@ class HashFiles(beam.DoFn):
       self._present |= existing_keys(directory)
 
   def process(self, item):
-    from retrain.bottlenecks import distort
+    from retrain.bottlenecks import distort  # pylint: disable=g-import-not-at-top
     path, copies = item
     try:
       key = hashlib.sha256(_read(path)).hexdigest()
-    except Exception as e:  # noqa: BLE001 any file system error means the file is unusable
+    except Exception as e:  # pylint: disable=broad-except
       # Any file system's error means the same: this file cannot be used.
       yield beam.pvalue.TaggedOutput('failures',
                                      (path, _unreadable_reason(path, e)))
@@ -255,10 +255,10 @@ class DecodeImages(beam.DoFn):
     self._seed = int(seed)
 
   def setup(self):
-    import tensorflow as tf
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-    from retrain import images as images_lib
-    from retrain.bottlenecks import distort
+    from retrain import images as images_lib  # pylint: disable=g-import-not-at-top
+    from retrain.bottlenecks import distort  # pylint: disable=g-import-not-at-top
     size, d = self._size, self._distortions
     self._tf = tf
     self._images = images_lib
@@ -279,7 +279,7 @@ class DecodeImages(beam.DoFn):
     failure = beam.pvalue.TaggedOutput
     try:
       contents = _read(path)
-    except Exception as e:  # noqa: BLE001 any file system error means the file is unusable
+    except Exception as e:  # pylint: disable=broad-except
       yield failure('failures', (path, _unreadable_reason(path, e)))
       return
     # The bytes decoded are the bytes hashed, and within the header limits.
@@ -417,7 +417,7 @@ def _training_copies(config: Config, layout) -> List[int]:
   that fails to decode can move a small class's borrowed image to another
   set, in which case retrain computes the one or two copies it then lacks.
   """
-  from retrain.data import sources as layouts
+  from retrain.data import sources as layouts  # pylint: disable=g-import-not-at-top
   images = layout.dataset.images
   everything = np.arange(len(images), dtype=np.int64)
   labels = np.array([image.label for image in images], dtype=np.int64)
@@ -446,7 +446,7 @@ def run(config: Config, options: BeamOptions,
   in a namespace of their own.
   Distorted copies of an ensemble are left to retrain (with a warning).
   """
-  from retrain.features import ensemble as ensemble_lib
+  from retrain.features import ensemble as ensemble_lib  # pylint: disable=g-import-not-at-top
   loaded = ensemble_lib.load(config.tfhub_module, config.image_size,
                              config.module_cache_dir, trust=config.trust_module)
   members = getattr(loaded, 'members', None)
@@ -492,9 +492,9 @@ def _run_one(config: Config, options: BeamOptions,
   Raises:
     RetrainError: bad input or module (before any work starts).
   """
-  from retrain.bottlenecks import compute as bottlenecks_lib
-  from retrain.data import sources as layouts
-  from retrain.features import modules as features
+  from retrain.bottlenecks import compute as bottlenecks_lib  # pylint: disable=g-import-not-at-top
+  from retrain.data import sources as layouts  # pylint: disable=g-import-not-at-top
+  from retrain.features import modules as features  # pylint: disable=g-import-not-at-top
   started = time.monotonic()
   options.check()
   _check_supported(config)

@@ -180,7 +180,7 @@ def _decode_error(path: str, size, box=None,
     images_lib.decode_bytes(contents, size, path, max_pixels, box=box)
   except ImageError as e:
     return e.reason
-  except Exception as e:  # noqa: BLE001 the decoder's own message, whatever its type, is the reason
+  except Exception as e:  # pylint: disable=broad-except
     message = getattr(e, 'message', None) or str(e)
     return message.strip().splitlines()[0] if message.strip() else type(e).__name__
   return 'could not be decoded'

@@ -448,12 +448,12 @@ def upright_size(path: str) -> Tuple[int, int]:
   Reads only the header. Raises OSError (or Pillow's errors) when the file
   is not a readable image.
   """
-  from PIL import Image
+  from PIL import Image  # pylint: disable=g-import-not-at-top
   with Image.open(path) as image:
     width, height = image.size
     try:
       orientation = image.getexif().get(0x0112, 1)
-    except Exception:  # noqa: BLE001 a broken EXIF block is ignored, as the decoders do
+    except Exception:  # pylint: disable=broad-except
       orientation = 1  # a broken EXIF block: the decoders ignore it too.
   return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
@@ -573,7 +573,7 @@ def load_crop_layout(config: BoxOptions) -> Tuple[sources.Layout, Crops]:
       _check_image_exists(box.image, box.where)
       try:
         sizes[box.image] = upright_size(box.image)
-      except Exception as e:  # noqa: BLE001 unreadable photos are reported by the step that reads them
+      except Exception as e:  # pylint: disable=broad-except
         # Unreadable photos are left to the bottleneck step, which skips
         # them with the decoders' reason.
         logging.debug('No header size for %s: %s', box.image, e)
@@ -596,7 +596,7 @@ def load_crop_layout(config: BoxOptions) -> Tuple[sources.Layout, Crops]:
     raise DatasetError(f'crop_to_boxes: no usable box in '
                        f'{annotations.description}.', fields=('crop_to_boxes',))
   labels = sorted({box.label for box, _ in kept})
-  sources._check_classes(labels, annotations.description)  # noqa: SLF001 a helper shared inside retrain.data
+  sources._check_classes(labels, annotations.description)  # pylint: disable=protected-access
   index = {label: i for i, label in enumerate(labels)}
   base = annotations.base
 
@@ -685,7 +685,7 @@ def crops_for_inference(annotation: str, margin: float, min_size: int,
       _check_image_exists(box.image, annotation)
       try:
         sizes[box.image] = upright_size(box.image)
-      except Exception as e:  # noqa: BLE001 unreadable photos are reported by the step that reads them
+      except Exception as e:  # pylint: disable=broad-except
         sizes[box.image] = f'not a readable image ({e})'
     if isinstance(sizes[box.image], str):
       skipped.append((name, sizes[box.image]))

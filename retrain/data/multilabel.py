@@ -75,7 +75,7 @@ def _assemble(base: str, photos: Sequence[Tuple[str, List[str], int]],
               description: str, skipped=(), carve=(False, False),
               has_subsets: bool = False) -> MultiLabels:
   """MultiLabels from (absolute path, labels, subset code) of each photo."""
-  names = sources._label_order(  # noqa: SLF001 a helper shared inside retrain.data
+  names = sources._label_order(  # pylint: disable=protected-access
       {label for _, labels, _ in photos for label in labels})
   if len(names) < 2:
     raise DatasetError(
@@ -148,7 +148,7 @@ def from_boxes(options: boxes_lib.BoxOptions) -> MultiLabels:
   photos = []
   for path, names in labels.items():
     rel = os.path.relpath(path, annotations.base).replace(os.sep, '/')
-    photos.append((path, names, boxes_lib._photo_subset(  # noqa: SLF001 a helper shared inside retrain.data
+    photos.append((path, names, boxes_lib._photo_subset(  # pylint: disable=protected-access
         rel, path, annotations.subsets, options.validation_percentage,
         options.testing_percentage)))
   skipped = [(path, 'no annotation') for path in annotations.unannotated]
@@ -217,7 +217,7 @@ def load(layout_options: sources.LayoutOptions,
   else:
     found = from_class_folders(layout_options.image_dir, digest_root)
   if layout_options.label_style != 'verbatim':
-    layout = sources._apply_label_style(  # noqa: SLF001 a helper shared inside retrain.data
+    layout = sources._apply_label_style(  # pylint: disable=protected-access
         found.layout, layout_options.label_style)
     found = dataclasses.replace(found, layout=layout)
   return found

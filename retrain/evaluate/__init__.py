@@ -75,7 +75,7 @@ def _photos(config: Config, which: str):
                        'model on.', fields=('image_dir',))
   rows = list(range(len(images)))
   if which != 'all':
-    import numpy as np
+    import numpy as np  # pylint: disable=g-import-not-at-top
     labels = np.array([image.label for image in images], np.int64)
     split = sources.make_split(layout, np.arange(len(images)), labels,
                                config.validation_percentage,
@@ -133,7 +133,7 @@ def evaluate(model: str = EVALUATE_DEFAULTS.model,
 
 def _report(options, config, loaded, files, truth, records, started):
   """Builds and writes the report of classified records."""
-  import numpy as np
+  import numpy as np  # pylint: disable=g-import-not-at-top
   failed = [(r.image, r.error) for r in records if r.error is not None]
   for path, reason in failed:
     logging.warning('Left out %s: %s', path, reason)

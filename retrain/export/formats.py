@@ -148,7 +148,7 @@ def check_options(options: ExportOptions) -> None:
   check_output_file('onnx_output_file', options.onnx_output_file, ('.onnx',))
   if options.onnx_output_file:
     try:
-      import tf2onnx  # noqa: F401
+      import tf2onnx  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
     except ImportError as e:
       raise OutputError('onnx_output_file needs tf2onnx: pip install '
                         '"retrain[onnx]" (or leave it empty).',
@@ -199,7 +199,7 @@ def frozen_graph_def(module: FeatureModule, head: Head,
   def classify(images):
     # _classify names its softmax op `final_tensor_name`; calling it here
     # (not the tf.function) keeps that op at the top level of the graph.
-    outputs = classifier._classify(images)  # noqa: SLF001 the classifier's own untraced call
+    outputs = classifier._classify(images)  # pylint: disable=protected-access
     return [outputs[k] for k in ('probabilities', NOVELTY) if k in outputs]
 
   graph_def = _freeze(classify.get_concrete_function(), final_tensor_name,
@@ -227,11 +227,11 @@ def _freeze(function, output: str, *more: str) -> tf.compat.v1.GraphDef:
   release renames them; the output is the same graph (same probabilities,
   bit for bit, on the ensemble).
   """
-  from tensorflow.python.framework import convert_to_constants
+  from tensorflow.python.framework import convert_to_constants  # pylint: disable=g-direct-tensorflow-import,g-import-not-at-top
   try:
-    data = convert_to_constants._FunctionConverterDataInEager(  # noqa: SLF001 TensorFlow has no public way to freeze a function
+    data = convert_to_constants._FunctionConverterDataInEager(  # pylint: disable=protected-access
         func=function, lower_control_flow=True, aggressive_inlining=False)
-    graph_def, _ = convert_to_constants._replace_variables_by_constants(  # noqa: SLF001 TensorFlow has no public way to freeze a function
+    graph_def, _ = convert_to_constants._replace_variables_by_constants(  # pylint: disable=protected-access
         converter_data=data)
     del data  # its copy of every weight
   except AttributeError:
@@ -319,7 +319,7 @@ def representative_images(paths: Sequence[str], size, count: int
     for path in paths:
       try:
         image = images_lib.load_image(path, size)
-      except Exception:  # noqa: BLE001 unreadable photos were reported by the bottleneck step
+      except Exception:  # pylint: disable=broad-except
         continue  # Already reported by the bottleneck step.
       yield [image.numpy()[None]]
 
@@ -348,7 +348,7 @@ def tflite_model(module: FeatureModule, head: Head, quantization: str = 'none',
   @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3],
                                               tf.float32)])
   def ordered(images):
-    outputs = classifier._classify(images)  # noqa: SLF001 the classifier's own untraced call
+    outputs = classifier._classify(images)  # pylint: disable=protected-access
     return [outputs[k] for k in ('probabilities', NOVELTY) if k in outputs]
 
   converter = tf.lite.TFLiteConverter.from_concrete_functions(
@@ -374,8 +374,8 @@ def _probabilities_first(model: bytes) -> bytes:
   probabilities and output 1 the novelty [batch]: the converter emitted
   them the other way round whatever the function's order, and MediaPipe
   and every [batch, N] reader take output 0."""
-  import flatbuffers
-  from tensorflow.lite.python import schema_py_generated as schema
+  import flatbuffers  # pylint: disable=g-import-not-at-top
+  from tensorflow.lite.python import schema_py_generated as schema  # pylint: disable=g-direct-tensorflow-import,g-import-not-at-top
   parsed = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))
   graph = parsed.subgraphs[0]
   outputs = sorted(graph.outputs,

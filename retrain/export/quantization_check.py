@@ -86,7 +86,7 @@ def tflite_predictor(content: bytes) -> Callable[[np.ndarray], np.ndarray]:
 
   One image per invoke (the model's converted batch is 1).
   """
-  import tensorflow as tf
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   with warnings.catch_warnings():
     # tf.lite.Interpreter warns that it moves to LiteRT; it works in 2.21.
     warnings.simplefilter('ignore')
@@ -120,7 +120,7 @@ def compare(quantization: str, float_predict: Callable, quantized_predict:
                            gate.labels[start:start + CHUNK], strict=True):
       try:
         batch.append(images_lib.load_image(path, size).numpy())
-      except Exception:  # noqa: BLE001 unreadable photos were reported by the bottleneck step
+      except Exception:  # pylint: disable=broad-except
         continue  # Already reported by the bottleneck step.
       labels.append(int(label))
     if batch:

@@ -51,7 +51,7 @@ _SUBDIR = 'retrain-tflite'
 def _interpreter_class():
   """The LiteRT interpreter when installed, else TensorFlow's own."""
   try:
-    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
     return Interpreter
   except ImportError:
     return tf.lite.Interpreter
@@ -198,7 +198,7 @@ def with_runtime(module: FeatureModule, runtime: str,
                                module.call(probe).numpy())))
     if not diff <= TOLERANCE:
       raise ValueError(f'its vectors differ from TensorFlow by {diff:.2g}')
-  except Exception as e:  # noqa: BLE001 any failure falls back to TensorFlow, with its reason logged
+  except Exception as e:  # pylint: disable=broad-except
     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
     log = logging.warning if runtime == 'tflite' else logging.info
     log('Using TensorFlow for bottlenecks: the module does not run on '

@@ -45,11 +45,12 @@ from retrain.head.model import Head
 DEFAULT_THRESHOLD = 0.5
 
 
-class _SigmoidProblem(solver_lib._Problem):  # noqa: SLF001 the sigmoid head reuses the softmax solver
+class _SigmoidProblem(solver_lib._Problem):  # pylint: disable=protected-access
   """The objective above over fixed vectors (theta as in _Problem)."""
 
   def __init__(self, x: np.ndarray, targets: np.ndarray, mean: np.ndarray,
                scale: np.ndarray, l2: np.ndarray):
+    # pylint: disable=super-init-not-called
     self.x = tf.constant(x)
     self.n, self.dim = x.shape
     self.classes = targets.shape[1]
@@ -126,7 +127,7 @@ def _fit(x, targets, l2, options, standard, start=None) -> Head:
             else start)
   theta, _ = solver_lib.lbfgs(problem, theta0, options.max_iterations,
                               options.tolerance)
-  fit = solver_lib._Fit(theta, problem, 0)  # noqa: SLF001 the sigmoid head reuses the softmax solver
+  fit = solver_lib._Fit(theta, problem, 0)  # pylint: disable=protected-access
   return dataclasses.replace(fit.head(), multi_label=True), theta
 
 

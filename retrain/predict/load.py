@@ -141,13 +141,13 @@ def _choose_size(model_size, height: Optional[int], width: Optional[int],
 def _check_model(path: str, trust: bool) -> None:
   """Refuses a graph that can act (retrain/features/module_safety.py)
   unless trust is set (--trust_module)."""
-  from retrain.features import module_safety
+  from retrain.features import module_safety  # pylint: disable=g-import-not-at-top
   module_safety.check_model(path, trust)
 
 
 def _load_saved_model(path: str, height, width,
                       trust: bool = False) -> Tuple[Callable, tuple]:
-  import tensorflow as tf
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   meta = _read_json(os.path.join(path, 'retrain_metadata.json'))
   if meta is None:
     raise LabelImageError(
@@ -175,13 +175,13 @@ def _load_saved_model(path: str, height, width,
 def _load_frozen_graph(path: str, input_layer: str, output_layer: str,
                        height, width, trust: bool = False
                        ) -> Tuple[Callable, tuple]:
-  import tensorflow as tf
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   _check_model(path, trust)
   graph_def = tf.compat.v1.GraphDef()
   with open(path, 'rb') as f:
     try:
       graph_def.ParseFromString(f.read())
-    except Exception as e:
+    except Exception as e:  # pylint: disable=broad-except
       raise LabelImageError(f'{path!r} is not a frozen GraphDef ({e}).') from e
   input_name = input_layer.split(':')[0]
   output_name = output_layer.split(':')[0]
@@ -221,10 +221,10 @@ def _load_frozen_graph(path: str, input_layer: str, output_layer: str,
 
 def _tflite_interpreter(content: bytes):
   try:  # The LiteRT package, if installed, is TFLite's successor.
-    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
   except ImportError:
-    import tensorflow as tf
-    Interpreter = tf.lite.Interpreter
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    Interpreter = tf.lite.Interpreter  # pylint: disable=invalid-name
   with warnings.catch_warnings():
     # tf.lite.Interpreter warns that it moves to LiteRT; it works in TF 2.21.
     warnings.simplefilter('ignore')
@@ -275,14 +275,14 @@ def _load_tflite(path: str, height, width) -> Tuple[Callable, tuple]:
 
 def _load_onnx(path: str, height, width) -> Tuple[Callable, tuple, dict]:
   try:
-    import onnxruntime
+    import onnxruntime  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise LabelImageError(f'{path} is an ONNX model: pip install onnxruntime '
                           '(or "retrain[onnx]") to run it.') from e
   try:
     session = onnxruntime.InferenceSession(
         path, providers=['CPUExecutionProvider'])
-  except Exception as e:
+  except Exception as e:  # pylint: disable=broad-except
     raise LabelImageError(f'{path!r} is not an ONNX model ({e}).') from e
   inp = session.get_inputs()[0]
   size = _choose_size(tuple(d if isinstance(d, int) and d > 0 else None
@@ -312,7 +312,7 @@ def _embedded_tflite_metadata(path: str
                               ) -> Tuple[Optional[List[str]], Optional[dict]]:
   """(labels, metadata) packed in a .tflite file (a zip archive appended to
   the flatbuffer, as MediaPipe's metadata writer packs them), or None."""
-  import zipfile
+  import zipfile  # pylint: disable=g-import-not-at-top
   try:
     with zipfile.ZipFile(path) as archive:
       names = set(archive.namelist())

@@ -58,9 +58,9 @@ def _lite_member(member, ensemble_size):
   the converter): conv is the network up to its head convolution (after
   ReLU6), the tensor the module's feature vector averages; it resizes the
   ensemble's images to the member's size as the ensemble does."""
-  import tensorflow as tf
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  from retrain.features import efficientnet_lite as lite
+  from retrain.features import efficientnet_lite as lite  # pylint: disable=g-import-not-at-top
   blocks = lite.block_specs(lite.get_variant(
       presets.PRESETS[member.handle].name))
   found = {v.name.split(':')[0]: v for v in member.obj.variables}

@@ -242,7 +242,7 @@ def _thumbnail(path: str, size: int) -> np.ndarray:
       img.draft('RGB', (size * 2, size * 2))  # fast JPEG decode at low size
       img = ImageOps.fit(img.convert('RGB'), (size, size))
       return np.asarray(img, np.uint8)
-  except Exception as e:  # noqa: BLE001 a grey square stands in for any unreadable photo
+  except Exception as e:  # pylint: disable=broad-except
     logging.warning('No thumbnail for %s (%s); a grey square stands in.',
                     path, e)
     return np.full((size, size, 3), 128, np.uint8)

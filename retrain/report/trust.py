@@ -116,9 +116,9 @@ def novelty_section(novelty, sets: Dict[str, np.ndarray]) -> dict:
 
 
 def _pyplot():
-  import matplotlib
+  import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg', force=True)
-  from matplotlib import pyplot
+  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
   return pyplot
 
 
@@ -217,7 +217,7 @@ def _tensorboard(summaries_dir: str, step: int, pngs: dict, confidence,
                  section: Optional[dict]) -> None:
   if not summaries_dir:
     return
-  import tensorflow as tf
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   writer = tf.summary.create_file_writer(os.path.join(summaries_dir,
                                                       'validation'))
   scalars = {'test_ece_after': confidence.test_ece_after}
