@@ -80,7 +80,7 @@ def _interleaved_cost_ratio(base, work, reps=3):
     distort.compute_distorted(
         paths, module, bottleneck_cache.BottleneckStore(
             str(root), distort.cache_namespace(module, d, 0)),
-        d, 1, 0, base.bottleneck_batch_size)
+        distort.CopyRecipe(d, 1, 0), base.bottleneck_batch_size)
     best['distorted'] = min(best['distorted'], time.monotonic() - started)
     shutil.rmtree(root)
   return best['distorted'] / best['plain']

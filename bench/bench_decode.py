@@ -40,7 +40,7 @@ def decode_before_exif(contents, size):
   """The decoder as it was before EXIF orientation (the baseline)."""
   return images.resize_pixels(
       tf.cond(tf.io.is_jpeg(contents),
-              lambda: images._decode_jpeg_scaled(contents, size),  # pylint: disable=protected-access
+              lambda: images._decode_jpeg_scaled(contents, size),
               lambda: tf.ensure_shape(tf.io.decode_image(
                   contents, channels=3, expand_animations=False), [None, None,
                                                                    3])),
@@ -120,7 +120,7 @@ def main():
         ', CPU per image '
         f'{np.median([r[1] for r in new]) / np.median([r[1] for r in old]):.3f}')
 
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from PIL import Image
   tiffs = []
   for path in paths[:50]:
     buffer = io.BytesIO()

@@ -92,9 +92,9 @@ def mediapipe_run(path, batch, classes):
   MediaPipe takes uint8 images; the photos are already at the model's size,
   so it only normalises them with the embedded (x - 0) / 255.
   """
-  import mediapipe as mp  # pylint: disable=g-import-not-at-top
-  from mediapipe.tasks.python import vision  # pylint: disable=g-import-not-at-top
-  from mediapipe.tasks.python.core.base_options import BaseOptions  # pylint: disable=g-import-not-at-top
+  import mediapipe as mp
+  from mediapipe.tasks.python import vision
+  from mediapipe.tasks.python.core.base_options import BaseOptions
   options = vision.ImageClassifierOptions(
       base_options=BaseOptions(model_asset_path=path), max_results=classes,
       score_threshold=1e-12)

@@ -83,7 +83,7 @@ def trace_test_by_epoch(curves: dict):
   chooses on validation): it shows whether the epochs help on held-out
   images at all when validation cannot tell them apart."""
   from retrain.finetune import train as train_lib
-  original = finetune_lib._train_and_test  # pylint: disable=protected-access
+  original = finetune_lib._train_and_test
 
   def correct(plan):
     _, accuracy, predictions = train_lib.evaluate(
@@ -101,7 +101,7 @@ def trace_test_by_epoch(curves: dict):
 
     return original(o, plan, identity, each)
 
-  finetune_lib._train_and_test = traced  # pylint: disable=protected-access
+  finetune_lib._train_and_test = traced
 
 
 def settings(pairs) -> dict:

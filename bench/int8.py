@@ -87,8 +87,9 @@ def pipeline_rate(paths, runner):
     store = bottleneck_cache.BottleneckStore(
         cache, bottlenecks_lib.cache_namespace(runner))
     started = time.perf_counter()
-    done = bottlenecks_lib.compute_bottlenecks(paths, runner, store, BATCH,
-                                               progress_interval=1e9)
+    done = bottlenecks_lib.compute_bottlenecks(
+        paths, runner, store, BATCH,
+        bottlenecks_lib.PassOptions(progress_interval=1e9))
     return done.stats.computed / (time.perf_counter() - started)
 
 
@@ -100,7 +101,7 @@ def ensemble_rate(paths, module, members):
     started = time.perf_counter()
     done = ensemble_bottlenecks.compute_bottlenecks(
         paths, ensemble, ensemble, cache, 'tflite', BATCH,
-        progress_interval=1e9)
+        options=bottlenecks_lib.PassOptions(progress_interval=1e9))
     return done.stats.computed / len(members) / (time.perf_counter() - started)
 
 
@@ -151,8 +152,9 @@ def vectors(paths, runner, bottleneck_dir):
   """(float32 [n_ok, D], bool [n]) of `paths` through the cache."""
   store = bottleneck_cache.BottleneckStore(
       bottleneck_dir, bottlenecks_lib.cache_namespace(runner))
-  done = bottlenecks_lib.compute_bottlenecks(paths, runner, store, BATCH,
-                                             progress_interval=30)
+  done = bottlenecks_lib.compute_bottlenecks(
+      paths, runner, store, BATCH,
+      bottlenecks_lib.PassOptions(progress_interval=30))
   return done.vectors, done.ok
 
 

@@ -46,7 +46,7 @@ def main():
     with Image.open(path) as image:
       image = image.convert('RGB')
       for k in range(args.copies):
-        # '_nohash_' keeps a photo's variants in one set (see retrain/split.py).
+        # '_nohash_' keeps a photo's variants in one set (see retrain/data/split.py).
         out = dst / path.parent.name / f'{path.stem}_nohash_{k}.jpg'
         out.parent.mkdir(parents=True, exist_ok=True)
         if k == 0:  # the photo itself, byte for byte

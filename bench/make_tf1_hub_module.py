@@ -27,10 +27,10 @@ def main():
   parser.add_argument('--variant', default='efficientnet_lite0')
   args = parser.parse_args()
 
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+  import tensorflow_hub as hub
 
-  from retrain.features import efficientnet_lite  # pylint: disable=g-import-not-at-top
+  from retrain.features import efficientnet_lite
   if not hasattr(hub, 'create_module_spec'):
     sys.exit('This needs tensorflow-hub <= 0.15 (the TF1 Hub format).')
   if os.path.exists(args.output_dir):

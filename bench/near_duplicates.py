@@ -30,7 +30,7 @@ from retrain.features import modules, tflite_runtime  # noqa: E402
 
 
 def _copies(paths, work_dir):
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from PIL import Image
   made = []
   for k, path in enumerate(paths):
     out = os.path.join(work_dir, f'copy_{k}.jpg')

@@ -90,8 +90,9 @@ def pipeline_throughput(module, image_dir, batch_size):
     store = bottleneck_cache.BottleneckStore(cache,
                                              bottlenecks.cache_namespace(module))
     started = time.perf_counter()
-    result = bottlenecks.compute_bottlenecks(paths, module, store, batch_size,
-                                             progress_interval=1e9)
+    result = bottlenecks.compute_bottlenecks(
+        paths, module, store, batch_size,
+        bottlenecks.PassOptions(progress_interval=1e9))
     elapsed = time.perf_counter() - started
   return result.stats.computed / elapsed, len(paths), elapsed
 

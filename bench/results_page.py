@@ -22,7 +22,7 @@ import time
 
 
 def _run(config, with_page: bool):
-  from retrain import pipeline  # pylint: disable=g-import-not-at-top
+  from retrain import pipeline
   originals = pipeline.start_results_page, pipeline.results_page
   if not with_page:
     pipeline.start_results_page = lambda *args, **kwargs: None
@@ -43,11 +43,11 @@ def main():
   parser.add_argument('--repeats', type=int, default=1)
   args = parser.parse_args()
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  from absl import logging  # pylint: disable=g-import-not-at-top
+  from absl import logging
   # The run's INFO lines on stderr: among them 'Results page: 12 heat maps
   # (Grad-CAM) in X s', the time of the thread that overlaps the export.
   logging.set_verbosity(logging.INFO)
-  from retrain.config import DEFAULTS  # pylint: disable=g-import-not-at-top
+  from retrain.config import DEFAULTS
 
   def config(name):
     out = os.path.join(args.out, name)

@@ -17,9 +17,9 @@ import sys
 def main():
   if len(sys.argv) < 2:
     sys.exit(__doc__)
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   try:
-    import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top
+    import tensorflow_hub as hub
   except ImportError:
     hub = None
   if hub is None or not hasattr(hub, 'Module'):

@@ -1,6 +1,6 @@
 """Measures the training options on a real data set; prints a table.
 
-  python bench/training_options.py [--image_dir DIR] [--out /tmp/issue7/bench]
+  python bench/training_options.py [--image_dir DIR] [--out /tmp/training_options_bench]
       [--seeds 3] [--steps 4000]
 
 Every variant trains the head from the same cached bottlenecks (computed on
@@ -56,7 +56,7 @@ VARIANTS = {
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--image_dir', default=str(FLOWERS))
-  parser.add_argument('--out', default='/tmp/issue7/bench')
+  parser.add_argument('--out', default='/tmp/training_options_bench')
   parser.add_argument('--seeds', type=int, default=3)
   parser.add_argument('--steps', type=int, default=DEFAULTS.how_many_training_steps)
   parser.add_argument('--only', default='', help='substring of variant names')

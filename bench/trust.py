@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 
 # The folds bench/accuracy.py measures on: each fold the test set once, the
 # rest split 8:1 into training and validation.
-from accuracy import folds_of  # noqa: E402  pylint: disable=g-bad-import-order
+from accuracy import folds_of  # noqa: E402
 
 import bottleneck_cache  # noqa: E402
 from retrain.config import DEFAULTS  # noqa: E402
@@ -74,8 +74,8 @@ def _stores(roots):
 
 def _compute_missing(paths, root):
   """The default ensemble's vectors of `paths` into the cache at root."""
-  from retrain.bottlenecks import ensemble as ensemble_bottlenecks  # pylint: disable=g-import-not-at-top
-  from retrain.features import ensemble, tflite_runtime  # pylint: disable=g-import-not-at-top
+  from retrain.bottlenecks import ensemble as ensemble_bottlenecks
+  from retrain.features import ensemble, tflite_runtime
   cache = os.environ.get('RETRAIN_MODULE_CACHE', DEFAULTS.module_cache_dir)
   module = ensemble.load(DEFAULTS.tfhub_module, DEFAULTS.image_size, cache)
   runner = tflite_runtime.deferred(module, DEFAULTS.bottleneck_runtime,

@@ -29,7 +29,7 @@ def run(config=None, /, **options):
 
   See `retrain.api.run` for the arguments.
   """
-  from retrain import api  # pylint: disable=g-import-not-at-top
+  from retrain import api
   return api.run(config, **options)
 
 
@@ -37,7 +37,7 @@ def load(path, labels=None):
   """An export (SavedModel folder, .pb, .tflite or .onnx file) whose
   `predict(images or files)` returns (labels, probabilities); see
   `retrain.predict.model`."""
-  from retrain.predict import model  # pylint: disable=g-import-not-at-top
+  from retrain.predict import model
   return model.load(path, labels)
 
 
@@ -45,10 +45,10 @@ def __getattr__(name):
   # PEP 562: Config and DEFAULTS load retrain.config (and numpy) only when
   # asked for.
   if name in ('Config', 'DEFAULTS'):
-    from retrain import config  # pylint: disable=g-import-not-at-top
+    from retrain import config
     return getattr(config, name)
   # retrain.evaluate(...): the package retrain/evaluate/, callable.
   if name == 'evaluate':
-    import importlib  # pylint: disable=g-import-not-at-top
+    import importlib
     return importlib.import_module('retrain.evaluate')
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

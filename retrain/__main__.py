@@ -84,7 +84,6 @@ flags.DEFINE_integer('min_box_size', _D.min_box_size,
                      'skipped.')
 flags.DEFINE_bool('boxes_include_difficult', _D.boxes_include_difficult,
                   'Also use objects marked difficult.')
-# --- End of crops to annotated boxes ---------------------------------------
 flags.DEFINE_string(
     'tfhub_module', _D.tfhub_module,
     'Feature-vector module: a preset name (see --list_modules), a TF-Hub '
@@ -275,7 +274,6 @@ flags.DEFINE_string('fine_tune_members', _D.fine_tune_members,
                     'Members of an ensemble --tfhub_module to fine-tune: "" '
                     'the first, "all", or handles separated by commas; the '
                     'others keep their features.')
-# --- End of fine-tuning ----------------------------------------------------------
 
 
 # --- Deployment: ONNX, quantization check, confidence ---
@@ -308,14 +306,12 @@ flags.DEFINE_string('unknown_dir', _D.unknown_dir,
                     'Optional folder of photos of none of the classes: the '
                     'run reports how many are flagged unknown and the AUROC; '
                     'they are never trained on.')
-# --- End of deployment flags ---
 # --- Scale (docs/scale.md) ---
 flags.DEFINE_integer('max_vectors_in_memory', _D.max_vectors_in_memory,
                      'Past this many training vectors, training and '
                      'evaluation stream from the cache in chunks (about half '
                      'of this many vectors in memory at once); 0 never '
                      'streams.')
-# --- end scale ---
 flags.DEFINE_enum('logging_verbosity', 'INFO',
                   ['DEBUG', 'INFO', 'WARN', 'ERROR', 'FATAL'],
                   'How much to log; DEBUG also shows TensorFlow\'s and other '
@@ -337,7 +333,6 @@ flags.DEFINE_bool('follow_outside_links', _D.follow_outside_links,
 flags.DEFINE_bool('trust_module', _D.trust_module,
                   'Load a local --tfhub_module even if its graph can read or '
                   'write files or call Python (a SavedModel is code).')
-# ---
 
 
 def config_from_flags(environ=os.environ) -> Config:
@@ -368,12 +363,12 @@ def main(argv):
   cli.quiet_logging(FLAGS.logging_verbosity)
   # Imported here so that --help and flag errors answer without loading
   # TensorFlow.
-  from retrain.errors import RetrainError  # pylint: disable=g-import-not-at-top
-  from retrain.features import presets  # pylint: disable=g-import-not-at-top
+  from retrain.errors import RetrainError
+  from retrain.features import presets
   if FLAGS.list_modules:
     cache_dir = config_from_flags().module_cache_dir
     # Ensembles are listed after the single modules.
-    from retrain.features import ensemble_presets  # pylint: disable=g-import-not-at-top
+    from retrain.features import ensemble_presets
     sys.stdout.write(presets.format_module_list(cache_dir,
                                                 DEFAULTS.tfhub_module) +
                      '\n\n' + ensemble_presets.format_ensemble_list(
@@ -381,8 +376,8 @@ def main(argv):
                      f'(Set {MODULE_CACHE_ENV} or --module_cache_dir to move '
                      'the module cache.)\n')
     return 0
-  import bottleneck_cache  # pylint: disable=g-import-not-at-top
-  from retrain import pipeline, summary  # pylint: disable=g-import-not-at-top
+  import bottleneck_cache
+  from retrain import pipeline, summary
   config = config_from_flags()
   try:
     # `auto` is sgd when a retrain.py training flag was passed.
@@ -435,7 +430,7 @@ FIRST_FLAGS = ('image_dir', 'output_dir', 'tfhub_module', 'list_modules',
 
 def interrupted_line() -> str:
   """What Ctrl-C prints: the vectors this run stored, and how to go on."""
-  import bottleneck_cache  # pylint: disable=g-import-not-at-top
+  import bottleneck_cache
   n = bottleneck_cache.vectors_written()
   return (f'interrupted; {n:,} vector{"" if n == 1 else "s"} cached; run the '
           'same command to resume')

@@ -136,7 +136,7 @@ def run(config: Optional[Config] = None, /, **options):
   # effect if TensorFlow is not imported yet.
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   # Imported here: the pipeline loads TensorFlow.
-  from retrain import pipeline, summary  # pylint: disable=g-import-not-at-top
+  from retrain import pipeline, summary
   with info_to_stderr(), tensorflow_warnings_only():
     result = pipeline.run(config)
     summary.log_summary(result.config or config, result)

@@ -155,11 +155,11 @@ def read_header(f: BinaryIO) -> Optional[Header]:
   if head[:4] == b'RIFF' and head[8:12] == b'WEBP':
     return _webp(head)
   try:
-    from PIL import Image  # pylint: disable=g-import-not-at-top
+    from PIL import Image
     f.seek(0)
     with Image.open(f) as image:  # lazy: reads the header only
       return Header(image.format or '?', image.width, image.height)
-  except Exception:  # pylint: disable=broad-except
+  except Exception:  # noqa: BLE001 Pillow raises many types for non-images
     return None  # Pillow raises many types for non-images.
 
 

@@ -296,8 +296,8 @@ def decode_with_pillow(contents: bytes, size: Tuple[int, int]) -> np.ndarray:
   an error instead of exhausting memory.
   """
   from PIL import (
-    Image,  # pylint: disable=g-import-not-at-top
-    ImageOps,  # pylint: disable=g-import-not-at-top
+    Image,
+    ImageOps,
   )
   with Image.open(io.BytesIO(contents)) as image:
     if image.format == 'JPEG':
@@ -337,7 +337,7 @@ def _decode_bytes(contents: bytes, size: Tuple[int, int],
     pass
   try:
     pixels = decode_with_pillow(contents, size)
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError
     # and more for bad input; all mean the same here.
     raise ImageError(name, decode_failure_reason(contents, e)) from e

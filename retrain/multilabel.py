@@ -25,9 +25,8 @@ from retrain.common import atomic, leftovers
 from retrain.common import phases as phases_lib
 from retrain.config import Config, subset
 from retrain.data import boxes as boxes_lib
-from retrain.data import leakage
+from retrain.data import leakage, sources
 from retrain.data import multilabel as data_lib
-from retrain.data import sources as layouts
 from retrain.errors import DatasetError
 from retrain.export import formats as export_formats
 from retrain.export import saved_model as export_lib
@@ -74,7 +73,7 @@ def run(config: Config) -> pipeline.RunResult:
     leftovers.heal([config.saved_model_dir, config.output_labels,
                     config.output_graph, config.tflite_output_file,
                     config.report_dir])
-    found = data_lib.load(subset(layouts.LayoutOptions, config),
+    found = data_lib.load(subset(sources.LayoutOptions, config),
                           subset(boxes_lib.BoxOptions, config),
                           config.bottleneck_dir)
     layout, labels = found.layout, list(found.layout.dataset.labels)
@@ -122,7 +121,7 @@ def make_split(config: Config, layout, images: usable_lib.UsableImages,
                targets: np.ndarray):
   """The split of the photos (each photo one row, stratified by its rarest
   label), logged per label; leakage reported as in a single-label run."""
-  split = layouts.make_split(layout, images.index, images.labels,
+  split = sources.make_split(layout, images.index, images.labels,
                              config.validation_percentage,
                              config.testing_percentage)
   for j, name in enumerate(layout.dataset.labels):

@@ -27,8 +27,7 @@ from retrain.common.progress import Progress
 from retrain.config import DEFAULTS, Config, subset
 from retrain.data import boxes as boxes_lib
 from retrain.data import discover as discover_lib
-from retrain.data import duplicates, leakage
-from retrain.data import sources as layouts
+from retrain.data import duplicates, leakage, sources
 from retrain.data import split as split_lib
 from retrain.errors import DatasetError, OutputError
 from retrain.export import formats as export_formats
@@ -41,13 +40,12 @@ from retrain.head import auto as head_auto
 from retrain.head import calibration as calibration_lib
 from retrain.head import evaluate as evaluate_lib
 from retrain.head import novelty as novelty_lib
-from retrain.head import options as train_options_lib
+from retrain.head import options as options_lib
 from retrain.head import solver as solver_lib
 from retrain.head import train as train_lib
-from retrain.report import confidence
+from retrain.report import confidence, heatmap
 from retrain.report import deployment as deployment_report
 from retrain.report import head_solver as solve_lib
-from retrain.report import heatmap as heatmap_lib
 from retrain.report import results as results_lib
 from retrain.report import skipped as skipped_report
 from retrain.report import summaries as summaries_lib
@@ -74,7 +72,7 @@ class RunResult:
     timings: seconds per phase.
     peak_rss_mib: peak resident memory of the process after each phase.
     explained: per-class metrics, report files and projector size
-      (retrain/explain.py).
+      (retrain/report/writer.py).
     distorted_stats: what the cache did for distorted copies, or None when
       no distortion was asked for.
     fine_tuned: the retrain.finetune.run.FineTuned of --fine_tune (the
@@ -154,7 +152,7 @@ def resolve_head_solver(config: Config) -> Config:
 
 def check_config(config: Config) -> None:
   """Checks values before any slow work starts."""
-  layouts.check_layout_options(subset(layouts.LayoutOptions, config))
+  sources.check_layout_options(subset(sources.LayoutOptions, config))
   split_lib.check_percentages(config.validation_percentage,
                               config.testing_percentage)
   for name in ('how_many_training_steps', 'train_batch_size',
@@ -169,7 +167,7 @@ def check_config(config: Config) -> None:
   export_lib.check_export_dir(config.saved_model_dir)
   check_output_places(config)
   export_formats.check_options(subset(export_formats.ExportOptions, config))
-  train_options_lib.check(subset(train_options_lib.TrainOptions, config))
+  options_lib.check(subset(options_lib.TrainOptions, config))
   calibration_lib.check_options(
       subset(calibration_lib.ConfidenceOptions, config))
   if config.novelty_keep:
@@ -295,7 +293,7 @@ def run(config: Config) -> RunResult:
 def run_steps(config: Config) -> RunResult:
   """The steps of `run`, with every output path filled in."""
   if config.multi_label:  # one sigmoid per label: retrain/multilabel.py
-    from retrain import multilabel  # pylint: disable=g-import-not-at-top
+    from retrain import multilabel
     return multilabel.run(config)
   phases = phases_lib.Phases()
   prepared = prepare(config, phases)
@@ -304,7 +302,7 @@ def run_steps(config: Config) -> RunResult:
   # Past the memory budget the vectors stream from the cache
   # (docs/scale.md); crops to boxes keep the in-memory path (the stream
   # reads whole images).
-  from retrain import streamed  # pylint: disable=g-import-not-at-top
+  from retrain import streamed
   if crops is None and streamed.needed(config, len(layout.dataset.images),
                                        module):
     return streamed.run(config, layout, module, runner, phases,
@@ -375,7 +373,7 @@ class Prepared:
     precision: per member, 'int8' or 'float32'.
     runner: the module on its runtime, as the bottlenecks run it.
   """
-  layout: layouts.Layout
+  layout: sources.Layout
   crops: Optional[boxes_lib.Crops]
   keyed: tuple
   float_module: object
@@ -426,7 +424,7 @@ def discover(config: Config):
   any); with --crop_to_boxes one example per box and their crops, else
   crops is None (retrain/data/boxes.py)."""
   layout, crops = boxes_lib.load_examples(
-      subset(layouts.LayoutOptions, config), subset(boxes_lib.BoxOptions,
+      subset(sources.LayoutOptions, config), subset(boxes_lib.BoxOptions,
                                                     config))
   logging.info('Found %s in %s: %s.',
                names.plural(len(layout.dataset.images), 'image'),
@@ -494,8 +492,10 @@ def bottlenecks(config: Config, dataset, module, runner, crops=None,
       computed = ensemble_bottlenecks.compute_bottlenecks(
           paths, module, runner, config.bottleneck_dir,
           config.bottleneck_runtime, config.bottleneck_batch_size,
-          config.module_cache_dir, max_pixels=config.max_image_pixels,
-          keyed=keyed, **boxes_lib.Crops.bottleneck_args(crops))
+          config.module_cache_dir, keyed=keyed,
+          options=bottlenecks_lib.PassOptions(
+              max_pixels=config.max_image_pixels),
+          **boxes_lib.Crops.bottleneck_args(crops))
       log_bottlenecks(computed.stats, len(computed.failures),
                       config.bottleneck_dir, len(module.members))
       return computed
@@ -506,8 +506,9 @@ def bottlenecks(config: Config, dataset, module, runner, crops=None,
                       ) from e
   computed = bottlenecks_lib.compute_bottlenecks(
       paths, runner, store,
-      config.bottleneck_batch_size, max_pixels=config.max_image_pixels,
-      load_vectors=load_vectors, keyed=keyed,
+      config.bottleneck_batch_size, bottlenecks_lib.PassOptions(
+          max_pixels=config.max_image_pixels, load_vectors=load_vectors),
+      keyed=keyed,
       **boxes_lib.Crops.bottleneck_args(crops))
   log_bottlenecks(computed.stats, len(computed.failures),
                   config.bottleneck_dir)
@@ -530,7 +531,7 @@ def log_bottlenecks(stats: bottleneck_cache.Stats, skipped: int,
                names.plural(skipped, 'image'))
 
 
-def report_skipped(config: Config, layout: layouts.Layout,
+def report_skipped(config: Config, layout: sources.Layout,
                    computed: bottlenecks_lib.Bottlenecks):
   """Writes the skipped-files report and warns of duplicate files in two
   classes; returns (skipped (path, reason) pairs, report files)."""
@@ -548,10 +549,10 @@ def report_skipped(config: Config, layout: layouts.Layout,
   return skipped, reports
 
 
-def make_split(config: Config, layout: layouts.Layout,
+def make_split(config: Config, layout: sources.Layout,
                images: usable_lib.UsableImages) -> split_lib.Split:
   """Train / validation / test rows of `images`."""
-  split = layouts.make_split(layout, images.index, images.labels,
+  split = sources.make_split(layout, images.index, images.labels,
                              config.validation_percentage,
                              config.testing_percentage)
   _log_counts(layout.dataset.labels, images.labels, split)
@@ -572,9 +573,10 @@ def training_set(config: Config, runner, images: usable_lib.UsableImages,
   train_x = images.vectors[split.train]
   train_y = images.labels[split.train]
   copies = distort_lib.training_copies(
-      subset(distort_lib.Distortions, config), config.distorted_copies,
-      config.random_seed, config.bottleneck_dir, config.bottleneck_batch_size,
-      runner, images.paths_of(split.train), images.digests_of(split.train),
+      distort_lib.CopyRecipe(subset(distort_lib.Distortions, config),
+                             config.distorted_copies, config.random_seed),
+      config.bottleneck_dir, config.bottleneck_batch_size, runner,
+      images.paths_of(split.train), images.digests_of(split.train),
       boxes=None if crops is None else crops.boxes[images.index[split.train]])
   if copies is not None:
     train_x = np.concatenate([train_x, copies.vectors])
@@ -647,7 +649,7 @@ def train_settings(config: Config) -> train_lib.Settings:
       eval_step_interval=config.eval_step_interval,
       validation_batch_size=config.validation_batch_size,
       seed=config.random_seed,
-      options=subset(train_options_lib.TrainOptions, config))
+      options=subset(options_lib.TrainOptions, config))
 
 
 def train(config: Config, module, labels: Sequence[str],
@@ -732,10 +734,8 @@ def evaluate(config: Config, labels: Sequence[str],
   misclassified = report_test(config, labels, test, images, split)
   held = trained.held_out
   explained = explain_lib.finish(
-      subset(explain_lib.ReportOptions, config), labels, trained.head, images.vectors, images.labels, split,
-      images.paths, images.rel_paths, test,
-      trained.history[-1].step if trained.history else 0, trained.best_step,
-      validation_probabilities=None if held is None else
+      subset(explain_lib.ReportOptions, config), labels, trained, images,
+      split, test, validation_probabilities=None if held is None else
       calibration_lib.softmax(held.validation_logits).astype(np.float32))
   for name, how in describe_figures(trained).items():
     logging.info('How the run measured %s: %s.', name.replace('_', ' '), how)
@@ -877,8 +877,8 @@ def unknown_vectors(config: Config, module, runner) -> Optional[np.ndarray]:
   """float32 [n, D] vectors of the --unknown_dir photos (any layout;
   unreadable files skipped), through the bottleneck cache; None when it
   holds no image."""
-  from retrain.common import walk as walk_lib  # pylint: disable=g-import-not-at-top
-  from retrain.images import IMAGE_EXTENSIONS  # pylint: disable=g-import-not-at-top
+  from retrain.common import walk as walk_lib
+  from retrain.images import IMAGE_EXTENSIONS
   paths = sorted(os.path.join(folder, name)
                  for folder, _, names in os.walk(config.unknown_dir)
                  for name in names
@@ -923,9 +923,7 @@ def trust_checks(config: Config, module, runner, labels: Sequence[str],
   trust_report.write(
       config.report_dir, config.summaries_dir,
       trained.history[-1].step if trained.history else 0,
-      describe_figures(trained, tuned), confidence,
-      test.probabilities if test.count else None, test.labels, novelty,
-      sets)
+      describe_figures(trained, tuned), confidence, test, novelty, sets)
   return confidence
 
 
@@ -1043,7 +1041,7 @@ def start_results_page(config: Config, layout, crops, module, labels,
   that they are drawn while the export runs: (report, explainer or None,
   future of results_lib.grid_heat_maps).
   Heat maps: retrain/report/heatmap.py (none for box crops)."""
-  import concurrent.futures  # pylint: disable=g-import-not-at-top
+  import concurrent.futures
   rows = (np.asarray(tuned.test_rows) if tuned is not None else split.test)
   name, truth, probs = 'test', test.labels, test.probabilities
   files = [images.paths[rows[r]] for r in test.rows]
@@ -1063,7 +1061,7 @@ def start_results_page(config: Config, layout, crops, module, labels,
                   'hash of the file name unless the layout gives the split'),
       history=[dataclasses.asdict(p) for p in trained.history],
       settings={k: str(v) for k, v in dataclasses.asdict(config).items()})
-  explainer = None if crops is not None else heatmap_lib.explainer(
+  explainer = None if crops is not None else heatmap.explainer(
       module, trained.head, fine_tuned=tuned is not None)
   pool = concurrent.futures.ThreadPoolExecutor(1)
   future = pool.submit(results_lib.grid_heat_maps, explainer, report)
@@ -1075,7 +1073,7 @@ def results_page(config: Config, started: tuple, module, labels, stats,
                  phases) -> Optional[str]:
   """Writes <report_dir>/report.html and report.json from what
   start_results_page began; returns the page's path."""
-  import time  # pylint: disable=g-import-not-at-top
+  import time
   report, explainer, future = started
   heat = future.result()
   report.update(seconds=time.monotonic() - phases.started,

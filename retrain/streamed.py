@@ -98,7 +98,8 @@ def _copy_keys(config: Config, module, runner, images, split, directories):
   or None without distortions. Appends their namespace to directories."""
   distortions = subset(distort_lib.Distortions, config)
   copies = distort_lib.training_copies(
-      distortions, config.distorted_copies, config.random_seed,
+      distort_lib.CopyRecipe(distortions, config.distorted_copies,
+                             config.random_seed),
       config.bottleneck_dir, config.bottleneck_batch_size, runner,
       images.paths_of(split.train), images.digests_of(split.train),
       load_vectors=False)
@@ -122,7 +123,7 @@ def _calibrate(config: Config, trained: train_lib.TrainResult,
                validation: chunks.ChunkReader, val_y: np.ndarray):
   """pipeline.calibrate on a random sample of the validation set
   (streaming.sample_capacity), read from the cache."""
-  from retrain import pipeline  # pylint: disable=g-import-not-at-top
+  from retrain import pipeline
   rows = np.arange(len(val_y))
   cap = streaming.sample_capacity(config.max_vectors_in_memory,
                                  validation.dim)
@@ -137,7 +138,7 @@ def _train(config: Config, train: chunks.ChunkReader, train_y: np.ndarray,
            num_classes: int, validation: chunks.ChunkReader,
            val_y: np.ndarray) -> train_lib.TrainResult:
   """Streaming SGD with the run's settings, logged as the pipeline logs."""
-  from retrain import pipeline  # pylint: disable=g-import-not-at-top
+  from retrain import pipeline
   settings = pipeline.train_settings(config)
   if config.head_solver != 'sgd':
     # The converging solver needs every vector on each iteration.
@@ -167,7 +168,7 @@ def run(config: Config, layout, module, runner, phases, keyed=None):
     keyed: the images' cache keys, from pipeline.hash_images (None: hashed
       here).
   """
-  from retrain import pipeline  # pylint: disable=g-import-not-at-top
+  from retrain import pipeline
   budget = config.max_vectors_in_memory
   logging.info('About %d training vectors exceed --max_vectors_in_memory=%d: '
                'training and evaluation read them from the cache in chunks '

@@ -24,8 +24,8 @@ from tests.conftest import COLOURS, make_colour_dataset
 def flip_vector_bytes(path, count: int, seed: int = 0) -> set:
   """XORs `count` distinct bytes of the vectors of cache shard `path` (a
   disk or a copy gone bad); returns the rows hit."""
-  import h5py  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  import h5py
+  import numpy as np
   with h5py.File(path, 'r') as f:
     offset, shape = f['vectors'].id.get_offset(), f['vectors'].shape
   row_bytes = shape[1] * 4

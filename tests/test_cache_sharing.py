@@ -108,7 +108,7 @@ def test_reader_survives_a_merge_by_another_process(tmp_path):
 def test_claimed_bucket_is_left_to_its_live_owner(tmp_path, monkeypatch):
   keys = [f'c{i}' for i in range(10)]
   s = bottleneck_cache.BottleneckStore(str(tmp_path), NS)
-  (bucket, _), = claims._buckets(keys, range(10), 10)  # pylint: disable=protected-access
+  (bucket, _), = claims._buckets(keys, range(10), 10)
   claim = os.path.join(s.directory, claims.CLAIM_PREFIX + bucket)
   with open(claim, 'w') as f:
     f.write(temporaries.owner_tag())  # this (live) process on this host
@@ -133,7 +133,7 @@ def test_claimed_bucket_is_left_to_its_live_owner(tmp_path, monkeypatch):
 def test_claim_of_a_dead_process_is_taken_over(tmp_path, caplog):
   keys = ['d0', 'd1']
   s = bottleneck_cache.BottleneckStore(str(tmp_path), NS)
-  (bucket, _), = claims._buckets(keys, range(2), 2)  # pylint: disable=protected-access
+  (bucket, _), = claims._buckets(keys, range(2), 2)
   dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
                         capture_output=True, text=True, check=True)
   with open(os.path.join(s.directory, claims.CLAIM_PREFIX + bucket),
@@ -175,7 +175,7 @@ class _FullDisk:
 
   def __init__(self, allowed):
     self.allowed = allowed
-    self.real = store_lib._write_bytes  # pylint: disable=protected-access
+    self.real = store_lib._write_bytes
 
   def __call__(self, path, data):
     if self.allowed <= 0:

@@ -140,7 +140,7 @@ def test_a_full_disk_while_caching_activations_leaves_nothing(tmp_path,
   from bottleneck_cache import store as store_lib
   from retrain.finetune import activations
   store = activations.Float16Store(str(tmp_path), {'kind': 'activations'})
-  real_write = store_lib._write_bytes  # pylint: disable=protected-access
+  real_write = store_lib._write_bytes
 
   def full(path, data):
     with open(path, 'wb') as f:

@@ -303,8 +303,9 @@ def test_ensemble_distorted_copies_are_what_the_export_computes(
   module = ensemble.load(f'{fake_module},{squares_module}')
   d = distort_lib.Distortions(flip_left_right=True, random_crop=20.0,
                               random_brightness=20.0)
-  copies = distort_lib.training_copies(d, 2, 7, str(tmp_path / 'cache'), 4,
-                                       module, paths, keys)
+  copies = distort_lib.training_copies(distort_lib.CopyRecipe(d, 2, 7),
+                                       str(tmp_path / 'cache'), 4, module,
+                                       paths, keys)
   assert len(copies.source) == 2 * len(paths)
   expected = []
   for i, c in zip(copies.source, copies.copy, strict=True):

@@ -229,13 +229,13 @@ def test_fixed_members_columns_and_copies_line_up():
                         [30, 31, 32, 33]], np.float32),
       source=np.array([1, 0, 1]), stats=None, copy=np.array([1, 0, 0]))
   fixed = finetune_lib.FixedFeatures(vectors, copies)
-  plain, made = finetune_lib._fixed_activations(  # pylint: disable=protected-access
+  plain, made = finetune_lib._fixed_activations(
       fixed, slice(2, 4), 2, 2, distortions=object())
   np.testing.assert_array_equal(plain.values, vectors[:, 2:])
   assert plain.ok.all()
   np.testing.assert_array_equal(made.ok, [True, False, True, True])
   np.testing.assert_array_equal(made.values, [[22, 23], [32, 33], [12, 13]])
-  plain, made = finetune_lib._fixed_activations(  # pylint: disable=protected-access
+  plain, made = finetune_lib._fixed_activations(
       fixed, slice(0, 2), 2, 2, distortions=None)
   assert made is None
 
@@ -247,7 +247,7 @@ def test_members_activations_are_aligned_on_what_all_have():
            activations_lib.Activations(
                values=np.arange(10, 14, dtype=np.float16).reshape(4, 1, 1, 1),
                ok=np.array([True, False, True, True, True]), stats=None)]
-  ok, rows = finetune_lib._aligned(found)  # pylint: disable=protected-access
+  ok, rows = finetune_lib._aligned(found)
   np.testing.assert_array_equal(ok, [True, False, True, True, False])
   items = np.flatnonzero(ok)
   assert found[0].values[rows[0][items]].ravel().tolist() == [0, 2, 3]
@@ -420,7 +420,7 @@ def test_the_last_epoch_is_kept_unless_clearly_worse(best, last, n,
                                                      stopped_early,
                                                      keeps_last):
   variable = tf.Variable([1.0])
-  tracker = train_lib._Tracker([variable])  # pylint: disable=protected-access
+  tracker = train_lib._Tracker([variable])
   for epoch, accuracy in ((0, best), (3, last)):
     variable.assign([float(epoch)])
     tracker.consider(train_lib.EpochPoint(epoch, None, None, 0.1, accuracy,
@@ -428,7 +428,7 @@ def test_the_last_epoch_is_kept_unless_clearly_worse(best, last, n,
     tracker.epoch.assign(epoch)
     tracker.last_accuracy.assign(accuracy)
     tracker.validation_count.assign(n)
-  kept, accuracy = train_lib._keep(tracker, stopped_early)  # pylint: disable=protected-access
+  kept, accuracy = train_lib._keep(tracker, stopped_early)
   assert (kept, accuracy) == ((3, last) if keeps_last else (0, best))
   assert variable.numpy()[0] == kept
 

@@ -122,7 +122,7 @@ def test_result_repr_is_short_and_html_is_a_table():
   assert repr(result) == (
       "RunResult(test_accuracy=90.0% (N=10), classes=2, images=100, "
       "run_dir='/r', saved_model_dir='/r/saved_model')")
-  page = result._repr_html_()  # pylint: disable=protected-access
+  page = result._repr_html_()
   assert page.startswith('<table>') and '90.0% (N=10)' in page
   assert len(page) < 1000
 

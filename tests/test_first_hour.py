@@ -255,10 +255,10 @@ def test_label_image_reads_old_side_files_only_for_their_model(tmp_path):
   (tmp_path / 'flowers.metadata.json').write_text(
       json.dumps({'model_file': 'flowers.tflite'}))
   # The old shared files describe the .tflite: not taken for the .pb.
-  assert label_image._sidecars(str(graph)) == (None, None)  # pylint: disable=protected-access
+  assert label_image._sidecars(str(graph)) == (None, None)
   (tmp_path / 'flowers.metadata.json').write_text(
       json.dumps({'model_file': 'flowers.pb'}))
-  assert label_image._sidecars(str(graph)) == (  # pylint: disable=protected-access
+  assert label_image._sidecars(str(graph)) == (
       {'model_file': 'flowers.pb'}, str(tmp_path / 'flowers.labels.txt'))
 
 

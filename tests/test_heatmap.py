@@ -73,7 +73,7 @@ def ignores_head(images, classes, weights=WEIGHTS):
   """Planted bug: the mean activation (an edge detector), no head."""
   del classes, weights
   a = conv(tf.constant(images)).numpy().mean(axis=3, keepdims=True)
-  return explain._normalise(  # pylint: disable=protected-access
+  return explain._normalise(
       tf.image.resize(a, (SIZE, SIZE)).numpy()[..., 0])
 
 
@@ -187,7 +187,7 @@ def test_grad_cam_reads_the_convolution_the_bundled_module_pools():
   assert explainer.method == explain.GRAD_CAM
   images = np.stack([photo(0, 0, seed=s) for s in range(2)])
   images = tf.image.resize(images, module.input_size).numpy()
-  conv, pool = heatmap._lite_member(  # pylint: disable=protected-access
+  conv, pool = heatmap._lite_member(
       module, module.input_size)
   activations = conv(images)
   assert activations.shape == (2, 7, 7, 1280)

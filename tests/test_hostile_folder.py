@@ -1,4 +1,4 @@
-"""A run over a folder of everything that broke round two: exit 0, no hang,
+"""A run over a folder of everything that once broke a run: exit 0, no hang,
 every good photo used, every bad file reported once with its reason."""
 
 import json

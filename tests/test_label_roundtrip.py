@@ -161,7 +161,7 @@ def test_look_alike_and_reserved_labels_are_refused(tmp_path, label, word):
   write_image(tmp_path / 'b.jpg', (30, 20, 10))
   csv_path.write_text(f'a.jpg,{label}\nb.jpg,daisy\n', encoding='utf-8')
   with pytest.raises(DatasetError, match=word):
-    sources._from_one_csv(str(csv_path))  # pylint: disable=protected-access
+    sources._from_one_csv(str(csv_path))
 
 
 def test_decomposed_labels_are_composed_and_said(tmp_path, caplog):
@@ -170,6 +170,6 @@ def test_decomposed_labels_are_composed_and_said(tmp_path, caplog):
     write_image(tmp_path / f'{k}.jpg', (10 * k, 20, 30))
   csv_path.write_text('0.jpg,caf\u00e9\n1.jpg,cafe\u0301\n2.jpg,tea\n',
                       encoding='utf-8')
-  layout = sources._from_one_csv(str(csv_path))  # pylint: disable=protected-access
+  layout = sources._from_one_csv(str(csv_path))
   assert sorted(layout.dataset.labels) == ['caf\u00e9', 'tea']
   assert 'composed Unicode form (NFC)' in caplog.text

@@ -130,7 +130,7 @@ def _dataset_graph(target) -> bytes:
 
   dataset = tf.data.Dataset.range(1).map(write)
   return tf.raw_ops.DatasetToGraphV2(input_dataset=dataset._variant_tensor
-                                     ).numpy()  # pylint: disable=protected-access
+                                     ).numpy()
 
 
 @pytest.mark.parametrize('form', ['constant', 'variable'])

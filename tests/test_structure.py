@@ -1,45 +1,46 @@
 """Rules of the code's shape, checked on the source (no imports run):
 
-- no module imports from a step later in the flow (docs/architecture.md);
+- no module imports from a level later in the flow (docs/architecture.md,
+  "Import levels", which this file reads);
+- no import circle, counting imports inside functions;
 - tools/ takes from retrain only the image decoding and the typed errors;
 - bottleneck_cache/ imports neither TensorFlow nor retrain;
-- no function is longer than MAX_FUNCTION_LINES;
+- no function is longer than MAX_FUNCTION_LINES or takes more than
+  MAX_PARAMETERS; no source file is longer than MAX_FILE_LINES;
+- docs/architecture.md has a row for every module and its picture names
+  every folder;
 - the flags offer the library's own lists of accepted values, and
   label_image's own defaults agree with retrain's.
 """
 
 import ast
 import pathlib
+import re
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
-# The flow, first to last; a module may import from its own step and from
-# earlier ones only. `retrain.version` counts as the first step; the package
-# itself (`retrain/__init__.py`, whose `run` loads the pipeline lazily), the
-# Python API and the closing summary come after the pipeline, with
-# __main__.
-LEVELS = (
-    ('retrain.version', 'retrain.common', 'retrain.errors', 'retrain.images',
-     'retrain.image_header'),
-    ('retrain.data',),
-    ('retrain.features',),
-    # Running an export (label_image's loaders): the image decoding and the
-    # module safety scan of what it loads.
-    ('retrain.predict',),
-    ('retrain.bottlenecks',),
-    ('retrain.head',),
-    ('retrain.report',),
-    ('retrain.export',),
-    ('retrain.finetune',),  # after the head, before the export it feeds
-    ('retrain.config', 'retrain.pipeline', 'retrain.streamed',
-     'retrain.multilabel'),
-    # The health report (docs/inspect.md) uses the pipeline's steps.
-    ('retrain.inspect',),
-    ('retrain', 'retrain.__main__', 'retrain.api', 'retrain.summary',
-     'retrain.beam', 'retrain.inspect.__main__', 'retrain.evaluate'),
-)
+# The flow, first to last: the numbered list under "Import levels" in
+# docs/architecture.md (a module may import from its own step and from
+# earlier ones only).
+ARCHITECTURE = ROOT / 'docs' / 'architecture.md'
+
+
+def _levels_of(text: str):
+  """The levels listed in architecture.md's "Import levels" section: one
+  tuple of module names per numbered line, in order."""
+  section = text.split('\n## Import levels\n', 1)[1].split('\n## ', 1)[0]
+  levels = []
+  for line in section.splitlines():
+    found = re.match(r'\d+\.\s+((?:`[\w.]+`(?:,\s*)?)+)', line)
+    if found:
+      levels.append(tuple(re.findall(r'`([\w.]+)`', found.group(1))))
+  return tuple(levels)
+
+
+LEVELS = _levels_of(ARCHITECTURE.read_text(encoding='utf-8'))
+
 # retrain.common.cli and .progress give both commands the same --help,
 # --version and progress, and .walk the same loop-safe folder walk; they import absl, tqdm and retrain.version only
 # (tests/test_first_hour.py checks that label_image loads no other retrain
@@ -169,6 +170,205 @@ def test_the_length_check_counts_a_whole_function(tmp_path):
   path = tmp_path / 'long.py'
   path.write_text(f'def f():\n{body}')
   assert list(_functions(path)) == [('f', 1, MAX_FUNCTION_LINES + 1)]
+
+
+# Caps on a function's parameters (self and cls not counted, *args and
+# **kwargs neither) and on a source file's lines, in retrain/, tools/ and
+# bottleneck_cache/.
+MAX_PARAMETERS = 8
+MAX_FILE_LINES = 550
+# Over a cap today, each with its current figure, while their owners split
+# them; an entry may not grow, and one back within the cap must leave.
+EXEMPT_PARAMETERS = {
+    'retrain/beam/job.py:build': 10,
+    'retrain/export/formats.py:write_tflite': 9,
+    'retrain/finetune/activations.py:distorted_activations': 9,
+    'retrain/finetune/run.py:_lite_data': 9,
+    'retrain/finetune/run.py:_lite_plan': 9,
+    'retrain/finetune/run.py:fine_tune': 11,
+    'retrain/finetune/train.py:fit': 10,
+    'retrain/head/solve.py:maybe_solve': 10,
+    'retrain/head/solver.py:_fit_one': 10,
+    'retrain/head/solver.py:_held_out': 11,
+    'retrain/head/solver.py:_score_grid': 9,
+    'retrain/head/solver.py:fit_head': 9,
+    'retrain/head/streaming.py:train_head_streaming': 9,
+    'retrain/pipeline.py:export': 11,
+    'retrain/pipeline.py:start_results_page': 10,
+    'retrain/pipeline.py:train': 9,
+    'retrain/pipeline.py:trust_checks': 10,
+    'retrain/predict/classify.py:classify_files': 11,
+}
+EXEMPT_FILE_LINES = {
+    'bottleneck_cache/store.py': 761,
+    'retrain/beam/job.py': 557,
+    'retrain/data/boxes.py': 699,
+    'retrain/export/formats.py': 587,
+    'retrain/finetune/run.py': 689,
+    'retrain/head/solver.py': 783,
+    'retrain/pipeline.py': 1108,
+}
+# Import circles (modules sorted), counting imports inside functions.
+EXEMPT_CYCLES = {
+    ('retrain.multilabel', 'retrain.pipeline', 'retrain.streamed'),
+    ('retrain.report.page', 'retrain.report.results'),
+}
+
+
+def _parameter_counts(path: pathlib.Path):
+  """(name, line, parameters) of every function, self/cls not counted."""
+  for node in ast.walk(ast.parse(path.read_text(encoding='utf-8'))):
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+      args = node.args.posonlyargs + node.args.args
+      count = len(args) + len(node.args.kwonlyargs)
+      if args and args[0].arg in ('self', 'cls'):
+        count -= 1
+      yield node.name, node.lineno, count
+
+
+def _over_cap(figures: dict, cap: int, exempt: dict, what: str):
+  """Lines saying what is over `cap` and not exempt, grew past its exempt
+  figure, or is exempt but back within the cap (or gone)."""
+  wrong = [f'{key}: {n} {what} (at most {cap})'
+           for key, n in sorted(figures.items())
+           if n > cap and n > exempt.get(key, cap)]
+  wrong += [f'{key} is back within {cap} {what}: remove it from the '
+            'exempt list' for key in sorted(exempt)
+            if figures.get(key, 0) <= cap]
+  return wrong
+
+
+def test_no_function_takes_more_than_8_parameters():
+  figures = {}
+  for path in _python_files('retrain', 'tools', 'bottleneck_cache'):
+    for name, _, count in _parameter_counts(path):
+      key = f'{path.relative_to(ROOT)}:{name}'
+      figures[key] = max(count, figures.get(key, 0))
+  wrong = _over_cap(figures, MAX_PARAMETERS, EXEMPT_PARAMETERS,
+                    'parameters')
+  assert not wrong, '\n'.join(wrong)
+
+
+def test_the_parameter_check_counts_keywords_not_self(tmp_path):
+  path = tmp_path / 'wide.py'
+  path.write_text('class A:\n  def m(self, a, b, *c, d=1, **e):\n    pass\n'
+                  'def f(a, /, b, *, c):\n  pass\n')
+  assert sorted(_parameter_counts(path)) == [('f', 4, 3), ('m', 2, 3)]
+  assert _over_cap({'x:f': 9, 'x:g': 8, 'x:h': 10}, 8, {'x:h': 10}, 'p') == [
+      'x:f: 9 p (at most 8)']
+  assert _over_cap({'x:h': 11}, 8, {'x:h': 10}, 'p') == [
+      'x:h: 11 p (at most 8)']
+  assert _over_cap({}, 8, {'x:h': 10}, 'p') == [
+      'x:h is back within 8 p: remove it from the exempt list']
+
+
+def test_no_source_file_is_longer_than_550_lines():
+  figures = {str(path.relative_to(ROOT)): len(
+      path.read_text(encoding='utf-8').splitlines())
+              for path in _python_files('retrain', 'tools', 'bottleneck_cache')}
+  wrong = _over_cap(figures, MAX_FILE_LINES, EXEMPT_FILE_LINES, 'lines')
+  assert not wrong, '\n'.join(wrong)
+
+
+def _import_graph(*folders):
+  """{module: modules of the project it imports, nested imports too}."""
+  paths = {_module_name(path): path for path in _python_files(*folders)}
+  graph = {}
+  for module, path in paths.items():
+    graph[module] = set()
+    for _, name in _imports(path):
+      parts = name.split('.')
+      while parts and '.'.join(parts) not in paths:
+        parts.pop()  # `from a.b import f` imports module a.b
+      if parts and '.'.join(parts) != module:
+        graph[module].add('.'.join(parts))
+  return graph
+
+
+def _cycles(graph: dict):
+  """The import circles: each strongly connected group of two or more
+  modules, sorted (Tarjan's algorithm, without recursion)."""
+  index, low, stack, on_stack, found = {}, {}, [], set(), []
+  for root in sorted(graph):
+    if root in index:
+      continue
+    work = [(root, iter(sorted(graph[root])))]
+    index[root] = low[root] = len(index)
+    stack.append(root)
+    on_stack.add(root)
+    while work:
+      node, edges = work[-1]
+      for target in edges:
+        if target not in index:
+          index[target] = low[target] = len(index)
+          stack.append(target)
+          on_stack.add(target)
+          work.append((target, iter(sorted(graph.get(target, ())))))
+          break
+        if target in on_stack:
+          low[node] = min(low[node], index[target])
+      else:
+        work.pop()
+        if work:
+          low[work[-1][0]] = min(low[work[-1][0]], low[node])
+        if low[node] == index[node]:
+          group = []
+          while True:
+            member = stack.pop()
+            on_stack.discard(member)
+            group.append(member)
+            if member == node:
+              break
+          if len(group) > 1:
+            found.append(tuple(sorted(group)))
+  return sorted(found)
+
+
+def test_no_import_circle_counting_imports_inside_functions():
+  found = set(_cycles(_import_graph('retrain', 'tools', 'bottleneck_cache')))
+  wrong = [' <-> '.join(c) for c in sorted(found - EXEMPT_CYCLES)]
+  wrong += [f'{c} is no circle now: remove it from EXEMPT_CYCLES'
+            for c in sorted(EXEMPT_CYCLES - found)]
+  assert not wrong, '\n'.join(wrong)
+
+
+def _documented(path: pathlib.Path) -> bool:
+  """Whether a module needs its row: every file but a package's
+  __init__.py that holds only its docstring."""
+  body = ast.parse(path.read_text(encoding='utf-8')).body
+  if body and isinstance(body[0], ast.Expr) and isinstance(
+      body[0].value, ast.Constant):
+    body = body[1:]
+  return path.name != '__init__.py' or bool(body)
+
+
+def test_architecture_md_has_a_row_for_every_module():
+  text = ARCHITECTURE.read_text(encoding='utf-8')
+  table = text.split('\n## One line per file\n', 1)[1].split('\n## ', 1)[0]
+  rows = set(re.findall(r'^\| `([\w/.]+)` \|', table, re.MULTILINE))
+  missing = [str(path.relative_to(ROOT))
+             for path in _python_files('retrain', 'tools', 'bottleneck_cache')
+             if _documented(path) and str(path.relative_to(ROOT)) not in rows]
+  assert not missing, ('docs/architecture.md, "One line per file", lacks a '
+                       'row for:\n' + '\n'.join(missing))
+  gone = sorted(row for row in rows if not (ROOT / row).exists())
+  assert not gone, f'docs/architecture.md has rows for no file: {gone}'
+
+
+def test_architecture_md_picture_names_every_folder():
+  picture = ARCHITECTURE.read_text(encoding='utf-8').split('```')[1]
+  folders = sorted({str(path.parent.relative_to(ROOT)) + '/'
+                    for path in _python_files('retrain', 'tools',
+                                              'bottleneck_cache')
+                    if path.parent != ROOT / 'retrain'})
+  missing = [folder for folder in folders if folder not in picture]
+  assert not missing, f'docs/architecture.md\'s picture lacks {missing}'
+
+
+def test_the_circle_check_sees_a_circle():
+  graph = {'a': {'b'}, 'b': {'c'}, 'c': {'a', 'd'}, 'd': set(), 'e': {'e'},
+           'f': {'g'}, 'g': {'f'}}
+  assert _cycles(graph) == [('a', 'b', 'c'), ('f', 'g')]
 
 
 @pytest.mark.parametrize('flag,values', [

@@ -106,7 +106,7 @@ def latest_saved_model(runs_dir: str) -> str:
   Raises:
     LabelImageError: there is no finished run there.
   """
-  from retrain.common import runs  # pylint: disable=g-import-not-at-top
+  from retrain.common import runs
   run_dir = runs.find_latest(runs_dir)
   path = run_dir and os.path.join(run_dir, SAVED_MODEL_IN_RUN)
   if not path or not os.path.isdir(path):
@@ -147,7 +147,7 @@ def format_records(records: Sequence[Record], output_format: str = 'table'
   probability_1, ..., label_k, probability_k, reason, novelty, prediction
   (top label or "unknown").
   """
-  from retrain.common import safe_text, strict_json  # pylint: disable=g-import-not-at-top
+  from retrain.common import safe_text, strict_json
   if output_format == 'json':
     items = []
     for r in records:
@@ -227,9 +227,9 @@ def summarize(records: Sequence[Record]) -> str:
 
 
 def _define_flags():
-  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import flags
 
-  from retrain.image_header import MAX_IMAGE_PIXELS  # pylint: disable=g-import-not-at-top
+  from retrain.image_header import MAX_IMAGE_PIXELS
 
   flags.DEFINE_string(
       'saved_model_dir', None,
@@ -259,7 +259,6 @@ def _define_flags():
   flags.DEFINE_float('crop_margin', DEFAULT_CROP_MARGIN,
                      'With --boxes: percent of context added around each '
                      'box, as --crop_margin was when training.')
-  # --- end ---
   flags.DEFINE_integer('batch_size', DEFAULT_BATCH_SIZE,
                        'Images per model call.')
   flags.DEFINE_enum('output_format', 'table', list(OUTPUT_FORMATS),
@@ -286,9 +285,9 @@ def _define_flags():
 
 
 def main(argv) -> int:
-  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import flags
 
-  from retrain.common import cli  # pylint: disable=g-import-not-at-top
+  from retrain.common import cli
   cli.quiet_logging(None)  # Before TensorFlow loads (-v 1 shows its lines).
   f = flags.FLAGS
   specs = list(f.image) + list(argv[1:])
@@ -389,7 +388,7 @@ def _explain(model: Model, records: Sequence[Record], paths: Sequence[str],
   """--explain DIR: for each classified image, DIR/<name>.png: the photo
   as the model saw it (its input size) with the occlusion heat map of its
   top class over it (retrain.predict.explain)."""
-  from retrain.predict import explain  # pylint: disable=g-import-not-at-top
+  from retrain.predict import explain
   try:
     os.makedirs(f.explain, exist_ok=True)
   except OSError as e:
@@ -425,7 +424,7 @@ def _box_crops(annotation: str, margin: float, specs: Sequence[str]):
   """--boxes FILE: (paths, problem records, crops, names), one per box of
   FILE (VOC XML, or CSV whose paths are relative to the one folder given
   as --image, else to the CSV's folder)."""
-  from retrain.data.annotations import crop  # pylint: disable=g-import-not-at-top
+  from retrain.data.annotations import crop
   if len(specs) > 1:
     raise LabelImageError(
         f'--boxes takes at most one --image (the folder the CSV\'s paths are '
@@ -439,7 +438,7 @@ def _box_crops(annotation: str, margin: float, specs: Sequence[str]):
 
 def run():
   """Entry point of the `label_image` console script."""
-  from retrain.common import cli  # pylint: disable=g-import-not-at-top
+  from retrain.common import cli
   _define_flags()
   cli.run(main, 'label_image', USAGE, [__name__], first_flags=FIRST_FLAGS)
 

@@ -58,16 +58,16 @@ def main(argv):
   logging.set_verbosity(FLAGS.logging_verbosity.lower().replace('warn',
                                                                 'warning'))
   try:
-    from retrain.beam import job  # pylint: disable=g-import-not-at-top
+    from retrain.beam import job
   except ImportError as e:
     if 'apache_beam' not in str(e):
       raise
     logging.error('Apache Beam is not installed (%s): pip install '
                   '"retrain[beam]" (or ".[beam]" in a checkout).', e)
     return 1
-  from retrain.errors import RetrainError  # pylint: disable=g-import-not-at-top
+  from retrain.errors import RetrainError
   config = retrain_cli.config_from_flags()
-  from retrain.common import runs  # pylint: disable=g-import-not-at-top
+  from retrain.common import runs
   if runs.in_run_folder(config.report_dir):  # The job's own run folder.
     config = dataclasses.replace(config, report_dir=runs.fill(
         config.report_dir, runs.new_run_folder(config.output_dir,
@@ -84,7 +84,7 @@ def main(argv):
 
 def run():
   """Entry point of the `retrain-beam` console script."""
-  from retrain.common import cli  # pylint: disable=g-import-not-at-top
+  from retrain.common import cli
   cli.show_flags_in_help([__name__, retrain_cli.__name__])
   # Not cli.run: flags absl does not know are Beam's, so parsing keeps them
   # (known_only) instead of failing.

@@ -22,7 +22,7 @@ class _Loaded:
   """The module and its batched call, compiled once per worker process."""
 
   def __init__(self, path: str, input_size: Tuple[int, int]):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
     self.obj = tf.saved_model.load(path)
     obj = self.obj
 

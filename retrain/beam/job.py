@@ -55,7 +55,7 @@ from retrain import image_header
 from retrain.beam import handler as handler_lib
 from retrain.beam.options import BeamOptions
 from retrain.bottlenecks import compute as bottlenecks_lib
-from retrain.bottlenecks import distort
+from retrain.bottlenecks import distort as distort_lib
 from retrain.common import walk as walk_lib
 from retrain.config import Config, subset
 from retrain.errors import DatasetError
@@ -100,7 +100,7 @@ def make_runner(pipeline_options: PipelineOptions):
   name = pipeline_options.view_as(StandardOptions).runner
   if name is None or name in IN_PROCESS_RUNNERS:
     from apache_beam.runners.portability.fn_api_runner import (
-      fn_runner,  # pylint: disable=g-import-not-at-top
+      fn_runner,
     )
     direct = pipeline_options.view_as(DirectOptions)
     if (direct.direct_num_workers or 1) > 1 and (
@@ -128,7 +128,7 @@ def prepare_namespace(root: str, description: dict) -> str:
   """
   if '://' not in root:
     return bottleneck_cache.BottleneckStore(root, description).directory
-  import json  # pylint: disable=g-import-not-at-top
+  import json
   directory = namespace_dir(root, description)
   path = FileSystems.join(directory, bottleneck_cache.store.NAMESPACE_FILE)
   if not FileSystems.exists(path):
@@ -198,7 +198,7 @@ def _read(path: str) -> bytes:
 
 
 def _unreadable_reason(path: str, error: Exception) -> str:
-  from retrain import images as images_lib  # pylint: disable=g-import-not-at-top
+  from retrain import images as images_lib
   if isinstance(error, OSError) and '://' not in path:
     return images_lib.os_error_reason(path, error)
   return f'cannot be read: {error}'
@@ -222,16 +222,16 @@ class HashFiles(beam.DoFn):
       self._present |= existing_keys(directory)
 
   def process(self, item):
-    from retrain.bottlenecks import distort  # pylint: disable=g-import-not-at-top
+    from retrain.bottlenecks import distort as distort_lib
     path, copies = item
     try:
       key = hashlib.sha256(_read(path)).hexdigest()
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:  # noqa: BLE001 any file system error means the file is unusable
       # Any file system's error means the same: this file cannot be used.
       yield beam.pvalue.TaggedOutput('failures',
                                      (path, _unreadable_reason(path, e)))
       return
-    wanted = [(key, -1)] + [(distort.copy_key(key, c), c)
+    wanted = [(key, -1)] + [(distort_lib.copy_key(key, c), c)
                             for c in range(copies)]
     for item_key, copy in wanted:
       if item_key in self._present:
@@ -255,14 +255,14 @@ class DecodeImages(beam.DoFn):
     self._seed = int(seed)
 
   def setup(self):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
 
-    from retrain import images as images_lib  # pylint: disable=g-import-not-at-top
-    from retrain.bottlenecks import distort  # pylint: disable=g-import-not-at-top
+    from retrain import images as images_lib
+    from retrain.bottlenecks import distort as distort_lib
     size, d = self._size, self._distortions
     self._tf = tf
     self._images = images_lib
-    self._distort = distort
+    self._distort = distort_lib
     # Graph functions, as the in-process tf.data map runs them.
     self._plain = tf.function(
         lambda contents: images_lib.decode_and_resize(contents, size),
@@ -270,7 +270,7 @@ class DecodeImages(beam.DoFn):
     self._copy = None
     if d is not None:
       self._copy = tf.function(
-          lambda contents, seed: distort.distort_image(contents, size, seed, d),
+          lambda contents, seed: distort_lib.distort_image(contents, size, seed, d),
           input_signature=[tf.TensorSpec([], tf.string),
                            tf.TensorSpec([2], tf.int64)])
 
@@ -279,7 +279,7 @@ class DecodeImages(beam.DoFn):
     failure = beam.pvalue.TaggedOutput
     try:
       contents = _read(path)
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:  # noqa: BLE001 any file system error means the file is unusable
       yield failure('failures', (path, _unreadable_reason(path, e)))
       return
     # The bytes decoded are the bytes hashed, and within the header limits.
@@ -417,11 +417,11 @@ def _training_copies(config: Config, layout) -> List[int]:
   that fails to decode can move a small class's borrowed image to another
   set, in which case retrain computes the one or two copies it then lacks.
   """
-  from retrain.data import sources as layouts  # pylint: disable=g-import-not-at-top
+  from retrain.data import sources
   images = layout.dataset.images
   everything = np.arange(len(images), dtype=np.int64)
   labels = np.array([image.label for image in images], dtype=np.int64)
-  split = layouts.make_split(layout, everything, labels,
+  split = sources.make_split(layout, everything, labels,
                              config.validation_percentage,
                              config.testing_percentage)
   copies = np.zeros(len(images), dtype=np.int64)
@@ -446,13 +446,13 @@ def run(config: Config, options: BeamOptions,
   in a namespace of their own.
   Distorted copies of an ensemble are left to retrain (with a warning).
   """
-  from retrain.features import ensemble as ensemble_lib  # pylint: disable=g-import-not-at-top
+  from retrain.features import ensemble as ensemble_lib
   loaded = ensemble_lib.load(config.tfhub_module, config.image_size,
                              config.module_cache_dir, trust=config.trust_module)
   members = getattr(loaded, 'members', None)
   if not members:
     return _run_one(config, options, pipeline_args)
-  if subset(distort.Distortions, config).any():
+  if subset(distort_lib.Distortions, config).any():
     logging.warning('Distorted copies of an ensemble are not computed by the '
                     'Beam job; retrain computes them.')
   results = [_run_one(dataclasses.replace(
@@ -492,17 +492,17 @@ def _run_one(config: Config, options: BeamOptions,
   Raises:
     RetrainError: bad input or module (before any work starts).
   """
-  from retrain.bottlenecks import compute as bottlenecks_lib  # pylint: disable=g-import-not-at-top
-  from retrain.data import sources as layouts  # pylint: disable=g-import-not-at-top
-  from retrain.features import modules as features  # pylint: disable=g-import-not-at-top
+  from retrain.bottlenecks import compute as bottlenecks_lib
+  from retrain.data import sources
+  from retrain.features import modules as features
   started = time.monotonic()
   options.check()
   _check_supported(config)
-  layout_options = subset(layouts.LayoutOptions, config)
-  layouts.check_layout_options(layout_options)
-  distortions = subset(distort.Distortions, config)
-  distort.check_settings(distortions, config.distorted_copies)
-  layout = layouts.load_layout(layout_options)
+  layout_options = subset(sources.LayoutOptions, config)
+  sources.check_layout_options(layout_options)
+  distortions = subset(distort_lib.Distortions, config)
+  distort_lib.check_settings(distortions, config.distorted_copies)
+  layout = sources.load_layout(layout_options)
   images = layout.dataset.images
   logging.info('Found %d images: %s.', len(images), layout.description)
 
@@ -515,7 +515,7 @@ def _run_one(config: Config, options: BeamOptions,
   if distortions.any():
     distorted_dir = prepare_namespace(
         config.bottleneck_dir,
-        distort.cache_namespace(module, distortions, config.random_seed))
+        distort_lib.cache_namespace(module, distortions, config.random_seed))
     copies = _training_copies(config, layout)
   failures_path = FileSystems.join(config.report_dir, FAILURES_FILE)
   if '://' not in config.report_dir:
@@ -541,7 +541,7 @@ def _run_one(config: Config, options: BeamOptions,
     for directory in namespaces:
       description = (bottlenecks_lib.cache_namespace(module)
                      if directory == plain_dir else
-                     distort.cache_namespace(module, distortions,
+                     distort_lib.cache_namespace(module, distortions,
                                              config.random_seed))
       bottleneck_cache.BottleneckStore(config.bottleneck_dir,
                                        description).merge()

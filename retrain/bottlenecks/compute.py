@@ -32,7 +32,8 @@ from absl import logging
 import bottleneck_cache
 from retrain import image_header
 from retrain import images as images_lib
-from retrain.common import names, phases
+from retrain.common import names
+from retrain.common import phases as phases_lib
 from retrain.common import walk as walk_lib
 from retrain.common.progress import Progress
 from retrain.errors import ImageError, OutputError
@@ -145,9 +146,9 @@ def _hash_compact(paths: Sequence[str], memo: bottleneck_cache.DigestMemo
       done = start + len(part)
       if done % _MEMO_SAVE_EVERY == 0 and done < len(unique):
         memo.save()
-        phases.trim_heap()
+        phases_lib.trim_heap()
   memo.save()
-  phases.trim_heap()
+  phases_lib.trim_heap()
   if progress is not None:
     progress.finish()
   if first is not None:
@@ -180,7 +181,7 @@ def _decode_error(path: str, size, box=None,
     images_lib.decode_bytes(contents, size, path, max_pixels, box=box)
   except ImageError as e:
     return e.reason
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:  # noqa: BLE001 the decoder's own message, whatever its type, is the reason
     message = getattr(e, 'message', None) or str(e)
     return message.strip().splitlines()[0] if message.strip() else type(e).__name__
   return 'could not be decoded'
@@ -395,7 +396,7 @@ def content_keys(paths: Sequence[str], cache_root: str,
   # The memo (72 bytes a file) goes before the hex strings (112 each) are
   # made: both at once were the peak of hashing a million files.
   del memo
-  phases.trim_heap()
+  phases_lib.trim_heap()
   digests = _hex_digests(found, errors)
   del found
   # int64 [n readable]: 8 bytes an image, not a list of Python ints (36).
@@ -441,16 +442,32 @@ def _announce(keys: Sequence[str], store: bottleneck_cache.BottleneckStore,
   return missing_count
 
 
+@dataclasses.dataclass(frozen=True)
+class PassOptions:
+  """How one compute_bottlenecks pass reads, reports and returns.
+
+  Attributes:
+    max_pixels: the largest decoded image, in pixels (see make_compute_fn).
+    progress_interval: seconds between progress lines.
+    name: the module's name in the progress lines (an ensemble's member;
+      '' for a single module).
+    load_vectors: False leaves `vectors` empty ([0, D]); the caller reads
+      them from the cache later (retrain/streamed.py, past the memory
+      budget).
+  """
+  max_pixels: int = image_header.MAX_IMAGE_PIXELS
+  progress_interval: float = 5.0
+  name: str = ''
+  load_vectors: bool = True
+
+
 def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
                         store: bottleneck_cache.BottleneckStore,
                         batch_size: int,
-                        progress_interval: float = 5.0,
-                        max_pixels: int = image_header.MAX_IMAGE_PIXELS,
-                        load_vectors: bool = True,
+                        options: PassOptions = PassOptions(),
                         boxes: Optional[np.ndarray] = None,
                         key_suffixes: Optional[Sequence[str]] = None,
-                        keyed: Optional[tuple] = None,
-                        name: str = '') -> Bottlenecks:
+                        keyed: Optional[tuple] = None) -> Bottlenecks:
   """Vectors of `paths`, from the cache where possible.
 
   Args:
@@ -458,28 +475,26 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
     module: the feature module; vectors have length module.output_dim.
     store: the cache namespace for this module (see cache_namespace).
     batch_size: images per module call.
-    progress_interval: seconds between progress lines.
-    max_pixels: see make_compute_fn.
-    load_vectors: False leaves `vectors` empty ([0, D]); the caller reads
-      them from the cache later (retrain/streamed.py, past the memory
-      budget).
+    options: the pixel limit, progress lines and whether to load the
+      vectors (PassOptions).
     boxes: None for whole images, else float32 [n, 4], the crop of each
       path (--crop_to_boxes; retrain.data.boxes).
     key_suffixes: with boxes, n strings naming each crop (box and margin),
       appended to the file's content hash in its cache key and in `digests`.
     keyed: what cache_keys(paths, ..., key_suffixes) returned, when the
       caller hashed the files already (an ensemble: once for all members).
-    name: the module's name in the progress lines (an ensemble's member).
   """
+  max_pixels = options.max_pixels
   digests, readable, failures = (keyed if keyed is not None else
                                  cache_keys(paths, store, key_suffixes,
                                             max_pixels))
   failures = list(failures)  # appended to below; keyed may be shared
   keys = [digests[i] for i in readable]
-  missing_count = _announce(keys, store, module, name)
+  missing_count = _announce(keys, store, module, options.name)
   if missing_count and module.prepare is not None:
     module.prepare()  # before the clock of the progress line starts
-  progress = Progress('Bottlenecks', missing_count, interval=progress_interval)
+  progress = Progress('Bottlenecks', missing_count,
+                      interval=options.progress_interval)
   reasons = {}
   compute = make_compute_fn([paths[i] for i in readable], module, batch_size,
                             reasons, max_pixels,
@@ -487,7 +502,7 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
                             [key[:64] for key in keys])
   try:
     vectors, ok_readable, stats = store.get_or_compute(
-        keys, compute, on_batch=progress.update, load=load_vectors)
+        keys, compute, on_batch=progress.update, load=options.load_vectors)
   except bottleneck_cache.CacheError as e:
     raise _cache_error(e) from e
   if missing_count:

@@ -258,28 +258,44 @@ class DistortedCopies:
   copy: Optional[np.ndarray] = None
 
 
+@dataclasses.dataclass(frozen=True)
+class CopyRecipe:
+  """Which distorted copies to make.
+
+  Attributes:
+    distortions: the settings.
+    copies: K, the copies of each training image (--distorted_copies).
+    seed: --random_seed; with the image's key and the copy index it seeds
+      each copy (copy_seed).
+  """
+  distortions: Distortions
+  copies: int
+  seed: int
+
+
 def compute_distorted(paths: Sequence[str], module: FeatureModule,
                       store: bottleneck_cache.BottleneckStore,
-                      distortions: Distortions, copies: int, seed: int,
-                      batch_size: int, image_keys: Optional[Sequence[str]] = None,
-                      progress_interval: float = 5.0,
+                      recipe: CopyRecipe, batch_size: int,
+                      image_keys: Optional[Sequence[str]] = None,
                       load_vectors: bool = True,
                       boxes: Optional[np.ndarray] = None) -> DistortedCopies:
-  """`copies` distorted copies of each image, from the cache where possible.
+  """`recipe.copies` distorted copies of each image, from the cache where
+  possible; a progress line every 5 seconds while computing.
 
   Args:
     paths: image files (the training images).
     module: the feature module; vectors have length module.output_dim.
-    store: the namespace from cache_namespace(module, distortions, seed).
-    distortions: the settings; copies: K; seed: --random_seed.
+    store: the namespace from cache_namespace(module, recipe.distortions,
+      recipe.seed).
+    recipe: the distortions, K copies per image and the seed.
     batch_size: images per module call.
     image_keys: the content keys of `paths` (bottleneck_cache.file_digest),
       if already known; computed otherwise.
-    progress_interval: seconds between progress lines.
     load_vectors: False leaves `vectors` empty (read later from the cache).
     boxes: None, or float32 [len(paths), 4]: copies of these crops (then
       image_keys must be the crops' keys).
   """
+  distortions, copies, seed = recipe.distortions, recipe.copies, recipe.seed
   if image_keys is None:
     image_keys = [bottleneck_cache.file_digest(p) for p in paths]
   item_paths, item_source, keys, seeds = [], [], [], []
@@ -298,8 +314,7 @@ def compute_distorted(paths: Sequence[str], module: FeatureModule,
         'done once, later runs with the same distortion settings read them '
         'from the cache.', missing_count, copies,
         len(set(keys)) - missing_count, store.directory)
-  progress = Progress('Distorted copies', missing_count,
-                      interval=progress_interval)
+  progress = Progress('Distorted copies', missing_count)
   compute = make_compute_fn(
       item_paths, seeds, module, distortions, batch_size,
       None if boxes is None else boxes[np.asarray(item_source, np.int64)],
@@ -318,30 +333,28 @@ def compute_distorted(paths: Sequence[str], module: FeatureModule,
                          copy=copy_index)
 
 
-def training_copies(distortions: Distortions, copies: int, seed: int,
-                    bottleneck_dir: str, batch_size: int,
-                    module: FeatureModule, paths: Sequence[str],
-                    image_keys: Sequence[str],
+def training_copies(recipe: CopyRecipe, bottleneck_dir: str,
+                    batch_size: int, module: FeatureModule,
+                    paths: Sequence[str], image_keys: Sequence[str],
                     load_vectors: bool = True,
                     boxes: Optional[np.ndarray] = None
                     ) -> Optional[DistortedCopies]:
   """The distorted copies asked for, or None if no distortion is set.
 
   Args:
-    distortions: the settings; copies: K per image; seed: random_seed.
+    recipe: the distortions, K copies per image and the seed.
     bottleneck_dir: the cache root; batch_size: images per module call.
     module: the feature module.
     paths, image_keys: the training images and their content keys.
     load_vectors: False leaves `vectors` empty (read later from the cache).
     boxes: None, or float32 [len(paths), 4], the crops (--crop_to_boxes).
   """
-  if not distortions.any():
+  if not recipe.distortions.any():
     return None
   store = bottleneck_cache.BottleneckStore(
-      bottleneck_dir, cache_namespace(module, distortions, seed))
-  count = copies
+      bottleneck_dir, cache_namespace(module, recipe.distortions, recipe.seed))
   copies = compute_distorted(
-      paths, module, store, distortions, count, seed, batch_size,
+      paths, module, store, recipe, batch_size,
       image_keys=image_keys, load_vectors=load_vectors, boxes=boxes)
   logging.info('Distorted copies: %d reused from the cache, %d computed; '
                'training on %d originals and %d copies.', copies.stats.reused,

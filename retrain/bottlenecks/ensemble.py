@@ -32,7 +32,6 @@ import tensorflow as tf
 from absl import logging
 
 import bottleneck_cache
-from retrain import image_header
 from retrain import images as images_lib
 from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.common import names
@@ -75,24 +74,23 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
             for member in members]
   # The files are hashed once, for the shared pass and every member's
   # (by the caller, when it passes `keyed`).
+  options = compute_args.pop('options', bottlenecks_lib.PassOptions())
   keyed = compute_args.pop('keyed', None) or bottlenecks_lib.cache_keys(
-      paths, stores[0], compute_args.get('key_suffixes'),
-      compute_args.get('max_pixels', image_header.MAX_IMAGE_PIXELS))
+      paths, stores[0], compute_args.get('key_suffixes'), options.max_pixels)
   shared = [0] * len(members)
   if compute_args.get('boxes') is None:  # crops: each member's own pass
     shared = shared_pass(paths, runners, stores, batch_size,
-                         compute_args.get('max_pixels',
-                                          image_header.MAX_IMAGE_PIXELS),
-                         keyed)
-  load = compute_args.pop('load_vectors', True)
+                         options.max_pixels, keyed)
+  load = options.load_vectors
   parts = []
   for member, runner, store, done in zip(members, runners, stores, shared,
                                          strict=True):
     # Masks first; the vectors are read below, one member at a time,
     # straight into the ensemble's array.
     part = bottlenecks_lib.compute_bottlenecks(
-        paths, runner, store, batch_size, load_vectors=False, keyed=keyed,
-        name=member.handle, **compute_args)
+        paths, runner, store, batch_size, dataclasses.replace(
+            options, load_vectors=False, name=member.handle), keyed=keyed,
+        **compute_args)
     # What the shared pass computed, this pass found in the cache.
     part.stats.computed += done
     part.stats.reused -= done

@@ -34,7 +34,7 @@ from absl import logging
 import bottleneck_cache
 from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.bottlenecks import ensemble as ensemble_bottlenecks
-from retrain.common import phases
+from retrain.common import phases as phases_lib
 from retrain.features import ensemble as ensemble_lib
 from retrain.features import int8, tflite_runtime
 from retrain.features.modules import FeatureModule
@@ -67,7 +67,7 @@ def _probe_vectors(module: FeatureModule, runner: FeatureModule,
       probe.bottleneck_dir, bottlenecks_lib.cache_namespace(module))
   done = bottlenecks_lib.compute_bottlenecks(
       [probe.paths[i] for i in rows], runner, store, probe.batch_size,
-      max_pixels=probe.max_pixels, keyed=keyed)
+      bottlenecks_lib.PassOptions(max_pixels=probe.max_pixels), keyed=keyed)
   return done.vectors, done.ok
 
 
@@ -140,7 +140,7 @@ def choose(module: FeatureModule, precision: str, runtime: str,
                                  probe))
     # The guard's float interpreters sit in reference cycles: freed now,
     # not beside the next member's.
-    phases.release_memory()
+    phases_lib.release_memory()
   chosen = tuple(chosen)
   if all(c is m for c, m in zip(chosen, members, strict=True)):
     return module
@@ -159,7 +159,7 @@ def close(module: FeatureModule) -> None:
   for member in getattr(module, 'members', None) or (module,):
     if isinstance(member.call, int8.LazyCall):
       member.call.close()
-  phases.release_memory()
+  phases_lib.release_memory()
 
 
 def describe(module: FeatureModule) -> str:
@@ -210,8 +210,9 @@ def check_float_exports(float_module: FeatureModule, head, probe: Probe,
   runner = tflite_runtime.deferred(float_module, runtime, cache_dir)
   done = ensemble_bottlenecks.compute_bottlenecks(
       probe.paths, float_module, runner, probe.bottleneck_dir, runtime,
-      probe.batch_size, cache_dir, max_pixels=probe.max_pixels,
-      keyed=probe.keyed, progress_interval=30)
+      probe.batch_size, cache_dir, keyed=probe.keyed,
+      options=bottlenecks_lib.PassOptions(max_pixels=probe.max_pixels,
+                                          progress_interval=30))
   predicted = np.asarray(head.logits(done.vectors)).argmax(axis=1)
   truth = np.asarray(labels)[done.ok]
   accuracy = float(np.mean(predicted == truth)) if len(truth) else float('nan')

@@ -117,7 +117,7 @@ def _interrupted(line: str) -> None:
   sys.stderr.write(f'\n{line}\n')
   sys.stderr.flush()
   quiet.release_log()
-  os._exit(INTERRUPTED_STATUS)  # pylint: disable=protected-access
+  os._exit(INTERRUPTED_STATUS)
 
 
 def run(main: Callable[[list], int], program: str, usage: str,

@@ -46,9 +46,9 @@ def table(rows: List[List], header: List[str]) -> str:
 
 def chart_figure(width=7.0, height=3.2):
   """(pyplot, a new figure) drawn headless (Agg); width, height: inches."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib
   matplotlib.use('Agg', force=True)
-  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+  from matplotlib import pyplot
   return pyplot, pyplot.figure(figsize=(width, height), dpi=100)
 
 
@@ -68,7 +68,7 @@ def thumbnail_uri(path: str, box: Optional[Sequence[float]] = None,
 
   box: (top, left, bottom, right) in [0, 1] of the upright image.
   """
-  from PIL import Image, ImageOps  # pylint: disable=g-import-not-at-top
+  from PIL import Image, ImageOps
   try:
     with Image.open(path) as image:
       if image.format == 'JPEG' and box is None:
@@ -83,7 +83,7 @@ def thumbnail_uri(path: str, box: Optional[Sequence[float]] = None,
       image.thumbnail((side, side))
       out = io.BytesIO()
       image.save(out, format='JPEG', quality=80)
-  except Exception:  # pylint: disable=broad-except
+  except Exception:  # noqa: BLE001 a photo that cannot be shown only loses its picture
     return ''
   return 'data:image/jpeg;base64,' + base64.b64encode(out.getvalue()).decode()
 

@@ -79,7 +79,7 @@ class Progress:
     stream = stream if stream is not None else sys.stderr
     self._bar = None
     if bar if bar is not None else _is_terminal(stream):
-      from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+      from tqdm import tqdm
       # leave=False: the bar disappears at the end and finish() logs one
       # line, so the scrollback keeps the figures and no dead bar.
       self._bar = tqdm(total=total, desc=what, unit=f' {unit}', file=stream,

@@ -88,7 +88,7 @@ def release_log() -> None:
 
 def _absl_python_handler():
   try:
-    from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+    from absl import logging as absl_logging
   except ImportError:
     return None
   return absl_logging.get_absl_handler().python_handler

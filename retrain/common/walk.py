@@ -27,7 +27,7 @@ from typing import BinaryIO, Optional, Sequence
 import numpy as np
 from absl import logging
 
-from retrain.common import phases
+from retrain.common import phases as phases_lib
 
 
 def is_image_file(name: str, extensions: Sequence[str]) -> bool:
@@ -231,7 +231,7 @@ class SeenFiles:
     order = np.argsort(keys, kind='stable')
     self._keys, self._at = keys[order], at[order]
     del keys, at, order
-    phases.trim_heap()  # the arrays it replaced
+    phases_lib.trim_heap()  # the arrays it replaced
 
 
 class Walk:

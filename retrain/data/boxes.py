@@ -26,7 +26,8 @@ from typing import Optional, Tuple
 import numpy as np
 from absl import logging
 
-from retrain.data import discover, sources
+from retrain.data import discover as discover_lib
+from retrain.data import sources
 from retrain.data import split as split_lib
 from retrain.data.annotations.box import Box, number_text
 from retrain.data.annotations.crop import crop_fraction, upright_size
@@ -113,7 +114,7 @@ def load_crop_layout(config: BoxOptions) -> Tuple[sources.Layout, Crops]:
       check_image_exists(box.image, box.where)
       try:
         sizes[box.image] = upright_size(box.image)
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:  # noqa: BLE001 unreadable photos are reported by the step that reads them
         # Unreadable photos are left to the bottleneck step, which skips
         # them with the decoders' reason.
         logging.debug('No header size for %s: %s', box.image, e)
@@ -136,7 +137,7 @@ def load_crop_layout(config: BoxOptions) -> Tuple[sources.Layout, Crops]:
     raise DatasetError(f'crop_to_boxes: no usable box in '
                        f'{annotations.description}.', fields=('crop_to_boxes',))
   labels = sorted({box.label for box, _ in kept})
-  sources._check_classes(labels, annotations.description)  # pylint: disable=protected-access
+  sources._check_classes(labels, annotations.description)  # noqa: SLF001 a helper shared inside retrain.data
   index = {label: i for i, label in enumerate(labels)}
   base = annotations.base
 
@@ -148,7 +149,7 @@ def load_crop_layout(config: BoxOptions) -> Tuple[sources.Layout, Crops]:
   images, codes = [], []
   for box, _ in kept:
     photo = rel(box.image)
-    images.append(discover.ImageFileAt(f'{photo}#{box.coords()}',
+    images.append(discover_lib.ImageFileAt(f'{photo}#{box.coords()}',
                                        index[box.label], base, box.image))
     codes.append(_photo_subset(photo, box.image, annotations.subsets,
                                config.validation_percentage,
@@ -156,7 +157,7 @@ def load_crop_layout(config: BoxOptions) -> Tuple[sources.Layout, Crops]:
   crops = Crops(np.stack([f for _, f in kept]).astype(np.float32),
                 tuple(crop_key(box, config.crop_margin) for box, _ in kept))
   layout = sources.Layout(
-      discover.Dataset(base, tuple(labels), tuple(images)),
+      discover_lib.Dataset(base, tuple(labels), tuple(images)),
       subsets=np.array(codes, np.int8), carve=(False, False),
       skipped=tuple(skipped),
       description=(f'{len(images)} boxes of {len(sizes)} photos, '

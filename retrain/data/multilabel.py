@@ -36,8 +36,9 @@ from absl import logging
 
 import bottleneck_cache
 from retrain.data import boxes as boxes_lib
-from retrain.data import discover, sources
+from retrain.data import discover as discover_lib
 from retrain.data import labels as labels_lib
+from retrain.data import sources
 from retrain.data.annotations.layouts import detect_layout, read_annotations
 from retrain.data.split import SUBSET_CODES, TEST, TRAIN, VALIDATION
 from retrain.errors import DatasetError
@@ -76,7 +77,7 @@ def _assemble(base: str, photos: Sequence[Tuple[str, List[str], int]],
               description: str, skipped=(), carve=(False, False),
               has_subsets: bool = False) -> MultiLabels:
   """MultiLabels from (absolute path, labels, subset code) of each photo."""
-  names = sources._label_order(  # pylint: disable=protected-access
+  names = sources._label_order(  # noqa: SLF001 a helper shared inside retrain.data
       {label for _, labels, _ in photos for label in labels})
   if len(names) < 2:
     raise DatasetError(
@@ -94,7 +95,7 @@ def _assemble(base: str, photos: Sequence[Tuple[str, List[str], int]],
       strata[i] = mine[np.argmin(counts[mine])]
   order = sorted(range(len(photos)), key=lambda i: (
       strata[i], os.path.relpath(photos[i][0], base)))
-  images = tuple(discover.image_file(
+  images = tuple(discover_lib.image_file(
       photos[i][0], os.path.relpath(photos[i][0], base).replace(os.sep, '/'),
       int(strata[i]), base) for i in order)
   subsets = (np.array([photos[i][2] for i in order], np.int8) if has_subsets
@@ -104,7 +105,7 @@ def _assemble(base: str, photos: Sequence[Tuple[str, List[str], int]],
                ', '.join(names), counts.tolist(),
                int(np.sum(targets.sum(axis=1) >= 2)))
   return MultiLabels(sources.Layout(
-      discover.Dataset(base, tuple(names), images), subsets=subsets,
+      discover_lib.Dataset(base, tuple(names), images), subsets=subsets,
       carve=carve, skipped=tuple(skipped), description=description),
                      targets[order])
 
@@ -149,7 +150,7 @@ def from_boxes(options: boxes_lib.BoxOptions) -> MultiLabels:
   photos = []
   for path, names in labels.items():
     rel = os.path.relpath(path, annotations.base).replace(os.sep, '/')
-    photos.append((path, names, boxes_lib._photo_subset(  # pylint: disable=protected-access
+    photos.append((path, names, boxes_lib._photo_subset(  # noqa: SLF001 a helper shared inside retrain.data
         rel, path, annotations.subsets, options.validation_percentage,
         options.testing_percentage)))
   skipped = [(path, 'no annotation') for path in annotations.unannotated]
@@ -166,7 +167,7 @@ def from_class_folders(image_dir: str, digest_root: str) -> MultiLabels:
         '--multi_label reads one folder per label, a CSV of "path, a;b" rows '
         'or VOC annotations. Give --image_dir the folder of label folders, '
         'or --train_csv.', fields=('multi_label', 'image_dir'))
-  dataset = discover.discover_images(image_dir)
+  dataset = discover_lib.discover_images(image_dir)
   memo = bottleneck_cache.DigestMemo(digest_root or None)
   by_digest: Dict[str, int] = {}
   photos: List[Tuple[str, List[str], int]] = []
@@ -218,7 +219,7 @@ def load(layout_options: sources.LayoutOptions,
   else:
     found = from_class_folders(layout_options.image_dir, digest_root)
   if layout_options.label_style != 'verbatim':
-    layout = sources._apply_label_style(  # pylint: disable=protected-access
+    layout = sources._apply_label_style(  # noqa: SLF001 a helper shared inside retrain.data
         found.layout, layout_options.label_style)
     found = dataclasses.replace(found, layout=layout)
   return found

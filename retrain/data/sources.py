@@ -41,7 +41,7 @@ from absl import logging
 from retrain import images as images_lib
 from retrain.common import walk as walk_lib
 from retrain.common.names import LABEL_STYLES, LAYOUTS
-from retrain.data import discover
+from retrain.data import discover as discover_lib
 from retrain.data import labels as labels_lib
 from retrain.data import split as split_lib
 from retrain.data.split import SUBSET_CODES, SUBSETS, TEST, TRAIN, VALIDATION
@@ -68,7 +68,7 @@ class Layout:
     skipped: (path, reason) of listed files that do not exist.
     description: one line for the log.
   """
-  dataset: discover.Dataset
+  dataset: discover_lib.Dataset
   subsets: Optional[np.ndarray] = None
   carve: Tuple[bool, bool] = (False, False)
   skipped: tuple = ()
@@ -142,7 +142,7 @@ def load_layout(options: LayoutOptions) -> Layout:
       layout = _from_split_folders(options.image_dir, folders,
                                    options.follow_outside_links)
     else:
-      dataset = discover.discover_images(
+      dataset = discover_lib.discover_images(
           options.image_dir,
           follow_outside_links=options.follow_outside_links)
       layout = Layout(dataset, skipped=dataset.skipped_files, description=(
@@ -194,7 +194,7 @@ def _from_split_folders(image_dir: str, folders: dict,
                         follow_outside_links: bool = False) -> Layout:
   image_dir = os.path.abspath(image_dir)
   train_dir = os.path.join(image_dir, folders[TRAIN])
-  train = discover.discover_images(
+  train = discover_lib.discover_images(
       train_dir, follow_outside_links=follow_outside_links)
   labels = list(train.labels)
   entries = [(TRAIN, image.label, f'{folders[TRAIN]}/{image.rel_path}')
@@ -217,13 +217,13 @@ def _from_split_folders(image_dir: str, folders: dict,
             f'a train class, or add {folders[TRAIN]}/{name}/ with images.')
       entries.extend((subset, labels.index(name), rel) for rel in rel_paths)
   entries.sort(key=lambda e: (e[1], e[2]))
-  images = tuple(discover.ImageFile(rel, label, image_dir)
+  images = tuple(discover_lib.ImageFile(rel, label, image_dir)
                  for _, label, rel in entries)
   subsets = _codes([subset for subset, _, _ in entries])
   carve = (VALIDATION not in folders, TEST not in folders)
   given = ', '.join(folders[s] + '/' for s in SUBSETS if s in folders)
   return Layout(
-      discover.Dataset(image_dir, tuple(labels), images,
+      discover_lib.Dataset(image_dir, tuple(labels), images,
                        train.skipped_classes),
       subsets=subsets, carve=carve,
       skipped=tuple(train.skipped_files) + tuple(walk.skipped),
@@ -360,11 +360,11 @@ def _dataset_from_rows(base: str, coded_rows, labels: Sequence[str]):
   index = {label: i for i, label in enumerate(labels)}
   coded_rows = sorted(coded_rows,
                       key=lambda cr: (index[cr[1].label], cr[1].rel_path))
-  images = tuple(discover.image_file(row.path, row.rel_path,
+  images = tuple(discover_lib.image_file(row.path, row.rel_path,
                                      index[row.label], base)
                  for _, row in coded_rows)
   subsets = _codes([subset for subset, _ in coded_rows])
-  return discover.Dataset(base, tuple(labels), images), subsets
+  return discover_lib.Dataset(base, tuple(labels), images), subsets
 
 
 def _check_classes(labels, where: str) -> None:

@@ -35,8 +35,10 @@ from retrain.config import subset as config_subset
 from retrain.data import sources
 from retrain.data import split as split_lib
 from retrain.errors import DatasetError
-from retrain.predict import classify, load
-from retrain.report import heatmap, results
+from retrain.predict import classify
+from retrain.predict import load as load_lib
+from retrain.report import heatmap
+from retrain.report import results as results_lib
 
 SUBSETS = ('all',) + split_lib.SUBSETS
 
@@ -75,7 +77,7 @@ def _photos(config: Config, which: str):
                        'model on.', fields=('image_dir',))
   rows = list(range(len(images)))
   if which != 'all':
-    import numpy as np  # pylint: disable=g-import-not-at-top
+    import numpy as np
     labels = np.array([image.label for image in images], np.int64)
     split = sources.make_split(layout, np.arange(len(images)), labels,
                                config.validation_percentage,
@@ -119,9 +121,9 @@ def evaluate(model: str = EVALUATE_DEFAULTS.model,
     raise DatasetError('model is empty: pass the export to judge (a '
                        'SavedModel folder or a .pb, .tflite or .onnx file).',
                        fields=('model',))
-  loaded = (load.load_model(saved_model_dir=options.model)
+  loaded = (load_lib.load_model(saved_model_dir=options.model)
             if os.path.isdir(options.model)
-            else load.load_model(graph=options.model))
+            else load_lib.load_model(graph=options.model))
   files, truth, description = _photos(config, options.subset)
   logging.info('Judging %s (%s, %d classes) on %d photos: %s.',
                options.model, loaded.kind, len(loaded.labels), len(files),
@@ -133,7 +135,7 @@ def evaluate(model: str = EVALUATE_DEFAULTS.model,
 
 def _report(options, config, loaded, files, truth, records, started):
   """Builds and writes the report of classified records."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  import numpy as np
   failed = [(r.image, r.error) for r in records if r.error is not None]
   for path, reason in failed:
     logging.warning('Left out %s: %s', path, reason)
@@ -143,7 +145,7 @@ def _report(options, config, loaded, files, truth, records, started):
   for row, k in enumerate(good):
     for label, p in records[k].top:
       probs[row, column[label]] = p
-  report = results.build(
+  report = results_lib.build(
       loaded.labels, [truth[k] for k in good], probs, [files[k] for k in good],
       threshold=loaded.threshold, set=options.subset,
       title=f'{os.path.basename(os.path.normpath(options.model))} on '
@@ -163,7 +165,7 @@ def _report(options, config, loaded, files, truth, records, started):
   explainer = (heatmap.export_explainer(loaded.predict, loaded.input_size,
                                         loaded.kind)
                if options.heat_maps else None)
-  html_path, json_path = results.write(options.output_dir, report, explainer,
+  html_path, json_path = results_lib.write(options.output_dir, report, explainer,
                                        extra={})
   logging.info('%s', 'Accuracy ' + (
       f'{100 * report["accuracy"]:.1f}% (N={report["count"]})'

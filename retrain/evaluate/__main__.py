@@ -39,8 +39,8 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   logging.set_verbosity(FLAGS.logging_verbosity.lower().replace('warn',
                                                                 'warning'))
-  from retrain import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
-  from retrain.errors import RetrainError  # pylint: disable=g-import-not-at-top
+  from retrain import evaluate as evaluate_lib
+  from retrain.errors import RetrainError
   options = EvaluateConfig(**{field.name: FLAGS[field.name].value
                               for field in dataclasses.fields(EvaluateConfig)
                               if field.name != 'output_dir'})
@@ -71,7 +71,7 @@ the worst mistakes with heat maps, classes the model does not know
 
 def run():
   """Entry point of `python -m retrain.evaluate`."""
-  from retrain.common import cli  # pylint: disable=g-import-not-at-top
+  from retrain.common import cli
   cli.run(main, 'retrain-evaluate', USAGE, [__name__, retrain_cli.__name__])
 
 

@@ -151,7 +151,7 @@ def check_options(options: ExportOptions) -> None:
   check_output_file('onnx_output_file', options.onnx_output_file, ('.onnx',))
   if options.onnx_output_file:
     try:
-      import tf2onnx  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+      import tf2onnx  # noqa: F401
     except ImportError as e:
       raise OutputError('onnx_output_file needs tf2onnx: pip install '
                         '"retrain[onnx]" (or leave it empty).',
@@ -161,7 +161,6 @@ def check_options(options: ExportOptions) -> None:
                       f'{options.max_quantization_loss} must be 0 or more '
                       '(points of top-1 accuracy).',
                       fields=('max_quantization_loss',))
-  # --- End of deployment checks ---
   if options.tflite_quantization not in QUANTIZATIONS:
     raise OutputError(f'tflite_quantization={options.tflite_quantization!r} '
                       f'is not one of {", ".join(QUANTIZATIONS)}.',
@@ -202,7 +201,7 @@ def frozen_graph_def(module: FeatureModule, head: Head,
   def classify(images):
     # _classify names its softmax op `final_tensor_name`; calling it here
     # (not the tf.function) keeps that op at the top level of the graph.
-    outputs = classifier._classify(images)  # pylint: disable=protected-access
+    outputs = classifier._classify(images)  # noqa: SLF001 the classifier's own untraced call
     return [outputs[k] for k in (PROBABILITIES_OUTPUT, NOVELTY_OUTPUT)
             if k in outputs]
 
@@ -231,11 +230,11 @@ def _freeze(function, output: str, *more: str) -> tf.compat.v1.GraphDef:
   release renames them; the output is the same graph (same probabilities,
   bit for bit, on the ensemble).
   """
-  from tensorflow.python.framework import convert_to_constants  # pylint: disable=g-direct-tensorflow-import,g-import-not-at-top
+  from tensorflow.python.framework import convert_to_constants
   try:
-    data = convert_to_constants._FunctionConverterDataInEager(  # pylint: disable=protected-access
+    data = convert_to_constants._FunctionConverterDataInEager(  # noqa: SLF001 TensorFlow has no public way to freeze a function
         func=function, lower_control_flow=True, aggressive_inlining=False)
-    graph_def, _ = convert_to_constants._replace_variables_by_constants(  # pylint: disable=protected-access
+    graph_def, _ = convert_to_constants._replace_variables_by_constants(  # noqa: SLF001 TensorFlow has no public way to freeze a function
         converter_data=data)
     del data  # its copy of every weight
   except AttributeError:
@@ -322,7 +321,7 @@ def representative_images(paths: Sequence[str], size, count: int
     for path in paths:
       try:
         image = images_lib.load_image(path, size)
-      except Exception:  # pylint: disable=broad-except
+      except Exception:  # noqa: BLE001 unreadable photos were reported by the bottleneck step
         continue  # Already reported by the bottleneck step.
       yield [image.numpy()[None]]
 
@@ -351,7 +350,7 @@ def tflite_model(module: FeatureModule, head: Head, quantization: str = 'none',
   @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3],
                                               tf.float32)])
   def ordered(images):
-    outputs = classifier._classify(images)  # pylint: disable=protected-access
+    outputs = classifier._classify(images)  # noqa: SLF001 the classifier's own untraced call
     return [outputs[k] for k in (PROBABILITIES_OUTPUT, NOVELTY_OUTPUT)
             if k in outputs]
 
@@ -378,8 +377,8 @@ def _probabilities_first(model: bytes) -> bytes:
   probabilities and output 1 the novelty [batch]: the converter emitted
   them the other way round whatever the function's order, and MediaPipe
   and every [batch, N] reader take output 0."""
-  import flatbuffers  # pylint: disable=g-import-not-at-top
-  from tensorflow.lite.python import schema_py_generated as schema  # pylint: disable=g-direct-tensorflow-import,g-import-not-at-top
+  import flatbuffers
+  from tensorflow.lite.python import schema_py_generated as schema
   parsed = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))
   graph = parsed.subgraphs[0]
   outputs = sorted(graph.outputs,

@@ -58,14 +58,14 @@ def onnx_model(module, head, labels: Sequence[str], metadata: dict,
     OutputError: the converter failed on this module (with its message).
   """
   try:
-    import tf2onnx  # pylint: disable=g-import-not-at-top
+    import tf2onnx
   except ImportError as e:
     raise OnnxUnavailable('tf2onnx is not installed: pip install '
                           '"retrain[onnx]" (tf2onnx, onnx, onnxruntime) for '
                           '--onnx_output_file.') from e
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
 
-  from retrain.export import saved_model as export_lib  # pylint: disable=g-import-not-at-top
+  from retrain.export import saved_model as export_lib
   classifier = export_lib.Classifier(module, head, OUTPUT_TENSOR_NAME)
   height, width = module.input_size
   try:
@@ -74,7 +74,7 @@ def onnx_model(module, head, labels: Sequence[str], metadata: dict,
         input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32,
                                        name=IMAGES_INPUT)],
         opset=opset)
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     raise OutputError(f'tf2onnx could not convert {module.handle!r} to ONNX '
                       f'({type(e).__name__}: {e}); leave --onnx_output_file '
                       'empty, or use the SavedModel or TFLite export.') from e

@@ -108,7 +108,7 @@ def compare(quantization: str, float_predict: Callable, quantized_predict:
                            gate.labels[start:start + CHUNK], strict=True):
       try:
         batch.append(images_lib.load_image(path, size).numpy())
-      except Exception:  # pylint: disable=broad-except
+      except Exception:  # noqa: BLE001 unreadable photos were reported by the bottleneck step
         continue  # Already reported by the bottleneck step.
       labels.append(int(label))
     if batch:

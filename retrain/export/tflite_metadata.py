@@ -73,7 +73,7 @@ def _import_metadata_modules():
   sys.modules afterwards so nothing else sees it.
   """
   try:
-    import mediapipe  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    import mediapipe  # noqa: F401
   except ImportError as e:
     raise MetadataWriterUnavailable(
         'the mediapipe package is not installed') from e
@@ -94,9 +94,9 @@ def _import_metadata_modules():
     sys.modules[stand_in.__name__] = stand_in
     added.append(stand_in.__name__)
   try:
-    from mediapipe.tasks.metadata import metadata_schema_py_generated as schema  # pylint: disable=g-import-not-at-top
-    from mediapipe.tasks.python.metadata import metadata  # pylint: disable=g-import-not-at-top
-    from mediapipe.tasks.python.metadata.metadata_writers import metadata_writer  # pylint: disable=g-import-not-at-top
+    from mediapipe.tasks.metadata import metadata_schema_py_generated as schema
+    from mediapipe.tasks.python.metadata import metadata
+    from mediapipe.tasks.python.metadata.metadata_writers import metadata_writer
   except ImportError as e:
     raise MetadataWriterUnavailable(
         f'mediapipe is installed but its metadata writer does not import '
@@ -133,7 +133,7 @@ def embed(model: bytes, labels: Sequence[str], project: dict,
   Raises:
     MetadataWriterUnavailable: mediapipe is absent or its writer broken.
   """
-  import flatbuffers  # pylint: disable=g-import-not-at-top
+  import flatbuffers
   metadata, metadata_writer, schema = _import_metadata_modules()
   writer = metadata_writer.MetadataWriter.create(bytearray(model))
   writer.add_general_info(MODEL_NAME, description)

@@ -197,13 +197,13 @@ def load(module: FeatureModule, cache_dir: Optional[str] = None
       # Verified under another name, then renamed: `path` only ever holds
       # a model that passed. The interpreters opened to verify it are kept.
       convert(module, unverified)
-      call._call = tflite_runtime.TFLiteCall(unverified, module.input_size)
+      call._call = tflite_runtime.TFLiteCall(unverified, module.input_size)  # noqa: SLF001 the verified interpreter replaces the lazy one
       median = _verify(module, call)
       os.replace(unverified, path)
       logging.info('int8 model written to %s in %.1f s (median cosine with '
                    'the float module on the calibration images %.3f).', path,
                    time.monotonic() - started, median)
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:  # noqa: BLE001 any failure falls back to the float module, with its reason logged
     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
     if os.path.exists(unverified):
       os.remove(unverified)
@@ -229,7 +229,7 @@ class LazyCall:
     self._call = None
     self._lock = threading.Lock()
     self.parallel_calls = min(features.usable_cores(),
-                              tflite_runtime._MAX_INTERPRETERS)
+                              tflite_runtime._MAX_INTERPRETERS)  # noqa: SLF001 the same interpreter cap as tflite_runtime
 
   def __call__(self, images) -> tf.Tensor:
     with self._lock:  # calls come from several threads at once

@@ -91,8 +91,8 @@ _PLACES_PER_OP = 3
 def _read_saved_model(path: str) -> list:
   """The SavedModel protos of folder `path` (.pb and .pbtxt); [] if none
   parses (loading then reports the problem)."""
-  from google.protobuf import text_format  # pylint: disable=g-import-not-at-top
-  from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
+  from google.protobuf import text_format
+  from tensorflow.core.protobuf import saved_model_pb2
   found = []
   for name, text in (('saved_model.pb', False), ('saved_model.pbtxt', True)):
     try:
@@ -104,7 +104,7 @@ def _read_saved_model(path: str) -> list:
       else:
         saved.ParseFromString(data)
       found.append(saved)
-    except Exception:  # pylint: disable=broad-except
+    except Exception:  # noqa: BLE001 data that does not parse is not that kind of file
       continue
   return found
 
@@ -177,12 +177,12 @@ def _graph_in_data(node) -> bool:
 
 
 def _is_graph(data: bytes) -> bool:
-  from tensorflow.core.framework import graph_pb2  # pylint: disable=g-import-not-at-top
+  from tensorflow.core.framework import graph_pb2
   if len(data) < 8:
     return False
   try:
     graph = graph_pb2.GraphDef.FromString(data)
-  except Exception:  # pylint: disable=broad-except
+  except Exception:  # noqa: BLE001 data that does not parse is not that kind of file
     return False
   return bool(graph.node) and all(node.op for node in graph.node)
 
@@ -223,11 +223,11 @@ def _string_variables(path: str) -> Dict[str, List[str]]:
   prefix = os.path.join(path, 'variables', 'variables')
   if not os.path.exists(prefix + '.index'):
     return {}
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   try:
     reader = tf.train.load_checkpoint(prefix)
     types = reader.get_variable_to_dtype_map()
-  except Exception:  # pylint: disable=broad-except
+  except Exception:  # noqa: BLE001 data that does not parse is not that kind of file
     return {}  # Loading reports an unreadable checkpoint.
   where = []
   for name, dtype in sorted(types.items()):
@@ -266,11 +266,11 @@ def unsafe_ops(path: str) -> Dict[str, List[str]]:
 
 def _read_graph_file(path: str):
   """The GraphDef in a frozen graph file, or None."""
-  from tensorflow.core.framework import graph_pb2  # pylint: disable=g-import-not-at-top
+  from tensorflow.core.framework import graph_pb2
   try:
     with open(path, 'rb') as f:
       return graph_pb2.GraphDef.FromString(f.read())
-  except Exception:  # pylint: disable=broad-except
+  except Exception:  # noqa: BLE001 data that does not parse is not that kind of file
     return None
 
 

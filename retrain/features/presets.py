@@ -230,7 +230,6 @@ def _verify(target: str) -> Optional[str]:
   except OSError:
     pass  # A read-only cache: used as it is.
   return None
-# ---
 
 
 # A conversion takes a minute or two; a temporary folder untouched for this

@@ -21,10 +21,10 @@ import numpy as np
 def interpreter_class():
   """The LiteRT interpreter when installed, else TensorFlow's own."""
   try:
-    from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+    from ai_edge_litert.interpreter import Interpreter
     return Interpreter
   except ImportError:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
     return tf.lite.Interpreter
 
 

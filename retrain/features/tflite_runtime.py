@@ -168,7 +168,7 @@ def with_runtime(module: FeatureModule, runtime: str,
                                module.call(probe).numpy())))
     if not diff <= TOLERANCE:
       raise ValueError(f'its vectors differ from TensorFlow by {diff:.2g}')
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:  # noqa: BLE001 any failure falls back to TensorFlow, with its reason logged
     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
     log = logging.warning if runtime == 'tflite' else logging.info
     log('Using TensorFlow for bottlenecks: the module does not run on '
@@ -209,7 +209,8 @@ def _discard_unverified(path: str) -> None:
     logging.warning('Converting the module to TFLite again: the cached %s '
                     'cannot be used (%s).', path, why)
     cache_files.remove_file(path)
-# ---
+
+
 def _quantized(module: FeatureModule) -> bool:
   """True when `module` (or a member of it) runs a quantised TFLite model
   already (retrain/features/int8.py): it stays as it is."""

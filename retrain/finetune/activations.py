@@ -147,7 +147,7 @@ def distorted_namespace(module: FeatureModule, block: int,
   """The namespace of activations of distorted copies."""
   return dict(namespace(module, block, shape), kind='distorted_activations',
               distortions=distortions.describe(), random_seed=int(seed),
-              distortion_version=distort_lib._VERSION)  # pylint: disable=protected-access
+              distortion_version=distort_lib._VERSION)  # noqa: SLF001 the cache key of the distortions it reproduces
 
 
 def bottom_module(module: FeatureModule, bottom, shape: Tuple[int, int, int],

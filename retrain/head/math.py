@@ -113,7 +113,7 @@ def evenly_spread(count: int, k: int) -> np.ndarray:
 
 def tf_softmax(logits):
   """float32 [B, N] probabilities of logits float32 [B, N]."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   return tf.nn.softmax(logits)
 
 
@@ -123,7 +123,7 @@ def tf_cross_entropy(logits, labels, label_smoothing: float = 0.0,
   labels int64 [B], the targets smoothed by label_smoothing (a Python
   float in [0, 1)), times the weight of its label when class_weights
   (float32 [N]) is given."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   if label_smoothing:
     num_classes = tf.shape(logits)[1]
     target = tf.one_hot(labels, num_classes, dtype=logits.dtype)
@@ -141,12 +141,12 @@ def tf_cross_entropy(logits, labels, label_smoothing: float = 0.0,
 
 def tf_hits(logits, labels):
   """bool [B]: whether each row's top class is its label int64 [B]."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   return tf.equal(tf.argmax(logits, 1), labels)
 
 
 def tf_accuracy(logits, labels):
   """float32 scalar in [0, 1]: the fraction of rows whose top class is
   their label."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   return tf.reduce_mean(tf.cast(tf_hits(logits, labels), tf.float32))

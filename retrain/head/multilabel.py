@@ -52,7 +52,6 @@ class _SigmoidProblem(lbfgs_lib.Problem):
 
   def __init__(self, x: np.ndarray, targets: np.ndarray, mean: np.ndarray,
                scale: np.ndarray, l2: np.ndarray):
-    # pylint: disable=super-init-not-called
     self.x = tf.constant(x)
     self.n, self.dim = x.shape
     self.classes = targets.shape[1]

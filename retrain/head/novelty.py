@@ -225,7 +225,7 @@ def fit_on_split(x: np.ndarray, y: np.ndarray, num_classes: int,
                  components: int, keep: float, folds: int, seed: int,
                  groups: Optional[np.ndarray] = None) -> Novelty:
   """fit_held_out with `folds` class-stratified folds of the rows."""
-  from retrain.head import folds as folds_lib  # pylint: disable=g-import-not-at-top
+  from retrain.head import folds as folds_lib
   groups = np.arange(len(y)) if groups is None else groups
   fold = folds_lib.group_folds(np.asarray(y), groups, folds, seed)
   return fit_held_out(x, y, num_classes, components, keep, fold,

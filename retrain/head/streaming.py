@@ -299,7 +299,7 @@ def _read_ahead(reader: ChunkReader, schedule: Iterator[np.ndarray],
                 stats: StreamStats):
   """Yields (items, float32 [len(items), D]) for the chunks of `schedule`,
   reading the next chunk in a thread while the caller trains on one."""
-  import time  # pylint: disable=g-import-not-at-top
+  import time
   with concurrent.futures.ThreadPoolExecutor(1) as pool:
     items = next(schedule)
     pending = pool.submit(reader.read, items)

@@ -71,8 +71,8 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   logging.set_verbosity(FLAGS.logging_verbosity.lower().replace('warn',
                                                                 'warning'))
-  from retrain.errors import RetrainError  # pylint: disable=g-import-not-at-top
-  from retrain.inspect import report  # pylint: disable=g-import-not-at-top
+  from retrain.errors import RetrainError
+  from retrain.inspect import report
   try:
     result = report.inspect_dataset(retrain_cli.config_from_flags(),
                                     options_from_flags())
@@ -97,7 +97,7 @@ outliers and a contact sheet per class (docs/inspect.md).
 
 def run():
   """Entry point of `python -m retrain.inspect` and `retrain-inspect`."""
-  from retrain.common import cli  # pylint: disable=g-import-not-at-top
+  from retrain.common import cli
   cli.run(main, 'retrain-inspect', USAGE, [__name__, retrain_cli.__name__])
 
 

@@ -120,9 +120,9 @@ def fit_softmax(x: np.ndarray, y: np.ndarray, num_classes: int,
   on standardised features by the head's L-BFGS solver
   (retrain.head.lbfgs, which imports TensorFlow); returns predict(x) ->
   probabilities float32 [m, C]."""
-  from retrain.config import DEFAULTS  # pylint: disable=g-import-not-at-top
-  from retrain.head import lbfgs  # pylint: disable=g-import-not-at-top
-  fitter = lbfgs.SoftmaxLbfgs(l2, 0.0, DEFAULTS.solver_max_iterations,
+  from retrain.config import DEFAULTS
+  from retrain.head import lbfgs as lbfgs_lib
+  fitter = lbfgs_lib.SoftmaxLbfgs(l2, 0.0, DEFAULTS.solver_max_iterations,
                               DEFAULTS.solver_tolerance, standardise=True)
   return fitter.fit(np.ascontiguousarray(x, np.float32),
                     np.asarray(y, np.int64), num_classes).predict_proba

@@ -27,12 +27,12 @@ class FileInfo:
 
 def file_info(path: str) -> FileInfo:
   """Reads the header of one file; raises OSError or Pillow's errors."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from PIL import Image
   with Image.open(path) as image:
     width, height = image.size
     try:
       orientation = int(image.getexif().get(_ORIENTATION_TAG, 1))
-    except Exception:  # pylint: disable=broad-except
+    except Exception:  # noqa: BLE001 a broken EXIF block is ignored, as the decoders do
       orientation = 1
     if orientation not in range(1, 9):
       orientation = 1

@@ -261,7 +261,7 @@ def _image_stats(paths: List[str], usable: np.ndarray, crops,
   for path in dict.fromkeys(paths):
     try:
       info[path] = files.file_info(path)
-    except Exception:  # pylint: disable=broad-except
+    except Exception:  # noqa: BLE001 unreadable files are listed by the bottleneck step
       info[path] = None  # listed as unreadable by the bottleneck step
   known = [i for i in info.values() if i is not None]
   h, w = input_size

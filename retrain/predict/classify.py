@@ -60,9 +60,9 @@ def find_images(specs: Sequence[str],
     (paths in the order given, folders sorted; Records with an error for
     specs that match nothing).
   """
-  from retrain import images  # pylint: disable=g-import-not-at-top
-  from retrain.common import walk as walk_lib  # pylint: disable=g-import-not-at-top
-  extensions = tuple(extensions or images.IMAGE_EXTENSIONS)
+  from retrain import images as images_lib
+  from retrain.common import walk as walk_lib
+  extensions = tuple(extensions or images_lib.IMAGE_EXTENSIONS)
   paths, problems, seen = [], [], set()
 
   def add(path):
@@ -129,11 +129,12 @@ def _load(path: str, size, input_mean: float, input_std: float,
   (retrain.images), so they never hold one worst-case image each.
   box: None, or the crop (top, left, bottom, right) in [0, 1] (--boxes).
   """
-  from retrain import image_header, images  # pylint: disable=g-import-not-at-top
+  from retrain import image_header
+  from retrain import images as images_lib
   try:
-    image = images.load_image(path, size, max_pixels or
+    image = images_lib.load_image(path, size, max_pixels or
                               image_header.MAX_IMAGE_PIXELS, box=box).numpy()
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:  # noqa: BLE001 any decoding failure becomes this file's reason
     return _reason(e)
   if (input_mean, input_std) != (DEFAULT_INPUT_MEAN, DEFAULT_INPUT_STD):
     image = (image * 255.0 - input_mean) / input_std
@@ -176,7 +177,7 @@ def classify_files(model: Model, paths: Sequence[str],
     min_confidence = model.threshold
   # A live bar with rate and time left on a terminal, else a log line every
   # 10 s (the same progress as retrain's long phases).
-  from retrain.common.progress import Progress  # pylint: disable=g-import-not-at-top
+  from retrain.common.progress import Progress
   timing = timing if timing is not None else Timing()
   started = time.monotonic()
   top_k = max(1, min(top_k, len(model.labels)))

@@ -41,5 +41,5 @@ def choose_size(model_size, height: Optional[int], width: Optional[int],
 def check_model(path: str, trust: bool) -> None:
   """Refuses a graph that can act (retrain/features/module_safety.py)
   unless trust is set (--trust_module)."""
-  from retrain.features import module_safety  # pylint: disable=g-import-not-at-top
+  from retrain.features import module_safety
   module_safety.check_model(path, trust)

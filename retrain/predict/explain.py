@@ -71,7 +71,7 @@ def grad_cam(images: np.ndarray, members: Sequence[Tuple[Callable, Callable]],
   Returns:
     float32 [b, H, W] in [0, 1].
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   images = tf.convert_to_tensor(np.asarray(images, np.float32))
   height, width = int(images.shape[1]), int(images.shape[2])
   activations = [conv(images) for conv, _ in members]
@@ -146,7 +146,7 @@ def overlay(image: np.ndarray, heat: np.ndarray,
   image = np.clip(np.asarray(image, np.float32), 0.0, 1.0)
   heat = np.asarray(heat, np.float32)
   if heat.shape != image.shape[:2]:
-    from PIL import Image  # pylint: disable=g-import-not-at-top
+    from PIL import Image
     heat = np.asarray(Image.fromarray(heat, mode='F').resize(
         (image.shape[1], image.shape[0]), Image.BILINEAR), np.float32)
   weight = alpha * np.clip(heat, 0.0, 1.0)[..., None] ** 0.5
@@ -158,7 +158,7 @@ def encode(pixels: np.ndarray, image_format: str = 'PNG',
            side: int = 0) -> bytes:
   """uint8 [H, W, 3] as PNG (or 'JPEG') bytes, shrunk to at most
   side x side pixels when side > 0."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from PIL import Image
   picture = Image.fromarray(np.asarray(pixels, np.uint8), mode='RGB')
   if side:
     picture.thumbnail((side, side))

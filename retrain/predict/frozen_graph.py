@@ -11,13 +11,13 @@ from retrain.predict.common import LabelImageError, check_model, choose_size
 def load_frozen_graph(path: str, input_layer: str, output_layer: str,
                       height, width, trust: bool = False
                       ) -> Tuple[Callable, tuple]:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   check_model(path, trust)
   graph_def = tf.compat.v1.GraphDef()
   with open(path, 'rb') as f:
     try:
       graph_def.ParseFromString(f.read())
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       raise LabelImageError(f'{path!r} is not a frozen GraphDef ({e}).') from e
   input_name = input_layer.split(':')[0]
   output_name = output_layer.split(':')[0]

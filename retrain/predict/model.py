@@ -49,7 +49,7 @@ class Classifier:
     if isinstance(images, np.ndarray):
       pixels = images.astype(np.float32)
     else:
-      from retrain import images as images_lib  # pylint: disable=g-import-not-at-top
+      from retrain import images as images_lib
       pixels = np.stack([images_lib.load_image(str(p), self.input_size)
                          .numpy() for p in images]) if len(images) else (
                              np.zeros([0, *self.input_size, 3], np.float32))

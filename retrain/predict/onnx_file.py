@@ -18,14 +18,14 @@ from retrain.predict.common import LabelImageError, choose_size
 
 def load_onnx(path: str, height, width) -> Tuple[Callable, tuple, dict]:
   try:
-    import onnxruntime  # pylint: disable=g-import-not-at-top
+    import onnxruntime
   except ImportError as e:
     raise LabelImageError(f'{path} is an ONNX model: pip install onnxruntime '
                           '(or "retrain[onnx]") to run it.') from e
   try:
     session = onnxruntime.InferenceSession(
         path, providers=['CPUExecutionProvider'])
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     raise LabelImageError(f'{path!r} is not an ONNX model ({e}).') from e
   inp = session.get_inputs()[0]
   size = choose_size(tuple(d if isinstance(d, int) and d > 0 else None

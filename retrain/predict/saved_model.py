@@ -21,7 +21,7 @@ from retrain.predict.common import (
 
 def load_saved_model(path: str, height, width,
                      trust: bool = False) -> Tuple[Callable, tuple]:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   meta = read_json(os.path.join(path, METADATA_FILE))
   if meta is None:
     raise LabelImageError(

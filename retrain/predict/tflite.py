@@ -49,7 +49,7 @@ def embedded_tflite_metadata(path: str
                              ) -> Tuple[Optional[List[str]], Optional[dict]]:
   """(labels, metadata) packed in a .tflite file (a zip archive appended to
   the flatbuffer, as MediaPipe's metadata writer packs them), or None."""
-  import zipfile  # pylint: disable=g-import-not-at-top
+  import zipfile
   try:
     with zipfile.ZipFile(path) as archive:
       names = set(archive.namelist())

@@ -57,7 +57,7 @@ def write_tensorboard(summaries_dir: str, confidence: Confidence,
   """The calibration scalars in <summaries_dir>/validation."""
   if confidence.skipped_reason or not summaries_dir:
     return
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   writer = tf.summary.create_file_writer(os.path.join(summaries_dir,
                                                       'validation'))
   with writer.as_default():

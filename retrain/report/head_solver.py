@@ -25,14 +25,14 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from retrain.head import auto
+from retrain.head import auto as head_auto
 from retrain.head import math as head_math
 from retrain.head import options as options_lib
 from retrain.head import solver as solver_lib
 from retrain.head import train as train_lib
 from retrain.report import summaries as summaries_lib
 
-REPORT_FILE = auto.REPORT_FILE
+REPORT_FILE = head_auto.REPORT_FILE
 # A training set is strongly imbalanced when its largest class has at least
 # this many times the images of its smallest: the run warns and says how
 # the classes weigh (docs/accuracy.md, "Imbalanced classes").

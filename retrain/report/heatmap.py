@@ -58,10 +58,10 @@ def _lite_member(member, ensemble_size):
   the converter): conv is the network up to its head convolution (after
   ReLU6), the tensor the module's feature vector averages; it resizes the
   ensemble's images to the member's size as the ensemble does."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
 
-  from retrain.features import efficientnet_lite as lite  # pylint: disable=g-import-not-at-top
-  blocks = lite.block_specs(lite.get_variant(
+  from retrain.features import efficientnet_lite
+  blocks = efficientnet_lite.block_specs(efficientnet_lite.get_variant(
       presets.PRESETS[member.handle].name))
   found = {v.name.split(':')[0]: v for v in member.obj.variables}
   kernels = {name[:-len('/kernel')]: v for name, v in found.items()
@@ -75,11 +75,11 @@ def _lite_member(member, ensemble_size):
   def conv(images):
     if size != tuple(ensemble_size):
       images = ensemble_lib.area_resize(images, tuple(ensemble_size), size)
-    x = lite.apply_conv(lite.normalize(images), 'stem', kernels['stem'],
+    x = efficientnet_lite.apply_conv(efficientnet_lite.normalize(images), 'stem', kernels['stem'],
                         biases['stem'], stride=2)
     for i, b in enumerate(blocks):
-      x = lite.apply_block(x, i, b, kernels, biases)
-    return lite.apply_conv(x, 'head', kernels['head'], biases['head'])
+      x = efficientnet_lite.apply_block(x, i, b, kernels, biases)
+    return efficientnet_lite.apply_conv(x, 'head', kernels['head'], biases['head'])
 
   def pool(activations):
     return tf.reduce_mean(activations, axis=[1, 2])

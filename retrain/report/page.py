@@ -217,7 +217,7 @@ def _settings(settings: dict) -> List[str]:
 def page(report: dict, rendered: dict, extra: dict) -> str:
   """The HTML text; rendered: {'heat': {file: data URI}, 'thumb': {file:
   data URI}}; extra: the optional figures (page_extra.sections)."""
-  from retrain.report import page_extra  # pylint: disable=g-import-not-at-top
+  from retrain.report import page_extra
   out = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
          f'<title>{_e(report.get("title", "Results"))}</title>',
          f'<style>{_CSS}</style></head><body>']

@@ -147,14 +147,14 @@ def read_extra_figures(report_dir: str) -> dict:
 def _decode(paths: Sequence[str], size) -> list:
   """float32 [H, W, 3] in [0, 1] of each file, or None where it fails;
   decoded on a thread per core."""
-  import concurrent.futures  # pylint: disable=g-import-not-at-top
+  import concurrent.futures
 
-  from retrain import images  # pylint: disable=g-import-not-at-top
+  from retrain import images as images_lib
 
   def one(path):
     try:
-      return images.load_image(path, tuple(size)).numpy()
-    except Exception:  # pylint: disable=broad-except
+      return images_lib.load_image(path, tuple(size)).numpy()
+    except Exception:  # noqa: BLE001 a photo that cannot be shown is left out of the page
       return None
 
   with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 2) as pool:
@@ -166,7 +166,7 @@ def heat_map_uris(explainer, examples: Sequence[dict],
   """{file: JPEG data: URI of the photo with the heat map of its
   predicted class} for each example (decoded at the model's input size);
   files that cannot be decoded are left out."""
-  from retrain.predict import explain  # pylint: disable=g-import-not-at-top
+  from retrain.predict import explain
   files = list(dict.fromkeys(e['file'] for e in examples))
   predicted = {e['file']: labels.index(e['predicted']) for e in examples}
   decoded = _decode(files, explainer.input_size)
@@ -209,7 +209,7 @@ def write(report_dir: str, report: dict, explainer=None,
     heat: what grid_heat_maps(explainer, report) returned, when it was
       computed ahead (default: computed here).
   """
-  from retrain.report import page  # pylint: disable=g-import-not-at-top
+  from retrain.report import page
   os.makedirs(report_dir, exist_ok=True)
   extra = read_extra_figures(report_dir) if extra is None else extra
   if heat is None:

@@ -23,7 +23,7 @@ from tensorboard.plugins.histogram import metadata as histogram_metadata
 
 from retrain.common import earlier_outputs as keep
 
-# test/ and projector/ are written by retrain/explain.py.
+# test/ and projector/ are written by retrain/report/writer.py.
 RUNS = ('train', 'validation', 'test', 'projector')
 
 # tf.summary.histogram's default.

@@ -1,6 +1,6 @@
 """TensorBoard views that explain the model, beyond scalars and histograms.
 
-Under --summaries_dir (runs are sub-folders; see retrain/summaries.py):
+Under --summaries_dir (runs are sub-folders; see retrain/head/summaries.py):
   validation/  images `confusion_matrix` at evaluation steps and at the end;
                PR curves `pr_curve/<label>` at the end
   test/        image `confusion_matrix`, PR curves `pr_curve/<label>`, and
@@ -239,7 +239,7 @@ def _thumbnail(path: str, size: int) -> np.ndarray:
       img.draft('RGB', (size * 2, size * 2))  # fast JPEG decode at low size
       img = ImageOps.fit(img.convert('RGB'), (size, size))
       return np.asarray(img, np.uint8)
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:  # noqa: BLE001 a grey square stands in for any unreadable photo
     logging.warning('No thumbnail for %s (%s); a grey square stands in.',
                     path, e)
     return np.full((size, size, 3), 128, np.uint8)

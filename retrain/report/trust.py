@@ -117,9 +117,9 @@ def novelty_section(novelty, sets: Dict[str, np.ndarray]) -> dict:
 
 
 def _pyplot():
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib
   matplotlib.use('Agg', force=True)
-  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+  from matplotlib import pyplot
   return pyplot
 
 
@@ -169,8 +169,7 @@ def histogram_png(section: dict) -> bytes:
 
 
 def write(report_dir: str, summaries_dir: str, step: int, figures: dict,
-          confidence, test_probabilities: Optional[np.ndarray],
-          test_y: Optional[np.ndarray], novelty=None,
+          confidence, test=None, novelty=None,
           novelty_sets: Optional[Dict[str, np.ndarray]] = None) -> str:
   """Writes trust.json and its figures (report_dir) and TensorBoard
   (summaries_dir/validation); returns the JSON's path.
@@ -178,15 +177,17 @@ def write(report_dir: str, summaries_dir: str, step: int, figures: dict,
   Args:
     figures: how each figure was obtained (pipeline.describe_figures).
     confidence: the run's retrain.head.calibration.Confidence.
-    test_probabilities: float [n, N] of the trained (uncalibrated) head on
-      the test set, with class ids test_y [n]; None without test images.
+    test: the retrain.head.evaluate.Evaluation of the trained
+      (uncalibrated) head on the test set: probabilities float [n, N],
+      class ids labels [n]; None or empty without test images.
     novelty, novelty_sets: the Novelty and its scores per set, or None.
   """
   calibration = confidence.metadata()
   pngs = {}
-  if test_probabilities is not None and len(test_y):
+  if test is not None and test.count:
+    test_y = test.labels
     calibrated = calibration_lib.softmax(np.log(np.maximum(
-        np.asarray(test_probabilities, np.float64), 1e-300)) /
+        np.asarray(test.probabilities, np.float64), 1e-300)) /
                                          confidence.temperature)
     calibration['reliability'] = {'test': reliability_bins(calibrated,
                                                            test_y)}
@@ -217,7 +218,7 @@ def _tensorboard(summaries_dir: str, step: int, pngs: dict, confidence,
                  section: Optional[dict]) -> None:
   if not summaries_dir:
     return
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   writer = tf.summary.create_file_writer(os.path.join(summaries_dir,
                                                       'validation'))
   scalars = {'test_ece_after': confidence.test_ece_after}

@@ -7,9 +7,9 @@ The pipeline calls three things from here:
     confusion matrix as an image at (at most `_MAX_EVAL_IMAGES`) evaluation
     steps;
   * `finish` after the final test evaluation: per-class metrics and
-    confusion matrices in the log and in --report_dir (retrain/report.py),
+    confusion matrices in the log and in --report_dir (retrain/report/metrics.py),
     and in TensorBoard the final confusion-matrix images, PR curves, test
-    scalars and the embedding projector (retrain/tensorboard_extras.py).
+    scalars and the embedding projector (retrain/report/tensorboard.py).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from absl import logging
 from retrain.data import split as split_lib
 from retrain.head.model import Head
 from retrain.head.train import spread
-from retrain.report import metrics as report_lib
+from retrain.report import metrics as metrics_lib
 from retrain.report import tensorboard as tb
 
 # A confusion image is 10-40 kB; 4000 steps at retrain.py's interval of 10
@@ -81,7 +81,7 @@ class ValidationImages:
     if step not in self.steps or not len(self.val_y):
       return
     pred = head.probabilities(self.val_x).argmax(axis=1)
-    cm = report_lib.confusion_matrix(self.val_y, pred, len(self.labels))
+    cm = metrics_lib.confusion_matrix(self.val_y, pred, len(self.labels))
     tb.write_confusion_image(self.writer, cm, self.labels, step,
                              title=f'Validation, step {step}')
 
@@ -96,8 +96,8 @@ class Explained:
     report_files: paths written under --report_dir.
     projector_images: images shown in the projector.
   """
-  metrics: Dict[str, report_lib.Metrics]
-  misclassified: List[report_lib.Misclassified]
+  metrics: Dict[str, metrics_lib.Metrics]
+  misclassified: List[metrics_lib.Misclassified]
   report_files: List[str]
   projector_images: int
 
@@ -106,10 +106,8 @@ def _log_lines(title: str, lines: Sequence[str]) -> None:
   logging.info('%s\n%s', title, '\n'.join(lines))
 
 
-def finish(options: ReportOptions, labels: Sequence[str], head: Head, vectors: np.ndarray,
-           y: np.ndarray, split, paths: Sequence[str],
-           rel_paths: Sequence[str], test, step: int,
-           best_step: Optional[int] = None,
+def finish(options: ReportOptions, labels: Sequence[str], trained, images,
+           split, test,
            validation_probabilities: Optional[np.ndarray] = None
            ) -> Explained:
   """Reports on the trained head.
@@ -117,19 +115,22 @@ def finish(options: ReportOptions, labels: Sequence[str], head: Head, vectors: n
   Args:
     options: where the reports go.
     labels: class names in class id order.
-    head: the trained head.
-    vectors: float32 [n, D] bottlenecks of the usable images; y: int [n].
-    split: index arrays into vectors (train, validation, test).
-    paths, rel_paths: [n] files of the rows of vectors (full and relative to
-      --image_dir).
+    trained: the retrain.head.train.TrainResult: its head, the last
+      training step (where final summaries are written) and the step whose
+      weights early stopping restored, if any.
+    images: the retrain.bottlenecks.usable.UsableImages: vectors float32
+      [n, D], labels int [n], paths and rel_paths [n] (full and relative
+      to --image_dir).
+    split: index arrays into images (train, validation, test).
     test: the retrain.head.evaluate.Evaluation of the test set (rows index
       split.test).
-    step: the last training step, where final summaries are written.
-    best_step: the step whose weights early stopping restored, if any.
     validation_probabilities: float32 [n_val, N] held-out probabilities of
-      the validation images, when `head` trained on them (out-of-fold
+      the validation images, when the head trained on them (out-of-fold
       predictions); None: the head's own (it did not train on them).
   """
+  head, vectors, y, paths = (trained.head, images.vectors, images.labels,
+                             images.paths)
+  step = trained.history[-1].step if trained.history else 0
   val_x, val_y = vectors[split.validation], y[split.validation]
   if validation_probabilities is None:
     validation_probabilities = (
@@ -141,9 +142,10 @@ def finish(options: ReportOptions, labels: Sequence[str], head: Head, vectors: n
       'test': (test.labels, test.probabilities,
                [paths[split.test[r]] for r in test.rows]),
   }
-  metrics, wrong, files = set_reports(options, labels, sets, step, best_step)
+  metrics, wrong, files = set_reports(options, labels, sets, step,
+                                      trained.best_step)
   shown = _projector(options, labels, head, vectors, y, split, paths,
-                     rel_paths)
+                     images.rel_paths)
   return Explained(metrics, wrong, files, shown)
 
 
@@ -169,19 +171,19 @@ def set_reports(options: ReportOptions, labels: Sequence[str], sets: dict,
       if not len(truth):
         logging.info('The %s set is empty: no %s report.', subset, subset)
         continue
-      m = report_lib.compute_metrics(truth, probs.argmax(axis=1), labels)
+      m = metrics_lib.compute_metrics(truth, probs.argmax(axis=1), labels)
       metrics[subset] = m
       _log_lines(f'Per-class metrics, {subset} set (N={m.count}){note}:',
-                 report_lib.format_metrics(m))
+                 metrics_lib.format_metrics(m))
       logging.info('%s set%s: %s.', subset.capitalize(), note,
-                   report_lib.format_summary(m))
+                   metrics_lib.format_summary(m))
       _log_lines(f'Confusion matrix, {subset} set (rows: true class, '
                  f'columns: predicted){note}:',
-                 report_lib.format_confusion(m.confusion, labels))
-      mis = report_lib.misclassified(files_of_rows, truth, probs, labels)
+                 metrics_lib.format_confusion(m.confusion, labels))
+      mis = metrics_lib.misclassified(files_of_rows, truth, probs, labels)
       if subset == 'test':
         wrong = mis
-      files += report_lib.write_reports(options.report_dir, subset, m, mis)
+      files += metrics_lib.write_reports(options.report_dir, subset, m, mis)
       writer = writers[subset]
       title = f'{subset.capitalize()}, final{note}'
       if best_step is not None:

@@ -19,12 +19,12 @@ def upright_size(path: str) -> Tuple[int, int]:
   Reads only the header. Raises OSError (or Pillow's errors) when the file
   is not a readable image.
   """
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from PIL import Image
   with Image.open(path) as image:
     width, height = image.size
     try:
       orientation = image.getexif().get(0x0112, 1)
-    except Exception:  # pylint: disable=broad-except
+    except Exception:  # noqa: BLE001
       orientation = 1  # a broken EXIF block: the decoders ignore it too.
   return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
@@ -101,7 +101,7 @@ def crops_for_inference(annotation: str, margin: float, min_size: int,
       check_image_exists(box.image, annotation)
       try:
         sizes[box.image] = upright_size(box.image)
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:  # noqa: BLE001
         sizes[box.image] = f'not a readable image ({e})'
     if isinstance(sizes[box.image], str):
       skipped.append((name, sizes[box.image]))
