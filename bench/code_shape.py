@@ -78,57 +78,43 @@ def comments(source):
     return
 
 
+def _from_base(package, node):
+  """The module a `from ... import` names, relative levels resolved."""
+  parts = package[:len(package) - node.level + 1] if node.level else []
+  return '.'.join(parts + ([node.module] if node.module else []))
+
+
 def imports(root, path, tree):
   """(imported name, local name) of every import, nested ones too."""
   module = module_name(root, path)
   package = module.split('.') if path.name == '__init__.py' else module.split('.')[:-1]
-  for node in ast.walk(tree):
-    if isinstance(node, ast.Import):
-      for alias in node.names:
-        yield alias.name, alias.asname
-    elif isinstance(node, ast.ImportFrom):
-      parts = package[:len(package) - node.level + 1] if node.level else []
-      base = '.'.join(parts + ([node.module] if node.module else []))
-      for alias in node.names:
-        yield f'{base}.{alias.name}' if base else alias.name, alias.asname or alias.name
+  nodes = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+  for node in nodes:
+    base = _from_base(package, node) if isinstance(node, ast.ImportFrom) else ''
+    for alias in node.names:
+      name = f'{base}.{alias.name}' if base else alias.name
+      yield name, alias.asname or (alias.name if base else None)
+
+
+def reachable(graph, start):
+  """Every module `start` imports, directly or not."""
+  seen, todo = set(), list(graph.get(start, ()))
+  while todo:
+    module = todo.pop()
+    if module not in seen:
+      seen.add(module)
+      todo.extend(graph.get(module, ()))
+  return seen
 
 
 def cycles(graph):
-  """Strongly connected groups of two or more modules (Tarjan, iterative)."""
-  index, low, stack, on, found = {}, {}, [], set(), []
-  for start in sorted(graph):
-    if start in index:
-      continue
-    index[start] = low[start] = len(index)
-    stack.append(start)
-    on.add(start)
-    work = [(start, iter(sorted(graph[start])))]
-    while work:
-      node, edges = work[-1]
-      for target in edges:
-        if target not in index:
-          index[target] = low[target] = len(index)
-          stack.append(target)
-          on.add(target)
-          work.append((target, iter(sorted(graph.get(target, ())))))
-          break
-        if target in on:
-          low[node] = min(low[node], index[target])
-      else:
-        work.pop()
-        if work:
-          low[work[-1][0]] = min(low[work[-1][0]], low[node])
-        if low[node] == index[node]:
-          group = []
-          while True:
-            member = stack.pop()
-            on.discard(member)
-            group.append(member)
-            if member == node:
-              break
-          if len(group) > 1:
-            found.append(sorted(group))
-  return sorted(found)
+  """Groups of two or more modules that each import all the others,
+  directly or not (the circles)."""
+  reach = {module: reachable(graph, module) for module in graph}
+  groups = {tuple(sorted({module} | {other for other in reach[module]
+                                     if module in reach.get(other, ())}))
+            for module in graph}
+  return sorted(list(group) for group in groups if len(group) > 1)
 
 
 def class_fields(tree):
