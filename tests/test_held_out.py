@@ -10,7 +10,7 @@ import numpy as np
 
 from retrain import pipeline
 from retrain.config import DEFAULTS
-from retrain.head import calibration, lbfgs, solver
+from retrain.head import calibration, held_out, lbfgs, solver
 from retrain.head import folds as folds_lib
 from retrain.report import head_solver as solve
 
@@ -44,7 +44,7 @@ def test_cross_fit_never_predicts_an_image_with_a_head_that_trained_on_it(
     return real_fit(self, fx, *args, **kwargs)
 
   monkeypatch.setattr(lbfgs.SoftmaxLbfgs, 'fit', spy)
-  logits, folds, _ = solver.cross_fit(x, y, groups, 3, solver.Candidate(
+  logits, folds, _ = held_out.cross_fit(x, y, groups, 3, solver.Candidate(
       0.1, 0.0), OPTIONS)
   assert folds == OPTIONS.folds and len(trained_on) == folds
   assert not np.isnan(logits).any()

@@ -217,3 +217,22 @@ def test_command_line(tmp_path):
       env={**__import__('os').environ, 'PYTHONPATH': str(ROOT)})
   assert bad.returncode == 1
   assert '--label_error_folds=1 must be at least 2' in bad.stderr
+
+
+def test_the_out_of_fold_head_is_the_solvers_fit(monkeypatch):
+  from retrain.head import lbfgs
+  seen = []
+  real_fit = lbfgs.SoftmaxLbfgs.fit
+
+  def spy(self, x, *args, **kwargs):
+    seen.append((self.l2, self.standardise, len(x)))
+    return real_fit(self, x, *args, **kwargs)
+
+  monkeypatch.setattr(lbfgs.SoftmaxLbfgs, 'fit', spy)
+  rng = np.random.default_rng(2)
+  y = np.repeat(np.arange(2), 10)
+  x = (np.eye(2, 6, dtype=np.float32)[y] * 4
+       + rng.normal(0, 0.5, (20, 6)).astype(np.float32))
+  probs = analysis.out_of_fold_probabilities(x, y, 2, 4)
+  assert seen == [(0.1, True, 15)] * 4
+  assert np.mean(probs.argmax(axis=1) == y) == 1.0

@@ -260,3 +260,19 @@ def test_a_strongly_imbalanced_run_warns_and_weighs_classes(tmp_path, caplog):
   import json
   report = json.loads((tmp_path / solve.REPORT_FILE).read_text())
   assert report['class_weights'] == pytest.approx([315 / 600, 315 / 30])
+
+
+def test_one_fit_shape_for_the_solver_and_a_single_fit():
+  x, y = _clusters(20, 3, 8, 0.8, seed=8)
+  options = dataclasses.replace(OPTIONS, l2_grid=(0.01,),
+                                label_smoothing_grid=(0.0,))
+  fitted = lbfgs.SoftmaxLbfgs.of(0.01, 0.0, options).fit(x, y, 3)
+  probs = fitted.predict_proba(x)
+  assert probs.shape == (60, 3) and probs.dtype == np.float32
+  np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
+  np.testing.assert_array_equal(probs, fitted.head().predict_proba(x))
+  # fit_head with one setting and no validation is that same fit.
+  chosen = solver.fit_head(x, y, 3, x[:0], y[:0], options)
+  assert chosen.selection == 'single'
+  np.testing.assert_allclose(chosen.head.weights, fitted.head().weights,
+                             rtol=1e-5, atol=1e-6)

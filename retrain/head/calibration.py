@@ -2,7 +2,7 @@
 
 Both are chosen after training on held-out logits only (float32 [n, N],
 column j is class id j): the validation images when the head did not train
-on them, else the solver's out-of-fold logits (retrain.head.solver.HeldOut:
+on them, else the solver's out-of-fold logits (retrain.head.held_out.HeldOut:
 each image predicted by a head that did not train on it). A head judged on
 its own training images looks right and sure of everything, which drives
 the temperature to its floor and the threshold to 0. They cost

@@ -214,6 +214,15 @@ class Fit:
     return self.head().predict_proba(x)
 
 
+def class_sample_weight(class_weights: Optional[np.ndarray], y: np.ndarray
+                        ) -> Optional[np.ndarray]:
+  """float64 [n] weight of each image (its class's, from class_weights
+  float [N]), or None when class_weights is None."""
+  if class_weights is None:
+    return None
+  return np.asarray(class_weights, np.float64)[y]
+
+
 @dataclasses.dataclass(frozen=True)
 class SoftmaxLbfgs:
   """One softmax head of one setting, fitted to convergence: the fit shape

@@ -70,6 +70,7 @@ from absl import logging
 
 from retrain.errors import DatasetError
 from retrain.head import folds as folds_lib
+from retrain.head import held_out as held_out_lib
 from retrain.head import lbfgs as lbfgs_lib
 from retrain.head import math as head_math
 from retrain.head.train import EvalPoint, Head
@@ -189,7 +190,7 @@ class SolverResult:
   refit: bool
   reason: str
   seconds: float
-  held_out: Optional['HeldOut'] = None
+  held_out: Optional[held_out_lib.HeldOut] = None
   train_only_head: Optional[Head] = None
 
   def summary(self) -> dict:
@@ -226,7 +227,7 @@ class _Task:
     """Candidate c fitted on x [n, D], y [n] (see SoftmaxLbfgs.fit)."""
     return lbfgs_lib.SoftmaxLbfgs.of(c.l2, c.label_smoothing, self.options
                                      ).fit(x, y, self.num_classes,
-                                           _per_image(self.class_weights, y),
+                                           lbfgs_lib.class_sample_weight(self.class_weights, y),
                                            start, standard, callback)
 
   def score(self, head: Head, x: np.ndarray, y: np.ndarray):
@@ -290,105 +291,25 @@ def _score_grid(candidates: Sequence[Candidate], x, y, held_x, held_y,
   return scores
 
 
-def _per_image(class_weights: Optional[np.ndarray], y: np.ndarray
-               ) -> Optional[np.ndarray]:
-  """float64 [n] weight of each image (its class's), or None."""
-  if class_weights is None:
-    return None
-  return np.asarray(class_weights, np.float64)[y]
-
-
-@dataclasses.dataclass
-class HeldOut:
-  """Predictions of heads that did not train on the image they predict.
-
-  Attributes:
-    logits: float32 [n_train + n_val, N], row i of [train_x; val_x] (the
-      order fit_head was given them); rows without a held-out prediction
-      are NaN (the training rows when the final head did not train on
-      validation: then only its validation logits are held out).
-    n_train: rows of train_x.
-    folds: folds cross-fitted, 0 when the final head's own validation
-      logits are used.
-    method: one sentence saying how the logits were obtained.
-    iterations: L-BFGS iterations the cross-fitting took.
-  """
-  logits: np.ndarray
-  n_train: int
-  folds: int
-  method: str
-  iterations: int = 0
-
-  @property
-  def validation_logits(self) -> np.ndarray:
-    """float32 [n_val, N]: the validation rows' held-out logits."""
-    return self.logits[self.n_train:]
-
-  def summary(self, val_y: Optional[np.ndarray] = None) -> dict:
-    """JSON-ready: the method, and with val_y the held-out validation
-    accuracy in [0, 1] and mean cross entropy (nats)."""
-    data = {'method': self.method, 'folds': self.folds,
-            'cross_fit_iterations': self.iterations}
-    if val_y is not None and len(val_y):
-      z = self.validation_logits
-      data.update(validation_count=int(len(val_y)),
-                  validation_accuracy=head_math.accuracy(z, val_y),
-                  validation_cross_entropy=head_math.cross_entropy(z, val_y))
-    return data
-
-
-def cross_fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray,
-              num_classes: int, chosen: Candidate, options: SolverOptions,
-              start: Optional[np.ndarray] = None,
-              class_weights: Optional[np.ndarray] = None
-              ) -> Optional[Tuple[np.ndarray, int, int]]:
-  """Out-of-fold logits of the chosen setting on x float32 [n, D], y [n]
-  (each fit weighted by class_weights float [N] as in `fit_head`).
-
-  Each fold (group_folds, up to options.folds, fewer when a class has
-  fewer groups) is predicted by a head fitted on the other folds, warm
-  started from `start` (the final fit's parameters).
-
-  Returns:
-    (logits float32 [n, N], folds, iterations summed), or None when some
-    class that has rows has fewer than two groups (nothing to hold out).
-  """
-  _, first = np.unique(groups, return_index=True)
-  per_class = np.bincount(y[first], minlength=num_classes)
-  folds = min(options.folds, int(per_class[per_class > 0].min()))
-  if folds < 2:
-    return None
-  fold = folds_lib.group_folds(y, groups, folds, options.seed)
-  logits = np.full((len(y), num_classes), np.nan, np.float32)
-  iterations = 0
-  task = _Task(num_classes, options, class_weights)
-  for k in range(folds):
-    inside = fold != k
-    fit = task.fit(chosen, x[inside], y[inside], start)
-    logits[~inside] = fit.head().logits(x[~inside])
-    iterations += fit.iterations
-  return logits, folds, iterations
-
-
 def _held_out(final: lbfgs_lib.Fit, refit: bool, sets: _Sets,
               groups: np.ndarray, chosen: Candidate, task: _Task
-              ) -> Optional[HeldOut]:
+              ) -> Optional[held_out_lib.HeldOut]:
   """The HeldOut of fit_head's final fit (see the module docstring)."""
   n_train, n_val = len(sets.train_y), len(sets.val_y)
   if not refit:
     logits = np.full((n_train + n_val, task.num_classes), np.nan, np.float32)
     logits[n_train:] = final.head().logits(sets.val_x)
-    return HeldOut(logits, n_train, 0, 'the head trained on the training '
+    return held_out_lib.HeldOut(logits, n_train, 0, 'the head trained on the training '
                    'images only, so its validation predictions are held out')
   all_groups = np.concatenate([groups, np.max(groups, initial=-1) + 1 +
                                np.arange(n_val)])
-  crossed = cross_fit(sets.all_x, sets.all_y, all_groups, task.num_classes,
+  crossed = held_out_lib.cross_fit(sets.all_x, sets.all_y, all_groups, task.num_classes,
                       chosen, task.options, start=final.theta,
                       class_weights=task.class_weights)
   if crossed is None:
     return None
   logits, folds, iterations = crossed
-  return HeldOut(logits, n_train, folds, (
+  return held_out_lib.HeldOut(logits, n_train, folds, (
       f'out-of-fold predictions, {folds}-fold cross-fitting on training + '
       'validation: each image '
       'predicted by a head of the chosen setting fitted on the other folds '

@@ -117,7 +117,7 @@ class EvalPoint:
 class TrainResult:
   """best_step: the evaluation step whose weights `head` holds when early
   stopping restored them, else None (the weights after the last step).
-  held_out: the converging solver's retrain.head.solver.HeldOut when the
+  held_out: the converging solver's retrain.head.held_out.HeldOut when the
   head trained on validation (None: `head`'s own validation predictions
   are held out, as SGD's are); train_only_head: the same setting fitted on
   the training images alone (None: `head` is)."""
