@@ -47,8 +47,9 @@ LEVELS = (
 # (retrain.data.annotations, imported only with --boxes); its loaders check a
 # model with retrain.features.module_safety (imported when loading).
 # label_image's loaders and classifying live in retrain.predict (which
-# imports only the errors, and the image decoding when it classifies), so
-# that retrain.evaluate runs exports the same way.
+# imports the errors, the export's names from retrain.common.names, the one
+# TFLite runner retrain.features.tflite_runner, and the image decoding when
+# it classifies), so that retrain.evaluate runs exports the same way.
 TOOLS_MAY_IMPORT = ('retrain.images', 'retrain.errors', 'retrain.version',
                     'retrain.predict',
                     'retrain.common.cli', 'retrain.common.progress',
