@@ -184,8 +184,8 @@ def test_input_mean_and_std_are_applied(export, tmp_path):
   inner = model.predict
   model.predict = lambda x: (seen.append(x), inner(x))[1]
   label_image.classify_files(model, [path])
-  label_image.classify_files(model, [path], input_mean=127.5,
-                             input_std=127.5)
+  label_image.classify_files(model, [path],
+                             decoding=label_image.Decoding(127.5, 127.5))
   np.testing.assert_allclose(seen[1], (seen[0] * 255 - 127.5) / 127.5,
                              atol=1e-5)
   assert 0.45 < seen[0].mean() < 0.55

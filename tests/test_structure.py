@@ -48,8 +48,9 @@ LEVELS = _levels_of(ARCHITECTURE.read_text(encoding='utf-8'))
 # (retrain.data.annotations, imported only with --boxes); its loaders check a
 # model with retrain.features.module_safety (imported when loading).
 # label_image's loaders and classifying live in retrain.predict (which
-# imports only the errors, and the image decoding when it classifies), so
-# that retrain.evaluate runs exports the same way.
+# imports the errors, the export's names from retrain.common.names, the one
+# TFLite runner retrain.features.tflite_runner, and the image decoding when
+# it classifies), so that retrain.evaluate runs exports the same way.
 TOOLS_MAY_IMPORT = ('retrain.images', 'retrain.errors', 'retrain.version',
                     'retrain.predict',
                     'retrain.common.cli', 'retrain.common.progress',

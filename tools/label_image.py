@@ -59,6 +59,7 @@ from absl import logging  # noqa: E402
 
 from retrain.errors import RetrainError  # noqa: E402
 from retrain.predict.classify import (  # noqa: E402,F401 (label_image's API)
+  Decoding,
   Record,
   Timing,
   _load,
@@ -302,53 +303,19 @@ def main(argv) -> int:
     model = load_model(saved_model_dir, f.graph, f.labels, f.input_layer,
                        f.output_layer, f.input_height, f.input_width,
                        trust=f.trust_module)
-    crops = names = None
     if f.boxes:  # --- crops to annotated boxes (docs/boxes.md) ---
-      paths, problems, crops, names = _box_crops(f.boxes, f.crop_margin,
-                                                 specs)
+      paths, problems, crops = _box_crops(f.boxes, f.crop_margin, specs)
     else:
-      paths, problems = find_images(specs)
-    logging.info('Classifying %d image%s with %s (%s, %dx%d, %d classes).',
-                 len(paths), '' if len(paths) == 1 else 's', model.path,
-                 model.kind, model.input_size[0], model.input_size[1],
-                 len(model.labels))
-    if f.benchmark and paths:  # Keep one-off start-up out of the figures.
-      _load(paths[0], model.input_size, f.input_mean, f.input_std)
-      model.predict(np.zeros([min(f.batch_size, len(paths)),
-                              model.input_size[0], model.input_size[1], 3],
-                             np.float32))
+      (paths, problems), crops = find_images(specs), None
     timing = Timing()
-    if f.min_confidence is not None and not 0 <= f.min_confidence <= 1:
-      raise LabelImageError(f'--min_confidence={f.min_confidence} must be in '
-                            '[0, 1] (0 disables).')
-    if model.threshold and f.min_confidence is None:
-      logging.info('Images below the stored confidence threshold %.4f are '
-                   'reported as unknown (--min_confidence 0 disables).',
-                   model.threshold)
-    records = problems + classify_files(model, paths, f.top_k, f.batch_size,
-                                        f.input_mean, f.input_std, timing,
-                                        f.max_image_pixels, f.min_confidence,
-                                        boxes=crops, names=names)
+    records = problems + _classify(model, paths, crops, timing, f)
     text = format_records(records, f.output_format)
     if f.explain:
       _explain(model, records[len(problems):], paths, crops, f)
   except RetrainError as e:
     logging.error('%s', e)
     return 1
-  if f.output_file:
-    with open(f.output_file, 'w', encoding='utf-8', newline='') as out:
-      out.write(text)
-    logging.info('Wrote %d results to %s.', len(records), f.output_file)
-  else:
-    sys.stdout.write(text)
-  failed = [r for r in records if r.error is not None]
-  if len(records) > 1:
-    logging.info('%s', summarize(records))
-  if f.output_file:
-    # The results on stdout already show each failing path with its reason;
-    # only when they went to a file does the console need them.
-    for r in failed:
-      logging.warning('Could not classify %s: %s', r.image, r.error)
+  _write_results(text, records, f)
   if f.benchmark and timing.images:
     print(f'Benchmark: {timing.images} images in {timing.total:.2f} s = '
           f'{timing.images / timing.total:.1f} images/s end to end '
@@ -358,11 +325,60 @@ def main(argv) -> int:
           # Never mixed into JSON or CSV on stdout.
           file=(sys.stdout if f.output_file or f.output_format == 'table'
                 else sys.stderr))
+  failed = sum(r.error is not None for r in records)
   if failed:
-    logging.error('%d of %d image%s could not be classified.', len(failed),
+    logging.error('%d of %d image%s could not be classified.', failed,
                   len(records), '' if len(records) == 1 else 's')
     return 1
   return 0
+
+
+def _decoding(f) -> Decoding:
+  """How the flags say image files become the model's input."""
+  return Decoding(f.input_mean, f.input_std, f.max_image_pixels)
+
+
+def _classify(model: Model, paths: Sequence[str], crops, timing: Timing,
+              f) -> list:
+  """The records of paths (or of their crops) as the flags ask, after the
+  log line of what classifies them and, with --benchmark, a warm-up."""
+  logging.info('Classifying %d image%s with %s (%s, %dx%d, %d classes).',
+               len(paths), '' if len(paths) == 1 else 's', model.path,
+               model.kind, model.input_size[0], model.input_size[1],
+               len(model.labels))
+  if f.benchmark and paths:  # Keep one-off start-up out of the figures.
+    _load(paths[0], model.input_size, _decoding(f))
+    model.predict(np.zeros([min(f.batch_size, len(paths)),
+                            model.input_size[0], model.input_size[1], 3],
+                           np.float32))
+  if f.min_confidence is not None and not 0 <= f.min_confidence <= 1:
+    raise LabelImageError(f'--min_confidence={f.min_confidence} must be in '
+                          '[0, 1] (0 disables).')
+  if model.threshold and f.min_confidence is None:
+    logging.info('Images below the stored confidence threshold %.4f are '
+                 'reported as unknown (--min_confidence 0 disables).',
+                 model.threshold)
+  return classify_files(model, paths, f.top_k, f.batch_size, _decoding(f),
+                        timing, f.min_confidence, crops)
+
+
+def _write_results(text: str, records: Sequence[Record], f) -> None:
+  """The results to --output_file or stdout; the summary, and with a file,
+  each failure, to the log."""
+  if f.output_file:
+    with open(f.output_file, 'w', encoding='utf-8', newline='') as out:
+      out.write(text)
+    logging.info('Wrote %d results to %s.', len(records), f.output_file)
+  else:
+    sys.stdout.write(text)
+  if len(records) > 1:
+    logging.info('%s', summarize(records))
+  if f.output_file:
+    # The results on stdout already show each failing path with its reason;
+    # only when they went to a file does the console need them.
+    for r in records:
+      if r.error is not None:
+        logging.warning('Could not classify %s: %s', r.image, r.error)
 
 
 USAGE = """label_image: classify photos with a model exported by retrain.
@@ -398,8 +414,8 @@ def _explain(model: Model, records: Sequence[Record], paths: Sequence[str],
   for k, (record, path) in enumerate(zip(records, paths, strict=True)):
     if record.error is not None:
       continue
-    image = _load(path, model.input_size, f.input_mean, f.input_std,
-                  f.max_image_pixels, None if crops is None else crops[k])
+    image = _load(path, model.input_size, _decoding(f),
+                  None if crops is None else crops[k].box)
     if not isinstance(image, np.ndarray):
       continue
     top = model.labels.index(record.top[0][0])
@@ -421,9 +437,10 @@ def _explain(model: Model, records: Sequence[Record], paths: Sequence[str],
 
 
 def _box_crops(annotation: str, margin: float, specs: Sequence[str]):
-  """--boxes FILE: (paths, problem records, crops, names), one per box of
-  FILE (VOC XML, or CSV whose paths are relative to the one folder given
-  as --image, else to the CSV's folder)."""
+  """--boxes FILE: (paths, problem records, crops), one per box of FILE
+  (VOC XML, or CSV whose paths are relative to the one folder given as
+  --image, else to the CSV's folder); crops are
+  retrain.data.annotations.crop.InferenceCrop."""
   from retrain.data.annotations import crop
   if len(specs) > 1:
     raise LabelImageError(
@@ -432,8 +449,7 @@ def _box_crops(annotation: str, margin: float, specs: Sequence[str]):
   crops, skipped = crop.crops_for_inference(
       annotation, margin, DEFAULT_MIN_BOX_SIZE, specs[0] if specs else '')
   return ([c.image for c in crops],
-          [Record(name, error=reason) for name, reason in skipped],
-          [c.box for c in crops], [c.name for c in crops])
+          [Record(name, error=reason) for name, reason in skipped], crops)
 
 
 def run():

@@ -120,24 +120,40 @@ def _reason(error: Exception) -> str:
   return message or type(error).__name__
 
 
-def _load(path: str, size, input_mean: float, input_std: float,
-          max_pixels: Optional[int] = None, box=None):
+@dataclasses.dataclass(frozen=True)
+class Decoding:
+  """How an image file becomes the model's input.
+
+  Attributes:
+    input_mean, input_std: the model takes (pixel - input_mean) / input_std
+      of pixels in [0, 255]; the defaults give the [0, 1] retrain's models
+      take.
+    max_pixels: images whose decoded size would exceed this many pixels are
+      refused (None: retrain's limit).
+  """
+  input_mean: float = DEFAULT_INPUT_MEAN
+  input_std: float = DEFAULT_INPUT_STD
+  max_pixels: Optional[int] = None
+
+
+def _load(path: str, size, decoding: Decoding, box=None):
   """float32 [H, W, 3] ready for the model, or the reason it failed.
 
-  Images over `max_pixels` (default: retrain's) or truncated are refused
-  from their header; the decoding threads share one pixel budget
+  Images over `decoding.max_pixels` (default: retrain's) or truncated are
+  refused from their header; the decoding threads share one pixel budget
   (retrain.images), so they never hold one worst-case image each.
   box: None, or the crop (top, left, bottom, right) in [0, 1] (--boxes).
   """
   from retrain import image_header
   from retrain import images as images_lib
   try:
-    image = images_lib.load_image(path, size, max_pixels or
+    image = images_lib.load_image(path, size, decoding.max_pixels or
                               image_header.MAX_IMAGE_PIXELS, box=box).numpy()
   except Exception as e:  # noqa: BLE001 any decoding failure becomes this file's reason
     return _reason(e)
-  if (input_mean, input_std) != (DEFAULT_INPUT_MEAN, DEFAULT_INPUT_STD):
-    image = (image * 255.0 - input_mean) / input_std
+  if (decoding.input_mean, decoding.input_std) != (DEFAULT_INPUT_MEAN,
+                                                   DEFAULT_INPUT_STD):
+    image = (image * 255.0 - decoding.input_mean) / decoding.input_std
   return image
 
 
@@ -157,22 +173,25 @@ class Timing:
 def classify_files(model: Model, paths: Sequence[str],
                    top_k: int = DEFAULT_TOP_K,
                    batch_size: int = DEFAULT_BATCH_SIZE,
-                   input_mean: float = DEFAULT_INPUT_MEAN,
-                   input_std: float = DEFAULT_INPUT_STD,
+                   decoding: Optional[Decoding] = None,
                    timing: Optional[Timing] = None,
-                   max_pixels: Optional[int] = None,
                    min_confidence: Optional[float] = None,
-                   boxes: Optional[Sequence] = None,
-                   names: Optional[Sequence[str]] = None) -> List[Record]:
+                   crops: Optional[Sequence] = None) -> List[Record]:
   """Classifies image files in batches; one Record per path, in order.
 
-  Files are decoded on a thread pool while the model runs on the previous
-  batch. A file that cannot be read or decoded gets a Record with its error.
-  A Record whose top probability is below `min_confidence` (None: the
-  model's stored threshold; 0: never) has unknown=True.
-  With `boxes` (one crop per path, see _load) each crop is classified, and
-  `names` (one per path) name the records.
+  Files are decoded (as `decoding` says; default Decoding()) on a thread
+  pool while the model runs on the previous batch. A file that cannot be
+  read or decoded gets a Record with its error. A Record whose top
+  probability is below `min_confidence` (None: the model's stored
+  threshold; 0: never) has unknown=True.
+  With `crops` (one per path: objects with `box`, float32 [4] (top, left,
+  bottom, right) in [0, 1], and `name`, as
+  retrain.data.annotations.crop.InferenceCrop) the box of each path is
+  classified and the record takes the crop's name.
   """
+  decoding = decoding or Decoding()
+  boxes = None if crops is None else [c.box for c in crops]
+  names = None if crops is None else [c.name for c in crops]
   if min_confidence is None:
     min_confidence = model.threshold
   # A live bar with rate and time left on a terminal, else a log line every
@@ -186,8 +205,7 @@ def classify_files(model: Model, paths: Sequence[str],
   with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 2) as pool:
 
     def submit(k):
-      return [pool.submit(_load, p, model.input_size, input_mean, input_std,
-                          max_pixels, box)
+      return [pool.submit(_load, p, model.input_size, decoding, box)
               for p, box in zip(chunks[k], box_chunks[k], strict=True)]
 
     chunks = list(_chunks(list(paths), max(1, batch_size)))
