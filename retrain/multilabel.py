@@ -36,6 +36,7 @@ from retrain.head import multilabel as head_lib
 from retrain.head import solver as solver_lib
 from retrain.report import multilabel as report_lib
 from retrain.report import tensorboard as tb
+from retrain.steps import prepare, vectors
 
 REPORT_FILE = 'multilabel_head.json'
 
@@ -69,7 +70,7 @@ def run(config: Config) -> pipeline.RunResult:
   """Runs a multi-label retraining end to end (see the module docstring)."""
   phases = phases_lib.Phases()
   with phases('startup', since_start=True):
-    pipeline.check_config(config)
+    prepare.check_config(config)
     check_options(config)
     leftovers.heal([config.saved_model_dir, config.output_labels,
                     config.output_graph, config.tflite_output_file,
@@ -79,23 +80,23 @@ def run(config: Config) -> pipeline.RunResult:
                           config.bottleneck_dir)
     layout, labels = found.layout, list(found.layout.dataset.labels)
   with phases('hashing'):
-    keyed = pipeline.hash_images(config, layout.dataset)
+    keyed = prepare.hash_images(config, layout.dataset)
   with phases('module'):
-    module = pipeline.load_module(config)
-    runner = pipeline.module_runner(config, module)
+    module = prepare.load_module(config)
+    runner = prepare.module_runner(config, module)
   if streamed.needed(config, len(layout.dataset.images), module):
     logging.warning('The training vectors exceed --max_vectors_in_memory=%d, '
                     'but a multi-label run does not stream from the cache: '
                     'it holds them in memory.', config.max_vectors_in_memory)
   with phases('bottlenecks'):
-    computed = pipeline.bottlenecks(config, layout.dataset, module, runner,
+    computed = vectors.bottlenecks(config, layout.dataset, module, runner,
                                     keyed=keyed)
-  skipped, _ = pipeline.report_skipped(config, layout, computed)
+  skipped, _ = vectors.report_skipped(config, layout, computed)
   images = usable_lib.usable_images(layout.dataset, computed)
   targets = found.targets[images.index]
   split = make_split(config, layout, images, targets)
   with phases('distorted_copies') as phase:
-    train_x, _, copies = pipeline.training_set(config, runner, images, split)
+    train_x, _, copies = vectors.training_set(config, runner, images, split)
     if copies is None:
       phase.skip()
   with phases('training'):

@@ -3,7 +3,7 @@
 `pipeline.run` hands over here, right after loading the module, when the
 training vectors a run expects (training images plus their distorted
 copies) exceed `Config.max_vectors_in_memory`. The steps are the pipeline's
-own (`pipeline.bottlenecks`, `report_skipped`, `make_split`, `export`), with
+own (`vectors.bottlenecks`, `report_skipped`, `make_split`, `export`), with
 three differences:
 
 - bottlenecks and distorted copies are computed into the cache as usual
@@ -120,16 +120,16 @@ def _copy_keys(config: Config, module, runner, images, split, directories):
 
 def _calibrate(config: Config, trained: train_lib.TrainResult,
                validation: chunks.ChunkReader, val_y: np.ndarray):
-  """pipeline.calibrate on a random sample of the validation set
+  """head.calibrate on a random sample of the validation set
   (streaming.sample_capacity), read from the cache."""
-  from retrain import pipeline  # pylint: disable=g-import-not-at-top
+  from retrain.steps import head
   rows = np.arange(len(val_y))
   cap = streaming.sample_capacity(config.max_vectors_in_memory,
                                  validation.dim)
   if len(rows) > cap:
     rows = np.sort(np.random.default_rng(config.random_seed).choice(
         len(rows), cap, replace=False))
-  return pipeline.calibrate(config, trained, validation.read(rows),
+  return head.calibrate(config, trained, validation.read(rows),
                             val_y[rows])
 
 
@@ -137,8 +137,8 @@ def _train(config: Config, train: chunks.ChunkReader, train_y: np.ndarray,
            num_classes: int, validation: chunks.ChunkReader,
            val_y: np.ndarray) -> train_lib.TrainResult:
   """Streaming SGD with the run's settings, logged as the pipeline logs."""
-  from retrain import pipeline  # pylint: disable=g-import-not-at-top
-  settings = pipeline.train_settings(config)
+  from retrain.steps import head
+  settings = head.train_settings(config)
   if config.head_solver != 'sgd':
     # The converging solver needs every vector on each iteration.
     logging.info('--head_solver %s: past the memory budget the head is '
@@ -160,14 +160,15 @@ def run(config: Config, layout, module, runner, phases, keyed=None):
   """The rest of pipeline.run, streaming; returns a pipeline.RunResult.
 
   Args:
-    config: the run's Config; layout: from pipeline.discover.
+    config: the run's Config; layout: from prepare.discover.
     module: the loaded FeatureModule (identity and export); runner: the
       module as bottlenecks run it (tflite_runtime.deferred).
     phases: the run's retrain.common.phases.Phases (timings, memory).
-    keyed: the images' cache keys, from pipeline.hash_images (None: hashed
+    keyed: the images' cache keys, from prepare.hash_images (None: hashed
       here).
   """
   from retrain import pipeline  # pylint: disable=g-import-not-at-top
+  from retrain.steps import head, outputs, vectors
   budget = config.max_vectors_in_memory
   logging.info('About %d training vectors exceed --max_vectors_in_memory=%d: '
                'training and evaluation read them from the cache in chunks '
@@ -176,17 +177,17 @@ def run(config: Config, layout, module, runner, phases, keyed=None):
                expected_training_vectors(config, len(layout.dataset.images)),
                budget)
   with phases('bottlenecks'):
-    computed = pipeline.bottlenecks(config, layout.dataset, module, runner,
+    computed = vectors.bottlenecks(config, layout.dataset, module, runner,
                                     load_vectors=False, keyed=keyed)
-  skipped, reports = pipeline.report_skipped(config, layout, computed)
+  skipped, reports = vectors.report_skipped(config, layout, computed)
   images = usable_lib.usable_images(layout.dataset, computed)
   labels = list(layout.dataset.labels)
-  split = pipeline.make_split(config, layout, images)
+  split = vectors.make_split(config, layout, images)
   # 32 bytes per image (chunks.compact_keys), not a Python string each.
   keys = chunks.compact_keys(images.digests)
   directories = [os.path.join(config.bottleneck_dir,
                               bottleneck_cache.namespace_id(
-                                  pipeline.bottlenecks_lib.cache_namespace(
+                                  vectors.bottlenecks_lib.cache_namespace(
                                       module)))]
   train_keys, train_y = keys[split.train], images.labels[split.train]
   with phases('distorted_copies') as phase:
@@ -213,14 +214,14 @@ def run(config: Config, layout, module, runner, phases, keyed=None):
     test = streaming.evaluate_streaming(
         trained.head, readers['test'], images.labels[split.test], budget,
         config.test_batch_size, seed=config.random_seed)
-    misclassified = pipeline.report_test(config, labels, test, images, split)
+    misclassified = head.report_test(config, labels, test, images, split)
     confidence = _calibrate(config, trained, readers['validation'],
                             images.labels[split.validation])
   with phases('export'):
-    saved, deployment = pipeline.export(config, module, labels, trained, test,
+    saved, deployment = outputs.export(config, module, labels, trained, test,
                                         images, split, None, confidence)
   phases.total()
-  pipeline.warn_skipped(skipped, reports)
+  vectors.warn_skipped(skipped, reports)
   result = pipeline.RunResult(
       labels=labels,
       counts={name: int(len(split.subset(name))) for name in split_lib.SUBSETS},

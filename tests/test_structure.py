@@ -33,8 +33,10 @@ LEVELS = (
     ('retrain.report',),
     ('retrain.export',),
     ('retrain.finetune',),  # after the head, before the export it feeds
-    ('retrain.config', 'retrain.pipeline', 'retrain.streamed',
-     'retrain.multilabel'),
+    ('retrain.config',),
+    # The steps of a run (prepare, vectors, head, trust, outputs).
+    ('retrain.steps',),
+    ('retrain.pipeline', 'retrain.streamed', 'retrain.multilabel'),
     # The health report (docs/inspect.md) uses the pipeline's steps.
     ('retrain.inspect',),
     ('retrain', 'retrain.__main__', 'retrain.api', 'retrain.summary',

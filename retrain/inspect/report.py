@@ -19,7 +19,6 @@ from typing import Dict, List, Optional
 import numpy as np
 from absl import logging
 
-from retrain import pipeline
 from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.common import strict_json
 from retrain.config import Config, InspectConfig, subset
@@ -31,6 +30,7 @@ from retrain.features import ensemble as ensemble_lib
 from retrain.features import tflite_runtime
 from retrain.inspect import analysis, charts, files
 from retrain.inspect import html as html_lib
+from retrain.steps import vectors
 
 REPORT_JSON = 'report.json'
 REPORT_HTML = 'report.html'
@@ -126,7 +126,7 @@ def _load_examples(config: Config, timings: dict):
   runner = tflite_runtime.deferred(module, config.bottleneck_runtime,
                                    config.module_cache_dir)
   phase = time.monotonic()
-  computed = pipeline.bottlenecks(config, layout.dataset, module, runner,
+  computed = vectors.bottlenecks(config, layout.dataset, module, runner,
                                   crops)
   timings['bottlenecks'] = time.monotonic() - phase
   usable = np.flatnonzero(computed.ok)

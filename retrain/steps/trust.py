@@ -1,0 +1,104 @@
+"""The trust step: the novelty score and <report_dir>/trust.json."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+from typing import Optional, Sequence
+
+import numpy as np
+from absl import logging
+
+from retrain.bottlenecks import usable as usable_lib
+from retrain.config import Config
+from retrain.data import split as split_lib
+from retrain.head import calibration as calibration_lib
+from retrain.head import evaluate as evaluate_lib
+from retrain.head import novelty as novelty_lib
+from retrain.head import train as train_lib
+from retrain.report import trust as trust_report
+from retrain.steps import head, vectors
+
+
+def fit_novelty(config: Config, images: usable_lib.UsableImages,
+                split: split_lib.Split, num_classes: int, tuned=None):
+  """The novelty score on the frozen vectors of the training and
+  validation images, its threshold from out-of-fold scores; None when
+  switched off (novelty_keep 0), after fine-tuning (the exported features
+  are no longer the cached ones) or with fewer than two images a class."""
+  if not config.novelty_keep:
+    return None
+  if tuned is not None and not tuned.metadata['fine_tuned'].get(
+      'kept_frozen_head'):
+    logging.info('No novelty score in the exports: it is fitted on the '
+                 'frozen module\'s vectors and the fine-tuned network '
+                 'computes other ones.')
+    return None
+  rows = np.concatenate([split.train, split.validation])
+  y = images.labels[rows]
+  counts = np.bincount(y, minlength=num_classes)
+  folds = min(config.solver_folds, int(counts[counts > 0].min()))
+  if folds < 2:
+    logging.info('No novelty score: a class has fewer than two training '
+                 'and validation images to hold out.')
+    return None
+  return novelty_lib.fit_on_split(
+      images.vectors[rows], y, num_classes, config.novelty_components,
+      config.novelty_keep, folds, config.random_seed)
+
+
+def unknown_vectors(config: Config, module, runner) -> Optional[np.ndarray]:
+  """float32 [n, D] vectors of the --unknown_dir photos (any layout;
+  unreadable files skipped), through the bottleneck cache; None when it
+  holds no image."""
+  from retrain.common import walk as walk_lib  # pylint: disable=g-import-not-at-top
+  from retrain.images import IMAGE_EXTENSIONS  # pylint: disable=g-import-not-at-top
+  paths = sorted(os.path.join(folder, name)
+                 for folder, _, names in os.walk(config.unknown_dir)
+                 for name in names
+                 if walk_lib.is_image_file(name, IMAGE_EXTENSIONS))
+  logging.info('Scoring %d photos of --unknown_dir %s (never trained on).',
+               len(paths), config.unknown_dir)
+  if not paths:
+    return None
+  dataset = types.SimpleNamespace(images=[types.SimpleNamespace(path=p)
+                                          for p in paths])
+  return vectors.bottlenecks(config, dataset, module, runner).vectors
+
+
+def trust_checks(config: Config, module, runner, labels: Sequence[str],
+                 confidence: calibration_lib.Confidence,
+                 images: usable_lib.UsableImages, split: split_lib.Split,
+                 test: evaluate_lib.Evaluation, tuned,
+                 trained: train_lib.TrainResult
+                 ) -> calibration_lib.Confidence:
+  """Fits the novelty score (into confidence.head, so every export
+  computes it), scores the test and --unknown_dir photos, writes
+  <report_dir>/trust.json with the reliability diagram and the novelty
+  histogram; returns the confidence with the novelty in its head."""
+  novelty = fit_novelty(config, images, split, len(labels), tuned)
+  sets = {}
+  if novelty is not None:
+    confidence = dataclasses.replace(confidence, head=dataclasses.replace(
+        confidence.head, novelty=novelty))
+    sets = {'held_out': novelty.held_out_scores,
+            'test': novelty.scores(images.vectors[split.test])}
+    unknown = (unknown_vectors(config, module, runner)
+               if config.unknown_dir else None)
+    if unknown is not None:
+      sets['unknown'] = novelty.scores(unknown)
+    for name, scores in sets.items():
+      counts = trust_report.flagged(scores, novelty.threshold)
+      logging.info('Novelty threshold %.3f (keeps %.0f %% of held-out '
+                   'images of the classes): %s: %d of %d flagged "not like '
+                   'any class".', novelty.threshold, 100 * novelty.keep,
+                   name.replace('_', '-'), counts['flagged'],
+                   counts['count'])
+  trust_report.write(
+      config.report_dir, config.summaries_dir,
+      trained.history[-1].step if trained.history else 0,
+      head.describe_figures(trained, tuned), confidence,
+      test.probabilities if test.count else None, test.labels, novelty,
+      sets)
+  return confidence
