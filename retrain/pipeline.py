@@ -181,8 +181,8 @@ def run(config: Config) -> RunResult:
 
 def run_steps(config: Config) -> RunResult:
   """The steps of `run`, with every output path filled in."""
-  if config.multi_label:  # one sigmoid per label: retrain/multilabel.py
-    from retrain import multilabel  # pylint: disable=g-import-not-at-top
+  if config.multi_label:  # one sigmoid per label: retrain/steps/multilabel.py
+    from retrain.steps import multilabel  # pylint: disable=g-import-not-at-top
     return multilabel.run(config)
   phases = phases_lib.Phases()
   prepared = prepare.prepare(config, phases)
@@ -191,7 +191,7 @@ def run_steps(config: Config) -> RunResult:
   # Past the memory budget the vectors stream from the cache
   # (docs/scale.md); crops to boxes keep the in-memory path (the stream
   # reads whole images).
-  from retrain import streamed  # pylint: disable=g-import-not-at-top
+  from retrain.steps import streamed  # pylint: disable=g-import-not-at-top
   if crops is None and streamed.needed(config, len(layout.dataset.images),
                                        module):
     return streamed.run(config, layout, module, runner, phases,

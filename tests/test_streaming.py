@@ -272,8 +272,8 @@ def dataclasses_replace(config, **changes):
 
 
 def test_negative_budget_is_a_clear_error(tmp_path, fake_module):
-  from retrain import streamed
   from retrain.errors import DatasetError
+  from retrain.steps import streamed
   from tests.conftest import shrunk_config
   config = shrunk_config(tmp_path, tmp_path / 'out', fake_module,
                          max_vectors_in_memory=-1)
@@ -290,8 +290,8 @@ def test_negative_budget_is_a_clear_error(tmp_path, fake_module):
 def test_fine_tuning_a_run_that_would_stream_is_refused(tmp_path, fake_module):
   """Fine-tuning holds activations in memory: past the budget it is a
   clear error before any slow work, not silently dropped by streaming."""
-  from retrain import streamed
   from retrain.errors import DatasetError
+  from retrain.steps import streamed
   from tests.conftest import shrunk_config
   config = shrunk_config(tmp_path, tmp_path / 'out', fake_module,
                          max_vectors_in_memory=1000, fine_tune=True)

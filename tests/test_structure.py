@@ -36,7 +36,7 @@ LEVELS = (
     ('retrain.config',),
     # The steps of a run (prepare, vectors, head, trust, outputs).
     ('retrain.steps',),
-    ('retrain.pipeline', 'retrain.streamed', 'retrain.multilabel'),
+    ('retrain.pipeline',),
     # The health report (docs/inspect.md) uses the pipeline's steps.
     ('retrain.inspect',),
     ('retrain', 'retrain.__main__', 'retrain.api', 'retrain.summary',

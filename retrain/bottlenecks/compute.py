@@ -461,7 +461,7 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
     progress_interval: seconds between progress lines.
     max_pixels: see make_compute_fn.
     load_vectors: False leaves `vectors` empty ([0, D]); the caller reads
-      them from the cache later (retrain/streamed.py, past the memory
+      them from the cache later (retrain/steps/streamed.py, past the memory
       budget).
     boxes: None for whole images, else float32 [n, 4], the crop of each
       path (--crop_to_boxes; retrain.data.boxes).

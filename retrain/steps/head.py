@@ -139,7 +139,7 @@ def report_test(config: Config, labels: Sequence[str],
                 test_paths: Optional[Sequence[str]] = None,
                 after: str = '') -> List[str]:
   """Logs the test accuracy (and each mistake when asked); returns the
-  misclassified lines. Also the streaming path's (retrain/streamed.py).
+  misclassified lines. Also the streaming path's (retrain/steps/streamed.py).
   test_paths: the file of each row test was evaluated on (default: the
   split's test images); after: ' after fine-tuning' or ''."""
   # Retrain.py's line plus the Wilson 95% interval.

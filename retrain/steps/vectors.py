@@ -47,7 +47,7 @@ def bottlenecks(config: Config, dataset, module, runner, crops=None,
                 keyed: Optional[tuple] = None) -> bottlenecks_lib.Bottlenecks:
   """The bottleneck vector of every discovered image, cached under the
   module's identity and computed by `runner` (the module on its runtime);
-  load_vectors False: computed into the cache only (retrain/streamed.py);
+  load_vectors False: computed into the cache only (retrain/steps/streamed.py);
   keyed: what hash_images returned (None: the files are hashed here)."""
   paths = [image.path for image in dataset.images]
   try:

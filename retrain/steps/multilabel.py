@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from retrain import pipeline, streamed
+from retrain import pipeline
 from retrain.bottlenecks import usable as usable_lib
 from retrain.common import atomic, leftovers
 from retrain.common import phases as phases_lib
@@ -36,7 +36,7 @@ from retrain.head import multilabel as head_lib
 from retrain.head import solver as solver_lib
 from retrain.report import multilabel as report_lib
 from retrain.report import tensorboard as tb
-from retrain.steps import prepare, vectors
+from retrain.steps import prepare, streamed, vectors
 
 REPORT_FILE = 'multilabel_head.json'
 
