@@ -49,9 +49,13 @@ import bottleneck_cache
 from retrain.beam import cache as cache_lib
 from retrain.beam import transforms
 from retrain.beam.options import BeamOptions
+from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.bottlenecks import distort
 from retrain.config import Config, subset
+from retrain.data import sources as layouts
 from retrain.errors import DatasetError
+from retrain.features import ensemble as ensemble_lib
+from retrain.steps import prepare
 
 FAILURES_FILE = 'beam_failures.tsv'
 # Runner names that mean "in this process". Beam's DirectRunner is a
@@ -103,7 +107,6 @@ def make_runner(pipeline_options: PipelineOptions):
   return None
 
 
-# The largest image file read, as in-process (image_header.max_file_bytes).
 def _training_copies(config: Config, layout) -> List[int]:
   """Distorted copies wanted per image of layout: config.distorted_copies
   for training images, 0 for the others.
@@ -112,7 +115,6 @@ def _training_copies(config: Config, layout) -> List[int]:
   that fails to decode can move a small class's borrowed image to another
   set, in which case retrain computes the one or two copies it then lacks.
   """
-  from retrain.data import sources as layouts  # pylint: disable=g-import-not-at-top
   images = layout.dataset.images
   everything = np.arange(len(images), dtype=np.int64)
   labels = np.array([image.label for image in images], dtype=np.int64)
@@ -126,41 +128,57 @@ def _training_copies(config: Config, layout) -> List[int]:
 
 def _counter(result, name: str) -> int:
   found = result.metrics().query(
-      MetricsFilter().with_namespace(transforms.METRICS).with_name(name))['counters']
+      MetricsFilter().with_namespace(transforms.METRICS).with_name(
+          name))['counters']
   return int(sum(c.committed or c.attempted or 0 for c in found))
 
 
 def run(config: Config, options: BeamOptions,
         pipeline_args: Sequence[str] = ()) -> BeamResult:
-  """Runs the job to completion; see the module docstring and _run_one.
+  """Runs the job to completion; see the module docstring.
 
-  An ensemble (--tfhub_module a,b or a preset of several modules) is
+  Args:
+    config: retrain's Config; the input, module, bottleneck_dir, distortion,
+      distorted_copies, random_seed and report_dir fields are used.
+    options: the Beam job's own settings.
+    pipeline_args: Beam pipeline options, e.g. ['--runner', 'DirectRunner',
+      '--direct_num_workers', '2'].
+
+  The images are listed and the module loaded as retrain's run does
+  (retrain.steps.prepare; the files are hashed on the workers). An
+  ensemble (--tfhub_module a,b or a preset of several modules) is
   computed one member at a time, each into the namespace a single-module
   run of it uses: retrain's ensemble bottlenecks read the largest member's
   from there, and compute a smaller member's (resized as the export does)
   in a namespace of their own.
   Distorted copies of an ensemble are left to retrain (with a warning).
+
+  Raises:
+    RetrainError: bad input or module (before any work starts).
   """
-  from retrain.features import ensemble as ensemble_lib  # pylint: disable=g-import-not-at-top
-  loaded = ensemble_lib.load(config.tfhub_module, config.image_size,
-                             config.module_cache_dir, trust=config.trust_module)
-  members = getattr(loaded, 'members', None)
-  if not members:
-    return _run_one(config, options, pipeline_args)
-  if subset(distort.Distortions, config).any():
+  started = time.monotonic()
+  options.check()
+  _check_supported(config)
+  layouts.check_layout_options(subset(layouts.LayoutOptions, config))
+  distortions = subset(distort.Distortions, config)
+  distort.check_settings(distortions, config.distorted_copies)
+  # Listed as a single-label run lists them: a multi-label run reads the
+  # same files' vectors.
+  prepared = prepare.prepare(dataclasses.replace(config, multi_label=False),
+                             whole_run=False, hash_files=False)
+  members = ensemble_lib.members(prepared.module)
+  if len(members) > 1 and distortions.any():
     logging.warning('Distorted copies of an ensemble are not computed by the '
                     'Beam job; retrain computes them.')
-  results = [_run_one(dataclasses.replace(
-      config, tfhub_module=member.handle, flip_left_right=False,
-      random_crop=0.0, random_scale=0.0, random_brightness=0.0,
-      random_rotation=0.0, random_shift=0.0), options, pipeline_args)
-             for member in members]
+    distortions = distort.Distortions()
+  results = [_run_one(config, options, pipeline_args, prepared.layout,
+                      member, distortions) for member in members]
   return BeamResult(
       images=results[0].images, present=sum(r.present for r in results),
       computed=sum(r.computed for r in results),
       failures=results[0].failures, failures_path=results[0].failures_path,
       namespaces=[d for r in results for d in r.namespaces],
-      seconds=sum(r.seconds for r in results))
+      seconds=time.monotonic() - started)
 
 
 def _check_supported(config) -> None:
@@ -173,69 +191,52 @@ def _check_supported(config) -> None:
                        fields=('crop_to_boxes',))
 
 
-def _run_one(config: Config, options: BeamOptions,
-             pipeline_args: Sequence[str] = ()) -> BeamResult:
-  """Runs the job to completion; see the module docstring.
-
-  Args:
-    config: retrain's Config; the input, module, bottleneck_dir, distortion,
-      distorted_copies, random_seed and report_dir fields are used.
-    options: the Beam job's own settings.
-    pipeline_args: Beam pipeline options, e.g. ['--runner', 'DirectRunner',
-      '--direct_num_workers', '2'].
-
-  Raises:
-    RetrainError: bad input or module (before any work starts).
-  """
-  from retrain.bottlenecks import compute as bottlenecks_lib  # pylint: disable=g-import-not-at-top
-  from retrain.data import sources as layouts  # pylint: disable=g-import-not-at-top
-  from retrain.features import modules as features  # pylint: disable=g-import-not-at-top
-  started = time.monotonic()
-  options.check()
-  _check_supported(config)
-  layout_options = subset(layouts.LayoutOptions, config)
-  layouts.check_layout_options(layout_options)
-  distortions = subset(distort.Distortions, config)
-  distort.check_settings(distortions, config.distorted_copies)
-  layout = layouts.load_layout(layout_options)
-  images = layout.dataset.images
-  logging.info('Found %d images: %s.', len(images), layout.description)
-
-  module = features.load_module(config.tfhub_module, config.image_size,
-                                config.module_cache_dir, config.trust_module)
-  plain_dir = cache_lib.prepare_namespace(config.bottleneck_dir,
-                                bottlenecks_lib.cache_namespace(module))
+def _places(config: Config, module, distortions) -> transforms.Places:
+  """The namespace folders (made, with their namespace.json) and the
+  failures TSV of a job of `module`."""
+  plain_dir = cache_lib.prepare_namespace(
+      config.bottleneck_dir, bottlenecks_lib.cache_namespace(module))
   distorted_dir = None
-  copies = [0] * len(images)
   if distortions.any():
     distorted_dir = cache_lib.prepare_namespace(
         config.bottleneck_dir,
         distort.cache_namespace(module, distortions, config.random_seed))
-    copies = _training_copies(config, layout)
-  failures_path = FileSystems.join(config.report_dir, FAILURES_FILE)
   if '://' not in config.report_dir:
     os.makedirs(config.report_dir, exist_ok=True)
+  return transforms.Places(plain_dir, distorted_dir, FileSystems.join(
+      config.report_dir, FAILURES_FILE))
 
+
+def _run_one(config: Config, options: BeamOptions,
+             pipeline_args: Sequence[str], layout, module,
+             distortions) -> BeamResult:
+  """One job: the vectors of `module` (one module) of every image of
+  `layout`, and its copies' under `distortions` (none: Distortions())."""
+  started = time.monotonic()
+  images = layout.dataset.images
+  places = _places(config, module, distortions)
+  copies = (_training_copies(config, layout) if distortions.any()
+            else [0] * len(images))
   pipeline_options = PipelineOptions(list(pipeline_args))
   runner = make_runner(pipeline_options)
   logging.info('Computing bottlenecks with Apache Beam (%s) into %s.',
                type(runner).__name__ if runner else
-               pipeline_options.view_as(StandardOptions).runner, plain_dir)
+               pipeline_options.view_as(StandardOptions).runner,
+               places.plain_dir)
   pipeline = beam.Pipeline(runner=runner, options=pipeline_options)
-  transforms.build(pipeline, list(zip((image.path for image in images), copies, strict=True)),
-        plain_dir=plain_dir, distorted_dir=distorted_dir,
-        module_path=module.path, input_size=module.input_size,
-        distortions=distortions if distortions.any() else None,
-        seed=config.random_seed, options=options,
-        failures_prefix=failures_path)
+  transforms.build(
+      pipeline, list(zip((image.path for image in images), copies,
+                         strict=True)), places, module,
+      distortions if distortions.any() else None, config.random_seed,
+      options)
   result = pipeline.run()
   result.wait_until_finish()
 
-  namespaces = [d for d in (plain_dir, distorted_dir) if d]
+  namespaces = [d for d in (places.plain_dir, places.distorted_dir) if d]
   if options.merge_local and '://' not in config.bottleneck_dir:
     for directory in namespaces:
       description = (bottlenecks_lib.cache_namespace(module)
-                     if directory == plain_dir else
+                     if directory == places.plain_dir else
                      distort.cache_namespace(module, distortions,
                                              config.random_seed))
       bottleneck_cache.BottleneckStore(config.bottleneck_dir,
@@ -243,10 +244,11 @@ def _run_one(config: Config, options: BeamOptions,
   done = BeamResult(images=len(images), present=_counter(result, 'present'),
                     computed=_counter(result, 'computed'),
                     failures=_counter(result, 'failures'),
-                    failures_path=failures_path, namespaces=namespaces,
+                    failures_path=places.failures_prefix,
+                    namespaces=namespaces,
                     seconds=time.monotonic() - started)
   logging.info('Beam bottlenecks: %d images, %d vectors already cached, %d '
                'computed, %d files failed (listed in %s), %.1f s.',
                done.images, done.present, done.computed, done.failures,
-               failures_path, done.seconds)
+               places.failures_prefix, done.seconds)
   return done

@@ -3,6 +3,7 @@ the failures output (see retrain/beam/job.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from typing import Optional, Sequence, Tuple
 
@@ -200,20 +201,33 @@ def _format_failure(failure) -> str:
   return f'{path}\t{" ".join(str(reason).split())}'
 
 
-def build(pipeline, items: Sequence[Tuple[str, int]], *, plain_dir: str,
-          distorted_dir: Optional[str], module_path: str,
-          input_size: Tuple[int, int], distortions, seed: int,
-          options: BeamOptions, failures_prefix: str):
+@dataclasses.dataclass
+class Places:
+  """Where one job writes.
+
+  Attributes:
+    plain_dir: the namespace folder of the images' vectors.
+    distorted_dir: that of their distorted copies, None when no copies are
+      wanted.
+    failures_prefix: the failures TSV is written to this path.
+  """
+  plain_dir: str
+  distorted_dir: Optional[str]
+  failures_prefix: str
+
+
+def build(pipeline, items: Sequence[Tuple[str, int]], places: Places,
+          module, distortions, seed: int, options: BeamOptions):
   """Adds the job's transforms to `pipeline`.
 
   Args:
     items: (image path, distorted copies wanted) per image.
-    plain_dir, distorted_dir: namespace folders (distorted_dir None when no
-      copies are wanted).
-    module_path: the SavedModel folder; input_size: (h, w).
+    module: the FeatureModule (its SavedModel folder, path, and input size
+      (h, w) are used).
     distortions: a distort.Distortions, or None.
-    failures_prefix: the failures TSV is written to this path.
   """
+  plain_dir, distorted_dir = places.plain_dir, places.distorted_dir
+  module_path, input_size = module.path, module.input_size
   handler = handler_lib.FeatureModuleHandler(
       module_path, input_size, min_batch_size=options.min_batch_size,
       max_batch_size=options.max_batch_size, large_model=options.large_model,
@@ -240,7 +254,7 @@ def build(pipeline, items: Sequence[Tuple[str, int]], *, plain_dir: str,
        | 'Count' >> beam.Map(_count_failure)
        | 'Format' >> beam.Map(_format_failure)
        | 'WriteFailures' >> beam.io.WriteToText(
-           failures_prefix, shard_name_template='',
+           places.failures_prefix, shard_name_template='',
            header='path\treason'))
 
 
