@@ -118,7 +118,8 @@ def measure(root: pathlib.Path, classes: int, steps: int, budget: int) -> dict:
   stats = streaming.StreamStats()
   if stream:
     trained = streaming.train_head_streaming(
-        *readers['train'], classes, *readers['validation'], settings,
+        streaming.Labelled(*readers['train']),
+        streaming.Labelled(*readers['validation']), classes, settings,
         budget, stats=stats)
   else:
     reader, y = readers['train']

@@ -1,7 +1,10 @@
 """The whole run: discover -> split -> bottlenecks -> train -> evaluate -> export.
 
 `run(config)` takes a `retrain.config.Config` and returns a `RunResult` that
-tests (and other programs) can inspect; it reads no flags.
+tests (and other programs) can inspect; it reads no flags. It is the only
+sequence of steps: the steps themselves live in retrain/steps/ (prepare,
+vectors, head, trust, outputs; streamed and multilabel for the cache's
+storage and the multi-label head).
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import os
 from typing import Dict, List, Optional
 
 import bottleneck_cache
-from retrain.bottlenecks import usable as usable_lib
 from retrain.common import atomic, runs
 from retrain.common import phases as phases_lib
 from retrain.config import DEFAULTS, Config
@@ -20,7 +22,15 @@ from retrain.data import split as split_lib
 from retrain.finetune import run as finetune_lib
 from retrain.head import auto as head_auto
 from retrain.report import writer as explain_lib
-from retrain.steps import head, outputs, prepare, trust, vectors
+from retrain.steps import (
+  head,
+  multilabel,
+  outputs,
+  prepare,
+  streamed,
+  trust,
+  vectors,
+)
 
 RUN_SUMMARY_FILE = 'run_summary.json'
 
@@ -180,75 +190,141 @@ def run(config: Config) -> RunResult:
 
 
 def run_steps(config: Config) -> RunResult:
-  """The steps of `run`, with every output path filled in."""
-  if config.multi_label:  # one sigmoid per label: retrain/steps/multilabel.py
-    from retrain.steps import multilabel  # pylint: disable=g-import-not-at-top
-    return multilabel.run(config)
+  """The steps of `run`, with every output path filled in: prepare ->
+  vectors -> split -> train -> evaluate -> export. The bottleneck step
+  chooses where the vectors live (memory or the cache), the head kind
+  (softmax or one sigmoid per label) comes from the settings; the trainer
+  and evaluator follow from both."""
   phases = phases_lib.Phases()
   prepared = prepare.prepare(config, phases)
-  layout, crops, module, runner = (prepared.layout, prepared.crops,
-                                   prepared.module, prepared.runner)
-  # Past the memory budget the vectors stream from the cache
-  # (docs/scale.md); crops to boxes keep the in-memory path (the stream
-  # reads whole images).
-  from retrain.steps import streamed  # pylint: disable=g-import-not-at-top
-  if crops is None and streamed.needed(config, len(layout.dataset.images),
-                                       module):
-    return streamed.run(config, layout, module, runner, phases,
-                        prepared.keyed)
   with phases('bottlenecks'):
-    computed = vectors.bottlenecks(config, layout.dataset, module, runner, crops,
-                           keyed=prepared.keyed)
-  skipped, reports = vectors.report_skipped(config, layout, computed)
-  images = usable_lib.usable_images(layout.dataset, computed)
-  labels = list(layout.dataset.labels)
-  split = vectors.make_split(config, layout, images)
-  with phases('distorted_copies') as phase:
-    train_x, train_y, copies = vectors.training_set(config, runner, images, split,
-                                            crops)
-    if copies is None:
-      phase.skip()
-  with phases('training'):
-    trained, intermediate = head.train(config, module, labels, images, split,
-                                  train_x, train_y, computed.failures,
-                                  vectors.training_groups(split, copies))
-  with phases('evaluation'):
-    reported = head.evaluate(config, labels, trained, images, split)
-    # Fine-tuning before calibration, so that the exported (calibrated)
-    # head is the fine-tuned one.
-    module, trained, reported, validation, tuned = head.fine_tune(
-        config, module, labels, trained, reported, images, split, copies)
-    test, misclassified, explained = reported
-    confidence = head.calibrate(config, trained, *validation, test=test)
-    confidence = trust.trust_checks(config, module, runner, labels, confidence,
-                              images, split, test, tuned, trained)
-  page = outputs.start_results_page(config, layout, crops, module, labels, trained,
-                            test, images, split, tuned)
-  with phases('export'):
-    saved, deployment = outputs.export(config, module, labels, trained, test, images,
-                               split, intermediate, confidence,
-                               tuned.metadata if tuned else None,
-                               prepared.float_module)
-  with phases('results_page'):
-    page = outputs.results_page(config, page, module, labels, computed.stats, phases)
-  phases.total()
-  vectors.warn_skipped(skipped, reports)
-  result = RunResult(
-      labels=labels,
-      counts={name: int(len(split.subset(name))) for name in split_lib.SUBSETS},
-      test_accuracy=test.accuracy, test_count=test.count,
-      bottleneck_stats=computed.stats, skipped=skipped,
-      history=trained.history, misclassified=misclassified,
-      saved_model_dir=saved, timings=phases.timings, explained=explained,
-      distorted_stats=copies.stats if copies is not None else None,
-      peak_rss_mib=phases.peak_rss, deployment_report=deployment,
-      fine_tuned=tuned, figures=head.describe_figures(trained, tuned),
-      bottleneck_precision=prepared.precision, results_page=page)
+    found = vectors.compute(config, prepared)
+  if config.multi_label:
+    result = _multi_label(config, prepared, found, phases)
+  elif found.storage == 'cache':
+    result = _streamed(config, prepared, found, phases)
+  else:
+    result = _in_memory(config, prepared, found, phases)
+  vectors.warn_skipped(found.skipped, found.reports)
   write_run_summary(config, result)
   return result
 
 
-# --- The steps, in the order `run` calls them ---------------------------------
+def _result(found: vectors.Vectors, split: split_lib.Split, phases,
+            copies_stats, **fields) -> RunResult:
+  """The RunResult of a run, the fields every run has filled in."""
+  return RunResult(
+      labels=found.labels,
+      counts={name: int(len(split.subset(name))) for name in split_lib.SUBSETS},
+      bottleneck_stats=found.computed.stats, skipped=found.skipped,
+      timings=phases.timings, distorted_stats=copies_stats,
+      peak_rss_mib=phases.peak_rss, **fields)
+
+
+def _in_memory(config: Config, prepared: prepare.Prepared,
+               found: vectors.Vectors, phases) -> RunResult:
+  """The softmax head on vectors in memory: the converging solver or SGD,
+  fine-tuning, calibration, the trust checks and the results page."""
+  images, labels = found.images, found.labels
+  split = vectors.make_split(config, prepared.layout, images)
+  with phases('distorted_copies') as phase:
+    training = vectors.training_set(config, prepared.runner, images, split,
+                                    prepared.crops)
+    if training.copies is None:
+      phase.skip()
+  with phases('training'):
+    trained = head.train(config, prepared.module, found, split, training,
+                         vectors.training_groups(split, training.copies))
+  with phases('evaluation'):
+    reported = head.evaluate(config, labels, trained.result, images, split)
+    # Fine-tuning before calibration, so that the exported (calibrated)
+    # head is the fine-tuned one.
+    tuned = head.fine_tune(config, prepared.module, labels, trained.result,
+                           reported, images, split, training.copies)
+    confidence = head.calibrate(config, tuned.trained, *tuned.validation,
+                                test=tuned.reported.test)
+    confidence = trust.trust_checks(config, prepared, found, split, tuned,
+                                    confidence)
+  page = outputs.start_results_page(config, prepared, found, split, tuned)
+  with phases('export'):
+    saved, deployment = outputs.export(config, prepared, found, split, tuned,
+                                       confidence, trained.intermediate)
+  with phases('results_page'):
+    page = outputs.results_page(config, page, tuned.module, labels,
+                                found.computed.stats, phases)
+  phases.total()
+  test = tuned.reported.test
+  return _result(
+      found, split, phases,
+      training.copies.stats if training.copies is not None else None,
+      test_accuracy=test.accuracy, test_count=test.count,
+      history=tuned.trained.history,
+      misclassified=tuned.reported.misclassified, saved_model_dir=saved,
+      explained=tuned.reported.explained, deployment_report=deployment,
+      fine_tuned=tuned.fine_tuned,
+      figures=head.describe_figures(tuned.trained, tuned.fine_tuned),
+      bottleneck_precision=prepared.precision, results_page=page)
+
+
+def _streamed(config: Config, prepared: prepare.Prepared,
+              found: vectors.Vectors, phases) -> RunResult:
+  """The softmax head past the memory budget: streaming SGD and evaluation
+  from the cache in chunks (retrain/steps/streamed.py)."""
+  images, labels = found.images, found.labels
+  split = vectors.make_split(config, prepared.layout, images)
+  with phases('distorted_copies') as phase:
+    copies = streamed.copy_keys(config, prepared.module, prepared.runner,
+                                images, split)
+    if copies is None:
+      phase.skip()
+  with phases('training'):
+    stream = streamed.open_stream(config, prepared.module, images, split,
+                                  copies)
+    trained = streamed.train(config, stream, len(labels))
+  with phases('evaluation'):
+    test = streamed.evaluate(config, trained, stream)
+    misclassified = head.report_test(config, labels, test, images, split)
+    confidence = streamed.calibrate(config, trained, stream)
+  tuned = head.Tuned(prepared.module, trained,
+                     head.Reported(test, misclassified, None), (), None)
+  with phases('export'):
+    saved, deployment = outputs.export(config, prepared, found, split, tuned,
+                                       confidence)
+  phases.total()
+  return _result(
+      found, split, phases, copies.stats if copies is not None else None,
+      test_accuracy=test.accuracy, test_count=test.count,
+      history=trained.history, misclassified=misclassified,
+      saved_model_dir=saved, deployment_report=deployment)
+
+
+def _multi_label(config: Config, prepared: prepare.Prepared,
+                 found: vectors.Vectors, phases) -> RunResult:
+  """One sigmoid per label, fitted with L-BFGS on vectors in memory
+  (retrain/steps/multilabel.py)."""
+  images, labels = found.images, found.labels
+  targets = prepared.targets[images.index]
+  split = multilabel.make_split(config, prepared.layout, images, targets)
+  with phases('distorted_copies') as phase:
+    training = vectors.training_set(config, prepared.runner, images, split)
+    if training.copies is None:
+      phase.skip()
+  with phases('training'):
+    fitted = multilabel.train(config, labels, images, split, targets,
+                              training.x, training.copies)
+  with phases('evaluation'):
+    test = multilabel.evaluate(config, labels, fitted, images, split,
+                               targets)
+  with phases('export'):
+    saved = multilabel.export(config, prepared.module, labels, fitted, test,
+                              images, split)
+  phases.total()
+  return _result(
+      found, split, phases,
+      training.copies.stats if training.copies is not None else None,
+      test_accuracy=test.exact_match, test_count=test.count, history=[],
+      misclassified=[], saved_model_dir=saved, multi_label=test,
+      bottleneck_precision=prepared.precision)
 
 
 def write_run_summary(config: Config, result: RunResult) -> str:

@@ -80,8 +80,8 @@ def test_a_saturated_validation_set_cannot_drive_the_temperature_to_its_floor(
   assert floor.temperature < 1.5 * calibration.MIN_TEMPERATURE
   # What the run calibrates on (head.fine_tune without --fine_tune hands
   # calibration the validation set it reads).
-  _, _, _, validation, _ = head.fine_tune(
-      config, None, ['a', 'b', 'c'], trained, None, images, split)
+  validation = head.fine_tune(
+      config, None, ['a', 'b', 'c'], trained, None, images, split).validation
   confidence = head.calibrate(config, trained, *validation)
   assert confidence.temperature > 0.5, confidence.temperature
   assert 'out-of-fold' in confidence.metadata()['method']

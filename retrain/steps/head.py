@@ -27,6 +27,40 @@ from retrain.report import deployment as deployment_report
 from retrain.report import writer as explain_lib
 
 
+@dataclasses.dataclass
+class Reported:
+  """The test evaluation and reports of a head.
+
+  Attributes:
+    test: the Evaluation of the test set.
+    misclassified: a line describing each wrong test prediction.
+    explained: per-class metrics and report files (retrain.report.writer).
+  """
+  test: evaluate_lib.Evaluation
+  misclassified: List[str]
+  explained: Optional[explain_lib.Explained]
+
+
+@dataclasses.dataclass
+class Tuned:
+  """What `fine_tune` hands on.
+
+  Attributes:
+    module: the feature module the exports hold (fine-tuned or as given).
+    trained: the head the exports hold.
+    reported: the test evaluation and reports of module and head.
+    validation: the arguments calibrate reads after the head (see
+      held_out_validation).
+    fine_tuned: the retrain.finetune.run.FineTuned, or None without
+      config.fine_tune.
+  """
+  module: object
+  trained: train_lib.TrainResult
+  reported: Reported
+  validation: tuple
+  fine_tuned: Optional[finetune_lib.FineTuned]
+
+
 def held_out_validation(trained: train_lib.TrainResult,
                         images: usable_lib.UsableImages,
                         split: split_lib.Split) -> tuple:
@@ -86,18 +120,34 @@ def train_settings(config: Config) -> train_lib.Settings:
       options=subset(train_options_lib.TrainOptions, config))
 
 
-def train(config: Config, module, labels: Sequence[str],
-          images: usable_lib.UsableImages, split: split_lib.Split,
-          train_x: np.ndarray, train_y: np.ndarray, failures,
-          groups: Optional[np.ndarray] = None):
-  """Trains the head, writing TensorBoard summaries; returns (TrainResult,
-  the intermediate-graph hook or None). groups: training_groups."""
+@dataclasses.dataclass
+class Trained:
+  """What `train` hands on.
+
+  Attributes:
+    result: the head, its history and held-out predictions
+      (retrain.head.train.TrainResult).
+    intermediate: the intermediate-graph hook (its files are exported), or
+      None.
+  """
+  result: train_lib.TrainResult
+  intermediate: Optional[object]
+
+
+def train(config: Config, module, found, split: split_lib.Split,
+          training, groups: Optional[np.ndarray] = None) -> Trained:
+  """Trains the head on `training` (a retrain.steps.vectors.TrainingSet of
+  found's images: a retrain.steps.vectors.Vectors), writing TensorBoard
+  summaries. groups: training_groups."""
+  labels, images = found.labels, found.images
+  train_x, train_y = training.x, training.y
   precision_lib.close(module)  # every vector is computed: fewer MiB below
   writers = summaries_lib.Writers(config.summaries_dir)
   intermediate = export_formats.intermediate_hook(
       subset(export_formats.ExportOptions, config), module, labels)
   explain_lib.write_run_config(writers.train, dataclasses.asdict(config),
-                               module, labels, images.labels, split, failures)
+                               module, labels, images.labels, split,
+                               found.computed.failures)
   val_x = images.vectors[split.validation]
   val_y = images.labels[split.validation]
   points = train_lib.eval_steps(config.how_many_training_steps,
@@ -130,7 +180,7 @@ def train(config: Config, module, labels: Sequence[str],
     if progress is not None:
       progress.finish()
   log.finish()
-  return trained, intermediate
+  return Trained(trained, intermediate)
 
 
 def report_test(config: Config, labels: Sequence[str],
@@ -161,8 +211,7 @@ def report_test(config: Config, labels: Sequence[str],
 def evaluate(config: Config, labels: Sequence[str],
              trained: train_lib.TrainResult, images: usable_lib.UsableImages,
              split: split_lib.Split):
-  """The test accuracy and the reports; returns (Evaluation, misclassified
-  lines, Explained)."""
+  """The test accuracy and the reports of the head."""
   test = evaluate_lib.evaluate(trained.head, images.vectors[split.test],
                                images.labels[split.test],
                                config.test_batch_size, seed=config.random_seed)
@@ -176,13 +225,13 @@ def evaluate(config: Config, labels: Sequence[str],
       calibration_lib.softmax(held.validation_logits).astype(np.float32))
   for name, how in describe_figures(trained).items():
     logging.info('How the run measured %s: %s.', name.replace('_', ' '), how)
-  return test, misclassified, explained
+  return Reported(test, misclassified, explained)
 
 
 def fine_tune(config: Config, module, labels: Sequence[str],
-              trained: train_lib.TrainResult, reported: tuple,
+              trained: train_lib.TrainResult, reported: Reported,
               images: usable_lib.UsableImages, split: split_lib.Split,
-              copies=None):
+              copies=None) -> Tuned:
   """Fine-tunes the top of the module with the head.
 
   Args:
@@ -191,19 +240,17 @@ def fine_tune(config: Config, module, labels: Sequence[str],
       left out by fine_tune_members train on), or None.
 
   Returns:
-    (module, trained, reported, validation, FineTuned): the fine-tuned
-    feature extractor and head; the test Evaluation, misclassified lines
-    and Explained of the fine-tuned network (its reports written over the
+    Tuned: the fine-tuned feature extractor and head; the test evaluation
+    and reports of the fine-tuned network (its reports written over the
     head's); the validation set calibration reads: (vectors float32 [n, D]
     from the fine-tuned network, their class ids int64 [n]). Without
-    config.fine_tune: its arguments, the validation set's vectors and
-    class ids, and None (an earlier run's fine_tune report is moved
-    aside).
+    config.fine_tune: its arguments, held_out_validation, and None (an
+    earlier run's fine_tune report is moved aside).
   """
   if not config.fine_tune:
     finetune_lib.retire_report(config.report_dir)
-    return module, trained, reported, held_out_validation(
-        trained, images, split), None
+    return Tuned(module, trained, reported, held_out_validation(
+        trained, images, split), None)
   # Fine-tuning chooses its epoch on validation, so it starts from a head
   # that did not train on validation (the frozen head may have).
   start = trained.train_only_head or trained.head
@@ -222,22 +269,22 @@ def fine_tune(config: Config, module, labels: Sequence[str],
                  trained.train_only_head is not None else '')
     tuned.metadata['fine_tuned']['kept_frozen_head'] = True
     finetune_lib.write_report(config.report_dir, tuned)
-    return module, trained, reported, held_out_validation(
-        trained, images, split), tuned
+    return Tuned(module, trained, reported, held_out_validation(
+        trained, images, split), tuned)
   trained = dataclasses.replace(trained, head=tuned.head, held_out=None,
                                 train_only_head=None)
-  return (tuned.module, trained, report_fine_tuned(
-      config, labels, trained, reported[2], images, split, tuned),
-          (tuned.validation_features, tuned.validation_labels), tuned)
+  return Tuned(tuned.module, trained, report_fine_tuned(
+      config, labels, trained, reported.explained, images, split, tuned),
+               (tuned.validation_features, tuned.validation_labels), tuned)
 
 
 def report_fine_tuned(config: Config, labels: Sequence[str],
                       trained: train_lib.TrainResult, explained,
                       images: usable_lib.UsableImages, split: split_lib.Split,
-                      tuned: finetune_lib.FineTuned) -> tuple:
-  """(test Evaluation, misclassified lines, Explained) of the fine-tuned
-  network: the test accuracy line and the validation and test reports
-  again, as `evaluate` gave them for the head alone."""
+                      tuned: finetune_lib.FineTuned) -> Reported:
+  """The test evaluation and reports of the fine-tuned network: the test
+  accuracy line and the validation and test reports again, as `evaluate`
+  gave them for the head alone."""
   test = evaluate_lib.evaluate(trained.head, tuned.test_features,
                                tuned.test_labels, config.test_batch_size,
                                seed=config.random_seed)
@@ -252,8 +299,8 @@ def report_fine_tuned(config: Config, labels: Sequence[str],
   metrics, wrong, files = explain_lib.set_reports(
       subset(explain_lib.ReportOptions, config), labels, sets,
       trained.history[-1].step if trained.history else 0, note=', fine-tuned')
-  return test, misclassified, dataclasses.replace(
-      explained, metrics=metrics, misclassified=wrong, report_files=files)
+  return Reported(test, misclassified, dataclasses.replace(
+      explained, metrics=metrics, misclassified=wrong, report_files=files))
 
 
 def calibrate(config: Config, trained: train_lib.TrainResult,

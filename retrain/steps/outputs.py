@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 from absl import logging
@@ -19,30 +19,38 @@ from retrain.export import quantization_check
 from retrain.export import saved_model as export_lib
 from retrain.features import ensemble as ensemble_lib
 from retrain.head import calibration as calibration_lib
-from retrain.head import evaluate as evaluate_lib
-from retrain.head import train as train_lib
 from retrain.report import deployment as deployment_report
 from retrain.report import heatmap as heatmap_lib
 from retrain.report import results as results_lib
 
 
-def export(config: Config, module, labels: Sequence[str],
-           trained: train_lib.TrainResult, test: evaluate_lib.Evaluation,
-           images: usable_lib.UsableImages, split: split_lib.Split,
-           intermediate, confidence: calibration_lib.Confidence,
-           fine_tune_metadata: Optional[dict] = None, float_module=None):
+def export(config: Config, prepared, found, split: split_lib.Split,
+           tuned, confidence: calibration_lib.Confidence, intermediate=None):
   """Writes the labels file and every export asked for; returns (the
   SavedModel folder or None, <report_dir>/deployment.json).
 
-  With int8 bottlenecks (module quantised, float_module the float one the
-  exports hold), the exports' held-out accuracy on float features is
-  measured and reported beside the training figure
-  (precision_lib.check_float_exports).
+  Args:
+    prepared: the retrain.steps.prepare.Prepared of the run; found: its
+      retrain.steps.vectors.Vectors; tuned: the retrain.steps.head.Tuned
+      whose module and head the exports hold; intermediate: the
+      intermediate-graph hook of training, or None.
+
+  With int8 bottlenecks (module quantised, prepared.float_module the float
+  one the exports hold), the exports' held-out accuracy on float features
+  is measured and reported beside the training figure
+  (precision_lib.check_float_exports); not past the memory budget (the
+  vectors are not in memory).
 
   Every export carries the calibrated head (confidence.head: the same
-  predictions as trained.head) and the confidence metadata; a quantized TFLite model is
-  first checked on the test set (the validation set when there is none).
+  predictions as trained.head) and the confidence metadata; a quantized
+  TFLite model is first checked on the test set (the validation set when
+  there is none).
   """
+  module, labels, images = tuned.module, found.labels, found.images
+  test = tuned.reported.test
+  fine_tune_metadata = tuned.fine_tuned.metadata if tuned.fine_tuned else None
+  float_module = (prepared.float_module if found.storage == 'memory'
+                  else None)
   export_lib.write_labels(config.output_labels, labels)
   deploy_metadata = {'confidence': confidence.metadata()}
   if confidence.head.novelty is not None:
@@ -131,16 +139,31 @@ def _model_lines(config: Config, module, labels, stats, timings) -> dict:
   return {'model': model, 'model_size': ', '.join(sizes), 'speed': speed}
 
 
-def start_results_page(config: Config, layout, crops, module, labels,
-                       trained, test: evaluate_lib.Evaluation,
-                       images: usable_lib.UsableImages,
-                       split: split_lib.Split, tuned) -> tuple:
+@dataclasses.dataclass
+class StartedPage:
+  """The results page begun by start_results_page.
+
+  Attributes:
+    report: the page's report dict (results_lib.build).
+    explainer: the heat maps' explainer, or None.
+    heat_maps: the future of results_lib.grid_heat_maps.
+  """
+  report: dict
+  explainer: Optional[object]
+  heat_maps: object
+
+
+def start_results_page(config: Config, prepared, found,
+                       split: split_lib.Split, tuned) -> StartedPage:
   """The results page's report dict of the test set (the validation set
   when there is no test set) and its heat maps, started on a thread so
-  that they are drawn while the export runs: (report, explainer or None,
-  future of results_lib.grid_heat_maps).
+  that they are drawn while the export runs. prepared, found, tuned: as
+  for `export`.
   Heat maps: retrain/report/heatmap.py (none for box crops)."""
   import concurrent.futures  # pylint: disable=g-import-not-at-top
+  layout, crops, module = prepared.layout, prepared.crops, tuned.module
+  labels, images, trained = found.labels, found.images, tuned.trained
+  test, tuned = tuned.reported.test, tuned.fine_tuned
   rows = (np.asarray(tuned.test_rows) if tuned is not None else split.test)
   name, truth, probs = 'test', test.labels, test.probabilities
   files = [images.paths[rows[r]] for r in test.rows]
@@ -165,16 +188,16 @@ def start_results_page(config: Config, layout, crops, module, labels,
   pool = concurrent.futures.ThreadPoolExecutor(1)
   future = pool.submit(results_lib.grid_heat_maps, explainer, report)
   pool.shutdown(wait=False)
-  return report, explainer, future
+  return StartedPage(report, explainer, future)
 
 
-def results_page(config: Config, started: tuple, module, labels, stats,
+def results_page(config: Config, started: StartedPage, module, labels, stats,
                  phases) -> Optional[str]:
   """Writes <report_dir>/report.html and report.json from what
   start_results_page began; returns the page's path."""
   import time  # pylint: disable=g-import-not-at-top
-  report, explainer, future = started
-  heat = future.result()
+  report, explainer = started.report, started.explainer
+  heat = started.heat_maps.result()
   report.update(seconds=time.monotonic() - phases.started,
                 **_model_lines(config, module, labels, stats, phases.timings))
   written = results_lib.write(config.report_dir, report, explainer,

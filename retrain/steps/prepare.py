@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
+import numpy as np
 from absl import logging
 
 from retrain.bottlenecks import compute as bottlenecks_lib
@@ -20,6 +21,7 @@ from retrain.common import phases as phases_lib
 from retrain.config import DEFAULTS, Config, subset
 from retrain.data import boxes as boxes_lib
 from retrain.data import discover as discover_lib
+from retrain.data import multilabel as multilabel_data
 from retrain.data import sources as layouts
 from retrain.data import split as split_lib
 from retrain.errors import DatasetError, OutputError
@@ -32,10 +34,12 @@ from retrain.head import calibration as calibration_lib
 from retrain.head import novelty as novelty_lib
 from retrain.head import options as train_options_lib
 from retrain.head import solver as solver_lib
+from retrain.steps import multilabel
 
 
-def check_config(config: Config) -> None:
-  """Checks values before any slow work starts."""
+def check_config(config: Config) -> Tuple[str, ...]:
+  """Checks values before any slow work starts; returns the modules
+  --tfhub_module names, checked (ensemble_lib.check_handles)."""
   layouts.check_layout_options(subset(layouts.LayoutOptions, config))
   split_lib.check_percentages(config.validation_percentage,
                               config.testing_percentage)
@@ -72,8 +76,11 @@ def check_config(config: Config) -> None:
   finetune_lib.check_options(subset(finetune_lib.FineTuneOptions, config),
                              default_from=DEFAULTS.fine_tune_from)
   # A mistyped module is reported now, not after hashing.
-  ensemble_lib.check_handles(config.tfhub_module, config.image_size,
-                             config.trust_module)
+  handles = ensemble_lib.check_handles(config.tfhub_module, config.image_size,
+                                       config.trust_module)
+  if config.multi_label:
+    multilabel.check_options(config)
+  return handles
 
 
 # Outputs written as one file, and as folders.
@@ -115,43 +122,73 @@ class Prepared:
     layout: the images, their classes and any given split
       (retrain.data.sources.Layout).
     crops: with --crop_to_boxes one example per box and its crop, else None.
-    keyed: the cache key of every image (what hash_images returns).
-    float_module: the feature module as loaded (one module or an ensemble).
+    keyed: the cache key of every image (what hash_images returns), or None
+      when not hashed here.
+    float_module: the feature module as loaded (an ensemble of one or more
+      members: retrain.features.ensemble.members).
     module: the same at the precision its bottlenecks run at.
     precision: per member, 'int8' or 'float32'.
     runner: the module on its runtime, as the bottlenecks run it.
+    targets: with --multi_label, bool [n, labels] of every discovered
+      image (retrain.data.multilabel), else None.
   """
   layout: layouts.Layout
   crops: Optional[boxes_lib.Crops]
-  keyed: tuple
+  keyed: Optional[tuple]
   float_module: object
   module: object
   precision: object
   runner: object
+  targets: Optional[np.ndarray] = None
 
 
-def prepare(config: Config, phases: phases_lib.Phases) -> Prepared:
-  """Checks the settings, discovers and hashes the images and loads the
-  module, each a phase of `phases`."""
+def prepare(config: Config, phases: Optional[phases_lib.Phases] = None, *,
+            whole_run: bool = True, hash_files: bool = True) -> Prepared:
+  """Discovers and hashes the images and loads the module, each a phase of
+  `phases`: the first steps of retrain's run, of retrain.inspect and of
+  retrain.beam.
+
+  Args:
+    whole_run: a training run: the settings are checked, temporaries of
+      killed runs beside the outputs removed and the bottlenecks' precision
+      chosen (False: the module stays float, nothing is checked or healed).
+    hash_files: hash every image here (False: keyed is None; the Beam job
+      hashes on its workers).
+  """
+  phases = phases or phases_lib.Phases()
+  targets, handles = None, None
   with phases('startup', since_start=True):
-    check_config(config)
-    # Temporaries of killed runs beside our outputs go.
-    leftovers.heal([config.saved_model_dir, config.output_labels,
-                    config.output_graph, config.tflite_output_file,
-                    config.report_dir])
-    layout, crops = discover(config)  # crops: --crop_to_boxes, else None
+    if whole_run:
+      handles = check_config(config)
+      # Temporaries of killed runs beside our outputs go.
+      leftovers.heal([config.saved_model_dir, config.output_labels,
+                      config.output_graph, config.tflite_output_file,
+                      config.report_dir])
+    if config.multi_label:
+      found = multilabel_data.load(subset(layouts.LayoutOptions, config),
+                                   subset(boxes_lib.BoxOptions, config),
+                                   config.bottleneck_dir)
+      layout, crops, targets = found.layout, None, found.targets
+    else:
+      layout, crops = discover(config)  # crops: --crop_to_boxes, else None
   # Hashed before the module is loaded, so that a million files' digests
   # and the module's weights are not both held while hashing
   # (docs/scale.md); check_config has checked the module handle.
-  with phases('hashing'):
-    keyed = hash_images(config, layout.dataset, crops)
+  keyed = None
+  if hash_files:
+    with phases('hashing'):
+      keyed = hash_images(config, layout.dataset, crops)
   with phases('module'):
-    float_module = load_module(config)
-  with phases('precision'):
-    module = choose_precision(config, layout.dataset, float_module, keyed,
-                              crops)
+    float_module = load_module(config, handles)
+  module = float_module
+  # A multi-label run's bottlenecks stay float.
+  if whole_run and not config.multi_label:
+    with phases('precision'):
+      module = choose_precision(config, layout.dataset, float_module, keyed,
+                                crops)
   return Prepared(layout, crops, keyed, float_module, module,
-                  precision_lib.describe(module), module_runner(config, module))
+                  precision_lib.describe(module), module_runner(config, module),
+                  targets)
 
 
 def discover(config: Config):
@@ -168,10 +205,13 @@ def discover(config: Config):
   return layout, crops
 
 
-def load_module(config: Config):
-  """One module, or an ensemble of several (features/ensemble.py)."""
+def load_module(config: Config, checked: Optional[Tuple[str, ...]] = None):
+  """One module, or an ensemble of several (features/ensemble.py);
+  checked: what check_config returned (the modules are then not parsed and
+  safety-checked again)."""
   return ensemble_lib.load(config.tfhub_module, config.image_size,
-                           config.module_cache_dir, trust=config.trust_module)
+                           config.module_cache_dir, trust=config.trust_module,
+                           checked=checked)
 
 
 def module_runner(config: Config, module):

@@ -1,10 +1,11 @@
-"""The run past the memory budget: vectors stay in the cache, read in chunks.
+"""The storage past the memory budget: vectors stay in the cache, read in
+chunks.
 
-`pipeline.run` hands over here, right after loading the module, when the
-training vectors a run expects (training images plus their distorted
-copies) exceed `Config.max_vectors_in_memory`. The steps are the pipeline's
-own (`vectors.bottlenecks`, `report_skipped`, `make_split`, `export`), with
-three differences:
+When the training vectors a run expects (training images plus their
+distorted copies) exceed `Config.max_vectors_in_memory`, the bottleneck
+step (retrain.steps.vectors) chooses this storage, and retrain.pipeline.run
+trains and evaluates with the steps here instead of the in-memory ones. The
+rest of the run is the same, with three differences:
 
 - bottlenecks and distorted copies are computed into the cache as usual
   but not loaded (`load_vectors=False`);
@@ -13,9 +14,9 @@ three differences:
   (bottleneck_cache.chunks) instead of the store's dict;
 - what needs every vector at once is left out: TensorBoard summaries, the
   per-class report, projector and validation-image views
-  (retrain.report.writer), intermediate graphs. The log lines, the
-  skipped-files report, the run summary and every export are written as
-  usual.
+  (retrain.report.writer), intermediate graphs, fine-tuning, the novelty
+  score and the results page. The log lines, the skipped-files report, the
+  run summary and every export are written as usual.
 
 Memory: per image the file list and the digest memo of discovery (a few
 hundred bytes; see docs/scale.md); for training and evaluation, compact
@@ -26,20 +27,24 @@ the validation sample.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import Dict, Optional
 
 import numpy as np
 from absl import logging
 
 import bottleneck_cache
 from bottleneck_cache import chunks
+from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.bottlenecks import distort as distort_lib
-from retrain.bottlenecks import usable as usable_lib
 from retrain.config import Config, subset
-from retrain.data import split as split_lib
 from retrain.errors import DatasetError
+from retrain.features import ensemble as ensemble_lib
+from retrain.head import evaluate as evaluate_lib
 from retrain.head import streaming
 from retrain.head import train as train_lib
+from retrain.steps import head
 
 # Copy keys made (as Python strings) per pass before they are compacted.
 _KEY_BLOCK = 65536
@@ -72,7 +77,7 @@ def needed(config: Config, images: int, module=None) -> bool:
         '(never stream) or a number of vectors, e.g. 100000.', fields=('max_vectors_in_memory',))
   past = streaming.should_stream(expected_training_vectors(config, images),
                                  config.max_vectors_in_memory)
-  if past and getattr(module, 'members', None):
+  if past and len(ensemble_lib.members(module)) > 1:
     logging.warning('The training vectors exceed --max_vectors_in_memory=%d, '
                     'but an ensemble of modules cannot stream from the cache '
                     'yet; training holds them in memory. Use one module '
@@ -91,11 +96,26 @@ def needed(config: Config, images: int, module=None) -> bool:
   return past
 
 
-def _copy_keys(config: Config, module, runner, images, split, directories):
-  """Computes the distorted copies of the training images into the cache;
-  returns (their compact keys 'S32' [m], source rows into split.train [m],
-  stats),
-  or None without distortions. Appends their namespace to directories."""
+@dataclasses.dataclass
+class CopyKeys:
+  """The training images' distorted copies in the cache.
+
+  Attributes:
+    keys: their compact cache keys, 'S32' [m] (chunks.compact_keys).
+    source: int64 [m], the row into split.train each copy was made from.
+    stats: what the cache did (bottleneck_cache.Stats).
+    directory: their namespace folder.
+  """
+  keys: np.ndarray
+  source: np.ndarray
+  stats: bottleneck_cache.Stats
+  directory: str
+
+
+def copy_keys(config: Config, module, runner, images, split
+              ) -> Optional[CopyKeys]:
+  """Computes the distorted copies of the training images into the cache
+  (not loaded); None without distortions."""
   distortions = subset(distort_lib.Distortions, config)
   copies = distort_lib.training_copies(
       distortions, config.distorted_copies, config.random_seed,
@@ -104,10 +124,10 @@ def _copy_keys(config: Config, module, runner, images, split, directories):
       load_vectors=False)
   if copies is None:
     return None
-  directories.append(os.path.join(
+  directory = os.path.join(
       config.bottleneck_dir, bottleneck_cache.namespace_id(
           distort_lib.cache_namespace(module, distortions,
-                                      config.random_seed))))
+                                      config.random_seed)))
   train_digests = images.digests_of(split.train)
   keys = [chunks.compact_keys([
       distort_lib.copy_key(train_digests[s], int(c)) for s, c in zip(
@@ -115,29 +135,66 @@ def _copy_keys(config: Config, module, runner, images, split, directories):
           strict=True)])
           for i in range(0, len(copies.source), _KEY_BLOCK)]
   keys = np.concatenate(keys) if keys else chunks.compact_keys([])
-  return keys, copies.source, copies.stats
+  return CopyKeys(keys, copies.source, copies.stats, directory)
 
 
-def _calibrate(config: Config, trained: train_lib.TrainResult,
-               validation: chunks.ChunkReader, val_y: np.ndarray):
+@dataclasses.dataclass
+class Stream:
+  """What training and evaluation read past the memory budget.
+
+  Attributes:
+    readers: a chunks.ChunkReader per subset, 'train' (distorted copies
+      after the images), 'validation' and 'test'.
+    labels: int64 class ids of each reader's rows, per subset.
+  """
+  readers: Dict[str, chunks.ChunkReader]
+  labels: Dict[str, np.ndarray]
+
+
+def open_stream(config: Config, module, images, split,
+                copies: Optional[CopyKeys]) -> Stream:
+  """The chunk readers of the split's images (and copies), through a
+  compact numpy index of the cache's keys (the keys themselves dropped)."""
+  # 32 bytes per image (chunks.compact_keys), not a Python string each.
+  keys = chunks.compact_keys(images.digests)
+  directories = [os.path.join(config.bottleneck_dir,
+                              bottleneck_cache.namespace_id(
+                                  bottlenecks_lib.cache_namespace(module)))]
+  train_keys, train_y = keys[split.train], images.labels[split.train]
+  if copies is not None:
+    directories.append(copies.directory)
+    train_keys = np.concatenate([train_keys, copies.keys])
+    train_y = np.concatenate([train_y, train_y[copies.source]])
+  index = chunks.VectorIndex(directories)
+  readers = {name: chunks.ChunkReader(index, keys[split.subset(name)],
+                                      compact=True)
+             for name in ('validation', 'test')}
+  readers['train'] = chunks.ChunkReader(index, train_keys, compact=True)
+  # The readers hold shard and row numbers; the keys are no longer needed.
+  del keys, train_keys
+  index.drop_keys()
+  return Stream(readers, {'train': train_y,
+                          'validation': images.labels[split.validation],
+                          'test': images.labels[split.test]})
+
+
+def calibrate(config: Config, trained: train_lib.TrainResult,
+              stream: Stream):
   """head.calibrate on a random sample of the validation set
   (streaming.sample_capacity), read from the cache."""
-  from retrain.steps import head
+  validation, val_y = stream.readers['validation'], stream.labels['validation']
   rows = np.arange(len(val_y))
   cap = streaming.sample_capacity(config.max_vectors_in_memory,
-                                 validation.dim)
+                                  validation.dim)
   if len(rows) > cap:
     rows = np.sort(np.random.default_rng(config.random_seed).choice(
         len(rows), cap, replace=False))
-  return head.calibrate(config, trained, validation.read(rows),
-                            val_y[rows])
+  return head.calibrate(config, trained, validation.read(rows), val_y[rows])
 
 
-def _train(config: Config, train: chunks.ChunkReader, train_y: np.ndarray,
-           num_classes: int, validation: chunks.ChunkReader,
-           val_y: np.ndarray) -> train_lib.TrainResult:
+def train(config: Config, stream: Stream,
+          num_classes: int) -> train_lib.TrainResult:
   """Streaming SGD with the run's settings, logged as the pipeline logs."""
-  from retrain.steps import head
   settings = head.train_settings(config)
   if config.head_solver != 'sgd':
     # The converging solver needs every vector on each iteration.
@@ -148,88 +205,21 @@ def _train(config: Config, train: chunks.ChunkReader, train_y: np.ndarray,
                                                settings.eval_step_interval))
   stats = streaming.StreamStats()
   trained = streaming.train_head_streaming(
-      train, train_y, num_classes, validation, val_y, settings,
-      config.max_vectors_in_memory, on_eval=log, stats=stats)
+      streaming.Labelled(stream.readers['train'], stream.labels['train']),
+      streaming.Labelled(stream.readers['validation'],
+                         stream.labels['validation']),
+      num_classes, settings, config.max_vectors_in_memory, on_eval=log,
+      stats=stats)
   log.finish()
   logging.info('Streamed %d chunks (%d vectors read; %.1f s waiting for '
                'reads).', stats.chunks, stats.vectors_read, stats.wait_seconds)
   return trained
 
 
-def run(config: Config, layout, module, runner, phases, keyed=None):
-  """The rest of pipeline.run, streaming; returns a pipeline.RunResult.
-
-  Args:
-    config: the run's Config; layout: from prepare.discover.
-    module: the loaded FeatureModule (identity and export); runner: the
-      module as bottlenecks run it (tflite_runtime.deferred).
-    phases: the run's retrain.common.phases.Phases (timings, memory).
-    keyed: the images' cache keys, from prepare.hash_images (None: hashed
-      here).
-  """
-  from retrain import pipeline  # pylint: disable=g-import-not-at-top
-  from retrain.steps import head, outputs, vectors
-  budget = config.max_vectors_in_memory
-  logging.info('About %d training vectors exceed --max_vectors_in_memory=%d: '
-               'training and evaluation read them from the cache in chunks '
-               '(no TensorBoard summaries or per-class reports on this path; '
-               'see docs/scale.md).',
-               expected_training_vectors(config, len(layout.dataset.images)),
-               budget)
-  with phases('bottlenecks'):
-    computed = vectors.bottlenecks(config, layout.dataset, module, runner,
-                                    load_vectors=False, keyed=keyed)
-  skipped, reports = vectors.report_skipped(config, layout, computed)
-  images = usable_lib.usable_images(layout.dataset, computed)
-  labels = list(layout.dataset.labels)
-  split = vectors.make_split(config, layout, images)
-  # 32 bytes per image (chunks.compact_keys), not a Python string each.
-  keys = chunks.compact_keys(images.digests)
-  directories = [os.path.join(config.bottleneck_dir,
-                              bottleneck_cache.namespace_id(
-                                  vectors.bottlenecks_lib.cache_namespace(
-                                      module)))]
-  train_keys, train_y = keys[split.train], images.labels[split.train]
-  with phases('distorted_copies') as phase:
-    copies = _copy_keys(config, module, runner, images, split, directories)
-    if copies is None:
-      phase.skip()
-    else:
-      train_keys = np.concatenate([train_keys, copies[0]])
-      train_y = np.concatenate([train_y, train_y[copies[1]]])
-
-  with phases('training'):
-    index = chunks.VectorIndex(directories)
-    readers = {name: chunks.ChunkReader(index, keys[split.subset(name)],
-                                        compact=True)
-               for name in ('validation', 'test')}
-    readers['train'] = chunks.ChunkReader(index, train_keys, compact=True)
-    # The readers hold shard and row numbers; the keys are no longer needed.
-    del keys, train_keys
-    index.drop_keys()
-    trained = _train(config, readers['train'], train_y, len(labels),
-                     readers['validation'], images.labels[split.validation])
-
-  with phases('evaluation'):
-    test = streaming.evaluate_streaming(
-        trained.head, readers['test'], images.labels[split.test], budget,
-        config.test_batch_size, seed=config.random_seed)
-    misclassified = head.report_test(config, labels, test, images, split)
-    confidence = _calibrate(config, trained, readers['validation'],
-                            images.labels[split.validation])
-  with phases('export'):
-    saved, deployment = outputs.export(config, module, labels, trained, test,
-                                        images, split, None, confidence)
-  phases.total()
-  vectors.warn_skipped(skipped, reports)
-  result = pipeline.RunResult(
-      labels=labels,
-      counts={name: int(len(split.subset(name))) for name in split_lib.SUBSETS},
-      test_accuracy=test.accuracy, test_count=test.count,
-      bottleneck_stats=computed.stats, skipped=skipped,
-      history=trained.history, misclassified=misclassified,
-      saved_model_dir=saved, timings=phases.timings,
-      distorted_stats=copies[2] if copies is not None else None,
-      peak_rss_mib=phases.peak_rss, deployment_report=deployment)
-  pipeline.write_run_summary(config, result)
-  return result
+def evaluate(config: Config, trained: train_lib.TrainResult,
+             stream: Stream) -> evaluate_lib.Evaluation:
+  """The test accuracy, read from the cache in chunks."""
+  return streaming.evaluate_streaming(
+      trained.head, stream.readers['test'], stream.labels['test'],
+      config.max_vectors_in_memory, config.test_batch_size,
+      seed=config.random_seed)

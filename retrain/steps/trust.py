@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import types
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 from absl import logging
@@ -14,9 +14,7 @@ from retrain.bottlenecks import usable as usable_lib
 from retrain.config import Config
 from retrain.data import split as split_lib
 from retrain.head import calibration as calibration_lib
-from retrain.head import evaluate as evaluate_lib
 from retrain.head import novelty as novelty_lib
-from retrain.head import train as train_lib
 from retrain.report import trust as trust_report
 from retrain.steps import head, vectors
 
@@ -67,16 +65,19 @@ def unknown_vectors(config: Config, module, runner) -> Optional[np.ndarray]:
   return vectors.bottlenecks(config, dataset, module, runner).vectors
 
 
-def trust_checks(config: Config, module, runner, labels: Sequence[str],
-                 confidence: calibration_lib.Confidence,
-                 images: usable_lib.UsableImages, split: split_lib.Split,
-                 test: evaluate_lib.Evaluation, tuned,
-                 trained: train_lib.TrainResult
+def trust_checks(config: Config, prepared, found, split: split_lib.Split,
+                 tuned: head.Tuned, confidence: calibration_lib.Confidence
                  ) -> calibration_lib.Confidence:
   """Fits the novelty score (into confidence.head, so every export
   computes it), scores the test and --unknown_dir photos, writes
   <report_dir>/trust.json with the reliability diagram and the novelty
-  histogram; returns the confidence with the novelty in its head."""
+  histogram; returns the confidence with the novelty in its head.
+  prepared, found: the run's retrain.steps.prepare.Prepared and
+  retrain.steps.vectors.Vectors."""
+  module, runner, labels, images = (tuned.module, prepared.runner,
+                                    found.labels, found.images)
+  test, trained = tuned.reported.test, tuned.trained
+  tuned = tuned.fine_tuned
   novelty = fit_novelty(config, images, split, len(labels), tuned)
   sets = {}
   if novelty is not None:

@@ -1,10 +1,11 @@
-"""The bottleneck step: every image's vector (from the cache or computed),
-the skipped files, the split and the training set with its distorted
-copies."""
+"""The bottleneck step: every image's vector (from the cache or computed)
+and where they live (`Vectors.storage`), the skipped files, the split and
+the training set with its distorted copies."""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import dataclasses
+from typing import List, Optional, Sequence
 
 import numpy as np
 from absl import logging
@@ -21,7 +22,9 @@ from retrain.data import duplicates, leakage
 from retrain.data import sources as layouts
 from retrain.data import split as split_lib
 from retrain.errors import OutputError
+from retrain.features import ensemble as ensemble_lib
 from retrain.report import skipped as skipped_report
+from retrain.steps import streamed
 
 
 def _log_counts(labels, y, split) -> None:
@@ -42,6 +45,72 @@ def warn_skipped(skipped: list, reports: Sequence[str]) -> None:
                     reports[0] if reports else 'the log')
 
 
+# Where a run's vectors live: 'memory' (every vector loaded, float32
+# [n, D]) or 'cache' (past --max_vectors_in_memory: they stay in the cache
+# and training and evaluation read them in chunks, retrain/steps/streamed.py).
+STORAGES = ('memory', 'cache')
+
+
+@dataclasses.dataclass
+class Vectors:
+  """What the bottleneck step hands on.
+
+  Attributes:
+    storage: one of STORAGES; with 'cache', images.vectors is empty.
+    computed: the bottlenecks of every discovered image.
+    images: the usable ones (vectors, class ids, paths, digests).
+    labels: class names, class id i is labels[i].
+    skipped: (path, reason) of each image that cannot be used.
+    reports: the skipped-files report files written.
+  """
+  storage: str
+  computed: bottlenecks_lib.Bottlenecks
+  images: usable_lib.UsableImages
+  labels: List[str]
+  skipped: list
+  reports: List[str]
+
+
+def choose_storage(config: Config, prepared) -> str:
+  """'cache' when the run's training vectors exceed the memory budget
+  (streamed.needed), else 'memory'. Crops to boxes and multi-label runs
+  keep them in memory (the stream reads whole images; the multi-label
+  head is fitted on every vector at once)."""
+  if prepared.crops is not None:
+    return 'memory'
+  images = len(prepared.layout.dataset.images)
+  if not streamed.needed(config, images, prepared.module):
+    return 'memory'
+  if config.multi_label:
+    logging.warning('The training vectors exceed --max_vectors_in_memory=%d, '
+                    'but a multi-label run does not stream from the cache: '
+                    'it holds them in memory.', config.max_vectors_in_memory)
+    return 'memory'
+  logging.info('About %d training vectors exceed --max_vectors_in_memory=%d: '
+               'training and evaluation read them from the cache in chunks '
+               '(no TensorBoard summaries or per-class reports on this path; '
+               'see docs/scale.md).',
+               streamed.expected_training_vectors(config, images),
+               config.max_vectors_in_memory)
+  return 'cache'
+
+
+def compute(config: Config, prepared) -> Vectors:
+  """The bottleneck step: chooses the storage, computes (or reads) every
+  image's vector, reports the skipped files. prepared: a
+  retrain.steps.prepare.Prepared."""
+  storage = choose_storage(config, prepared)
+  layout = prepared.layout
+  computed = bottlenecks(config, layout.dataset, prepared.module,
+                         prepared.runner, prepared.crops,
+                         load_vectors=storage == 'memory',
+                         keyed=prepared.keyed)
+  skipped, reports = report_skipped(config, layout, computed)
+  return Vectors(storage, computed,
+                 usable_lib.usable_images(layout.dataset, computed),
+                 list(layout.dataset.labels), skipped, reports)
+
+
 def bottlenecks(config: Config, dataset, module, runner, crops=None,
                 load_vectors: bool = True,
                 keyed: Optional[tuple] = None) -> bottlenecks_lib.Bottlenecks:
@@ -51,28 +120,19 @@ def bottlenecks(config: Config, dataset, module, runner, crops=None,
   keyed: what hash_images returned (None: the files are hashed here)."""
   paths = [image.path for image in dataset.images]
   try:
-    # An ensemble computes each member in its own namespace.
-    if getattr(module, 'members', None):
-      computed = ensemble_bottlenecks.compute_bottlenecks(
-          paths, module, runner, config.bottleneck_dir,
-          config.bottleneck_runtime, config.bottleneck_batch_size,
-          config.module_cache_dir, max_pixels=config.max_image_pixels,
-          keyed=keyed, **boxes_lib.Crops.bottleneck_args(crops))
-      log_bottlenecks(computed.stats, len(computed.failures),
-                      config.bottleneck_dir, len(module.members))
-      return computed
-    store = bottleneck_cache.BottleneckStore(
-        config.bottleneck_dir, bottlenecks_lib.cache_namespace(module))
+    # Each member of the ensemble (one for a single module) in its own
+    # namespace.
+    computed = ensemble_bottlenecks.compute_bottlenecks(
+        paths, module, runner, config.bottleneck_dir,
+        config.bottleneck_runtime, config.bottleneck_batch_size,
+        config.module_cache_dir, max_pixels=config.max_image_pixels,
+        load_vectors=load_vectors, keyed=keyed,
+        **boxes_lib.Crops.bottleneck_args(crops))
   except bottleneck_cache.CacheError as e:
     raise OutputError(f'bottleneck_dir: {e}', fields=('bottleneck_dir',)
                       ) from e
-  computed = bottlenecks_lib.compute_bottlenecks(
-      paths, runner, store,
-      config.bottleneck_batch_size, max_pixels=config.max_image_pixels,
-      load_vectors=load_vectors, keyed=keyed,
-      **boxes_lib.Crops.bottleneck_args(crops))
   log_bottlenecks(computed.stats, len(computed.failures),
-                  config.bottleneck_dir)
+                  config.bottleneck_dir, len(ensemble_lib.members(module)))
   return computed
 
 
@@ -124,13 +184,25 @@ def make_split(config: Config, layout: layouts.Layout,
   return split
 
 
-def training_set(config: Config, runner, images: usable_lib.UsableImages,
-                 split: split_lib.Split, crops=None):
-  """(vectors float32 [m, D], class ids int64 [m], distorted copies or None).
+@dataclasses.dataclass
+class TrainingSet:
+  """The vectors the head trains on.
 
-  Distorted copies of the training images only (validation and test stay
-  as they are); training samples originals and copies alike.
+  Attributes:
+    x: float32 [m, D], the training images' vectors, then their copies'.
+    y: int64 [m] class ids.
+    copies: the distorted copies (distort.training_copies), or None.
   """
+  x: np.ndarray
+  y: np.ndarray
+  copies: Optional[object]
+
+
+def training_set(config: Config, runner, images: usable_lib.UsableImages,
+                 split: split_lib.Split, crops=None) -> TrainingSet:
+  """The training images' vectors and distorted copies of them (validation
+  and test stay as they are); training samples originals and copies
+  alike."""
   train_x = images.vectors[split.train]
   train_y = images.labels[split.train]
   copies = distort_lib.training_copies(
@@ -141,7 +213,7 @@ def training_set(config: Config, runner, images: usable_lib.UsableImages,
   if copies is not None:
     train_x = np.concatenate([train_x, copies.vectors])
     train_y = np.concatenate([train_y, train_y[copies.source]])
-  return train_x, train_y, copies
+  return TrainingSet(train_x, train_y, copies)
 
 
 def training_groups(split: split_lib.Split, copies) -> np.ndarray:
