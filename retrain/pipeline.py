@@ -284,9 +284,12 @@ def _streamed(config: Config, prepared: prepare.Prepared,
   with phases('evaluation'):
     test = streamed.evaluate(config, trained, stream)
     misclassified = head.report_test(config, labels, test, images, split)
-    confidence = streamed.calibrate(config, trained, stream)
-  tuned = head.Tuned(prepared.module, trained,
-                     head.Reported(test, misclassified, None), (), None)
+    confidence = streamed.calibrate(config, trained, stream, test)
+    tuned = head.Tuned(prepared.module, trained,
+                       head.Reported(test, misclassified, None), (), None)
+    confidence = trust.trust_checks(config, prepared, found, split, tuned,
+                                    confidence,
+                                    streamed.sampler(config, stream))
   with phases('export'):
     saved, deployment = outputs.export(config, prepared, found, split, tuned,
                                        confidence)

@@ -304,3 +304,28 @@ def test_fine_tuning_a_run_that_would_stream_is_refused(tmp_path, fake_module):
                      r'.* 1600 training vectors are past max_vectors_in_'
                      r'memory=1000.*raise max_vectors_in_memory'):
     streamed.needed(config, 2000)
+
+
+@pytest.mark.slow
+def test_a_streamed_run_fits_the_novelty_score(tmp_path, fake_module):
+  """Past the memory budget the novelty score is fitted on a sample read
+  from the cache, written to trust.json and carried by the export."""
+  import json
+
+  from retrain import pipeline
+  from retrain.predict import load
+  from retrain.report import trust
+  from tests.conftest import make_colour_dataset, shrunk_config
+  images = make_colour_dataset(tmp_path / 'images', per_class=40)
+  config = shrunk_config(images, tmp_path / 'out', fake_module,
+                         max_vectors_in_memory=90, projector_max_images=0,
+                         output_graph='')
+  result = pipeline.run(config)
+  assert result.explained is None  # the streamed path: no per-class report
+  section = json.loads((tmp_path / 'out' / 'report' /
+                        trust.REPORT_FILE).read_text())['novelty']
+  assert section is not None
+  # Scored on a sample of the test set, read from the cache.
+  assert 0 < section['test']['count'] <= result.test_count
+  model = load.load_model(saved_model_dir=config.saved_model_dir)
+  assert model.novelty_threshold == pytest.approx(section['threshold'])

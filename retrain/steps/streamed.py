@@ -12,10 +12,12 @@ rest of the run is the same, with three differences:
 - training and the test evaluation read from the cache in chunks
   (retrain.head.streaming), through a compact numpy index of the keys
   (bottleneck_cache.chunks) instead of the store's dict;
+- calibration and the novelty score are fitted on a sample read from the
+  cache (`calibrate`, `sampler`);
 - what needs every vector at once is left out: TensorBoard summaries, the
   per-class report, projector and validation-image views
-  (retrain.report.writer), intermediate graphs, fine-tuning, the novelty
-  score and the results page. The log lines, the skipped-files report, the
+  (retrain.report.writer), intermediate graphs, fine-tuning and the
+  results page. The log lines, the skipped-files report, trust.json, the
   run summary and every export are written as usual.
 
 Memory: per image the file list and the digest memo of discovery (a few
@@ -149,6 +151,8 @@ class Stream:
   """
   readers: Dict[str, chunks.ChunkReader]
   labels: Dict[str, np.ndarray]
+  # Rows of readers['train'] that are images (the copies follow them).
+  originals: int = 0
 
 
 def open_stream(config: Config, module, images, split,
@@ -175,13 +179,15 @@ def open_stream(config: Config, module, images, split,
   index.drop_keys()
   return Stream(readers, {'train': train_y,
                           'validation': images.labels[split.validation],
-                          'test': images.labels[split.test]})
+                          'test': images.labels[split.test]},
+                len(split.train))
 
 
 def calibrate(config: Config, trained: train_lib.TrainResult,
-              stream: Stream):
+              stream: Stream, test: Optional[evaluate_lib.Evaluation] = None):
   """head.calibrate on a random sample of the validation set
-  (streaming.sample_capacity), read from the cache."""
+  (streaming.sample_capacity), read from the cache; the test ECE before
+  and after from `test`."""
   validation, val_y = stream.readers['validation'], stream.labels['validation']
   rows = np.arange(len(val_y))
   cap = streaming.sample_capacity(config.max_vectors_in_memory,
@@ -189,7 +195,8 @@ def calibrate(config: Config, trained: train_lib.TrainResult,
   if len(rows) > cap:
     rows = np.sort(np.random.default_rng(config.random_seed).choice(
         len(rows), cap, replace=False))
-  return head.calibrate(config, trained, validation.read(rows), val_y[rows])
+  return head.calibrate(config, trained, validation.read(rows), val_y[rows],
+                        test=test)
 
 
 def train(config: Config, stream: Stream,
@@ -223,3 +230,28 @@ def evaluate(config: Config, trained: train_lib.TrainResult,
       trained.head, stream.readers['test'], stream.labels['test'],
       config.max_vectors_in_memory, config.test_batch_size,
       seed=config.random_seed)
+
+
+def sampler(config: Config, stream: Stream):
+  """trust_checks' `read` past the memory budget: the original images of
+  the named subsets, at most streaming.sample_capacity of them (drawn at
+  random, in order), read from the cache."""
+
+  def read(names):
+    counts = [stream.originals if name == 'train' else
+              len(stream.labels[name]) for name in names]
+    cap = streaming.sample_capacity(config.max_vectors_in_memory,
+                                    stream.readers['train'].dim)
+    picked = np.arange(sum(counts))
+    if len(picked) > cap:
+      picked = np.sort(np.random.default_rng(config.random_seed).choice(
+          len(picked), cap, replace=False))
+    xs, ys, start = [], [], 0
+    for name, count in zip(names, counts, strict=True):
+      rows = picked[(picked >= start) & (picked < start + count)] - start
+      start += count
+      xs.append(stream.readers[name].read(rows))
+      ys.append(stream.labels[name][rows])
+    return np.concatenate(xs), np.concatenate(ys)
+
+  return read

@@ -19,12 +19,23 @@ from retrain.report import trust as trust_report
 from retrain.steps import head, vectors
 
 
-def fit_novelty(config: Config, images: usable_lib.UsableImages,
-                split: split_lib.Split, num_classes: int, tuned=None):
+def in_memory(images: usable_lib.UsableImages, split: split_lib.Split):
+  """The `read` of trust_checks for vectors in memory: every row of the
+  named subsets, in the order named."""
+
+  def read(names):
+    rows = np.concatenate([split.subset(name) for name in names])
+    return images.vectors[rows], images.labels[rows]
+
+  return read
+
+
+def fit_novelty(config: Config, read, num_classes: int, tuned=None):
   """The novelty score on the frozen vectors of the training and
-  validation images, its threshold from out-of-fold scores; None when
-  switched off (novelty_keep 0), after fine-tuning (the exported features
-  are no longer the cached ones) or with fewer than two images a class."""
+  validation images (read: see trust_checks), its threshold from
+  out-of-fold scores; None when switched off (novelty_keep 0), after
+  fine-tuning (the exported features are no longer the cached ones) or
+  with fewer than two images a class."""
   if not config.novelty_keep:
     return None
   if tuned is not None and not tuned.metadata['fine_tuned'].get(
@@ -33,8 +44,7 @@ def fit_novelty(config: Config, images: usable_lib.UsableImages,
                  'frozen module\'s vectors and the fine-tuned network '
                  'computes other ones.')
     return None
-  rows = np.concatenate([split.train, split.validation])
-  y = images.labels[rows]
+  x, y = read(('train', 'validation'))
   counts = np.bincount(y, minlength=num_classes)
   folds = min(config.solver_folds, int(counts[counts > 0].min()))
   if folds < 2:
@@ -42,7 +52,7 @@ def fit_novelty(config: Config, images: usable_lib.UsableImages,
                  'and validation images to hold out.')
     return None
   return novelty_lib.fit_on_split(
-      images.vectors[rows], y, num_classes, config.novelty_components,
+      x, y, num_classes, config.novelty_components,
       config.novelty_keep, folds, config.random_seed)
 
 
@@ -66,25 +76,28 @@ def unknown_vectors(config: Config, module, runner) -> Optional[np.ndarray]:
 
 
 def trust_checks(config: Config, prepared, found, split: split_lib.Split,
-                 tuned: head.Tuned, confidence: calibration_lib.Confidence
-                 ) -> calibration_lib.Confidence:
+                 tuned: head.Tuned, confidence: calibration_lib.Confidence,
+                 read=None) -> calibration_lib.Confidence:
   """Fits the novelty score (into confidence.head, so every export
   computes it), scores the test and --unknown_dir photos, writes
   <report_dir>/trust.json with the reliability diagram and the novelty
   histogram; returns the confidence with the novelty in its head.
   prepared, found: the run's retrain.steps.prepare.Prepared and
-  retrain.steps.vectors.Vectors."""
-  module, runner, labels, images = (tuned.module, prepared.runner,
-                                    found.labels, found.images)
+  retrain.steps.vectors.Vectors; read(subset names) -> (vectors float32
+  [m, D], class ids int64 [m]) of the original images of those subsets, in
+  order (default: in_memory; past the memory budget a sample read from the
+  cache, retrain.steps.streamed.sampler)."""
+  module, runner, labels = tuned.module, prepared.runner, found.labels
+  read = read or in_memory(found.images, split)
   test, trained = tuned.reported.test, tuned.trained
   tuned = tuned.fine_tuned
-  novelty = fit_novelty(config, images, split, len(labels), tuned)
+  novelty = fit_novelty(config, read, len(labels), tuned)
   sets = {}
   if novelty is not None:
     confidence = dataclasses.replace(confidence, head=dataclasses.replace(
         confidence.head, novelty=novelty))
     sets = {'held_out': novelty.held_out_scores,
-            'test': novelty.scores(images.vectors[split.test])}
+            'test': novelty.scores(read(('test',))[0])}
     unknown = (unknown_vectors(config, module, runner)
                if config.unknown_dir else None)
     if unknown is not None:
