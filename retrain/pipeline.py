@@ -247,8 +247,8 @@ def _in_memory(config: Config, prepared: prepare.Prepared,
                                     confidence)
   page = outputs.start_results_page(config, prepared, found, split, tuned)
   with phases('export'):
-    saved, deployment = outputs.export(config, prepared, found, split, tuned,
-                                       confidence, trained.intermediate)
+    exported = outputs.export(config, prepared, found, split, tuned,
+                              confidence, trained.intermediate)
   with phases('results_page'):
     page = outputs.results_page(config, page, tuned.module, labels,
                                 found.computed.stats, phases)
@@ -259,8 +259,10 @@ def _in_memory(config: Config, prepared: prepare.Prepared,
       training.copies.stats if training.copies is not None else None,
       test_accuracy=test.accuracy, test_count=test.count,
       history=tuned.trained.history,
-      misclassified=tuned.reported.misclassified, saved_model_dir=saved,
-      explained=tuned.reported.explained, deployment_report=deployment,
+      misclassified=tuned.reported.misclassified,
+      saved_model_dir=exported.saved_model_dir,
+      explained=tuned.reported.explained,
+      deployment_report=exported.deployment_report,
       fine_tuned=tuned.fine_tuned,
       figures=head.describe_figures(tuned.trained, tuned.fine_tuned),
       bottleneck_precision=prepared.precision, results_page=page)
@@ -291,14 +293,15 @@ def _streamed(config: Config, prepared: prepare.Prepared,
                                     confidence,
                                     streamed.sampler(config, stream))
   with phases('export'):
-    saved, deployment = outputs.export(config, prepared, found, split, tuned,
-                                       confidence)
+    exported = outputs.export(config, prepared, found, split, tuned,
+                              confidence)
   phases.total()
   return _result(
       found, split, phases, copies.stats if copies is not None else None,
       test_accuracy=test.accuracy, test_count=test.count,
       history=trained.history, misclassified=misclassified,
-      saved_model_dir=saved, deployment_report=deployment)
+      saved_model_dir=exported.saved_model_dir,
+      deployment_report=exported.deployment_report)
 
 
 def _multi_label(config: Config, prepared: prepare.Prepared,

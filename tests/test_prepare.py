@@ -9,14 +9,12 @@ from retrain.steps import prepare, vectors
 
 
 def _counting_safety_checks(monkeypatch):
-  checked = []
-  real = module_safety.check_module
-
-  def check_module(handle, path, trust):
-    checked.append(path)
-    return real(handle, path, trust)
-
-  monkeypatch.setattr(module_safety, 'check_module', check_module)
+  """The folders module_safety.check_module scans from now on, in order."""
+  checked, real = [], module_safety.check_module
+  monkeypatch.setattr(
+      module_safety, 'check_module',
+      lambda handle, path, trust: checked.append(path) or real(handle, path,
+                                                               trust))
   return checked
 
 

@@ -24,10 +24,22 @@ from retrain.report import heatmap as heatmap_lib
 from retrain.report import results as results_lib
 
 
+@dataclasses.dataclass
+class Exported:
+  """What `export` wrote.
+
+  Attributes:
+    saved_model_dir: the SavedModel folder, or None.
+    deployment_report: <report_dir>/deployment.json.
+  """
+  saved_model_dir: Optional[str]
+  deployment_report: str
+
+
 def export(config: Config, prepared, found, split: split_lib.Split,
-           tuned, confidence: calibration_lib.Confidence, intermediate=None):
-  """Writes the labels file and every export asked for; returns (the
-  SavedModel folder or None, <report_dir>/deployment.json).
+           tuned, confidence: calibration_lib.Confidence,
+           intermediate=None) -> Exported:
+  """Writes the labels file and every export asked for.
 
   Args:
     prepared: the retrain.steps.prepare.Prepared of the run; found: its
@@ -91,7 +103,7 @@ def export(config: Config, prepared, found, split: split_lib.Split,
                  config.output_labels)
   deployment = deployment_report.write_report(
       config.report_dir, confidence, gate.results, other_formats)
-  return saved, deployment
+  return Exported(saved, deployment)
 
 
 def check_float_exports(config: Config, float_module, head,
