@@ -5,10 +5,11 @@
 image; distorted copies of the training images when distortion flags are
 set) and writes them into the cache at config.bottleneck_dir:
 
-  launcher   lists the images with retrain.data.sources (any layout, CSVs),
-             loads the module once (bundled presets are converted into the
-             module cache then, so workers load a plain SavedModel folder)
-             and works out the cache namespaces.
+  launcher   lists the images and loads the module once, through the
+             first step of retrain's run (retrain.steps.prepare: any
+             layout, CSVs; bundled presets are converted into the module
+             cache then, so workers load a plain SavedModel folder), and
+             works out the cache namespaces (retrain/beam/cache.py).
   Hash       workers read each file through FileSystems and compute the
              content hash that is the cache key (bottleneck_cache's
              stream_digest, as the in-process run); keys already in the
@@ -23,8 +24,9 @@ set) and writes them into the cache at config.bottleneck_dir:
              name is a hash of the shard's keys, so a retried bundle
              replaces its own shard instead of adding a duplicate.
 
-Files that cannot be read or decoded go to a failures output (a TSV of
-path and reason, as retrain's skipped-files report) and the job goes on.
+The transforms are in retrain/beam/transforms.py. Files that cannot be
+read or decoded go to a failures output (a TSV of path and reason, as
+retrain's skipped-files report) and the job goes on.
 """
 
 from __future__ import annotations
