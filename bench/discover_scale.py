@@ -5,8 +5,8 @@
 
 Makes --files tiny files (unique bytes each, `.jpg` names, 5 class folders;
 kept for later runs), then in fresh processes lists and hashes them as
-`pipeline.run` does, before it loads the module: `pipeline.discover`, then
-`pipeline.hash_images` (the digest memo in <workdir>/n<files>/bn), each
+`pipeline.run` does, before it loads the module: `prepare.discover`, then
+`prepare.hash_images` (the digest memo in <workdir>/n<files>/bn), each
 as a phase (retrain.common.phases: freed memory returned after each). Once
 cold (no memo: every file read) and once warm (memo present: files only
 stat'ed). Each process imports retrain.pipeline first, and so TensorFlow,
@@ -62,19 +62,19 @@ def make(root: pathlib.Path, n: int) -> None:
 
 
 def measure(root: pathlib.Path) -> dict:
-  from retrain import pipeline  # TensorFlow too, as a real run
   from retrain.config import DEFAULTS
+  from retrain.steps import prepare
   config = dataclasses.replace(DEFAULTS, image_dir=str(root / 'images'),
                                bottleneck_dir=str(root / 'bn'))
   from retrain.common.phases import Phases
   start_rss = _current_rss_mib()
   phases = Phases()  # as pipeline.run: memory is released after each phase
   with phases('startup'):
-    layout, crops = pipeline.discover(config)
+    layout, crops = prepare.discover(config)
   listed = phases.timings['startup']
   listed_rss, listed_peak = _current_rss_mib(), _rss_mib()
   with phases('hashing'):
-    digests, _, failures = pipeline.hash_images(config, layout.dataset,
+    digests, _, failures = prepare.hash_images(config, layout.dataset,
                                                 crops)
   hashed = phases.timings['hashing']
   n = len(digests)

@@ -23,16 +23,17 @@ import time
 
 def _run(config, with_page: bool):
   from retrain import pipeline
-  originals = pipeline.start_results_page, pipeline.results_page
+  from retrain.steps import outputs
+  originals = outputs.start_results_page, outputs.results_page
   if not with_page:
-    pipeline.start_results_page = lambda *args, **kwargs: None
-    pipeline.results_page = lambda *args, **kwargs: None
+    outputs.start_results_page = lambda *args, **kwargs: None
+    outputs.results_page = lambda *args, **kwargs: None
   try:
     started = time.monotonic()
     result = pipeline.run(config)
     return time.monotonic() - started, result
   finally:
-    pipeline.start_results_page, pipeline.results_page = originals
+    outputs.start_results_page, outputs.results_page = originals
 
 
 def main():

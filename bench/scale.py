@@ -91,7 +91,7 @@ def measure(root: pathlib.Path, classes: int, steps: int, budget: int) -> dict:
   from retrain.head import train as train_lib
   baseline = _peak_rss_mib()
   files = np.load(root / 'files.npz')
-  # What retrain/streamed.py holds per image for training: the compact
+  # What retrain/steps/streamed.py holds per image for training: the compact
   # content key (made from the hex digests), the class id and the split.
   keys = chunks.compact_keys(files['keys'])
   labels, subset = files['labels'], files['subset']
@@ -118,7 +118,8 @@ def measure(root: pathlib.Path, classes: int, steps: int, budget: int) -> dict:
   stats = streaming.StreamStats()
   if stream:
     trained = streaming.train_head_streaming(
-        *readers['train'], classes, *readers['validation'], settings,
+        streaming.Labelled(*readers['train']),
+        streaming.Labelled(*readers['validation']), classes, settings,
         budget, stats=stats)
   else:
     reader, y = readers['train']

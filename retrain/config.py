@@ -48,7 +48,7 @@ class Config:
   # makes retrain.py's labels (lower case, each run of non-alphanumerics one
   # space) for code that expects them.
   label_style: str = 'verbatim'
-  # Several labels a photo, one sigmoid each (retrain/multilabel.py,
+  # Several labels a photo, one sigmoid each (retrain/steps/multilabel.py,
   # docs/multilabel.md): labels from a CSV ('a;b'), VOC objects or the same
   # photo in several class folders.
   multi_label: bool = False

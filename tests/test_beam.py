@@ -55,12 +55,12 @@ def _shard_keys(bottleneck_dir):
 
 
 def test_shard_name_depends_only_on_keys(tmp_path):
-  from retrain.beam import job
+  from retrain.beam import cache as cache_lib
   vectors = np.arange(6, dtype=np.float32).reshape(3, 2)
-  first = job.write_shard_file(str(tmp_path), ['b', 'a', 'c'], vectors)
+  first = cache_lib.write_shard_file(str(tmp_path), ['b', 'a', 'c'], vectors)
   # Same keys in another order (a retried bundle): same name, not rewritten.
-  assert job.write_shard_file(str(tmp_path), ['c', 'a', 'b'],
-                              vectors[::-1]) is None
+  assert cache_lib.write_shard_file(str(tmp_path), ['c', 'a', 'b'],
+                                    vectors[::-1]) is None
   assert os.listdir(tmp_path) == [os.path.basename(first)]
   store = bottleneck_cache.BottleneckStore.__new__(
       bottleneck_cache.BottleneckStore)
@@ -69,7 +69,7 @@ def test_shard_name_depends_only_on_keys(tmp_path):
   store._load_index()
   np.testing.assert_array_equal(store.get(['a', 'b', 'c']),
                                 vectors[[1, 0, 2]])
-  assert job.existing_keys(str(tmp_path)) == {'a', 'b', 'c'}
+  assert cache_lib.existing_keys(str(tmp_path)) == {'a', 'b', 'c'}
 
 
 def test_direct_runner_is_pinned_in_process():

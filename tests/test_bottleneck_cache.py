@@ -343,6 +343,7 @@ def test_a_run_hashes_before_it_loads_the_module(small_config, colour_dir,
   from bottleneck_cache import keys
   from retrain import pipeline
   from retrain.errors import ModuleError
+  from retrain.steps import prepare
   memo = os.path.join(small_config.bottleneck_dir, keys.MEMO_FILE)
   typo = dataclasses.replace(small_config,
                              tfhub_module=str(colour_dir / 'no_module'))
@@ -357,7 +358,7 @@ def test_a_run_hashes_before_it_loads_the_module(small_config, colour_dir,
     memo_written.append(os.path.exists(memo))
     raise _Stop
 
-  monkeypatch.setattr(pipeline.ensemble_lib, 'load', load)
+  monkeypatch.setattr(prepare.ensemble_lib, 'load', load)
   with pytest.raises(_Stop):
     pipeline.run(small_config)
   assert memo_written == [True]

@@ -58,8 +58,8 @@ def test_output_places_are_checked_before_any_work(tmp_path):
   folder that is a file, outputs inside the image folder."""
   import pytest
 
-  from retrain import pipeline
   from retrain.errors import OutputError
+  from retrain.steps import prepare
   from tests.conftest import shrunk_config
   images = tmp_path / 'images'
   (images / 'a').mkdir(parents=True)
@@ -72,8 +72,8 @@ def test_output_places_are_checked_before_any_work(tmp_path):
       (dict(summaries_dir=str(images / 'logs')), 'inside image_dir')):
     config = shrunk_config(images, tmp_path / 'out', 'fake', **overrides)
     with pytest.raises(OutputError, match=words):
-      pipeline.check_output_places(config)
-  pipeline.check_output_places(shrunk_config(
+      prepare.check_output_places(config)
+  prepare.check_output_places(shrunk_config(
       images, tmp_path / 'out', 'fake', bottleneck_dir=str(images / '.cache')))
 
 

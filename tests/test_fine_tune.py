@@ -624,9 +624,9 @@ def test_reports_after_fine_tuning_describe_the_fine_tuned_network(
   fine-tuning had), over the head alone's."""
   import types
 
-  from retrain import pipeline
   from retrain.head.model import Head
   from retrain.report import writer as explain_lib
+  from retrain.steps import head
   labels = ['ant', 'bee', 'cat']
   paths = [f'/photos/{i}.jpg' for i in range(8)]
   eye = np.eye(3, dtype=np.float32)
@@ -639,9 +639,11 @@ def test_reports_after_fine_tuning_describe_the_fine_tuned_network(
                                   history=[])
   config = shrunk_config(tmp_path, tmp_path / 'out', 'm')
   caplog.set_level('INFO', logger='absl')
-  test, misclassified, explained = pipeline.report_fine_tuned(
+  reported = head.report_fine_tuned(
       config, labels, trained, explain_lib.Explained({}, [], [], 0),
       types.SimpleNamespace(paths=paths), None, tuned)
+  test, misclassified, explained = (reported.test, reported.misclassified,
+                                    reported.explained)
   assert test.accuracy == 0.75 and test.count == 4
   assert ('Final test accuracy after fine-tuning = 75.0% (N=4'
           in caplog.text)

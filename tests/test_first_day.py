@@ -36,12 +36,12 @@ def test_copies_are_named_where_the_counts_differ():
 
 def test_a_warm_run_says_it_read_the_cache(caplog):
   import bottleneck_cache
-  from retrain import pipeline
+  from retrain.steps import vectors
   caplog.set_level(logging.INFO, logger='absl')
-  pipeline.log_bottlenecks(bottleneck_cache.Stats(requested=1500,
+  vectors.log_bottlenecks(bottleneck_cache.Stats(requested=1500,
                                                   reused=1500), 0,
                            '/cache', modules=3)
-  pipeline.log_bottlenecks(bottleneck_cache.Stats(requested=10, reused=4,
+  vectors.log_bottlenecks(bottleneck_cache.Stats(requested=10, reused=4,
                                                   computed=5), 1, '/cache')
   assert caplog.messages == [
       'Bottlenecks of 3 modules: all 1500 vectors read from the cache in '
@@ -52,7 +52,7 @@ def test_a_warm_run_says_it_read_the_cache(caplog):
 
 def test_duplicates_are_named_when_bottlenecks_are_computed(tmp_path, caplog,
                                                             fake_module):
-  from retrain import pipeline
+  from retrain.steps import prepare, vectors
   images = make_colour_dataset(tmp_path / 'images', per_class=4)
   for k in range(3):  # three byte-identical copies
     (images / 'red' / f'copy_{k}.jpg').write_bytes(
@@ -61,10 +61,10 @@ def test_duplicates_are_named_when_bottlenecks_are_computed(tmp_path, caplog,
   caplog.set_level(logging.INFO, logger='absl')
   from retrain.features import ensemble as ensemble_lib
   from retrain.features import tflite_runtime
-  layout, _ = pipeline.discover(config)
+  layout, _ = prepare.discover(config)
   module = ensemble_lib.load(config.tfhub_module, None, '')
   runner = tflite_runtime.deferred(module, 'tf', '')
-  pipeline.bottlenecks(config, layout.dataset, module, runner)
+  vectors.bottlenecks(config, layout.dataset, module, runner)
   text = '\n'.join(caplog.messages)
   assert 'Found 15 images in 3 classes' in text
   assert ('Computing bottlenecks for 12 images (0 found in the cache '

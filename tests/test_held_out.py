@@ -8,11 +8,11 @@ import types
 
 import numpy as np
 
-from retrain import pipeline
 from retrain.config import DEFAULTS
 from retrain.head import calibration, held_out, lbfgs, solver
 from retrain.head import folds as folds_lib
 from retrain.report import head_solver as solve
+from retrain.steps import head
 
 OPTIONS = solver.SolverOptions.from_config(DEFAULTS)
 
@@ -81,11 +81,11 @@ def test_a_saturated_validation_set_cannot_drive_the_temperature_to_its_floor(
   assert np.all(trained.head.logits(val_x).argmax(1) == val_y)
   floor = calibration.calibrate(trained.head, val_x, val_y, 0.95, 30)
   assert floor.temperature < 1.5 * calibration.MIN_TEMPERATURE
-  # What the run calibrates on (pipeline.fine_tune without --fine_tune hands
+  # What the run calibrates on (head.fine_tune without --fine_tune hands
   # calibration the validation set it reads).
-  _, _, _, validation, _ = pipeline.fine_tune(
-      config, None, ['a', 'b', 'c'], trained, None, images, split)
-  confidence = pipeline.calibrate(config, trained, *validation)
+  validation = head.fine_tune(
+      config, None, ['a', 'b', 'c'], trained, None, images, split).validation
+  confidence = head.calibrate(config, trained, *validation)
   assert confidence.temperature > 0.5, confidence.temperature
   assert 'out-of-fold' in confidence.metadata()['method']
   assert confidence.threshold > 0.5 and confidence.coverage < 1.0
@@ -98,20 +98,20 @@ def test_a_saturated_validation_set_cannot_drive_the_temperature_to_its_floor(
 def test_held_out_logits_come_from_other_heads_and_test_ece_is_reported(
     tmp_path):
   config, trained, images, split = _solved(tmp_path, overlap_seed=1)
-  x, y, logits, how = pipeline.held_out_validation(trained, images, split)
+  x, y, logits, how = head.held_out_validation(trained, images, split)
   assert x is None and len(y) == len(split.train) + len(split.validation)
   own = trained.head.logits(images.vectors[split.validation])
   held = logits[len(split.train):]
   assert np.mean(held.argmax(1) == y[len(split.train):]) < 0.9
   assert not np.allclose(own, held)
   assert 'cross-fitting' in how
-  test = pipeline.evaluate_lib.evaluate(
+  test = head.evaluate_lib.evaluate(
       trained.head, images.vectors[split.test], images.labels[split.test])
-  confidence = pipeline.calibrate(config, trained, x, y, logits, how,
+  confidence = head.calibrate(config, trained, x, y, logits, how,
                                   test=test)
   assert confidence.test_count == len(split.test)
   # Calibrated on held-out logits, the test ECE falls well below the
   # overconfident head's.
   assert confidence.test_ece_after < confidence.test_ece_before / 2
-  figures = pipeline.describe_figures(trained)
+  figures = head.describe_figures(trained)
   assert 'out-of-fold' in figures['validation_metrics']

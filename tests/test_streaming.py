@@ -150,8 +150,10 @@ def test_streaming_training_learns_and_reads_in_chunks(tmp_path):
   stats = streaming.StreamStats()
   points = []
   result = streaming.train_head_streaming(
-      chunks.ChunkReader(index, [keys[i] for i in train]), labels[train], 3,
-      chunks.ChunkReader(index, [keys[i] for i in val]), labels[val],
+      streaming.Labelled(chunks.ChunkReader(index, [keys[i] for i in train]),
+                         labels[train]),
+      streaming.Labelled(chunks.ChunkReader(index, [keys[i] for i in val]),
+                         labels[val]), 3,
       _settings(steps=200, batch_size=50, eval_step_interval=20,
                 validation_batch_size=100, seed=0),
       max_vectors_in_memory=2048, on_eval=points.append, stats=stats)
@@ -180,8 +182,8 @@ def test_streaming_sees_every_class_though_the_cache_is_in_class_order(
   store, keys, _, labels = _store(tmp_path, 9000, classes=3)
   index = chunks.ChunkReader(chunks.VectorIndex(store.directory), keys)
   result = streaming.train_head_streaming(
-      index, labels, 3, index, labels[:0],
-      _settings(steps=300, batch_size=30, eval_step_interval=100,
+      streaming.Labelled(index, labels), streaming.Labelled(index, labels[:0]),
+      3, _settings(steps=300, batch_size=30, eval_step_interval=100,
                 validation_batch_size=-1, seed=1),
       max_vectors_in_memory=4096)
   test = streaming.evaluate_streaming(result.head, index, labels, 4096)
@@ -205,8 +207,10 @@ def test_streaming_training_agrees_with_in_memory_training(tmp_path):
                                    labels[val], settings)
   stats = streaming.StreamStats()
   streamed = streaming.train_head_streaming(
-      chunks.ChunkReader(index, [keys[i] for i in train]), labels[train], 4,
-      chunks.ChunkReader(index, [keys[i] for i in val]), labels[val],
+      streaming.Labelled(chunks.ChunkReader(index, [keys[i] for i in train]),
+                         labels[train]),
+      streaming.Labelled(chunks.ChunkReader(index, [keys[i] for i in val]),
+                         labels[val]), 4,
       settings, max_vectors_in_memory=1024, stats=stats)
   assert stats.chunks >= 2
   assert [p.step for p in streamed.history] == [
@@ -232,9 +236,9 @@ def test_pipeline_streams_past_the_budget(tmp_path, fake_module, monkeypatch):
   calls = []
   real = streaming.train_head_streaming
 
-  def recording(train, train_y, *args, **kwargs):
+  def recording(train, *args, **kwargs):
     calls.append((len(train), kwargs['stats']))
-    return real(train, train_y, *args, **kwargs)
+    return real(train, *args, **kwargs)
 
   monkeypatch.setattr(streaming, 'train_head_streaming', recording)
   images = make_colour_dataset(tmp_path / 'images', per_class=20)
@@ -272,8 +276,8 @@ def dataclasses_replace(config, **changes):
 
 
 def test_negative_budget_is_a_clear_error(tmp_path, fake_module):
-  from retrain import streamed
   from retrain.errors import DatasetError
+  from retrain.steps import streamed
   from tests.conftest import shrunk_config
   config = shrunk_config(tmp_path, tmp_path / 'out', fake_module,
                          max_vectors_in_memory=-1)
@@ -290,8 +294,8 @@ def test_negative_budget_is_a_clear_error(tmp_path, fake_module):
 def test_fine_tuning_a_run_that_would_stream_is_refused(tmp_path, fake_module):
   """Fine-tuning holds activations in memory: past the budget it is a
   clear error before any slow work, not silently dropped by streaming."""
-  from retrain import streamed
   from retrain.errors import DatasetError
+  from retrain.steps import streamed
   from tests.conftest import shrunk_config
   config = shrunk_config(tmp_path, tmp_path / 'out', fake_module,
                          max_vectors_in_memory=1000, fine_tune=True)
@@ -300,3 +304,28 @@ def test_fine_tuning_a_run_that_would_stream_is_refused(tmp_path, fake_module):
                      r'.* 1600 training vectors are past max_vectors_in_'
                      r'memory=1000.*raise max_vectors_in_memory'):
     streamed.needed(config, 2000)
+
+
+@pytest.mark.slow
+def test_a_streamed_run_fits_the_novelty_score(tmp_path, fake_module):
+  """Past the memory budget the novelty score is fitted on a sample read
+  from the cache, written to trust.json and carried by the export."""
+  import json
+
+  from retrain import pipeline
+  from retrain.predict import load
+  from retrain.report import trust
+  from tests.conftest import make_colour_dataset, shrunk_config
+  images = make_colour_dataset(tmp_path / 'images', per_class=40)
+  config = shrunk_config(images, tmp_path / 'out', fake_module,
+                         max_vectors_in_memory=90, projector_max_images=0,
+                         output_graph='')
+  result = pipeline.run(config)
+  assert result.explained is None  # the streamed path: no per-class report
+  section = json.loads((tmp_path / 'out' / 'report' /
+                        trust.REPORT_FILE).read_text())['novelty']
+  assert section is not None
+  # Scored on a sample of the test set, read from the cache.
+  assert 0 < section['test']['count'] <= result.test_count
+  model = load.load_model(saved_model_dir=config.saved_model_dir)
+  assert model.novelty_threshold == pytest.approx(section['threshold'])

@@ -58,8 +58,8 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
   member could use it, and its vector is the members' vectors concatenated
   (float32 [n_ok, sum of D], read member by member into one array).
   """
-  members = getattr(module, 'members', None)
-  if not members:
+  members = ensemble_lib.members(module)
+  if len(members) == 1:
     store = bottleneck_cache.BottleneckStore(
         bottleneck_dir, bottlenecks_lib.cache_namespace(module))
     return bottlenecks_lib.compute_bottlenecks(paths, runner, store,

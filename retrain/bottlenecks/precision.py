@@ -131,8 +131,8 @@ def choose(module: FeatureModule, precision: str, runtime: str,
       logging.warning('Using float bottlenecks: fine_tune trains the float '
                       'network, so its head needs float vectors.')
     return module
-  members = getattr(module, 'members', None)
-  if not members:
+  members = ensemble_lib.members(module)
+  if len(members) == 1:
     return _choose_member(module, precision, runtime, cache_dir, probe)
   chosen = []
   for member in members:
@@ -156,7 +156,7 @@ def choose(module: FeatureModule, precision: str, runtime: str,
 def close(module: FeatureModule) -> None:
   """Lets the int8 interpreters of `module`'s members go once no more
   vectors are computed (they open again if called)."""
-  for member in getattr(module, 'members', None) or (module,):
+  for member in ensemble_lib.members(module):
     if isinstance(member.call, int8.LazyCall):
       member.call.close()
   phases_lib.release_memory()
@@ -164,8 +164,8 @@ def close(module: FeatureModule) -> None:
 
 def describe(module: FeatureModule) -> str:
   """'int8', 'float32', or per member e.g. 'int8, int8, float32'."""
-  members = getattr(module, 'members', None) or (module,)
-  return ', '.join(m.quantization and 'int8' or 'float32' for m in members)
+  return ', '.join(m.quantization and 'int8' or 'float32'
+                   for m in ensemble_lib.members(module))
 
 
 # Accuracy points the float exports may lose against the head's figure on
@@ -175,8 +175,7 @@ MAX_EXPORT_LOSS_POINTS = 0.3
 
 def is_quantized(module: FeatureModule) -> bool:
   """True when any member of `module` (or the module) runs int8."""
-  members = getattr(module, 'members', None) or (module,)
-  return any(m.quantization for m in members)
+  return any(m.quantization for m in ensemble_lib.members(module))
 
 
 def check_float_exports(float_module: FeatureModule, head, probe: Probe,

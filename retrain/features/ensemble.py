@@ -172,36 +172,48 @@ class EnsembleModule(FeatureModule):
             'output_dim': self.output_dim}
 
 
+def members(module: FeatureModule) -> Tuple[FeatureModule, ...]:
+  """The modules whose vectors `module` gives, in order: an ensemble's
+  members, or (module,) for a single module (an ensemble of one)."""
+  return tuple(getattr(module, 'members', None) or (module,))
+
+
 def describe_modules(module: FeatureModule) -> List[dict]:
   """One entry per member module (one for a plain module), for metadata."""
-  members = getattr(module, 'members', None) or (module,)
   return [{'handle': m.handle, 'resolved': m.resolved,
            'fingerprint': m.fingerprint,
            'input_size': list(m.input_size), 'output_dim': m.output_dim}
-          for m in members]
+          for m in members(module)]
 
 
 def check_handles(spec: str, image_size: Optional[int] = None,
-                  trust: bool = False) -> None:
+                  trust: bool = False) -> Tuple[str, ...]:
   """features.check_handle for each module `spec` names; cheap (nothing
-  is loaded).
+  is loaded). Returns the handles (member_handles), for `load`.
 
   Raises:
     ModuleError: a malformed spec, or a handle load would refuse.
   """
-  for handle in member_handles(spec):
+  handles = tuple(member_handles(spec))
+  for handle in handles:
     features.check_handle(handle, image_size, trust)
+  return handles
 
 
 def load(spec: str, image_size: Optional[int] = None,
-         cache_dir: Optional[str] = None, trust: bool = False
-         ) -> FeatureModule:
+         cache_dir: Optional[str] = None, trust: bool = False,
+         checked: Optional[Sequence[str]] = None) -> FeatureModule:
   """The module(s) `--tfhub_module` names: a FeatureModule for one, an
-  EnsembleModule for several (see member_handles and load_module)."""
-  handles = member_handles(spec)
+  EnsembleModule for several (see member_handles and load_module).
+  checked: what check_handles returned for `spec` in this run (None: the
+  spec is parsed and each module checked here)."""
+  handles = member_handles(spec) if checked is None else list(checked)
+  known = checked is not None
   if len(handles) == 1:
-    return features.load_module(handles[0], image_size, cache_dir, trust)
-  members = tuple(features.load_module(h, image_size, cache_dir, trust)
+    return features.load_module(handles[0], image_size, cache_dir, trust,
+                                checked=known)
+  members = tuple(features.load_module(h, image_size, cache_dir, trust,
+                                       checked=known)
                   for h in handles)
   obj = Ensemble(members)
   fingerprint = hashlib.sha256(

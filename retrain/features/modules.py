@@ -162,7 +162,7 @@ def check_handle(handle: str, image_size: Optional[int] = None,
 
 def load_module(handle: str, image_size: Optional[int] = None,
                 cache_dir: Optional[str] = None,
-                trust: bool = False) -> FeatureModule:
+                trust: bool = False, checked: bool = False) -> FeatureModule:
   """Loads a feature-vector module.
 
   Args:
@@ -172,6 +172,8 @@ def load_module(handle: str, image_size: Optional[int] = None,
     cache_dir: where bundled presets are converted (None: the default).
     trust: load even a module whose graph can touch files or Python
       (retrain.features.module_safety); checked before anything is loaded.
+    checked: check_handle has passed this handle in this run, so a local
+      module's graph is not scanned again (a download still is).
 
   Raises:
     ModuleError: the module cannot be loaded, has no usable input size, or
@@ -182,7 +184,9 @@ def load_module(handle: str, image_size: Optional[int] = None,
     # Resolve (for a URL: download) first, so the graph is checked before
     # any of it is loaded or run.
     path = hub.resolve(resolved)
-    module_safety.check_module(handle, path, trust)
+    if not (checked and os.path.isdir(handle) and
+            os.path.realpath(path) == os.path.realpath(handle)):
+      module_safety.check_module(handle, path, trust)
     obj = hub.load(path)
   except ModuleError:
     raise

@@ -38,6 +38,7 @@ from retrain.common import atomic
 from retrain.common.names import BOTTLENECK_RUNTIMES
 from retrain.errors import ModuleError
 from retrain.features import cache_files, presets
+from retrain.features import ensemble as ensemble_lib
 from retrain.features import modules as features
 from retrain.features.modules import FeatureModule
 from retrain.features.tflite_runner import TFLiteRunner, open_interpreter
@@ -214,8 +215,7 @@ def _discard_unverified(path: str) -> None:
 def _quantized(module: FeatureModule) -> bool:
   """True when `module` (or a member of it) runs a quantised TFLite model
   already (retrain/features/int8.py): it stays as it is."""
-  members = getattr(module, 'members', None) or (module,)
-  return any(m.quantization for m in members)
+  return any(m.quantization for m in ensemble_lib.members(module))
 
 
 def deferred(module: FeatureModule, runtime: str,

@@ -366,7 +366,7 @@ def _identity(o: FineTuneOptions, module, head, labels, keys, y, split,
       options=dataclasses.asdict(_fit_options(o)),
       dropout=o.fine_tune_dropout, batch_size=o.fine_tune_batch_size,
       block=o.fine_tune_from, members=tuned_members(o, [
-          m.handle for m in getattr(module, 'members', None) or (module,)]),
+          m.handle for m in ensemble_lib.members(module)]),
       distortions=distortions.describe() if distortions else None,
       distorted_copies=o.distorted_copies if distortions else 0)
 
@@ -375,7 +375,7 @@ def _lite_plan(o: FineTuneOptions, distortions, module, head, paths, keys,
                y, split, fixed: Optional['FixedFeatures']) -> _Plan:
   """The top of a bundled EfficientNet-Lite (of each member of an ensemble
   of them that fine_tune_members names), on cached activations."""
-  members = getattr(module, 'members', None) or (module,)
+  members = ensemble_lib.members(module)
   tuned = tuned_members(o, [m.handle for m in members])
   nets, described = [], []
   for member in members:
@@ -521,7 +521,7 @@ def fine_tune(o: FineTuneOptions, distortions: distort_lib.Distortions,
   check_split(o, labels, y, split.validation)
   distortions = distortions if distortions.any() else None
   identity = _identity(o, module, head, labels, keys, y, split, distortions)
-  members = getattr(module, 'members', None) or (module,)
+  members = ensemble_lib.members(module)
   if all(bundled_variant(m.handle) is not None for m in members):
     plan = _lite_plan(o, distortions, module, head, paths, keys, y, split,
                       fixed)

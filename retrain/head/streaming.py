@@ -201,86 +201,127 @@ class StreamStats:
   wait_seconds: float = 0.0
 
 
+@dataclasses.dataclass
+class Labelled:
+  """Vectors in the cache and their classes.
+
+  Attributes:
+    reader: reads the vectors, float32 [n, D], in chunks.
+    y: int class ids [n] in [0, num_classes).
+  """
+  reader: ChunkReader
+  y: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.y)
+
+
 def train_head_streaming(
-    train: ChunkReader, train_y: np.ndarray, num_classes: int,
-    validation: ChunkReader, val_y: np.ndarray,
+    train: Labelled, validation: Labelled, num_classes: int,
     settings: train_lib.Settings, max_vectors_in_memory: int,
     on_eval: Optional[Callable[[train_lib.EvalPoint], None]] = None,
     stats: Optional[StreamStats] = None) -> train_lib.TrainResult:
   """Trains the head reading training vectors from the cache in chunks.
 
   Args:
-    train: reader of the training vectors (float32 [n, D]); train_y: int
-      [n] class ids in [0, num_classes).
-    validation: reader of the validation vectors; val_y their ids (may be
-      empty).
+    train: the training vectors and ids.
+    validation: the validation vectors and ids (may be empty).
     settings: what to train, as for retrain.head.train.train_head.
-    on_eval: called with each evaluation point, in order.
     max_vectors_in_memory: the budget; chunks as chunk_capacity.
+    on_eval: called with each evaluation point, in order.
     stats: filled with what was read, if given.
 
   Returns:
     A TrainResult (history of EvalPoints; best_step with early stopping).
   """
   stats = stats if stats is not None else StreamStats()
-  steps, batch_size = settings.steps, settings.batch_size
-  options = settings.options
-  train_y = np.asarray(train_y, np.int64)
-  val_y = np.asarray(val_y, np.int64)
+  train_y = np.asarray(train.y, np.int64)
   rng = np.random.default_rng(settings.seed)
-  trainer = _make_trainer(settings, train_y, num_classes, train.dim)
-  by_class = not (options and options.sampling == 'images')
-  validate = _ValidationSample(validation, val_y, max_vectors_in_memory,
-                               settings.validation_batch_size, rng, train.dim)
+  loop = _Loop(settings, _make_trainer(settings, train_y, num_classes,
+                                       train.reader.dim),
+               _ValidationSample(validation.reader,
+                                 np.asarray(validation.y, np.int64),
+                                 max_vectors_in_memory,
+                                 settings.validation_batch_size, rng,
+                                 train.reader.dim), on_eval)
   # Steps owed per vector of a chunk (see the module docstring).
-  share = min(steps * batch_size / max(1, len(train_y)), 1.0) / batch_size
-  points = train_lib.eval_steps(steps, settings.eval_step_interval)
-  point_set = set(points)
-  # A compiled call trains up to the next evaluation point.
-  segment = max(1, min(settings.eval_step_interval, steps))
-  stopper = (options_lib.EarlyStopping(options.early_stopping_patience)
-             if options and options.early_stopping_patience and len(val_y)
-             else None)
-  history: List[train_lib.EvalPoint] = []
-  capacity = chunk_capacity(max_vectors_in_memory, train.dim)
+  share = min(settings.steps * settings.batch_size / max(1, len(train_y)),
+              1.0) / settings.batch_size
+  capacity = chunk_capacity(max_vectors_in_memory, train.reader.dim)
   chunk_list = _read_ahead(
-      train, chunk_schedule(train.storage_order(), capacity, rng), stats)
-  done, owed = 0, 0.0
+      train.reader, chunk_schedule(train.reader.storage_order(), capacity,
+                                   rng), stats)
+  owed = 0.0
   for items, chunk_x in chunk_list:
-    chunk_y = train_y[items]
     owed += len(items) * share
-    visit = min(max(1, int(owed)), steps - done)
+    visit = min(max(1, int(owed)), settings.steps - loop.done)
     owed -= visit
-    sampler = _Sampler(chunk_y, by_class)
-    while visit > 0:
-      upcoming = next((p for p in points if p >= done), steps - 1)
-      count = min(visit, upcoming + 1 - done)
-      rows = sampler.rows(rng, count, batch_size)
-      padded = np.zeros((segment, batch_size), np.int64)
-      padded[:count] = rows
-      trainer.run(tf.constant(chunk_x[padded]), tf.constant(chunk_y[padded]),
-                  tf.constant(count, tf.int64))
-      done, visit = done + count, visit - count
-      if done - 1 not in point_set:
-        continue
-      head = trainer.head()
-      point = validate.point(done - 1, head, chunk_x[rows[-1]],
-                             chunk_y[rows[-1]])
-      history.append(point)
-      if on_eval is not None:
-        on_eval(point)
-      if stopper is not None and stopper.update(
-          point.step, validate.loss(head), trainer.head):
-        logging.info('Early stopping at step %d (validation sample of %d).',
-                     point.step, len(validate.y))
-        done = steps
-        break
-    if done >= steps:
+    loop.train_on(chunk_x, train_y[items], visit, rng)
+    if loop.done >= settings.steps:
       break
   chunk_list.close()
-  if stopper is not None and stopper.best is not None:
-    return train_lib.TrainResult(stopper.best, history, stopper.best_step)
-  return train_lib.TrainResult(trainer.head(), history)
+  return loop.result()
+
+
+class _Loop:
+  """The state of a streaming run: steps done, evaluation points, early
+  stopping."""
+
+  def __init__(self, settings: train_lib.Settings, trainer: _Trainer,
+               validate: _ValidationSample,
+               on_eval: Optional[Callable[[train_lib.EvalPoint], None]]):
+    options = settings.options
+    self.settings, self.trainer, self.validate = settings, trainer, validate
+    self.on_eval = on_eval
+    self.by_class = not (options and options.sampling == 'images')
+    self.points = train_lib.eval_steps(settings.steps,
+                                       settings.eval_step_interval)
+    self.point_set = set(self.points)
+    # A compiled call trains up to the next evaluation point.
+    self.segment = max(1, min(settings.eval_step_interval, settings.steps))
+    self.stopper = (options_lib.EarlyStopping(
+        options.early_stopping_patience)
+                    if options and options.early_stopping_patience and
+                    len(validate.y) else None)
+    self.history: List[train_lib.EvalPoint] = []
+    self.done = 0
+
+  def train_on(self, chunk_x: np.ndarray, chunk_y: np.ndarray, visit: int,
+               rng: np.random.Generator) -> None:
+    """`visit` steps on batches of one chunk, float32 [m, D] and int64 [m]
+    (fewer when early stopping ends the run: done is then steps)."""
+    steps, batch_size = self.settings.steps, self.settings.batch_size
+    sampler = _Sampler(chunk_y, self.by_class)
+    while visit > 0:
+      upcoming = next((p for p in self.points if p >= self.done), steps - 1)
+      count = min(visit, upcoming + 1 - self.done)
+      rows = sampler.rows(rng, count, batch_size)
+      padded = np.zeros((self.segment, batch_size), np.int64)
+      padded[:count] = rows
+      self.trainer.run(tf.constant(chunk_x[padded]),
+                       tf.constant(chunk_y[padded]),
+                       tf.constant(count, tf.int64))
+      self.done, visit = self.done + count, visit - count
+      if self.done - 1 not in self.point_set:
+        continue
+      head = self.trainer.head()
+      point = self.validate.point(self.done - 1, head, chunk_x[rows[-1]],
+                                  chunk_y[rows[-1]])
+      self.history.append(point)
+      if self.on_eval is not None:
+        self.on_eval(point)
+      if self.stopper is not None and self.stopper.update(
+          point.step, self.validate.loss(head), self.trainer.head):
+        logging.info('Early stopping at step %d (validation sample of %d).',
+                     point.step, len(self.validate.y))
+        self.done = steps
+        return
+
+  def result(self) -> train_lib.TrainResult:
+    if self.stopper is not None and self.stopper.best is not None:
+      return train_lib.TrainResult(self.stopper.best, self.history,
+                                   self.stopper.best_step)
+    return train_lib.TrainResult(self.trainer.head(), self.history)
 
 
 def _make_trainer(settings: train_lib.Settings, train_y: np.ndarray,

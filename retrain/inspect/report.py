@@ -19,19 +19,18 @@ from typing import Dict, List, Optional
 import numpy as np
 from absl import logging
 
-from retrain import pipeline
 from retrain.bottlenecks import compute as bottlenecks_lib
+from retrain.common import phases as phases_lib
 from retrain.common import strict_json
 from retrain.config import Config, InspectConfig, subset
 from retrain.data import boxes as boxes_lib
 from retrain.data import sources
 from retrain.data import split as split_lib
 from retrain.errors import DatasetError
-from retrain.features import ensemble as ensemble_lib
-from retrain.features import tflite_runtime
 from retrain.head import math as head_math
 from retrain.inspect import analysis, charts, files
 from retrain.inspect import html as html_lib
+from retrain.steps import prepare, vectors
 
 REPORT_JSON = 'report.json'
 REPORT_HTML = 'report.html'
@@ -112,24 +111,21 @@ class _Examples:
 def _load_examples(config: Config, timings: dict):
   """(_Examples, module): the examples as retrain lists and splits them,
   with their vectors from (or into) retrain's cache."""
-  layout, crops = boxes_lib.load_examples(
-      subset(sources.LayoutOptions, config), subset(boxes_lib.BoxOptions,
-                                                    config))
-  paths = [image.path for image in layout.dataset.images]
-  logging.info('Inspecting %d examples in %d classes: %s.', len(paths),
-               len(layout.dataset.labels), layout.description)
-  # The pipeline's own module loading and bottleneck step: ensembles, the
-  # module check, the pixel limit and the cache namespaces as retrain has
-  # them, so a training run afterwards reads every vector.
-  module = ensemble_lib.load(config.tfhub_module, config.image_size,
-                             config.module_cache_dir,
-                             trust=config.trust_module)
-  runner = tflite_runtime.deferred(module, config.bottleneck_runtime,
-                                   config.module_cache_dir)
-  phase = time.monotonic()
-  computed = pipeline.bottlenecks(config, layout.dataset, module, runner,
-                                  crops)
-  timings['bottlenecks'] = time.monotonic() - phase
+  # The first steps of a training run (listing, hashing, the module and
+  # its runtime), and its bottleneck step: ensembles, the module check, the
+  # pixel limit and the cache namespaces as retrain has them, so a training
+  # run afterwards reads every vector.
+  phases = phases_lib.Phases()
+  prepared = prepare.prepare(config, phases, whole_run=False)
+  layout, crops, module = prepared.layout, prepared.crops, prepared.module
+  logging.info('Inspecting %d examples in %d classes: %s.',
+               len(layout.dataset.images), len(layout.dataset.labels),
+               layout.description)
+  with phases('bottlenecks'):
+    computed = vectors.bottlenecks(config, layout.dataset, module,
+                                   prepared.runner, crops,
+                                   keyed=prepared.keyed)
+  timings['bottlenecks'] = phases.timings['bottlenecks']
   usable = np.flatnonzero(computed.ok)
   if not len(usable):
     raise DatasetError('No example could be decoded; nothing to inspect.')

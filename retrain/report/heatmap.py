@@ -102,7 +102,7 @@ def explainer(module, head: Head, fine_tuned: bool = False) -> Explainer:
     fine_tuned: True when the module's weights were fine-tuned (then the
       bundled weights no longer describe it, and occlusion is used).
   """
-  members = tuple(getattr(module, 'members', None) or (module,))
+  members = ensemble_lib.members(module)
   size = tuple(module.input_size)
   if not fine_tuned and all(_bundled(m) for m in members):
     pairs = [_lite_member(m, size) for m in members]

@@ -175,7 +175,7 @@ def write(report_dir: str, summaries_dir: str, step: int, figures: dict,
   (summaries_dir/validation); returns the JSON's path.
 
   Args:
-    figures: how each figure was obtained (pipeline.describe_figures).
+    figures: how each figure was obtained (retrain.steps.head.describe_figures).
     confidence: the run's retrain.head.calibration.Confidence.
     test: the retrain.head.evaluate.Evaluation of the trained
       (uncalibrated) head on the test set: probabilities float [n, N],

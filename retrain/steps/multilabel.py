@@ -1,12 +1,13 @@
-"""A multi-label run (--multi_label): the pipeline's steps with the labels
-of retrain/data/multilabel.py, the sigmoid head of
-retrain/head/multilabel.py and its metrics (retrain/report/multilabel.py).
+"""The multi-label head (--multi_label): the labels of
+retrain/data/multilabel.py, the sigmoid head of retrain/head/multilabel.py
+and its metrics (retrain/report/multilabel.py).
 
-discover -> hash -> module -> bottlenecks -> split -> distorted copies ->
-fit (each label's L2 and threshold chosen by k-fold on training +
-validation; the test set is never seen) -> test metrics -> exports whose
-output is one probability per label, with the thresholds in their metadata.
-`pipeline.run` hands a run over here when config.multi_label is set.
+retrain.pipeline.run runs a multi-label run through the same steps as any
+other (prepare -> vectors); from the split on, these steps: the split
+stratified by each photo's rarest label -> fit (each label's L2 and
+threshold chosen by k-fold on training + validation; the test set is never
+seen) -> test metrics -> exports whose output is one probability per label,
+with the thresholds in their metadata.
 """
 
 from __future__ import annotations
@@ -19,14 +20,12 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from retrain import pipeline, streamed
 from retrain.bottlenecks import usable as usable_lib
-from retrain.common import atomic, leftovers
+from retrain.common import atomic
 from retrain.common import phases as phases_lib
 from retrain.config import Config, subset
-from retrain.data import boxes as boxes_lib
-from retrain.data import leakage, sources
-from retrain.data import multilabel as data_lib
+from retrain.data import leakage
+from retrain.data import sources as layouts
 from retrain.errors import DatasetError
 from retrain.export import formats as export_formats
 from retrain.export import saved_model as export_lib
@@ -64,64 +63,11 @@ def check_options(config: Config) -> None:
         fields=('multi_label', 'tflite_quantization'))
 
 
-def run(config: Config) -> pipeline.RunResult:
-  """Runs a multi-label retraining end to end (see the module docstring)."""
-  phases = phases_lib.Phases()
-  with phases('startup', since_start=True):
-    pipeline.check_config(config)
-    check_options(config)
-    leftovers.heal([config.saved_model_dir, config.output_labels,
-                    config.output_graph, config.tflite_output_file,
-                    config.report_dir])
-    found = data_lib.load(subset(sources.LayoutOptions, config),
-                          subset(boxes_lib.BoxOptions, config),
-                          config.bottleneck_dir)
-    layout, labels = found.layout, list(found.layout.dataset.labels)
-  with phases('hashing'):
-    keyed = pipeline.hash_images(config, layout.dataset)
-  with phases('module'):
-    module = pipeline.load_module(config)
-    runner = pipeline.module_runner(config, module)
-  if streamed.needed(config, len(layout.dataset.images), module):
-    logging.warning('The training vectors exceed --max_vectors_in_memory=%d, '
-                    'but a multi-label run does not stream from the cache: '
-                    'it holds them in memory.', config.max_vectors_in_memory)
-  with phases('bottlenecks'):
-    computed = pipeline.bottlenecks(config, layout.dataset, module, runner,
-                                    keyed=keyed)
-  skipped, _ = pipeline.report_skipped(config, layout, computed)
-  images = usable_lib.usable_images(layout.dataset, computed)
-  targets = found.targets[images.index]
-  split = make_split(config, layout, images, targets)
-  with phases('distorted_copies') as phase:
-    train_x, _, copies = pipeline.training_set(config, runner, images, split)
-    if copies is None:
-      phase.skip()
-  with phases('training'):
-    fitted = train(config, labels, images, split, targets, train_x, copies)
-  with phases('evaluation'):
-    test = evaluate(config, labels, fitted, images, split, targets)
-  with phases('export'):
-    saved = export(config, module, labels, fitted, test, images, split)
-  phases.total()
-  result = pipeline.RunResult(
-      labels=labels,
-      counts={name: int(len(split.subset(name))) for name in
-              ('train', 'validation', 'test')},
-      test_accuracy=test.exact_match, test_count=test.count,
-      bottleneck_stats=computed.stats, skipped=skipped, history=[],
-      misclassified=[], saved_model_dir=saved, timings=phases.timings,
-      distorted_stats=copies.stats if copies is not None else None,
-      peak_rss_mib=phases.peak_rss, multi_label=test)
-  pipeline.write_run_summary(config, result)
-  return result
-
-
 def make_split(config: Config, layout, images: usable_lib.UsableImages,
                targets: np.ndarray):
   """The split of the photos (each photo one row, stratified by its rarest
   label), logged per label; leakage reported as in a single-label run."""
-  split = sources.make_split(layout, images.index, images.labels,
+  split = layouts.make_split(layout, images.index, images.labels,
                              config.validation_percentage,
                              config.testing_percentage)
   for j, name in enumerate(layout.dataset.labels):

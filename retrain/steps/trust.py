@@ -1,0 +1,116 @@
+"""The trust step: the novelty score and <report_dir>/trust.json."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+from typing import Optional
+
+import numpy as np
+from absl import logging
+
+from retrain.bottlenecks import usable as usable_lib
+from retrain.config import Config
+from retrain.data import split as split_lib
+from retrain.head import calibration as calibration_lib
+from retrain.head import novelty as novelty_lib
+from retrain.report import trust as trust_report
+from retrain.steps import head, vectors
+
+
+def in_memory(images: usable_lib.UsableImages, split: split_lib.Split):
+  """The `read` of trust_checks for vectors in memory: every row of the
+  named subsets, in the order named."""
+
+  def read(names):
+    rows = np.concatenate([split.subset(name) for name in names])
+    return images.vectors[rows], images.labels[rows]
+
+  return read
+
+
+def fit_novelty(config: Config, read, num_classes: int, tuned=None):
+  """The novelty score on the frozen vectors of the training and
+  validation images (read: see trust_checks), its threshold from
+  out-of-fold scores; None when switched off (novelty_keep 0), after
+  fine-tuning (the exported features are no longer the cached ones) or
+  with fewer than two images a class."""
+  if not config.novelty_keep:
+    return None
+  if tuned is not None and not tuned.metadata['fine_tuned'].get(
+      'kept_frozen_head'):
+    logging.info('No novelty score in the exports: it is fitted on the '
+                 'frozen module\'s vectors and the fine-tuned network '
+                 'computes other ones.')
+    return None
+  x, y = read(('train', 'validation'))
+  counts = np.bincount(y, minlength=num_classes)
+  folds = min(config.solver_folds, int(counts[counts > 0].min()))
+  if folds < 2:
+    logging.info('No novelty score: a class has fewer than two training '
+                 'and validation images to hold out.')
+    return None
+  return novelty_lib.fit_on_split(
+      x, y, num_classes, config.novelty_components,
+      config.novelty_keep, folds, config.random_seed)
+
+
+def unknown_vectors(config: Config, module, runner) -> Optional[np.ndarray]:
+  """float32 [n, D] vectors of the --unknown_dir photos (any layout;
+  unreadable files skipped), through the bottleneck cache; None when it
+  holds no image."""
+  from retrain.common import walk as walk_lib
+  from retrain.images import IMAGE_EXTENSIONS
+  paths = sorted(os.path.join(folder, name)
+                 for folder, _, names in os.walk(config.unknown_dir)
+                 for name in names
+                 if walk_lib.is_image_file(name, IMAGE_EXTENSIONS))
+  logging.info('Scoring %d photos of --unknown_dir %s (never trained on).',
+               len(paths), config.unknown_dir)
+  if not paths:
+    return None
+  dataset = types.SimpleNamespace(images=[types.SimpleNamespace(path=p)
+                                          for p in paths])
+  return vectors.bottlenecks(config, dataset, module, runner).vectors
+
+
+def trust_checks(config: Config, prepared, found, split: split_lib.Split,
+                 tuned: head.Tuned, confidence: calibration_lib.Confidence,
+                 read=None) -> calibration_lib.Confidence:
+  """Fits the novelty score (into confidence.head, so every export
+  computes it), scores the test and --unknown_dir photos, writes
+  <report_dir>/trust.json with the reliability diagram and the novelty
+  histogram; returns the confidence with the novelty in its head.
+  prepared, found: the run's retrain.steps.prepare.Prepared and
+  retrain.steps.vectors.Vectors; read(subset names) -> (vectors float32
+  [m, D], class ids int64 [m]) of the original images of those subsets, in
+  order (default: in_memory; past the memory budget a sample read from the
+  cache, retrain.steps.streamed.sampler)."""
+  module, runner, labels = tuned.module, prepared.runner, found.labels
+  read = read or in_memory(found.images, split)
+  test, trained = tuned.reported.test, tuned.trained
+  tuned = tuned.fine_tuned
+  novelty = fit_novelty(config, read, len(labels), tuned)
+  sets = {}
+  if novelty is not None:
+    confidence = dataclasses.replace(confidence, head=dataclasses.replace(
+        confidence.head, novelty=novelty))
+    sets = {'held_out': novelty.held_out_scores,
+            'test': novelty.scores(read(('test',))[0])}
+    unknown = (unknown_vectors(config, module, runner)
+               if config.unknown_dir else None)
+    if unknown is not None:
+      sets['unknown'] = novelty.scores(unknown)
+    for name, scores in sets.items():
+      counts = trust_report.flagged(scores, novelty.threshold)
+      logging.info('Novelty threshold %.3f (keeps %.0f %% of held-out '
+                   'images of the classes): %s: %d of %d flagged "not like '
+                   'any class".', novelty.threshold, 100 * novelty.keep,
+                   name.replace('_', '-'), counts['flagged'],
+                   counts['count'])
+  trust_report.write(
+      config.report_dir, config.summaries_dir,
+      trained.history[-1].step if trained.history else 0,
+      head.describe_figures(trained, tuned), confidence, test, novelty, sets)
+  return confidence

@@ -1,0 +1,225 @@
+"""The bottleneck step: every image's vector (from the cache or computed)
+and where they live (`Vectors.storage`), the skipped files, the split and
+the training set with its distorted copies."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import List, Optional, Sequence
+
+import numpy as np
+from absl import logging
+
+import bottleneck_cache
+from retrain.bottlenecks import compute as bottlenecks_lib
+from retrain.bottlenecks import distort as distort_lib
+from retrain.bottlenecks import ensemble as ensemble_bottlenecks
+from retrain.bottlenecks import usable as usable_lib
+from retrain.common import names
+from retrain.config import Config, subset
+from retrain.data import boxes as boxes_lib
+from retrain.data import duplicates, leakage, sources
+from retrain.data import split as split_lib
+from retrain.errors import OutputError
+from retrain.features import ensemble as ensemble_lib
+from retrain.report import skipped as skipped_report
+from retrain.steps import streamed
+
+
+def _log_counts(labels, y, split) -> None:
+  for i, name in enumerate(labels):
+    logging.info('Class %-20s train %5d  validation %4d  test %4d', name,
+                 int(np.sum(y[split.train] == i)),
+                 int(np.sum(y[split.validation] == i)),
+                 int(np.sum(y[split.test] == i)))
+
+
+def warn_skipped(skipped: list, reports: Sequence[str]) -> None:
+  """The closing warning of a run that skipped images (also streamed's)."""
+  if skipped:
+    logging.warning('%s skipped because they could not be used; '
+                    'see the warnings above and %s.',
+                    names.plural(len(skipped), 'image') +
+                    (' was' if len(skipped) == 1 else ' were'),
+                    reports[0] if reports else 'the log')
+
+
+# Where a run's vectors live: 'memory' (every vector loaded, float32
+# [n, D]) or 'cache' (past --max_vectors_in_memory: they stay in the cache
+# and training and evaluation read them in chunks, retrain/steps/streamed.py).
+STORAGES = ('memory', 'cache')
+
+
+@dataclasses.dataclass
+class Vectors:
+  """What the bottleneck step hands on.
+
+  Attributes:
+    storage: one of STORAGES; with 'cache', images.vectors is empty.
+    computed: the bottlenecks of every discovered image.
+    images: the usable ones (vectors, class ids, paths, digests).
+    labels: class names, class id i is labels[i].
+    skipped: (path, reason) of each image that cannot be used.
+    reports: the skipped-files report files written.
+  """
+  storage: str
+  computed: bottlenecks_lib.Bottlenecks
+  images: usable_lib.UsableImages
+  labels: List[str]
+  skipped: list
+  reports: List[str]
+
+
+def choose_storage(config: Config, prepared) -> str:
+  """'cache' when the run's training vectors exceed the memory budget
+  (streamed.needed), else 'memory'. Crops to boxes and multi-label runs
+  keep them in memory (the stream reads whole images; the multi-label
+  head is fitted on every vector at once)."""
+  if prepared.crops is not None:
+    return 'memory'
+  images = len(prepared.layout.dataset.images)
+  if not streamed.needed(config, images, prepared.module):
+    return 'memory'
+  if config.multi_label:
+    logging.warning('The training vectors exceed --max_vectors_in_memory=%d, '
+                    'but a multi-label run does not stream from the cache: '
+                    'it holds them in memory.', config.max_vectors_in_memory)
+    return 'memory'
+  logging.info('About %d training vectors exceed --max_vectors_in_memory=%d: '
+               'training and evaluation read them from the cache in chunks '
+               '(no TensorBoard summaries or per-class reports on this path; '
+               'see docs/scale.md).',
+               streamed.expected_training_vectors(config, images),
+               config.max_vectors_in_memory)
+  return 'cache'
+
+
+def compute(config: Config, prepared) -> Vectors:
+  """The bottleneck step: chooses the storage, computes (or reads) every
+  image's vector, reports the skipped files. prepared: a
+  retrain.steps.prepare.Prepared."""
+  storage = choose_storage(config, prepared)
+  layout = prepared.layout
+  computed = bottlenecks(config, layout.dataset, prepared.module,
+                         prepared.runner, prepared.crops,
+                         load_vectors=storage == 'memory',
+                         keyed=prepared.keyed)
+  skipped, reports = report_skipped(config, layout, computed)
+  return Vectors(storage, computed,
+                 usable_lib.usable_images(layout.dataset, computed),
+                 list(layout.dataset.labels), skipped, reports)
+
+
+def bottlenecks(config: Config, dataset, module, runner, crops=None,
+                load_vectors: bool = True,
+                keyed: Optional[tuple] = None) -> bottlenecks_lib.Bottlenecks:
+  """The bottleneck vector of every discovered image, cached under the
+  module's identity and computed by `runner` (the module on its runtime);
+  load_vectors False: computed into the cache only (retrain/steps/streamed.py);
+  keyed: what hash_images returned (None: the files are hashed here)."""
+  paths = [image.path for image in dataset.images]
+  try:
+    # Each member of the ensemble (one for a single module) in its own
+    # namespace.
+    computed = ensemble_bottlenecks.compute_bottlenecks(
+        paths, module, runner, config.bottleneck_dir,
+        config.bottleneck_runtime, config.bottleneck_batch_size,
+        config.module_cache_dir, keyed=keyed,
+        options=bottlenecks_lib.PassOptions(
+            max_pixels=config.max_image_pixels, load_vectors=load_vectors),
+        **boxes_lib.Crops.bottleneck_args(crops))
+  except bottleneck_cache.CacheError as e:
+    raise OutputError(f'bottleneck_dir: {e}', fields=('bottleneck_dir',)
+                      ) from e
+  log_bottlenecks(computed.stats, len(computed.failures),
+                  config.bottleneck_dir, len(ensemble_lib.members(module)))
+  return computed
+
+
+def log_bottlenecks(stats: bottleneck_cache.Stats, skipped: int,
+                    cache_dir: str, modules: int = 1) -> None:
+  """One line: how many vectors the cache gave and how many were computed
+  (all from the cache: said so), and how many images were skipped."""
+  what = 'Bottlenecks' if modules == 1 else f'Bottlenecks of {modules} modules'
+  unit = 'vector'
+  if not stats.computed and stats.reused:
+    read = (f'all {names.plural(stats.reused, unit)} read from the cache in '
+            f'{cache_dir}, none computed')
+  else:
+    read = (f'{names.plural(stats.reused, unit)} read from the cache, '
+            f'{stats.computed} computed')
+  logging.info('%s: %s; %s skipped.', what, read,
+               names.plural(skipped, 'image'))
+
+
+def report_skipped(config: Config, layout: sources.Layout,
+                   computed: bottlenecks_lib.Bottlenecks):
+  """Writes the skipped-files report and warns of duplicate files in two
+  classes; returns (skipped (path, reason) pairs, report files)."""
+  dataset = layout.dataset
+  skipped = list(layout.skipped) + list(computed.failures)
+  reports = skipped_report.write_skipped_report(config.report_dir, skipped)
+  if skipped and reports:
+    logging.info('The %d skipped files and why are listed in %s.',
+                 len(skipped), ' and '.join(reports))
+  # Only usable images: two empty files in two classes are no conflict.
+  duplicates.warn_conflicting_duplicates(duplicates.conflicting_duplicates(
+      [d if ok else None for d, ok in zip(computed.digests, computed.ok)],
+      [image.label for image in dataset.images],
+      [image.path for image in dataset.images]))
+  return skipped, reports
+
+
+def make_split(config: Config, layout: sources.Layout,
+               images: usable_lib.UsableImages) -> split_lib.Split:
+  """Train / validation / test rows of `images`."""
+  split = sources.make_split(layout, images.index, images.labels,
+                             config.validation_percentage,
+                             config.testing_percentage)
+  _log_counts(layout.dataset.labels, images.labels, split)
+  # The same bytes in two of train/validation/test is leakage.
+  leakage.report_leakage(
+      leakage.find_leakage(images.digests, split, images.paths),
+      config.report_dir)
+  return split
+
+
+@dataclasses.dataclass
+class TrainingSet:
+  """The vectors the head trains on.
+
+  Attributes:
+    x: float32 [m, D], the training images' vectors, then their copies'.
+    y: int64 [m] class ids.
+    copies: the distorted copies (distort.training_copies), or None.
+  """
+  x: np.ndarray
+  y: np.ndarray
+  copies: Optional[object]
+
+
+def training_set(config: Config, runner, images: usable_lib.UsableImages,
+                 split: split_lib.Split, crops=None) -> TrainingSet:
+  """The training images' vectors and distorted copies of them (validation
+  and test stay as they are); training samples originals and copies
+  alike."""
+  train_x = images.vectors[split.train]
+  train_y = images.labels[split.train]
+  copies = distort_lib.training_copies(
+      subset(distort_lib.Distortions, config), config.distorted_copies,
+      config.random_seed, config.bottleneck_dir, config.bottleneck_batch_size,
+      runner, images.paths_of(split.train), images.digests_of(split.train),
+      boxes=None if crops is None else crops.boxes[images.index[split.train]])
+  if copies is not None:
+    train_x = np.concatenate([train_x, copies.vectors])
+    train_y = np.concatenate([train_y, train_y[copies.source]])
+  return TrainingSet(train_x, train_y, copies)
+
+
+def training_groups(split: split_lib.Split, copies) -> np.ndarray:
+  """int64 [m] group of each row training_set returned: row i of the
+  training images is group i, and each distorted copy joins its source's
+  (so held-out predictions hold an image and its copies out together)."""
+  own = np.arange(len(split.train), dtype=np.int64)
+  return own if copies is None else np.concatenate(
+      [own, np.asarray(copies.source, np.int64)])
