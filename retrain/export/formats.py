@@ -48,7 +48,7 @@ import tensorflow as tf
 from absl import logging
 
 from retrain import images as images_lib
-from retrain.common import atomic, strict_json
+from retrain.common import atomic, phases, strict_json
 from retrain.common import earlier_outputs as keep
 from retrain.common.names import (
   INPUT_TENSOR_NAME,
@@ -551,6 +551,10 @@ def export_other_formats(options: ExportOptions, module: FeatureModule, head: He
   Returns:
     {'output_graph': path, 'tflite': path, 'onnx': path, 'checkpoint':
     prefix} for the files written.
+
+  Between two formats the memory the first one's converter left (graphs in
+  reference cycles, freed heap pages) is released, so the peak is the
+  largest single conversion's, not their sum.
   """
   written = {}
   if options.checkpoint_path:
@@ -565,6 +569,7 @@ def export_other_formats(options: ExportOptions, module: FeatureModule, head: He
     logging.info('Wrote the frozen graph %s (input %s, output %s) in %.1f s.',
                  options.output_graph, INPUT_TENSOR_NAME, options.final_tensor_name,
                  time.monotonic() - started)
+    phases.release_memory()
   if options.tflite_output_file:
     started = time.monotonic()
     written['tflite'] = os.path.abspath(write_tflite(
@@ -576,6 +581,7 @@ def export_other_formats(options: ExportOptions, module: FeatureModule, head: He
                  options.tflite_quantization,
                  os.path.getsize(options.tflite_output_file) / 1e6,
                  time.monotonic() - started)
+    phases.release_memory()
   if options.onnx_output_file:
     started = time.monotonic()
     written['onnx'] = os.path.abspath(write_onnx(

@@ -23,6 +23,8 @@ under TF 2.21 and ONNX Runtime matches TensorFlow to 1e-6.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 from typing import Sequence
 
@@ -68,11 +70,12 @@ def onnx_model(module, head, labels: Sequence[str], metadata: dict,
   classifier = export_lib.Classifier(module, head, OUTPUT_TENSOR_NAME)
   height, width = module.input_size
   try:
-    proto, _ = tf2onnx.convert.from_function(
-        classifier.classify,
-        input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32,
-                                       name=INPUT_NAME)],
-        opset=opset)
+    with compacting_optimizers():
+      proto, _ = tf2onnx.convert.from_function(
+          classifier.classify,
+          input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32,
+                                         name=INPUT_NAME)],
+          opset=opset)
   except Exception as e:  # pylint: disable=broad-except
     raise OutputError(f'tf2onnx could not convert {module.handle!r} to ONNX '
                       f'({type(e).__name__}: {e}); leave --onnx_output_file '
@@ -95,3 +98,69 @@ def onnx_model(module, head, labels: Sequence[str], metadata: dict,
                       'W, 3] in [0, 1] -> probabilities float32 [batch, N]; '
                       'labels in metadata_props')
   return proto.SerializeToString()
+
+
+@contextlib.contextmanager
+def compacting_optimizers():
+  """While active, each of tf2onnx's ONNX graph optimizers is followed by a
+  compaction of the graph's node protos; the converted model is the same.
+
+  Each optimizer ends by rewriting every node's attributes into its
+  NodeProto (Node.update_proto: delete, then extend). Under the upb
+  protobuf runtime the deleted attributes stay in the message's arena
+  until the message itself goes, so each of the 12 optimizers times 3
+  passes kept one more copy of every weight: +1.5 GB for the three-module
+  ensemble. A fresh copy of each NodeProto drops the old arena. Without
+  the (private) optimizer table of this tf2onnx release, nothing changes.
+  """
+  try:
+    from tf2onnx import optimizer  # pylint: disable=g-import-not-at-top
+    table = optimizer._get_optimizers()  # pylint: disable=protected-access
+  except (ImportError, AttributeError):
+    yield
+    return
+  saved = dict(table)
+  for name, factory in saved.items():
+    table[name] = _compacting(factory)
+  try:
+    yield
+  finally:
+    for name, factory in saved.items():
+      table[name] = factory
+
+
+def _compacting(factory):
+  """A tf2onnx optimizer class like `factory` that compacts the graph after
+  optimizing it (see compacting_optimizers)."""
+
+  class Compacting:
+    """`factory`'s optimizer, then `_compact`."""
+
+    def __init__(self):
+      self.inner = factory()
+
+    @property
+    def graph_been_opt(self):
+      return self.inner.graph_been_opt
+
+    def optimize(self, graph, iteration):
+      graph = self.inner.optimize(graph, iteration)
+      _compact(graph)
+      gc.collect()  # the graph before this optimizer, in reference cycles
+      return graph
+
+  return Compacting
+
+
+def _compact(graph) -> None:
+  """Replaces each node's NodeProto (and those of its sub-graphs) by a copy,
+  which leaves the garbage of earlier rewrites behind."""
+  for node in graph.get_nodes():
+    proto = getattr(node, '_op', None)
+    if proto is None:
+      return
+    fresh = type(proto)()
+    fresh.CopyFrom(proto)
+    node._op = fresh  # pylint: disable=protected-access
+    for body in (node.get_body_graphs() or {}).values():
+      _compact(body)
