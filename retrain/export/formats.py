@@ -41,64 +41,38 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from retrain import images as images_lib
-from retrain.common import atomic, phases, strict_json
 from retrain.common import earlier_outputs as keep
+from retrain.common import phases
 from retrain.common.names import (
   INPUT_TENSOR_NAME,
-  OUTPUT_TENSOR_NAME,
   QUANTIZATIONS,
 )
 from retrain.errors import OutputError
-from retrain.export import onnx_format, quantization_check, tflite_metadata
+from retrain.export import onnx_format, quantization_check
 from retrain.export import saved_model as export_lib
+from retrain.export.files import (  # noqa: F401  (the formats' API)
+  LABELS_SUFFIX,
+  METADATA_SUFFIX,
+  file_metadata,
+  sidecar_paths,
+  write_file,
+  write_sidecars,
+)
+from retrain.export.tflite_format import (  # noqa: F401  (the formats' API)
+  representative_images,
+  tflite_model,
+  write_tflite,
+)
 from retrain.features.modules import FeatureModule
 from retrain.head.model import Head
 
-LABELS_SUFFIX = '.labels.txt'
-METADATA_SUFFIX = '.metadata.json'
 INTERMEDIATE_PATTERN = 'intermediate_{steps}.pb'
 NOVELTY = export_lib.NOVELTY_OUTPUT
-
-
-def sidecar_paths(path: str) -> Dict[str, str]:
-  """The labels and metadata files that travel with a .pb or .tflite file.
-
-  Named after the whole file name (flowers.pb -> flowers.pb.labels.txt), so
-  two models with the same stem (flowers.pb, flowers.tflite) never share
-  them.
-  """
-  return {'labels': path + LABELS_SUFFIX, 'metadata': path + METADATA_SUFFIX}
-
-
-def _write_file(path: str, data: bytes) -> None:
-  """Writes `data` to `path` atomically, keeping any earlier file aside."""
-  with atomic.replacing(path) as tmp:
-    atomic.write_bytes(tmp, data)
-    keep.move_aside(path)
-
-
-def _file_metadata(path: str, labels: Sequence[str], module: FeatureModule,
-                   info: dict) -> dict:
-  """The JSON metadata of a model file (sidecar, and embedded in TFLite)."""
-  data = export_lib.describe_model(module, labels)
-  data['model_file'] = os.path.basename(path)
-  data.update(info)
-  return data
-
-
-def _write_sidecars(path: str, labels: Sequence[str], module: FeatureModule,
-                    info: dict) -> None:
-  data = _file_metadata(path, labels, module, info)
-  files = sidecar_paths(path)
-  _write_file(files['labels'], export_lib.labels_text(labels).encode())
-  _write_file(files['metadata'], strict_json.dumps(data, indent=2).encode())
 
 
 def check_output_file(flag: str, path: str, suffixes: Sequence[str]) -> None:
@@ -266,7 +240,7 @@ def write_frozen_graph(path: str, module: FeatureModule, head: Head,
   extra_metadata: added to the metadata sidecar (a multi-label head's
   thresholds)."""
   graph_def = frozen_graph_def(module, head, final_tensor_name)
-  _write_file(path, graph_def.SerializeToString())
+  write_file(path, graph_def.SerializeToString())
   info = {'format': 'frozen_graph',
           'input_tensor': f'{INPUT_TENSOR_NAME}:0',
           'output_tensor': f'{final_tensor_name}:0',
@@ -274,7 +248,7 @@ def write_frozen_graph(path: str, module: FeatureModule, head: Head,
   if head.novelty is not None:
     info.update(novelty_tensor=f'{NOVELTY}:0',
                 novelty=head.novelty.metadata())
-  _write_sidecars(path, labels, module, info)
+  write_sidecars(path, labels, module, info)
   return path
 
 
@@ -301,179 +275,6 @@ class IntermediateExports:
     logging.info('Step %d: wrote the intermediate graph %s.', steps, path)
 
 
-# --- TFLite -------------------------------------------------------------------
-
-
-def representative_images(paths: Sequence[str], size, count: int
-                          ) -> Callable[[], Iterable[List[np.ndarray]]]:
-  """A TFLite representative dataset: up to `count` of `paths`, decoded.
-
-  The sample is spread evenly over `paths` (which are sorted by class), so
-  every class is seen; files that cannot be decoded are passed over.
-  """
-  if len(paths) > count:
-    picks = np.linspace(0, len(paths) - 1, count).round().astype(int)
-    paths = [paths[i] for i in picks]
-
-  def generate():
-    for path in paths:
-      try:
-        image = images_lib.load_image(path, size)
-      except Exception:  # pylint: disable=broad-except
-        continue  # Already reported by the bottleneck step.
-      yield [image.numpy()[None]]
-
-  return generate
-
-
-def tflite_model(module: FeatureModule, head: Head, quantization: str = 'none',
-                 calibration: Optional[Callable] = None) -> bytes:
-  """The classifier as a TFLite flatbuffer.
-
-  Args:
-    quantization: 'none' (float32), 'dynamic' (int8 weights), 'float16'
-      (float16 weights) or 'int8' (int8 weights and activations, calibrated
-      on `calibration`; input and output stay float32).
-    calibration: a representative dataset (see representative_images);
-      needed for 'int8'.
-  """
-  if quantization not in QUANTIZATIONS:
-    raise OutputError(f'Unknown TFLite quantization {quantization!r}; use one '
-                      f'of {", ".join(QUANTIZATIONS)}.')
-  classifier = export_lib.Classifier(module, head, OUTPUT_TENSOR_NAME)
-  height, width = module.input_size
-
-  # Outputs as a list, probabilities first: output 0 is what MediaPipe and
-  # every [batch, N] reader take; `novelty` [batch] second when there is one.
-  @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3],
-                                              tf.float32)])
-  def ordered(images):
-    outputs = classifier._classify(images)  # pylint: disable=protected-access
-    return [outputs[k] for k in ('probabilities', NOVELTY) if k in outputs]
-
-  converter = tf.lite.TFLiteConverter.from_concrete_functions(
-      [ordered.get_concrete_function()], classifier)
-  if quantization != 'none':
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-  if quantization == 'float16':
-    converter.target_spec.supported_types = [tf.float16]
-  elif quantization == 'int8':
-    if calibration is None:
-      raise OutputError('int8 TFLite quantization needs calibration images.')
-    converter.representative_dataset = calibration
-    # Integer kernels where they exist, float for the rare op without one,
-    # so conversion never fails on an unusual module.
-    converter.target_spec.supported_ops = [
-        tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
-  model = converter.convert()
-  return _probabilities_first(model) if head.novelty is not None else model
-
-
-def _probabilities_first(model: bytes) -> bytes:
-  """`model` with its outputs reordered so that output 0 is the [batch, N]
-  probabilities and output 1 the novelty [batch]: the converter emitted
-  them the other way round whatever the function's order, and MediaPipe
-  and every [batch, N] reader take output 0."""
-  import flatbuffers  # pylint: disable=g-import-not-at-top
-  from tensorflow.lite.python import schema_py_generated as schema  # pylint: disable=g-direct-tensorflow-import,g-import-not-at-top
-  parsed = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))
-  graph = parsed.subgraphs[0]
-  outputs = sorted(graph.outputs,
-                   key=lambda t: -len(graph.tensors[t].shapeSignature
-                                      if graph.tensors[t].shapeSignature
-                                      is not None else graph.tensors[t].shape))
-  if list(outputs) == list(graph.outputs):
-    return model
-  graph.outputs = outputs
-  builder = flatbuffers.Builder(len(model) + 1024)
-  builder.Finish(parsed.Pack(builder), file_identifier=b'TFL3')
-  return bytes(builder.Output())
-
-
-def write_tflite(path: str, module: FeatureModule, head: Head,
-                 labels: Sequence[str], quantization: str = 'none',
-                 calibration_paths: Sequence[str] = (),
-                 calibration_count: int = 100,
-                 gate: Optional[quantization_check.Gate] = None,
-                 extra_metadata: Optional[dict] = None) -> str:
-  """Writes the TFLite model to `path` (plus sidecars); returns path.
-
-  A quantised model is first compared with the float model on `gate`'s
-  images (see retrain.export.quantization_check): its figures go into the
-  metadata and gate.results, and a model that loses too much accuracy is
-  refused (OutputError) before anything is written. The metadata (labels,
-  normalisation, rejection threshold, ours) is embedded in the file when
-  the optional mediapipe package is installed; the sidecars are always
-  written.
-
-  Args:
-    extra_metadata: more JSON-ready fields for the metadata (e.g.
-      'confidence', with the rejection 'threshold').
-  """
-  calibration = None
-  if quantization == 'int8':
-    logging.info('Calibrating int8 quantization on %d training images.',
-                 min(len(calibration_paths), calibration_count))
-    calibration = representative_images(calibration_paths, module.input_size,
-                                        calibration_count)
-  model = tflite_model(module, head, quantization, calibration)
-  info = {'format': 'tflite', 'quantization': quantization}
-  info.update(extra_metadata or {})
-  if quantization != 'none' and gate is not None:
-    info['quantization_check'] = _check_quantized(model, module, head,
-                                                  quantization, gate)
-  model = _with_embedded_metadata(model, path, labels, module, info)
-  _write_file(path, model)
-  _write_sidecars(path, labels, module, info)
-  return path
-
-
-def _check_quantized(model: bytes, module: FeatureModule, head: Head,
-                     quantization: str, gate: quantization_check.Gate
-                     ) -> Optional[dict]:
-  """Compares the quantised `model` with the float classifier; see write_tflite."""
-  if not len(gate.paths):
-    logging.warning('No %s images to check the %s TFLite model against the '
-                    'float model; its accuracy is unchecked.', gate.subset,
-                    quantization)
-    return None
-  classifier = export_lib.Classifier(module, head, OUTPUT_TENSOR_NAME)
-
-  def float_predict(batch):
-    return classifier.classify(tf.constant(batch))['probabilities'].numpy()
-
-  logging.info('Checking the %s TFLite model against the float model on %d '
-               '%s images.', quantization, len(gate.paths), gate.subset)
-  check = quantization_check.compare(
-      quantization, float_predict, quantization_check.tflite_predictor(model),
-      gate, module.input_size)
-  if check is None:
-    return None
-  quantization_check.enforce(check, gate)
-  gate.results.append(check)
-  return check.metadata()
-
-
-def _with_embedded_metadata(model: bytes, path: str, labels: Sequence[str],
-                            module: FeatureModule, info: dict) -> bytes:
-  """`model` with MediaPipe-readable metadata, or as it is without mediapipe."""
-  data = _file_metadata(path, labels, module, info)
-  threshold = float((info.get('confidence') or {}).get('threshold') or 0.0)
-  try:
-    return tflite_metadata.embed(
-        model, labels, data, threshold,
-        description=(f'{len(labels)} classes, module {module.handle}, '
-                     f'{info.get("quantization", "none")} quantization; '
-                     f'input float32 [1, {module.input_size[0]}, '
-                     f'{module.input_size[1]}, 3] in [0, 1]'))
-  except tflite_metadata.MetadataWriterUnavailable as e:
-    logging.info('TFLite metadata not embedded in %s (%s): MediaPipe Tasks '
-                 'need it, so pip install "retrain[mediapipe]" for that; '
-                 'the labels and metadata files beside it are written as '
-                 'always.', path, e)
-    return model
-
-
 # --- ONNX ---------------------------------------------------------------------
 
 
@@ -486,10 +287,10 @@ def write_onnx(path: str, module: FeatureModule, head: Head,
   info.update(extra_metadata or {})
   try:
     model = onnx_format.onnx_model(module, head, labels,
-                                   _file_metadata(path, labels, module, info))
+                                   file_metadata(path, labels, module, info))
   except onnx_format.OnnxUnavailable as e:
     raise OutputError(str(e)) from e
-  _write_file(path, model)
+  write_file(path, model)
   return path
 
 
