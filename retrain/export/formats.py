@@ -64,6 +64,7 @@ from retrain.export.files import (  # noqa: F401  (the formats' API)
   write_sidecars,
 )
 from retrain.export.tflite_format import (  # noqa: F401  (the formats' API)
+  calibration_sample,
   representative_images,
   tflite_model,
   write_tflite,
@@ -375,8 +376,10 @@ def export_other_formats(options: ExportOptions, module: FeatureModule, head: He
     started = time.monotonic()
     written['tflite'] = os.path.abspath(write_tflite(
         options.tflite_output_file, module, head, labels,
-        options.tflite_quantization, calibration_paths,
-        options.tflite_calibration_images, gate, extra_metadata))
+        options.tflite_quantization,
+        calibration_sample(calibration_paths,
+                           options.tflite_calibration_images),
+        gate, extra_metadata))
     logging.info('Wrote the TFLite model %s (%s quantization, %.1f MB) in '
                  '%.1f s.', options.tflite_output_file,
                  options.tflite_quantization,

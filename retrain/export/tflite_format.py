@@ -33,16 +33,23 @@ from retrain.head.model import Head
 NOVELTY = export_lib.NOVELTY_OUTPUT
 
 
+def calibration_sample(paths: Sequence[str], count: int) -> List[str]:
+  """Up to `count` of `paths`, spread evenly over them (they are sorted by
+  class, so every class is seen)."""
+  if len(paths) > count:
+    picks = np.linspace(0, len(paths) - 1, count).round().astype(int)
+    return [paths[i] for i in picks]
+  return list(paths)
+
+
 def representative_images(paths: Sequence[str], size, count: int
                           ) -> Callable[[], Iterable[List[np.ndarray]]]:
   """A TFLite representative dataset: up to `count` of `paths`, decoded.
 
-  The sample is spread evenly over `paths` (which are sorted by class), so
-  every class is seen; files that cannot be decoded are passed over.
+  The sample is spread evenly over `paths` (calibration_sample); files
+  that cannot be decoded are passed over.
   """
-  if len(paths) > count:
-    picks = np.linspace(0, len(paths) - 1, count).round().astype(int)
-    paths = [paths[i] for i in picks]
+  paths = calibration_sample(paths, count)
 
   def generate():
     for path in paths:
@@ -122,7 +129,6 @@ def _probabilities_first(model: bytes) -> bytes:
 def write_tflite(path: str, module: FeatureModule, head: Head,
                  labels: Sequence[str], quantization: str = 'none',
                  calibration_paths: Sequence[str] = (),
-                 calibration_count: int = 100,
                  gate: Optional[quantization_check.Gate] = None,
                  extra_metadata: Optional[dict] = None) -> str:
   """Writes the TFLite model to `path` (plus sidecars); returns path.
@@ -136,10 +142,15 @@ def write_tflite(path: str, module: FeatureModule, head: Head,
   written.
 
   Args:
+    calibration_paths: the images int8 calibration may use; up to
+      gate.calibration_count of them (spread evenly, calibration_sample),
+      all of them without a gate.
     extra_metadata: more JSON-ready fields for the metadata (e.g.
       'confidence', with the rejection 'threshold').
   """
   calibration = None
+  calibration_count = (gate.calibration_count if gate is not None else
+                       len(calibration_paths))
   if quantization == 'int8':
     logging.info('Calibrating int8 quantization on %d training images.',
                  min(len(calibration_paths), calibration_count))
