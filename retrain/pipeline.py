@@ -21,7 +21,7 @@ from retrain.bottlenecks import distort as distort_lib
 from retrain.bottlenecks import ensemble as ensemble_bottlenecks
 from retrain.bottlenecks import precision as precision_lib
 from retrain.bottlenecks import usable as usable_lib
-from retrain.common import atomic, leftovers, names, runs
+from retrain.common import atomic, leftovers, names, quiet, runs
 from retrain.common import phases as phases_lib
 from retrain.common.progress import Progress
 from retrain.config import DEFAULTS, Config, subset
@@ -273,7 +273,8 @@ def run(config: Config) -> RunResult:
 
   Outputs go into a new run folder (see place_outputs) and the paths given
   instead, each locked for the run (retrain/common/runs.py); when the run
-  finishes, `latest` points to its run folder.
+  finishes, `latest` points to its run folder, which also keeps the
+  native log (retrain/common/quiet.py).
 
   Raises:
     OutputError: another run is writing one of the given paths.
@@ -286,8 +287,11 @@ def run(config: Config) -> RunResult:
     except BaseException:
       if run_dir and runs.remove_if_empty(run_dir):
         run_dir = None
+      if run_dir:
+        quiet.keep_log_in(run_dir)
       raise
   if run_dir:
+    quiet.keep_log_in(run_dir)
     runs.point_latest(run_dir)
   return dataclasses.replace(result, run_dir=run_dir, config=config)
 
