@@ -19,7 +19,11 @@ Examples (the targets: 1.5 GB for each):
 
 Linux only (reads /proc). A peak between two samples can be missed; the
 per-process kernel high-water marks (VmHWM) are printed too, as an upper
-bound of what each process held at some point.
+bound of what each process held at some point. A process that forks to
+start a program shows its whole RSS twice for an instant (the child
+shares every page until it execs); the peak of the tree's proportional
+set size (PSS: shared pages divided among their sharers) does not count
+that, and is printed beside the RSS sum.
 """
 
 from __future__ import annotations
@@ -60,6 +64,19 @@ def _tree(root: int) -> List[int]:
   return pids
 
 
+def _pss(pid: int) -> int:
+  """Proportional set size of `pid` in bytes: shared pages divided among
+  the processes sharing them (0 if unreadable)."""
+  try:
+    with open(f'/proc/{pid}/smaps_rollup') as f:
+      for line in f:
+        if line.startswith('Pss:'):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return 0
+
+
 def _rss_and_hwm(pid: int) -> Tuple[int, int]:
   """(resident bytes now, kernel high-water mark in bytes) of `pid`."""
   rss = hwm = 0
@@ -84,17 +101,19 @@ def measure(command: List[str], interval: float, timeline: str = '') -> dict:
   started = time.monotonic()
   out = open(timeline, 'w') if timeline else None  # pylint: disable=consider-using-with
   process = subprocess.Popen(command)
-  peak_sum = peak_one = 0
+  peak_sum = peak_one = peak_pss = 0
   hwm: Dict[int, int] = {}
   peak_at = 0.0
   while process.poll() is None:
-    total, each = 0, []
+    total, each, pss = 0, [], 0
     for pid in _tree(process.pid):
+      pss += _pss(pid)
       rss, high = _rss_and_hwm(pid)
       total += rss
       each.append(rss)
       peak_one = max(peak_one, rss)
       hwm[pid] = max(hwm.get(pid, 0), high)
+    peak_pss = max(peak_pss, pss)
     if total > peak_sum:
       peak_sum, peak_at = total, time.monotonic() - started
     if out is not None:
@@ -109,6 +128,7 @@ def measure(command: List[str], interval: float, timeline: str = '') -> dict:
           'wall_s': time.monotonic() - started,
           'peak_tree_rss_bytes': peak_sum, 'peak_at_s': peak_at,
           'peak_single_rss_bytes': peak_one,
+          'peak_tree_pss_bytes': peak_pss,
           'max_hwm_bytes': max(hwm.values(), default=0),
           'processes_seen': len(hwm)}
 
@@ -131,7 +151,9 @@ def main() -> int:
         f' MB (at {result["peak_at_s"]:.0f} s of {result["wall_s"]:.0f} s); '
         f'largest single process {result["peak_single_rss_bytes"] / mb:.0f} MB;'
         f' highest VmHWM {result["max_hwm_bytes"] / mb:.0f} MB; '
-        f'{result["processes_seen"]} processes; exit {result["returncode"]}',
+        f'{result["processes_seen"]} processes; peak PSS of the tree '
+        f'{result["peak_tree_pss_bytes"] / mb:.0f} MB; '
+        f'exit {result["returncode"]}',
         file=sys.stderr)
   if args.json:
     with open(args.json, 'w') as f:

@@ -13,7 +13,7 @@ is class id j (row j of the labels file).
   [0, 1], one float32 output [batch, N], whatever the quantization
   (`none`, `dynamic`, `float16`, `int8`; int8 is calibrated on a sample of
   training images and keeps float input and output, so every consumer
-  feeds the same thing).
+  feeds the same thing); written by `retrain.export.tflite_format`.
 - Checkpoint (`--checkpoint_path`): `tf.train.Checkpoint` of the head's
   `final_weights` [D, N] and `final_biases` [N]; see `read_checkpoint`.
 
@@ -22,8 +22,9 @@ is class id j (row j of the labels file).
 
 The frozen graph and the TFLite file describe themselves with two files
 beside them, named after the whole model file (X.pb -> X.pb.labels.txt and
-X.pb.metadata.json; X.tflite -> X.tflite.labels.txt, ...), so a .pb and a
-.tflite of the same stem never share them; tools/label_image.py reads them,
+X.pb.metadata.json; X.tflite -> X.tflite.labels.txt, ...;
+`retrain.export.files`), so a .pb and a .tflite of the same stem never
+share them; tools/label_image.py reads them,
 so they need no training flags either. The TFLite file also carries its
 metadata inside (labels, normalisation, rejection threshold;
 `retrain.export.tflite_metadata`) when the optional mediapipe package is
