@@ -24,6 +24,7 @@ under TF 2.21 and ONNX Runtime matches TensorFlow to 1e-6.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import json
 from typing import Sequence
@@ -70,7 +71,7 @@ def onnx_model(module, head, labels: Sequence[str], metadata: dict,
   classifier = export_lib.Classifier(module, head, OUTPUT_TENSOR_NAME)
   height, width = module.input_size
   try:
-    with compacting_optimizers():
+    with compacting_optimizers(), lean_freezing():
       proto, _ = tf2onnx.convert.from_function(
           classifier.classify,
           input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32,
@@ -98,6 +99,60 @@ def onnx_model(module, head, labels: Sequence[str], metadata: dict,
                       'W, 3] in [0, 1] -> probabilities float32 [batch, N]; '
                       'labels in metadata_props')
   return proto.SerializeToString()
+
+
+@contextlib.contextmanager
+def lean_freezing():
+  """While active, tf2onnx freezes the function without importing the frozen
+  graph back as a new eager function; the graph it goes on with is the
+  same.
+
+  tf2onnx freezes with convert_variables_to_constants_v2, which ends by
+  wrapping the frozen GraphDef as a new function registered in the eager
+  context (every weight copied again, kept until a collection); tf2onnx
+  only reads that function's graph. The same GraphDef imported into a
+  plain tf.Graph serves it (see retrain.export.formats._freeze for the two
+  steps called here). Without them in this TensorFlow release, nothing
+  changes.
+  """
+  try:
+    from tensorflow.python.framework import convert_to_constants  # pylint: disable=g-direct-tensorflow-import,g-import-not-at-top
+    from tf2onnx import tf_loader  # pylint: disable=g-import-not-at-top
+    original = tf_loader.convert_variables_to_constants_v2
+    steps = (convert_to_constants._FunctionConverterDataInEager,  # pylint: disable=protected-access
+             convert_to_constants._replace_variables_by_constants)  # pylint: disable=protected-access
+  except (ImportError, AttributeError):
+    yield
+    return
+  tf_loader.convert_variables_to_constants_v2 = functools.partial(
+      _frozen_graph_only, steps)
+  try:
+    yield
+  finally:
+    tf_loader.convert_variables_to_constants_v2 = original
+
+
+class _FrozenGraph:
+  """What tf2onnx reads of a frozen function: its `graph`."""
+
+  def __init__(self, graph):
+    self.graph = graph
+
+
+def _frozen_graph_only(steps, func, lower_control_flow=True,
+                       aggressive_inlining=False):
+  """convert_variables_to_constants_v2(func, ...) as far as tf2onnx uses it:
+  an object whose `graph` holds the frozen ops, input and output names as
+  in `func`."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  make_data, replace = steps
+  data = make_data(func=func, lower_control_flow=lower_control_flow,
+                   aggressive_inlining=aggressive_inlining)
+  graph_def, _ = replace(converter_data=data)
+  del data  # its copy of every weight
+  with tf.Graph().as_default() as graph:
+    tf.import_graph_def(graph_def, name='')
+  return _FrozenGraph(graph)
 
 
 @contextlib.contextmanager
