@@ -15,7 +15,7 @@ import os
 from typing import Dict, List, Optional
 
 import bottleneck_cache
-from retrain.common import atomic, runs
+from retrain.common import atomic, quiet, runs
 from retrain.common import phases as phases_lib
 from retrain.config import DEFAULTS, Config
 from retrain.data import split as split_lib
@@ -170,7 +170,8 @@ def run(config: Config) -> RunResult:
 
   Outputs go into a new run folder (see place_outputs) and the paths given
   instead, each locked for the run (retrain/common/runs.py); when the run
-  finishes, `latest` points to its run folder.
+  finishes, `latest` points to its run folder, which also keeps the
+  native log (retrain/common/quiet.py).
 
   Raises:
     OutputError: another run is writing one of the given paths.
@@ -183,8 +184,11 @@ def run(config: Config) -> RunResult:
     except BaseException:
       if run_dir and runs.remove_if_empty(run_dir):
         run_dir = None
+      if run_dir:
+        quiet.keep_log_in(run_dir)
       raise
   if run_dir:
+    quiet.keep_log_in(run_dir)
     runs.point_latest(run_dir)
   return dataclasses.replace(result, run_dir=run_dir, config=config)
 

@@ -110,3 +110,39 @@ def test_ctrl_c_is_one_line_and_status_130(tmp_path, fake_module):
   assert int(match.group(1).replace(',', '')) >= 5
   # No run folder is left with nothing in it, and no lock.
   assert not list((tmp_path / 'runs').glob('*/*/'))
+
+
+@pytest.mark.slow
+def test_the_native_log_moves_into_the_folder_it_is_kept_in(tmp_path):
+  """What native code wrote to fd 2 before and after keep_log_in is in
+  <folder>/native.log; the temporary file is gone, and stays gone."""
+  script = (
+      'import os, sys\n'
+      'from retrain.common import quiet\n'
+      'temp = quiet.quiet_process()\n'
+      'os.write(2, b"native line before\\n")\n'
+      'kept = quiet.keep_log_in(sys.argv[1])\n'
+      'os.write(2, b"native line after\\n")\n'
+      'quiet.release_log()\n'
+      'print(temp, kept)\n')
+  proc = subprocess.run([sys.executable, '-c', script, str(tmp_path)],
+                        capture_output=True, text=True, env=_env(),
+                        timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  temp, kept = proc.stdout.split()
+  assert kept == str(tmp_path / quiet.LOG_NAME)
+  assert (tmp_path / quiet.LOG_NAME).read_text() == (
+      'native line before\nnative line after\n')
+  assert not os.path.exists(temp)
+  assert 'native line' not in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_run_keeps_the_native_log_in_its_run_folder(tmp_path, fake_module):
+  images = make_colour_dataset(tmp_path / 'images', per_class=20)
+  proc = subprocess.run([sys.executable, '-m', 'retrain',
+                         *_args(tmp_path, images, fake_module)],
+                        capture_output=True, text=True, env=_env(),
+                        cwd=tmp_path, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert (tmp_path / 'runs' / 'images' / 'latest' / quiet.LOG_NAME).is_file()

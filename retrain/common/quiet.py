@@ -12,6 +12,10 @@
 * routes Python warnings (a Pillow UserWarning, deprecations) into logging,
   where `OwnLines` drops them.
 
+A run keeps that log: `keep_log_in(run folder)` moves it there as
+`native.log` (what was written so far, and fd 2 from then on), so a user
+can read what TensorFlow and the converters said.
+
 `OwnLines` keeps, below ERROR, only the lines of this project's own code
 (third-party chatter such as tf2onnx's goes); `ShortFormat` is the line
 format on a terminal: `17:28:17 Found 500 images ...`, absl's 50-character
@@ -38,6 +42,10 @@ OWN_DIRS = tuple(os.path.join(_TOP, name) + os.sep
 
 # The file native output goes to while quiet (None: not quiet).
 _native_log: Optional[str] = None
+# Whether _native_log is a run's own log (kept) or a temporary file.
+_kept = False
+# The native log's name in a run folder.
+LOG_NAME = 'native.log'
 
 
 def native_log() -> Optional[str]:
@@ -76,9 +84,37 @@ def quiet_process(log_path: Optional[str] = None) -> str:
   return log_path
 
 
+def keep_log_in(folder: str) -> Optional[str]:
+  """Moves the native log into `folder` as LOG_NAME: what it holds so far
+  is copied there and file descriptor 2 writes there from then on; the
+  temporary file goes. Returns the new path, or None when the process is
+  not quiet (native lines then went to the terminal)."""
+  global _native_log, _kept
+  if _native_log is None:
+    return None
+  path = os.path.join(folder, LOG_NAME)
+  if os.path.abspath(path) == os.path.abspath(_native_log):
+    return path
+  fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+  try:
+    with open(_native_log, 'rb') as f:
+      while chunk := f.read(1 << 16):
+        os.write(fd, chunk)
+    os.dup2(fd, 2)
+  finally:
+    os.close(fd)
+  if not _kept:
+    release_log()
+  _native_log, _kept = path, True
+  return path
+
+
 def release_log() -> None:
-  """Removes the native log file (at an ordinary exit; one of a process
-  that crashed in native code stays, with what it wrote)."""
+  """Removes the temporary native log file (at an ordinary exit; one of a
+  process that crashed in native code stays, with what it wrote); a log
+  kept in a run folder stays."""
+  if _kept:
+    return
   if _native_log and os.path.exists(_native_log):
     try:
       os.remove(_native_log)

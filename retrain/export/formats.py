@@ -13,7 +13,7 @@ is class id j (row j of the labels file).
   [0, 1], one float32 output [batch, N], whatever the quantization
   (`none`, `dynamic`, `float16`, `int8`; int8 is calibrated on a sample of
   training images and keeps float input and output, so every consumer
-  feeds the same thing).
+  feeds the same thing); written by `retrain.export.tflite_format`.
 - Checkpoint (`--checkpoint_path`): `tf.train.Checkpoint` of the head's
   `final_weights` [D, N] and `final_biases` [N]; see `read_checkpoint`.
 
@@ -22,8 +22,9 @@ is class id j (row j of the labels file).
 
 The frozen graph and the TFLite file describe themselves with two files
 beside them, named after the whole model file (X.pb -> X.pb.labels.txt and
-X.pb.metadata.json; X.tflite -> X.tflite.labels.txt, ...), so a .pb and a
-.tflite of the same stem never share them; tools/label_image.py reads them,
+X.pb.metadata.json; X.tflite -> X.tflite.labels.txt, ...;
+`retrain.export.files`), so a .pb and a .tflite of the same stem never
+share them; tools/label_image.py reads them,
 so they need no training flags either. The TFLite file also carries its
 metadata inside (labels, normalisation, rejection threshold;
 `retrain.export.tflite_metadata`) when the optional mediapipe package is
@@ -41,67 +42,41 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from retrain import images as images_lib
-from retrain.common import atomic, strict_json
 from retrain.common import earlier_outputs as keep
+from retrain.common import phases
 from retrain.common.names import (
   IMAGES_INPUT,
   INPUT_TENSOR_NAME,
-  LABELS_SUFFIX,
-  METADATA_SUFFIX,
   NOVELTY_OUTPUT,
-  OUTPUT_TENSOR_NAME,
   PROBABILITIES_OUTPUT,
   QUANTIZATIONS,
 )
 from retrain.errors import OutputError
-from retrain.export import onnx_format, quantization_check, tflite_metadata
+from retrain.export import onnx_format, quantization_check
 from retrain.export import saved_model as export_lib
+from retrain.export.files import (  # noqa: F401  (the formats' API)
+  LABELS_SUFFIX,
+  METADATA_SUFFIX,
+  file_metadata,
+  sidecar_paths,
+  write_file,
+  write_sidecars,
+)
+from retrain.export.tflite_format import (  # noqa: F401  (the formats' API)
+  calibration_sample,
+  representative_images,
+  tflite_model,
+  write_tflite,
+)
 from retrain.features.modules import FeatureModule
-from retrain.head import math as head_math
 from retrain.head.model import Head
 
 INTERMEDIATE_PATTERN = 'intermediate_{steps}.pb'
-
-
-def sidecar_paths(path: str) -> Dict[str, str]:
-  """The labels and metadata files that travel with a .pb or .tflite file.
-
-  Named after the whole file name (flowers.pb -> flowers.pb.labels.txt), so
-  two models with the same stem (flowers.pb, flowers.tflite) never share
-  them.
-  """
-  return {'labels': path + LABELS_SUFFIX, 'metadata': path + METADATA_SUFFIX}
-
-
-def _write_file(path: str, data: bytes) -> None:
-  """Writes `data` to `path` atomically, keeping any earlier file aside."""
-  with atomic.replacing(path) as tmp:
-    atomic.write_bytes(tmp, data)
-    keep.move_aside(path)
-
-
-def _file_metadata(path: str, labels: Sequence[str], module: FeatureModule,
-                   info: dict) -> dict:
-  """The JSON metadata of a model file (sidecar, and embedded in TFLite)."""
-  data = export_lib.describe_model(module, labels)
-  data['model_file'] = os.path.basename(path)
-  data.update(info)
-  return data
-
-
-def _write_sidecars(path: str, labels: Sequence[str], module: FeatureModule,
-                    info: dict) -> None:
-  data = _file_metadata(path, labels, module, info)
-  files = sidecar_paths(path)
-  _write_file(files['labels'], export_lib.labels_text(labels).encode())
-  _write_file(files['metadata'], strict_json.dumps(data, indent=2).encode())
 
 
 def check_output_file(flag: str, path: str, suffixes: Sequence[str]) -> None:
@@ -269,7 +244,7 @@ def write_frozen_graph(path: str, module: FeatureModule, head: Head,
   extra_metadata: added to the metadata sidecar (a multi-label head's
   thresholds)."""
   graph_def = frozen_graph_def(module, head, final_tensor_name)
-  _write_file(path, graph_def.SerializeToString())
+  write_file(path, graph_def.SerializeToString())
   info = {'format': 'frozen_graph',
           'input_tensor': f'{INPUT_TENSOR_NAME}:0',
           'output_tensor': f'{final_tensor_name}:0',
@@ -277,7 +252,7 @@ def write_frozen_graph(path: str, module: FeatureModule, head: Head,
   if head.novelty is not None:
     info.update(novelty_tensor=f'{NOVELTY_OUTPUT}:0',
                 novelty=head.novelty.metadata())
-  _write_sidecars(path, labels, module, info)
+  write_sidecars(path, labels, module, info)
   return path
 
 
@@ -304,179 +279,6 @@ class IntermediateExports:
     logging.info('Step %d: wrote the intermediate graph %s.', steps, path)
 
 
-# --- TFLite -------------------------------------------------------------------
-
-
-def representative_images(paths: Sequence[str], size, count: int
-                          ) -> Callable[[], Iterable[List[np.ndarray]]]:
-  """A TFLite representative dataset: up to `count` of `paths`, decoded.
-
-  The sample is spread evenly over `paths` (which are sorted by class), so
-  every class is seen; files that cannot be decoded are passed over.
-  """
-  if len(paths) > count:
-    paths = [paths[i] for i in head_math.evenly_spread(len(paths), count)]
-
-  def generate():
-    for path in paths:
-      try:
-        image = images_lib.load_image(path, size)
-      except Exception:  # noqa: BLE001 unreadable photos were reported by the bottleneck step
-        continue  # Already reported by the bottleneck step.
-      yield [image.numpy()[None]]
-
-  return generate
-
-
-def tflite_model(module: FeatureModule, head: Head, quantization: str = 'none',
-                 calibration: Optional[Callable] = None) -> bytes:
-  """The classifier as a TFLite flatbuffer.
-
-  Args:
-    quantization: 'none' (float32), 'dynamic' (int8 weights), 'float16'
-      (float16 weights) or 'int8' (int8 weights and activations, calibrated
-      on `calibration`; input and output stay float32).
-    calibration: a representative dataset (see representative_images);
-      needed for 'int8'.
-  """
-  if quantization not in QUANTIZATIONS:
-    raise OutputError(f'Unknown TFLite quantization {quantization!r}; use one '
-                      f'of {", ".join(QUANTIZATIONS)}.')
-  classifier = export_lib.Classifier(module, head, OUTPUT_TENSOR_NAME)
-  height, width = module.input_size
-
-  # Outputs as a list, probabilities first: output 0 is what MediaPipe and
-  # every [batch, N] reader take; `novelty` [batch] second when there is one.
-  @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3],
-                                              tf.float32)])
-  def ordered(images):
-    outputs = classifier._classify(images)  # noqa: SLF001 the classifier's own untraced call
-    return [outputs[k] for k in (PROBABILITIES_OUTPUT, NOVELTY_OUTPUT)
-            if k in outputs]
-
-  converter = tf.lite.TFLiteConverter.from_concrete_functions(
-      [ordered.get_concrete_function()], classifier)
-  if quantization != 'none':
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-  if quantization == 'float16':
-    converter.target_spec.supported_types = [tf.float16]
-  elif quantization == 'int8':
-    if calibration is None:
-      raise OutputError('int8 TFLite quantization needs calibration images.')
-    converter.representative_dataset = calibration
-    # Integer kernels where they exist, float for the rare op without one,
-    # so conversion never fails on an unusual module.
-    converter.target_spec.supported_ops = [
-        tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
-  model = converter.convert()
-  return _probabilities_first(model) if head.novelty is not None else model
-
-
-def _probabilities_first(model: bytes) -> bytes:
-  """`model` with its outputs reordered so that output 0 is the [batch, N]
-  probabilities and output 1 the novelty [batch]: the converter emitted
-  them the other way round whatever the function's order, and MediaPipe
-  and every [batch, N] reader take output 0."""
-  import flatbuffers
-  from tensorflow.lite.python import schema_py_generated as schema
-  parsed = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))
-  graph = parsed.subgraphs[0]
-  outputs = sorted(graph.outputs,
-                   key=lambda t: -len(graph.tensors[t].shapeSignature
-                                      if graph.tensors[t].shapeSignature
-                                      is not None else graph.tensors[t].shape))
-  if list(outputs) == list(graph.outputs):
-    return model
-  graph.outputs = outputs
-  builder = flatbuffers.Builder(len(model) + 1024)
-  builder.Finish(parsed.Pack(builder), file_identifier=b'TFL3')
-  return bytes(builder.Output())
-
-
-def write_tflite(path: str, module: FeatureModule, head: Head,
-                 labels: Sequence[str], quantization: str = 'none',
-                 calibration_paths: Sequence[str] = (),
-                 calibration_count: int = 100,
-                 gate: Optional[quantization_check.Gate] = None,
-                 extra_metadata: Optional[dict] = None) -> str:
-  """Writes the TFLite model to `path` (plus sidecars); returns path.
-
-  A quantised model is first compared with the float model on `gate`'s
-  images (see retrain.export.quantization_check): its figures go into the
-  metadata and gate.results, and a model that loses too much accuracy is
-  refused (OutputError) before anything is written. The metadata (labels,
-  normalisation, rejection threshold, ours) is embedded in the file when
-  the optional mediapipe package is installed; the sidecars are always
-  written.
-
-  Args:
-    extra_metadata: more JSON-ready fields for the metadata (e.g.
-      'confidence', with the rejection 'threshold').
-  """
-  calibration = None
-  if quantization == 'int8':
-    logging.info('Calibrating int8 quantization on %d training images.',
-                 min(len(calibration_paths), calibration_count))
-    calibration = representative_images(calibration_paths, module.input_size,
-                                        calibration_count)
-  model = tflite_model(module, head, quantization, calibration)
-  info = {'format': 'tflite', 'quantization': quantization}
-  info.update(extra_metadata or {})
-  if quantization != 'none' and gate is not None:
-    info['quantization_check'] = _check_quantized(model, module, head,
-                                                  quantization, gate)
-  model = _with_embedded_metadata(model, path, labels, module, info)
-  _write_file(path, model)
-  _write_sidecars(path, labels, module, info)
-  return path
-
-
-def _check_quantized(model: bytes, module: FeatureModule, head: Head,
-                     quantization: str, gate: quantization_check.Gate
-                     ) -> Optional[dict]:
-  """Compares the quantised `model` with the float classifier; see write_tflite."""
-  if not len(gate.paths):
-    logging.warning('No %s images to check the %s TFLite model against the '
-                    'float model; its accuracy is unchecked.', gate.subset,
-                    quantization)
-    return None
-  classifier = export_lib.Classifier(module, head, OUTPUT_TENSOR_NAME)
-
-  def float_predict(batch):
-    return classifier.classify(tf.constant(batch))[PROBABILITIES_OUTPUT].numpy()
-
-  logging.info('Checking the %s TFLite model against the float model on %d '
-               '%s images.', quantization, len(gate.paths), gate.subset)
-  check = quantization_check.compare(
-      quantization, float_predict, quantization_check.tflite_predictor(model),
-      gate, module.input_size)
-  if check is None:
-    return None
-  quantization_check.enforce(check, gate)
-  gate.results.append(check)
-  return check.metadata()
-
-
-def _with_embedded_metadata(model: bytes, path: str, labels: Sequence[str],
-                            module: FeatureModule, info: dict) -> bytes:
-  """`model` with MediaPipe-readable metadata, or as it is without mediapipe."""
-  data = _file_metadata(path, labels, module, info)
-  threshold = float((info.get('confidence') or {}).get('threshold') or 0.0)
-  try:
-    return tflite_metadata.embed(
-        model, labels, data, threshold,
-        description=(f'{len(labels)} classes, module {module.handle}, '
-                     f'{info.get("quantization", "none")} quantization; '
-                     f'input float32 [1, {module.input_size[0]}, '
-                     f'{module.input_size[1]}, 3] in [0, 1]'))
-  except tflite_metadata.MetadataWriterUnavailable as e:
-    logging.info('TFLite metadata not embedded in %s (%s): MediaPipe Tasks '
-                 'need it, so pip install "retrain[mediapipe]" for that; '
-                 'the labels and metadata files beside it are written as '
-                 'always.', path, e)
-    return model
-
-
 # --- ONNX ---------------------------------------------------------------------
 
 
@@ -489,10 +291,10 @@ def write_onnx(path: str, module: FeatureModule, head: Head,
   info.update(extra_metadata or {})
   try:
     model = onnx_format.onnx_model(module, head, labels,
-                                   _file_metadata(path, labels, module, info))
+                                   file_metadata(path, labels, module, info))
   except onnx_format.OnnxUnavailable as e:
     raise OutputError(str(e)) from e
-  _write_file(path, model)
+  write_file(path, model)
   return path
 
 
@@ -554,6 +356,10 @@ def export_other_formats(options: ExportOptions, module: FeatureModule, head: He
   Returns:
     {'output_graph': path, 'tflite': path, 'onnx': path, 'checkpoint':
     prefix} for the files written.
+
+  Between two formats the memory the first one's converter left (graphs in
+  reference cycles, freed heap pages) is released, so the peak is the
+  largest single conversion's, not their sum.
   """
   written = {}
   if options.checkpoint_path:
@@ -568,17 +374,21 @@ def export_other_formats(options: ExportOptions, module: FeatureModule, head: He
     logging.info('Wrote the frozen graph %s (input %s, output %s) in %.1f s.',
                  options.output_graph, INPUT_TENSOR_NAME, options.final_tensor_name,
                  time.monotonic() - started)
+    phases.release_memory()
   if options.tflite_output_file:
     started = time.monotonic()
     written['tflite'] = os.path.abspath(write_tflite(
         options.tflite_output_file, module, head, labels,
-        options.tflite_quantization, calibration_paths,
-        options.tflite_calibration_images, gate, extra_metadata))
+        options.tflite_quantization,
+        calibration_sample(calibration_paths,
+                           options.tflite_calibration_images),
+        gate, extra_metadata))
     logging.info('Wrote the TFLite model %s (%s quantization, %.1f MB) in '
                  '%.1f s.', options.tflite_output_file,
                  options.tflite_quantization,
                  os.path.getsize(options.tflite_output_file) / 1e6,
                  time.monotonic() - started)
+    phases.release_memory()
   if options.onnx_output_file:
     started = time.monotonic()
     written['onnx'] = os.path.abspath(write_onnx(

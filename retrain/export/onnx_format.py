@@ -23,6 +23,9 @@ under TF 2.21 and ONNX Runtime matches TensorFlow to 1e-6.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import gc
 import json
 from typing import Sequence
 
@@ -69,11 +72,12 @@ def onnx_model(module, head, labels: Sequence[str], metadata: dict,
   classifier = export_lib.Classifier(module, head, OUTPUT_TENSOR_NAME)
   height, width = module.input_size
   try:
-    proto, _ = tf2onnx.convert.from_function(
-        classifier.classify,
-        input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32,
-                                       name=IMAGES_INPUT)],
-        opset=opset)
+    with compacting_optimizers(), lean_freezing():
+      proto, _ = tf2onnx.convert.from_function(
+          classifier.classify,
+          input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32,
+                                         name=IMAGES_INPUT)],
+          opset=opset)
   except Exception as e:
     raise OutputError(f'tf2onnx could not convert {module.handle!r} to ONNX '
                       f'({type(e).__name__}: {e}); leave --onnx_output_file '
@@ -96,3 +100,123 @@ def onnx_model(module, head, labels: Sequence[str], metadata: dict,
                       'W, 3] in [0, 1] -> probabilities float32 [batch, N]; '
                       'labels in metadata_props')
   return proto.SerializeToString()
+
+
+@contextlib.contextmanager
+def lean_freezing():
+  """While active, tf2onnx freezes the function without importing the frozen
+  graph back as a new eager function; the graph it goes on with is the
+  same.
+
+  tf2onnx freezes with convert_variables_to_constants_v2, which ends by
+  wrapping the frozen GraphDef as a new function registered in the eager
+  context (every weight copied again, kept until a collection); tf2onnx
+  only reads that function's graph. The same GraphDef imported into a
+  plain tf.Graph serves it (see retrain.export.formats._freeze for the two
+  steps called here). Without them in this TensorFlow release, nothing
+  changes.
+  """
+  try:
+    from tensorflow.python.framework import convert_to_constants
+    from tf2onnx import tf_loader
+    original = tf_loader.convert_variables_to_constants_v2
+    steps = (convert_to_constants._FunctionConverterDataInEager,  # noqa: SLF001 TensorFlow has no public way to freeze a function
+             convert_to_constants._replace_variables_by_constants)  # noqa: SLF001 TensorFlow has no public way to freeze a function
+  except (ImportError, AttributeError):
+    yield
+    return
+  tf_loader.convert_variables_to_constants_v2 = functools.partial(
+      _frozen_graph_only, steps)
+  try:
+    yield
+  finally:
+    tf_loader.convert_variables_to_constants_v2 = original
+
+
+class _FrozenGraph:
+  """What tf2onnx reads of a frozen function: its `graph`."""
+
+  def __init__(self, graph):
+    self.graph = graph
+
+
+def _frozen_graph_only(steps, func, lower_control_flow=True,
+                       aggressive_inlining=False):
+  """convert_variables_to_constants_v2(func, ...) as far as tf2onnx uses it:
+  an object whose `graph` holds the frozen ops, input and output names as
+  in `func`."""
+  import tensorflow as tf
+  make_data, replace = steps
+  data = make_data(func=func, lower_control_flow=lower_control_flow,
+                   aggressive_inlining=aggressive_inlining)
+  graph_def, _ = replace(converter_data=data)
+  del data  # its copy of every weight
+  with tf.Graph().as_default() as graph:
+    tf.import_graph_def(graph_def, name='')
+  return _FrozenGraph(graph)
+
+
+@contextlib.contextmanager
+def compacting_optimizers():
+  """While active, each of tf2onnx's ONNX graph optimizers is followed by a
+  compaction of the graph's node protos; the converted model is the same.
+
+  Each optimizer ends by rewriting every node's attributes into its
+  NodeProto (Node.update_proto: delete, then extend). Under the upb
+  protobuf runtime the deleted attributes stay in the message's arena
+  until the message itself goes, so each of the 12 optimizers times 3
+  passes kept one more copy of every weight: +1.5 GB for the three-module
+  ensemble. A fresh copy of each NodeProto drops the old arena. Without
+  the (private) optimizer table of this tf2onnx release, nothing changes.
+  """
+  try:
+    from tf2onnx import optimizer
+    table = optimizer._get_optimizers()  # noqa: SLF001 tf2onnx has no public optimizer table
+  except (ImportError, AttributeError):
+    yield
+    return
+  saved = dict(table)
+  for name, factory in saved.items():
+    table[name] = _compacting(factory)
+  try:
+    yield
+  finally:
+    for name, factory in saved.items():
+      table[name] = factory
+
+
+def _compacting(factory):
+  """A tf2onnx optimizer class like `factory` that compacts the graph after
+  optimizing it (see compacting_optimizers)."""
+
+  class Compacting:
+    """`factory`'s optimizer, then `_compact`."""
+
+    def __init__(self):
+      self.inner = factory()
+
+    @property
+    def graph_been_opt(self):
+      return self.inner.graph_been_opt
+
+    def optimize(self, graph, iteration):
+      graph = self.inner.optimize(graph, iteration)
+      _compact(graph)
+      gc.collect()  # the graph before this optimizer, in reference cycles
+      return graph
+
+  return Compacting
+
+
+def _compact(graph) -> None:
+  """Replaces each node's NodeProto (and those of its sub-graphs) by a copy,
+  which leaves the garbage of earlier rewrites behind."""
+  for node in graph.get_nodes():
+    proto = getattr(node, '_op', None)
+    if proto is None:
+      return
+    fresh = type(proto)()
+    fresh.CopyFrom(proto)
+    node._op = fresh  # noqa: SLF001 tf2onnx has no public way to swap a node's proto
+    for body in (node.get_body_graphs() or {}).values():
+      _compact(body)

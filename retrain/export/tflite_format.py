@@ -1,0 +1,218 @@
+"""The classifier as a TFLite model (`--tflite_output_file`).
+
+One float32 input [batch, H, W, 3] in [0, 1], one float32 output
+[batch, N] (column j is class id j), whatever the quantization (`none`,
+`dynamic`, `float16`, `int8`; int8 is calibrated on a sample of training
+images and keeps float input and output, so every consumer feeds the same
+thing); with a novelty score, a second output float32 [batch]. The file
+carries its metadata inside (labels, normalisation, rejection threshold;
+`retrain.export.tflite_metadata`) when the optional mediapipe package is
+installed, and always has the labels and metadata files beside it
+(`retrain.export.files`). A quantised model is checked against the float
+model on held-out images before it is written
+(`retrain.export.quantization_check`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, List, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from retrain import images as images_lib
+from retrain.common.names import (
+  NOVELTY_OUTPUT,
+  OUTPUT_TENSOR_NAME,
+  PROBABILITIES_OUTPUT,
+  QUANTIZATIONS,
+)
+from retrain.errors import OutputError
+from retrain.export import quantization_check, tflite_metadata
+from retrain.export import saved_model as export_lib
+from retrain.export.files import file_metadata, write_file, write_sidecars
+from retrain.features.modules import FeatureModule
+from retrain.head import math as head_math
+from retrain.head.model import Head
+
+
+def calibration_sample(paths: Sequence[str], count: int) -> List[str]:
+  """Up to `count` of `paths`, spread evenly over them (they are sorted by
+  class, so every class is seen)."""
+  if len(paths) > count:
+    return [paths[i] for i in head_math.evenly_spread(len(paths), count)]
+  return list(paths)
+
+
+def representative_images(paths: Sequence[str], size, count: int
+                          ) -> Callable[[], Iterable[List[np.ndarray]]]:
+  """A TFLite representative dataset: up to `count` of `paths`, decoded.
+
+  The sample is spread evenly over `paths` (calibration_sample); files
+  that cannot be decoded are passed over.
+  """
+  paths = calibration_sample(paths, count)
+
+  def generate():
+    for path in paths:
+      try:
+        image = images_lib.load_image(path, size)
+      except Exception:  # noqa: BLE001 unreadable photos were reported by the bottleneck step
+        continue  # Already reported by the bottleneck step.
+      yield [image.numpy()[None]]
+
+  return generate
+
+
+def tflite_model(module: FeatureModule, head: Head, quantization: str = 'none',
+                 calibration: Optional[Callable] = None) -> bytes:
+  """The classifier as a TFLite flatbuffer.
+
+  Args:
+    quantization: 'none' (float32), 'dynamic' (int8 weights), 'float16'
+      (float16 weights) or 'int8' (int8 weights and activations, calibrated
+      on `calibration`; input and output stay float32).
+    calibration: a representative dataset (see representative_images);
+      needed for 'int8'.
+  """
+  if quantization not in QUANTIZATIONS:
+    raise OutputError(f'Unknown TFLite quantization {quantization!r}; use one '
+                      f'of {", ".join(QUANTIZATIONS)}.')
+  classifier = export_lib.Classifier(module, head, OUTPUT_TENSOR_NAME)
+  height, width = module.input_size
+
+  # Outputs as a list, probabilities first: output 0 is what MediaPipe and
+  # every [batch, N] reader take; `novelty` [batch] second when there is one.
+  @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3],
+                                              tf.float32)])
+  def ordered(images):
+    outputs = classifier._classify(images)  # noqa: SLF001 the classifier's own untraced call
+    return [outputs[k] for k in (PROBABILITIES_OUTPUT, NOVELTY_OUTPUT)
+            if k in outputs]
+
+  converter = tf.lite.TFLiteConverter.from_concrete_functions(
+      [ordered.get_concrete_function()], classifier)
+  if quantization != 'none':
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  if quantization == 'float16':
+    converter.target_spec.supported_types = [tf.float16]
+  elif quantization == 'int8':
+    if calibration is None:
+      raise OutputError('int8 TFLite quantization needs calibration images.')
+    converter.representative_dataset = calibration
+    # Integer kernels where they exist, float for the rare op without one,
+    # so conversion never fails on an unusual module.
+    converter.target_spec.supported_ops = [
+        tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+  model = converter.convert()
+  return _probabilities_first(model) if head.novelty is not None else model
+
+
+def _probabilities_first(model: bytes) -> bytes:
+  """`model` with its outputs reordered so that output 0 is the [batch, N]
+  probabilities and output 1 the novelty [batch]: the converter emitted
+  them the other way round whatever the function's order, and MediaPipe
+  and every [batch, N] reader take output 0."""
+  import flatbuffers
+  from tensorflow.lite.python import schema_py_generated as schema
+  parsed = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))
+  graph = parsed.subgraphs[0]
+  outputs = sorted(graph.outputs,
+                   key=lambda t: -len(graph.tensors[t].shapeSignature
+                                      if graph.tensors[t].shapeSignature
+                                      is not None else graph.tensors[t].shape))
+  if list(outputs) == list(graph.outputs):
+    return model
+  graph.outputs = outputs
+  builder = flatbuffers.Builder(len(model) + 1024)
+  builder.Finish(parsed.Pack(builder), file_identifier=b'TFL3')
+  return bytes(builder.Output())
+
+
+def write_tflite(path: str, module: FeatureModule, head: Head,
+                 labels: Sequence[str], quantization: str = 'none',
+                 calibration_paths: Sequence[str] = (),
+                 gate: Optional[quantization_check.Gate] = None,
+                 extra_metadata: Optional[dict] = None) -> str:
+  """Writes the TFLite model to `path` (plus sidecars); returns path.
+
+  A quantised model is first compared with the float model on `gate`'s
+  images (see retrain.export.quantization_check): its figures go into the
+  metadata and gate.results, and a model that loses too much accuracy is
+  refused (OutputError) before anything is written. The metadata (labels,
+  normalisation, rejection threshold, ours) is embedded in the file when
+  the optional mediapipe package is installed; the sidecars are always
+  written.
+
+  Args:
+    calibration_paths: the images int8 calibration may use; up to
+      gate.calibration_count of them (spread evenly, calibration_sample),
+      all of them without a gate.
+    extra_metadata: more JSON-ready fields for the metadata (e.g.
+      'confidence', with the rejection 'threshold').
+  """
+  calibration = None
+  calibration_count = (gate.calibration_count if gate is not None else
+                       len(calibration_paths))
+  if quantization == 'int8':
+    logging.info('Calibrating int8 quantization on %d training images.',
+                 min(len(calibration_paths), calibration_count))
+    calibration = representative_images(calibration_paths, module.input_size,
+                                        calibration_count)
+  model = tflite_model(module, head, quantization, calibration)
+  info = {'format': 'tflite', 'quantization': quantization}
+  info.update(extra_metadata or {})
+  if quantization != 'none' and gate is not None:
+    info['quantization_check'] = _check_quantized(model, module, head,
+                                                  quantization, gate)
+  model = _with_embedded_metadata(model, path, labels, module, info)
+  write_file(path, model)
+  write_sidecars(path, labels, module, info)
+  return path
+
+
+def _check_quantized(model: bytes, module: FeatureModule, head: Head,
+                     quantization: str, gate: quantization_check.Gate
+                     ) -> Optional[dict]:
+  """Compares the quantised `model` with the float classifier; see write_tflite."""
+  if not len(gate.paths):
+    logging.warning('No %s images to check the %s TFLite model against the '
+                    'float model; its accuracy is unchecked.', gate.subset,
+                    quantization)
+    return None
+  classifier = export_lib.Classifier(module, head, OUTPUT_TENSOR_NAME)
+
+  def float_predict(batch):
+    return classifier.classify(tf.constant(batch))[PROBABILITIES_OUTPUT].numpy()
+
+  logging.info('Checking the %s TFLite model against the float model on %d '
+               '%s images.', quantization, len(gate.paths), gate.subset)
+  check = quantization_check.compare(
+      quantization, float_predict, quantization_check.tflite_predictor(model),
+      gate, module.input_size)
+  if check is None:
+    return None
+  quantization_check.enforce(check, gate)
+  gate.results.append(check)
+  return check.metadata()
+
+
+def _with_embedded_metadata(model: bytes, path: str, labels: Sequence[str],
+                            module: FeatureModule, info: dict) -> bytes:
+  """`model` with MediaPipe-readable metadata, or as it is without mediapipe."""
+  data = file_metadata(path, labels, module, info)
+  threshold = float((info.get('confidence') or {}).get('threshold') or 0.0)
+  try:
+    return tflite_metadata.embed(
+        model, labels, data, threshold,
+        description=(f'{len(labels)} classes, module {module.handle}, '
+                     f'{info.get("quantization", "none")} quantization; '
+                     f'input float32 [1, {module.input_size[0]}, '
+                     f'{module.input_size[1]}, 3] in [0, 1]'))
+  except tflite_metadata.MetadataWriterUnavailable as e:
+    logging.info('TFLite metadata not embedded in %s (%s): MediaPipe Tasks '
+                 'need it, so pip install "retrain[mediapipe]" for that; '
+                 'the labels and metadata files beside it are written as '
+                 'always.', path, e)
+    return model
