@@ -206,9 +206,9 @@ def training_set(config: Config, runner, images: usable_lib.UsableImages,
   train_x = images.vectors[split.train]
   train_y = images.labels[split.train]
   copies = distort_lib.training_copies(
-      subset(distort_lib.Distortions, config), config.distorted_copies,
-      config.random_seed, config.bottleneck_dir, config.bottleneck_batch_size,
-      runner, images.paths_of(split.train), images.digests_of(split.train),
+      distort_lib.CopyRecipe(subset(distort_lib.Distortions, config),
+                             config.distorted_copies, config.random_seed),
+      config.bottleneck_dir, config.bottleneck_batch_size, runner, images.paths_of(split.train), images.digests_of(split.train),
       boxes=None if crops is None else crops.boxes[images.index[split.train]])
   if copies is not None:
     train_x = np.concatenate([train_x, copies.vectors])
