@@ -36,6 +36,7 @@ from retrain.export import quantization_check
 from retrain.export import saved_model as export_lib
 from retrain.features import ensemble as ensemble_lib
 from retrain.features import tflite_runtime
+from retrain.finetune import plans as finetune_plans
 from retrain.finetune import run as finetune_lib
 from retrain.head import auto as head_auto
 from retrain.head import calibration as calibration_lib
@@ -777,7 +778,8 @@ def fine_tune(config: Config, module, labels: Sequence[str],
   tuned = finetune_lib.fine_tune(
       subset(finetune_lib.FineTuneOptions, config),
       subset(distort_lib.Distortions, config), module, start, labels,
-      images.paths, images.digests, images.labels, split,
+      finetune_plans.Images(images.paths, images.digests, images.labels,
+                            split),
       fixed=finetune_lib.FixedFeatures(images.vectors, copies))
   if tuned.fit.best_epoch == 0:
     logging.info('Fine-tuning did not beat its starting head on held-out '
@@ -849,20 +851,17 @@ def calibrate(config: Config, trained: train_lib.TrainResult,
 
 def fit_novelty(config: Config, images: usable_lib.UsableImages,
                 split: split_lib.Split, num_classes: int, tuned=None):
-  """The novelty score on the frozen vectors of the training and
-  validation images, its threshold from out-of-fold scores; None when
-  switched off (novelty_keep 0), after fine-tuning (the exported features
-  are no longer the cached ones) or with fewer than two images a class."""
+  """The novelty score on the features the exported model computes of the
+  training and validation images (the frozen vectors, or after accepted
+  fine-tuning the fine-tuned network's), its threshold from out-of-fold
+  scores; None when switched off (novelty_keep 0) or with fewer than two
+  images a class."""
   if not config.novelty_keep:
     return None
-  if tuned is not None and not tuned.metadata['fine_tuned'].get(
-      'kept_frozen_head'):
-    logging.info('No novelty score in the exports: it is fitted on the '
-                 'frozen module\'s vectors and the fine-tuned network '
-                 'computes other ones.')
-    return None
+  if exports_fine_tuned(tuned):
+    return fit_tuned_novelty(config, tuned, num_classes)
   rows = np.concatenate([split.train, split.validation])
-  y = images.labels[rows]
+  x, y = images.vectors[rows], images.labels[rows]
   counts = np.bincount(y, minlength=num_classes)
   folds = min(config.solver_folds, int(counts[counts > 0].min()))
   if folds < 2:
@@ -870,13 +869,39 @@ def fit_novelty(config: Config, images: usable_lib.UsableImages,
                  'and validation images to hold out.')
     return None
   return novelty_lib.fit_on_split(
-      images.vectors[rows], y, num_classes, config.novelty_components,
-      config.novelty_keep, folds, config.random_seed)
+      x, y, num_classes, config.novelty_components, config.novelty_keep,
+      folds, config.random_seed)
 
 
-def unknown_vectors(config: Config, module, runner) -> Optional[np.ndarray]:
+def fit_tuned_novelty(config: Config, tuned, num_classes: int):
+  """The novelty score on the fine-tuned network's features of the
+  training and validation images (what the exports compute), its
+  threshold on the validation images' (which it did not train on)."""
+  x = np.concatenate([tuned.train_features, tuned.validation_features])
+  y = np.concatenate([tuned.train_labels, tuned.validation_labels])
+  novelty = novelty_lib.fit_on_new_rows(
+      x, y, num_classes, config.novelty_components, config.novelty_keep,
+      np.arange(len(y)) >= len(tuned.train_labels), config.solver_folds,
+      config.random_seed)
+  novelty.held_out += ', features of the fine-tuned network'
+  logging.info('Novelty score fitted on the fine-tuned network\'s features '
+               'of %d training and validation images (what the exports '
+               'compute); its threshold from %s.', len(y), novelty.held_out)
+  return novelty
+
+
+def exports_fine_tuned(tuned) -> bool:
+  """Whether the exports carry the fine-tuned network (not the frozen
+  head that fine-tuning did not beat)."""
+  return tuned is not None and not tuned.metadata['fine_tuned'].get(
+      'kept_frozen_head')
+
+
+def unknown_vectors(config: Config, module, runner,
+                    fine_tuned: bool = False) -> Optional[np.ndarray]:
   """float32 [n, D] vectors of the --unknown_dir photos (any layout;
-  unreadable files skipped), through the bottleneck cache; None when it
+  unreadable files skipped), through the bottleneck cache, or with
+  `fine_tuned` through `module` (the fine-tuned network); None when it
   holds no image."""
   from retrain.common import walk as walk_lib  # pylint: disable=g-import-not-at-top
   from retrain.images import IMAGE_EXTENSIONS  # pylint: disable=g-import-not-at-top
@@ -888,6 +913,9 @@ def unknown_vectors(config: Config, module, runner) -> Optional[np.ndarray]:
                len(paths), config.unknown_dir)
   if not paths:
     return None
+  if fine_tuned:
+    return finetune_lib.image_features(module, paths,
+                                       config.bottleneck_batch_size)
   dataset = types.SimpleNamespace(images=[types.SimpleNamespace(path=p)
                                           for p in paths])
   return bottlenecks(config, dataset, module, runner).vectors
@@ -908,9 +936,11 @@ def trust_checks(config: Config, module, runner, labels: Sequence[str],
   if novelty is not None:
     confidence = dataclasses.replace(confidence, head=dataclasses.replace(
         confidence.head, novelty=novelty))
+    fine_tuned = exports_fine_tuned(tuned)
     sets = {'held_out': novelty.held_out_scores,
-            'test': novelty.scores(images.vectors[split.test])}
-    unknown = (unknown_vectors(config, module, runner)
+            'test': novelty.scores(tuned.test_features if fine_tuned else
+                                   images.vectors[split.test])}
+    unknown = (unknown_vectors(config, module, runner, fine_tuned)
                if config.unknown_dir else None)
     if unknown is not None:
       sets['unknown'] = novelty.scores(unknown)

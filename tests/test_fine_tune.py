@@ -503,7 +503,8 @@ def test_another_block_or_distortion_selects_another_namespace(tmp_path):
         str(tmp_path / 'cache'),
         activations_lib.distorted_namespace(module, 4, shape, setting, 0))
     found, source = activations_lib.distorted_activations(
-        paths, keys, bottom, store, shape, setting, 2, 0, 4)
+        paths, keys, bottom, store, shape, setting,
+        activations_lib.Copies(2, 0, 4))
     assert len(found.values) == 2 * len(paths)
     np.testing.assert_array_equal(source, np.repeat(np.arange(len(paths)), 2))
     computed.append(found.stats.computed)

@@ -63,13 +63,30 @@ def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
   return np.random.default_rng([int(seed) & 0x7FFFFFFF, epoch]).permutation(n)
 
 
+@dataclasses.dataclass(frozen=True)
+class Images:
+  """The images fine-tuning reads.
+
+  Attributes:
+    paths: the usable images' files; keys: their content hashes.
+    y: int64 [len(paths)] class ids.
+    split: train, validation, test index arrays into paths.
+  """
+  paths: Sequence[str]
+  keys: Sequence[str]
+  y: np.ndarray
+  split: object
+
+
 @dataclasses.dataclass
 class Plan:
   """One kind of fine-tuning, ready to train: the network (logits,
   features, top_variables, final_weights/biases), its batches (train by
-  epoch, validation, test), steps per epoch, what it is (for the
-  metadata), the seconds its data took and the rows (indices into the
-  paths) of the validation and test items its batches hold, in order."""
+  epoch, validation, test, and the training images once without copies:
+  originals), steps per epoch, what it is (for the metadata), the seconds
+  its data took and the rows (indices into the paths) of the 'train'
+  (originals), 'validation' and 'test' items its batches hold, in
+  order."""
   network: tf.Module
   train_batches: Callable
   validation_batches: Callable
@@ -78,14 +95,13 @@ class Plan:
   what: dict
   timings: dict
   rows: dict
+  originals: Optional[Callable] = None
 
 
-def lite_plan(o, distortions, module, head, paths, keys,
-               y, split, fixed) -> Plan:
-  """The top of a bundled EfficientNet-Lite (of each member of an ensemble
-  of them that fine_tune_members names), on cached activations."""
-  members = getattr(module, 'members', None) or (module,)
-  tuned = tuned_members(o, [m.handle for m in members])
+def _lite_networks(o, members, head, tuned: Sequence[str]) -> tuple:
+  """(nets, described): per member, its LiteNetwork cut at
+  fine_tune_from (or a FixedMember when `tuned` leaves it out) and what
+  it is, for the metadata."""
   nets, described = [], []
   for member in members:
     variant = bundled_variant(member.handle)
@@ -109,17 +125,28 @@ def lite_plan(o, distortions, module, head, paths, keys,
     logging.info('Fine-tuning %s from block %d on: activations of %dx%dx%d '
                  'entering it are computed once and cached.', variant.title,
                  block, *nets[-1].activation_shape)
+  return nets, described
+
+
+def lite_plan(o, distortions, module, head, images: Images,
+              fixed=None) -> Plan:
+  """The top of a bundled EfficientNet-Lite (of each member of an ensemble
+  of them that fine_tune_members names), on cached activations. `fixed`:
+  the run.FixedFeatures the members left out train on."""
+  members = getattr(module, 'members', None) or (module,)
+  tuned = tuned_members(o, [m.handle for m in members])
+  nets, described = _lite_networks(o, members, head, tuned)
   started = time.monotonic()
-  train_x, train_y, val, test = _lite_data(o, members, nets, paths, keys, y,
-                                           split, distortions, fixed)
-  rows = {'validation': val[2], 'test': test[2]}
-  val, test = val[:2], test[:2]
+  train_x, train_y, subsets = _lite_data(o, members, nets, images,
+                                         distortions, fixed)
+  rows = {name: subset[2] for name, subset in subsets.items()}
+  subsets = {name: subset[:2] for name, subset in subsets.items()}
   if len(members) == 1:
     network = nets[0]
     what = {k: v for k, v in described[0].items() if k != 'fine_tuned'}
     what['kind'] = 'top of EfficientNet-Lite on cached activations'
-    train_x, val, test = train_x[0], (val[0][0], val[1]), (test[0][0],
-                                                            test[1])
+    train_x = train_x[0]
+    subsets = {name: (x[0], y) for name, (x, y) in subsets.items()}
   else:
     network = lite_lib.EnsembleNetwork(nets, head.weights, head.biases,
                                        o.fine_tune_dropout)
@@ -133,15 +160,17 @@ def lite_plan(o, distortions, module, head, paths, keys,
       train_batches=lambda epoch: _array_batches(
           train_x, train_y, batch,
           _epoch_order(o.random_seed, epoch, len(train_y))),
-      validation_batches=lambda: _array_batches(*val, batch * 4),
-      test_batches=lambda: _array_batches(*test, batch * 4),
+      validation_batches=lambda: _array_batches(*subsets['validation'],
+                                                batch * 4),
+      test_batches=lambda: _array_batches(*subsets['test'], batch * 4),
       steps=math.ceil(len(train_y) / batch), what=what,
-      timings={'activations': time.monotonic() - started}, rows=rows)
+      timings={'activations': time.monotonic() - started}, rows=rows,
+      originals=lambda: _array_batches(*subsets['train'], batch * 4))
 
 
-def hub_plan(o, distortions, module, head, paths, keys, y,
-              split) -> Plan:
+def hub_plan(o, distortions, module, head, images: Images) -> Plan:
   """The whole module through hub.KerasLayer, on images streamed."""
+  paths, keys, y, split = images.paths, images.keys, images.y, images.split
   network = hub_full.HubNetwork(module, head.weights, head.biases,
                                 o.fine_tune_dropout)
   train_paths = [paths[i] for i in split.train]
@@ -175,18 +204,20 @@ def hub_plan(o, distortions, module, head, paths, keys, y,
       steps=math.ceil(len(train_paths) / batch),
       what={'kind': 'whole module through hub.KerasLayer(trainable=True)',
             'module': module.handle, 'from_block': None}, timings={},
-      rows={'validation': np.asarray(split.validation, np.int64),
-            'test': np.asarray(split.test, np.int64)})
+      rows={name: np.asarray(getattr(split, name), np.int64)
+            for name in ('train', 'validation', 'test')},
+      originals=subset_batches(split.train))
 
 
-def _member_activations(o, member, net, paths, keys,
-                        train_idx: np.ndarray, distortions, size=None):
+def _member_activations(o, member, net, images: Images, distortions,
+                        size=None):
   """(plain, copies or None): the Activations of every image, and of the
   distorted copies of the training images (image-major, copy-minor), at
   `net`'s cut of `member`. `size`: an ensemble's input size (None: the
   member's own); the images are decoded at it and area-resized to the
   member's size, as the exported ensemble does
   (ensemble_lib.at_ensemble_size, whose namespace they are cached in)."""
+  paths, keys, train_idx = images.paths, images.keys, images.split.train
   shape = net.activation_shape
   own = tuple(member.input_size)
   size = own if size is None else tuple(size)
@@ -210,8 +241,8 @@ def _member_activations(o, member, net, paths, keys,
           member, net.block, shape, distortions, o.random_seed))
   copies, _ = activations_lib.distorted_activations(
       [paths[i] for i in train_idx], [keys[i] for i in train_idx], bottom,
-      dstore, shape, distortions, o.distorted_copies, o.random_seed,
-      o.bottleneck_batch_size)
+      dstore, shape, distortions, activations_lib.Copies(
+          o.distorted_copies, o.random_seed, o.bottleneck_batch_size))
   return plain, copies
 
 
@@ -244,14 +275,14 @@ def _aligned(found: Sequence[activations_lib.Activations]):
   return ok, [np.cumsum(a.ok) - 1 for a in found]
 
 
-def _lite_data(o, members, nets, paths, keys, y, split,
-               distortions, fixed=None):
-  """(train_x, train_y, (val_x, val_y, val_rows), (test_x, test_y,
-  test_rows)); each x a tuple with one float16 array [n, h, w, c] per
-  member (a fixed member's: float32 vectors [n, D]), training rows:
-  originals then copies; val_rows and test_rows int64 index `paths`. An
-  image (or copy) that some member could not read (already skipped for
-  bottlenecks, so rare) is left out for all."""
+def _lite_data(o, members, nets, images: Images, distortions, fixed=None):
+  """(train_x, train_y, {'train', 'validation', 'test': (x, y, rows)});
+  each x a tuple with one float16 array [n, h, w, c] per member (a fixed
+  member's: float32 vectors [n, D]); train_x's rows: originals then
+  copies, the subsets' 'train' the originals alone; rows int64 index
+  `images.paths`. An image (or copy) that some member could not read
+  (already skipped for bottlenecks, so rare) is left out for all."""
+  y, split = images.y, images.split
   train_idx = np.asarray(split.train)
   found, offset = [], 0
   size = ensemble_lib.largest_size(members)
@@ -262,8 +293,7 @@ def _lite_data(o, members, nets, paths, keys, y, split,
         _fixed_activations(fixed, columns, len(train_idx), o.distorted_copies,
                            distortions)
         if isinstance(net, lite_lib.FixedMember) else
-        _member_activations(o, member, net, paths, keys, train_idx,
-                            distortions, size))
+        _member_activations(o, member, net, images, distortions, size))
   ok, rows = _aligned([plain for plain, _ in found])
 
   def subset(indices):
@@ -272,8 +302,9 @@ def _lite_data(o, members, nets, paths, keys, y, split,
     return tuple(plain.values[r[indices]] for (plain, _), r in
                  zip(found, rows, strict=True)), y[indices], indices
 
-  train_x, train_y, _ = subset(train_idx)
-  val, test = subset(split.validation), subset(split.test)
+  subsets = {name: subset(getattr(split, name))
+             for name in ('train', 'validation', 'test')}
+  train_x, train_y, _ = subsets['train']
   if distortions is not None:
     copies_ok, copy_rows = _aligned([copies for _, copies in found])
     items = np.flatnonzero(copies_ok)
@@ -282,4 +313,4 @@ def _lite_data(o, members, nets, paths, keys, y, split,
                                                  strict=True))
     source = train_idx[items // o.distorted_copies]
     train_y = np.concatenate([train_y, y[source]])
-  return train_x, train_y, val, test
+  return train_x, train_y, subsets

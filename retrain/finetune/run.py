@@ -35,6 +35,7 @@ from retrain.common import earlier_outputs as keep
 from retrain.errors import DatasetError
 from retrain.features import efficientnet_lite, ensemble_presets
 from retrain.features.modules import FeatureModule
+from retrain.finetune import hub_full
 from retrain.finetune import lite as lite_lib
 from retrain.finetune import plans as plans_lib
 from retrain.finetune import train as train_lib
@@ -207,7 +208,9 @@ class FineTuned:
       the reports), validation_labels: int64 [n_val] their class ids,
       validation_rows: int64 [n_val] their indices into `paths` (an image
       whose activations could not be made is in none of them); test_*
-      the same of the test images.
+      the same of the test images; train_* of the training images (no
+      distorted copies), made only when fine-tuning beat its starting
+      head (for the novelty score the exports carry), else None.
     metadata: what the export's retrain_metadata.json says about it.
     timings: seconds per phase ('activations', 'training').
   """
@@ -227,6 +230,9 @@ class FineTuned:
   test_features: Optional[np.ndarray] = None
   test_labels: Optional[np.ndarray] = None
   test_rows: Optional[np.ndarray] = None
+  train_features: Optional[np.ndarray] = None
+  train_labels: Optional[np.ndarray] = None
+  train_rows: Optional[np.ndarray] = None
 
 
 def tuned_feature_module(module: FeatureModule, network) -> FeatureModule:
@@ -299,9 +305,10 @@ class FixedFeatures:
   copies: Optional[distort_lib.DistortedCopies] = None
 
 
-def _identity(o: FineTuneOptions, module, head, labels, keys, y, split,
-              distortions) -> dict:
+def _identity(o: FineTuneOptions, module, head, labels,
+              images: plans_lib.Images, distortions) -> dict:
   """What a checkpoint must match to be resumed."""
+  keys, y, split = images.keys, images.y, images.split
   return dict(
       module.identity(), labels=list(labels),
       head=_digest(head.weights, head.biases),
@@ -345,8 +352,7 @@ def _train_and_test(o: FineTuneOptions, plan: plans_lib.Plan, identity: dict,
 
 def fine_tune(o: FineTuneOptions, distortions: distort_lib.Distortions,
               module: FeatureModule, head: Head, labels: Sequence[str],
-              paths: Sequence[str], keys: Sequence[str], y: np.ndarray,
-              split, on_epoch=None,
+              images: plans_lib.Images, on_epoch=None,
               fixed: Optional[FixedFeatures] = None) -> FineTuned:
   """Fine-tunes the top of `module` (or all of it) together with `head`.
 
@@ -355,23 +361,19 @@ def fine_tune(o: FineTuneOptions, distortions: distort_lib.Distortions,
     module: the feature module the head was trained on.
     head: the trained head (weights float32 [D, N], biases [N]).
     labels: class names; class id i is labels[i].
-    paths, keys: the usable images and their content hashes.
-    y: int64 [len(paths)] class ids.
-    split: train, validation, test index arrays into paths.
+    images: the usable images (paths, content hashes, class ids, split).
     on_epoch: called with each EpochPoint (tests stop a run with it).
     fixed: the head's frozen features, which the members that
       fine_tune_members leaves out train on (needed only then).
   """
-  check_split(o, labels, y, split.validation)
+  check_split(o, labels, images.y, images.split.validation)
   distortions = distortions if distortions.any() else None
-  identity = _identity(o, module, head, labels, keys, y, split, distortions)
+  identity = _identity(o, module, head, labels, images, distortions)
   members = getattr(module, 'members', None) or (module,)
   if all(plans_lib.bundled_variant(m.handle) is not None for m in members):
-    plan = plans_lib.lite_plan(o, distortions, module, head, paths, keys, y,
-                               split, fixed)
+    plan = plans_lib.lite_plan(o, distortions, module, head, images, fixed)
   else:
-    plan = plans_lib.hub_plan(o, distortions, module, head, paths, keys, y,
-                              split)
+    plan = plans_lib.hub_plan(o, distortions, module, head, images)
   started = time.monotonic()
   fit, before, after, predictions = _train_and_test(o, plan, identity,
                                                     on_epoch)
@@ -383,17 +385,12 @@ def fine_tune(o: FineTuneOptions, distortions: distort_lib.Distortions,
               learning_rate=o.fine_tune_learning_rate,
               test_accuracy_before=before, test_accuracy_after=after)
   network = plan.network
-  width = network.final_weights.shape[0]
-
-  def pooled(batches):
-    """(features float32 [n, D], class ids int64 [n]) of the batches."""
-    both = [(network.pooled(x).numpy(), y.numpy()) for x, y in batches]
-    return (np.concatenate([x for x, _ in both] or
-                           [np.zeros((0, width), np.float32)]),
-            np.concatenate([y for _, y in both] or [np.zeros(0, np.int64)]))
-
-  validation, test = (pooled(plan.validation_batches()),
-                      pooled(plan.test_batches()))
+  validation, test = (_pooled(network, plan.validation_batches()),
+                      _pooled(network, plan.test_batches()))
+  # The training images' own features (no copies) for the novelty score,
+  # only when the fine-tuned network is kept (else its features go unused).
+  train = (_pooled(network, plan.originals()) if fit.best_epoch else
+           (None, None))
   result = FineTuned(
       module=tuned_feature_module(module, network),
       head=Head(network.final_weights.numpy(), network.final_biases.numpy()),
@@ -402,9 +399,34 @@ def fine_tune(o: FineTuneOptions, distortions: distort_lib.Distortions,
       metadata={'fine_tuned': what}, timings=plan.timings,
       validation_features=validation[0], validation_labels=validation[1],
       validation_rows=plan.rows['validation'], test_features=test[0],
-      test_labels=test[1], test_rows=plan.rows['test'])
+      test_labels=test[1], test_rows=plan.rows['test'],
+      train_features=train[0], train_labels=train[1],
+      train_rows=plan.rows['train'] if fit.best_epoch else None)
   write_report(o.report_dir, result)
   return result
+
+
+def _pooled(network, batches) -> tuple:
+  """(features float32 [n, D], class ids int64 [n]) of the batches, from
+  the fine-tuned network's pooled features."""
+  both = [(network.pooled(x).numpy(), y.numpy()) for x, y in batches]
+  width = network.final_weights.shape[0]
+  return (np.concatenate([x for x, _ in both] or
+                         [np.zeros((0, width), np.float32)]),
+          np.concatenate([y for _, y in both] or [np.zeros(0, np.int64)]))
+
+
+def image_features(module: FeatureModule, paths: Sequence[str],
+                   batch_size: int) -> np.ndarray:
+  """float32 [n, D]: the features `module` (e.g. FineTuned.module, the
+  fine-tuned network as the exports run it) computes of the image files
+  at `paths`, decoded as the exports decode them; files that cannot be
+  read are left out (n <= len(paths))."""
+  batches = [module.call(images).numpy() for images, _ in
+             hub_full.image_batches(paths, np.zeros(len(paths), np.int64),
+                                    module.input_size, batch_size)]
+  return np.concatenate(batches or [np.zeros((0, module.output_dim),
+                                             np.float32)]).astype(np.float32)
 
 
 def retire_report(report_dir: str) -> Optional[str]:
