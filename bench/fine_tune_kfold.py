@@ -11,10 +11,13 @@ training part split 8:1 into training and validation, the pipeline's
     solver (L-BFGS), trained on training, chosen on validation;
   block K: the Lite0 head (same solver), then --fine_tune from block K with
     the default settings (early stopping on that fold's validation);
-  ensemble -K: the frozen head above, then --fine_tune of the --frozen
-    ensemble from each member's K-th last block (--fine_tune_from -K), for
-    each --ensemble_members value (--fine_tune_members: "all" every
-    member, "" the first, the others on their frozen vectors).
+  ensemble -K: as the pipeline does, --fine_tune of the --frozen
+    ensemble from each member's K-th last block (--fine_tune_from -K),
+    starting from the frozen head fitted on the training part alone (so
+    that validation stays held out), for each --ensemble_members value
+    (--fine_tune_members: "all" every member, "" the first, the others on
+    their frozen vectors); a fold whose fine-tuning keeps epoch 0 counts
+    the frozen head's predictions (the run exports the frozen head then).
 Lite0's activations are computed once per image and shared by the folds
 (the bottleneck cache); the seconds per fold are the fine-tuning's own
 (training + validation passes). Prints accuracy with its Wilson 95%
@@ -47,7 +50,9 @@ from retrain.data import sources as layouts  # noqa: E402
 from retrain.data.split import Split  # noqa: E402
 from retrain.features import ensemble as ensemble_lib  # noqa: E402
 from retrain.features import modules as features  # noqa: E402
+from retrain.finetune import plans as finetune_plans  # noqa: E402
 from retrain.finetune import run as finetune_lib  # noqa: E402
+from retrain.head import solver as solver_lib  # noqa: E402
 from retrain.report import confidence  # noqa: E402
 
 LITE0 = 'efficientnet_lite0'  # the single module compared
@@ -55,9 +60,9 @@ LITE0 = 'efficientnet_lite0'  # the single module compared
 
 def fine_tune_fold(args, work, block, module, head, labels, paths, digests, y,
                    rows, members='', fixed=None):
-  """(test predictions int64 [n_test], seconds) of fine-tuning one fold
-  (of the ensemble members named by `members`, '' all, the others on their
-  frozen vectors `fixed`)."""
+  """(test predictions int64 [n_test], seconds, the epoch kept) of
+  fine-tuning one fold (of the ensemble members named by `members`, '' all,
+  the others on their frozen vectors `fixed`)."""
   train_rows, val_rows, test_rows = rows
   config = dataclasses.replace(
       DEFAULTS, tfhub_module=module.handle, fine_tune=True,
@@ -70,10 +75,12 @@ def fine_tune_fold(args, work, block, module, head, labels, paths, digests, y,
   started = time.monotonic()
   tuned = finetune_lib.fine_tune(
       subset(finetune_lib.FineTuneOptions, config),
-      subset(distort_lib.Distortions, config), module, head, labels, paths,
-      digests, y, Split(train_rows, val_rows, test_rows),
+      subset(distort_lib.Distortions, config), module, head, labels,
+      finetune_plans.Images(paths, digests, y,
+                            Split(train_rows, val_rows, test_rows)),
       fixed=None if fixed is None else finetune_lib.FixedFeatures(fixed))
-  return tuned.test_predictions, time.monotonic() - started
+  return (tuned.test_predictions, time.monotonic() - started,
+          tuned.fit.best_epoch)
 
 
 def trace_test_by_epoch(curves: dict):
@@ -173,23 +180,27 @@ def main():
 
   correct = {}
   seconds = {}
+  kept_frozen = {}
   curves = {}
   if args.by_epoch:
     trace_test_by_epoch(curves)
   for f, rows in enumerate(plans):
     test_rows = rows[2]
-    head = accuracy_bench.train('lbfgs', x_frozen, y, len(labels), rows[0],
-                                rows[1], args.seed)
-    pred = head.logits(x_frozen[test_rows]).argmax(axis=1)
-    correct.setdefault('frozen', []).append(int(np.sum(pred == y[test_rows])))
+    frozen_fit = solver_lib.fit_head(
+        x_frozen[rows[0]], y[rows[0]], len(labels), x_frozen[rows[1]],
+        y[rows[1]], solver_lib.SolverOptions.from_config(DEFAULTS))
+    head = frozen_fit.head
+    frozen_pred = head.logits(x_frozen[test_rows]).argmax(axis=1)
+    correct.setdefault('frozen', []).append(
+        int(np.sum(frozen_pred == y[test_rows])))
     lite0_head = accuracy_bench.train('lbfgs', x_lite0, y, len(labels),
                                       rows[0], rows[1], args.seed)
     pred = lite0_head.logits(x_lite0[test_rows]).argmax(axis=1)
     correct.setdefault('lite0', []).append(int(np.sum(pred == y[test_rows])))
     for block in (int(b) for b in filter(None, args.boundaries.split(','))):
       trace_test_by_epoch.name = f'{LITE0} from block {block}'
-      pred, took = fine_tune_fold(args, work, block, module, lite0_head,
-                                  labels, paths, digests, y, rows)
+      pred, took, _ = fine_tune_fold(args, work, block, module, lite0_head,
+                                     labels, paths, digests, y, rows)
       correct.setdefault(block, []).append(int(np.sum(pred == y[test_rows])))
       seconds.setdefault(block, []).append(took)
     for block, members in ((int(b), m) for b in filter(
@@ -200,8 +211,16 @@ def main():
       trace_test_by_epoch.name = f'{args.frozen} from {block}' + (
           f', {members or "the first member"} fine-tuned, the others fixed'
           if members != 'all' else '')
-      pred, took = fine_tune_fold(args, work, block, ensemble, head, labels,
-                                  paths, digests, y, rows, members, x_frozen)
+      # As the pipeline: fine-tuning starts from the head fitted on the
+      # training part alone (its validation stays held out), and a run
+      # whose fine-tuning keeps epoch 0 exports the frozen head.
+      pred, took, best = fine_tune_fold(
+          args, work, block, ensemble,
+          frozen_fit.train_only_head or head, labels, paths, digests, y,
+          rows, members, x_frozen)
+      if best == 0:
+        pred = frozen_pred
+        kept_frozen[name] = kept_frozen.get(name, 0) + 1
       correct.setdefault(name, []).append(int(np.sum(pred == y[test_rows])))
       seconds.setdefault(name, []).append(took)
     print(f'fold {f}: ' + ', '.join(f'{k} {v[-1]}/{len(test_rows)}'
@@ -227,6 +246,8 @@ def main():
                   'members fixed' if tuned else
                   f'every member from fine_tune_from {name.split()[1]}'))
     took = (f'{np.mean(seconds[name]):.0f}' if name in seconds else '-')
+    if name in kept_frozen:
+      took += f' (kept the frozen head in {kept_frozen[name]} folds)'
     print(f'| {title} | {100 * sum(per_fold) / total:.1f}% '
           f'({sum(per_fold)}/{total}) | {100 * low:.1f}-{100 * high:.1f}% '
           f'| {record if name != "frozen" else "-"} | {took} |')

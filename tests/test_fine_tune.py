@@ -32,6 +32,7 @@ from retrain.features import ensemble as ensemble_features
 from retrain.features.modules import FeatureModule
 from retrain.finetune import activations as activations_lib
 from retrain.finetune import lite as lite_lib
+from retrain.finetune import plans as plans_lib
 from retrain.finetune import run as finetune_lib
 from retrain.finetune import train as train_lib
 from retrain.head import math as head_math
@@ -229,13 +230,13 @@ def test_fixed_members_columns_and_copies_line_up():
                         [30, 31, 32, 33]], np.float32),
       source=np.array([1, 0, 1]), stats=None, copy=np.array([1, 0, 0]))
   fixed = finetune_lib.FixedFeatures(vectors, copies)
-  plain, made = finetune_lib._fixed_activations(
+  plain, made = plans_lib._fixed_activations(
       fixed, slice(2, 4), 2, 2, distortions=object())
   np.testing.assert_array_equal(plain.values, vectors[:, 2:])
   assert plain.ok.all()
   np.testing.assert_array_equal(made.ok, [True, False, True, True])
   np.testing.assert_array_equal(made.values, [[22, 23], [32, 33], [12, 13]])
-  plain, made = finetune_lib._fixed_activations(
+  plain, made = plans_lib._fixed_activations(
       fixed, slice(0, 2), 2, 2, distortions=None)
   assert made is None
 
@@ -247,7 +248,7 @@ def test_members_activations_are_aligned_on_what_all_have():
            activations_lib.Activations(
                values=np.arange(10, 14, dtype=np.float16).reshape(4, 1, 1, 1),
                ok=np.array([True, False, True, True, True]), stats=None)]
-  ok, rows = finetune_lib._aligned(found)
+  ok, rows = plans_lib._aligned(found)
   np.testing.assert_array_equal(ok, [True, False, True, True, False])
   items = np.flatnonzero(ok)
   assert found[0].values[rows[0][items]].ravel().tolist() == [0, 2, 3]
@@ -266,11 +267,11 @@ def _toy_data(net, n=24, classes=3, seed=0):
 
 def _fit(net, x, y, tmp_path=None, epochs=3, lr=1e-3, on_epoch=None,
          identity=None, patience=0):
-  batches = lambda epoch: finetune_lib._array_batches(  # noqa: E731
-      x, y, 8, finetune_lib._epoch_order(0, epoch, len(x)))
+  batches = lambda epoch: plans_lib._array_batches(  # noqa: E731
+      x, y, 8, plans_lib._epoch_order(0, epoch, len(x)))
   return train_lib.fit(
       net.top_variables, net.logits, train_lib.Batches(
-          batches, lambda: finetune_lib._array_batches(x, y, 8), 3),
+          batches, lambda: plans_lib._array_batches(x, y, 8), 3),
       train_lib.FitOptions(epochs=epochs, learning_rate=lr, weight_decay=1e-4,
                            warmup_epochs=1, patience=patience, seed=0),
       str(tmp_path) if tmp_path else None, identity or {'run': 1},
@@ -392,7 +393,7 @@ def test_early_stopping_keeps_the_best_epoch():
   assert result.best_validation_accuracy == best.validation_accuracy
   # The variables hold the best epoch's weights.
   _, accuracy, _ = train_lib.evaluate(lambda v: net.logits(v, False),
-                                      finetune_lib._array_batches(x, y, 8))
+                                      plans_lib._array_batches(x, y, 8))
   assert accuracy == pytest.approx(best.validation_accuracy)
 
 
@@ -405,7 +406,7 @@ def test_without_patience_every_epoch_runs():
   assert not result.stopped_early
   kept = result.history[result.best_epoch]
   _, accuracy, _ = train_lib.evaluate(lambda v: net.logits(v, False),
-                                      finetune_lib._array_batches(x, y, 8))
+                                      plans_lib._array_batches(x, y, 8))
   assert accuracy == pytest.approx(kept.validation_accuracy)
 
 
@@ -503,7 +504,8 @@ def test_another_block_or_distortion_selects_another_namespace(tmp_path):
         str(tmp_path / 'cache'),
         activations_lib.distorted_namespace(module, 4, shape, setting, 0))
     found, source = activations_lib.distorted_activations(
-        paths, keys, bottom, store, shape, setting, 2, 0, 4)
+        paths, keys, bottom, store, shape, setting,
+        activations_lib.Copies(2, 0, 4))
     assert len(found.values) == 2 * len(paths)
     np.testing.assert_array_equal(source, np.repeat(np.arange(len(paths)), 2))
     computed.append(found.stats.computed)
@@ -928,7 +930,7 @@ def test_which_ensemble_members_are_fine_tuned():
   def tuned(value, of=members):
     options = subset(finetune_lib.FineTuneOptions, dataclasses.replace(
         DEFAULTS, fine_tune=True, fine_tune_members=value))
-    return finetune_lib.tuned_members(options, of)
+    return plans_lib.tuned_members(options, of)
 
   assert tuned('') == ['efficientnet_lite0']
   assert tuned('all') == members

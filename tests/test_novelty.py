@@ -59,6 +59,27 @@ def test_auroc_and_flagged_counts():
       'count': 3, 'flagged': 2, 'kept': 1, 'flagged_fraction': 2 / 3}
 
 
+def test_a_fine_tuned_networks_own_images_do_not_set_the_threshold():
+  """Features of a network that trained on some rows sit tighter round
+  their class than a new photo's: the threshold comes from the others."""
+  x, y, centres, mix = _classes(150)
+  rng = np.random.default_rng(2)
+  trained = np.arange(len(y)) % 5 != 0  # 4 of 5 rows: its training images
+  x[trained] = centres[y[trained]] + 0.4 * (x[trained] - centres[y[trained]])
+  fresh_y = rng.integers(0, 4, 4000)
+  fresh = centres[fresh_y] + rng.normal(0, 1, (4000, 20)) @ mix
+  score = novelty.fit_on_new_rows(x, y, 4, components=8, keep=0.9,
+                                  new=~trained, folds=5, seed=0)
+  kept = np.mean(score.scores(fresh) <= score.threshold)
+  assert 0.85 < kept < 0.96, kept
+  assert len(score.held_out_scores) == np.sum(~trained)
+  assert '120 validation images' in score.held_out
+  # Every row's out-of-fold score would flag far more new photos.
+  every = novelty.fit_on_split(x, y, 4, components=8, keep=0.9, folds=5,
+                               seed=0)
+  assert np.mean(every.scores(fresh) <= every.threshold) < 0.75
+
+
 def test_bad_novelty_keep_is_refused_before_work():
   with pytest.raises(Exception, match='novelty_keep=1.5 must be in'):
     novelty.check_keep(1.5)
@@ -125,3 +146,43 @@ def test_every_export_flags_photos_of_none_of_the_classes(with_unknown):
       str(p) for p in pathlib.Path(config.image_dir).rglob('*.png')),
                                    min_confidence=0)
   assert np.mean([r.novel for r in own]) < 0.15
+
+
+@pytest.mark.slow
+def test_exports_of_a_fine_tuned_run_flag_photos_of_none_of_the_classes(
+    tmp_path, caplog):
+  """After accepted fine-tuning the novelty score is fitted on the
+  fine-tuned network's features (what the exports compute), its
+  threshold on held-out ones: the exports flag other colours and keep
+  the classes' photos."""
+  from tests.test_fine_tune import export_trainable_module
+  module_dir = export_trainable_module(tmp_path / 'trainable_module')
+  make_overlapping_dataset(tmp_path / 'images', per_class=30)
+  for k, rgb in enumerate([(250, 250, 30), (250, 250, 250), (10, 10, 10),
+                           (250, 30, 250), (30, 250, 250)]):
+    write_image(tmp_path / 'unknown' / f'u_{k}.png', rgb, size=SIZE, seed=k,
+                fmt='PNG')
+  config = _deploy_config(
+      tmp_path, module_dir, fine_tune=True, fine_tune_epochs=3,
+      fine_tune_learning_rate=1e-2, fine_tune_batch_size=8,
+      bottleneck_runtime='tf', unknown_dir=str(tmp_path / 'unknown'))
+  caplog.set_level('INFO', logger='absl')
+  result = pipeline.run(config)
+  assert not result.fine_tuned.metadata['fine_tuned'].get('kept_frozen_head')
+  report = json.loads((pathlib.Path(config.report_dir) /
+                       trust.REPORT_FILE).read_text())
+  section = report['novelty']
+  meta = json.loads((pathlib.Path(config.saved_model_dir) /
+                     'retrain_metadata.json').read_text())
+  assert 'fine-tuned network' in meta['novelty']['held_out']
+  assert section['unknown']['flagged'] == 5
+  unknown = sorted(str(p) for p in (tmp_path / 'unknown').glob('*.png'))
+  own = sorted(str(p) for p in (tmp_path / 'images').rglob('*.png'))
+  for model in (label_image.load_model(saved_model_dir=config.saved_model_dir),
+                label_image.load_model(graph=config.tflite_output_file)):
+    assert model.novelty_threshold == pytest.approx(section['threshold'])
+    records = label_image.classify_files(model, unknown, min_confidence=0)
+    assert all(r.novel for r in records), model.kind
+    kept = label_image.classify_files(model, own, min_confidence=0)
+    assert np.mean([r.novel for r in kept]) < 0.15, model.kind
+  assert 'Novelty score fitted on the fine-tuned network' in caplog.text

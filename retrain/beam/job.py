@@ -54,7 +54,7 @@ from retrain.beam.options import BeamOptions
 from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.bottlenecks import distort as distort_lib
 from retrain.config import Config, subset
-from retrain.data import sources as layouts
+from retrain.data import sources
 from retrain.errors import DatasetError
 from retrain.features import ensemble as ensemble_lib
 from retrain.steps import prepare
@@ -120,7 +120,7 @@ def _training_copies(config: Config, layout) -> List[int]:
   images = layout.dataset.images
   everything = np.arange(len(images), dtype=np.int64)
   labels = np.array([image.label for image in images], dtype=np.int64)
-  split = layouts.make_split(layout, everything, labels,
+  split = sources.make_split(layout, everything, labels,
                              config.validation_percentage,
                              config.testing_percentage)
   copies = np.zeros(len(images), dtype=np.int64)
@@ -161,7 +161,7 @@ def run(config: Config, options: BeamOptions,
   started = time.monotonic()
   options.check()
   _check_supported(config)
-  layouts.check_layout_options(subset(layouts.LayoutOptions, config))
+  sources.check_layout_options(subset(sources.LayoutOptions, config))
   distortions = subset(distort_lib.Distortions, config)
   distort_lib.check_settings(distortions, config.distorted_copies)
   # Listed as a single-label run lists them: a multi-label run reads the

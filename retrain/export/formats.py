@@ -48,7 +48,7 @@ import tensorflow as tf
 from absl import logging
 
 from retrain.common import earlier_outputs as keep
-from retrain.common import phases
+from retrain.common import phases as phases_lib
 from retrain.common.names import (
   IMAGES_INPUT,
   INPUT_TENSOR_NAME,
@@ -374,7 +374,7 @@ def export_other_formats(options: ExportOptions, module: FeatureModule, head: He
     logging.info('Wrote the frozen graph %s (input %s, output %s) in %.1f s.',
                  options.output_graph, INPUT_TENSOR_NAME, options.final_tensor_name,
                  time.monotonic() - started)
-    phases.release_memory()
+    phases_lib.release_memory()
   if options.tflite_output_file:
     started = time.monotonic()
     written['tflite'] = os.path.abspath(write_tflite(
@@ -388,7 +388,7 @@ def export_other_formats(options: ExportOptions, module: FeatureModule, head: He
                  options.tflite_quantization,
                  os.path.getsize(options.tflite_output_file) / 1e6,
                  time.monotonic() - started)
-    phases.release_memory()
+    phases_lib.release_memory()
   if options.onnx_output_file:
     started = time.monotonic()
     written['onnx'] = os.path.abspath(write_onnx(

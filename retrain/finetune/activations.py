@@ -235,13 +235,21 @@ def plain_activations(paths: Sequence[str], keys: Sequence[str],
       'activations')
 
 
+@dataclasses.dataclass(frozen=True)
+class Copies:
+  """Which distorted copies to make: `count` of each image, seeded from
+  `seed` as the head's copies are, `batch_size` images a call."""
+  count: int
+  seed: int
+  batch_size: int
+
+
 def distorted_activations(paths: Sequence[str], keys: Sequence[str],
                           bottom: FeatureModule, store,
                           shape: Tuple[int, int, int],
-                          distortions: distort_lib.Distortions, copies: int,
-                          seed: int, batch_size: int
+                          distortions: distort_lib.Distortions, copies: Copies
                           ) -> Tuple[Activations, np.ndarray]:
-  """Activations of `copies` distorted copies of each image.
+  """Activations of `copies.count` distorted copies of each image.
 
   Returns:
     (activations, source): source int64 [n_ok], for each row the index into
@@ -250,14 +258,14 @@ def distorted_activations(paths: Sequence[str], keys: Sequence[str],
   """
   item_paths, item_source, item_keys, seeds = [], [], [], []
   for i, (path, key) in enumerate(zip(paths, keys, strict=True)):
-    for c in range(copies):
+    for c in range(copies.count):
       item_paths.append(path)
       item_source.append(i)
       item_keys.append(distort_lib.copy_key(key, c))
-      seeds.append(distort_lib.copy_seed(seed, key, c))
+      seeds.append(distort_lib.copy_seed(copies.seed, key, c))
   seeds = np.asarray(seeds, dtype=np.int64).reshape(-1, 2)
   found = _get_or_compute(
       item_keys, store, lambda chunk: distort_lib.make_compute_fn(
           [item_paths[i] for i in chunk], seeds[chunk], bottom, distortions,
-          batch_size), shape, 'distorted activations')
+          copies.batch_size), shape, 'distorted activations')
   return found, np.asarray(item_source, np.int64)[found.ok]

@@ -22,7 +22,7 @@ import hashlib
 import math
 import os
 import time
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -33,12 +33,12 @@ from retrain.bottlenecks import distort as distort_lib
 from retrain.common import atomic
 from retrain.common import earlier_outputs as keep
 from retrain.errors import DatasetError
-from retrain.features import efficientnet_lite, ensemble_presets, presets
+from retrain.features import efficientnet_lite, ensemble_presets
 from retrain.features import ensemble as ensemble_lib
 from retrain.features.modules import FeatureModule
-from retrain.finetune import activations as activations_lib
 from retrain.finetune import hub_full
 from retrain.finetune import lite as lite_lib
+from retrain.finetune import plans as plans_lib
 from retrain.finetune import train as train_lib
 from retrain.head.model import Head
 
@@ -50,14 +50,6 @@ _HIGH_LEARNING_RATE = 1e-3
 # Fewer validation images of a class than this: one image moves that
 # class's accuracy by more than 20 points.
 _FEW_VALIDATION = 5
-
-
-def bundled_variant(handle: str) -> Optional[efficientnet_lite.Variant]:
-  """The EfficientNet-Lite variant of a bundled preset name, else None."""
-  preset = presets.PRESETS.get(handle)
-  if preset is None or not preset.bundled:
-    return None
-  return efficientnet_lite.get_variant(preset.name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +120,7 @@ def check_options(o: FineTuneOptions,
         'validation_percentage 10 (or more), or drop fine_tune.',
         fields=('fine_tune', 'validation_percentage'))
   members = ensemble_presets.member_handles(o.tfhub_module)
-  variants = [bundled_variant(handle) for handle in members]
+  variants = [plans_lib.bundled_variant(handle) for handle in members]
   if len(members) > 1:
     _check_ensemble(o, members, variants)
   elif variants[0] is not None:
@@ -154,7 +146,7 @@ def _check_ensemble(o: FineTuneOptions, members: Sequence[str],
         f'EfficientNet-Lite module, and tfhub_module={o.tfhub_module!r} has '
         f'{", ".join(others)}: fine-tune that module alone, or an ensemble '
         'of efficientnet_lite0/1/2 only.', fields=('fine_tune', 'tfhub_module'))
-  unknown = sorted(set(tuned_members(o, members)) - set(members))
+  unknown = sorted(set(plans_lib.tuned_members(o, members)) - set(members))
   if unknown:
     raise DatasetError(
         f'fine_tune_members={o.fine_tune_members!r} names '
@@ -171,19 +163,6 @@ def _check_ensemble(o: FineTuneOptions, members: Sequence[str],
     lite_lib.check_boundary(o.fine_tune_from,
                             efficientnet_lite.block_specs(variant),
                             variant.title)
-
-
-def tuned_members(o: FineTuneOptions, members: Sequence[str]) -> list:
-  """The handles of the ensemble `members` whose tops are fine-tuned:
-  fine_tune_members "" the first, "all" every one, else those it names;
-  a single module (one member) is always fine-tuned."""
-  if len(members) == 1:
-    return list(members)
-  if not o.fine_tune_members.strip():
-    return list(members[:1])
-  if o.fine_tune_members.strip() == 'all':
-    return list(members)
-  return [h.strip() for h in o.fine_tune_members.split(',') if h.strip()]
 
 
 def check_split(o: FineTuneOptions, labels: Sequence[str], y: np.ndarray,
@@ -230,7 +209,9 @@ class FineTuned:
       the reports), validation_labels: int64 [n_val] their class ids,
       validation_rows: int64 [n_val] their indices into `paths` (an image
       whose activations could not be made is in none of them); test_*
-      the same of the test images.
+      the same of the test images; train_* of the training images (no
+      distorted copies), made only when fine-tuning beat its starting
+      head (for the novelty score the exports carry), else None.
     metadata: what the export's retrain_metadata.json says about it.
     timings: seconds per phase ('activations', 'training').
   """
@@ -250,6 +231,9 @@ class FineTuned:
   test_features: Optional[np.ndarray] = None
   test_labels: Optional[np.ndarray] = None
   test_rows: Optional[np.ndarray] = None
+  train_features: Optional[np.ndarray] = None
+  train_labels: Optional[np.ndarray] = None
+  train_rows: Optional[np.ndarray] = None
 
 
 def tuned_feature_module(module: FeatureModule, network) -> FeatureModule:
@@ -307,22 +291,6 @@ def _writers(summaries_dir: str):
                for run in ('train', 'validation', 'test'))
 
 
-def _array_batches(x, y: np.ndarray, batch_size: int,
-                   order: Optional[np.ndarray] = None):
-  """Batches (x, y int64 [b]) in `order`; x an array, or a tuple of arrays
-  (one per ensemble member) batched alike."""
-  order = np.arange(len(y)) if order is None else order
-  for start in range(0, len(order), batch_size):
-    idx = np.sort(order[start:start + batch_size])
-    batch = (tuple(tf.constant(a[idx]) for a in x) if isinstance(x, tuple)
-             else tf.constant(x[idx]))
-    yield batch, tf.constant(y[idx], tf.int64)
-
-
-def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-  return np.random.default_rng([int(seed) & 0x7FFFFFFF, epoch]).permutation(n)
-
-
 @dataclasses.dataclass(frozen=True)
 class FixedFeatures:
   """The frozen features the head trained on, for ensemble members that
@@ -338,26 +306,10 @@ class FixedFeatures:
   copies: Optional[distort_lib.DistortedCopies] = None
 
 
-@dataclasses.dataclass
-class _Plan:
-  """One kind of fine-tuning, ready to train: the network (logits,
-  features, top_variables, final_weights/biases), its batches (train by
-  epoch, validation, test), steps per epoch, what it is (for the
-  metadata), the seconds its data took and the rows (indices into the
-  paths) of the validation and test items its batches hold, in order."""
-  network: tf.Module
-  train_batches: Callable
-  validation_batches: Callable
-  test_batches: Callable
-  steps: int
-  what: dict
-  timings: dict
-  rows: dict
-
-
-def _identity(o: FineTuneOptions, module, head, labels, keys, y, split,
-              distortions) -> dict:
+def _identity(o: FineTuneOptions, module, head, labels,
+              images: plans_lib.Images, distortions) -> dict:
   """What a checkpoint must match to be resumed."""
+  keys, y, split = images.keys, images.y, images.split
   return dict(
       module.identity(), labels=list(labels),
       head=_digest(head.weights, head.biases),
@@ -365,112 +317,13 @@ def _identity(o: FineTuneOptions, module, head, labels, keys, y, split,
       validation=_digest(np.array([keys[i] for i in split.validation])),
       options=dataclasses.asdict(_fit_options(o)),
       dropout=o.fine_tune_dropout, batch_size=o.fine_tune_batch_size,
-      block=o.fine_tune_from, members=tuned_members(o, [
+      block=o.fine_tune_from, members=plans_lib.tuned_members(o, [
           m.handle for m in ensemble_lib.members(module)]),
       distortions=distortions.describe() if distortions else None,
       distorted_copies=o.distorted_copies if distortions else 0)
 
 
-def _lite_plan(o: FineTuneOptions, distortions, module, head, paths, keys,
-               y, split, fixed: Optional['FixedFeatures']) -> _Plan:
-  """The top of a bundled EfficientNet-Lite (of each member of an ensemble
-  of them that fine_tune_members names), on cached activations."""
-  members = ensemble_lib.members(module)
-  tuned = tuned_members(o, [m.handle for m in members])
-  nets, described = [], []
-  for member in members:
-    variant = bundled_variant(member.handle)
-    weights = efficientnet_lite.load_folded_weights(variant)
-    if member.handle not in tuned:
-      nets.append(lite_lib.FixedMember(weights))
-      described.append({'module': variant.name, 'fine_tuned': False})
-      logging.info('%s is not fine-tuned (fine_tune_members): its features '
-                   'stay as they are.', variant.title)
-      continue
-    block = lite_lib.check_boundary(o.fine_tune_from, weights.blocks,
-                                    variant.title)
-    head_args = ((head.weights, head.biases) if len(members) == 1 else
-                 (None, None))
-    nets.append(lite_lib.LiteNetwork(weights, block, *head_args,
-                                     o.fine_tune_dropout))
-    described.append({'module': variant.name, 'fine_tuned': True,
-                      'from_block': block,
-                      'blocks': len(weights.blocks),
-                      'activation_shape': list(nets[-1].activation_shape)})
-    logging.info('Fine-tuning %s from block %d on: activations of %dx%dx%d '
-                 'entering it are computed once and cached.', variant.title,
-                 block, *nets[-1].activation_shape)
-  started = time.monotonic()
-  train_x, train_y, val, test = _lite_data(o, members, nets, paths, keys, y,
-                                           split, distortions, fixed)
-  rows = {'validation': val[2], 'test': test[2]}
-  val, test = val[:2], test[:2]
-  if len(members) == 1:
-    network = nets[0]
-    what = {k: v for k, v in described[0].items() if k != 'fine_tuned'}
-    what['kind'] = 'top of EfficientNet-Lite on cached activations'
-    train_x, val, test = train_x[0], (val[0][0], val[1]), (test[0][0],
-                                                            test[1])
-  else:
-    network = lite_lib.EnsembleNetwork(nets, head.weights, head.biases,
-                                       o.fine_tune_dropout)
-    what = {'kind': 'top of each EfficientNet-Lite member on cached '
-                    'activations', 'module': module.handle,
-            'from_block': o.fine_tune_from, 'fine_tuned_members': tuned,
-            'members': described}
-  batch = o.fine_tune_batch_size
-  return _Plan(
-      network=network,
-      train_batches=lambda epoch: _array_batches(
-          train_x, train_y, batch,
-          _epoch_order(o.random_seed, epoch, len(train_y))),
-      validation_batches=lambda: _array_batches(*val, batch * 4),
-      test_batches=lambda: _array_batches(*test, batch * 4),
-      steps=math.ceil(len(train_y) / batch), what=what,
-      timings={'activations': time.monotonic() - started}, rows=rows)
-
-
-def _hub_plan(o: FineTuneOptions, distortions, module, head, paths, keys, y,
-              split) -> _Plan:
-  """The whole module through hub.KerasLayer, on images streamed."""
-  network = hub_full.HubNetwork(module, head.weights, head.biases,
-                                o.fine_tune_dropout)
-  train_paths = [paths[i] for i in split.train]
-  train_y = y[split.train]
-  seeds = None
-  if distortions is not None:
-    seeds = np.array([distort_lib.copy_seed(o.random_seed, keys[i], 0)
-                      for i in split.train], np.int64)
-  size, batch = module.input_size, o.fine_tune_batch_size
-
-  def train_batches(epoch):
-    # Other distortions each epoch, the same ones for a resumed epoch.
-    epoch_seeds = None if seeds is None else seeds ^ np.int64(epoch)
-    return hub_full.image_batches(
-        train_paths, train_y, size, batch,
-        _epoch_order(o.random_seed, epoch, len(train_paths)), distortions,
-        epoch_seeds)
-
-  def subset_batches(rows):
-    return lambda: hub_full.image_batches([paths[i] for i in rows], y[rows],
-                                          size, batch)
-
-  hub_full.log_estimate(
-      module.handle, hub_full.estimate_epoch_seconds(
-          network, batch, len(train_paths)), o.fine_tune_epochs,
-      len(train_paths))
-  return _Plan(
-      network=network, train_batches=train_batches,
-      validation_batches=subset_batches(split.validation),
-      test_batches=subset_batches(split.test),
-      steps=math.ceil(len(train_paths) / batch),
-      what={'kind': 'whole module through hub.KerasLayer(trainable=True)',
-            'module': module.handle, 'from_block': None}, timings={},
-      rows={'validation': np.asarray(split.validation, np.int64),
-            'test': np.asarray(split.test, np.int64)})
-
-
-def _train_and_test(o: FineTuneOptions, plan: _Plan, identity: dict,
+def _train_and_test(o: FineTuneOptions, plan: plans_lib.Plan, identity: dict,
                     on_epoch):
   """Trains plan.network; returns (FitResult, test accuracy before, after,
   test predictions int64 [n])."""
@@ -501,8 +354,7 @@ def _train_and_test(o: FineTuneOptions, plan: _Plan, identity: dict,
 
 def fine_tune(o: FineTuneOptions, distortions: distort_lib.Distortions,
               module: FeatureModule, head: Head, labels: Sequence[str],
-              paths: Sequence[str], keys: Sequence[str], y: np.ndarray,
-              split, on_epoch=None,
+              images: plans_lib.Images, on_epoch=None,
               fixed: Optional[FixedFeatures] = None) -> FineTuned:
   """Fine-tunes the top of `module` (or all of it) together with `head`.
 
@@ -511,22 +363,19 @@ def fine_tune(o: FineTuneOptions, distortions: distort_lib.Distortions,
     module: the feature module the head was trained on.
     head: the trained head (weights float32 [D, N], biases [N]).
     labels: class names; class id i is labels[i].
-    paths, keys: the usable images and their content hashes.
-    y: int64 [len(paths)] class ids.
-    split: train, validation, test index arrays into paths.
+    images: the usable images (paths, content hashes, class ids, split).
     on_epoch: called with each EpochPoint (tests stop a run with it).
     fixed: the head's frozen features, which the members that
       fine_tune_members leaves out train on (needed only then).
   """
-  check_split(o, labels, y, split.validation)
+  check_split(o, labels, images.y, images.split.validation)
   distortions = distortions if distortions.any() else None
-  identity = _identity(o, module, head, labels, keys, y, split, distortions)
+  identity = _identity(o, module, head, labels, images, distortions)
   members = ensemble_lib.members(module)
-  if all(bundled_variant(m.handle) is not None for m in members):
-    plan = _lite_plan(o, distortions, module, head, paths, keys, y, split,
-                      fixed)
+  if all(plans_lib.bundled_variant(m.handle) is not None for m in members):
+    plan = plans_lib.lite_plan(o, distortions, module, head, images, fixed)
   else:
-    plan = _hub_plan(o, distortions, module, head, paths, keys, y, split)
+    plan = plans_lib.hub_plan(o, distortions, module, head, images)
   started = time.monotonic()
   fit, before, after, predictions = _train_and_test(o, plan, identity,
                                                     on_epoch)
@@ -538,17 +387,12 @@ def fine_tune(o: FineTuneOptions, distortions: distort_lib.Distortions,
               learning_rate=o.fine_tune_learning_rate,
               test_accuracy_before=before, test_accuracy_after=after)
   network = plan.network
-  width = network.final_weights.shape[0]
-
-  def pooled(batches):
-    """(features float32 [n, D], class ids int64 [n]) of the batches."""
-    both = [(network.pooled(x).numpy(), y.numpy()) for x, y in batches]
-    return (np.concatenate([x for x, _ in both] or
-                           [np.zeros((0, width), np.float32)]),
-            np.concatenate([y for _, y in both] or [np.zeros(0, np.int64)]))
-
-  validation, test = (pooled(plan.validation_batches()),
-                      pooled(plan.test_batches()))
+  validation, test = (_pooled(network, plan.validation_batches()),
+                      _pooled(network, plan.test_batches()))
+  # The training images' own features (no copies) for the novelty score,
+  # only when the fine-tuned network is kept (else its features go unused).
+  train = (_pooled(network, plan.originals()) if fit.best_epoch else
+           (None, None))
   result = FineTuned(
       module=tuned_feature_module(module, network),
       head=Head(network.final_weights.numpy(), network.final_biases.numpy()),
@@ -557,115 +401,34 @@ def fine_tune(o: FineTuneOptions, distortions: distort_lib.Distortions,
       metadata={'fine_tuned': what}, timings=plan.timings,
       validation_features=validation[0], validation_labels=validation[1],
       validation_rows=plan.rows['validation'], test_features=test[0],
-      test_labels=test[1], test_rows=plan.rows['test'])
+      test_labels=test[1], test_rows=plan.rows['test'],
+      train_features=train[0], train_labels=train[1],
+      train_rows=plan.rows['train'] if fit.best_epoch else None)
   write_report(o.report_dir, result)
   return result
 
 
-def _member_activations(o: FineTuneOptions, member, net, paths, keys,
-                        train_idx: np.ndarray, distortions, size=None):
-  """(plain, copies or None): the Activations of every image, and of the
-  distorted copies of the training images (image-major, copy-minor), at
-  `net`'s cut of `member`. `size`: an ensemble's input size (None: the
-  member's own); the images are decoded at it and area-resized to the
-  member's size, as the exported ensemble does
-  (ensemble_lib.at_ensemble_size, whose namespace they are cached in)."""
-  shape = net.activation_shape
-  own = tuple(member.input_size)
-  size = own if size is None else tuple(size)
-  member = ensemble_lib.at_ensemble_size(member, size)
-
-  def bottom(images):
-    return net.bottom(images if size == own else
-                      ensemble_lib.area_resize(images, size, own))
-  bottom = activations_lib.bottom_module(member, tf.function(bottom), shape,
-                                         size)
-  store = activations_lib.Float16Store(
-      o.bottleneck_dir, activations_lib.namespace(member, net.block, shape))
-  plain = activations_lib.plain_activations(
-      paths, keys, bottom, store, shape, o.bottleneck_batch_size)
-  logging.info('Activations of %s: %d reused from the cache, %d computed.',
-               member.handle, plain.stats.reused, plain.stats.computed)
-  if distortions is None:
-    return plain, None
-  dstore = activations_lib.Float16Store(
-      o.bottleneck_dir, activations_lib.distorted_namespace(
-          member, net.block, shape, distortions, o.random_seed))
-  copies, _ = activations_lib.distorted_activations(
-      [paths[i] for i in train_idx], [keys[i] for i in train_idx], bottom,
-      dstore, shape, distortions, o.distorted_copies, o.random_seed,
-      o.bottleneck_batch_size)
-  return plain, copies
+def _pooled(network, batches) -> tuple:
+  """(features float32 [n, D], class ids int64 [n]) of the batches, from
+  the fine-tuned network's pooled features."""
+  both = [(network.pooled(x).numpy(), y.numpy()) for x, y in batches]
+  width = network.final_weights.shape[0]
+  return (np.concatenate([x for x, _ in both] or
+                         [np.zeros((0, width), np.float32)]),
+          np.concatenate([y for _, y in both] or [np.zeros(0, np.int64)]))
 
 
-def _fixed_activations(fixed: Optional[FixedFeatures], columns: slice,
-                       train_count: int, copies: int, distortions):
-  """(plain, copies or None) as _member_activations returns them, for a
-  member that is not fine-tuned: its columns of the frozen features."""
-  if fixed is None:
-    raise ValueError('fine_tune_members leaves a member as it is, so '
-                     'fine_tune needs the frozen features (fixed=).')
-  plain = activations_lib.Activations(
-      fixed.vectors[:, columns], np.ones(len(fixed.vectors), bool), None)
-  if distortions is None:
-    return plain, None
-  made = fixed.copies
-  if made is None:
-    raise ValueError('Distortions are on, so fine_tune needs the distorted '
-                     'copies\' frozen features (FixedFeatures.copies).')
-  items = made.source * copies + made.copy
-  ok = np.zeros(train_count * copies, bool)
-  ok[items] = True
-  return plain, activations_lib.Activations(
-      made.vectors[np.argsort(items), columns], ok, None)
-
-
-def _aligned(found: Sequence[activations_lib.Activations]):
-  """(ok bool [n]: items every member has, rows: per member int [n], the
-  row of its values holding item i)."""
-  ok = np.logical_and.reduce([a.ok for a in found])
-  return ok, [np.cumsum(a.ok) - 1 for a in found]
-
-
-def _lite_data(o: FineTuneOptions, members, nets, paths, keys, y, split,
-               distortions, fixed: Optional[FixedFeatures] = None):
-  """(train_x, train_y, (val_x, val_y, val_rows), (test_x, test_y,
-  test_rows)); each x a tuple with one float16 array [n, h, w, c] per
-  member (a fixed member's: float32 vectors [n, D]), training rows:
-  originals then copies; val_rows and test_rows int64 index `paths`. An
-  image (or copy) that some member could not read (already skipped for
-  bottlenecks, so rare) is left out for all."""
-  train_idx = np.asarray(split.train)
-  found, offset = [], 0
-  size = ensemble_lib.largest_size(members)
-  for member, net in zip(members, nets, strict=True):
-    columns = slice(offset, offset + member.output_dim)
-    offset += member.output_dim
-    found.append(
-        _fixed_activations(fixed, columns, len(train_idx), o.distorted_copies,
-                           distortions)
-        if isinstance(net, lite_lib.FixedMember) else
-        _member_activations(o, member, net, paths, keys, train_idx,
-                            distortions, size))
-  ok, rows = _aligned([plain for plain, _ in found])
-
-  def subset(indices):
-    indices = np.asarray(indices, np.int64)
-    indices = indices[ok[indices]]
-    return tuple(plain.values[r[indices]] for (plain, _), r in
-                 zip(found, rows, strict=True)), y[indices], indices
-
-  train_x, train_y, _ = subset(train_idx)
-  val, test = subset(split.validation), subset(split.test)
-  if distortions is not None:
-    copies_ok, copy_rows = _aligned([copies for _, copies in found])
-    items = np.flatnonzero(copies_ok)
-    train_x = tuple(np.concatenate([x, copies.values[r[items]]])
-                    for x, (_, copies), r in zip(train_x, found, copy_rows,
-                                                 strict=True))
-    source = train_idx[items // o.distorted_copies]
-    train_y = np.concatenate([train_y, y[source]])
-  return train_x, train_y, val, test
+def image_features(module: FeatureModule, paths: Sequence[str],
+                   batch_size: int) -> np.ndarray:
+  """float32 [n, D]: the features `module` (e.g. FineTuned.module, the
+  fine-tuned network as the exports run it) computes of the image files
+  at `paths`, decoded as the exports decode them; files that cannot be
+  read are left out (n <= len(paths))."""
+  batches = [module.call(images).numpy() for images, _ in
+             hub_full.image_batches(paths, np.zeros(len(paths), np.int64),
+                                    module.input_size, batch_size)]
+  return np.concatenate(batches or [np.zeros((0, module.output_dim),
+                                             np.float32)]).astype(np.float32)
 
 
 def retire_report(report_dir: str) -> Optional[str]:

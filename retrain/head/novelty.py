@@ -208,13 +208,16 @@ def fit_held_out(x: np.ndarray, y: np.ndarray, num_classes: int,
                  held_out: str) -> Novelty:
   """`fit` on all rows, with the threshold at the `keep` quantile of
   out-of-fold scores: rows of fold k scored by a model fitted on the rest
-  (fold int [n], e.g. retrain.head.folds.group_folds of the originals)."""
+  (fold int [n], e.g. retrain.head.folds.group_folds of the originals;
+  rows of fold -1 are never scored, always in the fit)."""
   novelty = fit(x, y, num_classes, components)
+  scored = fold >= 0
   scores = np.empty(len(y))
-  for k in np.unique(fold):
+  for k in np.unique(fold[scored]):
     inside = fold != k
     scores[~inside] = fit(x[inside], y[inside], num_classes,
                           components).scores(x[~inside])
+  scores = scores[scored]
   novelty.threshold = float(np.quantile(scores, keep))
   novelty.keep, novelty.held_out = keep, held_out
   novelty.held_out_scores = scores
@@ -231,3 +234,22 @@ def fit_on_split(x: np.ndarray, y: np.ndarray, num_classes: int,
   return fit_held_out(x, y, num_classes, components, keep, fold,
                       f'out-of-fold scores of {len(y)} training and '
                       f'validation images ({folds} folds)')
+
+
+def fit_on_new_rows(x: np.ndarray, y: np.ndarray, num_classes: int,
+                    components: int, keep: float, new: np.ndarray,
+                    folds: int, seed: int) -> Novelty:
+  """fit_held_out whose threshold comes from the `new` rows (bool [n])
+  alone, in `folds` class-stratified folds, the other rows always in the
+  fit: for features of a network that trained on those other rows (a
+  fine-tuned one), which it may place closer to their class than a new
+  photo, so only the scores of rows it never trained on set the
+  threshold."""
+  from retrain.head import solver as solver_lib
+  fold = np.full(len(y), -1)
+  rows = np.flatnonzero(new)
+  fold[rows] = solver_lib.stratified_folds(np.asarray(y)[rows], folds, seed)
+  return fit_held_out(x, y, num_classes, components, keep, fold,
+                      f'out-of-fold scores of {len(rows)} validation images '
+                      f'({folds} folds; the {len(y) - len(rows)} training '
+                      'images always in the fit)')

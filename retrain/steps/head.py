@@ -15,6 +15,7 @@ from retrain.common.progress import Progress
 from retrain.config import Config, subset
 from retrain.data import split as split_lib
 from retrain.export import formats as export_formats
+from retrain.finetune import plans as plans_lib
 from retrain.finetune import run as finetune_lib
 from retrain.head import calibration as calibration_lib
 from retrain.head import evaluate as evaluate_lib
@@ -257,7 +258,8 @@ def fine_tune(config: Config, module, labels: Sequence[str],
   tuned = finetune_lib.fine_tune(
       subset(finetune_lib.FineTuneOptions, config),
       subset(distort_lib.Distortions, config), module, start, labels,
-      images.paths, images.digests, images.labels, split,
+      plans_lib.Images(images.paths, images.digests, images.labels,
+                            split),
       fixed=finetune_lib.FixedFeatures(images.vectors, copies))
   if tuned.fit.best_epoch == 0:
     logging.info('Fine-tuning did not beat its starting head on held-out '

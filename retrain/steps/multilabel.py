@@ -24,8 +24,7 @@ from retrain.bottlenecks import usable as usable_lib
 from retrain.common import atomic
 from retrain.common import phases as phases_lib
 from retrain.config import Config, subset
-from retrain.data import leakage
-from retrain.data import sources as layouts
+from retrain.data import leakage, sources
 from retrain.errors import DatasetError
 from retrain.export import formats as export_formats
 from retrain.export import saved_model as export_lib
@@ -67,7 +66,7 @@ def make_split(config: Config, layout, images: usable_lib.UsableImages,
                targets: np.ndarray):
   """The split of the photos (each photo one row, stratified by its rarest
   label), logged per label; leakage reported as in a single-label run."""
-  split = layouts.make_split(layout, images.index, images.labels,
+  split = sources.make_split(layout, images.index, images.labels,
                              config.validation_percentage,
                              config.testing_percentage)
   for j, name in enumerate(layout.dataset.labels):

@@ -13,6 +13,7 @@ from absl import logging
 from retrain.bottlenecks import usable as usable_lib
 from retrain.config import Config
 from retrain.data import split as split_lib
+from retrain.finetune import run as finetune_lib
 from retrain.head import calibration as calibration_lib
 from retrain.head import novelty as novelty_lib
 from retrain.report import trust as trust_report
@@ -31,19 +32,15 @@ def in_memory(images: usable_lib.UsableImages, split: split_lib.Split):
 
 
 def fit_novelty(config: Config, read, num_classes: int, tuned=None):
-  """The novelty score on the frozen vectors of the training and
-  validation images (read: see trust_checks), its threshold from
-  out-of-fold scores; None when switched off (novelty_keep 0), after
-  fine-tuning (the exported features are no longer the cached ones) or
-  with fewer than two images a class."""
+  """The novelty score on the features the exported model computes of the
+  training and validation images (the frozen vectors, read: see
+  trust_checks; or after accepted fine-tuning the fine-tuned network's),
+  its threshold from out-of-fold scores; None when switched off
+  (novelty_keep 0) or with fewer than two images a class."""
   if not config.novelty_keep:
     return None
-  if tuned is not None and not tuned.metadata['fine_tuned'].get(
-      'kept_frozen_head'):
-    logging.info('No novelty score in the exports: it is fitted on the '
-                 'frozen module\'s vectors and the fine-tuned network '
-                 'computes other ones.')
-    return None
+  if exports_fine_tuned(tuned):
+    return fit_tuned_novelty(config, tuned, num_classes)
   x, y = read(('train', 'validation'))
   counts = np.bincount(y, minlength=num_classes)
   folds = min(config.solver_folds, int(counts[counts > 0].min()))
@@ -56,9 +53,35 @@ def fit_novelty(config: Config, read, num_classes: int, tuned=None):
       config.novelty_keep, folds, config.random_seed)
 
 
-def unknown_vectors(config: Config, module, runner) -> Optional[np.ndarray]:
+def fit_tuned_novelty(config: Config, tuned, num_classes: int):
+  """The novelty score on the fine-tuned network's features of the
+  training and validation images (what the exports compute), its
+  threshold on the validation images' (which it did not train on)."""
+  x = np.concatenate([tuned.train_features, tuned.validation_features])
+  y = np.concatenate([tuned.train_labels, tuned.validation_labels])
+  novelty = novelty_lib.fit_on_new_rows(
+      x, y, num_classes, config.novelty_components, config.novelty_keep,
+      np.arange(len(y)) >= len(tuned.train_labels), config.solver_folds,
+      config.random_seed)
+  novelty.held_out += ', features of the fine-tuned network'
+  logging.info('Novelty score fitted on the fine-tuned network\'s features '
+               'of %d training and validation images (what the exports '
+               'compute); its threshold from %s.', len(y), novelty.held_out)
+  return novelty
+
+
+def exports_fine_tuned(tuned) -> bool:
+  """Whether the exports carry the fine-tuned network (not the frozen
+  head that fine-tuning did not beat)."""
+  return tuned is not None and not tuned.metadata['fine_tuned'].get(
+      'kept_frozen_head')
+
+
+def unknown_vectors(config: Config, module, runner,
+                    fine_tuned: bool = False) -> Optional[np.ndarray]:
   """float32 [n, D] vectors of the --unknown_dir photos (any layout;
-  unreadable files skipped), through the bottleneck cache; None when it
+  unreadable files skipped), through the bottleneck cache, or with
+  `fine_tuned` through `module` (the fine-tuned network); None when it
   holds no image."""
   from retrain.common import walk as walk_lib
   from retrain.images import IMAGE_EXTENSIONS
@@ -70,6 +93,9 @@ def unknown_vectors(config: Config, module, runner) -> Optional[np.ndarray]:
                len(paths), config.unknown_dir)
   if not paths:
     return None
+  if fine_tuned:
+    return finetune_lib.image_features(module, paths,
+                                       config.bottleneck_batch_size)
   dataset = types.SimpleNamespace(images=[types.SimpleNamespace(path=p)
                                           for p in paths])
   return vectors.bottlenecks(config, dataset, module, runner).vectors
@@ -96,9 +122,11 @@ def trust_checks(config: Config, prepared, found, split: split_lib.Split,
   if novelty is not None:
     confidence = dataclasses.replace(confidence, head=dataclasses.replace(
         confidence.head, novelty=novelty))
+    fine_tuned = exports_fine_tuned(tuned)
     sets = {'held_out': novelty.held_out_scores,
-            'test': novelty.scores(read(('test',))[0])}
-    unknown = (unknown_vectors(config, module, runner)
+            'test': novelty.scores(tuned.test_features if fine_tuned else
+                                   read(('test',))[0])}
+    unknown = (unknown_vectors(config, module, runner, fine_tuned)
                if config.unknown_dir else None)
     if unknown is not None:
       sets['unknown'] = novelty.scores(unknown)

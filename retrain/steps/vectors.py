@@ -208,7 +208,8 @@ def training_set(config: Config, runner, images: usable_lib.UsableImages,
   copies = distort_lib.training_copies(
       distort_lib.CopyRecipe(subset(distort_lib.Distortions, config),
                              config.distorted_copies, config.random_seed),
-      config.bottleneck_dir, config.bottleneck_batch_size, runner, images.paths_of(split.train), images.digests_of(split.train),
+      config.bottleneck_dir, config.bottleneck_batch_size, runner,
+      images.paths_of(split.train), images.digests_of(split.train),
       boxes=None if crops is None else crops.boxes[images.index[split.train]])
   if copies is not None:
     train_x = np.concatenate([train_x, copies.vectors])
