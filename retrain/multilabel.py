@@ -11,6 +11,7 @@ output is one probability per label, with the thresholds in their metadata.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Sequence
@@ -35,6 +36,7 @@ from retrain.features import ensemble as ensemble_lib
 from retrain.head import multilabel as head_lib
 from retrain.head import solver as solver_lib
 from retrain.report import multilabel as report_lib
+from retrain.report import page_multilabel as page_lib
 from retrain.report import tensorboard as tb
 
 REPORT_FILE = 'multilabel_head.json'
@@ -104,6 +106,12 @@ def run(config: Config) -> pipeline.RunResult:
     test = evaluate(config, labels, fitted, images, split, targets)
   with phases('export'):
     saved = export(config, module, labels, fitted, test, images, split)
+  with phases('results_page'):
+    source = os.path.normpath(config.image_dir or config.image_labels_csv)
+    page = page_lib.write_run(
+        config.report_dir, test, fitted.thresholds, set='test',
+        title=f'Results: {os.path.basename(source)}',
+        settings={k: str(v) for k, v in dataclasses.asdict(config).items()})
   phases.total()
   result = pipeline.RunResult(
       labels=labels,
@@ -113,7 +121,7 @@ def run(config: Config) -> pipeline.RunResult:
       bottleneck_stats=computed.stats, skipped=skipped, history=[],
       misclassified=[], saved_model_dir=saved, timings=phases.timings,
       distorted_stats=copies.stats if copies is not None else None,
-      peak_rss_mib=phases.peak_rss, multi_label=test)
+      peak_rss_mib=phases.peak_rss, multi_label=test, results_page=page)
   pipeline.write_run_summary(config, result)
   return result
 
