@@ -1,8 +1,9 @@
 """One class cut to a fraction of its training photos: its recall and the
-balanced accuracy with unweighted and class-balanced L-BFGS heads.
+balanced accuracy with unweighted and class-balanced L-BFGS heads, as
+fitted and with their class biases tuned on their out-of-fold predictions.
 
   python bench/imbalance.py DIR [--bottleneck_dir BN] [--small_class NAME]
-      [--keep 0.1] [--folds 5]
+      [--keep 0.1] [--folds 5] [--weightings none,balanced,balanced+la]
 
 The vectors are the default ensemble's, read from the bottleneck cache with
 the `bottleneck_cache` package (no module is loaded; the photos must have
@@ -11,6 +12,15 @@ photos: each fold is held out once; of the other folds' photos, the small
 class keeps `--keep` of its photos (drawn with the seed), the others all,
 and the head is fitted on them with the default solver (its L2 chosen by
 k-fold on those photos only). Each weighting is fitted on the same photos.
+
+Weightings: `none` (every image 1) or `balanced` (every class the same),
+each optionally followed by how its biases change, chosen on the fit's own
+out-of-fold predictions of its training photos (never the held-out fold):
+`+la` logit adjustment by -tau * log(class share), tau for the best
+balanced accuracy (what a run does on a strongly imbalanced set,
+retrain/head/imbalance.py); `+la1` the same with tau 1 (Menon et al.'s
+choice, nothing tuned); `+bias` a free bias per class for the best balanced
+accuracy (coordinate ascent on a grid).
 
 Two held-out scores, pooled over the folds:
 - balanced: the held-out fold as it is (every class in its full proportion):
@@ -38,6 +48,7 @@ from absl import logging  # noqa: E402
 import bottleneck_cache  # noqa: E402
 from retrain.config import DEFAULTS  # noqa: E402
 from retrain.head import folds as folds_lib  # noqa: E402
+from retrain.head import imbalance as imbalance_lib  # noqa: E402
 from retrain.head import solver as solver_lib  # noqa: E402
 from retrain.report import head_solver as solve_lib  # noqa: E402
 
@@ -61,25 +72,32 @@ def class_photos(image_dir: str):
 def ensemble_vectors(paths, bottleneck_dir: str):
   """(float32 [m, D] default-ensemble vectors, int [m] rows of `paths` they
   belong to): the photos every member has in the cache, members in order."""
-  stores = {}
-  for description in glob.glob(os.path.join(bottleneck_dir, '*',
-                                            'namespace.json')):
+  stores = {m: [] for m in _MEMBERS}
+  for description in sorted(glob.glob(os.path.join(bottleneck_dir, '*',
+                                                   'namespace.json'))):
     with open(description, encoding='utf-8') as f:
       namespace = json.load(f)
-    if namespace.get('kind') != 'bottleneck':
+    if namespace.get('kind') != 'bottleneck' or namespace.get(
+        'quantization'):
       continue
     for member in _MEMBERS:
       if os.path.basename(namespace.get('module', '')).startswith(
           member + '-'):
-        stores[member] = bottleneck_cache.BottleneckStore(bottleneck_dir,
-                                                          namespace)
+        stores[member].append((
+            'ensemble_input_size' in namespace,
+            bottleneck_cache.BottleneckStore(bottleneck_dir, namespace)))
+  memo = bottleneck_cache.DigestMemo(bottleneck_dir)
+  keys = [memo.digest(p) for p in paths]
+  # Of a member's float namespaces, the one holding most of the photos (the
+  # default ensemble's, at its shared input size, on a tie).
+  stores = {m: max(found, key=lambda s: (sum(k in s[1] for k in keys),
+                                         s[0]))[1]
+            for m, found in stores.items() if found}
   missing = [m for m in _MEMBERS if m not in stores]
   if missing:
     sys.exit(f'{bottleneck_dir} has no vectors of {", ".join(missing)}: run '
              f'python -m retrain --bottleneck_dir {bottleneck_dir} on the '
              'photos first.')
-  memo = bottleneck_cache.DigestMemo(bottleneck_dir)
-  keys = [memo.digest(p) for p in paths]
   rows = np.array([i for i, k in enumerate(keys)
                    if all(k in stores[m] for m in _MEMBERS)], np.int64)
   x = np.concatenate([stores[m].get([keys[i] for i in rows])
@@ -88,14 +106,52 @@ def ensemble_vectors(paths, bottleneck_dir: str):
 
 
 def fit(x, y, classes, weighting: str):
-  """The default solver's head on x, y; classes weighted or not."""
+  """The default solver's fit on x, y (a SolverResult); classes weighted
+  or not (the part of `weighting` before '+')."""
   options = solver_lib.SolverOptions.from_config(DEFAULTS)
   weights = solve_lib.lbfgs_class_weights(
       np.bincount(y, minlength=classes),
-      'balanced' if weighting == 'balanced' else 'none',
+      'balanced' if weighting.startswith('balanced') else 'none',
       'images')
   return solver_lib.fit_head(x, y, classes, x[:0], y[:0], options,
-                             class_weights=weights).head
+                             class_weights=weights)
+
+
+_BIAS_GRID = np.linspace(-4, 4, 33)
+
+
+def class_biases(z, y, classes, grid=_BIAS_GRID, rounds=3):
+  """float [N] per-class biases for the best balanced accuracy on logits
+  z [m, N] of y [m], by coordinate ascent (ties: the smaller |bias|)."""
+  b = np.zeros(classes)
+  for _ in range(rounds):
+    for c in range(classes):
+      best = None
+      for v in grid:
+        trial = b.copy()
+        trial[c] = v
+        score = (-imbalance_lib.balanced_accuracy(z + trial, y), abs(v))
+        if best is None or score < best[0]:
+          best = (score, v)
+      b[c] = best[1]
+  return b
+
+
+def predict(result, x_train, y_train, x_test, classes, variant: str):
+  """Class ids [m] the variant predicts for x_test: the head as fitted,
+  or +la (tau on the out-of-fold logits), +la1 (tau 1), +bias (per-class
+  biases on the out-of-fold logits)."""
+  del x_train
+  z = result.head.logits(x_test)
+  counts = np.bincount(y_train, minlength=classes)
+  held = result.held_out.logits
+  if variant.endswith('+la'):
+    z = z + imbalance_lib.choose(held, y_train, counts).biases
+  elif variant.endswith('+la1'):
+    z = z + imbalance_lib.log_prior_biases(counts, 1.0)
+  elif variant.endswith('+bias'):
+    z = z + class_biases(held, y_train, classes)
+  return z.argmax(axis=1)
 
 
 def cut(rows, y, small: int, keep: float, rng) -> np.ndarray:
@@ -115,9 +171,13 @@ def run(x, y, classes, small, keep, folds, seed, weightings):
     train_rows = cut(np.flatnonzero(fold != f), y, small, keep, rng)
     held = np.flatnonzero(fold == f)
     natural.append(cut(held, y, small, keep, rng))
+    results = {}
     for w in weightings:
-      head = fit(x[train_rows], y[train_rows], classes, w)
-      out[w][held] = head.logits(x[held]).argmax(axis=1)
+      base = w.split('+')[0]
+      if base not in results:
+        results[base] = fit(x[train_rows], y[train_rows], classes, base)
+      out[w][held] = predict(results[base], x[train_rows], y[train_rows],
+                             x[held], classes, w)
     print(f'  fold {f + 1}/{folds}: {len(train_rows)} training photos, '
           f'{int(np.sum(y[train_rows] == small))} of the small class',
           flush=True)
@@ -147,7 +207,7 @@ def main():
   parser.add_argument('--keep', type=float, default=0.1)
   parser.add_argument('--folds', type=int, default=5)
   parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--weightings', default='none,balanced')
+  parser.add_argument('--weightings', default='none,balanced,balanced+la')
   args = parser.parse_args()
   logging.set_verbosity(logging.WARNING)
   paths, y, names = class_photos(args.image_dir)

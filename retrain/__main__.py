@@ -154,6 +154,13 @@ flags.DEFINE_enum('class_weighting', _D.class_weighting,
                   'balanced: weight the loss so every class counts the same '
                   '(only changes anything with --sampling images; works with '
                   'both head solvers).')
+flags.DEFINE_enum('imbalance_adjustment', _D.imbalance_adjustment,
+                  ['auto', 'none'],
+                  'auto: when the training set is strongly imbalanced and '
+                  'every class weighs the same, shift the L-BFGS head\'s '
+                  'class biases by -tau * log(class share), tau chosen for '
+                  'balanced accuracy on its held-out predictions; none: '
+                  'keep the head as fitted.')
 flags.DEFINE_integer('early_stopping_patience', _D.early_stopping_patience,
                      'Stop after this many evaluations without a better '
                      'validation cross entropy and keep the best weights; 0 '

@@ -135,6 +135,10 @@ class Config:
   # (retrain.py); images: each training image equally likely.
   sampling: str = 'classes'
   class_weighting: str = 'none'  # none | balanced (see train_options.py)
+  # auto: on a strongly imbalanced training set with every class weighed the
+  # same, the L-BFGS head's class biases are tuned for balanced accuracy on
+  # its held-out predictions (retrain/head/imbalance.py); none: never.
+  imbalance_adjustment: str = 'auto'  # auto | none
   # Evaluations without a better validation cross entropy before training
   # stops and the best weights are restored; 0 never stops early.
   early_stopping_patience: int = 0

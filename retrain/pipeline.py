@@ -328,13 +328,15 @@ def _multi_label(config: Config, prepared: prepare.Prepared,
   with phases('export'):
     saved = multilabel.export(config, prepared.module, labels, fitted, test,
                               images, split)
+  with phases('results_page'):
+    page = multilabel.results_page(config, test, fitted)
   phases.total()
   return _result(
       found, split, phases,
       training.copies.stats if training.copies is not None else None,
       test_accuracy=test.exact_match, test_count=test.count, history=[],
       misclassified=[], saved_model_dir=saved, multi_label=test,
-      bottleneck_precision=prepared.precision)
+      bottleneck_precision=prepared.precision, results_page=page)
 
 
 def write_run_summary(config: Config, result: RunResult) -> str:

@@ -272,3 +272,11 @@ def test_python_api_runs_a_multi_label_ensemble(tmp_path, fake_module):
                        .read_text())
   assert summary['multi_label_test']['mean_ap'] == pytest.approx(
       result.multi_label.mean_ap)
+  # The results page shows the run's multi-label test metrics.
+  assert result.results_page == str(out / 'report' / 'report.html')
+  page = (out / 'report' / 'report.html').read_text(encoding='utf-8')
+  assert f'mean AP</td><td>{result.multi_label.mean_ap:.3f}' in page
+  assert all(f'<tr><td>{name}</td>' in page for name in result.labels)
+  assert json.loads((out / 'report' / 'report.json').read_text())[
+      'multi_label']['exact_match'] == pytest.approx(
+          result.multi_label.exact_match)

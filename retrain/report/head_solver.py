@@ -26,6 +26,7 @@ import tensorflow as tf
 from absl import logging
 
 from retrain.head import auto as head_auto
+from retrain.head import imbalance as imbalance_lib
 from retrain.head import math as head_math
 from retrain.head import options as options_lib
 from retrain.head import solver as solver_lib
@@ -201,6 +202,11 @@ def maybe_solve(config, train_x: np.ndarray, train_y: np.ndarray,
       train_x, train_y, num_classes, val_x, val_y,
       solver_lib.SolverOptions.from_config(config),
       train_groups=train_groups, class_weights=weights)
+  strong = weights is not None and imbalance(counts, labels or [
+      str(i) for i in range(num_classes)]) is not None
+  result = imbalance_lib.maybe_adjust(
+      config.imbalance_adjustment, result, np.concatenate([train_y, val_y]),
+      num_classes, strong)
   # Every iteration is in TensorBoard and the report; the log gets a few.
   for k in head_math.evenly_spread(len(result.history), 10):
     point = result.history[k]

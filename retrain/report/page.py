@@ -20,10 +20,14 @@ from typing import List
 import numpy as np
 
 from retrain.common import html as html_lib
-from retrain.report import results as results_lib
 
 _e = html_lib.escape
 _table = html_lib.table
+
+# The worst mistakes shown with heat maps, and the thumbnails shown per
+# confusion-matrix cell (report.json lists every file).
+GRID_PHOTOS = 8
+CELL_PHOTOS = 12
 
 _CSS = html_lib.CSS + """
 .cm td{text-align:center;min-width:2.6em;padding:0}.cm td a{display:block;
@@ -91,13 +95,13 @@ def _cells(report: dict, thumbs: dict) -> List[str]:
     files = report['cells'][key]
     out.append(f'<h3 id="cell-{i}-{j}">{_e(labels[i])} predicted as '
                f'{_e(labels[j])}: {len(files)}</h3><div class="row">')
-    for path in files[:results_lib.CELL_PHOTOS]:
+    for path in files[:CELL_PHOTOS]:
       uri = thumbs.get(path)
       image = (f'<img src="{uri}" alt="{_e(path)}">' if uri else
                '<div>(no preview)</div>')
       out.append(f'<figure>{image}<figcaption>{_e(_short(path))}'
                  '</figcaption></figure>')
-    more = len(files) - results_lib.CELL_PHOTOS
+    more = len(files) - CELL_PHOTOS
     out.append('</div>' + (f'<p>… and {more} more, in report.json.</p>'
                            if more > 0 else ''))
   return out
@@ -176,7 +180,7 @@ def _photos(report: dict, heat: dict) -> List[str]:
            'No heat maps for this model.')
   return (['<h2>Photos</h2>', f'<p>{_e(about)}</p>'] +
           _grid('The worst mistakes (most confident first)',
-                report['mistakes'][:results_lib.GRID_PHOTOS], heat,
+                report['mistakes'][:GRID_PHOTOS], heat,
                 f'{len(report["mistakes"])} photos are wrong; each cell of '
                 'the confusion matrix links to its photos, and report.json '
                 'lists them.') +

@@ -23,6 +23,7 @@ from retrain.common import atomic
 from retrain.common import html as html_lib
 from retrain.report import confidence
 from retrain.report import metrics as metrics_lib
+from retrain.report import page as page_lib
 
 REPORT_HTML = 'report.html'
 REPORT_JSON = 'report.json'
@@ -33,11 +34,11 @@ SCHEMA_VERSION = 1
 # Photos with heat maps: up to GRID_PHOTOS worst mistakes, then the least
 # confident right answers up to HEAT_MAPS in all (at least
 # HEAT_MAPS - GRID_PHOTOS of them). The heat maps are most of the page's
-# cost (bench/results_page.py). Thumbnails shown per confusion-matrix cell
-# (report.json lists every file).
-GRID_PHOTOS = 8
+# cost (bench/results_page.py). CELL_PHOTOS: thumbnails per
+# confusion-matrix cell. The page (page.py) shows these many.
+GRID_PHOTOS = page_lib.GRID_PHOTOS
 HEAT_MAPS = 12
-CELL_PHOTOS = 12
+CELL_PHOTOS = page_lib.CELL_PHOTOS
 THUMB_SIDE = 96
 HEAT_SIDE = 176
 
@@ -209,7 +210,6 @@ def write(report_dir: str, report: dict, explainer=None,
     heat: what grid_heat_maps(explainer, report) returned, when it was
       computed ahead (default: computed here).
   """
-  from retrain.report import page
   os.makedirs(report_dir, exist_ok=True)
   extra = read_extra_figures(report_dir) if extra is None else extra
   if heat is None:
@@ -223,7 +223,7 @@ def write(report_dir: str, report: dict, explainer=None,
     for path in files[:CELL_PHOTOS]:
       if path not in thumbs:
         thumbs[path] = html_lib.thumbnail_uri(path, side=THUMB_SIDE)
-  text = page.page(report, {'heat': heat, 'thumb': thumbs}, extra)
+  text = page_lib.page(report, {'heat': heat, 'thumb': thumbs}, extra)
   json_path = atomic.write_json(os.path.join(report_dir, REPORT_JSON),
                                 {**report, 'extra_figures': extra})
   html_path = atomic.write_text(os.path.join(report_dir, REPORT_HTML), text)

@@ -12,6 +12,7 @@ with the thresholds in their metadata.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Sequence
@@ -32,6 +33,7 @@ from retrain.features import ensemble as ensemble_lib
 from retrain.head import multilabel as head_lib
 from retrain.head import solver as solver_lib
 from retrain.report import multilabel as report_lib
+from retrain.report import page_multilabel as page_lib
 from retrain.report import tensorboard as tb
 
 REPORT_FILE = 'multilabel_head.json'
@@ -184,3 +186,15 @@ def export(config: Config, module, labels: Sequence[str],
   logging.info('Exported the multi-label classifier to %s (labels in %s).',
                saved, config.output_labels)
   return saved
+
+
+def results_page(config: Config, test, fitted) -> str:
+  """<report_dir>/report.html and report.json of a multi-label run: each
+  label's threshold, precision, recall, F1 and AP on the test set, mean AP
+  and exact match (retrain/report/page_multilabel.py); returns the page's
+  path."""
+  source = os.path.normpath(config.image_dir or config.image_labels_csv)
+  return page_lib.write_run(
+      config.report_dir, test, fitted.thresholds, set='test',
+      title=f'Results: {os.path.basename(source)}',
+      settings={k: str(v) for k, v in dataclasses.asdict(config).items()})
