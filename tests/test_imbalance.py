@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 
 from retrain.config import DEFAULTS
-from retrain.head import imbalance, solve
+from retrain.head import imbalance
+from retrain.report import head_solver as solve
+
+LABELS = ['a', 'b', 'c']
 
 
 def _classes(counts, seed, shift=1.2, dim=8):
@@ -57,7 +60,7 @@ def test_balanced_and_mildly_imbalanced_sets_keep_the_head_bit_for_bit(
   heads = {}
   for mode in ('auto', 'none'):
     trained = solve.maybe_solve(_config(tmp_path, imbalance_adjustment=mode),
-                                x, y, 3, x[:0], y[:0])
+                                x, y, LABELS, x[:0], y[:0])
     heads[mode] = trained
   for part in ('weights', 'biases'):
     assert np.array_equal(getattr(heads['auto'].head, part),
@@ -74,12 +77,12 @@ def test_a_strongly_imbalanced_run_shifts_the_biases_and_says_so(
   x, y = _classes([300, 300, 12], seed=2, shift=2.0, dim=64)
   test_x, test_y = _classes([300, 300, 300], seed=3, shift=2.0, dim=64)
   with caplog.at_level('INFO', logger='absl'):
-    adjusted = solve.maybe_solve(_config(tmp_path), x, y, 3, x[:0], y[:0],
-                                 labels=['a', 'b', 'small'])
+    adjusted = solve.maybe_solve(_config(tmp_path), x, y, ['a', 'b', 'small'], x[:0],
+                                 y[:0])
   assert 'Class-bias adjustment for the imbalance' in caplog.text
   assert '--imbalance_adjustment none' in caplog.text
   plain = solve.maybe_solve(_config(tmp_path, imbalance_adjustment='none'),
-                            x, y, 3, x[:0], y[:0])
+                            x, y, LABELS, x[:0], y[:0])
   # Only the biases move, and the held-out logits with them.
   assert np.array_equal(adjusted.head.weights, plain.head.weights)
   delta = adjusted.head.biases - plain.head.biases
@@ -99,10 +102,10 @@ def test_a_strongly_imbalanced_run_shifts_the_biases_and_says_so(
   # adjustment.
   caplog.clear()
   with caplog.at_level('INFO', logger='absl'):
-    kept = solve.maybe_solve(_config(tmp_path, sampling='images'), x, y, 3,
+    kept = solve.maybe_solve(_config(tmp_path, sampling='images'), x, y, LABELS,
                              x[:0], y[:0])
   assert 'Class-bias adjustment' not in caplog.text
   unweighted = solve.maybe_solve(
       _config(tmp_path, sampling='images', imbalance_adjustment='none'),
-      x, y, 3, x[:0], y[:0])
+      x, y, LABELS, x[:0], y[:0])
   assert np.array_equal(kept.head.biases, unweighted.head.biases)

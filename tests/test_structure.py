@@ -178,42 +178,6 @@ def test_the_length_check_counts_a_whole_function(tmp_path):
 # bottleneck_cache/.
 MAX_PARAMETERS = 8
 MAX_FILE_LINES = 550
-# Over a cap today, each with its current figure, while their owners split
-# them; an entry may not grow, and one back within the cap must leave.
-EXEMPT_PARAMETERS = {
-    'retrain/beam/job.py:build': 10,
-    'retrain/export/formats.py:write_tflite': 9,
-    'retrain/finetune/activations.py:distorted_activations': 9,
-    'retrain/finetune/run.py:_lite_data': 9,
-    'retrain/finetune/run.py:_lite_plan': 9,
-    'retrain/finetune/run.py:fine_tune': 11,
-    'retrain/finetune/train.py:fit': 10,
-    'retrain/head/solve.py:maybe_solve': 10,
-    'retrain/head/solver.py:_fit_one': 10,
-    'retrain/head/solver.py:_held_out': 11,
-    'retrain/head/solver.py:_score_grid': 9,
-    'retrain/head/solver.py:fit_head': 9,
-    'retrain/head/streaming.py:train_head_streaming': 9,
-    'retrain/pipeline.py:export': 11,
-    'retrain/pipeline.py:start_results_page': 10,
-    'retrain/pipeline.py:train': 9,
-    'retrain/pipeline.py:trust_checks': 10,
-    'retrain/predict/classify.py:classify_files': 11,
-}
-EXEMPT_FILE_LINES = {
-    'bottleneck_cache/store.py': 761,
-    'retrain/beam/job.py': 557,
-    'retrain/data/boxes.py': 699,
-    'retrain/export/formats.py': 587,
-    'retrain/finetune/run.py': 689,
-    'retrain/head/solver.py': 783,
-    'retrain/pipeline.py': 1108,
-}
-# Import circles (modules sorted), counting imports inside functions.
-EXEMPT_CYCLES = {
-    ('retrain.multilabel', 'retrain.pipeline', 'retrain.streamed'),
-    ('retrain.report.page', 'retrain.report.results'),
-}
 
 
 def _parameter_counts(path: pathlib.Path):
@@ -227,16 +191,10 @@ def _parameter_counts(path: pathlib.Path):
       yield node.name, node.lineno, count
 
 
-def _over_cap(figures: dict, cap: int, exempt: dict, what: str):
-  """Lines saying what is over `cap` and not exempt, grew past its exempt
-  figure, or is exempt but back within the cap (or gone)."""
-  wrong = [f'{key}: {n} {what} (at most {cap})'
-           for key, n in sorted(figures.items())
-           if n > cap and n > exempt.get(key, cap)]
-  wrong += [f'{key} is back within {cap} {what}: remove it from the '
-            'exempt list' for key in sorted(exempt)
-            if figures.get(key, 0) <= cap]
-  return wrong
+def _over_cap(figures: dict, cap: int, what: str):
+  """Lines saying what is over `cap`."""
+  return [f'{key}: {n} {what} (at most {cap})'
+          for key, n in sorted(figures.items()) if n > cap]
 
 
 def test_no_function_takes_more_than_8_parameters():
@@ -245,8 +203,7 @@ def test_no_function_takes_more_than_8_parameters():
     for name, _, count in _parameter_counts(path):
       key = f'{path.relative_to(ROOT)}:{name}'
       figures[key] = max(count, figures.get(key, 0))
-  wrong = _over_cap(figures, MAX_PARAMETERS, EXEMPT_PARAMETERS,
-                    'parameters')
+  wrong = _over_cap(figures, MAX_PARAMETERS, 'parameters')
   assert not wrong, '\n'.join(wrong)
 
 
@@ -255,19 +212,15 @@ def test_the_parameter_check_counts_keywords_not_self(tmp_path):
   path.write_text('class A:\n  def m(self, a, b, *c, d=1, **e):\n    pass\n'
                   'def f(a, /, b, *, c):\n  pass\n')
   assert sorted(_parameter_counts(path)) == [('f', 4, 3), ('m', 2, 3)]
-  assert _over_cap({'x:f': 9, 'x:g': 8, 'x:h': 10}, 8, {'x:h': 10}, 'p') == [
-      'x:f: 9 p (at most 8)']
-  assert _over_cap({'x:h': 11}, 8, {'x:h': 10}, 'p') == [
-      'x:h: 11 p (at most 8)']
-  assert _over_cap({}, 8, {'x:h': 10}, 'p') == [
-      'x:h is back within 8 p: remove it from the exempt list']
+  assert _over_cap({'x:f': 9, 'x:g': 8, 'x:h': 10}, 8, 'p') == [
+      'x:f: 9 p (at most 8)', 'x:h: 10 p (at most 8)']
 
 
 def test_no_source_file_is_longer_than_550_lines():
   figures = {str(path.relative_to(ROOT)): len(
       path.read_text(encoding='utf-8').splitlines())
               for path in _python_files('retrain', 'tools', 'bottleneck_cache')}
-  wrong = _over_cap(figures, MAX_FILE_LINES, EXEMPT_FILE_LINES, 'lines')
+  wrong = _over_cap(figures, MAX_FILE_LINES, 'lines')
   assert not wrong, '\n'.join(wrong)
 
 
@@ -327,9 +280,7 @@ def _cycles(graph: dict):
 
 def test_no_import_circle_counting_imports_inside_functions():
   found = set(_cycles(_import_graph('retrain', 'tools', 'bottleneck_cache')))
-  wrong = [' <-> '.join(c) for c in sorted(found - EXEMPT_CYCLES)]
-  wrong += [f'{c} is no circle now: remove it from EXEMPT_CYCLES'
-            for c in sorted(EXEMPT_CYCLES - found)]
+  wrong = [' <-> '.join(c) for c in sorted(found)]
   assert not wrong, '\n'.join(wrong)
 
 
