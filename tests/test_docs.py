@@ -205,3 +205,12 @@ def test_tensorboard_shows_what_the_docs_say(tmp_path, fake_module):
     acc = event_accumulator.EventAccumulator(str(logs / run))
     acc.Reload()
     assert set(acc.Tags()['tensors']) == tags, run
+
+
+def test_flags_md_tables_are_made_from_the_declarations():
+  from retrain import command_line
+  page = (ROOT / 'docs' / 'flags.md').read_text(encoding='utf-8')
+  assert command_line.with_flags_tables(page) == page, (
+      'docs/flags.md\'s tables differ from retrain/config.py\'s declarations: '
+      'run python -c "from retrain import command_line; '
+      'command_line.write_flags_page(\'docs/flags.md\')"')
