@@ -23,7 +23,8 @@ from absl import (
 )
 
 from retrain import command_line  # noqa: E402
-from retrain.command_line import (  # noqa: E402  (tests read these here)
+from retrain.command_line import (  # noqa: E402, F401  (tests read these here)
+  CACHE_HOME_ENV,
   FIRST_FLAGS,
   MODULE_CACHE_ENV,
   config_from_flags,
