@@ -193,11 +193,12 @@ class Cache:
   # calls of 8 and 16 images ran at about the same speed (medians 145 and
   # 149 images/s side by side), calls of 4 slower (136).
   bottleneck_batch_size: int = setting(8,
-      'Images per module call when computing bottlenecks.')
+      'Images per module call when computing bottlenecks.', at_least=1)
   # 'tf', 'tflite' (XNNPACK) or 'auto' (TFLite when the module converts and
-  # agrees with TensorFlow, else TF); see retrain/features/tflite_runtime.py. On TFLite
-  # (one 1-thread interpreter per core) the pipeline ran 146-158 images/s,
-  # on TF 100-123 (a 4000-image copy of the flower sample, 2 cores).
+  # agrees with TensorFlow, else TF); see retrain/features/tflite_runtime.py.
+  # On TFLite (one 1-thread interpreter per core) the pipeline ran 146-158
+  # images/s, on TF 100-123 (a 4000-image copy of the flower sample, 2
+  # cores).
   bottleneck_runtime: str = setting('auto',
       'Runtime of the module for bottlenecks: TensorFlow, TFLite with '
       'XNNPACK, or auto (TFLite when the module converts).',
@@ -226,13 +227,13 @@ class Head:
   (retrain/head/solver.py, docs/accuracy.md)."""
 
   how_many_training_steps: int = setting(4000,
-      'Training steps.')
+      'Training steps.', at_least=1)
   learning_rate: float = setting(0.01,
-      'SGD learning rate.')
+      'SGD learning rate.', above=0)
   train_batch_size: int = setting(100,
-      'Images per training step.')
+      'Images per training step.', at_least=1)
   eval_step_interval: int = setting(10,
-      'Evaluate every this many steps.')
+      'Evaluate every this many steps.', at_least=1)
   # -1 means the whole set.
   validation_batch_size: int = setting(100,
       'Validation images per evaluation; -1 for all.')
@@ -322,7 +323,8 @@ class Head:
 
 @dataclasses.dataclass(frozen=True)
 class Distort:
-  """Distorted copies of the training images (retrain/bottlenecks/distort.py)."""
+  """Distorted copies of the training images
+  (retrain/bottlenecks/distort.py)."""
 
   flip_left_right: bool = setting(False,
       'Randomly mirror training images horizontally.')
@@ -391,7 +393,8 @@ class Outputs:
   # Images shown in TensorBoard's embedding projector (a sample spread over
   # the data set; 0 for none). 1000 thumbnails take a few seconds to make.
   projector_max_images: int = setting(1000,
-      "Images shown in TensorBoard's embedding projector; 0 for none.")
+      "Images shown in TensorBoard's embedding projector; 0 for none.",
+      at_least=0)
   # retrain.py's frozen graph: only when asked for (it repeats the
   # SavedModel's weights, 49 MB for the default ensemble, and label_image
   # reads the SavedModel).
@@ -435,7 +438,8 @@ class Outputs:
 
 @dataclasses.dataclass(frozen=True)
 class FineTune:
-  """Fine-tuning the top of the module (retrain/finetune/, docs/fine_tuning.md)."""
+  """Fine-tuning the top of the module (retrain/finetune/,
+  docs/fine_tuning.md)."""
 
   # Off by default: it costs minutes where the head costs seconds. After the
   # head is trained, the top of the module is trained with it: for bundled

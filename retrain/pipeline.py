@@ -157,15 +157,8 @@ def check_config(config: Config) -> None:
   layouts.check_layout_options(subset(layouts.LayoutOptions, config))
   split_lib.check_percentages(config.validation_percentage,
                               config.testing_percentage)
-  for name in ('how_many_training_steps', 'train_batch_size',
-               'eval_step_interval', 'bottleneck_batch_size'):
-    if getattr(config, name) < 1:
-      raise DatasetError(f'{name}={getattr(config, name)} must be at least '
-                         '1.', fields=(name,))
-  if config.learning_rate <= 0:
-    raise DatasetError(f'learning_rate={config.learning_rate} must be '
-                       'positive.',
-                       fields=('learning_rate',))
+  # Each setting's declared choices and bounds (retrain/config.py).
+  config.check()
   export_lib.check_export_dir(config.saved_model_dir)
   check_output_places(config)
   export_formats.check_options(subset(export_formats.ExportOptions, config))
@@ -180,10 +173,6 @@ def check_config(config: Config) -> None:
                        'classes, or leave it empty.', fields=('unknown_dir',))
   # The head solver's values (head_solver itself: resolve_head_solver).
   solver_lib.check(solver_lib.SolverOptions.from_config(config))
-  if config.projector_max_images < 0:
-    raise DatasetError(f'projector_max_images={config.projector_max_images}'
-                       ' must be 0 (no projector) or more.',
-                       fields=('projector_max_images',))
   distort_lib.check_settings(subset(distort_lib.Distortions, config),
                              config.distorted_copies)
   # Fine-tuning.
