@@ -157,8 +157,6 @@ def check_config(config: Config) -> None:
   layouts.check_layout_options(subset(layouts.LayoutOptions, config))
   split_lib.check_percentages(config.validation_percentage,
                               config.testing_percentage)
-  # Each setting's declared choices and bounds (retrain/config.py).
-  config.check()
   export_lib.check_export_dir(config.saved_model_dir)
   check_output_places(config)
   export_formats.check_options(subset(export_formats.ExportOptions, config))
@@ -181,6 +179,9 @@ def check_config(config: Config) -> None:
   # A mistyped module is reported now, not after hashing.
   ensemble_lib.check_handles(config.tfhub_module, config.image_size,
                              config.trust_module)
+  # Every setting's declared choices and bounds (retrain/config.py), after
+  # the checks above that say more about the settings they know.
+  config.check()
 
 
 # Outputs written as one file, and as folders.
