@@ -65,10 +65,12 @@ def _peak_mib() -> float:
 
 def _default_config(args, work, run_name):
   """The plain --fine_tune: every other setting its default."""
+  import dataclasses
 
   from retrain.config import DEFAULTS
-  return _config(args, work, DEFAULTS.finetune.fine_tune_from, run_name,
-              module=DEFAULTS.module.tfhub_module, epochs=DEFAULTS.finetune.fine_tune_epochs).replace(
+  return dataclasses.replace(
+      _config(args, work, DEFAULTS.finetune.fine_tune_from, run_name,
+              module=DEFAULTS.module.tfhub_module, epochs=DEFAULTS.finetune.fine_tune_epochs),
       flip_left_right=False, distorted_copies=DEFAULTS.distort.distorted_copies)
 
 
