@@ -111,7 +111,7 @@ def evaluate(model: str = EVALUATE_DEFAULTS.model,
   options = options or EvaluateConfig(model=model, output_dir=output_dir)
   options = dataclasses.replace(options, **{k: v for k, v in settings.items()
                                             if k in ours})
-  config = (config or DEFAULTS.replace(image_dir=image_dir)).replace(**{k: v for k, v in settings.items()
+  config = dataclasses.replace(config or DEFAULTS.replace(image_dir=image_dir), **{k: v for k, v in settings.items()
                                          if k not in ours})
   if not options.model:
     raise DatasetError('model is empty: pass the export to judge (a '
