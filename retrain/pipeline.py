@@ -650,7 +650,7 @@ def train(config: Config, module, labels: Sequence[str],
   writers = summaries_lib.Writers(config.outputs.summaries_dir)
   intermediate = export_formats.intermediate_hook(
       config.outputs, module, labels)
-  explain_lib.write_run_config(writers.train, config.flat(),
+  explain_lib.write_run_config(writers.train, dataclasses.asdict(config),
                                module, labels, images.labels, split, failures)
   val_x = images.vectors[split.validation]
   val_y = images.labels[split.validation]
@@ -1053,7 +1053,7 @@ def start_results_page(config: Config, layout, crops, module, labels,
                   f'{config.data.testing_percentage}% of each class by a stable '
                   'hash of the file name unless the layout gives the split'),
       history=[dataclasses.asdict(p) for p in trained.history],
-      settings={k: str(v) for k, v in config.flat().items()})
+      settings={k: str(v) for k, v in dataclasses.asdict(config).items()})
   explainer = None if crops is not None else heatmap_lib.explainer(
       module, trained.head, fine_tuned=tuned is not None)
   pool = concurrent.futures.ThreadPoolExecutor(1)
@@ -1082,7 +1082,7 @@ def write_run_summary(config: Config, result: RunResult) -> str:
   os.makedirs(config.outputs.report_dir, exist_ok=True)
   path = os.path.join(config.outputs.report_dir, RUN_SUMMARY_FILE)
   summary = {
-      'config': config.flat(),
+      'config': dataclasses.asdict(config),
       'labels': result.labels,
       'counts': result.counts,
       'test_accuracy': result.test_accuracy,

@@ -3,6 +3,7 @@ parent folder, side-file names, the closing summary, TensorBoard's earlier
 runs, file permissions, plurals, and `retrain.run` from Python."""
 
 import configparser
+import dataclasses
 import io
 import json
 import os
@@ -434,7 +435,7 @@ def test_python_api_is_cheap_to_import_and_logs_to_stderr(tmp_path,
   config = shrunk_config(images, tmp_path / 'out', fake_module,
                          how_many_training_steps=50, projector_max_images=0)
   from retrain.config import DEFAULTS
-  options = {k: v for k, v in config.flat().items()
+  options = {k: v for k, v in dataclasses.asdict(config).items()
              if v != DEFAULTS.get(k)}
   code = textwrap.dedent(f'''
       import sys
