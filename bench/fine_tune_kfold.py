@@ -25,6 +25,7 @@ against the frozen head.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import pathlib
 import sys
@@ -39,6 +40,7 @@ import accuracy as accuracy_bench  # noqa: E402  (bench/accuracy.py)
 import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
 
+from retrain.bottlenecks import distort as distort_lib  # noqa: E402
 from retrain.bottlenecks import ensemble as ensemble_bottlenecks  # noqa: E402
 from retrain.config import DEFAULTS, subset  # noqa: E402
 from retrain.data import sources as layouts  # noqa: E402
@@ -57,17 +59,18 @@ def fine_tune_fold(args, work, block, module, head, labels, paths, digests, y,
   (of the ensemble members named by `members`, '' all, the others on their
   frozen vectors `fixed`)."""
   train_rows, val_rows, test_rows = rows
-  config = DEFAULTS.replace(tfhub_module=module.handle, fine_tune=True,
+  config = dataclasses.replace(
+      DEFAULTS, tfhub_module=module.handle, fine_tune=True,
       fine_tune_from=block, fine_tune_epochs=args.epochs,
       bottleneck_dir=os.path.join(work, 'bn'),
       summaries_dir=os.path.join(work, 'logs'), report_dir='',
       checkpoint_path='', module_cache_dir=args.module_cache_dir,
       fine_tune_members=members)
-  config = config.replace(**settings(args.set))
+  config = dataclasses.replace(config, **settings(args.set))
   started = time.monotonic()
   tuned = finetune_lib.fine_tune(
       subset(finetune_lib.FineTuneOptions, config),
-      config.distort, module, head, labels, paths,
+      subset(distort_lib.Distortions, config), module, head, labels, paths,
       digests, y, Split(train_rows, val_rows, test_rows),
       fixed=None if fixed is None else finetune_lib.FixedFeatures(fixed))
   return tuned.test_predictions, time.monotonic() - started
@@ -106,7 +109,7 @@ def settings(pairs) -> dict:
   out = {}
   for pair in pairs:
     name, value = pair.split('=', 1)
-    default = DEFAULTS.get(name)
+    default = getattr(DEFAULTS, name)
     out[name] = (value.lower() in ('1', 'true') if isinstance(default, bool)
                  else type(default)(value))
   return out
@@ -117,7 +120,7 @@ def main():
   parser.add_argument('image_dir')
   parser.add_argument('--folds', type=int, default=5)
   parser.add_argument('--boundaries', default='11,15')
-  parser.add_argument('--frozen', default=DEFAULTS.module.tfhub_module)
+  parser.add_argument('--frozen', default=DEFAULTS.tfhub_module)
   parser.add_argument('--ensemble_boundaries', default='-1',
                       help='fine_tune_from values for the --frozen ensemble '
                       '(negative: counted from each member\'s end); empty: '
@@ -126,7 +129,7 @@ def main():
                       help='fine_tune_members values for the ensemble rows, '
                       'separated by ";" (all: every member; empty: the '
                       'first), e.g. "all;"')
-  parser.add_argument('--epochs', type=int, default=DEFAULTS.finetune.fine_tune_epochs)
+  parser.add_argument('--epochs', type=int, default=DEFAULTS.fine_tune_epochs)
   parser.add_argument('--work', default='')
   parser.add_argument('--by_epoch', action='store_true',
                       help='also print the test accuracy of every epoch\'s '
@@ -142,7 +145,8 @@ def main():
   logging.set_verbosity(logging.WARNING)
   work = args.work or tempfile.mkdtemp(prefix='bench_fine_tune_kfold_')
 
-  layout = layouts.load_layout(DEFAULTS.replace(image_dir=args.image_dir))
+  layout = layouts.load_layout(dataclasses.replace(
+      DEFAULTS, image_dir=args.image_dir))
   paths = [image.path for image in layout.dataset.images]
   y_all = np.array([image.label for image in layout.dataset.images])
   labels = list(layout.dataset.labels)

@@ -1,6 +1,6 @@
 """Command line: `python -m retrain --image_dir DIR` (or the `retrain` script).
 
-Reads the flags (made from retrain/config/'s declarations by
+Reads the flags (made from retrain/config.py's declarations by
 retrain/command_line.py) into one immutable Config and calls
 retrain.pipeline.run. retrain.py's flags are all accepted with their
 meanings.

@@ -18,6 +18,7 @@ command line (test accuracy, wall time, every output path).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import logging as std_logging
 import os
@@ -56,7 +57,7 @@ def make_config(config: Optional[Config] = None, **options) -> Config:
         f'Unknown retrain option{"s" if len(unknown) > 1 else ""}: '
         f'{", ".join(hints)}. The options are the fields of retrain.Config '
         '(see docs/flags.md).')
-  return config.replace(**options) if options else config
+  return dataclasses.replace(config, **options) if options else config
 
 
 def _info_is_shown() -> bool:

@@ -1,4 +1,4 @@
-"""The flags of every program, made from retrain/config/'s declarations.
+"""The flags of every program, made from retrain/config.py's declarations.
 
 `python -m retrain` takes one flag per Config setting (retrain.py's names
 and meanings) plus --list_modules and --logging_verbosity; `retrain.inspect`,
@@ -129,7 +129,7 @@ _TITLES = {
     'deploy': 'Confidence and novelty ([deploy.md](deploy.md))',
     'scale': 'Scale ([scale.md](scale.md))',
 }
-BEGIN = ('<!-- Made from retrain/config/ by '
+BEGIN = ('<!-- Made from retrain/config.py by '
          'retrain.command_line.flags_tables(); do not edit. -->')
 END = '<!-- End of the generated tables. -->'
 

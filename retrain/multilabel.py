@@ -6,7 +6,7 @@ discover -> hash -> module -> bottlenecks -> split -> distorted copies ->
 fit (each label's L2 and threshold chosen by k-fold on training +
 validation; the test set is never seen) -> test metrics -> exports whose
 output is one probability per label, with the thresholds in their metadata.
-`pipeline.run` hands a run over here when config.data.multi_label is set.
+`pipeline.run` hands a run over here when config.multi_label is set.
 """
 
 from __future__ import annotations
@@ -49,17 +49,17 @@ def check_options(config: Config) -> None:
               'example per box; with --multi_label a photo\'s labels are '
               'its objects\' names: drop one of the two'))
   for name, why in refused:
-    if config.get(name):
+    if getattr(config, name):
       raise DatasetError(f'--multi_label with --{name}: {why}.',
                          fields=('multi_label', name))
-  if config.head.head_solver == 'sgd':
+  if config.head_solver == 'sgd':
     logging.warning('--multi_label fits its sigmoid heads with L-BFGS: '
                     '--head_solver sgd and the SGD training flags are not '
                     'used.')
-  if config.outputs.tflite_quantization != 'none':
+  if config.tflite_quantization != 'none':
     raise DatasetError(
         f'--multi_label with --tflite_quantization '
-        f'{config.outputs.tflite_quantization}: the quantised model\'s check compares '
+        f'{config.tflite_quantization}: the quantised model\'s check compares '
         'top-1 accuracy, which a multi-label model does not have; export '
         'the float TFLite model (--tflite_quantization none).',
         fields=('multi_label', 'tflite_quantization'))
@@ -71,12 +71,12 @@ def run(config: Config) -> pipeline.RunResult:
   with phases('startup', since_start=True):
     pipeline.check_config(config)
     check_options(config)
-    leftovers.heal([config.outputs.saved_model_dir, config.outputs.output_labels,
-                    config.outputs.output_graph, config.outputs.tflite_output_file,
-                    config.outputs.report_dir])
-    found = data_lib.load(config.data,
+    leftovers.heal([config.saved_model_dir, config.output_labels,
+                    config.output_graph, config.tflite_output_file,
+                    config.report_dir])
+    found = data_lib.load(subset(layouts.LayoutOptions, config),
                           subset(boxes_lib.BoxOptions, config),
-                          config.cache.bottleneck_dir)
+                          config.bottleneck_dir)
     layout, labels = found.layout, list(found.layout.dataset.labels)
   with phases('hashing'):
     keyed = pipeline.hash_images(config, layout.dataset)
@@ -86,7 +86,7 @@ def run(config: Config) -> pipeline.RunResult:
   if streamed.needed(config, len(layout.dataset.images), module):
     logging.warning('The training vectors exceed --max_vectors_in_memory=%d, '
                     'but a multi-label run does not stream from the cache: '
-                    'it holds them in memory.', config.scale.max_vectors_in_memory)
+                    'it holds them in memory.', config.max_vectors_in_memory)
   with phases('bottlenecks'):
     computed = pipeline.bottlenecks(config, layout.dataset, module, runner,
                                     keyed=keyed)
@@ -123,15 +123,15 @@ def make_split(config: Config, layout, images: usable_lib.UsableImages,
   """The split of the photos (each photo one row, stratified by its rarest
   label), logged per label; leakage reported as in a single-label run."""
   split = layouts.make_split(layout, images.index, images.labels,
-                             config.data.validation_percentage,
-                             config.data.testing_percentage)
+                             config.validation_percentage,
+                             config.testing_percentage)
   for j, name in enumerate(layout.dataset.labels):
     logging.info('Label %-20s train %5d  validation %4d  test %4d', name,
                  *(int(targets[split.subset(s), j].sum()) for s in (
                      'train', 'validation', 'test')))
   leakage.report_leakage(
       leakage.find_leakage(images.digests, split, images.paths),
-      config.outputs.report_dir)
+      config.report_dir)
   return split
 
 
@@ -162,10 +162,10 @@ def train(config: Config, labels: Sequence[str],
                               fitted.thresholds, labels)
     logging.info('Out-of-fold (training + validation, N=%d): %s.',
                  held.count, report_lib.summary_line(held))
-    report_lib.write_reports(config.outputs.report_dir, 'out_of_fold', held,
+    report_lib.write_reports(config.report_dir, 'out_of_fold', held,
                              fitted.thresholds)
-  os.makedirs(config.outputs.report_dir, exist_ok=True)
-  atomic.write_text(os.path.join(config.outputs.report_dir, REPORT_FILE),
+  os.makedirs(config.report_dir, exist_ok=True)
+  atomic.write_text(os.path.join(config.report_dir, REPORT_FILE),
                     json.dumps(fitted.summary(labels), indent=2) + '\n')
   return fitted
 
@@ -186,10 +186,10 @@ def evaluate(config: Config, labels: Sequence[str],
   if not len(rows):
     logging.info('The test set is empty: no test report.')
     return test
-  files = report_lib.write_reports(config.outputs.report_dir, 'test', test,
+  files = report_lib.write_reports(config.report_dir, 'test', test,
                                    fitted.thresholds)
   logging.info('Wrote the per-label metrics to %s.', ', '.join(files))
-  writer = tf.summary.create_file_writer(os.path.join(config.outputs.summaries_dir,
+  writer = tf.summary.create_file_writer(os.path.join(config.summaries_dir,
                                                       'test'))
   try:
     tb.write_scalars(writer, dict(
@@ -222,21 +222,21 @@ def export(config: Config, module, labels: Sequence[str],
            test: report_lib.MultiLabelMetrics, images, split):
   """The labels file and every export asked for; returns the SavedModel
   folder or None."""
-  export_lib.write_labels(config.outputs.output_labels, labels)
+  export_lib.write_labels(config.output_labels, labels)
   extra = metadata(labels, fitted)
   other = export_formats.export_other_formats(
-      config.outputs, module, fitted.head,
+      subset(export_formats.ExportOptions, config), module, fitted.head,
       labels, images.paths_of(split.train), None, extra)
   phases_lib.release_memory()
-  if not config.outputs.saved_model_dir:
+  if not config.saved_model_dir:
     return None
   saved = export_lib.export_saved_model(
-      config.outputs.saved_model_dir, module, fitted.head, labels,
-      config.outputs.final_tensor_name,
+      config.saved_model_dir, module, fitted.head, labels,
+      config.final_tensor_name,
       extra_metadata=dict(extra, modules=ensemble_lib.describe_modules(module),
                           test_mean_ap=test.mean_ap,
                           test_exact_match=test.exact_match,
                           test_count=test.count, other_exports=other))
   logging.info('Exported the multi-label classifier to %s (labels in %s).',
-               saved, config.outputs.output_labels)
+               saved, config.output_labels)
   return saved

@@ -147,39 +147,39 @@ def resolve_head_solver(config: Config) -> Config:
   Raises:
     DatasetError: head_solver is not a known value.
   """
-  return config.replace(head_solver=head_auto.resolve(
-      config.head.head_solver, head_auto.changed_training_fields(config,
+  return dataclasses.replace(config, head_solver=head_auto.resolve(
+      config.head_solver, head_auto.changed_training_fields(config,
                                                             DEFAULTS)))
 
 
 def check_config(config: Config) -> None:
   """Checks values before any slow work starts."""
-  layouts.check_layout_options(config.data)
-  split_lib.check_percentages(config.data.validation_percentage,
-                              config.data.testing_percentage)
-  export_lib.check_export_dir(config.outputs.saved_model_dir)
+  layouts.check_layout_options(subset(layouts.LayoutOptions, config))
+  split_lib.check_percentages(config.validation_percentage,
+                              config.testing_percentage)
+  export_lib.check_export_dir(config.saved_model_dir)
   check_output_places(config)
-  export_formats.check_options(config.outputs)
-  train_options_lib.check(config.head)
+  export_formats.check_options(subset(export_formats.ExportOptions, config))
+  train_options_lib.check(subset(train_options_lib.TrainOptions, config))
   calibration_lib.check_options(
-      config.deploy)
-  if config.deploy.novelty_keep:
-    novelty_lib.check_keep(config.deploy.novelty_keep)
-  if config.deploy.unknown_dir and not os.path.isdir(config.deploy.unknown_dir):
-    raise DatasetError(f'unknown_dir {config.deploy.unknown_dir!r} is not a '
+      subset(calibration_lib.ConfidenceOptions, config))
+  if config.novelty_keep:
+    novelty_lib.check_keep(config.novelty_keep)
+  if config.unknown_dir and not os.path.isdir(config.unknown_dir):
+    raise DatasetError(f'unknown_dir {config.unknown_dir!r} is not a '
                        'folder: give a folder of photos of none of the '
                        'classes, or leave it empty.', fields=('unknown_dir',))
   # The head solver's values (head_solver itself: resolve_head_solver).
   solver_lib.check(solver_lib.SolverOptions.from_config(config))
-  distort_lib.check_settings(config.distort,
-                             config.distort.distorted_copies)
+  distort_lib.check_settings(subset(distort_lib.Distortions, config),
+                             config.distorted_copies)
   # Fine-tuning.
   finetune_lib.check_options(subset(finetune_lib.FineTuneOptions, config),
-                             default_from=DEFAULTS.finetune.fine_tune_from)
+                             default_from=DEFAULTS.fine_tune_from)
   # A mistyped module is reported now, not after hashing.
-  ensemble_lib.check_handles(config.module.tfhub_module, config.module.image_size,
-                             config.module.trust_module)
-  # Every setting's declared choices and bounds (retrain/config/), after
+  ensemble_lib.check_handles(config.tfhub_module, config.image_size,
+                             config.trust_module)
+  # Every setting's declared choices and bounds (retrain/config.py), after
   # the checks above that say more about the settings they know.
   config.check()
 
@@ -195,7 +195,7 @@ def check_output_places(config: Config) -> None:
   folder, an output folder that is a file, or an output inside image_dir
   (the next run would list it as a class)."""
   for name in _FILE_OUTPUTS + _FOLDER_OUTPUTS:
-    path = config.get(name, '')
+    path = getattr(config, name, '')
     if not path:
       continue
     if name in _FILE_OUTPUTS and os.path.isdir(path):
@@ -205,12 +205,12 @@ def check_output_places(config: Config) -> None:
     if name in _FOLDER_OUTPUTS and os.path.isfile(path):
       raise OutputError(f'{name} {path!r} is a file: give a folder.',
                         fields=(name,))
-    if config.data.image_dir and os.path.isdir(config.data.image_dir):
+    if config.image_dir and os.path.isdir(config.image_dir):
       rel = os.path.relpath(os.path.realpath(path),
-                            os.path.realpath(config.data.image_dir))
+                            os.path.realpath(config.image_dir))
       if not rel.startswith('.'):
         raise OutputError(
-            f'{name} {path!r} is inside image_dir {config.data.image_dir!r}: the '
+            f'{name} {path!r} is inside image_dir {config.image_dir!r}: the '
             'next run would take it for a class of images. Give a place '
             'outside the image folder.', fields=(name, 'image_dir'))
 
@@ -239,23 +239,23 @@ def place_outputs(config: Config):
   there); '~' is expanded in the others and in bottleneck_dir.
   """
   fields = [f for f in OUTPUT_FIELDS if f != 'intermediate_output_graphs_dir'
-            or config.outputs.intermediate_store_frequency > 0]
+            or config.intermediate_store_frequency > 0]
   run_dir = None
-  if any(runs.in_run_folder(config.get(f)) for f in fields):
-    run_dir = runs.new_run_folder(config.outputs.output_dir, runs.data_set_name(
-        config.data.image_dir, config.data.image_labels_csv or config.data.train_csv))
-  filled = {f: runs.fill(config.get(f), run_dir) for f in OUTPUT_FIELDS}
-  filled['bottleneck_dir'] = runs.fill(config.cache.bottleneck_dir, None)
-  return config.replace(**filled), run_dir
+  if any(runs.in_run_folder(getattr(config, f)) for f in fields):
+    run_dir = runs.new_run_folder(config.output_dir, runs.data_set_name(
+        config.image_dir, config.image_labels_csv or config.train_csv))
+  filled = {f: runs.fill(getattr(config, f), run_dir) for f in OUTPUT_FIELDS}
+  filled['bottleneck_dir'] = runs.fill(config.bottleneck_dir, None)
+  return dataclasses.replace(config, **filled), run_dir
 
 
 def given_outputs(config: Config) -> Dict[str, str]:
   """{setting: path} of the outputs named by the user (not in the run
   folder): the paths another run must not write at the same time."""
-  return {f: config.get(f) for f in OUTPUT_FIELDS
-          if config.get(f) and not runs.in_run_folder(config.get(f))
+  return {f: getattr(config, f) for f in OUTPUT_FIELDS
+          if getattr(config, f) and not runs.in_run_folder(getattr(config, f))
           and (f != 'intermediate_output_graphs_dir' or
-               config.outputs.intermediate_store_frequency > 0)}
+               config.intermediate_store_frequency > 0)}
 
 
 def run(config: Config) -> RunResult:
@@ -284,7 +284,7 @@ def run(config: Config) -> RunResult:
 
 def run_steps(config: Config) -> RunResult:
   """The steps of `run`, with every output path filled in."""
-  if config.data.multi_label:  # one sigmoid per label: retrain/multilabel.py
+  if config.multi_label:  # one sigmoid per label: retrain/multilabel.py
     from retrain import multilabel  # pylint: disable=g-import-not-at-top
     return multilabel.run(config)
   phases = phases_lib.Phases()
@@ -380,9 +380,9 @@ def prepare(config: Config, phases: phases_lib.Phases) -> Prepared:
   with phases('startup', since_start=True):
     check_config(config)
     # Temporaries of killed runs beside our outputs go.
-    leftovers.heal([config.outputs.saved_model_dir, config.outputs.output_labels,
-                    config.outputs.output_graph, config.outputs.tflite_output_file,
-                    config.outputs.report_dir])
+    leftovers.heal([config.saved_model_dir, config.output_labels,
+                    config.output_graph, config.tflite_output_file,
+                    config.report_dir])
     layout, crops = discover(config)  # crops: --crop_to_boxes, else None
   # Hashed before the module is loaded, so that a million files' digests
   # and the module's weights are not both held while hashing
@@ -416,7 +416,7 @@ def discover(config: Config):
   any); with --crop_to_boxes one example per box and their crops, else
   crops is None (retrain/data/boxes.py)."""
   layout, crops = boxes_lib.load_examples(
-      config.data, subset(boxes_lib.BoxOptions,
+      subset(layouts.LayoutOptions, config), subset(boxes_lib.BoxOptions,
                                                     config))
   logging.info('Found %s in %s: %s.',
                names.plural(len(layout.dataset.images), 'image'),
@@ -427,15 +427,15 @@ def discover(config: Config):
 
 def load_module(config: Config):
   """One module, or an ensemble of several (features/ensemble.py)."""
-  return ensemble_lib.load(config.module.tfhub_module, config.module.image_size,
-                           config.module.module_cache_dir, trust=config.module.trust_module)
+  return ensemble_lib.load(config.tfhub_module, config.image_size,
+                           config.module_cache_dir, trust=config.trust_module)
 
 
 def module_runner(config: Config, module):
   """`module` as the bottlenecks (plain and distorted) run it: on TFLite
   when --bottleneck_runtime allows, converted on first use."""
-  return tflite_runtime.deferred(module, config.cache.bottleneck_runtime,
-                                 config.module.module_cache_dir)
+  return tflite_runtime.deferred(module, config.bottleneck_runtime,
+                                 config.module_cache_dir)
 
 
 def hash_images(config: Config, dataset, crops=None) -> tuple:
@@ -443,7 +443,7 @@ def hash_images(config: Config, dataset, crops=None) -> tuple:
   the digest memo in bottleneck_dir): what bottlenecks_lib.cache_keys
   returns, for `bottlenecks(..., keyed=)`. Needs no module."""
   return bottlenecks_lib.content_keys(
-      discover_lib.image_paths(dataset.images), config.cache.bottleneck_dir,
+      discover_lib.image_paths(dataset.images), config.bottleneck_dir,
       boxes_lib.Crops.bottleneck_args(crops).get('key_suffixes'))
 
 
@@ -453,19 +453,19 @@ def choose_precision(config: Config, dataset, module, keyed: tuple,
   and the guard choose (retrain/bottlenecks/precision.py); float with
   --crop_to_boxes (the guard and the export check read whole images)."""
   if crops is not None:
-    if config.cache.bottleneck_precision == 'int8':
+    if config.bottleneck_precision == 'int8':
       logging.warning('Using float bottlenecks: int8 bottlenecks do not '
                       'support crop_to_boxes yet.')
     return module
   probe = precision_lib.Probe(
       paths=discover_lib.image_paths(dataset.images), keyed=keyed,
-      bottleneck_dir=config.cache.bottleneck_dir,
-      batch_size=config.cache.bottleneck_batch_size,
-      max_pixels=config.data.max_image_pixels)
-  chosen = precision_lib.choose(module, config.cache.bottleneck_precision,
-                                config.cache.bottleneck_runtime,
-                                config.module.module_cache_dir, probe,
-                                fine_tune=config.finetune.fine_tune)
+      bottleneck_dir=config.bottleneck_dir,
+      batch_size=config.bottleneck_batch_size,
+      max_pixels=config.max_image_pixels)
+  chosen = precision_lib.choose(module, config.bottleneck_precision,
+                                config.bottleneck_runtime,
+                                config.module_cache_dir, probe,
+                                fine_tune=config.fine_tune)
   logging.info('Bottleneck precision: %s.', precision_lib.describe(chosen))
   return chosen
 
@@ -482,25 +482,25 @@ def bottlenecks(config: Config, dataset, module, runner, crops=None,
     # An ensemble computes each member in its own namespace.
     if getattr(module, 'members', None):
       computed = ensemble_bottlenecks.compute_bottlenecks(
-          paths, module, runner, config.cache.bottleneck_dir,
-          config.cache.bottleneck_runtime, config.cache.bottleneck_batch_size,
-          config.module.module_cache_dir, max_pixels=config.data.max_image_pixels,
+          paths, module, runner, config.bottleneck_dir,
+          config.bottleneck_runtime, config.bottleneck_batch_size,
+          config.module_cache_dir, max_pixels=config.max_image_pixels,
           keyed=keyed, **boxes_lib.Crops.bottleneck_args(crops))
       log_bottlenecks(computed.stats, len(computed.failures),
-                      config.cache.bottleneck_dir, len(module.members))
+                      config.bottleneck_dir, len(module.members))
       return computed
     store = bottleneck_cache.BottleneckStore(
-        config.cache.bottleneck_dir, bottlenecks_lib.cache_namespace(module))
+        config.bottleneck_dir, bottlenecks_lib.cache_namespace(module))
   except bottleneck_cache.CacheError as e:
     raise OutputError(f'bottleneck_dir: {e}', fields=('bottleneck_dir',)
                       ) from e
   computed = bottlenecks_lib.compute_bottlenecks(
       paths, runner, store,
-      config.cache.bottleneck_batch_size, max_pixels=config.data.max_image_pixels,
+      config.bottleneck_batch_size, max_pixels=config.max_image_pixels,
       load_vectors=load_vectors, keyed=keyed,
       **boxes_lib.Crops.bottleneck_args(crops))
   log_bottlenecks(computed.stats, len(computed.failures),
-                  config.cache.bottleneck_dir)
+                  config.bottleneck_dir)
   return computed
 
 
@@ -526,7 +526,7 @@ def report_skipped(config: Config, layout: layouts.Layout,
   classes; returns (skipped (path, reason) pairs, report files)."""
   dataset = layout.dataset
   skipped = list(layout.skipped) + list(computed.failures)
-  reports = skipped_report.write_skipped_report(config.outputs.report_dir, skipped)
+  reports = skipped_report.write_skipped_report(config.report_dir, skipped)
   if skipped and reports:
     logging.info('The %d skipped files and why are listed in %s.',
                  len(skipped), ' and '.join(reports))
@@ -542,13 +542,13 @@ def make_split(config: Config, layout: layouts.Layout,
                images: usable_lib.UsableImages) -> split_lib.Split:
   """Train / validation / test rows of `images`."""
   split = layouts.make_split(layout, images.index, images.labels,
-                             config.data.validation_percentage,
-                             config.data.testing_percentage)
+                             config.validation_percentage,
+                             config.testing_percentage)
   _log_counts(layout.dataset.labels, images.labels, split)
   # The same bytes in two of train/validation/test is leakage.
   leakage.report_leakage(
       leakage.find_leakage(images.digests, split, images.paths),
-      config.outputs.report_dir)
+      config.report_dir)
   return split
 
 
@@ -562,8 +562,8 @@ def training_set(config: Config, runner, images: usable_lib.UsableImages,
   train_x = images.vectors[split.train]
   train_y = images.labels[split.train]
   copies = distort_lib.training_copies(
-      config.distort, config.distort.distorted_copies,
-      config.head.random_seed, config.cache.bottleneck_dir, config.cache.bottleneck_batch_size,
+      subset(distort_lib.Distortions, config), config.distorted_copies,
+      config.random_seed, config.bottleneck_dir, config.bottleneck_batch_size,
       runner, images.paths_of(split.train), images.digests_of(split.train),
       boxes=None if crops is None else crops.boxes[images.index[split.train]])
   if copies is not None:
@@ -631,13 +631,13 @@ def describe_figures(trained: train_lib.TrainResult, tuned=None) -> dict:
 def train_settings(config: Config) -> train_lib.Settings:
   """What to train, from the config (also the streaming path's)."""
   return train_lib.Settings(
-      steps=config.head.how_many_training_steps,
-      learning_rate=config.head.learning_rate,
-      batch_size=config.head.train_batch_size,
-      eval_step_interval=config.head.eval_step_interval,
-      validation_batch_size=config.head.validation_batch_size,
-      seed=config.head.random_seed,
-      options=config.head)
+      steps=config.how_many_training_steps,
+      learning_rate=config.learning_rate,
+      batch_size=config.train_batch_size,
+      eval_step_interval=config.eval_step_interval,
+      validation_batch_size=config.validation_batch_size,
+      seed=config.random_seed,
+      options=subset(train_options_lib.TrainOptions, config))
 
 
 def train(config: Config, module, labels: Sequence[str],
@@ -647,15 +647,15 @@ def train(config: Config, module, labels: Sequence[str],
   """Trains the head, writing TensorBoard summaries; returns (TrainResult,
   the intermediate-graph hook or None). groups: training_groups."""
   precision_lib.close(module)  # every vector is computed: fewer MiB below
-  writers = summaries_lib.Writers(config.outputs.summaries_dir)
+  writers = summaries_lib.Writers(config.summaries_dir)
   intermediate = export_formats.intermediate_hook(
-      config.outputs, module, labels)
+      subset(export_formats.ExportOptions, config), module, labels)
   explain_lib.write_run_config(writers.train, dataclasses.asdict(config),
                                module, labels, images.labels, split, failures)
   val_x = images.vectors[split.validation]
   val_y = images.labels[split.validation]
-  points = train_lib.eval_steps(config.head.how_many_training_steps,
-                                config.head.eval_step_interval)
+  points = train_lib.eval_steps(config.how_many_training_steps,
+                                config.eval_step_interval)
   log = train_lib.EvalLog(points)
   settings = train_settings(config)
   progress = None  # SGD's bar (steps, rate, time left), made when SGD runs
@@ -666,7 +666,7 @@ def train(config: Config, module, labels: Sequence[str],
 
   hooks = train_lib.Hooks(
       writers=writers, on_eval=on_eval,
-      head_every=config.outputs.intermediate_store_frequency, on_head=intermediate,
+      head_every=config.intermediate_store_frequency, on_head=intermediate,
       on_eval_head=explain_lib.ValidationImages(writers.validation, val_x,
                                                 val_y, labels, points))
   try:
@@ -675,7 +675,7 @@ def train(config: Config, module, labels: Sequence[str],
                                     val_x, val_y, writers,
                                     train_groups=groups, labels=labels)
     if trained is None:
-      progress = Progress('Training', config.head.how_many_training_steps,
+      progress = Progress('Training', config.how_many_training_steps,
                           unit='steps')
       trained = train_lib.train_head(train_x, train_y, len(labels), val_x,
                                      val_y, settings, hooks)
@@ -705,7 +705,7 @@ def report_test(config: Config, labels: Sequence[str],
   misclassified = evaluate_lib.format_misclassified(
       test, images.paths_of(split.test) if test_paths is None else test_paths,
       labels)
-  if config.outputs.print_misclassified_test_images:
+  if config.print_misclassified_test_images:
     logging.info('=== MISCLASSIFIED TEST IMAGES%s ===', after.upper())
     for line in misclassified:
       logging.info(line)
@@ -719,11 +719,11 @@ def evaluate(config: Config, labels: Sequence[str],
   lines, Explained)."""
   test = evaluate_lib.evaluate(trained.head, images.vectors[split.test],
                                images.labels[split.test],
-                               config.head.test_batch_size, seed=config.head.random_seed)
+                               config.test_batch_size, seed=config.random_seed)
   misclassified = report_test(config, labels, test, images, split)
   held = trained.held_out
   explained = explain_lib.finish(
-      config.outputs, labels, trained.head, images.vectors, images.labels, split,
+      subset(explain_lib.ReportOptions, config), labels, trained.head, images.vectors, images.labels, split,
       images.paths, images.rel_paths, test,
       trained.history[-1].step if trained.history else 0, trained.best_step,
       validation_probabilities=None if held is None else
@@ -750,12 +750,12 @@ def fine_tune(config: Config, module, labels: Sequence[str],
     and Explained of the fine-tuned network (its reports written over the
     head's); the validation set calibration reads: (vectors float32 [n, D]
     from the fine-tuned network, their class ids int64 [n]). Without
-    config.finetune.fine_tune: its arguments, the validation set's vectors and
+    config.fine_tune: its arguments, the validation set's vectors and
     class ids, and None (an earlier run's fine_tune report is moved
     aside).
   """
-  if not config.finetune.fine_tune:
-    finetune_lib.retire_report(config.outputs.report_dir)
+  if not config.fine_tune:
+    finetune_lib.retire_report(config.report_dir)
     return module, trained, reported, held_out_validation(
         trained, images, split), None
   # Fine-tuning chooses its epoch on validation, so it starts from a head
@@ -766,7 +766,7 @@ def fine_tune(config: Config, module, labels: Sequence[str],
                  'images alone, so that its validation set stays held out.')
   tuned = finetune_lib.fine_tune(
       subset(finetune_lib.FineTuneOptions, config),
-      config.distort, module, start, labels,
+      subset(distort_lib.Distortions, config), module, start, labels,
       images.paths, images.digests, images.labels, split,
       fixed=finetune_lib.FixedFeatures(images.vectors, copies))
   if tuned.fit.best_epoch == 0:
@@ -775,7 +775,7 @@ def fine_tune(config: Config, module, labels: Sequence[str],
                  'head%s.', ' (trained on training + validation)' if
                  trained.train_only_head is not None else '')
     tuned.metadata['fine_tuned']['kept_frozen_head'] = True
-    finetune_lib.write_report(config.outputs.report_dir, tuned)
+    finetune_lib.write_report(config.report_dir, tuned)
     return module, trained, reported, held_out_validation(
         trained, images, split), tuned
   trained = dataclasses.replace(trained, head=tuned.head, held_out=None,
@@ -793,8 +793,8 @@ def report_fine_tuned(config: Config, labels: Sequence[str],
   network: the test accuracy line and the validation and test reports
   again, as `evaluate` gave them for the head alone."""
   test = evaluate_lib.evaluate(trained.head, tuned.test_features,
-                               tuned.test_labels, config.head.test_batch_size,
-                               seed=config.head.random_seed)
+                               tuned.test_labels, config.test_batch_size,
+                               seed=config.random_seed)
   test_paths = [images.paths[i] for i in tuned.test_rows]
   misclassified = report_test(config, labels, test, images, split,
                               test_paths, after=' after fine-tuning')
@@ -804,7 +804,7 @@ def report_fine_tuned(config: Config, labels: Sequence[str],
           'test': (test.labels, test.probabilities,
                    [test_paths[r] for r in test.rows])}
   metrics, wrong, files = explain_lib.set_reports(
-      config.outputs, labels, sets,
+      subset(explain_lib.ReportOptions, config), labels, sets,
       trained.history[-1].step if trained.history else 0, note=', fine-tuned')
   return test, misclassified, dataclasses.replace(
       explained, metrics=metrics, misclassified=wrong, report_files=files)
@@ -821,7 +821,7 @@ def calibrate(config: Config, trained: train_lib.TrainResult,
   on, or out-of-fold `logits` float32 [n, N] (held_out_validation), with
   class ids [n]; the test ECE before and after from `test`. Logged and
   written to TensorBoard."""
-  options = config.deploy
+  options = subset(calibration_lib.ConfidenceOptions, config)
   confidence = calibration_lib.calibrate(
       trained.head, validation_x, validation_y, options.target_precision,
       options.calibration_min_images, options.calibrate_confidence,
@@ -832,7 +832,7 @@ def calibrate(config: Config, trained: train_lib.TrainResult,
         test.labels)
   deployment_report.log_confidence(confidence)
   deployment_report.write_tensorboard(
-      config.outputs.summaries_dir, confidence,
+      config.summaries_dir, confidence,
       trained.history[-1].step if trained.history else 0)
   return confidence
 
@@ -843,7 +843,7 @@ def fit_novelty(config: Config, images: usable_lib.UsableImages,
   validation images, its threshold from out-of-fold scores; None when
   switched off (novelty_keep 0), after fine-tuning (the exported features
   are no longer the cached ones) or with fewer than two images a class."""
-  if not config.deploy.novelty_keep:
+  if not config.novelty_keep:
     return None
   if tuned is not None and not tuned.metadata['fine_tuned'].get(
       'kept_frozen_head'):
@@ -854,14 +854,14 @@ def fit_novelty(config: Config, images: usable_lib.UsableImages,
   rows = np.concatenate([split.train, split.validation])
   y = images.labels[rows]
   counts = np.bincount(y, minlength=num_classes)
-  folds = min(config.head.solver_folds, int(counts[counts > 0].min()))
+  folds = min(config.solver_folds, int(counts[counts > 0].min()))
   if folds < 2:
     logging.info('No novelty score: a class has fewer than two training '
                  'and validation images to hold out.')
     return None
   return novelty_lib.fit_on_split(
-      images.vectors[rows], y, num_classes, config.deploy.novelty_components,
-      config.deploy.novelty_keep, folds, config.head.random_seed)
+      images.vectors[rows], y, num_classes, config.novelty_components,
+      config.novelty_keep, folds, config.random_seed)
 
 
 def unknown_vectors(config: Config, module, runner) -> Optional[np.ndarray]:
@@ -871,11 +871,11 @@ def unknown_vectors(config: Config, module, runner) -> Optional[np.ndarray]:
   from retrain.common import walk as walk_lib  # pylint: disable=g-import-not-at-top
   from retrain.images import IMAGE_EXTENSIONS  # pylint: disable=g-import-not-at-top
   paths = sorted(os.path.join(folder, name)
-                 for folder, _, names in os.walk(config.deploy.unknown_dir)
+                 for folder, _, names in os.walk(config.unknown_dir)
                  for name in names
                  if walk_lib.is_image_file(name, IMAGE_EXTENSIONS))
   logging.info('Scoring %d photos of --unknown_dir %s (never trained on).',
-               len(paths), config.deploy.unknown_dir)
+               len(paths), config.unknown_dir)
   if not paths:
     return None
   dataset = types.SimpleNamespace(images=[types.SimpleNamespace(path=p)
@@ -901,7 +901,7 @@ def trust_checks(config: Config, module, runner, labels: Sequence[str],
     sets = {'held_out': novelty.held_out_scores,
             'test': novelty.scores(images.vectors[split.test])}
     unknown = (unknown_vectors(config, module, runner)
-               if config.deploy.unknown_dir else None)
+               if config.unknown_dir else None)
     if unknown is not None:
       sets['unknown'] = novelty.scores(unknown)
     for name, scores in sets.items():
@@ -912,7 +912,7 @@ def trust_checks(config: Config, module, runner, labels: Sequence[str],
                    name.replace('_', '-'), counts['flagged'],
                    counts['count'])
   trust_report.write(
-      config.outputs.report_dir, config.outputs.summaries_dir,
+      config.report_dir, config.summaries_dir,
       trained.history[-1].step if trained.history else 0,
       describe_figures(trained, tuned), confidence,
       test.probabilities if test.count else None, test.labels, novelty,
@@ -937,7 +937,7 @@ def export(config: Config, module, labels: Sequence[str],
   predictions as trained.head) and the confidence metadata; a quantized TFLite model is
   first checked on the test set (the validation set when there is none).
   """
-  export_lib.write_labels(config.outputs.output_labels, labels)
+  export_lib.write_labels(config.output_labels, labels)
   deploy_metadata = {'confidence': confidence.metadata()}
   if confidence.head.novelty is not None:
     deploy_metadata['novelty'] = confidence.head.novelty.metadata()
@@ -945,8 +945,8 @@ def export(config: Config, module, labels: Sequence[str],
   rows = split.subset(held_out)
   gate = quantization_check.Gate(
       images.paths_of(rows), images.labels[rows], held_out,
-      config.outputs.max_quantization_loss, config.outputs.keep_lossy_quantization,
-      config.outputs.tflite_calibration_images)
+      config.max_quantization_loss, config.keep_lossy_quantization,
+      config.tflite_calibration_images)
   float_check = None
   if float_module is not None and precision_lib.is_quantized(module):
     float_check = check_float_exports(
@@ -954,7 +954,7 @@ def export(config: Config, module, labels: Sequence[str],
         test.accuracy if held_out == 'test' else None)
     phases_lib.release_memory()  # its float interpreters, before the exports
   other_formats = export_formats.export_other_formats(
-      config.outputs, module, confidence.head,
+      subset(export_formats.ExportOptions, config), module, confidence.head,
       labels, images.paths_of(split.train), gate, deploy_metadata)
   if float_check is not None:
     other_formats['float_export_check'] = float_check
@@ -962,10 +962,10 @@ def export(config: Config, module, labels: Sequence[str],
     other_formats['intermediate_graphs'] = intermediate.written
   phases_lib.release_memory()  # the frozen graph's copies of the weights
   saved = None
-  if config.outputs.saved_model_dir:
+  if config.saved_model_dir:
     saved = export_lib.export_saved_model(
-        config.outputs.saved_model_dir, module, confidence.head, labels,
-        config.outputs.final_tensor_name,
+        config.saved_model_dir, module, confidence.head, labels,
+        config.final_tensor_name,
         extra_metadata={'modules': ensemble_lib.describe_modules(module),
                         'test_accuracy': test.accuracy,
                         'test_count': test.count,
@@ -974,9 +974,9 @@ def export(config: Config, module, labels: Sequence[str],
                                                 for c in gate.results],
                         **deploy_metadata, **(fine_tune_metadata or {})})
     logging.info('Exported the classifier to %s (labels in %s).', saved,
-                 config.outputs.output_labels)
+                 config.output_labels)
   deployment = deployment_report.write_report(
-      config.outputs.report_dir, confidence, gate.results, other_formats)
+      config.report_dir, confidence, gate.results, other_formats)
   return saved, deployment
 
 
@@ -993,12 +993,12 @@ def check_float_exports(config: Config, float_module, head,
   probe = precision_lib.Probe(
       paths=images.paths_of(rows),
       keyed=(digests, np.arange(len(rows), dtype=np.int64), []),
-      bottleneck_dir=config.cache.bottleneck_dir,
-      batch_size=config.cache.bottleneck_batch_size,
-      max_pixels=config.data.max_image_pixels)
+      bottleneck_dir=config.bottleneck_dir,
+      batch_size=config.bottleneck_batch_size,
+      max_pixels=config.max_image_pixels)
   return precision_lib.check_float_exports(
       float_module, head, probe, images.labels[rows], int8_accuracy,
-      held_out, config.cache.bottleneck_runtime, config.module.module_cache_dir)
+      held_out, config.bottleneck_runtime, config.module_cache_dir)
 
 
 def _model_lines(config: Config, module, labels, stats, timings) -> dict:
@@ -1006,12 +1006,12 @@ def _model_lines(config: Config, module, labels, stats, timings) -> dict:
   members = ensemble_lib.describe_modules(module)
   model = (f'{" + ".join(m["handle"] for m in members)} '
            f'({module.output_dim}-d features) and a softmax head over '
-           f'{len(labels)} classes ({config.head.head_solver})')
+           f'{len(labels)} classes ({config.head_solver})')
   sizes = []
-  for what, path in (('SavedModel', config.outputs.saved_model_dir),
-                     ('frozen graph', config.outputs.output_graph),
-                     ('TFLite', config.outputs.tflite_output_file),
-                     ('ONNX', config.outputs.onnx_output_file)):
+  for what, path in (('SavedModel', config.saved_model_dir),
+                     ('frozen graph', config.output_graph),
+                     ('TFLite', config.tflite_output_file),
+                     ('ONNX', config.onnx_output_file)):
     if path and os.path.exists(path):
       size = (sum(os.path.getsize(os.path.join(d, f))
                   for d, _, files in os.walk(path) for f in files)
@@ -1045,12 +1045,12 @@ def start_results_page(config: Config, layout, crops, module, labels,
     files = images.paths_of(rows)
   report = results_lib.build(
       labels, [labels[y] for y in truth], probs, files, set=name,
-      title=f'Results: {os.path.basename(os.path.normpath(config.data.image_dir))}',
+      title=f'Results: {os.path.basename(os.path.normpath(config.image_dir))}',
       validation=(f'{len(split.validation)} validation and '
                   f'{len(split.test)} test photos held out of training; '
                   f'split: {layout.description}, validation '
-                  f'{config.data.validation_percentage}%, test '
-                  f'{config.data.testing_percentage}% of each class by a stable '
+                  f'{config.validation_percentage}%, test '
+                  f'{config.testing_percentage}% of each class by a stable '
                   'hash of the file name unless the layout gives the split'),
       history=[dataclasses.asdict(p) for p in trained.history],
       settings={k: str(v) for k, v in dataclasses.asdict(config).items()})
@@ -1071,7 +1071,7 @@ def results_page(config: Config, started: tuple, module, labels, stats,
   heat = future.result()
   report.update(seconds=time.monotonic() - phases.started,
                 **_model_lines(config, module, labels, stats, phases.timings))
-  written = results_lib.write(config.outputs.report_dir, report, explainer,
+  written = results_lib.write(config.report_dir, report, explainer,
                               heat=heat)
   logging.info('Results page: %s', written[0])
   return written[0]
@@ -1079,8 +1079,8 @@ def results_page(config: Config, started: tuple, module, labels, stats,
 
 def write_run_summary(config: Config, result: RunResult) -> str:
   """Writes <report_dir>/run_summary.json (config, counts, accuracy, timings)."""
-  os.makedirs(config.outputs.report_dir, exist_ok=True)
-  path = os.path.join(config.outputs.report_dir, RUN_SUMMARY_FILE)
+  os.makedirs(config.report_dir, exist_ok=True)
+  path = os.path.join(config.report_dir, RUN_SUMMARY_FILE)
   summary = {
       'config': dataclasses.asdict(config),
       'labels': result.labels,

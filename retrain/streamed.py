@@ -35,7 +35,7 @@ import bottleneck_cache
 from bottleneck_cache import chunks
 from retrain.bottlenecks import distort as distort_lib
 from retrain.bottlenecks import usable as usable_lib
-from retrain.config import Config
+from retrain.config import Config, subset
 from retrain.data import split as split_lib
 from retrain.errors import DatasetError
 from retrain.head import streaming
@@ -48,10 +48,10 @@ _KEY_BLOCK = 65536
 def expected_training_vectors(config: Config, images: int) -> int:
   """Training vectors a run of `images` images will have, before decoding:
   the share the split leaves to train, times 1 + the distorted copies."""
-  share = max(0.0, 100.0 - config.data.validation_percentage -
-              config.data.testing_percentage) / 100.0
-  copies = (config.distort.distorted_copies
-            if config.distort.any() else 0)
+  share = max(0.0, 100.0 - config.validation_percentage -
+              config.testing_percentage) / 100.0
+  copies = (config.distorted_copies
+            if subset(distort_lib.Distortions, config).any() else 0)
   return int(images * share * (1 + copies))
 
 
@@ -66,25 +66,25 @@ def needed(config: Config, images: int, module=None) -> bool:
     DatasetError: a negative --max_vectors_in_memory, or fine_tune on a
       run that would stream (fine-tuning holds its activations in memory).
   """
-  if config.scale.max_vectors_in_memory < 0:
+  if config.max_vectors_in_memory < 0:
     raise DatasetError(
-        f'max_vectors_in_memory={config.scale.max_vectors_in_memory} must be 0 '
+        f'max_vectors_in_memory={config.max_vectors_in_memory} must be 0 '
         '(never stream) or a number of vectors, e.g. 100000.', fields=('max_vectors_in_memory',))
   past = streaming.should_stream(expected_training_vectors(config, images),
-                                 config.scale.max_vectors_in_memory)
+                                 config.max_vectors_in_memory)
   if past and getattr(module, 'members', None):
     logging.warning('The training vectors exceed --max_vectors_in_memory=%d, '
                     'but an ensemble of modules cannot stream from the cache '
                     'yet; training holds them in memory. Use one module '
                     '(e.g. --tfhub_module efficientnet_lite0) to stream.',
-                    config.scale.max_vectors_in_memory)
+                    config.max_vectors_in_memory)
     return False
-  if past and config.finetune.fine_tune:
+  if past and config.fine_tune:
     raise DatasetError(
         f'fine_tune holds the activations of every training image in '
         f'memory, but this run\'s {expected_training_vectors(config, images)} '
         f'training vectors are past max_vectors_in_memory='
-        f'{config.scale.max_vectors_in_memory}, so it would stream from the cache: '
+        f'{config.max_vectors_in_memory}, so it would stream from the cache: '
         'fine-tune on a smaller folder, or raise max_vectors_in_memory if '
         'the memory allows (about 20 KB per image from the last block).',
         fields=('fine_tune', 'max_vectors_in_memory'))
@@ -96,18 +96,18 @@ def _copy_keys(config: Config, module, runner, images, split, directories):
   returns (their compact keys 'S32' [m], source rows into split.train [m],
   stats),
   or None without distortions. Appends their namespace to directories."""
-  distortions = config.distort
+  distortions = subset(distort_lib.Distortions, config)
   copies = distort_lib.training_copies(
-      distortions, config.distort.distorted_copies, config.head.random_seed,
-      config.cache.bottleneck_dir, config.cache.bottleneck_batch_size, runner,
+      distortions, config.distorted_copies, config.random_seed,
+      config.bottleneck_dir, config.bottleneck_batch_size, runner,
       images.paths_of(split.train), images.digests_of(split.train),
       load_vectors=False)
   if copies is None:
     return None
   directories.append(os.path.join(
-      config.cache.bottleneck_dir, bottleneck_cache.namespace_id(
+      config.bottleneck_dir, bottleneck_cache.namespace_id(
           distort_lib.cache_namespace(module, distortions,
-                                      config.head.random_seed))))
+                                      config.random_seed))))
   train_digests = images.digests_of(split.train)
   keys = [chunks.compact_keys([
       distort_lib.copy_key(train_digests[s], int(c)) for s, c in zip(
@@ -124,10 +124,10 @@ def _calibrate(config: Config, trained: train_lib.TrainResult,
   (streaming.sample_capacity), read from the cache."""
   from retrain import pipeline  # pylint: disable=g-import-not-at-top
   rows = np.arange(len(val_y))
-  cap = streaming.sample_capacity(config.scale.max_vectors_in_memory,
+  cap = streaming.sample_capacity(config.max_vectors_in_memory,
                                  validation.dim)
   if len(rows) > cap:
-    rows = np.sort(np.random.default_rng(config.head.random_seed).choice(
+    rows = np.sort(np.random.default_rng(config.random_seed).choice(
         len(rows), cap, replace=False))
   return pipeline.calibrate(config, trained, validation.read(rows),
                             val_y[rows])
@@ -139,17 +139,17 @@ def _train(config: Config, train: chunks.ChunkReader, train_y: np.ndarray,
   """Streaming SGD with the run's settings, logged as the pipeline logs."""
   from retrain import pipeline  # pylint: disable=g-import-not-at-top
   settings = pipeline.train_settings(config)
-  if config.head.head_solver != 'sgd':
+  if config.head_solver != 'sgd':
     # The converging solver needs every vector on each iteration.
     logging.info('--head_solver %s: past the memory budget the head is '
                  'trained with SGD, streaming (docs/scale.md).',
-                 config.head.head_solver)
+                 config.head_solver)
   log = train_lib.EvalLog(train_lib.eval_steps(settings.steps,
                                                settings.eval_step_interval))
   stats = streaming.StreamStats()
   trained = streaming.train_head_streaming(
       train, train_y, num_classes, validation, val_y, settings,
-      config.scale.max_vectors_in_memory, on_eval=log, stats=stats)
+      config.max_vectors_in_memory, on_eval=log, stats=stats)
   log.finish()
   logging.info('Streamed %d chunks (%d vectors read; %.1f s waiting for '
                'reads).', stats.chunks, stats.vectors_read, stats.wait_seconds)
@@ -168,7 +168,7 @@ def run(config: Config, layout, module, runner, phases, keyed=None):
       here).
   """
   from retrain import pipeline  # pylint: disable=g-import-not-at-top
-  budget = config.scale.max_vectors_in_memory
+  budget = config.max_vectors_in_memory
   logging.info('About %d training vectors exceed --max_vectors_in_memory=%d: '
                'training and evaluation read them from the cache in chunks '
                '(no TensorBoard summaries or per-class reports on this path; '
@@ -184,7 +184,7 @@ def run(config: Config, layout, module, runner, phases, keyed=None):
   split = pipeline.make_split(config, layout, images)
   # 32 bytes per image (chunks.compact_keys), not a Python string each.
   keys = chunks.compact_keys(images.digests)
-  directories = [os.path.join(config.cache.bottleneck_dir,
+  directories = [os.path.join(config.bottleneck_dir,
                               bottleneck_cache.namespace_id(
                                   pipeline.bottlenecks_lib.cache_namespace(
                                       module)))]
@@ -212,7 +212,7 @@ def run(config: Config, layout, module, runner, phases, keyed=None):
   with phases('evaluation'):
     test = streaming.evaluate_streaming(
         trained.head, readers['test'], images.labels[split.test], budget,
-        config.head.test_batch_size, seed=config.head.random_seed)
+        config.test_batch_size, seed=config.random_seed)
     misclassified = pipeline.report_test(config, labels, test, images, split)
     confidence = _calibrate(config, trained, readers['validation'],
                             images.labels[split.validation])

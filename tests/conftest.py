@@ -92,6 +92,7 @@ def colour_dir(tmp_path):
 
 def shrunk_config(image_dir, out, module, **overrides):
   """The default config, shrunk to run in seconds, every output under `out`."""
+  import dataclasses
 
   from retrain.config import DEFAULTS
   out = pathlib.Path(out)
@@ -110,7 +111,7 @@ def shrunk_config(image_dir, out, module, **overrides):
       eval_step_interval=50,
   )
   fields.update(overrides)
-  return DEFAULTS.replace(**fields)
+  return dataclasses.replace(DEFAULTS, **fields)
 
 
 @pytest.fixture

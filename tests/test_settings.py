@@ -1,5 +1,5 @@
 """Settings declared once: flags, checks, flat overrides and docs from one
-declaration (retrain/common/settings.py, retrain/config/)."""
+declaration (retrain/common/settings.py, retrain/config.py)."""
 
 import dataclasses
 

@@ -250,7 +250,7 @@ def test_pipeline_streams_past_the_budget(tmp_path, fake_module, monkeypatch):
   assert trained_on == 2 * result.counts['train']
   assert stats.chunks > 1
   assert result.test_accuracy == 1.0 and result.test_count > 0
-  assert result.history[-1].step == config.head.how_many_training_steps - 1
+  assert result.history[-1].step == config.how_many_training_steps - 1
   summary = json.loads((tmp_path / 'out' / 'report' /
                         'run_summary.json').read_text())
   assert summary['config']['max_vectors_in_memory'] == 10
@@ -267,7 +267,8 @@ def test_pipeline_streams_past_the_budget(tmp_path, fake_module, monkeypatch):
 
 
 def dataclasses_replace(config, **changes):
-  return config.replace(**changes)
+  import dataclasses
+  return dataclasses.replace(config, **changes)
 
 
 def test_negative_budget_is_a_clear_error(tmp_path, fake_module):

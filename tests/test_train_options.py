@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from retrain.config import DEFAULTS
+from retrain.config import DEFAULTS, subset
 from retrain.errors import DatasetError
 from retrain.head import options as opts_lib
 from retrain.head import train
 
-PLAIN = DEFAULTS.head
+PLAIN = subset(opts_lib.TrainOptions, DEFAULTS)
 
 
 def _opts(**kw):

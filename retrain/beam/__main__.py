@@ -39,12 +39,12 @@ def main(argv):
   from retrain.errors import RetrainError  # pylint: disable=g-import-not-at-top
   config = command_line.config_from_flags()
   from retrain.common import runs  # pylint: disable=g-import-not-at-top
-  if runs.in_run_folder(config.outputs.report_dir):  # The job's own run folder.
-    config = config.replace(report_dir=runs.fill(
-        config.outputs.report_dir, runs.new_run_folder(config.outputs.output_dir,
+  if runs.in_run_folder(config.report_dir):  # The job's own run folder.
+    config = dataclasses.replace(config, report_dir=runs.fill(
+        config.report_dir, runs.new_run_folder(config.output_dir,
                                                runs.data_set_name(
-                                                   config.data.image_dir,
-                                                   config.data.image_labels_csv))))
+                                                   config.image_dir,
+                                                   config.image_labels_csv))))
   try:
     job.run(config, command_line.beam_options_from_flags(), argv[1:])
   except RetrainError as e:

@@ -3,7 +3,7 @@
 `run(config, options, pipeline_args)` computes every vector a following
 `python -m retrain` with the same Config would need (plain vectors of every
 image; distorted copies of the training images when distortion flags are
-set) and writes them into the cache at config.cache.bottleneck_dir:
+set) and writes them into the cache at config.bottleneck_dir:
 
   launcher   lists the images with retrain.data.sources (any layout, CSVs),
              loads the module once (bundled presets are converted into the
@@ -57,7 +57,7 @@ from retrain.beam.options import BeamOptions
 from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.bottlenecks import distort
 from retrain.common import walk as walk_lib
-from retrain.config import Config
+from retrain.config import Config, subset
 from retrain.errors import DatasetError
 
 FAILURES_FILE = 'beam_failures.tsv'
@@ -410,7 +410,7 @@ def _count_failure(failure):
 
 
 def _training_copies(config: Config, layout) -> List[int]:
-  """Distorted copies wanted per image of layout: config.distort.distorted_copies
+  """Distorted copies wanted per image of layout: config.distorted_copies
   for training images, 0 for the others.
 
   The split is the one retrain makes when every image decodes; an image
@@ -422,10 +422,10 @@ def _training_copies(config: Config, layout) -> List[int]:
   everything = np.arange(len(images), dtype=np.int64)
   labels = np.array([image.label for image in images], dtype=np.int64)
   split = layouts.make_split(layout, everything, labels,
-                             config.data.validation_percentage,
-                             config.data.testing_percentage)
+                             config.validation_percentage,
+                             config.testing_percentage)
   copies = np.zeros(len(images), dtype=np.int64)
-  copies[split.train] = config.distort.distorted_copies
+  copies[split.train] = config.distorted_copies
   return copies.tolist()
 
 
@@ -447,15 +447,16 @@ def run(config: Config, options: BeamOptions,
   Distorted copies of an ensemble are left to retrain (with a warning).
   """
   from retrain.features import ensemble as ensemble_lib  # pylint: disable=g-import-not-at-top
-  loaded = ensemble_lib.load(config.module.tfhub_module, config.module.image_size,
-                             config.module.module_cache_dir, trust=config.module.trust_module)
+  loaded = ensemble_lib.load(config.tfhub_module, config.image_size,
+                             config.module_cache_dir, trust=config.trust_module)
   members = getattr(loaded, 'members', None)
   if not members:
     return _run_one(config, options, pipeline_args)
-  if config.distort.any():
+  if subset(distort.Distortions, config).any():
     logging.warning('Distorted copies of an ensemble are not computed by the '
                     'Beam job; retrain computes them.')
-  results = [_run_one(config.replace(tfhub_module=member.handle, flip_left_right=False,
+  results = [_run_one(dataclasses.replace(
+      config, tfhub_module=member.handle, flip_left_right=False,
       random_crop=0.0, random_scale=0.0, random_brightness=0.0,
       random_rotation=0.0, random_shift=0.0), options, pipeline_args)
              for member in members]
@@ -469,7 +470,7 @@ def run(config: Config, options: BeamOptions,
 
 def _check_supported(config) -> None:
   """Refuses settings the Beam job does not compute yet."""
-  if config.crop.crop_to_boxes:
+  if config.crop_to_boxes:
     # Whole images would fill the cache with vectors a --crop_to_boxes run
     # never reads.
     raise DatasetError('crop_to_boxes is not supported by the Beam job yet: '
@@ -497,28 +498,28 @@ def _run_one(config: Config, options: BeamOptions,
   started = time.monotonic()
   options.check()
   _check_supported(config)
-  layout_options = config.data
+  layout_options = subset(layouts.LayoutOptions, config)
   layouts.check_layout_options(layout_options)
-  distortions = config.distort
-  distort.check_settings(distortions, config.distort.distorted_copies)
+  distortions = subset(distort.Distortions, config)
+  distort.check_settings(distortions, config.distorted_copies)
   layout = layouts.load_layout(layout_options)
   images = layout.dataset.images
   logging.info('Found %d images: %s.', len(images), layout.description)
 
-  module = features.load_module(config.module.tfhub_module, config.module.image_size,
-                                config.module.module_cache_dir, config.module.trust_module)
-  plain_dir = prepare_namespace(config.cache.bottleneck_dir,
+  module = features.load_module(config.tfhub_module, config.image_size,
+                                config.module_cache_dir, config.trust_module)
+  plain_dir = prepare_namespace(config.bottleneck_dir,
                                 bottlenecks_lib.cache_namespace(module))
   distorted_dir = None
   copies = [0] * len(images)
   if distortions.any():
     distorted_dir = prepare_namespace(
-        config.cache.bottleneck_dir,
-        distort.cache_namespace(module, distortions, config.head.random_seed))
+        config.bottleneck_dir,
+        distort.cache_namespace(module, distortions, config.random_seed))
     copies = _training_copies(config, layout)
-  failures_path = FileSystems.join(config.outputs.report_dir, FAILURES_FILE)
-  if '://' not in config.outputs.report_dir:
-    os.makedirs(config.outputs.report_dir, exist_ok=True)
+  failures_path = FileSystems.join(config.report_dir, FAILURES_FILE)
+  if '://' not in config.report_dir:
+    os.makedirs(config.report_dir, exist_ok=True)
 
   pipeline_options = PipelineOptions(list(pipeline_args))
   runner = make_runner(pipeline_options)
@@ -530,19 +531,19 @@ def _run_one(config: Config, options: BeamOptions,
         plain_dir=plain_dir, distorted_dir=distorted_dir,
         module_path=module.path, input_size=module.input_size,
         distortions=distortions if distortions.any() else None,
-        seed=config.head.random_seed, options=options,
+        seed=config.random_seed, options=options,
         failures_prefix=failures_path)
   result = pipeline.run()
   result.wait_until_finish()
 
   namespaces = [d for d in (plain_dir, distorted_dir) if d]
-  if options.merge_local and '://' not in config.cache.bottleneck_dir:
+  if options.merge_local and '://' not in config.bottleneck_dir:
     for directory in namespaces:
       description = (bottlenecks_lib.cache_namespace(module)
                      if directory == plain_dir else
                      distort.cache_namespace(module, distortions,
-                                             config.head.random_seed))
-      bottleneck_cache.BottleneckStore(config.cache.bottleneck_dir,
+                                             config.random_seed))
+      bottleneck_cache.BottleneckStore(config.bottleneck_dir,
                                        description).merge()
   done = BeamResult(images=len(images), present=_counter(result, 'present'),
                     computed=_counter(result, 'computed'),

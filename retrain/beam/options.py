@@ -3,7 +3,7 @@ bounds; their flags are made from these declarations).
 
 Everything else the job needs (inputs, module, --bottleneck_dir, distortion
 flags, --distorted_copies, --random_seed) is the retrain Config, with the
-defaults of retrain/config/.
+defaults of retrain/config.py.
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ def _load_examples(config: Config, timings: dict):
   """(_Examples, module): the examples as retrain lists and splits them,
   with their vectors from (or into) retrain's cache."""
   layout, crops = boxes_lib.load_examples(
-      config.data, subset(boxes_lib.BoxOptions,
+      subset(sources.LayoutOptions, config), subset(boxes_lib.BoxOptions,
                                                     config))
   paths = [image.path for image in layout.dataset.images]
   logging.info('Inspecting %d examples in %d classes: %s.', len(paths),
@@ -120,11 +120,11 @@ def _load_examples(config: Config, timings: dict):
   # The pipeline's own module loading and bottleneck step: ensembles, the
   # module check, the pixel limit and the cache namespaces as retrain has
   # them, so a training run afterwards reads every vector.
-  module = ensemble_lib.load(config.module.tfhub_module, config.module.image_size,
-                             config.module.module_cache_dir,
-                             trust=config.module.trust_module)
-  runner = tflite_runtime.deferred(module, config.cache.bottleneck_runtime,
-                                   config.module.module_cache_dir)
+  module = ensemble_lib.load(config.tfhub_module, config.image_size,
+                             config.module_cache_dir,
+                             trust=config.trust_module)
+  runner = tflite_runtime.deferred(module, config.bottleneck_runtime,
+                                   config.module_cache_dir)
   phase = time.monotonic()
   computed = pipeline.bottlenecks(config, layout.dataset, module, runner,
                                   crops)
@@ -133,8 +133,8 @@ def _load_examples(config: Config, timings: dict):
   if not len(usable):
     raise DatasetError('No example could be decoded; nothing to inspect.')
   y = np.array([layout.dataset.images[i].label for i in usable], np.int64)
-  split = sources.make_split(layout, usable, y, config.data.validation_percentage,
-                             config.data.testing_percentage)
+  split = sources.make_split(layout, usable, y, config.validation_percentage,
+                             config.testing_percentage)
   subsets = np.zeros(len(usable), np.int64)
   for code, name in enumerate(split_lib.SUBSETS):
     subsets[split.subset(name)] = code
@@ -213,7 +213,7 @@ def _model_sections(labels, ex: _Examples, options: InspectConfig) -> dict:
 def inspect_dataset(config: Config, options: InspectConfig) -> InspectResult:
   """Builds and writes the report (see module doc)."""
   check_options(options)
-  sources.check_layout_options(config.data)
+  sources.check_layout_options(subset(sources.LayoutOptions, config))
   timings = {}
   started = time.monotonic()
   ex, module = _load_examples(config, timings)
@@ -221,11 +221,11 @@ def inspect_dataset(config: Config, options: InspectConfig) -> InspectResult:
   paths = [image.path for image in ex.layout.dataset.images]
   report = {'schema_version': SCHEMA_VERSION, 'data': {
       'description': ex.layout.description, 'labels': labels,
-      'crop_to_boxes': bool(config.crop.crop_to_boxes),
+      'crop_to_boxes': bool(config.crop_to_boxes),
       'examples': len(paths), 'usable_examples': int(len(ex.usable)),
-      'files': len(set(paths)), 'module': config.module.tfhub_module,
+      'files': len(set(paths)), 'module': config.tfhub_module,
       'input_size': list(module.input_size),
-      'bottleneck_dir': config.cache.bottleneck_dir}}
+      'bottleneck_dir': config.bottleneck_dir}}
   for name, make in (
       ('classes_and_files', lambda: _class_sections(labels, ex, options)),
       ('duplicates', lambda: _duplicate_sections(ex, options)),
