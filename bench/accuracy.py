@@ -20,7 +20,7 @@ module and ensemble preset, side by side on one image folder.
    full flowers set) at the measured rate.
 
 Solvers: `lbfgs` (the converging solver, grid and refit as configured in
-retrain/config.py), `lbfgs-norefit` (the same, without refitting on
+retrain/config/), `lbfgs-norefit` (the same, without refitting on
 training + validation), `lbfgs-std` / `lbfgs-raw` (on standardised / raw
 vectors, whatever the default), `sgd` (retrain.py's defaults: 4,000 steps of
 SGD at 0.01).
@@ -60,13 +60,13 @@ FULL_FLOWERS = 3670
 def module_vectors(paths, name, bottleneck_dir, cache_dir):
   """(Bottlenecks, seconds per computed image or nan) of module `name`."""
   module = features.load_module(name, None, cache_dir)
-  runner = tflite_runtime.deferred(module, DEFAULTS.bottleneck_runtime,
+  runner = tflite_runtime.deferred(module, DEFAULTS.cache.bottleneck_runtime,
                                    cache_dir)
   runner.prepare()  # TFLite conversion is one-time, not per image
   started = time.monotonic()
   computed = ensemble_bottlenecks.compute_bottlenecks(
-      paths, module, runner, bottleneck_dir, DEFAULTS.bottleneck_runtime,
-      DEFAULTS.bottleneck_batch_size, cache_dir)
+      paths, module, runner, bottleneck_dir, DEFAULTS.cache.bottleneck_runtime,
+      DEFAULTS.cache.bottleneck_batch_size, cache_dir)
   seconds = time.monotonic() - started
   per_image = (seconds / computed.stats.computed if computed.stats.computed
                else float('nan'))
@@ -93,10 +93,10 @@ def train(solver, x, y, classes, train_rows, val_rows, seed):
   if solver == 'sgd':
     d = DEFAULTS
     return train_lib.train_head(tx, ty, classes, vx, vy, train_lib.Settings(
-        steps=d.how_many_training_steps, learning_rate=d.learning_rate,
-        batch_size=d.train_batch_size,
-        eval_step_interval=d.how_many_training_steps,
-        validation_batch_size=d.validation_batch_size, seed=seed)).head
+        steps=d.head.how_many_training_steps, learning_rate=d.head.learning_rate,
+        batch_size=d.head.train_batch_size,
+        eval_step_interval=d.head.how_many_training_steps,
+        validation_batch_size=d.head.validation_batch_size, seed=seed)).head
   options = solver_lib.SolverOptions.from_config(DEFAULTS)
   if solver == 'lbfgs-norefit':
     options = dataclasses.replace(options, refit=False)
@@ -122,7 +122,7 @@ def main():
   args = parser.parse_args()
   logging.set_verbosity(logging.WARNING)
 
-  config = dataclasses.replace(DEFAULTS, image_dir=args.image_dir)
+  config = DEFAULTS.replace(image_dir=args.image_dir)
   layout = layouts.load_layout(config)
   paths = [image.path for image in layout.dataset.images]
   labels = np.array([image.label for image in layout.dataset.images])

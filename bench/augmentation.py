@@ -21,7 +21,6 @@ prints figures and ratios and asserts nothing.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import pathlib
 import shutil
@@ -63,9 +62,9 @@ def _interleaved_cost_ratio(base, work, reps=3):
   from retrain.bottlenecks import distort
   from retrain.data import discover
   from retrain.features import modules as features
-  module = features.load_module(base.tfhub_module, base.image_size,
-                                base.module_cache_dir)
-  paths = [i.path for i in discover.discover_images(base.image_dir).images]
+  module = features.load_module(base.module.tfhub_module, base.module.image_size,
+                                base.module.module_cache_dir)
+  paths = [i.path for i in discover.discover_images(base.data.image_dir).images]
   d = distort.Distortions(**{k: v for k, v in DISTORTIONS.items()})
   best = {'plain': float('inf'), 'distorted': float('inf')}
   for rep in range(reps):
@@ -74,13 +73,13 @@ def _interleaved_cost_ratio(base, work, reps=3):
     bottlenecks.compute_bottlenecks(
         paths, module, bottleneck_cache.BottleneckStore(
             str(root), bottlenecks.cache_namespace(module)),
-        base.bottleneck_batch_size)
+        base.cache.bottleneck_batch_size)
     best['plain'] = min(best['plain'], time.monotonic() - started)
     started = time.monotonic()
     distort.compute_distorted(
         paths, module, bottleneck_cache.BottleneckStore(
             str(root), distort.cache_namespace(module, d, 0)),
-        distort.CopyRecipe(d, 1, 0), base.bottleneck_batch_size)
+        distort.CopyRecipe(d, 1, 0), base.cache.bottleneck_batch_size)
     best['distorted'] = min(best['distorted'], time.monotonic() - started)
     shutil.rmtree(root)
   return best['distorted'] / best['plain']
@@ -90,15 +89,15 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--image_dir', default=str(DEFAULT_IMAGES))
   parser.add_argument('--work_dir', default='/tmp/bench_augmentation')
-  parser.add_argument('--module', default=DEFAULTS.tfhub_module)
+  parser.add_argument('--module', default=DEFAULTS.module.tfhub_module)
   parser.add_argument('--copies', default='1,2,4,8',
                       help='values of K to compare, comma-separated')
   parser.add_argument('--seeds', default='0,1,2',
                       help='seeds of the accuracy table ("" for none)')
   parser.add_argument('--steps', type=int,
-                      default=DEFAULTS.how_many_training_steps)
+                      default=DEFAULTS.head.how_many_training_steps)
   parser.add_argument('--testing_percentage', type=float,
-                      default=DEFAULTS.testing_percentage,
+                      default=DEFAULTS.data.testing_percentage,
                       help='a larger test set makes accuracy differences '
                       'measurable (51 test images move in steps of 2%%)')
   parser.add_argument('--gain_only', action='store_true',
@@ -114,8 +113,7 @@ def main():
   work = pathlib.Path(args.work_dir)
   if work.exists():
     shutil.rmtree(work)
-  base = dataclasses.replace(
-      DEFAULTS, image_dir=args.image_dir, tfhub_module=args.module,
+  base = DEFAULTS.replace(image_dir=args.image_dir, tfhub_module=args.module,
       bottleneck_dir=str(work / 'bottlenecks'),
       summaries_dir=str(work / 'logs'),
       output_labels=str(work / 'labels.txt'), saved_model_dir='',
@@ -133,7 +131,7 @@ def main():
   for seed in seeds:
     for k in [0] + ks:
       if (k, seed) not in accuracy:
-        config = dataclasses.replace(base, random_seed=seed,
+        config = base.replace(random_seed=seed,
                                      distorted_copies=max(k, 1),
                                      **(DISTORTIONS if k else {}))
         result = _run(config)[0]
@@ -165,7 +163,7 @@ def _cost(base, ks, work, accuracy, seeds):
   for seed in seeds:
     accuracy[(0, seed)] = plain.test_accuracy
   for k in ks:
-    config = dataclasses.replace(base, distorted_copies=k, **DISTORTIONS)
+    config = base.replace(distorted_copies=k, **DISTORTIONS)
     result, _ = _run(config)
     t_d = result.timings['distorted_copies']
     new = result.distorted_stats.computed
@@ -189,7 +187,7 @@ def _cost(base, ks, work, accuracy, seeds):
   print(f'per-image cost of a distorted copy / a plain bottleneck, '
         f'interleaved, best of 3: {ratio:.2f}')
   rate = n_all / t_plain
-  steps = DEFAULTS.how_many_training_steps * DEFAULTS.train_batch_size
+  steps = DEFAULTS.head.how_many_training_steps * DEFAULTS.head.train_batch_size
   print(f'retrain.py with distortions runs the module on {steps} images '
         f'(4000 steps x 100): about {steps / rate / 3600:.1f} h at this rate.')
   return plain

@@ -17,7 +17,6 @@ the largest difference between the Beam vectors and the in-process TF ones.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import pathlib
 import shutil
@@ -41,14 +40,14 @@ def in_process(config, runtime: str):
   from retrain.features import modules, tflite_runtime
   layout = sources.load_layout(config)
   paths = [image.path for image in layout.dataset.images]
-  module = modules.load_module(config.tfhub_module, config.image_size,
-                               config.module_cache_dir)
-  runner = tflite_runtime.deferred(module, runtime, config.module_cache_dir)
-  store = bottleneck_cache.BottleneckStore(config.bottleneck_dir,
+  module = modules.load_module(config.module.tfhub_module, config.module.image_size,
+                               config.module.module_cache_dir)
+  runner = tflite_runtime.deferred(module, runtime, config.module.module_cache_dir)
+  store = bottleneck_cache.BottleneckStore(config.cache.bottleneck_dir,
                                            compute.cache_namespace(module))
   started = time.monotonic()
   done = compute.compute_bottlenecks(paths, runner, store,
-                                     config.bottleneck_batch_size)
+                                     config.cache.bottleneck_batch_size)
   seconds = time.monotonic() - started
   digests = [d for d, ok in zip(done.digests, done.ok, strict=True) if ok]
   return seconds, digests, done.vectors, module
@@ -57,7 +56,7 @@ def in_process(config, runtime: str):
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--image_dir', required=True)
-  parser.add_argument('--tfhub_module', default=DEFAULTS.tfhub_module)
+  parser.add_argument('--tfhub_module', default=DEFAULTS.module.tfhub_module)
   parser.add_argument('--workers', default='1,2')
   parser.add_argument('--work_dir', type=pathlib.Path,
                       default=pathlib.Path('/tmp/retrain_beam_bench'))
@@ -70,8 +69,7 @@ def main() -> None:
   def config(name):
     folder = args.work_dir / name
     shutil.rmtree(folder, ignore_errors=True)
-    return dataclasses.replace(
-        DEFAULTS, image_dir=args.image_dir, tfhub_module=args.tfhub_module,
+    return DEFAULTS.replace(image_dir=args.image_dir, tfhub_module=args.tfhub_module,
         bottleneck_dir=str(folder / 'bn'), report_dir=str(folder / 'report'))
 
   rows = []
@@ -86,7 +84,7 @@ def main() -> None:
     result = job.run(beam_config, BEAM_DEFAULTS, [
         '--runner', 'DirectRunner', '--direct_num_workers', str(workers),
         '--direct_running_mode', mode])
-    store = bottleneck_cache.BottleneckStore(beam_config.bottleneck_dir,
+    store = bottleneck_cache.BottleneckStore(beam_config.cache.bottleneck_dir,
                                              compute.cache_namespace(module))
     diff = float(np.max(np.abs(store.get(digests) - reference)))
     rows.append((f'Beam DirectRunner, {workers} worker(s) ({mode})',

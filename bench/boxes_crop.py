@@ -15,7 +15,6 @@ per-class ones; RBC is 85% of the boxes, so plain accuracy flatters).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -39,8 +38,8 @@ from retrain.head import evaluate, train  # noqa: E402
 def _arm(name, vectors, y, split, labels, steps):
   t = time.monotonic()
   settings = train.Settings(
-      steps=steps, learning_rate=DEFAULTS.learning_rate,
-      batch_size=DEFAULTS.train_batch_size,
+      steps=steps, learning_rate=DEFAULTS.head.learning_rate,
+      batch_size=DEFAULTS.head.train_batch_size,
       eval_step_interval=max(steps // 10, 1), validation_batch_size=-1,
       seed=0)
   trained = train.train_head(
@@ -62,7 +61,7 @@ def main():
   parser.add_argument('--margins', default='0,10,25')
   parser.add_argument('--steps', type=int, default=2000)
   parser.add_argument('--bottleneck_dir', default='/tmp/bottleneck_boxes')
-  parser.add_argument('--module', default=DEFAULTS.tfhub_module)
+  parser.add_argument('--module', default=DEFAULTS.module.tfhub_module)
   args = parser.parse_args()
   module = modules.load_module(args.module)
   runner = tflite_runtime.deferred(module, 'auto')
@@ -71,7 +70,7 @@ def main():
   voc = os.path.join(args.bccd, 'BCCD')
   whole_done = False
   for margin in [float(m) for m in args.margins.split(',')]:
-    config = dataclasses.replace(DEFAULTS, image_dir=voc, crop_to_boxes=True,
+    config = DEFAULTS.replace(image_dir=voc, crop_to_boxes=True,
                                  crop_margin=margin)
     layout, crops = boxes.load_crop_layout(config)
     paths = [image.path for image in layout.dataset.images]

@@ -6,7 +6,7 @@ ROOT defaults to this checkout. Prints: Python files and lines per folder;
 the longest functions; functions over MAX_PARAMETERS parameters (self and
 cls not counted, *args and **kwargs neither); files over MAX_FILE_LINES
 lines; settings declared (flags.DEFINE_* calls, fields of the classes in
-retrain/config.py, fields of the *Options records); `pylint: disable` and
+retrain/config/, fields of the *Options records); `pylint: disable` and
 `noqa` comments, ticket references and comments naming files that do not
 exist; import circles (imports inside functions counted); modules imported
 under more than one name; and the copies of each formula of the head: the
@@ -176,7 +176,7 @@ def main(argv):
   config = root / 'retrain' / 'config.py'
   if config in parsed:
     fields = {k: v for k, v in class_fields(parsed[config][1]).items() if v}
-    print(f'  fields of the classes in retrain/config.py: {sum(fields.values())} '
+    print(f'  fields of the classes in retrain/config/: {sum(fields.values())} '
           f'({", ".join(f"{k}: {v}" for k, v in fields.items())})')
   options = {name: n for p in code
              for name, n in class_fields(parsed[p][1]).items()

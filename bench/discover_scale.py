@@ -23,7 +23,6 @@ would only report them unusable).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import pathlib
@@ -64,7 +63,7 @@ def make(root: pathlib.Path, n: int) -> None:
 def measure(root: pathlib.Path) -> dict:
   from retrain.config import DEFAULTS
   from retrain.steps import prepare
-  config = dataclasses.replace(DEFAULTS, image_dir=str(root / 'images'),
+  config = DEFAULTS.replace(image_dir=str(root / 'images'),
                                bottleneck_dir=str(root / 'bn'))
   from retrain.common.phases import Phases
   start_rss = _current_rss_mib()

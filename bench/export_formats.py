@@ -23,7 +23,6 @@ least 97 %.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import pathlib
@@ -153,8 +152,7 @@ def main():
     sys.exit(f'{args.image_dir} is absent: pass --image_dir with a folder of '
              'class sub-folders.')
   out = pathlib.Path(args.out)
-  config = dataclasses.replace(
-      DEFAULTS, image_dir=args.image_dir,
+  config = DEFAULTS.replace(image_dir=args.image_dir,
       module_cache_dir=args.module_cache_dir,
       bottleneck_dir=str(out / 'bottlenecks'), summaries_dir=str(out / 'logs'),
       output_labels=str(out / 'labels.txt'),
@@ -168,16 +166,16 @@ def main():
   print(f'Trained in {time.monotonic() - started:.0f} s: test accuracy '
         f'{100 * result.test_accuracy:.1f} % (N={result.test_count}).')
 
-  module = features.load_module(config.tfhub_module, None,
-                                config.module_cache_dir)
-  head = export_formats.read_checkpoint(config.checkpoint_path)
-  dataset = discover.discover_images(config.image_dir)
+  module = features.load_module(config.module.tfhub_module, None,
+                                config.module.module_cache_dir)
+  head = export_formats.read_checkpoint(config.outputs.checkpoint_path)
+  dataset = discover.discover_images(config.data.image_dir)
   paths = [image.path for image in dataset.images]
   # int8 calibration on training images only, as the pipeline does.
   split = split_lib.split_images(
       [image.rel_path for image in dataset.images],
       np.array([image.label for image in dataset.images]),
-      config.validation_percentage, config.testing_percentage)
+      config.data.validation_percentage, config.data.testing_percentage)
   train_paths = [paths[i] for i in split.train]
   truth = np.array([image.label for image in dataset.images])
   deployment = json.loads(pathlib.Path(result.deployment_report).read_text())
@@ -197,12 +195,12 @@ def main():
 
   batch = np.stack([images.load_image(p, module.input_size).numpy()
                     for p in paths])
-  saved = label_image.load_model(saved_model_dir=config.saved_model_dir)
+  saved = label_image.load_model(saved_model_dir=config.outputs.saved_model_dir)
   reference, reference_rate = timed(saved.predict, batch)
-  rows = [('SavedModel serving_default', size_mb(config.saved_model_dir),
+  rows = [('SavedModel serving_default', size_mb(config.outputs.saved_model_dir),
            reference_rate, reference)]
 
-  loaded = tf.saved_model.load(config.saved_model_dir)
+  loaded = tf.saved_model.load(config.outputs.saved_model_dir)
   serve_bytes = loaded.signatures['serving_bytes']
   contents = np.array([pathlib.Path(p).read_bytes() for p in paths],
                       dtype=object)
@@ -210,9 +208,9 @@ def main():
       lambda c: serve_bytes(image_bytes=tf.constant(list(c)))[
           'probabilities'].numpy(), contents)
   rows.append(('SavedModel serving_bytes (decodes)',
-               size_mb(config.saved_model_dir), bytes_rate, by_bytes))
-  frozen = label_image.load_model(graph=config.output_graph)
-  rows.append(('frozen graph (.pb)', size_mb(config.output_graph),
+               size_mb(config.outputs.saved_model_dir), bytes_rate, by_bytes))
+  frozen = label_image.load_model(graph=config.outputs.output_graph)
+  rows.append(('frozen graph (.pb)', size_mb(config.outputs.output_graph),
                *timed(frozen.predict, batch)[::-1]))
   for quantization, path in tflite.items():
     model = label_image.load_model(graph=path)
@@ -233,9 +231,9 @@ def main():
       if quantization == 'none':
         print(f'MediaPipe (none) vs the SavedModel on the same uint8 '
               f'photos: max |dp| {np.abs(probs - rounded).max():.5f}.')
-  if config.onnx_output_file:
-    onnx = label_image.load_model(graph=config.onnx_output_file)
-    rows.append(('ONNX Runtime', size_mb(config.onnx_output_file),
+  if config.outputs.onnx_output_file:
+    onnx = label_image.load_model(graph=config.outputs.onnx_output_file)
+    rows.append(('ONNX Runtime', size_mb(config.outputs.onnx_output_file),
                  *timed(onnx.predict, batch)[::-1]))
 
   top1 = reference.argmax(1)

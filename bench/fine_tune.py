@@ -36,12 +36,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _config(args, work, boundary, run_name, module='efficientnet_lite0',
             epochs=None):
-  import dataclasses
 
   from retrain.config import DEFAULTS
   out = os.path.join(work, run_name)
-  return dataclasses.replace(
-      DEFAULTS, image_dir=args.dir, tfhub_module=module,
+  return DEFAULTS.replace(image_dir=args.dir, tfhub_module=module,
       bottleneck_dir=os.path.join(work, 'cache'),
       summaries_dir=os.path.join(out, 'logs'),
       output_labels=os.path.join(out, 'labels.txt'),
@@ -67,13 +65,11 @@ def _peak_mib() -> float:
 
 def _default_config(args, work, run_name):
   """The plain --fine_tune: every other setting its default."""
-  import dataclasses
 
   from retrain.config import DEFAULTS
-  return dataclasses.replace(
-      _config(args, work, DEFAULTS.fine_tune_from, run_name,
-              module=DEFAULTS.tfhub_module, epochs=DEFAULTS.fine_tune_epochs),
-      flip_left_right=False, distorted_copies=DEFAULTS.distorted_copies)
+  return _config(args, work, DEFAULTS.finetune.fine_tune_from, run_name,
+              module=DEFAULTS.module.tfhub_module, epochs=DEFAULTS.finetune.fine_tune_epochs).replace(
+      flip_left_right=False, distorted_copies=DEFAULTS.distort.distorted_copies)
 
 
 def one_boundary(args, work, boundary) -> dict:

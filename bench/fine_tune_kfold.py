@@ -28,7 +28,6 @@ against the frozen head.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import pathlib
 import sys
@@ -43,7 +42,6 @@ import accuracy as accuracy_bench  # noqa: E402  (bench/accuracy.py)
 import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
 
-from retrain.bottlenecks import distort as distort_lib  # noqa: E402
 from retrain.bottlenecks import ensemble as ensemble_bottlenecks  # noqa: E402
 from retrain.config import DEFAULTS, subset  # noqa: E402
 from retrain.data import sources as layouts  # noqa: E402
@@ -64,18 +62,17 @@ def fine_tune_fold(args, work, block, module, head, labels, paths, digests, y,
   fine-tuning one fold (of the ensemble members named by `members`, '' all,
   the others on their frozen vectors `fixed`)."""
   train_rows, val_rows, test_rows = rows
-  config = dataclasses.replace(
-      DEFAULTS, tfhub_module=module.handle, fine_tune=True,
+  config = DEFAULTS.replace(tfhub_module=module.handle, fine_tune=True,
       fine_tune_from=block, fine_tune_epochs=args.epochs,
       bottleneck_dir=os.path.join(work, 'bn'),
       summaries_dir=os.path.join(work, 'logs'), report_dir='',
       checkpoint_path='', module_cache_dir=args.module_cache_dir,
       fine_tune_members=members)
-  config = dataclasses.replace(config, **settings(args.set))
+  config = config.replace(**settings(args.set))
   started = time.monotonic()
   tuned = finetune_lib.fine_tune(
       subset(finetune_lib.FineTuneOptions, config),
-      subset(distort_lib.Distortions, config), module, head, labels,
+      config.distort, module, head, labels,
       finetune_plans.Images(paths, digests, y,
                             Split(train_rows, val_rows, test_rows)),
       fixed=None if fixed is None else finetune_lib.FixedFeatures(fixed))
@@ -116,7 +113,7 @@ def settings(pairs) -> dict:
   out = {}
   for pair in pairs:
     name, value = pair.split('=', 1)
-    default = getattr(DEFAULTS, name)
+    default = DEFAULTS.get(name)
     out[name] = (value.lower() in ('1', 'true') if isinstance(default, bool)
                  else type(default)(value))
   return out
@@ -127,7 +124,7 @@ def main():
   parser.add_argument('image_dir')
   parser.add_argument('--folds', type=int, default=5)
   parser.add_argument('--boundaries', default='11,15')
-  parser.add_argument('--frozen', default=DEFAULTS.tfhub_module)
+  parser.add_argument('--frozen', default=DEFAULTS.module.tfhub_module)
   parser.add_argument('--ensemble_boundaries', default='-1',
                       help='fine_tune_from values for the --frozen ensemble '
                       '(negative: counted from each member\'s end); empty: '
@@ -136,7 +133,7 @@ def main():
                       help='fine_tune_members values for the ensemble rows, '
                       'separated by ";" (all: every member; empty: the '
                       'first), e.g. "all;"')
-  parser.add_argument('--epochs', type=int, default=DEFAULTS.fine_tune_epochs)
+  parser.add_argument('--epochs', type=int, default=DEFAULTS.finetune.fine_tune_epochs)
   parser.add_argument('--work', default='')
   parser.add_argument('--by_epoch', action='store_true',
                       help='also print the test accuracy of every epoch\'s '
@@ -152,8 +149,7 @@ def main():
   logging.set_verbosity(logging.WARNING)
   work = args.work or tempfile.mkdtemp(prefix='bench_fine_tune_kfold_')
 
-  layout = layouts.load_layout(dataclasses.replace(
-      DEFAULTS, image_dir=args.image_dir))
+  layout = layouts.load_layout(DEFAULTS.replace(image_dir=args.image_dir))
   paths = [image.path for image in layout.dataset.images]
   y_all = np.array([image.label for image in layout.dataset.images])
   labels = list(layout.dataset.labels)

@@ -54,7 +54,7 @@ from retrain.features import (
 )
 from retrain.features import modules as features  # noqa: E402
 
-BATCH = DEFAULTS.bottleneck_batch_size
+BATCH = DEFAULTS.cache.bottleneck_batch_size
 
 
 def load_pair(name, cache_dir):
@@ -165,7 +165,7 @@ def _percent(correct, total):
 def accuracy(image_dir, names, cache_dir, bottleneck_dir, folds, seed):
   """Prints the k-fold table of one dataset."""
   from accuracy import folds_of, train
-  config = dataclasses.replace(DEFAULTS, image_dir=image_dir)
+  config = DEFAULTS.replace(image_dir=image_dir)
   layout = layouts.load_layout(config)
   paths = [image.path for image in layout.dataset.images]
   labels = np.array([image.label for image in layout.dataset.images])
@@ -210,7 +210,7 @@ def accuracy(image_dir, names, cache_dir, bottleneck_dir, folds, seed):
 
 def _run(image_dir, work, precision, cold):
   from pipeline_bench import retrain_run
-  return retrain_run(image_dir, DEFAULTS.tfhub_module,
+  return retrain_run(image_dir, DEFAULTS.module.tfhub_module,
                      os.path.join(work, precision), cold,
                      ('--bottleneck_precision', precision))
 
@@ -245,7 +245,7 @@ def main():
   parser.add_argument('--bottleneck_dir', default='/tmp/bench_int8/bn')
   parser.add_argument('--module_cache_dir',
                       default=os.environ.get('RETRAIN_MODULE_CACHE'))
-  parser.add_argument('--modules', default=DEFAULTS.tfhub_module)
+  parser.add_argument('--modules', default=DEFAULTS.module.tfhub_module)
   parser.add_argument('--folds', type=int, default=5)
   parser.add_argument('--seconds', type=float, default=4.0,
                       help='per measurement of a module alone')
@@ -254,8 +254,7 @@ def main():
   logging.set_verbosity(logging.WARNING)
   names = ensemble_lib.member_handles(args.modules)
   if args.speed_dir:
-    layout = layouts.load_layout(dataclasses.replace(
-        DEFAULTS, image_dir=args.speed_dir))
+    layout = layouts.load_layout(DEFAULTS.replace(image_dir=args.speed_dir))
     paths = [i.path for i in layout.dataset.images][:args.speed_images]
     speed(paths, names, args.module_cache_dir, args.seconds)
   for image_dir in filter(None, args.accuracy_dirs.split(',')):

@@ -44,10 +44,10 @@ def main():
   parser.add_argument('image_dir')
   parser.add_argument('--bottleneck_dir', default='/tmp/bench_multilabel/bn')
   parser.add_argument('--l2_grids', default=','.join(
-      str(v) for v in DEFAULTS.solver_l2_grid))
+      str(v) for v in DEFAULTS.head.solver_l2_grid))
   args = parser.parse_args()
   logging.set_verbosity(logging.WARNING)
-  config = dataclasses.replace(DEFAULTS, image_dir=args.image_dir)
+  config = DEFAULTS.replace(image_dir=args.image_dir)
   found = data_lib.from_boxes(subset(boxes_lib.BoxOptions, config))
   images = found.layout.dataset.images
   labels = list(found.layout.dataset.labels)

@@ -8,7 +8,7 @@ the bottleneck vectors of the originals and copies (cached in
 --bottleneck_dir), and prints the cosine similarity of each copy to its
 original next to the highest similarity of each original photo to any
 other distinct photo. retrain.inspect's near-duplicate threshold
-(retrain/config.py) sits between the two.
+(retrain/config/) sits between the two.
 """
 
 from __future__ import annotations
@@ -51,14 +51,14 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--image_dir', default='../shared/datasets/flowers_sample')
   parser.add_argument('--work_dir', default='/tmp/near_duplicates_bench')
-  parser.add_argument('--bottleneck_dir', default=DEFAULTS.bottleneck_dir)
+  parser.add_argument('--bottleneck_dir', default=DEFAULTS.cache.bottleneck_dir)
   args = parser.parse_args()
   os.makedirs(args.work_dir, exist_ok=True)
   originals = [image.path for image in
                discover.discover_images(args.image_dir).images]
   sources = originals[::5]
   copies = _copies(sources, args.work_dir)
-  module = modules.load_module(DEFAULTS.tfhub_module)
+  module = modules.load_module(DEFAULTS.module.tfhub_module)
   store = bottleneck_cache.BottleneckStore(args.bottleneck_dir,
                                            compute.cache_namespace(module))
   got = compute.compute_bottlenecks(

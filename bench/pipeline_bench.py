@@ -195,7 +195,7 @@ def main():
   from retrain.config import DEFAULTS
   from retrain.features import modules as features
   from retrain.features import tflite_runtime
-  module_name = args.tfhub_module or DEFAULTS.tfhub_module
+  module_name = args.tfhub_module or DEFAULTS.module.tfhub_module
   work = args.work_dir or tempfile.mkdtemp(prefix='retrain_bench_')
   os.makedirs(work, exist_ok=True)
 
@@ -217,12 +217,12 @@ def main():
   limit = max(tf_limit, tflite_limit)
   best = ('TFLite' if tflite_limit > tf_limit else 'TF',
           tflite_batch if tflite_limit > tf_limit else tf_batch)
-  runner = tflite_runtime.with_runtime(module, DEFAULTS.bottleneck_runtime)
+  runner = tflite_runtime.with_runtime(module, DEFAULTS.cache.bottleneck_runtime)
   runtime = 'TFLite' if runner is not module else 'TF'
   rates = []
   for _ in range(args.repeats):
     rate, count, _ = pipeline_throughput(runner, args.image_dir,
-                                         DEFAULTS.bottleneck_batch_size)
+                                         DEFAULTS.cache.bottleneck_batch_size)
     print(f'  bottleneck pipeline: {rate:7.1f} images/s', flush=True)
     rates.append(rate)
   rate = statistics.median(rates)
@@ -242,7 +242,7 @@ def main():
        f'{tflite_limit:.1f} images/s'),
       ('   limit (%s, batch %s)' % best, f'{limit:.1f} images/s'),
       ('2. bottleneck pipeline (%s, batch %d%s, median of %d)' % (
-          runtime, DEFAULTS.bottleneck_batch_size,
+          runtime, DEFAULTS.cache.bottleneck_batch_size,
           f' invoked {tflite_runtime.INVOKE_BATCH} at a time'
           if runtime == 'TFLite' else '', len(rates)),
        f'{rate:.1f} images/s ({100 * rate / limit:.0f}% of the limit; '

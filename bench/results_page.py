@@ -16,7 +16,6 @@ run's (SavedModel and frozen graph), under --out.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import time
 
@@ -52,11 +51,10 @@ def main():
 
   def config(name):
     out = os.path.join(args.out, name)
-    return dataclasses.replace(
-        DEFAULTS, image_dir=args.image_dir,
+    return DEFAULTS.replace(image_dir=args.image_dir,
         bottleneck_dir=args.bottleneck_dir,
         module_cache_dir=os.environ.get('RETRAIN_MODULE_CACHE',
-                                        DEFAULTS.module_cache_dir),
+                                        DEFAULTS.module.module_cache_dir),
         saved_model_dir=os.path.join(out, 'saved_model'),
         output_graph=os.path.join(out, 'output_graph.pb'),
         output_labels=os.path.join(out, 'labels.txt'),

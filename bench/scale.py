@@ -111,9 +111,9 @@ def measure(root: pathlib.Path, classes: int, steps: int, budget: int) -> dict:
   stream = streaming.should_stream(n_train, budget)
   d = DEFAULTS
   settings = train_lib.Settings(
-      steps=steps, learning_rate=d.learning_rate,
-      batch_size=d.train_batch_size, eval_step_interval=d.eval_step_interval,
-      validation_batch_size=d.validation_batch_size, seed=0)
+      steps=steps, learning_rate=d.head.learning_rate,
+      batch_size=d.head.train_batch_size, eval_step_interval=d.head.eval_step_interval,
+      validation_batch_size=d.head.validation_batch_size, seed=0)
   started = time.monotonic()
   stats = streaming.StreamStats()
   if stream:
@@ -159,11 +159,11 @@ def main() -> None:
   parser.add_argument('--sizes', default='10000,100000,1000000')
   parser.add_argument('--dim', type=int, default=1280)
   parser.add_argument('--classes', type=int, default=5)
-  parser.add_argument('--steps', type=int, default=DEFAULTS.how_many_training_steps)
+  parser.add_argument('--steps', type=int, default=DEFAULTS.head.how_many_training_steps)
   parser.add_argument('--workdir', type=pathlib.Path,
                       default=pathlib.Path('/tmp/retrain_scale'))
   parser.add_argument('--max_vectors_in_memory', type=int,
-                      default=DEFAULTS.max_vectors_in_memory)
+                      default=DEFAULTS.scale.max_vectors_in_memory)
   parser.add_argument('--_write', type=int, help=argparse.SUPPRESS)
   parser.add_argument('--_measure', type=int, help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -186,7 +186,7 @@ def main() -> None:
     rows.append(_child(args, '--_measure', str(n)))
     print(json.dumps(rows[-1]), flush=True)
 
-  print(f'\n{args.steps} steps, batch {DEFAULTS.train_batch_size}, D='
+  print(f'\n{args.steps} steps, batch {DEFAULTS.head.train_batch_size}, D='
         f'{args.dim}, {args.classes} classes, --max_vectors_in_memory '
         f'{args.max_vectors_in_memory}')
   header = ('| vectors | train | mode | index s | train s | steps/s | eval s '

@@ -14,7 +14,6 @@ spread are printed.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import pathlib
 import sys
@@ -58,15 +57,14 @@ def main():
   parser.add_argument('--image_dir', default=str(FLOWERS))
   parser.add_argument('--out', default='/tmp/training_options_bench')
   parser.add_argument('--seeds', type=int, default=3)
-  parser.add_argument('--steps', type=int, default=DEFAULTS.how_many_training_steps)
+  parser.add_argument('--steps', type=int, default=DEFAULTS.head.how_many_training_steps)
   parser.add_argument('--only', default='', help='substring of variant names')
   args = parser.parse_args()
   if not os.path.isdir(args.image_dir):
     sys.exit(f'{args.image_dir} does not exist; pass --image_dir.')
   logging.set_verbosity(logging.WARNING)
   out = pathlib.Path(args.out)
-  base = dataclasses.replace(
-      DEFAULTS, image_dir=args.image_dir,
+  base = DEFAULTS.replace(image_dir=args.image_dir,
       bottleneck_dir=str(out / 'bottlenecks'),
       output_labels=str(out / 'labels.txt'), saved_model_dir='',
       projector_max_images=0, how_many_training_steps=args.steps)
@@ -83,8 +81,7 @@ def main():
     acc, f1, val, steps, secs = [], [], [], [], []
     for seed in range(args.seeds):
       tag = f'{len(acc)}-{abs(hash(name)) % 10**6}-{seed}'
-      config = dataclasses.replace(
-          base, random_seed=seed, summaries_dir=str(out / 'logs' / tag),
+      config = base.replace(random_seed=seed, summaries_dir=str(out / 'logs' / tag),
           report_dir=str(out / 'report' / tag), **overrides)
       result = pipeline.run(config)
       m = result.explained.metrics

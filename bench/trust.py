@@ -80,13 +80,13 @@ def _compute_missing(paths, root):
   """The default ensemble's vectors of `paths` into the cache at root."""
   from retrain.bottlenecks import ensemble as ensemble_bottlenecks
   from retrain.features import ensemble, tflite_runtime
-  cache = os.environ.get('RETRAIN_MODULE_CACHE', DEFAULTS.module_cache_dir)
-  module = ensemble.load(DEFAULTS.tfhub_module, DEFAULTS.image_size, cache)
-  runner = tflite_runtime.deferred(module, DEFAULTS.bottleneck_runtime,
+  cache = os.environ.get('RETRAIN_MODULE_CACHE', DEFAULTS.module.module_cache_dir)
+  module = ensemble.load(DEFAULTS.module.tfhub_module, DEFAULTS.module.image_size, cache)
+  runner = tflite_runtime.deferred(module, DEFAULTS.cache.bottleneck_runtime,
                                    cache)
   ensemble_bottlenecks.compute_bottlenecks(
-      paths, module, runner, root, DEFAULTS.bottleneck_runtime,
-      DEFAULTS.bottleneck_batch_size, cache)
+      paths, module, runner, root, DEFAULTS.cache.bottleneck_runtime,
+      DEFAULTS.cache.bottleneck_batch_size, cache)
 
 
 def vectors(paths, roots):
@@ -150,7 +150,7 @@ def ece_noise_floor(probabilities, draws=2000, seed=0):
 
 
 def one_fold(x, y, classes, train, val, test, unknown_sets,
-             components=DEFAULTS.novelty_components):
+             components=DEFAULTS.deploy.novelty_components):
   """The figures of one fold (see the module docstring)."""
   options = solver.SolverOptions.from_config(DEFAULTS)
   fit = solver.fit_head(x[train], y[train], classes, x[val], y[val], options)
@@ -166,11 +166,11 @@ def one_fold(x, y, classes, train, val, test, unknown_sets,
                          len(train) + np.arange(len(val))])
   confidence = calibration.calibrate(
       head, None, np.concatenate([y[train], y[val]]),
-      DEFAULTS.target_precision, DEFAULTS.calibration_min_images,
+      DEFAULTS.deploy.target_precision, DEFAULTS.deploy.calibration_min_images,
       logits=held.logits[rows], held_out=held.method).with_test(
           test_logits, y[test])
-  own = calibration.calibrate(head, x[val], y[val], DEFAULTS.target_precision,
-                              DEFAULTS.calibration_min_images)
+  own = calibration.calibrate(head, x[val], y[val], DEFAULTS.deploy.target_precision,
+                              DEFAULTS.deploy.calibration_min_images)
   row.update(temperature=confidence.temperature,
              threshold=confidence.threshold,
              ece_before=confidence.test_ece_before,
@@ -187,10 +187,10 @@ def one_fold(x, y, classes, train, val, test, unknown_sets,
           test_logits, y[test])), y[test])
   if unknown_sets:
     fitted = np.concatenate([train, val])
-    folds = min(DEFAULTS.solver_folds, int(np.bincount(y[fitted]).min()))
+    folds = min(DEFAULTS.head.solver_folds, int(np.bincount(y[fitted]).min()))
     score = novelty.fit_on_split(x[fitted], y[fitted], classes, components,
-                                 DEFAULTS.novelty_keep, folds,
-                                 DEFAULTS.random_seed)
+                                 DEFAULTS.deploy.novelty_keep, folds,
+                                 DEFAULTS.head.random_seed)
     own_scores = score.scores(x[test])
     row['flagged_own_test'] = float(np.mean(own_scores > score.threshold))
     for name, u in unknown_sets.items():
@@ -204,7 +204,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--folds', type=int, default=5)
   parser.add_argument('--novelty_components', type=int,
-                      default=DEFAULTS.novelty_components)
+                      default=DEFAULTS.deploy.novelty_components)
   parser.add_argument('--bottleneck_dir', action='append')
   parser.add_argument('--flowers', default=str(SHARED / 'flowers_sample'))
   parser.add_argument('--digits', default=str(

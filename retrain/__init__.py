@@ -14,7 +14,8 @@ export on a labelled folder (report.html and report.json) and
 `retrain.load(path).predict(files)` classifies with one.
 
 `retrain.run(config)` takes a `retrain.Config` instead (start from
-`retrain.DEFAULTS` and `dataclasses.replace` a few fields). `Config`,
+`retrain.DEFAULTS` and replace a few settings by their flag names:
+`retrain.DEFAULTS.replace(learning_rate=0.1)`). `Config`,
 `DEFAULTS` and `run` are imported on first use, so `import retrain` alone
 stays cheap (no TensorFlow, no numpy).
 """

@@ -5,8 +5,8 @@
   result = retrain.run(retrain.DEFAULTS)                      # the Config form
   result = retrain.run(my_config, how_many_training_steps=50)  # both
 
-Keyword options are the fields of `retrain.Config` (the command line's flag
-names without `--`); each one left out keeps its default from
+Keyword options are the settings of `retrain.Config` (the command line's
+flag names without `--`); each one left out keeps its default from
 `retrain.DEFAULTS`. An unknown name is a TypeError naming the close matches.
 
 absl logging prints nothing below WARNING outside `absl.app.run`, so a run
@@ -18,7 +18,6 @@ command line (test accuracy, wall time, every output path).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import difflib
 import logging as std_logging
 import os
@@ -28,7 +27,7 @@ from typing import Iterator, Optional
 from absl import logging
 
 from retrain.common import cli
-from retrain.config import Config
+from retrain.config import GROUP_OF, Config
 
 
 def make_config(config: Optional[Config] = None, **options) -> Config:
@@ -45,7 +44,7 @@ def make_config(config: Optional[Config] = None, **options) -> Config:
     raise TypeError(f'retrain.run takes a retrain.Config or keyword options, '
                     f'not {type(config).__name__}: use '
                     "retrain.run(image_dir='photos', ...).")
-  names = [field.name for field in dataclasses.fields(Config)]
+  names = list(GROUP_OF)
   unknown = sorted(set(options) - set(names))
   if unknown:
     hints = []
@@ -57,7 +56,7 @@ def make_config(config: Optional[Config] = None, **options) -> Config:
         f'Unknown retrain option{"s" if len(unknown) > 1 else ""}: '
         f'{", ".join(hints)}. The options are the fields of retrain.Config '
         '(see docs/flags.md).')
-  return dataclasses.replace(config, **options) if options else config
+  return config.replace(**options) if options else config
 
 
 def _info_is_shown() -> bool:

@@ -40,6 +40,12 @@ class DatasetError(RetrainError, ValueError):
   """The image folder cannot be used as given."""
 
 
+class SettingError(DatasetError):
+  """A setting's value is outside what it accepts (its choices, its bounds,
+  or what other settings allow with it); the text names the setting, the
+  value and what is accepted."""
+
+
 class ModuleError(RetrainError, ValueError):
   """The feature-vector module cannot be loaded or used."""
 

@@ -125,8 +125,8 @@ def resolve_head_solver(config: Config) -> Config:
   Raises:
     DatasetError: head_solver is not a known value.
   """
-  return dataclasses.replace(config, head_solver=head_auto.resolve(
-      config.head_solver, head_auto.changed_training_fields(config,
+  return config.replace(head_solver=head_auto.resolve(
+      config.head.head_solver, head_auto.changed_training_fields(config,
                                                             DEFAULTS)))
 
 
@@ -146,23 +146,23 @@ def place_outputs(config: Config):
   there); '~' is expanded in the others and in bottleneck_dir.
   """
   fields = [f for f in OUTPUT_FIELDS if f != 'intermediate_output_graphs_dir'
-            or config.intermediate_store_frequency > 0]
+            or config.outputs.intermediate_store_frequency > 0]
   run_dir = None
-  if any(runs.in_run_folder(getattr(config, f)) for f in fields):
-    run_dir = runs.new_run_folder(config.output_dir, runs.data_set_name(
-        config.image_dir, config.image_labels_csv or config.train_csv))
-  filled = {f: runs.fill(getattr(config, f), run_dir) for f in OUTPUT_FIELDS}
-  filled['bottleneck_dir'] = runs.fill(config.bottleneck_dir, None)
-  return dataclasses.replace(config, **filled), run_dir
+  if any(runs.in_run_folder(config.get(f)) for f in fields):
+    run_dir = runs.new_run_folder(config.outputs.output_dir, runs.data_set_name(
+        config.data.image_dir, config.data.image_labels_csv or config.data.train_csv))
+  filled = {f: runs.fill(config.get(f), run_dir) for f in OUTPUT_FIELDS}
+  filled['bottleneck_dir'] = runs.fill(config.cache.bottleneck_dir, None)
+  return config.replace(**filled), run_dir
 
 
 def given_outputs(config: Config) -> Dict[str, str]:
   """{setting: path} of the outputs named by the user (not in the run
   folder): the paths another run must not write at the same time."""
-  return {f: getattr(config, f) for f in OUTPUT_FIELDS
-          if getattr(config, f) and not runs.in_run_folder(getattr(config, f))
+  return {f: config.get(f) for f in OUTPUT_FIELDS
+          if config.get(f) and not runs.in_run_folder(config.get(f))
           and (f != 'intermediate_output_graphs_dir' or
-               config.intermediate_store_frequency > 0)}
+               config.outputs.intermediate_store_frequency > 0)}
 
 
 def run(config: Config) -> RunResult:
@@ -203,7 +203,7 @@ def run_steps(config: Config) -> RunResult:
   prepared = prepare.prepare(config, phases)
   with phases('bottlenecks'):
     found = vectors.compute(config, prepared)
-  if config.multi_label:
+  if config.data.multi_label:
     result = _multi_label(config, prepared, found, phases)
   elif found.storage == 'cache':
     result = _streamed(config, prepared, found, phases)
@@ -341,10 +341,10 @@ def _multi_label(config: Config, prepared: prepare.Prepared,
 
 def write_run_summary(config: Config, result: RunResult) -> str:
   """Writes <report_dir>/run_summary.json (config, counts, accuracy, timings)."""
-  os.makedirs(config.report_dir, exist_ok=True)
-  path = os.path.join(config.report_dir, RUN_SUMMARY_FILE)
+  os.makedirs(config.outputs.report_dir, exist_ok=True)
+  path = os.path.join(config.outputs.report_dir, RUN_SUMMARY_FILE)
   summary = {
-      'config': dataclasses.asdict(config),
+      'config': config.flat(),
       'labels': result.labels,
       'counts': result.counts,
       'test_accuracy': result.test_accuracy,

@@ -42,25 +42,25 @@ def output_paths(config, result) -> List[Tuple[str, str]]:
     result: the retrain.pipeline.RunResult it returned.
   """
   candidates = [('SavedModel', result.saved_model_dir or ''),
-                ('labels', config.output_labels)]
-  candidates += _model_files('frozen graph', config.output_graph)
-  candidates += _model_files('TFLite model', config.tflite_output_file)
-  candidates.append(('ONNX model', config.onnx_output_file))
-  if config.checkpoint_path:
-    candidates.append(('checkpoint', config.checkpoint_path + '.index'))
-  if config.intermediate_store_frequency > 0:
+                ('labels', config.outputs.output_labels)]
+  candidates += _model_files('frozen graph', config.outputs.output_graph)
+  candidates += _model_files('TFLite model', config.outputs.tflite_output_file)
+  candidates.append(('ONNX model', config.outputs.onnx_output_file))
+  if config.outputs.checkpoint_path:
+    candidates.append(('checkpoint', config.outputs.checkpoint_path + '.index'))
+  if config.outputs.intermediate_store_frequency > 0:
     candidates.append(('intermediate graphs',
-                       config.intermediate_output_graphs_dir))
+                       config.outputs.intermediate_output_graphs_dir))
   reports = list(result.explained.report_files) if result.explained else []
-  if config.report_dir and os.path.isdir(config.report_dir):
+  if config.outputs.report_dir and os.path.isdir(config.outputs.report_dir):
     # Every file this run left in the report folder (each report is
     # rewritten on every run, so none describes an earlier one).
-    reports += sorted(os.path.join(config.report_dir, name)
-                      for name in os.listdir(config.report_dir)
-                      if os.path.isfile(os.path.join(config.report_dir, name)))
+    reports += sorted(os.path.join(config.outputs.report_dir, name)
+                      for name in os.listdir(config.outputs.report_dir)
+                      if os.path.isfile(os.path.join(config.outputs.report_dir, name)))
   candidates += [('report', path) for path in reports]
-  candidates += [('TensorBoard logs', config.summaries_dir),
-                 ('bottleneck cache', config.bottleneck_dir)]
+  candidates += [('TensorBoard logs', config.outputs.summaries_dir),
+                 ('bottleneck cache', config.cache.bottleneck_dir)]
   seen, found = set(), []
   for what, path in candidates:
     if path and os.path.exists(path) and os.path.abspath(path) not in seen:
@@ -109,10 +109,10 @@ def summary_lines(config, result) -> List[str]:
     paths.insert(0, ('results page', page))
   width = max([len(what) for what, _ in paths] + [0])
   lines += [f'  {what:<{width}}  {shown(path)}' for what, path in paths]
-  if os.path.isdir(config.summaries_dir):
+  if os.path.isdir(config.outputs.summaries_dir):
     lines.append(f'See training curves with: tensorboard --logdir '
-                 f'{shown(config.summaries_dir)}')
-  return lines + mobile_hint(config.tflite_output_file)
+                 f'{shown(config.outputs.summaries_dir)}')
+  return lines + mobile_hint(config.outputs.tflite_output_file)
 
 
 # A TFLite model above this size gets the small-model hint.

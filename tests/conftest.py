@@ -92,7 +92,6 @@ def colour_dir(tmp_path):
 
 def shrunk_config(image_dir, out, module, **overrides):
   """The default config, shrunk to run in seconds, every output under `out`."""
-  import dataclasses
 
   from retrain.config import DEFAULTS
   out = pathlib.Path(out)
@@ -111,7 +110,7 @@ def shrunk_config(image_dir, out, module, **overrides):
       eval_step_interval=50,
   )
   fields.update(overrides)
-  return dataclasses.replace(DEFAULTS, **fields)
+  return DEFAULTS.replace(**fields)
 
 
 @pytest.fixture

@@ -146,7 +146,7 @@ def test_job_matches_in_process_vectors_without_network(tmp_path, fake_module,
                                            compute.cache_namespace(module))
   local = compute.compute_bottlenecks(paths, module, store, 4)
   beam_store = bottleneck_cache.BottleneckStore(
-      config.bottleneck_dir, compute.cache_namespace(module))
+      config.cache.bottleneck_dir, compute.cache_namespace(module))
   assert len(beam_store) == 15
   np.testing.assert_allclose(beam_store.get(local.digests), local.vectors,
                              atol=1e-5, rtol=0)
@@ -230,7 +230,7 @@ def test_ensemble_members_each_fill_their_own_namespace(tmp_path,
   assert (result.images, result.computed) == (9, 18)
   for path in (fake_module, other):
     store = bottleneck_cache.BottleneckStore(
-        config.bottleneck_dir,
+        config.cache.bottleneck_dir,
         compute.cache_namespace(modules.load_module(path)))
     assert len(store) == 9
 
@@ -238,13 +238,12 @@ def test_ensemble_members_each_fill_their_own_namespace(tmp_path,
 def test_crop_to_boxes_is_refused_before_any_work():
   """Beam computes whole images only: with --crop_to_boxes it would fill
   the cache with vectors the crop run never reads, so it says so."""
-  import dataclasses
 
   from retrain.beam import job
   from retrain.config import DEFAULTS
   from retrain.errors import DatasetError
   with pytest.raises(DatasetError, match='crop_to_boxes is not supported'):
-    job._check_supported(dataclasses.replace(DEFAULTS, crop_to_boxes=True))
+    job._check_supported(DEFAULTS.replace(crop_to_boxes=True))
   job._check_supported(DEFAULTS)  # whole images: fine
 
 

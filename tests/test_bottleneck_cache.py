@@ -338,14 +338,13 @@ def test_a_run_hashes_before_it_loads_the_module(small_config, colour_dir,
   """pipeline.run hashes every file (the memo is written) before
   it loads the module, so the two are not held at once; a mistyped module
   is refused before either."""
-  import dataclasses
 
   from bottleneck_cache import keys
   from retrain import pipeline
   from retrain.errors import ModuleError
   from retrain.steps import prepare
-  memo = os.path.join(small_config.bottleneck_dir, keys.MEMO_FILE)
-  typo = dataclasses.replace(small_config,
+  memo = os.path.join(small_config.cache.bottleneck_dir, keys.MEMO_FILE)
+  typo = small_config.replace(
                              tfhub_module=str(colour_dir / 'no_module'))
   with pytest.raises(ModuleError, match='neither a preset name nor an '
                      'existing folder'):

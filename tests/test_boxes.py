@@ -1,7 +1,6 @@
 """Boxes: the four annotation layouts, their errors, skipped boxes, the crop
 decoder, the split by photo, and --crop_to_boxes end to end."""
 
-import dataclasses
 import pathlib
 
 import numpy as np
@@ -88,7 +87,7 @@ def make_csv(root, photos=8, header='box_y1,file,kind,xmax,ymax,xmin,ymin'):
 
 
 def config(**overrides):
-  return dataclasses.replace(DEFAULTS, crop_to_boxes=True, **overrides)
+  return DEFAULTS.replace(crop_to_boxes=True, **overrides)
 
 
 def examples(layout):
@@ -279,14 +278,13 @@ def test_crop_to_boxes_end_to_end_and_cache_reuse(tmp_path, fake_module):
   assert result.bottleneck_stats.computed == 16
   # The crops, not the photos, were classified: the photo has both colours.
   assert result.test_accuracy == 1.0
-  again = pipeline.run(dataclasses.replace(
-      cfg, saved_model_dir='', output_graph='', random_brightness=10,
+  again = pipeline.run(cfg.replace(saved_model_dir='', output_graph='', random_brightness=10,
       distorted_copies=1))
   assert again.bottleneck_stats.computed == 0
   assert again.bottleneck_stats.reused == 16
   assert again.distorted_stats.computed == again.counts['train']
   # Another margin is another crop, so other cache entries.
-  third = pipeline.run(dataclasses.replace(cfg, saved_model_dir='',
+  third = pipeline.run(cfg.replace(saved_model_dir='',
                                            output_graph='', crop_margin=5))
   assert third.bottleneck_stats.computed == 16
 
@@ -324,9 +322,9 @@ def test_label_image_classifies_each_box(tmp_path, fake_module):
       'label_image.py'
   for annotation, expected in (('q.xml', 2), ('q.csv', 1)):
     done = subprocess.run(
-        [sys.executable, str(tool), f'--saved_model_dir={cfg.saved_model_dir}',
+        [sys.executable, str(tool), f'--saved_model_dir={cfg.outputs.saved_model_dir}',
          f'--boxes={photo / annotation}', '--output_format=json',
-         f'--crop_margin={cfg.crop_margin}'],
+         f'--crop_margin={cfg.crop.crop_margin}'],
         capture_output=True, text=True, timeout=300)
     assert done.stdout, done.stderr[-3000:]
     records = json.loads(done.stdout)

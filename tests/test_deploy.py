@@ -3,7 +3,6 @@ embedded metadata, ONNX Runtime runs the ONNX file, Keras 3 and tf-keras
 load the SavedModel; calibration and the rejection threshold reach every
 export and label_image; a lossy quantized model is refused."""
 
-import dataclasses
 import json
 import os
 import pathlib
@@ -89,10 +88,10 @@ def deployed(tmp_path_factory, fake_module):
     onnx_file = ''
   config = _deploy_config(root, fake_module, onnx_output_file=onnx_file)
   result = pipeline.run(config)
-  paths = sorted(str(p) for p in pathlib.Path(config.image_dir).rglob('*.png'))
+  paths = sorted(str(p) for p in pathlib.Path(config.data.image_dir).rglob('*.png'))
   batch = np.stack([images.load_image(p, SIZE).numpy() for p in paths])
   reference = label_image.load_model(
-      saved_model_dir=config.saved_model_dir).predict(batch)
+      saved_model_dir=config.outputs.saved_model_dir).predict(batch)
   return config, result, paths, batch, reference
 
 
@@ -111,20 +110,20 @@ def test_calibration_is_reported_and_stored_in_every_export(deployed):
   assert cal['cross_entropy_after'] <= cal['cross_entropy_before'] + 1e-9
   assert cal['precision'] >= 0.95 or not cal['target_met']
 
-  saved = json.loads((pathlib.Path(config.saved_model_dir) /
+  saved = json.loads((pathlib.Path(config.outputs.saved_model_dir) /
                       'retrain_metadata.json').read_text())
   side = json.loads(pathlib.Path(export_formats.sidecar_paths(
-      config.tflite_output_file)['metadata']).read_text())
+      config.outputs.tflite_output_file)['metadata']).read_text())
   for meta in (saved, side):
     assert meta['confidence']['threshold'] == cal['threshold']
     assert meta['confidence']['temperature'] == cal['temperature']
   assert label_image.load_model(
-      saved_model_dir=config.saved_model_dir).threshold == cal['threshold']
+      saved_model_dir=config.outputs.saved_model_dir).threshold == cal['threshold']
 
   # TensorBoard: the calibration scalars in the validation run.
   import tensorflow as tf
   tags = set()
-  for events in (pathlib.Path(config.summaries_dir) / 'validation').glob(
+  for events in (pathlib.Path(config.outputs.summaries_dir) / 'validation').glob(
       'events.*'):
     for event in tf.compat.v1.train.summary_iterator(str(events)):
       tags.update(v.tag for v in event.summary.value)
@@ -136,7 +135,7 @@ def test_calibration_is_reported_and_stored_in_every_export(deployed):
 def test_mediapipe_image_classifier_agrees_with_the_saved_model(deployed):
   config, result, paths, _, reference = deployed
   classifier, mp = _mediapipe_classifier(
-      config.tflite_output_file,
+      config.outputs.tflite_output_file,
       # Every class, whatever the stored threshold.
       max_results=len(result.labels), score_threshold=1e-12)
   with classifier:
@@ -154,8 +153,8 @@ def test_mediapipe_image_classifier_agrees_with_the_saved_model(deployed):
 @pytest.mark.slow
 def test_mediapipe_reports_nothing_below_the_stored_threshold(deployed):
   config, _, paths, _, reference = deployed
-  classifier, mp = _mediapipe_classifier(config.tflite_output_file)
-  threshold = label_image.load_model(graph=config.tflite_output_file).threshold
+  classifier, mp = _mediapipe_classifier(config.outputs.tflite_output_file)
+  threshold = label_image.load_model(graph=config.outputs.tflite_output_file).threshold
   low = [p for p, r in zip(paths, reference, strict=True)
          if r.max() < threshold - 1e-3]
   high = [p for p, r in zip(paths, reference, strict=True)
@@ -174,7 +173,7 @@ def test_onnx_runs_in_onnxruntime_like_the_saved_model(deployed):
   _onnx_or_skip()
   import onnxruntime
   config, result, _, batch, reference = deployed
-  session = onnxruntime.InferenceSession(config.onnx_output_file,
+  session = onnxruntime.InferenceSession(config.outputs.onnx_output_file,
                                          providers=['CPUExecutionProvider'])
   assert [i.name for i in session.get_inputs()] == ['images']
   probs = session.run(['probabilities'], {'images': batch})[0]
@@ -188,7 +187,7 @@ def test_onnx_runs_in_onnxruntime_like_the_saved_model(deployed):
   meta = json.loads(props['retrain_metadata'])
   assert meta['confidence']['threshold'] > 0
   # label_image runs it too, with labels and threshold from the file.
-  model = label_image.load_model(graph=config.onnx_output_file)
+  model = label_image.load_model(graph=config.outputs.onnx_output_file)
   assert model.kind == 'onnx' and model.labels == result.labels
   assert model.threshold == meta['confidence']['threshold']
   np.testing.assert_allclose(model.predict(batch), reference, atol=1e-3)
@@ -200,7 +199,7 @@ def test_label_image_reads_embedded_metadata_and_says_unknown(deployed,
   _writer_or_skip()
   config, result, paths, _, reference = deployed
   alone = tmp_path / 'alone.tflite'  # No side files beside it.
-  shutil.copy(config.tflite_output_file, alone)
+  shutil.copy(config.outputs.tflite_output_file, alone)
   model = label_image.load_model(graph=str(alone))
   assert model.labels == result.labels
   stored = json.loads(pathlib.Path(result.deployment_report).read_text())[
@@ -231,8 +230,7 @@ def test_label_image_reads_embedded_metadata_and_says_unknown(deployed,
 def _quantized_variant(config, folder, quantization):
   """`config` writing a quantized TFLite model and no ONNX under `folder`
   (the bottleneck cache is shared)."""
-  return dataclasses.replace(
-      config, tflite_output_file=str(folder / f'{quantization}.tflite'),
+  return config.replace(tflite_output_file=str(folder / f'{quantization}.tflite'),
       tflite_quantization=quantization, onnx_output_file='',
       saved_model_dir=str(folder / 'saved_model'),
       report_dir=str(folder / 'report'), summaries_dir=str(folder / 'logs'))
@@ -250,13 +248,13 @@ def test_int8_export_is_checked_and_named_by_mediapipe(deployed, tmp_path):
   assert checks[0]['count'] == run.test_count
   assert checks[0]['loss_points'] <= 1.0 and checks[0]['agreement'] >= 0.9
   side = json.loads(pathlib.Path(export_formats.sidecar_paths(
-      int8.tflite_output_file)['metadata']).read_text())
+      int8.outputs.tflite_output_file)['metadata']).read_text())
   assert side['quantization_check'] == checks[0]
 
-  classifier, mp = _mediapipe_classifier(int8.tflite_output_file,
+  classifier, mp = _mediapipe_classifier(int8.outputs.tflite_output_file,
                                          max_results=1, score_threshold=1e-12)
   _, embedded = tflite_metadata.read_embedded(
-      pathlib.Path(int8.tflite_output_file).read_bytes())
+      pathlib.Path(int8.outputs.tflite_output_file).read_bytes())
   assert embedded['quantization_check'] == checks[0]
   with classifier:
     names = [classifier.classify(mp.Image.create_from_file(p))
@@ -282,23 +280,23 @@ def test_lossy_quantization_is_refused_before_it_is_written(
                      r'points lost.*max_quantization_loss=1.*'
                      "tflite_quantization='float16'"):
     pipeline.run(lossy)
-  assert not os.path.exists(lossy.tflite_output_file)
+  assert not os.path.exists(lossy.outputs.tflite_output_file)
   assert not os.path.exists(export_formats.sidecar_paths(
-      lossy.tflite_output_file)['metadata'])
+      lossy.outputs.tflite_output_file)['metadata'])
 
-  kept = pipeline.run(dataclasses.replace(lossy,
+  kept = pipeline.run(lossy.replace(
                                           keep_lossy_quantization=True))
   check = json.loads(pathlib.Path(kept.deployment_report).read_text())[
       'quantization_checks'][0]
   assert check['kept_despite_loss'] and check['loss_points'] > 1
-  assert os.path.exists(lossy.tflite_output_file)
+  assert os.path.exists(lossy.outputs.tflite_output_file)
 
 
 @pytest.mark.slow
 def test_keras_3_and_tf_keras_load_the_saved_model(deployed):
   config, _, _, batch, reference = deployed
   import keras
-  layer = keras.layers.TFSMLayer(config.saved_model_dir,
+  layer = keras.layers.TFSMLayer(config.outputs.saved_model_dir,
                                  call_endpoint='serving_default')
   out = layer(batch)
   np.testing.assert_allclose(np.asarray(out['probabilities']), reference,
@@ -312,7 +310,7 @@ def test_keras_3_and_tf_keras_load_the_saved_model(deployed):
   import tf_keras
   legacy = tf_keras.Sequential([
       tf_keras.Input((FAKE_SIZE, FAKE_SIZE, 3)),
-      hub.KerasLayer(config.saved_model_dir, signature='serving_default',
+      hub.KerasLayer(config.outputs.saved_model_dir, signature='serving_default',
                      output_key='probabilities')])
   np.testing.assert_allclose(legacy.predict(batch, verbose=0), reference,
                              atol=1e-5)
@@ -326,8 +324,8 @@ def test_keras_3_and_tf_keras_load_the_saved_model(deployed):
 def test_bad_deploy_options_are_refused_before_work(small_config, change,
                                                     message):
   with pytest.raises(RetrainError, match=message):
-    pipeline.run(dataclasses.replace(small_config, **change))
-  assert not os.path.exists(small_config.bottleneck_dir)
+    pipeline.run(small_config.replace(**change))
+  assert not os.path.exists(small_config.cache.bottleneck_dir)
 
 
 def test_without_mediapipe_the_side_files_remain_and_the_log_says_why(

@@ -178,14 +178,14 @@ def test_cache_keys_differ_per_copy_image_setting_and_seed(fake_module):
 ])
 def test_bad_values_are_refused_before_work(small_config, field, value,
                                             match):
-  config = dataclasses.replace(small_config, **{field: value})
+  config = small_config.replace(**{field: value})
   with pytest.raises(DatasetError, match=match):
     pipeline.run(config)
-  assert not os.path.exists(small_config.bottleneck_dir)
+  assert not os.path.exists(small_config.cache.bottleneck_dir)
 
 
 def test_zero_copies_with_a_distortion_is_refused(small_config):
-  config = dataclasses.replace(small_config, flip_left_right=True,
+  config = small_config.replace(flip_left_right=True,
                                distorted_copies=0)
   with pytest.raises(DatasetError, match='distorted_copies 1 or more'):
     pipeline.run(config)
@@ -193,12 +193,11 @@ def test_zero_copies_with_a_distortion_is_refused(small_config):
 
 @pytest.mark.slow
 def test_run_with_distortions_uses_and_keeps_the_cache(small_config):
-  make_colour_dataset(small_config.image_dir)
+  make_colour_dataset(small_config.data.image_dir)
   # No export: these runs are about the cache (and come faster than the
   # one-second resolution of the export's set-aside names).
-  small_config = dataclasses.replace(small_config, saved_model_dir='')
-  config = dataclasses.replace(
-      small_config, flip_left_right=True, random_crop=10,
+  small_config = small_config.replace(saved_model_dir='')
+  config = small_config.replace(flip_left_right=True, random_crop=10,
       random_brightness=20, distorted_copies=2)
 
   result = pipeline.run(config)
@@ -216,11 +215,11 @@ def test_run_with_distortions_uses_and_keeps_the_cache(small_config):
   assert again.distorted_stats.reused == 2 * n_train
   assert again.test_accuracy == 1.0
 
-  more = pipeline.run(dataclasses.replace(config, distorted_copies=3))
+  more = pipeline.run(config.replace(distorted_copies=3))
   assert more.distorted_stats.computed == n_train  # only copy index 2
   assert more.distorted_stats.reused == 2 * n_train
 
-  changed = pipeline.run(dataclasses.replace(config, random_brightness=25))
+  changed = pipeline.run(config.replace(random_brightness=25))
   assert changed.distorted_stats.computed == 2 * n_train  # nothing reused
   assert changed.bottleneck_stats.computed == 0  # plain vectors still are
 
@@ -232,7 +231,7 @@ def test_run_with_distortions_uses_and_keeps_the_cache(small_config):
 def test_distortions_change_the_training_vectors(small_config, monkeypatch):
   """The copies handed to training are really distorted: with brightness
   the fake module's pooled means move away from the originals'."""
-  make_colour_dataset(small_config.image_dir, per_class=4)
+  make_colour_dataset(small_config.data.image_dir, per_class=4)
   seen = {}
   real = distort.compute_distorted
 
@@ -242,15 +241,15 @@ def test_distortions_change_the_training_vectors(small_config, monkeypatch):
     return out
 
   monkeypatch.setattr(distort, 'compute_distorted', spy)
-  pipeline.run(dataclasses.replace(small_config, random_brightness=40,
+  pipeline.run(small_config.replace(random_brightness=40,
                                    distorted_copies=3))
   copies = seen['copies']
   assert copies.vectors.shape[1] == 6
-  module = features.load_module(small_config.tfhub_module)
+  module = features.load_module(small_config.module.tfhub_module)
   store = bottleneck_cache.BottleneckStore(
-      small_config.bottleneck_dir, bottlenecks.cache_namespace(module))
+      small_config.cache.bottleneck_dir, bottlenecks.cache_namespace(module))
   paths = sorted(str(p) for p in
-                 pathlib.Path(small_config.image_dir).rglob('*.jpg'))
+                 pathlib.Path(small_config.data.image_dir).rglob('*.jpg'))
   originals = bottlenecks.compute_bottlenecks(paths, module, store, 16)
   assert originals.stats.computed == 0  # all from the run's cache
   # Every copy differs from every original (brightness factor != 1).
@@ -261,14 +260,14 @@ def test_distortions_change_the_training_vectors(small_config, monkeypatch):
 
 @pytest.mark.slow
 def test_cli_accepts_distortion_flags(small_config):
-  make_colour_dataset(small_config.image_dir, per_class=6)
-  args = ['--image_dir', small_config.image_dir,
-          '--tfhub_module', small_config.tfhub_module,
-          '--bottleneck_dir', small_config.bottleneck_dir,
-          '--summaries_dir', small_config.summaries_dir,
-          '--output_labels', small_config.output_labels,
-          '--saved_model_dir', small_config.saved_model_dir,
-          '--output_dir', small_config.output_dir,
+  make_colour_dataset(small_config.data.image_dir, per_class=6)
+  args = ['--image_dir', small_config.data.image_dir,
+          '--tfhub_module', small_config.module.tfhub_module,
+          '--bottleneck_dir', small_config.cache.bottleneck_dir,
+          '--summaries_dir', small_config.outputs.summaries_dir,
+          '--output_labels', small_config.outputs.output_labels,
+          '--saved_model_dir', small_config.outputs.saved_model_dir,
+          '--output_dir', small_config.outputs.output_dir,
           '--how_many_training_steps', '100', '--learning_rate', '0.5',
           '--flip_left_right', '--random_crop', '10', '--random_scale', '10',
           '--random_brightness', '10', '--random_rotation', '5',

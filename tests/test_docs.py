@@ -2,7 +2,6 @@
 somewhere, README stays short and keeps CI's test command, and CI lints
 before it tests."""
 
-import dataclasses
 import os
 import pathlib
 import re
@@ -118,12 +117,12 @@ def test_docs_state_the_default_module_and_its_input_size():
   from retrain.features import ensemble_presets, presets
   members = ensemble_presets.DEFAULT_ENSEMBLE.replace('+', ' efficientnet_')
   sizes = [presets.preset_input_size(name) for name in members.split()]
-  assert DEFAULTS.tfhub_module == ensemble_presets.DEFAULT_ENSEMBLE
+  assert DEFAULTS.module.tfhub_module == ensemble_presets.DEFAULT_ENSEMBLE
   size = max(sizes)
-  assert (f'{size} x {size} for the default `{DEFAULTS.tfhub_module}`'
+  assert (f'{size} x {size} for the default `{DEFAULTS.module.tfhub_module}`'
           in ' '.join(_doc('exports-and-inference.md').split()))
   flags_md = _doc('flags.md')
-  assert f'| `--tfhub_module` | `{DEFAULTS.tfhub_module}` |' in flags_md
+  assert f'| `--tfhub_module` | `{DEFAULTS.module.tfhub_module}` |' in flags_md
 
 
 def test_docs_state_the_default_export_size_roughly():
@@ -190,14 +189,13 @@ def test_tensorboard_shows_what_the_docs_say(tmp_path, fake_module):
                          projector_max_images=30)
   # The default solver: no retrain.py training setting changed.
   from retrain.config import DEFAULTS
-  config = dataclasses.replace(
-      config, calibration_min_images=5,
-      how_many_training_steps=DEFAULTS.how_many_training_steps,
-      learning_rate=DEFAULTS.learning_rate,
-      eval_step_interval=DEFAULTS.eval_step_interval)
+  config = config.replace(calibration_min_images=5,
+      how_many_training_steps=DEFAULTS.head.how_many_training_steps,
+      learning_rate=DEFAULTS.head.learning_rate,
+      eval_step_interval=DEFAULTS.head.eval_step_interval)
   result = pipeline.run(config)
   documented = _documented_tensorboard_tags(result.labels)
-  logs = pathlib.Path(config.summaries_dir)
+  logs = pathlib.Path(config.outputs.summaries_dir)
   assert sorted(p.name for p in logs.iterdir()) == sorted(documented)
   for run, tags in documented.items():
     if run == 'projector':
@@ -205,3 +203,12 @@ def test_tensorboard_shows_what_the_docs_say(tmp_path, fake_module):
     acc = event_accumulator.EventAccumulator(str(logs / run))
     acc.Reload()
     assert set(acc.Tags()['tensors']) == tags, run
+
+
+def test_flags_md_tables_are_made_from_the_declarations():
+  from retrain import command_line
+  page = (ROOT / 'docs' / 'flags.md').read_text(encoding='utf-8')
+  assert command_line.with_flags_tables(page) == page, (
+      'docs/flags.md\'s tables differ from retrain/config/\'s declarations: '
+      'run python -c "from retrain import command_line; '
+      'command_line.write_flags_page(\'docs/flags.md\')"')

@@ -2,7 +2,6 @@
 real command line, the files written, the cache reuse, and a dataset that
 must fail the accuracy bar."""
 
-import dataclasses
 import json
 import os
 import pathlib
@@ -23,9 +22,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_run_trains_evaluates_exports_and_reuses_cache(small_config):
-  make_colour_dataset(small_config.image_dir)
-  out = pathlib.Path(small_config.saved_model_dir)
-  assert not out.exists() and not os.path.exists(small_config.output_labels)
+  make_colour_dataset(small_config.data.image_dir)
+  out = pathlib.Path(small_config.outputs.saved_model_dir)
+  assert not out.exists() and not os.path.exists(small_config.outputs.output_labels)
 
   result = pipeline.run(small_config)
 
@@ -35,19 +34,19 @@ def test_run_trains_evaluates_exports_and_reuses_cache(small_config):
   assert result.test_accuracy == 1.0
   assert result.bottleneck_stats.computed == 36
   assert result.bottleneck_stats.reused == 0
-  assert pathlib.Path(small_config.output_labels).read_text() == \
+  assert pathlib.Path(small_config.outputs.output_labels).read_text() == \
       'blue\ngreen\nred\n'
   assert (out / 'saved_model.pb').exists()
   meta = json.loads((out / 'retrain_metadata.json').read_text())
   assert meta['labels'] == ['blue', 'green', 'red']
   assert (meta['input_height'], meta['input_width']) == (FAKE_SIZE, FAKE_SIZE)
   assert meta['input_value_range'] == [0.0, 1.0]
-  assert meta['module']['handle'] == small_config.tfhub_module
+  assert meta['module']['handle'] == small_config.module.tfhub_module
   assert (out / 'labels.txt').read_text() == 'blue\ngreen\nred\n'
   for run in ('train', 'validation'):
-    assert list((pathlib.Path(small_config.summaries_dir) / run).iterdir())
+    assert list((pathlib.Path(small_config.outputs.summaries_dir) / run).iterdir())
   summary = json.loads(
-      (pathlib.Path(small_config.report_dir) / 'run_summary.json').read_text())
+      (pathlib.Path(small_config.outputs.report_dir) / 'run_summary.json').read_text())
   assert summary['test_accuracy'] == 1.0
   assert summary['bottlenecks']['computed'] == 36
   assert set(summary['timings_seconds']) >= {'bottlenecks', 'training',
@@ -60,7 +59,7 @@ def test_run_trains_evaluates_exports_and_reuses_cache(small_config):
   loaded = tf.saved_model.load(str(out))
   from retrain import images
   red = images.load_image(str(next(
-      pathlib.Path(small_config.image_dir, 'red').iterdir())),
+      pathlib.Path(small_config.data.image_dir, 'red').iterdir())),
       (FAKE_SIZE, FAKE_SIZE))
   probs = loaded.signatures['serving_default'](images=red[None])[
       'probabilities'].numpy()
@@ -75,7 +74,7 @@ def test_run_trains_evaluates_exports_and_reuses_cache(small_config):
   assert list(out.parent.glob('saved_model.previous-*'))
   # The earlier TensorBoard runs sit beside --summaries_dir, not inside it,
   # so TensorBoard on --summaries_dir shows this run only.
-  logs = pathlib.Path(small_config.summaries_dir)
+  logs = pathlib.Path(small_config.outputs.summaries_dir)
   beside = list(logs.parent.glob(logs.name + '.previous-*'))
   assert len(beside) == 1
   assert {p.name for p in beside[0].iterdir()} >= {'train', 'validation'}
@@ -85,7 +84,7 @@ def test_run_trains_evaluates_exports_and_reuses_cache(small_config):
 
 @pytest.mark.slow
 def test_renamed_image_reuses_vector_edited_gets_new(small_config):
-  root = make_colour_dataset(small_config.image_dir, per_class=5)
+  root = make_colour_dataset(small_config.data.image_dir, per_class=5)
   pipeline.run(small_config)
   os.rename(root / 'red' / 'img_0.jpg', root / 'red' / 'renamed.jpg')
   write_image(root / 'red' / 'img_1.jpg', (250, 0, 0), seed=99)  # edited
@@ -98,12 +97,12 @@ def test_renamed_image_reuses_vector_edited_gets_new(small_config):
 def test_random_labels_do_not_reach_accuracy_bar(small_config, tmp_path):
   """A control: if this passed the bar the test above would prove nothing."""
   rng = np.random.default_rng(0)
-  root = pathlib.Path(small_config.image_dir)
+  root = pathlib.Path(small_config.data.image_dir)
   for k in range(120):
     label = ['a', 'b', 'c'][rng.integers(3)]
     write_image(root / label / f'x{k}.png', tuple(rng.integers(0, 255, 3)),
                 fmt='PNG', seed=k)
-  config = dataclasses.replace(small_config, testing_percentage=30)
+  config = small_config.replace(testing_percentage=30)
   result = pipeline.run(config)
   assert result.test_count >= 20
   assert result.test_accuracy < 0.8
@@ -111,7 +110,7 @@ def test_random_labels_do_not_reach_accuracy_bar(small_config, tmp_path):
 
 @pytest.mark.slow
 def test_corrupt_image_is_skipped_and_run_goes_on(small_config, caplog):
-  root = make_colour_dataset(small_config.image_dir)
+  root = make_colour_dataset(small_config.data.image_dir)
   (root / 'red' / 'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 not really')
   (root / 'blue' / 'empty.png').write_bytes(b'')
   result = pipeline.run(small_config)
@@ -123,17 +122,17 @@ def test_corrupt_image_is_skipped_and_run_goes_on(small_config, caplog):
 
 
 def test_bad_value_is_refused_before_work(small_config):
-  make_colour_dataset(small_config.image_dir, per_class=3)
+  make_colour_dataset(small_config.data.image_dir, per_class=3)
   with pytest.raises(DatasetError, match='leave no images to train'):
-    pipeline.run(dataclasses.replace(small_config, validation_percentage=60,
+    pipeline.run(small_config.replace(validation_percentage=60,
                                      testing_percentage=40))
-  assert not os.path.exists(small_config.bottleneck_dir)
+  assert not os.path.exists(small_config.cache.bottleneck_dir)
 
 
 @pytest.mark.slow
 def test_foreign_export_dir_is_not_overwritten(small_config):
-  make_colour_dataset(small_config.image_dir, per_class=3)
-  target = pathlib.Path(small_config.saved_model_dir)
+  make_colour_dataset(small_config.data.image_dir, per_class=3)
+  target = pathlib.Path(small_config.outputs.saved_model_dir)
   target.mkdir(parents=True)
   (target / 'precious.txt').write_text('mine')
   with pytest.raises(OutputError, match='refusing to overwrite'):
@@ -145,11 +144,11 @@ def test_foreign_export_dir_is_not_overwritten(small_config):
 def test_variable_size_module_needs_image_size(small_config,
                                                fake_module_any_size):
   from retrain.errors import ModuleError
-  make_colour_dataset(small_config.image_dir, per_class=4)
-  config = dataclasses.replace(small_config, tfhub_module=fake_module_any_size)
+  make_colour_dataset(small_config.data.image_dir, per_class=4)
+  config = small_config.replace(tfhub_module=fake_module_any_size)
   with pytest.raises(ModuleError, match='image_size'):
     pipeline.run(config)
-  result = pipeline.run(dataclasses.replace(config, image_size=24))
+  result = pipeline.run(config.replace(image_size=24))
   assert result.test_accuracy == 1.0
 
 
@@ -161,23 +160,23 @@ def _cli(args, **kw):
 
 
 def _cli_args(config):
-  return ['--image_dir', config.image_dir, '--tfhub_module',
-          config.tfhub_module, '--bottleneck_dir', config.bottleneck_dir,
-          '--summaries_dir', config.summaries_dir, '--report_dir',
-          config.report_dir, '--output_labels',
-          config.output_labels, '--saved_model_dir', config.saved_model_dir,
-          '--output_graph', config.output_graph,
+  return ['--image_dir', config.data.image_dir, '--tfhub_module',
+          config.module.tfhub_module, '--bottleneck_dir', config.cache.bottleneck_dir,
+          '--summaries_dir', config.outputs.summaries_dir, '--report_dir',
+          config.outputs.report_dir, '--output_labels',
+          config.outputs.output_labels, '--saved_model_dir', config.outputs.saved_model_dir,
+          '--output_graph', config.outputs.output_graph,
           '--how_many_training_steps', '100', '--learning_rate', '0.5']
 
 
 @pytest.mark.slow
 def test_cli_end_to_end(small_config):
-  make_colour_dataset(small_config.image_dir)
+  make_colour_dataset(small_config.data.image_dir)
   proc = _cli(_cli_args(small_config) + ['--print_misclassified_test_images'])
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'Final test accuracy = 100.0% (N=' in proc.stderr
   assert 'MISCLASSIFIED TEST IMAGES' in proc.stderr
-  assert os.path.exists(os.path.join(small_config.saved_model_dir,
+  assert os.path.exists(os.path.join(small_config.outputs.saved_model_dir,
                                      'saved_model.pb'))
 
 
@@ -195,13 +194,13 @@ def test_cli_error_is_one_clear_line(tmp_path):
 def test_cli_kill_during_bottlenecks_then_resume(small_config):
   """SIGKILL during bottlenecks: the cache opens, keeps every finished batch,
   and the next run computes only the rest."""
-  make_colour_dataset(small_config.image_dir, per_class=150)
+  make_colour_dataset(small_config.data.image_dir, per_class=150)
   args = _cli_args(small_config) + ['--bottleneck_batch_size', '1']
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
   proc = subprocess.Popen([sys.executable, '-m', 'retrain', *args], cwd=ROOT,
                           env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
-  cache = pathlib.Path(small_config.bottleneck_dir)
+  cache = pathlib.Path(small_config.cache.bottleneck_dir)
   deadline = time.time() + 120
   shards = []
   while time.time() < deadline and proc.poll() is None:
@@ -215,8 +214,8 @@ def test_cli_kill_during_bottlenecks_then_resume(small_config):
   import bottleneck_cache
   from retrain.bottlenecks import compute as bottlenecks
   from retrain.features import modules as features
-  module = features.load_module(small_config.tfhub_module)
-  store = bottleneck_cache.BottleneckStore(small_config.bottleneck_dir,
+  module = features.load_module(small_config.module.tfhub_module)
+  store = bottleneck_cache.BottleneckStore(small_config.cache.bottleneck_dir,
                                            bottlenecks.cache_namespace(module))
   kept = len(store)
   assert kept >= len(shards) >= 20
@@ -231,7 +230,7 @@ def test_exports_within_one_second_keep_every_earlier_one(small_config):
   """Outputs replaced within one second never collide, and no earlier one
   is ever deleted (a path given by the user may hold another job's)."""
   from retrain.common import earlier_outputs as keep
-  target = pathlib.Path(small_config.output_graph)
+  target = pathlib.Path(small_config.outputs.output_graph)
   target.parent.mkdir(parents=True, exist_ok=True)
   contents = [b'1', b'2', b'3', b'4', b'5', b'6']
   for content in contents:

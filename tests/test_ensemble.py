@@ -121,9 +121,9 @@ def test_ensemble_run_reuses_member_cache_and_exports(
   assert len(paths) == 6 and not problems
   probabilities = {}
   for kind, kwargs in [
-      ('saved_model', dict(saved_model_dir=config.saved_model_dir)),
-      ('frozen_graph', dict(graph=config.output_graph)),
-      ('tflite', dict(graph=config.tflite_output_file))]:
+      ('saved_model', dict(saved_model_dir=config.outputs.saved_model_dir)),
+      ('frozen_graph', dict(graph=config.outputs.output_graph)),
+      ('tflite', dict(graph=config.outputs.tflite_output_file))]:
     model = label_image.load_model(**kwargs)
     assert model.kind == kind
     records = label_image.classify_files(model, paths, top_k=1)

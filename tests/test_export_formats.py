@@ -1,7 +1,6 @@
 """Export formats: the bytes signature, frozen graph, TFLite, checkpoint and
 intermediate graphs agree with the SavedModel's float signature."""
 
-import dataclasses
 import json
 import os
 import pathlib
@@ -46,12 +45,12 @@ def trained(tmp_path_factory, fake_module):
             for k, (ext, fmt) in enumerate([('jpg', 'JPEG'), ('png', 'PNG'),
                                             ('gif', 'GIF'), ('bmp', 'BMP')] *
                                            2)]
-  paths = sorted(str(p) for p in pathlib.Path(config.image_dir).rglob('*.jpg'))
+  paths = sorted(str(p) for p in pathlib.Path(config.data.image_dir).rglob('*.jpg'))
   return config, result, paths + [str(p) for p in probes]
 
 
 def _float_signature(config, paths):
-  model = tf.saved_model.load(config.saved_model_dir)
+  model = tf.saved_model.load(config.outputs.saved_model_dir)
   batch = tf.stack([images.load_image(p, SIZE) for p in paths])
   return model.signatures['serving_default'](images=batch)[
       'probabilities'].numpy()
@@ -66,13 +65,13 @@ def test_all_formats_agree_with_the_float_signature(trained):
   # The probes are not all saturated, so agreement is a real check.
   assert expected.max(axis=1).min() < 0.9
 
-  model = tf.saved_model.load(config.saved_model_dir)
+  model = tf.saved_model.load(config.outputs.saved_model_dir)
   contents = tf.constant([pathlib.Path(p).read_bytes() for p in paths])
   by_bytes = model.signatures['serving_bytes'](image_bytes=contents)[
       'probabilities'].numpy()
   batch = np.stack([images.load_image(p, SIZE).numpy() for p in paths])
-  frozen = label_image.load_model(graph=config.output_graph).predict(batch)
-  lite = label_image.load_model(graph=config.tflite_output_file).predict(batch)
+  frozen = label_image.load_model(graph=config.outputs.output_graph).predict(batch)
+  lite = label_image.load_model(graph=config.outputs.tflite_output_file).predict(batch)
 
   for name, probs, tol in [('bytes', by_bytes, 1e-4), ('frozen', frozen, 1e-4),
                            ('tflite', lite, 1e-3)]:
@@ -84,22 +83,22 @@ def test_all_formats_agree_with_the_float_signature(trained):
 @pytest.mark.slow
 def test_metadata_and_sidecars_describe_every_file(trained):
   config, _, _ = trained
-  meta = json.loads((pathlib.Path(config.saved_model_dir) /
+  meta = json.loads((pathlib.Path(config.outputs.saved_model_dir) /
                      'retrain_metadata.json').read_text())
   assert set(meta['signatures']) == {'serving_default', 'serving_bytes'}
   assert 'image_bytes' in meta['signatures']['serving_bytes']['inputs']
   others = meta['other_exports']
-  assert others['output_graph'] == os.path.abspath(config.output_graph)
-  assert others['tflite'] == os.path.abspath(config.tflite_output_file)
+  assert others['output_graph'] == os.path.abspath(config.outputs.output_graph)
+  assert others['tflite'] == os.path.abspath(config.outputs.tflite_output_file)
   assert len(others['intermediate_graphs']) == 3
-  for model_file in (config.output_graph, config.tflite_output_file):
+  for model_file in (config.outputs.output_graph, config.outputs.tflite_output_file):
     side = export_formats.sidecar_paths(model_file)
     assert pathlib.Path(side['labels']).read_text() == 'blue\ngreen\nred\n'
     side_meta = json.loads(pathlib.Path(side['metadata']).read_text())
     assert side_meta['labels'] == ['blue', 'green', 'red']
     assert (side_meta['input_height'], side_meta['input_width']) == SIZE
   graph_meta = json.loads(pathlib.Path(export_formats.sidecar_paths(
-      config.output_graph)['metadata']).read_text())
+      config.outputs.output_graph)['metadata']).read_text())
   assert graph_meta['input_tensor'] == 'Placeholder:0'
   assert graph_meta['output_tensor'] == 'final_result:0'
 
@@ -108,7 +107,7 @@ def test_metadata_and_sidecars_describe_every_file(trained):
 def test_frozen_graph_has_retrain_py_tensor_names(trained):
   config, _, _ = trained
   graph_def = tf.compat.v1.GraphDef()
-  graph_def.ParseFromString(pathlib.Path(config.output_graph).read_bytes())
+  graph_def.ParseFromString(pathlib.Path(config.outputs.output_graph).read_bytes())
   nodes = {n.name: n for n in graph_def.node}
   assert nodes['Placeholder'].op == 'Placeholder'
   dims = [d.size for d in nodes['Placeholder'].attr['shape'].shape.dim]
@@ -131,11 +130,11 @@ def test_frozen_graph_has_retrain_py_tensor_names(trained):
 @pytest.mark.slow
 def test_intermediate_graphs_and_checkpoint(trained):
   config, _, paths = trained
-  folder = pathlib.Path(config.intermediate_output_graphs_dir)
+  folder = pathlib.Path(config.outputs.intermediate_output_graphs_dir)
   assert sorted(p.name for p in folder.glob('*.pb')) == [
       'intermediate_100.pb', 'intermediate_200.pb', 'intermediate_300.pb']
   batch = np.stack([images.load_image(p, SIZE).numpy() for p in paths])
-  final = label_image.load_model(graph=config.output_graph).predict(batch)
+  final = label_image.load_model(graph=config.outputs.output_graph).predict(batch)
   last = label_image.load_model(
       graph=str(folder / 'intermediate_300.pb')).predict(batch)
   first = label_image.load_model(
@@ -145,9 +144,9 @@ def test_intermediate_graphs_and_checkpoint(trained):
   np.testing.assert_allclose(last, final, atol=1e-6)
   assert np.abs(first - final).max() > 1e-3
 
-  head = export_formats.read_checkpoint(config.checkpoint_path)
+  head = export_formats.read_checkpoint(config.outputs.checkpoint_path)
   assert head.weights.shape == (6, 3) and head.biases.shape == (3,)
-  module = features.load_module(config.tfhub_module)
+  module = features.load_module(config.module.tfhub_module)
   vectors = module.call(tf.constant(batch)).numpy()
   np.testing.assert_allclose(head.probabilities(vectors), final, atol=1e-5)
 
@@ -227,8 +226,8 @@ def test_earlier_files_are_moved_aside_not_overwritten(tmp_path, fake_module):
 ])
 def test_bad_export_options_are_refused_before_work(small_config, tmp_path,
                                                     change, message):
-  make_colour_dataset(small_config.image_dir, per_class=3)
+  make_colour_dataset(small_config.data.image_dir, per_class=3)
   change = {k: (str(tmp_path) if v == 'DIR' else v) for k, v in change.items()}
   with pytest.raises(OutputError, match=message):
-    pipeline.run(dataclasses.replace(small_config, **change))
-  assert not os.path.exists(small_config.bottleneck_dir)
+    pipeline.run(small_config.replace(**change))
+  assert not os.path.exists(small_config.cache.bottleneck_dir)

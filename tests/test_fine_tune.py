@@ -11,7 +11,6 @@ TF-Hub module with a trainable variable.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import pathlib
@@ -398,7 +397,7 @@ def test_early_stopping_keeps_the_best_epoch():
 
 
 def test_without_patience_every_epoch_runs():
-  assert DEFAULTS.fine_tune_patience == 0
+  assert DEFAULTS.finetune.fine_tune_patience == 0
   net = tiny_network(3)
   x, y = _toy_data(net)
   result = _fit(net, x, y, epochs=5, lr=1e-3, patience=0)
@@ -570,22 +569,22 @@ def test_bad_settings_fail_before_any_work(tmp_path, fake_module, caplog):
   ]
   for overrides, message in cases:
     with pytest.raises(DatasetError, match=message):
-      pipeline.run(dataclasses.replace(base, **overrides))
+      pipeline.run(base.replace(**overrides))
   assert not (tmp_path / 'out' / 'bottlenecks').exists()
 
   caplog.set_level('WARNING', logger='absl')
   finetune_lib.check_options(subset(
       finetune_lib.FineTuneOptions,
-      dataclasses.replace(base, fine_tune_learning_rate=0.05)))
+      base.replace(fine_tune_learning_rate=0.05)))
   assert 'fine_tune_learning_rate=0.05 is high' in caplog.text
   # A block given for a module without blocks is ignored, with a warning;
   # the default is not worth one.
-  for value, warned in ((DEFAULTS.fine_tune_from, False), (5, True)):
+  for value, warned in ((DEFAULTS.finetune.fine_tune_from, False), (5, True)):
     caplog.clear()
     finetune_lib.check_options(subset(
         finetune_lib.FineTuneOptions,
-        dataclasses.replace(base, fine_tune_from=value)),
-        default_from=DEFAULTS.fine_tune_from)
+        base.replace(fine_tune_from=value)),
+        default_from=DEFAULTS.finetune.fine_tune_from)
     assert (f'fine_tune_from={value} is ignored: {fake_module} is not a '
             'bundled EfficientNet-Lite' in caplog.text) == warned
 
@@ -651,7 +650,7 @@ def test_reports_after_fine_tuning_describe_the_fine_tuned_network(
           in caplog.text)
   assert misclassified == [
       '/photos/7.jpg  predicted=ant (p=0.987)  true=bee']
-  report = pathlib.Path(config.report_dir)
+  report = pathlib.Path(config.outputs.report_dir)
   assert json.loads((report / 'test_metrics.json').read_text())[
       'accuracy'] == 0.75
   assert json.loads((report / 'validation_metrics.json').read_text())[
@@ -763,7 +762,7 @@ def test_hub_module_full_fine_tuning_end_to_end(tmp_path, caplog):
   assert len(tuned.network.top_variables) == 4
   assert result.test_accuracy == tuned.test_after
   paths = sorted(str(p) for p in (tmp_path / 'images').rglob('*.jpg'))[:6]
-  meta = _check_export_equals_network(config.saved_model_dir, tuned, paths)
+  meta = _check_export_equals_network(config.outputs.saved_model_dir, tuned, paths)
   assert meta['fine_tuned']['kind'].startswith('whole module')
   # tools/label_image.py reads every format of the fine-tuned export as is.
   from retrain import images as images_lib
@@ -771,9 +770,9 @@ def test_hub_module_full_fine_tuning_end_to_end(tmp_path, caplog):
   images = tf.stack([images_lib.load_image(p, (32, 32)) for p in paths])
   expected = tf.nn.softmax(tuned.network.logits(images, False) /
                            meta['confidence']['temperature']).numpy()
-  for kwargs in (dict(saved_model_dir=config.saved_model_dir),
-                 dict(graph=config.output_graph),
-                 dict(graph=config.tflite_output_file)):
+  for kwargs in (dict(saved_model_dir=config.outputs.saved_model_dir),
+                 dict(graph=config.outputs.output_graph),
+                 dict(graph=config.outputs.tflite_output_file)):
     model = label_image.load_model(**kwargs)
     records = label_image.classify_files(model, paths, top_k=1)
     top = [(model.labels.index(r.top[0][0]), r.top[0][1]) for r in records]
@@ -782,12 +781,12 @@ def test_hub_module_full_fine_tuning_end_to_end(tmp_path, caplog):
                                atol=1e-3)
   assert meta['fine_tuned']['from_block'] is None
   assert meta['test_accuracy'] == tuned.test_after
-  report = json.loads((pathlib.Path(config.report_dir) /
+  report = json.loads((pathlib.Path(config.outputs.report_dir) /
                        'fine_tune.json').read_text())
   assert report['test_accuracy_before'] == tuned.test_before
   assert [p['epoch'] for p in report['history']] == [0, 1, 2]
   for run in ('train', 'validation', 'test'):
-    assert list((pathlib.Path(config.summaries_dir) / 'fine_tune' /
+    assert list((pathlib.Path(config.outputs.summaries_dir) / 'fine_tune' /
                  run).iterdir())
 
 
@@ -808,7 +807,7 @@ def test_bundled_lite0_fine_tuning_end_to_end(tmp_path):
   assert tuned.network.block == 15
   assert tuned.timings['activations'] > 0
   paths = sorted(str(p) for p in (tmp_path / 'images').rglob('*.jpg'))[:4]
-  meta = _check_export_equals_network(config.saved_model_dir, tuned, paths,
+  meta = _check_export_equals_network(config.outputs.saved_model_dir, tuned, paths,
                                       bottom=tuned.network.bottom)
   assert meta['fine_tuned']['from_block'] == 15
   assert meta['fine_tuned']['activation_shape'] == [7, 7, 192]
@@ -818,7 +817,7 @@ def test_bundled_lite0_fine_tuning_end_to_end(tmp_path):
   expected = tf.nn.softmax(tuned.network.logits(tuned.network.bottom(images),
                                                 False) /
                            meta['confidence']['temperature']).numpy()
-  runner = tflite_runtime.TFLiteCall(config.tflite_output_file, (224, 224),
+  runner = tflite_runtime.TFLiteCall(config.outputs.tflite_output_file, (224, 224),
                                      interpreters=1)
   np.testing.assert_allclose(runner(images.numpy()).numpy(), expected,
                              atol=1e-4)
@@ -852,7 +851,7 @@ def test_bundled_ensemble_fine_tuning_end_to_end(tmp_path, caplog):
       module_cache_dir=os.environ.get('RETRAIN_MODULE_CACHE'))
   tuned = pipeline.run(config).fine_tuned
   assert [m.block for m in tuned.network.members] == [14, 19]
-  meta = json.loads((pathlib.Path(config.saved_model_dir) /
+  meta = json.loads((pathlib.Path(config.outputs.saved_model_dir) /
                      'retrain_metadata.json').read_text())
   assert [(m['module'], m['from_block'], m['activation_shape'])
           for m in meta['fine_tuned']['members']] == [
@@ -866,18 +865,18 @@ def test_bundled_ensemble_fine_tuning_end_to_end(tmp_path, caplog):
   expected = tf.nn.softmax(
       (tf.matmul(features, tuned.network.final_weights) +
        tuned.network.final_biases) / meta['confidence']['temperature']).numpy()
-  _check_export_equals_network(config.saved_model_dir, tuned, paths,
+  _check_export_equals_network(config.outputs.saved_model_dir, tuned, paths,
                                bottom=tuned.network.features,
                                logits=lambda f: tf.matmul(
                                    f, tuned.network.final_weights) +
                                tuned.network.final_biases)
-  runner = tflite_runtime.TFLiteCall(config.tflite_output_file, (240, 240),
+  runner = tflite_runtime.TFLiteCall(config.outputs.tflite_output_file, (240, 240),
                                      interpreters=1)
   np.testing.assert_allclose(runner(images.numpy()).numpy(), expected,
                              atol=1e-4)
 
   caplog.set_level('INFO', logger='absl')
-  again = pipeline.run(dataclasses.replace(config, fine_tune_epochs=2,
+  again = pipeline.run(config.replace(fine_tune_epochs=2,
                                            fine_tune_members=''))
   assert again.fine_tuned.fit.history[-1].epoch == 2
   assert re.search(r'Activations of efficientnet_lite0: \d+ reused from the '
@@ -885,11 +884,11 @@ def test_bundled_ensemble_fine_tuning_end_to_end(tmp_path, caplog):
   assert 'Activations of efficientnet_lite1' not in caplog.text
   network = again.fine_tuned.network
   assert isinstance(network.members[1], lite_lib.FixedMember)
-  meta = json.loads((pathlib.Path(config.saved_model_dir) /
+  meta = json.loads((pathlib.Path(config.outputs.saved_model_dir) /
                      'retrain_metadata.json').read_text())
   assert meta['fine_tuned']['members'][1] == {'module': 'efficientnet_lite1',
                                               'fine_tuned': False}
-  _check_export_equals_network(config.saved_model_dir, again.fine_tuned,
+  _check_export_equals_network(config.outputs.saved_model_dir, again.fine_tuned,
                                paths, bottom=network.features,
                                logits=lambda f: tf.matmul(
                                    f, network.final_weights) +
@@ -928,8 +927,7 @@ def test_which_ensemble_members_are_fine_tuned():
   members = ['efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2']
 
   def tuned(value, of=members):
-    options = subset(finetune_lib.FineTuneOptions, dataclasses.replace(
-        DEFAULTS, fine_tune=True, fine_tune_members=value))
+    options = subset(finetune_lib.FineTuneOptions, DEFAULTS.replace(fine_tune=True, fine_tune_members=value))
     return plans_lib.tuned_members(options, of)
 
   assert tuned('') == ['efficientnet_lite0']
@@ -938,5 +936,5 @@ def test_which_ensemble_members_are_fine_tuned():
       'efficientnet_lite2', 'efficientnet_lite1']
   assert tuned('efficientnet_lite1', ['efficientnet_lite0']) == [
       'efficientnet_lite0']
-  assert DEFAULTS.fine_tune_members == ''
-  assert ensemble_features.member_handles(DEFAULTS.tfhub_module) == members
+  assert DEFAULTS.finetune.fine_tune_members == ''
+  assert ensemble_features.member_handles(DEFAULTS.module.tfhub_module) == members

@@ -62,13 +62,13 @@ def test_duplicates_are_named_when_bottlenecks_are_computed(tmp_path, caplog,
   from retrain.features import ensemble as ensemble_lib
   from retrain.features import tflite_runtime
   layout, _ = prepare.discover(config)
-  module = ensemble_lib.load(config.tfhub_module, None, '')
+  module = ensemble_lib.load(config.module.tfhub_module, None, '')
   runner = tflite_runtime.deferred(module, 'tf', '')
   vectors.bottlenecks(config, layout.dataset, module, runner)
   text = '\n'.join(caplog.messages)
   assert 'Found 15 images in 3 classes' in text
   assert ('Computing bottlenecks for 12 images (0 found in the cache '
-          f'{config.bottleneck_dir}') in text
+          f'{config.cache.bottleneck_dir}') in text
   assert '3 images are copies (same bytes) of others, computed once' in text
   assert 'Bottlenecks: 0 vectors read from the cache, 12 computed' in text
 

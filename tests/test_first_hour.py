@@ -3,7 +3,6 @@ parent folder, side-file names, the closing summary, TensorBoard's earlier
 runs, file permissions, plurals, and `retrain.run` from Python."""
 
 import configparser
-import dataclasses
 import io
 import json
 import os
@@ -192,9 +191,9 @@ def test_cli_run_from_the_clone_parent(clone_parent, fake_module):
   args = ['-m', 'retrain', '--image_dir', 'flowers', '--tfhub_module',
           fake_module, '--output_graph', 'out/flowers.pb',
           '--saved_model_dir', 'out/saved_model', '--bottleneck_dir',
-          config.bottleneck_dir, '--summaries_dir', config.summaries_dir,
-          '--report_dir', config.report_dir, '--output_labels',
-          config.output_labels, '--how_many_training_steps', '50',
+          config.cache.bottleneck_dir, '--summaries_dir', config.outputs.summaries_dir,
+          '--report_dir', config.outputs.report_dir, '--output_labels',
+          config.outputs.output_labels, '--how_many_training_steps', '50',
           '--projector_max_images', '0']
   proc = _python(args, cwd=clone_parent)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -229,7 +228,7 @@ def two_runs(tmp_path_factory, fake_module):
 def test_side_files_are_named_after_each_model_file(two_runs):
   from tools import label_image
   config, _, _ = two_runs
-  out = pathlib.Path(config.output_graph).parent
+  out = pathlib.Path(config.outputs.output_graph).parent
   for model, fmt in (('flowers.pb', 'frozen_graph'),
                      ('flowers.tflite', 'tflite')):
     meta = json.loads((out / f'{model}.metadata.json').read_text())
@@ -244,7 +243,7 @@ def test_side_files_are_named_after_each_model_file(two_runs):
   for model in ('flowers.pb', 'flowers.tflite'):
     for aside in out.glob(f'{model}.metadata.json.previous-*'):
       assert json.loads(aside.read_text())['model_file'] == model
-  assert pathlib.Path(config.output_labels).read_text() == 'blue\ngreen\nred\n'
+  assert pathlib.Path(config.outputs.output_labels).read_text() == 'blue\ngreen\nred\n'
 
 
 def test_label_image_reads_old_side_files_only_for_their_model(tmp_path):
@@ -272,30 +271,29 @@ def test_summary_names_accuracy_time_and_every_output(two_runs):
   assert lines[1] == 'Outputs:'
   listed = [line.split()[-1] for line in lines[2:] if line.startswith('  ')
             and not line.startswith('  reports ')]
-  out = pathlib.Path(config.output_graph).parent
-  for path in (config.saved_model_dir, config.output_labels,
+  out = pathlib.Path(config.outputs.output_graph).parent
+  for path in (config.outputs.saved_model_dir, config.outputs.output_labels,
                out / 'flowers.pb', out / 'flowers.pb.labels.txt',
                out / 'flowers.pb.metadata.json', out / 'flowers.tflite',
                out / 'flowers.tflite.metadata.json',
-               config.summaries_dir, config.bottleneck_dir):
+               config.outputs.summaries_dir, config.cache.bottleneck_dir):
     assert str(path) in listed
   assert all(os.path.exists(path) for path in listed)
   # The reports: one line for their folder, naming every file.
   reports = [line for line in lines if line.startswith('  reports ')]
   assert len(reports) == 1
-  written = sorted(p.name for p in pathlib.Path(config.report_dir).iterdir()
+  written = sorted(p.name for p in pathlib.Path(config.outputs.report_dir).iterdir()
                    if p.is_file() and '.previous-' not in p.name)
-  assert reports[0].split()[1] == config.report_dir + os.sep
+  assert reports[0].split()[1] == config.outputs.report_dir + os.sep
   assert reports[0].endswith(f'({len(written)} files: {", ".join(written)})')
   assert lines[-1] == (f'See training curves with: tensorboard --logdir '
-                       f'{config.summaries_dir}')
+                       f'{config.outputs.summaries_dir}')
 
 
 def test_summary_without_test_images(tmp_path):
   from retrain import summary
   from retrain.config import DEFAULTS
-  config = dataclasses.replace(
-      DEFAULTS, output_labels=str(tmp_path / 'labels.txt'),
+  config = DEFAULTS.replace(output_labels=str(tmp_path / 'labels.txt'),
       summaries_dir=str(tmp_path / 'none'), output_graph='',
       bottleneck_dir=str(tmp_path / 'none'), report_dir=str(tmp_path / 'none'))
   (tmp_path / 'labels.txt').write_text('a\n')
@@ -310,7 +308,7 @@ def test_summary_without_test_images(tmp_path):
 @pytest.mark.slow
 def test_earlier_tensorboard_runs_are_moved_beside_not_inside(two_runs):
   config, _, _ = two_runs
-  logs = pathlib.Path(config.summaries_dir)
+  logs = pathlib.Path(config.outputs.summaries_dir)
   assert sorted(p.name for p in logs.iterdir()) == [
       'projector', 'test', 'train', 'validation']
   beside = list(logs.parent.glob('logs.previous-*'))
@@ -324,10 +322,10 @@ def test_report_and_export_files_share_one_permission(two_runs):
   config, _, _ = two_runs
   umask = os.umask(0)
   os.umask(umask)
-  out = pathlib.Path(config.output_graph).parent
-  files = [p for p in pathlib.Path(config.report_dir).rglob('*')
+  out = pathlib.Path(config.outputs.output_graph).parent
+  files = [p for p in pathlib.Path(config.outputs.report_dir).rglob('*')
            if p.is_file()] + [p for p in out.glob('flowers.*') if p.is_file()]
-  files.append(pathlib.Path(config.output_labels))
+  files.append(pathlib.Path(config.outputs.output_labels))
   modes = {str(p): stat.S_IMODE(p.stat().st_mode) for p in files}
   assert len(files) > 8
   # One mode for all (it was 0600 for some reports and 0644 for the rest):
@@ -346,14 +344,14 @@ def test_report_and_export_files_share_one_permission(two_runs):
 def test_label_image_one_image_and_a_failing_path_said_once(two_runs,
                                                             tmp_path):
   config, _, _ = two_runs
-  one = next(pathlib.Path(config.image_dir, 'red').iterdir())
-  proc = _python(['tools/label_image.py', '--graph', config.output_graph,
+  one = next(pathlib.Path(config.data.image_dir, 'red').iterdir())
+  proc = _python(['tools/label_image.py', '--graph', config.outputs.output_graph,
                   '--image', str(one)])
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert 'Classifying 1 image with' in proc.stderr
   broken = tmp_path / 'broken.jpg'
   broken.write_bytes(b'not an image at all')
-  proc = _python(['tools/label_image.py', '--graph', config.output_graph,
+  proc = _python(['tools/label_image.py', '--graph', config.outputs.output_graph,
                   '--image', str(one), '--image', str(broken)])
   assert proc.returncode == 1
   assert 'Classifying 2 images with' in proc.stderr
@@ -424,12 +422,12 @@ def test_make_config_keeps_defaults_and_replaces_options():
   import retrain
   from retrain import api
   config = api.make_config(image_dir='photos', learning_rate=0.1)
-  assert config.image_dir == 'photos' and config.learning_rate == 0.1
-  assert config.bottleneck_dir == retrain.DEFAULTS.bottleneck_dir
+  assert config.data.image_dir == 'photos' and config.head.learning_rate == 0.1
+  assert config.cache.bottleneck_dir == retrain.DEFAULTS.cache.bottleneck_dir
   assert api.make_config(config) is config
   assert retrain.run is not api.run  # The lazy wrapper in retrain/__init__.
   assert api.make_config(config=config) is config
-  assert api.make_config(config, image_dir='b').learning_rate == 0.1
+  assert api.make_config(config, image_dir='b').head.learning_rate == 0.1
 
 
 @pytest.mark.slow
@@ -439,8 +437,8 @@ def test_python_api_is_cheap_to_import_and_logs_to_stderr(tmp_path,
   config = shrunk_config(images, tmp_path / 'out', fake_module,
                          how_many_training_steps=50, projector_max_images=0)
   from retrain.config import DEFAULTS
-  options = {k: v for k, v in dataclasses.asdict(config).items()
-             if v != getattr(DEFAULTS, k)}
+  options = {k: v for k, v in config.flat().items()
+             if v != DEFAULTS.get(k)}
   code = textwrap.dedent(f'''
       import sys
       import retrain
@@ -455,7 +453,7 @@ def test_python_api_is_cheap_to_import_and_logs_to_stderr(tmp_path,
   assert proc.stdout.startswith('accuracy 1.0 ')
   assert 'Found 18 images in 3 classes' in proc.stderr
   assert 'Final test accuracy' in proc.stderr
-  assert 'Done in ' in proc.stderr and config.saved_model_dir in proc.stderr
+  assert 'Done in ' in proc.stderr and config.outputs.saved_model_dir in proc.stderr
 
 
 def test_tensorflow_info_lines_are_dropped_but_not_its_warnings():

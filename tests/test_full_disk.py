@@ -54,11 +54,11 @@ def test_cli_full_disk_says_where_and_how_much(tmp_path, small_disk):
   config = shrunk_config(images, tmp_path / 'out',
                          _wide_module(tmp_path / 'wide'),
                          bottleneck_dir=str(small_disk / 'cache'))
-  args = ['--image_dir', config.image_dir, '--tfhub_module',
-          config.tfhub_module, '--bottleneck_dir', config.bottleneck_dir,
-          '--summaries_dir', config.summaries_dir, '--report_dir',
-          config.report_dir, '--output_labels', config.output_labels,
-          '--saved_model_dir', config.saved_model_dir, '--output_graph', '',
+  args = ['--image_dir', config.data.image_dir, '--tfhub_module',
+          config.module.tfhub_module, '--bottleneck_dir', config.cache.bottleneck_dir,
+          '--summaries_dir', config.outputs.summaries_dir, '--report_dir',
+          config.outputs.report_dir, '--output_labels', config.outputs.output_labels,
+          '--saved_model_dir', config.outputs.saved_model_dir, '--output_graph', '',
           '--how_many_training_steps', '20']
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
   proc = subprocess.run([sys.executable, '-m', 'retrain', *args], cwd=ROOT,

@@ -2,7 +2,6 @@
 come from predictions of heads that did not train on the image: the
 solver's out-of-fold logits when the final head trained on validation."""
 
-import dataclasses
 import json
 import types
 
@@ -60,8 +59,7 @@ def _solved(tmp_path, overlap_seed=0):
   x, y = _overlapping(45, seed=overlap_seed)
   fold = folds_lib.stratified_folds(y, 3, seed=1)
   train, val, test = (np.flatnonzero(fold == k) for k in range(3))
-  config = dataclasses.replace(
-      DEFAULTS, head_solver='lbfgs', solver_l2_grid=(1e-3, 1e-4),
+  config = DEFAULTS.replace(head_solver='lbfgs', solver_l2_grid=(1e-3, 1e-4),
       distorted_copies=0, report_dir=str(tmp_path / 'reports'),
       summaries_dir=str(tmp_path / 'summaries'))
   trained = solve.maybe_solve(config, x[train], y[train], ['a', 'b', 'c'],

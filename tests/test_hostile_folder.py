@@ -20,11 +20,11 @@ def test_hostile_folder_run_completes(tmp_path, fake_module):
   good, bad = make_hostile_folder(tmp_path / 'images')
   config = shrunk_config(tmp_path / 'images', tmp_path / 'out', fake_module,
                          how_many_training_steps=50)
-  args = ['--image_dir', config.image_dir, '--tfhub_module',
-          config.tfhub_module, '--bottleneck_dir', config.bottleneck_dir,
-          '--summaries_dir', config.summaries_dir, '--report_dir',
-          config.report_dir, '--output_labels', config.output_labels,
-          '--saved_model_dir', config.saved_model_dir, '--output_graph', '',
+  args = ['--image_dir', config.data.image_dir, '--tfhub_module',
+          config.module.tfhub_module, '--bottleneck_dir', config.cache.bottleneck_dir,
+          '--summaries_dir', config.outputs.summaries_dir, '--report_dir',
+          config.outputs.report_dir, '--output_labels', config.outputs.output_labels,
+          '--saved_model_dir', config.outputs.saved_model_dir, '--output_graph', '',
           '--how_many_training_steps', '50', '--learning_rate', '0.5',
           '--projector_max_images', '0']
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')

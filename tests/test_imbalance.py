@@ -2,7 +2,6 @@
 for balanced accuracy on held-out predictions (retrain/head/imbalance.py);
 balanced (and mildly imbalanced) sets keep the head bit for bit."""
 
-import dataclasses
 
 import numpy as np
 import pytest
@@ -26,7 +25,7 @@ def _classes(counts, seed, shift=1.2, dim=8):
 
 
 def _config(tmp_path, **changes):
-  return dataclasses.replace(DEFAULTS, head_solver='lbfgs',
+  return DEFAULTS.replace(head_solver='lbfgs',
                              report_dir=str(tmp_path),
                              solver_l2_grid=(0.01, 0.001), **changes)
 

@@ -158,8 +158,7 @@ def test_page_is_self_contained(planted_report):
 def test_training_afterwards_reuses_the_vectors(planted_report, caplog):
   from retrain import pipeline
   _, config, _ = planted_report
-  result = pipeline.run(dataclasses.replace(
-      config, saved_model_dir='', output_graph='', how_many_training_steps=20))
+  result = pipeline.run(config.replace(saved_model_dir='', output_graph='', how_many_training_steps=20))
   assert result.bottleneck_stats.computed == 0
   # 36 files, 2 of them copies: 34 contents, one of which is no image.
   assert result.bottleneck_stats.reused == 33

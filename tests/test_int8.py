@@ -179,16 +179,16 @@ def test_int8_run_end_to_end(tmp_path):
   result = pipeline.run(config)
   assert result.test_accuracy > 0.9
   assert result.bottleneck_precision == 'int8'
-  summary = json.loads((pathlib.Path(config.report_dir) /
+  summary = json.loads((pathlib.Path(config.outputs.report_dir) /
                         pipeline.RUN_SUMMARY_FILE).read_text())
   assert summary['bottleneck_precision'] == 'int8'
   float_ns = bottlenecks_lib.cache_namespace(features.load_module(str(module)))
-  names = set(os.listdir(config.bottleneck_dir))
+  names = set(os.listdir(config.cache.bottleneck_dir))
   int8_dir = bottleneck_cache.namespace_id(
       dict(float_ns, quantization=int8.QUANTIZATION))
   assert int8_dir in names
   assert len(bottleneck_cache.BottleneckStore(
-      config.bottleneck_dir, dict(float_ns,
+      config.cache.bottleneck_dir, dict(float_ns,
                                   quantization=int8.QUANTIZATION))) == 30
   # The float exports' accuracy on the held-out images, beside the int8
   # figure, in the deployment report and the SavedModel's metadata.
@@ -198,7 +198,7 @@ def test_int8_run_end_to_end(tmp_path):
   assert check['count'] == result.test_count and check['subset'] == 'test'
   assert check['float_export_accuracy'] == 1.0
   assert check['loss_points'] <= precision_lib.MAX_EXPORT_LOSS_POINTS
-  meta = json.loads((pathlib.Path(config.saved_model_dir) /
+  meta = json.loads((pathlib.Path(config.outputs.saved_model_dir) /
                      'retrain_metadata.json').read_text())
   assert meta['other_exports']['float_export_check'] == check
 

@@ -33,8 +33,8 @@ def export(tmp_path_factory, fake_module):
   make_colour_dataset(photos / 'b' / 'deeper', per_class=2, ext='.png',
                       start=200)
   # The training data is no longer needed: label_image reads the export.
-  shutil.rmtree(config.image_dir)
-  shutil.rmtree(config.bottleneck_dir)
+  shutil.rmtree(config.data.image_dir)
+  shutil.rmtree(config.cache.bottleneck_dir)
   return config, photos
 
 
@@ -70,9 +70,9 @@ def test_every_format_classifies_the_photos(export):
   paths, problems = label_image.find_images([str(photos)])
   assert len(paths) == 12 and not problems
   results = {}
-  for kind, kwargs in [('saved_model', dict(saved_model_dir=config.saved_model_dir)),
-                       ('frozen_graph', dict(graph=config.output_graph)),
-                       ('tflite', dict(graph=config.tflite_output_file))]:
+  for kind, kwargs in [('saved_model', dict(saved_model_dir=config.outputs.saved_model_dir)),
+                       ('frozen_graph', dict(graph=config.outputs.output_graph)),
+                       ('tflite', dict(graph=config.outputs.tflite_output_file))]:
     model = label_image.load_model(**kwargs)
     assert model.kind == kind and model.labels == ['blue', 'green', 'red']
     records = label_image.classify_files(model, paths, top_k=2, batch_size=5)
@@ -93,7 +93,7 @@ def test_cli_json_with_a_bad_file_reports_it_and_goes_on(export, tmp_path):
   broken.write_bytes(b'\xff\xd8\xff\xe0 not a jpeg')
   out = tmp_path / 'results.json'
   proc = _run(['-m', 'tools.label_image', '--saved_model_dir',
-               config.saved_model_dir, '--image', str(photos / 'a'),
+               config.outputs.saved_model_dir, '--image', str(photos / 'a'),
                '--image', str(broken), '--output_format', 'json',
                '--output_file', str(out), '--top_k', '3'])
   assert proc.returncode == 1, proc.stderr[-2000:]
@@ -117,8 +117,8 @@ def test_script_with_classic_tutorial_flags_and_csv(export):
   """The retrain tutorial's label_image command line, on our frozen graph."""
   config, photos = export
   image = next((photos / 'b').rglob('*.png'))
-  proc = _run(['tools/label_image.py', '--graph', config.output_graph,
-               '--labels', config.output_labels, '--input_layer',
+  proc = _run(['tools/label_image.py', '--graph', config.outputs.output_graph,
+               '--labels', config.outputs.output_labels, '--input_layer',
                'Placeholder', '--output_layer', 'final_result',
                '--input_height', '32', '--input_width', '32', '--input_mean',
                '0', '--input_std', '255', '--image', str(image),
@@ -136,7 +136,7 @@ def test_script_with_classic_tutorial_flags_and_csv(export):
 def test_tflite_cli_table_and_benchmark(export):
   config, photos = export
   proc = _run(['-m', 'tools.label_image', '--graph',
-               config.tflite_output_file, str(photos), '--top_k', '1',
+               config.outputs.tflite_output_file, str(photos), '--top_k', '1',
                '--benchmark'])
   assert proc.returncode == 0, proc.stderr[-2000:]
   lines = proc.stdout.splitlines()
@@ -150,20 +150,20 @@ def test_wrong_classic_flags_get_clear_errors(export):
   config, _ = export
   with pytest.raises(label_image.LabelImageError,
                      match="no op named 'input'.*Placeholder"):
-    label_image.load_model(graph=config.output_graph, input_layer='input')
+    label_image.load_model(graph=config.outputs.output_graph, input_layer='input')
   with pytest.raises(label_image.LabelImageError,
                      match='takes 32x32 images, not 299x299'):
-    label_image.load_model(graph=config.output_graph, input_height=299,
+    label_image.load_model(graph=config.outputs.output_graph, input_height=299,
                            input_width=299)
   with pytest.raises(label_image.LabelImageError, match='not a retrain export'):
-    label_image.load_model(saved_model_dir=os.path.dirname(config.output_graph))
+    label_image.load_model(saved_model_dir=os.path.dirname(config.outputs.output_graph))
 
 
 @pytest.mark.slow
 def test_labels_come_from_the_export_or_must_match(export, tmp_path):
   config, _ = export
   graph = tmp_path / 'alone.pb'
-  shutil.copy(config.output_graph, graph)
+  shutil.copy(config.outputs.output_graph, graph)
   with pytest.raises(label_image.LabelImageError, match='pass --labels'):
     label_image.load_model(graph=str(graph))
   two = tmp_path / 'two.txt'
@@ -171,7 +171,7 @@ def test_labels_come_from_the_export_or_must_match(export, tmp_path):
   with pytest.raises(label_image.LabelImageError, match='3].*2 classes'):
     label_image.load_model(graph=str(graph), labels=str(two))
   assert label_image.load_model(
-      graph=str(graph), labels=config.output_labels).labels == [
+      graph=str(graph), labels=config.outputs.output_labels).labels == [
           'blue', 'green', 'red']
 
 
@@ -179,7 +179,7 @@ def test_labels_come_from_the_export_or_must_match(export, tmp_path):
 def test_input_mean_and_std_are_applied(export, tmp_path):
   config, _ = export
   path = str(write_image(tmp_path / 'grey.png', (128, 128, 128), fmt='PNG'))
-  model = label_image.load_model(graph=config.output_graph)
+  model = label_image.load_model(graph=config.outputs.output_graph)
   seen = []
   inner = model.predict
   model.predict = lambda x: (seen.append(x), inner(x))[1]
@@ -212,7 +212,7 @@ def test_bytes_signature_with_saved_model_cli(export, tmp_path):
   image = next((photos / 'a' / 'red').iterdir())
   np.save(tmp_path / 'x.npy', np.array([image.read_bytes()]))
   proc = subprocess.run(
-      [str(cli), 'run', '--dir', config.saved_model_dir, '--tag_set', 'serve',
+      [str(cli), 'run', '--dir', config.outputs.saved_model_dir, '--tag_set', 'serve',
        '--signature_def', 'serving_bytes', '--inputs',
        f'image_bytes={tmp_path / "x.npy"}'], capture_output=True, text=True,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))

@@ -1,12 +1,10 @@
 """Layouts: CSV labels, ready-made split folders, label styles, the split."""
 
-import dataclasses
 import os
 
 import numpy as np
 import pytest
 
-from retrain import config as config_lib
 from retrain.config import DEFAULTS
 from retrain.data import sources as layouts
 from retrain.errors import DatasetError
@@ -14,8 +12,7 @@ from tests.conftest import write_image
 
 
 def _config(**kw):
-  return config_lib.subset(layouts.LayoutOptions,
-                          dataclasses.replace(DEFAULTS, **kw))
+  return DEFAULTS.replace(**kw).data
 
 
 def _touch_images(root, rels):

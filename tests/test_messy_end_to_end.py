@@ -2,7 +2,6 @@
 usable image used, every unusable one reported, same pixels at training and
 at inference."""
 
-import dataclasses
 import json
 import os
 import pathlib
@@ -24,8 +23,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def messy(small_config):
-  expected = make_messy_corpus(small_config.image_dir)
-  root = pathlib.Path(small_config.image_dir)
+  expected = make_messy_corpus(small_config.data.image_dir)
+  root = pathlib.Path(small_config.data.image_dir)
   usable = {str(root / rel) for rel, o in expected.items() if o == USABLE}
   unusable = {str(root / rel): o for rel, o in expected.items()
               if o not in (USABLE, IGNORED)}
@@ -48,11 +47,11 @@ def test_run_over_messy_folder(small_config, messy, caplog):
   for path, fragment in unusable.items():
     assert fragment in got[path], (path, got[path])
     assert caplog.text.count(f'Skipping {path}: ') == 1
-  report = json.loads(pathlib.Path(small_config.report_dir,
+  report = json.loads(pathlib.Path(small_config.outputs.report_dir,
                                    'skipped_files.json').read_text())
   assert report['count'] == len(unusable)
   assert {f['path']: f['reason'] for f in report['files']} == got
-  csv_text = pathlib.Path(small_config.report_dir,
+  csv_text = pathlib.Path(small_config.outputs.report_dir,
                           'skipped_files.csv').read_text(encoding='utf-8')
   assert csv_text.splitlines()[0] == 'path,reason'
   assert len(csv_text.splitlines()) == len(unusable) + 1
@@ -70,9 +69,9 @@ def test_training_and_inference_see_the_same_pixels(small_config, messy):
   `images.load_image`, the inference tools' decoder, for every odd file."""
   usable, unusable = messy
   paths = sorted(usable) + sorted(unusable)
-  module = features.load_module(small_config.tfhub_module)
+  module = features.load_module(small_config.module.tfhub_module)
   store = bottleneck_cache.BottleneckStore(
-      small_config.bottleneck_dir, bottlenecks.cache_namespace(module))
+      small_config.cache.bottleneck_dir, bottlenecks.cache_namespace(module))
   computed = bottlenecks.compute_bottlenecks(paths, module, store, 4)
   assert computed.ok.tolist() == [True] * len(usable) + [False] * len(unusable)
   for row, path in enumerate(sorted(usable)):
@@ -86,22 +85,22 @@ def test_cli_over_messy_folder_exits_zero(small_config, messy):
   usable, unusable = messy
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
   proc = subprocess.run(
-      [sys.executable, '-m', 'retrain', '--image_dir', small_config.image_dir,
-       '--tfhub_module', small_config.tfhub_module,
-       '--bottleneck_dir', small_config.bottleneck_dir,
-       '--summaries_dir', small_config.summaries_dir,
-       '--output_labels', small_config.output_labels,
-       '--saved_model_dir', small_config.saved_model_dir,
-       '--report_dir', small_config.report_dir,
+      [sys.executable, '-m', 'retrain', '--image_dir', small_config.data.image_dir,
+       '--tfhub_module', small_config.module.tfhub_module,
+       '--bottleneck_dir', small_config.cache.bottleneck_dir,
+       '--summaries_dir', small_config.outputs.summaries_dir,
+       '--output_labels', small_config.outputs.output_labels,
+       '--saved_model_dir', small_config.outputs.saved_model_dir,
+       '--report_dir', small_config.outputs.report_dir,
        '--how_many_training_steps', '50', '--label_style', 'retrain'],
       capture_output=True, text=True, cwd=ROOT, env=env)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert f'{len(unusable)} images were skipped' in proc.stderr
   assert 'skipped_files.json' in proc.stderr
-  report = json.loads(pathlib.Path(small_config.report_dir,
+  report = json.loads(pathlib.Path(small_config.outputs.report_dir,
                                    'skipped_files.json').read_text())
   assert report['count'] == len(unusable)
-  assert os.path.exists(os.path.join(small_config.saved_model_dir,
+  assert os.path.exists(os.path.join(small_config.outputs.saved_model_dir,
                                      'saved_model.pb'))
 
 
@@ -117,8 +116,7 @@ def test_run_with_train_validation_test_csvs(small_config, tmp_path):
     (data / f'{subset}_labels.csv').write_text('\n'.join(rows) + '\n')
   with open(data / 'test_labels.csv', 'a') as f:
     f.write('test/red/missing.jpg,red\n')
-  config = dataclasses.replace(
-      small_config, image_dir='', train_csv=str(data / 'train_labels.csv'),
+  config = small_config.replace(image_dir='', train_csv=str(data / 'train_labels.csv'),
       validation_csv=str(data / 'validation_labels.csv'),
       test_csv=str(data / 'test_labels.csv'))
   result = pipeline.run(config)
@@ -132,7 +130,7 @@ def test_run_with_train_validation_test_csvs(small_config, tmp_path):
 
 @pytest.mark.slow
 def test_run_with_split_folders(small_config):
-  root = pathlib.Path(small_config.image_dir)
+  root = pathlib.Path(small_config.data.image_dir)
   make_colour_dataset(root / 'train', per_class=8)
   make_colour_dataset(root / 'val', per_class=3, start=50)
   result = pipeline.run(small_config)

@@ -3,7 +3,6 @@ class folders; one sigmoid per label with thresholds chosen out of fold;
 per-label metrics; the real CLI, exports and label_image."""
 
 import csv
-import dataclasses
 import json
 import os
 import pathlib
@@ -17,7 +16,6 @@ import pytest
 from retrain.config import DEFAULTS, subset
 from retrain.data import boxes as boxes_lib
 from retrain.data import multilabel as data_lib
-from retrain.data import sources
 from retrain.errors import DatasetError
 from retrain.head import multilabel as head_lib
 from retrain.head import solver as solver_lib
@@ -59,14 +57,14 @@ def patch_csv(root, per_combo=8, start=0):
 
 
 def _load(config):
-  return data_lib.load(subset(sources.LayoutOptions, config),
+  return data_lib.load(config.data,
                        subset(boxes_lib.BoxOptions, config),
-                       config.bottleneck_dir)
+                       config.cache.bottleneck_dir)
 
 
 def test_csv_labels_split_on_semicolons(tmp_path):
   path = patch_csv(tmp_path, per_combo=2)
-  found = _load(dataclasses.replace(DEFAULTS, image_labels_csv=str(path),
+  found = _load(DEFAULTS.replace(image_labels_csv=str(path),
                                     bottleneck_dir=str(tmp_path / 'bn')))
   assert found.layout.dataset.labels == ('blue', 'green', 'red')
   assert found.targets.shape == (12, 3)
@@ -88,7 +86,7 @@ def test_the_same_photo_in_two_class_folders_has_both_labels(tmp_path):
   write_image(images / 'cat' / 'b.jpg', (200, 20, 20), seed=2)
   write_image(images / 'dog' / 'c.jpg', (20, 20, 200), seed=3)
   shutil.copy(images / 'cat' / 'a.jpg', images / 'dog' / 'a_copy.jpg')
-  found = _load(dataclasses.replace(DEFAULTS, image_dir=str(images),
+  found = _load(DEFAULTS.replace(image_dir=str(images),
                                     bottleneck_dir=str(tmp_path / 'bn')))
   rel = [image.rel_path for image in found.layout.dataset.images]
   assert sorted(rel) == ['cat/a.jpg', 'cat/b.jpg', 'dog/c.jpg']
@@ -106,7 +104,7 @@ def test_voc_objects_are_a_photos_labels(tmp_path):
                   for o in objects)
     (images / f'{name}.xml').write_text(f'<annotation>{xml}</annotation>')
   write_image(images / 'bare.jpg', (0, 0, 0))
-  found = _load(dataclasses.replace(DEFAULTS, image_dir=str(images),
+  found = _load(DEFAULTS.replace(image_dir=str(images),
                                     bottleneck_dir=str(tmp_path / 'bn')))
   targets = {image.rel_path: found.targets[i].tolist()
              for i, image in enumerate(found.layout.dataset.images)}
@@ -173,7 +171,7 @@ def test_refuses_fine_tune_and_box_crops(tmp_path, fake_module):
   with pytest.raises(DatasetError, match='--multi_label with --fine_tune'):
     pipeline.run(config)
   with pytest.raises(DatasetError, match='--crop_to_boxes'):
-    pipeline.run(dataclasses.replace(config, fine_tune=False,
+    pipeline.run(config.replace(fine_tune=False,
                                      crop_to_boxes=True))
 
 

@@ -109,7 +109,7 @@ def with_unknown(tmp_path_factory, fake_module):
 @pytest.mark.slow
 def test_every_export_flags_photos_of_none_of_the_classes(with_unknown):
   config, result, unknown = with_unknown
-  report = json.loads((pathlib.Path(config.report_dir) /
+  report = json.loads((pathlib.Path(config.outputs.report_dir) /
                        trust.REPORT_FILE).read_text())
   section = report['novelty']
   assert section['unknown']['flagged'] == len(unknown)
@@ -120,11 +120,11 @@ def test_every_export_flags_photos_of_none_of_the_classes(with_unknown):
   assert report['calibration']['test_ece_after'] is not None
   assert report['calibration']['reliability']['test']
   for name in report['figures'].values():
-    assert (pathlib.Path(config.report_dir) / name).stat().st_size > 1000
-  models = [label_image.load_model(saved_model_dir=config.saved_model_dir)]
+    assert (pathlib.Path(config.outputs.report_dir) / name).stat().st_size > 1000
+  models = [label_image.load_model(saved_model_dir=config.outputs.saved_model_dir)]
   models += [label_image.load_model(graph=path) for path in (
-      config.output_graph, config.tflite_output_file,
-      config.onnx_output_file)]
+      config.outputs.output_graph, config.outputs.tflite_output_file,
+      config.outputs.onnx_output_file)]
   scores = []
   for model in models:
     assert model.novelty_threshold == pytest.approx(section['threshold'])
@@ -143,7 +143,7 @@ def test_every_export_flags_photos_of_none_of_the_classes(with_unknown):
   assert 'unknown: not like any class (novelty' in table
   # Photos of the classes: mostly predicted, the reason empty.
   own = label_image.classify_files(models[0], sorted(
-      str(p) for p in pathlib.Path(config.image_dir).rglob('*.png')),
+      str(p) for p in pathlib.Path(config.data.image_dir).rglob('*.png')),
                                    min_confidence=0)
   assert np.mean([r.novel for r in own]) < 0.15
 
@@ -169,17 +169,17 @@ def test_exports_of_a_fine_tuned_run_flag_photos_of_none_of_the_classes(
   caplog.set_level('INFO', logger='absl')
   result = pipeline.run(config)
   assert not result.fine_tuned.metadata['fine_tuned'].get('kept_frozen_head')
-  report = json.loads((pathlib.Path(config.report_dir) /
+  report = json.loads((pathlib.Path(config.outputs.report_dir) /
                        trust.REPORT_FILE).read_text())
   section = report['novelty']
-  meta = json.loads((pathlib.Path(config.saved_model_dir) /
+  meta = json.loads((pathlib.Path(config.outputs.saved_model_dir) /
                      'retrain_metadata.json').read_text())
   assert 'fine-tuned network' in meta['novelty']['held_out']
   assert section['unknown']['flagged'] == 5
   unknown = sorted(str(p) for p in (tmp_path / 'unknown').glob('*.png'))
   own = sorted(str(p) for p in (tmp_path / 'images').rglob('*.png'))
-  for model in (label_image.load_model(saved_model_dir=config.saved_model_dir),
-                label_image.load_model(graph=config.tflite_output_file)):
+  for model in (label_image.load_model(saved_model_dir=config.outputs.saved_model_dir),
+                label_image.load_model(graph=config.outputs.tflite_output_file)):
     assert model.novelty_threshold == pytest.approx(section['threshold'])
     records = label_image.classify_files(model, unknown, min_confidence=0)
     assert all(r.novel for r in records), model.kind

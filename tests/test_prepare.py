@@ -1,7 +1,6 @@
 """The first steps every run shares (retrain/steps/prepare.py), the
 bottleneck step's storage choice and one module as an ensemble of one."""
 
-import dataclasses
 
 from retrain.features import ensemble as ensemble_lib
 from retrain.features import module_safety
@@ -23,7 +22,7 @@ def test_a_local_module_is_safety_checked_once_per_run(
   checked = _counting_safety_checks(monkeypatch)
   prepared = prepare.prepare(small_config)
   assert len(checked) == 1, checked
-  assert prepared.module.handle == small_config.tfhub_module
+  assert prepared.module.handle == small_config.module.tfhub_module
   assert prepared.keyed is not None
   assert len(prepared.keyed[0]) == len(prepared.layout.dataset.images) > 0
 
@@ -49,11 +48,11 @@ def test_the_bottleneck_step_chooses_the_storage(small_config, colour_dir):
   prepared = prepare.prepare(small_config)
   images = len(prepared.layout.dataset.images)
   assert vectors.choose_storage(small_config, prepared) == 'memory'
-  tight = dataclasses.replace(small_config, max_vectors_in_memory=1)
+  tight = small_config.replace(max_vectors_in_memory=1)
   assert images > 1
   assert vectors.choose_storage(tight, prepared) == 'cache'
   # The multi-label head fits every vector at once: it stays in memory.
-  assert vectors.choose_storage(dataclasses.replace(tight, multi_label=True),
+  assert vectors.choose_storage(tight.replace(multi_label=True),
                                 prepared) == 'memory'
 
 

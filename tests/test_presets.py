@@ -122,16 +122,16 @@ def test_the_cli_takes_the_cache_dir_from_the_env_var(tmp_path, monkeypatch,
   cli.FLAGS.unparse_flags()
   cli.FLAGS(['retrain'])
   env = {cli.MODULE_CACHE_ENV: str(tmp_path / 'env_cache')}
-  cache = cli.config_from_flags(env).module_cache_dir
+  cache = cli.config_from_flags(env).module.module_cache_dir
   assert cache == str(tmp_path / 'env_cache')
   path = presets.resolve_module('efficientnet_lite0', cache)
   assert path.startswith(str(tmp_path / 'env_cache') + os.sep)
   assert efficientnet_lite.is_complete_export(path)
   # Empty means unset; the flag, when given, wins.
-  assert cli.config_from_flags({cli.MODULE_CACHE_ENV: ''}).module_cache_dir == (
+  assert cli.config_from_flags({cli.MODULE_CACHE_ENV: ''}).module.module_cache_dir == (
       presets.DEFAULT_MODULE_CACHE)
   cli.FLAGS(['retrain', '--module_cache_dir', str(tmp_path / 'flag')])
-  assert cli.config_from_flags(env).module_cache_dir == str(tmp_path / 'flag')
+  assert cli.config_from_flags(env).module.module_cache_dir == str(tmp_path / 'flag')
   cli.FLAGS.unparse_flags()
 
 

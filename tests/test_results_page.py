@@ -178,13 +178,13 @@ def test_evaluate_on_the_run_test_photos_gives_the_run_accuracy(
     trained_run, export, tmp_path):
   import retrain
   config, result, _ = trained_run
-  model = (config.saved_model_dir if export == 'saved_model'
-           else config.output_graph)
-  judged = retrain.evaluate(model=model, image_dir=config.image_dir,
+  model = (config.outputs.saved_model_dir if export == 'saved_model'
+           else config.outputs.output_graph)
+  judged = retrain.evaluate(model=model, image_dir=config.data.image_dir,
                             output_dir=str(tmp_path / 'judged'),
                             subset='test',
-                            testing_percentage=config.testing_percentage,
-                            validation_percentage=config.validation_percentage)
+                            testing_percentage=config.data.testing_percentage,
+                            validation_percentage=config.data.validation_percentage)
   assert judged.report['count'] == result.test_count
   assert judged.accuracy == pytest.approx(result.test_accuracy)
   saved = json.load(open(tmp_path / 'judged' / 'report.json'))
@@ -199,7 +199,7 @@ def test_evaluate_reports_classes_the_model_does_not_know(trained_run,
   config, result, _ = trained_run
   folder = make_colour_dataset(tmp_path / 'new', per_class=3, colours={
       'red': (230, 20, 20), 'grey': (128, 128, 128)}, start=100)
-  judged = retrain.evaluate(model=config.saved_model_dir,
+  judged = retrain.evaluate(model=config.outputs.saved_model_dir,
                             image_dir=str(folder),
                             output_dir=str(tmp_path / 'judged'),
                             heat_maps=False)
@@ -232,7 +232,7 @@ def test_label_image_explain_writes_an_overlay_per_photo(trained_run,
   config, _, out = trained_run
   photos = out / 'images' / 'red'
   proc = subprocess.run(
-      [sys.executable, 'tools/label_image.py', '--graph', config.output_graph,
+      [sys.executable, 'tools/label_image.py', '--graph', config.outputs.output_graph,
        '--image', str(photos), '--explain', str(tmp_path / 'maps')],
       capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
@@ -247,7 +247,7 @@ def test_label_image_explain_writes_an_overlay_per_photo(trained_run,
 def test_retrain_load_predicts_labels_and_probabilities(trained_run):
   import retrain
   config, _, out = trained_run
-  model = retrain.load(config.output_graph)
+  model = retrain.load(config.outputs.output_graph)
   files = [str(out / 'images' / name / 'img_0.jpg') for name in
            ('red', 'green', 'blue')]
   labels, probs = model.predict(files)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pathlib
 import subprocess
@@ -84,21 +83,21 @@ def test_a_killed_runs_lock_is_taken_over(tmp_path):
 def test_outputs_go_into_a_run_folder_unless_given(tmp_path):
   from retrain import pipeline
   from retrain.config import DEFAULTS
-  config = dataclasses.replace(DEFAULTS, image_dir=str(tmp_path / 'roses'),
+  config = DEFAULTS.replace(image_dir=str(tmp_path / 'roses'),
                                output_dir=str(tmp_path / 'runs'),
                                output_labels=str(tmp_path / 'mine.txt'))
   assert pipeline.given_outputs(config) == {
       'output_labels': str(tmp_path / 'mine.txt')}
   placed, run_dir = pipeline.place_outputs(config)
   assert os.path.dirname(run_dir) == str(tmp_path / 'runs' / 'roses')
-  assert placed.saved_model_dir == os.path.join(run_dir, 'saved_model')
-  assert placed.report_dir == os.path.join(run_dir, 'report')
-  assert placed.summaries_dir == os.path.join(run_dir, 'summaries')
-  assert placed.output_labels == str(tmp_path / 'mine.txt')
-  assert placed.output_graph == ''  # No frozen graph unless asked for.
-  assert '~' not in placed.bottleneck_dir
+  assert placed.outputs.saved_model_dir == os.path.join(run_dir, 'saved_model')
+  assert placed.outputs.report_dir == os.path.join(run_dir, 'report')
+  assert placed.outputs.summaries_dir == os.path.join(run_dir, 'summaries')
+  assert placed.outputs.output_labels == str(tmp_path / 'mine.txt')
+  assert placed.outputs.output_graph == ''  # No frozen graph unless asked for.
+  assert '~' not in placed.cache.bottleneck_dir
   # Every output given a path: no run folder at all.
-  given = dataclasses.replace(config, **{
+  given = config.replace(**{
       f: str(tmp_path / f) for f in pipeline.OUTPUT_FIELDS})
   assert pipeline.place_outputs(given)[1] is None
 
@@ -107,7 +106,7 @@ def test_a_run_that_fails_at_once_leaves_no_run_folder(tmp_path):
   from retrain import pipeline
   from retrain.config import DEFAULTS
   from retrain.errors import RetrainError
-  config = dataclasses.replace(DEFAULTS, image_dir=str(tmp_path / 'missing'),
+  config = DEFAULTS.replace(image_dir=str(tmp_path / 'missing'),
                                output_dir=str(tmp_path / 'runs'))
   with pytest.raises(RetrainError, match='does not exist'):
     pipeline.run(config)
@@ -226,12 +225,12 @@ def test_the_cli_puts_the_bottleneck_cache_in_the_users_cache_folder(
   cli.FLAGS(['retrain'])
   try:
     monkeypatch.setenv('HOME', str(tmp_path / 'home'))
-    assert cli.config_from_flags({}).bottleneck_dir == str(
+    assert cli.config_from_flags({}).cache.bottleneck_dir == str(
         tmp_path / 'home' / '.cache' / 'retrain' / 'bottlenecks')
     env = {cli.CACHE_HOME_ENV: str(tmp_path / 'xdg')}
-    assert cli.config_from_flags(env).bottleneck_dir == str(
+    assert cli.config_from_flags(env).cache.bottleneck_dir == str(
         tmp_path / 'xdg' / 'retrain' / 'bottlenecks')
     cli.FLAGS(['retrain', '--bottleneck_dir', str(tmp_path / 'mine')])
-    assert cli.config_from_flags(env).bottleneck_dir == str(tmp_path / 'mine')
+    assert cli.config_from_flags(env).cache.bottleneck_dir == str(tmp_path / 'mine')
   finally:
     cli.FLAGS.unparse_flags()

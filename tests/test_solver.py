@@ -68,9 +68,9 @@ def test_beats_sgd_defaults_where_they_stop_short():
   lbfgs = solver.fit_head(x[tr], y[tr], 6, x[va], y[va], OPTIONS).head
   d = DEFAULTS
   sgd = train_lib.train_head(x[tr], y[tr], 6, x[va], y[va], train_lib.Settings(
-      steps=d.how_many_training_steps, learning_rate=d.learning_rate,
-      batch_size=d.train_batch_size,
-      eval_step_interval=d.how_many_training_steps,
+      steps=d.head.how_many_training_steps, learning_rate=d.head.learning_rate,
+      batch_size=d.head.train_batch_size,
+      eval_step_interval=d.head.how_many_training_steps,
       validation_batch_size=-1, seed=0)).head
 
   def acc(head):
@@ -122,8 +122,7 @@ def test_small_validation_means_k_fold_on_train_and_validation():
 
 def test_bad_grid_values_are_refused():
   with pytest.raises(DatasetError, match='solver_l2_grid=0.1,x'):
-    solver.SolverOptions.from_config(dataclasses.replace(
-        DEFAULTS, solver_l2_grid=('0.1', 'x')))
+    solver.SolverOptions.from_config(DEFAULTS.replace(solver_l2_grid=('0.1', 'x')))
   with pytest.raises(DatasetError, match='label_smoothing_grid=1.5'):
     solver.check(dataclasses.replace(OPTIONS, label_smoothing_grid=(1.5,)))
 
@@ -135,8 +134,7 @@ def test_auto_is_sgd_only_when_training_flags_are_given(caplog):
   with caplog.at_level('INFO', logger='absl'):
     assert auto.resolve('auto', ['learning_rate']) == 'sgd'
   assert 'because --learning_rate was given' in caplog.text
-  assert auto.changed_training_fields(dataclasses.replace(
-      DEFAULTS, train_batch_size=10), DEFAULTS) == ['train_batch_size']
+  assert auto.changed_training_fields(DEFAULTS.replace(train_batch_size=10), DEFAULTS) == ['train_batch_size']
   with pytest.raises(DatasetError, match="head_solver='adam'"):
     auto.resolve('adam', [])
 
@@ -161,13 +159,13 @@ def test_wilson_interval_and_final_line():
 
 def test_pipeline_resolves_the_head_solver_once():
   from retrain import pipeline
-  assert pipeline.resolve_head_solver(DEFAULTS).head_solver == 'lbfgs'
-  changed = dataclasses.replace(DEFAULTS, learning_rate=0.1)
-  assert pipeline.resolve_head_solver(changed).head_solver == 'sgd'
-  chosen = dataclasses.replace(changed, head_solver='lbfgs')
-  assert pipeline.resolve_head_solver(chosen).head_solver == 'lbfgs'
+  assert pipeline.resolve_head_solver(DEFAULTS).head.head_solver == 'lbfgs'
+  changed = DEFAULTS.replace(learning_rate=0.1)
+  assert pipeline.resolve_head_solver(changed).head.head_solver == 'sgd'
+  chosen = changed.replace(head_solver='lbfgs')
+  assert pipeline.resolve_head_solver(chosen).head.head_solver == 'lbfgs'
   with pytest.raises(DatasetError, match="head_solver='newton'"):
-    pipeline.resolve_head_solver(dataclasses.replace(DEFAULTS,
+    pipeline.resolve_head_solver(DEFAULTS.replace(
                                                      head_solver='newton'))
 
 
@@ -235,11 +233,11 @@ def test_class_balance_options_keep_lbfgs_and_say_so(caplog):
   np.testing.assert_allclose(
       solve.lbfgs_class_weights([90, 10, 0], 'none', 'classes'),
       [100 / 180, 100 / 20, 1.0])
-  changed = dataclasses.replace(DEFAULTS, class_weighting='balanced',
+  changed = DEFAULTS.replace(class_weighting='balanced',
                                 sampling='images')
   assert auto.changed_training_fields(changed, DEFAULTS) == []
   from retrain import pipeline
-  assert pipeline.resolve_head_solver(changed).head_solver == 'lbfgs'
+  assert pipeline.resolve_head_solver(changed).head.head_solver == 'lbfgs'
   assert solve.imbalance([30, 20], ['a', 'b']) is None
   assert solve.imbalance([90, 10, 0], ['a', 'b', 'c']) == (
       "The training set is strongly imbalanced: 'a' has 90 images, 'b' 10 "
@@ -248,7 +246,7 @@ def test_class_balance_options_keep_lbfgs_and_say_so(caplog):
 
 def test_a_strongly_imbalanced_run_warns_and_weighs_classes(tmp_path, caplog):
   (x, y), _ = _imbalanced(seed=7)
-  config = dataclasses.replace(DEFAULTS, head_solver='lbfgs',
+  config = DEFAULTS.replace(head_solver='lbfgs',
                                report_dir=str(tmp_path),
                                solver_l2_grid=(0.1,))
   with caplog.at_level('INFO', logger='absl'):

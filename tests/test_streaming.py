@@ -254,7 +254,7 @@ def test_pipeline_streams_past_the_budget(tmp_path, fake_module, monkeypatch):
   assert trained_on == 2 * result.counts['train']
   assert stats.chunks > 1
   assert result.test_accuracy == 1.0 and result.test_count > 0
-  assert result.history[-1].step == config.how_many_training_steps - 1
+  assert result.history[-1].step == config.head.how_many_training_steps - 1
   summary = json.loads((tmp_path / 'out' / 'report' /
                         'run_summary.json').read_text())
   assert summary['config']['max_vectors_in_memory'] == 10
@@ -271,8 +271,7 @@ def test_pipeline_streams_past_the_budget(tmp_path, fake_module, monkeypatch):
 
 
 def dataclasses_replace(config, **changes):
-  import dataclasses
-  return dataclasses.replace(config, **changes)
+  return config.replace(**changes)
 
 
 def test_negative_budget_is_a_clear_error(tmp_path, fake_module):
@@ -327,5 +326,5 @@ def test_a_streamed_run_fits_the_novelty_score(tmp_path, fake_module):
   assert section is not None
   # Scored on a sample of the test set, read from the cache.
   assert 0 < section['test']['count'] <= result.test_count
-  model = load.load_model(saved_model_dir=config.saved_model_dir)
+  model = load.load_model(saved_model_dir=config.outputs.saved_model_dir)
   assert model.novelty_threshold == pytest.approx(section['threshold'])

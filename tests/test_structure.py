@@ -343,8 +343,8 @@ def test_label_image_defaults_agree_with_retrain():
   from retrain.common import names
   from retrain.config import DEFAULTS
   from tools import label_image
-  assert label_image.DEFAULT_RUNS_DIR == DEFAULTS.output_dir
-  assert DEFAULTS.saved_model_dir == f'{{run}}/{label_image.SAVED_MODEL_IN_RUN}'
-  assert DEFAULTS.final_tensor_name == names.OUTPUT_TENSOR_NAME
-  assert label_image.DEFAULT_CROP_MARGIN == DEFAULTS.crop_margin
-  assert label_image.DEFAULT_MIN_BOX_SIZE == DEFAULTS.min_box_size
+  assert label_image.DEFAULT_RUNS_DIR == DEFAULTS.outputs.output_dir
+  assert DEFAULTS.outputs.saved_model_dir == f'{{run}}/{label_image.SAVED_MODEL_IN_RUN}'
+  assert DEFAULTS.outputs.final_tensor_name == names.OUTPUT_TENSOR_NAME
+  assert label_image.DEFAULT_CROP_MARGIN == DEFAULTS.crop.crop_margin
+  assert label_image.DEFAULT_MIN_BOX_SIZE == DEFAULTS.crop.min_box_size

@@ -3,7 +3,6 @@ read back with TensorBoard's own loader (every tag present, with the right
 plugin), the projector's files, and the report in --report_dir."""
 
 import csv
-import dataclasses
 import io
 import json
 import pathlib
@@ -61,13 +60,13 @@ def test_sprite_keeps_within_tensorboard_limit(tmp_path):
 
 @pytest.mark.slow
 def test_run_writes_every_tag_report_and_projector(small_config):
-  root = make_colour_dataset(small_config.image_dir, per_class=12)
+  root = make_colour_dataset(small_config.data.image_dir, per_class=12)
   (root / 'red' / 'broken.jpg').write_bytes(b'not an image')
-  config = dataclasses.replace(small_config, projector_max_images=20,
+  config = small_config.replace(projector_max_images=20,
                                how_many_training_steps=100,
                                eval_step_interval=10)
-  logs = pathlib.Path(config.summaries_dir)
-  report = pathlib.Path(config.report_dir)
+  logs = pathlib.Path(config.outputs.summaries_dir)
+  report = pathlib.Path(config.outputs.report_dir)
   assert not logs.exists() and not report.exists()
 
   result = pipeline.run(config)
@@ -146,15 +145,15 @@ def test_misclassified_file_lists_each_wrong_test_image(small_config):
   """Labels that colour cannot predict: every wrong test image is listed,
   and the count matches the test accuracy."""
   rng = np.random.default_rng(1)
-  root = pathlib.Path(small_config.image_dir)
+  root = pathlib.Path(small_config.data.image_dir)
   for k in range(90):
     label = ['a', 'b', 'c'][k % 3]
     write_image(root / label / f'x{k}.png', tuple(rng.integers(0, 255, 3)),
                 fmt='PNG', seed=k)
-  config = dataclasses.replace(small_config, testing_percentage=40,
+  config = small_config.replace(testing_percentage=40,
                                projector_max_images=0)
   result = pipeline.run(config)
-  rows = list(csv.DictReader(open(pathlib.Path(config.report_dir)
+  rows = list(csv.DictReader(open(pathlib.Path(config.outputs.report_dir)
                                   / 'misclassified_test.csv')))
   wrong = round((1 - result.test_accuracy) * result.test_count)
   assert len(rows) == wrong > 0
@@ -162,11 +161,11 @@ def test_misclassified_file_lists_each_wrong_test_image(small_config):
     assert pathlib.Path(row['path']).exists()
     assert row['true_label'] != row['predicted_label']
     assert pathlib.Path(row['path']).parent.name == row['true_label']
-  assert not (pathlib.Path(config.summaries_dir) / 'projector').exists()
+  assert not (pathlib.Path(config.outputs.summaries_dir) / 'projector').exists()
 
 
 def test_bad_projector_cap_is_refused_before_work(small_config):
   from retrain.errors import DatasetError
   with pytest.raises(DatasetError, match='projector_max_images=-1'):
-    pipeline.run(dataclasses.replace(small_config, projector_max_images=-1))
-  assert not pathlib.Path(small_config.bottleneck_dir).exists()
+    pipeline.run(small_config.replace(projector_max_images=-1))
+  assert not pathlib.Path(small_config.cache.bottleneck_dir).exists()

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from retrain.config import DEFAULTS, subset
+from retrain.config import DEFAULTS
 from retrain.errors import DatasetError
 from retrain.head import options as opts_lib
 from retrain.head import train
 
-PLAIN = subset(opts_lib.TrainOptions, DEFAULTS)
+PLAIN = DEFAULTS.head
 
 
 def _opts(**kw):
@@ -40,8 +40,10 @@ def _train(x, y, options, steps=200, lr=0.1, val=None, **kw):
 
 @pytest.mark.slow
 def test_defaults_are_all_off_and_reproduce_plain_training():
-  assert PLAIN == opts_lib.TrainOptions('sgd', 0.0, 0.0, 0.0, 'none',
-                                        'classes', 0)
+  assert (PLAIN.optimizer, PLAIN.dropout_rate, PLAIN.l2_regularizer,
+          PLAIN.label_smoothing, PLAIN.class_weighting, PLAIN.sampling,
+          PLAIN.early_stopping_patience) == ('sgd', 0.0, 0.0, 0.0, 'none',
+                                             'classes', 0)
   x, y = _separable()
   plain = _train(x, y, None, steps=50)
   default = _train(x, y, PLAIN, steps=50)

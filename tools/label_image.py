@@ -86,7 +86,7 @@ from retrain.predict.load import (  # noqa: E402,F401 (label_image's API)
 # retrain's runs and their SavedModel are by default.
 DEFAULT_RUNS_DIR = 'retrain_runs'
 SAVED_MODEL_IN_RUN = 'saved_model'
-# --crop_margin with --boxes: retrain's default (retrain/config.py).
+# --crop_margin with --boxes: retrain's default (retrain/config/).
 DEFAULT_CROP_MARGIN = 5.0
 # The smallest box side cropped, as retrain's --min_box_size default.
 DEFAULT_MIN_BOX_SIZE = 8

@@ -3,7 +3,7 @@
 `run(config, options, pipeline_args)` computes every vector a following
 `python -m retrain` with the same Config would need (plain vectors of every
 image; distorted copies of the training images when distortion flags are
-set) and writes them into the cache at config.bottleneck_dir:
+set) and writes them into the cache at config.cache.bottleneck_dir:
 
   launcher   lists the images and loads the module once, through the
              first step of retrain's run (retrain.steps.prepare: any
@@ -53,7 +53,7 @@ from retrain.beam import transforms
 from retrain.beam.options import BeamOptions
 from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.bottlenecks import distort as distort_lib
-from retrain.config import Config, subset
+from retrain.config import Config
 from retrain.data import sources
 from retrain.errors import DatasetError
 from retrain.features import ensemble as ensemble_lib
@@ -110,7 +110,7 @@ def make_runner(pipeline_options: PipelineOptions):
 
 
 def _training_copies(config: Config, layout) -> List[int]:
-  """Distorted copies wanted per image of layout: config.distorted_copies
+  """Distorted copies wanted per image of layout: config.distort.distorted_copies
   for training images, 0 for the others.
 
   The split is the one retrain makes when every image decodes; an image
@@ -121,10 +121,10 @@ def _training_copies(config: Config, layout) -> List[int]:
   everything = np.arange(len(images), dtype=np.int64)
   labels = np.array([image.label for image in images], dtype=np.int64)
   split = sources.make_split(layout, everything, labels,
-                             config.validation_percentage,
-                             config.testing_percentage)
+                             config.data.validation_percentage,
+                             config.data.testing_percentage)
   copies = np.zeros(len(images), dtype=np.int64)
-  copies[split.train] = config.distorted_copies
+  copies[split.train] = config.distort.distorted_copies
   return copies.tolist()
 
 
@@ -161,12 +161,12 @@ def run(config: Config, options: BeamOptions,
   started = time.monotonic()
   options.check()
   _check_supported(config)
-  sources.check_layout_options(subset(sources.LayoutOptions, config))
-  distortions = subset(distort_lib.Distortions, config)
-  distort_lib.check_settings(distortions, config.distorted_copies)
+  sources.check_layout_options(config.data)
+  distortions = config.distort
+  distort_lib.check_settings(distortions, config.distort.distorted_copies)
   # Listed as a single-label run lists them: a multi-label run reads the
   # same files' vectors.
-  prepared = prepare.prepare(dataclasses.replace(config, multi_label=False),
+  prepared = prepare.prepare(config.replace(multi_label=False),
                              whole_run=False, hash_files=False)
   members = ensemble_lib.members(prepared.module)
   if len(members) > 1 and distortions.any():
@@ -185,7 +185,7 @@ def run(config: Config, options: BeamOptions,
 
 def _check_supported(config) -> None:
   """Refuses settings the Beam job does not compute yet."""
-  if config.crop_to_boxes:
+  if config.crop.crop_to_boxes:
     # Whole images would fill the cache with vectors a --crop_to_boxes run
     # never reads.
     raise DatasetError('crop_to_boxes is not supported by the Beam job yet: '
@@ -197,16 +197,16 @@ def _places(config: Config, module, distortions) -> transforms.Places:
   """The namespace folders (made, with their namespace.json) and the
   failures TSV of a job of `module`."""
   plain_dir = cache_lib.prepare_namespace(
-      config.bottleneck_dir, bottlenecks_lib.cache_namespace(module))
+      config.cache.bottleneck_dir, bottlenecks_lib.cache_namespace(module))
   distorted_dir = None
   if distortions.any():
     distorted_dir = cache_lib.prepare_namespace(
-        config.bottleneck_dir,
-        distort_lib.cache_namespace(module, distortions, config.random_seed))
-  if '://' not in config.report_dir:
-    os.makedirs(config.report_dir, exist_ok=True)
+        config.cache.bottleneck_dir,
+        distort_lib.cache_namespace(module, distortions, config.head.random_seed))
+  if '://' not in config.outputs.report_dir:
+    os.makedirs(config.outputs.report_dir, exist_ok=True)
   return transforms.Places(plain_dir, distorted_dir, FileSystems.join(
-      config.report_dir, FAILURES_FILE))
+      config.outputs.report_dir, FAILURES_FILE))
 
 
 def _run_one(config: Config, options: BeamOptions,
@@ -229,19 +229,19 @@ def _run_one(config: Config, options: BeamOptions,
   transforms.build(
       pipeline, list(zip((image.path for image in images), copies,
                          strict=True)), places, module,
-      distortions if distortions.any() else None, config.random_seed,
+      distortions if distortions.any() else None, config.head.random_seed,
       options)
   result = pipeline.run()
   result.wait_until_finish()
 
   namespaces = [d for d in (places.plain_dir, places.distorted_dir) if d]
-  if options.merge_local and '://' not in config.bottleneck_dir:
+  if options.merge_local and '://' not in config.cache.bottleneck_dir:
     for directory in namespaces:
       description = (bottlenecks_lib.cache_namespace(module)
                      if directory == places.plain_dir else
                      distort_lib.cache_namespace(module, distortions,
-                                             config.random_seed))
-      bottleneck_cache.BottleneckStore(config.bottleneck_dir,
+                                             config.head.random_seed))
+      bottleneck_cache.BottleneckStore(config.cache.bottleneck_dir,
                                        description).merge()
   done = BeamResult(images=len(images), present=_counter(result, 'present'),
                     computed=_counter(result, 'computed'),

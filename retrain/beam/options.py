@@ -1,15 +1,17 @@
-"""The Beam job's own settings (the one home of their defaults).
+"""The Beam job's own settings (the one home of their defaults, help and
+bounds; their flags are made from these declarations).
 
 Everything else the job needs (inputs, module, --bottleneck_dir, distortion
 flags, --distorted_copies, --random_seed) is the retrain Config, with the
-defaults of retrain/config.py.
+defaults of retrain/config/.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from retrain.errors import DatasetError
+from retrain.common.settings import setting
+from retrain.errors import SettingError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,25 +34,36 @@ class BeamOptions:
     merge_local: when the cache is a local folder, merge the shards into
       one after the job (readers open fewer files).
   """
-  min_batch_size: int = 8
-  max_batch_size: int = 64
-  large_model: bool = False
-  model_copies: int = 0
-  shard_max_vectors: int = 4096
-  merge_local: bool = True
+  min_batch_size: int = setting(
+      8, 'Fewest images per module call (RunInference batching).',
+      flag='beam_min_batch_size')
+  max_batch_size: int = setting(
+      64, 'Most images per module call (RunInference batching).',
+      flag='beam_max_batch_size')
+  large_model: bool = setting(
+      False, 'Share one module per machine between worker processes.',
+      flag='beam_large_model')
+  model_copies: int = setting(
+      0, "With --beam_large_model, module copies per machine (0: Beam's "
+      'default).', flag='beam_model_copies')
+  shard_max_vectors: int = setting(
+      4096, 'Most vectors per cache shard a bundle writes.')
+  merge_local: bool = setting(
+      True, 'Merge the shards of a local cache folder into one at the end.',
+      flag='merge_local_shards')
 
   def check(self) -> None:
-    """Raises DatasetError naming a bad value and the fix."""
+    """Raises SettingError naming a bad value and the fix."""
     if self.min_batch_size < 1 or self.max_batch_size < self.min_batch_size:
-      raise DatasetError(
+      raise SettingError(
           f'--beam_min_batch_size={self.min_batch_size} and '
           f'--beam_max_batch_size={self.max_batch_size}: give 1 <= min <= '
           'max.')
     if self.shard_max_vectors < 1:
-      raise DatasetError(f'--shard_max_vectors={self.shard_max_vectors} must '
+      raise SettingError(f'--shard_max_vectors={self.shard_max_vectors} must '
                          'be at least 1.')
     if self.model_copies < 0:
-      raise DatasetError(f'--beam_model_copies={self.model_copies} must be 0 '
+      raise SettingError(f'--beam_model_copies={self.model_copies} must be 0 '
                          '(Beam decides) or more.')
 
 

@@ -99,14 +99,14 @@ def load_crop_layout(config: BoxOptions) -> Tuple[sources.Layout, Crops]:
     rel_path 'photo/path.jpg#xmin,ymin,xmax,ymax' and its box's class id;
     layout.subsets is always set (every box in its photo's set).
   """
-  if config.crop_margin < 0:
-    raise DatasetError(f'crop_margin={config.crop_margin} must be 0 or '
+  if config.crop.crop_margin < 0:
+    raise DatasetError(f'crop_margin={config.crop.crop_margin} must be 0 or '
                        'more (percent of the box added on each side).', fields=('crop_margin',))
-  if config.min_box_size < 1:
-    raise DatasetError(f'min_box_size={config.min_box_size} must be at '
+  if config.crop.min_box_size < 1:
+    raise DatasetError(f'min_box_size={config.crop.min_box_size} must be at '
                        'least 1 pixel.', fields=('min_box_size',))
-  annotations = read_annotations(config.boxes, config.image_dir,
-                                 config.boxes_csv, config.boxes_label_column)
+  annotations = read_annotations(config.crop.boxes, config.data.image_dir,
+                                 config.crop.boxes_csv, config.crop.boxes_label_column)
   skipped = [(path, 'no annotated box') for path in annotations.unannotated]
   sizes, kept = {}, []
   for box in annotations.boxes:
@@ -119,14 +119,14 @@ def load_crop_layout(config: BoxOptions) -> Tuple[sources.Layout, Crops]:
         # them with the decoders' reason.
         logging.debug('No header size for %s: %s', box.image, e)
         sizes[box.image] = None
-    if box.difficult and not config.boxes_include_difficult:
+    if box.difficult and not config.crop.boxes_include_difficult:
       skipped.append((box.image, f'box {box.coords()} of {box.label!r} '
                       f'({box.where}) is marked difficult (use '
                       '--boxes_include_difficult to keep it)'))
       continue
     size = sizes[box.image] or (1 << 30, 1 << 30)
-    fraction, reason = crop_fraction(box, *size, config.crop_margin,
-                                     config.min_box_size)
+    fraction, reason = crop_fraction(box, *size, config.crop.crop_margin,
+                                     config.crop.min_box_size)
     if fraction is None:
       skipped.append((box.image, reason))
       continue
@@ -152,17 +152,17 @@ def load_crop_layout(config: BoxOptions) -> Tuple[sources.Layout, Crops]:
     images.append(discover_lib.ImageFileAt(f'{photo}#{box.coords()}',
                                        index[box.label], base, box.image))
     codes.append(_photo_subset(photo, box.image, annotations.subsets,
-                               config.validation_percentage,
-                               config.testing_percentage))
+                               config.data.validation_percentage,
+                               config.data.testing_percentage))
   crops = Crops(np.stack([f for _, f in kept]).astype(np.float32),
-                tuple(crop_key(box, config.crop_margin) for box, _ in kept))
+                tuple(crop_key(box, config.crop.crop_margin) for box, _ in kept))
   layout = sources.Layout(
       discover_lib.Dataset(base, tuple(labels), tuple(images)),
       subsets=np.array(codes, np.int8), carve=(False, False),
       skipped=tuple(skipped),
       description=(f'{len(images)} boxes of {len(sizes)} photos, '
                    f'{annotations.description}, crop margin '
-                   f'{config.crop_margin:g}%'))
+                   f'{config.crop.crop_margin:g}%'))
   if skipped:
     logging.warning('%d boxes or photos are not used (first: %s: %s); see the '
                     'skipped-files report.', len(skipped), *skipped[0])

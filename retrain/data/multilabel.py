@@ -110,7 +110,7 @@ def _assemble(base: str, photos: Sequence[Tuple[str, List[str], int]],
                      targets[order])
 
 
-def from_csv(options: sources.LayoutOptions) -> MultiLabels:
+def from_csv(options) -> MultiLabels:
   """`path, a;b` rows from --image_labels_csv or the split CSVs."""
   given = ([(TRAIN, options.image_labels_csv)] if options.image_labels_csv
            else [(s, getattr(options, f'{s}_csv')) for s in (
@@ -204,7 +204,7 @@ def has_annotations(image_dir: str, boxes_csv: str) -> bool:
   return True
 
 
-def load(layout_options: sources.LayoutOptions,
+def load(layout_options,
          box_options: boxes_lib.BoxOptions, digest_root: str) -> MultiLabels:
   """The photos and their labels (see the module docstring).
 

@@ -80,21 +80,7 @@ def retrain_label(name: str) -> str:
   return re.sub(r'[^a-z0-9]+', ' ', name.lower())
 
 
-@dataclasses.dataclass(frozen=True)
-class LayoutOptions:
-  """Where the images and their labels are (retrain.config.Config fields of
-  the same names; the defaults live there)."""
-  image_dir: str
-  image_layout: str
-  image_labels_csv: str
-  train_csv: str
-  validation_csv: str
-  test_csv: str
-  label_style: str
-  follow_outside_links: bool
-
-
-def check_layout_options(options: LayoutOptions) -> None:
+def check_layout_options(options) -> None:
   """Checks the layout settings before any slow work."""
   if options.image_layout not in LAYOUTS:
     raise DatasetError(f'image_layout={options.image_layout!r} is not one '
@@ -126,7 +112,7 @@ def check_layout_options(options: LayoutOptions) -> None:
         fields=('image_dir', given[0]))
 
 
-def load_layout(options: LayoutOptions) -> Layout:
+def load_layout(options) -> Layout:
   """Lists the images, labels and given split of a run (see module doc)."""
   if options.image_labels_csv:
     layout = _from_one_csv(options.image_labels_csv)

@@ -31,7 +31,6 @@ from typing import List, Optional
 from absl import logging
 
 from retrain.config import DEFAULTS, EVALUATE_DEFAULTS, Config, EvaluateConfig
-from retrain.config import subset as config_subset
 from retrain.data import sources
 from retrain.data import split as split_lib
 from retrain.errors import DatasetError
@@ -67,12 +66,12 @@ def _photos(config: Config, which: str):
   if which not in SUBSETS:
     raise DatasetError(f'subset={which!r} is not one of '
                        f'{", ".join(SUBSETS)}.', fields=('subset',))
-  options = config_subset(sources.LayoutOptions, config)
+  options = config.data
   sources.check_layout_options(options)
   layout = sources.load_layout(options)
   images = layout.dataset.images
   if not images:
-    raise DatasetError(f'No images found in {config.image_dir!r}: pass the '
+    raise DatasetError(f'No images found in {config.data.image_dir!r}: pass the '
                        'folder of class folders (or the CSV) to judge the '
                        'model on.', fields=('image_dir',))
   rows = list(range(len(images)))
@@ -80,8 +79,8 @@ def _photos(config: Config, which: str):
     import numpy as np
     labels = np.array([image.label for image in images], np.int64)
     split = sources.make_split(layout, np.arange(len(images)), labels,
-                               config.validation_percentage,
-                               config.testing_percentage)
+                               config.data.validation_percentage,
+                               config.data.testing_percentage)
     rows = [int(r) for r in split.subset(which)]
   names = layout.dataset.labels
   return ([images[r].path for r in rows],
@@ -89,7 +88,7 @@ def _photos(config: Config, which: str):
 
 
 def evaluate(model: str = EVALUATE_DEFAULTS.model,
-             image_dir: str = DEFAULTS.image_dir,
+             image_dir: str = DEFAULTS.data.image_dir,
              output_dir: str = EVALUATE_DEFAULTS.output_dir,
              config: Optional[Config] = None,
              options: Optional[EvaluateConfig] = None,
@@ -114,8 +113,7 @@ def evaluate(model: str = EVALUATE_DEFAULTS.model,
   options = options or EvaluateConfig(model=model, output_dir=output_dir)
   options = dataclasses.replace(options, **{k: v for k, v in settings.items()
                                             if k in ours})
-  config = dataclasses.replace(config or dataclasses.replace(
-      DEFAULTS, image_dir=image_dir), **{k: v for k, v in settings.items()
+  config = (config or DEFAULTS.replace(image_dir=image_dir)).replace(**{k: v for k, v in settings.items()
                                          if k not in ours})
   if not options.model:
     raise DatasetError('model is empty: pass the export to judge (a '
@@ -149,18 +147,18 @@ def _report(options, config, loaded, files, truth, records, started):
       loaded.labels, [truth[k] for k in good], probs, [files[k] for k in good],
       threshold=loaded.threshold, set=options.subset,
       title=f'{os.path.basename(os.path.normpath(options.model))} on '
-      f'{os.path.basename(os.path.normpath(config.image_dir or "photos"))}',
+      f'{os.path.basename(os.path.normpath(config.data.image_dir or "photos"))}',
       validation=('judged on a labelled folder, no training; photos: '
                   f'{options.subset}'
                   + ('' if options.subset == 'all' else
                      f' set of the hash split (validation '
-                     f'{config.validation_percentage}%, test '
-                     f'{config.testing_percentage}%)')),
+                     f'{config.data.validation_percentage}%, test '
+                     f'{config.data.testing_percentage}%)')),
       model=f'{loaded.kind} {loaded.path} ({len(loaded.labels)} classes, '
       f'input {loaded.input_size[0]}x{loaded.input_size[1]})',
       failed=[{'file': f, 'reason': r} for f, r in failed],
       seconds=time.monotonic() - started,
-      settings={'model': options.model, 'image_dir': config.image_dir,
+      settings={'model': options.model, 'image_dir': config.data.image_dir,
                 'subset': options.subset, 'heat_maps': options.heat_maps})
   explainer = (heatmap.export_explainer(loaded.predict, loaded.input_size,
                                         loaded.kind)

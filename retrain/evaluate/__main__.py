@@ -3,54 +3,35 @@
 
 The only module of retrain.evaluate that reads flags. It accepts retrain's
 data flags (--image_dir, the CSV flags, --image_layout, --label_style, the
-percentages; the others are accepted and unused) plus the flags below,
-whose defaults come from retrain.config.EVALUATE_DEFAULTS.
+percentages; the others are accepted and unused) plus those of
+retrain.config.EvaluateConfig (--output_dir, given, is where report.html
+and report.json go).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 
 from absl import app, flags, logging
 
-from retrain import __main__ as retrain_cli
-from retrain.config import EVALUATE_DEFAULTS, EvaluateConfig
+from retrain import command_line
 
-_E = EVALUATE_DEFAULTS
-
-flags.DEFINE_string('model', _E.model, 'The export to judge: a SavedModel '
-                    'folder, or a frozen graph (.pb), TFLite (.tflite) or '
-                    'ONNX (.onnx) file.')
-# --output_dir is retrain's flag (retrain_cli defines it): here it names
-# where report.html and report.json are written, default _E.output_dir.
-flags.DEFINE_enum('subset', _E.subset, ['all', 'train', 'validation', 'test'],
-                  'Judge on all photos, or on one set of the stable hash '
-                  'split at --validation_percentage / --testing_percentage '
-                  '(the set a run with those values held out).')
-flags.DEFINE_bool('heat_maps', _E.heat_maps, 'Draw occlusion heat maps '
-                  'through the export for the photo grid of the page.')
-
+command_line.define_evaluate_flags()
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  logging.set_verbosity(FLAGS.logging_verbosity.lower().replace('warn',
-                                                                'warning'))
-  from retrain import evaluate as evaluate_lib
-  from retrain.errors import RetrainError
-  options = EvaluateConfig(**{field.name: FLAGS[field.name].value
-                              for field in dataclasses.fields(EvaluateConfig)
-                              if field.name != 'output_dir'})
-  if FLAGS['output_dir'].present:
-    options = dataclasses.replace(options, output_dir=FLAGS.output_dir)
+  logging.set_verbosity(command_line.verbosity())
+  from retrain import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
+  from retrain.errors import RetrainError  # pylint: disable=g-import-not-at-top
   try:
-    result = evaluate_lib.evaluate(config=retrain_cli.config_from_flags(),
-                                   options=options)
+    result = evaluate_lib.evaluate(
+        config=command_line.config_from_flags(),
+        options=command_line.evaluate_config_from_flags())
   except RetrainError as e:
-    logging.error('%s', retrain_cli.flag_wording(e))
+    logging.error('%s', command_line.flag_wording(e))
     return 1
   sys.stdout.write(f'{result.html_path}\n{result.json_path}\n')
   return 0
@@ -71,8 +52,9 @@ the worst mistakes with heat maps, classes the model does not know
 
 def run():
   """Entry point of `python -m retrain.evaluate`."""
-  from retrain.common import cli
-  cli.run(main, 'retrain-evaluate', USAGE, [__name__, retrain_cli.__name__])
+  from retrain.common import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main, 'retrain-evaluate', USAGE, [command_line.EVALUATE_FLAGS,
+                                              command_line.RUN_FLAGS])
 
 
 if __name__ == '__main__':

@@ -39,7 +39,6 @@ and renamed into place; a file already there is first moved to
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from typing import Dict, List, Optional, Sequence
@@ -99,25 +98,7 @@ def check_output_file(flag: str, path: str, suffixes: Sequence[str]) -> None:
                       fields=(flag,))
 
 
-@dataclasses.dataclass(frozen=True)
-class ExportOptions:
-  """The exports besides the SavedModel (retrain.config.Config fields of the
-  same names; the defaults live there). An empty path writes nothing."""
-  output_graph: str
-  tflite_output_file: str
-  tflite_quantization: str
-  tflite_calibration_images: int
-  checkpoint_path: str
-  intermediate_output_graphs_dir: str
-  intermediate_store_frequency: int
-  final_tensor_name: str
-  # ONNX, and the check of quantized TFLite models.
-  onnx_output_file: str
-  max_quantization_loss: float
-  keep_lossy_quantization: bool
-
-
-def check_options(options: ExportOptions) -> None:
+def check_options(options) -> None:
   """Checks the export-format settings before any slow work."""
   check_output_file('output_graph', options.output_graph, ('.pb',))
   check_output_file('tflite_output_file', options.tflite_output_file,
@@ -330,7 +311,7 @@ def read_checkpoint(prefix: str) -> Head:
 # --- All of them, for the pipeline --------------------------------------------
 
 
-def intermediate_hook(options: ExportOptions, module: FeatureModule, labels: Sequence[str]
+def intermediate_hook(options, module: FeatureModule, labels: Sequence[str]
                       ) -> Optional[IntermediateExports]:
   """The train_head hook for --intermediate_store_frequency, or None."""
   if options.intermediate_store_frequency <= 0:
@@ -340,7 +321,7 @@ def intermediate_hook(options: ExportOptions, module: FeatureModule, labels: Seq
                              labels, options.final_tensor_name)
 
 
-def export_other_formats(options: ExportOptions, module: FeatureModule, head: Head,
+def export_other_formats(options, module: FeatureModule, head: Head,
                          labels: Sequence[str],
                          calibration_paths: Sequence[str],
                          gate: Optional[quantization_check.Gate] = None,

@@ -26,7 +26,7 @@ ENSEMBLE_PRESETS = {
                                        'efficientnet_lite2'),
 }
 
-# The default --tfhub_module (retrain/config.py): the most accurate of the
+# The default --tfhub_module (retrain/config/): the most accurate of the
 # bundled configurations; `efficientnet_lite0` alone is the fast one
 # (docs/accuracy.md has both, measured).
 DEFAULT_ENSEMBLE = 'efficientnet_lite0+lite1+lite2'

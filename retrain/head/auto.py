@@ -38,7 +38,7 @@ SGD_TRAINING_FLAGS = (
 def changed_training_fields(config, defaults) -> list:
   """The SGD_TRAINING_FLAGS whose value in `config` is not the default."""
   return [name for name in SGD_TRAINING_FLAGS
-          if getattr(config, name) != getattr(defaults, name)]
+          if config.get(name) != defaults.get(name)]
 
 
 def resolve(head_solver: str, explicit: Sequence[str]) -> str:

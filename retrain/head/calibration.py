@@ -46,16 +46,7 @@ VALIDATION_HELD_OUT = ('the validation set, which the head did not train '
                        'on')
 
 
-@dataclasses.dataclass(frozen=True)
-class ConfidenceOptions:
-  """retrain.config.Config fields of the same names (the defaults live
-  there)."""
-  calibrate_confidence: bool
-  target_precision: float
-  calibration_min_images: int
-
-
-def check_options(options: ConfidenceOptions) -> None:
+def check_options(options) -> None:
   """Raises DatasetError for settings calibrate cannot use."""
   if not 0 < options.target_precision <= 1:
     raise DatasetError(f'target_precision={options.target_precision} must '

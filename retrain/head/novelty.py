@@ -245,10 +245,10 @@ def fit_on_new_rows(x: np.ndarray, y: np.ndarray, num_classes: int,
   fine-tuned one), which it may place closer to their class than a new
   photo, so only the scores of rows it never trained on set the
   threshold."""
-  from retrain.head import solver as solver_lib
+  from retrain.head import folds as folds_lib
   fold = np.full(len(y), -1)
   rows = np.flatnonzero(new)
-  fold[rows] = solver_lib.stratified_folds(np.asarray(y)[rows], folds, seed)
+  fold[rows] = folds_lib.stratified_folds(np.asarray(y)[rows], folds, seed)
   return fit_held_out(x, y, num_classes, components, keep, fold,
                       f'out-of-fold scores of {len(rows)} validation images '
                       f'({folds} folds; the {len(y) - len(rows)} training '

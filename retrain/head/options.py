@@ -28,7 +28,6 @@ Summary:
 
 from __future__ import annotations
 
-import dataclasses
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -43,20 +42,7 @@ MOMENTUM = 0.9
 ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON = 0.9, 0.999, 1e-7
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainOptions:
-  """The training options of retrain.config.Config (same names and
-  meanings; the defaults live there)."""
-  optimizer: str
-  dropout_rate: float
-  l2_regularizer: float
-  label_smoothing: float
-  class_weighting: str
-  sampling: str
-  early_stopping_patience: int
-
-
-def check(options: TrainOptions) -> None:
+def check(options) -> None:
   """Raises DatasetError naming the flag and the accepted values."""
   for name, allowed in (('optimizer', OPTIMIZERS),
                         ('class_weighting', CLASS_WEIGHTINGS),

@@ -106,16 +106,16 @@ class SolverOptions:
 
   @classmethod
   def from_config(cls, config) -> 'SolverOptions':
-    return cls(l2_grid=_floats('solver_l2_grid', config.solver_l2_grid),
+    return cls(l2_grid=_floats('solver_l2_grid', config.head.solver_l2_grid),
                label_smoothing_grid=_floats(
                    'solver_label_smoothing_grid',
-                   config.solver_label_smoothing_grid),
-               max_iterations=config.solver_max_iterations,
-               tolerance=config.solver_tolerance,
-               folds=config.solver_folds,
-               min_validation_per_class=config.solver_min_validation_per_class,
-               refit=config.solver_refit, seed=config.random_seed,
-               standardise=config.solver_standardise)
+                   config.head.solver_label_smoothing_grid),
+               max_iterations=config.head.solver_max_iterations,
+               tolerance=config.head.solver_tolerance,
+               folds=config.head.solver_folds,
+               min_validation_per_class=config.head.solver_min_validation_per_class,
+               refit=config.head.solver_refit, seed=config.head.random_seed,
+               standardise=config.head.solver_standardise)
 
 
 def _floats(name: str, values) -> Tuple[float, ...]:

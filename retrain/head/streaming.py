@@ -138,7 +138,7 @@ class _Trainer:
   """The head's variables and a compiled loop over given batches."""
 
   def __init__(self, dim: int, num_classes: int, learning_rate: float,
-               seed: int, opts: Optional[options_lib.TrainOptions],
+               seed: int, opts,
                loss_weights: Optional[np.ndarray]):
     tf.random.set_seed(seed)
     self.gen = tf.random.Generator.from_seed(seed)

@@ -64,7 +64,7 @@ class Settings:
   eval_step_interval: int
   validation_batch_size: int
   seed: int
-  options: Optional[options_lib.TrainOptions] = None
+  options: Optional[object] = None
 
 
 @dataclasses.dataclass

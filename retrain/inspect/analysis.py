@@ -122,8 +122,8 @@ def fit_softmax(x: np.ndarray, y: np.ndarray, num_classes: int,
   probabilities float32 [m, C]."""
   from retrain.config import DEFAULTS
   from retrain.head import lbfgs as lbfgs_lib
-  fitter = lbfgs_lib.SoftmaxLbfgs(l2, 0.0, DEFAULTS.solver_max_iterations,
-                              DEFAULTS.solver_tolerance, standardise=True)
+  fitter = lbfgs_lib.SoftmaxLbfgs(l2, 0.0, DEFAULTS.head.solver_max_iterations,
+                              DEFAULTS.head.solver_tolerance, standardise=True)
   return fitter.fit(np.ascontiguousarray(x, np.float32),
                     np.asarray(y, np.int64), num_classes).predict_proba
 

@@ -22,7 +22,7 @@ from absl import logging
 from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.common import phases as phases_lib
 from retrain.common import strict_json
-from retrain.config import Config, InspectConfig, subset
+from retrain.config import Config, InspectConfig
 from retrain.data import boxes as boxes_lib
 from retrain.data import sources
 from retrain.data import split as split_lib
@@ -130,8 +130,8 @@ def _load_examples(config: Config, timings: dict):
   if not len(usable):
     raise DatasetError('No example could be decoded; nothing to inspect.')
   y = np.array([layout.dataset.images[i].label for i in usable], np.int64)
-  split = sources.make_split(layout, usable, y, config.validation_percentage,
-                             config.testing_percentage)
+  split = sources.make_split(layout, usable, y, config.data.validation_percentage,
+                             config.data.testing_percentage)
   subsets = np.zeros(len(usable), np.int64)
   for code, name in enumerate(split_lib.SUBSETS):
     subsets[split.subset(name)] = code
@@ -209,7 +209,7 @@ def _model_sections(labels, ex: _Examples, options: InspectConfig) -> dict:
 def inspect_dataset(config: Config, options: InspectConfig) -> InspectResult:
   """Builds and writes the report (see module doc)."""
   check_options(options)
-  sources.check_layout_options(subset(sources.LayoutOptions, config))
+  sources.check_layout_options(config.data)
   timings = {}
   started = time.monotonic()
   ex, module = _load_examples(config, timings)
@@ -217,11 +217,11 @@ def inspect_dataset(config: Config, options: InspectConfig) -> InspectResult:
   paths = [image.path for image in ex.layout.dataset.images]
   report = {'schema_version': SCHEMA_VERSION, 'data': {
       'description': ex.layout.description, 'labels': labels,
-      'crop_to_boxes': bool(config.crop_to_boxes),
+      'crop_to_boxes': bool(config.crop.crop_to_boxes),
       'examples': len(paths), 'usable_examples': int(len(ex.usable)),
-      'files': len(set(paths)), 'module': config.tfhub_module,
+      'files': len(set(paths)), 'module': config.module.tfhub_module,
       'input_size': list(module.input_size),
-      'bottleneck_dir': config.bottleneck_dir}}
+      'bottleneck_dir': config.cache.bottleneck_dir}}
   for name, make in (
       ('classes_and_files', lambda: _class_sections(labels, ex, options)),
       ('duplicates', lambda: _duplicate_sections(ex, options)),

@@ -151,16 +151,16 @@ def _say_weighting(config, counts, labels, weights) -> None:
   strong = imbalance(counts, labels)
   if weights is None:
     how = 'every image weighs the same'
-    if config.sampling == 'classes':
+    if config.head.sampling == 'classes':
       how += ' (the classes are equally large)'
   else:
     how = ('every class weighs the same in the head\'s objective and in '
            'choosing its L2 (class weights n / (K * n_c), from '
-           + ('--sampling classes, the default' if config.sampling ==
+           + ('--sampling classes, the default' if config.head.sampling ==
               'classes' else '--class_weighting balanced') + ')')
   hint = ('; pass --sampling images to weigh the classes by their size '
           '(when the test photos have the training proportions)'
-          if weights is not None and config.sampling == 'classes' else
+          if weights is not None and config.head.sampling == 'classes' else
           '; pass --class_weighting balanced (or --sampling classes) to '
           'weigh every class the same' if weights is None else '')
   if strong:
@@ -188,15 +188,15 @@ def maybe_solve(config, train_x: np.ndarray, train_y: np.ndarray,
     train_groups: int [n] group of each training row (an image and its
       distorted copies share one), for the held-out predictions.
   """
-  if config.head_solver != 'lbfgs':  # resolved by pipeline.run
+  if config.head.head_solver != 'lbfgs':  # resolved by pipeline.run
     return None
-  if config.intermediate_store_frequency:
+  if config.outputs.intermediate_store_frequency:
     logging.warning('--intermediate_store_frequency is ignored with '
                     '--head_solver lbfgs (it has no training steps).')
   num_classes = len(labels)
   counts = np.bincount(np.asarray(train_y, np.int64), minlength=num_classes)
-  weights = lbfgs_class_weights(counts, config.class_weighting,
-                                config.sampling)
+  weights = lbfgs_class_weights(counts, config.head.class_weighting,
+                                config.head.sampling)
   _say_weighting(config, counts, labels, weights)
   result = solver_lib.fit_head(
       train_x, train_y, num_classes, val_x, val_y,
@@ -205,7 +205,7 @@ def maybe_solve(config, train_x: np.ndarray, train_y: np.ndarray,
   strong = weights is not None and imbalance(counts, labels or [
       str(i) for i in range(num_classes)]) is not None
   result = imbalance_lib.maybe_adjust(
-      config.imbalance_adjustment, result, np.concatenate([train_y, val_y]),
+      config.head.imbalance_adjustment, result, np.concatenate([train_y, val_y]),
       num_classes, strong)
   # Every iteration is in TensorBoard and the report; the log gets a few.
   for k in head_math.evenly_spread(len(result.history), 10):
@@ -216,7 +216,7 @@ def maybe_solve(config, train_x: np.ndarray, train_y: np.ndarray,
   if writers is not None:
     _write_summaries(writers, result,
                      result.head.probabilities(train_x[:1000]), val_y)
-  path = write_report(config.report_dir, result, val_y, weights)
+  path = write_report(config.outputs.report_dir, result, val_y, weights)
   logging.info('The head solver\'s candidates and curves are in %s.', path)
   return train_lib.TrainResult(
       result.head, result.history, None,

@@ -43,15 +43,6 @@ def class_counts(labels: Sequence[str], y: np.ndarray,
           for i, name in enumerate(labels)}
 
 
-@dataclasses.dataclass(frozen=True)
-class ReportOptions:
-  """Where the reports go (retrain.config.Config fields of the same names;
-  the defaults live there)."""
-  report_dir: str
-  summaries_dir: str
-  projector_max_images: int
-
-
 def write_run_config(writer, settings: Dict, module, labels: Sequence[str],
                      y: np.ndarray, split, skipped: Sequence) -> str:
   """Writes text `run_config` at step 0; returns the markdown."""
@@ -106,7 +97,7 @@ def _log_lines(title: str, lines: Sequence[str]) -> None:
   logging.info('%s\n%s', title, '\n'.join(lines))
 
 
-def finish(options: ReportOptions, labels: Sequence[str], trained, images,
+def finish(options, labels: Sequence[str], trained, images,
            split, test,
            validation_probabilities: Optional[np.ndarray] = None
            ) -> Explained:
@@ -149,7 +140,7 @@ def finish(options: ReportOptions, labels: Sequence[str], trained, images,
   return Explained(metrics, wrong, files, shown)
 
 
-def set_reports(options: ReportOptions, labels: Sequence[str], sets: dict,
+def set_reports(options, labels: Sequence[str], sets: dict,
                 step: int, best_step: Optional[int] = None, note: str = ''):
   """The per-class metrics, confusion matrix and misclassified images of
   each set, logged, written to report_dir and to TensorBoard at `step`.
@@ -206,7 +197,7 @@ def set_reports(options: ReportOptions, labels: Sequence[str], sets: dict,
   return metrics, wrong, files
 
 
-def _projector(options: ReportOptions, labels, head, vectors, y, split, paths,
+def _projector(options, labels, head, vectors, y, split, paths,
                rel_paths) -> int:
   """The embedding projector over a capped, evenly spread sample of all
   usable images (every subset, so mislabelled training images show too)."""

@@ -8,7 +8,6 @@ from typing import List, Optional, Sequence
 import numpy as np
 from absl import logging
 
-from retrain.bottlenecks import distort as distort_lib
 from retrain.bottlenecks import precision as precision_lib
 from retrain.bottlenecks import usable as usable_lib
 from retrain.common.progress import Progress
@@ -19,7 +18,6 @@ from retrain.finetune import plans as plans_lib
 from retrain.finetune import run as finetune_lib
 from retrain.head import calibration as calibration_lib
 from retrain.head import evaluate as evaluate_lib
-from retrain.head import options as options_lib
 from retrain.head import train as train_lib
 from retrain.report import confidence
 from retrain.report import deployment as deployment_report
@@ -53,7 +51,7 @@ class Tuned:
     validation: the arguments calibrate reads after the head (see
       held_out_validation).
     fine_tuned: the retrain.finetune.run.FineTuned, or None without
-      config.fine_tune.
+      config.finetune.fine_tune.
   """
   module: object
   trained: train_lib.TrainResult
@@ -112,13 +110,13 @@ def describe_figures(trained: train_lib.TrainResult, tuned=None) -> dict:
 def train_settings(config: Config) -> train_lib.Settings:
   """What to train, from the config (also the streaming path's)."""
   return train_lib.Settings(
-      steps=config.how_many_training_steps,
-      learning_rate=config.learning_rate,
-      batch_size=config.train_batch_size,
-      eval_step_interval=config.eval_step_interval,
-      validation_batch_size=config.validation_batch_size,
-      seed=config.random_seed,
-      options=subset(options_lib.TrainOptions, config))
+      steps=config.head.how_many_training_steps,
+      learning_rate=config.head.learning_rate,
+      batch_size=config.head.train_batch_size,
+      eval_step_interval=config.head.eval_step_interval,
+      validation_batch_size=config.head.validation_batch_size,
+      seed=config.head.random_seed,
+      options=config.head)
 
 
 @dataclasses.dataclass
@@ -143,16 +141,16 @@ def train(config: Config, module, found, split: split_lib.Split,
   labels, images = found.labels, found.images
   train_x, train_y = training.x, training.y
   precision_lib.close(module)  # every vector is computed: fewer MiB below
-  writers = summaries_lib.Writers(config.summaries_dir)
+  writers = summaries_lib.Writers(config.outputs.summaries_dir)
   intermediate = export_formats.intermediate_hook(
-      subset(export_formats.ExportOptions, config), module, labels)
-  explain_lib.write_run_config(writers.train, dataclasses.asdict(config),
+      config.outputs, module, labels)
+  explain_lib.write_run_config(writers.train, config.flat(),
                                module, labels, images.labels, split,
                                found.computed.failures)
   val_x = images.vectors[split.validation]
   val_y = images.labels[split.validation]
-  points = train_lib.eval_steps(config.how_many_training_steps,
-                                config.eval_step_interval)
+  points = train_lib.eval_steps(config.head.how_many_training_steps,
+                                config.head.eval_step_interval)
   log = train_lib.EvalLog(points)
   settings = train_settings(config)
   progress = None  # SGD's bar (steps, rate, time left), made when SGD runs
@@ -163,7 +161,7 @@ def train(config: Config, module, found, split: split_lib.Split,
 
   hooks = train_lib.Hooks(
       writers=writers, on_eval=on_eval,
-      head_every=config.intermediate_store_frequency, on_head=intermediate,
+      head_every=config.outputs.intermediate_store_frequency, on_head=intermediate,
       on_eval_head=explain_lib.ValidationImages(writers.validation, val_x,
                                                 val_y, labels, points))
   try:
@@ -171,7 +169,7 @@ def train(config: Config, module, found, split: split_lib.Split,
     trained = solve_lib.maybe_solve(config, train_x, train_y, labels, val_x,
                                     val_y, writers, train_groups=groups)
     if trained is None:
-      progress = Progress('Training', config.how_many_training_steps,
+      progress = Progress('Training', config.head.how_many_training_steps,
                           unit='steps')
       trained = train_lib.train_head(train_x, train_y, len(labels), val_x,
                                      val_y, settings, hooks)
@@ -201,7 +199,7 @@ def report_test(config: Config, labels: Sequence[str],
   misclassified = evaluate_lib.format_misclassified(
       test, images.paths_of(split.test) if test_paths is None else test_paths,
       labels)
-  if config.print_misclassified_test_images:
+  if config.outputs.print_misclassified_test_images:
     logging.info('=== MISCLASSIFIED TEST IMAGES%s ===', after.upper())
     for line in misclassified:
       logging.info(line)
@@ -214,11 +212,11 @@ def evaluate(config: Config, labels: Sequence[str],
   """The test accuracy and the reports of the head."""
   test = evaluate_lib.evaluate(trained.head, images.vectors[split.test],
                                images.labels[split.test],
-                               config.test_batch_size, seed=config.random_seed)
+                               config.head.test_batch_size, seed=config.head.random_seed)
   misclassified = report_test(config, labels, test, images, split)
   held = trained.held_out
   explained = explain_lib.finish(
-      subset(explain_lib.ReportOptions, config), labels, trained, images,
+      config.outputs, labels, trained, images,
       split, test, validation_probabilities=None if held is None else
       calibration_lib.softmax(held.validation_logits).astype(np.float32))
   for name, how in describe_figures(trained).items():
@@ -242,11 +240,11 @@ def fine_tune(config: Config, module, labels: Sequence[str],
     and reports of the fine-tuned network (its reports written over the
     head's); the validation set calibration reads: (vectors float32 [n, D]
     from the fine-tuned network, their class ids int64 [n]). Without
-    config.fine_tune: its arguments, held_out_validation, and None (an
+    config.finetune.fine_tune: its arguments, held_out_validation, and None (an
     earlier run's fine_tune report is moved aside).
   """
-  if not config.fine_tune:
-    finetune_lib.retire_report(config.report_dir)
+  if not config.finetune.fine_tune:
+    finetune_lib.retire_report(config.outputs.report_dir)
     return Tuned(module, trained, reported, held_out_validation(
         trained, images, split), None)
   # Fine-tuning chooses its epoch on validation, so it starts from a head
@@ -257,7 +255,7 @@ def fine_tune(config: Config, module, labels: Sequence[str],
                  'images alone, so that its validation set stays held out.')
   tuned = finetune_lib.fine_tune(
       subset(finetune_lib.FineTuneOptions, config),
-      subset(distort_lib.Distortions, config), module, start, labels,
+      config.distort, module, start, labels,
       plans_lib.Images(images.paths, images.digests, images.labels,
                             split),
       fixed=finetune_lib.FixedFeatures(images.vectors, copies))
@@ -267,7 +265,7 @@ def fine_tune(config: Config, module, labels: Sequence[str],
                  'head%s.', ' (trained on training + validation)' if
                  trained.train_only_head is not None else '')
     tuned.metadata['fine_tuned']['kept_frozen_head'] = True
-    finetune_lib.write_report(config.report_dir, tuned)
+    finetune_lib.write_report(config.outputs.report_dir, tuned)
     return Tuned(module, trained, reported, held_out_validation(
         trained, images, split), tuned)
   trained = dataclasses.replace(trained, head=tuned.head, held_out=None,
@@ -285,8 +283,8 @@ def report_fine_tuned(config: Config, labels: Sequence[str],
   accuracy line and the validation and test reports again, as `evaluate`
   gave them for the head alone."""
   test = evaluate_lib.evaluate(trained.head, tuned.test_features,
-                               tuned.test_labels, config.test_batch_size,
-                               seed=config.random_seed)
+                               tuned.test_labels, config.head.test_batch_size,
+                               seed=config.head.random_seed)
   test_paths = [images.paths[i] for i in tuned.test_rows]
   misclassified = report_test(config, labels, test, images, split,
                               test_paths, after=' after fine-tuning')
@@ -296,7 +294,7 @@ def report_fine_tuned(config: Config, labels: Sequence[str],
           'test': (test.labels, test.probabilities,
                    [test_paths[r] for r in test.rows])}
   metrics, wrong, files = explain_lib.set_reports(
-      subset(explain_lib.ReportOptions, config), labels, sets,
+      config.outputs, labels, sets,
       trained.history[-1].step if trained.history else 0, note=', fine-tuned')
   return Reported(test, misclassified, dataclasses.replace(
       explained, metrics=metrics, misclassified=wrong, report_files=files))
@@ -313,7 +311,7 @@ def calibrate(config: Config, trained: train_lib.TrainResult,
   on, or out-of-fold `logits` float32 [n, N] (held_out_validation), with
   class ids [n]; the test ECE before and after from `test`. Logged and
   written to TensorBoard."""
-  options = subset(calibration_lib.ConfidenceOptions, config)
+  options = config.deploy
   confidence = calibration_lib.calibrate(
       trained.head, validation_x, validation_y, options.target_precision,
       options.calibration_min_images, options.calibrate_confidence,
@@ -324,6 +322,6 @@ def calibrate(config: Config, trained: train_lib.TrainResult,
         test.labels)
   deployment_report.log_confidence(confidence)
   deployment_report.write_tensorboard(
-      config.summaries_dir, confidence,
+      config.outputs.summaries_dir, confidence,
       trained.history[-1].step if trained.history else 0)
   return confidence

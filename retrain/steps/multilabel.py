@@ -12,7 +12,6 @@ with the thresholds in their metadata.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Sequence
@@ -24,7 +23,7 @@ from absl import logging
 from retrain.bottlenecks import usable as usable_lib
 from retrain.common import atomic
 from retrain.common import phases as phases_lib
-from retrain.config import Config, subset
+from retrain.config import Config
 from retrain.data import leakage, sources
 from retrain.errors import DatasetError
 from retrain.export import formats as export_formats
@@ -48,17 +47,17 @@ def check_options(config: Config) -> None:
               'example per box; with --multi_label a photo\'s labels are '
               'its objects\' names: drop one of the two'))
   for name, why in refused:
-    if getattr(config, name):
+    if config.get(name):
       raise DatasetError(f'--multi_label with --{name}: {why}.',
                          fields=('multi_label', name))
-  if config.head_solver == 'sgd':
+  if config.head.head_solver == 'sgd':
     logging.warning('--multi_label fits its sigmoid heads with L-BFGS: '
                     '--head_solver sgd and the SGD training flags are not '
                     'used.')
-  if config.tflite_quantization != 'none':
+  if config.outputs.tflite_quantization != 'none':
     raise DatasetError(
         f'--multi_label with --tflite_quantization '
-        f'{config.tflite_quantization}: the quantised model\'s check compares '
+        f'{config.outputs.tflite_quantization}: the quantised model\'s check compares '
         'top-1 accuracy, which a multi-label model does not have; export '
         'the float TFLite model (--tflite_quantization none).',
         fields=('multi_label', 'tflite_quantization'))
@@ -69,15 +68,15 @@ def make_split(config: Config, layout, images: usable_lib.UsableImages,
   """The split of the photos (each photo one row, stratified by its rarest
   label), logged per label; leakage reported as in a single-label run."""
   split = sources.make_split(layout, images.index, images.labels,
-                             config.validation_percentage,
-                             config.testing_percentage)
+                             config.data.validation_percentage,
+                             config.data.testing_percentage)
   for j, name in enumerate(layout.dataset.labels):
     logging.info('Label %-20s train %5d  validation %4d  test %4d', name,
                  *(int(targets[split.subset(s), j].sum()) for s in (
                      'train', 'validation', 'test')))
   leakage.report_leakage(
       leakage.find_leakage(images.digests, split, images.paths),
-      config.report_dir)
+      config.outputs.report_dir)
   return split
 
 
@@ -108,10 +107,10 @@ def train(config: Config, labels: Sequence[str],
                               fitted.thresholds, labels)
     logging.info('Out-of-fold (training + validation, N=%d): %s.',
                  held.count, report_lib.summary_line(held))
-    report_lib.write_reports(config.report_dir, 'out_of_fold', held,
+    report_lib.write_reports(config.outputs.report_dir, 'out_of_fold', held,
                              fitted.thresholds)
-  os.makedirs(config.report_dir, exist_ok=True)
-  atomic.write_text(os.path.join(config.report_dir, REPORT_FILE),
+  os.makedirs(config.outputs.report_dir, exist_ok=True)
+  atomic.write_text(os.path.join(config.outputs.report_dir, REPORT_FILE),
                     json.dumps(fitted.summary(labels), indent=2) + '\n')
   return fitted
 
@@ -132,10 +131,10 @@ def evaluate(config: Config, labels: Sequence[str],
   if not len(rows):
     logging.info('The test set is empty: no test report.')
     return test
-  files = report_lib.write_reports(config.report_dir, 'test', test,
+  files = report_lib.write_reports(config.outputs.report_dir, 'test', test,
                                    fitted.thresholds)
   logging.info('Wrote the per-label metrics to %s.', ', '.join(files))
-  writer = tf.summary.create_file_writer(os.path.join(config.summaries_dir,
+  writer = tf.summary.create_file_writer(os.path.join(config.outputs.summaries_dir,
                                                       'test'))
   try:
     tb.write_scalars(writer, dict(
@@ -168,23 +167,23 @@ def export(config: Config, module, labels: Sequence[str],
            test: report_lib.MultiLabelMetrics, images, split):
   """The labels file and every export asked for; returns the SavedModel
   folder or None."""
-  export_lib.write_labels(config.output_labels, labels)
+  export_lib.write_labels(config.outputs.output_labels, labels)
   extra = metadata(labels, fitted)
   other = export_formats.export_other_formats(
-      subset(export_formats.ExportOptions, config), module, fitted.head,
+      config.outputs, module, fitted.head,
       labels, images.paths_of(split.train), None, extra)
   phases_lib.release_memory()
-  if not config.saved_model_dir:
+  if not config.outputs.saved_model_dir:
     return None
   saved = export_lib.export_saved_model(
-      config.saved_model_dir, module, fitted.head, labels,
-      config.final_tensor_name,
+      config.outputs.saved_model_dir, module, fitted.head, labels,
+      config.outputs.final_tensor_name,
       extra_metadata=dict(extra, modules=ensemble_lib.describe_modules(module),
                           test_mean_ap=test.mean_ap,
                           test_exact_match=test.exact_match,
                           test_count=test.count, other_exports=other))
   logging.info('Exported the multi-label classifier to %s (labels in %s).',
-               saved, config.output_labels)
+               saved, config.outputs.output_labels)
   return saved
 
 
@@ -193,8 +192,8 @@ def results_page(config: Config, test, fitted) -> str:
   label's threshold, precision, recall, F1 and AP on the test set, mean AP
   and exact match (retrain/report/page_multilabel.py); returns the page's
   path."""
-  source = os.path.normpath(config.image_dir or config.image_labels_csv)
+  source = os.path.normpath(config.data.image_dir or config.data.image_labels_csv)
   return page_lib.write_run(
-      config.report_dir, test, fitted.thresholds, set='test',
+      config.outputs.report_dir, test, fitted.thresholds, set='test',
       title=f'Results: {os.path.basename(source)}',
-      settings={k: str(v) for k, v in dataclasses.asdict(config).items()})
+      settings={k: str(v) for k, v in config.flat().items()})

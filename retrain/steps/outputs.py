@@ -12,7 +12,7 @@ from absl import logging
 from retrain.bottlenecks import precision as precision_lib
 from retrain.bottlenecks import usable as usable_lib
 from retrain.common import phases as phases_lib
-from retrain.config import Config, subset
+from retrain.config import Config
 from retrain.data import split as split_lib
 from retrain.export import formats as export_formats
 from retrain.export import quantization_check
@@ -63,7 +63,7 @@ def export(config: Config, prepared, found, split: split_lib.Split,
   fine_tune_metadata = tuned.fine_tuned.metadata if tuned.fine_tuned else None
   float_module = (prepared.float_module if found.storage == 'memory'
                   else None)
-  export_lib.write_labels(config.output_labels, labels)
+  export_lib.write_labels(config.outputs.output_labels, labels)
   deploy_metadata = {'confidence': confidence.metadata()}
   if confidence.head.novelty is not None:
     deploy_metadata['novelty'] = confidence.head.novelty.metadata()
@@ -71,8 +71,8 @@ def export(config: Config, prepared, found, split: split_lib.Split,
   rows = split.subset(held_out)
   gate = quantization_check.Gate(
       images.paths_of(rows), images.labels[rows], held_out,
-      config.max_quantization_loss, config.keep_lossy_quantization,
-      config.tflite_calibration_images)
+      config.outputs.max_quantization_loss, config.outputs.keep_lossy_quantization,
+      config.outputs.tflite_calibration_images)
   float_check = None
   if float_module is not None and precision_lib.is_quantized(module):
     float_check = check_float_exports(
@@ -80,7 +80,7 @@ def export(config: Config, prepared, found, split: split_lib.Split,
         test.accuracy if held_out == 'test' else None)
     phases_lib.release_memory()  # its float interpreters, before the exports
   other_formats = export_formats.export_other_formats(
-      subset(export_formats.ExportOptions, config), module, confidence.head,
+      config.outputs, module, confidence.head,
       labels, images.paths_of(split.train), gate, deploy_metadata)
   if float_check is not None:
     other_formats['float_export_check'] = float_check
@@ -88,10 +88,10 @@ def export(config: Config, prepared, found, split: split_lib.Split,
     other_formats['intermediate_graphs'] = intermediate.written
   phases_lib.release_memory()  # the frozen graph's copies of the weights
   saved = None
-  if config.saved_model_dir:
+  if config.outputs.saved_model_dir:
     saved = export_lib.export_saved_model(
-        config.saved_model_dir, module, confidence.head, labels,
-        config.final_tensor_name,
+        config.outputs.saved_model_dir, module, confidence.head, labels,
+        config.outputs.final_tensor_name,
         extra_metadata={'modules': ensemble_lib.describe_modules(module),
                         'test_accuracy': test.accuracy,
                         'test_count': test.count,
@@ -100,9 +100,9 @@ def export(config: Config, prepared, found, split: split_lib.Split,
                                                 for c in gate.results],
                         **deploy_metadata, **(fine_tune_metadata or {})})
     logging.info('Exported the classifier to %s (labels in %s).', saved,
-                 config.output_labels)
+                 config.outputs.output_labels)
   deployment = deployment_report.write_report(
-      config.report_dir, confidence, gate.results, other_formats)
+      config.outputs.report_dir, confidence, gate.results, other_formats)
   return Exported(saved, deployment)
 
 
@@ -119,12 +119,12 @@ def check_float_exports(config: Config, float_module, head,
   probe = precision_lib.Probe(
       paths=images.paths_of(rows),
       keyed=(digests, np.arange(len(rows), dtype=np.int64), []),
-      bottleneck_dir=config.bottleneck_dir,
-      batch_size=config.bottleneck_batch_size,
-      max_pixels=config.max_image_pixels)
+      bottleneck_dir=config.cache.bottleneck_dir,
+      batch_size=config.cache.bottleneck_batch_size,
+      max_pixels=config.data.max_image_pixels)
   return precision_lib.check_float_exports(
       float_module, head, probe, images.labels[rows], int8_accuracy,
-      held_out, config.bottleneck_runtime, config.module_cache_dir)
+      held_out, config.cache.bottleneck_runtime, config.module.module_cache_dir)
 
 
 def _model_lines(config: Config, module, labels, stats, timings) -> dict:
@@ -132,12 +132,12 @@ def _model_lines(config: Config, module, labels, stats, timings) -> dict:
   members = ensemble_lib.describe_modules(module)
   model = (f'{" + ".join(m["handle"] for m in members)} '
            f'({module.output_dim}-d features) and a softmax head over '
-           f'{len(labels)} classes ({config.head_solver})')
+           f'{len(labels)} classes ({config.head.head_solver})')
   sizes = []
-  for what, path in (('SavedModel', config.saved_model_dir),
-                     ('frozen graph', config.output_graph),
-                     ('TFLite', config.tflite_output_file),
-                     ('ONNX', config.onnx_output_file)):
+  for what, path in (('SavedModel', config.outputs.saved_model_dir),
+                     ('frozen graph', config.outputs.output_graph),
+                     ('TFLite', config.outputs.tflite_output_file),
+                     ('ONNX', config.outputs.onnx_output_file)):
     if path and os.path.exists(path):
       size = (sum(os.path.getsize(os.path.join(d, f))
                   for d, _, files in os.walk(path) for f in files)
@@ -186,15 +186,15 @@ def start_results_page(config: Config, prepared, found,
     files = images.paths_of(rows)
   report = results_lib.build(
       labels, [labels[y] for y in truth], probs, files, set=name,
-      title=f'Results: {os.path.basename(os.path.normpath(config.image_dir))}',
+      title=f'Results: {os.path.basename(os.path.normpath(config.data.image_dir))}',
       validation=(f'{len(split.validation)} validation and '
                   f'{len(split.test)} test photos held out of training; '
                   f'split: {layout.description}, validation '
-                  f'{config.validation_percentage}%, test '
-                  f'{config.testing_percentage}% of each class by a stable '
+                  f'{config.data.validation_percentage}%, test '
+                  f'{config.data.testing_percentage}% of each class by a stable '
                   'hash of the file name unless the layout gives the split'),
       history=[dataclasses.asdict(p) for p in trained.history],
-      settings={k: str(v) for k, v in dataclasses.asdict(config).items()})
+      settings={k: str(v) for k, v in config.flat().items()})
   explainer = None if crops is not None else heatmap.explainer(
       module, trained.head, fine_tuned=tuned is not None)
   pool = concurrent.futures.ThreadPoolExecutor(1)
@@ -212,7 +212,7 @@ def results_page(config: Config, started: StartedPage, module, labels, stats,
   heat = started.heat_maps.result()
   report.update(seconds=time.monotonic() - phases.started,
                 **_model_lines(config, module, labels, stats, phases.timings))
-  written = results_lib.write(config.report_dir, report, explainer,
+  written = results_lib.write(config.outputs.report_dir, report, explainer,
                               heat=heat)
   logging.info('Results page: %s', written[0])
   return written[0]

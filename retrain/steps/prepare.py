@@ -40,46 +40,36 @@ from retrain.steps import multilabel
 def check_config(config: Config) -> Tuple[str, ...]:
   """Checks values before any slow work starts; returns the modules
   --tfhub_module names, checked (ensemble_lib.check_handles)."""
-  sources.check_layout_options(subset(sources.LayoutOptions, config))
-  split_lib.check_percentages(config.validation_percentage,
-                              config.testing_percentage)
-  for name in ('how_many_training_steps', 'train_batch_size',
-               'eval_step_interval', 'bottleneck_batch_size'):
-    if getattr(config, name) < 1:
-      raise DatasetError(f'{name}={getattr(config, name)} must be at least '
-                         '1.', fields=(name,))
-  if config.learning_rate <= 0:
-    raise DatasetError(f'learning_rate={config.learning_rate} must be '
-                       'positive.',
-                       fields=('learning_rate',))
-  export_lib.check_export_dir(config.saved_model_dir)
+  sources.check_layout_options(config.data)
+  split_lib.check_percentages(config.data.validation_percentage,
+                              config.data.testing_percentage)
+  export_lib.check_export_dir(config.outputs.saved_model_dir)
   check_output_places(config)
-  export_formats.check_options(subset(export_formats.ExportOptions, config))
-  options_lib.check(subset(options_lib.TrainOptions, config))
+  export_formats.check_options(config.outputs)
+  options_lib.check(config.head)
   calibration_lib.check_options(
-      subset(calibration_lib.ConfidenceOptions, config))
-  if config.novelty_keep:
-    novelty_lib.check_keep(config.novelty_keep)
-  if config.unknown_dir and not os.path.isdir(config.unknown_dir):
-    raise DatasetError(f'unknown_dir {config.unknown_dir!r} is not a '
+      config.deploy)
+  if config.deploy.novelty_keep:
+    novelty_lib.check_keep(config.deploy.novelty_keep)
+  if config.deploy.unknown_dir and not os.path.isdir(config.deploy.unknown_dir):
+    raise DatasetError(f'unknown_dir {config.deploy.unknown_dir!r} is not a '
                        'folder: give a folder of photos of none of the '
                        'classes, or leave it empty.', fields=('unknown_dir',))
   # The head solver's values (head_solver itself: resolve_head_solver).
   solver_lib.check(solver_lib.SolverOptions.from_config(config))
-  if config.projector_max_images < 0:
-    raise DatasetError(f'projector_max_images={config.projector_max_images}'
-                       ' must be 0 (no projector) or more.',
-                       fields=('projector_max_images',))
-  distort_lib.check_settings(subset(distort_lib.Distortions, config),
-                             config.distorted_copies)
+  distort_lib.check_settings(config.distort,
+                             config.distort.distorted_copies)
   # Fine-tuning.
   finetune_lib.check_options(subset(finetune_lib.FineTuneOptions, config),
-                             default_from=DEFAULTS.fine_tune_from)
+                             default_from=DEFAULTS.finetune.fine_tune_from)
   # A mistyped module is reported now, not after hashing.
-  handles = ensemble_lib.check_handles(config.tfhub_module, config.image_size,
-                                       config.trust_module)
-  if config.multi_label:
+  handles = ensemble_lib.check_handles(config.module.tfhub_module, config.module.image_size,
+                                       config.module.trust_module)
+  if config.data.multi_label:
     multilabel.check_options(config)
+  # Every setting's declared choices and bounds (retrain/config/), after
+  # the checks above that say more about the settings they know.
+  config.check()
   return handles
 
 
@@ -94,7 +84,7 @@ def check_output_places(config: Config) -> None:
   folder, an output folder that is a file, or an output inside image_dir
   (the next run would list it as a class)."""
   for name in _FILE_OUTPUTS + _FOLDER_OUTPUTS:
-    path = getattr(config, name, '')
+    path = config.get(name, '')
     if not path:
       continue
     if name in _FILE_OUTPUTS and os.path.isdir(path):
@@ -104,12 +94,12 @@ def check_output_places(config: Config) -> None:
     if name in _FOLDER_OUTPUTS and os.path.isfile(path):
       raise OutputError(f'{name} {path!r} is a file: give a folder.',
                         fields=(name,))
-    if config.image_dir and os.path.isdir(config.image_dir):
+    if config.data.image_dir and os.path.isdir(config.data.image_dir):
       rel = os.path.relpath(os.path.realpath(path),
-                            os.path.realpath(config.image_dir))
+                            os.path.realpath(config.data.image_dir))
       if not rel.startswith('.'):
         raise OutputError(
-            f'{name} {path!r} is inside image_dir {config.image_dir!r}: the '
+            f'{name} {path!r} is inside image_dir {config.data.image_dir!r}: the '
             'next run would take it for a class of images. Give a place '
             'outside the image folder.', fields=(name, 'image_dir'))
 
@@ -161,13 +151,13 @@ def prepare(config: Config, phases: Optional[phases_lib.Phases] = None, *,
     if whole_run:
       handles = check_config(config)
       # Temporaries of killed runs beside our outputs go.
-      leftovers.heal([config.saved_model_dir, config.output_labels,
-                      config.output_graph, config.tflite_output_file,
-                      config.report_dir])
-    if config.multi_label:
-      found = multilabel_data.load(subset(sources.LayoutOptions, config),
+      leftovers.heal([config.outputs.saved_model_dir, config.outputs.output_labels,
+                      config.outputs.output_graph, config.outputs.tflite_output_file,
+                      config.outputs.report_dir])
+    if config.data.multi_label:
+      found = multilabel_data.load(config.data,
                                    subset(boxes_lib.BoxOptions, config),
-                                   config.bottleneck_dir)
+                                   config.cache.bottleneck_dir)
       layout, crops, targets = found.layout, None, found.targets
     else:
       layout, crops = discover(config)  # crops: --crop_to_boxes, else None
@@ -182,7 +172,7 @@ def prepare(config: Config, phases: Optional[phases_lib.Phases] = None, *,
     float_module = load_module(config, handles)
   module = float_module
   # A multi-label run's bottlenecks stay float.
-  if whole_run and not config.multi_label:
+  if whole_run and not config.data.multi_label:
     with phases('precision'):
       module = choose_precision(config, layout.dataset, float_module, keyed,
                                 crops)
@@ -196,7 +186,7 @@ def discover(config: Config):
   any); with --crop_to_boxes one example per box and their crops, else
   crops is None (retrain/data/boxes.py)."""
   layout, crops = boxes_lib.load_examples(
-      subset(sources.LayoutOptions, config), subset(boxes_lib.BoxOptions,
+      config.data, subset(boxes_lib.BoxOptions,
                                                     config))
   logging.info('Found %s in %s: %s.',
                names.plural(len(layout.dataset.images), 'image'),
@@ -209,16 +199,16 @@ def load_module(config: Config, checked: Optional[Tuple[str, ...]] = None):
   """One module, or an ensemble of several (features/ensemble.py);
   checked: what check_config returned (the modules are then not parsed and
   safety-checked again)."""
-  return ensemble_lib.load(config.tfhub_module, config.image_size,
-                           config.module_cache_dir, trust=config.trust_module,
+  return ensemble_lib.load(config.module.tfhub_module, config.module.image_size,
+                           config.module.module_cache_dir, trust=config.module.trust_module,
                            checked=checked)
 
 
 def module_runner(config: Config, module):
   """`module` as the bottlenecks (plain and distorted) run it: on TFLite
   when --bottleneck_runtime allows, converted on first use."""
-  return tflite_runtime.deferred(module, config.bottleneck_runtime,
-                                 config.module_cache_dir)
+  return tflite_runtime.deferred(module, config.cache.bottleneck_runtime,
+                                 config.module.module_cache_dir)
 
 
 def hash_images(config: Config, dataset, crops=None) -> tuple:
@@ -226,7 +216,7 @@ def hash_images(config: Config, dataset, crops=None) -> tuple:
   the digest memo in bottleneck_dir): what bottlenecks_lib.cache_keys
   returns, for `bottlenecks(..., keyed=)`. Needs no module."""
   return bottlenecks_lib.content_keys(
-      discover_lib.image_paths(dataset.images), config.bottleneck_dir,
+      discover_lib.image_paths(dataset.images), config.cache.bottleneck_dir,
       boxes_lib.Crops.bottleneck_args(crops).get('key_suffixes'))
 
 
@@ -236,18 +226,18 @@ def choose_precision(config: Config, dataset, module, keyed: tuple,
   and the guard choose (retrain/bottlenecks/precision.py); float with
   --crop_to_boxes (the guard and the export check read whole images)."""
   if crops is not None:
-    if config.bottleneck_precision == 'int8':
+    if config.cache.bottleneck_precision == 'int8':
       logging.warning('Using float bottlenecks: int8 bottlenecks do not '
                       'support crop_to_boxes yet.')
     return module
   probe = precision_lib.Probe(
       paths=discover_lib.image_paths(dataset.images), keyed=keyed,
-      bottleneck_dir=config.bottleneck_dir,
-      batch_size=config.bottleneck_batch_size,
-      max_pixels=config.max_image_pixels)
-  chosen = precision_lib.choose(module, config.bottleneck_precision,
-                                config.bottleneck_runtime,
-                                config.module_cache_dir, probe,
-                                fine_tune=config.fine_tune)
+      bottleneck_dir=config.cache.bottleneck_dir,
+      batch_size=config.cache.bottleneck_batch_size,
+      max_pixels=config.data.max_image_pixels)
+  chosen = precision_lib.choose(module, config.cache.bottleneck_precision,
+                                config.cache.bottleneck_runtime,
+                                config.module.module_cache_dir, probe,
+                                fine_tune=config.finetune.fine_tune)
   logging.info('Bottleneck precision: %s.', precision_lib.describe(chosen))
   return chosen

@@ -40,7 +40,7 @@ import bottleneck_cache
 from bottleneck_cache import chunks
 from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.bottlenecks import distort as distort_lib
-from retrain.config import Config, subset
+from retrain.config import Config
 from retrain.errors import DatasetError
 from retrain.features import ensemble as ensemble_lib
 from retrain.head import evaluate as evaluate_lib
@@ -55,10 +55,10 @@ _KEY_BLOCK = 65536
 def expected_training_vectors(config: Config, images: int) -> int:
   """Training vectors a run of `images` images will have, before decoding:
   the share the split leaves to train, times 1 + the distorted copies."""
-  share = max(0.0, 100.0 - config.validation_percentage -
-              config.testing_percentage) / 100.0
-  copies = (config.distorted_copies
-            if subset(distort_lib.Distortions, config).any() else 0)
+  share = max(0.0, 100.0 - config.data.validation_percentage -
+              config.data.testing_percentage) / 100.0
+  copies = (config.distort.distorted_copies
+            if config.distort.any() else 0)
   return int(images * share * (1 + copies))
 
 
@@ -73,25 +73,25 @@ def needed(config: Config, images: int, module=None) -> bool:
     DatasetError: a negative --max_vectors_in_memory, or fine_tune on a
       run that would stream (fine-tuning holds its activations in memory).
   """
-  if config.max_vectors_in_memory < 0:
+  if config.scale.max_vectors_in_memory < 0:
     raise DatasetError(
-        f'max_vectors_in_memory={config.max_vectors_in_memory} must be 0 '
+        f'max_vectors_in_memory={config.scale.max_vectors_in_memory} must be 0 '
         '(never stream) or a number of vectors, e.g. 100000.', fields=('max_vectors_in_memory',))
   past = streaming.should_stream(expected_training_vectors(config, images),
-                                 config.max_vectors_in_memory)
+                                 config.scale.max_vectors_in_memory)
   if past and len(ensemble_lib.members(module)) > 1:
     logging.warning('The training vectors exceed --max_vectors_in_memory=%d, '
                     'but an ensemble of modules cannot stream from the cache '
                     'yet; training holds them in memory. Use one module '
                     '(e.g. --tfhub_module efficientnet_lite0) to stream.',
-                    config.max_vectors_in_memory)
+                    config.scale.max_vectors_in_memory)
     return False
-  if past and config.fine_tune:
+  if past and config.finetune.fine_tune:
     raise DatasetError(
         f'fine_tune holds the activations of every training image in '
         f'memory, but this run\'s {expected_training_vectors(config, images)} '
         f'training vectors are past max_vectors_in_memory='
-        f'{config.max_vectors_in_memory}, so it would stream from the cache: '
+        f'{config.scale.max_vectors_in_memory}, so it would stream from the cache: '
         'fine-tune on a smaller folder, or raise max_vectors_in_memory if '
         'the memory allows (about 20 KB per image from the last block).',
         fields=('fine_tune', 'max_vectors_in_memory'))
@@ -118,19 +118,19 @@ def copy_keys(config: Config, module, runner, images, split
               ) -> Optional[CopyKeys]:
   """Computes the distorted copies of the training images into the cache
   (not loaded); None without distortions."""
-  distortions = subset(distort_lib.Distortions, config)
+  distortions = config.distort
   copies = distort_lib.training_copies(
-      distort_lib.CopyRecipe(distortions, config.distorted_copies,
-                             config.random_seed),
-      config.bottleneck_dir, config.bottleneck_batch_size, runner,
+      distort_lib.CopyRecipe(distortions, config.distort.distorted_copies,
+                             config.head.random_seed),
+      config.cache.bottleneck_dir, config.cache.bottleneck_batch_size, runner,
       images.paths_of(split.train), images.digests_of(split.train),
       load_vectors=False)
   if copies is None:
     return None
   directory = os.path.join(
-      config.bottleneck_dir, bottleneck_cache.namespace_id(
+      config.cache.bottleneck_dir, bottleneck_cache.namespace_id(
           distort_lib.cache_namespace(module, distortions,
-                                      config.random_seed)))
+                                      config.head.random_seed)))
   train_digests = images.digests_of(split.train)
   keys = [chunks.compact_keys([
       distort_lib.copy_key(train_digests[s], int(c)) for s, c in zip(
@@ -162,7 +162,7 @@ def open_stream(config: Config, module, images, split,
   compact numpy index of the cache's keys (the keys themselves dropped)."""
   # 32 bytes per image (chunks.compact_keys), not a Python string each.
   keys = chunks.compact_keys(images.digests)
-  directories = [os.path.join(config.bottleneck_dir,
+  directories = [os.path.join(config.cache.bottleneck_dir,
                               bottleneck_cache.namespace_id(
                                   bottlenecks_lib.cache_namespace(module)))]
   train_keys, train_y = keys[split.train], images.labels[split.train]
@@ -191,10 +191,10 @@ def calibrate(config: Config, trained: train_lib.TrainResult,
   and after from `test`."""
   validation, val_y = stream.readers['validation'], stream.labels['validation']
   rows = np.arange(len(val_y))
-  cap = streaming.sample_capacity(config.max_vectors_in_memory,
+  cap = streaming.sample_capacity(config.scale.max_vectors_in_memory,
                                   validation.dim)
   if len(rows) > cap:
-    rows = np.sort(np.random.default_rng(config.random_seed).choice(
+    rows = np.sort(np.random.default_rng(config.head.random_seed).choice(
         len(rows), cap, replace=False))
   return head.calibrate(config, trained, validation.read(rows), val_y[rows],
                         test=test)
@@ -204,11 +204,11 @@ def train(config: Config, stream: Stream,
           num_classes: int) -> train_lib.TrainResult:
   """Streaming SGD with the run's settings, logged as the pipeline logs."""
   settings = head.train_settings(config)
-  if config.head_solver != 'sgd':
+  if config.head.head_solver != 'sgd':
     # The converging solver needs every vector on each iteration.
     logging.info('--head_solver %s: past the memory budget the head is '
                  'trained with SGD, streaming (docs/scale.md).',
-                 config.head_solver)
+                 config.head.head_solver)
   log = train_lib.EvalLog(train_lib.eval_steps(settings.steps,
                                                settings.eval_step_interval))
   stats = streaming.StreamStats()
@@ -216,7 +216,7 @@ def train(config: Config, stream: Stream,
       streaming.Labelled(stream.readers['train'], stream.labels['train']),
       streaming.Labelled(stream.readers['validation'],
                          stream.labels['validation']),
-      num_classes, settings, config.max_vectors_in_memory, on_eval=log,
+      num_classes, settings, config.scale.max_vectors_in_memory, on_eval=log,
       stats=stats)
   log.finish()
   logging.info('Streamed %d chunks (%d vectors read; %.1f s waiting for '
@@ -229,8 +229,8 @@ def evaluate(config: Config, trained: train_lib.TrainResult,
   """The test accuracy, read from the cache in chunks."""
   return streaming.evaluate_streaming(
       trained.head, stream.readers['test'], stream.labels['test'],
-      config.max_vectors_in_memory, config.test_batch_size,
-      seed=config.random_seed)
+      config.scale.max_vectors_in_memory, config.head.test_batch_size,
+      seed=config.head.random_seed)
 
 
 def sampler(config: Config, stream: Stream):
@@ -241,11 +241,11 @@ def sampler(config: Config, stream: Stream):
   def read(names):
     counts = [stream.originals if name == 'train' else
               len(stream.labels[name]) for name in names]
-    cap = streaming.sample_capacity(config.max_vectors_in_memory,
+    cap = streaming.sample_capacity(config.scale.max_vectors_in_memory,
                                     stream.readers['train'].dim)
     picked = np.arange(sum(counts))
     if len(picked) > cap:
-      picked = np.sort(np.random.default_rng(config.random_seed).choice(
+      picked = np.sort(np.random.default_rng(config.head.random_seed).choice(
           len(picked), cap, replace=False))
     xs, ys, start = [], [], 0
     for name, count in zip(names, counts, strict=True):

@@ -37,20 +37,20 @@ def fit_novelty(config: Config, read, num_classes: int, tuned=None):
   trust_checks; or after accepted fine-tuning the fine-tuned network's),
   its threshold from out-of-fold scores; None when switched off
   (novelty_keep 0) or with fewer than two images a class."""
-  if not config.novelty_keep:
+  if not config.deploy.novelty_keep:
     return None
   if exports_fine_tuned(tuned):
     return fit_tuned_novelty(config, tuned, num_classes)
   x, y = read(('train', 'validation'))
   counts = np.bincount(y, minlength=num_classes)
-  folds = min(config.solver_folds, int(counts[counts > 0].min()))
+  folds = min(config.head.solver_folds, int(counts[counts > 0].min()))
   if folds < 2:
     logging.info('No novelty score: a class has fewer than two training '
                  'and validation images to hold out.')
     return None
   return novelty_lib.fit_on_split(
-      x, y, num_classes, config.novelty_components,
-      config.novelty_keep, folds, config.random_seed)
+      x, y, num_classes, config.deploy.novelty_components,
+      config.deploy.novelty_keep, folds, config.head.random_seed)
 
 
 def fit_tuned_novelty(config: Config, tuned, num_classes: int):
@@ -60,9 +60,9 @@ def fit_tuned_novelty(config: Config, tuned, num_classes: int):
   x = np.concatenate([tuned.train_features, tuned.validation_features])
   y = np.concatenate([tuned.train_labels, tuned.validation_labels])
   novelty = novelty_lib.fit_on_new_rows(
-      x, y, num_classes, config.novelty_components, config.novelty_keep,
-      np.arange(len(y)) >= len(tuned.train_labels), config.solver_folds,
-      config.random_seed)
+      x, y, num_classes, config.deploy.novelty_components, config.deploy.novelty_keep,
+      np.arange(len(y)) >= len(tuned.train_labels), config.head.solver_folds,
+      config.head.random_seed)
   novelty.held_out += ', features of the fine-tuned network'
   logging.info('Novelty score fitted on the fine-tuned network\'s features '
                'of %d training and validation images (what the exports '
@@ -86,16 +86,16 @@ def unknown_vectors(config: Config, module, runner,
   from retrain.common import walk as walk_lib
   from retrain.images import IMAGE_EXTENSIONS
   paths = sorted(os.path.join(folder, name)
-                 for folder, _, names in os.walk(config.unknown_dir)
+                 for folder, _, names in os.walk(config.deploy.unknown_dir)
                  for name in names
                  if walk_lib.is_image_file(name, IMAGE_EXTENSIONS))
   logging.info('Scoring %d photos of --unknown_dir %s (never trained on).',
-               len(paths), config.unknown_dir)
+               len(paths), config.deploy.unknown_dir)
   if not paths:
     return None
   if fine_tuned:
     return finetune_lib.image_features(module, paths,
-                                       config.bottleneck_batch_size)
+                                       config.cache.bottleneck_batch_size)
   dataset = types.SimpleNamespace(images=[types.SimpleNamespace(path=p)
                                           for p in paths])
   return vectors.bottlenecks(config, dataset, module, runner).vectors
@@ -127,7 +127,7 @@ def trust_checks(config: Config, prepared, found, split: split_lib.Split,
             'test': novelty.scores(tuned.test_features if fine_tuned else
                                    read(('test',))[0])}
     unknown = (unknown_vectors(config, module, runner, fine_tuned)
-               if config.unknown_dir else None)
+               if config.deploy.unknown_dir else None)
     if unknown is not None:
       sets['unknown'] = novelty.scores(unknown)
     for name, scores in sets.items():
@@ -138,7 +138,7 @@ def trust_checks(config: Config, prepared, found, split: split_lib.Split,
                    name.replace('_', '-'), counts['flagged'],
                    counts['count'])
   trust_report.write(
-      config.report_dir, config.summaries_dir,
+      config.outputs.report_dir, config.outputs.summaries_dir,
       trained.history[-1].step if trained.history else 0,
       head.describe_figures(trained, tuned), confidence, test, novelty, sets)
   return confidence

@@ -16,7 +16,7 @@ from retrain.bottlenecks import distort as distort_lib
 from retrain.bottlenecks import ensemble as ensemble_bottlenecks
 from retrain.bottlenecks import usable as usable_lib
 from retrain.common import names
-from retrain.config import Config, subset
+from retrain.config import Config
 from retrain.data import boxes as boxes_lib
 from retrain.data import duplicates, leakage, sources
 from retrain.data import split as split_lib
@@ -80,17 +80,17 @@ def choose_storage(config: Config, prepared) -> str:
   images = len(prepared.layout.dataset.images)
   if not streamed.needed(config, images, prepared.module):
     return 'memory'
-  if config.multi_label:
+  if config.data.multi_label:
     logging.warning('The training vectors exceed --max_vectors_in_memory=%d, '
                     'but a multi-label run does not stream from the cache: '
-                    'it holds them in memory.', config.max_vectors_in_memory)
+                    'it holds them in memory.', config.scale.max_vectors_in_memory)
     return 'memory'
   logging.info('About %d training vectors exceed --max_vectors_in_memory=%d: '
                'training and evaluation read them from the cache in chunks '
                '(no TensorBoard summaries or per-class reports on this path; '
                'see docs/scale.md).',
                streamed.expected_training_vectors(config, images),
-               config.max_vectors_in_memory)
+               config.scale.max_vectors_in_memory)
   return 'cache'
 
 
@@ -122,17 +122,17 @@ def bottlenecks(config: Config, dataset, module, runner, crops=None,
     # Each member of the ensemble (one for a single module) in its own
     # namespace.
     computed = ensemble_bottlenecks.compute_bottlenecks(
-        paths, module, runner, config.bottleneck_dir,
-        config.bottleneck_runtime, config.bottleneck_batch_size,
-        config.module_cache_dir, keyed=keyed,
+        paths, module, runner, config.cache.bottleneck_dir,
+        config.cache.bottleneck_runtime, config.cache.bottleneck_batch_size,
+        config.module.module_cache_dir, keyed=keyed,
         options=bottlenecks_lib.PassOptions(
-            max_pixels=config.max_image_pixels, load_vectors=load_vectors),
+            max_pixels=config.data.max_image_pixels, load_vectors=load_vectors),
         **boxes_lib.Crops.bottleneck_args(crops))
   except bottleneck_cache.CacheError as e:
     raise OutputError(f'bottleneck_dir: {e}', fields=('bottleneck_dir',)
                       ) from e
   log_bottlenecks(computed.stats, len(computed.failures),
-                  config.bottleneck_dir, len(ensemble_lib.members(module)))
+                  config.cache.bottleneck_dir, len(ensemble_lib.members(module)))
   return computed
 
 
@@ -158,7 +158,7 @@ def report_skipped(config: Config, layout: sources.Layout,
   classes; returns (skipped (path, reason) pairs, report files)."""
   dataset = layout.dataset
   skipped = list(layout.skipped) + list(computed.failures)
-  reports = skipped_report.write_skipped_report(config.report_dir, skipped)
+  reports = skipped_report.write_skipped_report(config.outputs.report_dir, skipped)
   if skipped and reports:
     logging.info('The %d skipped files and why are listed in %s.',
                  len(skipped), ' and '.join(reports))
@@ -174,13 +174,13 @@ def make_split(config: Config, layout: sources.Layout,
                images: usable_lib.UsableImages) -> split_lib.Split:
   """Train / validation / test rows of `images`."""
   split = sources.make_split(layout, images.index, images.labels,
-                             config.validation_percentage,
-                             config.testing_percentage)
+                             config.data.validation_percentage,
+                             config.data.testing_percentage)
   _log_counts(layout.dataset.labels, images.labels, split)
   # The same bytes in two of train/validation/test is leakage.
   leakage.report_leakage(
       leakage.find_leakage(images.digests, split, images.paths),
-      config.report_dir)
+      config.outputs.report_dir)
   return split
 
 
@@ -206,9 +206,9 @@ def training_set(config: Config, runner, images: usable_lib.UsableImages,
   train_x = images.vectors[split.train]
   train_y = images.labels[split.train]
   copies = distort_lib.training_copies(
-      distort_lib.CopyRecipe(subset(distort_lib.Distortions, config),
-                             config.distorted_copies, config.random_seed),
-      config.bottleneck_dir, config.bottleneck_batch_size, runner,
+      distort_lib.CopyRecipe(config.distort,
+                             config.distort.distorted_copies, config.head.random_seed),
+      config.cache.bottleneck_dir, config.cache.bottleneck_batch_size, runner,
       images.paths_of(split.train), images.digests_of(split.train),
       boxes=None if crops is None else crops.boxes[images.index[split.train]])
   if copies is not None:
