@@ -452,7 +452,7 @@ class PassOptions:
     name: the module's name in the progress lines (an ensemble's member;
       '' for a single module).
     load_vectors: False leaves `vectors` empty ([0, D]); the caller reads
-      them from the cache later (retrain/streamed.py, past the memory
+      them from the cache later (retrain/steps/streamed.py, past the memory
       budget).
   """
   max_pixels: int = image_header.MAX_IMAGE_PIXELS

@@ -1,6 +1,6 @@
 """TensorBoard views that explain the model, beyond scalars and histograms.
 
-Under --summaries_dir (runs are sub-folders; see retrain/head/summaries.py):
+Under --summaries_dir (runs are sub-folders; see retrain/report/summaries.py):
   validation/  images `confusion_matrix` at evaluation steps and at the end;
                PR curves `pr_curve/<label>` at the end
   test/        image `confusion_matrix`, PR curves `pr_curve/<label>`, and
