@@ -57,6 +57,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
 
+from retrain.common import names  # noqa: E402
 from retrain.errors import RetrainError  # noqa: E402
 from retrain.predict.classify import (  # noqa: E402,F401 (label_image's API)
   Decoding,
@@ -80,16 +81,13 @@ from retrain.predict.load import (  # noqa: E402,F401 (label_image's API)
   load_model,
 )
 
-# This tool's own defaults (it reads of retrain the image decoding, the
-# errors, the export loaders of retrain.predict and where runs are);
-# tests/test_structure.py checks that they agree with retrain's: where
-# retrain's runs and their SavedModel are by default.
-DEFAULT_RUNS_DIR = 'retrain_runs'
-SAVED_MODEL_IN_RUN = 'saved_model'
-# --crop_margin with --boxes: retrain's default (retrain/config/).
-DEFAULT_CROP_MARGIN = 5.0
-# The smallest box side cropped, as retrain's --min_box_size default.
-DEFAULT_MIN_BOX_SIZE = 8
+# Where retrain's runs and their SavedModel are by default, and the crops of
+# --boxes: retrain's own defaults (retrain.common.names, which
+# retrain/config/ declares them with).
+DEFAULT_RUNS_DIR = names.RUNS_DIR
+SAVED_MODEL_IN_RUN = names.SAVED_MODEL_IN_RUN
+DEFAULT_CROP_MARGIN = names.CROP_MARGIN
+DEFAULT_MIN_BOX_SIZE = names.MIN_BOX_SIZE
 OUTPUT_FORMATS = ('table', 'json', 'csv')
 # The prediction of an image below the confidence threshold.
 UNKNOWN = 'unknown'
