@@ -96,6 +96,20 @@ UNKNOWN = 'unknown'
 # below the confidence threshold.
 REASON_NOVEL = 'not like any class'
 REASON_LOW_CONFIDENCE = 'low confidence'
+# The flags of TensorFlow's label_image, with defaults right for what
+# retrain exports: (absl DEFINE_<kind>, name, default, help).
+CLASSIC_FLAGS = (
+    ('string', 'input_layer', DEFAULT_INPUT_LAYER,
+     'Input op of a frozen graph.'),
+    ('string', 'output_layer', DEFAULT_OUTPUT_LAYER,
+     'Output op of a frozen graph.'),
+    ('integer', 'input_height', None, "Input height (default: the model's)."),
+    ('integer', 'input_width', None, "Input width (default: the model's)."),
+    ('float', 'input_mean', DEFAULT_INPUT_MEAN, 'Subtracted from pixels in '
+     '[0, 255]; the default suits retrain models.'),
+    ('float', 'input_std', DEFAULT_INPUT_STD, 'Divides pixels after the '
+     'mean; the default gives the [0, 1] retrain models take.'),
+)
 
 
 def latest_saved_model(runs_dir: str) -> str:
@@ -268,19 +282,8 @@ def _define_flags():
   flags.DEFINE_string('explain', None, 'Write a heat map (occlusion through '
                       'the model, overlaid on the photo) of each classified '
                       'image\'s top class as a PNG into this folder.')
-  flags.DEFINE_string('input_layer', DEFAULT_INPUT_LAYER,
-                      'Input op of a frozen graph.')
-  flags.DEFINE_string('output_layer', DEFAULT_OUTPUT_LAYER,
-                      'Output op of a frozen graph.')
-  flags.DEFINE_integer('input_height', None, 'Input height (default: the '
-                       "model's).")
-  flags.DEFINE_integer('input_width', None, 'Input width (default: the '
-                       "model's).")
-  flags.DEFINE_float('input_mean', DEFAULT_INPUT_MEAN, 'Subtracted from '
-                     'pixels in [0, 255]; the default suits retrain models.')
-  flags.DEFINE_float('input_std', DEFAULT_INPUT_STD, 'Divides pixels after '
-                     'the mean; the default gives the [0, 1] retrain models '
-                     'take.')
+  for kind, name, default, text in CLASSIC_FLAGS:
+    getattr(flags, f'DEFINE_{kind}')(name, default, text)
 
 
 def main(argv) -> int:
