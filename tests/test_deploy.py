@@ -15,6 +15,7 @@ from retrain import images, pipeline
 from retrain.errors import OutputError, RetrainError
 from retrain.export import formats as export_formats
 from retrain.export import quantization_check, tflite_metadata
+from retrain.predict import tflite
 from tests.conftest import FAKE_SIZE, shrunk_config, write_image
 from tools import label_image
 
@@ -253,8 +254,7 @@ def test_int8_export_is_checked_and_named_by_mediapipe(deployed, tmp_path):
 
   classifier, mp = _mediapipe_classifier(int8.outputs.tflite_output_file,
                                          max_results=1, score_threshold=1e-12)
-  _, embedded = tflite_metadata.read_embedded(
-      pathlib.Path(int8.outputs.tflite_output_file).read_bytes())
+  _, embedded = tflite.read_embedded(int8.outputs.tflite_output_file)
   assert embedded['quantization_check'] == checks[0]
   with classifier:
     names = [classifier.classify(mp.Image.create_from_file(p))
@@ -350,7 +350,7 @@ def test_without_mediapipe_the_side_files_remain_and_the_log_says_why(
   export_formats.write_tflite(str(path), module, head, ['a', 'b', 'c'],
                               extra_metadata={'confidence': {'threshold':
                                                              0.7}})
-  assert tflite_metadata.read_embedded(path.read_bytes()) == (None, None)
+  assert tflite.read_embedded(str(path)) == (None, None)
   assert any('not embedded' in s and 'retrain[mediapipe]' in s for s in said)
   model = label_image.load_model(graph=str(path))  # From the side files.
   assert model.labels == ['a', 'b', 'c'] and model.threshold == 0.7

@@ -2,6 +2,7 @@
 reports bad files and goes on, and keeps the classic label_image flags."""
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -9,11 +10,15 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
 
 from retrain import pipeline
+from retrain.common import names
+from retrain.predict import load as load_lib
+from retrain.predict import tflite
 from tests.conftest import exporting_config, make_colour_dataset, write_image
 from tools import label_image
 
@@ -221,3 +226,63 @@ def test_bytes_signature_with_saved_model_cli(export, tmp_path):
   probs = np.array([float(v) for v in
                     values.replace('[', ' ').replace(']', ' ').split()])
   assert probs.shape == (3,) and probs.argmax() == 2  # red
+
+
+def _tflite_with_packed(path, files):
+  """A stand-in .tflite file: bytes, then a zip of `files` (name -> bytes)
+  appended, as the metadata writer packs associated files."""
+  packed = io.BytesIO()
+  with zipfile.ZipFile(packed, 'w') as archive:
+    for name, content in files.items():
+      archive.writestr(name, content)
+  path.write_bytes(b'TFL3 not a real flatbuffer' + packed.getvalue())
+  return str(path)
+
+
+def test_embedded_labels_and_metadata_are_read_back(tmp_path):
+  meta = {names.META_LABELS: ['rose', 'tulip'],
+          names.META_CONFIDENCE: {names.CONFIDENCE_THRESHOLD: 0.6}}
+  path = _tflite_with_packed(tmp_path / 'm.tflite', {
+      names.LABELS_FILE: 'rose\n\ntulip\n',
+      names.METADATA_FILE: json.dumps(meta)})
+  assert tflite.read_embedded(path) == (['rose', 'tulip'], meta)
+  plain = tmp_path / 'plain.tflite'
+  plain.write_bytes(b'TFL3 no archive')
+  assert tflite.read_embedded(str(plain)) == (None, None)
+
+
+@pytest.mark.parametrize('broken', [b'{"labels": [', b'[1, 2]'])
+def test_broken_embedded_metadata_keeps_the_labels_and_names_the_file(
+    tmp_path, monkeypatch, broken):
+  said = []
+  monkeypatch.setattr(tflite.logging, 'warning',
+                      lambda text, *args: said.append(text % args))
+  path = _tflite_with_packed(tmp_path / 'broken.tflite', {
+      names.LABELS_FILE: 'rose\ntulip\n', names.METADATA_FILE: broken})
+  assert tflite.read_embedded(path) == (['rose', 'tulip'], None)
+  assert len(said) == 1 and path in said[0]
+  assert names.METADATA_FILE in said[0]
+
+
+def test_the_readers_find_what_the_writers_store():
+  """The keys the export's writers put in the metadata are the ones
+  retrain.predict.load reads (retrain.common.names)."""
+  import types
+
+  from retrain.head import calibration, novelty
+  from retrain.steps import multilabel
+  fields = {f.name for f in dataclasses.fields(calibration.Confidence)}
+  assert {names.CONFIDENCE_THRESHOLD, names.CONFIDENCE_TEMPERATURE} <= fields
+  rng = np.random.default_rng(0)
+  y = np.repeat(np.arange(3), 20)
+  x = rng.normal(0, 1, (60, 6)) + 4 * np.eye(3, 6)[y]
+  score = novelty.fit_on_split(x, y, 3, components=2, keep=0.9, folds=3,
+                               seed=0)
+  fitted = types.SimpleNamespace(thresholds=[0.25, 0.75], l2=[1.0, 1.0],
+                                 selection='5-fold')
+  meta = {names.META_CONFIDENCE: {names.CONFIDENCE_THRESHOLD: 0.6},
+          names.META_NOVELTY: score.metadata(),
+          **multilabel.metadata(['a', 'b'], fitted)}
+  assert load_lib._stored_threshold(meta) == 0.6
+  assert load_lib._stored_novelty_threshold(meta) == score.threshold
+  assert load_lib._stored_label_thresholds(meta, 2) == [0.25, 0.75]

@@ -51,8 +51,10 @@ LEVELS = _levels_of(ARCHITECTURE.read_text(encoding='utf-8'))
 # imports the errors, the export's names from retrain.common.names, the one
 # TFLite runner retrain.features.tflite_runner, and the image decoding when
 # it classifies), so that retrain.evaluate runs exports the same way.
+# retrain.common.names (no imports) holds the export's contract and the
+# defaults label_image shares with retrain's settings.
 TOOLS_MAY_IMPORT = ('retrain.images', 'retrain.errors', 'retrain.version',
-                    'retrain.predict',
+                    'retrain.predict', 'retrain.common.names',
                     'retrain.common.cli', 'retrain.common.progress',
                     'retrain.common.walk', 'retrain.common.runs',
                     'retrain.image_header',

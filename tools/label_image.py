@@ -57,6 +57,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
 
+from retrain.common import names  # noqa: E402
 from retrain.errors import RetrainError  # noqa: E402
 from retrain.predict.classify import (  # noqa: E402,F401 (label_image's API)
   Decoding,
@@ -80,16 +81,13 @@ from retrain.predict.load import (  # noqa: E402,F401 (label_image's API)
   load_model,
 )
 
-# This tool's own defaults (it reads of retrain the image decoding, the
-# errors, the export loaders of retrain.predict and where runs are);
-# tests/test_structure.py checks that they agree with retrain's: where
-# retrain's runs and their SavedModel are by default.
-DEFAULT_RUNS_DIR = 'retrain_runs'
-SAVED_MODEL_IN_RUN = 'saved_model'
-# --crop_margin with --boxes: retrain's default (retrain/config/).
-DEFAULT_CROP_MARGIN = 5.0
-# The smallest box side cropped, as retrain's --min_box_size default.
-DEFAULT_MIN_BOX_SIZE = 8
+# Where retrain's runs and their SavedModel are by default, and the crops of
+# --boxes: retrain's own defaults (retrain.common.names, which
+# retrain/config/ declares them with).
+DEFAULT_RUNS_DIR = names.RUNS_DIR
+SAVED_MODEL_IN_RUN = names.SAVED_MODEL_IN_RUN
+DEFAULT_CROP_MARGIN = names.CROP_MARGIN
+DEFAULT_MIN_BOX_SIZE = names.MIN_BOX_SIZE
 OUTPUT_FORMATS = ('table', 'json', 'csv')
 # The prediction of an image below the confidence threshold.
 UNKNOWN = 'unknown'
@@ -98,6 +96,20 @@ UNKNOWN = 'unknown'
 # below the confidence threshold.
 REASON_NOVEL = 'not like any class'
 REASON_LOW_CONFIDENCE = 'low confidence'
+# The flags of TensorFlow's label_image, with defaults right for what
+# retrain exports: (absl DEFINE_<kind>, name, default, help).
+CLASSIC_FLAGS = (
+    ('string', 'input_layer', DEFAULT_INPUT_LAYER,
+     'Input op of a frozen graph.'),
+    ('string', 'output_layer', DEFAULT_OUTPUT_LAYER,
+     'Output op of a frozen graph.'),
+    ('integer', 'input_height', None, "Input height (default: the model's)."),
+    ('integer', 'input_width', None, "Input width (default: the model's)."),
+    ('float', 'input_mean', DEFAULT_INPUT_MEAN, 'Subtracted from pixels in '
+     '[0, 255]; the default suits retrain models.'),
+    ('float', 'input_std', DEFAULT_INPUT_STD, 'Divides pixels after the '
+     'mean; the default gives the [0, 1] retrain models take.'),
+)
 
 
 def latest_saved_model(runs_dir: str) -> str:
@@ -270,19 +282,8 @@ def _define_flags():
   flags.DEFINE_string('explain', None, 'Write a heat map (occlusion through '
                       'the model, overlaid on the photo) of each classified '
                       'image\'s top class as a PNG into this folder.')
-  flags.DEFINE_string('input_layer', DEFAULT_INPUT_LAYER,
-                      'Input op of a frozen graph.')
-  flags.DEFINE_string('output_layer', DEFAULT_OUTPUT_LAYER,
-                      'Output op of a frozen graph.')
-  flags.DEFINE_integer('input_height', None, 'Input height (default: the '
-                       "model's).")
-  flags.DEFINE_integer('input_width', None, 'Input width (default: the '
-                       "model's).")
-  flags.DEFINE_float('input_mean', DEFAULT_INPUT_MEAN, 'Subtracted from '
-                     'pixels in [0, 255]; the default suits retrain models.')
-  flags.DEFINE_float('input_std', DEFAULT_INPUT_STD, 'Divides pixels after '
-                     'the mean; the default gives the [0, 1] retrain models '
-                     'take.')
+  for kind, name, default, text in CLASSIC_FLAGS:
+    getattr(flags, f'DEFINE_{kind}')(name, default, text)
 
 
 def main(argv) -> int:

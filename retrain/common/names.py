@@ -3,7 +3,8 @@
 The accepted values of the settings that take one of a few words (the
 library checks values against these tuples and the command line offers them
 as its flags' choices), and the export's contract: the file names, metadata
-keys and tensor names that the exports are written with and read by. Kept
+keys and tensor names that the exports are written with and read by, and
+the few defaults label_image shares with the run's settings. Kept
 free of TensorFlow (and of any import) so that `--help`, flag errors and
 label_image answer at once.
 """
@@ -51,6 +52,43 @@ METADATA_SUFFIX = '.metadata.json'
 # (a JSON list).
 ONNX_METADATA_KEY = 'retrain_metadata'
 ONNX_LABELS_KEY = 'labels'
+
+# The keys of the metadata JSON (retrain_metadata.json, the X.metadata.json
+# side file, the copy packed in a .tflite file and the ONNX model's
+# retrain_metadata) that the writers and the readers share.
+META_LABELS = 'labels'  # class names, row j is class id j
+META_INPUT_HEIGHT = 'input_height'  # the model's input size in pixels
+META_INPUT_WIDTH = 'input_width'
+META_INPUT_VALUE_RANGE = 'input_value_range'  # [0.0, 1.0]
+META_PREPROCESSING = 'preprocessing'  # how images become the input
+META_RETRAIN_VERSION = 'retrain_version'
+META_MODEL_FILE = 'model_file'  # side file: the model file it describes
+META_QUANTIZATION = 'quantization'  # TFLite: one of QUANTIZATIONS
+# The rejection by confidence: {threshold: the top probability in [0, 1]
+# below which a photo is `unknown` (0: none), temperature: the calibrated
+# softmax temperature, ...}.
+META_CONFIDENCE = 'confidence'
+CONFIDENCE_THRESHOLD = 'threshold'
+CONFIDENCE_TEMPERATURE = 'temperature'
+# The novelty score, when the head has one: {threshold: above it a photo is
+# not like any class, ...}.
+META_NOVELTY = 'novelty'
+NOVELTY_THRESHOLD = 'threshold'
+# A multi-label head: {thresholds: one per label, label order, ...}.
+META_MULTI_LABEL = 'multi_label'
+MULTI_LABEL_THRESHOLDS = 'thresholds'
+MULTI_LABEL_LABELS = 'labels'
+
+# Where a run is found by default: retrain's --output_dir holds the runs,
+# and each run's SavedModel is this folder in it (--saved_model_dir's
+# default, {run}/saved_model); label_image's default model is the latest.
+RUNS_DIR = 'retrain_runs'
+SAVED_MODEL_IN_RUN = 'saved_model'
+# Crops to annotated boxes, in training and in label_image --boxes: percent
+# of context around each box (--crop_margin's default) and the smallest
+# box side in pixels cropped (--min_box_size's default).
+CROP_MARGIN = 5.0
+MIN_BOX_SIZE = 8
 
 
 def plural(n: int, noun: str) -> str:

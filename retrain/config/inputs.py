@@ -114,11 +114,11 @@ class Crop:
   # margins 0 / 5 / 10 / 25% gave 99.5 / 99.4 / 99.3 / 98.6% accuracy, the
   # first three one or two boxes apart; 5% keeps a little context for boxes
   # drawn tight, and wide context clearly costs.
-  crop_margin: float = setting(5.0,
+  crop_margin: float = setting(names.CROP_MARGIN,
       "Percent of a box's width/height added as context on each side "
       '(clipped to the photo).')
   # Boxes narrower or lower than this many pixels say too little to learn.
-  min_box_size: int = setting(8,
+  min_box_size: int = setting(names.MIN_BOX_SIZE,
       'Boxes smaller than this many pixels on a side are skipped.')
   # VOC's `difficult` objects are left out of VOC's own evaluation; ours too.
   boxes_include_difficult: bool = setting(False,

@@ -20,7 +20,7 @@ class Outputs:
   # (retrain/common/runs.py). A path below that starts with {run}/ is inside
   # that folder; a path given instead is used as it is (retrain.py's fixed
   # /tmp paths made runs overwrite each other's outputs).
-  output_dir: str = setting('retrain_runs',
+  output_dir: str = setting(names.RUNS_DIR,
       'Each run writes into a new folder <output_dir>/<image folder '
       'name>/<run id>/ ({run} in the paths below); "latest" beside it '
       'points to the last finished run.')
@@ -30,7 +30,7 @@ class Outputs:
       'Where the labels file is written (one per line, class id order).')
   # retrain.py wrote no SavedModel unless asked; the SavedModel is this
   # project's main artifact, so it is written by default.
-  saved_model_dir: str = setting('{run}/saved_model',
+  saved_model_dir: str = setting(f'{{run}}/{names.SAVED_MODEL_IN_RUN}',
       'Where the classifier SavedModel is exported ("" for none).')
   final_tensor_name: str = setting(names.OUTPUT_TENSOR_NAME,
       'Name of the output (probabilities) tensor.')

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import Dict, Sequence
 
-from retrain.common import atomic, strict_json
+from retrain.common import atomic, names, strict_json
 from retrain.common import earlier_outputs as keep
 from retrain.common.names import LABELS_SUFFIX, METADATA_SUFFIX
 from retrain.export import saved_model as export_lib
@@ -41,7 +41,7 @@ def file_metadata(path: str, labels: Sequence[str], module: FeatureModule,
                    info: dict) -> dict:
   """The JSON metadata of a model file (sidecar, and embedded in TFLite)."""
   data = export_lib.describe_model(module, labels)
-  data['model_file'] = os.path.basename(path)
+  data[names.META_MODEL_FILE] = os.path.basename(path)
   data.update(info)
   return data
 

@@ -29,6 +29,7 @@ import gc
 import json
 from typing import Sequence
 
+from retrain.common import names
 from retrain.common.names import (
   IMAGES_INPUT,
   ONNX_LABELS_KEY,
@@ -84,11 +85,12 @@ def onnx_model(module, head, labels: Sequence[str], metadata: dict,
                       'empty, or use the SavedModel or TFLite export.') from e
   props = {
       ONNX_LABELS_KEY: json.dumps(list(labels)),
-      'input_height': str(height),
-      'input_width': str(width),
-      'input_value_range': json.dumps(metadata.get('input_value_range',
-                                                   [0.0, 1.0])),
-      'preprocessing': str(metadata.get('preprocessing', '')),
+      names.META_INPUT_HEIGHT: str(height),
+      names.META_INPUT_WIDTH: str(width),
+      names.META_INPUT_VALUE_RANGE: json.dumps(
+          metadata.get(names.META_INPUT_VALUE_RANGE, [0.0, 1.0])),
+      names.META_PREPROCESSING: str(
+          metadata.get(names.META_PREPROCESSING, '')),
       ONNX_METADATA_KEY: json.dumps(metadata),
   }
   del proto.metadata_props[:]

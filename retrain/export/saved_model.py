@@ -31,7 +31,7 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
-from retrain.common import atomic, leftovers
+from retrain.common import atomic, leftovers, names
 from retrain.common import earlier_outputs as keep
 from retrain.common.names import (
   IMAGES_INPUT,
@@ -138,14 +138,14 @@ def describe_model(module: FeatureModule, labels: Sequence[str]) -> dict:
   height, width = module.input_size
   return {
       'format_version': FORMAT_VERSION,
-      'retrain_version': __version__,
+      names.META_RETRAIN_VERSION: __version__,
       'created': datetime.datetime.now(datetime.timezone.utc).isoformat(),
-      'labels': list(labels),
-      'input_height': height,
-      'input_width': width,
+      names.META_LABELS: list(labels),
+      names.META_INPUT_HEIGHT: height,
+      names.META_INPUT_WIDTH: width,
       'input_dtype': 'float32',
-      'input_value_range': [0.0, 1.0],
-      'preprocessing': PREPROCESSING,
+      names.META_INPUT_VALUE_RANGE: [0.0, 1.0],
+      names.META_PREPROCESSING: PREPROCESSING,
       'module': {
           'handle': module.handle,
           'resolved': module.resolved,
@@ -180,7 +180,7 @@ def metadata(module: FeatureModule, labels: Sequence[str],
       'final_tensor_name': final_tensor_name,
   })
   data.update(extra or {})
-  if data.get('novelty'):
+  if data.get(names.META_NOVELTY):
     for signature in data['signatures'].values():
       signature['outputs'][NOVELTY_OUTPUT] = 'float32 [batch]'
   return data

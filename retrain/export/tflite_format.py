@@ -22,6 +22,7 @@ import tensorflow as tf
 from absl import logging
 
 from retrain import images as images_lib
+from retrain.common import names
 from retrain.common.names import (
   NOVELTY_OUTPUT,
   OUTPUT_TENSOR_NAME,
@@ -161,7 +162,7 @@ def write_tflite(path: str, module: FeatureModule, head: Head,
     calibration = representative_images(calibration_paths, module.input_size,
                                         calibration_count)
   model = tflite_model(module, head, quantization, calibration)
-  info = {'format': 'tflite', 'quantization': quantization}
+  info = {'format': 'tflite', names.META_QUANTIZATION: quantization}
   info.update(extra_metadata or {})
   if quantization != 'none' and gate is not None:
     info['quantization_check'] = _check_quantized(model, module, head,
@@ -202,12 +203,14 @@ def _with_embedded_metadata(model: bytes, path: str, labels: Sequence[str],
                             module: FeatureModule, info: dict) -> bytes:
   """`model` with MediaPipe-readable metadata, or as it is without mediapipe."""
   data = file_metadata(path, labels, module, info)
-  threshold = float((info.get('confidence') or {}).get('threshold') or 0.0)
+  threshold = float((info.get(names.META_CONFIDENCE) or {}).get(
+      names.CONFIDENCE_THRESHOLD) or 0.0)
+  quantization = info.get(names.META_QUANTIZATION, 'none')
   try:
     return tflite_metadata.embed(
         model, labels, data, threshold,
         description=(f'{len(labels)} classes, module {module.handle}, '
-                     f'{info.get("quantization", "none")} quantization; '
+                     f'{quantization} quantization; '
                      f'input float32 [1, {module.input_size[0]}, '
                      f'{module.input_size[1]}, 3] in [0, 1]'))
   except tflite_metadata.MetadataWriterUnavailable as e:

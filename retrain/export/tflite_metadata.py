@@ -16,8 +16,9 @@
   `retrain_metadata.json`.
 
 Associated files are packed as a zip archive appended to the flatbuffer,
-so `read_embedded` gets them back with the standard library alone; writing
-needs the optional `mediapipe` package (`pip install retrain[mediapipe]`).
+so retrain.predict.tflite.read_embedded gets them back with the standard
+library alone; writing needs the optional `mediapipe` package
+(`pip install retrain[mediapipe]`).
 We use its `metadata_writers` because it is the maintained writer:
 `tflite-support` has had no release since 2023 and has no wheel for recent
 Pythons and TF 2.21's protobuf.
@@ -27,16 +28,18 @@ from __future__ import annotations
 
 import gc
 import importlib
-import io
 import json
 import sys
 import types
-import zipfile
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
-from absl import logging
-
-from retrain.common.names import LABELS_FILE, METADATA_FILE, NOVELTY_OUTPUT
+from retrain.common.names import (
+  LABELS_FILE,
+  META_NOVELTY,
+  META_RETRAIN_VERSION,
+  METADATA_FILE,
+  NOVELTY_OUTPUT,
+)
 
 NOVELTY_LABELS_FILE = 'novelty_label.txt'
 # MediaPipe's normalisation (pixel - mean) / std of pixels in [0, 255]
@@ -142,7 +145,7 @@ def embed(model: bytes, labels: Sequence[str], project: dict,
       metadata_writer.Labels().add(list(labels), exported_filename=LABELS_FILE),
       score_thresholding=(metadata_writer.ScoreThresholding(float(threshold))
                           if threshold > 0 else None))
-  if project.get('novelty'):
+  if project.get(META_NOVELTY):
     # The second output, the novelty score, described as a one-class
     # classification head named `novelty`: MediaPipe's ImageClassifier
     # runs every output as a head and needs a label map for each (a plain
@@ -163,7 +166,7 @@ def embed(model: bytes, labels: Sequence[str], project: dict,
   buffer = metadata.get_metadata_buffer(bytes(with_labels))
   model_md = schema.ModelMetadataT.InitFromObj(
       schema.ModelMetadata.GetRootAsModelMetadata(buffer, 0))
-  model_md.version = str(project.get('retrain_version', ''))
+  model_md.version = str(project.get(META_RETRAIN_VERSION, ''))
   project_file = schema.AssociatedFileT()
   project_file.name = METADATA_FILE
   project_file.description = ('retrain metadata: labels, input size and '
@@ -188,23 +191,3 @@ def embed(model: bytes, labels: Sequence[str], project: dict,
   gc.collect()
   return content
 
-
-def read_embedded(content: bytes
-                  ) -> Tuple[Optional[list], Optional[dict]]:
-  """(labels, project metadata) packed in a .tflite file, None if absent."""
-  try:
-    archive = zipfile.ZipFile(io.BytesIO(content))
-    names = set(archive.namelist())
-  except (zipfile.BadZipFile, OSError):
-    return None, None
-  labels = project = None
-  if LABELS_FILE in names:
-    text = archive.read(LABELS_FILE).decode('utf-8')
-    labels = [line for line in text.splitlines() if line.strip()]
-  if METADATA_FILE in names:
-    try:
-      project = json.loads(archive.read(METADATA_FILE).decode('utf-8'))
-    except ValueError:
-      logging.warning('The embedded %s is not JSON; ignoring it.',
-                      METADATA_FILE)
-  return labels, project

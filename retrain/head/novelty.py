@@ -41,6 +41,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
+from retrain.common import names
 from retrain.errors import DatasetError
 from retrain.head import math as head_math
 
@@ -142,10 +143,11 @@ class Novelty:
     return {'method': 'class-conditional Mahalanobis distance (shared '
                       'Ledoit-Wolf-shrunk covariance), squared, divided by '
                       'the feature dimension; minimum over the classes',
-            'threshold': float(self.threshold), 'keep': self.keep,
+            names.NOVELTY_THRESHOLD: float(self.threshold), 'keep': self.keep,
             'components': int(self.basis.shape[1]),
             'shrinkage': float(self.shrinkage), 'held_out': self.held_out,
-            'output': 'novelty', 'flagged_when': 'novelty > threshold'}
+            'output': names.NOVELTY_OUTPUT,
+            'flagged_when': 'novelty > threshold'}
 
 
 def _rows(n: int, cap: int) -> np.ndarray:

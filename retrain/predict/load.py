@@ -19,6 +19,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 from absl import logging
 
+from retrain.common import names
 from retrain.common.names import (
   INPUT_TENSOR_NAME,
   LABELS_FILE,
@@ -99,7 +100,8 @@ def _sidecars(path: str) -> Tuple[Optional[dict], Optional[str]]:
   for base in (path, stem):
     metadata = read_json(base + METADATA_SUFFIX)
     if base == stem and metadata is not None and metadata.get(
-        'model_file', os.path.basename(path)) != os.path.basename(path):
+        names.META_MODEL_FILE, os.path.basename(path)
+    ) != os.path.basename(path):
       continue
     labels = base + LABELS_SUFFIX
     labels = labels if os.path.isfile(labels) else None
@@ -113,18 +115,18 @@ def _load_graph_file(graph: str, input_layer: str, output_layer: str,
   """(kind, predict, size, metadata, labels from metadata, labels file) of a
   .pb, .tflite or .onnx file."""
   meta, default_labels = _sidecars(graph)
-  meta_labels = (meta or {}).get('labels')
+  meta_labels = (meta or {}).get(names.META_LABELS)
   if graph.lower().endswith('.tflite'):
     predict, size = tflite.load_tflite(graph, height, width)
     if meta is None or not meta_labels:  # No side files: the embedded.
-      embedded_labels, embedded = tflite.embedded_tflite_metadata(graph)
+      embedded_labels, embedded = tflite.read_embedded(graph)
       meta = meta or embedded
       meta_labels = meta_labels or embedded_labels
     return 'tflite', predict, size, meta, meta_labels, default_labels
   if graph.lower().endswith('.onnx'):
     predict, size, onnx_meta = onnx_file.load_onnx(graph, height, width)
     return ('onnx', predict, size, meta or onnx_meta,
-            meta_labels or onnx_meta.get('labels'), default_labels)
+            meta_labels or onnx_meta.get(names.META_LABELS), default_labels)
   predict, size = frozen_graph.load_frozen_graph(graph, input_layer, output_layer,
                                      height, width, trust)
   return 'frozen_graph', predict, size, meta, meta_labels, default_labels
@@ -132,7 +134,8 @@ def _load_graph_file(graph: str, input_layer: str, output_layer: str,
 
 def _stored_novelty_threshold(meta: Optional[dict]) -> float:
   """The novelty threshold in an export's metadata, inf when none."""
-  value = ((meta or {}).get('novelty') or {}).get('threshold')
+  value = ((meta or {}).get(names.META_NOVELTY) or {}).get(
+      names.NOVELTY_THRESHOLD)
   return float(value) if value is not None else float('inf')
 
 
@@ -143,10 +146,11 @@ def _stored_label_thresholds(meta: Optional[dict], count: int
   Raises:
     LabelImageError: the metadata's thresholds do not match the labels.
   """
-  multi = (meta or {}).get('multi_label')
+  multi = (meta or {}).get(names.META_MULTI_LABEL)
   if not multi:
     return None
-  thresholds = [float(v) for v in multi.get('thresholds') or []]
+  thresholds = [float(v) for v in
+                multi.get(names.MULTI_LABEL_THRESHOLDS) or []]
   if len(thresholds) != count:
     raise LabelImageError(
         f'The export\'s metadata has {len(thresholds)} label thresholds for '
@@ -156,8 +160,8 @@ def _stored_label_thresholds(meta: Optional[dict], count: int
 
 def _stored_threshold(meta: Optional[dict]) -> float:
   """The rejection threshold in an export's metadata, 0 when none."""
-  confidence = (meta or {}).get('confidence') or {}
-  return float(confidence.get('threshold') or 0.0)
+  confidence = (meta or {}).get(names.META_CONFIDENCE) or {}
+  return float(confidence.get(names.CONFIDENCE_THRESHOLD) or 0.0)
 
 
 def choose_labels(path: str, labels: Optional[str],

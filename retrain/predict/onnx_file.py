@@ -8,6 +8,7 @@ from typing import Callable, Tuple
 import numpy as np
 
 from retrain.common.names import (
+  META_LABELS,
   NOVELTY_OUTPUT,
   ONNX_LABELS_KEY,
   ONNX_METADATA_KEY,
@@ -48,6 +49,6 @@ def load_onnx(path: str, height, width) -> Tuple[Callable, tuple, dict]:
   if ONNX_METADATA_KEY in props:
     meta = json.loads(props[ONNX_METADATA_KEY])
   else:
-    meta = ({'labels': json.loads(props[ONNX_LABELS_KEY])}
+    meta = ({META_LABELS: json.loads(props[ONNX_LABELS_KEY])}
             if ONNX_LABELS_KEY in props else {})
   return predict, size, meta

@@ -6,6 +6,9 @@ import os
 from typing import Callable, Tuple
 
 from retrain.common.names import (
+  META_INPUT_HEIGHT,
+  META_INPUT_WIDTH,
+  META_LABELS,
   METADATA_FILE,
   NOVELTY_OUTPUT,
   PROBABILITIES_OUTPUT,
@@ -31,7 +34,7 @@ def load_saved_model(path: str, height, width,
   check_model(path, trust)
   loaded = tf.saved_model.load(path)
   serve = loaded.signatures[SERVING_SIGNATURE]
-  size = choose_size((meta['input_height'], meta['input_width']), height,
+  size = choose_size((meta[META_INPUT_HEIGHT], meta[META_INPUT_WIDTH]), height,
                       width, path)
 
   def predict(images):
@@ -43,4 +46,4 @@ def load_saved_model(path: str, height, width,
       return out[PROBABILITIES_OUTPUT].numpy(), out[NOVELTY_OUTPUT].numpy()
     predict.with_novelty = both
   predict.keep_alive = loaded  # The signature needs its object alive.
-  return predict, size, meta['labels']
+  return predict, size, meta[META_LABELS]

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from typing import Callable, List, Optional, Tuple
+
+from absl import logging
 
 from retrain.common.names import LABELS_FILE, METADATA_FILE
 from retrain.features import tflite_runner
@@ -45,19 +48,41 @@ def load_tflite(path: str, height, width) -> Tuple[Callable, tuple]:
   return predict, size
 
 
-def embedded_tflite_metadata(path: str
-                             ) -> Tuple[Optional[List[str]], Optional[dict]]:
-  """(labels, metadata) packed in a .tflite file (a zip archive appended to
-  the flatbuffer, as MediaPipe's metadata writer packs them), or None."""
-  import zipfile
+def read_embedded(path: str) -> Tuple[Optional[List[str]], Optional[dict]]:
+  """(labels, metadata) packed in the .tflite file at `path`, each None when
+  absent.
+
+  retrain.export.tflite_metadata.embed packs them as the model's associated
+  files, a zip archive appended to the flatbuffer (as MediaPipe's metadata
+  writer does): labels.txt (row j is class id j; blank lines skipped) and
+  retrain_metadata.json (a JSON object). A part that cannot be read (not
+  UTF-8, not a JSON object) is left out with a warning naming the file, and
+  the other part is still returned; a file without the archive gives
+  (None, None).
+  """
   try:
     with zipfile.ZipFile(path) as archive:
-      names = set(archive.namelist())
-      labels = (archive.read(LABELS_FILE).decode('utf-8')
-                if LABELS_FILE in names else None)
-      meta = (json.loads(archive.read(METADATA_FILE))
-              if METADATA_FILE in names else None)
-  except (zipfile.BadZipFile, OSError, ValueError):
+      packed = set(archive.namelist())
+      labels = (archive.read(LABELS_FILE) if LABELS_FILE in packed else None)
+      meta = (archive.read(METADATA_FILE) if METADATA_FILE in packed
+              else None)
+  except (zipfile.BadZipFile, OSError):
     return None, None
-  return ([l for l in labels.splitlines() if l.strip()] if labels else None,
-          meta)
+  if labels is not None:
+    try:
+      labels = [line for line in labels.decode('utf-8').splitlines()
+                if line.strip()] or None
+    except UnicodeDecodeError:
+      logging.warning('The %s embedded in %s is not UTF-8 text; ignoring '
+                      'it.', LABELS_FILE, path)
+      labels = None
+  if meta is not None:
+    try:
+      meta = json.loads(meta.decode('utf-8'))
+    except ValueError:
+      meta = None
+    if not isinstance(meta, dict):
+      logging.warning('The %s embedded in %s is not a JSON object; ignoring '
+                      'it.', METADATA_FILE, path)
+      meta = None
+  return labels, meta

@@ -21,7 +21,7 @@ import tensorflow as tf
 from absl import logging
 
 from retrain.bottlenecks import usable as usable_lib
-from retrain.common import atomic
+from retrain.common import atomic, names
 from retrain.common import phases as phases_lib
 from retrain.config import Config
 from retrain.data import leakage, sources
@@ -152,11 +152,11 @@ def evaluate(config: Config, labels: Sequence[str],
 def metadata(labels: Sequence[str], fitted: head_lib.MultiLabelResult
              ) -> dict:
   """What every export stores of the multi-label head (label order)."""
-  return {'multi_label': {
+  return {names.META_MULTI_LABEL: {
       'activation': 'sigmoid',
-      'thresholds': [float(v) for v in fitted.thresholds],
+      names.MULTI_LABEL_THRESHOLDS: [float(v) for v in fitted.thresholds],
       'l2': [float(v) for v in fitted.l2],
-      'labels': list(labels),
+      names.MULTI_LABEL_LABELS: list(labels),
       'rule': 'label j is predicted when probabilities[j] >= thresholds[j]',
       'chosen_on': f'{fitted.selection} out-of-fold predictions of the '
                    'training and validation photos'}}

@@ -11,6 +11,7 @@ from absl import logging
 
 from retrain.bottlenecks import precision as precision_lib
 from retrain.bottlenecks import usable as usable_lib
+from retrain.common import names
 from retrain.common import phases as phases_lib
 from retrain.config import Config
 from retrain.data import split as split_lib
@@ -64,9 +65,10 @@ def export(config: Config, prepared, found, split: split_lib.Split,
   float_module = (prepared.float_module if found.storage == 'memory'
                   else None)
   export_lib.write_labels(config.outputs.output_labels, labels)
-  deploy_metadata = {'confidence': confidence.metadata()}
+  deploy_metadata = {names.META_CONFIDENCE: confidence.metadata()}
   if confidence.head.novelty is not None:
-    deploy_metadata['novelty'] = confidence.head.novelty.metadata()
+    deploy_metadata[names.META_NOVELTY] = (
+        confidence.head.novelty.metadata())
   held_out = 'test' if len(split.test) else 'validation'
   rows = split.subset(held_out)
   gate = quantization_check.Gate(
