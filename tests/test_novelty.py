@@ -149,6 +149,7 @@ def test_every_export_flags_photos_of_none_of_the_classes(with_unknown):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures('fine_tuning_kept')
 def test_exports_of_a_fine_tuned_run_flag_photos_of_none_of_the_classes(
     tmp_path, caplog):
   """After accepted fine-tuning the novelty score is fitted on the

@@ -472,8 +472,8 @@ def versus_frozen(tuned_right: np.ndarray, frozen_right: np.ndarray) -> dict:
   better, each would go either way as a coin flip, so gained - lost has a
   standard deviation of sqrt(gained + lost). The fine-tuned network is
   kept when gained - lost exceeds that one standard deviation (so one
-  image gained and none lost is not enough); its epoch was also the best
-  of several on these images, which favours it a little more.
+  image gained and none lost is not enough); its epoch was also chosen
+  on these images, which favours it a little more.
   """
   tuned_right = np.asarray(tuned_right, bool)
   frozen_right = np.asarray(frozen_right, bool)
