@@ -81,11 +81,11 @@ def fine_tune_fold(args, work, block, module, head, labels, paths, digests, y,
   return tuned.test_predictions, time.monotonic() - started, tuned
 
 
-def keeps_fine_tuned(tuned, frozen_fit, x_frozen, y, val_rows) -> bool:
-  """As the pipeline: the fine-tuned network is kept only when it beats the
-  frozen head's held-out validation predictions (out of fold when the
-  head trained on validation) by more than finetune_lib.versus_frozen's
-  margin, and never when it kept epoch 0."""
+def keeps_fine_tuned(tuned, frozen_fit, x_frozen, y, val_rows) -> dict:
+  """As the pipeline: the fine-tuned network is kept ('keep') only when it
+  beats the frozen head's held-out validation predictions (out of fold
+  when the head trained on validation) by more than
+  finetune_lib.versus_frozen's margin, and never when it kept epoch 0."""
   held = frozen_fit.held_out
   logits = (frozen_fit.head.logits(x_frozen[val_rows]) if held is None else
             held.validation_logits)
@@ -95,7 +95,8 @@ def keeps_fine_tuned(tuned, frozen_fit, x_frozen, y, val_rows) -> bool:
   tuned_right = (tuned.head.logits(tuned.validation_features).argmax(1) ==
                  tuned.validation_labels)
   versus = finetune_lib.versus_frozen(tuned_right, frozen_right[at])
-  return versus['keep'] and tuned.fit.best_epoch > 0
+  versus['keep'] = versus['keep'] and tuned.fit.best_epoch > 0
+  return versus
 
 
 def trace_test_by_epoch(curves: dict):
@@ -232,7 +233,16 @@ def main():
           args, work, block, ensemble,
           frozen_fit.train_only_head or head, labels, paths, digests, y,
           rows, members, x_frozen)
-      if not keeps_fine_tuned(tuned, frozen_fit, x_frozen, y, rows[1]):
+      versus = keeps_fine_tuned(tuned, frozen_fit, x_frozen, y, rows[1])
+      print(f'fold {f}, {name}: epoch {tuned.fit.best_epoch}, validation '
+            f'{100 * versus["fine_tuned_validation_accuracy"]:.1f}% '
+            f'against the frozen head\'s held-out '
+            f'{100 * versus["frozen_validation_accuracy"]:.1f}% (gained '
+            f'{versus["gained"]}, lost {versus["lost"]} of '
+            f'{versus["validation_count"]}): '
+            + ('kept' if versus['keep'] else 'the frozen head kept'),
+            flush=True)
+      if not versus['keep']:
         pred = frozen_pred
         kept_frozen[name] = kept_frozen.get(name, 0) + 1
       correct.setdefault(name, []).append(int(np.sum(pred == y[test_rows])))

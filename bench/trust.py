@@ -12,9 +12,10 @@ test set, never used to fit or choose anything; the rest is split 8:1
 into training and validation, the pipeline's 80/10/10):
 
 1. the default head solver (L-BFGS, refitted on training + validation);
-   the validation accuracy the run reports (held-out, out-of-fold) and
-   the refitted head's own validation accuracy (what was reported
-   before), against the test accuracy;
+   the validation accuracy the run reports (held-out, out-of-fold: of the
+   validation photos alone, and of every training and validation photo,
+   ~9x as many so less noisy) and the refitted head's own validation
+   accuracy, against the test accuracy;
 2. the temperature fitted on the held-out logits, and the test ECE
    before and after it (and with the temperature the refitted head's own
    validation logits give);
