@@ -16,8 +16,10 @@ training part split 8:1 into training and validation, the pipeline's
     starting from the frozen head fitted on the training part alone (so
     that validation stays held out), for each --ensemble_members value
     (--fine_tune_members: "all" every member, "" the first, the others on
-    their frozen vectors); a fold whose fine-tuning keeps epoch 0 counts
-    the frozen head's predictions (the run exports the frozen head then).
+    their frozen vectors); a fold whose fine-tuned network does not beat
+    the frozen head's held-out validation accuracy by the pipeline's
+    margin (or that keeps epoch 0) counts the frozen head's predictions
+    (the run exports the frozen head then).
 Lite0's activations are computed once per image and shared by the folds
 (the bottleneck cache); the seconds per fold are the fine-tuning's own
 (training + validation passes). Prints accuracy with its Wilson 95%
@@ -58,7 +60,7 @@ LITE0 = 'efficientnet_lite0'  # the single module compared
 
 def fine_tune_fold(args, work, block, module, head, labels, paths, digests, y,
                    rows, members='', fixed=None):
-  """(test predictions int64 [n_test], seconds, the epoch kept) of
+  """(test predictions int64 [n_test], seconds, the FineTuned) of
   fine-tuning one fold (of the ensemble members named by `members`, '' all,
   the others on their frozen vectors `fixed`)."""
   train_rows, val_rows, test_rows = rows
@@ -76,8 +78,25 @@ def fine_tune_fold(args, work, block, module, head, labels, paths, digests, y,
       finetune_plans.Images(paths, digests, y,
                             Split(train_rows, val_rows, test_rows)),
       fixed=None if fixed is None else finetune_lib.FixedFeatures(fixed))
-  return (tuned.test_predictions, time.monotonic() - started,
-          tuned.fit.best_epoch)
+  return tuned.test_predictions, time.monotonic() - started, tuned
+
+
+def keeps_fine_tuned(tuned, frozen_fit, x_frozen, y, val_rows) -> dict:
+  """As the pipeline: the fine-tuned network is kept ('keep') only when it
+  beats the frozen head's held-out validation predictions (out of fold
+  when the head trained on validation) by more than
+  finetune_lib.versus_frozen's margin, and never when it kept epoch 0."""
+  held = frozen_fit.held_out
+  logits = (frozen_fit.head.logits(x_frozen[val_rows]) if held is None else
+            held.validation_logits)
+  frozen_right = logits.argmax(1) == y[val_rows]
+  position = {int(row): i for i, row in enumerate(val_rows)}
+  at = np.array([position[int(r)] for r in tuned.validation_rows], np.int64)
+  tuned_right = (tuned.head.logits(tuned.validation_features).argmax(1) ==
+                 tuned.validation_labels)
+  versus = finetune_lib.versus_frozen(tuned_right, frozen_right[at])
+  versus['keep'] = versus['keep'] and tuned.fit.best_epoch > 0
+  return versus
 
 
 def trace_test_by_epoch(curves: dict):
@@ -149,7 +168,7 @@ def main():
   logging.set_verbosity(logging.WARNING)
   work = args.work or tempfile.mkdtemp(prefix='bench_fine_tune_kfold_')
 
-  layout = layouts.load_layout(DEFAULTS.replace(image_dir=args.image_dir))
+  layout = layouts.load_layout(DEFAULTS.replace(image_dir=args.image_dir).data)
   paths = [image.path for image in layout.dataset.images]
   y_all = np.array([image.label for image in layout.dataset.images])
   labels = list(layout.dataset.labels)
@@ -210,11 +229,20 @@ def main():
       # As the pipeline: fine-tuning starts from the head fitted on the
       # training part alone (its validation stays held out), and a run
       # whose fine-tuning keeps epoch 0 exports the frozen head.
-      pred, took, best = fine_tune_fold(
+      pred, took, tuned = fine_tune_fold(
           args, work, block, ensemble,
           frozen_fit.train_only_head or head, labels, paths, digests, y,
           rows, members, x_frozen)
-      if best == 0:
+      versus = keeps_fine_tuned(tuned, frozen_fit, x_frozen, y, rows[1])
+      print(f'fold {f}, {name}: epoch {tuned.fit.best_epoch}, validation '
+            f'{100 * versus["fine_tuned_validation_accuracy"]:.1f}% '
+            f'against the frozen head\'s held-out '
+            f'{100 * versus["frozen_validation_accuracy"]:.1f}% (gained '
+            f'{versus["gained"]}, lost {versus["lost"]} of '
+            f'{versus["validation_count"]}): '
+            + ('kept' if versus['keep'] else 'the frozen head kept'),
+            flush=True)
+      if not versus['keep']:
         pred = frozen_pred
         kept_frozen[name] = kept_frozen.get(name, 0) + 1
       correct.setdefault(name, []).append(int(np.sum(pred == y[test_rows])))

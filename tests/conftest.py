@@ -153,3 +153,14 @@ def exporting_config(root, images, module, **overrides):
   fields.update(overrides)
   return shrunk_config(make_colour_dataset(pathlib.Path(root) / images), out,
                        module, **fields)
+
+
+@pytest.fixture
+def fine_tuning_kept(monkeypatch):
+  """Runs keep a fine-tuned network that moved off its start (epoch > 0)
+  as if it beat the frozen head by the margin: for tests of what a
+  fine-tuned export holds, on validation sets too small to show a gain."""
+  from retrain.finetune import run
+  original = run.versus_frozen
+  monkeypatch.setattr(run, 'versus_frozen',
+                      lambda *args: dict(original(*args), keep=True))

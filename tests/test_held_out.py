@@ -113,3 +113,20 @@ def test_held_out_logits_come_from_other_heads_and_test_ece_is_reported(
   assert confidence.test_ece_after < confidence.test_ece_before / 2
   figures = head.describe_figures(trained)
   assert 'out-of-fold' in figures['validation_metrics']
+
+
+def test_the_report_gives_the_out_of_fold_accuracy_of_every_fitted_image(
+    tmp_path):
+  _, trained, images, split = _solved(tmp_path, overlap_seed=2)
+  report = json.loads((tmp_path / 'reports' / solve.REPORT_FILE).read_text())
+  section = report['held_out']
+  fitted = np.concatenate([split.train, split.validation])
+  assert section['held_out_count'] == len(fitted)
+  # The out-of-fold logits of every training and validation image, not
+  # the refitted head's own (right on nearly all of them).
+  expected = np.mean(trained.held_out.logits.argmax(1) ==
+                     images.labels[fitted])
+  assert section['held_out_accuracy'] == expected
+  own = np.mean(trained.head.logits(images.vectors[fitted]).argmax(1) ==
+                images.labels[fitted])
+  assert section['held_out_accuracy'] < own - 0.05

@@ -149,6 +149,7 @@ def test_every_export_flags_photos_of_none_of_the_classes(with_unknown):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures('fine_tuning_kept')
 def test_exports_of_a_fine_tuned_run_flag_photos_of_none_of_the_classes(
     tmp_path, caplog):
   """After accepted fine-tuning the novelty score is fitted on the
@@ -186,3 +187,43 @@ def test_exports_of_a_fine_tuned_run_flag_photos_of_none_of_the_classes(
     kept = label_image.classify_files(model, own, min_confidence=0)
     assert np.mean([r.novel for r in kept]) < 0.15, model.kind
   assert 'Novelty score fitted on the fine-tuned network' in caplog.text
+
+
+@pytest.mark.slow
+def test_an_int8_tflite_model_has_no_novelty_output_and_says_so(
+    tmp_path, fake_module):
+  import tensorflow as tf
+
+  from retrain import images
+  from retrain.export import formats as export_formats
+  from retrain.features import modules as features
+  from retrain.head import model
+  module = features.load_module(fake_module)
+  rng = np.random.default_rng(1)
+  paths = [str(write_image(tmp_path / f'{k}.png', tuple(
+      int(v) for v in rng.integers(0, 255, 3)), size=SIZE, seed=k, fmt='PNG'))
+           for k in range(24)]
+  batch = np.stack([images.load_image(p, SIZE).numpy() for p in paths])
+  x = module.call(tf.constant(batch)).numpy()
+  y = np.arange(24) % 3
+  score = novelty.fit_on_split(x, y, 3, 2, 0.9, 2, 0)
+  head = model.Head(rng.normal(0, 1, (x.shape[1], 3)).astype(np.float32),
+                    np.zeros(3, np.float32), novelty=score)
+  for quantization in ('dynamic', 'int8'):
+    path = str(tmp_path / f'{quantization}.tflite')
+    export_formats.write_tflite(path, module, head, ['a', 'b', 'c'],
+                                quantization, calibration_paths=paths,
+                                extra_metadata={'novelty': score.metadata()})
+    meta = json.loads(pathlib.Path(
+        export_formats.sidecar_paths(path)['metadata']).read_text())
+    loaded = label_image.load_model(graph=path)
+    records = label_image.classify_files(loaded, paths[:4], min_confidence=0)
+    if quantization == 'dynamic':
+      assert meta['novelty']['threshold'] == pytest.approx(score.threshold)
+      assert all(r.novelty is not None for r in records)
+      continue
+    assert 'novelty' not in meta
+    assert 'int8 quantization clips' in meta['novelty_left_out']
+    assert loaded.novelty_threshold == float('inf')
+    assert not any(r.novel for r in records)
+    assert all(r.novelty is None for r in records)

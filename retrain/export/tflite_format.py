@@ -4,7 +4,8 @@ One float32 input [batch, H, W, 3] in [0, 1], one float32 output
 [batch, N] (column j is class id j), whatever the quantization (`none`,
 `dynamic`, `float16`, `int8`; int8 is calibrated on a sample of training
 images and keeps float input and output, so every consumer feeds the same
-thing); with a novelty score, a second output float32 [batch]. The file
+thing); with a novelty score, a second output float32 [batch] (not in
+int8 models: see _without_novelty). The file
 carries its metadata inside (labels, normalisation, rejection threshold;
 `retrain.export.tflite_metadata`) when the optional mediapipe package is
 installed, and always has the labels and metadata files beside it
@@ -15,6 +16,7 @@ model on held-out images before it is written
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Iterable, List, Optional, Sequence
 
 import numpy as np
@@ -153,6 +155,10 @@ def write_tflite(path: str, module: FeatureModule, head: Head,
     extra_metadata: more JSON-ready fields for the metadata (e.g.
       'confidence', with the rejection 'threshold').
   """
+  info = {'format': 'tflite', names.META_QUANTIZATION: quantization}
+  info.update(extra_metadata or {})
+  if quantization == 'int8' and head.novelty is not None:
+    head = _without_novelty(head, info, path)
   calibration = None
   calibration_count = (gate.calibration_count if gate is not None else
                        len(calibration_paths))
@@ -162,8 +168,6 @@ def write_tflite(path: str, module: FeatureModule, head: Head,
     calibration = representative_images(calibration_paths, module.input_size,
                                         calibration_count)
   model = tflite_model(module, head, quantization, calibration)
-  info = {'format': 'tflite', names.META_QUANTIZATION: quantization}
-  info.update(extra_metadata or {})
   if quantization != 'none' and gate is not None:
     info['quantization_check'] = _check_quantized(model, module, head,
                                                   quantization, gate)
@@ -171,6 +175,21 @@ def write_tflite(path: str, module: FeatureModule, head: Head,
   write_file(path, model)
   write_sidecars(path, labels, module, info)
   return path
+
+
+def _without_novelty(head: Head, info: dict, path: str) -> Head:
+  """`head` without its novelty score, and info saying so: int8 quantises
+  the score to the range the calibration photos (of the classes) give it,
+  so photos far from every class all get the same clipped score, which
+  can sit below the threshold; a broken "unknown" is worse than none."""
+  info.pop(names.META_NOVELTY, None)
+  info['novelty_left_out'] = (
+      'int8 quantization clips the novelty score to the range of the '
+      'calibration photos, so it cannot tell photos of none of the classes '
+      'apart; the float32, dynamic and float16 exports carry it')
+  logging.warning('The int8 TFLite model %s has no novelty output (%s).',
+                  path, info['novelty_left_out'])
+  return dataclasses.replace(head, novelty=None)
 
 
 def _check_quantized(model: bytes, module: FeatureModule, head: Head,

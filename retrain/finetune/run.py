@@ -451,3 +451,38 @@ def write_report(report_dir: str, result: FineTuned) -> Optional[str]:
            timings_seconds=result.timings,
            history=[dataclasses.asdict(p) for p in result.fit.history]),
       indent=2)
+
+
+def versus_frozen(tuned_right: np.ndarray, frozen_right: np.ndarray) -> dict:
+  """Whether the fine-tuned network beats the frozen head on the same
+  held-out validation images by more than the validation set's noise.
+
+  Args:
+    tuned_right: bool [n], the fine-tuned network (kept epoch) right on
+      validation image i (it trained on the training images only).
+    frozen_right: bool [n], the frozen head's held-out prediction (out of
+      fold when it trained on validation) right on the same image i.
+
+  Returns:
+    JSON-ready: both accuracies in [0, 1], images only the fine-tuned
+    network gets right (gained) and only the frozen head (lost), the
+    margin (accuracy) the difference had to exceed, and keep (bool).
+
+  Only the images the two disagree on tell them apart; were neither
+  better, each would go either way as a coin flip, so gained - lost has a
+  standard deviation of sqrt(gained + lost). The fine-tuned network is
+  kept when gained - lost exceeds that one standard deviation (so one
+  image gained and none lost is not enough); its epoch was also chosen
+  on these images, which favours it a little more.
+  """
+  tuned_right = np.asarray(tuned_right, bool)
+  frozen_right = np.asarray(frozen_right, bool)
+  n = max(len(tuned_right), 1)
+  gained = int(np.sum(tuned_right & ~frozen_right))
+  lost = int(np.sum(frozen_right & ~tuned_right))
+  margin = math.sqrt(gained + lost)
+  return {'fine_tuned_validation_accuracy': float(np.mean(tuned_right)),
+          'frozen_validation_accuracy': float(np.mean(frozen_right)),
+          'validation_count': len(tuned_right), 'gained': gained,
+          'lost': lost, 'margin': margin / n,
+          'keep': bool(gained - lost > margin)}

@@ -39,9 +39,13 @@ class HeldOut:
     """float32 [n_val, N]: the validation rows' held-out logits."""
     return self.logits[self.n_train:]
 
-  def summary(self, val_y: Optional[np.ndarray] = None) -> dict:
+  def summary(self, val_y: Optional[np.ndarray] = None,
+              train_y: Optional[np.ndarray] = None) -> dict:
     """JSON-ready: the method, and with val_y the held-out validation
-    accuracy in [0, 1] and mean cross entropy (nats)."""
+    accuracy in [0, 1] and mean cross entropy (nats); with train_y too,
+    when cross-fitted, the out-of-fold accuracy of every training and
+    validation row (held_out_accuracy: ~9x the validation images, so far
+    less noisy an estimate of the test accuracy)."""
     data = {'method': self.method, 'folds': self.folds,
             'cross_fit_iterations': self.iterations}
     if val_y is not None and len(val_y):
@@ -49,6 +53,10 @@ class HeldOut:
       data.update(validation_count=int(len(val_y)),
                   validation_accuracy=head_math.accuracy(z, val_y),
                   validation_cross_entropy=head_math.cross_entropy(z, val_y))
+      if train_y is not None and self.folds and len(train_y) == self.n_train:
+        every = np.concatenate([train_y, val_y])
+        data.update(held_out_count=int(len(every)),
+                    held_out_accuracy=head_math.accuracy(self.logits, every))
     return data
 
 

@@ -259,11 +259,17 @@ def fine_tune(config: Config, module, labels: Sequence[str],
       plans_lib.Images(images.paths, images.digests, images.labels,
                             split),
       fixed=finetune_lib.FixedFeatures(images.vectors, copies))
-  if tuned.fit.best_epoch == 0:
-    logging.info('Fine-tuning did not beat its starting head on held-out '
-                 'validation (it kept epoch 0), so the run keeps the frozen '
-                 'head%s.', ' (trained on training + validation)' if
-                 trained.train_only_head is not None else '')
+  versus = _versus_frozen(trained, images, split, tuned)
+  tuned.metadata['fine_tuned']['versus_frozen'] = versus
+  if not versus['keep']:
+    logging.info(
+        'Fine-tuning: the run keeps the frozen head: on the same %d held-out '
+        'validation images the fine-tuned network (epoch %d) scores %.1f%%, '
+        'the frozen head %.1f%%; fine-tuning is kept only when it is more '
+        'than %.1f points ahead (one standard deviation of the difference).',
+        versus['validation_count'], tuned.fit.best_epoch,
+        100 * versus['fine_tuned_validation_accuracy'],
+        100 * versus['frozen_validation_accuracy'], 100 * versus['margin'])
     tuned.metadata['fine_tuned']['kept_frozen_head'] = True
     finetune_lib.write_report(config.outputs.report_dir, tuned)
     return Tuned(module, trained, reported, held_out_validation(
@@ -273,6 +279,26 @@ def fine_tune(config: Config, module, labels: Sequence[str],
   return Tuned(tuned.module, trained, report_fine_tuned(
       config, labels, trained, reported.explained, images, split, tuned),
                (tuned.validation_features, tuned.validation_labels), tuned)
+
+
+def _versus_frozen(trained: train_lib.TrainResult,
+                   images: usable_lib.UsableImages, split: split_lib.Split,
+                   tuned: finetune_lib.FineTuned) -> dict:
+  """finetune_lib.versus_frozen on the validation images both predicted:
+  the fine-tuned network's kept epoch against the frozen head's held-out
+  predictions; never keep when fine-tuning kept epoch 0 (its start)."""
+  held = trained.held_out
+  frozen_logits = (trained.head.logits(images.vectors[split.validation])
+                   if held is None else held.validation_logits)
+  position = {int(row): i for i, row in enumerate(split.validation)}
+  at = np.array([position[int(r)] for r in tuned.validation_rows], np.int64)
+  frozen_right = frozen_logits[at].argmax(1) == images.labels[split.validation][at]
+  tuned_right = (tuned.head.logits(tuned.validation_features).argmax(1) ==
+                 tuned.validation_labels)
+  versus = finetune_lib.versus_frozen(tuned_right, frozen_right)
+  # Epoch 0 is the starting head on the unchanged network: nothing tuned.
+  versus['keep'] = versus['keep'] and tuned.fit.best_epoch > 0
+  return versus
 
 
 def report_fine_tuned(config: Config, labels: Sequence[str],
