@@ -193,9 +193,11 @@ class MultiLabelResult:
   seconds: float
 
   def summary(self, labels) -> dict:
-    """JSON-ready: each label's L2 and threshold, and the candidates."""
+    """JSON-ready: each label's L2 and threshold, and the candidates.
+    `imbalance_adjustment` is always None: no class bias is shifted (each
+    label's threshold, chosen on held-out predictions, does that work)."""
     return {'solver': 'lbfgs', 'objective': 'sigmoid per label',
-            'selection': self.selection,
+            'selection': self.selection, 'imbalance_adjustment': None,
             'labels': [{'label': name, 'l2': float(self.l2[j]),
                         'threshold': float(self.thresholds[j])}
                        for j, name in enumerate(labels)],
