@@ -310,21 +310,29 @@ def _streamed(config: Config, prepared: prepare.Prepared,
 
 def _multi_label(config: Config, prepared: prepare.Prepared,
                  found: vectors.Vectors, phases) -> RunResult:
-  """One sigmoid per label, fitted with L-BFGS on vectors in memory
+  """One sigmoid per label, fitted with L-BFGS on vectors in memory, or
+  read from the cache in chunks past the memory budget
   (retrain/steps/multilabel.py)."""
   images, labels = found.images, found.labels
   targets = prepared.targets[images.index]
   split = multilabel.make_split(config, prepared.layout, images, targets)
   with phases('distorted_copies') as phase:
-    training = vectors.training_set(config, prepared.runner, images, split)
-    if training.copies is None:
+    if found.storage == 'cache':
+      copies = streamed.copy_keys(config, prepared.module, prepared.runner,
+                                  images, split)
+      fit_x, test_x = multilabel.cached_rows(config, prepared.module, images,
+                                             split, copies)
+    else:
+      training = vectors.training_set(config, prepared.runner, images, split)
+      copies, fit_x, test_x = training.copies, training.x, None
+    if copies is None:
       phase.skip()
   with phases('training'):
     fitted = multilabel.train(config, labels, images, split, targets,
-                              training.x, training.copies)
+                              fit_x, copies)
   with phases('evaluation'):
     test = multilabel.evaluate(config, labels, fitted, images, split,
-                               targets)
+                               targets, test_x)
   with phases('export'):
     saved = multilabel.export(config, prepared.module, labels, fitted, test,
                               images, split)
@@ -332,8 +340,7 @@ def _multi_label(config: Config, prepared: prepare.Prepared,
     page = multilabel.results_page(config, test, fitted)
   phases.total()
   return _result(
-      found, split, phases,
-      training.copies.stats if training.copies is not None else None,
+      found, split, phases, copies.stats if copies is not None else None,
       test_accuracy=test.exact_match, test_count=test.count, history=[],
       misclassified=[], saved_model_dir=saved, multi_label=test,
       bottleneck_precision=prepared.precision, results_page=page)

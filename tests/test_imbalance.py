@@ -108,3 +108,22 @@ def test_a_strongly_imbalanced_run_shifts_the_biases_and_says_so(
       _config(tmp_path, sampling='images', imbalance_adjustment='none'),
       x, y, LABELS, x[:0], y[:0])
   assert np.array_equal(kept.head.biases, unweighted.head.biases)
+
+
+def test_head_solver_json_records_the_class_bias_adjustment(tmp_path):
+  import json
+  x, y = _classes([200, 200, 8], seed=2, shift=2.0, dim=32)
+  solve.maybe_solve(_config(tmp_path), x, y, ['a', 'b', 'small'], x[:0],
+                    y[:0])
+  report = json.loads((tmp_path / solve.REPORT_FILE).read_text())
+  adjustment = report['imbalance_adjustment']
+  assert adjustment['applied'] and adjustment['tau'] > 0
+  assert adjustment['held_out_count'] == len(y)
+  assert (adjustment['held_out_balanced_accuracy_after'] >
+          adjustment['held_out_balanced_accuracy_before'])
+  assert len(adjustment['biases']) == 3
+  # A balanced set: no adjustment considered, and the report says so.
+  x, y = _classes([60, 60, 60], seed=1)
+  solve.maybe_solve(_config(tmp_path), x, y, LABELS, x[:0], y[:0])
+  report = json.loads((tmp_path / solve.REPORT_FILE).read_text())
+  assert report['imbalance_adjustment'] is None

@@ -278,3 +278,88 @@ def test_python_api_runs_a_multi_label_ensemble(tmp_path, fake_module):
   assert json.loads((out / 'report' / 'report.json').read_text())[
       'multi_label']['exact_match'] == pytest.approx(
           result.multi_label.exact_match)
+
+
+class _ArrayReader:
+  """A ChunkReader over an array, its rows 'on disk' in a shuffled order;
+  it records the largest read."""
+
+  def __init__(self, x, seed=0):
+    self.x, self.dim = x, x.shape[1]
+    self.shard = np.zeros(len(x), np.int32)
+    self.row = np.random.default_rng(seed).permutation(len(x)).astype(
+        np.int32)
+    self.largest = 0
+
+  def read(self, items):
+    self.largest = max(self.largest, len(items))
+    return self.x[np.asarray(items)]
+
+
+def test_streamed_rows_fit_the_same_head_a_chunk_at_a_time():
+  rng = np.random.default_rng(1)
+  targets = rng.random((200, 3)) < [0.5, 0.3, 0.2]
+  x = (targets @ rng.normal(0, 1, (3, 8)) + 3 +
+       rng.normal(0, 0.4, (200, 8))).astype(np.float32)
+  strata = np.argmax(targets, axis=1)
+  options = solver_lib.SolverOptions.from_config(DEFAULTS)
+  reader = _ArrayReader(x)
+  rows = head_lib.StreamedRows(reader, np.arange(200), capacity=23)
+  for enabled in (True, False):
+    np.testing.assert_allclose(rows.standardisation(enabled),
+                               head_lib.Rows(x).standardisation(enabled),
+                               rtol=1e-4, atol=1e-5)
+  memory = head_lib.fit_multilabel(x, targets, strata, options)
+  streamed = head_lib.fit_multilabel(rows, targets, strata, options)
+  assert reader.largest == 23
+  assert streamed.selection == memory.selection == 'k-fold'
+  np.testing.assert_array_equal(streamed.l2, memory.l2)
+  np.testing.assert_allclose(streamed.thresholds, memory.thresholds,
+                             atol=0.05)
+  np.testing.assert_allclose(head_lib.probabilities(streamed.head, rows),
+                             head_lib.probabilities(memory.head, x),
+                             atol=0.01)
+
+
+@pytest.mark.slow
+def test_a_run_past_the_memory_budget_streams_and_matches_memory(
+    tmp_path, fake_module, capfd):
+  import retrain
+  labels_csv = patch_csv(tmp_path / 'data', per_combo=8)
+  results, metadata = {}, {}
+  for name, budget in (('memory', 0), ('cache', 10)):
+    out = tmp_path / name
+    capfd.readouterr()
+    results[name] = retrain.run(
+        multi_label=True, image_labels_csv=str(labels_csv),
+        tfhub_module=fake_module, bottleneck_dir=str(tmp_path / 'bn'),
+        summaries_dir=str(out / 'logs'), report_dir=str(out / 'report'),
+        output_labels=str(out / 'labels.txt'),
+        output_graph=str(out / 'graph.pb'),
+        saved_model_dir=str(out / 'model'), testing_percentage=20,
+        flip_left_right=True, distorted_copies=1,
+        max_vectors_in_memory=budget)
+    log = capfd.readouterr().err
+    assert ('reads its' in log) == (name == 'cache'), log[-2000:]
+    metadata[name] = json.loads((out / 'model' / 'retrain_metadata.json')
+                                .read_text())['multi_label']
+  memory, cache = results['memory'], results['cache']
+  assert cache.labels == memory.labels == ['blue', 'green', 'red']
+  assert cache.counts == memory.counts
+  assert cache.multi_label.mean_ap == pytest.approx(
+      memory.multi_label.mean_ap, abs=0.02)
+  assert cache.multi_label.exact_match == pytest.approx(
+      memory.multi_label.exact_match, abs=0.1)
+  np.testing.assert_allclose(metadata['cache']['thresholds'],
+                             metadata['memory']['thresholds'], atol=0.1)
+  assert metadata['cache']['l2'] == metadata['memory']['l2']
+
+  def files(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob('*')
+                  if p.is_file() and 'events.out' not in p.name
+                  and p.suffix != '.log')
+
+  for part in ('report', 'model'):
+    assert files(tmp_path / 'cache' / part) == files(
+        tmp_path / 'memory' / part)
+  assert (tmp_path / 'cache' / 'graph.pb').stat().st_size > 0

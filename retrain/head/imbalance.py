@@ -139,8 +139,9 @@ def apply(result, adjustment: Adjustment):
 
 def maybe_adjust(mode: str, result, fit_y: np.ndarray, num_classes: int,
                  strong: bool):
-  """The SolverResult as the run should use it, with a log line saying
-  what was done.
+  """(The SolverResult as the run should use it, the Adjustment chosen or
+  None when none was considered), with a log line saying what was done.
+  An Adjustment with tau 0 was considered and not applied.
 
   Args:
     mode: 'auto' (adjust when `strong`) or 'none' (never).
@@ -152,18 +153,18 @@ def maybe_adjust(mode: str, result, fit_y: np.ndarray, num_classes: int,
       every class to count the same).
   """
   if mode == 'none' or not strong:
-    return result
+    return result, None
   if result.held_out is None:
     logging.info('No class-bias adjustment: there are no held-out '
                  'predictions to choose it on.')
-    return result
+    return result, None
   counts = np.bincount(np.asarray(fit_y, np.int64), minlength=num_classes)
   adjustment = choose(result.held_out.logits, fit_y, counts)
   if adjustment is None or adjustment.tau == 0:
     logging.info('Class-bias adjustment: none (tau 0 is best on %d held-out '
                  'predictions).', 0 if adjustment is None else
                  adjustment.count)
-    return result
+    return result, adjustment
   logging.warning(
       'Class-bias adjustment for the imbalance: the head\'s bias of each '
       'class c is shifted by -%g * log(share of c in training), chosen on '
@@ -171,4 +172,4 @@ def maybe_adjust(mode: str, result, fit_y: np.ndarray, num_classes: int,
       'there); --imbalance_adjustment none keeps the head as fitted.',
       adjustment.tau, adjustment.count, 100 * adjustment.before,
       100 * adjustment.after)
-  return apply(result, adjustment)
+  return apply(result, adjustment), adjustment

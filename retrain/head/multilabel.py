@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -47,43 +47,125 @@ from retrain.head.model import Head
 DEFAULT_THRESHOLD = 0.5
 
 
-class _SigmoidProblem(lbfgs_lib.Problem):
-  """The objective above over fixed vectors (theta as in lbfgs.Problem)."""
+class Rows:
+  """The vectors float32 [n, D] a fit reads, held in memory: one chunk.
 
-  def __init__(self, x: np.ndarray, targets: np.ndarray, mean: np.ndarray,
+  A fit only iterates `chunks()` and takes `subset`s, so StreamedRows
+  (vectors read from the bottleneck cache a chunk at a time) fits the same
+  head without holding the vectors.
+  """
+
+  def __init__(self, x: np.ndarray):
+    self.x = np.ascontiguousarray(x, np.float32)
+    self.n, self.dim = self.x.shape
+    self._tensor = None
+
+  def subset(self, rows: np.ndarray) -> 'Rows':
+    """The rows `rows` (int64 positions into these), in that order."""
+    return Rows(self.x[rows])
+
+  def chunks(self) -> Iterator[Tuple[object, object]]:
+    """(positions into these rows, float32 [m, D] their vectors)."""
+    if self._tensor is None:
+      self._tensor = tf.constant(self.x)
+    yield slice(None), self._tensor
+
+  def standardisation(self, enabled: bool):
+    """lbfgs.standardisation of these vectors."""
+    return lbfgs_lib.standardisation(self.x, enabled)
+
+
+class StreamedRows(Rows):
+  """Vectors read with `reader` (a bottleneck_cache.chunks.ChunkReader:
+  `read(items)`, `shard`, `row`, `dim`) at most `capacity` at a time, in
+  the order they lie on disk: memory is one chunk, not the data set."""
+
+  def __init__(self, reader, items: np.ndarray, capacity: int):
+    self.reader, self.capacity = reader, max(1, int(capacity))
+    self.items = np.asarray(items, np.int64)
+    self.n, self.dim = len(self.items), reader.dim
+    self.order = np.lexsort((reader.row[self.items],
+                             reader.shard[self.items]))
+
+  def subset(self, rows: np.ndarray) -> 'StreamedRows':
+    return StreamedRows(self.reader, self.items[rows], self.capacity)
+
+  def chunks(self) -> Iterator[Tuple[object, object]]:
+    for start in range(0, self.n, self.capacity):
+      part = self.order[start:start + self.capacity]
+      yield part, self.reader.read(self.items[part])
+
+  def standardisation(self, enabled: bool):
+    """lbfgs.standardisation's figures, accumulated over the chunks
+    (float64 sums of each chunk's centred moments)."""
+    count, mean = 0, np.zeros(self.dim)
+    m2, squares = np.zeros(self.dim), 0.0
+    for _, x in self.chunks():
+      x = x.astype(np.float64)
+      k, chunk_mean = len(x), x.mean(axis=0)
+      delta = chunk_mean - mean
+      total = count + k
+      m2 += ((x - chunk_mean) ** 2).sum(axis=0) + delta ** 2 * count * k / total
+      mean += delta * k / total
+      squares += float(np.sum(x * x))
+      count = total
+    if not enabled:
+      rms = float(np.sqrt(squares / max(count * self.dim, 1)))
+      return np.zeros(self.dim), np.full(self.dim, rms if rms > 0 else 1.0)
+    scale = np.sqrt(np.maximum(m2 / max(count, 1), 0.0))
+    return mean, np.where(scale > 1e-8, scale, 1.0)
+
+
+class _SigmoidProblem(lbfgs_lib.Problem):
+  """The objective above over fixed vectors (theta as in lbfgs.Problem),
+  its loss and gradient summed over the chunks of `rows`."""
+
+  def __init__(self, rows: Rows, targets: np.ndarray, mean: np.ndarray,
                scale: np.ndarray, l2: np.ndarray):
-    self.x = tf.constant(x)
-    self.n, self.dim = x.shape
+    self.rows = rows
+    self.n, self.dim = rows.n, rows.dim
     self.classes = targets.shape[1]
     self.mean, self.scale = mean, scale
     self.l2 = np.broadcast_to(np.asarray(l2, np.float64), (self.classes,))
     self.targets = targets.astype(np.float64)
     self.share = 1.0 / max(self.n, 1)
-    self.last_logits = None
 
   def __call__(self, theta) -> Tuple[float, np.ndarray]:
     w, b = self.split(theta)
-    z = self.logits(w, b)
-    self.last_logits = z
-    # log(1 + e^z) - t z, computed without overflow.
-    data_loss = float(np.sum(np.logaddexp(0.0, z) - self.targets * z)
-                      ) * self.share
-    g = (_sigmoid(z) - self.targets) * self.share  # [n, L]
-    gx = tf.matmul(tf.constant(g, tf.float32), self.x, transpose_a=True)
-    gx = gx.numpy().T.astype(np.float64)  # [D, L]
-    gw = (gx - np.outer(self.mean, g.sum(axis=0))) / self.scale[:, None]
+    w_in = w / self.scale[:, None]
+    shift = b - lbfgs_lib.project(self.mean, w_in)
+    w_t = tf.constant(w_in.T, tf.float32)
+    data_loss, g_sum = 0.0, np.zeros(self.classes)
+    gx = np.zeros((self.dim, self.classes))
+    for part, x in self.rows.chunks():
+      z = tf.matmul(w_t, x, transpose_b=True).numpy().T.astype(
+          np.float64) + shift
+      t = self.targets[part]
+      # log(1 + e^z) - t z, computed without overflow.
+      data_loss += float(np.sum(np.logaddexp(0.0, z) - t * z)) * self.share
+      g = (_sigmoid(z) - t) * self.share  # [m, L]
+      gx += tf.matmul(tf.constant(g, tf.float32), x,
+                      transpose_a=True).numpy().T.astype(np.float64)
+      g_sum += g.sum(axis=0)
+    gw = (gx - np.outer(self.mean, g_sum)) / self.scale[:, None]
     gw += self.l2[None, :] * w
     loss = data_loss + 0.5 * float(np.sum(self.l2 * np.sum(w * w, axis=0)))
-    return loss, np.concatenate([gw.ravel(), g.sum(axis=0)])
+    return loss, np.concatenate([gw.ravel(), g_sum])
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
   return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
-def probabilities(head: Head, x: np.ndarray) -> np.ndarray:
-  """float32 [n, L] per-label probabilities of vectors x float32 [n, D]."""
-  return _sigmoid(head.logits(x).astype(np.float64)).astype(np.float32)
+def probabilities(head: Head, x) -> np.ndarray:
+  """float32 [n, L] per-label probabilities of vectors x: float32 [n, D],
+  or Rows (read chunk by chunk)."""
+  if not isinstance(x, Rows):
+    return _sigmoid(head.logits(x).astype(np.float64)).astype(np.float32)
+  out = np.zeros((x.n, head.biases.shape[0]), np.float32)
+  for part, chunk in x.chunks():
+    out[part] = probabilities(head, np.asarray(chunk))
+  return out
 
 
 @dataclasses.dataclass
@@ -111,20 +193,22 @@ class MultiLabelResult:
   seconds: float
 
   def summary(self, labels) -> dict:
-    """JSON-ready: each label's L2 and threshold, and the candidates."""
+    """JSON-ready: each label's L2 and threshold, and the candidates.
+    `imbalance_adjustment` is always None: no class bias is shifted (each
+    label's threshold, chosen on held-out predictions, does that work)."""
     return {'solver': 'lbfgs', 'objective': 'sigmoid per label',
-            'selection': self.selection,
+            'selection': self.selection, 'imbalance_adjustment': None,
             'labels': [{'label': name, 'l2': float(self.l2[j]),
                         'threshold': float(self.thresholds[j])}
                        for j, name in enumerate(labels)],
             'candidates': self.candidates, 'seconds': self.seconds}
 
 
-def _fit(x, targets, l2, options, standard, start=None) -> Head:
+def _fit(rows: Rows, targets, l2, options, standard, start=None) -> Head:
   """One fit of every label; returns the head and its parameters."""
   mean, scale = standard
-  problem = _SigmoidProblem(x, targets, mean, scale, l2)
-  theta0 = (np.zeros((x.shape[1] + 1) * targets.shape[1]) if start is None
+  problem = _SigmoidProblem(rows, targets, mean, scale, l2)
+  theta0 = (np.zeros((rows.dim + 1) * targets.shape[1]) if start is None
             else start)
   theta, _ = lbfgs_lib.lbfgs(problem, theta0, options.max_iterations,
                              options.tolerance)
@@ -147,28 +231,30 @@ def choose_threshold(p: np.ndarray, t: np.ndarray) -> float:
   return float((p[k] + below) / 2)
 
 
-def _out_of_fold(x, targets, strata, groups, options, grid):
-  """float64 [C, n, L] out-of-fold probabilities of each candidate."""
+def _out_of_fold(rows: Rows, targets, strata, groups, options, grid):
+  """float32 [C, n, L] out-of-fold probabilities of each candidate."""
   # Folds over groups (a photo and its copies), stratified by stratum.
   first = np.unique(groups, return_index=True)[1]
   group_fold = folds_lib.stratified_folds(strata[first], options.folds,
                                            options.seed)
   fold = group_fold[np.searchsorted(np.unique(groups), groups)]
-  out = np.zeros((len(grid), *targets.shape))
+  out = np.zeros((len(grid), *targets.shape), np.float32)
   for k in range(options.folds):
     inside = fold != k
     if not inside.any() or inside.all():
       continue
-    standard = lbfgs_lib.standardisation(x[inside], options.standardise)
+    fit_rows = rows.subset(np.flatnonzero(inside))
+    held_rows = rows.subset(np.flatnonzero(~inside))
+    standard = fit_rows.standardisation(options.standardise)
     start = None
     for c, l2 in enumerate(grid):
-      head, start = _fit(x[inside], targets[inside], l2, options, standard,
+      head, start = _fit(fit_rows, targets[inside], l2, options, standard,
                          start)
-      out[c][~inside] = probabilities(head, x[~inside])
+      out[c][~inside] = probabilities(head, held_rows)
   return out
 
 
-def fit_multilabel(x: np.ndarray, targets: np.ndarray, strata: np.ndarray,
+def fit_multilabel(x, targets: np.ndarray, strata: np.ndarray,
                    options: solver_lib.SolverOptions,
                    groups: Optional[np.ndarray] = None,
                    original: Optional[np.ndarray] = None
@@ -177,7 +263,9 @@ def fit_multilabel(x: np.ndarray, targets: np.ndarray, strata: np.ndarray,
 
   Args:
     x: float32 [n, D] vectors of the photos to fit on (training and
-      validation, distorted copies included).
+      validation, distorted copies included), or Rows of them (e.g.
+      StreamedRows: read from the cache a chunk at a time; the fit is the
+      same, the memory one chunk plus float32 [candidates, n, L]).
     targets: bool [n, L], the labels of each row.
     strata: int [n], each row's rarest label (the folds' stratum).
     options: the grid (l2_grid), folds, seed and L-BFGS limits.
@@ -187,7 +275,7 @@ def fit_multilabel(x: np.ndarray, targets: np.ndarray, strata: np.ndarray,
       None: every row.
   """
   started = time.monotonic()
-  x = np.ascontiguousarray(x, np.float32)
+  rows = x if isinstance(x, Rows) else Rows(x)
   targets = np.asarray(targets, bool)
   n, labels = targets.shape
   groups = np.arange(n) if groups is None else np.asarray(groups)
@@ -195,13 +283,13 @@ def fit_multilabel(x: np.ndarray, targets: np.ndarray, strata: np.ndarray,
   grid = sorted(options.l2_grid, reverse=True)
   if len(np.unique(groups)) < 2 * options.folds or len(grid) == 1:
     l2 = np.full(labels, grid[len(grid) // 2])
-    head, _ = _fit(x, targets, l2, options, lbfgs_lib.standardisation(
-        x, options.standardise))
+    head, _ = _fit(rows, targets, l2, options,
+                   rows.standardisation(options.standardise))
     return MultiLabelResult(head, np.full(labels, DEFAULT_THRESHOLD,
                                           np.float32), l2, None, [],
                             'single', time.monotonic() - started)
-  oof = _out_of_fold(x, targets, strata, groups, options, grid)
-  clipped = np.clip(oof[:, original], 1e-7, 1 - 1e-7)
+  oof = _out_of_fold(rows, targets, strata, groups, options, grid)
+  clipped = np.clip(oof[:, original].astype(np.float64), 1e-7, 1 - 1e-7)
   t = targets[original]
   ce = -np.mean(t * np.log(clipped) + (~t) * np.log1p(-clipped), axis=1)
   chosen = np.argmin(ce, axis=0)  # [L]; ties: the first, the stronger L2
@@ -209,8 +297,8 @@ def fit_multilabel(x: np.ndarray, targets: np.ndarray, strata: np.ndarray,
   best = np.stack([oof[chosen[j], :, j] for j in range(labels)], axis=1)
   thresholds = np.array([choose_threshold(best[original, j], t[:, j])
                          for j in range(labels)], np.float32)
-  head, _ = _fit(x, targets, l2, options, lbfgs_lib.standardisation(
-      x, options.standardise))
+  head, _ = _fit(rows, targets, l2, options,
+                 rows.standardisation(options.standardise))
   candidates = [{'l2': float(v), 'cross_entropy': ce[c].tolist()}
                 for c, v in enumerate(grid)]
   seconds = time.monotonic() - started

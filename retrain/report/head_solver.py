@@ -57,16 +57,25 @@ def solver_markdown(result: solver_lib.SolverResult) -> str:
 def write_report(report_dir: str, result: solver_lib.SolverResult,
                  val_y: Optional[np.ndarray] = None,
                  class_weights: Optional[np.ndarray] = None,
-                 train_y: Optional[np.ndarray] = None) -> str:
+                 train_y: Optional[np.ndarray] = None,
+                 adjustment: Optional[imbalance_lib.Adjustment] = None
+                 ) -> str:
   """Writes <report_dir>/head_solver.json atomically; returns its path.
   With val_y (class ids [m]) `held_out` has the held-out validation
   accuracy and cross entropy, with train_y too (class ids [n], no
   distorted copies) the out-of-fold accuracy of every row. class_weights:
-  what the objective weighed each class id's images by (None: 1)."""
+  what the objective weighed each class id's images by (None: 1).
+  adjustment: the class-bias adjustment for the imbalance chosen on
+  held-out predictions (None: none considered), written as
+  `imbalance_adjustment` (`applied` false when its tau is 0; the
+  before/after balanced accuracies in [0, 1])."""
   os.makedirs(report_dir, exist_ok=True)
   path = os.path.join(report_dir, REPORT_FILE)
   data = dict(result.summary(), class_weights=None if class_weights is None
-              else [float(w) for w in class_weights], curve=[
+              else [float(w) for w in class_weights],
+              imbalance_adjustment=None if adjustment is None else dict(
+                  adjustment.summary(), applied=adjustment.tau != 0),
+              curve=[
       {'iteration': p.step, 'train_accuracy': p.train_accuracy,
        'cross_entropy': p.cross_entropy,
        'validation_accuracy': p.validation_accuracy}
@@ -220,7 +229,7 @@ def maybe_solve(config, train_x: np.ndarray, train_y: np.ndarray,
       train_groups=train_groups, class_weights=weights)
   strong = weights is not None and imbalance(counts, labels or [
       str(i) for i in range(num_classes)]) is not None
-  result = imbalance_lib.maybe_adjust(
+  result, adjustment = imbalance_lib.maybe_adjust(
       config.head.imbalance_adjustment, result, np.concatenate([train_y, val_y]),
       num_classes, strong)
   # Every iteration is in TensorBoard and the report; the log gets a few.
@@ -237,7 +246,7 @@ def maybe_solve(config, train_x: np.ndarray, train_y: np.ndarray,
   originals = (None if train_groups is not None and
                len(np.unique(train_groups)) < len(train_y) else train_y)
   path = write_report(config.outputs.report_dir, result, val_y, weights,
-                      originals)
+                      originals, adjustment)
   _log_held_out(result, val_y, originals)
   logging.info('The head solver\'s candidates and curves are in %s.', path)
   return train_lib.TrainResult(

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from bottleneck_cache import chunks
 from retrain.bottlenecks import usable as usable_lib
 from retrain.common import atomic, names
 from retrain.common import phases as phases_lib
@@ -31,9 +32,11 @@ from retrain.export import saved_model as export_lib
 from retrain.features import ensemble as ensemble_lib
 from retrain.head import multilabel as head_lib
 from retrain.head import solver as solver_lib
+from retrain.head import streaming
 from retrain.report import multilabel as report_lib
 from retrain.report import page_multilabel as page_lib
 from retrain.report import tensorboard as tb
+from retrain.steps import streamed
 
 REPORT_FILE = 'multilabel_head.json'
 
@@ -82,12 +85,15 @@ def make_split(config: Config, layout, images: usable_lib.UsableImages,
 
 def train(config: Config, labels: Sequence[str],
           images: usable_lib.UsableImages, split, targets: np.ndarray,
-          train_x: np.ndarray, copies) -> head_lib.MultiLabelResult:
+          train_x, copies) -> head_lib.MultiLabelResult:
   """Fits the head on training (copies included) + validation; writes
-  <report_dir>/multilabel_head.json."""
+  <report_dir>/multilabel_head.json. train_x: float32 [n, D] the training
+  vectors (copies after the images), or head_lib.Rows of training, copies
+  and validation (`cached_rows`: read from the cache in chunks)."""
   train_rows, val_rows = split.train, split.validation
   source = copies.source if copies is not None else np.zeros(0, np.int64)
-  x = np.concatenate([train_x, images.vectors[val_rows]])
+  x = (train_x if isinstance(train_x, head_lib.Rows) else
+       np.concatenate([train_x, images.vectors[val_rows]]))
   t = np.concatenate([targets[train_rows], targets[train_rows][source],
                       targets[val_rows]])
   strata = np.concatenate([images.labels[train_rows],
@@ -115,14 +121,41 @@ def train(config: Config, labels: Sequence[str],
   return fitted
 
 
+def cached_rows(config: Config, module, images: usable_lib.UsableImages,
+                split, copies: Optional[streamed.CopyKeys]
+                ) -> Tuple[head_lib.Rows, head_lib.Rows]:
+  """Past the memory budget: (the fit's rows: training images, their
+  distorted copies, validation images; the test images) as
+  head_lib.StreamedRows, read from the bottleneck cache a chunk of
+  streaming.chunk_capacity vectors at a time."""
+  index, keys = streamed.cache_index(config, module, images, copies)
+  parts = [keys[split.train], keys[split.validation]]
+  if copies is not None:
+    parts.insert(1, copies.keys)
+  fit = chunks.ChunkReader(index, np.concatenate(parts), compact=True)
+  test = chunks.ChunkReader(index, keys[split.test], compact=True)
+  del keys, parts
+  index.drop_keys()
+  capacity = streaming.chunk_capacity(config.scale.max_vectors_in_memory,
+                                      index.dim)
+  logging.info('The multi-label head reads its %d vectors from the cache, '
+               '%d at a time.', len(fit), capacity)
+  return (head_lib.StreamedRows(fit, np.arange(len(fit)), capacity),
+          head_lib.StreamedRows(test, np.arange(len(test)), capacity))
+
+
 def evaluate(config: Config, labels: Sequence[str],
              fitted: head_lib.MultiLabelResult,
-             images: usable_lib.UsableImages, split, targets: np.ndarray
+             images: usable_lib.UsableImages, split, targets: np.ndarray,
+             test_rows: Optional[head_lib.Rows] = None
              ) -> report_lib.MultiLabelMetrics:
   """Per-label metrics of the test photos: the log, report files and
-  TensorBoard (scalars, per-label PR curves, the table as text)."""
+  TensorBoard (scalars, per-label PR curves, the table as text).
+  test_rows: the test vectors read from the cache (`cached_rows`); None:
+  images.vectors."""
   rows = split.test
-  probabilities = head_lib.probabilities(fitted.head, images.vectors[rows])
+  probabilities = head_lib.probabilities(
+      fitted.head, images.vectors[rows] if test_rows is None else test_rows)
   test = report_lib.compute(targets[rows], probabilities, fitted.thresholds,
                             labels)
   lines = report_lib.format_metrics(test, fitted.thresholds)

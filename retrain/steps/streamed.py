@@ -156,21 +156,29 @@ class Stream:
   originals: int = 0
 
 
-def open_stream(config: Config, module, images, split,
-                copies: Optional[CopyKeys]) -> Stream:
-  """The chunk readers of the split's images (and copies), through a
-  compact numpy index of the cache's keys (the keys themselves dropped)."""
+def cache_index(config: Config, module, images,
+                copies: Optional[CopyKeys]):
+  """(chunks.VectorIndex of the module's namespace and the copies', 'S32'
+  [n] the compact key of each image)."""
   # 32 bytes per image (chunks.compact_keys), not a Python string each.
   keys = chunks.compact_keys(images.digests)
   directories = [os.path.join(config.cache.bottleneck_dir,
                               bottleneck_cache.namespace_id(
                                   bottlenecks_lib.cache_namespace(module)))]
-  train_keys, train_y = keys[split.train], images.labels[split.train]
   if copies is not None:
     directories.append(copies.directory)
+  return chunks.VectorIndex(directories), keys
+
+
+def open_stream(config: Config, module, images, split,
+                copies: Optional[CopyKeys]) -> Stream:
+  """The chunk readers of the split's images (and copies), through a
+  compact numpy index of the cache's keys (the keys themselves dropped)."""
+  index, keys = cache_index(config, module, images, copies)
+  train_keys, train_y = keys[split.train], images.labels[split.train]
+  if copies is not None:
     train_keys = np.concatenate([train_keys, copies.keys])
     train_y = np.concatenate([train_y, train_y[copies.source]])
-  index = chunks.VectorIndex(directories)
   readers = {name: chunks.ChunkReader(index, keys[split.subset(name)],
                                       compact=True)
              for name in ('validation', 'test')}

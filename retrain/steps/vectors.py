@@ -72,18 +72,12 @@ class Vectors:
 
 def choose_storage(config: Config, prepared) -> str:
   """'cache' when the run's training vectors exceed the memory budget
-  (streamed.needed), else 'memory'. Crops to boxes and multi-label runs
-  keep them in memory (the stream reads whole images; the multi-label
-  head is fitted on every vector at once)."""
+  (streamed.needed), else 'memory'. Crops to boxes keep them in memory
+  (the stream reads whole images)."""
   if prepared.crops is not None:
     return 'memory'
   images = len(prepared.layout.dataset.images)
   if not streamed.needed(config, images, prepared.module):
-    return 'memory'
-  if config.data.multi_label:
-    logging.warning('The training vectors exceed --max_vectors_in_memory=%d, '
-                    'but a multi-label run does not stream from the cache: '
-                    'it holds them in memory.', config.scale.max_vectors_in_memory)
     return 'memory'
   logging.info('About %d training vectors exceed --max_vectors_in_memory=%d: '
                'training and evaluation read them from the cache in chunks '
