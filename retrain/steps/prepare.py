@@ -60,7 +60,7 @@ def check_config(config: Config) -> Tuple[str, ...]:
   distort_lib.check_settings(config.distort,
                              config.distort.distorted_copies)
   # Fine-tuning.
-  finetune_lib.check_options(subset(finetune_lib.FineTuneOptions, config),
+  finetune_lib.check_options(config,
                              default_from=DEFAULTS.finetune.fine_tune_from)
   # A mistyped module is reported now, not after hashing.
   handles = ensemble_lib.check_handles(config.module.tfhub_module, config.module.image_size,
