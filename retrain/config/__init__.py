@@ -42,7 +42,7 @@ __all__ = ['CACHE_HOME_ENV', 'DEFAULTS', 'DISTORTIONS', 'EVALUATE_DEFAULTS',
            'GROUPS', 'GROUP_OF', 'INSPECT_DEFAULTS', 'MODULE_CACHE_ENV',
            'Cache', 'Config', 'Crop', 'Data', 'Deploy', 'Distort',
            'EvaluateConfig', 'FineTune', 'Head', 'InspectConfig', 'Module',
-           'Outputs', 'Scale', 'subset']
+           'Outputs', 'Scale']
 
 
 # The groups of a Config, by attribute name, in the order of docs/flags.md.
@@ -114,13 +114,6 @@ class Config:
 
 
 DEFAULTS = Config()
-
-
-def subset(record_type, config: Config):
-  """The option record `record_type` (a dataclass whose fields are named
-  as Config's settings) filled from `config`."""
-  return record_type(**{f.name: config.get(f.name)
-                        for f in dataclasses.fields(record_type)})
 
 
 @dataclasses.dataclass(frozen=True)
