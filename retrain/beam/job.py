@@ -160,6 +160,7 @@ def run(config: Config, options: BeamOptions,
   """
   started = time.monotonic()
   options.check()
+  config.check()
   _check_supported(config)
   sources.check_layout_options(config.data)
   distortions = config.distort
