@@ -21,7 +21,7 @@ from retrain.bottlenecks import distort
 from retrain.config import Distort
 from retrain.errors import DatasetError
 from retrain.features import modules as features
-from tests.conftest import make_colour_dataset
+from tests.conftest import RUN_PLACES, flags_of, make_colour_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZE = (32, 32)
@@ -278,13 +278,7 @@ def test_distortions_change_the_training_vectors(small_config, monkeypatch):
 @pytest.mark.slow
 def test_cli_accepts_distortion_flags(small_config):
   make_colour_dataset(small_config.data.image_dir, per_class=6)
-  args = ['--image_dir', small_config.data.image_dir,
-          '--tfhub_module', small_config.module.tfhub_module,
-          '--bottleneck_dir', small_config.cache.bottleneck_dir,
-          '--summaries_dir', small_config.outputs.summaries_dir,
-          '--output_labels', small_config.outputs.output_labels,
-          '--saved_model_dir', small_config.outputs.saved_model_dir,
-          '--output_dir', small_config.outputs.output_dir,
+  args = [*flags_of(small_config, *RUN_PLACES, 'output_dir'),
           '--how_many_training_steps', '100', '--learning_rate', '0.5',
           '--flip_left_right', '--random_crop', '10', '--random_scale', '10',
           '--random_brightness', '10', '--random_rotation', '5',

@@ -27,14 +27,7 @@ from typing import Dict
 
 from retrain.common import settings
 from retrain.common.settings import setting
-from retrain.config.inputs import (
-  CACHE_HOME_ENV,
-  MODULE_CACHE_ENV,
-  Cache,
-  Crop,
-  Data,
-  Module,
-)
+from retrain.config.inputs import CACHE_HOME_ENV, MODULE_CACHE_ENV, Cache, Crop, Data, Module
 from retrain.config.outputs import Deploy, Outputs, Scale
 from retrain.config.training import DISTORTIONS, Distort, FineTune, Head
 
