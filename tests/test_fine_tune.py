@@ -24,7 +24,7 @@ import pytest
 import tensorflow as tf
 
 from retrain.bottlenecks import distort as distort_lib
-from retrain.config import DEFAULTS
+from retrain.config import DEFAULTS, Distort
 from retrain.errors import DatasetError
 from retrain.features import efficientnet_lite
 from retrain.features import ensemble as ensemble_features
@@ -479,7 +479,7 @@ def test_activations_are_cached_as_float16_and_reused(tmp_path):
 
 def test_another_block_or_distortion_selects_another_namespace(tmp_path):
   module, _ = _bottom_module(tiny_network(4))
-  d = distort_lib.Distortions(flip_left_right=True)
+  d = Distort(flip_left_right=True)
   base = activations_lib.namespace(module, 4, (2, 2, 8))
   ids = {
       activations_lib.bottleneck_cache.namespace_id(ns) for ns in (
@@ -487,7 +487,7 @@ def test_another_block_or_distortion_selects_another_namespace(tmp_path):
           activations_lib.namespace(module, 5, (2, 2, 8)),
           activations_lib.distorted_namespace(module, 4, (2, 2, 8), d, 0),
           activations_lib.distorted_namespace(
-              module, 4, (2, 2, 8), distort_lib.Distortions(random_crop=10),
+              module, 4, (2, 2, 8), Distort(random_crop=10),
               0),
           activations_lib.distorted_namespace(module, 4, (2, 2, 8), d, 1))}
   assert len(ids) == 5
@@ -498,7 +498,7 @@ def test_another_block_or_distortion_selects_another_namespace(tmp_path):
   module, bottom = _bottom_module(net)
   shape = net.activation_shape
   computed = []
-  for setting in (d, d, distort_lib.Distortions(random_brightness=20)):
+  for setting in (d, d, Distort(random_brightness=20)):
     store = activations_lib.Float16Store(
         str(tmp_path / 'cache'),
         activations_lib.distorted_namespace(module, 4, shape, setting, 0))
