@@ -33,7 +33,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from absl import logging  # noqa: E402
 
 from retrain import pipeline  # noqa: E402
-from retrain.config import DEFAULTS  # noqa: E402
+from retrain.config import DEFAULTS, Distort  # noqa: E402
 
 # The shared data sets live beside the checkout (or beside the folder of
 # worktrees).
@@ -65,7 +65,7 @@ def _interleaved_cost_ratio(base, work, reps=3):
   module = features.load_module(base.module.tfhub_module, base.module.image_size,
                                 base.module.module_cache_dir)
   paths = [i.path for i in discover.discover_images(base.data.image_dir).images]
-  d = distort.Distortions(**{k: v for k, v in DISTORTIONS.items()})
+  d = Distort(**DISTORTIONS)
   best = {'plain': float('inf'), 'distorted': float('inf')}
   for rep in range(reps):
     root = work / f'ab-{rep}'

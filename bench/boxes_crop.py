@@ -72,7 +72,7 @@ def main():
   for margin in [float(m) for m in args.margins.split(',')]:
     config = DEFAULTS.replace(image_dir=voc, crop_to_boxes=True,
                                  crop_margin=margin)
-    layout, crops = boxes.load_crop_layout(config)
+    layout, crops = boxes.load_crop_layout(config.data, config.crop)
     paths = [image.path for image in layout.dataset.images]
     y = np.array([image.label for image in layout.dataset.images])
     labels = list(layout.dataset.labels)

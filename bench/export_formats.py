@@ -39,6 +39,7 @@ from retrain import (
   images,  # noqa: E402
   pipeline,  # noqa: E402
 )
+from retrain.common import names  # noqa: E402
 from retrain.config import DEFAULTS  # noqa: E402
 from retrain.data import discover  # noqa: E402
 from retrain.data import split as split_lib  # noqa: E402
@@ -183,7 +184,7 @@ def main():
   gate = quantization_check.Gate([paths[i] for i in split.test],
                                  truth[split.test], keep_lossy=True)
   tflite = {}
-  for quantization in export_formats.QUANTIZATIONS:
+  for quantization in names.QUANTIZATIONS:
     path = str(out / f'model_{quantization}.tflite')
     tick = time.monotonic()
     export_formats.write_tflite(path, module, head, result.labels,

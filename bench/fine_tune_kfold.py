@@ -45,7 +45,7 @@ import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
 
 from retrain.bottlenecks import ensemble as ensemble_bottlenecks  # noqa: E402
-from retrain.config import DEFAULTS, subset  # noqa: E402
+from retrain.config import DEFAULTS  # noqa: E402
 from retrain.data import sources as layouts  # noqa: E402
 from retrain.data.split import Split  # noqa: E402
 from retrain.features import ensemble as ensemble_lib  # noqa: E402
@@ -73,8 +73,7 @@ def fine_tune_fold(args, work, block, module, head, labels, paths, digests, y,
   config = config.replace(**settings(args.set))
   started = time.monotonic()
   tuned = finetune_lib.fine_tune(
-      subset(finetune_lib.FineTuneOptions, config),
-      config.distort, module, head, labels,
+      config, module, head, labels,
       finetune_plans.Images(paths, digests, y,
                             Split(train_rows, val_rows, test_rows)),
       fixed=None if fixed is None else finetune_lib.FixedFeatures(fixed))

@@ -31,8 +31,7 @@ import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
 
 from bench import imbalance  # noqa: E402
-from retrain.config import DEFAULTS, subset  # noqa: E402
-from retrain.data import boxes as boxes_lib  # noqa: E402
+from retrain.config import DEFAULTS  # noqa: E402
 from retrain.data import multilabel as data_lib  # noqa: E402
 from retrain.head import multilabel as head_lib  # noqa: E402
 from retrain.head import solver as solver_lib  # noqa: E402
@@ -48,7 +47,7 @@ def main():
   args = parser.parse_args()
   logging.set_verbosity(logging.WARNING)
   config = DEFAULTS.replace(image_dir=args.image_dir)
-  found = data_lib.from_boxes(subset(boxes_lib.BoxOptions, config))
+  found = data_lib.from_boxes(config.data, config.crop)
   images = found.layout.dataset.images
   labels = list(found.layout.dataset.labels)
   x, rows = imbalance.ensemble_vectors([image.path for image in images],

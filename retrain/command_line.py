@@ -13,9 +13,10 @@ Imports no TensorFlow, so `--help` and flag errors answer at once.
 from __future__ import annotations
 
 import os
-from typing import Optional
+import sys
+from typing import Callable, Optional
 
-from absl import flags
+from absl import app, flags, logging
 
 from retrain import config as config_lib
 from retrain.beam.options import BeamOptions
@@ -107,6 +108,25 @@ def flag_wording(error) -> str:
   """A library error's text with each setting it names worded as its flag
   (`optimizer='x'` -> `--optimizer='x'`)."""
   return error.worded(lambda field: f'--{field}')
+
+
+def report_main(argv, make_report: Callable, options_from_flags: Callable
+                ) -> int:
+  """The absl main of a program that writes a report (retrain.evaluate,
+  retrain.inspect): `make_report(config, options)`, both read from the
+  flags, returns a result with html_path and json_path, which are printed;
+  exit status 0, or 1 after logging a RetrainError worded as flags."""
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  logging.set_verbosity(verbosity())
+  from retrain.errors import RetrainError
+  try:
+    result = make_report(config_from_flags(), options_from_flags())
+  except RetrainError as e:
+    logging.error('%s', flag_wording(e))
+    return 1
+  sys.stdout.write(f'{result.html_path}\n{result.json_path}\n')
+  return 0
 
 
 def verbosity(level: Optional[str] = None) -> str:

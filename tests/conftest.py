@@ -113,6 +113,19 @@ def shrunk_config(image_dir, out, module, **overrides):
   return DEFAULTS.replace(**fields)
 
 
+# The settings that place a shrunk_config's run: its data, module and
+# output folders.
+RUN_PLACES = ('image_dir', 'tfhub_module', 'bottleneck_dir', 'summaries_dir',
+              'output_labels', 'saved_model_dir')
+
+
+def flags_of(config, *names):
+  """The command-line arguments that give `config`'s values of the settings
+  `names`: ['--image_dir', '/x', ...]."""
+  return [arg for name in names
+          for arg in (f'--{name}', str(config.get(name)))]
+
+
 @pytest.fixture
 def small_config(tmp_path, fake_module):
   """The default config, shrunk to run in seconds on the fake module."""

@@ -90,6 +90,10 @@ def config(**overrides):
   return DEFAULTS.replace(crop_to_boxes=True, **overrides)
 
 
+def crop_layout(c):
+  return boxes.load_crop_layout(c.data, c.crop)
+
+
 def examples(layout):
   return sorted((image.path, image.rel_path.split('#')[1],
                  layout.dataset.labels[image.label])
@@ -98,7 +102,7 @@ def examples(layout):
 
 def test_voc_beside_every_box_one_example_split_by_photo(tmp_path):
   root = make_voc_beside(tmp_path / 'data')
-  layout, crops = boxes.load_crop_layout(config(image_dir=str(root),
+  layout, crops = crop_layout(config(image_dir=str(root),
                                                 crop_margin=0))
   assert layout.dataset.labels == ('apple', 'berry')
   assert len(layout.dataset.images) == 16
@@ -133,7 +137,7 @@ def test_bad_boxes_are_skipped_with_reasons(tmp_path):
         ('apple', 1, 1, 40, 60, 1),  # difficult
     ], width=0))
   two_colour_photo(root / 'lonely.jpg')
-  layout, _ = boxes.load_crop_layout(config(image_dir=str(root)))
+  layout, _ = crop_layout(config(image_dir=str(root)))
   assert len(layout.dataset.images) == 6
   reasons = [reason for _, reason in layout.skipped]
   assert sum('inverted' in r for r in reasons) == 3
@@ -141,7 +145,7 @@ def test_bad_boxes_are_skipped_with_reasons(tmp_path):
   assert sum('smaller than --min_box_size=8' in r for r in reasons) == 3
   assert sum('--boxes_include_difficult' in r for r in reasons) == 3
   assert (str(root / 'lonely.jpg'), 'no annotated box') in layout.skipped
-  layout, _ = boxes.load_crop_layout(config(image_dir=str(root),
+  layout, _ = crop_layout(config(image_dir=str(root),
                                             boxes_include_difficult=True,
                                             min_box_size=4))
   assert len(layout.dataset.images) == 12
@@ -150,7 +154,7 @@ def test_bad_boxes_are_skipped_with_reasons(tmp_path):
 def test_voc_tree_uses_image_sets(tmp_path):
   root = make_voc_tree(tmp_path / 'VOC')
   assert layouts.detect_layout(str(root)) == 'voc_tree'
-  layout, _ = boxes.load_crop_layout(config(image_dir=str(root)))
+  layout, _ = crop_layout(config(image_dir=str(root)))
   code = {pathlib.Path(i.path).stem: int(c)
           for i, c in zip(layout.dataset.images, layout.subsets, strict=True)}
   assert code == {'p0': 0, 'p1': 0, 'p2': 0, 'p3': 0, 'p4': 0, 'p5': 1,
@@ -166,8 +170,8 @@ def test_voc_tree_and_csv_give_the_same_examples(tmp_path):
     rows += [f'p{k}.jpg,{n},{x0},{x1},{y0},{y1}' for n, x0, y0, x1, y1 in
              HALVES]
   csv_path.write_text('\n'.join(rows) + '\n')
-  from_tree, _ = boxes.load_crop_layout(config(image_dir=str(tree)))
-  from_csv, _ = boxes.load_crop_layout(config(
+  from_tree, _ = crop_layout(config(image_dir=str(tree)))
+  from_csv, _ = crop_layout(config(
       boxes_csv=str(csv_path), image_dir=str(tree / 'JPEGImages')))
   assert examples(from_tree) == examples(from_csv)
   assert len(examples(from_csv)) == 16
@@ -184,19 +188,19 @@ def test_stanford_dogs_labels_come_from_the_folder(tmp_path):
       xml.parent.mkdir(parents=True, exist_ok=True)
       xml.write_text(voc_xml('%s', [('dog', 5, 5, 60, 50)]))
   assert layouts.detect_layout(str(root)) == 'stanford_dogs'
-  layout, _ = boxes.load_crop_layout(config(image_dir=str(root)))
+  layout, _ = crop_layout(config(image_dir=str(root)))
   assert layout.dataset.labels == ('Chihuahua', 'Japanese_spaniel')
   assert len(layout.dataset.images) == 6
 
 
 def test_csv_columns_by_header_name_and_label_flag(tmp_path):
   csv_path = make_csv(tmp_path / 'data')
-  layout, crops = boxes.load_crop_layout(config(
+  layout, crops = crop_layout(config(
       boxes_csv=str(csv_path), boxes_label_column='kind', crop_margin=0))
   assert layout.dataset.labels == ('apple', 'berry')
   np.testing.assert_allclose(crops.boxes[0], [0, 0, 1, 0.5])
   with pytest.raises(DatasetError) as e:
-    boxes.load_crop_layout(config(boxes_csv=str(csv_path)))
+    crop_layout(config(boxes_csv=str(csv_path)))
   message = e.value.worded(lambda field: f'--{field}')  # as the CLI says it
   assert "'kind'" in message and "'box_y1'" in message
   assert '--boxes_label_column NAME' in message
@@ -207,7 +211,7 @@ def test_csv_without_a_box_column(tmp_path):
   csv_path.write_text('path,label,xmin,ymin,xmax\na.jpg,x,1,2,3\n')
   with pytest.raises(DatasetError, match=r'no column ymax among the columns '
                      r"found \(\['path', 'label', 'xmin', 'ymin', 'xmax'\]\)"):
-    boxes.load_crop_layout(config(boxes_csv=str(csv_path)))
+    crop_layout(config(boxes_csv=str(csv_path)))
 
 
 def test_unparsable_xml_names_file_and_line(tmp_path):
@@ -215,7 +219,7 @@ def test_unparsable_xml_names_file_and_line(tmp_path):
   bad = root / 'shots' / 'p1.xml'
   bad.write_text('<annotation>\n<object>\n<name>x</nam>\n</annotation>\n')
   with pytest.raises(DatasetError, match=rf'{bad}:3: not well-formed XML'):
-    boxes.load_crop_layout(config(image_dir=str(root)))
+    crop_layout(config(image_dir=str(root)))
 
 
 def test_annotation_naming_a_missing_image(tmp_path):
@@ -224,18 +228,18 @@ def test_annotation_naming_a_missing_image(tmp_path):
                                                           HALVES))
   with pytest.raises(DatasetError, match=r'ghost.xml annotates ghost, but '
                      r'JPEGImages/ has no image named ghost'):
-    boxes.load_crop_layout(config(image_dir=str(root)))
+    crop_layout(config(image_dir=str(root)))
   csv_path = tmp_path / 'b.csv'
   csv_path.write_text('image,label,xmin,ymin,xmax,ymax\nnope.jpg,a,1,1,9,9\n')
   with pytest.raises(DatasetError, match=r"b.csv:2 names 'nope.jpg', but .*"
                      'does not exist'):
-    boxes.load_crop_layout(config(boxes_csv=str(csv_path)))
+    crop_layout(config(boxes_csv=str(csv_path)))
 
 
 def test_no_boxes_found_says_what_is_accepted(tmp_path):
   two_colour_photo(tmp_path / 'a' / 'p.jpg')
   with pytest.raises(DatasetError, match='found no boxes under'):
-    boxes.load_crop_layout(config(image_dir=str(tmp_path / 'a')))
+    crop_layout(config(image_dir=str(tmp_path / 'a')))
 
 
 def test_decode_with_a_box_crops_after_orientation(tmp_path):
@@ -293,8 +297,8 @@ def test_bccd_voc_tree_and_csv_give_the_same_examples():
   if not BCCD.exists():
     pytest.skip(f'{BCCD} is absent (the shared data sets live beside the '
                 'checkout)')
-  tree, _ = boxes.load_crop_layout(config(image_dir=str(BCCD / 'BCCD')))
-  table, _ = boxes.load_crop_layout(config(
+  tree, _ = crop_layout(config(image_dir=str(BCCD / 'BCCD')))
+  table, _ = crop_layout(config(
       boxes_csv=str(BCCD / 'test.csv'),
       image_dir=str(BCCD / 'BCCD' / 'JPEGImages')))
   assert examples(tree) == examples(table)

@@ -8,6 +8,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -17,9 +18,10 @@ import bottleneck_cache
 from retrain import images, pipeline
 from retrain.bottlenecks import compute as bottlenecks
 from retrain.bottlenecks import distort
+from retrain.config import Distort
 from retrain.errors import DatasetError
 from retrain.features import modules as features
-from tests.conftest import make_colour_dataset
+from tests.conftest import RUN_PLACES, flags_of, make_colour_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZE = (32, 32)
@@ -42,7 +44,7 @@ def textured():
 
 
 def _copies(contents, n=16, **settings):
-  d = distort.Distortions(**settings)
+  d = Distort(**settings)
   return [distort.distort_image(
       contents, SIZE, tf.constant(distort.copy_seed(0, 'img', c), tf.int64),
       d).numpy() for c in range(n)]
@@ -126,8 +128,8 @@ def test_copy_is_the_same_whatever_batch_it_falls_in(tmp_path, fake_module):
   root = make_colour_dataset(tmp_path / 'img', per_class=3)
   paths = sorted(str(p) for p in root.rglob('*.jpg'))
   module = features.load_module(fake_module)
-  d = distort.Distortions(flip_left_right=True, random_crop=20,
-                          random_brightness=30, random_rotation=10)
+  d = Distort(flip_left_right=True, random_crop=20,
+              random_brightness=30, random_rotation=10)
   seeds = np.array([distort.copy_seed(7, p, 0) for p in paths], np.int64)
   results = []
   for batch_size in (1, 4, 9):
@@ -148,7 +150,7 @@ def test_copy_is_the_same_whatever_batch_it_falls_in(tmp_path, fake_module):
 
 def test_cache_keys_differ_per_copy_image_setting_and_seed(fake_module):
   module = features.load_module(fake_module)
-  base = distort.Distortions(flip_left_right=True)
+  base = Distort(flip_left_right=True)
   ids = {bottleneck_cache.namespace_id(
       distort.cache_namespace(module, base, 0))}
   for field, value in [('flip_left_right', False), ('random_crop', 10),
@@ -167,6 +169,21 @@ def test_cache_keys_differ_per_copy_image_setting_and_seed(fake_module):
   assert len(seeds) == 6
   assert distort.copy_seed(0, 'a', 0) != distort.copy_seed(1, 'a', 0)
   assert distort.copy_seed(0, 'a', 0) == distort.copy_seed(0, 'a', 0)
+
+
+def test_distortion_settings_keep_their_cache_namespace():
+  """The namespace of distorted copies (module, the six distortions, seed)
+  is the one caches already hold: these ids were computed before the
+  settings moved into retrain.config.Distort."""
+  module = types.SimpleNamespace(
+      identity=lambda: {'handle': 'stub', 'output_dim': 6})
+  ids = [bottleneck_cache.namespace_id(distort.cache_namespace(module, d, 7))
+         for d in (Distort(), Distort(flip_left_right=True, random_crop=20,
+                                      random_rotation=7.5))]
+  assert ids == ['793d73b70c472e01bdca', 'd5456c19005661c6444f']
+  # distorted_copies is not part of it: more copies reuse the namespace.
+  assert distort.cache_namespace(module, Distort(distorted_copies=5), 7) == (
+      distort.cache_namespace(module, Distort(), 7))
 
 
 @pytest.mark.parametrize('field,value,match', [
@@ -261,13 +278,7 @@ def test_distortions_change_the_training_vectors(small_config, monkeypatch):
 @pytest.mark.slow
 def test_cli_accepts_distortion_flags(small_config):
   make_colour_dataset(small_config.data.image_dir, per_class=6)
-  args = ['--image_dir', small_config.data.image_dir,
-          '--tfhub_module', small_config.module.tfhub_module,
-          '--bottleneck_dir', small_config.cache.bottleneck_dir,
-          '--summaries_dir', small_config.outputs.summaries_dir,
-          '--output_labels', small_config.outputs.output_labels,
-          '--saved_model_dir', small_config.outputs.saved_model_dir,
-          '--output_dir', small_config.outputs.output_dir,
+  args = [*flags_of(small_config, *RUN_PLACES, 'output_dir'),
           '--how_many_training_steps', '100', '--learning_rate', '0.5',
           '--flip_left_right', '--random_crop', '10', '--random_scale', '10',
           '--random_brightness', '10', '--random_rotation', '5',

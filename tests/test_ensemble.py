@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from retrain import pipeline
+from retrain.config import Distort
 from retrain.errors import ModuleError
 from retrain.features import ensemble
 from retrain.report import head_solver as solve_lib
@@ -301,8 +302,8 @@ def test_ensemble_distorted_copies_are_what_the_export_computes(
   paths = sorted(str(p) for p in root.glob('*/*'))
   keys = [bottleneck_cache.file_digest(p) for p in paths]
   module = ensemble.load(f'{fake_module},{squares_module}')
-  d = distort_lib.Distortions(flip_left_right=True, random_crop=20.0,
-                              random_brightness=20.0)
+  d = Distort(flip_left_right=True, random_crop=20.0,
+              random_brightness=20.0)
   copies = distort_lib.training_copies(distort_lib.CopyRecipe(d, 2, 7),
                                        str(tmp_path / 'cache'), 4, module,
                                        paths, keys)

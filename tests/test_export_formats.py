@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from retrain import images, pipeline
-from retrain.errors import OutputError
+from retrain.errors import OutputError, SettingError
 from retrain.export import formats as export_formats
 from retrain.features import modules as features
 from retrain.head import model, train
@@ -215,19 +215,22 @@ def test_earlier_files_are_moved_aside_not_overwritten(tmp_path, fake_module):
   assert list((tmp_path / 'ckpt').glob('head.index.previous-*'))
 
 
-@pytest.mark.parametrize('change, message', [
-    (dict(output_graph='DIR'), 'is a folder'),
-    (dict(output_graph='graph.txt'), 'should end in .pb'),
-    (dict(tflite_output_file='model.bin'), 'should end in .tflite'),
-    (dict(tflite_quantization='int4'), 'is not one of none, dynamic'),
-    (dict(intermediate_store_frequency=-1), 'must be 0'),
+@pytest.mark.parametrize('change, message, error', [
+    (dict(output_graph='DIR'), 'is a folder', OutputError),
+    (dict(output_graph='graph.txt'), 'should end in .pb', OutputError),
+    (dict(tflite_output_file='model.bin'), 'should end in .tflite',
+     OutputError),
+    # A declared choice: Config.check refuses it, as every setting's.
+    (dict(tflite_quantization='int4'), 'is not one of none, dynamic',
+     SettingError),
+    (dict(intermediate_store_frequency=-1), 'must be 0', OutputError),
     (dict(intermediate_store_frequency=5, intermediate_output_graphs_dir=''),
-     'needs intermediate_output_graphs_dir'),
+     'needs intermediate_output_graphs_dir', OutputError),
 ])
 def test_bad_export_options_are_refused_before_work(small_config, tmp_path,
-                                                    change, message):
+                                                    change, message, error):
   make_colour_dataset(small_config.data.image_dir, per_class=3)
   change = {k: (str(tmp_path) if v == 'DIR' else v) for k, v in change.items()}
-  with pytest.raises(OutputError, match=message):
+  with pytest.raises(error, match=message):
     pipeline.run(small_config.replace(**change))
   assert not os.path.exists(small_config.cache.bottleneck_dir)

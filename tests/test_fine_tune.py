@@ -24,7 +24,7 @@ import pytest
 import tensorflow as tf
 
 from retrain.bottlenecks import distort as distort_lib
-from retrain.config import DEFAULTS, subset
+from retrain.config import DEFAULTS, Distort
 from retrain.errors import DatasetError
 from retrain.features import efficientnet_lite
 from retrain.features import ensemble as ensemble_features
@@ -479,7 +479,7 @@ def test_activations_are_cached_as_float16_and_reused(tmp_path):
 
 def test_another_block_or_distortion_selects_another_namespace(tmp_path):
   module, _ = _bottom_module(tiny_network(4))
-  d = distort_lib.Distortions(flip_left_right=True)
+  d = Distort(flip_left_right=True)
   base = activations_lib.namespace(module, 4, (2, 2, 8))
   ids = {
       activations_lib.bottleneck_cache.namespace_id(ns) for ns in (
@@ -487,7 +487,7 @@ def test_another_block_or_distortion_selects_another_namespace(tmp_path):
           activations_lib.namespace(module, 5, (2, 2, 8)),
           activations_lib.distorted_namespace(module, 4, (2, 2, 8), d, 0),
           activations_lib.distorted_namespace(
-              module, 4, (2, 2, 8), distort_lib.Distortions(random_crop=10),
+              module, 4, (2, 2, 8), Distort(random_crop=10),
               0),
           activations_lib.distorted_namespace(module, 4, (2, 2, 8), d, 1))}
   assert len(ids) == 5
@@ -498,7 +498,7 @@ def test_another_block_or_distortion_selects_another_namespace(tmp_path):
   module, bottom = _bottom_module(net)
   shape = net.activation_shape
   computed = []
-  for setting in (d, d, distort_lib.Distortions(random_brightness=20)):
+  for setting in (d, d, Distort(random_brightness=20)):
     store = activations_lib.Float16Store(
         str(tmp_path / 'cache'),
         activations_lib.distorted_namespace(module, 4, shape, setting, 0))
@@ -573,17 +573,14 @@ def test_bad_settings_fail_before_any_work(tmp_path, fake_module, caplog):
   assert not (tmp_path / 'out' / 'bottlenecks').exists()
 
   caplog.set_level('WARNING', logger='absl')
-  finetune_lib.check_options(subset(
-      finetune_lib.FineTuneOptions,
-      base.replace(fine_tune_learning_rate=0.05)))
+  finetune_lib.check_options(base.replace(fine_tune_learning_rate=0.05))
   assert 'fine_tune_learning_rate=0.05 is high' in caplog.text
   # A block given for a module without blocks is ignored, with a warning;
   # the default is not worth one.
   for value, warned in ((DEFAULTS.finetune.fine_tune_from, False), (5, True)):
     caplog.clear()
-    finetune_lib.check_options(subset(
-        finetune_lib.FineTuneOptions,
-        base.replace(fine_tune_from=value)),
+    finetune_lib.check_options(
+        base.replace(fine_tune_from=value),
         default_from=DEFAULTS.finetune.fine_tune_from)
     assert (f'fine_tune_from={value} is ignored: {fake_module} is not a '
             'bundled EfficientNet-Lite' in caplog.text) == warned
@@ -591,8 +588,7 @@ def test_bad_settings_fail_before_any_work(tmp_path, fake_module, caplog):
 
 def test_a_class_without_validation_images_is_refused(caplog):
   y = np.array([0, 0, 1, 1, 2, 2] + [0, 1, 2] * 5)
-  config = subset(finetune_lib.FineTuneOptions,
-                  shrunk_config('x', '/tmp/unused', 'm', fine_tune=True))
+  config = shrunk_config('x', '/tmp/unused', 'm', fine_tune=True)
   with pytest.raises(DatasetError, match=r'1 class\(es\) have none: red'):
     finetune_lib.check_split(config, ['blue', 'green', 'red'], y,
                              np.array([0, 2]))
@@ -930,8 +926,7 @@ def test_which_ensemble_members_are_fine_tuned():
   members = ['efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2']
 
   def tuned(value, of=members):
-    options = subset(finetune_lib.FineTuneOptions, DEFAULTS.replace(fine_tune=True, fine_tune_members=value))
-    return plans_lib.tuned_members(options, of)
+    return plans_lib.tuned_members(value, of)
 
   assert tuned('') == ['efficientnet_lite0']
   assert tuned('all') == members

@@ -168,6 +168,9 @@ def test_train_csv_alone_carves_validation_and_test(tmp_path):
 ])
 def test_flag_combinations_refused(kw, message):
   with pytest.raises(DatasetError, match=message):
+    # The declared choices (Config.check, run by every program), then the
+    # combinations.
+    DEFAULTS.replace(**kw).check()
     layouts.check_layout_options(_config(**kw))
 
 

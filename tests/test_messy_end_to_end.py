@@ -15,7 +15,7 @@ import bottleneck_cache
 from retrain import images, pipeline
 from retrain.bottlenecks import compute as bottlenecks
 from retrain.features import modules as features
-from tests.conftest import make_colour_dataset
+from tests.conftest import RUN_PLACES, flags_of, make_colour_dataset
 from tests.messy_corpus import IGNORED, USABLE, make_messy_corpus
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -85,13 +85,8 @@ def test_cli_over_messy_folder_exits_zero(small_config, messy):
   usable, unusable = messy
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
   proc = subprocess.run(
-      [sys.executable, '-m', 'retrain', '--image_dir', small_config.data.image_dir,
-       '--tfhub_module', small_config.module.tfhub_module,
-       '--bottleneck_dir', small_config.cache.bottleneck_dir,
-       '--summaries_dir', small_config.outputs.summaries_dir,
-       '--output_labels', small_config.outputs.output_labels,
-       '--saved_model_dir', small_config.outputs.saved_model_dir,
-       '--report_dir', small_config.outputs.report_dir,
+      [sys.executable, '-m', 'retrain',
+       *flags_of(small_config, *RUN_PLACES, 'report_dir'),
        '--how_many_training_steps', '50', '--label_style', 'retrain'],
       capture_output=True, text=True, cwd=ROOT, env=env)
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -13,8 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from retrain.config import DEFAULTS, subset
-from retrain.data import boxes as boxes_lib
+from retrain.config import DEFAULTS
 from retrain.data import multilabel as data_lib
 from retrain.errors import DatasetError
 from retrain.head import multilabel as head_lib
@@ -57,9 +56,7 @@ def patch_csv(root, per_combo=8, start=0):
 
 
 def _load(config):
-  return data_lib.load(config.data,
-                       subset(boxes_lib.BoxOptions, config),
-                       config.cache.bottleneck_dir)
+  return data_lib.load(config.data, config.crop, config.cache.bottleneck_dir)
 
 
 def test_csv_labels_split_on_semicolons(tmp_path):

@@ -80,3 +80,18 @@ def test_each_setting_is_declared_once_with_its_help():
         f.name for f in settings.declared(group)]
     for field in settings.declared(group):
       assert field.metadata['help'].strip(), field.name
+
+
+def test_every_program_checks_the_declared_choices(tmp_path):
+  """evaluate, inspect and the Beam job run Config.check before any work,
+  as a training run does (prepare.check_config), so a bad choice given
+  through the Python API is refused by name."""
+  from retrain import evaluate
+  from retrain.inspect import report
+  with pytest.raises(SettingError, match="label_style='Retrain' is not one"):
+    evaluate.evaluate(model=str(tmp_path / 'none'), image_dir=str(tmp_path),
+                      label_style='Retrain')
+  with pytest.raises(SettingError, match="image_layout='flat' is not one"):
+    report.inspect_dataset(DEFAULTS.replace(image_dir=str(tmp_path),
+                                            image_layout='flat'),
+                           config_lib.INSPECT_DEFAULTS)

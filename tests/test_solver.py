@@ -125,6 +125,10 @@ def test_bad_grid_values_are_refused():
     solver.SolverOptions.from_config(DEFAULTS.replace(solver_l2_grid=('0.1', 'x')))
   with pytest.raises(DatasetError, match='label_smoothing_grid=1.5'):
     solver.check(dataclasses.replace(OPTIONS, label_smoothing_grid=(1.5,)))
+  # The command line words the setting as its flag.
+  with pytest.raises(DatasetError) as e:
+    solver.check(dataclasses.replace(OPTIONS, l2_grid=(-1.0,)))
+  assert e.value.worded(lambda f: f'--{f}').startswith('--solver_l2_grid=-1.0')
 
 
 def test_auto_is_sgd_only_when_training_flags_are_given(caplog):

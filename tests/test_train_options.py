@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from retrain.common import names, settings
 from retrain.config import DEFAULTS
 from retrain.errors import DatasetError
 from retrain.head import options as opts_lib
@@ -53,10 +54,10 @@ def test_defaults_are_all_off_and_reproduce_plain_training():
 
 def test_flag_choices_match_the_library():
   from retrain import __main__ as cli
-  assert tuple(cli.FLAGS['optimizer'].parser.enum_values) == opts_lib.OPTIMIZERS
-  assert tuple(cli.FLAGS['sampling'].parser.enum_values) == opts_lib.SAMPLINGS
+  assert tuple(cli.FLAGS['optimizer'].parser.enum_values) == names.OPTIMIZERS
+  assert tuple(cli.FLAGS['sampling'].parser.enum_values) == names.SAMPLINGS
   assert (tuple(cli.FLAGS['class_weighting'].parser.enum_values)
-          == opts_lib.CLASS_WEIGHTINGS)
+          == names.CLASS_WEIGHTINGS)
 
 
 @pytest.mark.parametrize('field,value,match', [
@@ -69,7 +70,10 @@ def test_flag_choices_match_the_library():
 ])
 def test_bad_values_are_refused_with_the_setting_name(field, value, match):
   with pytest.raises(DatasetError, match=match) as e:
+    # The head's own checks, then its settings' declared choices (as
+    # Config.check does in every program).
     opts_lib.check(_opts(**{field: value}))
+    settings.check(_opts(**{field: value}))
   assert e.value.fields == (field,)
   assert '--' not in str(e.value)
 

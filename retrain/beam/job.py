@@ -53,7 +53,7 @@ from retrain.beam import transforms
 from retrain.beam.options import BeamOptions
 from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.bottlenecks import distort as distort_lib
-from retrain.config import Config
+from retrain.config import Config, Distort
 from retrain.data import sources
 from retrain.errors import DatasetError
 from retrain.features import ensemble as ensemble_lib
@@ -160,6 +160,7 @@ def run(config: Config, options: BeamOptions,
   """
   started = time.monotonic()
   options.check()
+  config.check()
   _check_supported(config)
   sources.check_layout_options(config.data)
   distortions = config.distort
@@ -172,7 +173,7 @@ def run(config: Config, options: BeamOptions,
   if len(members) > 1 and distortions.any():
     logging.warning('Distorted copies of an ensemble are not computed by the '
                     'Beam job; retrain computes them.')
-    distortions = distort_lib.Distortions()
+    distortions = Distort()
   results = [_run_one(config, options, pipeline_args, prepared.layout,
                       member, distortions) for member in members]
   return BeamResult(
@@ -213,7 +214,7 @@ def _run_one(config: Config, options: BeamOptions,
              pipeline_args: Sequence[str], layout, module,
              distortions) -> BeamResult:
   """One job: the vectors of `module` (one module) of every image of
-  `layout`, and its copies' under `distortions` (none: Distortions())."""
+  `layout`, and its copies' under `distortions` (none: Distort())."""
   started = time.monotonic()
   images = layout.dataset.images
   places = _places(config, module, distortions)

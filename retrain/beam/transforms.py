@@ -224,7 +224,7 @@ def build(pipeline, items: Sequence[Tuple[str, int]], places: Places,
     items: (image path, distorted copies wanted) per image.
     module: the FeatureModule (its SavedModel folder, path, and input size
       (h, w) are used).
-    distortions: a distort.Distortions, or None.
+    distortions: a retrain.config.Distort, or None.
   """
   plain_dir, distorted_dir = places.plain_dir, places.distorted_dir
   module_path, input_size = module.path, module.input_size

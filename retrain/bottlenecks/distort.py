@@ -57,27 +57,6 @@ from retrain.features.modules import FeatureModule
 _VERSION = 'v1'
 
 
-@dataclasses.dataclass(frozen=True)
-class Distortions:
-  """Distortion settings, in the units of the command-line flags."""
-  flip_left_right: bool = False
-  random_crop: float = 0.0  # % margin
-  random_scale: float = 0.0  # % maximum extra enlargement
-  random_brightness: float = 0.0  # +- %
-  random_rotation: float = 0.0  # +- degrees
-  random_shift: float = 0.0  # +- % of width and of height
-
-  def any(self) -> bool:
-    """True if any distortion is switched on."""
-    return any(bool(getattr(self, f.name)) for f in dataclasses.fields(self))
-
-  def describe(self) -> dict:
-    """The settings as a JSON-serialisable dict (part of the cache namespace)."""
-    return {f.name: (bool(v) if isinstance(v, bool) else float(v))
-            for f in dataclasses.fields(self)
-            for v in [getattr(self, f.name)]}
-
-
 # Each entry: flag name, lowest and highest accepted value, why the bound.
 _BOUNDS = (
     ('random_crop', 0.0, 100.0, 'a margin of more than 100% would crop away '
@@ -92,8 +71,12 @@ _BOUNDS = (
 )
 
 
-def check_settings(distortions: Distortions, copies: int) -> None:
-  """Raises DatasetError naming the bad flag value and the accepted range."""
+def check_settings(distortions, copies: int) -> None:
+  """Raises DatasetError naming the bad flag value and the accepted range.
+
+  `distortions`: the run's config.distort (retrain.config.Distort: the six
+  distortions in the units of their flags, and any()/describe()).
+  """
   for name, low, high, why in _BOUNDS:
     value = getattr(distortions, name)
     if not (math.isfinite(value) and low <= value <= high):
@@ -110,9 +93,10 @@ def check_settings(distortions: Distortions, copies: int) -> None:
         fields=('distorted_copies',))
 
 
-def cache_namespace(module: FeatureModule, distortions: Distortions,
+def cache_namespace(module: FeatureModule, distortions,
                     seed: int) -> dict:
-  """The cache namespace of distorted copies: module, settings and seed."""
+  """The cache namespace of distorted copies: module, settings (a
+  config.distort) and seed."""
   return dict(bottlenecks_lib.cache_namespace(module), kind='distorted',
               distortions=distortions.describe(), random_seed=int(seed),
               distortion_version=_VERSION)
@@ -161,14 +145,15 @@ def rotate_and_shift(image: tf.Tensor, angle, dx, dy) -> tf.Tensor:
 
 
 def distort_image(contents: tf.Tensor, size: Tuple[int, int], seed: tf.Tensor,
-                  d: Distortions, box=None) -> tf.Tensor:
+                  d, box=None) -> tf.Tensor:
   """One distorted copy of an encoded image.
 
   Args:
     contents: scalar string, the encoded image file.
     size: (h, w), the module's input size.
     seed: int64 [2], from copy_seed.
-    d: the settings; distortions that are off cost nothing.
+    d: the settings (a config.distort); distortions that are off cost
+      nothing.
     box: None, or the crop (--crop_to_boxes) the copy is made of, float32
       [4] as for images.decode_and_resize.
 
@@ -208,7 +193,7 @@ def distort_image(contents: tf.Tensor, size: Tuple[int, int], seed: tf.Tensor,
 
 
 def make_compute_fn(paths: Sequence[str], seeds: np.ndarray,
-                    module: FeatureModule, d: Distortions, batch_size: int,
+                    module: FeatureModule, d, batch_size: int,
                     boxes: Optional[np.ndarray] = None,
                     digests: Optional[Sequence[str]] = None):
   """A `bottleneck_cache.ComputeFn` over (image, copy) items.
@@ -263,12 +248,12 @@ class CopyRecipe:
   """Which distorted copies to make.
 
   Attributes:
-    distortions: the settings.
+    distortions: the settings (a config.distort).
     copies: K, the copies of each training image (--distorted_copies).
     seed: --random_seed; with the image's key and the copy index it seeds
       each copy (copy_seed).
   """
-  distortions: Distortions
+  distortions: object
   copies: int
   seed: int
 

@@ -27,14 +27,7 @@ from typing import Dict
 
 from retrain.common import settings
 from retrain.common.settings import setting
-from retrain.config.inputs import (
-  CACHE_HOME_ENV,
-  MODULE_CACHE_ENV,
-  Cache,
-  Crop,
-  Data,
-  Module,
-)
+from retrain.config.inputs import CACHE_HOME_ENV, MODULE_CACHE_ENV, Cache, Crop, Data, Module
 from retrain.config.outputs import Deploy, Outputs, Scale
 from retrain.config.training import DISTORTIONS, Distort, FineTune, Head
 
@@ -42,7 +35,7 @@ __all__ = ['CACHE_HOME_ENV', 'DEFAULTS', 'DISTORTIONS', 'EVALUATE_DEFAULTS',
            'GROUPS', 'GROUP_OF', 'INSPECT_DEFAULTS', 'MODULE_CACHE_ENV',
            'Cache', 'Config', 'Crop', 'Data', 'Deploy', 'Distort',
            'EvaluateConfig', 'FineTune', 'Head', 'InspectConfig', 'Module',
-           'Outputs', 'Scale', 'subset']
+           'Outputs', 'Scale']
 
 
 # The groups of a Config, by attribute name, in the order of docs/flags.md.
@@ -114,13 +107,6 @@ class Config:
 
 
 DEFAULTS = Config()
-
-
-def subset(record_type, config: Config):
-  """The option record `record_type` (a dataclass whose fields are named
-  as Config's settings) filled from `config`."""
-  return record_type(**{f.name: config.get(f.name)
-                        for f in dataclasses.fields(record_type)})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -63,50 +63,34 @@ class Crops:
     return {'boxes': crops.boxes, 'key_suffixes': crops.key_suffixes}
 
 
-@dataclasses.dataclass(frozen=True)
-class BoxOptions:
-  """The settings of --crop_to_boxes (retrain.config.Config fields of the
-  same names; the defaults live there)."""
-  crop_to_boxes: bool
-  image_dir: str
-  boxes: str
-  boxes_csv: str
-  boxes_label_column: str
-  crop_margin: float
-  min_box_size: int
-  boxes_include_difficult: bool
-  validation_percentage: float
-  testing_percentage: float
+def load_examples(data, crop) -> Tuple[sources.Layout, Optional['Crops']]:
+  """The examples of a run: load_crop_layout(data, crop) with
+  crop.crop_to_boxes, else (sources.load_layout(data), None)."""
+  if crop.crop_to_boxes:
+    return load_crop_layout(data, crop)
+  return sources.load_layout(data), None
 
 
-def load_examples(layout_options, options: BoxOptions
-                  ) -> Tuple[sources.Layout, Optional['Crops']]:
-  """The examples of a run: load_crop_layout(options) with crop_to_boxes,
-  else (sources.load_layout(layout_options), None)."""
-  if options.crop_to_boxes:
-    return load_crop_layout(options)
-  return sources.load_layout(layout_options), None
-
-
-def load_crop_layout(config: BoxOptions) -> Tuple[sources.Layout, Crops]:
+def load_crop_layout(data, crop) -> Tuple[sources.Layout, Crops]:
   """One example per usable box (see module doc).
 
   Args:
-    config: the BoxOptions (or a retrain.config.Config).
+    data: the run's config.data (image_dir and the split percentages).
+    crop: the run's config.crop (the annotations and how boxes are cut).
 
   Returns:
     (layout, crops): layout.dataset.images[i] is the photo of example i with
     rel_path 'photo/path.jpg#xmin,ymin,xmax,ymax' and its box's class id;
     layout.subsets is always set (every box in its photo's set).
   """
-  if config.crop.crop_margin < 0:
-    raise DatasetError(f'crop_margin={config.crop.crop_margin} must be 0 or '
+  if crop.crop_margin < 0:
+    raise DatasetError(f'crop_margin={crop.crop_margin} must be 0 or '
                        'more (percent of the box added on each side).', fields=('crop_margin',))
-  if config.crop.min_box_size < 1:
-    raise DatasetError(f'min_box_size={config.crop.min_box_size} must be at '
+  if crop.min_box_size < 1:
+    raise DatasetError(f'min_box_size={crop.min_box_size} must be at '
                        'least 1 pixel.', fields=('min_box_size',))
-  annotations = read_annotations(config.crop.boxes, config.data.image_dir,
-                                 config.crop.boxes_csv, config.crop.boxes_label_column)
+  annotations = read_annotations(crop.boxes, data.image_dir,
+                                 crop.boxes_csv, crop.boxes_label_column)
   skipped = [(path, 'no annotated box') for path in annotations.unannotated]
   sizes, kept = {}, []
   for box in annotations.boxes:
@@ -119,14 +103,14 @@ def load_crop_layout(config: BoxOptions) -> Tuple[sources.Layout, Crops]:
         # them with the decoders' reason.
         logging.debug('No header size for %s: %s', box.image, e)
         sizes[box.image] = None
-    if box.difficult and not config.crop.boxes_include_difficult:
+    if box.difficult and not crop.boxes_include_difficult:
       skipped.append((box.image, f'box {box.coords()} of {box.label!r} '
                       f'({box.where}) is marked difficult (use '
                       '--boxes_include_difficult to keep it)'))
       continue
     size = sizes[box.image] or (1 << 30, 1 << 30)
-    fraction, reason = crop_fraction(box, *size, config.crop.crop_margin,
-                                     config.crop.min_box_size)
+    fraction, reason = crop_fraction(box, *size, crop.crop_margin,
+                                     crop.min_box_size)
     if fraction is None:
       skipped.append((box.image, reason))
       continue
@@ -152,17 +136,17 @@ def load_crop_layout(config: BoxOptions) -> Tuple[sources.Layout, Crops]:
     images.append(discover_lib.ImageFileAt(f'{photo}#{box.coords()}',
                                        index[box.label], base, box.image))
     codes.append(_photo_subset(photo, box.image, annotations.subsets,
-                               config.data.validation_percentage,
-                               config.data.testing_percentage))
+                               data.validation_percentage,
+                               data.testing_percentage))
   crops = Crops(np.stack([f for _, f in kept]).astype(np.float32),
-                tuple(crop_key(box, config.crop.crop_margin) for box, _ in kept))
+                tuple(crop_key(box, crop.crop_margin) for box, _ in kept))
   layout = sources.Layout(
       discover_lib.Dataset(base, tuple(labels), tuple(images)),
       subsets=np.array(codes, np.int8), carve=(False, False),
       skipped=tuple(skipped),
       description=(f'{len(images)} boxes of {len(sizes)} photos, '
                    f'{annotations.description}, crop margin '
-                   f'{config.crop.crop_margin:g}%'))
+                   f'{crop.crop_margin:g}%'))
   if skipped:
     logging.warning('%d boxes or photos are not used (first: %s: %s); see the '
                     'skipped-files report.', len(skipped), *skipped[0])

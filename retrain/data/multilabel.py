@@ -137,11 +137,11 @@ def from_csv(options) -> MultiLabels:
       else (False, False), has_subsets=split)
 
 
-def from_boxes(options: boxes_lib.BoxOptions) -> MultiLabels:
-  """Each annotated photo with the names of its objects as its labels."""
+def from_boxes(data, crop) -> MultiLabels:
+  """Each annotated photo with the names of its objects as its labels
+  (`data`, `crop`: the run's config.data and config.crop)."""
   annotations = read_annotations(
-      options.boxes, options.image_dir, options.boxes_csv,
-      options.boxes_label_column)
+      crop.boxes, data.image_dir, crop.boxes_csv, crop.boxes_label_column)
   labels: Dict[str, List[str]] = {}
   for box in annotations.boxes:
     mine = labels.setdefault(box.image, [])
@@ -151,8 +151,8 @@ def from_boxes(options: boxes_lib.BoxOptions) -> MultiLabels:
   for path, names in labels.items():
     rel = os.path.relpath(path, annotations.base).replace(os.sep, '/')
     photos.append((path, names, boxes_lib._photo_subset(  # noqa: SLF001 a helper shared inside retrain.data
-        rel, path, annotations.subsets, options.validation_percentage,
-        options.testing_percentage)))
+        rel, path, annotations.subsets, data.validation_percentage,
+        data.testing_percentage)))
   skipped = [(path, 'no annotation') for path in annotations.unannotated]
   return _assemble(annotations.base, photos,
                    f'object names as labels, {annotations.description}',
@@ -204,18 +204,19 @@ def has_annotations(image_dir: str, boxes_csv: str) -> bool:
   return True
 
 
-def load(layout_options,
-         box_options: boxes_lib.BoxOptions, digest_root: str) -> MultiLabels:
+def load(layout_options, crop, digest_root: str) -> MultiLabels:
   """The photos and their labels (see the module docstring).
 
   Args:
+    layout_options: the run's config.data; crop: its config.crop (where
+      annotations are).
     digest_root: the bottleneck cache folder, whose digest memo hashes the
       class folders' photos once for this and the bottleneck step.
   """
   if layout_options.image_labels_csv or layout_options.train_csv:
     found = from_csv(layout_options)
-  elif has_annotations(box_options.image_dir, box_options.boxes_csv):
-    found = from_boxes(box_options)
+  elif has_annotations(layout_options.image_dir, crop.boxes_csv):
+    found = from_boxes(layout_options, crop)
   else:
     found = from_class_folders(layout_options.image_dir, digest_root)
   if layout_options.label_style != 'verbatim':

@@ -40,7 +40,6 @@ from absl import logging
 
 from retrain import images as images_lib
 from retrain.common import walk as walk_lib
-from retrain.common.names import LABEL_STYLES, LAYOUTS
 from retrain.data import discover as discover_lib
 from retrain.data import labels as labels_lib
 from retrain.data import split as split_lib
@@ -81,15 +80,8 @@ def retrain_label(name: str) -> str:
 
 
 def check_layout_options(options) -> None:
-  """Checks the layout settings before any slow work."""
-  if options.image_layout not in LAYOUTS:
-    raise DatasetError(f'image_layout={options.image_layout!r} is not one '
-                       f'of {", ".join(LAYOUTS)}.',
-                       fields=('image_layout',))
-  if options.label_style not in LABEL_STYLES:
-    raise DatasetError(f'label_style={options.label_style!r} is not one of '
-                       f'{", ".join(LABEL_STYLES)}.',
-                       fields=('label_style',))
+  """Checks the CSV settings together before any slow work (the declared
+  choices of image_layout and label_style are checked by Config.check)."""
   given = [name for name in _CSV_SETTINGS if getattr(options, name)]
   if not given:
     return

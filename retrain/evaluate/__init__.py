@@ -115,6 +115,7 @@ def evaluate(model: str = EVALUATE_DEFAULTS.model,
                                             if k in ours})
   config = (config or DEFAULTS.replace(image_dir=image_dir)).replace(**{k: v for k, v in settings.items()
                                          if k not in ours})
+  config.check()
   if not options.model:
     raise DatasetError('model is empty: pass the export to judge (a '
                        'SavedModel folder or a .pb, .tflite or .onnx file).',

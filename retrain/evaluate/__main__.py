@@ -10,9 +10,7 @@ and report.json go).
 
 from __future__ import annotations
 
-import sys
-
-from absl import app, flags, logging
+from absl import flags
 
 from retrain import command_line
 
@@ -21,20 +19,13 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  logging.set_verbosity(command_line.verbosity())
-  from retrain import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
-  from retrain.errors import RetrainError  # pylint: disable=g-import-not-at-top
-  try:
-    result = evaluate_lib.evaluate(
-        config=command_line.config_from_flags(),
-        options=command_line.evaluate_config_from_flags())
-  except RetrainError as e:
-    logging.error('%s', command_line.flag_wording(e))
-    return 1
-  sys.stdout.write(f'{result.html_path}\n{result.json_path}\n')
-  return 0
+  from retrain import evaluate as evaluate_lib
+
+  def judge(config, options):
+    return evaluate_lib.evaluate(config=config, options=options)
+
+  return command_line.report_main(argv, judge,
+                                  command_line.evaluate_config_from_flags)
 
 
 USAGE = """retrain-evaluate: judge an export on a labelled folder.

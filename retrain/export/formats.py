@@ -53,7 +53,6 @@ from retrain.common.names import (
   INPUT_TENSOR_NAME,
   NOVELTY_OUTPUT,
   PROBABILITIES_OUTPUT,
-  QUANTIZATIONS,
 )
 from retrain.errors import OutputError
 from retrain.export import onnx_format, quantization_check
@@ -117,10 +116,6 @@ def check_options(options) -> None:
                       f'{options.max_quantization_loss} must be 0 or more '
                       '(points of top-1 accuracy).',
                       fields=('max_quantization_loss',))
-  if options.tflite_quantization not in QUANTIZATIONS:
-    raise OutputError(f'tflite_quantization={options.tflite_quantization!r} '
-                      f'is not one of {", ".join(QUANTIZATIONS)}.',
-                      fields=('tflite_quantization',))
   if options.intermediate_store_frequency < 0:
     raise OutputError(f'intermediate_store_frequency='
                       f'{options.intermediate_store_frequency} must be 0 '

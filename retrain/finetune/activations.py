@@ -142,7 +142,7 @@ def namespace(module: FeatureModule, block: int,
 
 def distorted_namespace(module: FeatureModule, block: int,
                         shape: Tuple[int, int, int],
-                        distortions: distort_lib.Distortions,
+                        distortions,
                         seed: int) -> dict:
   """The namespace of activations of distorted copies."""
   return dict(namespace(module, block, shape), kind='distorted_activations',
@@ -247,7 +247,7 @@ class Copies:
 def distorted_activations(paths: Sequence[str], keys: Sequence[str],
                           bottom: FeatureModule, store,
                           shape: Tuple[int, int, int],
-                          distortions: distort_lib.Distortions, copies: Copies
+                          distortions, copies: Copies
                           ) -> Tuple[Activations, np.ndarray]:
   """Activations of `copies.count` distorted copies of each image.
 

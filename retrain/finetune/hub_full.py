@@ -68,12 +68,13 @@ class HubNetwork(tf.Module):
 
 def image_batches(paths: Sequence[str], labels: np.ndarray,
                   size, batch_size: int, order: Optional[np.ndarray] = None,
-                  distortions: Optional[distort_lib.Distortions] = None,
+                  distortions=None,
                   seeds: Optional[np.ndarray] = None):
   """(images float32 [b, H, W, 3], labels int64 [b]) batches, streamed.
 
   Args:
     order: the item order (default: as given).
+    distortions: the run's config.distort (retrain.config.Distort), or None.
     seeds: int64 [n, 2] stateless seeds per item, used with `distortions`.
   """
   order = np.arange(len(paths)) if order is None else order

@@ -34,17 +34,17 @@ def bundled_variant(handle: str) -> Optional[efficientnet_lite.Variant]:
   return efficientnet_lite.get_variant(preset.name)
 
 
-def tuned_members(o, members: Sequence[str]) -> list:
+def tuned_members(spec: str, members: Sequence[str]) -> list:
   """The handles of the ensemble `members` whose tops are fine-tuned:
-  fine_tune_members "" the first, "all" every one, else those it names;
-  a single module (one member) is always fine-tuned."""
+  `spec` (fine_tune_members) "" the first, "all" every one, else those it
+  names; a single module (one member) is always fine-tuned."""
   if len(members) == 1:
     return list(members)
-  if not o.fine_tune_members.strip():
+  if not spec.strip():
     return list(members[:1])
-  if o.fine_tune_members.strip() == 'all':
+  if spec.strip() == 'all':
     return list(members)
-  return [h.strip() for h in o.fine_tune_members.split(',') if h.strip()]
+  return [h.strip() for h in spec.split(',') if h.strip()]
 
 
 def _array_batches(x, y: np.ndarray, batch_size: int,
@@ -98,7 +98,7 @@ class Plan:
   originals: Optional[Callable] = None
 
 
-def _lite_networks(o, members, head, tuned: Sequence[str]) -> tuple:
+def _lite_networks(config, members, head, tuned: Sequence[str]) -> tuple:
   """(nets, described): per member, its LiteNetwork cut at
   fine_tune_from (or a FixedMember when `tuned` leaves it out) and what
   it is, for the metadata."""
@@ -112,12 +112,12 @@ def _lite_networks(o, members, head, tuned: Sequence[str]) -> tuple:
       logging.info('%s is not fine-tuned (fine_tune_members): its features '
                    'stay as they are.', variant.title)
       continue
-    block = lite_lib.check_boundary(o.fine_tune_from, weights.blocks,
+    block = lite_lib.check_boundary(config.finetune.fine_tune_from, weights.blocks,
                                     variant.title)
     head_args = ((head.weights, head.biases) if len(members) == 1 else
                  (None, None))
     nets.append(lite_lib.LiteNetwork(weights, block, *head_args,
-                                     o.fine_tune_dropout))
+                                     config.finetune.fine_tune_dropout))
     described.append({'module': variant.name, 'fine_tuned': True,
                       'from_block': block,
                       'blocks': len(weights.blocks),
@@ -128,16 +128,16 @@ def _lite_networks(o, members, head, tuned: Sequence[str]) -> tuple:
   return nets, described
 
 
-def lite_plan(o, distortions, module, head, images: Images,
+def lite_plan(config, distortions, module, head, images: Images,
               fixed=None) -> Plan:
   """The top of a bundled EfficientNet-Lite (of each member of an ensemble
   of them that fine_tune_members names), on cached activations. `fixed`:
   the run.FixedFeatures the members left out train on."""
   members = ensemble_lib.members(module)
-  tuned = tuned_members(o, [m.handle for m in members])
-  nets, described = _lite_networks(o, members, head, tuned)
+  tuned = tuned_members(config.finetune.fine_tune_members, [m.handle for m in members])
+  nets, described = _lite_networks(config, members, head, tuned)
   started = time.monotonic()
-  train_x, train_y, subsets = _lite_data(o, members, nets, images,
+  train_x, train_y, subsets = _lite_data(config, members, nets, images,
                                          distortions, fixed)
   rows = {name: subset[2] for name, subset in subsets.items()}
   subsets = {name: subset[:2] for name, subset in subsets.items()}
@@ -149,17 +149,17 @@ def lite_plan(o, distortions, module, head, images: Images,
     subsets = {name: (x[0], y) for name, (x, y) in subsets.items()}
   else:
     network = lite_lib.EnsembleNetwork(nets, head.weights, head.biases,
-                                       o.fine_tune_dropout)
+                                       config.finetune.fine_tune_dropout)
     what = {'kind': 'top of each EfficientNet-Lite member on cached '
                     'activations', 'module': module.handle,
-            'from_block': o.fine_tune_from, 'fine_tuned_members': tuned,
+            'from_block': config.finetune.fine_tune_from, 'fine_tuned_members': tuned,
             'members': described}
-  batch = o.fine_tune_batch_size
+  batch = config.finetune.fine_tune_batch_size
   return Plan(
       network=network,
       train_batches=lambda epoch: _array_batches(
           train_x, train_y, batch,
-          _epoch_order(o.random_seed, epoch, len(train_y))),
+          _epoch_order(config.head.random_seed, epoch, len(train_y))),
       validation_batches=lambda: _array_batches(*subsets['validation'],
                                                 batch * 4),
       test_batches=lambda: _array_batches(*subsets['test'], batch * 4),
@@ -168,25 +168,25 @@ def lite_plan(o, distortions, module, head, images: Images,
       originals=lambda: _array_batches(*subsets['train'], batch * 4))
 
 
-def hub_plan(o, distortions, module, head, images: Images) -> Plan:
+def hub_plan(config, distortions, module, head, images: Images) -> Plan:
   """The whole module through hub.KerasLayer, on images streamed."""
   paths, keys, y, split = images.paths, images.keys, images.y, images.split
   network = hub_full.HubNetwork(module, head.weights, head.biases,
-                                o.fine_tune_dropout)
+                                config.finetune.fine_tune_dropout)
   train_paths = [paths[i] for i in split.train]
   train_y = y[split.train]
   seeds = None
   if distortions is not None:
-    seeds = np.array([distort_lib.copy_seed(o.random_seed, keys[i], 0)
+    seeds = np.array([distort_lib.copy_seed(config.head.random_seed, keys[i], 0)
                       for i in split.train], np.int64)
-  size, batch = module.input_size, o.fine_tune_batch_size
+  size, batch = module.input_size, config.finetune.fine_tune_batch_size
 
   def train_batches(epoch):
     # Other distortions each epoch, the same ones for a resumed epoch.
     epoch_seeds = None if seeds is None else seeds ^ np.int64(epoch)
     return hub_full.image_batches(
         train_paths, train_y, size, batch,
-        _epoch_order(o.random_seed, epoch, len(train_paths)), distortions,
+        _epoch_order(config.head.random_seed, epoch, len(train_paths)), distortions,
         epoch_seeds)
 
   def subset_batches(rows):
@@ -195,7 +195,7 @@ def hub_plan(o, distortions, module, head, images: Images) -> Plan:
 
   hub_full.log_estimate(
       module.handle, hub_full.estimate_epoch_seconds(
-          network, batch, len(train_paths)), o.fine_tune_epochs,
+          network, batch, len(train_paths)), config.finetune.fine_tune_epochs,
       len(train_paths))
   return Plan(
       network=network, train_batches=train_batches,
@@ -209,7 +209,7 @@ def hub_plan(o, distortions, module, head, images: Images) -> Plan:
       originals=subset_batches(split.train))
 
 
-def _member_activations(o, member, net, images: Images, distortions,
+def _member_activations(config, member, net, images: Images, distortions,
                         size=None):
   """(plain, copies or None): the Activations of every image, and of the
   distorted copies of the training images (image-major, copy-minor), at
@@ -229,20 +229,21 @@ def _member_activations(o, member, net, images: Images, distortions,
   bottom = activations_lib.bottom_module(member, tf.function(bottom), shape,
                                          size)
   store = activations_lib.Float16Store(
-      o.bottleneck_dir, activations_lib.namespace(member, net.block, shape))
+      config.cache.bottleneck_dir, activations_lib.namespace(member, net.block, shape))
   plain = activations_lib.plain_activations(
-      paths, keys, bottom, store, shape, o.bottleneck_batch_size)
+      paths, keys, bottom, store, shape, config.cache.bottleneck_batch_size)
   logging.info('Activations of %s: %d reused from the cache, %d computed.',
                member.handle, plain.stats.reused, plain.stats.computed)
   if distortions is None:
     return plain, None
   dstore = activations_lib.Float16Store(
-      o.bottleneck_dir, activations_lib.distorted_namespace(
-          member, net.block, shape, distortions, o.random_seed))
+      config.cache.bottleneck_dir, activations_lib.distorted_namespace(
+          member, net.block, shape, distortions, config.head.random_seed))
   copies, _ = activations_lib.distorted_activations(
       [paths[i] for i in train_idx], [keys[i] for i in train_idx], bottom,
       dstore, shape, distortions, activations_lib.Copies(
-          o.distorted_copies, o.random_seed, o.bottleneck_batch_size))
+          config.distort.distorted_copies, config.head.random_seed,
+          config.cache.bottleneck_batch_size))
   return plain, copies
 
 
@@ -275,7 +276,7 @@ def _aligned(found: Sequence[activations_lib.Activations]):
   return ok, [np.cumsum(a.ok) - 1 for a in found]
 
 
-def _lite_data(o, members, nets, images: Images, distortions, fixed=None):
+def _lite_data(config, members, nets, images: Images, distortions, fixed=None):
   """(train_x, train_y, {'train', 'validation', 'test': (x, y, rows)});
   each x a tuple with one float16 array [n, h, w, c] per member (a fixed
   member's: float32 vectors [n, D]); train_x's rows: originals then
@@ -290,10 +291,10 @@ def _lite_data(o, members, nets, images: Images, distortions, fixed=None):
     columns = slice(offset, offset + member.output_dim)
     offset += member.output_dim
     found.append(
-        _fixed_activations(fixed, columns, len(train_idx), o.distorted_copies,
+        _fixed_activations(fixed, columns, len(train_idx), config.distort.distorted_copies,
                            distortions)
         if isinstance(net, lite_lib.FixedMember) else
-        _member_activations(o, member, net, images, distortions, size))
+        _member_activations(config, member, net, images, distortions, size))
   ok, rows = _aligned([plain for plain, _ in found])
 
   def subset(indices):
@@ -311,6 +312,6 @@ def _lite_data(o, members, nets, images: Images, distortions, fixed=None):
     train_x = tuple(np.concatenate([x, copies.values[r[items]]])
                     for x, (_, copies), r in zip(train_x, found, copy_rows,
                                                  strict=True))
-    source = train_idx[items // o.distorted_copies]
+    source = train_idx[items // config.distort.distorted_copies]
     train_y = np.concatenate([train_y, y[source]])
   return train_x, train_y, subsets

@@ -52,50 +52,22 @@ _HIGH_LEARNING_RATE = 1e-3
 _FEW_VALIDATION = 5
 
 
-@dataclasses.dataclass(frozen=True)
-class FineTuneOptions:
-  """The settings fine-tuning reads (named as retrain.config.Config's
-  fields; see there for each one's meaning and default)."""
-  fine_tune: bool
-  fine_tune_from: int
-  fine_tune_epochs: int
-  fine_tune_learning_rate: float
-  fine_tune_weight_decay: float
-  fine_tune_dropout: float
-  fine_tune_batch_size: int
-  fine_tune_warmup_epochs: float
-  fine_tune_patience: int
-  fine_tune_label_smoothing: float
-  fine_tune_members: str
-  tfhub_module: str
-  validation_percentage: float
-  validation_csv: str
-  image_layout: str
-  distorted_copies: int
-  random_seed: int
-  bottleneck_dir: str
-  bottleneck_batch_size: int
-  checkpoint_path: str
-  summaries_dir: str
-  report_dir: str
-
-
 def _refuse(field: str, text: str):
   raise DatasetError(text, fields=(field,))
 
 
-def check_options(o: FineTuneOptions,
+def check_options(config,
                   default_from: Optional[int] = None) -> None:
   """Raises DatasetError for fine-tuning settings that cannot work; warns
   about ones that probably will not (and about a fine_tune_from other than
   `default_from`, the default, that a non-bundled module ignores). Does
-  nothing unless fine_tune."""
-  if not o.fine_tune:
+  nothing unless fine_tune. `config`: the run's retrain.config.Config."""
+  if not config.finetune.fine_tune:
     return
   for name in ('fine_tune_epochs', 'fine_tune_batch_size'):
-    if getattr(o, name) < 1:
-      _refuse(name, f'{name}={getattr(o, name)} must be at least 1.')
-  lr = o.fine_tune_learning_rate
+    if getattr(config.finetune, name) < 1:
+      _refuse(name, f'{name}={getattr(config.finetune, name)} must be at least 1.')
+  lr = config.finetune.fine_tune_learning_rate
   if not (math.isfinite(lr) and lr > 0):
     _refuse('fine_tune_learning_rate', f'fine_tune_learning_rate={lr} must '
             'be a positive number; 1e-4 is the default.')
@@ -106,35 +78,35 @@ def check_options(o: FineTuneOptions,
         'needs, and accuracy usually drops or training diverges); try 1e-4.',
         lr)
   for name in ('fine_tune_dropout', 'fine_tune_label_smoothing'):
-    if not 0 <= getattr(o, name) < 1:
-      _refuse(name, f'{name}={getattr(o, name)} must be in [0, 1).')
+    if not 0 <= getattr(config.finetune, name) < 1:
+      _refuse(name, f'{name}={getattr(config.finetune, name)} must be in [0, 1).')
   for name in ('fine_tune_weight_decay', 'fine_tune_warmup_epochs',
                'fine_tune_patience'):
-    if getattr(o, name) < 0:
-      _refuse(name, f'{name}={getattr(o, name)} must be 0 or more.')
-  if (o.validation_percentage <= 0 and not o.validation_csv and
-      o.image_layout != 'split_folders'):
+    if getattr(config.finetune, name) < 0:
+      _refuse(name, f'{name}={getattr(config.finetune, name)} must be 0 or more.')
+  if (config.data.validation_percentage <= 0 and not config.data.validation_csv and
+      config.data.image_layout != 'split_folders'):
     raise DatasetError(
         'fine_tune needs a validation set for early stopping, but '
-        f'validation_percentage={o.validation_percentage:g}: pass '
+        f'validation_percentage={config.data.validation_percentage:g}: pass '
         'validation_percentage 10 (or more), or drop fine_tune.',
         fields=('fine_tune', 'validation_percentage'))
-  members = ensemble_presets.member_handles(o.tfhub_module)
+  members = ensemble_presets.member_handles(config.module.tfhub_module)
   variants = [plans_lib.bundled_variant(handle) for handle in members]
   if len(members) > 1:
-    _check_ensemble(o, members, variants)
+    _check_ensemble(config, members, variants)
   elif variants[0] is not None:
-    lite_lib.check_boundary(o.fine_tune_from,
+    lite_lib.check_boundary(config.finetune.fine_tune_from,
                             efficientnet_lite.block_specs(variants[0]),
                             variants[0].title)
-  elif default_from is not None and o.fine_tune_from != default_from:
+  elif default_from is not None and config.finetune.fine_tune_from != default_from:
     logging.warning(
         'fine_tune_from=%d is ignored: %s is not a bundled EfficientNet-Lite '
         'module, so it has no block boundary to cut at and is fine-tuned '
-        'whole.', o.fine_tune_from, o.tfhub_module)
+        'whole.', config.finetune.fine_tune_from, config.module.tfhub_module)
 
 
-def _check_ensemble(o: FineTuneOptions, members: Sequence[str],
+def _check_ensemble(config, members: Sequence[str],
                     variants) -> None:
   """An ensemble is fine-tuned member by member from a cut counted from
   each member's end, so every member must be a bundled EfficientNet-Lite
@@ -143,34 +115,35 @@ def _check_ensemble(o: FineTuneOptions, members: Sequence[str],
   if others:
     raise DatasetError(
         f'fine_tune on an ensemble needs every member to be a bundled '
-        f'EfficientNet-Lite module, and tfhub_module={o.tfhub_module!r} has '
+        f'EfficientNet-Lite module, and tfhub_module={config.module.tfhub_module!r} has '
         f'{", ".join(others)}: fine-tune that module alone, or an ensemble '
         'of efficientnet_lite0/1/2 only.', fields=('fine_tune', 'tfhub_module'))
-  unknown = sorted(set(plans_lib.tuned_members(o, members)) - set(members))
+  unknown = sorted(set(plans_lib.tuned_members(
+      config.finetune.fine_tune_members, members)) - set(members))
   if unknown:
     raise DatasetError(
-        f'fine_tune_members={o.fine_tune_members!r} names '
+        f'fine_tune_members={config.finetune.fine_tune_members!r} names '
         f'{", ".join(unknown)}, which is not a member of '
-        f'tfhub_module={o.tfhub_module!r}: name members of it, or "all".',
+        f'tfhub_module={config.module.tfhub_module!r}: name members of it, or "all".',
         fields=('fine_tune_members',))
-  if o.fine_tune_from >= 0:
+  if config.finetune.fine_tune_from >= 0:
     raise DatasetError(
-        f'fine_tune_from={o.fine_tune_from} names one block, but the members '
-        f'of {o.tfhub_module!r} have different numbers of blocks: pass a '
+        f'fine_tune_from={config.finetune.fine_tune_from} names one block, but the members '
+        f'of {config.module.tfhub_module!r} have different numbers of blocks: pass a '
         'count from each member\'s end (-1: the last block; -2: the last '
         'two; ...).', fields=('fine_tune_from',))
   for variant in variants:
-    lite_lib.check_boundary(o.fine_tune_from,
+    lite_lib.check_boundary(config.finetune.fine_tune_from,
                             efficientnet_lite.block_specs(variant),
                             variant.title)
 
 
-def check_split(o: FineTuneOptions, labels: Sequence[str], y: np.ndarray,
+def check_split(config, labels: Sequence[str], y: np.ndarray,
                 validation: np.ndarray) -> None:
   """Raises DatasetError if a class has no validation image (early stopping
   would not see it), naming the classes and the fix; warns when a class
   has only a few."""
-  if not o.fine_tune:
+  if not config.finetune.fine_tune:
     return
   counts = np.bincount(y[validation], minlength=len(labels))
   empty = [labels[i] for i in range(len(labels)) if counts[i] == 0]
@@ -179,7 +152,7 @@ def check_split(o: FineTuneOptions, labels: Sequence[str], y: np.ndarray,
         f'fine_tune needs validation images of every class, and '
         f'{len(empty)} class(es) have none: {", ".join(empty[:5])}. Add '
         'images to them (about 10 or more per class), raise '
-        f'validation_percentage (now {o.validation_percentage:g}), '
+        f'validation_percentage (now {config.data.validation_percentage:g}), '
         'or drop fine_tune.', fields=('fine_tune', 'validation_percentage'))
   few = [labels[i] for i in range(len(labels)) if counts[i] < _FEW_VALIDATION]
   if few:
@@ -188,7 +161,7 @@ def check_split(o: FineTuneOptions, labels: Sequence[str], y: np.ndarray,
         '%d class(es) have fewer than %d validation images (%s), so that '
         'choice is mostly noise: add images or raise validation_percentage '
         '(now %g).', len(few), _FEW_VALIDATION, ', '.join(few[:5]),
-        o.validation_percentage)
+        config.data.validation_percentage)
 
 
 @dataclasses.dataclass
@@ -264,20 +237,21 @@ def _digest(*arrays) -> str:
   return h.hexdigest()[:20]
 
 
-def _fit_options(o: FineTuneOptions) -> train_lib.FitOptions:
+def _fit_options(config) -> train_lib.FitOptions:
+  ft = config.finetune
   return train_lib.FitOptions(
-      epochs=o.fine_tune_epochs, learning_rate=o.fine_tune_learning_rate,
-      weight_decay=o.fine_tune_weight_decay,
-      warmup_epochs=o.fine_tune_warmup_epochs, patience=o.fine_tune_patience,
-      seed=o.random_seed, label_smoothing=o.fine_tune_label_smoothing)
+      epochs=ft.fine_tune_epochs, learning_rate=ft.fine_tune_learning_rate,
+      weight_decay=ft.fine_tune_weight_decay,
+      warmup_epochs=ft.fine_tune_warmup_epochs, patience=ft.fine_tune_patience,
+      seed=config.head.random_seed, label_smoothing=ft.fine_tune_label_smoothing)
 
 
-def checkpoint_dir(o: FineTuneOptions, identity: dict) -> str:
+def checkpoint_dir(config, identity: dict) -> str:
   """<checkpoint_path>.fine_tune/, or, without one, a folder of the
   bottleneck cache named by the run's identity (so resume always works)."""
-  if o.checkpoint_path:
-    return f'{o.checkpoint_path}.fine_tune'
-  return os.path.join(o.bottleneck_dir, 'fine_tune_checkpoints',
+  if config.outputs.checkpoint_path:
+    return f'{config.outputs.checkpoint_path}.fine_tune'
+  return os.path.join(config.cache.bottleneck_dir, 'fine_tune_checkpoints',
                       bottleneck_cache.namespace_id(identity))
 
 
@@ -306,24 +280,25 @@ class FixedFeatures:
   copies: Optional[distort_lib.DistortedCopies] = None
 
 
-def _identity(o: FineTuneOptions, module, head, labels,
+def _identity(config, module, head, labels,
               images: plans_lib.Images, distortions) -> dict:
   """What a checkpoint must match to be resumed."""
   keys, y, split = images.keys, images.y, images.split
+  ft = config.finetune
   return dict(
       module.identity(), labels=list(labels),
       head=_digest(head.weights, head.biases),
       train=_digest(np.array([keys[i] for i in split.train]), y[split.train]),
       validation=_digest(np.array([keys[i] for i in split.validation])),
-      options=dataclasses.asdict(_fit_options(o)),
-      dropout=o.fine_tune_dropout, batch_size=o.fine_tune_batch_size,
-      block=o.fine_tune_from, members=plans_lib.tuned_members(o, [
-          m.handle for m in ensemble_lib.members(module)]),
+      options=dataclasses.asdict(_fit_options(config)),
+      dropout=ft.fine_tune_dropout, batch_size=ft.fine_tune_batch_size,
+      block=ft.fine_tune_from, members=plans_lib.tuned_members(
+          ft.fine_tune_members, [m.handle for m in ensemble_lib.members(module)]),
       distortions=distortions.describe() if distortions else None,
-      distorted_copies=o.distorted_copies if distortions else 0)
+      distorted_copies=config.distort.distorted_copies if distortions else 0)
 
 
-def _train_and_test(o: FineTuneOptions, plan: plans_lib.Plan, identity: dict,
+def _train_and_test(config, plan: plans_lib.Plan, identity: dict,
                     on_epoch):
   """Trains plan.network; returns (FitResult, test accuracy before, after,
   test predictions int64 [n])."""
@@ -333,15 +308,15 @@ def _train_and_test(o: FineTuneOptions, plan: plans_lib.Plan, identity: dict,
     return network.logits(x, False)
 
   _, before, _ = train_lib.evaluate(infer, plan.test_batches())
-  writers = _writers(o.summaries_dir)
+  writers = _writers(config.outputs.summaries_dir)
   try:
     fit = train_lib.fit(
         network.top_variables, network.logits, train_lib.Batches(
             plan.train_batches, plan.validation_batches, plan.steps),
-        _fit_options(o),
-        checkpoint_dir(o, identity), identity, writers[:2], on_epoch)
+        _fit_options(config),
+        checkpoint_dir(config, identity), identity, writers[:2], on_epoch)
     _, after, predictions = train_lib.evaluate(infer, plan.test_batches())
-    last = fit.history[-1].epoch if fit.history else o.fine_tune_epochs
+    last = fit.history[-1].epoch if fit.history else config.finetune.fine_tune_epochs
     with writers[2].as_default():
       for step, value in ((0, before), (max(last, 1), after)):
         if math.isfinite(value):
@@ -352,14 +327,15 @@ def _train_and_test(o: FineTuneOptions, plan: plans_lib.Plan, identity: dict,
   return fit, before, after, predictions
 
 
-def fine_tune(o: FineTuneOptions, distortions: distort_lib.Distortions,
-              module: FeatureModule, head: Head, labels: Sequence[str],
+def fine_tune(config, module: FeatureModule, head: Head, labels: Sequence[str],
               images: plans_lib.Images, on_epoch=None,
               fixed: Optional[FixedFeatures] = None) -> FineTuned:
   """Fine-tunes the top of `module` (or all of it) together with `head`.
 
   Args:
-    o: the settings; distortions: the run's (copies as for the head).
+    config: the run's retrain.config.Config (fine-tuning reads its finetune
+      group, and the module, data split, distortions and their copies, seed,
+      cache and output folders the rest of the run uses).
     module: the feature module the head was trained on.
     head: the trained head (weights float32 [D, N], biases [N]).
     labels: class names; class id i is labels[i].
@@ -368,23 +344,23 @@ def fine_tune(o: FineTuneOptions, distortions: distort_lib.Distortions,
     fixed: the head's frozen features, which the members that
       fine_tune_members leaves out train on (needed only then).
   """
-  check_split(o, labels, images.y, images.split.validation)
-  distortions = distortions if distortions.any() else None
-  identity = _identity(o, module, head, labels, images, distortions)
+  check_split(config, labels, images.y, images.split.validation)
+  distortions = config.distort if config.distort.any() else None
+  identity = _identity(config, module, head, labels, images, distortions)
   members = ensemble_lib.members(module)
   if all(plans_lib.bundled_variant(m.handle) is not None for m in members):
-    plan = plans_lib.lite_plan(o, distortions, module, head, images, fixed)
+    plan = plans_lib.lite_plan(config, distortions, module, head, images, fixed)
   else:
-    plan = plans_lib.hub_plan(o, distortions, module, head, images)
+    plan = plans_lib.hub_plan(config, distortions, module, head, images)
   started = time.monotonic()
-  fit, before, after, predictions = _train_and_test(o, plan, identity,
+  fit, before, after, predictions = _train_and_test(config, plan, identity,
                                                     on_epoch)
   plan.timings['training'] = time.monotonic() - started
   logging.info('Fine-tuning: test accuracy %.1f%% before, %.1f%% after '
                '(N=%d).', 100 * before, 100 * after, len(predictions))
   what = dict(plan.what, epochs_run=[p.epoch for p in fit.history if p.epoch],
               best_epoch=fit.best_epoch, resumed_from_epoch=fit.resumed_from,
-              learning_rate=o.fine_tune_learning_rate,
+              learning_rate=config.finetune.fine_tune_learning_rate,
               test_accuracy_before=before, test_accuracy_after=after)
   network = plan.network
   validation, test = (_pooled(network, plan.validation_batches()),
@@ -404,7 +380,7 @@ def fine_tune(o: FineTuneOptions, distortions: distort_lib.Distortions,
       test_labels=test[1], test_rows=plan.rows['test'],
       train_features=train[0], train_labels=train[1],
       train_rows=plan.rows['train'] if fit.best_epoch else None)
-  write_report(o.report_dir, result)
+  write_report(config.outputs.report_dir, result)
   return result
 
 

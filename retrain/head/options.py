@@ -33,7 +33,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from retrain.common.names import CLASS_WEIGHTINGS, OPTIMIZERS, SAMPLINGS
+from retrain.common.names import OPTIMIZERS
 from retrain.errors import DatasetError
 from retrain.head import math as head_math
 
@@ -43,15 +43,9 @@ ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON = 0.9, 0.999, 1e-7
 
 
 def check(options) -> None:
-  """Raises DatasetError naming the flag and the accepted values."""
-  for name, allowed in (('optimizer', OPTIMIZERS),
-                        ('class_weighting', CLASS_WEIGHTINGS),
-                        ('sampling', SAMPLINGS)):
-    value = getattr(options, name)
-    if value not in allowed:
-      raise DatasetError(f'{name}={value!r} is not one of '
-                         f'{", ".join(allowed)}.',
-                         fields=(name,))
+  """Raises DatasetError naming the setting and the accepted values (the
+  declared choices of optimizer, class_weighting and sampling are checked
+  by Config.check)."""
   for name in ('dropout_rate', 'label_smoothing'):
     value = getattr(options, name)
     if not 0.0 <= value < 1.0:

@@ -132,7 +132,7 @@ def check(options: SolverOptions) -> None:
   if not options.l2_grid or any(v < 0 for v in options.l2_grid):
     raise DatasetError(f'solver_l2_grid={",".join(map(str, options.l2_grid))}'
                        ' must list one or more L2 strengths >= 0, e.g. '
-                       '0.001,0.01,0.1.', fields=('solver_l',))
+                       '0.001,0.01,0.1.', fields=('solver_l2_grid',))
   if not options.label_smoothing_grid or any(
       not 0 <= v < 1 for v in options.label_smoothing_grid):
     raise DatasetError(

@@ -12,7 +12,6 @@ cache a training run will reuse) plus those of retrain.config.InspectConfig
 from __future__ import annotations
 
 import os
-import sys
 
 # The report's matrices are small (a few thousand x 256); OpenBLAS's worker
 # threads only spin against the feature module for the cores: the out-of-
@@ -20,7 +19,7 @@ import sys
 # busy cores. Set before numpy is first imported.
 os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags  # noqa: E402
 
 from retrain import command_line  # noqa: E402
 
@@ -29,20 +28,9 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  logging.set_verbosity(command_line.verbosity())
-  from retrain.errors import RetrainError  # pylint: disable=g-import-not-at-top
-  from retrain.inspect import report  # pylint: disable=g-import-not-at-top
-  try:
-    result = report.inspect_dataset(
-        command_line.config_from_flags(),
-        command_line.inspect_config_from_flags())
-  except RetrainError as e:
-    logging.error('%s', command_line.flag_wording(e))
-    return 1
-  sys.stdout.write(f'{result.html_path}\n{result.json_path}\n')
-  return 0
+  from retrain.inspect import report
+  return command_line.report_main(argv, report.inspect_dataset,
+                                  command_line.inspect_config_from_flags)
 
 
 USAGE = """retrain-inspect: a dataset health report before training.

@@ -209,6 +209,7 @@ def _model_sections(labels, ex: _Examples, options: InspectConfig) -> dict:
 def inspect_dataset(config: Config, options: InspectConfig) -> InspectResult:
   """Builds and writes the report (see module doc)."""
   check_options(options)
+  config.check()
   sources.check_layout_options(config.data)
   timings = {}
   started = time.monotonic()

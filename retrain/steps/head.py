@@ -11,7 +11,7 @@ from absl import logging
 from retrain.bottlenecks import precision as precision_lib
 from retrain.bottlenecks import usable as usable_lib
 from retrain.common.progress import Progress
-from retrain.config import Config, subset
+from retrain.config import Config
 from retrain.data import split as split_lib
 from retrain.export import formats as export_formats
 from retrain.finetune import plans as plans_lib
@@ -254,8 +254,7 @@ def fine_tune(config: Config, module, labels: Sequence[str],
     logging.info('Fine-tuning starts from the head fitted on the training '
                  'images alone, so that its validation set stays held out.')
   tuned = finetune_lib.fine_tune(
-      subset(finetune_lib.FineTuneOptions, config),
-      config.distort, module, start, labels,
+      config, module, start, labels,
       plans_lib.Images(images.paths, images.digests, images.labels,
                             split),
       fixed=finetune_lib.FixedFeatures(images.vectors, copies))

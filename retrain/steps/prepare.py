@@ -18,7 +18,7 @@ from retrain.bottlenecks import distort as distort_lib
 from retrain.bottlenecks import precision as precision_lib
 from retrain.common import leftovers, names
 from retrain.common import phases as phases_lib
-from retrain.config import DEFAULTS, Config, subset
+from retrain.config import DEFAULTS, Config
 from retrain.data import boxes as boxes_lib
 from retrain.data import discover as discover_lib
 from retrain.data import multilabel as multilabel_data
@@ -60,7 +60,7 @@ def check_config(config: Config) -> Tuple[str, ...]:
   distort_lib.check_settings(config.distort,
                              config.distort.distorted_copies)
   # Fine-tuning.
-  finetune_lib.check_options(subset(finetune_lib.FineTuneOptions, config),
+  finetune_lib.check_options(config,
                              default_from=DEFAULTS.finetune.fine_tune_from)
   # A mistyped module is reported now, not after hashing.
   handles = ensemble_lib.check_handles(config.module.tfhub_module, config.module.image_size,
@@ -155,8 +155,7 @@ def prepare(config: Config, phases: Optional[phases_lib.Phases] = None, *,
                       config.outputs.output_graph, config.outputs.tflite_output_file,
                       config.outputs.report_dir])
     if config.data.multi_label:
-      found = multilabel_data.load(config.data,
-                                   subset(boxes_lib.BoxOptions, config),
+      found = multilabel_data.load(config.data, config.crop,
                                    config.cache.bottleneck_dir)
       layout, crops, targets = found.layout, None, found.targets
     else:
@@ -185,9 +184,7 @@ def discover(config: Config):
   """(layout, crops): the images and their classes (and a given split, if
   any); with --crop_to_boxes one example per box and their crops, else
   crops is None (retrain/data/boxes.py)."""
-  layout, crops = boxes_lib.load_examples(
-      config.data, subset(boxes_lib.BoxOptions,
-                                                    config))
+  layout, crops = boxes_lib.load_examples(config.data, config.crop)
   logging.info('Found %s in %s: %s.',
                names.plural(len(layout.dataset.images), 'image'),
                names.plural(len(layout.dataset.labels), 'class'),
