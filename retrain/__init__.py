@@ -46,8 +46,8 @@ def __getattr__(name):
   # PEP 562: Config and DEFAULTS load retrain.config (and numpy) only when
   # asked for.
   if name in ('Config', 'DEFAULTS'):
-    from retrain import config
-    return getattr(config, name)
+    from retrain import config as config_lib
+    return getattr(config_lib, name)
   # retrain.evaluate(...): the package retrain/evaluate/, callable.
   if name == 'evaluate':
     import importlib

@@ -46,12 +46,12 @@ def main(argv):
   cli.quiet_logging(FLAGS.logging_verbosity)
   # Imported here so that --help and flag errors answer without loading
   # TensorFlow.
-  from retrain.errors import RetrainError  # pylint: disable=g-import-not-at-top
-  from retrain.features import presets  # pylint: disable=g-import-not-at-top
+  from retrain.errors import RetrainError
+  from retrain.features import presets
   if FLAGS.list_modules:
     cache_dir = config_from_flags().module.module_cache_dir
     # Ensembles are listed after the single modules.
-    from retrain.features import ensemble_presets  # pylint: disable=g-import-not-at-top
+    from retrain.features import ensemble_presets
     sys.stdout.write(presets.format_module_list(cache_dir,
                                                 DEFAULTS.module.tfhub_module)
                      + '\n\n' + ensemble_presets.format_ensemble_list(
@@ -59,8 +59,8 @@ def main(argv):
                      f'(Set {MODULE_CACHE_ENV} or --module_cache_dir to move '
                      'the module cache.)\n')
     return 0
-  import bottleneck_cache  # pylint: disable=g-import-not-at-top
-  from retrain import pipeline, summary  # pylint: disable=g-import-not-at-top
+  import bottleneck_cache
+  from retrain import pipeline, summary
   config = config_from_flags()
   try:
     # `auto` is sgd when a retrain.py training flag was passed.
@@ -107,7 +107,7 @@ every flag) says more.
 
 def interrupted_line() -> str:
   """What Ctrl-C prints: the vectors this run stored, and how to go on."""
-  import bottleneck_cache  # pylint: disable=g-import-not-at-top
+  import bottleneck_cache
   n = bottleneck_cache.vectors_written()
   return (f'interrupted; {n:,} vector{"" if n == 1 else "s"} cached; run the '
           'same command to resume')

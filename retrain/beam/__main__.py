@@ -29,16 +29,16 @@ def parse_flags(argv):
 def main(argv):
   logging.set_verbosity(command_line.verbosity())
   try:
-    from retrain.beam import job  # pylint: disable=g-import-not-at-top
+    from retrain.beam import job
   except ImportError as e:
     if 'apache_beam' not in str(e):
       raise
     logging.error('Apache Beam is not installed (%s): pip install '
                   '"retrain[beam]" (or ".[beam]" in a checkout).', e)
     return 1
-  from retrain.errors import RetrainError  # pylint: disable=g-import-not-at-top
+  from retrain.errors import RetrainError
   config = command_line.config_from_flags()
-  from retrain.common import runs  # pylint: disable=g-import-not-at-top
+  from retrain.common import runs
   if runs.in_run_folder(config.outputs.report_dir):  # The job's own run folder.
     config = config.replace(report_dir=runs.fill(
         config.outputs.report_dir, runs.new_run_folder(config.outputs.output_dir,
@@ -55,7 +55,7 @@ def main(argv):
 
 def run():
   """Entry point of the `retrain-beam` console script."""
-  from retrain.common import cli  # pylint: disable=g-import-not-at-top
+  from retrain.common import cli
   cli.show_flags_in_help([command_line.BEAM_FLAGS, command_line.RUN_FLAGS])
   # Not cli.run: flags absl does not know are Beam's, so parsing keeps them
   # (known_only) instead of failing.

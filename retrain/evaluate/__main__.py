@@ -43,7 +43,7 @@ the worst mistakes with heat maps, classes the model does not know
 
 def run():
   """Entry point of `python -m retrain.evaluate`."""
-  from retrain.common import cli  # pylint: disable=g-import-not-at-top
+  from retrain.common import cli
   cli.run(main, 'retrain-evaluate', USAGE, [command_line.EVALUATE_FLAGS,
                                               command_line.RUN_FLAGS])
 

@@ -47,7 +47,7 @@ outliers and a contact sheet per class (docs/inspect.md).
 
 def run():
   """Entry point of `python -m retrain.inspect` and `retrain-inspect`."""
-  from retrain.common import cli  # pylint: disable=g-import-not-at-top
+  from retrain.common import cli
   cli.run(main, 'retrain-inspect', USAGE, [command_line.INSPECT_FLAGS,
                                              command_line.RUN_FLAGS])
 
