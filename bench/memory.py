@@ -1,6 +1,7 @@
 """Benchmark: peak memory of a command's whole process tree.
 
-  python bench/memory.py [--interval 0.05] [--json out.json] -- COMMAND ...
+  python bench/memory.py [--interval 0.05] [--json out.json]
+      [--timeline tl.txt [--phases run.log]] -- COMMAND ...
 
 Runs COMMAND and samples, every `--interval` seconds, the resident set
 size (RSS) of it and of every process below it (children a converter
@@ -17,6 +18,11 @@ Examples (the targets: 1.5 GB for each):
   python bench/memory.py -- python tools/label_image.py \\
       --saved_model_dir /tmp/r/saved_model --image_dir photos/
 
+With `--phases LOG` (the command's log, its stderr redirected there, with
+`--timeline`), the peak of the tree between consecutive export lines of
+the log is printed per phase: before the exports (up to the fine-tuning's
+or the head's last line), frozen graph, TFLite, ONNX, SavedModel.
+
 Linux only (reads /proc). A peak between two samples can be missed; the
 per-process kernel high-water marks (VmHWM) are printed too, as an upper
 bound of what each process held at some point. A process that forks to
@@ -31,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -133,6 +140,47 @@ def measure(command: List[str], interval: float, timeline: str = '') -> dict:
           'processes_seen': len(hwm)}
 
 
+# (phase, the log line that ends it); a phase starts where the one before
+# it in the log ends.
+PHASE_ENDS = (
+    ('before the exports', 'Fine-tuning: test accuracy'),
+    ('frozen graph', 'Wrote the frozen graph'),
+    ('TFLite', 'Wrote the TFLite model'),
+    ('ONNX', 'Wrote the ONNX model'),
+    ('SavedModel', 'Exported the classifier'),
+)
+_ABSL_TIME = re.compile(r'^[IWEF]\d{4} (\d\d):(\d\d):(\d\d\.\d+) ')
+
+
+def _seconds(hours: str, minutes: str, seconds: str) -> float:
+  return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def phase_peaks(timeline: str, log: str) -> List[Tuple[str, float]]:
+  """[(phase, peak tree MB)] of the phases of PHASE_ENDS found in `log`
+  (absl lines, times of day as the timeline's), in log order; a phase's
+  peak is the largest sample after the previous phase's end line up to
+  its own (the first phase: from the start)."""
+  ends = []
+  with open(log, errors='replace') as f:
+    for line in f:
+      match = _ABSL_TIME.match(line)
+      for name, marker in PHASE_ENDS:
+        if match and marker in line and name not in dict(ends):
+          ends.append((name, _seconds(*match.groups())))
+  samples = []
+  with open(timeline) as f:
+    for line in f:
+      clock, total = line.split()[:2]
+      samples.append((_seconds(*clock.split(':')), float(total)))
+  peaks, start = [], float('-inf')
+  for name, end in ends:
+    inside = [mb for t, mb in samples if start < t <= end]
+    peaks.append((name, max(inside, default=float('nan'))))
+    start = end
+  return peaks
+
+
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--interval', type=float, default=0.05,
@@ -140,11 +188,16 @@ def main() -> int:
   parser.add_argument('--json', default='', help='also write the figures here')
   parser.add_argument('--timeline', default='',
                       help='write every sample to this file')
+  parser.add_argument('--phases', default='',
+                      help="the command's log: print each export phase's "
+                      'peak (needs --timeline)')
   parser.add_argument('command', nargs=argparse.REMAINDER)
   args = parser.parse_args()
   command = args.command[1:] if args.command[:1] == ['--'] else args.command
   if not command:
     parser.error('give a command after --')
+  if args.phases and not args.timeline:
+    parser.error('--phases needs --timeline')
   result = measure(command, args.interval, args.timeline)
   mb = 1e6
   print(f'peak RSS of the process tree: {result["peak_tree_rss_bytes"] / mb:.0f}'
@@ -155,6 +208,10 @@ def main() -> int:
         f'{result["peak_tree_pss_bytes"] / mb:.0f} MB; '
         f'exit {result["returncode"]}',
         file=sys.stderr)
+  if args.phases:
+    result['phase_peaks_mb'] = dict(phase_peaks(args.timeline, args.phases))
+    for name, mb in result['phase_peaks_mb'].items():
+      print(f'  {name}: peak {mb:.0f} MB', file=sys.stderr)
   if args.json:
     with open(args.json, 'w') as f:
       json.dump(result, f, indent=2)
