@@ -25,6 +25,8 @@ from typing import Optional, Sequence
 import numpy as np
 from absl import logging
 
+from retrain.head import math as head_math
+
 # The strengths tried: 0 (no change) to twice the log prior.
 TAUS = tuple(np.round(np.arange(-0.5, 2.51, 0.25), 2))
 
@@ -59,7 +61,7 @@ def balanced_accuracy(logits: np.ndarray, y: np.ndarray) -> float:
   y = np.asarray(y, np.int64)
   if not len(y):
     return 0.0
-  hit = np.asarray(logits).argmax(axis=1) == y
+  hit = head_math.hits(logits, y)
   present = np.unique(y)
   return float(np.mean([hit[y == c].mean() for c in present]))
 
@@ -67,9 +69,7 @@ def balanced_accuracy(logits: np.ndarray, y: np.ndarray) -> float:
 def balanced_cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:
   """Mean over the classes present in y of their images' mean cross
   entropy (nats) under softmax(logits)."""
-  z = np.asarray(logits, np.float64)
-  z = z - z.max(axis=1, keepdims=True)
-  loss = np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(y)), y]
+  loss = head_math.cross_entropies(logits, y)
   return float(np.mean([loss[y == c].mean() for c in np.unique(y)]))
 
 
