@@ -20,8 +20,8 @@ import numpy as np
 from absl import logging
 
 from retrain.bottlenecks import compute as bottlenecks_lib
+from retrain.common import atomic, strict_json
 from retrain.common import phases as phases_lib
-from retrain.common import strict_json
 from retrain.config import Config, InspectConfig
 from retrain.data import boxes as boxes_lib
 from retrain.data import sources
@@ -43,13 +43,6 @@ class InspectResult:
   report: dict
   json_path: str
   html_path: str
-
-
-def _write_atomic(path: str, text: str) -> None:
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 def _summary(values) -> dict:
@@ -244,9 +237,9 @@ def inspect_dataset(config: Config, options: InspectConfig) -> InspectResult:
   os.makedirs(options.output_dir, exist_ok=True)
   json_path = os.path.join(options.output_dir, REPORT_JSON)
   html_path = os.path.join(options.output_dir, REPORT_HTML)
-  _write_atomic(json_path, strict_json.dumps(report, indent=1,
+  atomic.write_text(json_path, strict_json.dumps(report, indent=1,
                                             ensure_ascii=False))
-  _write_atomic(html_path, html_lib.page(report, page))
+  atomic.write_text(html_path, html_lib.page(report, page))
   _log_summary(report, html_path)
   return InspectResult(report, json_path, html_path)
 

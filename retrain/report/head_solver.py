@@ -17,7 +17,6 @@ What it shows, so a user sees what was chosen and why:
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional, Sequence
 
@@ -25,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from retrain.common import atomic
 from retrain.head import auto as head_auto
 from retrain.head import imbalance as imbalance_lib
 from retrain.head import math as head_math
@@ -82,11 +82,7 @@ def write_report(report_dir: str, result: solver_lib.SolverResult,
       for p in result.history])
   if result.held_out is not None:
     data['held_out'] = result.held_out.summary(val_y, train_y)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(data, f, indent=2)
-  os.replace(tmp, path)
-  return path
+  return atomic.write_json(path, data)
 
 
 def _write_summaries(writers: summaries_lib.Writers,
