@@ -9,11 +9,12 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
-from retrain.common import quiet
+from retrain.common import progress, quiet
 from tests.conftest import make_colour_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -110,6 +111,43 @@ def test_ctrl_c_is_one_line_and_status_130(tmp_path, fake_module):
   assert int(match.group(1).replace(',', '')) >= 5
   # No run folder is left with nothing in it, and no lock.
   assert not list((tmp_path / 'runs').glob('*/*/'))
+
+
+def test_a_swallowed_ctrl_c_still_ends_the_run_with_130():
+  """Python raises KeyboardInterrupt in whatever code runs when SIGINT
+  arrives; code that drops it (a destructor, a TensorFlow callback that turns
+  it into an error status) must not turn Ctrl-C into a finished run."""
+  script = (
+      'import os, signal, sys\n'
+      'from retrain.common import cli, progress\n'
+      'def main(argv):\n'
+      '  try:\n'
+      '    os.kill(os.getpid(), signal.SIGINT)\n'
+      '    for _ in range(10**6):\n'
+      '      pass\n'
+      '  except KeyboardInterrupt:\n'
+      '    pass  # swallowed, as an ignored exception would be\n'
+      '  p = progress.Progress("Things", 3, bar=False)\n'
+      '  p.update(1)\n'
+      '  print("went on after Ctrl-C")\n'
+      '  return 0\n'
+      'cli.run(main, "x", "Does x.", [], on_interrupt=lambda: "stopped")\n')
+  proc = subprocess.run([sys.executable, '-c', script], capture_output=True,
+                        text=True, env=_env(), timeout=120)
+  assert proc.returncode == 130, proc.stderr
+  assert 'went on after Ctrl-C' not in proc.stdout
+  assert proc.stderr.strip().splitlines()[-1] == 'stopped'
+  assert 'Traceback' not in proc.stderr
+
+
+def test_progress_stops_at_its_next_item_after_ctrl_c(monkeypatch):
+  monkeypatch.setattr(progress, '_INTERRUPT', threading.Event())
+  p = progress.Progress('Things', 3, bar=False)
+  p.update(1)
+  progress.note_interrupt()
+  with pytest.raises(KeyboardInterrupt):
+    p.update(1)
+  assert p.done == 1
 
 
 @pytest.mark.slow

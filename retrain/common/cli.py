@@ -17,14 +17,16 @@ from __future__ import annotations
 import logging as std_logging
 import os
 import re
+import signal
 import sys
 import textwrap
+import threading
 from typing import Callable, List, Optional, Sequence
 
 from absl import app, flags
 from absl import logging as absl_logging
 
-from retrain.common import quiet
+from retrain.common import progress, quiet
 from retrain.version import __version__
 
 # The exit status of a run stopped by Ctrl-C (128 + SIGINT), as shells use.
@@ -110,6 +112,23 @@ def quiet_logging(verbosity: Optional[str]) -> None:
     handler.setFormatter(quiet.ShortFormat())
 
 
+def _remember_ctrl_c() -> None:
+  """Ctrl-C raises KeyboardInterrupt as Python's own handler does, and is
+  remembered (retrain.common.progress) in case that exception is
+  swallowed."""
+
+  def on_sigint(signum, frame):
+    del signum, frame
+    progress.note_interrupt()
+    raise KeyboardInterrupt
+
+  # Left alone when SIGINT is ignored (a job started in the background) or
+  # handled by someone else.
+  if (threading.current_thread() is threading.main_thread() and
+      signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+    signal.signal(signal.SIGINT, on_sigint)
+
+
 def _interrupted(line: str) -> None:
   """Ends the process after Ctrl-C with one line and status 130, without
   waiting for worker threads (what they finished is stored already)."""
@@ -146,6 +165,7 @@ def run(main: Callable[[list], int], program: str, usage: str,
       return 0
     return main(args)
 
+  _remember_ctrl_c()
   try:
     if _short_help(argv):
       sys.stdout.write(help_text(usage, flag_modules, first_flags))
@@ -155,6 +175,10 @@ def run(main: Callable[[list], int], program: str, usage: str,
   except KeyboardInterrupt:
     _interrupted(on_interrupt() if on_interrupt else 'interrupted')
   except SystemExit as e:
+    if progress.interrupted():
+      # Ctrl-C came where Python drops the KeyboardInterrupt (a destructor,
+      # a callback, the last moments of the run): still one line and 130.
+      _interrupted(on_interrupt() if on_interrupt else 'interrupted')
     quiet.release_log()
     # absl exits 1 after printing the help; asking for help is no error.
     if e.code == 1 and _asked_for_help(argv):

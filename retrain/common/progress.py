@@ -14,10 +14,35 @@ from __future__ import annotations
 
 import logging as std_logging
 import sys
+import threading
 import time
 from typing import Optional, TextIO
 
 from absl import logging
+
+# Set by the command line's Ctrl-C handler (retrain.common.cli). Python
+# raises KeyboardInterrupt in whatever code runs when the signal arrives;
+# when that is a destructor or a callback whose exceptions are ignored, the
+# interrupt would be lost. Every progress update looks at this flag, so a
+# long phase still stops at its next item.
+_INTERRUPT = threading.Event()
+
+
+def note_interrupt() -> None:
+  """Remembers that the user pressed Ctrl-C."""
+  _INTERRUPT.set()
+
+
+def interrupted() -> bool:
+  """True once the user pressed Ctrl-C in this process."""
+  return _INTERRUPT.is_set()
+
+
+def stop_if_interrupted() -> None:
+  """Raises KeyboardInterrupt in the main thread after Ctrl-C, also when
+  the first KeyboardInterrupt was swallowed (see _INTERRUPT)."""
+  if _INTERRUPT.is_set() and threading.current_thread() is threading.main_thread():
+    raise KeyboardInterrupt
 
 
 def format_duration(seconds: float) -> str:
@@ -100,7 +125,9 @@ class Progress:
     return text
 
   def update(self, count: int) -> None:
-    """Counts `count` more items done."""
+    """Counts `count` more items done; raises KeyboardInterrupt after Ctrl-C
+    (stop_if_interrupted)."""
+    stop_if_interrupted()
     self.done += count
     if self._bar is not None:
       self._bar.update(count)
