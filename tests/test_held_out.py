@@ -6,10 +6,13 @@ import json
 import types
 
 import numpy as np
+import pytest
 
+from retrain import pipeline
 from retrain.config import DEFAULTS
 from retrain.head import calibration, held_out, lbfgs, solver
 from retrain.head import folds as folds_lib
+from retrain.head import train as train_lib
 from retrain.report import head_solver as solve
 from retrain.steps import head
 
@@ -61,10 +64,13 @@ def _solved(tmp_path, overlap_seed=0):
   train, val, test = (np.flatnonzero(fold == k) for k in range(3))
   config = DEFAULTS.replace(head_solver='lbfgs', solver_l2_grid=(1e-3, 1e-4),
       distorted_copies=0, report_dir=str(tmp_path / 'reports'),
-      summaries_dir=str(tmp_path / 'summaries'))
+      summaries_dir=str(tmp_path / 'summaries'), projector_max_images=0)
   trained = solve.maybe_solve(config, x[train], y[train], ['a', 'b', 'c'],
                               x[val], y[val])
-  images = types.SimpleNamespace(vectors=x, labels=y)
+  paths = [str(tmp_path / f'{i}.jpg') for i in range(len(y))]
+  images = types.SimpleNamespace(
+      vectors=x, labels=y, paths=paths, rel_paths=paths,
+      paths_of=lambda rows: [paths[i] for i in rows])
   split = types.SimpleNamespace(train=train, validation=val, test=test)
   return config, trained, images, split
 
@@ -130,3 +136,66 @@ def test_the_report_gives_the_out_of_fold_accuracy_of_every_fitted_image(
   own = np.mean(trained.head.logits(images.vectors[fitted]).argmax(1) ==
                 images.labels[fitted])
   assert section['held_out_accuracy'] < own - 0.05
+
+
+def test_every_validation_figure_is_out_of_fold_over_every_fitted_photo(
+    tmp_path):
+  # Planted: the refitted head is right on nearly every photo it trained
+  # on, the out-of-fold predictions on about 2/3 of them.
+  config, trained, images, split = _solved(tmp_path, overlap_seed=3)
+  fitted = np.concatenate([split.train, split.validation])
+  truth = images.labels[fitted]
+  out_of_fold = float(np.mean(trained.held_out.logits.argmax(1) == truth))
+  own = float(np.mean(trained.head.logits(images.vectors[fitted]).argmax(1)
+                      == truth))
+  assert out_of_fold < own - 0.05
+  reported = head.evaluate(config, ['a', 'b', 'c'], trained, images, split)
+  # The run's validation metrics, confusion and files: every training and
+  # validation photo, each predicted by a head that did not train on it.
+  metrics = reported.explained.metrics['validation']
+  assert metrics.count == len(fitted) == 90
+  assert metrics.accuracy == pytest.approx(out_of_fold)
+  assert metrics.confusion.sum() == len(fitted)
+  written = json.loads((tmp_path / 'reports' /
+                        'validation_metrics.json').read_text())
+  assert written['how'].startswith('out-of-fold predictions of the 90 '
+                                   'training and validation photos, 5 folds')
+  # head_solver.json gives the same figure as its validation accuracy, and
+  # the validation photos alone beside it.
+  section = json.loads((tmp_path / 'reports' /
+                        solve.REPORT_FILE).read_text())['held_out']
+  assert section['validation_count'] == len(fitted)
+  assert section['validation_accuracy'] == pytest.approx(out_of_fold)
+  assert section['validation_split_only']['count'] == len(split.validation)
+  figures = head.describe_figures(trained)
+  assert figures['validation_metrics'] == figures['temperature_and_threshold']
+  assert '90 training and validation photos' in figures['validation_metrics']
+  summary = pipeline._validation_figures(types.SimpleNamespace(
+      explained=reported.explained))
+  assert summary == {'validation_accuracy': metrics.accuracy,
+                     'validation_count': 90}
+
+
+def test_distorted_copies_are_not_validation_photos():
+  x, y = _overlapping(30, seed=4)
+  fold = folds_lib.stratified_folds(y, 3, seed=1)
+  train, val, _ = (np.flatnonzero(fold == k) for k in range(3))
+  source = np.arange(0, len(train), 2)  # a copy of every other photo
+  train_x = np.concatenate([x[train], x[train][source] + 0.01])
+  train_y = np.concatenate([y[train], y[train][source]])
+  groups = np.concatenate([np.arange(len(train)), source])
+  fit = solver.fit_head(train_x, train_y, 3, x[val], y[val], OPTIONS,
+                        train_groups=groups)
+  held = fit.held_out
+  assert held.summary()['validation_count'] == len(train) + len(val)
+  trained = train_lib.TrainResult(fit.head, fit.history, None, held,
+                                  fit.train_only_head)
+  images = types.SimpleNamespace(vectors=x, labels=y)
+  split = types.SimpleNamespace(train=train, validation=val)
+  rows = head.validation_rows(trained, split)
+  np.testing.assert_array_equal(rows, np.concatenate([train, val]))
+  _, truth, logits, _ = head.held_out_validation(trained, images, split)
+  np.testing.assert_array_equal(truth, y[rows])
+  np.testing.assert_array_equal(logits[:len(train)],
+                                held.logits[:len(train)])
+  np.testing.assert_array_equal(logits[len(train):], held.validation_logits)

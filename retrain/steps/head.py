@@ -69,18 +69,57 @@ def held_out_validation(trained: train_lib.TrainResult,
 
   Without trained.held_out: the validation vectors (the head did not train
   on them) and no logits. With it (the head trained on validation): the
-  out-of-fold logits of the training images (copies left out) and of the
-  validation images.
+  out-of-fold logits of the training photos (copies left out) and of the
+  validation photos, in that order (the images of validation_rows).
   """
   val_y = images.labels[split.validation]
   held = trained.held_out
   if held is None:
     return (images.vectors[split.validation], val_y, None,
             calibration_lib.VALIDATION_HELD_OUT)
-  rows = np.concatenate([np.arange(len(split.train)),
-                         held.n_train + np.arange(len(val_y))])
-  return (None, np.concatenate([images.labels[split.train], val_y]),
-          held.logits[rows], held.method)
+  rows = held.photo_rows
+  return (None, np.concatenate([images.labels[split.train], val_y])[
+      _fitted_photos(held, rows)], held.logits[rows], held.method)
+
+
+def _fitted_photos(held, rows: np.ndarray) -> np.ndarray:
+  """Indices into [split.train; split.validation] of held's photo rows
+  (rows of [train_x; val_x]: the training photos in split order, then
+  their distorted copies, then the validation photos)."""
+  copies = held.n_train - int(np.sum(rows < held.n_train))
+  return np.where(rows < held.n_train, rows, rows - copies)
+
+
+def validation_rows(trained: train_lib.TrainResult,
+                    split: split_lib.Split) -> np.ndarray:
+  """int64 indices into the images of the rows held_out_validation gives:
+  the validation images, or with trained.held_out every training and
+  validation photo (the out-of-fold predictions)."""
+  if trained.held_out is None:
+    return np.asarray(split.validation, np.int64)
+  fitted = np.concatenate([split.train, split.validation]).astype(np.int64)
+  return fitted[_fitted_photos(trained.held_out,
+                               trained.held_out.photo_rows)]
+
+
+def validation_predictions(trained: train_lib.TrainResult,
+                           images: usable_lib.UsableImages,
+                           split: split_lib.Split
+                           ) -> explain_lib.HeldOutSet:
+  """The predictions every figure called validation is computed on: the
+  head's own of the validation images (it did not train on them), or
+  with trained.held_out the out-of-fold ones of every training and
+  validation photo (validation_rows), and how they were obtained."""
+  held = trained.held_out
+  if held is None:
+    rows = np.asarray(split.validation, np.int64)
+    return explain_lib.HeldOutSet(
+        rows, trained.head.probabilities(images.vectors[rows]) if len(rows)
+        else np.zeros((0, len(trained.head.biases)), np.float32),
+        calibration_lib.VALIDATION_HELD_OUT)
+  return explain_lib.HeldOutSet(
+      validation_rows(trained, split), calibration_lib.softmax(
+          held.logits[held.photo_rows]).astype(np.float32), held.method)
 
 
 def describe_figures(trained: train_lib.TrainResult, tuned=None) -> dict:
@@ -98,10 +137,8 @@ def describe_figures(trained: train_lib.TrainResult, tuned=None) -> dict:
   else:
     source = held.method
   return {
-      'validation_metrics': source if held is None or tuned else (
-          f'the validation images\' {held.method}'),
-      'temperature_and_threshold': source if held is None or tuned else (
-          f'the training and validation images\' {held.method}'),
+      'validation_metrics': source,
+      'temperature_and_threshold': source,
       'test_metrics': 'the exported head on the test images, which nothing '
                       'was fitted or chosen on',
   }
@@ -214,11 +251,9 @@ def evaluate(config: Config, labels: Sequence[str],
                                images.labels[split.test],
                                config.head.test_batch_size, seed=config.head.random_seed)
   misclassified = report_test(config, labels, test, images, split)
-  held = trained.held_out
   explained = explain_lib.finish(
-      config.outputs, labels, trained, images,
-      split, test, validation_probabilities=None if held is None else
-      calibration_lib.softmax(held.validation_logits).astype(np.float32))
+      config.outputs, labels, trained, images, split, test,
+      validation=validation_predictions(trained, images, split))
   for name, how in describe_figures(trained).items():
     logging.info('How the run measured %s: %s.', name.replace('_', ' '), how)
   return Reported(test, misclassified, explained)
