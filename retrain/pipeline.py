@@ -268,7 +268,8 @@ def _in_memory(config: Config, prepared: prepare.Prepared,
       explained=tuned.reported.explained,
       deployment_report=exported.deployment_report,
       fine_tuned=tuned.fine_tuned,
-      figures=head.describe_figures(tuned.trained, tuned.fine_tuned),
+      figures=head.describe_figures(tuned.trained, tuned.fine_tuned,
+                                    confidence.head.novelty),
       bottleneck_precision=prepared.precision, results_page=page)
 
 

@@ -97,10 +97,8 @@ def photo_rows(groups: np.ndarray, n_val: int) -> np.ndarray:
 def describe(photos: int, folds: int) -> str:
   """How cross-fitted figures were obtained, for the log and summaries."""
   return (f'out-of-fold predictions of the {photos} training and validation '
-          f'photos, {folds} folds (cross-fitting: each photo predicted by a '
-          'head of the chosen setting fitted on the other folds, its '
-          'distorted copies held out with it; the exported head trained on '
-          'all of them)')
+          f'photos, {folds} folds (cross-fitting: each predicted by a head '
+          'that did not train on it)')
 
 
 def cross_fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray,

@@ -318,6 +318,17 @@ def _held_out(final: lbfgs_lib.Fit, refit: bool, sets: _Sets,
       len(photos), folds), iterations, y=sets.all_y, photos=photos)
 
 
+def _how(held_out: Optional[held_out_lib.HeldOut]) -> str:
+  """held_out's method, with how the cross-fitting went, for the log."""
+  if held_out is None:
+    return 'none (too few images of some class to hold any out)'
+  if not held_out.folds:
+    return held_out.method
+  return (f'{held_out.method}; each fold predicted by a head of the chosen '
+          'setting fitted on the other folds, distorted copies held out with '
+          'their photo; the exported head trained on all of them')
+
+
 def _best(candidates: Sequence[Candidate]) -> Candidate:
   """Highest accuracy; ties: lower cross entropy, then stronger L2."""
   return min(candidates, key=lambda c: (-c.accuracy, c.cross_entropy, -c.l2))
@@ -474,8 +485,7 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
   logging.info('Head solver (L-BFGS): %s; final fit %d iterations on %d '
                'images, %.1f s in all.', reason, fit.iterations, len(fit_y),
                seconds)
-  logging.info('Held-out predictions: %s.', held_out.method if held_out else
-               'none (too few images of some class to hold any out)')
+  logging.info('Held-out predictions: %s.', _how(held_out))
   return SolverResult(fit.head(), record.points, list(candidates), chosen,
                       selection, bool(refit and len(val_y)), reason, seconds,
                       held_out, train_only)

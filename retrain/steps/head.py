@@ -77,9 +77,8 @@ def held_out_validation(trained: train_lib.TrainResult,
   if held is None:
     return (images.vectors[split.validation], val_y, None,
             calibration_lib.VALIDATION_HELD_OUT)
-  rows = held.photo_rows
-  return (None, np.concatenate([images.labels[split.train], val_y])[
-      _fitted_photos(held, rows)], held.logits[rows], held.method)
+  return (None, images.labels[validation_rows(trained, split)],
+          held.logits[held.photo_rows], held.method)
 
 
 def _fitted_photos(held, rows: np.ndarray) -> np.ndarray:
@@ -122,9 +121,11 @@ def validation_predictions(trained: train_lib.TrainResult,
           held.logits[held.photo_rows]).astype(np.float32), held.method)
 
 
-def describe_figures(trained: train_lib.TrainResult, tuned=None) -> dict:
+def describe_figures(trained: train_lib.TrainResult, tuned=None,
+                     novelty=None) -> dict:
   """How each figure called validation, and each threshold, was obtained
-  (for the log and run_summary.json)."""
+  (for the log and run_summary.json); with novelty (the fitted
+  retrain.head.novelty.Novelty) its threshold's too."""
   held = trained.held_out
   if tuned is not None and tuned.metadata['fine_tuned'].get(
       'kept_frozen_head'):
@@ -141,6 +142,8 @@ def describe_figures(trained: train_lib.TrainResult, tuned=None) -> dict:
       'temperature_and_threshold': source,
       'test_metrics': 'the exported head on the test images, which nothing '
                       'was fitted or chosen on',
+      **({'novelty_threshold': novelty.held_out} if novelty is not None
+         else {}),
   }
 
 
