@@ -56,15 +56,17 @@ def test_cross_fit_never_predicts_an_image_with_a_head_that_trained_on_it(
     assert held and not held & seen  # Copies held out with their source.
 
 
-def _solved(tmp_path, overlap_seed=0):
-  """A run's pieces after the default solver on overlapping classes: the
-  refitted head is right on all its validation images."""
+def _solved(tmp_path, overlap_seed=0, **settings):
+  """A run's pieces after the default solver (or `settings`) on
+  overlapping classes: the refitted head is right on all its validation
+  images."""
   x, y = _overlapping(45, seed=overlap_seed)
   fold = folds_lib.stratified_folds(y, 3, seed=1)
   train, val, test = (np.flatnonzero(fold == k) for k in range(3))
   config = DEFAULTS.replace(head_solver='lbfgs', solver_l2_grid=(1e-3, 1e-4),
       distorted_copies=0, report_dir=str(tmp_path / 'reports'),
-      summaries_dir=str(tmp_path / 'summaries'), projector_max_images=0)
+      summaries_dir=str(tmp_path / 'summaries'), projector_max_images=0,
+      **settings)
   trained = solve.maybe_solve(config, x[train], y[train], ['a', 'b', 'c'],
                               x[val], y[val])
   paths = [str(tmp_path / f'{i}.jpg') for i in range(len(y))]
@@ -199,3 +201,20 @@ def test_distorted_copies_are_not_validation_photos():
   np.testing.assert_array_equal(logits[:len(train)],
                                 held.logits[:len(train)])
   np.testing.assert_array_equal(logits[len(train):], held.validation_logits)
+
+
+def test_a_head_not_refitted_reports_its_own_validation_predictions(
+    tmp_path):
+  config, trained, images, split = _solved(tmp_path, overlap_seed=3,
+                                           solver_refit=False)
+  assert trained.held_out is None  # it never trained on validation
+  val_x, val_y = (images.vectors[split.validation],
+                  images.labels[split.validation])
+  reported = head.evaluate(config, ['a', 'b', 'c'], trained, images, split)
+  metrics = reported.explained.metrics['validation']
+  assert metrics.count == len(split.validation)
+  assert metrics.accuracy == pytest.approx(np.mean(
+      trained.head.logits(val_x).argmax(1) == val_y))
+  written = json.loads((tmp_path / 'reports' /
+                        'validation_metrics.json').read_text())
+  assert written['how'] == calibration.VALIDATION_HELD_OUT
