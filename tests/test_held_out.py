@@ -218,3 +218,38 @@ def test_a_head_not_refitted_reports_its_own_validation_predictions(
   written = json.loads((tmp_path / 'reports' /
                         'validation_metrics.json').read_text())
   assert written['how'] == calibration.VALIDATION_HELD_OUT
+
+
+def test_too_few_photos_to_cross_fit_judges_validation_with_a_train_only_head(
+    tmp_path):
+  x, y = _overlapping(45, seed=5)
+  fold = folds_lib.stratified_folds(y, 3, seed=1)
+  train, val, test = (np.flatnonzero(fold == k) for k in range(3))
+  # One photo of a fourth class: nothing of it to hold out, so no
+  # cross-fitting; the exported head still trains on validation.
+  x = np.concatenate([x, x[:1] + 3.0])
+  y = np.append(y, 3)
+  train = np.append(train, len(y) - 1)
+  config = DEFAULTS.replace(head_solver='lbfgs', solver_l2_grid=(1e-3, 1e-4),
+      report_dir=str(tmp_path / 'reports'), projector_max_images=0,
+      summaries_dir=str(tmp_path / 'summaries'))
+  labels = ['a', 'b', 'c', 'd']
+  trained = solve.maybe_solve(config, x[train], y[train], labels, x[val],
+                              y[val])
+  assert trained.held_out is None and trained.train_only_head is not None
+  right = {name: np.mean(h.logits(x[val]).argmax(1) == y[val]) for name, h in
+           (('own', trained.head), ('train_only', trained.train_only_head))}
+  assert right['train_only'] < right['own'] - 0.05  # planted
+  paths = [str(tmp_path / f'{i}.jpg') for i in range(len(y))]
+  images = types.SimpleNamespace(
+      vectors=x, labels=y, paths=paths, rel_paths=paths,
+      paths_of=lambda rows: [paths[i] for i in rows])
+  split = types.SimpleNamespace(train=train, validation=val, test=test)
+  reported = head.evaluate(config, labels, trained, images, split)
+  assert reported.explained.metrics['validation'].accuracy == pytest.approx(
+      right['train_only'])
+  _, truth, logits, how = head.held_out_validation(trained, images, split)
+  assert how == head.TRAIN_ONLY == head.describe_figures(trained)[
+      'validation_metrics']
+  assert np.mean(logits.argmax(1) == truth) == pytest.approx(
+      right['train_only'])

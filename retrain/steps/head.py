@@ -60,6 +60,13 @@ class Tuned:
   fine_tuned: Optional[finetune_lib.FineTuned]
 
 
+# How the validation figures were obtained when the exported head trained
+# on the validation photos but some class had too few photos to cross-fit.
+TRAIN_ONLY = ('the validation photos, predicted by the chosen setting '
+              'fitted on the training photos alone (too few photos of some '
+              'class to cross-fit the exported head)')
+
+
 def held_out_validation(trained: train_lib.TrainResult,
                         images: usable_lib.UsableImages,
                         split: split_lib.Split) -> tuple:
@@ -68,12 +75,17 @@ def held_out_validation(trained: train_lib.TrainResult,
   ids int64 [n], logits float32 [n, N] or None, how they were held out).
 
   Without trained.held_out: the validation vectors (the head did not train
-  on them) and no logits. With it (the head trained on validation): the
+  on them) and no logits, or with trained.train_only_head (the head
+  trained on validation, too few photos to cross-fit) that head's logits
+  of the validation photos. With it (the head trained on validation): the
   out-of-fold logits of the training photos (copies left out) and of the
   validation photos, in that order (the images of validation_rows).
   """
   val_y = images.labels[split.validation]
   held = trained.held_out
+  if held is None and trained.train_only_head is not None:
+    return (None, val_y, trained.train_only_head.logits(
+        images.vectors[split.validation]), TRAIN_ONLY)
   if held is None:
     return (images.vectors[split.validation], val_y, None,
             calibration_lib.VALIDATION_HELD_OUT)
@@ -112,10 +124,12 @@ def validation_predictions(trained: train_lib.TrainResult,
   held = trained.held_out
   if held is None:
     rows = np.asarray(split.validation, np.int64)
+    judge = trained.train_only_head or trained.head
     return explain_lib.HeldOutSet(
-        rows, trained.head.probabilities(images.vectors[rows]) if len(rows)
-        else np.zeros((0, len(trained.head.biases)), np.float32),
-        calibration_lib.VALIDATION_HELD_OUT)
+        rows, judge.probabilities(images.vectors[rows]) if len(rows)
+        else np.zeros((0, len(judge.biases)), np.float32),
+        calibration_lib.VALIDATION_HELD_OUT if judge is trained.head else
+        TRAIN_ONLY)
   return explain_lib.HeldOutSet(
       validation_rows(trained, split), calibration_lib.softmax(
           held.logits[held.photo_rows]).astype(np.float32), held.method)
@@ -134,7 +148,8 @@ def describe_figures(trained: train_lib.TrainResult, tuned=None,
     source = ('the fine-tuned network on the validation images (it trained '
               'on the training images only; the epoch was chosen on them)')
   elif held is None:
-    source = calibration_lib.VALIDATION_HELD_OUT
+    source = (calibration_lib.VALIDATION_HELD_OUT
+              if trained.train_only_head is None else TRAIN_ONLY)
   else:
     source = held.method
   return {
@@ -325,8 +340,9 @@ def _versus_frozen(trained: train_lib.TrainResult,
   the fine-tuned network's kept epoch against the frozen head's held-out
   predictions; never keep when fine-tuning kept epoch 0 (its start)."""
   held = trained.held_out
-  frozen_logits = (trained.head.logits(images.vectors[split.validation])
-                   if held is None else held.validation_logits)
+  frozen_logits = ((trained.train_only_head or trained.head).logits(
+      images.vectors[split.validation]) if held is None else
+                   held.validation_logits)
   position = {int(row): i for i, row in enumerate(split.validation)}
   at = np.array([position[int(r)] for r in tuned.validation_rows], np.int64)
   frozen_right = frozen_logits[at].argmax(1) == images.labels[split.validation][at]
