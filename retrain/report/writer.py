@@ -95,10 +95,10 @@ class Explained:
 
 @dataclasses.dataclass
 class HeldOutSet:
-  """The set `finish` reports as validation when the head trained on the
-  validation images: rows int64 [n] into the images, their held-out
-  probabilities float32 [n, N] (column j is class id j) and how they were
-  obtained (one phrase, logged with the figures)."""
+  """The set `finish` reports as validation: rows int64 [n] into the
+  images, their held-out probabilities float32 [n, N] (column j is class
+  id j) and how they were obtained (one phrase, logged with the figures;
+  '' says nothing)."""
   rows: np.ndarray
   probabilities: np.ndarray
   how: str
