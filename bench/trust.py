@@ -1,6 +1,6 @@
 """Are the run's own figures true? Validation vs test, calibration, novelty.
 
-  python bench/trust.py [--folds 5] [--novelty_components 64]
+  python bench/trust.py [--folds 5] [--novelty_components 64] [--novelty_keep K]
       [--bottleneck_dir DIR ...]
       [--flowers DIR] [--digits DIR] [--bccd DIR]
 
@@ -20,7 +20,8 @@ into training and validation, the pipeline's 80/10/10):
    training and validation photo's), and the test ECE before and after it
    (and after the temperature fitted on the validation photos' out-of-fold
    logits alone, and on the refitted head's own validation logits);
-3. for flowers_sample models, the novelty score (--novelty_keep 0.95):
+3. for flowers_sample models, the novelty score (--novelty_keep, the run's
+   default unless given):
    the fraction of the fold's own test photos flagged, of every
    sign_language_digits photo and of every bccd photo, and the AUROC of
    each unknown set against the test photos.
@@ -60,7 +61,12 @@ from retrain.config import DEFAULTS  # noqa: E402
 from retrain.head import calibration, novelty, solver  # noqa: E402
 from retrain.report import trust  # noqa: E402
 
-SHARED = pathlib.Path(__file__).resolve().parents[3] / 'shared' / 'datasets'
+# The shared data sit beside the checkout (../shared), or beside the folder
+# of worktrees (../../shared) when run from a worktree.
+SHARED = next((p / 'shared' / 'datasets'
+               for p in pathlib.Path(__file__).resolve().parents[2:4]
+               if (p / 'shared' / 'datasets').is_dir()),
+              pathlib.Path('shared') / 'datasets')
 EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
 
 
@@ -152,7 +158,8 @@ def ece_noise_floor(probabilities, draws=2000, seed=0):
 
 
 def one_fold(x, y, classes, train, val, test, unknown_sets,
-             components=DEFAULTS.deploy.novelty_components):
+             components=DEFAULTS.deploy.novelty_components,
+             keep=DEFAULTS.deploy.novelty_keep):
   """The figures of one fold (see the module docstring)."""
   options = solver.SolverOptions.from_config(DEFAULTS)
   fit = solver.fit_head(x[train], y[train], classes, x[val], y[val], options)
@@ -195,7 +202,7 @@ def one_fold(x, y, classes, train, val, test, unknown_sets,
     fitted = np.concatenate([train, val])
     folds = min(DEFAULTS.head.solver_folds, int(np.bincount(y[fitted]).min()))
     score = novelty.fit_on_split(x[fitted], y[fitted], classes, components,
-                                 DEFAULTS.deploy.novelty_keep, folds,
+                                 keep, folds,
                                  DEFAULTS.head.random_seed)
     own_scores = score.scores(x[test])
     row['flagged_own_test'] = float(np.mean(own_scores > score.threshold))
@@ -211,6 +218,8 @@ def main():
   parser.add_argument('--folds', type=int, default=5)
   parser.add_argument('--novelty_components', type=int,
                       default=DEFAULTS.deploy.novelty_components)
+  parser.add_argument('--novelty_keep', type=float,
+                      default=DEFAULTS.deploy.novelty_keep)
   parser.add_argument('--bottleneck_dir', action='append')
   parser.add_argument('--flowers', default=str(SHARED / 'flowers_sample'))
   parser.add_argument('--digits', default=str(
@@ -235,7 +244,7 @@ def main():
     for k, (train, val, test) in enumerate(folds_of(y, None, args.folds, 0)):
       row, calibrated = one_fold(x, y, classes, train, val, test,
                                  unknown if name == 'flowers_sample' else {},
-                                 args.novelty_components)
+                                 args.novelty_components, args.novelty_keep)
       results.append(row)
       pooled.append(calibrated[0])
       pooled_split_only.append(calibrated[1])
