@@ -67,7 +67,8 @@ def main(argv):
     config = config.replace(head_solver=head_auto.resolve(
         config.head.head_solver, [name for name in head_auto.SGD_TRAINING_FLAGS
                                   if FLAGS[name].present]))
-    result = pipeline.run(config)
+    # The last conversions run in fresh processes (retrain.export_job).
+    result = pipeline.run(config, convert_later=True)
   except RetrainError as e:
     logging.error('%s', flag_wording(e))
     return 1
@@ -83,6 +84,11 @@ def main(argv):
                   'nothing half-written was left.', e.filename or 'an output',
                   e.strerror)
     return 1
+  if result.pending_exports:
+    from retrain import export_job
+    export_job.hand_over(result.pending_exports, result.config or config,
+                         result, FLAGS.logging_verbosity,
+                         bottleneck_cache.vectors_written())
   summary.log_summary(result.config or config, result)
   return 0
 

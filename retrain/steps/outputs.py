@@ -16,7 +16,7 @@ from retrain.common import phases as phases_lib
 from retrain.config import Config
 from retrain.data import split as split_lib
 from retrain.export import formats as export_formats
-from retrain.export import quantization_check
+from retrain.export import from_disk, quantization_check
 from retrain.export import saved_model as export_lib
 from retrain.features import ensemble as ensemble_lib
 from retrain.head import calibration as calibration_lib
@@ -32,14 +32,17 @@ class Exported:
   Attributes:
     saved_model_dir: the SavedModel folder, or None.
     deployment_report: <report_dir>/deployment.json.
+    pending_exports: the plan file of the conversions left to
+      retrain.export_job (convert_later), or None.
   """
   saved_model_dir: Optional[str]
   deployment_report: str
+  pending_exports: Optional[str] = None
 
 
 def export(config: Config, prepared, found, split: split_lib.Split,
            tuned, confidence: calibration_lib.Confidence,
-           intermediate=None) -> Exported:
+           intermediate=None, convert_later: bool = False) -> Exported:
   """Writes the labels file and every export asked for.
 
   Args:
@@ -47,6 +50,12 @@ def export(config: Config, prepared, found, split: split_lib.Split,
       retrain.steps.vectors.Vectors; tuned: the retrain.steps.head.Tuned
       whose module and head the exports hold; intermediate: the
       intermediate-graph hook of training, or None.
+    convert_later: leave the conversions to a fresh process (the plan in
+      Exported.pending_exports), for a smaller peak of memory.
+
+  The SavedModel is written first; the other formats are converted from
+  it on disk (retrain.export.from_disk: the same files, in less memory),
+  or from the model in memory when no SavedModel is asked for.
 
   With int8 bottlenecks (module quantised, prepared.float_module the float
   one the exports hold), the exports' held-out accuracy on float features
@@ -81,31 +90,64 @@ def export(config: Config, prepared, found, split: split_lib.Split,
         config, float_module, confidence.head, images, rows, held_out,
         test.accuracy if held_out == 'test' else None)
     phases_lib.release_memory()  # its float interpreters, before the exports
-  other_formats = export_formats.export_other_formats(
-      config.outputs, module, confidence.head,
-      labels, images.paths_of(split.train), gate, deploy_metadata)
-  if float_check is not None:
-    other_formats['float_export_check'] = float_check
-  if intermediate is not None:
-    other_formats['intermediate_graphs'] = intermediate.written
-  phases_lib.release_memory()  # the frozen graph's copies of the weights
-  saved = None
-  if config.outputs.saved_model_dir:
-    saved = export_lib.export_saved_model(
-        config.outputs.saved_model_dir, module, confidence.head, labels,
-        config.outputs.final_tensor_name,
-        extra_metadata={'modules': ensemble_lib.describe_modules(module),
-                        'test_accuracy': test.accuracy,
-                        'test_count': test.count,
-                        'other_exports': other_formats,
-                        'quantization_checks': [c.metadata()
-                                                for c in gate.results],
-                        **deploy_metadata, **(fine_tune_metadata or {})})
-    logging.info('Exported the classifier to %s (labels in %s).', saved,
-                 config.outputs.output_labels)
-  deployment = deployment_report.write_report(
-      config.outputs.report_dir, confidence, gate.results, other_formats)
+  extras = {k: v for k, v in (
+      ('float_export_check', float_check),
+      ('intermediate_graphs',
+       None if intermediate is None else intermediate.written))
+      if v is not None}
+  if not config.outputs.saved_model_dir:  # Nothing on disk to convert from.
+    other_formats = export_formats.export_other_formats(
+        config.outputs, module, confidence.head,
+        labels, images.paths_of(split.train), gate, deploy_metadata)
+    other_formats.update(extras)
+    deployment = deployment_report.write_report(
+        config.outputs.report_dir, confidence, gate.results, other_formats)
+    return Exported(None, deployment)
+  saved, deployment, plan = _saved_model_first(
+      config, module, confidence, labels, images.paths_of(split.train), gate,
+      extra_metadata={'modules': ensemble_lib.describe_modules(module),
+                      'test_accuracy': test.accuracy,
+                      'test_count': test.count,
+                      **deploy_metadata, **(fine_tune_metadata or {})},
+      written=extras)
+  if convert_later and from_disk.pending(plan):
+    return Exported(saved, deployment, from_disk.write_plan(plan))
+  phases_lib.release_memory()
+  for stage in from_disk.pending(plan):
+    from_disk.run_stage(plan, stage, config.outputs)
+    phases_lib.release_memory()
+  from_disk.finish(plan, config.outputs.report_dir)
   return Exported(saved, deployment)
+
+
+def _saved_model_first(config: Config, module, confidence, labels,
+                       calibration_paths, gate, extra_metadata: dict,
+                       written: dict):
+  """Writes the checkpoint (if asked) and the SavedModel; returns (its
+  folder, the deployment report, the plan of the other formats:
+  from_disk.new_plan). written: what was written already."""
+  written = dict(written)
+  if config.outputs.checkpoint_path:
+    written['checkpoint'] = os.path.abspath(export_formats.write_checkpoint(
+        config.outputs.checkpoint_path, confidence.head))
+    logging.info('Wrote the head checkpoint %s.',
+                 config.outputs.checkpoint_path)
+  deploy_metadata = {k: extra_metadata[k] for k in
+                     (names.META_CONFIDENCE, names.META_NOVELTY)
+                     if k in extra_metadata}
+  plan = from_disk.new_plan(config.outputs, config.outputs.saved_model_dir,
+                            calibration_paths, gate, deploy_metadata,
+                            written)
+  saved = export_lib.export_saved_model(
+      config.outputs.saved_model_dir, module, confidence.head, labels,
+      config.outputs.final_tensor_name,
+      extra_metadata={**extra_metadata, 'other_exports': written,
+                      'quantization_checks': []})
+  logging.info('Exported the classifier to %s (labels in %s).', saved,
+               config.outputs.output_labels)
+  deployment = deployment_report.write_report(
+      config.outputs.report_dir, confidence, gate.results, written)
+  return saved, deployment, plan
 
 
 def check_float_exports(config: Config, float_module, head,
