@@ -4,12 +4,13 @@ When a run has written its SavedModel, reports and results page, `python
 -m retrain` replaces itself (os.execv: the same process id, standard
 output and error) by `python -m retrain.export_job PLAN`, which converts
 the frozen graph, TFLite and ONNX exports from the SavedModel on disk
-(retrain.export.from_disk), one format per process: after each, the job
+(retrain.export.from_disk), one stage per process: after each, the job
 replaces itself again, so no converter's leftovers add to the next one's
 and nothing of the training is alive beside them. The last one records
-the files in the SavedModel's metadata and the deployment report, points
-`latest` to the run folder, releases the locks of the paths given and
-logs the run's closing lines, as the run itself would have.
+the files in the SavedModel's metadata, the deployment report and the
+results page's size line, points `latest` to the run folder, releases
+the locks of the paths given and logs the run's closing lines, as the
+run itself would have.
 
 Ctrl-C ends it with one line and status 130, as during the run; what is
 written stays.
@@ -118,6 +119,8 @@ def main(argv):
       if from_disk.pending(plan):
         _exec(plan_path)
     from_disk.finish(plan, config.outputs.report_dir)
+    from retrain.steps import outputs
+    outputs.refresh_model_sizes(config)
   except RetrainError as e:
     logging.error('%s', flag_wording(e))
     _end(plan, plan_path, finished=False)

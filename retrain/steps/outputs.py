@@ -11,7 +11,7 @@ from absl import logging
 
 from retrain.bottlenecks import precision as precision_lib
 from retrain.bottlenecks import usable as usable_lib
-from retrain.common import names
+from retrain.common import atomic, names
 from retrain.common import phases as phases_lib
 from retrain.config import Config
 from retrain.data import split as split_lib
@@ -177,6 +177,17 @@ def _model_lines(config: Config, module, labels, stats, timings) -> dict:
   model = (f'{" + ".join(m["handle"] for m in members)} '
            f'({module.output_dim}-d features) and a softmax head over '
            f'{len(labels)} classes ({config.head.head_solver})')
+  speed = ''
+  if stats.computed and timings.get('bottlenecks'):
+    speed = (f'{stats.computed / timings["bottlenecks"]:.1f} photos/s '
+             'decoded and through the feature module (this run, this '
+             'machine)')
+  return {'model': model, 'model_size': model_sizes(config), 'speed': speed}
+
+
+def model_sizes(config: Config) -> str:
+  """The results page's size line: 'SavedModel 49.0 MB, TFLite ...' of
+  the exports written so far."""
   sizes = []
   for what, path in (('SavedModel', config.outputs.saved_model_dir),
                      ('frozen graph', config.outputs.output_graph),
@@ -187,12 +198,30 @@ def _model_lines(config: Config, module, labels, stats, timings) -> dict:
                   for d, _, files in os.walk(path) for f in files)
               if os.path.isdir(path) else os.path.getsize(path))
       sizes.append(f'{what} {size / 2 ** 20:.1f} MB')
-  speed = ''
-  if stats.computed and timings.get('bottlenecks'):
-    speed = (f'{stats.computed / timings["bottlenecks"]:.1f} photos/s '
-             'decoded and through the feature module (this run, this '
-             'machine)')
-  return {'model': model, 'model_size': ', '.join(sizes), 'speed': speed}
+  return ', '.join(sizes)
+
+
+def refresh_model_sizes(config: Config) -> None:
+  """Rewrites the size line of the results page (report.html and
+  report.json in report_dir) written before the last conversions
+  (retrain.export_job) with the sizes of every export."""
+  import html
+  import json
+  folder = config.outputs.report_dir
+  paths = [os.path.join(folder, results_lib.REPORT_JSON),
+           os.path.join(folder, results_lib.REPORT_HTML)]
+  if not all(os.path.isfile(p) for p in paths):
+    return
+  with open(paths[0], encoding='utf-8') as f:
+    report = json.load(f)
+  old, new = report.get('model_size'), model_sizes(config)
+  if not old or old == new:
+    return
+  with open(paths[1], encoding='utf-8') as f:
+    page = f.read()
+  atomic.write_text(paths[1], page.replace(html.escape(old), html.escape(new),
+                                           1))
+  atomic.write_json(paths[0], {**report, 'model_size': new})
 
 
 @dataclasses.dataclass
@@ -240,11 +269,32 @@ def start_results_page(config: Config, prepared, found,
       history=[dataclasses.asdict(p) for p in trained.history],
       settings={k: str(v) for k, v in config.flat().items()})
   explainer = None if crops is not None else heatmap.explainer(
-      module, trained.head, fine_tuned=tuned is not None)
+      _in_chunks(module), trained.head, fine_tuned=tuned is not None)
   pool = concurrent.futures.ThreadPoolExecutor(1)
   future = pool.submit(results_lib.grid_heat_maps, explainer, report)
   pool.shutdown(wait=False)
   return StartedPage(report, explainer, future)
+
+
+# Images a heat map's occlusion runs through the network at once: each
+# photo's 26 occluded copies in one batch held +600 MB of activations on
+# the fine-tuned default ensemble (260x260), more than the whole export.
+HEAT_MAP_BATCH = 4
+
+
+def _in_chunks(module):
+  """`module` whose `call` runs at most HEAT_MAP_BATCH images at a time
+  (the same vectors, float32 [batch, D])."""
+  if not dataclasses.is_dataclass(module):
+    return module
+  call = module.call
+
+  def chunked(images):
+    return np.concatenate([np.asarray(call(images[i:i + HEAT_MAP_BATCH]),
+                                      np.float32)
+                           for i in range(0, len(images), HEAT_MAP_BATCH)])
+
+  return dataclasses.replace(module, call=chunked)
 
 
 def results_page(config: Config, started: StartedPage, module, labels, stats,
