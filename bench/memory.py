@@ -150,7 +150,7 @@ PHASE_ENDS = (
     ('TFLite', 'Wrote the TFLite model'),
     ('ONNX', 'Wrote the ONNX model'),
     ('SavedModel', 'Exported the classifier'),
-    ('results page', 'Results page:'),
+    ('results page', 'report.html'),
     ('float TFLite for ONNX', 'Converted a float TFLite model'),
 )
 _ABSL_TIME = re.compile(r'^[IWEF]\d{4} (\d\d):(\d\d):(\d\d\.\d+) ')
@@ -177,6 +177,10 @@ def phase_peaks(timeline: str, log: str) -> List[Tuple[str, float]]:
     for line in f:
       clock, total = line.split()[:2]
       samples.append((_seconds(*clock.split(':')), float(total)))
+  # A run across midnight: times of the next day count on from 24:00.
+  first = samples[0][0] if samples else 0.0
+  samples = [(t + 86400 * (t < first - 60), mb) for t, mb in samples]
+  ends = [(name, t + 86400 * (t < first - 60)) for name, t in ends]
   peaks, start = [], float('-inf')
   for name, end in ends:
     inside = [mb for t, mb in samples if start < t <= end]
