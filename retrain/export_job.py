@@ -59,7 +59,6 @@ def hand_over(plan_path: str, config, result, verbosity: str,
                'report_files': (list(explained.report_files)
                                 if explained is not None else None)})
   from_disk.write_plan(plan, plan_path)
-  quiet.release_log()
   _exec(plan_path)
 
 
@@ -67,6 +66,7 @@ def _exec(plan_path: str) -> None:
   """Replaces this process by `python -m retrain.export_job plan_path`,
   standard error back on the terminal (retrain.common.quiet had moved it
   to the native log)."""
+  quiet.release_log()  # A temporary native log; one in the run folder stays.
   sys.stdout.flush()
   sys.stderr.flush()
   if sys.stderr.fileno() != 2:

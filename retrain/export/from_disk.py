@@ -276,6 +276,20 @@ def remove_temporary(plan: dict, every: bool = False) -> None:
       os.remove(path)
 
 
+def run_all(plan: dict, options) -> None:
+  """Runs every stage of `plan` in this process, one after the other,
+  then `finish`es it; options: the run's config.outputs."""
+  from retrain.common import phases
+  phases.release_memory()
+  try:
+    for stage in pending(plan):
+      run_stage(plan, stage, options)
+      phases.release_memory()
+    finish(plan, options.report_dir)
+  finally:
+    remove_temporary(plan, every=True)
+
+
 def finish(plan: dict, report_dir: str) -> None:
   """Records what the stages wrote in the SavedModel's metadata
   (`other_exports`, `quantization_checks`) and in

@@ -112,11 +112,7 @@ def export(config: Config, prepared, found, split: split_lib.Split,
       written=extras)
   if convert_later and from_disk.pending(plan):
     return Exported(saved, deployment, from_disk.write_plan(plan))
-  phases_lib.release_memory()
-  for stage in from_disk.pending(plan):
-    from_disk.run_stage(plan, stage, config.outputs)
-    phases_lib.release_memory()
-  from_disk.finish(plan, config.outputs.report_dir)
+  from_disk.run_all(plan, config.outputs)
   return Exported(saved, deployment)
 
 
