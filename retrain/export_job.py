@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 import time
 import types
@@ -71,6 +72,9 @@ def _exec(plan_path: str) -> None:
   sys.stderr.flush()
   if sys.stderr.fileno() != 2:
     os.dup2(sys.stderr.fileno(), 2)
+  # Ctrl-C while the next program starts waits (blocked signals stay
+  # blocked, and pending, across exec) until its handler is in place.
+  signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
   os.execv(sys.executable, [sys.executable, '-m', 'retrain.export_job',
                             plan_path])
 
@@ -109,8 +113,11 @@ def main(argv):
   cli.quiet_logging(plan['verbosity'])
   if plan.get('run_dir'):
     quiet.keep_log_in(plan['run_dir'])
-  config, result = _closing(plan)
+  config = _closing(plan)[0]
   _job['plan'], _job['path'] = plan, plan_path
+  # Ctrl-C from here on (or one that came while this program started)
+  # ends the job with its one line.
+  signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
   try:
     stages = from_disk.pending(plan)
     if stages:
