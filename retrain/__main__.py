@@ -8,7 +8,6 @@ meanings.
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
 
@@ -77,12 +76,10 @@ def main(argv):
     logging.error('%s', e)
     return 1
   except OSError as e:
-    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+    from retrain import export_job
+    if not export_job.disk_full(e):
       raise
-    logging.error('The disk is full: could not write %s (%s). Free some space '
-                  'there or choose an output folder on another disk; '
-                  'nothing half-written was left.', e.filename or 'an output',
-                  e.strerror)
+    logging.error('%s', export_job.disk_full(e))
     return 1
   if result.pending_exports:
     from retrain import export_job

@@ -18,6 +18,7 @@ written stays.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import signal
@@ -118,6 +119,7 @@ def main(argv):
   # Ctrl-C from here on (or one that came while this program started)
   # ends the job with its one line.
   signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+  finished = False
   try:
     stages = from_disk.pending(plan)
     if stages:
@@ -128,14 +130,29 @@ def main(argv):
     from_disk.finish(plan, config.outputs.report_dir)
     from retrain.steps import outputs
     outputs.refresh_model_sizes(config)
+    finished = True
   except RetrainError as e:
     logging.error('%s', flag_wording(e))
-    _end(plan, plan_path, finished=False)
     return 1
-  _end(plan, plan_path, finished=True)
+  except OSError as e:
+    if not disk_full(e):
+      raise
+    logging.error('%s', disk_full(e))
+    return 1
+  finally:  # Not reached past os.execv (this program is gone then).
+    _end(plan, plan_path, finished)
   from retrain import summary
   summary.log_summary(config, _closing(plan)[1])
   return 0
+
+
+def disk_full(e: OSError) -> str:
+  """What a run says when `e` is a full disk (or quota); '' otherwise."""
+  if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+    return ''
+  return (f'The disk is full: could not write {e.filename or "an output"} '
+          f'({e.strerror}). Free some space there or choose an output '
+          'folder on another disk; nothing half-written was left.')
 
 
 # The plan being run, for the Ctrl-C line.
