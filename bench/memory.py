@@ -21,7 +21,9 @@ Examples (the targets: 1.5 GB for each):
 With `--phases LOG` (the command's log, its stderr redirected there, with
 `--timeline`), the peak of the tree between consecutive export lines of
 the log is printed per phase: before the exports (up to the fine-tuning's
-or the head's last line), frozen graph, TFLite, ONNX, SavedModel.
+or the head's last line), then each export line's phase (SavedModel,
+results page, frozen graph, TFLite, float TFLite for ONNX, ONNX) in the
+order the log has them.
 
 Linux only (reads /proc). A peak between two samples can be missed; the
 per-process kernel high-water marks (VmHWM) are printed too, as an upper
@@ -148,6 +150,8 @@ PHASE_ENDS = (
     ('TFLite', 'Wrote the TFLite model'),
     ('ONNX', 'Wrote the ONNX model'),
     ('SavedModel', 'Exported the classifier'),
+    ('results page', 'report.html'),
+    ('float TFLite for ONNX', 'Converted a float TFLite model'),
 )
 _ABSL_TIME = re.compile(r'^[IWEF]\d{4} (\d\d):(\d\d):(\d\d\.\d+) ')
 
@@ -173,6 +177,10 @@ def phase_peaks(timeline: str, log: str) -> List[Tuple[str, float]]:
     for line in f:
       clock, total = line.split()[:2]
       samples.append((_seconds(*clock.split(':')), float(total)))
+  # A run across midnight: times of the next day count on from 24:00.
+  first = samples[0][0] if samples else 0.0
+  samples = [(t + 86400 * (t < first - 60), mb) for t, mb in samples]
+  ends = [(name, t + 86400 * (t < first - 60)) for name, t in ends]
   peaks, start = [], float('-inf')
   for name, end in ends:
     inside = [mb for t, mb in samples if start < t <= end]

@@ -8,7 +8,6 @@ meanings.
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
 
@@ -67,7 +66,8 @@ def main(argv):
     config = config.replace(head_solver=head_auto.resolve(
         config.head.head_solver, [name for name in head_auto.SGD_TRAINING_FLAGS
                                   if FLAGS[name].present]))
-    result = pipeline.run(config)
+    # The last conversions run in fresh processes (retrain.export_job).
+    result = pipeline.run(config, convert_later=True)
   except RetrainError as e:
     logging.error('%s', flag_wording(e))
     return 1
@@ -76,13 +76,16 @@ def main(argv):
     logging.error('%s', e)
     return 1
   except OSError as e:
-    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+    from retrain import export_job
+    if not export_job.disk_full(e):
       raise
-    logging.error('The disk is full: could not write %s (%s). Free some space '
-                  'there or choose an output folder on another disk; '
-                  'nothing half-written was left.', e.filename or 'an output',
-                  e.strerror)
+    logging.error('%s', export_job.disk_full(e))
     return 1
+  if result.pending_exports:
+    from retrain import export_job
+    export_job.hand_over(result.pending_exports, result.config or config,
+                         result, FLAGS.logging_verbosity,
+                         bottleneck_cache.vectors_written())
   summary.log_summary(result.config or config, result)
   return 0
 

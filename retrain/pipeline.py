@@ -19,6 +19,7 @@ from retrain.common import atomic, quiet, runs
 from retrain.common import phases as phases_lib
 from retrain.config import DEFAULTS, Config
 from retrain.data import split as split_lib
+from retrain.export import from_disk
 from retrain.finetune import run as finetune_lib
 from retrain.head import auto as head_auto
 from retrain.report import writer as explain_lib
@@ -87,6 +88,9 @@ class RunResult:
   # and the settings as run, every output path filled in.
   run_dir: Optional[str] = None
   config: Optional[Config] = None
+  # The plan of the conversions left to retrain.export_job (run's
+  # convert_later), or None.
+  pending_exports: Optional[str] = None
 
   def __repr__(self) -> str:
     """One line: what a notebook user looks at first (the fields hold the
@@ -165,7 +169,7 @@ def given_outputs(config: Config) -> Dict[str, str]:
                config.outputs.intermediate_store_frequency > 0)}
 
 
-def run(config: Config) -> RunResult:
+def run(config: Config, convert_later: bool = False) -> RunResult:
   """Runs retraining end to end; see the module docstring.
 
   Outputs go into a new run folder (see place_outputs) and the paths given
@@ -173,27 +177,39 @@ def run(config: Config) -> RunResult:
   finishes, `latest` points to its run folder, which also keeps the
   native log (retrain/common/quiet.py).
 
+  convert_later: the frozen graph, TFLite and ONNX conversions are left
+  to retrain.export_job (RunResult.pending_exports: their plan, which
+  takes the locks of the paths given, the run folder and the `latest`
+  pointer along; python -m retrain hands over to it); False: all done
+  here.
+
   Raises:
     OutputError: another run is writing one of the given paths.
   """
   config = resolve_head_solver(config)
-  with runs.locked(given_outputs(config)):
+  with runs.locked(given_outputs(config)) as locks:
     config, run_dir = place_outputs(config)
     try:
-      result = run_steps(config)
+      result = run_steps(config, convert_later)
     except BaseException:
       if run_dir and runs.remove_if_empty(run_dir):
         run_dir = None
       if run_dir:
         quiet.keep_log_in(run_dir)
       raise
+    if result.pending_exports:
+      from_disk.write_plan({**from_disk.read_plan(result.pending_exports),
+                            'run_dir': run_dir, 'locks': list(locks)},
+                           result.pending_exports)
+      locks.clear()  # Released by the export job.
   if run_dir:
     quiet.keep_log_in(run_dir)
-    runs.point_latest(run_dir)
+    if not result.pending_exports:
+      runs.point_latest(run_dir)
   return dataclasses.replace(result, run_dir=run_dir, config=config)
 
 
-def run_steps(config: Config) -> RunResult:
+def run_steps(config: Config, convert_later: bool = False) -> RunResult:
   """The steps of `run`, with every output path filled in: prepare ->
   vectors -> split -> train -> evaluate -> export. The bottleneck step
   chooses where the vectors live (memory or the cache), the head kind
@@ -206,9 +222,9 @@ def run_steps(config: Config) -> RunResult:
   if config.data.multi_label:
     result = _multi_label(config, prepared, found, phases)
   elif found.storage == 'cache':
-    result = _streamed(config, prepared, found, phases)
+    result = _streamed(config, prepared, found, phases, convert_later)
   else:
-    result = _in_memory(config, prepared, found, phases)
+    result = _in_memory(config, prepared, found, phases, convert_later)
   vectors.warn_skipped(found.skipped, found.reports)
   write_run_summary(config, result)
   return result
@@ -226,7 +242,8 @@ def _result(found: vectors.Vectors, split: split_lib.Split, phases,
 
 
 def _in_memory(config: Config, prepared: prepare.Prepared,
-               found: vectors.Vectors, phases) -> RunResult:
+               found: vectors.Vectors, phases, convert_later: bool = False
+               ) -> RunResult:
   """The softmax head on vectors in memory: the converging solver or SGD,
   fine-tuning, calibration, the trust checks and the results page."""
   images, labels = found.images, found.labels
@@ -249,10 +266,15 @@ def _in_memory(config: Config, prepared: prepare.Prepared,
                                 test=tuned.reported.test)
     confidence = trust.trust_checks(config, prepared, found, split, tuned,
                                     confidence)
-  page = outputs.start_results_page(config, prepared, found, split, tuned)
+  # The heat maps are drawn while the exports run; one after the other
+  # when the conversions are left to a fresh process (a lower peak).
+  page = (None if convert_later else
+          outputs.start_results_page(config, prepared, found, split, tuned))
   with phases('export'):
     exported = outputs.export(config, prepared, found, split, tuned,
-                              confidence, trained.intermediate)
+                              confidence, trained.intermediate, convert_later)
+  page = page or outputs.start_results_page(config, prepared, found, split,
+                                            tuned)
   with phases('results_page'):
     page = outputs.results_page(config, page, tuned.module, labels,
                                 found.computed.stats, phases)
@@ -265,6 +287,7 @@ def _in_memory(config: Config, prepared: prepare.Prepared,
       history=tuned.trained.history,
       misclassified=tuned.reported.misclassified,
       saved_model_dir=exported.saved_model_dir,
+      pending_exports=exported.pending_exports,
       explained=tuned.reported.explained,
       deployment_report=exported.deployment_report,
       fine_tuned=tuned.fine_tuned,
@@ -274,7 +297,8 @@ def _in_memory(config: Config, prepared: prepare.Prepared,
 
 
 def _streamed(config: Config, prepared: prepare.Prepared,
-              found: vectors.Vectors, phases) -> RunResult:
+              found: vectors.Vectors, phases, convert_later: bool = False
+              ) -> RunResult:
   """The softmax head past the memory budget: streaming SGD and evaluation
   from the cache in chunks (retrain/steps/streamed.py)."""
   images, labels = found.images, found.labels
@@ -299,13 +323,14 @@ def _streamed(config: Config, prepared: prepare.Prepared,
                                     streamed.sampler(config, stream))
   with phases('export'):
     exported = outputs.export(config, prepared, found, split, tuned,
-                              confidence)
+                              confidence, convert_later=convert_later)
   phases.total()
   return _result(
       found, split, phases, copies.stats if copies is not None else None,
       test_accuracy=test.accuracy, test_count=test.count,
       history=trained.history, misclassified=misclassified,
       saved_model_dir=exported.saved_model_dir,
+      pending_exports=exported.pending_exports,
       deployment_report=exported.deployment_report)
 
 

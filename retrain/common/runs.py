@@ -208,6 +208,12 @@ def _release(locks: Iterable[str]) -> None:
       pass
 
 
+def release(locks: Iterable[str]) -> None:
+  """Removes the lock files `locks` this process holds (a run's locks
+  handed to its export job, which has the same process id)."""
+  _release(locks)
+
+
 @contextlib.contextmanager
 def locked(paths: Dict[str, str]) -> Iterator[List[str]]:
   """Holds `<path>.lock` for each {setting name: path} while the block runs

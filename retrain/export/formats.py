@@ -144,7 +144,7 @@ def frozen_graph_def(module: FeatureModule, head: Head,
   Input op `Placeholder` float32 [None, H, W, 3] in [0, 1]; output op
   `final_tensor_name` float32 [None, N] (softmax probabilities).
   """
-  classifier = export_lib.Classifier(module, head, final_tensor_name)
+  classifier = export_lib.classifier_for(module, head, final_tensor_name)
   height, width = module.input_size
 
   @tf.function(input_signature=[tf.TensorSpec(
@@ -156,8 +156,11 @@ def frozen_graph_def(module: FeatureModule, head: Head,
     return [outputs[k] for k in (PROBABILITIES_OUTPUT, NOVELTY_OUTPUT)
             if k in outputs]
 
-  graph_def = _freeze(classify.get_concrete_function(), final_tensor_name,
-                      *([NOVELTY_OUTPUT] if head.novelty is not None else []))
+  outputs = [final_tensor_name] + (
+      [NOVELTY_OUTPUT] if head.novelty is not None else [])
+  graph_def = _freeze(classify.get_concrete_function(), *outputs)
+  if _activation_named(graph_def, final_tensor_name):
+    _prune(graph_def, *outputs)
   names = {node.name for node in graph_def.node}
   if INPUT_TENSOR_NAME not in names or final_tensor_name not in names:
     raise OutputError(f'Freezing the graph lost the ops {INPUT_TENSOR_NAME!r} / '
@@ -193,6 +196,28 @@ def _freeze(function, output: str, *more: str) -> tf.compat.v1.GraphDef:
         function).graph.as_graph_def()
   _prune(graph_def, output, *more)
   return graph_def
+
+
+def _activation_named(graph_def: tf.compat.v1.GraphDef, name: str) -> bool:
+  """When op `name` is an Identity of the softmax (or sigmoid), as in a
+  classifier loaded from a SavedModel (retrain.export.from_disk), renames
+  that activation `name` in its place, in place: retrain.py's graphs have
+  a Softmax op `final_result`. Returns whether it did."""
+  nodes = {node.name: node for node in graph_def.node}
+  node, source = nodes.get(name), None
+  while node is not None and node.op == 'Identity' and node.input:
+    source = nodes.get(node.input[0].lstrip('^').split(':')[0])
+    node = source
+  if source is None or source.op not in ('Softmax', 'Sigmoid'):
+    return False
+  old = source.name
+  graph_def.node.remove(nodes[name])
+  source.name = name
+  for other in graph_def.node:
+    for i, value in enumerate(other.input):
+      if value == old or value.startswith(old + ':') or value == '^' + old:
+        other.input[i] = value.replace(old, name, 1)
+  return True
 
 
 def _prune(graph_def: tf.compat.v1.GraphDef, output: str, *more: str
@@ -262,12 +287,21 @@ def write_onnx(path: str, module: FeatureModule, head: Head,
                labels: Sequence[str],
                extra_metadata: Optional[dict] = None) -> str:
   """Writes the classifier as ONNX (metadata in metadata_props); returns path."""
+  return write_onnx_with(path, lambda info: onnx_format.onnx_model(
+      module, head, labels, file_metadata(path, labels, module, info)),
+      extra_metadata)
+
+
+def write_onnx_with(path: str, convert, extra_metadata: Optional[dict] = None
+                    ) -> str:
+  """Writes the ONNX model `convert(info)` returns (serialized; info: the
+  model's own metadata fields, extra_metadata added) to `path`; returns
+  path."""
   info = {'format': 'onnx', 'input_tensor': IMAGES_INPUT,
           'output_tensor': PROBABILITIES_OUTPUT}
   info.update(extra_metadata or {})
   try:
-    model = onnx_format.onnx_model(module, head, labels,
-                                   file_metadata(path, labels, module, info))
+    model = convert(info)
   except onnx_format.OnnxUnavailable as e:
     raise OutputError(str(e)) from e
   write_file(path, model)
@@ -343,34 +377,71 @@ def export_other_formats(options, module: FeatureModule, head: Head,
         write_checkpoint(options.checkpoint_path, head))
     logging.info('Wrote the head checkpoint %s.', options.checkpoint_path)
   if options.output_graph:
-    started = time.monotonic()
-    written['output_graph'] = os.path.abspath(write_frozen_graph(
-        options.output_graph, module, head, labels, options.final_tensor_name,
-        extra_metadata))
-    logging.info('Wrote the frozen graph %s (input %s, output %s) in %.1f s.',
-                 options.output_graph, INPUT_TENSOR_NAME, options.final_tensor_name,
-                 time.monotonic() - started)
+    written['output_graph'] = frozen_graph_step(options, module, head, labels,
+                                                extra_metadata)
     phases_lib.release_memory()
   if options.tflite_output_file:
-    started = time.monotonic()
-    written['tflite'] = os.path.abspath(write_tflite(
-        options.tflite_output_file, module, head, labels,
-        options.tflite_quantization,
-        calibration_sample(calibration_paths,
-                           options.tflite_calibration_images),
-        gate, extra_metadata))
-    logging.info('Wrote the TFLite model %s (%s quantization, %.1f MB) in '
-                 '%.1f s.', options.tflite_output_file,
-                 options.tflite_quantization,
-                 os.path.getsize(options.tflite_output_file) / 1e6,
-                 time.monotonic() - started)
+    written['tflite'] = tflite_step(options, module, head, labels,
+                                    calibration_paths, gate, extra_metadata)
     phases_lib.release_memory()
   if options.onnx_output_file:
-    started = time.monotonic()
-    written['onnx'] = os.path.abspath(write_onnx(
-        options.onnx_output_file, module, head, labels, extra_metadata))
-    logging.info('Wrote the ONNX model %s (%.1f MB) in %.1f s.',
-                 options.onnx_output_file,
-                 os.path.getsize(options.onnx_output_file) / 1e6,
-                 time.monotonic() - started)
+    written['onnx'] = onnx_step(options, lambda info: onnx_format.onnx_model(
+        module, head, labels, file_metadata(options.onnx_output_file, labels,
+                                            module, info)), extra_metadata)
   return written
+
+
+def frozen_graph_step(options, module: FeatureModule, head: Head,
+                      labels: Sequence[str],
+                      extra_metadata: Optional[dict] = None) -> str:
+  """Writes options.output_graph and logs it; returns its absolute path.
+  module and head: in memory, or a written export's
+  (retrain.export.from_disk)."""
+  started = time.monotonic()
+  path = os.path.abspath(write_frozen_graph(
+      options.output_graph, module, head, labels, options.final_tensor_name,
+      extra_metadata))
+  logging.info('Wrote the frozen graph %s (input %s, output %s) in %.1f s.',
+               options.output_graph, INPUT_TENSOR_NAME,
+               options.final_tensor_name, time.monotonic() - started)
+  return path
+
+
+def tflite_step(options, module: FeatureModule, head: Head,
+                labels: Sequence[str], calibration_paths: Sequence[str],
+                gate: Optional[quantization_check.Gate] = None,
+                extra_metadata: Optional[dict] = None) -> str:
+  """Writes options.tflite_output_file and logs it; returns its absolute
+  path (see frozen_graph_step)."""
+  started = time.monotonic()
+  path = os.path.abspath(write_tflite(
+      options.tflite_output_file, module, head, labels,
+      options.tflite_quantization,
+      calibration_sample(calibration_paths, options.tflite_calibration_images),
+      gate, extra_metadata))
+  log_tflite(options, started)
+  return path
+
+
+def log_tflite(options, started: float) -> None:
+  """Logs that options.tflite_output_file was written, in the seconds
+  since time.monotonic() was `started`."""
+  logging.info('Wrote the TFLite model %s (%s quantization, %.1f MB) in '
+               '%.1f s.', options.tflite_output_file,
+               options.tflite_quantization,
+               os.path.getsize(options.tflite_output_file) / 1e6,
+               time.monotonic() - started)
+
+
+def onnx_step(options, convert, extra_metadata: Optional[dict] = None) -> str:
+  """Writes options.onnx_output_file and logs it; returns its absolute path.
+
+  Args:
+    convert: the converter (see write_onnx_with): onnx_format.onnx_model
+      of the model in memory, or onnx_format.onnx_from_tflite.
+  """
+  started = time.monotonic()
+  path = write_onnx_with(options.onnx_output_file, convert, extra_metadata)
+  logging.info('Wrote the ONNX model %s (%.1f MB) in %.1f s.', path,
+               os.path.getsize(path) / 1e6, time.monotonic() - started)
+  return os.path.abspath(path)

@@ -118,6 +118,18 @@ class Classifier(tf.Module):
     return outputs
 
 
+def classifier_for(module, head, final_tensor_name: str):
+  """The classifier the exports convert: `Classifier` of a module and head
+  in memory, or the loaded classifier of a written export
+  (retrain.export.from_disk.SavedModule, which has `saved_classifier`);
+  either has `classify` (tf.function) and `_classify` (untraced), with the
+  same inputs, outputs and op names."""
+  loaded = getattr(module, 'saved_classifier', None)
+  if loaded is not None:
+    return loaded(head, final_tensor_name)
+  return Classifier(module, head, final_tensor_name)
+
+
 def novelty_score(vectors, arrays: dict):
   """float32 [batch] novelty of vectors float32 [batch, D], computed as
   retrain.head.novelty.Novelty.graph_scores does; op name NOVELTY_OUTPUT."""

@@ -109,7 +109,7 @@ def _save_for_conversion(module: FeatureModule, head: Head, folder: str
   returns a list: probabilities float32 [batch, N] first (output 0 is what
   MediaPipe and every [batch, N] reader take), then novelty float32
   [batch] when the head has one."""
-  classifier = export_lib.Classifier(module, head, OUTPUT_TENSOR_NAME)
+  classifier = export_lib.classifier_for(module, head, OUTPUT_TENSOR_NAME)
   height, width = module.input_size
 
   @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3],
@@ -182,6 +182,20 @@ def write_tflite(path: str, module: FeatureModule, head: Head,
     extra_metadata: more JSON-ready fields for the metadata (e.g.
       'confidence', with the rejection 'threshold').
   """
+  model, info = converted(path, module, head, quantization,
+                          calibration_paths, gate, extra_metadata)
+  return write_described(path, model, labels, module, info)
+
+
+def converted(path: str, module: FeatureModule, head: Head,
+              quantization: str = 'none', calibration_paths: Sequence[str] = (),
+              gate: Optional[quantization_check.Gate] = None,
+              extra_metadata: Optional[dict] = None):
+  """(the TFLite model, its metadata fields) of write_tflite, checked,
+  before anything is written: write_described writes them, in a fresh
+  process when the memory matters (embedding the metadata parses the
+  whole model: +0.4 GB for the default ensemble, on top of what the
+  converter keeps)."""
   info = {'format': 'tflite', names.META_QUANTIZATION: quantization}
   info.update(extra_metadata or {})
   if quantization == 'int8' and head.novelty is not None:
@@ -198,6 +212,14 @@ def write_tflite(path: str, module: FeatureModule, head: Head,
   if quantization != 'none' and gate is not None:
     info['quantization_check'] = _check_quantized(model, module, head,
                                                   quantization, gate)
+  return model, info
+
+
+def write_described(path: str, model: bytes, labels: Sequence[str],
+                    module: FeatureModule, info: dict) -> str:
+  """Writes `model` with its metadata embedded (when mediapipe is
+  installed) to `path`, and its sidecars; returns path. info: the
+  metadata fields write_tflite gathered."""
   model = _with_embedded_metadata(model, path, labels, module, info)
   write_file(path, model)
   write_sidecars(path, labels, module, info)
@@ -228,7 +250,7 @@ def _check_quantized(model: bytes, module: FeatureModule, head: Head,
                     'float model; its accuracy is unchecked.', gate.subset,
                     quantization)
     return None
-  classifier = export_lib.Classifier(module, head, OUTPUT_TENSOR_NAME)
+  classifier = export_lib.classifier_for(module, head, OUTPUT_TENSOR_NAME)
 
   def float_predict(batch):
     return classifier.classify(tf.constant(batch))[PROBABILITIES_OUTPUT].numpy()

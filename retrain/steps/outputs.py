@@ -11,12 +11,12 @@ from absl import logging
 
 from retrain.bottlenecks import precision as precision_lib
 from retrain.bottlenecks import usable as usable_lib
-from retrain.common import names
+from retrain.common import atomic, names
 from retrain.common import phases as phases_lib
 from retrain.config import Config
 from retrain.data import split as split_lib
 from retrain.export import formats as export_formats
-from retrain.export import quantization_check
+from retrain.export import from_disk, quantization_check
 from retrain.export import saved_model as export_lib
 from retrain.features import ensemble as ensemble_lib
 from retrain.head import calibration as calibration_lib
@@ -33,14 +33,17 @@ class Exported:
   Attributes:
     saved_model_dir: the SavedModel folder, or None.
     deployment_report: <report_dir>/deployment.json.
+    pending_exports: the plan file of the conversions left to
+      retrain.export_job (convert_later), or None.
   """
   saved_model_dir: Optional[str]
   deployment_report: str
+  pending_exports: Optional[str] = None
 
 
 def export(config: Config, prepared, found, split: split_lib.Split,
            tuned, confidence: calibration_lib.Confidence,
-           intermediate=None) -> Exported:
+           intermediate=None, convert_later: bool = False) -> Exported:
   """Writes the labels file and every export asked for.
 
   Args:
@@ -48,6 +51,12 @@ def export(config: Config, prepared, found, split: split_lib.Split,
       retrain.steps.vectors.Vectors; tuned: the retrain.steps.head.Tuned
       whose module and head the exports hold; intermediate: the
       intermediate-graph hook of training, or None.
+    convert_later: leave the conversions to a fresh process (the plan in
+      Exported.pending_exports), for a smaller peak of memory.
+
+  The SavedModel is written first; the other formats are converted from
+  it on disk (retrain.export.from_disk: the same files, in less memory),
+  or from the model in memory when no SavedModel is asked for.
 
   With int8 bottlenecks (module quantised, prepared.float_module the float
   one the exports hold), the exports' held-out accuracy on float features
@@ -82,31 +91,60 @@ def export(config: Config, prepared, found, split: split_lib.Split,
         config, float_module, confidence.head, images, rows, held_out,
         test.accuracy if held_out == 'test' else None)
     phases_lib.release_memory()  # its float interpreters, before the exports
-  other_formats = export_formats.export_other_formats(
-      config.outputs, module, confidence.head,
-      labels, images.paths_of(split.train), gate, deploy_metadata)
-  if float_check is not None:
-    other_formats['float_export_check'] = float_check
-  if intermediate is not None:
-    other_formats['intermediate_graphs'] = intermediate.written
-  phases_lib.release_memory()  # the frozen graph's copies of the weights
-  saved = None
-  if config.outputs.saved_model_dir:
-    saved = export_lib.export_saved_model(
-        config.outputs.saved_model_dir, module, confidence.head, labels,
-        config.outputs.final_tensor_name,
-        extra_metadata={'modules': ensemble_lib.describe_modules(module),
-                        'test_accuracy': test.accuracy,
-                        'test_count': test.count,
-                        'other_exports': other_formats,
-                        'quantization_checks': [c.metadata()
-                                                for c in gate.results],
-                        **deploy_metadata, **(fine_tune_metadata or {})})
-    logging.info('Exported the classifier to %s (labels in %s).', saved,
-                 config.outputs.output_labels)
-  deployment = deployment_report.write_report(
-      config.outputs.report_dir, confidence, gate.results, other_formats)
+  extras = {k: v for k, v in (
+      ('float_export_check', float_check),
+      ('intermediate_graphs',
+       None if intermediate is None else intermediate.written))
+      if v is not None}
+  if not config.outputs.saved_model_dir:  # Nothing on disk to convert from.
+    other_formats = export_formats.export_other_formats(
+        config.outputs, module, confidence.head,
+        labels, images.paths_of(split.train), gate, deploy_metadata)
+    other_formats.update(extras)
+    deployment = deployment_report.write_report(
+        config.outputs.report_dir, confidence, gate.results, other_formats)
+    return Exported(None, deployment)
+  saved, deployment, plan = _saved_model_first(
+      config, module, confidence, labels, images.paths_of(split.train), gate,
+      extra_metadata={'modules': ensemble_lib.describe_modules(module),
+                      'test_accuracy': test.accuracy,
+                      'test_count': test.count,
+                      **deploy_metadata, **(fine_tune_metadata or {})},
+      written=extras)
+  if convert_later and from_disk.pending(plan):
+    return Exported(saved, deployment, from_disk.write_plan(plan))
+  from_disk.run_all(plan, config.outputs)
   return Exported(saved, deployment)
+
+
+def _saved_model_first(config: Config, module, confidence, labels,
+                       calibration_paths, gate, extra_metadata: dict,
+                       written: dict):
+  """Writes the checkpoint (if asked) and the SavedModel; returns (its
+  folder, the deployment report, the plan of the other formats:
+  from_disk.new_plan). written: what was written already."""
+  written = dict(written)
+  if config.outputs.checkpoint_path:
+    written['checkpoint'] = os.path.abspath(export_formats.write_checkpoint(
+        config.outputs.checkpoint_path, confidence.head))
+    logging.info('Wrote the head checkpoint %s.',
+                 config.outputs.checkpoint_path)
+  deploy_metadata = {k: extra_metadata[k] for k in
+                     (names.META_CONFIDENCE, names.META_NOVELTY)
+                     if k in extra_metadata}
+  plan = from_disk.new_plan(config.outputs, config.outputs.saved_model_dir,
+                            calibration_paths, gate, deploy_metadata,
+                            written)
+  saved = export_lib.export_saved_model(
+      config.outputs.saved_model_dir, module, confidence.head, labels,
+      config.outputs.final_tensor_name,
+      extra_metadata={**extra_metadata, 'other_exports': written,
+                      'quantization_checks': []})
+  logging.info('Exported the classifier to %s (labels in %s).', saved,
+               config.outputs.output_labels)
+  deployment = deployment_report.write_report(
+      config.outputs.report_dir, confidence, gate.results, written)
+  return saved, deployment, plan
 
 
 def check_float_exports(config: Config, float_module, head,
@@ -136,6 +174,17 @@ def _model_lines(config: Config, module, labels, stats, timings) -> dict:
   model = (f'{" + ".join(m["handle"] for m in members)} '
            f'({module.output_dim}-d features) and a softmax head over '
            f'{len(labels)} classes ({config.head.head_solver})')
+  speed = ''
+  if stats.computed and timings.get('bottlenecks'):
+    speed = (f'{stats.computed / timings["bottlenecks"]:.1f} photos/s '
+             'decoded and through the feature module (this run, this '
+             'machine)')
+  return {'model': model, 'model_size': model_sizes(config), 'speed': speed}
+
+
+def model_sizes(config: Config) -> str:
+  """The results page's size line: 'SavedModel 49.0 MB, TFLite ...' of
+  the exports written so far."""
   sizes = []
   for what, path in (('SavedModel', config.outputs.saved_model_dir),
                      ('frozen graph', config.outputs.output_graph),
@@ -146,12 +195,30 @@ def _model_lines(config: Config, module, labels, stats, timings) -> dict:
                   for d, _, files in os.walk(path) for f in files)
               if os.path.isdir(path) else os.path.getsize(path))
       sizes.append(f'{what} {size / 2 ** 20:.1f} MB')
-  speed = ''
-  if stats.computed and timings.get('bottlenecks'):
-    speed = (f'{stats.computed / timings["bottlenecks"]:.1f} photos/s '
-             'decoded and through the feature module (this run, this '
-             'machine)')
-  return {'model': model, 'model_size': ', '.join(sizes), 'speed': speed}
+  return ', '.join(sizes)
+
+
+def refresh_model_sizes(config: Config) -> None:
+  """Rewrites the size line of the results page (report.html and
+  report.json in report_dir) written before the last conversions
+  (retrain.export_job) with the sizes of every export."""
+  import html
+  import json
+  folder = config.outputs.report_dir
+  paths = [os.path.join(folder, results_lib.REPORT_JSON),
+           os.path.join(folder, results_lib.REPORT_HTML)]
+  if not all(os.path.isfile(p) for p in paths):
+    return
+  with open(paths[0], encoding='utf-8') as f:
+    report = json.load(f)
+  old, new = report.get('model_size'), model_sizes(config)
+  if not old or old == new:
+    return
+  with open(paths[1], encoding='utf-8') as f:
+    page = f.read()
+  atomic.write_text(paths[1], page.replace(html.escape(old), html.escape(new),
+                                           1))
+  atomic.write_json(paths[0], {**report, 'model_size': new})
 
 
 @dataclasses.dataclass
@@ -200,11 +267,32 @@ def start_results_page(config: Config, prepared, found,
       history=[dataclasses.asdict(p) for p in trained.history],
       settings={k: str(v) for k, v in config.flat().items()})
   explainer = None if crops is not None else heatmap.explainer(
-      module, trained.head, fine_tuned=tuned is not None)
+      _in_chunks(module), trained.head, fine_tuned=tuned is not None)
   pool = concurrent.futures.ThreadPoolExecutor(1)
   future = pool.submit(results_lib.grid_heat_maps, explainer, report)
   pool.shutdown(wait=False)
   return StartedPage(report, explainer, future)
+
+
+# Images a heat map's occlusion runs through the network at once: each
+# photo's 26 occluded copies in one batch held +600 MB of activations on
+# the fine-tuned default ensemble (260x260), more than the whole export.
+HEAT_MAP_BATCH = 4
+
+
+def _in_chunks(module):
+  """`module` whose `call` runs at most HEAT_MAP_BATCH images at a time
+  (the same vectors, float32 [batch, D])."""
+  if not dataclasses.is_dataclass(module):
+    return module
+  call = module.call
+
+  def chunked(images):
+    return np.concatenate([np.asarray(call(images[i:i + HEAT_MAP_BATCH]),
+                                      np.float32)
+                           for i in range(0, len(images), HEAT_MAP_BATCH)])
+
+  return dataclasses.replace(module, call=chunked)
 
 
 def results_page(config: Config, started: StartedPage, module, labels, stats,
