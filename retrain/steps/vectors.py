@@ -14,6 +14,7 @@ import bottleneck_cache
 from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.bottlenecks import distort as distort_lib
 from retrain.bottlenecks import ensemble as ensemble_bottlenecks
+from retrain.bottlenecks import kept
 from retrain.bottlenecks import usable as usable_lib
 from retrain.common import names
 from retrain.config import Config
@@ -125,6 +126,8 @@ def bottlenecks(config: Config, dataset, module, runner, crops=None,
   except bottleneck_cache.CacheError as e:
     raise OutputError(f'bottleneck_dir: {e}', fields=('bottleneck_dir',)
                       ) from e
+  finally:
+    kept.forget()  # the bytes hashing kept for this pass
   log_bottlenecks(computed.stats, len(computed.failures),
                   config.cache.bottleneck_dir, len(ensemble_lib.members(module)))
   return computed

@@ -1,0 +1,97 @@
+"""Each photo is opened once on a cold run: hashing keeps the bytes it read
+for the bottleneck pass (retrain/bottlenecks/kept.py), bounded, and the
+vectors are the same bits as when the file is read again."""
+
+import collections
+
+import numpy as np
+import pytest
+
+import bottleneck_cache
+from retrain.bottlenecks import compute, kept
+from retrain.common import walk
+from retrain.features import modules
+from tests.conftest import write_image
+
+
+def _photos(folder, count=5):
+  paths = []
+  for k in range(count):
+    paths.append(str(folder / f'{k}.jpg'))
+    write_image(paths[-1], (50 * k, 40, 90), seed=k)
+  return paths
+
+
+def _count_opens(monkeypatch) -> collections.Counter:
+  """Counts walk.open_file, the one function that opens image files."""
+  opened = collections.Counter()
+  open_file = walk.open_file
+
+  def counting(path, max_bytes):
+    opened[path] += 1
+    return open_file(path, max_bytes)
+  monkeypatch.setattr(walk, 'open_file', counting)
+  return opened
+
+
+def _cold_pass(paths, module, cache_dir):
+  store = bottleneck_cache.BottleneckStore(str(cache_dir),
+                                           compute.cache_namespace(module))
+  keyed = compute.cache_keys(paths, store, None)
+  result = compute.compute_bottlenecks(paths, module, store, 2, keyed=keyed)
+  kept.forget()
+  return result
+
+
+def test_a_cold_pass_opens_each_file_once(tmp_path, fake_module,
+                                          monkeypatch):
+  paths = _photos(tmp_path)
+  module = modules.load_module(fake_module)
+  opened = _count_opens(monkeypatch)
+  result = _cold_pass(paths, module, tmp_path / 'cache')
+  assert result.ok.all() and result.stats.computed == len(paths)
+  assert {p: opened[p] for p in paths} == {p: 1 for p in paths}
+  assert kept.kept_count() == 0
+
+
+def test_past_the_budget_files_are_read_again_with_the_same_vectors(
+    tmp_path, fake_module, monkeypatch):
+  paths = _photos(tmp_path)
+  module = modules.load_module(fake_module)
+  once = _cold_pass(paths, module, tmp_path / 'cache1')
+  monkeypatch.setattr(kept, 'BUDGET', 0)
+  opened = _count_opens(monkeypatch)
+  twice = _cold_pass(paths, module, tmp_path / 'cache2')
+  assert {p: opened[p] for p in paths} == {p: 2 for p in paths}
+  np.testing.assert_array_equal(once.vectors, twice.vectors)
+  assert once.digests == twice.digests
+
+
+def test_a_file_changed_after_hashing_is_read_again(tmp_path):
+  """A kept entry is given only to the unchanged file it was read from."""
+  path = str(write_image(tmp_path / 'a.jpg', (10, 20, 30)))
+  memo = bottleneck_cache.DigestMemo(None, kept.keeping(
+      lambda p: walk.open_file(p, 1 << 20)))
+  kept.forget()
+  digest = memo.digest(path)
+  with open(path, 'rb') as f:
+    original = f.read()
+  assert kept.take(digest, path) == original
+  memo.digest(path)
+  write_image(path, (200, 20, 30), seed=3)
+  assert kept.take(digest, path) is None
+  assert kept.kept_count() == 0
+
+
+@pytest.mark.parametrize('budget', [0, 1 << 20])
+def test_the_budget_bounds_what_is_kept(tmp_path, budget, monkeypatch):
+  paths = _photos(tmp_path, 3)
+  monkeypatch.setattr(kept, 'BUDGET', budget)
+  kept.forget()
+  memo = bottleneck_cache.DigestMemo(None, kept.keeping(
+      lambda p: walk.open_file(p, 1 << 20)))
+  for path in paths:
+    memo.digest(path)
+  assert kept.kept_count() == (len(paths) if budget else 0)
+  kept.forget()
+  assert kept.kept_count() == 0
