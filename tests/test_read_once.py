@@ -95,3 +95,29 @@ def test_the_budget_bounds_what_is_kept(tmp_path, budget, monkeypatch):
   assert kept.kept_count() == (len(paths) if budget else 0)
   kept.forget()
   assert kept.kept_count() == 0
+
+
+def test_the_pass_keeps_wanted_thumbnails_and_the_same_pixels(tmp_path):
+  import tensorflow as tf
+
+  from retrain import images
+  from retrain.bottlenecks import thumbnails
+  paths = [str(write_image(tmp_path / f'{k}.jpg', (60 * k, 90, 30),
+                           size=(50, 80), seed=k)) for k in range(3)]
+  thumbnails.want([paths[0], paths[2]])
+  contents = [open(p, 'rb').read() for p in paths]  # noqa: SIM115
+  dataset = tf.data.Dataset.from_tensor_slices(
+      (tf.range(3, dtype=tf.int64), tf.constant(contents))).map(
+          lambda i, c: thumbnails.decode_and_resize(c, (32, 32), i, paths))
+  got = [image.numpy() for image in dataset]
+  for image, data in zip(got, contents, strict=True):
+    np.testing.assert_array_equal(
+        image, images.decode_and_resize(tf.constant(data), (32, 32)).numpy())
+  assert thumbnails.take(paths[1]) is None
+  for k in (0, 2):
+    thumb = thumbnails.take(paths[k])
+    assert thumb.shape == (thumbnails.SIDE, thumbnails.SIDE, 3)
+    assert thumb.dtype == np.uint8
+    assert abs(int(thumb[..., 0].mean()) - 60 * k) < 15  # the photo's colour
+  assert thumbnails.take(paths[0]) is None  # handed out once
+  thumbnails.forget()

@@ -32,7 +32,7 @@ from absl import logging
 import bottleneck_cache
 from retrain import image_header
 from retrain import images as images_lib
-from retrain.bottlenecks import kept
+from retrain.bottlenecks import kept, thumbnails
 from retrain.common import names
 from retrain.common import phases as phases_lib
 from retrain.common import walk as walk_lib
@@ -333,8 +333,10 @@ def make_compute_fn(paths: Sequence[str], module: FeatureModule,
   box_table = None if boxes is None else tf.constant(boxes, tf.float32)
 
   def load(index, contents):
-    box = None if box_table is None else tf.gather(box_table, index)
-    return index, images_lib.decode_and_resize(contents, size, box)
+    if box_table is None:  # the projector's thumbnails from these pixels
+      return index, thumbnails.decode_and_resize(contents, size, index, paths)
+    return index, images_lib.decode_and_resize(
+        contents, size, tf.gather(box_table, index))
 
   def compute(missing: Sequence[int]):
     # One bounded read per file: hashed, header-checked and decoded bytes

@@ -32,8 +32,8 @@ import tensorflow as tf
 from absl import logging
 
 import bottleneck_cache
-from retrain import images as images_lib
 from retrain.bottlenecks import compute as bottlenecks_lib
+from retrain.bottlenecks import thumbnails
 from retrain.common import names
 from retrain.common.progress import Progress
 from retrain.errors import OutputError
@@ -164,9 +164,10 @@ def _run_shared(paths, runners, stores, batch_size: int, keys,
       runner.prepare()  # before the progress clock starts
 
   size = tuple(runners[0].input_size)
+  pass_paths = [paths[i] for i in path_index]
 
   def load(k, contents):
-    return k, images_lib.decode_and_resize(contents, size)
+    return k, thumbnails.decode_and_resize(contents, size, k, pass_paths)
 
   def compute(batch):
     k = batch[0].numpy()
@@ -178,7 +179,7 @@ def _run_shared(paths, runners, stores, batch_size: int, keys,
     return len(k), out
 
   dataset = bottlenecks_lib.image_batches(bottlenecks_lib.read_images(
-      range(len(keys)), [paths[i] for i in path_index],
+      range(len(keys)), pass_paths,
       [key[:64] for key in keys], size, max_pixels, {}), load, batch_size)
   width = max(runner.parallel_calls for runner in runners)
   progress = Progress('Bottlenecks', len(keys))

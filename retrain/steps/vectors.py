@@ -14,7 +14,7 @@ import bottleneck_cache
 from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.bottlenecks import distort as distort_lib
 from retrain.bottlenecks import ensemble as ensemble_bottlenecks
-from retrain.bottlenecks import kept
+from retrain.bottlenecks import kept, thumbnails
 from retrain.bottlenecks import usable as usable_lib
 from retrain.common import names
 from retrain.config import Config
@@ -23,6 +23,7 @@ from retrain.data import duplicates, leakage, sources
 from retrain.data import split as split_lib
 from retrain.errors import OutputError
 from retrain.features import ensemble as ensemble_lib
+from retrain.head import math as head_math
 from retrain.report import skipped as skipped_report
 from retrain.steps import streamed
 
@@ -95,6 +96,8 @@ def compute(config: Config, prepared) -> Vectors:
   retrain.steps.prepare.Prepared."""
   storage = choose_storage(config, prepared)
   layout = prepared.layout
+  want_thumbnails(config, layout.dataset, storage == 'memory' and
+                  prepared.crops is None)
   computed = bottlenecks(config, layout.dataset, prepared.module,
                          prepared.runner, prepared.crops,
                          load_vectors=storage == 'memory',
@@ -103,6 +106,17 @@ def compute(config: Config, prepared) -> Vectors:
   return Vectors(storage, computed,
                  usable_lib.usable_images(layout.dataset, computed),
                  list(layout.dataset.labels), skipped, reports)
+
+
+def want_thumbnails(config: Config, dataset, projector: bool) -> None:
+  """Asks the bottleneck pass for the thumbnails of the images the
+  embedding projector will show (its evenly spread sample; an image
+  skipped shifts the sample, and a thumbnail not made is read from the
+  file), so that it need not open them again."""
+  count = config.outputs.projector_max_images if projector else 0
+  paths = [dataset.images[i].path for i in head_math.evenly_spread(
+      len(dataset.images), count)]
+  thumbnails.want(paths)
 
 
 def bottlenecks(config: Config, dataset, module, runner, crops=None,
