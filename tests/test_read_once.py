@@ -168,6 +168,12 @@ def test_a_cold_run_opens_each_photo_once_projector_included(
   assert result.explained.projector_images == len(photos)
   assert (tmp_path / 'out' / 'logs' / 'projector' / 'sprite.png').exists()
   assert {p: opened[p] for p in photos} == {p: 1 for p in photos}
+  # Warm: the memo knows the hashes, the cache the vectors, and the
+  # thumbnails are kept beside them: no photo is opened.
+  opened.clear()
+  again = pipeline.run(config)
+  assert again.explained.projector_images == len(photos)
+  assert {p: opened[p] for p in photos} == {p: 0 for p in photos}
 
 
 @pytest.mark.slow
@@ -194,3 +200,27 @@ def test_a_cold_fine_tuning_run_opens_each_photo_once(tmp_path, monkeypatch,
   assert {p: opened[p] for p in photos} == {p: 1 for p in photos}
   assert 'Activations of efficientnet_lite0: 18 reused from the cache, 0 ' \
       'computed' in caplog.text
+
+
+def test_thumbnails_are_kept_beside_the_vectors_for_the_next_run(tmp_path):
+  import tensorflow as tf
+
+  from retrain.bottlenecks import thumbnails
+  paths = [str(write_image(tmp_path / f'{k}.png', (80 * k, 90, 30),
+                           size=(70, 50), seed=k)) for k in range(2)]
+  digests = ['%064x' % (k + 1) for k in range(2)]
+  thumbnails.want(paths)
+  contents = [open(p, 'rb').read() for p in paths]  # noqa: SIM115
+  list(tf.data.Dataset.from_tensor_slices(
+      (tf.range(2, dtype=tf.int64), tf.constant(contents))).map(
+          lambda i, c: thumbnails.decode_and_resize(c, (32, 32), i, paths)))
+  thumbnails.settle(str(tmp_path / 'cache'), paths, digests)
+  made = thumbnails.take(paths[0])
+  assert (tmp_path / 'cache' / f'thumbnails-{thumbnails.SIDE}' /
+          f'{digests[0]}.npy').exists()
+  # The next run decodes nothing: the thumbnails come from the cache.
+  thumbnails.want(paths[:1])
+  thumbnails.settle(str(tmp_path / 'cache'), paths, digests)
+  np.testing.assert_array_equal(thumbnails.take(paths[0]), made)
+  assert thumbnails.take(paths[1]) is None  # not wanted
+  thumbnails.forget()

@@ -10,6 +10,11 @@ projector_max_images, so memory stays at SIDE x SIDE x 3 bytes an image,
 decode (its vector was cached) has none, and the projector reads the file
 as before.
 
+Thumbnails are also kept on disk beside the vectors
+(<bottleneck_dir>/thumbnails-<SIDE>/<content hash>.npy, uint8, 12 KB
+each, written atomically; `settle`), so a warm run, which decodes
+nothing, shows them without opening a photo either.
+
 A thumbnail is the upright image (EXIF orientation applied, as the
 module saw it) centre-cropped to a square and area-resized to SIDE x SIDE,
 uint8 [SIDE, SIDE, 3].
@@ -17,13 +22,16 @@ uint8 [SIDE, SIDE, 3].
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from retrain import images as images_lib
+from retrain.common import atomic
 
 SIDE = 64
 
@@ -87,3 +95,56 @@ def decode_and_resize(contents: tf.Tensor, size, index: tf.Tensor,
     with tf.control_dependencies([done]):
       pixels = tf.identity(pixels)
   return images_lib.resize_pixels(pixels, size)
+
+
+def _cached(folder: str, digest: str) -> str:
+  return os.path.join(folder, f'{digest[:64]}.npy')
+
+
+def _load(path: str) -> Optional[np.ndarray]:
+  """The thumbnail stored at `path`, or None (absent, or not one)."""
+  try:
+    if os.path.getsize(path) > 2 * SIDE * SIDE * 3:
+      return None
+    thumb = np.load(path, allow_pickle=False)
+  except (OSError, ValueError):
+    return None
+  if thumb.shape != (SIDE, SIDE, 3) or thumb.dtype != np.uint8:
+    return None
+  return thumb
+
+
+def settle(bottleneck_dir: str, paths: Sequence[str],
+           digests: Sequence[Optional[str]]) -> None:
+  """After the bottleneck pass: stores each wanted thumbnail it made
+  under its content hash in <bottleneck_dir>/thumbnails-<SIDE>/, and
+  brings the stored ones of wanted images it did not decode (their
+  vectors were cached) into memory for `take`. digests[i]: the content
+  hash (cache key) of paths[i], or None. A cache that cannot be written
+  only costs the next run a read of the photo."""
+  folder = os.path.join(bottleneck_dir, f'thumbnails-{SIDE}')
+  with _lock:
+    wanted = [(path, digest) for path, digest in zip(paths, digests,
+                                                      strict=True)
+              if digest and path in _wanted]
+    made = dict(_made)
+  try:
+    os.makedirs(folder, exist_ok=True)
+    for path, digest in wanted:
+      if path in made and not os.path.exists(_cached(folder, digest)):
+        atomic.write_bytes(_cached(folder, digest), _npy(made[path]))
+  except OSError as e:
+    logging.warning('Thumbnails not kept in %s (%s); the next run reads '
+                    'the photos again for them.', folder, e)
+  for path, digest in wanted:
+    if path not in made:
+      thumb = _load(_cached(folder, digest))
+      if thumb is not None:
+        _put(path, thumb)
+
+
+def _npy(thumb: np.ndarray) -> bytes:
+  import io
+  buffer = io.BytesIO()
+  np.save(buffer, thumb, allow_pickle=False)
+  return buffer.getvalue()

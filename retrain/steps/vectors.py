@@ -108,6 +108,9 @@ def compute(config: Config, prepared) -> Vectors:
                          prepared.runner, prepared.crops,
                          load_vectors=storage == 'memory',
                          keyed=prepared.keyed, extra=extra)
+  thumbnails.settle(config.cache.bottleneck_dir,
+                    [image.path for image in layout.dataset.images],
+                    computed.digests)
   skipped, reports = report_skipped(config, layout, computed)
   return Vectors(storage, computed,
                  usable_lib.usable_images(layout.dataset, computed),
