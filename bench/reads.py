@@ -153,19 +153,35 @@ def child(args) -> None:
 
 # --- In the parent --------------------------------------------------------
 
-_OPENAT = re.compile(r'open(?:at)?\((?:[^,]*, )?"((?:[^"\\]|\\.)*)".*\) = (\d+)')
+_OPENAT = re.compile(r'^(\d+) +open(?:at)?\((?:[^,]*, )?"((?:[^"\\]|\\.)*)"')
+_RESULT = re.compile(r'\) += (-?\d+)')
+_RESUMED = re.compile(r'^(\d+) +<\.\.\. open(?:at)? resumed>')
 
 
 def strace_opens(log: str, known: dict) -> dict:
-  """{sha: successful opens} of the photos in a strace -f log."""
+  """{sha: successful opens} of the photos in a strace -f log (a call
+  that another thread interrupted ends on a '<... openat resumed>' line
+  of its own)."""
   opens = collections.Counter()
+  pending = {}  # pid -> sha of an unfinished open
   with open(log, encoding='utf-8', errors='replace') as f:
     for line in f:
-      m = _OPENAT.search(line)
+      m, resumed = _OPENAT.search(line), _RESUMED.search(line)
       if m:
-        real = os.path.realpath(m.group(1))
-        if real in known:
-          opens[known[real]] += 1
+        real = os.path.realpath(m.group(2))
+        digest = known.get(real)
+        if digest is None:
+          continue
+        if '<unfinished' in line:
+          pending[m.group(1)] = digest
+          continue
+      elif resumed and resumed.group(1) in pending:
+        digest = pending.pop(resumed.group(1))
+      else:
+        continue
+      result = _RESULT.search(line)
+      if result and int(result.group(1)) >= 0:
+        opens[digest] += 1
   return dict(opens)
 
 
