@@ -226,3 +226,29 @@ def test_thumbnails_are_kept_beside_the_vectors_for_the_next_run(tmp_path):
   np.testing.assert_array_equal(thumbnails.take(paths[0]), made)
   assert thumbnails.take(paths[1]) is None  # not wanted
   thumbnails.forget()
+
+
+def test_a_cache_filled_before_thumbnails_gets_them_once(tmp_path,
+                                                         monkeypatch):
+  """A warm run on a cache without thumbnails makes them from the files
+  (bounded, header-checked) and keeps them; the next run opens nothing."""
+  import hashlib
+
+  from retrain.bottlenecks import thumbnails
+  paths = [str(write_image(tmp_path / f'{k}.jpg', (90, 80 * k, 30),
+                           size=(60, 90), seed=k)) for k in range(2)]
+  digests = [hashlib.sha256(open(p, 'rb').read()).hexdigest()  # noqa: SIM115
+             for p in paths]
+  opened = _count_opens(monkeypatch)
+  thumbnails.want(paths)
+  thumbnails.settle(str(tmp_path / 'cache'), paths, digests)
+  first = [thumbnails.take(p) for p in paths]
+  assert all(t.shape == (thumbnails.SIDE, thumbnails.SIDE, 3) for t in first)
+  assert abs(int(first[1][..., 1].mean()) - 80) < 15
+  assert sum(opened.values()) == 2
+  thumbnails.want(paths)
+  thumbnails.settle(str(tmp_path / 'cache'), paths, digests)
+  for path, thumb in zip(paths, first, strict=True):
+    np.testing.assert_array_equal(thumbnails.take(path), thumb)
+  assert sum(opened.values()) == 2  # from the cache: no file opened
+  thumbnails.forget()

@@ -22,6 +22,7 @@ uint8 [SIDE, SIDE, 3].
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from typing import Iterable, Optional, Sequence
@@ -30,8 +31,10 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from retrain import image_header
 from retrain import images as images_lib
 from retrain.common import atomic
+from retrain.common import walk as walk_lib
 
 SIDE = 64
 
@@ -115,13 +118,17 @@ def _load(path: str) -> Optional[np.ndarray]:
 
 
 def settle(bottleneck_dir: str, paths: Sequence[str],
-           digests: Sequence[Optional[str]]) -> None:
+           digests: Sequence[Optional[str]],
+           max_pixels: int = image_header.MAX_IMAGE_PIXELS
+           ) -> None:
   """After the bottleneck pass: stores each wanted thumbnail it made
   under its content hash in <bottleneck_dir>/thumbnails-<SIDE>/, and
   brings the stored ones of wanted images it did not decode (their
   vectors were cached) into memory for `take`. digests[i]: the content
-  hash (cache key) of paths[i], or None. A cache that cannot be written
-  only costs the next run a read of the photo."""
+  hash (cache key) of paths[i], or None. A wanted thumbnail neither made
+  nor stored (a cache filled before thumbnails were kept) is made from
+  its file now and stored, so only the first warm run reads it. A cache
+  that cannot be written only costs the next run a read of the photo."""
   folder = os.path.join(bottleneck_dir, f'thumbnails-{SIDE}')
   with _lock:
     wanted = [(path, digest) for path, digest in zip(paths, digests,
@@ -139,8 +146,41 @@ def settle(bottleneck_dir: str, paths: Sequence[str],
   for path, digest in wanted:
     if path not in made:
       thumb = _load(_cached(folder, digest))
+      if thumb is None:  # a cache filled before thumbnails were kept
+        thumb = _from_file(path, digest, max_pixels, folder)
       if thumb is not None:
         _put(path, thumb)
+
+
+def _from_file(path: str, digest: str, max_pixels: int, folder: str
+               ) -> Optional[np.ndarray]:
+  """The thumbnail of the image file `path` (read bounded, header-checked
+  and decoded as the bottleneck pass does, at the smallest JPEG scale that
+  still covers SIDE), stored in `folder` under `digest` when its bytes
+  still have that hash; None when it cannot be made (the projector then
+  tries the file itself)."""
+  try:
+    contents = walk_lib.read_file(path, image_header.max_file_bytes(
+        max_pixels))
+  except OSError:
+    return None
+  if image_header.check_bytes(contents, (SIDE, SIDE), max_pixels)[0]:
+    return None
+  try:
+    thumb = square(images_lib.decode_image(tf.constant(contents),
+                                           (SIDE, SIDE))).numpy()
+  except tf.errors.OpError:
+    return None
+  if hashlib.sha256(contents).hexdigest() == digest[:64]:
+    _store(folder, digest, thumb)
+  return thumb
+
+
+def _store(folder: str, digest: str, thumb: np.ndarray) -> None:
+  try:
+    atomic.write_bytes(_cached(folder, digest), _npy(thumb))
+  except OSError as e:
+    logging.warning('Thumbnail not kept in %s (%s).', folder, e)
 
 
 def _npy(thumb: np.ndarray) -> bytes:

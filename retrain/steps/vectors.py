@@ -110,7 +110,7 @@ def compute(config: Config, prepared) -> Vectors:
                          keyed=prepared.keyed, extra=extra)
   thumbnails.settle(config.cache.bottleneck_dir,
                     [image.path for image in layout.dataset.images],
-                    computed.digests)
+                    computed.digests, config.data.max_image_pixels)
   skipped, reports = report_skipped(config, layout, computed)
   return Vectors(storage, computed,
                  usable_lib.usable_images(layout.dataset, computed),
