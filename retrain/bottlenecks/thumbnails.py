@@ -23,6 +23,7 @@ uint8 [SIDE, SIDE, 3].
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import threading
 from typing import Iterable, Optional, Sequence
@@ -154,9 +155,8 @@ def settle(bottleneck_dir: str, paths: Sequence[str],
 
 def _from_file(path: str, digest: str, max_pixels: int, folder: str
                ) -> Optional[np.ndarray]:
-  """The thumbnail of the image file `path` (read bounded, header-checked
-  and decoded as the bottleneck pass does, at the smallest JPEG scale that
-  still covers SIDE), stored in `folder` under `digest` when its bytes
+  """The thumbnail of the image file `path` (read bounded, header-checked,
+  decoded by Pillow at a small JPEG scale, upright), stored in `folder` under `digest` when its bytes
   still have that hash; None when it cannot be made (the projector then
   tries the file itself)."""
   try:
@@ -166,10 +166,14 @@ def _from_file(path: str, digest: str, max_pixels: int, folder: str
     return None
   if image_header.check_bytes(contents, (SIDE, SIDE), max_pixels)[0]:
     return None
+  from PIL import Image, ImageOps
   try:
-    thumb = square(images_lib.decode_image(tf.constant(contents),
-                                           (SIDE, SIDE))).numpy()
-  except tf.errors.OpError:
+    with Image.open(io.BytesIO(contents)) as image:
+      image.draft('RGB', (SIDE * 2, SIDE * 2))  # JPEG: decoded small
+      thumb = np.asarray(ImageOps.fit(
+          ImageOps.exif_transpose(image).convert('RGB'), (SIDE, SIDE)),
+                         np.uint8)
+  except Exception:  # noqa: BLE001 Pillow's errors for bad input vary; the projector shows grey
     return None
   if hashlib.sha256(contents).hexdigest() == digest[:64]:
     _store(folder, digest, thumb)
@@ -184,7 +188,6 @@ def _store(folder: str, digest: str, thumb: np.ndarray) -> None:
 
 
 def _npy(thumb: np.ndarray) -> bytes:
-  import io
   buffer = io.BytesIO()
   np.save(buffer, thumb, allow_pickle=False)
   return buffer.getvalue()
