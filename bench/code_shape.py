@@ -5,8 +5,8 @@
 ROOT defaults to this checkout. Prints: Python files and lines per folder;
 the longest functions; functions over MAX_PARAMETERS parameters (self and
 cls not counted, *args and **kwargs neither); files over MAX_FILE_LINES
-lines; settings declared (flags.DEFINE_* calls, fields of the classes in
-retrain/config/, fields of the *Options records); `pylint: disable` and
+lines; settings declared (flags.DEFINE_* calls, the tables of
+retrain/config/settings.toml, fields of the *Options records); `pylint: disable` and
 `noqa` comments, ticket references and comments naming files that do not
 exist; import circles (imports inside functions counted); modules imported
 under more than one name; and the copies of each formula of the head: the
@@ -21,6 +21,7 @@ import pathlib
 import re
 import sys
 import tokenize
+import tomllib
 
 CODE = ('retrain', 'tools', 'bottleneck_cache')
 FOLDERS = CODE + ('tests', 'bench')
@@ -173,11 +174,13 @@ def main(argv):
         defines[rel(path)] += 1
   print(f'  flags.DEFINE_* calls: {sum(defines.values())} '
         f'({", ".join(f"{k}: {v}" for k, v in defines.most_common())})')
-  config = root / 'retrain' / 'config.py'
-  if config in parsed:
-    fields = {k: v for k, v in class_fields(parsed[config][1]).items() if v}
-    print(f'  fields of the classes in retrain/config/: {sum(fields.values())} '
-          f'({", ".join(f"{k}: {v}" for k, v in fields.items())})')
+  table = root / 'retrain' / 'config' / 'settings.toml'
+  if table.is_file():
+    with open(table, 'rb') as f:
+      groups = tomllib.load(f)
+    print(f'  settings declared in retrain/config/settings.toml: '
+          f'{sum(len(rows) for rows in groups.values())} '
+          f'({", ".join(f"{k}: {len(v)}" for k, v in groups.items())})')
   options = {name: n for p in code
              for name, n in class_fields(parsed[p][1]).items()
              if name.endswith('Options') and n}

@@ -1,6 +1,6 @@
 """Are the run's own figures true? Validation vs test, calibration, novelty.
 
-  python bench/trust.py [--folds 5] [--novelty_components 64]
+  python bench/trust.py [--folds 5] [--novelty_components 64] [--novelty_keep K]
       [--bottleneck_dir DIR ...]
       [--flowers DIR] [--digits DIR] [--bccd DIR]
 
@@ -12,14 +12,16 @@ test set, never used to fit or choose anything; the rest is split 8:1
 into training and validation, the pipeline's 80/10/10):
 
 1. the default head solver (L-BFGS, refitted on training + validation);
-   the validation accuracy the run reports (held-out, out-of-fold: of the
-   validation photos alone, and of every training and validation photo,
-   ~9x as many so less noisy) and the refitted head's own validation
-   accuracy, against the test accuracy;
-2. the temperature fitted on the held-out logits, and the test ECE
-   before and after it (and with the temperature the refitted head's own
-   validation logits give);
-3. for flowers_sample models, the novelty score (--novelty_keep 0.95):
+   the validation accuracy the run reports (the out-of-fold predictions
+   of every training and validation photo), beside the out-of-fold
+   accuracy of the validation photos alone (~1/9 as many, so noisier) and
+   the refitted head's own validation accuracy, against the test accuracy;
+2. the temperature fitted on the held-out logits the run fits it on (every
+   training and validation photo's), and the test ECE before and after it
+   (and after the temperature fitted on the validation photos' out-of-fold
+   logits alone, and on the refitted head's own validation logits);
+3. for flowers_sample models, the novelty score (--novelty_keep, the run's
+   default unless given):
    the fraction of the fold's own test photos flagged, of every
    sign_language_digits photo and of every bccd photo, and the AUROC of
    each unknown set against the test photos.
@@ -59,7 +61,12 @@ from retrain.config import DEFAULTS  # noqa: E402
 from retrain.head import calibration, novelty, solver  # noqa: E402
 from retrain.report import trust  # noqa: E402
 
-SHARED = pathlib.Path(__file__).resolve().parents[3] / 'shared' / 'datasets'
+# The shared data sit beside the checkout (../shared), or beside the folder
+# of worktrees (../../shared) when run from a worktree.
+SHARED = next((p / 'shared' / 'datasets'
+               for p in pathlib.Path(__file__).resolve().parents[2:4]
+               if (p / 'shared' / 'datasets').is_dir()),
+              pathlib.Path('shared') / 'datasets')
 EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
 
 
@@ -151,32 +158,36 @@ def ece_noise_floor(probabilities, draws=2000, seed=0):
 
 
 def one_fold(x, y, classes, train, val, test, unknown_sets,
-             components=DEFAULTS.deploy.novelty_components):
+             components=DEFAULTS.deploy.novelty_components,
+             keep=DEFAULTS.deploy.novelty_keep):
   """The figures of one fold (see the module docstring)."""
   options = solver.SolverOptions.from_config(DEFAULTS)
   fit = solver.fit_head(x[train], y[train], classes, x[val], y[val], options)
   head, held = fit.head, fit.held_out
   test_logits = head.logits(x[test])
+  summary = held.summary()
   row = {
       'test': float(np.mean(test_logits.argmax(1) == y[test])),
-      'reported_validation': held.summary(y[val])['validation_accuracy'],
-      'held_out_all': held.summary(y[val], y[train])['held_out_accuracy'],
+      'reported_validation': summary['validation_accuracy'],
+      'validation_split_only': summary['validation_split_only']['accuracy'],
       'own_validation': float(np.mean(head.logits(x[val]).argmax(1) ==
                                       y[val])),
   }
-  rows = np.concatenate([np.arange(len(train)),
-                         len(train) + np.arange(len(val))])
+  rows = held.photo_rows
   confidence = calibration.calibrate(
-      head, None, np.concatenate([y[train], y[val]]),
-      DEFAULTS.deploy.target_precision, DEFAULTS.deploy.calibration_min_images,
-      logits=held.logits[rows], held_out=held.method).with_test(
-          test_logits, y[test])
+      head, None, held.y[rows], DEFAULTS.deploy.target_precision,
+      DEFAULTS.deploy.calibration_min_images, logits=held.logits[rows],
+      held_out=held.method).with_test(test_logits, y[test])
+  split_only = calibration.fit_temperature(held.validation_logits, y[val])
   own = calibration.calibrate(head, x[val], y[val], DEFAULTS.deploy.target_precision,
                               DEFAULTS.deploy.calibration_min_images)
   row.update(temperature=confidence.temperature,
              threshold=confidence.threshold,
              ece_before=confidence.test_ece_before,
              ece_after=confidence.test_ece_after,
+             split_only_temperature=split_only,
+             split_only_ece_after=calibration.expected_calibration_error(
+                 calibration.softmax(test_logits / split_only), y[test]),
              own_temperature=own.temperature,
              own_ece_after=own.with_test(test_logits, y[test]).test_ece_after)
   calibrated = calibration.softmax(test_logits / confidence.temperature)
@@ -191,7 +202,7 @@ def one_fold(x, y, classes, train, val, test, unknown_sets,
     fitted = np.concatenate([train, val])
     folds = min(DEFAULTS.head.solver_folds, int(np.bincount(y[fitted]).min()))
     score = novelty.fit_on_split(x[fitted], y[fitted], classes, components,
-                                 DEFAULTS.deploy.novelty_keep, folds,
+                                 keep, folds,
                                  DEFAULTS.head.random_seed)
     own_scores = score.scores(x[test])
     row['flagged_own_test'] = float(np.mean(own_scores > score.threshold))
@@ -199,7 +210,7 @@ def one_fold(x, y, classes, train, val, test, unknown_sets,
       scores = score.scores(u)
       row[f'flagged_{name}'] = float(np.mean(scores > score.threshold))
       row[f'auroc_{name}'] = trust.auroc(scores, own_scores)
-  return row, calibrated
+  return row, (calibrated, calibration.softmax(test_logits / split_only))
 
 
 def main():
@@ -207,6 +218,8 @@ def main():
   parser.add_argument('--folds', type=int, default=5)
   parser.add_argument('--novelty_components', type=int,
                       default=DEFAULTS.deploy.novelty_components)
+  parser.add_argument('--novelty_keep', type=float,
+                      default=DEFAULTS.deploy.novelty_keep)
   parser.add_argument('--bottleneck_dir', action='append')
   parser.add_argument('--flowers', default=str(SHARED / 'flowers_sample'))
   parser.add_argument('--digits', default=str(
@@ -227,13 +240,14 @@ def main():
   for name, (x, y, classes) in data.items():
     print(f'\n{name}: {len(y)} photos, {classes} classes, {args.folds} '
           'folds (each fold the test set once)')
-    results, pooled, truth = [], [], []
+    results, pooled, pooled_split_only, truth = [], [], [], []
     for k, (train, val, test) in enumerate(folds_of(y, None, args.folds, 0)):
       row, calibrated = one_fold(x, y, classes, train, val, test,
                                  unknown if name == 'flowers_sample' else {},
-                                 args.novelty_components)
+                                 args.novelty_components, args.novelty_keep)
       results.append(row)
-      pooled.append(calibrated)
+      pooled.append(calibrated[0])
+      pooled_split_only.append(calibrated[1])
       truth.append(y[test])
       print(f'fold {k}: ' + ', '.join(f'{key} {value:.4f}'
                                        for key, value in row.items()),
@@ -244,19 +258,26 @@ def main():
     pooled_probabilities = np.concatenate(pooled)
     pooled_ece = calibration.expected_calibration_error(
         pooled_probabilities, np.concatenate(truth))
+    pooled_split_only_ece = calibration.expected_calibration_error(
+        np.concatenate(pooled_split_only), np.concatenate(truth))
     print(f'MEAN {name}: ' + ', '.join(f'{key} {value:.4f}'
                                        for key, value in mean.items()))
-    print(f'  reported validation - test: {100 * gap:.2f} points (target '
-          f'<= 2; the out-of-fold accuracy of every training and validation '
-          f'photo - test: {100 * abs(mean["held_out_all"] - mean["test"]):.2f}'
-          f'; the refitted head\'s own validation: '
+    split_gap = abs(mean['validation_split_only'] - mean['test'])
+    print(f'  reported validation (out of fold, every training and '
+          f'validation photo) - test: {100 * gap:.2f} points (target <= 2; '
+          f'the validation photos alone - test: {100 * split_gap:.2f}; the '
+          f'refitted head\'s own validation: '
           f'{100 * abs(mean["own_validation"] - mean["test"]):.2f}); test '
           f'ECE after calibration {mean["ece_after"]:.4f} a fold (a '
           f'perfectly calibrated model\'s {mean["ece_floor"]:.4f}; the best '
           f'temperature chosen on the test fold itself '
-          f'{mean["oracle_ece"]:.4f}), {pooled_ece:.4f} over the {len(y)} '
-          f'test predictions pooled (perfectly calibrated: '
-          f'{ece_noise_floor(pooled_probabilities):.4f}; target <= 0.05)')
+          f'{mean["oracle_ece"]:.4f}; the temperature of the validation '
+          f'photos alone {mean["split_only_ece_after"]:.4f}), '
+          f'{pooled_ece:.4f} over the {len(y)} test predictions pooled '
+          f'(perfectly calibrated: '
+          f'{ece_noise_floor(pooled_probabilities):.4f}; the validation '
+          f'photos\' temperature {pooled_split_only_ece:.4f}; target <= '
+          f'0.05)')
     if 'flagged_own_test' in mean:
       print(f'  flagged unknown: own test {100 * mean["flagged_own_test"]:.1f}'
             f' % (target <= 5), sign_language_digits '

@@ -268,7 +268,8 @@ def _in_memory(config: Config, prepared: prepare.Prepared,
       explained=tuned.reported.explained,
       deployment_report=exported.deployment_report,
       fine_tuned=tuned.fine_tuned,
-      figures=head.describe_figures(tuned.trained, tuned.fine_tuned),
+      figures=head.describe_figures(tuned.trained, tuned.fine_tuned,
+                                    confidence.head.novelty),
       bottleneck_precision=prepared.precision, results_page=page)
 
 
@@ -346,6 +347,16 @@ def _multi_label(config: Config, prepared: prepare.Prepared,
       bottleneck_precision=prepared.precision, results_page=page)
 
 
+def _validation_figures(result: RunResult) -> dict:
+  """validation_accuracy in [0, 1] and validation_count as the run reports
+  them (how_measured says how they were obtained), when there are any."""
+  metrics = getattr(result.explained, 'metrics', None) or {}
+  if 'validation' not in metrics:
+    return {}
+  return {'validation_accuracy': metrics['validation'].accuracy,
+          'validation_count': metrics['validation'].count}
+
+
 def write_run_summary(config: Config, result: RunResult) -> str:
   """Writes <report_dir>/run_summary.json (config, counts, accuracy, timings)."""
   os.makedirs(config.outputs.report_dir, exist_ok=True)
@@ -356,6 +367,7 @@ def write_run_summary(config: Config, result: RunResult) -> str:
       'counts': result.counts,
       'test_accuracy': result.test_accuracy,
       'test_count': result.test_count,
+      **_validation_figures(result),
       'bottlenecks': dataclasses.asdict(result.bottleneck_stats),
       'skipped': len(result.skipped),
       'timings_seconds': result.timings,

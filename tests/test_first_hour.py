@@ -81,6 +81,26 @@ def test_version_and_help(command, program):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('program', ['retrain', 'retrain.inspect',
+                                     'retrain.evaluate', 'tools.label_image'])
+def test_help_loads_no_tensorflow(program):
+  """--help answers at once, with no TensorFlow start-up line."""
+  code = textwrap.dedent(f'''
+      import runpy, sys
+      sys.argv = ['{program}', '--help']
+      try:
+        runpy.run_module('{program}', run_name='__main__', alter_sys=True)
+      except SystemExit as e:
+        assert e.code in (0, None), e.code
+      print(sorted(m for m in sys.modules
+                   if m.split('.')[0] == 'tensorflow'))
+  ''')
+  proc = _python(['-c', code])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.splitlines()[-1] == '[]', proc.stdout[-500:]
+
+
+@pytest.mark.slow
 def test_label_image_cli_helpers_load_no_other_retrain_module():
   """tools/ may import retrain.common.cli (--help, --version) and
   .progress because they bring nothing else of retrain (no config, presets

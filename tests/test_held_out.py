@@ -6,10 +6,13 @@ import json
 import types
 
 import numpy as np
+import pytest
 
+from retrain import pipeline
 from retrain.config import DEFAULTS
 from retrain.head import calibration, held_out, lbfgs, solver
 from retrain.head import folds as folds_lib
+from retrain.head import train as train_lib
 from retrain.report import head_solver as solve
 from retrain.steps import head
 
@@ -53,18 +56,23 @@ def test_cross_fit_never_predicts_an_image_with_a_head_that_trained_on_it(
     assert held and not held & seen  # Copies held out with their source.
 
 
-def _solved(tmp_path, overlap_seed=0):
-  """A run's pieces after the default solver on overlapping classes: the
-  refitted head is right on all its validation images."""
+def _solved(tmp_path, overlap_seed=0, **settings):
+  """A run's pieces after the default solver (or `settings`) on
+  overlapping classes: the refitted head is right on all its validation
+  images."""
   x, y = _overlapping(45, seed=overlap_seed)
   fold = folds_lib.stratified_folds(y, 3, seed=1)
   train, val, test = (np.flatnonzero(fold == k) for k in range(3))
   config = DEFAULTS.replace(head_solver='lbfgs', solver_l2_grid=(1e-3, 1e-4),
       distorted_copies=0, report_dir=str(tmp_path / 'reports'),
-      summaries_dir=str(tmp_path / 'summaries'))
+      summaries_dir=str(tmp_path / 'summaries'), projector_max_images=0,
+      **settings)
   trained = solve.maybe_solve(config, x[train], y[train], ['a', 'b', 'c'],
                               x[val], y[val])
-  images = types.SimpleNamespace(vectors=x, labels=y)
+  paths = [str(tmp_path / f'{i}.jpg') for i in range(len(y))]
+  images = types.SimpleNamespace(
+      vectors=x, labels=y, paths=paths, rel_paths=paths,
+      paths_of=lambda rows: [paths[i] for i in rows])
   split = types.SimpleNamespace(train=train, validation=val, test=test)
   return config, trained, images, split
 
@@ -130,3 +138,118 @@ def test_the_report_gives_the_out_of_fold_accuracy_of_every_fitted_image(
   own = np.mean(trained.head.logits(images.vectors[fitted]).argmax(1) ==
                 images.labels[fitted])
   assert section['held_out_accuracy'] < own - 0.05
+
+
+def test_every_validation_figure_is_out_of_fold_over_every_fitted_photo(
+    tmp_path):
+  # Planted: the refitted head is right on nearly every photo it trained
+  # on, the out-of-fold predictions on about 2/3 of them.
+  config, trained, images, split = _solved(tmp_path, overlap_seed=3)
+  fitted = np.concatenate([split.train, split.validation])
+  truth = images.labels[fitted]
+  out_of_fold = float(np.mean(trained.held_out.logits.argmax(1) == truth))
+  own = float(np.mean(trained.head.logits(images.vectors[fitted]).argmax(1)
+                      == truth))
+  assert out_of_fold < own - 0.05
+  reported = head.evaluate(config, ['a', 'b', 'c'], trained, images, split)
+  # The run's validation metrics, confusion and files: every training and
+  # validation photo, each predicted by a head that did not train on it.
+  metrics = reported.explained.metrics['validation']
+  assert metrics.count == len(fitted) == 90
+  assert metrics.accuracy == pytest.approx(out_of_fold)
+  assert metrics.confusion.sum() == len(fitted)
+  written = json.loads((tmp_path / 'reports' /
+                        'validation_metrics.json').read_text())
+  assert written['how'].startswith('out-of-fold predictions of the 90 '
+                                   'training and validation photos, 5 folds')
+  # head_solver.json gives the same figure as its validation accuracy, and
+  # the validation photos alone beside it.
+  section = json.loads((tmp_path / 'reports' /
+                        solve.REPORT_FILE).read_text())['held_out']
+  assert section['validation_count'] == len(fitted)
+  assert section['validation_accuracy'] == pytest.approx(out_of_fold)
+  assert section['validation_split_only']['count'] == len(split.validation)
+  figures = head.describe_figures(trained)
+  assert figures['validation_metrics'] == figures['temperature_and_threshold']
+  assert '90 training and validation photos' in figures['validation_metrics']
+  summary = pipeline._validation_figures(types.SimpleNamespace(
+      explained=reported.explained))
+  assert summary == {'validation_accuracy': metrics.accuracy,
+                     'validation_count': 90}
+
+
+def test_distorted_copies_are_not_validation_photos():
+  x, y = _overlapping(30, seed=4)
+  fold = folds_lib.stratified_folds(y, 3, seed=1)
+  train, val, _ = (np.flatnonzero(fold == k) for k in range(3))
+  source = np.arange(0, len(train), 2)  # a copy of every other photo
+  train_x = np.concatenate([x[train], x[train][source] + 0.01])
+  train_y = np.concatenate([y[train], y[train][source]])
+  groups = np.concatenate([np.arange(len(train)), source])
+  fit = solver.fit_head(train_x, train_y, 3, x[val], y[val], OPTIONS,
+                        train_groups=groups)
+  held = fit.held_out
+  assert held.summary()['validation_count'] == len(train) + len(val)
+  trained = train_lib.TrainResult(fit.head, fit.history, None, held,
+                                  fit.train_only_head)
+  images = types.SimpleNamespace(vectors=x, labels=y)
+  split = types.SimpleNamespace(train=train, validation=val)
+  rows = head.validation_rows(trained, split)
+  np.testing.assert_array_equal(rows, np.concatenate([train, val]))
+  _, truth, logits, _ = head.held_out_validation(trained, images, split)
+  np.testing.assert_array_equal(truth, y[rows])
+  np.testing.assert_array_equal(logits[:len(train)],
+                                held.logits[:len(train)])
+  np.testing.assert_array_equal(logits[len(train):], held.validation_logits)
+
+
+def test_a_head_not_refitted_reports_its_own_validation_predictions(
+    tmp_path):
+  config, trained, images, split = _solved(tmp_path, overlap_seed=3,
+                                           solver_refit=False)
+  assert trained.held_out is None  # it never trained on validation
+  val_x, val_y = (images.vectors[split.validation],
+                  images.labels[split.validation])
+  reported = head.evaluate(config, ['a', 'b', 'c'], trained, images, split)
+  metrics = reported.explained.metrics['validation']
+  assert metrics.count == len(split.validation)
+  assert metrics.accuracy == pytest.approx(np.mean(
+      trained.head.logits(val_x).argmax(1) == val_y))
+  written = json.loads((tmp_path / 'reports' /
+                        'validation_metrics.json').read_text())
+  assert written['how'] == calibration.VALIDATION_HELD_OUT
+
+
+def test_too_few_photos_to_cross_fit_judges_validation_with_a_train_only_head(
+    tmp_path):
+  x, y = _overlapping(45, seed=5)
+  fold = folds_lib.stratified_folds(y, 3, seed=1)
+  train, val, test = (np.flatnonzero(fold == k) for k in range(3))
+  # One photo of a fourth class: nothing of it to hold out, so no
+  # cross-fitting; the exported head still trains on validation.
+  x = np.concatenate([x, x[:1] + 3.0])
+  y = np.append(y, 3)
+  train = np.append(train, len(y) - 1)
+  config = DEFAULTS.replace(head_solver='lbfgs', solver_l2_grid=(1e-3, 1e-4),
+      report_dir=str(tmp_path / 'reports'), projector_max_images=0,
+      summaries_dir=str(tmp_path / 'summaries'))
+  labels = ['a', 'b', 'c', 'd']
+  trained = solve.maybe_solve(config, x[train], y[train], labels, x[val],
+                              y[val])
+  assert trained.held_out is None and trained.train_only_head is not None
+  right = {name: np.mean(h.logits(x[val]).argmax(1) == y[val]) for name, h in
+           (('own', trained.head), ('train_only', trained.train_only_head))}
+  assert right['train_only'] < right['own'] - 0.05  # planted
+  paths = [str(tmp_path / f'{i}.jpg') for i in range(len(y))]
+  images = types.SimpleNamespace(
+      vectors=x, labels=y, paths=paths, rel_paths=paths,
+      paths_of=lambda rows: [paths[i] for i in rows])
+  split = types.SimpleNamespace(train=train, validation=val, test=test)
+  reported = head.evaluate(config, labels, trained, images, split)
+  assert reported.explained.metrics['validation'].accuracy == pytest.approx(
+      right['train_only'])
+  _, truth, logits, how = head.held_out_validation(trained, images, split)
+  assert how == head.TRAIN_ONLY == head.describe_figures(trained)[
+      'validation_metrics']
+  assert np.mean(logits.argmax(1) == truth) == pytest.approx(
+      right['train_only'])

@@ -117,6 +117,10 @@ def test_every_export_flags_photos_of_none_of_the_classes(with_unknown):
   assert section['test']['flagged_fraction'] <= 0.3
   assert 0.85 < 1 - section['held_out']['flagged_fraction'] < 0.97
   assert len(section['histogram']['unknown']) == trust.HISTOGRAM_BINS
+  # The log and run_summary.json say how the threshold was obtained.
+  assert result.figures['novelty_threshold'].startswith('out-of-fold scores')
+  assert report['how_measured']['novelty_threshold'] == result.figures[
+      'novelty_threshold']
   assert report['calibration']['test_ece_after'] is not None
   assert report['calibration']['reliability']['test']
   for name in report['figures'].values():

@@ -95,3 +95,87 @@ def test_every_program_checks_the_declared_choices(tmp_path):
     report.inspect_dataset(DEFAULTS.replace(image_dir=str(tmp_path),
                                             image_layout='flat'),
                            config_lib.INSPECT_DEFAULTS)
+
+
+_TABLE = '''
+[Group.size]
+type = "int"
+default = 3
+help = "How many (at most @{LIMIT})."
+at_least = 1
+
+# Two tried values, the first the default.
+[Group.grid]
+type = "Tuple[float, ...]"
+default = [1.0, 0.1]
+help = """\\
+Values \\
+tried."""
+
+[Group.mode]
+type = "str"
+default = "@{kinds.DEFAULT}"
+help = "Which."
+choices = "@{kinds.ALL}"
+
+[Group.size_hint]
+type = "Optional[int]"
+help = "None unless given."
+'''
+
+
+class _Kinds:
+  DEFAULT = 'b'
+  ALL = ('a', 'b')
+
+
+def test_a_settings_table_declares_a_group(tmp_path):
+  path = tmp_path / 'settings.toml'
+  path.write_text(_TABLE)
+
+  @settings.declared_in(path, 'Group', {'LIMIT': 9, 'kinds': _Kinds})
+  class Group:
+    """A group read from a table."""
+    extra: str = 'kept'
+
+    def doubled(self) -> int:
+      return 2 * self.size
+
+  group = Group()
+  assert dataclasses.is_dataclass(group)
+  assert [f.name for f in dataclasses.fields(Group)] == [
+      'size', 'grid', 'mode', 'size_hint', 'extra']
+  assert (group.size, group.grid, group.mode, group.size_hint) == (
+      3, (1.0, 0.1), 'b', None)
+  assert group.doubled() == 6 and group.extra == 'kept'
+  fields = {f.name: f for f in settings.declared(Group)}
+  assert fields['size'].metadata['help'] == 'How many (at most 9).'
+  assert fields['size'].metadata['at_least'] == 1
+  assert fields['grid'].metadata['help'] == 'Values tried.'
+  assert fields['mode'].metadata['choices'] == ('a', 'b')
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    group.size = 4
+  with pytest.raises(SettingError, match="mode='c' is not one of a, b"):
+    settings.check(dataclasses.replace(group, mode='c'))
+
+
+@pytest.mark.parametrize('row, error', [
+    ('type = "int"\ndefault = 1\nhelp = "x"\nat_lest = 0', TypeError),
+    ('default = 1\nhelp = "x"', TypeError),
+    ('type = "str"\ndefault = "@{nowhere.NAME}"\nhelp = "x"', KeyError),
+])
+def test_a_bad_declaration_stops_the_import(tmp_path, row, error):
+  path = tmp_path / 'bad.toml'
+  path.write_text(f'[Group.value]\n{row}\n')
+  with pytest.raises(error, match='value|nowhere'):
+    settings.declared_in(path, 'Group', {})(type('Group', (), {}))
+
+
+def test_every_group_of_retrain_is_declared_in_its_table():
+  table = settings.read_declarations(
+      str(config_lib.inputs._TABLE))  # noqa: SLF001 the config's own file
+  groups = {**config_lib.GROUPS, 'inspect': config_lib.InspectConfig,
+            'evaluate': config_lib.EvaluateConfig}
+  declared = {group.__name__: [f.name for f in settings.declared(group)]
+              for group in groups.values()}
+  assert declared == {name: list(rows) for name, rows in table.items()}

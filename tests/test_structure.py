@@ -342,11 +342,18 @@ def test_flags_offer_the_library_lists(flag, values):
 
 
 def test_label_image_defaults_agree_with_retrain():
+  """label_image's defaults for the runs folder and box crops are retrain's:
+  both take them from retrain.common.names (settings.toml names them)."""
+  import inspect
+
   from retrain.common import names
   from retrain.config import DEFAULTS
   from tools import label_image
-  assert label_image.DEFAULT_RUNS_DIR == DEFAULTS.outputs.output_dir
-  assert DEFAULTS.outputs.saved_model_dir == f'{{run}}/{label_image.SAVED_MODEL_IN_RUN}'
+  assert DEFAULTS.outputs.output_dir == names.RUNS_DIR
+  assert DEFAULTS.outputs.saved_model_dir == f'{{run}}/{names.SAVED_MODEL_IN_RUN}'
   assert DEFAULTS.outputs.final_tensor_name == names.OUTPUT_TENSOR_NAME
-  assert label_image.DEFAULT_CROP_MARGIN == DEFAULTS.crop.crop_margin
-  assert label_image.DEFAULT_MIN_BOX_SIZE == DEFAULTS.crop.min_box_size
+  assert DEFAULTS.crop.crop_margin == names.CROP_MARGIN
+  assert DEFAULTS.crop.min_box_size == names.MIN_BOX_SIZE
+  source = inspect.getsource(label_image)
+  for name in ('RUNS_DIR', 'SAVED_MODEL_IN_RUN', 'CROP_MARGIN', 'MIN_BOX_SIZE'):
+    assert f'names.{name}' in source, name

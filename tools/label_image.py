@@ -81,13 +81,6 @@ from retrain.predict.load import (  # noqa: E402,F401 (label_image's API)
   load_model,
 )
 
-# Where retrain's runs and their SavedModel are by default, and the crops of
-# --boxes: retrain's own defaults (retrain.common.names, which
-# retrain/config/ declares them with).
-DEFAULT_RUNS_DIR = names.RUNS_DIR
-SAVED_MODEL_IN_RUN = names.SAVED_MODEL_IN_RUN
-DEFAULT_CROP_MARGIN = names.CROP_MARGIN
-DEFAULT_MIN_BOX_SIZE = names.MIN_BOX_SIZE
 OUTPUT_FORMATS = ('table', 'json', 'csv')
 # The prediction of an image below the confidence threshold.
 UNKNOWN = 'unknown'
@@ -121,7 +114,7 @@ def latest_saved_model(runs_dir: str) -> str:
   """
   from retrain.common import runs
   run_dir = runs.find_latest(runs_dir)
-  path = run_dir and os.path.join(run_dir, SAVED_MODEL_IN_RUN)
+  path = run_dir and os.path.join(run_dir, names.SAVED_MODEL_IN_RUN)
   if not path or not os.path.isdir(path):
     raise LabelImageError(
         f'No model given and no finished retrain run in '
@@ -247,7 +240,7 @@ def _define_flags():
   flags.DEFINE_string(
       'saved_model_dir', None,
       'Export folder written by retrain (default: the latest run in '
-      f'./{DEFAULT_RUNS_DIR} when neither this nor --graph is given).')
+      f'./{names.RUNS_DIR} when neither this nor --graph is given).')
   flags.DEFINE_string('graph', None, 'A frozen graph (.pb), TFLite '
                       '(.tflite) or ONNX (.onnx) file written by retrain.')
   flags.DEFINE_float('min_confidence', None, 'Images whose top probability '
@@ -269,7 +262,7 @@ def _define_flags():
   flags.DEFINE_string('boxes', None, 'A VOC XML or CSV file of boxes: '
                       'classify the crop of each box (one result per box) '
                       'instead of whole images.')
-  flags.DEFINE_float('crop_margin', DEFAULT_CROP_MARGIN,
+  flags.DEFINE_float('crop_margin', names.CROP_MARGIN,
                      'With --boxes: percent of context added around each '
                      'box, as --crop_margin was when training.')
   flags.DEFINE_integer('batch_size', DEFAULT_BATCH_SIZE,
@@ -300,7 +293,7 @@ def main(argv) -> int:
   saved_model_dir = f.saved_model_dir
   try:
     if not saved_model_dir and not f.graph:
-      saved_model_dir = latest_saved_model(DEFAULT_RUNS_DIR)
+      saved_model_dir = latest_saved_model(names.RUNS_DIR)
     model = load_model(saved_model_dir, f.graph, f.labels, f.input_layer,
                        f.output_layer, f.input_height, f.input_width,
                        trust=f.trust_module)
@@ -448,7 +441,7 @@ def _box_crops(annotation: str, margin: float, specs: Sequence[str]):
         f'--boxes takes at most one --image (the folder the CSV\'s paths are '
         f'relative to); got {len(specs)}.')
   crops, skipped = crop.crops_for_inference(
-      annotation, margin, DEFAULT_MIN_BOX_SIZE, specs[0] if specs else '')
+      annotation, margin, names.MIN_BOX_SIZE, specs[0] if specs else '')
   return ([c.image for c in crops],
           [Record(name, error=reason) for name, reason in skipped], crops)
 

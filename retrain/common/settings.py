@@ -1,7 +1,9 @@
 """Settings declared once: default, help, choices and bounds in one place.
 
 A group of settings is a frozen dataclass whose fields are made by
-`setting(...)`. From the declarations this module makes everything else a
+`setting(...)`, written in Python or, for retrain's own groups, read from
+a table of declarations (retrain/config/settings.toml, `declared_in`). From
+the declarations this module makes everything else a
 setting needs: the absl flag (`define_flags`), the value read back from the
 flags (`from_flags`), the generic check of choices and bounds (`check`,
 raising SettingError) and the rows of docs/flags.md (`markdown_rows`).
@@ -13,7 +15,14 @@ Imports absl.flags only (no TensorFlow, no numpy), so `--help` stays quick.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+import functools
+import re
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple
+
+try:
+  import tomllib
+except ModuleNotFoundError:  # Python 3.10
+  import tomli as tomllib
 
 from absl import flags
 
@@ -43,6 +52,73 @@ def setting(default: Any, help: str, *,  # noqa: A002 (absl's own word)
               'at_least': at_least, 'above': above, 'at_most': at_most,
               'flag': flag, 'doc_default': doc_default}
   return dataclasses.field(default=default, metadata=metadata)
+
+
+# The keys a declaration in a settings table may have.
+_KEYS = frozenset(('type', 'default', 'help', 'choices', 'at_least', 'above',
+                   'at_most', 'flag', 'doc_default'))
+# "@{names.LAYOUTS}": a constant of the code, in a settings table.
+_CONSTANT = re.compile(r'@\{([A-Za-z_][\w.]*)\}')
+
+
+@functools.lru_cache(maxsize=None)
+def read_declarations(path: str) -> Dict[str, Dict[str, dict]]:
+  """The tables of a settings file: {group: {setting name: declaration}},
+  in the file's order."""
+  with open(path, 'rb') as f:
+    return tomllib.load(f)
+
+
+def _constant(name: str, constants: Mapping[str, Any]):
+  top, _, attribute = name.partition('.')
+  if top not in constants or (attribute and not hasattr(constants[top],
+                                                         attribute)):
+    raise KeyError(f'a settings table names @{{{name}}}, which its group '
+                   'is not given')
+  return getattr(constants[top], attribute) if attribute else constants[top]
+
+
+def _resolved(value, constants: Mapping[str, Any]):
+  """`value` with each @{a.B} replaced by that constant (the constant itself
+  when it is the whole string); lists become tuples."""
+  if isinstance(value, list):
+    return tuple(_resolved(v, constants) for v in value)
+  if not isinstance(value, str):
+    return value
+  whole = _CONSTANT.fullmatch(value)
+  if whole:
+    return _constant(whole.group(1), constants)
+  return _CONSTANT.sub(lambda m: str(_constant(m.group(1), constants)), value)
+
+
+def declared_in(path: str, group: str, constants: Mapping[str, Any]):
+  """A class decorator: the class becomes a frozen dataclass with one
+  `setting` field per declaration of table `group` of the settings file
+  `path` (read_declarations), in the file's order, before the fields the
+  class declares itself. `constants` gives the names @{...} may use: a
+  module (`names`, then @{names.LAYOUTS}) or a value.
+
+  Raises:
+    TypeError: a declaration lacks `type` or `help`, or has another key.
+  """
+
+  def make(cls):
+    annotations = {}
+    for name, row in read_declarations(str(path))[group].items():
+      odd = sorted(set(row) - _KEYS)
+      if odd or 'type' not in row or 'help' not in row:
+        raise TypeError(f'{path}: [{group}.{name}] needs type and help and '
+                        f'takes only {", ".join(sorted(_KEYS))} (has '
+                        f'{", ".join(sorted(row))})')
+      values = {key: _resolved(value, constants) for key, value in row.items()}
+      annotations[name] = values.pop('type')
+      setattr(cls, name, setting(values.pop('default', None),
+                                 values.pop('help'), **values))
+    cls.__annotations__ = {**annotations,
+                           **cls.__dict__.get('__annotations__', {})}
+    return dataclasses.dataclass(frozen=True)(cls)
+
+  return make
 
 
 def declared(group) -> Iterator[dataclasses.Field]:

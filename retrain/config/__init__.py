@@ -3,12 +3,15 @@
 A run's settings come in groups named after the steps that use them
 (`Data`, `Crop`, `Module`, `Cache`, `Head`, `Distort`, `FineTune`,
 `Outputs`, `Deploy`, `Scale`); `Config` holds one of each and each step
-receives its own group. Every field is declared once with
-`retrain.common.settings.setting`, in inputs.py (Data, Crop, Module,
-Cache), training.py (Head, Distort, FineTune) and outputs.py (Outputs,
-Deploy, Scale); the command-line flags (retrain.py's names: a field's name
-is its flag's), their checks and docs/flags.md are made from these
-declarations (retrain/command_line.py).
+receives its own group. The groups are classes of inputs.py (Data, Crop,
+Module, Cache), training.py (Head, Distort, FineTune) and outputs.py
+(Outputs, Deploy, Scale); every setting of them is declared once, in
+settings.toml beside this file: its type, default, help, choices and
+bounds, and the reason for its default. The command-line flags
+(retrain.py's names: a setting's name is its flag's), their checks and
+docs/flags.md are made from these declarations (retrain/command_line.py,
+retrain/common/settings.py). Adding a setting is a table in settings.toml
+plus the code that uses it.
 
 `Config.replace(name=value, ...)` takes the flat names (`config.replace(
 learning_rate=0.1, fine_tune=True)`), so tests and Python callers start
@@ -23,10 +26,10 @@ comment says why.
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 from typing import Dict
 
 from retrain.common import settings
-from retrain.common.settings import setting
 from retrain.config.inputs import CACHE_HOME_ENV, MODULE_CACHE_ENV, Cache, Crop, Data, Module
 from retrain.config.outputs import Deploy, Outputs, Scale
 from retrain.config.training import DISTORTIONS, Distort, FineTune, Head
@@ -108,64 +111,30 @@ class Config:
 
 DEFAULTS = Config()
 
+# The declarations of the settings inspect and evaluate add.
+_TABLE = pathlib.Path(__file__).with_name('settings.toml')
+_CONSTANTS: Dict[str, object] = {}
 
-@dataclasses.dataclass(frozen=True)
+
+@settings.declared_in(_TABLE, 'InspectConfig', _CONSTANTS)
 class InspectConfig:
   """What `python -m retrain.inspect` (docs/inspect.md) adds to a Config's
   data settings."""
   # Where report.html and report.json go: retrain's --output_dir, with this
   # default when it is not given.
   output_dir: str = '/tmp/retrain_inspect'
-  # EfficientNet-Lite0 on flowers_sample (bench/near_duplicates.py): above
-  # 0.90 are 52% of 100 re-encoded copies (70% of those cropped by 2%, 12%
-  # of those shrunk to 60%) and 2 of the 500 distinct photos; 0.85 finds
-  # 78% of copies but 11 distinct photos, 0.92 41% and none. A person looks
-  # at every pair, so 0.90.
-  near_duplicate_cosine: float = setting(0.90,
-      'Cosine similarity of feature vectors above which two images are '
-      'near-duplicates.')
-  # Memory is block x n x 4 bytes (100k images: 100 MB), never n x n.
-  near_duplicate_block: int = setting(256,
-      'Rows of the similarity matrix computed at once (memory: this x '
-      'images x 4 bytes).')
-  label_error_folds: int = setting(5,
-      'Folds of the out-of-fold head that finds suspected label errors.')
-  label_error_given: float = setting(0.2,
-      'Suspect an image whose label gets less than this probability...')
-  label_error_other: float = setting(0.6,
-      '...while another class gets more than this.')
-  # Robust standard deviations: the median absolute deviation (MAD).
-  outlier_mad: float = setting(5.0,
-      'Outlier: distance to the nearest class centre this many robust '
-      'standard deviations above the median.')
-  imbalance_warning: float = setting(3.0,
-      'Warn when the largest class has this many times the examples of '
-      'the smallest.')
-  contact_sheet_images: int = setting(40,
-      'Thumbnails per class on the contact sheets.')
 
 
 INSPECT_DEFAULTS = InspectConfig()
 
 
-@dataclasses.dataclass(frozen=True)
+@settings.declared_in(_TABLE, 'EvaluateConfig', _CONSTANTS)
 class EvaluateConfig:
   """What `python -m retrain.evaluate` (docs/results-page.md) adds to a
   Config's data settings."""
-  model: str = setting('',
-      'The export to judge: a SavedModel folder, or a frozen graph (.pb), '
-      'TFLite (.tflite) or ONNX (.onnx) file.')
   # Where report.html and report.json go: retrain's --output_dir, with this
   # default when it is not given.
   output_dir: str = 'retrain_evaluation'
-  subset: str = setting('all',
-      'Judge on all photos, or on one set of the stable hash split at '
-      '--validation_percentage / --testing_percentage (the set a run with '
-      'those values held out).',
-      choices=('all', 'train', 'validation', 'test'))
-  heat_maps: bool = setting(True,
-      'Draw occlusion heat maps through the export for the photo grid of '
-      'the page.')
 
 
 EVALUATE_DEFAULTS = EvaluateConfig()

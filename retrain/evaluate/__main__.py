@@ -19,7 +19,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  from retrain import evaluate as evaluate_lib
+  from retrain.evaluate import judge as evaluate_lib
 
   def judge(config, options):
     return evaluate_lib.evaluate(config=config, options=options)

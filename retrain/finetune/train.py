@@ -22,7 +22,7 @@ Why not simply the best on validation: test accuracy moves by a point from
 epoch to epoch (a prototype), and on a validation set that
 the head alone already gets (nearly) all right, "best" kept the head alone
 or an epoch of the early dip, while the last epoch was better on held-out
-images (5-fold flowers_sample, docs/fine_tuning.md).
+images (5-fold sign_language_digits, docs/fine_tuning.md).
 
 Resume: after each epoch the variables, the optimizer's moments, the best
 weights so far and the counters are written to `checkpoint_dir` (by

@@ -27,37 +27,78 @@ class HeldOut:
       logits are used.
     method: one sentence saying how the logits were obtained.
     iterations: L-BFGS iterations the cross-fitting took.
+    y: int64 [n_train + n_val] class id of each row (None: unknown, then
+      `summary` gives no figures).
+    photos: int64 rows of the photos whose held-out logits are the run's
+      validation figures: when cross-fitted every training photo (each
+      group's first row; distorted copies left out) then every validation
+      photo; else the validation rows. None: every row with a prediction.
   """
   logits: np.ndarray
   n_train: int
   folds: int
   method: str
   iterations: int = 0
+  y: Optional[np.ndarray] = None
+  photos: Optional[np.ndarray] = None
 
   @property
   def validation_logits(self) -> np.ndarray:
     """float32 [n_val, N]: the validation rows' held-out logits."""
     return self.logits[self.n_train:]
 
-  def summary(self, val_y: Optional[np.ndarray] = None,
-              train_y: Optional[np.ndarray] = None) -> dict:
-    """JSON-ready: the method, and with val_y the held-out validation
-    accuracy in [0, 1] and mean cross entropy (nats); with train_y too,
-    when cross-fitted, the out-of-fold accuracy of every training and
-    validation row (held_out_accuracy: ~9x the validation images, so far
-    less noisy an estimate of the test accuracy)."""
+  @property
+  def photo_rows(self) -> np.ndarray:
+    """int64 [m]: the rows every figure called validation is computed on
+    (see `photos`), training photos first, in the order given."""
+    if self.photos is not None:
+      return np.asarray(self.photos, np.int64)
+    return np.flatnonzero(~np.isnan(self.logits).any(axis=1))
+
+  def summary(self) -> dict:
+    """JSON-ready: the method, and with `y` the validation figures of
+    `photo_rows`: accuracy in [0, 1], mean cross entropy (nats) and count
+    (when cross-fitted, every training and validation photo: ~9x the
+    validation photos, so a far steadier estimate of the test accuracy,
+    also given as held_out_accuracy and held_out_count), and the accuracy
+    of the validation photos alone (validation_split_only)."""
     data = {'method': self.method, 'folds': self.folds,
             'cross_fit_iterations': self.iterations}
-    if val_y is not None and len(val_y):
-      z = self.validation_logits
-      data.update(validation_count=int(len(val_y)),
-                  validation_accuracy=head_math.accuracy(z, val_y),
-                  validation_cross_entropy=head_math.cross_entropy(z, val_y))
-      if train_y is not None and self.folds and len(train_y) == self.n_train:
-        every = np.concatenate([train_y, val_y])
-        data.update(held_out_count=int(len(every)),
-                    held_out_accuracy=head_math.accuracy(self.logits, every))
+    rows = self.photo_rows
+    if self.y is None or not len(rows):
+      return data
+    z, y = self.logits[rows], np.asarray(self.y)[rows]
+    data.update(validation_count=int(len(rows)),
+                validation_accuracy=head_math.accuracy(z, y),
+                validation_cross_entropy=head_math.cross_entropy(z, y))
+    if self.folds:
+      data.update(held_out_count=data['validation_count'],
+                  held_out_accuracy=data['validation_accuracy'])
+      split = rows[rows >= self.n_train]
+      if len(split):
+        data['validation_split_only'] = {
+            'count': int(len(split)),
+            'accuracy': head_math.accuracy(self.logits[split],
+                                           np.asarray(self.y)[split]),
+            'note': 'the validation photos alone: fewer, so a noisier '
+                    'estimate; not what the run reports'}
     return data
+
+
+def photo_rows(groups: np.ndarray, n_val: int) -> np.ndarray:
+  """int64 rows of [train; val] that are photos: the first row of each
+  training group (groups int [n_train]; a photo's distorted copies share
+  its group and follow it), then every validation row."""
+  _, first = np.unique(groups, return_index=True)
+  return np.concatenate([np.sort(first),
+                         len(groups) + np.arange(n_val)]).astype(np.int64)
+
+
+def describe(photos: int, folds: int) -> str:
+  """How cross-fitted figures were obtained, for the log and summaries."""
+  return (f'out-of-fold predictions of the {photos} training and validation '
+          f'photos, {folds} folds (cross-fitting: each predicted by a head '
+          'that did not train on it)')
 
 
 def cross_fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray,

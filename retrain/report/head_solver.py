@@ -55,16 +55,15 @@ def solver_markdown(result: solver_lib.SolverResult) -> str:
 
 
 def write_report(report_dir: str, result: solver_lib.SolverResult,
-                 val_y: Optional[np.ndarray] = None,
                  class_weights: Optional[np.ndarray] = None,
-                 train_y: Optional[np.ndarray] = None,
                  adjustment: Optional[imbalance_lib.Adjustment] = None
                  ) -> str:
   """Writes <report_dir>/head_solver.json atomically; returns its path.
-  With val_y (class ids [m]) `held_out` has the held-out validation
-  accuracy and cross entropy, with train_y too (class ids [n], no
-  distorted copies) the out-of-fold accuracy of every row. class_weights:
-  what the objective weighed each class id's images by (None: 1).
+  `held_out` has the run's validation accuracy, cross entropy and count
+  (HeldOut.summary: when cross-fitted, of the out-of-fold predictions of
+  every training and validation photo) and how they were obtained.
+  class_weights: what the objective weighed each class id's images by
+  (None: 1).
   adjustment: the class-bias adjustment for the imbalance chosen on
   held-out predictions (None: none considered), written as
   `imbalance_adjustment` (`applied` false when its tau is 0; the
@@ -80,14 +79,11 @@ def write_report(report_dir: str, result: solver_lib.SolverResult,
        'cross_entropy': p.cross_entropy,
        'validation_accuracy': p.validation_accuracy}
       for p in result.history])
-  if result.held_out is not None:
-    data['held_out'] = result.held_out.summary(val_y, train_y)
   return atomic.write_json(path, data)
 
 
 def _write_summaries(writers: summaries_lib.Writers,
-                     result: solver_lib.SolverResult, probabilities,
-                     val_y: np.ndarray) -> None:
+                     result: solver_lib.SolverResult, probabilities) -> None:
   with writers.train.as_default(step=0):
     tf.summary.text('head_solver', solver_markdown(result))
   for p in result.history:
@@ -98,10 +94,11 @@ def _write_summaries(writers: summaries_lib.Writers,
       with writers.validation.as_default(step=p.step):
         tf.summary.scalar('accuracy', p.validation_accuracy)
   last = result.history[-1].step if result.history else 0
-  held = result.held_out.summary(val_y) if result.held_out else {}
+  held = result.held_out.summary() if result.held_out else {}
   if result.refit and 'validation_accuracy' in held:
     # The refitted head's own validation figures would flatter it: the
-    # held-out ones, at the last iteration.
+    # out-of-fold ones of every training and validation photo, at the
+    # last iteration.
     with writers.validation.as_default(step=last):
       tf.summary.scalar('accuracy', held['validation_accuracy'])
       tf.summary.scalar('cross_entropy', held['validation_cross_entropy'])
@@ -111,18 +108,19 @@ def _write_summaries(writers: summaries_lib.Writers,
     summaries_lib.histogram('final_layer/activations', probabilities)
 
 
-def _log_held_out(result: solver_lib.SolverResult, val_y: np.ndarray,
-                  train_y: Optional[np.ndarray]) -> None:
-  """One line: the held-out accuracy of the validation images and, when
-  cross-fitted, of every training and validation image (~9x as many, so
-  the steadier estimate of the test accuracy)."""
-  held = result.held_out.summary(val_y, train_y) if result.held_out else {}
+def _log_held_out(result: solver_lib.SolverResult) -> None:
+  """One line when cross-fitted: the validation accuracy the run reports
+  (out of fold, every training and validation photo: ~9x the validation
+  photos, so the steadier estimate of the test accuracy), and that of the
+  validation photos alone beside it."""
+  held = result.held_out.summary() if result.held_out else {}
   if 'held_out_accuracy' in held:
-    logging.info('Held-out accuracy (out of fold): %.1f%% of the %d training '
-                 'and validation images, %.1f%% of the %d validation images '
-                 'alone.', 100 * held['held_out_accuracy'],
-                 held['held_out_count'], 100 * held['validation_accuracy'],
-                 held['validation_count'])
+    alone = held.get('validation_split_only')
+    logging.info('Validation accuracy %.1f%%: %s.%s',
+                 100 * held['validation_accuracy'], held['method'],
+                 '' if not alone else
+                 ' (The %d validation photos alone: %.1f%%, a noisier '
+                 'estimate.)' % (alone['count'], 100 * alone['accuracy']))
 
 
 def lbfgs_class_weights(counts, class_weighting: str, sampling: str
@@ -236,14 +234,10 @@ def maybe_solve(config, train_x: np.ndarray, train_y: np.ndarray,
                  point.cross_entropy)
   if writers is not None:
     _write_summaries(writers, result,
-                     result.head.probabilities(train_x[:1000]), val_y)
-  # Every training row is an image of its own (no distorted copies): the
-  # out-of-fold accuracy of all of them too (retrain.head.held_out).
-  originals = (None if train_groups is not None and
-               len(np.unique(train_groups)) < len(train_y) else train_y)
-  path = write_report(config.outputs.report_dir, result, val_y, weights,
-                      originals, adjustment)
-  _log_held_out(result, val_y, originals)
+                     result.head.probabilities(train_x[:1000]))
+  path = write_report(config.outputs.report_dir, result, weights,
+                      adjustment)
+  _log_held_out(result)
   logging.info('The head solver\'s candidates and curves are in %s.', path)
   return train_lib.TrainResult(
       result.head, result.history, None,

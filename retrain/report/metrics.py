@@ -253,8 +253,11 @@ def misclassified(paths: Sequence[str], y_true: np.ndarray,
 
 
 def write_reports(report_dir: str, subset: str, metrics: Metrics,
-                  wrong: Optional[List[Misclassified]] = None) -> List[str]:
+                  wrong: Optional[List[Misclassified]] = None,
+                  how: Optional[str] = None) -> List[str]:
   """Writes the metric, confusion-matrix and misclassified files of one set.
+  how: how the set's predictions were obtained (written as `how` in
+  <subset>_metrics.json when given).
 
   Returns the paths written. See the module docstring for the file layout.
   """
@@ -270,7 +273,8 @@ def write_reports(report_dir: str, subset: str, metrics: Metrics,
   rows += _metric_rows(metrics, 6)
   put(f'{subset}_metrics.csv', _csv_text(rows))
   put(f'{subset}_metrics.json',
-      strict_json.dumps({'subset': subset, **metrics.to_json()}, indent=2) +
+      strict_json.dumps({'subset': subset, **({'how': how} if how else {}),
+                         **metrics.to_json()}, indent=2) +
       '\n')
 
   cm_rows = [['true \\ predicted', *labels]]

@@ -31,14 +31,11 @@ REPORT_JSON = 'report.json'
 # "novelty": ...} (docs/results-page.md); a section shows when its key does.
 EXTRA_FIGURES_FILE = 'extra_figures.json'
 SCHEMA_VERSION = 1
-# Photos with heat maps: up to GRID_PHOTOS worst mistakes, then the least
-# confident right answers up to HEAT_MAPS in all (at least
+# Photos with heat maps: up to page_lib.GRID_PHOTOS worst mistakes, then
+# the least confident right answers up to HEAT_MAPS in all (at least
 # HEAT_MAPS - GRID_PHOTOS of them). The heat maps are most of the page's
-# cost (bench/results_page.py). CELL_PHOTOS: thumbnails per
-# confusion-matrix cell. The page (page.py) shows these many.
-GRID_PHOTOS = page_lib.GRID_PHOTOS
+# cost (bench/results_page.py).
 HEAT_MAPS = 12
-CELL_PHOTOS = page_lib.CELL_PHOTOS
 THUMB_SIDE = 96
 HEAT_SIDE = 176
 
@@ -94,7 +91,7 @@ def build(labels: Sequence[str], truth_labels: Sequence[str],
       'mistakes': [_example(files, labels, truth, probs, k) for k in wrong],
       'least_confident_right': [
           _example(files, labels, truth, probs, k)
-          for k in right[:HEAT_MAPS - min(len(wrong), GRID_PHOTOS)]],
+          for k in right[:HEAT_MAPS - min(len(wrong), page_lib.GRID_PHOTOS)]],
       'cells': {f'{i},{j}': [files[k] for k in _cell(rows, truth, pred,
                                                      probs, i, j)]
                 for i in range(len(labels)) for j in range(len(labels))
@@ -187,7 +184,7 @@ def heat_map_uris(explainer, examples: Sequence[dict],
 def grid_heat_maps(explainer, report: dict) -> Dict[str, str]:
   """heat_map_uris of the photos the page's grid shows ({} without an
   explainer); logs the time they took."""
-  shown = report['mistakes'][:GRID_PHOTOS] + report['least_confident_right']
+  shown = report['mistakes'][:page_lib.GRID_PHOTOS] + report['least_confident_right']
   if explainer is None or not shown:
     return {}
   started = time.monotonic()
@@ -220,7 +217,7 @@ def write(report_dir: str, report: dict, explainer=None,
         'seconds_per_image': explainer.seconds_per_image}
   thumbs = {}
   for files in report['cells'].values():
-    for path in files[:CELL_PHOTOS]:
+    for path in files[:page_lib.CELL_PHOTOS]:
       if path not in thumbs:
         thumbs[path] = html_lib.thumbnail_uri(path, side=THUMB_SIDE)
   text = page_lib.page(report, {'heat': heat, 'thumb': thumbs}, extra)

@@ -93,13 +93,23 @@ class Explained:
   projector_images: int
 
 
+@dataclasses.dataclass
+class HeldOutSet:
+  """The set `finish` reports as validation: rows int64 [n] into the
+  images, their held-out probabilities float32 [n, N] (column j is class
+  id j) and how they were obtained (one phrase, logged with the figures;
+  '' says nothing)."""
+  rows: np.ndarray
+  probabilities: np.ndarray
+  how: str
+
+
 def _log_lines(title: str, lines: Sequence[str]) -> None:
   logging.info('%s\n%s', title, '\n'.join(lines))
 
 
 def finish(options, labels: Sequence[str], trained, images,
-           split, test,
-           validation_probabilities: Optional[np.ndarray] = None
+           split, test, validation: Optional[HeldOutSet] = None
            ) -> Explained:
   """Reports on the trained head.
 
@@ -115,33 +125,37 @@ def finish(options, labels: Sequence[str], trained, images,
     split: index arrays into images (train, validation, test).
     test: the retrain.head.evaluate.Evaluation of the test set (rows index
       split.test).
-    validation_probabilities: float32 [n_val, N] held-out probabilities of
-      the validation images, when the head trained on them (out-of-fold
-      predictions); None: the head's own (it did not train on them).
+    validation: what the validation reports are made of (with the head
+      trained on the validation images, the out-of-fold predictions of
+      every training and validation photo); None: the head's own
+      predictions of the validation images (it did not train on them).
   """
   head, vectors, y, paths = (trained.head, images.vectors, images.labels,
                              images.paths)
   step = trained.history[-1].step if trained.history else 0
-  val_x, val_y = vectors[split.validation], y[split.validation]
-  if validation_probabilities is None:
-    validation_probabilities = (
-        head.probabilities(val_x) if len(val_y) else
-        np.zeros((0, len(labels)), np.float32))
+  if validation is None:
+    val_x = vectors[split.validation]
+    validation = HeldOutSet(
+        np.asarray(split.validation, np.int64),
+        head.probabilities(val_x) if len(val_x) else
+        np.zeros((0, len(labels)), np.float32), '')
   sets = {
-      'validation': (val_y, validation_probabilities,
-                     [paths[i] for i in split.validation]),
+      'validation': (y[validation.rows], validation.probabilities,
+                     [paths[i] for i in validation.rows]),
       'test': (test.labels, test.probabilities,
                [paths[split.test[r]] for r in test.rows]),
   }
   metrics, wrong, files = set_reports(options, labels, sets, step,
-                                      trained.best_step)
+                                      trained.best_step,
+                                      how={'validation': validation.how})
   shown = _projector(options, labels, head, vectors, y, split, paths,
                      images.rel_paths)
   return Explained(metrics, wrong, files, shown)
 
 
 def set_reports(options, labels: Sequence[str], sets: dict,
-                step: int, best_step: Optional[int] = None, note: str = ''):
+                step: int, best_step: Optional[int] = None, note: str = '',
+                how: Optional[Dict[str, str]] = None):
   """The per-class metrics, confusion matrix and misclassified images of
   each set, logged, written to report_dir and to TensorBoard at `step`.
 
@@ -149,6 +163,8 @@ def set_reports(options, labels: Sequence[str], sets: dict,
     sets: {'validation' or 'test': (class ids int64 [n], probabilities
       float32 [n, N], files [n])}.
     note: added to the TensorBoard titles (e.g. ', fine-tuned').
+    how: {set: how its predictions were obtained}, logged with its
+      figures and written into its <set>_metrics.json (`how`).
 
   Returns:
     (metrics by set, the test set's misclassified images, files written).
@@ -164,9 +180,12 @@ def set_reports(options, labels: Sequence[str], sets: dict,
         continue
       m = metrics_lib.compute_metrics(truth, probs.argmax(axis=1), labels)
       metrics[subset] = m
-      _log_lines(f'Per-class metrics, {subset} set (N={m.count}){note}:',
+      said = (how or {}).get(subset)
+      _log_lines(f'Per-class metrics, {subset} set (N={m.count}'
+                 f'{"; " + said if said else ""}){note}:',
                  metrics_lib.format_metrics(m))
-      logging.info('%s set%s: %s.', subset.capitalize(), note,
+      logging.info('%s set%s%s: %s.', subset.capitalize(),
+                   f' ({said})' if said else '', note,
                    metrics_lib.format_summary(m))
       _log_lines(f'Confusion matrix, {subset} set (rows: true class, '
                  f'columns: predicted){note}:',
@@ -174,7 +193,8 @@ def set_reports(options, labels: Sequence[str], sets: dict,
       mis = metrics_lib.misclassified(files_of_rows, truth, probs, labels)
       if subset == 'test':
         wrong = mis
-      files += metrics_lib.write_reports(options.report_dir, subset, m, mis)
+      files += metrics_lib.write_reports(options.report_dir, subset, m, mis,
+                                         said)
       writer = writers[subset]
       title = f'{subset.capitalize()}, final{note}'
       if best_step is not None:

@@ -60,6 +60,13 @@ class Tuned:
   fine_tuned: Optional[finetune_lib.FineTuned]
 
 
+# How the validation figures were obtained when the exported head trained
+# on the validation photos but some class had too few photos to cross-fit.
+TRAIN_ONLY = ('the validation photos, predicted by the chosen setting '
+              'fitted on the training photos alone (too few photos of some '
+              'class to cross-fit the exported head)')
+
+
 def held_out_validation(trained: train_lib.TrainResult,
                         images: usable_lib.UsableImages,
                         split: split_lib.Split) -> tuple:
@@ -68,24 +75,71 @@ def held_out_validation(trained: train_lib.TrainResult,
   ids int64 [n], logits float32 [n, N] or None, how they were held out).
 
   Without trained.held_out: the validation vectors (the head did not train
-  on them) and no logits. With it (the head trained on validation): the
-  out-of-fold logits of the training images (copies left out) and of the
-  validation images.
+  on them) and no logits, or with trained.train_only_head (the head
+  trained on validation, too few photos to cross-fit) that head's logits
+  of the validation photos. With it (the head trained on validation): the
+  out-of-fold logits of the training photos (copies left out) and of the
+  validation photos, in that order (the images of validation_rows).
   """
   val_y = images.labels[split.validation]
   held = trained.held_out
+  if held is None and trained.train_only_head is not None:
+    return (None, val_y, trained.train_only_head.logits(
+        images.vectors[split.validation]), TRAIN_ONLY)
   if held is None:
     return (images.vectors[split.validation], val_y, None,
             calibration_lib.VALIDATION_HELD_OUT)
-  rows = np.concatenate([np.arange(len(split.train)),
-                         held.n_train + np.arange(len(val_y))])
-  return (None, np.concatenate([images.labels[split.train], val_y]),
-          held.logits[rows], held.method)
+  return (None, images.labels[validation_rows(trained, split)],
+          held.logits[held.photo_rows], held.method)
 
 
-def describe_figures(trained: train_lib.TrainResult, tuned=None) -> dict:
+def _fitted_photos(held, rows: np.ndarray) -> np.ndarray:
+  """Indices into [split.train; split.validation] of held's photo rows
+  (rows of [train_x; val_x]: the training photos in split order, then
+  their distorted copies, then the validation photos)."""
+  copies = held.n_train - int(np.sum(rows < held.n_train))
+  return np.where(rows < held.n_train, rows, rows - copies)
+
+
+def validation_rows(trained: train_lib.TrainResult,
+                    split: split_lib.Split) -> np.ndarray:
+  """int64 indices into the images of the rows held_out_validation gives:
+  the validation images, or with trained.held_out every training and
+  validation photo (the out-of-fold predictions)."""
+  if trained.held_out is None:
+    return np.asarray(split.validation, np.int64)
+  fitted = np.concatenate([split.train, split.validation]).astype(np.int64)
+  return fitted[_fitted_photos(trained.held_out,
+                               trained.held_out.photo_rows)]
+
+
+def validation_predictions(trained: train_lib.TrainResult,
+                           images: usable_lib.UsableImages,
+                           split: split_lib.Split
+                           ) -> explain_lib.HeldOutSet:
+  """The predictions every figure called validation is computed on: the
+  head's own of the validation images (it did not train on them), or
+  with trained.held_out the out-of-fold ones of every training and
+  validation photo (validation_rows), and how they were obtained."""
+  held = trained.held_out
+  if held is None:
+    rows = np.asarray(split.validation, np.int64)
+    judge = trained.train_only_head or trained.head
+    return explain_lib.HeldOutSet(
+        rows, judge.probabilities(images.vectors[rows]) if len(rows)
+        else np.zeros((0, len(judge.biases)), np.float32),
+        calibration_lib.VALIDATION_HELD_OUT if judge is trained.head else
+        TRAIN_ONLY)
+  return explain_lib.HeldOutSet(
+      validation_rows(trained, split), calibration_lib.softmax(
+          held.logits[held.photo_rows]).astype(np.float32), held.method)
+
+
+def describe_figures(trained: train_lib.TrainResult, tuned=None,
+                     novelty=None) -> dict:
   """How each figure called validation, and each threshold, was obtained
-  (for the log and run_summary.json)."""
+  (for the log and run_summary.json); with novelty (the fitted
+  retrain.head.novelty.Novelty) its threshold's too."""
   held = trained.held_out
   if tuned is not None and tuned.metadata['fine_tuned'].get(
       'kept_frozen_head'):
@@ -94,16 +148,17 @@ def describe_figures(trained: train_lib.TrainResult, tuned=None) -> dict:
     source = ('the fine-tuned network on the validation images (it trained '
               'on the training images only; the epoch was chosen on them)')
   elif held is None:
-    source = calibration_lib.VALIDATION_HELD_OUT
+    source = (calibration_lib.VALIDATION_HELD_OUT
+              if trained.train_only_head is None else TRAIN_ONLY)
   else:
     source = held.method
   return {
-      'validation_metrics': source if held is None or tuned else (
-          f'the validation images\' {held.method}'),
-      'temperature_and_threshold': source if held is None or tuned else (
-          f'the training and validation images\' {held.method}'),
+      'validation_metrics': source,
+      'temperature_and_threshold': source,
       'test_metrics': 'the exported head on the test images, which nothing '
                       'was fitted or chosen on',
+      **({'novelty_threshold': novelty.held_out} if novelty is not None
+         else {}),
   }
 
 
@@ -214,11 +269,9 @@ def evaluate(config: Config, labels: Sequence[str],
                                images.labels[split.test],
                                config.head.test_batch_size, seed=config.head.random_seed)
   misclassified = report_test(config, labels, test, images, split)
-  held = trained.held_out
   explained = explain_lib.finish(
-      config.outputs, labels, trained, images,
-      split, test, validation_probabilities=None if held is None else
-      calibration_lib.softmax(held.validation_logits).astype(np.float32))
+      config.outputs, labels, trained, images, split, test,
+      validation=validation_predictions(trained, images, split))
   for name, how in describe_figures(trained).items():
     logging.info('How the run measured %s: %s.', name.replace('_', ' '), how)
   return Reported(test, misclassified, explained)
@@ -287,8 +340,9 @@ def _versus_frozen(trained: train_lib.TrainResult,
   the fine-tuned network's kept epoch against the frozen head's held-out
   predictions; never keep when fine-tuning kept epoch 0 (its start)."""
   held = trained.held_out
-  frozen_logits = (trained.head.logits(images.vectors[split.validation])
-                   if held is None else held.validation_logits)
+  frozen_logits = ((trained.train_only_head or trained.head).logits(
+      images.vectors[split.validation]) if held is None else
+                   held.validation_logits)
   position = {int(row): i for i, row in enumerate(split.validation)}
   at = np.array([position[int(r)] for r in tuned.validation_rows], np.int64)
   frozen_right = frozen_logits[at].argmax(1) == images.labels[split.validation][at]

@@ -120,6 +120,8 @@ def trust_checks(config: Config, prepared, found, split: split_lib.Split,
   novelty = fit_novelty(config, read, len(labels), tuned)
   sets = {}
   if novelty is not None:
+    logging.info('How the run measured novelty threshold: %s.',
+                 novelty.held_out)
     confidence = dataclasses.replace(confidence, head=dataclasses.replace(
         confidence.head, novelty=novelty))
     fine_tuned = exports_fine_tuned(tuned)
@@ -140,5 +142,6 @@ def trust_checks(config: Config, prepared, found, split: split_lib.Split,
   trust_report.write(
       config.outputs.report_dir, config.outputs.summaries_dir,
       trained.history[-1].step if trained.history else 0,
-      head.describe_figures(trained, tuned), confidence, test, novelty, sets)
+      head.describe_figures(trained, tuned, novelty), confidence, test,
+      novelty, sets)
   return confidence
