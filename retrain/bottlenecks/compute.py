@@ -32,6 +32,7 @@ from absl import logging
 import bottleneck_cache
 from retrain import image_header
 from retrain import images as images_lib
+from retrain.bottlenecks import kept, thumbnails
 from retrain.common import names
 from retrain.common import phases as phases_lib
 from retrain.common import walk as walk_lib
@@ -193,7 +194,8 @@ CHANGED_REASON = ('changed while this run read it (its bytes no longer '
 
 def read_checked(path: str, digest: Optional[str], size,
                  max_pixels: int) -> bytes:
-  """The bytes of image file `path`, read once and bounded, or ImageError.
+  """The bytes of image file `path`, read once and bounded (or kept from
+  hashing), or ImageError.
 
   Args:
     path: the image file.
@@ -203,13 +205,17 @@ def read_checked(path: str, digest: Optional[str], size,
     max_pixels: see image_header.problem; the file may have at most
       image_header.max_file_bytes(max_pixels) bytes.
   """
-  try:
-    contents = walk_lib.read_file(path,
-                                  image_header.max_file_bytes(max_pixels))
-  except OSError as e:
-    raise ImageError(path, images_lib.os_error_reason(path, e)) from e
-  if digest is not None and hashlib.sha256(contents).hexdigest() != digest:
-    raise ImageError(path, CHANGED_REASON)
+  # The bytes hashing read, when kept (retrain.bottlenecks.kept): their
+  # SHA-256 is `digest` by construction.
+  contents = kept.take(digest, path)
+  if contents is None:
+    try:
+      contents = walk_lib.read_file(path,
+                                    image_header.max_file_bytes(max_pixels))
+    except OSError as e:
+      raise ImageError(path, images_lib.os_error_reason(path, e)) from e
+    if digest is not None and hashlib.sha256(contents).hexdigest() != digest:
+      raise ImageError(path, CHANGED_REASON)
   reason, _ = image_header.check_bytes(contents, size, max_pixels)
   if reason:
     raise ImageError(path, reason)
@@ -327,8 +333,10 @@ def make_compute_fn(paths: Sequence[str], module: FeatureModule,
   box_table = None if boxes is None else tf.constant(boxes, tf.float32)
 
   def load(index, contents):
-    box = None if box_table is None else tf.gather(box_table, index)
-    return index, images_lib.decode_and_resize(contents, size, box)
+    if box_table is None:  # the projector's thumbnails from these pixels
+      return index, thumbnails.decode_and_resize(contents, size, index, paths)
+    return index, images_lib.decode_and_resize(
+        contents, size, tf.gather(box_table, index))
 
   def compute(missing: Sequence[int]):
     # One bounded read per file: hashed, header-checked and decoded bytes
@@ -390,8 +398,12 @@ def content_keys(paths: Sequence[str], cache_root: str,
   module, so a run hashes its files before loading one. The indices of the
   readable paths are int64 [m]."""
   max_bytes = image_header.max_file_bytes(max_pixels)
+  # The bytes read to hash a file are kept for the bottleneck pass (up to
+  # kept.BUDGET), which then does not open it again.
+  kept.forget()
   memo = bottleneck_cache.DigestMemo(
-      cache_root, lambda path: walk_lib.open_file(path, max_bytes))
+      cache_root, kept.keeping(lambda path: walk_lib.open_file(path,
+                                                               max_bytes)))
   found, errors = _hash_compact(paths, memo)
   # The memo (72 bytes a file) goes before the hex strings (112 each) are
   # made: both at once were the peak of hashing a million files.

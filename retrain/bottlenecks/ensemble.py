@@ -32,8 +32,8 @@ import tensorflow as tf
 from absl import logging
 
 import bottleneck_cache
-from retrain import images as images_lib
 from retrain.bottlenecks import compute as bottlenecks_lib
+from retrain.bottlenecks import thumbnails
 from retrain.common import names
 from retrain.common.progress import Progress
 from retrain.errors import OutputError
@@ -59,7 +59,9 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
   (float32 [n_ok, sum of D], read member by member into one array).
   """
   members = ensemble_lib.members(module)
-  if len(members) == 1:
+  # (runner, store) pairs computed in the shared pass only (activations).
+  extra = compute_args.pop('extra', ())
+  if len(members) == 1 and not extra:
     store = bottleneck_cache.BottleneckStore(
         bottleneck_dir, bottlenecks_lib.cache_namespace(module))
     return bottlenecks_lib.compute_bottlenecks(paths, runner, store,
@@ -80,7 +82,7 @@ def compute_bottlenecks(paths: Sequence[str], module: FeatureModule,
   shared = [0] * len(members)
   if compute_args.get('boxes') is None:  # crops: each member's own pass
     shared = shared_pass(paths, runners, stores, batch_size,
-                         options.max_pixels, keyed)
+                         options.max_pixels, keyed, extra)
   load = options.load_vectors
   parts = []
   for member, runner, store, done in zip(members, runners, stores, shared,
@@ -121,15 +123,21 @@ def _lacking(stores, keyed):
 
 def shared_pass(paths: Sequence[str], runners: Sequence[FeatureModule],
                 stores: Sequence[bottleneck_cache.BottleneckStore],
-                batch_size: int, max_pixels: int, keyed: tuple) -> List[int]:
+                batch_size: int, max_pixels: int, keyed: tuple,
+                extra: Sequence[tuple] = ()) -> List[int]:
   """Computes, decoding each image once, the vectors of `paths` that two or
   more members lack (see the module doc); returns how many vectors each
   member's store gained. `keyed` is what bottlenecks_lib.cache_keys
   returned for the paths. Images it cannot use are left to the members'
-  own passes, which record why."""
+  own passes, which record why. `extra`: (runner, store) pairs run on the
+  same pixels (fine-tuning's activations: finetune.plans
+  .activation_passes), each store compacted after."""
+  members = len(stores)
+  runners = list(runners) + [runner for runner, _ in extra]
+  stores = list(stores) + [store for _, store in extra]
   keys, first, lacking = _lacking(stores, keyed)
   if np.count_nonzero(lacking.any(axis=0)) < 2:
-    return [0] * len(stores)  # one member's own pass is as fast
+    return [0] * members  # one member's own pass is as fast
   rows = np.flatnonzero(lacking.any(axis=1))
   try:
     for store, runner, column in zip(stores, runners, lacking[rows].T,
@@ -142,13 +150,22 @@ def shared_pass(paths: Sequence[str], runners: Sequence[FeatureModule],
     raise OutputError(f'bottleneck_dir: {e}', fields=('bottleneck_dir',)
                       ) from e
   logging.info(
-      'Computing the bottlenecks of %d modules for %s, decoding each '
+      'Computing the bottlenecks of %s%s for %s, decoding each '
       'image once (%d already cached for every module%s).',
-      len(runners), names.plural(len(rows), 'image'), len(keys) - len(rows),
+      names.plural(members, 'module'), f' (and the activations fine-tuning reads of {len(extra)})'
+      if extra else '', names.plural(len(rows), 'image'),
+      len(keys) - len(rows),
       bottlenecks_lib.copies_note(len(keyed[1]) - len(keys)))
-  return _run_shared(paths, runners, stores, batch_size,
-                     [keys[r] for r in rows], first[rows], lacking[rows],
-                     max_pixels)
+  gained = _run_shared(paths, runners, stores, batch_size,
+                       [keys[r] for r in rows], first[rows], lacking[rows],
+                       max_pixels)
+  for store in stores[members:]:
+    try:
+      store.compact()
+    except bottleneck_cache.CacheError as e:
+      logging.warning('Activation shards not compacted (%s); every one is '
+                      'kept and a later run compacts them.', e)
+  return gained[:members]
 
 
 def _run_shared(paths, runners, stores, batch_size: int, keys,
@@ -164,9 +181,10 @@ def _run_shared(paths, runners, stores, batch_size: int, keys,
       runner.prepare()  # before the progress clock starts
 
   size = tuple(runners[0].input_size)
+  pass_paths = [paths[i] for i in path_index]
 
   def load(k, contents):
-    return k, images_lib.decode_and_resize(contents, size)
+    return k, thumbnails.decode_and_resize(contents, size, k, pass_paths)
 
   def compute(batch):
     k = batch[0].numpy()
@@ -178,7 +196,7 @@ def _run_shared(paths, runners, stores, batch_size: int, keys,
     return len(k), out
 
   dataset = bottlenecks_lib.image_batches(bottlenecks_lib.read_images(
-      range(len(keys)), [paths[i] for i in path_index],
+      range(len(keys)), pass_paths,
       [key[:64] for key in keys], size, max_pixels, {}), load, batch_size)
   width = max(runner.parallel_calls for runner in runners)
   progress = Progress('Bottlenecks', len(keys))

@@ -52,6 +52,19 @@ def release_memory() -> None:
   trim_heap()
 
 
+def freeze_imports() -> None:
+  """Once per process: collects, then moves every object alive into the
+  collector's permanent generation (gc.freeze), so that each phase's
+  release_memory walks only what the run made since. Those objects are
+  TensorFlow's and retrain's modules, classes and functions (about 360,000
+  once TensorFlow is imported), alive as long as the process; walking them
+  made each collection about 0.7 s, 12 of them a tenth of a warm run on 2
+  busy cores, and 0.09 s once frozen."""
+  if gc.get_freeze_count() == 0:
+    gc.collect()
+    gc.freeze()
+
+
 def trim_heap() -> None:
   """Returns freed heap pages to the system (glibc's malloc_trim; nothing
   elsewhere), without a collection: milliseconds, where gc.collect over a
@@ -85,6 +98,7 @@ class Phases:
   def __init__(self, clock: Callable[[], float] = time.monotonic,
                memory: Callable[[], float] = peak_rss_mib):
     self._clock, self._memory = clock, memory
+    freeze_imports()
     self.started = clock()
     self.timings: Dict[str, float] = {}
     self.peak_rss: Dict[str, float] = {}

@@ -209,15 +209,9 @@ def hub_plan(config, distortions, module, head, images: Images) -> Plan:
       originals=subset_batches(split.train))
 
 
-def _member_activations(config, member, net, images: Images, distortions,
-                        size=None):
-  """(plain, copies or None): the Activations of every image, and of the
-  distorted copies of the training images (image-major, copy-minor), at
-  `net`'s cut of `member`. `size`: an ensemble's input size (None: the
-  member's own); the images are decoded at it and area-resized to the
-  member's size, as the exported ensemble does
-  (ensemble_lib.at_ensemble_size, whose namespace they are cached in)."""
-  paths, keys, train_idx = images.paths, images.keys, images.split.train
+def _member_bottom(config, member, net, size=None) -> tuple:
+  """(member at `size`, its bottom as a FeatureModule, the Float16Store of
+  its plain activations): see _member_activations."""
   shape = net.activation_shape
   own = tuple(member.input_size)
   size = own if size is None else tuple(size)
@@ -230,6 +224,48 @@ def _member_activations(config, member, net, images: Images, distortions,
                                          size)
   store = activations_lib.Float16Store(
       config.cache.bottleneck_dir, activations_lib.namespace(member, net.block, shape))
+  return member, bottom, store
+
+
+def activation_passes(config, module) -> list:
+  """[(bottom FeatureModule, Float16Store)] of each member whose plain
+  activations --fine_tune will read from the cache (bundled
+  EfficientNet-Lite members it tunes; [] without fine_tune or for other
+  modules), so that the bottleneck pass computes them from the pixels it
+  decodes anyway: fine-tuning then finds them cached and reads no image.
+  The same bottoms, sizes and namespaces as _member_activations."""
+  members = ensemble_lib.members(module)
+  if not config.finetune.fine_tune or any(
+      bundled_variant(m.handle) is None for m in members):
+    return []
+  tuned = tuned_members(config.finetune.fine_tune_members,
+                        [m.handle for m in members])
+  size = ensemble_lib.largest_size(members)
+  passes = []
+  for member in members:
+    if member.handle not in tuned:
+      continue
+    variant = bundled_variant(member.handle)
+    weights = efficientnet_lite.load_folded_weights(variant)
+    block = lite_lib.check_boundary(config.finetune.fine_tune_from,
+                                    weights.blocks, variant.title)
+    net = lite_lib.LiteNetwork(weights, block, None, None,
+                               config.finetune.fine_tune_dropout)
+    passes.append(_member_bottom(config, member, net, size)[1:])
+  return passes
+
+
+def _member_activations(config, member, net, images: Images, distortions,
+                        size=None):
+  """(plain, copies or None): the Activations of every image, and of the
+  distorted copies of the training images (image-major, copy-minor), at
+  `net`'s cut of `member`. `size`: an ensemble's input size (None: the
+  member's own); the images are decoded at it and area-resized to the
+  member's size, as the exported ensemble does
+  (ensemble_lib.at_ensemble_size, whose namespace they are cached in)."""
+  paths, keys, train_idx = images.paths, images.keys, images.split.train
+  shape = net.activation_shape
+  member, bottom, store = _member_bottom(config, member, net, size)
   plain = activations_lib.plain_activations(
       paths, keys, bottom, store, shape, config.cache.bottleneck_batch_size)
   logging.info('Activations of %s: %d reused from the cache, %d computed.',

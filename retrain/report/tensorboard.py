@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from retrain.bottlenecks import thumbnails
 from retrain.common import atomic
 from retrain.head import math as head_math
 
@@ -232,8 +233,14 @@ def sample_rows(count: int, cap: int) -> np.ndarray:
 
 def _thumbnail(path: str, size: int) -> np.ndarray:
   """uint8 [size, size, 3]: the image centre-cropped to a square; grey if it
-  cannot be read (the projector still shows the point)."""
+  cannot be read (the projector still shows the point). Made by the
+  bottleneck pass from its decoded pixels when it decoded the image
+  (retrain/bottlenecks/thumbnails.py), else from the file."""
   from PIL import Image, ImageOps
+  made = thumbnails.take(path)
+  if made is not None:
+    return (made if size == thumbnails.SIDE else np.asarray(
+        Image.fromarray(made).resize((size, size), Image.BOX)))
   try:
     with Image.open(path) as img:
       img.draft('RGB', (size * 2, size * 2))  # fast JPEG decode at low size

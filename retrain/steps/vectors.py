@@ -14,6 +14,7 @@ import bottleneck_cache
 from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.bottlenecks import distort as distort_lib
 from retrain.bottlenecks import ensemble as ensemble_bottlenecks
+from retrain.bottlenecks import kept, thumbnails
 from retrain.bottlenecks import usable as usable_lib
 from retrain.common import names
 from retrain.config import Config
@@ -22,6 +23,8 @@ from retrain.data import duplicates, leakage, sources
 from retrain.data import split as split_lib
 from retrain.errors import OutputError
 from retrain.features import ensemble as ensemble_lib
+from retrain.finetune import plans as plans_lib
+from retrain.head import math as head_math
 from retrain.report import skipped as skipped_report
 from retrain.steps import streamed
 
@@ -94,23 +97,47 @@ def compute(config: Config, prepared) -> Vectors:
   retrain.steps.prepare.Prepared."""
   storage = choose_storage(config, prepared)
   layout = prepared.layout
+  want_thumbnails(config, layout.dataset, storage == 'memory' and
+                  prepared.crops is None)
+  # --fine_tune's activations from the pixels decoded here (whole images;
+  # only the softmax head in memory fine-tunes).
+  extra = (plans_lib.activation_passes(config, prepared.module)
+           if prepared.crops is None and storage == 'memory' and
+           not config.data.multi_label else [])
   computed = bottlenecks(config, layout.dataset, prepared.module,
                          prepared.runner, prepared.crops,
                          load_vectors=storage == 'memory',
-                         keyed=prepared.keyed)
+                         keyed=prepared.keyed, extra=extra)
+  thumbnails.settle(config.cache.bottleneck_dir,
+                    [image.path for image in layout.dataset.images],
+                    computed.digests, config.data.max_image_pixels)
   skipped, reports = report_skipped(config, layout, computed)
   return Vectors(storage, computed,
                  usable_lib.usable_images(layout.dataset, computed),
                  list(layout.dataset.labels), skipped, reports)
 
 
+def want_thumbnails(config: Config, dataset, projector: bool) -> None:
+  """Asks the bottleneck pass for the thumbnails of the images the
+  embedding projector will show (its evenly spread sample; an image
+  skipped shifts the sample, and a thumbnail not made is read from the
+  file), so that it need not open them again."""
+  count = config.outputs.projector_max_images if projector else 0
+  paths = [dataset.images[i].path for i in head_math.evenly_spread(
+      len(dataset.images), count)]
+  thumbnails.want(paths)
+
+
 def bottlenecks(config: Config, dataset, module, runner, crops=None,
                 load_vectors: bool = True,
-                keyed: Optional[tuple] = None) -> bottlenecks_lib.Bottlenecks:
+                keyed: Optional[tuple] = None,
+                extra: Sequence[tuple] = ()) -> bottlenecks_lib.Bottlenecks:
   """The bottleneck vector of every discovered image, cached under the
   module's identity and computed by `runner` (the module on its runtime);
   load_vectors False: computed into the cache only (retrain/steps/streamed.py);
-  keyed: what hash_images returned (None: the files are hashed here)."""
+  keyed: what hash_images returned (None: the files are hashed here);
+  extra: (runner, store) pairs computed from the same decoded pixels
+  (finetune.plans.activation_passes)."""
   paths = [image.path for image in dataset.images]
   try:
     # Each member of the ensemble (one for a single module) in its own
@@ -118,13 +145,15 @@ def bottlenecks(config: Config, dataset, module, runner, crops=None,
     computed = ensemble_bottlenecks.compute_bottlenecks(
         paths, module, runner, config.cache.bottleneck_dir,
         config.cache.bottleneck_runtime, config.cache.bottleneck_batch_size,
-        config.module.module_cache_dir, keyed=keyed,
+        config.module.module_cache_dir, keyed=keyed, extra=extra,
         options=bottlenecks_lib.PassOptions(
             max_pixels=config.data.max_image_pixels, load_vectors=load_vectors),
         **boxes_lib.Crops.bottleneck_args(crops))
   except bottleneck_cache.CacheError as e:
     raise OutputError(f'bottleneck_dir: {e}', fields=('bottleneck_dir',)
                       ) from e
+  finally:
+    kept.forget()  # the bytes hashing kept for this pass
   log_bottlenecks(computed.stats, len(computed.failures),
                   config.cache.bottleneck_dir, len(ensemble_lib.members(module)))
   return computed
