@@ -26,10 +26,11 @@ import os
 import threading
 from typing import BinaryIO, Callable, Optional
 
-# Bytes kept at most: a folder of 4,000 phone-size JPEGs (60 KB each) fits;
-# past it the remaining files are read again by the bottleneck pass, as
-# they were before.
-BUDGET = 256 << 20
+# Bytes kept at most: about 1,000 phone-size JPEGs (60 KB each); past it
+# the remaining files are read again by the bottleneck pass, as they were
+# before. Kept bytes add to the bottleneck step's peak memory (the step
+# with the modules loaded), so the budget stays small beside it.
+BUDGET = 64 << 20
 
 _lock = threading.Lock()
 _kept: dict = {}  # SHA-256 hex digest -> (bytes, the file's _stamp)
