@@ -213,12 +213,13 @@ def run_stage(plan: dict, stage: str, options) -> None:
     OutputError: a quantised model lost too much accuracy; the converter
       failed.
   """
-  from retrain.export import formats, onnx_format, tflite_format
+  from retrain.export import formats as export_formats
+  from retrain.export import onnx_format, tflite_format
   module, head, labels, _ = open_export(plan['saved_model_dir'])
   extra, written, temporary = (plan['extra_metadata'], plan['written'],
                                plan['temporary'])
   if stage == 'output_graph':
-    written['output_graph'] = formats.frozen_graph_step(
+    written['output_graph'] = export_formats.frozen_graph_step(
         options, module, head, labels, extra)
   elif stage == 'tflite':
     _convert_tflite(plan, options, module, head)
@@ -228,7 +229,7 @@ def run_stage(plan: dict, stage: str, options) -> None:
     written['tflite'] = os.path.abspath(tflite_format.write_described(
         options.tflite_output_file, model, labels, module,
         plan['tflite_info']))
-    formats.log_tflite(options, plan['tflite_started'])
+    export_formats.log_tflite(options, plan['tflite_started'])
   elif stage == 'float_tflite':
     started = time.monotonic()
     atomic.write_bytes(temporary['float_tflite'], tflite_format.tflite_model(
@@ -238,9 +239,9 @@ def run_stage(plan: dict, stage: str, options) -> None:
   elif stage == 'onnx':
     source = (temporary['float_tflite'] if 'float_tflite' in plan['stages']
               else options.tflite_output_file)
-    written['onnx'] = formats.onnx_step(
+    written['onnx'] = export_formats.onnx_step(
         options, lambda info: onnx_format.onnx_from_tflite(
-            source, labels, formats.file_metadata(
+            source, labels, export_formats.file_metadata(
                 options.onnx_output_file, labels, module, info),
             module.input_size), extra)
   plan['done'].append(stage)
@@ -279,12 +280,12 @@ def remove_temporary(plan: dict, every: bool = False) -> None:
 def run_all(plan: dict, options) -> None:
   """Runs every stage of `plan` in this process, one after the other,
   then `finish`es it; options: the run's config.outputs."""
-  from retrain.common import phases
-  phases.release_memory()
+  from retrain.common import phases as phases_lib
+  phases_lib.release_memory()
   try:
     for stage in pending(plan):
       run_stage(plan, stage, options)
-      phases.release_memory()
+      phases_lib.release_memory()
     finish(plan, options.report_dir)
   finally:
     remove_temporary(plan, every=True)

@@ -173,19 +173,19 @@ class Confidence:
   temperature: float = 1.0
   threshold: float = 0.0
   target_precision: float = 0.95
+  validation_count: int = 0
   precision: Optional[float] = None
   coverage: Optional[float] = None
   target_met: Optional[bool] = None
+  held_out: str = VALIDATION_HELD_OUT
   ece_before: Optional[float] = None
   ece_after: Optional[float] = None
   cross_entropy_before: Optional[float] = None
   cross_entropy_after: Optional[float] = None
-  validation_count: int = 0
-  skipped_reason: Optional[str] = None
-  held_out: str = VALIDATION_HELD_OUT
+  test_count: int = 0
   test_ece_before: Optional[float] = None
   test_ece_after: Optional[float] = None
-  test_count: int = 0
+  skipped_reason: Optional[str] = None
 
   def metadata(self) -> dict:
     """JSON-ready fields (no head), as stored in every export."""

@@ -23,7 +23,7 @@ from retrain.head import calibration as calibration_lib
 from retrain.report import deployment as deployment_report
 from retrain.report import heatmap
 from retrain.report import results as results_lib
-from retrain.steps import head as head_step
+from retrain.steps import head
 
 
 @dataclasses.dataclass
@@ -251,7 +251,7 @@ def start_results_page(config: Config, prepared, found,
   files = [images.paths[rows[r]] for r in test.rows]
   if not test.count and len(split.validation):
     # What the run reports as validation: held out of the head's training.
-    held = head_step.validation_predictions(trained, images, split)
+    held = head.validation_predictions(trained, images, split)
     name, rows, probs = 'validation', held.rows, held.probabilities
     truth = images.labels[rows]
     files = images.paths_of(rows)
