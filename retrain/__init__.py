@@ -11,7 +11,8 @@ From Python (or a notebook):
 
 `retrain.evaluate(model=..., image_dir=..., output_dir=...)` judges an
 export on a labelled folder (report.html and report.json) and
-`retrain.load(path).predict(files)` classifies with one.
+`retrain.load(path).predict(files)` classifies with one (labels,
+probabilities, and which photos are unknown and why).
 
 `retrain.run(config)` takes a `retrain.Config` instead (start from
 `retrain.DEFAULTS` and replace a few settings by their flag names:

@@ -150,6 +150,14 @@ def test_every_export_flags_photos_of_none_of_the_classes(with_unknown):
       str(p) for p in pathlib.Path(config.data.image_dir).rglob('*.png')),
                                    min_confidence=0)
   assert np.mean([r.novel for r in own]) < 0.15
+  # retrain.load(...).predict flags the same photos, with the same reason.
+  import retrain
+  for path in (config.outputs.saved_model_dir, config.outputs.tflite_output_file):
+    result = retrain.load(path).predict(unknown)
+    assert list(result.unknown) == [True] * len(unknown)
+    assert result.predictions == ['unknown'] * len(unknown)
+    assert set(result.reasons) == {'not like any class'}
+    np.testing.assert_allclose(result.novelty, scores[0], rtol=1e-3)
 
 
 @pytest.mark.slow

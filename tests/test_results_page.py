@@ -250,11 +250,21 @@ def test_retrain_load_predicts_labels_and_probabilities(trained_run):
   model = retrain.load(config.outputs.output_graph)
   files = [str(out / 'images' / name / 'img_0.jpg') for name in
            ('red', 'green', 'blue')]
-  labels, probs = model.predict(files)
-  assert labels == ['red', 'green', 'blue']
+  result = model.predict(files)
+  assert result.labels == ['red', 'green', 'blue']
+  probs = result.probabilities
   assert probs.shape == (3, len(model.labels)) and probs.dtype == np.float32
   np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+  # Photos of the classes: predicted, not flagged; what label_image says.
+  assert result.predictions == result.labels
+  assert list(result.unknown) == [False] * 3
+  assert result.reasons == [None] * 3
+  from tools import label_image
+  records = label_image.classify_files(label_image.load_model(
+      graph=config.outputs.output_graph), files)
+  assert [r.prediction for r in records] == result.predictions
   from retrain import images
   pixels = np.stack([images.load_image(f, model.input_size).numpy()
                      for f in files])
-  np.testing.assert_allclose(model.predict(pixels)[1], probs, atol=1e-6)
+  np.testing.assert_allclose(model.predict(pixels).probabilities, probs,
+                             atol=1e-6)

@@ -47,7 +47,7 @@ import io
 import os
 import re
 import sys
-from typing import Optional, Sequence
+from typing import Sequence
 
 if __package__ in (None, ''):  # `python tools/label_image.py`
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
@@ -82,13 +82,6 @@ from retrain.predict.load import (  # noqa: E402,F401 (label_image's API)
 )
 
 OUTPUT_FORMATS = ('table', 'json', 'csv')
-# The prediction of an image below the confidence threshold.
-UNKNOWN = 'unknown'
-# Why a prediction is `unknown`: the export's novelty score is above its
-# threshold (the photo is unlike every class), or the top probability is
-# below the confidence threshold.
-REASON_NOVEL = 'not like any class'
-REASON_LOW_CONFIDENCE = 'low confidence'
 # The flags of TensorFlow's label_image, with defaults right for what
 # retrain exports: (absl DEFINE_<kind>, name, default, help).
 CLASSIC_FLAGS = (
@@ -129,19 +122,6 @@ def latest_saved_model(runs_dir: str) -> str:
 # --- Output -----------------------------------------------------------------------
 
 
-def _prediction(record: Record) -> str:
-  if record.labels is not None:
-    return ';'.join(label for label, _ in record.labels)
-  return UNKNOWN if record.unknown or record.novel else record.top[0][0]
-
-
-def _unknown_reason(record: Record) -> Optional[str]:
-  """Why the prediction is unknown (the novelty first), else None."""
-  if record.novel:
-    return REASON_NOVEL
-  return REASON_LOW_CONFIDENCE if record.unknown else None
-
-
 def format_records(records: Sequence[Record], output_format: str = 'table'
                    ) -> str:
   """Records as a readable table, a JSON array, or CSV (one row per image).
@@ -160,8 +140,8 @@ def format_records(records: Sequence[Record], output_format: str = 'table'
       if r.error is not None:
         items.append({'image': r.image, 'error': r.error})
       else:
-        items.append({'image': r.image, 'prediction': _prediction(r),
-                      'reason': _unknown_reason(r),
+        items.append({'image': r.image, 'prediction': r.prediction,
+                      'reason': r.reason,
                       'novelty': None if r.novelty is None else round(
                           r.novelty, 6),
                       'predictions': [
@@ -183,8 +163,8 @@ def format_records(records: Sequence[Record], output_format: str = 'table'
       for label, p in r.top:
         cells += [label, f'{p:.6f}']
       if r.error is None:
-        cells += [_unknown_reason(r) or '', '' if r.novelty is None else
-                  f'{r.novelty:.6f}', _prediction(r)]
+        cells += [r.reason or '', '' if r.novelty is None else
+                  f'{r.novelty:.6f}', r.prediction]
       writer.writerow(safe_text.csv_row(cells))
     return out.getvalue()
   if output_format != 'table':
@@ -197,7 +177,7 @@ def format_records(records: Sequence[Record], output_format: str = 'table'
     if r.error is not None:
       lines.append(f'  ERROR: {safe_text.terminal(r.error)}')
     if r.novel:
-      lines.append(f'  unknown: {REASON_NOVEL} (novelty {r.novelty:.3f} is '
+      lines.append(f'  unknown: {names.REASON_NOVEL} (novelty {r.novelty:.3f} is '
                    'above the export\'s threshold)')
     if r.unknown:
       lines.append(f'  unknown (top probability {r.top[0][1]:.4f} is below '
@@ -217,11 +197,11 @@ def summarize(records: Sequence[Record]) -> str:
   counts = {}
   for r in records:
     if r.error is None:
-      counts[_prediction(r)] = counts.get(_prediction(r), 0) + 1
-  unknown = counts.pop(UNKNOWN, 0)
+      counts[r.prediction] = counts.get(r.prediction, 0) + 1
+  unknown = counts.pop(names.UNKNOWN, 0)
   parts = [f'{label} {n}' for label, n in
            sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
-  parts.append(f'{UNKNOWN} {unknown}')
+  parts.append(f'{names.UNKNOWN} {unknown}')
   failed = sum(r.error is not None for r in records)
   n = len(records)
   return (f'Predictions for {n} image{"" if n == 1 else "s"}: '

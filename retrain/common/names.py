@@ -70,6 +70,13 @@ META_QUANTIZATION = 'quantization'  # TFLite: one of QUANTIZATIONS
 META_CONFIDENCE = 'confidence'
 CONFIDENCE_THRESHOLD = 'threshold'
 CONFIDENCE_TEMPERATURE = 'temperature'
+# Why a photo's prediction is `unknown` (label_image's reason column,
+# retrain.load(...).predict's reasons): its features are far from every
+# class (the novelty score), or its top probability is below the stored
+# threshold.
+UNKNOWN = 'unknown'
+REASON_NOVEL = 'not like any class'
+REASON_LOW_CONFIDENCE = 'low confidence'
 # The novelty score, when the head has one: {threshold: above it a photo is
 # not like any class, ...}.
 META_NOVELTY = 'novelty'

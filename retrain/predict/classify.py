@@ -16,6 +16,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from retrain.common import names
 from retrain.errors import ImageError
 from retrain.predict.load import (
   DEFAULT_BATCH_SIZE,
@@ -42,6 +43,22 @@ class Record:
   # Multi-label models: (label, probability) of every label at or above its
   # threshold, most probable first (empty: none); None for other models.
   labels: Optional[List[Tuple[str, float]]] = None
+
+  @property
+  def reason(self) -> Optional[str]:
+    """Why the prediction is `unknown` (names.REASON_NOVEL first, then
+    names.REASON_LOW_CONFIDENCE), else None."""
+    if self.novel:
+      return names.REASON_NOVEL
+    return names.REASON_LOW_CONFIDENCE if self.unknown else None
+
+  @property
+  def prediction(self) -> str:
+    """The top label, or names.UNKNOWN when flagged for any reason; a
+    multi-label model's labels above their thresholds, joined by ';'."""
+    if self.labels is not None:
+      return ';'.join(label for label, _ in self.labels)
+    return names.UNKNOWN if self.reason else self.top[0][0]
 
 
 # --- Finding the images -----------------------------------------------------------
@@ -229,7 +246,8 @@ def classify_files(model: Model, paths: Sequence[str],
       row = dict(zip(good, zip(probs, novelty)))
       for i, path in enumerate(name_chunks[k]):
         if i in row:
-          records.append(_record(model, path, *row[i], top_k, min_confidence))
+          records.append(make_record(model, path, *row[i], top_k,
+                                      min_confidence))
         else:
           records.append(Record(path, error=loaded[i]))
       progress.update(len(chunks[k]))
@@ -238,7 +256,7 @@ def classify_files(model: Model, paths: Sequence[str],
   return records
 
 
-def _record(model: Model, path: str, probabilities: np.ndarray, novelty,
+def make_record(model: Model, path: str, probabilities: np.ndarray, novelty,
             top_k: int, min_confidence: float) -> Record:
   """The Record of one classified image: probabilities float32 [N],
   novelty a score or None."""

@@ -1,11 +1,14 @@
 """`retrain.load(path)`: an export as a small Python object.
 
   import retrain
-  model = retrain.load('/tmp/retrain_saved_model')   # or .pb, .tflite, .onnx
-  labels, probabilities = model.predict(['a.jpg', 'b.jpg'])
+  model = retrain.load('retrain_runs/photos/latest/saved_model')  # or .pb, .tflite, .onnx
+  result = model.predict(['a.jpg', 'b.jpg'])
+  result.predictions   # ['roses', 'unknown']: the top label, or unknown
+  result.unknown       # [False, True]; result.reasons: why
+  result.probabilities # float32 [2, N], columns in model.labels order
 
-Built on the loaders label_image uses (retrain.predict.load), so the
-predictions are the same as label_image's.
+Built on the loaders label_image uses (retrain.predict.load and
+.classify), so the predictions and the unknown flags are label_image's.
 """
 
 from __future__ import annotations
@@ -16,7 +19,33 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from retrain.predict import classify
 from retrain.predict import load as load_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+  """What `Classifier.predict` gives for n images.
+
+  Attributes:
+    labels: the top label of each image [n].
+    probabilities: float32 [n, N] (calibrated), columns in the model's
+      labels order.
+    predictions: the top label, or 'unknown' when the image is flagged [n]
+      (a multi-label model: its labels above their thresholds, joined by
+      ';').
+    unknown: bool [n]: flagged, whatever the reason.
+    reasons: why each is unknown: 'not like any class' (the novelty score
+      is above the export's threshold), 'low confidence' (the top
+      probability is below the stored threshold) or None [n].
+    novelty: float32 [n] novelty scores, or None when the export has none.
+  """
+  labels: List[str]
+  probabilities: np.ndarray
+  predictions: List[str]
+  unknown: np.ndarray
+  reasons: List[Optional[str]]
+  novelty: Optional[np.ndarray]
 
 
 @dataclasses.dataclass
@@ -58,11 +87,22 @@ class Classifier:
     return np.asarray(self.model.predict(pixels), np.float32)
 
   def predict(self, images: Union[np.ndarray, Sequence[str]]
-              ) -> Tuple[List[str], np.ndarray]:
-    """(the top label of each image [n], probabilities float32 [n, N]);
-    see `probabilities` for `images`."""
+              ) -> Predictions:
+    """The Predictions of `images` (see `probabilities`): top labels,
+    probabilities, and whether each is unknown and why, by the export's
+    stored thresholds (as label_image decides)."""
     probs = self.probabilities(images)
-    return [self.labels[j] for j in probs.argmax(axis=1)], probs
+    novelty = (np.asarray(self.model.last_novelty(), np.float32)
+               if len(probs) and self.model.last_novelty is not None
+               else None)
+    records = [classify.make_record(
+        self.model, str(i), probs[i], None if novelty is None else novelty[i],
+        1, self.model.threshold) for i in range(len(probs))]
+    return Predictions(
+        labels=[r.top[0][0] for r in records], probabilities=probs,
+        predictions=[r.prediction for r in records],
+        unknown=np.array([r.reason is not None for r in records], bool),
+        reasons=[r.reason for r in records], novelty=novelty)
 
 
 def load(path: str, labels: Optional[str] = None) -> Classifier:
