@@ -103,8 +103,8 @@ Example:
 Each run writes into a new folder retrain_runs/flower_photos/<run id>/
 (the SavedModel, labels, reports, TensorBoard logs); then
 `label_image --image photo.jpg` classifies with the latest run's model.
-The documentation (docs/ in the source repository, docs/flags.md for
-every flag) says more.
+Below: the flags most runs need, then every other flag. The docs/ folder
+of the source (README.md first) explains each step with figures.
 """
 
 

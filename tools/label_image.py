@@ -291,7 +291,8 @@ def main(argv) -> int:
     return 1
   _write_results(text, records, f)
   if f.benchmark and timing.images:
-    print(f'Benchmark: {timing.images} images in {timing.total:.2f} s = '
+    print(f'Benchmark: {names.plural(timing.images, "image")} in '
+          f'{timing.total:.2f} s = '
           f'{timing.images / timing.total:.1f} images/s end to end '
           f'(decoding included); model alone '
           f'{timing.images / max(timing.model, 1e-9):.1f} images/s '
@@ -406,8 +407,8 @@ def _explain(model: Model, records: Sequence[Record], paths: Sequence[str],
     with open(target + '.tmp', 'wb') as out:
       out.write(explain.encode(explain.overlay(shown, heat)))
     os.replace(target + '.tmp', target)
-  logging.info('Wrote the heat maps of %d images to %s.', len(used),
-               f.explain)
+  logging.info('Wrote the heat maps of %s to %s.',
+               names.plural(len(used), 'image'), f.explain)
 
 
 def _box_crops(annotation: str, margin: float, specs: Sequence[str]):

@@ -122,7 +122,7 @@ class InspectConfig:
   data settings."""
   # Where report.html and report.json go: retrain's --output_dir, with this
   # default when it is not given.
-  output_dir: str = '/tmp/retrain_inspect'
+  output_dir: str = 'retrain_inspect'
 
 
 INSPECT_DEFAULTS = InspectConfig()

@@ -1,11 +1,12 @@
 """A model judged on a labelled folder, without training anything.
 
-  python -m retrain.evaluate --model /tmp/retrain_saved_model \\
-      --image_dir photos/ --output_dir /tmp/judged
+  python -m retrain.evaluate \\
+      --model retrain_runs/photos/latest/saved_model \\
+      --image_dir other_photos/ --output_dir judged
 
   import retrain
-  result = retrain.evaluate(model='/tmp/output_graph.pb',
-                            image_dir='photos/', output_dir='/tmp/judged')
+  result = retrain.evaluate(model='output_graph.pb',
+                            image_dir='other_photos/', output_dir='judged')
 
 The model is any export retrain writes (a SavedModel folder, a frozen
 graph, a TFLite or an ONNX file), run through label_image's loaders

@@ -11,6 +11,7 @@ import numpy as np
 from absl import logging
 
 from retrain.bottlenecks import usable as usable_lib
+from retrain.common import names
 from retrain.config import Config
 from retrain.data import split as split_lib
 from retrain.finetune import run as finetune_lib
@@ -86,11 +87,11 @@ def unknown_vectors(config: Config, module, runner,
   from retrain.common import walk as walk_lib
   from retrain.images import IMAGE_EXTENSIONS
   paths = sorted(os.path.join(folder, name)
-                 for folder, _, names in os.walk(config.deploy.unknown_dir)
-                 for name in names
+                 for folder, _, files in os.walk(config.deploy.unknown_dir)
+                 for name in files
                  if walk_lib.is_image_file(name, IMAGE_EXTENSIONS))
-  logging.info('Scoring %d photos of --unknown_dir %s (never trained on).',
-               len(paths), config.deploy.unknown_dir)
+  logging.info('Scoring %s of --unknown_dir %s (never trained on).',
+               names.plural(len(paths), 'photo'), config.deploy.unknown_dir)
   if not paths:
     return None
   if fine_tuned:
