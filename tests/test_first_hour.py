@@ -102,9 +102,9 @@ def test_help_loads_no_tensorflow(program):
 
 @pytest.mark.slow
 def test_label_image_cli_helpers_load_no_other_retrain_module():
-  """tools/ may import retrain.common.cli (--help, --version) and
-  .progress because they bring nothing else of retrain (no config, presets
-  or TensorFlow)."""
+  """label_image (retrain.predict.__main__, run from tools/) may import
+  retrain.common.cli (--help, --version) and .progress because they bring
+  nothing else of retrain (no config, presets or TensorFlow)."""
   code = textwrap.dedent('''
       import sys
       from tools import label_image
@@ -118,7 +118,8 @@ def test_label_image_cli_helpers_load_no_other_retrain_module():
       'retrain', 'retrain.common', 'retrain.common.cli',
       'retrain.common.names', 'retrain.common.progress',
       'retrain.features', 'retrain.features.tflite_runner', 'retrain.common.quiet', 'retrain.errors',
-      'retrain.predict', 'retrain.predict.classify', 'retrain.predict.common',
+      'retrain.predict', 'retrain.predict.__main__',
+      'retrain.predict.classify', 'retrain.predict.common',
       'retrain.predict.frozen_graph', 'retrain.predict.load',
       'retrain.predict.onnx_file', 'retrain.predict.saved_model',
       'retrain.predict.tflite', 'retrain.version']))

@@ -344,6 +344,7 @@ def test_flags_offer_the_library_lists(flag, values):
 def test_label_image_defaults_agree_with_retrain():
   """label_image's defaults for the runs folder and box crops are retrain's:
   both take them from retrain.common.names (settings.toml names them)."""
+  import importlib
   import inspect
 
   from retrain.common import names
@@ -354,6 +355,6 @@ def test_label_image_defaults_agree_with_retrain():
   assert DEFAULTS.outputs.final_tensor_name == names.OUTPUT_TENSOR_NAME
   assert DEFAULTS.crop.crop_margin == names.CROP_MARGIN
   assert DEFAULTS.crop.min_box_size == names.MIN_BOX_SIZE
-  source = inspect.getsource(label_image)
+  source = inspect.getsource(importlib.import_module(label_image.run.__module__))
   for name in ('RUNS_DIR', 'SAVED_MODEL_IN_RUN', 'CROP_MARGIN', 'MIN_BOX_SIZE'):
     assert f'names.{name}' in source, name
