@@ -125,6 +125,33 @@ def test_docs_state_the_default_module_and_its_input_size():
   assert f'| `--tfhub_module` | `{DEFAULTS.module.tfhub_module}` |' in flags_md
 
 
+def test_the_keras_snippets_take_the_default_input_size():
+  """docs/deploy.md's Keras snippets build the model's input at the
+  default export's size (a wrong size crashes on the default export)."""
+  import re as re_lib
+
+  from retrain.features import ensemble_presets, presets
+  members = ensemble_presets.DEFAULT_ENSEMBLE.replace(
+      '+', ' efficientnet_').split()
+  size = max(presets.preset_input_size(name) for name in members)
+  shapes = re_lib.findall(r'Input\(\((\d+), (\d+), 3\)',
+                          _doc('deploy.md'))
+  assert shapes, 'no Keras Input in docs/deploy.md'
+  assert set(shapes) == {(str(size), str(size))}
+
+
+def test_the_readme_classifies_photos_it_did_not_train_on():
+  """README's first example moves photos out of the training folder before
+  training and classifies those, not the training photos."""
+  readme = (ROOT / 'README.md').read_text()
+  block = readme[readme.index('mkdir held_out'):]
+  block = block[:block.index('```')]
+  train = block.index('python -m retrain --image_dir flower_photos')
+  assert block.index('mv ') < train  # set aside before training
+  assert 'label_image --image held_out/' in block[train:]
+  assert 'label_image --image flower_photos' not in readme
+
+
 def test_docs_state_the_default_export_size_roughly():
   """The SavedModel holds its modules' weights: the docs' figure is their
   size, read from the converted modules (skipped when they are absent)."""

@@ -77,7 +77,7 @@ def test_ensemble_module_concatenates_members(fake_module, small_module):
 
 
 def test_ensemble_run_reuses_member_cache_and_exports(
-    tmp_path, fake_module, small_module, monkeypatch):
+    tmp_path, fake_module, small_module, monkeypatch, caplog):
   root = make_colour_dataset(tmp_path / 'images')
   bottlenecks = str(tmp_path / 'bottlenecks')
   single = pipeline.run(shrunk_config(root, tmp_path / 'single', fake_module,
@@ -96,7 +96,12 @@ def test_ensemble_run_reuses_member_cache_and_exports(
   config = shrunk_config(
       root, out, f'{fake_module},{small_module}', bottleneck_dir=bottlenecks,
       head_solver='lbfgs', tflite_output_file=str(out / 'model.tflite'))
+  caplog.set_level('INFO', logger='absl')
   result = pipeline.run(config)
+  # Every line of the log says something: no member heading left empty.
+  assert not [m for m in caplog.messages if m.rstrip().endswith(':')]
+  assert any(m.startswith('Computing bottlenecks of ') for m in
+             caplog.messages)
 
   # Only the new member's vectors were computed.
   assert result.bottleneck_stats.reused == 36
