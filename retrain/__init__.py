@@ -37,8 +37,8 @@ def run(config=None, /, **options):
 
 def load(path, labels=None):
   """An export (SavedModel folder, .pb, .tflite or .onnx file) whose
-  `predict(images or files)` returns (labels, probabilities); see
-  `retrain.predict.model`."""
+  `predict(images or files)` returns a `retrain.predict.model.Predictions`
+  (labels, probabilities, and which images are unknown and why)."""
   from retrain.predict import model
   return model.load(path, labels)
 

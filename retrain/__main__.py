@@ -21,7 +21,7 @@ from absl import (
   logging,  # noqa: E402
 )
 
-from retrain import command_line  # noqa: E402
+from retrain import command_line, errors  # noqa: E402
 from retrain.command_line import (  # noqa: E402, F401  (tests read these here)
   CACHE_HOME_ENV,
   FIRST_FLAGS,
@@ -76,10 +76,10 @@ def main(argv):
     logging.error('%s', e)
     return 1
   except OSError as e:
-    from retrain import export_job
-    if not export_job.disk_full(e):
+    message = errors.disk_full(e)
+    if not message:
       raise
-    logging.error('%s', export_job.disk_full(e))
+    logging.error('%s', message)
     return 1
   if result.pending_exports:
     from retrain import export_job
@@ -111,9 +111,7 @@ of the source (README.md first) explains each step with figures.
 def interrupted_line() -> str:
   """What Ctrl-C prints: the vectors this run stored, and how to go on."""
   import bottleneck_cache
-  n = bottleneck_cache.vectors_written()
-  return (f'interrupted; {n:,} vector{"" if n == 1 else "s"} cached; run the '
-          'same command to resume')
+  return cli.resume_line(bottleneck_cache.vectors_written())
 
 
 def run():

@@ -11,6 +11,7 @@ traceback.
 
 from __future__ import annotations
 
+import errno
 import re
 from typing import Callable, Sequence
 
@@ -61,3 +62,16 @@ class ImageError(RetrainError, ValueError):
     super().__init__(f'{path}: {reason}')
     self.path = path
     self.reason = reason
+
+
+# The errors of a full disk or an exhausted quota.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(error: OSError) -> str:
+  """What a run says when `error` is a full disk (or quota); '' otherwise."""
+  if error.errno not in DISK_FULL_ERRNOS:
+    return ''
+  return (f'The disk is full: could not write {error.filename or "an output"} '
+          f'({error.strerror}). Free some space there or choose an output '
+          'folder on another disk; nothing half-written was left.')

@@ -18,7 +18,6 @@ written stays.
 
 from __future__ import annotations
 
-import errno
 import math
 import os
 import signal
@@ -28,6 +27,7 @@ import types
 
 from absl import logging
 
+from retrain import errors
 from retrain.common import cli, quiet, runs
 from retrain.export import from_disk
 
@@ -135,24 +135,16 @@ def main(argv):
     logging.error('%s', flag_wording(e))
     return 1
   except OSError as e:
-    if not disk_full(e):
+    message = errors.disk_full(e)
+    if not message:
       raise
-    logging.error('%s', disk_full(e))
+    logging.error('%s', message)
     return 1
   finally:  # Not reached past os.execv (this program is gone then).
     _end(plan, plan_path, finished)
   from retrain import summary
   summary.log_summary(config, _closing(plan)[1])
   return 0
-
-
-def disk_full(e: OSError) -> str:
-  """What a run says when `e` is a full disk (or quota); '' otherwise."""
-  if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-    return ''
-  return (f'The disk is full: could not write {e.filename or "an output"} '
-          f'({e.strerror}). Free some space there or choose an output '
-          'folder on another disk; nothing half-written was left.')
 
 
 # The plan being run, for the Ctrl-C line.
@@ -165,9 +157,7 @@ def interrupted_line() -> str:
   plan = _job.get('plan') or {}
   if plan:
     _end(plan, _job['path'], finished=False)
-  n = plan.get('vectors_cached', 0)
-  return (f'interrupted; {n:,} vector{"" if n == 1 else "s"} cached; run the '
-          'same command to resume')
+  return cli.resume_line(plan.get('vectors_cached', 0))
 
 
 if __name__ == '__main__':

@@ -15,8 +15,8 @@ if __package__ in (None, ''):  # `python tools/label_image.py`
       __file__))))
 
 from retrain.predict.__main__ import *  # noqa: E402,F403 (label_image's API)
-from retrain.predict.__main__ import USAGE, run  # noqa: E402,F401
-from retrain.predict.load import _sidecars  # noqa: E402,F401
+from retrain.predict.__main__ import run  # noqa: E402
+from retrain.predict.load import _sidecars  # noqa: E402,F401 (tests read it here)
 
 if __name__ == '__main__':
   run()

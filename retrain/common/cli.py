@@ -112,6 +112,12 @@ def quiet_logging(verbosity: Optional[str]) -> None:
     handler.setFormatter(quiet.ShortFormat())
 
 
+def resume_line(vectors: int) -> str:
+  """What Ctrl-C prints after a run: the vectors it stored, how to go on."""
+  return (f'interrupted; {vectors:,} vector{"" if vectors == 1 else "s"} '
+          'cached; run the same command to resume')
+
+
 def _remember_ctrl_c() -> None:
   """Ctrl-C raises KeyboardInterrupt as Python's own handler does, and is
   remembered (retrain.common.progress) in case that exception is

@@ -33,6 +33,7 @@ from retrain.common import settings
 from retrain.config.inputs import CACHE_HOME_ENV, MODULE_CACHE_ENV, Cache, Crop, Data, Module
 from retrain.config.outputs import Deploy, Outputs, Scale
 from retrain.config.training import DISTORTIONS, Distort, FineTune, Head
+from retrain.data import split as split_lib
 
 __all__ = ['CACHE_HOME_ENV', 'DEFAULTS', 'DISTORTIONS', 'EVALUATE_DEFAULTS',
            'GROUPS', 'GROUP_OF', 'INSPECT_DEFAULTS', 'MODULE_CACHE_ENV',
@@ -113,7 +114,9 @@ DEFAULTS = Config()
 
 # The declarations of the settings inspect and evaluate add.
 _TABLE = pathlib.Path(__file__).with_name('settings.toml')
-_CONSTANTS: Dict[str, object] = {}
+# Evaluate judges all photos, or one set of the stable hash split.
+_CONSTANTS: Dict[str, object] = {'EVALUATE_SUBSETS':
+                                 ('all',) + split_lib.SUBSETS}
 
 
 @settings.declared_in(_TABLE, 'InspectConfig', _CONSTANTS)

@@ -10,16 +10,14 @@ from typing import List, Optional
 
 from absl import logging
 
+from retrain.common import settings
 from retrain.config import DEFAULTS, EVALUATE_DEFAULTS, Config, EvaluateConfig
 from retrain.data import sources
-from retrain.data import split as split_lib
 from retrain.errors import DatasetError
 from retrain.predict import classify
 from retrain.predict import load as load_lib
 from retrain.report import heatmap
 from retrain.report import results as results_lib
-
-SUBSETS = ('all',) + split_lib.SUBSETS
 
 
 @dataclasses.dataclass
@@ -43,9 +41,6 @@ class Evaluated:
 
 def _photos(config: Config, which: str):
   """(files, true class names, layout description) of the folder."""
-  if which not in SUBSETS:
-    raise DatasetError(f'subset={which!r} is not one of '
-                       f'{", ".join(SUBSETS)}.', fields=('subset',))
   options = config.data
   sources.check_layout_options(options)
   layout = sources.load_layout(options)
@@ -72,7 +67,7 @@ def evaluate(model: str = EVALUATE_DEFAULTS.model,
              output_dir: str = EVALUATE_DEFAULTS.output_dir,
              config: Optional[Config] = None,
              options: Optional[EvaluateConfig] = None,
-             **settings) -> Evaluated:
+             **overrides) -> Evaluated:
   """Judges the export `model` on the labelled photos of `image_dir`.
 
   Args:
@@ -81,7 +76,7 @@ def evaluate(model: str = EVALUATE_DEFAULTS.model,
       retrain.Config; default DEFAULTS with image_dir.
     options: the EvaluateConfig (model, output_dir, subset, heat_maps);
       when given it wins over model and output_dir.
-    **settings: fields of Config or EvaluateConfig (e.g. subset='test',
+    **overrides: fields of Config or EvaluateConfig (e.g. subset='test',
       testing_percentage=10, image_layout='split_folders').
 
   Raises:
@@ -91,11 +86,12 @@ def evaluate(model: str = EVALUATE_DEFAULTS.model,
   started = time.monotonic()
   ours = {f.name for f in dataclasses.fields(EvaluateConfig)}
   options = options or EvaluateConfig(model=model, output_dir=output_dir)
-  options = dataclasses.replace(options, **{k: v for k, v in settings.items()
+  options = dataclasses.replace(options, **{k: v for k, v in overrides.items()
                                             if k in ours})
-  config = (config or DEFAULTS.replace(image_dir=image_dir)).replace(**{k: v for k, v in settings.items()
+  config = (config or DEFAULTS.replace(image_dir=image_dir)).replace(**{k: v for k, v in overrides.items()
                                          if k not in ours})
   config.check()
+  settings.check(options)
   if not options.model:
     raise DatasetError('model is empty: pass the export to judge (a '
                        'SavedModel folder or a .pb, .tflite or .onnx file).',

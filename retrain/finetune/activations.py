@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import io
 import os
 import time
@@ -45,7 +44,7 @@ from bottleneck_cache import temporaries
 from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.bottlenecks import distort as distort_lib
 from retrain.common.progress import Progress
-from retrain.errors import OutputError
+from retrain.errors import DISK_FULL_ERRNOS, OutputError
 from retrain.features.modules import FeatureModule
 
 # Bump when the bottom network's graph changes what an activation is.
@@ -104,7 +103,7 @@ class Float16Store(bottleneck_cache.BottleneckStore):
     except OSError as e:
       with contextlib.suppress(OSError):
         os.remove(tmp)
-      if e.errno in (errno.ENOSPC, errno.EDQUOT) or 'No space' in str(e):
+      if e.errno in DISK_FULL_ERRNOS or 'No space' in str(e):
         raise store_lib.CacheFullError(self.directory, len(keys) * dim * 2,
                                        detail=' to compact activations'
                                        ) from e

@@ -76,7 +76,6 @@ from retrain.predict.load import (  # noqa: E402,F401 (label_image's API)
   DEFAULT_TOP_K,
   LabelImageError,
   Model,
-  _sidecars,
   choose_labels,
   load_model,
 )

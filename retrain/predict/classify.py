@@ -208,7 +208,7 @@ def classify_files(model: Model, paths: Sequence[str],
   """
   decoding = decoding or Decoding()
   boxes = None if crops is None else [c.box for c in crops]
-  names = None if crops is None else [c.name for c in crops]
+  crop_names = None if crops is None else [c.name for c in crops]
   if min_confidence is None:
     min_confidence = model.threshold
   # A live bar with rate and time left on a terminal, else a log line every
@@ -228,7 +228,7 @@ def classify_files(model: Model, paths: Sequence[str],
     chunks = list(_chunks(list(paths), max(1, batch_size)))
     box_chunks = list(_chunks(list(boxes) if boxes is not None else
                               [None] * len(paths), max(1, batch_size)))
-    name_chunks = list(_chunks(list(names) if names is not None else
+    name_chunks = list(_chunks(list(crop_names) if crop_names is not None else
                                list(paths), max(1, batch_size)))
     pending = submit(0) if chunks else []
     for k, _ in enumerate(chunks):

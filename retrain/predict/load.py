@@ -24,7 +24,6 @@ from retrain.common.names import (
   INPUT_TENSOR_NAME,
   LABELS_FILE,
   LABELS_SUFFIX,
-  METADATA_FILE,
   METADATA_SUFFIX,
   OUTPUT_TENSOR_NAME,
 )
@@ -179,12 +178,12 @@ def choose_labels(path: str, labels: Optional[str],
   file_names = (_read_labels(default_labels)
                 if default_labels and os.path.isfile(default_labels) else None)
   if meta_labels:
-    names = [str(name) for name in meta_labels]
-    if file_names is not None and file_names != names:
+    stored = [str(name) for name in meta_labels]
+    if file_names is not None and file_names != stored:
       logging.warning('The labels file %s disagrees with the metadata of %s '
                       '(%d vs %d classes); using the metadata\'s labels.',
-                      default_labels, path, len(file_names), len(names))
-    return names
+                      default_labels, path, len(file_names), len(stored))
+    return stored
   if file_names is not None:
     return file_names
   raise LabelImageError(f'No labels found for {path}: pass --labels with '
@@ -219,11 +218,11 @@ def load_model(saved_model_dir: Optional[str] = None,
     if not os.path.isdir(saved_model_dir):
       raise LabelImageError(f'--saved_model_dir {saved_model_dir!r} is not a '
                             'folder: pass the folder retrain exported to.')
-    predict, size, meta_labels = saved_model.load_saved_model(
+    predict, size, meta = saved_model.load_saved_model(
         saved_model_dir, input_height, input_width, trust)
     kind, path = 'saved_model', saved_model_dir
     default_labels = os.path.join(saved_model_dir, LABELS_FILE)
-    meta = read_json(os.path.join(saved_model_dir, METADATA_FILE))
+    meta_labels = meta[names.META_LABELS]
   elif graph:
     if not os.path.isfile(graph):
       raise LabelImageError(f'--graph {graph!r} does not exist: pass the .pb '
@@ -236,17 +235,18 @@ def load_model(saved_model_dir: Optional[str] = None,
     raise LabelImageError('No model given: pass --saved_model_dir (the '
                           'export folder) or --graph (a .pb or .tflite '
                           'file).')
-  names = choose_labels(path, labels, meta_labels, default_labels)
+  class_names = choose_labels(path, labels, meta_labels, default_labels)
   probe = predict(np.zeros([1, size[0], size[1], 3], np.float32))
-  if probe.ndim != 2 or probe.shape[1] != len(names):
+  if probe.ndim != 2 or probe.shape[1] != len(class_names):
     raise LabelImageError(
         f'{path} returns {list(probe.shape)} but the labels have '
-        f'{len(names)} classes: pass the --labels of this model (and, for a '
-        '.pb, the right --output_layer).')
+        f'{len(class_names)} classes: pass the --labels of this model (and, '
+        'for a .pb, the right --output_layer).')
   predict, last_novelty = _keeping_novelty(predict)
-  return Model(kind, path, names, size, predict, _stored_threshold(meta),
-               last_novelty, _stored_novelty_threshold(meta),
-               _stored_label_thresholds(meta, len(names)))
+  return Model(kind, path, class_names, size, predict,
+               _stored_threshold(meta), last_novelty,
+               _stored_novelty_threshold(meta),
+               _stored_label_thresholds(meta, len(class_names)))
 
 
 def _keeping_novelty(predict: Callable) -> Tuple[Callable, Optional[Callable]]:

@@ -8,7 +8,6 @@ from typing import Callable, Tuple
 from retrain.common.names import (
   META_INPUT_HEIGHT,
   META_INPUT_WIDTH,
-  META_LABELS,
   METADATA_FILE,
   NOVELTY_OUTPUT,
   PROBABILITIES_OUTPUT,
@@ -23,7 +22,9 @@ from retrain.predict.common import (
 
 
 def load_saved_model(path: str, height, width,
-                     trust: bool = False) -> Tuple[Callable, tuple]:
+                     trust: bool = False) -> Tuple[Callable, tuple, dict]:
+  """(predict, (height, width), the export's metadata dict) of the
+  SavedModel folder `path`."""
   import tensorflow as tf
   meta = read_json(os.path.join(path, METADATA_FILE))
   if meta is None:
@@ -46,4 +47,4 @@ def load_saved_model(path: str, height, width,
       return out[PROBABILITIES_OUTPUT].numpy(), out[NOVELTY_OUTPUT].numpy()
     predict.with_novelty = both
   predict.keep_alive = loaded  # The signature needs its object alive.
-  return predict, size, meta[META_LABELS]
+  return predict, size, meta
