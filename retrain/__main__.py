@@ -18,10 +18,9 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import (
   app,  # noqa: E402
   flags,  # noqa: E402
-  logging,  # noqa: E402
-)
+  )
 
-from retrain import command_line, errors  # noqa: E402
+from retrain import command_line  # noqa: E402
 from retrain.command_line import (  # noqa: E402, F401  (tests read these here)
   CACHE_HOME_ENV,
   FIRST_FLAGS,
@@ -45,7 +44,6 @@ def main(argv):
   cli.quiet_logging(FLAGS.logging_verbosity)
   # Imported here so that --help and flag errors answer without loading
   # TensorFlow.
-  from retrain.errors import RetrainError
   from retrain.features import presets
   if FLAGS.list_modules:
     cache_dir = config_from_flags().module.module_cache_dir
@@ -68,19 +66,8 @@ def main(argv):
                                   if FLAGS[name].present]))
     # The last conversions run in fresh processes (retrain.export_job).
     result = pipeline.run(config, convert_later=True)
-  except RetrainError as e:
-    logging.error('%s', flag_wording(e))
-    return 1
-  # A cache that cannot be written, a full disk: a message.
-  except bottleneck_cache.CacheError as e:
-    logging.error('%s', e)
-    return 1
-  except OSError as e:
-    message = errors.disk_full(e)
-    if not message:
-      raise
-    logging.error('%s', message)
-    return 1
+  except Exception as e:  # noqa: BLE001 command_line.failed re-raises bugs
+    return command_line.failed(e)
   if result.pending_exports:
     from retrain import export_job
     export_job.hand_over(result.pending_exports, result.config or config,

@@ -21,6 +21,7 @@ from absl import app, flags, logging
 from retrain import config as config_lib
 from retrain.beam.options import BeamOptions
 from retrain.common import atomic, settings
+from retrain.errors import RetrainError, disk_full
 
 FLAGS = flags.FLAGS
 MODULE_CACHE_ENV = config_lib.MODULE_CACHE_ENV
@@ -108,6 +109,30 @@ def flag_wording(error) -> str:
   """A library error's text with each setting it names worded as its flag
   (`optimizer='x'` -> `--optimizer='x'`)."""
   return error.worded(lambda field: f'--{field}')
+
+
+def failed(error: Exception) -> int:
+  """Logs the one line of an error a user can act on and returns exit
+  status 1; re-raises any other error (a bug: its traceback is wanted)."""
+  message = failure_message(error)
+  if message is None:
+    raise error
+  logging.error('%s', message)
+  return 1
+
+
+def failure_message(error: Exception) -> Optional[str]:
+  """The one line a command prints for an error a user can act on (a
+  RetrainError, worded with flags; a bottleneck cache that cannot be
+  written; a full disk), or None for an error that is a bug."""
+  import bottleneck_cache
+  if isinstance(error, RetrainError):
+    return flag_wording(error)
+  if isinstance(error, bottleneck_cache.CacheError):
+    return str(error)
+  if isinstance(error, OSError):
+    return disk_full(error) or None
+  return None
 
 
 def report_main(argv, make_report: Callable, options_from_flags: Callable

@@ -25,9 +25,6 @@ import sys
 import time
 import types
 
-from absl import logging
-
-from retrain import errors
 from retrain.common import cli, quiet, runs
 from retrain.export import from_disk
 
@@ -107,8 +104,7 @@ def _end(plan: dict, plan_path: str, finished: bool) -> None:
 
 
 def main(argv):
-  from retrain.command_line import flag_wording
-  from retrain.errors import RetrainError
+  from retrain import command_line
   plan_path = argv[1]
   plan = from_disk.read_plan(plan_path)
   cli.quiet_logging(plan['verbosity'])
@@ -131,15 +127,8 @@ def main(argv):
     from retrain.steps import outputs
     outputs.refresh_model_sizes(config)
     finished = True
-  except RetrainError as e:
-    logging.error('%s', flag_wording(e))
-    return 1
-  except OSError as e:
-    message = errors.disk_full(e)
-    if not message:
-      raise
-    logging.error('%s', message)
-    return 1
+  except Exception as e:  # noqa: BLE001 command_line.failed re-raises bugs
+    return command_line.failed(e)
   finally:  # Not reached past os.execv (this program is gone then).
     _end(plan, plan_path, finished)
   from retrain import summary
