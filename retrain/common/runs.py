@@ -197,7 +197,9 @@ def _take(lock: str, field: str, path: str) -> bool:
                     f'{path!r}; try again.', fields=(field,))
 
 
-def _release(locks: Iterable[str]) -> None:
+def release(locks: Iterable[str]) -> None:
+  """Removes the lock files `locks` this process holds (a run's locks
+  handed to its export job, which has the same process id)."""
   for lock in locks:
     try:
       with open(lock, encoding='utf-8') as f:
@@ -206,12 +208,6 @@ def _release(locks: Iterable[str]) -> None:
         os.remove(lock)
     except OSError:
       pass
-
-
-def release(locks: Iterable[str]) -> None:
-  """Removes the lock files `locks` this process holds (a run's locks
-  handed to its export job, which has the same process id)."""
-  _release(locks)
 
 
 @contextlib.contextmanager
@@ -236,4 +232,4 @@ def locked(paths: Dict[str, str]) -> Iterator[List[str]]:
       taken.append(lock)
     yield taken
   finally:
-    _release(taken)
+    release(taken)

@@ -283,15 +283,6 @@ class IntermediateExports:
 # --- ONNX ---------------------------------------------------------------------
 
 
-def write_onnx(path: str, module: FeatureModule, head: Head,
-               labels: Sequence[str],
-               extra_metadata: Optional[dict] = None) -> str:
-  """Writes the classifier as ONNX (metadata in metadata_props); returns path."""
-  return write_onnx_with(path, lambda info: onnx_format.onnx_model(
-      module, head, labels, file_metadata(path, labels, module, info)),
-      extra_metadata)
-
-
 def write_onnx_with(path: str, convert, extra_metadata: Optional[dict] = None
                     ) -> str:
   """Writes the ONNX model `convert(info)` returns (serialized; info: the

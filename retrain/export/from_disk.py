@@ -127,8 +127,7 @@ def _loaded_classifier(loaded, input_size, final_tensor_name: str,
 
 
 def open_export(path: str):
-  """(SavedModule, SavedHead, labels, metadata) of the SavedModel export at
-  `path`."""
+  """(SavedModule, SavedHead, labels) of the SavedModel export at `path`."""
   with open(os.path.join(path, METADATA_FILE), encoding='utf-8') as f:
     meta = json.load(f)
   module = meta['module']
@@ -138,7 +137,7 @@ def open_export(path: str):
                        meta[names.META_INPUT_WIDTH]))
   novelty = meta.get(names.META_NOVELTY)
   head = SavedHead(SavedNovelty(novelty) if novelty else None)
-  return saved, head, list(meta[names.META_LABELS]), meta
+  return saved, head, list(meta[names.META_LABELS])
 
 
 # --- The plan -----------------------------------------------------------------
@@ -150,7 +149,9 @@ def new_plan(options, saved_model_dir: str, calibration_paths, gate,
   the export at `saved_model_dir`.
 
   Args:
-    calibration_paths: the training images int8 calibration may use.
+    calibration_paths: the training images int8 calibration may use; the
+      plan keeps only the sample it calibrates on (calibration_sample of
+      options.tflite_calibration_images), none without an int8 TFLite.
     gate: the retrain.export.quantization_check.Gate of a quantised
       TFLite model.
     extra_metadata: stored in the TFLite and ONNX metadata.
@@ -166,10 +167,15 @@ def new_plan(options, saved_model_dir: str, calibration_paths, gate,
             options.tflite_quantization == 'none'):
       stages.append('float_tflite')
     stages.append('onnx')
+  calibration = []
+  if options.tflite_output_file and options.tflite_quantization == 'int8':
+    from retrain.export import tflite_format
+    calibration = tflite_format.calibration_sample(
+        calibration_paths, options.tflite_calibration_images)
   return {
       'saved_model_dir': os.path.abspath(saved_model_dir),
       'stages': stages, 'done': [],
-      'calibration_paths': list(calibration_paths),
+      'calibration_paths': calibration,
       'gate': None if gate is None else {
           'paths': list(gate.paths),
           'labels': [int(y) for y in gate.labels], 'subset': gate.subset,
@@ -215,7 +221,7 @@ def run_stage(plan: dict, stage: str, options) -> None:
   """
   from retrain.export import formats as export_formats
   from retrain.export import onnx_format, tflite_format
-  module, head, labels, _ = open_export(plan['saved_model_dir'])
+  module, head, labels = open_export(plan['saved_model_dir'])
   extra, written, temporary = (plan['extra_metadata'], plan['written'],
                                plan['temporary'])
   if stage == 'output_graph':
@@ -259,9 +265,7 @@ def _convert_tflite(plan: dict, options, module: SavedModule,
           if plan['gate'] is not None else None)
   model, plan['tflite_info'] = tflite_format.converted(
       options.tflite_output_file, module, head, options.tflite_quantization,
-      tflite_format.calibration_sample(plan['calibration_paths'],
-                                       options.tflite_calibration_images),
-      gate, plan['extra_metadata'])
+      plan['calibration_paths'], gate, plan['extra_metadata'])
   atomic.write_bytes(plan['temporary']['tflite'], model)
   plan['quantization_checks'] += [c.metadata() for c in
                                   (gate.results if gate else [])]
@@ -304,4 +308,3 @@ def finish(plan: dict, report_dir: str) -> None:
     data['other_exports' if target == path else 'exports'] = plan['written']
     data['quantization_checks'] = plan['quantization_checks']
     atomic.write_json(target, data)
-  remove_temporary(plan, every=True)

@@ -31,7 +31,7 @@ import gc
 import json
 from typing import Sequence
 
-from retrain.common import names
+from retrain.common import names, strict_json
 from retrain.common.names import (
   IMAGES_INPUT,
   ONNX_LABELS_KEY,
@@ -108,7 +108,7 @@ def _described(proto, labels: Sequence[str], metadata: dict, input_size
           metadata.get(names.META_INPUT_VALUE_RANGE, [0.0, 1.0])),
       names.META_PREPROCESSING: str(
           metadata.get(names.META_PREPROCESSING, '')),
-      ONNX_METADATA_KEY: json.dumps(metadata),
+      ONNX_METADATA_KEY: strict_json.dumps(metadata),
   }
   del proto.metadata_props[:]
   for key, value in props.items():

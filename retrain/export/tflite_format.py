@@ -46,9 +46,7 @@ from retrain.head.model import Head
 def calibration_sample(paths: Sequence[str], count: int) -> List[str]:
   """Up to `count` of `paths`, spread evenly over them (they are sorted by
   class, so every class is seen)."""
-  if len(paths) > count:
-    return [paths[i] for i in head_math.evenly_spread(len(paths), count)]
-  return list(paths)
+  return [paths[i] for i in head_math.evenly_spread(len(paths), count)]
 
 
 def representative_images(paths: Sequence[str], size, count: int

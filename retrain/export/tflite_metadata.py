@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import gc
 import importlib
-import json
 import sys
 import types
 from typing import Sequence, Tuple
 
+from retrain.common import strict_json
 from retrain.common.names import (
   LABELS_FILE,
   META_NOVELTY,
@@ -181,7 +181,7 @@ def embed(model: bytes, labels: Sequence[str], project: dict,
   populator = metadata.MetadataPopulator.with_model_buffer(bytes(with_labels))
   populator.load_metadata_buffer(builder.Output())
   populator.load_associated_file_buffers(
-      {METADATA_FILE: json.dumps(project, indent=2).encode()})
+      {METADATA_FILE: strict_json.dumps(project, indent=2).encode()})
   populator.populate()
   content = bytes(populator.get_model_buffer())
   # Both objects clean up temporary files in __del__, which fails noisily

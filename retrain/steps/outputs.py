@@ -20,6 +20,7 @@ from retrain.export import from_disk, quantization_check
 from retrain.export import saved_model as export_lib
 from retrain.features import ensemble as ensemble_lib
 from retrain.head import calibration as calibration_lib
+from retrain.head import math as head_math
 from retrain.report import deployment as deployment_report
 from retrain.report import heatmap
 from retrain.report import results as results_lib
@@ -153,9 +154,8 @@ def check_float_exports(config: Config, float_module, head,
   """precision_lib.check_float_exports on the held-out `rows` of `images`
   (int8_accuracy None: measured here on their int8 vectors)."""
   if int8_accuracy is None:
-    int8_accuracy = float(np.mean(
-        head.logits(images.vectors[rows]).argmax(axis=1) ==
-        images.labels[rows])) if len(rows) else float('nan')
+    int8_accuracy = head_math.accuracy(head.logits(images.vectors[rows]),
+                                       images.labels[rows])
   digests = images.digests_of(rows)
   probe = precision_lib.Probe(
       paths=images.paths_of(rows),
