@@ -215,6 +215,7 @@ def run_steps(config: Config, convert_later: bool = False) -> RunResult:
   chooses where the vectors live (memory or the cache), the head kind
   (softmax or one sigmoid per label) comes from the settings; the trainer
   and evaluator follow from both."""
+  phases_lib.freeze_imports()
   phases = phases_lib.Phases()
   prepared = prepare.prepare(config, phases)
   with phases('bottlenecks'):

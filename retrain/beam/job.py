@@ -53,6 +53,7 @@ from retrain.beam import transforms
 from retrain.beam.options import BeamOptions
 from retrain.bottlenecks import compute as bottlenecks_lib
 from retrain.bottlenecks import distort as distort_lib
+from retrain.common import phases as phases_lib
 from retrain.config import Config, Distort
 from retrain.data import sources
 from retrain.errors import DatasetError
@@ -167,6 +168,7 @@ def run(config: Config, options: BeamOptions,
   distort_lib.check_settings(distortions, config.distort.distorted_copies)
   # Listed as a single-label run lists them: a multi-label run reads the
   # same files' vectors.
+  phases_lib.freeze_imports()
   prepared = prepare.prepare(config.replace(multi_label=False),
                              whole_run=False, hash_files=False)
   members = ensemble_lib.members(prepared.module)

@@ -136,14 +136,17 @@ def settle(bottleneck_dir: str, paths: Sequence[str],
                                                       strict=True)
               if digest and path in _wanted]
     made = dict(_made)
+  if not wanted:  # no projector, or nothing hashed: no folder either
+    return
   try:
     os.makedirs(folder, exist_ok=True)
-    for path, digest in wanted:
-      if path in made and not os.path.exists(_cached(folder, digest)):
-        atomic.write_bytes(_cached(folder, digest), _npy(made[path]))
   except OSError as e:
     logging.warning('Thumbnails not kept in %s (%s); the next run reads '
                     'the photos again for them.', folder, e)
+  else:
+    for path, digest in wanted:
+      if path in made and not os.path.exists(_cached(folder, digest)):
+        _store(folder, digest, made[path])
   for path, digest in wanted:
     if path not in made:
       thumb = _load(_cached(folder, digest))

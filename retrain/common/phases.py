@@ -55,7 +55,9 @@ def release_memory() -> None:
 def freeze_imports() -> None:
   """Once per process: collects, then moves every object alive into the
   collector's permanent generation (gc.freeze), so that each phase's
-  release_memory walks only what the run made since. Those objects are
+  release_memory walks only what the run made since. Process-wide, so
+  the entry points call it (retrain.pipeline.run_steps, retrain.inspect,
+  the Beam job's launch), not Phases. Those objects are
   TensorFlow's and retrain's modules, classes and functions (about 360,000
   once TensorFlow is imported), alive as long as the process; walking them
   made each collection about 0.7 s, 12 of them a tenth of a warm run on 2
@@ -98,7 +100,6 @@ class Phases:
   def __init__(self, clock: Callable[[], float] = time.monotonic,
                memory: Callable[[], float] = peak_rss_mib):
     self._clock, self._memory = clock, memory
-    freeze_imports()
     self.started = clock()
     self.timings: Dict[str, float] = {}
     self.peak_rss: Dict[str, float] = {}

@@ -1,5 +1,6 @@
-"""The head's formulas, each written once: softmax, log-softmax, cross
-entropy (label-smoothed, weighted), accuracy and picking k of n rows evenly.
+"""The head's formulas, each written once: softmax, log-softmax, sigmoid,
+cross entropy (label-smoothed, weighted), accuracy and picking k of n rows
+evenly.
 
 Logits are float [n, N] with column j scoring class id j; labels int [n]
 class ids in [0, N). The numpy functions come first; the TensorFlow ones
@@ -39,6 +40,13 @@ def softmax(logits) -> np.ndarray:
   z = z - z.max(axis=-1, keepdims=True)
   e = np.exp(z)
   return e / e.sum(axis=-1, keepdims=True)
+
+
+def sigmoid(z) -> np.ndarray:
+  """1 / (1 + e^-z) elementwise, as 0.5 (1 + tanh(z / 2)): no overflow for
+  any z; float32 z gives float32, float64 z float64. (The multi-label
+  head's probabilities; the export's graph uses tf.nn.sigmoid.)"""
+  return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
 def smoothed_targets(labels, num_classes: int,

@@ -49,7 +49,7 @@ class Head:
     """float32 [n, N] class probabilities for vectors x float32 [n, D]."""
     z = self.logits(x)
     if self.multi_label:
-      return (0.5 * (1.0 + np.tanh(0.5 * z))).astype(np.float32)
+      return head_math.sigmoid(z).astype(np.float32)
     return head_math.softmax(z)
 
   def predict_proba(self, x: np.ndarray) -> np.ndarray:

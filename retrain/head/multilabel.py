@@ -40,6 +40,7 @@ from absl import logging
 
 from retrain.head import folds as folds_lib
 from retrain.head import lbfgs as lbfgs_lib
+from retrain.head import math as head_math
 from retrain.head import solver as solver_lib
 from retrain.head.model import Head
 
@@ -143,7 +144,7 @@ class _SigmoidProblem(lbfgs_lib.Problem):
       t = self.targets[part]
       # log(1 + e^z) - t z, computed without overflow.
       data_loss += float(np.sum(np.logaddexp(0.0, z) - t * z)) * self.share
-      g = (_sigmoid(z) - t) * self.share  # [m, L]
+      g = (head_math.sigmoid(z) - t) * self.share  # [m, L]
       gx += tf.matmul(tf.constant(g, tf.float32), x,
                       transpose_a=True).numpy().T.astype(np.float64)
       g_sum += g.sum(axis=0)
@@ -153,15 +154,12 @@ class _SigmoidProblem(lbfgs_lib.Problem):
     return loss, np.concatenate([gw.ravel(), g_sum])
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-  return 0.5 * (1.0 + np.tanh(0.5 * z))
-
-
 def probabilities(head: Head, x) -> np.ndarray:
   """float32 [n, L] per-label probabilities of vectors x: float32 [n, D],
   or Rows (read chunk by chunk)."""
   if not isinstance(x, Rows):
-    return _sigmoid(head.logits(x).astype(np.float64)).astype(np.float32)
+    return head_math.sigmoid(head.logits(x).astype(np.float64)).astype(
+        np.float32)
   out = np.zeros((x.n, head.biases.shape[0]), np.float32)
   for part, chunk in x.chunks():
     out[part] = probabilities(head, np.asarray(chunk))

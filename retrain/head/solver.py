@@ -65,6 +65,7 @@ the vectors run in TensorFlow (float32). No scipy.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import List, Optional, Sequence, Tuple
 
@@ -244,17 +245,19 @@ class _Task:
 @dataclasses.dataclass(frozen=True)
 class _Sets:
   """fit_head's training vectors float32 [n, D] and ids int64 [n], and its
-  validation ones [m, D], [m] (m may be 0)."""
+  validation ones [m, D], [m] (m may be 0). all_x and all_y, training
+  then validation, are concatenated once, when first read (cached_property
+  writes the instance's __dict__, which frozen does not guard)."""
   train_x: np.ndarray
   train_y: np.ndarray
   val_x: np.ndarray
   val_y: np.ndarray
 
-  @property
+  @functools.cached_property
   def all_x(self) -> np.ndarray:
     return np.concatenate([self.train_x, self.val_x])
 
-  @property
+  @functools.cached_property
   def all_y(self) -> np.ndarray:
     return np.concatenate([self.train_y, self.val_y])
 
@@ -353,7 +356,7 @@ def _choose(sets: _Sets, task: _Task):
   candidates = _grid(options)
   trained = np.flatnonzero(np.bincount(sets.train_y, minlength=num_classes))
   val_counts = np.bincount(val_y, minlength=num_classes)[trained]
-  all_x, all_y = sets.all_x, sets.all_y
+  all_y = sets.all_y
   smallest_class = int(np.bincount(all_y, minlength=num_classes)[
       trained].min())
   solutions: List[np.ndarray] = []
@@ -369,6 +372,7 @@ def _choose(sets: _Sets, task: _Task):
     selection, held = 'k-fold', _held(all_y, task.class_weights)
     fold = folds_lib.stratified_folds(all_y, options.folds, options.seed)
     totals = np.zeros((len(candidates), 3))
+    all_x = sets.all_x
     for k in range(options.folds):
       inside = fold != k
       totals += np.array(_score_grid(

@@ -108,6 +108,7 @@ def _load_examples(config: Config, timings: dict):
   # its runtime), and its bottleneck step: ensembles, the module check, the
   # pixel limit and the cache namespaces as retrain has them, so a training
   # run afterwards reads every vector.
+  phases_lib.freeze_imports()
   phases = phases_lib.Phases()
   prepared = prepare.prepare(config, phases, whole_run=False)
   layout, crops, module = prepared.layout, prepared.crops, prepared.module

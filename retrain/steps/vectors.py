@@ -98,7 +98,7 @@ def compute(config: Config, prepared) -> Vectors:
   storage = choose_storage(config, prepared)
   layout = prepared.layout
   want_thumbnails(config, layout.dataset, storage == 'memory' and
-                  prepared.crops is None)
+                  prepared.crops is None and not config.data.multi_label)
   # --fine_tune's activations from the pixels decoded here (whole images;
   # only the softmax head in memory fine-tunes).
   extra = (plans_lib.activation_passes(config, prepared.module)
