@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -205,9 +206,16 @@ def test_two_runs_given_the_same_path_the_second_refuses(tmp_path,
   deadline = time.time() + 300
   while not lock.exists() and time.time() < deadline:
     time.sleep(0.05)
-  second = _start(args, tmp_path)
-  _, err = second.communicate(timeout=600)
-  assert first.poll() is None, 'the first run ended too soon for this test'
+  # Held still (alive, holding the path) while the second one starts, so
+  # that a fast machine cannot finish the first run before the second
+  # reaches the lock.
+  first.send_signal(signal.SIGSTOP)
+  try:
+    second = _start(args, tmp_path)
+    _, err = second.communicate(timeout=600)
+    assert first.poll() is None, 'the first run ended too soon for this test'
+  finally:
+    first.send_signal(signal.SIGCONT)
   assert second.returncode == 1, err[-3000:]
   assert 'is being written by another run' in err
   assert '--saved_model_dir' in err
