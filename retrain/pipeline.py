@@ -79,6 +79,9 @@ class RunResult:
   figures: Optional[Dict[str, str]] = None
   # Per member, the precision its bottlenecks ran at ('int8' or 'float32').
   bottleneck_precision: Optional[str] = None
+  # With int8 bottlenecks: what the check of the exports measured
+  # (retrain.steps.outputs.Exported.export_check), else None.
+  export_check: Optional[dict] = None
   # --multi_label: the test set's retrain.report.multilabel.MultiLabelMetrics
   # (test_accuracy is then its exact-match ratio).
   multi_label: Optional[object] = None
@@ -291,6 +294,7 @@ def _in_memory(config: Config, prepared: prepare.Prepared,
       pending_exports=exported.pending_exports,
       explained=tuned.reported.explained,
       deployment_report=exported.deployment_report,
+      export_check=exported.export_check,
       fine_tuned=tuned.fine_tuned,
       figures=head.describe_figures(tuned.trained, tuned.fine_tuned,
                                     confidence.head.novelty),
@@ -393,6 +397,7 @@ def write_run_summary(config: Config, result: RunResult) -> str:
       'counts': result.counts,
       'test_accuracy': result.test_accuracy,
       'test_count': result.test_count,
+      'export_check': result.export_check,
       **_validation_figures(result),
       'bottlenecks': dataclasses.asdict(result.bottleneck_stats),
       'skipped': len(result.skipped),

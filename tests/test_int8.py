@@ -190,8 +190,29 @@ def test_int8_run_end_to_end(tmp_path):
   assert len(bottleneck_cache.BottleneckStore(
       config.cache.bottleneck_dir, dict(float_ns,
                                   quantization=int8.QUANTIZATION))) == 30
+  # The exports compute the int8 features (the translated graph): the
+  # SavedModel gives the head's probabilities on the cached int8 vectors.
+  check = summary['export_check']
+  assert check['subset'] == 'test' and check['count'] == result.test_count
+  assert check['max_probability_difference'] <= 1e-4
+  assert check['same_top_class'] == 1.0
+  report = json.loads(pathlib.Path(result.deployment_report).read_text())
+  assert 'float_export_check' not in report['exports']
+
+
+@pytest.mark.slow
+def test_untranslatable_int8_run_measures_its_float_exports(tmp_path,
+                                                            monkeypatch):
+  from retrain.export import int8_graph
+  monkeypatch.delitem(int8_graph._TRANSLATORS, 'MEAN')  # noqa: SLF001
+  module = export_fake_module(tmp_path / 'pool')
+  images = make_colour_dataset(tmp_path / 'images', per_class=10)
+  config = shrunk_config(images, tmp_path / 'out', str(module),
+                         bottleneck_precision='int8')
+  result = pipeline.run(config)
   # The float exports' accuracy on the held-out images, beside the int8
-  # figure, in the deployment report and the SavedModel's metadata.
+  # figure, in the deployment report, the SavedModel's metadata and the
+  # run summary.
   report = json.loads(pathlib.Path(result.deployment_report).read_text())
   check = report['exports']['float_export_check']
   assert check['int8_accuracy'] == result.test_accuracy
@@ -201,6 +222,7 @@ def test_int8_run_end_to_end(tmp_path):
   meta = json.loads((pathlib.Path(config.outputs.saved_model_dir) /
                      'retrain_metadata.json').read_text())
   assert meta['other_exports']['float_export_check'] == check
+  assert result.export_check == check
 
 
 def test_float32_run_has_no_float_export_check(tmp_path, fake_module):

@@ -16,9 +16,10 @@ from retrain.common import phases as phases_lib
 from retrain.config import Config
 from retrain.data import split as split_lib
 from retrain.export import formats as export_formats
-from retrain.export import from_disk, quantization_check
+from retrain.export import from_disk, int8_graph, quantization_check
 from retrain.export import saved_model as export_lib
 from retrain.features import ensemble as ensemble_lib
+from retrain.features import int8
 from retrain.head import calibration as calibration_lib
 from retrain.head import math as head_math
 from retrain.report import deployment as deployment_report
@@ -36,10 +37,15 @@ class Exported:
     deployment_report: <report_dir>/deployment.json.
     pending_exports: the plan file of the conversions left to
       retrain.export_job (convert_later), or None.
+    export_check: with int8 bottlenecks, what the check of the exports
+      measured (int8_graph.check_export, or
+      precision_lib.check_float_exports when a member exports float), or
+      None.
   """
   saved_model_dir: Optional[str]
   deployment_report: str
   pending_exports: Optional[str] = None
+  export_check: Optional[dict] = None
 
 
 def export(config: Config, prepared, found, split: split_lib.Split,
@@ -59,11 +65,14 @@ def export(config: Config, prepared, found, split: split_lib.Split,
   it on disk (retrain.export.from_disk: the same files, in less memory),
   or from the model in memory when no SavedModel is asked for.
 
-  With int8 bottlenecks (module quantised, prepared.float_module the float
-  one the exports hold), the exports' held-out accuracy on float features
-  is measured and reported beside the training figure
-  (precision_lib.check_float_exports); not past the memory budget (the
-  vectors are not in memory).
+  With int8 bottlenecks the exports hold each int8 member as its
+  translated graph (int8_graph.export_module), and the written SavedModel
+  is run on a few held-out photos against the head on their int8 vectors
+  (int8_graph.check_export). A member that cannot be translated exports
+  its float module; then the exports' held-out accuracy is measured and
+  reported beside the training figure (precision_lib.check_float_exports).
+  Neither check runs past the memory budget (the vectors are not in
+  memory).
 
   Every export carries the calibrated head (confidence.head: the same
   predictions as trained.head) and the confidence metadata; a quantized
@@ -73,8 +82,9 @@ def export(config: Config, prepared, found, split: split_lib.Split,
   module, labels, images = tuned.module, found.labels, found.images
   test = tuned.reported.test
   fine_tune_metadata = tuned.fine_tuned.metadata if tuned.fine_tuned else None
-  float_module = (prepared.float_module if found.storage == 'memory'
-                  else None)
+  in_memory = found.storage == 'memory'
+  module, served = int8_graph.export_module(module, prepared.float_module,
+                                            config.module.module_cache_dir)
   export_lib.write_labels(config.outputs.output_labels, labels)
   deploy_metadata = {names.META_CONFIDENCE: confidence.metadata()}
   if confidence.head.novelty is not None:
@@ -87,9 +97,9 @@ def export(config: Config, prepared, found, split: split_lib.Split,
       config.outputs.max_quantization_loss, config.outputs.keep_lossy_quantization,
       config.outputs.tflite_calibration_images)
   float_check = None
-  if float_module is not None and precision_lib.is_quantized(module):
+  if in_memory and served is not None:
     float_check = check_float_exports(
-        config, float_module, confidence.head, images, rows, held_out,
+        config, served, confidence.head, images, rows, held_out,
         test.accuracy if held_out == 'test' else None)
     phases_lib.release_memory()  # its float interpreters, before the exports
   extras = {k: v for k, v in (
@@ -112,10 +122,17 @@ def export(config: Config, prepared, found, split: split_lib.Split,
                       'test_count': test.count,
                       **deploy_metadata, **(fine_tune_metadata or {})},
       written=extras)
+  check = float_check
+  if in_memory and served is None and precision_lib.is_quantized(module):
+    probe = np.asarray(rows)[int8.probe_rows(images.digests_of(rows),
+                                 int8_graph.EXPORT_CHECK_COUNT)]
+    check = int8_graph.check_export(saved, images.paths_of(probe),
+                                    images.vectors[probe], confidence.head,
+                                    held_out)
   if convert_later and from_disk.pending(plan):
-    return Exported(saved, deployment, from_disk.write_plan(plan))
+    return Exported(saved, deployment, from_disk.write_plan(plan), check)
   from_disk.run_all(plan, config.outputs)
-  return Exported(saved, deployment)
+  return Exported(saved, deployment, export_check=check)
 
 
 def _saved_model_first(config: Config, module, confidence, labels,

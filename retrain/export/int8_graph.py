@@ -1,0 +1,485 @@
+"""The int8 feature model as a TensorFlow graph, for the exports.
+
+A run with int8 bottlenecks trains its head on the vectors of each int8
+member's full-integer TFLite model (retrain/features/int8.py). So that
+every export serves those very features, `Int8Graph` reads that model's
+flatbuffer and redoes its arithmetic with TensorFlow ops:
+
+* an int8 tensor is carried as float32 holding its integers minus its
+  zero point (q - z): sums of products of such values are exact integers
+  in float32 (below 2^24), and zero padding means padding with z, as the
+  TFLite kernels pad;
+* weights are int8 variables (the SavedModel stays about as small as the
+  TFLite model), biases int32 variables, cast to float32 in the graph;
+* each op's result is requantised as XNNPACK's int8 kernels (the
+  runtime that made the cached vectors) do: the integer accumulator times
+  the effective scale (input scale x weight scale of the channel / output
+  scale, in float32), rounded to nearest (ties to even; ADD and SUB round
+  ties up, as their fixed-point kernels), plus the output zero point,
+  clamped to [-128, 127] and to the fused activation's range.
+
+On the bundled EfficientNet-Lite0/1/2 int8 models the graph gives the
+interpreter's vectors bit for bit (bench/int8_export.py; TFLite's
+reference kernels without XNNPACK round in fixed point and differ by a
+step here and there). Exports hold only builtin ops (conv, depthwise conv,
+round, floor, clip, cast, mean), so frozen graph, TFLite, ONNX and
+MediaPipe conversions carry it as well.
+
+Ops translated: QUANTIZE, DEQUANTIZE, CONV_2D, DEPTHWISE_CONV_2D, ADD,
+SUB, MUL, MEAN, AVERAGE_POOL_2D, PAD, RESHAPE, CONCATENATION (fused NONE,
+RELU, RELU6, RELU_N1_TO_1); any other op raises Untranslatable, and the
+export falls back to the float module for that member (export_module).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from retrain.features import ensemble as ensemble_lib
+from retrain.features import int8
+from retrain.features.modules import FeatureModule
+
+
+class Untranslatable(ValueError):
+  """The int8 model holds something Int8Graph cannot reproduce."""
+
+
+def _schema():
+  from tensorflow.lite.python import schema_py_generated as schema
+  return schema
+
+
+def _op_names() -> Dict[int, str]:
+  ops = _schema().BuiltinOperator
+  return {v: k for k, v in vars(ops).items()
+          if not k.startswith('_') and isinstance(v, int)}
+
+
+# TensorType codes of the schema.
+_FLOAT32, _INT32, _INT64, _INT8 = 0, 2, 4, 9
+# Padding codes; fused activations as (real low, real high) bounds.
+_SAME = 0
+_ACTIVATIONS = {0: (None, None), 1: (0.0, None), 2: (-1.0, 1.0),
+                3: (0.0, 6.0)}
+
+
+class _Plain:
+  """Holds an object out of tf.Module's attribute tracking."""
+
+  def __init__(self, value):
+    self.value = value
+
+  def __getattr__(self, name):
+    return getattr(self.value, name)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Quant:
+  """A tensor's quantisation: scale float64 [C] (or [1]), zero point
+  int64 [C] (or [1]), the axis the per-channel values run along."""
+  scale: np.ndarray
+  zero: np.ndarray
+  axis: int
+
+
+class Int8Graph(tf.Module):
+  """float32 [batch, H, W, 3] in [0, 1] -> float32 [batch, D]: the int8
+  TFLite model at `path` computed with TensorFlow ops (module doc).
+
+  Raises:
+    Untranslatable: an op, type or option outside the list above.
+  """
+
+  def __init__(self, path: str, input_size: Tuple[int, int]):
+    super().__init__(name='int8_features')
+    from tensorflow.lite.tools import flatbuffer_utils
+    model = flatbuffer_utils.read_model(path)
+    if len(model.subgraphs) != 1:
+      raise Untranslatable(f'{path} has {len(model.subgraphs)} subgraphs')
+    # Plain attributes hidden from tf.Module's tracking (not variables).
+    self._model = _Plain(model)
+    self._graph = _Plain(model.subgraphs[0])
+    names = _op_names()
+    ops = []
+    for op in self._graph.operators:
+      code = model.operatorCodes[op.opcodeIndex]
+      name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), '?')
+      if name not in _TRANSLATORS:
+        raise Untranslatable(f'op {name} is not translated')
+      ops.append((name, op))
+    self._ops = _Plain(ops)
+    self._check_types()
+    # Variables made now: a tf.function may not create them when traced.
+    self._weights = {}
+    for name, op in ops:
+      if name in _WEIGHT_LAYOUTS:
+        self._make_weight(op.inputs[1], lambda a, op=op, name=name:
+                          _WEIGHT_LAYOUTS[name](self, op, a))
+        if len(op.inputs) > 2 and op.inputs[2] >= 0:
+          self._make_weight(op.inputs[2], None)
+    self.input_size = tuple(input_size)
+    height, width = self.input_size
+    self._call = tf.function(self._run, input_signature=[
+        tf.TensorSpec([None, height, width, 3], tf.float32)])
+
+  def __call__(self, images):
+    return self._call(images)
+
+  def _check_types(self) -> None:
+    for index in self._constants():
+      tensor = self._graph.tensors[index]
+      if tensor.type not in (_INT8, _INT32, _INT64, _FLOAT32):
+        raise Untranslatable(f'tensor {tensor.name!r} has type {tensor.type}')
+    for index in (*self._graph.inputs, *self._graph.outputs):
+      if self._graph.tensors[index].type != _FLOAT32:
+        raise Untranslatable('its input and output are not float32')
+
+  def _constants(self) -> List[int]:
+    return [i for i, t in enumerate(self._graph.tensors)
+            if self._data(i) is not None]
+
+  def _data(self, index: int) -> Optional[np.ndarray]:
+    """The constant value of tensor `index` (its own dtype), or None."""
+    tensor = self._graph.tensors[index]
+    data = self._model.buffers[tensor.buffer].data
+    if data is None or not len(data):
+      return None
+    dtype = {_INT8: np.int8, _INT32: np.int32, _INT64: np.int64,
+             _FLOAT32: np.float32}[tensor.type]
+    shape = [int(s) for s in tensor.shape] if tensor.shape is not None else []
+    return np.frombuffer(np.asarray(data, np.uint8).tobytes(),
+                         dtype).reshape(shape)
+
+  def quant(self, index: int) -> _Quant:
+    q = self._graph.tensors[index].quantization
+    if q is None or q.scale is None or not len(q.scale):
+      raise Untranslatable(
+          f'tensor {self._graph.tensors[index].name!r} is not quantised')
+    zero = (np.zeros(len(q.scale), np.int64) if q.zeroPoint is None
+            else np.asarray(q.zeroPoint, np.int64))
+    return _Quant(np.asarray(q.scale, np.float64), zero,
+                  int(q.quantizedDimension))
+
+  def is_int8(self, index: int) -> bool:
+    return self._graph.tensors[index].type == _INT8
+
+  def output_shape(self, index: int) -> List[int]:
+    tensor = self._graph.tensors[index]
+    return [int(s) for s in tensor.shape]
+
+  def _make_weight(self, index: int, layout) -> None:
+    """Holds constant tensor `index` (conv weights, int32 biases) as a
+    variable of its raw dtype, so the SavedModel stores it compactly;
+    `layout(raw)` reorders it for TensorFlow."""
+    raw = self._data(index)
+    if raw is None:
+      raise Untranslatable(f'weights {self._graph.tensors[index].name!r} '
+                           'are not constant')
+    if raw.dtype == np.int8 and np.any(self.quant(index).zero):
+      raise Untranslatable(f'weights {self._graph.tensors[index].name!r} '
+                           'have a non-zero zero point')
+    if layout is not None:
+      raw = layout(raw)
+    self._weights[f't{index}'] = tf.Variable(raw, trainable=False,
+                                             name=f'int8_t{index}')
+
+  def weight(self, index: int) -> tf.Tensor:
+    """float32 weights of tensor `index` (made by _make_weight)."""
+    return tf.cast(self._weights[f't{index}'], tf.float32)
+
+  def constant(self, index: int):
+    """A small constant (axes, shapes) as numpy."""
+    return self._data(index)
+
+  def value(self, values: dict, index: int) -> tf.Tensor:
+    """The centred value of tensor `index`: computed, or a constant."""
+    if index in values:
+      return values[index]
+    data = self._data(index)
+    if data is None:
+      raise Untranslatable(f'tensor {self._graph.tensors[index].name!r} '
+                           'is used before it is computed')
+    if self.is_int8(index):
+      q = self.quant(index)
+      data = data.astype(np.int64) - (q.zero[0] if len(q.zero) == 1 else
+                                      q.zero)
+    return tf.constant(data.astype(np.float32))
+
+  def _run(self, images):
+    values = {self._graph.inputs[0]: images}
+    for name, op in self._ops.value:
+      out = _TRANSLATORS[name](self, op, values)
+      values[op.outputs[0]] = out
+    return values[self._graph.outputs[0]]
+
+
+def activation_bounds(graph: Int8Graph, index: int, activation: int
+                      ) -> Tuple[float, float]:
+  """The centred (q - z) range of output tensor `index` under a fused
+  activation: [-128, 127] cut to the activation's real range."""
+  if activation not in _ACTIVATIONS:
+    raise Untranslatable(f'fused activation {activation} is not translated')
+  q = graph.quant(index)
+  scale, zero = float(q.scale[0]), int(q.zero[0])
+  low, high = -128 - zero, 127 - zero
+  real_low, real_high = _ACTIVATIONS[activation]
+  if real_low is not None:
+    low = max(low, int(np.round(real_low / scale)))
+  if real_high is not None:
+    high = min(high, int(np.round(real_high / scale)))
+  return float(low), float(high)
+
+
+def requantise(graph: Int8Graph, accumulator, multiplier, index: int,
+               activation: int = 0, half_up: bool = False) -> tf.Tensor:
+  """The centred int8 output tensor `index`: round(accumulator x
+  multiplier) clamped to its range (activation_bounds); multiplier a
+  float or float64 [C] along the last axis. Ties go to even, or up with
+  `half_up` (the add kernels' fixed-point rounding)."""
+  low, high = activation_bounds(graph, index, activation)
+  scaled = accumulator * tf.constant(np.asarray(multiplier, np.float32))
+  rounded = tf.floor(scaled + 0.5) if half_up else tf.round(scaled)
+  return tf.clip_by_value(rounded, low, high)
+
+
+def _activation(op) -> int:
+  options = op.builtinOptions
+  return int(getattr(options, 'fusedActivationFunction', 0) or 0)
+
+
+def _quantize(graph: Int8Graph, op, values):
+  source, out = op.inputs[0], op.outputs[0]
+  x = graph.value(values, source)
+  q = graph.quant(out)
+  if graph.is_int8(source):  # int8 -> int8 rescale
+    return requantise(graph, x, graph.quant(source).scale[0] / q.scale[0],
+                      out)
+  if not graph.is_int8(out):
+    raise Untranslatable('QUANTIZE to a type other than int8')
+  return requantise(graph, x, 1.0 / q.scale[0], out)
+
+
+def _dequantize(graph: Int8Graph, op, values):
+  x = graph.value(values, op.inputs[0])
+  return x * float(graph.quant(op.inputs[0]).scale[0])
+
+
+def _padding(options) -> str:
+  return 'SAME' if options.padding == _SAME else 'VALID'
+
+
+def _conv(graph: Int8Graph, op, values):
+  x = graph.value(values, op.inputs[0])
+  o = op.builtinOptions
+  w = graph.weight(op.inputs[1])
+  acc = tf.nn.conv2d(x, w, [1, o.strideH, o.strideW, 1], _padding(o),
+                     dilations=[1, o.dilationHFactor, o.dilationWFactor, 1])
+  return _bias_requantise(graph, op, acc)
+
+
+def _depthwise(graph: Int8Graph, op, values):
+  x = graph.value(values, op.inputs[0])
+  o = op.builtinOptions
+  w = graph.weight(op.inputs[1])
+  dilations = [o.dilationHFactor, o.dilationWFactor]
+  acc = tf.nn.depthwise_conv2d(x, w, [1, o.strideH, o.strideW, 1],
+                               _padding(o), dilations=dilations)
+  return _bias_requantise(graph, op, acc)
+
+
+def _bias_requantise(graph: Int8Graph, op, acc):
+  """A convolution's accumulator plus its int32 bias, requantised with
+  the per-channel effective scale."""
+  if len(op.inputs) > 2 and op.inputs[2] >= 0:
+    acc = acc + graph.weight(op.inputs[2])
+  out = op.outputs[0]
+  # In float32 arithmetic, as XNNPACK's kernels compute it.
+  scale_in = np.float32(graph.quant(op.inputs[0]).scale[0])
+  scale_w = graph.quant(op.inputs[1]).scale.astype(np.float32)
+  multiplier = scale_in * scale_w / np.float32(graph.quant(out).scale[0])
+  return requantise(graph, acc, multiplier, out, _activation(op))
+
+
+def _add_or_sub(sign: float):
+  def translate(graph: Int8Graph, op, values):
+    a, b = (graph.value(values, i) for i in op.inputs[:2])
+    sa, sb = (graph.quant(i).scale[0] for i in op.inputs[:2])
+    so = graph.quant(op.outputs[0]).scale[0]
+    real = a * tf.constant(np.float32(sa / so)) + sign * b * tf.constant(
+        np.float32(sb / so))
+    return requantise(graph, real, 1.0, op.outputs[0], _activation(op),
+                      half_up=True)
+  return translate
+
+
+def _mul(graph: Int8Graph, op, values):
+  a, b = (graph.value(values, i) for i in op.inputs[:2])
+  sa, sb = (graph.quant(i).scale[0] for i in op.inputs[:2])
+  so = graph.quant(op.outputs[0]).scale[0]
+  return requantise(graph, a * b, sa * sb / so, op.outputs[0],
+                    _activation(op))
+
+
+def _mean(graph: Int8Graph, op, values):
+  x = graph.value(values, op.inputs[0])
+  axes = [int(a) for a in np.atleast_1d(graph.constant(op.inputs[1]))]
+  keep = bool(getattr(op.builtinOptions, 'keepDims', False))
+  mean = tf.reduce_mean(x, axis=axes, keepdims=keep)
+  ratio = graph.quant(op.inputs[0]).scale[0] / graph.quant(
+      op.outputs[0]).scale[0]
+  return requantise(graph, mean, ratio, op.outputs[0])
+
+
+def _average_pool(graph: Int8Graph, op, values):
+  x = graph.value(values, op.inputs[0])
+  o = op.builtinOptions
+  pooled = tf.nn.avg_pool2d(x, [o.filterHeight, o.filterWidth],
+                            [o.strideH, o.strideW], _padding(o))
+  ratio = graph.quant(op.inputs[0]).scale[0] / graph.quant(
+      op.outputs[0]).scale[0]
+  return requantise(graph, pooled, ratio, op.outputs[0], _activation(op))
+
+
+def _pad(graph: Int8Graph, op, values):
+  x = graph.value(values, op.inputs[0])
+  return tf.pad(x, graph.constant(op.inputs[1]).astype(np.int32))
+
+
+def _reshape(graph: Int8Graph, op, values):
+  x = graph.value(values, op.inputs[0])
+  return tf.reshape(x, [-1] + graph.output_shape(op.outputs[0])[1:])
+
+
+def _concatenation(graph: Int8Graph, op, values):
+  out = op.outputs[0]
+  so = graph.quant(out).scale[0]
+  parts = []
+  for index in op.inputs:
+    x = graph.value(values, index)
+    ratio = graph.quant(index).scale[0] / so
+    parts.append(x if ratio == 1.0 else requantise(graph, x, ratio, out))
+  joined = tf.concat(parts, axis=op.builtinOptions.axis)
+  low, high = activation_bounds(graph, out, _activation(op))
+  return tf.clip_by_value(joined, low, high)
+
+
+# How conv weights are reordered for TensorFlow: TFLite's CONV_2D [O, kh,
+# kw, I] -> [kh, kw, I, O]; DEPTHWISE_CONV_2D [1, kh, kw, I * M] -> [kh, kw,
+# I, M] (channel i * M + m in both).
+_WEIGHT_LAYOUTS = {
+    'CONV_2D': lambda graph, op, a: np.transpose(a, (1, 2, 3, 0)),
+    'DEPTHWISE_CONV_2D': lambda graph, op, a: a.reshape(
+        a.shape[1], a.shape[2], graph.output_shape(op.inputs[0])[-1], -1),
+}
+
+_TRANSLATORS = {
+    'QUANTIZE': _quantize, 'DEQUANTIZE': _dequantize, 'CONV_2D': _conv,
+    'DEPTHWISE_CONV_2D': _depthwise, 'ADD': _add_or_sub(1.0),
+    'SUB': _add_or_sub(-1.0), 'MUL': _mul, 'MEAN': _mean,
+    'AVERAGE_POOL_2D': _average_pool, 'PAD': _pad, 'RESHAPE': _reshape,
+    'CONCATENATION': _concatenation,
+}
+
+
+def export_module(module: FeatureModule, float_module: FeatureModule,
+                  cache_dir: Optional[str] = None
+                  ) -> Tuple[FeatureModule, Optional[FeatureModule]]:
+  """(the module the exports hold, the module whose vectors they compute
+  when that differs from `module`'s).
+
+  Each int8 member's `obj` becomes its Int8Graph, so the exports compute
+  the vectors the head was trained on. A member whose int8 model cannot
+  be translated exports its float module (one warning line); the second
+  value is then `module` with those members float (its vectors are what
+  the exports compute, for precision_lib.check_float_exports), else None.
+
+  Args:
+    module: the run's module (members at their chosen precision).
+    float_module: the same module all in float (prepare's float_module).
+    cache_dir: the module cache (where the int8 models are).
+  """
+  members = ensemble_lib.members(module)
+  if not any(m.quantization for m in members):
+    return module, None
+  exported, served, fell_back = [], [], False
+  for member, float_member in zip(members, ensemble_lib.members(float_module),
+                                  strict=True):
+    if not member.quantization:
+      exported.append(member)
+      served.append(member)
+      continue
+    try:
+      graph = Int8Graph(int8.int8_file(member, cache_dir),
+                        tuple(member.input_size))
+    except (Untranslatable, OSError, ValueError) as e:
+      logging.warning(
+          'The exports compute float features for %s: its int8 model cannot '
+          'be written as TensorFlow ops (%s); their accuracy on the held-out '
+          'photos is measured below.', member.handle, e)
+      exported.append(float_member)
+      served.append(float_member)
+      fell_back = True
+      continue
+    exported.append(dataclasses.replace(member, obj=graph))
+    served.append(member)
+  if len(members) == 1:
+    return exported[0], (served[0] if fell_back else None)
+  exported = tuple(exported)
+  return (dataclasses.replace(module, members=exported,
+                              obj=ensemble_lib.Ensemble(exported)),
+          dataclasses.replace(module, members=tuple(served))
+          if fell_back else None)
+
+
+# Photos the export check runs through the written SavedModel.
+EXPORT_CHECK_COUNT = 16
+# Largest difference of a class probability between the SavedModel and
+# the head on the cached vectors before the check warns (the translated
+# graph differs from the int8 model by a rounding step here and there).
+EXPORT_CHECK_TOLERANCE = 0.02
+
+
+def check_export(saved_model_dir: str, paths, vectors: np.ndarray, head,
+                 subset: str) -> dict:
+  """Runs the written SavedModel (its `serving_bytes` signature: the
+  files as they are, decoded in the graph) on `paths` and compares its
+  probabilities with `head` applied to their cached vectors (float32
+  [n, D], the vectors the head was trained on); logs one line, warns past
+  EXPORT_CHECK_TOLERANCE.
+
+  Returns:
+    {'count', 'subset', 'max_probability_difference' (in [0, 1]),
+    'same_top_class' (fraction in [0, 1]), 'tolerance'}.
+  """
+  from retrain.common.names import PROBABILITIES_OUTPUT
+  from retrain.export import signatures as signatures_lib
+  contents = []
+  for path in paths:
+    with open(path, 'rb') as f:
+      contents.append(f.read())
+  loaded = tf.saved_model.load(saved_model_dir)
+  served = loaded.signatures[signatures_lib.BYTES_SIGNATURE](
+      image_bytes=tf.constant(contents))[PROBABILITIES_OUTPUT].numpy()
+  del loaded
+  want = np.asarray(head.probabilities(np.asarray(vectors, np.float32)))
+  difference = float(np.max(np.abs(served - want))) if len(want) else 0.0
+  same = (float(np.mean(served.argmax(1) == want.argmax(1)))
+          if len(want) else 1.0)
+  logging.info(
+      'Export check: the SavedModel on %d %s photos gives the probabilities '
+      'of the head on the int8 vectors it was trained on to within %.4f '
+      '(same top class on %.0f %%).', len(want), subset, difference,
+      100 * same)
+  if difference > EXPORT_CHECK_TOLERANCE:
+    logging.warning(
+        'The SavedModel\'s probabilities differ by up to %.3f from the '
+        'head\'s on the vectors it was trained on (more than %.2f).',
+        difference, EXPORT_CHECK_TOLERANCE)
+  return {'count': int(len(want)), 'subset': subset,
+          'max_probability_difference': difference, 'same_top_class': same,
+          'tolerance': EXPORT_CHECK_TOLERANCE}
