@@ -227,5 +227,4 @@ def _head_of(config):
   """The exported head, read from the SavedModel's variables."""
   import tensorflow as tf
   loaded = tf.saved_model.load(config.outputs.saved_model_dir)
-  found = {v.name.split(':')[0]: v.numpy() for v in loaded.variables}
-  return Head(found['final_weights'], found['final_biases'])
+  return Head(loaded.final_weights.numpy(), loaded.final_biases.numpy())

@@ -68,23 +68,21 @@ def export(config: Config, prepared, found, split: split_lib.Split,
   With int8 bottlenecks the exports hold each int8 member as its
   translated graph (int8_graph.export_module), and the written SavedModel
   is run on a few held-out photos against the head on their int8 vectors
-  (int8_graph.check_export). A member that cannot be translated exports
-  its float module; then the exports' held-out accuracy is measured and
-  reported beside the training figure (precision_lib.check_float_exports).
-  Neither check runs past the memory budget (the vectors are not in
-  memory).
+  (int8_graph.check_export); a member that cannot be translated exports
+  its float module, and the exports' held-out accuracy is measured beside
+  the training figure (precision_lib.check_float_exports). Not past the
+  memory budget (the vectors are not in memory).
 
   Every export carries the calibrated head (confidence.head: the same
   predictions as trained.head) and the confidence metadata; a quantized
   TFLite model is first checked on the test set (the validation set when
   there is none).
   """
-  module, labels, images = tuned.module, found.labels, found.images
-  test = tuned.reported.test
+  labels, images, test = found.labels, found.images, tuned.reported.test
   fine_tune_metadata = tuned.fine_tuned.metadata if tuned.fine_tuned else None
   in_memory = found.storage == 'memory'
-  module, served = int8_graph.export_module(module, prepared.float_module,
-                                            config.module.module_cache_dir)
+  module, served = int8_graph.export_module(
+      tuned.module, prepared.float_module, config.module.module_cache_dir)
   export_lib.write_labels(config.outputs.output_labels, labels)
   deploy_metadata = {names.META_CONFIDENCE: confidence.metadata()}
   if confidence.head.novelty is not None:
@@ -114,7 +112,7 @@ def export(config: Config, prepared, found, split: split_lib.Split,
     other_formats.update(extras)
     deployment = deployment_report.write_report(
         config.outputs.report_dir, confidence, gate.results, other_formats)
-    return Exported(None, deployment)
+    return Exported(None, deployment, export_check=float_check)
   saved, deployment, plan = _saved_model_first(
       config, module, confidence, labels, images.paths_of(split.train), gate,
       extra_metadata={'modules': ensemble_lib.describe_modules(module),
@@ -124,11 +122,8 @@ def export(config: Config, prepared, found, split: split_lib.Split,
       written=extras)
   check = float_check
   if in_memory and served is None and precision_lib.is_quantized(module):
-    probe = np.asarray(rows)[int8.probe_rows(images.digests_of(rows),
-                                 int8_graph.EXPORT_CHECK_COUNT)]
-    check = int8_graph.check_export(saved, images.paths_of(probe),
-                                    images.vectors[probe], confidence.head,
-                                    held_out)
+    check = check_int8_exports(saved, confidence.head, images, rows,
+                               held_out)
   if convert_later and from_disk.pending(plan):
     return Exported(saved, deployment, from_disk.write_plan(plan), check)
   from_disk.run_all(plan, config.outputs)
@@ -163,6 +158,17 @@ def _saved_model_first(config: Config, module, confidence, labels,
   deployment = deployment_report.write_report(
       config.outputs.report_dir, confidence, gate.results, written)
   return saved, deployment, plan
+
+
+def check_int8_exports(saved: str, head, images: usable_lib.UsableImages,
+                       rows, held_out: str) -> dict:
+  """int8_graph.check_export of the SavedModel at `saved` on up to
+  int8_graph.EXPORT_CHECK_COUNT of the held-out `rows` (the smallest
+  content hashes, so the same photos each run) and their vectors."""
+  probe = np.asarray(rows)[int8.probe_rows(images.digests_of(rows),
+                                           int8_graph.EXPORT_CHECK_COUNT)]
+  return int8_graph.check_export(saved, images.paths_of(probe),
+                                 images.vectors[probe], head, held_out)
 
 
 def check_float_exports(config: Config, float_module, head,
