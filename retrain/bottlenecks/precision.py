@@ -182,17 +182,20 @@ def check_float_exports(float_module: FeatureModule, head, probe: Probe,
                         labels, int8_accuracy: float, subset: str,
                         runtime: str, cache_dir: Optional[str]
                         ) -> Optional[dict]:
-  """The held-out accuracy of the exports that compute float features.
+  """The held-out accuracy of exports that compute float features.
 
-  The SavedModel, frozen graph, ONNX and float TFLite exports hold the
-  float module; a head trained on int8 vectors sees float ones there. This
-  measures the head on the float vectors of the held-out images (cached in
-  the float namespace, so a warm run pays nothing) against `int8_accuracy`,
-  its figure on the int8 vectors; logs both, warns when the float exports
-  lose more than MAX_EXPORT_LOSS_POINTS.
+  The exports hold each int8 member as its translated graph
+  (retrain.export.int8_graph), which computes the int8 vectors; a member
+  whose int8 model cannot be translated is exported float, and a head
+  trained on int8 vectors sees float ones there. This measures the head on
+  the vectors the exports compute for the held-out images (float ones
+  cached in the float namespace, so a warm run pays nothing) against
+  `int8_accuracy`, its figure on the int8 vectors; logs both, warns when
+  the exports lose more than MAX_EXPORT_LOSS_POINTS.
 
   Args:
-    float_module: the float module (or ensemble) the exports hold.
+    float_module: the module (or ensemble) whose vectors the exports
+      compute: float where a member fell back, int8 elsewhere.
     head: the exported head (logits of float32 [n, D]).
     probe: the held-out images (paths, keyed) and the cache settings.
     labels: int class ids [n] of probe.paths.
@@ -217,14 +220,14 @@ def check_float_exports(float_module: FeatureModule, head, probe: Probe,
   accuracy = float(np.mean(predicted == truth)) if len(truth) else float('nan')
   loss = 100 * (int8_accuracy - accuracy)
   logging.info(
-      'Float exports (SavedModel, frozen graph, ONNX, float TFLite) on the '
-      '%d %s images: %.1f %%, against %.1f %% for the head on the int8 '
-      'vectors it was trained on (%+.1f points).', len(truth), subset,
+      'Exports with float features (%s) on the %d %s images: %.1f %%, '
+      'against %.1f %% for the head on the int8 vectors it was trained on '
+      '(%+.1f points).', describe(float_module), len(truth), subset,
       100 * accuracy, 100 * int8_accuracy, -loss)
   if loss > MAX_EXPORT_LOSS_POINTS:
     logging.warning(
-        'The float exports lose %.1f points against the int8 figure (more '
-        'than %.1f): for exports that match training exactly, run with '
+        'The exports lose %.1f points against the int8 figure (more than '
+        '%.1f): for exports that match training exactly, run with '
         'bottleneck_precision float32.', loss, MAX_EXPORT_LOSS_POINTS)
   return {'float_export_accuracy': accuracy, 'int8_accuracy': int8_accuracy,
           'loss_points': loss, 'count': int(len(truth)), 'subset': subset,

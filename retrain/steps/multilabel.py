@@ -28,6 +28,7 @@ from retrain.config import Config
 from retrain.data import leakage, sources
 from retrain.errors import DatasetError
 from retrain.export import formats as export_formats
+from retrain.export import int8_graph
 from retrain.export import saved_model as export_lib
 from retrain.features import ensemble as ensemble_lib
 from retrain.head import multilabel as head_lib
@@ -200,6 +201,10 @@ def export(config: Config, module, labels: Sequence[str],
            test: report_lib.MultiLabelMetrics, images, split):
   """The labels file and every export asked for; returns the SavedModel
   folder or None."""
+  # Each int8 member as its translated graph (a member that cannot be
+  # translated keeps its float obj: `module` serves as the float one).
+  module, _ = int8_graph.export_module(module, module,
+                                       config.module.module_cache_dir)
   export_lib.write_labels(config.outputs.output_labels, labels)
   extra = metadata(labels, fitted)
   other = export_formats.export_other_formats(
