@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from absl import logging as absl_logging
 
 from retrain import pipeline
 from retrain.config import Distort
@@ -97,7 +98,15 @@ def test_ensemble_run_reuses_member_cache_and_exports(
       root, out, f'{fake_module},{small_module}', bottleneck_dir=bottlenecks,
       head_solver='lbfgs', tflite_output_file=str(out / 'model.tflite'))
   caplog.set_level('INFO', logger='absl')
-  result = pipeline.run(config)
+  # absl's own verbosity INFO too, as the command line sets it: TensorFlow's
+  # tracking code (TFLite conversion) restores absl's level from it, which
+  # drops a level set on the logger alone.
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.INFO)
+  try:
+    result = pipeline.run(config)
+  finally:
+    absl_logging.set_verbosity(verbosity)
   # Every line of the log says something: no member heading left empty.
   assert not [m for m in caplog.messages if m.rstrip().endswith(':')]
   assert any(m.startswith('Computing bottlenecks of ') for m in
