@@ -119,10 +119,10 @@ def accuracy(image_dir, bottleneck_dir, cache_dir, folds, seed):
                    seed)
       predicted = head.logits(x[name][ok][test_rows]).argmax(axis=1)
       correct[name] += int(np.sum(predicted == y[test_rows]))
-  print(f'| {image_dir} | {int(ok.sum())} | '
-        f'{precision_lib.describe(chosen)} | '
-        f'{100 * correct["float32"] / len(y):.1f} % | '
-        f'{100 * correct["auto"] / len(y):.1f} % |', flush=True)
+  cells = [image_dir, str(int(ok.sum())), precision_lib.describe(chosen),
+           *(f'{100 * correct[name] / len(y):.1f} %'
+             for name in ('float32', 'auto'))]
+  print('| ' + ' | '.join(cells) + ' |', flush=True)
 
 
 def main():
