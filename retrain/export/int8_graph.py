@@ -80,11 +80,11 @@ class _Plain:
 
 @dataclasses.dataclass(frozen=True)
 class _Quant:
-  """A tensor's quantisation: scale float64 [C] (or [1]), zero point
-  int64 [C] (or [1]), the axis the per-channel values run along."""
+  """A tensor's quantisation: scale float64 [C] (or [1]) and zero point
+  int64 [C] (or [1]); per-channel values run along the weights' output
+  channels, the last axis once in TensorFlow's layout."""
   scale: np.ndarray
   zero: np.ndarray
-  axis: int
 
 
 class Int8Graph(tf.Module):
@@ -111,6 +111,9 @@ class Int8Graph(tf.Module):
       name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), '?')
       if name not in _TRANSLATORS:
         raise Untranslatable(f'op {name} is not translated')
+      if _activation(op) not in _ACTIVATIONS:
+        raise Untranslatable(f'op {name} has fused activation '
+                             f'{_activation(op)}, which is not translated')
       ops.append((name, op))
     self._ops = _Plain(ops)
     self._check_types()
@@ -124,7 +127,9 @@ class Int8Graph(tf.Module):
           self._make_weight(op.inputs[2], None)
     self.input_size = tuple(input_size)
     height, width = self.input_size
-    self._call = tf.function(self._run, input_signature=[
+    # Plain Python over the model's ops, traced as it is (AutoGraph would
+    # convert every translator call and gain nothing).
+    self._call = tf.function(self._run, autograph=False, input_signature=[
         tf.TensorSpec([None, height, width, 3], tf.float32)])
 
   def __call__(self, images):
@@ -134,7 +139,8 @@ class Int8Graph(tf.Module):
     for index in self._constants():
       tensor = self._graph.tensors[index]
       if tensor.type not in (_INT8, _INT32, _INT64, _FLOAT32):
-        raise Untranslatable(f'tensor {tensor.name!r} has type {tensor.type}')
+        raise Untranslatable(f'tensor {self.name_of(index)!r} has type '
+                             f'{tensor.type}')
     for index in (*self._graph.inputs, *self._graph.outputs):
       if self._graph.tensors[index].type != _FLOAT32:
         raise Untranslatable('its input and output are not float32')
@@ -159,11 +165,14 @@ class Int8Graph(tf.Module):
     q = self._graph.tensors[index].quantization
     if q is None or q.scale is None or not len(q.scale):
       raise Untranslatable(
-          f'tensor {self._graph.tensors[index].name!r} is not quantised')
+          f'tensor {self.name_of(index)!r} is not quantised')
     zero = (np.zeros(len(q.scale), np.int64) if q.zeroPoint is None
             else np.asarray(q.zeroPoint, np.int64))
-    return _Quant(np.asarray(q.scale, np.float64), zero,
-                  int(q.quantizedDimension))
+    return _Quant(np.asarray(q.scale, np.float64), zero)
+
+  def name_of(self, index: int) -> str:
+    name = self._graph.tensors[index].name
+    return name.decode('utf-8', 'replace') if isinstance(name, bytes) else name
 
   def is_int8(self, index: int) -> bool:
     return self._graph.tensors[index].type == _INT8
@@ -178,10 +187,10 @@ class Int8Graph(tf.Module):
     `layout(raw)` reorders it for TensorFlow."""
     raw = self._data(index)
     if raw is None:
-      raise Untranslatable(f'weights {self._graph.tensors[index].name!r} '
+      raise Untranslatable(f'weights {self.name_of(index)!r} '
                            'are not constant')
     if raw.dtype == np.int8 and np.any(self.quant(index).zero):
-      raise Untranslatable(f'weights {self._graph.tensors[index].name!r} '
+      raise Untranslatable(f'weights {self.name_of(index)!r} '
                            'have a non-zero zero point')
     if layout is not None:
       raw = layout(raw)
@@ -202,7 +211,7 @@ class Int8Graph(tf.Module):
       return values[index]
     data = self._data(index)
     if data is None:
-      raise Untranslatable(f'tensor {self._graph.tensors[index].name!r} '
+      raise Untranslatable(f'tensor {self.name_of(index)!r} '
                            'is used before it is computed')
     if self.is_int8(index):
       q = self.quant(index)
