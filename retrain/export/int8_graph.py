@@ -9,8 +9,9 @@ flatbuffer and redoes its arithmetic with TensorFlow ops:
   zero point (q - z): sums of products of such values are exact integers
   in float32 (below 2^24), and zero padding means padding with z, as the
   TFLite kernels pad;
-* weights are int8 variables (the SavedModel stays about as small as the
-  TFLite model), biases int32 variables, cast to float32 in the graph;
+* weights and int32 biases are float32 variables holding their integer
+  values (exact: int8 and biases below 2^24), so every converter takes
+  them as it takes a float model's;
 * each op's result is requantised as XNNPACK's int8 kernels (the
   runtime that made the cached vectors) do: the integer accumulator times
   the effective scale (input scale x weight scale of the channel / output
@@ -22,8 +23,8 @@ On the bundled EfficientNet-Lite0/1/2 int8 models the graph gives the
 interpreter's vectors bit for bit (bench/int8_export.py; TFLite's
 reference kernels without XNNPACK round in fixed point and differ by a
 step here and there). Exports hold only builtin ops (conv, depthwise conv,
-round, floor, clip, cast, mean), so frozen graph, TFLite, ONNX and
-MediaPipe conversions carry it as well.
+round, floor, clip, mean), so frozen graph, TFLite (also quantised),
+ONNX and MediaPipe conversions carry it as well.
 
 Ops translated: QUANTIZE, DEQUANTIZE, CONV_2D, DEPTHWISE_CONV_2D, ADD,
 SUB, MUL, MEAN, AVERAGE_POOL_2D, PAD, RESHAPE, CONCATENATION (fused NONE,
@@ -183,8 +184,10 @@ class Int8Graph(tf.Module):
 
   def _make_weight(self, index: int, layout) -> None:
     """Holds constant tensor `index` (conv weights, int32 biases) as a
-    variable of its raw dtype, so the SavedModel stores it compactly;
-    `layout(raw)` reorders it for TensorFlow."""
+    float32 variable of its integer values; `layout(raw)` reorders it for
+    TensorFlow. float32, not int8 with a cast in the graph: the TFLite
+    converter's int8 quantisation cannot take a convolution whose weights
+    are computed (a cast), and float weights convert like any model's."""
     raw = self._data(index)
     if raw is None:
       raise Untranslatable(f'weights {self.name_of(index)!r} '
@@ -194,12 +197,12 @@ class Int8Graph(tf.Module):
                            'have a non-zero zero point')
     if layout is not None:
       raw = layout(raw)
-    self._weights[f't{index}'] = tf.Variable(raw, trainable=False,
-                                             name=f'int8_t{index}')
+    self._weights[f't{index}'] = tf.Variable(
+        raw.astype(np.float32), trainable=False, name=f'int8_t{index}')
 
   def weight(self, index: int) -> tf.Tensor:
     """float32 weights of tensor `index` (made by _make_weight)."""
-    return tf.cast(self._weights[f't{index}'], tf.float32)
+    return self._weights[f't{index}']
 
   def constant(self, index: int):
     """A small constant (axes, shapes) as numpy."""
