@@ -216,7 +216,7 @@ def load_module(handle: str, image_size: Optional[int] = None,
                       'image feature-vector module.')
 
   @tf.function(input_signature=[tf.TensorSpec([None, size[0], size[1], 3],
-                                              tf.float32)])
+                                              tf.float32)], autograph=False)
   def call(images):
     return obj(images)
 
