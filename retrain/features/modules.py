@@ -20,7 +20,6 @@ import os
 from typing import Callable, Optional, Tuple
 
 import tensorflow as tf
-import tensorflow_hub as hub
 from absl import logging
 
 from retrain.errors import ModuleError
@@ -160,6 +159,30 @@ def check_handle(handle: str, image_size: Optional[int] = None,
   module_safety.check_module(handle, handle, trust)
 
 
+def _resolve(handle: str) -> str:
+  """hub.resolve(handle): a local folder is its own path (what hub's path
+  resolver returns), found without importing tensorflow_hub, which imports
+  Keras (over a second of every run's start-up)."""
+  if os.path.isdir(handle):
+    return handle
+  import tensorflow_hub as hub
+  return hub.resolve(handle)
+
+
+def _load(path: str):
+  """hub.load(path): a folder holding a TF2 SavedModel (no TF1 Hub
+  module file) is loaded as hub.load loads it, by tf.saved_model.load
+  (marked as hub marks it), without importing tensorflow_hub."""
+  if (os.path.isdir(path) and
+      os.path.isfile(os.path.join(path, tf.saved_model.SAVED_MODEL_FILENAME_PB))
+      and not os.path.exists(os.path.join(path, 'tfhub_module.pb'))):
+    obj = tf.saved_model.load(path)
+    obj._is_hub_module_v1 = False  # noqa: SLF001 (as hub.load sets it)
+    return obj
+  import tensorflow_hub as hub
+  return hub.load(path)
+
+
 def load_module(handle: str, image_size: Optional[int] = None,
                 cache_dir: Optional[str] = None,
                 trust: bool = False, checked: bool = False) -> FeatureModule:
@@ -183,11 +206,11 @@ def load_module(handle: str, image_size: Optional[int] = None,
   try:
     # Resolve (for a URL: download) first, so the graph is checked before
     # any of it is loaded or run.
-    path = hub.resolve(resolved)
+    path = _resolve(resolved)
     if not (checked and os.path.isdir(handle) and
             os.path.realpath(path) == os.path.realpath(handle)):
       module_safety.check_module(handle, path, trust)
-    obj = hub.load(path)
+    obj = _load(path)
   except ModuleError:
     raise
   except Exception as e:  # hub raises many types; all mean "not loadable".
