@@ -4,7 +4,9 @@ Runs `python -m retrain --image_dir DIR` with default flags against a
 bottleneck cache that holds every vector already (a warm run), for each
 checkout given, interleaved (A B A B ...) so that both see the same load,
 and prints one markdown table: the median over the runs of the wall time
-(process start to exit, measured here) and of each phase of
+(process start to exit, measured here), of the CPU seconds the process
+used (user + system: steadier than wall time on shared cores) and of each
+phase of
 `timings_seconds` in the run's run_summary.json (`launch` is the time from
 the process's start until the run's first phase; a checkout whose runs do
 not report it gets wall minus total in its place).
@@ -20,6 +22,7 @@ import argparse
 import glob
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -30,9 +33,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def one_run(checkout: str, image_dir: str, bottleneck_dir: str,
             output_dir: str) -> dict:
-  """{phase: seconds} of one warm run of `checkout`, plus 'wall'."""
+  """{phase: seconds} of one warm run of `checkout`, plus 'wall' and
+  'cpu'."""
   env = dict(os.environ, PYTHONPATH=os.path.abspath(checkout),
              TF_CPP_MIN_LOG_LEVEL='2')
+  before = resource.getrusage(resource.RUSAGE_CHILDREN)
   started = time.monotonic()
   done = subprocess.run(
       [sys.executable, '-m', 'retrain', '--image_dir', image_dir,
@@ -40,6 +45,8 @@ def one_run(checkout: str, image_dir: str, bottleneck_dir: str,
       env=env, cwd=os.path.abspath(checkout), capture_output=True, text=True,
       check=False)
   wall = time.monotonic() - started
+  after = resource.getrusage(resource.RUSAGE_CHILDREN)
+  cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
   if done.returncode:
     sys.exit(f'{checkout}: exit status {done.returncode}\n{done.stderr[-3000:]}')
   found = sorted(glob.glob(os.path.join(output_dir, '*', '*', 'report',
@@ -48,7 +55,7 @@ def one_run(checkout: str, image_dir: str, bottleneck_dir: str,
   with open(found[-1], encoding='utf-8') as f:
     timings = dict(json.load(f)['timings_seconds'])
   timings.setdefault('launch', wall - timings['total'])
-  timings['wall'] = wall
+  timings['wall'], timings['cpu'] = wall, cpu
   return timings
 
 
@@ -59,8 +66,8 @@ def table(results: dict) -> str:
   for runs in results.values():
     for timings in runs:
       phases += [p for p in timings if p not in phases]
-  order = ['wall', 'launch'] + [p for p in phases
-                                 if p not in ('wall', 'launch', 'total')]
+  order = ['wall', 'cpu', 'launch'] + [
+      p for p in phases if p not in ('wall', 'cpu', 'launch', 'total')]
   order.append('total')
   lines = ['| phase | ' + ' | '.join(names) + ' |',
            '|---|' + '---|' * len(names)]
@@ -92,7 +99,8 @@ def main() -> None:
                         os.path.abspath(args.bottleneck_dir),
                         os.path.join(os.path.abspath(args.work_dir), name))
       results[name].append(timings)
-      print(f'run {i + 1} {name}: wall {timings["wall"]:.1f} s',
+      print(f'run {i + 1} {name}: wall {timings["wall"]:.1f} s, cpu '
+            f'{timings["cpu"]:.1f} s',
             file=sys.stderr, flush=True)
   print(f'Warm runs of {os.path.basename(os.path.normpath(args.image_dir))}, '
         f'median of {args.runs}, seconds:\n')
