@@ -28,7 +28,7 @@ from retrain.command_line import (  # noqa: E402, F401  (tests read these here)
   config_from_flags,
   flag_wording,
 )
-from retrain.common import cli  # noqa: E402
+from retrain.common import cli, phases  # noqa: E402
 from retrain.config import DEFAULTS  # noqa: E402
 from retrain.head import auto as head_auto  # noqa: E402 (no TensorFlow)
 
@@ -39,6 +39,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  # The run's timings count from the process's start (`launch`).
+  phases.note_launch()
   # Before TensorFlow loads: its start-up lines and third-party chatter are
   # shown only with --logging_verbosity DEBUG.
   cli.quiet_logging(FLAGS.logging_verbosity)
@@ -57,6 +59,7 @@ def main(argv):
                      'the module cache.)\n')
     return 0
   import bottleneck_cache
+  cli.import_tensorflow()
   from retrain import pipeline, summary
   config = config_from_flags()
   try:

@@ -219,7 +219,8 @@ def run_steps(config: Config, convert_later: bool = False) -> RunResult:
   (softmax or one sigmoid per label) comes from the settings; the trainer
   and evaluator follow from both."""
   phases_lib.freeze_imports()
-  phases = phases_lib.Phases()
+  # From the process's start on, for a command-line run (its `launch`).
+  phases = phases_lib.Phases(launched=phases_lib.take_launch())
   prepared = prepare.prepare(config, phases)
   with phases('bottlenecks'):
     found = vectors.compute(config, prepared)

@@ -234,3 +234,36 @@ def test_bad_export_options_are_refused_before_work(small_config, tmp_path,
   with pytest.raises(error, match=message):
     pipeline.run(small_config.replace(**change))
   assert not os.path.exists(small_config.cache.bottleneck_dir)
+
+
+def test_the_saved_model_is_traced_without_autograph(fake_module, tmp_path,
+                                                     monkeypatch):
+  """The export's functions branch on Python values only, so AutoGraph
+  (which parses and rewrites every function a trace calls, most of a
+  warm run's export time) runs on none of retrain's (only on TensorFlow's
+  own signature wrappers); both signatures still serve."""
+  from tensorflow.python.autograph.impl import api as autograph_api
+
+  from retrain.export import saved_model
+  converted = []
+  real = autograph_api.converted_call
+
+  def spy(f, *args, **kwargs):
+    name = f'{getattr(f, "__module__", "")}.{getattr(f, "__name__", "")}'
+    if name.startswith(('retrain.', 'tests.')):
+      converted.append(name)
+    return real(f, *args, **kwargs)
+
+  monkeypatch.setattr(autograph_api, 'converted_call', spy)
+  module = features.load_module(fake_module)
+  head = model.Head(np.eye(6, 2, dtype=np.float32), np.zeros(2, np.float32))
+  path = saved_model.export_saved_model(str(tmp_path / 'sm'), module, head,
+                                        ['a', 'b'], 'final_result')
+  assert converted == []
+  loaded = tf.saved_model.load(path)
+  image = np.full((1, *SIZE, 3), 0.25, np.float32)
+  served = loaded.signatures['serving_default'](images=image)['probabilities']
+  write_image(tmp_path / 'grey.png', (64, 64, 64), size=SIZE, noise=0)
+  from_bytes = loaded.signatures['serving_bytes'](image_bytes=tf.constant(
+      [(tmp_path / 'grey.png').read_bytes()]))['probabilities']
+  np.testing.assert_allclose(served.numpy(), from_bytes.numpy(), atol=1e-5)

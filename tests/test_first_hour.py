@@ -101,6 +101,28 @@ def test_help_loads_no_tensorflow(program):
 
 
 @pytest.mark.slow
+def test_a_run_loads_neither_keras_nor_tensorflow_hub(fake_module):
+  """What a run imports and a module folder's loading bring no Keras (over
+  a second of start-up; retrain never uses it); Keras still imports when
+  something asks for it."""
+  code = textwrap.dedent(f'''
+      import sys
+      from retrain.common import cli
+      cli.import_tensorflow()
+      from retrain import pipeline
+      from retrain.features import modules
+      module = modules.load_module({fake_module!r})
+      print(module.output_dim, sorted(m for m in sys.modules if m.split('.')[0]
+                                      in ('keras', 'tf_keras', 'tensorflow_hub')))
+      import keras.src.optimizers
+      print('keras', 'keras.src.optimizers' in sys.modules)
+  ''')
+  proc = _python(['-c', code])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.splitlines()[-2:] == ['6 []', 'keras True'], proc.stdout
+
+
+@pytest.mark.slow
 def test_label_image_cli_helpers_load_no_other_retrain_module():
   """label_image (retrain.predict.__main__, run from tools/) may import
   retrain.common.cli (--help, --version) and .progress because they bring
@@ -225,6 +247,31 @@ def test_cli_run_from_the_clone_parent(clone_parent, fake_module):
   # The run ends with the summary, which names the outputs.
   tail = proc.stderr[proc.stderr.index('Done in '):]
   assert 'out/flowers.pb' in tail and 'out/saved_model' in tail
+
+
+@pytest.mark.slow
+def test_cli_timings_count_from_the_process_start(tmp_path, fake_module):
+  """run_summary.json's timings_seconds of a command-line run start with
+  `launch` (interpreter, imports, flags: before the first phase) and its
+  total counts it, so the total is the run's wall time; a run from Python
+  has no `launch`."""
+  images = make_colour_dataset(tmp_path / 'flowers', per_class=6)
+  config = shrunk_config(images, tmp_path / 'out', fake_module)
+  args = ['-m', 'retrain', '--image_dir', str(images), '--tfhub_module',
+          fake_module, '--bottleneck_dir', config.cache.bottleneck_dir,
+          '--output_dir', str(tmp_path / 'runs'), '--projector_max_images',
+          '0']
+  proc = _python(args)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  summary, = (tmp_path / 'runs').glob('flowers/2*/report/run_summary.json')
+  timings = json.loads(summary.read_text())['timings_seconds']
+  assert list(timings)[0] == 'launch' and list(timings)[-1] == 'total'
+  assert timings['launch'] > 0
+  phases = sum(v for k, v in timings.items() if k != 'total')
+  assert timings['total'] >= phases - 0.01
+  from retrain import pipeline
+  result = pipeline.run(config)
+  assert 'launch' not in result.timings
 
 
 # --- One full run with two model files of one stem -------------------------------

@@ -61,3 +61,50 @@ def test_a_phase_collects_the_cycles_the_run_made_and_skips_the_imports():
   with phases('bottlenecks'):
     pass
   assert alive() is None
+
+
+# Taken after `phases` was imported (above) and after this process started.
+_TEST_IMPORTED = __import__('time').monotonic()
+
+
+def test_launch_is_the_first_phase_and_total_counts_from_it():
+  """A command-line run reports the time before its first phase
+  (interpreter, imports, flags) as `launch`, and its total from the
+  process's start."""
+  clock = _Clock()
+  phases = phases_lib.Phases(clock=clock, memory=lambda: 7.0, launched=96.0)
+  clock.now = 101.0
+  with phases('startup', since_start=True):
+    clock.now = 102.0
+  clock.now = 105.0
+  assert phases.total() == {'launch': 4.0, 'startup': 2.0, 'total': 9.0}
+  assert list(phases.timings) == ['launch', 'startup', 'total']
+  assert phases.peak_rss['launch'] == 7.0
+
+
+def test_without_a_launch_the_total_counts_from_the_first_phase():
+  clock = _Clock()
+  phases = phases_lib.Phases(clock=clock, memory=lambda: 7.0)
+  clock.now = 103.0
+  assert phases.total() == {'total': 3.0}
+
+
+def test_the_noted_launch_is_the_process_start_and_is_taken_once():
+  import time
+  phases_lib.take_launch()  # whatever an earlier test in this process noted
+  phases_lib.note_launch()
+  launched = phases_lib.take_launch()
+  # The process started before this test module was imported.
+  assert launched is not None and launched <= _TEST_IMPORTED < time.monotonic()
+  assert phases_lib.take_launch() is None
+
+
+def test_process_age_covers_the_whole_process():
+  import sys
+  import time
+  age = phases_lib.process_age()
+  if not sys.platform.startswith('linux'):
+    pytest.skip('/proc is Linux only')
+  assert age is not None
+  assert time.monotonic() - _TEST_IMPORTED <= age
+  assert age < time.clock_gettime(time.CLOCK_BOOTTIME)

@@ -2,6 +2,8 @@
 bottleneck step's storage choice and one module as an ensemble of one."""
 
 
+import numpy as np
+
 from retrain.features import ensemble as ensemble_lib
 from retrain.features import module_safety
 from retrain.steps import prepare, vectors
@@ -65,3 +67,47 @@ def test_the_bottleneck_step_hands_on_a_record(small_config, colour_dir):
       len(prepared.layout.dataset.images), prepared.module.output_dim)
   assert found.skipped == []
 
+
+
+def _counting_module(path, rank=2):
+  """A SavedModel module that counts its calls in variable `calls`:
+  float32 [b, 8, 8, 3] -> the channel means, [b, 3] (rank 3: [b, 1, 3])."""
+  import tensorflow as tf
+
+  class Counting(tf.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.calls = tf.Variable(0, trainable=False)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3],
+                                                tf.float32)])
+    def __call__(self, images):
+      self.calls.assign_add(1)
+      pooled = tf.reduce_mean(images, axis=[1, 2])
+      return pooled if rank == 2 else pooled[:, None, :]
+
+  tf.saved_model.save(Counting(), str(path))
+  return str(path)
+
+
+def test_loading_a_module_does_not_run_it(tmp_path):
+  """A warm run never calls the module: its vector size is read from the
+  trace, not from a forward pass."""
+  from retrain.features import modules
+  module = modules.load_module(_counting_module(tmp_path / 'counting'))
+  assert module.output_dim == 3
+  assert int(module.obj.calls.numpy()) == 0
+  assert module.call(np.zeros((2, 8, 8, 3), np.float32)).shape == (2, 3)
+  assert int(module.obj.calls.numpy()) == 1
+
+
+def test_a_module_that_gives_no_vectors_is_refused_by_name(tmp_path):
+  import pytest
+
+  from retrain.errors import ModuleError
+  from retrain.features import modules
+  path = _counting_module(tmp_path / 'maps', rank=3)
+  with pytest.raises(ModuleError, match=r'returns \(1, 1, 3\), not feature '
+                     r'vectors \[batch, D\]'):
+    modules.load_module(path)

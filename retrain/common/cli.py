@@ -112,6 +112,29 @@ def quiet_logging(verbosity: Optional[str]) -> None:
     handler.setFormatter(quiet.ShortFormat())
 
 
+# What `import tensorflow` imports eagerly and retrain never uses: Keras's
+# optimizers (it pulls in most of Keras, about a third of TensorFlow's
+# import time). Keras 3 registers nothing that loading a SavedModel needs.
+_UNUSED_AT_IMPORT = ('keras.src.optimizers', 'tf_keras.src.optimizers')
+
+
+def import_tensorflow() -> None:
+  """Imports TensorFlow without _UNUSED_AT_IMPORT (TensorFlow skips an
+  import that fails); a later `import keras` then loads Keras as usual. A
+  no-op when TensorFlow is imported already."""
+  if 'tensorflow' in sys.modules:
+    return
+  blocked = [name for name in _UNUSED_AT_IMPORT if name not in sys.modules]
+  for name in blocked:
+    sys.modules[name] = None  # `import name` raises ImportError
+  try:
+    import tensorflow  # noqa: F401
+  finally:
+    for name in blocked:
+      if sys.modules.get(name, 0) is None:
+        del sys.modules[name]
+
+
 def resume_line(vectors: int) -> str:
   """What Ctrl-C prints after a run: the vectors it stored, how to go on."""
   return (f'interrupted; {vectors:,} vector{"" if vectors == 1 else "s"} '

@@ -6,6 +6,12 @@
     phases.timings    # {'bottlenecks': 12.3}, seconds
     phases.peak_rss   # {'bottlenecks': 812.0}, MiB after the phase
 
+A command-line run also counts what came before its first phase: `launch`
+is the seconds from the process's start (the interpreter starting,
+importing TensorFlow and retrain, reading the flags) until the run's
+phases begin, and `total` then counts from the process's start too
+(`note_launch`, `Phases(launched=take_launch())`).
+
 Each phase ends by handing the memory it freed back to the system
 (release_memory), so the next phase starts from what is really in use.
 """
@@ -16,10 +22,11 @@ import contextlib
 import ctypes
 import ctypes.util
 import gc
+import os
 import resource
 import sys
 import time
-from typing import Callable, Dict, Iterator
+from typing import Callable, Dict, Iterator, Optional
 
 
 def peak_rss_mib() -> float:
@@ -77,6 +84,46 @@ def trim_heap() -> None:
     _MALLOC_TRIM(0)
 
 
+def process_age() -> Optional[float]:
+  """Seconds since this process started (from /proc/self/stat, the kernel's
+  record of the start; 1/100 s resolution), or None where there is no
+  /proc (macOS, Windows)."""
+  try:
+    with open('/proc/self/stat', encoding='ascii') as f:
+      stat = f.read()
+    # Field 22, starttime, in clock ticks since boot; the fields after the
+    # command name (which may hold spaces) start with field 3.
+    ticks = int(stat[stat.rindex(')') + 2:].split()[19])
+    return (time.clock_gettime(time.CLOCK_BOOTTIME) -
+            ticks / os.sysconf('SC_CLK_TCK'))
+  except (OSError, ValueError, IndexError, AttributeError):
+    return None
+
+
+# When this module was imported: the process's start where process_age
+# cannot tell (an early import of every command-line run).
+_IMPORTED = time.monotonic()
+_launched: Optional[float] = None
+
+
+def note_launch() -> None:
+  """Marks this process's run as a command-line run: its phases count from
+  the process's start (the monotonic clock's reading then), which the next
+  take_launch returns."""
+  global _launched
+  age = process_age()
+  _launched = (time.monotonic() - age if age is not None
+               else min(_IMPORTED, time.monotonic()))
+
+
+def take_launch() -> Optional[float]:
+  """The process start noted by note_launch (monotonic seconds), once; None
+  when none was noted (a run from Python counts from its first phase)."""
+  global _launched
+  launched, _launched = _launched, None
+  return launched
+
+
 class Phase:
   """One phase while it runs; `skip()` leaves it out of the records (for a
   phase that turned out to have nothing to do)."""
@@ -93,16 +140,26 @@ class Phases:
   after it, in the order the phases ran.
 
   Attributes:
-    timings: {phase: seconds}; `total` adds 'total' (since construction).
+    timings: {phase: seconds}; with `launched`, first 'launch' (from
+      launched to construction); `total` adds 'total' (since launched, else
+      since construction).
     peak_rss: {phase: MiB}.
+    started: the clock at construction; launched: `launched`, else started.
   """
 
   def __init__(self, clock: Callable[[], float] = time.monotonic,
-               memory: Callable[[], float] = peak_rss_mib):
+               memory: Callable[[], float] = peak_rss_mib,
+               launched: Optional[float] = None):
+    """launched: the clock's reading when the process started (take_launch),
+    or None."""
     self._clock, self._memory = clock, memory
     self.started = clock()
+    self.launched = self.started if launched is None else launched
     self.timings: Dict[str, float] = {}
     self.peak_rss: Dict[str, float] = {}
+    if launched is not None:
+      self.timings['launch'] = self.started - launched
+      self.peak_rss['launch'] = memory()
 
   @contextlib.contextmanager
   def __call__(self, name: str, since_start: bool = False) -> Iterator[Phase]:
@@ -118,6 +175,6 @@ class Phases:
       self.peak_rss[name] = self._memory()
 
   def total(self) -> Dict[str, float]:
-    """Records 'total', the seconds since construction; returns timings."""
-    self.timings['total'] = self._clock() - self.started
+    """Records 'total', the seconds since launched; returns timings."""
+    self.timings['total'] = self._clock() - self.launched
     return self.timings

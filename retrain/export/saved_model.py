@@ -103,10 +103,13 @@ class Classifier(tf.Module):
     self._activation = (tf.nn.sigmoid if getattr(head, "multi_label", False)
                         else tf.nn.softmax)
     height, width = module.input_size
+    # Plain ops and Python branches on Python values only: AutoGraph would
+    # give the same graph, after parsing and converting every function the
+    # trace calls (most of the export's time).
     self.classify = tf.function(
         self._classify,
         input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32,
-                                       name=IMAGES_INPUT)])
+                                       name=IMAGES_INPUT)], autograph=False)
 
   def _classify(self, images):
     vectors = self.feature_module(images)

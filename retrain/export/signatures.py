@@ -40,8 +40,11 @@ def bytes_signature(classify: Callable[[tf.Tensor], Dict[str, tf.Tensor]],
   def decode(contents):
     return images_lib.decode_and_resize(contents, (height, width))
 
+  # No AutoGraph: decode_and_resize branches with tf.cond itself (see
+  # Classifier.classify).
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string,
-                                              name=BYTES_INPUT)])
+                                              name=BYTES_INPUT)],
+               autograph=False)
   def classify_bytes(image_bytes):
     # map_fn because images differ in size until decode_and_resize has run.
     images = tf.map_fn(

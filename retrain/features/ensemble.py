@@ -100,8 +100,9 @@ class Ensemble(tf.Module):
     self._sizes = [tuple(m.input_size) for m in members]
     self.input_size = largest_size(members)
     height, width = self.input_size
+    # A Python loop over the members: nothing for AutoGraph to convert.
     self._call = tf.function(self._concatenated, input_signature=[
-        tf.TensorSpec([None, height, width, 3], tf.float32)])
+        tf.TensorSpec([None, height, width, 3], tf.float32)], autograph=False)
 
   def _concatenated(self, images):
     return concatenated(self.members, self._sizes, self.input_size, images)

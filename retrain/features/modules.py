@@ -20,7 +20,6 @@ import os
 from typing import Callable, Optional, Tuple
 
 import tensorflow as tf
-import tensorflow_hub as hub
 from absl import logging
 
 from retrain.errors import ModuleError
@@ -160,6 +159,42 @@ def check_handle(handle: str, image_size: Optional[int] = None,
   module_safety.check_module(handle, handle, trust)
 
 
+def _resolve(handle: str) -> str:
+  """hub.resolve(handle): a local folder is its own path (what hub's path
+  resolver returns), found without importing tensorflow_hub, which imports
+  Keras (over a second of every run's start-up)."""
+  if os.path.isdir(handle):
+    return handle
+  import tensorflow_hub as hub
+  return hub.resolve(handle)
+
+
+def _load(path: str):
+  """hub.load(path): a folder holding a TF2 SavedModel (no TF1 Hub
+  module file) is loaded as hub.load loads it, by tf.saved_model.load
+  (marked as hub marks it), without importing tensorflow_hub."""
+  if (os.path.isdir(path) and
+      os.path.isfile(os.path.join(path, tf.saved_model.SAVED_MODEL_FILENAME_PB))
+      and not os.path.exists(os.path.join(path, 'tfhub_module.pb'))):
+    obj = tf.saved_model.load(path)
+    obj._is_hub_module_v1 = False  # noqa: SLF001 (as hub.load sets it)
+    return obj
+  import tensorflow_hub as hub
+  return hub.load(path)
+
+
+def _output_spec(call):
+  """The output of tf.function `call` as traced (shape [None, D]) when it
+  is one tensor of rank 2 with D known, else None. A warm run never calls
+  the module, so its output size is read from the trace (a forward pass
+  per member cost about 0.2 s each)."""
+  output = call.get_concrete_function().structured_outputs
+  if (isinstance(output, tf.Tensor) and output.shape.rank == 2 and
+      output.shape[1] is not None):
+    return output
+  return None
+
+
 def load_module(handle: str, image_size: Optional[int] = None,
                 cache_dir: Optional[str] = None,
                 trust: bool = False, checked: bool = False) -> FeatureModule:
@@ -183,11 +218,11 @@ def load_module(handle: str, image_size: Optional[int] = None,
   try:
     # Resolve (for a URL: download) first, so the graph is checked before
     # any of it is loaded or run.
-    path = hub.resolve(resolved)
+    path = _resolve(resolved)
     if not (checked and os.path.isdir(handle) and
             os.path.realpath(path) == os.path.realpath(handle)):
       module_safety.check_module(handle, path, trust)
-    obj = hub.load(path)
+    obj = _load(path)
   except ModuleError:
     raise
   except Exception as e:  # hub raises many types; all mean "not loadable".
@@ -216,11 +251,13 @@ def load_module(handle: str, image_size: Optional[int] = None,
                       'image feature-vector module.')
 
   @tf.function(input_signature=[tf.TensorSpec([None, size[0], size[1], 3],
-                                              tf.float32)])
+                                              tf.float32)], autograph=False)
   def call(images):
     return obj(images)
 
-  probe = call(tf.zeros([1, size[0], size[1], 3], tf.float32))
+  probe = _output_spec(call)
+  if probe is None:  # Not [batch, D] with D known when traced: run it.
+    probe = call(tf.zeros([1, size[0], size[1], 3], tf.float32))
   if isinstance(probe, dict) or probe.shape.rank != 2:
     shape = {k: v.shape for k, v in probe.items()} if isinstance(
         probe, dict) else probe.shape

@@ -23,7 +23,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_hub as hub
 from absl import logging
 
 from retrain import images as images_lib
@@ -43,6 +42,7 @@ class HubNetwork(tf.Module):
   def __init__(self, module: FeatureModule, head_weights: np.ndarray,
                head_biases: np.ndarray, dropout: float = 0.0):
     super().__init__(name='fine_tuned_hub_module')
+    import tensorflow_hub as hub  # imports Keras: only when fine-tuning
     self.layer = hub.KerasLayer(module.path, trainable=True)
     self.input_size = module.input_size
     self.dropout = float(dropout)

@@ -325,7 +325,7 @@ def results_page(config: Config, started: StartedPage, module, labels, stats,
   import time
   report, explainer = started.report, started.explainer
   heat = started.heat_maps.result()
-  report.update(seconds=time.monotonic() - phases.started,
+  report.update(seconds=time.monotonic() - phases.launched,
                 **_model_lines(config, module, labels, stats, phases.timings))
   written = results_lib.write(config.outputs.report_dir, report, explainer,
                               heat=heat)
