@@ -166,7 +166,7 @@ def accuracy(image_dir, names, cache_dir, bottleneck_dir, folds, seed):
   """Prints the k-fold table of one dataset."""
   from accuracy import folds_of, train
   config = DEFAULTS.replace(image_dir=image_dir)
-  layout = layouts.load_layout(config)
+  layout = layouts.load_layout(config.data)
   paths = [image.path for image in layout.dataset.images]
   labels = np.array([image.label for image in layout.dataset.images])
   classes = len(layout.dataset.labels)
@@ -254,7 +254,7 @@ def main():
   logging.set_verbosity(logging.WARNING)
   names = ensemble_lib.member_handles(args.modules)
   if args.speed_dir:
-    layout = layouts.load_layout(DEFAULTS.replace(image_dir=args.speed_dir))
+    layout = layouts.load_layout(DEFAULTS.replace(image_dir=args.speed_dir).data)
     paths = [i.path for i in layout.dataset.images][:args.speed_images]
     speed(paths, names, args.module_cache_dir, args.seconds)
   for image_dir in filter(None, args.accuracy_dirs.split(',')):

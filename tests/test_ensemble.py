@@ -59,6 +59,45 @@ def test_area_resize_is_tf_area_resize(size_in, size_out):
   np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
 
+@pytest.mark.parametrize('size_in, size_out', [
+    ((260, 260), (224, 224)), ((260, 260), (240, 240)), ((37, 41), (23, 41)),
+    ((8, 8), (8, 8)), ((300, 200), (17, 199))])
+@pytest.mark.parametrize('batch', [1, 3])
+def test_banded_area_resize_gives_area_resize_bits(size_in, size_out, batch):
+  images = np.random.default_rng(batch).random((batch, *size_in, 3),
+                                               dtype=np.float32)
+  images[0] = np.round(images[0] * 255) / 255  # decoded pixels' values too
+  exact = ensemble.area_resize(images, size_in, size_out).numpy()
+  banded = ensemble.banded_area_resize(images, size_in, size_out).numpy()
+  assert banded.shape == exact.shape == (batch, *size_out, 3)
+  assert banded.tobytes() == exact.tobytes()
+  # Twice: the first call of a shape checks, the second takes the band.
+  for _ in range(2):
+    assert ensemble.fast_area_resize(images, size_in, size_out).numpy(
+        ).tobytes() == exact.tobytes()
+
+
+def test_fast_area_resize_keeps_full_products_where_the_band_differs(
+    monkeypatch):
+  import tensorflow as tf
+  monkeypatch.setattr(ensemble, '_banded_same', {})
+  off = []
+
+  def nudged(images, size_in, size_out):  # a CPU summing in another order
+    off.append(1)
+    return tf.convert_to_tensor(
+        np.nextafter(ensemble.area_resize(images, size_in, size_out).numpy(),
+                     np.float32(2)))
+  monkeypatch.setattr(ensemble, 'banded_area_resize', nudged)
+  images = np.random.default_rng(0).random((2, 30, 30, 3), dtype=np.float32)
+  exact = ensemble.area_resize(images, (30, 30), (20, 20)).numpy()
+  for _ in range(3):
+    assert ensemble.fast_area_resize(images, (30, 30), (20, 20)).numpy(
+        ).tobytes() == exact.tobytes()
+  assert len(off) == 1  # checked once, then never used for that shape
+  assert ensemble._banded_same == {((30, 30), (20, 20), 2): False}
+
+
 def test_ensemble_module_concatenates_members(fake_module, small_module):
   import tensorflow as tf
   module = ensemble.load(f'{fake_module},{small_module}')
