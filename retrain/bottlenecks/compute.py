@@ -50,6 +50,11 @@ _HASH_PART = 10_000
 _MEMO_SAVE_EVERY = 100_000
 # Images decoded at once: one per core.
 _DECODE_THREADS = features.usable_cores()
+# Vectors stored together, as one cache shard: a shard costs about 10 ms
+# of HDF5 work on the main thread, holding the GIL, whatever its size, so
+# one per batch of 8 took about 8 % of the CPU of the int8 ensemble's
+# pass. A killed run loses at most this many vectors of a module.
+STORE_EVERY = 128
 
 
 @dataclasses.dataclass
@@ -274,6 +279,24 @@ def image_batches(items, load, batch_size: int) -> tf.data.Dataset:
           .with_options(options))
 
 
+def grouped(batches, rows: Optional[int] = None):
+  """The (int indices [n], float32 vectors [n, D]) batches of `batches`
+  joined, in order, into batches of at least `rows` (default
+  STORE_EVERY; the last may hold fewer); nothing is held back past the
+  end of `batches`."""
+  rows = STORE_EVERY if rows is None else rows
+  indices, vectors, count = [], [], 0
+  for batch_indices, batch_vectors in batches:
+    indices.append(batch_indices)
+    vectors.append(batch_vectors)
+    count += len(batch_indices)
+    if count >= rows:
+      yield np.concatenate(indices), np.concatenate(vectors)
+      indices, vectors, count = [], [], 0
+  if indices:
+    yield np.concatenate(indices), np.concatenate(vectors)
+
+
 def map_ordered(fn, items, width: int):
   """fn(item) for each item of `items`, in order, up to `width` calls at
   once, each on its own thread, with one more item fetched (decoded) ahead
@@ -345,7 +368,7 @@ def make_compute_fn(paths: Sequence[str], module: FeatureModule,
         read_images(missing, paths, digests, size, max_pixels, reasons),
         load, batch_size)
     done = set()
-    for indices, vectors in run_module(module, dataset):
+    for indices, vectors in grouped(run_module(module, dataset)):
       done.update(indices.tolist())
       yield indices, vectors
     # Second chance, one file at a time, for what TensorFlow rejected
