@@ -55,6 +55,8 @@ from retrain.features import (
 from retrain.features import modules as features  # noqa: E402
 
 BATCH = DEFAULTS.cache.bottleneck_batch_size
+# Seconds of each measurement of a module alone.
+SECONDS = 4.0
 
 
 def load_pair(name, cache_dir):
@@ -247,7 +249,7 @@ def main():
                       default=os.environ.get('RETRAIN_MODULE_CACHE'))
   parser.add_argument('--modules', default=DEFAULTS.module.tfhub_module)
   parser.add_argument('--folds', type=int, default=5)
-  parser.add_argument('--seconds', type=float, default=4.0,
+  parser.add_argument('--seconds', type=float, default=SECONDS,
                       help='per measurement of a module alone')
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args()
