@@ -50,10 +50,7 @@ _HASH_PART = 10_000
 _MEMO_SAVE_EVERY = 100_000
 # Images decoded at once: one per core.
 _DECODE_THREADS = features.usable_cores()
-# Vectors stored together, as one cache shard: a shard costs about 10 ms
-# of HDF5 work on the main thread, holding the GIL, whatever its size, so
-# one per batch of 8 took about 8 % of the CPU of the int8 ensemble's
-# pass. A killed run loses at most this many vectors of a module.
+# Vectors per cache shard: a shard is ~10 ms of HDF5 work, GIL held.
 STORE_EVERY = 128
 
 
@@ -280,21 +277,16 @@ def image_batches(items, load, batch_size: int) -> tf.data.Dataset:
 
 
 def grouped(batches, rows: Optional[int] = None):
-  """The (int indices [n], float32 vectors [n, D]) batches of `batches`
-  joined, in order, into batches of at least `rows` (default
-  STORE_EVERY; the last may hold fewer); nothing is held back past the
-  end of `batches`."""
+  """(indices [n], vectors [n, D]) batches joined, in order, to >= rows."""
   rows = STORE_EVERY if rows is None else rows
-  indices, vectors, count = [], [], 0
-  for batch_indices, batch_vectors in batches:
-    indices.append(batch_indices)
-    vectors.append(batch_vectors)
-    count += len(batch_indices)
-    if count >= rows:
-      yield np.concatenate(indices), np.concatenate(vectors)
-      indices, vectors, count = [], [], 0
-  if indices:
-    yield np.concatenate(indices), np.concatenate(vectors)
+  held = []
+  for batch in batches:
+    held.append(batch)
+    if sum(len(i) for i, _ in held) >= rows:
+      yield tuple(np.concatenate(part) for part in zip(*held))
+      held = []
+  if held:
+    yield tuple(np.concatenate(part) for part in zip(*held))
 
 
 def map_ordered(fn, items, width: int):
