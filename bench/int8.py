@@ -132,9 +132,10 @@ def module_alone(runner, seconds):
   from pipeline_bench import module_limit
   clock = Clock()
   rate = module_limit(runner, [BATCH], seconds)[0]
-  _, cpu_per_image = clock.rates(1)
-  # The clock also ran over the warm-up calls: count those images too.
-  return rate, cpu_per_image / (rate * seconds + 2 * BATCH)
+  # Images done while the clock ran (the warm-up calls and the last call,
+  # which ends after `seconds`, too), at the measured rate.
+  inverse_wall, _ = clock.rates(1)
+  return rate, clock.rates(rate / inverse_wall)[1]
 
 
 def best(runs):
