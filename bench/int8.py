@@ -55,6 +55,8 @@ from retrain.features import (
 from retrain.features import modules as features  # noqa: E402
 
 BATCH = DEFAULTS.cache.bottleneck_batch_size
+# Seconds of each measurement of a module alone.
+SECONDS = 4.0
 
 
 def load_pair(name, cache_dir):
@@ -67,8 +69,27 @@ def load_pair(name, cache_dir):
   return float_runner, quantized
 
 
+class Clock:
+  """Wall and process CPU seconds since made (CPU: every thread's)."""
+
+  def __init__(self):
+    self._wall, self._cpu = time.perf_counter(), self._cpu_now()
+
+  @staticmethod
+  def _cpu_now():
+    t = os.times()
+    return t.user + t.system
+
+  def rates(self, images):
+    """(images/s of wall time, ms of CPU per image) for `images` done."""
+    wall = time.perf_counter() - self._wall
+    cpu = self._cpu_now() - self._cpu
+    return images / wall, 1000 * cpu / max(images, 1)
+
+
 def decode_rate(paths, size):
-  """images/s of decoding and resizing alone (tf.data, as the pipeline)."""
+  """(images/s, CPU ms per image) of decoding and resizing alone (tf.data,
+  as the pipeline)."""
   import tensorflow as tf
 
   from retrain import images as images_lib
@@ -76,42 +97,62 @@ def decode_rate(paths, size):
       (np.arange(len(paths)), tf.constant(paths)),
       lambda i, p: (i, images_lib.decode_and_resize(tf.io.read_file(p), size)),
       BATCH)
-  started = time.perf_counter()
-  count = sum(int(batch[0].shape[0]) for batch in dataset)
-  return count / (time.perf_counter() - started)
+  clock = Clock()
+  return clock.rates(sum(int(batch[0].shape[0]) for batch in dataset))
 
 
 def pipeline_rate(paths, runner):
-  """images/s of compute_bottlenecks of `paths` into an empty cache."""
+  """(images/s, CPU ms per image) of compute_bottlenecks of `paths` into
+  an empty cache."""
   with tempfile.TemporaryDirectory() as cache:
     store = bottleneck_cache.BottleneckStore(
         cache, bottlenecks_lib.cache_namespace(runner))
-    started = time.perf_counter()
+    clock = Clock()
     done = bottlenecks_lib.compute_bottlenecks(
         paths, runner, store, BATCH,
         bottlenecks_lib.PassOptions(progress_interval=1e9))
-    return done.stats.computed / (time.perf_counter() - started)
+    return clock.rates(done.stats.computed)
 
 
 def ensemble_rate(paths, module, members):
-  """images/s of the ensemble's bottlenecks (shared pass) into an empty
-  cache, with `members` as the ensemble's members."""
+  """(images/s, CPU ms per image) of the ensemble's bottlenecks (shared
+  pass) into an empty cache, with `members` as the ensemble's members."""
   ensemble = dataclasses.replace(module, members=tuple(members))
   with tempfile.TemporaryDirectory() as cache:
-    started = time.perf_counter()
+    clock = Clock()
     done = ensemble_bottlenecks.compute_bottlenecks(
         paths, ensemble, ensemble, cache, 'tflite', BATCH,
         options=bottlenecks_lib.PassOptions(progress_interval=1e9))
-    return done.stats.computed / len(members) / (time.perf_counter() - started)
+    return clock.rates(done.stats.computed // len(members))
 
 
 def module_alone(runner, seconds):
+  """(images/s, CPU ms per image) of the module alone on pre-decoded
+  images (pipeline_bench.module_limit: a thread per interpreter)."""
   from pipeline_bench import module_limit
-  return module_limit(runner, [BATCH], seconds)[0]
+  clock = Clock()
+  rate = module_limit(runner, [BATCH], seconds)[0]
+  # Images done while the clock ran (the warm-up calls and the last call,
+  # which ends after `seconds`, too), at the measured rate.
+  inverse_wall, _ = clock.rates(1)
+  return rate, clock.rates(rate / inverse_wall)[1]
+
+
+def best(runs):
+  """The run with the highest images/s of (images/s, CPU ms) runs."""
+  return max(runs, key=lambda run: run[0])
+
+
+def _row(name, precision, alone, decoding, piped):
+  """A table row from (images/s, CPU ms per image) pairs."""
+  bound = 1 / (1 / alone[0] + 1 / decoding[0])
+  cpu_bound = alone[1] + decoding[1]
+  return (name, precision, alone[0], decoding[0], bound, piped[0],
+          cpu_bound, piped[1], alone[1])
 
 
 def speed(paths, names, cache_dir, seconds):
-  """Prints the speed table; returns {name: (float, int8) pipeline rate}."""
+  """Prints the speed table (see print_speed)."""
   rows = []
   pairs = {name: load_pair(name, cache_dir) for name in names}
   for name, (fl, q) in pairs.items():
@@ -125,27 +166,64 @@ def speed(paths, names, cache_dir, seconds):
       piped['float32'].append(pipeline_rate(paths, fl))
       piped['int8'].append(pipeline_rate(paths, q))
     for precision in ('float32', 'int8'):
-      m, p = max(alone[precision]), max(piped[precision])
-      bound = 1 / (1 / m + 1 / decoding)
-      rows.append((name, precision, m, decoding, bound, p))
+      rows.append(_row(name, precision, best(alone[precision]), decoding,
+                       best(piped[precision])))
   module = ensemble_lib.load(','.join(names), None, cache_dir)
-  floats = [pairs[n][0] for n in names]
-  ints = [pairs[n][1] for n in names]
-  for precision, members in (('float32', floats), ('int8', ints)):
-    m = 1 / sum(1 / r[2] for r in rows if r[1] == precision)
-    decoding = decode_rate(paths, module.input_size)
-    bound = 1 / (1 / m + 1 / decoding)
-    rows.append(('ensemble', precision, m, decoding, bound,
-                 ensemble_rate(paths, module, members)))
-  print(f'\nSpeed ({len(paths)} photos, batch {BATCH}, images/s; machine '
+  members = {'float32': [pairs[n][0] for n in names],
+             'int8': [pairs[n][1] for n in names]}
+  decoding = decode_rate(paths, module.input_size)
+  piped = {'float32': [], 'int8': []}
+  for _ in range(2):
+    for precision in ('float32', 'int8'):
+      piped[precision].append(ensemble_rate(paths, module,
+                                            members[precision]))
+  for precision in ('float32', 'int8'):
+    own = [r for r in rows if r[1] == precision]
+    # The members one after the other, each at its own size.
+    alone = (1 / sum(1 / r[2] for r in own), sum(r[8] for r in own))
+    rows.append(_row('ensemble', precision, alone, decoding,
+                     best(piped[precision])))
+  for precision in ('float32', 'int8'):
+    # The ensemble module as exported: every member on the image at the
+    # ensemble's size, the smaller ones area-resized from it first.
+    alone = best([module_alone(as_ensemble(module, members[precision]),
+                               seconds) for _ in range(2)])
+    rows.append(_row('ensemble, resize in module', precision, alone,
+                     decoding, best(piped[precision])))
+  print_speed(rows, len(paths))
+
+
+def as_ensemble(module, members):
+  """A FeatureModule whose call runs `members` as the ensemble `module`
+  does (ensemble_lib.at_ensemble_size), one after the other, their
+  vectors side by side."""
+  import tensorflow as tf
+  size = tuple(module.input_size)
+  runners = [ensemble_lib.at_ensemble_size(m, size) for m in members]
+  return dataclasses.replace(
+      module, call=lambda images: tf.concat(
+          [r.call(images) for r in runners], axis=1),
+      parallel_calls=max(r.parallel_calls for r in runners))
+
+
+def print_speed(rows, count):
+  """The table: per module and precision, images/s of the module alone,
+  decoding alone, their ceiling sharing the cores and the pipeline, its %
+  of the ceiling; then the same in CPU ms per image (module + decoding
+  against the pipeline), which other jobs on the cores disturb less."""
+  print(f'\nSpeed ({count} photos, batch {BATCH}, images/s; machine '
         f'load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)')
   print('| module | precision | module alone | decoding alone | ceiling '
-        '(both on the cores) | pipeline | % of ceiling | int8 speed-up |')
-  print('|---|---|---|---|---|---|---|---|')
-  for i, (name, precision, m, d, bound, p) in enumerate(rows):
-    speedup = (f'{p / rows[i - 1][5]:.2f}x' if precision == 'int8' else '')
+        '(both on the cores) | pipeline | % of ceiling | int8 speed-up | '
+        'CPU ms/image: ceiling / pipeline | % of CPU ceiling |')
+  print('|---|---|---|---|---|---|---|---|---|---|')
+  for i, (name, precision, m, d, bound, p, cpu_bound, cpu, _) in enumerate(
+      rows):
+    speedup = (f'{p / rows[i - 1][5]:.2f}x' if precision == 'int8' and
+               rows[i - 1][0] == name else '')
     print(f'| {name} | {precision} | {m:.1f} | {d:.0f} | {bound:.1f} | '
-          f'{p:.1f} | {100 * p / bound:.0f} % | {speedup} |')
+          f'{p:.1f} | {100 * p / bound:.0f} % | {speedup} | '
+          f'{cpu_bound:.1f} / {cpu:.1f} | {100 * cpu_bound / cpu:.0f} % |')
 
 
 def vectors(paths, runner, bottleneck_dir):
@@ -166,7 +244,7 @@ def accuracy(image_dir, names, cache_dir, bottleneck_dir, folds, seed):
   """Prints the k-fold table of one dataset."""
   from accuracy import folds_of, train
   config = DEFAULTS.replace(image_dir=image_dir)
-  layout = layouts.load_layout(config)
+  layout = layouts.load_layout(config.data)
   paths = [image.path for image in layout.dataset.images]
   labels = np.array([image.label for image in layout.dataset.images])
   classes = len(layout.dataset.labels)
@@ -247,14 +325,14 @@ def main():
                       default=os.environ.get('RETRAIN_MODULE_CACHE'))
   parser.add_argument('--modules', default=DEFAULTS.module.tfhub_module)
   parser.add_argument('--folds', type=int, default=5)
-  parser.add_argument('--seconds', type=float, default=4.0,
+  parser.add_argument('--seconds', type=float, default=SECONDS,
                       help='per measurement of a module alone')
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args()
   logging.set_verbosity(logging.WARNING)
   names = ensemble_lib.member_handles(args.modules)
   if args.speed_dir:
-    layout = layouts.load_layout(DEFAULTS.replace(image_dir=args.speed_dir))
+    layout = layouts.load_layout(DEFAULTS.replace(image_dir=args.speed_dir).data)
     paths = [i.path for i in layout.dataset.images][:args.speed_images]
     speed(paths, names, args.module_cache_dir, args.seconds)
   for image_dir in filter(None, args.accuracy_dirs.split(',')):

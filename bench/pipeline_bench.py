@@ -9,7 +9,11 @@ Prints one table for an image folder and a module:
      `python -m retrain` with default flags, split into phases;
   4. training steps per second;
   5. peak resident memory of the run;
-  6. optionally, the same runs of a retrain.py copy (--retrain_py) and ratios;
+  6. float32 against int8 bottlenecks, per member of the module (or
+     ensemble) and for the ensemble: images/s of the pipeline, its ceiling
+     (module alone and decoding alone sharing the cores) and the % of it
+     (bench/int8.py's table; --int8_images 0 skips it);
+  7. optionally, the same runs of a retrain.py copy (--retrain_py) and ratios;
      retrain.py needs a Python with hub.Module (--retrain_py_python) and a
      TF1 Hub module (--retrain_py_module, from make_tf1_hub_module.py); see
      docs/performance.md.
@@ -170,6 +174,22 @@ def retrain_run(image_dir, module, work, cold, extra_args=()):
   return wall, rss, summary
 
 
+def precision_table(module_name, image_dir, count):
+  """Prints bench/int8.py's float32 against int8 table (per member and for
+  the ensemble: pipeline images/s, ceiling, % of it) on the first `count`
+  photos of `image_dir`."""
+  import int8 as int8_bench
+
+  from retrain.data import discover
+  from retrain.features import ensemble as ensemble_lib
+  paths = [i.path for i in discover.discover_images(image_dir).images]
+  print(f'Float32 against int8 bottlenecks ({min(count, len(paths))} '
+        'photos):', flush=True)
+  int8_bench.speed(paths[:count], ensemble_lib.member_handles(module_name),
+                   os.environ.get('RETRAIN_MODULE_CACHE'),
+                   int8_bench.SECONDS)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--image_dir', required=True)
@@ -190,6 +210,12 @@ def main():
                       '(bench/make_tf1_hub_module.py makes one of the bundled '
                       'module); default: --tfhub_module when it is a URL')
   parser.add_argument('--work_dir', default=None)
+  parser.add_argument('--bottleneck_precision', default=None,
+                      help="the runs' --bottleneck_precision; default: the "
+                      "project's default")
+  parser.add_argument('--int8_images', type=int, default=200,
+                      help='photos of the float32 against int8 table (6.); '
+                      '0 skips it')
   args = parser.parse_args()
 
   from retrain.config import DEFAULTS
@@ -228,10 +254,14 @@ def main():
   rate = statistics.median(rates)
   del module, lite, runner
 
+  if args.int8_images:
+    precision_table(module_name, args.image_dir, args.int8_images)
+  extra = (('--bottleneck_precision', args.bottleneck_precision)
+           if args.bottleneck_precision else ())
   cold_wall, cold_rss, cold = retrain_run(args.image_dir, module_name, work,
-                                          cold=True)
+                                          True, extra)
   warm_wall, warm_rss, warm = retrain_run(args.image_dir, module_name, work,
-                                          cold=False)
+                                          False, extra)
   steps = cold['config']['how_many_training_steps']
 
   rows = [
@@ -281,7 +311,7 @@ def main():
     for label, log in (('cold', rp_cold_log), ('warm', rp_warm_log)):
       with open(os.path.join(work, f'retrain_py_{label}.log'), 'w') as f:
         f.write(log)
-    rows.append(('6. retrain.py cold / warm', f'{rp_cold:.1f} s / '
+    rows.append(('7. retrain.py cold / warm', f'{rp_cold:.1f} s / '
                  f'{rp_warm:.1f} s; this project is {rp_cold / cold_wall:.1f}x'
                  f' / {rp_warm / warm_wall:.1f}x faster'))
     for label, log in (('cold', rp_cold_log), ('warm', rp_warm_log)):

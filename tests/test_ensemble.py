@@ -60,6 +60,45 @@ def test_area_resize_is_tf_area_resize(size_in, size_out):
   np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
 
+@pytest.mark.parametrize('size_in, size_out', [
+    ((260, 260), (224, 224)), ((260, 260), (240, 240)), ((37, 41), (23, 41)),
+    ((8, 8), (8, 8)), ((300, 200), (17, 199))])
+@pytest.mark.parametrize('batch', [1, 3])
+def test_banded_area_resize_gives_area_resize_bits(size_in, size_out, batch):
+  images = np.random.default_rng(batch).random((batch, *size_in, 3),
+                                               dtype=np.float32)
+  images[0] = np.round(images[0] * 255) / 255  # decoded pixels' values too
+  exact = ensemble.area_resize(images, size_in, size_out).numpy()
+  banded = ensemble.banded_area_resize(images, size_in, size_out).numpy()
+  assert banded.shape == exact.shape == (batch, *size_out, 3)
+  assert banded.tobytes() == exact.tobytes()
+  # Twice: the first call of a shape checks, the second takes the band.
+  for _ in range(2):
+    assert ensemble.fast_area_resize(images, size_in, size_out).numpy(
+        ).tobytes() == exact.tobytes()
+
+
+def test_fast_area_resize_keeps_full_products_where_the_band_differs(
+    monkeypatch):
+  import tensorflow as tf
+  monkeypatch.setattr(ensemble, '_banded_same', {})
+  off = []
+
+  def nudged(images, size_in, size_out):  # a CPU summing in another order
+    off.append(1)
+    return tf.convert_to_tensor(
+        np.nextafter(ensemble.area_resize(images, size_in, size_out).numpy(),
+                     np.float32(2)))
+  monkeypatch.setattr(ensemble, 'banded_area_resize', nudged)
+  images = np.random.default_rng(0).random((2, 30, 30, 3), dtype=np.float32)
+  exact = ensemble.area_resize(images, (30, 30), (20, 20)).numpy()
+  for _ in range(3):
+    assert ensemble.fast_area_resize(images, (30, 30), (20, 20)).numpy(
+        ).tobytes() == exact.tobytes()
+  assert len(off) == 1  # checked once, then never used for that shape
+  assert ensemble._banded_same == {((30, 30), (20, 20), 2): False}
+
+
 def test_ensemble_module_concatenates_members(fake_module, small_module):
   import tensorflow as tf
   module = ensemble.load(f'{fake_module},{small_module}')
@@ -245,6 +284,60 @@ def test_shared_pass_decodes_once_at_the_ensemble_size(
   assert again.stats.computed == 0
   assert again.stats.reused == 2 * (len(paths) - 1)
   np.testing.assert_array_equal(again.vectors, together.vectors)
+
+
+def test_vectors_stored_in_groups_are_the_same(tmp_path, fake_module,
+                                               small_module, monkeypatch):
+  import bottleneck_cache
+  from retrain.bottlenecks import compute as bottlenecks_lib
+  from retrain.bottlenecks import ensemble as ensemble_bottlenecks
+  root = make_colour_dataset(tmp_path / 'images', per_class=3)
+  (root / 'red' / 'broken.jpg').write_bytes(b'\xff\xd8 not really a jpeg')
+  paths = sorted(str(p) for p in root.glob('*/*'))
+  usable = len(paths) - 1
+  module = ensemble.load(f'{fake_module},{small_module}')
+  real_put = bottleneck_cache.BottleneckStore.put
+  results = {}
+  for every in (1, 6):
+    monkeypatch.setattr(bottlenecks_lib, 'STORE_EVERY', every)
+    puts = []
+
+    def put(store, keys, vectors, puts=puts):
+      puts.append(len(keys))
+      return real_put(store, keys, vectors)
+    monkeypatch.setattr(bottleneck_cache.BottleneckStore, 'put', put)
+    together = ensemble_bottlenecks.compute_bottlenecks(
+        paths, module, module, str(tmp_path / f'every{every}'), 'tf', 4)
+    alone = bottlenecks_lib.compute_bottlenecks(
+        paths, module.members[0], bottleneck_cache.BottleneckStore(
+            str(tmp_path / f'alone{every}'),
+            bottlenecks_lib.cache_namespace(module.members[0])), 4)
+    results[every] = (together, alone, puts)
+  (one, one_alone, one_puts), (six, six_alone, six_puts) = results[1], results[6]
+  # Each batch of 4 its own shard, or batches held until 6 vectors wait.
+  batches = [4] * (usable // 4) + [usable % 4] * bool(usable % 4)
+  # Two members, batch by batch, then the module alone.
+  assert one_puts == [n for n in batches for _ in range(2)] + batches
+  held = [8] * (usable // 8) + [usable % 8] * bool(usable % 8)
+  assert six_puts == [n for n in held for _ in range(2)] + held
+  for a, b in ((one, six), (one_alone, six_alone)):
+    assert a.vectors.tobytes() == b.vectors.tobytes()  # same rows, order
+    np.testing.assert_array_equal(a.ok, b.ok)
+    assert a.failures == b.failures
+    assert [p for p, _ in b.failures] == [str(root / 'red' / 'broken.jpg')]
+    assert b.stats.computed == a.stats.computed
+
+
+def test_grouped_joins_batches_in_order():
+  from retrain.bottlenecks import compute as bottlenecks_lib
+  batches = [(np.array([i, i + 10]), np.full((2, 3), i, np.float32))
+             for i in range(5)]
+  out = list(bottlenecks_lib.grouped(iter(batches), rows=3))
+  assert [list(i) for i, _ in out] == [[0, 10, 1, 11], [2, 12, 3, 13],
+                                       [4, 14]]
+  np.testing.assert_array_equal(np.concatenate([v for _, v in out]),
+                                np.concatenate([v for _, v in batches]))
+  assert list(bottlenecks_lib.grouped(iter([]), rows=3)) == []
 
 
 @pytest.fixture(scope='module')

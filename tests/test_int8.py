@@ -132,6 +132,33 @@ def test_int8_vectors_go_to_their_own_namespace(own_module, tmp_path):
   assert np.median(int8.cosines(a, b)) >= int8.MIN_MEDIAN_COSINE
 
 
+def test_guard_reads_each_probe_photo_once_for_both_precisions(
+    own_module, tmp_path, monkeypatch):
+  probe = _probe(tmp_path)
+  reads = []
+  real_read = bottlenecks_lib.read_checked
+
+  def read(path, *args):
+    reads.append(path)
+    return real_read(path, *args)
+  monkeypatch.setattr(bottlenecks_lib, 'read_checked', read)
+  chosen = precision_lib.choose(own_module, 'int8', 'auto', None, probe)
+  assert chosen.quantization == int8.QUANTIZATION
+  rows = int8.probe_rows(probe.keyed[0])
+  assert sorted(reads) == sorted(probe.paths[i] for i in rows)
+  # The same vectors as each precision's own pass into an empty cache.
+  keys = [probe.keyed[0][i] for i in rows]
+  for module, runner in ((own_module, tflite_runtime.deferred(
+      own_module, 'auto')), (chosen, chosen)):
+    namespace = bottlenecks_lib.cache_namespace(module)
+    alone = bottlenecks_lib.compute_bottlenecks(
+        [probe.paths[i] for i in rows], runner,
+        bottleneck_cache.BottleneckStore(str(tmp_path / 'alone'), namespace),
+        probe.batch_size)
+    assert alone.vectors.tobytes() == bottleneck_cache.BottleneckStore(
+        probe.bottleneck_dir, namespace).get(keys).tobytes()
+
+
 def test_guard_falls_back_to_float_with_one_line(own_module, tmp_path,
                                                  monkeypatch, caplog):
   monkeypatch.setattr(int8, 'MIN_MEDIAN_COSINE', 1.01)

@@ -50,6 +50,8 @@ _HASH_PART = 10_000
 _MEMO_SAVE_EVERY = 100_000
 # Images decoded at once: one per core.
 _DECODE_THREADS = features.usable_cores()
+# Vectors per cache shard: a shard is ~10 ms of HDF5 work, GIL held.
+STORE_EVERY = 128
 
 
 @dataclasses.dataclass
@@ -274,6 +276,19 @@ def image_batches(items, load, batch_size: int) -> tf.data.Dataset:
           .with_options(options))
 
 
+def grouped(batches, rows: Optional[int] = None):
+  """(indices [n], vectors [n, D]) batches joined, in order, to >= rows."""
+  rows = STORE_EVERY if rows is None else rows
+  held = []
+  for batch in batches:
+    held.append(batch)
+    if sum(len(i) for i, _ in held) >= rows:
+      yield tuple(np.concatenate(part) for part in zip(*held))
+      held = []
+  if held:
+    yield tuple(np.concatenate(part) for part in zip(*held))
+
+
 def map_ordered(fn, items, width: int):
   """fn(item) for each item of `items`, in order, up to `width` calls at
   once, each on its own thread, with one more item fetched (decoded) ahead
@@ -345,7 +360,7 @@ def make_compute_fn(paths: Sequence[str], module: FeatureModule,
         read_images(missing, paths, digests, size, max_pixels, reasons),
         load, batch_size)
     done = set()
-    for indices, vectors in run_module(module, dataset):
+    for indices, vectors in grouped(run_module(module, dataset)):
       done.update(indices.tolist())
       yield indices, vectors
     # Second chance, one file at a time, for what TensorFlow rejected

@@ -191,8 +191,9 @@ def _run_shared(paths, runners, stores, batch_size: int, keys,
     out = []
     for m, runner in enumerate(runners):
       rows = np.flatnonzero(lacking[k, m])
-      out.append((k[rows], runner.call(tf.gather(batch[1], rows)).numpy()
-                  if len(rows) else None))
+      images = batch[1] if len(rows) == len(k) else tf.gather(batch[1], rows)
+      out.append((k[rows], runner.call(images).numpy() if len(rows) else
+                  None))
     return len(k), out
 
   dataset = bottlenecks_lib.image_batches(bottlenecks_lib.read_images(
@@ -201,13 +202,25 @@ def _run_shared(paths, runners, stores, batch_size: int, keys,
   width = max(runner.parallel_calls for runner in runners)
   progress = Progress('Bottlenecks', len(keys))
   gained = [0] * len(runners)
+  # Each member's vectors are stored bottlenecks_lib.STORE_EVERY at a time.
+  held = [[] for _ in runners]
+
+  def store(m, least):
+    if sum(len(rows) for rows, _ in held[m]) >= max(least, 1):
+      rows = np.concatenate([rows for rows, _ in held[m]])
+      stores[m].put([keys[r] for r in rows],
+                    np.concatenate([vectors for _, vectors in held[m]]))
+      gained[m] += len(rows)
+      held[m] = []
   try:
     for count, out in bottlenecks_lib.map_ordered(compute, dataset, width):
       for m, (rows, vectors) in enumerate(out):
         if vectors is not None:
-          stores[m].put([keys[r] for r in rows], vectors)
-          gained[m] += len(rows)
+          held[m].append((rows, vectors))
+          store(m, bottlenecks_lib.STORE_EVERY)
       progress.update(count)
+    for m in range(len(runners)):
+      store(m, 1)
   except bottleneck_cache.CacheError as e:
     raise OutputError(f'bottleneck_dir: {e}', fields=('bottleneck_dir',)
                       ) from e

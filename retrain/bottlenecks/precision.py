@@ -71,6 +71,22 @@ def _probe_vectors(module: FeatureModule, runner: FeatureModule,
   return done.vectors, done.ok
 
 
+def _probe_once(member: FeatureModule, quantized: FeatureModule,
+                float_runner: FeatureModule, probe: Probe, rows) -> None:
+  """Computes the float and int8 vectors of the probe rows in one pass
+  (ensemble_bottlenecks.shared_pass: each photo read and decoded once for
+  both, one pipeline), into the namespaces _probe_vectors reads; what it
+  cannot use is left to _probe_vectors, which records why."""
+  digests, _, _ = probe.keyed
+  keyed = ([digests[i] for i in rows], np.arange(len(rows)), [])
+  stores = [bottleneck_cache.BottleneckStore(
+      probe.bottleneck_dir, bottlenecks_lib.cache_namespace(m))
+            for m in (member, quantized)]
+  ensemble_bottlenecks.shared_pass(
+      [probe.paths[i] for i in rows], [float_runner, quantized], stores,
+      probe.batch_size, probe.max_pixels, keyed)
+
+
 def _guard(member: FeatureModule, quantized: FeatureModule,
            float_runner: FeatureModule, probe: Probe) -> bool:
   """True when the int8 and float vectors of the probe sample agree (see
@@ -78,6 +94,7 @@ def _guard(member: FeatureModule, quantized: FeatureModule,
   digests, readable, _ = probe.keyed
   keys = [digests[i] for i in readable]
   rows = [int(readable[r]) for r in int8.probe_rows(keys)]
+  _probe_once(member, quantized, float_runner, probe, rows)
   float_vectors, float_ok = _probe_vectors(member, float_runner, probe, rows)
   int8_vectors, int8_ok = _probe_vectors(quantized, quantized, probe, rows)
   both = float_ok & int8_ok

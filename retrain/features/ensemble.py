@@ -27,6 +27,7 @@ single-module run's, so its namespace also names the ensemble's input size
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from typing import List, Optional, Sequence, Tuple
 
@@ -70,6 +71,89 @@ def area_resize(images: tf.Tensor, size_in: Tuple[int, int],
   x = tf.transpose(images, [0, 3, 1, 2])
   x = tf.matmul(tf.matmul(rows, x), cols, transpose_b=True)
   return tf.transpose(x, [0, 2, 3, 1])
+
+
+# Output rows per block of banded_area_resize (8 to 32 ran alike, 64 slower).
+_BAND_ROWS = 16
+
+
+@functools.lru_cache(maxsize=None)
+def _bands(size_in: int, size_out: int) -> Tuple[np.ndarray, np.ndarray]:
+  """area_matrix(size_in, size_out) cut into blocks of _BAND_ROWS output
+  rows: (float32 [blocks, _BAND_ROWS, K], each block's weights on K
+  consecutive input pixels that hold all its non-zero ones; int32
+  [blocks, K], those input pixels). Rows past size_out are zeros."""
+  matrix = area_matrix(size_in, size_out)
+  count = -(-size_out // _BAND_ROWS)
+  spans = []
+  for b in range(count):
+    used = np.flatnonzero(matrix[b * _BAND_ROWS:(b + 1) * _BAND_ROWS].any(0))
+    spans.append((int(used[0]), int(used[-1]) + 1))
+  width = max(stop - start for start, stop in spans)
+  weights = np.zeros((count, _BAND_ROWS, width), np.float32)
+  pixels = np.zeros((count, width), np.int32)
+  for b, (start, _) in enumerate(spans):
+    start = min(start, size_in - width)
+    part = matrix[b * _BAND_ROWS:(b + 1) * _BAND_ROWS, start:start + width]
+    weights[b, :len(part)] = part
+    pixels[b] = np.arange(start, start + width)
+  return weights, pixels
+
+
+def banded_area_resize(images: tf.Tensor, size_in: Tuple[int, int],
+                       size_out: Tuple[int, int]) -> tf.Tensor:
+  """area_resize with each output pixel's sum over the few input pixels
+  its box covers (a block of _BAND_ROWS output rows reads a band of
+  about 1.2 x _BAND_ROWS + 2 input rows) instead of all of them: about
+  4 times faster eagerly (260 -> 224, batch 8: 11 ms against 41). The
+  same non-zero products in the same order; only zero products are left
+  out, so a matmul kernel that sums each output's products in order gives
+  the same bits (fast_area_resize checks that it does)."""
+  (rows, row_pixels), (cols, col_pixels) = (_bands(size_in[0], size_out[0]),
+                                            _bands(size_in[1], size_out[1]))
+  batch, channels = tf.shape(images)[0], tf.shape(images)[3]
+  # [b, H, W, C] -> [H, b*C*W]: each product is one matmul per block.
+  x = tf.reshape(tf.transpose(images, [1, 0, 3, 2]), [size_in[0], -1])
+  x = tf.reshape(tf.matmul(rows, tf.gather(x, row_pixels)),
+                 [-1, batch, channels, size_in[1]])[:size_out[0]]  # [h, b, C, W]
+  x = tf.reshape(tf.transpose(x, [3, 1, 2, 0]), [size_in[1], -1])
+  x = tf.reshape(tf.matmul(cols, tf.gather(x, col_pixels)),
+                 [-1, batch, channels, size_out[0]])[:size_out[1]]  # [w, b, C, h]
+  return tf.transpose(x, [1, 3, 0, 2])
+
+
+# (size_in, size_out, batch) -> whether banded_area_resize gave
+# area_resize's bits on a batch of that shape.
+_banded_same: dict = {}
+
+
+def fast_area_resize(images, size_in: Tuple[int, int],
+                     size_out: Tuple[int, int]) -> tf.Tensor:
+  """area_resize(images, size_in, size_out), bit for bit, as
+  banded_area_resize wherever that was seen to agree.
+
+  The first batch of each shape runs both and returns area_resize's
+  result; banded_area_resize serves later batches of that shape only if
+  every bit agreed (a CPU whose matmul kernel sums in another order keeps
+  area_resize). Traced (in a tf.function), it is area_resize.
+  """
+  images = tf.convert_to_tensor(images, tf.float32)
+  if not tf.executing_eagerly() or images.shape.rank != 4:
+    return area_resize(images, size_in, size_out)
+  key = (tuple(size_in), tuple(size_out), images.shape[0])
+  same = _banded_same.get(key)
+  if same:
+    return banded_area_resize(images, size_in, size_out)
+  exact = area_resize(images, size_in, size_out)
+  if same is None:
+    same = (banded_area_resize(images, size_in, size_out).numpy().tobytes()
+            == exact.numpy().tobytes())
+    _banded_same[key] = same
+    if not same:
+      logging.info('Area resizing %s -> %s stays on full matrix products: '
+                   'the banded form differs in the last bits on this CPU.',
+                   size_in, size_out)
+  return exact
 
 
 def concatenated(calls, sizes, input_size: Tuple[int, int],
@@ -140,8 +224,7 @@ def at_ensemble_size(member: FeatureModule, input_size: Tuple[int, int]
     return member
 
   def call(images):
-    return member.call(area_resize(tf.convert_to_tensor(images, tf.float32),
-                                   size, own))
+    return member.call(fast_area_resize(images, size, own))
 
   def prepare():
     if member.prepare is not None:
