@@ -35,7 +35,7 @@ from retrain.common.names import (
   SERVING_SIGNATURE,
 )
 from retrain.errors import OutputError
-from retrain.export import quantization_check, tflite_metadata
+from retrain.export import int8_tflite, quantization_check, tflite_metadata
 from retrain.export import saved_model as export_lib
 from retrain.export.files import file_metadata, write_file, write_sidecars
 from retrain.features.modules import FeatureModule
@@ -83,6 +83,9 @@ def tflite_model(module: FeatureModule, head: Head, quantization: str = 'none',
   if quantization not in QUANTIZATIONS:
     raise OutputError(f'Unknown TFLite quantization {quantization!r}; use one '
                       f'of {", ".join(QUANTIZATIONS)}.')
+  if quantization == 'int8' and int8_tflite.stitchable(module):
+    model = int8_tflite.stitched_model(module, head)
+    return _probabilities_first(model) if head.novelty is not None else model
   if quantization == 'int8' and calibration is None:
     raise OutputError('int8 TFLite quantization needs calibration images.')
   with tempfile.TemporaryDirectory(prefix='retrain-tflite-') as folder:
@@ -196,12 +199,13 @@ def converted(path: str, module: FeatureModule, head: Head,
   converter keeps)."""
   info = {'format': 'tflite', names.META_QUANTIZATION: quantization}
   info.update(extra_metadata or {})
-  if quantization == 'int8' and head.novelty is not None:
+  stitched = quantization == 'int8' and int8_tflite.stitchable(module)
+  if quantization == 'int8' and head.novelty is not None and not stitched:
     head = _without_novelty(head, info, path)
   calibration = None
   calibration_count = (gate.calibration_count if gate is not None else
                        len(calibration_paths))
-  if quantization == 'int8':
+  if quantization == 'int8' and not stitched:
     logging.info('Calibrating int8 quantization on %d training images.',
                  min(len(calibration_paths), calibration_count))
     calibration = representative_images(calibration_paths, module.input_size,
