@@ -4,8 +4,10 @@ One float32 input [batch, H, W, 3] in [0, 1], one float32 output
 [batch, N] (column j is class id j), whatever the quantization (`none`,
 `dynamic`, `float16`, `int8`; int8 is calibrated on a sample of training
 images and keeps float input and output, so every consumer feeds the same
-thing); with a novelty score, a second output float32 [batch] (not in
-int8 models: see _without_novelty). The file
+thing; with int8 bottlenecks it holds the members' int8 models as they
+are instead, retrain.export.int8_tflite); with a novelty score, a second
+output float32 [batch] (not in calibrated int8 models: see
+_without_novelty). The file
 carries its metadata inside (labels, normalisation, rejection threshold;
 `retrain.export.tflite_metadata`) when the optional mediapipe package is
 installed, and always has the labels and metadata files beside it
@@ -76,7 +78,9 @@ def tflite_model(module: FeatureModule, head: Head, quantization: str = 'none',
   Args:
     quantization: 'none' (float32), 'dynamic' (int8 weights), 'float16'
       (float16 weights) or 'int8' (int8 weights and activations, calibrated
-      on `calibration`; input and output stay float32).
+      on `calibration`; input and output stay float32; when every member
+      is an int8 model, int8_tflite.stitched_model: those models as they
+      are, no calibration).
     calibration: a representative dataset (see representative_images);
       needed for 'int8'.
   """
