@@ -71,6 +71,9 @@ class SavedModule:
 
   Attributes:
     path: the SavedModel folder; input_size: (height, width).
+    int8_members: with int8 bottlenecks, [(int8 model file, [height,
+      width])] per member (retrain.export.int8_tflite.int8_members, from
+      the plan), which the int8 TFLite export holds as they are.
   """
   path: str
   handle: str
@@ -78,6 +81,7 @@ class SavedModule:
   fingerprint: str
   output_dim: int
   input_size: tuple
+  int8_members: tuple = ()
 
   def saved_classifier(self, head: SavedHead, final_tensor_name: str):
     """The classifier of the export, loaded anew (freed with it), with the
@@ -222,6 +226,7 @@ def run_stage(plan: dict, stage: str, options) -> None:
   from retrain.export import formats as export_formats
   from retrain.export import onnx_format, tflite_format
   module, head, labels = open_export(plan['saved_model_dir'])
+  module.int8_members = tuple(plan.get('int8_members', ()))
   extra, written, temporary = (plan['extra_metadata'], plan['written'],
                                plan['temporary'])
   if stage == 'output_graph':

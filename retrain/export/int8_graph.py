@@ -127,6 +127,9 @@ class Int8Graph(tf.Module):
         if len(op.inputs) > 2 and op.inputs[2] >= 0:
           self._make_weight(op.inputs[2], None)
     self.input_size = tuple(input_size)
+    # The int8 model's file, for the int8 TFLite export
+    # (retrain.export.int8_tflite), which holds it as it is.
+    self.path = path
     height, width = self.input_size
     # Plain Python over the model's ops, traced as it is (AutoGraph would
     # convert every translator call and gain nothing).

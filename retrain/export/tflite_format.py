@@ -4,8 +4,10 @@ One float32 input [batch, H, W, 3] in [0, 1], one float32 output
 [batch, N] (column j is class id j), whatever the quantization (`none`,
 `dynamic`, `float16`, `int8`; int8 is calibrated on a sample of training
 images and keeps float input and output, so every consumer feeds the same
-thing); with a novelty score, a second output float32 [batch] (not in
-int8 models: see _without_novelty). The file
+thing; with int8 bottlenecks it holds the members' int8 models as they
+are instead, retrain.export.int8_tflite); with a novelty score, a second
+output float32 [batch] (not in calibrated int8 models: see
+_without_novelty). The file
 carries its metadata inside (labels, normalisation, rejection threshold;
 `retrain.export.tflite_metadata`) when the optional mediapipe package is
 installed, and always has the labels and metadata files beside it
@@ -35,7 +37,7 @@ from retrain.common.names import (
   SERVING_SIGNATURE,
 )
 from retrain.errors import OutputError
-from retrain.export import quantization_check, tflite_metadata
+from retrain.export import int8_tflite, quantization_check, tflite_metadata
 from retrain.export import saved_model as export_lib
 from retrain.export.files import file_metadata, write_file, write_sidecars
 from retrain.features.modules import FeatureModule
@@ -76,13 +78,18 @@ def tflite_model(module: FeatureModule, head: Head, quantization: str = 'none',
   Args:
     quantization: 'none' (float32), 'dynamic' (int8 weights), 'float16'
       (float16 weights) or 'int8' (int8 weights and activations, calibrated
-      on `calibration`; input and output stay float32).
+      on `calibration`; input and output stay float32; when every member
+      is an int8 model, int8_tflite.stitched_model: those models as they
+      are, no calibration).
     calibration: a representative dataset (see representative_images);
       needed for 'int8'.
   """
   if quantization not in QUANTIZATIONS:
     raise OutputError(f'Unknown TFLite quantization {quantization!r}; use one '
                       f'of {", ".join(QUANTIZATIONS)}.')
+  if quantization == 'int8' and int8_tflite.stitchable(module):
+    model = int8_tflite.stitched_model(module, head)
+    return _probabilities_first(model) if head.novelty is not None else model
   if quantization == 'int8' and calibration is None:
     raise OutputError('int8 TFLite quantization needs calibration images.')
   with tempfile.TemporaryDirectory(prefix='retrain-tflite-') as folder:
@@ -196,12 +203,13 @@ def converted(path: str, module: FeatureModule, head: Head,
   converter keeps)."""
   info = {'format': 'tflite', names.META_QUANTIZATION: quantization}
   info.update(extra_metadata or {})
-  if quantization == 'int8' and head.novelty is not None:
+  stitched = quantization == 'int8' and int8_tflite.stitchable(module)
+  if quantization == 'int8' and head.novelty is not None and not stitched:
     head = _without_novelty(head, info, path)
   calibration = None
   calibration_count = (gate.calibration_count if gate is not None else
                        len(calibration_paths))
-  if quantization == 'int8':
+  if quantization == 'int8' and not stitched:
     logging.info('Calibrating int8 quantization on %d training images.',
                  min(len(calibration_paths), calibration_count))
     calibration = representative_images(calibration_paths, module.input_size,

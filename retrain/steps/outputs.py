@@ -16,7 +16,12 @@ from retrain.common import phases as phases_lib
 from retrain.config import Config
 from retrain.data import split as split_lib
 from retrain.export import formats as export_formats
-from retrain.export import from_disk, int8_graph, quantization_check
+from retrain.export import (
+  from_disk,
+  int8_graph,
+  int8_tflite,
+  quantization_check,
+)
 from retrain.export import saved_model as export_lib
 from retrain.features import ensemble as ensemble_lib
 from retrain.features import int8
@@ -148,6 +153,7 @@ def _saved_model_first(config: Config, module, confidence, labels,
   plan = from_disk.new_plan(config.outputs, config.outputs.saved_model_dir,
                             calibration_paths, gate, deploy_metadata,
                             written)
+  plan['int8_members'] = int8_tflite.int8_members(module)
   saved = export_lib.export_saved_model(
       config.outputs.saved_model_dir, module, confidence.head, labels,
       config.outputs.final_tensor_name,
