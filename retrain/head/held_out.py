@@ -103,7 +103,7 @@ def describe(photos: int, folds: int) -> str:
 
 def cross_fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray,
               num_classes: int, chosen, options,
-              start: Optional[np.ndarray] = None,
+              start: Optional[lbfgs_lib.Fit] = None,
               class_weights: Optional[np.ndarray] = None
               ) -> Optional[Tuple[np.ndarray, int, int]]:
   """Out-of-fold logits of the chosen setting (a solver Candidate: its l2
@@ -113,7 +113,8 @@ def cross_fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray,
 
   Each fold (group_folds, up to options.folds, fewer when a class has
   fewer groups) is predicted by a head fitted on the other folds, warm
-  started from `start` (the final fit's parameters).
+  started from `start` (the final fit: its parameters and L-BFGS
+  curvature pairs).
 
   Returns:
     (logits float32 [n, N], folds, iterations summed), or None when some
@@ -133,7 +134,8 @@ def cross_fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray,
     inside = fold != k
     fit = fitter.fit(x[inside], y[inside], num_classes,
                      lbfgs_lib.class_sample_weight(class_weights, y[inside]),
-                     start)
+                     None if start is None else start.theta,
+                     memory=lbfgs_lib.carried(start, chosen.l2))
     logits[~inside] = fit.head().logits(x[~inside])
     iterations += fit.iterations
   return logits, folds, iterations

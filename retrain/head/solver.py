@@ -227,12 +227,12 @@ class _Task:
   class_weights: Optional[np.ndarray] = None
 
   def fit(self, c: Candidate, x: np.ndarray, y: np.ndarray, start=None,
-          standard=None, callback=None) -> lbfgs_lib.Fit:
+          standard=None, callback=None, memory=None) -> lbfgs_lib.Fit:
     """Candidate c fitted on x [n, D], y [n] (see SoftmaxLbfgs.fit)."""
     return lbfgs_lib.SoftmaxLbfgs.of(c.l2, c.label_smoothing, self.options
                                      ).fit(x, y, self.num_classes,
                                            lbfgs_lib.class_sample_weight(self.class_weights, y),
-                                           start, standard, callback)
+                                           start, standard, callback, memory)
 
   def score(self, head: Head, x: np.ndarray, y: np.ndarray):
     """(correct, summed cross entropy) of head on x, y, each image weighed
@@ -281,18 +281,21 @@ def _score_grid(candidates: Sequence[Candidate], x, y, held_x, held_y,
                 task: _Task, solutions: Optional[list] = None
                 ) -> List[Tuple[float, float, int]]:
   """(correct, summed cross entropy, iterations) of each candidate fitted
-  on x, y and scored on held_x, held_y; warm-started along the grid. Each
-  candidate's parameters are appended to `solutions` if given. With class
-  weights the fit and both scores weigh each image by its class's weight."""
+  on x, y and scored on held_x, held_y; warm-started along the grid (each
+  fit from the previous one's parameters and L-BFGS curvature pairs, see
+  lbfgs.carried). Each candidate's (parameters, curvature pairs) are
+  appended to `solutions` if given. With class weights the fit and both
+  scores weigh each image by its class's weight."""
   standard = lbfgs_lib.standardisation(x, task.options.standardise)
-  scores, start, smoothing = [], None, None
+  scores, last, smoothing = [], None, None
   for c in candidates:
     if c.label_smoothing != smoothing:
-      start, smoothing = None, c.label_smoothing
-    fit = task.fit(c, x, y, start, standard)
-    start = fit.theta
+      last, smoothing = None, c.label_smoothing
+    fit = task.fit(c, x, y, None if last is None else last.theta, standard,
+                   memory=lbfgs_lib.carried(last, c.l2))
+    last = fit
     if solutions is not None:
-      solutions.append(fit.theta)
+      solutions.append((fit.theta, fit.memory))
     scores.append((*task.score(fit.head(), held_x, held_y), fit.iterations))
   return scores
 
@@ -311,7 +314,7 @@ def _held_out(final: lbfgs_lib.Fit, refit: bool, sets: _Sets,
   all_groups = np.concatenate([groups, np.max(groups, initial=-1) + 1 +
                                np.arange(n_val)])
   crossed = held_out_lib.cross_fit(sets.all_x, sets.all_y, all_groups, task.num_classes,
-                      chosen, task.options, start=final.theta,
+                      chosen, task.options, start=final,
                       class_weights=task.class_weights)
   if crossed is None:
     return None
@@ -349,8 +352,9 @@ def _choose(sets: _Sets, task: _Task):
 
   Returns:
     (selection, candidates scored, chosen, reason, solutions): solutions
-    holds each candidate's parameters fitted on training when validation
-    chose (else empty).
+    holds each candidate's (parameters, L-BFGS curvature pairs) fitted on
+    training when validation chose, the mean of its k folds' parameters
+    (and the last fold's pairs) when k-fold did (else empty).
   """
   options, num_classes, val_y = task.options, task.num_classes, sets.val_y
   candidates = _grid(options)
@@ -359,7 +363,7 @@ def _choose(sets: _Sets, task: _Task):
   all_y = sets.all_y
   smallest_class = int(np.bincount(all_y, minlength=num_classes)[
       trained].min())
-  solutions: List[np.ndarray] = []
+  solutions: List[tuple] = []
   if len(candidates) == 1:
     return 'single', candidates, candidates[0], 'one candidate setting only', []
   if len(val_y) and val_counts.min() >= options.min_validation_per_class:
@@ -375,9 +379,14 @@ def _choose(sets: _Sets, task: _Task):
     all_x = sets.all_x
     for k in range(options.folds):
       inside = fold != k
+      fold_solutions: List[tuple] = []
       totals += np.array(_score_grid(
           candidates, all_x[inside], all_y[inside], all_x[~inside],
-          all_y[~inside], task), np.float64)
+          all_y[~inside], task, fold_solutions), np.float64)
+      solutions = [(theta + (solutions[i][0] if solutions else 0.0), pairs)
+                   for i, (theta, pairs) in enumerate(fold_solutions)]
+    solutions = [(theta / options.folds, pairs)
+                 for theta, pairs in solutions]
     scores = [tuple(t) for t in totals]
     reason = (f'best {options.folds}-fold cross-validation accuracy on '
               f'training + validation (N={len(all_y)}) of {len(candidates)} '
@@ -469,11 +478,12 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
   refit = selection != 'validation' or options.refit
   fit_x, fit_y = (sets.all_x, sets.all_y) if refit else (train_x, train_y)
   record = _Curve(fit_y, val_x, val_y, watch_val=not refit and len(val_y) > 0)
-  # The chosen candidate's fit on training starts the final fit (with
+  # The chosen candidate's fit on training (or the mean of its fits on
+  # the k folds) starts the final fit, with its curvature pairs (with
   # validation added it moves a little): ~30% fewer iterations in all.
-  start = (solutions[candidates.index(chosen)] if solutions and
-           options.standardise is False else None)
-  fit = task.fit(chosen, fit_x, fit_y, start, callback=record)
+  start, memory = (solutions[candidates.index(chosen)] if solutions and
+                   options.standardise is False else (None, None))
+  fit = task.fit(chosen, fit_x, fit_y, start, callback=record, memory=memory)
   reason = f'{_describe(chosen)}: {reason}'
   if refit and len(val_y):
     reason += '; refitted on training + validation'
@@ -482,9 +492,10 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
       np.asarray(train_groups, np.int64), chosen, task)
   # (In the validation case the chosen candidate's fit on training is that
   # head already: restarting from it stops at once.)
+  if selection != 'validation' or start is None:
+    start, memory = fit.theta, fit.memory
   train_only = fit.head() if not (refit and len(val_y)) else task.fit(
-      chosen, train_x, train_y,
-      start if start is not None else fit.theta).head()
+      chosen, train_x, train_y, start, memory=memory).head()
   seconds = time.monotonic() - started
   logging.info('Head solver (L-BFGS): %s; final fit %d iterations on %d '
                'images, %.1f s in all.', reason, fit.iterations, len(fit_y),
