@@ -375,19 +375,15 @@ def _choose(sets: _Sets, task: _Task):
   elif smallest_class >= options.folds:
     selection, held = 'k-fold', _held(all_y, task.class_weights)
     fold = folds_lib.stratified_folds(all_y, options.folds, options.seed)
-    totals = np.zeros((len(candidates), 3))
-    all_x = sets.all_x
-    for k in range(options.folds):
-      inside = fold != k
-      fold_solutions: List[tuple] = []
-      totals += np.array(_score_grid(
-          candidates, all_x[inside], all_y[inside], all_x[~inside],
-          all_y[~inside], task, fold_solutions), np.float64)
-      solutions = [(theta + (solutions[i][0] if solutions else 0.0), pairs)
-                   for i, (theta, pairs) in enumerate(fold_solutions)]
-    solutions = [(theta / options.folds, pairs)
-                 for theta, pairs in solutions]
-    scores = [tuple(t) for t in totals]
+    weights = lbfgs_lib.class_sample_weight(task.class_weights, all_y)
+    scores = []
+    for logits, theta, iterations in held_out_lib.fold_grid(
+        candidates, sets.all_x, all_y, num_classes, fold, options,
+        task.class_weights):
+      scores.append((head_math.correct(logits, all_y, weights),
+                     head_math.cross_entropy(logits, all_y, weights,
+                                             total=True), iterations))
+      solutions.append((theta, None))
     reason = (f'best {options.folds}-fold cross-validation accuracy on '
               f'training + validation (N={len(all_y)}) of {len(candidates)} '
               f'settings: validation has only {int(val_counts.min())} '
