@@ -113,13 +113,14 @@ def cross_fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray,
   SolverOptions (folds, seed and the fitting limits).
 
   Each fold (group_folds, up to options.folds, fewer when a class has
-  fewer groups) is predicted by a head fitted on the other folds, warm
-  started from `start` (the final fit: its parameters and L-BFGS
-  curvature pairs).
+  fewer groups) is predicted by a head fitted on the other folds; the
+  folds' heads are fitted as one problem (_Folds), each warm started from
+  `start` (the final fit's parameters).
 
   Returns:
-    (logits float32 [n, N], folds, iterations summed), or None when some
-    class that has rows has fewer than two groups (nothing to hold out).
+    (logits float32 [n, N], folds, iterations of the joint fit), or None
+    when some class that has rows has fewer than two groups (nothing to
+    hold out).
   """
   _, first = np.unique(groups, return_index=True)
   per_class = np.bincount(y[first], minlength=num_classes)

@@ -35,21 +35,26 @@ test set (this module is never given it):
   better, docs/accuracy.md).
 - `k-fold`: otherwise (a validation set too small to choose on), `folds`-fold
   cross-validation on training + validation together, folds stratified by
-  class; the chosen setting is then fitted on all of training + validation.
+  class (each candidate's folds fitted as one problem, see
+  held_out.fold_grid); the chosen setting is then fitted on all of training
+  + validation, starting from the mean of its folds' fits.
 - `single`: one candidate only (or no validation images and too few images
   for folds): it is fitted on what there is.
 
 Candidates are fitted from the strongest L2 to the weakest, each starting
-from the previous one's solution, which cuts the iterations of the grid
-several-fold.
+from the previous one's solution (and, on one training set, its L-BFGS
+curvature pairs moved to the new L2: lbfgs.carried), which cuts the
+iterations of the grid several-fold.
 
 Held-out predictions (`HeldOut`): when the final head trained on
 validation (the refit, k-fold and single cases), its own predictions on
 those images would flatter it, so the chosen setting is cross-fitted: the
 rows of training + validation are dealt into `folds` folds (stratified by
 class, rows of one group, e.g. an image and its distorted copies, always
-together) and each fold is predicted by a head fitted on the others, warm
-started from the final fit (a few dozen iterations each). The out-of-fold
+together) and each fold is predicted by a head fitted on the others; the
+folds' heads are fitted as one problem (one product of the vectors with
+every fold's weights an evaluation), warm started from the final fit (a
+few dozen iterations in all). The out-of-fold
 logits of every training and validation photo (distorted copies aside) are
 what every "validation" figure (accuracy, per-class metrics, confusion,
 TensorBoard, head_solver.json), the temperature and the rejection
