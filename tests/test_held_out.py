@@ -54,6 +54,26 @@ def test_cross_fit_never_predicts_an_image_with_a_head_that_trained_on_it():
     np.testing.assert_allclose(logits[held], alone, atol=2e-3)
 
 
+def test_the_k_fold_grid_scores_each_fold_by_a_head_fitted_on_the_others():
+  """fold_grid fits every fold of each candidate as one problem, warm
+  started along the grid: each fold's logits are those of the candidate
+  fitted cold on the other folds alone."""
+  x, y = _overlapping(10, dim=8, spread=1.0)
+  tight = dataclasses.replace(OPTIONS, tolerance=1e-13, max_iterations=3000,
+                              folds=3)
+  fold = folds_lib.stratified_folds(y, 3, 0)
+  candidates = [solver.Candidate(1.0, 0.0), solver.Candidate(0.01, 0.0)]
+  scored = held_out.fold_grid(candidates, x, y, 3, fold, tight)
+  assert len(scored) == 2
+  for c, (logits, mean_theta, iterations) in zip(candidates, scored):
+    assert iterations > 0 and mean_theta.shape == ((8 + 1) * 3,)
+    fitter = lbfgs.SoftmaxLbfgs.of(c.l2, c.label_smoothing, tight)
+    for k in range(3):
+      held = fold == k
+      alone = fitter.fit(x[~held], y[~held], 3).head().logits(x[held])
+      np.testing.assert_allclose(logits[held], alone, atol=2e-3)
+
+
 def _solved(tmp_path, overlap_seed=0, **settings):
   """A run's pieces after the default solver (or `settings`) on
   overlapping classes: the refitted head is right on all its validation

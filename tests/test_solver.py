@@ -283,36 +283,3 @@ def test_one_fit_shape_for_the_solver_and_a_single_fit():
   np.testing.assert_allclose(chosen.head.weights, fitted.head().weights,
                              rtol=1e-5, atol=1e-6)
 
-
-def test_a_warm_start_with_carried_curvature_reaches_the_cold_solution():
-  """A fit at the next L2 strength started from the previous fit's
-  parameters and its curvature pairs (moved to the new L2) reaches the
-  minimum a cold fit reaches, in fewer iterations; so does a fit on a
-  subset of the rows (a fold) started from the fit on all of them."""
-  x, y = _clusters(40, 3, 24, 1.5, seed=3)
-  fitter = lbfgs.SoftmaxLbfgs(0.1, 0.0, 500, 1e-12, False)
-  strong = fitter.fit(x, y, 3)
-  assert strong.memory  # the pairs a warm start carries
-  weak = dataclasses.replace(fitter, l2=0.01)
-  cold = weak.fit(x, y, 3)
-  warm = weak.fit(x, y, 3, start=strong.theta,
-                  memory=lbfgs.carried(strong, 0.01))
-  assert warm.problem(warm.theta)[0] == pytest.approx(
-      cold.problem(cold.theta)[0], rel=1e-7)
-  np.testing.assert_allclose(warm.predict_proba(x), cold.predict_proba(x),
-                             atol=1e-3)
-  assert warm.iterations < cold.iterations
-  # Carried to another L2 strength, every pair's y moved by dl2 * s on the
-  # weights only (the biases' L2 Hessian is 0).
-  moved = lbfgs.carried(strong, 0.01)
-  s, y_old, _ = strong.memory[-1]
-  _, y_new, rho = moved[-1]
-  np.testing.assert_allclose(y_new[:-3] - y_old[:-3], -0.09 * s[:-3])
-  np.testing.assert_array_equal(y_new[-3:], y_old[-3:])
-  assert rho == pytest.approx(1 / lbfgs.dot(s, y_new))
-  fold = np.arange(len(y)) % 4 != 0
-  sub_cold = weak.fit(x[fold], y[fold], 3)
-  sub_warm = weak.fit(x[fold], y[fold], 3, start=cold.theta,
-                      memory=lbfgs.carried(cold, 0.01))
-  assert sub_warm.problem(sub_warm.theta)[0] == pytest.approx(
-      sub_cold.problem(sub_cold.theta)[0], rel=1e-7)

@@ -104,7 +104,7 @@ def describe(photos: int, folds: int) -> str:
 
 def cross_fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray,
               num_classes: int, chosen, options,
-              start: Optional[lbfgs_lib.Fit] = None,
+              start: Optional[np.ndarray] = None,
               class_weights: Optional[np.ndarray] = None
               ) -> Optional[Tuple[np.ndarray, int, int]]:
   """Out-of-fold logits of the chosen setting (a solver Candidate: its l2
@@ -131,7 +131,7 @@ def cross_fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray,
   problem = _Folds(x, y, num_classes, fold, folds, chosen, options,
                    lbfgs_lib.class_sample_weight(class_weights, y))
   theta0 = np.tile(np.zeros((x.shape[1] + 1) * num_classes) if start is None
-                   else start.theta, folds)
+                   else start, folds)
   theta, iterations = lbfgs_lib.lbfgs(problem, theta0, options.max_iterations,
                                       options.tolerance)
   return problem.out_of_fold(theta, fold), folds, iterations

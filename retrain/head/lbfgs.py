@@ -103,8 +103,7 @@ def shares(weights: np.ndarray) -> np.ndarray:
 
 def lbfgs(fun: Callable[[np.ndarray], Tuple[float, np.ndarray]],
           theta: np.ndarray, max_iterations: int, tolerance: float,
-          callback: Optional[Callable[[int, float, np.ndarray], None]] = None,
-          memory: Optional[List[Tuple[np.ndarray, np.ndarray, float]]] = None
+          callback: Optional[Callable[[int, float, np.ndarray], None]] = None
           ) -> Tuple[np.ndarray, int]:
   """Minimises a smooth function with L-BFGS and a backtracking line search.
 
@@ -115,15 +114,12 @@ def lbfgs(fun: Callable[[np.ndarray], Tuple[float, np.ndarray]],
     tolerance: stop when an iteration lowers the value by less than this
       fraction of it (or the gradient vanishes).
     callback: called (iteration, value, theta) after each accepted step.
-    memory: curvature pairs (s, y, 1 / s.y) to start from, oldest first
-      (a warm start's: see `carried`), updated in place to the last ones;
-      None starts without.
 
   Returns:
     (theta at the end, iterations done).
   """
   value, grad = fun(theta)
-  pairs = memory if memory is not None else []
+  pairs: List[Tuple[np.ndarray, np.ndarray, float]] = []
   done = 0
   for done in range(1, max_iterations + 1):
     if np.max(np.abs(grad)) < 1e-10:
@@ -162,7 +158,8 @@ def lbfgs(fun: Callable[[np.ndarray], Tuple[float, np.ndarray]],
     sy = dot(s, y)
     if sy > 1e-12:
       pairs.append((s, y, 1.0 / sy))
-      del pairs[:-_MEMORY]
+      if len(pairs) > _MEMORY:
+        pairs.pop(0)
     decrease = (value - new_value) / max(abs(value), abs(new_value), 1e-12)
     theta, value, grad = new_theta, new_value, new_grad
     if callback is not None:
@@ -204,8 +201,6 @@ class Fit:
   theta: np.ndarray
   problem: Problem
   iterations: int
-  # The L-BFGS curvature pairs at the end (see `lbfgs`), for `carried`.
-  memory: list = dataclasses.field(default_factory=list)
 
   def head(self) -> Head:
     """The fitted layer in the input space (standardisation folded in)."""
@@ -217,28 +212,6 @@ class Fit:
   def predict_proba(self, x: np.ndarray) -> np.ndarray:
     """float32 [m, N] class probabilities of vectors x float32 [m, D]."""
     return self.head().predict_proba(x)
-
-
-def carried(fit: Optional[Fit], l2: float) -> Optional[list]:
-  """The curvature pairs of `fit` for a warm start at L2 strength l2: its
-  last pairs, each y moved by (l2 - fit's l2) * s on the weights (exact for
-  the same vectors, since the L2 term's Hessian is l2 on W and 0 on b; an
-  approximation that L-BFGS replaces as it goes when the vectors differ,
-  e.g. a fold's); pairs no longer of positive curvature are left out.
-  Starting with them saves the first iterations of a warm-started fit,
-  which would otherwise rebuild the curvature from steepest descent. None
-  for no fit."""
-  if fit is None:
-    return None
-  weights = np.ones_like(fit.theta)
-  weights[-fit.problem.classes:] = 0.0
-  out = []
-  for s, y, _ in fit.memory:
-    y = y + (l2 - fit.problem.l2) * weights * s
-    sy = dot(s, y)
-    if sy > 1e-12:
-      out.append((s, y, 1.0 / sy))
-  return out
 
 
 def class_sample_weight(class_weights: Optional[np.ndarray], y: np.ndarray
@@ -283,7 +256,7 @@ class SoftmaxLbfgs:
   def fit(self, x: np.ndarray, y: np.ndarray, num_classes: int,
           sample_weight: Optional[np.ndarray] = None,
           start: Optional[np.ndarray] = None, standard=None,
-          callback=None, memory: Optional[list] = None) -> Fit:
+          callback=None) -> Fit:
     """Fits x float32 [n, D] to class ids y int [n] in [0, num_classes).
 
     Args:
@@ -291,8 +264,6 @@ class SoftmaxLbfgs:
       start: theta to start from (a warm start), None for zeros.
       standard: (mean, scale) of `standardisation`, None to compute it.
       callback: called (iteration, theta, problem) after each iteration.
-      memory: curvature pairs to start from (`carried` of the fit that
-        gave `start`), None for none.
     """
     if standard is None:
       standard = standardisation(x, self.standardise)
@@ -301,9 +272,8 @@ class SoftmaxLbfgs:
                       self.label_smoothing, sample_weight)
     theta0 = (np.zeros((x.shape[1] + 1) * num_classes) if start is None
               else start)
-    pairs = list(memory or [])
     theta, iterations = lbfgs(problem, theta0, self.max_iterations,
                               self.tolerance,
                               None if callback is None else
-                              lambda i, v, t: callback(i, t, problem), pairs)
-    return Fit(theta, problem, iterations, pairs)
+                              lambda i, v, t: callback(i, t, problem))
+    return Fit(theta, problem, iterations)

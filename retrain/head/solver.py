@@ -42,9 +42,8 @@ test set (this module is never given it):
   for folds): it is fitted on what there is.
 
 Candidates are fitted from the strongest L2 to the weakest, each starting
-from the previous one's solution (and, on one training set, its L-BFGS
-curvature pairs moved to the new L2: lbfgs.carried), which cuts the
-iterations of the grid several-fold.
+from the previous one's solution, which cuts the iterations of the grid
+several-fold.
 
 Held-out predictions (`HeldOut`): when the final head trained on
 validation (the refit, k-fold and single cases), its own predictions on
@@ -232,12 +231,12 @@ class _Task:
   class_weights: Optional[np.ndarray] = None
 
   def fit(self, c: Candidate, x: np.ndarray, y: np.ndarray, start=None,
-          standard=None, callback=None, memory=None) -> lbfgs_lib.Fit:
+          standard=None, callback=None) -> lbfgs_lib.Fit:
     """Candidate c fitted on x [n, D], y [n] (see SoftmaxLbfgs.fit)."""
     return lbfgs_lib.SoftmaxLbfgs.of(c.l2, c.label_smoothing, self.options
                                      ).fit(x, y, self.num_classes,
                                            lbfgs_lib.class_sample_weight(self.class_weights, y),
-                                           start, standard, callback, memory)
+                                           start, standard, callback)
 
   def score(self, head: Head, x: np.ndarray, y: np.ndarray):
     """(correct, summed cross entropy) of head on x, y, each image weighed
@@ -286,21 +285,18 @@ def _score_grid(candidates: Sequence[Candidate], x, y, held_x, held_y,
                 task: _Task, solutions: Optional[list] = None
                 ) -> List[Tuple[float, float, int]]:
   """(correct, summed cross entropy, iterations) of each candidate fitted
-  on x, y and scored on held_x, held_y; warm-started along the grid (each
-  fit from the previous one's parameters and L-BFGS curvature pairs, see
-  lbfgs.carried). Each candidate's (parameters, curvature pairs) are
-  appended to `solutions` if given. With class weights the fit and both
-  scores weigh each image by its class's weight."""
+  on x, y and scored on held_x, held_y; warm-started along the grid. Each
+  candidate's parameters are appended to `solutions` if given. With class
+  weights the fit and both scores weigh each image by its class's weight."""
   standard = lbfgs_lib.standardisation(x, task.options.standardise)
-  scores, last, smoothing = [], None, None
+  scores, start, smoothing = [], None, None
   for c in candidates:
     if c.label_smoothing != smoothing:
-      last, smoothing = None, c.label_smoothing
-    fit = task.fit(c, x, y, None if last is None else last.theta, standard,
-                   memory=lbfgs_lib.carried(last, c.l2))
-    last = fit
+      start, smoothing = None, c.label_smoothing
+    fit = task.fit(c, x, y, start, standard)
+    start = fit.theta
     if solutions is not None:
-      solutions.append((fit.theta, fit.memory))
+      solutions.append(fit.theta)
     scores.append((*task.score(fit.head(), held_x, held_y), fit.iterations))
   return scores
 
@@ -319,7 +315,7 @@ def _held_out(final: lbfgs_lib.Fit, refit: bool, sets: _Sets,
   all_groups = np.concatenate([groups, np.max(groups, initial=-1) + 1 +
                                np.arange(n_val)])
   crossed = held_out_lib.cross_fit(sets.all_x, sets.all_y, all_groups, task.num_classes,
-                      chosen, task.options, start=final,
+                      chosen, task.options, start=final.theta,
                       class_weights=task.class_weights)
   if crossed is None:
     return None
@@ -357,9 +353,9 @@ def _choose(sets: _Sets, task: _Task):
 
   Returns:
     (selection, candidates scored, chosen, reason, solutions): solutions
-    holds each candidate's (parameters, L-BFGS curvature pairs) fitted on
-    training when validation chose, the mean of its k folds' parameters
-    (and the last fold's pairs) when k-fold did (else empty).
+    holds each candidate's parameters fitted on training when validation
+    chose, the mean of its k folds' parameters when k-fold did (else
+    empty).
   """
   options, num_classes, val_y = task.options, task.num_classes, sets.val_y
   candidates = _grid(options)
@@ -368,7 +364,7 @@ def _choose(sets: _Sets, task: _Task):
   all_y = sets.all_y
   smallest_class = int(np.bincount(all_y, minlength=num_classes)[
       trained].min())
-  solutions: List[tuple] = []
+  solutions: List[np.ndarray] = []
   if len(candidates) == 1:
     return 'single', candidates, candidates[0], 'one candidate setting only', []
   if len(val_y) and val_counts.min() >= options.min_validation_per_class:
@@ -388,7 +384,7 @@ def _choose(sets: _Sets, task: _Task):
       scores.append((head_math.correct(logits, all_y, weights),
                      head_math.cross_entropy(logits, all_y, weights,
                                              total=True), iterations))
-      solutions.append((theta, None))
+      solutions.append(theta)
     reason = (f'best {options.folds}-fold cross-validation accuracy on '
               f'training + validation (N={len(all_y)}) of {len(candidates)} '
               f'settings: validation has only {int(val_counts.min())} '
@@ -480,11 +476,11 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
   fit_x, fit_y = (sets.all_x, sets.all_y) if refit else (train_x, train_y)
   record = _Curve(fit_y, val_x, val_y, watch_val=not refit and len(val_y) > 0)
   # The chosen candidate's fit on training (or the mean of its fits on
-  # the k folds) starts the final fit, with its curvature pairs (with
-  # validation added it moves a little): ~30% fewer iterations in all.
-  start, memory = (solutions[candidates.index(chosen)] if solutions and
-                   options.standardise is False else (None, None))
-  fit = task.fit(chosen, fit_x, fit_y, start, callback=record, memory=memory)
+  # the k folds) starts the final fit (with validation added it moves a
+  # little): ~30% fewer iterations in all.
+  start = (solutions[candidates.index(chosen)] if solutions and
+           options.standardise is False else None)
+  fit = task.fit(chosen, fit_x, fit_y, start, callback=record)
   reason = f'{_describe(chosen)}: {reason}'
   if refit and len(val_y):
     reason += '; refitted on training + validation'
@@ -494,9 +490,9 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
   # (In the validation case the chosen candidate's fit on training is that
   # head already: restarting from it stops at once.)
   if selection != 'validation' or start is None:
-    start, memory = fit.theta, fit.memory
+    start = fit.theta
   train_only = fit.head() if not (refit and len(val_y)) else task.fit(
-      chosen, train_x, train_y, start, memory=memory).head()
+      chosen, train_x, train_y, start).head()
   seconds = time.monotonic() - started
   logging.info('Head solver (L-BFGS): %s; final fit %d iterations on %d '
                'images, %.1f s in all.', reason, fit.iterations, len(fit_y),
