@@ -2,6 +2,7 @@
 come from predictions of heads that did not train on the image: the
 solver's out-of-fold logits when the final head trained on validation."""
 
+import dataclasses
 import json
 import types
 
@@ -30,30 +31,47 @@ def _overlapping(n_per_class, classes=3, dim=120, spread=5.0, seed=0):
   return x.astype(np.float32), y
 
 
-def test_cross_fit_never_predicts_an_image_with_a_head_that_trained_on_it(
-    monkeypatch):
+def test_cross_fit_never_predicts_an_image_with_a_head_that_trained_on_it():
   x, y = _overlapping(12, dim=6, spread=1.0)
-  # Column 0 names the group (an image and its distorted copy share one).
+  # An image and its distorted copy share one group.
   groups = np.concatenate([np.arange(len(y)), np.arange(0, len(y), 3)])
   y = np.concatenate([y, y[::3]])
   x = np.concatenate([x, x[::3] + 0.01])
-  x[:, 0] = groups
-  trained_on = []
-  real_fit = lbfgs.SoftmaxLbfgs.fit
-
-  def spy(self, fx, *args, **kwargs):
-    trained_on.append(set(fx[:, 0].astype(int)))
-    return real_fit(self, fx, *args, **kwargs)
-
-  monkeypatch.setattr(lbfgs.SoftmaxLbfgs, 'fit', spy)
-  logits, folds, _ = held_out.cross_fit(x, y, groups, 3, solver.Candidate(
-      0.1, 0.0), OPTIONS)
-  assert folds == OPTIONS.folds and len(trained_on) == folds
+  tight = dataclasses.replace(OPTIONS, tolerance=1e-13, max_iterations=3000)
+  chosen = solver.Candidate(0.1, 0.0)
+  logits, folds, _ = held_out.cross_fit(x, y, groups, 3, chosen, tight)
+  assert folds == OPTIONS.folds
   assert not np.isnan(logits).any()
   fold = folds_lib.group_folds(y, groups, folds, OPTIONS.seed)
-  for k, seen in enumerate(trained_on):
-    held = set(groups[fold == k])
-    assert held and not held & seen  # Copies held out with their source.
+  fitter = lbfgs.SoftmaxLbfgs.of(chosen.l2, chosen.label_smoothing, tight)
+  for k in range(folds):
+    held = fold == k
+    # Copies held out with their source.
+    assert held.any() and not set(groups[held]) & set(groups[~held])
+    # The fold's logits are those of a head fitted on the other folds
+    # alone (all folds are fitted as one problem).
+    alone = fitter.fit(x[~held], y[~held], 3).head().logits(x[held])
+    np.testing.assert_allclose(logits[held], alone, atol=2e-3)
+
+
+def test_the_k_fold_grid_scores_each_fold_by_a_head_fitted_on_the_others():
+  """fold_grid fits every fold of each candidate as one problem, warm
+  started along the grid: each fold's logits are those of the candidate
+  fitted cold on the other folds alone."""
+  x, y = _overlapping(10, dim=8, spread=1.0)
+  tight = dataclasses.replace(OPTIONS, tolerance=1e-13, max_iterations=3000,
+                              folds=3)
+  fold = folds_lib.stratified_folds(y, 3, 0)
+  candidates = [solver.Candidate(1.0, 0.0), solver.Candidate(0.01, 0.0)]
+  scored = held_out.fold_grid(candidates, x, y, 3, fold, tight)
+  assert len(scored) == 2
+  for c, (logits, mean_theta, iterations) in zip(candidates, scored):
+    assert iterations > 0 and mean_theta.shape == ((8 + 1) * 3,)
+    fitter = lbfgs.SoftmaxLbfgs.of(c.l2, c.label_smoothing, tight)
+    for k in range(3):
+      held = fold == k
+      alone = fitter.fit(x[~held], y[~held], 3).head().logits(x[held])
+      np.testing.assert_allclose(logits[held], alone, atol=2e-3)
 
 
 def _solved(tmp_path, overlap_seed=0, **settings):

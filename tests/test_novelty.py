@@ -239,3 +239,35 @@ def test_an_int8_tflite_model_has_no_novelty_output_and_says_so(
     assert loaded.novelty_threshold == float('inf')
     assert not any(r.novel for r in records)
     assert all(r.novelty is None for r in records)
+
+
+def test_fold_fits_from_the_shared_gram_match_fits_on_the_fold_rows():
+  """Each held-out fit reads the one shared Gram matrix and class sums; it
+  gives the score a fit on that fold's rows alone gives."""
+  x, y, _, _ = _classes(60, dim=30)
+  fold = np.arange(len(y)) % 3
+  shared = novelty._Shared(x + 4.0, y, 4, fold)
+  for k in range(3):
+    inside = fold != k
+    alone = novelty.fit(x[inside] + 4.0, y[inside], 4, components=6)
+    from_shared = shared.fit(6, k)
+    assert from_shared.shrinkage == pytest.approx(alone.shrinkage, rel=1e-4)
+    np.testing.assert_allclose(from_shared.means, alone.means, atol=1e-4)
+    np.testing.assert_allclose(from_shared.scores(x[~inside] + 4.0),
+                               alone.scores(x[~inside] + 4.0), rtol=1e-4)
+
+
+def test_the_float32_gram_gives_the_float64_scores_within_1e_4():
+  """The Gram matrix and basis in float32 (the default; rows centred
+  first) against float64: scores and threshold agree to 1e-4 relative,
+  also on vectors far from the origin."""
+  x, y, _, _ = _classes(100, dim=40)
+  x = x + 50.0
+  fold = np.arange(len(y)) % 4
+  single = novelty._Shared(x, y, 4, fold).fit(8)
+  double = novelty._Shared(x, y, 4, fold, dtype=np.float64).fit(8)
+  assert single.shrinkage == pytest.approx(double.shrinkage, rel=1e-4)
+  np.testing.assert_allclose(single.scores(x), double.scores(x), rtol=1e-4)
+  held = novelty.fit_held_out(x, y, 4, 8, 0.9, fold, 'test')
+  assert held.threshold == pytest.approx(np.quantile(held.held_out_scores,
+                                                     0.9))

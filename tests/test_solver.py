@@ -10,6 +10,7 @@ import pytest
 from retrain.config import DEFAULTS
 from retrain.errors import DatasetError
 from retrain.head import auto, folds, lbfgs, solver
+from retrain.head import math as head_math
 from retrain.head import train as train_lib
 from retrain.report import confidence
 from retrain.report import head_solver as solve
@@ -53,8 +54,11 @@ def test_converges_on_separable_data():
   b = head.biases + mean @ head.weights
   _, grad = problem(np.concatenate([w_std.ravel(), b]))
   assert np.max(np.abs(grad)) < 1e-3
-  # The curve of the final fit: cross entropy falls to its end value.
-  assert result.history[0].cross_entropy > result.history[-1].cross_entropy
+  # The curve of the final fit ends at the final head's cross entropy on
+  # the images it fitted (warm-started from the mean of the k folds' fits,
+  # the cross entropy alone need not fall: the objective adds the L2 term).
+  assert result.history[-1].cross_entropy == pytest.approx(
+      head_math.cross_entropy(head.logits(fit_x), fit_y), rel=1e-4)
   assert result.history[-1].train_accuracy == 1.0
 
 
@@ -278,3 +282,4 @@ def test_one_fit_shape_for_the_solver_and_a_single_fit():
   assert chosen.selection == 'single'
   np.testing.assert_allclose(chosen.head.weights, fitted.head().weights,
                              rtol=1e-5, atol=1e-6)
+

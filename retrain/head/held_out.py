@@ -7,6 +7,7 @@ import dataclasses
 from typing import Optional, Tuple
 
 import numpy as np
+import tensorflow as tf
 
 from retrain.head import folds as folds_lib
 from retrain.head import lbfgs as lbfgs_lib
@@ -112,12 +113,14 @@ def cross_fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray,
   SolverOptions (folds, seed and the fitting limits).
 
   Each fold (group_folds, up to options.folds, fewer when a class has
-  fewer groups) is predicted by a head fitted on the other folds, warm
-  started from `start` (the final fit's parameters).
+  fewer groups) is predicted by a head fitted on the other folds; the
+  folds' heads are fitted as one problem (_Folds), each warm started from
+  `start` (the final fit's parameters).
 
   Returns:
-    (logits float32 [n, N], folds, iterations summed), or None when some
-    class that has rows has fewer than two groups (nothing to hold out).
+    (logits float32 [n, N], folds, iterations of the joint fit), or None
+    when some class that has rows has fewer than two groups (nothing to
+    hold out).
   """
   _, first = np.unique(groups, return_index=True)
   per_class = np.bincount(y[first], minlength=num_classes)
@@ -125,15 +128,99 @@ def cross_fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray,
   if folds < 2:
     return None
   fold = folds_lib.group_folds(y, groups, folds, options.seed)
-  logits = np.full((len(y), num_classes), np.nan, np.float32)
-  iterations = 0
-  fitter = lbfgs_lib.SoftmaxLbfgs.of(chosen.l2, chosen.label_smoothing,
-                                     options)
-  for k in range(folds):
-    inside = fold != k
-    fit = fitter.fit(x[inside], y[inside], num_classes,
-                     lbfgs_lib.class_sample_weight(class_weights, y[inside]),
-                     start)
-    logits[~inside] = fit.head().logits(x[~inside])
-    iterations += fit.iterations
-  return logits, folds, iterations
+  problem = _Folds(x, y, num_classes, fold, folds, chosen, options,
+                   lbfgs_lib.class_sample_weight(class_weights, y))
+  theta0 = np.tile(np.zeros((x.shape[1] + 1) * num_classes) if start is None
+                   else start, folds)
+  theta, iterations = lbfgs_lib.lbfgs(problem, theta0, options.max_iterations,
+                                      options.tolerance)
+  return problem.out_of_fold(theta, fold), folds, iterations
+
+
+def fold_grid(candidates, x: np.ndarray, y: np.ndarray, num_classes: int,
+              fold: np.ndarray, options,
+              class_weights: Optional[np.ndarray] = None) -> list:
+  """k-fold scores of solver Candidates on x float32 [n, D], y int [n] in
+  [0, num_classes), fold int [n] in [0, options.folds) (class_weights as in
+  cross_fit): for each candidate, in order, every
+  fold's fit on the other folds as one problem (see _Folds), warm-started
+  from the previous candidate's (the grid's L2 path; from zeros when the
+  label smoothing changes).
+
+  Returns:
+    [(out-of-fold logits float32 [n, N], the mean of the folds' parameters
+    float64 [(D + 1) * N], L-BFGS iterations)] in the candidates' order.
+  """
+  weights = lbfgs_lib.class_sample_weight(class_weights, y)
+  out, problem, theta = [], None, None
+  for c in candidates:
+    if problem is None or problem.smoothing != c.label_smoothing:
+      problem = _Folds(x, y, num_classes, fold, options.folds, c, options,
+                       weights)
+      theta = np.zeros(options.folds * (x.shape[1] + 1) * num_classes)
+    problem.l2 = c.l2
+    theta, iterations = lbfgs_lib.lbfgs(problem, theta, options.max_iterations,
+                                        options.tolerance)
+    out.append((problem.out_of_fold(theta, fold),
+                theta.reshape(options.folds, -1).mean(0), iterations))
+  return out
+
+
+class _Folds:
+  """The `folds` fits of cross_fit as one L-BFGS problem: the sum of each
+  fold's objective (lbfgs.Problem's, on the rows outside the fold, with
+  their own standardisation), over the folds' parameters side by side,
+  theta float64 [folds * (D + 1) * N]. The products with the vectors
+  x float32 [n, D] are one [n, D] x [D, folds * N] product each way for
+  every fold at once, where separate fits read the vectors once a fold:
+  those products are a fit's cost, and the joint fit takes about as many
+  iterations as its slowest fold."""
+
+  def __init__(self, x, y, num_classes: int, fold, folds: int, chosen,
+               options, weights=None):
+    self.x, self.classes, self.folds = tf.constant(x), num_classes, folds
+    self.l2, self.dim = chosen.l2, x.shape[1]
+    self.smoothing = chosen.label_smoothing
+    inside = (fold[:, None] != np.arange(folds)).astype(np.float64)
+    if weights is not None:
+      inside *= np.asarray(weights, np.float64)[:, None]
+    self.share = (inside / np.maximum(inside.sum(0), 1e-300))[..., None]
+    self.targets = head_math.smoothed_targets(
+        y, num_classes, chosen.label_smoothing)[:, None]  # [n, 1, N]
+    standards = [lbfgs_lib.standardisation(x[fold != k], options.standardise)
+                 for k in range(folds)]
+    self.mean = np.stack([m for m, _ in standards], 1)  # [D, folds]
+    self.scale = np.stack([s for _, s in standards], 1)
+
+  def _split(self, theta):
+    """(W float64 [D, folds, N] standardised, b [folds, N])."""
+    blocks = theta.reshape(self.folds, self.dim + 1, self.classes)
+    return blocks[:, :-1].transpose(1, 0, 2), blocks[:, -1]
+
+  def logits(self, theta) -> np.ndarray:
+    """float64 [n, folds, N]: each fold's head's logits of every row."""
+    w, b = self._split(theta)
+    w_in = w / self.scale[..., None]
+    z = tf.matmul(self.x, tf.constant(w_in.reshape(self.dim, -1), tf.float32))
+    bias = b - np.einsum('dk,dkn->kn', self.mean, w_in)
+    return z.numpy().astype(np.float64).reshape(len(self.share), self.folds,
+                                                -1) + bias
+
+  def out_of_fold(self, theta, fold) -> np.ndarray:
+    """float32 [n, N]: each row's logits by the head of its fold."""
+    return self.logits(theta)[np.arange(len(fold)), fold].astype(np.float32)
+
+  def __call__(self, theta):
+    w, _ = self._split(theta)
+    log_p = head_math.log_softmax(self.logits(theta))
+    g = (np.exp(log_p) - self.targets) * self.share  # [n, folds, N]
+    gx = tf.matmul(self.x, tf.constant(g.reshape(len(g), -1), tf.float32),
+                   transpose_a=True).numpy().astype(np.float64)
+    gx = gx.reshape(self.dim, self.folds, self.classes)
+    gb = g.sum(0)  # [folds, N]
+    gw = ((gx - self.mean[..., None] * gb) / self.scale[..., None] +
+          self.l2 * w)
+    loss = (-np.sum(self.share * self.targets * log_p) +
+            0.5 * self.l2 * float(np.sum(w * w)))
+    grad = np.concatenate([gw.transpose(1, 0, 2), gb[:, None]], 1)
+    return loss, grad.ravel()

@@ -45,19 +45,21 @@ from retrain.common import names
 from retrain.errors import DatasetError
 from retrain.head import math as head_math
 
-# Rows the covariance is estimated from at most (evenly spread over the
-# rows given): the eigenvectors come from an n x n Gram matrix, which past
-# a thousand or two rows costs more than it adds.
+# Rows each held-out fit's covariance is estimated from at most, about
+# (evenly spread over the rows given; every fit of one fit_held_out reads
+# one shared sample, of which the fit on all rows takes every row): the
+# eigenvectors come from an n x n Gram matrix, which past a thousand or two
+# rows costs more than it adds.
 MAX_COVARIANCE_ROWS = 1500
 
 
-def _matmul(a: np.ndarray, b: np.ndarray, transpose_b: bool = False
-            ) -> np.ndarray:
-  """float64 a @ b (or a @ b.T) in TensorFlow: numpy's threaded BLAS on 2
-  busy cores took minutes for what TensorFlow does in seconds (as in
-  retrain.head.solver)."""
-  return tf.matmul(tf.constant(a, tf.float64), tf.constant(b, tf.float64),
-                   transpose_b=transpose_b).numpy()
+def _matmul(a: np.ndarray, b: np.ndarray, transpose_b: bool = False,
+            dtype=np.float64) -> np.ndarray:
+  """a @ b (or a @ b.T) in TensorFlow in `dtype`, returned as float64:
+  numpy's threaded BLAS on 2 busy cores took minutes for what TensorFlow
+  does in seconds (as in retrain.head.solver)."""
+  return tf.matmul(tf.constant(a, dtype), tf.constant(b, dtype),
+                   transpose_b=transpose_b).numpy().astype(np.float64)
 
 
 def check_keep(keep: float) -> None:
@@ -150,37 +152,102 @@ class Novelty:
             'flagged_when': 'novelty > threshold'}
 
 
-def _rows(n: int, cap: int) -> np.ndarray:
-  return head_math.evenly_spread(n, cap)
-
-
 def fit(x: np.ndarray, y: np.ndarray, num_classes: int,
         components: int) -> Novelty:
   """Fits the score on vectors x float32 [n, D] of class ids y int [n]
   (every class in [0, num_classes) needs a row; a class without any gets
   the overall mean, which no photo of it is likely to be near)."""
-  x = np.asarray(x, np.float64)
-  y = np.asarray(y)
-  centre = x.mean(0)
-  means = np.stack([x[y == c].mean(0) if np.any(y == c) else centre
-                    for c in range(num_classes)]) - centre
-  rows = _rows(len(y), MAX_COVARIANCE_ROWS)
-  within = x[rows] - centre - means[y[rows]]  # [n, D]
+  return _Shared(x, y, num_classes, np.full(len(y), -1)).fit(components)
+
+
+class _Shared:
+  """What every fit of one fit_held_out shares: per (fold, class) sums of
+  the vectors and one Gram matrix of a sample of rows, from which the fit
+  on all rows and each fit without fold k take their class means and
+  their within-class Gram matrix (W W' = G - X M' - M X' + M M', M the
+  fit's class means of each sampled row), instead of one Gram matrix of
+  D-long rows a fit.
+
+  Args of the constructor: x float [n, D]; y int [n] in [0, num_classes);
+  fold int [n] (-1: in every fit); dtype: of the Gram matrix and the
+  basis products, float32 by default (the rows are centred first, so
+  float32 is exact to about 1e-5 relative; tests compare float64).
+  """
+
+  def __init__(self, x, y, num_classes: int, fold: np.ndarray,
+               dtype=np.float32):
+    x = np.asarray(x, np.float32)
+    self.y, self.fold, self.dtype = np.asarray(y), np.asarray(fold), dtype
+    self.num_classes, self.dim = num_classes, x.shape[1]
+    self.folds = np.unique(self.fold[self.fold >= 0])
+    self.shift = x.mean(0, dtype=np.float64)  # every array is x - shift
+    slot = np.searchsorted(self.folds, self.fold)
+    slot[self.fold < 0] = len(self.folds)
+    key = slot * num_classes + self.y
+    size = (len(self.folds) + 1) * num_classes
+    self.counts = np.bincount(key, minlength=size).reshape(-1, num_classes)
+    self.sums = (_key_sums(x, key, size).reshape(-1, num_classes, self.dim) -
+                 self.counts[..., None] * self.shift)
+    inside = [np.sum(self.fold != k) for k in self.folds] or [len(y)]
+    cap = int(np.ceil(MAX_COVARIANCE_ROWS * len(y) / max(min(inside), 1)))
+    self.rows = head_math.evenly_spread(len(y), cap)
+    self.sample = (x[self.rows] - self.shift).astype(dtype)
+    self.gram = _matmul(self.sample, self.sample, True, dtype)
+
+  def fit(self, components: int, without=None) -> Novelty:
+    """The score fitted on every row but those of fold `without` (None:
+    every row)."""
+    keep = np.ones(len(self.counts), bool)
+    if without is not None:
+      keep[int(np.searchsorted(self.folds, without))] = False
+    counts, sums = self.counts[keep].sum(0), self.sums[keep].sum(0)
+    centre = sums.sum(0) / counts.sum()
+    means = np.where(counts[:, None] > 0,
+                     sums / np.maximum(counts, 1)[:, None], centre)
+    use = (np.flatnonzero(self.fold[self.rows] != without)
+           if without is not None else
+           head_math.evenly_spread(len(self.rows), MAX_COVARIANCE_ROWS))
+    yr = self.y[self.rows[use]]
+    cross = _matmul(self.sample[use], means, True, self.dtype)[:, yr]
+    gram = (self.gram[np.ix_(use, use)] - cross - cross.T +
+            _matmul(means, means, True)[np.ix_(yr, yr)])
+    within = self.sample[use] - means[yr].astype(self.dtype)
+    return _from_gram(within, gram, components, self.dtype,
+                      (self.shift + centre, means - centre))
+
+
+def _key_sums(x: np.ndarray, key: np.ndarray, size: int) -> np.ndarray:
+  """float64 [size, D] sums of the rows of x float [n, D] of each key int
+  [n] in [0, size) (zeros for a key without rows)."""
+  order = np.argsort(key, kind='stable')
+  present, starts = np.unique(key[order], return_index=True)
+  out = np.zeros((size, x.shape[1]))
+  if len(order):
+    out[present] = np.add.reduceat(x[order], starts, axis=0, dtype=np.float64)
+  return out
+
+
+def _from_gram(within: np.ndarray, gram: np.ndarray, components: int,
+               dtype, centre_means: tuple) -> Novelty:
+  """The Novelty of within-class rows within [n, D] (`dtype`), their Gram
+  matrix gram float64 [n, n] and (centre float [D], means float [N, D]
+  minus centre)."""
   n, dim = within.shape
-  gram = _matmul(within, within, transpose_b=True)  # [n, n]: gives C's
   values, vectors = _top_eigen(gram, components)
   eig = values / n  # C's largest eigenvalues, largest first
   mean_eig = float(np.trace(gram)) / n / dim
   # Ledoit-Wolf: a = sum_i |x_i x_i' - C|^2 / n^2 over |C - mean_eig I|^2;
   # |C|^2 = |gram|^2 / n^2.
   fro2 = float(np.sum(gram ** 2)) / n ** 2
-  beta2 = (float(np.sum(np.sum(within ** 2, 1) ** 2)) / n - fro2) / n
+  beta2 = (float(np.sum(np.diag(gram) ** 2)) / n - fro2) / n
   delta2 = fro2 - dim * mean_eig ** 2
   a = float(np.clip(beta2 / delta2, 0.0, 1.0)) if delta2 > 0 else 1.0
   k = int(min(components, np.sum(values > 1e-12 * max(values[0], 1e-30))))
-  basis = _matmul(within.T.copy(), vectors[:, :k] / np.sqrt(values[:k]))
+  basis = _matmul(within.T, vectors[:, :k] / np.sqrt(values[:k]),
+                  dtype=dtype)
   rest_eig = ((mean_eig * dim - eig[:k].sum()) / max(dim - k, 1) * (1 - a) +
               a * mean_eig)
+  centre, means = centre_means
   return Novelty(centre.astype(np.float32), means.astype(np.float32),
                  basis.astype(np.float32),
                  (1.0 / ((1 - a) * eig[:k] + a * mean_eig)).astype(
@@ -196,13 +263,17 @@ def _top_eigen(gram: np.ndarray, count: int, oversample: int = 10,
   eigh of 1,500 x 1,500 took 20 s on 2 busy cores, this well under one."""
   n = len(gram)
   width = min(n, count + oversample)
-  q = np.random.default_rng(0).normal(size=(n, width))
+  g = tf.constant(gram, tf.float64)
+  q = tf.constant(np.random.default_rng(0).normal(size=(n, width)))
   for _ in range(iterations):
-    q = tf.linalg.qr(tf.constant(_matmul(gram, q)))[0].numpy()
-  small = q.T @ _matmul(gram, q)
-  values, vectors = np.linalg.eigh((small + small.T) / 2)
-  order = np.argsort(values)[::-1][:min(count, n)]
-  return np.maximum(values[order], 0.0), q @ vectors[:, order]
+    q = tf.linalg.qr(tf.matmul(g, q))[0]
+  small = tf.matmul(q, tf.matmul(g, q), transpose_a=True)
+  # numpy's eigh and products here took 0.3 s each on 2 busy cores (its
+  # BLAS threads), TensorFlow's a few milliseconds.
+  values, vectors = tf.linalg.eigh((small + tf.transpose(small)) / 2)
+  order = np.argsort(values.numpy())[::-1][:min(count, n)]
+  return (np.maximum(values.numpy()[order], 0.0),
+          tf.matmul(q, tf.gather(vectors, order, axis=1)).numpy())
 
 
 def fit_held_out(x: np.ndarray, y: np.ndarray, num_classes: int,
@@ -212,13 +283,12 @@ def fit_held_out(x: np.ndarray, y: np.ndarray, num_classes: int,
   out-of-fold scores: rows of fold k scored by a model fitted on the rest
   (fold int [n], e.g. retrain.head.folds.group_folds of the originals;
   rows of fold -1 are never scored, always in the fit)."""
-  novelty = fit(x, y, num_classes, components)
+  shared = _Shared(x, y, num_classes, fold)
+  novelty = shared.fit(components)
   scored = fold >= 0
   scores = np.empty(len(y))
-  for k in np.unique(fold[scored]):
-    inside = fold != k
-    scores[~inside] = fit(x[inside], y[inside], num_classes,
-                          components).scores(x[~inside])
+  for k in shared.folds:
+    scores[fold == k] = shared.fit(components, k).scores(x[fold == k])
   scores = scores[scored]
   novelty.threshold = float(np.quantile(scores, keep))
   novelty.keep, novelty.held_out = keep, held_out

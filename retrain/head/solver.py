@@ -35,7 +35,9 @@ test set (this module is never given it):
   better, docs/accuracy.md).
 - `k-fold`: otherwise (a validation set too small to choose on), `folds`-fold
   cross-validation on training + validation together, folds stratified by
-  class; the chosen setting is then fitted on all of training + validation.
+  class (each candidate's folds fitted as one problem, see
+  held_out.fold_grid); the chosen setting is then fitted on all of training
+  + validation, starting from the mean of its folds' fits.
 - `single`: one candidate only (or no validation images and too few images
   for folds): it is fitted on what there is.
 
@@ -48,8 +50,10 @@ validation (the refit, k-fold and single cases), its own predictions on
 those images would flatter it, so the chosen setting is cross-fitted: the
 rows of training + validation are dealt into `folds` folds (stratified by
 class, rows of one group, e.g. an image and its distorted copies, always
-together) and each fold is predicted by a head fitted on the others, warm
-started from the final fit (a few dozen iterations each). The out-of-fold
+together) and each fold is predicted by a head fitted on the others; the
+folds' heads are fitted as one problem (one product of the vectors with
+every fold's weights an evaluation), warm started from the final fit (a
+few dozen iterations in all). The out-of-fold
 logits of every training and validation photo (distorted copies aside) are
 what every "validation" figure (accuracy, per-class metrics, confusion,
 TensorBoard, head_solver.json), the temperature and the rejection
@@ -350,7 +354,8 @@ def _choose(sets: _Sets, task: _Task):
   Returns:
     (selection, candidates scored, chosen, reason, solutions): solutions
     holds each candidate's parameters fitted on training when validation
-    chose (else empty).
+    chose, the mean of its k folds' parameters when k-fold did (else
+    empty).
   """
   options, num_classes, val_y = task.options, task.num_classes, sets.val_y
   candidates = _grid(options)
@@ -371,14 +376,15 @@ def _choose(sets: _Sets, task: _Task):
   elif smallest_class >= options.folds:
     selection, held = 'k-fold', _held(all_y, task.class_weights)
     fold = folds_lib.stratified_folds(all_y, options.folds, options.seed)
-    totals = np.zeros((len(candidates), 3))
-    all_x = sets.all_x
-    for k in range(options.folds):
-      inside = fold != k
-      totals += np.array(_score_grid(
-          candidates, all_x[inside], all_y[inside], all_x[~inside],
-          all_y[~inside], task), np.float64)
-    scores = [tuple(t) for t in totals]
+    weights = lbfgs_lib.class_sample_weight(task.class_weights, all_y)
+    scores = []
+    for logits, theta, iterations in held_out_lib.fold_grid(
+        candidates, sets.all_x, all_y, num_classes, fold, options,
+        task.class_weights):
+      scores.append((head_math.correct(logits, all_y, weights),
+                     head_math.cross_entropy(logits, all_y, weights,
+                                             total=True), iterations))
+      solutions.append(theta)
     reason = (f'best {options.folds}-fold cross-validation accuracy on '
               f'training + validation (N={len(all_y)}) of {len(candidates)} '
               f'settings: validation has only {int(val_counts.min())} '
@@ -469,8 +475,9 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
   refit = selection != 'validation' or options.refit
   fit_x, fit_y = (sets.all_x, sets.all_y) if refit else (train_x, train_y)
   record = _Curve(fit_y, val_x, val_y, watch_val=not refit and len(val_y) > 0)
-  # The chosen candidate's fit on training starts the final fit (with
-  # validation added it moves a little): ~30% fewer iterations in all.
+  # The chosen candidate's fit on training (or the mean of its fits on
+  # the k folds) starts the final fit (with validation added it moves a
+  # little): ~30% fewer iterations in all.
   start = (solutions[candidates.index(chosen)] if solutions and
            options.standardise is False else None)
   fit = task.fit(chosen, fit_x, fit_y, start, callback=record)
@@ -482,9 +489,10 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
       np.asarray(train_groups, np.int64), chosen, task)
   # (In the validation case the chosen candidate's fit on training is that
   # head already: restarting from it stops at once.)
+  if selection != 'validation' or start is None:
+    start = fit.theta
   train_only = fit.head() if not (refit and len(val_y)) else task.fit(
-      chosen, train_x, train_y,
-      start if start is not None else fit.theta).head()
+      chosen, train_x, train_y, start).head()
   seconds = time.monotonic() - started
   logging.info('Head solver (L-BFGS): %s; final fit %d iterations on %d '
                'images, %.1f s in all.', reason, fit.iterations, len(fit_y),
