@@ -205,7 +205,7 @@ def test_cli_kill_during_bottlenecks_then_resume(small_config):
   shards = []
   while time.time() < deadline and proc.poll() is None:
     shards = list(cache.glob('*/shard-*.h5'))
-    if len(shards) >= 20:
+    if len(shards) >= 3:
       break
     time.sleep(0.01)
   assert proc.poll() is None, 'run finished before it could be killed'
@@ -218,7 +218,7 @@ def test_cli_kill_during_bottlenecks_then_resume(small_config):
   store = bottleneck_cache.BottleneckStore(small_config.cache.bottleneck_dir,
                                            bottlenecks.cache_namespace(module))
   kept = len(store)
-  assert kept >= len(shards) >= 20
+  assert kept >= len(shards) >= 3
 
   result = pipeline.run(small_config)
   assert result.bottleneck_stats.reused == kept

@@ -50,8 +50,10 @@ _HASH_PART = 10_000
 _MEMO_SAVE_EVERY = 100_000
 # Images decoded at once: one per core.
 _DECODE_THREADS = features.usable_cores()
-# Vectors per cache shard: a shard is ~10 ms of HDF5 work, GIL held.
-STORE_EVERY = 128
+# Vectors per cache shard: a shard is ~10 ms of HDF5 work, GIL held, so
+# a few batches share one; a kill or a full disk loses at most this many
+# photos' vectors (about a second of work).
+STORE_EVERY = 32
 
 
 @dataclasses.dataclass
