@@ -190,6 +190,58 @@ def precision_table(module_name, image_dir, count):
                    int8_bench.SECONDS)
 
 
+def list_images(image_dir):
+  """The image files under image_dir's class folders."""
+  return [os.path.join(d, f) for d, _, files in os.walk(image_dir)
+          for f in files if f.lower().endswith(('.jpg', '.jpeg', '.png'))]
+
+
+def single_module_rows(module, args, rows):
+  """Rows 1-2 for one module: its limit on TF and TFLite and the bottleneck
+  pipeline's rate against it; returns the image count."""
+  from retrain.config import DEFAULTS
+  from retrain.features import tflite_runtime
+  batches = [int(b) for b in args.batch_sizes.split(',')]
+  print('TensorFlow runtime:', flush=True)
+  tf_limit, tf_batch = module_limit(module, batches)
+  tflite_limit, tflite_batch = 0.0, None
+  lite = tflite_runtime.with_runtime(module, 'tflite')
+  if lite is not module:
+    print(f'TFLite runtime (XNNPACK, {lite.parallel_calls} 1-thread '
+          'interpreters):', flush=True)
+    tflite_limit, tflite_batch = max(
+        (module_limit(tflite_runtime.with_runtime(module, 'tflite',
+                                                  invoke_batch=b), [b])
+         for b in batches), key=lambda r: r[0])
+  limit = max(tf_limit, tflite_limit)
+  best = ('TFLite' if tflite_limit > tf_limit else 'TF',
+          tflite_batch if tflite_limit > tf_limit else tf_batch)
+  runner = tflite_runtime.with_runtime(module, DEFAULTS.cache.bottleneck_runtime)
+  runtime = 'TFLite' if runner is not module else 'TF'
+  rates = []
+  for _ in range(args.repeats):
+    rate, count, _ = pipeline_throughput(runner, args.image_dir,
+                                         DEFAULTS.cache.bottleneck_batch_size)
+    print(f'  bottleneck pipeline: {rate:7.1f} images/s', flush=True)
+    rates.append(rate)
+  rate = statistics.median(rates)
+  rows.extend([
+      ('images', f'{count}'),
+      ('1. module alone, TF (best batch %d)' % tf_batch,
+       f'{tf_limit:.1f} images/s'),
+      ('   module alone, TFLite (best batch %s)' % tflite_batch,
+       f'{tflite_limit:.1f} images/s'),
+      ('   limit (%s, batch %s)' % best, f'{limit:.1f} images/s'),
+      ('2. bottleneck pipeline (%s, batch %d%s, median of %d)' % (
+          runtime, DEFAULTS.cache.bottleneck_batch_size,
+          f' invoked {tflite_runtime.INVOKE_BATCH} at a time'
+          if runtime == 'TFLite' else '', len(rates)),
+       f'{rate:.1f} images/s ({100 * rate / limit:.0f}% of the limit; '
+       f'runs {min(rates):.0f}-{max(rates):.0f})'),
+  ])
+  return count
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--image_dir', required=True)
@@ -219,41 +271,23 @@ def main():
   args = parser.parse_args()
 
   from retrain.config import DEFAULTS
-  from retrain.features import modules as features
-  from retrain.features import tflite_runtime
   module_name = args.tfhub_module or DEFAULTS.module.tfhub_module
   work = args.work_dir or tempfile.mkdtemp(prefix='retrain_bench_')
   os.makedirs(work, exist_ok=True)
 
   print(f'Machine: {os.cpu_count()} cores; module {module_name}; images '
         f'{args.image_dir}', flush=True)
-  module = features.load_module(module_name)
-  batches = [int(b) for b in args.batch_sizes.split(',')]
-  print('TensorFlow runtime:', flush=True)
-  tf_limit, tf_batch = module_limit(module, batches)
-  tflite_limit, tflite_batch = 0.0, None
-  lite = tflite_runtime.with_runtime(module, 'tflite')
-  if lite is not module:
-    print(f'TFLite runtime (XNNPACK, {lite.parallel_calls} 1-thread '
-          'interpreters):', flush=True)
-    tflite_limit, tflite_batch = max(
-        (module_limit(tflite_runtime.with_runtime(module, 'tflite',
-                                                  invoke_batch=b), [b])
-         for b in batches), key=lambda r: r[0])
-  limit = max(tf_limit, tflite_limit)
-  best = ('TFLite' if tflite_limit > tf_limit else 'TF',
-          tflite_batch if tflite_limit > tf_limit else tf_batch)
-  runner = tflite_runtime.with_runtime(module, DEFAULTS.cache.bottleneck_runtime)
-  runtime = 'TFLite' if runner is not module else 'TF'
-  rates = []
-  for _ in range(args.repeats):
-    rate, count, _ = pipeline_throughput(runner, args.image_dir,
-                                         DEFAULTS.cache.bottleneck_batch_size)
-    print(f'  bottleneck pipeline: {rate:7.1f} images/s', flush=True)
-    rates.append(rate)
-  rate = statistics.median(rates)
-  del module, lite, runner
-
+  from retrain.features import ensemble as ensemble_lib
+  module = ensemble_lib.load(module_name)
+  rows = []
+  if len(ensemble_lib.members(module)) > 1:
+    # An ensemble's limit and pipeline are the precision table's rows (per
+    # member and for the ensemble, float32 and int8).
+    count = len(list_images(args.image_dir))
+    rows.append(('images', f'{count}'))
+    del module
+  else:
+    count = single_module_rows(module, args, rows)
   if args.int8_images:
     precision_table(module_name, args.image_dir, args.int8_images)
   extra = (('--bottleneck_precision', args.bottleneck_precision)
@@ -262,22 +296,7 @@ def main():
                                           True, extra)
   warm_wall, warm_rss, warm = retrain_run(args.image_dir, module_name, work,
                                           False, extra)
-  steps = cold['config']['how_many_training_steps']
 
-  rows = [
-      ('images', f'{count}'),
-      ('1. module alone, TF (best batch %d)' % tf_batch,
-       f'{tf_limit:.1f} images/s'),
-      ('   module alone, TFLite (best batch %s)' % tflite_batch,
-       f'{tflite_limit:.1f} images/s'),
-      ('   limit (%s, batch %s)' % best, f'{limit:.1f} images/s'),
-      ('2. bottleneck pipeline (%s, batch %d%s, median of %d)' % (
-          runtime, DEFAULTS.cache.bottleneck_batch_size,
-          f' invoked {tflite_runtime.INVOKE_BATCH} at a time'
-          if runtime == 'TFLite' else '', len(rates)),
-       f'{rate:.1f} images/s ({100 * rate / limit:.0f}% of the limit; '
-       f'runs {min(rates):.0f}-{max(rates):.0f})'),
-  ]
   for label, wall, summary, rss in (('cold', cold_wall, cold, cold_rss),
                                     ('warm', warm_wall, warm, warm_rss)):
     t = summary['timings_seconds']
@@ -286,9 +305,8 @@ def main():
         f'{k} {v:.1f}' for k, v in t.items() if k != 'total')
                  + f' (in-process total {t["total"]:.1f} s)'))
     rows.append((f'5. {label} peak RSS', f'{rss:.0f} MiB'))
-  rows.append(('4. training', f'{steps / warm["timings_seconds"]["training"]:.0f}'
-               f' steps/s ({steps} steps in '
-               f'{warm["timings_seconds"]["training"]:.1f} s)'))
+  rows.append(('4. training (warm run)',
+               f'{warm["timings_seconds"]["training"]:.1f} s'))
   rows.append(('   test accuracy (warm run)',
                f'{100 * warm["test_accuracy"]:.1f}% (N={warm["test_count"]})'))
 
