@@ -50,9 +50,7 @@ _HASH_PART = 10_000
 _MEMO_SAVE_EVERY = 100_000
 # Images decoded at once: one per core.
 _DECODE_THREADS = features.usable_cores()
-# Vectors per cache shard: a shard is ~10 ms of HDF5 work, GIL held, so
-# a few batches share one; a kill or a full disk loses at most this many
-# photos' vectors (about a second of work).
+# Photos per cache shard (~10 ms of HDF5 each; at most what a kill loses).
 STORE_EVERY = 32
 
 

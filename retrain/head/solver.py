@@ -481,6 +481,8 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
   start = (solutions[candidates.index(chosen)] if solutions and
            options.standardise is False else None)
   fit = task.fit(chosen, fit_x, fit_y, start, callback=record)
+  if not record.points:  # converged where it started: one point still
+    record(0, fit.theta, fit.problem)
   reason = f'{_describe(chosen)}: {reason}'
   if refit and len(val_y):
     reason += '; refitted on training + validation'
