@@ -260,7 +260,8 @@ def _in_memory(config: Config, prepared: prepare.Prepared,
       phase.skip()
   with phases('training'):
     trained = head.train(config, prepared.module, found, split, training,
-                         vectors.training_groups(split, training.copies))
+                         vectors.training_groups(split, training.copies,
+                                                 images))
   with phases('evaluation'):
     reported = head.evaluate(config, labels, trained.result, images, split)
     # Fine-tuning before calibration, so that the exported (calibrated)

@@ -5,13 +5,16 @@ and figures."""
 
 import json
 import pathlib
+import types
 
 import numpy as np
 import pytest
 
 from retrain import pipeline
+from retrain.config import DEFAULTS
 from retrain.head import novelty
 from retrain.report import trust
+from retrain.steps import trust as trust_step
 from tests.conftest import write_image
 from tests.test_deploy import SIZE, _deploy_config, make_overlapping_dataset
 from tools import label_image
@@ -271,3 +274,23 @@ def test_the_float32_gram_gives_the_float64_scores_within_1e_4():
   held = novelty.fit_held_out(x, y, 4, 8, 0.9, fold, 'test')
   assert held.threshold == pytest.approx(np.quantile(held.held_out_scores,
                                                      0.9))
+
+
+def test_novelty_folds_hold_near_duplicates_together(monkeypatch):
+  paths = ['/d/a/x_nohash_1.jpg', '/d/a/y.jpg', '/d/a/x_nohash_2.jpg',
+           '/d/b/z.jpg', '/d/b/w.jpg']
+  images = types.SimpleNamespace(
+      vectors=np.eye(5, dtype=np.float32), labels=np.array([0, 0, 0, 1, 1]),
+      paths_of=lambda rows: [paths[r] for r in rows])
+  split = types.SimpleNamespace(
+      train=np.array([0, 1, 3]), validation=np.array([2, 4]),
+      test=np.zeros(0, np.int64),
+      subset=lambda name: {'train': np.array([0, 1, 3]),
+                           'validation': np.array([2, 4])}[name])
+  seen = {}
+  monkeypatch.setattr(trust_step.novelty_lib, 'fit_on_split',
+                      lambda *args: seen.setdefault('groups', args[-1]))
+  trust_step.fit_novelty(DEFAULTS, trust_step.InMemory(images, split), 2)
+  groups = seen['groups']  # rows: train 0, 1, 3 then validation 2, 4
+  assert groups[0] == groups[3]  # x_nohash_1 and x_nohash_2
+  assert len(set(groups)) == 4

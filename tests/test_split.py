@@ -92,3 +92,16 @@ def test_zero_percentages_give_empty_sets():
 def test_bad_percentages(val, test, match):
   with pytest.raises(DatasetError, match=match):
     split.split_images(_paths(10), [0] * 10, val, test)
+
+
+def test_near_duplicate_groups_follow_the_nohash_names():
+  paths = ['/p/a/cat_nohash_1.jpg', '/p/a/cat_nohash_2.jpg', '/p/b/cat_nohash_1.jpg',
+           '/p/a/dog.jpg', '/p/a/cat.jpg']
+  groups = split.near_duplicate_groups(paths)
+  assert groups.dtype == np.int64 and groups.shape == (5,)
+  assert groups[0] == groups[1]  # a/cat, whatever follows _nohash_
+  assert len({groups[0], groups[2], groups[3], groups[4]}) == 4
+  # The key is what the split hashes: near-duplicates land in one set.
+  assert (split.hash_percentage('a/cat_nohash_1.jpg') ==
+          split.hash_percentage('a/cat_nohash_2.jpg'))
+  assert split.near_duplicate_groups([]).shape == (0,)

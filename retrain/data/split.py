@@ -38,15 +38,31 @@ _MAX_NUM_IMAGES_PER_CLASS = 2**27 - 1
 _NOHASH = re.compile(r'_nohash_.*$')
 
 
+def near_duplicate_key(path: str) -> str:
+  """`path` ('/'-separated) with everything from `_nohash_` on in its file
+  name left out: what near-duplicates share, and what the split hashes."""
+  directory, _, name = path.rpartition('/')
+  return directory + '/' + _NOHASH.sub('', name) if directory else _NOHASH.sub(
+      '', name)
+
+
+def near_duplicate_groups(paths: Sequence[str]) -> np.ndarray:
+  """int64 [n] group of each path: paths with one near_duplicate_key share
+  a group (so held-out predictions hold them out together, as the split
+  keeps them in one set)."""
+  keys = [near_duplicate_key(str(p).replace('\\', '/')) for p in paths]
+  if not keys:
+    return np.zeros(0, np.int64)
+  return np.unique(keys, return_inverse=True)[1].astype(np.int64).ravel()
+
+
 def hash_percentage(rel_path: str) -> float:
   """Position in [0, 100] of an image, from its relative path.
 
   Args:
     rel_path: path relative to the image folder, '/'-separated.
   """
-  directory, _, name = rel_path.rpartition('/')
-  key = directory + '/' + _NOHASH.sub('', name) if directory else _NOHASH.sub(
-      '', name)
+  key = near_duplicate_key(rel_path)
   digest = int(hashlib.sha1(key.encode('utf-8')).hexdigest(), 16)
   return ((digest % (_MAX_NUM_IMAGES_PER_CLASS + 1)) *
           (100.0 / _MAX_NUM_IMAGES_PER_CLASS))

@@ -86,6 +86,31 @@ class HeldOut:
     return data
 
 
+@dataclasses.dataclass(frozen=True)
+class Groups:
+  """Which rows of a solver's [train; val] belong together.
+
+  Attributes:
+    photo: int [n_train] photo of each training row: a photo and its
+      distorted copies share one (the copies follow their photo).
+    fold: int [n_train + n_val] rows that must share a fold when
+      cross-fitting: a photo, its copies and its near-duplicates (names
+      that differ only from `_nohash_` on); None: each photo with its
+      copies, each validation row alone.
+  """
+  photo: np.ndarray
+  fold: Optional[np.ndarray] = None
+
+  def fold_groups(self, n_val: int) -> np.ndarray:
+    """int64 [n_train + n_val]: `fold`, or the photo groups then one group
+    per validation row."""
+    if self.fold is not None:
+      return np.asarray(self.fold, np.int64)
+    photo = np.asarray(self.photo, np.int64)
+    return np.concatenate([photo, np.max(photo, initial=-1) + 1 +
+                           np.arange(n_val)])
+
+
 def photo_rows(groups: np.ndarray, n_val: int) -> np.ndarray:
   """int64 rows of [train; val] that are photos: the first row of each
   training group (groups int [n_train]; a photo's distorted copies share

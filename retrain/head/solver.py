@@ -302,7 +302,7 @@ def _score_grid(candidates: Sequence[Candidate], x, y, held_x, held_y,
 
 
 def _held_out(final: lbfgs_lib.Fit, refit: bool, sets: _Sets,
-              groups: np.ndarray, chosen: Candidate, task: _Task
+              groups: held_out_lib.Groups, chosen: Candidate, task: _Task
               ) -> Optional[held_out_lib.HeldOut]:
   """The HeldOut of fit_head's final fit (see the module docstring)."""
   n_train, n_val = len(sets.train_y), len(sets.val_y)
@@ -312,15 +312,14 @@ def _held_out(final: lbfgs_lib.Fit, refit: bool, sets: _Sets,
     return held_out_lib.HeldOut(
         logits, n_train, 0, 'the validation photos, which the head did not '
         'train on', y=sets.all_y, photos=n_train + np.arange(n_val))
-  all_groups = np.concatenate([groups, np.max(groups, initial=-1) + 1 +
-                               np.arange(n_val)])
-  crossed = held_out_lib.cross_fit(sets.all_x, sets.all_y, all_groups, task.num_classes,
+  crossed = held_out_lib.cross_fit(sets.all_x, sets.all_y,
+                                   groups.fold_groups(n_val), task.num_classes,
                       chosen, task.options, start=final.theta,
                       class_weights=task.class_weights)
   if crossed is None:
     return None
   logits, folds, iterations = crossed
-  photos = held_out_lib.photo_rows(groups, n_val)
+  photos = held_out_lib.photo_rows(groups.photo, n_val)
   return held_out_lib.HeldOut(logits, n_train, folds, held_out_lib.describe(
       len(photos), folds), iterations, y=sets.all_y, photos=photos)
 
@@ -439,7 +438,7 @@ class _Curve:
 
 def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
              val_x: np.ndarray, val_y: np.ndarray, options: SolverOptions,
-             train_groups: Optional[np.ndarray] = None,
+             groups: Optional[held_out_lib.Groups] = None,
              class_weights: Optional[np.ndarray] = None) -> SolverResult:
   """Chooses the setting (see the module docstring) and fits the head.
 
@@ -451,9 +450,10 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
       test set is never passed here: it stays unseen until the final
       evaluation.
     options: the grid and the fitting limits.
-    train_groups: int [n] group of each training row (an image and its
-      distorted copies share one), so cross-fitting holds them out
-      together; None: every row its own group.
+    groups: which training and validation rows cross-fitting holds out
+      together (a photo, its distorted copies and its near-duplicates) and
+      which rows are photos (held_out.Groups); None: every row its own
+      photo.
     class_weights: float [N] >= 0, the weight of each class id's images in
       the objective of every fit (choosing, k-fold and refit) and in the
       candidates' held-out accuracy and cross entropy; None weighs every
@@ -487,8 +487,8 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
   if refit and len(val_y):
     reason += '; refitted on training + validation'
   held_out = _held_out(
-      fit, refit, sets, np.arange(len(train_y)) if train_groups is None else
-      np.asarray(train_groups, np.int64), chosen, task)
+      fit, refit, sets, groups or held_out_lib.Groups(np.arange(len(train_y))),
+      chosen, task)
   # (In the validation case the chosen candidate's fit on training is that
   # head already: restarting from it stops at once.)
   if selection != 'validation' or start is None:

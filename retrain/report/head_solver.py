@@ -191,8 +191,7 @@ def _say_weighting(config, counts, labels, weights) -> None:
 def maybe_solve(config, train_x: np.ndarray, train_y: np.ndarray,
                 labels: Sequence[str], val_x: np.ndarray, val_y: np.ndarray,
                 writers: Optional[summaries_lib.Writers] = None,
-                train_groups: Optional[np.ndarray] = None
-                ) -> Optional[train_lib.TrainResult]:
+                groups=None) -> Optional[train_lib.TrainResult]:
   """The L-BFGS head when the run uses it, else None (train with SGD).
 
   Args:
@@ -204,8 +203,9 @@ def maybe_solve(config, train_x: np.ndarray, train_y: np.ndarray,
     labels: the N class names in id order (ids are in [0, N); the names
       are for the imbalance warning).
     writers: TensorBoard writers, or None.
-    train_groups: int [n] group of each training row (an image and its
-      distorted copies share one), for the held-out predictions.
+    groups: the retrain.head.held_out.Groups of the training and
+      validation rows (photos, their distorted copies and near-duplicates),
+      for the held-out predictions; None: every row its own photo.
   """
   if config.head.head_solver != 'lbfgs':  # resolved by pipeline.run
     return None
@@ -220,7 +220,7 @@ def maybe_solve(config, train_x: np.ndarray, train_y: np.ndarray,
   result = solver_lib.fit_head(
       train_x, train_y, num_classes, val_x, val_y,
       solver_lib.SolverOptions.from_config(config),
-      train_groups=train_groups, class_weights=weights)
+      groups=groups, class_weights=weights)
   strong = weights is not None and imbalance(counts, labels or [
       str(i) for i in range(num_classes)]) is not None
   result, adjustment = imbalance_lib.maybe_adjust(

@@ -222,7 +222,7 @@ def train(config: Config, module, found, split: split_lib.Split,
   try:
     # The converging solver (None: this run trains with SGD).
     trained = solve_lib.maybe_solve(config, train_x, train_y, labels, val_x,
-                                    val_y, writers, train_groups=groups)
+                                    val_y, writers, groups=groups)
     if trained is None:
       progress = Progress('Training', config.head.how_many_training_steps,
                           unit='steps')

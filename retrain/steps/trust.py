@@ -21,15 +21,24 @@ from retrain.report import trust as trust_report
 from retrain.steps import head, vectors
 
 
-def in_memory(images: usable_lib.UsableImages, split: split_lib.Split):
+@dataclasses.dataclass(frozen=True)
+class InMemory:
   """The `read` of trust_checks for vectors in memory: every row of the
-  named subsets, in the order named."""
+  named subsets, in the order named; `groups(names)` gives the same rows'
+  near-duplicate groups (split.near_duplicate_groups: int64 [m])."""
+  images: usable_lib.UsableImages
+  split: split_lib.Split
 
-  def read(names):
-    rows = np.concatenate([split.subset(name) for name in names])
-    return images.vectors[rows], images.labels[rows]
+  def _rows(self, names) -> np.ndarray:
+    return np.concatenate([self.split.subset(name) for name in names])
 
-  return read
+  def __call__(self, names):
+    rows = self._rows(names)
+    return self.images.vectors[rows], self.images.labels[rows]
+
+  def groups(self, names) -> np.ndarray:
+    return split_lib.near_duplicate_groups(
+        self.images.paths_of(self._rows(names)))
 
 
 def fit_novelty(config: Config, read, num_classes: int, tuned=None):
@@ -49,9 +58,12 @@ def fit_novelty(config: Config, read, num_classes: int, tuned=None):
     logging.info('No novelty score: a class has fewer than two training '
                  'and validation images to hold out.')
     return None
+  # Near-duplicates share a fold when the reader knows them (in memory).
+  groups = getattr(read, 'groups', None)
   return novelty_lib.fit_on_split(
       x, y, num_classes, config.deploy.novelty_components,
-      config.deploy.novelty_keep, folds, config.head.random_seed)
+      config.deploy.novelty_keep, folds, config.head.random_seed,
+      None if groups is None else groups(('train', 'validation')))
 
 
 def fit_tuned_novelty(config: Config, tuned, num_classes: int):
@@ -112,10 +124,10 @@ def trust_checks(config: Config, prepared, found, split: split_lib.Split,
   prepared, found: the run's retrain.steps.prepare.Prepared and
   retrain.steps.vectors.Vectors; read(subset names) -> (vectors float32
   [m, D], class ids int64 [m]) of the original images of those subsets, in
-  order (default: in_memory; past the memory budget a sample read from the
+  order (default: InMemory; past the memory budget a sample read from the
   cache, retrain.steps.streamed.sampler)."""
   module, runner, labels = tuned.module, prepared.runner, found.labels
-  read = read or in_memory(found.images, split)
+  read = read or InMemory(found.images, split)
   test, trained = tuned.reported.test, tuned.trained
   tuned = tuned.fine_tuned
   novelty = fit_novelty(config, read, len(labels), tuned)

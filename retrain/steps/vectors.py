@@ -24,6 +24,7 @@ from retrain.data import split as split_lib
 from retrain.errors import OutputError
 from retrain.features import ensemble as ensemble_lib
 from retrain.finetune import plans as plans_lib
+from retrain.head import held_out as held_out_lib
 from retrain.head import math as head_math
 from retrain.report import skipped as skipped_report
 from retrain.steps import streamed
@@ -240,10 +241,20 @@ def training_set(config: Config, runner, images: usable_lib.UsableImages,
   return TrainingSet(train_x, train_y, copies)
 
 
-def training_groups(split: split_lib.Split, copies) -> np.ndarray:
-  """int64 [m] group of each row training_set returned: row i of the
-  training images is group i, and each distorted copy joins its source's
-  (so held-out predictions hold an image and its copies out together)."""
+def training_groups(split: split_lib.Split, copies,
+                    images: usable_lib.UsableImages) -> held_out_lib.Groups:
+  """The held_out.Groups of the rows training_set returned, then the
+  validation images': row i of the training images is photo i, each
+  distorted copy joins its source's photo; a photo, its copies and its
+  near-duplicates (split.near_duplicate_groups of their file names) share
+  a fold, so held-out predictions never see a copy of what they predict."""
   own = np.arange(len(split.train), dtype=np.int64)
-  return own if copies is None else np.concatenate(
-      [own, np.asarray(copies.source, np.int64)])
+  source = (np.zeros(0, np.int64) if copies is None else
+            np.asarray(copies.source, np.int64))
+  near = split_lib.near_duplicate_groups(images.paths_of(
+      np.concatenate([split.train, split.validation])))
+  train_near = near[:len(split.train)]
+  return held_out_lib.Groups(
+      photo=np.concatenate([own, source]),
+      fold=np.concatenate([train_near, train_near[source],
+                           near[len(split.train):]]))
