@@ -49,11 +49,18 @@ PLAN_PREFIX = 'retrain-exports-'
 @dataclasses.dataclass
 class SavedNovelty:
   """The novelty score a SavedModel computes, as its metadata describes
-  it (what retrain.head.novelty.Novelty.metadata returned)."""
+  it (what retrain.head.novelty.Novelty.metadata returned) and, once read
+  from its variables (SavedModule.saved_head), its arrays."""
   described: dict
+  arrays: Optional[dict] = None
 
   def metadata(self) -> dict:
     return self.described
+
+  def graph_arrays(self) -> dict:
+    """The score's arrays as retrain.head.novelty.Novelty.graph_arrays
+    gives them (name -> float32 array), as the SavedModel holds them."""
+    return self.arrays
 
 
 @dataclasses.dataclass
@@ -89,6 +96,36 @@ class SavedModule:
     import tensorflow as tf
     return _loaded_classifier(tf.saved_model.load(self.path), self.input_size,
                               final_tensor_name, head.novelty is not None)
+
+  def saved_head(self, head: SavedHead):
+    """The retrain.head.model.Head the export holds (weights, biases and,
+    when `head` has a novelty score, a SavedNovelty with its arrays), read
+    from the SavedModel's variables without loading its graph."""
+    from retrain.head.model import Head
+    arrays = saved_head_arrays(self.path)
+    novelty = None
+    if head.novelty is not None:
+      novelty = SavedNovelty(head.novelty.described, arrays['novelty'])
+    return Head(arrays['weights'], arrays['biases'], novelty=novelty,
+                multi_label=head.multi_label)
+
+
+def saved_head_arrays(path: str) -> dict:
+  """The head of the SavedModel export at `path`, read from its variables
+  checkpoint (only these tensors; no graph is loaded):
+  {'weights': float32 [D, N], 'biases': float32 [N] (column j is class id
+  j), 'novelty': {name: float32 array} of the novelty score (as
+  retrain.head.novelty.Novelty.graph_arrays names them), {} without one}."""
+  import tensorflow as tf
+  reader = tf.train.load_checkpoint(os.path.join(path, 'variables',
+                                                 'variables'))
+  suffix = '/.ATTRIBUTES/VARIABLE_VALUE'
+  novelty = {key[len('_novelty/'):-len(suffix)]: reader.get_tensor(key)
+             for key in reader.get_variable_to_shape_map()
+             if key.startswith('_novelty/') and key.endswith(suffix)}
+  return {'weights': reader.get_tensor('final_weights' + suffix),
+          'biases': reader.get_tensor('final_biases' + suffix),
+          'novelty': novelty}
 
 
 def _loaded_classifier(loaded, input_size, final_tensor_name: str,

@@ -30,6 +30,9 @@ Ops translated: QUANTIZE, DEQUANTIZE, CONV_2D, DEPTHWISE_CONV_2D, ADD,
 SUB, MUL, MEAN, AVERAGE_POOL_2D, PAD, RESHAPE, CONCATENATION (fused NONE,
 RELU, RELU6, RELU_N1_TO_1); any other op raises Untranslatable, and the
 export falls back to the float module for that member (export_module).
+Each model's translation is also run against its int8 interpreter, once
+per model (retrain/export/int8_check.py, recorded in the module cache); one
+that gives other vectors falls back the same way.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from retrain.export import int8_check
 from retrain.features import ensemble as ensemble_lib
 from retrain.features import int8
 from retrain.features.modules import FeatureModule
@@ -429,8 +433,8 @@ def export_module(module: FeatureModule, float_module: FeatureModule,
       served.append(member)
       continue
     try:
-      graph = Int8Graph(int8.int8_file(member, cache_dir),
-                        tuple(member.input_size))
+      graph = _checked_graph(int8.int8_file(member, cache_dir),
+                             tuple(member.input_size))
     except (Untranslatable, OSError, ValueError) as e:
       logging.warning(
           'The exports compute float features for %s: its int8 model cannot '
@@ -451,50 +455,30 @@ def export_module(module: FeatureModule, float_module: FeatureModule,
           if fell_back else None)
 
 
-# Photos the export check runs through the written SavedModel.
-EXPORT_CHECK_COUNT = 16
-# Largest difference of a class probability between the SavedModel and
-# the head on the cached vectors before the check warns (the translated
-# graph differs from the int8 model by a rounding step here and there).
-EXPORT_CHECK_TOLERANCE = 0.02
+def _checked_graph(path: str, input_size: Tuple[int, int]) -> Int8Graph:
+  """Int8Graph of the int8 model at `path`, its translation checked
+  against the model (int8_check: once per model) and the check kept in
+  its `translation_check` (a dict, in a _Plain).
 
-
-def check_export(saved_model_dir: str, paths, vectors: np.ndarray, head,
-                 subset: str) -> dict:
-  """Runs the written SavedModel (its `serving_bytes` signature: the
-  files as they are, decoded in the graph) on `paths` and compares its
-  probabilities with `head` applied to their cached vectors (float32
-  [n, D], the vectors the head was trained on); logs one line, warns past
-  EXPORT_CHECK_TOLERANCE.
-
-  Returns:
-    {'count', 'subset', 'max_probability_difference' (in [0, 1]),
-    'same_top_class' (fraction in [0, 1]), 'tolerance'}.
+  Raises:
+    Untranslatable: the translation does not give the model's vectors.
   """
-  from retrain.common.names import PROBABILITIES_OUTPUT
-  from retrain.export import signatures as signatures_lib
-  contents = []
-  for path in paths:
-    with open(path, 'rb') as f:
-      contents.append(f.read())
-  loaded = tf.saved_model.load(saved_model_dir)
-  served = loaded.signatures[signatures_lib.BYTES_SIGNATURE](
-      image_bytes=tf.constant(contents))[PROBABILITIES_OUTPUT].numpy()
-  del loaded
-  want = np.asarray(head.probabilities(np.asarray(vectors, np.float32)))
-  difference = float(np.max(np.abs(served - want))) if len(want) else 0.0
-  same = (float(np.mean(served.argmax(1) == want.argmax(1)))
-          if len(want) else 1.0)
-  logging.info(
-      'Export check: the SavedModel on %d %s photos gives the probabilities '
-      'of the head on the int8 vectors it was trained on to within %.4f '
-      '(same top class on %.0f %%).', len(want), subset, difference,
-      100 * same)
-  if difference > EXPORT_CHECK_TOLERANCE:
-    logging.warning(
-        'The SavedModel\'s probabilities differ by up to %.3f from the '
-        'head\'s on the vectors it was trained on (more than %.2f).',
-        difference, EXPORT_CHECK_TOLERANCE)
-  return {'count': int(len(want)), 'subset': subset,
-          'max_probability_difference': difference, 'same_top_class': same,
-          'tolerance': EXPORT_CHECK_TOLERANCE}
+  graph = Int8Graph(path, input_size)
+  check = int8_check.translation_check(graph, path, input_size)
+  if not check['matches']:
+    raise Untranslatable(
+        f'on {check["probe_images"]} fixed probe images its TensorFlow ops '
+        f'and its int8 model give other vectors: {int8_check.describe(check)}'
+        f', more than {int8_check.MAX_OUTPUT_STEPS:g} '
+        f'(see {int8_check.record_path(path)})')
+  graph.translation_check = _Plain(check)
+  return graph
+
+
+def translation_checks(module: FeatureModule) -> List[dict]:
+  """The translation check (int8_check.translation_check, with the
+  member's 'handle') of each member of `module` exported as an Int8Graph,
+  in member order; [] when there is none."""
+  return [{'handle': m.handle, **m.obj.translation_check.value}
+          for m in ensemble_lib.members(module)
+          if hasattr(m.obj, 'translation_check')]

@@ -117,28 +117,12 @@ def stitched_model(module, head) -> bytes:
   return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
-class _SavedNovelty:
-  """The novelty arrays of a written export, as Classifier reads them."""
-
-  def __init__(self, arrays: dict):
-    self.arrays = arrays
-
-  def graph_arrays(self) -> dict:
-    return self.arrays
-
-
 def _head_of(module, head) -> Head:
   """`head` itself, or for a written export the Head its SavedModel holds
-  (final_weights, final_biases, the novelty arrays)."""
+  (from_disk.SavedModule.saved_head: read from its variables)."""
   if not hasattr(module, 'saved_classifier'):
     return head
-  loaded = tf.saved_model.load(module.path)
-  novelty = None
-  if head.novelty is not None:
-    novelty = _SavedNovelty({name: variable.numpy() for name, variable
-                             in loaded._novelty.items()})  # noqa: SLF001 the saved classifier's arrays
-  return Head(loaded.final_weights.numpy(), loaded.final_biases.numpy(),
-              novelty=novelty, multi_label=head.multi_label)
+  return module.saved_head(head)
 
 
 def _converted(function, trackable=None):

@@ -24,7 +24,6 @@ from retrain.export import (
 )
 from retrain.export import saved_model as export_lib
 from retrain.features import ensemble as ensemble_lib
-from retrain.features import int8
 from retrain.head import calibration as calibration_lib
 from retrain.head import math as head_math
 from retrain.report import deployment as deployment_report
@@ -43,9 +42,8 @@ class Exported:
     pending_exports: the plan file of the conversions left to
       retrain.export_job (convert_later), or None.
     export_check: with int8 bottlenecks, what the check of the exports
-      measured (int8_graph.check_export, or
-      precision_lib.check_float_exports when a member exports float), or
-      None.
+      found (check_int8_exports, or precision_lib.check_float_exports
+      when a member exports float), or None.
   """
   saved_model_dir: Optional[str]
   deployment_report: str
@@ -71,11 +69,12 @@ def export(config: Config, prepared, found, split: split_lib.Split,
   or from the model in memory when no SavedModel is asked for.
 
   With int8 bottlenecks the exports hold each int8 member as its
-  translated graph (int8_graph.export_module), and the written SavedModel
-  is run on a few held-out photos against the head on their int8 vectors
-  (int8_graph.check_export); a member that cannot be translated exports
-  its float module, and the exports' held-out accuracy is measured beside
-  the training figure (precision_lib.check_float_exports). Not past the
+  translated graph (int8_graph.export_module), whose agreement with the
+  int8 model is checked once per model (retrain.export.int8_check), and
+  the written SavedModel's head is compared with the trained one
+  (check_int8_exports); a member that cannot be translated exports its
+  float module, and the exports' held-out accuracy is measured beside the
+  training figure (precision_lib.check_float_exports). Not past the
   memory budget (the vectors are not in memory).
 
   Every export carries the calibrated head (confidence.head: the same
@@ -126,9 +125,8 @@ def export(config: Config, prepared, found, split: split_lib.Split,
                       **deploy_metadata, **(fine_tune_metadata or {})},
       written=extras)
   check = float_check
-  if in_memory and served is None and precision_lib.is_quantized(module):
-    check = check_int8_exports(saved, confidence.head, images, rows,
-                               held_out)
+  if served is None and int8_graph.translation_checks(module):
+    check = check_int8_exports(saved, module, confidence.head)
   if convert_later and from_disk.pending(plan):
     return Exported(saved, deployment, from_disk.write_plan(plan), check)
   from_disk.run_all(plan, config.outputs)
@@ -166,15 +164,47 @@ def _saved_model_first(config: Config, module, confidence, labels,
   return saved, deployment, plan
 
 
-def check_int8_exports(saved: str, head, images: usable_lib.UsableImages,
-                       rows, held_out: str) -> dict:
-  """int8_graph.check_export of the SavedModel at `saved` on up to
-  int8_graph.EXPORT_CHECK_COUNT of the held-out `rows` (the smallest
-  content hashes, so the same photos each run) and their vectors."""
-  probe = np.asarray(rows)[int8.probe_rows(images.digests_of(rows),
-                                           int8_graph.EXPORT_CHECK_COUNT)]
-  return int8_graph.check_export(saved, images.paths_of(probe),
-                                 images.vectors[probe], head, held_out)
+def check_int8_exports(saved: str, module, head) -> dict:
+  """What a run checks of the exports of its translated int8 members,
+  without loading or running them: each member's translation check (made
+  once per int8 model, int8_graph.translation_checks) and that the
+  SavedModel at `saved` holds `head` (its variables read from disk and
+  compared exactly); logs one line, warns when the head differs.
+
+  Returns:
+    {'members': [{'handle', 'int8_model', 'probe_images',
+    'max_output_steps', 'max_abs_difference', 'matches', 'measured'}] in
+    member order, 'head_in_saved_model': bool, 'max_head_difference':
+    float >= 0 or None (an array missing or of another shape)}.
+  """
+  members = int8_graph.translation_checks(module)
+  stored = from_disk.saved_head_arrays(saved)
+  novelty = {} if head.novelty is None else head.novelty.graph_arrays()
+  difference = (max((_difference(stored['novelty'][k], v)
+                     for k, v in novelty.items()), default=0.0)
+                if set(novelty) == set(stored['novelty']) else float('inf'))
+  difference = max(difference, _difference(stored['weights'], head.weights),
+                   _difference(stored['biases'], head.biases))
+  steps = max(m['max_output_steps'] for m in members)
+  logging.info('Export check: the TensorFlow ops of the int8 members give '
+               'their int8 models\' vectors to within %g output steps '
+               '(checked once per model on fixed probe images); the '
+               'SavedModel\'s head differs from the trained one by %g.',
+               steps, difference)
+  if difference:
+    logging.warning('The SavedModel %s does not hold the trained head (its '
+                    'arrays differ by up to %g).', saved, difference)
+  return {'members': members, 'head_in_saved_model': difference == 0.0,
+          'max_head_difference': difference}
+
+
+def _difference(a, b) -> float:
+  """The largest absolute difference of arrays a and b; inf when their
+  shapes differ."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  if a.shape != b.shape:
+    return float('inf')
+  return float(np.max(np.abs(a - b), initial=0.0))
 
 
 def check_float_exports(config: Config, float_module, head,
