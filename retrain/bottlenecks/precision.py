@@ -37,6 +37,7 @@ from retrain.bottlenecks import ensemble as ensemble_bottlenecks
 from retrain.common import phases as phases_lib
 from retrain.features import ensemble as ensemble_lib
 from retrain.features import int8, tflite_runtime
+from retrain.features import modules as features
 from retrain.features.modules import FeatureModule
 
 
@@ -167,7 +168,7 @@ def choose(module: FeatureModule, precision: str, runtime: str,
   def call(images):
     return ensemble_lib.concatenated(calls, sizes, tuple(module.input_size),
                                      images)
-  return dataclasses.replace(module, members=chosen, call=call)
+  return features.derive(module, members=chosen, call=call)
 
 
 def close(module: FeatureModule) -> None:

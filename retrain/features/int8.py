@@ -31,7 +31,6 @@ the int8 model measured faster than the float one on this CPU kind
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform
@@ -203,6 +202,8 @@ def load(module: FeatureModule, cache_dir: Optional[str] = None
       logging.info('int8 model written to %s in %.1f s (median cosine with '
                    'the float module on the calibration images %.3f).', path,
                    time.monotonic() - started, median)
+  except ModuleError:  # the float module itself cannot be loaded: no fallback
+    raise
   except Exception as e:  # noqa: BLE001 any failure falls back to the float module, with its reason logged
     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
     if os.path.exists(unverified):
@@ -214,9 +215,9 @@ def load(module: FeatureModule, cache_dir: Optional[str] = None
     except OSError:
       pass
     return None
-  return dataclasses.replace(module, call=call, prepare=None,
-                             parallel_calls=call.parallel_calls,
-                             quantization=QUANTIZATION)
+  return features.derive(module, call=call, prepare=None,
+                         parallel_calls=call.parallel_calls,
+                         quantization=QUANTIZATION)
 
 
 class LazyCall:

@@ -24,7 +24,6 @@ message, never an error.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import queue
 import time
@@ -169,6 +168,8 @@ def with_runtime(module: FeatureModule, runtime: str,
                                module.call(probe).numpy())))
     if not diff <= TOLERANCE:
       raise ValueError(f'its vectors differ from TensorFlow by {diff:.2g}')
+  except ModuleError:  # the float module itself cannot be loaded: no fallback
+    raise
   except Exception as e:  # noqa: BLE001 any failure falls back to TensorFlow, with its reason logged
     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
     log = logging.warning if runtime == 'tflite' else logging.info
@@ -182,8 +183,8 @@ def with_runtime(module: FeatureModule, runtime: str,
   logging.info('Bottlenecks run on TFLite/XNNPACK, %d calls at a time (max '
                'difference from TensorFlow on a probe batch: %.1g).',
                call.parallel_calls, diff)
-  return dataclasses.replace(module, call=call,
-                             parallel_calls=call.parallel_calls)
+  return features.derive(module, call=call,
+                         parallel_calls=call.parallel_calls)
 
 
 # --- Verification of the cached files (retrain/features/cache_files.py) ---
@@ -238,6 +239,6 @@ def deferred(module: FeatureModule, runtime: str,
     prepare()
     return chosen[0].call(images)
 
-  lazy = dataclasses.replace(module, call=call, prepare=prepare)
+  lazy = features.derive(module, call=call, prepare=prepare)
   return lazy
 
