@@ -162,12 +162,12 @@ def choose(module: FeatureModule, precision: str, runtime: str,
   chosen = tuple(chosen)
   if all(c is m for c, m in zip(chosen, members, strict=True)):
     return module
-  calls = [c.call for c in chosen]
   sizes = [tuple(c.input_size) for c in chosen]
 
   def call(images):
-    return ensemble_lib.concatenated(calls, sizes, tuple(module.input_size),
-                                     images)
+    # Each member's call read when called: a float member loads on first use.
+    return ensemble_lib.concatenated([c.call for c in chosen], sizes,
+                                     tuple(module.input_size), images)
   return features.derive(module, members=chosen, call=call)
 
 

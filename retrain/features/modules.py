@@ -453,7 +453,8 @@ def _traced_call(obj, size) -> Callable:
 def _load_deferred(handle: str, resolved: str, path: str, size):
   """The loader of a module described by its record: (obj, call)."""
   logging.info('Loading module %s (first use).', handle)
-  obj = _load_checked(handle, resolved, path)
+  with tf.init_scope():  # eagerly, even when first used inside a trace
+    obj = _load_checked(handle, resolved, path)
   return obj, _traced_call(obj, size)
 
 

@@ -61,10 +61,11 @@ def tflite_file(module: FeatureModule, cache_dir: Optional[str] = None) -> str:
 def convert(module: FeatureModule, path: str) -> None:
   """Converts the module's call to a float32 TFLite model at `path`."""
   height, width = module.input_size
-  fn = tf.function(lambda x: module.obj(x), input_signature=[
+  obj = module.obj  # loaded here, not inside the trace (its errors intact)
+  fn = tf.function(lambda x: obj(x), input_signature=[
       tf.TensorSpec([None, height, width, 3], tf.float32)])
   converter = tf.lite.TFLiteConverter.from_concrete_functions(
-      [fn.get_concrete_function()], module.obj)
+      [fn.get_concrete_function()], obj)
   data = converter.convert()
   # Two processes converting at once never leave a half-written file; the
   # record (size, hash) is written first, so no reader sees the file
