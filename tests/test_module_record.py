@@ -142,3 +142,22 @@ def test_saved_variables_are_the_loaded_variables(module_dir):
   scale = tf.saved_model.load(module_dir).scale
   read = features.saved_variables(module_dir)
   assert read[scale.name.split(':')[0]] == scale.numpy() == 4.0
+
+
+def test_a_run_loads_its_float_members_before_training(tmp_path, fake_module,
+                                                        loads):
+  """A float member's exports need its SavedModel: loaded in prepare, so
+  a module that cannot be loaded fails before the head is trained."""
+  from retrain.steps import prepare
+  from tests.conftest import make_colour_dataset, shrunk_config
+  cache = str(tmp_path / 'cache')
+  make_colour_dataset(tmp_path / 'images')
+  config = shrunk_config(tmp_path / 'images', tmp_path / 'out', fake_module,
+                         module_cache_dir=cache,
+                         bottleneck_precision='float32')
+  features.load_module(str(fake_module), cache_dir=cache)  # the record
+  assert not features.load_module(str(fake_module), cache_dir=cache).loaded
+  prepared = prepare.prepare(config)
+  assert len(loads) == 2 and prepared.module.loaded
+  inspected = prepare.prepare(config, whole_run=False, hash_files=False)
+  assert len(loads) == 2 and not inspected.module.loaded  # loads on first use

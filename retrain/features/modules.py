@@ -135,6 +135,14 @@ class FeatureModule:
     return identity
 
 
+def ensure_loaded(module: FeatureModule) -> None:
+  """Loads `module`'s SavedModel now if it is not loaded yet (what the
+  first use of `obj` does; the same ModuleError)."""
+  with _LOAD_LOCK:
+    if not module.loaded:
+      _fill(module)
+
+
 def derive(module: FeatureModule, cls: Optional[type] = None,
            **changes) -> FeatureModule:
   """dataclasses.replace(module, **changes) as a `cls` (default: module's
