@@ -12,7 +12,7 @@ import tensorflow as tf
 from retrain.bottlenecks import precision
 from retrain.errors import ModuleError
 from retrain.features import ensemble as ensemble_lib
-from retrain.features import int8, tflite_runtime
+from retrain.features import int8, module_record, tflite_runtime
 from retrain.features import modules as features
 from tests.conftest import FAKE_SIZE, export_fake_module
 
@@ -45,7 +45,7 @@ def test_a_second_load_reads_the_record_and_loads_on_first_use(
   cache = str(tmp_path / 'cache')
   first = features.load_module(module_dir, cache_dir=cache)
   assert len(loads) == 1 and first.loaded
-  record = features.record_path(first.fingerprint, cache)
+  record = module_record.record_path(first.fingerprint, cache)
   assert json.loads(open(record).read())['output_dims'] == {
       f'{FAKE_SIZE}x{FAKE_SIZE}': 6}
 
@@ -70,7 +70,7 @@ def test_a_second_load_reads_the_record_and_loads_on_first_use(
 def test_a_record_that_does_not_parse_is_ignored_and_the_module_loaded(
     tmp_path, module_dir, loads, content):
   cache = str(tmp_path / 'cache')
-  record = features.record_path(features.fingerprint_module(module_dir),
+  record = module_record.record_path(features.fingerprint_module(module_dir),
                                 cache)
   os.makedirs(os.path.dirname(record))
   with open(record, 'wb') as f:

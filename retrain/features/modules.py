@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import json
 import os
 import threading
 from typing import Callable, Optional, Tuple
@@ -33,9 +32,8 @@ from typing import Callable, Optional, Tuple
 import tensorflow as tf
 from absl import logging
 
-from retrain.common import atomic
 from retrain.errors import ModuleError
-from retrain.features import module_safety, presets
+from retrain.features import module_record, module_safety, presets
 
 # Marks FeatureModule.obj or .call as not given: `loader` gives it on first use.
 _UNSET = object()
@@ -323,71 +321,6 @@ def _output_spec(call):
   return None
 
 
-# The record of a module's sizes (see the module docstring): a few hundred
-# bytes; a longer file is not a record.
-_RECORD_DIR = 'described'
-_RECORD_FORMAT = 1
-_MAX_RECORD_BYTES = 4096
-
-
-def record_path(fingerprint: str, cache_dir: Optional[str] = None) -> str:
-  """Where the record of the module with `fingerprint` is kept."""
-  return os.path.join(presets.module_cache_dir(cache_dir), _RECORD_DIR,
-                      f'{fingerprint}.json')
-
-
-def _size_key(size) -> str:
-  return f'{int(size[0])}x{int(size[1])}'
-
-
-def _positive_ints(value, count: int) -> bool:
-  return (isinstance(value, list) and len(value) == count and
-          all(type(v) is int and v > 0 for v in value))
-
-
-def read_record(path: str, fingerprint: str) -> Optional[dict]:
-  """The record at `path` as {'fixed_input_size': [H, W] or None,
-  'output_dims': {'HxW': D}}, or None when it is missing, too long, not
-  one, or of another module (then the module is loaded to describe it)."""
-  try:
-    with open(path, 'rb') as f:
-      data = f.read(_MAX_RECORD_BYTES + 1)
-    record = json.loads(data) if len(data) <= _MAX_RECORD_BYTES else None
-  except FileNotFoundError:
-    return None
-  except (OSError, ValueError) as e:
-    logging.info('Ignoring the module record %s (%s).', path, e)
-    return None
-  dims = isinstance(record, dict) and record.get('output_dims')
-  fixed = isinstance(record, dict) and record.get('fixed_input_size')
-  if not (isinstance(record, dict) and
-          record.get('format') == _RECORD_FORMAT and
-          record.get('fingerprint') == fingerprint and
-          (fixed is None or _positive_ints(fixed, 2)) and
-          isinstance(dims, dict) and
-          all(isinstance(k, str) and _positive_ints([v], 1)
-              for k, v in dims.items())):
-    logging.info('Ignoring the module record %s: not a record of module %s.',
-                 path, fingerprint)
-    return None
-  return {'fixed_input_size': fixed, 'output_dims': dims}
-
-
-def _write_record(path: str, fingerprint: str, fixed, size, dim: int) -> None:
-  """Adds (size -> dim) to the record at `path`; a cache that cannot be
-  written only means the next run loads the module to describe it."""
-  old = read_record(path, fingerprint) or {'output_dims': {}}
-  record = {'format': _RECORD_FORMAT, 'fingerprint': fingerprint,
-            'fixed_input_size': [int(fixed[0]), int(fixed[1])] if fixed
-            else None,
-            'output_dims': dict(old['output_dims'], **{_size_key(size): dim})}
-  try:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    atomic.write_json(path, record)
-  except OSError as e:
-    logging.info('Could not write the module record %s (%s).', path, e)
-
-
 def _locate(handle: str, cache_dir: Optional[str], trust: bool,
             checked: bool) -> Tuple[str, str]:
   """(resolved, path) of `handle`, its graph checked by module_safety
@@ -511,11 +444,11 @@ def load_module(handle: str, image_size: Optional[int] = None,
   """
   resolved, path = _locate(handle, cache_dir, trust, checked)
   fingerprint = fingerprint_module(path)
-  where = record_path(fingerprint, cache_dir)
-  record = read_record(where, fingerprint)
+  where = module_record.record_path(fingerprint, cache_dir)
+  record = module_record.read_record(where, fingerprint)
   if record is not None:
     size = _input_size(handle, image_size, record['fixed_input_size'])
-    dim = record['output_dims'].get(_size_key(size))
+    dim = record['output_dims'].get(module_record.size_key(size))
     if dim:
       logging.info('Module %s: input %dx%d, %d-d feature vectors (from %s; '
                    'loaded on first use).', handle, size[0], size[1], dim,
@@ -532,7 +465,7 @@ def load_module(handle: str, image_size: Optional[int] = None,
   size = _input_size(handle, image_size, fixed)
   call = _traced_call(obj, size)
   dim = _output_dim(handle, call, size)
-  _write_record(where, fingerprint, fixed, size, dim)
+  module_record.write_record(where, fingerprint, fixed, size, dim)
   module = FeatureModule(
       handle=handle, resolved=resolved, path=path, fingerprint=fingerprint,
       input_size=size, output_dim=dim, obj=obj, call=call)
