@@ -37,6 +37,7 @@ from retrain.bottlenecks import ensemble as ensemble_bottlenecks
 from retrain.common import phases as phases_lib
 from retrain.features import ensemble as ensemble_lib
 from retrain.features import int8, tflite_runtime
+from retrain.features import modules as features
 from retrain.features.modules import FeatureModule
 
 
@@ -161,13 +162,13 @@ def choose(module: FeatureModule, precision: str, runtime: str,
   chosen = tuple(chosen)
   if all(c is m for c, m in zip(chosen, members, strict=True)):
     return module
-  calls = [c.call for c in chosen]
   sizes = [tuple(c.input_size) for c in chosen]
 
   def call(images):
-    return ensemble_lib.concatenated(calls, sizes, tuple(module.input_size),
-                                     images)
-  return dataclasses.replace(module, members=chosen, call=call)
+    # Each member's call read when called: a float member loads on first use.
+    return ensemble_lib.concatenated([c.call for c in chosen], sizes,
+                                     tuple(module.input_size), images)
+  return features.derive(module, members=chosen, call=call)
 
 
 def close(module: FeatureModule) -> None:

@@ -231,11 +231,8 @@ def at_ensemble_size(member: FeatureModule, input_size: Tuple[int, int]
       member.prepare()
     resized.parallel_calls = member.parallel_calls
 
-  resized = ResizedMember(
-      **{f.name: getattr(member, f.name)
-         for f in dataclasses.fields(FeatureModule)},
-      member_size=own)
-  resized.input_size, resized.call, resized.prepare = size, call, prepare
+  resized = features.derive(member, ResizedMember, member_size=own,
+                            input_size=size, call=call, prepare=prepare)
   return resized
 
 
@@ -284,6 +281,13 @@ def check_handles(spec: str, image_size: Optional[int] = None,
   return handles
 
 
+def _ensemble_of(members: Sequence[FeatureModule]):
+  """(obj, call) of an EnsembleModule: an Ensemble of the members' loaded
+  objects (each loaded now if not yet)."""
+  obj = Ensemble(members)
+  return obj, obj
+
+
 def load(spec: str, image_size: Optional[int] = None,
          cache_dir: Optional[str] = None, trust: bool = False,
          checked: Optional[Sequence[str]] = None) -> FeatureModule:
@@ -299,16 +303,15 @@ def load(spec: str, image_size: Optional[int] = None,
   members = tuple(features.load_module(h, image_size, cache_dir, trust,
                                        checked=known)
                   for h in handles)
-  obj = Ensemble(members)
   fingerprint = hashlib.sha256(
       ''.join(m.fingerprint for m in members).encode()).hexdigest()[:32]
   module = EnsembleModule(
       handle=SEPARATOR.join(m.handle for m in members),
       resolved=SEPARATOR.join(m.resolved for m in members),
       path=members[0].path, fingerprint=fingerprint,
-      input_size=obj.input_size,
-      output_dim=sum(m.output_dim for m in members), obj=obj, call=obj,
-      members=members)
+      input_size=largest_size(members),
+      output_dim=sum(m.output_dim for m in members),
+      loader=functools.partial(_ensemble_of, members), members=members)
   logging.info('Ensemble of %d modules (%s): input %dx%d, %d-d vectors.',
                len(members), module.handle, *module.input_size,
                module.output_dim)

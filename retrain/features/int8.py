@@ -31,7 +31,6 @@ the int8 model measured faster than the float one on this CPU kind
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform
@@ -137,10 +136,11 @@ def convert(module: FeatureModule, path: str) -> None:
   (float32 input and output), calibrated on calibration_images; written
   atomically."""
   height, width = module.input_size
-  fn = tf.function(lambda x: module.obj(x), input_signature=[
+  obj = module.obj  # loaded here, not inside the trace (its errors intact)
+  fn = tf.function(lambda x: obj(x), input_signature=[
       tf.TensorSpec([None, height, width, 3], tf.float32)])
   converter = tf.lite.TFLiteConverter.from_concrete_functions(
-      [fn.get_concrete_function()], module.obj)
+      [fn.get_concrete_function()], obj)
   images = calibration_images(module.input_size)
   converter.optimizations = [tf.lite.Optimize.DEFAULT]
   converter.representative_dataset = lambda: ([images[i:i + 1]]
@@ -203,6 +203,8 @@ def load(module: FeatureModule, cache_dir: Optional[str] = None
       logging.info('int8 model written to %s in %.1f s (median cosine with '
                    'the float module on the calibration images %.3f).', path,
                    time.monotonic() - started, median)
+  except ModuleError:  # the float module itself cannot be loaded: no fallback
+    raise
   except Exception as e:  # noqa: BLE001 any failure falls back to the float module, with its reason logged
     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
     if os.path.exists(unverified):
@@ -214,9 +216,9 @@ def load(module: FeatureModule, cache_dir: Optional[str] = None
     except OSError:
       pass
     return None
-  return dataclasses.replace(module, call=call, prepare=None,
-                             parallel_calls=call.parallel_calls,
-                             quantization=QUANTIZATION)
+  return features.derive(module, call=call, prepare=None,
+                         parallel_calls=call.parallel_calls,
+                         quantization=QUANTIZATION)
 
 
 class LazyCall:

@@ -24,7 +24,6 @@ message, never an error.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import queue
 import time
@@ -62,10 +61,11 @@ def tflite_file(module: FeatureModule, cache_dir: Optional[str] = None) -> str:
 def convert(module: FeatureModule, path: str) -> None:
   """Converts the module's call to a float32 TFLite model at `path`."""
   height, width = module.input_size
-  fn = tf.function(lambda x: module.obj(x), input_signature=[
+  obj = module.obj  # loaded here, not inside the trace (its errors intact)
+  fn = tf.function(lambda x: obj(x), input_signature=[
       tf.TensorSpec([None, height, width, 3], tf.float32)])
   converter = tf.lite.TFLiteConverter.from_concrete_functions(
-      [fn.get_concrete_function()], module.obj)
+      [fn.get_concrete_function()], obj)
   data = converter.convert()
   # Two processes converting at once never leave a half-written file; the
   # record (size, hash) is written first, so no reader sees the file
@@ -169,6 +169,8 @@ def with_runtime(module: FeatureModule, runtime: str,
                                module.call(probe).numpy())))
     if not diff <= TOLERANCE:
       raise ValueError(f'its vectors differ from TensorFlow by {diff:.2g}')
+  except ModuleError:  # the float module itself cannot be loaded: no fallback
+    raise
   except Exception as e:  # noqa: BLE001 any failure falls back to TensorFlow, with its reason logged
     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
     log = logging.warning if runtime == 'tflite' else logging.info
@@ -182,8 +184,8 @@ def with_runtime(module: FeatureModule, runtime: str,
   logging.info('Bottlenecks run on TFLite/XNNPACK, %d calls at a time (max '
                'difference from TensorFlow on a probe batch: %.1g).',
                call.parallel_calls, diff)
-  return dataclasses.replace(module, call=call,
-                             parallel_calls=call.parallel_calls)
+  return features.derive(module, call=call,
+                         parallel_calls=call.parallel_calls)
 
 
 # --- Verification of the cached files (retrain/features/cache_files.py) ---
@@ -238,6 +240,6 @@ def deferred(module: FeatureModule, runtime: str,
     prepare()
     return chosen[0].call(images)
 
-  lazy = dataclasses.replace(module, call=call, prepare=prepare)
+  lazy = features.derive(module, call=call, prepare=prepare)
   return lazy
 

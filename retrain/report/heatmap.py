@@ -4,8 +4,9 @@
   included), not fine-tuned: Grad-CAM on the head convolution of each
   member (retrain.predict.explain.grad_cam), the members' maps resized to
   the ensemble's input size and added in logit units. The network is
-  rebuilt from the loaded module's own variables (the converter names them
-  by layer), so its pooled activations are the module's feature vectors.
+  rebuilt from the module's own variables, read from its SavedModel's
+  checkpoint (the converter names them by layer; the SavedModel is not
+  loaded), so its pooled activations are the module's feature vectors.
 * Anything else (a TF-Hub or local module, whose convolutions the loaded
   SavedModel does not expose; a fine-tuned network): occlusion through
   the module and the head (explain.occlusion).
@@ -20,6 +21,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from retrain.features import ensemble as ensemble_lib
+from retrain.features import modules as features
 from retrain.features import presets
 from retrain.head.model import Head
 from retrain.predict import explain
@@ -54,7 +56,7 @@ class Explainer:
 
 def _lite_member(member, ensemble_size):
   """(conv, pool) of a bundled EfficientNet-Lite member, run on the
-  member's own loaded variables (named '<layer>/kernel', '<layer>/bias' by
+  member's own saved variables (named '<layer>/kernel', '<layer>/bias' by
   the converter): conv is the network up to its head convolution (after
   ReLU6), the tensor the module's feature vector averages; it resizes the
   ensemble's images to the member's size as the ensemble does."""
@@ -63,7 +65,8 @@ def _lite_member(member, ensemble_size):
   from retrain.features import efficientnet_lite
   blocks = efficientnet_lite.block_specs(efficientnet_lite.get_variant(
       presets.PRESETS[member.handle].name))
-  found = {v.name.split(':')[0]: v for v in member.obj.variables}
+  found = {name: tf.constant(value) for name, value in
+           features.saved_variables(member.path).items()}
   kernels = {name[:-len('/kernel')]: v for name, v in found.items()
              if name.endswith('/kernel')}
   biases = {name[:-len('/bias')]: v for name, v in found.items()

@@ -24,6 +24,7 @@ from retrain.export import (
 )
 from retrain.export import saved_model as export_lib
 from retrain.features import ensemble as ensemble_lib
+from retrain.features import modules as features
 from retrain.head import calibration as calibration_lib
 from retrain.head import math as head_math
 from retrain.report import deployment as deployment_report
@@ -344,14 +345,14 @@ def _in_chunks(module):
   (the same vectors, float32 [batch, D])."""
   if not dataclasses.is_dataclass(module):
     return module
-  call = module.call
 
   def chunked(images):
+    call = module.call  # read when called: a float module loads on first use
     return np.concatenate([np.asarray(call(images[i:i + HEAT_MAP_BATCH]),
                                       np.float32)
                            for i in range(0, len(images), HEAT_MAP_BATCH)])
 
-  return dataclasses.replace(module, call=chunked)
+  return features.derive(module, call=chunked)
 
 
 def results_page(config: Config, started: StartedPage, module, labels, stats,

@@ -28,6 +28,7 @@ from retrain.errors import DatasetError, OutputError
 from retrain.export import formats as export_formats
 from retrain.export import saved_model as export_lib
 from retrain.features import ensemble as ensemble_lib
+from retrain.features import modules as features
 from retrain.features import tflite_runtime
 from retrain.finetune import run as finetune_lib
 from retrain.head import calibration as calibration_lib
@@ -175,6 +176,7 @@ def prepare(config: Config, phases: Optional[phases_lib.Phases] = None, *,
     with phases('precision'):
       module = choose_precision(config, layout.dataset, float_module, keyed,
                                 crops)
+      load_float_members(module)
   return Prepared(layout, crops, keyed, float_module, module,
                   precision_lib.describe(module), module_runner(config, module),
                   targets)
@@ -199,6 +201,20 @@ def load_module(config: Config, checked: Optional[Tuple[str, ...]] = None):
   return ensemble_lib.load(config.module.tfhub_module, config.module.image_size,
                            config.module.module_cache_dir, trust=config.module.trust_module,
                            checked=checked)
+
+
+def load_float_members(module) -> None:
+  """Loads the SavedModel of each member of `module` that runs float now
+  (its exports need it anyway), so one that cannot be loaded fails before
+  training, not after; an int8 member's float module stays unloaded (its
+  vectors and exports are its int8 model's).
+
+  Raises:
+    ModuleError: a float member's SavedModel cannot be loaded.
+  """
+  for member in ensemble_lib.members(module):
+    if not member.quantization:
+      features.ensure_loaded(member)
 
 
 def module_runner(config: Config, module):
