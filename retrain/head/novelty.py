@@ -35,6 +35,7 @@ flag although the class is right.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 from typing import Optional
 
@@ -208,10 +209,14 @@ class _Shared:
            if without is not None else
            head_math.evenly_spread(len(self.rows), MAX_COVARIANCE_ROWS))
     yr = self.y[self.rows[use]]
-    cross = _matmul(self.sample[use], means, True, self.dtype)[:, yr]
-    gram = (self.gram[np.ix_(use, use)] - cross - cross.T +
-            _matmul(means, means, True)[np.ix_(yr, yr)])
-    within = self.sample[use] - means[yr].astype(self.dtype)
+    sample = self.sample[use]
+    cross = _matmul(sample, means, True, self.dtype)[:, yr]
+    # G - X M' - M X' + M M', in place (the same sums in the same order).
+    gram = self.gram[np.ix_(use, use)]
+    gram -= cross
+    gram -= cross.T
+    gram += _matmul(means, means, True)[np.ix_(yr, yr)]
+    within = sample - means.astype(self.dtype)[yr]
     return _from_gram(within, gram, components, self.dtype,
                       (self.shift + centre, means - centre))
 
@@ -284,11 +289,20 @@ def fit_held_out(x: np.ndarray, y: np.ndarray, num_classes: int,
   (fold int [n], e.g. retrain.head.folds.group_folds of the originals;
   rows of fold -1 are never scored, always in the fit)."""
   shared = _Shared(x, y, num_classes, fold)
-  novelty = shared.fit(components)
   scored = fold >= 0
   scores = np.empty(len(y))
-  for k in shared.folds:
+
+  def fold_scores(k):
     scores[fold == k] = shared.fit(components, k).scores(x[fold == k])
+
+  # Two fits at a time: each is partly single-threaded numpy (the Gram
+  # matrix's indexing, the QR steps), which the other core runs meanwhile;
+  # every fit computes what it did one after the other.
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    done = [pool.submit(fold_scores, k) for k in shared.folds]
+    novelty = shared.fit(components)
+    for future in done:
+      future.result()
   scores = scores[scored]
   novelty.threshold = float(np.quantile(scores, keep))
   novelty.keep, novelty.held_out = keep, held_out
