@@ -35,7 +35,6 @@ flag although the class is right.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 from typing import Optional
 
@@ -289,20 +288,11 @@ def fit_held_out(x: np.ndarray, y: np.ndarray, num_classes: int,
   (fold int [n], e.g. retrain.head.folds.group_folds of the originals;
   rows of fold -1 are never scored, always in the fit)."""
   shared = _Shared(x, y, num_classes, fold)
+  novelty = shared.fit(components)
   scored = fold >= 0
   scores = np.empty(len(y))
-
-  def fold_scores(k):
+  for k in shared.folds:
     scores[fold == k] = shared.fit(components, k).scores(x[fold == k])
-
-  # Two fits at a time: each is partly single-threaded numpy (the Gram
-  # matrix's indexing, the QR steps), which the other core runs meanwhile;
-  # every fit computes what it did one after the other.
-  with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    done = [pool.submit(fold_scores, k) for k in shared.folds]
-    novelty = shared.fit(components)
-    for future in done:
-      future.result()
   scores = scores[scored]
   novelty.threshold = float(np.quantile(scores, keep))
   novelty.keep, novelty.held_out = keep, held_out
