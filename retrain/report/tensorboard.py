@@ -281,7 +281,8 @@ def write_projector(run_dir: str, vectors: np.ndarray,
 
   Returns:
     The files written: a checkpoint of variable `bottlenecks`, metadata.tsv,
-    sprite.png (with image_paths) and projector_config.pbtxt.
+    sprite.png (with image_paths) and projector_config.pbtxt (the last two
+    on the worker thread inside retrain.common.background.deferred).
   """
   os.makedirs(run_dir, exist_ok=True)
   vectors = np.asarray(vectors, np.float32)
