@@ -1,13 +1,14 @@
 """Are the run's own figures true? Validation vs test, calibration, novelty.
 
   python bench/trust.py [--folds 5] [--novelty_components 64] [--novelty_keep K]
-      [--bottleneck_dir DIR ...]
+      [--bottleneck_dir DIR ...] [--bottleneck_precision int8|float32]
       [--flowers DIR] [--digits DIR] [--bccd DIR]
 
 On the default ensemble's cached bottleneck vectors (read with
-bottleneck_cache, no TensorFlow; photos missing from every
---bottleneck_dir are computed into the last one with the default
-ensemble), for each of k stratified folds of a data set (the fold is the
+bottleneck_cache from the namespaces of the modules in the run's module
+cache, RETRAIN_MODULE_CACHE, at --bottleneck_precision, int8 by default;
+photos missing from every --bottleneck_dir are computed into the last
+one with the default ensemble), for each of k stratified folds of a data set (the fold is the
 test set, never used to fit or choose anything; the rest is split 8:1
 into training and validation, the pipeline's 80/10/10):
 
@@ -58,6 +59,7 @@ from accuracy import folds_of  # noqa: E402
 
 import bottleneck_cache  # noqa: E402
 from retrain.config import DEFAULTS  # noqa: E402
+from retrain.features import ensemble_presets  # noqa: E402
 from retrain.head import calibration, novelty, solver  # noqa: E402
 from retrain.report import trust  # noqa: E402
 
@@ -70,26 +72,55 @@ SHARED = next((p / 'shared' / 'datasets'
 EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
 
 
-def _stores(roots):
-  """{module path: [BottleneckStore in each root]} of every namespace."""
+def module_cache() -> str:
+  """The run's module cache folder (RETRAIN_MODULE_CACHE, else the
+  default), as a real path."""
+  return os.path.realpath(os.path.expanduser(os.environ.get(
+      'RETRAIN_MODULE_CACHE', DEFAULTS.module.module_cache_dir)))
+
+
+def _is_default_member(data: dict, cache: str, precision: str) -> bool:
+  """Whether a bottleneck namespace's description `data` is one of the
+  default ensemble's members as the run computes them: a module of the
+  run's module cache `cache` at `precision` ('int8': its int8 copy)."""
+  return (data.get('kind') == 'bottleneck' and
+          os.path.dirname(os.path.realpath(data['module'])) == cache and
+          bool(data.get('quantization')) == (precision == 'int8'))
+
+
+def _stores(roots, cache, precision):
+  """{module path: [BottleneckStore in each root]} of the default
+  ensemble's members (see _is_default_member); a member smaller than the
+  ensemble's input counts in the namespace of the ensemble's decode
+  (`ensemble_input_size`), not in one of the member alone."""
   found = {}
   for root in roots:
     for description in sorted(glob.glob(os.path.join(root, '*',
                                                      'namespace.json'))):
       with open(description, encoding='utf-8') as f:
         data = json.load(f)
-      if data.get('kind') == 'bottleneck':
-        found.setdefault(data['module'], []).append(
-            bottleneck_cache.BottleneckStore(root, data))
-  return found
+      if _is_default_member(data, cache, precision):
+        found.setdefault(data['module'], []).append(data)
+  side = max((d['input_size'] for ds in found.values() for d in ds),
+             default=None)
+  return {module: [bottleneck_cache.BottleneckStore(root, d) for root in roots
+                   for d in ds
+                   if d.get('ensemble_input_size', d['input_size']) == side]
+          for module, ds in found.items()}
 
 
-def _compute_missing(paths, root):
-  """The default ensemble's vectors of `paths` into the cache at root."""
+def _compute_missing(paths, root, precision):
+  """The default ensemble's vectors of `paths` into the cache at root,
+  each member at `precision` ('int8': its int8 copy where it has one)."""
+  import dataclasses
+
   from retrain.bottlenecks import ensemble as ensemble_bottlenecks
-  from retrain.features import ensemble, tflite_runtime
+  from retrain.features import ensemble, int8, tflite_runtime
   cache = os.environ.get('RETRAIN_MODULE_CACHE', DEFAULTS.module.module_cache_dir)
   module = ensemble.load(DEFAULTS.module.tfhub_module, DEFAULTS.module.image_size, cache)
+  if precision == 'int8':
+    members = tuple(int8.load(m, cache) or m for m in module.members)
+    module = dataclasses.replace(module, members=members)
   runner = tflite_runtime.deferred(module, DEFAULTS.cache.bottleneck_runtime,
                                    cache)
   ensemble_bottlenecks.compute_bottlenecks(
@@ -97,14 +128,21 @@ def _compute_missing(paths, root):
       DEFAULTS.cache.bottleneck_batch_size, cache)
 
 
-def vectors(paths, roots):
+def vectors(paths, roots, precision='int8'):
   """float32 [n, D]: the members' vectors side by side (members sorted by
-  module path: lite0, lite1, lite2, the default ensemble's order)."""
+  module path: lite0, lite1, lite2, the default ensemble's order), from
+  the namespaces of the run's module cache at `precision` (a cache may
+  also hold the same modules under another module cache's paths, and
+  each member alone or at the other precision)."""
   keys = [bottleneck_cache.file_digest(p) for p in paths]
+  cache = module_cache()
+  members = len(ensemble_presets.member_handles(DEFAULTS.module.tfhub_module))
 
   def lookup():
-    stores = _stores(roots)
-    members = []
+    stores = _stores(roots, cache, precision)
+    if len(stores) != members:
+      return None
+    found = []
     for module in sorted(stores):
       rows = []
       for key in keys:
@@ -112,15 +150,21 @@ def vectors(paths, roots):
         if store is None:
           return None
         rows.append(store.get([key])[0])
-      members.append(np.stack(rows))
-    return np.concatenate(members, 1) if len(members) == 3 else None
+      found.append(np.stack(rows))
+    return np.concatenate(found, 1)
 
   found = lookup()
   if found is None:
     print(f'computing missing vectors of {len(paths)} photos into '
           f'{roots[-1]}', flush=True)
-    _compute_missing(paths, roots[-1])
+    _compute_missing(paths, roots[-1], precision)
     found = lookup()
+  if found is None:
+    sys.exit(f'No {precision} vectors of the {members} members of '
+             f'{DEFAULTS.module.tfhub_module} (module cache {cache}) for '
+             f'every one of {len(paths)} photos in {", ".join(roots)}; '
+             'set RETRAIN_MODULE_CACHE to the module cache the vectors '
+             'were computed with, or --bottleneck_precision.')
   return found
 
 
@@ -221,6 +265,10 @@ def main():
   parser.add_argument('--novelty_keep', type=float,
                       default=DEFAULTS.deploy.novelty_keep)
   parser.add_argument('--bottleneck_dir', action='append')
+  parser.add_argument('--bottleneck_precision', choices=('int8', 'float32'),
+                      default='int8',
+                      help='the vectors read: the members\' int8 copies '
+                      '(what the default run chose on this CPU) or float')
   parser.add_argument('--flowers', default=str(SHARED / 'flowers_sample'))
   parser.add_argument('--digits', default=str(
       SHARED / 'sign_language_digits' / 'Dataset'))
@@ -232,11 +280,12 @@ def main():
   for name, root in (('flowers_sample', args.flowers),
                      ('sign_language_digits', args.digits)):
     labels, paths, y = classed(root)
-    data[name] = (vectors(paths, roots), y, len(labels))
+    data[name] = (vectors(paths, roots, args.bottleneck_precision), y,
+                  len(labels))
   bccd = sorted(p for p in glob.glob(os.path.join(args.bccd, '*'))
                 if p.lower().endswith(EXTENSIONS))
   unknown = {'sign_language_digits': data['sign_language_digits'][0],
-             'bccd': vectors(bccd, roots)}
+             'bccd': vectors(bccd, roots, args.bottleneck_precision)}
   for name, (x, y, classes) in data.items():
     print(f'\n{name}: {len(y)} photos, {classes} classes, {args.folds} '
           'folds (each fold the test set once)')

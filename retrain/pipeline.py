@@ -15,7 +15,7 @@ import os
 from typing import Dict, List, Optional
 
 import bottleneck_cache
-from retrain.common import atomic, quiet, runs
+from retrain.common import atomic, background, quiet, runs
 from retrain.common import phases as phases_lib
 from retrain.config import DEFAULTS, Config
 from retrain.data import split as split_lib
@@ -221,15 +221,17 @@ def run_steps(config: Config, convert_later: bool = False) -> RunResult:
   phases_lib.freeze_imports()
   # From the process's start on, for a command-line run (its `launch`).
   phases = phases_lib.Phases(launched=phases_lib.take_launch())
-  prepared = prepare.prepare(config, phases)
-  with phases('bottlenecks'):
-    found = vectors.compute(config, prepared)
-  if config.data.multi_label:
-    result = _multi_label(config, prepared, found, phases)
-  elif found.storage == 'cache':
-    result = _streamed(config, prepared, found, phases, convert_later)
-  else:
-    result = _in_memory(config, prepared, found, phases, convert_later)
+  # Figures that need nothing more of the run are drawn while it goes on.
+  with background.deferred():
+    prepared = prepare.prepare(config, phases)
+    with phases('bottlenecks'):
+      found = vectors.compute(config, prepared)
+    if config.data.multi_label:
+      result = _multi_label(config, prepared, found, phases)
+    elif found.storage == 'cache':
+      result = _streamed(config, prepared, found, phases, convert_later)
+    else:
+      result = _in_memory(config, prepared, found, phases, convert_later)
   vectors.warn_skipped(found.skipped, found.reports)
   write_run_summary(config, result)
   return result
@@ -282,6 +284,8 @@ def _in_memory(config: Config, prepared: prepare.Prepared,
   page = page or outputs.start_results_page(config, prepared, found, split,
                                             tuned)
   with phases('results_page'):
+    # The figures first: the page draws with matplotlib too.
+    background.wait()
     page = outputs.results_page(config, page, tuned.module, labels,
                                 found.computed.stats, phases)
   phases.total()
@@ -331,6 +335,7 @@ def _streamed(config: Config, prepared: prepare.Prepared,
   with phases('export'):
     exported = outputs.export(config, prepared, found, split, tuned,
                               confidence, convert_later=convert_later)
+    background.wait()
   phases.total()
   return _result(
       found, split, phases, copies.stats if copies is not None else None,

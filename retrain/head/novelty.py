@@ -208,10 +208,14 @@ class _Shared:
            if without is not None else
            head_math.evenly_spread(len(self.rows), MAX_COVARIANCE_ROWS))
     yr = self.y[self.rows[use]]
-    cross = _matmul(self.sample[use], means, True, self.dtype)[:, yr]
-    gram = (self.gram[np.ix_(use, use)] - cross - cross.T +
-            _matmul(means, means, True)[np.ix_(yr, yr)])
-    within = self.sample[use] - means[yr].astype(self.dtype)
+    sample = self.sample[use]
+    cross = _matmul(sample, means, True, self.dtype)[:, yr]
+    # G - X M' - M X' + M M', in place (the same sums in the same order).
+    gram = self.gram[np.ix_(use, use)]
+    gram -= cross
+    gram -= cross.T
+    gram += _matmul(means, means, True)[np.ix_(yr, yr)]
+    within = sample - means.astype(self.dtype)[yr]
     return _from_gram(within, gram, components, self.dtype,
                       (self.shift + centre, means - centre))
 

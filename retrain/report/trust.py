@@ -38,7 +38,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 from absl import logging
 
-from retrain.common import atomic
+from retrain.common import atomic, background
 from retrain.head import calibration as calibration_lib
 from retrain.head import math as head_math
 
@@ -172,7 +172,8 @@ def write(report_dir: str, summaries_dir: str, step: int, figures: dict,
           confidence, test=None, novelty=None,
           novelty_sets: Optional[Dict[str, np.ndarray]] = None) -> str:
   """Writes trust.json and its figures (report_dir) and TensorBoard
-  (summaries_dir/validation); returns the JSON's path.
+  (summaries_dir/validation), inside background.deferred while the run
+  goes on; returns the JSON's path.
 
   Args:
     figures: how each figure was obtained (retrain.steps.head.describe_figures).
@@ -183,7 +184,7 @@ def write(report_dir: str, summaries_dir: str, step: int, figures: dict,
     novelty, novelty_sets: the Novelty and its scores per set, or None.
   """
   calibration = confidence.metadata()
-  pngs = {}
+  charts = {}
   if test is not None and test.count:
     test_y = test.labels
     calibrated = calibration_lib.softmax(np.log(np.maximum(
@@ -191,26 +192,36 @@ def write(report_dir: str, summaries_dir: str, step: int, figures: dict,
                                          confidence.temperature)
     calibration['reliability'] = {'test': reliability_bins(calibrated,
                                                            test_y)}
-    pngs[RELIABILITY_FILE] = reliability_png(
+    charts[RELIABILITY_FILE] = lambda: reliability_png(
         calibration['reliability']['test'],
         f'Test set after calibration (N={len(test_y)}), ECE '
         f'{confidence.test_ece_after:.3f}')
   section = None
   if novelty is not None:
     section = novelty_section(novelty, novelty_sets or {})
-    pngs[HISTOGRAM_FILE] = histogram_png(section)
-  os.makedirs(report_dir, exist_ok=True)
-  for name, data in pngs.items():
-    atomic.write_bytes(os.path.join(report_dir, name), data)
-  path = atomic.write_json(os.path.join(report_dir, REPORT_FILE), {
+    charts[HISTOGRAM_FILE] = lambda: histogram_png(section)
+  path = os.path.join(report_dir, REPORT_FILE)
+  report = {
       'how_measured': figures, 'calibration': calibration,
       'novelty': section,
       'figures': {'reliability': RELIABILITY_FILE
-                  if RELIABILITY_FILE in pngs else None,
+                  if RELIABILITY_FILE in charts else None,
                   'novelty_histogram': HISTOGRAM_FILE
-                  if HISTOGRAM_FILE in pngs else None}})
-  _tensorboard(summaries_dir, step, pngs, confidence, section)
-  logging.info('Calibration and novelty figures (JSON, PNG): %s.', path)
+                  if HISTOGRAM_FILE in charts else None}}
+
+  # matplotlib's import and drawing are most of this step's time: done
+  # while the run goes on (retrain/common/background.py), the figures
+  # first, so that the JSON never names a figure not yet written.
+  def write_files():
+    pngs = {name: draw() for name, draw in charts.items()}
+    os.makedirs(report_dir, exist_ok=True)
+    for name, data in pngs.items():
+      atomic.write_bytes(os.path.join(report_dir, name), data)
+    atomic.write_json(path, report)
+    _tensorboard(summaries_dir, step, pngs, confidence, section)
+    logging.info('Calibration and novelty figures (JSON, PNG): %s.', path)
+
+  background.run(write_files)
   return path
 
 

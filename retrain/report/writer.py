@@ -249,6 +249,7 @@ def _projector(options, labels, head, vectors, y, split, paths,
                   '(open the PROJECTOR tab).')
   finally:
     writer.close()
-  logging.info('Embedding projector written to %s in %.1f s.', run_dir,
+  logging.info('Embedding projector written to %s in %.1f s (its sprite of '
+               'thumbnails while the run goes on).', run_dir,
                time.monotonic() - started)
   return len(rows)
