@@ -9,9 +9,12 @@ flatbuffer and redoes its arithmetic with TensorFlow ops:
   zero point (q - z): sums of products of such values are exact integers
   in float32 (below 2^24), and zero padding means padding with z, as the
   TFLite kernels pad;
-* weights and int32 biases are float32 variables holding their integer
-  values (exact: int8 and biases below 2^24), so every converter takes
-  them as it takes a float model's;
+* weights and int32 biases are float32 holding their integer values
+  (exact: int8 and biases below 2^24), so every converter takes them as
+  it takes a float model's: filters as variables, biases (a few
+  thousand numbers) as constants of the graph (a variable costs the
+  SavedModel's writer time per capture and checkpoint entry, a constant
+  a copy of its values per function that holds it);
 * each op's result is requantised as XNNPACK's int8 kernels (the
   runtime that made the cached vectors) do: the integer accumulator times
   the effective scale (input scale x weight scale of the channel / output
@@ -120,24 +123,38 @@ class Int8Graph(tf.Module):
     self._check_types()
     # Variables made now: a tf.function may not create them when traced.
     self._weights = {}
+    # Weights held as graph constants: tensor index -> layout (or None).
+    self._constant_weights = _Plain({})
     for name, op in ops:
       if name in _WEIGHT_LAYOUTS:
         self._make_weight(op.inputs[1], lambda a, op=op, name=name:
-                          _WEIGHT_LAYOUTS[name](self, op, a))
+                          _WEIGHT_LAYOUTS[name](self, op, a),
+                          variable=True)
         if len(op.inputs) > 2 and op.inputs[2] >= 0:
-          self._make_weight(op.inputs[2], None)
+          self._make_weight(op.inputs[2], None, variable=False)
     self.input_size = tuple(input_size)
     # The int8 model's file, for the int8 TFLite export
     # (retrain.export.int8_tflite), which holds it as it is.
     self.path = path
     height, width = self.input_size
     # Plain Python over the model's ops, traced as it is (AutoGraph would
-    # convert every translator call and gain nothing).
-    self._call = tf.function(self._run, autograph=False, input_signature=[
-        tf.TensorSpec([None, height, width, 3], tf.float32)])
+    # convert every translator call and gain nothing). Kept out of
+    # tf.Module's tracking: a SavedModel holding this graph holds its ops
+    # in the functions that call it (__call__), not as a function of its
+    # own that the writer would trace once more.
+    self._call = _Plain(tf.function(
+        self._run, autograph=False,
+        input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32)]))
 
   def __call__(self, images):
-    return self._call(images)
+    """float32 [batch, H, W, 3] in [0, 1] -> float32 [batch, D]. Inside
+    a function being traced (the exports' classifier), the ops go into
+    that function's graph itself: a nested function would have each
+    variable captured once more per level of nesting and its graph copied
+    into every function that calls it."""
+    if tf.inside_function():
+      return self._run(images)
+    return self._call.value(images)
 
   def _check_types(self) -> None:
     for index in self._constants():
@@ -185,9 +202,10 @@ class Int8Graph(tf.Module):
     tensor = self._graph.tensors[index]
     return [int(s) for s in tensor.shape]
 
-  def _make_weight(self, index: int, layout) -> None:
-    """Holds constant tensor `index` (conv weights, int32 biases) as a
-    float32 variable of its integer values; `layout(raw)` reorders it for
+  def _make_weight(self, index: int, layout, variable: bool) -> None:
+    """Holds constant tensor `index` (conv weights, int32 biases) as
+    float32 of its integer values: a variable, or (not `variable`) a
+    constant made when the graph is traced; `layout(raw)` reorders it for
     TensorFlow. float32, not int8 with a cast in the graph: the TFLite
     converter's int8 quantisation cannot take a convolution whose weights
     are computed (a cast), and float weights convert like any model's."""
@@ -198,6 +216,9 @@ class Int8Graph(tf.Module):
     if raw.dtype == np.int8 and np.any(self.quant(index).zero):
       raise Untranslatable(f'weights {self.name_of(index)!r} '
                            'have a non-zero zero point')
+    if not variable:
+      self._constant_weights.value[index] = layout
+      return
     if layout is not None:
       raw = layout(raw)
     self._weights[f't{index}'] = tf.Variable(
@@ -205,7 +226,11 @@ class Int8Graph(tf.Module):
 
   def weight(self, index: int) -> tf.Tensor:
     """float32 weights of tensor `index` (made by _make_weight)."""
-    return self._weights[f't{index}']
+    if index not in self._constant_weights.value:
+      return self._weights[f't{index}']
+    raw, layout = self._data(index), self._constant_weights.value[index]
+    return tf.constant((raw if layout is None else layout(raw)
+                        ).astype(np.float32))
 
   def constant(self, index: int):
     """A small constant (axes, shapes) as numpy."""
