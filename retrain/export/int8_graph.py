@@ -125,6 +125,9 @@ class Int8Graph(tf.Module):
     self._weights = {}
     # Weights held as graph constants: tensor index -> layout (or None).
     self._constant_weights = _Plain({})
+    # The float32 constants of the graph being traced, one node per value
+    # (const); empty between traces.
+    self._made = _Plain({})
     for name, op in ops:
       if name in _WEIGHT_LAYOUTS:
         self._make_weight(op.inputs[1], lambda a, op=op, name=name:
@@ -229,8 +232,17 @@ class Int8Graph(tf.Module):
     if index not in self._constant_weights.value:
       return self._weights[f't{index}']
     raw, layout = self._data(index), self._constant_weights.value[index]
-    return tf.constant((raw if layout is None else layout(raw)
-                        ).astype(np.float32))
+    return self.const(raw if layout is None else layout(raw))
+
+  def const(self, value) -> tf.Tensor:
+    """`value` as a float32 constant of the graph being traced; a value
+    met before in this trace gives the node made then (the multipliers
+    and bounds of the requantisations repeat)."""
+    array = np.asarray(value, np.float32)
+    key = (array.shape, array.tobytes())
+    if key not in self._made.value:
+      self._made.value[key] = tf.constant(array)
+    return self._made.value[key]
 
   def constant(self, index: int):
     """A small constant (axes, shapes) as numpy."""
@@ -248,13 +260,16 @@ class Int8Graph(tf.Module):
       q = self.quant(index)
       data = data.astype(np.int64) - (q.zero[0] if len(q.zero) == 1 else
                                       q.zero)
-    return tf.constant(data.astype(np.float32))
+    return self.const(data)
 
   def _run(self, images):
     values = {self._graph.inputs[0]: images}
-    for name, op in self._ops.value:
-      out = _TRANSLATORS[name](self, op, values)
-      values[op.outputs[0]] = out
+    try:
+      for name, op in self._ops.value:
+        out = _TRANSLATORS[name](self, op, values)
+        values[op.outputs[0]] = out
+    finally:
+      self._made.value = {}
     return values[self._graph.outputs[0]]
 
 
@@ -282,9 +297,10 @@ def requantise(graph: Int8Graph, accumulator, multiplier, index: int,
   float or float64 [C] along the last axis. Ties go to even, or up with
   `half_up` (the add kernels' fixed-point rounding)."""
   low, high = activation_bounds(graph, index, activation)
-  scaled = accumulator * tf.constant(np.asarray(multiplier, np.float32))
-  rounded = tf.floor(scaled + 0.5) if half_up else tf.round(scaled)
-  return tf.clip_by_value(rounded, low, high)
+  scaled = accumulator * graph.const(multiplier)
+  rounded = (tf.floor(scaled + graph.const(0.5)) if half_up
+             else tf.round(scaled))
+  return tf.clip_by_value(rounded, graph.const(low), graph.const(high))
 
 
 def _activation(op) -> int:
@@ -306,7 +322,7 @@ def _quantize(graph: Int8Graph, op, values):
 
 def _dequantize(graph: Int8Graph, op, values):
   x = graph.value(values, op.inputs[0])
-  return x * float(graph.quant(op.inputs[0]).scale[0])
+  return x * graph.const(graph.quant(op.inputs[0]).scale[0])
 
 
 def _padding(options) -> str:
@@ -350,8 +366,10 @@ def _add_or_sub(sign: float):
     a, b = (graph.value(values, i) for i in op.inputs[:2])
     sa, sb = (graph.quant(i).scale[0] for i in op.inputs[:2])
     so = graph.quant(op.outputs[0]).scale[0]
-    real = a * tf.constant(np.float32(sa / so)) + sign * b * tf.constant(
-        np.float32(sb / so))
+    # b x (sb / so) added or subtracted: the same float32 as adding
+    # (sign x b) x (sb / so), sign being +-1.
+    real_a, real_b = a * graph.const(sa / so), b * graph.const(sb / so)
+    real = real_a + real_b if sign > 0 else real_a - real_b
     return requantise(graph, real, 1.0, op.outputs[0], _activation(op),
                       half_up=True)
   return translate
@@ -405,7 +423,7 @@ def _concatenation(graph: Int8Graph, op, values):
     parts.append(x if ratio == 1.0 else requantise(graph, x, ratio, out))
   joined = tf.concat(parts, axis=op.builtinOptions.axis)
   low, high = activation_bounds(graph, out, _activation(op))
-  return tf.clip_by_value(joined, low, high)
+  return tf.clip_by_value(joined, graph.const(low), graph.const(high))
 
 
 # How conv weights are reordered for TensorFlow: TFLite's CONV_2D [O, kh,
