@@ -20,14 +20,23 @@
    solver on the features the default run's exports compute (each member
    at its chosen precision; the translated graph gives the int8
    interpreter's vectors, see 1) against the float32 ensemble's.
+3. Writing (--saved_model_dir DIR, a new folder): the SavedModel of the
+   default ensemble with all three members int8 (their translated graphs)
+   and a random 5-class head, as an int8 run's export writes it: the
+   translation's and the write's wall and process CPU seconds and what
+   each adds to the process's peak resident size (VmHWM).
+
+  python bench/int8_export.py --saved_model_dir /tmp/int8_saved_model
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import pathlib
 import sys
+import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -125,6 +134,39 @@ def accuracy(image_dir, bottleneck_dir, cache_dir, folds, seed):
   print('| ' + ' | '.join(cells) + ' |', flush=True)
 
 
+def _peak_mib():
+  with open('/proc/self/status') as f:
+    return next(int(line.split()[1]) // 1024 for line in f
+                if line.startswith('VmHWM'))
+
+
+def writing(saved_model_dir, cache_dir):
+  """Prints part 3."""
+  from retrain.export import saved_model as export_lib
+  from retrain.head.model import Head
+  module = ensemble_lib.load(DEFAULTS.module.tfhub_module, None, cache_dir)
+  quantized = dataclasses.replace(module, members=tuple(
+      dataclasses.replace(m, quantization=int8.QUANTIZATION)
+      for m in ensemble_lib.members(module)))
+  rng = np.random.default_rng(0)
+  head = Head(rng.normal(0, 0.05, (module.output_dim, 5)).astype(np.float32),
+              np.zeros(5, np.float32))
+  print('\n| step | wall s | CPU s | peak resident size added, MiB |')
+  print('|---|---|---|---|')
+  figures = [time.time(), time.process_time(), _peak_mib()]
+
+  def row(step):
+    now = [time.time(), time.process_time(), _peak_mib()]
+    print(f'| {step} | {now[0] - figures[0]:.2f} | {now[1] - figures[1]:.2f} '
+          f'| {now[2] - figures[2]} |', flush=True)
+    figures[:] = now
+  exported, _ = int8_graph.export_module(quantized, module, cache_dir)
+  row('translation (int8_graph.export_module)')
+  export_lib.export_saved_model(saved_model_dir, exported, head,
+                                list('abcde'), 'final_result')
+  row('SavedModel write (export_saved_model)')
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--agreement_dir')
@@ -135,7 +177,10 @@ def main():
   parser.add_argument('--module_cache_dir', default=None)
   parser.add_argument('--folds', type=int, default=5)
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--saved_model_dir')
   args = parser.parse_args()
+  if args.saved_model_dir:
+    writing(args.saved_model_dir, args.module_cache_dir)
   if args.agreement_dir:
     agreement(args.agreement_dir, args.count, args.module_cache_dir)
   dirs = [d for d in args.accuracy_dirs.split(',') if d]

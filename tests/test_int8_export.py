@@ -97,6 +97,32 @@ def test_translated_graph_matches_the_int8_interpreter(conv_module):
     np.testing.assert_array_equal(v.numpy(), np.round(v.numpy()))
 
 
+def test_a_traced_caller_holds_the_graphs_ops_once(conv_module):
+  import tensorflow as tf
+  from tensorflow.python.framework import tensor_util
+  int8.load(conv_module)  # writes the int8 model
+  graph = int8_graph.Int8Graph(int8.int8_file(conv_module),
+                               conv_module.input_size)
+  traced = tf.function(lambda x: graph(x) * 2.0).get_concrete_function(
+      tf.TensorSpec([None, 16, 16, 3], tf.float32)).graph
+  ops = traced.get_operations()
+  # The ops sit in the caller's graph, not in a nested function.
+  assert {'Conv2D', 'DepthwiseConv2dNative', 'Round'} <= {o.type for o in ops}
+  assert not [o for o in ops if 'PartitionedCall' in o.type]
+  # One constant node per value (the requantisations' bounds repeat).
+  values = [tensor_util.MakeNdarray(o.get_attr('value')) for o in ops
+            if o.type == 'Const' and o.get_attr('dtype') == tf.float32]
+  keys = [(v.shape, v.tobytes()) for v in values]
+  assert len(keys) == len(set(keys))
+  # The filters are variables, the biases constants.
+  assert len(graph.variables) == 3
+  assert {tuple(v.shape) for v in graph.variables} == {
+      (3, 3, 3, 8), (3, 3, 8, 1), (1, 1, 8, 8)}
+  images = _images(16)
+  np.testing.assert_array_equal(tf.function(lambda x: graph(x))(images),
+                                graph(images).numpy())
+
+
 def test_pooling_module_translates_exactly(tmp_path):
   module = features.load_module(str(export_fake_module(tmp_path / 'pool')))
   quantized = int8.load(module)

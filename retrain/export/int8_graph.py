@@ -9,9 +9,12 @@ flatbuffer and redoes its arithmetic with TensorFlow ops:
   zero point (q - z): sums of products of such values are exact integers
   in float32 (below 2^24), and zero padding means padding with z, as the
   TFLite kernels pad;
-* weights and int32 biases are float32 variables holding their integer
-  values (exact: int8 and biases below 2^24), so every converter takes
-  them as it takes a float model's;
+* weights and int32 biases are float32 holding their integer values
+  (exact: int8 and biases below 2^24), so every converter takes them as
+  it takes a float model's: filters as variables, biases (a few
+  thousand numbers) as constants of the graph (a variable costs the
+  SavedModel's writer time per capture and checkpoint entry, a constant
+  a copy of its values per function that holds it);
 * each op's result is requantised as XNNPACK's int8 kernels (the
   runtime that made the cached vectors) do: the integer accumulator times
   the effective scale (input scale x weight scale of the channel / output
@@ -124,24 +127,41 @@ class Int8Graph(tf.Module):
     self._check_types()
     # Variables made now: a tf.function may not create them when traced.
     self._weights = {}
+    # Weights held as graph constants: tensor index -> layout (or None).
+    self._constant_weights = _Plain({})
+    # The float32 constants of the graph being traced, one node per value
+    # (const); empty between traces.
+    self._made = _Plain({})
     for name, op in ops:
       if name in _WEIGHT_LAYOUTS:
         self._make_weight(op.inputs[1], lambda a, op=op, name=name:
-                          _WEIGHT_LAYOUTS[name](self, op, a))
+                          _WEIGHT_LAYOUTS[name](self, op, a),
+                          variable=True)
         if len(op.inputs) > 2 and op.inputs[2] >= 0:
-          self._make_weight(op.inputs[2], None)
+          self._make_weight(op.inputs[2], None, variable=False)
     self.input_size = tuple(input_size)
     # The int8 model's file, for the int8 TFLite export
     # (retrain.export.int8_tflite), which holds it as it is.
     self.path = path
     height, width = self.input_size
     # Plain Python over the model's ops, traced as it is (AutoGraph would
-    # convert every translator call and gain nothing).
-    self._call = tf.function(self._run, autograph=False, input_signature=[
-        tf.TensorSpec([None, height, width, 3], tf.float32)])
+    # convert every translator call and gain nothing). Kept out of
+    # tf.Module's tracking: a SavedModel holding this graph holds its ops
+    # in the functions that call it (__call__), not as a function of its
+    # own that the writer would trace once more.
+    self._call = _Plain(tf.function(
+        self._run, autograph=False,
+        input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32)]))
 
   def __call__(self, images):
-    return self._call(images)
+    """float32 [batch, H, W, 3] in [0, 1] -> float32 [batch, D]. Inside
+    a function being traced (the exports' classifier), the ops go into
+    that function's graph itself: a nested function would have each
+    variable captured once more per level of nesting and its graph copied
+    into every function that calls it."""
+    if tf.inside_function():
+      return self._run(images)
+    return self._call.value(images)
 
   def _check_types(self) -> None:
     for index in self._constants():
@@ -189,9 +209,10 @@ class Int8Graph(tf.Module):
     tensor = self._graph.tensors[index]
     return [int(s) for s in tensor.shape]
 
-  def _make_weight(self, index: int, layout) -> None:
-    """Holds constant tensor `index` (conv weights, int32 biases) as a
-    float32 variable of its integer values; `layout(raw)` reorders it for
+  def _make_weight(self, index: int, layout, variable: bool) -> None:
+    """Holds constant tensor `index` (conv weights, int32 biases) as
+    float32 of its integer values: a variable, or (not `variable`) a
+    constant made when the graph is traced; `layout(raw)` reorders it for
     TensorFlow. float32, not int8 with a cast in the graph: the TFLite
     converter's int8 quantisation cannot take a convolution whose weights
     are computed (a cast), and float weights convert like any model's."""
@@ -202,6 +223,9 @@ class Int8Graph(tf.Module):
     if raw.dtype == np.int8 and np.any(self.quant(index).zero):
       raise Untranslatable(f'weights {self.name_of(index)!r} '
                            'have a non-zero zero point')
+    if not variable:
+      self._constant_weights.value[index] = layout
+      return
     if layout is not None:
       raw = layout(raw)
     self._weights[f't{index}'] = tf.Variable(
@@ -209,7 +233,20 @@ class Int8Graph(tf.Module):
 
   def weight(self, index: int) -> tf.Tensor:
     """float32 weights of tensor `index` (made by _make_weight)."""
-    return self._weights[f't{index}']
+    if index not in self._constant_weights.value:
+      return self._weights[f't{index}']
+    raw, layout = self._data(index), self._constant_weights.value[index]
+    return self.const(raw if layout is None else layout(raw))
+
+  def const(self, value) -> tf.Tensor:
+    """`value` as a float32 constant of the graph being traced; a value
+    met before in this trace gives the node made then (the multipliers
+    and bounds of the requantisations repeat)."""
+    array = np.asarray(value, np.float32)
+    key = (array.shape, array.tobytes())
+    if key not in self._made.value:
+      self._made.value[key] = tf.constant(array)
+    return self._made.value[key]
 
   def constant(self, index: int):
     """A small constant (axes, shapes) as numpy."""
@@ -227,13 +264,16 @@ class Int8Graph(tf.Module):
       q = self.quant(index)
       data = data.astype(np.int64) - (q.zero[0] if len(q.zero) == 1 else
                                       q.zero)
-    return tf.constant(data.astype(np.float32))
+    return self.const(data)
 
   def _run(self, images):
     values = {self._graph.inputs[0]: images}
-    for name, op in self._ops.value:
-      out = _TRANSLATORS[name](self, op, values)
-      values[op.outputs[0]] = out
+    try:
+      for name, op in self._ops.value:
+        out = _TRANSLATORS[name](self, op, values)
+        values[op.outputs[0]] = out
+    finally:
+      self._made.value = {}
     return values[self._graph.outputs[0]]
 
 
@@ -261,9 +301,10 @@ def requantise(graph: Int8Graph, accumulator, multiplier, index: int,
   float or float64 [C] along the last axis. Ties go to even, or up with
   `half_up` (the add kernels' fixed-point rounding)."""
   low, high = activation_bounds(graph, index, activation)
-  scaled = accumulator * tf.constant(np.asarray(multiplier, np.float32))
-  rounded = tf.floor(scaled + 0.5) if half_up else tf.round(scaled)
-  return tf.clip_by_value(rounded, low, high)
+  scaled = accumulator * graph.const(multiplier)
+  rounded = (tf.floor(scaled + graph.const(0.5)) if half_up
+             else tf.round(scaled))
+  return tf.clip_by_value(rounded, graph.const(low), graph.const(high))
 
 
 def _activation(op) -> int:
@@ -285,7 +326,7 @@ def _quantize(graph: Int8Graph, op, values):
 
 def _dequantize(graph: Int8Graph, op, values):
   x = graph.value(values, op.inputs[0])
-  return x * float(graph.quant(op.inputs[0]).scale[0])
+  return x * graph.const(graph.quant(op.inputs[0]).scale[0])
 
 
 def _padding(options) -> str:
@@ -329,8 +370,10 @@ def _add_or_sub(sign: float):
     a, b = (graph.value(values, i) for i in op.inputs[:2])
     sa, sb = (graph.quant(i).scale[0] for i in op.inputs[:2])
     so = graph.quant(op.outputs[0]).scale[0]
-    real = a * tf.constant(np.float32(sa / so)) + sign * b * tf.constant(
-        np.float32(sb / so))
+    # b x (sb / so) added or subtracted: the same float32 as adding
+    # (sign x b) x (sb / so), sign being +-1.
+    real_a, real_b = a * graph.const(sa / so), b * graph.const(sb / so)
+    real = real_a + real_b if sign > 0 else real_a - real_b
     return requantise(graph, real, 1.0, op.outputs[0], _activation(op),
                       half_up=True)
   return translate
@@ -384,7 +427,7 @@ def _concatenation(graph: Int8Graph, op, values):
     parts.append(x if ratio == 1.0 else requantise(graph, x, ratio, out))
   joined = tf.concat(parts, axis=op.builtinOptions.axis)
   low, high = activation_bounds(graph, out, _activation(op))
-  return tf.clip_by_value(joined, low, high)
+  return tf.clip_by_value(joined, graph.const(low), graph.const(high))
 
 
 # How conv weights are reordered for TensorFlow: TFLite's CONV_2D [O, kh,
