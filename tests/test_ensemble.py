@@ -74,6 +74,27 @@ def test_area_resize_gives_full_products_bits(size_in, size_out, batch):
   assert resized.tobytes() == exact.tobytes()
 
 
+def test_area_resize_converts_to_tflite_with_any_batch():
+  import tensorflow as tf
+
+  from retrain.features import tflite_runner
+  function = tf.function(
+      lambda x: ensemble.area_resize(x, (37, 41), (23, 40)),
+      input_signature=[tf.TensorSpec([None, 37, 41, 3], tf.float32)])
+  model = tf.lite.TFLiteConverter.from_concrete_functions(
+      [function.get_concrete_function()]).convert()
+  runner = tflite_runner.TFLiteRunner(
+      tflite_runner.open_interpreter(model_content=model))
+  for batch in (1, 3):
+    images = np.random.default_rng(batch).random((batch, 37, 41, 3),
+                                                  dtype=np.float32)
+    got = runner.run(images)[0]
+    assert got.shape == (batch, 23, 40, 3)
+    np.testing.assert_allclose(
+        got, ensemble.full_area_resize(images, (37, 41), (23, 40)).numpy(),
+        atol=1e-6)
+
+
 def test_one_resize_in_the_bottlenecks_and_the_exported_graph(monkeypatch):
   """A smaller member's bottleneck call and the traced ensemble graph both
   resize with area_resize, with no state kept between calls."""
