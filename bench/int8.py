@@ -96,10 +96,10 @@ WARMUP_SHARE = 0.1
 class Stamps:
   """Stands in for the bottleneck passes' Progress (while `with`-ed) and
   records when each batch of photos was done, so a pass gives two rates:
-  over all its photos (hashing, pipeline start and first batches
-  included, as a run's progress line counts them) and past its warm-up
-  (the photos after the first WARMUP_SHARE of them, over the time they
-  took: what a long run converges to)."""
+  over all its photos (the whole call: hashing the files, the pipeline's
+  start, its first batches, reading the vectors back) and past its
+  warm-up (the batches after the first WARMUP_SHARE of the photos, over
+  the time they took: what a long run converges to)."""
 
   def __init__(self):
     self.times, self.counts = [], []
@@ -278,10 +278,10 @@ def print_speed(rows, count):
           f'{p:.1f} | {100 * p / bound:.0f} % | {steady:.1f} | '
           f'{100 * steady / bound:.0f} % | {speedup} | '
           f'{cpu_bound:.1f} / {cpu:.1f} | {100 * cpu_bound / cpu:.0f} % |')
-  print(f'(Past warm-up: the photos after the first {WARMUP_SHARE:.0%}, '
-        'over the time they took; all photos: hashing, the pipeline\'s '
-        'start and its first batches included, as a run\'s progress line '
-        'counts them.)')
+  print(f'(Past warm-up: the batches after the first {WARMUP_SHARE:.0%} '
+        'of the photos, over the time they took; all photos: the whole '
+        'call, with hashing the files, the pipeline\'s start, its first '
+        'batches and reading the vectors back from the cache.)')
 
 
 def vectors(paths, runner, bottleneck_dir):
