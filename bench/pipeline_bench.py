@@ -11,8 +11,10 @@ Prints one table for an image folder and a module:
   5. peak resident memory of the run;
   6. float32 against int8 bottlenecks, per member of the module (or
      ensemble) and for the ensemble: images/s of the pipeline, its ceiling
-     (module alone and decoding alone sharing the cores) and the % of it
-     (bench/int8.py's table; --int8_images 0 skips it);
+     (module alone and decoding alone sharing the cores) and the % of it,
+     over all the photos and past the warm-up (bench/int8.py's table;
+     --int8_images 0 skips it; --bottlenecks_only stops after it, without
+     the runs of 3-5);
   7. optionally, the same runs of a retrain.py copy (--retrain_py) and ratios;
      retrain.py needs a Python with hub.Module (--retrain_py_python) and a
      TF1 Hub module (--retrain_py_module, from make_tf1_hub_module.py); see
@@ -268,6 +270,10 @@ def main():
   parser.add_argument('--int8_images', type=int, default=200,
                       help='photos of the float32 against int8 table (6.); '
                       '0 skips it')
+  parser.add_argument('--bottlenecks_only', action='store_true',
+                      help='only the module limits and the bottleneck '
+                      'pipeline against them (1, 2 and 6): no cold and warm '
+                      'runs')
   args = parser.parse_args()
 
   from retrain.config import DEFAULTS
@@ -290,6 +296,9 @@ def main():
     count = single_module_rows(module, args, rows)
   if args.int8_images:
     precision_table(module_name, args.image_dir, args.int8_images)
+  if args.bottlenecks_only:
+    print_rows(rows, work)
+    return
   extra = (('--bottleneck_precision', args.bottleneck_precision)
            if args.bottleneck_precision else ())
   cold_wall, cold_rss, cold = retrain_run(args.image_dir, module_name, work,
@@ -344,6 +353,11 @@ def main():
       rows.append(('   retrain.py test accuracy (warm run)',
                    f'{accuracy[-1][0]} (N={accuracy[-1][1]})'))
 
+  print_rows(rows, work)
+
+
+def print_rows(rows, work):
+  """The table of (name, value) rows."""
   width = max(len(r[0]) for r in rows)
   print()
   for name, value in rows:

@@ -63,40 +63,67 @@ def test_area_resize_is_tf_area_resize(size_in, size_out):
 @pytest.mark.parametrize('size_in, size_out', [
     ((260, 260), (224, 224)), ((260, 260), (240, 240)), ((37, 41), (23, 41)),
     ((8, 8), (8, 8)), ((300, 200), (17, 199))])
-@pytest.mark.parametrize('batch', [1, 3])
-def test_banded_area_resize_gives_area_resize_bits(size_in, size_out, batch):
+@pytest.mark.parametrize('batch', [1, 3, 8])
+def test_area_resize_gives_full_products_bits(size_in, size_out, batch):
   images = np.random.default_rng(batch).random((batch, *size_in, 3),
                                                dtype=np.float32)
   images[0] = np.round(images[0] * 255) / 255  # decoded pixels' values too
-  exact = ensemble.area_resize(images, size_in, size_out).numpy()
-  banded = ensemble.banded_area_resize(images, size_in, size_out).numpy()
-  assert banded.shape == exact.shape == (batch, *size_out, 3)
-  assert banded.tobytes() == exact.tobytes()
-  # Twice: the first call of a shape checks, the second takes the band.
-  for _ in range(2):
-    assert ensemble.fast_area_resize(images, size_in, size_out).numpy(
-        ).tobytes() == exact.tobytes()
+  exact = ensemble.full_area_resize(images, size_in, size_out).numpy()
+  resized = ensemble.area_resize(images, size_in, size_out).numpy()
+  assert resized.shape == exact.shape == (batch, *size_out, 3)
+  assert resized.tobytes() == exact.tobytes()
 
 
-def test_fast_area_resize_keeps_full_products_where_the_band_differs(
-    monkeypatch):
+def test_area_resize_converts_to_tflite_with_any_batch():
   import tensorflow as tf
-  monkeypatch.setattr(ensemble, '_banded_same', {})
-  off = []
 
-  def nudged(images, size_in, size_out):  # a CPU summing in another order
-    off.append(1)
-    return tf.convert_to_tensor(
-        np.nextafter(ensemble.area_resize(images, size_in, size_out).numpy(),
-                     np.float32(2)))
-  monkeypatch.setattr(ensemble, 'banded_area_resize', nudged)
+  from retrain.features import tflite_runner
+  function = tf.function(
+      lambda x: ensemble.area_resize(x, (37, 41), (23, 40)),
+      input_signature=[tf.TensorSpec([None, 37, 41, 3], tf.float32)])
+  model = tf.lite.TFLiteConverter.from_concrete_functions(
+      [function.get_concrete_function()]).convert()
+  runner = tflite_runner.TFLiteRunner(
+      tflite_runner.open_interpreter(model_content=model))
+  for batch in (1, 3):
+    images = np.random.default_rng(batch).random((batch, 37, 41, 3),
+                                                  dtype=np.float32)
+    got = runner.run(images)[0]
+    assert got.shape == (batch, 23, 40, 3)
+    np.testing.assert_allclose(
+        got, ensemble.full_area_resize(images, (37, 41), (23, 40)).numpy(),
+        atol=1e-6)
+
+
+def test_one_resize_in_the_bottlenecks_and_the_exported_graph(monkeypatch):
+  """A smaller member's bottleneck call and the traced ensemble graph both
+  resize with area_resize, with no state kept between calls."""
+  import tensorflow as tf
+
+  from retrain.features.modules import FeatureModule
+  seen = []
+  resize = ensemble.area_resize
+
+  def counted(images, size_in, size_out):
+    seen.append((tf.executing_eagerly(), tuple(size_in), tuple(size_out)))
+    return resize(images, size_in, size_out)
+  monkeypatch.setattr(ensemble, 'area_resize', counted)
+  member = FeatureModule(handle='m', resolved='m', path='', fingerprint='f',
+                         input_size=(20, 20), output_dim=3, obj=None,
+                         call=lambda x: tf.reduce_mean(x, axis=[1, 2]))
+  resized = ensemble.at_ensemble_size(member, (30, 30))
   images = np.random.default_rng(0).random((2, 30, 30, 3), dtype=np.float32)
-  exact = ensemble.area_resize(images, (30, 30), (20, 20)).numpy()
-  for _ in range(3):
-    assert ensemble.fast_area_resize(images, (30, 30), (20, 20)).numpy(
-        ).tobytes() == exact.tobytes()
-  assert len(off) == 1  # checked once, then never used for that shape
-  assert ensemble._banded_same == {((30, 30), (20, 20), 2): False}
+  want = tf.reduce_mean(resize(images, (30, 30), (20, 20)), axis=[1, 2])
+  for _ in range(2):
+    assert resized.call(images).numpy().tobytes() == want.numpy().tobytes()
+  traced = tf.function(lambda x: ensemble.concatenated(
+      [member.call], [(20, 20)], (30, 30), x)).get_concrete_function(
+          tf.TensorSpec([None, 30, 30, 3], tf.float32))
+  np.testing.assert_allclose(traced(tf.constant(images)).numpy(),
+                             want.numpy(), atol=1e-6)
+  assert seen == [(True, (30, 30), (20, 20))] * 2 + [
+      (False, (30, 30), (20, 20))]
+  assert not hasattr(ensemble, 'fast_area_resize')
 
 
 def test_ensemble_module_concatenates_members(fake_module, small_module):

@@ -7,9 +7,9 @@ side by side: float32 [batch, D1 + D2 + ...], member order as given.
 
 Export: the ensemble is one `FeatureModule` whose `obj` takes float32 images
 [batch, H, W, 3] in [0, 1] at the largest member's size and resizes them
-inside the graph to each smaller member's size by area averaging (written
-as two matrix products, so TFLite and frozen graphs carry it with builtin
-ops), then concatenates the members' vectors. Everything downstream (the
+inside the graph to each smaller member's size by area averaging
+(`area_resize`: gathers and matrix products, so TFLite and frozen graphs
+carry it with builtin ops), then concatenates the members' vectors. Everything downstream (the
 SavedModel's float and bytes signatures, the frozen graph, TFLite float and
 quantized, label_image) sees one module and works unchanged; each image is
 decoded once.
@@ -61,10 +61,12 @@ def area_matrix(size_in: int, size_out: int) -> np.ndarray:
   return (matrix / scale).astype(np.float32)
 
 
-def area_resize(images: tf.Tensor, size_in: Tuple[int, int],
-                size_out: Tuple[int, int]) -> tf.Tensor:
-  """float32 [b, H, W, C] -> [b, h, w, C] by area averaging (h <= H,
-  w <= W), as two matrix products that TFLite runs with builtin ops."""
+def full_area_resize(images: tf.Tensor, size_in: Tuple[int, int],
+                     size_out: Tuple[int, int]) -> tf.Tensor:
+  """area_resize by its definition: float32 [b, H, W, C] -> [b, h, w, C]
+  (h <= H, w <= W), each axis one matrix product over every input pixel.
+  The reference area_resize's bits are checked against (tests); 4 times
+  slower eagerly."""
   rows = tf.constant(area_matrix(size_in[0], size_out[0]))  # [h, H]
   cols = tf.constant(area_matrix(size_in[1], size_out[1]))  # [w, W]
   # [b, H, W, C] -> [b, C, H, W]: then both products are plain matmuls.
@@ -73,7 +75,7 @@ def area_resize(images: tf.Tensor, size_in: Tuple[int, int],
   return tf.transpose(x, [0, 2, 3, 1])
 
 
-# Output rows per block of banded_area_resize (8 to 32 ran alike, 64 slower).
+# Output rows per block of area_resize (8 to 32 ran alike, 64 slower).
 _BAND_ROWS = 16
 
 
@@ -100,60 +102,38 @@ def _bands(size_in: int, size_out: int) -> Tuple[np.ndarray, np.ndarray]:
   return weights, pixels
 
 
-def banded_area_resize(images: tf.Tensor, size_in: Tuple[int, int],
-                       size_out: Tuple[int, int]) -> tf.Tensor:
-  """area_resize with each output pixel's sum over the few input pixels
-  its box covers (a block of _BAND_ROWS output rows reads a band of
-  about 1.2 x _BAND_ROWS + 2 input rows) instead of all of them: about
-  4 times faster eagerly (260 -> 224, batch 8: 11 ms against 41). The
-  same non-zero products in the same order; only zero products are left
-  out, so a matmul kernel that sums each output's products in order gives
-  the same bits (fast_area_resize checks that it does)."""
+def area_resize(images, size_in: Tuple[int, int],
+                size_out: Tuple[int, int]) -> tf.Tensor:
+  """float32 [b, H, W, C] -> [b, h, w, C] by area averaging (h <= H,
+  w <= W; what tf.image.resize(method='area') does), as matrix products
+  that TFLite runs with builtin ops (GATHER, BATCH_MATMUL, RESHAPE,
+  TRANSPOSE).
+
+  The one resize of an ensemble's smaller members: the bottleneck pass,
+  the exported graphs (float, int8, TFLite) and the heat maps all call
+  it. Each output pixel sums over the few input pixels its box covers (a
+  block of _BAND_ROWS output rows reads a band of about
+  1.2 x _BAND_ROWS + 2 input rows), not over all of them as
+  full_area_resize does, and the rows are summed on the images as they
+  lie (no transpose): about half full_area_resize's CPU time eagerly
+  (260 -> 224 and -> 240, batch 8). The same non-zero products in the same order;
+  only zero products are left out, so a matmul kernel that sums each
+  output's products in order gives full_area_resize's bits (the tests
+  check it on this CPU).
+  """
+  images = tf.convert_to_tensor(images, tf.float32)
   (rows, row_pixels), (cols, col_pixels) = (_bands(size_in[0], size_out[0]),
                                             _bands(size_in[1], size_out[1]))
   batch, channels = tf.shape(images)[0], tf.shape(images)[3]
-  # [b, H, W, C] -> [H, b*C*W]: each product is one matmul per block.
-  x = tf.reshape(tf.transpose(images, [1, 0, 3, 2]), [size_in[0], -1])
-  x = tf.reshape(tf.matmul(rows, tf.gather(x, row_pixels)),
-                 [-1, batch, channels, size_in[1]])[:size_out[0]]  # [h, b, C, W]
-  x = tf.reshape(tf.transpose(x, [3, 1, 2, 0]), [size_in[1], -1])
+  # Rows on [b, H, W*C] as it is (no transpose): one matmul per block.
+  x = tf.reshape(images, [batch, size_in[0], -1])
+  x = tf.matmul(rows, tf.gather(x, row_pixels, axis=1))  # [b, blocks, R, W*C]
+  x = tf.reshape(x, [batch, -1, size_in[1], channels])[:, :size_out[0]]
+  # Columns on [W, b*h*C].
+  x = tf.reshape(tf.transpose(x, [2, 0, 1, 3]), [size_in[1], -1])
   x = tf.reshape(tf.matmul(cols, tf.gather(x, col_pixels)),
-                 [-1, batch, channels, size_out[0]])[:size_out[1]]  # [w, b, C, h]
-  return tf.transpose(x, [1, 3, 0, 2])
-
-
-# (size_in, size_out, batch) -> whether banded_area_resize gave
-# area_resize's bits on a batch of that shape.
-_banded_same: dict = {}
-
-
-def fast_area_resize(images, size_in: Tuple[int, int],
-                     size_out: Tuple[int, int]) -> tf.Tensor:
-  """area_resize(images, size_in, size_out), bit for bit, as
-  banded_area_resize wherever that was seen to agree.
-
-  The first batch of each shape runs both and returns area_resize's
-  result; banded_area_resize serves later batches of that shape only if
-  every bit agreed (a CPU whose matmul kernel sums in another order keeps
-  area_resize). Traced (in a tf.function), it is area_resize.
-  """
-  images = tf.convert_to_tensor(images, tf.float32)
-  if not tf.executing_eagerly() or images.shape.rank != 4:
-    return area_resize(images, size_in, size_out)
-  key = (tuple(size_in), tuple(size_out), images.shape[0])
-  same = _banded_same.get(key)
-  if same:
-    return banded_area_resize(images, size_in, size_out)
-  exact = area_resize(images, size_in, size_out)
-  if same is None:
-    same = (banded_area_resize(images, size_in, size_out).numpy().tobytes()
-            == exact.numpy().tobytes())
-    _banded_same[key] = same
-    if not same:
-      logging.info('Area resizing %s -> %s stays on full matrix products: '
-                   'the banded form differs in the last bits on this CPU.',
-                   size_in, size_out)
-  return exact
+                 [-1, batch, size_out[0], channels])[:size_out[1]]  # [w, b, h, C]
+  return tf.transpose(x, [1, 2, 0, 3])
 
 
 def concatenated(calls, sizes, input_size: Tuple[int, int],
@@ -224,7 +204,7 @@ def at_ensemble_size(member: FeatureModule, input_size: Tuple[int, int]
     return member
 
   def call(images):
-    return member.call(fast_area_resize(images, size, own))
+    return member.call(area_resize(images, size, own))
 
   def prepare():
     if member.prepare is not None:

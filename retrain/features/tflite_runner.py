@@ -89,8 +89,10 @@ class TFLiteRunner:
       if part.shape[0] < step:
         pad = np.zeros((step - part.shape[0],) + part.shape[1:], part.dtype)
         part = np.concatenate([part, pad])
-      self.interpreter.set_tensor(self.input['index'],
-                                  part.astype(self.input['dtype']))
+      # No copy when the images already have the input's dtype (float32
+      # for the bottleneck models): set_tensor copies them in anyway.
+      self.interpreter.set_tensor(self.input['index'], np.ascontiguousarray(
+          part, self.input['dtype']))
       self.interpreter.invoke()  # releases the GIL
       for kept, details in zip(parts, self.outputs, strict=True):
         kept.append(self._output(details, min(step, n - start)))
