@@ -91,6 +91,8 @@ class Clock:
 # The share of a pass's photos counted as its warm-up: the steady rate is
 # that of the photos done after them (see Stamps).
 WARMUP_SHARE = 0.1
+# Batches a pass needs before its rate past the warm-up is given.
+MIN_STAMPS = 20
 
 
 class Stamps:
@@ -125,9 +127,11 @@ class Stamps:
     bottlenecks_lib.Progress, ensemble_bottlenecks.Progress = self._saved
 
   def steady_rate(self) -> float:
-    """images/s past the warm-up (0 when too few batches to tell)."""
+    """images/s past the warm-up (0 when too few batches to tell: the
+    pipeline decodes ahead, so on a short pass the photos past the warm-up
+    were partly decoded during it, and the rate can pass the ceiling)."""
     done = np.cumsum(self.counts)
-    if len(done) < 3:
+    if len(done) < MIN_STAMPS:
       return 0.0
     first = min(int(np.searchsorted(done, WARMUP_SHARE * done[-1])),
                 len(done) - 2)
@@ -274,14 +278,18 @@ def print_speed(rows, count):
       enumerate(rows)):
     speedup = (f'{p / rows[i - 1][5]:.2f}x' if precision == 'int8' and
                rows[i - 1][0] == name else '')
+    past = (f'{steady:.1f} | {100 * steady / bound:.0f} %' if steady else
+            'n/a | n/a')
     print(f'| {name} | {precision} | {m:.1f} | {d:.0f} | {bound:.1f} | '
-          f'{p:.1f} | {100 * p / bound:.0f} % | {steady:.1f} | '
-          f'{100 * steady / bound:.0f} % | {speedup} | '
+          f'{p:.1f} | {100 * p / bound:.0f} % | {past} | {speedup} | '
           f'{cpu_bound:.1f} / {cpu:.1f} | {100 * cpu_bound / cpu:.0f} % |')
   print(f'(Past warm-up: the batches after the first {WARMUP_SHARE:.0%} '
         'of the photos, over the time they took; all photos: the whole '
         'call, with hashing the files, the pipeline\'s start, its first '
-        'batches and reading the vectors back from the cache.)')
+        'batches and reading the vectors back from the cache. Past '
+        f'warm-up needs {MIN_STAMPS} stored batches: the pipeline decodes '
+        'ahead, so on a short pass the photos past the warm-up were partly '
+        'decoded during it, and that rate can pass the ceiling.)')
 
 
 def vectors(paths, runner, bottleneck_dir):

@@ -268,3 +268,26 @@ def test_retrain_load_predicts_labels_and_probabilities(trained_run):
                      for f in files])
   np.testing.assert_allclose(model.predict(pixels).probabilities, probs,
                              atol=1e-6)
+
+
+def test_heat_maps_are_drawn_a_few_photos_at_a_time(tmp_path):
+  root = make_colour_dataset(tmp_path / 'photos', per_class=5)
+  files = sorted(str(p) for p in root.rglob('*.jpg'))
+  calls = []
+
+  class Explainer:
+    input_size = (16, 16)
+
+    def __call__(self, images, classes):
+      calls.append((images.shape, list(classes)))
+      return np.ones(images.shape[:3], np.float32) * 0.5
+
+  labels = ['a', 'b', 'c']
+  examples = [{'file': f, 'predicted': labels[i % 3]}
+              for i, f in enumerate(files)]
+  uris = results.heat_map_uris(Explainer(), examples, labels)
+  assert sorted(uris) == files  # one map per photo
+  assert all(u.startswith('data:image/jpeg;base64,') for u in uris.values())
+  assert all(shape[0] <= results.HEAT_MAPS_AT_ONCE for shape, _ in calls)
+  assert len(calls) == -(-len(files) // results.HEAT_MAPS_AT_ONCE)
+  assert [c for _, cs in calls for c in cs] == [i % 3 for i in range(len(files))]

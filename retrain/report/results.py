@@ -159,6 +159,13 @@ def _decode(paths: Sequence[str], size) -> list:
     return list(pool.map(one, paths))
 
 
+# Photos a heat map pass takes at once: the default ensemble's Grad-CAM
+# held about 320 MiB of activations for the page's 12 photos at once and
+# 40 MiB for one, and the heat maps are drawn while the SavedModel is
+# written (retrain.pipeline), which has its own peak.
+HEAT_MAPS_AT_ONCE = 6
+
+
 def heat_map_uris(explainer, examples: Sequence[dict],
                   labels: Sequence[str]) -> Dict[str, str]:
   """{file: JPEG data: URI of the photo with the heat map of its
@@ -171,8 +178,11 @@ def heat_map_uris(explainer, examples: Sequence[dict],
   good = [i for i, image in enumerate(decoded) if image is not None]
   if not good:
     return {}
-  maps = explainer(np.stack([decoded[i] for i in good]),
-                   [predicted[files[i]] for i in good])
+  maps = []
+  for start in range(0, len(good), HEAT_MAPS_AT_ONCE):
+    chunk = good[start:start + HEAT_MAPS_AT_ONCE]
+    maps.extend(explainer(np.stack([decoded[i] for i in chunk]),
+                          [predicted[files[i]] for i in chunk]))
   uris = {}
   for i, heat in zip(good, maps):
     data = explain.encode(explain.overlay(decoded[i], heat), 'JPEG',
