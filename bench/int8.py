@@ -10,8 +10,9 @@
    load: the module alone on pre-decoded images (the ceiling), decoding
    and resizing alone, and the bottleneck pipeline into an empty cache on
    --speed_images photos, with its share of the ceiling (module and
-   decoding sharing the cores: 1 / (1/module + 1/decoding)), over all the
-   photos and past the warm-up (Stamps).
+   decoding sharing the cores: 1 / (1/module + 1/decoding)), over the
+   whole pass (hashing the files, the pipeline's start, its first batches
+   and reading the vectors back included).
 2. Accuracy, per dataset: stratified k-fold (each photo tested once; each
    fold's training part split 8:1 into training and validation, as
    bench/accuracy.py), a head from the converging solver on each
@@ -88,57 +89,6 @@ class Clock:
     return images / wall, 1000 * cpu / max(images, 1)
 
 
-# The share of a pass's photos counted as its warm-up: the steady rate is
-# that of the photos done after them (see Stamps).
-WARMUP_SHARE = 0.1
-# Batches a pass needs before its rate past the warm-up is given.
-MIN_STAMPS = 20
-
-
-class Stamps:
-  """Stands in for the bottleneck passes' Progress (while `with`-ed) and
-  records when each batch of photos was done, so a pass gives two rates:
-  over all its photos (the whole call: hashing the files, the pipeline's
-  start, its first batches, reading the vectors back) and past its
-  warm-up (the batches after the first WARMUP_SHARE of the photos, over
-  the time they took: what a long run converges to)."""
-
-  def __init__(self):
-    self.times, self.counts = [], []
-
-  def __enter__(self):
-    stamps = self
-
-    class Recorder:
-      def __init__(self, *args, **kwargs):
-        del args, kwargs
-
-      def update(self, count):
-        stamps.times.append(time.perf_counter())
-        stamps.counts.append(count)
-
-      def finish(self):
-        pass
-    self._saved = (bottlenecks_lib.Progress, ensemble_bottlenecks.Progress)
-    bottlenecks_lib.Progress = ensemble_bottlenecks.Progress = Recorder
-    return self
-
-  def __exit__(self, *exc):
-    bottlenecks_lib.Progress, ensemble_bottlenecks.Progress = self._saved
-
-  def steady_rate(self) -> float:
-    """images/s past the warm-up (0 when too few batches to tell: the
-    pipeline decodes ahead, so on a short pass the photos past the warm-up
-    were partly decoded during it, and the rate can pass the ceiling)."""
-    done = np.cumsum(self.counts)
-    if len(done) < MIN_STAMPS:
-      return 0.0
-    first = min(int(np.searchsorted(done, WARMUP_SHARE * done[-1])),
-                len(done) - 2)
-    return float((done[-1] - done[first]) /
-                 max(self.times[-1] - self.times[first], 1e-9))
-
-
 def decode_rate(paths, size):
   """(images/s, CPU ms per image) of decoding and resizing alone (tf.data,
   as the pipeline)."""
@@ -154,30 +104,28 @@ def decode_rate(paths, size):
 
 
 def pipeline_rate(paths, runner):
-  """(images/s, CPU ms per image, images/s past the warm-up: Stamps) of
-  compute_bottlenecks of `paths` into an empty cache."""
-  with tempfile.TemporaryDirectory() as cache, Stamps() as stamps:
+  """(images/s, CPU ms per image) of compute_bottlenecks of `paths` into
+  an empty cache."""
+  with tempfile.TemporaryDirectory() as cache:
     store = bottleneck_cache.BottleneckStore(
         cache, bottlenecks_lib.cache_namespace(runner))
     clock = Clock()
     done = bottlenecks_lib.compute_bottlenecks(
         paths, runner, store, BATCH,
         bottlenecks_lib.PassOptions(progress_interval=1e9))
-    return (*clock.rates(done.stats.computed), stamps.steady_rate())
+    return clock.rates(done.stats.computed)
 
 
 def ensemble_rate(paths, module, members):
-  """(images/s, CPU ms per image, images/s past the warm-up: Stamps) of
-  the ensemble's bottlenecks (shared pass) into an empty cache, with
-  `members` as the ensemble's members."""
+  """(images/s, CPU ms per image) of the ensemble's bottlenecks (shared
+  pass) into an empty cache, with `members` as the ensemble's members."""
   ensemble = dataclasses.replace(module, members=tuple(members))
-  with tempfile.TemporaryDirectory() as cache, Stamps() as stamps:
+  with tempfile.TemporaryDirectory() as cache:
     clock = Clock()
     done = ensemble_bottlenecks.compute_bottlenecks(
         paths, ensemble, ensemble, cache, 'tflite', BATCH,
         options=bottlenecks_lib.PassOptions(progress_interval=1e9))
-    return (*clock.rates(done.stats.computed // len(members)),
-            stamps.steady_rate())
+    return clock.rates(done.stats.computed // len(members))
 
 
 def module_alone(runner, seconds):
@@ -198,12 +146,11 @@ def best(runs):
 
 
 def _row(name, precision, alone, decoding, piped):
-  """A table row from (images/s, CPU ms per image) pairs; `piped` also
-  has the images/s past the warm-up."""
+  """A table row from (images/s, CPU ms per image) pairs."""
   bound = 1 / (1 / alone[0] + 1 / decoding[0])
   cpu_bound = alone[1] + decoding[1]
   return (name, precision, alone[0], decoding[0], bound, piped[0],
-          cpu_bound, piped[1], alone[1], piped[2])
+          cpu_bound, piped[1], alone[1])
 
 
 def speed(paths, names, cache_dir, seconds):
@@ -264,32 +211,25 @@ def as_ensemble(module, members):
 def print_speed(rows, count):
   """The table: per module and precision, images/s of the module alone,
   decoding alone, their ceiling sharing the cores and the pipeline, its %
-  of the ceiling, over all the photos and past the warm-up (Stamps); then
-  the same in CPU ms per image (module + decoding against the pipeline),
-  which other jobs on the cores disturb less."""
+  of the ceiling; then the same in CPU ms per image (module + decoding
+  against the pipeline), which other jobs on the cores disturb less."""
   print(f'\nSpeed ({count} photos, batch {BATCH}, images/s; machine '
         f'load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)')
   print('| module | precision | module alone | decoding alone | ceiling '
-        '(both on the cores) | pipeline | % of ceiling | pipeline past '
-        'warm-up | % of ceiling past warm-up | int8 speed-up | CPU '
-        'ms/image: ceiling / pipeline | % of CPU ceiling |')
-  print('|---|---|---|---|---|---|---|---|---|---|---|---|')
-  for i, (name, precision, m, d, bound, p, cpu_bound, cpu, _, steady) in (
+        '(both on the cores) | pipeline | % of ceiling | int8 speed-up | '
+        'CPU ms/image: ceiling / pipeline | % of CPU ceiling |')
+  print('|---|---|---|---|---|---|---|---|---|---|')
+  for i, (name, precision, m, d, bound, p, cpu_bound, cpu, _) in (
       enumerate(rows)):
     speedup = (f'{p / rows[i - 1][5]:.2f}x' if precision == 'int8' and
                rows[i - 1][0] == name else '')
-    past = (f'{steady:.1f} | {100 * steady / bound:.0f} %' if steady else
-            'n/a | n/a')
     print(f'| {name} | {precision} | {m:.1f} | {d:.0f} | {bound:.1f} | '
-          f'{p:.1f} | {100 * p / bound:.0f} % | {past} | {speedup} | '
+          f'{p:.1f} | {100 * p / bound:.0f} % | {speedup} | '
           f'{cpu_bound:.1f} / {cpu:.1f} | {100 * cpu_bound / cpu:.0f} % |')
-  print(f'(Past warm-up: the batches after the first {WARMUP_SHARE:.0%} '
-        'of the photos, over the time they took; all photos: the whole '
-        'call, with hashing the files, the pipeline\'s start, its first '
-        'batches and reading the vectors back from the cache. Past '
-        f'warm-up needs {MIN_STAMPS} stored batches: the pipeline decodes '
-        'ahead, so on a short pass the photos past the warm-up were partly '
-        'decoded during it, and that rate can pass the ceiling.)')
+  print('(The pipeline over the whole pass: hashing the files, its start, '
+        'its first batches and reading the vectors back included. It '
+        'decodes ahead of the module, so a rate over part of a pass can '
+        'read above the ceiling.)')
 
 
 def vectors(paths, runner, bottleneck_dir):

@@ -12,7 +12,7 @@ Prints one table for an image folder and a module:
   6. float32 against int8 bottlenecks, per member of the module (or
      ensemble) and for the ensemble: images/s of the pipeline, its ceiling
      (module alone and decoding alone sharing the cores) and the % of it,
-     over all the photos and past the warm-up (bench/int8.py's table;
+     over the whole pass (bench/int8.py's table;
      --int8_images 0 skips it; --bottlenecks_only stops after it, without
      the runs of 3-5);
   7. optionally, the same runs of a retrain.py copy (--retrain_py) and ratios;
