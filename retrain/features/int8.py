@@ -135,12 +135,7 @@ def convert(module: FeatureModule, path: str) -> None:
   """Converts the module to a full-integer int8 TFLite model at `path`
   (float32 input and output), calibrated on calibration_images; written
   atomically."""
-  height, width = module.input_size
-  obj = module.obj  # loaded here, not inside the trace (its errors intact)
-  fn = tf.function(lambda x: obj(x), input_signature=[
-      tf.TensorSpec([None, height, width, 3], tf.float32)])
-  converter = tf.lite.TFLiteConverter.from_concrete_functions(
-      [fn.get_concrete_function()], obj)
+  converter = tflite_runtime.converter(module)
   images = calibration_images(module.input_size)
   converter.optimizations = [tf.lite.Optimize.DEFAULT]
   converter.representative_dataset = lambda: ([images[i:i + 1]]

@@ -58,15 +58,20 @@ def tflite_file(module: FeatureModule, cache_dir: Optional[str] = None) -> str:
   return os.path.join(root, _SUBDIR, name)
 
 
-def convert(module: FeatureModule, path: str) -> None:
-  """Converts the module's call to a float32 TFLite model at `path`."""
+def converter(module: FeatureModule) -> tf.lite.TFLiteConverter:
+  """A TFLite converter of the module's forward pass: float32 [batch, H,
+  W, 3] in [0, 1] -> float32 [batch, D], the batch left open."""
   height, width = module.input_size
   obj = module.obj  # loaded here, not inside the trace (its errors intact)
   fn = tf.function(lambda x: obj(x), input_signature=[
       tf.TensorSpec([None, height, width, 3], tf.float32)])
-  converter = tf.lite.TFLiteConverter.from_concrete_functions(
+  return tf.lite.TFLiteConverter.from_concrete_functions(
       [fn.get_concrete_function()], obj)
-  data = converter.convert()
+
+
+def convert(module: FeatureModule, path: str) -> None:
+  """Converts the module's call to a float32 TFLite model at `path`."""
+  data = converter(module).convert()
   # Two processes converting at once never leave a half-written file; the
   # record (size, hash) is written first, so no reader sees the file
   # without one.
