@@ -312,7 +312,8 @@ def test_training_groups_hold_near_duplicates_and_copies_together():
            '/d/b/z_nohash_1.jpg', '/d/b/z_nohash_2.jpg']
   images = types.SimpleNamespace(paths_of=lambda rows: [paths[r] for r in rows])
   copies = types.SimpleNamespace(source=np.array([1, 2]))
-  groups = vectors.training_groups(split_, copies, images)
+  groups = vectors.training_groups(
+      split_, copies, vectors.near_duplicates(images, split_))
   np.testing.assert_array_equal(groups.photo, [0, 1, 2, 1, 2])
   fold = groups.fold  # rows: 3 photos, 2 copies, then 2 validation photos
   assert fold.shape == (7,)

@@ -15,6 +15,7 @@ from retrain.config import DEFAULTS
 from retrain.head import novelty
 from retrain.report import trust
 from retrain.steps import trust as trust_step
+from retrain.steps import vectors
 from tests.conftest import write_image
 from tests.test_deploy import SIZE, _deploy_config, make_overlapping_dataset
 from tools import label_image
@@ -290,7 +291,9 @@ def test_novelty_folds_hold_near_duplicates_together(monkeypatch):
   seen = {}
   monkeypatch.setattr(trust_step.novelty_lib, 'fit_on_split',
                       lambda *args: seen.setdefault('groups', args[-1]))
-  trust_step.fit_novelty(DEFAULTS, trust_step.InMemory(images, split), 2)
+  near = vectors.near_duplicates(images, split)
+  trust_step.fit_novelty(DEFAULTS, trust_step.in_memory(images, split), 2,
+                         groups=near)
   groups = seen['groups']  # rows: train 0, 1, 3 then validation 2, 4
   assert groups[0] == groups[3]  # x_nohash_1 and x_nohash_2
   assert len(set(groups)) == 4

@@ -35,7 +35,7 @@ test set (this module is never given it):
   better, docs/accuracy.md).
 - `k-fold`: otherwise (a validation set too small to choose on), `folds`-fold
   cross-validation on training + validation together, folds stratified by
-  class (each candidate's folds fitted as one problem, see
+  class, a photo with its copies and near-duplicates (each candidate's folds fitted as one problem, see
   held_out.fold_grid); the chosen setting is then fitted on all of training
   + validation, starting from the mean of its folds' fits.
 - `single`: one candidate only (or no validation images and too few images
@@ -347,8 +347,9 @@ def _describe(c: Candidate) -> str:
   return text
 
 
-def _choose(sets: _Sets, task: _Task):
-  """Scores the grid (see the module docstring).
+def _choose(sets: _Sets, task: _Task, groups: held_out_lib.Groups):
+  """Scores the grid (see the module docstring); a k-fold choice deals
+  groups' rows (a photo, its copies, its near-duplicates) into one fold.
 
   Returns:
     (selection, candidates scored, chosen, reason, solutions): solutions
@@ -361,7 +362,9 @@ def _choose(sets: _Sets, task: _Task):
   trained = np.flatnonzero(np.bincount(sets.train_y, minlength=num_classes))
   val_counts = np.bincount(val_y, minlength=num_classes)[trained]
   all_y = sets.all_y
-  smallest_class = int(np.bincount(all_y, minlength=num_classes)[
+  fold_groups = groups.fold_groups(len(val_y))
+  _, first = np.unique(fold_groups, return_index=True)
+  smallest_class = int(np.bincount(all_y[first], minlength=num_classes)[
       trained].min())
   solutions: List[np.ndarray] = []
   if len(candidates) == 1:
@@ -374,7 +377,8 @@ def _choose(sets: _Sets, task: _Task):
               f'(N={len(val_y)})')
   elif smallest_class >= options.folds:
     selection, held = 'k-fold', _held(all_y, task.class_weights)
-    fold = folds_lib.stratified_folds(all_y, options.folds, options.seed)
+    fold = folds_lib.group_folds(all_y, fold_groups, options.folds,
+                                 options.seed)
     weights = lbfgs_lib.class_sample_weight(task.class_weights, all_y)
     scores = []
     for logits, theta, iterations in held_out_lib.fold_grid(
@@ -470,7 +474,9 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
   val_x, val_y = _as_arrays(np.reshape(val_x, (-1, train_x.shape[1])), val_y)
   sets = _Sets(train_x, train_y, val_x, val_y)
   task = _Task(num_classes, options, class_weights)
-  selection, candidates, chosen, reason, solutions = _choose(sets, task)
+  groups = groups or held_out_lib.Groups(np.arange(len(train_y)))
+  selection, candidates, chosen, reason, solutions = _choose(sets, task,
+                                                             groups)
 
   refit = selection != 'validation' or options.refit
   fit_x, fit_y = (sets.all_x, sets.all_y) if refit else (train_x, train_y)
@@ -486,9 +492,7 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
   reason = f'{_describe(chosen)}: {reason}'
   if refit and len(val_y):
     reason += '; refitted on training + validation'
-  held_out = _held_out(
-      fit, refit, sets, groups or held_out_lib.Groups(np.arange(len(train_y))),
-      chosen, task)
+  held_out = _held_out(fit, refit, sets, groups, chosen, task)
   # (In the validation case the chosen candidate's fit on training is that
   # head already: restarting from it stops at once.)
   if selection != 'validation' or start is None:

@@ -21,49 +21,42 @@ from retrain.report import trust as trust_report
 from retrain.steps import head, vectors
 
 
-@dataclasses.dataclass(frozen=True)
-class InMemory:
+def in_memory(images: usable_lib.UsableImages, split: split_lib.Split):
   """The `read` of trust_checks for vectors in memory: every row of the
-  named subsets, in the order named; `groups(names)` gives the same rows'
-  near-duplicate groups (split.near_duplicate_groups: int64 [m])."""
-  images: usable_lib.UsableImages
-  split: split_lib.Split
+  named subsets, in the order named."""
 
-  def _rows(self, names) -> np.ndarray:
-    return np.concatenate([self.split.subset(name) for name in names])
+  def read(names):
+    rows = np.concatenate([split.subset(name) for name in names])
+    return images.vectors[rows], images.labels[rows]
 
-  def __call__(self, names):
-    rows = self._rows(names)
-    return self.images.vectors[rows], self.images.labels[rows]
-
-  def groups(self, names) -> np.ndarray:
-    return split_lib.near_duplicate_groups(
-        self.images.paths_of(self._rows(names)))
+  return read
 
 
-def fit_novelty(config: Config, read, num_classes: int, tuned=None):
+def fit_novelty(config: Config, read, num_classes: int, tuned=None,
+                groups: Optional[np.ndarray] = None):
   """The novelty score on the features the exported model computes of the
   training and validation images (the frozen vectors, read: see
   trust_checks; or after accepted fine-tuning the fine-tuned network's),
   its threshold from out-of-fold scores; None when switched off
-  (novelty_keep 0) or with fewer than two images a class."""
+  (novelty_keep 0) or with fewer than two images (groups) a class.
+  groups: int [n_train + n_val] near-duplicate group of each row read
+  (rows of one group share a fold), or None: each row its own."""
   if not config.deploy.novelty_keep:
     return None
   if exports_fine_tuned(tuned):
     return fit_tuned_novelty(config, tuned, num_classes)
   x, y = read(('train', 'validation'))
-  counts = np.bincount(y, minlength=num_classes)
+  _, first = np.unique(np.arange(len(y)) if groups is None else groups,
+                       return_index=True)
+  counts = np.bincount(y[first], minlength=num_classes)
   folds = min(config.head.solver_folds, int(counts[counts > 0].min()))
   if folds < 2:
     logging.info('No novelty score: a class has fewer than two training '
                  'and validation images to hold out.')
     return None
-  # Near-duplicates share a fold when the reader knows them (in memory).
-  groups = getattr(read, 'groups', None)
   return novelty_lib.fit_on_split(
       x, y, num_classes, config.deploy.novelty_components,
-      config.deploy.novelty_keep, folds, config.head.random_seed,
-      None if groups is None else groups(('train', 'validation')))
+      config.deploy.novelty_keep, folds, config.head.random_seed, groups)
 
 
 def fit_tuned_novelty(config: Config, tuned, num_classes: int):
@@ -116,7 +109,8 @@ def unknown_vectors(config: Config, module, runner,
 
 def trust_checks(config: Config, prepared, found, split: split_lib.Split,
                  tuned: head.Tuned, confidence: calibration_lib.Confidence,
-                 read=None) -> calibration_lib.Confidence:
+                 read=None, groups: Optional[np.ndarray] = None
+                 ) -> calibration_lib.Confidence:
   """Fits the novelty score (into confidence.head, so every export
   computes it), scores the test and --unknown_dir photos, writes
   <report_dir>/trust.json with the reliability diagram and the novelty
@@ -124,13 +118,16 @@ def trust_checks(config: Config, prepared, found, split: split_lib.Split,
   prepared, found: the run's retrain.steps.prepare.Prepared and
   retrain.steps.vectors.Vectors; read(subset names) -> (vectors float32
   [m, D], class ids int64 [m]) of the original images of those subsets, in
-  order (default: InMemory; past the memory budget a sample read from the
-  cache, retrain.steps.streamed.sampler)."""
+  order (default: in_memory; past the memory budget a sample read from the
+  cache, retrain.steps.streamed.sampler). groups: with in_memory, the
+  near-duplicate group of each training then validation image
+  (vectors.near_duplicates), which the novelty score's folds keep
+  together; None: each image its own."""
   module, runner, labels = tuned.module, prepared.runner, found.labels
-  read = read or InMemory(found.images, split)
+  read = read or in_memory(found.images, split)
   test, trained = tuned.reported.test, tuned.trained
   tuned = tuned.fine_tuned
-  novelty = fit_novelty(config, read, len(labels), tuned)
+  novelty = fit_novelty(config, read, len(labels), tuned, groups)
   sets = {}
   if novelty is not None:
     logging.info('How the run measured novelty threshold: %s.',

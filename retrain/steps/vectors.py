@@ -241,18 +241,25 @@ def training_set(config: Config, runner, images: usable_lib.UsableImages,
   return TrainingSet(train_x, train_y, copies)
 
 
+def near_duplicates(images: usable_lib.UsableImages,
+                    split: split_lib.Split) -> np.ndarray:
+  """int64 [n_train + n_val]: the near-duplicate group
+  (split.near_duplicate_groups of the file names) of each training image,
+  then of each validation image."""
+  return split_lib.near_duplicate_groups(images.paths_of(
+      np.concatenate([split.train, split.validation])))
+
+
 def training_groups(split: split_lib.Split, copies,
-                    images: usable_lib.UsableImages) -> held_out_lib.Groups:
+                    near: np.ndarray) -> held_out_lib.Groups:
   """The held_out.Groups of the rows training_set returned, then the
   validation images': row i of the training images is photo i, each
   distorted copy joins its source's photo; a photo, its copies and its
-  near-duplicates (split.near_duplicate_groups of their file names) share
-  a fold, so held-out predictions never see a copy of what they predict."""
+  near-duplicates (near: what near_duplicates returned) share a fold, so
+  held-out predictions never see a copy of what they predict."""
   own = np.arange(len(split.train), dtype=np.int64)
   source = (np.zeros(0, np.int64) if copies is None else
             np.asarray(copies.source, np.int64))
-  near = split_lib.near_duplicate_groups(images.paths_of(
-      np.concatenate([split.train, split.validation])))
   train_near = near[:len(split.train)]
   return held_out_lib.Groups(
       photo=np.concatenate([own, source]),
