@@ -160,20 +160,21 @@ def test_each_run_checks_the_saved_head_without_loading_the_model(
     raise AssertionError('the check loaded the SavedModel')
 
   monkeypatch.setattr(tf.saved_model, 'load', no_load)
-  check = outputs.check_int8_exports(saved, exported, head)
+  checks = int8_graph.translation_checks(exported)
+  check = outputs.check_int8_exports(saved, checks, head)
   assert check['head_in_saved_model'] and check['max_head_difference'] == 0
   assert check['members'] == int8_graph.translation_checks(exported)
   json.dumps(check)  # fit for run_summary.json
   # A head other than the one written is reported, with a warning.
   other = Head(head.weights + 0.25, head.biases, novelty=head.novelty)
   with caplog.at_level(logging.WARNING):
-    check = outputs.check_int8_exports(saved, exported, other)
+    check = outputs.check_int8_exports(saved, checks, other)
   assert not check['head_in_saved_model']
   assert check['max_head_difference'] == pytest.approx(0.25)
   assert any('does not hold the trained head' in r.getMessage()
              for r in caplog.records)
   moved = {**arrays, 'offset': arrays['offset'] + 1}
-  check = outputs.check_int8_exports(saved, exported, Head(
+  check = outputs.check_int8_exports(saved, checks, Head(
       head.weights, head.biases, novelty=from_disk.SavedNovelty({}, moved)))
   assert check['max_head_difference'] == pytest.approx(1)
   # The written export's Head, as the int8 TFLite export reads it.

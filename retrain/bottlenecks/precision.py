@@ -37,7 +37,6 @@ from retrain.bottlenecks import ensemble as ensemble_bottlenecks
 from retrain.common import phases as phases_lib
 from retrain.features import ensemble as ensemble_lib
 from retrain.features import int8, tflite_runtime
-from retrain.features import modules as features
 from retrain.features.modules import FeatureModule
 
 
@@ -162,13 +161,7 @@ def choose(module: FeatureModule, precision: str, runtime: str,
   chosen = tuple(chosen)
   if all(c is m for c, m in zip(chosen, members, strict=True)):
     return module
-  sizes = [tuple(c.input_size) for c in chosen]
-
-  def call(images):
-    # Each member's call read when called: a float member loads on first use.
-    return ensemble_lib.concatenated([c.call for c in chosen], sizes,
-                                     tuple(module.input_size), images)
-  return features.derive(module, members=chosen, call=call)
+  return ensemble_lib.with_members(module, chosen)
 
 
 def close(module: FeatureModule) -> None:

@@ -117,15 +117,16 @@ def saved_head_arrays(path: str) -> dict:
   j), 'novelty': {name: float32 array} of the novelty score (as
   retrain.head.novelty.Novelty.graph_arrays names them), {} without one}."""
   import tensorflow as tf
-  reader = tf.train.load_checkpoint(os.path.join(path, 'variables',
-                                                 'variables'))
+
+  from retrain.export import formats
+  prefix = os.path.join(path, 'variables', 'variables')
+  head = formats.read_checkpoint(prefix)
+  reader = tf.train.load_checkpoint(prefix)
   suffix = '/.ATTRIBUTES/VARIABLE_VALUE'
   novelty = {key[len('_novelty/'):-len(suffix)]: reader.get_tensor(key)
              for key in reader.get_variable_to_shape_map()
              if key.startswith('_novelty/') and key.endswith(suffix)}
-  return {'weights': reader.get_tensor('final_weights' + suffix),
-          'biases': reader.get_tensor('final_biases' + suffix),
-          'novelty': novelty}
+  return {'weights': head.weights, 'biases': head.biases, 'novelty': novelty}
 
 
 def _loaded_classifier(loaded, input_size, final_tensor_name: str,

@@ -50,6 +50,7 @@ from absl import logging
 from retrain.export import int8_check
 from retrain.features import ensemble as ensemble_lib
 from retrain.features import int8
+from retrain.features import modules as features
 from retrain.features.modules import FeatureModule
 
 
@@ -487,15 +488,14 @@ def export_module(module: FeatureModule, float_module: FeatureModule,
       served.append(float_member)
       fell_back = True
       continue
-    exported.append(dataclasses.replace(member, obj=graph))
+    exported.append(features.derive(member, obj=graph))
     served.append(member)
   if len(members) == 1:
     return exported[0], (served[0] if fell_back else None)
   exported = tuple(exported)
-  return (dataclasses.replace(module, members=exported,
-                              obj=ensemble_lib.Ensemble(exported)),
-          dataclasses.replace(module, members=tuple(served))
-          if fell_back else None)
+  return (features.derive(module, members=exported,
+                          obj=ensemble_lib.Ensemble(exported)),
+          ensemble_lib.with_members(module, served) if fell_back else None)
 
 
 def _checked_graph(path: str, input_size: Tuple[int, int]) -> Int8Graph:

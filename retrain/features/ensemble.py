@@ -233,6 +233,21 @@ class EnsembleModule(FeatureModule):
             'output_dim': self.output_dim}
 
 
+def with_members(module: FeatureModule,
+                 chosen: Sequence[FeatureModule]) -> FeatureModule:
+  """The ensemble `module` with `chosen` (its members, each e.g. at another
+  precision) in their place: its call concatenates theirs, its obj is
+  left to load on first use (features.derive)."""
+  chosen = tuple(chosen)
+  sizes = [tuple(c.input_size) for c in chosen]
+
+  def call(images):
+    # Each member's call read when called: a float member loads on first use.
+    return concatenated([c.call for c in chosen], sizes,
+                        tuple(module.input_size), images)
+  return features.derive(module, members=chosen, call=call)
+
+
 def members(module: FeatureModule) -> Tuple[FeatureModule, ...]:
   """The modules whose vectors `module` gives, in order: an ensemble's
   members, or (module,) for a single module (an ensemble of one)."""

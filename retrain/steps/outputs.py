@@ -126,8 +126,9 @@ def export(config: Config, prepared, found, split: split_lib.Split,
                       **deploy_metadata, **(fine_tune_metadata or {})},
       written=extras)
   check = float_check
-  if served is None and int8_graph.translation_checks(module):
-    check = check_int8_exports(saved, module, confidence.head)
+  members = int8_graph.translation_checks(module) if served is None else []
+  if members:
+    check = check_int8_exports(saved, members, confidence.head)
   if convert_later and from_disk.pending(plan):
     return Exported(saved, deployment, from_disk.write_plan(plan), check)
   from_disk.run_all(plan, config.outputs)
@@ -165,10 +166,11 @@ def _saved_model_first(config: Config, module, confidence, labels,
   return saved, deployment, plan
 
 
-def check_int8_exports(saved: str, module, head) -> dict:
+def check_int8_exports(saved: str, members: list, head) -> dict:
   """What a run checks of the exports of its translated int8 members,
-  without loading or running them: each member's translation check (made
-  once per int8 model, int8_graph.translation_checks) and that the
+  without loading or running them: each member's translation check
+  (`members`: what int8_graph.translation_checks returned; made once per
+  int8 model) and that the
   SavedModel at `saved` holds `head` (its variables read from disk and
   compared exactly); logs one line, warns when the head differs.
 
@@ -178,7 +180,6 @@ def check_int8_exports(saved: str, module, head) -> dict:
     member order, 'head_in_saved_model': bool, 'max_head_difference':
     float >= 0 or None (an array missing or of another shape)}.
   """
-  members = int8_graph.translation_checks(module)
   stored = from_disk.saved_head_arrays(saved)
   novelty = {} if head.novelty is None else head.novelty.graph_arrays()
   difference = (max((_difference(stored['novelty'][k], v)
