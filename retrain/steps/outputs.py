@@ -125,10 +125,9 @@ def export(config: Config, prepared, found, split: split_lib.Split,
                       'test_count': test.count,
                       **deploy_metadata, **(fine_tune_metadata or {})},
       written=extras)
-  check = float_check
   members = int8_graph.translation_checks(module) if served is None else []
-  if members:
-    check = check_int8_exports(saved, members, confidence.head)
+  check = (check_int8_exports(saved, members, confidence.head) if members
+           else float_check)
   if convert_later and from_disk.pending(plan):
     return Exported(saved, deployment, from_disk.write_plan(plan), check)
   from_disk.run_all(plan, config.outputs)
