@@ -199,7 +199,7 @@ def grid_heat_maps(explainer, report: dict) -> Dict[str, str]:
     return {}
   started = time.monotonic()
   heat = heat_map_uris(explainer, shown, report['labels'])
-  logging.info('Results page: %d heat maps (%s) in %.1f s.', len(heat),
+  logging.info('Heat maps for the results page: %d (%s) in %.1f s.', len(heat),
                explainer.method, time.monotonic() - started)
   return heat
 
