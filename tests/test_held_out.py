@@ -39,7 +39,8 @@ def test_cross_fit_never_predicts_an_image_with_a_head_that_trained_on_it():
   x = np.concatenate([x, x[::3] + 0.01])
   tight = dataclasses.replace(OPTIONS, tolerance=1e-13, max_iterations=3000)
   chosen = solver.Candidate(0.1, 0.0)
-  logits, folds, _ = held_out.cross_fit(x, y, groups, 3, chosen, tight)
+  logits, folds, _ = held_out.cross_fit(
+      lbfgs.Vectors(x, tight.standardise), y, groups, 3, chosen, tight)
   assert folds == OPTIONS.folds
   assert not np.isnan(logits).any()
   fold = folds_lib.group_folds(y, groups, folds, OPTIONS.seed)
@@ -63,7 +64,8 @@ def test_the_k_fold_grid_scores_each_fold_by_a_head_fitted_on_the_others():
                               folds=3)
   fold = folds_lib.stratified_folds(y, 3, 0)
   candidates = [solver.Candidate(1.0, 0.0), solver.Candidate(0.01, 0.0)]
-  scored = held_out.fold_grid(candidates, x, y, 3, fold, tight)
+  scored = held_out.fold_grid(candidates, lbfgs.Vectors(x, tight.standardise),
+                              y, 3, fold, tight)
   assert len(scored) == 2
   for c, (logits, mean_theta, iterations) in zip(candidates, scored):
     assert iterations > 0 and mean_theta.shape == ((8 + 1) * 3,)

@@ -37,6 +37,27 @@ def test_lbfgs_reaches_the_minimum_of_a_convex_quadratic():
   assert 0 < iterations < 200
 
 
+def test_vectors_standardise_any_rows_as_their_own_pass_would():
+  x, _ = _clusters(40, 3, 16, 0.5, seed=3, scale=7.0)
+  x[:, 2] = 5.0  # a constant dimension gets scale 1 once centred
+  rows = np.random.default_rng(1).random(len(x)) < 0.6
+  for enabled in (False, True):
+    vectors = lbfgs.Vectors(x, enabled)
+    for chosen in (None, rows, slice(10, 90)):
+      mean, scale = vectors.standardisation(chosen)
+      want_mean, want_scale = lbfgs.standardisation(
+          x if chosen is None else x[chosen], enabled)
+      np.testing.assert_allclose(mean, want_mean, rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose(scale, want_scale, rtol=1e-5)
+  # One scale for every dimension, the rows' root mean square.
+  _, scale = lbfgs.Vectors(x, False).standardisation(rows)
+  assert np.all(scale == scale[0])
+  assert scale[0] == pytest.approx(np.sqrt(np.mean(
+      x[rows].astype(np.float64) ** 2)), rel=1e-6)
+  assert np.all(lbfgs.Vectors(np.zeros((4, 3), np.float32), False
+                              ).standardisation()[1] == 1.0)
+
+
 def test_converges_on_separable_data():
   x, y = _clusters(30, 4, 16, 0.1, seed=0)
   result = solver.fit_head(x[::2], y[::2], 4, x[1::2], y[1::2], OPTIONS)

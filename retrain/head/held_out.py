@@ -127,13 +127,13 @@ def describe(photos: int, folds: int) -> str:
           'that did not train on it)')
 
 
-def cross_fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray,
+def cross_fit(vectors: lbfgs_lib.Vectors, y: np.ndarray, groups: np.ndarray,
               num_classes: int, chosen, options,
               start: Optional[np.ndarray] = None,
               class_weights: Optional[np.ndarray] = None
               ) -> Optional[Tuple[np.ndarray, int, int]]:
   """Out-of-fold logits of the chosen setting (a solver Candidate: its l2
-  and label_smoothing) on x float32 [n, D], y [n], each fit weighted by
+  and label_smoothing) on vectors.x float32 [n, D], y [n], each fit weighted by
   class_weights float [N] as in solver.fit_head; options: the
   SolverOptions (folds, seed and the fitting limits).
 
@@ -153,21 +153,21 @@ def cross_fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray,
   if folds < 2:
     return None
   fold = folds_lib.group_folds(y, groups, folds, options.seed)
-  problem = _Folds(x, y, num_classes, fold, folds, chosen, options,
+  problem = _Folds(vectors, y, num_classes, fold, folds, chosen,
                    lbfgs_lib.class_sample_weight(class_weights, y))
-  theta0 = np.tile(np.zeros((x.shape[1] + 1) * num_classes) if start is None
+  theta0 = np.tile(np.zeros((problem.dim + 1) * num_classes) if start is None
                    else start, folds)
   theta, iterations = lbfgs_lib.lbfgs(problem, theta0, options.max_iterations,
                                       options.tolerance)
   return problem.out_of_fold(theta, fold), folds, iterations
 
 
-def fold_grid(candidates, x: np.ndarray, y: np.ndarray, num_classes: int,
-              fold: np.ndarray, options,
+def fold_grid(candidates, vectors: lbfgs_lib.Vectors, y: np.ndarray,
+              num_classes: int, fold: np.ndarray, options,
               class_weights: Optional[np.ndarray] = None) -> list:
-  """k-fold scores of solver Candidates on x float32 [n, D], y int [n] in
-  [0, num_classes), fold int [n] in [0, options.folds) (class_weights as in
-  cross_fit): for each candidate, in order, every
+  """k-fold scores of solver Candidates on vectors.x float32 [n, D], y int
+  [n] in [0, num_classes), fold int [n] in [0, options.folds)
+  (class_weights as in cross_fit): for each candidate, in order, every
   fold's fit on the other folds as one problem (see _Folds), warm-started
   from the previous candidate's (the grid's L2 path; from zeros when the
   label smoothing changes).
@@ -180,9 +180,9 @@ def fold_grid(candidates, x: np.ndarray, y: np.ndarray, num_classes: int,
   out, problem, theta = [], None, None
   for c in candidates:
     if problem is None or problem.smoothing != c.label_smoothing:
-      problem = _Folds(x, y, num_classes, fold, options.folds, c, options,
+      problem = _Folds(vectors, y, num_classes, fold, options.folds, c,
                        weights)
-      theta = np.zeros(options.folds * (x.shape[1] + 1) * num_classes)
+      theta = np.zeros(options.folds * (problem.dim + 1) * num_classes)
     problem.l2 = c.l2
     theta, iterations = lbfgs_lib.lbfgs(problem, theta, options.max_iterations,
                                         options.tolerance)
@@ -196,15 +196,15 @@ class _Folds:
   fold's objective (lbfgs.Problem's, on the rows outside the fold, with
   their own standardisation), over the folds' parameters side by side,
   theta float64 [folds * (D + 1) * N]. The products with the vectors
-  x float32 [n, D] are one [n, D] x [D, folds * N] product each way for
+  (lbfgs.Vectors) x float32 [n, D] are one [n, D] x [D, folds * N] product each way for
   every fold at once, where separate fits read the vectors once a fold:
   those products are a fit's cost, and the joint fit takes about as many
   iterations as its slowest fold."""
 
-  def __init__(self, x, y, num_classes: int, fold, folds: int, chosen,
-               options, weights=None):
-    self.x, self.classes, self.folds = tf.constant(x), num_classes, folds
-    self.l2, self.dim = chosen.l2, x.shape[1]
+  def __init__(self, vectors, y, num_classes: int, fold, folds: int, chosen,
+               weights=None):
+    self.x, self.classes = tf.constant(vectors.x), num_classes
+    self.folds, self.l2, self.dim = folds, chosen.l2, vectors.x.shape[1]
     self.smoothing = chosen.label_smoothing
     inside = (fold[:, None] != np.arange(folds)).astype(np.float64)
     if weights is not None:
@@ -212,8 +212,7 @@ class _Folds:
     self.share = (inside / np.maximum(inside.sum(0), 1e-300))[..., None]
     self.targets = head_math.smoothed_targets(
         y, num_classes, chosen.label_smoothing)[:, None]  # [n, 1, N]
-    standards = [lbfgs_lib.standardisation(x[fold != k], options.standardise)
-                 for k in range(folds)]
+    standards = [vectors.standardisation(fold != k) for k in range(folds)]
     self.mean = np.stack([m for m, _ in standards], 1)  # [D, folds]
     self.scale = np.stack([s for _, s in standards], 1)
 

@@ -194,6 +194,31 @@ def standardisation(x: np.ndarray, enabled: bool = True
   return mean, np.where(scale > 1e-8, scale, 1.0)
 
 
+class Vectors:
+  """Vectors x float32 [n, D] that several fits of one solver call read in
+  overlapping sets of rows (the grid, the folds, the final fit), with the
+  `standardisation` of any such set. Not `standardise` (one scale), each
+  set's scale comes from every row's sum of squares, summed once here: one
+  pass over x where each set's own standardisation read its rows again
+  (and copied them)."""
+
+  def __init__(self, x: np.ndarray, standardise: bool):
+    self.x, self.standardise = x, bool(standardise)
+    self.squares = None if self.standardise else tf.reduce_sum(
+        tf.square(tf.constant(x, tf.float32)), 1).numpy().astype(np.float64)
+
+  def standardisation(self, rows=None) -> Tuple[np.ndarray, np.ndarray]:
+    """`standardisation` of x[rows] (rows: a slice, bool mask or indices;
+    None: every row)."""
+    if self.standardise:
+      return standardisation(self.x if rows is None else self.x[rows])
+    squares = self.squares if rows is None else self.squares[rows]
+    rms = float(np.sqrt(np.sum(squares) / max(squares.size * self.x.shape[1],
+                                              1)))
+    return (np.zeros(self.x.shape[1]),
+            np.full(self.x.shape[1], rms if rms > 0 else 1.0))
+
+
 @dataclasses.dataclass
 class Fit:
   """A fitted head: its parameters theta float64 [(D + 1) * N] (see

@@ -251,11 +251,22 @@ class _Sets:
   """fit_head's training vectors float32 [n, D] and ids int64 [n], and its
   validation ones [m, D], [m] (m may be 0). all_x and all_y, training
   then validation, are concatenated once, when first read (cached_property
-  writes the instance's __dict__, which frozen does not guard)."""
+  writes the instance's __dict__, which frozen does not guard); `vectors`
+  is all_x with the standardisation of any set of its rows
+  (lbfgs.Vectors; `train` selects the training rows)."""
   train_x: np.ndarray
   train_y: np.ndarray
   val_x: np.ndarray
   val_y: np.ndarray
+  standardise: bool
+
+  @property
+  def train(self) -> slice:
+    return slice(0, len(self.train_y))
+
+  @functools.cached_property
+  def vectors(self) -> lbfgs_lib.Vectors:
+    return lbfgs_lib.Vectors(self.all_x, self.standardise)
 
   @functools.cached_property
   def all_x(self) -> np.ndarray:
@@ -281,14 +292,15 @@ def _grid(options: SolverOptions) -> List[Candidate]:
           for l2 in sorted(options.l2_grid, reverse=True)]
 
 
-def _score_grid(candidates: Sequence[Candidate], x, y, held_x, held_y,
-                task: _Task, solutions: Optional[list] = None
+def _score_grid(candidates: Sequence[Candidate], x, y, standard, held_x,
+                held_y, task: _Task, solutions: Optional[list] = None
                 ) -> List[Tuple[float, float, int]]:
   """(correct, summed cross entropy, iterations) of each candidate fitted
-  on x, y and scored on held_x, held_y; warm-started along the grid. Each
-  candidate's parameters are appended to `solutions` if given. With class
-  weights the fit and both scores weigh each image by its class's weight."""
-  standard = lbfgs_lib.standardisation(x, task.options.standardise)
+  on x, y (standardised by `standard`: lbfgs.standardisation's (mean,
+  scale) of x) and scored on held_x, held_y; warm-started along the grid.
+  Each candidate's parameters are appended to `solutions` if given. With
+  class weights the fit and both scores weigh each image by its class's
+  weight."""
   scores, start, smoothing = [], None, None
   for c in candidates:
     if c.label_smoothing != smoothing:
@@ -312,7 +324,7 @@ def _held_out(final: lbfgs_lib.Fit, refit: bool, sets: _Sets,
     return held_out_lib.HeldOut(
         logits, n_train, 0, 'the validation photos, which the head did not '
         'train on', y=sets.all_y, photos=n_train + np.arange(n_val))
-  crossed = held_out_lib.cross_fit(sets.all_x, sets.all_y,
+  crossed = held_out_lib.cross_fit(sets.vectors, sets.all_y,
                                    groups.fold_groups(n_val), task.num_classes,
                       chosen, task.options, start=final.theta,
                       class_weights=task.class_weights)
@@ -371,7 +383,8 @@ def _choose(sets: _Sets, task: _Task, groups: held_out_lib.Groups):
     return 'single', candidates, candidates[0], 'one candidate setting only', []
   if len(val_y) and val_counts.min() >= options.min_validation_per_class:
     selection, held = 'validation', _held(val_y, task.class_weights)
-    scores = _score_grid(candidates, sets.train_x, sets.train_y, sets.val_x,
+    scores = _score_grid(candidates, sets.train_x, sets.train_y,
+                         sets.vectors.standardisation(sets.train), sets.val_x,
                          val_y, task, solutions)
     reason = (f'best validation accuracy of {len(candidates)} settings '
               f'(N={len(val_y)})')
@@ -382,7 +395,7 @@ def _choose(sets: _Sets, task: _Task, groups: held_out_lib.Groups):
     weights = lbfgs_lib.class_sample_weight(task.class_weights, all_y)
     scores = []
     for logits, theta, iterations in held_out_lib.fold_grid(
-        candidates, sets.all_x, all_y, num_classes, fold, options,
+        candidates, sets.vectors, all_y, num_classes, fold, options,
         task.class_weights):
       scores.append((head_math.correct(logits, all_y, weights),
                      head_math.cross_entropy(logits, all_y, weights,
@@ -472,7 +485,7 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
   check(options)
   train_x, train_y = _as_arrays(train_x, train_y)
   val_x, val_y = _as_arrays(np.reshape(val_x, (-1, train_x.shape[1])), val_y)
-  sets = _Sets(train_x, train_y, val_x, val_y)
+  sets = _Sets(train_x, train_y, val_x, val_y, options.standardise)
   task = _Task(num_classes, options, class_weights)
   groups = groups or held_out_lib.Groups(np.arange(len(train_y)))
   selection, candidates, chosen, reason, solutions = _choose(sets, task,
@@ -486,7 +499,9 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
   # little): ~30% fewer iterations in all.
   start = (solutions[candidates.index(chosen)] if solutions and
            options.standardise is False else None)
-  fit = task.fit(chosen, fit_x, fit_y, start, callback=record)
+  fit = task.fit(chosen, fit_x, fit_y, start,
+                 sets.vectors.standardisation(None if refit else sets.train),
+                 record)
   if not record.points:  # converged where it started: one point still
     record(0, fit.theta, fit.problem)
   reason = f'{_describe(chosen)}: {reason}'
@@ -498,7 +513,8 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
   if selection != 'validation' or start is None:
     start = fit.theta
   train_only = fit.head() if not (refit and len(val_y)) else task.fit(
-      chosen, train_x, train_y, start).head()
+      chosen, train_x, train_y, start,
+      sets.vectors.standardisation(sets.train)).head()
   seconds = time.monotonic() - started
   logging.info('Head solver (L-BFGS): %s; final fit %d iterations on %d '
                'images, %.1f s in all.', reason, fit.iterations, len(fit_y),
