@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -59,10 +58,6 @@ def _run(config):
   return result, result.fine_tuned
 
 
-def _peak_mib() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def _default_config(args, work, run_name):
   """The plain --fine_tune: every other setting its default."""
 
@@ -74,6 +69,7 @@ def _default_config(args, work, run_name):
 
 def one_boundary(args, work, boundary) -> dict:
   """Cold and warm runs from `boundary` (a block of Lite0, or 'default')."""
+  from retrain.common import phases
   row = {'boundary': boundary}
   for run_name in ('cold',) if args.skip_warm else ('cold', 'warm'):
     result, tuned = _run(
@@ -99,13 +95,14 @@ def one_boundary(args, work, boundary) -> dict:
   row['activation_shape'] = ' + '.join(
       'x'.join(map(str, m.get('activation_shape', ['vectors'])))
       for m in what.get('members', [what]))
-  row['peak_rss_mib'] = _peak_mib()
+  row['peak_rss_mib'] = phases.peak_rss_mib()
   return row
 
 
 def full_fine_tuning(args, work) -> dict:
   """One epoch through hub.KerasLayer(trainable=True) on the Lite0 SavedModel
   (timed on --full_batches batches when given)."""
+  from retrain.common import phases
   from retrain.features import presets
   from retrain.finetune import hub_full
   module_dir = presets.resolve_module('efficientnet_lite0',
@@ -133,7 +130,7 @@ def full_fine_tuning(args, work) -> dict:
       'batches_measured': measured,
       'train_s_per_epoch': point.seconds * batches / measured,
       'total_s': time.monotonic() - started,
-      'peak_rss_mib': _peak_mib(),
+      'peak_rss_mib': phases.peak_rss_mib(),
       'test_before': tuned.test_before,
       'test_after': tuned.test_after if not args.full_batches else None,
   }

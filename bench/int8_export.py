@@ -48,6 +48,7 @@ from retrain import images as images_lib  # noqa: E402
 from retrain.bottlenecks import compute as bottlenecks_lib  # noqa: E402
 from retrain.bottlenecks import ensemble as ensemble_bottlenecks  # noqa: E402
 from retrain.bottlenecks import precision as precision_lib  # noqa: E402
+from retrain.common import phases  # noqa: E402
 from retrain.config import DEFAULTS  # noqa: E402
 from retrain.data import sources as layouts  # noqa: E402
 from retrain.export import int8_graph  # noqa: E402
@@ -134,12 +135,6 @@ def accuracy(image_dir, bottleneck_dir, cache_dir, folds, seed):
   print('| ' + ' | '.join(cells) + ' |', flush=True)
 
 
-def _peak_mib():
-  with open('/proc/self/status') as f:
-    return next(int(line.split()[1]) // 1024 for line in f
-                if line.startswith('VmHWM'))
-
-
 def writing(saved_model_dir, cache_dir):
   """Prints part 3."""
   from retrain.export import saved_model as export_lib
@@ -153,10 +148,10 @@ def writing(saved_model_dir, cache_dir):
               np.zeros(5, np.float32))
   print('\n| step | wall s | CPU s | peak resident size added, MiB |')
   print('|---|---|---|---|')
-  figures = [time.time(), time.process_time(), _peak_mib()]
+  figures = [time.time(), time.process_time(), phases.peak_rss_mib()]
 
   def row(step):
-    now = [time.time(), time.process_time(), _peak_mib()]
+    now = [time.time(), time.process_time(), phases.peak_rss_mib()]
     print(f'| {step} | {now[0] - figures[0]:.2f} | {now[1] - figures[1]:.2f} '
           f'| {now[2] - figures[2]} |', flush=True)
     figures[:] = now

@@ -192,12 +192,6 @@ def precision_table(module_name, image_dir, count):
                    int8_bench.SECONDS)
 
 
-def list_images(image_dir):
-  """The image files under image_dir's class folders."""
-  return [os.path.join(d, f) for d, _, files in os.walk(image_dir)
-          for f in files if f.lower().endswith(('.jpg', '.jpeg', '.png'))]
-
-
 def single_module_rows(module, args, rows):
   """Rows 1-2 for one module: its limit on TF and TFLite and the bottleneck
   pipeline's rate against it; returns the image count."""
@@ -289,7 +283,8 @@ def main():
   if len(ensemble_lib.members(module)) > 1:
     # An ensemble's limit and pipeline are the precision table's rows (per
     # member and for the ensemble, float32 and int8).
-    count = len(list_images(args.image_dir))
+    from retrain.data import discover
+    count = len(discover.discover_images(args.image_dir).images)
     rows.append(('images', f'{count}'))
     del module
   else:

@@ -37,7 +37,7 @@ import tensorflow as tf
 from absl import logging
 
 from retrain.common import atomic
-from retrain.features import int8, tflite_runtime
+from retrain.features import cache_files, int8, tflite_runtime
 
 RECORD_SUFFIX = '.translation.json'
 # Probe images (the first calibration images) run through both.
@@ -93,18 +93,13 @@ def _identity(model_path: str, graph) -> dict:
   """What a record must hold to describe this model, its translation
   (the source of this file and of the module defining `graph`'s class)
   and the probe."""
-  digest = hashlib.sha256()
-  size = 0
-  with open(model_path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      digest.update(block)
-      size += len(block)
+  model = cache_files.entry(model_path)
   translation = hashlib.sha256(tf.__version__.encode())
   for source in (__file__, sys.modules[type(graph).__module__].__file__):
     with open(source, 'rb') as f:
       translation.update(f.read())
-  return {'format': _FORMAT, 'model_size': size,
-          'model_sha256': digest.hexdigest(),
+  return {'format': _FORMAT, 'model_size': model['size'],
+          'model_sha256': model['sha256'],
           'translation': translation.hexdigest(),
           'probe': f'{int8.QUANTIZATION} calibration images, first '
                    f'{PROBE_COUNT}'}

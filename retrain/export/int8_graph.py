@@ -175,14 +175,20 @@ class Int8Graph(tf.Module):
         raise Untranslatable('its input and output are not float32')
 
   def _constants(self) -> List[int]:
-    return [i for i, t in enumerate(self._graph.tensors)
-            if self._data(i) is not None]
+    """The tensors that hold a value (without decoding it)."""
+    return [i for i in range(len(self._graph.tensors))
+            if self._buffer(i) is not None]
+
+  def _buffer(self, index: int):
+    """The bytes of tensor `index`'s value (uint8 array), or None."""
+    data = self._model.buffers[self._graph.tensors[index].buffer].data
+    return None if data is None or not len(data) else data
 
   def _data(self, index: int) -> Optional[np.ndarray]:
     """The constant value of tensor `index` (its own dtype), or None."""
     tensor = self._graph.tensors[index]
-    data = self._model.buffers[tensor.buffer].data
-    if data is None or not len(data):
+    data = self._buffer(index)
+    if data is None:
       return None
     dtype = {_INT8: np.int8, _INT32: np.int32, _INT64: np.int64,
              _FLOAT32: np.float32}[tensor.type]

@@ -34,7 +34,9 @@ def _digest(path: str) -> str:
       digest.update(block)
 
 
-def _entry(path: str) -> dict:
+def entry(path: str) -> dict:
+  """{'size': bytes, 'sha256': hex digest} of the file at `path`: what a
+  record holds of it."""
   return {'size': os.path.getsize(path), 'sha256': _digest(path)}
 
 
@@ -97,7 +99,7 @@ def record_folder(folder: str, skip: tuple = ()) -> None:
       path = os.path.join(parent, name)
       rel = os.path.relpath(path, folder).replace(os.sep, '/')
       if rel != FOLDER_RECORD:
-        files[rel] = _entry(path)
+        files[rel] = entry(path)
   atomic.write_text(os.path.join(folder, FOLDER_RECORD),
                     json.dumps({'files': files}, indent=1, sort_keys=True))
 
