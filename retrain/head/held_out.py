@@ -133,8 +133,8 @@ def cross_fit(vectors: lbfgs_lib.Vectors, y: np.ndarray, groups: np.ndarray,
               class_weights: Optional[np.ndarray] = None
               ) -> Optional[Tuple[np.ndarray, int, int]]:
   """Out-of-fold logits of the chosen setting (a solver Candidate: its l2
-  and label_smoothing) on vectors.x float32 [n, D], y [n], each fit weighted by
-  class_weights float [N] as in solver.fit_head; options: the
+  and label_smoothing) on vectors.x float32 [n, D], y [n], each fit
+  weighted by class_weights float [N] as in solver.fit_head; options: the
   SolverOptions (folds, seed and the fitting limits).
 
   Each fold (group_folds, up to options.folds, fewer when a class has
@@ -196,10 +196,10 @@ class _Folds:
   fold's objective (lbfgs.Problem's, on the rows outside the fold, with
   their own standardisation), over the folds' parameters side by side,
   theta float64 [folds * (D + 1) * N]. The products with the vectors
-  (lbfgs.Vectors) x float32 [n, D] are one [n, D] x [D, folds * N] product each way for
-  every fold at once, where separate fits read the vectors once a fold:
-  those products are a fit's cost, and the joint fit takes about as many
-  iterations as its slowest fold."""
+  (lbfgs.Vectors) x float32 [n, D] are one [n, D] x [D, folds * N]
+  product each way for every fold at once, where separate fits read the
+  vectors once a fold: those products are a fit's cost, and the joint fit
+  takes about as many iterations as its slowest fold."""
 
   def __init__(self, vectors, y, num_classes: int, fold, folds: int, chosen,
                weights=None):
