@@ -8,9 +8,9 @@ On the default ensemble's cached bottleneck vectors (read with
 bottleneck_cache from the namespaces of the modules in the run's module
 cache, RETRAIN_MODULE_CACHE, at --bottleneck_precision, int8 by default;
 photos missing from every --bottleneck_dir are computed into the last
-one with the default ensemble), for each of k stratified folds of a data set (the fold is the
-test set, never used to fit or choose anything; the rest is split 8:1
-into training and validation, the pipeline's 80/10/10):
+one with the default ensemble), for each of k stratified folds of a data
+set (the fold is the test set, never used to fit or choose anything; the
+rest is split 8:1 into training and validation, the pipeline's 80/10/10):
 
 1. the default head solver (L-BFGS, refitted on training + validation);
    the validation accuracy the run reports (the out-of-fold predictions
@@ -58,7 +58,7 @@ import numpy as np  # noqa: E402
 from accuracy import folds_of  # noqa: E402
 
 import bottleneck_cache  # noqa: E402
-from retrain.config import DEFAULTS  # noqa: E402
+from retrain.config import DEFAULTS, MODULE_CACHE_ENV  # noqa: E402
 from retrain.features import ensemble_presets  # noqa: E402
 from retrain.head import calibration, novelty, solver  # noqa: E402
 from retrain.report import trust  # noqa: E402
@@ -76,7 +76,7 @@ def module_cache() -> str:
   """The run's module cache folder (RETRAIN_MODULE_CACHE, else the
   default), as a real path."""
   return os.path.realpath(os.path.expanduser(os.environ.get(
-      'RETRAIN_MODULE_CACHE', DEFAULTS.module.module_cache_dir)))
+      MODULE_CACHE_ENV, DEFAULTS.module.module_cache_dir)))
 
 
 def _is_default_member(data: dict, cache: str, precision: str) -> bool:
@@ -116,7 +116,7 @@ def _compute_missing(paths, root, precision):
 
   from retrain.bottlenecks import ensemble as ensemble_bottlenecks
   from retrain.features import ensemble, int8, tflite_runtime
-  cache = os.environ.get('RETRAIN_MODULE_CACHE', DEFAULTS.module.module_cache_dir)
+  cache = module_cache()
   module = ensemble.load(DEFAULTS.module.tfhub_module, DEFAULTS.module.image_size, cache)
   if precision == 'int8':
     members = tuple(int8.load(m, cache) or m for m in module.members)

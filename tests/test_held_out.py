@@ -322,3 +322,22 @@ def test_training_groups_hold_near_duplicates_and_copies_together():
   assert fold[0] == fold[2] == fold[4]  # x_nohash_1, x_nohash_2, copy of 2
   assert fold[1] == fold[3] and fold[1] != fold[0]  # y and its copy
   assert fold[5] == fold[6] and fold[5] not in fold[:5]
+
+
+def test_folds_count_groups_per_class_as_group_folds_deals_them():
+  y = np.array([0, 0, 0, 1, 1, 1, 1, 2])
+  groups = np.array([5, 5, 6, 7, 7, 7, 8, 9])  # class 0: 2, class 1: 2
+  np.testing.assert_array_equal(
+      folds_lib.groups_per_class(y, groups, 4), [2, 2, 1, 0])
+  np.testing.assert_array_equal(
+      folds_lib.groups_per_class(y, None, 4), [3, 4, 1, 0])
+  # The smallest class with rows bounds the folds; a class without rows
+  # does not; no rows at all: none.
+  assert folds_lib.usable_folds(y[:7], groups[:7], 4, 5) == 2
+  assert folds_lib.usable_folds(y[:7], None, 4, 5) == 3
+  assert folds_lib.usable_folds(y, groups, 4, 5) == 1
+  assert folds_lib.usable_folds(y[:0], groups[:0], 4, 5) == 0
+  # Every fold group_folds deals for those counts holds each class.
+  fold = folds_lib.group_folds(y[:7], groups[:7], 2, 0)
+  for k in range(2):
+    assert set(y[:7][fold == k]) == {0, 1}

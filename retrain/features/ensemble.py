@@ -9,10 +9,10 @@ Export: the ensemble is one `FeatureModule` whose `obj` takes float32 images
 [batch, H, W, 3] in [0, 1] at the largest member's size and resizes them
 inside the graph to each smaller member's size by area averaging
 (`area_resize`: gathers and matrix products, so TFLite and frozen graphs
-carry it with builtin ops), then concatenates the members' vectors. Everything downstream (the
-SavedModel's float and bytes signatures, the frozen graph, TFLite float and
-quantized, label_image) sees one module and works unchanged; each image is
-decoded once.
+carry it with builtin ops), then concatenates the members' vectors.
+Everything downstream (the SavedModel's float and bytes signatures, the
+frozen graph, TFLite float and quantized, label_image) sees one module and
+works unchanged; each image is decoded once.
 
 Training computes exactly that: each member runs as `at_ensemble_size`
 makes it, on the image decoded at the largest member's size and, for a
@@ -116,10 +116,10 @@ def area_resize(images, size_in: Tuple[int, int],
   1.2 x _BAND_ROWS + 2 input rows), not over all of them as
   full_area_resize does, and the rows are summed on the images as they
   lie (no transpose): about half full_area_resize's CPU time eagerly
-  (260 -> 224 and -> 240, batch 8). The same non-zero products in the same order;
-  only zero products are left out, so a matmul kernel that sums each
-  output's products in order gives full_area_resize's bits (the tests
-  check it on this CPU).
+  (260 -> 224 and -> 240, batch 8). The same non-zero products in the
+  same order; only zero products are left out, so a matmul kernel that
+  sums each output's products in order gives full_area_resize's bits (the
+  tests check it on this CPU).
   """
   images = tf.convert_to_tensor(images, tf.float32)
   (rows, row_pixels), (cols, col_pixels) = (_bands(size_in[0], size_out[0]),

@@ -70,10 +70,12 @@ def read_record(path: str, fingerprint: str) -> Optional[dict]:
   return {'fixed_input_size': fixed, 'output_dims': dims}
 
 
-def write_record(path: str, fingerprint: str, fixed, size, dim: int) -> None:
-  """Adds (size -> dim) to the record at `path`; a cache that cannot be
-  written only means the next run loads the module to describe it."""
-  old = read_record(path, fingerprint) or {'output_dims': {}}
+def write_record(path: str, fingerprint: str, fixed, size, dim: int,
+                 old: Optional[dict]) -> None:
+  """Adds (size -> dim) to `old` (what read_record returned for `path`,
+  or None) and writes it to `path`; a cache that cannot be written only
+  means the next run loads the module to describe it."""
+  old = old or {'output_dims': {}}
   record = {'format': _RECORD_FORMAT, 'fingerprint': fingerprint,
             'fixed_input_size': [int(fixed[0]), int(fixed[1])] if fixed
             else None,

@@ -465,7 +465,7 @@ def load_module(handle: str, image_size: Optional[int] = None,
   size = _input_size(handle, image_size, fixed)
   call = _traced_call(obj, size)
   dim = _output_dim(handle, call, size)
-  module_record.write_record(where, fingerprint, fixed, size, dim)
+  module_record.write_record(where, fingerprint, fixed, size, dim, record)
   module = FeatureModule(
       handle=handle, resolved=resolved, path=path, fingerprint=fingerprint,
       input_size=size, output_dim=dim, obj=obj, call=call)

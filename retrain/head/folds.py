@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 
@@ -25,3 +27,25 @@ def group_folds(y: np.ndarray, groups: np.ndarray, folds: int,
   _, first, inverse = np.unique(groups, return_index=True,
                                 return_inverse=True)
   return stratified_folds(y[first], folds, seed)[inverse.ravel()]
+
+
+def groups_per_class(y: np.ndarray, groups: Optional[np.ndarray],
+                     num_classes: int) -> np.ndarray:
+  """int64 [num_classes]: the groups (int [n]; None: each row its own) of
+  each class id, a group's class being its first row's, as group_folds
+  deals them."""
+  y = np.asarray(y)
+  if groups is None:
+    return np.bincount(y, minlength=num_classes)
+  _, first = np.unique(groups, return_index=True)
+  return np.bincount(y[first], minlength=num_classes)
+
+
+def usable_folds(y: np.ndarray, groups: Optional[np.ndarray],
+                 num_classes: int, folds: int) -> int:
+  """How many folds group_folds can give every class with rows a group
+  in: `folds`, or fewer when such a class has fewer groups (under 2:
+  nothing can be held out)."""
+  counts = groups_per_class(y, groups, num_classes)
+  counts = counts[counts > 0]
+  return min(folds, int(counts.min())) if len(counts) else 0

@@ -147,9 +147,7 @@ def cross_fit(vectors: lbfgs_lib.Vectors, y: np.ndarray, groups: np.ndarray,
     when some class that has rows has fewer than two groups (nothing to
     hold out).
   """
-  _, first = np.unique(groups, return_index=True)
-  per_class = np.bincount(y[first], minlength=num_classes)
-  folds = min(options.folds, int(per_class[per_class > 0].min()))
+  folds = folds_lib.usable_folds(y, groups, num_classes, options.folds)
   if folds < 2:
     return None
   fold = folds_lib.group_folds(y, groups, folds, options.seed)

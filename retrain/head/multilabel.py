@@ -232,10 +232,7 @@ def choose_threshold(p: np.ndarray, t: np.ndarray) -> float:
 def _out_of_fold(rows: Rows, targets, strata, groups, options, grid):
   """float32 [C, n, L] out-of-fold probabilities of each candidate."""
   # Folds over groups (a photo and its copies), stratified by stratum.
-  first = np.unique(groups, return_index=True)[1]
-  group_fold = folds_lib.stratified_folds(strata[first], options.folds,
-                                           options.seed)
-  fold = group_fold[np.searchsorted(np.unique(groups), groups)]
+  fold = folds_lib.group_folds(strata, groups, options.folds, options.seed)
   out = np.zeros((len(grid), *targets.shape), np.float32)
   for k in range(options.folds):
     inside = fold != k

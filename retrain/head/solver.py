@@ -375,9 +375,8 @@ def _choose(sets: _Sets, task: _Task, groups: held_out_lib.Groups):
   val_counts = np.bincount(val_y, minlength=num_classes)[trained]
   all_y = sets.all_y
   fold_groups = groups.fold_groups(len(val_y))
-  _, first = np.unique(fold_groups, return_index=True)
-  smallest_class = int(np.bincount(all_y[first], minlength=num_classes)[
-      trained].min())
+  smallest_class = int(folds_lib.groups_per_class(all_y, fold_groups,
+                                                  num_classes)[trained].min())
   solutions: List[np.ndarray] = []
   if len(candidates) == 1:
     return 'single', candidates, candidates[0], 'one candidate setting only', []

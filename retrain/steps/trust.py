@@ -16,6 +16,7 @@ from retrain.config import Config
 from retrain.data import split as split_lib
 from retrain.finetune import run as finetune_lib
 from retrain.head import calibration as calibration_lib
+from retrain.head import folds as folds_lib
 from retrain.head import novelty as novelty_lib
 from retrain.report import trust as trust_report
 from retrain.steps import head, vectors
@@ -46,10 +47,8 @@ def fit_novelty(config: Config, read, num_classes: int, tuned=None,
   if exports_fine_tuned(tuned):
     return fit_tuned_novelty(config, tuned, num_classes)
   x, y = read(('train', 'validation'))
-  _, first = np.unique(np.arange(len(y)) if groups is None else groups,
-                       return_index=True)
-  counts = np.bincount(y[first], minlength=num_classes)
-  folds = min(config.head.solver_folds, int(counts[counts > 0].min()))
+  folds = folds_lib.usable_folds(y, groups, num_classes,
+                                 config.head.solver_folds)
   if folds < 2:
     logging.info('No novelty score: a class has fewer than two training '
                  'and validation images to hold out.')
