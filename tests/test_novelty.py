@@ -261,6 +261,21 @@ def test_fold_fits_from_the_shared_gram_match_fits_on_the_fold_rows():
                                alone.scores(x[~inside] + 4.0), rtol=1e-4)
 
 
+def test_key_sums_add_each_keys_rows_in_float64(monkeypatch):
+  x = np.random.default_rng(2).normal(size=(50, 7)).astype(np.float32) + 1e4
+  key = np.random.default_rng(3).integers(0, 4, 50)  # key 4 has no rows
+  sums = novelty._key_sums(x, key, 5)
+  assert sums.shape == (5, 7) and sums.dtype == np.float64
+  for k in range(4):
+    np.testing.assert_allclose(sums[k], x[key == k].astype(np.float64).sum(0),
+                               rtol=1e-12)
+  assert np.all(sums[4] == 0)
+  assert novelty._key_sums(x[:0], key[:0], 3).shape == (3, 7)
+  # Summed in parts of a few rows: the same sums.
+  monkeypatch.setattr(novelty, '_SUM_ROWS', 7)
+  np.testing.assert_allclose(novelty._key_sums(x, key, 5), sums, rtol=1e-12)
+
+
 def test_the_float32_gram_gives_the_float64_scores_within_1e_4():
   """The Gram matrix and basis in float32 (the default; rows centred
   first) against float64: scores and threshold agree to 1e-4 relative,

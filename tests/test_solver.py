@@ -58,6 +58,55 @@ def test_vectors_standardise_any_rows_as_their_own_pass_would():
                               ).standardisation()[1] == 1.0)
 
 
+def test_standard_skips_a_zero_mean_and_one_scale_with_the_same_bits():
+  rng = np.random.default_rng(4)
+  w = rng.normal(size=(16, 3))
+  b, g = rng.normal(size=3), rng.normal(size=3)
+  gx = rng.normal(size=(16, 3))
+  # Unstandardised: zero mean, one scale; the shortcut gives the full
+  # formulas' exact bits.
+  mean, scale = np.zeros(16), np.full(16, 2.7)
+  standard = lbfgs.Standard(mean, scale)
+  assert standard.mean is None and standard.scale.shape == (1,)
+  w_in = standard.weights(w)
+  assert np.array_equal(w_in, w / scale[:, None])
+  assert np.array_equal(standard.biases(b, w_in), b - lbfgs.project(mean,
+                                                                   w_in))
+  assert np.array_equal(standard.gradient(gx, g),
+                        (gx - np.outer(mean, g)) / scale[:, None])
+  # Standardised: every dimension its own mean and scale.
+  mean, scale = rng.normal(size=16), rng.uniform(0.5, 2.0, 16)
+  standard = lbfgs.Standard(mean, scale)
+  w_in = standard.weights(w)
+  np.testing.assert_allclose(standard.biases(b, w_in),
+                             b - lbfgs.project(mean, w_in), rtol=1e-12)
+  np.testing.assert_allclose(standard.gradient(gx, g),
+                             (gx - np.outer(mean, g)) / scale[:, None],
+                             rtol=1e-12)
+  # Side by side (the folds' [D, folds, N]): each fold's own scale.
+  scales = np.stack([np.full(16, 2.0), np.full(16, 3.0)], 1)
+  side = lbfgs.Standard(np.zeros((16, 2)), scales)
+  stacked = np.stack([w, w], 1)
+  np.testing.assert_array_equal(side.weights(stacked)[:, 1], w / 3.0)
+
+
+def test_vectors_make_each_set_of_rows_a_tensor_once():
+  x, y = _clusters(20, 3, 8, 0.5, seed=5)
+  vectors = lbfgs.Vectors(x, False)
+  assert vectors.tensor() is vectors.tensor()
+  assert vectors.tensor(slice(0, 30)) is vectors.tensor(slice(0, 30))
+  np.testing.assert_array_equal(vectors.tensor(slice(0, 30)).numpy(), x[:30])
+  # A problem given the shared tensor computes what one given the array
+  # does.
+  mean, scale = vectors.standardisation(slice(0, 30))
+  theta = np.random.default_rng(0).normal(size=(8 + 1) * 3)
+  shared = lbfgs.Problem(vectors.tensor(slice(0, 30)), y[:30], 3, mean,
+                         scale, 0.1, 0.0)(theta)
+  own = lbfgs.Problem(x[:30], y[:30], 3, mean, scale, 0.1, 0.0)(theta)
+  assert shared[0] == own[0]
+  np.testing.assert_array_equal(shared[1], own[1])
+
+
 def test_converges_on_separable_data():
   x, y = _clusters(30, 4, 16, 0.1, seed=0)
   result = solver.fit_head(x[::2], y[::2], 4, x[1::2], y[1::2], OPTIONS)

@@ -201,7 +201,7 @@ class _Folds:
 
   def __init__(self, vectors, y, num_classes: int, fold, folds: int, chosen,
                weights=None):
-    self.x, self.classes = tf.constant(vectors.x), num_classes
+    self.x, self.classes = vectors.tensor(), num_classes
     self.folds, self.l2, self.dim = folds, chosen.l2, vectors.x.shape[1]
     self.smoothing = chosen.label_smoothing
     inside = (fold[:, None] != np.arange(folds)).astype(np.float64)
@@ -213,6 +213,7 @@ class _Folds:
     standards = [vectors.standardisation(fold != k) for k in range(folds)]
     self.mean = np.stack([m for m, _ in standards], 1)  # [D, folds]
     self.scale = np.stack([s for _, s in standards], 1)
+    self._to_input = lbfgs_lib.Standard(self.mean, self.scale)
 
   def _split(self, theta):
     """(W float64 [D, folds, N] standardised, b [folds, N])."""
@@ -222,11 +223,10 @@ class _Folds:
   def logits(self, theta) -> np.ndarray:
     """float64 [n, folds, N]: each fold's head's logits of every row."""
     w, b = self._split(theta)
-    w_in = w / self.scale[..., None]
+    w_in = self._to_input.weights(w)
     z = tf.matmul(self.x, tf.constant(w_in.reshape(self.dim, -1), tf.float32))
-    bias = b - np.einsum('dk,dkn->kn', self.mean, w_in)
-    return z.numpy().astype(np.float64).reshape(len(self.share), self.folds,
-                                                -1) + bias
+    return z.numpy().astype(np.float64).reshape(
+        len(self.share), self.folds, -1) + self._to_input.biases(b, w_in)
 
   def out_of_fold(self, theta, fold) -> np.ndarray:
     """float32 [n, N]: each row's logits by the head of its fold."""
@@ -240,8 +240,7 @@ class _Folds:
                    transpose_a=True).numpy().astype(np.float64)
     gx = gx.reshape(self.dim, self.folds, self.classes)
     gb = g.sum(0)  # [folds, N]
-    gw = ((gx - self.mean[..., None] * gb) / self.scale[..., None] +
-          self.l2 * w)
+    gw = self._to_input.gradient(gx, gb) + self.l2 * w
     loss = (-np.sum(self.share * self.targets * log_p) +
             0.5 * self.l2 * float(np.sum(w * w)))
     grad = np.concatenate([gw.transpose(1, 0, 2), gb[:, None]], 1)

@@ -48,18 +48,21 @@ class Problem:
   rest is float64 numpy on [n, N] and [D, N] arrays.
   """
 
-  def __init__(self, x: np.ndarray, y: np.ndarray, num_classes: int,
+  def __init__(self, x, y: np.ndarray, num_classes: int,
                mean: np.ndarray, scale: np.ndarray, l2: float,
                label_smoothing: float, weights: Optional[np.ndarray] = None):
-    """weights: float [n] >= 0 of each image in the data term (None: 1)."""
-    self.x = tf.constant(x)
+    """x: the vectors, float32 [n, D] (a numpy array, or a tf.Tensor that
+    several problems share: it is not copied); weights: float [n] >= 0 of
+    each image in the data term (None: 1)."""
+    self.x = x if isinstance(x, tf.Tensor) else tf.constant(x)
     self.y = y
-    self.n, self.dim = x.shape
+    self.n, self.dim = (int(d) for d in x.shape)
     # Each image's share of the data term: 1 / n, or w_i / sum(w).
     self.share = (np.full((self.n, 1), 1.0 / max(self.n, 1)) if weights is None
                   else shares(weights))
     self.classes = num_classes
     self.mean, self.scale = mean, scale
+    self._to_input = Standard(mean, scale)
     self.l2 = l2
     self.targets = head_math.smoothed_targets(y, num_classes, label_smoothing)
     # Kept from the last evaluation, for the iteration callback.
@@ -71,9 +74,9 @@ class Problem:
 
   def logits(self, w, b) -> np.ndarray:
     """float64 [n, N] for standardised weights w [D, N] and biases b [N]."""
-    w_in = w / self.scale[:, None]
+    w_in = self._to_input.weights(w)
     z = tf.matmul(tf.constant(w_in.T, tf.float32), self.x, transpose_b=True)
-    return z.numpy().T.astype(np.float64) + (b - project(self.mean, w_in))
+    return z.numpy().T.astype(np.float64) + self._to_input.biases(b, w_in)
 
   def __call__(self, theta) -> Tuple[float, np.ndarray]:
     w, b = self.split(theta)
@@ -84,14 +87,53 @@ class Problem:
     g = (np.exp(log_p) - self.targets) * self.share  # [n, N]
     gx = tf.matmul(tf.constant(g, tf.float32), self.x, transpose_a=True)
     gx = gx.numpy().T.astype(np.float64)  # [D, N]
-    gw = (gx - np.outer(self.mean, g.sum(axis=0))) / self.scale[:, None]
+    gb = g.sum(axis=0)
+    gw = self._to_input.gradient(gx, gb)
     gw += self.l2 * w
     loss = data_loss + 0.5 * self.l2 * float(np.sum(w * w))
-    return loss, np.concatenate([gw.ravel(), g.sum(axis=0)])
+    return loss, np.concatenate([gw.ravel(), gb])
 
   def cross_entropy(self, logits: np.ndarray) -> float:
     """Mean cross entropy against the true (unsmoothed) class ids."""
     return head_math.cross_entropy(logits, self.y)
+
+
+class Standard:
+  """Weights of standardised vectors to and from the input space, for
+  `standardisation`'s mean and scale float64 [D, ...]: the weights' shape
+  [D, ..., N] without N (mean and scale [D] for weights [D, N]; [D, folds]
+  for the folds' weights [D, folds, N] side by side).
+
+  Unstandardised (the default) the mean is all zeros and the scale one
+  factor: then the mean's terms are skipped and the factor divides as a
+  scalar, with the same bits as the full arithmetic (x - 0 is x, and
+  x / s is x / s either way) and two [D, N] products fewer each
+  evaluation.
+  """
+
+  def __init__(self, mean: np.ndarray, scale: np.ndarray):
+    self.mean = mean if np.any(mean) else None
+    # One factor per column of the trailing axes when the scale is
+    # constant along D: [1, ...] broadcasts as the full [D, ...] would.
+    self.scale = scale[:1] if np.all(scale == scale[:1]) else scale
+
+  def weights(self, w: np.ndarray) -> np.ndarray:
+    """Input-space weights [D, ..., N] of standardised weights w."""
+    return w / self.scale[..., None]
+
+  def biases(self, b: np.ndarray, w_in: np.ndarray) -> np.ndarray:
+    """Input-space biases [..., N] of biases b given w_in = weights(w)."""
+    if self.mean is None:
+      return b
+    return b - np.sum(self.mean[..., None] * w_in, axis=0)
+
+  def gradient(self, gx: np.ndarray, gb: np.ndarray) -> np.ndarray:
+    """Gradient of the data term in standardised weights [D, ..., N] from
+    its gradient gx [D, ..., N] in input-space weights and gb [..., N] in
+    the biases."""
+    if self.mean is not None:
+      gx = gx - self.mean[..., None] * gb
+    return gx / self.scale[..., None]
 
 
 def shares(weights: np.ndarray) -> np.ndarray:
@@ -204,8 +246,18 @@ class Vectors:
 
   def __init__(self, x: np.ndarray, standardise: bool):
     self.x, self.standardise = x, bool(standardise)
+    self._tensors = {}
     self.squares = None if self.standardise else tf.reduce_sum(
-        tf.square(tf.constant(x, tf.float32)), 1).numpy().astype(np.float64)
+        tf.square(self.tensor()), 1).numpy().astype(np.float64)
+
+  def tensor(self, rows: Optional[slice] = None) -> tf.Tensor:
+    """x[rows] (None: every row) as one float32 tf.Tensor, made once for
+    every fit that reads those rows (each copy is [rows, D] float32)."""
+    key = None if rows is None else (rows.start, rows.stop, rows.step)
+    if key not in self._tensors:
+      self._tensors[key] = tf.constant(self.x if rows is None else
+                                       self.x[rows])
+    return self._tensors[key]
 
   def standardisation(self, rows=None) -> Tuple[np.ndarray, np.ndarray]:
     """`standardisation` of x[rows] (rows: a slice, bool mask or indices;
@@ -278,11 +330,12 @@ class SoftmaxLbfgs:
     return cls(l2, label_smoothing, options.max_iterations, options.tolerance,
                options.standardise)
 
-  def fit(self, x: np.ndarray, y: np.ndarray, num_classes: int,
+  def fit(self, x, y: np.ndarray, num_classes: int,
           sample_weight: Optional[np.ndarray] = None,
           start: Optional[np.ndarray] = None, standard=None,
           callback=None) -> Fit:
-    """Fits x float32 [n, D] to class ids y int [n] in [0, num_classes).
+    """Fits x float32 [n, D] (numpy, or a tf.Tensor several fits share) to
+    class ids y int [n] in [0, num_classes).
 
     Args:
       sample_weight: float [n] >= 0 weight of each image (None: 1).

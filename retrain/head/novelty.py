@@ -52,6 +52,10 @@ from retrain.head import math as head_math
 # rows costs more than it adds.
 MAX_COVARIANCE_ROWS = 1500
 
+# Rows summed in one product by _key_sums (2,048 rows of the default
+# ensemble's 3,840-d vectors are 63 MB in float64).
+_SUM_ROWS = 2048
+
 
 def _matmul(a: np.ndarray, b: np.ndarray, transpose_b: bool = False,
             dtype=np.float64) -> np.ndarray:
@@ -222,12 +226,16 @@ class _Shared:
 
 def _key_sums(x: np.ndarray, key: np.ndarray, size: int) -> np.ndarray:
   """float64 [size, D] sums of the rows of x float [n, D] of each key int
-  [n] in [0, size) (zeros for a key without rows)."""
-  order = np.argsort(key, kind='stable')
-  present, starts = np.unique(key[order], return_index=True)
+  [n] in [0, size) (zeros for a key without rows): float64 products with
+  the keys' one-hot matrix, _SUM_ROWS rows at a time (a float64 copy of
+  that many rows at most), where sorting the rows to sum each run copied
+  all of x and summed it a row at a time (several times slower)."""
   out = np.zeros((size, x.shape[1]))
-  if len(order):
-    out[present] = np.add.reduceat(x[order], starts, axis=0, dtype=np.float64)
+  for start in range(0, len(key), _SUM_ROWS):
+    rows = slice(start, start + _SUM_ROWS)
+    one_hot = tf.one_hot(key[rows], size, dtype=tf.float64)  # [m, size]
+    out += tf.matmul(one_hot, tf.cast(x[rows], tf.float64),
+                     transpose_a=True).numpy()
   return out
 
 

@@ -230,9 +230,10 @@ class _Task:
   options: SolverOptions
   class_weights: Optional[np.ndarray] = None
 
-  def fit(self, c: Candidate, x: np.ndarray, y: np.ndarray, start=None,
+  def fit(self, c: Candidate, x, y: np.ndarray, start=None,
           standard=None, callback=None) -> lbfgs_lib.Fit:
-    """Candidate c fitted on x [n, D], y [n] (see SoftmaxLbfgs.fit)."""
+    """Candidate c fitted on x [n, D] (numpy or tf.Tensor), y [n] (see
+    SoftmaxLbfgs.fit)."""
     return lbfgs_lib.SoftmaxLbfgs.of(c.l2, c.label_smoothing, self.options
                                      ).fit(x, y, self.num_classes,
                                            lbfgs_lib.class_sample_weight(self.class_weights, y),
@@ -382,7 +383,8 @@ def _choose(sets: _Sets, task: _Task, groups: held_out_lib.Groups):
     return 'single', candidates, candidates[0], 'one candidate setting only', []
   if len(val_y) and val_counts.min() >= options.min_validation_per_class:
     selection, held = 'validation', _held(val_y, task.class_weights)
-    scores = _score_grid(candidates, sets.train_x, sets.train_y,
+    scores = _score_grid(candidates, sets.vectors.tensor(sets.train),
+                         sets.train_y,
                          sets.vectors.standardisation(sets.train), sets.val_x,
                          val_y, task, solutions)
     reason = (f'best validation accuracy of {len(candidates)} settings '
@@ -491,7 +493,8 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
                                                              groups)
 
   refit = selection != 'validation' or options.refit
-  fit_x, fit_y = (sets.all_x, sets.all_y) if refit else (train_x, train_y)
+  fit_x, fit_y = ((sets.vectors.tensor(), sets.all_y) if refit else
+                  (sets.vectors.tensor(sets.train), train_y))
   record = _Curve(fit_y, val_x, val_y, watch_val=not refit and len(val_y) > 0)
   # The chosen candidate's fit on training (or the mean of its fits on
   # the k folds) starts the final fit (with validation added it moves a
@@ -512,7 +515,7 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
   if selection != 'validation' or start is None:
     start = fit.theta
   train_only = fit.head() if not (refit and len(val_y)) else task.fit(
-      chosen, train_x, train_y, start,
+      chosen, sets.vectors.tensor(sets.train), train_y, start,
       sets.vectors.standardisation(sets.train)).head()
   seconds = time.monotonic() - started
   logging.info('Head solver (L-BFGS): %s; final fit %d iterations on %d '
