@@ -74,6 +74,39 @@ def export_fake_module(path, size=FAKE_SIZE, scale=4.0):
   return str(path)
 
 
+def export_conv_module(path, size=FAKE_SIZE):
+  """A TF2 SavedModel feature-vector module that ends as a CNN does: a
+  1x1 convolution with ReLU, then the global average pooling.
+
+  float32 [batch, size, size, 3] in [0, 1] -> float32 [batch, 6]: the
+  convolution gives each pixel's channels and their complements (r, g, b,
+  1 - r, 1 - g, 1 - b), so the vector is the fake pooling module's
+  (export_fake_module, scale 1).
+  """
+  import numpy as np
+  import tensorflow as tf
+
+  kernel = np.concatenate([np.eye(3), -np.eye(3)], 1)[None, None]
+  bias = np.array([0, 0, 0, 1, 1, 1], np.float32)
+
+  class ConvPool(tf.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.kernel = tf.Variable(kernel.astype(np.float32), trainable=False)
+      self.bias = tf.Variable(bias, trainable=False)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3],
+                                                tf.float32)])
+    def __call__(self, images):
+      conv = tf.nn.relu(tf.nn.conv2d(images, self.kernel, 1, 'SAME') +
+                        self.bias)
+      return tf.reduce_mean(conv, axis=[1, 2])
+
+  tf.saved_model.save(ConvPool(), str(path))
+  return str(path)
+
+
 @pytest.fixture(scope='session')
 def fake_module(tmp_path_factory):
   return export_fake_module(tmp_path_factory.mktemp('modules') / 'pool32')

@@ -195,3 +195,73 @@ def test_grad_cam_reads_the_convolution_the_bundled_module_pools():
                              module.call(images).numpy(), atol=1e-4)
   maps = explainer(images, [0, 2])
   assert maps.shape == (2, *module.input_size) and maps.max() == 1.0
+
+
+def _int8_conv_module(tmp_path, name='conv'):
+  """The conv-then-pool fixture module and its int8 copy (made here)."""
+  from retrain.features import int8
+  from retrain.features import modules as features
+  from tests.conftest import export_conv_module
+  module = features.load_module(export_conv_module(tmp_path / name))
+  quantized = int8.load(module, str(tmp_path / 'cache'))
+  assert quantized is not None
+  return module, quantized
+
+
+def test_the_int8_activations_model_outputs_what_its_pooling_averages(
+    tmp_path):
+  from retrain.features import int8, tflite_runner
+  from tests.conftest import FAKE_SIZE, export_fake_module
+  _, quantized = _int8_conv_module(tmp_path)
+  path = int8.model_path(quantized)
+  assert path and path.endswith('.tflite')
+  runner = tflite_runner.TFLiteRunner(tflite_runner.open_interpreter(
+      model_content=int8.activations_model(path)))
+  images = np.random.default_rng(0).random(
+      (3, FAKE_SIZE, FAKE_SIZE, 3)).astype(np.float32)
+  [activations] = runner.run(images)
+  assert activations.shape == (3, FAKE_SIZE, FAKE_SIZE, 6)
+  # The conv's output, as the int8 model rounds it: each pixel's channels
+  # and their complements.
+  np.testing.assert_allclose(activations[..., :3], images, atol=0.01)
+  np.testing.assert_allclose(activations[..., 3:], 1 - images, atol=0.01)
+  np.testing.assert_allclose(activations.mean((1, 2)),
+                             quantized.call(images).numpy(), atol=0.01)
+  # A model whose output is not a global average pooling is refused (the
+  # fake pooling module scales after pooling).
+  from retrain.features import modules as features
+  pooled = int8.load(features.load_module(export_fake_module(
+      tmp_path / 'pool')), str(tmp_path / 'cache'))
+  with pytest.raises(ValueError, match='global average pooling'):
+    int8.activations_model(int8.model_path(pooled))
+  # A float module has no int8 file.
+  assert int8.model_path(features.load_module(str(tmp_path / 'conv'))) is None
+
+
+def test_an_int8_run_draws_grad_cam_on_what_its_int8_model_pools(tmp_path):
+  from retrain.features import ensemble as ensemble_lib
+  from retrain.head.model import Head
+  from retrain.report import heatmap
+  from tests.conftest import FAKE_SIZE
+  float_module, quantized = _int8_conv_module(tmp_path)
+  other_float, other = _int8_conv_module(tmp_path, 'conv2')
+  head = Head(np.eye(6, 2, dtype=np.float32) * 5, np.zeros(2, np.float32))
+  pair = ensemble_lib.with_members(
+      ensemble_lib.load(f'{float_module.handle},{other_float.handle}'),
+      [quantized, other])
+  for module, h in ((quantized, head),
+                    (pair, Head(np.concatenate([head.weights] * 2) / 2,
+                                head.biases))):
+    explainer = heatmap.explainer(module, h)
+    assert explainer.method == explain.GRAD_CAM
+    assert 'int8 model' in explainer.description
+    image = np.full([1, FAKE_SIZE, FAKE_SIZE, 3], 0.2, np.float32)
+    image[0, :FAKE_SIZE // 2, :, 0] = 1.0  # red top half raises class 0
+    maps = explainer(image, [0])
+    assert maps.shape == (1, FAKE_SIZE, FAKE_SIZE)
+    assert maps[0, :FAKE_SIZE // 2].mean() > 2 * maps[0, FAKE_SIZE // 2:].mean()
+  # Not for a fine-tuned network (its weights are no longer the int8
+  # copy's), nor for a float module that is not bundled: occlusion.
+  assert heatmap.explainer(quantized, head, fine_tuned=True).method == (
+      explain.OCCLUSION)
+  assert heatmap.explainer(float_module, head).method == explain.OCCLUSION

@@ -41,7 +41,7 @@ that gives other vectors falls back the same way.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -56,17 +56,6 @@ from retrain.features.modules import FeatureModule
 
 class Untranslatable(ValueError):
   """The int8 model holds something Int8Graph cannot reproduce."""
-
-
-def _schema():
-  from tensorflow.lite.python import schema_py_generated as schema
-  return schema
-
-
-def _op_names() -> Dict[int, str]:
-  ops = _schema().BuiltinOperator
-  return {v: k for k, v in vars(ops).items()
-          if not k.startswith('_') and isinstance(v, int)}
 
 
 # TensorType codes of the schema.
@@ -113,7 +102,7 @@ class Int8Graph(tf.Module):
     # Plain attributes hidden from tf.Module's tracking (not variables).
     self._model = _Plain(model)
     self._graph = _Plain(model.subgraphs[0])
-    names = _op_names()
+    names = int8.op_names()
     ops = []
     for op in self._graph.operators:
       code = model.operatorCodes[op.opcodeIndex]

@@ -216,6 +216,79 @@ def load(module: FeatureModule, cache_dir: Optional[str] = None
                          quantization=QUANTIZATION)
 
 
+def op_names() -> dict:
+  """{builtin operator code: its name (e.g. 'CONV_2D')} of the TFLite
+  schema."""
+  from tensorflow.lite.python import schema_py_generated as schema
+  return {v: k for k, v in vars(schema.BuiltinOperator).items()
+          if not k.startswith('_') and isinstance(v, int)}
+
+
+def model_path(module: FeatureModule) -> Optional[str]:
+  """The int8 TFLite file that `module`'s call runs (a copy made by
+  `load`), or None when it is not one."""
+  if module.quantization != QUANTIZATION:
+    return None
+  return getattr(module.call, 'path', None)
+
+
+# What may stand between a model's global average pooling and its output.
+_AFTER_POOLING = ('DEQUANTIZE', 'RESHAPE', 'SQUEEZE')
+
+
+def activations_model(path: str) -> bytes:
+  """The int8 model at `path` with its output moved back to what its final
+  global average pooling averages: int8 [n, h, w, C] (quantised; the
+  interpreter's output details hold its scale and zero point), whose mean
+  over h and w is the feature vector up to the pooling's rounding. For
+  heat maps of the features an int8 run trains on (retrain/report/
+  heatmap.py).
+
+  Raises:
+    ValueError: the output is not a global average pooling (MEAN over
+      axes 1 and 2, or AVERAGE_POOL_2D to 1 x 1) of a 4-D tensor, followed
+      by nothing but _AFTER_POOLING.
+  """
+  from tensorflow.lite.tools import flatbuffer_utils
+  model = flatbuffer_utils.read_model(path)
+  graph, names = model.subgraphs[0], op_names()
+  made_by = {int(t): op for op in graph.operators for t in op.outputs}
+  tensor = int(graph.outputs[0])
+  while tensor in made_by:
+    op = made_by[tensor]
+    code = model.operatorCodes[op.opcodeIndex]
+    name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode))
+    if name in ('MEAN', 'AVERAGE_POOL_2D'):
+      pooled = int(op.inputs[0])
+      if not _global_pooling(model, graph, op, name, pooled):
+        break
+      graph.outputs = np.array([pooled], np.int32)
+      model.signatureDefs = []  # they name the old output
+      return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    if name not in _AFTER_POOLING:
+      break
+    tensor = int(op.inputs[0])
+  raise ValueError(f'{path} does not end in a global average pooling')
+
+
+def _global_pooling(model, graph, op, name: str, pooled: int) -> bool:
+  """Whether pooling op `op` (`name`) averages tensor `pooled` [n, h, w,
+  C] over all of h and w."""
+  shape = graph.tensors[pooled].shape
+  if shape is None or len(shape) != 4:
+    return False
+  if name == 'AVERAGE_POOL_2D':
+    options = op.builtinOptions
+    return (options.filterHeight, options.filterWidth) == (shape[1], shape[2])
+  tensor = graph.tensors[int(op.inputs[1])]
+  axes = model.buffers[tensor.buffer].data
+  dtype = {2: np.int32, 4: np.int64}.get(tensor.type)  # the schema's codes
+  if axes is None or dtype is None:
+    return False
+  axes = np.frombuffer(np.asarray(axes, np.uint8).tobytes(), dtype)
+  return sorted(int(a) % 4 for a in axes) == [1, 2]
+
+
 class LazyCall:
   """A TFLiteCall opened on its first call: a run whose vectors are all
   cached never opens the interpreters."""

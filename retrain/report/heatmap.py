@@ -1,5 +1,12 @@
 """Heat maps for a trained run: which method fits its feature module.
 
+* Every member run as its int8 copy (retrain.features.int8, the default
+  on CPUs where it is faster), not fine-tuned, each ending in a global
+  average pooling: Grad-CAM on what that pooling averages (the head
+  convolution's output of an EfficientNet-Lite), as the int8 model
+  computes it, so the map is of the features the head trained on; a
+  TFLite interpreter runs the model with that tensor as its output
+  (int8.activations_model), about a tenth of the float networks' time.
 * Every member a bundled EfficientNet-Lite (the default ensemble
   included), not fine-tuned: Grad-CAM on the head convolution of each
   member (retrain.predict.explain.grad_cam), the members' maps resized to
@@ -90,12 +97,57 @@ def _lite_member(member, ensemble_size):
   return conv, pool
 
 
+def _int8_member(member, ensemble_size):
+  """(conv, pool) of a member run as its int8 model (see the module
+  docstring): conv runs the model up to its global average pooling on the
+  ensemble's images, resized to the member's size as the ensemble does,
+  and returns that tensor dequantised, float32 [b, h, w, C]; the
+  interpreter (one thread: the export runs beside the heat maps) opens
+  on the first call. Raises ValueError when the model does not end in a
+  global average pooling."""
+  import tensorflow as tf
+
+  from retrain.features import int8 as int8_lib
+  from retrain.features import tflite_runner
+  model = int8_lib.activations_model(int8_lib.model_path(member))
+  size = tuple(member.input_size)
+  runner = []
+
+  def conv(images):
+    if size != tuple(ensemble_size):
+      images = ensemble_lib.area_resize(images, tuple(ensemble_size), size)
+    if not runner:
+      runner.append(tflite_runner.TFLiteRunner(
+          tflite_runner.open_interpreter(model_content=model, num_threads=1),
+          None, size))
+    return tf.constant(runner[0].run(np.asarray(images, np.float32))[0])
+
+  def pool(activations):
+    return tf.reduce_mean(activations, axis=[1, 2])
+
+  return conv, pool
+
+
+def _int8_members(members, size):
+  """[(conv, pool)] of _int8_member for every member, or None when some
+  member is not an int8 copy or does not end in a global average
+  pooling."""
+  from retrain.features import int8 as int8_lib
+  if not all(int8_lib.model_path(m) for m in members):
+    return None
+  try:
+    return [_int8_member(m, size) for m in members]
+  except ValueError:
+    return None
+
+
 def _bundled(member) -> bool:
   preset = presets.PRESETS.get(member.handle)
   return bool(preset is not None and preset.bundled)
 
 
-def explainer(module, head: Head, fine_tuned: bool = False) -> Explainer:
+def explainer(module, head: Head, fine_tuned: bool = False,
+              occlusion_module=None) -> Explainer:
   """The heat-map method for `module` (a FeatureModule or EnsembleModule)
   followed by `head`; see the module docstring.
 
@@ -104,26 +156,35 @@ def explainer(module, head: Head, fine_tuned: bool = False) -> Explainer:
     head: its head: weights float32 [D, N], biases [N].
     fine_tuned: True when the module's weights were fine-tuned (then the
       bundled weights no longer describe it, and occlusion is used).
+    occlusion_module: what occlusion runs the images through (default
+      `module`; the same vectors, e.g. a few images at a time).
   """
   members = ensemble_lib.members(module)
   size = tuple(module.input_size)
-  if not fine_tuned and all(_bundled(m) for m in members):
-    pairs = [_lite_member(m, size) for m in members]
+  int8_pairs = None if fine_tuned else _int8_members(members, size)
+  if int8_pairs or not fine_tuned and all(_bundled(m) for m in members):
+    pairs = int8_pairs or [_lite_member(m, size) for m in members]
     combined = ('' if len(members) == 1 else
                 f' The {len(members)} members\' maps are resized to '
                 f'{size[0]}x{size[1]} and added, each in units of its '
                 'contribution to the class score, so a member weighs as '
                 'much as it moves the prediction.')
+    where = ('what the int8 model of ' if int8_pairs else
+             'the last convolution (the head conv) of ')
+    pooled = (' averages into its features (the head conv\'s output of '
+              'an EfficientNet-Lite)' if int8_pairs else '')
     return Explainer(
         explain.GRAD_CAM,
-        'Grad-CAM on the last convolution (the head conv) of '
-        f'{", ".join(m.handle for m in members)}: red marks where the '
-        'features that raised the predicted class were found.' + combined,
+        f'Grad-CAM on {where}{", ".join(m.handle for m in members)}'
+        f'{pooled}: red marks where the features that raised the predicted '
+        'class were found.' + combined,
         lambda images, classes: explain.grad_cam(
             images, pairs, head.weights, head.biases, classes), size)
 
+  occluded = occlusion_module or module
+
   def probabilities(images):
-    features = np.asarray(module.call(images), np.float32)
+    features = np.asarray(occluded.call(images), np.float32)
     return head.probabilities(features)
 
   why = ('the network is fine-tuned' if fine_tuned else

@@ -327,7 +327,8 @@ def start_results_page(config: Config, prepared, found,
       history=[dataclasses.asdict(p) for p in trained.history],
       settings={k: str(v) for k, v in config.flat().items()})
   explainer = None if crops is not None else heatmap.explainer(
-      _in_chunks(module), trained.head, fine_tuned=tuned is not None)
+      module, trained.head, fine_tuned=tuned is not None,
+      occlusion_module=_in_chunks(module))
   pool = concurrent.futures.ThreadPoolExecutor(1)
   future = pool.submit(results_lib.grid_heat_maps, explainer, report)
   pool.shutdown(wait=False)
