@@ -22,6 +22,7 @@ from retrain.data import split as split_lib
 from retrain.export import from_disk
 from retrain.finetune import run as finetune_lib
 from retrain.head import auto as head_auto
+from retrain.report import trust as trust_report
 from retrain.report import writer as explain_lib
 from retrain.steps import (
   head,
@@ -261,6 +262,7 @@ def _in_memory(config: Config, prepared: prepare.Prepared,
     if training.copies is None:
       phase.skip()
   near = vectors.near_duplicates(images, split)
+  background.run(trust_report.load_matplotlib)
   with phases('training'):
     trained = head.train(config, prepared.module, found, split, training,
                          vectors.training_groups(split, training.copies,
