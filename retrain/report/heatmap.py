@@ -6,7 +6,8 @@
   convolution's output of an EfficientNet-Lite), as the int8 model
   computes it, so the map is of the features the head trained on; a
   TFLite interpreter runs the model with that tensor as its output
-  (int8.activations_model), about a tenth of the float networks' time.
+  (int8.activations_model), in about half the float networks' time
+  (bench/heat_maps.py).
 * Every member a bundled EfficientNet-Lite (the default ensemble
   included), not fine-tuned: Grad-CAM on the head convolution of each
   member (retrain.predict.explain.grad_cam), the members' maps resized to

@@ -287,11 +287,10 @@ class StartedPage:
 
   Attributes:
     report: the page's report dict (results_lib.build).
-    explainer: the heat maps' explainer, or None.
-    heat_maps: the future of results_lib.grid_heat_maps.
+    heat_maps: the future of (the heat maps' explainer or None, what
+      results_lib.grid_heat_maps drew with it).
   """
   report: dict
-  explainer: Optional[object]
   heat_maps: object
 
 
@@ -326,13 +325,19 @@ def start_results_page(config: Config, prepared, found,
                   'hash of the file name unless the layout gives the split'),
       history=[dataclasses.asdict(p) for p in trained.history],
       settings={k: str(v) for k, v in config.flat().items()})
-  explainer = None if crops is not None else heatmap.explainer(
-      module, trained.head, fine_tuned=tuned is not None,
-      occlusion_module=_in_chunks(module))
+
+  def draw():
+    # The explainer too is made on the thread: it reads the members'
+    # weights or int8 models.
+    explainer = None if crops is not None else heatmap.explainer(
+        module, trained.head, fine_tuned=tuned is not None,
+        occlusion_module=_in_chunks(module))
+    return explainer, results_lib.grid_heat_maps(explainer, report)
+
   pool = concurrent.futures.ThreadPoolExecutor(1)
-  future = pool.submit(results_lib.grid_heat_maps, explainer, report)
+  future = pool.submit(draw)
   pool.shutdown(wait=False)
-  return StartedPage(report, explainer, future)
+  return StartedPage(report, future)
 
 
 # Images a heat map's occlusion runs through the network at once: each
@@ -361,8 +366,8 @@ def results_page(config: Config, started: StartedPage, module, labels, stats,
   """Writes <report_dir>/report.html and report.json from what
   start_results_page began; returns the page's path."""
   import time
-  report, explainer = started.report, started.explainer
-  heat = started.heat_maps.result()
+  report = started.report
+  explainer, heat = started.heat_maps.result()
   report.update(seconds=time.monotonic() - phases.launched,
                 **_model_lines(config, module, labels, stats, phases.timings))
   written = results_lib.write(config.outputs.report_dir, report, explainer,
