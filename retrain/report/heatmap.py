@@ -170,15 +170,19 @@ def explainer(module, head: Head, fine_tuned: bool = False,
                 f'{size[0]}x{size[1]} and added, each in units of its '
                 'contribution to the class score, so a member weighs as '
                 'much as it moves the prediction.')
-    where = ('what the int8 model of ' if int8_pairs else
-             'the last convolution (the head conv) of ')
-    pooled = (' averages into its features (the head conv\'s output of '
-              'an EfficientNet-Lite)' if int8_pairs else '')
+    names = ', '.join(m.handle for m in members)
+    if int8_pairs:
+      one = len(members) == 1
+      on = (f'what the int8 model{"" if one else "s"} of {names} '
+            f'average{"s" if one else ""} into {"its" if one else "their"} '
+            'features (in an EfficientNet-Lite, the head convolution\'s '
+            'output)')
+    else:
+      on = f'the last convolution (the head conv) of {names}'
     return Explainer(
         explain.GRAD_CAM,
-        f'Grad-CAM on {where}{", ".join(m.handle for m in members)}'
-        f'{pooled}: red marks where the features that raised the predicted '
-        'class were found.' + combined,
+        f'Grad-CAM on {on}: red marks where the features that raised the '
+        'predicted class were found.' + combined,
         lambda images, classes: explain.grad_cam(
             images, pairs, head.weights, head.biases, classes), size)
 
