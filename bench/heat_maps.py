@@ -39,7 +39,7 @@ def main():
   from retrain.data import discover
   from retrain.features import ensemble as ensemble_lib
   from retrain.features import int8 as int8_lib
-  from retrain.head import lbfgs
+  from retrain.head import lbfgs, solver
   from retrain.predict import explain
   from retrain.report import heatmap
 
@@ -66,8 +66,8 @@ def main():
   vectors = np.concatenate([np.asarray(int8_module.call(pixels[i:i + 32]))
                             for i in range(0, len(pixels), 32)])
   rest = np.setdiff1d(np.arange(len(paths)), drawn)
-  head = lbfgs.SoftmaxLbfgs(0.1, 0.0, 300, 1e-6, False).fit(
-      vectors[rest], labels[rest], classes).head()
+  head = lbfgs.SoftmaxLbfgs.of(0.1, 0.0, solver.SolverOptions.from_config(
+      DEFAULTS)).fit(vectors[rest], labels[rest], classes).head()
   predicted = head.logits(vectors[drawn]).argmax(1)
   float_maps = heatmap.explainer(float_module, head)
   int8_maps = heatmap.explainer(int8_module, head)

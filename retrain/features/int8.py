@@ -227,9 +227,10 @@ def op_names() -> dict:
 def model_path(module: FeatureModule) -> Optional[str]:
   """The int8 TFLite file that `module`'s call runs (a copy made by
   `load`), or None when it is not one."""
-  if module.quantization != QUANTIZATION:
+  if module.quantization != QUANTIZATION or not isinstance(module.call,
+                                                            LazyCall):
     return None
-  return getattr(module.call, 'path', None)
+  return module.call.path
 
 
 # What may stand between a model's global average pooling and its output.

@@ -213,7 +213,7 @@ class _Folds:
     standards = [vectors.standardisation(fold != k) for k in range(folds)]
     self.mean = np.stack([m for m, _ in standards], 1)  # [D, folds]
     self.scale = np.stack([s for _, s in standards], 1)
-    self._to_input = lbfgs_lib.Standard(self.mean, self.scale)
+    self.to_input = lbfgs_lib.Standard(self.mean, self.scale)
 
   def _split(self, theta):
     """(W float64 [D, folds, N] standardised, b [folds, N])."""
@@ -223,10 +223,10 @@ class _Folds:
   def logits(self, theta) -> np.ndarray:
     """float64 [n, folds, N]: each fold's head's logits of every row."""
     w, b = self._split(theta)
-    w_in = self._to_input.weights(w)
+    w_in = self.to_input.weights(w)
     z = tf.matmul(self.x, tf.constant(w_in.reshape(self.dim, -1), tf.float32))
     return z.numpy().astype(np.float64).reshape(
-        len(self.share), self.folds, -1) + self._to_input.biases(b, w_in)
+        len(self.share), self.folds, -1) + self.to_input.biases(b, w_in)
 
   def out_of_fold(self, theta, fold) -> np.ndarray:
     """float32 [n, N]: each row's logits by the head of its fold."""
@@ -240,7 +240,7 @@ class _Folds:
                    transpose_a=True).numpy().astype(np.float64)
     gx = gx.reshape(self.dim, self.folds, self.classes)
     gb = g.sum(0)  # [folds, N]
-    gw = self._to_input.gradient(gx, gb) + self.l2 * w
+    gw = self.to_input.gradient(gx, gb) + self.l2 * w
     loss = (-np.sum(self.share * self.targets * log_p) +
             0.5 * self.l2 * float(np.sum(w * w)))
     grad = np.concatenate([gw.transpose(1, 0, 2), gb[:, None]], 1)

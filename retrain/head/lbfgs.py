@@ -62,7 +62,7 @@ class Problem:
                   else shares(weights))
     self.classes = num_classes
     self.mean, self.scale = mean, scale
-    self._to_input = Standard(mean, scale)
+    self.to_input = Standard(mean, scale)
     self.l2 = l2
     self.targets = head_math.smoothed_targets(y, num_classes, label_smoothing)
     # Kept from the last evaluation, for the iteration callback.
@@ -74,9 +74,9 @@ class Problem:
 
   def logits(self, w, b) -> np.ndarray:
     """float64 [n, N] for standardised weights w [D, N] and biases b [N]."""
-    w_in = self._to_input.weights(w)
+    w_in = self.to_input.weights(w)
     z = tf.matmul(tf.constant(w_in.T, tf.float32), self.x, transpose_b=True)
-    return z.numpy().T.astype(np.float64) + self._to_input.biases(b, w_in)
+    return z.numpy().T.astype(np.float64) + self.to_input.biases(b, w_in)
 
   def __call__(self, theta) -> Tuple[float, np.ndarray]:
     w, b = self.split(theta)
@@ -88,7 +88,7 @@ class Problem:
     gx = tf.matmul(tf.constant(g, tf.float32), self.x, transpose_a=True)
     gx = gx.numpy().T.astype(np.float64)  # [D, N]
     gb = g.sum(axis=0)
-    gw = self._to_input.gradient(gx, gb)
+    gw = self.to_input.gradient(gx, gb)
     gw += self.l2 * w
     loss = data_loss + 0.5 * self.l2 * float(np.sum(w * w))
     return loss, np.concatenate([gw.ravel(), gb])
@@ -211,11 +211,6 @@ def lbfgs(fun: Callable[[np.ndarray], Tuple[float, np.ndarray]],
   return theta, done
 
 
-def project(v: np.ndarray, m: np.ndarray) -> np.ndarray:
-  """v [D] @ m [D, N] without BLAS (see dot)."""
-  return np.sum(v[:, None] * m, axis=0)
-
-
 def standardisation(x: np.ndarray, enabled: bool = True
                     ) -> Tuple[np.ndarray, np.ndarray]:
   """(mean float64 [D], scale float64 [D]) of vectors x [n, D]; a constant
@@ -282,9 +277,9 @@ class Fit:
   def head(self) -> Head:
     """The fitted layer in the input space (standardisation folded in)."""
     w, b = self.problem.split(self.theta)
-    w_in = w / self.problem.scale[:, None]
+    w_in = self.problem.to_input.weights(w)
     return Head(w_in.astype(np.float32),
-                (b - project(self.problem.mean, w_in)).astype(np.float32))
+                self.problem.to_input.biases(b, w_in).astype(np.float32))
 
   def predict_proba(self, x: np.ndarray) -> np.ndarray:
     """float32 [m, N] class probabilities of vectors x float32 [m, D]."""

@@ -127,14 +127,15 @@ class _SigmoidProblem(lbfgs_lib.Problem):
     self.n, self.dim = rows.n, rows.dim
     self.classes = targets.shape[1]
     self.mean, self.scale = mean, scale
+    self.to_input = lbfgs_lib.Standard(mean, scale)
     self.l2 = np.broadcast_to(np.asarray(l2, np.float64), (self.classes,))
     self.targets = targets.astype(np.float64)
     self.share = 1.0 / max(self.n, 1)
 
   def __call__(self, theta) -> Tuple[float, np.ndarray]:
     w, b = self.split(theta)
-    w_in = w / self.scale[:, None]
-    shift = b - lbfgs_lib.project(self.mean, w_in)
+    w_in = self.to_input.weights(w)
+    shift = self.to_input.biases(b, w_in)
     w_t = tf.constant(w_in.T, tf.float32)
     data_loss, g_sum = 0.0, np.zeros(self.classes)
     gx = np.zeros((self.dim, self.classes))
@@ -148,7 +149,7 @@ class _SigmoidProblem(lbfgs_lib.Problem):
       gx += tf.matmul(tf.constant(g, tf.float32), x,
                       transpose_a=True).numpy().T.astype(np.float64)
       g_sum += g.sum(axis=0)
-    gw = (gx - np.outer(self.mean, g_sum)) / self.scale[:, None]
+    gw = self.to_input.gradient(gx, g_sum)
     gw += self.l2[None, :] * w
     loss = data_loss + 0.5 * float(np.sum(self.l2 * np.sum(w * w, axis=0)))
     return loss, np.concatenate([gw.ravel(), g_sum])
