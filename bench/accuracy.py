@@ -22,8 +22,9 @@ module and ensemble preset, side by side on one image folder.
 Solvers: `lbfgs` (the converging solver, grid and refit as configured in
 retrain/config/), `lbfgs-norefit` (the same, without refitting on
 training + validation), `lbfgs-std` / `lbfgs-raw` (on standardised / raw
-vectors, whatever the default), `sgd` (retrain.py's defaults: 4,000 steps of
-SGD at 0.01).
+vectors, whatever the default), `lbfgs-exact-choice` (the grid's fits on
+validation to --solver_tolerance instead of --solver_choice_tolerance),
+`sgd` (retrain.py's defaults: 4,000 steps of SGD at 0.01).
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ from retrain.head import train as train_lib  # noqa: E402
 from retrain.report import confidence  # noqa: E402
 
 MODULES = ('efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2')
-SOLVERS = ('lbfgs', 'lbfgs-norefit', 'lbfgs-std', 'lbfgs-raw', 'sgd')
+SOLVERS = ('lbfgs', 'lbfgs-norefit', 'lbfgs-std', 'lbfgs-raw',
+           'lbfgs-exact-choice', 'sgd')
 FULL_FLOWERS = 3670
 
 
@@ -104,6 +106,8 @@ def train(solver, x, y, classes, train_rows, val_rows, seed):
     options = dataclasses.replace(options, standardise=True)
   if solver == 'lbfgs-raw':
     options = dataclasses.replace(options, standardise=False)
+  if solver == 'lbfgs-exact-choice':
+    options = dataclasses.replace(options, choice_tolerance=options.tolerance)
   return solver_lib.fit_head(tx, ty, classes, vx, vy, options).head
 
 
@@ -123,7 +127,7 @@ def main():
   logging.set_verbosity(logging.WARNING)
 
   config = DEFAULTS.replace(image_dir=args.image_dir)
-  layout = layouts.load_layout(config)
+  layout = layouts.load_layout(config.data)
   paths = [image.path for image in layout.dataset.images]
   labels = np.array([image.label for image in layout.dataset.images])
   classes = len(layout.dataset.labels)

@@ -38,7 +38,7 @@ def in_process(config, runtime: str):
   from retrain.bottlenecks import compute
   from retrain.data import sources
   from retrain.features import modules, tflite_runtime
-  layout = sources.load_layout(config)
+  layout = sources.load_layout(config.data)
   paths = [image.path for image in layout.dataset.images]
   module = modules.load_module(config.module.tfhub_module, config.module.image_size,
                                config.module.module_cache_dir)

@@ -180,6 +180,42 @@ def test_chooses_on_validation_and_scores_nothing_else(monkeypatch):
   assert result.refit and 'refitted on training + validation' in result.reason
 
 
+def test_the_grid_ranks_at_the_choice_tolerance_and_the_chosen_fits_at_the_full(
+    monkeypatch):
+  x, y = _clusters(40, 3, 12, 1.0, seed=2)
+  fold = folds.stratified_folds(y, 4, seed=0)
+  tolerances = []
+  real_lbfgs = lbfgs.lbfgs
+
+  def spy(fun, theta, max_iterations, tolerance, callback=None):
+    tolerances.append(tolerance)
+    return real_lbfgs(fun, theta, max_iterations, tolerance, callback)
+
+  monkeypatch.setattr(lbfgs, 'lbfgs', spy)
+  options = dataclasses.replace(OPTIONS, min_validation_per_class=5,
+                                tolerance=1e-9, choice_tolerance=1e-3)
+  result = solver.fit_head(x[fold >= 2], y[fold >= 2], 3, x[fold == 1],
+                           y[fold == 1], options)
+  grid = len(OPTIONS.l2_grid)
+  assert result.selection == 'validation'
+  # The grid's fits, then the final fit, the cross-fitted folds and the
+  # training-only head at the full tolerance.
+  assert tolerances == [1e-3] * grid + [1e-9] * 3
+  # Stopped early, the grid took fewer iterations than to the full one.
+  exact = solver.fit_head(x[fold >= 2], y[fold >= 2], 3, x[fold == 1],
+                          y[fold == 1], dataclasses.replace(
+                              options, choice_tolerance=1e-9))
+  assert (sum(c.iterations for c in result.candidates) <
+          sum(c.iterations for c in exact.candidates))
+  # A small validation set: k-fold, whose close scores keep the full one.
+  tolerances.clear()
+  val = np.concatenate([np.flatnonzero(y == c)[:2] for c in range(3)])
+  rest = np.setdiff1d(np.arange(len(y)), val)
+  assert solver.fit_head(x[rest], y[rest], 3, x[val], y[val],
+                         options).selection == 'k-fold'
+  assert set(tolerances) == {1e-9}
+
+
 def test_small_validation_means_k_fold_on_train_and_validation():
   x, y = _clusters(20, 3, 8, 0.8, seed=3)
   # Two validation images per class: too few to choose on.
@@ -203,6 +239,11 @@ def test_bad_grid_values_are_refused():
   with pytest.raises(DatasetError) as e:
     solver.check(dataclasses.replace(OPTIONS, l2_grid=(-1.0,)))
   assert e.value.worded(lambda f: f'--{f}').startswith('--solver_l2_grid=-1.0')
+  with pytest.raises(DatasetError, match=r'solver_choice_tolerance=1\.5 must be '
+                     r'in \[0, 1\)'):
+    solver.check(dataclasses.replace(OPTIONS, choice_tolerance=1.5))
+  with pytest.raises(DatasetError, match='solver_tolerance=-1 must be'):
+    solver.check(dataclasses.replace(OPTIONS, tolerance=-1.0))
 
 
 def test_auto_is_sgd_only_when_training_flags_are_given(caplog):
