@@ -202,7 +202,8 @@ def main():
     test_rows = rows[2]
     frozen_fit = solver_lib.fit_head(
         x_frozen[rows[0]], y[rows[0]], len(labels), x_frozen[rows[1]],
-        y[rows[1]], solver_lib.SolverOptions.from_config(DEFAULTS))
+        y[rows[1]], solver_lib.SolverOptions.from_config(
+            DEFAULTS.replace(fine_tune=True)))
     head = frozen_fit.head
     frozen_pred = head.logits(x_frozen[test_rows]).argmax(axis=1)
     correct.setdefault('frozen', []).append(

@@ -341,3 +341,30 @@ def test_folds_count_groups_per_class_as_group_folds_deals_them():
   fold = folds_lib.group_folds(y[:7], groups[:7], 2, 0)
   for k in range(2):
     assert set(y[:7][fold == k]) == {0, 1}
+
+
+def test_the_train_only_head_is_fitted_when_fine_tuning_needs_it(tmp_path):
+  x, y = _overlapping(45, seed=5)
+  fold = folds_lib.stratified_folds(y, 3, seed=1)
+  train, val = np.flatnonzero(fold >= 1), np.flatnonzero(fold == 0)
+  config = DEFAULTS.replace(head_solver='lbfgs', solver_l2_grid=(1e-3, 1e-4),
+      report_dir=str(tmp_path / 'reports'), projector_max_images=0,
+      summaries_dir=str(tmp_path / 'summaries'))
+  labels = ['a', 'b', 'c']
+  trained = {tune: solve.maybe_solve(config.replace(fine_tune=tune), x[train],
+                                     y[train], labels, x[val], y[val])
+             for tune in (False, True)}
+  # Held-out predictions judge validation, so without fine-tuning nothing
+  # reads a head fitted on training alone, and none is fitted.
+  assert trained[False].held_out is not None
+  assert trained[False].train_only_head is None
+  # Fine-tuning starts from it: the chosen setting on the training rows.
+  only = trained[True].train_only_head
+  assert only is not None
+  direct = solver.fit_head(x[train], y[train], 3, x[val], y[val],
+                           dataclasses.replace(solver.SolverOptions.from_config(
+                               config), train_only_head=True))
+  np.testing.assert_array_equal(only.weights, direct.train_only_head.weights)
+  assert not np.array_equal(only.weights, trained[True].head.weights)
+  np.testing.assert_array_equal(trained[False].head.weights,
+                                trained[True].head.weights)

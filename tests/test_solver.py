@@ -193,7 +193,8 @@ def test_the_grid_ranks_at_the_choice_tolerance_and_the_chosen_fits_at_the_full(
 
   monkeypatch.setattr(lbfgs, 'lbfgs', spy)
   options = dataclasses.replace(OPTIONS, min_validation_per_class=5,
-                                tolerance=1e-9, choice_tolerance=1e-3)
+                                tolerance=1e-9, choice_tolerance=1e-3,
+                                train_only_head=True)
   result = solver.fit_head(x[fold >= 2], y[fold >= 2], 3, x[fold == 1],
                            y[fold == 1], options)
   grid = len(OPTIONS.l2_grid)

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from retrain.head import math as head_math
 from retrain.head.model import Head
+from retrain.head.train import EvalPoint
 
 # L-BFGS: 10 pairs of history is the usual choice (scipy's and Nocedal &
 # Wright's); the Armijo constant 1e-4 likewise.
@@ -284,6 +285,29 @@ class Fit:
   def predict_proba(self, x: np.ndarray) -> np.ndarray:
     """float32 [m, N] class probabilities of vectors x float32 [m, D]."""
     return self.head().predict_proba(x)
+
+
+class Curve:
+  """An L-BFGS callback recording a fit's curve: one
+  retrain.head.train.EvalPoint per iteration (accuracy and cross entropy
+  on the fitted images' class ids fit_y [n]; accuracy on val_x [m, D],
+  val_y [m] when watch_val, i.e. when validation is not fitted on)."""
+
+  def __init__(self, fit_y, val_x, val_y, watch_val: bool):
+    self.fit_y, self.val_x, self.val_y = fit_y, val_x, val_y
+    self.watch_val = bool(watch_val)
+    self.points: List[EvalPoint] = []
+
+  def __call__(self, iteration, theta, problem) -> None:
+    z = problem.last_logits  # of theta: the line search's last evaluation
+    val_acc = None
+    if self.watch_val:
+      val_acc = head_math.accuracy(Fit(theta, problem, 0).head().logits(
+          self.val_x), self.val_y)
+    self.points.append(EvalPoint(
+        iteration, head_math.accuracy(z, self.fit_y),
+        problem.cross_entropy(z), val_acc,
+        len(self.val_y) if self.watch_val else 0))
 
 
 def class_sample_weight(class_weights: Optional[np.ndarray], y: np.ndarray

@@ -105,6 +105,10 @@ class SolverOptions:
     seed: fold assignment.
     standardise: fit on standardised vectors (see the module docstring);
       False fits the raw vectors (for comparison in bench/accuracy.py).
+    train_only_head: when the final head trains on validation, fit the
+      chosen setting on the training rows alone even if held-out
+      predictions exist (fine-tuning starts from it; without them it is
+      always fitted: it judges validation).
   """
   l2_grid: Tuple[float, ...]
   label_smoothing_grid: Tuple[float, ...]
@@ -116,6 +120,7 @@ class SolverOptions:
   refit: bool
   seed: int = 0
   standardise: bool = False
+  train_only_head: bool = True
 
   @classmethod
   def from_config(cls, config) -> 'SolverOptions':
@@ -129,7 +134,8 @@ class SolverOptions:
                folds=config.head.solver_folds,
                min_validation_per_class=config.head.solver_min_validation_per_class,
                refit=config.head.solver_refit, seed=config.head.random_seed,
-               standardise=config.head.solver_standardise)
+               standardise=config.head.solver_standardise,
+               train_only_head=config.finetune.fine_tune)
 
 
 def _floats(name: str, values) -> Tuple[float, ...]:
@@ -200,7 +206,10 @@ class SolverResult:
       None when there are none (see HeldOut).
     train_only_head: the chosen setting fitted on the training rows alone
       (what fine-tuning starts from, so that its validation stays held
-      out); the final head itself when that did not train on validation.
+      out, and what judges validation when there are no held-out
+      predictions); the final head itself when that did not train on
+      validation; None when held-out predictions exist and the options
+      did not ask for it (SolverOptions.train_only_head).
   """
   head: Head
   history: List[EvalPoint]
@@ -400,9 +409,6 @@ def _choose(sets: _Sets, task: _Task, groups: held_out_lib.Groups):
     return 'single', candidates, candidates[0], 'one candidate setting only', []
   if len(val_y) and val_counts.min() >= options.min_validation_per_class:
     selection, held = 'validation', _held(val_y, task.class_weights)
-    # Ranking the settings on validation needs less than the last digits
-    # of each fit: the grid stops at choice_tolerance (about half the
-    # iterations; the same choice, measured, docs/accuracy.md).
     scores = _score_grid(candidates, sets.vectors.tensor(sets.train),
                          sets.train_y,
                          sets.vectors.standardisation(sets.train), sets.val_x,
@@ -452,26 +458,15 @@ def _held(y: np.ndarray, class_weights) -> float:
   return float(np.sum(np.asarray(class_weights, np.float64)[y]))
 
 
-class _Curve:
-  """The final fit's curve: one EvalPoint per L-BFGS iteration (accuracy and
-  cross entropy on the fitted images fit_y [n]; validation accuracy on
-  val_x, val_y when watch_val, i.e. when validation is not fitted on)."""
-
-  def __init__(self, fit_y, val_x, val_y, watch_val: bool):
-    self.fit_y, self.val_x, self.val_y = fit_y, val_x, val_y
-    self.watch_val = bool(watch_val)
-    self.points: List[EvalPoint] = []
-
-  def __call__(self, iteration, theta, problem) -> None:
-    z = problem.last_logits  # of theta: the line search's last evaluation
-    val_acc = None
-    if self.watch_val:
-      val_acc = _score(lbfgs_lib.Fit(theta, problem, 0).head(), self.val_x,
-                       self.val_y)[0] / len(self.val_y)
-    self.points.append(EvalPoint(
-        iteration, head_math.accuracy(z, self.fit_y),
-        problem.cross_entropy(z), val_acc,
-        len(self.val_y) if self.watch_val else 0))
+def _train_only(final: lbfgs_lib.Fit, saw_validation: bool, wanted: bool,
+                start, chosen: Candidate, sets: _Sets, task: _Task):
+  """SolverResult.train_only_head: the final head if it did not train on
+  validation, else (if `wanted`) the chosen setting fitted on the
+  training rows from `start`, else None."""
+  if not saw_validation or not wanted:
+    return None if saw_validation else final.head()
+  return task.fit(chosen, sets.vectors.tensor(sets.train), sets.train_y,
+                  start, sets.vectors.standardisation(sets.train)).head()
 
 
 def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
@@ -515,7 +510,8 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
   refit = selection != 'validation' or options.refit
   fit_x, fit_y = ((sets.vectors.tensor(), sets.all_y) if refit else
                   (sets.vectors.tensor(sets.train), train_y))
-  record = _Curve(fit_y, val_x, val_y, watch_val=not refit and len(val_y) > 0)
+  record = lbfgs_lib.Curve(fit_y, val_x, val_y,
+                           watch_val=not refit and len(val_y) > 0)
   # The chosen candidate's fit on training (or the mean of its fits on
   # the k folds) starts the final fit (with validation added it moves a
   # little): ~30% fewer iterations in all.
@@ -531,12 +527,11 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
     reason += '; refitted on training + validation'
   held_out = _held_out(fit, refit, sets, groups, chosen, task)
   # (In the validation case the chosen candidate's fit on training is that
-  # head already: restarting from it stops at once.)
-  if selection != 'validation' or start is None:
-    start = fit.theta
-  train_only = fit.head() if not (refit and len(val_y)) else task.fit(
-      chosen, sets.vectors.tensor(sets.train), train_y, start,
-      sets.vectors.standardisation(sets.train)).head()
+  # head to choice_tolerance: from it a few iterations reach tolerance.)
+  train_only = _train_only(
+      fit, refit and len(val_y), options.train_only_head or held_out is None,
+      start if selection == 'validation' and start is not None else
+      fit.theta, chosen, sets, task)
   seconds = time.monotonic() - started
   logging.info('Head solver (L-BFGS): %s; final fit %d iterations on %d '
                'images, %.1f s in all.', reason, fit.iterations, len(fit_y),
