@@ -463,8 +463,10 @@ def _train_only(final: lbfgs_lib.Fit, saw_validation: bool, wanted: bool,
   """SolverResult.train_only_head: the final head if it did not train on
   validation, else (if `wanted`) the chosen setting fitted on the
   training rows from `start`, else None."""
-  if not saw_validation or not wanted:
-    return None if saw_validation else final.head()
+  if not saw_validation:
+    return final.head()
+  if not wanted:
+    return None
   return task.fit(chosen, sets.vectors.tensor(sets.train), sets.train_y,
                   start, sets.vectors.standardisation(sets.train)).head()
 
@@ -526,8 +528,8 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, num_classes: int,
   if refit and len(val_y):
     reason += '; refitted on training + validation'
   held_out = _held_out(fit, refit, sets, groups, chosen, task)
-  # (In the validation case the chosen candidate's fit on training is that
-  # head to choice_tolerance: from it a few iterations reach tolerance.)
+  # (In the validation case the chosen candidate's fit on training, to
+  # choice_tolerance, starts it.)
   train_only = _train_only(
       fit, refit and len(val_y), options.train_only_head or held_out is None,
       start if selection == 'validation' and start is not None else
