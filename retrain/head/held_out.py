@@ -211,9 +211,9 @@ class _Folds:
     self.targets = head_math.smoothed_targets(
         y, num_classes, chosen.label_smoothing)[:, None]  # [n, 1, N]
     standards = [vectors.standardisation(fold != k) for k in range(folds)]
-    self.mean = np.stack([m for m, _ in standards], 1)  # [D, folds]
-    self.scale = np.stack([s for _, s in standards], 1)
-    self.to_input = lbfgs_lib.Standard(self.mean, self.scale)
+    # Each fold's mean and scale side by side, [D, folds].
+    self.to_input = lbfgs_lib.Standard(np.stack([m for m, _ in standards], 1),
+                                       np.stack([s for _, s in standards], 1))
 
   def _split(self, theta):
     """(W float64 [D, folds, N] standardised, b [folds, N])."""

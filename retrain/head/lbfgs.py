@@ -62,7 +62,6 @@ class Problem:
     self.share = (np.full((self.n, 1), 1.0 / max(self.n, 1)) if weights is None
                   else shares(weights))
     self.classes = num_classes
-    self.mean, self.scale = mean, scale
     self.to_input = Standard(mean, scale)
     self.l2 = l2
     self.targets = head_math.smoothed_targets(y, num_classes, label_smoothing)

@@ -126,7 +126,6 @@ class _SigmoidProblem(lbfgs_lib.Problem):
     self.rows = rows
     self.n, self.dim = rows.n, rows.dim
     self.classes = targets.shape[1]
-    self.mean, self.scale = mean, scale
     self.to_input = lbfgs_lib.Standard(mean, scale)
     self.l2 = np.broadcast_to(np.asarray(l2, np.float64), (self.classes,))
     self.targets = targets.astype(np.float64)
